@@ -1,0 +1,16 @@
+//! Types that cross a process boundary in Atrium.
+//!
+//! One definition, used by both ends:
+//! - [`ticket`]: the display ticket the broker mints and the display proxy checks;
+//! - [`node`]: the node agent's HTTP API and the broker's node registration;
+//! - [`agent`]: the guest-agent protocol between a node and the agent inside a desktop;
+//! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
+//! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
+//! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes.
+
+pub mod agent;
+pub mod display;
+pub mod keymap;
+pub mod node;
+pub mod ticket;
+pub mod vmm_channel;

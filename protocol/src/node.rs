@@ -1,0 +1,465 @@
+//! The node agent's HTTP API (`/api/v1/...` on `atrium-node`) and the broker's node
+//! registration API. Both ends use these types.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::agent::SessionUser;
+
+/// Smallest and largest values a VM spec may ask for.
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+pub const MAX_VCPUS: u32 = 64;
+pub const MIN_DISPLAY: u32 = 320;
+pub const MAX_DISPLAY_WIDTH: u32 = 7680;
+pub const MAX_DISPLAY_HEIGHT: u32 = 4320;
+
+/// A screen size, written `WIDTHxHEIGHT` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DisplaySize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl DisplaySize {
+    pub const fn new(width: u32, height: u32) -> Self {
+        Self { width, height }
+    }
+
+    /// Checks the bounds every runtime supports.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_DISPLAY..=MAX_DISPLAY_WIDTH).contains(&self.width)
+            || !(MIN_DISPLAY..=MAX_DISPLAY_HEIGHT).contains(&self.height)
+        {
+            return Err(format!(
+                "{self} is outside {MIN_DISPLAY}x{MIN_DISPLAY}..{MAX_DISPLAY_WIDTH}x{MAX_DISPLAY_HEIGHT}"
+            ));
+        }
+        if self.width % 8 != 0 {
+            return Err(format!("width {} is not a multiple of 8", self.width));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for DisplaySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+impl FromStr for DisplaySize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (w, h) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("display size {s:?} is not WIDTHxHEIGHT"))?;
+        let width = w.trim().parse().map_err(|_| format!("display width {w:?} is not a number"))?;
+        let height =
+            h.trim().parse().map_err(|_| format!("display height {h:?} is not a number"))?;
+        Ok(Self { width, height })
+    }
+}
+
+impl Serialize for DisplaySize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DisplaySize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which VM runtime runs a desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// One `qemu-system-x86_64` per VM (KVM where the host has VMX/SVM, else TCG).
+    Qemu,
+    /// Atrium's own rust-vmm monitor (hardware KVM hosts).
+    Builtin,
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Qemu => "qemu",
+            Self::Builtin => "builtin",
+        })
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qemu" => Ok(Self::Qemu),
+            "builtin" => Ok(Self::Builtin),
+            other => Err(format!("unknown runtime {other:?} (expected qemu or builtin)")),
+        }
+    }
+}
+
+/// What `/dev/kvm` on a host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvmKind {
+    /// Hardware virtualization (Intel VMX, `kvm_intel`).
+    Vmx,
+    /// Hardware virtualization (AMD SVM, `kvm_amd`).
+    Svm,
+    /// `kvm_pvm`: guest kernels run under KVM's instruction emulator.
+    Pvm,
+    /// `/dev/kvm` exists but its kind could not be told.
+    Unknown,
+    /// No usable `/dev/kvm`.
+    Absent,
+}
+
+impl KvmKind {
+    /// Whether a stock guest kernel runs at native speed.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Self::Vmx | Self::Svm)
+    }
+}
+
+/// The accelerator a VM actually runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+/// `POST /api/v1/vms`: what the broker asks a node for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// Image reference: `NAME` (newest version on the node) or `NAME@VERSION`.
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub display: DisplaySize,
+    /// `None`: the node's default runtime.
+    #[serde(default)]
+    pub runtime: Option<RuntimeKind>,
+    /// A persistent disk id (dedicated desktops): the node keeps the disk after the VM is
+    /// deleted and attaches it again to the next VM that names it. `None`: nothing survives.
+    #[serde(default)]
+    pub persistent_disk: Option<String>,
+    /// The signed-in user, when the VM is created for someone (not as a pool spare).
+    #[serde(default)]
+    pub user: Option<SessionUser>,
+}
+
+/// A field-level validation error in a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+}
+
+/// Names (images, disks, pools, nodes) are short, ASCII and safe in file names and URLs.
+pub fn validate_name(field: &'static str, name: &str, max: usize) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > max {
+        return Err(FieldError::new(field, format!("must be 1 to {max} characters")));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(FieldError::new(field, "may contain only letters, digits, '-', '_' and '.'"));
+    }
+    if name.starts_with('.') {
+        return Err(FieldError::new(field, "must not start with '.'"));
+    }
+    Ok(())
+}
+
+/// An image reference split into name and optional version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl ImageRef {
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
+        let (name, version) = match s.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        validate_name(field, name, 64)?;
+        if let Some(v) = version {
+            validate_name(field, v, 64)?;
+        }
+        Ok(Self { name: name.to_owned(), version: version.map(str::to_owned) })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            Some(v) => write!(f, "{}@{v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl VmSpec {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<ImageRef, FieldError> {
+        let image = ImageRef::parse("image", &self.image)?;
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(FieldError::new("vcpus", format!("must be 1 to {MAX_VCPUS}")));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(FieldError::new(
+                "memory_mib",
+                format!("must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}"),
+            ));
+        }
+        self.display.validate().map_err(|m| FieldError::new("display", m))?;
+        if let Some(disk) = &self.persistent_disk {
+            validate_name("persistent_disk", disk, 128)?;
+        }
+        if let Some(user) = &self.user {
+            user.validate().map_err(|m| FieldError::new("user", m))?;
+        }
+        Ok(image)
+    }
+}
+
+/// The life of a VM on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The VM process runs; the guest agent has not said ready yet.
+    Starting,
+    /// The guest agent said ready: the desktop can be used.
+    Ready,
+    /// Stopped on request; its disk is kept until `DELETE`.
+    Stopped,
+    /// The VM died or never became ready; `error` says why.
+    Failed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Where a VM's screen can be reached on the node's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DisplayEndpoint {
+    /// An RFB (VNC) server on a unix socket (QEMU).
+    VncUnix { path: String },
+    /// An RFB (VNC) server on TCP (an existing VNC desktop).
+    VncTcp { address: String },
+    /// The builtin VMM's display channel (see [`crate::vmm_channel`]).
+    Shm { path: String },
+}
+
+/// `GET /api/v1/vms/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub state: VmState,
+    pub runtime: RuntimeKind,
+    pub accel: Option<Accel>,
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub display: DisplaySize,
+    pub persistent_disk: Option<String>,
+    /// The user whose session the guest agent was last told about.
+    pub user: Option<String>,
+    pub created_at_ms: u64,
+    pub ready_at_ms: Option<u64>,
+    pub error: Option<String>,
+    pub display_endpoint: DisplayEndpoint,
+}
+
+/// `POST /api/v1/vms/{id}/session`: tell the guest agent who signed in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub user: SessionUser,
+}
+
+/// `POST /api/v1/vms/{id}/clipboard`: text to put on the guest clipboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipboardText {
+    pub text: String,
+}
+
+/// `GET /api/v1/vms/{id}/clipboard?after=SEQ`: the guest's clipboard, with a sequence number
+/// that grows at each change (long-polled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipboardState {
+    pub seq: u64,
+    pub text: Option<String>,
+}
+
+/// An image a node holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+}
+
+/// `GET /api/v1/capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub vcpus_total: u32,
+    pub vcpus_allocated: u32,
+    pub memory_mib_total: u64,
+    pub memory_mib_allocated: u64,
+    pub vms: u32,
+    pub kvm: KvmKind,
+    pub default_runtime: RuntimeKind,
+    pub images: Vec<ImageInfo>,
+}
+
+impl Capacity {
+    pub fn memory_mib_free(&self) -> u64 {
+        self.memory_mib_total.saturating_sub(self.memory_mib_allocated)
+    }
+}
+
+/// A VM's id and state, as carried in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub id: String,
+    pub state: VmState,
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/nodes/heartbeat` on the broker (bearer node token): registers a node the
+/// first time, then keeps it alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHeartbeat {
+    /// Stable node id (configured, or the host name).
+    pub node_id: String,
+    /// Base URL of the node agent's API, as the broker reaches it.
+    pub api_url: String,
+    /// Base URL of the display proxy beside this node, as browsers reach it (`ws://` or `wss://`).
+    pub display_url: String,
+    pub capacity: Capacity,
+    pub vms: Vec<VmStatus>,
+}
+
+/// The broker's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Seconds until the next heartbeat is due.
+    pub interval_secs: u64,
+    /// The broker drained this node: it places no new VMs here.
+    pub draining: bool,
+}
+
+/// Error body of every Atrium HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// The request field at fault, for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            image: "console".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            display: DisplaySize::new(1280, 800),
+            runtime: None,
+            persistent_disk: None,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn display_size_round_trips_and_rejects_garbage() {
+        let d: DisplaySize = "1280x800".parse().unwrap();
+        assert_eq!(d, DisplaySize::new(1280, 800));
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"1280x800\"");
+        for bad in ["", "x", "1280", "ax800", "1280x", "-1x5", "99999999999x1"] {
+            assert!(bad.parse::<DisplaySize>().is_err(), "{bad:?} parsed");
+        }
+        assert!(DisplaySize::new(100, 100).validate().is_err());
+        assert!(DisplaySize::new(1281, 800).validate().is_err());
+        assert!(DisplaySize::new(1920, 1080).validate().is_ok());
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        assert_eq!(spec().validate().unwrap().name, "console");
+        let mut s = spec();
+        s.vcpus = 0;
+        assert_eq!(s.validate().unwrap_err().field, "vcpus");
+        let mut s = spec();
+        s.memory_mib = 1;
+        assert_eq!(s.validate().unwrap_err().field, "memory_mib");
+        let mut s = spec();
+        s.image = "../etc/passwd".into();
+        assert_eq!(s.validate().unwrap_err().field, "image");
+        let mut s = spec();
+        s.image = "console@v/1".into();
+        assert_eq!(s.validate().unwrap_err().field, "image");
+        let mut s = spec();
+        s.persistent_disk = Some(String::new());
+        assert_eq!(s.validate().unwrap_err().field, "persistent_disk");
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields() {
+        let r: Result<VmSpec, _> = serde_json::from_str(
+            r#"{"image":"a","vcpus":1,"memory_mib":512,"display":"1280x800","evil":1}"#,
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn image_ref_parses_versions() {
+        let r = ImageRef::parse("image", "console@20261126-1").unwrap();
+        assert_eq!(r.version.as_deref(), Some("20261126-1"));
+        assert_eq!(r.to_string(), "console@20261126-1");
+        assert!(ImageRef::parse("image", "a@").is_err());
+        assert!(ImageRef::parse("image", ".hidden").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+# Installs the machine packages Atrium's tests and quick start need (Debian/Ubuntu), only what
+# is missing. Sourced by scripts/test.sh and scripts/quickstart.sh.
+
+ATRIUM_CACHE="${ATRIUM_CACHE:-$HOME/.cache/atrium}"
+export ATRIUM_CACHE
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Packages by the command or file that shows they are present.
+apt_wanted() {
+  local missing=()
+  command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] || missing+=(slapd)
+  command -v ldapadd >/dev/null || missing+=(ldap-utils)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  command -v websockify >/dev/null || missing+=(websockify)
+  [ -f /usr/share/novnc/vnc.html ] || missing+=(novnc)
+  [ -x /usr/lib/chromium/chromium ] || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs npm)
+  command -v cpio >/dev/null || missing+=(cpio)
+  command -v xz >/dev/null || missing+=(xz-utils)
+  command -v zstd >/dev/null || missing+=(zstd)
+  command -v depmod >/dev/null || [ -x /sbin/depmod ] || missing+=(kmod)
+  command -v gcc >/dev/null || missing+=(gcc)
+  command -v as >/dev/null || missing+=(binutils)
+  command -v sudo >/dev/null || missing+=(sudo)
+  printf '%s\n' "${missing[@]}"
+}
+
+install_apt_packages() {
+  local missing
+  missing=$(apt_wanted | tr '\n' ' ')
+  if [ -n "${missing// /}" ]; then
+    echo "deps: installing $missing"
+    as_root apt-get update -q
+    local extra=()
+    # A newer qemu-utils (from backports) breaks Debian's qemu-system-x86: pin both to the
+    # same version.
+    if [[ " $missing " == *" qemu-system-x86 "* ]]; then
+      local v
+      v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
+      extra+=(--allow-downgrades "qemu-utils=$v")
+    fi
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends \
+      $missing "${extra[@]}"
+  fi
+  # Debian's slapd package may start a system instance on install; tests start their own.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet slapd 2>/dev/null; then
+    as_root systemctl stop slapd || true
+  fi
+}
+
+install_rust_tools() {
+  command -v cargo >/dev/null || { echo "deps: cargo is missing: install Rust with rustup" >&2; exit 1; }
+  cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+}
+
+# playwright-core (no browser download) for the browser tests, cached by lockfile hash.
+install_node_packages() {
+  local dir=tests/browser
+  [ -f "$dir/package.json" ] || return 0
+  local key
+  key=$(sha256sum "$dir/package-lock.json" | cut -c1-16)
+  local cached="$ATRIUM_CACHE/npm/$key/node_modules"
+  if [ ! -d "$cached" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts >/dev/null)
+    mkdir -p "$(dirname "$cached")"
+    rm -rf "$cached" && cp -r "$dir/node_modules" "$cached"
+  elif [ ! -d "$dir/node_modules" ]; then
+    cp -r "$cached" "$dir/node_modules"
+  fi
+}
+
+install_test_deps() {
+  install_apt_packages
+  install_rust_tools
+  install_node_packages
+}
+
+# Builds (or reuses from the cache) the guest images the tests boot.
+prepare_test_images() {
+  if [ -x scripts/lib/images.sh ]; then
+    scripts/lib/images.sh
+  fi
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Atrium's one test command: installs what the tests need, builds, and runs every test.
+#
+#   scripts/test.sh [--skip GROUP[,GROUP...]] [-- NEXTEST ARGS...]
+#
+# Groups that need something from the machine: ldap, postgres, qemu, kvm, browser.
+# A test in a group that is not skipped and lacks its prerequisite fails; a skipped group
+# is printed by every test it skips. Downloads and guest images are cached under
+# ~/.cache/atrium (keyed by content), so a second run is fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+skip=""
+nextest_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --skip) skip="$2"; shift 2 ;;
+    --skip=*) skip="${1#--skip=}"; shift ;;
+    --) shift; nextest_args=("$@"); break ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+export ATRIUM_SKIP="$skip"
+[ -n "$skip" ] && echo "test: skipping groups: $skip"
+
+. scripts/lib/deps.sh
+install_test_deps
+
+step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "guest images"
+prepare_test_images
+
+step "tests"
+export ATRIUM_TEST_ARTIFACTS="$PWD/tests/artifacts"
+mkdir -p "$ATRIUM_TEST_ARTIFACTS"
+cargo nextest run --workspace --locked --no-fail-fast "${nextest_args[@]}"
+
+step "done"

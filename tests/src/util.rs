@@ -1,0 +1,113 @@
+//! Small shared pieces: test groups, temporary directories, ports, binaries.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A group of tests that needs something from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// OpenLDAP `slapd`.
+    Ldap,
+    /// A PostgreSQL 15 server.
+    Postgres,
+    /// `qemu-system-x86_64` booting real guests (TCG here).
+    Qemu,
+    /// `/dev/kvm` (the builtin VMM).
+    Kvm,
+    /// Chromium driven by playwright-core.
+    Browser,
+}
+
+impl Group {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ldap => "ldap",
+            Self::Postgres => "postgres",
+            Self::Qemu => "qemu",
+            Self::Kvm => "kvm",
+            Self::Browser => "browser",
+        }
+    }
+}
+
+/// Whether the test should skip because the test command was told to skip `group`. Prints what
+/// it skips. A test that is not told to skip and lacks a prerequisite must fail, not skip.
+pub fn skip(group: Group, test: &str) -> bool {
+    let list = std::env::var("ATRIUM_SKIP").unwrap_or_default();
+    let skipped = list.split(',').map(str::trim).any(|g| g == group.name() || g == "all");
+    if skipped {
+        eprintln!("SKIPPED {test}: group `{}` is in ATRIUM_SKIP", group.name());
+    }
+    skipped
+}
+
+/// The workspace root (the folder with the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+}
+
+/// A binary of the workspace, built by `cargo build --workspace --bins` (the test command does
+/// this first). Looks in the same profile folder as the running test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let p = profile_dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the usual small race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
+}
+
+/// A temporary directory removed on drop (kept when `ATRIUM_KEEP_TMP` is set, for debugging).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let base = std::env::temp_dir();
+        let path = base.join(format!("atrium-{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ATRIUM_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
