@@ -1,1 +1,81 @@
-fn main() {}
+//! `atrium-broker`: parses the command line and configuration, sets up logging, runs the broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "atrium-broker", version, about = "Atrium's control plane")]
+struct Cli {
+    /// Configuration file (TOML). Every key can be overridden with ATRIUM_<SECTION>_<KEY>.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve,
+    /// Check the configuration and policies, then exit.
+    Check,
+    /// Add a new signing key; running brokers pick it up on SIGHUP (or within a minute).
+    RotateKey,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let cfg = match atrium_broker::config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("atrium-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            match atrium_broker::policy::Policies::load(&cfg.policies.dir, &cfg.policies.utc_offset)
+            {
+                Ok(_) => {
+                    println!("configuration and policies are valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("atrium-broker: policies: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::RotateKey => match atrium_broker::keys::generate_key(&cfg.keys_dir()) {
+            Ok(p) => {
+                println!("new signing key: {} (send SIGHUP to running brokers)", p.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("atrium-broker: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(atrium_broker::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("atrium-broker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

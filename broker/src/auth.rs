@@ -1,0 +1,331 @@
+//! Sign-in sessions: the session token (a short-lived EdDSA JWT in an `HttpOnly;
+//! SameSite=Strict` cookie, refreshed while the user is active), the double-submit CSRF check,
+//! the client address, and the extractors that put authorization in types ([`AuthUser`],
+//! [`AdminUser`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::db::now_ms;
+use crate::error::ApiError;
+use crate::policy::{Action, Principal, RequestContext, Resource};
+use crate::secret::constant_time_eq;
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "atrium_session";
+pub const CSRF_COOKIE: &str = "atrium_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The `aud` of session tokens.
+pub const SESSION_AUDIENCE: &str = "atrium-broker";
+
+/// Claims of a session token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    /// The sign-in session id (revocable server-side).
+    pub sid: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// SHA-256 of the CSRF token, binding it to this session.
+    pub csrf: String,
+}
+
+/// A signed-in user, put in the request by [`session_layer`].
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub username: String,
+    pub sid: String,
+    pub groups: Vec<String>,
+    pub display_name: Option<String>,
+    pub uid_number: Option<u32>,
+    pub gid_number: Option<u32>,
+}
+
+impl AuthUser {
+    pub fn principal(&self) -> Principal<'_> {
+        Principal { username: &self.username, groups: &self.groups }
+    }
+}
+
+/// A signed-in user whom policy lets administer Atrium.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+/// The client's address: the peer, or the first untrusted hop of `X-Forwarded-For` when the peer
+/// is a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<AuthUser>().cloned().ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, st).await?;
+        let ClientAddr(ip) = ClientAddr::from_request_parts(parts, st).await?;
+        let ctx = RequestContext { client_ip: ip, now_secs: now_ms() / 1000 };
+        if st.policies.is_allowed(&user.principal(), Action::Administer, Resource::Broker, &ctx) {
+            Ok(Self(user))
+        } else {
+            Err(ApiError::Forbidden("administrators only".into()))
+        }
+    }
+}
+
+/// A random token, URL-safe.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+pub fn csrf_digest(token: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A `Set-Cookie` value.
+pub fn cookie(
+    name: &str,
+    value: &str,
+    max_age_secs: u64,
+    http_only: bool,
+    secure: bool,
+) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; Max-Age={max_age_secs}; SameSite=Strict");
+    if http_only {
+        c.push_str("; HttpOnly");
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).expect("cookie values are URL-safe")
+}
+
+/// Reads a cookie from the request headers.
+pub fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Mints a session token for `sid`, expiring at the earlier of `ttl` and the session's end.
+pub fn mint_session_token(
+    st: &AppState,
+    username: &str,
+    sid: &str,
+    csrf_hash: &str,
+    session_expires_ms: i64,
+) -> Result<(String, u64), ApiError> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let end = u64::try_from(session_expires_ms / 1000).unwrap_or(0);
+    let exp = (now + st.cfg.sessions.ttl_secs).min(end);
+    let claims = SessionClaims {
+        iss: atrium_protocol::ticket::ISSUER.into(),
+        aud: SESSION_AUDIENCE.into(),
+        sub: username.to_owned(),
+        sid: sid.to_owned(),
+        iat: now,
+        exp,
+        csrf: csrf_hash.to_owned(),
+    };
+    let token =
+        st.keys.sign(&claims).map_err(|e| ApiError::internal("signing a session token", e))?;
+    Ok((token, exp.saturating_sub(now)))
+}
+
+fn client_addr(req: &Request, trusted: &[IpAddr]) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    // Walk X-Forwarded-For from the right, skipping trusted proxies.
+    let hops: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Authenticates the session cookie (if any), checks CSRF on state-changing requests, records
+/// the client address, and refreshes the cookie when it is past half its life.
+pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let trusted: Vec<IpAddr> =
+        st.cfg.broker.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect();
+    let ip = client_addr(&req, &trusted);
+    req.extensions_mut().insert(ClientAddr(ip));
+    let mut refresh: Option<Vec<HeaderValue>> = None;
+    let token = read_cookie(req.headers(), SESSION_COOKIE).map(str::to_owned);
+    if let Some(token) = token {
+        match authenticate(&st, &token).await {
+            Ok(Some((user, claims))) => {
+                let exempt = req.uri().path() == "/api/v1/auth/login";
+                if !is_safe(req.method()) && !exempt {
+                    let header =
+                        req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let cookie = read_cookie(req.headers(), CSRF_COOKIE).unwrap_or("");
+                    let ok = !header.is_empty()
+                        && constant_time_eq(header.as_bytes(), cookie.as_bytes())
+                        && constant_time_eq(csrf_digest(header).as_bytes(), claims.csrf.as_bytes());
+                    if !ok {
+                        return ApiError::Csrf.into_response();
+                    }
+                }
+                let now = jsonwebtoken::get_current_timestamp();
+                if claims.exp.saturating_sub(now) < st.cfg.sessions.ttl_secs / 2
+                    && let Ok(Some(s)) = st.db.get_login_session(&claims.sid).await
+                    && let Ok((t, max_age)) = mint_session_token(
+                        &st,
+                        &user.username,
+                        &claims.sid,
+                        &claims.csrf,
+                        s.expires_at,
+                    )
+                {
+                    let secure = st.cfg.secure_cookies();
+                    let csrf = read_cookie(req.headers(), CSRF_COOKIE).unwrap_or("").to_owned();
+                    refresh = Some(vec![
+                        cookie(SESSION_COOKIE, &t, max_age, true, secure),
+                        cookie(CSRF_COOKIE, &csrf, max_age, false, secure),
+                    ]);
+                    let _ = st.db.touch_login_session(&claims.sid, now_ms()).await;
+                }
+                req.extensions_mut().insert(user);
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    let mut resp = next.run(req).await;
+    if let Some(cookies) = refresh {
+        // A handler that set the session cookie itself (sign-in, sign-out) wins.
+        let handler_set = resp
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.starts_with(SESSION_COOKIE)));
+        if !handler_set {
+            for c in cookies {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+        }
+    }
+    resp
+}
+
+/// `Ok(None)`: not a valid session (anonymous). `Err`: the database failed.
+async fn authenticate(
+    st: &AppState,
+    token: &str,
+) -> Result<Option<(AuthUser, SessionClaims)>, ApiError> {
+    let Ok(claims) = st.keys.verify::<SessionClaims>(token, SESSION_AUDIENCE) else {
+        return Ok(None);
+    };
+    let Some(session) = st.db.get_login_session(&claims.sid).await? else {
+        return Ok(None);
+    };
+    if !session.is_active(now_ms()) || session.username != claims.sub {
+        return Ok(None);
+    }
+    let Some(cached) = st.db.get_user(&claims.sub).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        AuthUser {
+            username: cached.username,
+            sid: claims.sid.clone(),
+            groups: cached.groups,
+            display_name: cached.display_name,
+            uid_number: cached.uid_number,
+            gid_number: cached.gid_number,
+        },
+        claims,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_read_and_written() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; atrium_session=tok; atrium_csrf=c"),
+        );
+        assert_eq!(read_cookie(&h, SESSION_COOKIE), Some("tok"));
+        assert_eq!(read_cookie(&h, CSRF_COOKIE), Some("c"));
+        assert_eq!(read_cookie(&h, "nope"), None);
+        let c = cookie(SESSION_COOKIE, "x", 60, true, true);
+        assert_eq!(
+            c.to_str().unwrap(),
+            "atrium_session=x; Path=/; Max-Age=60; SameSite=Strict; HttpOnly; Secure"
+        );
+        let c = cookie(CSRF_COOKIE, "y", 60, false, false);
+        assert!(!c.to_str().unwrap().contains("HttpOnly"));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mk = |peer: &str, xff: &str| {
+            let mut r = Request::new(axum::body::Body::empty());
+            r.extensions_mut().insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 1)));
+            r.headers_mut().insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+            r
+        };
+        assert_eq!(client_addr(&mk("1.2.3.4", "9.9.9.9"), &[proxy]).to_string(), "1.2.3.4");
+        assert_eq!(
+            client_addr(&mk("10.0.0.1", "9.9.9.9, 8.8.8.8"), &[proxy]).to_string(),
+            "8.8.8.8"
+        );
+        assert_eq!(
+            client_addr(&mk("10.0.0.1", "9.9.9.9, 10.0.0.1"), &[proxy]).to_string(),
+            "9.9.9.9"
+        );
+        assert_eq!(client_addr(&mk("10.0.0.1", "garbage"), &[proxy]).to_string(), "10.0.0.1");
+    }
+}

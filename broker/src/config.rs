@@ -1,0 +1,516 @@
+//! The broker's configuration: one TOML file, every key overridable from the environment as
+//! `ATRIUM_<SECTION>_<KEY>` (for example `ATRIUM_LDAP_BIND_PASSWORD`). Documented in
+//! `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::secret::Secret;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerSection,
+    pub database: DatabaseSection,
+    pub ldap: LdapSection,
+    pub sessions: SessionsSection,
+    pub tickets: TicketsSection,
+    pub login: LoginSection,
+    pub policies: PoliciesSection,
+    pub nodes: NodesSection,
+    pub web: WebSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// The URL users reach the broker at; `https://` makes cookies `Secure`.
+    pub public_url: String,
+    /// Where the broker keeps its SQLite database and generated keys by default.
+    pub data_dir: PathBuf,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers). Empty: none.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds between reconcile passes (spares, lost nodes, timeouts).
+    pub reconcile_interval_secs: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("/var/lib/atrium"),
+            trusted_proxies: Vec::new(),
+            reconcile_interval_secs: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `sqlite://PATH` (created when missing) or `postgres://USER:PASS@HOST/DB`. Empty: SQLite in
+    /// `broker.data_dir`.
+    pub url: Secret,
+    /// Largest number of pooled connections (PostgreSQL; SQLite uses one writer).
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self { url: Secret::default(), max_connections: 16 }
+    }
+}
+
+/// How a user's groups are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMode {
+    /// Read the user's `memberOf` attribute (OpenLDAP memberof overlay, Active Directory).
+    MemberOf,
+    /// Search `group_base` with `group_filter`.
+    Search,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapSection {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Service account that searches for users.
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    /// File holding the service account password (first line), instead of `bind_password`.
+    pub bind_password_file: Option<PathBuf>,
+    pub user_base: String,
+    /// Filter finding one user; `{username}` is replaced by the escaped username.
+    pub user_filter: String,
+    /// Attributes read from the user entry.
+    pub username_attribute: String,
+    pub display_name_attribute: String,
+    pub email_attribute: String,
+    pub uid_number_attribute: String,
+    pub gid_number_attribute: String,
+    pub group_mode: GroupMode,
+    pub member_of_attribute: String,
+    pub group_base: String,
+    /// Filter for group search; `{dn}` (escaped user DN) and `{username}` are replaced.
+    pub group_filter: String,
+    /// Attribute naming a group (its value is the group name policies use).
+    pub group_name_attribute: String,
+    /// Upgrade `ldap://` connections with StartTLS.
+    pub starttls: bool,
+    /// PEM file of CA certificates for LDAPS/StartTLS; empty: the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Connect and operation timeout.
+    pub timeout_secs: u64,
+    /// Pooled connections kept open to the directory.
+    pub pool_size: usize,
+}
+
+impl Default for LdapSection {
+    fn default() -> Self {
+        Self {
+            url: "ldap://127.0.0.1:389".into(),
+            bind_dn: String::new(),
+            bind_password: Secret::default(),
+            bind_password_file: None,
+            user_base: String::new(),
+            user_filter: "(&(objectClass=inetOrgPerson)(uid={username}))".into(),
+            username_attribute: "uid".into(),
+            display_name_attribute: "cn".into(),
+            email_attribute: "mail".into(),
+            uid_number_attribute: "uidNumber".into(),
+            gid_number_attribute: "gidNumber".into(),
+            group_mode: GroupMode::MemberOf,
+            member_of_attribute: "memberOf".into(),
+            group_base: String::new(),
+            group_filter: "(|(&(objectClass=groupOfNames)(member={dn}))(&(objectClass=posixGroup)(memberUid={username})))".into(),
+            group_name_attribute: "cn".into(),
+            starttls: false,
+            ca_file: None,
+            timeout_secs: 5,
+            pool_size: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Lifetime of a session token; refreshed (sliding) while the user is active.
+    pub ttl_secs: u64,
+    /// A session ends this long after sign-in, active or not.
+    pub max_lifetime_secs: u64,
+    /// Folder of signing keys (`*.pem`, Ed25519 or P-256 PKCS#8). The newest signs; older ones
+    /// stay published until their tokens have expired. Empty: `<data_dir>/keys`.
+    pub keys_dir: Option<PathBuf>,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self { ttl_secs: 900, max_lifetime_secs: 12 * 3600, keys_dir: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsSection {
+    /// Lifetime of a display ticket (at most 60).
+    pub ttl_secs: u64,
+}
+
+impl Default for TicketsSection {
+    fn default() -> Self {
+        Self { ttl_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    /// Failed sign-ins for one username within `window_secs` before it is locked.
+    pub max_failures_per_user: u32,
+    /// Failed sign-ins from one client address within `window_secs` before it is locked.
+    pub max_failures_per_address: u32,
+    pub window_secs: u64,
+    /// How long a lockout lasts.
+    pub lockout_secs: u64,
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        Self {
+            max_failures_per_user: 5,
+            max_failures_per_address: 50,
+            window_secs: 300,
+            lockout_secs: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesSection {
+    /// Folder with `schema.cedarschema` and `*.cedar` policy files.
+    pub dir: PathBuf,
+    /// UTC offset of the clock policies see (`context.hour`, `context.weekday`), e.g. `+01:00`.
+    pub utc_offset: String,
+}
+
+impl Default for PoliciesSection {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("/etc/atrium/policies"), utc_offset: "+00:00".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesSection {
+    /// Shared bearer token of the node agents (register, heartbeat, and the broker's calls to them).
+    pub token: Secret,
+    pub token_file: Option<PathBuf>,
+    /// Heartbeat interval asked of nodes.
+    pub heartbeat_interval_secs: u64,
+    /// A node silent for this long is lost; its desktops fail.
+    pub lost_after_secs: u64,
+    /// Timeout of calls to a node agent.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for NodesSection {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            token_file: None,
+            heartbeat_interval_secs: 5,
+            lost_after_secs: 20,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Serve the web client from this folder instead of the copy built into the binary
+    /// (for development).
+    pub dir: Option<PathBuf>,
+}
+
+const SECTIONS: &[&str] =
+    &["broker", "database", "ldap", "sessions", "tickets", "login", "policies", "nodes", "web"];
+
+impl Config {
+    /// Reads `path` (if given), applies `ATRIUM_*` environment overrides, resolves secret files,
+    /// and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                let t: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_owned(),
+                    message: e.to_string(),
+                })?;
+                (t, p.to_owned())
+            }
+            None => (toml::Table::new(), PathBuf::from("(defaults)")),
+        };
+        apply_env(&mut table, env)?;
+        let mut cfg: Config =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+                ConfigError::Parse { path: origin, message: e.to_string() }
+            })?;
+        cfg.resolve_files()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(f) = &self.ldap.bind_password_file {
+            self.ldap.bind_password = read_secret_file(f)?;
+        }
+        if let Some(f) = &self.nodes.token_file {
+            self.nodes.token = read_secret_file(f)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.ldap.url.starts_with("ldap://") || self.ldap.url.starts_with("ldaps://")) {
+            return bad(format!(
+                "ldap.url {:?} must start with ldap:// or ldaps://",
+                self.ldap.url
+            ));
+        }
+        if self.ldap.url.starts_with("ldaps://") && self.ldap.starttls {
+            return bad("ldap.starttls cannot be combined with an ldaps:// url".into());
+        }
+        if !self.ldap.user_filter.contains("{username}") {
+            return bad("ldap.user_filter must contain {username}".into());
+        }
+        if !self.ldap.user_filter.starts_with('(') || !self.ldap.user_filter.ends_with(')') {
+            return bad("ldap.user_filter must be a parenthesised LDAP filter".into());
+        }
+        if self.ldap.group_mode == GroupMode::Search && self.ldap.group_base.is_empty() {
+            return bad("ldap.group_base is required when ldap.group_mode = \"search\"".into());
+        }
+        if self.ldap.timeout_secs == 0 || self.ldap.timeout_secs > 120 {
+            return bad("ldap.timeout_secs must be 1 to 120".into());
+        }
+        if self.ldap.pool_size == 0 || self.ldap.pool_size > 256 {
+            return bad("ldap.pool_size must be 1 to 256".into());
+        }
+        if self.sessions.ttl_secs < 60 || self.sessions.ttl_secs > self.sessions.max_lifetime_secs {
+            return bad(
+                "sessions.ttl_secs must be at least 60 and at most sessions.max_lifetime_secs"
+                    .into(),
+            );
+        }
+        if self.tickets.ttl_secs == 0
+            || self.tickets.ttl_secs > atrium_protocol::ticket::MAX_TICKET_TTL_SECS
+        {
+            return bad("tickets.ttl_secs must be 1 to 60".into());
+        }
+        if self.login.window_secs == 0
+            || self.login.max_failures_per_user == 0
+            || self.login.max_failures_per_address == 0
+        {
+            return bad("login limits and window must be positive".into());
+        }
+        if self.nodes.heartbeat_interval_secs == 0
+            || self.nodes.lost_after_secs <= self.nodes.heartbeat_interval_secs
+        {
+            return bad(
+                "nodes.lost_after_secs must exceed nodes.heartbeat_interval_secs (> 0)".into()
+            );
+        }
+        if self.broker.reconcile_interval_secs == 0 {
+            return bad("broker.reconcile_interval_secs must be positive".into());
+        }
+        if !(self.broker.public_url.starts_with("http://")
+            || self.broker.public_url.starts_with("https://"))
+        {
+            return bad("broker.public_url must be an http:// or https:// URL".into());
+        }
+        crate::policy::parse_utc_offset(&self.policies.utc_offset)
+            .map_err(|e| ConfigError::Invalid(format!("policies.utc_offset: {e}")))?;
+        for p in &self.broker.trusted_proxies {
+            p.parse::<std::net::IpAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("broker.trusted_proxies: {p:?} is not an IP address"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data folder.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.broker.data_dir.join("broker.db").display())
+        } else {
+            self.database.url.expose().to_owned()
+        }
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.sessions.keys_dir.clone().unwrap_or_else(|| self.broker.data_dir.join("keys"))
+    }
+
+    /// Cookies get `Secure` when users reach the broker over TLS.
+    pub fn secure_cookies(&self) -> bool {
+        self.broker.public_url.starts_with("https://")
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    Ok(Secret::new(text.lines().next().unwrap_or("").trim_end()))
+}
+
+/// Applies `ATRIUM_<SECTION>_<KEY>=value` overrides. The value takes the type of the key's
+/// default (number, boolean, list); anything else is a string. Variables for other sections
+/// (other Atrium services share the prefix) are ignored.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("ATRIUM_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let default = defaults.get(*section).and_then(|s| s.get(key));
+        let parsed = match default {
+            Some(toml::Value::Integer(_)) => {
+                value.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| "an integer")
+            }
+            Some(toml::Value::Boolean(_)) => {
+                value.trim().parse::<bool>().map(toml::Value::Boolean).map_err(|_| "true or false")
+            }
+            Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            )),
+            _ => Ok(toml::Value::String(value.clone())),
+        }
+        .map_err(|want| ConfigError::Env {
+            var: var.clone(),
+            message: format!("must be {want}"),
+        })?;
+        let sec = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(sec) = sec else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!("[{section}] is not a table"),
+            });
+        };
+        sec.insert(key.to_owned(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    fn write(text: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("atrium-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("broker.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn env_overrides_take_the_key_type() {
+        let (_d, p) = write("[ldap]\nurl = \"ldap://10.0.0.1\"\n");
+        let c = Config::load_with_env(
+            Some(&p),
+            &env(&[
+                ("ATRIUM_LDAP_BIND_PASSWORD", "12345"),
+                ("ATRIUM_LDAP_TIMEOUT_SECS", "7"),
+                ("ATRIUM_LDAP_STARTTLS", "true"),
+                ("ATRIUM_BROKER_TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2"),
+                ("ATRIUM_SKIP", "qemu"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.ldap.bind_password.expose(), "12345");
+        assert_eq!(c.ldap.timeout_secs, 7);
+        assert!(c.ldap.starttls);
+        assert_eq!(c.broker.trusted_proxies, vec!["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(c.ldap.url, "ldap://10.0.0.1");
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let e =
+            Config::load_with_env(None, &env(&[("ATRIUM_LDAP_TIMEOUT_SECS", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("ATRIUM_LDAP_TIMEOUT_SECS"), "{e}");
+        let e = Config::load_with_env(None, &env(&[("ATRIUM_LDAP_NOPE", "x")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let (_d, p) = write("[ldap]\nuser_filter = \"(uid=*)\"\n");
+        let e = Config::load_with_env(Some(&p), &[]).unwrap_err();
+        assert!(e.to_string().contains("{username}"), "{e}");
+        let (_d, p) = write("[ldap\n");
+        assert!(matches!(Config::load_with_env(Some(&p), &[]), Err(ConfigError::Parse { .. })));
+        let (_d, p) = write("[unknown]\n");
+        assert!(Config::load_with_env(Some(&p), &[]).is_err());
+        let e = Config::load_with_env(Some(Path::new("/nonexistent/x.toml")), &[]).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_never_printed() {
+        let (d, p) = write("");
+        let pw = d.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::write(
+            &p,
+            format!("[ldap]\nbind_password_file = {:?}\n", pw.display().to_string()),
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&p), &[]).unwrap();
+        assert_eq!(c.ldap.bind_password.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

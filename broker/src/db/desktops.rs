@@ -1,0 +1,792 @@
+//! Desktops, their assignment to users, and desktop sessions.
+//!
+//! Everything that must not race happens in one write transaction: on PostgreSQL with row
+//! locks (`FOR UPDATE SKIP LOCKED` to take a spare, `FOR UPDATE` on the pool row to count),
+//! on SQLite under its single-writer lock. A unique index also forbids two live desktops for one
+//! user in one pool and two desktops for one VM.
+
+use std::str::FromStr;
+
+use atrium_protocol::node::{Capacity, ImageRef, VmState, VmStatus};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use utoipa::ToSchema;
+
+use super::{Db, DbError, DbResult, Dialect, col, parse_col, u32_col};
+use crate::db::pools::Pool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopState {
+    /// A node was chosen and asked for a VM.
+    Provisioning,
+    /// The VM runs; its agent has not said ready.
+    Starting,
+    Ready,
+    /// Dedicated desktop whose VM was stopped; its disk is kept on its node.
+    Stopped,
+    Failed,
+    /// Being removed from its node.
+    Destroying,
+}
+
+impl DesktopState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Destroying => "destroying",
+        }
+    }
+}
+
+impl FromStr for DesktopState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "provisioning" => Self::Provisioning,
+            "starting" => Self::Starting,
+            "ready" => Self::Ready,
+            "stopped" => Self::Stopped,
+            "failed" => Self::Failed,
+            "destroying" => Self::Destroying,
+            _ => return Err(()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Desktop {
+    pub id: String,
+    pub pool_id: String,
+    pub node_id: Option<String>,
+    pub vm_id: Option<String>,
+    pub state: DesktopState,
+    pub username: Option<String>,
+    pub persistent_disk: Option<String>,
+    pub agent_user: Option<String>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub ready_at: Option<i64>,
+    pub assigned_at: Option<i64>,
+    pub last_active_at: i64,
+    pub state_changed_at: i64,
+}
+
+fn row_to_desktop(r: &AnyRow) -> DbResult<Desktop> {
+    Ok(Desktop {
+        id: col(r, "id")?,
+        pool_id: col(r, "pool_id")?,
+        node_id: col(r, "node_id")?,
+        vm_id: col(r, "vm_id")?,
+        state: parse_col(r, "state")?,
+        username: col(r, "username")?,
+        persistent_disk: col(r, "persistent_disk")?,
+        agent_user: col(r, "agent_user")?,
+        memory_mib: u32_col(r, "memory_mib")?,
+        vcpus: u32_col(r, "vcpus")?,
+        error: col(r, "error")?,
+        created_at: col(r, "created_at")?,
+        ready_at: col(r, "ready_at")?,
+        assigned_at: col(r, "assigned_at")?,
+        last_active_at: col(r, "last_active_at")?,
+        state_changed_at: col(r, "state_changed_at")?,
+    })
+}
+
+/// The outcome of asking for a user's desktop in a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// The user already had this desktop.
+    Existing(Desktop),
+    /// A spare was taken for the user.
+    Spare(Desktop),
+    /// A new desktop was placed on a node; the caller asks the node for it.
+    New(Desktop),
+    /// The user's stopped dedicated desktop goes back to its node; the caller asks the node.
+    Restart(Desktop),
+    /// The pool is at `max_size` with no spare free.
+    Full,
+    /// No node can host a desktop of this pool now.
+    NoNode,
+}
+
+/// A desktop the caller must now ask a node to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionRequest {
+    pub desktop: Desktop,
+    pub node_id: String,
+}
+
+/// A user using a desktop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DesktopSession {
+    pub id: String,
+    pub desktop_id: String,
+    pub login_session_id: String,
+    pub username: String,
+    pub pool_id: String,
+    pub node_id: Option<String>,
+    pub client_addr: String,
+    pub started_at: i64,
+    pub last_active_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+fn row_to_session(r: &AnyRow) -> DbResult<DesktopSession> {
+    Ok(DesktopSession {
+        id: col(r, "id")?,
+        desktop_id: col(r, "desktop_id")?,
+        login_session_id: col(r, "login_session_id")?,
+        username: col(r, "username")?,
+        pool_id: col(r, "pool_id")?,
+        node_id: col(r, "node_id")?,
+        client_addr: col(r, "client_addr")?,
+        started_at: col(r, "started_at")?,
+        last_active_at: col(r, "last_active_at")?,
+        ended_at: col(r, "ended_at")?,
+        end_reason: col(r, "end_reason")?,
+    })
+}
+
+/// An open session with what an administrator wants to see beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OpenSessionView {
+    #[serde(flatten)]
+    pub session: DesktopSession,
+    pub pool_name: String,
+    pub vm_id: Option<String>,
+}
+
+/// Live states: the desktop holds (or is about to hold) a VM on its node.
+const LIVE: &str = "('provisioning', 'starting', 'ready')";
+
+impl Db {
+    pub async fn get_desktop(&self, id: &str) -> DbResult<Option<Desktop>> {
+        let row = sqlx::query("SELECT * FROM desktops WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(row_to_desktop).transpose()
+    }
+
+    pub async fn list_desktops(&self) -> DbResult<Vec<Desktop>> {
+        let rows = sqlx::query("SELECT * FROM desktops ORDER BY created_at")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(row_to_desktop).collect()
+    }
+
+    pub async fn user_desktops(&self, username: &str) -> DbResult<Vec<Desktop>> {
+        let rows = sqlx::query("SELECT * FROM desktops WHERE username = $1 AND state <> 'destroying' ORDER BY created_at")
+            .bind(username)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(row_to_desktop).collect()
+    }
+
+    pub async fn desktops_in_state(&self, state: DesktopState) -> DbResult<Vec<Desktop>> {
+        let rows = sqlx::query("SELECT * FROM desktops WHERE state = $1")
+            .bind(state.as_str())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(row_to_desktop).collect()
+    }
+
+    /// Finds or makes the user's desktop in `pool`, in one transaction.
+    pub async fn assign_desktop(
+        &self,
+        pool: &Pool,
+        username: &str,
+        now: i64,
+    ) -> DbResult<Assignment> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT * FROM desktops WHERE pool_id = $1 AND username = $2 AND state <> 'destroying'{}",
+            self.for_update()
+        );
+        let existing = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&pool.id)
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(row_to_desktop)
+            .transpose()?;
+        if let Some(d) = existing {
+            match d.state {
+                DesktopState::Failed => {
+                    // The user's desktop failed (its node was lost, or its VM died): it is
+                    // removed and the user gets another one below.
+                    sqlx::query("UPDATE desktops SET state = 'destroying', state_changed_at = $2 WHERE id = $1")
+                        .bind(&d.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                DesktopState::Stopped => {
+                    let node_ok = match &d.node_id {
+                        Some(n) => {
+                            sqlx::query("SELECT id FROM nodes WHERE id = $1 AND state = 'up'")
+                                .bind(n)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .is_some()
+                        }
+                        None => false,
+                    };
+                    if !node_ok {
+                        tx.commit().await?;
+                        return Ok(Assignment::NoNode);
+                    }
+                    sqlx::query(
+                        "UPDATE desktops SET state = 'provisioning', vm_id = NULL, error = NULL, last_active_at = $2,
+                           state_changed_at = $2, agent_user = NULL WHERE id = $1",
+                    )
+                    .bind(&d.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    let d = self.get_desktop(&d.id).await?.expect("row exists");
+                    return Ok(Assignment::Restart(d));
+                }
+                _ => {
+                    sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = $1")
+                        .bind(&d.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(Assignment::Existing(d));
+                }
+            }
+        }
+
+        // Take a spare: ready ones first, then ones still booting.
+        let skip_locked = match self.dialect() {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let pick = format!(
+            "SELECT id FROM desktops WHERE pool_id = $1 AND username IS NULL AND state IN {LIVE}
+             ORDER BY CASE state WHEN 'ready' THEN 0 WHEN 'starting' THEN 1 ELSE 2 END, created_at, id
+             LIMIT 1{skip_locked}"
+        );
+        let spare: Option<String> = sqlx::query(sqlx::AssertSqlSafe(pick))
+            .bind(&pool.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| col(&r, "id"))
+            .transpose()?;
+        if let Some(id) = spare {
+            let row = sqlx::query(
+                "UPDATE desktops SET username = $2, assigned_at = $3, last_active_at = $3
+                 WHERE id = $1 AND username IS NULL RETURNING *",
+            )
+            .bind(&id)
+            .bind(username)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let d = row_to_desktop(&row)?;
+            tx.commit().await?;
+            return Ok(Assignment::Spare(d));
+        }
+
+        // No spare: a new desktop, within max_size. The pool row lock serialises counting.
+        let lock = format!("SELECT id FROM pools WHERE id = $1{}", self.for_update());
+        if sqlx::query(sqlx::AssertSqlSafe(lock))
+            .bind(&pool.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            return Ok(Assignment::Full);
+        }
+        let total = count(
+            &mut tx,
+            "SELECT COUNT(*) AS n FROM desktops WHERE pool_id = $1 AND state <> 'destroying'",
+            &pool.id,
+        )
+        .await?;
+        if total >= i64::from(pool.max_size) {
+            tx.commit().await?;
+            return Ok(Assignment::Full);
+        }
+        let Some(node_id) = self.choose_node(&mut tx, pool).await? else {
+            tx.commit().await?;
+            return Ok(Assignment::NoNode);
+        };
+        let d = insert_desktop(&mut tx, pool, &node_id, Some(username), now).await?;
+        tx.commit().await?;
+        Ok(Assignment::New(d))
+    }
+
+    /// Places one more spare for `pool` when it has fewer than `min_ready` and room below
+    /// `max_size`. The caller asks the node for it.
+    pub async fn provision_spare(
+        &self,
+        pool: &Pool,
+        now: i64,
+    ) -> DbResult<Option<ProvisionRequest>> {
+        let mut tx = self.begin_write().await?;
+        let lock = format!("SELECT id FROM pools WHERE id = $1{}", self.for_update());
+        if sqlx::query(sqlx::AssertSqlSafe(lock))
+            .bind(&pool.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let spares = count(
+            &mut tx,
+            &format!("SELECT COUNT(*) AS n FROM desktops WHERE pool_id = $1 AND username IS NULL AND state IN {LIVE}"),
+            &pool.id,
+        )
+        .await?;
+        let total = count(
+            &mut tx,
+            "SELECT COUNT(*) AS n FROM desktops WHERE pool_id = $1 AND state <> 'destroying'",
+            &pool.id,
+        )
+        .await?;
+        if spares >= i64::from(pool.min_ready) || total >= i64::from(pool.max_size) {
+            return Ok(None);
+        }
+        let Some(node_id) = self.choose_node(&mut tx, pool).await? else {
+            return Ok(None);
+        };
+        let d = insert_desktop(&mut tx, pool, &node_id, None, now).await?;
+        tx.commit().await?;
+        Ok(Some(ProvisionRequest { desktop: d, node_id }))
+    }
+
+    /// The up, undrained node with the most free memory that holds the pool's image.
+    async fn choose_node(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        pool: &Pool,
+    ) -> DbResult<Option<String>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT n.id, n.capacity_json,
+               COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS used
+             FROM nodes n WHERE n.state = 'up' AND n.draining = 0 ORDER BY n.id"
+        )))
+        .fetch_all(&mut **tx)
+        .await?;
+        let want =
+            ImageRef::parse("image", &pool.image).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let mut best: Option<(u64, String)> = None;
+        for r in &rows {
+            let cap: String = col(r, "capacity_json")?;
+            let Ok(cap) = serde_json::from_str::<Capacity>(&cap) else { continue };
+            let has_image = cap.images.iter().any(|i| {
+                i.name == want.name && want.version.as_ref().is_none_or(|v| *v == i.version)
+            });
+            if !has_image {
+                continue;
+            }
+            let used: i64 = col(r, "used")?;
+            let free = cap.memory_mib_total.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX));
+            if free < u64::from(pool.memory_mib) {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(f, _)| free > *f) {
+                best = Some((free, col(r, "id")?));
+            }
+        }
+        Ok(best.map(|(_, id)| id))
+    }
+
+    /// The node accepted the VM: provisioning → starting.
+    pub async fn set_desktop_vm(&self, id: &str, vm_id: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE desktops SET vm_id = $2, state = 'starting', state_changed_at = $3
+             WHERE id = $1 AND state = 'provisioning'",
+        )
+        .bind(id)
+        .bind(vm_id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn fail_desktop(&self, id: &str, error: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE desktops SET state = 'failed', error = $2, state_changed_at = $3 WHERE id = $1 AND state <> 'destroying'",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_destroying(&self, id: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE desktops SET state = 'destroying', state_changed_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A dedicated desktop's VM was removed; its disk stays on its node.
+    pub async fn mark_stopped(&self, id: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE desktops SET state = 'stopped', vm_id = NULL, agent_user = NULL, state_changed_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_desktop(&self, id: &str) -> DbResult<()> {
+        sqlx::query("DELETE FROM desktops WHERE id = $1").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    pub async fn set_agent_user(&self, id: &str, username: &str) -> DbResult<()> {
+        sqlx::query("UPDATE desktops SET agent_user = $2 WHERE id = $1")
+            .bind(id)
+            .bind(username)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Applies the VM states a node reported. Desktops whose VM the node no longer has (and
+    /// that are older than `grace_ms`) fail. Returns the VM ids the node runs that no desktop
+    /// owns (orphans, to be removed).
+    pub async fn apply_vm_statuses(
+        &self,
+        node_id: &str,
+        vms: &[VmStatus],
+        now: i64,
+        grace_ms: i64,
+    ) -> DbResult<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query("SELECT * FROM desktops WHERE node_id = $1 AND vm_id IS NOT NULL")
+            .bind(node_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let desktops: Vec<Desktop> = rows.iter().map(row_to_desktop).collect::<DbResult<_>>()?;
+        for d in &desktops {
+            let vm = d.vm_id.as_deref().expect("selected with a vm");
+            let reported = vms.iter().find(|v| v.id == vm);
+            match (d.state, reported.map(|v| v.state)) {
+                (DesktopState::Starting, Some(VmState::Ready)) => {
+                    sqlx::query("UPDATE desktops SET state = 'ready', ready_at = $2, state_changed_at = $2 WHERE id = $1")
+                        .bind(&d.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                (
+                    DesktopState::Starting | DesktopState::Ready,
+                    Some(VmState::Failed | VmState::Stopped),
+                ) => {
+                    let err = reported
+                        .and_then(|v| v.error.clone())
+                        .unwrap_or_else(|| "the VM stopped".into());
+                    sqlx::query("UPDATE desktops SET state = 'failed', error = $2, state_changed_at = $3 WHERE id = $1")
+                        .bind(&d.id)
+                        .bind(err)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                (DesktopState::Starting | DesktopState::Ready, None)
+                    if now - d.state_changed_at > grace_ms =>
+                {
+                    sqlx::query("UPDATE desktops SET state = 'failed', error = 'the VM vanished from its node', state_changed_at = $2 WHERE id = $1")
+                        .bind(&d.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        let orphans = vms
+            .iter()
+            .filter(|v| !desktops.iter().any(|d| d.vm_id.as_deref() == Some(v.id.as_str())))
+            .map(|v| v.id.clone())
+            .collect();
+        Ok(orphans)
+    }
+
+    /// Starts (or continues) the user's session on a desktop.
+    pub async fn open_desktop_session(
+        &self,
+        desktop: &Desktop,
+        username: &str,
+        login_session_id: &str,
+        client_addr: &str,
+        now: i64,
+    ) -> DbResult<DesktopSession> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT * FROM desktop_sessions WHERE desktop_id = $1 AND username = $2 AND ended_at IS NULL{}",
+            self.for_update()
+        );
+        let open = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&desktop.id)
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let id = match open {
+            Some(r) => {
+                let s = row_to_session(&r)?;
+                sqlx::query(
+                    "UPDATE desktop_sessions SET last_active_at = $2, login_session_id = $3, client_addr = $4, node_id = $5 WHERE id = $1",
+                )
+                .bind(&s.id)
+                .bind(now)
+                .bind(login_session_id)
+                .bind(client_addr)
+                .bind(&desktop.node_id)
+                .execute(&mut *tx)
+                .await?;
+                s.id
+            }
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                sqlx::query(
+                    "INSERT INTO desktop_sessions (id, desktop_id, login_session_id, username, pool_id, node_id, client_addr,
+                       started_at, last_active_at, ended_at, end_reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL, NULL)",
+                )
+                .bind(&id)
+                .bind(&desktop.id)
+                .bind(login_session_id)
+                .bind(username)
+                .bind(&desktop.pool_id)
+                .bind(&desktop.node_id)
+                .bind(client_addr)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+        };
+        sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = $1")
+            .bind(&desktop.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT * FROM desktop_sessions WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let s = row_to_session(&row)?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    pub async fn get_desktop_session(&self, id: &str) -> DbResult<Option<DesktopSession>> {
+        let row = sqlx::query("SELECT * FROM desktop_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(row_to_session).transpose()
+    }
+
+    /// Ends an open session; `None` when it was not open.
+    pub async fn end_desktop_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> DbResult<Option<DesktopSession>> {
+        let r = sqlx::query("UPDATE desktop_sessions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .bind(reason)
+            .execute(self.pool())
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_desktop_session(id).await
+    }
+
+    /// Open sessions of a sign-in session (ended together at sign-out).
+    pub async fn open_sessions_of_login(
+        &self,
+        login_session_id: &str,
+    ) -> DbResult<Vec<DesktopSession>> {
+        let rows = sqlx::query(
+            "SELECT * FROM desktop_sessions WHERE login_session_id = $1 AND ended_at IS NULL",
+        )
+        .bind(login_session_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_session).collect()
+    }
+
+    pub async fn open_sessions_of_desktop(
+        &self,
+        desktop_id: &str,
+    ) -> DbResult<Vec<DesktopSession>> {
+        let rows = sqlx::query(
+            "SELECT * FROM desktop_sessions WHERE desktop_id = $1 AND ended_at IS NULL",
+        )
+        .bind(desktop_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_session).collect()
+    }
+
+    pub async fn list_open_sessions(&self) -> DbResult<Vec<OpenSessionView>> {
+        let rows = sqlx::query(
+            "SELECT s.*, COALESCE(p.name, '') AS pool_name, d.vm_id AS vm_id FROM desktop_sessions s
+             LEFT JOIN pools p ON p.id = s.pool_id LEFT JOIN desktops d ON d.id = s.desktop_id
+             WHERE s.ended_at IS NULL ORDER BY s.started_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OpenSessionView {
+                    session: row_to_session(r)?,
+                    pool_name: col(r, "pool_name")?,
+                    vm_id: col(r, "vm_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a session (and its desktop) active now. Returns whether the session was open.
+    pub async fn touch_desktop_session(&self, id: &str, now: i64) -> DbResult<bool> {
+        let r = sqlx::query(
+            "UPDATE desktop_sessions SET last_active_at = $2 WHERE id = $1 AND ended_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = (SELECT desktop_id FROM desktop_sessions WHERE id = $1)")
+            .bind(id)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(true)
+    }
+
+    /// Open sessions past their pool's idle timeout or maximum length: `(session, reason)`.
+    pub async fn expired_sessions(
+        &self,
+        now: i64,
+    ) -> DbResult<Vec<(DesktopSession, &'static str)>> {
+        let rows = sqlx::query(
+            "SELECT s.*, p.idle_timeout_secs, p.max_session_secs FROM desktop_sessions s
+             JOIN pools p ON p.id = s.pool_id WHERE s.ended_at IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let s = row_to_session(r)?;
+            let idle: i64 = col(r, "idle_timeout_secs")?;
+            let max: i64 = col(r, "max_session_secs")?;
+            if now - s.started_at > max.saturating_mul(1000) {
+                out.push((s, "maximum session length reached"));
+            } else if now - s.last_active_at > idle.saturating_mul(1000) {
+                out.push((s, "idle timeout"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Assigned desktops with no open session, idle past their pool's timeout.
+    pub async fn idle_assigned_desktops(
+        &self,
+        now: i64,
+    ) -> DbResult<Vec<(Desktop, crate::db::PoolKind)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.*, p.idle_timeout_secs, p.kind AS pool_kind FROM desktops d JOIN pools p ON p.id = d.pool_id
+             WHERE d.username IS NOT NULL AND d.state IN {LIVE}
+               AND NOT EXISTS (SELECT 1 FROM desktop_sessions s WHERE s.desktop_id = d.id AND s.ended_at IS NULL)"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let d = row_to_desktop(r)?;
+            let idle: i64 = col(r, "idle_timeout_secs")?;
+            if now - d.last_active_at > idle.saturating_mul(1000) {
+                out.push((d, parse_col(r, "pool_kind")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Failed desktops no user holds, and desktops stuck in provisioning since `stuck_before`.
+    pub async fn desktops_to_reap(&self, stuck_before: i64) -> DbResult<Vec<Desktop>> {
+        let rows = sqlx::query(
+            "SELECT * FROM desktops WHERE (state = 'failed' AND username IS NULL)
+               OR (state = 'provisioning' AND state_changed_at < $1)",
+        )
+        .bind(stuck_before)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_desktop).collect()
+    }
+}
+
+async fn count(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sql: &str,
+    pool_id: &str,
+) -> DbResult<i64> {
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(pool_id).fetch_one(&mut **tx).await?;
+    col(&row, "n")
+}
+
+async fn insert_desktop(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    pool: &Pool,
+    node_id: &str,
+    username: Option<&str>,
+    now: i64,
+) -> DbResult<Desktop> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let disk = (pool.kind == crate::db::PoolKind::Dedicated).then(|| format!("desktop-{id}"));
+    let row = sqlx::query(
+        "INSERT INTO desktops (id, pool_id, node_id, vm_id, state, username, persistent_disk, agent_user, memory_mib, vcpus,
+           error, created_at, ready_at, assigned_at, last_active_at, state_changed_at)
+         VALUES ($1, $2, $3, NULL, 'provisioning', $4, $5, NULL, $6, $7, NULL, $8, NULL, $9, $8, $8) RETURNING *",
+    )
+    .bind(&id)
+    .bind(&pool.id)
+    .bind(node_id)
+    .bind(username)
+    .bind(disk)
+    .bind(i64::from(pool.memory_mib))
+    .bind(i64::from(pool.vcpus))
+    .bind(now)
+    .bind(username.map(|_| now))
+    .fetch_one(&mut **tx)
+    .await?;
+    row_to_desktop(&row)
+}

@@ -1,0 +1,151 @@
+//! Node agents: registration by heartbeat, draining, loss.
+
+use std::str::FromStr;
+
+use atrium_protocol::node::{Capacity, NodeHeartbeat};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Db, DbError, DbResult, col, parse_col};
+use crate::db::pools::bool_col;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Up,
+    Lost,
+}
+
+impl FromStr for NodeState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "up" => Ok(Self::Up),
+            "lost" => Ok(Self::Lost),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A node as the broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Node {
+    pub id: String,
+    pub api_url: String,
+    pub display_url: String,
+    pub state: NodeState,
+    pub draining: bool,
+    #[schema(value_type = Object)]
+    pub capacity: Capacity,
+    pub registered_at: i64,
+    pub last_heartbeat_at: i64,
+}
+
+fn row_to_node(r: &sqlx::any::AnyRow) -> DbResult<Node> {
+    let cap: String = col(r, "capacity_json")?;
+    Ok(Node {
+        id: col(r, "id")?,
+        api_url: col(r, "api_url")?,
+        display_url: col(r, "display_url")?,
+        state: parse_col(r, "state")?,
+        draining: bool_col(r, "draining")?,
+        capacity: serde_json::from_str(&cap)
+            .map_err(|e| DbError::Corrupt(format!("capacity_json: {e}")))?,
+        registered_at: col(r, "registered_at")?,
+        last_heartbeat_at: col(r, "last_heartbeat_at")?,
+    })
+}
+
+impl Db {
+    /// Registers or refreshes a node. Returns whether it is draining and whether it was new or
+    /// back from lost.
+    pub async fn heartbeat_node(&self, hb: &NodeHeartbeat, now: i64) -> DbResult<(bool, bool)> {
+        let cap = serde_json::to_string(&hb.capacity).expect("capacity serializes");
+        let mut tx = self.begin_write().await?;
+        let sql = format!("SELECT state, draining FROM nodes WHERE id = $1{}", self.for_update());
+        let prev = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&hb.node_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (draining, came_up) = match &prev {
+            Some(r) => {
+                (bool_col(r, "draining")?, parse_col::<NodeState>(r, "state")? == NodeState::Lost)
+            }
+            None => (false, true),
+        };
+        sqlx::query(
+            "INSERT INTO nodes (id, api_url, display_url, state, draining, capacity_json, registered_at, last_heartbeat_at)
+             VALUES ($1, $2, $3, 'up', 0, $4, $5, $5)
+             ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, display_url = excluded.display_url,
+               state = 'up', capacity_json = excluded.capacity_json, last_heartbeat_at = excluded.last_heartbeat_at",
+        )
+        .bind(&hb.node_id)
+        .bind(&hb.api_url)
+        .bind(&hb.display_url)
+        .bind(cap)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((draining, came_up))
+    }
+
+    pub async fn list_nodes(&self) -> DbResult<Vec<Node>> {
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id").fetch_all(self.pool()).await?;
+        rows.iter().map(row_to_node).collect()
+    }
+
+    pub async fn get_node(&self, id: &str) -> DbResult<Option<Node>> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(row_to_node).transpose()
+    }
+
+    /// Returns whether the node exists.
+    pub async fn set_node_draining(&self, id: &str, draining: bool) -> DbResult<bool> {
+        let r = sqlx::query("UPDATE nodes SET draining = $1 WHERE id = $2")
+            .bind(i64::from(draining))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Marks nodes silent since `before` as lost and fails their live desktops. Returns the ids
+    /// of the nodes newly lost.
+    pub async fn mark_lost_nodes(&self, before: i64, now: i64) -> DbResult<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let rows =
+            sqlx::query("SELECT id FROM nodes WHERE state = 'up' AND last_heartbeat_at < $1")
+                .bind(before)
+                .fetch_all(&mut *tx)
+                .await?;
+        let ids: Vec<String> = rows.iter().map(|r| col(r, "id")).collect::<DbResult<_>>()?;
+        for id in &ids {
+            sqlx::query("UPDATE nodes SET state = 'lost' WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE desktops SET state = 'failed', error = 'node lost', state_changed_at = $2
+                 WHERE node_id = $1 AND state IN ('provisioning', 'starting', 'ready')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE desktop_sessions SET ended_at = $2, end_reason = 'node lost'
+                 WHERE node_id = $1 AND ended_at IS NULL",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+}

@@ -1,0 +1,89 @@
+//! The user cache: directory attributes as of the last sign-in.
+
+use sqlx::Row;
+
+use super::{Db, DbError, DbResult, col};
+use crate::ldap::DirectoryUser;
+
+/// A user as the broker last saw them in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedUser {
+    pub username: String,
+    pub dn: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub uid_number: Option<u32>,
+    pub gid_number: Option<u32>,
+    pub groups: Vec<String>,
+    pub last_login_at: i64,
+}
+
+impl From<(&DirectoryUser, i64)> for CachedUser {
+    fn from((u, now): (&DirectoryUser, i64)) -> Self {
+        Self {
+            username: u.username.clone(),
+            dn: u.dn.clone(),
+            display_name: u.display_name.clone(),
+            email: u.email.clone(),
+            uid_number: u.uid_number,
+            gid_number: u.gid_number,
+            groups: u.groups.clone(),
+            last_login_at: now,
+        }
+    }
+}
+
+impl Db {
+    /// Inserts or refreshes a user, inside the caller's transaction.
+    pub async fn upsert_user(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        u: &CachedUser,
+    ) -> DbResult<()> {
+        let groups = serde_json::to_string(&u.groups).expect("strings serialize");
+        sqlx::query(
+            "INSERT INTO users (username, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (username) DO UPDATE SET dn = excluded.dn, display_name = excluded.display_name,
+               email = excluded.email, uid_number = excluded.uid_number, gid_number = excluded.gid_number,
+               groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
+        )
+        .bind(&u.username)
+        .bind(&u.dn)
+        .bind(&u.display_name)
+        .bind(&u.email)
+        .bind(u.uid_number.map(i64::from))
+        .bind(u.gid_number.map(i64::from))
+        .bind(groups)
+        .bind(u.last_login_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_user(&self, username: &str) -> DbResult<Option<CachedUser>> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| {
+            let groups: String = col(&r, "groups_json")?;
+            let opt_u32 = |name: &str| -> DbResult<Option<u32>> {
+                let v: Option<i64> = r.try_get(name)?;
+                Ok(v.and_then(|v| u32::try_from(v).ok()))
+            };
+            Ok(CachedUser {
+                username: col(&r, "username")?,
+                dn: col(&r, "dn")?,
+                display_name: col(&r, "display_name")?,
+                email: col(&r, "email")?,
+                uid_number: opt_u32("uid_number")?,
+                gid_number: opt_u32("gid_number")?,
+                groups: serde_json::from_str(&groups)
+                    .map_err(|e| DbError::Corrupt(format!("groups_json: {e}")))?,
+                last_login_at: col(&r, "last_login_at")?,
+            })
+        })
+        .transpose()
+    }
+}

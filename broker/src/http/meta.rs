@@ -1,0 +1,89 @@
+//! Health, metrics, public keys.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::metrics::label;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(metrics)).routes(routes!(jwks))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the database answers (the broker can serve); `degraded` otherwise.
+    pub status: String,
+    pub database: String,
+    /// `ok` or `unavailable`: sign-ins need the directory.
+    pub directory: String,
+}
+
+/// Liveness and readiness.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, description = "The database is unreachable", body = Health)))]
+async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+    let db_ok = st.db.ping().await.is_ok();
+    let dir_ok = st.directory.check().await.is_ok();
+    let h = Health {
+        status: if db_ok { "ok" } else { "degraded" }.into(),
+        database: if db_ok { "ok" } else { "unavailable" }.into(),
+        directory: if dir_ok { "ok" } else { "unavailable" }.into(),
+    };
+    (if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(h))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", body = String)))]
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let mut gauges = Vec::new();
+    if let Ok(desktops) = st.db.list_desktops().await {
+        let mut by: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+        for d in &desktops {
+            *by.entry((d.pool_id.clone(), d.state.as_str())).or_default() += 1;
+        }
+        let pools = st.db.list_pools().await.unwrap_or_default();
+        let name = |id: &str| {
+            pools
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| id.to_owned())
+        };
+        gauges.push((
+            "atrium_broker_desktops",
+            "Desktops by pool and state.",
+            by.into_iter()
+                .map(|((p, s), n)| (format!("pool=\"{}\",state=\"{s}\"", label(&name(&p))), n))
+                .collect(),
+        ));
+    }
+    if let Ok(nodes) = st.db.list_nodes().await {
+        let up = nodes.iter().filter(|n| n.state == crate::db::NodeState::Up).count() as u64;
+        gauges.push((
+            "atrium_broker_nodes",
+            "Nodes by state.",
+            vec![("state=\"up\"".into(), up), ("state=\"lost\"".into(), nodes.len() as u64 - up)],
+        ));
+    }
+    if let Ok(s) = st.db.list_open_sessions().await {
+        gauges.push((
+            "atrium_broker_open_sessions",
+            "Open desktop sessions.",
+            vec![(String::new(), s.len() as u64)],
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&gauges))
+}
+
+/// The public keys that verify session tokens and display tickets (JWKS).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", responses((status = 200, description = "JSON Web Key Set", body = Object)))]
+async fn jwks(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "max-age=60")], Json(st.keys.jwks()))
+}

@@ -1,0 +1,115 @@
+//! `/api/v1/nodes/heartbeat`: node agents register and stay alive (bearer node token).
+
+use atrium_protocol::node::{HeartbeatReply, NodeHeartbeat, validate_name};
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::JsonBody;
+use crate::db::now_ms;
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::secret::constant_time_eq;
+use crate::service;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(heartbeat))
+}
+
+fn check_token(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let expected = st.cfg.nodes.token.expose();
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(())
+}
+
+fn validate(hb: &NodeHeartbeat) -> ApiResult<()> {
+    validate_name("node_id", &hb.node_id, 128)?;
+    let url_ok = |u: &str, schemes: &[&str]| {
+        u.len() < 2048
+            && schemes.iter().any(|s| u.starts_with(s))
+            && !u.contains(char::is_whitespace)
+    };
+    if !url_ok(&hb.api_url, &["http://", "https://"]) {
+        return Err(ApiError::Validation {
+            field: "api_url".into(),
+            message: "api_url must be an http(s) URL".into(),
+        });
+    }
+    if !url_ok(&hb.display_url, &["ws://", "wss://"]) {
+        return Err(ApiError::Validation {
+            field: "display_url".into(),
+            message: "display_url must be a ws(s) URL".into(),
+        });
+    }
+    if hb.vms.len() > 100_000 {
+        return Err(ApiError::Validation { field: "vms".into(), message: "too many VMs".into() });
+    }
+    Ok(())
+}
+
+/// Register (first call) and heartbeat a node, with its capacity and VM states.
+#[utoipa::path(post, path = "/api/v1/nodes/heartbeat", tag = "nodes", request_body(content = Object, description = "NodeHeartbeat (protocol crate)"),
+    responses((status = 200, description = "HeartbeatReply: interval and draining flag", body = Object), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+async fn heartbeat(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(hb): JsonBody<NodeHeartbeat>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    check_token(&st, &headers)?;
+    validate(&hb)?;
+    let now = now_ms();
+    let (draining, came_up) = st.db.heartbeat_node(&hb, now).await?;
+    if came_up {
+        tracing::info!(node = %hb.node_id, api = %hb.api_url, "node registered");
+        service::audit(
+            &st,
+            &format!("node:{}", hb.node_id),
+            "node.register",
+            &hb.node_id,
+            "success",
+            std::net::IpAddr::from([0, 0, 0, 0]),
+            serde_json::json!({ "api_url": hb.api_url }),
+        )
+        .await;
+    }
+    let grace = i64::try_from(st.cfg.nodes.heartbeat_interval_secs * 3000).unwrap_or(i64::MAX / 2);
+    let orphans = st.db.apply_vm_statuses(&hb.node_id, &hb.vms, now, grace).await?;
+    if !orphans.is_empty() {
+        // VMs no desktop owns (a broker crash between create and record, or a node back from
+        // lost): removed in the background after a grace period so in-flight creations land.
+        let st2 = st.clone();
+        let node = hb.node_id.clone();
+        let api = hb.api_url.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(
+                st2.cfg.nodes.heartbeat_interval_secs * 3,
+            ))
+            .await;
+            for vm in orphans {
+                let owned = st2.db.list_desktops().await.map(|ds| {
+                    ds.iter().any(|d| {
+                        d.vm_id.as_deref() == Some(vm.as_str())
+                            && d.node_id.as_deref() == Some(node.as_str())
+                    })
+                });
+                if owned.unwrap_or(true) {
+                    continue;
+                }
+                tracing::info!(node = %node, vm = %vm, "removing a VM no desktop owns");
+                if let Err(e) = st2.nodes.delete_vm(&api, &vm).await {
+                    tracing::warn!(error = %e, vm = %vm, "could not remove an orphan VM");
+                }
+            }
+        });
+    }
+    Ok(Json(HeartbeatReply { interval_secs: st.cfg.nodes.heartbeat_interval_secs, draining }))
+}

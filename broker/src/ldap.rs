@@ -1,0 +1,510 @@
+//! Directory sign-in: search-then-bind against OpenLDAP or Active Directory.
+//!
+//! A pooled service-account connection finds the user's entry with the configured filter (the
+//! username escaped), a second pool of connections binds as that entry's DN with the password,
+//! and the user's groups come from `memberOf` or from a group search. Every call has a timeout:
+//! a directory that is down or slow is [`LdapError::Unavailable`], never a hang.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{GroupMode, LdapSection};
+use crate::secret::Secret;
+
+/// LDAP result code for a bad DN or password.
+const RC_INVALID_CREDENTIALS: u32 = 49;
+/// Longest username accepted before anything is asked of the directory.
+pub const MAX_USERNAME: usize = 256;
+/// Longest password accepted.
+pub const MAX_PASSWORD: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum LdapError {
+    /// Unknown user, wrong password, empty password: callers must not tell which.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The directory cannot be reached or did not answer in time.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+    /// The directory answered something unexpected.
+    #[error("directory error: {0}")]
+    Directory(String),
+}
+
+/// A signed-in directory user, as read from the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryUser {
+    pub dn: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub uid_number: Option<u32>,
+    pub gid_number: Option<u32>,
+    /// Group names (the value of `group_name_attribute`, e.g. the group's `cn`).
+    pub groups: Vec<String>,
+}
+
+/// Which identity a pooled connection is bound as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// Bound as the service account; used for searches.
+    Service,
+    /// Used only for user binds (its identity changes with each bind).
+    UserBind,
+}
+
+#[derive(Debug)]
+struct ConnPool {
+    kind: PoolKind,
+    idle: Mutex<Vec<Ldap>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection checked out of a pool; returned by [`Directory::put_back`] when it is healthy.
+struct Checkout {
+    ldap: Ldap,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The directory client. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: LdapSection,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    service: ConnPool,
+    binder: ConnPool,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory").field("url", &self.inner.cfg.url).finish_non_exhaustive()
+    }
+}
+
+impl Directory {
+    /// Builds the client. Connections are opened lazily, so a directory that is down at start-up
+    /// does not stop the broker.
+    pub fn new(cfg: &LdapSection) -> Result<Self, LdapError> {
+        let tls = match &cfg.ca_file {
+            Some(path) => Some(Arc::new(tls_config(path)?)),
+            None => None,
+        };
+        let pool = |kind| ConnPool {
+            kind,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(cfg.pool_size)),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                tls,
+                service: pool(PoolKind::Service),
+                binder: pool(PoolKind::UserBind),
+            }),
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.cfg.timeout_secs)
+    }
+
+    /// Signs a user in: checks the password with a bind as their DN and reads their groups.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &Secret,
+    ) -> Result<DirectoryUser, LdapError> {
+        // Refused before any bind: an empty password would be an unauthenticated bind, which
+        // directories answer with success.
+        if password.is_empty() || password.expose().len() > MAX_PASSWORD {
+            return Err(LdapError::InvalidCredentials);
+        }
+        if username.is_empty()
+            || username.len() > MAX_USERNAME
+            || username.chars().any(char::is_control)
+        {
+            return Err(LdapError::InvalidCredentials);
+        }
+        let entry = self.find_user(username).await?;
+        self.bind_as(&entry.dn, password).await?;
+        self.to_user(entry).await
+    }
+
+    /// Looks a user up without a password (cache refresh, admin views).
+    pub async fn lookup(&self, username: &str) -> Result<DirectoryUser, LdapError> {
+        if username.is_empty()
+            || username.len() > MAX_USERNAME
+            || username.chars().any(char::is_control)
+        {
+            return Err(LdapError::InvalidCredentials);
+        }
+        let entry = self.find_user(username).await?;
+        self.to_user(entry).await
+    }
+
+    /// Checks that the service account can bind and search (for `/healthz`).
+    pub async fn check(&self) -> Result<(), LdapError> {
+        let conn = self.checkout(&self.inner.service).await?;
+        self.put_back(&self.inner.service, conn);
+        Ok(())
+    }
+
+    async fn find_user(&self, username: &str) -> Result<SearchEntry, LdapError> {
+        let cfg = &self.inner.cfg;
+        let filter = cfg.user_filter.replace("{username}", &ldap_escape(username));
+        let mut attrs = vec![
+            cfg.username_attribute.as_str(),
+            cfg.display_name_attribute.as_str(),
+            cfg.email_attribute.as_str(),
+            cfg.uid_number_attribute.as_str(),
+            cfg.gid_number_attribute.as_str(),
+        ];
+        if cfg.group_mode == GroupMode::MemberOf {
+            attrs.push(cfg.member_of_attribute.as_str());
+        }
+        let mut entries = self.search(&cfg.user_base, &filter, &attrs).await?;
+        match entries.len() {
+            0 => Err(LdapError::InvalidCredentials),
+            1 => Ok(entries.remove(0)),
+            n => {
+                tracing::warn!(
+                    matches = n,
+                    "user filter matched several entries; refusing the sign-in"
+                );
+                Err(LdapError::InvalidCredentials)
+            }
+        }
+    }
+
+    async fn to_user(&self, entry: SearchEntry) -> Result<DirectoryUser, LdapError> {
+        let cfg = &self.inner.cfg;
+        let attr = |name: &str| first_attr(&entry.attrs, name);
+        let username = attr(&cfg.username_attribute).ok_or_else(|| {
+            LdapError::Directory(format!("user entry has no {}", cfg.username_attribute))
+        })?;
+        let groups = match cfg.group_mode {
+            GroupMode::MemberOf => all_attr(&entry.attrs, &cfg.member_of_attribute)
+                .into_iter()
+                .filter_map(|dn| group_name_from_dn(&dn, &cfg.group_name_attribute))
+                .collect(),
+            GroupMode::Search => {
+                let filter = cfg
+                    .group_filter
+                    .replace("{dn}", &ldap_escape(entry.dn.as_str()))
+                    .replace("{username}", &ldap_escape(username.as_str()));
+                let found = self
+                    .search(&cfg.group_base, &filter, &[cfg.group_name_attribute.as_str()])
+                    .await?;
+                found
+                    .iter()
+                    .filter_map(|g| first_attr(&g.attrs, &cfg.group_name_attribute))
+                    .collect()
+            }
+        };
+        let mut groups: Vec<String> = groups;
+        groups.sort();
+        groups.dedup();
+        Ok(DirectoryUser {
+            username,
+            display_name: attr(&cfg.display_name_attribute),
+            email: attr(&cfg.email_attribute),
+            uid_number: attr(&cfg.uid_number_attribute).and_then(|v| v.parse().ok()),
+            gid_number: attr(&cfg.gid_number_attribute).and_then(|v| v.parse().ok()),
+            groups,
+            dn: entry.dn,
+        })
+    }
+
+    async fn search(
+        &self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<SearchEntry>, LdapError> {
+        let pool = &self.inner.service;
+        // One retry on a fresh connection: an idle connection may have been closed by the server.
+        for attempt in 0..2 {
+            let mut conn = self.checkout(pool).await?;
+            let res = tokio::time::timeout(self.timeout(), async {
+                conn.ldap
+                    .with_timeout(self.timeout())
+                    .search(base, Scope::Subtree, filter, attrs.to_vec())
+                    .await
+            })
+            .await;
+            match res {
+                Err(_) => {
+                    return Err(LdapError::Unavailable(
+                        "the directory did not answer in time".into(),
+                    ));
+                }
+                Ok(Err(e)) if attempt == 0 && is_connection_error(&e) => continue,
+                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Ok(result)) => {
+                    let (entries, res) = (result.0, result.1);
+                    if res.rc != 0 && res.rc != 4 {
+                        // 4: size limit exceeded still returns entries; anything else is an error.
+                        self.put_back(pool, conn);
+                        return Err(LdapError::Directory(format!(
+                            "search failed with code {}: {}",
+                            res.rc, res.text
+                        )));
+                    }
+                    self.put_back(pool, conn);
+                    let parsed = entries
+                        .into_iter()
+                        .map(|e| std::panic::catch_unwind(|| SearchEntry::construct(e)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| LdapError::Directory("malformed search entry".into()))?;
+                    return Ok(parsed);
+                }
+            }
+        }
+        Err(LdapError::Unavailable("lost the connection to the directory".into()))
+    }
+
+    async fn bind_as(&self, dn: &str, password: &Secret) -> Result<(), LdapError> {
+        let pool = &self.inner.binder;
+        for attempt in 0..2 {
+            let mut conn = self.checkout(pool).await?;
+            let res = tokio::time::timeout(self.timeout(), async {
+                conn.ldap.with_timeout(self.timeout()).simple_bind(dn, password.expose()).await
+            })
+            .await;
+            match res {
+                Err(_) => {
+                    return Err(LdapError::Unavailable(
+                        "the directory did not answer in time".into(),
+                    ));
+                }
+                Ok(Err(e)) if attempt == 0 && is_connection_error(&e) => continue,
+                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Ok(r)) => {
+                    self.put_back(pool, conn);
+                    return match r.rc {
+                        0 => Ok(()),
+                        RC_INVALID_CREDENTIALS => Err(LdapError::InvalidCredentials),
+                        // 53 (unwilling to perform) is what some directories answer for
+                        // disabled accounts; treat as a failed sign-in, without detail.
+                        53 => Err(LdapError::InvalidCredentials),
+                        rc => Err(LdapError::Directory(format!(
+                            "bind failed with code {rc}: {}",
+                            r.text
+                        ))),
+                    };
+                }
+            }
+        }
+        Err(LdapError::Unavailable("lost the connection to the directory".into()))
+    }
+
+    async fn checkout(&self, pool: &ConnPool) -> Result<Checkout, LdapError> {
+        let permit = tokio::time::timeout(self.timeout(), pool.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| LdapError::Unavailable("all directory connections are busy".into()))?
+            .expect("the semaphore is never closed");
+        let idle = pool.idle.lock().expect("pool lock").pop();
+        let ldap = match idle {
+            Some(l) => l,
+            None => self.connect(pool.kind).await?,
+        };
+        Ok(Checkout { ldap, _permit: permit })
+    }
+
+    fn put_back(&self, pool: &ConnPool, conn: Checkout) {
+        pool.idle.lock().expect("pool lock").push(conn.ldap);
+    }
+
+    async fn connect(&self, kind: PoolKind) -> Result<Ldap, LdapError> {
+        let cfg = &self.inner.cfg;
+        let mut settings =
+            LdapConnSettings::new().set_conn_timeout(self.timeout()).set_starttls(cfg.starttls);
+        if let Some(tls) = &self.inner.tls {
+            settings = settings.set_config(tls.clone());
+        }
+        let (conn, mut ldap) =
+            tokio::time::timeout(self.timeout(), LdapConnAsync::with_settings(settings, &cfg.url))
+                .await
+                .map_err(|_| {
+                    LdapError::Unavailable("connecting to the directory timed out".into())
+                })?
+                .map_err(|e| {
+                    LdapError::Unavailable(format!("cannot connect to the directory: {e}"))
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "directory connection closed");
+            }
+        });
+        if kind == PoolKind::Service && !cfg.bind_dn.is_empty() {
+            if cfg.bind_password.is_empty() {
+                return Err(LdapError::Directory(
+                    "ldap.bind_dn is set but its password is empty".into(),
+                ));
+            }
+            let r = tokio::time::timeout(
+                self.timeout(),
+                ldap.with_timeout(self.timeout())
+                    .simple_bind(&cfg.bind_dn, cfg.bind_password.expose()),
+            )
+            .await
+            .map_err(|_| LdapError::Unavailable("the directory did not answer in time".into()))?
+            .map_err(classify)?;
+            if r.rc != 0 {
+                tracing::error!(rc = r.rc, "the service account cannot bind to the directory");
+                return Err(LdapError::Unavailable(format!(
+                    "the service account cannot bind (code {})",
+                    r.rc
+                )));
+            }
+        }
+        Ok(ldap)
+    }
+}
+
+fn is_connection_error(e: &ldap3::LdapError) -> bool {
+    matches!(
+        e,
+        ldap3::LdapError::Io { .. }
+            | ldap3::LdapError::OpSend { .. }
+            | ldap3::LdapError::ResultRecv { .. }
+    )
+}
+
+fn classify(e: ldap3::LdapError) -> LdapError {
+    match e {
+        ldap3::LdapError::Timeout { .. } => {
+            LdapError::Unavailable("the directory did not answer in time".into())
+        }
+        e if is_connection_error(&e) => {
+            LdapError::Unavailable(format!("connection to the directory failed: {e}"))
+        }
+        e => LdapError::Directory(e.to_string()),
+    }
+}
+
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, LdapError> {
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        LdapError::Directory(format!("cannot read ldap.ca_file {}: {e}", ca_file.display()))
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| {
+            LdapError::Directory(format!("ldap.ca_file {}: {e}", ca_file.display()))
+        })?;
+        roots.add(cert).map_err(|e| {
+            LdapError::Directory(format!("ldap.ca_file {}: {e}", ca_file.display()))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(LdapError::Directory(format!(
+            "ldap.ca_file {} holds no certificate",
+            ca_file.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LdapError::Directory(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Attribute names are case-insensitive in LDAP.
+fn find_attr<'a>(attrs: &'a HashMap<String, Vec<String>>, name: &str) -> Option<&'a Vec<String>> {
+    attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+}
+
+fn first_attr(attrs: &HashMap<String, Vec<String>>, name: &str) -> Option<String> {
+    find_attr(attrs, name).and_then(|v| v.first()).cloned()
+}
+
+fn all_attr(attrs: &HashMap<String, Vec<String>>, name: &str) -> Vec<String> {
+    find_attr(attrs, name).cloned().unwrap_or_default()
+}
+
+/// The group name in a group DN: the value of its first RDN when that RDN's attribute is
+/// `name_attr` (`cn=admins,ou=groups,...` gives `admins`); otherwise the whole DN.
+pub fn group_name_from_dn(dn: &str, name_attr: &str) -> Option<String> {
+    let first = split_first_rdn(dn)?;
+    let (attr, value) = first.split_once('=')?;
+    if attr.trim().eq_ignore_ascii_case(name_attr) {
+        Some(unescape_dn_value(value.trim()))
+    } else {
+        Some(dn.to_owned())
+    }
+}
+
+/// The first RDN of a DN, honouring backslash escapes.
+fn split_first_rdn(dn: &str) -> Option<&str> {
+    let mut escaped = false;
+    for (i, c) in dn.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ',' | '+' if !escaped => return Some(&dn[..i]),
+            _ => escaped = false,
+        }
+    }
+    if dn.is_empty() { None } else { Some(dn) }
+}
+
+fn unescape_dn_value(v: &str) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(byte) = hex {
+                out.push(byte);
+                i += 3;
+            } else {
+                out.push(b[i + 1]);
+                i += 2;
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_come_from_the_first_rdn() {
+        assert_eq!(group_name_from_dn("cn=admins,ou=groups,dc=x", "cn").as_deref(), Some("admins"));
+        assert_eq!(
+            group_name_from_dn("CN=Domain Users,CN=Users,DC=corp", "cn").as_deref(),
+            Some("Domain Users")
+        );
+        assert_eq!(group_name_from_dn("cn=a\\,b,ou=g", "cn").as_deref(), Some("a,b"));
+        assert_eq!(group_name_from_dn("cn=caf\\c3\\a9,ou=g", "cn").as_deref(), Some("café"));
+        assert_eq!(group_name_from_dn("ou=x,dc=y", "cn").as_deref(), Some("ou=x,dc=y"));
+        assert_eq!(group_name_from_dn("", "cn"), None);
+        assert_eq!(group_name_from_dn("garbage", "cn"), None);
+    }
+
+    #[test]
+    fn filters_escape_the_username() {
+        let f = "(uid={username})".replace("{username}", &ldap_escape("*)(uid=admin\\"));
+        assert_eq!(f, "(uid=\\2a\\29\\28uid=admin\\5c)");
+        let f = "(uid={username})".replace("{username}", &ldap_escape("a\0b"));
+        assert_eq!(f, "(uid=a\\00b)");
+    }
+}

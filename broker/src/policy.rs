@@ -1,0 +1,434 @@
+//! Authorization as Cedar policy, not code. `policies/` holds the schema and the policies; they
+//! are validated against the schema at start-up (a bad file stops the broker, naming the file and
+//! line) and reloaded on SIGHUP (a bad file is refused and the previous policies stay).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use atrium_protocol::ticket::Capabilities;
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use thiserror::Error;
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{location}: {message}")]
+    Invalid { location: String, message: String },
+}
+
+/// The actions of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Connect,
+    ClipboardCopyOut,
+    ClipboardPasteIn,
+    FileUpload,
+    FileDownload,
+    Shadow,
+    Administer,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ClipboardCopyOut => "clipboard_copy_out",
+            Self::ClipboardPasteIn => "clipboard_paste_in",
+            Self::FileUpload => "file_upload",
+            Self::FileDownload => "file_download",
+            Self::Shadow => "shadow",
+            Self::Administer => "administer",
+        }
+    }
+}
+
+/// Who asks.
+#[derive(Debug, Clone)]
+pub struct Principal<'a> {
+    pub username: &'a str,
+    pub groups: &'a [String],
+}
+
+/// What is asked about.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    Pool { name: &'a str, kind: &'a str, image: &'a str },
+    Broker,
+}
+
+/// Where and when.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    pub client_ip: IpAddr,
+    /// Unix time in seconds.
+    pub now_secs: i64,
+}
+
+struct Loaded {
+    schema: Schema,
+    set: PolicySet,
+    files: usize,
+}
+
+/// The loaded policies.
+pub struct Policies {
+    dir: PathBuf,
+    utc_offset_secs: i64,
+    loaded: RwLock<Arc<Loaded>>,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Policies {
+    pub fn load(dir: &Path, utc_offset: &str) -> Result<Self, PolicyError> {
+        let utc_offset_secs = parse_utc_offset(utc_offset).map_err(|message| {
+            PolicyError::Invalid { location: "policies.utc_offset".into(), message }
+        })?;
+        let loaded = load_dir(dir)?;
+        tracing::info!(dir = %dir.display(), files = loaded.files, policies = loaded.set.policies().count(), "policies loaded");
+        Ok(Self {
+            dir: dir.to_owned(),
+            utc_offset_secs,
+            loaded: RwLock::new(Arc::new(loaded)),
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// Reloads from the folder; on error the previous policies stay in force.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let loaded = load_dir(&self.dir)?;
+        tracing::info!(
+            files = loaded.files,
+            policies = loaded.set.policies().count(),
+            "policies reloaded"
+        );
+        *self.loaded.write().expect("policy lock") = Arc::new(loaded);
+        Ok(())
+    }
+
+    /// Whether policy permits `action`. Any evaluation problem is a denial.
+    pub fn is_allowed(
+        &self,
+        who: &Principal<'_>,
+        action: Action,
+        what: Resource<'_>,
+        ctx: &RequestContext,
+    ) -> bool {
+        let loaded = self.loaded.read().expect("policy lock").clone();
+        match self.decide(&loaded, who, action, what, ctx) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, action = action.name(), "policy evaluation failed; denying");
+                false
+            }
+        }
+    }
+
+    /// The session capabilities policy grants `who` on a pool.
+    pub fn capabilities(
+        &self,
+        who: &Principal<'_>,
+        pool: Resource<'_>,
+        ctx: &RequestContext,
+    ) -> Capabilities {
+        Capabilities {
+            view_only: false,
+            clipboard_copy_out: self.is_allowed(who, Action::ClipboardCopyOut, pool, ctx),
+            clipboard_paste_in: self.is_allowed(who, Action::ClipboardPasteIn, pool, ctx),
+            file_upload: self.is_allowed(who, Action::FileUpload, pool, ctx),
+            file_download: self.is_allowed(who, Action::FileDownload, pool, ctx),
+            shadow: false,
+        }
+    }
+
+    fn decide(
+        &self,
+        loaded: &Loaded,
+        who: &Principal<'_>,
+        action: Action,
+        what: Resource<'_>,
+        ctx: &RequestContext,
+    ) -> Result<bool, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let group_uids: HashSet<EntityUid> =
+            who.groups.iter().map(|g| uid("Group", g)).collect::<Result<_, _>>()?;
+        let user_uid = uid("User", who.username)?;
+        let user = Entity::new(
+            user_uid.clone(),
+            HashMap::from([(
+                "username".to_owned(),
+                RestrictedExpression::new_string(who.username.to_owned()),
+            )]),
+            group_uids.clone(),
+        )
+        .map_err(|x| e(&x))?;
+        let mut entities: Vec<Entity> =
+            group_uids.iter().map(|g| Entity::new_no_attrs(g.clone(), HashSet::new())).collect();
+        entities.push(user);
+        let resource_uid = match what {
+            Resource::Pool { name, kind, image } => {
+                let u = uid("Pool", name)?;
+                entities.push(
+                    Entity::new(
+                        u.clone(),
+                        HashMap::from([
+                            ("name".to_owned(), RestrictedExpression::new_string(name.to_owned())),
+                            ("kind".to_owned(), RestrictedExpression::new_string(kind.to_owned())),
+                            (
+                                "image".to_owned(),
+                                RestrictedExpression::new_string(image.to_owned()),
+                            ),
+                        ]),
+                        HashSet::new(),
+                    )
+                    .map_err(|x| e(&x))?,
+                );
+                u
+            }
+            Resource::Broker => {
+                let u = uid("Broker", "atrium")?;
+                entities.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
+                u
+            }
+        };
+        let entities =
+            Entities::from_entities(entities, Some(&loaded.schema)).map_err(|x| e(&x))?;
+        let local = ctx.now_secs + self.utc_offset_secs;
+        let days = local.div_euclid(86_400);
+        // 1970-01-01 was a Thursday (weekday 4).
+        let weekday = (days + 3).rem_euclid(7) + 1;
+        let hour = local.rem_euclid(86_400) / 3600;
+        let action_uid = uid("Action", action.name())?;
+        let context = Context::from_pairs([
+            ("client_ip".to_owned(), RestrictedExpression::new_ip(ctx.client_ip.to_string())),
+            ("hour".to_owned(), RestrictedExpression::new_long(hour)),
+            ("weekday".to_owned(), RestrictedExpression::new_long(weekday)),
+        ])
+        .map_err(|x| e(&x))?;
+        let request =
+            Request::new(user_uid, action_uid, resource_uid, context, Some(&loaded.schema))
+                .map_err(|x| e(&x))?;
+        let response = self.authorizer.is_authorized(&request, &loaded.set, &entities);
+        Ok(response.decision() == Decision::Allow)
+    }
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = EntityTypeName::from_str(&format!("Atrium::{ty}")).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+/// `+HH:MM` or `-HH:MM` to seconds.
+pub fn parse_utc_offset(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not an offset like +01:00");
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+/// `file:line:column` of a byte offset.
+fn location(file: &Path, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{}:{line}:{col}", file.display())
+}
+
+fn diagnostic_error(file: &Path, text: &str, d: &dyn Diagnostic, message: String) -> PolicyError {
+    let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+    let location = match offset {
+        Some(o) => location(file, text, o),
+        None => format!("{}", file.display()),
+    };
+    let help = d.help().map(|h| format!(" ({h})")).unwrap_or_default();
+    PolicyError::Invalid { location, message: format!("{message}{help}") }
+}
+
+fn load_dir(dir: &Path) -> Result<Loaded, PolicyError> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
+        move |source| PolicyError::Io { path: path.to_owned(), source }
+    }
+    let schema_path = dir.join(SCHEMA_FILE);
+    let schema_text = std::fs::read_to_string(&schema_path).map_err(io(&schema_path))?;
+    let (schema, warnings) = Schema::from_cedarschema_str(&schema_text).map_err(|e| {
+        let msg = e.to_string();
+        diagnostic_error(&schema_path, &schema_text, &e, msg)
+    })?;
+    for w in warnings {
+        tracing::warn!(file = %schema_path.display(), warning = %w, "policy schema warning");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(PolicyError::Invalid {
+            location: dir.display().to_string(),
+            message: "no *.cedar policy file: nobody could do anything".into(),
+        });
+    }
+    let mut set = PolicySet::new();
+    let mut sources: HashMap<String, (PathBuf, String)> = HashMap::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(io(file))?;
+        let parsed = PolicySet::from_str(&text).map_err(|e| {
+            let msg = e.to_string();
+            diagnostic_error(file, &text, &e, msg)
+        })?;
+        let stem = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for (i, p) in parsed.policies().enumerate() {
+            let id = match p.annotation("id") {
+                Some(a) => format!("{stem}:{a}"),
+                None => format!("{stem}:{i}"),
+            };
+            set.add(p.new_id(PolicyId::new(&id))).map_err(|e| PolicyError::Invalid {
+                location: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            sources.insert(id, (file.clone(), text.clone()));
+        }
+    }
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    if let Some(err) = result.validation_errors().next() {
+        let key: &str = err.policy_id().as_ref();
+        let (file, text) = sources.get(key).cloned().unwrap_or_default();
+        return Err(diagnostic_error(&file, &text, err, err.to_string()));
+    }
+    Ok(Loaded { schema, set, files: files.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    }
+
+    fn temp_with(extra: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("atrium-pol-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(policies_dir().join(SCHEMA_FILE), dir.join(SCHEMA_FILE)).unwrap();
+        for (name, text) in extra {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn ctx(ip: &str, now_secs: i64) -> RequestContext {
+        RequestContext { client_ip: ip.parse().unwrap(), now_secs }
+    }
+
+    const POOL: Resource<'static> =
+        Resource::Pool { name: "finance", kind: "floating", image: "console" };
+    // 2026-11-26 is a Thursday; 10:00 UTC.
+    const THU_10: i64 = 1_795_687_200;
+
+    #[test]
+    fn default_policies_load_and_decide() {
+        let p = Policies::load(&policies_dir(), "+00:00").unwrap();
+        let users = vec!["atrium-users".to_owned()];
+        let admins = vec!["atrium-admins".to_owned()];
+        let alice = Principal { username: "alice", groups: &users };
+        let root = Principal { username: "root", groups: &admins };
+        let c = ctx("127.0.0.1", THU_10);
+        assert!(p.is_allowed(&alice, Action::Connect, POOL, &c));
+        assert!(!p.is_allowed(&alice, Action::Administer, Resource::Broker, &c));
+        assert!(p.is_allowed(&root, Action::Administer, Resource::Broker, &c));
+        assert!(!p.is_allowed(&root, Action::Connect, POOL, &c));
+        let caps = p.capabilities(&alice, POOL, &c);
+        assert!(caps.clipboard_copy_out && caps.clipboard_paste_in && !caps.file_upload);
+        let nobody = Principal { username: "eve", groups: &[] };
+        assert!(!p.is_allowed(&nobody, Action::Connect, POOL, &c));
+    }
+
+    #[test]
+    fn address_and_time_are_policy() {
+        let example =
+            std::fs::read_to_string(policies_dir().join("examples.cedar.example")).unwrap();
+        let default = std::fs::read_to_string(policies_dir().join("default.cedar")).unwrap();
+        let dir = temp_with(&[("default.cedar", &default), ("examples.cedar", &example)]);
+        let p = Policies::load(&dir, "+00:00").unwrap();
+        let users = vec!["atrium-users".to_owned()];
+        let alice = Principal { username: "alice", groups: &users };
+        assert!(p.is_allowed(&alice, Action::Connect, POOL, &ctx("10.1.2.3", THU_10)));
+        assert!(!p.is_allowed(&alice, Action::Connect, POOL, &ctx("192.168.1.2", THU_10)));
+        assert!(!p.is_allowed(&alice, Action::Connect, POOL, &ctx("10.1.2.3", THU_10 + 10 * 3600)));
+        assert!(
+            !p.is_allowed(&alice, Action::Connect, POOL, &ctx("10.1.2.3", THU_10 + 2 * 86_400)),
+            "Saturday"
+        );
+        let other = Resource::Pool { name: "general", kind: "floating", image: "console" };
+        assert!(p.is_allowed(&alice, Action::Connect, other, &ctx("192.168.1.2", THU_10)));
+        // The offset moves the clock policies see: 10:00 UTC is 19:00 at +09:00.
+        let tokyo = Policies::load(&dir, "+09:00").unwrap();
+        assert!(!tokyo.is_allowed(&alice, Action::Connect, POOL, &ctx("10.1.2.3", THU_10)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_file_is_named_with_its_line() {
+        let dir = temp_with(&[
+            ("ok.cedar", "permit(principal, action, resource);\n"),
+            ("bad.cedar", "\n\npermit(principal, action, resource) when { context.nope == 1 };\n"),
+        ]);
+        let e = Policies::load(&dir, "+00:00").expect_err("must fail").to_string();
+        assert!(e.contains("bad.cedar:3:"), "{e}");
+        std::fs::write(dir.join("bad.cedar"), "permit(principal,\n action resource);").unwrap();
+        let e = Policies::load(&dir, "+00:00").expect_err("must fail").to_string();
+        assert!(e.contains("bad.cedar:2:"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reload_keeps_old_policies_on_error() {
+        let default = std::fs::read_to_string(policies_dir().join("default.cedar")).unwrap();
+        let dir = temp_with(&[("default.cedar", &default)]);
+        let p = Policies::load(&dir, "+00:00").unwrap();
+        std::fs::write(dir.join("default.cedar"), "garbage").unwrap();
+        assert!(p.reload().is_err());
+        let users = vec!["atrium-users".to_owned()];
+        assert!(p.is_allowed(
+            &Principal { username: "a", groups: &users },
+            Action::Connect,
+            POOL,
+            &ctx("127.0.0.1", THU_10)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_utc_offset("+01:30"), Ok(5400));
+        assert_eq!(parse_utc_offset("-05:00"), Ok(-18000));
+        assert!(parse_utc_offset("01:00").is_err());
+        assert!(parse_utc_offset("+25:00").is_err());
+    }
+}

@@ -1,0 +1,527 @@
+//! The broker's operations, shared by the HTTP handlers and the reconcile loop: sign-in,
+//! sign-out, connect, session ends, provisioning and destruction of desktops.
+
+use std::net::IpAddr;
+
+use atrium_protocol::agent::SessionUser;
+use atrium_protocol::node::VmSpec;
+use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISSUER};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::{
+    Assignment, AuditEvent, CachedUser, Desktop, DesktopSession, DesktopState, LoginSession, Pool,
+    PoolKind, now_ms,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::ldap::LdapError;
+use crate::metrics::Metrics;
+use crate::policy::{Action, Principal, RequestContext, Resource};
+use crate::secret::Secret;
+use crate::state::AppState;
+
+/// Keeps what goes into storage and logs printable and bounded (PostgreSQL refuses NUL).
+pub fn printable(s: &str, max: usize) -> String {
+    s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).take(max).collect()
+}
+
+/// Records an audit event; a failure to record is logged, never hidden.
+pub async fn audit(
+    st: &AppState,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    addr: IpAddr,
+    details: serde_json::Value,
+) {
+    let e = AuditEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: now_ms(),
+        actor: printable(actor, 256),
+        action: action.to_owned(),
+        target: printable(target, 512),
+        outcome: outcome.to_owned(),
+        client_addr: addr.to_string(),
+        details: details.to_string(),
+    };
+    if let Err(err) = st.db.insert_audit(st.db.pool(), &e).await {
+        tracing::error!(error = %err, action, "could not write an audit event");
+    }
+}
+
+/// What a successful sign-in returns (the cookies go in headers).
+#[derive(Debug)]
+pub struct SignedIn {
+    pub user: CachedUser,
+    pub session_token: String,
+    pub csrf_token: String,
+    pub max_age: u64,
+}
+
+pub async fn login(
+    st: &AppState,
+    username: &str,
+    password: &Secret,
+    addr: IpAddr,
+) -> ApiResult<SignedIn> {
+    let now = now_ms();
+    let user_key = format!("user:{}", printable(&username.to_lowercase(), 256));
+    let addr_key = format!("addr:{addr}");
+    if let Some(until) = st.db.locked_until(&[&user_key, &addr_key], now).await? {
+        Metrics::inc(&st.metrics.logins_locked);
+        audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
+        let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
+        return Err(ApiError::LockedOut { retry_after_secs: secs, minutes: secs.div_ceil(60) });
+    }
+    match st.directory.authenticate(username, password).await {
+        Ok(dir_user) => {
+            let cached = CachedUser::from((&dir_user, now));
+            let sid = uuid::Uuid::new_v4().to_string();
+            let session = LoginSession {
+                id: sid.clone(),
+                username: cached.username.clone(),
+                client_addr: addr.to_string(),
+                created_at: now,
+                expires_at: now
+                    + i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000)
+                        .unwrap_or(i64::MAX / 2),
+                last_seen_at: now,
+                revoked_at: None,
+            };
+            let mut tx = st.db.begin_write().await?;
+            st.db.upsert_user(&mut tx, &cached).await?;
+            st.db.insert_login_session(&mut tx, &session).await?;
+            st.db.clear_login_failures(&mut tx, &user_key, now).await?;
+            let event = AuditEvent {
+                id: uuid::Uuid::new_v4().to_string(),
+                at: now,
+                actor: cached.username.clone(),
+                action: "login".into(),
+                target: cached.username.clone(),
+                outcome: "success".into(),
+                client_addr: addr.to_string(),
+                details: serde_json::json!({ "session": sid }).to_string(),
+            };
+            st.db.insert_audit(&mut *tx, &event).await?;
+            tx.commit().await.map_err(crate::db::DbError::from)?;
+            let csrf_token = crate::auth::random_token();
+            let (session_token, max_age) = crate::auth::mint_session_token(
+                st,
+                &cached.username,
+                &sid,
+                &crate::auth::csrf_digest(&csrf_token),
+                session.expires_at,
+            )?;
+            Metrics::inc(&st.metrics.logins_ok);
+            Ok(SignedIn { user: cached, session_token, csrf_token, max_age })
+        }
+        Err(LdapError::InvalidCredentials) => {
+            Metrics::inc(&st.metrics.logins_failed);
+            let lw = &st.cfg.login;
+            let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
+            let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
+            let user_locked = st
+                .db
+                .record_login_failure(&user_key, now, window, lw.max_failures_per_user, lockout)
+                .await?;
+            let addr_locked = st
+                .db
+                .record_login_failure(&addr_key, now, window, lw.max_failures_per_address, lockout)
+                .await?;
+            audit(
+                st,
+                username,
+                "login.failed",
+                username,
+                "failure",
+                addr,
+                serde_json::json!({ "locked_user": user_locked, "locked_address": addr_locked }),
+            )
+            .await;
+            Err(ApiError::InvalidCredentials)
+        }
+        Err(e) => {
+            Metrics::inc(&st.metrics.logins_unavailable);
+            audit(
+                st,
+                username,
+                "login.error",
+                username,
+                "failure",
+                addr,
+                serde_json::json!({ "reason": "directory unavailable" }),
+            )
+            .await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Ends a sign-in session and the desktop sessions opened from it.
+pub async fn logout(st: &AppState, username: &str, sid: &str, addr: IpAddr) -> ApiResult<()> {
+    let now = now_ms();
+    st.db.revoke_login_session(sid, now).await?;
+    for s in st.db.open_sessions_of_login(sid).await? {
+        end_session(st, &s, "signed out", now).await?;
+    }
+    audit(st, username, "logout", username, "success", addr, serde_json::json!({ "session": sid }))
+        .await;
+    Ok(())
+}
+
+/// Ends a desktop session: viewers are disconnected; a floating desktop is destroyed (the pool
+/// refills), a dedicated one is kept.
+pub async fn end_session(
+    st: &AppState,
+    s: &DesktopSession,
+    reason: &str,
+    now: i64,
+) -> ApiResult<()> {
+    let Some(s) = st.db.end_desktop_session(&s.id, reason, now).await? else { return Ok(()) };
+    let node = match &s.node_id {
+        Some(n) => st.db.get_node(n).await?,
+        None => None,
+    };
+    if let Some(node) = node
+        && let Err(e) = st.nodes.end_display_session(&node.display_url, &s.id).await
+    {
+        tracing::warn!(error = %e, session = %s.id, "could not tell the display proxy to end the session");
+    }
+    if let Some(pool) = st.db.get_pool(&s.pool_id).await?
+        && pool.kind == PoolKind::Floating
+        && reason != "disconnected"
+    {
+        st.db.mark_destroying(&s.desktop_id, now).await?;
+    }
+    audit(
+        st,
+        &s.username,
+        "session.end",
+        &s.desktop_id,
+        "success",
+        IpAddr::from([0, 0, 0, 0]),
+        serde_json::json!({ "session": s.id, "reason": reason }),
+    )
+    .await;
+    Ok(())
+}
+
+/// What `POST /pools/{pool}/connect` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectResponse {
+    pub desktop_id: String,
+    pub pool: String,
+    /// `ready`: `ws_url` and `ticket` are set. `starting`: ask again after `retry_after_ms`.
+    pub status: String,
+    /// How the desktop was found: `existing`, `spare`, `new` or `restarted`.
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket_expires_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// The desktop session id.
+    pub session_id: String,
+    #[schema(value_type = Object)]
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug)]
+pub struct Connecting<'a> {
+    pub username: &'a str,
+    pub login_sid: &'a str,
+    pub groups: &'a [String],
+    pub display_name: Option<&'a str>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub addr: IpAddr,
+}
+
+pub fn policy_ctx(addr: IpAddr) -> RequestContext {
+    RequestContext { client_ip: addr, now_secs: now_ms() / 1000 }
+}
+
+pub fn pool_resource(p: &Pool) -> Resource<'_> {
+    Resource::Pool { name: &p.name, kind: p.kind.as_str(), image: &p.image }
+}
+
+pub async fn connect(
+    st: &AppState,
+    who: &Connecting<'_>,
+    pool_name: &str,
+) -> ApiResult<ConnectResponse> {
+    let pool = st
+        .db
+        .get_pool(pool_name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no pool {pool_name:?}")))?;
+    let principal = Principal { username: who.username, groups: who.groups };
+    let ctx = policy_ctx(who.addr);
+    if !st.policies.is_allowed(&principal, Action::Connect, pool_resource(&pool), &ctx) {
+        Metrics::inc(&st.metrics.connects_refused);
+        audit(
+            st,
+            who.username,
+            "desktop.connect",
+            &pool.name,
+            "denied",
+            who.addr,
+            serde_json::json!({}),
+        )
+        .await;
+        return Err(ApiError::Forbidden(format!("you may not use pool {}", pool.name)));
+    }
+    let now = now_ms();
+    let (desktop, source) = match st.db.assign_desktop(&pool, who.username, now).await? {
+        Assignment::Existing(d) => {
+            Metrics::inc(&st.metrics.connects_existing);
+            (d, "existing")
+        }
+        Assignment::Spare(d) => {
+            Metrics::inc(&st.metrics.connects_spare);
+            (d, "spare")
+        }
+        Assignment::New(d) => {
+            Metrics::inc(&st.metrics.connects_new);
+            let d = provision(st, &pool, d, Some(who)).await?;
+            (d, "new")
+        }
+        Assignment::Restart(d) => {
+            Metrics::inc(&st.metrics.connects_new);
+            let d = provision(st, &pool, d, Some(who)).await?;
+            (d, "restarted")
+        }
+        Assignment::Full => {
+            Metrics::inc(&st.metrics.connects_refused);
+            audit(
+                st,
+                who.username,
+                "desktop.connect",
+                &pool.name,
+                "failure",
+                who.addr,
+                serde_json::json!({ "reason": "pool full" }),
+            )
+            .await;
+            return Err(ApiError::Unavailable {
+                message: format!("every desktop of pool {} is in use: try again later", pool.name),
+                retry_after_secs: Some(30),
+            });
+        }
+        Assignment::NoNode => {
+            Metrics::inc(&st.metrics.connects_refused);
+            audit(
+                st,
+                who.username,
+                "desktop.connect",
+                &pool.name,
+                "failure",
+                who.addr,
+                serde_json::json!({ "reason": "no node" }),
+            )
+            .await;
+            return Err(ApiError::Unavailable {
+                message: format!("no node can start a desktop of pool {} now", pool.name),
+                retry_after_secs: Some(30),
+            });
+        }
+    };
+    let session = st
+        .db
+        .open_desktop_session(&desktop, who.username, who.login_sid, &who.addr.to_string(), now)
+        .await?;
+    if source != "existing" {
+        audit(
+            st,
+            who.username,
+            "desktop.assign",
+            &desktop.id,
+            "success",
+            who.addr,
+            serde_json::json!({ "pool": pool.name, "source": source, "node": desktop.node_id, "vm": desktop.vm_id }),
+        )
+        .await;
+    }
+    let caps = st.policies.capabilities(&principal, pool_resource(&pool), &ctx);
+    let mut resp = ConnectResponse {
+        desktop_id: desktop.id.clone(),
+        pool: pool.name.clone(),
+        status: "starting".into(),
+        source: source.into(),
+        ws_url: None,
+        ticket: None,
+        ticket_expires_in: None,
+        retry_after_ms: Some(1000),
+        session_id: session.id.clone(),
+        capabilities: caps,
+    };
+    match desktop.state {
+        DesktopState::Ready => {
+            tell_agent(st, &desktop, who).await;
+            let (ws_url, ticket) =
+                mint_ticket(st, &desktop, who.username, &session.id, caps).await?;
+            resp.status = "ready".into();
+            resp.ws_url = Some(ws_url);
+            resp.ticket = Some(ticket);
+            resp.ticket_expires_in = Some(st.cfg.tickets.ttl_secs);
+            resp.retry_after_ms = None;
+        }
+        DesktopState::Provisioning | DesktopState::Starting => {}
+        DesktopState::Failed | DesktopState::Stopped | DesktopState::Destroying => {
+            return Err(ApiError::unavailable("your desktop could not be started: try again"));
+        }
+    }
+    Ok(resp)
+}
+
+/// Tells the guest agent who signed in, once per assignment.
+async fn tell_agent(st: &AppState, d: &Desktop, who: &Connecting<'_>) {
+    if d.agent_user.as_deref() == Some(who.username) {
+        return;
+    }
+    let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id) else { return };
+    let Ok(Some(node)) = st.db.get_node(node_id).await else { return };
+    let user = SessionUser {
+        username: who.username.to_owned(),
+        display_name: who.display_name.map(str::to_owned),
+        uid: who.uid,
+        gid: who.gid,
+        keyboard_layout: None,
+    };
+    if user.validate().is_err() {
+        tracing::warn!(user = %printable(who.username, 64), "username cannot be passed to a guest; the desktop will not greet them");
+        return;
+    }
+    match st.nodes.send_session(&node.api_url, vm, &user).await {
+        Ok(()) => {
+            let _ = st.db.set_agent_user(&d.id, who.username).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, desktop = %d.id, "could not tell the guest agent who signed in")
+        }
+    }
+}
+
+/// Mints a display ticket for a ready desktop: `(ws_url, ticket)`.
+pub async fn mint_ticket(
+    st: &AppState,
+    d: &Desktop,
+    username: &str,
+    session_id: &str,
+    caps: Capabilities,
+) -> ApiResult<(String, String)> {
+    let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id) else {
+        return Err(ApiError::unavailable("the desktop has no VM yet"));
+    };
+    let node = st
+        .db
+        .get_node(node_id)
+        .await?
+        .ok_or_else(|| ApiError::unavailable("the desktop's node is gone"))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = DisplayClaims {
+        iss: ISSUER.into(),
+        aud: DISPLAY_AUDIENCE.into(),
+        sub: username.to_owned(),
+        iat: now,
+        nbf: now.saturating_sub(1),
+        exp: now + st.cfg.tickets.ttl_secs,
+        jti: uuid::Uuid::new_v4().to_string(),
+        desktop: d.id.clone(),
+        vm: vm.clone(),
+        node: node.id.clone(),
+        sid: session_id.to_owned(),
+        caps,
+    };
+    let ticket =
+        st.keys.sign(&claims).map_err(|e| ApiError::internal("signing a display ticket", e))?;
+    Metrics::inc(&st.metrics.tickets_issued);
+    Ok((format!("{}/ws/{vm}", node.display_url.trim_end_matches('/')), ticket))
+}
+
+/// Asks the desktop's node for its VM. On failure the desktop is marked failed.
+pub async fn provision(
+    st: &AppState,
+    pool: &Pool,
+    d: Desktop,
+    who: Option<&Connecting<'_>>,
+) -> ApiResult<Desktop> {
+    let now = now_ms();
+    let node = match &d.node_id {
+        Some(n) => st.db.get_node(n).await?,
+        None => None,
+    };
+    let Some(node) = node else {
+        st.db.fail_desktop(&d.id, "no node", now).await?;
+        return Err(ApiError::unavailable("no node for the desktop"));
+    };
+    let user = who.map(|w| SessionUser {
+        username: w.username.to_owned(),
+        display_name: w.display_name.map(str::to_owned),
+        uid: w.uid,
+        gid: w.gid,
+        keyboard_layout: None,
+    });
+    let spec = VmSpec {
+        image: pool.image.clone(),
+        vcpus: pool.vcpus,
+        memory_mib: pool.memory_mib,
+        display: pool.display,
+        runtime: pool.runtime,
+        persistent_disk: d.persistent_disk.clone(),
+        user: user.filter(|u| u.validate().is_ok()),
+    };
+    match st.nodes.create_vm(&node.api_url, &spec).await {
+        Ok(vm) => {
+            st.db.set_desktop_vm(&d.id, &vm.id, now_ms()).await?;
+            if let Some(w) = who
+                && spec.user.is_some()
+            {
+                st.db.set_agent_user(&d.id, w.username).await?;
+            }
+            tracing::info!(desktop = %d.id, node = %node.id, vm = %vm.id, pool = %pool.name, "desktop VM created");
+            Ok(st.db.get_desktop(&d.id).await?.unwrap_or(d))
+        }
+        Err(e) => {
+            Metrics::inc(&st.metrics.provision_failures);
+            tracing::warn!(error = %e, desktop = %d.id, node = %node.id, "node refused to create a desktop VM");
+            st.db.fail_desktop(&d.id, &e.to_string(), now_ms()).await?;
+            audit(
+                st,
+                "system",
+                "desktop.provision",
+                &d.id,
+                "failure",
+                IpAddr::from([0, 0, 0, 0]),
+                serde_json::json!({ "node": node.id, "error": e.to_string() }),
+            )
+            .await;
+            Err(ApiError::unavailable("a node could not start your desktop: try again"))
+        }
+    }
+}
+
+/// Removes a desktop's VM from its node and forgets the desktop (or, for a dedicated desktop
+/// being stopped, keeps it with its disk).
+pub async fn remove_vm(st: &AppState, d: &Desktop, keep_desktop: bool) -> ApiResult<()> {
+    let now = now_ms();
+    if let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id)
+        && let Some(node) = st.db.get_node(node_id).await?
+        && node.state == crate::db::NodeState::Up
+    {
+        st.nodes
+            .delete_vm(&node.api_url, vm)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("node {node_id}: {e}")))?;
+    }
+    if keep_desktop {
+        st.db.mark_stopped(&d.id, now).await?;
+    } else {
+        st.db.delete_desktop(&d.id).await?;
+    }
+    Ok(())
+}
