@@ -43,15 +43,17 @@ impl SessionUser {
         {
             return Err(format!("username {u:?} has characters a guest cannot log in with"));
         }
-        if let Some(d) = &self.display_name {
-            if d.len() > 256 || d.chars().any(char::is_control) {
-                return Err("display_name is too long or has control characters".into());
-            }
+        if let Some(d) = &self.display_name
+            && (d.len() > 256 || d.chars().any(char::is_control))
+        {
+            return Err("display_name is too long or has control characters".into());
         }
-        if let Some(l) = &self.keyboard_layout {
-            if l.is_empty() || l.len() > 32 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'+' || b == b'(' || b == b')') {
-                return Err(format!("keyboard_layout {l:?} is not an XKB layout name"));
-            }
+        if let Some(l) = &self.keyboard_layout
+            && (l.is_empty()
+                || l.len() > 32
+                || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-+()".contains(&b)))
+        {
+            return Err(format!("keyboard_layout {l:?} is not an XKB layout name"));
         }
         if self.uid == Some(0) || self.gid == Some(0) {
             return Err("uid and gid 0 are refused".into());

@@ -37,7 +37,7 @@ impl DisplaySize {
                 "{self} is outside {MIN_DISPLAY}x{MIN_DISPLAY}..{MAX_DISPLAY_WIDTH}x{MAX_DISPLAY_HEIGHT}"
             ));
         }
-        if self.width % 8 != 0 {
+        if !self.width.is_multiple_of(8) {
             return Err(format!("width {} is not a multiple of 8", self.width));
         }
         Ok(())
