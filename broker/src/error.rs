@@ -43,7 +43,7 @@ pub enum ApiError {
     DirectoryUnavailable,
     #[error("{message}")]
     Unavailable { message: String, retry_after_secs: Option<u64> },
-    #[error("internal error")]
+    #[error("internal error: {0}")]
     Internal(String),
 }
 

@@ -7,6 +7,10 @@
 //! named in `ATRIUM_SKIP` (set by `scripts/test.sh --skip GROUP,...`), and then the test prints
 //! what it skipped and returns.
 
+pub mod broker;
+pub mod fake_node;
+pub mod postgres;
+pub mod slapd;
 pub mod util;
 
 pub use util::{Group, TempDir, bin_path, free_port, skip, wait_for, workspace_root};

@@ -44,7 +44,10 @@ pub fn skip(group: Group, test: &str) -> bool {
 
 /// The workspace root (the folder with the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 /// A binary of the workspace, built by `cargo build --workspace --bins` (the test command does
@@ -52,7 +55,8 @@ pub fn workspace_root() -> PathBuf {
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let profile_dir =
+        exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let p = profile_dir.join(name);
     assert!(
         p.exists(),
@@ -64,7 +68,11 @@ pub fn bin_path(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; the usual small race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
 }
 
 /// A temporary directory removed on drop (kept when `ATRIUM_KEEP_TMP` is set, for debugging).

@@ -377,7 +377,7 @@ impl Db {
     ) -> DbResult<Option<String>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.capacity_json,
-               COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS used
+               CAST(COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used
              FROM nodes n WHERE n.state = 'up' AND n.draining = 0 ORDER BY n.id"
         )))
         .fetch_all(&mut **tx)

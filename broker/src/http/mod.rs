@@ -59,3 +59,123 @@ pub fn app(state: AppState) -> Router {
     .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::session_layer))
     .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn state() -> (AppState, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("atrium-http-{}", uuid::Uuid::new_v4()));
+        let mut cfg = crate::config::Config::default();
+        cfg.broker.data_dir = dir.clone();
+        cfg.policies.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        // Nothing listens there: these tests never sign in.
+        cfg.ldap.url = "ldap://127.0.0.1:9".into();
+        cfg.ldap.timeout_secs = 1;
+        (crate::build_state(cfg).await.expect("state"), dir)
+    }
+
+    /// Every operation in the OpenAPI document is routed (the router answers something other
+    /// than "no such route" or "method not allowed"), so the document cannot drift from the code.
+    #[tokio::test]
+    async fn every_documented_operation_is_routed() {
+        let (st, dir) = state().await;
+        let (_, doc) = api();
+        let app = app(st);
+        let mut checked = 0;
+        for (path, item) in &doc.paths.paths {
+            let concrete = path.replace("{pool}", "general").replace("{id}", "x");
+            let ops = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            for (method, present) in ops {
+                if !present {
+                    continue;
+                }
+                let req = Request::builder()
+                    .method(method)
+                    .uri(&concrete)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap();
+                let resp = app.clone().oneshot(req).await.unwrap();
+                assert_ne!(
+                    resp.status(),
+                    StatusCode::NOT_FOUND,
+                    "{method} {path} is documented but not routed"
+                );
+                assert_ne!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} operations documented");
+        // The check has teeth: an undocumented path is a 404.
+        let resp = app
+            .clone()
+            .oneshot(Request::builder().uri("/api/v1/nosuch").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        // And the document is served.
+        let resp = app
+            .oneshot(Request::builder().uri("/api/openapi.json").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn admin_and_user_routes_need_a_session() {
+        let (st, dir) = state().await;
+        let app = app(st);
+        for (m, p) in [
+            ("GET", "/api/v1/me"),
+            ("GET", "/api/v1/pools"),
+            ("POST", "/api/v1/pools/x/connect"),
+            ("GET", "/api/v1/admin/pools"),
+            ("POST", "/api/v1/auth/logout"),
+        ] {
+            let resp = app
+                .clone()
+                .oneshot(Request::builder().method(m).uri(p).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{m} {p}");
+        }
+        // A node without the token cannot heartbeat.
+        let hb = r#"{"node_id":"n","api_url":"http://x","display_url":"ws://x","capacity":{"vcpus_total":1,"vcpus_allocated":0,"memory_mib_total":1,"memory_mib_allocated":0,"vms":0,"kvm":"pvm","default_runtime":"qemu","images":[]},"vms":[]}"#;
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/api/v1/nodes/heartbeat")
+                    .header("content-type", "application/json")
+                    .header("authorization", "Bearer wrong")
+                    .body(Body::from(hb))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        // The web client is served with a strict content security policy.
+        let resp =
+            app.oneshot(Request::builder().uri("/").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'self'")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,303 @@
+//! Runs the real `atrium-broker` binary with a configuration in a temporary folder, and an API
+//! client that keeps cookies and sends the CSRF header like the web client does.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+
+use crate::util::{TempDir, bin_path, free_port, wait_for, workspace_root};
+
+pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+
+/// How to start a broker.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub ldap_url: String,
+    /// `None`: SQLite in the temporary folder.
+    pub database_url: Option<String>,
+    /// More TOML appended to the generated file (whole sections, e.g. `[login]`).
+    pub extra_toml: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Policies folder (default: the repository's `policies/`).
+    pub policies_dir: Option<PathBuf>,
+}
+
+impl BrokerOptions {
+    pub fn new(ldap_url: &str) -> Self {
+        Self {
+            ldap_url: ldap_url.to_owned(),
+            database_url: None,
+            extra_toml: String::new(),
+            env: Vec::new(),
+            policies_dir: None,
+        }
+    }
+}
+
+/// A running broker; killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    dir: TempDir,
+    child: Child,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Broker {
+    pub async fn start(opts: BrokerOptions) -> anyhow::Result<Self> {
+        let dir = TempDir::new("broker");
+        let port = free_port();
+        let db = opts
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/broker.db", dir.path().display()));
+        let policies =
+            opts.policies_dir.clone().unwrap_or_else(|| workspace_root().join("policies"));
+        let has = |section: &str| opts.extra_toml.contains(&format!("[{section}]"));
+        let mut toml = format!(
+            "[broker]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndata_dir = {data:?}\nreconcile_interval_secs = 1\n\n\
+             [database]\nurl = {db:?}\n\n\
+             [ldap]\nurl = {ldap:?}\nbind_dn = \"cn=atrium,ou=services,dc=example,dc=com\"\nbind_password = \"service-pw\"\n\
+             user_base = \"ou=people,dc=example,dc=com\"\ngroup_base = \"ou=groups,dc=example,dc=com\"\ntimeout_secs = 2\n{ldap_extra}\n\
+             [policies]\ndir = {policies:?}\n\n",
+            data = dir.path().display().to_string(),
+            ldap = opts.ldap_url,
+            ldap_extra = section_body(&opts.extra_toml, "ldap"),
+            policies = policies.display().to_string(),
+        );
+        if !has("nodes") {
+            toml.push_str(&format!("[nodes]\ntoken = {NODE_TOKEN:?}\nheartbeat_interval_secs = 1\nlost_after_secs = 3\nrequest_timeout_secs = 5\n\n"));
+        }
+        toml.push_str(&strip_section(&opts.extra_toml, "ldap"));
+        let cfg = dir.path().join("broker.toml");
+        std::fs::write(&cfg, toml)?;
+        let log = std::fs::File::create(dir.path().join("broker.log"))?;
+        let mut cmd = Command::new(bin_path("atrium-broker"));
+        cmd.arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,atrium_broker=debug,sqlx=warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        let mut me = Self { dir, child, port, url: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let health = format!("{}/healthz", me.url);
+        let pid = me.child.id();
+        let started = wait_for("the broker to answer /healthz", Duration::from_secs(30), || {
+            let http = http.clone();
+            let health = health.clone();
+            async move {
+                // A broker that exited answers nothing: stop waiting at once.
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+                    return Some(false);
+                }
+                http.get(&health)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| true)
+            }
+        })
+        .await;
+        if matches!(started, Ok(false)) {
+            let status = me.child.wait()?;
+            anyhow::bail!("broker exited with {status}:\n{}", me.log());
+        }
+        if let Err(e) = started {
+            let _ = me.child.kill();
+            anyhow::bail!("{e}\nbroker log:\n{}", me.log());
+        }
+        if let Ok(Some(status)) = me.child.try_wait() {
+            anyhow::bail!("broker exited with {status}:\n{}", me.log());
+        }
+        Ok(me)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (SIGHUP reloads policies and keys).
+    pub fn signal(&self, sig: i32) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child; no memory is involved.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.url)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- broker log ---\n{}", self.log());
+        }
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// The lines of `[section]` in a TOML text (without the header).
+fn section_body(toml: &str, section: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == format!("[{section}]");
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The TOML text without `[section]`.
+fn strip_section(toml: &str, section: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == format!("[{section}]");
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A browser-like API client: keeps cookies, sends `X-CSRF-Token` on state-changing calls.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub csrf: Option<String>,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        Self { http, base: base.to_owned(), csrf: None }
+    }
+
+    /// Signs in; on success remembers the CSRF token.
+    pub async fn login(&mut self, username: &str, password: &str) -> anyhow::Result<Response> {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/auth/login", self.base))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await?;
+        if r.status().is_success() {
+            let cookies: Vec<String> = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                .collect();
+            self.csrf = cookies.iter().find_map(|c| {
+                c.strip_prefix("atrium_csrf=").and_then(|v| v.split(';').next()).map(str::to_owned)
+            });
+        }
+        Ok(r)
+    }
+
+    /// Signs in and panics with the body when it fails.
+    pub async fn login_ok(&mut self, username: &str, password: &str) -> Value {
+        let r = self.login(username, password).await.expect("login request");
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
+        body
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Response> {
+        let mut rb = self.http.request(method.clone(), format!("{}{path}", self.base));
+        if method != Method::GET
+            && let Some(t) = &self.csrf
+        {
+            rb = rb.header("X-CSRF-Token", t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        Ok(rb.send().await?)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Response> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Response> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// GET, expecting `status`, returning the JSON body.
+    pub async fn get_json(&self, path: &str, status: StatusCode) -> Value {
+        let r = self.get(path).await.expect("request");
+        let s = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(s, status, "GET {path}: {body}");
+        body
+    }
+
+    /// POST, expecting `status`, returning the JSON body (or Null).
+    pub async fn post_json(&self, path: &str, body: Value, status: StatusCode) -> Value {
+        let r = self.post(path, body).await.expect("request");
+        let s = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(s, status, "POST {path}: {body}");
+        body
+    }
+}

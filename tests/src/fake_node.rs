@@ -1,0 +1,233 @@
+//! An in-process stand-in of the node agent API, for the broker's own tests: it accepts VM
+//! specs, reports them ready after a delay, records deletions and session notices, and
+//! heartbeats to the broker like `atrium-node` does. It also answers the display proxy's
+//! end-session call. It boots nothing: flows that need real desktops use the real node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::agent::SessionUser;
+use atrium_protocol::node::{
+    Capacity, DisplayEndpoint, HeartbeatReply, ImageInfo, KvmKind, NodeHeartbeat, RuntimeKind,
+    SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
+};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+
+use crate::broker::NODE_TOKEN;
+
+#[derive(Debug, Clone)]
+pub struct FakeVm {
+    pub spec: VmSpec,
+    pub state: VmState,
+    pub created: Instant,
+}
+
+#[derive(Debug)]
+pub struct FakeState {
+    pub vms: HashMap<String, FakeVm>,
+    /// VMs become ready this long after creation.
+    pub ready_after: Duration,
+    /// Refuse VM creation with this message.
+    pub refuse: Option<String>,
+    pub memory_mib_total: u64,
+    pub images: Vec<ImageInfo>,
+    pub created: u32,
+    pub deleted: Vec<String>,
+    pub sessions: Vec<(String, SessionUser)>,
+    pub ended_display_sessions: Vec<String>,
+    /// Heartbeats stop while false (the node looks lost).
+    pub heartbeating: bool,
+    pub draining_seen: bool,
+}
+
+#[derive(Debug)]
+pub struct FakeNode {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<FakeState>>,
+    server: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+fn authorized(h: &HeaderMap) -> bool {
+    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {NODE_TOKEN}"))
+}
+
+fn info(id: &str, vm: &FakeVm) -> VmInfo {
+    VmInfo {
+        id: id.to_owned(),
+        state: vm.state,
+        runtime: RuntimeKind::Qemu,
+        accel: None,
+        image: vm.spec.image.clone(),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        display: vm.spec.display,
+        persistent_disk: vm.spec.persistent_disk.clone(),
+        user: vm.spec.user.as_ref().map(|u| u.username.clone()),
+        created_at_ms: 0,
+        ready_at_ms: None,
+        error: None,
+        display_endpoint: DisplayEndpoint::VncUnix { path: format!("/nonexistent/{id}.sock") },
+    }
+}
+
+async fn create(
+    State(st): State<Shared>,
+    h: HeaderMap,
+    Json(spec): Json<VmSpec>,
+) -> Result<(StatusCode, Json<VmInfo>), StatusCode> {
+    if !authorized(&h) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let mut s = st.lock().expect("lock");
+    if s.refuse.is_some() {
+        return Err(StatusCode::CONFLICT);
+    }
+    let id = format!("vm-{}", uuid::Uuid::new_v4().simple());
+    let vm = FakeVm { spec, state: VmState::Starting, created: Instant::now() };
+    let out = info(&id, &vm);
+    s.vms.insert(id, vm);
+    s.created += 1;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn remove(State(st): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> StatusCode {
+    if !authorized(&h) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let mut s = st.lock().expect("lock");
+    if s.vms.remove(&id).is_some() {
+        s.deleted.push(id);
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn session(
+    State(st): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<SessionRequest>,
+) -> StatusCode {
+    if !authorized(&h) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let mut s = st.lock().expect("lock");
+    if !s.vms.contains_key(&id) {
+        return StatusCode::NOT_FOUND;
+    }
+    s.sessions.push((id, req.user));
+    StatusCode::NO_CONTENT
+}
+
+async fn end_display(
+    State(st): State<Shared>,
+    h: HeaderMap,
+    Path(sid): Path<String>,
+) -> StatusCode {
+    if !authorized(&h) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    st.lock().expect("lock").ended_display_sessions.push(sid);
+    StatusCode::NO_CONTENT
+}
+
+impl FakeNode {
+    /// Starts the stand-in and its heartbeat to `broker_url` (every 200 ms).
+    pub async fn start(broker_url: &str, id: &str, memory_mib_total: u64) -> anyhow::Result<Self> {
+        let state = Arc::new(Mutex::new(FakeState {
+            vms: HashMap::new(),
+            ready_after: Duration::ZERO,
+            refuse: None,
+            memory_mib_total,
+            images: vec![ImageInfo {
+                name: "console".into(),
+                version: "1".into(),
+                kind: "console".into(),
+            }],
+            created: 0,
+            deleted: Vec::new(),
+            sessions: Vec::new(),
+            ended_display_sessions: Vec::new(),
+            heartbeating: true,
+            draining_seen: false,
+        }));
+        let app = Router::new()
+            .route("/api/v1/vms", post(create))
+            .route("/api/v1/vms/{id}", delete(remove))
+            .route("/api/v1/vms/{id}/session", post(session))
+            .route("/api/v1/sessions/{sid}/end", post(end_display))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let hb_state = state.clone();
+        let url = format!("{}/api/v1/nodes/heartbeat", broker_url.trim_end_matches('/'));
+        let node_id = id.to_owned();
+        let heartbeat = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let body = {
+                    let mut s = hb_state.lock().expect("lock");
+                    let ready_after = s.ready_after;
+                    for vm in s.vms.values_mut() {
+                        if vm.state == VmState::Starting && vm.created.elapsed() >= ready_after {
+                            vm.state = VmState::Ready;
+                        }
+                    }
+                    let allocated: u64 = s.vms.values().map(|v| u64::from(v.spec.memory_mib)).sum();
+                    s.heartbeating.then(|| NodeHeartbeat {
+                        node_id: node_id.clone(),
+                        api_url: format!("http://{addr}"),
+                        display_url: format!("ws://{addr}"),
+                        capacity: Capacity {
+                            vcpus_total: 64,
+                            vcpus_allocated: 0,
+                            memory_mib_total: s.memory_mib_total,
+                            memory_mib_allocated: allocated,
+                            vms: u32::try_from(s.vms.len()).unwrap_or(u32::MAX),
+                            kvm: KvmKind::Pvm,
+                            default_runtime: RuntimeKind::Qemu,
+                            images: s.images.clone(),
+                        },
+                        vms: s
+                            .vms
+                            .iter()
+                            .map(|(id, v)| VmStatus { id: id.clone(), state: v.state, error: None })
+                            .collect(),
+                    })
+                };
+                if let Some(body) = body
+                    && let Ok(r) = http.post(&url).bearer_auth(NODE_TOKEN).json(&body).send().await
+                    && let Ok(reply) = r.json::<HeartbeatReply>().await
+                {
+                    hb_state.lock().expect("lock").draining_seen = reply.draining;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Ok(Self { id: id.to_owned(), addr, state, server, heartbeat })
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().expect("lock"))
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.heartbeat.abort();
+    }
+}

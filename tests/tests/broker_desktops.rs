@@ -1,0 +1,488 @@
+//! Pools, placement, assignment and display tickets through the real broker, with a real slapd
+//! and real SQLite/PostgreSQL. Nodes are the in-process stand-in of the node API
+//! (`atrium_tests::fake_node`): these tests are about the broker's decisions; the end-to-end
+//! tests boot real desktops on the real node.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions};
+use atrium_tests::fake_node::FakeNode;
+use atrium_tests::postgres::Postgres;
+use atrium_tests::slapd::Slapd;
+use atrium_tests::{Group, skip, wait_for};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn pool(name: &str, kind: &str, min_ready: u32, max_size: u32) -> Value {
+    json!({
+        "name": name, "description": "test pool", "image": "console", "vcpus": 1, "memory_mib": 512,
+        "display": "1280x800", "kind": kind, "min_ready": min_ready, "max_size": max_size,
+        "idle_timeout_secs": 600, "max_session_secs": 3600
+    })
+}
+
+async fn admin(broker: &Broker) -> ApiClient {
+    let mut c = broker.client();
+    c.login_ok("carol", "carol-pw").await;
+    c
+}
+
+async fn wait_ready_spares(c: &ApiClient, pool: &str, n: u64) {
+    let path = format!("/api/v1/admin/pools/{pool}");
+    wait_for(&format!("{n} ready spares in {pool}"), Duration::from_secs(30), || async {
+        let p = c.get_json(&path, StatusCode::OK).await;
+        (p["counts"]["ready"].as_u64() == Some(n)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Verifies a display ticket against the broker's JWKS like the display proxy does.
+async fn verify_ticket(broker: &Broker, ticket: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(format!("{}/.well-known/jwks.json", broker.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let header = jsonwebtoken::decode_header(ticket).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["atrium-display"]);
+    v.set_issuer(&["atrium-broker"]);
+    jsonwebtoken::decode::<Value>(ticket, &key, &v).expect("a valid display ticket").claims
+}
+
+#[tokio::test]
+async fn spares_reuse_tickets_and_floating_sign_out() {
+    if skip(Group::Ldap, "spares_reuse_tickets_and_floating_sign_out") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let a = admin(&broker).await;
+    a.post_json("/api/v1/admin/pools", pool("general", "floating", 2, 4), StatusCode::CREATED)
+        .await;
+    wait_ready_spares(&a, "general", 2).await;
+
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let pools = alice.get_json("/api/v1/pools", StatusCode::OK).await;
+    assert_eq!(pools[0]["name"], "general");
+    assert_eq!(pools[0]["state"], "ready");
+    let c1 = alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c1["status"], "ready");
+    assert_eq!(c1["source"], "spare");
+    let ticket = c1["ticket"].as_str().unwrap();
+    let claims = verify_ticket(&broker, ticket).await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "atrium-display");
+    assert!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 60);
+    assert_eq!(claims["desktop"], c1["desktop_id"]);
+    assert_eq!(claims["node"], "node-a");
+    assert_eq!(claims["caps"]["clipboard_copy_out"], true);
+    assert_eq!(claims["caps"]["file_upload"], false);
+    assert_eq!(claims["caps"]["view_only"], false);
+    let vm = claims["vm"].as_str().unwrap().to_owned();
+    assert_eq!(c1["ws_url"], format!("ws://{}/ws/{vm}", node.addr));
+    // The guest agent was told who signed in.
+    assert!(node.with(|s| {
+        s.sessions.iter().any(|(v, u)| *v == vm && u.username == "alice" && u.uid == Some(10001))
+    }));
+
+    // Connecting again reuses the same desktop with a fresh, distinct ticket.
+    let c2 = alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c2["source"], "existing");
+    assert_eq!(c2["desktop_id"], c1["desktop_id"]);
+    let claims2 = verify_ticket(&broker, c2["ticket"].as_str().unwrap()).await;
+    assert_ne!(claims2["jti"], claims["jti"]);
+    assert_eq!(claims2["sid"], claims["sid"], "one desktop session");
+
+    // The pool refills to min_ready spares.
+    wait_ready_spares(&a, "general", 2).await;
+    let sessions = a.get_json("/api/v1/admin/sessions", StatusCode::OK).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 1);
+    assert_eq!(sessions[0]["username"], "alice");
+    assert_eq!(sessions[0]["pool_name"], "general");
+    assert_eq!(sessions[0]["client_addr"], "127.0.0.1");
+
+    // Sign-out ends the session: the display proxy is told, the floating desktop is destroyed.
+    let sid = claims["sid"].as_str().unwrap().to_owned();
+    alice.post_json("/api/v1/auth/logout", json!({}), StatusCode::NO_CONTENT).await;
+    wait_for("the VM to be deleted", Duration::from_secs(20), || async {
+        node.with(|s| s.deleted.contains(&vm)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(node.with(|s| s.ended_display_sessions.contains(&sid)));
+    let audit = a.get_json("/api/v1/admin/audit?actor=alice", StatusCode::OK).await;
+    let actions: HashSet<&str> =
+        audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for want in ["login", "desktop.assign", "logout", "session.end"] {
+        assert!(actions.contains(want), "{want} missing from {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
+    if skip(Group::Ldap, "new_desktops_start_full_pools_refuse_and_lost_nodes_reassign") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    node.with(|s| s.ready_after = Duration::from_secs(2));
+    let a = admin(&broker).await;
+    a.post_json("/api/v1/admin/pools", pool("small", "floating", 0, 1), StatusCode::CREATED).await;
+    wait_for("the node to register", Duration::from_secs(10), || async {
+        let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        (n.as_array().unwrap().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let c = alice.post_json("/api/v1/pools/small/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c["status"], "starting");
+    assert_eq!(c["source"], "new");
+    assert!(c.get("ticket").is_none());
+    let desktop = c["desktop_id"].clone();
+    // Once the VM is ready, the same call hands out a ticket.
+    let ready = wait_for("the new desktop to be ready", Duration::from_secs(20), || async {
+        let c = alice.post_json("/api/v1/pools/small/connect", json!({}), StatusCode::OK).await;
+        (c["status"] == "ready").then_some(c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready["desktop_id"], desktop);
+
+    // max_size 1: bob gets a clear 503.
+    let mut bob = broker.client();
+    bob.login_ok("bob", "bob-pw").await;
+    let r = bob.post("/api/v1/pools/small/connect", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("in use"), "{body}");
+    let pools = bob.get_json("/api/v1/pools", StatusCode::OK).await;
+    assert_eq!(pools[0]["state"], "full");
+
+    // Drain: no new desktops there.
+    a.post_json("/api/v1/admin/nodes/node-a/drain", json!({}), StatusCode::OK).await;
+    a.post_json("/api/v1/admin/pools", pool("other", "floating", 0, 5), StatusCode::CREATED).await;
+    let r = bob.post("/api/v1/pools/other/connect", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "a draining node takes no new desktop");
+    a.post_json("/api/v1/admin/nodes/node-a/undrain", json!({}), StatusCode::OK).await;
+    let c = bob.post_json("/api/v1/pools/other/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c["source"], "new");
+
+    // The node goes silent: it is marked lost and its desktops fail; alice's next connect
+    // gives her a new desktop on a node that is up.
+    let node_b = FakeNode::start(&broker.url, "node-b", 8192).await.unwrap();
+    node.with(|s| s.heartbeating = false);
+    wait_for("node-a to be lost", Duration::from_secs(20), || async {
+        let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        n.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "node-a" && n["state"] == "lost")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let c = alice.post_json("/api/v1/pools/small/connect", json!({}), StatusCode::OK).await;
+    assert_ne!(c["desktop_id"], desktop, "a new desktop replaces the failed one");
+    assert_eq!(c["source"], "new");
+    assert!(node_b.with(|s| s.created) >= 1);
+    let lost = a.get_json("/api/v1/admin/audit?action=node.lost", StatusCode::OK).await;
+    assert_eq!(lost[0]["target"], "node-a");
+}
+
+#[tokio::test]
+async fn dedicated_desktops_stay_with_their_user() {
+    if skip(Group::Ldap, "dedicated_desktops_stay_with_their_user") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let a = admin(&broker).await;
+    a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 1, 3), StatusCode::CREATED).await;
+    wait_ready_spares(&a, "mine", 1).await;
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let c1 = alice.post_json("/api/v1/pools/mine/connect", json!({}), StatusCode::OK).await;
+    let vm = verify_ticket(&broker, c1["ticket"].as_str().unwrap()).await["vm"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disk = node
+        .with(|s| s.vms[&vm].spec.persistent_disk.clone())
+        .expect("dedicated desktops have a persistent disk");
+    alice.post_json("/api/v1/auth/logout", json!({}), StatusCode::NO_CONTENT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!node.with(|s| s.deleted.contains(&vm)), "a dedicated desktop survives sign-out");
+    let mut again = broker.client();
+    again.login_ok("alice", "alice-pw").await;
+    let c2 = again.post_json("/api/v1/pools/mine/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c2["desktop_id"], c1["desktop_id"]);
+    assert_eq!(c2["source"], "existing");
+    assert_eq!(node.with(|s| s.vms[&vm].spec.persistent_disk.clone()), Some(disk));
+}
+
+#[tokio::test]
+async fn administration_is_for_administrators_and_validated() {
+    if skip(Group::Ldap, "administration_is_for_administrators_and_validated") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let a = admin(&broker).await;
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let anon = broker.client();
+    for path in [
+        "/api/v1/admin/pools",
+        "/api/v1/admin/nodes",
+        "/api/v1/admin/sessions",
+        "/api/v1/admin/audit",
+        "/api/v1/admin/desktops",
+    ] {
+        assert_eq!(alice.get(path).await.unwrap().status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(anon.get(path).await.unwrap().status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(a.get(path).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
+    assert_eq!(
+        alice.post("/api/v1/admin/pools", pool("x", "floating", 0, 1)).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        alice.post("/api/v1/admin/nodes/n/drain", json!({})).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        alice.post("/api/v1/admin/sessions/s/end", json!({})).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        a.get_json("/api/v1/admin/pools", StatusCode::OK).await,
+        json!([]),
+        "refused calls change nothing"
+    );
+
+    // Validation names the field.
+    let cases = [
+        ("name", json!("bad name!")),
+        ("image", json!("../x")),
+        ("vcpus", json!(0)),
+        ("memory_mib", json!(1)),
+        ("display", json!("100x100")),
+        ("min_ready", json!(99)),
+        ("idle_timeout_secs", json!(1)),
+    ];
+    for (field, value) in cases {
+        let mut p = pool("ok", "floating", 1, 2);
+        p[field] = value;
+        let r = a.post("/api/v1/admin/pools", p).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let mut p = pool("ok", "floating", 1, 2);
+    p["kind"] = json!("sometimes");
+    assert_eq!(a.post("/api/v1/admin/pools", p).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let mut p = pool("ok", "floating", 1, 2);
+    p["surprise"] = json!(1);
+    assert_eq!(a.post("/api/v1/admin/pools", p).await.unwrap().status(), StatusCode::BAD_REQUEST);
+
+    // Create, read, update, delete, with a clear 409 on a duplicate name.
+    let created = a
+        .post_json("/api/v1/admin/pools", pool("eng", "floating", 0, 2), StatusCode::CREATED)
+        .await;
+    assert_eq!(created["counts"]["total"], 0);
+    let r = a.post("/api/v1/admin/pools", pool("eng", "floating", 0, 2)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let mut upd = pool("eng", "dedicated", 0, 5);
+    upd["description"] = json!("Engineering");
+    let r = a.call(reqwest::Method::PUT, "/api/v1/admin/pools/eng", Some(upd)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let got = a.get_json("/api/v1/admin/pools/eng", StatusCode::OK).await;
+    assert_eq!(got["kind"], "dedicated");
+    assert_eq!(got["max_size"], 5);
+    assert_eq!(got["description"], "Engineering");
+    let r = a.call(reqwest::Method::DELETE, "/api/v1/admin/pools/eng", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(a.get("/api/v1/admin/pools/eng").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.post("/api/v1/admin/nodes/nope/drain", json!({})).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Every admin action is in the audit log with who, what, when, where; filters work.
+    let audit = a.get_json("/api/v1/admin/audit?action=pool.", StatusCode::OK).await;
+    let actions: Vec<&str> =
+        audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["pool.delete", "pool.update", "pool.create"]);
+    assert!(audit.as_array().unwrap().iter().all(|e| e["actor"] == "carol"
+        && e["client_addr"] == "127.0.0.1"
+        && e["at"].as_i64().unwrap() > 0));
+    let none = a.get_json("/api/v1/admin/audit?action=pool.&until=1", StatusCode::OK).await;
+    assert_eq!(none, json!([]));
+    assert_eq!(
+        a.get("/api/v1/admin/audit?limit=abc").await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Policy: dave is in no group, so he sees no pool and may not connect.
+    a.post_json("/api/v1/admin/pools", pool("general", "floating", 0, 2), StatusCode::CREATED)
+        .await;
+    let mut dave = broker.client();
+    dave.login_ok("dave", "dave-pw").await;
+    assert_eq!(dave.get_json("/api/v1/pools", StatusCode::OK).await, json!([]));
+    assert_eq!(
+        dave.post("/api/v1/pools/general/connect", json!({})).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        alice.post("/api/v1/pools/nosuch/connect", json!({})).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The OpenAPI document describes the API and metrics are exported.
+    let doc: Value = reqwest::get(format!("{}/api/openapi.json", broker.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/pools/{pool}/connect"]["post"].is_object());
+    let metrics =
+        reqwest::get(format!("{}/metrics", broker.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("atrium_broker_logins_total{outcome=\"success\"} 3"), "{metrics}");
+}
+
+/// 500 users connect at once to a pool with N ready spares and max_size N: exactly N get a
+/// desktop, no desktop goes to two users, everyone else is told the pool is full.
+async fn concurrent_connects(database_url: Option<String>) {
+    const USERS: usize = 500;
+    const SPARES: u64 = 8;
+    let slapd = Slapd::start().unwrap();
+    let users = slapd.add_users("load", USERS).unwrap();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.database_url = database_url;
+    opts.extra_toml = "[login]\nmax_failures_per_address = 10000\n".into();
+    let broker = Broker::start(opts).await.unwrap();
+    let _node = FakeNode::start(&broker.url, "node-a", 1 << 20).await.unwrap();
+    let a = admin(&broker).await;
+    a.post_json(
+        "/api/v1/admin/pools",
+        pool("rush", "floating", u32::try_from(SPARES).unwrap(), u32::try_from(SPARES).unwrap()),
+        StatusCode::CREATED,
+    )
+    .await;
+    wait_ready_spares(&a, "rush", SPARES).await;
+
+    // Sign everyone in first (bounded parallelism), then connect all at once.
+    let mut clients = Vec::new();
+    for chunk in users.chunks(50) {
+        let logins = chunk.iter().map(|(u, p)| {
+            let mut c = broker.client();
+            let (u, p) = (u.clone(), p.clone());
+            async move {
+                c.login_ok(&u, &p).await;
+                c
+            }
+        });
+        clients.extend(futures_util::future::join_all(logins).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(USERS));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let b = barrier.clone();
+            tokio::spawn(async move {
+                b.wait().await;
+                let r = c.post("/api/v1/pools/rush/connect", json!({})).await.unwrap();
+                let status = r.status();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+    let mut desktops = HashSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(body["status"], "ready", "{body}");
+                assert!(
+                    desktops.insert(body["desktop_id"].as_str().unwrap().to_owned()),
+                    "desktop {} given twice",
+                    body["desktop_id"]
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(desktops.len() as u64, SPARES, "exactly N desktops");
+    assert_eq!(refused, USERS - desktops.len());
+    let p = a.get_json("/api/v1/admin/pools/rush", StatusCode::OK).await;
+    assert_eq!(p["counts"]["in_use"].as_u64(), Some(SPARES));
+    assert_eq!(p["counts"]["total"].as_u64(), Some(SPARES));
+}
+
+#[tokio::test]
+async fn concurrent_connects_on_sqlite_never_give_a_desktop_twice() {
+    if skip(Group::Ldap, "concurrent_connects_on_sqlite_never_give_a_desktop_twice") {
+        return;
+    }
+    concurrent_connects(None).await;
+}
+
+#[tokio::test]
+async fn concurrent_connects_on_postgresql_never_give_a_desktop_twice() {
+    if skip(Group::Ldap, "concurrent_connects_on_postgresql_never_give_a_desktop_twice")
+        || skip(Group::Postgres, "concurrent_connects_on_postgresql_never_give_a_desktop_twice")
+    {
+        return;
+    }
+    let pg = Postgres::start().unwrap();
+    concurrent_connects(Some(pg.url("atrium"))).await;
+}
+
+#[tokio::test]
+async fn two_brokers_on_one_postgresql_share_the_work() {
+    if skip(Group::Ldap, "two_brokers_on_one_postgresql_share_the_work")
+        || skip(Group::Postgres, "two_brokers_on_one_postgresql_share_the_work")
+    {
+        return;
+    }
+    let pg = Postgres::start().unwrap();
+    let slapd = Slapd::start().unwrap();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.database_url = Some(pg.url("atrium"));
+    let b1 = Broker::start(opts.clone()).await.unwrap();
+    // Replicas share the signing keys (one key folder, e.g. a Kubernetes secret).
+    opts.extra_toml = format!("[sessions]\nkeys_dir = {:?}\n", b1.keys_dir().display().to_string());
+    let b2 = Broker::start(opts).await.unwrap();
+    let _node = FakeNode::start(&b1.url, "node-a", 8192).await.unwrap();
+    let a = admin(&b1).await;
+    a.post_json("/api/v1/admin/pools", pool("shared", "floating", 2, 2), StatusCode::CREATED).await;
+    wait_ready_spares(&a, "shared", 2).await;
+    // Signed in on one replica, served by the other: the session is in the database.
+    let mut alice = b1.client();
+    alice.login_ok("alice", "alice-pw").await;
+    alice.base = b2.url.clone();
+    let c = alice.post_json("/api/v1/pools/shared/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c["status"], "ready");
+    // Both replicas reconcile; neither over-provisions the pool.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = a.get_json("/api/v1/admin/pools/shared", StatusCode::OK).await;
+    assert_eq!(p["counts"]["total"], 2, "{p}");
+}
