@@ -263,15 +263,12 @@ async fn authenticate(
     let Ok(claims) = st.keys.verify::<SessionClaims>(token, SESSION_AUDIENCE) else {
         return Ok(None);
     };
-    let Some(session) = st.db.get_login_session(&claims.sid).await? else {
+    let Some((session, cached)) = st.db.get_login_with_user(&claims.sid).await? else {
         return Ok(None);
     };
     if !session.is_active(now_ms()) || session.username != claims.sub {
         return Ok(None);
     }
-    let Some(cached) = st.db.get_user(&claims.sub).await? else {
-        return Ok(None);
-    };
     Ok(Some((
         AuthUser {
             username: cached.username,

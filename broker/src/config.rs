@@ -123,6 +123,10 @@ pub struct LdapSection {
     pub timeout_secs: u64,
     /// Pooled connections kept open to the directory.
     pub pool_size: usize,
+    /// How long a user's entry (DN, attributes, groups) found by a search is reused for later
+    /// sign-ins. The password is checked by the directory at every sign-in regardless; group
+    /// changes apply after at most this long. 0 searches at every sign-in.
+    pub cache_secs: u64,
 }
 
 impl Default for LdapSection {
@@ -148,6 +152,7 @@ impl Default for LdapSection {
             ca_file: None,
             timeout_secs: 5,
             pool_size: 8,
+            cache_secs: 60,
         }
     }
 }
@@ -324,6 +329,9 @@ impl Config {
         }
         if self.ldap.timeout_secs == 0 || self.ldap.timeout_secs > 120 {
             return bad("ldap.timeout_secs must be 1 to 120".into());
+        }
+        if self.ldap.cache_secs > 3600 {
+            return bad("ldap.cache_secs must be at most 3600".into());
         }
         if self.ldap.pool_size == 0 || self.ldap.pool_size > 256 {
             return bad("ldap.pool_size must be 1 to 256".into());

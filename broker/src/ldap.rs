@@ -82,7 +82,12 @@ struct Inner {
     tls: Option<Arc<rustls::ClientConfig>>,
     service: ConnPool,
     binder: ConnPool,
+    /// Users found by search, by lower-cased username, with when they were found.
+    cache: Mutex<HashMap<String, (std::time::Instant, DirectoryUser)>>,
 }
+
+/// Most users the entry cache holds before it is emptied.
+const CACHE_MAX: usize = 50_000;
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +114,7 @@ impl Directory {
                 tls,
                 service: pool(PoolKind::Service),
                 binder: pool(PoolKind::UserBind),
+                cache: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -134,9 +140,45 @@ impl Directory {
         {
             return Err(LdapError::InvalidCredentials);
         }
+        let key = username.to_lowercase();
+        if let Some(cached) = self.cached(&key) {
+            match self.bind_as(&cached.dn, password).await {
+                Ok(()) => return Ok(cached),
+                // The entry may have moved or been renamed since it was cached: look again.
+                Err(LdapError::InvalidCredentials) => self.forget(&key),
+                Err(e) => return Err(e),
+            }
+        }
         let entry = self.find_user(username).await?;
         self.bind_as(&entry.dn, password).await?;
-        self.to_user(entry).await
+        let user = self.to_user(entry).await?;
+        self.remember(key, &user);
+        Ok(user)
+    }
+
+    fn cached(&self, key: &str) -> Option<DirectoryUser> {
+        let ttl = Duration::from_secs(self.inner.cfg.cache_secs);
+        let cache = self.inner.cache.lock().expect("cache lock");
+        cache.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, u)| u.clone())
+    }
+
+    fn remember(&self, key: String, user: &DirectoryUser) {
+        if self.inner.cfg.cache_secs == 0 {
+            return;
+        }
+        let ttl = Duration::from_secs(self.inner.cfg.cache_secs);
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (std::time::Instant::now(), user.clone()));
+    }
+
+    fn forget(&self, key: &str) {
+        self.inner.cache.lock().expect("cache lock").remove(key);
     }
 
     /// Looks a user up without a password (cache refresh, admin views).

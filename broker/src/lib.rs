@@ -63,6 +63,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
     );
     Ok(AppState {
         cfg: Arc::new(cfg),
+        login_writer: db::LoginWriter::start(db.clone()),
         db,
         directory,
         keys: Arc::new(keys),

@@ -10,8 +10,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::{
-    Assignment, AuditEvent, CachedUser, Desktop, DesktopSession, DesktopState, LoginSession, Pool,
-    PoolKind, now_ms,
+    Assignment, AuditEvent, CachedUser, Desktop, DesktopSession, DesktopState, LoginRecord,
+    LoginSession, Pool, PoolKind, now_ms,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::ldap::LdapError;
@@ -68,7 +68,8 @@ pub async fn login(
     let now = now_ms();
     let user_key = format!("user:{}", printable(&username.to_lowercase(), 256));
     let addr_key = format!("addr:{addr}");
-    if let Some(until) = st.db.locked_until(&[&user_key, &addr_key], now).await? {
+    let (locked, counted) = st.db.login_failure_state(&[&user_key, &addr_key], now).await?;
+    if let Some(until) = locked {
         Metrics::inc(&st.metrics.logins_locked);
         audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
         let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
@@ -89,10 +90,6 @@ pub async fn login(
                 last_seen_at: now,
                 revoked_at: None,
             };
-            let mut tx = st.db.begin_write().await?;
-            st.db.upsert_user(&mut tx, &cached).await?;
-            st.db.insert_login_session(&mut tx, &session).await?;
-            st.db.clear_login_failures(&mut tx, &user_key, now).await?;
             let event = AuditEvent {
                 id: uuid::Uuid::new_v4().to_string(),
                 at: now,
@@ -103,15 +100,22 @@ pub async fn login(
                 client_addr: addr.to_string(),
                 details: serde_json::json!({ "session": sid }).to_string(),
             };
-            st.db.insert_audit(&mut *tx, &event).await?;
-            tx.commit().await.map_err(crate::db::DbError::from)?;
+            let expires_at = session.expires_at;
+            st.login_writer
+                .write(LoginRecord {
+                    user: cached.clone(),
+                    session,
+                    audit: event,
+                    clear_failures: counted.contains(&user_key).then_some(user_key),
+                })
+                .await?;
             let csrf_token = crate::auth::random_token();
             let (session_token, max_age) = crate::auth::mint_session_token(
                 st,
                 &cached.username,
                 &sid,
                 &crate::auth::csrf_digest(&csrf_token),
-                session.expires_at,
+                expires_at,
             )?;
             Metrics::inc(&st.metrics.logins_ok);
             Ok(SignedIn { user: cached, session_token, csrf_token, max_age })

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, LoginWriter};
 use crate::keys::Keys;
 use crate::ldap::Directory;
 use crate::metrics::Metrics;
@@ -14,6 +14,8 @@ use crate::policy::Policies;
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub db: Db,
+    /// Group commit of sign-in records.
+    pub login_writer: LoginWriter,
     pub directory: Directory,
     pub keys: Arc<Keys>,
     pub policies: Arc<Policies>,

@@ -1,6 +1,6 @@
 //! Sign-in sessions and failed sign-in counters.
 
-use super::{Db, DbResult, col};
+use super::{AuditEvent, CachedUser, Db, DbError, DbResult, col};
 
 /// A sign-in session (the session cookie carries its id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,26 +21,6 @@ impl LoginSession {
 }
 
 impl Db {
-    pub async fn insert_login_session(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        s: &LoginSession,
-    ) -> DbResult<()> {
-        sqlx::query(
-            "INSERT INTO login_sessions (id, username, client_addr, created_at, expires_at, last_seen_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
-        )
-        .bind(&s.id)
-        .bind(&s.username)
-        .bind(&s.client_addr)
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .bind(s.last_seen_at)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     pub async fn get_login_session(&self, id: &str) -> DbResult<Option<LoginSession>> {
         let row = sqlx::query("SELECT * FROM login_sessions WHERE id = $1")
             .bind(id)
@@ -56,6 +36,35 @@ impl Db {
                 last_seen_at: col(&r, "last_seen_at")?,
                 revoked_at: col(&r, "revoked_at")?,
             })
+        })
+        .transpose()
+    }
+
+    /// A sign-in session and its user's cached attributes, in one query.
+    pub async fn get_login_with_user(
+        &self,
+        id: &str,
+    ) -> DbResult<Option<(LoginSession, CachedUser)>> {
+        let row = sqlx::query(
+            "SELECT s.id, s.username, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at,
+               u.dn, u.display_name, u.email, u.uid_number, u.gid_number, u.groups_json, u.last_login_at
+             FROM login_sessions s JOIN users u ON u.username = s.username WHERE s.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            let session = LoginSession {
+                id: col(&r, "id")?,
+                username: col(&r, "username")?,
+                client_addr: col(&r, "client_addr")?,
+                created_at: col(&r, "created_at")?,
+                expires_at: col(&r, "expires_at")?,
+                last_seen_at: col(&r, "last_seen_at")?,
+                revoked_at: col(&r, "revoked_at")?,
+            };
+            let user = crate::db::users::user_from_row(&r)?;
+            Ok((session, user))
         })
         .transpose()
     }
@@ -81,23 +90,29 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
-    /// When the first of `keys` is locked until, if any is locked now.
-    pub async fn locked_until(&self, keys: &[&str], now: i64) -> DbResult<Option<i64>> {
-        let mut latest = None;
-        for key in keys {
-            let row = sqlx::query(
-                "SELECT locked_until FROM login_failures WHERE key = $1 AND locked_until > $2",
-            )
-            .bind(*key)
-            .bind(now)
-            .fetch_optional(self.pool())
-            .await?;
-            if let Some(r) = row {
-                let until: i64 = col(&r, "locked_until")?;
-                latest = Some(latest.map_or(until, |l: i64| l.max(until)));
+    /// The failure counters of `keys` in one query: when the latest lockout among them ends (if
+    /// one is in force now), and which keys have a counter at all.
+    pub async fn login_failure_state(
+        &self,
+        keys: &[&str; 2],
+        now: i64,
+    ) -> DbResult<(Option<i64>, Vec<String>)> {
+        let rows =
+            sqlx::query("SELECT key, locked_until FROM login_failures WHERE key IN ($1, $2)")
+                .bind(keys[0])
+                .bind(keys[1])
+                .fetch_all(self.pool())
+                .await?;
+        let mut locked: Option<i64> = None;
+        let mut present = Vec::new();
+        for r in &rows {
+            let until: i64 = col(r, "locked_until")?;
+            if until > now {
+                locked = Some(locked.map_or(until, |l| l.max(until)));
             }
+            present.push(col(r, "key")?);
         }
-        Ok(latest)
+        Ok((locked, present))
     }
 
     /// Counts a failed sign-in against `key`; locks it for `lockout_ms` once `limit` failures fall
@@ -142,18 +157,187 @@ impl Db {
         Ok(locked)
     }
 
-    /// Forgets failures of `key` (after a successful sign-in).
-    pub async fn clear_login_failures(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        key: &str,
-        now: i64,
-    ) -> DbResult<()> {
-        sqlx::query("DELETE FROM login_failures WHERE key = $1 AND locked_until <= $2")
-            .bind(key)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+    /// Writes the records of several successful sign-ins in one transaction, with one
+    /// multi-row statement per table (group commit: concurrent sign-ins share the cost).
+    pub async fn write_logins(&self, batch: &[LoginRecord]) -> DbResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        // Users: one row per username (the last sign-in wins), as ON CONFLICT may touch a row once.
+        let mut users: Vec<&CachedUser> = Vec::new();
+        for r in batch {
+            match users.iter_mut().find(|u| u.username == r.user.username) {
+                Some(u) => *u = &r.user,
+                None => users.push(&r.user),
+            }
+        }
+        let sql = format!(
+            "INSERT INTO users (username, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at) VALUES {}
+             ON CONFLICT (username) DO UPDATE SET dn = excluded.dn, display_name = excluded.display_name,
+               email = excluded.email, uid_number = excluded.uid_number, gid_number = excluded.gid_number,
+               groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
+            placeholders(users.len(), 8)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for u in &users {
+            q = q
+                .bind(&u.username)
+                .bind(&u.dn)
+                .bind(&u.display_name)
+                .bind(&u.email)
+                .bind(u.uid_number.map(i64::from))
+                .bind(u.gid_number.map(i64::from))
+                .bind(serde_json::to_string(&u.groups).expect("strings serialize"))
+                .bind(u.last_login_at);
+        }
+        q.execute(&mut *tx).await?;
+
+        let sql = format!(
+            "INSERT INTO login_sessions (id, username, client_addr, created_at, expires_at, last_seen_at, revoked_at) VALUES {}",
+            placeholders_with_null(batch.len(), 6)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in batch {
+            let s = &r.session;
+            q = q
+                .bind(&s.id)
+                .bind(&s.username)
+                .bind(&s.client_addr)
+                .bind(s.created_at)
+                .bind(s.expires_at)
+                .bind(s.last_seen_at);
+        }
+        q.execute(&mut *tx).await?;
+
+        let sql = format!(
+            "INSERT INTO audit_events (id, at, actor, action, target, outcome, client_addr, details) VALUES {}",
+            placeholders(batch.len(), 8)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in batch {
+            let e = &r.audit;
+            q = q
+                .bind(&e.id)
+                .bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.target)
+                .bind(&e.outcome)
+                .bind(&e.client_addr)
+                .bind(&e.details);
+        }
+        q.execute(&mut *tx).await?;
+
+        // Failure counters of the users who signed in are forgotten (not lockouts in force).
+        for r in batch {
+            if let Some(key) = &r.clear_failures {
+                sqlx::query("DELETE FROM login_failures WHERE key = $1 AND locked_until <= $2")
+                    .bind(key)
+                    .bind(r.session.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
+    }
+}
+
+/// What a successful sign-in writes.
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user: CachedUser,
+    pub session: LoginSession,
+    pub audit: AuditEvent,
+    /// A failure counter to forget.
+    pub clear_failures: Option<String>,
+}
+
+/// `($1, $2, ...), ($n+1, ...)` for `rows` rows of `cols` values.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            format!(
+                "({})",
+                (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Like [`placeholders`], with a trailing `NULL` column in each row.
+fn placeholders_with_null(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            format!(
+                "({}, NULL)",
+                (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Group commit of sign-ins: concurrent sign-ins queue their records, and one task writes
+/// whatever has queued in a single transaction. A sign-in returns once its batch committed.
+#[derive(Debug, Clone)]
+pub struct LoginWriter {
+    tx: tokio::sync::mpsc::Sender<(LoginRecord, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+}
+
+/// Most sign-ins written in one transaction.
+const BATCH_MAX: usize = 128;
+
+impl LoginWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(db: Db) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+            LoginRecord,
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        )>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let records: Vec<LoginRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let result = db.write_logins(&records).await.map_err(|e| e.to_string());
+                for (_, done) in batch {
+                    let _ = done.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues a sign-in's records and waits until they are committed.
+    pub async fn write(&self, record: LoginRecord) -> DbResult<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((record, done))
+            .await
+            .map_err(|_| DbError::Corrupt("the sign-in writer stopped".into()))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(DbError::Corrupt(format!("writing the sign-in: {e}"))),
+            Err(_) => Err(DbError::Corrupt("the sign-in writer stopped".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_every_value() {
+        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders_with_null(1, 2), "($1, $2, NULL)");
     }
 }

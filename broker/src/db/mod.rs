@@ -16,7 +16,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use desktops::{
     Assignment, Desktop, DesktopSession, DesktopState, OpenSessionView, ProvisionRequest,
 };
-pub use logins::LoginSession;
+pub use logins::{LoginRecord, LoginSession, LoginWriter};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use users::CachedUser;

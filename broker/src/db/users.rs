@@ -34,56 +34,31 @@ impl From<(&DirectoryUser, i64)> for CachedUser {
 }
 
 impl Db {
-    /// Inserts or refreshes a user, inside the caller's transaction.
-    pub async fn upsert_user(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        u: &CachedUser,
-    ) -> DbResult<()> {
-        let groups = serde_json::to_string(&u.groups).expect("strings serialize");
-        sqlx::query(
-            "INSERT INTO users (username, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (username) DO UPDATE SET dn = excluded.dn, display_name = excluded.display_name,
-               email = excluded.email, uid_number = excluded.uid_number, gid_number = excluded.gid_number,
-               groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
-        )
-        .bind(&u.username)
-        .bind(&u.dn)
-        .bind(&u.display_name)
-        .bind(&u.email)
-        .bind(u.uid_number.map(i64::from))
-        .bind(u.gid_number.map(i64::from))
-        .bind(groups)
-        .bind(u.last_login_at)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     pub async fn get_user(&self, username: &str) -> DbResult<Option<CachedUser>> {
         let row = sqlx::query("SELECT * FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(self.pool())
             .await?;
-        row.map(|r| {
-            let groups: String = col(&r, "groups_json")?;
-            let opt_u32 = |name: &str| -> DbResult<Option<u32>> {
-                let v: Option<i64> = r.try_get(name)?;
-                Ok(v.and_then(|v| u32::try_from(v).ok()))
-            };
-            Ok(CachedUser {
-                username: col(&r, "username")?,
-                dn: col(&r, "dn")?,
-                display_name: col(&r, "display_name")?,
-                email: col(&r, "email")?,
-                uid_number: opt_u32("uid_number")?,
-                gid_number: opt_u32("gid_number")?,
-                groups: serde_json::from_str(&groups)
-                    .map_err(|e| DbError::Corrupt(format!("groups_json: {e}")))?,
-                last_login_at: col(&r, "last_login_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(user_from_row).transpose()
     }
+}
+
+/// A [`CachedUser`] from a row with the `users` columns.
+pub(crate) fn user_from_row(r: &sqlx::any::AnyRow) -> DbResult<CachedUser> {
+    let groups: String = col(r, "groups_json")?;
+    let opt_u32 = |name: &str| -> DbResult<Option<u32>> {
+        let v: Option<i64> = r.try_get(name)?;
+        Ok(v.and_then(|v| u32::try_from(v).ok()))
+    };
+    Ok(CachedUser {
+        username: col(r, "username")?,
+        dn: col(r, "dn")?,
+        display_name: col(r, "display_name")?,
+        email: col(r, "email")?,
+        uid_number: opt_u32("uid_number")?,
+        gid_number: opt_u32("gid_number")?,
+        groups: serde_json::from_str(&groups)
+            .map_err(|e| DbError::Corrupt(format!("groups_json: {e}")))?,
+        last_login_at: col(r, "last_login_at")?,
+    })
 }

@@ -1,0 +1,104 @@
+// The page shell: who is signed in, navigation, and a hash router over the pages.
+
+import { get, post, ApiError } from './api.js';
+import { announce, clearStatus } from './ui.js';
+import { showSignIn } from './pages/signin.js';
+import { showDesktops } from './pages/desktops.js';
+import { showViewer } from './pages/viewer.js';
+import { showPools } from './pages/admin-pools.js';
+import { showNodes } from './pages/admin-nodes.js';
+import { showSessions } from './pages/admin-sessions.js';
+import { showAudit } from './pages/admin-audit.js';
+
+export const app = {
+  me: null,
+  async refreshMe() {
+    try {
+      this.me = await get('/api/v1/me');
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) this.me = null;
+      else throw e;
+    }
+    this.paintShell();
+    return this.me;
+  },
+  paintShell() {
+    const signedIn = !!this.me;
+    document.getElementById('nav').hidden = !signedIn;
+    document.getElementById('user-box').hidden = !signedIn;
+    document.getElementById('user-name').textContent = signedIn ? (this.me.display_name || this.me.username) : '';
+    for (const li of document.querySelectorAll('.admin-only')) li.hidden = !(signedIn && this.me.is_admin);
+  },
+  go(hash) {
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  },
+  async signOut() {
+    try {
+      await post('/api/v1/auth/logout');
+    } catch (e) {
+      // Signed out already, or the broker is unreachable: the page forgets the user either way.
+    }
+    this.me = null;
+    this.paintShell();
+    this.go('#/signin');
+    announce('You are signed out.');
+  },
+};
+
+const routes = [
+  [/^#\/signin$/, () => showSignIn(app), false],
+  [/^#\/desktops$/, () => showDesktops(app), true],
+  [/^#\/desktop\/([^/]+)$/, (m) => showViewer(app, decodeURIComponent(m[1])), true],
+  [/^#\/admin\/pools$/, () => showPools(app), true],
+  [/^#\/admin\/nodes$/, () => showNodes(app), true],
+  [/^#\/admin\/sessions$/, () => showSessions(app), true],
+  [/^#\/admin\/audit$/, () => showAudit(app), true],
+];
+
+let leaving = null;
+
+async function route() {
+  if (leaving) {
+    const l = leaving;
+    leaving = null;
+    l();
+  }
+  document.body.classList.remove('viewing');
+  const hash = location.hash || '#/desktops';
+  for (const [re, show, needsUser] of routes) {
+    const m = hash.match(re);
+    if (!m) continue;
+    if (needsUser && !app.me) {
+      await app.refreshMe().catch(() => null);
+      if (!app.me) {
+        app.go('#/signin');
+        return;
+      }
+    }
+    for (const a of document.querySelectorAll('[data-nav]')) {
+      if (hash === `#/${a.dataset.nav}`) a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    }
+    clearStatus();
+    try {
+      leaving = (await show(m)) || null;
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) {
+        app.me = null;
+        app.paintShell();
+        app.go('#/signin');
+      } else if (e instanceof ApiError && e.status === 403) {
+        announce('You are not allowed to see this page.', true);
+      } else {
+        announce(e.message || String(e), true);
+      }
+    }
+    return;
+  }
+  app.go('#/desktops');
+}
+
+document.getElementById('sign-out').addEventListener('click', () => app.signOut());
+window.addEventListener('hashchange', route);
+app.refreshMe().catch(() => null).finally(route);

@@ -1,0 +1,118 @@
+// Admin: pools (list with counts, create, edit, delete).
+
+import { get, post, put, del, ApiError } from '../api.js';
+import { el, render, announce } from '../ui.js';
+
+const FIELDS = [
+  ['name', 'Name', 'text', 'Letters, digits, - _ .'],
+  ['description', 'Description', 'text', ''],
+  ['image', 'Image', 'text', 'NAME or NAME@VERSION on the nodes'],
+  ['vcpus', 'vCPUs', 'number', ''],
+  ['memory_mib', 'Memory (MiB)', 'number', ''],
+  ['display', 'Display', 'text', 'WIDTHxHEIGHT, e.g. 1280x800'],
+  ['kind', 'Kind', 'select', 'Floating: fresh at each sign-in. Dedicated: the user keeps it.'],
+  ['min_ready', 'Ready spares', 'number', 'Booted desktops kept waiting'],
+  ['max_size', 'Maximum size', 'number', ''],
+  ['idle_timeout_secs', 'Idle timeout (s)', 'number', ''],
+  ['max_session_secs', 'Maximum session (s)', 'number', ''],
+];
+
+const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
+  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800 };
+
+function poolForm(initial, onSubmit, submitText) {
+  const inputs = {};
+  const errors = {};
+  const rows = FIELDS.map(([key, label, type, hint]) => {
+    const id = `pool-${key}`;
+    let input;
+    if (type === 'select') {
+      input = el('select', { id, name: key },
+        el('option', { value: 'floating', text: 'Floating' }),
+        el('option', { value: 'dedicated', text: 'Dedicated' }));
+    } else {
+      input = el('input', { id, name: key, type, min: type === 'number' ? 0 : undefined, required: key !== 'description' });
+    }
+    input.value = initial[key] ?? '';
+    inputs[key] = input;
+    errors[key] = el('span', { class: 'field-error', id: `${id}-error` });
+    input.setAttribute('aria-describedby', `${id}-error${hint ? ` ${id}-hint` : ''}`);
+    return el('label', { for: id }, label, hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
+  });
+  const formError = el('p', { class: 'error-text', role: 'alert' });
+  const button = el('button', { type: 'submit', text: submitText });
+  const form = el('form', { class: 'stack', novalidate: true }, rows, formError, el('div', { class: 'actions' }, button));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    for (const k of Object.keys(errors)) {
+      errors[k].textContent = '';
+      inputs[k].removeAttribute('aria-invalid');
+    }
+    formError.textContent = '';
+    const body = {};
+    for (const [key, , type] of FIELDS) body[key] = type === 'number' ? Number(inputs[key].value) : inputs[key].value.trim();
+    button.disabled = true;
+    try {
+      await onSubmit(body);
+    } catch (e) {
+      if (e instanceof ApiError && e.field && errors[e.field]) {
+        errors[e.field].textContent = e.message;
+        inputs[e.field].setAttribute('aria-invalid', 'true');
+        inputs[e.field].focus();
+      } else {
+        formError.textContent = e.message;
+      }
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+export async function showPools(app) {
+  const pools = await get('/api/v1/admin/pools');
+  const rows = pools.map((p) => el('tr', {},
+    el('th', { scope: 'row', text: p.name }),
+    el('td', { text: p.image }),
+    el('td', { text: p.kind }),
+    el('td', { text: `${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.display}` }),
+    el('td', { text: String(p.counts.ready) }),
+    el('td', { text: String(p.counts.in_use) }),
+    el('td', { text: `${p.counts.total} / ${p.max_size}` }),
+    el('td', {}, el('div', { class: 'actions' },
+      el('button', { type: 'button', class: 'secondary', 'aria-label': `Edit pool ${p.name}`, onclick: () => editPool(app, p) }, 'Edit'),
+      el('button', { type: 'button', class: 'danger', 'aria-label': `Delete pool ${p.name}`, onclick: async () => {
+        if (!window.confirm(`Delete pool ${p.name}? Its spare desktops are destroyed.`)) return;
+        try {
+          await del(`/api/v1/admin/pools/${encodeURIComponent(p.id)}`);
+          announce(`Pool ${p.name} deleted.`);
+          await showPools(app);
+        } catch (e) {
+          announce(e.message, true);
+        }
+      } }, 'Delete')))));
+  render(
+    el('h1', { text: 'Pools' }),
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Pools' },
+      el('thead', {}, el('tr', {}, ['Name', 'Image', 'Kind', 'Size', 'Ready', 'In use', 'Total / max', ''].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 8, text: 'No pools yet.' }))))),
+    el('section', { class: 'card', 'aria-labelledby': 'new-pool' },
+      el('h2', { id: 'new-pool', text: 'New pool' }),
+      poolForm(DEFAULTS, async (body) => {
+        await post('/api/v1/admin/pools', body);
+        announce(`Pool ${body.name} created.`);
+        await showPools(app);
+      }, 'Create pool')));
+}
+
+function editPool(app, p) {
+  render(
+    el('h1', { text: `Edit pool ${p.name}` }),
+    el('section', { class: 'card' },
+      poolForm(p, async (body) => {
+        await put(`/api/v1/admin/pools/${encodeURIComponent(p.id)}`, body);
+        announce(`Pool ${body.name} saved.`);
+        await showPools(app);
+      }, 'Save'),
+      el('p', {}, el('button', { type: 'button', class: 'secondary', onclick: () => showPools(app) }, 'Cancel'))));
+}

@@ -1,0 +1,137 @@
+// The display wire protocol (docs/display-protocol.md; protocol/src/display.rs is the other
+// end): binary WebSocket messages, little-endian, one message per WebSocket frame.
+
+export const VERSION = 1;
+export const MAX_CLIPBOARD = 256 * 1024;
+const MAX_CODE_LEN = 32;
+
+export const Caps = Object.freeze({
+  VIEW_ONLY: 1,
+  CLIPBOARD_COPY_OUT: 2,
+  CLIPBOARD_PASTE_IN: 4,
+  FILE_UPLOAD: 8,
+  FILE_DOWNLOAD: 16,
+  SHADOW: 32,
+});
+
+export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3 });
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8enc = new TextEncoder();
+
+export class ProtocolError extends Error {}
+
+class Reader {
+  constructor(buf) {
+    this.view = new DataView(buf);
+    this.bytes = new Uint8Array(buf);
+    this.pos = 0;
+  }
+  need(n) {
+    if (this.pos + n > this.bytes.length) throw new ProtocolError('message truncated');
+  }
+  u8() { this.need(1); return this.view.getUint8(this.pos++); }
+  u16() { this.need(2); const v = this.view.getUint16(this.pos, true); this.pos += 2; return v; }
+  u32() { this.need(4); const v = this.view.getUint32(this.pos, true); this.pos += 4; return v; }
+  take(n) { this.need(n); const b = this.bytes.subarray(this.pos, this.pos + n); this.pos += n; return b; }
+  rect() { return { x: this.u16(), y: this.u16(), w: this.u16(), h: this.u16() }; }
+  bytes32() { return this.take(this.u32()); }
+  finish() {
+    if (this.pos !== this.bytes.length) throw new ProtocolError(`${this.bytes.length - this.pos} trailing bytes`);
+  }
+}
+
+// Decodes one server message from an ArrayBuffer; throws ProtocolError when malformed.
+export function decodeServer(buf) {
+  const r = new Reader(buf);
+  const type = r.u8();
+  let m;
+  switch (type) {
+    case 0x01: {
+      const version = r.u16(), width = r.u16(), height = r.u16(), caps = r.u32();
+      const maxFramesInFlight = r.u8();
+      const name = utf8.decode(r.take(r.u8()));
+      m = { type: 'hello', version, width, height, caps, maxFramesInFlight, name };
+      break;
+    }
+    case 0x02: m = { type: 'resize', width: r.u16(), height: r.u16() }; break;
+    case 0x10: { const rect = r.rect(); m = { type: 'fill', rect, rgba: Array.from(r.take(4)) }; break; }
+    case 0x11: { const rect = r.rect(); const format = r.u8(); m = { type: 'image', rect, format, data: r.bytes32() }; break; }
+    case 0x12: m = { type: 'copy', rect: r.rect(), srcX: r.u16(), srcY: r.u16() }; break;
+    case 0x1f: m = { type: 'frameEnd', frame: r.u32(), inputSeq: r.u32() }; break;
+    case 0x20: m = { type: 'cursor', hotX: r.u16(), hotY: r.u16(), png: r.bytes32() }; break;
+    case 0x30: {
+      const b = r.bytes32();
+      if (b.length > MAX_CLIPBOARD) throw new ProtocolError('clipboard over the limit');
+      m = { type: 'clipboard', text: utf8.decode(b) };
+      break;
+    }
+    case 0x31: m = { type: 'pong', id: r.u32() }; break;
+    default: throw new ProtocolError(`unknown message type 0x${type.toString(16)}`);
+  }
+  r.finish();
+  return m;
+}
+
+function writer(size) {
+  const buf = new ArrayBuffer(size);
+  return { buf, view: new DataView(buf), bytes: new Uint8Array(buf) };
+}
+
+// Client messages. Each returns an ArrayBuffer ready to send.
+export function keyMessage(seq, down, keysym, code) {
+  const c = utf8enc.encode(/^[A-Za-z0-9]{0,32}$/.test(code) ? code : '').subarray(0, MAX_CODE_LEN);
+  const w = writer(11 + c.length);
+  w.view.setUint8(0, 0x81);
+  w.view.setUint32(1, seq >>> 0, true);
+  w.view.setUint8(5, down ? 1 : 0);
+  w.view.setUint32(6, keysym >>> 0, true);
+  w.view.setUint8(10, c.length);
+  w.bytes.set(c, 11);
+  return w.buf;
+}
+
+export function pointerMessage(seq, x, y, buttons, wheelX, wheelY) {
+  const w = writer(12);
+  w.view.setUint8(0, 0x82);
+  w.view.setUint32(1, seq >>> 0, true);
+  w.view.setUint16(5, x, true);
+  w.view.setUint16(7, y, true);
+  w.view.setUint8(9, buttons & 0xff);
+  w.view.setInt8(10, Math.max(-128, Math.min(127, wheelX)));
+  w.view.setInt8(11, Math.max(-128, Math.min(127, wheelY)));
+  return w.buf;
+}
+
+export function clipboardMessage(text) {
+  let b = utf8enc.encode(text);
+  if (b.length > MAX_CLIPBOARD) {
+    // Cut on a character boundary.
+    let end = MAX_CLIPBOARD;
+    while (end > 0 && (b[end] & 0xc0) === 0x80) end--;
+    b = b.subarray(0, end);
+  }
+  const w = writer(5 + b.length);
+  w.view.setUint8(0, 0x83);
+  w.view.setUint32(1, b.length, true);
+  w.bytes.set(b, 5);
+  return w.buf;
+}
+
+export function frameAckMessage(frame) {
+  const w = writer(5);
+  w.view.setUint8(0, 0x84);
+  w.view.setUint32(1, frame >>> 0, true);
+  return w.buf;
+}
+
+export function pingMessage(id) {
+  const w = writer(5);
+  w.view.setUint8(0, 0x85);
+  w.view.setUint32(1, id >>> 0, true);
+  return w.buf;
+}
+
+export function refreshMessage() {
+  return new Uint8Array([0x86]).buffer;
+}

@@ -1,0 +1,220 @@
+// DisplaySession: one connection to a desktop's display, the public API that pages use.
+//
+//   const s = new DisplaySession({ url, canvas });
+//   s.on('connected', ({ width, height, name, viewOnly, clipboardIn, clipboardOut }) => ...);
+//   s.on('disconnected', ({ code, reason, clean }) => ...);
+//   s.on('resize', ({ width, height }) => ...);
+//   s.on('clipboard', ({ text }) => ...);
+//   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs }) => ...);
+//   s.on('frame', ({ frame, inputSeq }) => ...);
+//   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.disconnect();
+//
+// `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
+// returns it. A ticket is accepted once: reconnecting needs a new one from the broker.
+import { decode } from './decoders/index.js';
+import { Emitter } from './events.js';
+import { Keyboard } from './input/keyboard.js';
+import { Pointer } from './input/pointer.js';
+import * as P from './protocol.js';
+import { Renderer } from './renderer.js';
+import { Stats } from './stats.js';
+import { Transport } from './transport.js';
+
+const PING_INTERVAL_MS = 2000;
+
+export class DisplaySession extends Emitter {
+  constructor({ url, canvas, keyboardTarget = null, statsIntervalMs = 1000 }) {
+    super();
+    if (!url || !canvas) throw new Error('DisplaySession needs { url, canvas }');
+    this.url = url;
+    this.canvas = canvas;
+    if (!canvas.hasAttribute('tabindex')) canvas.tabIndex = 0;
+    this.renderer = new Renderer(canvas);
+    this.stats = new Stats();
+    this.statsIntervalMs = statsIntervalMs;
+    this.keyboard = new Keyboard(keyboardTarget || canvas, (down, keysym, code) => this._key(down, keysym, code));
+    this.pointer = new Pointer(canvas, (x, y, b, wx, wy) => this._pointer(x, y, b, wx, wy));
+    this.transport = null;
+    this.connected = false;
+    this.width = 0;
+    this.height = 0;
+    this.name = '';
+    this.caps = 0;
+    this.maxFramesInFlight = 0;
+    this._seq = 0;
+    this._frameBytes = 0;
+    this._pings = new Map();
+    this._pingId = 0;
+    this._lastPing = 0;
+    this._statsTimer = null;
+  }
+
+  get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
+  get clipboardIn() { return (this.caps & P.Caps.CLIPBOARD_PASTE_IN) !== 0; }
+  get clipboardOut() { return (this.caps & P.Caps.CLIPBOARD_COPY_OUT) !== 0; }
+
+  connect() {
+    if (this.transport) return;
+    const t = new Transport(this.url);
+    this.transport = t;
+    t.on('message', (buf) => this._message(buf));
+    t.on('close', (e) => this._closed(e));
+    t.open();
+  }
+
+  disconnect() {
+    if (this.transport) this.transport.close(1000, 'the viewer left');
+  }
+
+  // Sends text to the guest's clipboard; false when the ticket does not allow it.
+  sendClipboard(text) {
+    if (!this.connected || !this.clipboardIn) return false;
+    return this.transport.send(P.clipboardMessage(String(text)));
+  }
+
+  sendCtrlAltDel() {
+    if (!this.connected || this.viewOnly) return false;
+    this.keyboard.combo([['ControlLeft', 0xffe3], ['AltLeft', 0xffe9], ['Delete', 0xffff]]);
+    return true;
+  }
+
+  // Asks for a whole new picture (after the canvas was lost).
+  refresh() {
+    if (this.connected) this.transport.send(P.refreshMessage());
+  }
+
+  focus() {
+    this.canvas.focus();
+  }
+
+  _closed(e) {
+    const was = this.connected;
+    this.connected = false;
+    this.transport = null;
+    this.renderer.clear();
+    if (this._statsTimer) clearInterval(this._statsTimer);
+    this._statsTimer = null;
+    if (was) {
+      this.keyboard.detach();
+      this.pointer.detach();
+    }
+    this.emit('disconnected', e);
+  }
+
+  _protocolError(e) {
+    console.error('atrium viewer:', e);
+    if (this.transport) this.transport.close(1002, String(e.message).slice(0, 100));
+  }
+
+  _message(buf) {
+    let m;
+    try {
+      m = P.decodeServer(buf);
+    } catch (e) {
+      this._protocolError(e);
+      return;
+    }
+    switch (m.type) {
+      case 'hello': return this._hello(m);
+      case 'resize':
+        this.width = m.width;
+        this.height = m.height;
+        this.renderer.resize(m.width, m.height);
+        this.emit('resize', { width: m.width, height: m.height });
+        return;
+      case 'fill':
+      case 'copy':
+      case 'image':
+        this._frameBytes += buf.byteLength;
+        try {
+          decode(m, this.renderer);
+        } catch (e) {
+          this._protocolError(e);
+        }
+        return;
+      case 'frameEnd': return this._frameEnd(m, buf.byteLength);
+      case 'cursor': return this._cursor(m);
+      case 'clipboard': return this.emit('clipboard', { text: m.text });
+      case 'pong': {
+        const sent = this._pings.get(m.id);
+        if (sent !== undefined) {
+          this._pings.delete(m.id);
+          this.stats.pong(performance.now() - sent);
+        }
+        return;
+      }
+      default: return undefined;
+    }
+  }
+
+  _hello(m) {
+    if (m.version !== P.VERSION) {
+      this._protocolError(new Error(`protocol version ${m.version} (this viewer speaks ${P.VERSION})`));
+      return;
+    }
+    this.width = m.width;
+    this.height = m.height;
+    this.name = m.name;
+    this.caps = m.caps;
+    this.maxFramesInFlight = m.maxFramesInFlight;
+    this.connected = true;
+    this.renderer.resize(m.width, m.height);
+    if (!this.viewOnly) {
+      this.keyboard.attach();
+      this.pointer.attach();
+    }
+    this._statsTimer = setInterval(() => this.emit('stats', this.stats.snapshot(performance.now())), this.statsIntervalMs);
+    this.emit('connected', {
+      width: m.width, height: m.height, name: m.name, caps: m.caps,
+      viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
+    });
+  }
+
+  _frameEnd(m, size) {
+    const bytes = this._frameBytes + size;
+    this._frameBytes = 0;
+    this.renderer.then(() => {
+      if (!this.transport) return;
+      this.transport.send(P.frameAckMessage(m.frame));
+      const now = performance.now();
+      this.stats.frame(now, bytes);
+      this.stats.frameForInput(m.inputSeq, now);
+      this.emit('frame', { frame: m.frame, inputSeq: m.inputSeq, bytes });
+    });
+  }
+
+  _cursor(m) {
+    if (m.png.length === 0) {
+      this.canvas.style.cursor = 'none';
+      return;
+    }
+    let s = '';
+    for (const b of m.png) s += String.fromCharCode(b);
+    this.canvas.style.cursor = `url(data:image/png;base64,${btoa(s)}) ${m.hotX} ${m.hotY}, auto`;
+  }
+
+  _nextSeq() {
+    this._seq = (this._seq + 1) >>> 0;
+    const now = performance.now();
+    this.stats.input(this._seq, now);
+    // Measure the round trip while the user is active only: an idle viewer sends nothing.
+    if (now - this._lastPing >= PING_INTERVAL_MS) {
+      this._lastPing = now;
+      this._pingId = (this._pingId + 1) >>> 0;
+      this._pings.set(this._pingId, now);
+      if (this._pings.size > 16) this._pings.delete(this._pings.keys().next().value);
+      this.transport.send(P.pingMessage(this._pingId));
+    }
+    return this._seq;
+  }
+
+  _key(down, keysym, code) {
+    if (!this.connected || this.viewOnly) return;
+    this.transport.send(P.keyMessage(this._nextSeq(), down, keysym, code));
+  }
+
+  _pointer(x, y, buttons, wheelX, wheelY) {
+    if (!this.connected || this.viewOnly) return;
+    this.transport.send(P.pointerMessage(this._nextSeq(), x, y, buttons, wheelX, wheelY));
+  }
+}
