@@ -1,1 +1,298 @@
-fn main() {}
+//! `atrium-node`: the node agent of an Atrium KVM host, and the operator's tools for it.
+//!
+//! Each command is one variant of [`Command`] with its own arguments struct; adding a command
+//! is adding a variant and a match arm.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use atrium_node::config::NodeConfig;
+use atrium_node::image::build::{self, BuildOptions, ImageKind};
+use atrium_node::run::{RunError, RunOptions};
+use atrium_node::{bench, server};
+use atrium_protocol::node::{DisplaySize, RuntimeKind};
+use clap::{Args, Parser, Subcommand};
+
+mod vmm_cli;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Parser)]
+#[command(name = "atrium-node", version, about = "Atrium's node agent: desktop VMs on this host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Guest images: build one from Debian packages, or print its content key.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run one VM in this process with the builtin VMM (the builtin runtime starts one per VM).
+    Vmm(vmm_cli::VmmArgs),
+    /// Serve the node API: run desktop VMs for the broker.
+    Serve(ServeArgs),
+    /// Boot one VM from an image folder, wait for its agent, take a screenshot, print a JSON
+    /// line, clean up.
+    Run(RunArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The qemu runtime: VM start to agent-ready (median of N, beside a bare
+    /// qemu-system-x86_64 in the same run) and memory per VM beyond guest memory.
+    Qemu(BenchQemuArgs),
+    #[command(flatten)]
+    Vmm(vmm_cli::BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration file (TOML; docs/configuration.md).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The image folder (with manifest.json).
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long, value_parser = parse_runtime)]
+    runtime: Option<RuntimeKind>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Display size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x800")]
+    display: DisplaySize,
+    /// Stop once the guest agent is ready (else run until Ctrl-C).
+    #[arg(long)]
+    until_ready: bool,
+    /// Write a PNG of the screen once ready.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Seconds to wait for ready.
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+    /// Run without a cgroup (when this user cannot make one).
+    #[arg(long)]
+    no_cgroup: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchQemuArgs {
+    /// The image folder (default: the console image in ~/.cache/atrium/images/console).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 256)]
+    memory: u32,
+    #[arg(long, default_value = "1024x768")]
+    display: DisplaySize,
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build an image directory from Debian packages (apt-get download, dpkg -x).
+    Build(ImageBuildArgs),
+    /// Print the content key of the image `build` would make (packages, agent, builder).
+    Key(ImageKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImageBuildArgs {
+    #[arg(long, value_enum)]
+    kind: ImageKind,
+    /// The image directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Image name (default: the kind).
+    #[arg(long)]
+    name: Option<String>,
+    /// Image version (default: YYYYMMDD-<content key>).
+    #[arg(long)]
+    version: Option<String>,
+    /// The guest agent binary (default: atrium-guest-agent beside this program).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Where downloaded packages are cached (default: ~/.cache/atrium/debs).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ImageKeyArgs {
+    #[arg(long, value_enum)]
+    kind: ImageKind,
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATRIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// `~/.cache/atrium` (or `$ATRIUM_CACHE`).
+fn cache_root() -> PathBuf {
+    if let Some(c) = std::env::var_os("ATRIUM_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/atrium")
+}
+
+/// The guest agent beside this program (`cargo build` puts both in one folder).
+fn default_agent() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating atrium-node")?;
+    Ok(exe.with_file_name("atrium-guest-agent"))
+}
+
+fn image_build(a: ImageBuildArgs) -> anyhow::Result<()> {
+    let agent = match a.agent {
+        Some(p) => p,
+        None => default_agent()?,
+    };
+    let opts = BuildOptions {
+        kind: a.kind,
+        name: a.name,
+        version: a.version,
+        out: a.out,
+        agent,
+        cache_dir: a.cache.unwrap_or_else(|| cache_root().join("debs")),
+        force: a.force,
+    };
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let image = build::build(&opts, &bar);
+    bar.finish_and_clear();
+    let image = image.context("building the image")?;
+    println!(
+        "built {} ({} kind, key {}) in {}",
+        image.manifest.reference(),
+        image.manifest.kind,
+        image.manifest.content_key,
+        image.dir.display()
+    );
+    Ok(())
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn serve(a: &ServeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::load(Some(&a.config))?;
+    tokio_runtime()?.block_on(server::serve(config))?;
+    Ok(())
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let opts = RunOptions {
+        image: a.image,
+        runtime: a.runtime,
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        display: a.display,
+        timeout: Duration::from_secs(a.timeout),
+        screenshot: a.screenshot,
+        until_ready: a.until_ready,
+        cgroups: !a.no_cgroup,
+        measure_memory: false,
+    };
+    let report = match tokio_runtime()?.block_on(atrium_node::run::run_once(&opts)) {
+        Ok(r) => r,
+        // Without --until-ready, Ctrl-C is how the run ends.
+        Err(RunError::Interrupted) if !opts.until_ready => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
+    let image = a.image.unwrap_or_else(|| cache_root().join("images/console"));
+    let opts = RunOptions {
+        image,
+        runtime: Some(RuntimeKind::Qemu),
+        vcpus: 1,
+        memory_mib: a.memory,
+        display: a.display,
+        timeout: Duration::from_secs(a.timeout),
+        screenshot: None,
+        until_ready: true,
+        cgroups: true,
+        measure_memory: true,
+    };
+    let r = tokio_runtime()?.block_on(bench::bench_qemu(&opts, a.runs))?;
+    println!(
+        "qemu runtime ({}), {} runs: VM start to agent-ready median {} ms through the node \
+         (start {} ms), bare qemu-system-x86_64 {} ms: node overhead {} ms",
+        r.accel.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        r.runs,
+        r.ready_ms_median,
+        r.start_ms_median,
+        r.bare_qemu_ready_ms_median,
+        r.node_overhead_ms
+    );
+    println!(
+        "memory per VM ({} MiB guest): QEMU resident {:.1} MiB, of which guest RAM {:.1} MiB; \
+         overhead beyond guest memory {:.1} MiB",
+        a.memory,
+        r.qemu_rss_mib_median,
+        r.guest_ram_resident_mib_median,
+        r.memory_overhead_mib_median
+    );
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Image(ImageCommand::Build(a)) => image_build(a),
+        Command::Vmm(a) => vmm_cli::vmm(&a),
+        Command::Bench(BenchCommand::Vmm(b)) => vmm_cli::bench(&b),
+        Command::Bench(BenchCommand::Qemu(a)) => bench_qemu(a),
+        Command::Serve(a) => serve(&a),
+        Command::Run(a) => run(a),
+        Command::Image(ImageCommand::Key(a)) => {
+            let agent = match a.agent {
+                Some(p) => p,
+                None => default_agent()?,
+            };
+            let plan = build::plan(a.kind, &agent).context("resolving the image's inputs")?;
+            println!("{}", plan.key);
+            Ok(())
+        }
+    }
+}

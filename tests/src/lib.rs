@@ -8,9 +8,14 @@
 //! what it skipped and returns.
 
 pub mod broker;
+pub mod display;
 pub mod fake_node;
+pub mod node;
 pub mod postgres;
+pub mod rfb;
+pub mod screen;
 pub mod slapd;
 pub mod util;
+pub mod vmm;
 
 pub use util::{Group, TempDir, bin_path, free_port, skip, wait_for, workspace_root};

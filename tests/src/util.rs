@@ -54,9 +54,11 @@ pub fn workspace_root() -> PathBuf {
 /// this first). Looks in the same profile folder as the running test.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir =
-        exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/<name>
+    let mut profile_dir = exe.parent().expect("the executable has a folder");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
     let p = profile_dir.join(name);
     assert!(
         p.exists(),

@@ -1,0 +1,135 @@
+//! Command-line options. The image's init passes them; there is no configuration file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PATH]... \
+[--ready-timeout SECS] [--console-tty DEV] [--clipboard-file PATH] [--user UID:GID] \
+[--session-file PATH] [--poll-ms MS]";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The agent's port; found by name under `/dev/virtio-ports` or sysfs when absent.
+    pub port: Option<PathBuf>,
+    /// Files that must all exist before the agent says ready.
+    pub wait_files: Vec<PathBuf>,
+    /// How long to wait for them before reporting an error (the agent keeps waiting).
+    pub ready_timeout: Duration,
+    /// The terminal on which the user is greeted.
+    pub console_tty: Option<PathBuf>,
+    /// The file that stands for the clipboard (console images have no real one).
+    pub clipboard_file: Option<PathBuf>,
+    /// Owner of the clipboard file.
+    pub user: Option<(u32, u32)>,
+    /// Where the signed-in user's name is written for the guest's own scripts.
+    pub session_file: Option<PathBuf>,
+    /// How often the clipboard file is checked.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            port: None,
+            wait_files: Vec::new(),
+            ready_timeout: Duration::from_secs(120),
+            console_tty: None,
+            clipboard_file: None,
+            user: None,
+            session_file: None,
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Options {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut o = Self::default();
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--port" => o.port = Some(value()?.into()),
+                "--wait-file" => o.wait_files.push(value()?.into()),
+                "--ready-timeout" => {
+                    o.ready_timeout = Duration::from_secs(number(&flag, &value()?)?);
+                }
+                "--console-tty" => o.console_tty = Some(value()?.into()),
+                "--clipboard-file" => o.clipboard_file = Some(value()?.into()),
+                "--session-file" => o.session_file = Some(value()?.into()),
+                "--user" => {
+                    let v = value()?;
+                    let (u, g) =
+                        v.split_once(':').ok_or_else(|| format!("--user {v:?} is not UID:GID"))?;
+                    let uid = u32::try_from(number(&flag, u)?).map_err(|e| e.to_string())?;
+                    let gid = u32::try_from(number(&flag, g)?).map_err(|e| e.to_string())?;
+                    if uid == 0 {
+                        return Err("--user must not be root".into());
+                    }
+                    o.user = Some((uid, gid));
+                }
+                "--poll-ms" => {
+                    let ms = number(&flag, &value()?)?;
+                    if ms == 0 {
+                        return Err("--poll-ms must be positive".into());
+                    }
+                    o.poll = Duration::from_millis(ms);
+                }
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn number(flag: &str, v: &str) -> Result<u64, String> {
+    v.parse().map_err(|_| format!("{flag}: {v:?} is not a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn parses_the_console_image_command_line() {
+        let o = parse(&[
+            "--wait-file",
+            "/sys/class/graphics/fb0",
+            "--wait-file",
+            "/run/atrium/console-up",
+            "--console-tty",
+            "/dev/tty1",
+            "--clipboard-file",
+            "/home/user/clipboard.txt",
+            "--user",
+            "1000:1000",
+            "--poll-ms",
+            "100",
+        ])
+        .expect("valid options");
+        assert_eq!(o.wait_files.len(), 2);
+        assert_eq!(o.user, Some((1000, 1000)));
+        assert_eq!(o.poll, Duration::from_millis(100));
+        assert_eq!(o.port, None);
+    }
+
+    #[test]
+    fn refuses_bad_options() {
+        for bad in [
+            &["--user", "0:0"][..],
+            &["--user", "1000"],
+            &["--user", "a:b"],
+            &["--user", "99999999999:1"],
+            &["--poll-ms", "0"],
+            &["--ready-timeout", "soon"],
+            &["--port"],
+            &["--frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Router tests: requests through the whole router with `oneshot`, no socket. Nothing here
+//! boots a VM (that is `tests/tests/node_qemu.rs`); every case is refused or answered before a
+//! runtime would run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use atrium_protocol::node::{Capacity, ErrorBody, KvmKind, RuntimeKind};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::config::{NodeConfig, Secret};
+use crate::runtime::Runtime;
+use crate::runtime::qemu::QemuRuntime;
+use crate::vm::VmManager;
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Fixture {
+    dir: PathBuf,
+    app: axum::Router,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("atrium-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::image::tests::fake_image(&dir.join("images/console/v1"), "console", "v1", 1);
+    let mut config = NodeConfig::default();
+    config.node.state_dir = dir.join("state");
+    config.node.images_dir = dir.join("images");
+    config.cgroup.enabled = false;
+    config.capacity.vcpus = Some(4);
+    config.capacity.memory_mib = Some(256);
+    let runtimes: Vec<Arc<dyn Runtime>> =
+        vec![Arc::new(QemuRuntime::new(config.qemu.clone(), KvmKind::Absent))];
+    let node =
+        VmManager::new(config, KvmKind::Absent, runtimes, RuntimeKind::Qemu).expect("manager");
+    let app = router(AppState::new(node, &Secret::new(TOKEN)));
+    Fixture { dir, app }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    (status, bytes.to_vec())
+}
+
+fn error(body: &[u8]) -> ErrorBody {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not an ErrorBody ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+const SPEC: &str = r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768"}"#;
+
+#[tokio::test]
+async fn every_api_call_needs_the_node_token() {
+    let f = fixture("auth");
+    for (method, uri) in [
+        ("GET", "/api/v1/vms"),
+        ("POST", "/api/v1/vms"),
+        ("GET", "/api/v1/capacity"),
+        ("DELETE", "/api/v1/vms/vm-1"),
+        ("GET", "/api/v1/vms/vm-1/screenshot.png"),
+        ("GET", "/api/v1/no-such-path"),
+    ] {
+        let (status, body) = call(&f.app, method, uri, None, SPEC).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert!(error(&body).error.contains("token"));
+        let (status, _) = call(&f.app, method, uri, Some("test-token-0123456780"), SPEC).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with a wrong token");
+    }
+    let (status, body) = call(&f.app, "GET", "/api/v1/vms", Some(TOKEN), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"[]");
+    let (status, body) = call(&f.app, "GET", "/api/v1/no-such-path", Some(TOKEN), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error(&body).error.contains("no such"));
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_open_and_say_what_the_node_is() {
+    let f = fixture("health");
+    let (status, body) = call(&f.app, "GET", "/healthz", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["kvm"], "absent");
+    assert_eq!(v["default_runtime"], "qemu");
+    assert_eq!(v["runtimes"][0]["accel"], "tcg");
+    assert!(v["runtimes"][0]["accel_reason"].as_str().expect("reason").contains("/dev/kvm"));
+    let (status, body) = call(&f.app, "GET", "/metrics", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).expect("utf8");
+    assert!(text.contains("atrium_node_vms{state=\"ready\"} 0"), "{text}");
+    assert!(text.contains("atrium_node_memory_mib_total 256"), "{text}");
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_naming_the_field() {
+    let f = fixture("spec");
+    for (body, field) in [
+        (r#"{"image":"console","vcpus":0,"memory_mib":128,"display":"1024x768"}"#, Some("vcpus")),
+        (r#"{"image":"console","vcpus":"1","memory_mib":128,"display":"1024x768"}"#, Some("vcpus")),
+        (r#"{"image":"../x","vcpus":1,"memory_mib":128,"display":"1024x768"}"#, Some("image")),
+        (r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1023x768"}"#, Some("display")),
+        (
+            r#"{"image":"console","vcpus":1,"memory_mib":64,"display":"1024x768"}"#,
+            Some("memory_mib"),
+        ),
+        (
+            r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768","extra":true}"#,
+            Some("extra"),
+        ),
+        (
+            r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768","runtime":"builtin"}"#,
+            Some("runtime"),
+        ),
+        (
+            r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768","persistent_disk":"a/b"}"#,
+            Some("persistent_disk"),
+        ),
+        (
+            r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768","user":{"username":"a b"}}"#,
+            Some("user"),
+        ),
+        (r#"{"image":"console""#, None),
+        ("", None),
+    ] {
+        let (status, resp) = call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {}", String::from_utf8_lossy(&resp));
+        let e = error(&resp);
+        assert_eq!(e.field.as_deref(), field, "{body}: {}", e.error);
+        assert!(!e.error.is_empty());
+    }
+    // Nothing was started or reserved.
+    let (_, body) = call(&f.app, "GET", "/api/v1/capacity", Some(TOKEN), "").await;
+    let c: Capacity = serde_json::from_slice(&body).expect("capacity");
+    assert_eq!((c.vms, c.memory_mib_allocated), (0, 0));
+}
+
+#[tokio::test]
+async fn a_missing_image_is_404_and_too_big_a_vm_is_409() {
+    let f = fixture("refuse");
+    let (status, body) =
+        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("console", "desktop")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let e = error(&body);
+    assert_eq!(e.field.as_deref(), Some("image"));
+    assert!(e.error.contains("\"desktop\"") && e.error.contains("console@v1"), "{}", e.error);
+    let (status, body) =
+        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("console", "console@v9"))
+            .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
+
+    let (status, body) =
+        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("128", "512")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error(&body).error.contains("not enough memory: 512 MiB asked, 256 of 256 MiB free"));
+    let (status, body) = call(
+        &f.app,
+        "POST",
+        "/api/v1/vms",
+        Some(TOKEN),
+        &SPEC.replace("\"vcpus\":1", "\"vcpus\":5"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error(&body).error.contains("vCPUs"));
+}
+
+#[tokio::test]
+async fn unknown_vms_and_bad_queries() {
+    let f = fixture("unknown");
+    for (method, uri, body) in [
+        ("GET", "/api/v1/vms/vm-0000000000000000", ""),
+        ("POST", "/api/v1/vms/vm-0000000000000000/stop", ""),
+        ("DELETE", "/api/v1/vms/vm-0000000000000000", ""),
+        ("GET", "/api/v1/vms/vm-0000000000000000/console", ""),
+        ("GET", "/api/v1/vms/vm-0000000000000000/screenshot.png", ""),
+        ("POST", "/api/v1/vms/vm-0000000000000000/clipboard", r#"{"text":"x"}"#),
+        ("POST", "/api/v1/vms/vm-0000000000000000/session", r#"{"user":{"username":"alice"}}"#),
+    ] {
+        let (status, resp) = call(&f.app, method, uri, Some(TOKEN), body).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert!(error(&resp).error.contains("vm-0000000000000000"));
+    }
+    let (status, resp) =
+        call(&f.app, "GET", "/api/v1/vms/vm-0000000000000000/clipboard?wait=31", Some(TOKEN), "")
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error(&resp).field.as_deref(), Some("wait"));
+    let (status, _) =
+        call(&f.app, "GET", "/api/v1/vms/vm-0000000000000000/clipboard?after=x", Some(TOKEN), "")
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, resp) = call(
+        &f.app,
+        "POST",
+        "/api/v1/vms/vm-0000000000000000/clipboard",
+        Some(TOKEN),
+        r#"{"txt":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error(&resp).field.as_deref(), Some("txt"));
+    let (status, resp) = call(
+        &f.app,
+        "POST",
+        "/api/v1/vms/vm-0000000000000000/session",
+        Some(TOKEN),
+        r#"{"user":{"username":7}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error(&resp).field.as_deref(), Some("user"));
+}
+
+#[tokio::test]
+async fn capacity_lists_the_images() {
+    let f = fixture("capacity");
+    let (status, body) = call(&f.app, "GET", "/api/v1/capacity", Some(TOKEN), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let c: Capacity = serde_json::from_slice(&body).expect("capacity");
+    assert_eq!(c.vcpus_total, 4);
+    assert_eq!(c.memory_mib_free(), 256);
+    assert_eq!(c.kvm, KvmKind::Absent);
+    assert_eq!(c.images.len(), 1);
+    assert_eq!(c.images[0].version, "v1");
+}

@@ -1,0 +1,574 @@
+//! `atrium-node serve --config FILE`: one TOML file, every key overridable from the environment
+//! as `ATRIUM_NODE_<KEY>` (keys of `[node]`) or `ATRIUM_NODE_<SECTION>_<KEY>` (other sections).
+//! Documented in `docs/configuration.md` (section "Node (atrium-node)").
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// A secret (the node token): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Which runtime a VM spec without `runtime` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultRuntime {
+    /// `builtin` on hardware KVM when this build has it, else `qemu`.
+    Auto,
+    Qemu,
+    Builtin,
+}
+
+/// QEMU's accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccelChoice {
+    /// KVM where `/dev/kvm` has hardware virtualization, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The absolute pointer device a QEMU VM gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pointer {
+    VirtioTablet,
+    UsbTablet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Stable node id (default: the host name).
+    pub id: Option<String>,
+    pub listen: SocketAddr,
+    /// The API's base URL as the broker reaches it (default: `http://<listen>`).
+    pub api_url: Option<String>,
+    /// The display proxy beside this node, as browsers reach it.
+    pub display_url: Option<String>,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub images_dir: PathBuf,
+    /// VM folders (sockets, overlays) and persistent disks.
+    pub state_dir: PathBuf,
+    pub default_runtime: DefaultRuntime,
+    /// A VM whose agent has not said ready by then is failed.
+    pub ready_timeout_secs: u64,
+    /// How long a stop waits for the guest to power off before the VM is ended.
+    pub stop_grace_secs: u64,
+    /// Interval of the health ping to each guest agent.
+    pub ping_interval_secs: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            api_url: None,
+            display_url: None,
+            token: None,
+            token_file: None,
+            images_dir: PathBuf::from("/var/lib/atrium-node/images"),
+            state_dir: PathBuf::from("/var/lib/atrium-node/state"),
+            default_runtime: DefaultRuntime::Auto,
+            ready_timeout_secs: 300,
+            stop_grace_secs: 10,
+            ping_interval_secs: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacitySection {
+    /// vCPUs the node hands out (default: the host's CPUs).
+    pub vcpus: Option<u32>,
+    /// Guest memory the node hands out (default: host memory less `reserved_memory_mib`).
+    pub memory_mib: Option<u64>,
+    /// Host memory kept for the host itself and for per-VM overhead when `memory_mib` is unset.
+    pub reserved_memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuSection {
+    pub binary: PathBuf,
+    pub img_binary: PathBuf,
+    pub accel: AccelChoice,
+    pub pointer: Pointer,
+    /// Memory the VM's cgroup allows beyond guest memory (QEMU itself, TCG's code cache).
+    pub memory_overhead_mib: u64,
+    /// TCG translation cache size (QEMU's default is 1 GiB of address space per VM).
+    pub tcg_tb_size_mib: u32,
+}
+
+impl Default for QemuSection {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            img_binary: PathBuf::from("qemu-img"),
+            accel: AccelChoice::Auto,
+            pointer: Pointer::VirtioTablet,
+            memory_overhead_mib: 256,
+            tcg_tb_size_mib: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupSection {
+    /// Put each VM in its own cgroup with memory, CPU and process limits.
+    pub enabled: bool,
+    /// Where the cgroup file systems are mounted.
+    pub root: PathBuf,
+    /// The group VM groups are made under: `auto` (on cgroup v1, inside the node's own group of
+    /// each controller; on v2, `/atrium`) or a path such as `/atrium`.
+    pub parent: String,
+    /// Most processes and threads a VM may have.
+    pub pids_max: u32,
+}
+
+impl Default for CgroupSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            root: PathBuf::from("/sys/fs/cgroup"),
+            parent: "auto".into(),
+            pids_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// The broker's base URL; when set, the node registers and heartbeats there.
+    pub url: Option<String>,
+    /// Heartbeat interval until the broker names one.
+    pub heartbeat_secs: u64,
+    /// Longest wait between retries while the broker cannot be reached.
+    pub max_backoff_secs: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self { url: None, heartbeat_secs: 10, max_backoff_secs: 30, timeout_secs: 5 }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub capacity: CapacitySection,
+    pub qemu: QemuSection,
+    pub cgroup: CgroupSection,
+    pub broker: BrokerSection,
+}
+
+/// The type of a key, for values that come from the environment.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Every key, for environment overrides. A test checks each is accepted by the file format.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("node", "id", Kind::Str),
+    ("node", "listen", Kind::Str),
+    ("node", "api_url", Kind::Str),
+    ("node", "display_url", Kind::Str),
+    ("node", "token", Kind::Str),
+    ("node", "token_file", Kind::Str),
+    ("node", "images_dir", Kind::Str),
+    ("node", "state_dir", Kind::Str),
+    ("node", "default_runtime", Kind::Str),
+    ("node", "ready_timeout_secs", Kind::Int),
+    ("node", "stop_grace_secs", Kind::Int),
+    ("node", "ping_interval_secs", Kind::Int),
+    ("capacity", "vcpus", Kind::Int),
+    ("capacity", "memory_mib", Kind::Int),
+    ("capacity", "reserved_memory_mib", Kind::Int),
+    ("qemu", "binary", Kind::Str),
+    ("qemu", "img_binary", Kind::Str),
+    ("qemu", "accel", Kind::Str),
+    ("qemu", "pointer", Kind::Str),
+    ("qemu", "memory_overhead_mib", Kind::Int),
+    ("qemu", "tcg_tb_size_mib", Kind::Int),
+    ("cgroup", "enabled", Kind::Bool),
+    ("cgroup", "root", Kind::Str),
+    ("cgroup", "parent", Kind::Str),
+    ("cgroup", "pids_max", Kind::Int),
+    ("broker", "url", Kind::Str),
+    ("broker", "heartbeat_secs", Kind::Int),
+    ("broker", "max_backoff_secs", Kind::Int),
+    ("broker", "timeout_secs", Kind::Int),
+];
+
+const ENV_PREFIX: &str = "ATRIUM_NODE_";
+
+fn env_name(section: &str, key: &str) -> String {
+    if section == "node" {
+        format!("{ENV_PREFIX}{}", key.to_uppercase())
+    } else {
+        format!("{ENV_PREFIX}{}_{}", section.to_uppercase(), key.to_uppercase())
+    }
+}
+
+impl NodeConfig {
+    /// Reads `path` (when given), applies `ATRIUM_NODE_*` variables from the environment, and
+    /// checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.into(), source })?,
+            None => String::new(),
+        };
+        let name = path.map_or_else(|| "(no file)".to_owned(), |p| p.display().to_string());
+        Self::from_parts(&name, &text, std::env::vars())
+    }
+
+    /// The same, from a file's text and a set of variables (for tests).
+    pub fn from_parts(
+        name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: name.into(), message: e.to_string() })?;
+        for (var, value) in env {
+            if !var.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            let (section, key, kind) = KEYS
+                .iter()
+                .find(|(s, k, _)| env_name(s, k) == var)
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message: "is not a configuration key (see docs/configuration.md)".into(),
+                })?;
+            let v = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => {
+                    toml::Value::Integer(value.trim().parse().map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("{value:?} is not a number"),
+                    })?)
+                }
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var,
+                            message: format!("{value:?} is not true or false"),
+                        });
+                    }
+                }),
+            };
+            let entry = table
+                .entry((*section).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(t) = entry else {
+                return Err(ConfigError::Parse {
+                    path: name.into(),
+                    message: format!("{section} is not a table"),
+                });
+            };
+            t.insert((*key).to_owned(), v);
+        }
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: name.into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        if let Some(id) = &n.id {
+            atrium_protocol::node::validate_name("node.id", id, 128)
+                .map_err(|e| ConfigError::Invalid { key: "node.id", message: e.message })?;
+        }
+        if n.token.is_some() && n.token_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "node.token",
+                message: "set node.token or node.token_file, not both".into(),
+            });
+        }
+        // Unix socket paths are at most 107 bytes: <state_dir>/vms/<id>/serial.sock.
+        let longest = n.state_dir.as_os_str().len() + "/vms/vm-0123456789abcdef/serial.sock".len();
+        if longest > 107 {
+            return Err(ConfigError::Invalid {
+                key: "node.state_dir",
+                message: format!(
+                    "{} is too long: VM socket paths under it would pass the 107-byte limit",
+                    n.state_dir.display()
+                ),
+            });
+        }
+        if !n.state_dir.is_absolute() || !n.images_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "node.state_dir",
+                message: "node.state_dir and node.images_dir must be absolute paths".into(),
+            });
+        }
+        for (key, secs) in [
+            ("node.ready_timeout_secs", n.ready_timeout_secs),
+            ("node.ping_interval_secs", n.ping_interval_secs),
+            ("broker.heartbeat_secs", self.broker.heartbeat_secs),
+            ("broker.max_backoff_secs", self.broker.max_backoff_secs),
+            ("broker.timeout_secs", self.broker.timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be at least 1".into() });
+            }
+        }
+        if let Some(url) = &self.broker.url {
+            if url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    key: "broker.url",
+                    message: "this build has no TLS client: use http:// on the internal network \
+                              or a TLS-terminating proxy"
+                        .into(),
+                });
+            }
+            if !url.starts_with("http://") {
+                return Err(ConfigError::Invalid {
+                    key: "broker.url",
+                    message: format!("{url:?} is not an http:// URL"),
+                });
+            }
+            if n.display_url.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "node.display_url",
+                    message: "must be set when broker.url is (the broker hands it to browsers)"
+                        .into(),
+                });
+            }
+        }
+        if self.cgroup.pids_max < 16 {
+            return Err(ConfigError::Invalid {
+                key: "cgroup.pids_max",
+                message: "must be at least 16".into(),
+            });
+        }
+        if self.cgroup.parent != "auto" && !self.cgroup.parent.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                key: "cgroup.parent",
+                message: "must be `auto` or an absolute path such as /atrium".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The node token, from `node.token` or `node.token_file`.
+    pub fn token(&self) -> Result<Secret, ConfigError> {
+        let token = match (&self.node.token, &self.node.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                Secret::new(t.trim())
+            }
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    key: "node.token",
+                    message: "a node token is required (node.token or node.token_file)".into(),
+                });
+            }
+        };
+        if token.expose().len() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "node.token",
+                message: "the node token must be at least 16 characters".into(),
+            });
+        }
+        Ok(token)
+    }
+
+    /// The node id: configured, or the host name.
+    pub fn node_id(&self) -> String {
+        self.node.id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".into())
+        })
+    }
+
+    pub fn api_url(&self) -> String {
+        self.node.api_url.clone().unwrap_or_else(|| format!("http://{}", self.node.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_parts(
+            "test.toml",
+            text,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn defaults_and_a_full_file() {
+        let c = parse("", &[]).expect("empty file");
+        assert_eq!(c, NodeConfig::default());
+        let c = parse(
+            r#"
+[node]
+id = "node-1"
+listen = "0.0.0.0:7070"
+display_url = "ws://node-1:7443"
+token = "0123456789abcdef0123"
+state_dir = "/srv/atrium"
+images_dir = "/srv/images"
+[capacity]
+vcpus = 8
+memory_mib = 16384
+[qemu]
+accel = "tcg"
+pointer = "usb-tablet"
+[cgroup]
+parent = "/atrium"
+[broker]
+url = "http://broker:8080"
+"#,
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.capacity.vcpus, Some(8));
+        assert_eq!(c.qemu.accel, AccelChoice::Tcg);
+        assert_eq!(c.qemu.pointer, Pointer::UsbTablet);
+        assert_eq!(c.token().expect("token").expose(), "0123456789abcdef0123");
+        assert_eq!(format!("{:?}", c.node.token), "Some([redacted])");
+        assert_eq!(c.api_url(), "http://0.0.0.0:7070");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_key() {
+        for (text, needle) in [
+            ("[node]\nlisten = 7070", "listen"),
+            ("[node]\nfrobnicate = 1", "frobnicate"),
+            ("[nodes]\nid = \"a\"", "nodes"),
+            ("[qemu]\naccel = \"hvf\"", "hvf"),
+            ("[node]\nid = \"a b\"", "node.id"),
+            ("[node]\nstate_dir = \"relative\"", "absolute"),
+            (&format!("[node]\nstate_dir = \"/{}\"", "x".repeat(90)), "too long"),
+            ("[node]\nready_timeout_secs = 0", "ready_timeout_secs"),
+            ("[broker]\nurl = \"http://b\"", "display_url"),
+            ("[broker]\nurl = \"ftp://b\"\n[node]\ndisplay_url=\"ws://x\"", "http"),
+            ("[broker]\nurl = \"https://b\"\n[node]\ndisplay_url=\"ws://x\"", "TLS"),
+            ("[cgroup]\nparent = \"atrium\"", "cgroup.parent"),
+            ("[cgroup]\npids_max = 1", "pids_max"),
+            ("not toml [", "test.toml"),
+            ("[node]\ntoken = \"a\"\ntoken_file = \"/x\"", "not both"),
+        ] {
+            let e = parse(text, &[]).expect_err(text).to_string();
+            assert!(e.contains(needle), "{text:?} gave {e:?}, wanted {needle:?}");
+        }
+        let short = parse("[node]\ntoken = \"short\"", &[]).expect("parses");
+        assert!(short.token().unwrap_err().to_string().contains("16"));
+        assert!(parse("", &[]).expect("parses").token().is_err());
+    }
+
+    #[test]
+    fn environment_overrides_every_key() {
+        let c = parse(
+            "[node]\nstop_grace_secs = 3",
+            &[
+                ("ATRIUM_NODE_TOKEN", "abcdefghijklmnopq"),
+                ("ATRIUM_NODE_STOP_GRACE_SECS", "7"),
+                ("ATRIUM_NODE_QEMU_ACCEL", "kvm"),
+                ("ATRIUM_NODE_CGROUP_ENABLED", "false"),
+                ("ATRIUM_NODE_CAPACITY_VCPUS", "4"),
+                ("PATH", "/usr/bin"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.node.stop_grace_secs, 7);
+        assert_eq!(c.qemu.accel, AccelChoice::Kvm);
+        assert!(!c.cgroup.enabled);
+        assert_eq!(c.capacity.vcpus, Some(4));
+        assert!(c.token().is_ok());
+
+        let e = parse("", &[("ATRIUM_NODE_TOKNE", "x")]).unwrap_err().to_string();
+        assert!(e.contains("ATRIUM_NODE_TOKNE"), "{e}");
+        let e = parse("", &[("ATRIUM_NODE_STOP_GRACE_SECS", "soon")]).unwrap_err().to_string();
+        assert!(e.contains("not a number"), "{e}");
+        let e = parse("", &[("ATRIUM_NODE_CGROUP_ENABLED", "maybe")]).unwrap_err().to_string();
+        assert!(e.contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn the_key_list_matches_the_file_format() {
+        // Every key the environment can set is one the file accepts (deny_unknown_fields would
+        // refuse a stale entry), with a value of its kind.
+        for (section, key, kind) in KEYS {
+            let value = match kind {
+                Kind::Str => match (*section, *key) {
+                    ("node", "listen") => "\"127.0.0.1:1\"".to_owned(),
+                    ("node", "default_runtime") => "\"qemu\"".to_owned(),
+                    ("node", "state_dir" | "images_dir") => "\"/x\"".to_owned(),
+                    ("qemu", "accel") => "\"tcg\"".to_owned(),
+                    ("qemu", "pointer") => "\"usb-tablet\"".to_owned(),
+                    ("cgroup", "parent") => "\"/a\"".to_owned(),
+                    ("broker", "url") => {
+                        "\"http://b\"\n[node]\ndisplay_url = \"ws://d\"".to_owned()
+                    }
+                    _ => "\"abc\"".to_owned(),
+                },
+                Kind::Int => "99".to_owned(),
+                Kind::Bool => "true".to_owned(),
+            };
+            let text = format!("[{section}]\n{key} = {value}\n");
+            parse(&text, &[]).unwrap_or_else(|e| panic!("{section}.{key}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! `atrium-node image build`: makes an image directory from Debian packages.
+//!
+//! The `console` kind: Debian's current `linux-image-*-amd64` kernel, `busybox-static`, the
+//! kernel modules the console needs (loaded in dependency order), the guest agent, and an empty
+//! ext4 home disk. Its screen is the framebuffer console (QEMU's VGA + the `bochs` DRM driver)
+//! with a shell for an unprivileged user. Packages come only through apt (`apt-get download`,
+//! checked against the archive's SHA-256, cached) and are unpacked with `dpkg -x`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::cpio::{CpioWriter, Meta};
+use super::debs::{self, DebError, Package};
+use super::modules::{ModuleError, ModuleTree};
+use super::{
+    AgentRecord, BootSpec, DiskFormat, DiskSpec, FileRecord, Image, ImageError, MANIFEST_FILE,
+    MANIFEST_FORMAT, Manifest, PackageRecord, elf,
+};
+
+/// Bump when the builder makes different images from the same inputs.
+pub const BUILDER_VERSION: u32 = 1;
+
+/// The console's kernel command line: fbcon on tty1 for the screen, the serial port for the
+/// node's console log (and `/dev/console`), and a VM that stops rather than reboots on panic.
+pub const CONSOLE_CMDLINE: &str = "console=tty1 console=ttyS0,115200 quiet loglevel=3 panic=-1";
+
+/// Modules the console needs; their dependencies are found by the builder.
+const CONSOLE_MODULES: &[&str] = &[
+    "bochs",          // QEMU VGA -> DRM -> fbdev -> fbcon at the VM's display size
+    "virtio_pci",     // virtio devices on PCI
+    "virtio_console", // the agent's virtio-serial port
+    "virtio_blk",     // the home disk
+    "virtio_input",   // the absolute pointer (virtio tablet)
+    "evdev",          // input events (acpid reads the power button)
+    "button",         // ACPI power button: graceful stop
+    "crc32c_generic", // ext4 metadata checksums (a softdep the builder cannot resolve by name)
+    "ext4",
+];
+
+const CONSOLE_FILES: &[(&str, &str, u32)] = &[
+    ("init", include_str!("console/init"), 0o755),
+    ("sbin/console-shell", include_str!("console/console-shell"), 0o755),
+    ("etc/inittab", include_str!("console/inittab"), 0o644),
+    ("etc/profile", include_str!("console/profile"), 0o644),
+    ("etc/motd", include_str!("console/motd"), 0o644),
+    ("etc/passwd", include_str!("console/passwd"), 0o644),
+    ("etc/group", include_str!("console/group"), 0o644),
+    ("etc/shadow", include_str!("console/shadow"), 0o600),
+    ("etc/acpi/PWRF/00000080", include_str!("console/acpi-power"), 0o755),
+    ("etc/hostname", "atrium\n", 0o644),
+];
+
+const CONSOLE_DIRS: &[(&str, u32)] = &[
+    ("bin", 0o755),
+    ("sbin", 0o755),
+    ("usr", 0o755),
+    ("usr/bin", 0o755),
+    ("usr/sbin", 0o755),
+    ("etc", 0o755),
+    ("etc/acpi", 0o755),
+    ("etc/acpi/PWRF", 0o755),
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("root", 0o700),
+    ("home", 0o755),
+    ("lib", 0o755),
+    ("lib/modules", 0o755),
+    ("var", 0o755),
+    ("var/log", 0o755),
+    ("mnt", 0o755),
+];
+
+/// The console user (see `console/passwd`).
+const USER_UID: u32 = 1000;
+const HOME_DISK_MIB: u64 = 64;
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Deb(#[from] DebError),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the guest agent {path}: {message}")]
+    Agent { path: PathBuf, message: String },
+    #[error("{0}")]
+    Package(String),
+    #[error("{what} failed: {message}")]
+    Tool { what: String, message: String },
+    #[error("{0} already exists (use --force to replace it)")]
+    Exists(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.to_path_buf(), source }
+}
+
+/// Kinds of image this builder makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageKind {
+    /// Kernel, busybox and the guest agent: a framebuffer console with a shell (for tests).
+    Console,
+}
+
+impl ImageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub kind: ImageKind,
+    /// Image name (default: the kind).
+    pub name: Option<String>,
+    /// Image version (default: `YYYYMMDD-<content key>`).
+    pub version: Option<String>,
+    pub out: PathBuf,
+    pub agent: PathBuf,
+    /// Where downloaded `.deb` files are kept (`~/.cache/atrium/debs`).
+    pub cache_dir: PathBuf,
+    pub force: bool,
+}
+
+/// Everything an image is made from, resolved but not yet fetched.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub kind: ImageKind,
+    pub kernel: Package,
+    pub packages: Vec<Package>,
+    pub agent: Vec<u8>,
+    pub agent_sha256: String,
+    pub agent_static: bool,
+    /// Hash of all of the above and of the builder itself.
+    pub key: String,
+}
+
+/// Resolves the packages with apt (running `apt-get update` first when the lists are missing).
+pub fn plan(kind: ImageKind, agent_path: &Path) -> Result<Plan, BuildError> {
+    let agent = std::fs::read(agent_path).map_err(|e| BuildError::Agent {
+        path: agent_path.into(),
+        message: format!(
+            "{e} (build it with scripts/lib/images.sh or `cargo build -p atrium-guest-agent`)"
+        ),
+    })?;
+    let agent_static = !elf::has_interpreter(&agent)
+        .map_err(|e| BuildError::Agent { path: agent_path.into(), message: e.to_string() })?;
+    let agent_sha256 = debs::hex(&Sha256::digest(&agent));
+
+    debs::ensure_lists(Path::new("/var/lib/apt/lists"))?;
+    let meta = debs::resolve("linux-image-amd64")?;
+    let kernel = debs::resolve(&debs::kernel_package_of(&meta)?)?;
+    let mut packages = vec![kernel.clone(), debs::resolve("busybox-static")?];
+    if !agent_static {
+        // A dynamically linked agent brings Debian's C library and unwinder with it.
+        packages.push(debs::resolve("libc6")?);
+        packages.push(debs::resolve("libgcc-s1")?);
+    }
+
+    let mut h = Sha256::new();
+    h.update(format!("atrium-image-builder {BUILDER_VERSION}\nkind {}\n", kind.as_str()));
+    h.update(format!("agent {agent_sha256}\ncmdline {CONSOLE_CMDLINE}\nhome {HOME_DISK_MIB}\n"));
+    for p in &packages {
+        h.update(format!("package {} {} {}\n", p.name, p.version, p.sha256));
+    }
+    for m in CONSOLE_MODULES {
+        h.update(format!("module {m}\n"));
+    }
+    for (path, body, mode) in CONSOLE_FILES {
+        h.update(format!("file {path} {mode:o} {}\n", body.len()));
+        h.update(body.as_bytes());
+    }
+    let key = debs::hex(&h.finalize())[..16].to_owned();
+    Ok(Plan { kind, kernel, packages, agent, agent_sha256, agent_static, key })
+}
+
+/// Builds the image into `opts.out` (written beside it first, then renamed into place).
+pub fn build(opts: &BuildOptions, progress: &ProgressBar) -> Result<Image, BuildError> {
+    let step = |msg: String| report(progress, msg);
+    if opts.out.exists() && !opts.force {
+        return Err(BuildError::Exists(opts.out.clone()));
+    }
+    step("resolving packages with apt".into());
+    let plan = plan(opts.kind, &opts.agent)?;
+    // Steps: plan, each download, each unpack, modules, initramfs, disk, manifest.
+    progress.set_length(u64::try_from(4 + 2 * plan.packages.len()).expect("few steps"));
+    progress.inc(1);
+
+    let name = opts.name.clone().unwrap_or_else(|| opts.kind.as_str().to_owned());
+    let version = opts.version.clone().unwrap_or_else(|| format!("{}-{}", today(), &plan.key[..8]));
+    for (field, v) in [("name", &name), ("version", &version)] {
+        atrium_protocol::node::validate_name(field, v, 64)
+            .map_err(|e| BuildError::Invalid(format!("image {e}")))?;
+    }
+
+    let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let file_name = opts.out.file_name().ok_or_else(|| {
+        BuildError::Invalid(format!("--out {} has no folder name", opts.out.display()))
+    })?;
+    let staging =
+        parent.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = build_in(opts, &plan, &name, &version, &staging, progress);
+    let unpack = staging.join("unpack");
+    let _ = std::fs::remove_dir_all(&unpack);
+    match result {
+        Ok(()) => {
+            if opts.out.exists() {
+                std::fs::remove_dir_all(&opts.out).map_err(io_err(&opts.out))?;
+            }
+            std::fs::rename(&staging, &opts.out).map_err(io_err(&opts.out))?;
+            progress.inc(1);
+            Ok(Image::load(&opts.out, false)?)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn build_in(
+    opts: &BuildOptions,
+    plan: &Plan,
+    name: &str,
+    version: &str,
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<(), BuildError> {
+    let step = |msg: String| report(progress, msg);
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let unpack = out.join("unpack");
+    let mut debs = Vec::new();
+    for p in &plan.packages {
+        step(format!("downloading {} {}", p.name, p.version));
+        debs.push(debs::download(p, &opts.cache_dir)?);
+        progress.inc(1);
+    }
+    for (p, deb) in plan.packages.iter().zip(&debs) {
+        step(format!("unpacking {}", p.name));
+        debs::unpack(deb, &unpack.join(&p.name))?;
+        progress.inc(1);
+    }
+
+    step("resolving kernel modules".into());
+    let kernel_root = unpack.join(&plan.kernel.name);
+    let vmlinuz = single_entry(&kernel_root.join("boot"), "vmlinuz-")?;
+    let modules_dir = single_entry(&kernel_root.join("lib/modules"), "")?;
+    let tree = ModuleTree::scan(&modules_dir)?;
+    let order = tree.load_order(CONSOLE_MODULES)?;
+    progress.inc(1);
+
+    step(format!("writing the initramfs ({} modules)", order.len()));
+    let initrd_path = out.join("initrd.img");
+    let busybox_root = unpack.join("busybox-static");
+    write_initramfs(&initrd_path, plan, &busybox_root, &unpack, &order, name, version)?;
+    progress.inc(1);
+
+    step("making the home disk".into());
+    let disk_path = out.join("home.raw");
+    make_home_disk(&disk_path)?;
+    std::fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
+    std::fs::remove_dir_all(&unpack).map_err(io_err(&unpack))?;
+
+    step("writing the manifest".into());
+    let mut files = Vec::new();
+    for f in ["vmlinuz", "initrd.img", "home.raw"] {
+        let p = out.join(f);
+        let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+        files.push(FileRecord { path: f.into(), size, sha256: debs::sha256_file(&p)? });
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: name.into(),
+        kind: plan.kind.as_str().into(),
+        version: version.into(),
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        builder: format!("atrium-node {}, builder {BUILDER_VERSION}", env!("CARGO_PKG_VERSION")),
+        content_key: plan.key.clone(),
+        boot: BootSpec {
+            kernel: "vmlinuz".into(),
+            initrd: Some("initrd.img".into()),
+            cmdline: CONSOLE_CMDLINE.into(),
+        },
+        disk: Some(DiskSpec {
+            file: "home.raw".into(),
+            format: DiskFormat::Raw,
+            size_mib: HOME_DISK_MIB,
+            purpose: "home".into(),
+        }),
+        min_memory_mib: 192,
+        agent: AgentRecord {
+            sha256: plan.agent_sha256.clone(),
+            linking: if plan.agent_static { "static" } else { "dynamic" }.into(),
+        },
+        modules: order.iter().map(|(n, _)| n.clone()).collect(),
+        packages: plan
+            .packages
+            .iter()
+            .map(|p| PackageRecord {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+        files,
+    };
+    manifest.validate().map_err(BuildError::Invalid)?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+    let mpath = out.join(MANIFEST_FILE);
+    std::fs::write(&mpath, json).map_err(io_err(&mpath))?;
+    progress.inc(1);
+    Ok(())
+}
+
+/// A step: on the progress bar when it is drawn (a terminal), else in the log.
+fn report(progress: &ProgressBar, msg: String) {
+    if progress.is_hidden() {
+        tracing::info!("{msg}");
+    }
+    progress.set_message(msg);
+}
+
+/// The one entry of `dir` whose name starts with `prefix`.
+fn single_entry(dir: &Path, prefix: &str) -> Result<PathBuf, BuildError> {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(BuildError::Package(format!(
+            "expected one {prefix}* in {}, found {}",
+            dir.display(),
+            found.len()
+        ))),
+    }
+}
+
+/// Reads `rel` inside an unpacked package, following symbolic links only within `root`
+/// (packages use absolute links, which must not lead to the host's own files).
+fn read_in_tree(root: &Path, rel: &str) -> Result<Vec<u8>, BuildError> {
+    let mut rel = PathBuf::from(rel.trim_start_matches('/'));
+    for _ in 0..16 {
+        let p = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        if !meta.file_type().is_symlink() {
+            return std::fs::read(&p).map_err(io_err(&p));
+        }
+        let target = std::fs::read_link(&p).map_err(io_err(&p))?;
+        rel = if target.is_absolute() {
+            target.strip_prefix("/").expect("absolute").to_path_buf()
+        } else {
+            rel.parent().unwrap_or(Path::new("")).join(target)
+        };
+        if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            let normal: PathBuf = normalize(&rel);
+            rel = normal;
+        }
+    }
+    Err(BuildError::Package(format!("too many symbolic links at {}", root.join(rel).display())))
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn write_initramfs(
+    path: &Path,
+    plan: &Plan,
+    busybox_root: &Path,
+    unpack: &Path,
+    modules: &[(String, PathBuf)],
+    name: &str,
+    version: &str,
+) -> Result<(), BuildError> {
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut w = CpioWriter::new(std::io::BufWriter::new(file));
+    let e = io_err(path);
+    let mut go = || -> std::io::Result<()> {
+        for (dir, mode) in CONSOLE_DIRS {
+            w.dir(dir, Meta::root(*mode))?;
+        }
+        w.dir("home/user", Meta { mode: 0o755, uid: USER_UID, gid: USER_UID })?;
+        w.char_device("dev/console", Meta::root(0o600), 5, 1)?;
+        Ok(())
+    };
+    go().map_err(e)?;
+
+    let busybox = read_in_tree(busybox_root, "bin/busybox")?;
+    let mut files: Vec<(String, Vec<u8>, u32)> = vec![
+        ("bin/busybox".into(), busybox, 0o755),
+        ("sbin/atrium-guest-agent".into(), plan.agent.clone(), 0o755),
+    ];
+    for (p, body, mode) in CONSOLE_FILES {
+        files.push(((*p).into(), body.as_bytes().to_vec(), *mode));
+    }
+    let load: String = modules.iter().map(|(n, _)| format!("{n}\n")).collect();
+    files.push(("etc/modules.load".into(), load.into_bytes(), 0o644));
+    files.push((
+        "etc/atrium-image".into(),
+        format!("name={name}\nversion={version}\ncontent_key={}\n", plan.key).into_bytes(),
+        0o644,
+    ));
+    for (n, p) in modules {
+        files.push((format!("lib/modules/{n}.ko"), std::fs::read(p).map_err(io_err(p))?, 0o644));
+    }
+    let mut links = vec![("bin/sh".to_owned(), "busybox".to_owned())];
+    if !plan.agent_static {
+        let libc = unpack.join("libc6");
+        let libgcc = unpack.join("libgcc-s1");
+        for lib in ["libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2"] {
+            let rel = format!("lib/x86_64-linux-gnu/{lib}");
+            files.push((rel.clone(), read_in_tree(&libc, &rel)?, 0o755));
+        }
+        let rel = "lib/x86_64-linux-gnu/libgcc_s.so.1".to_owned();
+        files.push((rel.clone(), read_in_tree(&libgcc, &rel)?, 0o644));
+        links.push((
+            "lib64/ld-linux-x86-64.so.2".into(),
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into(),
+        ));
+    }
+    let e = io_err(path);
+    let mut go = || -> std::io::Result<()> {
+        if !plan.agent_static {
+            w.dir("lib/x86_64-linux-gnu", Meta::root(0o755))?;
+            w.dir("lib64", Meta::root(0o755))?;
+        }
+        for (p, body, mode) in &files {
+            w.file(p, Meta::root(*mode), body)?;
+        }
+        for (p, target) in &links {
+            w.symlink(p, target)?;
+        }
+        Ok(())
+    };
+    go().map_err(e)?;
+    use std::io::Write;
+    let mut out = w.finish().map_err(io_err(path))?;
+    out.flush().map_err(io_err(path))
+}
+
+/// An empty ext4 file system whose root (the user's home) belongs to the console user.
+fn make_home_disk(path: &Path) -> Result<(), BuildError> {
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "atrium-home", "-E"])
+        .arg(format!("root_owner={USER_UID}:{USER_UID}"))
+        .arg(path)
+        .arg(format!("{HOME_DISK_MIB}M"))
+        .output()
+        .map_err(|e| BuildError::Tool {
+            what: "mke2fs".into(),
+            message: format!("{e} (install e2fsprogs)"),
+        })?;
+    if !out.status.success() {
+        return Err(BuildError::Tool {
+            what: "mke2fs".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Today's date as `YYYYMMDD` (UTC).
+fn today() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(today().len(), 8);
+    }
+
+    #[test]
+    fn links_in_packages_stay_inside_the_package() {
+        let root = std::env::temp_dir().join(format!("atrium-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("lib/x")).expect("mkdir");
+        std::fs::create_dir_all(root.join("lib64")).expect("mkdir");
+        std::fs::write(root.join("lib/x/ld.so"), b"loader").expect("w");
+        std::os::unix::fs::symlink("/lib/x/ld.so", root.join("lib64/ld.so")).expect("ln");
+        std::os::unix::fs::symlink("../lib/x/ld.so", root.join("lib64/rel.so")).expect("ln");
+        std::os::unix::fs::symlink("/etc/hostname", root.join("lib64/host")).expect("ln");
+        assert_eq!(read_in_tree(&root, "lib64/ld.so").expect("abs"), b"loader");
+        assert_eq!(read_in_tree(&root, "/lib64/rel.so").expect("rel"), b"loader");
+        // Resolves to <root>/etc/hostname, which does not exist: never the host's file.
+        assert!(read_in_tree(&root, "lib64/host").is_err());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn the_console_init_loads_modules_and_starts_busybox_init() {
+        let init = CONSOLE_FILES.iter().find(|f| f.0 == "init").expect("init").1;
+        assert!(init.starts_with("#!/bin/sh\n"));
+        assert!(init.contains("/etc/modules.load"));
+        assert!(init.contains("exec /bin/busybox init"));
+        let inittab = CONSOLE_FILES.iter().find(|f| f.0 == "etc/inittab").expect("inittab").1;
+        assert!(inittab.contains("tty1::respawn:/sbin/console-shell"));
+        assert!(inittab.contains("--clipboard-file /home/user/clipboard.txt --user 1000:1000"));
+    }
+}

@@ -1,0 +1,418 @@
+//! Guest images: what an image directory holds (its manifest), the images a node has, and the
+//! builder that makes them from Debian packages ([`build`]).
+//!
+//! An image is a directory with `manifest.json` beside the files it names: a kernel, an
+//! initramfs, optionally a base disk. Images are versioned; a node keeps several under its
+//! `images_dir` (as `images_dir/<any>/manifest.json` or `images_dir/<any>/<any>/manifest.json`),
+//! and a VM spec names `NAME` (the newest version) or `NAME@VERSION`.
+
+pub mod build;
+pub mod cpio;
+pub mod debs;
+pub mod elf;
+pub mod modules;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use atrium_protocol::node::{ImageInfo, ImageRef, validate_name};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Manifest format written by this builder.
+pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid image manifest: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{path}: file {file} is {actual}, the manifest says {expected}")]
+    FileMismatch { path: PathBuf, file: String, expected: String, actual: String },
+}
+
+/// How a disk file is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// How the image boots: a kernel and initramfs loaded directly (no boot loader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSpec {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub cmdline: String,
+}
+
+/// The image's base disk. Each VM gets a copy-on-write layer over it; the base is never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub file: String,
+    pub format: DiskFormat,
+    pub size_mib: u64,
+    /// What the guest uses it for (`home`: mounted as the user's home).
+    pub purpose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRecord {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRecord {
+    pub sha256: String,
+    /// `static`, or `dynamic` (then Debian's libc6 is in the image too).
+    pub linking: String,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    pub created_unix: u64,
+    /// `atrium-node <version>, builder <n>`.
+    pub builder: String,
+    /// Hash of everything the image was made from (packages, agent, builder).
+    pub content_key: String,
+    pub boot: BootSpec,
+    pub disk: Option<DiskSpec>,
+    pub min_memory_mib: u32,
+    pub agent: AgentRecord,
+    /// Kernel modules in the initramfs, in load order.
+    pub modules: Vec<String>,
+    pub packages: Vec<PackageRecord>,
+    pub files: Vec<FileRecord>,
+}
+
+impl Manifest {
+    /// Checks what a node relies on: names, versions and file names are safe, and every file
+    /// the image boots from is listed.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(format!("format {} is not {MANIFEST_FORMAT}", self.format));
+        }
+        validate_name("name", &self.name, 64).map_err(|e| e.to_string())?;
+        validate_name("version", &self.version, 64).map_err(|e| e.to_string())?;
+        for f in &self.files {
+            validate_name("files", &f.path, 128).map_err(|e| e.to_string())?;
+        }
+        let listed = |file: &str| self.files.iter().any(|f| f.path == file);
+        let mut needed = vec![self.boot.kernel.as_str()];
+        needed.extend(self.boot.initrd.as_deref());
+        needed.extend(self.disk.as_ref().map(|d| d.file.as_str()));
+        for file in needed {
+            if !listed(file) {
+                return Err(format!("{file:?} is used but not listed in files"));
+            }
+        }
+        if self.boot.cmdline.contains('\n') {
+            return Err("boot.cmdline has a newline".into());
+        }
+        Ok(())
+    }
+
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// An image on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Image {
+    /// Reads and validates `dir/manifest.json`; checks that each file exists with its size.
+    /// With `verify`, also checks each file's SHA-256.
+    pub fn load(dir: &Path, verify: bool) -> Result<Self, ImageError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| ImageError::Manifest { path: path.clone(), message: e.to_string() })?;
+        manifest
+            .validate()
+            .map_err(|message| ImageError::Manifest { path: path.clone(), message })?;
+        for f in &manifest.files {
+            let fp = dir.join(&f.path);
+            let meta = std::fs::metadata(&fp)
+                .map_err(|source| ImageError::Io { path: fp.clone(), source })?;
+            if meta.len() != f.size {
+                return Err(ImageError::FileMismatch {
+                    path: dir.into(),
+                    file: f.path.clone(),
+                    expected: format!("{} bytes", f.size),
+                    actual: format!("{} bytes", meta.len()),
+                });
+            }
+            if verify {
+                let actual = debs::sha256_file(&fp).map_err(|e| ImageError::Manifest {
+                    path: fp.clone(),
+                    message: e.to_string(),
+                })?;
+                if actual != f.sha256 {
+                    return Err(ImageError::FileMismatch {
+                        path: dir.into(),
+                        file: f.path.clone(),
+                        expected: format!("sha256 {}", f.sha256),
+                        actual: format!("sha256 {actual}"),
+                    });
+                }
+            }
+        }
+        let dir =
+            dir.canonicalize().map_err(|source| ImageError::Io { path: dir.into(), source })?;
+        Ok(Self { dir, manifest })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn info(&self) -> ImageInfo {
+        ImageInfo {
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            kind: self.manifest.kind.clone(),
+        }
+    }
+}
+
+/// Loaded images by folder, with the manifest's modification time.
+type Loaded = HashMap<PathBuf, (Option<SystemTime>, Arc<Image>)>;
+
+/// The images under a node's `images_dir`, reloaded when the folder changes.
+#[derive(Debug)]
+pub struct ImageCatalog {
+    root: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+impl ImageCatalog {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Rescans `images_dir`; new or changed images are loaded and verified (hashes checked
+    /// once). Returns the images and the folders that were refused.
+    pub fn refresh(&self) -> (Vec<Arc<Image>>, Vec<ImageError>) {
+        let mut dirs = Vec::new();
+        for level1 in read_dirs(&self.root) {
+            if level1.join(MANIFEST_FILE).is_file() {
+                dirs.push(level1);
+            } else {
+                dirs.extend(
+                    read_dirs(&level1).into_iter().filter(|d| d.join(MANIFEST_FILE).is_file()),
+                );
+            }
+        }
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut errors = Vec::new();
+        let mut next = HashMap::new();
+        for dir in dirs {
+            let mtime = std::fs::metadata(dir.join(MANIFEST_FILE)).and_then(|m| m.modified()).ok();
+            match loaded.get(&dir) {
+                Some((t, img)) if *t == mtime => {
+                    next.insert(dir, (mtime, Arc::clone(img)));
+                }
+                _ => match Image::load(&dir, true) {
+                    Ok(img) => {
+                        tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
+                        next.insert(dir, (mtime, Arc::new(img)));
+                    }
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        *loaded = next;
+        let mut images: Vec<_> = loaded.values().map(|(_, i)| Arc::clone(i)).collect();
+        images.sort_by(|a, b| {
+            (&a.manifest.name, a.manifest.created_unix, &a.manifest.version).cmp(&(
+                &b.manifest.name,
+                b.manifest.created_unix,
+                &b.manifest.version,
+            ))
+        });
+        (images, errors)
+    }
+
+    /// The image a reference names: that version, or the newest of the name.
+    pub fn resolve(&self, r: &ImageRef) -> Option<Arc<Image>> {
+        let (images, errors) = self.refresh();
+        for e in errors {
+            tracing::warn!("image refused: {e}");
+        }
+        resolve_in(&images, r)
+    }
+
+    pub fn list(&self) -> Vec<Arc<Image>> {
+        self.refresh().0
+    }
+}
+
+/// Picks from images sorted oldest first.
+pub fn resolve_in(images: &[Arc<Image>], r: &ImageRef) -> Option<Arc<Image>> {
+    images
+        .iter()
+        .rev()
+        .find(|i| {
+            i.manifest.name == r.name && r.version.as_ref().is_none_or(|v| *v == i.manifest.version)
+        })
+        .cloned()
+}
+
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small, valid image directory (fake kernel and initramfs bytes) for tests that need
+    /// one without booting it.
+    pub fn fake_image(dir: &Path, name: &str, version: &str, created: u64) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let mut files = Vec::new();
+        for (f, body) in [("vmlinuz", &b"kernel"[..]), ("initrd.img", b"initrd")] {
+            std::fs::write(dir.join(f), body).expect("write");
+            files.push(FileRecord {
+                path: f.into(),
+                size: u64::try_from(body.len()).expect("small"),
+                sha256: debs::sha256_file(&dir.join(f)).expect("hash"),
+            });
+        }
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            name: name.into(),
+            kind: "console".into(),
+            version: version.into(),
+            created_unix: created,
+            builder: "test".into(),
+            content_key: "0".into(),
+            boot: BootSpec {
+                kernel: "vmlinuz".into(),
+                initrd: Some("initrd.img".into()),
+                cmdline: "console=ttyS0".into(),
+            },
+            disk: None,
+            min_memory_mib: 128,
+            agent: AgentRecord { sha256: "0".into(), linking: "static".into() },
+            modules: vec![],
+            packages: vec![],
+            files,
+        };
+        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec_pretty(&m).expect("json"))
+            .expect("write manifest");
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("atrium-img-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn catalog_resolves_names_and_versions() {
+        let root = temp("catalog");
+        fake_image(&root.join("console/v1"), "console", "v1", 100);
+        fake_image(&root.join("console/v2"), "console", "v2", 200);
+        fake_image(&root.join("other"), "other", "1", 50);
+        std::fs::create_dir_all(root.join("broken")).expect("mkdir");
+        std::fs::write(root.join("broken").join(MANIFEST_FILE), b"{not json").expect("w");
+        let cat = ImageCatalog::new(root.clone());
+        let (images, errors) = cat.refresh();
+        assert_eq!(images.len(), 3);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let newest =
+            cat.resolve(&ImageRef::parse("image", "console").expect("ref")).expect("found");
+        assert_eq!(newest.manifest.version, "v2");
+        let v1 = cat.resolve(&ImageRef::parse("image", "console@v1").expect("ref")).expect("found");
+        assert_eq!(v1.manifest.version, "v1");
+        assert!(cat.resolve(&ImageRef::parse("image", "console@v3").expect("ref")).is_none());
+        assert!(cat.resolve(&ImageRef::parse("image", "nope").expect("ref")).is_none());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn manifests_are_checked() {
+        let root = temp("manifest");
+        fake_image(&root, "console", "v1", 1);
+        let good = Image::load(&root, true).expect("valid image");
+        assert_eq!(good.info().kind, "console");
+
+        // A file changed after the build.
+        std::fs::write(root.join("vmlinuz"), b"KERNEL").expect("w");
+        assert!(matches!(Image::load(&root, true), Err(ImageError::FileMismatch { .. })));
+        std::fs::write(root.join("vmlinuz"), b"kern").expect("w");
+        assert!(matches!(Image::load(&root, false), Err(ImageError::FileMismatch { .. })));
+
+        let mut m = good.manifest.clone();
+        m.files[0].path = "../etc/passwd".into();
+        assert!(m.validate().is_err());
+        let mut m = good.manifest.clone();
+        m.boot.kernel = "bzImage".into();
+        assert!(m.validate().unwrap_err().contains("not listed"));
+        let mut m = good.manifest.clone();
+        m.format = 99;
+        assert!(m.validate().is_err());
+        let mut m = good.manifest;
+        m.version = "a/b".into();
+        assert!(m.validate().is_err());
+
+        std::fs::write(root.join(MANIFEST_FILE), br#"{"format":1,"extra":true}"#).expect("w");
+        assert!(matches!(Image::load(&root, false), Err(ImageError::Manifest { .. })));
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

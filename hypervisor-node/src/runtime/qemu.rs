@@ -1,0 +1,635 @@
+//! The `qemu` runtime: one `qemu-system-x86_64` process per VM.
+//!
+//! - accelerator: KVM where `/dev/kvm` has hardware virtualization, else TCG (see [`crate::kvm`]);
+//! - control: QMP on `qmp.sock` (cont, screendump, system_powerdown, quit);
+//! - display: QEMU's VNC server on `vnc.sock` (it offers the extended key event), shared by
+//!   every client (the display proxy, a test, noVNC) at once;
+//! - screen: a `VGA` device with an EDID at the VM's display size (the guest's `bochs` DRM
+//!   driver picks that mode); input: the PS/2 keyboard and an absolute pointer (virtio or USB
+//!   tablet);
+//! - guest agent: a virtio-serial port named `org.atrium.agent.0` on `agent.sock`; serial
+//!   console on `serial.sock`;
+//! - disk: a qcow2 layer whose backing file is the image's read-only base;
+//! - the process joins its cgroup before `exec`, and dies with the node (`PR_SET_PDEATHSIG`).
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::agent::PORT_NAME;
+use atrium_protocol::node::{Accel, DisplayEndpoint, KvmKind, RuntimeKind};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{Mutex, watch};
+
+use super::qmp::Qmp;
+use super::{BoxFuture, Endpoints, ExitInfo, Frame, LaunchConfig, Runtime, RuntimeError, VmHandle};
+use crate::config::{Pointer, QemuSection};
+use crate::kvm;
+
+/// The files of a VM's folder this runtime uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub qmp: PathBuf,
+    pub vnc: PathBuf,
+    pub agent: PathBuf,
+    pub serial: PathBuf,
+}
+
+impl Paths {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            qmp: dir.join("qmp.sock"),
+            vnc: dir.join("vnc.sock"),
+            agent: dir.join("agent.sock"),
+            serial: dir.join("serial.sock"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct QemuRuntime {
+    cfg: QemuSection,
+    accel: Accel,
+    reason: String,
+}
+
+impl QemuRuntime {
+    pub fn new(cfg: QemuSection, kvm_kind: KvmKind) -> Self {
+        let (accel, reason) = kvm::choose_accel(kvm_kind, cfg.accel);
+        Self { cfg, accel, reason }
+    }
+
+    /// `qemu-system-x86_64 --version`, to fail early when QEMU is missing.
+    pub async fn version(&self) -> Result<String, RuntimeError> {
+        let out = Command::new(&self.cfg.binary)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(RuntimeError::io(format!("running {}", self.cfg.binary.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    /// QEMU's command line for a VM.
+    pub fn args(&self, cfg: &LaunchConfig, paths: &Paths) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: String| a.push(s.into());
+        push("-name".into());
+        push(format!("guest=atrium-{},debug-threads=on", cfg.id));
+        for s in ["-nodefaults", "-no-user-config", "-no-reboot", "-S", "-display", "none"] {
+            push(s.into());
+        }
+        push("-machine".into());
+        push("q35".into());
+        match self.accel {
+            Accel::Kvm => {
+                push("-accel".into());
+                push("kvm".into());
+                push("-cpu".into());
+                push("host".into());
+            }
+            Accel::Tcg => {
+                push("-accel".into());
+                push(format!("tcg,tb-size={}", self.cfg.tcg_tb_size_mib));
+                push("-cpu".into());
+                push("max".into());
+            }
+        }
+        push("-smp".into());
+        push(cfg.vcpus.to_string());
+        push("-m".into());
+        push(format!("{}M", cfg.memory_mib));
+        push("-qmp".into());
+        push(format!("unix:{},server=on,wait=off", paths.qmp.display()));
+        push("-vnc".into());
+        push(format!("unix:{},share=force-shared", paths.vnc.display()));
+        push("-device".into());
+        push(format!(
+            "VGA,edid=on,xres={},yres={},vgamem_mb={}",
+            cfg.display.width,
+            cfg.display.height,
+            vgamem_mb(cfg.display.width, cfg.display.height)
+        ));
+        push("-chardev".into());
+        push(format!("socket,id=serial0,path={},server=on,wait=off", paths.serial.display()));
+        push("-serial".into());
+        push("chardev:serial0".into());
+        push("-device".into());
+        push("virtio-serial-pci,id=vser0".into());
+        push("-chardev".into());
+        push(format!("socket,id=agent0,path={},server=on,wait=off", paths.agent.display()));
+        push("-device".into());
+        push(format!("virtserialport,bus=vser0.0,chardev=agent0,name={PORT_NAME}"));
+        match self.cfg.pointer {
+            Pointer::VirtioTablet => {
+                push("-device".into());
+                push("virtio-tablet-pci".into());
+            }
+            Pointer::UsbTablet => {
+                push("-device".into());
+                push("qemu-xhci,id=xhci0".into());
+                push("-device".into());
+                push("usb-tablet,bus=xhci0.0".into());
+            }
+        }
+        if let Some(d) = &cfg.disk {
+            push("-drive".into());
+            push(format!(
+                "file={},format=qcow2,if=none,id=disk0,discard=unmap,cache=writeback",
+                d.layer.display()
+            ));
+            push("-device".into());
+            push("virtio-blk-pci,drive=disk0,serial=atrium-disk0".into());
+        }
+        push("-nic".into());
+        push("none".into());
+        push("-kernel".into());
+        a.push(cfg.kernel.clone().into_os_string());
+        if let Some(i) = &cfg.initrd {
+            a.push("-initrd".into());
+            a.push(i.clone().into_os_string());
+        }
+        a.push("-append".into());
+        a.push(cfg.cmdline.clone().into());
+        // QEMU's own seccomp filter: no spawning, no privilege changes.
+        for s in
+            ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        {
+            a.push(s.into());
+        }
+        a
+    }
+}
+
+/// VGA memory for a display: room for two frames at 32 bits per pixel, a power of two.
+pub fn vgamem_mb(width: u32, height: u32) -> u32 {
+    let need = (u64::from(width) * u64::from(height) * 4 * 2).div_ceil(1 << 20);
+    let mut mb = 16u64;
+    while mb < need && mb < 256 {
+        mb *= 2;
+    }
+    u32::try_from(mb).expect("at most 256")
+}
+
+impl Runtime for QemuRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Qemu
+    }
+
+    fn accel(&self) -> Option<Accel> {
+        Some(self.accel)
+    }
+
+    fn accel_reason(&self) -> String {
+        self.reason.clone()
+    }
+
+    fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>> {
+        Box::pin(async move {
+            let handle = self.launch_qemu(cfg).await?;
+            Ok(handle as Arc<dyn VmHandle>)
+        })
+    }
+}
+
+impl QemuRuntime {
+    async fn launch_qemu(&self, cfg: LaunchConfig) -> Result<Arc<QemuVm>, RuntimeError> {
+        let paths = Paths::in_dir(&cfg.dir);
+        if let Some(d) = &cfg.disk
+            && !d.layer.exists()
+        {
+            self.create_layer(d).await?;
+        }
+        let mut cmd = Command::new(&self.cfg.binary);
+        cmd.args(self.args(&cfg, &paths))
+            .current_dir(&cfg.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let procs = match &cfg.cgroup {
+            Some(g) => g.open_procs()?,
+            None => Vec::new(),
+        };
+        let fds: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: the closure runs in the child between fork and exec, and only makes
+        // async-signal-safe system calls (prctl, write) on file descriptors that `procs` keeps
+        // open in the parent until after spawn returns; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the node: the node alone tracks and cleans up its VMs. The node
+                // spawns from its async worker threads, which live as long as the node.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for fd in &fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(RuntimeError::io(format!("starting {}", self.cfg.binary.display())))?;
+        drop(procs);
+        let pid = child.id();
+        let stderr_tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let tail = Arc::clone(&stderr_tail);
+            let id = cfg.id.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = err.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::warn!(vm = %id, "qemu: {line}");
+                    }
+                    let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    t.extend_from_slice(&buf[..n]);
+                    let excess = t.len().saturating_sub(2048);
+                    t.drain(..excess);
+                }
+            });
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let tail = Arc::clone(&stderr_tail);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Let the stderr reader take the last lines.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let err_text = {
+                let t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                String::from_utf8_lossy(&t).trim().to_owned()
+            };
+            let info = match status {
+                Ok(s) if s.success() => ExitInfo {
+                    clean: true,
+                    description: "QEMU exited normally (guest power-off or quit)".into(),
+                },
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let what = match (s.code(), s.signal()) {
+                        (Some(c), _) => format!("QEMU exited with status {c}"),
+                        (None, Some(sig)) => format!("QEMU was killed by signal {sig}"),
+                        _ => "QEMU ended".to_owned(),
+                    };
+                    let last = err_text.lines().last().unwrap_or_default();
+                    let description =
+                        if last.is_empty() { what } else { format!("{what}: {last}") };
+                    ExitInfo { clean: false, description }
+                }
+                Err(e) => {
+                    ExitInfo { clean: false, description: format!("waiting for QEMU failed: {e}") }
+                }
+            };
+            let _ = exit_tx.send(Some(info));
+        });
+
+        let vm = QemuVm {
+            endpoints: Endpoints {
+                display: DisplayEndpoint::VncUnix { path: paths.vnc.display().to_string() },
+                agent: paths.agent.clone(),
+                serial: Some(paths.serial.clone()),
+            },
+            paths,
+            dir: cfg.dir.clone(),
+            accel: self.accel,
+            pid,
+            qmp: Mutex::new(None),
+            exit: exit_rx,
+            layer: cfg.disk.as_ref().filter(|d| !d.keep).map(|d| d.layer.clone()),
+            shots: AtomicU64::new(0),
+        };
+        // QMP is up once QEMU has made its sockets (it starts paused, so nothing is missed).
+        match vm.connect_qmp().await {
+            Ok(()) => Ok(Arc::new(vm)),
+            Err(e) => {
+                let _ = vm.kill_now().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_layer(&self, d: &super::DiskConfig) -> Result<(), RuntimeError> {
+        let out = Command::new(&self.cfg.img_binary)
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(&d.base)
+            .args(["-F", d.base_format.as_str()])
+            .arg(&d.layer)
+            .output()
+            .await
+            .map_err(RuntimeError::io(format!("running {}", self.cfg.img_binary.display())))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Start(format!(
+                "qemu-img create {}: {}",
+                d.layer.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct QemuVm {
+    endpoints: Endpoints,
+    paths: Paths,
+    dir: PathBuf,
+    accel: Accel,
+    pid: Option<u32>,
+    qmp: Mutex<Option<Qmp>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    /// The disk layer to delete at cleanup (not a persistent disk).
+    layer: Option<PathBuf>,
+    shots: AtomicU64,
+}
+
+impl QemuVm {
+    async fn connect_qmp(&self) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(info) = self.exit.borrow().clone() {
+                return Err(RuntimeError::Start(info.description));
+            }
+            if self.paths.qmp.exists() {
+                match Qmp::connect(&self.paths.qmp).await {
+                    Ok(q) => {
+                        *self.qmp.lock().await = Some(q);
+                        return Ok(());
+                    }
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Start(
+                    "QEMU did not open its control socket within 15 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn qmp(
+        &self,
+        command: &str,
+        args: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        if self.exit.borrow().is_some() {
+            return Err(RuntimeError::NotRunning);
+        }
+        let guard = self.qmp.lock().await;
+        let q = guard.as_ref().ok_or(RuntimeError::NotRunning)?;
+        q.execute(command, args).await
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let mut rx = self.exit.clone();
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await.is_ok()
+    }
+
+    async fn kill_now(&self) -> Result<(), RuntimeError> {
+        if self.exit.borrow().is_some() {
+            return Ok(());
+        }
+        // Ask QEMU to quit; if it does not, end it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp("quit", None)).await;
+        if self.wait_exit(Duration::from_secs(3)).await {
+            return Ok(());
+        }
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill has no memory-safety preconditions. The pid is our child, which
+            // has not been reaped (the exit watch is still empty), so it names no other process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if self.wait_exit(Duration::from_secs(5)).await {
+            Ok(())
+        } else {
+            Err(RuntimeError::Control("QEMU did not end after SIGKILL".into()))
+        }
+    }
+}
+
+/// Parses a binary PPM (`P6`, maxval 255), as QEMU's `screendump` writes it.
+pub fn parse_ppm(data: &[u8]) -> Result<Frame, String> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while i < data.len() && data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < data.len() && data[i] == b'#' {
+            while i < data.len() && data[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        let start = i;
+        while i < data.len() && !data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
+            return Err("truncated PPM header".into());
+        }
+        fields.push(std::str::from_utf8(&data[start..i]).map_err(|_| "bad PPM header")?.to_owned());
+    }
+    i += 1; // the single whitespace after maxval
+    if fields[0] != "P6" || fields[3] != "255" {
+        return Err(format!("unsupported PPM {} maxval {}", fields[0], fields[3]));
+    }
+    let width: u32 = fields[1].parse().map_err(|_| "bad PPM width")?;
+    let height: u32 = fields[2].parse().map_err(|_| "bad PPM height")?;
+    let len =
+        usize::try_from(u64::from(width) * u64::from(height) * 3).map_err(|_| "PPM too large")?;
+    let rgb = data.get(i..i + len).ok_or("truncated PPM data")?.to_vec();
+    Ok(Frame { width, height, rgb })
+}
+
+impl VmHandle for QemuVm {
+    fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    fn accel(&self) -> Option<Accel> {
+        Some(self.accel)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.qmp("cont", None).await?;
+            let status = self.qmp("query-status", None).await?;
+            match status.get("status").and_then(serde_json::Value::as_str) {
+                Some("running") => Ok(()),
+                other => Err(RuntimeError::Control(format!(
+                    "after cont the VM is {other:?}, not running"
+                ))),
+            }
+        })
+    }
+
+    fn screenshot(&self) -> BoxFuture<'_, Result<Frame, RuntimeError>> {
+        Box::pin(async move {
+            let n = self.shots.fetch_add(1, Ordering::Relaxed);
+            let file = self.dir.join(format!("screen-{n}.ppm"));
+            let r = self
+                .qmp("screendump", Some(json!({ "filename": file.display().to_string() })))
+                .await;
+            let data = r.and_then(|_| {
+                std::fs::read(&file).map_err(RuntimeError::io("reading the screendump"))
+            });
+            let _ = std::fs::remove_file(&file);
+            parse_ppm(&data?).map_err(RuntimeError::Control)
+        })
+    }
+
+    fn request_shutdown(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move { self.qmp("system_powerdown", None).await.map(drop) })
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(self.kill_now())
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.exit.clone()
+    }
+
+    fn cleanup(&self) -> Result<(), RuntimeError> {
+        let mut files =
+            vec![&self.paths.qmp, &self.paths.vnc, &self.paths.agent, &self.paths.serial];
+        files.extend(self.layer.as_ref());
+        for f in files {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(RuntimeError::Io {
+                        what: format!("removing {}", f.display()),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::DiskFormat;
+    use crate::runtime::DiskConfig;
+    use atrium_protocol::node::DisplaySize;
+
+    fn launch_config() -> LaunchConfig {
+        LaunchConfig {
+            id: "vm-0123456789abcdef".into(),
+            dir: PathBuf::from("/state/vms/vm-0123456789abcdef"),
+            kernel: PathBuf::from("/img/vmlinuz"),
+            initrd: Some(PathBuf::from("/img/initrd.img")),
+            cmdline: "console=ttyS0 quiet".into(),
+            disk: Some(DiskConfig {
+                base: "/img/home.raw".into(),
+                base_format: DiskFormat::Raw,
+                layer: "/state/vms/vm-0123456789abcdef/disk.qcow2".into(),
+                keep: false,
+            }),
+            vcpus: 2,
+            memory_mib: 512,
+            display: DisplaySize::new(1280, 800),
+            cgroup: None,
+        }
+    }
+
+    fn args_of(rt: &QemuRuntime) -> Vec<String> {
+        let cfg = launch_config();
+        rt.args(&cfg, &Paths::in_dir(&cfg.dir))
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn command_line_for_tcg() {
+        let rt = QemuRuntime::new(QemuSection::default(), KvmKind::Pvm);
+        assert_eq!(rt.accel, Accel::Tcg);
+        let a = args_of(&rt);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=64"]);
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-m"), ["512M"]);
+        assert_eq!(after(&a, "-smp"), ["2"]);
+        assert!(a.contains(&"-S".to_owned()), "VMs start paused");
+        assert_eq!(
+            after(&a, "-vnc"),
+            ["unix:/state/vms/vm-0123456789abcdef/vnc.sock,share=force-shared"]
+        );
+        assert_eq!(
+            after(&a, "-qmp"),
+            ["unix:/state/vms/vm-0123456789abcdef/qmp.sock,server=on,wait=off"]
+        );
+        let devices = after(&a, "-device");
+        assert!(devices.contains(&"VGA,edid=on,xres=1280,yres=800,vgamem_mb=16"));
+        assert!(
+            devices.contains(&"virtserialport,bus=vser0.0,chardev=agent0,name=org.atrium.agent.0")
+        );
+        assert!(devices.contains(&"virtio-tablet-pci"));
+        assert!(
+            after(&a, "-drive")[0]
+                .starts_with("file=/state/vms/vm-0123456789abcdef/disk.qcow2,format=qcow2")
+        );
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet"]);
+        assert_eq!(after(&a, "-initrd"), ["/img/initrd.img"]);
+    }
+
+    #[test]
+    fn command_line_for_kvm_and_a_usb_tablet() {
+        let cfg = QemuSection { pointer: Pointer::UsbTablet, ..QemuSection::default() };
+        let rt = QemuRuntime::new(cfg, KvmKind::Vmx);
+        let a = args_of(&rt);
+        assert_eq!(after(&a, "-accel"), ["kvm"]);
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+        assert!(after(&a, "-device").contains(&"usb-tablet,bus=xhci0.0"));
+    }
+
+    #[test]
+    fn vga_memory_fits_two_frames() {
+        assert_eq!(vgamem_mb(1024, 768), 16);
+        assert_eq!(vgamem_mb(1920, 1080), 16);
+        assert_eq!(vgamem_mb(2560, 1600), 32);
+        assert_eq!(vgamem_mb(3840, 2160), 64);
+        assert_eq!(vgamem_mb(7680, 4320), 256);
+    }
+
+    #[test]
+    fn parses_ppm_and_refuses_bad_ones() {
+        let mut ppm = b"P6\n# comment\n2 1\n255\n".to_vec();
+        ppm.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        let f = parse_ppm(&ppm).expect("valid");
+        assert_eq!((f.width, f.height, f.rgb.len()), (2, 1, 6));
+        assert!(parse_ppm(&ppm[..ppm.len() - 1]).is_err());
+        assert!(parse_ppm(b"P3\n1 1\n255\n").is_err());
+        assert!(parse_ppm(b"P6\n1 1\n65535\n").is_err());
+        assert!(parse_ppm(b"P6\n").is_err());
+        assert!(parse_ppm(b"P6\n99999999 99999999\n255\n").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! `atrium-node serve`: detect KVM, set up the runtimes and the VM manager, serve the API, and
+//! heartbeat to the broker when one is configured. On SIGINT/SIGTERM the node deletes its VMs.
+
+use std::sync::Arc;
+
+use atrium_protocol::node::RuntimeKind;
+use thiserror::Error;
+
+use crate::api::{self, AppState};
+use crate::config::{ConfigError, DefaultRuntime, NodeConfig};
+use crate::runtime::qemu::QemuRuntime;
+use crate::vm::{VmError, VmManager};
+use crate::{heartbeat, kvm, runtime};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Detects the host and builds the VM manager (shared by `serve` and `run`).
+pub async fn build_manager(config: NodeConfig) -> Result<Arc<VmManager>, ServeError> {
+    let kind = kvm::detect();
+    let runtimes = runtime::available(&config, kind);
+    let builtin = runtimes.iter().any(|r| r.kind() == RuntimeKind::Builtin);
+    if config.node.default_runtime == DefaultRuntime::Builtin && !builtin {
+        return Err(ServeError::Setup(
+            "node.default_runtime = builtin, but this build has no builtin runtime".into(),
+        ));
+    }
+    let default = kvm::default_runtime(kind, config.node.default_runtime, builtin);
+    tracing::info!(kvm = kvm::kind_name(kind), hardware = kind.is_hardware(), default_runtime = %default, "KVM detected");
+    for r in &runtimes {
+        tracing::info!(runtime = %r.kind(), accel = ?r.accel(), "{}", r.accel_reason());
+    }
+    let qemu = QemuRuntime::new(config.qemu.clone(), kind);
+    match qemu.version().await {
+        Ok(v) => tracing::info!("qemu runtime: {v}"),
+        Err(e) => {
+            return Err(ServeError::Setup(format!(
+                "the qemu runtime needs {} (Debian's qemu-system-x86): {e}",
+                config.qemu.binary.display()
+            )));
+        }
+    }
+    Ok(VmManager::new(config, kind, runtimes, default)?)
+}
+
+/// SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
+    let token = config.token()?;
+    let listen = config.node.listen;
+    let node = build_manager(config).await?;
+    let (images, errors) = node.images().refresh();
+    for e in errors {
+        tracing::warn!("image refused: {e}");
+    }
+    tracing::info!(images = images.len(), dir = %node.images().root().display(), "images found");
+    let app = api::router(AppState::new(Arc::clone(&node), &token));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: listen, source })?;
+    tracing::info!(%listen, node_id = node.node_id(), "node API listening");
+    let beat = node
+        .config()
+        .broker
+        .url
+        .is_some()
+        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), token.clone())));
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    if let Some(b) = beat {
+        b.abort();
+    }
+    tracing::info!("shutting down: deleting this node's VMs");
+    for vm in node.list() {
+        if let Err(e) = node.delete(&vm.id).await {
+            tracing::error!(vm = %vm.id, "deleting at shutdown: {e}");
+        }
+    }
+    served.map_err(|source| ServeError::Listen { addr: listen, source })
+}

@@ -1,0 +1,7 @@
+//! COM1: a `vm-superio` 16550A in a newtype, writing into a bounded log.
+
+mod device;
+mod metrics;
+
+pub use device::{BoundedLog, SerialDevice};
+pub use metrics::SerialMetrics;

@@ -1,0 +1,107 @@
+//! Guest memory: RAM in one memfd (shared mapping), so that a later snapshot can write it to a
+//! file and a clone can map that file back copy-on-write (`MAP_PRIVATE`) at the same offsets;
+//! the framebuffer in a memfd of its own, which the display proxy maps read-only.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use thiserror::Error;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{HIGH_RAM_START, MMIO_HOLE_START};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("memfd_create: {0}")]
+    Memfd(std::io::Error),
+    #[error("sizing the memfd: {0}")]
+    Size(std::io::Error),
+    #[error("mapping guest memory: {0}")]
+    Map(String),
+}
+
+/// Creates an empty memfd of `size` bytes, closed on exec.
+pub fn create_memfd(name: &CStr, size: u64) -> Result<File, MemoryError> {
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(MemoryError::Size)?;
+    Ok(file)
+}
+
+/// Guest RAM ranges for `size` bytes: low RAM up to the MMIO hole, the rest above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_HOLE_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START),
+            (GuestAddress(HIGH_RAM_START), size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+/// Guest RAM. Every region maps the same memfd at consecutive offsets
+/// (`GuestMemoryRegion::file_offset`), the layout a snapshot writes out and a clone maps back.
+#[derive(Debug)]
+pub struct GuestRam {
+    pub memory: GuestMemory,
+}
+
+pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
+    let memfd = create_memfd(c"atrium-guest-ram", size)?;
+    let mut offset = 0u64;
+    let mut ranges = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let file = memfd.try_clone().map_err(MemoryError::Size)?;
+        let len_usize = usize::try_from(len).map_err(|e| MemoryError::Map(e.to_string()))?;
+        ranges.push((addr, len_usize, Some(FileOffset::new(file, offset))));
+        offset += len;
+    }
+    let memory =
+        GuestMemory::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map(e.to_string()))?;
+    Ok(GuestRam { memory })
+}
+
+/// A shared mapping of a whole memfd (the framebuffer).
+pub fn map_memfd(file: &File, size: u64) -> Result<MmapRegion<()>, MemoryError> {
+    let size = usize::try_from(size).map_err(|e| MemoryError::Map(e.to_string()))?;
+    let clone = file.try_clone().map_err(MemoryError::Size)?;
+    MmapRegion::from_file(FileOffset::new(clone, 0), size)
+        .map_err(|e| MemoryError::Map(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn ram_is_split_around_the_hole() {
+        assert_eq!(ram_ranges(64 << 20), vec![(GuestAddress(0), 64 << 20)]);
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
+        assert_eq!(r[1], (GuestAddress(HIGH_RAM_START), (4 << 30) - MMIO_HOLE_START));
+    }
+
+    #[test]
+    fn guest_ram_is_backed_by_the_memfd() {
+        use std::os::unix::fs::FileExt;
+        let ram = create_guest_ram(2 << 20).expect("memfd");
+        assert_eq!(ram.memory.num_regions(), 1);
+        ram.memory.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).expect("in range");
+        let mut b = [0u8; 4];
+        let region = ram.memory.iter().next().expect("one region");
+        let memfd = region.file_offset().expect("file-backed").file();
+        memfd.read_exact_at(&mut b, 0x1000).expect("read memfd");
+        assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+    }
+}

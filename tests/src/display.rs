@@ -1,0 +1,449 @@
+//! The display proxy for tests: `atrium-display serve` in a temporary folder, a stand-in for the
+//! broker's JWKS and tickets (`atrium_display::issuer`), a small node API for a VNC socket the
+//! test started itself, and a WebSocket viewer that keeps the image it receives.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use atrium_protocol::display::{ClientMessage, ImageFormat, Rect, ServerMessage};
+use atrium_protocol::node::{DisplayEndpoint, DisplaySize, RuntimeKind, VmInfo, VmState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::screen::Screen;
+use crate::util::{TempDir, bin_path, free_port};
+
+/// A running `atrium-display serve`; killed on drop.
+#[derive(Debug)]
+pub struct DisplayProxy {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl DisplayProxy {
+    /// Starts the proxy against a broker (for its JWKS) and a node agent.
+    pub async fn start(
+        broker_url: &str,
+        node_url: &str,
+        node_token: &str,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = TempDir::new("display");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let config = format!(
+            "listen = \"{addr}\"\nbroker_url = \"{broker_url}\"\nnode_api_url = \"{node_url}\"\n\
+             node_token = \"{node_token}\"\nallowed_origins = [\"http://127.0.0.1\"]\n{extra}"
+        );
+        let path = dir.path().join("display.toml");
+        std::fs::write(&path, config)?;
+        let log = std::fs::File::create(dir.path().join("display.log"))?;
+        let child = Command::new(bin_path("atrium-display"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,atrium_display=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting atrium-display serve")?;
+        let proxy = Self { dir, addr, child };
+        let health = format!("http://{addr}/healthz");
+        let up =
+            crate::util::wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
+                let h = health.clone();
+                async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
+            })
+            .await;
+        if let Err(e) = up {
+            bail!("{e}; display proxy log:\n{}", proxy.log());
+        }
+        Ok(proxy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("display.log")).unwrap_or_default()
+    }
+
+    pub fn ws_url(&self, vm: &str, ticket: &str) -> String {
+        format!("ws://{}/ws/{vm}?ticket={ticket}", self.addr)
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.addr)).await?.text().await?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for DisplayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node API that knows VMs whose displays the test started itself (for example a bare QEMU
+/// with a VNC socket). It answers `GET /api/v1/vms/{id}` and nothing else.
+#[derive(Debug)]
+pub struct DisplayOnlyNode {
+    pub url: String,
+}
+
+impl DisplayOnlyNode {
+    pub async fn start(vms: Vec<(String, DisplayEndpoint)>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let vms: Arc<HashMap<String, DisplayEndpoint>> = Arc::new(vms.into_iter().collect());
+        let app = Router::new()
+            .route(
+                "/api/v1/vms/{id}",
+                get(
+                    |State(vms): State<Arc<HashMap<String, DisplayEndpoint>>>,
+                     Path(id): Path<String>| async move {
+                        let Some(endpoint) = vms.get(&id) else {
+                            return Err(StatusCode::NOT_FOUND);
+                        };
+                        Ok(Json(VmInfo {
+                            id,
+                            state: VmState::Ready,
+                            runtime: RuntimeKind::Qemu,
+                            accel: None,
+                            image: "none".into(),
+                            vcpus: 1,
+                            memory_mib: 64,
+                            display: DisplaySize::new(720, 400),
+                            persistent_disk: None,
+                            user: None,
+                            created_at_ms: 0,
+                            ready_at_ms: None,
+                            error: None,
+                            display_endpoint: endpoint.clone(),
+                        }))
+                    },
+                ),
+            )
+            .with_state(vms);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url })
+    }
+}
+
+/// A bare `qemu-system-x86_64` with no disk whose SeaBIOS draws text on a VGA console, served
+/// on a VNC unix socket; killed on drop.
+#[derive(Debug)]
+pub struct BareQemu {
+    pub dir: TempDir,
+    pub socket: std::path::PathBuf,
+    child: Child,
+}
+
+impl BareQemu {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = TempDir::new("bare-qemu");
+        let socket = dir.path().join("vnc.sock");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-display", "none", "-nodefaults", "-vga", "std", "-m", "64", "-vnc"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
+        let q = Self { dir, socket, child };
+        crate::util::wait_for("QEMU's VNC socket", Duration::from_secs(20), || async {
+            q.socket.exists().then_some(())
+        })
+        .await?;
+        Ok(q)
+    }
+}
+
+impl Drop for BareQemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A viewer speaking the display protocol, keeping the image it is sent.
+#[derive(Debug)]
+pub struct DisplayViewer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub width: u16,
+    pub height: u16,
+    pub caps: u32,
+    /// RGB, row-major.
+    pub rgb: Vec<u8>,
+    pub frames: u32,
+    pub bytes: usize,
+    pub images: HashMap<&'static str, usize>,
+    seq: u32,
+    /// Pause between key events: a guest under TCG drains its keyboard queue slowly.
+    pub key_delay: Duration,
+}
+
+impl DisplayViewer {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let req = url.into_client_request()?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(req).await.context("opening the display WebSocket")?;
+        let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no Hello")?
+            .context("closed before Hello")??;
+        let Message::Binary(b) = first else { bail!("expected a binary Hello, got {first:?}") };
+        let ServerMessage::Hello { width, height, caps, .. } = ServerMessage::decode(&b)? else {
+            bail!("the first message is not Hello")
+        };
+        let rgb = vec![0; usize::from(width) * usize::from(height) * 3];
+        Ok(Self {
+            ws,
+            width,
+            height,
+            caps,
+            rgb,
+            frames: 0,
+            bytes: 0,
+            images: HashMap::new(),
+            seq: 0,
+            key_delay: Duration::from_millis(30),
+        })
+    }
+
+    /// The image as a [`Screen`], to read text from.
+    pub fn screen(&self) -> Screen {
+        Screen {
+            width: u32::from(self.width),
+            height: u32::from(self.height),
+            rgb: self.rgb.clone(),
+        }
+    }
+
+    /// The image as a PNG (kept as a test artefact).
+    pub fn png(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, u32::from(self.width), u32::from(self.height));
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().expect("PNG header");
+        w.write_image_data(&self.rgb).expect("PNG data");
+        w.finish().expect("PNG end");
+        out
+    }
+
+    /// Handles messages until a frame ends (acknowledging it) or `wait` passes; true when a
+    /// frame ended.
+    pub async fn pump(&mut self, wait: Duration) -> anyhow::Result<bool> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return Ok(false);
+            };
+            let msg = next.context("the display connection closed")??;
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(c) => bail!("the display proxy closed the connection: {c:?}"),
+                _ => continue,
+            };
+            self.bytes += data.len();
+            match ServerMessage::decode(&data)? {
+                ServerMessage::Resize { width, height } => {
+                    self.width = width;
+                    self.height = height;
+                    self.rgb = vec![0; usize::from(width) * usize::from(height) * 3];
+                }
+                ServerMessage::Fill { rect, rgba } => {
+                    self.fill(rect, [rgba[0], rgba[1], rgba[2]])?
+                }
+                ServerMessage::Image { rect, format, data } => self.image(rect, format, &data)?,
+                ServerMessage::Copy { rect, src_x, src_y } => self.copy(rect, src_x, src_y)?,
+                ServerMessage::FrameEnd { frame, .. } => {
+                    self.frames += 1;
+                    self.send(ClientMessage::FrameAck { frame }).await?;
+                    return Ok(true);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Pumps frames until `pred` holds on the image, or fails after `timeout`.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !pred(self) {
+            ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            self.pump(Duration::from_millis(200)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, m: ClientMessage) -> anyhow::Result<()> {
+        self.ws.send(Message::Binary(m.encode().into())).await?;
+        Ok(())
+    }
+
+    /// Presses and releases a key given by its DOM code and keysym.
+    pub async fn key(&mut self, code: &str, keysym: u32) -> anyhow::Result<()> {
+        for down in [true, false] {
+            self.seq += 1;
+            self.send(ClientMessage::Key { seq: self.seq, down, keysym, code: code.into() })
+                .await?;
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// Lets the key delay pass while keeping frames flowing.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let until = Instant::now() + self.key_delay;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            self.pump(left).await?;
+        }
+        Ok(())
+    }
+
+    /// Types `text` on a US keyboard (`\n` is Enter).
+    pub async fn type_text(&mut self, text: &str) -> anyhow::Result<()> {
+        for c in text.chars() {
+            let (code, shift) =
+                crate::rfb::us_key(c).with_context(|| format!("cannot type {c:?}"))?;
+            let keysym = if c == '\n' { 0xff0d } else { u32::from(c) };
+            if shift {
+                self.seq += 1;
+                self.send(ClientMessage::Key {
+                    seq: self.seq,
+                    down: true,
+                    keysym: 0xffe1,
+                    code: "ShiftLeft".into(),
+                })
+                .await?;
+            }
+            self.key(&code, keysym).await?;
+            if shift {
+                self.seq += 1;
+                self.send(ClientMessage::Key {
+                    seq: self.seq,
+                    down: false,
+                    keysym: 0xffe1,
+                    code: "ShiftLeft".into(),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, r: Rect) -> anyhow::Result<()> {
+        ensure!(
+            u32::from(r.x) + u32::from(r.w) <= u32::from(self.width)
+                && u32::from(r.y) + u32::from(r.h) <= u32::from(self.height),
+            "rectangle {r:?} outside the {}x{} screen",
+            self.width,
+            self.height
+        );
+        Ok(())
+    }
+
+    fn fill(&mut self, r: Rect, rgb: [u8; 3]) -> anyhow::Result<()> {
+        self.check(r)?;
+        *self.images.entry("fill").or_default() += 1;
+        for y in r.y..r.y + r.h {
+            for x in r.x..r.x + r.w {
+                let i = (usize::from(y) * usize::from(self.width) + usize::from(x)) * 3;
+                self.rgb[i..i + 3].copy_from_slice(&rgb);
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, r: Rect, sx: u16, sy: u16) -> anyhow::Result<()> {
+        self.check(r)?;
+        self.check(Rect { x: sx, y: sy, w: r.w, h: r.h })?;
+        *self.images.entry("copy").or_default() += 1;
+        let src = self.rgb.clone();
+        let w = usize::from(self.width);
+        for dy in 0..usize::from(r.h) {
+            let from = ((usize::from(sy) + dy) * w + usize::from(sx)) * 3;
+            let to = ((usize::from(r.y) + dy) * w + usize::from(r.x)) * 3;
+            let n = usize::from(r.w) * 3;
+            self.rgb[to..to + n].copy_from_slice(&src[from..from + n]);
+        }
+        Ok(())
+    }
+
+    fn image(&mut self, r: Rect, format: ImageFormat, data: &[u8]) -> anyhow::Result<()> {
+        self.check(r)?;
+        let rgb = match format {
+            ImageFormat::Png => {
+                *self.images.entry("png").or_default() += 1;
+                let mut dec = png::Decoder::new(std::io::Cursor::new(data));
+                dec.set_transformations(
+                    png::Transformations::EXPAND | png::Transformations::STRIP_16,
+                );
+                let mut reader = dec.read_info()?;
+                let mut buf = vec![0; reader.output_buffer_size().context("PNG size")?];
+                let info = reader.next_frame(&mut buf)?;
+                ensure!(
+                    (info.width, info.height) == (u32::from(r.w), u32::from(r.h)),
+                    "PNG of {}x{} for {r:?}",
+                    info.width,
+                    info.height
+                );
+                let channels = info.color_type.samples();
+                buf.truncate(info.buffer_size());
+                buf.chunks_exact(channels).flat_map(|p| [p[0], p[1], p[2]]).collect::<Vec<u8>>()
+            }
+            ImageFormat::Rgba => {
+                *self.images.entry("rgba").or_default() += 1;
+                data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
+            }
+            ImageFormat::Jpeg => {
+                // Lossy areas are refined losslessly once they stop changing; this viewer
+                // waits for that rather than decode JPEG.
+                *self.images.entry("jpeg").or_default() += 1;
+                return Ok(());
+            }
+        };
+        ensure!(rgb.len() == usize::from(r.w) * usize::from(r.h) * 3, "image size mismatch");
+        let w = usize::from(self.width);
+        for dy in 0..usize::from(r.h) {
+            let to = ((usize::from(r.y) + dy) * w + usize::from(r.x)) * 3;
+            let from = dy * usize::from(r.w) * 3;
+            let n = usize::from(r.w) * 3;
+            self.rgb[to..to + n].copy_from_slice(&rgb[from..from + n]);
+        }
+        Ok(())
+    }
+}
+
+/// Counts pixels of one colour in an RGB buffer.
+pub fn count_color(rgb: &[u8], color: [u8; 3]) -> usize {
+    rgb.chunks_exact(3).filter(|p| *p == color).count()
+}
+
+/// Keeps a file for a person to look at (`tests/artifacts` under scripts/test.sh).
+pub fn keep_artifact(name: &str, bytes: &[u8]) {
+    if let Some(dir) = std::env::var_os("ATRIUM_TEST_ARTIFACTS") {
+        let _ = std::fs::write(std::path::Path::new(&dir).join(name), bytes);
+    }
+}

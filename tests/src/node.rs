@@ -1,0 +1,213 @@
+//! A real `atrium-node serve` for tests, in a temporary folder, with the console guest image.
+//!
+//! The console image is built by `scripts/lib/images.sh` (which `scripts/test.sh` runs) into
+//! `~/.cache/atrium/images/console-<key>`, with the link `~/.cache/atrium/images/console` to the
+//! newest. Tests take `ATRIUM_CONSOLE_IMAGE` when set, else that link; when neither exists a
+//! test of the `qemu` group fails and says how to build it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atrium_protocol::node::{VmInfo, VmState};
+use serde_json::Value;
+
+use crate::util::{TempDir, bin_path, free_port};
+
+pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+
+/// The console image folder (see the module documentation).
+pub fn console_image() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATRIUM_CONSOLE_IMAGE") {
+        let p = PathBuf::from(p);
+        if p.join("manifest.json").is_file() {
+            return Ok(p);
+        }
+        bail!("ATRIUM_CONSOLE_IMAGE={} has no manifest.json", p.display());
+    }
+    let cache = std::env::var_os("ATRIUM_CACHE").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/atrium")
+        },
+        PathBuf::from,
+    );
+    let p = cache.join("images/console");
+    if p.join("manifest.json").is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "the console guest image is missing ({} has no manifest.json): build it with \
+         scripts/lib/images.sh (scripts/test.sh does), or set ATRIUM_CONSOLE_IMAGE",
+        p.display()
+    )
+}
+
+/// A running node agent; stopped (and its VMs deleted) on drop.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub dir: TempDir,
+    pub url: String,
+    pub state_dir: PathBuf,
+    child: Child,
+    client: reqwest::Client,
+}
+
+impl NodeProcess {
+    /// Starts `atrium-node serve` with `image` as its only image, plus `extra` config lines.
+    pub async fn start(image: &Path, extra: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("node");
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images)?;
+        std::os::unix::fs::symlink(image, images.join("console")).context("linking the image")?;
+        let state_dir = dir.path().join("state");
+        let port = free_port();
+        let config = format!(
+            "[node]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{NODE_TOKEN}\"\nstate_dir = \"{}\"\n\
+             images_dir = \"{}\"\nready_timeout_secs = 240\nstop_grace_secs = 30\nping_interval_secs = 5\n{extra}",
+            state_dir.display(),
+            images.display()
+        );
+        let config_path = dir.path().join("node.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("node.log"))?;
+        let child = Command::new(bin_path("atrium-node"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("ATRIUM_LOG", "info,atrium_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting atrium-node serve")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let node = Self { dir, url, state_dir, child, client };
+        let health = format!("{}/healthz", node.url);
+        let up = crate::util::wait_for("the node's /healthz", Duration::from_secs(20), || {
+            let c = node.client.clone();
+            let h = health.clone();
+            async move { c.get(&h).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        if let Err(e) = up {
+            bail!("{e}; node log:\n{}", node.log());
+        }
+        Ok(node)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// A request to the node API with the node token; returns the status and body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(m, format!("{}{path}", self.url)).bearer_auth(NODE_TOKEN);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?.to_vec()))
+    }
+
+    pub async fn raw_post(&self, path: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(NODE_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn vm(&self, id: &str) -> anyhow::Result<VmInfo> {
+        let (status, body) = self.call("GET", &format!("/api/v1/vms/{id}"), None).await?;
+        if status != 200 {
+            bail!("GET vm {id}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Waits until the VM leaves `starting`; returns its info.
+    pub async fn wait_settled(&self, id: &str, timeout: Duration) -> anyhow::Result<VmInfo> {
+        crate::util::wait_for(&format!("VM {id} to leave starting"), timeout, || async {
+            self.vm(id).await.ok().filter(|v| v.state != VmState::Starting)
+        })
+        .await
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // SIGTERM: the node deletes its VMs and exits.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes whose command line contains `needle` (e.g. a VM id: QEMU runs as `-name
+/// guest=atrium-<id>`).
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Folders named `name` under the cgroup controllers the node uses.
+pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        if depth > 8 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name() == name {
+                    out.push(p.clone());
+                }
+                walk(&p, name, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for c in ["memory", "cpu", "pids", "unified"] {
+        walk(&Path::new("/sys/fs/cgroup").join(c), name, 0, &mut out);
+    }
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        walk(Path::new("/sys/fs/cgroup"), name, 0, &mut out);
+    }
+    out
+}

@@ -1,0 +1,497 @@
+//! The hypervisor node with real guests: `atrium-node serve` booting the console image on the
+//! qemu runtime (TCG on these machines, KVM on hosts with VMX/SVM). Group `qemu`.
+//!
+//! Boots are slow under TCG, so the main test shares one VM across its assertions; the others
+//! boot one VM each (a VM killed from outside, the one-shot `run` command) or none.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use atrium_protocol::node::{
+    Capacity, ClipboardState, DisplayEndpoint, ErrorBody, RuntimeKind, VmInfo, VmState,
+};
+use atrium_tests::node::{NodeProcess, cgroups_named, console_image, processes_with};
+use atrium_tests::rfb::RfbClient;
+use atrium_tests::screen::{Glyphs, Screen, find_cells, rows_showing};
+use atrium_tests::{Group, bin_path, skip, wait_for};
+use serde_json::{Value, json};
+
+const BOOT: Duration = Duration::from_secs(240);
+
+fn hex(n: usize) -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()
+}
+
+/// Keeps a screenshot for a person to look at (`tests/artifacts` under scripts/test.sh).
+fn keep(name: &str, png: &[u8]) {
+    if let Some(dir) = std::env::var_os("ATRIUM_TEST_ARTIFACTS") {
+        let _ = std::fs::write(Path::new(&dir).join(name), png);
+    }
+}
+
+async fn screenshot(node: &NodeProcess, id: &str, name: &str) -> anyhow::Result<Screen> {
+    let (status, body) =
+        node.call("GET", &format!("/api/v1/vms/{id}/screenshot.png"), None).await?;
+    ensure!(status == 200, "screenshot: {status} {}", String::from_utf8_lossy(&body));
+    keep(name, &body);
+    Screen::from_png(&body)
+}
+
+async fn clipboard(node: &NodeProcess, id: &str, after: u64) -> anyhow::Result<ClipboardState> {
+    let (status, body) = node
+        .call("GET", &format!("/api/v1/vms/{id}/clipboard?after={after}&wait=10"), None)
+        .await?;
+    ensure!(status == 200, "clipboard: {status} {}", String::from_utf8_lossy(&body));
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Waits until the guest's clipboard (copied out by the agent) is `text`.
+async fn wait_clipboard(
+    node: &NodeProcess,
+    id: &str,
+    after: u64,
+    text: &str,
+) -> anyhow::Result<ClipboardState> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = clipboard(node, id, after).await?;
+        if c.seq > after && c.text.as_deref() == Some(text) {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            bail!("the guest's clipboard is {c:?}, expected {text:?} after seq {after}");
+        }
+    }
+}
+
+async fn console_log(node: &NodeProcess, id: &str) -> anyhow::Result<String> {
+    let (status, body) = node.call("GET", &format!("/api/v1/vms/{id}/console"), None).await?;
+    ensure!(status == 200, "console: {status}");
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+fn vnc_path(info: &VmInfo) -> anyhow::Result<PathBuf> {
+    match &info.display_endpoint {
+        DisplayEndpoint::VncUnix { path } => Ok(PathBuf::from(path)),
+        other => bail!("expected a VNC unix socket, got {other:?}"),
+    }
+}
+
+/// Asserts that nothing of VM `id` is left: process, folder (sockets, disk layer), cgroup.
+async fn assert_nothing_left(node: &NodeProcess, id: &str) -> anyhow::Result<()> {
+    let (status, _) = node.call("GET", &format!("/api/v1/vms/{id}"), None).await?;
+    ensure!(status == 404, "the deleted VM is still listed ({status})");
+    let procs = processes_with(&format!("guest=atrium-{id}"));
+    ensure!(procs.is_empty(), "QEMU processes of {id} remain: {procs:?}");
+    let dir = node.state_dir.join("vms").join(id);
+    ensure!(
+        !dir.exists(),
+        "{} remains: {:?}",
+        dir.display(),
+        std::fs::read_dir(&dir).map(|d| d.count())
+    );
+    let groups = cgroups_named(id);
+    ensure!(groups.is_empty(), "cgroups of {id} remain: {groups:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_nothing()
+-> anyhow::Result<()> {
+    if skip(
+        Group::Qemu,
+        "console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_nothing",
+    ) {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "").await?;
+    let disk = format!("alice-home-{}", hex(6));
+    let spec = json!({
+        "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+        "persistent_disk": disk,
+        "user": { "username": "alice", "display_name": "Alice Example" },
+    });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let created: VmInfo = serde_json::from_slice(&body)?;
+    let id = created.id.clone();
+    assert_eq!(created.state, VmState::Starting);
+    assert_eq!(created.runtime, RuntimeKind::Qemu);
+    assert!(created.accel.is_some());
+    let vnc = vnc_path(&created)?;
+    assert!(vnc.exists(), "the VNC socket {} is not there", vnc.display());
+
+    // 1. The guest agent reports ready.
+    let ready = node.wait_settled(&id, BOOT).await?;
+    ensure!(
+        ready.state == VmState::Ready,
+        "VM is {:?}: {:?}\nconsole:\n{}\nnode log:\n{}",
+        ready.state,
+        ready.error,
+        console_log(&node, &id).await.unwrap_or_default(),
+        node.log()
+    );
+    assert!(ready.ready_at_ms.is_some());
+
+    // 2. The node told the agent who signed in (the spec's user); the console greets them.
+    let greeted = wait_for("the session to be confirmed", Duration::from_secs(60), || async {
+        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+    assert_eq!(greeted.state, VmState::Ready);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shot = loop {
+        let s = screenshot(&node, &id, "node-console-ready.png").await?;
+        // The greeting is drawn bold (bright white); the rest of the console in grey.
+        if s.count([0xff, 0xff, 0xff]) > 200 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // 3. The screenshot shows the console: the display size asked for, a black screen with
+    //    grey text at the top, and the bold greeting.
+    assert_eq!((shot.width, shot.height), (1024, 768));
+    let total = usize::try_from(shot.width * shot.height)?;
+    let black = shot.count([0, 0, 0]);
+    let grey = shot.count([0xaa, 0xaa, 0xaa]);
+    let white = shot.count([0xff, 0xff, 0xff]);
+    assert!(black > total * 8 / 10, "the console background is not black ({black} of {total})");
+    assert!(grey > 2_000, "little console text on screen ({grey} grey pixels)");
+    assert!(white > 200, "no bold greeting on screen ({white} white pixels)");
+    let grid = shot.cells();
+    assert!(grid[0].iter().any(Option::is_some), "the first text row is empty");
+    assert!(grid[grid.len() - 1].iter().all(Option::is_none), "the last text row is not empty");
+
+    // 4. Text typed into the VM's keyboard through its VNC socket shows up on screen and
+    //    reaches the shell exactly: `tee` writes it to the clipboard file, which the agent
+    //    copies out.
+    let mut rfb = RfbClient::connect(&vnc).await?;
+    assert_eq!((rfb.width, rfb.height), (1024, 768));
+    assert!(
+        rfb.enable_qemu_ext_keys().await?,
+        "QEMU's VNC server did not offer the extended key event"
+    );
+    let word = format!("atrium-{}", hex(8));
+    rfb.type_text(&format!("echo {word} | tee clipboard.txt\n")).await?;
+    let copied = wait_clipboard(&node, &id, 0, &format!("{word}\n")).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (grid, row) = loop {
+        let s = screenshot(&node, &id, "node-console-typed.png").await?;
+        let grid = s.cells();
+        let n = word.len();
+        // The output line shows the word alone, and the line above (the command as typed)
+        // shows the same cells.
+        let found = rows_showing(&grid, &word, &Glyphs::default())
+            .into_iter()
+            .find(|&r| r > 0 && find_cells(&grid[r - 1], &grid[r][..n]).is_some());
+        if let Some(r) = found {
+            break (grid, r);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the typed text never showed on screen (see node-console-typed.png)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut glyphs = Glyphs::default();
+    glyphs.learn(&grid[row][..word.len()], &word);
+
+    // 5. Clipboard, paste in then copy out, through the agent: the host's text lands in the
+    //    guest (the user sees it with `cat`), the user changes it, the change comes back.
+    let paste = format!("paste-{}\n", hex(8));
+    let (status, body) = node
+        .call("POST", &format!("/api/v1/vms/{id}/clipboard"), Some(&json!({ "text": paste })))
+        .await?;
+    ensure!(status == 204, "paste: {status} {}", String::from_utf8_lossy(&body));
+    rfb.type_text("cat clipboard.txt\n").await?;
+    let shown = paste.trim_end();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = screenshot(&node, &id, "node-console-pasted.png").await?;
+        if !rows_showing(&s.cells(), shown, &glyphs).is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the pasted text never showed on screen (see node-console-pasted.png)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rfb.type_text("tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
+    let upper = wait_clipboard(&node, &id, copied.seq, &paste.to_uppercase()).await?;
+    assert!(upper.seq > copied.seq);
+
+    // 6. The serial console log has the boot and the agent's own lines.
+    let log = console_log(&node, &id).await?;
+    for needle in
+        ["atrium-init: starting init", "atrium-guest-agent: ready", "session started for alice"]
+    {
+        assert!(log.contains(needle), "{needle:?} is not in the console log:\n{log}");
+    }
+
+    // 7. The VM runs in its own cgroup, with its memory limit (guest + QEMU's allowance).
+    let pids = processes_with(&format!("guest=atrium-{id}"));
+    assert_eq!(pids.len(), 1, "expected one QEMU process, found {pids:?}");
+    let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0]))?;
+    assert!(membership.contains(&id), "QEMU is not in the VM's cgroup:\n{membership}");
+    let groups = cgroups_named(&id);
+    assert!(!groups.is_empty());
+    if let Some(mem) = groups.iter().find(|g| g.join("memory.limit_in_bytes").exists()) {
+        let limit: u64 =
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes"))?.trim().parse()?;
+        assert_eq!(limit, (256 + 256) << 20);
+    } else if let Some(mem) = groups.iter().find(|g| g.join("memory.max").exists()) {
+        let limit: u64 = std::fs::read_to_string(mem.join("memory.max"))?.trim().parse()?;
+        assert_eq!(limit, (256 + 256) << 20);
+    } else {
+        bail!("no memory limit file in {groups:?}");
+    }
+
+    // 8. Capacity and metrics count it.
+    let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
+    let cap: Capacity = serde_json::from_slice(&body)?;
+    assert_eq!((cap.vms, cap.vcpus_allocated, cap.memory_mib_allocated), (1, 1, 256));
+    let (_, body) = node.call("GET", "/metrics", None).await?;
+    let metrics = String::from_utf8(body)?;
+    assert!(metrics.contains("atrium_node_vm_ready_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("atrium_node_vms{state=\"ready\"} 1"), "{metrics}");
+
+    // 9. Stop: the guest powers off on the ACPI power button; the persistent disk stays.
+    let (status, body) = node.call("POST", &format!("/api/v1/vms/{id}/stop"), None).await?;
+    ensure!(status == 200, "stop: {status} {}", String::from_utf8_lossy(&body));
+    let stopped: VmInfo = serde_json::from_slice(&body)?;
+    assert_eq!(stopped.state, VmState::Stopped, "{:?}", stopped.error);
+    assert!(processes_with(&format!("guest=atrium-{id}")).is_empty(), "QEMU still runs after stop");
+    let log = console_log(&node, &id).await?;
+    assert!(
+        log.contains("The system is going down"),
+        "the guest did not shut down cleanly:\n{log}"
+    );
+    let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
+    let cap: Capacity = serde_json::from_slice(&body)?;
+    assert_eq!(cap.memory_mib_allocated, 0, "a stopped VM still holds memory");
+
+    // 10. Delete: nothing remains but the persistent disk, kept by its id.
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+    assert_eq!(status, 204);
+    assert_nothing_left(&node, &id).await?;
+    let kept = node.state_dir.join("disks").join(format!("{disk}.qcow2"));
+    assert!(kept.exists(), "the persistent disk {} is gone", kept.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_killed_from_outside_is_reported_failed_and_cleaned_up() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "a_vm_killed_from_outside_is_reported_failed_and_cleaned_up") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "").await?;
+    let spec = json!({
+        "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+        "persistent_disk": "bob-home",
+    });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let pids = processes_with(&format!("guest=atrium-{id}"));
+    assert_eq!(pids.len(), 1, "expected one QEMU process, found {pids:?}");
+    assert!(!cgroups_named(&id).is_empty(), "the VM has no cgroup");
+    let disk = node.state_dir.join("disks/bob-home.qcow2");
+    assert!(disk.exists(), "no copy-on-write layer at {}", disk.display());
+    let info = std::process::Command::new("qemu-img").arg("info").arg("-U").arg(&disk).output()?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("backing file:") && info.contains("home.raw"),
+        "not a layer over the image's base:\n{info}"
+    );
+
+    // One persistent disk, one VM at a time; and it stays with the image it was made from.
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let mut other_image = spec.clone();
+    other_image["image"] = json!("console@0-other");
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&other_image)).await?;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("was made from image console@"));
+
+    let pid = i32::try_from(pids[0])?;
+    // SAFETY: kill has no memory-safety preconditions; the pid is the QEMU process found above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let failed = node.wait_settled(&id, Duration::from_secs(60)).await?;
+    let failed = if failed.state == VmState::Starting { node.vm(&id).await? } else { failed };
+    assert_eq!(failed.state, VmState::Failed);
+    let error = failed.error.context("a failed VM says why")?;
+    assert!(error.contains("signal 9"), "{error}");
+    wait_for("the dead VM's cgroup to go", Duration::from_secs(20), || async {
+        cgroups_named(&id).is_empty().then_some(())
+    })
+    .await?;
+
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+    assert_eq!(status, 204);
+    assert_nothing_left(&node, &id).await?;
+
+    // The persistent disk outlived its VM and is attached again to the next one that names it.
+    assert!(disk.exists(), "the persistent disk went with its VM");
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create again: {status} {}", String::from_utf8_lossy(&body));
+    let again = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let pids = processes_with(&format!("guest=atrium-{again}"));
+    assert_eq!(pids.len(), 1);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0]))?;
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("disks/bob-home.qcow2"),
+        "the disk was not attached again"
+    );
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{again}"), None).await?;
+    assert_eq!(status, 204);
+    assert_nothing_left(&node, &again).await?;
+    assert!(disk.exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_and_missing_images_are_refused_clearly() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "bad_specs_and_missing_images_are_refused_clearly") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "").await?;
+    let err = |v: Value| -> anyhow::Result<ErrorBody> { Ok(serde_json::from_value(v)?) };
+
+    let (status, body) = node
+        .raw_post(
+            "/api/v1/vms",
+            r#"{"image":"console","vcpus":0,"memory_mib":256,"display":"1024x768"}"#,
+        )
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(err(body)?.field.as_deref(), Some("vcpus"));
+    let (status, body) = node
+        .raw_post(
+            "/api/v1/vms",
+            r#"{"image":"console","vcpus":1,"memory_mib":"lots","display":"1024x768"}"#,
+        )
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(err(body)?.field.as_deref(), Some("memory_mib"));
+    let (status, body) =
+        node.raw_post("/api/v1/vms", r#"{"image": "console", "vcpus": 1,"#).await?;
+    assert_eq!(status, 400);
+    assert!(err(body)?.error.contains("not valid JSON"));
+
+    let (status, body) = node
+        .raw_post(
+            "/api/v1/vms",
+            r#"{"image":"windows@11","vcpus":1,"memory_mib":256,"display":"1024x768"}"#,
+        )
+        .await?;
+    assert_eq!(status, 404);
+    let e = err(body)?;
+    assert_eq!(e.field.as_deref(), Some("image"));
+    assert!(e.error.contains("windows@11") && e.error.contains("console@"), "{}", e.error);
+
+    let (status, body) = node
+        .raw_post(
+            "/api/v1/vms",
+            r#"{"image":"console","vcpus":1,"memory_mib":1048576,"display":"1024x768"}"#,
+        )
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    assert!(err(body)?.error.contains("not enough memory"));
+
+    let resp = reqwest::Client::new().get(format!("{}/api/v1/vms", node.url)).send().await?;
+    assert_eq!(resp.status().as_u16(), 401);
+    let (_, body) = node.call("GET", "/api/v1/vms", None).await?;
+    assert_eq!(body, b"[]", "a refused spec left a VM behind");
+
+    let health: Value = reqwest::get(format!("{}/healthz", node.url)).await?.json().await?;
+    assert_eq!(health["status"], "ok");
+    assert!(health["kvm"].is_string() && health["default_runtime"].is_string(), "{health}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_boots_reports_and_cleans_up() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "the_run_command_boots_reports_and_cleans_up") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let dir = atrium_tests::TempDir::new("node-run");
+    let shot = dir.path().join("run.png");
+    let out = tokio::process::Command::new(bin_path("atrium-node"))
+        .args(["run", "--until-ready", "--memory", "256", "--timeout", "240", "--image"])
+        .arg(&image)
+        .arg("--screenshot")
+        .arg(&shot)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert_eq!(last["runtime"], "qemu");
+    assert!(last["accel"] == "tcg" || last["accel"] == "kvm", "{last}");
+    let start = last["start_ms"].as_u64().context("start_ms")?;
+    let ready = last["ready_ms"].as_u64().context("ready_ms")?;
+    assert!(start <= ready, "{last}");
+    let png = std::fs::read(&shot)?;
+    keep("node-run.png", &png);
+    let s = Screen::from_png(&png)?;
+    assert_eq!((s.width, s.height), (1280, 800));
+    assert!(s.count([0xaa, 0xaa, 0xaa]) > 2_000, "the screenshot shows no console text");
+    // The one-shot command leaves no VM behind.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let vm = stderr
+        .match_indices("vm-")
+        .map(|(i, _)| &stderr[i..])
+        .find(|s| s.len() >= 19 && s[3..19].bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|s| s[..19].to_owned())
+        .context("the run's log names its VM")?;
+    assert!(processes_with(&format!("guest=atrium-{vm}")).is_empty());
+    assert!(cgroups_named(&vm).is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_console_image_names_its_debian_packages_and_hashes() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "the_console_image_names_its_debian_packages_and_hashes") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let m: Value = serde_json::from_slice(&std::fs::read(image.join("manifest.json"))?)?;
+    assert_eq!(m["kind"], "console");
+    let packages: Vec<&str> = m["packages"]
+        .as_array()
+        .context("packages")?
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        packages.iter().any(|p| p.starts_with("linux-image-") && p.ends_with("-amd64")),
+        "{packages:?}"
+    );
+    assert!(packages.contains(&"busybox-static"), "{packages:?}");
+    let modules: Vec<&str> =
+        m["modules"].as_array().context("modules")?.iter().filter_map(Value::as_str).collect();
+    let pos = |m: &str| modules.iter().position(|x| *x == m);
+    for needed in ["bochs", "virtio_console", "virtio_pci", "ext4"] {
+        assert!(pos(needed).is_some(), "{needed} missing from {modules:?}");
+    }
+    assert!(
+        pos("drm") < pos("bochs") && pos("virtio") < pos("virtio_pci") && pos("jbd2") < pos("ext4"),
+        "not in dependency order: {modules:?}"
+    );
+    assert_eq!(m["agent"]["linking"], "static");
+    for f in m["files"].as_array().context("files")? {
+        let name = f["path"].as_str().context("path")?;
+        let out = std::process::Command::new("sha256sum").arg(image.join(name)).output()?;
+        let sum = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(sum.split_whitespace().next(), f["sha256"].as_str(), "{name}");
+    }
+    Ok(())
+}
