@@ -24,12 +24,12 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `pct`th percentile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], pct: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
+    sorted[((sorted.len() - 1) * pct + 50) / 100]
 }
 
 /// Raw simple binds over persistent connections, `CONCURRENCY` at a time: the best a client of
@@ -204,8 +204,8 @@ async fn main() -> anyhow::Result<()> {
         "raw_connect_bind_per_s": fresh.round(),
         "signin_ratio_vs_connect_bind": (via_best / fresh * 100.0).round() / 100.0,
         "concurrency": CONCURRENCY,
-        "warm_connect_ms_p50": (percentile(&lat, 0.5) * 10.0).round() / 10.0,
-        "warm_connect_ms_p95": (percentile(&lat, 0.95) * 10.0).round() / 10.0,
+        "warm_connect_ms_p50": (percentile(&lat, 50) * 10.0).round() / 10.0,
+        "warm_connect_ms_p95": (percentile(&lat, 95) * 10.0).round() / 10.0,
         "database": "sqlite",
     });
     println!("{result}");
