@@ -8,30 +8,34 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Packages by the command or file that shows they are present.
+# Packages by the command or file that shows they are present. With `runtime`, only what the
+# quick start runs (no browser, no noVNC, no PostgreSQL).
 apt_wanted() {
+  local mode="${1:-all}"
   local missing=()
   command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] || missing+=(slapd)
   command -v ldapadd >/dev/null || missing+=(ldap-utils)
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  if [ "$mode" = all ]; then
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    command -v websockify >/dev/null || missing+=(websockify)
+    [ -f /usr/share/novnc/vnc.html ] || missing+=(novnc)
+    [ -x /usr/lib/chromium/chromium ] || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs npm)
+  fi
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-  command -v websockify >/dev/null || missing+=(websockify)
-  [ -f /usr/share/novnc/vnc.html ] || missing+=(novnc)
-  [ -x /usr/lib/chromium/chromium ] || missing+=(chromium)
-  command -v node >/dev/null || missing+=(nodejs npm)
   command -v cpio >/dev/null || missing+=(cpio)
   command -v xz >/dev/null || missing+=(xz-utils)
   command -v zstd >/dev/null || missing+=(zstd)
   command -v depmod >/dev/null || [ -x /sbin/depmod ] || missing+=(kmod)
   command -v gcc >/dev/null || missing+=(gcc)
   command -v as >/dev/null || missing+=(binutils)
-  command -v sudo >/dev/null || missing+=(sudo)
+  [ "$(id -u)" = 0 ] || command -v sudo >/dev/null || missing+=(sudo)
   printf '%s\n' "${missing[@]}"
 }
 
 install_apt_packages() {
   local missing
-  missing=$(apt_wanted | tr '\n' ' ')
+  missing=$(apt_wanted "${1:-all}" | tr '\n' ' ')
   if [ -n "${missing// /}" ]; then
     echo "deps: installing $missing"
     as_root apt-get update -q
@@ -53,8 +57,16 @@ install_apt_packages() {
   fi
 }
 
+require_cargo() {
+  if ! command -v cargo >/dev/null; then
+    echo "deps: Rust is missing. Install it with rustup (https://rustup.rs), then run this again:" >&2
+    echo "      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh" >&2
+    exit 1
+  fi
+}
+
 install_rust_tools() {
-  command -v cargo >/dev/null || { echo "deps: cargo is missing: install Rust with rustup" >&2; exit 1; }
+  require_cargo
   cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
 

@@ -34,8 +34,14 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --locked --quiet -p atrium-guest-agent --profile guest-agent --target "$target"
 agent="target/$target/guest-agent/atrium-guest-agent"
 
-cargo build --locked --quiet -p atrium-node
-node=target/debug/atrium-node
+# The node binary of the profile the caller builds (ATRIUM_PROFILE=release for the quick start).
+profile="${ATRIUM_PROFILE:-debug}"
+if [ "$profile" = release ]; then
+  cargo build --locked --quiet --release -p atrium-node
+else
+  cargo build --locked --quiet -p atrium-node
+fi
+node="target/$profile/atrium-node"
 
 key=$("$node" image key --kind console --agent "$agent")
 dir="$images/console-$key"

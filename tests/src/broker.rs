@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::util::{TempDir, bin_path, free_port, wait_for, workspace_root};
 
-pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+pub use crate::node::NODE_TOKEN;
 
 /// How to start a broker.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct BrokerOptions {
     pub env: Vec<(String, String)>,
     /// Policies folder (default: the repository's `policies/`).
     pub policies_dir: Option<PathBuf>,
+    /// Listen port (default: a free one).
+    pub port: Option<u16>,
 }
 
 impl BrokerOptions {
@@ -34,6 +36,7 @@ impl BrokerOptions {
             extra_toml: String::new(),
             env: Vec::new(),
             policies_dir: None,
+            port: None,
         }
     }
 }
@@ -50,7 +53,7 @@ pub struct Broker {
 impl Broker {
     pub async fn start(opts: BrokerOptions) -> anyhow::Result<Self> {
         let dir = TempDir::new("broker");
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let db = opts
             .database_url
             .clone()
