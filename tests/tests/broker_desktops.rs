@@ -110,8 +110,28 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     assert_eq!(sessions[0]["pool_name"], "general");
     assert_eq!(sessions[0]["client_addr"], "127.0.0.1");
 
-    // Sign-out ends the session: the display proxy is told, the floating desktop is destroyed.
+    // An administrator may join the session view-only (policy `shadow`); a user may not.
     let sid = claims["sid"].as_str().unwrap().to_owned();
+    let shadow = a
+        .post_json(&format!("/api/v1/admin/sessions/{sid}/shadow"), json!({}), StatusCode::OK)
+        .await;
+    let sc = verify_ticket(&broker, shadow["ticket"].as_str().unwrap()).await;
+    assert_eq!(sc["sub"], "carol");
+    assert_eq!(sc["vm"], claims["vm"]);
+    assert_eq!(sc["sid"], claims["sid"]);
+    assert_eq!(sc["caps"]["view_only"], true);
+    assert_eq!(sc["caps"]["shadow"], true);
+    assert_eq!(sc["caps"]["clipboard_copy_out"], false);
+    assert_eq!(
+        alice
+            .post(&format!("/api/v1/admin/sessions/{sid}/shadow"), json!({}))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Sign-out ends the session: the display proxy is told, the floating desktop is destroyed.
     alice.post_json("/api/v1/auth/logout", json!({}), StatusCode::NO_CONTENT).await;
     wait_for("the VM to be deleted", Duration::from_secs(20), || async {
         node.with(|s| s.deleted.contains(&vm)).then_some(())
@@ -233,6 +253,28 @@ async fn dedicated_desktops_stay_with_their_user() {
     assert_eq!(c2["desktop_id"], c1["desktop_id"]);
     assert_eq!(c2["source"], "existing");
     assert_eq!(node.with(|s| s.vms[&vm].spec.persistent_disk.clone()), Some(disk));
+
+    // An administrator ends her session: the viewers are told to go, the dedicated desktop stays.
+    let sid = verify_ticket(&broker, c2["ticket"].as_str().unwrap()).await["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a2 = admin(&broker).await;
+    let open = a2.get_json("/api/v1/admin/sessions", StatusCode::OK).await;
+    assert!(open.as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()), "{open}");
+    a2.post_json(&format!("/api/v1/admin/sessions/{sid}/end"), json!({}), StatusCode::NO_CONTENT)
+        .await;
+    assert!(node.with(|s| s.ended_display_sessions.contains(&sid)));
+    assert_eq!(a2.get_json("/api/v1/admin/sessions", StatusCode::OK).await, json!([]));
+    assert_eq!(
+        a2.post(&format!("/api/v1/admin/sessions/{sid}/end"), json!({})).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!node.with(|s| s.deleted.contains(&vm)), "a dedicated desktop survives its session");
+    let audit =
+        a2.get_json("/api/v1/admin/audit?action=session.end_by_admin", StatusCode::OK).await;
+    assert_eq!(audit[0]["actor"], "carol");
 }
 
 #[tokio::test]
