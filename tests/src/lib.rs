@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod rfb;
 pub mod screen;
 pub mod slapd;
+pub mod stack;
 pub mod util;
 pub mod vmm;
 

@@ -26,11 +26,17 @@ impl Screen {
         let mut reader = decoder.read_info().context("not a PNG")?;
         let mut buf = vec![0; reader.output_buffer_size().context("PNG size")?];
         let info = reader.next_frame(&mut buf).context("decoding the PNG")?;
-        if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-            bail!("expected 8-bit RGB, got {:?} {:?}", info.color_type, info.bit_depth);
+        if info.bit_depth != png::BitDepth::Eight {
+            bail!("expected 8-bit samples, got {:?}", info.bit_depth);
         }
         buf.truncate(info.buffer_size());
-        Ok(Self { width: info.width, height: info.height, rgb: buf })
+        let rgb = match info.color_type {
+            png::ColorType::Rgb => buf,
+            // A browser canvas (toDataURL) is RGBA: the alpha is opaque and dropped.
+            png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+            other => bail!("expected RGB or RGBA, got {other:?}"),
+        };
+        Ok(Self { width: info.width, height: info.height, rgb })
     }
 
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {

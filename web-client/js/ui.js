@@ -34,7 +34,7 @@ export function clearStatus() {
 /** Replaces the main content and moves focus to its heading for screen readers. */
 export function render(...nodes) {
   const main = document.getElementById('main');
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
   const h = main.querySelector('h1');
   if (h) {
     h.setAttribute('tabindex', '-1');

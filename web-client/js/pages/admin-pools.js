@@ -37,7 +37,9 @@ function poolForm(initial, onSubmit, submitText) {
     inputs[key] = input;
     errors[key] = el('span', { class: 'field-error', id: `${id}-error` });
     input.setAttribute('aria-describedby', `${id}-error${hint ? ` ${id}-hint` : ''}`);
-    return el('label', { for: id }, label, hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
+    // The label names the field; the hint and the error describe it (aria-describedby).
+    return el('div', { class: 'field' }, el('label', { for: id }, label),
+      hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
   });
   const formError = el('p', { class: 'error-text', role: 'alert' });
   const button = el('button', { type: 'submit', text: submitText });

@@ -1,0 +1,150 @@
+// The end-to-end browser test's driver: Debian's Chromium (headless, through playwright-core)
+// uses Atrium as people do. The Rust side (tests/tests/e2e_browser.rs) starts the services,
+// runs this script, and checks the screenshots it reports; pixels are judged there.
+//
+//   node e2e.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "word": WORD}'
+//
+// Protocol on stdout: JSON lines. {"shot": PATH, "phase": NAME} asks the Rust side to look at a
+// canvas image; it answers on stdin with "ok" (go on) or "more" (take another). {"done": true}
+// at the end. Failures throw (exit code 1) with a message on stderr.
+
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const cfg = JSON.parse(process.argv[2]);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (msg) => console.error(`e2e: ${msg}`);
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+const answers = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function ask(phase, path) {
+  console.log(JSON.stringify({ shot: path, phase }));
+  const { value } = await answers.next();
+  return (value || '').trim();
+}
+
+function check(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+async function browser(name) {
+  const dir = mkdtempSync(join(cfg.tmp, `chromium-${name}-`));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: cfg.chromium, headless: true, args: ARGS, viewport: { width: 1400, height: 900 },
+  });
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') log(`${name} console: ${m.text()}`); });
+  page.on('pageerror', (e) => log(`${name} page error: ${e.message}`));
+  return { ctx, page };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(cfg.artifacts, name) });
+}
+
+async function signIn(page, user, password) {
+  await page.goto(cfg.broker);
+  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor();
+  await page.getByLabel('Username').fill(user);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function canvasPng(page, name) {
+  const url = await page.evaluate(() => document.getElementById('screen').toDataURL('image/png'));
+  const path = join(cfg.artifacts, name);
+  writeFileSync(path, Buffer.from(url.split(',')[1], 'base64'));
+  return path;
+}
+
+async function main() {
+  // --- A user: sign in (wrong, then right), see the pool, connect, work, sign out.
+  const { ctx, page } = await browser('user');
+  await signIn(page, 'alice', 'not-her-password');
+  const err = page.locator('#signin-error');
+  await err.filter({ hasText: 'incorrect' }).waitFor({ timeout: 10000 });
+  await shot(page, 'e2e-01-signin-error.png');
+  await page.getByLabel('Password').fill('alice-pw');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await page.getByRole('heading', { name: 'demo' }).waitFor();
+  await shot(page, 'e2e-02-desktops.png');
+  check(!(await page.getByText('null').isVisible().catch(() => false)), 'stray text on the desktops page');
+  // Phone width: everything still fits, nothing scrolls sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.scrollingElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `the desktops page scrolls sideways by ${overflow}px at phone width`);
+  await shot(page, 'e2e-02-desktops-phone.png');
+  await page.setViewportSize({ width: 1400, height: 900 });
+  // Keyboard only: Tab reaches the Connect button.
+  let reached = false;
+  for (let i = 0; i < 12 && !reached; i++) {
+    await page.keyboard.press('Tab');
+    reached = await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label') === 'Connect to demo');
+  }
+  check(reached, 'the Connect button cannot be reached with the keyboard');
+  // No admin pages for her, and the admin API refuses her.
+  check(!(await page.getByRole('link', { name: 'Pools' }).isVisible()), 'a non-administrator sees the Pools link');
+  const status = await page.evaluate(async () => (await fetch('/api/v1/admin/pools')).status);
+  check(status === 403, `the admin API answered ${status} to a non-administrator`);
+
+  await page.getByRole('button', { name: 'Connect to demo' }).click();
+  const canvas = page.locator('#screen');
+  await page.waitForFunction(() => {
+    const c = document.getElementById('screen');
+    const o = document.querySelector('.viewer-overlay');
+    return c && c.width > 1 && o && o.hidden;
+  }, null, { timeout: 120000 });
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    const answer = await ask('connected', await canvasPng(page, 'e2e-03-canvas-connected.png'));
+    if (answer === 'ok') break;
+    check(i < 120, 'the desktop never showed in the canvas');
+  }
+  await shot(page, 'e2e-03-viewer.png');
+
+  await canvas.click();
+  await page.keyboard.type(`echo ${cfg.word}`, { delay: 30 });
+  await page.keyboard.press('Enter');
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    const answer = await ask('typed', await canvasPng(page, 'e2e-04-canvas-typed.png'));
+    if (answer === 'ok') break;
+    check(i < 120, 'the command output never showed in the canvas');
+  }
+  await shot(page, 'e2e-04-viewer-typed.png');
+
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 15000 });
+  const me = await page.evaluate(async () => (await fetch('/api/v1/me')).status);
+  check(me === 401, `after sign-out /api/v1/me answered ${me}`);
+  await shot(page, 'e2e-05-signed-out.png');
+  await ctx.close();
+
+  // --- An administrator creates a pool and sees it listed.
+  const admin = await browser('admin');
+  await signIn(admin.page, 'carol', 'carol-pw');
+  await admin.page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await admin.page.getByRole('link', { name: 'Pools' }).click();
+  await admin.page.getByRole('heading', { name: 'Pools' }).waitFor();
+  await admin.page.getByLabel('Name', { exact: true }).fill('e2e-pool');
+  await admin.page.getByLabel('Maximum size', { exact: true }).fill('0');
+  await admin.page.getByRole('button', { name: 'Create pool' }).click();
+  await admin.page.locator('#pool-max_size-error').filter({ hasText: 'max_size' }).waitFor({ timeout: 10000 });
+  await shot(admin.page, 'e2e-06-admin-validation.png');
+  await admin.page.getByLabel('Maximum size', { exact: true }).fill('3');
+  await admin.page.getByLabel('Ready spares', { exact: true }).fill('0');
+  await admin.page.getByRole('button', { name: 'Create pool' }).click();
+  await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
+  await shot(admin.page, 'e2e-07-admin-pools.png');
+  await admin.ctx.close();
+  console.log(JSON.stringify({ done: true }));
+}
+
+main().then(() => process.exit(0), (e) => {
+  log(e.stack || String(e));
+  process.exit(1);
+});

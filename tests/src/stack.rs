@@ -1,0 +1,155 @@
+//! The whole of Atrium on loopback, as the quick start runs it and the end-to-end tests use it:
+//! a directory (slapd with the demo users), the broker (SQLite), one real node agent booting
+//! console desktops, and the display proxy beside it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::broker::{ApiClient, Broker, BrokerOptions};
+use crate::node::{NODE_TOKEN, NodeProcess, console_image};
+use crate::slapd::Slapd;
+use crate::util::{TempDir, bin_path, free_port, wait_for};
+
+/// The display proxy process; killed on drop.
+#[derive(Debug)]
+pub struct DisplayService {
+    pub dir: TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl DisplayService {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("display.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DisplayService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything, started in dependency order; dropped in reverse.
+#[derive(Debug)]
+pub struct Stack {
+    pub display: DisplayService,
+    pub node: NodeProcess,
+    pub broker: Broker,
+    pub slapd: Slapd,
+}
+
+/// `preferred` when it is free, else any free port.
+pub fn port_or_free(preferred: u16) -> u16 {
+    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() { preferred } else { free_port() }
+}
+
+impl Stack {
+    /// Starts the stack. `broker_port`/`display_port`: preferred ports (the quick start's
+    /// 8080/8090), or `None` for any.
+    pub async fn start(
+        broker_port: Option<u16>,
+        display_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
+        let image = console_image()?;
+        let slapd = Slapd::start().context("starting the directory (slapd)")?;
+        let mut opts = BrokerOptions::new(&slapd.url());
+        opts.port = Some(broker_port.map_or_else(free_port, port_or_free));
+        let broker = Broker::start(opts).await.context("starting the broker")?;
+        // The display proxy's port is chosen first: the node announces it to the broker.
+        let display_port = display_port.map_or_else(free_port, port_or_free);
+        let node = NodeProcess::start(
+            &image,
+            &format!(
+                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\n",
+                broker.url
+            ),
+        )
+        .await
+        .context("starting the node agent")?;
+        let dir = TempDir::new("display");
+        let config = dir.path().join("display.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{display_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{}\"\nnode_token = \"{NODE_TOKEN}\"\n\
+                 allowed_origins = [\"{}\", \"http://localhost:{}\"]\nnode_id = \"node-1\"\n",
+                broker.url, node.url, broker.url, broker.port
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("display.log"))?;
+        let child = Command::new(bin_path("atrium-display"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the display proxy")?;
+        let display = DisplayService { dir, port: display_port, child };
+        let http = reqwest::Client::new();
+        wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{display_port}/healthz"))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await
+        .with_context(|| format!("display proxy log:\n{}", display.log()))?;
+        let me = Self { display, node, broker, slapd };
+        let admin = me.admin().await;
+        wait_for("the node to register with the broker", Duration::from_secs(30), || async {
+            let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+            (n.as_array().is_some_and(|a| !a.is_empty())).then_some(())
+        })
+        .await?;
+        Ok(me)
+    }
+
+    /// A client signed in as the demo administrator (carol).
+    pub async fn admin(&self) -> ApiClient {
+        let mut c = self.broker.client();
+        c.login_ok("carol", "carol-pw").await;
+        c
+    }
+
+    /// Creates a floating console pool and waits until it has `min_ready` booted spares.
+    pub async fn console_pool(
+        &self,
+        name: &str,
+        min_ready: u32,
+        display: &str,
+    ) -> anyhow::Result<()> {
+        let admin = self.admin().await;
+        admin
+            .post_json(
+                "/api/v1/admin/pools",
+                json!({"name": name, "description": "A console desktop (Debian kernel, busybox) for trying Atrium",
+                       "image": "console", "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
+                       "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let path = format!("/api/v1/admin/pools/{name}");
+        wait_for(
+            &format!("{min_ready} ready desktop(s) in pool {name}"),
+            Duration::from_secs(300),
+            || async {
+                let p = admin.get_json(&path, StatusCode::OK).await;
+                (p["counts"]["ready"].as_u64().unwrap_or(0) >= u64::from(min_ready)).then_some(())
+            },
+        )
+        .await
+    }
+}

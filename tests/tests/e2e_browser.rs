@@ -1,0 +1,113 @@
+//! End to end, in a real browser: Debian's Chromium (headless, driven by playwright-core through
+//! `tests/browser/e2e.mjs`) against the whole stack on loopback: slapd, the broker, a real node
+//! booting a console desktop under QEMU, and the display proxy. A user signs in, sees the pool,
+//! connects, sees the desktop in the canvas, types a command and sees its output, and signs
+//! out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
+//! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atrium_tests::screen::{Glyphs, Screen, rows_showing};
+use atrium_tests::stack::Stack;
+use atrium_tests::{Group, TempDir, skip, workspace_root};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::env::var_os("ATRIUM_TEST_ARTIFACTS")
+        .map_or_else(|| std::env::temp_dir().join("atrium-artifacts"), Into::into);
+    std::fs::create_dir_all(&dir).expect("artifacts folder");
+    dir
+}
+
+/// The canvas shows the console: mostly dark, with a fair amount of lit text pixels.
+fn shows_console(s: &Screen) -> bool {
+    let lit = s.cells().iter().flatten().filter(|c| c.is_some()).count();
+    lit > 20
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -> anyhow::Result<()>
+{
+    let name = "a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools";
+    if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
+        return Ok(());
+    }
+    let script = workspace_root().join("tests/browser/e2e.mjs");
+    if !workspace_root().join("tests/browser/node_modules/playwright-core").is_dir() {
+        bail!(
+            "playwright-core is not installed in tests/browser (scripts/test.sh runs `npm ci` there)"
+        );
+    }
+    if !std::path::Path::new(CHROMIUM).exists() {
+        bail!("{CHROMIUM} is missing (Debian package `chromium`; scripts/test.sh installs it)");
+    }
+    let stack = Stack::start(None, None).await?;
+    stack.console_pool("demo", 1, "1280x800").await?;
+
+    let tmp = TempDir::new("e2e-browser");
+    let word = format!("atrium-{}", rand::random::<u32>() % 1_000_000);
+    let cfg = json!({
+        "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(),
+        "tmp": tmp.path(), "word": word,
+    });
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(cfg.to_string())
+        .current_dir(workspace_root().join("tests/browser"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running node (Debian package `nodejs`)")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut done = false;
+    let mut seen_console = false;
+    let run = async {
+        while let Some(line) = lines.next_line().await? {
+            let msg: Value =
+                serde_json::from_str(&line).with_context(|| format!("driver said {line:?}"))?;
+            if msg["done"] == true {
+                done = true;
+                continue;
+            }
+            let path = msg["shot"].as_str().context("a shot without a path")?;
+            let screen = Screen::from_png(&std::fs::read(path)?)?;
+            let ok = match msg["phase"].as_str() {
+                Some("connected") => {
+                    let ok = shows_console(&screen);
+                    seen_console |= ok;
+                    ok
+                }
+                // The command's output is a line of its own: exactly the word, from column 0.
+                Some("typed") => {
+                    !rows_showing(&screen.cells(), &word, &Glyphs::default()).is_empty()
+                }
+                other => bail!("unknown phase {other:?}"),
+            };
+            stdin.write_all(if ok { b"ok\n" } else { b"more\n" }).await?;
+            stdin.flush().await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .context("the browser test took over 10 minutes")??;
+    let status = child.wait().await?;
+    if !status.success() || !done {
+        bail!(
+            "the browser driver failed ({status}); screenshots in {}\nbroker log:\n{}\ndisplay log:\n{}",
+            artifacts().display(),
+            stack.broker.log(),
+            stack.display.log()
+        );
+    }
+    assert!(seen_console, "the desktop was seen in the canvas");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+// The desktop viewer page: connects to a pool's desktop (or, for administrators, joins a session
+// view-only), draws it, carries keyboard, pointer and clipboard, and reconnects with backoff.
+
+import { post, ApiError } from '../api.js';
+import { el, render, announce } from '../ui.js';
+import { DisplaySession } from '../viewer/session.js';
+
+const KEEPALIVE_MS = 60_000;
+const MAX_BACKOFF_MS = 30_000;
+
+function fmtRate(bytesPerSecond) {
+  const bits = bytesPerSecond * 8;
+  if (bits >= 1e6) return `${(bits / 1e6).toFixed(1)} Mbit/s`;
+  if (bits >= 1e3) return `${Math.round(bits / 1e3)} kbit/s`;
+  return `${Math.round(bits)} bit/s`;
+}
+
+export function showViewer(app, target) {
+  const shadowOf = target.startsWith('shadow:') ? target.slice('shadow:'.length) : null;
+  const pool = shadowOf ? null : target;
+  document.body.classList.add('viewing');
+
+  const canvas = el('canvas', { id: 'screen', tabindex: '0', 'aria-label': shadowOf ? 'Shared desktop, view only' : `Desktop of pool ${pool}. Keyboard input goes to the desktop while this has focus.`, role: 'application', width: 1, height: 1 });
+  const overlay = el('div', { class: 'viewer-overlay', role: 'status', 'aria-live': 'polite' }, 'Connecting…');
+  const screen = el('div', { class: 'viewer-screen fit' }, canvas, overlay);
+  const stats = el('span', { class: 'viewer-stats', 'aria-live': 'off', title: 'Latency, frame rate and bandwidth' }, '');
+  const fromDesktop = el('textarea', { id: 'clip-out', readonly: true, 'aria-label': 'Text copied in the desktop' });
+  const toDesktop = el('textarea', { id: 'clip-in', 'aria-label': 'Text to paste into the desktop' });
+  const clipStatus = el('span', { role: 'status' });
+  const sendClip = el('button', { type: 'button' }, 'Send to desktop');
+  const pasteLocal = el('button', { type: 'button', class: 'secondary' }, 'Paste from my clipboard');
+  const copyLocal = el('button', { type: 'button', class: 'secondary' }, 'Copy to my clipboard');
+  const clipPanel = el('section', { class: 'clipboard-panel', 'aria-label': 'Clipboard', hidden: true },
+    el('label', { for: 'clip-in' }, 'To the desktop', toDesktop),
+    el('div', { class: 'actions' }, sendClip, pasteLocal),
+    el('label', { for: 'clip-out' }, 'From the desktop', fromDesktop),
+    el('div', { class: 'actions' }, copyLocal, clipStatus));
+
+  const btn = (label, onclick, extra = {}) => el('button', { type: 'button', onclick, ...extra }, label);
+  const fitBtn = btn('Fit to window', () => toggleFit(), { 'aria-pressed': 'true' });
+  const cadBtn = btn('Ctrl+Alt+Del', () => session && session.sendCtrlAltDel());
+  const clipBtn = btn('Clipboard', () => toggleClip(), { 'aria-pressed': 'false', 'aria-controls': 'clip-panel' });
+  clipPanel.id = 'clip-panel';
+  const fullBtn = btn('Full screen', () => toggleFullscreen());
+  const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
+  const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
+  const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, clipBtn, fullBtn, outBtn, stats);
+  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, screen);
+  render(root);
+
+  let session = null;
+  let desktopId = null;
+  let stopped = false;
+  let userLeft = false;
+  let backoff = 1000;
+  let timer = null;
+  let keepalive = null;
+
+  function setOverlay(text) {
+    overlay.hidden = !text;
+    overlay.textContent = text || '';
+  }
+
+  function toggleFit() {
+    const fit = !screen.classList.contains('fit');
+    screen.classList.toggle('fit', fit);
+    fitBtn.setAttribute('aria-pressed', String(fit));
+    fitBtn.textContent = fit ? 'Fit to window' : 'Actual size';
+  }
+
+  function toggleClip() {
+    clipPanel.hidden = !clipPanel.hidden;
+    clipBtn.setAttribute('aria-pressed', String(!clipPanel.hidden));
+    if (!clipPanel.hidden) toDesktop.focus();
+  }
+
+  async function toggleFullscreen() {
+    try {
+      if (document.fullscreenElement) {
+        await document.exitFullscreen();
+      } else {
+        await root.requestFullscreen();
+        // Keys the browser keeps (Escape, Ctrl+W...) reach the desktop where the browser allows.
+        if (navigator.keyboard && navigator.keyboard.lock) navigator.keyboard.lock().catch(() => {});
+      }
+    } catch (e) {
+      announce('Full screen is not available here.', true);
+    }
+    canvas.focus();
+  }
+
+  sendClip.addEventListener('click', () => {
+    if (!session || !session.sendClipboard(toDesktop.value)) {
+      clipStatus.textContent = 'Pasting into this desktop is not allowed.';
+    } else {
+      clipStatus.textContent = 'Sent to the desktop.';
+    }
+  });
+  pasteLocal.addEventListener('click', async () => {
+    try {
+      toDesktop.value = await navigator.clipboard.readText();
+      sendClip.click();
+    } catch (e) {
+      clipStatus.textContent = 'Your browser did not allow reading the clipboard: paste into the box instead.';
+    }
+  });
+  copyLocal.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(fromDesktop.value);
+      clipStatus.textContent = 'Copied to your clipboard.';
+    } catch (e) {
+      fromDesktop.select();
+      clipStatus.textContent = 'Select the text and copy it with your keyboard.';
+    }
+  });
+
+  async function ticket() {
+    if (shadowOf) {
+      const r = await post(`/api/v1/admin/sessions/${encodeURIComponent(shadowOf)}/shadow`);
+      return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };
+    }
+    const r = await post(`/api/v1/pools/${encodeURIComponent(pool)}/connect`);
+    desktopId = r.desktop_id;
+    if (r.status !== 'ready') return { ready: false, retry: r.retry_after_ms || 1000, source: r.source };
+    return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };
+  }
+
+  async function attempt() {
+    timer = null;
+    if (stopped) return;
+    let t;
+    try {
+      t = await ticket();
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) {
+        stop();
+        app.me = null;
+        app.paintShell();
+        app.go('#/signin');
+        return;
+      }
+      if (e instanceof ApiError && (e.status === 403 || e.status === 404)) {
+        setOverlay(e.message);
+        return;
+      }
+      scheduleRetry(e.message);
+      return;
+    }
+    if (stopped) return;
+    if (!t.ready) {
+      setOverlay('Starting your desktop…');
+      timer = setTimeout(attempt, Math.min(t.retry, 5000));
+      return;
+    }
+    open(t.url);
+  }
+
+  function scheduleRetry(why) {
+    const secs = Math.round(backoff / 1000);
+    setOverlay(`${why ? `${why} ` : ''}Reconnecting in ${secs} s…`);
+    timer = setTimeout(attempt, backoff);
+    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+  }
+
+  function open(url) {
+    setOverlay('Connecting…');
+    session = new DisplaySession({ url, canvas });
+    session.on('connected', (h) => {
+      backoff = 1000;
+      setOverlay('');
+      cadBtn.disabled = h.viewOnly;
+      sendClip.disabled = !h.clipboardIn;
+      pasteLocal.disabled = !h.clipboardIn;
+      copyLocal.disabled = !h.clipboardOut;
+      announce(h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.');
+      canvas.focus();
+    });
+    session.on('clipboard', ({ text }) => {
+      fromDesktop.value = text;
+      if (navigator.clipboard && document.hasFocus()) navigator.clipboard.writeText(text).catch(() => {});
+    });
+    session.on('stats', (s) => {
+      const parts = [];
+      if (s.latencyMs != null) parts.push(`${Math.round(s.latencyMs)} ms`);
+      parts.push(`${Math.round(s.fps || 0)} fps`);
+      parts.push(fmtRate(s.bytesPerSecond || 0));
+      stats.textContent = parts.join(' · ');
+    });
+    session.on('disconnected', (e) => {
+      session = null;
+      stats.textContent = '';
+      if (stopped || userLeft) return;
+      if (e && e.reason === 'the session ended') {
+        setOverlay('This session was ended.');
+        return;
+      }
+      scheduleRetry('The connection was lost.');
+    });
+    session.connect();
+  }
+
+  function stop() {
+    stopped = true;
+    if (timer) clearTimeout(timer);
+    if (keepalive) clearInterval(keepalive);
+    if (session) session.disconnect();
+    session = null;
+    if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+  }
+
+  async function leave(disconnect) {
+    userLeft = true;
+    stop();
+    if (disconnect && desktopId && !shadowOf) {
+      try {
+        await post(`/api/v1/desktops/${encodeURIComponent(desktopId)}/disconnect`);
+      } catch (e) {
+        // The session may have ended already.
+      }
+    }
+    app.go(shadowOf ? '#/admin/sessions' : '#/desktops');
+  }
+
+  if (!shadowOf) {
+    keepalive = setInterval(() => {
+      if (desktopId && session) post(`/api/v1/desktops/${encodeURIComponent(desktopId)}/keepalive`).catch(() => {});
+    }, KEEPALIVE_MS);
+  }
+  attempt();
+  return stop;
+}
