@@ -1,1 +1,29 @@
-//! placeholder
+//! Atrium's display proxy: turns a VM's screen into a stream a browser draws, and carries
+//! keyboard and pointer back.
+//!
+//! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic);
+//! - [`capture`] and [`frame`]: change detection against the last frame, tiles, scrolls;
+//! - [`plan`] and [`encode`]: per-viewer updates (fills, copies, PNG, JPEG) on a bounded
+//!   [`pool`];
+//! - [`desktop`]: one source shared by all viewers of a desktop;
+//! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
+//! - [`ticket`]: display tickets checked against the broker's JWKS;
+//! - [`server`]: the HTTP routes; [`config`]: the service's settings;
+//! - [`bench`]: `atrium-display bench`, Atrium against noVNC on the same desktop.
+
+pub mod bench;
+pub mod capture;
+pub mod config;
+pub mod desktop;
+pub mod encode;
+pub mod frame;
+pub mod framebuffer;
+pub mod issuer;
+pub mod metrics;
+pub mod node;
+pub mod plan;
+pub mod pool;
+pub mod server;
+pub mod source;
+pub mod ticket;
+pub mod viewer;

@@ -1,1 +1,71 @@
-fn main() {}
+//! `atrium-display`: the display proxy service and its benchmark.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use atrium_display::bench::{self, BenchOptions};
+use atrium_display::config::DisplayConfig;
+use atrium_display::server::{AppState, router};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "atrium-display", version, about = "Atrium's display proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the display proxy.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Measure: encode cost at 1920x1080, fan-out, and (with --vs-novnc) Atrium against noVNC
+    /// on one QEMU console guest. The last line printed is one JSON object.
+    Bench(BenchOptions),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The benchmark runs a service in-process: only its warnings go with the figures.
+    let default = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = DisplayConfig::load(&config)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if cfg.io_threads > 0 {
+                rt.worker_threads(cfg.io_threads);
+            }
+            rt.enable_all().build()?.block_on(serve(cfg))
+        }
+        Command::Bench(opts) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(bench::run(opts))
+        }
+    }
+}
+
+async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
+    let state = AppState::from_config(&cfg);
+    state.warm_up().await;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "display proxy listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

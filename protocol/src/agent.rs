@@ -169,7 +169,10 @@ mod tests {
     fn line_reader_splits_and_bounds() {
         let mut r = LineReader::new();
         assert_eq!(r.push(b"ab"), vec![]);
-        assert_eq!(r.push(b"c\nd\n"), vec![Line::Complete(b"abc".to_vec()), Line::Complete(b"d".to_vec())]);
+        assert_eq!(
+            r.push(b"c\nd\n"),
+            vec![Line::Complete(b"abc".to_vec()), Line::Complete(b"d".to_vec())]
+        );
         let big = vec![b'x'; MAX_LINE + 10];
         assert_eq!(r.push(&big), vec![Line::TooLong]);
         assert_eq!(r.push(&big), vec![]);

@@ -1,6 +1,6 @@
 //! The display wire protocol between `atrium-display` and the browser: binary WebSocket
 //! messages, little-endian, one message per WebSocket frame. `docs/display-protocol.md` is the
-//! reference; the web client's `web-client/js/protocol.js` is the other end.
+//! reference; the web client's `web-client/js/viewer/protocol.js` is the other end.
 //!
 //! Every message starts with a one-byte type. Server messages have types below 0x80, client
 //! messages 0x80 and above.
@@ -24,6 +24,11 @@ pub enum ImageFormat {
     Jpeg = 2,
     /// Uncompressed RGBA, 4 bytes per pixel, row-major.
     Rgba = 3,
+    /// A small palette and packed indices, uncompressed (tiny text-like areas, where a PNG's
+    /// own overhead would dominate): `n u8` (2..=16), `n` RGB triples, then rows of indices at
+    /// 1 (n = 2), 2 (n <= 4) or 4 bits per pixel, most significant bits first, each row
+    /// starting on a byte.
+    Indexed = 4,
 }
 
 impl ImageFormat {
@@ -32,6 +37,7 @@ impl ImageFormat {
             1 => Ok(Self::Png),
             2 => Ok(Self::Jpeg),
             3 => Ok(Self::Rgba),
+            4 => Ok(Self::Indexed),
             _ => Err(DecodeError::BadValue("image format")),
         }
     }
@@ -60,7 +66,14 @@ pub struct Rect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMessage {
     /// First message of a connection. `0x01`
-    Hello { version: u16, width: u16, height: u16, caps: u32, max_frames_in_flight: u8, name: String },
+    Hello {
+        version: u16,
+        width: u16,
+        height: u16,
+        caps: u32,
+        max_frames_in_flight: u8,
+        name: String,
+    },
     /// The desktop changed size; the client clears its canvas. `0x02`
     Resize { width: u16, height: u16 },
     /// Fill a rectangle with one colour (RGBA bytes). `0x10`
@@ -451,7 +464,8 @@ mod tests {
         assert_eq!(ClientMessage::decode(&[0x01]), Err(DecodeError::UnknownType(1)));
         assert_eq!(ClientMessage::decode(&[0xff]), Err(DecodeError::UnknownType(0xff)));
         // Key state other than 0/1.
-        let mut k = ClientMessage::Key { seq: 1, down: true, keysym: 1, code: "KeyA".into() }.encode();
+        let mut k =
+            ClientMessage::Key { seq: 1, down: true, keysym: 1, code: "KeyA".into() }.encode();
         k[5] = 2;
         assert!(ClientMessage::decode(&k).is_err());
         // Non-alphanumeric key code.

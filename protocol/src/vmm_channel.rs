@@ -121,9 +121,7 @@ impl VmmEvent {
                 }
                 Ok(Self::Dirty { pages, bitmap })
             }
-            0x03 => Ok(Self::InputRefused {
-                reason: String::from_utf8_lossy(p).into_owned(),
-            }),
+            0x03 => Ok(Self::InputRefused { reason: String::from_utf8_lossy(p).into_owned() }),
             other => Err(ChannelError::UnknownType(other)),
         }
     }

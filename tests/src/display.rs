@@ -413,6 +413,10 @@ impl DisplayViewer {
                 buf.truncate(info.buffer_size());
                 buf.chunks_exact(channels).flat_map(|p| [p[0], p[1], p[2]]).collect::<Vec<u8>>()
             }
+            ImageFormat::Indexed => {
+                *self.images.entry("indexed").or_default() += 1;
+                decode_indexed(data, usize::from(r.w), usize::from(r.h))?
+            }
             ImageFormat::Rgba => {
                 *self.images.entry("rgba").or_default() += 1;
                 data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
@@ -434,6 +438,30 @@ impl DisplayViewer {
         }
         Ok(())
     }
+}
+
+/// RGB pixels of an `Indexed` image (see docs/display-protocol.md).
+fn decode_indexed(d: &[u8], w: usize, h: usize) -> anyhow::Result<Vec<u8>> {
+    let n = usize::from(*d.first().context("empty indexed image")?);
+    ensure!((2..=16).contains(&n), "indexed image with {n} colours");
+    let bits = match n {
+        2 => 1,
+        3..=4 => 2,
+        _ => 4,
+    };
+    let row = (w * bits).div_ceil(8);
+    let base = 1 + n * 3;
+    ensure!(d.len() == base + row * h, "indexed image of the wrong size");
+    let mut out = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let b = d[base + y * row + x * bits / 8];
+            let i = usize::from((b >> (8 - bits - (x * bits) % 8)) & ((1 << bits) - 1));
+            ensure!(i < n, "indexed image: index out of range");
+            out.extend_from_slice(&d[1 + i * 3..4 + i * 3]);
+        }
+    }
+    Ok(out)
 }
 
 /// Counts pixels of one colour in an RGB buffer.

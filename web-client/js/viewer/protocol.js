@@ -14,7 +14,7 @@ export const Caps = Object.freeze({
   SHADOW: 32,
 });
 
-export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3 });
+export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3, INDEXED: 4 });
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const utf8enc = new TextEncoder();

@@ -3,6 +3,7 @@ import { ImageFormat } from '../protocol.js';
 import { decodeCopy } from './copy.js';
 import { decodeFill } from './fill.js';
 import { decodeImage } from './image.js';
+import { decodeIndexed } from './indexed.js';
 import { decodeRgba } from './rgba.js';
 
 export function decode(msg, renderer) {
@@ -11,6 +12,7 @@ export function decode(msg, renderer) {
     case 'copy': return decodeCopy(msg, renderer);
     case 'image':
       if (msg.format === ImageFormat.RGBA) return decodeRgba(msg, renderer);
+      if (msg.format === ImageFormat.INDEXED) return decodeIndexed(msg, renderer);
       if (msg.format === ImageFormat.PNG || msg.format === ImageFormat.JPEG) return decodeImage(msg, renderer);
       throw new Error(`unknown image format ${msg.format}`);
     default:

@@ -1,0 +1,68 @@
+//! `atrium-display bench`: what the display proxy costs and how it compares.
+//!
+//! - encode cost at 1920x1080: a full redraw and a text-scroll diff, beside a whole-frame PNG
+//!   and the same diff without scroll detection, measured in the same run;
+//! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
+//! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
+//!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
+//!   headless Chromium.
+//!
+//! The last line printed is one JSON object with every figure.
+
+mod encode;
+mod fanout;
+mod novnc;
+mod procstat;
+mod relay;
+mod static_files;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Options of `atrium-display bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchOptions {
+    /// Also compare with noVNC on a QEMU console guest (needs QEMU, the console image,
+    /// Chromium, noVNC, websockify and tests/browser/node_modules).
+    #[arg(long)]
+    pub vs_novnc: bool,
+    /// Skip the encode-cost measurement.
+    #[arg(long)]
+    pub skip_encode: bool,
+    /// Skip the fan-out measurement.
+    #[arg(long)]
+    pub skip_fanout: bool,
+    /// Seconds each fan-out step runs.
+    #[arg(long, default_value_t = 5)]
+    pub fanout_secs: u64,
+    /// The workspace root (holds web-client/ and tests/browser/); default: the current folder.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The console image folder; default: $ATRIUM_CONSOLE_IMAGE, else
+    /// ~/.cache/atrium/images/console.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+}
+
+pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
+    let mut out = serde_json::Map::new();
+    if !opts.skip_encode {
+        let e = tokio::task::spawn_blocking(encode::run).await??;
+        out.extend(e);
+    }
+    if !opts.skip_fanout {
+        out.extend(fanout::run(opts.fanout_secs).await?);
+    }
+    if opts.vs_novnc {
+        out.extend(novnc::run(&opts).await?);
+    }
+    println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
+/// Rounds for the JSON output.
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}

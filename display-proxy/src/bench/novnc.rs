@@ -1,0 +1,415 @@
+//! Atrium against noVNC on one desktop. One QEMU console guest (started by `atrium-node serve`
+//! from the console image, as in production) is watched at once by Atrium's web client through
+//! `atrium-display serve` and by Debian's noVNC through Debian's websockify, each in its own
+//! headless Chromium. A Node script (tests/browser/bench_vs_novnc.mjs, playwright-core) runs
+//! the workload: typing through each client (input-to-pixel latency measured in each page),
+//! scrolling text, full-screen redraws, then 10 s idle. Bytes are counted on the wire by a
+//! relay in front of each WebSocket server; CPU seconds are read from /proc: the proxy process
+//! for Atrium; websockify (and its per-connection children) plus QEMU's `vnc_worker` thread for
+//! noVNC.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use atrium_protocol::node::{DisplayEndpoint, VmInfo, VmState};
+use atrium_protocol::ticket::Capabilities;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::relay::Relay;
+use super::{BenchOptions, procstat, round, static_files};
+use crate::issuer::{JwksServer, TicketIssuer};
+
+const NODE_TOKEN: &str = "bench-node-token-0123456789";
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+const NOVNC: &str = "/usr/share/novnc";
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+fn console_image(opts: &BenchOptions) -> anyhow::Result<PathBuf> {
+    let p = match (&opts.image, std::env::var_os("ATRIUM_CONSOLE_IMAGE")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            std::env::var_os("ATRIUM_CACHE")
+                .map_or_else(|| home.join(".cache/atrium"), PathBuf::from)
+                .join("images/console")
+        }
+    };
+    ensure!(
+        p.join("manifest.json").is_file(),
+        "the console image is missing at {} (build it with scripts/lib/images.sh, or pass --image)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// A workspace binary: beside this one, else in the workspace's debug or release folder.
+fn sibling_binary(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let beside = exe.parent().context("the executable's folder")?.join(name);
+    let candidates =
+        [beside, root.join("target/release").join(name), root.join("target/debug").join(name)];
+    candidates.iter().find(|p| p.exists()).cloned().with_context(|| {
+        format!("{name} is missing: build the workspace's binaries first (cargo build --bins)")
+    })
+}
+
+async fn wait_http(url: &str, secs: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{url} did not answer in {secs} s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    atrium_bytes: u64,
+    novnc_bytes: u64,
+    atrium_cpu: f64,
+    websockify_cpu: f64,
+    vnc_worker_cpu: f64,
+}
+
+struct Probes {
+    relay_a: Relay,
+    relay_n: Relay,
+    proxy_pid: u32,
+    websockify_pid: u32,
+    qemu_pid: u32,
+}
+
+impl Probes {
+    fn sample(&self) -> Sample {
+        Sample {
+            at: Instant::now(),
+            atrium_bytes: self.relay_a.bytes(),
+            novnc_bytes: self.relay_n.bytes(),
+            atrium_cpu: procstat::process_secs(self.proxy_pid),
+            websockify_cpu: procstat::tree_secs(self.websockify_pid),
+            vnc_worker_cpu: procstat::threads_named_secs(self.qemu_pid, "vnc_worker"),
+        }
+    }
+}
+
+/// The value at `per_mille`/1000 of the sorted samples (lower rank).
+fn percentile(v: &[f64], per_mille: usize) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = (s.len() - 1) * per_mille / 1000;
+    s.get(rank).copied()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
+    let root = match &opts.root {
+        Some(r) => r.clone(),
+        None => std::env::current_dir()?,
+    };
+    let script = root.join("tests/browser/bench_vs_novnc.mjs");
+    ensure!(
+        script.exists(),
+        "{} is missing (run from the workspace root or pass --root)",
+        script.display()
+    );
+    ensure!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed: (cd tests/browser && npm ci)"
+    );
+    for (what, p) in
+        [("Chromium", CHROMIUM), ("noVNC", NOVNC), ("websockify", "/usr/bin/websockify")]
+    {
+        ensure!(
+            Path::new(p).exists(),
+            "{what} is missing at {p} (scripts/lib/deps.sh installs it)"
+        );
+    }
+    let image = console_image(opts)?;
+    let tmp = std::env::temp_dir().join(format!("atrium-bench-{}", std::process::id()));
+    std::fs::create_dir_all(tmp.join("images"))?;
+    let _cleanup = scopeguard(tmp.clone());
+
+    // 1. The node agent and one console VM.
+    std::os::unix::fs::symlink(&image, tmp.join("images/console"))?;
+    let node_port = free_port()?;
+    let node_cfg = tmp.join("node.toml");
+    std::fs::write(
+        &node_cfg,
+        format!(
+            "[node]\nlisten = \"127.0.0.1:{node_port}\"\ntoken = \"{NODE_TOKEN}\"\nstate_dir = \"{}\"\nimages_dir = \"{}\"\nready_timeout_secs = 240\n",
+            tmp.join("state").display(),
+            tmp.join("images").display()
+        ),
+    )?;
+    let node_log = std::fs::File::create(tmp.join("node.log"))?;
+    let _node = Guard(
+        Command::new(sibling_binary(&root, "atrium-node")?)
+            .args(["serve", "--config"])
+            .arg(&node_cfg)
+            .stdout(Stdio::null())
+            .stderr(node_log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting atrium-node")?,
+    );
+    let node_url = format!("http://127.0.0.1:{node_port}");
+    wait_http(&format!("{node_url}/healthz"), 30).await.context("atrium-node")?;
+    let http = reqwest::Client::new();
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let resp = http
+        .post(format!("{node_url}/api/v1/vms"))
+        .bearer_auth(NODE_TOKEN)
+        .json(&spec)
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 201,
+        "creating the VM: {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
+    let vm: VmInfo = resp.json().await?;
+    eprintln!("bench: booting the console guest {} (TCG may take a minute)", vm.id);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let vm = loop {
+        let v: VmInfo = http
+            .get(format!("{node_url}/api/v1/vms/{}", vm.id))
+            .bearer_auth(NODE_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match v.state {
+            VmState::Ready => break v,
+            VmState::Starting => {}
+            other => bail!("the VM is {other:?}: {:?}", v.error),
+        }
+        ensure!(Instant::now() < deadline, "the VM did not become ready");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let DisplayEndpoint::VncUnix { path: vnc } = &vm.display_endpoint else {
+        bail!("the VM's display is {:?}, not a VNC socket", vm.display_endpoint)
+    };
+    let qemu_pid = *procstat::processes_with(&format!("guest=atrium-{}", vm.id))
+        .first()
+        .context("the QEMU process")?;
+
+    // 2. Atrium: tickets, the proxy process, a relay in front of it.
+    let issuer = TicketIssuer::generate("bench");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let pages = static_files::serve(vec![
+        ("atrium".into(), root.join("web-client")),
+        ("novnc".into(), PathBuf::from(NOVNC)),
+    ])
+    .await?;
+    let proxy_port = free_port()?;
+    let proxy_cfg = tmp.join("display.toml");
+    std::fs::write(
+        &proxy_cfg,
+        format!(
+            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{node_url}\"\nnode_token = \"{NODE_TOKEN}\"\nallowed_origins = [\"http://{pages}\"]\n",
+            jwks.url()
+        ),
+    )?;
+    let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
+    let proxy = Guard(
+        Command::new(std::env::current_exe()?)
+            .args(["serve", "--config"])
+            .arg(&proxy_cfg)
+            .stdout(Stdio::null())
+            .stderr(proxy_log)
+            .kill_on_drop(true)
+            .spawn()?,
+    );
+    let proxy_pid = proxy.0.id().context("proxy pid")?;
+    wait_http(&format!("http://127.0.0.1:{proxy_port}/healthz"), 30)
+        .await
+        .context("atrium-display")?;
+    let relay_a = Relay::start(format!("127.0.0.1:{proxy_port}").parse()?).await?;
+
+    // 3. noVNC: websockify on the same VNC socket, a relay in front of it.
+    let ws_port = free_port()?;
+    let websockify = Guard(
+        Command::new("websockify")
+            .arg(format!("--unix-target={vnc}"))
+            .arg(format!("127.0.0.1:{ws_port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.join("websockify.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting websockify")?,
+    );
+    let websockify_pid = websockify.0.id().context("websockify pid")?;
+    let ws_addr: std::net::SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(ws_addr).await.is_err() {
+        ensure!(Instant::now() < deadline, "websockify did not listen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let relay_n = Relay::start(ws_addr).await?;
+
+    // 4. The browsers and the workload.
+    let ticket = issuer.ticket(&vm.id, Capabilities::default());
+    let ws_url = format!("ws://{}/ws/{}?ticket={ticket}", relay_a.addr, vm.id);
+    let atrium_page = format!("http://{pages}/atrium/viewer-dev.html?ws={}", urlencode(&ws_url));
+    let novnc_page = format!(
+        "http://{pages}/novnc/vnc_lite.html?host=127.0.0.1&port={}&path=websockify",
+        relay_n.addr.port()
+    );
+    let cfg =
+        json!({ "atrium": atrium_page, "novnc": novnc_page, "chromium": CHROMIUM, "tmp": tmp });
+    let probes = Probes { relay_a, relay_n, proxy_pid, websockify_pid, qemu_pid };
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg(cfg.to_string())
+        .current_dir(root.join("tests/browser"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting node (install nodejs)")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut marks: Map<String, Value> = Map::new();
+    let mut samples: std::collections::HashMap<String, Sample> = std::collections::HashMap::new();
+    let mut result = None;
+    while let Some(line) = lines.next_line().await? {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            eprintln!("bench: {line}");
+            continue;
+        };
+        if let Some(mark) = v.get("mark").and_then(Value::as_str) {
+            samples.insert(mark.to_owned(), probes.sample());
+            eprintln!("bench: {mark}");
+        } else if v.get("result").is_some() {
+            result = Some(v["result"].clone());
+        }
+        marks.insert(format!("{}", marks.len()), v);
+    }
+    let status = child.wait().await?;
+    ensure!(status.success(), "the browser script failed ({status}); logs in {}", tmp.display());
+    let result = result.context("the browser script printed no result")?;
+    let get = |k: &str| samples.get(k).copied().with_context(|| format!("no {k} mark"));
+    let (s, e) = (get("measure_start")?, get("measure_end")?);
+    let (is, ie) = (get("idle_start")?, get("idle_end")?);
+    let (bs, be) = (get("blink_start")?, get("blink_end")?);
+    let blink_secs = be.at.duration_since(bs.at).as_secs_f64();
+
+    let atrium_bytes = e.atrium_bytes - s.atrium_bytes;
+    let novnc_bytes = e.novnc_bytes - s.novnc_bytes;
+    let atrium_cpu = e.atrium_cpu - s.atrium_cpu;
+    let websockify_cpu = e.websockify_cpu - s.websockify_cpu;
+    let vnc_worker_cpu = e.vnc_worker_cpu - s.vnc_worker_cpu;
+    let novnc_cpu = websockify_cpu + vnc_worker_cpu;
+    let idle_secs = ie.at.duration_since(is.at).as_secs_f64();
+    let a_lat = floats(&result["atrium_latencies_ms"]);
+    let n_lat = floats(&result["novnc_latencies_ms"]);
+    #[allow(clippy::cast_precision_loss)]
+    let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+    #[allow(clippy::cast_precision_loss)]
+    let per_s = |b: u64| b as f64 / idle_secs;
+    let mut per_phase = Map::new();
+    for name in ["typing_atrium", "typing_novnc", "scroll", "redraw"] {
+        if let (Some(a), Some(b)) =
+            (samples.get(&format!("{name}_start")), samples.get(&format!("{name}_end")))
+        {
+            per_phase.insert(
+                name.to_owned(),
+                json!({
+                    "atrium_bytes": b.atrium_bytes - a.atrium_bytes,
+                    "novnc_bytes": b.novnc_bytes - a.novnc_bytes,
+                    "atrium_cpu_s": round(b.atrium_cpu - a.atrium_cpu, 3),
+                    "novnc_cpu_s": round(b.websockify_cpu - a.websockify_cpu + b.vnc_worker_cpu - a.vnc_worker_cpu, 3),
+                }),
+            );
+        }
+    }
+    let out = json!({
+        "bytes_ratio": round(ratio(atrium_bytes, novnc_bytes), 3),
+        "cpu_ratio": round(atrium_cpu / novnc_cpu, 3),
+        "cpu_ratio_vs_websockify_only": round(atrium_cpu / websockify_cpu, 3),
+        "idle_bytes_per_s": round(per_s(ie.atrium_bytes - is.atrium_bytes), 1),
+        "novnc_idle_bytes_per_s": round(per_s(ie.novnc_bytes - is.novnc_bytes), 1),
+        "blinking_cursor_bytes_per_s": round((be.atrium_bytes - bs.atrium_bytes) as f64 / blink_secs, 1),
+        "novnc_blinking_cursor_bytes_per_s": round((be.novnc_bytes - bs.novnc_bytes) as f64 / blink_secs, 1),
+        "input_to_pixel_ms_p50": percentile(&a_lat, 500).map(|v| round(v, 1)),
+        "input_to_pixel_ms_p90": percentile(&a_lat, 900).map(|v| round(v, 1)),
+        "novnc_input_to_pixel_ms_p50": percentile(&n_lat, 500).map(|v| round(v, 1)),
+        "novnc_input_to_pixel_ms_p90": percentile(&n_lat, 900).map(|v| round(v, 1)),
+        "atrium_bytes": atrium_bytes,
+        "novnc_bytes": novnc_bytes,
+        "atrium_cpu_s": round(atrium_cpu, 3),
+        "novnc_cpu_s": round(novnc_cpu, 3),
+        "websockify_cpu_s": round(websockify_cpu, 3),
+        "qemu_vnc_worker_cpu_s": round(vnc_worker_cpu, 3),
+        "atrium_frames": result["atrium_frames"],
+        "novnc_frames": result["novnc_frames"],
+        "phases": result["phases"],
+        "per_phase": per_phase,
+        "workload_secs": round(e.at.duration_since(s.at).as_secs_f64(), 1),
+        "latency_samples": [a_lat.len(), n_lat.len()],
+    });
+    eprintln!("bench: vs noVNC: {out}");
+    drop(proxy);
+    drop(websockify);
+    Ok(out.as_object().cloned().unwrap_or_default())
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Removes the benchmark's temporary folder when the run ends (kept with ATRIUM_KEEP_TMP).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ATRIUM_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scopeguard(p: PathBuf) -> TmpDir {
+    TmpDir(p)
+}

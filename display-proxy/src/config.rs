@@ -1,0 +1,320 @@
+//! `atrium-display serve --config FILE`: one TOML file (unknown keys refused), every key
+//! overridable from the environment as `ATRIUM_DISPLAY_<KEY>` (upper case). Documented in
+//! `docs/configuration.md`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// A secret string: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The value (grep for `expose` to audit uses).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The display proxy's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// The broker's base URL; its keys are at `{broker_url}/.well-known/jwks.json`.
+    pub broker_url: String,
+    /// The node agent's base URL (`/api/v1/vms/{id}` finds a VM's display).
+    pub node_api_url: String,
+    /// Bearer token for the node agent API.
+    pub node_token: Secret,
+    /// File whose first line is the node token (instead of `node_token`).
+    pub node_token_file: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`) whose pages may open display connections. A request
+    /// with another `Origin` header is refused; one without (not a browser) is allowed.
+    pub allowed_origins: Vec<String>,
+    /// When set, tickets must name this node.
+    pub node_id: Option<String>,
+    /// Frames a viewer may have unacknowledged.
+    pub max_frames_in_flight: u8,
+    /// Viewers of one desktop at once (its user and shadows).
+    pub max_viewers_per_desktop: usize,
+    /// Encode threads (0: one per CPU).
+    pub encode_threads: usize,
+    /// Least seconds between JWKS fetches caused by unknown key ids.
+    pub jwks_refresh_min_secs: u64,
+    /// Clock skew allowed on ticket times, in seconds.
+    pub ticket_leeway_secs: u64,
+    /// Milliseconds an area shown lossy must stay unchanged before it is sent losslessly.
+    pub refine_after_ms: u64,
+    /// Seconds without a frame acknowledgement before a viewer is disconnected.
+    pub ack_timeout_secs: u64,
+    /// Threads of the async runtime (sockets); encoding has its own threads. 0: one per CPU.
+    pub io_threads: usize,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            broker_url: String::new(),
+            node_api_url: String::new(),
+            node_token: Secret::default(),
+            node_token_file: None,
+            allowed_origins: Vec::new(),
+            node_id: None,
+            max_frames_in_flight: 2,
+            max_viewers_per_desktop: 16,
+            encode_threads: 0,
+            jwks_refresh_min_secs: 10,
+            ticket_leeway_secs: 5,
+            refine_after_ms: 300,
+            ack_timeout_secs: 60,
+            io_threads: 1,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "ATRIUM_DISPLAY_";
+
+impl DisplayConfig {
+    /// Reads `path`, applies the environment, reads the token file, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg = Self::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        cfg.apply_env(std::env::vars())?;
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `ATRIUM_DISPLAY_*` variables; an unknown one is an error (a typo must not pass).
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let err = |message: String| ConfigError::Env { var: var.clone(), message };
+            let num = |v: &str| v.trim().parse::<u64>().map_err(|e| err(e.to_string()));
+            match key.to_ascii_lowercase().as_str() {
+                "listen" => self.listen = value.parse().map_err(|e| err(format!("{e}")))?,
+                "broker_url" => self.broker_url = value,
+                "node_api_url" => self.node_api_url = value,
+                "node_token" => self.node_token = Secret::new(value),
+                "node_token_file" => self.node_token_file = Some(PathBuf::from(value)),
+                "allowed_origins" => {
+                    self.allowed_origins = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "node_id" => self.node_id = Some(value).filter(|v| !v.is_empty()),
+                "max_frames_in_flight" => {
+                    self.max_frames_in_flight =
+                        u8::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
+                }
+                "max_viewers_per_desktop" => {
+                    self.max_viewers_per_desktop =
+                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
+                }
+                "encode_threads" => {
+                    self.encode_threads =
+                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
+                }
+                "jwks_refresh_min_secs" => self.jwks_refresh_min_secs = num(&value)?,
+                "ticket_leeway_secs" => self.ticket_leeway_secs = num(&value)?,
+                "refine_after_ms" => self.refine_after_ms = num(&value)?,
+                "ack_timeout_secs" => self.ack_timeout_secs = num(&value)?,
+                "io_threads" => {
+                    self.io_threads =
+                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
+                }
+                _ => return Err(err("not a display proxy setting".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the token file and checks every value.
+    pub fn finish(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.node_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            self.node_token = Secret::new(text.lines().next().unwrap_or("").trim());
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (key, url) in [("broker_url", &self.broker_url), ("node_api_url", &self.node_api_url)] {
+            // This build's HTTP client has no TLS: keep these on the internal network.
+            if !url.starts_with("http://") {
+                return bad(format!(
+                    "{key} must be an http:// URL (no TLS client in this build), not {url:?}"
+                ));
+            }
+        }
+        if self.node_token.is_empty() {
+            return bad("node_token (or node_token_file) is required".into());
+        }
+        if !(1..=16).contains(&self.max_frames_in_flight) {
+            return bad("max_frames_in_flight must be 1 to 16".into());
+        }
+        if self.max_viewers_per_desktop == 0 {
+            return bad("max_viewers_per_desktop must be at least 1".into());
+        }
+        for o in &self.allowed_origins {
+            if !valid_origin(o) {
+                return bad(format!("allowed_origins: {o:?} is not scheme://host[:port]"));
+            }
+        }
+        if self.ticket_leeway_secs > 60 {
+            return bad("ticket_leeway_secs must be at most 60".into());
+        }
+        if self.ack_timeout_secs == 0 {
+            return bad("ack_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn refine_after(&self) -> Duration {
+        Duration::from_millis(self.refine_after_ms)
+    }
+}
+
+/// `scheme://host[:port]` with no path, as browsers send in `Origin`.
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else { return false };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "0.0.0.0:9000"
+broker_url = "http://127.0.0.1:8080"
+node_api_url = "http://127.0.0.1:8081"
+node_token = "s3cret"
+allowed_origins = ["https://desk.example.com"]
+"#;
+
+    #[test]
+    fn parses_validates_and_redacts() {
+        let c = DisplayConfig::parse(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_frames_in_flight, 2);
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(DisplayConfig::parse(&format!("{GOOD}\nlisten_port = 3\n")).is_err());
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.allowed_origins = vec!["https://x.example/path".into()];
+        assert!(c.validate().is_err());
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.max_frames_in_flight = 0;
+        assert!(c.validate().is_err());
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.node_token = Secret::default();
+        assert!(c.validate().is_err());
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.broker_url = "ftp://x".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        let vars = [
+            ("ATRIUM_DISPLAY_LISTEN", "127.0.0.1:1234"),
+            ("ATRIUM_DISPLAY_ALLOWED_ORIGINS", "http://a:1, http://b"),
+            ("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT", "3"),
+            ("HOME", "/root"),
+        ];
+        c.apply_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
+        assert_eq!(c.listen.port(), 1234);
+        assert_eq!(c.allowed_origins, ["http://a:1", "http://b"]);
+        assert_eq!(c.max_frames_in_flight, 3);
+        let typo = [("ATRIUM_DISPLAY_LISTN".to_owned(), "x".to_owned())];
+        assert!(c.apply_env(typo.into_iter()).is_err());
+        let bad = [("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT".to_owned(), "999".to_owned())];
+        assert!(c.apply_env(bad.into_iter()).is_err());
+    }
+
+    #[test]
+    fn token_file_is_read() {
+        let dir = std::env::temp_dir().join(format!("atrium-display-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "from-file\nignored\n").unwrap();
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.node_token_file = Some(f);
+        c.finish().unwrap();
+        assert_eq!(c.node_token.expose(), "from-file");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,444 @@
+//! A desktop being watched: one source, one capture thread, any number of viewers (the user
+//! and shadows). Viewers get the newest [`Frame`] through a watch channel; the registry opens a
+//! desktop for its first viewer and closes it after its last.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use atrium_protocol::display::{MAX_CLIPBOARD, ServerMessage, truncate_utf8};
+use atrium_protocol::node::{DisplayEndpoint, VmState};
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use crate::capture::Capture;
+use crate::frame::Frame;
+use crate::framebuffer::Framebuffer;
+use crate::metrics::Metrics;
+use crate::node::{NodeClient, NodeError};
+use crate::source::rfb::{RfbSource, RfbTarget};
+use crate::source::shm::ShmSource;
+use crate::source::{CursorShape, FramebufferSource, InputSink, SourceError, SourceEvent, Stopper};
+
+/// Why a desktop could not be opened or joined.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("no such VM: {0}")]
+    NotFound(String),
+    #[error("the VM is {0}")]
+    NotRunning(&'static str),
+    #[error("the node agent: {0}")]
+    Node(NodeError),
+    #[error("the VM's display: {0}")]
+    Source(#[from] SourceError),
+    #[error("the desktop already has {0} viewers")]
+    TooManyViewers(usize),
+}
+
+impl From<NodeError> for OpenError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NotFound(vm) => Self::NotFound(vm),
+            other => Self::Node(other),
+        }
+    }
+}
+
+/// Text going into a guest's clipboard, and changes coming out of it.
+#[derive(Debug, Clone)]
+pub struct ClipboardLink {
+    pub node: NodeClient,
+    pub vm: String,
+}
+
+/// An opened source, with the guest's clipboard when there is one.
+#[derive(Debug)]
+pub struct OpenedSource {
+    pub source: Box<dyn FramebufferSource>,
+    pub clipboard: Option<ClipboardLink>,
+}
+
+/// Finds and connects a VM's display.
+pub trait SourceOpener: Send + Sync + std::fmt::Debug {
+    fn open<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<OpenedSource, OpenError>>;
+}
+
+/// The production opener: asks the node agent where the VM's display is.
+#[derive(Debug, Clone)]
+pub struct NodeOpener {
+    pub node: NodeClient,
+}
+
+impl SourceOpener for NodeOpener {
+    fn open<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<OpenedSource, OpenError>> {
+        Box::pin(async move {
+            let info = self.node.vm(vm).await?;
+            match info.state {
+                VmState::Starting | VmState::Ready => {}
+                other => return Err(OpenError::NotRunning(other.as_str())),
+            }
+            let name = vm.to_owned();
+            let endpoint = info.display_endpoint;
+            let source = tokio::task::spawn_blocking(
+                move || -> Result<Box<dyn FramebufferSource>, SourceError> {
+                    Ok(match endpoint {
+                        DisplayEndpoint::VncUnix { path } => {
+                            Box::new(RfbSource::connect(&RfbTarget::Unix(path.into()))?)
+                        }
+                        DisplayEndpoint::VncTcp { address } => {
+                            Box::new(RfbSource::connect(&RfbTarget::Tcp(address))?)
+                        }
+                        DisplayEndpoint::Shm { path } => {
+                            Box::new(ShmSource::connect(path.as_ref(), &name)?)
+                        }
+                    })
+                },
+            )
+            .await
+            .map_err(|e| SourceError::Protocol(format!("connect task: {e}")))??;
+            Ok(OpenedSource {
+                source,
+                clipboard: Some(ClipboardLink { node: self.node.clone(), vm: vm.to_owned() }),
+            })
+        })
+    }
+}
+
+/// One watched desktop.
+#[derive(Debug)]
+pub struct Desktop {
+    pub vm: String,
+    pub name: String,
+    frames: watch::Receiver<Arc<Frame>>,
+    cursor: watch::Receiver<Option<Arc<[u8]>>>,
+    clipboard_out: broadcast::Sender<String>,
+    clipboard_in: Option<ClipboardLink>,
+    paste_slots: Arc<Semaphore>,
+    input: Arc<dyn InputSink>,
+    stopper: Arc<dyn Stopper>,
+    alive: Arc<AtomicBool>,
+    viewers: AtomicUsize,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Desktop {
+    /// Takes a freshly opened source: reads its first image (blocking, off the runtime) and
+    /// starts the capture thread.
+    pub async fn start(
+        vm: &str,
+        opened: OpenedSource,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, OpenError> {
+        let OpenedSource { mut source, clipboard } = opened;
+        let (source, fb, events) = tokio::task::spawn_blocking(move || {
+            let (w, h) = source.size();
+            let mut fb = Framebuffer::new(w, h);
+            // The first update with pixels (a VNC server may first answer with only its size).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut events = Vec::new();
+            while std::time::Instant::now() < deadline {
+                let ev = source.next_update(&mut fb)?;
+                let pixels = ev
+                    .iter()
+                    .any(|e| matches!(e, SourceEvent::Damage(_) | SourceEvent::Resized { .. }));
+                events.extend(ev);
+                if pixels {
+                    break;
+                }
+            }
+            Ok::<_, SourceError>((source, fb, events))
+        })
+        .await
+        .map_err(|e| SourceError::Protocol(format!("first update task: {e}")))??;
+        let capture = Capture::new(&fb);
+        let (frames_tx, frames) = watch::channel(Arc::clone(capture.last()));
+        let (cursor_tx, cursor) = watch::channel(None);
+        let (clipboard_out, _) = broadcast::channel(8);
+        let alive = Arc::new(AtomicBool::new(true));
+        let desktop = Arc::new(Self {
+            vm: vm.to_owned(),
+            name: source.name().to_owned(),
+            frames,
+            cursor,
+            clipboard_out: clipboard_out.clone(),
+            clipboard_in: clipboard.clone(),
+            paste_slots: Arc::new(Semaphore::new(2)),
+            input: source.input(),
+            stopper: source.stopper(),
+            alive: Arc::clone(&alive),
+            viewers: AtomicUsize::new(0),
+            tasks: Mutex::new(Vec::new()),
+            metrics: Arc::clone(&metrics),
+        });
+        let mut cap = CaptureLoop {
+            source,
+            fb,
+            capture,
+            frames_tx,
+            cursor_tx,
+            clipboard_out: clipboard_out.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        cap.handle_side_events(&events);
+        let vm_name = vm.to_owned();
+        std::thread::Builder::new()
+            .name(format!("capture-{}", truncate_utf8(vm, 7)))
+            .spawn(move || {
+                let span = tracing::info_span!("capture", vm = %vm_name);
+                let _g = span.enter();
+                cap.run();
+                alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(SourceError::Io)?;
+        if let Some(link) = clipboard {
+            let task = tokio::spawn(poll_clipboard(link, clipboard_out));
+            desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
+        }
+        metrics.desktops.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(vm, name = %desktop.name, "desktop opened");
+        Ok(desktop)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Newest frames, as they are captured.
+    pub fn frames(&self) -> watch::Receiver<Arc<Frame>> {
+        self.frames.clone()
+    }
+
+    /// The encoded pointer-shape message, as it changes.
+    pub fn cursor(&self) -> watch::Receiver<Option<Arc<[u8]>>> {
+        self.cursor.clone()
+    }
+
+    /// Guest clipboard changes.
+    pub fn clipboard(&self) -> broadcast::Receiver<String> {
+        self.clipboard_out.subscribe()
+    }
+
+    pub fn input(&self) -> &Arc<dyn InputSink> {
+        &self.input
+    }
+
+    pub fn viewers(&self) -> usize {
+        self.viewers.load(Ordering::SeqCst)
+    }
+
+    /// Puts text on the guest clipboard (through the node); dropped when two pastes are
+    /// already under way or the desktop has no clipboard channel.
+    pub fn paste(&self, text: String) {
+        let Some(link) = self.clipboard_in.clone() else { return };
+        let Ok(permit) = Arc::clone(&self.paste_slots).try_acquire_owned() else {
+            tracing::warn!(vm = %self.vm, "clipboard paste dropped: two already in progress");
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = link.node.paste(&link.vm, text).await {
+                tracing::warn!(vm = %link.vm, error = %e, "clipboard paste failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        self.metrics.desktops.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(vm = %self.vm, "desktop closed");
+    }
+}
+
+struct CaptureLoop {
+    source: Box<dyn FramebufferSource>,
+    fb: Framebuffer,
+    capture: Capture,
+    frames_tx: watch::Sender<Arc<Frame>>,
+    cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
+    clipboard_out: broadcast::Sender<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl CaptureLoop {
+    fn run(&mut self) {
+        loop {
+            match self.source.next_update(&mut self.fb) {
+                Ok(events) => {
+                    self.handle_side_events(&events);
+                    if let Some(frame) = self.capture.process(&self.fb, &events) {
+                        self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
+                        self.frames_tx.send_replace(frame);
+                    }
+                }
+                Err(SourceError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the desktop's display source ended");
+                    return;
+                }
+            }
+            if self.frames_tx.is_closed() {
+                return;
+            }
+        }
+    }
+
+    fn handle_side_events(&mut self, events: &[SourceEvent]) {
+        for e in events {
+            match e {
+                SourceEvent::Cursor(c) => {
+                    self.cursor_tx.send_replace(Some(Arc::from(cursor_message(c))));
+                }
+                SourceEvent::Clipboard(t) => {
+                    let _ = self.clipboard_out.send(truncate_utf8(t, MAX_CLIPBOARD).to_owned());
+                }
+                SourceEvent::Damage(_) | SourceEvent::Resized { .. } => {}
+            }
+        }
+    }
+}
+
+/// The Cursor message for a pointer shape (PNG with alpha; empty hides the pointer).
+pub fn cursor_message(c: &CursorShape) -> Vec<u8> {
+    let png = if c.width == 0 || c.height == 0 || c.rgba.is_empty() {
+        Vec::new()
+    } else {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, u32::from(c.width), u32::from(c.height));
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        match enc
+            .write_header()
+            .and_then(|mut w| w.write_image_data(&c.rgba).and_then(|()| w.finish()))
+        {
+            Ok(()) => out,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot encode a pointer shape");
+                Vec::new()
+            }
+        }
+    };
+    ServerMessage::Cursor { hot_x: c.hot_x, hot_y: c.hot_y, png }.encode()
+}
+
+/// Long-polls the guest clipboard through the node and broadcasts changes.
+async fn poll_clipboard(link: ClipboardLink, out: broadcast::Sender<String>) {
+    let mut seq = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match link.node.clipboard_after(&link.vm, seq.unwrap_or(0), 25).await {
+            Ok(state) => {
+                backoff = Duration::from_secs(1);
+                let first = seq.is_none();
+                if seq.is_none_or(|s| state.seq > s) {
+                    seq = Some(state.seq);
+                    if !first && let Some(text) = state.text {
+                        let _ = out.send(truncate_utf8(&text, MAX_CLIPBOARD).to_owned());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(vm = %link.vm, error = %e, "guest clipboard unavailable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Counts a viewer on a desktop while it lives.
+#[derive(Debug)]
+pub struct ViewerSlot {
+    desktop: Arc<Desktop>,
+}
+
+impl ViewerSlot {
+    pub fn desktop(&self) -> &Arc<Desktop> {
+        &self.desktop
+    }
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.desktop.viewers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Weak<Desktop>>>;
+
+/// The open desktops, by VM id.
+#[derive(Debug)]
+pub struct Desktops {
+    opener: Arc<dyn SourceOpener>,
+    map: Mutex<HashMap<String, Slot>>,
+    metrics: Arc<Metrics>,
+    max_viewers: usize,
+}
+
+impl Desktops {
+    pub fn new(opener: Arc<dyn SourceOpener>, metrics: Arc<Metrics>, max_viewers: usize) -> Self {
+        Self { opener, map: Mutex::new(HashMap::new()), metrics, max_viewers }
+    }
+
+    /// Joins the desktop of `vm`, opening it for its first viewer.
+    pub async fn join(&self, vm: &str) -> Result<ViewerSlot, OpenError> {
+        let slot = {
+            let mut map = self.map.lock().expect("desktops lock");
+            map.retain(|_, s| s.try_lock().map_or(true, |w| w.strong_count() > 0));
+            Arc::clone(map.entry(vm.to_owned()).or_default())
+        };
+        let mut weak = slot.lock().await;
+        let desktop = match weak.upgrade().filter(|d| d.is_alive()) {
+            Some(d) => d,
+            None => {
+                let opened = self.opener.open(vm).await?;
+                let d = Desktop::start(vm, opened, Arc::clone(&self.metrics)).await?;
+                *weak = Arc::downgrade(&d);
+                d
+            }
+        };
+        let n = desktop.viewers.fetch_add(1, Ordering::SeqCst);
+        let slot = ViewerSlot { desktop };
+        if n >= self.max_viewers {
+            return Err(OpenError::TooManyViewers(n));
+        }
+        Ok(slot)
+    }
+}
+
+/// Opens a [`SyntheticSource`](crate::source::synthetic::SyntheticSource) for any VM id: the
+/// benchmark's fan-out measurement and the pipeline's tests use it. Keeps each desktop's input
+/// counter so tests can see what reached the desktop.
+#[derive(Debug)]
+pub struct SyntheticOpener {
+    pub config: crate::source::synthetic::SyntheticConfig,
+    inputs: Mutex<HashMap<String, Arc<crate::source::synthetic::SyntheticInput>>>,
+}
+
+impl SyntheticOpener {
+    pub fn new(config: crate::source::synthetic::SyntheticConfig) -> Self {
+        Self { config, inputs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The input counter of the desktop opened for `vm`.
+    pub fn input_of(&self, vm: &str) -> Option<Arc<crate::source::synthetic::SyntheticInput>> {
+        self.inputs.lock().expect("inputs lock").get(vm).cloned()
+    }
+}
+
+impl SourceOpener for SyntheticOpener {
+    fn open<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<OpenedSource, OpenError>> {
+        Box::pin(async move {
+            let src = crate::source::synthetic::SyntheticSource::new(self.config);
+            self.inputs.lock().expect("inputs lock").insert(vm.to_owned(), src.input_counter());
+            Ok(OpenedSource { source: Box::new(src), clipboard: None })
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! Encoding one rectangle of a frame into a wire message: a fill for one colour, a palette PNG
+//! for text-like content (few colours; small and fast), an RGB PNG for lossless refinement of
+//! photo-like content, and JPEG for photo-like content while it changes.
+
+use std::time::Instant;
+
+use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
+
+use crate::frame::{Frame, Kind};
+use crate::framebuffer::{Framebuffer, to_rgba};
+use crate::metrics::Metrics;
+
+/// Largest palette; more colours make a rectangle photo-like.
+pub const MAX_PALETTE: usize = 256;
+/// Photo-like rectangles smaller than this many pixels go lossless (a JPEG's headers would
+/// outweigh its savings).
+pub const MIN_JPEG_PIXELS: usize = 32 * 32;
+
+/// What a rectangle's pixels look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Analysis {
+    Solid(u32),
+    /// At most [`MAX_PALETTE`] colours.
+    Palette(ColorTable),
+    /// More colours than that.
+    Many,
+}
+
+/// A small open-addressing set of colours, each with its palette index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColorTable {
+    keys: Vec<u32>,
+    idx: Vec<u8>,
+    colors: Vec<u32>,
+}
+
+const EMPTY: u32 = u32::MAX; // pixels have a zero top byte, so this is never a colour
+const SLOTS: usize = 1024;
+
+impl ColorTable {
+    fn new() -> Self {
+        Self { keys: vec![EMPTY; SLOTS], idx: vec![0; SLOTS], colors: Vec::new() }
+    }
+
+    fn slot(&self, c: u32) -> usize {
+        let mut s = (c.wrapping_mul(0x9e37_79b1) >> 22) as usize;
+        loop {
+            let k = self.keys[s];
+            if k == c || k == EMPTY {
+                return s;
+            }
+            s = (s + 1) & (SLOTS - 1);
+        }
+    }
+
+    /// Adds `c`; false when the table is full.
+    fn insert(&mut self, c: u32) -> bool {
+        let s = self.slot(c);
+        if self.keys[s] == c {
+            return true;
+        }
+        if self.colors.len() >= MAX_PALETTE {
+            return false;
+        }
+        self.keys[s] = c;
+        self.idx[s] = u8::try_from(self.colors.len()).expect("at most 256 colours");
+        self.colors.push(c);
+        true
+    }
+
+    /// The palette index of a colour that was inserted.
+    fn index(&self, c: u32) -> u8 {
+        self.idx[self.slot(c)]
+    }
+
+    pub fn colors(&self) -> &[u32] {
+        &self.colors
+    }
+}
+
+/// Counts the colours of `r` (stopping past [`MAX_PALETTE`]).
+pub fn analyze(fb: &Framebuffer, r: Rect) -> Analysis {
+    let first = fb.span(r.x, r.y, 1)[0];
+    let mut table: Option<ColorTable> = None;
+    let mut last = first;
+    for y in r.y..r.y + r.h {
+        for &p in fb.span(r.x, y, r.w) {
+            if p == last {
+                continue;
+            }
+            last = p;
+            let t = table.get_or_insert_with(|| {
+                let mut t = ColorTable::new();
+                t.insert(first);
+                t
+            });
+            if !t.insert(p) {
+                return Analysis::Many;
+            }
+        }
+    }
+    match table {
+        None => Analysis::Solid(first),
+        Some(t) => Analysis::Palette(t),
+    }
+}
+
+/// The message for a one-colour rectangle.
+pub fn fill_message(r: Rect, color: u32) -> Vec<u8> {
+    ServerMessage::Fill { rect: r, rgba: to_rgba(color) }.encode()
+}
+
+fn image_message(r: Rect, format: ImageFormat, data: Vec<u8>) -> Vec<u8> {
+    ServerMessage::Image { rect: r, format, data }.encode()
+}
+
+/// A lossless PNG of `r`: indexed when `table` is given, else RGB.
+pub fn png(fb: &Framebuffer, r: Rect, table: Option<&ColorTable>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    let mut enc = png::Encoder::new(&mut out, u32::from(r.w), u32::from(r.h));
+    let data = match table {
+        Some(t) => {
+            let n = t.colors().len();
+            let bits: u8 = match n {
+                0..=2 => 1,
+                3..=4 => 2,
+                5..=16 => 4,
+                _ => 8,
+            };
+            let mut plte = Vec::with_capacity(n * 3);
+            for &c in t.colors() {
+                let [r, g, b, _] = to_rgba(c);
+                plte.extend_from_slice(&[r, g, b]);
+            }
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(match bits {
+                1 => png::BitDepth::One,
+                2 => png::BitDepth::Two,
+                4 => png::BitDepth::Four,
+                _ => png::BitDepth::Eight,
+            });
+            enc.set_palette(plte);
+            enc.set_filter(png::Filter::NoFilter);
+            enc.set_compression(png::Compression::Balanced);
+            pack_indices(fb, r, t, bits)
+        }
+        None => {
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_filter(png::Filter::Paeth);
+            enc.set_compression(png::Compression::Fast);
+            let mut v = Vec::with_capacity(usize::from(r.w) * usize::from(r.h) * 3);
+            for y in r.y..r.y + r.h {
+                for &p in fb.span(r.x, y, r.w) {
+                    let [r, g, b, _] = to_rgba(p);
+                    v.extend_from_slice(&[r, g, b]);
+                }
+            }
+            v
+        }
+    };
+    let mut w = enc.write_header().expect("PNG header into a Vec");
+    w.write_image_data(&data).expect("PNG data of the declared size into a Vec");
+    w.finish().expect("PNG end into a Vec");
+    out
+}
+
+/// Rectangles of at most this many pixels and 16 colours may go as [`ImageFormat::Indexed`].
+pub const MAX_INDEXED_PIXELS: usize = 64 * 64;
+
+/// The `Indexed` image data of `r` (at most 16 colours in `t`).
+pub fn indexed(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
+    let n = t.colors().len();
+    let bits: u8 = match n {
+        0..=2 => 1,
+        3..=4 => 2,
+        _ => 4,
+    };
+    let mut out = Vec::with_capacity(1 + n * 3 + usize::from(r.h) * usize::from(r.w).div_ceil(2));
+    out.push(u8::try_from(n.max(2)).expect("at most 16 colours"));
+    for &c in t.colors() {
+        out.extend_from_slice(&to_rgba(c)[..3]);
+    }
+    if n < 2 {
+        out.extend_from_slice(&[0, 0, 0]); // a palette has at least two entries
+    }
+    out.extend_from_slice(&pack_indices(fb, r, t, bits));
+    out
+}
+
+fn pack_indices(fb: &Framebuffer, r: Rect, t: &ColorTable, bits: u8) -> Vec<u8> {
+    let per_byte = 8 / usize::from(bits);
+    let row_bytes = usize::from(r.w).div_ceil(per_byte);
+    let mut v = vec![0u8; row_bytes * usize::from(r.h)];
+    for (row, y) in v.chunks_exact_mut(row_bytes).zip(r.y..r.y + r.h) {
+        let mut last = (u32::MAX, 0u8);
+        for (i, &p) in fb.span(r.x, y, r.w).iter().enumerate() {
+            if p != last.0 {
+                last = (p, t.index(p));
+            }
+            let shift = 8 - usize::from(bits) * (i % per_byte + 1);
+            row[i / per_byte] |= last.1 << shift;
+        }
+    }
+    v
+}
+
+/// A JPEG of `r` at `quality` (1..=100).
+pub fn jpeg(fb: &Framebuffer, r: Rect, quality: u8) -> Vec<u8> {
+    let mut bgra = Vec::with_capacity(usize::from(r.w) * usize::from(r.h) * 4);
+    for y in r.y..r.y + r.h {
+        for &p in fb.span(r.x, y, r.w) {
+            bgra.extend_from_slice(&p.to_le_bytes());
+        }
+    }
+    let mut out = Vec::with_capacity(bgra.len() / 8);
+    let enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    enc.encode(&bgra, r.w, r.h, jpeg_encoder::ColorType::Bgra)
+        .expect("JPEG of a rectangle with matching data into a Vec");
+    out
+}
+
+/// The wire message for `r` of `frame` as `kind`, made once per frame and shared. Lossless
+/// kinds choose between fill, palette PNG and RGB PNG by the pixels.
+pub fn encode_rect(frame: &Frame, r: Rect, kind: Kind, metrics: &Metrics) -> std::sync::Arc<[u8]> {
+    frame.encoded(r, kind, || {
+        let start = Instant::now();
+        let msg = match kind {
+            Kind::Jpeg(q) => image_message(r, ImageFormat::Jpeg, jpeg(&frame.fb, r, q)),
+            Kind::Fill | Kind::Png => match analyze(&frame.fb, r) {
+                Analysis::Solid(c) => fill_message(r, c),
+                Analysis::Palette(t) => palette_message(&frame.fb, r, &t),
+                Analysis::Many => image_message(r, ImageFormat::Png, png(&frame.fb, r, None)),
+            },
+        };
+        metrics.record_encode(start.elapsed());
+        msg
+    })
+}
+
+/// A few-colour rectangle as a palette PNG, or as `Indexed` when that is smaller (tiny areas
+/// such as a typed character, where a PNG's own overhead dominates).
+fn palette_message(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
+    let png = png(fb, r, Some(t));
+    if usize::from(r.w) * usize::from(r.h) <= MAX_INDEXED_PIXELS && t.colors().len() <= 16 {
+        let raw = indexed(fb, r, t);
+        if raw.len() < png.len() {
+            return image_message(r, ImageFormat::Indexed, raw);
+        }
+    }
+    image_message(r, ImageFormat::Png, png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_png(data: &[u8]) -> (u32, u32, Vec<u8>) {
+        let mut dec = png::Decoder::new(std::io::Cursor::new(data));
+        dec.set_transformations(png::Transformations::EXPAND);
+        let mut r = dec.read_info().unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        let info = r.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    fn rgb_of(fb: &Framebuffer, r: Rect) -> Vec<u8> {
+        let mut v = Vec::new();
+        for y in r.y..r.y + r.h {
+            for &p in fb.span(r.x, y, r.w) {
+                v.extend_from_slice(&to_rgba(p)[..3]);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn analysis_tells_solid_palette_and_many() {
+        let mut fb = Framebuffer::new(64, 64);
+        fb.fill(fb.bounds(), 0x123456);
+        assert_eq!(analyze(&fb, fb.bounds()), Analysis::Solid(0x123456));
+        fb.span_mut(5, 5, 3).copy_from_slice(&[1, 2, 3]);
+        let Analysis::Palette(t) = analyze(&fb, fb.bounds()) else { panic!() };
+        assert_eq!(t.colors(), &[0x123456, 1, 2, 3]);
+        for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+            *p = u32::try_from(i).unwrap() * 77;
+        }
+        assert_eq!(analyze(&fb, fb.bounds()), Analysis::Many);
+    }
+
+    #[test]
+    fn png_round_trips_losslessly_at_every_palette_depth() {
+        for colors in [2u32, 3, 5, 17, 256, 1000] {
+            let mut fb = Framebuffer::new(37, 23); // odd sizes exercise row padding
+            for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+                *p = (u32::try_from(i).unwrap() * 7919 % colors) * 0x010305;
+            }
+            let r = Rect { x: 3, y: 2, w: 30, h: 20 };
+            let table = match analyze(&fb, r) {
+                Analysis::Palette(t) => Some(t),
+                Analysis::Many => None,
+                Analysis::Solid(_) => panic!("not solid"),
+            };
+            let data = png(&fb, r, table.as_ref());
+            let (w, h, pixels) = decode_png(&data);
+            assert_eq!((w, h), (30, 20));
+            assert_eq!(pixels, rgb_of(&fb, r), "{colors} colours");
+        }
+    }
+
+    /// Decodes `Indexed` data the way the browser does.
+    fn decode_indexed(d: &[u8], w: usize, h: usize) -> Vec<u8> {
+        let n = usize::from(d[0]);
+        let palette = &d[1..1 + n * 3];
+        let bits = if n <= 2 {
+            1
+        } else if n <= 4 {
+            2
+        } else {
+            4
+        };
+        let row = (w * bits).div_ceil(8);
+        let idx = &d[1 + n * 3..];
+        assert_eq!(idx.len(), row * h);
+        let mut out = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let b = idx[y * row + x * bits / 8];
+                let i = usize::from((b >> (8 - bits - (x * bits) % 8)) & ((1 << bits) - 1));
+                out.extend_from_slice(&palette[i * 3..i * 3 + 3]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn indexed_round_trips_and_beats_png_on_a_glyph() {
+        for colors in [2u32, 3, 4, 9, 16] {
+            let mut fb = Framebuffer::new(13, 16);
+            for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+                *p = (u32::try_from(i).unwrap() * 7 % colors) * 0x0a0b0c;
+            }
+            let r = Rect { x: 1, y: 0, w: 11, h: 16 };
+            let Analysis::Palette(t) = analyze(&fb, r) else { panic!("few colours") };
+            let d = indexed(&fb, r, &t);
+            assert_eq!(decode_indexed(&d, 11, 16), rgb_of(&fb, r), "{colors} colours");
+        }
+        // An 8x16 glyph: grey on black.
+        let mut fb = Framebuffer::new(8, 16);
+        for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+            *p = if i % 3 == 0 { 0xaaaaaa } else { 0 };
+        }
+        let Analysis::Palette(t) = analyze(&fb, fb.bounds()) else { panic!() };
+        assert!(indexed(&fb, fb.bounds(), &t).len() < png(&fb, fb.bounds(), Some(&t)).len() / 2);
+        let m = palette_message(&fb, fb.bounds(), &t);
+        assert_eq!(m[9], ImageFormat::Indexed as u8);
+    }
+
+    #[test]
+    fn jpeg_is_a_jpeg_of_the_right_size() {
+        let mut fb = Framebuffer::new(64, 48);
+        for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+            *p = u32::try_from(i).unwrap() * 40_503;
+        }
+        let j = jpeg(&fb, Rect { x: 0, y: 0, w: 64, h: 48 }, 70);
+        assert_eq!(&j[..2], &[0xff, 0xd8]);
+        // SOF0 carries height then width.
+        let sof = j.windows(2).position(|w| w == [0xff, 0xc0]).expect("baseline SOF");
+        assert_eq!(&j[sof + 5..sof + 9], &[0, 48, 0, 64]);
+    }
+}

@@ -1,0 +1,102 @@
+//! The node agent's API, as the display proxy uses it: where a VM's display is, and its
+//! clipboard.
+
+use std::time::Duration;
+
+use atrium_protocol::node::{ClipboardState, ClipboardText, VmInfo, validate_name};
+use thiserror::Error;
+
+use crate::config::Secret;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("invalid VM id: {0}")]
+    BadId(String),
+    #[error("the node has no VM {0}")]
+    NotFound(String),
+    #[error("the node answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("cannot reach the node agent: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A client of one node agent.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    base: String,
+    token: Secret,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    pub fn new(base: &str, token: Secret) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client with default settings");
+        Self { base: base.trim_end_matches('/').to_owned(), token, http }
+    }
+
+    fn url(&self, vm: &str, rest: &str) -> Result<String, NodeError> {
+        validate_name("vm", vm, 128).map_err(|e| NodeError::BadId(e.to_string()))?;
+        Ok(format!("{}/api/v1/vms/{vm}{rest}", self.base))
+    }
+
+    async fn check(vm: &str, resp: reqwest::Response) -> Result<reqwest::Response, NodeError> {
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(NodeError::NotFound(vm.to_owned()));
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            let body: String = body.chars().take(200).collect();
+            return Err(NodeError::Status { status: status.as_u16(), body });
+        }
+        Ok(resp)
+    }
+
+    /// `GET /api/v1/vms/{id}`.
+    pub async fn vm(&self, vm: &str) -> Result<VmInfo, NodeError> {
+        let resp = self
+            .http
+            .get(self.url(vm, "")?)
+            .bearer_auth(self.token.expose())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        Ok(Self::check(vm, resp).await?.json().await?)
+    }
+
+    /// `POST /api/v1/vms/{id}/clipboard`: text into the guest.
+    pub async fn paste(&self, vm: &str, text: String) -> Result<(), NodeError> {
+        let resp = self
+            .http
+            .post(self.url(vm, "/clipboard")?)
+            .bearer_auth(self.token.expose())
+            .timeout(Duration::from_secs(10))
+            .json(&ClipboardText { text })
+            .send()
+            .await?;
+        Self::check(vm, resp).await?;
+        Ok(())
+    }
+
+    /// `GET /api/v1/vms/{id}/clipboard?after=SEQ&wait=SECS`: waits up to `wait` for the guest
+    /// clipboard to change past `after`.
+    pub async fn clipboard_after(
+        &self,
+        vm: &str,
+        after: u64,
+        wait: u64,
+    ) -> Result<ClipboardState, NodeError> {
+        let url = format!("{}?after={after}&wait={wait}", self.url(vm, "/clipboard")?);
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .timeout(Duration::from_secs(wait + 10))
+            .send()
+            .await?;
+        Ok(Self::check(vm, resp).await?.json().await?)
+    }
+}

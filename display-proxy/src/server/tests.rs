@@ -1,0 +1,303 @@
+//! The service over real sockets: a synthetic desktop, tickets from an in-test JWKS server, and
+//! WebSocket clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrium_protocol::display::{ClientMessage, ServerMessage, caps};
+use atrium_protocol::ticket::Capabilities;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::*;
+use crate::desktop::SyntheticOpener;
+use crate::issuer::{JwksServer, TicketIssuer};
+use crate::source::synthetic::SyntheticConfig;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    issuer: TicketIssuer,
+    _jwks: JwksServer,
+    opener: Arc<SyntheticOpener>,
+    state: AppState,
+}
+
+const ORIGIN: &str = "http://app.example";
+
+async fn harness(fps: u32) -> Harness {
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await.unwrap();
+    let cfg = DisplayConfig {
+        broker_url: jwks.url(),
+        node_api_url: "http://127.0.0.1:9".into(),
+        node_token: crate::config::Secret::new("unused"),
+        allowed_origins: vec![ORIGIN.into()],
+        encode_threads: 2,
+        ..DisplayConfig::default()
+    };
+    let opener = Arc::new(SyntheticOpener::new(SyntheticConfig {
+        width: 320,
+        height: 192,
+        fps,
+        photo: false,
+        ticks: None,
+    }));
+    let state = AppState::with_opener(&cfg, Arc::clone(&opener) as Arc<dyn SourceOpener>);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Harness { addr, issuer, _jwks: jwks, opener, state }
+}
+
+impl Harness {
+    fn ticket(&self, vm: &str, caps: Capabilities) -> String {
+        self.issuer.ticket(vm, caps)
+    }
+
+    async fn connect(&self, vm: &str, ticket: &str, origin: Option<&str>) -> Result<Ws, WsError> {
+        let mut req =
+            format!("ws://{}/ws/{vm}?ticket={ticket}", self.addr).into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    }
+
+    async fn viewer(&self, vm: &str, caps: Capabilities) -> Ws {
+        self.connect(vm, &self.ticket(vm, caps), Some(ORIGIN)).await.unwrap()
+    }
+}
+
+fn status(e: WsError) -> u16 {
+    match e {
+        WsError::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+/// The next message, or None after `wait`.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Message> {
+    tokio::time::timeout(wait, ws.next()).await.ok().flatten().map(|m| m.unwrap())
+}
+
+async fn next_server(ws: &mut Ws) -> ServerMessage {
+    loop {
+        match next(ws, Duration::from_secs(10)).await.expect("a message in time") {
+            Message::Binary(b) => return ServerMessage::decode(&b).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the next FrameEnd; returns its frame number.
+async fn frame_end(ws: &mut Ws) -> u32 {
+    loop {
+        if let ServerMessage::FrameEnd { frame, .. } = next_server(ws).await {
+            return frame;
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: ClientMessage) {
+    ws.send(Message::Binary(m.encode().into())).await.unwrap();
+}
+
+/// Sends a ping and waits for its pong: everything sent before it has been handled.
+async fn sync(ws: &mut Ws, id: u32) {
+    send(ws, ClientMessage::Ping { id }).await;
+    loop {
+        if let ServerMessage::Pong { id: got } = next_server(ws).await
+            && got == id
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let h = harness(10).await;
+    let body: serde_json::Value =
+        reqwest::get(format!("http://{}/healthz", h.addr)).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    let text =
+        reqwest::get(format!("http://{}/metrics", h.addr)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("atrium_display_frames_sent_total 0"));
+    assert!(text.contains("atrium_display_clients 0"));
+}
+
+#[tokio::test]
+async fn only_a_valid_ticket_from_an_allowed_page_gets_in() {
+    let h = harness(10).await;
+    let ticket = h.ticket("vm-1", Capabilities::default());
+    assert_eq!(status(h.connect("vm-1", "", Some(ORIGIN)).await.unwrap_err()), 401);
+    assert_eq!(
+        status(h.connect("vm-1", &ticket, Some("http://evil.example")).await.unwrap_err()),
+        403
+    );
+    assert_eq!(
+        status(h.connect("vm-2", &ticket, Some(ORIGIN)).await.unwrap_err()),
+        403,
+        "ticket for vm-1"
+    );
+    assert_eq!(status(h.connect("bad%2Fid", &ticket, Some(ORIGIN)).await.unwrap_err()), 400);
+    // Refusals did not spend the ticket; a client without Origin (not a browser) is let in.
+    let mut ws = h.connect("vm-1", &ticket, None).await.unwrap();
+    let ServerMessage::Hello { version, width, height, caps: c, max_frames_in_flight, .. } =
+        next_server(&mut ws).await
+    else {
+        panic!("Hello first")
+    };
+    assert_eq!((version, width, height, c, max_frames_in_flight), (1, 320, 192, 0, 2));
+    assert!(matches!(
+        next_server(&mut ws).await,
+        ServerMessage::Resize { width: 320, height: 192 }
+    ));
+    frame_end(&mut ws).await;
+    assert_eq!(
+        status(h.connect("vm-1", &ticket, Some(ORIGIN)).await.unwrap_err()),
+        401,
+        "used once"
+    );
+    assert!(h.state.metrics().connections_refused.load(Ordering::Relaxed) >= 5);
+}
+
+#[tokio::test]
+async fn a_client_that_never_acknowledges_gets_no_more_than_the_window() {
+    let h = harness(60).await;
+    let mut ws = h.viewer("vm-1", Capabilities::default()).await;
+    // Count frames for a while without acknowledging any.
+    let mut ends = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Binary(b) = m.unwrap()
+            && let ServerMessage::FrameEnd { frame, .. } = ServerMessage::decode(&b).unwrap()
+        {
+            ends.push(frame);
+        }
+    }
+    assert_eq!(ends, vec![1, 2], "exactly max_frames_in_flight frames");
+    let dropped_before = h.state.metrics().frames_dropped.load(Ordering::Relaxed);
+    // Acknowledging both opens the window: the next frame skips what the viewer missed.
+    send(&mut ws, ClientMessage::FrameAck { frame: 2 }).await;
+    assert_eq!(frame_end(&mut ws).await, 3);
+    let dropped = h.state.metrics().frames_dropped.load(Ordering::Relaxed);
+    assert!(dropped > dropped_before, "the frames captured meanwhile were skipped, not queued");
+}
+
+#[tokio::test]
+async fn a_bad_message_closes_only_its_connection() {
+    let h = harness(30).await;
+    let mut good = h.viewer("vm-1", Capabilities::default()).await;
+    let cases: Vec<(Message, CloseCode, &str)> = vec![
+        (Message::Binary(vec![0x99].into()), CloseCode::Unsupported, "unknown message type"),
+        (Message::Binary(vec![0x84, 1].into()), CloseCode::Protocol, "truncated"),
+        (Message::Text("hello".into()), CloseCode::Unsupported, "text messages"),
+        (
+            Message::Binary(vec![0x83; atrium_protocol::display::MAX_CLIENT_MESSAGE + 10].into()),
+            CloseCode::Size,
+            "over the limit",
+        ),
+    ];
+    for (bad, code, reason) in cases {
+        let mut ws = h.viewer("vm-1", Capabilities::default()).await;
+        ws.send(bad).await.unwrap();
+        let close = loop {
+            match next(&mut ws, Duration::from_secs(10)).await.expect("a close frame") {
+                Message::Close(c) => break c.expect("a close reason"),
+                _ => continue,
+            }
+        };
+        assert_eq!(close.code, code);
+        assert!(close.reason.contains(reason), "{}", close.reason);
+    }
+    // The other viewer of the same desktop carries on.
+    let mut last = frame_end(&mut good).await;
+    for _ in 0..3 {
+        send(&mut good, ClientMessage::FrameAck { frame: last }).await;
+        last = frame_end(&mut good).await;
+    }
+    assert!(h.state.metrics().connections_closed_bad_message.load(Ordering::Relaxed) >= 4);
+}
+
+#[tokio::test]
+async fn view_only_viewers_cannot_type_and_shadows_share_one_desktop() {
+    let h = harness(10).await;
+    let key = |seq| ClientMessage::Key { seq, down: true, keysym: 0x61, code: "KeyA".into() };
+    let mut watcher = h
+        .viewer("vm-1", Capabilities { view_only: true, shadow: true, ..Default::default() })
+        .await;
+    let ServerMessage::Hello { caps: c, .. } = next_server(&mut watcher).await else {
+        panic!("Hello")
+    };
+    assert_eq!(c, caps::VIEW_ONLY | caps::SHADOW);
+    send(&mut watcher, key(1)).await;
+    send(
+        &mut watcher,
+        ClientMessage::Pointer { seq: 2, x: 1, y: 1, buttons: 1, wheel_x: 0, wheel_y: 0 },
+    )
+    .await;
+    sync(&mut watcher, 7).await;
+    let input = h.opener.input_of("vm-1").expect("the desktop is open");
+    assert_eq!(input.count(), 0, "view-only input dropped");
+
+    let mut user = h.viewer("vm-1", Capabilities::default()).await;
+    send(&mut user, key(1)).await;
+    sync(&mut user, 8).await;
+    assert_eq!(input.count(), 1);
+    assert_eq!(
+        input.last(),
+        Some(crate::source::InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) })
+    );
+    assert!(
+        Arc::ptr_eq(&h.opener.input_of("vm-1").unwrap(), &input),
+        "one source for both viewers"
+    );
+    // Leaving with the key held releases it.
+    drop(user);
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        while input.count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(released.is_ok());
+    assert_eq!(
+        input.last(),
+        Some(crate::source::InputEvent::Key { down: false, keysym: 0x61, evdev: Some(30) })
+    );
+}
+
+#[tokio::test]
+async fn the_broker_ends_a_session_and_its_viewers_go() {
+    let h = harness(10).await;
+    let mut ws = h.viewer("vm-1", Capabilities::default()).await;
+    frame_end(&mut ws).await;
+    let url = format!("http://{}/api/v1/sessions/session-1/end", h.addr);
+    let http = reqwest::Client::new();
+    let r = http.post(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token");
+    let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let close = loop {
+        match next(&mut ws, Duration::from_secs(10)).await.expect("a close frame") {
+            Message::Close(c) => break c.expect("a reason"),
+            _ => continue,
+        }
+    };
+    assert_eq!(close.code, CloseCode::Normal);
+    assert_eq!(close.reason.as_str(), "the session ended");
+    // Ending it again (no viewers left) is fine.
+    let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+}

@@ -1,0 +1,271 @@
+//! The RFB client against a scripted server on a socket pair: handshake, every encoding the
+//! client asks for, input messages, and bad servers.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+
+use super::*;
+
+/// The server's side of a session, step by step.
+struct Server {
+    s: UnixStream,
+}
+
+impl Server {
+    fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        self.s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    /// Runs the server half of the handshake; returns the client's SetEncodings list.
+    fn handshake(&mut self, w: u16, h: u16) -> Vec<i32> {
+        self.s.write_all(b"RFB 003.008\n").unwrap();
+        assert_eq!(self.read(12), b"RFB 003.008\n");
+        self.s.write_all(&[2, 2, 1]).unwrap(); // VNC auth and None offered
+        assert_eq!(self.read(1), [1]);
+        self.s.write_all(&0u32.to_be_bytes()).unwrap();
+        assert_eq!(self.read(1), [1], "shared flag");
+        let mut init = Vec::new();
+        init.extend_from_slice(&w.to_be_bytes());
+        init.extend_from_slice(&h.to_be_bytes());
+        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        init.extend_from_slice(&4u32.to_be_bytes());
+        init.extend_from_slice(b"qemu");
+        self.s.write_all(&init).unwrap();
+        let pf = self.read(20);
+        assert_eq!(pf[0], 0);
+        assert_eq!(&pf[4..8], &[32, 24, 0, 1], "32 bpp, depth 24, little-endian, true colour");
+        let head = self.read(4);
+        assert_eq!(head[0], 2);
+        let n = u16::from_be_bytes([head[2], head[3]]);
+        (0..n)
+            .map(|_| {
+                let b = self.read(4);
+                i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .collect()
+    }
+
+    fn expect_request(&mut self, incremental: bool, w: u16, h: u16) {
+        let b = self.read(10);
+        assert_eq!(b[0], 3);
+        assert_eq!(b[1], u8::from(incremental));
+        assert_eq!(&b[6..8], &w.to_be_bytes());
+        assert_eq!(&b[8..10], &h.to_be_bytes());
+    }
+
+    fn update(&mut self, rects: &[(Rect, i32, Vec<u8>)]) {
+        let mut m = vec![0, 0];
+        m.extend_from_slice(&u16::try_from(rects.len()).unwrap().to_be_bytes());
+        for (r, enc, payload) in rects {
+            for v in [r.x, r.y, r.w, r.h] {
+                m.extend_from_slice(&v.to_be_bytes());
+            }
+            m.extend_from_slice(&enc.to_be_bytes());
+            m.extend_from_slice(payload);
+        }
+        self.s.write_all(&m).unwrap();
+    }
+}
+
+fn pair() -> (Stream, Server) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (Stream::Unix(a), Server { s: b })
+}
+
+fn raw(pixels: &[u32]) -> Vec<u8> {
+    pixels.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+#[test]
+fn handshake_updates_and_input() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        let encodings = server.handshake(8, 4);
+        assert_eq!(encodings[0], ENC_RAW, "raw first on a unix socket");
+        assert!(encodings.contains(&ENC_QEMU_EXT_KEY));
+        server.expect_request(false, 8, 4);
+        let red = 0x00ff0000u32;
+        server.update(&[
+            (Rect { x: 0, y: 0, w: 8, h: 4 }, ENC_RAW, raw(&[red; 32])),
+            (Rect { x: 0, y: 0, w: 2, h: 1 }, ENC_RAW, raw(&[1, 2])),
+            (Rect { x: 4, y: 2, w: 2, h: 1 }, ENC_COPYRECT, vec![0, 0, 0, 0]),
+            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
+        ]);
+        // A key with a scancode (after the extension was offered), a wheel step, and the next
+        // update request, in whatever order the two writing threads interleave them.
+        let (mut key, mut ptr, mut req) = (Vec::new(), Vec::new(), Vec::new());
+        while key.is_empty() || ptr.is_empty() || req.is_empty() {
+            let ty = server.read(1)[0];
+            match ty {
+                255 => key = [vec![ty], server.read(11)].concat(),
+                5 => ptr = [vec![ty], server.read(17)].concat(),
+                3 => req = [vec![ty], server.read(9)].concat(),
+                other => panic!("unexpected client message {other}"),
+            }
+        }
+        assert_eq!(key[0..2], [255, 0]);
+        assert_eq!(key[2..4], 1u16.to_be_bytes());
+        assert_eq!(key[4..8], 0x61u32.to_be_bytes());
+        assert_eq!(key[8..12], 0x1eu32.to_be_bytes(), "qnum of KeyA");
+        assert_eq!(ptr[0..6], [5, 1, 0, 7, 0, 3], "left button at (7, 3), clamped x");
+        assert_eq!(ptr[6..8], [5, 1 | 16], "wheel down pressed");
+        assert_eq!(ptr[12..14], [5, 1], "wheel released");
+        assert_eq!(req[1], 1, "incremental");
+        // The same size announced again (as QEMU does after a full update request) changes
+        // nothing: the pixels stay.
+        server.update(&[
+            (Rect { x: 0, y: 0, w: 8, h: 4 }, ENC_EXT_DESKTOP_SIZE, vec![0, 0, 0, 0]),
+            (Rect { x: 7, y: 3, w: 1, h: 1 }, ENC_RAW, raw(&[9])),
+        ]);
+        server.expect_request(true, 8, 4);
+        // Resize, then the client asks for a full update of the new size.
+        server.update(&[(Rect { x: 0, y: 0, w: 16, h: 2 }, ENC_DESKTOP_SIZE, vec![])]);
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    assert_eq!(src.name(), "qemu");
+    assert_eq!(src.size(), (8, 4));
+    let mut fb = Framebuffer::new(8, 4);
+    let ev = src.next_update(&mut fb).unwrap();
+    assert_eq!(ev.len(), 3);
+    assert_eq!(fb.span(0, 0, 3), &[1, 2, 0x00ff0000]);
+    assert_eq!(fb.span(4, 2, 2), &[1, 2], "copied from (0, 0)");
+    assert!(src.has_extended_keys());
+
+    let input = src.input();
+    input.send(InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) }).unwrap();
+    input.send(InputEvent::Pointer { x: 100, y: 3, buttons: 1, wheel_x: 0, wheel_y: 1 }).unwrap();
+    let next = thread::spawn(move || {
+        let same = src.next_update(&mut fb).unwrap();
+        assert_eq!(same, vec![SourceEvent::Damage(Rect { x: 7, y: 3, w: 1, h: 1 })]);
+        assert_eq!(fb.span(0, 0, 2), &[1, 2], "not cleared");
+        let ev = src.next_update(&mut fb).unwrap();
+        (src, fb, ev)
+    });
+    let (mut src, mut fb, ev) = next.join().unwrap();
+    assert_eq!(ev, vec![SourceEvent::Resized { width: 16, height: 2 }]);
+    assert_eq!((fb.width(), fb.height()), (16, 2));
+    assert_eq!(src.size(), (16, 2));
+    let mut server = srv.join().unwrap();
+
+    // After a resize the client asks for the whole new screen; the stopper then unblocks the
+    // read in progress.
+    let stopper = src.stopper();
+    let t = thread::spawn(move || src.next_update(&mut fb).map(|_| ()));
+    server.expect_request(false, 16, 2);
+    stopper.stop();
+    assert!(matches!(t.join().unwrap(), Err(SourceError::Stopped)));
+    drop(server);
+}
+
+#[test]
+fn keysyms_without_the_qemu_extension() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        server.handshake(8, 4);
+        let key = server.read(8);
+        assert_eq!(key, [4, 0, 0, 0, 0, 0, 0xff, 0x0d], "Return released, as a keysym");
+        server
+    });
+    let src = RfbSource::handshake(client, true).unwrap();
+    src.input().send(InputEvent::Key { down: false, keysym: 0xff0d, evdev: Some(28) }).unwrap();
+    let _server = srv.join().unwrap();
+}
+
+#[test]
+fn hostile_servers_are_errors() {
+    type Script = fn(&mut Server);
+    let cases: Vec<(&str, Script)> = vec![
+        ("not RFB", |s| s.s.write_all(b"HTTP/1.1 200").unwrap()),
+        ("auth only", |s| {
+            s.s.write_all(b"RFB 003.008\n").unwrap();
+            s.read(12);
+            s.s.write_all(&[1, 2]).unwrap();
+        }),
+        ("refused", |s| {
+            s.s.write_all(b"RFB 003.008\n").unwrap();
+            s.read(12);
+            s.s.write_all(&[0, 0, 0, 0, 4]).unwrap();
+            s.s.write_all(b"busy").unwrap();
+        }),
+        ("zero size", |s| {
+            s.s.write_all(b"RFB 003.008\n").unwrap();
+            s.read(12);
+            s.s.write_all(&[1, 1]).unwrap();
+            s.read(1);
+            s.s.write_all(&[0, 0, 0, 0]).unwrap();
+            s.read(1);
+            s.s.write_all(&[0; 24]).unwrap();
+        }),
+    ];
+    for (what, script) in cases {
+        let (client, mut server) = pair();
+        let t = thread::spawn(move || {
+            script(&mut server);
+            server
+        });
+        assert!(RfbSource::handshake(client, false).is_err(), "{what}");
+        drop(t.join().unwrap());
+    }
+
+    // After the handshake: a rectangle outside the screen, an unknown encoding, an unknown
+    // message type, and a bad CopyRect source all end the session with an error.
+    let bad_updates: Vec<Vec<(Rect, i32, Vec<u8>)>> = vec![
+        vec![(Rect { x: 6, y: 0, w: 4, h: 1 }, ENC_RAW, raw(&[0; 4]))],
+        vec![(Rect { x: 0, y: 0, w: 1, h: 1 }, 7, vec![0; 4])],
+        vec![(Rect { x: 0, y: 0, w: 2, h: 2 }, ENC_COPYRECT, vec![0, 7, 0, 7])],
+    ];
+    for rects in bad_updates {
+        let (client, mut server) = pair();
+        let t = thread::spawn(move || {
+            server.handshake(8, 4);
+            server.expect_request(false, 8, 4);
+            server.update(&rects);
+            server
+        });
+        let mut src = RfbSource::handshake(client, false).unwrap();
+        let mut fb = Framebuffer::new(8, 4);
+        assert!(src.next_update(&mut fb).is_err());
+        drop(t.join().unwrap());
+    }
+    let (client, mut server) = pair();
+    let t = thread::spawn(move || {
+        server.handshake(8, 4);
+        server.s.write_all(&[99]).unwrap();
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    let mut fb = Framebuffer::new(8, 4);
+    assert!(matches!(src.next_update(&mut fb), Err(SourceError::Protocol(_))));
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn cursor_and_cut_text() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        server.handshake(8, 4);
+        server.expect_request(false, 8, 4);
+        // Cut text arrives between updates.
+        let mut m = vec![3, 0, 0, 0];
+        m.extend_from_slice(&3u32.to_be_bytes());
+        m.extend_from_slice(&[b'h', 0xe9, b'!']);
+        server.s.write_all(&m).unwrap();
+        // A 2x1 cursor, hotspot (1, 0): one visible white pixel, one masked.
+        let mut payload = raw(&[0x00ffffff, 0x00ffffff]);
+        payload.push(0b1000_0000);
+        server.update(&[(Rect { x: 1, y: 0, w: 2, h: 1 }, ENC_CURSOR, payload)]);
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    let mut fb = Framebuffer::new(8, 4);
+    assert_eq!(src.next_update(&mut fb).unwrap(), vec![SourceEvent::Clipboard("hé!".into())]);
+    let ev = src.next_update(&mut fb).unwrap();
+    let SourceEvent::Cursor(c) = &ev[0] else { panic!("{ev:?}") };
+    assert_eq!((c.width, c.height, c.hot_x, c.hot_y), (2, 1, 1, 0));
+    assert_eq!(c.rgba, [255, 255, 255, 255, 255, 255, 255, 0]);
+    let _server = srv.join().unwrap();
+}

@@ -1,0 +1,308 @@
+//! Display tickets: EdDSA JWTs the broker signs, checked here against the broker's published
+//! JWKS with no call back to the broker. Keys are cached and fetched again when an unknown key
+//! id appears (rate-limited) or the cache grows old; each `jti` is accepted once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use atrium_protocol::ticket::{DISPLAY_AUDIENCE, DisplayClaims, ISSUER, MAX_TICKET_TTL_SECS};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use thiserror::Error;
+use tokio::sync::RwLock;
+
+/// Longest ticket accepted, in bytes.
+pub const MAX_TICKET_LEN: usize = 8 * 1024;
+/// Longest `jti`.
+const MAX_JTI_LEN: usize = 128;
+
+/// Why a ticket was refused. The message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TicketError {
+    #[error("no ticket")]
+    Missing,
+    #[error("the ticket is not a well-formed JWT")]
+    Malformed,
+    #[error("ticket algorithm {0:?} is not accepted (EdDSA only)")]
+    Algorithm(String),
+    #[error("the ticket names no key id")]
+    NoKeyId,
+    #[error("the ticket is signed with an unknown key")]
+    UnknownKey,
+    #[error("the ticket signature is invalid")]
+    BadSignature,
+    #[error("the ticket has expired")]
+    Expired,
+    #[error("the ticket is not valid yet")]
+    NotYetValid,
+    #[error("the ticket is not for the display service")]
+    Audience,
+    #[error("the ticket was not issued by the broker")]
+    Issuer,
+    #[error("the ticket claims a lifetime over {MAX_TICKET_TTL_SECS} s")]
+    TooLong,
+    #[error("invalid ticket claims: {0}")]
+    Claims(String),
+    #[error("the ticket was already used")]
+    Replayed,
+    #[error("the ticket is for another VM")]
+    WrongVm,
+    #[error("the ticket is for another node")]
+    WrongNode,
+    #[error("too many tickets in flight; try again")]
+    Busy,
+    #[error("the broker's signing keys are unavailable")]
+    KeysUnavailable,
+}
+
+impl TicketError {
+    /// Refusals that mean "this ticket is fine but not for this" (HTTP 403) rather than
+    /// "no valid ticket" (401).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::WrongVm | Self::WrongNode)
+    }
+}
+
+/// Settings of a [`TicketVerifier`].
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// `{broker_url}/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// When set, tickets must name this node.
+    pub node_id: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Least time between two JWKS fetches caused by unknown key ids.
+    pub min_refresh: Duration,
+    /// Keys older than this are fetched again before use.
+    pub max_age: Duration,
+    /// Most `jti`s remembered at once (tickets admitted per ticket lifetime).
+    pub max_jti: usize,
+}
+
+impl VerifierConfig {
+    pub fn new(broker_url: &str) -> Self {
+        Self {
+            jwks_url: format!("{}/.well-known/jwks.json", broker_url.trim_end_matches('/')),
+            node_id: None,
+            leeway_secs: 5,
+            min_refresh: Duration::from_secs(10),
+            max_age: Duration::from_secs(300),
+            max_jti: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+/// Remembers used `jti`s until their ticket expires.
+#[derive(Debug, Default)]
+struct JtiStore {
+    seen: HashMap<String, u64>,
+}
+
+impl JtiStore {
+    fn insert(&mut self, jti: &str, expires: u64, now: u64, max: usize) -> Result<(), TicketError> {
+        if self.seen.contains_key(jti) {
+            return Err(TicketError::Replayed);
+        }
+        if self.seen.len() >= max {
+            self.seen.retain(|_, &mut exp| exp >= now);
+            if self.seen.len() >= max {
+                return Err(TicketError::Busy);
+            }
+        }
+        self.seen.insert(jti.to_owned(), expires);
+        Ok(())
+    }
+}
+
+/// Checks display tickets.
+#[derive(Debug)]
+pub struct TicketVerifier {
+    cfg: VerifierConfig,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    jti: Mutex<JtiStore>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl TicketVerifier {
+    pub fn new(cfg: VerifierConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client with default TLS settings");
+        Self {
+            cfg,
+            http,
+            cache: RwLock::new(KeyCache::default()),
+            jti: Mutex::new(JtiStore::default()),
+        }
+    }
+
+    /// Fetches the JWKS now (at start-up); the error says why it failed.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let mut cache = self.cache.write().await;
+        self.fetch_into(&mut cache).await
+    }
+
+    async fn fetch_into(&self, cache: &mut KeyCache) -> Result<usize, String> {
+        cache.attempted = Some(Instant::now());
+        let resp = self.http.get(&self.cfg.jwks_url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{} answered {}", self.cfg.jwks_url, resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let keys = parse_jwks(&body)?;
+        tracing::info!(keys = keys.len(), url = %self.cfg.jwks_url, "fetched the broker's signing keys");
+        let n = keys.len();
+        cache.keys = keys;
+        cache.fetched = Some(Instant::now());
+        Ok(n)
+    }
+
+    /// The key for `kid`, fetching the JWKS when the key is unknown or the cache is old (at
+    /// most once per `min_refresh`).
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TicketError> {
+        {
+            let cache = self.cache.read().await;
+            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.cfg.max_age);
+            if fresh && let Some(k) = cache.keys.get(kid) {
+                return Ok(k.clone());
+            }
+        }
+        let mut cache = self.cache.write().await;
+        let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.cfg.max_age);
+        let known = cache.keys.contains_key(kid);
+        let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= self.cfg.min_refresh);
+        if (!known || !fresh)
+            && may_fetch
+            && let Err(e) = self.fetch_into(&mut cache).await
+        {
+            tracing::warn!(error = %e, "cannot fetch the broker's signing keys");
+            if cache.keys.is_empty() {
+                return Err(TicketError::KeysUnavailable);
+            }
+        }
+        cache.keys.get(kid).cloned().ok_or(TicketError::UnknownKey)
+    }
+
+    /// Checks `token` for a connection to `vm`; on success its `jti` is spent.
+    pub async fn verify(&self, token: &str, vm: &str) -> Result<DisplayClaims, TicketError> {
+        if token.is_empty() {
+            return Err(TicketError::Missing);
+        }
+        if token.len() > MAX_TICKET_LEN {
+            return Err(TicketError::Malformed);
+        }
+        let alg = header_alg(token)?;
+        if alg != "EdDSA" {
+            return Err(TicketError::Algorithm(alg));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TicketError::Malformed)?;
+        let kid = header.kid.ok_or(TicketError::NoKeyId)?;
+        let key = self.key(&kid).await?;
+
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&[DISPLAY_AUDIENCE]);
+        v.set_issuer(&[ISSUER]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        v.validate_nbf = true;
+        v.leeway = self.cfg.leeway_secs;
+        let data =
+            jsonwebtoken::decode::<DisplayClaims>(token, &key, &v).map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TicketError::BadSignature,
+                ErrorKind::ExpiredSignature => TicketError::Expired,
+                ErrorKind::ImmatureSignature => TicketError::NotYetValid,
+                ErrorKind::InvalidAudience => TicketError::Audience,
+                ErrorKind::InvalidIssuer => TicketError::Issuer,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                    TicketError::Algorithm(format!("{:?}", header.alg))
+                }
+                ErrorKind::MissingRequiredClaim(c) => TicketError::Claims(format!("missing {c}")),
+                ErrorKind::InvalidClaimFormat(c) => TicketError::Claims(format!("bad {c}")),
+                ErrorKind::Json(e) => TicketError::Claims(e.to_string()),
+                _ => TicketError::Malformed,
+            })?;
+        let c = data.claims;
+        if c.exp.saturating_sub(c.iat) > MAX_TICKET_TTL_SECS
+            || c.exp > now_secs() + MAX_TICKET_TTL_SECS + self.cfg.leeway_secs
+        {
+            return Err(TicketError::TooLong);
+        }
+        if c.vm != vm {
+            return Err(TicketError::WrongVm);
+        }
+        if let Some(node) = &self.cfg.node_id
+            && &c.node != node
+        {
+            return Err(TicketError::WrongNode);
+        }
+        if c.jti.is_empty() || c.jti.len() > MAX_JTI_LEN {
+            return Err(TicketError::Claims("bad jti".into()));
+        }
+        let forget_after = c.exp + self.cfg.leeway_secs;
+        self.jti.lock().expect("jti lock").insert(
+            &c.jti,
+            forget_after,
+            now_secs(),
+            self.cfg.max_jti,
+        )?;
+        Ok(c)
+    }
+}
+
+/// The `alg` of a JWT header, read before anything else so `none` and HMAC are refused by
+/// name.
+fn header_alg(token: &str) -> Result<String, TicketError> {
+    let head = token.split('.').next().ok_or(TicketError::Malformed)?;
+    if token.split('.').count() != 3 {
+        return Err(TicketError::Malformed);
+    }
+    let json = URL_SAFE_NO_PAD.decode(head).map_err(|_| TicketError::Malformed)?;
+    let v: serde_json::Value = serde_json::from_slice(&json).map_err(|_| TicketError::Malformed)?;
+    v.get("alg").and_then(|a| a.as_str()).map(str::to_owned).ok_or(TicketError::Malformed)
+}
+
+/// The Ed25519 keys of a JWKS document, by key id. Other keys are skipped.
+pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("JWKS is not valid: {e}"))?;
+    let mut out = HashMap::new();
+    for v in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(v) else { continue };
+        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        let AlgorithmParameters::OctetKeyPair(p) = &jwk.algorithm else { continue };
+        if p.curve != EllipticCurve::Ed25519 {
+            continue;
+        }
+        // The verifier slices 32 bytes out of the key: check the length first.
+        if URL_SAFE_NO_PAD.decode(&p.x).map(|b| b.len()) != Ok(32) {
+            tracing::warn!(%kid, "skipping a JWKS key whose x is not 32 bytes");
+            continue;
+        }
+        if let Ok(k) = DecodingKey::from_jwk(&jwk) {
+            out.insert(kid, k);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

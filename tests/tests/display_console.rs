@@ -1,0 +1,133 @@
+//! The display proxy against real QEMU (group `qemu`): `atrium-display serve` admits a
+//! WebSocket viewer holding a ticket, reads the VM's VNC socket, and the viewer's image shows
+//! the guest's screen; typed keys reach the guest and their output comes back in the image.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_protocol::display::caps;
+use atrium_protocol::node::{DisplayEndpoint, VmInfo, VmState};
+use atrium_protocol::ticket::Capabilities;
+use atrium_tests::display::{
+    BareQemu, DisplayOnlyNode, DisplayProxy, DisplayViewer, count_color, keep_artifact,
+};
+use atrium_tests::node::{NODE_TOKEN, NodeProcess, console_image};
+use atrium_tests::screen::{Glyphs, find_cells, rows_showing};
+use atrium_tests::{Group, skip};
+use serde_json::json;
+
+const GREY: [u8; 3] = [0xaa, 0xaa, 0xaa];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen") {
+        return Ok(());
+    }
+    let qemu = BareQemu::start().await?;
+    let node = DisplayOnlyNode::start(vec![(
+        "bios".into(),
+        DisplayEndpoint::VncUnix { path: qemu.socket.display().to_string() },
+    )])
+    .await?;
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.url, "unused", "").await?;
+
+    let mut user = DisplayViewer::connect(
+        &proxy.ws_url("bios", &issuer.ticket("bios", Capabilities::default())),
+    )
+    .await?;
+    let shadow_caps = Capabilities { view_only: true, shadow: true, ..Default::default() };
+    let mut shadow =
+        DisplayViewer::connect(&proxy.ws_url("bios", &issuer.ticket("bios", shadow_caps))).await?;
+    assert_eq!(shadow.caps, caps::VIEW_ONLY | caps::SHADOW);
+    // SeaBIOS prints its banner in grey (0xa8a8a8 from the VGA DAC) on black (text mode,
+    // 720x400).
+    let text = |v: &DisplayViewer| count_color(&v.rgb, [0xa8, 0xa8, 0xa8]) > 1_000;
+    let seen =
+        user.wait_until("SeaBIOS text in the user's image", Duration::from_secs(60), text).await;
+    keep_artifact("display-bios.png", &user.png());
+    seen.map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (see display-bios.png; {:?})\nproxy log:\n{}",
+            user.images,
+            proxy.log()
+        )
+    })?;
+    eprintln!("bios: {} frames, {} bytes, {:?}", user.frames, user.bytes, user.images);
+    shadow.wait_until("SeaBIOS text in the shadow's image", Duration::from_secs(60), text).await?;
+    assert_eq!((user.width, user.height), (shadow.width, shadow.height));
+    assert!(user.images.contains_key("png"), "{:?}", user.images);
+    ensure!(!user.images.contains_key("jpeg"), "text was sent lossy: {:?}", user.images);
+    let metrics = proxy.metrics().await?;
+    assert!(metrics.contains("atrium_display_clients 2"), "{metrics}");
+    assert!(metrics.contains("atrium_display_desktops 1"), "one source for both viewers");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "a_viewer_types_a_command_into_the_console_and_sees_its_output") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "").await?;
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
+    ensure!(
+        ready.state == VmState::Ready,
+        "VM is {:?}: {:?}\n{}",
+        ready.state,
+        ready.error,
+        node.log()
+    );
+
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.url, NODE_TOKEN, "").await?;
+    let url = proxy.ws_url(&id, &issuer.ticket(&id, Capabilities::default()));
+    let mut viewer = DisplayViewer::connect(&url).await?;
+    assert_eq!((viewer.width, viewer.height), (1024, 768));
+    viewer
+        .wait_until("console text", Duration::from_secs(60), |v| count_color(&v.rgb, GREY) > 2_000)
+        .await?;
+
+    let word = format!("atrium-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    viewer.type_text(&format!("echo {word}\n")).await?;
+    let n = word.len();
+    // The output line shows the word alone, and the line above (the command as typed) shows
+    // the same cells: the guest ran what the viewer typed, and its output reached the viewer.
+    let found = viewer
+        .wait_until("the command's output in the image", Duration::from_secs(60), |v| {
+            let grid = v.screen().cells();
+            rows_showing(&grid, &word, &Glyphs::default())
+                .into_iter()
+                .any(|r| r > 0 && find_cells(&grid[r - 1], &grid[r][..n]).is_some())
+        })
+        .await;
+    keep_artifact("display-console-typed.png", &viewer.png());
+    found.map_err(|e| {
+        anyhow::anyhow!("{e} (see display-console-typed.png)\nproxy log:\n{}", proxy.log())
+    })?;
+
+    // A view-only shadow sees the same screen and cannot type.
+    let shadow_caps = Capabilities { view_only: true, shadow: true, ..Default::default() };
+    let mut shadow =
+        DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, shadow_caps))).await?;
+    shadow
+        .wait_until("the word in the shadow's image", Duration::from_secs(60), |v| {
+            !rows_showing(&v.screen().cells(), &word, &Glyphs::default()).is_empty()
+        })
+        .await?;
+    shadow.type_text("xyz").await?;
+    atrium_tests::wait_for("six dropped key events", Duration::from_secs(10), || async {
+        let m = proxy.metrics().await.ok()?;
+        m.contains("atrium_display_input_dropped_total 6").then_some(())
+    })
+    .await?;
+    Ok(())
+}
