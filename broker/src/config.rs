@@ -164,7 +164,7 @@ pub struct SessionsSection {
     pub ttl_secs: u64,
     /// A session ends this long after sign-in, active or not.
     pub max_lifetime_secs: u64,
-    /// Folder of signing keys (`*.pem`, Ed25519 or P-256 PKCS#8). The newest signs; older ones
+    /// Folder of signing keys (`*.pem`, Ed25519 PKCS#8). The newest signs; older ones
     /// stay published until their tokens have expired. Empty: `<data_dir>/keys`.
     pub keys_dir: Option<PathBuf>,
 }
@@ -335,6 +335,22 @@ impl Config {
         }
         if self.ldap.pool_size == 0 || self.ldap.pool_size > 256 {
             return bad("ldap.pool_size must be 1 to 256".into());
+        }
+        const DAY: u64 = 86_400;
+        if self.sessions.max_lifetime_secs > 30 * DAY {
+            return bad("sessions.max_lifetime_secs must be at most 30 days".into());
+        }
+        if self.login.window_secs > 30 * DAY || self.login.lockout_secs > 30 * DAY {
+            return bad("login.window_secs and login.lockout_secs must be at most 30 days".into());
+        }
+        if self.nodes.heartbeat_interval_secs > 3600
+            || self.nodes.lost_after_secs > DAY
+            || self.nodes.request_timeout_secs > 600
+        {
+            return bad("nodes: heartbeat_interval_secs <= 3600, lost_after_secs <= 86400, request_timeout_secs <= 600".into());
+        }
+        if self.broker.reconcile_interval_secs > 3600 {
+            return bad("broker.reconcile_interval_secs must be at most 3600".into());
         }
         if self.sessions.ttl_secs < 60 || self.sessions.ttl_secs > self.sessions.max_lifetime_secs {
             return bad(

@@ -1,6 +1,6 @@
 //! Signing keys for session tokens and display tickets.
 //!
-//! Keys live as PKCS#8 PEM files (Ed25519, or ECDSA P-256 for ES256) in one folder. When the
+//! Keys live as PKCS#8 PEM files (Ed25519) in one folder. When the
 //! folder has none, an Ed25519 key is generated and stored with mode 0600. The newest key signs;
 //! an older key stays published in `/.well-known/jwks.json` and accepted until every token it
 //! could have signed has expired (its successor's age exceeds the longest token lifetime), so
@@ -212,20 +212,18 @@ fn load_ring(dir: &Path, max_token_lifetime: Duration) -> Result<Ring, KeyError>
             let der =
                 ed25519_pkcs8(&k.to_bytes()).to_pkcs8_der().map_err(|e| bad(e.to_string()))?;
             (Algorithm::EdDSA, EncodingKey::from_ed_der(der.as_bytes()))
-        } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
-            (Algorithm::ES256, k)
+        } else if EncodingKey::from_ec_pem(&pem).is_ok() {
+            // Display proxies verify EdDSA tickets only; an ES256 key would break every viewer.
+            return Err(bad("an ECDSA key: Atrium signs with Ed25519 keys only".into()));
         } else {
-            return Err(bad("not a PKCS#8 Ed25519 or P-256 private key".into()));
+            return Err(bad("not a PKCS#8 Ed25519 private key".into()));
         };
         let mut jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| bad(e.to_string()))?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| bad(e.to_string()))?;
         let kid: String = kid.chars().take(16).collect();
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        jwk.common.key_algorithm = Some(match alg {
-            Algorithm::ES256 => KeyAlgorithm::ES256,
-            _ => KeyAlgorithm::EdDSA,
-        });
+        jwk.common.key_algorithm = Some(KeyAlgorithm::EdDSA);
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| bad(e.to_string()))?;
         let valid_until = successor_since.map(|s| s + max_token_lifetime);
         if active.is_none() {

@@ -234,8 +234,11 @@ impl Directory {
             LdapError::Directory(format!("user entry has no {}", cfg.username_attribute))
         })?;
         let groups = match cfg.group_mode {
+            // Only groups under group_base count (when it is set): a group of the right name
+            // made elsewhere (a delegated OU, self-service groups) grants nothing.
             GroupMode::MemberOf => all_attr(&entry.attrs, &cfg.member_of_attribute)
                 .into_iter()
+                .filter(|dn| cfg.group_base.is_empty() || dn_is_under(dn, &cfg.group_base))
                 .filter_map(|dn| group_name_from_dn(&dn, &cfg.group_name_attribute))
                 .collect(),
             GroupMode::Search => {
@@ -486,6 +489,27 @@ pub fn group_name_from_dn(dn: &str, name_attr: &str) -> Option<String> {
     }
 }
 
+/// A DN in a comparable form: lower case, no spaces around `,` and `=`.
+fn normalize_dn(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    for part in dn.split(',') {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let (a, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push_str(a.trim());
+        out.push('=');
+        out.push_str(v.trim());
+    }
+    out.to_lowercase()
+}
+
+/// Whether `dn` is `base` or below it.
+pub fn dn_is_under(dn: &str, base: &str) -> bool {
+    let (dn, base) = (normalize_dn(dn), normalize_dn(base));
+    dn == base || dn.ends_with(&format!(",{base}"))
+}
+
 /// The first RDN of a DN, honouring backslash escapes.
 fn split_first_rdn(dn: &str) -> Option<&str> {
     let mut escaped = false;
@@ -540,6 +564,15 @@ mod tests {
         assert_eq!(group_name_from_dn("ou=x,dc=y", "cn").as_deref(), Some("ou=x,dc=y"));
         assert_eq!(group_name_from_dn("", "cn"), None);
         assert_eq!(group_name_from_dn("garbage", "cn"), None);
+    }
+
+    #[test]
+    fn groups_must_be_under_the_group_base() {
+        let base = "ou=Groups, dc=example,dc=com";
+        assert!(dn_is_under("cn=admins,ou=groups,dc=example,dc=com", base));
+        assert!(dn_is_under("CN=Admins, OU=Groups, DC=Example, DC=Com", base));
+        assert!(!dn_is_under("cn=admins,ou=mine,dc=example,dc=com", base));
+        assert!(!dn_is_under("cn=admins,ou=xgroups,dc=example,dc=com", base));
     }
 
     #[test]

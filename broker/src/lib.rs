@@ -70,6 +70,8 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         policies: Arc::new(policies),
         nodes,
         metrics: Arc::new(metrics::Metrics::default()),
+        login_gate: Arc::new(state::KeyedGate::default()),
+        sweeping: Arc::default(),
     })
 }
 

@@ -1,30 +1,38 @@
-//! The reconcile loop. Every broker replica runs it; each step is a transaction or idempotent,
-//! so replicas do not fight: lost nodes, session timeouts, idle desktops, failed and doomed
-//! desktops, and `min_ready` spares per pool.
+//! The reconcile loop. Every broker replica runs it; each step is a transaction, or a
+//! conditional update, so replicas do not fight: lost nodes, session timeouts, idle desktops,
+//! failed and doomed desktops, and `min_ready` spares per pool. A step that fails is logged and
+//! the others still run.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::db::{DesktopState, PoolKind, now_ms};
+use crate::db::{Desktop, DesktopState, PoolKind, now_ms};
 use crate::error::ApiResult;
 use crate::metrics::Metrics;
 use crate::service;
 use crate::state::AppState;
+
+/// How long a failed desktop waits before it is cleaned up (a node back from a short outage
+/// restores its desktops meanwhile).
+const FAILED_GRACE_MS: i64 = 60_000;
+/// A desktop still provisioning after this long was abandoned (a broker died mid-request).
+const STUCK_MS: i64 = 120_000;
 
 /// Runs until the process ends.
 pub async fn run(st: AppState) {
     let interval = Duration::from_secs(st.cfg.broker.reconcile_interval_secs);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
     let mut passes: u64 = 0;
     loop {
         ticker.tick().await;
         passes += 1;
         Metrics::inc(&st.metrics.reconcile_runs);
-        if let Err(e) = pass(&st).await {
-            Metrics::inc(&st.metrics.reconcile_errors);
-            tracing::warn!(error = %e, "reconcile pass failed");
-        }
+        // Right after a (re)start nodes have not had the time to heartbeat to this broker:
+        // judging them lost then would fail every desktop after a broker restart.
+        let judge_nodes = started.elapsed() >= Duration::from_secs(st.cfg.nodes.lost_after_secs);
+        pass(&st, judge_nodes).await;
         // Pick up rotated keys without a signal, about once a minute.
         if passes.is_multiple_of((60 / st.cfg.broker.reconcile_interval_secs.clamp(1, 60)).max(1))
             && let Err(e) = st.keys.reload()
@@ -34,42 +42,65 @@ pub async fn run(st: AppState) {
     }
 }
 
-/// One pass. Public for tests that drive time themselves.
-pub async fn pass(st: &AppState) -> ApiResult<()> {
+fn system() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
+/// One pass: each step runs even when another failed.
+pub async fn pass(st: &AppState, judge_nodes: bool) {
+    let steps: [(&str, ApiResult<()>); 5] = [
+        ("lost nodes", if judge_nodes { lost_nodes(st).await } else { Ok(()) }),
+        ("session timeouts", session_timeouts(st).await),
+        ("idle desktops", idle_desktops(st).await),
+        ("failed desktops", failed_desktops(st).await),
+        ("spares", spares(st).await),
+    ];
+    for (step, result) in steps {
+        if let Err(e) = result {
+            Metrics::inc(&st.metrics.reconcile_errors);
+            tracing::warn!(error = %e, step, "reconcile step failed");
+        }
+    }
+}
+
+async fn lost_nodes(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
     let lost_after = i64::try_from(st.cfg.nodes.lost_after_secs * 1000).unwrap_or(i64::MAX / 2);
     for id in st.db.mark_lost_nodes(now - lost_after, now).await? {
         tracing::warn!(node = %id, "node lost: its desktops failed");
-        service::audit(
-            st,
-            "system",
-            "node.lost",
-            &id,
-            "failure",
-            IpAddr::from([0, 0, 0, 0]),
-            serde_json::json!({}),
-        )
-        .await;
+        service::audit(st, "system", "node.lost", &id, "failure", system(), serde_json::json!({}))
+            .await;
     }
+    Ok(())
+}
 
+async fn session_timeouts(st: &AppState) -> ApiResult<()> {
+    let now = now_ms();
     for (s, reason) in st.db.expired_sessions(now).await? {
         service::end_session(st, &s, reason, now).await?;
     }
+    Ok(())
+}
 
+async fn idle_desktops(st: &AppState) -> ApiResult<()> {
+    let now = now_ms();
     for (d, kind) in st.db.idle_assigned_desktops(now).await? {
+        // The same cutoff the query used; a reconnect since then keeps the desktop.
+        let cutoff = d.last_active_at + 1;
         match kind {
-            PoolKind::Floating => st.db.mark_destroying(&d.id, now).await?,
+            PoolKind::Floating => {
+                st.db.destroy_if_idle(&d.id, cutoff, now).await?;
+            }
             PoolKind::Dedicated => {
-                if let Err(e) = service::remove_vm(st, &d, true).await {
-                    tracing::warn!(error = %e, desktop = %d.id, "could not stop an idle dedicated desktop");
-                } else {
+                if st.db.stop_if_idle(&d.id, cutoff, now).await? {
+                    remove_vm_of(st, &d).await;
                     service::audit(
                         st,
                         "system",
                         "desktop.stop",
                         &d.id,
                         "success",
-                        IpAddr::from([0, 0, 0, 0]),
+                        system(),
                         serde_json::json!({ "reason": "idle" }),
                     )
                     .await;
@@ -77,22 +108,46 @@ pub async fn pass(st: &AppState) -> ApiResult<()> {
             }
         }
     }
-
-    // Failed spares and desktops stuck in provisioning (a broker died mid-request) go away.
-    for d in st.db.desktops_to_reap(now - 120_000).await? {
-        if d.state == DesktopState::Provisioning {
-            st.db.fail_desktop(&d.id, "provisioning did not finish", now).await?;
-        } else {
-            st.db.mark_destroying(&d.id, now).await?;
-        }
-    }
-
+    // Desktops marked for destruction: their VMs go, then their rows.
     for d in st.db.desktops_in_state(DesktopState::Destroying).await? {
         if let Err(e) = service::remove_vm(st, &d, false).await {
             tracing::warn!(error = %e, desktop = %d.id, "could not remove a desktop's VM; will retry");
         }
     }
+    Ok(())
+}
 
+/// Removes a stopped dedicated desktop's VM from its node, best effort: a VM left behind is an
+/// orphan the next heartbeat's sweep removes.
+async fn remove_vm_of(st: &AppState, d: &Desktop) {
+    if let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id)
+        && let Ok(Some(node)) = st.db.get_node(node_id).await
+        && let Err(e) = st.nodes.delete_vm(&node.api_url, vm).await
+    {
+        tracing::warn!(error = %e, vm = %vm, "could not remove a stopped desktop's VM");
+    }
+    let _ = st.db.mark_stopped(&d.id, now_ms()).await;
+}
+
+async fn failed_desktops(st: &AppState) -> ApiResult<()> {
+    let now = now_ms();
+    for d in st.db.desktops_to_reap(now - FAILED_GRACE_MS, now - STUCK_MS).await? {
+        match d.state {
+            DesktopState::Provisioning => {
+                st.db.fail_desktop(&d.id, "provisioning did not finish", now).await?;
+            }
+            // A dedicated desktop keeps its disk: its VM goes, the desktop waits, stopped, for
+            // its user to connect again.
+            _ if d.persistent_disk.is_some() && d.username.is_some() => {
+                remove_vm_of(st, &d).await;
+            }
+            _ => st.db.mark_destroying(&d.id, now).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn spares(st: &AppState) -> ApiResult<()> {
     for pool in st.db.list_pools().await? {
         // A bounded number per pass keeps one pass short.
         for _ in 0..pool.min_ready.min(8) {

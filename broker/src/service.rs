@@ -59,14 +59,25 @@ pub struct SignedIn {
     pub max_age: u64,
 }
 
+/// The lockout key of a typed username: as the directory compares names (case-insensitively,
+/// ignoring leading, trailing and repeated spaces), so "Alice", " alice" and "alice  " count
+/// against one account.
+pub fn username_key(username: &str) -> String {
+    let folded = username.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    format!("user:{}", printable(&folded, 256))
+}
+
 pub async fn login(
     st: &AppState,
     username: &str,
     password: &Secret,
     addr: IpAddr,
 ) -> ApiResult<SignedIn> {
+    let user_key = username_key(username);
+    // Attempts for one username take turns on this replica, so each one sees the failures
+    // recorded by the one before (a burst of parallel guesses cannot all slip under the limit).
+    let _turn = st.login_gate.enter(&user_key).await;
     let now = now_ms();
-    let user_key = format!("user:{}", printable(&username.to_lowercase(), 256));
     let addr_key = format!("addr:{addr}");
     let (locked, counted) = st.db.login_failure_state(&[&user_key, &addr_key], now).await?;
     if let Some(until) = locked {
@@ -168,6 +179,14 @@ pub async fn logout(st: &AppState, username: &str, sid: &str, addr: IpAddr) -> A
     st.db.revoke_login_session(sid, now).await?;
     for s in st.db.open_sessions_of_login(sid).await? {
         end_session(st, &s, "signed out", now).await?;
+    }
+    // Floating desktops the user disconnected from earlier go too, unless another sign-in of
+    // theirs is using them.
+    for d in st.db.user_desktops(username).await? {
+        let floating = d.persistent_disk.is_none();
+        if floating && st.db.open_sessions_of_desktop(&d.id).await?.is_empty() {
+            st.db.mark_destroying(&d.id, now).await?;
+        }
     }
     audit(st, username, "logout", username, "success", addr, serde_json::json!({ "session": sid }))
         .await;
@@ -294,8 +313,14 @@ pub async fn connect(
             let d = provision(st, &pool, d, Some(who)).await?;
             (d, "new")
         }
-        Assignment::Restart(d) => {
+        Assignment::Restart(d, old_vm) => {
             Metrics::inc(&st.metrics.connects_new);
+            if let (Some(vm), Some(node_id)) = (&old_vm, &d.node_id)
+                && let Some(node) = st.db.get_node(node_id).await?
+                && let Err(e) = st.nodes.delete_vm(&node.api_url, vm).await
+            {
+                tracing::warn!(error = %e, vm = %vm, "could not remove the failed VM before restarting its desktop");
+            }
             let d = provision(st, &pool, d, Some(who)).await?;
             (d, "restarted")
         }

@@ -21,4 +21,29 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     pub nodes: NodeClient,
     pub metrics: Arc<Metrics>,
+    /// Nodes whose orphan VMs are being swept.
+    pub sweeping: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Serialises sign-in attempts per username.
+    pub login_gate: Arc<KeyedGate>,
+}
+
+/// One async lock per key, created on demand and forgotten when unused.
+#[derive(Debug, Default)]
+pub struct KeyedGate {
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedGate {
+    /// Waits for the turn of `key`; the turn ends when the guard drops.
+    pub async fn enter(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().expect("gate lock");
+            if locks.len() > 10_000 {
+                // Forget keys nobody waits on.
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }

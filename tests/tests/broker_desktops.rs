@@ -528,3 +528,99 @@ async fn two_brokers_on_one_postgresql_share_the_work() {
     let p = a.get_json("/api/v1/admin/pools/shared", StatusCode::OK).await;
     assert_eq!(p["counts"]["total"], 2, "{p}");
 }
+
+#[tokio::test]
+async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
+    if skip(Group::Ldap, "a_failed_dedicated_desktop_restarts_with_its_disk") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let a = admin(&broker).await;
+    a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 0, 3), StatusCode::CREATED).await;
+    wait_for("the node", Duration::from_secs(10), || async {
+        (a.get_json("/api/v1/admin/nodes", StatusCode::OK).await.as_array().unwrap().len() == 1)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let c1 = wait_for("alice's desktop", Duration::from_secs(20), || async {
+        let c = alice.post_json("/api/v1/pools/mine/connect", json!({}), StatusCode::OK).await;
+        (c["status"] == "ready").then_some(c)
+    })
+    .await
+    .unwrap();
+    let vm = verify_ticket(&broker, c1["ticket"].as_str().unwrap()).await["vm"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disk = node.with(|s| s.vms[&vm].spec.persistent_disk.clone()).unwrap();
+    // The guest dies.
+    node.with(|s| s.vms.get_mut(&vm).unwrap().state = atrium_protocol::node::VmState::Failed);
+    wait_for("the desktop to be failed", Duration::from_secs(10), || async {
+        let ds = a.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+        (ds[0]["state"] == "failed").then_some(())
+    })
+    .await
+    .unwrap();
+    // Her next connect starts the same desktop again, with the same disk, and the dead VM goes.
+    let c2 = alice.post_json("/api/v1/pools/mine/connect", json!({}), StatusCode::OK).await;
+    assert_eq!(c2["source"], "restarted", "{c2}");
+    assert_eq!(c2["desktop_id"], c1["desktop_id"]);
+    assert!(node.with(|s| s.deleted.contains(&vm)), "the failed VM was removed first");
+    let disks: Vec<Option<String>> =
+        node.with(|s| s.vms.values().map(|v| v.spec.persistent_disk.clone()).collect());
+    assert_eq!(disks, vec![Some(disk)], "one VM, on her disk");
+}
+
+#[tokio::test]
+async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_desktops() {
+    if skip(
+        Group::Ldap,
+        "a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_desktops",
+    ) {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let data = atrium_tests::TempDir::new("broker-restart");
+    let port = atrium_tests::free_port();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.port = Some(port);
+    opts.database_url = Some(format!("sqlite://{}/broker.db", data.path().display()));
+    opts.extra_toml =
+        format!("[sessions]\nkeys_dir = {:?}\n", data.path().join("keys").display().to_string());
+    let b1 = Broker::start(opts.clone()).await.unwrap();
+    let node = FakeNode::start(&b1.url, "node-a", 8192).await.unwrap();
+    let a = admin(&b1).await;
+    a.post_json("/api/v1/admin/pools", pool("p", "floating", 2, 2), StatusCode::CREATED).await;
+    wait_ready_spares(&a, "p", 2).await;
+
+    // The broker is down for longer than lost_after_secs (3 s in the harness)...
+    drop(b1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // ...and comes back: it must not judge the nodes before they could heartbeat.
+    let b2 = Broker::start(opts).await.unwrap();
+    let a = admin(&b2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let nodes = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+    assert_eq!(nodes[0]["state"], "up", "{nodes}");
+    assert_eq!(a.get_json("/api/v1/admin/pools/p", StatusCode::OK).await["counts"]["ready"], 2);
+
+    // The node goes silent long enough to be lost: its desktops fail...
+    node.with(|s| s.heartbeating = false);
+    wait_for("the node to be lost", Duration::from_secs(20), || async {
+        let ds = a.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+        ds.as_array().unwrap().iter().all(|d| d["state"] == "failed").then_some(())
+    })
+    .await
+    .unwrap();
+    // ...and when it returns with its VMs still running, they are ready again, not rebuilt.
+    let created = node.with(|s| s.created);
+    node.with(|s| s.heartbeating = true);
+    wait_ready_spares(&a, "p", 2).await;
+    assert_eq!(node.with(|s| s.created), created, "the desktops came back; no new VM was made");
+    assert!(node.with(|s| s.deleted.is_empty()));
+}

@@ -170,7 +170,7 @@ async fn failed_sign_ins_lock_out_username_and_address() {
     }
     let slapd = Slapd::start().unwrap();
     let mut opts = BrokerOptions::new(&slapd.url());
-    opts.extra_toml = "[login]\nmax_failures_per_user = 3\nmax_failures_per_address = 6\nwindow_secs = 60\nlockout_secs = 60\n".into();
+    opts.extra_toml = "[login]\nmax_failures_per_user = 3\nmax_failures_per_address = 100\nwindow_secs = 60\nlockout_secs = 60\n".into();
     let broker = Broker::start(opts).await.unwrap();
     for _ in 0..3 {
         assert_eq!(
@@ -190,8 +190,29 @@ async fn failed_sign_ins_lock_out_username_and_address() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(login_status(&mut broker.client(), "alice", "alice-pw").await.0, StatusCode::OK);
-    // ...and per client address: three more failures on other names reach 6 from 127.0.0.1.
-    for u in ["x1", "x2", "x3"] {
+    // Spaces and case do not make a new account to guess at: the directory ignores them.
+    for variant in [" carol", "CAROL  ", "car  OL"] {
+        assert_eq!(
+            login_status(&mut broker.client(), variant, "wrong").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // " carol" and "CAROL  " counted against carol ("car  OL" is another name): one more does it.
+    assert_eq!(
+        login_status(&mut broker.client(), "carol", "wrong").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_status(&mut broker.client(), "carol", "carol-pw").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(broker);
+
+    // Per client address: failures on any names add up.
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.extra_toml = "[login]\nmax_failures_per_user = 100\nmax_failures_per_address = 4\nwindow_secs = 60\nlockout_secs = 60\n".into();
+    let broker = Broker::start(opts).await.unwrap();
+    for u in ["x1", "x2", "x3", "x4"] {
         assert_eq!(
             login_status(&mut broker.client(), u, "wrong").await.0,
             StatusCode::UNAUTHORIZED
@@ -199,6 +220,38 @@ async fn failed_sign_ins_lock_out_username_and_address() {
     }
     assert_eq!(
         login_status(&mut broker.client(), "alice", "alice-pw").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_parallel_guesses_cannot_pass_the_limit() {
+    if skip(Group::Ldap, "a_burst_of_parallel_guesses_cannot_pass_the_limit") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.extra_toml = "[login]\nmax_failures_per_user = 3\nmax_failures_per_address = 1000\nwindow_secs = 60\nlockout_secs = 60\n".into();
+    let broker = Broker::start(opts).await.unwrap();
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = broker.client();
+            tokio::spawn(async move { login_status(&mut c, "bob", &format!("guess-{i}")).await.0 })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for g in guesses {
+        results.push(g.await.unwrap());
+    }
+    let checked = results.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert_eq!(checked, 3, "exactly the limit reached the directory: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert_eq!(
+        login_status(&mut broker.client(), "bob", "bob-pw").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -401,6 +454,18 @@ async fn groups_from_member_of_or_from_a_group_search() {
     assert_eq!(groups, vec![json!("atrium-users"), json!("developers")]);
     let body = broker.client().login_ok("dave", "dave-pw").await;
     assert_eq!(body["user"]["groups"], json!([]));
+    drop(broker);
+
+    // A group of the right name outside group_base grants nothing (memberOf mode).
+    slapd
+        .apply("dn: ou=self-service,dc=example,dc=com\nobjectClass: organizationalUnit\nou: self-service\n\n\
+                dn: cn=atrium-admins,ou=self-service,dc=example,dc=com\nobjectClass: groupOfNames\ncn: atrium-admins\n\
+                member: uid=dave,ou=people,dc=example,dc=com\n")
+        .unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let body = broker.client().login_ok("dave", "dave-pw").await;
+    assert_eq!(body["user"]["groups"], json!([]), "{body}");
+    assert_eq!(body["user"]["is_admin"], false);
 }
 
 #[tokio::test]

@@ -108,8 +108,9 @@ pub enum Assignment {
     Spare(Desktop),
     /// A new desktop was placed on a node; the caller asks the node for it.
     New(Desktop),
-    /// The user's stopped dedicated desktop goes back to its node; the caller asks the node.
-    Restart(Desktop),
+    /// The user's stopped or failed dedicated desktop goes back to the node that holds its disk;
+    /// the caller removes the old VM (if any is named) and asks the node for a new one.
+    Restart(Desktop, Option<String>),
     /// The pool is at `max_size` with no spare free.
     Full,
     /// No node can host a desktop of this pool now.
@@ -163,6 +164,9 @@ pub struct OpenSessionView {
     pub pool_name: String,
     pub vm_id: Option<String>,
 }
+
+/// The error of desktops failed because their node stopped heartbeating.
+pub const NODE_LOST: &str = "node lost";
 
 /// Live states: the desktop holds (or is about to hold) a VM on its node.
 const LIVE: &str = "('provisioning', 'starting', 'ready')";
@@ -221,16 +225,21 @@ impl Db {
             .transpose()?;
         if let Some(d) = existing {
             match d.state {
-                DesktopState::Failed => {
-                    // The user's desktop failed (its node was lost, or its VM died): it is
-                    // removed and the user gets another one below.
-                    sqlx::query("UPDATE desktops SET state = 'destroying', state_changed_at = $2 WHERE id = $1")
-                        .bind(&d.id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                // A floating desktop that failed (its node was lost, or its VM died) is removed
+                // and the user gets another one below.
+                DesktopState::Failed if d.persistent_disk.is_none() => {
+                    sqlx::query(
+                        "UPDATE desktops SET state = 'destroying', state_changed_at = $2 WHERE id = $1",
+                    )
+                    .bind(&d.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 }
-                DesktopState::Stopped => {
+                // A dedicated desktop keeps its disk: it starts again on the node that holds the
+                // disk, whether it was stopped or failed. If that node is gone the user is told,
+                // never given an empty desktop instead.
+                DesktopState::Stopped | DesktopState::Failed => {
                     let node_ok = match &d.node_id {
                         Some(n) => {
                             sqlx::query("SELECT id FROM nodes WHERE id = $1 AND state = 'up'")
@@ -254,8 +263,9 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
+                    let old_vm = d.vm_id.clone();
                     let d = self.get_desktop(&d.id).await?.expect("row exists");
-                    return Ok(Assignment::Restart(d));
+                    return Ok(Assignment::Restart(d, old_vm));
                 }
                 _ => {
                     sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = $1")
@@ -394,8 +404,11 @@ impl Db {
             if !has_image {
                 continue;
             }
+            // What the broker placed there, or what the node reports, whichever is more (VMs
+            // the broker has forgotten still hold memory until the node removes them).
             let used: i64 = col(r, "used")?;
-            let free = cap.memory_mib_total.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX));
+            let used = u64::try_from(used).unwrap_or(u64::MAX).max(cap.memory_mib_allocated);
+            let free = cap.memory_mib_total.saturating_sub(used);
             if free < u64::from(pool.memory_mib) {
                 continue;
             }
@@ -488,13 +501,33 @@ impl Db {
         for d in &desktops {
             let vm = d.vm_id.as_deref().expect("selected with a vm");
             let reported = vms.iter().find(|v| v.id == vm);
+            // Every transition names the state it leaves, so a concurrent change (a sign-out
+            // marking the desktop for destruction) is never overwritten.
             match (d.state, reported.map(|v| v.state)) {
                 (DesktopState::Starting, Some(VmState::Ready)) => {
-                    sqlx::query("UPDATE desktops SET state = 'ready', ready_at = $2, state_changed_at = $2 WHERE id = $1")
-                        .bind(&d.id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE desktops SET state = 'ready', ready_at = $2, state_changed_at = $2
+                         WHERE id = $1 AND state = 'starting'",
+                    )
+                    .bind(&d.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                // Back from a lost node: the VM kept running, so the desktop is usable again.
+                (DesktopState::Failed, Some(state @ (VmState::Ready | VmState::Starting)))
+                    if d.error.as_deref() == Some(NODE_LOST) =>
+                {
+                    sqlx::query(
+                        "UPDATE desktops SET state = $2, error = NULL, state_changed_at = $3
+                         WHERE id = $1 AND state = 'failed' AND error = $4",
+                    )
+                    .bind(&d.id)
+                    .bind(if state == VmState::Ready { "ready" } else { "starting" })
+                    .bind(now)
+                    .bind(NODE_LOST)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 (
                     DesktopState::Starting | DesktopState::Ready,
@@ -503,21 +536,27 @@ impl Db {
                     let err = reported
                         .and_then(|v| v.error.clone())
                         .unwrap_or_else(|| "the VM stopped".into());
-                    sqlx::query("UPDATE desktops SET state = 'failed', error = $2, state_changed_at = $3 WHERE id = $1")
-                        .bind(&d.id)
-                        .bind(err)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE desktops SET state = 'failed', error = $2, state_changed_at = $3
+                         WHERE id = $1 AND state IN ('starting', 'ready')",
+                    )
+                    .bind(&d.id)
+                    .bind(err)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 (DesktopState::Starting | DesktopState::Ready, None)
                     if now - d.state_changed_at > grace_ms =>
                 {
-                    sqlx::query("UPDATE desktops SET state = 'failed', error = 'the VM vanished from its node', state_changed_at = $2 WHERE id = $1")
-                        .bind(&d.id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE desktops SET state = 'failed', error = 'the VM vanished from its node', state_changed_at = $2
+                         WHERE id = $1 AND state IN ('starting', 'ready')",
+                    )
+                    .bind(&d.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 _ => {}
             }
@@ -740,18 +779,64 @@ impl Db {
         Ok(out)
     }
 
-    /// Failed desktops no user holds, and desktops stuck in provisioning since `stuck_before`.
-    pub async fn desktops_to_reap(&self, stuck_before: i64) -> DbResult<Vec<Desktop>> {
+    /// Desktops to clean up: failed ones (spares that failed on a running node at once, the
+    /// others after `failed_before`, so a node back from a short outage can restore them), and
+    /// ones stuck in provisioning since `stuck_before` (a broker
+    /// died mid-request). A failed dedicated desktop is only stopped by the caller: its disk stays.
+    pub async fn desktops_to_reap(
+        &self,
+        failed_before: i64,
+        stuck_before: i64,
+    ) -> DbResult<Vec<Desktop>> {
         let rows = sqlx::query(
-            "SELECT * FROM desktops WHERE (state = 'failed' AND username IS NULL)
-               OR (state = 'provisioning' AND state_changed_at < $1)",
+            "SELECT * FROM desktops WHERE
+               (state = 'failed' AND (state_changed_at < $1 OR (username IS NULL AND COALESCE(error, '') <> $3)))
+               OR (state = 'provisioning' AND state_changed_at < $2)",
         )
+        .bind(failed_before)
         .bind(stuck_before)
+        .bind(NODE_LOST)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(row_to_desktop).collect()
     }
+
+    /// Marks an idle desktop for destruction, unless it was used again since `cutoff` or has an
+    /// open session (a reconnect racing the reconcile loop wins). Returns whether it was marked.
+    pub async fn destroy_if_idle(&self, id: &str, cutoff: i64, now: i64) -> DbResult<bool> {
+        let r =
+            sqlx::query(sqlx::AssertSqlSafe(IDLE_GUARD.replace("{SET}", "state = 'destroying'")))
+                .bind(id)
+                .bind(cutoff)
+                .bind(now)
+                .execute(self.pool())
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Like [`Db::destroy_if_idle`], for a dedicated desktop: it becomes `stopped` (its VM is
+    /// removed next, its disk kept). Returns whether it was marked.
+    pub async fn stop_if_idle(&self, id: &str, cutoff: i64, now: i64) -> DbResult<bool> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(
+            IDLE_GUARD.replace("{SET}", "state = 'stopped', agent_user = NULL"),
+        ))
+        .bind(id)
+        .bind(cutoff)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
 }
+
+/// The conditional update of the idle reaper (`{SET}` is filled in by the caller).
+static IDLE_GUARD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE desktops SET {{SET}}, state_changed_at = $3
+         WHERE id = $1 AND state IN {LIVE} AND last_active_at < $2
+           AND NOT EXISTS (SELECT 1 FROM desktop_sessions s WHERE s.desktop_id = desktops.id AND s.ended_at IS NULL)"
+    )
+});
 
 async fn count(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,

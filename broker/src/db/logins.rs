@@ -125,36 +125,36 @@ impl Db {
         limit: u32,
         lockout_ms: i64,
     ) -> DbResult<bool> {
-        let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "SELECT failures, window_start FROM login_failures WHERE key = $1{}",
-            self.for_update()
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(&mut *tx).await?;
-        let (failures, window_start) = match row {
-            Some(r) => {
-                let f: i64 = col(&r, "failures")?;
-                let w: i64 = col(&r, "window_start")?;
-                if now - w > window_ms { (1, now) } else { (f + 1, w) }
-            }
-            None => (1, now),
-        };
-        let locked = failures >= i64::from(limit);
-        let locked_until = if locked { now + lockout_ms } else { 0 };
-        sqlx::query(
-            "INSERT INTO login_failures (key, failures, window_start, locked_until) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start,
-               locked_until = CASE WHEN excluded.locked_until > login_failures.locked_until
-                                   THEN excluded.locked_until ELSE login_failures.locked_until END",
+        // One atomic upsert counts the failure, so concurrent failures (on any replica) never
+        // overwrite each other's count; a count that reaches the limit locks the key and starts
+        // over.
+        let row = sqlx::query(
+            "INSERT INTO login_failures (key, failures, window_start, locked_until) VALUES ($1, 1, $2, 0)
+             ON CONFLICT (key) DO UPDATE SET
+               failures = CASE WHEN $2 - login_failures.window_start > $3 THEN 1 ELSE login_failures.failures + 1 END,
+               window_start = CASE WHEN $2 - login_failures.window_start > $3 THEN $2 ELSE login_failures.window_start END
+             RETURNING failures",
         )
         .bind(key)
-        .bind(if locked { 0 } else { failures })
-        .bind(window_start)
-        .bind(locked_until)
-        .execute(&mut *tx)
+        .bind(now)
+        .bind(window_ms)
+        .fetch_one(self.pool())
         .await?;
-        tx.commit().await?;
-        Ok(locked)
+        let failures: i64 = col(&row, "failures")?;
+        if failures < i64::from(limit) {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE login_failures SET failures = 0, window_start = $2,
+               locked_until = CASE WHEN locked_until > $3 THEN locked_until ELSE $3 END
+             WHERE key = $1",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now + lockout_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(true)
     }
 
     /// Writes the records of several successful sign-ins in one transaction, with one
@@ -339,5 +339,30 @@ mod tests {
     fn placeholders_number_every_value() {
         assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
         assert_eq!(placeholders_with_null(1, 2), "($1, $2, NULL)");
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_count_up_to_a_lockout() {
+        let dir = std::env::temp_dir().join(format!("atrium-lf-{}", uuid::Uuid::new_v4()));
+        let db = Db::connect(&format!("sqlite://{}/b.db", dir.display()), 4).await.unwrap();
+        let keys = ["user:x", "addr:1.2.3.4"];
+        for i in 1..=3 {
+            let locked =
+                db.record_login_failure("addr:1.2.3.4", 1000 + i, 60_000, 4, 60_000).await.unwrap();
+            assert!(!locked, "locked after {i}");
+        }
+        assert!(db.record_login_failure("addr:1.2.3.4", 1004, 60_000, 4, 60_000).await.unwrap());
+        let (locked, present) = db.login_failure_state(&keys, 1005).await.unwrap();
+        assert_eq!(locked, Some(61_004));
+        assert_eq!(present, vec!["addr:1.2.3.4".to_owned()]);
+        // A new window starts over.
+        assert!(!db.record_login_failure("user:x", 1000, 10, 2, 60_000).await.unwrap());
+        assert!(!db.record_login_failure("user:x", 2000, 10, 2, 60_000).await.unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

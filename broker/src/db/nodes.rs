@@ -58,18 +58,32 @@ fn row_to_node(r: &sqlx::any::AnyRow) -> DbResult<Node> {
 
 impl Db {
     /// Registers or refreshes a node. Returns whether it is draining and whether it was new or
-    /// back from lost.
+    /// back from lost. A node that is up keeps the URLs it registered with: a heartbeat naming
+    /// other URLs is refused ([`DbError::Conflict`]), so a stolen node token cannot redirect an
+    /// up node's users elsewhere; a lost node may come back from new URLs.
     pub async fn heartbeat_node(&self, hb: &NodeHeartbeat, now: i64) -> DbResult<(bool, bool)> {
         let cap = serde_json::to_string(&hb.capacity).expect("capacity serializes");
         let mut tx = self.begin_write().await?;
-        let sql = format!("SELECT state, draining FROM nodes WHERE id = $1{}", self.for_update());
+        let sql = format!(
+            "SELECT state, draining, api_url, display_url FROM nodes WHERE id = $1{}",
+            self.for_update()
+        );
         let prev = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&hb.node_id)
             .fetch_optional(&mut *tx)
             .await?;
         let (draining, came_up) = match &prev {
             Some(r) => {
-                (bool_col(r, "draining")?, parse_col::<NodeState>(r, "state")? == NodeState::Lost)
+                let lost = parse_col::<NodeState>(r, "state")? == NodeState::Lost;
+                let api: String = col(r, "api_url")?;
+                let display: String = col(r, "display_url")?;
+                if !lost && (api != hb.api_url || display != hb.display_url) {
+                    return Err(DbError::Conflict(format!(
+                        "node {} is up at {api} / {display}",
+                        hb.node_id
+                    )));
+                }
+                (bool_col(r, "draining")?, lost)
             }
             None => (false, true),
         };
@@ -88,6 +102,38 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok((draining, came_up))
+    }
+
+    /// Forgets a node with no live desktop. `Ok(false)`: no such node.
+    pub async fn delete_node(&self, id: &str) -> DbResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let live: i64 = col(
+            &sqlx::query(
+                "SELECT COUNT(*) AS n FROM desktops WHERE node_id = $1 AND state IN ('provisioning', 'starting', 'ready', 'stopped')",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?,
+            "n",
+        )?;
+        if live > 0 {
+            return Err(DbError::Conflict(format!("{live} desktop(s) still live on node {id}")));
+        }
+        let r = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM desktops WHERE node_id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Whether a node has desktops whose VM creation may be in flight.
+    pub async fn node_is_provisioning(&self, id: &str) -> DbResult<bool> {
+        Ok(sqlx::query(
+            "SELECT id FROM desktops WHERE node_id = $1 AND state = 'provisioning' LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .is_some())
     }
 
     pub async fn list_nodes(&self) -> DbResult<Vec<Node>> {

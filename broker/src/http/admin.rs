@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_pools, create_pool))
         .routes(routes!(get_pool, update_pool, delete_pool))
         .routes(routes!(list_nodes))
+        .routes(routes!(delete_node))
         .routes(routes!(drain_node))
         .routes(routes!(undrain_node))
         .routes(routes!(list_desktops))
@@ -168,6 +169,36 @@ async fn delete_pool(
     responses((status = 200, body = Vec<Node>), (status = 403, body = ErrorResponse)))]
 async fn list_nodes(State(st): State<AppState>, _admin: AdminUser) -> ApiResult<Json<Vec<Node>>> {
     Ok(Json(st.db.list_nodes().await?))
+}
+
+/// Forget a node (decommissioned, or to let it register from new URLs). Refused while desktops
+/// live on it: drain it and let them end first.
+#[utoipa::path(delete, path = "/api/v1/admin/nodes/{id}", tag = "admin", params(("id" = String, Path, description = "Node id")),
+    responses((status = 204, description = "Forgotten"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "Desktops still live on the node", body = ErrorResponse)))]
+async fn delete_node(
+    State(st): State<AppState>,
+    AdminUser(admin): AdminUser,
+    addr: ClientAddr,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    match st.db.delete_node(&id).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::NotFound("no such node".into())),
+        Err(crate::db::DbError::Conflict(why)) => return Err(ApiError::Conflict(why)),
+        Err(e) => return Err(e.into()),
+    }
+    service::audit(
+        &st,
+        &admin.username,
+        "node.forget",
+        &id,
+        "success",
+        addr.0,
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_draining(

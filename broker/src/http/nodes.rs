@@ -67,7 +67,26 @@ async fn heartbeat(
     check_token(&st, &headers)?;
     validate(&hb)?;
     let now = now_ms();
-    let (draining, came_up) = st.db.heartbeat_node(&hb, now).await?;
+    let (draining, came_up) = match st.db.heartbeat_node(&hb, now).await {
+        Ok(r) => r,
+        Err(crate::db::DbError::Conflict(why)) => {
+            tracing::warn!(node = %hb.node_id, api = %hb.api_url, "heartbeat refused: {why}");
+            service::audit(
+                &st,
+                &format!("node:{}", hb.node_id),
+                "node.url_conflict",
+                &hb.node_id,
+                "denied",
+                std::net::IpAddr::from([0, 0, 0, 0]),
+                serde_json::json!({ "api_url": hb.api_url, "display_url": hb.display_url }),
+            )
+            .await;
+            return Err(ApiError::Conflict(format!(
+                "{why}; a node keeps its URLs while it is up (an administrator can forget it)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if came_up {
         tracing::info!(node = %hb.node_id, api = %hb.api_url, "node registered");
         service::audit(
@@ -84,32 +103,42 @@ async fn heartbeat(
     let grace = i64::try_from(st.cfg.nodes.heartbeat_interval_secs * 3000).unwrap_or(i64::MAX / 2);
     let orphans = st.db.apply_vm_statuses(&hb.node_id, &hb.vms, now, grace).await?;
     if !orphans.is_empty() {
-        // VMs no desktop owns (a broker crash between create and record, or a node back from
-        // lost): removed in the background after a grace period so in-flight creations land.
-        let st2 = st.clone();
-        let node = hb.node_id.clone();
-        let api = hb.api_url.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(
-                st2.cfg.nodes.heartbeat_interval_secs * 3,
-            ))
-            .await;
+        sweep_orphans(&st, &hb.node_id, &hb.api_url, orphans);
+    }
+    Ok(Json(HeartbeatReply { interval_secs: st.cfg.nodes.heartbeat_interval_secs, draining }))
+}
+
+/// Removes VMs no desktop owns (a broker crash between create and record, a node back from
+/// lost, a dedicated desktop stopped while its node was away), after a grace period and only
+/// while no VM creation is in flight on that node. One sweep per node at a time.
+fn sweep_orphans(st: &AppState, node: &str, api: &str, orphans: Vec<String>) {
+    if !st.sweeping.lock().expect("sweep lock").insert(node.to_owned()) {
+        return;
+    }
+    let st = st.clone();
+    let node = node.to_owned();
+    let api = api.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(
+            st.cfg.nodes.heartbeat_interval_secs * 3,
+        ))
+        .await;
+        let busy = st.db.node_is_provisioning(&node).await.unwrap_or(true);
+        if !busy && let Ok(desktops) = st.db.list_desktops().await {
             for vm in orphans {
-                let owned = st2.db.list_desktops().await.map(|ds| {
-                    ds.iter().any(|d| {
-                        d.vm_id.as_deref() == Some(vm.as_str())
-                            && d.node_id.as_deref() == Some(node.as_str())
-                    })
+                let owned = desktops.iter().any(|d| {
+                    d.vm_id.as_deref() == Some(vm.as_str())
+                        && d.node_id.as_deref() == Some(node.as_str())
                 });
-                if owned.unwrap_or(true) {
+                if owned {
                     continue;
                 }
                 tracing::info!(node = %node, vm = %vm, "removing a VM no desktop owns");
-                if let Err(e) = st2.nodes.delete_vm(&api, &vm).await {
+                if let Err(e) = st.nodes.delete_vm(&api, &vm).await {
                     tracing::warn!(error = %e, vm = %vm, "could not remove an orphan VM");
                 }
             }
-        });
-    }
-    Ok(Json(HeartbeatReply { interval_secs: st.cfg.nodes.heartbeat_interval_secs, draining }))
+        }
+        st.sweeping.lock().expect("sweep lock").remove(&node);
+    });
 }
