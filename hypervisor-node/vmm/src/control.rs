@@ -172,7 +172,9 @@ pub fn request(path: &Path, req: &ControlRequest) -> std::io::Result<ControlResp
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line)?;
-    let mut reader = BufReader::new(stream);
+    // The answer is one bounded line: a VMM that goes wrong cannot make its client buffer
+    // without limit.
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST);
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
     serde_json::from_str(answer.trim()).map_err(std::io::Error::other)

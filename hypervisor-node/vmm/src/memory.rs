@@ -24,17 +24,33 @@ pub enum MemoryError {
     Map(String),
 }
 
-/// Creates an empty memfd of `size` bytes, closed on exec.
+/// Creates an empty memfd of `size` bytes, closed on exec, sealed at that size: whoever it is
+/// shared with (the display proxy maps the framebuffer) can rely on it never shrinking under
+/// its mapping (which would be SIGBUS), and the seals themselves cannot be changed.
 pub fn create_memfd(name: &CStr, size: u64) -> Result<File, MemoryError> {
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size).map_err(MemoryError::Size)?;
+    seal_size(&file)?;
     Ok(file)
+}
+
+/// The seals every memfd of ours carries.
+pub const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+fn seal_size(file: &File) -> Result<(), MemoryError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a file descriptor we own, with a valid command and seal flags.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) };
+    if r < 0 {
+        return Err(MemoryError::Size(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Guest RAM ranges for `size` bytes: low RAM up to the MMIO hole, the rest above 4 GiB.
@@ -90,6 +106,18 @@ mod tests {
         let r = ram_ranges(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
         assert_eq!(r[1], (GuestAddress(HIGH_RAM_START), (4 << 30) - MMIO_HOLE_START));
+    }
+
+    #[test]
+    fn memfds_are_sealed_at_their_size() {
+        use std::os::fd::AsRawFd;
+        let f = create_memfd(c"atrium-test", 8192).unwrap();
+        // SAFETY: fcntl on a file descriptor we own, with a valid command.
+        let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & SEALS, SEALS);
+        assert!(f.set_len(4096).is_err(), "a sealed memfd cannot shrink");
+        assert!(f.set_len(16384).is_err(), "nor grow");
+        assert_eq!(f.metadata().unwrap().len(), 8192);
     }
 
     #[test]
