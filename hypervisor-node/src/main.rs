@@ -11,6 +11,7 @@ use atrium_node::config::NodeConfig;
 use atrium_node::image::build::{self, BuildOptions, ImageKind};
 use atrium_node::run::{RunError, RunOptions};
 use atrium_node::{bench, server};
+use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{DisplaySize, RuntimeKind};
 use clap::{Args, Parser, Subcommand};
 
@@ -84,6 +85,9 @@ struct RunArgs {
     /// Run without a cgroup (when this user cannot make one).
     #[arg(long)]
     no_cgroup: bool,
+    /// Sign this user in once ready and wait for the session (desktop images).
+    #[arg(long)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +103,19 @@ struct BenchQemuArgs {
     display: DisplaySize,
     #[arg(long, default_value_t = 180)]
     timeout: u64,
+    /// Sign this user in once ready and time the session (desktop images); memory is then
+    /// measured with the session on screen.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+/// A signed-in user for `--user` (a name only, as a directory without POSIX ids gives).
+fn session_user(name: Option<String>) -> anyhow::Result<Option<SessionUser>> {
+    let Some(username) = name else { return Ok(None) };
+    let user =
+        SessionUser { username, display_name: None, uid: None, gid: None, keyboard_layout: None };
+    user.validate().map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+    Ok(Some(user))
 }
 
 fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
@@ -227,6 +244,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         until_ready: a.until_ready,
         cgroups: !a.no_cgroup,
         measure_memory: false,
+        session: session_user(a.user)?,
     };
     let report = match tokio_runtime()?.block_on(atrium_node::run::run_once(&opts)) {
         Ok(r) => r,
@@ -251,6 +269,7 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
         until_ready: true,
         cgroups: true,
         measure_memory: true,
+        session: session_user(a.user)?,
     };
     let r = tokio_runtime()?.block_on(bench::bench_qemu(&opts, a.runs))?;
     println!(
@@ -263,6 +282,9 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
         r.bare_qemu_ready_ms_median,
         r.node_overhead_ms
     );
+    if let Some(ms) = r.session_ms_median {
+        println!("session signed in and drawn: median {ms} ms after ready");
+    }
     println!(
         "memory per VM ({} MiB guest): QEMU resident {:.1} MiB, of which guest RAM {:.1} MiB; \
          overhead beyond guest memory {:.1} MiB",

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{Accel, DisplaySize, RuntimeKind, VmSpec, VmState};
 use serde::Serialize;
 use thiserror::Error;
@@ -43,8 +44,11 @@ pub struct RunOptions {
     /// Stop after ready (and the screenshot); otherwise run until Ctrl-C.
     pub until_ready: bool,
     pub cgroups: bool,
-    /// Measure the VM process's memory once ready.
+    /// Measure the VM process's memory once ready (once the session is drawn, with `session`).
     pub measure_memory: bool,
+    /// Sign this user in once the VM is ready, and time it (desktop images: until the session
+    /// is drawn).
+    pub session: Option<SessionUser>,
 }
 
 /// The last line `run` prints.
@@ -56,6 +60,9 @@ pub struct RunReport {
     pub start_ms: u64,
     /// From the start of the launch to the guest agent's ready.
     pub ready_ms: u64,
+    /// From ready to the agent's confirmation of the session (with `--user`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_ms: Option<u64>,
     #[serde(skip)]
     pub memory: Option<MemoryUse>,
 }
@@ -178,6 +185,17 @@ async fn run_in(
     let start_ms = elapsed_ms(t0);
     wait_settled(&vm, opts.timeout).await?;
     let ready_ms = elapsed_ms(t0);
+    let session_ms = match &opts.session {
+        Some(user) => {
+            let t1 = Instant::now();
+            manager.start_session(&vm.id, user.clone()).await?;
+            let ms = elapsed_ms(t1);
+            // Let the new session settle before its memory is measured.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Some(ms)
+        }
+        None => None,
+    };
     let memory = if opts.measure_memory {
         vm.handle()
             .and_then(|h| h.pid())
@@ -191,8 +209,14 @@ async fn run_in(
         std::fs::write(path, frame.to_png())
             .map_err(|source| RunError::Io { path: path.clone(), source })?;
     }
-    let report =
-        RunReport { runtime: vm.runtime, accel: vm.info().accel, start_ms, ready_ms, memory };
+    let report = RunReport {
+        runtime: vm.runtime,
+        accel: vm.info().accel,
+        start_ms,
+        ready_ms,
+        session_ms,
+        memory,
+    };
     if !opts.until_ready {
         let info = vm.info();
         eprintln!(

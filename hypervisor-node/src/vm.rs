@@ -28,12 +28,15 @@ use crate::config::NodeConfig;
 use crate::console::{self, ConsoleLog};
 use crate::image::{Image, ImageCatalog};
 use crate::metrics::Metrics;
-use crate::runtime::{DiskConfig, ExitInfo, Frame, LaunchConfig, Runtime, RuntimeError, VmHandle};
+use crate::runtime::{
+    DiskConfig, ExitInfo, Frame, HomeDiskConfig, LaunchConfig, Runtime, RuntimeError, VmHandle,
+};
 
 /// Bytes of serial console kept per VM.
 const CONSOLE_BYTES: usize = 1 << 20;
-/// How long the agent has to confirm a session.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the agent has to confirm a session (a desktop image confirms once the user's
+/// session has drawn its panel: seconds under TCG, more on a busy host).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -173,6 +176,10 @@ impl Vm {
 struct DiskMeta {
     image: String,
     created_unix: u64,
+    /// A home disk of its own (the image has `home_disk`), not a layer over the image's base:
+    /// it is not tied to the image's version.
+    #[serde(default)]
+    home: bool,
 }
 
 /// Everything the node runs.
@@ -352,6 +359,7 @@ impl VmManager {
     /// `POST /api/v1/vms`: checks the spec, finds the image, and starts the VM.
     pub async fn create(self: &Arc<Self>, spec: VmSpec) -> Result<VmInfo, VmError> {
         let mut image_ref = spec.validate()?;
+        let mut home_disk = None;
         // A persistent disk stays with the image version it was made from.
         if let Some(disk) = &spec.persistent_disk {
             let (_, meta_path) = self.disk_paths(disk);
@@ -359,18 +367,23 @@ impl VmManager {
                 let meta: DiskMeta = serde_json::from_str(&text)
                     .map_err(|e| VmError::Internal(format!("{}: {e}", meta_path.display())))?;
                 let made_from = ImageRef::parse("image", &meta.image)?;
-                if made_from.name != image_ref.name
-                    || image_ref
+                // A layer needs the very base it was made over; a home disk only the same kind
+                // of image (any version: the desktop can be updated under a user's home).
+                let version_differs = !meta.home
+                    && image_ref
                         .version
                         .as_ref()
-                        .is_some_and(|v| Some(v) != made_from.version.as_ref())
-                {
+                        .is_some_and(|v| Some(v) != made_from.version.as_ref());
+                if made_from.name != image_ref.name || version_differs {
                     return Err(VmError::Conflict(format!(
                         "persistent disk {disk:?} was made from image {}, not {image_ref}",
                         meta.image
                     )));
                 }
-                image_ref = made_from;
+                if !meta.home {
+                    image_ref = made_from;
+                }
+                home_disk = Some(meta.home);
             }
         }
         let image = self.images.resolve(&image_ref).ok_or_else(|| VmError::ImageNotFound {
@@ -381,6 +394,17 @@ impl VmManager {
                 if names.is_empty() { "no images".into() } else { names.join(", ") }
             },
         })?;
+        // A home disk is no layer, and a layer no home disk.
+        if let (Some(home), Some(disk)) = (home_disk, &spec.persistent_disk)
+            && home != image.manifest.home_disk.is_some()
+        {
+            return Err(VmError::Conflict(format!(
+                "persistent disk {disk:?} is {}, and image {} has {}",
+                if home { "a home disk" } else { "a layer over an image" },
+                image.manifest.reference(),
+                if home { "no home disks" } else { "home disks" }
+            )));
+        }
         let vm = self.launch(spec, image).await?;
         Ok(vm.info())
     }
@@ -506,33 +530,41 @@ impl VmManager {
             None => None,
         };
         let m = &vm.image.manifest;
-        let disk = match &m.disk {
-            None => None,
-            Some(d) => {
-                let base = vm.image.file(&d.file);
-                match &vm.spec.persistent_disk {
-                    Some(name) => {
-                        let (layer, meta_path) = self.disk_paths(name);
-                        if !meta_path.exists() {
-                            let meta =
-                                DiskMeta { image: m.reference(), created_unix: now_ms() / 1000 };
-                            std::fs::write(
-                                &meta_path,
-                                serde_json::to_vec(&meta).expect("serializes"),
-                            )
-                            .map_err(io(&meta_path))?;
-                        }
-                        Some(DiskConfig { base, base_format: d.format, layer, keep: true })
-                    }
-                    None => Some(DiskConfig {
-                        base,
-                        base_format: d.format,
-                        layer: vm.dir.join("disk.qcow2"),
-                        keep: false,
-                    }),
+        // The persistent disk is the user's home disk when the image has one, else the layer
+        // over the image's base.
+        let persistent = match &vm.spec.persistent_disk {
+            Some(name) => {
+                let (path, meta_path) = self.disk_paths(name);
+                if !meta_path.exists() {
+                    let meta = DiskMeta {
+                        image: m.reference(),
+                        created_unix: now_ms() / 1000,
+                        home: m.home_disk.is_some(),
+                    };
+                    std::fs::write(&meta_path, serde_json::to_vec(&meta).expect("serializes"))
+                        .map_err(io(&meta_path))?;
                 }
+                Some(path)
             }
+            None => None,
         };
+        let (layer_keep, home) = match (&m.home_disk, persistent) {
+            (Some(h), Some(path)) => (None, Some(HomeDiskConfig { path, size_mib: h.size_mib })),
+            (Some(_), None) => (None, None),
+            (None, kept) => (kept, None),
+        };
+        let disk = m.disk.as_ref().map(|d| {
+            let base = vm.image.file(&d.file);
+            match layer_keep {
+                Some(layer) => DiskConfig { base, base_format: d.format, layer, keep: true },
+                None => DiskConfig {
+                    base,
+                    base_format: d.format,
+                    layer: vm.dir.join("disk.qcow2"),
+                    keep: false,
+                },
+            }
+        });
         let cfg = LaunchConfig {
             id: vm.id.clone(),
             dir: vm.dir.clone(),
@@ -540,6 +572,7 @@ impl VmManager {
             initrd: m.boot.initrd.as_ref().map(|i| vm.image.file(i)),
             cmdline: m.boot.cmdline.clone(),
             disk,
+            home,
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             display: vm.spec.display,

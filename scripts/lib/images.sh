@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds the console guest image the tests boot, or reuses it from the cache.
+# Builds the guest images the tests boot (console and desktop), or reuses them from the cache.
 #
-# The image is keyed by its content: the Debian package versions apt resolves today, the hash
+# Each image is keyed by its content: the Debian package versions apt resolves today, the hash
 # of the guest agent binary and the image builder's version (`atrium-node image key`). So a
 # second run reuses it, and a new kernel in Debian or a changed agent makes a new one.
 #
-#   result:  $ATRIUM_CACHE/images/console-<key>/        (ATRIUM_CACHE defaults to ~/.cache/atrium)
-#   link:    $ATRIUM_CACHE/images/console -> console-<key>   (what the tests use)
-#   prints:  ATRIUM_CONSOLE_IMAGE=<folder>              (as its last line)
+#   result:  $ATRIUM_CACHE/images/<kind>-<key>/         (ATRIUM_CACHE defaults to ~/.cache/atrium)
+#   link:    $ATRIUM_CACHE/images/<kind> -> <kind>-<key>    (what the tests use)
+#   prints:  ATRIUM_CONSOLE_IMAGE=<folder> and ATRIUM_DESKTOP_IMAGE=<folder> (the last lines)
 #
-# Tests take ATRIUM_CONSOLE_IMAGE when set, else the link; see tests/src/node.rs.
+# Tests take ATRIUM_CONSOLE_IMAGE / ATRIUM_DESKTOP_IMAGE when set, else the links; see
+# tests/src/node.rs. The desktop image's files must belong to root: it is built as root, or
+# under fakeroot.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -43,17 +45,36 @@ else
 fi
 node="target/$profile/atrium-node"
 
-key=$("$node" image key --kind console --agent "$agent")
-dir="$images/console-$key"
-if [ -f "$dir/manifest.json" ]; then
-  echo "images: console image $key is in the cache"
+# build_kind KIND [WRAPPER...]: builds (or reuses) one kind of image, keeps its link.
+build_kind() {
+  local kind=$1
+  shift
+  local key dir
+  key=$("$node" image key --kind "$kind" --agent "$agent")
+  dir="$images/$kind-$key"
+  if [ -f "$dir/manifest.json" ]; then
+    echo "images: $kind image $key is in the cache" >&2
+  else
+    echo "images: building $kind image $key" >&2
+    "$@" "$node" image build --kind "$kind" --agent "$agent" --out "$dir" \
+      --cache "$ATRIUM_CACHE/debs" >&2
+  fi
+  ln -sfn "$kind-$key" "$images/$kind"
+  # Keep the current image and the two most recent others.
+  { ls -1dt "$images/$kind"-* 2>/dev/null || true; } | { grep -vx "$dir" || true; } |
+    tail -n +3 | xargs -r rm -rf
+  echo "$dir"
+}
+
+console=$(build_kind console)
+# The desktop's root file system keeps its files' owners (root, setuid bits): root or fakeroot.
+if [ "$(id -u)" = 0 ]; then
+  desktop=$(build_kind desktop)
+elif command -v fakeroot >/dev/null; then
+  desktop=$(build_kind desktop fakeroot)
 else
-  echo "images: building console image $key"
-  "$node" image build --kind console --agent "$agent" --out "$dir" --cache "$ATRIUM_CACHE/debs"
+  desktop=$(build_kind desktop sudo)
 fi
-ln -sfn "console-$key" "$images/console"
 
-# Keep the current image and the two most recent others.
-{ ls -1dt "$images"/console-* 2>/dev/null || true; } | { grep -vx "$dir" || true; } | tail -n +3 | xargs -r rm -rf
-
-echo "ATRIUM_CONSOLE_IMAGE=$dir"
+echo "ATRIUM_CONSOLE_IMAGE=$console"
+echo "ATRIUM_DESKTOP_IMAGE=$desktop"

@@ -1,9 +1,10 @@
-//! A real `atrium-node serve` for tests, in a temporary folder, with the console guest image.
+//! A real `atrium-node serve` for tests, in a temporary folder, with a guest image (console or
+//! desktop).
 //!
-//! The console image is built by `scripts/lib/images.sh` (which `scripts/test.sh` runs) into
-//! `~/.cache/atrium/images/console-<key>`, with the link `~/.cache/atrium/images/console` to the
-//! newest. Tests take `ATRIUM_CONSOLE_IMAGE` when set, else that link; when neither exists a
-//! test of the `qemu` group fails and says how to build it.
+//! The images are built by `scripts/lib/images.sh` (which `scripts/test.sh` runs) into
+//! `~/.cache/atrium/images/<kind>-<key>`, with the link `~/.cache/atrium/images/<kind>` to the
+//! newest. Tests take `ATRIUM_CONSOLE_IMAGE` / `ATRIUM_DESKTOP_IMAGE` when set, else that link;
+//! when neither exists a test of the `qemu` group fails and says how to build it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,12 +20,22 @@ pub const NODE_TOKEN: &str = "test-node-token-0123456789";
 
 /// The console image folder (see the module documentation).
 pub fn console_image() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ATRIUM_CONSOLE_IMAGE") {
+    image_folder("console", "ATRIUM_CONSOLE_IMAGE")
+}
+
+/// The desktop image folder: `ATRIUM_DESKTOP_IMAGE`, else `~/.cache/atrium/images/desktop`
+/// (built by `scripts/lib/images.sh` like the console image).
+pub fn desktop_image() -> anyhow::Result<PathBuf> {
+    image_folder("desktop", "ATRIUM_DESKTOP_IMAGE")
+}
+
+fn image_folder(kind: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if p.join("manifest.json").is_file() {
             return Ok(p);
         }
-        bail!("ATRIUM_CONSOLE_IMAGE={} has no manifest.json", p.display());
+        bail!("{env}={} has no manifest.json", p.display());
     }
     let cache = std::env::var_os("ATRIUM_CACHE").map_or_else(
         || {
@@ -33,13 +44,13 @@ pub fn console_image() -> anyhow::Result<PathBuf> {
         },
         PathBuf::from,
     );
-    let p = cache.join("images/console");
+    let p = cache.join("images").join(kind);
     if p.join("manifest.json").is_file() {
         return Ok(p);
     }
     bail!(
-        "the console guest image is missing ({} has no manifest.json): build it with \
-         scripts/lib/images.sh (scripts/test.sh does), or set ATRIUM_CONSOLE_IMAGE",
+        "the {kind} guest image is missing ({} has no manifest.json): build it with \
+         scripts/lib/images.sh (scripts/test.sh does), or set {env}",
         p.display()
     )
 }
@@ -60,7 +71,8 @@ impl NodeProcess {
         let dir = TempDir::new("node");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images)?;
-        std::os::unix::fs::symlink(image, images.join("console")).context("linking the image")?;
+        let link = image.file_name().map_or_else(|| "image".into(), |n| n.to_owned());
+        std::os::unix::fs::symlink(image, images.join(link)).context("linking the image")?;
         let state_dir = dir.path().join("state");
         let port = free_port();
         let config = format!(
@@ -135,6 +147,15 @@ impl NodeProcess {
         let (status, body) = self.call("GET", &format!("/api/v1/vms/{id}"), None).await?;
         if status != 200 {
             bail!("GET vm {id}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// `GET /api/v1/vms`.
+    pub async fn list_vms(&self) -> anyhow::Result<Vec<VmInfo>> {
+        let (status, body) = self.call("GET", "/api/v1/vms", None).await?;
+        if status != 200 {
+            bail!("GET vms: {status} {}", String::from_utf8_lossy(&body));
         }
         Ok(serde_json::from_slice(&body)?)
     }

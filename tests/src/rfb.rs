@@ -14,6 +14,7 @@ use tokio::net::UnixStream;
 const ENCODING_QEMU_EXT_KEY: i32 = -258;
 const KEYSYM_SHIFT_L: u32 = 0xffe1;
 const KEYSYM_RETURN: u32 = 0xff0d;
+const KEYSYM_ALTGR: u32 = 0xfe03;
 
 #[derive(Debug)]
 pub struct RfbClient {
@@ -63,6 +64,28 @@ pub fn us_key(c: char) -> Option<(String, bool)> {
         '(' => shifted("Digit9"),
         ')' => shifted("Digit0"),
         '\n' => plain("Enter"),
+        _ => None,
+    }
+}
+
+/// The DOM `code`, shift and AltGr that type `c` on a German (`de`) keyboard, for what tests
+/// type on one: letters (`y` and `z` are swapped against US), digits, space, Enter and
+/// `-|$().,`.
+pub fn de_key(c: char) -> Option<(String, bool, bool)> {
+    let key = |code: &str, shift: bool, altgr: bool| Some((code.to_owned(), shift, altgr));
+    match c {
+        'y' => key("KeyZ", false, false),
+        'Y' => key("KeyZ", true, false),
+        'z' => key("KeyY", false, false),
+        'Z' => key("KeyY", true, false),
+        'a'..='z' | 'A'..='Z' | '0'..='9' | ' ' | '\n' | '.' | ',' => {
+            us_key(c).map(|(code, shift)| (code, shift, false))
+        }
+        '-' => key("Slash", false, false),
+        '|' => key("IntlBackslash", false, true),
+        '$' => key("Digit4", true, false),
+        '(' => key("Digit8", true, false),
+        ')' => key("Digit9", true, false),
         _ => None,
     }
 }
@@ -169,6 +192,31 @@ impl RfbClient {
         Ok(())
     }
 
+    /// Types `text` as the keys of a German keyboard ([`de_key`]), for a guest set to that
+    /// layout.
+    pub async fn type_text_de(&mut self, text: &str) -> anyhow::Result<()> {
+        for c in text.chars() {
+            let (code, shift, altgr) =
+                de_key(c).with_context(|| format!("cannot type {c:?} on a German keyboard"))?;
+            let keysym = if c == '\n' { KEYSYM_RETURN } else { u32::from(c) };
+            if shift {
+                self.key("ShiftLeft", KEYSYM_SHIFT_L, true).await?;
+            }
+            if altgr {
+                self.key("AltRight", KEYSYM_ALTGR, true).await?;
+            }
+            self.key(&code, keysym, true).await?;
+            self.key(&code, keysym, false).await?;
+            if altgr {
+                self.key("AltRight", KEYSYM_ALTGR, false).await?;
+            }
+            if shift {
+                self.key("ShiftLeft", KEYSYM_SHIFT_L, false).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Types `text` (`\n` is Enter) on a US layout.
     pub async fn type_text(&mut self, text: &str) -> anyhow::Result<()> {
         for c in text.chars() {
@@ -200,6 +248,13 @@ mod tests {
         assert_eq!(us_key('é'), None);
         for c in "echo atrium-0123456789abcdef | tee clipboard.txt <>\n".chars() {
             let (code, _) = us_key(c).expect("typable");
+            assert!(atrium_protocol::keymap::qnum(&code).is_some(), "{code}");
+        }
+        assert_eq!(de_key('z'), Some(("KeyY".into(), false, false)));
+        assert_eq!(de_key('|'), Some(("IntlBackslash".into(), false, true)));
+        assert_eq!(de_key('~'), None);
+        for c in "echo zy $(ls) | xclip -selection clipboard\n".chars() {
+            let (code, _, _) = de_key(c).expect("typable");
             assert!(atrium_protocol::keymap::qnum(&code).is_some(), "{code}");
         }
     }

@@ -1,6 +1,7 @@
-//! Reading a text console from a screenshot without OCR: the framebuffer console draws each
-//! character as the same 8x16 bitmap wherever it appears, so a line of text can be recognised
-//! by which cells are alike and by glyphs learned from a line whose text is known.
+//! Reading text from a screenshot without OCR: a monospace font draws each character as the same
+//! bitmap wherever it appears on a cell grid (the framebuffer console's 8x16 cells, a terminal
+//! window's, a panel label's), so a line of text can be recognised by which cells are alike and
+//! by glyphs learned from a line whose text is known.
 
 use std::collections::HashMap;
 
@@ -49,28 +50,111 @@ impl Screen {
         self.rgb.chunks_exact(3).filter(|p| *p == color).count()
     }
 
-    /// The grid of text cells (rows of columns).
+    /// The grid of text cells of the framebuffer console (rows of columns).
     pub fn cells(&self) -> Vec<Vec<Cell>> {
         let bg = self.pixel(self.width - 1, self.height - 1);
-        (0..self.height / CELL_H)
+        let grid = Grid {
+            x: 0,
+            y: 0,
+            cell_w: CELL_W,
+            cell_h: CELL_H,
+            cols: self.width / CELL_W,
+            rows: self.height / CELL_H,
+        };
+        self.cells_in(&grid, bg)
+    }
+
+    /// One cell: `None` when every pixel is `bg`, else a hash of which pixels are not.
+    pub fn cell(&self, x: u32, y: u32, w: u32, h: u32, bg: [u8; 3]) -> Cell {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut lit = false;
+        for dy in 0..h {
+            for dx in 0..w {
+                let on = self.pixel(x + dx, y + dy) != bg;
+                lit |= on;
+                hash = (hash ^ u64::from(on)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        lit.then_some(hash)
+    }
+
+    /// The cells of `grid` (rows of columns), on background `bg`.
+    pub fn cells_in(&self, grid: &Grid, bg: [u8; 3]) -> Vec<Vec<Cell>> {
+        (0..grid.rows)
             .map(|row| {
-                (0..self.width / CELL_W)
+                (0..grid.cols)
                     .map(|col| {
-                        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                        let mut lit = false;
-                        for dy in 0..CELL_H {
-                            for dx in 0..CELL_W {
-                                let on = self.pixel(col * CELL_W + dx, row * CELL_H + dy) != bg;
-                                lit |= on;
-                                h = (h ^ u64::from(on)).wrapping_mul(0x0100_0000_01b3);
-                            }
-                        }
-                        lit.then_some(h)
+                        let x = grid.x + col * grid.cell_w;
+                        let y = grid.y + row * grid.cell_h;
+                        self.cell(x, y, grid.cell_w, grid.cell_h, bg)
                     })
                     .collect()
             })
             .collect()
     }
+
+    /// The bounding box of the rows that have at least `min_per_row` pixels of `color` (a
+    /// window's background, say): `(x0, y0, x1, y1)`, exclusive ends.
+    pub fn region_of(&self, color: [u8; 3], min_per_row: u32) -> Option<(u32, u32, u32, u32)> {
+        let mut b: Option<(u32, u32, u32, u32)> = None;
+        for y in 0..self.height {
+            let xs: Vec<u32> = (0..self.width).filter(|&x| self.pixel(x, y) == color).collect();
+            if u32::try_from(xs.len()).unwrap_or(u32::MAX) < min_per_row {
+                continue;
+            }
+            let (first, last) = (xs[0], xs[xs.len() - 1]);
+            b = Some(match b {
+                None => (first, y, last + 1, y + 1),
+                Some((x0, y0, x1, _)) => (x0.min(first), y0, x1.max(last + 1), y + 1),
+            });
+        }
+        b
+    }
+
+    /// Where a line of monospace `text` is drawn in rows `y0..y1` on background `bg`: the left
+    /// edge of its first cell and the cell width, found by trying every cell width and offset
+    /// from each column with ink, left to right, until the cells are consistent with the text
+    /// (same character, same cell; different characters, different cells; spaces blank).
+    pub fn find_monospace(
+        &self,
+        y0: u32,
+        y1: u32,
+        text: &str,
+        bg: [u8; 3],
+        glyphs: &Glyphs,
+    ) -> Option<(u32, u32)> {
+        let n = u32::try_from(text.chars().count()).ok()?;
+        let h = y1.checked_sub(y0)?;
+        let ink = (0..self.width).filter(|&x| (y0..y1).any(|y| self.pixel(x, y) != bg));
+        for start in ink {
+            for cell_w in 4..=24u32 {
+                for dx in 0..cell_w {
+                    let Some(x0) = start.checked_sub(dx) else { continue };
+                    if x0 + n * cell_w > self.width {
+                        continue;
+                    }
+                    let cells: Vec<Cell> =
+                        (0..n).map(|i| self.cell(x0 + i * cell_w, y0, cell_w, h, bg)).collect();
+                    if glyphs.consistent(&cells, text) {
+                        return Some((x0, cell_w));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A grid of text cells on the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// The top-left corner of the first cell.
+    pub x: u32,
+    pub y: u32,
+    pub cell_w: u32,
+    pub cell_h: u32,
+    pub cols: u32,
+    pub rows: u32,
 }
 
 /// Glyphs learned from lines whose text is known.
@@ -88,6 +172,13 @@ impl Glyphs {
         let mut seen: HashMap<char, u64> = HashMap::new();
         let mut owner: HashMap<u64, char> = self.0.iter().map(|(c, g)| (*g, *c)).collect();
         for (cell, c) in cells.iter().zip(&chars) {
+            // A space is a blank cell.
+            if *c == ' ' {
+                if cell.is_some() {
+                    return false;
+                }
+                continue;
+            }
             let Some(g) = *cell else { return false };
             if self.0.get(c).or(seen.get(c)).is_some_and(|known| *known != g) {
                 return false;
@@ -159,5 +250,41 @@ mod tests {
         let grid = vec![vec![a, b, None], vec![c, a, b], vec![b, a, None]];
         assert_eq!(rows_showing(&grid, "xy", &g), vec![0]);
         assert_eq!(find_cells(&grid[1], &[a, b]), Some(1));
+        assert!(g.consistent(&[a, None, b], "x y"));
+        assert!(!g.consistent(&[a, c, b], "x y"), "a space must be blank");
+    }
+
+    /// A screen with a two-colour "font": each character is a 3x4 block with its own pattern.
+    fn screen_with(text: &str, x0: u32, cell_w: u32) -> Screen {
+        let (width, height) = (200u32, 10u32);
+        let mut rgb = vec![0u8; usize::try_from(width * height * 3).expect("small")];
+        for (i, c) in (0u32..).zip(text.chars()) {
+            if c == ' ' {
+                continue;
+            }
+            let bits = u32::from(c);
+            for dy in 0..4u32 {
+                for dx in 0..3u32 {
+                    if (bits >> ((dy * 3 + dx) % 7)) & 1 == 1 || (dx == 0 && dy == 0) {
+                        let x = x0 + i * cell_w + dx;
+                        let p = usize::try_from(((3 + dy) * width + x) * 3).expect("small");
+                        rgb[p..p + 3].copy_from_slice(&[255, 255, 255]);
+                    }
+                }
+            }
+        }
+        Screen { width, height, rgb }
+    }
+
+    #[test]
+    fn finds_a_monospace_line_and_its_grid() {
+        let s = screen_with("Alice Example (alice)", 17, 6);
+        let g = Glyphs::default();
+        assert_eq!(s.find_monospace(0, 10, "Alice Example (alice)", [0, 0, 0], &g), Some((17, 6)));
+        assert_eq!(s.find_monospace(0, 10, "Alice Example (bob)", [0, 0, 0], &g), None);
+        let grid = Grid { x: 17, y: 0, cell_w: 6, cell_h: 10, cols: 3, rows: 1 };
+        let cells = s.cells_in(&grid, [0, 0, 0]);
+        assert!(cells[0].iter().all(Option::is_some));
+        assert_eq!(s.region_of([255, 255, 255], 1).map(|r| r.1), Some(3));
     }
 }

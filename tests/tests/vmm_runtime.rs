@@ -41,6 +41,7 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
                 layer: layer.clone(),
                 keep: false,
             }),
+            home: None,
             vcpus: 1,
             memory_mib: 256,
             display: DisplaySize::new(800, 600),

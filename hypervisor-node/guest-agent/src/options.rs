@@ -5,7 +5,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PATH]... \
 [--ready-timeout SECS] [--console-tty DEV] [--clipboard-file PATH] [--user UID:GID] \
-[--session-file PATH] [--poll-ms MS]";
+[--session-file PATH] [--poll-ms MS] [--x-display :N --x-authority FILE \
+--session-command PATH [--homes DIR]]";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -25,6 +26,14 @@ pub struct Options {
     pub session_file: Option<PathBuf>,
     /// How often the clipboard file is checked.
     pub poll: Duration,
+    /// The desktop image's X display (`:0`): sign-in screen, X clipboard, graphical sessions.
+    pub x_display: Option<String>,
+    /// The X server's cookie (root's).
+    pub x_authority: Option<PathBuf>,
+    /// The program that runs a signed-in user's session, started as that user.
+    pub session_command: Option<PathBuf>,
+    /// Where users' homes are (`/home`).
+    pub homes: PathBuf,
 }
 
 impl Default for Options {
@@ -38,6 +47,10 @@ impl Default for Options {
             user: None,
             session_file: None,
             poll: Duration::from_millis(250),
+            x_display: None,
+            x_authority: None,
+            session_command: None,
+            homes: PathBuf::from("/home"),
         }
     }
 }
@@ -75,8 +88,28 @@ impl Options {
                     }
                     o.poll = Duration::from_millis(ms);
                 }
+                "--x-display" => {
+                    let v = value()?;
+                    if !v.starts_with(':') || v[1..].split('.').next().is_none_or(str::is_empty) {
+                        return Err(format!("--x-display {v:?} is not a local display like :0"));
+                    }
+                    o.x_display = Some(v);
+                }
+                "--x-authority" => o.x_authority = Some(value()?.into()),
+                "--session-command" => o.session_command = Some(value()?.into()),
+                "--homes" => o.homes = value()?.into(),
                 other => return Err(format!("unknown option {other:?}")),
             }
+        }
+        let desktop = [o.x_display.is_some(), o.x_authority.is_some(), o.session_command.is_some()];
+        if desktop.iter().any(|d| *d) && !desktop.iter().all(|d| *d) {
+            return Err(
+                "--x-display, --x-authority and --session-command go together (a desktop image)"
+                    .into(),
+            );
+        }
+        if o.x_display.is_some() && o.clipboard_file.is_some() {
+            return Err("--clipboard-file is for images without X; the desktop has X's".into());
         }
         Ok(o)
     }
@@ -118,6 +151,26 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_desktop_image_command_line() {
+        let o = parse(&[
+            "--x-display",
+            ":0",
+            "--x-authority",
+            "/run/atrium/xauth",
+            "--session-command",
+            "/usr/lib/atrium/session",
+            "--homes",
+            "/home",
+            "--session-file",
+            "/run/atrium/session",
+        ])
+        .expect("valid options");
+        assert_eq!(o.x_display.as_deref(), Some(":0"));
+        assert_eq!(o.session_command, Some(PathBuf::from("/usr/lib/atrium/session")));
+        assert!(o.wait_files.is_empty() && o.clipboard_file.is_none());
+    }
+
+    #[test]
     fn refuses_bad_options() {
         for bad in [
             &["--user", "0:0"][..],
@@ -128,6 +181,19 @@ mod tests {
             &["--ready-timeout", "soon"],
             &["--port"],
             &["--frobnicate"],
+            &["--x-display", "host:0", "--x-authority", "/a", "--session-command", "/s"],
+            &["--x-display", ":", "--x-authority", "/a", "--session-command", "/s"],
+            &["--x-display", ":0"],
+            &[
+                "--x-display",
+                ":0",
+                "--x-authority",
+                "/a",
+                "--session-command",
+                "/s",
+                "--clipboard-file",
+                "/c",
+            ],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

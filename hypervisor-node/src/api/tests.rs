@@ -191,6 +191,26 @@ async fn a_missing_image_is_404_and_too_big_a_vm_is_409() {
 }
 
 #[tokio::test]
+async fn a_home_disk_is_refused_to_an_image_without_home_disks() {
+    let f = fixture("home");
+    // A home disk (as a desktop image makes them) named for the console image, which has none:
+    // refused before anything starts, rather than attached as the console's layer.
+    let disks = f.dir.join("state/disks");
+    std::fs::create_dir_all(&disks).expect("mkdir");
+    std::fs::write(
+        disks.join("alice-home.json"),
+        r#"{"image":"console@v1","created_unix":1,"home":true}"#,
+    )
+    .expect("write");
+    let spec = SPEC.replace("\"vcpus\"", "\"persistent_disk\":\"alice-home\",\"vcpus\"");
+    let (status, body) = call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &spec).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    assert!(error(&body).error.contains("is a home disk"), "{}", error(&body).error);
+    let (_, body) = call(&f.app, "GET", "/api/v1/vms", Some(TOKEN), "").await;
+    assert_eq!(body, b"[]");
+}
+
+#[tokio::test]
 async fn unknown_vms_and_bad_queries() {
     let f = fixture("unknown");
     for (method, uri, body) in [

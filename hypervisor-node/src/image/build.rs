@@ -3,8 +3,10 @@
 //! The `console` kind: Debian's current `linux-image-*-amd64` kernel, `busybox-static`, the
 //! kernel modules the console needs (loaded in dependency order), the guest agent, and an empty
 //! ext4 home disk. Its screen is the framebuffer console (QEMU's VGA + the `bochs` DRM driver)
-//! with a shell for an unprivileged user. Packages come only through apt (`apt-get download`,
-//! checked against the archive's SHA-256, cached) and are unpacked with `dpkg -x`.
+//! with a shell for an unprivileged user. The `desktop` kind ([`super::desktop`]): the same
+//! kernel and initramfs, which mount a graphical root file system made from a whole dependency
+//! closure of Debian packages. Packages come only through apt (`apt-get download`, checked
+//! against the archive's SHA-256, cached) and are unpacked with `dpkg -x`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,21 +20,22 @@ use super::cpio::{CpioWriter, Meta};
 use super::debs::{self, DebError, Package};
 use super::modules::{ModuleError, ModuleTree};
 use super::{
-    AgentRecord, BootSpec, DiskFormat, DiskSpec, FileRecord, Image, ImageError, MANIFEST_FILE,
-    MANIFEST_FORMAT, Manifest, PackageRecord, elf,
+    AgentRecord, BootSpec, DiskFormat, DiskSpec, FileRecord, HomeDiskSpec, Image, ImageError,
+    MANIFEST_FILE, MANIFEST_FORMAT, Manifest, PackageRecord, desktop, elf,
 };
 
 /// Bump when the builder makes different images from the same inputs.
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 /// The console's kernel command line: fbcon on tty1 for the screen, the serial port for the
 /// node's console log (and `/dev/console`), and a VM that stops rather than reboots on panic.
 pub const CONSOLE_CMDLINE: &str = "console=tty1 console=ttyS0,115200 quiet loglevel=3 panic=-1";
 
-/// Modules the console needs; their dependencies are found by the builder.
+/// Modules the guests need (console and desktop); their dependencies are found by the builder.
 const CONSOLE_MODULES: &[&str] = &[
     "bochs",          // QEMU VGA -> DRM -> fbdev -> fbcon at the VM's display size
     "virtio_pci",     // virtio devices on PCI
+    "virtio_mmio",    // virtio devices of the builtin VMM (described in its ACPI tables)
     "virtio_console", // the agent's virtio-serial port
     "virtio_blk",     // the home disk
     "virtio_input",   // the absolute pointer (virtio tablet)
@@ -113,12 +116,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
 pub enum ImageKind {
     /// Kernel, busybox and the guest agent: a framebuffer console with a shell (for tests).
     Console,
+    /// A graphical desktop (X, a panel, a terminal, a file manager, an editor) with single
+    /// sign-on: the guest agent starts the session as the signed-in user.
+    Desktop,
 }
 
 impl ImageKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Console => "console",
+            Self::Desktop => "desktop",
         }
     }
 }
@@ -142,7 +149,10 @@ pub struct BuildOptions {
 pub struct Plan {
     pub kind: ImageKind,
     pub kernel: Package,
+    /// The kernel and busybox-static (the initramfs), then the root's packages.
     pub packages: Vec<Package>,
+    /// The desktop's root file system (empty for the console).
+    pub root: Vec<Package>,
     pub agent: Vec<u8>,
     pub agent_sha256: String,
     pub agent_static: bool,
@@ -166,27 +176,40 @@ pub fn plan(kind: ImageKind, agent_path: &Path) -> Result<Plan, BuildError> {
     let meta = debs::resolve("linux-image-amd64")?;
     let kernel = debs::resolve(&debs::kernel_package_of(&meta)?)?;
     let mut packages = vec![kernel.clone(), debs::resolve("busybox-static")?];
-    if !agent_static {
-        // A dynamically linked agent brings Debian's C library and unwinder with it.
-        packages.push(debs::resolve("libc6")?);
-        packages.push(debs::resolve("libgcc-s1")?);
-    }
+    let root = match kind {
+        ImageKind::Console => {
+            if !agent_static {
+                // A dynamically linked agent brings Debian's C library and unwinder with it.
+                packages.push(debs::resolve("libc6")?);
+                packages.push(debs::resolve("libgcc-s1")?);
+            }
+            Vec::new()
+        }
+        // The root has Debian's C library, for a dynamically linked agent too.
+        ImageKind::Desktop => desktop::root_packages()?,
+    };
 
     let mut h = Sha256::new();
     h.update(format!("atrium-image-builder {BUILDER_VERSION}\nkind {}\n", kind.as_str()));
-    h.update(format!("agent {agent_sha256}\ncmdline {CONSOLE_CMDLINE}\nhome {HOME_DISK_MIB}\n"));
-    for p in &packages {
+    h.update(format!("agent {agent_sha256}\n"));
+    for p in packages.iter().chain(&root) {
         h.update(format!("package {} {} {}\n", p.name, p.version, p.sha256));
     }
     for m in CONSOLE_MODULES {
         h.update(format!("module {m}\n"));
     }
-    for (path, body, mode) in CONSOLE_FILES {
-        h.update(format!("file {path} {mode:o} {}\n", body.len()));
-        h.update(body.as_bytes());
+    match kind {
+        ImageKind::Console => {
+            h.update(format!("cmdline {CONSOLE_CMDLINE}\nhome {HOME_DISK_MIB}\n"));
+            for (path, body, mode) in CONSOLE_FILES {
+                h.update(format!("file {path} {mode:o} {}\n", body.len()));
+                h.update(body.as_bytes());
+            }
+        }
+        ImageKind::Desktop => h.update(desktop::key_material()),
     }
     let key = debs::hex(&h.finalize())[..16].to_owned();
-    Ok(Plan { kind, kernel, packages, agent, agent_sha256, agent_static, key })
+    Ok(Plan { kind, kernel, packages, root, agent, agent_sha256, agent_static, key })
 }
 
 /// Builds the image into `opts.out` (written beside it first, then renamed into place).
@@ -195,10 +218,14 @@ pub fn build(opts: &BuildOptions, progress: &ProgressBar) -> Result<Image, Build
     if opts.out.exists() && !opts.force {
         return Err(BuildError::Exists(opts.out.clone()));
     }
+    if opts.kind == ImageKind::Desktop {
+        desktop::check_privileges()?;
+    }
     step("resolving packages with apt".into());
     let plan = plan(opts.kind, &opts.agent)?;
-    // Steps: plan, each download, each unpack, modules, initramfs, disk, manifest.
-    progress.set_length(u64::try_from(4 + 2 * plan.packages.len()).expect("few steps"));
+    // Steps: plan, each download, each unpack, modules, initramfs, root, disk, manifest.
+    let packages = plan.packages.len() + plan.root.len();
+    progress.set_length(u64::try_from(5 + 2 * packages).expect("few steps"));
     progress.inc(1);
 
     let name = opts.name.clone().unwrap_or_else(|| opts.kind.as_str().to_owned());
@@ -247,7 +274,7 @@ fn build_in(
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let unpack = out.join("unpack");
     let mut debs = Vec::new();
-    for p in &plan.packages {
+    for p in plan.packages.iter().chain(&plan.root) {
         step(format!("downloading {} {}", p.name, p.version));
         debs.push(debs::download(p, &opts.cache_dir)?);
         progress.inc(1);
@@ -255,6 +282,13 @@ fn build_in(
     for (p, deb) in plan.packages.iter().zip(&debs) {
         step(format!("unpacking {}", p.name));
         debs::unpack(deb, &unpack.join(&p.name))?;
+        progress.inc(1);
+    }
+    // The desktop's root: every package into one tree.
+    let root_tree = unpack.join("root");
+    for (p, deb) in plan.root.iter().zip(&debs[plan.packages.len()..]) {
+        step(format!("unpacking {} into the root", p.name));
+        debs::unpack(deb, &root_tree)?;
         progress.inc(1);
     }
 
@@ -269,22 +303,66 @@ fn build_in(
     step(format!("writing the initramfs ({} modules)", order.len()));
     let initrd_path = out.join("initrd.img");
     let busybox_root = unpack.join("busybox-static");
-    write_initramfs(&initrd_path, plan, &busybox_root, &unpack, &order, name, version)?;
+    let image_id = format!("name={name}\nversion={version}\ncontent_key={}\n", plan.key);
+    let contents = match plan.kind {
+        ImageKind::Console => console_initramfs(plan, &unpack)?,
+        ImageKind::Desktop => Initramfs {
+            dirs: desktop::INITRAMFS_DIRS,
+            files: desktop::INITRAMFS_FILES
+                .iter()
+                .map(|(p, body, mode)| ((*p).to_owned(), body.as_bytes().to_vec(), *mode))
+                .collect(),
+            links: vec![("bin/sh".to_owned(), "busybox".to_owned())],
+            home_user: false,
+        },
+    };
+    write_initramfs(&initrd_path, contents, &busybox_root, &order, &image_id)?;
     progress.inc(1);
 
-    step("making the home disk".into());
-    let disk_path = out.join("home.raw");
-    make_home_disk(&disk_path)?;
+    let (disk, home_disk, min_memory_mib, disk_file) = match plan.kind {
+        ImageKind::Console => {
+            step("making the home disk".into());
+            let disk_path = out.join("home.raw");
+            make_home_disk(&disk_path)?;
+            progress.inc(1);
+            let disk = DiskSpec {
+                file: "home.raw".into(),
+                format: DiskFormat::Raw,
+                size_mib: HOME_DISK_MIB,
+                purpose: "home".into(),
+            };
+            (disk, None, 192, "home.raw")
+        }
+        ImageKind::Desktop => {
+            step("preparing the root file system".into());
+            desktop::finish_root(&root_tree, &plan.agent, &image_id)?;
+            progress.inc(1);
+            step("making the root disk".into());
+            let size_mib = desktop::make_root_disk(&root_tree, &out.join("root.img"))?;
+            let disk = DiskSpec {
+                file: "root.img".into(),
+                format: DiskFormat::Raw,
+                size_mib,
+                purpose: "root".into(),
+            };
+            let home = HomeDiskSpec { size_mib: desktop::HOME_DISK_MIB };
+            (disk, Some(home), desktop::MIN_MEMORY_MIB, "root.img")
+        }
+    };
     std::fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
     std::fs::remove_dir_all(&unpack).map_err(io_err(&unpack))?;
 
     step("writing the manifest".into());
     let mut files = Vec::new();
-    for f in ["vmlinuz", "initrd.img", "home.raw"] {
+    for f in ["vmlinuz", "initrd.img", disk_file] {
         let p = out.join(f);
         let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
         files.push(FileRecord { path: f.into(), size, sha256: debs::sha256_file(&p)? });
     }
+    let cmdline = match plan.kind {
+        ImageKind::Console => CONSOLE_CMDLINE,
+        ImageKind::Desktop => desktop::CMDLINE,
+    };
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: name.into(),
@@ -296,29 +374,30 @@ fn build_in(
         boot: BootSpec {
             kernel: "vmlinuz".into(),
             initrd: Some("initrd.img".into()),
-            cmdline: CONSOLE_CMDLINE.into(),
+            cmdline: cmdline.into(),
         },
-        disk: Some(DiskSpec {
-            file: "home.raw".into(),
-            format: DiskFormat::Raw,
-            size_mib: HOME_DISK_MIB,
-            purpose: "home".into(),
-        }),
-        min_memory_mib: 192,
+        disk: Some(disk),
+        home_disk,
+        min_memory_mib,
         agent: AgentRecord {
             sha256: plan.agent_sha256.clone(),
             linking: if plan.agent_static { "static" } else { "dynamic" }.into(),
         },
         modules: order.iter().map(|(n, _)| n.clone()).collect(),
-        packages: plan
-            .packages
-            .iter()
-            .map(|p| PackageRecord {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                sha256: p.sha256.clone(),
-            })
-            .collect(),
+        packages: {
+            // busybox-static is in both the initramfs and the desktop's root: listed once.
+            let mut seen = std::collections::HashSet::new();
+            plan.packages
+                .iter()
+                .chain(&plan.root)
+                .filter(|p| seen.insert((p.name.clone(), p.version.clone())))
+                .map(|p| PackageRecord {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    sha256: p.sha256.clone(),
+                })
+                .collect()
+        },
         files,
     };
     manifest.validate().map_err(BuildError::Invalid)?;
@@ -393,45 +472,21 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-fn write_initramfs(
-    path: &Path,
-    plan: &Plan,
-    busybox_root: &Path,
-    unpack: &Path,
-    modules: &[(String, PathBuf)],
-    name: &str,
-    version: &str,
-) -> Result<(), BuildError> {
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let mut w = CpioWriter::new(std::io::BufWriter::new(file));
-    let e = io_err(path);
-    let mut go = || -> std::io::Result<()> {
-        for (dir, mode) in CONSOLE_DIRS {
-            w.dir(dir, Meta::root(*mode))?;
-        }
-        w.dir("home/user", Meta { mode: 0o755, uid: USER_UID, gid: USER_UID })?;
-        w.char_device("dev/console", Meta::root(0o600), 5, 1)?;
-        Ok(())
-    };
-    go().map_err(e)?;
+/// What goes into an initramfs besides busybox, the modules and `/etc/atrium-image`.
+struct Initramfs {
+    dirs: &'static [(&'static str, u32)],
+    files: Vec<(String, Vec<u8>, u32)>,
+    links: Vec<(String, String)>,
+    /// The console's `/home/user`, owned by its user.
+    home_user: bool,
+}
 
-    let busybox = read_in_tree(busybox_root, "bin/busybox")?;
-    let mut files: Vec<(String, Vec<u8>, u32)> = vec![
-        ("bin/busybox".into(), busybox, 0o755),
-        ("sbin/atrium-guest-agent".into(), plan.agent.clone(), 0o755),
-    ];
+/// The console's initramfs: the whole guest (busybox init, the shell, the agent).
+fn console_initramfs(plan: &Plan, unpack: &Path) -> Result<Initramfs, BuildError> {
+    let mut files: Vec<(String, Vec<u8>, u32)> =
+        vec![("sbin/atrium-guest-agent".into(), plan.agent.clone(), 0o755)];
     for (p, body, mode) in CONSOLE_FILES {
         files.push(((*p).into(), body.as_bytes().to_vec(), *mode));
-    }
-    let load: String = modules.iter().map(|(n, _)| format!("{n}\n")).collect();
-    files.push(("etc/modules.load".into(), load.into_bytes(), 0o644));
-    files.push((
-        "etc/atrium-image".into(),
-        format!("name={name}\nversion={version}\ncontent_key={}\n", plan.key).into_bytes(),
-        0o644,
-    ));
-    for (n, p) in modules {
-        files.push((format!("lib/modules/{n}.ko"), std::fs::read(p).map_err(io_err(p))?, 0o644));
     }
     let mut links = vec![("bin/sh".to_owned(), "busybox".to_owned())];
     if !plan.agent_static {
@@ -448,12 +503,54 @@ fn write_initramfs(
             "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into(),
         ));
     }
-    let e = io_err(path);
-    let mut go = || -> std::io::Result<()> {
-        if !plan.agent_static {
-            w.dir("lib/x86_64-linux-gnu", Meta::root(0o755))?;
-            w.dir("lib64", Meta::root(0o755))?;
+    Ok(Initramfs { dirs: CONSOLE_DIRS, files, links, home_user: true })
+}
+
+fn write_initramfs(
+    path: &Path,
+    contents: Initramfs,
+    busybox_root: &Path,
+    modules: &[(String, PathBuf)],
+    image_id: &str,
+) -> Result<(), BuildError> {
+    let Initramfs { dirs, mut files, links, home_user } = contents;
+    let busybox = read_in_tree(busybox_root, "bin/busybox")?;
+    files.insert(0, ("bin/busybox".into(), busybox, 0o755));
+    let load: String = modules.iter().map(|(n, _)| format!("{n}\n")).collect();
+    files.push(("etc/modules.load".into(), load.into_bytes(), 0o644));
+    files.push(("etc/atrium-image".into(), image_id.as_bytes().to_vec(), 0o644));
+    for (n, p) in modules {
+        files.push((format!("lib/modules/{n}.ko"), std::fs::read(p).map_err(io_err(p))?, 0o644));
+    }
+    // Folders for the files (library folders of a dynamic agent), after the fixed ones.
+    let mut extra_dirs: Vec<String> = Vec::new();
+    for p in files.iter().map(|f| &f.0).chain(links.iter().map(|l| &l.0)) {
+        let mut d = Path::new(p).parent();
+        let mut chain = Vec::new();
+        while let Some(dir) = d.filter(|d| !d.as_os_str().is_empty()) {
+            chain.push(dir.display().to_string());
+            d = dir.parent();
         }
+        for dir in chain.into_iter().rev() {
+            if !dirs.iter().any(|(known, _)| *known == dir) && !extra_dirs.contains(&dir) {
+                extra_dirs.push(dir);
+            }
+        }
+    }
+
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut w = CpioWriter::new(std::io::BufWriter::new(file));
+    let mut go = || -> std::io::Result<()> {
+        for (dir, mode) in dirs {
+            w.dir(dir, Meta::root(*mode))?;
+        }
+        for dir in &extra_dirs {
+            w.dir(dir, Meta::root(0o755))?;
+        }
+        if home_user {
+            w.dir("home/user", Meta { mode: 0o755, uid: USER_UID, gid: USER_UID })?;
+        }
+        w.char_device("dev/console", Meta::root(0o600), 5, 1)?;
         for (p, body, mode) in &files {
             w.file(p, Meta::root(*mode), body)?;
         }
@@ -462,7 +559,7 @@ fn write_initramfs(
         }
         Ok(())
     };
-    go().map_err(e)?;
+    go().map_err(io_err(path))?;
     use std::io::Write;
     let mut out = w.finish().map_err(io_err(path))?;
     out.flush().map_err(io_err(path))

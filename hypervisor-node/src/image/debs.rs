@@ -39,6 +39,12 @@ pub struct Package {
     /// Path in the archive (its base name is the `.deb` file name).
     pub filename: String,
     pub depends: String,
+    /// `Pre-Depends` (needed before the package is configured; here, like `Depends`).
+    pub pre_depends: String,
+    /// Virtual packages this one provides (`Provides`, without versions).
+    pub provides: Vec<String>,
+    /// `Installed-Size` in KiB.
+    pub installed_kib: u64,
 }
 
 fn run(cmd: &mut Command) -> Result<String, DebError> {
@@ -76,7 +82,18 @@ pub fn ensure_lists(lists_dir: &Path) -> Result<(), DebError> {
 
 /// Parses the first stanza of `apt-cache show --no-all-versions` output.
 pub fn parse_show(name: &str, text: &str) -> Result<Package, DebError> {
-    let stanza = text.split("\n\n").next().unwrap_or_default();
+    parse_stanza(name, text.split("\n\n").next().unwrap_or_default())
+}
+
+/// Parses every stanza of `apt-cache show --no-all-versions A B ...` output.
+pub fn parse_show_all(text: &str) -> Result<Vec<Package>, DebError> {
+    text.split("\n\n")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_stanza("(stanza)", s))
+        .collect()
+}
+
+fn parse_stanza(name: &str, stanza: &str) -> Result<Package, DebError> {
     let field = |key: &'static str| -> Result<String, DebError> {
         let mut value: Option<String> = None;
         for line in stanza.lines() {
@@ -103,7 +120,57 @@ pub fn parse_show(name: &str, text: &str) -> Result<Package, DebError> {
         sha256: field("SHA256")?,
         filename: field("Filename")?,
         depends: field("Depends").unwrap_or_default(),
+        pre_depends: field("Pre-Depends").unwrap_or_default(),
+        provides: field("Provides")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.split_whitespace().next())
+            .map(str::to_owned)
+            .collect(),
+        installed_kib: field("Installed-Size").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
     })
+}
+
+/// Resolves many package names at once (one `apt-cache` run). Names apt has no candidate for
+/// (unknown, or purely virtual) are missing from the answer.
+pub fn resolve_many(names: &[String]) -> Result<Vec<Package>, DebError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "--"])
+        .args(names)
+        .output()
+        .map_err(|source| DebError::Spawn { command: "apt-cache show".into(), source })?;
+    // apt-cache fails for a name it does not know, and still prints the others.
+    parse_show_all(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The packages that provide the virtual package `name` (`apt-cache showpkg`, "Reverse
+/// Provides"), first listed first.
+pub fn providers(name: &str) -> Result<Vec<String>, DebError> {
+    let text = run(Command::new("apt-cache").args(["showpkg", "--", name]))?;
+    Ok(parse_reverse_provides(&text))
+}
+
+/// The package names under `Reverse Provides:` in `apt-cache showpkg` output.
+pub fn parse_reverse_provides(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("Reverse Provides:") {
+            inside = true;
+            continue;
+        }
+        // The last section: each line is `name version (= ...)`.
+        if inside {
+            let Some(name) = line.split_whitespace().next() else { continue };
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Resolves a package name to the version apt would install.
@@ -215,6 +282,31 @@ SHA256: abcd\n\nPackage: linux-image-amd64\nVersion: 6.1.176-1\n";
         ));
         let no_kernel = Package { depends: "libc6 (>= 2.3)".into(), ..p };
         assert!(kernel_package_of(&no_kernel).is_err());
+    }
+
+    #[test]
+    fn parses_every_stanza_with_provides_and_pre_depends() {
+        let text = "Package: xterm\nVersion: 379-1\nInstalled-Size: 2456\nProvides: \
+x-terminal-emulator, xterm-x (= 1)\nPre-Depends: libc6 (>= 2.34)\nDepends: xbitmaps, libx11-6\n\
+Filename: pool/x.deb\nSHA256: 11\n\nPackage: xbitmaps\nVersion: 1.1\nFilename: pool/b.deb\n\
+SHA256: 22\n\n";
+        let all = parse_show_all(text).expect("parse");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].provides, ["x-terminal-emulator", "xterm-x"]);
+        assert_eq!(all[0].pre_depends, "libc6 (>= 2.34)");
+        assert_eq!(all[0].installed_kib, 2456);
+        assert_eq!(all[1].name, "xbitmaps");
+        assert!(all[1].provides.is_empty());
+        assert!(parse_show_all("Package: broken\n").is_err());
+    }
+
+    #[test]
+    fn parses_reverse_provides() {
+        let text = "Package: libglx-vendor\nVersions: \n\nReverse Depends: \n  libglx0,libglx-vendor\n\
+Dependencies: \nProvides: \nReverse Provides: \nlibglx-mesa0 22.3.6-1+deb12u1 (= )\n\
+libglx-mesa0 22.3.6-1+deb12u2 (= )\nlibglx-nvidia0 1.0 (= )\n";
+        assert_eq!(parse_reverse_provides(text), ["libglx-mesa0", "libglx-nvidia0"]);
+        assert!(parse_reverse_provides("Package: x\nReverse Provides: \n").is_empty());
     }
 
     #[test]

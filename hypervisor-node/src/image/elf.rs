@@ -1,5 +1,6 @@
-//! Just enough of ELF64 (little endian) to read a kernel module's `.modinfo` section and to tell
-//! whether a program is linked statically. Every offset read from the file is bounds-checked.
+//! Just enough of ELF64 (little endian) to read a kernel module's `.modinfo` section, to tell
+//! whether a program is linked statically, and to list the libraries a program needs. Every
+//! offset read from the file is bounds-checked.
 
 use thiserror::Error;
 
@@ -86,6 +87,50 @@ pub fn has_interpreter(b: &[u8]) -> Result<bool, ElfError> {
     Ok(false)
 }
 
+/// What the dynamic section asks of the loader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// `DT_NEEDED`: the libraries to load, by file name.
+    pub needed: Vec<String>,
+    /// `DT_RUNPATH` and `DT_RPATH` folders (`:`-separated in the file), in that order.
+    pub runpath: Vec<String>,
+}
+
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// The `.dynamic` section's libraries and search paths (empty for a static program).
+pub fn dynamic(b: &[u8]) -> Result<Dynamic, ElfError> {
+    let (Some(dynsec), Some(strs)) = (section(b, ".dynamic")?, section(b, ".dynstr")?) else {
+        return Ok(Dynamic::default());
+    };
+    let string = |off: u64| -> Result<String, ElfError> {
+        let at = usize::try_from(off).map_err(|_| ElfError::OutOfBounds("dynamic string"))?;
+        let rest = strs.get(at..).ok_or(ElfError::OutOfBounds("dynamic string"))?;
+        let end =
+            rest.iter().position(|&c| c == 0).ok_or(ElfError::OutOfBounds("dynamic string"))?;
+        Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+    };
+    let mut d = Dynamic::default();
+    let mut rpath = Vec::new();
+    for entry in dynsec.chunks_exact(16) {
+        let tag = u64_at(entry, 0)?;
+        let val = u64_at(entry, 8)?;
+        match tag {
+            DT_NULL => break,
+            DT_NEEDED => d.needed.push(string(val)?),
+            DT_RUNPATH => d.runpath.extend(string(val)?.split(':').map(str::to_owned)),
+            DT_RPATH => rpath.extend(string(val)?.split(':').map(str::to_owned)),
+            _ => {}
+        }
+    }
+    d.runpath.extend(rpath);
+    d.runpath.retain(|p| !p.is_empty());
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +142,8 @@ mod tests {
         assert!(section(&exe, ".no-such-section").expect("parse").is_none());
         // Test binaries are linked dynamically against glibc.
         assert!(has_interpreter(&exe).expect("parse"));
+        let d = dynamic(&exe).expect("parse");
+        assert!(d.needed.iter().any(|n| n.starts_with("libc.so")), "{d:?}");
     }
 
     #[test]

@@ -9,8 +9,10 @@
 pub mod build;
 pub mod cpio;
 pub mod debs;
+pub mod desktop;
 pub mod elf;
 pub mod modules;
+pub mod resolve;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,15 @@ impl DiskFormat {
     }
 }
 
+/// A home disk per user (dedicated desktops): the VM's persistent disk is this empty disk, which
+/// the guest formats on first use, instead of a layer over the image's base. The base (the root
+/// file system) then always gets a layer of the VM's own, which goes with the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeDiskSpec {
+    pub size_mib: u64,
+}
+
 /// How the image boots: a kernel and initramfs loaded directly (no boot loader).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +79,8 @@ pub struct DiskSpec {
     pub file: String,
     pub format: DiskFormat,
     pub size_mib: u64,
-    /// What the guest uses it for (`home`: mounted as the user's home).
+    /// What the guest uses it for (`home`: mounted as the user's home; `root`: the root file
+    /// system).
     pub purpose: String,
 }
 
@@ -111,6 +123,9 @@ pub struct Manifest {
     pub content_key: String,
     pub boot: BootSpec,
     pub disk: Option<DiskSpec>,
+    /// Images whose users keep a home disk of their own (absent in older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_disk: Option<HomeDiskSpec>,
     pub min_memory_mib: u32,
     pub agent: AgentRecord,
     /// Kernel modules in the initramfs, in load order.
@@ -142,6 +157,9 @@ impl Manifest {
         }
         if self.boot.cmdline.contains('\n') {
             return Err("boot.cmdline has a newline".into());
+        }
+        if self.home_disk.as_ref().is_some_and(|h| h.size_mib == 0) {
+            return Err("home_disk.size_mib is 0".into());
         }
         Ok(())
     }
@@ -347,6 +365,7 @@ pub(crate) mod tests {
                 cmdline: "console=ttyS0".into(),
             },
             disk: None,
+            home_disk: None,
             min_memory_mib: 128,
             agent: AgentRecord { sha256: "0".into(), linking: "static".into() },
             modules: vec![],
@@ -407,6 +426,11 @@ pub(crate) mod tests {
         let mut m = good.manifest.clone();
         m.format = 99;
         assert!(m.validate().is_err());
+        let mut m = good.manifest.clone();
+        m.home_disk = Some(HomeDiskSpec { size_mib: 0 });
+        assert!(m.validate().is_err());
+        m.home_disk = Some(HomeDiskSpec { size_mib: 4096 });
+        assert!(m.validate().is_ok());
         let mut m = good.manifest;
         m.version = "a/b".into();
         assert!(m.validate().is_err());

@@ -84,6 +84,13 @@ impl BuiltinRuntime {
         if self.kvm == KvmKind::Pvm {
             cmdline = format!("{cmdline} {PVM_CMDLINE}");
         }
+        if let Some(h) = &cfg.home {
+            return Err(RuntimeError::Start(format!(
+                "the builtin runtime does not attach home disks ({}); desktop images run on the \
+                 qemu runtime",
+                h.path.display()
+            )));
+        }
         let disks = match &cfg.disk {
             Some(d) if d.base_format != DiskFormat::Raw => {
                 return Err(RuntimeError::Start(format!(
@@ -471,6 +478,7 @@ mod tests {
             initrd: Some(dir.join("initrd.img")),
             cmdline: "console=ttyS0".into(),
             disk,
+            home: None,
             vcpus: 2,
             memory_mib: 512,
             display: DisplaySize::new(1024, 768),

@@ -60,6 +60,14 @@ pub struct DiskConfig {
     pub keep: bool,
 }
 
+/// A user's home disk (images that have one; see `Manifest::home_disk`): a disk of its own, no
+/// backing file, made empty when missing (the guest formats it on first use) and always kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeDiskConfig {
+    pub path: PathBuf,
+    pub size_mib: u64,
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
@@ -71,6 +79,8 @@ pub struct LaunchConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub disk: Option<DiskConfig>,
+    /// The user's home disk, attached after `disk` (dedicated desktops of images with one).
+    pub home: Option<HomeDiskConfig>,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub display: DisplaySize,

@@ -147,6 +147,16 @@ impl QemuRuntime {
             push("-device".into());
             push("virtio-blk-pci,drive=disk0,serial=atrium-disk0".into());
         }
+        if let Some(h) = &cfg.home {
+            // The guest finds its home disk by this serial (desktop image, `sysinit`).
+            push("-drive".into());
+            push(format!(
+                "file={},format=qcow2,if=none,id=home0,discard=unmap,cache=writeback",
+                h.path.display()
+            ));
+            push("-device".into());
+            push("virtio-blk-pci,drive=home0,serial=atrium-home".into());
+        }
         push("-nic".into());
         push("none".into());
         push("-kernel".into());
@@ -205,6 +215,11 @@ impl QemuRuntime {
             && !d.layer.exists()
         {
             self.create_layer(d).await?;
+        }
+        if let Some(h) = &cfg.home
+            && !h.path.exists()
+        {
+            self.create_home(h).await?;
         }
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths))
@@ -335,6 +350,27 @@ impl QemuRuntime {
             return Err(RuntimeError::Start(format!(
                 "qemu-img create {}: {}",
                 d.layer.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl QemuRuntime {
+    /// An empty qcow2 disk of the home disk's size (no backing file).
+    async fn create_home(&self, h: &super::HomeDiskConfig) -> Result<(), RuntimeError> {
+        let out = Command::new(&self.cfg.img_binary)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&h.path)
+            .arg(format!("{}M", h.size_mib))
+            .output()
+            .await
+            .map_err(RuntimeError::io(format!("running {}", self.cfg.img_binary.display())))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Start(format!(
+                "qemu-img create {}: {}",
+                h.path.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
@@ -550,6 +586,7 @@ mod tests {
                 layer: "/state/vms/vm-0123456789abcdef/disk.qcow2".into(),
                 keep: false,
             }),
+            home: None,
             vcpus: 2,
             memory_mib: 512,
             display: DisplaySize::new(1280, 800),
@@ -599,6 +636,27 @@ mod tests {
         );
         assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(after(&a, "-initrd"), ["/img/initrd.img"]);
+        assert_eq!(after(&a, "-drive").len(), 1, "no home disk was asked for");
+    }
+
+    #[test]
+    fn a_home_disk_is_a_second_drive_with_its_own_serial() {
+        let rt = QemuRuntime::new(QemuSection::default(), KvmKind::Pvm);
+        let mut cfg = launch_config();
+        cfg.home = Some(crate::runtime::HomeDiskConfig {
+            path: "/state/disks/alice.qcow2".into(),
+            size_mib: 2048,
+        });
+        let a: Vec<String> = rt
+            .args(&cfg, &Paths::in_dir(&cfg.dir))
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let drives = after(&a, "-drive");
+        assert_eq!(drives.len(), 2);
+        assert!(drives[0].contains("id=disk0"), "the root layer comes first: {drives:?}");
+        assert!(drives[1].starts_with("file=/state/disks/alice.qcow2,format=qcow2"));
+        assert!(after(&a, "-device").contains(&"virtio-blk-pci,drive=home0,serial=atrium-home"));
     }
 
     #[test]

@@ -1,0 +1,594 @@
+//! The desktop image's X server, as the agent sees it: the "waiting for sign-in" screen, the
+//! clipboard (the X `CLIPBOARD` selection) both ways, and whether a session's panel is drawn.
+//!
+//! One thread owns the event loop ([`run`]): it (re)connects to X with the root's cookie, draws
+//! the sign-in screen when X exposes it, serves the text the host pasted to programs that ask
+//! for the clipboard, and reads the clipboard whenever another program takes it (XFixes tells
+//! it), including large texts sent in pieces (`INCR`). Other threads use the same connection
+//! for their own requests (show or hide the sign-in screen, paste, look for the panel).
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use atrium_protocol::agent::MAX_CLIPBOARD;
+use x11rb::connection::Connection;
+use x11rb::protocol::Event;
+use x11rb::protocol::xfixes::{ConnectionExt as _, SelectionEventMask};
+use x11rb::protocol::xproto::{
+    Atom, AtomEnum, ConfigureWindowAux, ConnectionExt as _, CreateGCAux, CreateWindowAux,
+    EventMask, Gcontext, ImageFormat, MapState, PropMode, Property, SELECTION_NOTIFY_EVENT,
+    SelectionNotifyEvent, SelectionRequestEvent, StackMode, Window, WindowClass,
+};
+use x11rb::rust_connection::{DefaultStream, RustConnection};
+use x11rb::wrapper::ConnectionExt as _;
+use x11rb::{COPY_DEPTH_FROM_PARENT, CURRENT_TIME, NONE};
+
+use crate::xauth;
+
+/// The sign-in screen's colours and text.
+const GREETER_BACKGROUND: u32 = 0x0024_313f;
+const GREETER_TEXT: u32 = 0x00e8_eef4;
+const GREETER_LINES: &[&str] = &["Atrium", "", "Waiting for sign-in..."];
+
+type XResult<T> = Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Atoms the agent uses.
+#[derive(Debug, Clone, Copy)]
+struct Atoms {
+    clipboard: Atom,
+    targets: Atom,
+    utf8: Atom,
+    text: Atom,
+    text_plain: Atom,
+    incr: Atom,
+    /// The property on the agent's window that receives the clipboard.
+    receive: Atom,
+}
+
+/// One connection to X and what the agent made on it.
+#[derive(Debug)]
+pub struct XConn {
+    conn: RustConnection,
+    root: Window,
+    width: u16,
+    height: u16,
+    /// An unmapped window that owns and receives selections.
+    window: Window,
+    greeter: Window,
+    gc: Gcontext,
+    char_width: i16,
+    line_height: i16,
+    ascent: i16,
+    atoms: Atoms,
+}
+
+/// The state the X thread shares with the rest of the agent.
+#[derive(Debug)]
+pub struct Desktop {
+    display: String,
+    xauthority: PathBuf,
+    x: Mutex<Option<Arc<XConn>>>,
+    /// Text the host pasted: served to programs that ask for the clipboard while the agent owns
+    /// it.
+    paste: Mutex<Option<Vec<u8>>>,
+    /// The text both sides know (last pasted in or copied out), so nothing is echoed back.
+    known: Mutex<Option<Vec<u8>>>,
+    /// The sign-in screen has been drawn once (the desktop is ready).
+    pub greeter_drawn: AtomicBool,
+    /// Whether the sign-in screen should show (no session).
+    greeter_wanted: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Desktop {
+    pub fn new(display: String, xauthority: PathBuf) -> Self {
+        Self {
+            display,
+            xauthority,
+            x: Mutex::new(None),
+            paste: Mutex::new(None),
+            known: Mutex::new(None),
+            greeter_drawn: AtomicBool::new(false),
+            greeter_wanted: AtomicBool::new(true),
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub fn xauthority(&self) -> &std::path::Path {
+        &self.xauthority
+    }
+
+    fn current(&self) -> XResult<Arc<XConn>> {
+        lock(&self.x).clone().ok_or_else(|| "the X server is not connected".to_owned())
+    }
+
+    /// Shows (no session) or hides (a session starts) the sign-in screen.
+    pub fn show_greeter(&self, show: bool) -> XResult<()> {
+        self.greeter_wanted.store(show, Ordering::SeqCst);
+        let x = self.current()?;
+        if show {
+            let above = ConfigureWindowAux::new().stack_mode(StackMode::ABOVE);
+            x.conn.configure_window(x.greeter, &above).map_err(err("raising"))?;
+            x.conn.map_window(x.greeter).map_err(err("mapping the sign-in screen"))?;
+        } else {
+            x.conn.unmap_window(x.greeter).map_err(err("unmapping the sign-in screen"))?;
+        }
+        // A round trip: the server has done it when this returns.
+        x.conn.get_input_focus().map_err(err("sync"))?.reply().map_err(err("sync"))?;
+        Ok(())
+    }
+
+    /// Puts `text` on the clipboard: the agent owns `CLIPBOARD` and serves it.
+    pub fn paste(&self, text: &[u8]) -> XResult<()> {
+        *lock(&self.paste) = Some(text.to_vec());
+        *lock(&self.known) = Some(text.to_vec());
+        let x = self.current()?;
+        x.conn
+            .set_selection_owner(x.window, x.atoms.clipboard, CURRENT_TIME)
+            .map_err(err("taking the clipboard"))?;
+        let owner = x
+            .conn
+            .get_selection_owner(x.atoms.clipboard)
+            .map_err(err("checking the clipboard"))?
+            .reply()
+            .map_err(err("checking the clipboard"))?
+            .owner;
+        if owner != x.window {
+            return Err("the X server did not give the agent the clipboard".into());
+        }
+        Ok(())
+    }
+
+    /// Forgets the clipboard (a session ended).
+    pub fn clear_clipboard(&self) {
+        *lock(&self.paste) = None;
+        if let Ok(x) = self.current() {
+            let _ = x.conn.set_selection_owner(NONE, x.atoms.clipboard, CURRENT_TIME);
+            let _ = x.conn.flush();
+        }
+    }
+
+    /// Whether `text` differs from what both sides know; if so, it becomes known.
+    fn take_if_new(&self, text: &[u8]) -> bool {
+        let mut known = lock(&self.known);
+        if known.as_deref() == Some(text) {
+            return false;
+        }
+        *known = Some(text.to_vec());
+        true
+    }
+
+    /// A picture of the session's panel when one is mapped: a top-level window along the top or
+    /// bottom edge, nearly as wide as the screen and at most 80 pixels high. `None` without one.
+    pub fn panel_pixels(&self) -> XResult<Option<Vec<u8>>> {
+        let x = self.current()?;
+        let tree = x.conn.query_tree(x.root).map_err(err("query_tree"))?;
+        let tree = tree.reply().map_err(err("query_tree"))?;
+        for &w in tree.children.iter().rev() {
+            if w == x.greeter || w == x.window {
+                continue;
+            }
+            let Ok(attrs) = x.conn.get_window_attributes(w).map_err(err("attributes")) else {
+                continue;
+            };
+            // The window may be gone by now: skip it.
+            let Ok(attrs) = attrs.reply() else { continue };
+            if attrs.map_state != MapState::VIEWABLE {
+                continue;
+            }
+            let Ok(geo) = x.conn.get_geometry(w).map_err(err("geometry")) else { continue };
+            let Ok(geo) = geo.reply() else { continue };
+            let wide = u32::from(geo.width) * 10 >= u32::from(x.width) * 9;
+            let low = (8..=80).contains(&geo.height);
+            let bottom = i32::from(geo.y) + i32::from(geo.height) >= i32::from(x.height) - 1;
+            if !(wide && low && (geo.y <= 0 || bottom)) {
+                continue;
+            }
+            let image = x.conn.get_image(ImageFormat::Z_PIXMAP, w, 0, 0, geo.width, geo.height, !0);
+            let Ok(image) = image.map_err(err("get_image")) else { continue };
+            if let Ok(image) = image.reply() {
+                return Ok(Some(image.data));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Connects to the display with the cookie in the Xauthority file.
+fn connect(desktop: &Desktop) -> XResult<XConn> {
+    let n = xauth::display_number(&desktop.display)
+        .ok_or_else(|| format!("display {:?} is not :N", desktop.display))?;
+    let file = std::fs::read(&desktop.xauthority)
+        .map_err(|e| format!("{}: {e}", desktop.xauthority.display()))?;
+    let entries = xauth::parse(&file)
+        .ok_or_else(|| format!("{} is not an Xauthority file", desktop.xauthority.display()))?;
+    let (name, data) = xauth::cookie_for(&entries, n)
+        .ok_or_else(|| format!("{} has no cookie for :{n}", desktop.xauthority.display()))?;
+    let socket = format!("/tmp/.X11-unix/X{n}");
+    let stream = UnixStream::connect(&socket).map_err(|e| format!("{socket}: {e}"))?;
+    let (stream, _) = DefaultStream::from_unix_stream(stream).map_err(err("X socket"))?;
+    let conn = RustConnection::connect_to_stream_with_auth_info(stream, 0, name, data)
+        .map_err(err("connecting to X"))?;
+    setup(conn)
+}
+
+fn setup(conn: RustConnection) -> XResult<XConn> {
+    let screen = conn.setup().roots.first().ok_or("X has no screen")?.clone();
+    let intern = |name: &[u8]| -> XResult<Atom> {
+        Ok(conn.intern_atom(false, name).map_err(err("atom"))?.reply().map_err(err("atom"))?.atom)
+    };
+    let atoms = Atoms {
+        clipboard: intern(b"CLIPBOARD")?,
+        targets: intern(b"TARGETS")?,
+        utf8: intern(b"UTF8_STRING")?,
+        text: intern(b"TEXT")?,
+        text_plain: intern(b"text/plain;charset=utf-8")?,
+        incr: intern(b"INCR")?,
+        receive: intern(b"ATRIUM_CLIPBOARD")?,
+    };
+    conn.xfixes_query_version(5, 0)
+        .map_err(err("XFixes"))?
+        .reply()
+        .map_err(err("XFixes (the X server has no XFixes extension)"))?;
+    let window = conn.generate_id().map_err(err("id"))?;
+    conn.create_window(
+        COPY_DEPTH_FROM_PARENT,
+        window,
+        screen.root,
+        -10,
+        -10,
+        1,
+        1,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new().event_mask(EventMask::PROPERTY_CHANGE),
+    )
+    .map_err(err("creating the agent's window"))?;
+    conn.xfixes_select_selection_input(
+        window,
+        atoms.clipboard,
+        SelectionEventMask::SET_SELECTION_OWNER
+            | SelectionEventMask::SELECTION_WINDOW_DESTROY
+            | SelectionEventMask::SELECTION_CLIENT_CLOSE,
+    )
+    .map_err(err("watching the clipboard"))?;
+    let greeter = conn.generate_id().map_err(err("id"))?;
+    conn.create_window(
+        COPY_DEPTH_FROM_PARENT,
+        greeter,
+        screen.root,
+        0,
+        0,
+        screen.width_in_pixels,
+        screen.height_in_pixels,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new()
+            .background_pixel(GREETER_BACKGROUND)
+            .override_redirect(1)
+            .event_mask(EventMask::EXPOSURE),
+    )
+    .map_err(err("creating the sign-in screen"))?;
+    // X's built-in bitmap font: always there, even without font packages.
+    let font = conn.generate_id().map_err(err("id"))?;
+    conn.open_font(font, b"fixed").map_err(err("font"))?;
+    let metrics = conn.query_font(font).map_err(err("font"))?.reply().map_err(err("font"))?;
+    let gc = conn.generate_id().map_err(err("id"))?;
+    conn.create_gc(
+        gc,
+        greeter,
+        &CreateGCAux::new().foreground(GREETER_TEXT).background(GREETER_BACKGROUND).font(font),
+    )
+    .map_err(err("graphics context"))?;
+    conn.flush().map_err(err("flush"))?;
+    Ok(XConn {
+        root: screen.root,
+        width: screen.width_in_pixels,
+        height: screen.height_in_pixels,
+        window,
+        greeter,
+        gc,
+        char_width: metrics.max_bounds.character_width.max(1),
+        line_height: metrics.font_ascent + metrics.font_descent + 6,
+        ascent: metrics.font_ascent,
+        atoms,
+        conn,
+    })
+}
+
+fn draw_greeter(x: &XConn) -> XResult<()> {
+    let lines = i16::try_from(GREETER_LINES.len()).unwrap_or(1);
+    // Above the middle, where the pointer starts.
+    let top = i16::try_from(x.height * 2 / 5).unwrap_or(0) - lines * x.line_height / 2;
+    for (i, line) in (0i16..).zip(GREETER_LINES) {
+        if line.is_empty() {
+            continue;
+        }
+        let chars = i16::try_from(line.len()).unwrap_or(0);
+        let left = i16::try_from(x.width / 2).unwrap_or(0) - chars * x.char_width / 2;
+        let baseline = top + i * x.line_height + x.ascent;
+        x.conn
+            .image_text8(x.greeter, x.gc, left, baseline, line.as_bytes())
+            .map_err(err("drawing the sign-in screen"))?;
+    }
+    x.conn.get_input_focus().map_err(err("sync"))?.reply().map_err(err("sync"))?;
+    Ok(())
+}
+
+/// What the event loop is doing with the clipboard another program owns (between asking for
+/// it and its answer, nothing: the answer says what it is).
+#[derive(Debug)]
+enum Reading {
+    Idle,
+    /// Receiving it in pieces (`INCR`).
+    Pieces {
+        target: Atom,
+        data: Vec<u8>,
+    },
+}
+
+/// Latin-1 (`STRING`) to UTF-8.
+fn latin1_to_utf8(b: &[u8]) -> Vec<u8> {
+    b.iter().map(|&c| char::from(c)).collect::<String>().into_bytes()
+}
+
+/// UTF-8 to Latin-1 for old programs; characters beyond Latin-1 become `?`.
+fn utf8_to_latin1(b: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(b).chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')).collect()
+}
+
+/// The X thread: connects (again, whenever X restarts), then handles events until the
+/// connection fails. `copied` is called with each text the guest's programs put on the
+/// clipboard; `log` with what went wrong.
+pub fn run(desktop: &Desktop, copied: &dyn Fn(String), log: &dyn Fn(&str)) {
+    let mut last_error = String::new();
+    loop {
+        match connect(desktop) {
+            Ok(x) => {
+                let x = Arc::new(x);
+                *lock(&desktop.x) = Some(Arc::clone(&x));
+                last_error.clear();
+                log(&format!("connected to X on {}", desktop.display));
+                if desktop.greeter_wanted.load(Ordering::SeqCst)
+                    && let Err(e) = desktop.show_greeter(true)
+                {
+                    log(&e);
+                }
+                // A paste from before a restart of X: own the clipboard again.
+                let pending = lock(&desktop.paste).clone();
+                if let Some(text) = pending
+                    && let Err(e) = desktop.paste(&text)
+                {
+                    log(&e);
+                }
+                let e = event_loop(desktop, &x, copied);
+                *lock(&desktop.x) = None;
+                log(&format!("the X connection ended: {e}"));
+            }
+            Err(e) => {
+                // X starts after the agent: say so once, not at every retry.
+                if e != last_error {
+                    log(&format!("waiting for X: {e}"));
+                    last_error = e;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn event_loop(desktop: &Desktop, x: &XConn, copied: &dyn Fn(String)) -> String {
+    let mut reading = Reading::Idle;
+    loop {
+        let event = match x.conn.wait_for_event() {
+            Ok(e) => e,
+            Err(e) => return e.to_string(),
+        };
+        let result = match event {
+            Event::Expose(e) if e.window == x.greeter && e.count == 0 => {
+                draw_greeter(x).map(|()| {
+                    desktop.greeter_drawn.store(true, Ordering::SeqCst);
+                })
+            }
+            Event::XfixesSelectionNotify(e) if e.selection == x.atoms.clipboard => {
+                if e.owner == NONE || e.owner == x.window {
+                    Ok(())
+                } else {
+                    ask(x, x.atoms.utf8, e.timestamp)
+                }
+            }
+            Event::SelectionNotify(e) if e.requestor == x.window => {
+                receive(desktop, x, &mut reading, e.property, e.target, e.time, copied)
+            }
+            Event::PropertyNotify(e)
+                if e.window == x.window
+                    && e.atom == x.atoms.receive
+                    && e.state == Property::NEW_VALUE =>
+            {
+                piece(desktop, x, &mut reading, copied)
+            }
+            Event::SelectionRequest(e) => serve(desktop, x, &e),
+            Event::SelectionClear(e) if e.selection == x.atoms.clipboard => {
+                *lock(&desktop.paste) = None;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            // Requests failing on a live connection (a window gone): keep going.
+            eprintln!("atrium-guest-agent: X: {e}");
+        }
+    }
+}
+
+fn ask(x: &XConn, target: Atom, time: u32) -> XResult<()> {
+    x.conn
+        .convert_selection(x.window, x.atoms.clipboard, target, x.atoms.receive, time)
+        .map_err(err("asking for the clipboard"))?;
+    x.conn.flush().map_err(err("flush"))
+}
+
+/// The longest property read at once, in 32-bit units (a little over the clipboard limit, so
+/// an oversized text is noticed).
+fn read_units() -> u32 {
+    u32::try_from(MAX_CLIPBOARD / 4 + 2).expect("small")
+}
+
+fn receive(
+    desktop: &Desktop,
+    x: &XConn,
+    reading: &mut Reading,
+    property: Atom,
+    target: Atom,
+    time: u32,
+    copied: &dyn Fn(String),
+) -> XResult<()> {
+    // An answer ends whatever was being received before: it is the newest clipboard.
+    *reading = Reading::Idle;
+    if property == NONE {
+        // The owner has no UTF-8: ask for Latin-1 once.
+        if target == x.atoms.utf8 {
+            return ask(x, AtomEnum::STRING.into(), time);
+        }
+        return Ok(());
+    }
+    let reply = x
+        .conn
+        .get_property(true, x.window, x.atoms.receive, AtomEnum::ANY, 0, read_units())
+        .map_err(err("reading the clipboard"))?
+        .reply()
+        .map_err(err("reading the clipboard"))?;
+    if reply.type_ == x.atoms.incr {
+        // Deleting the property (done above) asks the owner for the first piece.
+        *reading = Reading::Pieces { target, data: Vec::new() };
+        return x.conn.flush().map_err(err("flush"));
+    }
+    if reply.bytes_after > 0 {
+        return Err(format!("the clipboard holds more than {MAX_CLIPBOARD} bytes; not copied"));
+    }
+    deliver(desktop, target, reply.value, copied);
+    Ok(())
+}
+
+fn piece(
+    desktop: &Desktop,
+    x: &XConn,
+    reading: &mut Reading,
+    copied: &dyn Fn(String),
+) -> XResult<()> {
+    let Reading::Pieces { target, data } = reading else { return Ok(()) };
+    let reply = x
+        .conn
+        .get_property(true, x.window, x.atoms.receive, AtomEnum::ANY, 0, read_units())
+        .map_err(err("reading the clipboard"))?
+        .reply()
+        .map_err(err("reading the clipboard"))?;
+    x.conn.flush().map_err(err("flush"))?;
+    if reply.value.is_empty() {
+        let (target, data) = (*target, std::mem::take(data));
+        *reading = Reading::Idle;
+        deliver(desktop, target, data, copied);
+        return Ok(());
+    }
+    data.extend_from_slice(&reply.value);
+    if data.len() > MAX_CLIPBOARD {
+        *reading = Reading::Idle;
+        return Err(format!("the clipboard holds more than {MAX_CLIPBOARD} bytes; not copied"));
+    }
+    Ok(())
+}
+
+fn deliver(desktop: &Desktop, target: Atom, data: Vec<u8>, copied: &dyn Fn(String)) {
+    let data = if target == Atom::from(AtomEnum::STRING) { latin1_to_utf8(&data) } else { data };
+    if data.len() > MAX_CLIPBOARD {
+        eprintln!("atrium-guest-agent: the clipboard holds more than {MAX_CLIPBOARD} bytes");
+        return;
+    }
+    if desktop.take_if_new(&data) {
+        copied(String::from_utf8_lossy(&data).into_owned());
+    }
+}
+
+/// Answers a program that asks the agent (the clipboard's owner) for the text.
+fn serve(desktop: &Desktop, x: &XConn, e: &SelectionRequestEvent) -> XResult<()> {
+    let text = lock(&desktop.paste).clone();
+    // Obsolete clients name no property: use the target.
+    let property = if e.property == NONE { e.target } else { e.property };
+    let a = x.atoms;
+    let done = match text {
+        Some(_) if e.selection != a.clipboard || e.owner != x.window => false,
+        Some(_) if e.target == a.targets => {
+            let offered = [a.targets, a.utf8, a.text_plain, a.text, AtomEnum::STRING.into()];
+            x.conn
+                .change_property32(
+                    PropMode::REPLACE,
+                    e.requestor,
+                    property,
+                    AtomEnum::ATOM,
+                    &offered,
+                )
+                .map_err(err("answering TARGETS"))?;
+            true
+        }
+        Some(t) if e.target == a.utf8 || e.target == a.text || e.target == a.text_plain => {
+            x.conn
+                .change_property8(PropMode::REPLACE, e.requestor, property, a.utf8, &t)
+                .map_err(err("answering with the text"))?;
+            true
+        }
+        Some(t) if e.target == Atom::from(AtomEnum::STRING) => {
+            let latin1 = utf8_to_latin1(&t);
+            x.conn
+                .change_property8(
+                    PropMode::REPLACE,
+                    e.requestor,
+                    property,
+                    AtomEnum::STRING,
+                    &latin1,
+                )
+                .map_err(err("answering with the text"))?;
+            true
+        }
+        _ => false,
+    };
+    let notify = SelectionNotifyEvent {
+        response_type: SELECTION_NOTIFY_EVENT,
+        sequence: 0,
+        time: e.time,
+        requestor: e.requestor,
+        selection: e.selection,
+        target: e.target,
+        property: if done { property } else { NONE },
+    };
+    x.conn
+        .send_event(false, e.requestor, EventMask::NO_EVENT, notify)
+        .map_err(err("answering a clipboard request"))?;
+    x.conn.flush().map_err(err("flush"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latin1_conversions() {
+        assert_eq!(latin1_to_utf8(b"caf\xe9"), "café".as_bytes());
+        assert_eq!(utf8_to_latin1("café €".as_bytes()), b"caf\xe9 ?");
+        assert_eq!(utf8_to_latin1(b""), b"");
+    }
+}
