@@ -135,6 +135,10 @@ pub struct QemuSection {
     pub memory_overhead_mib: u64,
     /// TCG translation cache size (QEMU's default is 1 GiB of address space per VM).
     pub tcg_tb_size_mib: u32,
+    /// The unprivileged system user QEMU drops to once it has opened its files (`-runas`), so a
+    /// guest that escapes into QEMU is not root on the host. Created (as a system user with no
+    /// login) when missing and the node runs as root. Empty: QEMU keeps the node's user.
+    pub run_as: String,
 }
 
 impl Default for QemuSection {
@@ -146,6 +150,7 @@ impl Default for QemuSection {
             pointer: Pointer::VirtioTablet,
             memory_overhead_mib: 256,
             tcg_tb_size_mib: 64,
+            run_as: "atrium-vm".into(),
         }
     }
 }

@@ -614,6 +614,13 @@ impl VmManager {
                 r = async { exit.wait_for(Option::is_some).await.ok().and_then(|i| i.clone()) } => {
                     let info = r.unwrap_or(ExitInfo { clean: false, description: "the VM ended".into() });
                     self.on_exit(&vm, &info);
+                    // The process is gone: give back its cgroup now.
+                    let group = lock(&vm.cgroup).take();
+                    if let Some(g) = group
+                        && let Err(e) = remove_cgroup(g).await
+                    {
+                        tracing::error!(vm = %vm.id, "removing the VM's cgroup: {e}");
+                    }
                     return;
                 }
                 r = async { ready.wait_for(|r| *r).await.map(drop) }, if !is_ready => {
@@ -671,13 +678,6 @@ impl VmManager {
                 tracing::error!(vm = %vm.id, "VM died: {}", info.description);
                 vm.set_state(VmState::Failed, Some(info.description.clone()));
             }
-        }
-        // The process is gone: give back its cgroup now.
-        let group = lock(&vm.cgroup).take();
-        if let Some(g) = group
-            && let Err(e) = g.remove()
-        {
-            tracing::error!(vm = %vm.id, "removing the VM's cgroup: {e}");
         }
     }
 
@@ -773,7 +773,7 @@ impl VmManager {
         }
         let group = lock(&vm.cgroup).take();
         if let Some(g) = group
-            && let Err(e) = g.remove()
+            && let Err(e) = remove_cgroup(g).await
         {
             first_error.get_or_insert(RuntimeError::from(e).into());
         }
@@ -893,4 +893,16 @@ fn host_memory_mib() -> u64 {
             })
         })
         .map_or(0, |kb| kb / 1024)
+}
+
+/// Removes a VM's cgroup off the async workers: removal waits (up to seconds) for the killed
+/// processes to leave the group.
+async fn remove_cgroup(g: crate::cgroup::VmCgroup) -> Result<(), crate::cgroup::CgroupError> {
+    match tokio::task::spawn_blocking(move || g.remove()).await {
+        Ok(r) => r,
+        Err(e) => Err(crate::cgroup::CgroupError::Busy(
+            std::path::PathBuf::from(e.to_string()),
+            Vec::new(),
+        )),
+    }
 }

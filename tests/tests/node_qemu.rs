@@ -236,6 +236,10 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     // 7. The VM runs in its own cgroup, with its memory limit (guest + QEMU's allowance).
     let pids = processes_with(&format!("guest=atrium-{id}"));
     assert_eq!(pids.len(), 1, "expected one QEMU process, found {pids:?}");
+    // QEMU dropped root once it had opened its files (`-runas`): an escape is not root.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0]))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "QEMU runs as root: {uid}");
     let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0]))?;
     assert!(membership.contains(&id), "QEMU is not in the VM's cgroup:\n{membership}");
     let groups = cgroups_named(&id);

@@ -57,12 +57,85 @@ pub struct QemuRuntime {
     cfg: QemuSection,
     accel: Accel,
     reason: String,
+    /// The user QEMU runs as after start-up (`-runas`), once resolved at the first launch.
+    run_as: std::sync::OnceLock<Option<RunAs>>,
+}
+
+/// An unprivileged user to run VMs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks a user up in the password database.
+fn lookup_user(name: &str) -> Option<RunAs> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes into `pwd` and `buf` (sized as passed) and sets `out` to `&pwd`
+    // or null; all pointers are valid for the call, and nothing is kept past it.
+    let r =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return None;
+    }
+    Some(RunAs { name: name.to_owned(), uid: pwd.pw_uid, gid: pwd.pw_gid })
+}
+
+fn unsafe_zeroed_passwd() -> libc::passwd {
+    // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is a valid value
+    // (null pointers), and getpwnam_r fills it before it is read.
+    unsafe { std::mem::zeroed() }
 }
 
 impl QemuRuntime {
     pub fn new(cfg: QemuSection, kvm_kind: KvmKind) -> Self {
         let (accel, reason) = kvm::choose_accel(kvm_kind, cfg.accel);
-        Self { cfg, accel, reason }
+        Self { cfg, accel, reason, run_as: std::sync::OnceLock::new() }
+    }
+
+    /// The user VMs drop to: `qemu.run_as`, created as a system user when missing, when the
+    /// node runs as root; `None` when the node is not root or `run_as` is empty.
+    async fn resolve_run_as(&self) -> Result<Option<RunAs>, RuntimeError> {
+        if let Some(r) = self.run_as.get() {
+            return Ok(r.clone());
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let name = self.cfg.run_as.trim();
+        let resolved = if !root || name.is_empty() {
+            None
+        } else {
+            if lookup_user(name).is_none() {
+                let out = Command::new("useradd")
+                    .args([
+                        "--system",
+                        "--no-create-home",
+                        "--home-dir",
+                        "/nonexistent",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        name,
+                    ])
+                    .output()
+                    .await
+                    .map_err(RuntimeError::io("running useradd"))?;
+                if !out.status.success() && lookup_user(name).is_none() {
+                    return Err(RuntimeError::Control(format!(
+                        "cannot create the user {name:?} that VMs run as: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                tracing::info!(user = name, "created the system user VMs run as");
+            }
+            let user = lookup_user(name)
+                .ok_or_else(|| RuntimeError::Control(format!("no user {name:?} to run VMs as")))?;
+            Some(user)
+        };
+        Ok(self.run_as.get_or_init(|| resolved).clone())
     }
 
     /// `qemu-system-x86_64 --version`, to fail early when QEMU is missing.
@@ -167,11 +240,26 @@ impl QemuRuntime {
         }
         a.push("-append".into());
         a.push(cfg.cmdline.clone().into());
-        // QEMU's own seccomp filter: no spawning, no privilege changes.
-        for s in
-            ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
-        {
-            a.push(s.into());
+        // QEMU's own seccomp filter: no spawning, no privilege changes. With `-runas` QEMU drops
+        // to an unprivileged user itself (after opening its files), which needs the set*id calls
+        // once; an unprivileged process cannot raise its privileges again anyway.
+        match self.run_as.get().cloned().flatten() {
+            Some(user) => {
+                a.push("-runas".into());
+                a.push(user.name.into());
+                a.push("-sandbox".into());
+                a.push(
+                    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+                        .into(),
+                );
+            }
+            None => {
+                a.push("-sandbox".into());
+                a.push(
+                    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+                        .into(),
+                );
+            }
         }
         a
     }
@@ -211,6 +299,29 @@ impl Runtime for QemuRuntime {
 impl QemuRuntime {
     async fn launch_qemu(&self, cfg: LaunchConfig) -> Result<Arc<QemuVm>, RuntimeError> {
         let paths = Paths::in_dir(&cfg.dir);
+        // Screendumps are written by QEMU itself, after it dropped to its user: into a folder of
+        // that user's, which it reaches through folders it may pass but not read.
+        let screens = match self.resolve_run_as().await? {
+            Some(user) => {
+                use std::os::unix::fs::PermissionsExt;
+                let screens = cfg.dir.join("screens");
+                let io = |source| RuntimeError::Io {
+                    what: "preparing the VM's screenshot folder".into(),
+                    source,
+                };
+                std::fs::create_dir_all(&screens).map_err(io)?;
+                std::fs::set_permissions(&screens, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io)?;
+                std::os::unix::fs::chown(&screens, Some(user.uid), Some(user.gid)).map_err(io)?;
+                for dir in [Some(cfg.dir.as_path()), cfg.dir.parent()].into_iter().flatten() {
+                    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
+                        .map_err(io)?;
+                }
+                screens
+            }
+            None => cfg.dir.clone(),
+        };
         if let Some(d) = &cfg.disk
             && !d.layer.exists()
         {
@@ -319,7 +430,7 @@ impl QemuRuntime {
                 serial: Some(paths.serial.clone()),
             },
             paths,
-            dir: cfg.dir.clone(),
+            screens,
             accel: self.accel,
             pid,
             qmp: Mutex::new(None),
@@ -382,7 +493,8 @@ impl QemuRuntime {
 pub struct QemuVm {
     endpoints: Endpoints,
     paths: Paths,
-    dir: PathBuf,
+    /// Where QEMU writes screendumps.
+    screens: PathBuf,
     accel: Accel,
     pid: Option<u32>,
     qmp: Mutex<Option<Qmp>>,
@@ -522,7 +634,7 @@ impl VmHandle for QemuVm {
     fn screenshot(&self) -> BoxFuture<'_, Result<Frame, RuntimeError>> {
         Box::pin(async move {
             let n = self.shots.fetch_add(1, Ordering::Relaxed);
-            let file = self.dir.join(format!("screen-{n}.ppm"));
+            let file = self.screens.join(format!("screen-{n}.ppm"));
             let r = self
                 .qmp("screendump", Some(json!({ "filename": file.display().to_string() })))
                 .await;

@@ -29,7 +29,8 @@ pub enum MemoryError {
 /// its mapping (which would be SIGBUS), and the seals themselves cannot be changed.
 pub fn create_memfd(name: &CStr, size: u64) -> Result<File, MemoryError> {
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }
