@@ -70,7 +70,8 @@ async function main() {
   await page.getByLabel('Password').fill('alice-pw');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
-  await page.getByRole('heading', { name: 'demo' }).waitFor();
+  await page.getByRole('heading', { name: 'console', exact: true }).waitFor();
+  await page.getByRole('heading', { name: 'desktop', exact: true }).waitFor();
   await shot(page, 'e2e-02-desktops.png');
   check(!(await page.getByText('null').isVisible().catch(() => false)), 'stray text on the desktops page');
   // Phone width: everything still fits, nothing scrolls sideways.
@@ -83,7 +84,7 @@ async function main() {
   let reached = false;
   for (let i = 0; i < 12 && !reached; i++) {
     await page.keyboard.press('Tab');
-    reached = await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label') === 'Connect to demo');
+    reached = await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label') === 'Connect to console');
   }
   check(reached, 'the Connect button cannot be reached with the keyboard');
   // No admin pages for her, and the admin API refuses her.
@@ -91,7 +92,7 @@ async function main() {
   const status = await page.evaluate(async () => (await fetch('/api/v1/admin/pools')).status);
   check(status === 403, `the admin API answered ${status} to a non-administrator`);
 
-  await page.getByRole('button', { name: 'Connect to demo' }).click();
+  await page.getByRole('button', { name: 'Connect to console' }).click();
   const canvas = page.locator('#screen');
   await page.waitForFunction(() => {
     const c = document.getElementById('screen');
@@ -117,11 +118,28 @@ async function main() {
   }
   await shot(page, 'e2e-04-viewer-typed.png');
 
+  // The graphical desktop: she is signed in there as herself, no second password.
+  await page.getByRole('button', { name: '← My desktops' }).click();
+  await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await page.getByRole('button', { name: 'Connect to desktop' }).click();
+  await page.waitForFunction(() => {
+    const c = document.getElementById('screen');
+    const o = document.querySelector('.viewer-overlay');
+    return c && c.width > 1 && o && o.hidden;
+  }, null, { timeout: 120000 });
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    const answer = await ask('desktop', await canvasPng(page, 'e2e-05-canvas-desktop.png'));
+    if (answer === 'ok') break;
+    check(i < 240, 'the graphical desktop never showed her session');
+  }
+  await shot(page, 'e2e-05-viewer-desktop.png');
+
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 15000 });
   const me = await page.evaluate(async () => (await fetch('/api/v1/me')).status);
   check(me === 401, `after sign-out /api/v1/me answered ${me}`);
-  await shot(page, 'e2e-05-signed-out.png');
+  await shot(page, 'e2e-06-signed-out.png');
   await ctx.close();
 
   // --- An administrator creates a pool and sees it listed.
@@ -134,12 +152,12 @@ async function main() {
   await admin.page.getByLabel('Maximum size', { exact: true }).fill('0');
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.locator('#pool-max_size-error').filter({ hasText: 'max_size' }).waitFor({ timeout: 10000 });
-  await shot(admin.page, 'e2e-06-admin-validation.png');
+  await shot(admin.page, 'e2e-07-admin-validation.png');
   await admin.page.getByLabel('Maximum size', { exact: true }).fill('3');
   await admin.page.getByLabel('Ready spares', { exact: true }).fill('0');
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
-  await shot(admin.page, 'e2e-07-admin-pools.png');
+  await shot(admin.page, 'e2e-08-admin-pools.png');
   await admin.ctx.close();
   console.log(JSON.stringify({ done: true }));
 }

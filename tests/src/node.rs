@@ -68,11 +68,18 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `atrium-node serve` with `image` as its only image, plus `extra` config lines.
     pub async fn start(image: &Path, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_images(&[image], extra).await
+    }
+
+    /// Starts `atrium-node serve` with these images, plus `extra` config lines.
+    pub async fn start_with_images(images_in: &[&Path], extra: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("node");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images)?;
-        let link = image.file_name().map_or_else(|| "image".into(), |n| n.to_owned());
-        std::os::unix::fs::symlink(image, images.join(link)).context("linking the image")?;
+        for image in images_in {
+            let link = image.file_name().map_or_else(|| "image".into(), |n| n.to_owned());
+            std::os::unix::fs::symlink(image, images.join(link)).context("linking the image")?;
+        }
         let state_dir = dir.path().join("state");
         let port = free_port();
         let config = format!(

@@ -18,6 +18,22 @@ pub struct Screen {
     pub rgb: Vec<u8>,
 }
 
+/// The desktop image's panel colour (JWM's tray background, `desktop/jwmrc`).
+pub const PANEL: [u8; 3] = [0x1c, 0x27, 0x33];
+
+/// The desktop's panel: the band of rows mostly in the panel's colour, at the bottom of the
+/// screen. `(first row, last row + 1)`.
+pub fn panel_rows(s: &Screen) -> Option<(u32, u32)> {
+    let rows: Vec<u32> = (0..s.height)
+        .filter(|&y| {
+            let n = (0..s.width).filter(|&x| s.pixel(x, y) == PANEL).count();
+            u32::try_from(n).unwrap_or(u32::MAX) * 10 >= s.width * 6
+        })
+        .collect();
+    let (first, last) = (*rows.first()?, *rows.last()?);
+    (last + 1 >= s.height - 2 && last - first >= 15).then_some((first, last + 1))
+}
+
 /// A cell's look: `None` when blank (all background), else a hash of its lit pixels.
 pub type Cell = Option<u64>;
 

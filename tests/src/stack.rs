@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::broker::{ApiClient, Broker, BrokerOptions};
-use crate::node::{NODE_TOKEN, NodeProcess, console_image};
+use crate::node::{NODE_TOKEN, NodeProcess, console_image, desktop_image};
 use crate::slapd::Slapd;
 use crate::util::{TempDir, bin_path, free_port, wait_for};
 
@@ -36,7 +36,8 @@ impl Drop for DisplayService {
     }
 }
 
-/// Everything, started in dependency order; dropped in reverse.
+/// Everything, started in dependency order; dropped in reverse. The node holds both guest
+/// images: `console` and the graphical `desktop`.
 #[derive(Debug)]
 pub struct Stack {
     pub display: DisplayService,
@@ -57,15 +58,16 @@ impl Stack {
         broker_port: Option<u16>,
         display_port: Option<u16>,
     ) -> anyhow::Result<Self> {
-        let image = console_image()?;
+        let console = console_image()?;
+        let desktop = desktop_image()?;
         let slapd = Slapd::start().context("starting the directory (slapd)")?;
         let mut opts = BrokerOptions::new(&slapd.url());
         opts.port = Some(broker_port.map_or_else(free_port, port_or_free));
         let broker = Broker::start(opts).await.context("starting the broker")?;
         // The display proxy's port is chosen first: the node announces it to the broker.
         let display_port = display_port.map_or_else(free_port, port_or_free);
-        let node = NodeProcess::start(
-            &image,
+        let node = NodeProcess::start_with_images(
+            &[&console, &desktop],
             &format!(
                 "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\n",
                 broker.url
@@ -124,19 +126,25 @@ impl Stack {
         c
     }
 
-    /// Creates a floating console pool and waits until it has `min_ready` booted spares.
-    pub async fn console_pool(
+    /// Creates a floating pool of `image` (`console` or `desktop`) and waits until it has
+    /// `min_ready` booted spares.
+    pub async fn pool(
         &self,
         name: &str,
+        image: &str,
         min_ready: u32,
         display: &str,
     ) -> anyhow::Result<()> {
         let admin = self.admin().await;
+        let description = match image {
+            "desktop" => "A graphical Linux desktop (X, JWM, terminal, file manager, editor)",
+            _ => "A console desktop (Debian kernel, busybox) for trying Atrium",
+        };
         admin
             .post_json(
                 "/api/v1/admin/pools",
-                json!({"name": name, "description": "A console desktop (Debian kernel, busybox) for trying Atrium",
-                       "image": "console", "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
+                json!({"name": name, "description": description,
+                       "image": image, "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
                        "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800}),
                 StatusCode::CREATED,
             )

@@ -15,7 +15,7 @@ use atrium_protocol::node::{ClipboardState, VmInfo, VmState};
 use atrium_tests::broker::{Broker, BrokerOptions};
 use atrium_tests::node::{NodeProcess, cgroups_named, desktop_image, processes_with};
 use atrium_tests::rfb::RfbClient;
-use atrium_tests::screen::{Glyphs, Grid, Screen, find_cells, rows_showing};
+use atrium_tests::screen::{Glyphs, Grid, PANEL, Screen, find_cells, panel_rows, rows_showing};
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
 use reqwest::StatusCode;
@@ -26,7 +26,6 @@ const SCREEN_WAIT: Duration = Duration::from_secs(120);
 
 /// Colours of the desktop image (hypervisor-node/src/image/desktop/jwmrc.in, Xresources, and
 /// the agent's sign-in screen).
-const PANEL: [u8; 3] = [0x1c, 0x27, 0x33];
 const DESKTOP: [u8; 3] = [0x2f, 0x5d, 0x8a];
 const GREETER: [u8; 3] = [0x24, 0x31, 0x3f];
 const TERMINAL: [u8; 3] = [0xff, 0xff, 0xff];
@@ -89,18 +88,6 @@ fn terminal_grid(s: &Screen) -> Option<Grid> {
         cols: TERM_COLS,
         rows: TERM_ROWS,
     })
-}
-
-/// The panel: the band of rows mostly in the panel's colour, at the bottom of the screen.
-fn panel_rows(s: &Screen) -> Option<(u32, u32)> {
-    let rows: Vec<u32> = (0..s.height)
-        .filter(|&y| {
-            let n = (0..s.width).filter(|&x| s.pixel(x, y) == PANEL).count();
-            u32::try_from(n).unwrap_or(u32::MAX) * 10 >= s.width * 6
-        })
-        .collect();
-    let (first, last) = (*rows.first()?, *rows.last()?);
-    (last + 1 >= s.height - 2 && last - first >= 15).then_some((first, last + 1))
 }
 
 async fn clipboard(node: &NodeProcess, id: &str, after: u64) -> anyhow::Result<ClipboardState> {

@@ -1,15 +1,15 @@
 //! End to end, in a real browser: Debian's Chromium (headless, driven by playwright-core through
 //! `tests/browser/e2e.mjs`) against the whole stack on loopback: slapd, the broker, a real node
-//! booting a console desktop under QEMU, and the display proxy. A user signs in, sees the pool,
-//! connects, sees the desktop in the canvas, types a command and sees its output, and signs
-//! out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
+//! booting console and graphical desktops under QEMU, and the display proxy. A user signs in,
+//! sees the pools, connects, sees the desktop in the canvas, types a command and sees its output,
+//! opens the graphical desktop and finds herself signed in there, and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
 //! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use atrium_tests::screen::{Glyphs, Screen, rows_showing};
+use atrium_tests::screen::{Glyphs, PANEL, Screen, panel_rows, rows_showing};
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip, workspace_root};
 use serde_json::{Value, json};
@@ -47,7 +47,12 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
         bail!("{CHROMIUM} is missing (Debian package `chromium`; scripts/test.sh installs it)");
     }
     let stack = Stack::start(None, None).await?;
-    stack.console_pool("demo", 1, "1280x800").await?;
+    let (console, desktop) = tokio::join!(
+        stack.pool("console", "console", 1, "1280x800"),
+        stack.pool("desktop", "desktop", 1, "1280x800")
+    );
+    console?;
+    desktop?;
 
     let tmp = TempDir::new("e2e-browser");
     let word = format!("atrium-{}", rand::random::<u32>() % 1_000_000);
@@ -89,6 +94,18 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                 Some("typed") => {
                     !rows_showing(&screen.cells(), &word, &Glyphs::default()).is_empty()
                 }
+                // The graphical desktop: its panel, with the signed-in user's directory name.
+                Some("desktop") => panel_rows(&screen)
+                    .and_then(|band| {
+                        screen.find_monospace(
+                            band.0,
+                            band.1,
+                            "Alice Andersen (alice)",
+                            PANEL,
+                            &Glyphs::default(),
+                        )
+                    })
+                    .is_some(),
                 other => bail!("unknown phase {other:?}"),
             };
             stdin.write_all(if ok { b"ok\n" } else { b"more\n" }).await?;

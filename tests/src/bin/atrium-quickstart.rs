@@ -1,6 +1,7 @@
 //! The quick start's orchestrator (run by `scripts/quickstart.sh`): a throwaway directory
 //! (slapd) seeded with demo users, the broker on SQLite, one node agent and the display proxy,
-//! all on loopback ([`atrium_tests::stack::Stack`]); a demo pool with a ready desktop; then it
+//! all on loopback ([`atrium_tests::stack::Stack`]); two demo pools (a graphical `desktop` and a
+//! `console`) with a ready desktop each; then it
 //! prints the URL and a demo login and waits for Ctrl+C, which stops everything it started.
 
 use atrium_tests::stack::Stack;
@@ -15,8 +16,13 @@ async fn main() -> anyhow::Result<()> {
         stack.node.dir.path().join("node.log").display(),
         stack.display.dir.path().join("display.log").display()
     );
-    eprintln!("quickstart: booting a desktop for the demo pool (under TCG this takes seconds)…");
-    stack.console_pool("demo", 1, "1280x800").await?;
+    eprintln!("quickstart: booting desktops for the demo pools (under TCG this takes seconds)…");
+    let (desktop, console) = tokio::join!(
+        stack.pool("desktop", "desktop", 1, "1280x800"),
+        stack.pool("console", "console", 1, "1280x800")
+    );
+    desktop?;
+    console?;
     println!("ready: {}", stack.broker.url);
     println!("demo login: alice / alice-pw");
     eprintln!("quickstart: administrator: carol / carol-pw. Ctrl+C stops everything.");
