@@ -262,6 +262,8 @@ pub struct Connecting<'a> {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub addr: IpAddr,
+    /// The XKB layout of the user's keyboard (`us`, `de`...), applied when their session starts.
+    pub keyboard_layout: Option<&'a str>,
 }
 
 pub fn policy_ctx(addr: IpAddr) -> RequestContext {
@@ -419,7 +421,7 @@ async fn tell_agent(st: &AppState, d: &Desktop, who: &Connecting<'_>) {
         display_name: who.display_name.map(str::to_owned),
         uid: who.uid,
         gid: who.gid,
-        keyboard_layout: None,
+        keyboard_layout: who.keyboard_layout.map(str::to_owned),
     };
     if user.validate().is_err() {
         tracing::warn!(user = %printable(who.username, 64), "username cannot be passed to a guest; the desktop will not greet them");
@@ -493,7 +495,7 @@ pub async fn provision(
         display_name: w.display_name.map(str::to_owned),
         uid: w.uid,
         gid: w.gid,
-        keyboard_layout: None,
+        keyboard_layout: w.keyboard_layout.map(str::to_owned),
     });
     let spec = VmSpec {
         image: pool.image.clone(),

@@ -74,7 +74,18 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     let pools = alice.get_json("/api/v1/pools", StatusCode::OK).await;
     assert_eq!(pools[0]["name"], "general");
     assert_eq!(pools[0]["state"], "ready");
-    let c1 = alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    let bad = alice
+        .post("/api/v1/pools/general/connect", json!({"keyboard_layout": "de; rm -rf /"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let c1 = alice
+        .post_json(
+            "/api/v1/pools/general/connect",
+            json!({"keyboard_layout": "de"}),
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(c1["status"], "ready");
     assert_eq!(c1["source"], "spare");
     let ticket = c1["ticket"].as_str().unwrap();
@@ -91,7 +102,12 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     assert_eq!(c1["ws_url"], format!("ws://{}/ws/{vm}", node.addr));
     // The guest agent was told who signed in.
     assert!(node.with(|s| {
-        s.sessions.iter().any(|(v, u)| *v == vm && u.username == "alice" && u.uid == Some(10001))
+        s.sessions.iter().any(|(v, u)| {
+            *v == vm
+                && u.username == "alice"
+                && u.uid == Some(10001)
+                && u.keyboard_layout.as_deref() == Some("de")
+        })
     }));
 
     // Connecting again reuses the same desktop with a fresh, distinct ticket.

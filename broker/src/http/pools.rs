@@ -2,20 +2,36 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AuthUser, ClientAddr};
 use crate::db::{DesktopState, PoolKind};
-use crate::error::{ApiResult, ErrorResponse};
+use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::policy::Action;
 use crate::service::{self, ConnectResponse, Connecting};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_pools)).routes(routes!(connect))
+}
+
+/// What `POST /pools/{pool}/connect` may carry.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// The XKB layout of the user's keyboard (`us`, `de`, `fr`...): keys reach the desktop as
+    /// physical keys, and the desktop applies this layout when the user's session starts.
+    #[serde(default)]
+    pub keyboard_layout: Option<String>,
+}
+
+fn valid_layout(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 32
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-+()".contains(&b))
 }
 
 /// A pool as a user sees it.
@@ -92,7 +108,7 @@ async fn list_pools(
 /// Connect to a desktop of a pool: the user's own desktop, else a ready spare, else a new one
 /// (`status: starting`: ask again). A ready desktop comes with a display ticket.
 #[utoipa::path(post, path = "/api/v1/pools/{pool}/connect", tag = "desktops",
-    params(("pool" = String, Path, description = "Pool name")),
+    params(("pool" = String, Path, description = "Pool name")), request_body(content = ConnectRequest, description = "Optional"),
     responses(
         (status = 200, body = ConnectResponse),
         (status = 401, body = ErrorResponse),
@@ -104,7 +120,25 @@ async fn connect(
     user: AuthUser,
     addr: ClientAddr,
     Path(pool): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<ConnectResponse>> {
+    // The body is optional: empty, `{}` or `{"keyboard_layout": "de"}`.
+    let req: ConnectRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ConnectRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+    };
+    if let Some(l) = &req.keyboard_layout
+        && !valid_layout(l)
+    {
+        return Err(ApiError::Validation {
+            field: "keyboard_layout".into(),
+            message: format!(
+                "keyboard_layout: {l:?} is not an XKB layout name (like us, de, fr(azerty))"
+            ),
+        });
+    }
     let who = Connecting {
         username: &user.username,
         login_sid: &user.sid,
@@ -113,6 +147,7 @@ async fn connect(
         uid: user.uid_number,
         gid: user.gid_number,
         addr: addr.0,
+        keyboard_layout: req.keyboard_layout.as_deref(),
     };
     Ok(Json(service::connect(&st, &who, &pool).await?))
 }

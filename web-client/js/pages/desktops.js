@@ -1,7 +1,8 @@
 // "My desktops": the pools the user may use, their state, and the user's desktops.
 
 import { get } from '../api.js';
-import { el, render, fmtTime } from '../ui.js';
+import { el, render, fmtTime, announce } from '../ui.js';
+import { LAYOUTS, currentLayout, setLayout } from '../layout.js';
 
 const STATE_TEXT = {
   ready: 'Ready',
@@ -35,6 +36,13 @@ export async function showDesktops(app) {
     el('td', { text: fmtTime(d.created_at) }),
     el('td', {}, el('button', { type: 'button', class: 'secondary', 'aria-label': `Reconnect to your ${d.pool} desktop`,
       onclick: () => app.go(`#/desktop/${encodeURIComponent(d.pool)}`) }, 'Reconnect'))));
+  const layout = el('select', { id: 'keyboard-layout', 'aria-describedby': 'keyboard-layout-hint' },
+    LAYOUTS.map(([id, name]) => el('option', { value: id, text: name })));
+  layout.value = currentLayout();
+  layout.addEventListener('change', () => {
+    setLayout(layout.value);
+    announce(`Keyboard layout set to ${layout.selectedOptions[0].textContent}. It applies to desktops you open from now on.`);
+  });
   render(
     el('h1', { text: 'My desktops' }),
     pools.length
@@ -44,5 +52,10 @@ export async function showDesktops(app) {
       el('h2', { id: 'mine-title', text: 'Your desktops' }),
       el('div', { class: 'table-wrap' }, el('table', {},
         el('thead', {}, el('tr', {}, ['Pool', 'State', 'Session', 'Since', ''].map((c) => el('th', { scope: 'col', text: c })))),
-        el('tbody', {}, mine)))) : null);
+        el('tbody', {}, mine)))) : null,
+    el('section', { class: 'card settings', 'aria-labelledby': 'settings-title' },
+      el('h2', { id: 'settings-title', text: 'Settings' }),
+      el('div', { class: 'field' }, el('label', { for: 'keyboard-layout' }, 'Keyboard layout'),
+        el('span', { class: 'hint', id: 'keyboard-layout-hint', text: 'The layout of your keyboard; new desktop sessions use it.' }),
+        layout)));
 }

@@ -4,6 +4,7 @@
 import { post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
 import { DisplaySession } from '../viewer/session.js';
+import { currentLayout } from '../layout.js';
 
 const KEEPALIVE_MS = 60_000;
 const MAX_BACKOFF_MS = 30_000;
@@ -120,7 +121,7 @@ export function showViewer(app, target) {
       const r = await post(`/api/v1/admin/sessions/${encodeURIComponent(shadowOf)}/shadow`);
       return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };
     }
-    const r = await post(`/api/v1/pools/${encodeURIComponent(pool)}/connect`);
+    const r = await post(`/api/v1/pools/${encodeURIComponent(pool)}/connect`, { keyboard_layout: currentLayout() });
     desktopId = r.desktop_id;
     if (r.status !== 'ready') return { ready: false, retry: r.retry_after_ms || 1000, source: r.source };
     return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };

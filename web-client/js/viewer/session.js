@@ -21,6 +21,10 @@ import { Stats } from './stats.js';
 import { Transport } from './transport.js';
 
 const PING_INTERVAL_MS = 2000;
+// Frame acknowledgements wait at most this long for an input event to travel with.
+const ACK_DELAY_MS = 1000;
+// A frame this large is acknowledged at once: its timing measures the throughput.
+const ACK_NOW_BYTES = 16 * 1024;
 
 export class DisplaySession extends Emitter {
   constructor({ url, canvas, keyboardTarget = null, statsIntervalMs = 1000 }) {
@@ -43,6 +47,9 @@ export class DisplaySession extends Emitter {
     this.maxFramesInFlight = 0;
     this._seq = 0;
     this._frameBytes = 0;
+    this._unacked = 0;
+    this._ackFrame = 0;
+    this._ackTimer = null;
     this._pings = new Map();
     this._pingId = 0;
     this._lastPing = 0;
@@ -92,6 +99,9 @@ export class DisplaySession extends Emitter {
     this.connected = false;
     this.transport = null;
     this.renderer.clear();
+    if (this._ackTimer) clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+    this._unacked = 0;
     if (this._statsTimer) clearInterval(this._statsTimer);
     this._statsTimer = null;
     if (was) {
@@ -175,12 +185,34 @@ export class DisplaySession extends Emitter {
     this._frameBytes = 0;
     this.renderer.then(() => {
       if (!this.transport) return;
-      this.transport.send(P.frameAckMessage(m.frame));
+      this._drawn(m.frame, bytes);
       const now = performance.now();
       this.stats.frame(now, bytes);
       this.stats.frameForInput(m.inputSeq, now);
       this.emit('frame', { frame: m.frame, inputSeq: m.inputSeq, bytes });
     });
+  }
+
+  // Every message wakes the server, so a drawn frame is acknowledged lazily: at once when the
+  // server's window is full (it sends nothing more until then) or the frame was large, else
+  // together with the next input event, or after ACK_DELAY_MS. An acknowledgement covers every
+  // frame before it.
+  _drawn(frame, bytes) {
+    this._unacked += 1;
+    this._ackFrame = frame;
+    if (this._unacked >= Math.max(1, this.maxFramesInFlight) || bytes >= ACK_NOW_BYTES) {
+      this._flushAck();
+    } else if (this._ackTimer === null) {
+      this._ackTimer = setTimeout(() => this._flushAck(), ACK_DELAY_MS);
+    }
+  }
+
+  _flushAck() {
+    if (this._ackTimer !== null) clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+    if (this._unacked === 0 || !this.transport) return;
+    this._unacked = 0;
+    this.transport.send(P.frameAckMessage(this._ackFrame));
   }
 
   _cursor(m) {
@@ -210,11 +242,13 @@ export class DisplaySession extends Emitter {
 
   _key(down, keysym, code) {
     if (!this.connected || this.viewOnly) return;
+    this._flushAck();
     this.transport.send(P.keyMessage(this._nextSeq(), down, keysym, code));
   }
 
   _pointer(x, y, buttons, wheelX, wheelY) {
     if (!this.connected || this.viewOnly) return;
+    this._flushAck();
     this.transport.send(P.pointerMessage(this._nextSeq(), x, y, buttons, wheelX, wheelY));
   }
 }
