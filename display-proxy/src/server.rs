@@ -21,6 +21,7 @@ use crate::node::NodeClient;
 use crate::pool::EncodePool;
 use crate::ticket::{TicketError, TicketVerifier, VerifierConfig};
 use crate::viewer::{self, Sessions, ViewerContext};
+use atrium_protocol::secret::constant_time_eq;
 
 /// Everything a request handler reaches.
 #[derive(Debug, Clone)]
@@ -52,8 +53,9 @@ impl AppState {
         vcfg.node_id.clone_from(&cfg.node_id);
         vcfg.leeway_secs = cfg.ticket_leeway_secs;
         vcfg.min_refresh = std::time::Duration::from_secs(cfg.jwks_refresh_min_secs);
+        let pool = EncodePool::new(cfg.encode_threads, 16);
         let viewer = Arc::new(ViewerContext {
-            pool: EncodePool::new(cfg.encode_threads, 16),
+            pool: pool.clone(),
             metrics: Arc::clone(&metrics),
             max_in_flight: cfg.max_frames_in_flight,
             refine_after: cfg.refine_after(),
@@ -61,7 +63,12 @@ impl AppState {
         });
         Self(Arc::new(Inner {
             verifier: TicketVerifier::new(vcfg),
-            desktops: Desktops::new(opener, Arc::clone(&metrics), cfg.max_viewers_per_desktop),
+            desktops: Desktops::new(
+                opener,
+                Arc::clone(&metrics),
+                pool,
+                cfg.max_viewers_per_desktop,
+            ),
             viewer,
             metrics,
             allowed_origins: cfg.allowed_origins.clone(),
@@ -161,10 +168,16 @@ async fn ws(
     let ctx = Arc::clone(&s.0.viewer);
     let sessions = Arc::clone(&s.0.sessions);
     upgrade
+        // Client messages are small (input, acknowledgements): the read buffer is zeroed up
+        // to its size on every read, so a large one costs a memset per keystroke.
+        .read_buffer_size(CLIENT_READ_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE + 1024)
         .max_frame_size(MAX_CLIENT_MESSAGE + 1024)
         .on_upgrade(move |socket| viewer::serve(socket, slot, claims, ctx, sessions))
 }
+
+/// Bytes read from a viewer's socket at a time.
+const CLIENT_READ_BUFFER: usize = 4096;
 
 /// `POST /api/v1/sessions/{sid}/end` (bearer node token, as the broker holds it): disconnects
 /// every viewer of a broker session. Idempotent.
@@ -188,11 +201,6 @@ async fn end_session(
     let n = s.0.sessions.end(&sid);
     tracing::info!(session = %sid, viewers = n, "the broker ended a session");
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! as `ATRIUM_NODE_<KEY>` (keys of `[node]`) or `ATRIUM_NODE_<SECTION>_<KEY>` (other sections).
 //! Documented in `docs/configuration.md` (section "Node (atrium-node)").
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,26 +20,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-/// A secret (the node token): its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use atrium_protocol::secret::Secret;
 
 /// Which runtime a VM spec without `runtime` gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -17,19 +17,7 @@ pub fn detect() -> KvmKind {
 }
 
 pub fn detect_at(dev: &Path, modules: &Path) -> KvmKind {
-    let usable = std::fs::OpenOptions::new().read(true).write(true).open(dev).is_ok();
-    if !usable {
-        return KvmKind::Absent;
-    }
-    if modules.join("kvm_pvm").exists() {
-        KvmKind::Pvm
-    } else if modules.join("kvm_intel").exists() {
-        KvmKind::Vmx
-    } else if modules.join("kvm_amd").exists() {
-        KvmKind::Svm
-    } else {
-        KvmKind::Unknown
-    }
+    atrium_vmm::kvm_kind::detect_in(modules, dev)
 }
 
 pub fn kind_name(kind: KvmKind) -> &'static str {

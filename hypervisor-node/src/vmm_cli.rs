@@ -246,16 +246,20 @@ fn mib(kib: u64) -> f64 {
 
 fn bench_builtin(a: &BenchBuiltinArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs > 0, "--runs must be at least 1");
-    let kind = KvmKind::detect();
+    let kind = atrium_vmm::kvm_kind::detect();
     anyhow::ensure!(
-        kind != KvmKind::None,
+        kind != KvmKind::Absent,
         "/dev/kvm is missing or not usable: the builtin VMM needs it"
     );
     let dir = std::env::temp_dir().join(format!("atrium-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let fw = dir.join("atrium-test-fw.bin");
     std::fs::write(&fw, atrium_vmm::firmware::TEST_FIRMWARE)?;
-    println!("kvm: {} (hardware virtualization: {})", kind.name(), kind.is_hardware());
+    println!(
+        "kvm: {} (hardware virtualization: {})",
+        atrium_vmm::kvm_kind::name(kind),
+        kind.is_hardware()
+    );
     println!(
         "firmware: atrium test firmware, {} bytes; guest memory {GUEST_MIB} MiB; {} runs each",
         atrium_vmm::firmware::TEST_FIRMWARE.len(),
@@ -290,7 +294,7 @@ fn bench_builtin(a: &BenchBuiltinArgs) -> anyhow::Result<()> {
             mib(b.overhead_kib())
         );
         let mut json = serde_json::json!({
-            "kvm": kind.name(),
+            "kvm": atrium_vmm::kvm_kind::name(kind),
             "runs": a.runs,
             "builtin_start_ms": ms(b.first_byte),
             "overhead_mib": mib(b.overhead_kib()),

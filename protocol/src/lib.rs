@@ -6,11 +6,13 @@
 //! - [`agent`]: the guest-agent protocol between a node and the agent inside a desktop;
 //! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
 //! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
-//! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes.
+//! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
+//! - [`secret`]: credentials that never print, compared in constant time.
 
 pub mod agent;
 pub mod display;
 pub mod keymap;
 pub mod node;
+pub mod secret;
 pub mod ticket;
 pub mod vmm_channel;

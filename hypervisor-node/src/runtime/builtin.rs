@@ -13,17 +13,14 @@
 //!   read-only base made at first launch, attached as `vda`;
 //! - the process joins its cgroup before `exec`, and dies with the node (`PR_SET_PDEATHSIG`).
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atrium_protocol::node::{Accel, DisplayEndpoint, KvmKind, RuntimeKind};
 use atrium_vmm::config::{BootSource, FramebufferConfig, SerialConfig, VmmConfig};
 use atrium_vmm::control::{self, ControlRequest, ControlResponse};
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -145,70 +142,10 @@ impl BuiltinRuntime {
             .map_err(RuntimeError::io(format!("writing {}", paths.config.display())))?;
 
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("vmm")
-            .arg("--config")
-            .arg(&paths.config)
-            .current_dir(&cfg.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        let procs = match &cfg.cgroup {
-            Some(g) => g.open_procs()?,
-            None => Vec::new(),
-        };
-        let fds: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-        // SAFETY: the closure runs in the child between fork and exec, and only makes
-        // async-signal-safe system calls (prctl, write) on file descriptors that `procs` keeps
-        // open in the parent until after spawn returns; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for fd in &fds {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(RuntimeError::io("starting atrium-node vmm"))?;
-        drop(procs);
-        let pid = child.id();
-        let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let tail = Arc::clone(&tail);
-            let id = cfg.id.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = err.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        tracing::info!(vm = %id, "vmm: {line}");
-                    }
-                    let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t.extend_from_slice(&buf[..n]);
-                    let excess = t.len().saturating_sub(2048);
-                    t.drain(..excess);
-                }
-            });
-        }
-        let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let last = {
-                let t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                String::from_utf8_lossy(&t).trim().lines().last().unwrap_or_default().to_owned()
-            };
-            let _ = exit_tx.send(Some(exit_info(status, &last)));
-        });
+        cmd.arg("vmm").arg("--config").arg(&paths.config);
+        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "vmm", |status, err_text| {
+            exit_info(status, err_text.lines().last().unwrap_or_default())
+        })?;
         let vm = BuiltinVm {
             endpoints: Endpoints {
                 display: DisplayEndpoint::Shm { path: paths.display.display().to_string() },

@@ -178,6 +178,85 @@ pub trait Runtime: Send + Sync + Debug {
     fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>>;
 }
 
+/// Starts a VM's process (QEMU, or `atrium-node vmm`) the way every runtime does: in its own
+/// process group, in the VM's cgroup (joined between fork and exec), dying with the node, its
+/// stderr logged under `label` with a bounded tail kept. Returns its pid and a watch that
+/// carries `exit_info(status, stderr tail)` once it ends.
+pub(crate) fn spawn_vm_process(
+    mut cmd: tokio::process::Command,
+    cfg: &LaunchConfig,
+    label: &'static str,
+    exit_info: fn(std::io::Result<std::process::ExitStatus>, &str) -> ExitInfo,
+) -> Result<(Option<u32>, watch::Receiver<Option<ExitInfo>>), RuntimeError> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncReadExt;
+    cmd.current_dir(&cfg.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let procs = match &cfg.cgroup {
+        Some(g) => g.open_procs()?,
+        None => Vec::new(),
+    };
+    let fds: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: the closure runs in the child between fork and exec, and only makes
+    // async-signal-safe system calls (prctl, write) on file descriptors that `procs` keeps
+    // open in the parent until after spawn returns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the node: the node alone tracks and cleans up its VMs. The node spawns
+            // from its async worker threads, which live as long as the node.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in &fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(RuntimeError::io(format!("starting {label}")))?;
+    drop(procs);
+    let pid = child.id();
+    let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let tail = Arc::clone(&tail);
+        let id = cfg.id.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]);
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::warn!(vm = %id, "{label}: {line}");
+                }
+                let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.extend_from_slice(&buf[..n]);
+                let excess = t.len().saturating_sub(2048);
+                t.drain(..excess);
+            }
+        });
+    }
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        // Let the stderr reader take the last lines.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let err_text = {
+            let t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            String::from_utf8_lossy(&t).trim().to_owned()
+        };
+        let _ = exit_tx.send(Some(exit_info(status, &err_text)));
+    });
+    Ok((pid, exit_rx))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,7 @@
 //! - the process joins its cgroup before `exec`, and dies with the node (`PR_SET_PDEATHSIG`).
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +21,6 @@ use std::time::{Duration, Instant};
 use atrium_protocol::agent::PORT_NAME;
 use atrium_protocol::node::{Accel, DisplayEndpoint, KvmKind, RuntimeKind};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::{Mutex, watch};
 
@@ -265,6 +262,28 @@ impl QemuRuntime {
     }
 }
 
+/// How a QEMU process ended, for the VM's state and error.
+fn qemu_exit_info(status: std::io::Result<std::process::ExitStatus>, err_text: &str) -> ExitInfo {
+    match status {
+        Ok(s) if s.success() => ExitInfo {
+            clean: true,
+            description: "QEMU exited normally (guest power-off or quit)".into(),
+        },
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            let what = match (s.code(), s.signal()) {
+                (Some(c), _) => format!("QEMU exited with status {c}"),
+                (None, Some(sig)) => format!("QEMU was killed by signal {sig}"),
+                _ => "QEMU ended".to_owned(),
+            };
+            let last = err_text.lines().last().unwrap_or_default();
+            let description = if last.is_empty() { what } else { format!("{what}: {last}") };
+            ExitInfo { clean: false, description }
+        }
+        Err(e) => ExitInfo { clean: false, description: format!("waiting for QEMU failed: {e}") },
+    }
+}
+
 /// VGA memory for a display: room for two frames at 32 bits per pixel, a power of two.
 pub fn vgamem_mb(width: u32, height: u32) -> u32 {
     let need = (u64::from(width) * u64::from(height) * 4 * 2).div_ceil(1 << 20);
@@ -333,95 +352,8 @@ impl QemuRuntime {
             self.create_home(h).await?;
         }
         let mut cmd = Command::new(&self.cfg.binary);
-        cmd.args(self.args(&cfg, &paths))
-            .current_dir(&cfg.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        let procs = match &cfg.cgroup {
-            Some(g) => g.open_procs()?,
-            None => Vec::new(),
-        };
-        let fds: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-        // SAFETY: the closure runs in the child between fork and exec, and only makes
-        // async-signal-safe system calls (prctl, write) on file descriptors that `procs` keeps
-        // open in the parent until after spawn returns; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Die with the node: the node alone tracks and cleans up its VMs. The node
-                // spawns from its async worker threads, which live as long as the node.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for fd in &fds {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(RuntimeError::io(format!("starting {}", self.cfg.binary.display())))?;
-        drop(procs);
-        let pid = child.id();
-        let stderr_tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let tail = Arc::clone(&stderr_tail);
-            let id = cfg.id.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = err.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        tracing::warn!(vm = %id, "qemu: {line}");
-                    }
-                    let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t.extend_from_slice(&buf[..n]);
-                    let excess = t.len().saturating_sub(2048);
-                    t.drain(..excess);
-                }
-            });
-        }
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let tail = Arc::clone(&stderr_tail);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            // Let the stderr reader take the last lines.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let err_text = {
-                let t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                String::from_utf8_lossy(&t).trim().to_owned()
-            };
-            let info = match status {
-                Ok(s) if s.success() => ExitInfo {
-                    clean: true,
-                    description: "QEMU exited normally (guest power-off or quit)".into(),
-                },
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    let what = match (s.code(), s.signal()) {
-                        (Some(c), _) => format!("QEMU exited with status {c}"),
-                        (None, Some(sig)) => format!("QEMU was killed by signal {sig}"),
-                        _ => "QEMU ended".to_owned(),
-                    };
-                    let last = err_text.lines().last().unwrap_or_default();
-                    let description =
-                        if last.is_empty() { what } else { format!("{what}: {last}") };
-                    ExitInfo { clean: false, description }
-                }
-                Err(e) => {
-                    ExitInfo { clean: false, description: format!("waiting for QEMU failed: {e}") }
-                }
-            };
-            let _ = exit_tx.send(Some(info));
-        });
+        cmd.args(self.args(&cfg, &paths));
+        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", qemu_exit_info)?;
 
         let vm = QemuVm {
             endpoints: Endpoints {

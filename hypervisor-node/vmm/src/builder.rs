@@ -32,7 +32,7 @@ use crate::devices::virtio::mmio::reg;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::event_loop::{EventLoop, Notify};
 use crate::firmware::BootInfo;
-use crate::kvm_kind::KvmKind;
+use crate::kvm_kind::{self, KvmKind};
 use crate::layout::{
     COM1_IRQ, COM1_PORT, FRAMEBUFFER_START, GED_IRQ, KVM_TSS_ADDR, VIRTIO_FIRST_IRQ,
     VIRTIO_MMIO_START, VIRTIO_MMIO_STRIDE,
@@ -80,8 +80,8 @@ struct Vmm {
 pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
     let started = Instant::now();
     config.validate()?;
-    let kind = KvmKind::detect();
-    info!(vm = %config.vm_id, kvm = kind.name(), hardware = kind.is_hardware(), "building VM");
+    let kind = kvm_kind::detect();
+    info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), hardware = kind.is_hardware(), "building VM");
     let step = |name: &str| debug!(step = name, us = started.elapsed().as_micros(), "recipe");
     let mut vmm = create_vm(config, kind, started)?;
     step("create_vm");
@@ -395,7 +395,7 @@ impl Vmm {
                     for h in &handles {
                         h.send(VcpuCommand::Resume);
                     }
-                    info!(vm = %config.vm_id, kvm = kind.name(), ms = started.elapsed().as_millis(), "VM running");
+                    info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), ms = started.elapsed().as_millis(), "VM running");
                     VmState::Running
                 };
                 let main = MainLoop {
