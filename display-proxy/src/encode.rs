@@ -9,6 +9,7 @@ use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
 use crate::frame::{Frame, Kind};
 use crate::framebuffer::{Framebuffer, to_rgba};
 use crate::metrics::Metrics;
+use crate::plan::Plan;
 
 /// Largest palette; more colours make a rectangle photo-like.
 pub const MAX_PALETTE: usize = 256;
@@ -116,51 +117,106 @@ fn image_message(r: Rect, format: ImageFormat, data: Vec<u8>) -> Vec<u8> {
 
 /// A lossless PNG of `r`: indexed when `table` is given, else RGB.
 pub fn png(fb: &Framebuffer, r: Rect, table: Option<&ColorTable>) -> Vec<u8> {
+    match table {
+        Some(t) => palette_png(fb, r, t),
+        None => rgb_png(fb, r),
+    }
+}
+
+/// Deflate level of palette PNGs (zlib's default: lines of text repeat, and LZ77 finds it).
+const PALETTE_DEFLATE_LEVEL: u32 = 6;
+
+thread_local! {
+    /// One deflate state per thread, reset between images: making a new one allocates and
+    /// zeroes some 300 KiB, far more than a glyph or a line of text costs to compress.
+    static DEFLATE: std::cell::RefCell<flate2::Compress> = std::cell::RefCell::new(
+        flate2::Compress::new(flate2::Compression::new(PALETTE_DEFLATE_LEVEL), true),
+    );
+}
+
+/// Appends one PNG chunk: length, type, data, and the CRC of type and data.
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    let len = u32::try_from(data.len()).expect("a PNG chunk of a rectangle is below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = flate2::Crc::new();
+    crc.update(&out[start..]);
+    out.extend_from_slice(&crc.sum().to_be_bytes());
+}
+
+/// zlib-compresses `data` with this thread's deflate state.
+fn zlib(data: &[u8]) -> Vec<u8> {
+    DEFLATE.with(|cell| {
+        let mut c = cell.borrow_mut();
+        c.reset();
+        let mut out = Vec::with_capacity(data.len() / 4 + 64);
+        loop {
+            let consumed = usize::try_from(c.total_in()).expect("input below usize");
+            let status = c
+                .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Finish)
+                .expect("deflate into a Vec with room");
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            out.reserve(out.capacity().max(256));
+        }
+        out
+    })
+}
+
+/// A palette PNG of `r` (filter None on every row, as suits indices).
+fn palette_png(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
+    let n = t.colors().len();
+    let bits: u8 = match n {
+        0..=2 => 1,
+        3..=4 => 2,
+        5..=16 => 4,
+        _ => 8,
+    };
+    let row_bytes = usize::from(r.w).div_ceil(8 / usize::from(bits));
+    // Each row is its filter type (0, None) then the packed indices.
+    let mut raw = vec![0u8; (row_bytes + 1) * usize::from(r.h)];
+    for (row, y) in raw.chunks_exact_mut(row_bytes + 1).zip(r.y..r.y + r.h) {
+        pack_row(fb.span(r.x, y, r.w), t, bits, &mut row[1..]);
+    }
+    let idat = zlib(&raw);
+    let mut out = Vec::with_capacity(idat.len() + n * 3 + 64);
+    out.extend_from_slice(b"\x89PNG\r\n\x1a\n");
+    let mut ihdr = [0u8; 13];
+    ihdr[..4].copy_from_slice(&u32::from(r.w).to_be_bytes());
+    ihdr[4..8].copy_from_slice(&u32::from(r.h).to_be_bytes());
+    ihdr[8] = bits;
+    ihdr[9] = 3; // indexed colour; compression, filter and interlace methods 0
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    let mut plte = Vec::with_capacity(n * 3);
+    for &c in t.colors() {
+        plte.extend_from_slice(&to_rgba(c)[..3]);
+    }
+    png_chunk(&mut out, b"PLTE", &plte);
+    png_chunk(&mut out, b"IDAT", &idat);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// An RGB PNG of `r` (photo-like areas refined to lossless).
+fn rgb_png(fb: &Framebuffer, r: Rect) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let mut enc = png::Encoder::new(&mut out, u32::from(r.w), u32::from(r.h));
-    let data = match table {
-        Some(t) => {
-            let n = t.colors().len();
-            let bits: u8 = match n {
-                0..=2 => 1,
-                3..=4 => 2,
-                5..=16 => 4,
-                _ => 8,
-            };
-            let mut plte = Vec::with_capacity(n * 3);
-            for &c in t.colors() {
-                let [r, g, b, _] = to_rgba(c);
-                plte.extend_from_slice(&[r, g, b]);
-            }
-            enc.set_color(png::ColorType::Indexed);
-            enc.set_depth(match bits {
-                1 => png::BitDepth::One,
-                2 => png::BitDepth::Two,
-                4 => png::BitDepth::Four,
-                _ => png::BitDepth::Eight,
-            });
-            enc.set_palette(plte);
-            enc.set_filter(png::Filter::NoFilter);
-            enc.set_compression(png::Compression::Balanced);
-            pack_indices(fb, r, t, bits)
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_filter(png::Filter::Paeth);
+    enc.set_compression(png::Compression::Fast);
+    let mut v = Vec::with_capacity(usize::from(r.w) * usize::from(r.h) * 3);
+    for y in r.y..r.y + r.h {
+        for &p in fb.span(r.x, y, r.w) {
+            let [r, g, b, _] = to_rgba(p);
+            v.extend_from_slice(&[r, g, b]);
         }
-        None => {
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            enc.set_filter(png::Filter::Paeth);
-            enc.set_compression(png::Compression::Fast);
-            let mut v = Vec::with_capacity(usize::from(r.w) * usize::from(r.h) * 3);
-            for y in r.y..r.y + r.h {
-                for &p in fb.span(r.x, y, r.w) {
-                    let [r, g, b, _] = to_rgba(p);
-                    v.extend_from_slice(&[r, g, b]);
-                }
-            }
-            v
-        }
-    };
+    }
     let mut w = enc.write_header().expect("PNG header into a Vec");
-    w.write_image_data(&data).expect("PNG data of the declared size into a Vec");
+    w.write_image_data(&v).expect("PNG data of the declared size into a Vec");
     w.finish().expect("PNG end into a Vec");
     out
 }
@@ -189,20 +245,26 @@ pub fn indexed(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
 }
 
 fn pack_indices(fb: &Framebuffer, r: Rect, t: &ColorTable, bits: u8) -> Vec<u8> {
-    let per_byte = 8 / usize::from(bits);
-    let row_bytes = usize::from(r.w).div_ceil(per_byte);
+    let row_bytes = usize::from(r.w).div_ceil(8 / usize::from(bits));
     let mut v = vec![0u8; row_bytes * usize::from(r.h)];
     for (row, y) in v.chunks_exact_mut(row_bytes).zip(r.y..r.y + r.h) {
-        let mut last = (u32::MAX, 0u8);
-        for (i, &p) in fb.span(r.x, y, r.w).iter().enumerate() {
-            if p != last.0 {
-                last = (p, t.index(p));
-            }
-            let shift = 8 - usize::from(bits) * (i % per_byte + 1);
-            row[i / per_byte] |= last.1 << shift;
-        }
+        pack_row(fb.span(r.x, y, r.w), t, bits, row);
     }
     v
+}
+
+/// Packs one row of pixels as palette indices of `bits` each, most significant bits first,
+/// into `row` (zeroed, of the packed length).
+fn pack_row(pixels: &[u32], t: &ColorTable, bits: u8, row: &mut [u8]) {
+    let per_byte = 8 / usize::from(bits);
+    let mut last = (u32::MAX, 0u8);
+    for (i, &p) in pixels.iter().enumerate() {
+        if p != last.0 {
+            last = (p, t.index(p));
+        }
+        let shift = 8 - usize::from(bits) * (i % per_byte + 1);
+        row[i / per_byte] |= last.1 << shift;
+    }
 }
 
 /// A JPEG of `r` at `quality` (1..=100).
@@ -238,17 +300,30 @@ pub fn encode_rect(frame: &Frame, r: Rect, kind: Kind, metrics: &Metrics) -> std
     })
 }
 
+/// The messages of every rectangle of `plan`, in order.
+pub fn encode_plan(frame: &Frame, plan: &Plan, metrics: &Metrics) -> Vec<std::sync::Arc<[u8]>> {
+    plan.rects.iter().map(|&(r, kind)| encode_rect(frame, r, kind, metrics)).collect()
+}
+
+/// `Indexed` data this small is sent without trying a PNG: a PNG's signature and chunks alone
+/// take 57 bytes, so it could save little, and compressing would cost more than sending.
+const INDEXED_WITHOUT_PNG: usize = 160;
+
 /// A few-colour rectangle as a palette PNG, or as `Indexed` when that is smaller (tiny areas
 /// such as a typed character, where a PNG's own overhead dominates).
 fn palette_message(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
-    let png = png(fb, r, Some(t));
     if usize::from(r.w) * usize::from(r.h) <= MAX_INDEXED_PIXELS && t.colors().len() <= 16 {
         let raw = indexed(fb, r, t);
+        if raw.len() <= INDEXED_WITHOUT_PNG {
+            return image_message(r, ImageFormat::Indexed, raw);
+        }
+        let png = palette_png(fb, r, t);
         if raw.len() < png.len() {
             return image_message(r, ImageFormat::Indexed, raw);
         }
+        return image_message(r, ImageFormat::Png, png);
     }
-    image_message(r, ImageFormat::Png, png)
+    image_message(r, ImageFormat::Png, palette_png(fb, r, t))
 }
 
 #[cfg(test)]

@@ -42,10 +42,17 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = DisplayConfig::load(&config)?;
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if cfg.io_threads > 0 {
-                rt.worker_threads(cfg.io_threads);
-            }
+            // One runtime thread (the default) is tokio's current-thread scheduler: this thread
+            // runs every task, with no hand-off to a worker and no work-stealing bookkeeping.
+            let mut rt = if cfg.io_threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if cfg.io_threads > 0 {
+                    b.worker_threads(cfg.io_threads);
+                }
+                b
+            };
             rt.enable_all().build()?.block_on(serve(cfg))
         }
         Command::Bench(opts) => {

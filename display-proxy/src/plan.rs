@@ -46,6 +46,9 @@ pub struct Plan {
     pub resize: Option<(u16, u16)>,
     pub copy: Option<CopyOp>,
     pub rects: Vec<(Rect, Kind)>,
+    /// Some area looks like a photograph: many colours, large enough for JPEG (whether or not
+    /// this plan sends it as JPEG).
+    pub photo: bool,
 }
 
 impl Plan {
@@ -78,7 +81,7 @@ pub fn plan_update(frame: &Frame, view: &ViewerTiles, quality: Option<u8>) -> Pl
             .map(|t| grid.rect(t))
             .collect()
     };
-    plan.rects = classify_and_merge(frame, &areas, quality);
+    (plan.rects, plan.photo) = classify_and_merge(frame, &areas, quality);
     plan
 }
 
@@ -93,7 +96,8 @@ pub fn plan_refine(frame: &Frame, view: &ViewerTiles, now: Instant, after: Durat
         .filter(|&t| view.lossy[t].is_some_and(|since| now.duration_since(since) >= after))
         .map(|t| grid.rect(t))
         .collect();
-    Plan { resize: None, copy: None, rects: classify_and_merge(frame, &areas, None) }
+    let (rects, photo) = classify_and_merge(frame, &areas, None);
+    Plan { resize: None, copy: None, rects, photo }
 }
 
 /// When the next refinement is due, if any tile shows lossy pixels.
@@ -148,20 +152,28 @@ fn copy_lossy(lossy: &mut [Option<Instant>], grid: &Grid, c: CopyOp) {
     }
 }
 
-/// Classifies each area, then merges neighbours of the same kind.
-fn classify_and_merge(frame: &Frame, areas: &[Rect], quality: Option<u8>) -> Vec<(Rect, Kind)> {
+/// Classifies each area, then merges neighbours of the same kind; also says whether some
+/// area looked like a photograph.
+fn classify_and_merge(
+    frame: &Frame,
+    areas: &[Rect],
+    quality: Option<u8>,
+) -> (Vec<(Rect, Kind)>, bool) {
+    let mut photo = false;
     let mut items: Vec<(Rect, Kind, Option<u32>)> = areas
         .iter()
         .filter(|r| r.w > 0 && r.h > 0)
         .map(|&r| match analyze(&frame.fb, r) {
             Analysis::Solid(c) => (r, Kind::Fill, Some(c)),
             Analysis::Palette(_) => (r, Kind::Png, None),
-            Analysis::Many => match quality {
-                Some(q) if usize::from(r.w) * usize::from(r.h) >= MIN_JPEG_PIXELS => {
-                    (r, Kind::Jpeg(q), None)
+            Analysis::Many if usize::from(r.w) * usize::from(r.h) >= MIN_JPEG_PIXELS => {
+                photo = true;
+                match quality {
+                    Some(q) => (r, Kind::Jpeg(q), None),
+                    None => (r, Kind::Png, None),
                 }
-                _ => (r, Kind::Png, None),
-            },
+            }
+            Analysis::Many => (r, Kind::Png, None),
         })
         .collect();
     // Horizontal: within a tile row, left to right.
@@ -200,7 +212,7 @@ fn classify_and_merge(frame: &Frame, areas: &[Rect], quality: Option<u8>) -> Vec
         out.push(it);
     }
     out.sort_by_key(|(r, _, _)| (r.y, r.x));
-    out.into_iter().map(|(r, k, _)| (r, k)).collect()
+    (out.into_iter().map(|(r, k, _)| (r, k)).collect(), photo)
 }
 
 #[cfg(test)]

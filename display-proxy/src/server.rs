@@ -42,7 +42,8 @@ impl AppState {
     /// The service as configured, finding displays through the node agent.
     pub fn from_config(cfg: &DisplayConfig) -> Self {
         let node = NodeClient::new(&cfg.node_api_url, cfg.node_token.clone());
-        Self::with_opener(cfg, Arc::new(NodeOpener { node }))
+        let keep_refresh = cfg.keep_refresh_after_input();
+        Self::with_opener(cfg, Arc::new(NodeOpener { node, keep_refresh }))
     }
 
     /// The service with another way to open displays (benchmarks and tests use a synthetic

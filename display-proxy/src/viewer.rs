@@ -14,13 +14,12 @@ use atrium_protocol::keymap;
 use atrium_protocol::ticket::{Capabilities, DisplayClaims};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, broadcast, mpsc};
-use tracing::Instrument;
 
 use crate::desktop::{Desktop, ViewerSlot};
-use crate::encode::encode_rect;
+use crate::encode::encode_plan;
 use crate::frame::Frame;
 use crate::metrics::Metrics;
 use crate::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
@@ -148,9 +147,11 @@ pub async fn serve(
     ctx: Arc<ViewerContext>,
     sessions: Arc<Sessions>,
 ) {
+    // The span names the viewer in its log lines; it is not entered on every poll of the
+    // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid);
-    serve_inner(socket, slot, claims.caps, ctx, Arc::clone(&entry.notify)).instrument(span).await;
+    serve_inner(socket, slot, claims.caps, ctx, Arc::clone(&entry.notify), &span).await;
     drop(entry);
 }
 
@@ -160,10 +161,11 @@ async fn serve_inner(
     rights: Capabilities,
     ctx: Arc<ViewerContext>,
     ended: Arc<Notify>,
+    span: &tracing::Span,
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(view_only = rights.view_only, viewers = desktop.viewers(), "viewer connected");
+    tracing::info!(parent: span, view_only = rights.view_only, viewers = desktop.viewers(), "viewer connected");
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(64);
     let inputs = Arc::new(Mutex::new(InputLog::default()));
@@ -190,7 +192,7 @@ async fn serve_inner(
     let why = sender.run(rx).await;
     receiver.abort();
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
-    tracing::info!(reason = %why, "viewer disconnected");
+    tracing::info!(parent: span, reason = %why, "viewer disconnected");
     drop(slot);
 }
 
@@ -261,6 +263,18 @@ impl Sender {
             return "send failed".into();
         }
         let max = usize::from(self.ctx.max_in_flight);
+        // The timers and the end-of-session notification live across iterations: each loop
+        // only moves a deadline when it changes (a new timer per wake-up would register and
+        // deregister it every time).
+        let ended = Arc::clone(&self.ended);
+        let ended = ended.notified();
+        tokio::pin!(ended);
+        let far = Instant::now() + Duration::from_secs(365 * 86_400);
+        let refine_timer = tokio::time::sleep_until(far.into());
+        tokio::pin!(refine_timer);
+        let ack_timer = tokio::time::sleep_until(far.into());
+        tokio::pin!(ack_timer);
+        let (mut refine_armed, mut ack_armed) = (None::<Instant>, None::<Instant>);
         loop {
             if self.in_flight.len() < max {
                 let newest = Arc::clone(&frames.borrow_and_update());
@@ -283,10 +297,21 @@ impl Sender {
             let refine_at =
                 if room { next_refine(&self.view, self.ctx.refine_after) } else { None };
             let ack_deadline = self.in_flight.front().map(|f| f.sent + self.ctx.ack_timeout);
-            let far = Instant::now() + Duration::from_secs(3600);
-            let ended = Arc::clone(&self.ended);
+            if refine_at != refine_armed {
+                if let Some(t) = refine_at {
+                    refine_timer.as_mut().reset(t.into());
+                }
+                refine_armed = refine_at;
+            }
+            if ack_deadline != ack_armed {
+                if let Some(t) = ack_deadline {
+                    ack_timer.as_mut().reset(t.into());
+                }
+                ack_armed = ack_deadline;
+            }
             tokio::select! {
-                () = ended.notified() => {
+                biased;
+                () = &mut ended => {
                     self.close(close_code::NORMAL, "the session ended").await;
                     return "the broker ended the session".into();
                 }
@@ -332,8 +357,8 @@ impl Sender {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => clip = broadcast::channel(1).1,
                 },
-                () = tokio::time::sleep_until(refine_at.unwrap_or(far).into()), if refine_at.is_some() => {}
-                () = tokio::time::sleep_until(ack_deadline.unwrap_or(far).into()), if ack_deadline.is_some() => {
+                () = &mut refine_timer, if refine_armed.is_some() => refine_armed = None,
+                () = &mut ack_timer, if ack_armed.is_some() => {
                     self.close(close_code::POLICY, "no frame acknowledgement").await;
                     return "no frame acknowledgement".into();
                 }
@@ -359,23 +384,37 @@ impl Sender {
     /// Plans, encodes and sends one frame (an update, or a refinement). Returns whether
     /// anything was sent.
     async fn send_frame(&mut self, frame: Arc<Frame>, refine: bool) -> Result<bool, axum::Error> {
-        let pool = self.ctx.pool.clone();
-        let view = self.view.clone();
-        let f = Arc::clone(&frame);
         let now = Instant::now();
-        // A small change (typing, a pointer) is planned and encoded right here: the thread
-        // hand-offs to the pool would cost more than the work.
-        let inline = !refine && is_small(&frame, &self.view);
-        let plan = if refine {
-            let after = self.ctx.refine_after;
-            pool.run(move || plan_refine(&f, &view, now, after)).await
-        } else if inline {
-            Ok(plan_update(&f, &view, Some(self.quality())))
+        let prepared = if !refine && is_next(&frame, &self.view) { frame.in_step() } else { None };
+        let (plan, messages) = if let Some(p) = prepared {
+            (p.plan.clone(), p.messages.clone())
         } else {
-            let q = self.quality();
-            pool.run(move || plan_update(&f, &view, Some(q))).await
+            let view = self.view.clone();
+            let f = Arc::clone(&frame);
+            let metrics = Arc::clone(&self.ctx.metrics);
+            let (after, quality) = (self.ctx.refine_after, Some(self.quality()));
+            let work = move || {
+                let plan = if refine {
+                    plan_refine(&f, &view, now, after)
+                } else {
+                    plan_update(&f, &view, quality)
+                };
+                let messages = encode_plan(&f, &plan, &metrics);
+                (plan, messages)
+            };
+            // A small change (typing, a pointer) is planned and encoded right here: the
+            // thread hand-offs to the pool would cost more than the work. Anything else is
+            // one job on the pool, whatever the number of rectangles.
+            if !refine && is_small(&frame, &self.view) {
+                work()
+            } else {
+                self.ctx
+                    .pool
+                    .run(work)
+                    .await
+                    .map_err(|_| axum::Error::new("the encode pool stopped"))?
+            }
         };
-        let Ok(plan) = plan else { return Err(axum::Error::new("the encode pool stopped")) };
         if plan.is_empty() {
             if !refine {
                 apply(&mut self.view, &frame, &plan, now);
@@ -397,32 +436,8 @@ impl Sender {
             let m = ServerMessage::Copy { rect: c.rect, src_x: c.src_x, src_y: c.src_y }.encode();
             bytes += self.send(Bytes::from(m)).await?;
         }
-        let mut jobs: FuturesOrdered<_> = plan
-            .rects
-            .iter()
-            .map(|&(r, kind)| {
-                let f = Arc::clone(&frame);
-                let metrics = Arc::clone(&self.ctx.metrics);
-                let pool = pool.clone();
-                async move {
-                    if inline {
-                        Ok(encode_rect(&f, r, kind, &metrics))
-                    } else {
-                        pool.run(move || encode_rect(&f, r, kind, &metrics)).await
-                    }
-                }
-            })
-            .collect();
-        let mut unflushed = 0;
-        while let Some(msg) = jobs.next().await {
-            let msg = msg.map_err(|_| axum::Error::new("the encode pool stopped"))?;
-            let n = self.send(Bytes::from_owner(msg)).await?;
-            bytes += n;
-            unflushed += n;
-            if unflushed >= 256 * 1024 {
-                self.sink.flush().await?;
-                unflushed = 0;
-            }
+        for msg in messages {
+            bytes += self.send(Bytes::from_owner(msg)).await?;
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
@@ -442,15 +457,24 @@ impl Sender {
 /// Pixels below which an update is planned and encoded on the connection's own task.
 const INLINE_PIXELS: u32 = 64 * 64 * 4;
 
+/// Whether `view` has the frame just before `frame`, at its size.
+fn is_next(frame: &Frame, view: &ViewerTiles) -> bool {
+    view.sent_seq > 0
+        && view.sent_seq + 1 == frame.seq
+        && view.sent_seq >= frame.size_seq
+        && (view.width, view.height) == (frame.grid.width, frame.grid.height)
+}
+
 /// Whether bringing `view` to `frame` is a small job: the viewer has the frame before, and
 /// few pixels changed.
 fn is_small(frame: &Frame, view: &ViewerTiles) -> bool {
-    view.sent_seq > 0
-        && view.sent_seq + 1 == frame.seq
-        && (view.width, view.height) == (frame.grid.width, frame.grid.height)
+    is_next(frame, view)
         && frame.delta.iter().map(|d| u32::from(d.bbox.w) * u32::from(d.bbox.h)).sum::<u32>()
             <= INLINE_PIXELS
 }
+
+/// Most keys one viewer is tracked as holding down at once.
+const MAX_HELD_KEYS: usize = 256;
 
 /// Keys and buttons a viewer holds down, released if it goes away.
 struct Held {
@@ -551,9 +575,11 @@ async fn receive(
                     InputEvent::Key { down, keysym, evdev },
                 );
                 if !rights.view_only {
-                    if down {
+                    // A keyboard has about a hundred keys: a client claiming to hold more is
+                    // not tracked further (its releases at disconnect are best effort anyway).
+                    if down && held.keys.len() < MAX_HELD_KEYS {
                         held.keys.insert((keysym, evdev));
-                    } else {
+                    } else if !down {
                         held.keys.remove(&(keysym, evdev));
                     }
                 }

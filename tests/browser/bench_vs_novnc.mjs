@@ -107,16 +107,20 @@ async function quiet(views, quietMs = 1500, maxMs = 180000) {
   }
 }
 
-// Types `text` into `v`, measuring each key's input-to-pixel time in that page.
+// Types `text` into `v`, measuring each key's input-to-pixel time in that page. The pauses
+// vary around `gapMs` (from half to one and a half times it), as a person's do: with one fixed
+// pause every key would fall at the same point of QEMU's 30 ms refresh timer, and the figure
+// would depend on that one phase.
 async function typeMeasured(v, text, gapMs) {
   const lat = [];
   await focusCanvas(v);
   for (const ch of text) {
     await v.page.evaluate(() => { window.__firstDrawAfterKey = 0; window.__keyT = 0; });
     await pressChar(v.page, ch);
+    const pause = gapMs * (0.5 + Math.random());
     if (ch === ' ') {
       // With the cursor hidden a space draws nothing: not a sample.
-      await sleep(gapMs);
+      await sleep(pause);
       continue;
     }
     const ms = await v.page
@@ -124,7 +128,7 @@ async function typeMeasured(v, text, gapMs) {
       .then((h) => h.jsonValue())
       .catch(() => null);
     if (ms !== null) lat.push(ms);
-    await sleep(gapMs);
+    await sleep(pause);
   }
   return lat;
 }

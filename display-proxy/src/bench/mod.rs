@@ -5,7 +5,8 @@
 //! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
 //! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
 //!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
-//!   headless Chromium.
+//!   headless Chromium; then key-to-update times on QEMU's VNC socket alone (what any VNC
+//!   client can get).
 //!
 //! The last line printed is one JSON object with every figure.
 
@@ -13,6 +14,7 @@ mod encode;
 mod fanout;
 mod novnc;
 mod procstat;
+mod qemu_floor;
 mod relay;
 mod static_files;
 
@@ -43,6 +45,10 @@ pub struct BenchOptions {
     /// ~/.cache/atrium/images/console.
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// The proxy's `keep_refresh_after_input_ms` in the comparison with noVNC (0: off; by
+    /// default the service's default, 1000).
+    #[arg(long, default_value_t = crate::config::DisplayConfig::default().keep_refresh_after_input_ms)]
+    pub keep_refresh_ms: u64,
 }
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {

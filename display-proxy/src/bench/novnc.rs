@@ -240,8 +240,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     std::fs::write(
         &proxy_cfg,
         format!(
-            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{node_url}\"\nnode_token = \"{NODE_TOKEN}\"\nallowed_origins = [\"http://{pages}\"]\n",
-            jwks.url()
+            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{node_url}\"\nnode_token = \"{NODE_TOKEN}\"\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
+            jwks.url(),
+            opts.keep_refresh_ms,
         ),
     )?;
     let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
@@ -384,7 +385,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     eprintln!("bench: vs noVNC: {out}");
     drop(proxy);
     drop(websockify);
-    Ok(out.as_object().cloned().unwrap_or_default())
+    let mut out = out.as_object().cloned().unwrap_or_default();
+    // The browsers have left: measure what QEMU's VNC server allows on its own.
+    let socket = PathBuf::from(vnc);
+    match tokio::task::spawn_blocking(move || super::qemu_floor::run(&socket)).await? {
+        Ok(floor) => out.extend(floor),
+        Err(e) => {
+            eprintln!("bench: the QEMU probe failed: {e:#}");
+            out.insert("qemu_probe_error".into(), Value::String(format!("{e:#}")));
+        }
+    }
+    Ok(out)
 }
 
 fn urlencode(s: &str) -> String {

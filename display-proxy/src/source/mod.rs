@@ -102,6 +102,36 @@ pub trait FramebufferSource: Send + fmt::Debug {
     /// Blocks until the desktop reports a change, applies it to `fb` (which has the source's
     /// size, and keeps what earlier calls wrote), and says what changed.
     fn next_update(&mut self, fb: &mut Framebuffer) -> Result<Vec<SourceEvent>, SourceError>;
+    /// The same source driven without blocking, when it can be (see [`PolledSource`]).
+    fn polled(&mut self) -> Option<&mut dyn PolledSource> {
+        None
+    }
+}
+
+/// A source the async runtime can drive instead of a capture thread: it reads without
+/// blocking, says when a whole message has arrived, and decodes it where the caller chooses
+/// (inline when small, on the encode pool when large). No thread hand-off per update.
+pub trait PolledSource: Send {
+    /// Another handle on the connection, to wait on until there is something to read.
+    fn readiness(&self) -> std::io::Result<std::os::fd::OwnedFd>;
+    /// The size of the next message once all of it has arrived (`None`: read more first);
+    /// asks for the next update when none is asked for.
+    fn buffered_message(&mut self) -> Result<Option<usize>, SourceError>;
+    /// Reads what has arrived, without blocking (`Ok(0)`: the connection closed).
+    fn read_available(&mut self) -> std::io::Result<usize>;
+    /// Sends what keeps the source quick to report changes, if it is due at `now`; returns
+    /// when to call again (`None`: nothing to keep up until more input arrives).
+    fn keep_alive(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let _ = now;
+        None
+    }
+    /// Decodes the buffered message of `len` bytes into `fb`, as [`FramebufferSource::next_update`]
+    /// would; `None` when the message reports nothing.
+    fn decode_message(
+        &mut self,
+        len: usize,
+        fb: &mut Framebuffer,
+    ) -> Result<Option<Vec<SourceEvent>>, SourceError>;
 }
 
 /// An [`InputSink`] over a bounded channel to a source's writer thread.

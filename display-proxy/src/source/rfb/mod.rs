@@ -1,29 +1,33 @@
 //! An RFB 3.8 client (RFC 6143): QEMU's VNC socket, or any VNC server with security type None.
 //!
 //! The capture thread reads and decodes updates (Raw, CopyRect, ZRLE; DesktopSize, QEMU
-//! extended key event, cursor and LastRect pseudo-encodings); a writer thread sends update
-//! requests, keys and pointer events, so input never waits behind a large update.
+//! extended key event, cursor and LastRect pseudo-encodings). Update requests, keys and
+//! pointer events go through an [`Outbox`]: written at once by the thread that has them, so
+//! input never waits behind a large update nor for a thread hand-off.
 
+mod message;
+mod outbox;
 mod stream;
 pub mod zrle;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use atrium_protocol::display::{MAX_CLIPBOARD, Rect};
+use atrium_protocol::display::Rect;
 use atrium_protocol::keymap;
 
+use self::message::{Cursor, scan};
+use self::outbox::{Outbox, OutboxError};
 use self::stream::Reader;
 pub use self::stream::Stream;
 use self::zrle::ZrleDecoder;
 use crate::framebuffer::{Framebuffer, MAX_DIMENSION};
 use crate::source::{
-    ChannelInput, CursorShape, FramebufferSource, InputEvent, InputSink, SourceError, SourceEvent,
-    Stopper,
+    CursorShape, FramebufferSource, InputError, InputEvent, InputSink, PolledSource, SourceError,
+    SourceEvent, Stopper,
 };
 
 const ENC_RAW: i32 = 0;
@@ -39,8 +43,8 @@ const ENC_EXT_DESKTOP_SIZE: i32 = -308;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest pointer image accepted (larger ones are skipped).
 const MAX_CURSOR: u16 = 256;
-/// Input events queued for the writer thread.
-const INPUT_QUEUE: usize = 1024;
+/// Bytes asked of the socket at a time.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Where the VNC server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,20 +55,42 @@ pub enum RfbTarget {
     Tcp(String),
 }
 
+/// State shared with input senders.
 #[derive(Debug)]
-enum Out {
-    Input(InputEvent),
-}
-
-/// State shared with the writer thread.
-#[derive(Debug, Default)]
 struct Shared {
     ext_keys: AtomicBool,
     /// `width << 16 | height`.
     size: AtomicU32,
+    /// When input last went to the server, in milliseconds since `base` (0: never).
+    last_input_ms: AtomicU64,
+    base: Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            ext_keys: AtomicBool::new(false),
+            size: AtomicU32::new(0),
+            last_input_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl Shared {
+    fn note_input(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.last_input_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When input last went to the server.
+    fn last_input(&self) -> Option<Instant> {
+        match self.last_input_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms)),
+        }
+    }
+
     fn set_size(&self, w: u16, h: u16) {
         self.size.store((u32::from(w) << 16) | u32::from(h), Ordering::Relaxed);
     }
@@ -80,16 +106,47 @@ impl Shared {
 struct RfbStopper {
     stream: Mutex<Option<Stream>>,
     stopped: AtomicBool,
+    outbox: Arc<Outbox>,
 }
 
 impl Stopper for RfbStopper {
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        self.outbox.close();
         if let Some(s) = self.stream.lock().expect("stopper lock").take() {
             s.shutdown();
         }
     }
 }
+
+/// Input for an RFB desktop: each event is written to the socket by the caller's thread.
+#[derive(Debug)]
+struct RfbInput {
+    outbox: Arc<Outbox>,
+    shared: Arc<Shared>,
+}
+
+impl InputSink for RfbInput {
+    fn send(&self, event: InputEvent) -> Result<(), InputError> {
+        let Some(msg) = input_message(event, &self.shared) else { return Ok(()) };
+        self.outbox.send(&msg, true).map_err(|e| match e {
+            OutboxError::Full => InputError::Full,
+            OutboxError::Closed => InputError::Closed,
+        })?;
+        self.shared.note_input();
+        Ok(())
+    }
+}
+
+/// How often the refresh is nudged: under QEMU's 30 ms refresh interval, with room for timer
+/// jitter.
+const NUDGE_EVERY: Duration = Duration::from_millis(25);
+
+/// A client message that QEMU's VNC server takes and ignores: the release of a key that is
+/// not pressed (QEMU's extended key event, key number 0; QEMU drops the release of a key it
+/// has not seen pressed). Any client message of type 4 or more resets QEMU's refresh interval
+/// to 30 ms.
+const NUDGE: [u8; 12] = [255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// A connected RFB session.
 #[derive(Debug)]
@@ -97,16 +154,22 @@ pub struct RfbSource {
     name: String,
     width: u16,
     height: u16,
-    reader: Reader<Stream>,
-    /// The write half, shared with the writer thread (whole messages under the lock).
-    writer: Arc<Mutex<Stream>>,
-    input: Arc<ChannelInput<Out>>,
+    /// The read side of the connection.
+    stream: Stream,
+    /// Received bytes; those before `head` are consumed.
+    inbuf: Vec<u8>,
+    head: usize,
+    /// Where update requests (and input) are written.
+    outbox: Arc<Outbox>,
+    input: Arc<RfbInput>,
     shared: Arc<Shared>,
     stopper: Arc<RfbStopper>,
     outstanding: bool,
     need_full: bool,
     zrle: ZrleDecoder,
-    rowbuf: Vec<u8>,
+    /// For how long after input the server's refresh is kept fast (`None`: never).
+    keep_refresh: Option<Duration>,
+    next_nudge: Option<Instant>,
 }
 
 impl RfbSource {
@@ -120,8 +183,8 @@ impl RfbSource {
     }
 
     /// Runs the handshake over an already connected stream.
-    pub fn handshake(stream: Stream, prefer_zrle: bool) -> Result<Self, SourceError> {
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    pub fn handshake(mut stream: Stream, prefer_zrle: bool) -> Result<Self, SourceError> {
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
         let mut w = stream.try_clone()?;
         let stop_handle = stream.try_clone()?;
         let mut r = Reader::new(stream);
@@ -185,34 +248,48 @@ impl RfbSource {
             msg.extend_from_slice(&e.to_be_bytes());
         }
         w.write_all(&msg)?;
-        r.get_ref().set_read_timeout(None)?;
+        let (mut stream, inbuf) = r.into_parts();
+        stream.set_read_timeout(None);
 
         let shared = Arc::new(Shared::default());
         shared.set_size(width, height);
-        let (tx, rx) = sync_channel(INPUT_QUEUE);
-        let writer_shared = Arc::clone(&shared);
-        let writer = Arc::new(Mutex::new(w));
-        let thread_writer = Arc::clone(&writer);
-        std::thread::Builder::new()
-            .name("rfb-writer".into())
-            .spawn(move || writer_loop(&thread_writer, &rx, &writer_shared))?;
+        let for_thread = w.try_clone()?;
+        let outbox = Outbox::start(w, for_thread)?;
         Ok(Self {
             name,
             width,
             height,
-            reader: r,
-            input: Arc::new(ChannelInput::new(tx, Out::Input)),
-            writer,
+            stream,
+            inbuf,
+            head: 0,
+            input: Arc::new(RfbInput { outbox: Arc::clone(&outbox), shared: Arc::clone(&shared) }),
+            outbox: Arc::clone(&outbox),
             shared,
             stopper: Arc::new(RfbStopper {
                 stream: Mutex::new(Some(stop_handle)),
                 stopped: AtomicBool::new(false),
+                outbox,
             }),
             outstanding: false,
             need_full: true,
             zrle: ZrleDecoder::new(),
-            rowbuf: Vec::new(),
+            keep_refresh: None,
+            next_nudge: None,
         })
+    }
+
+    /// Keeps QEMU's VNC refresh at its fastest for `window` after each input event.
+    ///
+    /// QEMU checks for screen changes on a timer that slows down (by 50 ms a step, to 2 s)
+    /// while nothing changes, and a client message of type 4 or more (a key, a pointer event)
+    /// resets it to 30 ms, checking at once when 30 ms have passed since the last check. So a
+    /// keystroke after a pause is checked for at once, before the guest has drawn its echo,
+    /// and then again 30 ms later: its echo is sent 30 ms after the key. With a message every
+    /// 25 ms while the user is typing, the checks keep a steady 30 ms cadence, and an echo is
+    /// sent at the first check after it is drawn (15 ms later on average). The price is one
+    /// message to QEMU, and one refresh in QEMU, every 25 ms for `window` after each input.
+    pub fn set_keep_refresh(&mut self, window: Option<Duration>) {
+        self.keep_refresh = window.filter(|w| !w.is_zero());
     }
 
     /// Whether the server offered QEMU's extended key event (scancodes).
@@ -224,47 +301,101 @@ impl RfbSource {
         if self.stopper.stopped.load(Ordering::SeqCst) { SourceError::Stopped } else { e }
     }
 
-    /// Asks for the next update (written here, not through the writer thread: one thread
-    /// hand-off less per frame).
+    /// Asks for the next update.
     fn request(&mut self) -> Result<(), SourceError> {
-        let mut buf = vec![3, u8::from(!self.need_full), 0, 0, 0, 0];
-        buf.extend_from_slice(&self.width.to_be_bytes());
-        buf.extend_from_slice(&self.height.to_be_bytes());
-        self.writer.lock().expect("RFB writer lock").write_all(&buf)?;
+        let [w0, w1] = self.width.to_be_bytes();
+        let [h0, h1] = self.height.to_be_bytes();
+        let buf = [3, u8::from(!self.need_full), 0, 0, 0, 0, w0, w1, h0, h1];
+        if self.outbox.send(&buf, false).is_err() {
+            return Err(self.stopped_or(SourceError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the VNC connection is closed",
+            ))));
+        }
         self.need_full = false;
         self.outstanding = true;
         Ok(())
     }
 
-    fn read_message(
+    /// Asks for the next update unless one is asked for already.
+    fn ensure_requested(&mut self) -> Result<(), SourceError> {
+        if self.outstanding { Ok(()) } else { self.request() }
+    }
+
+    /// The bytes received and not yet consumed.
+    fn pending(&self) -> &[u8] {
+        &self.inbuf[self.head..]
+    }
+
+    /// Reads once from the socket without blocking (`Ok(0)`: the server closed).
+    fn fill(&mut self) -> std::io::Result<usize> {
+        if self.head > 0 && (self.head == self.inbuf.len() || self.head >= READ_CHUNK) {
+            self.inbuf.drain(..self.head);
+            self.head = 0;
+        }
+        self.stream.read_nonblocking(&mut self.inbuf, READ_CHUNK)
+    }
+
+    /// Waits for bytes and reads them.
+    fn fill_blocking(&mut self) -> Result<(), SourceError> {
+        loop {
+            match self.fill() {
+                Ok(0) => return Err(self.stopped_or(closed())),
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.wait_readable().map_err(|e| self.stopped_or(e.into()))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.stopped_or(e.into())),
+            }
+        }
+    }
+
+    /// The length of the next message if all of it has been received.
+    fn complete_message(&self) -> Result<Option<usize>, SourceError> {
+        scan(self.pending(), self.width, self.height)
+    }
+
+    /// Decodes the complete message of `len` bytes at the front of the buffer, and asks for
+    /// the next update after an update. `None`: a message with nothing to report.
+    fn decode(
         &mut self,
+        len: usize,
         fb: &mut Framebuffer,
     ) -> Result<Option<Vec<SourceEvent>>, SourceError> {
-        let ty = self.reader.u8()?;
-        match ty {
+        let start = self.head;
+        self.head += len;
+        let buf = std::mem::take(&mut self.inbuf);
+        let out = self.decode_message(&buf[start..start + len], fb);
+        self.inbuf = buf;
+        let out = out?;
+        if self.head == self.inbuf.len() {
+            self.inbuf.clear();
+            self.head = 0;
+        }
+        if !self.outstanding {
+            self.request()?;
+        }
+        Ok(out)
+    }
+
+    fn decode_message(
+        &mut self,
+        msg: &[u8],
+        fb: &mut Framebuffer,
+    ) -> Result<Option<Vec<SourceEvent>>, SourceError> {
+        let mut c = Cursor::new(msg);
+        match c.u8()? {
             0 => {
-                let events = self.read_update(fb)?;
+                let events = self.read_update(&mut c, fb)?;
                 self.outstanding = false;
                 Ok(Some(events))
             }
-            1 => {
-                // SetColourMapEntries (we asked for true colour; skip it).
-                self.reader.u8()?;
-                self.reader.u16()?;
-                let n = self.reader.u16()?;
-                self.reader.skip(usize::from(n) * 6)?;
-                Ok(None)
-            }
-            2 => Ok(None), // Bell
             3 => {
-                let mut pad = [0u8; 3];
-                self.reader.exact(&mut pad)?;
-                let len = self.reader.i32()?;
+                c.bytes(3)?;
+                let len = c.i32()?;
                 let n = usize::try_from(len.unsigned_abs()).unwrap_or(usize::MAX);
-                if n > MAX_CLIPBOARD {
-                    return Err(SourceError::protocol("server cut text over the clipboard limit"));
-                }
-                let bytes = self.reader.vec(n)?;
+                let bytes = c.bytes(n)?;
                 if len < 0 {
                     // Extended clipboard message (not negotiated): ignore.
                     return Ok(None);
@@ -273,26 +404,25 @@ impl RfbSource {
                 let text: String = bytes.iter().map(|&b| char::from(b)).collect();
                 Ok(Some(vec![SourceEvent::Clipboard(text)]))
             }
-            150 => Ok(None), // EndOfContinuousUpdates
-            other => Err(SourceError::protocol(format!("unknown server message type {other}"))),
+            // SetColourMapEntries (we asked for true colour), Bell, EndOfContinuousUpdates.
+            _ => Ok(None),
         }
     }
 
-    fn read_update(&mut self, fb: &mut Framebuffer) -> Result<Vec<SourceEvent>, SourceError> {
+    fn read_update(
+        &mut self,
+        c: &mut Cursor<'_>,
+        fb: &mut Framebuffer,
+    ) -> Result<Vec<SourceEvent>, SourceError> {
         if fb.width() != self.width || fb.height() != self.height {
             fb.resize(self.width, self.height);
         }
-        self.reader.u8()?;
-        let count = self.reader.u16()?;
+        c.u8()?;
+        let count = c.u16()?;
         let mut events = Vec::new();
         for _ in 0..count {
-            let r = Rect {
-                x: self.reader.u16()?,
-                y: self.reader.u16()?,
-                w: self.reader.u16()?,
-                h: self.reader.u16()?,
-            };
-            let enc = self.reader.i32()?;
+            let r = Rect { x: c.u16()?, y: c.u16()?, w: c.u16()?, h: c.u16()? };
+            let enc = c.i32()?;
             match enc {
                 ENC_RAW | ENC_COPYRECT | ENC_ZRLE => {
                     if !fb.contains(r) {
@@ -301,15 +431,15 @@ impl RfbSource {
                             self.width, self.height
                         )));
                     }
-                    self.read_pixels(enc, r, fb)?;
+                    self.read_pixels(c, enc, r, fb)?;
                     if r.w > 0 && r.h > 0 {
                         events.push(SourceEvent::Damage(r));
                     }
                 }
                 ENC_DESKTOP_SIZE => self.resize(r.w, r.h, fb, &mut events)?,
                 ENC_EXT_DESKTOP_SIZE => {
-                    let screens = self.reader.u8()?;
-                    self.reader.skip(3 + usize::from(screens) * 16)?;
+                    let screens = c.u8()?;
+                    c.bytes(3 + usize::from(screens) * 16)?;
                     // y is a status code; non-zero answers a request we never make.
                     if r.y == 0 {
                         self.resize(r.w, r.h, fb, &mut events)?;
@@ -317,8 +447,8 @@ impl RfbSource {
                 }
                 ENC_QEMU_EXT_KEY => self.shared.ext_keys.store(true, Ordering::Relaxed),
                 ENC_CURSOR => {
-                    if let Some(c) = self.read_cursor(r)? {
-                        events.push(SourceEvent::Cursor(c));
+                    if let Some(cursor) = read_cursor(c, r)? {
+                        events.push(SourceEvent::Cursor(cursor));
                     }
                 }
                 ENC_LAST_RECT => break,
@@ -353,62 +483,76 @@ impl RfbSource {
         Ok(())
     }
 
-    fn read_pixels(&mut self, enc: i32, r: Rect, fb: &mut Framebuffer) -> Result<(), SourceError> {
+    fn read_pixels(
+        &mut self,
+        c: &mut Cursor<'_>,
+        enc: i32,
+        r: Rect,
+        fb: &mut Framebuffer,
+    ) -> Result<(), SourceError> {
         match enc {
             ENC_RAW => {
+                let row_bytes = usize::from(r.w) * 4;
                 for y in r.y..r.y + r.h {
-                    let row = fb.span_mut(r.x, y, r.w);
-                    read_pixels_into(&mut self.reader, row, &mut self.rowbuf)?;
+                    copy_pixels(c.bytes(row_bytes)?, fb.span_mut(r.x, y, r.w));
                 }
             }
             ENC_COPYRECT => {
-                let sx = self.reader.u16()?;
-                let sy = self.reader.u16()?;
+                let sx = c.u16()?;
+                let sy = c.u16()?;
                 if !fb.contains(Rect { x: sx, y: sy, w: r.w, h: r.h }) {
                     return Err(SourceError::protocol("CopyRect source outside the screen"));
                 }
                 fb.copy_within(r, sx, sy);
             }
             _ => {
-                let len = usize::try_from(self.reader.u32()?).unwrap_or(usize::MAX);
+                let len = usize::try_from(c.u32()?).unwrap_or(usize::MAX);
                 let limit = usize::from(r.w) * usize::from(r.h) * 5 + 4096;
                 if len > limit {
                     return Err(SourceError::protocol(
                         "ZRLE data larger than its rectangle allows",
                     ));
                 }
-                let data = self.reader.vec(len)?;
-                self.zrle.decode(&data, r, fb)?;
+                let data = c.bytes(len)?;
+                self.zrle.decode(data, r, fb)?;
             }
         }
         Ok(())
     }
+}
 
-    fn read_cursor(&mut self, r: Rect) -> Result<Option<CursorShape>, SourceError> {
-        let pixels = usize::from(r.w) * usize::from(r.h) * 4;
-        let mask_row = usize::from(r.w).div_ceil(8);
-        let mask = mask_row * usize::from(r.h);
-        if r.w > MAX_CURSOR || r.h > MAX_CURSOR {
-            self.reader.skip(pixels + mask)?;
-            return Ok(None);
-        }
-        let px = self.reader.vec(pixels)?;
-        let bits = self.reader.vec(mask)?;
-        let mut rgba = Vec::with_capacity(pixels);
-        for y in 0..usize::from(r.h) {
-            for x in 0..usize::from(r.w) {
-                let i = (y * usize::from(r.w) + x) * 4;
-                let visible = bits[y * mask_row + x / 8] & (0x80 >> (x % 8)) != 0;
-                rgba.extend_from_slice(&[
-                    px[i + 2],
-                    px[i + 1],
-                    px[i],
-                    if visible { 255 } else { 0 },
-                ]);
-            }
-        }
-        Ok(Some(CursorShape { width: r.w, height: r.h, hot_x: r.x, hot_y: r.y, rgba }))
+/// A pointer shape (RFB Cursor pseudo-encoding), or `None` when it is too large to use.
+fn read_cursor(c: &mut Cursor<'_>, r: Rect) -> Result<Option<CursorShape>, SourceError> {
+    let pixels = usize::from(r.w) * usize::from(r.h) * 4;
+    let mask_row = usize::from(r.w).div_ceil(8);
+    let px = c.bytes(pixels)?;
+    let bits = c.bytes(mask_row * usize::from(r.h))?;
+    if r.w > MAX_CURSOR || r.h > MAX_CURSOR {
+        return Ok(None);
     }
+    let mut rgba = Vec::with_capacity(pixels);
+    for y in 0..usize::from(r.h) {
+        for x in 0..usize::from(r.w) {
+            let i = (y * usize::from(r.w) + x) * 4;
+            let visible = bits[y * mask_row + x / 8] & (0x80 >> (x % 8)) != 0;
+            rgba.extend_from_slice(&[px[i + 2], px[i + 1], px[i], if visible { 255 } else { 0 }]);
+        }
+    }
+    Ok(Some(CursorShape { width: r.w, height: r.h, hot_x: r.x, hot_y: r.y, rgba }))
+}
+
+/// Copies little-endian 32-bit pixels into `row`, dropping the unused top byte.
+fn copy_pixels(bytes: &[u8], row: &mut [u32]) {
+    for (p, b) in row.iter_mut().zip(bytes.chunks_exact(4)) {
+        *p = u32::from_le_bytes([b[0], b[1], b[2], 0]);
+    }
+}
+
+fn closed() -> SourceError {
+    SourceError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the VNC server closed the connection",
+    ))
 }
 
 impl FramebufferSource for RfbSource {
@@ -429,19 +573,74 @@ impl FramebufferSource for RfbSource {
     }
 
     fn next_update(&mut self, fb: &mut Framebuffer) -> Result<Vec<SourceEvent>, SourceError> {
+        loop {
+            if self.stopper.stopped.load(Ordering::SeqCst) {
+                return Err(SourceError::Stopped);
+            }
+            if let Some(len) = self.complete_message()? {
+                if let Some(events) = self.decode(len, fb)? {
+                    return Ok(events);
+                }
+                continue;
+            }
+            self.ensure_requested()?;
+            self.fill_blocking()?;
+        }
+    }
+
+    fn polled(&mut self) -> Option<&mut dyn PolledSource> {
+        Some(self)
+    }
+}
+
+impl PolledSource for RfbSource {
+    fn readiness(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.stream.dup_fd()
+    }
+
+    fn buffered_message(&mut self) -> Result<Option<usize>, SourceError> {
         if self.stopper.stopped.load(Ordering::SeqCst) {
             return Err(SourceError::Stopped);
         }
-        if !self.outstanding {
-            self.request()?;
+        let found = self.complete_message()?;
+        if found.is_none() {
+            self.ensure_requested()?;
         }
-        loop {
-            match self.read_message(fb) {
-                Ok(Some(events)) => return Ok(events),
-                Ok(None) => {}
-                Err(e) => return Err(self.stopped_or(e)),
-            }
+        Ok(found)
+    }
+
+    fn read_available(&mut self) -> std::io::Result<usize> {
+        self.fill()
+    }
+
+    fn keep_alive(&mut self, now: Instant) -> Option<Instant> {
+        let window = self.keep_refresh?;
+        if !self.shared.ext_keys.load(Ordering::Relaxed) {
+            return None;
         }
+        let until = self.shared.last_input()? + window;
+        if now >= until {
+            self.next_nudge = None;
+            return None;
+        }
+        // The input itself reset the interval: the first message is due one period later.
+        let due = *self.next_nudge.get_or_insert(now + NUDGE_EVERY);
+        if now < due {
+            return Some(due);
+        }
+        // A message that cannot go out now is not worth queueing: the next one follows.
+        let _ = self.outbox.send(&NUDGE, true);
+        let next = now + NUDGE_EVERY;
+        self.next_nudge = Some(next);
+        Some(next.min(until))
+    }
+
+    fn decode_message(
+        &mut self,
+        len: usize,
+        fb: &mut Framebuffer,
+    ) -> Result<Option<Vec<SourceEvent>>, SourceError> {
+        self.decode(len, fb)
     }
 }
 
@@ -449,40 +648,6 @@ impl Drop for RfbSource {
     fn drop(&mut self) {
         self.stopper.stop();
     }
-}
-
-/// Reads little-endian 32-bit pixels straight into `row`, dropping the unused top byte.
-#[cfg(target_endian = "little")]
-fn read_pixels_into(
-    r: &mut Reader<Stream>,
-    row: &mut [u32],
-    _scratch: &mut Vec<u8>,
-) -> Result<(), SourceError> {
-    let len = std::mem::size_of_val(row);
-    // SAFETY: the byte slice covers exactly the memory of `row` (len bytes, u32 has no padding
-    // and every bit pattern is a valid u32), is the only view of it while it lives, and ends
-    // before `row` is used again. On a little-endian host the bytes are the pixels' own.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u8>(), len) };
-    r.exact(bytes)?;
-    for p in row {
-        *p &= 0x00ff_ffff;
-    }
-    Ok(())
-}
-
-/// Reads little-endian 32-bit pixels into `row` (big-endian hosts convert each pixel).
-#[cfg(not(target_endian = "little"))]
-fn read_pixels_into(
-    r: &mut Reader<Stream>,
-    row: &mut [u32],
-    scratch: &mut Vec<u8>,
-) -> Result<(), SourceError> {
-    scratch.resize(row.len() * 4, 0);
-    r.exact(scratch)?;
-    for (p, b) in row.iter_mut().zip(scratch.chunks_exact(4)) {
-        *p = u32::from_le_bytes([b[0], b[1], b[2], 0]);
-    }
-    Ok(())
 }
 
 fn parse_version(v: &[u8; 12]) -> Result<u32, SourceError> {
@@ -514,46 +679,42 @@ fn check_size(w: u16, h: u16) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Sends requests and input to the server until the channel or the socket closes.
-fn writer_loop(w: &Mutex<Stream>, rx: &Receiver<Out>, shared: &Shared) {
-    while let Ok(msg) = rx.recv() {
-        let mut buf = Vec::with_capacity(32);
-        match msg {
-            Out::Input(InputEvent::Key { down, keysym, evdev }) => {
-                let qnum = evdev.and_then(keymap::evdev_to_qnum);
-                match qnum {
-                    Some(q) if shared.ext_keys.load(Ordering::Relaxed) => {
-                        buf.extend_from_slice(&[255, 0]);
-                        buf.extend_from_slice(&u16::from(down).to_be_bytes());
-                        buf.extend_from_slice(&keysym.to_be_bytes());
-                        buf.extend_from_slice(&u32::from(q).to_be_bytes());
-                    }
-                    _ if keysym != 0 => {
-                        buf.extend_from_slice(&[4, u8::from(down), 0, 0]);
-                        buf.extend_from_slice(&keysym.to_be_bytes());
-                    }
-                    _ => continue,
+/// The RFB message for an input event (`None`: nothing to send).
+fn input_message(event: InputEvent, shared: &Shared) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(16);
+    match event {
+        InputEvent::Key { down, keysym, evdev } => {
+            let qnum = evdev.and_then(keymap::evdev_to_qnum);
+            match qnum {
+                Some(q) if shared.ext_keys.load(Ordering::Relaxed) => {
+                    buf.extend_from_slice(&[255, 0]);
+                    buf.extend_from_slice(&u16::from(down).to_be_bytes());
+                    buf.extend_from_slice(&keysym.to_be_bytes());
+                    buf.extend_from_slice(&u32::from(q).to_be_bytes());
                 }
-            }
-            Out::Input(InputEvent::Pointer { x, y, buttons: b, wheel_x, wheel_y }) => {
-                let (w, h) = shared.size();
-                let x = x.min(w.saturating_sub(1));
-                let y = y.min(h.saturating_sub(1));
-                let buttons = b & 0x07;
-                pointer(&mut buf, buttons, x, y);
-                for (steps, neg_bit, pos_bit) in [(wheel_y, 3, 4), (wheel_x, 5, 6)] {
-                    let bit = if steps < 0 { neg_bit } else { pos_bit };
-                    for _ in 0..steps.unsigned_abs().min(16) {
-                        pointer(&mut buf, buttons | (1 << bit), x, y);
-                        pointer(&mut buf, buttons, x, y);
-                    }
+                _ if keysym != 0 => {
+                    buf.extend_from_slice(&[4, u8::from(down), 0, 0]);
+                    buf.extend_from_slice(&keysym.to_be_bytes());
                 }
+                _ => return None,
             }
         }
-        if w.lock().expect("RFB writer lock").write_all(&buf).is_err() {
-            return;
+        InputEvent::Pointer { x, y, buttons: b, wheel_x, wheel_y } => {
+            let (w, h) = shared.size();
+            let x = x.min(w.saturating_sub(1));
+            let y = y.min(h.saturating_sub(1));
+            let buttons = b & 0x07;
+            pointer(&mut buf, buttons, x, y);
+            for (steps, neg_bit, pos_bit) in [(wheel_y, 3, 4), (wheel_x, 5, 6)] {
+                let bit = if steps < 0 { neg_bit } else { pos_bit };
+                for _ in 0..steps.unsigned_abs().min(16) {
+                    pointer(&mut buf, buttons | (1 << bit), x, y);
+                    pointer(&mut buf, buttons, x, y);
+                }
+            }
         }
     }
+    Some(buf)
 }
 
 fn pointer(buf: &mut Vec<u8>, mask: u8, x: u16, y: u16) {

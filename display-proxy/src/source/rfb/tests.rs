@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread;
+use std::time::Instant;
 
 use super::*;
 
@@ -72,7 +73,7 @@ impl Server {
 
 fn pair() -> (Stream, Server) {
     let (a, b) = UnixStream::pair().unwrap();
-    (Stream::Unix(a), Server { s: b })
+    (Stream::from(a), Server { s: b })
 }
 
 fn raw(pixels: &[u32]) -> Vec<u8> {
@@ -268,4 +269,97 @@ fn cursor_and_cut_text() {
     assert_eq!((c.width, c.height, c.hot_x, c.hot_y), (2, 1, 1, 0));
     assert_eq!(c.rgba, [255, 255, 255, 255, 255, 255, 255, 0]);
     let _server = srv.join().unwrap();
+}
+
+/// Reads client messages until one of type `ty` arrives; returns it whole.
+fn read_until(server: &mut Server, ty: u8) -> Vec<u8> {
+    loop {
+        let t = server.read(1)[0];
+        let body = match t {
+            3 => server.read(9),
+            4 => server.read(7),
+            5 => server.read(5),
+            255 => server.read(11),
+            other => panic!("unexpected client message {other}"),
+        };
+        if t == ty {
+            return [vec![t], body].concat();
+        }
+    }
+}
+
+#[test]
+fn nudges_keep_the_refresh_going_while_input_is_recent() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        server.handshake(8, 4);
+        server.expect_request(false, 8, 4);
+        server.update(&[
+            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
+            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
+        ]);
+        let key = read_until(&mut server, 255);
+        assert_eq!(key[2..4], [0, 1], "the key itself, pressed");
+        let nudge = read_until(&mut server, 255);
+        assert_eq!(nudge, [255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "a release of no key");
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    src.set_keep_refresh(Some(Duration::from_millis(100)));
+    let mut fb = Framebuffer::new(8, 4);
+    src.next_update(&mut fb).unwrap();
+    assert!(src.has_extended_keys());
+    let t0 = Instant::now();
+    assert_eq!(src.polled().unwrap().keep_alive(t0), None, "no input yet: nothing to do");
+    src.input().send(InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) }).unwrap();
+    let p = src.polled().unwrap();
+    let now = Instant::now();
+    let due = p.keep_alive(now).expect("input is recent");
+    assert!(due > now, "the key itself reset QEMU's timer: the first nudge waits a period");
+    let next = p.keep_alive(due).expect("still recent");
+    assert!(next > due);
+    assert_eq!(p.keep_alive(now + Duration::from_millis(150)), None, "the window has passed");
+    let _server = srv.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_pool() {
+    use crate::desktop::{Desktop, OpenedSource};
+    use crate::metrics::Metrics;
+    use crate::pool::EncodePool;
+
+    let (w, h) = (640u16, 480u16);
+    let (client, mut server) = pair();
+    let (go_on, wait) = std::sync::mpsc::channel::<()>();
+    let srv = thread::spawn(move || {
+        server.handshake(w, h);
+        server.expect_request(false, w, h);
+        server.update(&[(Rect { x: 0, y: 0, w, h }, ENC_RAW, raw(&vec![1; 640 * 480]))]);
+        server.expect_request(true, w, h);
+        // Larger than the pool threshold, then a small one.
+        server.update(&[(Rect { x: 0, y: 0, w, h: 200 }, ENC_RAW, raw(&vec![2; 640 * 200]))]);
+        server.expect_request(true, w, h);
+        server.update(&[(Rect { x: 5, y: 300, w: 2, h: 1 }, ENC_RAW, raw(&[3, 4]))]);
+        server.expect_request(true, w, h);
+        let _ = wait.recv();
+    });
+    let src = tokio::task::spawn_blocking(move || RfbSource::handshake(client, false))
+        .await
+        .unwrap()
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let opened = OpenedSource { source: Box::new(src), clipboard: None };
+    let desktop = Desktop::start("vm", opened, metrics, EncodePool::new(1, 4)).await.unwrap();
+    let mut frames = desktop.frames();
+    let mut last = Arc::clone(&frames.borrow_and_update());
+    assert_eq!(last.fb.span(0, 0, 1), &[1]);
+    while last.fb.span(5, 300, 2) != [3, 4] {
+        tokio::time::timeout(Duration::from_secs(5), frames.changed()).await.unwrap().unwrap();
+        last = Arc::clone(&frames.borrow_and_update());
+    }
+    assert_eq!(last.fb.span(0, 199, 1), &[2], "the large update was applied first");
+    assert_eq!(last.fb.span(0, 200, 1), &[1]);
+    assert!(desktop.is_alive());
+    drop(go_on);
+    srv.join().unwrap();
 }
