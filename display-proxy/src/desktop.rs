@@ -27,7 +27,8 @@ use crate::pool::EncodePool;
 use crate::source::rfb::{RfbSource, RfbTarget};
 use crate::source::shm::ShmSource;
 use crate::source::{
-    CursorShape, FramebufferSource, InputSink, PolledSource, SourceError, SourceEvent, Stopper,
+    Buffered, CursorShape, FramebufferSource, InputSink, PolledSource, SourceError, SourceEvent,
+    Stopper,
 };
 
 /// Why a desktop could not be opened or joined.
@@ -140,6 +141,9 @@ pub struct Desktop {
     metrics: Arc<Metrics>,
 }
 
+/// How long a display may take to send its first image.
+const FIRST_UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Desktop {
     /// Takes a freshly opened source: reads its first image (blocking, off the runtime) and
     /// starts capturing (on the runtime for a polled source, else on a capture thread).
@@ -149,8 +153,20 @@ impl Desktop {
         metrics: Arc<Metrics>,
         pool: EncodePool,
     ) -> Result<Arc<Self>, OpenError> {
+        Self::start_within(vm, opened, metrics, pool, FIRST_UPDATE_TIMEOUT).await
+    }
+
+    /// [`Desktop::start`], giving the source `first_update_timeout` to send its first image.
+    pub async fn start_within(
+        vm: &str,
+        opened: OpenedSource,
+        metrics: Arc<Metrics>,
+        pool: EncodePool,
+        first_update_timeout: Duration,
+    ) -> Result<Arc<Self>, OpenError> {
         let OpenedSource { mut source, clipboard } = opened;
-        let (source, fb, events) = tokio::task::spawn_blocking(move || {
+        let stopper = source.stopper();
+        let first = tokio::task::spawn_blocking(move || {
             let (w, h) = source.size();
             let mut fb = Framebuffer::new(w, h);
             // The first update with pixels (a VNC server may first answer with only its size).
@@ -167,9 +183,18 @@ impl Desktop {
                 }
             }
             Ok::<_, SourceError>((source, fb, events))
-        })
-        .await
-        .map_err(|e| SourceError::Protocol(format!("first update task: {e}")))??;
+        });
+        // A server that goes quiet after its handshake must not hold this VM's slot (and every
+        // later viewer of it) forever: stopping the source ends the blocked read.
+        let (source, fb, events) = match tokio::time::timeout(first_update_timeout, first).await {
+            Ok(joined) => {
+                joined.map_err(|e| SourceError::Protocol(format!("first update task: {e}")))??
+            }
+            Err(_) => {
+                stopper.stop();
+                return Err(SourceError::protocol("the display sent no image in time").into());
+            }
+        };
         let capture = Capture::new(&fb);
         let (frames_tx, frames) = watch::channel(Arc::clone(capture.last()));
         let (cursor_tx, cursor) = watch::channel(None);
@@ -279,10 +304,11 @@ impl Drop for Desktop {
     }
 }
 
-/// Updates bigger than this (in bytes from the source) are decoded, compared and prepared on
-/// the encode pool; smaller ones on the async runtime, where a thread hand-off would cost more
+/// Updates writing more than this many bytes of framebuffer (not bytes on the wire: a copy of
+/// the whole screen or a ZRLE fill is a few bytes) are decoded, compared and prepared on the
+/// encode pool; smaller ones on the async runtime, where a thread hand-off would cost more
 /// than the work.
-const LARGE_MESSAGE: usize = 256 * 1024;
+const LARGE_UPDATE: usize = 256 * 1024;
 
 /// What turns a source's updates into frames (moved to the encode pool and back for a large
 /// update).
@@ -400,7 +426,7 @@ async fn poll_loop(
         if out.frames_tx.is_closed() {
             return Ok(());
         }
-        let Some(len) = polled(&mut pipe)?.buffered_message()? else {
+        let Some(Buffered { len, work }) = polled(&mut pipe)?.buffered_message()? else {
             let again = polled(&mut pipe)?.keep_alive(std::time::Instant::now());
             let mut guard = tokio::select! {
                 biased;
@@ -422,7 +448,7 @@ async fn poll_loop(
             }
             continue;
         };
-        let decoded = if len >= LARGE_MESSAGE {
+        let decoded = if work >= LARGE_UPDATE || len >= LARGE_UPDATE {
             let (back, decoded) = pool
                 .run(move || {
                     let d = pipe.decode_and_compare(len);
@@ -441,6 +467,9 @@ async fn poll_loop(
                 out.frames_tx.send_replace(frame);
             }
         }
+        // A server that keeps the socket full of small messages must not keep the runtime's
+        // one thread from the viewers: this yields once the task's budget is spent.
+        tokio::task::coop::consume_budget().await;
     }
 }
 

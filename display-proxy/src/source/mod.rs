@@ -108,15 +108,24 @@ pub trait FramebufferSource: Send + fmt::Debug {
     }
 }
 
+/// A message that has fully arrived from a [`PolledSource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffered {
+    /// Its length in bytes.
+    pub len: usize,
+    /// The bytes of framebuffer decoding it writes (what decides where it is decoded).
+    pub work: usize,
+}
+
 /// A source the async runtime can drive instead of a capture thread: it reads without
 /// blocking, says when a whole message has arrived, and decodes it where the caller chooses
 /// (inline when small, on the encode pool when large). No thread hand-off per update.
 pub trait PolledSource: Send {
     /// Another handle on the connection, to wait on until there is something to read.
     fn readiness(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-    /// The size of the next message once all of it has arrived (`None`: read more first);
-    /// asks for the next update when none is asked for.
-    fn buffered_message(&mut self) -> Result<Option<usize>, SourceError>;
+    /// The next message once all of it has arrived (`None`: read more first); asks for the
+    /// next update when none is asked for.
+    fn buffered_message(&mut self) -> Result<Option<Buffered>, SourceError>;
     /// Reads what has arrived, without blocking (`Ok(0)`: the connection closed).
     fn read_available(&mut self) -> std::io::Result<usize>;
     /// Sends what keeps the source quick to report changes, if it is due at `now`; returns

@@ -14,10 +14,22 @@ use crate::source::SourceError;
 /// (`None`: more bytes are needed). `width` and `height` are the screen's size; an update that
 /// resizes it is checked against the new size from there on.
 pub fn scan(buf: &[u8], width: u16, height: u16) -> Result<Option<usize>, SourceError> {
+    Ok(scan_work(buf, width, height)?.map(|(len, _)| len))
+}
+
+/// [`scan`], with the work decoding the message takes: the bytes of framebuffer it writes (a
+/// copy of the whole screen is a few bytes on the wire but a screen of work, and a resize
+/// reallocates the screen).
+pub fn scan_work(
+    buf: &[u8],
+    width: u16,
+    height: u16,
+) -> Result<Option<(usize, usize)>, SourceError> {
     let mut c = Cursor::new(buf);
     let Some(ty) = c.peek_u8() else { return Ok(None) };
+    let mut work = 0;
     let complete = match ty {
-        0 => scan_update(&mut c, width, height)?,
+        0 => scan_update(&mut c, width, height, &mut work)?,
         1 => {
             // SetColourMapEntries: type, padding, first colour, count, then 6 bytes each.
             c.take(4).and_then(|_| c.be_u16()).and_then(|n| c.take(usize::from(n) * 6)).is_some()
@@ -37,14 +49,20 @@ pub fn scan(buf: &[u8], width: u16, height: u16) -> Result<Option<usize>, Source
             return Err(SourceError::protocol(format!("unknown server message type {other}")));
         }
     };
-    Ok(complete.then_some(c.pos))
+    Ok(complete.then_some((c.pos, work)))
 }
 
 /// Whether the update at the start of `c` has fully arrived (leaving `c` after it).
-fn scan_update(c: &mut Cursor<'_>, mut width: u16, mut height: u16) -> Result<bool, SourceError> {
+fn scan_update(
+    c: &mut Cursor<'_>,
+    mut width: u16,
+    mut height: u16,
+    work: &mut usize,
+) -> Result<bool, SourceError> {
     let Some(count) = c.take(2).and_then(|_| c.be_u16()) else { return Ok(false) };
-    // Pixel data beyond a few screens' worth is not an honest update.
-    let limit = usize::from(width) * usize::from(height) * 4 * 4 + (1 << 20);
+    // Pixel data beyond two screens' worth is not an honest update (it would only make the
+    // receive buffer grow).
+    let limit = usize::from(width) * usize::from(height) * 4 * 2 + (1 << 20);
     let mut payload = 0usize;
     for _ in 0..count {
         let (Some(x), Some(y), Some(w), Some(h), Some(enc)) =
@@ -56,27 +74,34 @@ fn scan_update(c: &mut Cursor<'_>, mut width: u16, mut height: u16) -> Result<bo
         let inside = u32::from(x) + u32::from(w) <= u32::from(width)
             && u32::from(y) + u32::from(h) <= u32::from(height);
         let pixels = usize::from(w) * usize::from(h);
+        let screen = usize::from(width) * usize::from(height) * 4;
         let len = match enc {
             ENC_RAW | ENC_COPYRECT | ENC_ZRLE if !inside => {
                 return Err(SourceError::protocol(format!(
                     "rectangle {r:?} outside the {width}x{height} screen"
                 )));
             }
-            ENC_RAW => pixels * 4,
-            ENC_COPYRECT => 4,
-            ENC_ZRLE => {
-                let Some(n) = c.peek_be_u32() else { return Ok(false) };
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                if n > pixels * 5 + 4096 {
-                    return Err(SourceError::protocol(
-                        "ZRLE data larger than its rectangle allows",
-                    ));
+            ENC_RAW | ENC_COPYRECT | ENC_ZRLE => {
+                *work = work.saturating_add(pixels * 4);
+                match enc {
+                    ENC_RAW => pixels * 4,
+                    ENC_COPYRECT => 4,
+                    _ => {
+                        let Some(n) = c.peek_be_u32() else { return Ok(false) };
+                        let n = usize::try_from(n).unwrap_or(usize::MAX);
+                        if n > pixels * 5 + 4096 {
+                            return Err(SourceError::protocol(
+                                "ZRLE data larger than its rectangle allows",
+                            ));
+                        }
+                        4 + n
+                    }
                 }
-                4 + n
             }
             ENC_DESKTOP_SIZE => {
                 check_size(w, h)?;
                 (width, height) = (w, h);
+                *work = work.saturating_add(screen.max(pixels * 4));
                 0
             }
             ENC_EXT_DESKTOP_SIZE => {
@@ -84,6 +109,7 @@ fn scan_update(c: &mut Cursor<'_>, mut width: u16, mut height: u16) -> Result<bo
                 if y == 0 {
                     check_size(w, h)?;
                     (width, height) = (w, h);
+                    *work = work.saturating_add(screen.max(pixels * 4));
                 }
                 4 + usize::from(screens) * 16
             }
@@ -224,5 +250,23 @@ mod tests {
         m.extend(1_000_000u32.to_be_bytes());
         assert!(scan(&m, 4, 4).is_err());
         assert!(scan(&[99], 4, 4).is_err());
+    }
+
+    #[test]
+    fn work_counts_pixels_written_not_bytes_received() {
+        // A copy of the whole screen: 13 bytes on the wire, a screen of work.
+        let mut m = vec![0, 0, 0, 1];
+        m.extend(rect(0, 0, 640, 480, ENC_COPYRECT));
+        m.extend([0, 0, 0, 0]);
+        assert_eq!(scan_work(&m, 640, 480).unwrap(), Some((m.len(), 640 * 480 * 4)));
+        // A resize reallocates the new screen.
+        let mut m = vec![0, 0, 0, 1];
+        m.extend(rect(0, 0, 1024, 768, ENC_DESKTOP_SIZE));
+        assert_eq!(scan_work(&m, 640, 480).unwrap(), Some((m.len(), 1024 * 768 * 4)));
+        // A bell and cut text write nothing.
+        assert_eq!(scan_work(&[2], 4, 4).unwrap(), Some((1, 0)));
+        let mut m = vec![3, 0, 0, 0, 0, 0, 0, 2];
+        m.extend(b"hi");
+        assert_eq!(scan_work(&m, 4, 4).unwrap(), Some((m.len(), 0)));
     }
 }

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use atrium_protocol::display::Rect;
 use atrium_protocol::keymap;
 
-use self::message::{Cursor, scan};
+use self::message::{Cursor, scan, scan_work};
 use self::outbox::{Outbox, OutboxError};
 use self::stream::Reader;
 pub use self::stream::Stream;
 use self::zrle::ZrleDecoder;
 use crate::framebuffer::{Framebuffer, MAX_DIMENSION};
 use crate::source::{
-    CursorShape, FramebufferSource, InputError, InputEvent, InputSink, PolledSource, SourceError,
-    SourceEvent, Stopper,
+    Buffered, CursorShape, FramebufferSource, InputError, InputEvent, InputSink, PolledSource,
+    SourceError, SourceEvent, Stopper,
 };
 
 const ENC_RAW: i32 = 0;
@@ -137,6 +137,9 @@ impl InputSink for RfbInput {
         Ok(())
     }
 }
+
+/// Receive buffer capacity kept between messages.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// How often the refresh is nudged: under QEMU's 30 ms refresh interval, with room for timer
 /// jitter.
@@ -306,13 +309,18 @@ impl RfbSource {
         let [w0, w1] = self.width.to_be_bytes();
         let [h0, h1] = self.height.to_be_bytes();
         let buf = [3, u8::from(!self.need_full), 0, 0, 0, 0, w0, w1, h0, h1];
-        if self.outbox.send(&buf, false).is_err() {
-            return Err(self.stopped_or(SourceError::Io(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the VNC connection is closed",
-            ))));
+        match self.outbox.send(&buf, false) {
+            Ok(()) => self.need_full = false,
+            // The server is not reading and hundreds of requests wait for it already: one
+            // more asks for nothing new.
+            Err(OutboxError::Full) => {}
+            Err(OutboxError::Closed) => {
+                return Err(self.stopped_or(SourceError::Io(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the VNC connection is closed",
+                ))));
+            }
         }
-        self.need_full = false;
         self.outstanding = true;
         Ok(())
     }
@@ -372,6 +380,10 @@ impl RfbSource {
         if self.head == self.inbuf.len() {
             self.inbuf.clear();
             self.head = 0;
+            // A full-screen update needs a big buffer once; an idle desktop does not keep it.
+            if self.inbuf.capacity() > KEEP_BUFFER {
+                self.inbuf.shrink_to(KEEP_BUFFER);
+            }
         }
         if !self.outstanding {
             self.request()?;
@@ -598,15 +610,15 @@ impl PolledSource for RfbSource {
         self.stream.dup_fd()
     }
 
-    fn buffered_message(&mut self) -> Result<Option<usize>, SourceError> {
+    fn buffered_message(&mut self) -> Result<Option<Buffered>, SourceError> {
         if self.stopper.stopped.load(Ordering::SeqCst) {
             return Err(SourceError::Stopped);
         }
-        let found = self.complete_message()?;
+        let found = scan_work(self.pending(), self.width, self.height)?;
         if found.is_none() {
             self.ensure_requested()?;
         }
-        Ok(found)
+        Ok(found.map(|(len, work)| Buffered { len, work }))
     }
 
     fn read_available(&mut self) -> std::io::Result<usize> {

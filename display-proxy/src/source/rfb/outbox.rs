@@ -16,10 +16,15 @@ use super::stream::Stream;
 /// Bytes of input that may wait for a server that does not read.
 const MAX_QUEUED: usize = 64 * 1024;
 
+/// Room beyond [`MAX_QUEUED`] for update requests: a request still queues behind input that
+/// filled the queue, but a server that never reads and keeps sending updates it was not asked
+/// for (each answered with a request) cannot grow the queue without end.
+const REQUEST_ROOM: usize = 4 * 1024;
+
 /// Why a message was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxError {
-    /// Input while the queue is full (the server is not reading).
+    /// The queue is full (the server is not reading).
     Full,
     /// The connection is closed.
     Closed,
@@ -91,7 +96,9 @@ impl Outbox {
                 }
             }
         }
-        if input && rest.len() == msg.len() && st.queued + msg.len() > MAX_QUEUED {
+        let cap = if input { MAX_QUEUED } else { MAX_QUEUED + REQUEST_ROOM };
+        // A message partly written must be finished, whatever the queue holds.
+        if rest.len() == msg.len() && st.queued + msg.len() > cap {
             return Err(OutboxError::Full);
         }
         st.queued += rest.len();
@@ -178,6 +185,12 @@ mod tests {
         assert!(refused > 0, "a server that never reads makes input wait, then refuses it");
         assert!(out.lock().queued <= MAX_QUEUED);
         assert_eq!(out.send(&[3; 10], false), Ok(()), "an update request still queues");
+        let mut requests = 0;
+        while out.send(&[3; 10], false).is_ok() {
+            requests += 1;
+            assert!(requests <= (MAX_QUEUED + REQUEST_ROOM) / 10, "requests queue without end");
+        }
+        assert!(out.lock().queued <= MAX_QUEUED + REQUEST_ROOM);
         drop(peer);
         out.close();
         assert_eq!(out.send(&msg, true), Err(OutboxError::Closed));

@@ -363,3 +363,110 @@ async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_p
     drop(go_on);
     srv.join().unwrap();
 }
+
+/// Runs `Desktop::start` on a current-thread runtime of its own thread, as the service does,
+/// with a task beside it that reports every 10 ms on `ticks` while the runtime is free to run it.
+fn desktop_on_own_runtime(
+    client: Stream,
+    first_update_timeout: Duration,
+    ticks: std::sync::mpsc::Sender<Result<(), String>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> thread::JoinHandle<()> {
+    use crate::desktop::{Desktop, OpenedSource};
+    use crate::metrics::Metrics;
+    use crate::pool::EncodePool;
+
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let src = tokio::task::spawn_blocking(move || RfbSource::handshake(client, false))
+                .await
+                .unwrap()
+                .unwrap();
+            let opened = OpenedSource { source: Box::new(src), clipboard: None };
+            let metrics = Arc::new(Metrics::default());
+            let started = Desktop::start_within(
+                "vm",
+                opened,
+                metrics,
+                EncodePool::new(1, 4),
+                first_update_timeout,
+            )
+            .await;
+            let desktop = match started {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = ticks.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let ticker = tokio::spawn(async move {
+                loop {
+                    if ticks.send(Ok(())).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            let _ = stop.await;
+            ticker.abort();
+            drop(desktop);
+        });
+    })
+}
+
+#[test]
+fn a_server_flooding_small_messages_does_not_take_the_runtime_from_everything_else() {
+    let (w, h) = (64u16, 48u16);
+    let (client, mut server) = pair();
+    let (ticks_tx, ticks) = std::sync::mpsc::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel();
+    let rt = desktop_on_own_runtime(client, Duration::from_secs(15), ticks_tx, stop);
+    server.handshake(w, h);
+    server.expect_request(false, w, h);
+    server.update(&[(Rect { x: 0, y: 0, w, h }, ENC_RAW, raw(&vec![1; 64 * 48]))]);
+    assert_eq!(ticks.recv_timeout(Duration::from_secs(10)), Ok(Ok(())), "the desktop started");
+    // Bells without end: the socket never runs dry, so the reader never sees "would block".
+    let flood = {
+        let mut s = server.s.try_clone().unwrap();
+        thread::spawn(move || {
+            let bells = [2u8; 64 * 1024];
+            while s.write_all(&bells).is_ok() {}
+        })
+    };
+    // Let the flood fill the socket, then forget the ticks sent before it.
+    thread::sleep(Duration::from_millis(200));
+    while ticks.try_recv().is_ok() {}
+    for n in 0..5 {
+        assert_eq!(
+            ticks.recv_timeout(Duration::from_secs(10)),
+            Ok(Ok(())),
+            "tick {n}: the other task ran while bells poured in"
+        );
+    }
+    let _ = stop_tx.send(());
+    rt.join().unwrap();
+    // The desktop is gone: the flood's writes fail and its thread ends.
+    let _ = server.s.shutdown(std::net::Shutdown::Both);
+    flood.join().unwrap();
+}
+
+#[test]
+fn a_server_silent_after_its_handshake_is_given_up_and_released() {
+    let (w, h) = (64u16, 48u16);
+    let (client, mut server) = pair();
+    let (ticks_tx, ticks) = std::sync::mpsc::channel();
+    let (_stop_tx, stop) = tokio::sync::oneshot::channel();
+    let rt = desktop_on_own_runtime(client, Duration::from_millis(300), ticks_tx, stop);
+    server.handshake(w, h);
+    server.expect_request(false, w, h);
+    // No update ever comes.
+    let got = ticks.recv_timeout(Duration::from_secs(30)).expect("start gave up");
+    let err = got.expect_err("no desktop without a first image");
+    assert!(err.contains("no image"), "{err}");
+    rt.join().unwrap();
+    // The source was stopped: its side of the connection is closed.
+    let mut b = [0u8; 1];
+    server.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(server.s.read(&mut b).unwrap(), 0, "the client hung up");
+}
