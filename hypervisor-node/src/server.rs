@@ -2,6 +2,7 @@
 //! heartbeat to the broker when one is configured. On SIGINT/SIGTERM the node deletes its VMs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use atrium_protocol::node::RuntimeKind;
 use thiserror::Error;
@@ -88,15 +89,52 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         .url
         .is_some()
         .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), token.clone())));
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    let served = tokio::select! {
+        ended = &mut server => ended,
+        () = shutdown_signal() => {
+            // Requests in flight (a display proxy's clipboard long-poll lasts 25 s) get a
+            // moment to finish; the VMs must not wait for them, or whoever stops this node
+            // loses patience first and the VMs outlive it.
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_REQUESTS_GRACE, &mut server).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
     if let Some(b) = beat {
         b.abort();
     }
-    tracing::info!("shutting down: deleting this node's VMs");
-    for vm in node.list() {
-        if let Err(e) = node.delete(&vm.id).await {
-            tracing::error!(vm = %vm.id, "deleting at shutdown: {e}");
-        }
+    let vms = node.list();
+    tracing::info!(vms = vms.len(), "shutting down: deleting this node's VMs");
+    // All at once: each may take seconds (QEMU is asked to quit, then killed).
+    let mut deletes = tokio::task::JoinSet::new();
+    for vm in vms {
+        let node = Arc::clone(&node);
+        deletes.spawn(async move {
+            if let Err(e) = node.delete(&vm.id).await {
+                tracing::error!(vm = %vm.id, "deleting at shutdown: {e}");
+            }
+        });
     }
-    served.map_err(|source| ServeError::Listen { addr: listen, source })
+    while deletes.join_next().await.is_some() {}
+    tracing::info!("node stopped");
+    match served {
+        Ok(result) => result.map_err(|source| ServeError::Listen { addr: listen, source }),
+        Err(e) => Err(ServeError::Setup(format!("the API server task: {e}"))),
+    }
 }
+
+/// How long requests in flight may run on after a shutdown signal.
+const SHUTDOWN_REQUESTS_GRACE: Duration = Duration::from_secs(2);

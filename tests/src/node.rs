@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use atrium_protocol::node::{VmInfo, VmState};
 use serde_json::Value;
 
@@ -116,6 +116,20 @@ impl NodeProcess {
         Ok(node)
     }
 
+    /// Sends SIGTERM and waits (up to a minute) for the node to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        ensure!(unsafe { libc::kill(pid, libc::SIGTERM) } == 0, "SIGTERM to the node failed");
+        for _ in 0..1200 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the node did not exit within a minute of SIGTERM; log:\n{}", self.log())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }
@@ -183,7 +197,7 @@ impl Drop for NodeProcess {
             // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        for _ in 0..200 {
+        for _ in 0..600 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }

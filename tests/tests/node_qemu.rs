@@ -360,6 +360,53 @@ async fn a_vm_killed_from_outside_is_reported_failed_and_cleaned_up() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deletes_every_vm_without_waiting_for_long_polls() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "sigterm_deletes_every_vm_without_waiting_for_long_polls") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let mut node = NodeProcess::start(&image, "").await?;
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+        ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+        ids.push(serde_json::from_slice::<VmInfo>(&body)?.id);
+    }
+    for id in &ids {
+        let info = node.wait_settled(id, BOOT).await?;
+        ensure!(info.state == VmState::Ready, "{id} is {:?}: {:?}", info.state, info.error);
+        ensure!(processes_with(&format!("guest=atrium-{id}")).len() == 1, "{id} has no QEMU");
+    }
+    // A display proxy's clipboard long-poll (the longest the API allows), in flight when the
+    // node is told to stop.
+    let url = format!("{}/api/v1/vms/{}/clipboard?after=1000000&wait=30", node.url, ids[0]);
+    let poll = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(atrium_tests::node::NODE_TOKEN)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let status = tokio::task::block_in_place(|| node.terminate())?;
+    let took = asked.elapsed();
+    assert!(status.success(), "the node exited with {status}; log:\n{}", node.log());
+    for id in &ids {
+        let procs = processes_with(&format!("guest=atrium-{id}"));
+        assert!(procs.is_empty(), "QEMU of {id} outlived its node: {procs:?}");
+        assert!(cgroups_named(id).is_empty(), "the cgroup of {id} outlived its node");
+        assert!(!node.state_dir.join("vms").join(id).exists(), "the folder of {id} remains");
+    }
+    // Not a speed check: a node that waited for the request would take its whole 30 s.
+    assert!(took < Duration::from_secs(29), "the node waited out the long-poll ({took:?})");
+    let _ = poll.await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_and_missing_images_are_refused_clearly() -> anyhow::Result<()> {
     if skip(Group::Qemu, "bad_specs_and_missing_images_are_refused_clearly") {
         return Ok(());

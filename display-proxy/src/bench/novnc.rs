@@ -27,7 +27,8 @@ const NODE_TOKEN: &str = "bench-node-token-0123456789";
 const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const NOVNC: &str = "/usr/share/novnc";
 
-/// A child process killed when dropped.
+/// A child process stopped when dropped: SIGTERM, then up to 30 s to exit (the node deletes
+/// its VMs then; killed at once it would leave its QEMU running), then SIGKILL.
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -36,6 +37,14 @@ impl Drop for Guard {
             // SAFETY: kill has no memory-safety preconditions; the pid is our child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
+        for _ in 0..600 {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("bench: a child did not stop within 30 s of SIGTERM; killing it");
+        // The Child's kill_on_drop sends SIGKILL next.
     }
 }
 
