@@ -503,8 +503,12 @@ mod tests {
             shell: "/bin/sh".into(),
         };
         let script = d.join("session");
-        std::fs::write(&script, "#!/bin/sh\nid -u > \"$XDG_RUNTIME_DIR/uid\"\nexec sleep 60\n")
-            .expect("w");
+        // Written aside and renamed: the file appears only with its content.
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nid -u > \"$XDG_RUNTIME_DIR/uid.new\"\nmv \"$XDG_RUNTIME_DIR/uid.new\" \"$XDG_RUNTIME_DIR/uid\"\nexec sleep 60\n",
+        )
+        .expect("w");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let run = d.join("run");
         std::fs::create_dir_all(&run).expect("mkdir");
