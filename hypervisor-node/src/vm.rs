@@ -292,7 +292,8 @@ impl VmManager {
     }
 
     /// VM folders and cgroups left by an earlier run of this node (a crash): their processes
-    /// died with the node (`PR_SET_PDEATHSIG`), or are ended here. Only VMs with a folder in
+    /// died with the node (`PR_SET_PDEATHSIG`), or (QEMU after dropping to `qemu.run_as`,
+    /// which clears that) are killed here through their cgroups. Only VMs with a folder in
     /// this node's `state_dir` are touched: another node on the host keeps its own.
     fn remove_leftovers(&self) {
         let vms = self.config.node.state_dir.join("vms");

@@ -10,7 +10,10 @@
 //! - guest agent: a virtio-serial port named `org.atrium.agent.0` on `agent.sock`; serial
 //!   console on `serial.sock`;
 //! - disk: a qcow2 layer whose backing file is the image's read-only base;
-//! - the process joins its cgroup before `exec`, and dies with the node (`PR_SET_PDEATHSIG`).
+//! - the process joins its cgroup before `exec`. It is set to die with the node
+//!   (`PR_SET_PDEATHSIG`), but the kernel clears that when QEMU drops to `qemu.run_as`: a
+//!   node that crashes leaves such QEMUs running until it starts again, when its sweep of
+//!   leftover VMs kills them through their cgroups.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
