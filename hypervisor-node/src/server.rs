@@ -100,7 +100,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     let served = tokio::select! {
         ended = &mut server => ended,
         () = shutdown_signal() => {
-            // Requests in flight (a display proxy's clipboard long-poll lasts 25 s) get a
+            // Requests in flight (a clipboard long-poll may last 30 s) get a
             // moment to finish; the VMs must not wait for them, or whoever stops this node
             // loses patience first and the VMs outlive it.
             let _ = stop_tx.send(());
@@ -116,19 +116,25 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     if let Some(b) = beat {
         b.abort();
     }
-    let vms = node.list();
-    tracing::info!(vms = vms.len(), "shutting down: deleting this node's VMs");
-    // All at once: each may take seconds (QEMU is asked to quit, then killed).
-    let mut deletes = tokio::task::JoinSet::new();
-    for vm in vms {
-        let node = Arc::clone(&node);
-        deletes.spawn(async move {
-            if let Err(e) = node.delete(&vm.id).await {
-                tracing::error!(vm = %vm.id, "deleting at shutdown: {e}");
-            }
-        });
+    // All at once: each may take seconds (QEMU is asked to quit, then killed). Again while a
+    // creation cut short by the shutdown still adds one.
+    for _ in 0..3 {
+        let vms = node.list();
+        if vms.is_empty() {
+            break;
+        }
+        tracing::info!(vms = vms.len(), "shutting down: deleting this node's VMs");
+        let mut deletes = tokio::task::JoinSet::new();
+        for vm in vms {
+            let node = Arc::clone(&node);
+            deletes.spawn(async move {
+                if let Err(e) = node.delete(&vm.id).await {
+                    tracing::error!(vm = %vm.id, "deleting at shutdown: {e}");
+                }
+            });
+        }
+        while deletes.join_next().await.is_some() {}
     }
-    while deletes.join_next().await.is_some() {}
     tracing::info!("node stopped");
     match served {
         Ok(result) => result.map_err(|source| ServeError::Listen { addr: listen, source }),
