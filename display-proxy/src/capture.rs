@@ -427,11 +427,7 @@ mod tests {
         let mut cap = Capture::new(&fb);
         // Scroll up by 16 rows and write a new last line.
         let mut next = fb.clone();
-        next.copy_within(Rect { x: 0, y: 0, w, h: h - 16 }, 0, 16);
-        let fresh = text_screen(w, 16, 99);
-        for y in 0..16 {
-            next.span_mut(0, h - 16 + y, w).copy_from_slice(fresh.row(y));
-        }
+        scroll_in(&mut next, 16, 99);
         let f = cap.process(&next, &damage_all(&next)).expect("a change");
         let copy = f.copy.expect("scroll detected");
         assert_eq!(copy, CopyOp { rect: Rect { x: 0, y: 0, w, h: h - 16 }, src_x: 0, src_y: 16 });
@@ -442,6 +438,16 @@ mod tests {
         }
         // Applying copy + delta to the old screen gives the new one.
         assert_eq!(replay(fb.clone(), &f, &next), next);
+    }
+
+    /// Scrolls `fb` up by `rows` and writes new text (from `seed`) in the rows freed below.
+    fn scroll_in(fb: &mut Framebuffer, rows: u16, seed: u32) {
+        let (w, h) = (fb.width(), fb.height());
+        fb.copy_within(Rect { x: 0, y: 0, w, h: h - rows }, 0, rows);
+        let fresh = text_screen(w, rows, seed);
+        for y in 0..rows {
+            fb.span_mut(0, h - rows + y, w).copy_from_slice(fresh.row(y));
+        }
     }
 
     /// What a viewer of `old` shows after `f`: its copy, then its changed tiles taken from `new`.
@@ -490,11 +496,7 @@ mod tests {
         }
         // Then a scroll by two text lines: found from the kept hashes of the frame before.
         let before = fb.clone();
-        fb.copy_within(Rect { x: 0, y: 0, w, h: h - 32 }, 0, 32);
-        let fresh = text_screen(w, 32, 123);
-        for y in 0..32 {
-            fb.span_mut(0, h - 32 + y, w).copy_from_slice(fresh.row(y));
-        }
+        scroll_in(&mut fb, 32, 123);
         let f = cap.process(&fb, &damage_all(&fb)).expect("a change");
         let copy = f.copy.expect("scroll detected");
         assert_eq!((copy.src_y - copy.rect.y, copy.rect.h), (32, h - 32));

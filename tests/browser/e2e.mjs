@@ -60,6 +60,26 @@ async function canvasPng(page, name) {
   return path;
 }
 
+// Waits until the viewer has a screen and no overlay (connected).
+async function viewerOpen(page) {
+  await page.waitForFunction(() => {
+    const c = document.getElementById('screen');
+    const o = document.querySelector('.viewer-overlay');
+    return c && c.width > 1 && o && o.hidden;
+  }, null, { timeout: 120000 });
+}
+
+// Asks the test (phase `phase`) about the canvas every half second until it answers ok, at
+// most `tries` times; `name` is the canvas artefact.
+async function untilCanvasShows(page, phase, name, tries, failure) {
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    const answer = await ask(phase, await canvasPng(page, name));
+    if (answer === 'ok') break;
+    check(i < tries, failure);
+  }
+}
+
 async function main() {
   // --- A user: sign in (wrong, then right), see the pool, connect, work, sign out.
   const { ctx, page } = await browser('user');
@@ -94,45 +114,22 @@ async function main() {
 
   await page.getByRole('button', { name: 'Connect to console' }).click();
   const canvas = page.locator('#screen');
-  await page.waitForFunction(() => {
-    const c = document.getElementById('screen');
-    const o = document.querySelector('.viewer-overlay');
-    return c && c.width > 1 && o && o.hidden;
-  }, null, { timeout: 120000 });
-  for (let i = 0; ; i++) {
-    await sleep(500);
-    const answer = await ask('connected', await canvasPng(page, 'e2e-03-canvas-connected.png'));
-    if (answer === 'ok') break;
-    check(i < 120, 'the desktop never showed in the canvas');
-  }
+  await viewerOpen(page);
+  await untilCanvasShows(page, 'connected', 'e2e-03-canvas-connected.png', 120, 'the desktop never showed in the canvas');
   await shot(page, 'e2e-03-viewer.png');
 
   await canvas.click();
   await page.keyboard.type(`echo ${cfg.word}`, { delay: 30 });
   await page.keyboard.press('Enter');
-  for (let i = 0; ; i++) {
-    await sleep(500);
-    const answer = await ask('typed', await canvasPng(page, 'e2e-04-canvas-typed.png'));
-    if (answer === 'ok') break;
-    check(i < 120, 'the command output never showed in the canvas');
-  }
+  await untilCanvasShows(page, 'typed', 'e2e-04-canvas-typed.png', 120, 'the command output never showed in the canvas');
   await shot(page, 'e2e-04-viewer-typed.png');
 
   // The graphical desktop: she is signed in there as herself, no second password.
   await page.getByRole('button', { name: '← My desktops' }).click();
   await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
   await page.getByRole('button', { name: 'Connect to desktop' }).click();
-  await page.waitForFunction(() => {
-    const c = document.getElementById('screen');
-    const o = document.querySelector('.viewer-overlay');
-    return c && c.width > 1 && o && o.hidden;
-  }, null, { timeout: 120000 });
-  for (let i = 0; ; i++) {
-    await sleep(500);
-    const answer = await ask('desktop', await canvasPng(page, 'e2e-05-canvas-desktop.png'));
-    if (answer === 'ok') break;
-    check(i < 240, 'the graphical desktop never showed her session');
-  }
+  await viewerOpen(page);
+  await untilCanvasShows(page, 'desktop', 'e2e-05-canvas-desktop.png', 240, 'the graphical desktop never showed her session');
   await shot(page, 'e2e-05-viewer-desktop.png');
 
   await page.getByRole('button', { name: 'Sign out' }).click();

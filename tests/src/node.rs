@@ -8,12 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_protocol::node::{VmInfo, VmState};
+use atrium_protocol::node::{ClipboardState, VmInfo, VmState};
 use serde_json::Value;
 
+use crate::display::keep_artifact;
+use crate::screen::Screen;
 use crate::util::{TempDir, bin_path, free_port};
 
 pub const NODE_TOKEN: &str = "test-node-token-0123456789";
@@ -187,6 +189,62 @@ impl NodeProcess {
             self.vm(id).await.ok().filter(|v| v.state != VmState::Starting)
         })
         .await
+    }
+
+    /// The VM's screen (`GET .../screenshot.png`), kept as the artefact `name`.
+    pub async fn screenshot(&self, id: &str, name: &str) -> anyhow::Result<Screen> {
+        let (status, body) =
+            self.call("GET", &format!("/api/v1/vms/{id}/screenshot.png"), None).await?;
+        ensure!(status == 200, "screenshot: {status} {}", String::from_utf8_lossy(&body));
+        keep_artifact(name, &body);
+        Screen::from_png(&body)
+    }
+
+    /// The guest's clipboard once it is newer than `after` (waiting up to 10 s).
+    pub async fn clipboard(&self, id: &str, after: u64) -> anyhow::Result<ClipboardState> {
+        let (status, body) = self
+            .call("GET", &format!("/api/v1/vms/{id}/clipboard?after={after}&wait=10"), None)
+            .await?;
+        ensure!(status == 200, "clipboard: {status} {}", String::from_utf8_lossy(&body));
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Waits up to `within` until the guest's clipboard (copied out by the agent) is `text`.
+    pub async fn wait_clipboard(
+        &self,
+        id: &str,
+        after: u64,
+        text: &str,
+        within: Duration,
+    ) -> anyhow::Result<ClipboardState> {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.clipboard(id, after).await?;
+            if c.seq > after && c.text.as_deref() == Some(text) {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                let short = |t: &str| -> String {
+                    match t.char_indices().nth(80) {
+                        Some((end, _)) => format!("{:?}... ({} bytes)", &t[..end], t.len()),
+                        None => format!("{t:?}"),
+                    }
+                };
+                bail!(
+                    "the guest's clipboard is {} (seq {}), expected {} after seq {after}",
+                    c.text.as_deref().map_or_else(|| "empty".to_owned(), short),
+                    c.seq,
+                    short(text)
+                );
+            }
+        }
+    }
+
+    /// The VM's serial console log.
+    pub async fn console_log(&self, id: &str) -> anyhow::Result<String> {
+        let (status, body) = self.call("GET", &format!("/api/v1/vms/{id}/console"), None).await?;
+        ensure!(status == 200, "console: {status}");
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
 

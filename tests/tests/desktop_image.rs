@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(300);
 const SCREEN_WAIT: Duration = Duration::from_secs(120);
+/// How long the guest's clipboard may take to show what was copied.
+const CLIPBOARD_WAIT: Duration = Duration::from_secs(120);
 
 /// Colours of the desktop image (hypervisor-node/src/image/desktop/jwmrc.in, Xresources, and
 /// the agent's sign-in screen).
@@ -38,20 +40,6 @@ fn hex(n: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()
 }
 
-fn keep(name: &str, png: &[u8]) {
-    if let Some(dir) = std::env::var_os("ATRIUM_TEST_ARTIFACTS") {
-        let _ = std::fs::write(Path::new(&dir).join(name), png);
-    }
-}
-
-async fn screenshot(node: &NodeProcess, id: &str, name: &str) -> anyhow::Result<Screen> {
-    let (status, body) =
-        node.call("GET", &format!("/api/v1/vms/{id}/screenshot.png"), None).await?;
-    ensure!(status == 200, "screenshot: {status} {}", String::from_utf8_lossy(&body));
-    keep(name, &body);
-    Screen::from_png(&body)
-}
-
 /// Takes screenshots until `check` finds what it looks for; fails naming the last one.
 async fn wait_screen<T>(
     node: &NodeProcess,
@@ -62,7 +50,7 @@ async fn wait_screen<T>(
 ) -> anyhow::Result<(Screen, T)> {
     let deadline = Instant::now() + SCREEN_WAIT;
     loop {
-        let s = screenshot(node, id, name).await?;
+        let s = node.screenshot(id, name).await?;
         if let Some(v) = check(&s) {
             return Ok((s, v));
         }
@@ -90,52 +78,6 @@ fn terminal_grid(s: &Screen) -> Option<Grid> {
     })
 }
 
-async fn clipboard(node: &NodeProcess, id: &str, after: u64) -> anyhow::Result<ClipboardState> {
-    let (status, body) = node
-        .call("GET", &format!("/api/v1/vms/{id}/clipboard?after={after}&wait=10"), None)
-        .await?;
-    ensure!(status == 200, "clipboard: {status} {}", String::from_utf8_lossy(&body));
-    Ok(serde_json::from_slice(&body)?)
-}
-
-/// Waits until the guest's clipboard, copied out by the agent, is `text`.
-async fn wait_clipboard(
-    node: &NodeProcess,
-    id: &str,
-    after: u64,
-    text: &str,
-) -> anyhow::Result<ClipboardState> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let c = clipboard(node, id, after).await?;
-        if c.seq > after && c.text.as_deref() == Some(text) {
-            return Ok(c);
-        }
-        if Instant::now() > deadline {
-            let short = |t: &str| -> String {
-                if t.len() > 80 {
-                    format!("{:?}... ({} bytes)", &t[..80], t.len())
-                } else {
-                    format!("{t:?}")
-                }
-            };
-            bail!(
-                "the guest's clipboard is {} (seq {}), expected {} after seq {after}",
-                c.text.as_deref().map_or_else(|| "empty".to_owned(), short),
-                c.seq,
-                short(text)
-            );
-        }
-    }
-}
-
-async fn console_log(node: &NodeProcess, id: &str) -> String {
-    match node.call("GET", &format!("/api/v1/vms/{id}/console"), None).await {
-        Ok((200, body)) => String::from_utf8_lossy(&body).into_owned(),
-        _ => String::new(),
-    }
-}
-
 /// Creates a desktop VM for `user`, waits until it is ready and its agent confirmed the session.
 async fn signed_in_desktop(
     node: &NodeProcess,
@@ -159,7 +101,7 @@ async fn signed_in_desktop(
         "VM is {:?}: {:?}\nconsole:\n{}\nnode log:\n{}",
         ready.state,
         ready.error,
-        console_log(node, &id).await,
+        node.console_log(&id).await.unwrap_or_default(),
         node.log()
     );
     let boot = t0.elapsed();
@@ -169,7 +111,7 @@ async fn signed_in_desktop(
     })
     .await;
     if let Err(e) = confirmed {
-        bail!("{e}\nconsole:\n{}", console_log(node, &id).await);
+        bail!("{e}\nconsole:\n{}", node.console_log(&id).await.unwrap_or_default());
     }
     let session = t0.elapsed() - boot;
     Ok((ready, boot, session))
@@ -205,12 +147,12 @@ async fn run_for_clipboard(
     expect: &str,
 ) -> anyhow::Result<ClipboardState> {
     rfb.type_text(&format!("{command}\n")).await?;
-    match wait_clipboard(node, id, after, expect).await {
+    match node.wait_clipboard(id, after, expect, CLIPBOARD_WAIT).await {
         Ok(c) => Ok(c),
         Err(e) => {
             let shot = format!("desktop-{id}-no-clipboard.png");
-            let _ = screenshot(node, id, &shot).await;
-            let log = console_log(node, id).await;
+            let _ = node.screenshot(id, &shot).await;
+            let log = node.console_log(id).await.unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             bail!(
                 "{e} after `{command}` (see {shot}); console:\n{}",
@@ -361,7 +303,7 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
         &format!("{kept}\n"),
     )
     .await?;
-    let log = console_log(&node, &id).await;
+    let log = node.console_log(&id).await.unwrap_or_default();
     for needle in [
         "atrium-sysinit: formatting the new home disk",
         "atrium-sysinit: the home disk /dev/vdb is on /home",
@@ -427,7 +369,7 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
     )
     .await?;
     drop(rfb);
-    let log = console_log(&node, &c.id).await;
+    let log = node.console_log(&c.id).await.unwrap_or_default();
     assert!(
         !log.contains("formatting the new home disk")
             && log.contains("atrium-sysinit: the home disk /dev/vdb is on /home"),
@@ -443,8 +385,8 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
     let mut rfb = vnc(&d).await?;
     let command = "echo zy $(ls) | xclip -selection clipboard";
     rfb.type_text_de(&format!("{command}\n")).await?;
-    if let Err(e) = wait_clipboard(&node, &d.id, 0, "zy\n").await {
-        let _ = screenshot(&node, &d.id, "desktop-de-failed.png").await;
+    if let Err(e) = node.wait_clipboard(&d.id, 0, "zy\n", CLIPBOARD_WAIT).await {
+        let _ = node.screenshot(&d.id, "desktop-de-failed.png").await;
         bail!("{e} after `{command}` typed on a German keyboard (see desktop-de-failed.png)");
     }
     drop(rfb);

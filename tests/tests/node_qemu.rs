@@ -4,13 +4,12 @@
 //! Boots are slow under TCG, so the main test shares one VM across its assertions; the others
 //! boot one VM each (a VM killed from outside, the one-shot `run` command) or none.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_protocol::node::{
-    Capacity, ClipboardState, DisplayEndpoint, ErrorBody, RuntimeKind, VmInfo, VmState,
-};
+use atrium_protocol::node::{Capacity, DisplayEndpoint, ErrorBody, RuntimeKind, VmInfo, VmState};
+use atrium_tests::display::keep_artifact;
 use atrium_tests::node::{NodeProcess, cgroups_named, console_image, processes_with};
 use atrium_tests::rfb::RfbClient;
 use atrium_tests::screen::{Glyphs, Screen, find_cells, rows_showing};
@@ -18,57 +17,11 @@ use atrium_tests::{Group, bin_path, skip, wait_for};
 use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(240);
+/// How long the guest's clipboard may take to show what was copied.
+const CLIPBOARD_WAIT: Duration = Duration::from_secs(60);
 
 fn hex(n: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()
-}
-
-/// Keeps a screenshot for a person to look at (`tests/artifacts` under scripts/test.sh).
-fn keep(name: &str, png: &[u8]) {
-    if let Some(dir) = std::env::var_os("ATRIUM_TEST_ARTIFACTS") {
-        let _ = std::fs::write(Path::new(&dir).join(name), png);
-    }
-}
-
-async fn screenshot(node: &NodeProcess, id: &str, name: &str) -> anyhow::Result<Screen> {
-    let (status, body) =
-        node.call("GET", &format!("/api/v1/vms/{id}/screenshot.png"), None).await?;
-    ensure!(status == 200, "screenshot: {status} {}", String::from_utf8_lossy(&body));
-    keep(name, &body);
-    Screen::from_png(&body)
-}
-
-async fn clipboard(node: &NodeProcess, id: &str, after: u64) -> anyhow::Result<ClipboardState> {
-    let (status, body) = node
-        .call("GET", &format!("/api/v1/vms/{id}/clipboard?after={after}&wait=10"), None)
-        .await?;
-    ensure!(status == 200, "clipboard: {status} {}", String::from_utf8_lossy(&body));
-    Ok(serde_json::from_slice(&body)?)
-}
-
-/// Waits until the guest's clipboard (copied out by the agent) is `text`.
-async fn wait_clipboard(
-    node: &NodeProcess,
-    id: &str,
-    after: u64,
-    text: &str,
-) -> anyhow::Result<ClipboardState> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = clipboard(node, id, after).await?;
-        if c.seq > after && c.text.as_deref() == Some(text) {
-            return Ok(c);
-        }
-        if Instant::now() > deadline {
-            bail!("the guest's clipboard is {c:?}, expected {text:?} after seq {after}");
-        }
-    }
-}
-
-async fn console_log(node: &NodeProcess, id: &str) -> anyhow::Result<String> {
-    let (status, body) = node.call("GET", &format!("/api/v1/vms/{id}/console"), None).await?;
-    ensure!(status == 200, "console: {status}");
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn vnc_path(info: &VmInfo) -> anyhow::Result<PathBuf> {
@@ -130,7 +83,7 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
         "VM is {:?}: {:?}\nconsole:\n{}\nnode log:\n{}",
         ready.state,
         ready.error,
-        console_log(&node, &id).await.unwrap_or_default(),
+        node.console_log(&id).await.unwrap_or_default(),
         node.log()
     );
     assert!(ready.ready_at_ms.is_some());
@@ -143,7 +96,7 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     assert_eq!(greeted.state, VmState::Ready);
     let deadline = Instant::now() + Duration::from_secs(60);
     let shot = loop {
-        let s = screenshot(&node, &id, "node-console-ready.png").await?;
+        let s = node.screenshot(&id, "node-console-ready.png").await?;
         // The greeting is drawn bold (bright white); the rest of the console in grey.
         if s.count([0xff, 0xff, 0xff]) > 200 || Instant::now() > deadline {
             break s;
@@ -176,11 +129,11 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     );
     let word = format!("atrium-{}", hex(8));
     rfb.type_text(&format!("echo {word} | tee clipboard.txt\n")).await?;
-    let copied = wait_clipboard(&node, &id, 0, &format!("{word}\n")).await?;
+    let copied = node.wait_clipboard(&id, 0, &format!("{word}\n"), CLIPBOARD_WAIT).await?;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let (grid, row) = loop {
-        let s = screenshot(&node, &id, "node-console-typed.png").await?;
+        let s = node.screenshot(&id, "node-console-typed.png").await?;
         let grid = s.cells();
         let n = word.len();
         // The output line shows the word alone, and the line above (the command as typed)
@@ -211,7 +164,7 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     let shown = paste.trim_end();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = screenshot(&node, &id, "node-console-pasted.png").await?;
+        let s = node.screenshot(&id, "node-console-pasted.png").await?;
         if !rows_showing(&s.cells(), shown, &glyphs).is_empty() {
             break;
         }
@@ -222,11 +175,11 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     rfb.type_text("tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
-    let upper = wait_clipboard(&node, &id, copied.seq, &paste.to_uppercase()).await?;
+    let upper = node.wait_clipboard(&id, copied.seq, &paste.to_uppercase(), CLIPBOARD_WAIT).await?;
     assert!(upper.seq > copied.seq);
 
     // 6. The serial console log has the boot and the agent's own lines.
-    let log = console_log(&node, &id).await?;
+    let log = node.console_log(&id).await?;
     for needle in
         ["atrium-init: starting init", "atrium-guest-agent: ready", "session started for alice"]
     {
@@ -270,7 +223,7 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     let stopped: VmInfo = serde_json::from_slice(&body)?;
     assert_eq!(stopped.state, VmState::Stopped, "{:?}", stopped.error);
     assert!(processes_with(&format!("guest=atrium-{id}")).is_empty(), "QEMU still runs after stop");
-    let log = console_log(&node, &id).await?;
+    let log = node.console_log(&id).await?;
     assert!(
         log.contains("The system is going down"),
         "the guest did not shut down cleanly:\n{log}"
@@ -491,7 +444,7 @@ async fn the_run_command_boots_reports_and_cleans_up() -> anyhow::Result<()> {
     let ready = last["ready_ms"].as_u64().context("ready_ms")?;
     assert!(start <= ready, "{last}");
     let png = std::fs::read(&shot)?;
-    keep("node-run.png", &png);
+    keep_artifact("node-run.png", &png);
     let s = Screen::from_png(&png)?;
     assert_eq!((s.width, s.height), (1280, 800));
     assert!(s.count([0xaa, 0xaa, 0xaa]) > 2_000, "the screenshot shows no console text");

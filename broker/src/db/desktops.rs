@@ -804,27 +804,29 @@ impl Db {
     /// Marks an idle desktop for destruction, unless it was used again since `cutoff` or has an
     /// open session (a reconnect racing the reconcile loop wins). Returns whether it was marked.
     pub async fn destroy_if_idle(&self, id: &str, cutoff: i64, now: i64) -> DbResult<bool> {
-        let r =
-            sqlx::query(sqlx::AssertSqlSafe(IDLE_GUARD.replace("{SET}", "state = 'destroying'")))
-                .bind(id)
-                .bind(cutoff)
-                .bind(now)
-                .execute(self.pool())
-                .await?;
-        Ok(r.rows_affected() > 0)
+        self.mark_if_idle(id, cutoff, now, "state = 'destroying'").await
     }
 
     /// Like [`Db::destroy_if_idle`], for a dedicated desktop: it becomes `stopped` (its VM is
     /// removed next, its disk kept). Returns whether it was marked.
     pub async fn stop_if_idle(&self, id: &str, cutoff: i64, now: i64) -> DbResult<bool> {
-        let r = sqlx::query(sqlx::AssertSqlSafe(
-            IDLE_GUARD.replace("{SET}", "state = 'stopped', agent_user = NULL"),
-        ))
-        .bind(id)
-        .bind(cutoff)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
+        self.mark_if_idle(id, cutoff, now, "state = 'stopped', agent_user = NULL").await
+    }
+
+    /// Applies `set` (a fixed SQL assignment) to an idle desktop under [`IDLE_GUARD`].
+    async fn mark_if_idle(
+        &self,
+        id: &str,
+        cutoff: i64,
+        now: i64,
+        set: &'static str,
+    ) -> DbResult<bool> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(IDLE_GUARD.replace("{SET}", set)))
+            .bind(id)
+            .bind(cutoff)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 }

@@ -567,23 +567,31 @@ fn write_initramfs(
 
 /// An empty ext4 file system whose root (the user's home) belongs to the console user.
 fn make_home_disk(path: &Path) -> Result<(), BuildError> {
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "atrium-home", "-E"])
-        .arg(format!("root_owner={USER_UID}:{USER_UID}"))
-        .arg(path)
-        .arg(format!("{HOME_DISK_MIB}M"))
+    run_tool(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "atrium-home", "-E"])
+            .arg(format!("root_owner={USER_UID}:{USER_UID}"))
+            .arg(path)
+            .arg(format!("{HOME_DISK_MIB}M")),
+        "mke2fs",
+        " (install e2fsprogs)",
+    )?;
+    Ok(())
+}
+
+/// Runs a build tool to its end; its standard output, or an error naming it as `what` with
+/// its standard error (`hint` follows the error when it cannot be started at all).
+pub(super) fn run_tool(cmd: &mut Command, what: &str, hint: &str) -> Result<Vec<u8>, BuildError> {
+    let out = cmd
         .output()
-        .map_err(|e| BuildError::Tool {
-            what: "mke2fs".into(),
-            message: format!("{e} (install e2fsprogs)"),
-        })?;
+        .map_err(|e| BuildError::Tool { what: what.into(), message: format!("{e}{hint}") })?;
     if !out.status.success() {
         return Err(BuildError::Tool {
-            what: "mke2fs".into(),
+            what: what.into(),
             message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    Ok(())
+    Ok(out.stdout)
 }
 
 /// Today's date as `YYYYMMDD` (UTC).

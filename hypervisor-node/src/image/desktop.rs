@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::build::BuildError;
+use super::build::{BuildError, run_tool};
 use super::debs::Package;
 use super::elf;
 use super::resolve::{self, Apt};
@@ -263,17 +263,12 @@ fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<(), BuildError> {
 /// `/bin/busybox`. busybox-static runs on the build machine as it is.
 fn link_busybox(root: &Path) -> Result<(), BuildError> {
     let busybox = root.join("bin/busybox");
-    let out = Command::new(&busybox).arg("--list-full").output().map_err(|e| BuildError::Tool {
-        what: format!("{} --list-full", busybox.display()),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(BuildError::Tool {
-            what: "busybox --list-full".into(),
-            message: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    for rel in String::from_utf8_lossy(&out.stdout).lines() {
+    let listed = run_tool(
+        Command::new(&busybox).arg("--list-full"),
+        &format!("{} --list-full", busybox.display()),
+        "",
+    )?;
+    for rel in String::from_utf8_lossy(&listed).lines() {
         let rel = rel.trim().trim_start_matches('/');
         if rel.is_empty() || rel.contains("..") {
             continue;
@@ -296,21 +291,17 @@ fn run_in_tree(root: &Path, program: &str, args: &[&str]) -> Result<(), BuildErr
     let loader = root.join("lib64/ld-linux-x86-64.so.2");
     let libs: Vec<String> =
         LIBRARY_DIRS.iter().map(|d| root.join(d).display().to_string()).collect();
-    let out = Command::new(&loader)
-        .arg("--library-path")
-        .arg(libs.join(":"))
-        .arg(root.join(program))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .map_err(|e| BuildError::Tool { what: program.into(), message: e.to_string() })?;
-    if !out.status.success() {
-        return Err(BuildError::Tool {
-            what: program.into(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
+    run_tool(
+        Command::new(&loader)
+            .arg("--library-path")
+            .arg(libs.join(":"))
+            .arg(root.join(program))
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin"),
+        program,
+        "",
+    )?;
     Ok(())
 }
 
@@ -449,23 +440,16 @@ pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
 pub fn make_root_disk(root: &Path, out: &Path) -> Result<u64, BuildError> {
     let content_mib = tree_bytes(root)?.div_ceil(1 << 20);
     let size_mib = (content_mib + content_mib / 8 + 64 + ROOT_FREE_MIB).div_ceil(64) * 64;
-    let result = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "atrium-root", "-m", "1"])
-        .args(["-E", "root_owner=0:0", "-d"])
-        .arg(root)
-        .arg(out)
-        .arg(format!("{size_mib}M"))
-        .output()
-        .map_err(|e| BuildError::Tool {
-            what: "mke2fs".into(),
-            message: format!("{e} (install e2fsprogs)"),
-        })?;
-    if !result.status.success() {
-        return Err(BuildError::Tool {
-            what: "mke2fs -d".into(),
-            message: String::from_utf8_lossy(&result.stderr).trim().to_owned(),
-        });
-    }
+    run_tool(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "atrium-root", "-m", "1"])
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(root)
+            .arg(out)
+            .arg(format!("{size_mib}M")),
+        "mke2fs -d",
+        " (install e2fsprogs)",
+    )?;
     Ok(size_mib)
 }
 

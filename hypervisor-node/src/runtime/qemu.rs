@@ -384,39 +384,33 @@ impl QemuRuntime {
     }
 
     async fn create_layer(&self, d: &super::DiskConfig) -> Result<(), RuntimeError> {
-        let out = Command::new(&self.cfg.img_binary)
-            .args(["create", "-q", "-f", "qcow2", "-b"])
+        let mut cmd = Command::new(&self.cfg.img_binary);
+        cmd.args(["create", "-q", "-f", "qcow2", "-b"])
             .arg(&d.base)
             .args(["-F", d.base_format.as_str()])
-            .arg(&d.layer)
-            .output()
-            .await
-            .map_err(RuntimeError::io(format!("running {}", self.cfg.img_binary.display())))?;
-        if !out.status.success() {
-            return Err(RuntimeError::Start(format!(
-                "qemu-img create {}: {}",
-                d.layer.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+            .arg(&d.layer);
+        self.qemu_img_create(cmd, &d.layer).await
     }
 }
 
 impl QemuRuntime {
     /// An empty qcow2 disk of the home disk's size (no backing file).
     async fn create_home(&self, h: &super::HomeDiskConfig) -> Result<(), RuntimeError> {
-        let out = Command::new(&self.cfg.img_binary)
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&h.path)
-            .arg(format!("{}M", h.size_mib))
+        let mut cmd = Command::new(&self.cfg.img_binary);
+        cmd.args(["create", "-q", "-f", "qcow2"]).arg(&h.path).arg(format!("{}M", h.size_mib));
+        self.qemu_img_create(cmd, &h.path).await
+    }
+
+    /// Runs `qemu-img create` (as `cmd`) making `disk`.
+    async fn qemu_img_create(&self, mut cmd: Command, disk: &Path) -> Result<(), RuntimeError> {
+        let out = cmd
             .output()
             .await
             .map_err(RuntimeError::io(format!("running {}", self.cfg.img_binary.display())))?;
         if !out.status.success() {
             return Err(RuntimeError::Start(format!(
                 "qemu-img create {}: {}",
-                h.path.display(),
+                disk.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
