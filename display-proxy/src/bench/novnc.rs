@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::procstat::Usage;
 use super::relay::Relay;
 use super::{BenchOptions, procstat, round, static_files};
 use crate::issuer::{JwksServer, TicketIssuer};
@@ -102,9 +103,9 @@ struct Sample {
     at: Instant,
     atrium_bytes: u64,
     novnc_bytes: u64,
-    atrium_cpu: f64,
-    websockify_cpu: f64,
-    vnc_worker_cpu: f64,
+    atrium: Usage,
+    websockify: Usage,
+    vnc_worker: Usage,
 }
 
 struct Probes {
@@ -121,9 +122,9 @@ impl Probes {
             at: Instant::now(),
             atrium_bytes: self.relay_a.bytes(),
             novnc_bytes: self.relay_n.bytes(),
-            atrium_cpu: procstat::process_secs(self.proxy_pid),
-            websockify_cpu: procstat::tree_secs(self.websockify_pid),
-            vnc_worker_cpu: procstat::threads_named_secs(self.qemu_pid, "vnc_worker"),
+            atrium: procstat::process_usage(self.proxy_pid),
+            websockify: procstat::tree_usage(self.websockify_pid),
+            vnc_worker: procstat::threads_named_usage(self.qemu_pid, "vnc_worker"),
         }
     }
 }
@@ -339,10 +340,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
 
     let atrium_bytes = e.atrium_bytes - s.atrium_bytes;
     let novnc_bytes = e.novnc_bytes - s.novnc_bytes;
-    let atrium_cpu = e.atrium_cpu - s.atrium_cpu;
-    let websockify_cpu = e.websockify_cpu - s.websockify_cpu;
-    let vnc_worker_cpu = e.vnc_worker_cpu - s.vnc_worker_cpu;
-    let novnc_cpu = websockify_cpu + vnc_worker_cpu;
+    let atrium = e.atrium - s.atrium;
+    let ws_usage = e.websockify - s.websockify;
+    let worker_usage = e.vnc_worker - s.vnc_worker;
+    let novnc = ws_usage + worker_usage;
+    let (atrium_cpu, websockify_cpu, vnc_worker_cpu, novnc_cpu) =
+        (atrium.secs, ws_usage.secs, worker_usage.secs, novnc.secs);
     let idle_secs = ie.at.duration_since(is.at).as_secs_f64();
     let a_lat = floats(&result["atrium_latencies_ms"]);
     let n_lat = floats(&result["novnc_latencies_ms"]);
@@ -350,6 +353,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
     #[allow(clippy::cast_precision_loss)]
     let per_s = |b: u64| b as f64 / idle_secs;
+    // What a wake-up from a 25 ms sleep costs here: most of both paths' CPU is wake-ups.
+    let wake_us =
+        tokio::task::spawn_blocking(|| procstat::wake_cost_us(Duration::from_millis(25), 40))
+            .await?;
     let mut per_phase = Map::new();
     for name in ["typing_atrium", "typing_novnc", "scroll", "redraw"] {
         if let (Some(a), Some(b)) =
@@ -360,8 +367,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
                 json!({
                     "atrium_bytes": b.atrium_bytes - a.atrium_bytes,
                     "novnc_bytes": b.novnc_bytes - a.novnc_bytes,
-                    "atrium_cpu_s": round(b.atrium_cpu - a.atrium_cpu, 3),
-                    "novnc_cpu_s": round(b.websockify_cpu - a.websockify_cpu + b.vnc_worker_cpu - a.vnc_worker_cpu, 3),
+                    "atrium_cpu_s": round((b.atrium - a.atrium).secs, 3),
+                    "novnc_cpu_s": round((b.websockify - a.websockify + b.vnc_worker - a.vnc_worker).secs, 3),
+                    "atrium_wakeups": (b.atrium - a.atrium).runs,
+                    "novnc_wakeups": (b.websockify - a.websockify + b.vnc_worker - a.vnc_worker).runs,
                 }),
             );
         }
@@ -384,6 +393,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
         "novnc_cpu_s": round(novnc_cpu, 3),
         "websockify_cpu_s": round(websockify_cpu, 3),
         "qemu_vnc_worker_cpu_s": round(vnc_worker_cpu, 3),
+        "atrium_wakeups": atrium.runs,
+        "novnc_wakeups": novnc.runs,
+        "wakeup_ratio": round(ratio(atrium.runs, novnc.runs), 3),
+        "host_wake_cost_us_at_25ms": round(wake_us, 1),
         "atrium_frames": result["atrium_frames"],
         "novnc_frames": result["novnc_frames"],
         "phases": result["phases"],

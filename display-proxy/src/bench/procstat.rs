@@ -20,34 +20,61 @@ fn stat_secs(path: &Path) -> Option<f64> {
     Some((utime + stime) / ticks_per_second())
 }
 
-/// CPU seconds of one task from its schedstat (nanoseconds on the CPU), else its stat.
-fn task_secs(dir: &Path) -> f64 {
-    if let Ok(s) = std::fs::read_to_string(dir.join("schedstat"))
-        && let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok())
-    {
-        #[allow(clippy::cast_precision_loss)]
-        return ns as f64 / 1e9;
+/// What a set of tasks has used: CPU seconds, and how many times they were put on a CPU
+/// (each wake-up is one). On a virtualised host a wake-up can cost more than the work it
+/// does, so the second figure explains the first.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub secs: f64,
+    pub runs: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self { secs: self.secs + o.secs, runs: self.runs + o.runs }
     }
-    stat_secs(&dir.join("stat")).unwrap_or(0.0)
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self { secs: self.secs - o.secs, runs: self.runs.saturating_sub(o.runs) }
+    }
+}
+
+/// One task's usage from its schedstat (nanoseconds on the CPU, wait, times run), else the
+/// CPU seconds of its stat.
+fn task_usage(dir: &Path) -> Usage {
+    if let Ok(s) = std::fs::read_to_string(dir.join("schedstat")) {
+        let f: Vec<u64> = s.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        if let [ns, _wait, runs] = f[..] {
+            #[allow(clippy::cast_precision_loss)]
+            return Usage { secs: ns as f64 / 1e9, runs };
+        }
+    }
+    Usage { secs: stat_secs(&dir.join("stat")).unwrap_or(0.0), runs: 0 }
+}
+
+/// Usage of a whole process (the sum of its live threads).
+pub fn process_usage(pid: u32) -> Usage {
+    let tasks: Vec<_> =
+        std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().collect();
+    if tasks.is_empty() {
+        let secs = stat_secs(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0.0);
+        return Usage { secs, runs: 0 };
+    }
+    tasks.iter().map(|t| task_usage(&t.path())).fold(Usage::default(), |a, b| a + b)
 }
 
 /// CPU seconds of a whole process (the sum of its live threads, to the nanosecond).
 pub fn process_secs(pid: u32) -> f64 {
-    let tasks: Vec<_> =
-        std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().collect();
-    if tasks.is_empty() {
-        return stat_secs(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0.0);
-    }
-    tasks.iter().map(|t| task_secs(&t.path())).sum()
+    process_usage(pid).secs
 }
 
-/// CPU seconds of a process and all its descendants that are alive.
-pub fn tree_secs(pid: u32) -> f64 {
-    let mut total = process_secs(pid);
-    for child in children(pid) {
-        total += tree_secs(child);
-    }
-    total
+/// Usage of a process and all its descendants that are alive.
+pub fn tree_usage(pid: u32) -> Usage {
+    children(pid).into_iter().fold(process_usage(pid), |total, child| total + tree_usage(child))
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -65,16 +92,28 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// CPU seconds of the threads of `pid` whose name is `comm`.
-pub fn threads_named_secs(pid: u32, comm: &str) -> f64 {
-    let mut total = 0.0;
+/// Usage of the threads of `pid` whose name is `comm`.
+pub fn threads_named_usage(pid: u32, comm: &str) -> Usage {
+    let mut total = Usage::default();
     for e in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         if name.trim() == comm {
-            total += task_secs(&e.path());
+            total = total + task_usage(&e.path());
         }
     }
     total
+}
+
+/// What one wake-up costs on this host: CPU microseconds a thread is charged per wake from
+/// a `period` sleep (the cadence of the proxy's refresh nudges), over `wakes` wake-ups.
+pub fn wake_cost_us(period: std::time::Duration, wakes: u32) -> f64 {
+    let own = || task_usage(Path::new("/proc/thread-self"));
+    let before = own();
+    for _ in 0..wakes {
+        std::thread::sleep(period);
+    }
+    let used = own() - before;
+    used.secs * 1e6 / f64::from(wakes.max(1))
 }
 
 /// Processes whose command line contains `needle`.
@@ -107,9 +146,23 @@ mod tests {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
-        let own = process_secs(std::process::id());
-        assert!(own > 0.0);
+        let own = process_usage(std::process::id());
+        assert!(own.secs > 0.0);
+        assert!(own.runs > 0, "schedstat counts the times a task ran");
         // Read later, the tree (this process and its children) has at least as much.
-        assert!(tree_secs(std::process::id()) >= own);
+        let tree = tree_usage(std::process::id());
+        assert!(tree.secs >= own.secs && tree.runs >= own.runs);
+    }
+
+    #[test]
+    fn a_sleeping_thread_is_charged_for_its_wake_ups() {
+        let before = task_usage(Path::new("/proc/thread-self"));
+        let us = wake_cost_us(std::time::Duration::from_millis(1), 20);
+        let after = task_usage(Path::new("/proc/thread-self"));
+        assert!(us > 0.0, "a wake-up costs something");
+        assert!(
+            after.runs >= before.runs + 20,
+            "each sleep ends in a wake-up: {before:?} -> {after:?}"
+        );
     }
 }
