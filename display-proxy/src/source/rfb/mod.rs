@@ -145,6 +145,12 @@ const KEEP_BUFFER: usize = 1 << 20;
 /// jitter.
 const NUDGE_EVERY: Duration = Duration::from_millis(25);
 
+/// When the first nudge is due after an update with pixels. That update came from a refresh
+/// that found changes, after which QEMU keeps its 30 ms interval by itself; a refresh that
+/// finds nothing lengthens it, so the nudge belongs after the next refresh (30 ms on) and
+/// before the one after (60 ms on).
+const NUDGE_AFTER_UPDATE: Duration = Duration::from_millis(35);
+
 /// A client message that QEMU's VNC server takes and ignores: the release of a key that is
 /// not pressed (QEMU's extended key event, key number 0; QEMU drops the release of a key it
 /// has not seen pressed). Any client message of type 4 or more resets QEMU's refresh interval
@@ -173,6 +179,8 @@ pub struct RfbSource {
     /// For how long after input the server's refresh is kept fast (`None`: never).
     keep_refresh: Option<Duration>,
     next_nudge: Option<Instant>,
+    /// When an update with pixels was last decoded.
+    last_pixels: Option<Instant>,
 }
 
 impl RfbSource {
@@ -278,6 +286,7 @@ impl RfbSource {
             zrle: ZrleDecoder::new(),
             keep_refresh: None,
             next_nudge: None,
+            last_pixels: None,
         })
     }
 
@@ -446,6 +455,7 @@ impl RfbSource {
                     self.read_pixels(c, enc, r, fb)?;
                     if r.w > 0 && r.h > 0 {
                         events.push(SourceEvent::Damage(r));
+                        self.last_pixels = Some(Instant::now());
                     }
                 }
                 ENC_DESKTOP_SIZE => self.resize(r.w, r.h, fb, &mut events)?,
@@ -630,13 +640,21 @@ impl PolledSource for RfbSource {
         if !self.shared.ext_keys.load(Ordering::Relaxed) {
             return None;
         }
-        let until = self.shared.last_input()? + window;
+        let last_input = self.shared.last_input()?;
+        let until = last_input + window;
         if now >= until {
             self.next_nudge = None;
             return None;
         }
-        // The input itself reset the interval: the first message is due one period later.
-        let due = *self.next_nudge.get_or_insert(now + NUDGE_EVERY);
+        // Each input message resets QEMU's interval as a nudge does, and an update with pixels
+        // shows the interval is short: nudges are due only a period after the later of them,
+        // so none go out while the pointer moves or the screen keeps changing.
+        let mut due = *self.next_nudge.get_or_insert(now + NUDGE_EVERY);
+        due = due.max(last_input + NUDGE_EVERY);
+        if let Some(p) = self.last_pixels {
+            due = due.max(p + NUDGE_AFTER_UPDATE);
+        }
+        self.next_nudge = Some(due);
         if now < due {
             return Some(due);
         }

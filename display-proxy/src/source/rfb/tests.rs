@@ -322,6 +322,58 @@ fn nudges_keep_the_refresh_going_while_input_is_recent() {
     let _server = srv.join().unwrap();
 }
 
+#[test]
+fn no_nudge_is_due_within_a_period_of_input_or_of_an_update_with_pixels() {
+    let (client, mut server) = pair();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let srv = thread::spawn(move || {
+        server.handshake(8, 4);
+        server.expect_request(false, 8, 4);
+        server.update(&[
+            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
+            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
+        ]);
+        read_until(&mut server, 255);
+        wait.recv().unwrap();
+        server.update(&[(Rect { x: 1, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[8]))]);
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    src.set_keep_refresh(Some(Duration::from_secs(10)));
+    let mut fb = Framebuffer::new(8, 4);
+    src.next_update(&mut fb).unwrap();
+    std::thread::sleep(NUDGE_AFTER_UPDATE);
+
+    // A key is itself a nudge: the next one is due a period after it (the input clock counts
+    // whole milliseconds, hence the one of slack).
+    let key = Instant::now();
+    src.input().send(InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) }).unwrap();
+    let p = src.polled().unwrap();
+    let due = p.keep_alive(key).expect("input is recent");
+    assert!(
+        due + Duration::from_millis(1) >= key + NUDGE_EVERY,
+        "due {:?} after the key",
+        due - key
+    );
+    // Input a little later moves it on.
+    std::thread::sleep(Duration::from_millis(10));
+    let key2 = Instant::now();
+    src.input().send(InputEvent::Key { down: false, keysym: 0x61, evdev: Some(30) }).unwrap();
+    let due2 = src.polled().unwrap().keep_alive(key2).expect("input is recent");
+    assert!(due2 + Duration::from_millis(1) >= key2 + NUDGE_EVERY);
+    assert!(due2 > due, "the later key pushed the nudge back");
+
+    // An update with pixels: QEMU's interval is short already; the nudge waits until after its
+    // next refresh.
+    go.send(()).unwrap();
+    let before = Instant::now();
+    src.next_update(&mut fb).unwrap();
+    let due3 = src.polled().unwrap().keep_alive(Instant::now()).expect("input is recent");
+    assert!(due3 >= before + NUDGE_AFTER_UPDATE, "due {:?} after the update", due3 - before);
+    assert!(due3 > due2);
+    let _server = srv.join().unwrap();
+}
+
 #[tokio::test]
 async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_pool() {
     use crate::desktop::{Desktop, OpenedSource};
