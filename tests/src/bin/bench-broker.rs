@@ -122,6 +122,32 @@ async fn broker_signins(url: &str, users: &[(String, String)]) -> anyhow::Result
     Ok(total as f64 / ROUND.as_secs_f64())
 }
 
+/// `GET /healthz` through the broker, `CONCURRENCY` at a time over keep-alive connections: the
+/// cheapest request it answers, the floor under any sign-in.
+async fn broker_healthz(url: &str) -> anyhow::Result<f64> {
+    let mut tasks = Vec::new();
+    let deadline = Instant::now() + ROUND;
+    for _ in 0..CONCURRENCY {
+        let url = format!("{url}/healthz");
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let r = http.get(&url).send().await?;
+                anyhow::ensure!(r.status().is_success(), "healthz failed: {}", r.status());
+                r.bytes().await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / ROUND.as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let slapd = Slapd::start()?;
@@ -160,6 +186,14 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "CPU µs per sign-in: slapd {:.0}, broker {:.0}, client {:.0}",
         via_cpu.0, via_cpu.1, via_cpu.2
+    );
+    let (b0, c0) = (cpu_secs(broker.pid()), cpu_secs(me));
+    let healthz = broker_healthz(&broker.url).await?;
+    let n = healthz * ROUND.as_secs_f64();
+    let healthz_cpu = ((cpu_secs(broker.pid()) - b0) / n * 1e6, (cpu_secs(me) - c0) / n * 1e6);
+    println!(
+        "GET /healthz: {healthz:.0}/s, CPU µs per request: broker {:.0}, client {:.0}",
+        healthz_cpu.0, healthz_cpu.1
     );
     let fresh = raw_binds_fresh_connection(&slapd.url(), &users).await?;
     println!("raw LDAP connect+bind+unbind/s ({CONCURRENCY} clients): {fresh:.0}");
@@ -215,6 +249,8 @@ async fn main() -> anyhow::Result<()> {
         "signin_ratio_bound_with_a_free_broker": (bound * 100.0).round() / 100.0,
         "cpu_us_per_raw_bind": { "slapd": raw_cpu.0.round(), "client": raw_cpu.1.round() },
         "cpu_us_per_signin": { "slapd": via_cpu.0.round(), "broker": via_cpu.1.round(), "client": via_cpu.2.round() },
+        "healthz_per_s": healthz.round(),
+        "cpu_us_per_healthz": { "broker": healthz_cpu.0.round(), "client": healthz_cpu.1.round() },
         "concurrency": CONCURRENCY,
         "warm_connect_ms_p50": (percentile(&lat, 50) * 10.0).round() / 10.0,
         "warm_connect_ms_p95": (percentile(&lat, 95) * 10.0).round() / 10.0,
