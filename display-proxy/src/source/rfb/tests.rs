@@ -71,6 +71,19 @@ impl Server {
     }
 }
 
+impl Server {
+    /// An 8x4 QEMU: handshake, the first full update request, and an update offering QEMU's
+    /// extended key events with one pixel.
+    fn qemu_8x4_with_extended_keys(&mut self) {
+        self.handshake(8, 4);
+        self.expect_request(false, 8, 4);
+        self.update(&[
+            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
+            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
+        ]);
+    }
+}
+
 fn pair() -> (Stream, Server) {
     let (a, b) = UnixStream::pair().unwrap();
     (Stream::from(a), Server { s: b })
@@ -292,12 +305,7 @@ fn read_until(server: &mut Server, ty: u8) -> Vec<u8> {
 fn nudges_keep_the_refresh_going_while_input_is_recent() {
     let (client, mut server) = pair();
     let srv = thread::spawn(move || {
-        server.handshake(8, 4);
-        server.expect_request(false, 8, 4);
-        server.update(&[
-            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
-            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
-        ]);
+        server.qemu_8x4_with_extended_keys();
         let key = read_until(&mut server, 255);
         assert_eq!(key[2..4], [0, 1], "the key itself, pressed");
         let nudge = read_until(&mut server, 255);
@@ -327,12 +335,7 @@ fn no_nudge_is_due_within_a_period_of_input_or_of_an_update_with_pixels() {
     let (client, mut server) = pair();
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let srv = thread::spawn(move || {
-        server.handshake(8, 4);
-        server.expect_request(false, 8, 4);
-        server.update(&[
-            (Rect::default(), ENC_QEMU_EXT_KEY, vec![]),
-            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
-        ]);
+        server.qemu_8x4_with_extended_keys();
         read_until(&mut server, 255);
         wait.recv().unwrap();
         server.update(&[(Rect { x: 1, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[8]))]);
