@@ -5,7 +5,7 @@
 //! nothing queues up). Lossy areas are refined once they stop changing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ use crate::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
 use crate::pool::EncodePool;
 use crate::source::InputEvent;
 
+/// How long a close message may take to go out to a client.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
 /// What every viewer shares.
 #[derive(Debug)]
 pub struct ViewerContext {
@@ -37,7 +40,27 @@ pub struct ViewerContext {
 }
 
 /// A viewer waiting to be told its session ended: its id and its notifier.
-type Waiter = (u64, Arc<Notify>);
+type Waiter = (u64, Arc<Ending>);
+
+/// How a viewer learns that its session ended: the sending loop waits on `notify`; the
+/// receiving task checks `ended` before it forwards any input (the sending loop may be stuck
+/// writing to a client that does not read).
+#[derive(Debug, Default)]
+pub struct Ending {
+    notify: Notify,
+    ended: AtomicBool,
+}
+
+impl Ending {
+    fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
 
 /// The viewers of each broker session, so the broker can end a session (sign-out, policy,
 /// administrator) and every viewer of it is disconnected.
@@ -50,7 +73,7 @@ pub struct Sessions {
 impl Sessions {
     fn register(self: &Arc<Self>, sid: &str) -> SessionEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Ending::default());
         self.map
             .lock()
             .expect("sessions lock")
@@ -64,7 +87,7 @@ impl Sessions {
     pub fn end(&self, sid: &str) -> usize {
         let viewers = self.map.lock().expect("sessions lock").remove(sid).unwrap_or_default();
         for (_, n) in &viewers {
-            n.notify_one();
+            n.end();
         }
         viewers.len()
     }
@@ -74,7 +97,7 @@ struct SessionEntry {
     sessions: Arc<Sessions>,
     sid: String,
     id: u64,
-    notify: Arc<Notify>,
+    notify: Arc<Ending>,
 }
 
 impl Drop for SessionEntry {
@@ -160,7 +183,7 @@ async fn serve_inner(
     slot: ViewerSlot,
     rights: Capabilities,
     ctx: Arc<ViewerContext>,
-    ended: Arc<Notify>,
+    ended: Arc<Ending>,
     span: &tracing::Span,
 ) {
     let desktop = Arc::clone(slot.desktop());
@@ -176,6 +199,7 @@ async fn serve_inner(
         rights,
         Arc::clone(&inputs),
         Arc::clone(&ctx.metrics),
+        Arc::clone(&ended),
     ));
     let mut sender = Sender {
         sink,
@@ -208,7 +232,7 @@ struct Sender {
     desktop: Arc<Desktop>,
     rights: Capabilities,
     inputs: Arc<Mutex<InputLog>>,
-    ended: Arc<Notify>,
+    ended: Arc<Ending>,
     view: ViewerTiles,
     in_flight: VecDeque<InFlight>,
     next_id: u32,
@@ -228,16 +252,29 @@ impl Sender {
         }
     }
 
+    /// Queues one message. A client that stops reading cannot hold the viewer (and the
+    /// desktop's slot) forever: a write that waits longer than the acknowledgement timeout
+    /// fails.
     async fn send(&mut self, bytes: Bytes) -> Result<usize, axum::Error> {
         let n = bytes.len();
-        self.sink.feed(Message::Binary(bytes)).await?;
+        let limit = self.ctx.ack_timeout;
+        tokio::time::timeout(limit, self.sink.feed(Message::Binary(bytes)))
+            .await
+            .map_err(|_| axum::Error::new("the client stopped reading"))??;
         Ok(n)
+    }
+
+    /// Sends what is queued, within the acknowledgement timeout.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        tokio::time::timeout(self.ctx.ack_timeout, self.sink.flush())
+            .await
+            .map_err(|_| axum::Error::new("the client stopped reading"))?
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
         let reason = atrium_protocol::display::truncate_utf8(reason, 120).to_owned();
-        let _ =
-            self.sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.sink.send(close)).await;
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<Event>) -> String {
@@ -267,7 +304,7 @@ impl Sender {
         // only moves a deadline when it changes (a new timer per wake-up would register and
         // deregister it every time).
         let ended = Arc::clone(&self.ended);
-        let ended = ended.notified();
+        let ended = ended.notify.notified();
         tokio::pin!(ended);
         let far = Instant::now() + Duration::from_secs(365 * 86_400);
         let refine_timer = tokio::time::sleep_until(far.into());
@@ -316,10 +353,16 @@ impl Sender {
                     return "the broker ended the session".into();
                 }
                 ev = rx.recv() => match ev {
-                    Some(Event::Ack(id)) => self.ack(id),
+                    Some(Event::Ack(id)) => {
+                        if !self.ack(id) {
+                            self.ctx.metrics.connections_closed_bad_message.fetch_add(1, Ordering::Relaxed);
+                            self.close(close_code::PROTOCOL, "acknowledgement of a frame never sent").await;
+                            return "acknowledgement of a frame never sent".into();
+                        }
+                    }
                     Some(Event::Ping(id)) => {
                         let pong = ServerMessage::Pong { id }.encode();
-                        if self.send(Bytes::from(pong)).await.is_err() || self.sink.flush().await.is_err() {
+                        if self.send(Bytes::from(pong)).await.is_err() || self.flush().await.is_err() {
                             return "send failed".into();
                         }
                     }
@@ -341,7 +384,7 @@ impl Sender {
                     if r.is_ok() {
                         let shape = cursor.borrow_and_update().clone();
                         if let Some(c) = shape
-                            && (self.send(Bytes::from_owner(c)).await.is_err() || self.sink.flush().await.is_err())
+                            && (self.send(Bytes::from_owner(c)).await.is_err() || self.flush().await.is_err())
                         {
                             return "send failed".into();
                         }
@@ -350,7 +393,7 @@ impl Sender {
                 r = clip.recv(), if self.rights.clipboard_copy_out => match r {
                     Ok(text) => {
                         let m = ServerMessage::Clipboard { text }.encode();
-                        if self.send(Bytes::from(m)).await.is_err() || self.sink.flush().await.is_err() {
+                        if self.send(Bytes::from(m)).await.is_err() || self.flush().await.is_err() {
                             return "send failed".into();
                         }
                     }
@@ -366,7 +409,12 @@ impl Sender {
         }
     }
 
-    fn ack(&mut self, id: u32) {
+    /// Takes an acknowledgement of every frame up to `id`; false when `id` names a frame not
+    /// sent yet (a client must not open its own window).
+    fn ack(&mut self, id: u32) -> bool {
+        if id >= self.next_id && !self.in_flight.iter().any(|f| f.id == id) {
+            return false;
+        }
         while let Some(f) = self.in_flight.front() {
             if f.id > id {
                 break;
@@ -379,6 +427,7 @@ impl Sender {
                 self.bandwidth = Some(self.bandwidth.map_or(sample, |b| b * 0.7 + sample * 0.3));
             }
         }
+        true
     }
 
     /// Plans, encodes and sends one frame (an update, or a refinement). Returns whether
@@ -445,7 +494,7 @@ impl Sender {
         bytes += self
             .send(Bytes::from(ServerMessage::FrameEnd { frame: id, input_seq }.encode()))
             .await?;
-        self.sink.flush().await?;
+        self.flush().await?;
         self.in_flight.push_back(InFlight { id, sent: Instant::now(), bytes });
         apply(&mut self.view, &frame, &plan, now);
         Metrics::add(&self.ctx.metrics.frames_sent, 1);
@@ -518,6 +567,7 @@ async fn receive(
     rights: Capabilities,
     inputs: Arc<Mutex<InputLog>>,
     metrics: Arc<Metrics>,
+    ending: Arc<Ending>,
 ) {
     let mut held = Held { desktop: Arc::clone(&desktop), keys: HashSet::new(), buttons: None };
     loop {
@@ -563,6 +613,12 @@ async fn receive(
                 return;
             }
         };
+        // Once the broker ended the session nothing more reaches the desktop, even while the
+        // sending side is still stuck on a client that does not read.
+        if ending.is_ended() {
+            let _ = tx.send(Event::Gone).await;
+            return;
+        }
         let ev = match m {
             ClientMessage::Key { seq, down, keysym, code } => {
                 let evdev = keymap::evdev_code(&code);
@@ -600,7 +656,7 @@ async fn receive(
                 continue;
             }
             ClientMessage::Clipboard { text } => {
-                if rights.clipboard_paste_in {
+                if rights.clipboard_paste_in && !rights.view_only {
                     desktop.paste(text);
                 } else {
                     tracing::debug!("clipboard paste refused: not allowed by the ticket");

@@ -31,9 +31,20 @@ struct Harness {
 const ORIGIN: &str = "http://app.example";
 
 async fn harness(fps: u32) -> Harness {
+    let screen = SyntheticConfig { width: 320, height: 192, fps, photo: false, ticks: None };
+    harness_with(screen, None, |_| {}).await
+}
+
+/// A harness with its own screen, the server's socket send buffer fixed at `send_buffer`
+/// bytes when given (no autotuning), and a configuration tweak.
+async fn harness_with(
+    screen: SyntheticConfig,
+    send_buffer: Option<u32>,
+    tune: impl FnOnce(&mut DisplayConfig),
+) -> Harness {
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await.unwrap();
-    let cfg = DisplayConfig {
+    let mut cfg = DisplayConfig {
         broker_url: jwks.url(),
         node_api_url: "http://127.0.0.1:9".into(),
         node_token: crate::config::Secret::new("unused"),
@@ -41,15 +52,15 @@ async fn harness(fps: u32) -> Harness {
         encode_threads: 2,
         ..DisplayConfig::default()
     };
-    let opener = Arc::new(SyntheticOpener::new(SyntheticConfig {
-        width: 320,
-        height: 192,
-        fps,
-        photo: false,
-        ticks: None,
-    }));
+    tune(&mut cfg);
+    let opener = Arc::new(SyntheticOpener::new(screen));
     let state = AppState::with_opener(&cfg, Arc::clone(&opener) as Arc<dyn SourceOpener>);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = send_buffer {
+        socket.set_send_buffer_size(size).unwrap();
+    }
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -202,6 +213,11 @@ async fn a_bad_message_closes_only_its_connection() {
         (Message::Binary(vec![0x84, 1].into()), CloseCode::Protocol, "truncated"),
         (Message::Text("hello".into()), CloseCode::Unsupported, "text messages"),
         (
+            Message::Binary(ClientMessage::FrameAck { frame: 1_000_000 }.encode().into()),
+            CloseCode::Protocol,
+            "never sent",
+        ),
+        (
             Message::Binary(vec![0x83; atrium_protocol::display::MAX_CLIENT_MESSAGE + 10].into()),
             CloseCode::Size,
             "over the limit",
@@ -225,7 +241,7 @@ async fn a_bad_message_closes_only_its_connection() {
         send(&mut good, ClientMessage::FrameAck { frame: last }).await;
         last = frame_end(&mut good).await;
     }
-    assert!(h.state.metrics().connections_closed_bad_message.load(Ordering::Relaxed) >= 4);
+    assert!(h.state.metrics().connections_closed_bad_message.load(Ordering::Relaxed) >= 5);
 }
 
 #[tokio::test]
@@ -300,4 +316,73 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
     // Ending it again (no viewers left) is fine.
     let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// A viewer whose socket takes 4 KiB at a time and that never reads.
+async fn stalled_viewer(h: &Harness) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.addr).await.unwrap();
+    let ticket = h.ticket("vm-1", Capabilities::default());
+    let mut req = format!("ws://{}/ws/vm-1?ticket={ticket}", h.addr).into_client_request().unwrap();
+    req.headers_mut().insert("origin", ORIGIN.parse().unwrap());
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await.unwrap();
+    ws
+}
+
+/// 1080p frames against a 16 KiB server send buffer: a client that does not read stalls the
+/// proxy's writes within its first frame.
+async fn stalling_harness(ack_timeout_secs: u64) -> Harness {
+    let screen = SyntheticConfig { width: 1920, height: 1080, fps: 30, photo: true, ticks: None };
+    harness_with(screen, Some(16 * 1024), |c| c.ack_timeout_secs = ack_timeout_secs).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go() {
+    // The proxy's first frame cannot all go out and its write waits, before the frame counts
+    // as in flight (so the acknowledgement timer is not running): the write's own limit (the
+    // one-second acknowledgement timeout) lets the viewer go.
+    let h = stalling_harness(1).await;
+    let mut ws = stalled_viewer(&h).await;
+    let metrics = h.state.metrics();
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while metrics.clients.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the viewer still holds its slot while its client does not read");
+    assert_eq!(metrics.connections_closed_bad_message.load(Ordering::Relaxed), 0);
+    // What was queued drains, then the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends once the client reads again");
+}
+
+#[tokio::test]
+async fn input_stops_when_the_session_ends_even_if_the_viewer_is_stalled() {
+    let h = stalling_harness(60).await;
+    let mut ws = stalled_viewer(&h).await;
+    let input = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(i) = h.opener.input_of("vm-1") {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the desktop opens");
+    // Give the proxy time to fill the buffers and stall on its first frame.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/api/v1/sessions/session-1/end", h.addr);
+    let r = reqwest::Client::new().post(&url).bearer_auth("unused").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    send(&mut ws, ClientMessage::Key { seq: 1, down: true, keysym: 0x61, code: "KeyA".into() })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(input.count(), 0, "a key typed after the session ended reached the desktop");
 }
