@@ -64,6 +64,9 @@ fn scan_update(
     // receive buffer grow).
     let limit = usize::from(width) * usize::from(height) * 4 * 2 + (1 << 20);
     let mut payload = 0usize;
+    // Nor is decoding work beyond a few screens: copies and resizes are cheap on the wire but
+    // each may move a whole screen, and the work runs on the encode pool every desktop shares.
+    let mut biggest_screen = usize::from(width) * usize::from(height) * 4;
     for _ in 0..count {
         let (Some(x), Some(y), Some(w), Some(h), Some(enc)) =
             (c.be_u16(), c.be_u16(), c.be_u16(), c.be_u16(), c.be_i32())
@@ -118,6 +121,12 @@ fn scan_update(
             ENC_LAST_RECT => break,
             other => return Err(SourceError::protocol(format!("unexpected encoding {other}"))),
         };
+        biggest_screen = biggest_screen.max(usize::from(width) * usize::from(height) * 4);
+        if *work > biggest_screen.saturating_mul(MAX_SCREENS_OF_WORK).saturating_add(1 << 20) {
+            return Err(SourceError::protocol(
+                "an update asks for more work than its screen explains",
+            ));
+        }
         payload = payload.saturating_add(len);
         if payload > limit {
             return Err(SourceError::protocol("an update larger than its screen explains"));
@@ -128,6 +137,10 @@ fn scan_update(
     }
     Ok(true)
 }
+
+/// How many whole screens of decoding one update may ask for (an honest one: a resize, a
+/// scroll's copy and the new pixels).
+const MAX_SCREENS_OF_WORK: usize = 8;
 
 /// Big-endian reads from a message that [`scan`] found complete (running short is a protocol
 /// error all the same).

@@ -226,11 +226,13 @@ fn hostile_servers_are_errors() {
     }
 
     // After the handshake: a rectangle outside the screen, an unknown encoding, an unknown
-    // message type, and a bad CopyRect source all end the session with an error.
+    // message type, a bad CopyRect source, and an update of thousands of whole-screen copies
+    // (a megabyte of work from a small message) all end the session with an error.
     let bad_updates: Vec<Vec<(Rect, i32, Vec<u8>)>> = vec![
         vec![(Rect { x: 6, y: 0, w: 4, h: 1 }, ENC_RAW, raw(&[0; 4]))],
         vec![(Rect { x: 0, y: 0, w: 1, h: 1 }, 7, vec![0; 4])],
         vec![(Rect { x: 0, y: 0, w: 2, h: 2 }, ENC_COPYRECT, vec![0, 7, 0, 7])],
+        vec![(Rect { x: 0, y: 0, w: 8, h: 4 }, ENC_COPYRECT, vec![0, 0, 0, 0]); 9000],
     ];
     for rects in bad_updates {
         let (client, mut server) = pair();
