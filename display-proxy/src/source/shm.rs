@@ -23,6 +23,8 @@ use crate::source::{
 /// How often the dirty bitmap is asked for.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const INPUT_QUEUE: usize = 1024;
+/// How long the VMM may take to send all of its Hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Out {
@@ -142,8 +144,7 @@ impl ShmSource {
         name: &str,
         interval: Duration,
     ) -> Result<Self, SourceError> {
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let (body, fd) = recv_frame_with_fd(&sock)?;
+        let (body, fd) = recv_frame_with_fd(&sock, Instant::now() + HELLO_WITHIN)?;
         let VmmEvent::Hello { width, height, stride, format, fb_size, page_size } =
             VmmEvent::decode(&body)
                 .map_err(|e| SourceError::protocol(format!("display channel: {e}")))?
@@ -349,8 +350,10 @@ fn check_memfd(fd: &OwnedFd, fb_size: usize) -> Result<(), SourceError> {
     }
     // SAFETY: F_GET_SEALS takes no argument and only reads the descriptor's seals.
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    // Unsealed, the VMM could shrink it under the mapping, and the next read of a row would
+    // kill the whole proxy with SIGBUS.
     if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        tracing::warn!("the framebuffer memfd is not sealed against shrinking");
+        return Err(SourceError::protocol("the framebuffer memfd is not sealed against shrinking"));
     }
     Ok(())
 }
@@ -365,13 +368,29 @@ fn read_frame(sock: &mut UnixStream) -> Result<Vec<u8>, SourceError> {
     Ok(body)
 }
 
-/// Reads one whole frame, keeping the first file descriptor passed with any of its bytes.
-fn recv_frame_with_fd(sock: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), SourceError> {
+/// Reads one whole frame by `deadline` (however its bytes trickle in), keeping the first file
+/// descriptor passed with any of its bytes.
+fn recv_frame_with_fd(
+    sock: &UnixStream,
+    deadline: Instant,
+) -> Result<(Vec<u8>, Option<OwnedFd>), SourceError> {
+    let late = || SourceError::protocol("display channel: Hello did not arrive in time");
+    let recv_by = |buf: &mut [u8]| -> Result<(usize, Option<OwnedFd>), SourceError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        sock.set_read_timeout(Some(left))?;
+        recv_with_fd(sock, buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late(),
+            _ => e.into(),
+        })
+    };
     let mut fd = None;
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let (n, f) = recv_with_fd(sock, &mut prefix[got..])?;
+        let (n, f) = recv_by(&mut prefix[got..])?;
         if n == 0 {
             return Err(SourceError::protocol("display channel closed before Hello"));
         }
@@ -383,7 +402,7 @@ fn recv_frame_with_fd(sock: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), S
     let mut body = vec![0; len];
     let mut got = 0;
     while got < len {
-        let (n, f) = recv_with_fd(sock, &mut body[got..])?;
+        let (n, f) = recv_by(&mut body[got..])?;
         if n == 0 {
             return Err(SourceError::protocol("display channel closed inside Hello"));
         }

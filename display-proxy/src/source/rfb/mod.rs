@@ -194,10 +194,21 @@ impl RfbSource {
     }
 
     /// Runs the handshake over an already connected stream.
-    pub fn handshake(mut stream: Stream, prefer_zrle: bool) -> Result<Self, SourceError> {
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    pub fn handshake(stream: Stream, prefer_zrle: bool) -> Result<Self, SourceError> {
+        Self::handshake_within(stream, prefer_zrle, HANDSHAKE_TIMEOUT)
+    }
+
+    /// The handshake, all of it within `limit`: a server sending a byte now and then must not
+    /// hold the desktop's opening (and the viewers waiting for it) for long.
+    fn handshake_within(
+        mut stream: Stream,
+        prefer_zrle: bool,
+        limit: Duration,
+    ) -> Result<Self, SourceError> {
+        stream.set_read_timeout(Some(limit));
         let mut w = stream.try_clone()?;
         let stop_handle = stream.try_clone()?;
+        stream.set_deadline(Some(Instant::now() + limit));
         let mut r = Reader::new(stream);
 
         let mut version = [0u8; 12];
@@ -261,6 +272,7 @@ impl RfbSource {
         w.write_all(&msg)?;
         let (mut stream, inbuf) = r.into_parts();
         stream.set_read_timeout(None);
+        stream.set_deadline(None);
 
         let shared = Arc::new(Shared::default());
         shared.set_size(width, height);

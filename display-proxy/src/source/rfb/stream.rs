@@ -19,6 +19,8 @@ use crate::source::SourceError;
 pub struct Stream {
     sock: Sock,
     read_timeout: Option<Duration>,
+    /// Blocking reads fail after this, however the bytes trickle in.
+    deadline: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -29,13 +31,13 @@ enum Sock {
 
 impl From<UnixStream> for Stream {
     fn from(s: UnixStream) -> Self {
-        Self { sock: Sock::Unix(s), read_timeout: None }
+        Self { sock: Sock::Unix(s), read_timeout: None, deadline: None }
     }
 }
 
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
-        Self { sock: Sock::Tcp(s), read_timeout: None }
+        Self { sock: Sock::Tcp(s), read_timeout: None, deadline: None }
     }
 }
 
@@ -63,10 +65,15 @@ impl Stream {
             Sock::Unix(s) => Sock::Unix(s.try_clone()?),
             Sock::Tcp(s) => Sock::Tcp(s.try_clone()?),
         };
-        Ok(Self { sock, read_timeout: self.read_timeout })
+        Ok(Self { sock, read_timeout: self.read_timeout, deadline: self.deadline })
     }
 
     /// How long a read of this handle waits for data (`None`: for ever).
+    /// Sets when blocking reads give up altogether (`None`: never).
+    pub fn set_deadline(&mut self, at: Option<std::time::Instant>) {
+        self.deadline = at;
+    }
+
     pub fn set_read_timeout(&mut self, t: Option<Duration>) {
         self.read_timeout = t;
     }
@@ -122,9 +129,15 @@ impl Stream {
 
     /// Waits until there is something to read (or the timeout passes: `Ok(false)`).
     pub fn wait_readable(&self) -> io::Result<bool> {
-        let timeout = self
-            .read_timeout
-            .map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1));
+        let left = self.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(false);
+        }
+        let wait = match (self.read_timeout, left) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        };
+        let timeout = wait.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1));
         let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
         loop {
             // SAFETY: `pfd` is one valid pollfd that lives across the call, as the count says.

@@ -509,6 +509,37 @@ fn a_server_flooding_small_messages_does_not_take_the_runtime_from_everything_el
 }
 
 #[test]
+fn a_handshake_trickled_a_byte_at_a_time_is_given_up_at_its_deadline() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        server.s.write_all(b"RFB 003.008\n").unwrap();
+        server.read(12);
+        server.s.write_all(&[1, 1]).unwrap();
+        server.read(1);
+        server.s.write_all(&[0, 0, 0, 0]).unwrap();
+        server.read(1);
+        // ServerInit with a 64 KiB name, a byte every 100 ms: each read gets its byte well
+        // within its own timeout. Returns how many bytes went out before the client hung up.
+        let init = [0u8, 8, 0, 4].into_iter().chain([0; 16]).chain([0, 1, 0, 0]);
+        let mut sent = 0;
+        for b in init.chain([b'x'; 36]) {
+            if server.s.write_all(&[b]).is_err() {
+                break;
+            }
+            sent += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+        sent
+    });
+    let err = RfbSource::handshake_within(client, false, Duration::from_millis(500))
+        .expect_err("the handshake cannot finish by its deadline");
+    assert!(err.to_string().contains("in time"), "{err}");
+    // The client gave up at its deadline (a few bytes in), not when the trickle stopped.
+    let sent = srv.join().unwrap();
+    assert!(sent < 60, "the client read all {sent} bytes: no overall deadline");
+}
+
+#[test]
 fn a_server_silent_after_its_handshake_is_given_up_and_released() {
     let (w, h) = (64u16, 48u16);
     let (client, mut server) = pair();

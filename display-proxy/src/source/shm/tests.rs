@@ -18,14 +18,26 @@ struct GuestFb {
 }
 
 impl GuestFb {
+    /// A framebuffer sealed against shrinking, as the VMM's is.
     fn new(len: usize) -> Self {
+        Self::with_seal(len, true)
+    }
+
+    fn with_seal(len: usize, sealed: bool) -> Self {
         // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"fb".as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(c"fb".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         assert!(raw >= 0);
         // SAFETY: `raw` is a new descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: resizing our own memfd.
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), i64::try_from(len).unwrap()) }, 0);
+        if sealed {
+            // SAFETY: F_ADD_SEALS on our own memfd, which allows sealing.
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(r, 0);
+        }
         // SAFETY: a new shared mapping of the memfd we just sized.
         let ptr = unsafe {
             libc::mmap(
@@ -167,10 +179,12 @@ fn bad_hellos_are_refused() {
     let fb_size = usize::try_from(STRIDE * H).unwrap();
     let small = GuestFb::new(4096);
     let good = GuestFb::new(fb_size);
+    let unsealed = GuestFb::with_seal(fb_size, false);
     let size = u64::try_from(fb_size).unwrap();
     let cases: Vec<(&str, Vec<u8>, Option<&OwnedFd>)> = vec![
         ("no memfd", hello(FORMAT_XRGB8888, size), None),
         ("memfd too small", hello(FORMAT_XRGB8888, size), Some(&small.fd)),
+        ("memfd that can shrink", hello(FORMAT_XRGB8888, size), Some(&unsealed.fd)),
         ("other format", hello(0x1234, size), Some(&good.fd)),
         ("size below stride * height", hello(FORMAT_XRGB8888, 100), Some(&good.fd)),
         ("not a Hello", VmmEvent::Dirty { pages: 1, bitmap: vec![1] }.encode(), Some(&good.fd)),
@@ -180,6 +194,13 @@ fn bad_hellos_are_refused() {
         send_with_fd(&server, &bytes, fd);
         assert!(ShmSource::from_stream(client, "vm", Duration::from_millis(1)).is_err(), "{what}");
     }
+    // A Hello cut short and never finished is given up at its deadline, not waited for.
+    let (client, server) = UnixStream::pair().unwrap();
+    let h = hello(FORMAT_XRGB8888, size);
+    send_with_fd(&server, &h[..h.len() - 1], Some(&good.fd));
+    let err = recv_frame_with_fd(&client, Instant::now() + Duration::from_millis(200))
+        .expect_err("half a Hello");
+    assert!(err.to_string().contains("in time"), "{err}");
     // A dirty bitmap of the wrong length ends the source.
     let (client, mut server) = UnixStream::pair().unwrap();
     send_with_fd(&server, &hello(FORMAT_XRGB8888, size), Some(&good.fd));
