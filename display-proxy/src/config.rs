@@ -197,6 +197,9 @@ impl DisplayConfig {
         if self.ack_timeout_secs == 0 {
             return bad("ack_timeout_secs must be at least 1".into());
         }
+        if self.jwks_refresh_min_secs == 0 {
+            return bad("jwks_refresh_min_secs must be at least 1 (it limits fetches that unknown key ids cause)".into());
+        }
         Ok(())
     }
 
@@ -253,6 +256,9 @@ allowed_origins = ["https://desk.example.com"]
         let mut c = DisplayConfig::parse(GOOD).unwrap();
         c.broker_url = "ftp://x".into();
         assert!(c.validate().is_err());
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.jwks_refresh_min_secs = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("jwks_refresh_min_secs"));
     }
 
     #[test]

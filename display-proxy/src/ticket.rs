@@ -49,6 +49,8 @@ pub enum TicketError {
     Claims(String),
     #[error("the ticket was already used")]
     Replayed,
+    #[error("the ticket was issued before this display service started; ask for a new one")]
+    BeforeStart,
     #[error("the ticket is for another VM")]
     WrongVm,
     #[error("the ticket is for another node")]
@@ -132,8 +134,17 @@ pub struct TicketVerifier {
     cfg: VerifierConfig,
     http: reqwest::Client,
     cache: RwLock<KeyCache>,
+    /// One fetch at a time, made without holding `cache`: checks with known keys never wait
+    /// for the broker.
+    fetching: tokio::sync::Mutex<()>,
     jti: Mutex<JtiStore>,
+    /// When this verifier began (seconds since the epoch): spent `jti`s are remembered in
+    /// memory only, so a ticket issued before then may have been used already.
+    started: u64,
 }
+
+/// Largest JWKS answer read (a key set is a few hundred bytes a key).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -149,55 +160,72 @@ impl TicketVerifier {
             cfg,
             http,
             cache: RwLock::new(KeyCache::default()),
+            fetching: tokio::sync::Mutex::new(()),
             jti: Mutex::new(JtiStore::default()),
+            started: now_secs(),
         }
     }
 
     /// Fetches the JWKS now (at start-up); the error says why it failed.
     pub async fn refresh(&self) -> Result<usize, String> {
-        let mut cache = self.cache.write().await;
-        self.fetch_into(&mut cache).await
+        let _one = self.fetching.lock().await;
+        self.fetch_and_store().await
     }
 
-    async fn fetch_into(&self, cache: &mut KeyCache) -> Result<usize, String> {
-        cache.attempted = Some(Instant::now());
-        let resp = self.http.get(&self.cfg.jwks_url).send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("{} answered {}", self.cfg.jwks_url, resp.status()));
-        }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let keys = parse_jwks(&body)?;
+    /// Fetches the key set and stores it; the caller holds `fetching`.
+    async fn fetch_and_store(&self) -> Result<usize, String> {
+        self.cache.write().await.attempted = Some(Instant::now());
+        let keys = self.fetch().await?;
         tracing::info!(keys = keys.len(), url = %self.cfg.jwks_url, "fetched the broker's signing keys");
         let n = keys.len();
+        let mut cache = self.cache.write().await;
         cache.keys = keys;
         cache.fetched = Some(Instant::now());
         Ok(n)
     }
 
+    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {
+        let mut resp = self.http.get(&self.cfg.jwks_url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{} answered {}", self.cfg.jwks_url, resp.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!(
+                    "{} sent a key set over {MAX_JWKS_BYTES} bytes",
+                    self.cfg.jwks_url
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse_jwks(&body)
+    }
+
     /// The key for `kid`, fetching the JWKS when the key is unknown or the cache is old (at
     /// most once per `min_refresh`).
     async fn key(&self, kid: &str) -> Result<DecodingKey, TicketError> {
-        {
-            let cache = self.cache.read().await;
+        let state = |cache: &KeyCache| {
             let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.cfg.max_age);
-            if fresh && let Some(k) = cache.keys.get(kid) {
-                return Ok(k.clone());
-            }
+            let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= self.cfg.min_refresh);
+            (fresh, cache.keys.get(kid).cloned(), may_fetch)
+        };
+        if let (true, Some(k), _) = state(&*self.cache.read().await) {
+            return Ok(k);
         }
-        let mut cache = self.cache.write().await;
-        let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.cfg.max_age);
-        let known = cache.keys.contains_key(kid);
-        let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= self.cfg.min_refresh);
-        if (!known || !fresh)
+        let _one = self.fetching.lock().await;
+        // Another check may have fetched while this one waited.
+        let (fresh, known, may_fetch) = state(&*self.cache.read().await);
+        if (known.is_none() || !fresh)
             && may_fetch
-            && let Err(e) = self.fetch_into(&mut cache).await
+            && let Err(e) = self.fetch_and_store().await
         {
             tracing::warn!(error = %e, "cannot fetch the broker's signing keys");
-            if cache.keys.is_empty() {
+            if self.cache.read().await.keys.is_empty() {
                 return Err(TicketError::KeysUnavailable);
             }
         }
-        cache.keys.get(kid).cloned().ok_or(TicketError::UnknownKey)
+        self.cache.read().await.keys.get(kid).cloned().ok_or(TicketError::UnknownKey)
     }
 
     /// Checks `token` for a connection to `vm`; on success its `jti` is spent.
@@ -253,6 +281,9 @@ impl TicketVerifier {
         }
         if c.jti.is_empty() || c.jti.len() > MAX_JTI_LEN {
             return Err(TicketError::Claims("bad jti".into()));
+        }
+        if c.iat + self.cfg.leeway_secs < self.started {
+            return Err(TicketError::BeforeStart);
         }
         let forget_after = c.exp + self.cfg.leeway_secs;
         self.jti.lock().expect("jti lock").insert(

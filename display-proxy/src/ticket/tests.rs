@@ -162,3 +162,54 @@ fn the_jti_store_is_bounded_and_forgets_expired_tickets() {
     s.insert("c", 300, 150, 2).unwrap();
     assert_eq!(s.seen.len(), 2);
 }
+
+#[tokio::test]
+async fn an_oversized_key_set_is_refused() {
+    let (_issuer, server, v) = setup().await;
+    let pad = "x".repeat(MAX_JWKS_BYTES);
+    server.set(format!("{{\"keys\":[],\"pad\":\"{pad}\"}}")).await;
+    let err = v.refresh().await.expect_err("too big");
+    assert!(err.contains("over"), "{err}");
+}
+
+#[tokio::test]
+async fn checks_with_known_keys_do_not_wait_for_a_hanging_broker() {
+    // A "broker" that accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", hang.local_addr().unwrap());
+    let _accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let issuer = TicketIssuer::generate("k1");
+    let v = TicketVerifier::new(VerifierConfig::new(&url));
+    {
+        let mut cache = v.cache.write().await;
+        cache.keys = parse_jwks(TicketIssuer::jwks(&[&issuer]).as_bytes()).unwrap();
+        cache.fetched = Some(Instant::now());
+    }
+    let stranger = TicketIssuer::generate("k2").ticket("vm", Capabilities::default());
+    let known = issuer.ticket("vm", Capabilities::default());
+    let unknown_key = v.verify(&stranger, "vm");
+    tokio::pin!(unknown_key);
+    // Let the unknown key start its fetch, then check a ticket signed with a known key.
+    assert!(tokio::time::timeout(Duration::from_millis(200), &mut unknown_key).await.is_err());
+    tokio::select! {
+        biased;
+        r = v.verify(&known, "vm") => assert!(r.is_ok(), "{r:?}"),
+        r = &mut unknown_key => panic!("the fetch ended first ({r:?}): the known key waited for it"),
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_issued_before_the_service_started_is_refused() {
+    // Spent tickets are remembered in memory only: one from before a restart may have been
+    // used already.
+    let (issuer, _server, v) = setup().await;
+    let mut c = claims("vm");
+    c.iat -= 30;
+    assert_eq!(v.verify(&issuer.sign(&c), "vm").await, Err(TicketError::BeforeStart));
+    v.verify(&issuer.sign(&claims("vm")), "vm").await.unwrap();
+}
