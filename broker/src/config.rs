@@ -324,8 +324,10 @@ impl Config {
         if !self.ldap.user_filter.starts_with('(') || !self.ldap.user_filter.ends_with(')') {
             return bad("ldap.user_filter must be a parenthesised LDAP filter".into());
         }
-        if self.ldap.group_mode == GroupMode::Search && self.ldap.group_base.is_empty() {
-            return bad("ldap.group_base is required when ldap.group_mode = \"search\"".into());
+        if self.ldap.group_base.trim().is_empty() {
+            // In member_of mode too: a group of an administrators' name made anywhere in the
+            // directory (a delegated OU, self-service groups) must not grant anything.
+            return bad("ldap.group_base is required: only groups under it count".into());
         }
         if self.ldap.timeout_secs == 0 || self.ldap.timeout_secs > 120 {
             return bad("ldap.timeout_secs must be 1 to 120".into());
@@ -485,7 +487,7 @@ mod tests {
 
     #[test]
     fn env_overrides_take_the_key_type() {
-        let (_d, p) = write("[ldap]\nurl = \"ldap://10.0.0.1\"\n");
+        let (_d, p) = write("[ldap]\nurl = \"ldap://10.0.0.1\"\ngroup_base = \"ou=groups,dc=x\"\n");
         let c = Config::load_with_env(
             Some(&p),
             &env(&[
@@ -524,13 +526,23 @@ mod tests {
     }
 
     #[test]
+    fn a_group_base_is_required() {
+        let (_d, p) = write("[ldap]\nurl = \"ldap://10.0.0.1\"\ngroup_mode = \"member_of\"\n");
+        let e = Config::load_with_env(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("group_base"), "{e}");
+    }
+
+    #[test]
     fn secret_files_are_read_and_never_printed() {
         let (d, p) = write("");
         let pw = d.join("pw");
         std::fs::write(&pw, "s3cret\n").unwrap();
         std::fs::write(
             &p,
-            format!("[ldap]\nbind_password_file = {:?}\n", pw.display().to_string()),
+            format!(
+                "[ldap]\nbind_password_file = {:?}\ngroup_base = \"ou=groups,dc=x\"\n",
+                pw.display().to_string()
+            ),
         )
         .unwrap();
         let c = Config::load_with_env(Some(&p), &[]).unwrap();

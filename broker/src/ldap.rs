@@ -234,11 +234,11 @@ impl Directory {
             LdapError::Directory(format!("user entry has no {}", cfg.username_attribute))
         })?;
         let groups = match cfg.group_mode {
-            // Only groups under group_base count (when it is set): a group of the right name
+            // Only groups under group_base count (it is required): a group of the right name
             // made elsewhere (a delegated OU, self-service groups) grants nothing.
             GroupMode::MemberOf => all_attr(&entry.attrs, &cfg.member_of_attribute)
                 .into_iter()
-                .filter(|dn| cfg.group_base.is_empty() || dn_is_under(dn, &cfg.group_base))
+                .filter(|dn| dn_is_under(dn, &cfg.group_base))
                 .filter_map(|dn| group_name_from_dn(&dn, &cfg.group_name_attribute))
                 .collect(),
             GroupMode::Search => {
@@ -489,25 +489,36 @@ pub fn group_name_from_dn(dn: &str, name_attr: &str) -> Option<String> {
     }
 }
 
-/// A DN in a comparable form: lower case, no spaces around `,` and `=`.
-fn normalize_dn(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    for part in dn.split(',') {
-        if !out.is_empty() {
-            out.push(',');
-        }
+/// The RDNs of a DN in a comparable form, split at unescaped commas only (an escaped `\,`
+/// is part of a value, not a separator): attribute and value trimmed, the value unescaped,
+/// both lower case.
+fn comparable_rdns(dn: &str) -> Vec<String> {
+    let mut rdns = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    let mut push = |part: &str| {
         let (a, v) = part.split_once('=').unwrap_or((part, ""));
-        out.push_str(a.trim());
-        out.push('=');
-        out.push_str(v.trim());
+        let v = unescape_dn_value(v.trim());
+        rdns.push(format!("{}={}", a.trim().to_lowercase(), v.to_lowercase()));
+    };
+    for (i, c) in dn.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ',' if !escaped => {
+                push(&dn[start..i]);
+                start = i + 1;
+            }
+            _ => escaped = false,
+        }
     }
-    out.to_lowercase()
+    push(&dn[start..]);
+    rdns
 }
 
-/// Whether `dn` is `base` or below it.
+/// Whether `dn` is `base` or below it, comparing whole RDNs.
 pub fn dn_is_under(dn: &str, base: &str) -> bool {
-    let (dn, base) = (normalize_dn(dn), normalize_dn(base));
-    dn == base || dn.ends_with(&format!(",{base}"))
+    let (dn, base) = (comparable_rdns(dn), comparable_rdns(base));
+    dn.len() >= base.len() && dn[dn.len() - base.len()..] == base[..]
 }
 
 /// The first RDN of a DN, honouring backslash escapes.
@@ -573,6 +584,13 @@ mod tests {
         assert!(dn_is_under("CN=Admins, OU=Groups, DC=Example, DC=Com", base));
         assert!(!dn_is_under("cn=admins,ou=mine,dc=example,dc=com", base));
         assert!(!dn_is_under("cn=admins,ou=xgroups,dc=example,dc=com", base));
+        // An escaped comma is part of a value: this group is in an OU named
+        // "x,ou=groups" under dc=example,dc=com, not under ou=groups.
+        assert!(!dn_is_under(r"cn=atrium-admins,ou=x\,ou=groups,dc=example,dc=com", base));
+        assert!(dn_is_under(r"cn=a\,b,ou=groups,dc=example,dc=com", base));
+        // Escaped and plain spellings of the same value compare equal.
+        assert!(dn_is_under(r"cn=x,ou=Gr\6fups,dc=example,dc=com", base));
+        assert!(!dn_is_under("dc=com", base));
     }
 
     #[test]
