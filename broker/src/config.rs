@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use atrium_protocol::secret::toml_error_message;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,6 +22,11 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+/// A TOML error as a [`ConfigError`], with no secret value in it.
+fn toml_error(path: &Path, e: &toml::de::Error, text: Option<&str>) -> ConfigError {
+    ConfigError::Parse { path: path.to_owned(), message: toml_error_message(e, text) }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -279,19 +286,15 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                let t: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.to_owned(),
-                    message: e.to_string(),
-                })?;
+                let t: toml::Table =
+                    toml::from_str(&text).map_err(|e| toml_error(p, &e, Some(&text)))?;
                 (t, p.to_owned())
             }
             None => (toml::Table::new(), PathBuf::from("(defaults)")),
         };
         apply_env(&mut table, env)?;
         let mut cfg: Config =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                ConfigError::Parse { path: origin, message: e.to_string() }
-            })?;
+            toml::Value::Table(table).try_into().map_err(|e| toml_error(&origin, &e, None))?;
         cfg.resolve_files()?;
         cfg.validate()?;
         Ok(cfg)
@@ -523,6 +526,25 @@ mod tests {
         assert!(Config::load_with_env(Some(&p), &[]).is_err());
         let e = Config::load_with_env(Some(Path::new("/nonexistent/x.toml")), &[]).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn parse_errors_never_show_a_secret() {
+        for (text, secret) in [
+            ("[ldap]\nbind_password = 12345678\ngroup_base = \"ou=g\"\n", "12345678"),
+            ("[ldap]\nbind_password = \"hunter\\q2\"\n", "hunter"),
+            ("[database]\nurl = postgres://u:pw0rd@h/db\n", "pw0rd"),
+            ("[nodes]\ntoken = 4242424242\n", "4242424242"),
+        ] {
+            let (_d, p) = write(text);
+            let e = Config::load_with_env(Some(&p), &[]).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("line ") || e.contains("in `"), "still says where: {e}");
+        }
+        // Other errors keep their detail.
+        let (_d, p) = write("[ldap]\ngroup_base = \"ou=g\"\ntimeout_secs = \"soon\"\n");
+        let e = Config::load_with_env(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("soon") && e.contains("ldap.timeout_secs"), "{e}");
     }
 
     #[test]

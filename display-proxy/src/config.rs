@@ -103,7 +103,8 @@ impl DisplayConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text)
+            .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
     }
 
     /// Applies `ATRIUM_DISPLAY_*` variables; an unknown one is an error (a typo must not pass).
@@ -231,6 +232,14 @@ node_api_url = "http://127.0.0.1:8081"
 node_token = "s3cret"
 allowed_origins = ["https://desk.example.com"]
 "#;
+
+    #[test]
+    fn a_bad_token_value_is_not_shown_in_the_error() {
+        let e = DisplayConfig::parse("node_token = 98765432\n").unwrap_err();
+        assert!(!e.contains("98765432") && e.contains("line 1"), "{e}");
+        let e = DisplayConfig::parse("node_token = \"ab\\qcd\"\n").unwrap_err();
+        assert!(!e.contains("ab\\qcd") && e.contains("line 1"), "{e}");
+    }
 
     #[test]
     fn parses_validates_and_redacts() {

@@ -259,8 +259,10 @@ impl NodeConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: name.into(), message: e.to_string() })?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.into(),
+            message: atrium_protocol::secret::toml_error_message(&e, Some(text)),
+        })?;
         for (var, value) in env {
             if !var.starts_with(ENV_PREFIX) {
                 continue;
@@ -304,7 +306,7 @@ impl NodeConfig {
         }
         let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             path: name.into(),
-            message: e.to_string(),
+            message: atrium_protocol::secret::toml_error_message(&e, None),
         })?;
         config.validate()?;
         Ok(config)
@@ -439,6 +441,14 @@ mod tests {
             text,
             env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         )
+    }
+
+    #[test]
+    fn a_bad_token_value_is_not_shown_in_the_error() {
+        let e = parse("[node]\ntoken = 98765432\n", &[]).unwrap_err().to_string();
+        assert!(!e.contains("98765432") && e.contains("node.token"), "{e}");
+        let e = parse("[node]\ntoken = \"ab\\qcd\"\n", &[]).unwrap_err().to_string();
+        assert!(!e.contains("ab\\qcd") && e.contains("line 2"), "{e}");
     }
 
     #[test]
