@@ -166,6 +166,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        // Nor have its body read: no token and a broken body is still 401.
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/api/v1/nodes/heartbeat")
+                    .header("content-type", "application/json")
+                    .body(Body::from("{not json"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         // The web client is served with a strict content security policy.
         let resp =
             app.oneshot(Request::builder().uri("/").body(Body::empty()).unwrap()).await.unwrap();

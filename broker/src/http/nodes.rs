@@ -18,6 +18,22 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(heartbeat))
 }
 
+/// A request carrying the node token. As an extractor it runs before the body is read, so a
+/// caller without the token gets 401 before anything of its body is parsed.
+struct NodeToken;
+
+impl axum::extract::FromRequestParts<AppState> for NodeToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, ApiError> {
+        check_token(st, &parts.headers)?;
+        Ok(Self)
+    }
+}
+
 fn check_token(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let expected = st.cfg.nodes.token.expose();
     let given = headers
@@ -31,7 +47,14 @@ fn check_token(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     Ok(())
 }
 
-fn validate(hb: &NodeHeartbeat) -> ApiResult<()> {
+/// Longest VM error text kept from a heartbeat.
+const MAX_VM_ERROR: usize = 1024;
+/// Most images a node may report.
+const MAX_IMAGES: usize = 1000;
+
+/// Checks a heartbeat, and makes the free text in it (VM errors) safe to store: control
+/// characters (NUL breaks PostgreSQL text) become spaces and long texts are cut.
+fn validate(hb: &mut NodeHeartbeat) -> ApiResult<()> {
     validate_name("node_id", &hb.node_id, 128)?;
     let url_ok = |u: &str, schemes: &[&str]| {
         u.len() < 2048
@@ -53,6 +76,27 @@ fn validate(hb: &NodeHeartbeat) -> ApiResult<()> {
     if hb.vms.len() > 100_000 {
         return Err(ApiError::Validation { field: "vms".into(), message: "too many VMs".into() });
     }
+    for vm in &mut hb.vms {
+        validate_name("vms[].id", &vm.id, 128)?;
+        if let Some(e) = &mut vm.error {
+            *e = e
+                .chars()
+                .take(MAX_VM_ERROR)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+        }
+    }
+    if hb.capacity.images.len() > MAX_IMAGES {
+        return Err(ApiError::Validation {
+            field: "capacity.images".into(),
+            message: format!("more than {MAX_IMAGES} images"),
+        });
+    }
+    for image in &hb.capacity.images {
+        validate_name("capacity.images[].name", &image.name, 128)?;
+        validate_name("capacity.images[].version", &image.version, 128)?;
+        validate_name("capacity.images[].kind", &image.kind, 64)?;
+    }
     Ok(())
 }
 
@@ -61,11 +105,10 @@ fn validate(hb: &NodeHeartbeat) -> ApiResult<()> {
     responses((status = 200, description = "HeartbeatReply: interval and draining flag", body = Object), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 async fn heartbeat(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    JsonBody(hb): JsonBody<NodeHeartbeat>,
+    _token: NodeToken,
+    JsonBody(mut hb): JsonBody<NodeHeartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
-    check_token(&st, &headers)?;
-    validate(&hb)?;
+    validate(&mut hb)?;
     let now = now_ms();
     let (draining, came_up) = match st.db.heartbeat_node(&hb, now).await {
         Ok(r) => r,
@@ -141,4 +184,61 @@ fn sweep_orphans(st: &AppState, node: &str, api: &str, orphans: Vec<String>) {
         }
         st.sweeping.lock().expect("sweep lock").remove(&node);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use atrium_protocol::node::{Capacity, ImageInfo, KvmKind, RuntimeKind, VmState, VmStatus};
+
+    use super::*;
+
+    fn heartbeat() -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: "node-1".into(),
+            api_url: "http://10.0.0.5:7070".into(),
+            display_url: "ws://10.0.0.5:7443".into(),
+            capacity: Capacity {
+                vcpus_total: 4,
+                vcpus_allocated: 0,
+                memory_mib_total: 4096,
+                memory_mib_allocated: 0,
+                vms: 1,
+                kvm: KvmKind::Pvm,
+                default_runtime: RuntimeKind::Qemu,
+                images: vec![ImageInfo {
+                    name: "console".into(),
+                    version: "c91ebf8dc804a202".into(),
+                    kind: "console".into(),
+                }],
+            },
+            vms: vec![VmStatus { id: "vm-1".into(), state: VmState::Failed, error: None }],
+        }
+    }
+
+    #[test]
+    fn vm_errors_are_made_safe_to_store() {
+        let mut hb = heartbeat();
+        hb.vms[0].error = Some(format!("qemu\0died\u{7}\n{}", "x".repeat(5000)));
+        validate(&mut hb).unwrap();
+        let e = hb.vms[0].error.as_deref().unwrap();
+        assert!(e.starts_with("qemu died  x"), "{e:.20}");
+        assert!(!e.chars().any(char::is_control));
+        assert_eq!(e.chars().count(), MAX_VM_ERROR);
+    }
+
+    #[test]
+    fn ids_and_images_that_could_not_be_names_are_refused() {
+        for bad in ["", "../etc", "vm/1", "vm 1", "vm\01"] {
+            let mut hb = heartbeat();
+            hb.vms[0].id = bad.into();
+            assert!(validate(&mut hb).is_err(), "VM id {bad:?}");
+        }
+        let mut hb = heartbeat();
+        hb.capacity.images[0].version = "1.0;rm -rf".into();
+        assert!(validate(&mut hb).is_err());
+        let mut hb = heartbeat();
+        hb.capacity.images = vec![hb.capacity.images[0].clone(); MAX_IMAGES + 1];
+        assert!(validate(&mut hb).is_err());
+        validate(&mut heartbeat()).unwrap();
+    }
 }
