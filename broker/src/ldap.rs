@@ -49,6 +49,26 @@ pub struct DirectoryUser {
     pub groups: Vec<String>,
 }
 
+/// Longest attribute value (display name, email, group name) kept from the directory.
+const MAX_ATTRIBUTE: usize = 256;
+/// Longest user DN accepted.
+const MAX_DN: usize = 1024;
+/// Most groups kept for one user.
+const MAX_GROUPS: usize = 1000;
+
+/// A display attribute as stored: control characters as spaces, cut at [`MAX_ATTRIBUTE`]
+/// bytes (on a character boundary).
+fn clean_attribute(v: &str) -> String {
+    let mut out = String::new();
+    for c in v.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_ATTRIBUTE {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Which identity a pooled connection is bound as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PoolKind {
@@ -233,7 +253,7 @@ impl Directory {
         let username = attr(&cfg.username_attribute).ok_or_else(|| {
             LdapError::Directory(format!("user entry has no {}", cfg.username_attribute))
         })?;
-        let groups = match cfg.group_mode {
+        let groups: Vec<String> = match cfg.group_mode {
             // Only groups under group_base count (it is required): a group of the right name
             // made elsewhere (a delegated OU, self-service groups) grants nothing.
             GroupMode::MemberOf => all_attr(&entry.attrs, &cfg.member_of_attribute)
@@ -255,13 +275,29 @@ impl Directory {
                     .collect()
             }
         };
-        let mut groups: Vec<String> = groups;
+        // What the directory answers is stored, shown and put in tokens: control characters
+        // (NUL breaks PostgreSQL text) and oversized values are kept out, so one odd entry
+        // cannot fail the sign-ins written in the same batch as its own.
+        let mut groups: Vec<String> = groups
+            .into_iter()
+            .filter(|g| g.len() <= MAX_ATTRIBUTE && !g.chars().any(char::is_control))
+            .collect();
         groups.sort();
         groups.dedup();
+        if groups.len() > MAX_GROUPS {
+            tracing::warn!(user = %username, groups = groups.len(), "only the first {MAX_GROUPS} groups are kept");
+            groups.truncate(MAX_GROUPS);
+        }
+        if entry.dn.len() > MAX_DN || entry.dn.chars().any(char::is_control) {
+            return Err(LdapError::Directory(
+                "the user's DN is too long or has control characters".into(),
+            ));
+        }
+        let text = |name: &str| attr(name).map(|v| clean_attribute(&v));
         Ok(DirectoryUser {
             username,
-            display_name: attr(&cfg.display_name_attribute),
-            email: attr(&cfg.email_attribute),
+            display_name: text(&cfg.display_name_attribute),
+            email: text(&cfg.email_attribute),
             uid_number: attr(&cfg.uid_number_attribute).and_then(|v| v.parse().ok()),
             gid_number: attr(&cfg.gid_number_attribute).and_then(|v| v.parse().ok()),
             groups,
@@ -575,6 +611,14 @@ mod tests {
         assert_eq!(group_name_from_dn("ou=x,dc=y", "cn").as_deref(), Some("ou=x,dc=y"));
         assert_eq!(group_name_from_dn("", "cn"), None);
         assert_eq!(group_name_from_dn("garbage", "cn"), None);
+    }
+
+    #[test]
+    fn directory_text_is_cleaned_before_it_is_kept() {
+        assert_eq!(clean_attribute("Alice\0Andersen\n"), "Alice Andersen ");
+        let long = "é".repeat(200);
+        let kept = clean_attribute(&long);
+        assert!(kept.len() <= MAX_ATTRIBUTE && long.starts_with(&kept) && !kept.is_empty());
     }
 
     #[test]
