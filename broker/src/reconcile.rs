@@ -66,10 +66,30 @@ pub async fn pass(st: &AppState, judge_nodes: bool) {
 async fn lost_nodes(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
     let lost_after = i64::try_from(st.cfg.nodes.lost_after_secs * 1000).unwrap_or(i64::MAX / 2);
-    for id in st.db.mark_lost_nodes(now - lost_after, now).await? {
-        tracing::warn!(node = %id, "node lost: its desktops failed");
-        service::audit(st, "system", "node.lost", &id, "failure", system(), serde_json::json!({}))
+    for node in st.db.mark_lost_nodes(now - lost_after, now).await? {
+        tracing::warn!(node = %node.id, sessions = node.sessions.len(), "node lost: its desktops failed");
+        service::audit(
+            st,
+            "system",
+            "node.lost",
+            &node.id,
+            "failure",
+            system(),
+            serde_json::json!({}),
+        )
+        .await;
+        for s in &node.sessions {
+            service::audit(
+                st,
+                &s.username,
+                "session.end",
+                &s.desktop_id,
+                "success",
+                system(),
+                serde_json::json!({ "session": s.id, "reason": "node lost", "node": node.id }),
+            )
             .await;
+        }
     }
     Ok(())
 }

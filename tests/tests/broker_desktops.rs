@@ -237,6 +237,14 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
     assert!(node_b.with(|s| s.created) >= 1);
     let lost = a.get_json("/api/v1/admin/audit?action=node.lost", StatusCode::OK).await;
     assert_eq!(lost[0]["target"], "node-a");
+    // Alice's session on it ended with the node, and the audit log says so.
+    let ended =
+        a.get_json("/api/v1/admin/audit?action=session.end&actor=alice", StatusCode::OK).await;
+    assert!(
+        ended.as_array().unwrap().iter().any(|e| e["target"] == desktop
+            && e["details"].as_str().is_some_and(|d| d.contains("node lost"))),
+        "{ended}"
+    );
 }
 
 #[tokio::test]

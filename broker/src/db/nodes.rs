@@ -159,9 +159,10 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
-    /// Marks nodes silent since `before` as lost and fails their live desktops. Returns the ids
-    /// of the nodes newly lost.
-    pub async fn mark_lost_nodes(&self, before: i64, now: i64) -> DbResult<Vec<String>> {
+    /// Marks nodes silent since `before` as lost, fails their live desktops and ends the
+    /// sessions on them. Returns each node newly lost with the sessions that ended (for the
+    /// audit log).
+    pub async fn mark_lost_nodes(&self, before: i64, now: i64) -> DbResult<Vec<LostNode>> {
         let mut tx = self.begin_write().await?;
         let rows =
             sqlx::query("SELECT id FROM nodes WHERE state = 'up' AND last_heartbeat_at < $1")
@@ -169,6 +170,7 @@ impl Db {
                 .fetch_all(&mut *tx)
                 .await?;
         let ids: Vec<String> = rows.iter().map(|r| col(r, "id")).collect::<DbResult<_>>()?;
+        let mut lost = Vec::with_capacity(ids.len());
         for id in &ids {
             sqlx::query("UPDATE nodes SET state = 'lost' WHERE id = $1")
                 .bind(id)
@@ -182,16 +184,43 @@ impl Db {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            let ended = sqlx::query(
                 "UPDATE desktop_sessions SET ended_at = $2, end_reason = 'node lost'
-                 WHERE node_id = $1 AND ended_at IS NULL",
+                 WHERE node_id = $1 AND ended_at IS NULL
+                 RETURNING id, username, desktop_id",
             )
             .bind(id)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            let sessions = ended
+                .iter()
+                .map(|r| {
+                    Ok(EndedSession {
+                        id: col(r, "id")?,
+                        username: col(r, "username")?,
+                        desktop_id: col(r, "desktop_id")?,
+                    })
+                })
+                .collect::<DbResult<_>>()?;
+            lost.push(LostNode { id: id.clone(), sessions });
         }
         tx.commit().await?;
-        Ok(ids)
+        Ok(lost)
     }
+}
+
+/// A node found lost, and the sessions that ended with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostNode {
+    pub id: String,
+    pub sessions: Vec<EndedSession>,
+}
+
+/// A desktop session ended by the broker itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    pub id: String,
+    pub username: String,
+    pub desktop_id: String,
 }
