@@ -350,9 +350,9 @@ impl Config {
         }
         if self.nodes.heartbeat_interval_secs > 3600
             || self.nodes.lost_after_secs > DAY
-            || self.nodes.request_timeout_secs > 600
+            || !(1..=600).contains(&self.nodes.request_timeout_secs)
         {
-            return bad("nodes: heartbeat_interval_secs <= 3600, lost_after_secs <= 86400, request_timeout_secs <= 600".into());
+            return bad("nodes: heartbeat_interval_secs <= 3600, lost_after_secs <= 86400, 1 <= request_timeout_secs <= 600".into());
         }
         if self.broker.reconcile_interval_secs > 3600 {
             return bad("broker.reconcile_interval_secs must be at most 3600".into());

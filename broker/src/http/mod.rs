@@ -57,7 +57,28 @@ pub fn app(state: AppState) -> Router {
     )
     .merge(web::router())
     .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::session_layer))
+    .layer(axum::middleware::from_fn_with_state(state.clone(), within_time_limit))
     .with_state(state)
+}
+
+/// Longest a request may take, body included, so a client trickling its body cannot hold a
+/// connection and a handler for ever: a minute more than twice what its outbound calls (a
+/// node, the directory) may take.
+fn request_time_limit(st: &AppState) -> std::time::Duration {
+    let calls = st.cfg.nodes.request_timeout_secs.saturating_add(st.cfg.ldap.timeout_secs);
+    std::time::Duration::from_secs(calls.saturating_mul(2).saturating_add(60))
+}
+
+async fn within_time_limit(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(request_time_limit(&st), next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => crate::error::ApiError::unavailable("the request took too long").into_response(),
+    }
 }
 
 #[cfg(test)]
