@@ -48,12 +48,13 @@ fn system() -> IpAddr {
 
 /// One pass: each step runs even when another failed.
 pub async fn pass(st: &AppState, judge_nodes: bool) {
-    let steps: [(&str, ApiResult<()>); 5] = [
+    let steps: [(&str, ApiResult<()>); 6] = [
         ("lost nodes", if judge_nodes { lost_nodes(st).await } else { Ok(()) }),
         ("session timeouts", session_timeouts(st).await),
         ("idle desktops", idle_desktops(st).await),
         ("failed desktops", failed_desktops(st).await),
         ("spares", spares(st).await),
+        ("old sign-in records", prune_logins(st).await),
     ];
     for (step, result) in steps {
         if let Err(e) = result {
@@ -90,6 +91,18 @@ async fn lost_nodes(st: &AppState) -> ApiResult<()> {
             )
             .await;
         }
+    }
+    Ok(())
+}
+
+/// Sign-in records past any use: failure counters out of their window and lockout, and
+/// sign-in sessions expired a day ago or more (the audit log keeps the history).
+async fn prune_logins(st: &AppState) -> ApiResult<()> {
+    let now = now_ms();
+    let window = i64::try_from(st.cfg.login.window_secs * 1000).unwrap_or(i64::MAX / 2);
+    let n = st.db.prune_logins(now, window, now - 86_400_000).await?;
+    if n > 0 {
+        tracing::debug!(rows = n, "old sign-in records pruned");
     }
     Ok(())
 }

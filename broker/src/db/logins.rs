@@ -242,6 +242,31 @@ impl Db {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Forgets what no longer matters: failure counters whose window and lockout have both
+    /// passed (every refused sign-in of a new name or address adds one), and sign-in sessions
+    /// expired before `sessions_before`. Returns how many rows went.
+    pub async fn prune_logins(
+        &self,
+        now: i64,
+        window_ms: i64,
+        sessions_before: i64,
+    ) -> DbResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let failures = sqlx::query(
+            "DELETE FROM login_failures WHERE window_start < $1 AND locked_until <= $2",
+        )
+        .bind(now.saturating_sub(window_ms))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let sessions = sqlx::query("DELETE FROM login_sessions WHERE expires_at < $1")
+            .bind(sessions_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(failures.rows_affected() + sessions.rows_affected())
+    }
 }
 
 /// What a successful sign-in writes.
@@ -363,6 +388,22 @@ mod failure_tests {
         // A new window starts over.
         assert!(!db.record_login_failure("user:x", 1000, 10, 2, 60_000).await.unwrap());
         assert!(!db.record_login_failure("user:x", 2000, 10, 2, 60_000).await.unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn counters_out_of_their_window_and_lockout_are_pruned() {
+        let dir = std::env::temp_dir().join(format!("atrium-lf-{}", uuid::Uuid::new_v4()));
+        let db = Db::connect(&format!("sqlite://{}/b.db", dir.display()), 4).await.unwrap();
+        let keys = ["user:old", "addr:9.9.9.9"];
+        // A failure long ago, and a lockout still in force from a failure just as old.
+        db.record_login_failure("user:old", 1000, 60_000, 5, 600_000).await.unwrap();
+        assert!(db.record_login_failure("addr:9.9.9.9", 1000, 60_000, 1, 600_000).await.unwrap());
+        let now = 200_000;
+        assert_eq!(db.prune_logins(now, 60_000, 0).await.unwrap(), 1, "the stale counter only");
+        let (locked, present) = db.login_failure_state(&keys, now).await.unwrap();
+        assert_eq!(locked, Some(601_000), "the lockout in force stays");
+        assert_eq!(present, vec!["addr:9.9.9.9".to_owned()]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
