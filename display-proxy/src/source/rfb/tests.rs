@@ -21,13 +21,19 @@ impl Server {
     }
 
     /// Runs the server half of the handshake; returns the client's SetEncodings list.
-    fn handshake(&mut self, w: u16, h: u16) -> Vec<i32> {
+    /// Version, security (None taken) and the client's shared flag: the server's next word
+    /// is ServerInit.
+    fn up_to_server_init(&mut self) {
         self.s.write_all(b"RFB 003.008\n").unwrap();
         assert_eq!(self.read(12), b"RFB 003.008\n");
         self.s.write_all(&[2, 2, 1]).unwrap(); // VNC auth and None offered
         assert_eq!(self.read(1), [1]);
         self.s.write_all(&0u32.to_be_bytes()).unwrap();
         assert_eq!(self.read(1), [1], "shared flag");
+    }
+
+    fn handshake(&mut self, w: u16, h: u16) -> Vec<i32> {
+        self.up_to_server_init();
         let mut init = Vec::new();
         init.extend_from_slice(&w.to_be_bytes());
         init.extend_from_slice(&h.to_be_bytes());
@@ -206,12 +212,7 @@ fn hostile_servers_are_errors() {
             s.s.write_all(b"busy").unwrap();
         }),
         ("zero size", |s| {
-            s.s.write_all(b"RFB 003.008\n").unwrap();
-            s.read(12);
-            s.s.write_all(&[1, 1]).unwrap();
-            s.read(1);
-            s.s.write_all(&[0, 0, 0, 0]).unwrap();
-            s.read(1);
+            s.up_to_server_init();
             s.s.write_all(&[0; 24]).unwrap();
         }),
     ];
@@ -512,12 +513,7 @@ fn a_server_flooding_small_messages_does_not_take_the_runtime_from_everything_el
 fn a_handshake_trickled_a_byte_at_a_time_is_given_up_at_its_deadline() {
     let (client, mut server) = pair();
     let srv = thread::spawn(move || {
-        server.s.write_all(b"RFB 003.008\n").unwrap();
-        server.read(12);
-        server.s.write_all(&[1, 1]).unwrap();
-        server.read(1);
-        server.s.write_all(&[0, 0, 0, 0]).unwrap();
-        server.read(1);
+        server.up_to_server_init();
         // ServerInit with a 64 KiB name, a byte every 100 ms: each read gets its byte well
         // within its own timeout. Returns how many bytes went out before the client hung up.
         let init = [0u8, 8, 0, 4].into_iter().chain([0; 16]).chain([0, 1, 0, 0]);
