@@ -56,6 +56,8 @@ pub struct BrokerSection {
     pub trusted_proxies: Vec<String>,
     /// Seconds between reconcile passes (spares, lost nodes, timeouts).
     pub reconcile_interval_secs: u64,
+    /// Seconds a client has to send a request's headers; slower connections are closed.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for BrokerSection {
@@ -66,6 +68,7 @@ impl Default for BrokerSection {
             data_dir: PathBuf::from("/var/lib/atrium"),
             trusted_proxies: Vec::new(),
             reconcile_interval_secs: 2,
+            header_timeout_secs: 30,
         }
     }
 }
@@ -353,6 +356,9 @@ impl Config {
             || !(1..=600).contains(&self.nodes.request_timeout_secs)
         {
             return bad("nodes: heartbeat_interval_secs <= 3600, lost_after_secs <= 86400, 1 <= request_timeout_secs <= 600".into());
+        }
+        if !(1..=300).contains(&self.broker.header_timeout_secs) {
+            return bad("broker.header_timeout_secs must be 1 to 300".into());
         }
         if self.broker.reconcile_interval_secs > 3600 {
             return bad("broker.reconcile_interval_secs must be at most 3600".into());

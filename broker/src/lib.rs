@@ -86,11 +86,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     tracing::info!(listen = %local, db = ?st.db.dialect(), "atrium-broker serving");
     tokio::spawn(reconcile::run(st.clone()));
     tokio::spawn(reload_on_sighup(st.clone()));
+    let header_timeout = Duration::from_secs(st.cfg.broker.header_timeout_secs);
     let app = http::app(st);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(StartError::Serve)
+    http::serve::serve(listener, app, header_timeout, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn reload_on_sighup(st: AppState) {

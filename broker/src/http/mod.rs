@@ -9,6 +9,7 @@ mod extract;
 mod meta;
 mod nodes;
 mod pools;
+pub mod serve;
 mod web;
 
 use axum::Router;
