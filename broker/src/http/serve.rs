@@ -3,7 +3,6 @@
 //! open), the peer address for every request, and a graceful stop.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -76,11 +75,9 @@ pub async fn serve(
     }
 }
 
-/// The peer address of a served request, as handlers and middleware read it.
-pub type Peer = ConnectInfo<SocketAddr>;
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Instant;
 
     use axum::routing::get;
@@ -89,8 +86,10 @@ mod tests {
     use super::*;
 
     async fn start(header_timeout: Duration) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let app = Router::new()
-            .route("/peer", get(|ConnectInfo(p): Peer| async move { p.ip().to_string() }));
+        let app = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(p): ConnectInfo<SocketAddr>| async move { p.ip().to_string() }),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -68,12 +68,12 @@ impl Stream {
         Ok(Self { sock, read_timeout: self.read_timeout, deadline: self.deadline })
     }
 
-    /// How long a read of this handle waits for data (`None`: for ever).
     /// Sets when blocking reads give up altogether (`None`: never).
     pub fn set_deadline(&mut self, at: Option<std::time::Instant>) {
         self.deadline = at;
     }
 
+    /// How long a read of this handle waits for data (`None`: for ever).
     pub fn set_read_timeout(&mut self, t: Option<Duration>) {
         self.read_timeout = t;
     }
