@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use atrium_protocol::net::IpNet;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -164,25 +165,14 @@ pub fn mint_session_token(
     Ok((token, exp.saturating_sub(now)))
 }
 
-fn client_addr(req: &Request, trusted: &[IpAddr]) -> IpAddr {
+fn client_addr(req: &Request, trusted: &[IpNet]) -> IpAddr {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    // Walk X-Forwarded-For from the right, skipping trusted proxies.
-    let hops: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    hops.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
+    let hops = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    atrium_protocol::net::client_addr(peer, hops, trusted)
 }
 
 fn is_safe(m: &Method) -> bool {
@@ -192,9 +182,7 @@ fn is_safe(m: &Method) -> bool {
 /// Authenticates the session cookie (if any), checks CSRF on state-changing requests, records
 /// the client address, and refreshes the cookie when it is past half its life.
 pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let trusted: Vec<IpAddr> =
-        st.cfg.broker.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect();
-    let ip = client_addr(&req, &trusted);
+    let ip = client_addr(&req, &st.cfg.trusted_proxy_nets());
     req.extensions_mut().insert(ClientAddr(ip));
     let mut refresh: Option<Vec<HeaderValue>> = None;
     let token = read_cookie(req.headers(), SESSION_COOKIE).map(str::to_owned);
@@ -307,7 +295,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let proxy: IpNet = "10.0.0.1".parse().unwrap();
         let mk = |peer: &str, xff: &str| {
             let mut r = Request::new(axum::body::Body::empty());
             r.extensions_mut().insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 1)));

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use atrium_protocol::net::IpNet;
 use atrium_protocol::secret::toml_error_message;
 
 use serde::{Deserialize, Serialize};
@@ -398,9 +399,8 @@ impl Config {
         crate::policy::parse_utc_offset(&self.policies.utc_offset)
             .map_err(|e| ConfigError::Invalid(format!("policies.utc_offset: {e}")))?;
         for p in &self.broker.trusted_proxies {
-            p.parse::<std::net::IpAddr>().map_err(|_| {
-                ConfigError::Invalid(format!("broker.trusted_proxies: {p:?} is not an IP address"))
-            })?;
+            p.parse::<IpNet>()
+                .map_err(|e| ConfigError::Invalid(format!("broker.trusted_proxies: {e}")))?;
         }
         Ok(())
     }
@@ -412,6 +412,11 @@ impl Config {
         } else {
             self.database.url.expose().to_owned()
         }
+    }
+
+    /// `broker.trusted_proxies`, parsed (validated at load).
+    pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
+        self.broker.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect()
     }
 
     pub fn keys_dir(&self) -> PathBuf {

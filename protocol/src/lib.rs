@@ -7,11 +7,13 @@
 //! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
 //! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
 //! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
-//! - [`secret`]: credentials that never print, compared in constant time.
+//! - [`secret`]: credentials that never print, compared in constant time;
+//! - [`net`]: trusted proxy networks and the client address behind them.
 
 pub mod agent;
 pub mod display;
 pub mod keymap;
+pub mod net;
 pub mod node;
 pub mod secret;
 pub mod ticket;
