@@ -191,11 +191,15 @@ impl Default for SessionsSection {
 pub struct TicketsSection {
     /// Lifetime of a display ticket (at most 60).
     pub ttl_secs: u64,
+    /// The display gateways' public base URL (`wss://host[:port]`). When set, viewers connect
+    /// there (`{gateway_url}/ws/{vm}`) and a gateway relays them to the node's display proxy
+    /// that the ticket names; when empty, viewers connect to the node's display proxy directly.
+    pub gateway_url: String,
 }
 
 impl Default for TicketsSection {
     fn default() -> Self {
-        Self { ttl_secs: 30 }
+        Self { ttl_secs: 30, gateway_url: String::new() }
     }
 }
 
@@ -398,6 +402,15 @@ impl Config {
         }
         crate::policy::parse_utc_offset(&self.policies.utc_offset)
             .map_err(|e| ConfigError::Invalid(format!("policies.utc_offset: {e}")))?;
+        let gw = &self.tickets.gateway_url;
+        if !gw.is_empty() {
+            let rest = gw.strip_prefix("wss://").or_else(|| gw.strip_prefix("ws://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', '@', ' '])) {
+                return bad(format!(
+                    "tickets.gateway_url {gw:?} must be a ws:// or wss:// URL with no query"
+                ));
+            }
+        }
         for p in &self.broker.trusted_proxies {
             p.parse::<IpNet>()
                 .map_err(|e| ConfigError::Invalid(format!("broker.trusted_proxies: {e}")))?;

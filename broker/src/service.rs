@@ -437,7 +437,8 @@ async fn tell_agent(st: &AppState, d: &Desktop, who: &Connecting<'_>) {
     }
 }
 
-/// Mints a display ticket for a ready desktop: `(ws_url, ticket)`.
+/// Mints a display ticket for a ready desktop: `(ws_url, ticket)`. The ticket names the node's
+/// display proxy, where a gateway relays the viewer.
 pub async fn mint_ticket(
     st: &AppState,
     d: &Desktop,
@@ -467,11 +468,17 @@ pub async fn mint_ticket(
         node: node.id.clone(),
         sid: session_id.to_owned(),
         caps,
+        proxy: Some(node.display_url.trim_end_matches('/').to_owned()),
     };
     let ticket =
         st.keys.sign(&claims).map_err(|e| ApiError::internal("signing a display ticket", e))?;
     Metrics::inc(&st.metrics.tickets_issued);
-    Ok((format!("{}/ws/{vm}", node.display_url.trim_end_matches('/')), ticket))
+    // Through the gateways when there are some; else straight to the node's display proxy.
+    let base = match st.cfg.tickets.gateway_url.as_str() {
+        "" => node.display_url.as_str(),
+        gateway => gateway,
+    };
+    Ok((format!("{}/ws/{vm}", base.trim_end_matches('/')), ticket))
 }
 
 /// Asks the desktop's node for its VM. On failure the desktop is marked failed.

@@ -214,7 +214,7 @@ impl DisplayConfig {
 }
 
 /// `scheme://host[:port]` with no path, as browsers send in `Origin`.
-fn valid_origin(o: &str) -> bool {
+pub(crate) fn valid_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else { return false };
     matches!(scheme, "http" | "https")
         && !rest.is_empty()

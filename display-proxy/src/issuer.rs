@@ -75,6 +75,7 @@ impl TicketIssuer {
             node: "node-1".into(),
             sid: "session-1".into(),
             caps,
+            proxy: None,
         }
     }
 

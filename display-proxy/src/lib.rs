@@ -9,6 +9,8 @@
 //! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
 //! - [`server`]: the HTTP routes; [`config`]: the service's settings;
+//! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
+//!   viewers to the display proxy on their desktop's node;
 //! - [`bench`]: `atrium-display bench`, Atrium against noVNC on the same desktop.
 
 pub mod bench;
@@ -18,6 +20,7 @@ pub mod desktop;
 pub mod encode;
 pub mod frame;
 pub mod framebuffer;
+pub mod gateway;
 pub mod issuer;
 pub mod metrics;
 pub mod node;

@@ -1,15 +1,16 @@
-//! `atrium-display`: the display proxy service and its benchmark.
+//! `atrium-display`: the display proxy service, the display gateway, and the benchmark.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use atrium_display::bench::{self, BenchOptions};
 use atrium_display::config::DisplayConfig;
+use atrium_display::gateway::{self, config::GatewayConfig};
 use atrium_display::server::{AppState, router};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "atrium-display", version, about = "Atrium's display proxy")]
+#[command(name = "atrium-display", version, about = "Atrium's display proxy and display gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +20,13 @@ struct Cli {
 enum Command {
     /// Run the display proxy.
     Serve {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the display gateway: the public door that checks tickets and relays viewers to
+    /// the display proxy of their desktop's node.
+    Gateway {
         /// The TOML configuration file.
         #[arg(long)]
         config: PathBuf,
@@ -42,24 +50,33 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = DisplayConfig::load(&config)?;
-            // One runtime thread (the default) is tokio's current-thread scheduler: this thread
-            // runs every task, with no hand-off to a worker and no work-stealing bookkeeping.
-            let mut rt = if cfg.io_threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut b = tokio::runtime::Builder::new_multi_thread();
-                if cfg.io_threads > 0 {
-                    b.worker_threads(cfg.io_threads);
-                }
-                b
-            };
-            rt.enable_all().build()?.block_on(serve(cfg))
+            runtime(cfg.io_threads)?.block_on(serve(cfg))
+        }
+        Command::Gateway { config } => {
+            let cfg = GatewayConfig::load(&config)?;
+            runtime(cfg.io_threads)?.block_on(gateway::run(cfg))?;
+            Ok(())
         }
         Command::Bench(opts) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(bench::run(opts))
         }
     }
+}
+
+/// One runtime thread (the default) is tokio's current-thread scheduler: this thread runs every
+/// task, with no hand-off to a worker and no work-stealing bookkeeping. 0: one per CPU.
+fn runtime(io_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut rt = if io_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if io_threads > 0 {
+            b.worker_threads(io_threads);
+        }
+        b
+    };
+    rt.enable_all().build()
 }
 
 async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {

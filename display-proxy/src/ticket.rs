@@ -228,8 +228,33 @@ impl TicketVerifier {
         self.cache.read().await.keys.get(kid).cloned().ok_or(TicketError::UnknownKey)
     }
 
-    /// Checks `token` for a connection to `vm`; on success its `jti` is spent.
+    /// Checks `token` for a connection to `vm`; on success its `jti` is spent. This is the
+    /// display proxy's check: everything [`Self::check`] does, then the node, the service's
+    /// start and single use.
     pub async fn verify(&self, token: &str, vm: &str) -> Result<DisplayClaims, TicketError> {
+        let c = self.check(token, vm).await?;
+        if let Some(node) = &self.cfg.node_id
+            && &c.node != node
+        {
+            return Err(TicketError::WrongNode);
+        }
+        if c.iat + self.cfg.leeway_secs < self.started {
+            return Err(TicketError::BeforeStart);
+        }
+        let forget_after = c.exp + self.cfg.leeway_secs;
+        self.jti.lock().expect("jti lock").insert(
+            &c.jti,
+            forget_after,
+            now_secs(),
+            self.cfg.max_jti,
+        )?;
+        Ok(c)
+    }
+
+    /// Checks `token` for a connection to `vm` and spends nothing: algorithm, key, signature,
+    /// issuer, audience, times, lifetime, VM and `jti` format. A display gateway checks this
+    /// much at the edge and keeps no state; the proxy behind it spends the `jti`.
+    pub async fn check(&self, token: &str, vm: &str) -> Result<DisplayClaims, TicketError> {
         if token.is_empty() {
             return Err(TicketError::Missing);
         }
@@ -274,25 +299,25 @@ impl TicketVerifier {
         if c.vm != vm {
             return Err(TicketError::WrongVm);
         }
-        if let Some(node) = &self.cfg.node_id
-            && &c.node != node
-        {
-            return Err(TicketError::WrongNode);
-        }
         if c.jti.is_empty() || c.jti.len() > MAX_JTI_LEN {
             return Err(TicketError::Claims("bad jti".into()));
         }
-        if c.iat + self.cfg.leeway_secs < self.started {
-            return Err(TicketError::BeforeStart);
-        }
-        let forget_after = c.exp + self.cfg.leeway_secs;
-        self.jti.lock().expect("jti lock").insert(
-            &c.jti,
-            forget_after,
-            now_secs(),
-            self.cfg.max_jti,
-        )?;
         Ok(c)
+    }
+
+    /// Whether the broker's keys are loaded; when they are not, fetches them first (at most
+    /// once a second, however often this is asked).
+    pub async fn ready(&self) -> bool {
+        if !self.cache.read().await.keys.is_empty() {
+            return true;
+        }
+        let _one = self.fetching.lock().await;
+        let may_fetch =
+            self.cache.read().await.attempted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if may_fetch && let Err(e) = self.fetch_and_store().await {
+            tracing::debug!(error = %e, "the broker's signing keys are still unavailable");
+        }
+        !self.cache.read().await.keys.is_empty()
     }
 }
 

@@ -54,4 +54,8 @@ pub struct DisplayClaims {
     pub sid: String,
     /// What this viewer may do.
     pub caps: Capabilities,
+    /// The base URL (`ws://host:port`) of the node's display proxy that serves this VM. A
+    /// display gateway relays the viewer there and nowhere else; a display proxy ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }

@@ -1,0 +1,282 @@
+//! `atrium-display gateway --config FILE`: one TOML file (unknown keys refused), every key
+//! overridable from the environment as `ATRIUM_GATEWAY_<KEY>` (upper case). Documented in
+//! `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use atrium_protocol::net::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// The display gateway's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// The broker's base URL; its keys are at `{broker_url}/.well-known/jwks.json`.
+    pub broker_url: String,
+    /// PEM certificate chain the gateway presents (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (reloaded on SIGHUP).
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of TLS. Only for a gateway whose clients reach it on loopback
+    /// or through a TLS-terminating proxy on the same host.
+    pub plain_http: bool,
+    /// Origins (`scheme://host[:port]`) whose pages may open display connections. A request
+    /// with another `Origin` header is refused; one without (not a browser) is allowed.
+    pub allowed_origins: Vec<String>,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` is believed for the per-address
+    /// limit.
+    pub trusted_proxies: Vec<String>,
+    /// Open client connections at once, in all.
+    pub max_connections: usize,
+    /// Open display relays at once from one client address.
+    pub max_relays_per_address: usize,
+    /// Seconds a client has for its TLS handshake and its request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a relay may carry no byte in either direction before it is closed. An idle
+    /// desktop sends nothing, so this is long; ending a session closes its relays at once.
+    pub idle_timeout_secs: u64,
+    /// Seconds to connect to a display proxy and get its answer to the upgrade.
+    pub connect_timeout_secs: u64,
+    /// Clock skew allowed on ticket times, in seconds.
+    pub ticket_leeway_secs: u64,
+    /// Least seconds between JWKS fetches caused by unknown key ids.
+    pub jwks_refresh_min_secs: u64,
+    /// Seconds between SIGTERM and closing the listener, during which `/readyz` answers 503.
+    /// Open relays are then closed (their viewers reconnect through another gateway).
+    pub drain_secs: u64,
+    /// Threads of the async runtime. 1 (the default): one thread does all, with the fewest
+    /// wake-ups; 0: one per CPU.
+    pub io_threads: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            broker_url: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            plain_http: false,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_relays_per_address: 32,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 3600,
+            connect_timeout_secs: 5,
+            ticket_leeway_secs: 5,
+            jwks_refresh_min_secs: 10,
+            drain_secs: 0,
+            io_threads: 1,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "ATRIUM_GATEWAY_";
+
+impl GatewayConfig {
+    /// Reads `path`, applies the environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg = Self::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        cfg.apply_env(std::env::vars())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text)
+            .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
+    }
+
+    /// Applies `ATRIUM_GATEWAY_*` variables; an unknown one is an error (a typo must not pass).
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let err = |message: String| ConfigError::Env { var: var.clone(), message };
+            let num = |v: &str| v.trim().parse::<u64>().map_err(|e| err(e.to_string()));
+            let count = |v: &str| v.trim().parse::<usize>().map_err(|e| err(e.to_string()));
+            let list = |v: &str| -> Vec<String> {
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            };
+            let path = |v: String| Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+            match key.to_ascii_lowercase().as_str() {
+                "listen" => self.listen = value.parse().map_err(|e| err(format!("{e}")))?,
+                "broker_url" => self.broker_url = value,
+                "tls_cert" => self.tls_cert = path(value),
+                "tls_key" => self.tls_key = path(value),
+                "plain_http" => {
+                    self.plain_http =
+                        value.trim().parse().map_err(|_| err("true or false".into()))?;
+                }
+                "allowed_origins" => self.allowed_origins = list(&value),
+                "trusted_proxies" => self.trusted_proxies = list(&value),
+                "max_connections" => self.max_connections = count(&value)?,
+                "max_relays_per_address" => self.max_relays_per_address = count(&value)?,
+                "header_timeout_secs" => self.header_timeout_secs = num(&value)?,
+                "idle_timeout_secs" => self.idle_timeout_secs = num(&value)?,
+                "connect_timeout_secs" => self.connect_timeout_secs = num(&value)?,
+                "ticket_leeway_secs" => self.ticket_leeway_secs = num(&value)?,
+                "jwks_refresh_min_secs" => self.jwks_refresh_min_secs = num(&value)?,
+                "drain_secs" => self.drain_secs = num(&value)?,
+                "io_threads" => self.io_threads = count(&value)?,
+                _ => return Err(err("not a display gateway setting".into())),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        // This build's HTTP client has no TLS: the broker's keys come over the internal network.
+        if !self.broker_url.starts_with("http://") {
+            return bad(format!(
+                "broker_url must be an http:// URL on the internal network, not {:?}",
+                self.broker_url
+            ));
+        }
+        match (&self.tls_cert, &self.tls_key, self.plain_http) {
+            (Some(_), Some(_), false) => {}
+            (None, None, true) => {}
+            (_, _, true) => {
+                return bad("plain_http cannot be combined with tls_cert/tls_key".into());
+            }
+            _ => {
+                return bad(
+                    "tls_cert and tls_key are required (or plain_http = true, for loopback only)"
+                        .into(),
+                );
+            }
+        }
+        for o in &self.allowed_origins {
+            if !crate::config::valid_origin(o) {
+                return bad(format!("allowed_origins: {o:?} is not scheme://host[:port]"));
+            }
+        }
+        for p in &self.trusted_proxies {
+            p.parse::<IpNet>()
+                .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
+        }
+        if self.max_connections == 0 || self.max_relays_per_address == 0 {
+            return bad("max_connections and max_relays_per_address must be at least 1".into());
+        }
+        for (key, v, max) in [
+            ("header_timeout_secs", self.header_timeout_secs, 300),
+            ("idle_timeout_secs", self.idle_timeout_secs, 7 * 86_400),
+            ("connect_timeout_secs", self.connect_timeout_secs, 60),
+        ] {
+            if v == 0 || v > max {
+                return bad(format!("{key} must be 1 to {max}"));
+            }
+        }
+        if self.ticket_leeway_secs > 60 {
+            return bad("ticket_leeway_secs must be at most 60".into());
+        }
+        if self.jwks_refresh_min_secs == 0 {
+            return bad("jwks_refresh_min_secs must be at least 1 (it limits fetches that unknown key ids cause)".into());
+        }
+        if self.drain_secs > 300 {
+            return bad("drain_secs must be at most 300".into());
+        }
+        Ok(())
+    }
+
+    /// `trusted_proxies`, parsed (validated at load).
+    pub fn trusted_nets(&self) -> Vec<IpNet> {
+        self.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "0.0.0.0:8443"
+broker_url = "http://atrium-broker:8080"
+tls_cert = "/etc/atrium/tls/tls.crt"
+tls_key = "/etc/atrium/tls/tls.key"
+allowed_origins = ["https://desk.example.com"]
+trusted_proxies = ["10.0.0.0/8"]
+"#;
+
+    #[test]
+    fn parses_and_validates() {
+        let c = GatewayConfig::parse(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.trusted_nets().len(), 1);
+        assert_eq!(c.io_threads, 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(GatewayConfig::parse(&format!("{GOOD}\nlisten_port = 3\n")).is_err());
+        type Break = fn(&mut GatewayConfig);
+        let cases: [(&str, Break); 8] = [
+            ("broker_url", |c| c.broker_url = "https://broker".into()),
+            ("tls_cert", |c| c.tls_key = None),
+            ("plain_http", |c| c.plain_http = true),
+            ("allowed_origins", |c| c.allowed_origins = vec!["https://x/path".into()]),
+            ("trusted_proxies", |c| c.trusted_proxies = vec!["10.0.0.0/99".into()]),
+            ("max_connections", |c| c.max_relays_per_address = 0),
+            ("idle_timeout_secs", |c| c.idle_timeout_secs = 0),
+            ("jwks_refresh_min_secs", |c| c.jwks_refresh_min_secs = 0),
+        ];
+        for (key, break_it) in cases {
+            let mut c = GatewayConfig::parse(GOOD).unwrap();
+            break_it(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let mut plain = GatewayConfig::parse(GOOD).unwrap();
+        plain.tls_cert = None;
+        plain.tls_key = None;
+        plain.plain_http = true;
+        plain.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = GatewayConfig::parse(GOOD).unwrap();
+        let vars = [
+            ("ATRIUM_GATEWAY_LISTEN", "127.0.0.1:1234"),
+            ("ATRIUM_GATEWAY_ALLOWED_ORIGINS", "https://a:1, https://b"),
+            ("ATRIUM_GATEWAY_MAX_RELAYS_PER_ADDRESS", "3"),
+            ("ATRIUM_GATEWAY_TLS_CERT", "/x.pem"),
+            ("ATRIUM_DISPLAY_LISTEN", "ignored: another service's"),
+        ];
+        c.apply_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
+        assert_eq!(c.listen.port(), 1234);
+        assert_eq!(c.allowed_origins, ["https://a:1", "https://b"]);
+        assert_eq!(c.max_relays_per_address, 3);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/x.pem")));
+        let typo = [("ATRIUM_GATEWAY_LISTN".to_owned(), "x".to_owned())];
+        assert!(c.apply_env(typo.into_iter()).unwrap_err().to_string().contains("LISTN"));
+        let bad = [("ATRIUM_GATEWAY_PLAIN_HTTP".to_owned(), "yes".to_owned())];
+        assert!(c.apply_env(bad.into_iter()).is_err());
+    }
+}

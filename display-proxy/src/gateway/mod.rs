@@ -1,0 +1,242 @@
+//! The display gateway (`atrium-display gateway`): the one public door for displays.
+//!
+//! A viewer opens `wss://<gateway>/ws/{vm}?ticket=...`. The gateway checks the ticket at the
+//! edge (signature against the broker's published keys, issuer, audience, times, VM) before a
+//! byte reaches the node network, then repeats the upgrade to the display proxy that the signed
+//! ticket names (never one the URL names) and relays bytes both ways. The proxy checks the
+//! ticket again, spends it, and enforces its rights. The gateway keeps no state: any gateway
+//! serves any viewer, and a viewer whose gateway died reconnects through another.
+//!
+//! - [`config`]: the settings; [`tls`]: certificates from PEM files, reloaded on SIGHUP;
+//! - [`serve`]: the accept loop (connection limit, TLS and header deadlines, graceful stop);
+//! - [`routes`]: `/healthz`, `/readyz`, `/metrics` and `/ws/{vm}`;
+//! - [`relay`]: the upgrade repeated to the proxy, then the byte pump;
+//! - [`metrics`]: the counters at `/metrics`.
+
+pub mod config;
+pub mod metrics;
+pub mod relay;
+pub mod routes;
+pub mod serve;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atrium_protocol::net::IpNet;
+use thiserror::Error;
+
+use crate::ticket::{TicketVerifier, VerifierConfig};
+use config::GatewayConfig;
+use metrics::GatewayMetrics;
+use tls::{TlsError, TlsFiles};
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Everything a request handler reaches.
+#[derive(Debug, Clone)]
+pub struct Gateway(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    cfg: GatewayConfig,
+    trusted: Vec<IpNet>,
+    verifier: TicketVerifier,
+    tls: Option<TlsFiles>,
+    metrics: GatewayMetrics,
+    slots: AddressSlots,
+    /// One per open client connection or relay: `max_connections` in all.
+    permits: Arc<tokio::sync::Semaphore>,
+    draining: AtomicBool,
+    /// Fires once when the gateway stops: open relays end.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// The gateway as configured; reads the TLS files (an error names the file).
+    pub fn new(cfg: GatewayConfig) -> Result<Self, GatewayError> {
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) if !cfg.plain_http => Some(TlsFiles::load(c, k)?),
+            _ => None,
+        };
+        let mut vcfg = VerifierConfig::new(&cfg.broker_url);
+        vcfg.leeway_secs = cfg.ticket_leeway_secs;
+        vcfg.min_refresh = Duration::from_secs(cfg.jwks_refresh_min_secs);
+        let (stop, _) = tokio::sync::watch::channel(false);
+        Ok(Self(Arc::new(Inner {
+            trusted: cfg.trusted_nets(),
+            slots: AddressSlots::new(cfg.max_relays_per_address),
+            permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            verifier: TicketVerifier::new(vcfg),
+            tls,
+            metrics: GatewayMetrics::default(),
+            draining: AtomicBool::new(false),
+            stop,
+            cfg,
+        })))
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.0.cfg
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.0.metrics
+    }
+
+    /// Fetches the broker's keys now; failure is logged, and retried when a ticket arrives.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.0.verifier.refresh().await {
+            tracing::warn!(error = %e, "cannot fetch the broker's signing keys yet");
+        }
+    }
+
+    /// Reads the TLS files again (SIGHUP); on error the certificate in use stays.
+    pub fn reload_tls(&self) {
+        if let Some(tls) = &self.0.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload refused; the certificate in use stays")
+                }
+            }
+        }
+    }
+
+    /// From now on `/readyz` answers 503 (a load balancer stops sending viewers here).
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ends every open relay (the gateway is stopping).
+    pub fn stop_relays(&self) {
+        let _ = self.0.stop.send(true);
+    }
+
+    /// Resolves once [`Self::stop_relays`] was called.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// Open relays per client address, bounded.
+#[derive(Debug)]
+struct AddressSlots {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open relay of one address; released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    gateway: Gateway,
+    addr: IpAddr,
+}
+
+impl AddressSlots {
+    fn new(max: usize) -> Self {
+        Self { max, open: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Gateway {
+    /// A place among the `max_connections`, held by a connection or a relay.
+    fn connection_permit(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::TryAcquireError> {
+        Arc::clone(&self.0.permits).try_acquire_owned()
+    }
+
+    /// A relay slot for `addr`, or `None` when it has `max_relays_per_address` open already.
+    fn take_slot(&self, addr: IpAddr) -> Option<Slot> {
+        let mut open = self.0.slots.open.lock().expect("slots lock");
+        let n = open.entry(addr).or_insert(0);
+        if *n >= self.0.slots.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { gateway: self.clone(), addr })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.gateway.0.slots.open.lock().expect("slots lock");
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM: serves, reloads TLS on SIGHUP, and on SIGTERM
+/// drains (`/readyz` 503 for `drain_secs`), stops accepting and ends its relays.
+pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let addr = cfg.listen;
+    let gateway = Gateway::new(cfg)?;
+    gateway.warm_up().await;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Listen { addr, source })?;
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|source| GatewayError::Listen { addr, source })?,
+        tls = gateway.0.tls.is_some(),
+        "display gateway listening"
+    );
+    tokio::spawn(reload_on_sighup(gateway.clone()));
+    let drain = Duration::from_secs(gateway.config().drain_secs);
+    let g = gateway.clone();
+    let shutdown = async move {
+        stop_signal().await;
+        g.start_draining();
+        if !drain.is_zero() {
+            tracing::info!(secs = drain.as_secs(), "draining: /readyz answers 503");
+            tokio::time::sleep(drain).await;
+        }
+    };
+    serve::serve(listener, gateway, shutdown).await;
+    Ok(())
+}
+
+async fn reload_on_sighup(gateway: Gateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; TLS files reload only at restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        gateway.reload_tls();
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! The relay: the viewer's WebSocket upgrade is repeated to the display proxy the ticket
+//! names, and once the proxy has accepted it, bytes are copied both ways unchanged until
+//! either side closes, the relay has been idle too long, or the gateway stops. TCP's own flow
+//! control carries through: a viewer that stops reading stops the proxy's writes, which the
+//! proxy handles as it does for a direct viewer.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes copied at a time in each direction.
+const RELAY_BUFFER: usize = 64 * 1024;
+/// Most bytes of a refusal body passed back to the viewer.
+const MAX_REFUSAL_BODY: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("the ticket names no display proxy")]
+    NoProxy,
+    #[error("the ticket's display proxy {0:?} is not a ws://host:port URL")]
+    BadProxy(String),
+    #[error("cannot reach the display proxy: {0}")]
+    Connect(io::Error),
+    #[error("the display proxy did not answer in time")]
+    Timeout,
+    #[error("the display proxy broke the upgrade: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the display proxy answered the upgrade without Sec-WebSocket-Accept")]
+    NoAccept,
+}
+
+/// Where a ticket sends its viewer: a display proxy's host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The host as written (a name, an IPv4 address, or an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Backend {
+    /// `ws://host[:port]` with nothing after it but an optional `/`. Anything else is refused:
+    /// the target comes from a signed ticket, but a node may have registered any URL.
+    pub fn parse(url: &str) -> Result<Self, RelayError> {
+        let bad = || RelayError::BadProxy(url.chars().take(200).collect());
+        let rest = url.strip_prefix("ws://").ok_or_else(bad)?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ', '\\']) {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            None => 80,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?
+            }
+            Some(_) => return Err(bad()),
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+        if !host_ok {
+            return Err(bad());
+        }
+        Ok(Self { host: host.to_owned(), port })
+    }
+
+    /// The `Host` header for this backend.
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What the display proxy said to the upgrade.
+#[derive(Debug)]
+pub enum Answer {
+    /// It accepted: the viewer gets this `Sec-WebSocket-Accept`, and bytes flow over `stream`.
+    Accepted { accept: HeaderValue, stream: Upgraded },
+    /// It refused: its status and (the start of) its body go back to the viewer.
+    Refused { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
+}
+
+/// Everything the upgrade repeated to the display proxy carries.
+#[derive(Debug)]
+pub struct Upgrade<'a> {
+    pub vm: &'a str,
+    pub ticket: &'a str,
+    pub key: &'a HeaderValue,
+    pub client: std::net::IpAddr,
+}
+
+/// Connects to `backend` and repeats the viewer's upgrade there, within `timeout`.
+pub async fn open(
+    backend: &Backend,
+    up: Upgrade<'_>,
+    timeout: Duration,
+) -> Result<Answer, RelayError> {
+    tokio::time::timeout(timeout, open_inner(backend, up)).await.map_err(|_| RelayError::Timeout)?
+}
+
+async fn open_inner(backend: &Backend, up: Upgrade<'_>) -> Result<Answer, RelayError> {
+    let tcp = TcpStream::connect((backend.host.as_str(), backend.port))
+        .await
+        .map_err(RelayError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    // The connection task ends with the upgrade (or the refusal); it owns the socket until then.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "display proxy connection ended");
+        }
+    });
+    let req = Request::get(format!("/ws/{}?ticket={}", up.vm, query_escape(up.ticket)))
+        .header(header::HOST, backend.authority())
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, up.key.clone())
+        .header("x-forwarded-for", up.client.to_string())
+        .body(Empty::<Bytes>::new())
+        .expect("a request built from checked parts");
+    let resp = sender.send_request(req).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = Limited::new(resp.into_body(), MAX_REFUSAL_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Ok(Answer::Refused { status, content_type, body });
+    }
+    let accept =
+        resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).cloned().ok_or(RelayError::NoAccept)?;
+    let stream = hyper::upgrade::on(resp).await?;
+    Ok(Answer::Accepted { accept, stream })
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters (a JWT needs none of it, but the
+/// ticket comes from the viewer and is passed on as a query value).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The answer that switches the viewer's connection to the relay.
+pub fn switching(accept: HeaderValue) -> Response<axum::body::Body> {
+    let mut r = Response::new(axum::body::Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    r
+}
+
+/// Bytes relayed, for metrics.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub to_viewer: AtomicU64,
+    pub to_proxy: AtomicU64,
+}
+
+/// Why a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// One side closed (or failed); the other was closed with it.
+    Closed,
+    /// Nothing crossed for the idle timeout.
+    Idle,
+    /// The gateway is stopping.
+    Stopped,
+}
+
+/// Copies bytes both ways between the viewer and the display proxy until one closes, the relay
+/// is idle for `idle`, or `stop` fires.
+pub async fn pump<V, P>(
+    viewer: V,
+    proxy: P,
+    idle: Duration,
+    traffic: &Traffic,
+    stop: impl std::future::Future<Output = ()>,
+) -> Ended
+where
+    V: AsyncRead + AsyncWrite + Unpin,
+    P: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(0);
+    let started = Instant::now();
+    let mut viewer = Counted { inner: viewer, last: &last, read: &traffic.to_proxy, started };
+    let mut proxy = Counted { inner: proxy, last: &last, read: &traffic.to_viewer, started };
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut viewer,
+        &mut proxy,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    );
+    let idle_watch = async {
+        // Wakes rarely: at the earliest moment the relay could have gone idle.
+        let mut deadline = started + idle;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let active = started + Duration::from_millis(last.load(Ordering::Relaxed));
+            if active + idle <= Instant::now() {
+                return;
+            }
+            deadline = active + idle;
+        }
+    };
+    tokio::select! {
+        _ = copy => Ended::Closed,
+        () = idle_watch => Ended::Idle,
+        () = stop => Ended::Stopped,
+    }
+}
+
+/// A stream that counts the bytes read from it and notes when it last carried any
+/// (milliseconds after `started`).
+struct Counted<'a, S> {
+    inner: S,
+    last: &'a AtomicU64,
+    read: &'a AtomicU64,
+    started: Instant,
+}
+
+impl<S> Counted<'_, S> {
+    fn touch(&self, bytes: usize) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+        self.read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.touch(n);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn only_plain_ws_urls_name_a_backend() {
+        let ok = |u: &str, host: &str, port: u16| {
+            assert_eq!(Backend::parse(u).unwrap(), Backend { host: host.into(), port }, "{u}");
+        };
+        ok("ws://10.0.0.5:8090", "10.0.0.5", 8090);
+        ok("ws://node-1.atrium.internal:8090/", "node-1.atrium.internal", 8090);
+        ok("ws://node-1", "node-1", 80);
+        ok("ws://[fd00::5]:8090", "fd00::5", 8090);
+        assert_eq!(Backend::parse("ws://[fd00::5]:8090").unwrap().authority(), "[fd00::5]:8090");
+        for bad in [
+            "",
+            "http://10.0.0.5:8090",
+            "ws://",
+            "ws://10.0.0.5:8090/ws/other",
+            "ws://user@10.0.0.5:8090",
+            "ws://10.0.0.5:0",
+            "ws://10.0.0.5:99999",
+            "ws://10.0.0.5:+80",
+            "ws://10.0.0.5:8090?x=1",
+            "ws://[nonsense]:80",
+            "ws://a b:80",
+            "ws://evil\\@host",
+        ] {
+            assert!(Backend::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn tickets_are_escaped_in_the_query() {
+        assert_eq!(query_escape("eyJ.ab-_c"), "eyJ.ab-_c");
+        assert_eq!(query_escape("a&b=c d"), "a%26b%3Dc%20d");
+    }
+
+    #[tokio::test]
+    async fn the_pump_copies_both_ways_and_counts() {
+        let (viewer_end, mut viewer) = tokio::io::duplex(1024);
+        let (proxy_end, mut proxy) = tokio::io::duplex(1024);
+        let traffic = Traffic::default();
+        let relay =
+            pump(viewer_end, proxy_end, Duration::from_secs(60), &traffic, std::future::pending());
+        let talk = async {
+            viewer.write_all(b"key").await.unwrap();
+            let mut b = [0u8; 3];
+            proxy.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"key");
+            proxy.write_all(b"pixels!").await.unwrap();
+            let mut b = [0u8; 7];
+            viewer.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"pixels!");
+            drop(proxy);
+            // The proxy closing closes the viewer's side too.
+            let mut rest = Vec::new();
+            viewer.read_to_end(&mut rest).await.unwrap();
+            drop(viewer);
+        };
+        let (ended, ()) = tokio::join!(relay, talk);
+        assert_eq!(ended, Ended::Closed);
+        assert_eq!(traffic.to_proxy.load(Ordering::Relaxed), 3);
+        assert_eq!(traffic.to_viewer.load(Ordering::Relaxed), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_is_closed_and_a_busy_one_is_not() {
+        let (viewer_end, mut viewer) = tokio::io::duplex(1024);
+        let (proxy_end, mut proxy) = tokio::io::duplex(1024);
+        let traffic = Traffic::default();
+        let relay =
+            pump(viewer_end, proxy_end, Duration::from_secs(10), &traffic, std::future::pending());
+        let talk = async {
+            // Bytes every 6 s keep it open past 10 s...
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                viewer.write_all(b"k").await.unwrap();
+                let mut b = [0u8; 1];
+                proxy.read_exact(&mut b).await.unwrap();
+            }
+            Instant::now()
+        };
+        tokio::pin!(relay);
+        let busy_until = tokio::select! {
+            e = &mut relay => panic!("the relay ended while busy: {e:?}"),
+            t = talk => t,
+        };
+        // ...then silence ends it about 10 s after the last byte.
+        assert_eq!(relay.await, Ended::Idle);
+        let quiet = busy_until.elapsed();
+        assert!(quiet >= Duration::from_secs(10) && quiet < Duration::from_secs(11), "{quiet:?}");
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_the_relay() {
+        let (viewer_end, _viewer) = tokio::io::duplex(64);
+        let (proxy_end, _proxy) = tokio::io::duplex(64);
+        let traffic = Traffic::default();
+        let ended = pump(viewer_end, proxy_end, Duration::from_secs(60), &traffic, async {}).await;
+        assert_eq!(ended, Ended::Stopped);
+    }
+}

@@ -1,0 +1,226 @@
+//! The gateway's routes: `/healthz` (alive), `/readyz` (keys loaded, not draining), `/metrics`,
+//! and `GET /ws/{vm}?ticket=...`, where everything about the viewer is checked before the node
+//! network is touched.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use atrium_protocol::node::{ErrorBody, validate_name};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use super::metrics::Refusal;
+use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
+use super::{Gateway, Slot};
+use crate::ticket::TicketError;
+
+/// The routes.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws/{vm}", get(ws))
+        .with_state(gateway)
+}
+
+async fn healthz(State(g): State<Gateway>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "connections": g.metrics().connections.load(Ordering::Relaxed),
+        "relays": g.metrics().relays.load(Ordering::Relaxed),
+    }))
+}
+
+/// 200 once the broker's keys are loaded, 503 before that and while draining.
+async fn readyz(State(g): State<Gateway>) -> Response {
+    let keys = g.0.verifier.ready().await;
+    let draining = g.draining();
+    let status = if keys && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+        "keys": if keys { "loaded" } else { "unavailable" },
+        "draining": draining,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(g): State<Gateway>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics().render()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    #[serde(default)]
+    ticket: String,
+}
+
+fn refuse(g: &Gateway, why: Refusal, status: StatusCode, message: String) -> Response {
+    g.metrics().refuse(why);
+    (status, Json(ErrorBody { error: message, field: None })).into_response()
+}
+
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`,
+/// version 13).
+fn is_websocket_upgrade(h: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+        && h.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
+}
+
+async fn ws(
+    State(g): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(vm): Path<String>,
+    Query(q): Query<WsQuery>,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    if !is_websocket_upgrade(headers) {
+        return refuse(
+            &g,
+            Refusal::Request,
+            StatusCode::BAD_REQUEST,
+            "not a WebSocket upgrade".into(),
+        );
+    }
+    let Some(key) =
+        headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| !k.is_empty() && k.len() <= 64).cloned()
+    else {
+        return refuse(
+            &g,
+            Refusal::Request,
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key".into(),
+        );
+    };
+    if validate_name("vm", &vm, 128).is_err() {
+        return refuse(&g, Refusal::Request, StatusCode::BAD_REQUEST, "invalid VM id".into());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| g.0.cfg.allowed_origins.iter().any(|a| a == o));
+        if !ok {
+            tracing::warn!(vm, origin = ?origin, "display connection from a page not allowed");
+            return refuse(
+                &g,
+                Refusal::Request,
+                StatusCode::FORBIDDEN,
+                "origin not allowed".into(),
+            );
+        }
+    }
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let client = atrium_protocol::net::client_addr(peer.ip(), hops, &g.0.trusted);
+
+    // The ticket, before anything about the node network.
+    let claims = match g.0.verifier.check(&q.ticket, &vm).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(vm, client = %client, reason = %e, "display ticket refused at the gateway");
+            let status = match e {
+                _ if e.is_forbidden() => StatusCode::FORBIDDEN,
+                TicketError::Busy | TicketError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return refuse(&g, Refusal::Ticket, status, e.to_string());
+        }
+    };
+    let backend = match claims.proxy.as_deref().ok_or(RelayError::NoProxy).and_then(Backend::parse)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(vm, node = %claims.node, error = %e, "a valid ticket with no usable display proxy");
+            return refuse(&g, Refusal::Ticket, StatusCode::FORBIDDEN, e.to_string());
+        }
+    };
+    let Some(slot) = g.take_slot(client) else {
+        tracing::warn!(client = %client, "relay refused: max_relays_per_address reached");
+        return refuse(
+            &g,
+            Refusal::Limit,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many display connections from this address".into(),
+        );
+    };
+    let Ok(permit) = g.connection_permit() else {
+        return refuse(
+            &g,
+            Refusal::Limit,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is full; try again".into(),
+        );
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let up = Upgrade { vm: &vm, ticket: &q.ticket, key: &key, client };
+    let answer = relay::open(&backend, up, g.0.cfg.connect_timeout()).await;
+    match answer {
+        Err(e) => {
+            tracing::warn!(vm, node = %claims.node, proxy = %format!("{}:{}", backend.host, backend.port), error = %e, "cannot relay to the display proxy");
+            let status = if matches!(e, RelayError::Timeout) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            refuse(
+                &g,
+                Refusal::Proxy,
+                status,
+                "the desktop's display service cannot be reached".into(),
+            )
+        }
+        Ok(Answer::Refused { status, content_type, body }) => {
+            tracing::info!(vm, status = status.as_u16(), "the display proxy refused the viewer");
+            g.metrics().refuse(Refusal::Proxy);
+            let mut r = Response::new(axum::body::Body::from(body));
+            *r.status_mut() = status;
+            if let Some(ct) = content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            r
+        }
+        Ok(Answer::Accepted { accept, stream }) => {
+            tracing::info!(vm, user = %claims.sub, client = %client, node = %claims.node, "relaying a viewer");
+            let g2 = g.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match on_upgrade.await {
+                    Ok(viewer) => {
+                        relay_until_done(&g2, &vm, slot, TokioIo::new(viewer), TokioIo::new(stream))
+                            .await
+                    }
+                    Err(e) => tracing::debug!(vm, error = %e, "the viewer left before the upgrade"),
+                }
+            });
+            relay::switching(accept)
+        }
+    }
+}
+
+async fn relay_until_done<V, P>(g: &Gateway, vm: &str, slot: Slot, viewer: V, proxy: P)
+where
+    V: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let m = g.metrics();
+    m.relays.fetch_add(1, Ordering::Relaxed);
+    m.relays_total.fetch_add(1, Ordering::Relaxed);
+    let ended = relay::pump(viewer, proxy, g.0.cfg.idle_timeout(), &m.traffic, g.stopped()).await;
+    if ended == Ended::Idle {
+        m.relays_idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+    m.relays.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+    tracing::info!(vm, ended = ?ended, "relay ended");
+}
