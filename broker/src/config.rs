@@ -59,6 +59,10 @@ pub struct BrokerSection {
     pub reconcile_interval_secs: u64,
     /// Seconds a client has to send a request's headers; slower connections are closed.
     pub header_timeout_secs: u64,
+    /// Seconds between SIGTERM and closing the listener, during which `/readyz` answers 503 and
+    /// every other request is still served, so a load balancer stops sending new requests
+    /// before the broker stops taking them. Requests in flight then get 10 s more to finish.
+    pub drain_secs: u64,
 }
 
 impl Default for BrokerSection {
@@ -70,6 +74,7 @@ impl Default for BrokerSection {
             trusted_proxies: Vec::new(),
             reconcile_interval_secs: 2,
             header_timeout_secs: 30,
+            drain_secs: 0,
         }
     }
 }
@@ -80,13 +85,23 @@ pub struct DatabaseSection {
     /// `sqlite://PATH` (created when missing) or `postgres://USER:PASS@HOST/DB`. Empty: SQLite in
     /// `broker.data_dir`.
     pub url: Secret,
+    /// File whose first line is `url` (a mounted secret), instead of `url`.
+    pub url_file: Option<PathBuf>,
     /// Largest number of pooled connections (PostgreSQL; SQLite uses one writer).
     pub max_connections: u32,
+    /// Seconds a request waits for a database connection (including reconnecting to a
+    /// database that went away) before it is answered 503.
+    pub acquire_timeout_secs: u64,
 }
 
 impl Default for DatabaseSection {
     fn default() -> Self {
-        Self { url: Secret::default(), max_connections: 16 }
+        Self {
+            url: Secret::default(),
+            url_file: None,
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+        }
     }
 }
 
@@ -312,6 +327,9 @@ impl Config {
         if let Some(f) = &self.ldap.bind_password_file {
             self.ldap.bind_password = read_secret_file(f)?;
         }
+        if let Some(f) = &self.database.url_file {
+            self.database.url = read_secret_file(f)?;
+        }
         if let Some(f) = &self.nodes.token_file {
             self.nodes.token = read_secret_file(f)?;
         }
@@ -410,6 +428,9 @@ impl Config {
                     "tickets.gateway_url {gw:?} must be a ws:// or wss:// URL with no query"
                 ));
             }
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return bad("database.acquire_timeout_secs must be at least 1".into());
         }
         for p in &self.broker.trusted_proxies {
             p.parse::<IpNet>()
@@ -594,5 +615,42 @@ mod tests {
         let c = Config::load_with_env(Some(&p), &[]).unwrap();
         assert_eq!(c.ldap.bind_password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+        // The database URL from a mounted secret, as the container manifests give it.
+        let url = d.join("db-url");
+        std::fs::write(
+            &url,
+            "postgres://atrium:pw-77@db/atrium
+",
+        )
+        .unwrap();
+        let env = env(&[("ATRIUM_DATABASE_URL_FILE", url.to_str().unwrap())]);
+        let c = Config::load_with_env(Some(&p), &env).unwrap();
+        assert_eq!(c.database_url(), "postgres://atrium:pw-77@db/atrium");
+        assert!(!format!("{c:?}").contains("pw-77"));
+    }
+
+    #[test]
+    fn replica_settings_are_checked() {
+        let (_d, p) = write("[ldap]\ngroup_base = \"ou=g\"\n");
+        let load = |pairs: &[(&str, &str)]| Config::load_with_env(Some(&p), &env(pairs));
+        let c = load(&[
+            ("ATRIUM_TICKETS_GATEWAY_URL", "wss://desk.example.com"),
+            ("ATRIUM_BROKER_DRAIN_SECS", "5"),
+            ("ATRIUM_BROKER_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker.drain_secs, 5);
+        assert_eq!(c.trusted_proxy_nets().len(), 2);
+        for (var, value) in [
+            ("ATRIUM_TICKETS_GATEWAY_URL", "https://desk.example.com"),
+            ("ATRIUM_TICKETS_GATEWAY_URL", "wss://desk.example.com/?x"),
+            ("ATRIUM_DATABASE_ACQUIRE_TIMEOUT_SECS", "0"),
+            ("ATRIUM_BROKER_TRUSTED_PROXIES", "10.0.0.0/40"),
+        ] {
+            let e = load(&[(var, value)]).unwrap_err().to_string();
+            let key = var.trim_start_matches("ATRIUM_").to_ascii_lowercase();
+            let key = key.split_once('_').map_or(key.as_str(), |(_, k)| k).to_owned();
+            assert!(e.contains(&key), "{var}={value}: {e}");
+        }
     }
 }

@@ -77,6 +77,13 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Conflict(what) => Self::Conflict(format!("{what}: conflict")),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable {
+                    message: "the database is unavailable: try again in a moment".into(),
+                    retry_after_secs: Some(2),
+                }
+            }
             e => Self::Internal(e.to_string()),
         }
     }

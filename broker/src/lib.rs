@@ -52,7 +52,12 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         &cfg.keys_dir(),
         Duration::from_secs(cfg.sessions.ttl_secs.max(cfg.tickets.ttl_secs) + 60),
     )?;
-    let db = db::Db::connect(&cfg.database_url(), cfg.database.max_connections).await?;
+    let db = db::Db::connect_with(
+        &cfg.database_url(),
+        cfg.database.max_connections,
+        Duration::from_secs(cfg.database.acquire_timeout_secs),
+    )
+    .await?;
     let directory = ldap::Directory::new(&cfg.ldap)?;
     if cfg.nodes.token.is_empty() {
         tracing::warn!("nodes.token is empty: no node can register");
@@ -72,10 +77,26 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         metrics: Arc::new(metrics::Metrics::default()),
         login_gate: Arc::new(state::KeyedGate::default()),
         sweeping: Arc::default(),
+        instance: instance_name().into(),
+        draining: Arc::default(),
     })
 }
 
-/// Runs the broker until SIGINT or SIGTERM: HTTP server, reconcile loop, SIGHUP reloads.
+/// This replica's name: the host name (a pod's name on Kubernetes) and a random suffix, so a
+/// restarted replica is a new holder.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_graphic()).take(64).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "broker".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// Runs the broker until SIGINT or SIGTERM: HTTP server, reconcile loop, SIGHUP reloads. On
+/// SIGTERM it drains: `/readyz` answers 503 for `broker.drain_secs` while every request is
+/// still served, then the listener closes, requests in flight finish, and the reconcile lease
+/// is given up.
 pub async fn run(cfg: Config) -> Result<(), StartError> {
     let addr = cfg.broker.listen;
     let st = build_state(cfg).await?;
@@ -83,12 +104,24 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(listen = %local, db = ?st.db.dialect(), "atrium-broker serving");
-    tokio::spawn(reconcile::run(st.clone()));
+    tracing::info!(listen = %local, db = ?st.db.dialect(), instance = %st.instance, "atrium-broker serving");
+    let reconciler = tokio::spawn(reconcile::run(st.clone()));
     tokio::spawn(reload_on_sighup(st.clone()));
     let header_timeout = Duration::from_secs(st.cfg.broker.header_timeout_secs);
-    let app = http::app(st);
-    http::serve::serve(listener, app, header_timeout, shutdown_signal()).await;
+    let app = http::app(st.clone());
+    let drain = Duration::from_secs(st.cfg.broker.drain_secs);
+    let draining = Arc::clone(&st.draining);
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !drain.is_zero() {
+            tracing::info!(secs = drain.as_secs(), "draining: /readyz answers 503");
+            tokio::time::sleep(drain).await;
+        }
+    };
+    http::serve::serve(listener, app, header_timeout, shutdown).await;
+    reconciler.abort();
+    reconcile::release(&st).await;
     Ok(())
 }
 

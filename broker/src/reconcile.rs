@@ -1,7 +1,9 @@
-//! The reconcile loop. Every broker replica runs it; each step is a transaction, or a
-//! conditional update, so replicas do not fight: lost nodes, session timeouts, idle desktops,
-//! failed and doomed desktops, and `min_ready` spares per pool. A step that fails is logged and
-//! the others still run.
+//! The reconcile loop: lost nodes, session timeouts, idle desktops, failed and doomed
+//! desktops, and `min_ready` spares per pool. Every broker replica runs the loop, but only the
+//! replica holding the `reconcile` lease in the database does a pass, so the work is done once
+//! however many replicas there are; if that replica dies, another takes the lease once it
+//! expires. Each step is still a transaction or a conditional update, so even two passes at
+//! once would not fight. A step that fails is logged and the others still run.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -18,27 +20,64 @@ const FAILED_GRACE_MS: i64 = 60_000;
 /// A desktop still provisioning after this long was abandoned (a broker died mid-request).
 const STUCK_MS: i64 = 120_000;
 
+/// The lease's name.
+const LEASE: &str = "reconcile";
+
+/// How long the lease lasts without renewal: three passes, and never under 10 s (a replica
+/// that stops passing for that long, with no release, hands the work over).
+fn lease_ttl(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(10))
+}
+
 /// Runs until the process ends.
 pub async fn run(st: AppState) {
     let interval = Duration::from_secs(st.cfg.broker.reconcile_interval_secs);
+    let ttl_ms = i64::try_from(lease_ttl(interval).as_millis()).unwrap_or(i64::MAX / 4);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
-    let mut passes: u64 = 0;
+    let mut ticks: u64 = 0;
+    let mut holding = false;
     loop {
         ticker.tick().await;
-        passes += 1;
+        ticks += 1;
+        // Pick up rotated keys without a signal, about once a minute (every replica signs).
+        if ticks.is_multiple_of((60 / st.cfg.broker.reconcile_interval_secs.clamp(1, 60)).max(1))
+            && let Err(e) = st.keys.reload()
+        {
+            tracing::warn!(error = %e, "could not reload signing keys");
+        }
+        let held = match st.db.acquire_lease(LEASE, &st.instance, now_ms(), ttl_ms).await {
+            Ok(h) => h,
+            Err(e) => {
+                Metrics::inc(&st.metrics.reconcile_errors);
+                tracing::warn!(error = %e, "cannot take the reconcile lease");
+                false
+            }
+        };
+        if held != holding {
+            holding = held;
+            if held {
+                tracing::info!(instance = %st.instance, "this broker now runs the reconcile loop");
+            } else {
+                tracing::info!(instance = %st.instance, "another broker runs the reconcile loop");
+            }
+        }
+        if !held {
+            continue;
+        }
         Metrics::inc(&st.metrics.reconcile_runs);
         // Right after a (re)start nodes have not had the time to heartbeat to this broker:
         // judging them lost then would fail every desktop after a broker restart.
         let judge_nodes = started.elapsed() >= Duration::from_secs(st.cfg.nodes.lost_after_secs);
         pass(&st, judge_nodes).await;
-        // Pick up rotated keys without a signal, about once a minute.
-        if passes.is_multiple_of((60 / st.cfg.broker.reconcile_interval_secs.clamp(1, 60)).max(1))
-            && let Err(e) = st.keys.reload()
-        {
-            tracing::warn!(error = %e, "could not reload signing keys");
-        }
+    }
+}
+
+/// Gives up the reconcile lease (at shutdown), so another replica takes over at its next tick.
+pub async fn release(st: &AppState) {
+    if let Err(e) = st.db.release_lease(LEASE, &st.instance).await {
+        tracing::warn!(error = %e, "could not give up the reconcile lease; it will expire");
     }
 }
 

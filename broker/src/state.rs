@@ -25,6 +25,11 @@ pub struct AppState {
     pub sweeping: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Serialises sign-in attempts per username.
     pub login_gate: Arc<KeyedGate>,
+    /// This replica's name among the brokers sharing the database (host name and a random
+    /// suffix): the holder of leases it takes.
+    pub instance: Arc<str>,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One async lock per key, created on demand and forgotten when unused.

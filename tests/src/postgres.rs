@@ -12,6 +12,8 @@ pub struct Postgres {
     dir: TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// The server options `pg_ctl start` was given (to start it again the same way).
+    opts: String,
 }
 
 fn pg_bin() -> anyhow::Result<PathBuf> {
@@ -70,11 +72,18 @@ impl Postgres {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_buffers=64MB",
             sock.display()
         );
-        let out = as_pg(&bin.join("pg_ctl"))
+        let me = Self { dir, bin, port, opts };
+        me.pg_start()?;
+        me.create_db("atrium")?;
+        Ok(me)
+    }
+
+    fn pg_start(&self) -> anyhow::Result<()> {
+        let out = as_pg(&self.bin.join("pg_ctl"))
             .args(["-w", "-t", "30", "-D"])
-            .arg(&data)
-            .args(["-o", &opts, "-l"])
-            .arg(dir.path().join("pg.log"))
+            .arg(self.dir.path().join("data"))
+            .args(["-o", &self.opts, "-l"])
+            .arg(self.dir.path().join("pg.log"))
             .arg("start")
             .stdout(Stdio::null())
             .output()?;
@@ -82,11 +91,30 @@ impl Postgres {
             out.status.success(),
             "pg_ctl start failed: {} {}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.path().join("pg.log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default()
         );
-        let me = Self { dir, bin, port };
-        me.create_db("atrium")?;
-        Ok(me)
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: open connections are closed), as an outage would.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let out = as_pg(&self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "30", "-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Starts the server again after [`Self::stop`], on the same port with the same data.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_start()
     }
 
     pub fn create_db(&self, name: &str) -> anyhow::Result<()> {

@@ -523,37 +523,6 @@ async fn concurrent_connects_on_postgresql_never_give_a_desktop_twice() {
 }
 
 #[tokio::test]
-async fn two_brokers_on_one_postgresql_share_the_work() {
-    if skip(Group::Ldap, "two_brokers_on_one_postgresql_share_the_work")
-        || skip(Group::Postgres, "two_brokers_on_one_postgresql_share_the_work")
-    {
-        return;
-    }
-    let pg = Postgres::start().unwrap();
-    let slapd = Slapd::start().unwrap();
-    let mut opts = BrokerOptions::new(&slapd.url());
-    opts.database_url = Some(pg.url("atrium"));
-    let b1 = Broker::start(opts.clone()).await.unwrap();
-    // Replicas share the signing keys (one key folder, e.g. a Kubernetes secret).
-    opts.extra_toml = format!("[sessions]\nkeys_dir = {:?}\n", b1.keys_dir().display().to_string());
-    let b2 = Broker::start(opts).await.unwrap();
-    let _node = FakeNode::start(&b1.url, "node-a", 8192).await.unwrap();
-    let a = admin(&b1).await;
-    a.post_json("/api/v1/admin/pools", pool("shared", "floating", 2, 2), StatusCode::CREATED).await;
-    wait_ready_spares(&a, "shared", 2).await;
-    // Signed in on one replica, served by the other: the session is in the database.
-    let mut alice = b1.client();
-    alice.login_ok("alice", "alice-pw").await;
-    alice.base = b2.url.clone();
-    let c = alice.post_json("/api/v1/pools/shared/connect", json!({}), StatusCode::OK).await;
-    assert_eq!(c["status"], "ready");
-    // Both replicas reconcile; neither over-provisions the pool.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let p = a.get_json("/api/v1/admin/pools/shared", StatusCode::OK).await;
-    assert_eq!(p["counts"]["total"], 2, "{p}");
-}
-
-#[tokio::test]
 async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
     if skip(Group::Ldap, "a_failed_dedicated_desktop_restarts_with_its_disk") {
         return;

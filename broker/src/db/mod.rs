@@ -4,6 +4,7 @@
 
 mod audit;
 mod desktops;
+mod leases;
 mod logins;
 mod nodes;
 mod pools;
@@ -40,6 +41,30 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether the database could not be reached or is going away: no connection in time, a
+    /// broken connection, or PostgreSQL's connection-exception and shutdown codes. The request
+    /// may work again later; nothing it did was kept (a transaction is rolled back with its
+    /// connection).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Sqlx(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+                    // cannot connect now; 53300: too many connections.
+                    c.starts_with("08")
+                        || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether the error is a unique-constraint violation.
     pub fn is_unique_violation(&self) -> bool {
         match self {
@@ -67,12 +92,31 @@ pub struct Db {
 }
 
 /// Embedded, numbered migrations. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial schema", include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial schema", include_str!("../../migrations/0001_initial.sql")),
+    (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+];
+
+/// The schema version this build needs (the last migration).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// PostgreSQL advisory lock key held while migrating ("atrium" in ASCII): replicas starting
+/// together migrate one after another.
+const MIGRATION_LOCK: i64 = 0x0000_6174_7269_756d;
 
 impl Db {
     /// Connects and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
+        Self::connect_with(url, max_connections, Duration::from_secs(30)).await
+    }
+
+    /// Connects with requests waiting at most `acquire_timeout` for a connection (a request
+    /// while the database is away fails after that, as unavailable), and migrates.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> DbResult<Self> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
             let path = rest.split('?').next().unwrap_or(rest);
@@ -88,7 +132,7 @@ impl Db {
         } else {
             return Err(DbError::UnsupportedUrl);
         };
-        let opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let opts = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
         let pool = match dialect {
             Dialect::Sqlite => {
                 opts.max_connections(max_connections.clamp(1, 4))
@@ -146,14 +190,50 @@ impl Db {
         Ok(())
     }
 
+    /// The schema version applied (for readiness): the highest migration recorded.
+    pub async fn schema_version(&self) -> DbResult<i64> {
+        let v: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Applies the migrations not yet recorded, each in its own transaction. On PostgreSQL the
+    /// whole run holds an advisory lock, so replicas started at once take turns: the first
+    /// migrates, the others find the work done.
     async fn migrate(&self) -> DbResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        if self.dialect == Dialect::Postgres {
+            // Released with the session anyway; unlocking lets the next replica in at once.
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) -> DbResult<()> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut **conn)
         .await?;
         for &(version, name, sql) in MIGRATIONS {
-            let mut tx = self.begin_write().await?;
+            let mut tx = match self.dialect {
+                Dialect::Sqlite => {
+                    sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?
+                }
+                Dialect::Postgres => sqlx::Connection::begin(&mut **conn).await?,
+            };
             let done: Option<i64> =
                 sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(version)
@@ -276,7 +356,8 @@ mod tests {
             .unwrap()
             .try_get(0)
             .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(n, SCHEMA_VERSION);
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

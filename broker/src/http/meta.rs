@@ -13,7 +13,11 @@ use crate::metrics::label;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(metrics)).routes(routes!(jwks))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(jwks))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -25,7 +29,7 @@ pub struct Health {
     pub directory: String,
 }
 
-/// Liveness and readiness.
+/// Liveness and health (the database and the directory).
 #[utoipa::path(get, path = "/healthz", tag = "meta",
     responses((status = 200, body = Health), (status = 503, description = "The database is unreachable", body = Health)))]
 async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
@@ -37,6 +41,45 @@ async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
         directory: if dir_ok { "ok" } else { "unavailable" }.into(),
     };
     (if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(h))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: String,
+    /// `ok`, `unavailable`, or `behind` (the schema is older than this build needs).
+    pub database: String,
+    /// Schema version applied / needed.
+    pub schema: String,
+    /// `loaded`: the signing keys are in memory.
+    pub keys: String,
+    /// The broker is stopping: a load balancer should send it nothing new.
+    pub draining: bool,
+}
+
+/// Readiness, for a load balancer or orchestrator: the database answers with the schema this
+/// build needs, the signing keys are loaded, and the broker is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
+async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    let version = st.db.schema_version().await;
+    let need = crate::db::SCHEMA_VERSION;
+    let database = match &version {
+        Ok(v) if *v >= need => "ok",
+        Ok(_) => "behind",
+        Err(_) => "unavailable",
+    };
+    let keys = !st.keys.active_kid().is_empty();
+    let draining = st.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let ready = database == "ok" && keys && !draining;
+    let r = Readiness {
+        status: if ready { "ready" } else { "not ready" }.into(),
+        database: database.into(),
+        schema: format!("{}/{need}", version.as_ref().map_or(-1, |v| *v)),
+        keys: if keys { "loaded" } else { "missing" }.into(),
+        draining,
+    };
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r))
 }
 
 /// Prometheus metrics.
