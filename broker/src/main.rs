@@ -1,5 +1,6 @@
 //! `atrium-broker`: parses the command line and configuration, sets up logging, runs the broker.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
+        // Colours only on a terminal: a container's or a service's log is a file.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cli = Cli::parse();
     let cfg = match atrium_broker::config::Config::load(cli.config.as_deref()) {

@@ -1,5 +1,6 @@
 //! `atrium-display`: the display proxy service, the display gateway, and the benchmark.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -45,6 +46,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default.into()),
         )
+        // Colours only on a terminal: a container's or a service's log is a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
