@@ -103,7 +103,10 @@ async fn three_replicas_start_at_once_and_act_as_one_broker() {
     let again = alice.post_json("/api/v1/pools/shared/connect", json!({}), StatusCode::OK).await;
     assert_eq!(again["desktop_id"], desktop.as_str(), "the same desktop from every replica");
     let r = alice.post(&format!("/api/v1/desktops/{desktop}/disconnect"), json!({})).await.unwrap();
-    assert!(r.status().is_success(), "disconnect: {}", r.status());
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Disconnecting again (a retried request) changes nothing and succeeds.
+    let r = alice.post(&format!("/api/v1/desktops/{desktop}/disconnect"), json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // One replica does the reconcile passes; the others wait.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -53,25 +53,37 @@ async fn list_desktops(
     Ok(Json(out))
 }
 
+/// The user's open session on one of their desktops; 404 when the desktop is not theirs.
+async fn own_open_session(
+    st: &AppState,
+    user: &AuthUser,
+    desktop_id: &str,
+) -> ApiResult<Option<crate::db::DesktopSession>> {
+    let d = st.db.get_desktop(desktop_id).await?;
+    let Some(d) = d.filter(|d| d.username.as_deref() == Some(user.username.as_str())) else {
+        return Err(ApiError::NotFound("no such desktop".into()));
+    };
+    Ok(st
+        .db
+        .open_sessions_of_desktop(&d.id)
+        .await?
+        .into_iter()
+        .find(|s| s.username == user.username))
+}
+
 async fn own_session(
     st: &AppState,
     user: &AuthUser,
     desktop_id: &str,
 ) -> ApiResult<crate::db::DesktopSession> {
-    let d = st.db.get_desktop(desktop_id).await?;
-    let Some(d) = d.filter(|d| d.username.as_deref() == Some(user.username.as_str())) else {
-        return Err(ApiError::NotFound("no such desktop".into()));
-    };
-    st.db
-        .open_sessions_of_desktop(&d.id)
+    own_open_session(st, user, desktop_id)
         .await?
-        .into_iter()
-        .find(|s| s.username == user.username)
         .ok_or_else(|| ApiError::NotFound("no open session on this desktop".into()))
 }
 
 /// Disconnect from a desktop: the viewers close; the desktop stays assigned (a floating desktop
-/// until its pool's idle timeout) so the user can reconnect.
+/// until its pool's idle timeout) so the user can reconnect. Disconnecting a desktop of the
+/// user's that has no open session does nothing and succeeds (a retried request is safe).
 #[utoipa::path(post, path = "/api/v1/desktops/{id}/disconnect", tag = "desktops",
     params(("id" = String, Path, description = "Desktop id")),
     responses((status = 204, description = "Disconnected"), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
@@ -81,7 +93,9 @@ async fn disconnect(
     addr: ClientAddr,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let s = own_session(&st, &user, &id).await?;
+    let Some(s) = own_open_session(&st, &user, &id).await? else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
     service::end_session(&st, &s, "disconnected", now_ms()).await?;
     service::audit(
         &st,
