@@ -7,6 +7,8 @@ import { DisplaySession } from '../viewer/session.js';
 import { currentLayout } from '../layout.js';
 
 const KEEPALIVE_MS = 60_000;
+// A lost connection is tried again at once (another gateway takes it), then less and less often.
+const FIRST_RETRY_MS = 250;
 const MAX_BACKOFF_MS = 30_000;
 
 function fmtRate(bytesPerSecond) {
@@ -54,7 +56,7 @@ export function showViewer(app, target) {
   let desktopId = null;
   let stopped = false;
   let userLeft = false;
-  let backoff = 1000;
+  let backoff = FIRST_RETRY_MS;
   let timer = null;
   let keepalive = null;
 
@@ -159,7 +161,7 @@ export function showViewer(app, target) {
 
   function scheduleRetry(why) {
     const secs = Math.round(backoff / 1000);
-    setOverlay(`${why ? `${why} ` : ''}Reconnecting in ${secs} s…`);
+    setOverlay(`${why ? `${why} ` : ''}${secs >= 1 ? `Reconnecting in ${secs} s…` : 'Reconnecting…'}`);
     timer = setTimeout(attempt, backoff);
     backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
   }
@@ -168,7 +170,7 @@ export function showViewer(app, target) {
     setOverlay('Connecting…');
     session = new DisplaySession({ url, canvas });
     session.on('connected', (h) => {
-      backoff = 1000;
+      backoff = FIRST_RETRY_MS;
       setOverlay('');
       cadBtn.disabled = h.viewOnly;
       sendClip.disabled = !h.clipboardIn;
