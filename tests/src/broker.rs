@@ -229,6 +229,8 @@ fn strip_section(toml: &str, section: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     pub http: reqwest::Client,
+    /// For an `https://` base: the harness's HTTPS client (with its own cookies).
+    pub https: Option<crate::https::HttpsClient>,
     pub base: String,
     pub csrf: Option<String>,
 }
@@ -240,17 +242,32 @@ impl ApiClient {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
-        Self { http, base: base.to_owned(), csrf: None }
+        Self { http, https: None, base: base.to_owned(), csrf: None }
+    }
+
+    /// A client of an `https://` base, trusting the CA certificates in `ca_pem`.
+    pub fn with_ca(base: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let mut me = Self::new(base);
+        me.https = Some(crate::https::HttpsClient::new(ca_pem, true, Duration::from_secs(60))?);
+        Ok(me)
     }
 
     /// Signs in; on success remembers the CSRF token.
     pub async fn login(&mut self, username: &str, password: &str) -> anyhow::Result<Response> {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/auth/login", self.base))
-            .json(&serde_json::json!({ "username": username, "password": password }))
-            .send()
-            .await?;
+        let body = serde_json::json!({ "username": username, "password": password });
+        let r = match &self.https {
+            Some(h) => {
+                let url = format!("{}/api/v1/auth/login", self.base);
+                h.request(Method::POST, &url, &[], Some(&body)).await?
+            }
+            None => {
+                self.http
+                    .post(format!("{}/api/v1/auth/login", self.base))
+                    .json(&body)
+                    .send()
+                    .await?
+            }
+        };
         if r.status().is_success() {
             let cookies: Vec<String> = r
                 .headers()
@@ -280,6 +297,14 @@ impl ApiClient {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Response> {
+        if let Some(h) = &self.https {
+            let csrf: Vec<(&str, &str)> = match &self.csrf {
+                Some(t) if method != Method::GET => vec![("x-csrf-token", t.as_str())],
+                _ => Vec::new(),
+            };
+            let url = format!("{}{path}", self.base);
+            return h.request(method, &url, &csrf, body.as_ref()).await;
+        }
         let mut rb = self.http.request(method.clone(), format!("{}{path}", self.base));
         if method != Method::GET
             && let Some(t) = &self.csrf

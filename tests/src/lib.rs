@@ -3,19 +3,21 @@
 //! handle drops.
 //!
 //! Test groups that need something from the machine (`ldap`, `postgres`, `qemu`, `kvm`,
-//! `browser`) never skip silently: a missing prerequisite fails the test, unless the group is
+//! `browser`, `containers`) never skip silently: a missing prerequisite fails the test, unless the group is
 //! named in `ATRIUM_SKIP` (set by `scripts/test.sh --skip GROUP,...`), and then the test prints
 //! what it skipped and returns.
 
 pub mod broker;
 pub mod display;
 pub mod fake_node;
+pub mod https;
 pub mod node;
 pub mod postgres;
 pub mod rfb;
 pub mod screen;
 pub mod slapd;
 pub mod stack;
+pub mod tier;
 pub mod util;
 pub mod vmm;
 

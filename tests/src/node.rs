@@ -75,6 +75,15 @@ impl NodeProcess {
 
     /// Starts `atrium-node serve` with these images, plus `extra` config lines.
     pub async fn start_with_images(images_in: &[&Path], extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_token(images_in, extra, NODE_TOKEN).await
+    }
+
+    /// Starts `atrium-node serve` with these images and node token, plus `extra` config lines.
+    pub async fn start_with_token(
+        images_in: &[&Path],
+        extra: &str,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("node");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images)?;
@@ -85,7 +94,7 @@ impl NodeProcess {
         let state_dir = dir.path().join("state");
         let port = free_port();
         let config = format!(
-            "[node]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{NODE_TOKEN}\"\nstate_dir = \"{}\"\n\
+            "[node]\nlisten = \"127.0.0.1:{port}\"\ntoken = {token:?}\nstate_dir = \"{}\"\n\
              images_dir = \"{}\"\nready_timeout_secs = 240\nstop_grace_secs = 30\nping_interval_secs = 5\n{extra}",
             state_dir.display(),
             images.display()

@@ -40,6 +40,16 @@ impl Slapd {
     /// Starts slapd; with `tls`, also LDAPS on a second port and StartTLS on the first, with a
     /// server certificate for 127.0.0.1 (IP SAN) signed by a fresh CA.
     pub fn start_with(tls: bool) -> anyhow::Result<Self> {
+        Self::start_full(tls, None)
+    }
+
+    /// Starts slapd (plain LDAP) on a given port, for services configured with a fixed address
+    /// (the container tier's brokers).
+    pub fn start_on(port: u16) -> anyhow::Result<Self> {
+        Self::start_full(false, Some(port))
+    }
+
+    fn start_full(tls: bool, port: Option<u16>) -> anyhow::Result<Self> {
         let slapd = find_slapd()?;
         let dir = TempDir::new("slapd");
         let conf = dir.path().join("slapd.d");
@@ -55,7 +65,7 @@ impl Slapd {
             .arg(&conf)
             .arg("-l")
             .arg(&cfg_path))?;
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let tls_port = tls.then(free_port);
         let mut urls = format!("ldap://127.0.0.1:{port}/");
         if let Some(p) = tls_port {

@@ -1,6 +1,7 @@
 //! The whole of Atrium on loopback, as the quick start runs it and the end-to-end tests use it:
 //! a directory (slapd with the demo users), the broker (SQLite), one real node agent booting
-//! console desktops, and the display proxy beside it.
+//! console desktops, and the display proxy beside it ([`Stack`]); and the same with the service
+//! tier as containers ([`TierStack`]), as `scripts/containers.sh` runs it.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,7 @@ use serde_json::json;
 use crate::broker::{ApiClient, Broker, BrokerOptions};
 use crate::node::{NODE_TOKEN, NodeProcess, console_image, desktop_image};
 use crate::slapd::Slapd;
+use crate::tier::{self, Tier, TierOptions};
 use crate::util::{TempDir, bin_path, free_port, wait_for};
 
 /// The display proxy process; killed on drop.
@@ -23,7 +25,68 @@ pub struct DisplayService {
     child: Child,
 }
 
+/// What a display proxy beside a node is told.
+#[derive(Debug, Clone)]
+pub struct DisplayOptions {
+    pub port: u16,
+    /// Where the broker's keys are.
+    pub broker_url: String,
+    pub node_url: String,
+    pub token: String,
+    pub allowed_origins: Vec<String>,
+}
+
 impl DisplayService {
+    /// Starts `atrium-display serve` for node `node-1` and waits for its `/healthz`.
+    pub async fn start(o: DisplayOptions) -> anyhow::Result<Self> {
+        let dir = TempDir::new("display");
+        let config = dir.path().join("display.toml");
+        let origins: Vec<String> = o.allowed_origins.iter().map(|x| format!("{x:?}")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_api_url = {:?}\nnode_token = {:?}\n\
+                 allowed_origins = [{}]\nnode_id = \"node-1\"\n",
+                o.port,
+                o.broker_url,
+                o.node_url,
+                o.token,
+                origins.join(", ")
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("display.log"))?;
+        let child = Command::new(bin_path("atrium-display"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the display proxy")?;
+        let display = Self { dir, port: o.port, child };
+        let http = reqwest::Client::new();
+        let port = o.port;
+        wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await
+        .with_context(|| format!("display proxy log:\n{}", display.log()))?;
+        Ok(display)
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await?.text().await?)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("display.log")).unwrap_or_default()
     }
@@ -75,40 +138,14 @@ impl Stack {
         )
         .await
         .context("starting the node agent")?;
-        let dir = TempDir::new("display");
-        let config = dir.path().join("display.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{display_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{}\"\nnode_token = \"{NODE_TOKEN}\"\n\
-                 allowed_origins = [\"{}\", \"http://localhost:{}\"]\nnode_id = \"node-1\"\n",
-                broker.url, node.url, broker.url, broker.port
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("display.log"))?;
-        let child = Command::new(bin_path("atrium-display"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting the display proxy")?;
-        let display = DisplayService { dir, port: display_port, child };
-        let http = reqwest::Client::new();
-        wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
-            let http = http.clone();
-            async move {
-                http.get(format!("http://127.0.0.1:{display_port}/healthz"))
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
+        let display = DisplayService::start(DisplayOptions {
+            port: display_port,
+            broker_url: broker.url.clone(),
+            node_url: node.url.clone(),
+            token: NODE_TOKEN.into(),
+            allowed_origins: vec![broker.url.clone(), format!("http://localhost:{}", broker.port)],
         })
-        .await
-        .with_context(|| format!("display proxy log:\n{}", display.log()))?;
+        .await?;
         let me = Self { display, node, broker, slapd };
         let admin = me.admin().await;
         wait_for("the node to register with the broker", Duration::from_secs(30), || async {
@@ -135,29 +172,99 @@ impl Stack {
         min_ready: u32,
         display: &str,
     ) -> anyhow::Result<()> {
-        let admin = self.admin().await;
-        let description = match image {
-            "desktop" => "A graphical Linux desktop (X, JWM, terminal, file manager, editor)",
-            _ => "A console desktop (Debian kernel, busybox) for trying Atrium",
-        };
-        admin
-            .post_json(
-                "/api/v1/admin/pools",
-                json!({"name": name, "description": description,
-                       "image": image, "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
-                       "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800}),
-                StatusCode::CREATED,
-            )
-            .await;
-        let path = format!("/api/v1/admin/pools/{name}");
-        wait_for(
-            &format!("{min_ready} ready desktop(s) in pool {name}"),
-            Duration::from_secs(300),
-            || async {
-                let p = admin.get_json(&path, StatusCode::OK).await;
-                (p["counts"]["ready"].as_u64().unwrap_or(0) >= u64::from(min_ready)).then_some(())
-            },
+        create_pool(&self.admin().await, name, image, min_ready, display).await
+    }
+}
+
+/// Creates a floating pool of `image` (`console` or `desktop`) as an administrator, and waits
+/// until it has `min_ready` booted spares.
+pub async fn create_pool(
+    admin: &ApiClient,
+    name: &str,
+    image: &str,
+    min_ready: u32,
+    display: &str,
+) -> anyhow::Result<()> {
+    let description = match image {
+        "desktop" => "A graphical Linux desktop (X, JWM, terminal, file manager, editor)",
+        _ => "A console desktop (Debian kernel, busybox) for trying Atrium",
+    };
+    admin
+        .post_json(
+            "/api/v1/admin/pools",
+            json!({"name": name, "description": description,
+                   "image": image, "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
+                   "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let path = format!("/api/v1/admin/pools/{name}");
+    wait_for(
+        &format!("{min_ready} ready desktop(s) in pool {name}"),
+        Duration::from_secs(300),
+        || async {
+            let p = admin.get_json(&path, StatusCode::OK).await;
+            (p["counts"]["ready"].as_u64().unwrap_or(0) >= u64::from(min_ready)).then_some(())
+        },
+    )
+    .await
+}
+
+/// The service tier as containers ([`Tier`]) with what stays on hosts: the demo directory on
+/// its fixed port, and one node agent (with the given guest images) and its display proxy,
+/// which reach the brokers through the edge's internal door. Dropped in reverse order.
+#[derive(Debug)]
+pub struct TierStack {
+    pub display: DisplayService,
+    pub node: NodeProcess,
+    pub tier: Tier,
+    pub slapd: Slapd,
+}
+
+impl TierStack {
+    pub async fn start(
+        opts: TierOptions,
+        images: &[&std::path::Path],
+        display_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
+        Tier::check_ports()?;
+        let slapd = Slapd::start_on(tier::DIRECTORY_PORT)
+            .context("starting the demo directory (slapd) on its fixed port")?;
+        let tier = Tier::start(opts).await.context("starting the container tier")?;
+        let display_port = display_port.map_or_else(free_port, port_or_free);
+        let node = NodeProcess::start_with_token(
+            images,
+            &format!(
+                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\n",
+                tier::INTERNAL_URL
+            ),
+            &tier.node_token,
         )
         .await
+        .context("starting the node agent")?;
+        let display = DisplayService::start(DisplayOptions {
+            port: display_port,
+            broker_url: tier::INTERNAL_URL.into(),
+            node_url: node.url.clone(),
+            token: tier.node_token.clone(),
+            // Viewers come through the gateways, which send no Origin.
+            allowed_origins: Vec::new(),
+        })
+        .await?;
+        let me = Self { display, node, tier, slapd };
+        let admin = me.admin().await;
+        wait_for("the node to register through the edge", Duration::from_secs(30), || async {
+            let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+            (n.as_array().is_some_and(|a| !a.is_empty())).then_some(())
+        })
+        .await?;
+        Ok(me)
+    }
+
+    /// A client signed in as the demo administrator (carol), through the edge.
+    pub async fn admin(&self) -> ApiClient {
+        let mut c = self.tier.client();
+        c.login_ok("carol", "carol-pw").await;
+        c
     }
 }

@@ -17,6 +17,9 @@ pub enum Group {
     Kvm,
     /// Chromium driven by playwright-core.
     Browser,
+    /// podman (`podman kube play`) running the service tier's containers, and the kubectl and
+    /// kubernetes-validate tools for the manifests.
+    Containers,
 }
 
 impl Group {
@@ -27,6 +30,7 @@ impl Group {
             Self::Qemu => "qemu",
             Self::Kvm => "kvm",
             Self::Browser => "browser",
+            Self::Containers => "containers",
         }
     }
 }
@@ -40,6 +44,12 @@ pub fn skip(group: Group, test: &str) -> bool {
         eprintln!("SKIPPED {test}: group `{}` is in ATRIUM_SKIP", group.name());
     }
     skipped
+}
+
+/// Installs rustls' ring crypto provider for the process (once; later calls do nothing): the
+/// harness's TLS clients use it.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The workspace root (the folder with the root `Cargo.toml`).
