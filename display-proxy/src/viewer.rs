@@ -149,11 +149,13 @@ struct InputLog {
 }
 
 impl InputLog {
-    fn record(&mut self, seq: u32) {
+    /// Notes that input `seq` was forwarded at `at` (taken before the forwarding: a source that
+    /// reacts at once may capture its pixels before the forwarding returns).
+    fn record(&mut self, seq: u32, at: Instant) {
         if self.recent.len() >= 64 {
             self.recent.pop_front();
         }
-        self.recent.push_back((seq, Instant::now()));
+        self.recent.push_back((seq, at));
     }
 
     /// The newest input forwarded before `t`.
@@ -685,10 +687,11 @@ fn forward(
         metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    let at = Instant::now();
     if let Err(e) = desktop.input().send(ev) {
         metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(error = %e, "input dropped");
         return;
     }
-    inputs.lock().expect("input log lock").record(seq);
+    inputs.lock().expect("input log lock").record(seq, at);
 }
