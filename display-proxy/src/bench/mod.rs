@@ -13,7 +13,7 @@
 mod encode;
 mod fanout;
 mod novnc;
-mod procstat;
+pub mod procstat;
 mod qemu_floor;
 mod relay;
 mod static_files;
