@@ -100,6 +100,19 @@ impl Gateway {
         }
     }
 
+    /// Reloads the TLS files if they changed on disk; errors are logged.
+    fn reload_tls_if_changed(&self) {
+        if let Some(tls) = &self.0.tls {
+            match tls.reload_if_changed() {
+                Ok(true) => tracing::info!("TLS certificate files changed: reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the TLS files changed but do not load; the certificate in use stays")
+                }
+            }
+        }
+    }
+
     /// Reads the TLS files again (SIGHUP); on error the certificate in use stays.
     pub fn reload_tls(&self) {
         if let Some(tls) = &self.0.tls {
@@ -203,6 +216,9 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
         "display gateway listening"
     );
     tokio::spawn(reload_on_sighup(gateway.clone()));
+    if gateway.0.tls.is_some() {
+        tokio::spawn(reload_when_changed(gateway.clone()));
+    }
     let drain = Duration::from_secs(gateway.config().drain_secs);
     let g = gateway.clone();
     let shutdown = async move {
@@ -225,6 +241,18 @@ async fn reload_on_sighup(gateway: Gateway) {
     };
     while hup.recv().await.is_some() {
         gateway.reload_tls();
+    }
+}
+
+/// How often the TLS files are checked for a change.
+const TLS_CHECK: Duration = Duration::from_secs(60);
+
+async fn reload_when_changed(gateway: Gateway) {
+    let mut tick = tokio::time::interval(TLS_CHECK);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        gateway.reload_tls_if_changed();
     }
 }
 

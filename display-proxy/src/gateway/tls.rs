@@ -1,8 +1,10 @@
-//! The gateway's TLS: a certificate chain and key from PEM files, reloaded on SIGHUP. A reload
-//! that fails keeps the certificate in use.
+//! The gateway's TLS: a certificate chain and key from PEM files, reloaded on SIGHUP and when
+//! the files change (a Kubernetes Secret updated in place). A reload that fails keeps the
+//! certificate in use.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,6 +30,15 @@ pub struct TlsFiles {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<TlsAcceptor>,
+    /// The files' modification times when last read.
+    seen: std::sync::Mutex<Stamps>,
+}
+
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
+
+fn stamps(cert: &Path, key: &Path) -> Stamps {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(cert), m(key))
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -39,15 +50,32 @@ impl std::fmt::Debug for TlsFiles {
 impl TlsFiles {
     /// Reads both files; an error names the file and what is wrong with it.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let seen = stamps(cert, key);
         let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, key)?));
-        Ok(Self { cert: cert.to_owned(), key: key.to_owned(), current: RwLock::new(acceptor) })
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(acceptor),
+            seen: std::sync::Mutex::new(seen),
+        })
     }
 
     /// Reads the files again; on error the configuration in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
+        let seen = stamps(&self.cert, &self.key);
         let acceptor = TlsAcceptor::from(Arc::new(server_config(&self.cert, &self.key)?));
         *self.current.write().expect("TLS configuration lock") = acceptor;
+        *self.seen.lock().expect("TLS stamps lock") = seen;
         Ok(())
+    }
+
+    /// Reloads when either file's modification time changed since it was last read; true when
+    /// it reloaded. A failed reload is tried again at the next call.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        if stamps(&self.cert, &self.key) == *self.seen.lock().expect("TLS stamps lock") {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
     }
 
     /// What new connections are accepted with.
@@ -109,11 +137,19 @@ mod tests {
         let (_, other_key) = pair("other.example");
         std::fs::write(&k, other_key).unwrap();
         assert!(files.reload().is_err());
-        // Fixed: the reload takes.
+        // Fixed: the reload takes, and so does one noticed by the files' change.
         let (cert2, key2) = pair("gw2.example");
         std::fs::write(&c, cert2).unwrap();
         std::fs::write(&k, key2).unwrap();
         files.reload().unwrap();
+        assert!(!files.reload_if_changed().unwrap(), "nothing changed since");
+        let (cert3, key3) = pair("gw3.example");
+        std::fs::write(&k, key3).unwrap();
+        std::fs::write(&c, cert3).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&c).unwrap().set_modified(later).unwrap();
+        assert!(files.reload_if_changed().unwrap());
+        assert!(!files.reload_if_changed().unwrap());
 
         std::fs::write(&c, "").unwrap();
         assert!(matches!(TlsFiles::load(&c, &k), Err(TlsError::NoCertificate { .. })));
