@@ -142,17 +142,21 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
     }
 }
 
-/// Sends a request at most twice: again only after a transport error or a 502/503/504 (what a
-/// client sees when a server dies under it). Returns the answer and whether it was retried.
+/// What a client sees when a server dies under it: a transport error or a 502/503/504.
+fn retryable(r: &anyhow::Result<reqwest::Response>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(r) => matches!(r.status().as_u16(), 502..=504),
+    }
+}
+
+/// Sends a request at most twice: again only when the first answer was [`retryable`]. Returns
+/// the answer and whether it was retried.
 async fn at_most_one_retry<F, Fut>(f: F) -> (anyhow::Result<reqwest::Response>, bool)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<reqwest::Response>>,
 {
-    let retryable = |r: &anyhow::Result<reqwest::Response>| match r {
-        Err(_) => true,
-        Ok(r) => matches!(r.status().as_u16(), 502..=504),
-    };
     let first = f().await;
     if !retryable(&first) {
         return (first, false);
@@ -207,12 +211,15 @@ async fn call(
     }
 }
 
-/// A user working in a loop through the edge, signed in once for the whole run: connect (until
-/// the desktop is ready), connect again (the same desktop), keep-alive, disconnect.
+/// A user working in a loop through the edge: connect (until the desktop is ready), connect
+/// again (the same desktop), keep-alive, disconnect. With `fresh`, the user signs in again
+/// before every cycle (new sessions all along); otherwise once for the whole run (one session
+/// that must outlive every fault).
 async fn user_loop(
     mut client: ApiClient,
     user: String,
     password: String,
+    fresh: bool,
     phase: Phase,
     stop: Arc<AtomicBool>,
 ) -> UserLog {
@@ -221,6 +228,27 @@ async fn user_loop(
     let mut log = UserLog { user, ..UserLog::default() };
     let connect = "/api/v1/pools/load/connect";
     while !stop.load(Ordering::Relaxed) {
+        if fresh {
+            let p = *phase.lock().expect("phase");
+            log.ops += 1;
+            let mut outcome = client.login(&log.user, &password).await;
+            if retryable(&outcome) {
+                *log.retried.entry(p).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                outcome = client.login(&log.user, &password).await;
+            }
+            match outcome {
+                Ok(r) if r.status() == StatusCode::OK => {}
+                Ok(r) => {
+                    log.failures.push(format!("{p}: {} sign-in: {}", log.user, r.status()));
+                    continue;
+                }
+                Err(e) => {
+                    log.failures.push(format!("{p}: {} sign-in: {e:#}", log.user));
+                    continue;
+                }
+            }
+        }
         let mut desktop = None;
         for _ in 0..50 {
             let Some(b) =
@@ -289,11 +317,13 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     let phase = Arc::new(std::sync::Mutex::new("warm-up"));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (user, password) in users {
+    // Half the users sign in again before every cycle, half keep one session all along.
+    for (i, (user, password)) in users.into_iter().enumerate() {
         tasks.push(tokio::spawn(user_loop(
             tier.client(),
             user,
             password,
+            i % 2 == 0,
             phase.clone(),
             stop.clone(),
         )));
