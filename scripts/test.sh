@@ -3,7 +3,7 @@
 #
 #   scripts/test.sh [--skip GROUP[,GROUP...]] [-- NEXTEST ARGS...]
 #
-# Groups that need something from the machine: ldap, postgres, qemu, kvm, browser.
+# Groups that need something from the machine: ldap, postgres, qemu, kvm, browser, containers.
 # A test in a group that is not skipped and lacks its prerequisite fails; a skipped group
 # is printed by every test it skips. Downloads and guest images are cached under
 # ~/.cache/atrium (keyed by content), so a second run is fast.
