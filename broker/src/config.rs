@@ -5,30 +5,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use atrium_protocol::config::{EnvKeys, EnvSpec};
 use atrium_protocol::net::IpNet;
-use atrium_protocol::secret::toml_error_message;
-
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
+
+pub use atrium_protocol::config::ConfigError;
 
 use crate::secret::Secret;
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
-/// A TOML error as a [`ConfigError`], with no secret value in it.
-fn toml_error(path: &Path, e: &toml::de::Error, text: Option<&str>) -> ConfigError {
-    ConfigError::Parse { path: path.to_owned(), message: toml_error_message(e, text) }
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -293,6 +276,9 @@ pub struct WebSection {
 const SECTIONS: &[&str] =
     &["broker", "database", "ldap", "sessions", "tickets", "login", "policies", "nodes", "web"];
 
+/// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
+const ENV: EnvSpec<'static> = EnvSpec { prefix: "ATRIUM_", keys: EnvKeys::Sections(SECTIONS) };
+
 impl Config {
     /// Reads `path` (if given), applies `ATRIUM_*` environment overrides, resolves secret files,
     /// and validates.
@@ -305,19 +291,7 @@ impl Config {
         path: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Self, ConfigError> {
-        let (mut table, origin) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                let t: toml::Table =
-                    toml::from_str(&text).map_err(|e| toml_error(p, &e, Some(&text)))?;
-                (t, p.to_owned())
-            }
-            None => (toml::Table::new(), PathBuf::from("(defaults)")),
-        };
-        apply_env(&mut table, env)?;
-        let mut cfg: Config =
-            toml::Value::Table(table).try_into().map_err(|e| toml_error(&origin, &e, None))?;
+        let mut cfg: Config = atrium_protocol::config::load(path, ENV, env)?;
         cfg.resolve_files()?;
         cfg.validate()?;
         Ok(cfg)
@@ -467,54 +441,6 @@ fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     Ok(Secret::new(text.lines().next().unwrap_or("").trim_end()))
-}
-
-/// Applies `ATRIUM_<SECTION>_<KEY>=value` overrides. The value takes the type of the key's
-/// default (number, boolean, list); anything else is a string. Variables for other sections
-/// (other Atrium services share the prefix) are ignored.
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
-    for (var, value) in env {
-        let Some(rest) = var.strip_prefix("ATRIUM_") else { continue };
-        let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-            continue;
-        };
-        let key = &rest[section.len() + 1..];
-        let default = defaults.get(*section).and_then(|s| s.get(key));
-        let parsed = match default {
-            Some(toml::Value::Integer(_)) => {
-                value.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| "an integer")
-            }
-            Some(toml::Value::Boolean(_)) => {
-                value.trim().parse::<bool>().map(toml::Value::Boolean).map_err(|_| "true or false")
-            }
-            Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_owned()))
-                    .collect(),
-            )),
-            _ => Ok(toml::Value::String(value.clone())),
-        }
-        .map_err(|want| ConfigError::Env {
-            var: var.clone(),
-            message: format!("must be {want}"),
-        })?;
-        let sec = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(sec) = sec else {
-            return Err(ConfigError::Env {
-                var: var.clone(),
-                message: format!("[{section}] is not a table"),
-            });
-        };
-        sec.insert(key.to_owned(), parsed);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,22 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atrium_protocol::config::{EnvKeys, EnvSpec};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
+pub use atrium_protocol::config::ConfigError;
 pub use atrium_protocol::secret::Secret;
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
 
 /// The display proxy's settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -88,16 +77,19 @@ impl Default for DisplayConfig {
     }
 }
 
-const ENV_PREFIX: &str = "ATRIUM_DISPLAY_";
+/// `ATRIUM_DISPLAY_<KEY>`; an unknown one is an error (a typo must not pass).
+const ENV: EnvSpec<'static> = EnvSpec { prefix: "ATRIUM_DISPLAY_", keys: EnvKeys::Flat };
 
 impl DisplayConfig {
     /// Reads `path`, applies the environment, reads the token file, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut cfg = Self::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
-        cfg.apply_env(std::env::vars())?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// The same with these variables (tests).
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut cfg: Self = atrium_protocol::config::load(Some(path), ENV, env)?;
         cfg.finish()?;
         Ok(cfg)
     }
@@ -105,57 +97,6 @@ impl DisplayConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text)
             .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
-    }
-
-    /// Applies `ATRIUM_DISPLAY_*` variables; an unknown one is an error (a typo must not pass).
-    pub fn apply_env(
-        &mut self,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
-        for (var, value) in vars {
-            let Some(key) = var.strip_prefix(ENV_PREFIX) else { continue };
-            let err = |message: String| ConfigError::Env { var: var.clone(), message };
-            let num = |v: &str| v.trim().parse::<u64>().map_err(|e| err(e.to_string()));
-            match key.to_ascii_lowercase().as_str() {
-                "listen" => self.listen = value.parse().map_err(|e| err(format!("{e}")))?,
-                "broker_url" => self.broker_url = value,
-                "node_api_url" => self.node_api_url = value,
-                "node_token" => self.node_token = Secret::new(value),
-                "node_token_file" => self.node_token_file = Some(PathBuf::from(value)),
-                "allowed_origins" => {
-                    self.allowed_origins = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
-                "node_id" => self.node_id = Some(value).filter(|v| !v.is_empty()),
-                "max_frames_in_flight" => {
-                    self.max_frames_in_flight =
-                        u8::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
-                }
-                "max_viewers_per_desktop" => {
-                    self.max_viewers_per_desktop =
-                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
-                }
-                "encode_threads" => {
-                    self.encode_threads =
-                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
-                }
-                "jwks_refresh_min_secs" => self.jwks_refresh_min_secs = num(&value)?,
-                "ticket_leeway_secs" => self.ticket_leeway_secs = num(&value)?,
-                "refine_after_ms" => self.refine_after_ms = num(&value)?,
-                "ack_timeout_secs" => self.ack_timeout_secs = num(&value)?,
-                "io_threads" => {
-                    self.io_threads =
-                        usize::try_from(num(&value)?).map_err(|e| err(e.to_string()))?;
-                }
-                "keep_refresh_after_input_ms" => self.keep_refresh_after_input_ms = num(&value)?,
-                _ => return Err(err("not a display proxy setting".into())),
-            }
-        }
-        Ok(())
     }
 
     /// Reads the token file and checks every value.
@@ -272,21 +213,39 @@ allowed_origins = ["https://desk.example.com"]
 
     #[test]
     fn environment_overrides() {
-        let mut c = DisplayConfig::parse(GOOD).unwrap();
-        let vars = [
-            ("ATRIUM_DISPLAY_LISTEN", "127.0.0.1:1234"),
-            ("ATRIUM_DISPLAY_ALLOWED_ORIGINS", "http://a:1, http://b"),
-            ("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT", "3"),
-            ("HOME", "/root"),
-        ];
-        c.apply_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
+        let dir = std::env::temp_dir().join(format!("atrium-display-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("display.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let c = DisplayConfig::load_with_env(
+            &f,
+            &env(&[
+                ("ATRIUM_DISPLAY_LISTEN", "127.0.0.1:1234"),
+                ("ATRIUM_DISPLAY_ALLOWED_ORIGINS", "http://a:1, http://b"),
+                ("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT", "3"),
+                ("ATRIUM_DISPLAY_NODE_ID", ""),
+                ("ATRIUM_GATEWAY_LISTEN", "another service's"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.allowed_origins, ["http://a:1", "http://b"]);
         assert_eq!(c.max_frames_in_flight, 3);
-        let typo = [("ATRIUM_DISPLAY_LISTN".to_owned(), "x".to_owned())];
-        assert!(c.apply_env(typo.into_iter()).is_err());
-        let bad = [("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT".to_owned(), "999".to_owned())];
-        assert!(c.apply_env(bad.into_iter()).is_err());
+        assert_eq!(c.node_id, None);
+        let e =
+            DisplayConfig::load_with_env(&f, &env(&[("ATRIUM_DISPLAY_LISTN", "x")])).unwrap_err();
+        assert!(e.to_string().contains("ATRIUM_DISPLAY_LISTN"), "{e}");
+        let e = DisplayConfig::load_with_env(
+            &f,
+            &env(&[("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT", "999")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

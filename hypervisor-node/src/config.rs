@@ -5,25 +5,20 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use thiserror::Error;
+use atrium_protocol::config::{EnvKeys, EnvSpec};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
+pub use atrium_protocol::config::ConfigError;
+
+/// A value the node cannot work with, naming its key.
+fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{key}: {message}"))
 }
 
 pub use atrium_protocol::secret::Secret;
 
 /// Which runtime a VM spec without `runtime` gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultRuntime {
     /// `builtin` on hardware KVM when this build has it, else `qemu`.
@@ -33,7 +28,7 @@ pub enum DefaultRuntime {
 }
 
 /// QEMU's accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccelChoice {
     /// KVM where `/dev/kvm` has hardware virtualization, else TCG.
@@ -43,14 +38,14 @@ pub enum AccelChoice {
 }
 
 /// The absolute pointer device a QEMU VM gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pointer {
     VirtioTablet,
     UsbTablet,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
     /// Stable node id (default: the host name).
@@ -93,7 +88,7 @@ impl Default for NodeSection {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CapacitySection {
     /// vCPUs the node hands out (default: the host's CPUs).
@@ -104,7 +99,7 @@ pub struct CapacitySection {
     pub reserved_memory_mib: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QemuSection {
     pub binary: PathBuf,
@@ -135,7 +130,7 @@ impl Default for QemuSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CgroupSection {
     /// Put each VM in its own cgroup with memory, CPU and process limits.
@@ -160,7 +155,7 @@ impl Default for CgroupSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
     /// The broker's base URL; when set, the node registers and heartbeats there.
@@ -179,7 +174,7 @@ impl Default for BrokerSection {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub node: NodeSection,
@@ -189,56 +184,12 @@ pub struct NodeConfig {
     pub broker: BrokerSection,
 }
 
-/// The type of a key, for values that come from the environment.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Str,
-    Int,
-    Bool,
-}
-
-/// Every key, for environment overrides. A test checks each is accepted by the file format.
-const KEYS: &[(&str, &str, Kind)] = &[
-    ("node", "id", Kind::Str),
-    ("node", "listen", Kind::Str),
-    ("node", "api_url", Kind::Str),
-    ("node", "display_url", Kind::Str),
-    ("node", "token", Kind::Str),
-    ("node", "token_file", Kind::Str),
-    ("node", "images_dir", Kind::Str),
-    ("node", "state_dir", Kind::Str),
-    ("node", "default_runtime", Kind::Str),
-    ("node", "ready_timeout_secs", Kind::Int),
-    ("node", "stop_grace_secs", Kind::Int),
-    ("node", "ping_interval_secs", Kind::Int),
-    ("capacity", "vcpus", Kind::Int),
-    ("capacity", "memory_mib", Kind::Int),
-    ("capacity", "reserved_memory_mib", Kind::Int),
-    ("qemu", "binary", Kind::Str),
-    ("qemu", "img_binary", Kind::Str),
-    ("qemu", "accel", Kind::Str),
-    ("qemu", "pointer", Kind::Str),
-    ("qemu", "memory_overhead_mib", Kind::Int),
-    ("qemu", "tcg_tb_size_mib", Kind::Int),
-    ("cgroup", "enabled", Kind::Bool),
-    ("cgroup", "root", Kind::Str),
-    ("cgroup", "parent", Kind::Str),
-    ("cgroup", "pids_max", Kind::Int),
-    ("broker", "url", Kind::Str),
-    ("broker", "heartbeat_secs", Kind::Int),
-    ("broker", "max_backoff_secs", Kind::Int),
-    ("broker", "timeout_secs", Kind::Int),
-];
-
-const ENV_PREFIX: &str = "ATRIUM_NODE_";
-
-fn env_name(section: &str, key: &str) -> String {
-    if section == "node" {
-        format!("{ENV_PREFIX}{}", key.to_uppercase())
-    } else {
-        format!("{ENV_PREFIX}{}_{}", section.to_uppercase(), key.to_uppercase())
-    }
-}
+/// `ATRIUM_NODE_<KEY>` for keys of `[node]`, `ATRIUM_NODE_<SECTION>_<KEY>` for the others; a
+/// variable that names no key is an error.
+const ENV: EnvSpec<'static> = EnvSpec {
+    prefix: "ATRIUM_NODE_",
+    keys: EnvKeys::Bare { bare: "node", sections: &["capacity", "qemu", "cgroup", "broker"] },
+};
 
 impl NodeConfig {
     /// Reads `path` (when given), applies `ATRIUM_NODE_*` variables from the environment, and
@@ -259,55 +210,8 @@ impl NodeConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: name.into(),
-            message: atrium_protocol::secret::toml_error_message(&e, Some(text)),
-        })?;
-        for (var, value) in env {
-            if !var.starts_with(ENV_PREFIX) {
-                continue;
-            }
-            let (section, key, kind) = KEYS
-                .iter()
-                .find(|(s, k, _)| env_name(s, k) == var)
-                .ok_or_else(|| ConfigError::Env {
-                    var: var.clone(),
-                    message: "is not a configuration key (see docs/configuration.md)".into(),
-                })?;
-            let v = match kind {
-                Kind::Str => toml::Value::String(value),
-                Kind::Int => {
-                    toml::Value::Integer(value.trim().parse().map_err(|_| ConfigError::Env {
-                        var: var.clone(),
-                        message: format!("{value:?} is not a number"),
-                    })?)
-                }
-                Kind::Bool => toml::Value::Boolean(match value.trim() {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => {
-                        return Err(ConfigError::Env {
-                            var,
-                            message: format!("{value:?} is not true or false"),
-                        });
-                    }
-                }),
-            };
-            let entry = table
-                .entry((*section).to_owned())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(t) = entry else {
-                return Err(ConfigError::Parse {
-                    path: name.into(),
-                    message: format!("{section} is not a table"),
-                });
-            };
-            t.insert((*key).to_owned(), v);
-        }
-        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: name.into(),
-            message: atrium_protocol::secret::toml_error_message(&e, None),
-        })?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config: Self = atrium_protocol::config::from_text(Path::new(name), text, ENV, &env)?;
         config.validate()?;
         Ok(config)
     }
@@ -316,30 +220,27 @@ impl NodeConfig {
         let n = &self.node;
         if let Some(id) = &n.id {
             atrium_protocol::node::validate_name("node.id", id, 128)
-                .map_err(|e| ConfigError::Invalid { key: "node.id", message: e.message })?;
+                .map_err(|e| invalid("node.id", e.message))?;
         }
         if n.token.is_some() && n.token_file.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "node.token",
-                message: "set node.token or node.token_file, not both".into(),
-            });
+            return Err(invalid("node.token", "set node.token or node.token_file, not both"));
         }
         // Unix socket paths are at most 107 bytes: <state_dir>/vms/<id>/serial.sock.
         let longest = n.state_dir.as_os_str().len() + "/vms/vm-0123456789abcdef/serial.sock".len();
         if longest > 107 {
-            return Err(ConfigError::Invalid {
-                key: "node.state_dir",
-                message: format!(
+            return Err(invalid(
+                "node.state_dir",
+                format!(
                     "{} is too long: VM socket paths under it would pass the 107-byte limit",
                     n.state_dir.display()
                 ),
-            });
+            ));
         }
         if !n.state_dir.is_absolute() || !n.images_dir.is_absolute() {
-            return Err(ConfigError::Invalid {
-                key: "node.state_dir",
-                message: "node.state_dir and node.images_dir must be absolute paths".into(),
-            });
+            return Err(invalid(
+                "node.state_dir",
+                "node.state_dir and node.images_dir must be absolute paths",
+            ));
         }
         for (key, secs) in [
             ("node.ready_timeout_secs", n.ready_timeout_secs),
@@ -349,43 +250,35 @@ impl NodeConfig {
             ("broker.timeout_secs", self.broker.timeout_secs),
         ] {
             if secs == 0 {
-                return Err(ConfigError::Invalid { key, message: "must be at least 1".into() });
+                return Err(invalid(key, "must be at least 1"));
             }
         }
         if let Some(url) = &self.broker.url {
             if url.starts_with("https://") {
-                return Err(ConfigError::Invalid {
-                    key: "broker.url",
-                    message: "this build has no TLS client: use http:// on the internal network \
-                              or a TLS-terminating proxy"
-                        .into(),
-                });
+                return Err(invalid(
+                    "broker.url",
+                    "this build has no TLS client: use http:// on the internal network \
+                              or a TLS-terminating proxy",
+                ));
             }
             if !url.starts_with("http://") {
-                return Err(ConfigError::Invalid {
-                    key: "broker.url",
-                    message: format!("{url:?} is not an http:// URL"),
-                });
+                return Err(invalid("broker.url", format!("{url:?} is not an http:// URL")));
             }
             if n.display_url.is_none() {
-                return Err(ConfigError::Invalid {
-                    key: "node.display_url",
-                    message: "must be set when broker.url is (the broker hands it to browsers)"
-                        .into(),
-                });
+                return Err(invalid(
+                    "node.display_url",
+                    "must be set when broker.url is (the broker hands it to browsers)",
+                ));
             }
         }
         if self.cgroup.pids_max < 16 {
-            return Err(ConfigError::Invalid {
-                key: "cgroup.pids_max",
-                message: "must be at least 16".into(),
-            });
+            return Err(invalid("cgroup.pids_max", "must be at least 16"));
         }
         if self.cgroup.parent != "auto" && !self.cgroup.parent.starts_with('/') {
-            return Err(ConfigError::Invalid {
-                key: "cgroup.parent",
-                message: "must be `auto` or an absolute path such as /atrium".into(),
-            });
+            return Err(invalid(
+                "cgroup.parent",
+                "must be `auto` or an absolute path such as /atrium",
+            ));
         }
         Ok(())
     }
@@ -400,17 +293,14 @@ impl NodeConfig {
                 Secret::new(t.trim())
             }
             (None, None) => {
-                return Err(ConfigError::Invalid {
-                    key: "node.token",
-                    message: "a node token is required (node.token or node.token_file)".into(),
-                });
+                return Err(invalid(
+                    "node.token",
+                    "a node token is required (node.token or node.token_file)",
+                ));
             }
         };
         if token.expose().len() < 16 {
-            return Err(ConfigError::Invalid {
-                key: "node.token",
-                message: "the node token must be at least 16 characters".into(),
-            });
+            return Err(invalid("node.token", "the node token must be at least 16 characters"));
         }
         Ok(token)
     }
@@ -523,6 +413,9 @@ url = "http://broker:8080"
                 ("ATRIUM_NODE_QEMU_ACCEL", "kvm"),
                 ("ATRIUM_NODE_CGROUP_ENABLED", "false"),
                 ("ATRIUM_NODE_CAPACITY_VCPUS", "4"),
+                ("ATRIUM_NODE_BROKER_URL", "http://broker:8080"),
+                ("ATRIUM_NODE_DISPLAY_URL", "ws://node:8090"),
+                ("ATRIUM_NODE_ID", "node-7"),
                 ("PATH", "/usr/bin"),
             ],
         )
@@ -531,39 +424,18 @@ url = "http://broker:8080"
         assert_eq!(c.qemu.accel, AccelChoice::Kvm);
         assert!(!c.cgroup.enabled);
         assert_eq!(c.capacity.vcpus, Some(4));
+        assert_eq!(c.broker.url.as_deref(), Some("http://broker:8080"));
+        assert_eq!(c.node.id.as_deref(), Some("node-7"));
         assert!(c.token().is_ok());
+        // A section's key without its section is no key of [node].
+        let e = parse("", &[("ATRIUM_NODE_VCPUS", "4")]).unwrap_err().to_string();
+        assert!(e.contains("ATRIUM_NODE_VCPUS"), "{e}");
 
         let e = parse("", &[("ATRIUM_NODE_TOKNE", "x")]).unwrap_err().to_string();
         assert!(e.contains("ATRIUM_NODE_TOKNE"), "{e}");
         let e = parse("", &[("ATRIUM_NODE_STOP_GRACE_SECS", "soon")]).unwrap_err().to_string();
-        assert!(e.contains("not a number"), "{e}");
+        assert!(e.contains("integer"), "{e}");
         let e = parse("", &[("ATRIUM_NODE_CGROUP_ENABLED", "maybe")]).unwrap_err().to_string();
         assert!(e.contains("true or false"), "{e}");
-    }
-
-    #[test]
-    fn the_key_list_matches_the_file_format() {
-        // Every key the environment can set is one the file accepts (deny_unknown_fields would
-        // refuse a stale entry), with a value of its kind.
-        for (section, key, kind) in KEYS {
-            let value = match kind {
-                Kind::Str => match (*section, *key) {
-                    ("node", "listen") => "\"127.0.0.1:1\"".to_owned(),
-                    ("node", "default_runtime") => "\"qemu\"".to_owned(),
-                    ("node", "state_dir" | "images_dir") => "\"/x\"".to_owned(),
-                    ("qemu", "accel") => "\"tcg\"".to_owned(),
-                    ("qemu", "pointer") => "\"usb-tablet\"".to_owned(),
-                    ("cgroup", "parent") => "\"/a\"".to_owned(),
-                    ("broker", "url") => {
-                        "\"http://b\"\n[node]\ndisplay_url = \"ws://d\"".to_owned()
-                    }
-                    _ => "\"abc\"".to_owned(),
-                },
-                Kind::Int => "99".to_owned(),
-                Kind::Bool => "true".to_owned(),
-            };
-            let text = format!("[{section}]\n{key} = {value}\n");
-            parse(&text, &[]).unwrap_or_else(|e| panic!("{section}.{key}: {e}"));
-        }
     }
 }

@@ -7,10 +7,12 @@
 //! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
 //! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
 //! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
+//! - [`config`]: how every service reads its TOML file and environment overrides;
 //! - [`secret`]: credentials that never print, compared in constant time;
 //! - [`net`]: trusted proxy networks and the client address behind them.
 
 pub mod agent;
+pub mod config;
 pub mod display;
 pub mod keymap;
 pub mod net;

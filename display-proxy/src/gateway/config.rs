@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atrium_protocol::config::{EnvKeys, EnvSpec};
 use atrium_protocol::net::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -78,16 +79,19 @@ impl Default for GatewayConfig {
     }
 }
 
-const ENV_PREFIX: &str = "ATRIUM_GATEWAY_";
+/// `ATRIUM_GATEWAY_<KEY>`; an unknown one is an error (a typo must not pass).
+const ENV: EnvSpec<'static> = EnvSpec { prefix: "ATRIUM_GATEWAY_", keys: EnvKeys::Flat };
 
 impl GatewayConfig {
     /// Reads `path`, applies the environment, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut cfg = Self::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
-        cfg.apply_env(std::env::vars())?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// The same with these variables (tests).
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let cfg: Self = atrium_protocol::config::load(Some(path), ENV, env)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -95,46 +99,6 @@ impl GatewayConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text)
             .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
-    }
-
-    /// Applies `ATRIUM_GATEWAY_*` variables; an unknown one is an error (a typo must not pass).
-    pub fn apply_env(
-        &mut self,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
-        for (var, value) in vars {
-            let Some(key) = var.strip_prefix(ENV_PREFIX) else { continue };
-            let err = |message: String| ConfigError::Env { var: var.clone(), message };
-            let num = |v: &str| v.trim().parse::<u64>().map_err(|e| err(e.to_string()));
-            let count = |v: &str| v.trim().parse::<usize>().map_err(|e| err(e.to_string()));
-            let list = |v: &str| -> Vec<String> {
-                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-            };
-            let path = |v: String| Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
-            match key.to_ascii_lowercase().as_str() {
-                "listen" => self.listen = value.parse().map_err(|e| err(format!("{e}")))?,
-                "broker_url" => self.broker_url = value,
-                "tls_cert" => self.tls_cert = path(value),
-                "tls_key" => self.tls_key = path(value),
-                "plain_http" => {
-                    self.plain_http =
-                        value.trim().parse().map_err(|_| err("true or false".into()))?;
-                }
-                "allowed_origins" => self.allowed_origins = list(&value),
-                "trusted_proxies" => self.trusted_proxies = list(&value),
-                "max_connections" => self.max_connections = count(&value)?,
-                "max_relays_per_address" => self.max_relays_per_address = count(&value)?,
-                "header_timeout_secs" => self.header_timeout_secs = num(&value)?,
-                "idle_timeout_secs" => self.idle_timeout_secs = num(&value)?,
-                "connect_timeout_secs" => self.connect_timeout_secs = num(&value)?,
-                "ticket_leeway_secs" => self.ticket_leeway_secs = num(&value)?,
-                "jwks_refresh_min_secs" => self.jwks_refresh_min_secs = num(&value)?,
-                "drain_secs" => self.drain_secs = num(&value)?,
-                "io_threads" => self.io_threads = count(&value)?,
-                _ => return Err(err("not a display gateway setting".into())),
-            }
-        }
-        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -261,22 +225,40 @@ trusted_proxies = ["10.0.0.0/8"]
 
     #[test]
     fn environment_overrides() {
-        let mut c = GatewayConfig::parse(GOOD).unwrap();
-        let vars = [
-            ("ATRIUM_GATEWAY_LISTEN", "127.0.0.1:1234"),
-            ("ATRIUM_GATEWAY_ALLOWED_ORIGINS", "https://a:1, https://b"),
-            ("ATRIUM_GATEWAY_MAX_RELAYS_PER_ADDRESS", "3"),
-            ("ATRIUM_GATEWAY_TLS_CERT", "/x.pem"),
-            ("ATRIUM_DISPLAY_LISTEN", "ignored: another service's"),
-        ];
-        c.apply_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
+        let dir = std::env::temp_dir().join(format!("atrium-gw-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("gateway.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let c = GatewayConfig::load_with_env(
+            &f,
+            &env(&[
+                ("ATRIUM_GATEWAY_LISTEN", "127.0.0.1:1234"),
+                ("ATRIUM_GATEWAY_ALLOWED_ORIGINS", "https://a:1, https://b"),
+                ("ATRIUM_GATEWAY_MAX_RELAYS_PER_ADDRESS", "3"),
+                ("ATRIUM_GATEWAY_TLS_CERT", "/x.pem"),
+                ("ATRIUM_DISPLAY_LISTEN", "ignored: another service's"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.allowed_origins, ["https://a:1", "https://b"]);
         assert_eq!(c.max_relays_per_address, 3);
         assert_eq!(c.tls_cert, Some(PathBuf::from("/x.pem")));
-        let typo = [("ATRIUM_GATEWAY_LISTN".to_owned(), "x".to_owned())];
-        assert!(c.apply_env(typo.into_iter()).unwrap_err().to_string().contains("LISTN"));
-        let bad = [("ATRIUM_GATEWAY_PLAIN_HTTP".to_owned(), "yes".to_owned())];
-        assert!(c.apply_env(bad.into_iter()).is_err());
+        for (var, value) in [
+            ("ATRIUM_GATEWAY_LISTN", "x"),
+            ("ATRIUM_GATEWAY_PLAIN_HTTP", "maybe"),
+            ("ATRIUM_GATEWAY_IO_THREADS", "-1"),
+        ] {
+            let e = GatewayConfig::load_with_env(&f, &env(&[(var, value)])).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}={value}: {e}");
+        }
+        // Emptied, the certificate is unset: the configuration is then refused as incomplete.
+        let e =
+            GatewayConfig::load_with_env(&f, &env(&[("ATRIUM_GATEWAY_TLS_CERT", "")])).unwrap_err();
+        assert!(e.to_string().contains("tls_cert"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
