@@ -81,7 +81,9 @@ pub fn any_contains(nets: &[IpNet], ip: IpAddr) -> bool {
 
 /// The client a request came from: the peer, unless the peer is a trusted proxy; then the
 /// rightmost `X-Forwarded-For` hop that is not a trusted proxy (each proxy appends the address
-/// it saw, so hops to the left of an untrusted one are the client's own claims).
+/// it saw, so hops to the left of an untrusted one are the client's own claims). When every hop
+/// is trusted, the leftmost: the client is itself inside a trusted network, and the proxies'
+/// own address would make all such clients one.
 pub fn client_addr<'a>(
     peer: IpAddr,
     forwarded_for: impl Iterator<Item = &'a str>,
@@ -92,7 +94,24 @@ pub fn client_addr<'a>(
     }
     let hops: Vec<IpAddr> =
         forwarded_for.flat_map(|v| v.split(',')).filter_map(|s| s.trim().parse().ok()).collect();
-    hops.into_iter().rev().find(|ip| !any_contains(trusted, *ip)).unwrap_or(peer)
+    hops.iter()
+        .rev()
+        .find(|ip| !any_contains(trusted, **ip))
+        .or_else(|| hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// What a per-address limit counts an address as: an IPv4 address (also written as IPv6)
+/// itself, an IPv6 address by its /64 (one host can take any address of its /64).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +151,16 @@ mod tests {
         assert_eq!(client_addr(ip("5.5.5.5"), xff.iter().copied(), &trusted), ip("5.5.5.5"));
         // A trusted peer with no header is itself the client.
         assert_eq!(client_addr(ip("10.0.0.1"), std::iter::empty(), &trusted), ip("10.0.0.1"));
+        // A client inside a trusted network, behind the proxy: itself, not the proxy.
+        assert_eq!(client_addr(ip("10.0.0.1"), ["10.7.7.7"].into_iter(), &trusted), ip("10.7.7.7"));
+    }
+
+    #[test]
+    fn limits_count_an_ipv6_host_by_its_64() {
+        assert_eq!(limit_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(limit_key(ip("2001:db8:1:2:ffff::9")), limit_key(ip("2001:db8:1:2::1")));
+        assert_ne!(limit_key(ip("2001:db8:1:3::1")), limit_key(ip("2001:db8:1:2::1")));
+        assert_eq!(limit_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(limit_key(ip("192.0.2.1")), ip("192.0.2.1"));
     }
 }
