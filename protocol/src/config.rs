@@ -102,9 +102,15 @@ where
     }
 }
 
-/// Whether a TOML error message is about `key` (`leaf` or `section.leaf`).
+/// Whether a TOML error message is about `key` (`leaf` or `section.leaf`): toml names the key
+/// a value was refused for on the message's last line, as "in `key`".
 fn names_key(message: &str, key: &str) -> bool {
-    message.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).any(|w| w == key)
+    message
+        .lines()
+        .last()
+        .and_then(|l| l.trim().strip_prefix("in `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .is_some_and(|k| k == key)
 }
 
 /// A key a variable set.
@@ -317,6 +323,14 @@ mod tests {
         assert!(matches!(&e, ConfigError::Env { var, .. } if var == "T_PORT"), "{e}");
         let e = load::<Flat>(None, FLAT, &env(&[("T_VERBOSE", "maybe")])).unwrap_err();
         assert!(e.to_string().contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn an_error_in_the_file_is_not_blamed_on_a_variable() {
+        // An unknown key in the file; the message lists every key, `port` among them.
+        let (_d, p) = file("porrt = 1\n");
+        let e = load::<Flat>(Some(&p), FLAT, &env(&[("T_PORT", "80")])).unwrap_err();
+        assert!(matches!(&e, ConfigError::Parse { .. }), "{e}");
     }
 
     #[test]
