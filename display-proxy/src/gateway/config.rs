@@ -33,9 +33,17 @@ pub struct GatewayConfig {
     /// Proxies (addresses or networks) whose `X-Forwarded-For` is believed for the per-address
     /// limit.
     pub trusted_proxies: Vec<String>,
-    /// Open client connections at once, in all.
+    /// The networks display proxies may be in: a ticket naming a proxy elsewhere (a node that
+    /// registered a URL to a database, a metadata service, this host) is refused. Names are
+    /// resolved and every address must be in one of these.
+    pub proxy_networks: Vec<String>,
+    /// Open client connections and relays at once, in all.
     pub max_connections: usize,
-    /// Open display relays at once from one client address.
+    /// Open connections at once from one address that is not a trusted proxy (an IPv6 host
+    /// counts by its /64).
+    pub max_connections_per_address: usize,
+    /// Open display relays at once from one client address (behind trusted proxies, the
+    /// address they forward; an IPv6 host counts by its /64).
     pub max_relays_per_address: usize,
     /// Seconds a client has for its TLS handshake and its request's headers.
     pub header_timeout_secs: u64,
@@ -66,7 +74,11 @@ impl Default for GatewayConfig {
             plain_http: false,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
-            max_connections: 10_000,
+            proxy_networks: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+                .map(str::to_owned)
+                .to_vec(),
+            max_connections: 4096,
+            max_connections_per_address: 64,
             max_relays_per_address: 32,
             header_timeout_secs: 10,
             idle_timeout_secs: 3600,
@@ -132,8 +144,17 @@ impl GatewayConfig {
             p.parse::<IpNet>()
                 .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
         }
-        if self.max_connections == 0 || self.max_relays_per_address == 0 {
-            return bad("max_connections and max_relays_per_address must be at least 1".into());
+        if self.proxy_networks.is_empty() {
+            return bad("proxy_networks must name at least one network".into());
+        }
+        for p in &self.proxy_networks {
+            p.parse::<IpNet>().map_err(|e| ConfigError::Invalid(format!("proxy_networks: {e}")))?;
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_address == 0
+            || self.max_relays_per_address == 0
+        {
+            return bad("max_connections, max_connections_per_address and max_relays_per_address must be at least 1".into());
         }
         for (key, v, max) in [
             ("header_timeout_secs", self.header_timeout_secs, 300),
@@ -159,6 +180,11 @@ impl GatewayConfig {
     /// `trusted_proxies`, parsed (validated at load).
     pub fn trusted_nets(&self) -> Vec<IpNet> {
         self.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    /// `proxy_networks`, parsed (validated at load).
+    pub fn proxy_nets(&self) -> Vec<IpNet> {
+        self.proxy_networks.iter().filter_map(|p| p.parse().ok()).collect()
     }
 
     pub fn header_timeout(&self) -> Duration {
@@ -200,20 +226,22 @@ trusted_proxies = ["10.0.0.0/8"]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(GatewayConfig::parse(&format!("{GOOD}\nlisten_port = 3\n")).is_err());
         type Break = fn(&mut GatewayConfig);
-        let cases: [(&str, Break); 8] = [
+        let cases: [(&str, Break); 10] = [
             ("broker_url", |c| c.broker_url = "https://broker".into()),
             ("tls_cert", |c| c.tls_key = None),
             ("plain_http", |c| c.plain_http = true),
             ("allowed_origins", |c| c.allowed_origins = vec!["https://x/path".into()]),
             ("trusted_proxies", |c| c.trusted_proxies = vec!["10.0.0.0/99".into()]),
             ("max_connections", |c| c.max_relays_per_address = 0),
+            ("proxy_networks", |c| c.proxy_networks = Vec::new()),
+            ("proxy_networks", |c| c.proxy_networks = vec!["10.0.0.0/33".into()]),
             ("idle_timeout_secs", |c| c.idle_timeout_secs = 0),
             ("jwks_refresh_min_secs", |c| c.jwks_refresh_min_secs = 0),
         ];
         for (key, break_it) in cases {
             let mut c = GatewayConfig::parse(GOOD).unwrap();
             break_it(&mut c);
-            let e = c.validate().unwrap_err().to_string();
+            let e = c.validate().expect_err(key).to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
         let mut plain = GatewayConfig::parse(GOOD).unwrap();

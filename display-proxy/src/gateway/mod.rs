@@ -50,10 +50,15 @@ pub struct Gateway(Arc<Inner>);
 struct Inner {
     cfg: GatewayConfig,
     trusted: Vec<IpNet>,
+    /// Where display proxies may be.
+    proxy_nets: Vec<IpNet>,
     verifier: TicketVerifier,
     tls: Option<TlsFiles>,
     metrics: GatewayMetrics,
-    slots: AddressSlots,
+    /// Open relays by client address.
+    relays: AddressSlots,
+    /// Open connections by peer address (peers that are not trusted proxies).
+    connections: AddressSlots,
     /// One per open client connection or relay: `max_connections` in all.
     permits: Arc<tokio::sync::Semaphore>,
     draining: AtomicBool,
@@ -74,7 +79,9 @@ impl Gateway {
         let (stop, _) = tokio::sync::watch::channel(false);
         Ok(Self(Arc::new(Inner {
             trusted: cfg.trusted_nets(),
-            slots: AddressSlots::new(cfg.max_relays_per_address),
+            proxy_nets: cfg.proxy_nets(),
+            relays: AddressSlots::new(cfg.max_relays_per_address),
+            connections: AddressSlots::new(cfg.max_connections_per_address),
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             verifier: TicketVerifier::new(vcfg),
             tls,
@@ -148,17 +155,18 @@ impl Gateway {
     }
 }
 
-/// Open relays per client address, bounded.
+/// Open connections or relays per address, bounded. An IPv6 address counts by its /64.
 #[derive(Debug)]
 struct AddressSlots {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One open relay of one address; released on drop.
+/// One place of one address in an [`AddressSlots`]; released on drop.
 #[derive(Debug)]
 pub struct Slot {
     gateway: Gateway,
+    connections: bool,
     addr: IpAddr,
 }
 
@@ -176,21 +184,41 @@ impl Gateway {
         Arc::clone(&self.0.permits).try_acquire_owned()
     }
 
-    /// A relay slot for `addr`, or `None` when it has `max_relays_per_address` open already.
-    fn take_slot(&self, addr: IpAddr) -> Option<Slot> {
-        let mut open = self.0.slots.open.lock().expect("slots lock");
+    fn slots(&self, connections: bool) -> &AddressSlots {
+        if connections { &self.0.connections } else { &self.0.relays }
+    }
+
+    fn take(&self, connections: bool, addr: IpAddr) -> Option<Slot> {
+        let addr = atrium_protocol::net::limit_key(addr);
+        let slots = self.slots(connections);
+        let mut open = slots.open.lock().expect("slots lock");
         let n = open.entry(addr).or_insert(0);
-        if *n >= self.0.slots.max {
+        if *n >= slots.max {
             return None;
         }
         *n += 1;
-        Some(Slot { gateway: self.clone(), addr })
+        Some(Slot { gateway: self.clone(), connections, addr })
+    }
+
+    /// A relay slot for client `addr`, or `None` when it has `max_relays_per_address` open.
+    fn take_relay_slot(&self, addr: IpAddr) -> Option<Slot> {
+        self.take(false, addr)
+    }
+
+    /// A connection slot for `peer`: always one for a trusted proxy (it carries many clients),
+    /// else `None` when it has `max_connections_per_address` open.
+    fn take_connection_slot(&self, peer: IpAddr) -> Option<Option<Slot>> {
+        if atrium_protocol::net::any_contains(&self.0.trusted, peer) {
+            return Some(None);
+        }
+        self.take(true, peer).map(Some)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.gateway.0.slots.open.lock().expect("slots lock");
+        let slots = self.gateway.slots(self.connections);
+        let mut open = slots.open.lock().expect("slots lock");
         if let Some(n) = open.get_mut(&self.addr) {
             *n -= 1;
             if *n == 0 {
@@ -207,6 +235,8 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
     let addr = cfg.listen;
     let gateway = Gateway::new(cfg)?;
     gateway.warm_up().await;
+    let g = gateway.clone();
+    tokio::spawn(async move { g.0.verifier.keep_fresh().await });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Listen { addr, source })?;

@@ -5,11 +5,13 @@
 //! proxy handles as it does for a direct viewer.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atrium_protocol::net::{IpNet, any_contains};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -20,10 +22,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Bytes copied at a time in each direction.
-const RELAY_BUFFER: usize = 64 * 1024;
-/// Most bytes of a refusal body passed back to the viewer.
+/// Bytes copied at a time in each direction (a TLS record's worth: about 40 KiB of buffers per
+/// relay in all, with rustls' own).
+const RELAY_BUFFER: usize = 16 * 1024;
+/// Most bytes of a refusal body read from the display proxy.
 const MAX_REFUSAL_BODY: usize = 4096;
+/// Most characters of the proxy's refusal message passed on.
+const MAX_REFUSAL_MESSAGE: usize = 200;
 
 #[derive(Debug, Error)]
 pub enum RelayError {
@@ -31,6 +36,10 @@ pub enum RelayError {
     NoProxy,
     #[error("the ticket's display proxy {0:?} is not a ws://host:port URL")]
     BadProxy(String),
+    #[error("the ticket's display proxy {0} is outside proxy_networks")]
+    NotAllowed(String),
+    #[error("cannot resolve the display proxy {0}")]
+    Resolve(String),
     #[error("cannot reach the display proxy: {0}")]
     Connect(io::Error),
     #[error("the display proxy did not answer in time")]
@@ -62,12 +71,20 @@ impl Backend {
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(bad)?;
             h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-            (h, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (h, port)
         } else {
-            match authority.rsplit_once(':') {
+            let (h, p) = match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
+            };
+            if h.contains(':') {
+                return Err(bad());
             }
+            (h, p)
         };
         let port = match port {
             None => 80,
@@ -100,8 +117,9 @@ impl Backend {
 pub enum Answer {
     /// It accepted: the viewer gets this `Sec-WebSocket-Accept`, and bytes flow over `stream`.
     Accepted { accept: HeaderValue, stream: Upgraded },
-    /// It refused: its status and (the start of) its body go back to the viewer.
-    Refused { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
+    /// It refused: its status and its message (`{"error": ...}`, cleaned and shortened) go back
+    /// to the viewer; nothing else of its answer does.
+    Refused { status: StatusCode, message: String },
 }
 
 /// Everything the upgrade repeated to the display proxy carries.
@@ -113,19 +131,46 @@ pub struct Upgrade<'a> {
     pub client: std::net::IpAddr,
 }
 
-/// Connects to `backend` and repeats the viewer's upgrade there, within `timeout`.
+/// Connects to `backend`, whose every address must be in `allowed`, and repeats the viewer's
+/// upgrade there, within `timeout`.
 pub async fn open(
     backend: &Backend,
+    allowed: &[IpNet],
     up: Upgrade<'_>,
     timeout: Duration,
 ) -> Result<Answer, RelayError> {
-    tokio::time::timeout(timeout, open_inner(backend, up)).await.map_err(|_| RelayError::Timeout)?
+    tokio::time::timeout(timeout, open_inner(backend, allowed, up))
+        .await
+        .map_err(|_| RelayError::Timeout)?
 }
 
-async fn open_inner(backend: &Backend, up: Upgrade<'_>) -> Result<Answer, RelayError> {
-    let tcp = TcpStream::connect((backend.host.as_str(), backend.port))
-        .await
-        .map_err(RelayError::Connect)?;
+/// The addresses of `backend`, each checked against `allowed` (all of them: a name that also
+/// resolves elsewhere is refused). The connection goes to these, never to the name again.
+async fn resolve(backend: &Backend, allowed: &[IpNet]) -> Result<Vec<SocketAddr>, RelayError> {
+    let authority = backend.authority();
+    let addrs: Vec<SocketAddr> = match backend.host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, backend.port)],
+        Err(_) => tokio::net::lookup_host((backend.host.as_str(), backend.port))
+            .await
+            .map_err(|_| RelayError::Resolve(authority.clone()))?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(RelayError::Resolve(authority));
+    }
+    if let Some(out) = addrs.iter().find(|a| !any_contains(allowed, a.ip())) {
+        return Err(RelayError::NotAllowed(format!("{authority} ({})", out.ip())));
+    }
+    Ok(addrs)
+}
+
+async fn open_inner(
+    backend: &Backend,
+    allowed: &[IpNet],
+    up: Upgrade<'_>,
+) -> Result<Answer, RelayError> {
+    let addrs = resolve(backend, allowed).await?;
+    let tcp = TcpStream::connect(addrs.as_slice()).await.map_err(RelayError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     // The connection task ends with the upgrade (or the refusal); it owns the socket until then.
@@ -146,18 +191,32 @@ async fn open_inner(backend: &Backend, up: Upgrade<'_>) -> Result<Answer, RelayE
     let resp = sender.send_request(req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let body = Limited::new(resp.into_body(), MAX_REFUSAL_BODY)
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Ok(Answer::Refused { status, content_type, body });
+        return Ok(Answer::Refused { status, message: refusal_message(status, &body) });
     }
     let accept =
         resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).cloned().ok_or(RelayError::NoAccept)?;
     let stream = hyper::upgrade::on(resp).await?;
     Ok(Answer::Accepted { accept, stream })
+}
+
+/// The display proxy's refusal as text fit for the viewer: its `error` field, printable and
+/// short; else a generic sentence. A proxy is not trusted to write the viewer's page.
+fn refusal_message(status: StatusCode, body: &[u8]) -> String {
+    let said = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .map(|m| {
+            m.chars().filter(|c| !c.is_control()).take(MAX_REFUSAL_MESSAGE).collect::<String>()
+        })
+        .filter(|m| !m.trim().is_empty());
+    said.unwrap_or_else(|| {
+        format!("the desktop's display service refused the viewer ({})", status.as_u16())
+    })
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters (a JWT needs none of it, but the
@@ -325,9 +384,44 @@ mod tests {
             "ws://[nonsense]:80",
             "ws://a b:80",
             "ws://evil\\@host",
+            "ws://[::1]x",
+            "ws://[::1]:80x",
+            "ws://a:b:80",
         ] {
             assert!(Backend::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_proxy_refusal_reaches_the_viewer_as_a_short_clean_message() {
+        let s = StatusCode::UNAUTHORIZED;
+        assert_eq!(
+            refusal_message(s, br#"{"error":"the ticket was already used"}"#),
+            "the ticket was already used"
+        );
+        let long = format!(r#"{{"error":"{}\u0007"}}"#, "x".repeat(500));
+        assert_eq!(refusal_message(s, long.as_bytes()).len(), MAX_REFUSAL_MESSAGE);
+        assert!(refusal_message(s, b"<html>page</html>").contains("refused the viewer (401)"));
+    }
+
+    #[tokio::test]
+    async fn only_proxies_inside_the_allowed_networks_are_reached() {
+        let private: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let b = |u: &str| Backend::parse(u).unwrap();
+        assert!(resolve(&b("ws://10.1.2.3:8090"), &private).await.is_ok());
+        for out in [
+            "ws://127.0.0.1:5432",
+            "ws://169.254.169.254",
+            "ws://localhost:8090",
+            "ws://[::1]:8090",
+        ] {
+            assert!(
+                matches!(resolve(&b(out), &private).await, Err(RelayError::NotAllowed(_))),
+                "{out} was allowed"
+            );
+        }
+        let loopback: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        assert!(resolve(&b("ws://127.0.0.1:8090"), &loopback).await.is_ok());
     }
 
     #[test]

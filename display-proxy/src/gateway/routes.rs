@@ -144,7 +144,7 @@ async fn ws(
             return refuse(&g, Refusal::Ticket, StatusCode::FORBIDDEN, e.to_string());
         }
     };
-    let Some(slot) = g.take_slot(client) else {
+    let Some(slot) = g.take_relay_slot(client) else {
         tracing::warn!(client = %client, "relay refused: max_relays_per_address reached");
         return refuse(
             &g,
@@ -164,8 +164,18 @@ async fn ws(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let up = Upgrade { vm: &vm, ticket: &q.ticket, key: &key, client };
-    let answer = relay::open(&backend, up, g.0.cfg.connect_timeout()).await;
+    let answer = relay::open(&backend, &g.0.proxy_nets, up, g.0.cfg.connect_timeout()).await;
     match answer {
+        Err(e @ RelayError::NotAllowed(_)) => {
+            // A node registered a display URL outside the display network: never followed.
+            tracing::warn!(vm, node = %claims.node, error = %e, "a ticket names a display proxy outside proxy_networks");
+            refuse(
+                &g,
+                Refusal::Ticket,
+                StatusCode::FORBIDDEN,
+                "the desktop's display service is not in the display network".into(),
+            )
+        }
         Err(e) => {
             tracing::warn!(vm, node = %claims.node, proxy = %format!("{}:{}", backend.host, backend.port), error = %e, "cannot relay to the display proxy");
             let status = if matches!(e, RelayError::Timeout) {
@@ -180,15 +190,15 @@ async fn ws(
                 "the desktop's display service cannot be reached".into(),
             )
         }
-        Ok(Answer::Refused { status, content_type, body }) => {
+        Ok(Answer::Refused { status, message }) => {
             tracing::info!(vm, status = status.as_u16(), "the display proxy refused the viewer");
-            g.metrics().refuse(Refusal::Proxy);
-            let mut r = Response::new(axum::body::Body::from(body));
-            *r.status_mut() = status;
-            if let Some(ct) = content_type {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            r
+            // Only error statuses pass; anything else a proxy answers becomes a 502.
+            let status = if status.is_client_error() || status.is_server_error() {
+                status
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            refuse(&g, Refusal::Proxy, status, message)
         }
         Ok(Answer::Accepted { accept, stream }) => {
             tracing::info!(vm, user = %claims.sub, client = %client, node = %claims.node, "relaying a viewer");

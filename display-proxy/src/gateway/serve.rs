@@ -19,6 +19,9 @@ use super::Gateway;
 use super::metrics::Refusal;
 use super::routes::router;
 
+/// The largest request head read (hyper's minimum; a ticket is at most 8 KiB).
+const MAX_REQUEST: usize = 16 * 1024;
+
 /// How long connections that have not upgraded get to finish once the gateway stops.
 const DRAIN_WITHIN: Duration = Duration::from_secs(5);
 
@@ -48,12 +51,17 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: impl Futur
             tracing::warn!(peer = %peer, "connection refused: max_connections reached");
             continue;
         };
+        let Some(slot) = gateway.take_connection_slot(peer.ip()) else {
+            gateway.metrics().refuse(Refusal::Limit);
+            tracing::warn!(peer = %peer, "connection refused: max_connections_per_address reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let gw = gateway.clone();
         let stop = stop_rx.clone();
         conns.spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             gw.metrics().connections.fetch_add(1, Ordering::Relaxed);
             let deadline = gw.config().header_timeout();
             match &gw.0.tls {
@@ -101,7 +109,8 @@ async fn connection<S>(
         req
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A viewer's request is headers and a ticket: hyper's smallest read buffer holds it.
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_REQUEST);
     let conn =
         http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).with_upgrades();
     tokio::pin!(conn);

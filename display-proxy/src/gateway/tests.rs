@@ -65,6 +65,8 @@ async fn harness(tls: bool, tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
         broker_url: jwks.url(),
         allowed_origins: vec![ORIGIN.into()],
         plain_http: !tls,
+        // The test's display proxies are on loopback.
+        proxy_networks: vec!["127.0.0.0/8".into()],
         ..GatewayConfig::default()
     };
     let mut cert = None;
@@ -316,6 +318,50 @@ async fn forwarded_addresses_count_only_behind_trusted_proxies() {
     hello(&mut a).await;
     hello(&mut b).await;
     assert_eq!(status(h.connect_req(with_xff("vm-3", "203.0.113.1")).await.unwrap_err()), 429);
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited_but_not_for_trusted_proxies() {
+    let h = harness(false, |c| c.max_connections_per_address = 2).await;
+    let (a, b) =
+        (TcpStream::connect(h.addr).await.unwrap(), TcpStream::connect(h.addr).await.unwrap());
+    wait_until(|| h.gateway.metrics().connections.load(Ordering::Relaxed) == 2).await;
+    // A third from the same address is closed at once, before any HTTP.
+    let mut third = TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut third, &mut buf),
+    )
+    .await
+    .expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert_eq!(h.gateway.metrics().refused(Refusal::Limit), 1);
+    drop((a, b));
+    // From a trusted proxy (the edge carries many clients), no such limit.
+    let edge = harness(false, |c| {
+        c.max_connections_per_address = 1;
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(edge.addr).await.unwrap());
+    }
+    wait_until(|| edge.gateway.metrics().connections.load(Ordering::Relaxed) == 3).await;
+}
+
+#[tokio::test]
+async fn a_proxy_outside_the_display_network_is_never_reached() {
+    let h = harness(false, |c| c.proxy_networks = vec!["10.0.0.0/8".into()]).await;
+    let (backend, accepted) = counting_backend().await;
+    let mut c = h.claims("vm-1");
+    c.proxy = Some(format!("ws://{backend}"));
+    assert_eq!(status(h.connect("vm-1", &h.issuer.sign(&c)).await.unwrap_err()), 403);
+    c = h.claims("vm-1");
+    c.proxy = Some(format!("ws://localhost:{}", backend.port()));
+    assert_eq!(status(h.connect("vm-1", &h.issuer.sign(&c)).await.unwrap_err()), 403);
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
