@@ -85,6 +85,8 @@ fn runtime(io_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
     let state = AppState::from_config(&cfg);
     state.warm_up().await;
+    let s = state.clone();
+    tokio::spawn(async move { s.keep_keys_fresh().await });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

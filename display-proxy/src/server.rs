@@ -82,6 +82,11 @@ impl AppState {
         &self.0.metrics
     }
 
+    /// Refreshes the broker's keys in the background until the service ends.
+    pub async fn keep_keys_fresh(&self) {
+        self.0.verifier.keep_fresh().await;
+    }
+
     /// Fetches the broker's keys now; failure is logged, and retried when a ticket arrives.
     pub async fn warm_up(&self) {
         if let Err(e) = self.0.verifier.refresh().await {

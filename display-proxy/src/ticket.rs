@@ -1,6 +1,7 @@
 //! Display tickets: EdDSA JWTs the broker signs, checked here against the broker's published
-//! JWKS with no call back to the broker. Keys are cached and fetched again when an unknown key
-//! id appears (rate-limited) or the cache grows old; each `jti` is accepted once.
+//! JWKS with no call back to the broker. Keys are cached, fetched again when an unknown key id
+//! appears (rate-limited) and in the background every half `max_age`; each `jti` is accepted
+//! once by a display proxy.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -80,7 +81,7 @@ pub struct VerifierConfig {
     pub leeway_secs: u64,
     /// Least time between two JWKS fetches caused by unknown key ids.
     pub min_refresh: Duration,
-    /// Keys older than this are fetched again before use.
+    /// The keys are fetched again every half of this (in the background).
     pub max_age: Duration,
     /// Most `jti`s remembered at once (tickets admitted per ticket lifetime).
     pub max_jti: usize,
@@ -166,6 +167,21 @@ impl TicketVerifier {
         }
     }
 
+    /// Fetches the keys again every half `max_age`, so that retired keys leave and new ones
+    /// arrive without a check waiting; runs until the service ends. A failed fetch keeps the
+    /// keys in hand and is logged.
+    pub async fn keep_fresh(&self) {
+        let mut tick = tokio::time::interval((self.cfg.max_age / 2).max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot refresh the broker's signing keys; the ones in hand stay");
+            }
+        }
+    }
+
     /// Fetches the JWKS now (at start-up); the error says why it failed.
     pub async fn refresh(&self) -> Result<usize, String> {
         let _one = self.fetching.lock().await;
@@ -202,24 +218,24 @@ impl TicketVerifier {
         parse_jwks(&body)
     }
 
-    /// The key for `kid`, fetching the JWKS when the key is unknown or the cache is old (at
-    /// most once per `min_refresh`).
+    /// The key for `kid`; the JWKS is fetched when the key is unknown (at most once per
+    /// `min_refresh`). A known key is used at once, however old the cache: a slow broker never
+    /// holds up a check, and [`Self::keep_fresh`] refreshes the cache in the background.
     async fn key(&self, kid: &str) -> Result<DecodingKey, TicketError> {
         let state = |cache: &KeyCache| {
-            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.cfg.max_age);
             let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= self.cfg.min_refresh);
-            (fresh, cache.keys.get(kid).cloned(), may_fetch)
+            (cache.keys.get(kid).cloned(), may_fetch)
         };
-        if let (true, Some(k), _) = state(&*self.cache.read().await) {
+        if let (Some(k), _) = state(&*self.cache.read().await) {
             return Ok(k);
         }
         let _one = self.fetching.lock().await;
         // Another check may have fetched while this one waited.
-        let (fresh, known, may_fetch) = state(&*self.cache.read().await);
-        if (known.is_none() || !fresh)
-            && may_fetch
-            && let Err(e) = self.fetch_and_store().await
-        {
+        let (known, may_fetch) = state(&*self.cache.read().await);
+        if let Some(k) = known {
+            return Ok(k);
+        }
+        if may_fetch && let Err(e) = self.fetch_and_store().await {
             tracing::warn!(error = %e, "cannot fetch the broker's signing keys");
             if self.cache.read().await.keys.is_empty() {
                 return Err(TicketError::KeysUnavailable);

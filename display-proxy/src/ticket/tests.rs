@@ -213,3 +213,23 @@ async fn a_ticket_issued_before_the_service_started_is_refused() {
     assert_eq!(v.verify(&issuer.sign(&c), "vm").await, Err(TicketError::BeforeStart));
     v.verify(&issuer.sign(&claims("vm")), "vm").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_known_key_is_used_however_old_the_cache_without_a_fetch() {
+    let issuer = TicketIssuer::generate("k1");
+    let server = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await.unwrap();
+    let mut cfg = VerifierConfig::new(&server.url());
+    // Every cache is "old" at once: the background refresh, not a check, fetches again.
+    cfg.max_age = Duration::ZERO;
+    cfg.min_refresh = Duration::from_secs(3600);
+    let v = TicketVerifier::new(cfg);
+    v.verify(&issuer.ticket("vm-1", Capabilities::default()), "vm-1").await.unwrap();
+    assert_eq!(server.hits(), 1);
+    // The broker stops answering keys: checks with the key in hand go on, with no fetch.
+    server.set("not json".into()).await;
+    for i in 0..3 {
+        let vm = format!("vm-{}", i + 2);
+        v.verify(&issuer.ticket(&vm, Capabilities::default()), &vm).await.unwrap();
+    }
+    assert_eq!(server.hits(), 1, "a check waited on a fetch");
+}
