@@ -1,10 +1,16 @@
 //! Signing keys for session tokens and display tickets.
 //!
 //! Keys live as PKCS#8 PEM files (Ed25519) in one folder. When the
-//! folder has none, an Ed25519 key is generated and stored with mode 0600. The newest key signs;
-//! an older key stays published in `/.well-known/jwks.json` and accepted until every token it
-//! could have signed has expired (its successor's age exceeds the longest token lifetime), so
-//! rotation (`atrium-broker rotate-key`, then SIGHUP) never signs anyone out.
+//! folder has none, an Ed25519 key is generated and stored with mode 0600.
+//!
+//! A key becomes active (signs) at its activation time: the number in its file name
+//! (`signing-<seconds or milliseconds since 1970>.pem`), else the file's modification time. The
+//! newest active key signs. A key whose time has not come is already published in
+//! `/.well-known/jwks.json` and accepted, so every replica, gateway and display proxy knows it
+//! before any token it signs reaches them: replicas sharing a key folder switch together. An
+//! older key stays published and accepted until every token it could have signed has expired
+//! (its successor's activation plus the longest token lifetime), so rotation
+//! (`atrium-broker rotate-key [--activate-in SECS]`, then SIGHUP) never signs anyone out.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,9 +152,15 @@ impl Keys {
     }
 }
 
-/// Writes a new Ed25519 key into `dir` (mode 0600); it becomes the active key at the next
+/// Writes a new Ed25519 key into `dir` (mode 0600), active from now; it signs from the next
 /// load. Returns its path.
 pub fn generate_key(dir: &Path) -> Result<PathBuf, KeyError> {
+    generate_key_at(dir, SystemTime::now())
+}
+
+/// Writes a new Ed25519 key into `dir` (mode 0600) that becomes active at `active_from`
+/// (named after it); until then it is published and accepted but does not sign.
+pub fn generate_key_at(dir: &Path, active_from: SystemTime) -> Result<PathBuf, KeyError> {
     let io = |source| KeyError::Io { path: dir.to_owned(), source };
     create_private_dir(dir).map_err(io)?;
     let mut seed = [0u8; 32];
@@ -156,10 +168,8 @@ pub fn generate_key(dir: &Path) -> Result<PathBuf, KeyError> {
     let pem = ed25519_pkcs8(&seed)
         .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .map_err(|e| KeyError::Sign(e.to_string()))?;
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis();
+    let stamp =
+        active_from.duration_since(SystemTime::UNIX_EPOCH).expect("clock after 1970").as_millis();
     let path = dir.join(format!("signing-{stamp}.pem"));
     let mut f =
         open_private(&path).map_err(|source| KeyError::Io { path: path.clone(), source })?;
@@ -194,12 +204,24 @@ fn load_ring(dir: &Path, max_token_lifetime: Duration) -> Result<Ring, KeyError>
         tracing::info!(path = %path.display(), "generated a new signing key");
         files = list_keys(dir)?;
     }
-    // Newest first.
+    // Newest first, by activation.
+    let now = SystemTime::now();
+    let mut files: Vec<(PathBuf, SystemTime)> = files
+        .into_iter()
+        .map(|(p, mtime)| (activation(&p, mtime), p))
+        .map(|(a, p)| (p, a))
+        .collect();
     files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    if files.iter().all(|(_, at)| *at > now) {
+        // Nothing may sign yet: the oldest key signs rather than none.
+        if let Some(last) = files.last_mut() {
+            last.1 = now;
+        }
+    }
     let mut public = Vec::new();
     let mut active: Option<(String, Algorithm, EncodingKey)> = None;
     let mut successor_since: Option<SystemTime> = None;
-    for (path, mtime) in &files {
+    for (path, active_from) in &files {
         let pem =
             std::fs::read(path).map_err(|source| KeyError::Io { path: path.clone(), source })?;
         let bad = |message: String| KeyError::BadKey { path: path.clone(), message };
@@ -225,19 +247,40 @@ fn load_ring(dir: &Path, max_token_lifetime: Duration) -> Result<Ring, KeyError>
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::EdDSA);
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| bad(e.to_string()))?;
+        if *active_from > now {
+            // Published and accepted ahead of its time; it signs from then on.
+            public.push(PublicKey { kid, alg, decoding, jwk, valid_until: None });
+            continue;
+        }
         let valid_until = successor_since.map(|s| s + max_token_lifetime);
         if active.is_none() {
             active = Some((kid.clone(), alg, encoding));
         }
-        if valid_until.is_none_or(|t| SystemTime::now() <= t) {
+        if valid_until.is_none_or(|t| now <= t) {
             public.push(PublicKey { kid, alg, decoding, jwk, valid_until });
         } else {
             tracing::info!(path = %path.display(), "retired signing key is past its last token; it may be deleted");
         }
-        successor_since = Some(*mtime);
+        successor_since = Some(*active_from);
     }
     let (active_kid, active_alg, encoding) = active.expect("at least one key");
     Ok(Ring { active_kid, active_alg, encoding, public })
+}
+
+/// When a key file's key may sign: the time in its name (`signing-<seconds or milliseconds
+/// since 1970>.pem`), else the file's modification time.
+fn activation(path: &Path, mtime: SystemTime) -> SystemTime {
+    let n = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("signing-"))
+        .and_then(|n| n.parse::<u64>().ok());
+    match n {
+        // Milliseconds from 2001 on; smaller numbers are seconds (or a plain counter: 1, 2...).
+        Some(n) if n >= 1_000_000_000_000 => SystemTime::UNIX_EPOCH + Duration::from_millis(n),
+        Some(n) => SystemTime::UNIX_EPOCH + Duration::from_secs(n),
+        None => mtime,
+    }
 }
 
 fn list_keys(dir: &Path) -> Result<Vec<(PathBuf, SystemTime)>, KeyError> {
@@ -357,6 +400,45 @@ mod tests {
         assert!(strict.verify::<Claims>(&t, "atrium-broker").is_err());
         assert_eq!(strict.jwks().keys.len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_named_for_later_is_published_first_and_signs_from_then() {
+        let dir = tempdir();
+        let keys = Keys::load(&dir, Duration::from_secs(3600)).unwrap();
+        let old_kid = keys.active_kid();
+        let t = keys.sign(&claims("atrium-broker", 60)).unwrap();
+        // A key for ten minutes from now: every replica learns it before it signs anything.
+        generate_key_at(&dir, SystemTime::now() + Duration::from_secs(600)).unwrap();
+        keys.reload().unwrap();
+        assert_eq!(keys.active_kid(), old_kid, "not active before its time");
+        assert_eq!(keys.jwks().keys.len(), 2, "published at once");
+        assert!(keys.verify::<Claims>(&t, "atrium-broker").is_ok());
+        // A key whose time has come (newer than the first, older than the future one): it
+        // signs, and the first stays accepted.
+        std::thread::sleep(Duration::from_millis(20));
+        generate_key(&dir).unwrap();
+        keys.reload().unwrap();
+        assert_ne!(keys.active_kid(), old_kid);
+        assert!(keys.verify::<Claims>(&t, "atrium-broker").is_ok());
+        assert_eq!(keys.jwks().keys.len(), 3);
+        std::fs::remove_dir_all(dir).unwrap();
+        // Names as make-secrets.sh and operators write them.
+        let t0 = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            activation(Path::new("signing-1.pem"), t0 + Duration::from_secs(9)),
+            t0 + Duration::from_secs(1)
+        );
+        assert_eq!(
+            activation(Path::new("/k/signing-1764600000.pem"), t0),
+            t0 + Duration::from_secs(1_764_600_000)
+        );
+        assert_eq!(
+            activation(Path::new("signing-1764600000123.pem"), t0),
+            t0 + Duration::from_millis(1_764_600_000_123)
+        );
+        let mtime = t0 + Duration::from_secs(5);
+        assert_eq!(activation(Path::new("key.pem"), mtime), mtime);
     }
 
     #[test]

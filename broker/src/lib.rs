@@ -120,7 +120,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     };
     http::serve::serve(listener, app, header_timeout, shutdown).await;
+    // The loop is stopped (and its last renewal done or dropped) before the lease is given up.
     reconciler.abort();
+    let _ = reconciler.await;
     reconcile::release(&st).await;
     Ok(())
 }

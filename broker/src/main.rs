@@ -23,7 +23,13 @@ enum Command {
     /// Check the configuration and policies, then exit.
     Check,
     /// Add a new signing key; running brokers pick it up on SIGHUP (or within a minute).
-    RotateKey,
+    RotateKey {
+        /// Seconds until the new key signs. Until then it is published and accepted only, so
+        /// that every replica (and every gateway and display proxy) knows it first. Give brokers
+        /// sharing a key folder at least a few minutes.
+        #[arg(long, default_value_t = 0)]
+        activate_in: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,9 +63,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::RotateKey => match atrium_broker::keys::generate_key(&cfg.keys_dir()) {
+        Command::RotateKey { activate_in } => match atrium_broker::keys::generate_key_at(
+            &cfg.keys_dir(),
+            std::time::SystemTime::now() + std::time::Duration::from_secs(activate_in),
+        ) {
             Ok(p) => {
-                println!("new signing key: {} (send SIGHUP to running brokers)", p.display());
+                println!(
+                    "new signing key: {} (signs in {activate_in} s; send SIGHUP to running brokers)",
+                    p.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

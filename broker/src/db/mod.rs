@@ -205,6 +205,8 @@ impl Db {
     async fn migrate(&self) -> DbResult<()> {
         let mut conn = self.pool.acquire().await?;
         if self.dialect == Dialect::Postgres {
+            // A replica stuck holding the lock must not hold the others' start forever.
+            sqlx::query("SET lock_timeout = '300s'").execute(&mut *conn).await?;
             sqlx::query("SELECT pg_advisory_lock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *conn)
@@ -212,11 +214,13 @@ impl Db {
         }
         let result = self.migrate_on(&mut conn).await;
         if self.dialect == Dialect::Postgres {
-            // Released with the session anyway; unlocking lets the next replica in at once.
+            // Unlocking lets the next replica in at once; closing the session releases the
+            // lock even if the unlock failed, and never lends a locked connection to a request.
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *conn)
                 .await;
+            let _ = conn.close().await;
         }
         result
     }

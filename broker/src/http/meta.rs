@@ -57,12 +57,19 @@ pub struct Readiness {
     pub draining: bool,
 }
 
+/// How long `/readyz` waits for the database.
+const READY_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Readiness, for a load balancer or orchestrator: the database answers with the schema this
 /// build needs, the signing keys are loaded, and the broker is not draining.
 #[utoipa::path(get, path = "/readyz", tag = "meta",
     responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
-    let version = st.db.schema_version().await;
+    // A probe answers quickly: a database that does not answer within a second is unavailable
+    // (a request would wait `database.acquire_timeout_secs` for it).
+    let version = tokio::time::timeout(READY_DB_WAIT, st.db.schema_version())
+        .await
+        .unwrap_or(Err(crate::db::DbError::Sqlx(sqlx::Error::PoolTimedOut)));
     let need = crate::db::SCHEMA_VERSION;
     let database = match &version {
         Ok(v) if *v >= need => "ok",
