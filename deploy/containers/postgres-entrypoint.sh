@@ -3,7 +3,8 @@
 # cluster with the superuser `atrium`, whose password is the first line of
 # $POSTGRES_PASSWORD_FILE, password (scram-sha-256) sign-in over TCP from anywhere, and the
 # database `atrium`. Then it runs the server in the foreground, on TCP only (no Unix socket,
-# so no writable /run is needed): SIGTERM is a fast shutdown.
+# so no writable /run is needed). Stop it with SIGINT, a fast shutdown (the image's stop
+# signal); SIGTERM is PostgreSQL's smart shutdown, which waits for every client to leave.
 #
 #   POSTGRES_PASSWORD_FILE  required on the first start
 #   POSTGRES_PORT           default 5432

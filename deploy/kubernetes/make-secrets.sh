@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the secret files the manifests mount, in deploy/kubernetes/base/secrets/ (or DIR): the
-# broker's signing key, PostgreSQL's password and the brokers' database URL, the node token,
+# brokers' first signing key (signing-1.pem: active at once), PostgreSQL's password and the brokers' database URL, the node token,
 # an internal CA with the gateways' certificate and a public certificate from the same CA
 # (replace secrets/public.crt and public.key with your own). Files that exist are kept, so running it
 # again changes nothing; delete a file to make it anew.
