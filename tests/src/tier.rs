@@ -490,7 +490,7 @@ impl Drop for Tier {
 /// Lays the secret files out as the cluster's Secrets are mounted: one folder per Secret under
 /// `<dir>/volumes`, each readable only by the user of the pods that mount it.
 fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{PermissionsExt, chown};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
     let volumes = dir.join("volumes");
     let pem = |parts: &[&str]| -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -513,11 +513,7 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
         (
             "gateway-tls",
             10001,
-            vec![
-                ("tls.crt", pem(&["gateway.crt"])?),
-                ("tls.key", pem(&["gateway.key"])?),
-                ("ca.crt", pem(&["ca.crt"])?),
-            ],
+            vec![("tls.crt", pem(&["gateway.crt"])?), ("tls.key", pem(&["gateway.key"])?)],
         ),
         (
             "edge-tls",
@@ -532,10 +528,17 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
     for (folder, uid, files) in layout {
         let d = volumes.join(folder);
         std::fs::create_dir_all(&d)?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
         for (name, bytes) in files {
             let f = d.join(name);
-            std::fs::write(&f, bytes)?;
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400))?;
+            // Created readable by its owner only, before a byte is in it.
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o400)
+                .open(&f)?;
+            std::io::Write::write_all(&mut out, &bytes)?;
             chown(&f, Some(uid), Some(uid))?;
         }
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o500))?;

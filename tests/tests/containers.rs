@@ -82,7 +82,7 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
         ("Ingress", 2),
         ("NetworkPolicy", 4),
         ("PodDisruptionBudget", 2),
-        ("Secret", 6),
+        ("Secret", 7),
     ] {
         assert_eq!(k.get(kind).copied(), Some(n), "{kind} in {k:?}");
     }
@@ -462,11 +462,12 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
     let admin = stack.admin().await;
     create_pool(&admin, "console", "console", 1, "1280x800").await?;
 
-    // A forged ticket and an expired one stop at the gateway: the node's proxy sees nothing.
+    // Forged, expired and malformed tickets stop at the gateway: the node's display proxy, which
+    // they name, sees nothing.
     let refused_before = refused(&stack).await?;
-    for ticket in [forged_ticket(), "a.b.c".to_owned()] {
+    for (what, ticket) in bad_tickets(&stack).await? {
         let status = upgrade_through_edge(&stack.tier, "vm-x", &ticket).await?;
-        assert_eq!(status, 401, "ticket {ticket:.20}…");
+        assert_eq!(status, 401, "a {what} ticket");
     }
     assert_eq!(refused(&stack).await?, refused_before, "a refused viewer reached the node's proxy");
 
@@ -582,29 +583,40 @@ async fn refused(stack: &TierStack) -> anyhow::Result<u64> {
         .context("the display proxy's refused counter")
 }
 
-/// A well-formed EdDSA ticket signed by a key the broker never had.
-fn forged_ticket() -> String {
-    let key = ed25519_key();
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = json!({
-        "iss": "atrium-broker", "aud": "atrium-display", "sub": "mallory", "iat": now, "nbf": now,
-        "exp": now + 30, "jti": "forged-1", "desktop": "d", "vm": "vm-x", "node": "node-1",
-        "sid": "s", "caps": {"view_only": false, "clipboard_copy_out": true, "clipboard_paste_in": true,
-        "file_upload": false, "file_download": false, "shadow": false}, "proxy": "ws://127.0.0.1:9"
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    header.kid = Some("forged".into());
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
-fn ed25519_key() -> jsonwebtoken::EncodingKey {
-    // PKCS#8 v1 for the all-sevens seed: any key the broker did not publish will do.
+/// Tickets a viewer might bring, each aimed at the node's display proxy: one with the broker's
+/// key id signed by another key (forged), one signed by the broker's own key but expired, and
+/// one that is no JWT.
+async fn bad_tickets(stack: &TierStack) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let jwks: Value =
+        reqwest::get(format!("{}/.well-known/jwks.json", tier::INTERNAL_URL)).await?.json().await?;
+    let kid = jwks["keys"][0]["kid"].as_str().context("the broker's key id")?.to_owned();
+    let pem = std::fs::read(stack.tier.dir.join("kubernetes/base/secrets/signing-1.pem"))?;
+    let broker_key = jsonwebtoken::EncodingKey::from_ed_pem(&pem)?;
+    // PKCS#8 v1 of the all-sevens seed: a key the broker never had.
     let mut der = vec![
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
         0x20,
     ];
     der.extend([7u8; 32]);
-    jsonwebtoken::EncodingKey::from_ed_der(&der)
+    let other_key = jsonwebtoken::EncodingKey::from_ed_der(&der);
+    let now = jsonwebtoken::get_current_timestamp();
+    let proxy = format!("ws://127.0.0.1:{}", stack.display.port);
+    let claims = |issued: u64, jti: &str| {
+        json!({
+            "iss": "atrium-broker", "aud": "atrium-display", "sub": "mallory", "iat": issued,
+            "nbf": issued, "exp": issued + 30, "jti": jti, "desktop": "d", "vm": "vm-x",
+            "node": "node-1", "sid": "s", "caps": {"view_only": false, "clipboard_copy_out": true,
+            "clipboard_paste_in": true, "file_upload": false, "file_download": false,
+            "shadow": false}, "proxy": proxy
+        })
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid);
+    Ok(vec![
+        ("forged", jsonwebtoken::encode(&header, &claims(now, "forged-1"), &other_key)?),
+        ("expired", jsonwebtoken::encode(&header, &claims(now - 600, "expired-1"), &broker_key)?),
+        ("malformed", "a.b.c".to_owned()),
+    ])
 }
 
 /// A WebSocket upgrade through the edge with `ticket`; the HTTP status it got.
