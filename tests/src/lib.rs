@@ -8,6 +8,7 @@
 //! what it skipped and returns.
 
 pub mod broker;
+pub mod browser;
 pub mod display;
 pub mod fake_node;
 pub mod https;

@@ -6,13 +6,13 @@
 //! fixed, so these tests run one at a time (`.config/nextest.toml`).
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use atrium_tests::broker::ApiClient;
+use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::node::{NODE_TOKEN, console_image};
 use atrium_tests::screen::{Glyphs, Screen, rows_showing};
@@ -22,9 +22,6 @@ use atrium_tests::tier::{self, BROKERS, GATEWAYS, KubeTools, POSTGRES, Tier, Tie
 use atrium_tests::{Group, TempDir, bin_path, skip, wait_for, workspace_root};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 
 /// The cargo profile folder of the running test: the images carry these binaries.
 fn binaries() -> std::path::PathBuf {
@@ -452,11 +449,6 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
     {
         return Ok(());
     }
-    if !workspace_root().join("tests/browser/node_modules/playwright-core").is_dir() {
-        bail!(
-            "playwright-core is not installed in tests/browser (scripts/test.sh runs `npm ci` there)"
-        );
-    }
     let console = console_image()?;
     let stack = TierStack::start(tier_options(), &[&console], None).await?;
     let admin = stack.admin().await;
@@ -477,25 +469,12 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
         "url": tier::PUBLIC_URL, "chromium": CHROMIUM, "artifacts": artifacts(), "tmp": tmp.path(),
         "word": word,
     });
-    let mut child = tokio::process::Command::new("node")
-        .arg(workspace_root().join("tests/browser/tier.mjs"))
-        .arg(cfg.to_string())
-        .current_dir(workspace_root().join("tests/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running node (Debian package `nodejs`)")?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut driver = Driver::start("tier.mjs", &cfg)?;
     let mut reconnect_ms = None;
     let mut killed = None;
     let mut desktop_before = None;
     let run = async {
-        while let Some(line) = lines.next_line().await? {
-            let msg: Value =
-                serde_json::from_str(&line).with_context(|| format!("driver said {line:?}"))?;
+        while let Some(msg) = driver.next().await? {
             let answer = match msg["phase"].as_str() {
                 Some("connected" | "reconnected") => {
                     let screen =
@@ -528,21 +507,15 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
                 }
                 other => bail!("unknown phase {other:?}"),
             };
-            stdin.write_all(format!("{answer}\n").as_bytes()).await?;
-            stdin.flush().await?;
+            driver.answer(answer).await?;
         }
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(300), run)
         .await
         .context("the browser test took over 5 minutes")??;
-    let status = child.wait().await?;
-    if !status.success() {
-        bail!(
-            "the browser driver failed ({status}); screenshots in {}\n{}",
-            artifacts().display(),
-            stack.tier.all_logs()
-        );
+    if let Err(e) = driver.finish().await {
+        bail!("{e}\n{}", stack.tier.all_logs());
     }
     let ms = reconnect_ms.context("the driver reported no reconnect time")?;
     eprintln!("the viewer was back {ms:.0} ms after its gateway was killed");
@@ -555,13 +528,6 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
     })
     .await?;
     Ok(())
-}
-
-fn artifacts() -> std::path::PathBuf {
-    let dir = std::env::var_os("ATRIUM_TEST_ARTIFACTS")
-        .map_or_else(|| std::env::temp_dir().join("atrium-artifacts"), Into::into);
-    std::fs::create_dir_all(&dir).expect("artifacts folder");
-    dir
 }
 
 /// alice's desktop id, as the administrators see it.

@@ -5,24 +5,14 @@
 //! opens the graphical desktop and finds herself signed in there, and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
 //! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::screen::{Glyphs, PANEL, Screen, panel_rows, rows_showing};
 use atrium_tests::stack::Stack;
-use atrium_tests::{Group, TempDir, skip, workspace_root};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const CHROMIUM: &str = "/usr/lib/chromium/chromium";
-
-fn artifacts() -> std::path::PathBuf {
-    let dir = std::env::var_os("ATRIUM_TEST_ARTIFACTS")
-        .map_or_else(|| std::env::temp_dir().join("atrium-artifacts"), Into::into);
-    std::fs::create_dir_all(&dir).expect("artifacts folder");
-    dir
-}
+use atrium_tests::{Group, TempDir, skip};
+use serde_json::json;
 
 /// The canvas shows the console: mostly dark, with a fair amount of lit text pixels.
 fn shows_console(s: &Screen) -> bool {
@@ -36,15 +26,6 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
     let name = "a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools";
     if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
-    }
-    let script = workspace_root().join("tests/browser/e2e.mjs");
-    if !workspace_root().join("tests/browser/node_modules/playwright-core").is_dir() {
-        bail!(
-            "playwright-core is not installed in tests/browser (scripts/test.sh runs `npm ci` there)"
-        );
-    }
-    if !std::path::Path::new(CHROMIUM).exists() {
-        bail!("{CHROMIUM} is missing (Debian package `chromium`; scripts/test.sh installs it)");
     }
     let stack = Stack::start(None, None).await?;
     let (console, desktop) = tokio::join!(
@@ -60,24 +41,11 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
         "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(),
         "tmp": tmp.path(), "word": word,
     });
-    let mut child = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(cfg.to_string())
-        .current_dir(workspace_root().join("tests/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running node (Debian package `nodejs`)")?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut driver = Driver::start("e2e.mjs", &cfg)?;
     let mut done = false;
     let mut seen_console = false;
     let run = async {
-        while let Some(line) = lines.next_line().await? {
-            let msg: Value =
-                serde_json::from_str(&line).with_context(|| format!("driver said {line:?}"))?;
+        while let Some(msg) = driver.next().await? {
             if msg["done"] == true {
                 done = true;
                 continue;
@@ -108,21 +76,20 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                     .is_some(),
                 other => bail!("unknown phase {other:?}"),
             };
-            stdin.write_all(if ok { b"ok\n" } else { b"more\n" }).await?;
-            stdin.flush().await?;
+            driver.answer(if ok { "ok" } else { "more" }).await?;
         }
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(600), run)
         .await
         .context("the browser test took over 10 minutes")??;
-    let status = child.wait().await?;
-    if !status.success() || !done {
+    if let Err(e) = driver.finish().await {
+        bail!("{e}\nbroker log:\n{}\ndisplay log:\n{}", stack.broker.log(), stack.display.log());
+    }
+    if !done {
         bail!(
-            "the browser driver failed ({status}); screenshots in {}\nbroker log:\n{}\ndisplay log:\n{}",
-            artifacts().display(),
-            stack.broker.log(),
-            stack.display.log()
+            "the browser driver stopped before it was done; screenshots in {}",
+            artifacts().display()
         );
     }
     assert!(seen_console, "the desktop was seen in the canvas");
