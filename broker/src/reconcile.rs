@@ -1,9 +1,10 @@
 //! The reconcile loop: lost nodes, session timeouts, idle desktops, failed and doomed
 //! desktops, and `min_ready` spares per pool. Every broker replica runs the loop, but only the
-//! replica holding the `reconcile` lease in the database does a pass, so the work is done once
-//! however many replicas there are; if that replica dies, another takes the lease once it
-//! expires. Each step is still a transaction or a conditional update, so even two passes at
-//! once would not fight. A step that fails is logged and the others still run.
+//! replica holding the `reconcile` lease in the database does a pass (renewing the lease while
+//! the pass runs), so the work is done once however many replicas there are; if that replica
+//! dies, another takes the lease once it expires. Lease times are the replicas' clocks: keep
+//! them in step (NTP). Each step is still a transaction or a conditional update, so even two
+//! passes at once would not fight. A step that fails is logged and the others still run.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -70,7 +71,22 @@ pub async fn run(st: AppState) {
         // Right after a (re)start nodes have not had the time to heartbeat to this broker:
         // judging them lost then would fail every desktop after a broker restart.
         let judge_nodes = started.elapsed() >= Duration::from_secs(st.cfg.nodes.lost_after_secs);
-        pass(&st, judge_nodes).await;
+        // A pass may outlast the lease (a node that takes its time to answer): it is renewed
+        // while the pass runs, so no other replica starts one meanwhile.
+        let work = pass(&st, judge_nodes);
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(interval);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut work => break,
+                _ = renew.tick() => {
+                    if let Err(e) = st.db.acquire_lease(LEASE, &st.instance, now_ms(), ttl_ms).await {
+                        tracing::warn!(error = %e, "cannot renew the reconcile lease during a pass");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct FakeState {
     pub ready_after: Duration,
     /// Refuse VM creation with this message.
     pub refuse: Option<String>,
+    /// How long a VM creation takes to answer (a slow node).
+    pub create_delay: Duration,
     pub memory_mib_total: u64,
     pub images: Vec<ImageInfo>,
     pub created: u32,
@@ -87,6 +89,8 @@ async fn create(
     if !authorized(&h) {
         return Err(StatusCode::UNAUTHORIZED);
     }
+    let delay = st.lock().expect("lock").create_delay;
+    tokio::time::sleep(delay).await;
     let mut s = st.lock().expect("lock");
     if s.refuse.is_some() {
         return Err(StatusCode::CONFLICT);
@@ -148,6 +152,7 @@ impl FakeNode {
             vms: HashMap::new(),
             ready_after: Duration::ZERO,
             refuse: None,
+            create_delay: Duration::ZERO,
             memory_mib_total,
             images: vec![ImageInfo {
                 name: "console".into(),

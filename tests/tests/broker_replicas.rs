@@ -151,6 +151,42 @@ async fn three_replicas_start_at_once_and_act_as_one_broker() {
 }
 
 #[tokio::test]
+async fn a_pass_longer_than_the_lease_keeps_it() {
+    const T: &str = "a_pass_longer_than_the_lease_keeps_it";
+    if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
+        return;
+    }
+    let pg = Postgres::start().unwrap();
+    let slapd = Slapd::start().unwrap();
+    let keys = shared_key();
+    let opts = replica_options(&slapd, &pg, &keys);
+    let (b1, b2) = tokio::join!(Broker::start(opts.clone()), Broker::start(opts));
+    let brokers = [b1.unwrap(), b2.unwrap()];
+    // A slow node: each VM takes 4 s to create, and a pass provisions three spares one after
+    // another, so one pass lasts about 12 s, beyond the lease's 10 s.
+    let node = FakeNode::start(&brokers[0].url, "node-a", 16384).await.unwrap();
+    node.with(|s| s.create_delay = Duration::from_secs(4));
+    let mut admin = brokers[0].client();
+    admin.login_ok("carol", "carol-pw").await;
+    admin.post_json("/api/v1/admin/pools", pool("slow", 3), StatusCode::CREATED).await;
+    // Whoever holds the lease keeps it through the long pass: the other never passes.
+    let runs = || async { [reconcile_runs(&brokers[0]).await, reconcile_runs(&brokers[1]).await] };
+    let start = Instant::now();
+    let mut holder = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        let r = runs().await;
+        let active: Vec<usize> = (0..2).filter(|&i| r[i] > 0).collect();
+        assert!(active.len() <= 1, "both replicas passed: {r:?} after {:?}", start.elapsed());
+        if let [i] = active[..] {
+            holder.get_or_insert(i);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(holder.is_some(), "no replica ran the reconcile loop");
+    assert!(node.with(|s| s.created) >= 3, "the long pass did its work");
+}
+
+#[tokio::test]
 async fn a_database_outage_is_a_clear_503_and_heals_by_itself() {
     const T: &str = "a_database_outage_is_a_clear_503_and_heals_by_itself";
     if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
