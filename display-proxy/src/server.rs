@@ -157,6 +157,11 @@ async fn ws(
             return refuse(&s, status, e.to_string());
         }
     };
+    // A ticket minted before the broker ended its session (sign-out, an administrator's end).
+    if s.0.sessions.has_ended(&claims.sid) {
+        tracing::info!(vm, session = %claims.sid, "display ticket refused: its session has ended");
+        return refuse(&s, StatusCode::UNAUTHORIZED, "the session has ended; sign in again".into());
+    }
     let slot = match s.0.desktops.join(&vm).await {
         Ok(slot) => slot,
         Err(e) => {

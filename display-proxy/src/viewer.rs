@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::display::{ClientMessage, DecodeError, ServerMessage, VERSION, caps};
 use atrium_protocol::keymap;
-use atrium_protocol::ticket::{Capabilities, DisplayClaims};
+use atrium_protocol::ticket::{Capabilities, DisplayClaims, MAX_TICKET_TTL_SECS};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -63,17 +63,29 @@ impl Ending {
 }
 
 /// The viewers of each broker session, so the broker can end a session (sign-out, policy,
-/// administrator) and every viewer of it is disconnected.
+/// administrator) and every viewer of it is disconnected; and the sessions ended lately, so a
+/// ticket minted before its session ended no longer connects.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Vec<Waiter>>>,
     next: std::sync::atomic::AtomicU64,
+    /// Sessions ended, until every ticket minted before could have expired.
+    ended: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long an ended session is remembered: the longest ticket lifetime and a leeway.
+const ENDED_MEMORY: Duration = Duration::from_secs(MAX_TICKET_TTL_SECS + 60);
+/// Most ended sessions remembered at once (the broker ends each once; it holds the node token).
+const MAX_ENDED: usize = 100_000;
 
 impl Sessions {
     fn register(self: &Arc<Self>, sid: &str) -> SessionEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Ending::default());
+        // Ended between the ticket check and now: the viewer stops at once.
+        if self.has_ended(sid) {
+            notify.end();
+        }
         self.map
             .lock()
             .expect("sessions lock")
@@ -83,13 +95,29 @@ impl Sessions {
         SessionEntry { sessions: Arc::clone(self), sid: sid.to_owned(), id, notify }
     }
 
-    /// Disconnects every viewer of `sid`; returns how many there were.
+    /// Disconnects every viewer of `sid` and refuses its tickets from now on; returns how many
+    /// viewers there were.
     pub fn end(&self, sid: &str) -> usize {
+        {
+            let mut ended = self.ended.lock().expect("ended lock");
+            let now = Instant::now();
+            if ended.len() >= MAX_ENDED {
+                ended.retain(|_, until| *until > now);
+            }
+            if ended.len() < MAX_ENDED {
+                ended.insert(sid.to_owned(), now + ENDED_MEMORY);
+            }
+        }
         let viewers = self.map.lock().expect("sessions lock").remove(sid).unwrap_or_default();
         for (_, n) in &viewers {
             n.end();
         }
         viewers.len()
+    }
+
+    /// Whether the broker ended `sid` (within the last few minutes).
+    pub fn has_ended(&self, sid: &str) -> bool {
+        self.ended.lock().expect("ended lock").get(sid).is_some_and(|until| *until > Instant::now())
     }
 }
 

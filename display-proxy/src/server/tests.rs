@@ -297,6 +297,8 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
     let h = harness(10).await;
     let mut ws = h.viewer("vm-1", Capabilities::default()).await;
     frame_end(&mut ws).await;
+    // A ticket of the same session minted before its end, kept for later.
+    let kept = h.ticket("vm-1", Capabilities::default());
     let url = format!("http://{}/api/v1/sessions/session-1/end", h.addr);
     let http = reqwest::Client::new();
     let r = http.post(&url).bearer_auth("wrong").send().await.unwrap();
@@ -313,6 +315,8 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
     };
     assert_eq!(close.code, CloseCode::Normal);
     assert_eq!(close.reason.as_str(), "the session ended");
+    // The ticket minted before the end no longer connects.
+    assert_eq!(status(h.connect("vm-1", &kept, Some(ORIGIN)).await.unwrap_err()), 401);
     // Ending it again (no viewers left) is fine.
     let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
     assert_eq!(r.status(), 204);
