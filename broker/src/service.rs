@@ -515,6 +515,7 @@ pub async fn provision(
     };
     match st.nodes.create_vm(&node.api_url, &spec).await {
         Ok(vm) => {
+            st.db.note_acceptance(&node.id).await?;
             st.db.set_desktop_vm(&d.id, &vm.id, now_ms()).await?;
             if let Some(w) = who
                 && spec.user.is_some()
@@ -526,18 +527,22 @@ pub async fn provision(
         }
         Err(e) => {
             Metrics::inc(&st.metrics.provision_failures);
-            tracing::warn!(error = %e, desktop = %d.id, node = %node.id, "node refused to create a desktop VM");
             st.db.fail_desktop(&d.id, &e.to_string(), now_ms()).await?;
-            audit(
-                st,
-                "system",
-                "desktop.provision",
-                &d.id,
-                "failure",
-                IpAddr::from([0, 0, 0, 0]),
-                serde_json::json!({ "node": node.id, "error": e.to_string() }),
-            )
-            .await;
+            // The node is left alone for a while; a burst of refusals is one audit row.
+            let (refusals, backoff_ms) = st.db.note_refusal(&node.id, now_ms()).await?;
+            tracing::warn!(error = %e, desktop = %d.id, node = %node.id, refusals, backoff_ms, "node refused to create a desktop VM");
+            if refusals <= 1 {
+                audit(
+                    st,
+                    "system",
+                    "desktop.provision",
+                    &d.id,
+                    "failure",
+                    IpAddr::from([0, 0, 0, 0]),
+                    serde_json::json!({ "node": node.id, "error": e.to_string(), "backoff_secs": backoff_ms / 1000 }),
+                )
+                .await;
+            }
             Err(ApiError::unavailable("a node could not start your desktop: try again"))
         }
     }

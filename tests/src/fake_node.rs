@@ -36,6 +36,10 @@ pub struct FakeState {
     pub refuse: Option<String>,
     /// How long a VM creation takes to answer (a slow node).
     pub create_delay: Duration,
+    /// VM creations refused.
+    pub refused: u32,
+    /// vCPUs the node reports it hands out.
+    pub vcpus_total: u32,
     pub memory_mib_total: u64,
     pub images: Vec<ImageInfo>,
     pub created: u32,
@@ -93,6 +97,7 @@ async fn create(
     tokio::time::sleep(delay).await;
     let mut s = st.lock().expect("lock");
     if s.refuse.is_some() {
+        s.refused += 1;
         return Err(StatusCode::CONFLICT);
     }
     let id = format!("vm-{}", uuid::Uuid::new_v4().simple());
@@ -153,6 +158,8 @@ impl FakeNode {
             ready_after: Duration::ZERO,
             refuse: None,
             create_delay: Duration::ZERO,
+            refused: 0,
+            vcpus_total: 64,
             memory_mib_total,
             images: vec![ImageInfo {
                 name: "console".into(),
@@ -197,7 +204,7 @@ impl FakeNode {
                         api_url: format!("http://{addr}"),
                         display_url: format!("ws://{addr}"),
                         capacity: Capacity {
-                            vcpus_total: 64,
+                            vcpus_total: s.vcpus_total,
                             vcpus_allocated: 0,
                             memory_mib_total: s.memory_mib_total,
                             memory_mib_allocated: allocated,

@@ -523,6 +523,66 @@ async fn concurrent_connects_on_postgresql_never_give_a_desktop_twice() {
 }
 
 #[tokio::test]
+async fn placement_honours_vcpus_and_a_refusing_node_is_left_alone_for_a_while() {
+    const T: &str = "placement_honours_vcpus_and_a_refusing_node_is_left_alone_for_a_while";
+    if skip(Group::Ldap, T) {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let users = slapd.add_users("cpu", 3).unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::start(&broker.url, "node-a", 65536).await.unwrap();
+    node.with(|s| s.vcpus_total = 2);
+    let a = admin(&broker).await;
+    a.post_json("/api/v1/admin/pools", pool("cpu", "floating", 0, 8), StatusCode::CREATED).await;
+    wait_for("the node to register", Duration::from_secs(10), || async {
+        let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        (n[0]["capacity"]["vcpus_total"] == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut clients = Vec::new();
+    for (u, p) in &users {
+        let mut c = broker.client();
+        c.login_ok(u, p).await;
+        clients.push(c);
+    }
+    // Two desktops of one vCPU fill the node's two vCPUs; the third user is told at once, and
+    // the node is never asked for what it cannot hold.
+    for c in &clients[..2] {
+        c.post_json("/api/v1/pools/cpu/connect", json!({}), StatusCode::OK).await;
+    }
+    let r = clients[2].post("/api/v1/pools/cpu/connect", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(node.with(|s| (s.created, s.refused)), (2, 0));
+
+    // A node that refuses anyway (it knows better than its report) is left alone for a while:
+    // a user pressing connect again and again costs it one refusal and the log one row.
+    node.with(|s| {
+        s.vcpus_total = 64;
+        s.refuse = Some("full".into());
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await; // a heartbeat with the new report
+    for _ in 0..10 {
+        let r = clients[2].post("/api/v1/pools/cpu/connect", json!({})).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(node.with(|s| s.refused), 1, "the node was asked again while backing off");
+    let rows = a.get_json("/api/v1/admin/audit?action=desktop.provision", StatusCode::OK).await;
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    // Once it accepts again, the back-off ends.
+    node.with(|s| s.refuse = None);
+    let c = wait_for("the node to be tried again", Duration::from_secs(20), || async {
+        let r = clients[2].post("/api/v1/pools/cpu/connect", json!({})).await.unwrap();
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    c.unwrap();
+    assert_eq!(node.with(|s| s.created), 3);
+}
+
+#[tokio::test]
 async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
     if skip(Group::Ldap, "a_failed_dedicated_desktop_restarts_with_its_disk") {
         return;

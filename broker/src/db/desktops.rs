@@ -330,7 +330,7 @@ impl Db {
             tx.commit().await?;
             return Ok(Assignment::Full);
         }
-        let Some(node_id) = self.choose_node(&mut tx, pool).await? else {
+        let Some(node_id) = self.choose_node(&mut tx, pool, now).await? else {
             tx.commit().await?;
             return Ok(Assignment::NoNode);
         };
@@ -371,7 +371,7 @@ impl Db {
         if spares >= i64::from(pool.min_ready) || total >= i64::from(pool.max_size) {
             return Ok(None);
         }
-        let Some(node_id) = self.choose_node(&mut tx, pool).await? else {
+        let Some(node_id) = self.choose_node(&mut tx, pool, now).await? else {
             return Ok(None);
         };
         let d = insert_desktop(&mut tx, pool, &node_id, None, now).await?;
@@ -379,17 +379,21 @@ impl Db {
         Ok(Some(ProvisionRequest { desktop: d, node_id }))
     }
 
-    /// The up, undrained node with the most free memory that holds the pool's image.
+    /// The up, undrained node with the most free memory that holds the pool's image, has the
+    /// pool's vCPUs and memory free, and is not backing off after refusing a VM.
     async fn choose_node(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         pool: &Pool,
+        now: i64,
     ) -> DbResult<Option<String>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.capacity_json,
-               CAST(COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used
-             FROM nodes n WHERE n.state = 'up' AND n.draining = 0 ORDER BY n.id"
+               CAST(COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used,
+               CAST(COALESCE((SELECT SUM(d.vcpus) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used_vcpus
+             FROM nodes n WHERE n.state = 'up' AND n.draining = 0 AND n.refused_until <= $1 ORDER BY n.id"
         )))
+        .bind(now)
         .fetch_all(&mut **tx)
         .await?;
         let want =
@@ -410,6 +414,13 @@ impl Db {
             let used = u64::try_from(used).unwrap_or(u64::MAX).max(cap.memory_mib_allocated);
             let free = cap.memory_mib_total.saturating_sub(used);
             if free < u64::from(pool.memory_mib) {
+                continue;
+            }
+            // vCPUs the same way: the node refuses a VM beyond its vCPUs.
+            let used_vcpus: i64 = col(r, "used_vcpus")?;
+            let used_vcpus =
+                u64::try_from(used_vcpus).unwrap_or(u64::MAX).max(u64::from(cap.vcpus_allocated));
+            if u64::from(cap.vcpus_total).saturating_sub(used_vcpus) < u64::from(pool.vcpus) {
                 continue;
             }
             if best.as_ref().is_none_or(|(f, _)| free > *f) {

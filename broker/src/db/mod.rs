@@ -95,6 +95,7 @@ pub struct Db {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial schema", include_str!("../../migrations/0001_initial.sql")),
     (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+    (3, "node back-off", include_str!("../../migrations/0003_node_backoff.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

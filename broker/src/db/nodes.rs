@@ -39,6 +39,10 @@ pub struct Node {
     pub capacity: Capacity,
     pub registered_at: i64,
     pub last_heartbeat_at: i64,
+    /// VMs refused in a row; the node gets no new VM until `refused_until` (ms since 1970;
+    /// 0 when it is not backing off).
+    pub refusals: i64,
+    pub refused_until: i64,
 }
 
 fn row_to_node(r: &sqlx::any::AnyRow) -> DbResult<Node> {
@@ -53,10 +57,53 @@ fn row_to_node(r: &sqlx::any::AnyRow) -> DbResult<Node> {
             .map_err(|e| DbError::Corrupt(format!("capacity_json: {e}")))?,
         registered_at: col(r, "registered_at")?,
         last_heartbeat_at: col(r, "last_heartbeat_at")?,
+        refusals: col(r, "refusals")?,
+        refused_until: col(r, "refused_until")?,
     })
 }
 
+/// How long a node is left alone after refusing `refusals` VMs in a row: 5 s, doubled each
+/// time, at most 5 minutes.
+pub fn refusal_backoff_ms(refusals: i64) -> i64 {
+    let doublings = u32::try_from(refusals.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    (5_000_i64 << doublings).min(300_000)
+}
+
 impl Db {
+    /// Notes that `node` refused a VM: it is left alone for a back-off that grows with each
+    /// refusal in a row. Returns how many refusals in a row it has now, and the back-off.
+    pub async fn note_refusal(&self, node: &str, now: i64) -> DbResult<(i64, i64)> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!("SELECT refusals FROM nodes WHERE id = $1{}", self.for_update());
+        let Some(r) =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node).fetch_optional(&mut *tx).await?
+        else {
+            return Ok((0, 0));
+        };
+        let refusals: i64 = col(&r, "refusals")?;
+        let refusals = refusals.saturating_add(1);
+        let backoff = refusal_backoff_ms(refusals);
+        sqlx::query("UPDATE nodes SET refusals = $2, refused_until = $3 WHERE id = $1")
+            .bind(node)
+            .bind(refusals)
+            .bind(now.saturating_add(backoff))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((refusals, backoff))
+    }
+
+    /// Notes that `node` accepted a VM: any back-off ends.
+    pub async fn note_acceptance(&self, node: &str) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE nodes SET refusals = 0, refused_until = 0 WHERE id = $1 AND refusals <> 0",
+        )
+        .bind(node)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Registers or refreshes a node. Returns whether it is draining and whether it was new or
     /// back from lost. A node that is up keeps the URLs it registered with: a heartbeat naming
     /// other URLs is refused ([`DbError::Conflict`]), so a stolen node token cannot redirect an
@@ -223,4 +270,17 @@ pub struct EndedSession {
     pub id: String,
     pub username: String,
     pub desktop_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_backoff_ms;
+
+    #[test]
+    fn the_back_off_doubles_up_to_five_minutes() {
+        let b: Vec<i64> = (1..=9).map(refusal_backoff_ms).collect();
+        assert_eq!(b, [5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000]);
+        assert_eq!(refusal_backoff_ms(i64::MAX), 300_000);
+        assert_eq!(refusal_backoff_ms(0), 5_000);
+    }
 }
