@@ -52,6 +52,16 @@ pub struct DisplayConfig {
     /// the next 30 ms refresh finds it rather than 30 ms after the key: input-to-pixel p50
     /// about 15 ms instead of 32 ms, for about 1 ms of proxy CPU per second of typing. 0: off.
     pub keep_refresh_after_input_ms: u64,
+    /// Seconds a client has to send a request's headers; slower connections are closed.
+    pub header_timeout_secs: u64,
+    /// Connections open at once, in all (viewers and API calls).
+    pub max_connections: usize,
+    /// Connections open at once from one address that is not a trusted proxy (an IPv6 host
+    /// counts by its /64).
+    pub max_connections_per_address: usize,
+    /// Peers exempt from `max_connections_per_address`: the display gateways (each carries many
+    /// viewers), or a TLS-terminating proxy in front. Addresses or networks.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for DisplayConfig {
@@ -73,6 +83,10 @@ impl Default for DisplayConfig {
             ack_timeout_secs: 60,
             io_threads: 1,
             keep_refresh_after_input_ms: 1000,
+            header_timeout_secs: 10,
+            max_connections: 1024,
+            max_connections_per_address: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -139,10 +153,30 @@ impl DisplayConfig {
         if self.ack_timeout_secs == 0 {
             return bad("ack_timeout_secs must be at least 1".into());
         }
+        if !(1..=300).contains(&self.header_timeout_secs) {
+            return bad("header_timeout_secs must be 1 to 300".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return bad("max_connections and max_connections_per_address must be at least 1".into());
+        }
+        for p in &self.trusted_proxies {
+            p.parse::<atrium_protocol::net::IpNet>()
+                .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
+        }
         if self.jwks_refresh_min_secs == 0 {
             return bad("jwks_refresh_min_secs must be at least 1 (it limits fetches that unknown key ids cause)".into());
         }
         Ok(())
+    }
+
+    /// What the accept loop lets in.
+    pub fn door_limits(&self) -> crate::door::DoorLimits {
+        crate::door::DoorLimits {
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            trusted: self.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect(),
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+        }
     }
 
     pub fn refine_after(&self) -> Duration {

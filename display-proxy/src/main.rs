@@ -91,10 +91,15 @@ async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "display proxy listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let door = std::sync::Arc::clone(state.door());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    atrium_display::door::serve(listener, router(state), door, shutdown, || {}).await;
     Ok(())
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::config::{DisplayConfig, Secret};
 use crate::desktop::{Desktops, NodeOpener, OpenError, SourceOpener};
+use crate::door::Door;
 use crate::metrics::Metrics;
 use crate::node::NodeClient;
 use crate::pool::EncodePool;
@@ -36,6 +37,7 @@ struct Inner {
     allowed_origins: Vec<String>,
     sessions: Arc<Sessions>,
     node_token: Secret,
+    door: Arc<Door>,
 }
 
 impl AppState {
@@ -75,11 +77,17 @@ impl AppState {
             allowed_origins: cfg.allowed_origins.clone(),
             sessions: Arc::new(Sessions::default()),
             node_token: cfg.node_token.clone(),
+            door: Arc::new(Door::new(cfg.door_limits(), None)),
         }))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.0.metrics
+    }
+
+    /// The accept loop's limits and counters.
+    pub fn door(&self) -> &Arc<Door> {
+        &self.0.door
     }
 
     /// Refreshes the broker's keys in the background until the service ends.
@@ -114,7 +122,8 @@ async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.0.metrics.render()).into_response()
+    let text = format!("{}{}", s.0.metrics.render(), s.0.door.stats.render("atrium_display"));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Debug, Deserialize)]

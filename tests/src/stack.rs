@@ -34,6 +34,8 @@ pub struct DisplayOptions {
     pub node_url: String,
     pub token: String,
     pub allowed_origins: Vec<String>,
+    /// Peers exempt from the per-address connection limit (the gateways).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl DisplayService {
@@ -41,17 +43,18 @@ impl DisplayService {
     pub async fn start(o: DisplayOptions) -> anyhow::Result<Self> {
         let dir = TempDir::new("display");
         let config = dir.path().join("display.toml");
-        let origins: Vec<String> = o.allowed_origins.iter().map(|x| format!("{x:?}")).collect();
+        let list = |v: &[String]| v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &config,
             format!(
                 "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_api_url = {:?}\nnode_token = {:?}\n\
-                 allowed_origins = [{}]\nnode_id = \"node-1\"\n",
+                 allowed_origins = [{}]\ntrusted_proxies = [{}]\nnode_id = \"node-1\"\n",
                 o.port,
                 o.broker_url,
                 o.node_url,
                 o.token,
-                origins.join(", ")
+                list(&o.allowed_origins),
+                list(&o.trusted_proxies),
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("display.log"))?;
@@ -144,6 +147,7 @@ impl Stack {
             node_url: node.url.clone(),
             token: NODE_TOKEN.into(),
             allowed_origins: vec![broker.url.clone(), format!("http://localhost:{}", broker.port)],
+            trusted_proxies: Vec::new(),
         })
         .await?;
         let me = Self { display, node, broker, slapd };
@@ -247,8 +251,9 @@ impl TierStack {
             broker_url: tier::INTERNAL_URL.into(),
             node_url: node.url.clone(),
             token: tier.node_token.clone(),
-            // Viewers come through the gateways, which send no Origin.
+            // Viewers come through the gateways, which send no Origin, from this host.
             allowed_origins: Vec::new(),
+            trusted_proxies: vec!["127.0.0.1".into()],
         })
         .await?;
         let me = Self { display, node, tier, slapd };

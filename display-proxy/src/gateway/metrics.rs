@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::relay::Traffic;
+use crate::door::DoorStats;
 
 /// Why a viewer was not relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +19,10 @@ pub enum Refusal {
     Proxy,
 }
 
-/// The gateway's counters. Cheap to update from any task.
+/// The gateway's counters. Cheap to update from any task. (Connections and TLS handshakes are
+/// the accept loop's: [`crate::door::DoorStats`].)
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
-    pub connections: AtomicI64,
     pub relays: AtomicI64,
     pub relays_total: AtomicU64,
     pub relays_idle_closed: AtomicU64,
@@ -29,7 +30,6 @@ pub struct GatewayMetrics {
     refused_ticket: AtomicU64,
     refused_limit: AtomicU64,
     refused_proxy: AtomicU64,
-    pub tls_failures: AtomicU64,
     pub traffic: Traffic,
 }
 
@@ -54,8 +54,8 @@ impl GatewayMetrics {
         .load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the accept loop's counters.
+    pub fn render(&self, door: &DoorStats) -> String {
         let mut s = String::new();
         let mut family = |name: &str, kind: &str, help: &str, vals: &[(&str, i64)]| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -69,7 +69,7 @@ impl GatewayMetrics {
             "atrium_gateway_connections",
             "gauge",
             "Client connections open.",
-            &[("", self.connections.load(Ordering::Relaxed))],
+            &[("", door.connections.load(Ordering::Relaxed))],
         );
         family(
             "atrium_gateway_relays",
@@ -96,7 +96,7 @@ impl GatewayMetrics {
             &[
                 ("reason=\"request\"", n(&self.refused_request)),
                 ("reason=\"ticket\"", n(&self.refused_ticket)),
-                ("reason=\"limit\"", n(&self.refused_limit)),
+                ("reason=\"limit\"", n(&self.refused_limit).saturating_add(n(&door.refused))),
                 ("reason=\"proxy\"", n(&self.refused_proxy)),
             ],
         );
@@ -104,7 +104,7 @@ impl GatewayMetrics {
             "atrium_gateway_tls_handshake_failures_total",
             "counter",
             "TLS handshakes that failed or timed out.",
-            &[("", n(&self.tls_failures))],
+            &[("", n(&door.tls_failures))],
         );
         family(
             "atrium_gateway_bytes_total",

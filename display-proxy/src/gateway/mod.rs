@@ -8,7 +8,8 @@
 //! serves any viewer, and a viewer whose gateway died reconnects through another.
 //!
 //! - [`config`]: the settings; [`tls`]: certificates from PEM files, reloaded on SIGHUP;
-//! - [`serve`]: the accept loop (connection limit, TLS and header deadlines, graceful stop);
+//! - the accept loop is the display proxy's too ([`crate::door`]): connection limits, TLS and
+//!   header deadlines, graceful stop;
 //! - [`routes`]: `/healthz`, `/readyz`, `/metrics` and `/ws/{vm}`;
 //! - [`relay`]: the upgrade repeated to the proxy, then the byte pump;
 //! - [`metrics`]: the counters at `/metrics`.
@@ -17,18 +18,16 @@ pub mod config;
 pub mod metrics;
 pub mod relay;
 pub mod routes;
-pub mod serve;
 pub mod tls;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atrium_protocol::net::IpNet;
 use thiserror::Error;
 
+use crate::door::{self, AddressSlots, Door, DoorLimits};
 use crate::ticket::{TicketVerifier, VerifierConfig};
 use config::GatewayConfig;
 use metrics::GatewayMetrics;
@@ -53,14 +52,11 @@ struct Inner {
     /// Where display proxies may be.
     proxy_nets: Vec<IpNet>,
     verifier: TicketVerifier,
-    tls: Option<TlsFiles>,
+    /// Connections (relays hold a place there too), per-address limits and TLS.
+    door: Arc<Door>,
     metrics: GatewayMetrics,
     /// Open relays by client address.
-    relays: AddressSlots,
-    /// Open connections by peer address (peers that are not trusted proxies).
-    connections: AddressSlots,
-    /// One per open client connection or relay: `max_connections` in all.
-    permits: Arc<tokio::sync::Semaphore>,
+    relays: Arc<AddressSlots>,
     draining: AtomicBool,
     /// Fires once when the gateway stops: open relays end.
     stop: tokio::sync::watch::Sender<bool>,
@@ -77,14 +73,18 @@ impl Gateway {
         vcfg.leeway_secs = cfg.ticket_leeway_secs;
         vcfg.min_refresh = Duration::from_secs(cfg.jwks_refresh_min_secs);
         let (stop, _) = tokio::sync::watch::channel(false);
+        let limits = DoorLimits {
+            max_connections: cfg.max_connections,
+            max_per_address: cfg.max_connections_per_address,
+            trusted: cfg.trusted_nets(),
+            header_timeout: cfg.header_timeout(),
+        };
         Ok(Self(Arc::new(Inner {
             trusted: cfg.trusted_nets(),
             proxy_nets: cfg.proxy_nets(),
-            relays: AddressSlots::new(cfg.max_relays_per_address),
-            connections: AddressSlots::new(cfg.max_connections_per_address),
-            permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            relays: Arc::new(AddressSlots::new(cfg.max_relays_per_address)),
+            door: Arc::new(Door::new(limits, tls)),
             verifier: TicketVerifier::new(vcfg),
-            tls,
             metrics: GatewayMetrics::default(),
             draining: AtomicBool::new(false),
             stop,
@@ -100,6 +100,11 @@ impl Gateway {
         &self.0.metrics
     }
 
+    /// The accept loop's limits and counters.
+    pub fn door(&self) -> &Arc<Door> {
+        &self.0.door
+    }
+
     /// Fetches the broker's keys now; failure is logged, and retried when a ticket arrives.
     pub async fn warm_up(&self) {
         if let Err(e) = self.0.verifier.refresh().await {
@@ -109,7 +114,7 @@ impl Gateway {
 
     /// Reloads the TLS files if they changed on disk; errors are logged.
     fn reload_tls_if_changed(&self) {
-        if let Some(tls) = &self.0.tls {
+        if let Some(tls) = self.0.door.tls() {
             match tls.reload_if_changed() {
                 Ok(true) => tracing::info!("TLS certificate files changed: reloaded"),
                 Ok(false) => {}
@@ -122,7 +127,7 @@ impl Gateway {
 
     /// Reads the TLS files again (SIGHUP); on error the certificate in use stays.
     pub fn reload_tls(&self) {
-        if let Some(tls) = &self.0.tls {
+        if let Some(tls) = self.0.door.tls() {
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(e) => {
@@ -155,77 +160,15 @@ impl Gateway {
     }
 }
 
-/// Open connections or relays per address, bounded. An IPv6 address counts by its /64.
-#[derive(Debug)]
-struct AddressSlots {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One place of one address in an [`AddressSlots`]; released on drop.
-#[derive(Debug)]
-pub struct Slot {
+/// Serves the gateway on `listener` until `shutdown` completes; then its relays end.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
     gateway: Gateway,
-    connections: bool,
-    addr: IpAddr,
-}
-
-impl AddressSlots {
-    fn new(max: usize) -> Self {
-        Self { max, open: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl Gateway {
-    /// A place among the `max_connections`, held by a connection or a relay.
-    fn connection_permit(
-        &self,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::TryAcquireError> {
-        Arc::clone(&self.0.permits).try_acquire_owned()
-    }
-
-    fn slots(&self, connections: bool) -> &AddressSlots {
-        if connections { &self.0.connections } else { &self.0.relays }
-    }
-
-    fn take(&self, connections: bool, addr: IpAddr) -> Option<Slot> {
-        let addr = atrium_protocol::net::limit_key(addr);
-        let slots = self.slots(connections);
-        let mut open = slots.open.lock().expect("slots lock");
-        let n = open.entry(addr).or_insert(0);
-        if *n >= slots.max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot { gateway: self.clone(), connections, addr })
-    }
-
-    /// A relay slot for client `addr`, or `None` when it has `max_relays_per_address` open.
-    fn take_relay_slot(&self, addr: IpAddr) -> Option<Slot> {
-        self.take(false, addr)
-    }
-
-    /// A connection slot for `peer`: always one for a trusted proxy (it carries many clients),
-    /// else `None` when it has `max_connections_per_address` open.
-    fn take_connection_slot(&self, peer: IpAddr) -> Option<Option<Slot>> {
-        if atrium_protocol::net::any_contains(&self.0.trusted, peer) {
-            return Some(None);
-        }
-        self.take(true, peer).map(Some)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let slots = self.gateway.slots(self.connections);
-        let mut open = slots.open.lock().expect("slots lock");
-        if let Some(n) = open.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.addr);
-            }
-        }
-    }
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let app = routes::router(gateway.clone());
+    let door = Arc::clone(gateway.door());
+    door::serve(listener, app, door, shutdown, || gateway.stop_relays()).await;
 }
 
 /// Runs the gateway until SIGINT or SIGTERM: serves, reloads TLS on SIGHUP, and on SIGTERM
@@ -242,11 +185,11 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
         .map_err(|source| GatewayError::Listen { addr, source })?;
     tracing::info!(
         listen = %listener.local_addr().map_err(|source| GatewayError::Listen { addr, source })?,
-        tls = gateway.0.tls.is_some(),
+        tls = gateway.0.door.tls().is_some(),
         "display gateway listening"
     );
     tokio::spawn(reload_on_sighup(gateway.clone()));
-    if gateway.0.tls.is_some() {
+    if gateway.0.door.tls().is_some() {
         tokio::spawn(reload_when_changed(gateway.clone()));
     }
     let drain = Duration::from_secs(gateway.config().drain_secs);
@@ -259,7 +202,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
             tokio::time::sleep(drain).await;
         }
     };
-    serve::serve(listener, gateway, shutdown).await;
+    serve(listener, gateway, shutdown).await;
     Ok(())
 }
 

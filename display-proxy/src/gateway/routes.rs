@@ -14,9 +14,10 @@ use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
+use super::Gateway;
 use super::metrics::Refusal;
 use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
-use super::{Gateway, Slot};
+use crate::door::Slot;
 use crate::ticket::TicketError;
 
 /// The routes.
@@ -32,7 +33,7 @@ pub fn router(gateway: Gateway) -> Router {
 async fn healthz(State(g): State<Gateway>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
-        "connections": g.metrics().connections.load(Ordering::Relaxed),
+        "connections": g.door().stats.connections.load(Ordering::Relaxed),
         "relays": g.metrics().relays.load(Ordering::Relaxed),
     }))
 }
@@ -51,7 +52,8 @@ async fn readyz(State(g): State<Gateway>) -> Response {
 }
 
 async fn metrics(State(g): State<Gateway>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics().render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics().render(&g.door().stats))
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +146,7 @@ async fn ws(
             return refuse(&g, Refusal::Ticket, StatusCode::FORBIDDEN, e.to_string());
         }
     };
-    let Some(slot) = g.take_relay_slot(client) else {
+    let Some(slot) = g.0.relays.take(client) else {
         tracing::warn!(client = %client, "relay refused: max_relays_per_address reached");
         return refuse(
             &g,
@@ -153,7 +155,7 @@ async fn ws(
             "too many display connections from this address".into(),
         );
     };
-    let Ok(permit) = g.connection_permit() else {
+    let Some(permit) = g.door().permit() else {
         return refuse(
             &g,
             Refusal::Limit,

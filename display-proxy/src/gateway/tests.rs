@@ -86,7 +86,7 @@ async fn harness(tls: bool, tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(listener, gateway.clone(), async {
+    tokio::spawn(serve(listener, gateway.clone(), async {
         let _ = stopped.await;
     }));
     Harness { issuer, jwks, proxy, proxy_state, gateway, addr, stop: Some(stop), cert }
@@ -325,7 +325,7 @@ async fn connections_per_address_are_limited_but_not_for_trusted_proxies() {
     let h = harness(false, |c| c.max_connections_per_address = 2).await;
     let (a, b) =
         (TcpStream::connect(h.addr).await.unwrap(), TcpStream::connect(h.addr).await.unwrap());
-    wait_until(|| h.gateway.metrics().connections.load(Ordering::Relaxed) == 2).await;
+    wait_until(|| h.gateway.door().stats.connections.load(Ordering::Relaxed) == 2).await;
     // A third from the same address is closed at once, before any HTTP.
     let mut third = TcpStream::connect(h.addr).await.unwrap();
     let mut buf = [0u8; 1];
@@ -336,7 +336,7 @@ async fn connections_per_address_are_limited_but_not_for_trusted_proxies() {
     .await
     .expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)));
-    assert_eq!(h.gateway.metrics().refused(Refusal::Limit), 1);
+    assert_eq!(h.gateway.door().stats.refused.load(Ordering::Relaxed), 1);
     drop((a, b));
     // From a trusted proxy (the edge carries many clients), no such limit.
     let edge = harness(false, |c| {
@@ -348,7 +348,7 @@ async fn connections_per_address_are_limited_but_not_for_trusted_proxies() {
     for _ in 0..3 {
         held.push(TcpStream::connect(edge.addr).await.unwrap());
     }
-    wait_until(|| edge.gateway.metrics().connections.load(Ordering::Relaxed) == 3).await;
+    wait_until(|| edge.gateway.door().stats.connections.load(Ordering::Relaxed) == 3).await;
 }
 
 #[tokio::test]
@@ -402,7 +402,7 @@ async fn tls_viewers_are_relayed_and_plain_http_gets_nothing() {
         .send()
         .await;
     assert!(plain.is_err());
-    wait_until(|| h.gateway.metrics().tls_failures.load(Ordering::Relaxed) == 1).await;
+    wait_until(|| h.gateway.door().stats.tls_failures.load(Ordering::Relaxed) == 1).await;
 }
 
 #[tokio::test]

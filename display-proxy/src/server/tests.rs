@@ -63,7 +63,8 @@ async fn harness_with(
     let listener = socket.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let door = Arc::clone(state.door());
+    tokio::spawn(crate::door::serve(listener, app, door, std::future::pending(), || {}));
     Harness { addr, issuer, _jwks: jwks, opener, state }
 }
 
@@ -290,6 +291,56 @@ async fn view_only_viewers_cannot_type_and_shadows_share_one_desktop() {
         input.last(),
         Some(crate::source::InputEvent::Key { down: false, keysym: 0x61, evdev: Some(30) })
     );
+}
+
+#[tokio::test]
+async fn a_client_cannot_hold_the_proxy_open() {
+    let screen = SyntheticConfig { width: 320, height: 192, fps: 10, photo: false, ticks: None };
+    let h = harness_with(screen, None, |c| {
+        c.header_timeout_secs = 1;
+        c.max_connections_per_address = 3;
+    })
+    .await;
+    // Headers sent a byte at a time: the connection is closed, long before this test's limit.
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut slow, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client trickling its headers held the connection");
+    // At most three connections from one address: the fourth is closed at once.
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(h.addr).await.unwrap(),
+        TcpStream::connect(h.addr).await.unwrap(),
+        TcpStream::connect(h.addr).await.unwrap(),
+    ];
+    let stats = &h.state.door().stats;
+    for _ in 0..100 {
+        if stats.connections.load(Ordering::Relaxed) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fourth = TcpStream::connect(h.addr).await.unwrap();
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut fourth, &mut buf),
+    )
+    .await
+    .expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+    drop(held);
+    let text =
+        reqwest::get(format!("http://{}/metrics", h.addr)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("atrium_display_connections_refused_at_door_total 1"), "{text}");
 }
 
 #[tokio::test]
