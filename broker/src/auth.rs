@@ -110,7 +110,14 @@ pub fn csrf_digest(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A `Set-Cookie` value.
+/// A cookie's name as it is set: under TLS with the `__Host-` prefix, which browsers accept only
+/// from a secure origin, for the whole host (`Path=/`, no `Domain`), so a sibling subdomain
+/// cannot set or shadow it.
+pub fn cookie_name(name: &str, secure: bool) -> String {
+    if secure { format!("__Host-{name}") } else { name.to_owned() }
+}
+
+/// A `Set-Cookie` value (named by [`cookie_name`]).
 pub fn cookie(
     name: &str,
     value: &str,
@@ -118,6 +125,7 @@ pub fn cookie(
     http_only: bool,
     secure: bool,
 ) -> HeaderValue {
+    let name = cookie_name(name, secure);
     let mut c = format!("{name}={value}; Path=/; Max-Age={max_age_secs}; SameSite=Strict");
     if http_only {
         c.push_str("; HttpOnly");
@@ -128,8 +136,10 @@ pub fn cookie(
     HeaderValue::from_str(&c).expect("cookie values are URL-safe")
 }
 
-/// Reads a cookie from the request headers.
-pub fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Reads a cookie from the request headers, by the name [`cookie`] gives it (under TLS only the
+/// `__Host-` one counts).
+pub fn read_cookie<'a>(headers: &'a HeaderMap, name: &str, secure: bool) -> Option<&'a str> {
+    let name = cookie_name(name, secure);
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -185,7 +195,8 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
     let ip = client_addr(&req, &st.cfg.trusted_proxy_nets());
     req.extensions_mut().insert(ClientAddr(ip));
     let mut refresh: Option<Vec<HeaderValue>> = None;
-    let token = read_cookie(req.headers(), SESSION_COOKIE).map(str::to_owned);
+    let secure = st.cfg.secure_cookies();
+    let token = read_cookie(req.headers(), SESSION_COOKIE, secure).map(str::to_owned);
     if let Some(token) = token {
         match authenticate(&st, &token).await {
             Ok(Some((user, claims))) => {
@@ -193,7 +204,7 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
                 if !is_safe(req.method()) && !exempt {
                     let header =
                         req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let cookie = read_cookie(req.headers(), CSRF_COOKIE).unwrap_or("");
+                    let cookie = read_cookie(req.headers(), CSRF_COOKIE, secure).unwrap_or("");
                     let ok = !header.is_empty()
                         && constant_time_eq(header.as_bytes(), cookie.as_bytes())
                         && constant_time_eq(csrf_digest(header).as_bytes(), claims.csrf.as_bytes());
@@ -212,8 +223,8 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
                         s.expires_at,
                     )
                 {
-                    let secure = st.cfg.secure_cookies();
-                    let csrf = read_cookie(req.headers(), CSRF_COOKIE).unwrap_or("").to_owned();
+                    let csrf =
+                        read_cookie(req.headers(), CSRF_COOKIE, secure).unwrap_or("").to_owned();
                     refresh = Some(vec![
                         cookie(SESSION_COOKIE, &t, max_age, true, secure),
                         cookie(CSRF_COOKIE, &csrf, max_age, false, secure),
@@ -229,11 +240,10 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
     let mut resp = next.run(req).await;
     if let Some(cookies) = refresh {
         // A handler that set the session cookie itself (sign-in, sign-out) wins.
-        let handler_set = resp
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.starts_with(SESSION_COOKIE)));
+        let handler_set =
+            resp.headers().get_all(header::SET_COOKIE).iter().any(|v| {
+                v.to_str().is_ok_and(|s| s.starts_with(&cookie_name(SESSION_COOKIE, secure)))
+            });
         if !handler_set {
             for c in cookies {
                 resp.headers_mut().append(header::SET_COOKIE, c);
@@ -281,16 +291,24 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; atrium_session=tok; atrium_csrf=c"),
         );
-        assert_eq!(read_cookie(&h, SESSION_COOKIE), Some("tok"));
-        assert_eq!(read_cookie(&h, CSRF_COOKIE), Some("c"));
-        assert_eq!(read_cookie(&h, "nope"), None);
+        assert_eq!(read_cookie(&h, SESSION_COOKIE, false), Some("tok"));
+        assert_eq!(read_cookie(&h, CSRF_COOKIE, false), Some("c"));
+        assert_eq!(read_cookie(&h, "nope", false), None);
+        let c = cookie(CSRF_COOKIE, "y", 60, false, false);
+        assert_eq!(c.to_str().unwrap(), "atrium_csrf=y; Path=/; Max-Age=60; SameSite=Strict");
+        // Under TLS: the __Host- prefix, and a cookie without it (set by a sibling subdomain,
+        // say) is not the session.
         let c = cookie(SESSION_COOKIE, "x", 60, true, true);
         assert_eq!(
             c.to_str().unwrap(),
-            "atrium_session=x; Path=/; Max-Age=60; SameSite=Strict; HttpOnly; Secure"
+            "__Host-atrium_session=x; Path=/; Max-Age=60; SameSite=Strict; HttpOnly; Secure"
         );
-        let c = cookie(CSRF_COOKIE, "y", 60, false, false);
-        assert!(!c.to_str().unwrap().contains("HttpOnly"));
+        assert_eq!(read_cookie(&h, SESSION_COOKIE, true), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("atrium_session=planted; __Host-atrium_session=real"),
+        );
+        assert_eq!(read_cookie(&h, SESSION_COOKIE, true), Some("real"));
     }
 
     #[test]

@@ -276,7 +276,10 @@ impl ApiClient {
                 .filter_map(|v| v.to_str().ok().map(str::to_owned))
                 .collect();
             self.csrf = cookies.iter().find_map(|c| {
-                c.strip_prefix("atrium_csrf=").and_then(|v| v.split(';').next()).map(str::to_owned)
+                c.strip_prefix("__Host-atrium_csrf=")
+                    .or_else(|| c.strip_prefix("atrium_csrf="))
+                    .and_then(|v| v.split(';').next())
+                    .map(str::to_owned)
             });
         }
         Ok(r)

@@ -294,6 +294,26 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     let node = FakeNode::start(tier::INTERNAL_URL, "node-a", 65536).await.unwrap();
     let mut admin = tier.client();
     admin.login_ok("carol", "carol-pw").await;
+    // Over https the cookies carry the __Host- prefix (no sibling subdomain can set them).
+    let r = tier
+        .http()
+        .request(
+            reqwest::Method::POST,
+            &format!("{}/api/v1/auth/login", tier::PUBLIC_URL),
+            &[],
+            Some(&json!({"username": "carol", "password": "carol-pw"})),
+        )
+        .await
+        .unwrap();
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    for name in ["__Host-atrium_session=", "__Host-atrium_csrf="] {
+        assert!(set.iter().any(|c| c.starts_with(name) && c.contains("Secure")), "{set:?}");
+    }
     wait_for("the node to register", Duration::from_secs(30), || async {
         let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
         (n.as_array().is_some_and(|a| !a.is_empty())).then_some(())

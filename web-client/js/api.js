@@ -1,5 +1,6 @@
 // The broker API: JSON over fetch, the session in an HttpOnly cookie, and the CSRF token
-// (double submit) read from the atrium_csrf cookie and sent as X-CSRF-Token.
+// (double submit) read from the atrium_csrf cookie (__Host-atrium_csrf under TLS) and sent as
+// X-CSRF-Token.
 
 export class ApiError extends Error {
   constructor(status, message, field, retryAfter) {
@@ -22,7 +23,7 @@ export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET') {
-    const csrf = cookie('atrium_csrf');
+    const csrf = cookie('__Host-atrium_csrf') || cookie('atrium_csrf');
     if (csrf) headers['X-CSRF-Token'] = csrf;
   }
   let resp;
