@@ -32,6 +32,10 @@ pub struct Config {
 pub struct BrokerSection {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// Address of the internal listener, for monitoring: when set, `/metrics` and the details
+    /// of `/healthz` and `/readyz` are served there only (the public listener answers
+    /// `/metrics` with 404 and its health with the status alone). Unset: all on `listen`.
+    pub internal_listen: Option<SocketAddr>,
     /// The URL users reach the broker at; `https://` makes cookies `Secure`.
     pub public_url: String,
     /// Where the broker keeps its SQLite database and generated keys by default.
@@ -52,6 +56,7 @@ impl Default for BrokerSection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal_listen: None,
             public_url: "http://127.0.0.1:8080".into(),
             data_dir: PathBuf::from("/var/lib/atrium"),
             trusted_proxies: Vec::new(),

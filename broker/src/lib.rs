@@ -111,6 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let app = http::app(st.clone());
     let drain = Duration::from_secs(st.cfg.broker.drain_secs);
     let draining = Arc::clone(&st.draining);
+    // Both listeners close together, after the drain.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;
         draining.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -118,8 +120,32 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             tracing::info!(secs = drain.as_secs(), "draining: /readyz answers 503");
             tokio::time::sleep(drain).await;
         }
+        let _ = closing.send(true);
     };
-    http::serve::serve(listener, app, header_timeout, shutdown).await;
+    let internal = match st.cfg.broker.internal_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            tracing::info!(listen = %addr, "internal listener (metrics, health details)");
+            let mut closed = closed.clone();
+            Some(tokio::spawn(http::serve::serve(
+                l,
+                http::serve::Listener::Internal,
+                app.clone(),
+                header_timeout,
+                async move {
+                    let _ = closed.wait_for(|c| *c).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    http::serve::serve(listener, http::serve::Listener::Public, app, header_timeout, shutdown)
+        .await;
+    if let Some(internal) = internal {
+        let _ = internal.await;
+    }
     // The loop is stopped (and its last renewal done or dropped) before the lease is given up.
     reconciler.abort();
     let _ = reconciler.await;

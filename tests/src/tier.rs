@@ -31,8 +31,9 @@ pub const POSTGRES: &str = "atrium-postgres";
 pub const EDGE: &str = "atrium-edge";
 /// The demo directory's port, as the overlay's brokers expect it.
 pub const DIRECTORY_PORT: u16 = 28389;
-/// Every port the tier's pods use on 127.0.0.1.
-pub const PORTS: [u16; 8] = [8443, 28080, 28081, 28082, 28083, 28091, 28092, 28432];
+/// Every port the tier's pods use on 127.0.0.1 (the brokers' metrics on 28181-28183).
+pub const PORTS: [u16; 11] =
+    [8443, 28080, 28081, 28082, 28083, 28181, 28182, 28183, 28091, 28092, 28432];
 /// The folder the overlay names for its host paths.
 const OVERLAY_STATE: &str = "/var/lib/atrium/tier";
 

@@ -314,6 +314,11 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     for name in ["__Host-atrium_session=", "__Host-atrium_csrf="] {
         assert!(set.iter().any(|c| c.starts_with(name) && c.contains("Secure")), "{set:?}");
     }
+    // Metrics are for the internal listener only, not for the public address.
+    let public = tier.http().get(&format!("{}/metrics", tier::PUBLIC_URL)).await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let internal = reqwest::get("http://127.0.0.1:28181/metrics").await.unwrap();
+    assert_eq!(internal.status(), StatusCode::OK);
     wait_for("the node to register", Duration::from_secs(30), || async {
         let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
         (n.as_array().is_some_and(|a| !a.is_empty())).then_some(())

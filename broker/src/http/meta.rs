@@ -1,14 +1,16 @@
 //! Health, metrics, public keys.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::serve::Listener;
+use crate::error::ApiError;
 use crate::metrics::label;
 use crate::state::AppState;
 
@@ -24,21 +26,34 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct Health {
     /// `ok` when the database answers (the broker can serve); `degraded` otherwise.
     pub status: String,
-    pub database: String,
+    /// The details are on the internal listener when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// `ok` or `unavailable`: sign-ins need the directory.
-    pub directory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+}
+
+/// Whether this request may see what monitoring sees: on the internal listener, or on the only
+/// listener when there is no internal one.
+fn internal(st: &AppState, which: Option<&Listener>) -> bool {
+    st.cfg.broker.internal_listen.is_none() || which == Some(&Listener::Internal)
 }
 
 /// Liveness and health (the database and the directory).
 #[utoipa::path(get, path = "/healthz", tag = "meta",
     responses((status = 200, body = Health), (status = 503, description = "The database is unreachable", body = Health)))]
-async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+async fn healthz(
+    State(st): State<AppState>,
+    which: Option<Extension<Listener>>,
+) -> impl IntoResponse {
+    let details = internal(&st, which.as_ref().map(|e| &e.0));
     let db_ok = st.db.ping().await.is_ok();
-    let dir_ok = st.directory.check().await.is_ok();
+    let dir_ok = if details { Some(st.directory.check().await.is_ok()) } else { None };
     let h = Health {
         status: if db_ok { "ok" } else { "degraded" }.into(),
-        database: if db_ok { "ok" } else { "unavailable" }.into(),
-        directory: if dir_ok { "ok" } else { "unavailable" }.into(),
+        database: details.then(|| if db_ok { "ok" } else { "unavailable" }.into()),
+        directory: dir_ok.map(|ok| if ok { "ok" } else { "unavailable" }.into()),
     };
     (if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(h))
 }
@@ -47,14 +62,19 @@ async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
 pub struct Readiness {
     /// `ready` or `not ready`.
     pub status: String,
-    /// `ok`, `unavailable`, or `behind` (the schema is older than this build needs).
-    pub database: String,
+    /// `ok`, `unavailable`, or `behind` (the schema is older than this build needs). The
+    /// details are on the internal listener when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// Schema version applied / needed.
-    pub schema: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// `loaded`: the signing keys are in memory.
-    pub keys: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
     /// The broker is stopping: a load balancer should send it nothing new.
-    pub draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
 }
 
 /// How long `/readyz` waits for the database.
@@ -64,7 +84,11 @@ const READY_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// build needs, the signing keys are loaded, and the broker is not draining.
 #[utoipa::path(get, path = "/readyz", tag = "meta",
     responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
-async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+async fn readyz(
+    State(st): State<AppState>,
+    which: Option<Extension<Listener>>,
+) -> impl IntoResponse {
+    let details = internal(&st, which.as_ref().map(|e| &e.0));
     // A probe answers quickly: a database that does not answer within a second is unavailable
     // (a request would wait `database.acquire_timeout_secs` for it).
     let version = tokio::time::timeout(READY_DB_WAIT, st.db.schema_version())
@@ -81,17 +105,23 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let ready = database == "ok" && keys && !draining;
     let r = Readiness {
         status: if ready { "ready" } else { "not ready" }.into(),
-        database: database.into(),
-        schema: format!("{}/{need}", version.as_ref().map_or(-1, |v| *v)),
-        keys: if keys { "loaded" } else { "missing" }.into(),
-        draining,
+        database: details.then(|| database.into()),
+        schema: details.then(|| format!("{}/{need}", version.as_ref().map_or(-1, |v| *v))),
+        keys: details.then(|| if keys { "loaded" } else { "missing" }.into()),
+        draining: details.then_some(draining),
     };
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r))
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", body = String)))]
-async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", body = String), (status = 404, description = "Asked on the public listener while an internal one is configured", body = crate::error::ErrorResponse)))]
+async fn metrics(
+    State(st): State<AppState>,
+    which: Option<Extension<Listener>>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !internal(&st, which.as_ref().map(|e| &e.0)) {
+        return Err(ApiError::NotFound("metrics are served on the internal listener".into()));
+    }
     let mut gauges = Vec::new();
     if let Ok(desktops) = st.db.list_desktops().await {
         let mut by: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
@@ -129,7 +159,7 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             vec![(String::new(), s.len() as u64)],
         ));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&gauges))
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&gauges)))
 }
 
 /// The public keys that verify session tokens and display tickets (JWKS).

@@ -91,8 +91,15 @@ mod tests {
     use super::*;
 
     async fn state() -> (AppState, std::path::PathBuf) {
+        state_with(|_| {}).await
+    }
+
+    async fn state_with(
+        tune: impl FnOnce(&mut crate::config::Config),
+    ) -> (AppState, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("atrium-http-{}", uuid::Uuid::new_v4()));
         let mut cfg = crate::config::Config::default();
+        tune(&mut cfg);
         cfg.broker.data_dir = dir.clone();
         cfg.policies.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
         // Nothing listens there: these tests never sign in.
@@ -151,6 +158,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_an_internal_listener_the_public_one_shows_no_internals() {
+        let (st, dir) =
+            state_with(|c| c.broker.internal_listen = Some(([127, 0, 0, 1], 0).into())).await;
+        let app = app(st);
+        let get = |uri: &str, internal: bool| {
+            let mut req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            if internal {
+                req.extensions_mut().insert(serve::Listener::Internal);
+            }
+            app.clone().oneshot(req)
+        };
+        let body = |r: axum::response::Response| async move {
+            let b = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert_eq!(get("/metrics", false).await.unwrap().status(), StatusCode::NOT_FOUND);
+        let h = body(get("/healthz", false).await.unwrap()).await;
+        assert!(h.contains("\"status\"") && !h.contains("directory"), "{h}");
+        let r = body(get("/readyz", false).await.unwrap()).await;
+        assert!(r.contains("\"status\"") && !r.contains("schema"), "{r}");
+        // The internal listener shows all.
+        let m = get("/metrics", true).await.unwrap();
+        assert_eq!(m.status(), StatusCode::OK);
+        assert!(body(m).await.contains("atrium_broker_logins_total"));
+        assert!(body(get("/healthz", true).await.unwrap()).await.contains("directory"));
+        assert!(body(get("/readyz", true).await.unwrap()).await.contains("schema"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -16,10 +16,19 @@ use tower::ServiceExt;
 /// How long requests in flight may take to finish once the server stops.
 const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
+/// Which listener a request came in on (a request extension): the internal one serves what
+/// monitoring needs and the public one does not show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Internal,
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets the requests in flight
-/// finish (for at most [`DRAIN_WITHIN`]).
+/// finish (for at most [`DRAIN_WITHIN`]). Each request carries `which` as an extension.
 pub async fn serve(
     listener: TcpListener,
+    which: Listener,
     app: Router,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
@@ -44,6 +53,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let svc = app.clone().map_request(move |mut req: axum::http::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(which);
             req
         });
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -93,7 +103,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, app, header_timeout, async {
+        tokio::spawn(serve(listener, Listener::Public, app, header_timeout, async {
             let _ = rx.await;
         }));
         (addr, tx)
