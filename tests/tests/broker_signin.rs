@@ -142,7 +142,8 @@ async fn directory_down_or_hung_is_503_not_a_hang() {
     // A directory that stops answering (SIGSTOP) mid-way.
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    broker.client().login_ok("alice", "alice-pw").await;
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
     slapd.pause();
     let started = Instant::now();
     let mut c = broker.client();
@@ -161,6 +162,15 @@ async fn directory_down_or_hung_is_503_not_a_hang() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "sign-in did not recover after the directory came back");
+
+    // The directory is killed (kill -9): sign-ins get a clear 503, running sessions go on.
+    // SAFETY: kill(2) on the test's own slapd.
+    unsafe { libc::kill(i32::try_from(slapd.pid()).unwrap(), libc::SIGKILL) };
+    let (s, body) = login_status(&mut broker.client(), "bob", "bob-pw").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("directory is unavailable"), "{body}");
+    alice.get_json("/api/v1/pools", StatusCode::OK).await;
+    alice.get_json("/api/v1/me", StatusCode::OK).await;
 }
 
 #[tokio::test]
