@@ -36,7 +36,7 @@ pub async fn run(st: AppState) {
     let ttl_ms = i64::try_from(lease_ttl(interval).as_millis()).unwrap_or(i64::MAX / 4);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started = Instant::now();
+    let mut contact = Contact::new(Instant::now(), interval * 2 + Duration::from_secs(1));
     let mut ticks: u64 = 0;
     let mut holding = false;
     loop {
@@ -49,10 +49,14 @@ pub async fn run(st: AppState) {
             tracing::warn!(error = %e, "could not reload signing keys");
         }
         let held = match st.db.acquire_lease(LEASE, &st.instance, now_ms(), ttl_ms).await {
-            Ok(h) => h,
+            Ok(h) => {
+                contact.reached(Instant::now());
+                h
+            }
             Err(e) => {
                 Metrics::inc(&st.metrics.reconcile_errors);
                 tracing::warn!(error = %e, "cannot take the reconcile lease");
+                contact.lost();
                 false
             }
         };
@@ -68,9 +72,10 @@ pub async fn run(st: AppState) {
             continue;
         }
         Metrics::inc(&st.metrics.reconcile_runs);
-        // Right after a (re)start nodes have not had the time to heartbeat to this broker:
-        // judging them lost then would fail every desktop after a broker restart.
-        let judge_nodes = started.elapsed() >= Duration::from_secs(st.cfg.nodes.lost_after_secs);
+        // Right after a (re)start, or after the database was out of reach, nodes have not had
+        // the time to record a heartbeat: judging them lost then would fail every desktop.
+        let judge_nodes =
+            contact.steady_for(Instant::now()) >= Duration::from_secs(st.cfg.nodes.lost_after_secs);
         // A pass may outlast the lease (a node that takes its time to answer): it is renewed
         // while the pass runs, so no other replica starts one meanwhile.
         let work = pass(&st, judge_nodes);
@@ -81,12 +86,53 @@ pub async fn run(st: AppState) {
             tokio::select! {
                 () = &mut work => break,
                 _ = renew.tick() => {
-                    if let Err(e) = st.db.acquire_lease(LEASE, &st.instance, now_ms(), ttl_ms).await {
-                        tracing::warn!(error = %e, "cannot renew the reconcile lease during a pass");
+                    match st.db.acquire_lease(LEASE, &st.instance, now_ms(), ttl_ms).await {
+                        Ok(_) => contact.reached(Instant::now()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot renew the reconcile lease during a pass");
+                            contact.lost();
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// How long this replica has reached the database without a break. Nodes heartbeat through
+/// the database, so while it is out of reach (or this process is stalled) their heartbeats
+/// are lost too: silence over such a break says nothing about the nodes.
+struct Contact {
+    /// Since when the database has been reached without a break.
+    since: Instant,
+    /// The last time it was reached; `None` after a failure.
+    last: Option<Instant>,
+    /// A longer gap between two contacts counts as a break (the process was stalled).
+    max_gap: Duration,
+}
+
+impl Contact {
+    fn new(now: Instant, max_gap: Duration) -> Self {
+        Self { since: now, last: Some(now), max_gap }
+    }
+
+    fn reached(&mut self, now: Instant) {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) <= self.max_gap => {}
+            _ => self.since = now,
+        }
+        self.last = Some(now);
+    }
+
+    fn lost(&mut self) {
+        self.last = None;
+    }
+
+    fn steady_for(&self, now: Instant) -> Duration {
+        if self.last.is_none() {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(self.since)
     }
 }
 
@@ -244,4 +290,42 @@ async fn spares(st: &AppState) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GAP: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn steady_contact_counts_from_the_start() {
+        let t0 = Instant::now();
+        let mut c = Contact::new(t0, GAP);
+        for s in 1..=10 {
+            c.reached(t0 + Duration::from_secs(2 * s));
+        }
+        assert_eq!(c.steady_for(t0 + Duration::from_secs(20)), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_failure_starts_the_count_again_at_the_next_contact() {
+        let t0 = Instant::now();
+        let mut c = Contact::new(t0, GAP);
+        c.reached(t0 + Duration::from_secs(2));
+        c.lost();
+        assert_eq!(c.steady_for(t0 + Duration::from_secs(4)), Duration::ZERO);
+        c.reached(t0 + Duration::from_secs(6));
+        assert_eq!(c.steady_for(t0 + Duration::from_secs(9)), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_long_gap_between_contacts_is_a_break() {
+        let t0 = Instant::now();
+        let mut c = Contact::new(t0, GAP);
+        c.reached(t0 + Duration::from_secs(30));
+        assert_eq!(c.steady_for(t0 + Duration::from_secs(31)), Duration::from_secs(1));
+        c.reached(t0 + Duration::from_secs(35));
+        assert_eq!(c.steady_for(t0 + Duration::from_secs(35)), Duration::from_secs(5));
+    }
 }
