@@ -228,6 +228,95 @@ async fn a_database_outage_is_a_clear_503_and_heals_by_itself() {
 }
 
 #[tokio::test]
+async fn postgresql_restarted_under_load_loses_and_doubles_no_assignment() {
+    const T: &str = "postgresql_restarted_under_load_loses_and_doubles_no_assignment";
+    if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
+        return;
+    }
+    let pg = Postgres::start().unwrap();
+    let slapd = Slapd::start().unwrap();
+    let users = slapd.add_users("pgload", 6).unwrap();
+    let keys = shared_key();
+    let opts = replica_options(&slapd, &pg, &keys);
+    let (b1, b2) = tokio::join!(Broker::start(opts.clone()), Broker::start(opts));
+    let brokers = [b1.unwrap(), b2.unwrap()];
+    let _node = FakeNode::start(&brokers[0].url, "node-a", 65536).await.unwrap();
+    let mut admin = brokers[0].client();
+    admin.login_ok("carol", "carol-pw").await;
+    let mut p = pool("busy", 2);
+    p["max_size"] = json!(10);
+    admin.post_json("/api/v1/admin/pools", p, StatusCode::CREATED).await;
+
+    // Each user connects again and again, through both replicas in turn, while PostgreSQL is
+    // stopped and started; during the outage the answers are 503s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (user, password)) in users.into_iter().enumerate() {
+        let urls = [brokers[0].url.clone(), brokers[1].url.clone()];
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ApiClient::new(&urls[i % 2]);
+            c.login_ok(&user, &password).await;
+            let mut seen: Vec<String> = Vec::new();
+            let mut turn = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                turn += 1;
+                c.base = urls[turn % 2].clone();
+                if let Ok(r) = c.post("/api/v1/pools/busy/connect", json!({})).await {
+                    match r.status() {
+                        StatusCode::OK => {
+                            let b: Value = r.json().await.unwrap();
+                            if let Some(d) = b["desktop_id"].as_str()
+                                && seen.last().map(String::as_str) != Some(d)
+                            {
+                                seen.push(d.to_owned());
+                            }
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {}
+                        other => panic!("{user}: connect answered {other}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            (user, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Longer than the nodes' `lost_after_secs` (3 s): their heartbeats fail meanwhile, which
+    // must not make the nodes lost.
+    pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.start_again().unwrap();
+    wait_for("the replicas to be ready again", Duration::from_secs(30), || async {
+        let a = status(&format!("{}/readyz", brokers[0].url)).await == Some(200);
+        let b = status(&format!("{}/readyz", brokers[1].url)).await == Some(200);
+        (a && b).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut owner: std::collections::HashMap<String, String> = Default::default();
+    for t in tasks {
+        let (user, seen) = t.await.unwrap();
+        // One desktop all along: the restart lost no assignment...
+        assert_eq!(seen.len(), 1, "{user} was given {seen:?}");
+        // ...and gave none twice.
+        if let Some(other) = owner.insert(seen[0].clone(), user.clone()) {
+            panic!("desktop {} was given to {other} and {user}", seen[0]);
+        }
+    }
+    // The database agrees: each desktop has at most one user.
+    let desktops = admin.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+    let assigned: Vec<&str> =
+        desktops.as_array().unwrap().iter().filter_map(|d| d["username"].as_str()).collect();
+    let mut unique = assigned.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), assigned.len(), "{desktops}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_then_stops() {
     const T: &str = "sigterm_drains_then_stops";
     if skip(Group::Ldap, T) {
