@@ -42,6 +42,31 @@ fn replica_options(slapd: &Slapd, pg: &Postgres, keys: &TempDir) -> BrokerOption
     opts
 }
 
+/// Replicas of one broker on one PostgreSQL and one directory, started at the same moment:
+/// they migrate the empty database together.
+struct Replicas {
+    // Dropped in this order: the brokers stop before their database.
+    brokers: Vec<Broker>,
+    slapd: Slapd,
+    pg: Postgres,
+    _keys: TempDir,
+}
+
+impl Replicas {
+    async fn start(n: usize) -> Self {
+        let pg = Postgres::start().unwrap();
+        let slapd = Slapd::start().unwrap();
+        let keys = shared_key();
+        let opts = replica_options(&slapd, &pg, &keys);
+        let starting: Vec<_> = (0..n).map(|_| tokio::spawn(Broker::start(opts.clone()))).collect();
+        let mut brokers = Vec::with_capacity(n);
+        for s in starting {
+            brokers.push(s.await.expect("a broker start task").expect("a broker replica"));
+        }
+        Self { brokers, slapd, pg, _keys: keys }
+    }
+}
+
 async fn status(url: &str) -> Option<u16> {
     reqwest::Client::new()
         .get(url)
@@ -67,18 +92,10 @@ async fn three_replicas_start_at_once_and_act_as_one_broker() {
     if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
         return;
     }
-    let pg = Postgres::start().unwrap();
-    let slapd = Slapd::start().unwrap();
-    let keys = shared_key();
-    let opts = replica_options(&slapd, &pg, &keys);
     // All three migrate an empty database at the same moment.
-    let (b1, b2, b3) = tokio::join!(
-        Broker::start(opts.clone()),
-        Broker::start(opts.clone()),
-        Broker::start(opts.clone())
-    );
-    let mut brokers = vec![b1.unwrap(), b2.unwrap(), b3.unwrap()];
-    for b in &brokers {
+    let mut replicas = Replicas::start(3).await;
+    let brokers = &mut replicas.brokers;
+    for b in brokers.iter() {
         assert_eq!(status(&format!("{}/readyz", b.url)).await, Some(200), "{}", b.log());
     }
     let node = FakeNode::start(&brokers[0].url, "node-a", 16384).await.unwrap();
@@ -111,7 +128,7 @@ async fn three_replicas_start_at_once_and_act_as_one_broker() {
     // One replica does the reconcile passes; the others wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut runs = Vec::new();
-    for b in &brokers {
+    for b in brokers.iter() {
         runs.push(reconcile_runs(b).await);
     }
     let holders: Vec<usize> = (0..3).filter(|&i| runs[i] > 0).collect();
@@ -156,12 +173,8 @@ async fn a_pass_longer_than_the_lease_keeps_it() {
     if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
         return;
     }
-    let pg = Postgres::start().unwrap();
-    let slapd = Slapd::start().unwrap();
-    let keys = shared_key();
-    let opts = replica_options(&slapd, &pg, &keys);
-    let (b1, b2) = tokio::join!(Broker::start(opts.clone()), Broker::start(opts));
-    let brokers = [b1.unwrap(), b2.unwrap()];
+    let replicas = Replicas::start(2).await;
+    let brokers = &replicas.brokers;
     // A slow node: each VM takes 4 s to create, and a pass provisions three spares one after
     // another, so one pass lasts about 12 s, beyond the lease's 10 s.
     let node = FakeNode::start(&brokers[0].url, "node-a", 16384).await.unwrap();
@@ -192,10 +205,8 @@ async fn a_database_outage_is_a_clear_503_and_heals_by_itself() {
     if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
         return;
     }
-    let pg = Postgres::start().unwrap();
-    let slapd = Slapd::start().unwrap();
-    let keys = shared_key();
-    let broker = Broker::start(replica_options(&slapd, &pg, &keys)).await.unwrap();
+    let replicas = Replicas::start(1).await;
+    let (broker, pg) = (&replicas.brokers[0], &replicas.pg);
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
     alice.get_json("/api/v1/pools", StatusCode::OK).await;
@@ -233,13 +244,9 @@ async fn postgresql_restarted_under_load_loses_and_doubles_no_assignment() {
     if skip(Group::Ldap, T) || skip(Group::Postgres, T) {
         return;
     }
-    let pg = Postgres::start().unwrap();
-    let slapd = Slapd::start().unwrap();
-    let users = slapd.add_users("pgload", 6).unwrap();
-    let keys = shared_key();
-    let opts = replica_options(&slapd, &pg, &keys);
-    let (b1, b2) = tokio::join!(Broker::start(opts.clone()), Broker::start(opts));
-    let brokers = [b1.unwrap(), b2.unwrap()];
+    let replicas = Replicas::start(2).await;
+    let (brokers, pg) = (&replicas.brokers, &replicas.pg);
+    let users = replicas.slapd.add_users("pgload", 6).unwrap();
     let _node = FakeNode::start(&brokers[0].url, "node-a", 65536).await.unwrap();
     let mut admin = brokers[0].client();
     admin.login_ok("carol", "carol-pw").await;
