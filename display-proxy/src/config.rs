@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 pub use atrium_protocol::config::ConfigError;
 pub use atrium_protocol::secret::Secret;
 
+/// The largest request head the display proxy and the gateway read (a ticket is at most 8 KiB).
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// How long connections that have not upgraded get to finish once the door closes (viewers,
+/// upgraded, are ended by the stop itself).
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+
 /// The display proxy's settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -170,12 +177,14 @@ impl DisplayConfig {
     }
 
     /// What the accept loop lets in.
-    pub fn door_limits(&self) -> crate::door::DoorLimits {
-        crate::door::DoorLimits {
+    pub fn door_limits(&self) -> atrium_door::DoorLimits {
+        atrium_door::DoorLimits {
             max_connections: self.max_connections,
             max_per_address: self.max_connections_per_address,
             trusted: self.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect(),
             header_timeout: Duration::from_secs(self.header_timeout_secs),
+            max_head: MAX_REQUEST_HEAD,
+            drain_within: DRAIN_WITHIN,
         }
     }
 

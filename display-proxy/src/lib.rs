@@ -18,7 +18,6 @@ pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod desktop;
-pub mod door;
 pub mod encode;
 pub mod frame;
 pub mod framebuffer;

@@ -100,6 +100,6 @@ async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    atrium_display::door::serve(listener, router(state), door, shutdown, || {}).await;
+    atrium_door::serve(listener, router(state), door, shutdown, || {}).await;
     Ok(())
 }

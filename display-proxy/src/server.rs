@@ -16,12 +16,12 @@ use serde::Deserialize;
 
 use crate::config::{DisplayConfig, Secret};
 use crate::desktop::{Desktops, NodeOpener, OpenError, SourceOpener};
-use crate::door::Door;
 use crate::metrics::Metrics;
 use crate::node::NodeClient;
 use crate::pool::EncodePool;
 use crate::ticket::{TicketError, TicketVerifier, VerifierConfig};
 use crate::viewer::{self, Sessions, ViewerContext};
+use atrium_door::Door;
 use atrium_protocol::secret::constant_time_eq;
 
 /// Everything a request handler reaches.

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::relay::Traffic;
-use crate::door::DoorStats;
+use atrium_door::DoorStats;
 
 /// Why a viewer was not relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Refusal {
 }
 
 /// The gateway's counters. Cheap to update from any task. (Connections and TLS handshakes are
-/// the accept loop's: [`crate::door::DoorStats`].)
+/// the accept loop's: [`atrium_door::DoorStats`].)
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     pub relays: AtomicI64,

@@ -8,7 +8,7 @@
 //! serves any viewer, and a viewer whose gateway died reconnects through another.
 //!
 //! - [`config`]: the settings; [`tls`]: certificates from PEM files, reloaded on SIGHUP;
-//! - the accept loop is the display proxy's too ([`crate::door`]): connection limits, TLS and
+//! - the accept loop is the display proxy's too ([`atrium_door`]): connection limits, TLS and
 //!   header deadlines, graceful stop;
 //! - [`routes`]: `/healthz`, `/readyz`, `/metrics` and `/ws/{vm}`;
 //! - [`relay`]: the upgrade repeated to the proxy, then the byte pump;
@@ -18,7 +18,6 @@ pub mod config;
 pub mod metrics;
 pub mod relay;
 pub mod routes;
-pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +26,11 @@ use std::time::Duration;
 use atrium_protocol::net::IpNet;
 use thiserror::Error;
 
-use crate::door::{self, AddressSlots, Door, DoorLimits};
 use crate::ticket::{TicketVerifier, VerifierConfig};
+use atrium_door::tls::{TlsError, TlsFiles};
+use atrium_door::{self as door, AddressSlots, Door, DoorLimits};
 use config::GatewayConfig;
 use metrics::GatewayMetrics;
-use tls::{TlsError, TlsFiles};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -78,6 +77,8 @@ impl Gateway {
             max_per_address: cfg.max_connections_per_address,
             trusted: cfg.trusted_nets(),
             header_timeout: cfg.header_timeout(),
+            max_head: crate::config::MAX_REQUEST_HEAD,
+            drain_within: crate::config::DRAIN_WITHIN,
         };
         Ok(Self(Arc::new(Inner {
             trusted: cfg.trusted_nets(),

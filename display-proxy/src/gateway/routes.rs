@@ -17,8 +17,8 @@ use serde::Deserialize;
 use super::Gateway;
 use super::metrics::Refusal;
 use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
-use crate::door::Slot;
 use crate::ticket::TicketError;
+use atrium_door::Slot;
 
 /// The routes.
 pub fn router(gateway: Gateway) -> Router {

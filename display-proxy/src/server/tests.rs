@@ -64,7 +64,7 @@ async fn harness_with(
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());
     let door = Arc::clone(state.door());
-    tokio::spawn(crate::door::serve(listener, app, door, std::future::pending(), || {}));
+    tokio::spawn(atrium_door::serve(listener, app, door, std::future::pending(), || {}));
     Harness { addr, issuer, _jwks: jwks, opener, state }
 }
 

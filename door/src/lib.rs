@@ -1,8 +1,11 @@
-//! The door of the display proxy and of the gateway: one accept loop for both, so neither can be
-//! held open. At most `max_connections` connections at once (a gateway's relays count too), at
-//! most `max_per_address` from one address that is not a trusted proxy (an IPv6 host counts by
-//! its /64), a deadline for the TLS handshake (when there is TLS) and another for the request's
-//! headers, a small request buffer, HTTP/1.1 with upgrades, and a graceful stop.
+//! The door of Atrium's HTTP services (broker, display proxy, gateway): one accept loop for
+//! all, so none can be held open. At most `max_connections` connections at once (a gateway's
+//! relays count too), at most `max_per_address` from one address that is not a trusted proxy
+//! (an IPv6 host counts by its /64), a deadline for the TLS handshake (when there is TLS) and
+//! another for the request's headers, a bounded request head, HTTP/1.1 with upgrades, and a
+//! graceful stop. Each request carries its peer as `ConnectInfo<SocketAddr>`.
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,13 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
-use crate::gateway::tls::TlsFiles;
+use crate::tls::TlsFiles;
 
-/// The largest request head read (hyper's minimum; a ticket is at most 8 KiB).
-const MAX_REQUEST: usize = 16 * 1024;
-
-/// How long connections that have not upgraded get to finish once the door closes.
-const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+/// The smallest request head a door may be given (hyper's minimum buffer).
+pub const MIN_HEAD: usize = 8 * 1024;
 
 /// What the door lets in.
 #[derive(Debug, Clone)]
@@ -38,6 +38,12 @@ pub struct DoorLimits {
     pub trusted: Vec<IpNet>,
     /// For the TLS handshake, and again for the request's headers.
     pub header_timeout: Duration,
+    /// The largest request head (request line and headers) read, in bytes; at least
+    /// [`MIN_HEAD`].
+    pub max_head: usize,
+    /// How long requests in flight (connections that have not upgraded) get to finish once
+    /// the door closes.
+    pub drain_within: Duration,
 }
 
 /// What the door counts, for `/metrics`.
@@ -150,7 +156,7 @@ impl Drop for Slot {
 
 /// Serves `app` on `listener` through `door` until `shutdown` completes; then stops accepting,
 /// calls `on_close` (a gateway ends its relays there) and lets requests in flight finish (for
-/// at most [`DRAIN_WITHIN`]).
+/// at most `drain_within`).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
@@ -188,21 +194,24 @@ pub async fn serve(
             let _place = place;
             door.stats.connections.fetch_add(1, Ordering::Relaxed);
             let deadline = door.limits.header_timeout;
+            let head = door.limits.max_head.max(MIN_HEAD);
             match door.tls() {
-                None => connection(stream, peer, app, deadline, stop).await,
-                Some(tls) => match tokio::time::timeout(deadline, tls.acceptor().accept(stream))
-                    .await
-                {
-                    Ok(Ok(tls_stream)) => connection(tls_stream, peer, app, deadline, stop).await,
-                    Ok(Err(e)) => {
-                        door.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None => connection(stream, peer, app, deadline, head, stop).await,
+                Some(tls) => {
+                    match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            connection(tls_stream, peer, app, deadline, head, stop).await;
+                        }
+                        Ok(Err(e)) => {
+                            door.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            door.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                        }
                     }
-                    Err(_) => {
-                        door.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(peer = %peer, "TLS handshake timed out");
-                    }
-                },
+                }
             }
             door.stats.connections.fetch_sub(1, Ordering::Relaxed);
         });
@@ -210,9 +219,10 @@ pub async fn serve(
     drop(listener);
     on_close();
     let _ = stop_tx.send(true);
-    let drained =
-        tokio::time::timeout(DRAIN_WITHIN, async { while conns.join_next().await.is_some() {} })
-            .await;
+    let drained = tokio::time::timeout(door.limits.drain_within, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(left = conns.len(), "connections still open at shutdown were dropped");
     }
@@ -224,6 +234,7 @@ async fn connection<S>(
     peer: SocketAddr,
     app: axum::Router,
     header_timeout: Duration,
+    max_head: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -233,7 +244,7 @@ async fn connection<S>(
         req
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_REQUEST);
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(max_head);
     let conn =
         http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).with_upgrades();
     tokio::pin!(conn);

@@ -1,5 +1,5 @@
-//! The gateway's TLS: a certificate chain and key from PEM files, reloaded on SIGHUP and when
-//! the files change (a Kubernetes Secret updated in place). A reload that fails keeps the
+//! A door's TLS: a certificate chain and key from PEM files, reloaded on SIGHUP and when the
+//! files change (a Kubernetes Secret updated in place). A reload that fails keeps the
 //! certificate in use.
 
 use std::path::{Path, PathBuf};
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn loads_reloads_and_keeps_the_old_on_error() {
-        let dir = std::env::temp_dir().join(format!("atrium-gw-tls-{}", rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!("atrium-door-tls-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
         let (cert, key) = pair("gw.example");
