@@ -260,3 +260,6 @@ async fn connection<S>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
