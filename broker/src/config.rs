@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use atrium_protocol::config::{EnvKeys, EnvSpec};
 use atrium_protocol::net::IpNet;
@@ -46,6 +47,12 @@ pub struct BrokerSection {
     pub reconcile_interval_secs: u64,
     /// Seconds a client has to send a request's headers; slower connections are closed.
     pub header_timeout_secs: u64,
+    /// Connections open at once on each listener, in all; beyond it new ones are closed at
+    /// once.
+    pub max_connections: usize,
+    /// Connections open at once from one address that is not in `trusted_proxies` (an IPv6
+    /// host counts by its /64).
+    pub max_connections_per_address: usize,
     /// Seconds between SIGTERM and closing the listener, during which `/readyz` answers 503 and
     /// every other request is still served, so a load balancer stops sending new requests
     /// before the broker stops taking them. Requests in flight then get 10 s more to finish.
@@ -62,6 +69,8 @@ impl Default for BrokerSection {
             trusted_proxies: Vec::new(),
             reconcile_interval_secs: 2,
             header_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_address: 1024,
             drain_secs: 0,
         }
     }
@@ -278,6 +287,13 @@ pub struct WebSection {
     pub dir: Option<PathBuf>,
 }
 
+/// The largest request head (request line and headers) a listener reads: cookies, a bearer
+/// token and a long query fit many times over.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// How long requests in flight get to finish once a listener closes.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
+
 const SECTIONS: &[&str] =
     &["broker", "database", "ldap", "sessions", "tickets", "login", "policies", "nodes", "web"];
 
@@ -362,6 +378,12 @@ impl Config {
         if !(1..=300).contains(&self.broker.header_timeout_secs) {
             return bad("broker.header_timeout_secs must be 1 to 300".into());
         }
+        if self.broker.max_connections == 0 || self.broker.max_connections_per_address == 0 {
+            return bad(
+                "broker.max_connections and broker.max_connections_per_address must be at least 1"
+                    .into(),
+            );
+        }
         if self.broker.reconcile_interval_secs > 3600 {
             return bad("broker.reconcile_interval_secs must be at most 3600".into());
         }
@@ -430,6 +452,18 @@ impl Config {
     /// `broker.trusted_proxies`, parsed (validated at load).
     pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
         self.broker.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    /// What each listener lets in.
+    pub fn door_limits(&self) -> atrium_door::DoorLimits {
+        atrium_door::DoorLimits {
+            max_connections: self.broker.max_connections,
+            max_per_address: self.broker.max_connections_per_address,
+            trusted: self.trusted_proxy_nets(),
+            header_timeout: Duration::from_secs(self.broker.header_timeout_secs),
+            max_head: MAX_REQUEST_HEAD,
+            drain_within: DRAIN_WITHIN,
+        }
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -572,11 +606,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.broker.drain_secs, 5);
         assert_eq!(c.trusted_proxy_nets().len(), 2);
+        let door = c.door_limits();
+        assert_eq!(
+            (door.max_connections, door.max_per_address, door.trusted.len()),
+            (4096, 1024, 2)
+        );
         for (var, value) in [
             ("ATRIUM_TICKETS_GATEWAY_URL", "https://desk.example.com"),
             ("ATRIUM_TICKETS_GATEWAY_URL", "wss://desk.example.com/?x"),
             ("ATRIUM_DATABASE_ACQUIRE_TIMEOUT_SECS", "0"),
             ("ATRIUM_BROKER_TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("ATRIUM_BROKER_MAX_CONNECTIONS", "0"),
+            ("ATRIUM_BROKER_MAX_CONNECTIONS_PER_ADDRESS", "0"),
         ] {
             let e = load(&[(var, value)]).unwrap_err().to_string();
             let key = var.trim_start_matches("ATRIUM_").to_ascii_lowercase();

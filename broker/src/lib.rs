@@ -67,7 +67,6 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         Duration::from_secs(cfg.nodes.request_timeout_secs),
     );
     Ok(AppState {
-        cfg: Arc::new(cfg),
         login_writer: db::LoginWriter::start(db.clone()),
         db,
         directory,
@@ -79,6 +78,8 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         sweeping: Arc::default(),
         instance: instance_name().into(),
         draining: Arc::default(),
+        door: Arc::new(atrium_door::Door::new(cfg.door_limits(), None)),
+        cfg: Arc::new(cfg),
     })
 }
 
@@ -107,7 +108,6 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     tracing::info!(listen = %local, db = ?st.db.dialect(), instance = %st.instance, "atrium-broker serving");
     let reconciler = tokio::spawn(reconcile::run(st.clone()));
     tokio::spawn(reload_on_sighup(st.clone()));
-    let header_timeout = Duration::from_secs(st.cfg.broker.header_timeout_secs);
     let app = http::app(st.clone());
     let drain = Duration::from_secs(st.cfg.broker.drain_secs);
     let draining = Arc::clone(&st.draining);
@@ -129,20 +129,21 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 .map_err(|source| StartError::Listen { addr, source })?;
             tracing::info!(listen = %addr, "internal listener (metrics, health details)");
             let mut closed = closed.clone();
-            Some(tokio::spawn(http::serve::serve(
+            let door = Arc::new(atrium_door::Door::new(st.cfg.door_limits(), None));
+            Some(tokio::spawn(atrium_door::serve(
                 l,
-                http::serve::Listener::Internal,
-                app.clone(),
-                header_timeout,
+                app.clone().layer(axum::Extension(http::Listener::Internal)),
+                door,
                 async move {
                     let _ = closed.wait_for(|c| *c).await;
                 },
+                || {},
             )))
         }
         None => None,
     };
-    http::serve::serve(listener, http::serve::Listener::Public, app, header_timeout, shutdown)
-        .await;
+    let public = app.layer(axum::Extension(http::Listener::Public));
+    atrium_door::serve(listener, public, Arc::clone(&st.door), shutdown, || {}).await;
     if let Some(internal) = internal {
         let _ = internal.await;
     }

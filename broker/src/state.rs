@@ -30,6 +30,8 @@ pub struct AppState {
     pub instance: Arc<str>,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The public listener's door (its counters are in `/metrics`).
+    pub door: Arc<atrium_door::Door>,
 }
 
 /// One async lock per key, created on demand and forgotten when unused.

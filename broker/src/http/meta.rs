@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::serve::Listener;
+use super::Listener;
 use crate::error::ApiError;
 use crate::metrics::label;
 use crate::state::AppState;
@@ -159,7 +159,9 @@ async fn metrics(
             vec![(String::new(), s.len() as u64)],
         ));
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&gauges)))
+    let mut text = st.metrics.render(&gauges);
+    text.push_str(&st.door.stats.render("atrium_broker"));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 /// The public keys that verify session tokens and display tickets (JWKS).

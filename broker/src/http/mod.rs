@@ -9,7 +9,6 @@ mod extract;
 mod meta;
 mod nodes;
 mod pools;
-pub mod serve;
 mod web;
 
 use axum::Router;
@@ -19,6 +18,14 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::state::AppState;
 
 pub use extract::JsonBody;
+
+/// Which listener a request came in on (a request extension): the internal one serves what
+/// monitoring needs and the public one does not show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Internal,
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -169,7 +176,7 @@ mod tests {
         let get = |uri: &str, internal: bool| {
             let mut req = Request::builder().uri(uri).body(Body::empty()).unwrap();
             if internal {
-                req.extensions_mut().insert(serve::Listener::Internal);
+                req.extensions_mut().insert(Listener::Internal);
             }
             app.clone().oneshot(req)
         };
@@ -185,7 +192,9 @@ mod tests {
         // The internal listener shows all.
         let m = get("/metrics", true).await.unwrap();
         assert_eq!(m.status(), StatusCode::OK);
-        assert!(body(m).await.contains("atrium_broker_logins_total"));
+        let m = body(m).await;
+        assert!(m.contains("atrium_broker_logins_total"), "{m}");
+        assert!(m.contains("atrium_broker_connections_refused_at_door_total 0"), "{m}");
         assert!(body(get("/healthz", true).await.unwrap()).await.contains("directory"));
         assert!(body(get("/readyz", true).await.unwrap()).await.contains("schema"));
         std::fs::remove_dir_all(dir).unwrap();
