@@ -8,18 +8,18 @@ mod leases;
 mod logins;
 mod nodes;
 mod pools;
+mod sessions;
 mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 pub use audit::{AuditEvent, AuditFilter};
-pub use desktops::{
-    Assignment, Desktop, DesktopSession, DesktopState, OpenSessionView, ProvisionRequest,
-};
+pub use desktops::{Assignment, Desktop, DesktopState, ProvisionRequest};
 pub use logins::{LoginRecord, LoginSession, LoginWriter};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
+pub use sessions::{DesktopSession, OpenSessionView};
 pub use users::CachedUser;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
