@@ -114,7 +114,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     // Both listeners close together, after the drain.
     let (closing, closed) = tokio::sync::watch::channel(false);
     let shutdown = async move {
-        shutdown_signal().await;
+        atrium_door::stop_signal().await;
         draining.store(true, std::sync::atomic::Ordering::SeqCst);
         if !drain.is_zero() {
             tracing::info!(secs = drain.as_secs(), "draining: /readyz answers 503");
@@ -171,14 +171,4 @@ async fn reload_on_sighup(st: AppState) {
             tracing::error!(error = %e, "key reload failed; the previous keys stay");
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

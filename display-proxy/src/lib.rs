@@ -8,8 +8,8 @@
 //! - [`desktop`]: one source shared by all viewers of a desktop;
 //! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
-//! - [`server`]: the HTTP routes; [`door`]: the accept loop and its limits; [`config`]: the
-//!   service's settings;
+//! - [`server`]: the HTTP routes (served by [`atrium_door`]: the accept loop and its limits);
+//!   [`config`]: the service's settings;
 //! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
 //!   viewers to the display proxy on their desktop's node;
 //! - [`bench`]: `atrium-display bench`, Atrium against noVNC on the same desktop.

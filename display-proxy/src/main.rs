@@ -92,14 +92,6 @@ async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "display proxy listening");
     let door = std::sync::Arc::clone(state.door());
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    atrium_door::serve(listener, router(state), door, shutdown, || {}).await;
+    atrium_door::serve(listener, router(state), door, atrium_door::stop_signal(), || {}).await;
     Ok(())
 }

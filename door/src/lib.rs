@@ -154,6 +154,17 @@ impl Drop for Slot {
     }
 }
 
+/// Completes at the first SIGTERM (an orchestrator stopping the service) or SIGINT.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
 /// Serves `app` on `listener` through `door` until `shutdown` completes; then stops accepting,
 /// calls `on_close` (a gateway ends its relays there) and lets requests in flight finish (for
 /// at most `drain_within`).

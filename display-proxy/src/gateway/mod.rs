@@ -7,9 +7,9 @@
 //! ticket again, spends it, and enforces its rights. The gateway keeps no state: any gateway
 //! serves any viewer, and a viewer whose gateway died reconnects through another.
 //!
-//! - [`config`]: the settings; [`tls`]: certificates from PEM files, reloaded on SIGHUP;
-//! - the accept loop is the display proxy's too ([`atrium_door`]): connection limits, TLS and
-//!   header deadlines, graceful stop;
+//! - [`config`]: the settings;
+//! - the accept loop is the display proxy's too ([`atrium_door`]): connection limits, TLS from
+//!   PEM files (reloaded on SIGHUP and when they change), header deadlines, graceful stop;
 //! - [`routes`]: `/healthz`, `/readyz`, `/metrics` and `/ws/{vm}`;
 //! - [`relay`]: the upgrade repeated to the proxy, then the byte pump;
 //! - [`metrics`]: the counters at `/metrics`.
@@ -196,7 +196,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
     let drain = Duration::from_secs(gateway.config().drain_secs);
     let g = gateway.clone();
     let shutdown = async move {
-        stop_signal().await;
+        door::stop_signal().await;
         g.start_draining();
         if !drain.is_zero() {
             tracing::info!(secs = drain.as_secs(), "draining: /readyz answers 503");
@@ -228,16 +228,6 @@ async fn reload_when_changed(gateway: Gateway) {
         tick.tick().await;
         gateway.reload_tls_if_changed();
     }
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping");
 }
 
 #[cfg(test)]
