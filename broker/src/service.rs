@@ -515,8 +515,13 @@ pub async fn provision(
     };
     match st.nodes.create_vm(&node.api_url, &spec).await {
         Ok(vm) => {
-            st.db.note_acceptance(&node.id).await?;
             st.db.set_desktop_vm(&d.id, &vm.id, now_ms()).await?;
+            // The node takes desktops again: its back-off is over (a write only after refusals).
+            if node.refusals != 0
+                && let Err(e) = st.db.note_acceptance(&node.id).await
+            {
+                tracing::warn!(error = %e, node = %node.id, "could not clear the node's back-off");
+            }
             if let Some(w) = who
                 && spec.user.is_some()
             {
