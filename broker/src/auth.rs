@@ -192,7 +192,7 @@ fn is_safe(m: &Method) -> bool {
 /// Authenticates the session cookie (if any), checks CSRF on state-changing requests, records
 /// the client address, and refreshes the cookie when it is past half its life.
 pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let ip = client_addr(&req, &st.cfg.trusted_proxy_nets());
+    let ip = client_addr(&req, st.door.trusted());
     req.extensions_mut().insert(ClientAddr(ip));
     let mut refresh: Option<Vec<HeaderValue>> = None;
     let secure = st.cfg.secure_cookies();

@@ -95,6 +95,12 @@ impl Door {
         Arc::clone(&self.permits).try_acquire_owned().ok()
     }
 
+    /// The peers counted as proxies (exempt from `max_per_address`): whose forwarded client
+    /// addresses a service may believe.
+    pub fn trusted(&self) -> &[IpNet] {
+        &self.limits.trusted
+    }
+
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
     }

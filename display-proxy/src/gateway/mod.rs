@@ -47,7 +47,6 @@ pub struct Gateway(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     cfg: GatewayConfig,
-    trusted: Vec<IpNet>,
     /// Where display proxies may be.
     proxy_nets: Vec<IpNet>,
     verifier: TicketVerifier,
@@ -81,7 +80,6 @@ impl Gateway {
             drain_within: crate::config::DRAIN_WITHIN,
         };
         Ok(Self(Arc::new(Inner {
-            trusted: cfg.trusted_nets(),
             proxy_nets: cfg.proxy_nets(),
             relays: Arc::new(AddressSlots::new(cfg.max_relays_per_address)),
             door: Arc::new(Door::new(limits, tls)),

@@ -123,7 +123,7 @@ async fn ws(
         }
     }
     let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-    let client = atrium_protocol::net::client_addr(peer.ip(), hops, &g.0.trusted);
+    let client = atrium_protocol::net::client_addr(peer.ip(), hops, g.door().trusted());
 
     // The ticket, before anything about the node network.
     let claims = match g.0.verifier.check(&q.ticket, &vm).await {
