@@ -348,9 +348,13 @@ impl Db {
     ) -> DbResult<Option<String>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.capacity_json,
-               CAST(COALESCE((SELECT SUM(d.memory_mib) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used,
-               CAST(COALESCE((SELECT SUM(d.vcpus) FROM desktops d WHERE d.node_id = n.id AND d.state IN {LIVE}), 0) AS BIGINT) AS used_vcpus
-             FROM nodes n WHERE n.state = 'up' AND n.draining = 0 AND n.refused_until <= $1 ORDER BY n.id"
+               CAST(COALESCE(u.memory_mib, 0) AS BIGINT) AS used,
+               CAST(COALESCE(u.vcpus, 0) AS BIGINT) AS used_vcpus
+             FROM nodes n LEFT JOIN (
+               SELECT node_id, SUM(memory_mib) AS memory_mib, SUM(vcpus) AS vcpus
+               FROM desktops WHERE state IN {LIVE} GROUP BY node_id
+             ) u ON u.node_id = n.id
+             WHERE n.state = 'up' AND n.draining = 0 AND n.refused_until <= $1 ORDER BY n.id"
         )))
         .bind(now)
         .fetch_all(&mut **tx)
