@@ -208,8 +208,10 @@ fn load_ring(dir: &Path, max_token_lifetime: Duration) -> Result<Ring, KeyError>
     let now = SystemTime::now();
     let mut files: Vec<(PathBuf, SystemTime)> = files
         .into_iter()
-        .map(|(p, mtime)| (activation(&p, mtime), p))
-        .map(|(a, p)| (p, a))
+        .map(|(p, mtime)| {
+            let at = activation(&p, mtime);
+            (p, at)
+        })
         .collect();
     files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     if files.iter().all(|(_, at)| *at > now) {

@@ -132,7 +132,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             let door = Arc::new(atrium_door::Door::new(st.cfg.door_limits(), None));
             Some(tokio::spawn(atrium_door::serve(
                 l,
-                app.clone().layer(axum::Extension(http::Listener::Internal)),
+                app.clone().layer(axum::Extension(http::InternalListener)),
                 door,
                 async move {
                     let _ = closed.wait_for(|c| *c).await;
@@ -142,8 +142,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
         None => None,
     };
-    let public = app.layer(axum::Extension(http::Listener::Public));
-    atrium_door::serve(listener, public, Arc::clone(&st.door), shutdown, || {}).await;
+    atrium_door::serve(listener, app, Arc::clone(&st.door), shutdown, || {}).await;
     if let Some(internal) = internal {
         let _ = internal.await;
     }

@@ -103,8 +103,18 @@ impl VerifierConfig {
 #[derive(Debug, Default)]
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
-    fetched: Option<Instant>,
     attempted: Option<Instant>,
+}
+
+/// While no key is known, `/readyz` may fetch the key set this often (a probe every second or
+/// so brings the service up as soon as the broker answers).
+const READY_REFRESH: Duration = Duration::from_secs(1);
+
+impl KeyCache {
+    /// Whether a fetch may start: none was tried within `min`.
+    fn may_fetch(&self, min: Duration) -> bool {
+        self.attempted.is_none_or(|t| t.elapsed() >= min)
+    }
 }
 
 /// Remembers used `jti`s until their ticket expires.
@@ -194,9 +204,7 @@ impl TicketVerifier {
         let keys = self.fetch().await?;
         tracing::info!(keys = keys.len(), url = %self.cfg.jwks_url, "fetched the broker's signing keys");
         let n = keys.len();
-        let mut cache = self.cache.write().await;
-        cache.keys = keys;
-        cache.fetched = Some(Instant::now());
+        self.cache.write().await.keys = keys;
         Ok(n)
     }
 
@@ -223,8 +231,7 @@ impl TicketVerifier {
     /// holds up a check, and [`Self::keep_fresh`] refreshes the cache in the background.
     async fn key(&self, kid: &str) -> Result<DecodingKey, TicketError> {
         let state = |cache: &KeyCache| {
-            let may_fetch = cache.attempted.is_none_or(|t| t.elapsed() >= self.cfg.min_refresh);
-            (cache.keys.get(kid).cloned(), may_fetch)
+            (cache.keys.get(kid).cloned(), cache.may_fetch(self.cfg.min_refresh))
         };
         if let (Some(k), _) = state(&*self.cache.read().await) {
             return Ok(k);
@@ -328,8 +335,7 @@ impl TicketVerifier {
             return true;
         }
         let _one = self.fetching.lock().await;
-        let may_fetch =
-            self.cache.read().await.attempted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let may_fetch = self.cache.read().await.may_fetch(READY_REFRESH);
         if may_fetch && let Err(e) = self.fetch_and_store().await {
             tracing::debug!(error = %e, "the broker's signing keys are still unavailable");
         }

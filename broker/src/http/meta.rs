@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::Listener;
+use super::InternalListener;
 use crate::error::ApiError;
 use crate::metrics::label;
 use crate::state::AppState;
@@ -36,8 +36,8 @@ pub struct Health {
 
 /// Whether this request may see what monitoring sees: on the internal listener, or on the only
 /// listener when there is no internal one.
-fn internal(st: &AppState, which: Option<&Listener>) -> bool {
-    st.cfg.broker.internal_listen.is_none() || which == Some(&Listener::Internal)
+fn internal(st: &AppState, on_internal: Option<Extension<InternalListener>>) -> bool {
+    st.cfg.broker.internal_listen.is_none() || on_internal.is_some()
 }
 
 /// Liveness and health (the database and the directory).
@@ -45,9 +45,9 @@ fn internal(st: &AppState, which: Option<&Listener>) -> bool {
     responses((status = 200, body = Health), (status = 503, description = "The database is unreachable", body = Health)))]
 async fn healthz(
     State(st): State<AppState>,
-    which: Option<Extension<Listener>>,
+    on_internal: Option<Extension<InternalListener>>,
 ) -> impl IntoResponse {
-    let details = internal(&st, which.as_ref().map(|e| &e.0));
+    let details = internal(&st, on_internal);
     let db_ok = st.db.ping().await.is_ok();
     let dir_ok = if details { Some(st.directory.check().await.is_ok()) } else { None };
     let h = Health {
@@ -86,28 +86,27 @@ const READY_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
     responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
 async fn readyz(
     State(st): State<AppState>,
-    which: Option<Extension<Listener>>,
+    on_internal: Option<Extension<InternalListener>>,
 ) -> impl IntoResponse {
-    let details = internal(&st, which.as_ref().map(|e| &e.0));
+    let details = internal(&st, on_internal);
     // A probe answers quickly: a database that does not answer within a second is unavailable
     // (a request would wait `database.acquire_timeout_secs` for it).
-    let version = tokio::time::timeout(READY_DB_WAIT, st.db.schema_version())
-        .await
-        .unwrap_or(Err(crate::db::DbError::Sqlx(sqlx::Error::PoolTimedOut)));
+    let version =
+        tokio::time::timeout(READY_DB_WAIT, st.db.schema_version()).await.ok().and_then(Result::ok);
     let need = crate::db::SCHEMA_VERSION;
-    let database = match &version {
-        Ok(v) if *v >= need => "ok",
-        Ok(_) => "behind",
-        Err(_) => "unavailable",
+    let database = match version {
+        Some(v) if v >= need => "ok",
+        Some(_) => "behind",
+        None => "unavailable",
     };
-    let keys = !st.keys.active_kid().is_empty();
     let draining = st.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let ready = database == "ok" && keys && !draining;
+    let ready = database == "ok" && !draining;
     let r = Readiness {
         status: if ready { "ready" } else { "not ready" }.into(),
         database: details.then(|| database.into()),
-        schema: details.then(|| format!("{}/{need}", version.as_ref().map_or(-1, |v| *v))),
-        keys: details.then(|| if keys { "loaded" } else { "missing" }.into()),
+        schema: details.then(|| format!("{}/{need}", version.unwrap_or(-1))),
+        // A broker runs only with an active signing key (a failed reload keeps the old ones).
+        keys: details.then(|| "loaded".into()),
         draining: details.then_some(draining),
     };
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r))
@@ -117,9 +116,9 @@ async fn readyz(
 #[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", body = String), (status = 404, description = "Asked on the public listener while an internal one is configured", body = crate::error::ErrorResponse)))]
 async fn metrics(
     State(st): State<AppState>,
-    which: Option<Extension<Listener>>,
+    on_internal: Option<Extension<InternalListener>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !internal(&st, which.as_ref().map(|e| &e.0)) {
+    if !internal(&st, on_internal) {
         return Err(ApiError::NotFound("metrics are served on the internal listener".into()));
     }
     let mut gauges = Vec::new();

@@ -19,13 +19,10 @@ use crate::state::AppState;
 
 pub use extract::JsonBody;
 
-/// Which listener a request came in on (a request extension): the internal one serves what
-/// monitoring needs and the public one does not show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    Public,
-    Internal,
-}
+/// Marks a request that came in on the internal listener (a request extension): it serves
+/// what monitoring needs and the public listener does not show.
+#[derive(Debug, Clone, Copy)]
+pub struct InternalListener;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -176,7 +173,7 @@ mod tests {
         let get = |uri: &str, internal: bool| {
             let mut req = Request::builder().uri(uri).body(Body::empty()).unwrap();
             if internal {
-                req.extensions_mut().insert(Listener::Internal);
+                req.extensions_mut().insert(InternalListener);
             }
             app.clone().oneshot(req)
         };

@@ -34,24 +34,21 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    pub fn refuse(&self, why: Refusal) {
-        let c = match why {
-            Refusal::Request => &self.refused_request,
-            Refusal::Ticket => &self.refused_ticket,
-            Refusal::Limit => &self.refused_limit,
-            Refusal::Proxy => &self.refused_proxy,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn refused(&self, why: Refusal) -> u64 {
+    fn counter(&self, why: Refusal) -> &AtomicU64 {
         match why {
             Refusal::Request => &self.refused_request,
             Refusal::Ticket => &self.refused_ticket,
             Refusal::Limit => &self.refused_limit,
             Refusal::Proxy => &self.refused_proxy,
         }
-        .load(Ordering::Relaxed)
+    }
+
+    pub fn refuse(&self, why: Refusal) {
+        self.counter(why).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.counter(why).load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition, with the accept loop's counters.
