@@ -23,6 +23,9 @@ pub struct ErrorResponse {
 pub enum ApiError {
     #[error("sign in first")]
     Unauthorized,
+    /// A signed node request from a node id with no credential (never enrolled, or revoked).
+    #[error("node {0} is not enrolled: enrol it with a token from an administrator")]
+    NotEnrolled(String),
     #[error("invalid username or password")]
     InvalidCredentials,
     #[error("too many failed sign-ins: try again in {minutes} minute(s)")]
@@ -50,7 +53,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::Unauthorized | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidCredentials | Self::NotEnrolled(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) | Self::Csrf => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod enrol;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -30,6 +30,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         activate_in: u64,
     },
+    /// Create a one-time token with which a new node enrols (prints it; the portal's Nodes
+    /// page and the admin API do the same).
+    EnrolToken {
+        /// Only this node id may enrol with it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Seconds it stays valid.
+        #[arg(long, default_value_t = atrium_broker::enrol::DEFAULT_VALID_FOR_SECS)]
+        valid_for: u64,
+        /// The most vCPUs the node is trusted with (else what it reports when it enrols).
+        #[arg(long)]
+        max_vcpus: Option<i64>,
+        /// The most memory, in MiB, the node is trusted with.
+        #[arg(long)]
+        max_memory_mib: Option<i64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +95,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::EnrolToken { node, valid_for, max_vcpus, max_memory_mib } => {
+            let input = atrium_broker::enrol::EnrolmentInput {
+                node_id: node,
+                valid_for_secs: Some(valid_for),
+                max_vcpus,
+                max_memory_mib,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(atrium_broker::enrol::create_from_cli(&cfg, &input)) {
+                Ok(created) => {
+                    println!("{}", created.token);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("atrium-broker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

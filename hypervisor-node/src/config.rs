@@ -165,11 +165,24 @@ pub struct BrokerSection {
     /// Longest wait between retries while the broker cannot be reached.
     pub max_backoff_secs: u64,
     pub timeout_secs: u64,
+    /// The one-time token an administrator created for this node (portal, admin API or
+    /// `atrium-broker enrol-token`): the node enrols with it when the broker does not know its
+    /// key yet. Not needed once enrolled.
+    pub enrolment_token: Option<Secret>,
+    /// File whose first line is `enrolment_token`, instead of it.
+    pub enrolment_token_file: Option<PathBuf>,
 }
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        Self { url: None, heartbeat_secs: 10, max_backoff_secs: 30, timeout_secs: 5 }
+        Self {
+            url: None,
+            heartbeat_secs: 10,
+            max_backoff_secs: 30,
+            timeout_secs: 5,
+            enrolment_token: None,
+            enrolment_token_file: None,
+        }
     }
 }
 
@@ -281,6 +294,30 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The enrolment token, from `broker.enrolment_token` or `broker.enrolment_token_file`.
+    pub fn enrolment_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let b = &self.broker;
+        match (&b.enrolment_token, &b.enrolment_token_file) {
+            (Some(_), Some(_)) => Err(invalid(
+                "broker.enrolment_token",
+                "set broker.enrolment_token or broker.enrolment_token_file, not both",
+            )),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let t = t.lines().next().unwrap_or("").trim();
+                Ok((!t.is_empty()).then(|| Secret::new(t)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Where this node's own key is kept.
+    pub fn key_path(&self) -> PathBuf {
+        self.node.state_dir.join("node-key.pem")
     }
 
     /// The node token, from `node.token` or `node.token_file`.

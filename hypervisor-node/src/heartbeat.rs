@@ -1,12 +1,19 @@
-//! Registration and heartbeat with the broker: `POST {broker.url}/api/v1/nodes/heartbeat` with
-//! the node token and a `NodeHeartbeat` (capacity, VM states); the broker answers when the next
-//! one is due and whether this node is drained. While the broker cannot be reached the node
-//! retries with a doubling backoff, up to `broker.max_backoff_secs`.
+//! Enrolment, registration and heartbeat with the broker.
+//!
+//! Every heartbeat (`POST {broker.url}/api/v1/nodes/heartbeat`, a `NodeHeartbeat` with capacity
+//! and VM states) is signed with this node's own key ([`NodeKey`], made at first start in
+//! `state_dir/node-key.pem`, never sent anywhere). When the broker answers that this node is not
+//! enrolled, the node enrols (`POST /api/v1/nodes/enrol`) with the one-time token an
+//! administrator gave it (`broker.enrolment_token`), binding its id to its public key, and
+//! heartbeats again. The broker answers when the next heartbeat is due and whether this node is
+//! drained. While the broker cannot be reached the node retries with a doubling backoff, up to
+//! `broker.max_backoff_secs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use atrium_protocol::node::{HeartbeatReply, NodeHeartbeat};
+use atrium_protocol::node::{EnrolReply, EnrolRequest, ErrorBody, HeartbeatReply, NodeHeartbeat};
+use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
 
 use crate::config::Secret;
 use crate::vm::VmManager;
@@ -23,35 +30,100 @@ pub fn heartbeat(node: &VmManager) -> NodeHeartbeat {
     }
 }
 
-async fn send_once(
-    client: &reqwest::Client,
-    url: &str,
-    token: &Secret,
-    node: &VmManager,
-) -> Result<HeartbeatReply, String> {
-    let resp = client
-        .post(url)
-        .bearer_auth(token.expose())
-        .json(&heartbeat(node))
-        .send()
-        .await
-        .map_err(|e| format!("{e}"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        return Err(format!(
-            "the broker answered {status}: {}",
-            body.chars().take(300).collect::<String>()
-        ));
-    }
-    resp.json::<HeartbeatReply>().await.map_err(|e| format!("bad heartbeat reply: {e}"))
+/// Why a heartbeat or an enrolment failed.
+#[derive(Debug)]
+enum Failure {
+    /// The broker does not know this node's key (never enrolled, or revoked).
+    NotEnrolled(String),
+    Other(String),
 }
 
-/// Heartbeats until the task is dropped.
-pub async fn run(node: Arc<VmManager>, token: Secret) {
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotEnrolled(m) | Self::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The broker's error text, short and printable (it goes into this node's log).
+async fn refusal(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = match resp.json::<ErrorBody>().await {
+        Ok(b) => b.error,
+        Err(_) => String::new(),
+    };
+    let text: String =
+        text.chars().take(300).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    format!("the broker answered {status}: {text}")
+}
+
+/// The broker's client and where to reach it.
+struct Broker {
+    client: reqwest::Client,
+    base: String,
+    heartbeat_url: String,
+}
+
+async fn send_once(b: &Broker, key: &NodeKey, node: &VmManager) -> Result<HeartbeatReply, Failure> {
+    let body = serde_json::to_vec(&heartbeat(node)).map_err(|e| Failure::Other(e.to_string()))?;
+    let req = signed::Request {
+        method: "POST",
+        path_and_query: signed::path_and_query(&b.heartbeat_url),
+        body: &body,
+    };
+    let token = key
+        .sign(node.node_id(), BROKER_AUDIENCE, &req, signed::now_secs())
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let resp = b
+        .client
+        .post(&b.heartbeat_url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(Failure::NotEnrolled(refusal(resp).await));
+    }
+    if !status.is_success() {
+        return Err(Failure::Other(refusal(resp).await));
+    }
+    resp.json::<HeartbeatReply>()
+        .await
+        .map_err(|e| Failure::Other(format!("bad heartbeat reply: {e}")))
+}
+
+async fn enrol(
+    b: &Broker,
+    key: &NodeKey,
+    token: &Secret,
+    node: &VmManager,
+) -> Result<EnrolReply, Failure> {
+    let c = node.capacity();
+    let req = EnrolRequest {
+        token: token.expose().to_owned(),
+        node_id: node.node_id().to_owned(),
+        public_key: key.public().to_owned(),
+        vcpus_total: c.vcpus_total,
+        memory_mib_total: c.memory_mib_total,
+    };
+    let url = format!("{}/api/v1/nodes/enrol", b.base);
+    let resp =
+        b.client.post(url).json(&req).send().await.map_err(|e| Failure::Other(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(Failure::Other(refusal(resp).await));
+    }
+    resp.json::<EnrolReply>().await.map_err(|e| Failure::Other(format!("bad enrolment reply: {e}")))
+}
+
+/// Heartbeats until the task is dropped, enrolling first when the broker asks for it.
+pub async fn run(node: Arc<VmManager>, key: Arc<NodeKey>, enrolment: Option<Secret>) {
     let cfg = node.config().broker.clone();
     let Some(base) = cfg.url.clone() else { return };
-    let url = format!("{}/api/v1/nodes/heartbeat", base.trim_end_matches('/'));
+    let base = base.trim_end_matches('/').to_owned();
     let client =
         match reqwest::Client::builder().timeout(Duration::from_secs(cfg.timeout_secs)).build() {
             Ok(c) => c,
@@ -60,11 +132,16 @@ pub async fn run(node: Arc<VmManager>, token: Secret) {
                 return;
             }
         };
+    let broker = Broker {
+        client,
+        heartbeat_url: format!("{base}/api/v1/nodes/heartbeat"),
+        base: base.clone(),
+    };
     let max_backoff = Duration::from_secs(cfg.max_backoff_secs);
     let mut backoff = Duration::from_secs(1);
     let mut connected = false;
     loop {
-        let wait = match send_once(&client, &url, &token, &node).await {
+        let failure = match send_once(&broker, &key, &node).await {
             Ok(reply) => {
                 if !connected {
                     tracing::info!(broker = %base, interval = reply.interval_secs, "registered with the broker");
@@ -72,21 +149,33 @@ pub async fn run(node: Arc<VmManager>, token: Secret) {
                 }
                 node.set_draining(reply.draining);
                 backoff = Duration::from_secs(1);
-                Duration::from_secs(reply.interval_secs.clamp(1, 300))
+                tokio::time::sleep(Duration::from_secs(reply.interval_secs.clamp(1, 300))).await;
+                continue;
             }
-            Err(e) => {
-                if connected {
-                    tracing::warn!(broker = %base, "heartbeat failed: {e}; retrying in {backoff:?}");
-                } else {
-                    tracing::warn!(broker = %base, "cannot reach the broker: {e}; retrying in {backoff:?}");
-                }
-                connected = false;
-                let w = backoff;
-                backoff = (backoff * 2).min(max_backoff);
-                w
-            }
+            Err(Failure::NotEnrolled(why)) => match &enrolment {
+                Some(token) => match enrol(&broker, &key, token, &node).await {
+                    Ok(r) => {
+                        tracing::info!(broker = %base, max_vcpus = r.max_vcpus, max_memory_mib = r.max_memory_mib,
+                            "enrolled with the broker");
+                        continue;
+                    }
+                    Err(e) => format!("enrolment refused: {e}"),
+                },
+                None => format!(
+                    "{why}; this node is not enrolled: set broker.enrolment_token (or \
+                     broker.enrolment_token_file) to a token from an administrator"
+                ),
+            },
+            Err(Failure::Other(e)) => e,
         };
-        tokio::time::sleep(wait).await;
+        if connected {
+            tracing::warn!(broker = %base, "heartbeat failed: {failure}; retrying in {backoff:?}");
+        } else {
+            tracing::warn!(broker = %base, "cannot register with the broker: {failure}; retrying in {backoff:?}");
+        }
+        connected = false;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -96,35 +185,84 @@ mod tests {
     use crate::config::NodeConfig;
     use atrium_protocol::node::{KvmKind, RuntimeKind};
     use axum::Json;
+    use axum::body::Bytes;
     use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
     use axum::routing::post;
+    use std::sync::Mutex;
     use tokio::sync::mpsc;
 
-    /// A broker's heartbeat endpoint that records what it receives (the broker's own tests
-    /// cover its side).
-    async fn broker(
-        listener: tokio::net::TcpListener,
-        seen: mpsc::UnboundedSender<(Option<String>, NodeHeartbeat)>,
-    ) {
-        let app = axum::Router::new().route(
-            "/api/v1/nodes/heartbeat",
-            post(move |headers: HeaderMap, Json(hb): Json<NodeHeartbeat>| {
-                let seen = seen.clone();
-                async move {
-                    let auth = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let _ = seen.send((auth, hb));
-                    (StatusCode::OK, Json(HeartbeatReply { interval_secs: 1, draining: true }))
-                }
-            }),
-        );
+    /// What the stand-in broker saw: enrolments, and heartbeats whose signature it checked.
+    #[derive(Debug)]
+    enum Seen {
+        Enrol(EnrolRequest),
+        Heartbeat(NodeHeartbeat),
+    }
+
+    /// A broker's node endpoints that check what the real one checks about a signature (the
+    /// broker's own tests cover the rest): unknown keys get 401 until the node enrols.
+    async fn broker(listener: tokio::net::TcpListener, seen: mpsc::UnboundedSender<Seen>) {
+        let enrolled: Arc<Mutex<Option<String>>> = Arc::default();
+        let (e1, e2) = (Arc::clone(&enrolled), Arc::clone(&enrolled));
+        let (s1, s2) = (seen.clone(), seen);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/nodes/enrol",
+                post(move |Json(req): Json<EnrolRequest>| {
+                    let (enrolled, seen) = (Arc::clone(&e1), s1.clone());
+                    async move {
+                        if req.token != "atrium-enrol-test" {
+                            return StatusCode::FORBIDDEN.into_response();
+                        }
+                        *enrolled.lock().unwrap() = Some(req.public_key.clone());
+                        let reply = EnrolReply {
+                            node_id: req.node_id.clone(),
+                            max_vcpus: req.vcpus_total,
+                            max_memory_mib: req.memory_mib_total,
+                        };
+                        let _ = seen.send(Seen::Enrol(req));
+                        Json(reply).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/nodes/heartbeat",
+                post(move |headers: HeaderMap, body: Bytes| {
+                    let (enrolled, seen) = (Arc::clone(&e2), s2.clone());
+                    async move {
+                        let Some(public) = enrolled.lock().unwrap().clone() else {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        };
+                        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                        let req = signed::Request {
+                            method: "POST",
+                            path_and_query: "/api/v1/nodes/heartbeat",
+                            body: &body,
+                        };
+                        let key = signed::node_public_key(&public).expect("a public key");
+                        let token = signed::bearer(auth).expect("a bearer token");
+                        let checked = signed::verify(
+                            token,
+                            &key,
+                            BROKER_AUDIENCE,
+                            &req,
+                            signed::now_secs(),
+                            5,
+                        );
+                        if checked.is_err() {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        let hb: NodeHeartbeat = serde_json::from_slice(&body).expect("a heartbeat");
+                        let _ = seen.send(Seen::Heartbeat(hb));
+                        Json(HeartbeatReply { interval_secs: 1, draining: true }).into_response()
+                    }
+                }),
+            );
         axum::serve(listener, app).await.expect("serve");
     }
 
     #[tokio::test]
-    async fn retries_until_the_broker_is_up_then_heartbeats() {
+    async fn retries_until_the_broker_is_up_enrols_then_heartbeats_signed() {
         // Reserve a port, then leave it closed: the broker is down at first.
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = probe.local_addr().expect("addr");
@@ -142,7 +280,12 @@ mod tests {
         config.broker.max_backoff_secs = 1;
         let node =
             VmManager::new(config, KvmKind::Absent, vec![], RuntimeKind::Qemu).expect("manager");
-        let task = tokio::spawn(run(Arc::clone(&node), Secret::new("node-token-0123456789")));
+        let key = Arc::new(NodeKey::ephemeral());
+        let task = tokio::spawn(run(
+            Arc::clone(&node),
+            Arc::clone(&key),
+            Some(Secret::new("atrium-enrol-test")),
+        ));
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!node.draining());
@@ -150,17 +293,21 @@ mod tests {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the broker's port");
         let server = tokio::spawn(broker(listener, tx));
 
-        let (auth, hb) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("a heartbeat arrives once the broker is up")
-            .expect("channel open");
-        assert_eq!(auth.as_deref(), Some("Bearer node-token-0123456789"));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("the node calls the broker once it is up")
+                .expect("channel open")
+        };
+        let Seen::Enrol(e) = next().await else { panic!("the node enrols first") };
+        assert_eq!((e.node_id.as_str(), e.public_key.as_str()), ("node-7", key.public()));
+        let Seen::Heartbeat(hb) = next().await else { panic!("then heartbeats") };
         assert_eq!(hb.node_id, "node-7");
         assert_eq!(hb.display_url, "ws://127.0.0.1:7443");
         assert_eq!(hb.capacity.kvm, KvmKind::Absent);
         assert!(hb.vms.is_empty());
         // The next one follows at the interval the broker asked for, and the node is drained.
-        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("second heartbeat");
+        assert!(matches!(next().await, Seen::Heartbeat(_)));
         assert!(node.draining());
         task.abort();
         server.abort();

@@ -71,8 +71,14 @@ pub(crate) async fn shutdown_signal() {
 
 pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     let token = config.token()?;
+    let enrolment = config.enrolment_token()?;
     let listen = config.node.listen;
     let node = build_manager(config).await?;
+    // Made after the manager, which creates the state folder with the modes it needs.
+    let key = Arc::new(
+        atrium_protocol::signed::NodeKey::load_or_generate(&node.config().key_path())
+            .map_err(|e| ServeError::Setup(format!("this node's key: {e}")))?,
+    );
     let (images, errors) = node.images().refresh();
     for e in errors {
         tracing::warn!("image refused: {e}");
@@ -88,7 +94,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         .broker
         .url
         .is_some()
-        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), token.clone())));
+        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)

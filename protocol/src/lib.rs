@@ -9,7 +9,8 @@
 //! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
 //! - [`config`]: how every service reads its TOML file and environment overrides;
 //! - [`secret`]: credentials that never print, compared in constant time;
-//! - [`net`]: trusted proxy networks and the client address behind them.
+//! - [`net`]: trusted proxy networks and the client address behind them;
+//! - [`signed`]: requests between services signed by who sent them (node keys, the broker's).
 
 pub mod agent;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod keymap;
 pub mod net;
 pub mod node;
 pub mod secret;
+pub mod signed;
 pub mod ticket;
 pub mod vmm_channel;

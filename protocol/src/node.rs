@@ -388,6 +388,30 @@ pub struct HeartbeatReply {
     pub draining: bool,
 }
 
+/// `POST /api/v1/nodes/enrol` on the broker: a node proves it holds a one-time enrolment token
+/// an administrator created, and binds its id to its own public key. Heartbeats are then signed
+/// with that key (see [`crate::signed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    pub token: String,
+    pub node_id: String,
+    /// The node's Ed25519 public key, base64url ([`crate::signed::NodeKey::public`]).
+    pub public_key: String,
+    /// What the node has when it enrols; the broker never trusts more than this later (nor
+    /// more than the enrolment token allows).
+    pub vcpus_total: u32,
+    pub memory_mib_total: u64,
+}
+
+/// The broker's answer to an enrolment: the capacity it will trust this node with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolReply {
+    pub node_id: String,
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+}
+
 /// Error body of every Atrium HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

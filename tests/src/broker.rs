@@ -46,6 +46,8 @@ impl BrokerOptions {
 pub struct Broker {
     dir: TempDir,
     child: Child,
+    /// The environment it was started with (the command line tools take the same).
+    env: Vec<(String, String)>,
     pub port: u16,
     pub url: String,
 }
@@ -89,7 +91,13 @@ impl Broker {
             cmd.env(k, v);
         }
         let child = cmd.spawn()?;
-        let mut me = Self { dir, child, port, url: format!("http://127.0.0.1:{port}") };
+        let mut me = Self {
+            dir,
+            child,
+            env: opts.env.clone(),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let http = reqwest::Client::new();
         let health = format!("{}/healthz", me.url);
         let pid = me.child.id();
@@ -122,6 +130,26 @@ impl Broker {
             anyhow::bail!("broker exited with {status}:\n{}", me.log());
         }
         Ok(me)
+    }
+
+    /// A one-time enrolment token for node `node`, from `atrium-broker enrol-token` on this
+    /// broker's configuration.
+    pub fn enrolment_token(&self, node: &str) -> anyhow::Result<String> {
+        let out = Command::new(bin_path("atrium-broker"))
+            .arg("--config")
+            .arg(self.dir.path().join("broker.toml"))
+            .args(["enrol-token", "--node", node])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "atrium-broker enrol-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        anyhow::ensure!(token.starts_with("atrium-enrol-"), "enrol-token printed {token:?}");
+        Ok(token)
     }
 
     pub fn log(&self) -> String {
@@ -335,6 +363,13 @@ impl ApiClient {
         let body: Value = r.json().await.unwrap_or(Value::Null);
         assert_eq!(s, status, "GET {path}: {body}");
         body
+    }
+
+    /// A one-time enrolment token for node `node`, as an administrator makes it in the portal.
+    pub async fn enrolment_token(&self, node: &str) -> String {
+        let body = serde_json::json!({ "node_id": node });
+        let created = self.post_json("/api/v1/admin/enrolments", body, StatusCode::CREATED).await;
+        created["token"].as_str().expect("a token").to_owned()
     }
 
     /// POST, expecting `status`, returning the JSON body (or Null).

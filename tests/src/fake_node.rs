@@ -1,7 +1,8 @@
 //! An in-process stand-in of the node agent API, for the broker's own tests: it accepts VM
-//! specs, reports them ready after a delay, records deletions and session notices, and
-//! heartbeats to the broker like `atrium-node` does. It also answers the display proxy's
-//! end-session call. It boots nothing: flows that need real desktops use the real node.
+//! specs, reports them ready after a delay, records deletions and session notices, and enrols
+//! and heartbeats to the broker like `atrium-node` does (a key of its own, signed heartbeats).
+//! It also answers the display proxy's end-session call. It boots nothing: flows that need real
+//! desktops use the real node.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
-    Capacity, DisplayEndpoint, HeartbeatReply, ImageInfo, KvmKind, NodeHeartbeat, RuntimeKind,
-    SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
+    Capacity, DisplayEndpoint, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind, NodeHeartbeat,
+    RuntimeKind, SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
 };
+use atrium_protocol::signed::{self, NodeKey};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
@@ -151,8 +153,14 @@ async fn end_display(
 }
 
 impl FakeNode {
-    /// Starts the stand-in and its heartbeat to `broker_url` (every 200 ms).
-    pub async fn start(broker_url: &str, id: &str, memory_mib_total: u64) -> anyhow::Result<Self> {
+    /// Starts the stand-in, enrols it with `enrolment_token` (as `atrium-node` does, with a key
+    /// of its own) and heartbeats to `broker_url` every 200 ms, signed.
+    pub async fn start(
+        broker_url: &str,
+        enrolment_token: &str,
+        id: &str,
+        memory_mib_total: u64,
+    ) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(FakeState {
             vms: HashMap::new(),
             ready_after: Duration::ZERO,
@@ -185,10 +193,32 @@ impl FakeNode {
             let _ = axum::serve(listener, app).await;
         });
         let hb_state = state.clone();
-        let url = format!("{}/api/v1/nodes/heartbeat", broker_url.trim_end_matches('/'));
+        let base = broker_url.trim_end_matches('/').to_owned();
+        let url = format!("{base}/api/v1/nodes/heartbeat");
         let node_id = id.to_owned();
+        let key = NodeKey::ephemeral();
+        let http = reqwest::Client::new();
+        let (vcpus_total, memory_mib_total) = {
+            let s = state.lock().expect("lock");
+            (s.vcpus_total, s.memory_mib_total)
+        };
+        let enrol = EnrolRequest {
+            token: enrolment_token.to_owned(),
+            node_id: id.to_owned(),
+            public_key: key.public().to_owned(),
+            vcpus_total,
+            memory_mib_total,
+        };
+        crate::util::wait_for("the fake node to enrol", Duration::from_secs(30), || {
+            let (http, enrol) = (http.clone(), enrol.clone());
+            let url = format!("{base}/api/v1/nodes/enrol");
+            async move {
+                let r = http.post(url).json(&enrol).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await?;
         let heartbeat = tokio::spawn(async move {
-            let http = reqwest::Client::new();
             loop {
                 let body = {
                     let mut s = hb_state.lock().expect("lock");
@@ -220,8 +250,26 @@ impl FakeNode {
                             .collect(),
                     })
                 };
-                if let Some(body) = body
-                    && let Ok(r) = http.post(&url).bearer_auth(NODE_TOKEN).json(&body).send().await
+                let signed = body.map(|hb| {
+                    let body = serde_json::to_vec(&hb).expect("a heartbeat serializes");
+                    let req = signed::Request {
+                        method: "POST",
+                        path_and_query: "/api/v1/nodes/heartbeat",
+                        body: &body,
+                    };
+                    let token = key
+                        .sign(&node_id, signed::BROKER_AUDIENCE, &req, signed::now_secs())
+                        .expect("signing");
+                    (body, token)
+                });
+                if let Some((body, token)) = signed
+                    && let Ok(r) = http
+                        .post(&url)
+                        .bearer_auth(token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
                     && let Ok(reply) = r.json::<HeartbeatReply>().await
                 {
                     hb_state.lock().expect("lock").draining_seen = reply.draining;

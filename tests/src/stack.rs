@@ -132,10 +132,14 @@ impl Stack {
         let broker = Broker::start(opts).await.context("starting the broker")?;
         // The display proxy's port is chosen first: the node announces it to the broker.
         let display_port = display_port.map_or_else(free_port, port_or_free);
+        // As an administrator would: a one-time token for the node, from the API.
+        let mut admin = broker.client();
+        admin.login_ok("carol", "carol-pw").await;
+        let enrolment = admin.enrolment_token("node-1").await;
         let node = NodeProcess::start_with_images(
             &[&console, &desktop],
             &format!(
-                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\n",
+                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\nenrolment_token = {enrolment:?}\n",
                 broker.url
             ),
         )
@@ -236,10 +240,13 @@ impl TierStack {
             .context("starting the demo directory (slapd) on its fixed port")?;
         let tier = Tier::start(opts).await.context("starting the container tier")?;
         let display_port = display_port.map_or_else(free_port, port_or_free);
+        let mut admin = tier.client();
+        admin.login_ok("carol", "carol-pw").await;
+        let enrolment = admin.enrolment_token("node-1").await;
         let node = NodeProcess::start_with_token(
             images,
             &format!(
-                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\n",
+                "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\nenrolment_token = {enrolment:?}\n",
                 tier::INTERNAL_URL
             ),
             &tier.node_token,

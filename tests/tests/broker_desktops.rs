@@ -63,7 +63,10 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
+            .await
+            .unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("general", "floating", 2, 4), StatusCode::CREATED)
         .await;
@@ -170,7 +173,10 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
+            .await
+            .unwrap();
     node.with(|s| s.ready_after = Duration::from_secs(2));
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("small", "floating", 0, 1), StatusCode::CREATED).await;
@@ -219,7 +225,10 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
 
     // The node goes silent: it is marked lost and its desktops fail; alice's next connect
     // gives her a new desktop on a node that is up.
-    let node_b = FakeNode::start(&broker.url, "node-b", 8192).await.unwrap();
+    let node_b =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-b").unwrap(), "node-b", 8192)
+            .await
+            .unwrap();
     node.with(|s| s.heartbeating = false);
     wait_for("node-a to be lost", Duration::from_secs(20), || async {
         let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
@@ -254,7 +263,10 @@ async fn dedicated_desktops_stay_with_their_user() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
+            .await
+            .unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 1, 3), StatusCode::CREATED).await;
     wait_ready_spares(&a, "mine", 1).await;
@@ -443,7 +455,10 @@ async fn concurrent_connects(database_url: Option<String>) {
     opts.database_url = database_url;
     opts.extra_toml = "[login]\nmax_failures_per_address = 10000\n".into();
     let broker = Broker::start(opts).await.unwrap();
-    let _node = FakeNode::start(&broker.url, "node-a", 1 << 20).await.unwrap();
+    let _node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 1 << 20)
+            .await
+            .unwrap();
     let a = admin(&broker).await;
     a.post_json(
         "/api/v1/admin/pools",
@@ -531,7 +546,10 @@ async fn placement_honours_vcpus_and_a_refusing_node_is_left_alone_for_a_while()
     let slapd = Slapd::start().unwrap();
     let users = slapd.add_users("cpu", 3).unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node = FakeNode::start(&broker.url, "node-a", 65536).await.unwrap();
+    let node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 65536)
+            .await
+            .unwrap();
     node.with(|s| s.vcpus_total = 2);
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("cpu", "floating", 0, 8), StatusCode::CREATED).await;
@@ -589,7 +607,10 @@ async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node = FakeNode::start(&broker.url, "node-a", 8192).await.unwrap();
+    let node =
+        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
+            .await
+            .unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 0, 3), StatusCode::CREATED).await;
     wait_for("the node", Duration::from_secs(10), || async {
@@ -646,7 +667,9 @@ async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_
     opts.extra_toml =
         format!("[sessions]\nkeys_dir = {:?}\n", data.path().join("keys").display().to_string());
     let b1 = Broker::start(opts.clone()).await.unwrap();
-    let node = FakeNode::start(&b1.url, "node-a", 8192).await.unwrap();
+    let node = FakeNode::start(&b1.url, &b1.enrolment_token("node-a").unwrap(), "node-a", 8192)
+        .await
+        .unwrap();
     let a = admin(&b1).await;
     a.post_json("/api/v1/admin/pools", pool("p", "floating", 2, 2), StatusCode::CREATED).await;
     wait_ready_spares(&a, "p", 2).await;
@@ -676,4 +699,58 @@ async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_
     wait_ready_spares(&a, "p", 2).await;
     assert_eq!(node.with(|s| s.created), created, "the desktops came back; no new VM was made");
     assert!(node.with(|s| s.deleted.is_empty()));
+}
+
+/// Node identities through the portal's API: an administrator makes a one-time token, a node
+/// enrols with it and serves desktops; the token cannot enrol a second node; revoking the node
+/// makes the broker treat it as lost at once (its desktops fail over, its heartbeats are
+/// refused), and every step is audited.
+#[tokio::test]
+async fn an_administrator_enrols_and_revokes_a_node() {
+    if skip(Group::Ldap, "an_administrator_enrols_and_revokes_a_node") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let admin = admin(&broker).await;
+    let token = admin.enrolment_token("node-a").await;
+    let listed = admin.get_json("/api/v1/admin/enrolments", StatusCode::OK).await;
+    assert_eq!(listed[0]["node_id"], "node-a");
+    assert!(!listed.to_string().contains(&token), "the token is shown once, never listed");
+    let node = FakeNode::start(&broker.url, &token, "node-a", 8192).await.unwrap();
+    // Spent: a second node cannot enrol with it, nor another key as node-a.
+    let again = reqwest::Client::new()
+        .post(format!("{}/api/v1/nodes/enrol", broker.url))
+        .json(&json!({ "token": token, "node_id": "node-a", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "vcpus_total": 1, "memory_mib_total": 1024 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+
+    admin
+        .post_json("/api/v1/admin/pools", pool("general", "floating", 1, 2), StatusCode::CREATED)
+        .await;
+    wait_ready_spares(&admin, "general", 1).await;
+
+    admin.post_json("/api/v1/admin/nodes/node-a/revoke", json!({}), StatusCode::NO_CONTENT).await;
+    wait_for("the revoked node to be lost", Duration::from_secs(10), || async {
+        let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        (n[0]["state"] == "lost").then_some(())
+    })
+    .await
+    .unwrap();
+    // It keeps heartbeating with its key; it stays lost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+    assert_eq!(n[0]["state"], "lost", "{n}");
+    let desktops = admin.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+    assert!(
+        desktops.as_array().unwrap().iter().all(|d| d["state"] != "ready"),
+        "no desktop stays ready on a revoked node: {desktops}"
+    );
+    let audit = admin.get_json("/api/v1/admin/audit?limit=200", StatusCode::OK).await.to_string();
+    for action in ["node.enrolment_create", "node.enrol", "node.revoke"] {
+        assert!(audit.contains(action), "{action} audited");
+    }
+    drop(node);
 }

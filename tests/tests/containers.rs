@@ -291,9 +291,10 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     let users = slapd.add_users("load", 6).unwrap();
     let tier = Tier::start(tier_options()).await.unwrap();
     // The node is the in-process stand-in: these faults are about the brokers, not desktops.
-    let node = FakeNode::start(tier::INTERNAL_URL, "node-a", 65536).await.unwrap();
     let mut admin = tier.client();
     admin.login_ok("carol", "carol-pw").await;
+    let token = admin.enrolment_token("node-a").await;
+    let node = FakeNode::start(tier::INTERNAL_URL, &token, "node-a", 65536).await.unwrap();
     // Over https the cookies carry the __Host- prefix (no sibling subdomain can set them).
     let r = tier
         .http()

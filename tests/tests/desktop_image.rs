@@ -412,8 +412,9 @@ async fn signing_in_through_the_broker_lands_the_user_in_their_desktop() -> anyh
     let node = NodeProcess::start(
         &image,
         &format!(
-            "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:1\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 1\n",
-            broker.url
+            "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:1\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 1\nenrolment_token = {:?}\n",
+            broker.url,
+            broker.enrolment_token("node-1")?
         ),
     )
     .await?;

@@ -25,8 +25,9 @@ async fn a_spare_boots_on_the_real_node_and_goes_to_the_user() {
     let node = NodeProcess::start(
         &image,
         &format!(
-            "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:1\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 1\n",
-            broker.url
+            "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:1\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 1\nenrolment_token = {:?}\n",
+            broker.url,
+            broker.enrolment_token("node-1").unwrap()
         ),
     )
     .await

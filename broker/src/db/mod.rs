@@ -4,6 +4,7 @@
 
 mod audit;
 mod desktops;
+pub mod enrolments;
 mod leases;
 mod logins;
 mod nodes;
@@ -96,6 +97,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial schema", include_str!("../../migrations/0001_initial.sql")),
     (2, "leases", include_str!("../../migrations/0002_leases.sql")),
     (3, "node back-off", include_str!("../../migrations/0003_node_backoff.sql")),
+    (4, "node identity", include_str!("../../migrations/0004_node_identity.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod desktops;
+mod enrolments;
 mod extract;
 mod meta;
 mod nodes;
@@ -31,7 +32,7 @@ pub struct InternalListener;
         (name = "auth", description = "Sign-in and sign-out"),
         (name = "desktops", description = "A user's pools and desktops"),
         (name = "admin", description = "Administration (policy action `administer`)"),
-        (name = "nodes", description = "Node agents (bearer node token)"),
+        (name = "nodes", description = "Node agents (enrolment, then requests signed by each node's key)"),
         (name = "meta", description = "Health, metrics, keys, this document")
     )
 )]
@@ -43,6 +44,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(auth::router())
         .merge(pools::router())
         .merge(desktops::router())
+        .merge(enrolments::router())
         .merge(admin::router())
         .merge(nodes::router())
         .merge(meta::router())
@@ -165,6 +167,140 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Node identities, end to end through the router: a one-time token enrols one node with
+    /// its key; heartbeats must be signed by that key, for that node; a token is spent once and
+    /// names its node; an id bound to a key cannot be taken by another key; capacity beyond the
+    /// enrolment is not believed; a revoked node is refused.
+    #[tokio::test]
+    async fn nodes_enrol_once_and_heartbeat_only_as_themselves() {
+        use atrium_protocol::node::{Capacity, EnrolRequest, KvmKind, NodeHeartbeat, RuntimeKind};
+        use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
+
+        let (st, dir) = state().await;
+        let app = app(st.clone());
+        let send = |path: &str, auth: Option<String>, body: Vec<u8>| {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("content-type", "application/json");
+            if let Some(a) = auth {
+                req = req.header("authorization", format!("Bearer {a}"));
+            }
+            app.clone().oneshot(req.body(Body::from(body)).unwrap())
+        };
+        let token_for = |node: Option<&str>, valid_for: u64| {
+            let st = st.clone();
+            let input = crate::enrol::EnrolmentInput {
+                node_id: node.map(str::to_owned),
+                valid_for_secs: Some(valid_for),
+                ..Default::default()
+            };
+            async move { crate::enrol::create(&st.db, "admin", &input).await.unwrap().token }
+        };
+        let enrol = |token: &str, node: &str, key: &NodeKey| {
+            let req = EnrolRequest {
+                token: token.into(),
+                node_id: node.into(),
+                public_key: key.public().into(),
+                vcpus_total: 8,
+                memory_mib_total: 16384,
+            };
+            send("/api/v1/nodes/enrol", None, serde_json::to_vec(&req).unwrap())
+        };
+        let heartbeat = |node: &str, signer: &str, key: &NodeKey, vcpus: u32| {
+            let hb = NodeHeartbeat {
+                node_id: node.into(),
+                api_url: format!("http://10.0.0.5:7070/{node}"),
+                display_url: "ws://10.0.0.5:7443".into(),
+                capacity: Capacity {
+                    vcpus_total: vcpus,
+                    vcpus_allocated: 0,
+                    memory_mib_total: 1 << 30,
+                    memory_mib_allocated: 0,
+                    vms: 0,
+                    kvm: KvmKind::Pvm,
+                    default_runtime: RuntimeKind::Qemu,
+                    images: vec![],
+                },
+                vms: vec![],
+            };
+            let body = serde_json::to_vec(&hb).unwrap();
+            let req = signed::Request {
+                method: "POST",
+                path_and_query: "/api/v1/nodes/heartbeat",
+                body: &body,
+            };
+            let token = key.sign(signer, BROKER_AUDIENCE, &req, signed::now_secs()).unwrap();
+            send("/api/v1/nodes/heartbeat", Some(token), body)
+        };
+        let a = NodeKey::ephemeral();
+        let thief = NodeKey::ephemeral();
+
+        // Not enrolled yet: 401, which tells the node to enrol.
+        assert_eq!(
+            heartbeat("node-a", "node-a", &a, 8).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let t = token_for(Some("node-a"), 3600).await;
+        // The token names its node.
+        assert_eq!(enrol(&t, "node-b", &a).await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            enrol("atrium-enrol-forged", "node-a", &a).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(enrol(&t, "node-a", &a).await.unwrap().status(), StatusCode::OK);
+        // Again with the same token and key (a node that missed the answer): harmless.
+        assert_eq!(enrol(&t, "node-a", &a).await.unwrap().status(), StatusCode::OK);
+        // Spent: nobody else enrols with it, not even as the same node.
+        assert_eq!(enrol(&t, "node-a", &thief).await.unwrap().status(), StatusCode::FORBIDDEN);
+        // A fresh token does not let another key take an enrolled id.
+        let t2 = token_for(None, 3600).await;
+        assert_eq!(enrol(&t2, "node-a", &thief).await.unwrap().status(), StatusCode::CONFLICT);
+
+        // Signed by its key, about itself: accepted, capacity capped at what it enrolled with.
+        assert_eq!(heartbeat("node-a", "node-a", &a, 4096).await.unwrap().status(), StatusCode::OK);
+        let n = st.db.get_node("node-a").await.unwrap().unwrap();
+        assert_eq!((n.capacity.vcpus_total, n.capacity.memory_mib_total), (8, 16384));
+        // Another key claiming to be node-a; node-a's key speaking for another node.
+        assert_eq!(
+            heartbeat("node-a", "node-a", &thief, 8).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(enrol(&t2, "node-c", &thief).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            heartbeat("node-a", "node-c", &thief, 8).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+        // An expired token enrols nobody.
+        let old = token_for(None, 60).await;
+        sqlx::query("UPDATE node_enrolments SET expires_at = 1 WHERE used_at IS NULL")
+            .execute(st.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            enrol(&old, "node-d", &NodeKey::ephemeral()).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+
+        // Revoked: its key opens nothing, and the node is due to be found lost.
+        assert!(st.db.revoke_node("node-a").await.unwrap());
+        assert_eq!(
+            heartbeat("node-a", "node-a", &a, 8).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(st.db.get_node("node-a").await.unwrap().unwrap().last_heartbeat_at, 0);
+        // Listed for administrators without the token itself.
+        let listed = st.db.list_enrolments().await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().any(|e| e.used_by.as_deref() == Some("node-a")));
+        let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM node_enrolments")
+            .fetch_all(st.db.pool())
+            .await
+            .unwrap();
+        assert!(stored.iter().all(|h| !h.contains("enrol") && h.len() == 64));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn with_an_internal_listener_the_public_one_shows_no_internals() {
         let (st, dir) =
@@ -215,8 +351,8 @@ mod tests {
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{m} {p}");
         }
-        // A node without the token cannot heartbeat, nor have its body read: no token and a
-        // broken body is 401 too.
+        // A heartbeat not signed by an enrolled node is refused before its body is parsed: a
+        // bearer that is no signed request, and no bearer with a broken body, are both 401.
         let hb = r#"{"node_id":"n","api_url":"http://x","display_url":"ws://x","capacity":{"vcpus_total":1,"vcpus_allocated":0,"memory_mib_total":1,"memory_mib_allocated":0,"vms":0,"kvm":"pvm","default_runtime":"qemu","images":[]},"vms":[]}"#;
         for (auth, body) in [(Some("Bearer wrong"), hb), (None, "{not json")] {
             let mut req = Request::builder()

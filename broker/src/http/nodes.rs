@@ -1,50 +1,95 @@
-//! `/api/v1/nodes/heartbeat`: node agents register and stay alive (bearer node token).
+//! `/api/v1/nodes/...`: node agents enrol once with a one-time token, then register and stay
+//! alive with heartbeats signed by their own key (see [`crate::enrol`]).
 
-use atrium_protocol::node::{HeartbeatReply, NodeHeartbeat, validate_name};
+use atrium_protocol::node::{
+    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
+};
+use atrium_protocol::signed::Request as SignedRequest;
 use axum::Json;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequest, State};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::JsonBody;
+use crate::auth::ClientAddr;
+use crate::db::enrolments::NodeCredential;
 use crate::db::now_ms;
+use crate::enrol;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::secret::constant_time_eq;
 use crate::service;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(heartbeat))
+    OpenApiRouter::new().routes(routes!(heartbeat)).routes(routes!(enrol_node))
 }
 
-/// A request carrying the node token. As an extractor it runs before the body is read, so a
-/// caller without the token gets 401 before anything of its body is parsed.
-struct NodeToken;
+/// Largest heartbeat read (100,000 VMs of a few dozen bytes each fit).
+const MAX_HEARTBEAT_BYTES: usize = 8 * 1024 * 1024;
 
-impl axum::extract::FromRequestParts<AppState> for NodeToken {
+/// A request body signed by an enrolled node, and which node that is. The signature is checked
+/// over the exact bytes received before any of them is parsed.
+struct SignedByNode {
+    node: NodeCredential,
+    body: axum::body::Bytes,
+}
+
+impl FromRequest<AppState> for SignedByNode {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        st: &AppState,
-    ) -> Result<Self, ApiError> {
-        check_token(st, &parts.headers)?;
-        Ok(Self)
+    async fn from_request(req: axum::extract::Request, st: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| {
+            ApiError::BadRequest(format!("the body exceeds {MAX_HEARTBEAT_BYTES} bytes"))
+        })?;
+        let auth =
+            parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let req =
+            SignedRequest { method: parts.method.as_str(), path_and_query: path, body: &body };
+        let node = enrol::verify_node_request(st, auth, &req).await?;
+        Ok(Self { node, body })
     }
 }
 
-fn check_token(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let expected = st.cfg.nodes.token.expose();
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::Unauthorized);
+/// Enrol a node: bind its id to its public key with a one-time enrolment token an
+/// administrator created. Enrolling again with the same token, id and key is harmless.
+#[utoipa::path(post, path = "/api/v1/nodes/enrol", tag = "nodes", request_body(content = Object, description = "EnrolRequest (protocol crate)"),
+    responses((status = 200, description = "EnrolReply: the capacity this node is trusted with", body = Object),
+        (status = 403, description = "Unknown, expired or used token, or a token for another node", body = ErrorResponse),
+        (status = 409, description = "The node id is enrolled with another key", body = ErrorResponse),
+        (status = 422, body = ErrorResponse)))]
+async fn enrol_node(
+    State(st): State<AppState>,
+    addr: ClientAddr,
+    JsonBody(req): JsonBody<EnrolRequest>,
+) -> ApiResult<Json<EnrolReply>> {
+    let result = enrol::enrol(&st, &req).await;
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "success",
+            serde_json::json!({ "max_vcpus": r.max_vcpus, "max_memory_mib": r.max_memory_mib }),
+        ),
+        Err(e) => ("denied", serde_json::json!({ "error": e.to_string() })),
+    };
+    if validate_name("node_id", &req.node_id, 128).is_ok() {
+        service::audit(
+            &st,
+            &format!("node:{}", req.node_id),
+            "node.enrol",
+            &req.node_id,
+            outcome,
+            addr.0,
+            detail,
+        )
+        .await;
     }
-    Ok(())
+    match &result {
+        Ok(_) => tracing::info!(node = %req.node_id, "node enrolled"),
+        Err(e) => {
+            tracing::warn!(node = %req.node_id.chars().take(128).collect::<String>(), error = %e, "enrolment refused")
+        }
+    }
+    result.map(Json)
 }
 
 /// Longest VM error text kept from a heartbeat.
@@ -100,15 +145,25 @@ fn validate(hb: &mut NodeHeartbeat) -> ApiResult<()> {
     Ok(())
 }
 
-/// Register (first call) and heartbeat a node, with its capacity and VM states.
+/// Register (first call) and heartbeat a node, with its capacity and VM states. Signed by the
+/// node's own key (`Authorization: Bearer <signed request>`).
 #[utoipa::path(post, path = "/api/v1/nodes/heartbeat", tag = "nodes", request_body(content = Object, description = "NodeHeartbeat (protocol crate)"),
-    responses((status = 200, description = "HeartbeatReply: interval and draining flag", body = Object), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, description = "HeartbeatReply: interval and draining flag", body = Object), (status = 401, description = "Not signed by an enrolled node", body = ErrorResponse),
+        (status = 403, description = "Signed by another node", body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 async fn heartbeat(
     State(st): State<AppState>,
-    _token: NodeToken,
-    JsonBody(mut hb): JsonBody<NodeHeartbeat>,
+    signed: SignedByNode,
 ) -> ApiResult<Json<HeartbeatReply>> {
+    let mut hb: NodeHeartbeat = serde_json::from_slice(&signed.body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    if hb.node_id != signed.node.node_id {
+        return Err(ApiError::Forbidden(format!(
+            "signed by node {}, about node {}",
+            signed.node.node_id, hb.node_id
+        )));
+    }
     validate(&mut hb)?;
+    let capped = enrol::cap_capacity(&mut hb.capacity, &signed.node);
     let now = now_ms();
     let (draining, came_up) = match st.db.heartbeat_node(&hb, now).await {
         Ok(r) => r,
@@ -131,6 +186,10 @@ async fn heartbeat(
         Err(e) => return Err(e.into()),
     };
     if came_up {
+        if capped {
+            tracing::warn!(node = %hb.node_id, max_vcpus = signed.node.max_vcpus, max_memory_mib = signed.node.max_memory_mib,
+                "the node reports more capacity than it enrolled with; placement uses what it enrolled with");
+        }
         tracing::info!(node = %hb.node_id, api = %hb.api_url, "node registered");
         service::audit(
             &st,
