@@ -256,8 +256,10 @@ impl Default for PoliciesSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodesSection {
-    /// Shared bearer token of the node agents (register, heartbeat, and the broker's calls to them).
-    pub token: Secret,
+    /// Gone: nodes enrol with their own keys. Read only to say so clearly.
+    #[serde(skip_serializing)]
+    pub token: Option<Secret>,
+    #[serde(skip_serializing)]
     pub token_file: Option<PathBuf>,
     /// Heartbeat interval asked of nodes.
     pub heartbeat_interval_secs: u64,
@@ -270,7 +272,7 @@ pub struct NodesSection {
 impl Default for NodesSection {
     fn default() -> Self {
         Self {
-            token: Secret::default(),
+            token: None,
             token_file: None,
             heartbeat_interval_secs: 5,
             lost_after_secs: 20,
@@ -325,14 +327,19 @@ impl Config {
         if let Some(f) = &self.database.url_file {
             self.database.url = read_secret_file(f)?;
         }
-        if let Some(f) = &self.nodes.token_file {
-            self.nodes.token = read_secret_file(f)?;
-        }
         Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.nodes.token.is_some() || self.nodes.token_file.is_some() {
+            return bad(
+                "nodes.token and nodes.token_file are no longer used: each node enrols with \
+                 a one-time token and signs with its own key, and the broker signs its calls to \
+                 nodes with its own keys (docs/node.md, \"Enrolment\"); remove them"
+                    .into(),
+            );
+        }
         if !(self.ldap.url.starts_with("ldap://") || self.ldap.url.starts_with("ldaps://")) {
             return bad(format!(
                 "ldap.url {:?} must start with ldap:// or ldaps://",

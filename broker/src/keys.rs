@@ -137,6 +137,43 @@ impl Keys {
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
 
+    /// Signs a request to a node (or the display proxy beside it) as the broker, for `aud`
+    /// ([`atrium_protocol::signed::node_audience`]).
+    pub fn sign_request(
+        &self,
+        aud: &str,
+        req: &atrium_protocol::signed::Request<'_>,
+    ) -> Result<String, KeyError> {
+        let ring = self.ring();
+        atrium_protocol::signed::sign(
+            &ring.encoding,
+            Some(&ring.active_kid),
+            atrium_protocol::ticket::ISSUER,
+            atrium_protocol::ticket::ISSUER,
+            aud,
+            req,
+            atrium_protocol::signed::now_secs(),
+        )
+        .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+
+    /// The public keys as nodes take them with each heartbeat reply.
+    pub fn node_keys(&self) -> Vec<atrium_protocol::node::BrokerKey> {
+        self.jwks()
+            .keys
+            .iter()
+            .filter_map(|k| match &k.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(p) => {
+                    Some(atrium_protocol::node::BrokerKey {
+                        kid: k.common.key_id.clone()?,
+                        x: p.x.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The public keys, as a JWKS document.
     pub fn jwks(&self) -> JwkSet {
         let now = SystemTime::now();

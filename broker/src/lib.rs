@@ -60,18 +60,16 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
     )
     .await?;
     let directory = ldap::Directory::new(&cfg.ldap)?;
-    if cfg.nodes.token.is_empty() {
-        tracing::warn!("nodes.token is empty: no node can register");
-    }
+    let keys = Arc::new(keys);
     let nodes = nodeclient::NodeClient::new(
-        cfg.nodes.token.clone(),
+        Arc::clone(&keys),
         Duration::from_secs(cfg.nodes.request_timeout_secs),
     );
     Ok(AppState {
         login_writer: db::LoginWriter::start(db.clone()),
         db,
         directory,
-        keys: Arc::new(keys),
+        keys,
         policies: Arc::new(policies),
         nodes,
         metrics: Arc::new(metrics::Metrics::default()),

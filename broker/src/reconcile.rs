@@ -256,7 +256,7 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
 async fn remove_vm_of(st: &AppState, d: &Desktop) {
     if let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id)
         && let Ok(Some(node)) = st.db.get_node(node_id).await
-        && let Err(e) = st.nodes.delete_vm(&node.api_url, vm).await
+        && let Err(e) = st.nodes.delete_vm(node.api(), vm).await
     {
         tracing::warn!(error = %e, vm = %vm, "could not remove a stopped desktop's VM");
     }

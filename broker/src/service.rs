@@ -207,7 +207,7 @@ pub async fn end_session(
         None => None,
     };
     if let Some(node) = node
-        && let Err(e) = st.nodes.end_display_session(&node.display_url, &s.id).await
+        && let Err(e) = st.nodes.end_display_session(&node.id, &node.display_url, &s.id).await
     {
         tracing::warn!(error = %e, session = %s.id, "could not tell the display proxy to end the session");
     }
@@ -319,7 +319,7 @@ pub async fn connect(
             Metrics::inc(&st.metrics.connects_new);
             if let (Some(vm), Some(node_id)) = (&old_vm, &d.node_id)
                 && let Some(node) = st.db.get_node(node_id).await?
-                && let Err(e) = st.nodes.delete_vm(&node.api_url, vm).await
+                && let Err(e) = st.nodes.delete_vm(node.api(), vm).await
             {
                 tracing::warn!(error = %e, vm = %vm, "could not remove the failed VM before restarting its desktop");
             }
@@ -427,7 +427,7 @@ async fn tell_agent(st: &AppState, d: &Desktop, who: &Connecting<'_>) {
         tracing::warn!(user = %printable(who.username, 64), "username cannot be passed to a guest; the desktop will not greet them");
         return;
     }
-    match st.nodes.send_session(&node.api_url, vm, &user).await {
+    match st.nodes.send_session(node.api(), vm, &user).await {
         Ok(()) => {
             let _ = st.db.set_agent_user(&d.id, who.username).await;
         }
@@ -513,7 +513,7 @@ pub async fn provision(
         persistent_disk: d.persistent_disk.clone(),
         user: user.filter(|u| u.validate().is_ok()),
     };
-    match st.nodes.create_vm(&node.api_url, &spec).await {
+    match st.nodes.create_vm(node.api(), &spec).await {
         Ok(vm) => {
             st.db.set_desktop_vm(&d.id, &vm.id, now_ms()).await?;
             // The node takes desktops again: its back-off is over (a write only after refusals).
@@ -562,7 +562,7 @@ pub async fn remove_vm(st: &AppState, d: &Desktop, keep_desktop: bool) -> ApiRes
         && node.state == crate::db::NodeState::Up
     {
         st.nodes
-            .delete_vm(&node.api_url, vm)
+            .delete_vm(node.api(), vm)
             .await
             .map_err(|e| ApiError::unavailable(format!("node {node_id}: {e}")))?;
     }

@@ -58,10 +58,6 @@ if [ ! -s database-url ]; then
   printf 'postgres://atrium:%s@%s:%s/atrium\n' "$(head -n1 database-password)" "$db_host" "$db_port" >database-url
   made "database-url (PostgreSQL at $db_host:$db_port)"
 fi
-if [ ! -s node-token ]; then
-  random >node-token
-  made "node-token: give the same file to every node agent and display proxy"
-fi
 if [ ! -s ldap-bind-password ]; then
   pw="${ATRIUM_LDAP_BIND_PASSWORD:-}"
   if [ -z "$pw" ] && [ -t 0 ]; then

@@ -27,16 +27,22 @@ pub struct DisplayConfig {
     pub listen: SocketAddr,
     /// The broker's base URL; its keys are at `{broker_url}/.well-known/jwks.json`.
     pub broker_url: String,
-    /// The node agent's base URL (`/api/v1/vms/{id}` finds a VM's display).
-    pub node_api_url: String,
-    /// Bearer token for the node agent API.
-    pub node_token: Secret,
-    /// File whose first line is the node token (instead of `node_token`).
+    /// The node agent's local socket (`node.local_socket`): where `/api/v1/vms/{id}` finds a
+    /// VM's display and its clipboard. The proxy holds no credential for the node; the socket's
+    /// permissions let it in (run it in `node.local_socket_group`).
+    pub node_socket: PathBuf,
+    /// Gone: read only to say so clearly.
+    #[serde(skip_serializing)]
+    pub node_api_url: Option<String>,
+    #[serde(skip_serializing)]
+    pub node_token: Option<Secret>,
+    #[serde(skip_serializing)]
     pub node_token_file: Option<PathBuf>,
     /// Origins (`scheme://host[:port]`) whose pages may open display connections. A request
     /// with another `Origin` header is refused; one without (not a browser) is allowed.
     pub allowed_origins: Vec<String>,
-    /// When set, tickets must name this node.
+    /// The node this proxy serves (required by `serve`): tickets must name it, and the broker's
+    /// calls here (ending a session) are signed for it.
     pub node_id: Option<String>,
     /// Frames a viewer may have unacknowledged.
     pub max_frames_in_flight: u8,
@@ -76,8 +82,9 @@ impl Default for DisplayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             broker_url: String::new(),
-            node_api_url: String::new(),
-            node_token: Secret::default(),
+            node_socket: PathBuf::from("/var/lib/atrium-node/state/api.sock"),
+            node_api_url: None,
+            node_token: None,
             node_token_file: None,
             allowed_origins: Vec::new(),
             node_id: None,
@@ -120,28 +127,36 @@ impl DisplayConfig {
             .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
     }
 
-    /// Reads the token file and checks every value.
+    /// Checks every value, and what `serve` needs besides.
     pub fn finish(&mut self) -> Result<(), ConfigError> {
-        if let Some(path) = &self.node_token_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            self.node_token = Secret::new(text.lines().next().unwrap_or("").trim());
+        self.validate()?;
+        if self.node_id.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid(
+                "node_id is required: tickets must name this node, and the broker's calls here \
+                 are signed for it"
+                    .into(),
+            ));
         }
-        self.validate()
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (key, url) in [("broker_url", &self.broker_url), ("node_api_url", &self.node_api_url)] {
-            // This build's HTTP client has no TLS: keep these on the internal network.
-            if !url.starts_with("http://") {
-                return bad(format!(
-                    "{key} must be an http:// URL (no TLS client in this build), not {url:?}"
-                ));
-            }
+        // This build's HTTP client has no TLS: keep this on the internal network.
+        if !self.broker_url.starts_with("http://") {
+            return bad(format!(
+                "broker_url must be an http:// URL (no TLS client in this build), not {:?}",
+                self.broker_url
+            ));
         }
-        if self.node_token.is_empty() {
-            return bad("node_token (or node_token_file) is required".into());
+        if self.node_api_url.is_some()
+            || self.node_token.is_some()
+            || self.node_token_file.is_some()
+        {
+            return bad("node_api_url, node_token and node_token_file are no longer used: the \
+                 display proxy reaches the node on its local socket (node_socket) and holds no \
+                 node credential (docs/node.md); remove them"
+                .into());
         }
         if !(1..=16).contains(&self.max_frames_in_flight) {
             return bad("max_frames_in_flight must be 1 to 16".into());
@@ -212,8 +227,8 @@ mod tests {
     const GOOD: &str = r#"
 listen = "0.0.0.0:9000"
 broker_url = "http://127.0.0.1:8080"
-node_api_url = "http://127.0.0.1:8081"
-node_token = "s3cret"
+node_socket = "/run/atrium/node.sock"
+node_id = "node-1"
 allowed_origins = ["https://desk.example.com"]
 "#;
 
@@ -226,12 +241,23 @@ allowed_origins = ["https://desk.example.com"]
     }
 
     #[test]
+    fn the_old_shared_token_is_refused_with_the_reason() {
+        let mut c =
+            DisplayConfig::parse(&format!("{GOOD}node_token = \"s3cret-0123456789\"\n")).unwrap();
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains("no longer used") && !e.contains("s3cret"), "{e}");
+        let mut c = DisplayConfig::parse(GOOD).unwrap();
+        c.node_id = None;
+        assert!(c.finish().unwrap_err().to_string().contains("node_id"));
+    }
+
+    #[test]
     fn parses_validates_and_redacts() {
         let c = DisplayConfig::parse(GOOD).unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_frames_in_flight, 2);
-        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.node_socket, PathBuf::from("/run/atrium/node.sock"));
     }
 
     #[test]
@@ -242,9 +268,6 @@ allowed_origins = ["https://desk.example.com"]
         assert!(c.validate().is_err());
         let mut c = DisplayConfig::parse(GOOD).unwrap();
         c.max_frames_in_flight = 0;
-        assert!(c.validate().is_err());
-        let mut c = DisplayConfig::parse(GOOD).unwrap();
-        c.node_token = Secret::default();
         assert!(c.validate().is_err());
         let mut c = DisplayConfig::parse(GOOD).unwrap();
         c.broker_url = "ftp://x".into();
@@ -269,7 +292,7 @@ allowed_origins = ["https://desk.example.com"]
                 ("ATRIUM_DISPLAY_LISTEN", "127.0.0.1:1234"),
                 ("ATRIUM_DISPLAY_ALLOWED_ORIGINS", "http://a:1, http://b"),
                 ("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT", "3"),
-                ("ATRIUM_DISPLAY_NODE_ID", ""),
+                ("ATRIUM_DISPLAY_NODE_ID", "node-9"),
                 ("ATRIUM_GATEWAY_LISTEN", "another service's"),
                 ("HOME", "/root"),
             ]),
@@ -278,7 +301,7 @@ allowed_origins = ["https://desk.example.com"]
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.allowed_origins, ["http://a:1", "http://b"]);
         assert_eq!(c.max_frames_in_flight, 3);
-        assert_eq!(c.node_id, None);
+        assert_eq!(c.node_id.as_deref(), Some("node-9"));
         let e =
             DisplayConfig::load_with_env(&f, &env(&[("ATRIUM_DISPLAY_LISTN", "x")])).unwrap_err();
         assert!(e.to_string().contains("ATRIUM_DISPLAY_LISTN"), "{e}");
@@ -288,19 +311,6 @@ allowed_origins = ["https://desk.example.com"]
         )
         .unwrap_err();
         assert!(e.to_string().contains("ATRIUM_DISPLAY_MAX_FRAMES_IN_FLIGHT"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn token_file_is_read() {
-        let dir = std::env::temp_dir().join(format!("atrium-display-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("token");
-        std::fs::write(&f, "from-file\nignored\n").unwrap();
-        let mut c = DisplayConfig::parse(GOOD).unwrap();
-        c.node_token_file = Some(f);
-        c.finish().unwrap();
-        assert_eq!(c.node_token.expose(), "from-file");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -88,6 +88,38 @@ impl TicketIssuer {
             .expect("signing with a valid Ed25519 key")
     }
 
+    /// This key as a node trusts it (`broker.trusted_keys_file` holds a list of these).
+    pub fn broker_key(&self) -> atrium_protocol::node::BrokerKey {
+        atrium_protocol::node::BrokerKey {
+            kid: self.kid.clone(),
+            x: URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
+        }
+    }
+
+    /// A call to node `node` (its agent's API or its display proxy) signed as the broker signs
+    /// them: for `method`, `path_and_query` and `body`.
+    pub fn sign_request(
+        &self,
+        node: &str,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> String {
+        use atrium_protocol::signed;
+        let der = self.key.to_pkcs8_der().expect("PKCS#8 of an Ed25519 key");
+        let req = signed::Request { method, path_and_query, body };
+        signed::sign(
+            &EncodingKey::from_ed_der(der.as_bytes()),
+            Some(&self.kid),
+            ISSUER,
+            ISSUER,
+            &signed::node_audience(node),
+            &req,
+            signed::now_secs(),
+        )
+        .expect("signing with a valid Ed25519 key")
+    }
+
     /// A valid ticket for `vm`.
     pub fn ticket(&self, vm: &str, caps: Capabilities) -> String {
         self.sign(&Self::claims(vm, caps, 30))

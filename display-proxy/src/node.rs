@@ -1,12 +1,11 @@
-//! The node agent's API, as the display proxy uses it: where a VM's display is, and its
-//! clipboard.
+//! The node agent's local API, as the display proxy uses it: where a VM's display is, and its
+//! clipboard. It is reached on the node's local socket, whose file permissions are the only
+//! credential: the proxy holds no token that could open the node's network API.
 
 use std::time::Duration;
 
 use atrium_protocol::node::{ClipboardState, ClipboardText, VmInfo, validate_name};
 use thiserror::Error;
-
-use crate::config::Secret;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -20,21 +19,22 @@ pub enum NodeError {
     Http(#[from] reqwest::Error),
 }
 
-/// A client of one node agent.
+/// A client of the node agent beside this proxy.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     base: String,
-    token: Secret,
     http: reqwest::Client,
 }
 
 impl NodeClient {
-    pub fn new(base: &str, token: Secret) -> Self {
+    /// A client of the node's local socket at `socket`.
+    pub fn new(socket: &std::path::Path) -> Self {
         let http = reqwest::Client::builder()
+            .unix_socket(socket)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client with default settings");
-        Self { base: base.trim_end_matches('/').to_owned(), token, http }
+        Self { base: "http://node".into(), http }
     }
 
     fn url(&self, vm: &str, rest: &str) -> Result<String, NodeError> {
@@ -57,13 +57,7 @@ impl NodeClient {
 
     /// `GET /api/v1/vms/{id}`.
     pub async fn vm(&self, vm: &str) -> Result<VmInfo, NodeError> {
-        let resp = self
-            .http
-            .get(self.url(vm, "")?)
-            .bearer_auth(self.token.expose())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
+        let resp = self.http.get(self.url(vm, "")?).timeout(Duration::from_secs(10)).send().await?;
         Ok(Self::check(vm, resp).await?.json().await?)
     }
 
@@ -72,7 +66,6 @@ impl NodeClient {
         let resp = self
             .http
             .post(self.url(vm, "/clipboard")?)
-            .bearer_auth(self.token.expose())
             .timeout(Duration::from_secs(10))
             .json(&ClipboardText { text })
             .send()
@@ -90,13 +83,7 @@ impl NodeClient {
         wait: u64,
     ) -> Result<ClipboardState, NodeError> {
         let url = format!("{}?after={after}&wait={wait}", self.url(vm, "/clipboard")?);
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(self.token.expose())
-            .timeout(Duration::from_secs(wait + 10))
-            .send()
-            .await?;
+        let resp = self.http.get(url).timeout(Duration::from_secs(wait + 10)).send().await?;
         Ok(Self::check(vm, resp).await?.json().await?)
     }
 }

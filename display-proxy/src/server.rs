@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::config::{DisplayConfig, Secret};
+use crate::config::DisplayConfig;
 use crate::desktop::{Desktops, NodeOpener, OpenError, SourceOpener};
 use crate::metrics::Metrics;
 use crate::node::NodeClient;
@@ -22,7 +22,6 @@ use crate::pool::EncodePool;
 use crate::ticket::{TicketError, TicketVerifier, VerifierConfig};
 use crate::viewer::{self, Sessions, ViewerContext};
 use atrium_door::Door;
-use atrium_protocol::secret::constant_time_eq;
 
 /// Everything a request handler reaches.
 #[derive(Debug, Clone)]
@@ -36,14 +35,15 @@ struct Inner {
     metrics: Arc<Metrics>,
     allowed_origins: Vec<String>,
     sessions: Arc<Sessions>,
-    node_token: Secret,
+    /// The audience of the broker's signed calls here: this node.
+    node_audience: String,
     door: Arc<Door>,
 }
 
 impl AppState {
     /// The service as configured, finding displays through the node agent.
     pub fn from_config(cfg: &DisplayConfig) -> Self {
-        let node = NodeClient::new(&cfg.node_api_url, cfg.node_token.clone());
+        let node = NodeClient::new(&cfg.node_socket);
         let keep_refresh = cfg.keep_refresh_after_input();
         Self::with_opener(cfg, Arc::new(NodeOpener { node, keep_refresh }))
     }
@@ -76,7 +76,9 @@ impl AppState {
             metrics,
             allowed_origins: cfg.allowed_origins.clone(),
             sessions: Arc::new(Sessions::default()),
-            node_token: cfg.node_token.clone(),
+            node_audience: atrium_protocol::signed::node_audience(
+                cfg.node_id.as_deref().unwrap_or_default(),
+            ),
             door: Arc::new(Door::new(cfg.door_limits(), None)),
         }))
     }
@@ -199,22 +201,25 @@ async fn ws(
 /// Bytes read from a viewer's socket at a time.
 const CLIENT_READ_BUFFER: usize = 4096;
 
-/// `POST /api/v1/sessions/{sid}/end` (bearer node token, as the broker holds it): disconnects
+/// `POST /api/v1/sessions/{sid}/end`, a call the broker signed for this node: disconnects
 /// every viewer of a broker session. Idempotent.
 async fn end_session(
     State(s): State<AppState>,
+    uri: axum::extract::OriginalUri,
     Path(sid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(token.as_bytes(), s.0.node_token.expose().as_bytes()) {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let path = uri.0.path_and_query().map_or("/", |p| p.as_str());
+    let req = atrium_protocol::signed::Request { method: "POST", path_and_query: path, body: b"" };
+    if let Err(e) = s.0.verifier.verify_request(auth, &req, &s.0.node_audience).await {
+        tracing::warn!(session = %sid.chars().take(64).collect::<String>(), reason = %e, "a session end not signed by the broker was refused");
         return (
             StatusCode::UNAUTHORIZED,
-            Json(ErrorBody { error: "invalid token".into(), field: None }),
+            Json(ErrorBody {
+                error: format!("a call signed by the broker is required: {e}"),
+                field: None,
+            }),
         )
             .into_response();
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use atrium_protocol::signed;
 use atrium_protocol::ticket::{DISPLAY_AUDIENCE, DisplayClaims, ISSUER, MAX_TICKET_TTL_SECS};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -326,6 +327,24 @@ impl TicketVerifier {
             return Err(TicketError::Claims("bad jti".into()));
         }
         Ok(c)
+    }
+
+    /// Checks that a call here was signed by the broker, for `aud` (this node) and for this
+    /// request ([`atrium_protocol::signed`]), with the same keys tickets are checked with.
+    pub async fn verify_request(
+        &self,
+        authorization: Option<&str>,
+        req: &signed::Request<'_>,
+        aud: &str,
+    ) -> Result<signed::RequestClaims, signed::RequestAuthError> {
+        let token = signed::bearer(authorization)?;
+        let kid = signed::peek(token)?.kid.ok_or(signed::RequestAuthError::UnknownKey)?;
+        let key = self.key(&kid).await.map_err(|_| signed::RequestAuthError::UnknownKey)?;
+        let claims = signed::verify(token, &key, aud, req, now_secs(), self.cfg.leeway_secs)?;
+        if claims.sub != ISSUER {
+            return Err(signed::RequestAuthError::Claims("not signed by the broker".into()));
+        }
+        Ok(claims)
     }
 
     /// Whether the broker's keys are loaded; when they are not, fetches them first (at most

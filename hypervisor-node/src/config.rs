@@ -55,8 +55,16 @@ pub struct NodeSection {
     pub api_url: Option<String>,
     /// The display proxy beside this node, as browsers reach it.
     pub display_url: Option<String>,
+    /// Gone: the node has its own key and checks the broker's signature. Read only to say so.
+    #[serde(skip_serializing)]
     pub token: Option<Secret>,
+    #[serde(skip_serializing)]
     pub token_file: Option<PathBuf>,
+    /// The local socket the display proxy beside the node reads displays and clipboards on
+    /// (default `<state_dir>/api.sock`). Mode 0660: root and `local_socket_group` may use it.
+    pub local_socket: Option<PathBuf>,
+    /// The group that may use the local socket (the display proxy's, e.g. `atrium-display`).
+    pub local_socket_group: Option<String>,
     pub images_dir: PathBuf,
     /// VM folders (sockets, overlays) and persistent disks.
     pub state_dir: PathBuf,
@@ -78,6 +86,8 @@ impl Default for NodeSection {
             display_url: None,
             token: None,
             token_file: None,
+            local_socket: None,
+            local_socket_group: None,
             images_dir: PathBuf::from("/var/lib/atrium-node/images"),
             state_dir: PathBuf::from("/var/lib/atrium-node/state"),
             default_runtime: DefaultRuntime::Auto,
@@ -171,6 +181,10 @@ pub struct BrokerSection {
     pub enrolment_token: Option<Secret>,
     /// File whose first line is `enrolment_token`, instead of it.
     pub enrolment_token_file: Option<PathBuf>,
+    /// Keys the node API trusts besides the broker's (which arrive with each heartbeat reply):
+    /// a JSON list of `{"kid": ..., "x": ...}` (Ed25519, base64url), for an operator's own
+    /// tooling. Calls signed by them must still name this node and this request.
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 impl Default for BrokerSection {
@@ -182,6 +196,7 @@ impl Default for BrokerSection {
             timeout_secs: 5,
             enrolment_token: None,
             enrolment_token_file: None,
+            trusted_keys_file: None,
         }
     }
 }
@@ -235,8 +250,13 @@ impl NodeConfig {
             atrium_protocol::node::validate_name("node.id", id, 128)
                 .map_err(|e| invalid("node.id", e.message))?;
         }
-        if n.token.is_some() && n.token_file.is_some() {
-            return Err(invalid("node.token", "set node.token or node.token_file, not both"));
+        if n.token.is_some() || n.token_file.is_some() {
+            return Err(invalid(
+                "node.token",
+                "node.token and node.token_file are no longer used: the node enrols with a \
+                 one-time token (broker.enrolment_token) and signs with its own key, and accepts \
+                 calls the broker signed (docs/node.md, \"Enrolment\"); remove them",
+            ));
         }
         // Unix socket paths are at most 107 bytes: <state_dir>/vms/<id>/serial.sock.
         let longest = n.state_dir.as_os_str().len() + "/vms/vm-0123456789abcdef/serial.sock".len();
@@ -320,26 +340,9 @@ impl NodeConfig {
         self.node.state_dir.join("node-key.pem")
     }
 
-    /// The node token, from `node.token` or `node.token_file`.
-    pub fn token(&self) -> Result<Secret, ConfigError> {
-        let token = match (&self.node.token, &self.node.token_file) {
-            (Some(t), _) => t.clone(),
-            (None, Some(path)) => {
-                let t = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                Secret::new(t.trim())
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "node.token",
-                    "a node token is required (node.token or node.token_file)",
-                ));
-            }
-        };
-        if token.expose().len() < 16 {
-            return Err(invalid("node.token", "the node token must be at least 16 characters"));
-        }
-        Ok(token)
+    /// The local socket for the display proxy.
+    pub fn local_socket(&self) -> PathBuf {
+        self.node.local_socket.clone().unwrap_or_else(|| self.node.state_dir.join("api.sock"))
     }
 
     /// The node id: configured, or the host name.
@@ -372,9 +375,9 @@ mod tests {
 
     #[test]
     fn a_bad_token_value_is_not_shown_in_the_error() {
-        let e = parse("[node]\ntoken = 98765432\n", &[]).unwrap_err().to_string();
-        assert!(!e.contains("98765432") && e.contains("node.token"), "{e}");
-        let e = parse("[node]\ntoken = \"ab\\qcd\"\n", &[]).unwrap_err().to_string();
+        let e = parse("[broker]\nenrolment_token = 98765432\n", &[]).unwrap_err().to_string();
+        assert!(!e.contains("98765432") && e.contains("enrolment_token"), "{e}");
+        let e = parse("[broker]\nenrolment_token = \"ab\\qcd\"\n", &[]).unwrap_err().to_string();
         assert!(!e.contains("ab\\qcd") && e.contains("line 2"), "{e}");
     }
 
@@ -388,7 +391,6 @@ mod tests {
 id = "node-1"
 listen = "0.0.0.0:7070"
 display_url = "ws://node-1:7443"
-token = "0123456789abcdef0123"
 state_dir = "/srv/atrium"
 images_dir = "/srv/images"
 [capacity]
@@ -401,6 +403,7 @@ pointer = "usb-tablet"
 parent = "/atrium"
 [broker]
 url = "http://broker:8080"
+enrolment_token = "atrium-enrol-0123456789"
 "#,
             &[],
         )
@@ -408,8 +411,12 @@ url = "http://broker:8080"
         assert_eq!(c.capacity.vcpus, Some(8));
         assert_eq!(c.qemu.accel, AccelChoice::Tcg);
         assert_eq!(c.qemu.pointer, Pointer::UsbTablet);
-        assert_eq!(c.token().expect("token").expose(), "0123456789abcdef0123");
-        assert_eq!(format!("{:?}", c.node.token), "Some([redacted])");
+        assert_eq!(
+            c.enrolment_token().expect("token").expect("set").expose(),
+            "atrium-enrol-0123456789"
+        );
+        assert_eq!(format!("{:?}", c.broker.enrolment_token), "Some([redacted])");
+        assert_eq!(c.local_socket(), PathBuf::from("/srv/atrium/api.sock"));
         assert_eq!(c.api_url(), "http://0.0.0.0:7070");
     }
 
@@ -430,14 +437,15 @@ url = "http://broker:8080"
             ("[cgroup]\nparent = \"atrium\"", "cgroup.parent"),
             ("[cgroup]\npids_max = 1", "pids_max"),
             ("not toml [", "test.toml"),
-            ("[node]\ntoken = \"a\"\ntoken_file = \"/x\"", "not both"),
+            ("[node]\ntoken = \"0123456789abcdef0123\"", "no longer used"),
         ] {
             let e = parse(text, &[]).expect_err(text).to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}, wanted {needle:?}");
         }
-        let short = parse("[node]\ntoken = \"short\"", &[]).expect("parses");
-        assert!(short.token().unwrap_err().to_string().contains("16"));
-        assert!(parse("", &[]).expect("parses").token().is_err());
+        let both = "[broker]\nenrolment_token = \"a\"\nenrolment_token_file = \"/x\"";
+        let e = parse(both, &[]).expect("parses").enrolment_token().unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert!(parse("", &[]).expect("parses").enrolment_token().expect("none").is_none());
     }
 
     #[test]
@@ -445,7 +453,7 @@ url = "http://broker:8080"
         let c = parse(
             "[node]\nstop_grace_secs = 3",
             &[
-                ("ATRIUM_NODE_TOKEN", "abcdefghijklmnopq"),
+                ("ATRIUM_NODE_BROKER_ENROLMENT_TOKEN", "atrium-enrol-abcdefghijklmnopq"),
                 ("ATRIUM_NODE_STOP_GRACE_SECS", "7"),
                 ("ATRIUM_NODE_QEMU_ACCEL", "kvm"),
                 ("ATRIUM_NODE_CGROUP_ENABLED", "false"),
@@ -463,7 +471,7 @@ url = "http://broker:8080"
         assert_eq!(c.capacity.vcpus, Some(4));
         assert_eq!(c.broker.url.as_deref(), Some("http://broker:8080"));
         assert_eq!(c.node.id.as_deref(), Some("node-7"));
-        assert!(c.token().is_ok());
+        assert!(c.enrolment_token().expect("read").is_some());
         // A section's key without its section is no key of [node].
         let e = parse("", &[("ATRIUM_NODE_VCPUS", "4")]).unwrap_err().to_string();
         assert!(e.contains("ATRIUM_NODE_VCPUS"), "{e}");

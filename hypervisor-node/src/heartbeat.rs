@@ -5,8 +5,8 @@
 //! `state_dir/node-key.pem`, never sent anywhere). When the broker answers that this node is not
 //! enrolled, the node enrols (`POST /api/v1/nodes/enrol`) with the one-time token an
 //! administrator gave it (`broker.enrolment_token`), binding its id to its public key, and
-//! heartbeats again. The broker answers when the next heartbeat is due and whether this node is
-//! drained. While the broker cannot be reached the node retries with a doubling backoff, up to
+//! heartbeats again. The broker answers when the next heartbeat is due, whether this node is
+//! drained, and its public keys (the node API accepts calls signed by these). While the broker cannot be reached the node retries with a doubling backoff, up to
 //! `broker.max_backoff_secs`.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use atrium_protocol::node::{EnrolReply, EnrolRequest, ErrorBody, HeartbeatReply, NodeHeartbeat};
 use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
 
+use crate::api::BrokerKeys;
 use crate::config::Secret;
 use crate::vm::VmManager;
 
@@ -120,7 +121,12 @@ async fn enrol(
 }
 
 /// Heartbeats until the task is dropped, enrolling first when the broker asks for it.
-pub async fn run(node: Arc<VmManager>, key: Arc<NodeKey>, enrolment: Option<Secret>) {
+pub async fn run(
+    node: Arc<VmManager>,
+    key: Arc<NodeKey>,
+    enrolment: Option<Secret>,
+    broker_keys: Arc<BrokerKeys>,
+) {
     let cfg = node.config().broker.clone();
     let Some(base) = cfg.url.clone() else { return };
     let base = base.trim_end_matches('/').to_owned();
@@ -148,6 +154,7 @@ pub async fn run(node: Arc<VmManager>, key: Arc<NodeKey>, enrolment: Option<Secr
                     connected = true;
                 }
                 node.set_draining(reply.draining);
+                broker_keys.replace(&reply.broker_keys);
                 backoff = Duration::from_secs(1);
                 tokio::time::sleep(Duration::from_secs(reply.interval_secs.clamp(1, 300))).await;
                 continue;
@@ -254,7 +261,12 @@ mod tests {
                         }
                         let hb: NodeHeartbeat = serde_json::from_slice(&body).expect("a heartbeat");
                         let _ = seen.send(Seen::Heartbeat(hb));
-                        Json(HeartbeatReply { interval_secs: 1, draining: true }).into_response()
+                        let broker_keys = vec![atrium_protocol::node::BrokerKey {
+                            kid: "k1".into(),
+                            x: NodeKey::ephemeral().public().to_owned(),
+                        }];
+                        Json(HeartbeatReply { interval_secs: 1, draining: true, broker_keys })
+                            .into_response()
                     }
                 }),
             );
@@ -281,10 +293,12 @@ mod tests {
         let node =
             VmManager::new(config, KvmKind::Absent, vec![], RuntimeKind::Qemu).expect("manager");
         let key = Arc::new(NodeKey::ephemeral());
+        let broker_keys = Arc::new(BrokerKeys::default());
         let task = tokio::spawn(run(
             Arc::clone(&node),
             Arc::clone(&key),
             Some(Secret::new("atrium-enrol-test")),
+            Arc::clone(&broker_keys),
         ));
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -309,6 +323,8 @@ mod tests {
         // The next one follows at the interval the broker asked for, and the node is drained.
         assert!(matches!(next().await, Seen::Heartbeat(_)));
         assert!(node.draining());
+        // The broker's keys came with the reply.
+        assert!(format!("{broker_keys:?}").contains("k1"), "{broker_keys:?}");
         task.abort();
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);

@@ -70,8 +70,11 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
-    let token = config.token()?;
     let enrolment = config.enrolment_token()?;
+    let broker_keys = Arc::new(
+        api::BrokerKeys::new(config.broker.trusted_keys_file.as_deref())
+            .map_err(|e| ServeError::Setup(format!("broker.trusted_keys_file: {e}")))?,
+    );
     let listen = config.node.listen;
     let node = build_manager(config).await?;
     // Made after the manager, which creates the state folder with the modes it needs.
@@ -84,24 +87,34 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         tracing::warn!("image refused: {e}");
     }
     tracing::info!(images = images.len(), dir = %node.images().root().display(), "images found");
-    let app = api::router(AppState::new(Arc::clone(&node), &token));
+    let state = AppState::new(Arc::clone(&node), Arc::clone(&broker_keys));
+    let app = api::router(state.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen { addr: listen, source })?;
     tracing::info!(%listen, node_id = node.node_id(), "node API listening");
+    let local_path = node.config().local_socket();
+    let local = bind_local_socket(&local_path, node.config().node.local_socket_group.as_deref())?;
+    tracing::info!(socket = %local_path.display(), "local API for the display proxy listening");
     let beat = node
         .config()
         .broker
         .url
         .is_some()
-        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment)));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let local_app = api::local_router(state);
+    let local_stop = stopped(stop_rx.clone());
+    let local_server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(local, local_app).with_graceful_shutdown(local_stop).await {
+            tracing::error!("the local API socket: {e}");
+        }
+    });
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
+        axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await
     });
     let served = tokio::select! {
         ended = &mut server => ended,
@@ -109,7 +122,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
             // Requests in flight (a clipboard long-poll may last 30 s) get a
             // moment to finish; the VMs must not wait for them, or whoever stops this node
             // loses patience first and the VMs outlive it.
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             match tokio::time::timeout(SHUTDOWN_REQUESTS_GRACE, &mut server).await {
                 Ok(ended) => ended,
                 Err(_) => {
@@ -122,6 +135,8 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     if let Some(b) = beat {
         b.abort();
     }
+    local_server.abort();
+    let _ = std::fs::remove_file(&local_path);
     // All at once: each may take seconds (QEMU is asked to quit, then killed). Again while a
     // creation cut short by the shutdown still adds one.
     for _ in 0..3 {
@@ -146,6 +161,48 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         Ok(result) => result.map_err(|source| ServeError::Listen { addr: listen, source }),
         Err(e) => Err(ServeError::Setup(format!("the API server task: {e}"))),
     }
+}
+
+/// Binds the local API socket: any stale one removed, mode 0660, its group `group` when set
+/// (the display proxy's), so that only root and that group can reach the VMs' displays.
+fn bind_local_socket(
+    path: &std::path::Path,
+    group: Option<&str>,
+) -> Result<tokio::net::UnixListener, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = |what: &str, e: std::io::Error| {
+        ServeError::Setup(format!("the local API socket {}: {what}: {e}", path.display()))
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(setup("removing the old one", e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| setup("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| setup("mode 0660", e))?;
+    if let Some(name) = group {
+        let gid = group_id(name).ok_or_else(|| {
+            ServeError::Setup(format!("node.local_socket_group: no group named {name:?}"))
+        })?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| setup("chown", e))?;
+    }
+    Ok(listener)
+}
+
+/// Looks a group up in the group database.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is a valid value
+    // (null pointers), and getgrnam_r fills it before it is read.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into `grp` and `buf` (sized as passed) and sets `out` to `&grp`
+    // or null; all pointers are valid for the call, and nothing is kept past it.
+    let r =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (r == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
 /// How long requests in flight may run on after a shutdown signal.

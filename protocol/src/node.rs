@@ -386,6 +386,18 @@ pub struct HeartbeatReply {
     pub interval_secs: u64,
     /// The broker drained this node: it places no new VMs here.
     pub draining: bool,
+    /// The broker's public signing keys: the node accepts API calls signed by one of these
+    /// (see [`crate::signed`]), and nothing else.
+    #[serde(default)]
+    pub broker_keys: Vec<BrokerKey>,
+}
+
+/// One of the broker's public signing keys (Ed25519).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerKey {
+    pub kid: String,
+    /// The public key, base64url (a JWK's `x`).
+    pub x: String,
 }
 
 /// `POST /api/v1/nodes/enrol` on the broker: a node proves it holds a one-time enrolment token

@@ -17,7 +17,8 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
+pub use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -311,6 +312,11 @@ impl NodeKey {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             public: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
         }
+    }
+
+    /// The private key, to sign other claims with it (tests standing in for the broker).
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
     }
 
     /// The public key: 32 bytes, base64url (a JWK's `x`).

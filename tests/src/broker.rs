@@ -10,8 +10,6 @@ use serde_json::Value;
 
 use crate::util::{TempDir, bin_path, free_port, wait_for, workspace_root};
 
-pub use crate::node::NODE_TOKEN;
-
 /// How to start a broker.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
@@ -75,7 +73,7 @@ impl Broker {
             policies = policies.display().to_string(),
         );
         if !has("nodes") {
-            toml.push_str(&format!("[nodes]\ntoken = {NODE_TOKEN:?}\nheartbeat_interval_secs = 1\nlost_after_secs = 3\nrequest_timeout_secs = 5\n\n"));
+            toml.push_str("[nodes]\nheartbeat_interval_secs = 1\nlost_after_secs = 3\nrequest_timeout_secs = 5\n\n");
         }
         toml.push_str(&strip_section(&opts.extra_toml, "ldap"));
         let cfg = dir.path().join("broker.toml");

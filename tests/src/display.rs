@@ -33,19 +33,20 @@ pub struct DisplayProxy {
 }
 
 impl DisplayProxy {
-    /// Starts the proxy against a broker (for its JWKS) and a node agent.
+    /// Starts the proxy for node `node-1` against a broker (for its JWKS) and the node agent's
+    /// local socket.
     pub async fn start(
         broker_url: &str,
-        node_url: &str,
-        node_token: &str,
+        node_socket: &std::path::Path,
         extra: &str,
     ) -> anyhow::Result<Self> {
         let dir = TempDir::new("display");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let config = format!(
-            "listen = \"{addr}\"\nbroker_url = \"{broker_url}\"\nnode_api_url = \"{node_url}\"\n\
-             node_token = \"{node_token}\"\nallowed_origins = [\"http://127.0.0.1\"]\n{extra}"
+            "listen = \"{addr}\"\nbroker_url = \"{broker_url}\"\nnode_socket = {:?}\n\
+             node_id = \"node-1\"\nallowed_origins = [\"http://127.0.0.1\"]\n{extra}",
+            node_socket.display().to_string()
         );
         let path = dir.path().join("display.toml");
         std::fs::write(&path, config)?;
@@ -96,17 +97,20 @@ impl Drop for DisplayProxy {
     }
 }
 
-/// A node API that knows VMs whose displays the test started itself (for example a bare QEMU
-/// with a VNC socket). It answers `GET /api/v1/vms/{id}` and nothing else.
+/// A node's local API that knows VMs whose displays the test started itself (for example a
+/// bare QEMU with a VNC socket), on a socket of its own. It answers `GET /api/v1/vms/{id}` and
+/// nothing else.
 #[derive(Debug)]
 pub struct DisplayOnlyNode {
-    pub url: String,
+    pub dir: TempDir,
+    pub socket: std::path::PathBuf,
 }
 
 impl DisplayOnlyNode {
     pub async fn start(vms: Vec<(String, DisplayEndpoint)>) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let dir = TempDir::new("display-node");
+        let socket = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&socket)?;
         let vms: Arc<HashMap<String, DisplayEndpoint>> = Arc::new(vms.into_iter().collect());
         let app = Router::new()
             .route(
@@ -140,7 +144,7 @@ impl DisplayOnlyNode {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { url })
+        Ok(Self { dir, socket })
     }
 }
 

@@ -16,11 +16,10 @@ use atrium_protocol::node::{
 };
 use atrium_protocol::signed::{self, NodeKey};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-
-use crate::broker::NODE_TOKEN;
 
 #[derive(Debug, Clone)]
 pub struct FakeVm {
@@ -64,8 +63,57 @@ pub struct FakeNode {
 
 type Shared = Arc<Mutex<FakeState>>;
 
-fn authorized(h: &HeaderMap) -> bool {
-    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {NODE_TOKEN}"))
+/// Checks the broker's calls as the real node does: signed by one of the broker's keys (its
+/// JWKS, fetched again when an unknown key id appears), for this node and this request.
+#[derive(Debug, Clone)]
+struct BrokerCheck {
+    jwks_url: String,
+    node: String,
+    keys: Arc<tokio::sync::Mutex<HashMap<String, jsonwebtoken::DecodingKey>>>,
+}
+
+impl BrokerCheck {
+    async fn key(&self, kid: &str) -> Option<jsonwebtoken::DecodingKey> {
+        let mut keys = self.keys.lock().await;
+        if !keys.contains_key(kid) {
+            let set: jsonwebtoken::jwk::JwkSet =
+                reqwest::get(&self.jwks_url).await.ok()?.json().await.ok()?;
+            for jwk in &set.keys {
+                if let (Some(id), Ok(k)) =
+                    (&jwk.common.key_id, jsonwebtoken::DecodingKey::from_jwk(jwk))
+                {
+                    keys.insert(id.clone(), k);
+                }
+            }
+        }
+        keys.get(kid).cloned()
+    }
+
+    async fn allows(&self, parts: &axum::http::request::Parts, body: &[u8]) -> bool {
+        let auth = parts.headers.get("authorization").and_then(|v| v.to_str().ok());
+        let Ok(token) = signed::bearer(auth) else { return false };
+        let Some(kid) = signed::peek(token).ok().and_then(|u| u.kid) else { return false };
+        let Some(key) = self.key(&kid).await else { return false };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = signed::Request { method: parts.method.as_str(), path_and_query: path, body };
+        let aud = signed::node_audience(&self.node);
+        signed::verify(token, &key, &aud, &req, signed::now_secs(), 5).is_ok()
+    }
+}
+
+async fn require_broker(
+    State(check): State<BrokerCheck>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if !check.allows(&parts, &bytes).await {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 fn info(id: &str, vm: &FakeVm) -> VmInfo {
@@ -89,12 +137,8 @@ fn info(id: &str, vm: &FakeVm) -> VmInfo {
 
 async fn create(
     State(st): State<Shared>,
-    h: HeaderMap,
     Json(spec): Json<VmSpec>,
 ) -> Result<(StatusCode, Json<VmInfo>), StatusCode> {
-    if !authorized(&h) {
-        return Err(StatusCode::UNAUTHORIZED);
-    }
     let delay = st.lock().expect("lock").create_delay;
     tokio::time::sleep(delay).await;
     let mut s = st.lock().expect("lock");
@@ -110,10 +154,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-async fn remove(State(st): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> StatusCode {
-    if !authorized(&h) {
-        return StatusCode::UNAUTHORIZED;
-    }
+async fn remove(State(st): State<Shared>, Path(id): Path<String>) -> StatusCode {
     let mut s = st.lock().expect("lock");
     if s.vms.remove(&id).is_some() {
         s.deleted.push(id);
@@ -125,13 +166,9 @@ async fn remove(State(st): State<Shared>, h: HeaderMap, Path(id): Path<String>) 
 
 async fn session(
     State(st): State<Shared>,
-    h: HeaderMap,
     Path(id): Path<String>,
     Json(req): Json<SessionRequest>,
 ) -> StatusCode {
-    if !authorized(&h) {
-        return StatusCode::UNAUTHORIZED;
-    }
     let mut s = st.lock().expect("lock");
     if !s.vms.contains_key(&id) {
         return StatusCode::NOT_FOUND;
@@ -140,14 +177,7 @@ async fn session(
     StatusCode::NO_CONTENT
 }
 
-async fn end_display(
-    State(st): State<Shared>,
-    h: HeaderMap,
-    Path(sid): Path<String>,
-) -> StatusCode {
-    if !authorized(&h) {
-        return StatusCode::UNAUTHORIZED;
-    }
+async fn end_display(State(st): State<Shared>, Path(sid): Path<String>) -> StatusCode {
     st.lock().expect("lock").ended_display_sessions.push(sid);
     StatusCode::NO_CONTENT
 }
@@ -181,12 +211,18 @@ impl FakeNode {
             heartbeating: true,
             draining_seen: false,
         }));
+        let check = BrokerCheck {
+            jwks_url: format!("{}/.well-known/jwks.json", broker_url.trim_end_matches('/')),
+            node: id.to_owned(),
+            keys: Arc::default(),
+        };
         let app = Router::new()
             .route("/api/v1/vms", post(create))
             .route("/api/v1/vms/{id}", delete(remove))
             .route("/api/v1/vms/{id}/session", post(session))
             .route("/api/v1/sessions/{sid}/end", post(end_display))
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn_with_state(check, require_broker));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {

@@ -18,7 +18,9 @@ use crate::display::keep_artifact;
 use crate::screen::Screen;
 use crate::util::{TempDir, bin_path, free_port};
 
-pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+/// The key id of the key tests sign node API calls with (trusted by every test node through
+/// `broker.trusted_keys_file`, beside the broker's own keys).
+const TEST_SIGNER: &str = "test-signer";
 
 /// The console image folder (see the module documentation).
 pub fn console_image() -> anyhow::Result<PathBuf> {
@@ -63,8 +65,12 @@ pub struct NodeProcess {
     pub dir: TempDir,
     pub url: String,
     pub state_dir: PathBuf,
+    /// The node's id (its `node.id`, or its host name).
+    pub id: String,
     child: Child,
     client: reqwest::Client,
+    /// Signs the calls tests make, as the broker signs its own.
+    signer: atrium_display::issuer::TicketIssuer,
 }
 
 impl NodeProcess {
@@ -75,15 +81,6 @@ impl NodeProcess {
 
     /// Starts `atrium-node serve` with these images, plus `extra` config lines.
     pub async fn start_with_images(images_in: &[&Path], extra: &str) -> anyhow::Result<Self> {
-        Self::start_with_token(images_in, extra, NODE_TOKEN).await
-    }
-
-    /// Starts `atrium-node serve` with these images and node token, plus `extra` config lines.
-    pub async fn start_with_token(
-        images_in: &[&Path],
-        extra: &str,
-        token: &str,
-    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("node");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images)?;
@@ -94,18 +91,23 @@ impl NodeProcess {
         let state_dir = dir.path().join("state");
         let port = free_port();
         let config = format!(
-            "[node]\nlisten = \"127.0.0.1:{port}\"\ntoken = {token:?}\nstate_dir = \"{}\"\n\
+            "[node]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
              images_dir = \"{}\"\nready_timeout_secs = 240\nstop_grace_secs = 30\nping_interval_secs = 5\n{extra}",
             state_dir.display(),
             images.display()
         );
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config)?;
+        let signer = atrium_display::issuer::TicketIssuer::generate(TEST_SIGNER);
+        let trusted = dir.path().join("trusted-keys.json");
+        std::fs::write(&trusted, serde_json::to_string(&[signer.broker_key()])?)?;
         let log = std::fs::File::create(dir.path().join("node.log"))?;
         let child = Command::new(bin_path("atrium-node"))
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            // Beside any [broker] section the test writes.
+            .env("ATRIUM_NODE_BROKER_TRUSTED_KEYS_FILE", &trusted)
             .env("ATRIUM_LOG", "info,atrium_node=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -113,16 +115,20 @@ impl NodeProcess {
             .context("starting atrium-node serve")?;
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        let node = Self { dir, url, state_dir, child, client };
+        let mut node = Self { dir, url, state_dir, id: String::new(), child, client, signer };
         let health = format!("{}/healthz", node.url);
         let up = crate::util::wait_for("the node's /healthz", Duration::from_secs(20), || {
             let c = node.client.clone();
             let h = health.clone();
-            async move { c.get(&h).send().await.ok().filter(|r| r.status().is_success()) }
+            async move {
+                let r = c.get(&h).send().await.ok().filter(|r| r.status().is_success())?;
+                r.json::<Value>().await.ok()
+            }
         })
         .await;
-        if let Err(e) = up {
-            bail!("{e}; node log:\n{}", node.log());
+        match up {
+            Ok(h) => h["node_id"].as_str().unwrap_or_default().clone_into(&mut node.id),
+            Err(e) => bail!("{e}; node log:\n{}", node.log()),
         }
         Ok(node)
     }
@@ -145,7 +151,18 @@ impl NodeProcess {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }
 
-    /// A request to the node API with the node token; returns the status and body.
+    /// A call signed as the broker signs them, for this node: `Authorization` for `method`,
+    /// `path` and `body`.
+    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
+        self.signer.sign_request(&self.id, method, path, body)
+    }
+
+    /// What signs the calls tests make (as the broker would).
+    pub fn signer(&self) -> &atrium_display::issuer::TicketIssuer {
+        &self.signer
+    }
+
+    /// A signed request to the node API; returns the status and body.
     pub async fn call(
         &self,
         method: &str,
@@ -153,9 +170,13 @@ impl NodeProcess {
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let m = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self.client.request(m, format!("{}{path}", self.url)).bearer_auth(NODE_TOKEN);
-        if let Some(b) = body {
-            req = req.json(b);
+        let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
+        let mut req = self
+            .client
+            .request(m, format!("{}{path}", self.url))
+            .bearer_auth(self.sign(method, path, &bytes));
+        if body.is_some() {
+            req = req.header("content-type", "application/json").body(bytes);
         }
         let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
@@ -166,13 +187,18 @@ impl NodeProcess {
         let resp = self
             .client
             .post(format!("{}{path}", self.url))
-            .bearer_auth(NODE_TOKEN)
+            .bearer_auth(self.sign("POST", path, body.as_bytes()))
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
             .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// The node's local socket (what the display proxy beside it reads displays on).
+    pub fn local_socket(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
     }
 
     pub async fn vm(&self, id: &str) -> anyhow::Result<VmInfo> {

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::broker::{ApiClient, Broker, BrokerOptions};
-use crate::node::{NODE_TOKEN, NodeProcess, console_image, desktop_image};
+use crate::node::{NodeProcess, console_image, desktop_image};
 use crate::slapd::Slapd;
 use crate::tier::{self, Tier, TierOptions};
 use crate::util::{TempDir, bin_path, free_port, wait_for};
@@ -31,8 +31,8 @@ pub struct DisplayOptions {
     pub port: u16,
     /// Where the broker's keys are.
     pub broker_url: String,
-    pub node_url: String,
-    pub token: String,
+    /// The node agent's local socket.
+    pub node_socket: std::path::PathBuf,
     pub allowed_origins: Vec<String>,
     /// Peers exempt from the per-address connection limit (the gateways).
     pub trusted_proxies: Vec<String>,
@@ -47,12 +47,11 @@ impl DisplayService {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_api_url = {:?}\nnode_token = {:?}\n\
+                "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_socket = {:?}\n\
                  allowed_origins = [{}]\ntrusted_proxies = [{}]\nnode_id = \"node-1\"\n",
                 o.port,
                 o.broker_url,
-                o.node_url,
-                o.token,
+                o.node_socket.display().to_string(),
                 list(&o.allowed_origins),
                 list(&o.trusted_proxies),
             ),
@@ -148,8 +147,7 @@ impl Stack {
         let display = DisplayService::start(DisplayOptions {
             port: display_port,
             broker_url: broker.url.clone(),
-            node_url: node.url.clone(),
-            token: NODE_TOKEN.into(),
+            node_socket: node.local_socket(),
             allowed_origins: vec![broker.url.clone(), format!("http://localhost:{}", broker.port)],
             trusted_proxies: Vec::new(),
         })
@@ -243,21 +241,19 @@ impl TierStack {
         let mut admin = tier.client();
         admin.login_ok("carol", "carol-pw").await;
         let enrolment = admin.enrolment_token("node-1").await;
-        let node = NodeProcess::start_with_token(
+        let node = NodeProcess::start_with_images(
             images,
             &format!(
                 "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\nenrolment_token = {enrolment:?}\n",
                 tier::INTERNAL_URL
             ),
-            &tier.node_token,
         )
         .await
         .context("starting the node agent")?;
         let display = DisplayService::start(DisplayOptions {
             port: display_port,
             broker_url: tier::INTERNAL_URL.into(),
-            node_url: node.url.clone(),
-            token: tier.node_token.clone(),
+            node_socket: node.local_socket(),
             // Viewers come through the gateways, which send no Origin, from this host.
             allowed_origins: Vec::new(),
             trusted_proxies: vec!["127.0.0.1".into()],

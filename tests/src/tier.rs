@@ -150,8 +150,6 @@ pub struct TierOptions {
     pub state: Option<PathBuf>,
     /// Where `atrium-broker` and `atrium-display` are (a cargo profile folder).
     pub binaries: PathBuf,
-    /// The node token to use (kept in the secrets); `None`: a random one.
-    pub node_token: Option<String>,
     /// The directory service account's password.
     pub ldap_bind_password: String,
 }
@@ -163,7 +161,6 @@ pub struct Tier {
     _temp: Option<TempDir>,
     docs: Vec<Doc>,
     yaml_path: PathBuf,
-    pub node_token: String,
     /// The internal CA, which issued the public and the gateways' certificates.
     ca: Vec<u8>,
     down: bool,
@@ -219,11 +216,6 @@ impl Tier {
         }
         let secrets = manifests.join("base/secrets");
         std::fs::create_dir_all(&secrets)?;
-        if let Some(token) = &opts.node_token
-            && !secrets.join("node-token").exists()
-        {
-            std::fs::write(secrets.join("node-token"), format!("{token}\n"))?;
-        }
         run(
             Command::new(manifests.join("make-secrets.sh"))
                 .args(["--public-name", "127.0.0.1", "--public-name", "localhost"])
@@ -237,11 +229,9 @@ impl Tier {
             .replace(OVERLAY_STATE, &dir.display().to_string());
         let yaml_path = dir.join("tier.yaml");
         std::fs::write(&yaml_path, &yaml)?;
-        let read = |f: &str| std::fs::read_to_string(secrets.join(f)).map(|s| s.trim().to_owned());
         let me = Self {
             docs: documents(&yaml),
             yaml_path,
-            node_token: read("node-token")?,
             ca: std::fs::read(secrets.join("ca.crt"))?,
             dir,
             _temp: temp,
@@ -502,7 +492,7 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
     };
     // (folder, owner uid, [(file, contents)])
     type Volume<'a> = (&'a str, u32, Vec<(&'a str, Vec<u8>)>);
-    let layout: [Volume; 7] = [
+    let layout: [Volume; 6] = [
         ("broker-keys", 10001, vec![("signing-1.pem", pem(&["signing-1.pem"])?)]),
         (
             "database",
@@ -510,7 +500,6 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
             vec![("url", pem(&["database-url"])?), ("password", pem(&["database-password"])?)],
         ),
         ("ldap", 10001, vec![("bind-password", pem(&["ldap-bind-password"])?)]),
-        ("node-token", 10001, vec![("token", pem(&["node-token"])?)]),
         (
             "gateway-tls",
             10001,

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use atrium_tests::broker::ApiClient;
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::fake_node::FakeNode;
-use atrium_tests::node::{NODE_TOKEN, console_image};
+use atrium_tests::node::console_image;
 use atrium_tests::screen::{Glyphs, Screen, rows_showing};
 use atrium_tests::slapd::{SERVICE_PW, Slapd};
 use atrium_tests::stack::{TierStack, create_pool};
@@ -29,12 +29,7 @@ fn binaries() -> std::path::PathBuf {
 }
 
 fn tier_options() -> TierOptions {
-    TierOptions {
-        state: None,
-        binaries: binaries(),
-        node_token: Some(NODE_TOKEN.into()),
-        ldap_bind_password: SERVICE_PW.into(),
-    }
+    TierOptions { state: None, binaries: binaries(), ldap_bind_password: SERVICE_PW.into() }
 }
 
 #[test]
@@ -79,7 +74,7 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
         ("Ingress", 2),
         ("NetworkPolicy", 4),
         ("PodDisruptionBudget", 2),
-        ("Secret", 7),
+        ("Secret", 6),
     ] {
         assert_eq!(k.get(kind).copied(), Some(n), "{kind} in {k:?}");
     }

@@ -12,7 +12,7 @@ use atrium_protocol::ticket::Capabilities;
 use atrium_tests::display::{
     BareQemu, DisplayOnlyNode, DisplayProxy, DisplayViewer, count_color, keep_artifact,
 };
-use atrium_tests::node::{NODE_TOKEN, NodeProcess, console_image};
+use atrium_tests::node::{NodeProcess, console_image};
 use atrium_tests::screen::{Glyphs, find_cells, rows_showing};
 use atrium_tests::{Group, skip};
 use serde_json::json;
@@ -32,7 +32,7 @@ async fn a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen() -> anyhow::Result<(
     .await?;
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.url, "unused", "").await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
 
     let mut user = DisplayViewer::connect(
         &proxy.ws_url("bios", &issuer.ticket("bios", Capabilities::default())),
@@ -88,7 +88,7 @@ async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyh
 
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.url, NODE_TOKEN, "").await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.local_socket(), "").await?;
     let url = proxy.ws_url(&id, &issuer.ticket(&id, Capabilities::default()));
     let mut viewer = DisplayViewer::connect(&url).await?;
     assert_eq!((viewer.width, viewer.height), (1024, 768));

@@ -33,7 +33,7 @@ async fn a_viewer_sees_the_builtin_vmm_framebuffer_and_types_into_it() -> anyhow
     .await?;
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.url, "unused", "").await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
     let mut viewer =
         DisplayViewer::connect(&proxy.ws_url("fw", &issuer.ticket("fw", Capabilities::default())))
             .await?;

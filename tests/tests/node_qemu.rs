@@ -331,17 +331,12 @@ async fn sigterm_deletes_every_vm_without_waiting_for_long_polls() -> anyhow::Re
         ensure!(info.state == VmState::Ready, "{id} is {:?}: {:?}", info.state, info.error);
         ensure!(processes_with(&format!("guest=atrium-{id}")).len() == 1, "{id} has no QEMU");
     }
-    // A display proxy's clipboard long-poll (the longest the API allows), in flight when the
-    // node is told to stop.
-    let url = format!("{}/api/v1/vms/{}/clipboard?after=1000000&wait=30", node.url, ids[0]);
-    let poll = tokio::spawn(async move {
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth(atrium_tests::node::NODE_TOKEN)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
+    // A display proxy's clipboard long-poll (the longest the API allows) on the node's local
+    // socket, as the proxy makes it, in flight when the node is told to stop.
+    let url = format!("http://node/api/v1/vms/{}/clipboard?after=1000000&wait=30", ids[0]);
+    let local = reqwest::Client::builder().unix_socket(node.local_socket()).build()?;
+    let poll =
+        tokio::spawn(async move { local.get(url).send().await.map(|r| r.status().as_u16()) });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
     let status = tokio::task::block_in_place(|| node.terminate())?;
@@ -497,5 +492,71 @@ fn the_console_image_names_its_debian_packages_and_hashes() -> anyhow::Result<()
         let sum = String::from_utf8_lossy(&out.stdout);
         assert_eq!(sum.split_whitespace().next(), f["sha256"].as_str(), "{name}");
     }
+    Ok(())
+}
+
+/// The running node's API opens to the broker's signature for this node alone: not to the
+/// node's own key (as a thief of it would hold), not to a broker call meant for another node,
+/// not to a call replayed or changed. Its local socket, for the display proxy beside it, needs
+/// no credential (its file mode is the gate) and reads displays and clipboards only.
+#[tokio::test]
+async fn the_node_api_opens_to_the_broker_for_this_node_only() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "the_node_api_opens_to_the_broker_for_this_node_only") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "id = \"node-a\"").await?;
+    let http = reqwest::Client::new();
+    let get = async |token: &str| -> anyhow::Result<u16> {
+        let r = http.get(format!("{}/api/v1/vms", node.url)).bearer_auth(token).send().await?;
+        Ok(r.status().as_u16())
+    };
+    let good = node.sign("GET", "/api/v1/vms", b"");
+    assert_eq!(get(&good).await?, 200);
+    assert_eq!(get(&good).await?, 401, "a replayed call");
+    // The node's own key, as it would be stolen from its disk, signing for itself.
+    let own =
+        atrium_protocol::signed::NodeKey::load_or_generate(&node.state_dir.join("node-key.pem"))?;
+    let req = atrium_protocol::signed::Request {
+        method: "GET",
+        path_and_query: "/api/v1/vms",
+        body: b"",
+    };
+    let aud = atrium_protocol::signed::node_audience("node-a");
+    let forged = own.sign("broker", &aud, &req, atrium_protocol::signed::now_secs())?;
+    assert_eq!(get(&forged).await?, 401, "the node's own key");
+    // The broker's signature, for another node; and for another path.
+    let for_b = node.signer().sign_request("node-b", "GET", "/api/v1/vms", b"");
+    assert_eq!(get(&for_b).await?, 401, "a call signed for another node");
+    let other_path = node.sign("GET", "/api/v1/capacity", b"");
+    assert_eq!(get(&other_path).await?, 401, "a call signed for another path");
+    // A broker call to create a VM, with the body changed on the way.
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let signed_for = serde_json::to_vec(&spec)?;
+    let changed = serde_json::to_vec(
+        &json!({ "image": "console", "vcpus": 64, "memory_mib": 256, "display": "1024x768" }),
+    )?;
+    let r = http
+        .post(format!("{}/api/v1/vms", node.url))
+        .bearer_auth(node.sign("POST", "/api/v1/vms", &signed_for))
+        .header("content-type", "application/json")
+        .body(changed)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401, "a changed body");
+
+    // The local socket: mode 0660, reads only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.local_socket())?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let local = reqwest::Client::builder().unix_socket(node.local_socket()).build()?;
+    let r = local.get("http://node/api/v1/vms/vm-0000000000000000").send().await?;
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.text().await?.contains("vm-0000000000000000"), "the VM's 404, not the route's");
+    let r = local.post("http://node/api/v1/vms").json(&spec).send().await?;
+    assert_eq!(r.status().as_u16(), 404, "no VM is created through the local socket");
+    let r = local.delete("http://node/api/v1/vms/vm-0000000000000000").send().await?;
+    assert!(r.status().is_client_error());
+    assert!(node.list_vms().await?.is_empty());
     Ok(())
 }

@@ -45,6 +45,13 @@ pub struct Node {
     pub refused_until: i64,
 }
 
+impl Node {
+    /// Where the broker calls this node's API.
+    pub fn api(&self) -> crate::nodeclient::NodeAt<'_> {
+        crate::nodeclient::NodeAt { id: &self.id, url: &self.api_url }
+    }
+}
+
 fn row_to_node(r: &sqlx::any::AnyRow) -> DbResult<Node> {
     let cap: String = col(r, "capacity_json")?;
     Ok(Node {

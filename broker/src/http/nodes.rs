@@ -207,7 +207,11 @@ async fn heartbeat(
     if !orphans.is_empty() {
         sweep_orphans(&st, &hb.node_id, &hb.api_url, orphans);
     }
-    Ok(Json(HeartbeatReply { interval_secs: st.cfg.nodes.heartbeat_interval_secs, draining }))
+    Ok(Json(HeartbeatReply {
+        interval_secs: st.cfg.nodes.heartbeat_interval_secs,
+        draining,
+        broker_keys: st.keys.node_keys(),
+    }))
 }
 
 /// Removes VMs no desktop owns (a broker crash between create and record, a node back from
@@ -236,7 +240,11 @@ fn sweep_orphans(st: &AppState, node: &str, api: &str, orphans: Vec<String>) {
                     continue;
                 }
                 tracing::info!(node = %node, vm = %vm, "removing a VM no desktop owns");
-                if let Err(e) = st.nodes.delete_vm(&api, &vm).await {
+                if let Err(e) = st
+                    .nodes
+                    .delete_vm(crate::nodeclient::NodeAt { id: &node, url: &api }, &vm)
+                    .await
+                {
                     tracing::warn!(error = %e, vm = %vm, "could not remove an orphan VM");
                 }
             }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{procstat, round};
-use crate::config::{DisplayConfig, Secret};
+use crate::config::DisplayConfig;
 use crate::desktop::{SourceOpener, SyntheticOpener};
 use crate::issuer::{JwksServer, TicketIssuer};
 use crate::server::{AppState, router};
@@ -39,8 +39,6 @@ pub async fn run(secs: u64) -> anyhow::Result<Map<String, Value>> {
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
     let cfg = DisplayConfig {
         broker_url: jwks.url(),
-        node_api_url: "http://127.0.0.1:9".into(),
-        node_token: Secret::new("unused"),
         max_viewers_per_desktop: 4096,
         ..DisplayConfig::default()
     };

@@ -24,7 +24,8 @@ use super::relay::Relay;
 use super::{BenchOptions, procstat, round, static_files};
 use crate::issuer::{JwksServer, TicketIssuer};
 
-const NODE_TOKEN: &str = "bench-node-token-0123456789";
+/// The node's id here (the one the bench's tickets name).
+const NODE_ID: &str = "node-1";
 const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const NOVNC: &str = "/usr/share/novnc";
 
@@ -176,12 +177,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     std::os::unix::fs::symlink(&image, tmp.join("images/console"))?;
     let node_port = free_port()?;
     let node_cfg = tmp.join("node.toml");
+    // The bench stands in for the broker: the node trusts its key and it signs the calls.
+    let issuer = TicketIssuer::generate("bench");
+    let trusted = tmp.join("trusted-keys.json");
+    std::fs::write(&trusted, serde_json::to_string(&[issuer.broker_key()])?)?;
     std::fs::write(
         &node_cfg,
         format!(
-            "[node]\nlisten = \"127.0.0.1:{node_port}\"\ntoken = \"{NODE_TOKEN}\"\nstate_dir = \"{}\"\nimages_dir = \"{}\"\nready_timeout_secs = 240\n",
+            "[node]\nid = \"{NODE_ID}\"\nlisten = \"127.0.0.1:{node_port}\"\nstate_dir = \"{}\"\nimages_dir = \"{}\"\nready_timeout_secs = 240\n\n[broker]\ntrusted_keys_file = \"{}\"\n",
             tmp.join("state").display(),
-            tmp.join("images").display()
+            tmp.join("images").display(),
+            trusted.display(),
         ),
     )?;
     let node_log = std::fs::File::create(tmp.join("node.log"))?;
@@ -199,10 +205,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     wait_http(&format!("{node_url}/healthz"), 30).await.context("atrium-node")?;
     let http = reqwest::Client::new();
     let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let body = serde_json::to_vec(&spec)?;
     let resp = http
         .post(format!("{node_url}/api/v1/vms"))
-        .bearer_auth(NODE_TOKEN)
-        .json(&spec)
+        .bearer_auth(issuer.sign_request(NODE_ID, "POST", "/api/v1/vms", &body))
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await?;
     ensure!(
@@ -215,9 +223,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     eprintln!("bench: booting the console guest {} (TCG may take a minute)", vm.id);
     let deadline = Instant::now() + Duration::from_secs(300);
     let vm = loop {
+        let path = format!("/api/v1/vms/{}", vm.id);
         let v: VmInfo = http
-            .get(format!("{node_url}/api/v1/vms/{}", vm.id))
-            .bearer_auth(NODE_TOKEN)
+            .get(format!("{node_url}{path}"))
+            .bearer_auth(issuer.sign_request(NODE_ID, "GET", &path, b""))
             .send()
             .await?
             .json()
@@ -238,7 +247,6 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
         .context("the QEMU process")?;
 
     // 2. Atrium: tickets, the proxy process, a relay in front of it.
-    let issuer = TicketIssuer::generate("bench");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
     let pages = static_files::serve(vec![
         ("atrium".into(), root.join("web-client")),
@@ -250,8 +258,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     std::fs::write(
         &proxy_cfg,
         format!(
-            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_api_url = \"{node_url}\"\nnode_token = \"{NODE_TOKEN}\"\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
+            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_socket = \"{}\"\nnode_id = \"{NODE_ID}\"\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
             jwks.url(),
+            tmp.join("state/api.sock").display(),
             opts.keep_refresh_ms,
         ),
     )?;

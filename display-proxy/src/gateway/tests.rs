@@ -37,13 +37,8 @@ struct Harness {
 }
 
 async fn proxy(jwks: &JwksServer) -> (SocketAddr, AppState) {
-    let cfg = DisplayConfig {
-        broker_url: jwks.url(),
-        node_api_url: "http://127.0.0.1:9".into(),
-        node_token: crate::config::Secret::new("unused"),
-        encode_threads: 1,
-        ..DisplayConfig::default()
-    };
+    let cfg =
+        DisplayConfig { broker_url: jwks.url(), encode_threads: 1, ..DisplayConfig::default() };
     let screen = SyntheticConfig { width: 160, height: 96, fps: 10, photo: false, ticks: None };
     let opener = Arc::new(SyntheticOpener::new(screen));
     let state = AppState::with_opener(&cfg, opener as Arc<dyn SourceOpener>);

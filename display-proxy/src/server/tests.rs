@@ -46,9 +46,8 @@ async fn harness_with(
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await.unwrap();
     let mut cfg = DisplayConfig {
         broker_url: jwks.url(),
-        node_api_url: "http://127.0.0.1:9".into(),
-        node_token: crate::config::Secret::new("unused"),
         allowed_origins: vec![ORIGIN.into()],
+        node_id: Some("node-1".into()),
         encode_threads: 2,
         ..DisplayConfig::default()
     };
@@ -350,13 +349,29 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
     frame_end(&mut ws).await;
     // A ticket of the same session minted before its end, kept for later.
     let kept = h.ticket("vm-1", Capabilities::default());
-    let url = format!("http://{}/api/v1/sessions/session-1/end", h.addr);
+    let path = "/api/v1/sessions/session-1/end";
+    let url = format!("http://{}{path}", h.addr);
     let http = reqwest::Client::new();
     let r = http.post(&url).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = http.post(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token");
-    let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
+    // Signed by the broker, but for another node, or for ending another session.
+    let other_node = h.issuer.sign_request("node-2", "POST", path, b"");
+    let other_session =
+        h.issuer.sign_request("node-1", "POST", "/api/v1/sessions/session-2/end", b"");
+    let stranger = TicketIssuer::generate("k1").sign_request("node-1", "POST", path, b"");
+    for token in [other_node, other_session, stranger] {
+        let r = http.post(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(h.state.metrics().clients.load(Ordering::Relaxed), 1, "nothing was ended");
+    let r = http
+        .post(&url)
+        .bearer_auth(h.issuer.sign_request("node-1", "POST", path, b""))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let close = loop {
         match next(&mut ws, Duration::from_secs(10)).await.expect("a close frame") {
@@ -369,7 +384,12 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
     // The ticket minted before the end no longer connects.
     assert_eq!(status(h.connect("vm-1", &kept, Some(ORIGIN)).await.unwrap_err()), 401);
     // Ending it again (no viewers left) is fine.
-    let r = http.post(&url).bearer_auth("unused").send().await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth(h.issuer.sign_request("node-1", "POST", path, b""))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
 }
 
@@ -433,8 +453,10 @@ async fn input_stops_when_the_session_ends_even_if_the_viewer_is_stalled() {
     .expect("the desktop opens");
     // Give the proxy time to fill the buffers and stall on its first frame.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!("http://{}/api/v1/sessions/session-1/end", h.addr);
-    let r = reqwest::Client::new().post(&url).bearer_auth("unused").send().await.unwrap();
+    let path = "/api/v1/sessions/session-1/end";
+    let url = format!("http://{}{path}", h.addr);
+    let token = h.issuer.sign_request("node-1", "POST", path, b"");
+    let r = reqwest::Client::new().post(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), 204);
     send(&mut ws, ClientMessage::Key { seq: 1, down: true, keysym: 0x61, code: "KeyA".into() })
         .await;

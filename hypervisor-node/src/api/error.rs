@@ -12,9 +12,16 @@ use crate::vm::VmError;
 
 #[derive(Debug)]
 pub enum ApiError {
-    Unauthorized,
-    BadRequest { message: String, field: Option<String> },
-    NotFound { message: String, field: Option<String> },
+    /// Not a request signed by the broker for this node; why.
+    Unauthorized(String),
+    BadRequest {
+        message: String,
+        field: Option<String>,
+    },
+    NotFound {
+        message: String,
+        field: Option<String>,
+    },
     Conflict(String),
     Timeout(String),
     Internal(String),
@@ -27,7 +34,7 @@ impl ApiError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -70,9 +77,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let body = match self {
-            Self::Unauthorized => {
-                ErrorBody { error: "a valid node token is required".into(), field: None }
-            }
+            Self::Unauthorized(why) => ErrorBody {
+                error: format!("a request signed by the broker for this node is required: {why}"),
+                field: None,
+            },
             Self::BadRequest { message, field } | Self::NotFound { message, field } => {
                 ErrorBody { error: message, field }
             }

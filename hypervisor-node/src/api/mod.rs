@@ -1,7 +1,10 @@
-//! The node API (axum): `/api/v1/...` for the broker and the display proxy (bearer node token on
-//! every call), `/healthz` and `/metrics` without a token. One module per resource, each with
-//! its own router, merged here.
+//! The node API (axum). Over TCP, `/api/v1/...` is for the broker alone: every call must be a
+//! request the broker signed for this node ([`auth`]). On the node's local socket, the display
+//! proxy beside it reads a VM's display endpoint and its clipboard, and nothing else; the
+//! socket's file permissions say who that is. `/healthz` and `/metrics` need nothing. One module
+//! per resource, each with its own router, merged here.
 
+pub mod auth;
 mod capacity;
 pub mod error;
 mod health;
@@ -11,60 +14,44 @@ mod vms;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
-use sha2::{Digest, Sha256};
 
+pub use self::auth::BrokerKeys;
 pub use self::error::ApiError;
-use crate::config::Secret;
 use crate::vm::VmManager;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub node: Arc<VmManager>,
-    token_digest: [u8; 32],
+    /// The broker's public keys: what signed calls are checked with.
+    pub keys: Arc<BrokerKeys>,
+    spent: Arc<auth::Spent>,
 }
 
 impl AppState {
-    pub fn new(node: Arc<VmManager>, token: &Secret) -> Self {
-        Self { node, token_digest: Sha256::digest(token.expose().as_bytes()).into() }
-    }
-
-    /// Compares digests in constant time, so the answer time says nothing about the token.
-    fn token_matches(&self, presented: &str) -> bool {
-        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        d.iter().zip(self.token_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    pub fn new(node: Arc<VmManager>, keys: Arc<BrokerKeys>) -> Self {
+        Self { node, keys, spent: Arc::default() }
     }
 }
 
-/// Refuses every `/api/v1` request without `Authorization: Bearer <node token>`.
-async fn require_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if state.token_matches(t) => Ok(next.run(req).await),
-        _ => Err(ApiError::Unauthorized),
-    }
+fn not_found() -> ApiError {
+    ApiError::NotFound { message: "no such API path".into(), field: None }
 }
 
+/// The TCP API: health and metrics, and `/api/v1` for calls the broker signed.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(vms::router())
         .merge(capacity::router())
-        .fallback(|| async {
-            ApiError::NotFound { message: "no such API path".into(), field: None }
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+        .fallback(|| async { not_found() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_broker));
     Router::new().merge(health::router()).nest("/api/v1", api).with_state(state)
+}
+
+/// The local socket's API, for the display proxy on this host: a VM's display endpoint and
+/// its clipboard. Whoever may open the socket may call these.
+pub fn local_router(state: AppState) -> Router {
+    let api = vms::display_router().fallback(|| async { not_found() });
+    Router::new().nest("/api/v1", api).fallback(|| async { not_found() }).with_state(state)
 }
 
 #[cfg(test)]

@@ -10,17 +10,47 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 
-use super::{AppState, router};
-use crate::config::{NodeConfig, Secret};
+use atrium_protocol::node::BrokerKey;
+use atrium_protocol::signed::{self, NodeKey, node_audience};
+
+use super::{AppState, BrokerKeys, router};
+use crate::config::NodeConfig;
 use crate::runtime::Runtime;
 use crate::runtime::qemu::QemuRuntime;
 use crate::vm::VmManager;
 
-const TOKEN: &str = "test-token-0123456789";
+/// The node id the fixture's node has (`node.id`).
+const NODE: &str = "node-t";
 
 struct Fixture {
     dir: PathBuf,
     app: axum::Router,
+    /// Stands in for the broker's signing key (handed to the node as a heartbeat reply would).
+    broker: NodeKey,
+}
+
+/// A request signed by `key` (as key id `kid`) for `node`, as the broker signs its calls.
+fn sign(key: &NodeKey, kid: &str, node: &str, method: &str, uri: &str, body: &str) -> String {
+    let req = signed::Request { method, path_and_query: uri, body: body.as_bytes() };
+    let iss = atrium_protocol::ticket::ISSUER;
+    signed::sign(
+        key.encoding_key(),
+        Some(kid),
+        iss,
+        iss,
+        &node_audience(node),
+        &req,
+        signed::now_secs(),
+    )
+    .expect("signing")
+}
+
+impl Fixture {
+    /// A call signed by the broker for this node.
+    async fn call(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Vec<u8>) {
+        let token = sign(&self.broker, "broker-1", NODE, method, uri, body);
+        call(&self.app, method, uri, Some(&token), body).await
+    }
 }
 
 impl Drop for Fixture {
@@ -34,6 +64,7 @@ fn fixture(name: &str) -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     crate::image::tests::fake_image(&dir.join("images/console/v1"), "console", "v1", 1);
     let mut config = NodeConfig::default();
+    config.node.id = Some(NODE.into());
     config.node.state_dir = dir.join("state");
     config.node.images_dir = dir.join("images");
     config.cgroup.enabled = false;
@@ -43,8 +74,11 @@ fn fixture(name: &str) -> Fixture {
         vec![Arc::new(QemuRuntime::new(config.qemu.clone(), KvmKind::Absent))];
     let node =
         VmManager::new(config, KvmKind::Absent, runtimes, RuntimeKind::Qemu).expect("manager");
-    let app = router(AppState::new(node, &Secret::new(TOKEN)));
-    Fixture { dir, app }
+    let broker = NodeKey::ephemeral();
+    let keys = Arc::new(BrokerKeys::default());
+    keys.replace(&[BrokerKey { kid: "broker-1".into(), x: broker.public().into() }]);
+    let app = router(AppState::new(node, keys));
+    Fixture { dir, app, broker }
 }
 
 async fn call(
@@ -76,8 +110,9 @@ fn error(body: &[u8]) -> ErrorBody {
 const SPEC: &str = r#"{"image":"console","vcpus":1,"memory_mib":128,"display":"1024x768"}"#;
 
 #[tokio::test]
-async fn every_api_call_needs_the_node_token() {
+async fn every_api_call_must_be_signed_by_the_broker_for_this_node_and_this_request() {
     let f = fixture("auth");
+    let stranger = NodeKey::ephemeral();
     for (method, uri) in [
         ("GET", "/api/v1/vms"),
         ("POST", "/api/v1/vms"),
@@ -88,16 +123,74 @@ async fn every_api_call_needs_the_node_token() {
     ] {
         let (status, body) = call(&f.app, method, uri, None, SPEC).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
-        assert!(error(&body).error.contains("token"));
-        let (status, _) = call(&f.app, method, uri, Some("test-token-0123456780"), SPEC).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with a wrong token");
+        assert!(error(&body).error.contains("signed by the broker"));
+        let refused = [
+            // Another key under the broker's key id (a node's stolen key, say).
+            sign(&stranger, "broker-1", NODE, method, uri, SPEC),
+            // The broker's key, for another node.
+            sign(&f.broker, "broker-1", "node-other", method, uri, SPEC),
+            // The broker's key, for another request.
+            sign(&f.broker, "broker-1", NODE, method, "/api/v1/vms/vm-2", SPEC),
+            sign(&f.broker, "broker-1", NODE, method, uri, "{}"),
+            // A key id the node does not know.
+            sign(&f.broker, "broker-2", NODE, method, uri, SPEC),
+            "not-a-jwt".into(),
+        ];
+        for token in refused {
+            let (status, _) = call(&f.app, method, uri, Some(&token), SPEC).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with {token:.40}");
+        }
     }
-    let (status, body) = call(&f.app, "GET", "/api/v1/vms", Some(TOKEN), "").await;
+    let (status, body) = f.call("GET", "/api/v1/vms", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, b"[]");
-    let (status, body) = call(&f.app, "GET", "/api/v1/no-such-path", Some(TOKEN), "").await;
+    // Each signed call is good once: the same token again is refused.
+    let token = sign(&f.broker, "broker-1", NODE, "GET", "/api/v1/vms", "");
+    assert_eq!(call(&f.app, "GET", "/api/v1/vms", Some(&token), "").await.0, StatusCode::OK);
+    assert_eq!(
+        call(&f.app, "GET", "/api/v1/vms", Some(&token), "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = f.call("GET", "/api/v1/no-such-path", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error(&body).error.contains("no such"));
+}
+
+/// The local socket's router serves the display proxy's reads and nothing that changes a VM.
+#[tokio::test]
+async fn the_local_api_serves_displays_and_clipboards_only() {
+    let f = fixture("local");
+    let local = super::local_router(AppState::new(
+        crate::vm::VmManager::new(
+            {
+                let mut c = NodeConfig::default();
+                c.node.state_dir = f.dir.join("state2");
+                c.node.images_dir = f.dir.join("images");
+                c.cgroup.enabled = false;
+                c
+            },
+            KvmKind::Absent,
+            vec![],
+            RuntimeKind::Qemu,
+        )
+        .expect("manager"),
+        Arc::new(BrokerKeys::default()),
+    ));
+    for (method, uri, want) in [
+        ("GET", "/api/v1/vms/vm-1", StatusCode::NOT_FOUND),
+        ("GET", "/api/v1/vms/vm-1/clipboard", StatusCode::NOT_FOUND),
+        ("POST", "/api/v1/vms", StatusCode::NOT_FOUND),
+        ("DELETE", "/api/v1/vms/vm-1", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/api/v1/vms", StatusCode::NOT_FOUND),
+        ("GET", "/api/v1/vms/vm-1/console", StatusCode::NOT_FOUND),
+        ("POST", "/api/v1/vms/vm-1/session", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = call(&local, method, uri, None, SPEC).await;
+        assert_eq!(status, want, "{method} {uri}: {}", String::from_utf8_lossy(&body));
+    }
+    // A VM it does not know is the VM's 404, not the route's.
+    let (_, body) = call(&local, "GET", "/api/v1/vms/vm-1", None, "").await;
+    assert!(error(&body).error.contains("vm-1"), "{}", String::from_utf8_lossy(&body));
 }
 
 #[tokio::test]
@@ -148,14 +241,14 @@ async fn bad_specs_are_refused_naming_the_field() {
         (r#"{"image":"console""#, None),
         ("", None),
     ] {
-        let (status, resp) = call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), body).await;
+        let (status, resp) = f.call("POST", "/api/v1/vms", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {}", String::from_utf8_lossy(&resp));
         let e = error(&resp);
         assert_eq!(e.field.as_deref(), field, "{body}: {}", e.error);
         assert!(!e.error.is_empty());
     }
     // Nothing was started or reserved.
-    let (_, body) = call(&f.app, "GET", "/api/v1/capacity", Some(TOKEN), "").await;
+    let (_, body) = f.call("GET", "/api/v1/capacity", "").await;
     let c: Capacity = serde_json::from_slice(&body).expect("capacity");
     assert_eq!((c.vms, c.memory_mib_allocated), (0, 0));
 }
@@ -163,29 +256,20 @@ async fn bad_specs_are_refused_naming_the_field() {
 #[tokio::test]
 async fn a_missing_image_is_404_and_too_big_a_vm_is_409() {
     let f = fixture("refuse");
-    let (status, body) =
-        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("console", "desktop")).await;
+    let (status, body) = f.call("POST", "/api/v1/vms", &SPEC.replace("console", "desktop")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let e = error(&body);
     assert_eq!(e.field.as_deref(), Some("image"));
     assert!(e.error.contains("\"desktop\"") && e.error.contains("console@v1"), "{}", e.error);
     let (status, body) =
-        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("console", "console@v9"))
-            .await;
+        f.call("POST", "/api/v1/vms", &SPEC.replace("console", "console@v9")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
 
-    let (status, body) =
-        call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &SPEC.replace("128", "512")).await;
+    let (status, body) = f.call("POST", "/api/v1/vms", &SPEC.replace("128", "512")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error(&body).error.contains("not enough memory: 512 MiB asked, 256 of 256 MiB free"));
-    let (status, body) = call(
-        &f.app,
-        "POST",
-        "/api/v1/vms",
-        Some(TOKEN),
-        &SPEC.replace("\"vcpus\":1", "\"vcpus\":5"),
-    )
-    .await;
+    let (status, body) =
+        f.call("POST", "/api/v1/vms", &SPEC.replace("\"vcpus\":1", "\"vcpus\":5")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error(&body).error.contains("vCPUs"));
 }
@@ -203,10 +287,10 @@ async fn a_home_disk_is_refused_to_an_image_without_home_disks() {
     )
     .expect("write");
     let spec = SPEC.replace("\"vcpus\"", "\"persistent_disk\":\"alice-home\",\"vcpus\"");
-    let (status, body) = call(&f.app, "POST", "/api/v1/vms", Some(TOKEN), &spec).await;
+    let (status, body) = f.call("POST", "/api/v1/vms", &spec).await;
     assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
     assert!(error(&body).error.contains("is a home disk"), "{}", error(&body).error);
-    let (_, body) = call(&f.app, "GET", "/api/v1/vms", Some(TOKEN), "").await;
+    let (_, body) = f.call("GET", "/api/v1/vms", "").await;
     assert_eq!(body, b"[]");
 }
 
@@ -222,7 +306,7 @@ async fn unknown_vms_and_bad_queries() {
         ("POST", "/api/v1/vms/vm-0000000000000000/clipboard", r#"{"text":"x"}"#),
         ("POST", "/api/v1/vms/vm-0000000000000000/session", r#"{"user":{"username":"alice"}}"#),
     ] {
-        let (status, resp) = call(&f.app, method, uri, Some(TOKEN), body).await;
+        let (status, resp) = f.call(method, uri, body).await;
         assert_eq!(
             status,
             StatusCode::NOT_FOUND,
@@ -232,32 +316,18 @@ async fn unknown_vms_and_bad_queries() {
         assert!(error(&resp).error.contains("vm-0000000000000000"));
     }
     let (status, resp) =
-        call(&f.app, "GET", "/api/v1/vms/vm-0000000000000000/clipboard?wait=31", Some(TOKEN), "")
-            .await;
+        f.call("GET", "/api/v1/vms/vm-0000000000000000/clipboard?wait=31", "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error(&resp).field.as_deref(), Some("wait"));
-    let (status, _) =
-        call(&f.app, "GET", "/api/v1/vms/vm-0000000000000000/clipboard?after=x", Some(TOKEN), "")
-            .await;
+    let (status, _) = f.call("GET", "/api/v1/vms/vm-0000000000000000/clipboard?after=x", "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, resp) = call(
-        &f.app,
-        "POST",
-        "/api/v1/vms/vm-0000000000000000/clipboard",
-        Some(TOKEN),
-        r#"{"txt":"x"}"#,
-    )
-    .await;
+    let (status, resp) =
+        f.call("POST", "/api/v1/vms/vm-0000000000000000/clipboard", r#"{"txt":"x"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error(&resp).field.as_deref(), Some("txt"));
-    let (status, resp) = call(
-        &f.app,
-        "POST",
-        "/api/v1/vms/vm-0000000000000000/session",
-        Some(TOKEN),
-        r#"{"user":{"username":7}}"#,
-    )
-    .await;
+    let (status, resp) = f
+        .call("POST", "/api/v1/vms/vm-0000000000000000/session", r#"{"user":{"username":7}}"#)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error(&resp).field.as_deref(), Some("user"));
 }
@@ -265,7 +335,7 @@ async fn unknown_vms_and_bad_queries() {
 #[tokio::test]
 async fn capacity_lists_the_images() {
     let f = fixture("capacity");
-    let (status, body) = call(&f.app, "GET", "/api/v1/capacity", Some(TOKEN), "").await;
+    let (status, body) = f.call("GET", "/api/v1/capacity", "").await;
     assert_eq!(status, StatusCode::OK);
     let c: Capacity = serde_json::from_slice(&body).expect("capacity");
     assert_eq!(c.vcpus_total, 4);

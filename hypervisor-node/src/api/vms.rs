@@ -45,6 +45,14 @@ pub fn router() -> Router<AppState> {
         .route("/vms/{id}/clipboard", post(paste).get(clipboard))
 }
 
+/// What the display proxy beside the node reads (on the local socket): where a VM's display is,
+/// and its clipboard.
+pub fn display_router() -> Router<AppState> {
+    Router::new()
+        .route("/vms/{id}", get(read))
+        .route("/vms/{id}/clipboard", post(paste).get(clipboard))
+}
+
 async fn create(
     State(s): State<AppState>,
     body: Bytes,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use atrium_display::bench::procstat::{self, Usage};
-use atrium_display::config::{DisplayConfig, Secret};
+use atrium_display::config::DisplayConfig;
 use atrium_display::desktop::{OpenError, OpenedSource, SourceOpener};
 use atrium_display::framebuffer::Framebuffer;
 use atrium_display::issuer::{JwksServer, TicketIssuer};
@@ -412,12 +412,7 @@ async fn main() -> anyhow::Result<()> {
 
     let issuer = TicketIssuer::generate("bench");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let cfg = DisplayConfig {
-        broker_url: jwks.url(),
-        node_api_url: "http://127.0.0.1:9".into(),
-        node_token: Secret::new("unused"),
-        ..DisplayConfig::default()
-    };
+    let cfg = DisplayConfig { broker_url: jwks.url(), ..DisplayConfig::default() };
     let state = AppState::with_opener(&cfg, Arc::new(BenchOpener));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?;
