@@ -57,6 +57,11 @@ pub struct BrokerSection {
     /// every other request is still served, so a load balancer stops sending new requests
     /// before the broker stops taking them. Requests in flight then get 10 s more to finish.
     pub drain_secs: u64,
+    /// PEM certificate chain the broker presents on `listen` (reloaded on SIGHUP), with
+    /// `tls_key`; nodes and display proxies then reach it at `https://`. Unset: plain HTTP (a
+    /// TLS-terminating edge in front, or one host).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for BrokerSection {
@@ -72,6 +77,8 @@ impl Default for BrokerSection {
             max_connections: 4096,
             max_connections_per_address: 1024,
             drain_secs: 0,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -267,6 +274,12 @@ pub struct NodesSection {
     pub lost_after_secs: u64,
     /// Timeout of calls to a node agent.
     pub request_timeout_secs: u64,
+    /// PEM bundle of the CA that issued the nodes' and display proxies' certificates (default:
+    /// the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Accepts nodes whose API and display URLs are plain `http://`/`ws://` to a loopback
+    /// address (one host, tests). Other plain URLs are refused at registration.
+    pub plain_http_loopback: bool,
 }
 
 impl Default for NodesSection {
@@ -277,6 +290,8 @@ impl Default for NodesSection {
             heartbeat_interval_secs: 5,
             lost_after_secs: 20,
             request_timeout_secs: 30,
+            ca_file: None,
+            plain_http_loopback: false,
         }
     }
 }
@@ -332,6 +347,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.broker.tls_cert.is_some() != self.broker.tls_key.is_some() {
+            return bad("broker.tls_cert and broker.tls_key go together".into());
+        }
         if self.nodes.token.is_some() || self.nodes.token_file.is_some() {
             return bad(
                 "nodes.token and nodes.token_file are no longer used: each node enrols with \

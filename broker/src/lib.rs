@@ -42,6 +42,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Builds the application state: database (migrated), directory client, keys, policies.
@@ -64,7 +66,16 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
     let nodes = nodeclient::NodeClient::new(
         Arc::clone(&keys),
         Duration::from_secs(cfg.nodes.request_timeout_secs),
-    );
+        cfg.nodes.ca_file.as_deref(),
+    )
+    .map_err(|e| StartError::Config(format!("nodes.ca_file: {e}")))?;
+    let tls = match (&cfg.broker.tls_cert, &cfg.broker.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            atrium_door::tls::TlsFiles::load(cert, key)
+                .map_err(|e| StartError::Config(format!("broker.tls_cert: {e}")))?,
+        ),
+        _ => None,
+    };
     Ok(AppState {
         login_writer: db::LoginWriter::start(db.clone()),
         db,
@@ -77,7 +88,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         sweeping: Arc::default(),
         instance: instance_name().into(),
         draining: Arc::default(),
-        door: Arc::new(atrium_door::Door::new(cfg.door_limits(), None)),
+        door: Arc::new(atrium_door::Door::new(cfg.door_limits(), tls)),
         cfg: Arc::new(cfg),
     })
 }
@@ -104,9 +115,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(listen = %local, db = ?st.db.dialect(), instance = %st.instance, "atrium-broker serving");
+    tracing::info!(listen = %local, tls = st.door.tls().is_some(), db = ?st.db.dialect(), instance = %st.instance, "atrium-broker serving");
     let reconciler = tokio::spawn(reconcile::run(st.clone()));
     tokio::spawn(reload_on_sighup(st.clone()));
+    tokio::spawn(atrium_door::keep_tls_fresh(Arc::clone(&st.door)));
     let app = http::app(st.clone());
     let drain = Duration::from_secs(st.cfg.broker.drain_secs);
     let draining = Arc::clone(&st.draining);

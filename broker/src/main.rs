@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    atrium_door::client::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -37,13 +37,18 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    pub fn new(keys: Arc<Keys>, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client whose TLS trusts `ca_file` (the system's roots when `None`).
+    pub fn new(
+        keys: Arc<Keys>,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, atrium_door::tls::TlsError> {
+        let http = atrium_door::client::http_client(ca_file)?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .expect("an HTTP client without TLS options builds");
-        Self { http, keys }
+            .expect("an HTTP client with a checked TLS configuration builds");
+        Ok(Self { http, keys })
     }
 
     /// Sends `method path` with `body` (JSON) to `node`, signed for it.

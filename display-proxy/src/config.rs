@@ -27,6 +27,14 @@ pub struct DisplayConfig {
     pub listen: SocketAddr,
     /// The broker's base URL; its keys are at `{broker_url}/.well-known/jwks.json`.
     pub broker_url: String,
+    /// The CA bundle that issued the broker's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Allows a plain `http://` `broker_url` to a loopback address (one host, tests).
+    pub plain_http_loopback: bool,
+    /// PEM certificate chain this proxy presents (reloaded on SIGHUP and when it changes), with
+    /// `tls_key`: the node's `display_url` is then `wss://`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// The node agent's local socket (`node.local_socket`): where `/api/v1/vms/{id}` finds a
     /// VM's display and its clipboard. The proxy holds no credential for the node; the socket's
     /// permissions let it in (run it in `node.local_socket_group`).
@@ -82,6 +90,10 @@ impl Default for DisplayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             broker_url: String::new(),
+            ca_file: None,
+            plain_http_loopback: false,
+            tls_cert: None,
+            tls_key: None,
             node_socket: PathBuf::from("/var/lib/atrium-node/state/api.sock"),
             node_api_url: None,
             node_token: None,
@@ -127,9 +139,14 @@ impl DisplayConfig {
             .map_err(|e| atrium_protocol::secret::toml_error_message(&e, Some(text)))
     }
 
-    /// Checks every value, and what `serve` needs besides.
+    /// Checks every value, and what `serve` needs besides: a node id, a TLS (or loopback)
+    /// broker URL, a readable CA bundle.
     pub fn finish(&mut self) -> Result<(), ConfigError> {
         self.validate()?;
+        atrium_door::client::check_url(&self.broker_url, self.plain_http_loopback)
+            .map_err(|e| ConfigError::Invalid(format!("broker_url: {e} (plain_http_loopback)")))?;
+        atrium_door::client::client_config(self.ca_file.as_deref())
+            .map_err(|e| ConfigError::Invalid(format!("ca_file: {e}")))?;
         if self.node_id.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::Invalid(
                 "node_id is required: tickets must name this node, and the broker's calls here \
@@ -142,12 +159,11 @@ impl DisplayConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        // This build's HTTP client has no TLS: keep this on the internal network.
-        if !self.broker_url.starts_with("http://") {
-            return bad(format!(
-                "broker_url must be an http:// URL (no TLS client in this build), not {:?}",
-                self.broker_url
-            ));
+        if !self.broker_url.starts_with("http://") && !self.broker_url.starts_with("https://") {
+            return bad(format!("broker_url must be an http(s):// URL, not {:?}", self.broker_url));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together".into());
         }
         if self.node_api_url.is_some()
             || self.node_token.is_some()
@@ -226,7 +242,7 @@ mod tests {
 
     const GOOD: &str = r#"
 listen = "0.0.0.0:9000"
-broker_url = "http://127.0.0.1:8080"
+broker_url = "https://broker.internal:8443"
 node_socket = "/run/atrium/node.sock"
 node_id = "node-1"
 allowed_origins = ["https://desk.example.com"]

@@ -137,6 +137,8 @@ pub struct JwksServer {
 
 impl JwksServer {
     pub async fn start(doc: String) -> std::io::Result<Self> {
+        // Its callers' HTTP clients need a process TLS provider.
+        atrium_door::client::install_default_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let doc = Arc::new(RwLock::new(doc));

@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    atrium_door::client::install_default_provider();
     let cli = Cli::parse();
     // The benchmark runs a service in-process: only its warnings go with the figures.
     let default = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
@@ -83,15 +84,16 @@ fn runtime(io_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
-    let state = AppState::from_config(&cfg);
+    let state = AppState::from_config(&cfg).context("tls_cert")?;
     state.warm_up().await;
     let s = state.clone();
     tokio::spawn(async move { s.keep_keys_fresh().await });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "display proxy listening");
     let door = std::sync::Arc::clone(state.door());
+    tracing::info!(listen = %listener.local_addr()?, tls = door.tls().is_some(), "display proxy listening");
+    tokio::spawn(atrium_door::keep_tls_fresh(std::sync::Arc::clone(&door)));
     atrium_door::serve(listener, router(state), door, atrium_door::stop_signal(), || {}).await;
     Ok(())
 }

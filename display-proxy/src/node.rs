@@ -29,6 +29,7 @@ pub struct NodeClient {
 impl NodeClient {
     /// A client of the node's local socket at `socket`.
     pub fn new(socket: &std::path::Path) -> Self {
+        atrium_door::client::install_default_provider();
         let http = reqwest::Client::builder()
             .unix_socket(socket)
             .connect_timeout(Duration::from_secs(5))

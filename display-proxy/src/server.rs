@@ -41,21 +41,35 @@ struct Inner {
 }
 
 impl AppState {
-    /// The service as configured, finding displays through the node agent.
-    pub fn from_config(cfg: &DisplayConfig) -> Self {
+    /// The service as configured, finding displays through the node agent, serving TLS when
+    /// `tls_cert` is set.
+    pub fn from_config(cfg: &DisplayConfig) -> Result<Self, atrium_door::tls::TlsError> {
         let node = NodeClient::new(&cfg.node_socket);
         let keep_refresh = cfg.keep_refresh_after_input();
-        Self::with_opener(cfg, Arc::new(NodeOpener { node, keep_refresh }))
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(atrium_door::tls::TlsFiles::load(cert, key)?),
+            _ => None,
+        };
+        Ok(Self::build(cfg, Arc::new(NodeOpener { node, keep_refresh }), tls))
     }
 
     /// The service with another way to open displays (benchmarks and tests use a synthetic
-    /// desktop).
+    /// desktop), without TLS.
     pub fn with_opener(cfg: &DisplayConfig, opener: Arc<dyn SourceOpener>) -> Self {
+        Self::build(cfg, opener, None)
+    }
+
+    fn build(
+        cfg: &DisplayConfig,
+        opener: Arc<dyn SourceOpener>,
+        tls: Option<atrium_door::tls::TlsFiles>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let mut vcfg = VerifierConfig::new(&cfg.broker_url);
         vcfg.node_id.clone_from(&cfg.node_id);
         vcfg.leeway_secs = cfg.ticket_leeway_secs;
         vcfg.min_refresh = std::time::Duration::from_secs(cfg.jwks_refresh_min_secs);
+        vcfg.ca_file.clone_from(&cfg.ca_file);
         let pool = EncodePool::new(cfg.encode_threads, 16);
         let viewer = Arc::new(ViewerContext {
             pool: pool.clone(),
@@ -79,7 +93,7 @@ impl AppState {
             node_audience: atrium_protocol::signed::node_audience(
                 cfg.node_id.as_deref().unwrap_or_default(),
             ),
-            door: Arc::new(Door::new(cfg.door_limits(), None)),
+            door: Arc::new(Door::new(cfg.door_limits(), tls)),
         }))
     }
 

@@ -86,6 +86,9 @@ pub struct VerifierConfig {
     pub max_age: Duration,
     /// Most `jti`s remembered at once (tickets admitted per ticket lifetime).
     pub max_jti: usize,
+    /// The CA bundle that issued the broker's certificate, for an `https://` broker (default:
+    /// the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl VerifierConfig {
@@ -97,6 +100,7 @@ impl VerifierConfig {
             min_refresh: Duration::from_secs(10),
             max_age: Duration::from_secs(300),
             max_jti: 100_000,
+            ca_file: None,
         }
     }
 }
@@ -164,10 +168,18 @@ fn now_secs() -> u64 {
 
 impl TicketVerifier {
     pub fn new(cfg: VerifierConfig) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client with default TLS settings");
+        let http = match atrium_door::client::http_client(cfg.ca_file.as_deref()) {
+            Ok(b) => b,
+            Err(e) => {
+                // Configurations check their CA file before this; an unreadable one here
+                // leaves the system's roots, and fetches say why they fail.
+                tracing::error!(error = %e, "the broker's CA bundle; using the system's roots");
+                reqwest::Client::builder()
+            }
+        }
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client with a checked TLS configuration");
         Self {
             cfg,
             http,

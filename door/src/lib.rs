@@ -5,6 +5,7 @@
 //! another for the request's headers, a bounded request head, HTTP/1.1 with upgrades, and a
 //! graceful stop. Each request carries its peer as `ConnectInfo<SocketAddr>`.
 
+pub mod client;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -155,6 +156,37 @@ impl Drop for Slot {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// How often a door's TLS files are checked for a change.
+const TLS_CHECK: Duration = Duration::from_secs(60);
+
+/// Keeps `door`'s certificate fresh until the task is dropped: read again on SIGHUP, and when
+/// its files change (checked every minute: a Kubernetes Secret updated in place). A reload that
+/// fails is logged and the certificate in use stays. Returns at once for a door without TLS.
+pub async fn keep_tls_fresh(door: Arc<Door>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(tls) = door.tls() else { return };
+    let mut hup = signal(SignalKind::hangup()).ok();
+    if hup.is_none() {
+        tracing::warn!("cannot listen for SIGHUP; the TLS files reload when they change");
+    }
+    let mut tick = tokio::time::interval(TLS_CHECK);
+    tick.tick().await;
+    loop {
+        let forced = tokio::select! {
+            Some(()) = async { hup.as_mut()?.recv().await } => true,
+            _ = tick.tick() => false,
+        };
+        let result = if forced { tls.reload().map(|()| true) } else { tls.reload_if_changed() };
+        match result {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload refused; the one in use stays");
             }
         }
     }

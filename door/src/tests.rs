@@ -29,6 +29,7 @@ struct Served {
 }
 
 async fn start(limits: DoorLimits) -> Served {
+    crate::client::install_default_provider();
     let app = Router::new()
         .route(
             "/peer",

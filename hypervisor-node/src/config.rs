@@ -65,6 +65,11 @@ pub struct NodeSection {
     pub local_socket: Option<PathBuf>,
     /// The group that may use the local socket (the display proxy's, e.g. `atrium-display`).
     pub local_socket_group: Option<String>,
+    /// PEM certificate chain the API presents over TLS (reloaded on SIGHUP and when it changes);
+    /// with `tls_key`. Without them the API is plain HTTP, which the broker accepts on a
+    /// loopback address only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub images_dir: PathBuf,
     /// VM folders (sockets, overlays) and persistent disks.
     pub state_dir: PathBuf,
@@ -88,6 +93,8 @@ impl Default for NodeSection {
             token_file: None,
             local_socket: None,
             local_socket_group: None,
+            tls_cert: None,
+            tls_key: None,
             images_dir: PathBuf::from("/var/lib/atrium-node/images"),
             state_dir: PathBuf::from("/var/lib/atrium-node/state"),
             default_runtime: DefaultRuntime::Auto,
@@ -185,6 +192,11 @@ pub struct BrokerSection {
     /// a JSON list of `{"kid": ..., "x": ...}` (Ed25519, base64url), for an operator's own
     /// tooling. Calls signed by them must still name this node and this request.
     pub trusted_keys_file: Option<PathBuf>,
+    /// PEM bundle of the CA that issued the broker's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Allows `url = "http://..."` to a loopback address (one host, tests). Any other plain URL
+    /// is refused.
+    pub plain_http_loopback: bool,
 }
 
 impl Default for BrokerSection {
@@ -197,6 +209,8 @@ impl Default for BrokerSection {
             enrolment_token: None,
             enrolment_token_file: None,
             trusted_keys_file: None,
+            ca_file: None,
+            plain_http_loopback: false,
         }
     }
 }
@@ -286,17 +300,15 @@ impl NodeConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if n.tls_cert.is_some() != n.tls_key.is_some() {
+            return Err(invalid("node.tls_cert", "set node.tls_cert and node.tls_key together"));
+        }
         if let Some(url) = &self.broker.url {
-            if url.starts_with("https://") {
-                return Err(invalid(
-                    "broker.url",
-                    "this build has no TLS client: use http:// on the internal network \
-                              or a TLS-terminating proxy",
-                ));
+            if url.starts_with("ws://") || url.starts_with("wss://") {
+                return Err(invalid("broker.url", format!("{url:?} is not an http(s):// URL")));
             }
-            if !url.starts_with("http://") {
-                return Err(invalid("broker.url", format!("{url:?} is not an http:// URL")));
-            }
+            atrium_door::client::check_url(url, self.broker.plain_http_loopback)
+                .map_err(|e| invalid("broker.url", format!("{e} (broker.plain_http_loopback)")))?;
             if n.display_url.is_none() {
                 return Err(invalid(
                     "node.display_url",
@@ -357,7 +369,8 @@ impl NodeConfig {
     }
 
     pub fn api_url(&self) -> String {
-        self.node.api_url.clone().unwrap_or_else(|| format!("http://{}", self.node.listen))
+        let scheme = if self.node.tls_cert.is_some() { "https" } else { "http" };
+        self.node.api_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.node.listen))
     }
 }
 
@@ -402,7 +415,7 @@ pointer = "usb-tablet"
 [cgroup]
 parent = "/atrium"
 [broker]
-url = "http://broker:8080"
+url = "https://broker:8443"
 enrolment_token = "atrium-enrol-0123456789"
 "#,
             &[],
@@ -431,9 +444,14 @@ enrolment_token = "atrium-enrol-0123456789"
             ("[node]\nstate_dir = \"relative\"", "absolute"),
             (&format!("[node]\nstate_dir = \"/{}\"", "x".repeat(90)), "too long"),
             ("[node]\nready_timeout_secs = 0", "ready_timeout_secs"),
-            ("[broker]\nurl = \"http://b\"", "display_url"),
-            ("[broker]\nurl = \"ftp://b\"\n[node]\ndisplay_url=\"ws://x\"", "http"),
-            ("[broker]\nurl = \"https://b\"\n[node]\ndisplay_url=\"ws://x\"", "TLS"),
+            ("[broker]\nurl = \"https://b\"", "display_url"),
+            ("[broker]\nurl = \"ftp://b\"\n[node]\ndisplay_url=\"ws://x\"", "scheme"),
+            ("[broker]\nurl = \"http://b\"\n[node]\ndisplay_url=\"ws://x\"", "use TLS"),
+            (
+                "[broker]\nurl = \"http://b\"\nplain_http_loopback = true\n[node]\ndisplay_url=\"ws://x\"",
+                "another host",
+            ),
+            ("[node]\ntls_cert = \"/c\"", "together"),
             ("[cgroup]\nparent = \"atrium\"", "cgroup.parent"),
             ("[cgroup]\npids_max = 1", "pids_max"),
             ("not toml [", "test.toml"),
@@ -458,7 +476,7 @@ enrolment_token = "atrium-enrol-0123456789"
                 ("ATRIUM_NODE_QEMU_ACCEL", "kvm"),
                 ("ATRIUM_NODE_CGROUP_ENABLED", "false"),
                 ("ATRIUM_NODE_CAPACITY_VCPUS", "4"),
-                ("ATRIUM_NODE_BROKER_URL", "http://broker:8080"),
+                ("ATRIUM_NODE_BROKER_URL", "https://broker:8443"),
                 ("ATRIUM_NODE_DISPLAY_URL", "ws://node:8090"),
                 ("ATRIUM_NODE_ID", "node-7"),
                 ("PATH", "/usr/bin"),
@@ -469,7 +487,7 @@ enrolment_token = "atrium-enrol-0123456789"
         assert_eq!(c.qemu.accel, AccelChoice::Kvm);
         assert!(!c.cgroup.enabled);
         assert_eq!(c.capacity.vcpus, Some(4));
-        assert_eq!(c.broker.url.as_deref(), Some("http://broker:8080"));
+        assert_eq!(c.broker.url.as_deref(), Some("https://broker:8443"));
         assert_eq!(c.node.id.as_deref(), Some("node-7"));
         assert!(c.enrolment_token().expect("read").is_some());
         // A section's key without its section is no key of [node].

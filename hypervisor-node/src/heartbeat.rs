@@ -130,14 +130,18 @@ pub async fn run(
     let cfg = node.config().broker.clone();
     let Some(base) = cfg.url.clone() else { return };
     let base = base.trim_end_matches('/').to_owned();
-    let client =
-        match reqwest::Client::builder().timeout(Duration::from_secs(cfg.timeout_secs)).build() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("cannot make an HTTP client for the broker: {e}");
-                return;
-            }
-        };
+    let built = atrium_door::client::http_client(cfg.ca_file.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.timeout(Duration::from_secs(cfg.timeout_secs)).build().map_err(|e| e.to_string())
+        });
+    let client = match built {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot make an HTTP client for the broker (broker.ca_file): {e}");
+            return;
+        }
+    };
     let broker = Broker {
         client,
         heartbeat_url: format!("{base}/api/v1/nodes/heartbeat"),

@@ -298,6 +298,7 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    atrium_door::client::install_default_provider();
     init_tracing();
     let cli = Cli::parse();
     match cli.command {

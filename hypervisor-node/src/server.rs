@@ -71,6 +71,9 @@ pub(crate) async fn shutdown_signal() {
 
 pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     let enrolment = config.enrolment_token()?;
+    // A CA bundle that cannot be read stops the start, not the heartbeats later.
+    atrium_door::client::client_config(config.broker.ca_file.as_deref())
+        .map_err(|e| ServeError::Setup(format!("broker.ca_file: {e}")))?;
     let broker_keys = Arc::new(
         api::BrokerKeys::new(config.broker.trusted_keys_file.as_deref())
             .map_err(|e| ServeError::Setup(format!("broker.trusted_keys_file: {e}")))?,
@@ -89,10 +92,19 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     tracing::info!(images = images.len(), dir = %node.images().root().display(), "images found");
     let state = AppState::new(Arc::clone(&node), Arc::clone(&broker_keys));
     let app = api::router(state.clone());
+    let tls = match (&node.config().node.tls_cert, &node.config().node.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            atrium_door::tls::TlsFiles::load(cert, key)
+                .map_err(|e| ServeError::Setup(format!("node.tls_cert: {e}")))?,
+        ),
+        _ => None,
+    };
+    let door = Arc::new(atrium_door::Door::new(DOOR_LIMITS.clone(), tls));
+    let tls_fresh = tokio::spawn(atrium_door::keep_tls_fresh(Arc::clone(&door)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen { addr: listen, source })?;
-    tracing::info!(%listen, node_id = node.node_id(), "node API listening");
+    tracing::info!(%listen, node_id = node.node_id(), tls = door.tls().is_some(), "node API listening");
     let local_path = node.config().local_socket();
     let local = bind_local_socket(&local_path, node.config().node.local_socket_group.as_deref())?;
     tracing::info!(socket = %local_path.display(), "local API for the display proxy listening");
@@ -114,7 +126,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         }
     });
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await
+        atrium_door::serve(listener, app, door, stopped(stop_rx), || {}).await;
     });
     let served = tokio::select! {
         ended = &mut server => ended,
@@ -127,7 +139,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
                 Ok(ended) => ended,
                 Err(_) => {
                     server.abort();
-                    Ok(Ok(()))
+                    Ok(())
                 }
             }
         }
@@ -136,6 +148,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         b.abort();
     }
     local_server.abort();
+    tls_fresh.abort();
     let _ = std::fs::remove_file(&local_path);
     // All at once: each may take seconds (QEMU is asked to quit, then killed). Again while a
     // creation cut short by the shutdown still adds one.
@@ -157,10 +170,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         while deletes.join_next().await.is_some() {}
     }
     tracing::info!("node stopped");
-    match served {
-        Ok(result) => result.map_err(|source| ServeError::Listen { addr: listen, source }),
-        Err(e) => Err(ServeError::Setup(format!("the API server task: {e}"))),
-    }
+    served.map_err(|e| ServeError::Setup(format!("the API server task: {e}")))
 }
 
 /// Binds the local API socket: any stale one removed, mode 0660, its group `group` when set
@@ -204,6 +214,18 @@ fn group_id(name: &str) -> Option<u32> {
         unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     (r == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
+
+/// The API's door: the broker (and monitoring) are its only callers, so the limits are wide; a
+/// request's head must still come within 10 s.
+static DOOR_LIMITS: std::sync::LazyLock<atrium_door::DoorLimits> =
+    std::sync::LazyLock::new(|| atrium_door::DoorLimits {
+        max_connections: 4096,
+        max_per_address: 1024,
+        trusted: Vec::new(),
+        header_timeout: Duration::from_secs(10),
+        max_head: 64 * 1024,
+        drain_within: SHUTDOWN_REQUESTS_GRACE,
+    });
 
 /// How long requests in flight may run on after a shutdown signal.
 const SHUTDOWN_REQUESTS_GRACE: Duration = Duration::from_secs(2);

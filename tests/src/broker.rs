@@ -24,6 +24,8 @@ pub struct BrokerOptions {
     pub policies_dir: Option<PathBuf>,
     /// Listen port (default: a free one).
     pub port: Option<u16>,
+    /// Serve `https://` with this certificate, and call nodes only over TLS trusting it.
+    pub tls: Option<std::sync::Arc<crate::pki::TestTls>>,
 }
 
 impl BrokerOptions {
@@ -35,6 +37,7 @@ impl BrokerOptions {
             env: Vec::new(),
             policies_dir: None,
             port: None,
+            tls: None,
         }
     }
 }
@@ -44,6 +47,7 @@ impl BrokerOptions {
 pub struct Broker {
     dir: TempDir,
     child: Child,
+    tls: Option<std::sync::Arc<crate::pki::TestTls>>,
     /// The environment it was started with (the command line tools take the same).
     env: Vec<(String, String)>,
     pub port: u16,
@@ -52,6 +56,7 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(opts: BrokerOptions) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         let dir = TempDir::new("broker");
         let port = opts.port.unwrap_or_else(free_port);
         let db = opts
@@ -73,7 +78,7 @@ impl Broker {
             policies = policies.display().to_string(),
         );
         if !has("nodes") {
-            toml.push_str("[nodes]\nheartbeat_interval_secs = 1\nlost_after_secs = 3\nrequest_timeout_secs = 5\n\n");
+            toml.push_str("[nodes]\nheartbeat_interval_secs = 1\nlost_after_secs = 3\nrequest_timeout_secs = 5\nplain_http_loopback = true\n\n");
         }
         toml.push_str(&strip_section(&opts.extra_toml, "ldap"));
         let cfg = dir.path().join("broker.toml");
@@ -88,15 +93,26 @@ impl Broker {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        let scheme = if let Some(tls) = &opts.tls {
+            cmd.env("ATRIUM_BROKER_TLS_CERT", &tls.cert)
+                .env("ATRIUM_BROKER_TLS_KEY", &tls.key)
+                .env("ATRIUM_BROKER_PUBLIC_URL", format!("https://127.0.0.1:{port}"))
+                .env("ATRIUM_NODES_CA_FILE", &tls.ca)
+                .env("ATRIUM_NODES_PLAIN_HTTP_LOOPBACK", "false");
+            "https"
+        } else {
+            "http"
+        };
         let child = cmd.spawn()?;
         let mut me = Self {
             dir,
             child,
             env: opts.env.clone(),
+            tls: opts.tls.clone(),
             port,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
         };
-        let http = reqwest::Client::new();
+        let http = opts.tls.as_ref().map_or_else(reqwest::Client::new, |t| t.client());
         let health = format!("{}/healthz", me.url);
         let pid = me.child.id();
         let started = wait_for("the broker to answer /healthz", Duration::from_secs(30), || {
@@ -196,7 +212,10 @@ impl Broker {
     }
 
     pub fn client(&self) -> ApiClient {
-        ApiClient::new(&self.url)
+        match &self.tls {
+            Some(t) => ApiClient::with_ca(&self.url, &t.ca_pem()).expect("the test CA loads"),
+            None => ApiClient::new(&self.url),
+        }
     }
 }
 
@@ -263,6 +282,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
+        crate::util::install_crypto();
         let http = reqwest::Client::builder()
             .cookie_store(true)
             .timeout(Duration::from_secs(60))

@@ -40,13 +40,41 @@ impl DisplayProxy {
         node_socket: &std::path::Path,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_inner(broker_url, node_socket, extra, None).await
+    }
+
+    /// The same on `https://`/`wss://` at `port` with `tls`'s certificate, trusting it for the
+    /// broker.
+    pub async fn start_tls(
+        broker_url: &str,
+        node_socket: &std::path::Path,
+        port: u16,
+        tls: &crate::pki::TestTls,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(broker_url, node_socket, "", Some((port, tls))).await
+    }
+
+    async fn start_inner(
+        broker_url: &str,
+        node_socket: &std::path::Path,
+        extra: &str,
+        tls: Option<(u16, &crate::pki::TestTls)>,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("display");
-        let port = free_port();
+        let port = tls.map_or_else(free_port, |(p, _)| p);
+        let tls = tls.map(|(_, t)| t);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let config = format!(
             "listen = \"{addr}\"\nbroker_url = \"{broker_url}\"\nnode_socket = {:?}\n\
-             node_id = \"node-1\"\nallowed_origins = [\"http://127.0.0.1\"]\n{extra}",
-            node_socket.display().to_string()
+             node_id = \"node-1\"\nplain_http_loopback = true\nallowed_origins = [\"http://127.0.0.1\"]\n{}{extra}",
+            node_socket.display().to_string(),
+            tls.map(|t| format!(
+                "tls_cert = {:?}\ntls_key = {:?}\nca_file = {:?}\n",
+                t.cert.display().to_string(),
+                t.key.display().to_string(),
+                t.ca.display().to_string()
+            ))
+            .unwrap_or_default(),
         );
         let path = dir.path().join("display.toml");
         std::fs::write(&path, config)?;
@@ -60,11 +88,13 @@ impl DisplayProxy {
             .spawn()
             .context("starting atrium-display serve")?;
         let proxy = Self { dir, addr, child };
-        let health = format!("http://{addr}/healthz");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let health = format!("{scheme}://{addr}/healthz");
+        let http = tls.map_or_else(reqwest::Client::new, crate::pki::TestTls::client);
         let up =
             crate::util::wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
-                let h = health.clone();
-                async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
+                let (h, http) = (health.clone(), http.clone());
+                async move { http.get(&h).send().await.ok().filter(|r| r.status().is_success()) }
             })
             .await;
         if let Err(e) = up {

@@ -191,6 +191,7 @@ impl FakeNode {
         id: &str,
         memory_mib_total: u64,
     ) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         let state = Arc::new(Mutex::new(FakeState {
             vms: HashMap::new(),
             ready_after: Duration::ZERO,

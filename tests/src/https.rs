@@ -1,7 +1,6 @@
 //! A small HTTPS client for the harness (hyper over rustls with ring, trusting one CA), which
-//! answers with `reqwest::Response`s so the same assertions serve HTTP and HTTPS. The services'
-//! reqwest is built without TLS; giving it TLS here would give it to them too (cargo unifies
-//! features), and reqwest without a crypto provider panics.
+//! answers with `reqwest::Response`s so the same assertions serve HTTP and HTTPS, with a cookie
+//! jar of its own that does not care about the `__Host-` prefix's rules on `127.0.0.1`.
 //!
 //! One connection per request; cookies kept like a browser's (name and value; every cookie goes
 //! back to the same host), when asked for.

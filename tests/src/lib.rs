@@ -13,6 +13,7 @@ pub mod display;
 pub mod fake_node;
 pub mod https;
 pub mod node;
+pub mod pki;
 pub mod postgres;
 pub mod rfb;
 pub mod screen;

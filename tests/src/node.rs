@@ -81,6 +81,25 @@ impl NodeProcess {
 
     /// Starts `atrium-node serve` with these images, plus `extra` config lines.
     pub async fn start_with_images(images_in: &[&Path], extra: &str) -> anyhow::Result<Self> {
+        Self::start_inner(images_in, extra, None).await
+    }
+
+    /// The same, with its API on `https://` (presenting `tls`'s certificate) and trusting `tls`
+    /// for the broker.
+    pub async fn start_tls(
+        images_in: &[&Path],
+        extra: &str,
+        tls: &crate::pki::TestTls,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(images_in, extra, Some(tls)).await
+    }
+
+    async fn start_inner(
+        images_in: &[&Path],
+        extra: &str,
+        tls: Option<&crate::pki::TestTls>,
+    ) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         let dir = TempDir::new("node");
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images)?;
@@ -102,19 +121,30 @@ impl NodeProcess {
         let trusted = dir.path().join("trusted-keys.json");
         std::fs::write(&trusted, serde_json::to_string(&[signer.broker_key()])?)?;
         let log = std::fs::File::create(dir.path().join("node.log"))?;
-        let child = Command::new(bin_path("atrium-node"))
+        let mut cmd = Command::new(bin_path("atrium-node"));
+        if let Some(t) = tls {
+            cmd.env("ATRIUM_NODE_TLS_CERT", &t.cert)
+                .env("ATRIUM_NODE_TLS_KEY", &t.key)
+                .env("ATRIUM_NODE_BROKER_CA_FILE", &t.ca);
+        }
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
             // Beside any [broker] section the test writes.
             .env("ATRIUM_NODE_BROKER_TRUSTED_KEYS_FILE", &trusted)
+            // Tests run on one host: plain http:// to the broker on loopback.
+            .env("ATRIUM_NODE_BROKER_PLAIN_HTTP_LOOPBACK", "true")
             .env("ATRIUM_LOG", "info,atrium_node=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting atrium-node serve")?;
-        let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let url = format!("{}://127.0.0.1:{port}", if tls.is_some() { "https" } else { "http" });
+        let client = match tls {
+            Some(t) => t.client(),
+            None => reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        };
         let mut node = Self { dir, url, state_dir, id: String::new(), child, client, signer };
         let health = format!("{}/healthz", node.url);
         let up = crate::util::wait_for("the node's /healthz", Duration::from_secs(20), || {

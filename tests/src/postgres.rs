@@ -47,6 +47,7 @@ fn as_pg(bin: &std::path::Path) -> Command {
 
 impl Postgres {
     pub fn start() -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         let bin = pg_bin()?;
         let dir = TempDir::new("pg");
         let data = dir.path().join("data");

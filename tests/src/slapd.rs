@@ -34,18 +34,21 @@ pub struct Slapd {
 impl Slapd {
     /// Starts slapd seeded with the fixtures, plain LDAP only.
     pub fn start() -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         Self::start_with(false)
     }
 
     /// Starts slapd; with `tls`, also LDAPS on a second port and StartTLS on the first, with a
     /// server certificate for 127.0.0.1 (IP SAN) signed by a fresh CA.
     pub fn start_with(tls: bool) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         Self::start_full(tls, None)
     }
 
     /// Starts slapd (plain LDAP) on a given port, for services configured with a fixed address
     /// (the container tier's brokers).
     pub fn start_on(port: u16) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         Self::start_full(false, Some(port))
     }
 

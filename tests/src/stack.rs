@@ -41,13 +41,14 @@ pub struct DisplayOptions {
 impl DisplayService {
     /// Starts `atrium-display serve` for node `node-1` and waits for its `/healthz`.
     pub async fn start(o: DisplayOptions) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         let dir = TempDir::new("display");
         let config = dir.path().join("display.toml");
         let list = |v: &[String]| v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_socket = {:?}\n\
+                "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_socket = {:?}\nplain_http_loopback = true\n\
                  allowed_origins = [{}]\ntrusted_proxies = [{}]\nnode_id = \"node-1\"\n",
                 o.port,
                 o.broker_url,

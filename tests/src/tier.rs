@@ -184,6 +184,7 @@ impl Tier {
     /// once the edge answers with a ready broker. The directory must answer on
     /// [`DIRECTORY_PORT`] for sign-ins, not for the start.
     pub async fn start(opts: TierOptions) -> anyhow::Result<Self> {
+        crate::util::install_crypto();
         Self::check_ports()?;
         run(podman().arg("--version"), "podman --version")
             .context("podman is missing (scripts/lib/deps.sh installs it)")?;

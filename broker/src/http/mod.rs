@@ -210,8 +210,8 @@ mod tests {
         let heartbeat = |node: &str, signer: &str, key: &NodeKey, vcpus: u32| {
             let hb = NodeHeartbeat {
                 node_id: node.into(),
-                api_url: format!("http://10.0.0.5:7070/{node}"),
-                display_url: "ws://10.0.0.5:7443".into(),
+                api_url: format!("https://10.0.0.5:7070/{node}"),
+                display_url: "wss://10.0.0.5:7443".into(),
                 capacity: Capacity {
                     vcpus_total: vcpus,
                     vcpus_allocated: 0,

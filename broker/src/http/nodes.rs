@@ -99,25 +99,25 @@ const MAX_IMAGES: usize = 1000;
 
 /// Checks a heartbeat, and makes the free text in it (VM errors) safe to store: control
 /// characters (NUL breaks PostgreSQL text) become spaces and long texts are cut.
-fn validate(hb: &mut NodeHeartbeat) -> ApiResult<()> {
+/// Node URLs must be TLS (`https://`, `wss://`), or plain to a loopback address when
+/// `plain_loopback` allows it.
+fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
     validate_name("node_id", &hb.node_id, 128)?;
-    let url_ok = |u: &str, schemes: &[&str]| {
-        u.len() < 2048
-            && schemes.iter().any(|s| u.starts_with(s))
-            && !u.contains(char::is_whitespace)
+    let url_ok = |field: &str, u: &str, schemes: [&str; 2]| -> ApiResult<()> {
+        let scheme_ok = u.len() < 2048 && schemes.iter().any(|s| u.starts_with(&format!("{s}://")));
+        if !scheme_ok {
+            return Err(ApiError::Validation {
+                field: field.into(),
+                message: format!("{field} must be a {} or {} URL", schemes[0], schemes[1]),
+            });
+        }
+        atrium_door::client::check_url(u, plain_loopback).map_err(|e| ApiError::Validation {
+            field: field.into(),
+            message: format!("{e} (the broker's nodes.plain_http_loopback)"),
+        })
     };
-    if !url_ok(&hb.api_url, &["http://", "https://"]) {
-        return Err(ApiError::Validation {
-            field: "api_url".into(),
-            message: "api_url must be an http(s) URL".into(),
-        });
-    }
-    if !url_ok(&hb.display_url, &["ws://", "wss://"]) {
-        return Err(ApiError::Validation {
-            field: "display_url".into(),
-            message: "display_url must be a ws(s) URL".into(),
-        });
-    }
+    url_ok("api_url", &hb.api_url, ["https", "http"])?;
+    url_ok("display_url", &hb.display_url, ["wss", "ws"])?;
     if hb.vms.len() > 100_000 {
         return Err(ApiError::Validation { field: "vms".into(), message: "too many VMs".into() });
     }
@@ -162,7 +162,7 @@ async fn heartbeat(
             signed.node.node_id, hb.node_id
         )));
     }
-    validate(&mut hb)?;
+    validate(&mut hb, st.cfg.nodes.plain_http_loopback)?;
     let capped = enrol::cap_capacity(&mut hb.capacity, &signed.node);
     let now = now_ms();
     let (draining, came_up) = match st.db.heartbeat_node(&hb, now).await {
@@ -262,8 +262,8 @@ mod tests {
     fn heartbeat() -> NodeHeartbeat {
         NodeHeartbeat {
             node_id: "node-1".into(),
-            api_url: "http://10.0.0.5:7070".into(),
-            display_url: "ws://10.0.0.5:7443".into(),
+            api_url: "https://10.0.0.5:7070".into(),
+            display_url: "wss://10.0.0.5:7443".into(),
             capacity: Capacity {
                 vcpus_total: 4,
                 vcpus_allocated: 0,
@@ -286,7 +286,7 @@ mod tests {
     fn vm_errors_are_made_safe_to_store() {
         let mut hb = heartbeat();
         hb.vms[0].error = Some(format!("qemu\0died\u{7}\n{}", "x".repeat(5000)));
-        validate(&mut hb).unwrap();
+        validate(&mut hb, false).unwrap();
         let e = hb.vms[0].error.as_deref().unwrap();
         assert!(e.starts_with("qemu died  x"), "{e:.20}");
         assert!(!e.chars().any(char::is_control));
@@ -298,14 +298,41 @@ mod tests {
         for bad in ["", "../etc", "vm/1", "vm 1", "vm\0x"] {
             let mut hb = heartbeat();
             hb.vms[0].id = bad.into();
-            assert!(validate(&mut hb).is_err(), "VM id {bad:?}");
+            assert!(validate(&mut hb, false).is_err(), "VM id {bad:?}");
         }
         let mut hb = heartbeat();
         hb.capacity.images[0].version = "1.0;rm -rf".into();
-        assert!(validate(&mut hb).is_err());
+        assert!(validate(&mut hb, false).is_err());
         let mut hb = heartbeat();
         hb.capacity.images = vec![hb.capacity.images[0].clone(); MAX_IMAGES + 1];
-        assert!(validate(&mut hb).is_err());
-        validate(&mut heartbeat()).unwrap();
+        assert!(validate(&mut hb, false).is_err());
+        validate(&mut heartbeat(), false).unwrap();
+    }
+
+    #[test]
+    fn node_urls_are_tls_unless_plain_loopback_is_allowed() {
+        let with = |api: &str, display: &str, plain: bool| {
+            let mut hb = heartbeat();
+            api.clone_into(&mut hb.api_url);
+            display.clone_into(&mut hb.display_url);
+            validate(&mut hb, plain)
+        };
+        with("https://node-1:7070", "wss://node-1:8090", false).unwrap();
+        with("http://127.0.0.1:7070", "ws://127.0.0.1:8090", true).unwrap();
+        for (api, display, plain, field) in [
+            ("http://127.0.0.1:7070", "wss://n:1", false, "api_url"),
+            ("https://n:1", "ws://127.0.0.1:8090", false, "display_url"),
+            ("http://10.0.0.5:7070", "wss://n:1", true, "api_url"),
+            ("https://n:1", "ws://node-1:8090", true, "display_url"),
+            ("wss://n:1", "wss://n:1", false, "api_url"),
+            ("https://n:1", "https://n:1", false, "display_url"),
+        ] {
+            match with(api, display, plain) {
+                Err(ApiError::Validation { field: f, .. }) => {
+                    assert_eq!(f, field, "{api} {display}")
+                }
+                other => panic!("{api} {display} {plain}: {other:?}"),
+            }
+        }
     }
 }

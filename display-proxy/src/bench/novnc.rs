@@ -258,7 +258,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     std::fs::write(
         &proxy_cfg,
         format!(
-            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_socket = \"{}\"\nnode_id = \"{NODE_ID}\"\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
+            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_socket = \"{}\"\nnode_id = \"{NODE_ID}\"\nplain_http_loopback = true\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
             jwks.url(),
             tmp.join("state/api.sock").display(),
             opts.keep_refresh_ms,

@@ -111,31 +111,6 @@ impl Gateway {
         }
     }
 
-    /// Reloads the TLS files if they changed on disk; errors are logged.
-    fn reload_tls_if_changed(&self) {
-        if let Some(tls) = self.0.door.tls() {
-            match tls.reload_if_changed() {
-                Ok(true) => tracing::info!("TLS certificate files changed: reloaded"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "the TLS files changed but do not load; the certificate in use stays")
-                }
-            }
-        }
-    }
-
-    /// Reads the TLS files again (SIGHUP); on error the certificate in use stays.
-    pub fn reload_tls(&self) {
-        if let Some(tls) = self.0.door.tls() {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS reload refused; the certificate in use stays")
-                }
-            }
-        }
-    }
-
     /// From now on `/readyz` answers 503 (a load balancer stops sending viewers here).
     pub fn start_draining(&self) {
         self.0.draining.store(true, Ordering::SeqCst);
@@ -187,10 +162,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
         tls = gateway.0.door.tls().is_some(),
         "display gateway listening"
     );
-    tokio::spawn(reload_on_sighup(gateway.clone()));
-    if gateway.0.door.tls().is_some() {
-        tokio::spawn(reload_when_changed(gateway.clone()));
-    }
+    tokio::spawn(door::keep_tls_fresh(Arc::clone(&gateway.0.door)));
     let drain = Duration::from_secs(gateway.config().drain_secs);
     let g = gateway.clone();
     let shutdown = async move {
@@ -203,29 +175,6 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
     };
     serve(listener, gateway, shutdown).await;
     Ok(())
-}
-
-async fn reload_on_sighup(gateway: Gateway) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; TLS files reload only at restart");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        gateway.reload_tls();
-    }
-}
-
-/// How often the TLS files are checked for a change.
-const TLS_CHECK: Duration = Duration::from_secs(60);
-
-async fn reload_when_changed(gateway: Gateway) {
-    let mut tick = tokio::time::interval(TLS_CHECK);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        gateway.reload_tls_if_changed();
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use atrium_tests::tier::{self, TierOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    atrium_tests::util::install_crypto();
     let containers = match std::env::args().nth(1).as_deref() {
         None => false,
         Some("--containers") => true,

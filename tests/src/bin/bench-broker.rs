@@ -150,6 +150,7 @@ async fn broker_healthz(url: &str) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    atrium_tests::util::install_crypto();
     let slapd = Slapd::start()?;
     let users = slapd.add_users("bench", USERS)?;
     let mut opts = BrokerOptions::new(&slapd.url());

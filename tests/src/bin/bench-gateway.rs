@@ -395,6 +395,7 @@ fn round(v: f64, digits: i32) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    atrium_tests::util::install_crypto();
     let opts = options()?;
     atrium_tests::util::install_crypto();
     let dir = TempDir::new("bench-gateway");
