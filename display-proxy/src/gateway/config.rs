@@ -20,6 +20,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// The broker's base URL; its keys are at `{broker_url}/.well-known/jwks.json`.
     pub broker_url: String,
+    /// PEM bundle of the CA that issued the broker's and the display proxies' certificates
+    /// (`https://` broker, `wss://` proxies; default: the system's roots).
+    pub ca_file: Option<PathBuf>,
     /// PEM certificate chain the gateway presents (reloaded on SIGHUP).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (reloaded on SIGHUP).
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             broker_url: String::new(),
+            ca_file: None,
             tls_cert: None,
             tls_key: None,
             plain_http: false,
@@ -115,12 +119,8 @@ impl GatewayConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        // This build's HTTP client has no TLS: the broker's keys come over the internal network.
-        if !self.broker_url.starts_with("http://") {
-            return bad(format!(
-                "broker_url must be an http:// URL on the internal network, not {:?}",
-                self.broker_url
-            ));
+        if !self.broker_url.starts_with("http://") && !self.broker_url.starts_with("https://") {
+            return bad(format!("broker_url must be an http(s):// URL, not {:?}", self.broker_url));
         }
         match (&self.tls_cert, &self.tls_key, self.plain_http) {
             (Some(_), Some(_), false) => {}
@@ -227,7 +227,7 @@ trusted_proxies = ["10.0.0.0/8"]
         assert!(GatewayConfig::parse(&format!("{GOOD}\nlisten_port = 3\n")).is_err());
         type Break = fn(&mut GatewayConfig);
         let cases: [(&str, Break); 10] = [
-            ("broker_url", |c| c.broker_url = "https://broker".into()),
+            ("broker_url", |c| c.broker_url = "ftp://broker".into()),
             ("tls_cert", |c| c.tls_key = None),
             ("plain_http", |c| c.plain_http = true),
             ("allowed_origins", |c| c.allowed_origins = vec!["https://x/path".into()]),

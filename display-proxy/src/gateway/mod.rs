@@ -50,6 +50,8 @@ struct Inner {
     /// Where display proxies may be.
     proxy_nets: Vec<IpNet>,
     verifier: TicketVerifier,
+    /// TLS to `wss://` display proxies, trusting `ca_file`.
+    proxy_tls: Arc<rustls::ClientConfig>,
     /// Connections (relays hold a place there too), per-address limits and TLS.
     door: Arc<Door>,
     metrics: GatewayMetrics,
@@ -70,6 +72,10 @@ impl Gateway {
         let mut vcfg = VerifierConfig::new(&cfg.broker_url);
         vcfg.leeway_secs = cfg.ticket_leeway_secs;
         vcfg.min_refresh = Duration::from_secs(cfg.jwks_refresh_min_secs);
+        vcfg.ca_file.clone_from(&cfg.ca_file);
+        let mut client_tls = door::client::client_config(cfg.ca_file.as_deref())?;
+        client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let proxy_tls = Arc::new(client_tls);
         let (stop, _) = tokio::sync::watch::channel(false);
         let limits = DoorLimits {
             max_connections: cfg.max_connections,
@@ -84,6 +90,7 @@ impl Gateway {
             relays: Arc::new(AddressSlots::new(cfg.max_relays_per_address)),
             door: Arc::new(Door::new(limits, tls)),
             verifier: TicketVerifier::new(vcfg),
+            proxy_tls,
             metrics: GatewayMetrics::default(),
             draining: AtomicBool::new(false),
             stop,

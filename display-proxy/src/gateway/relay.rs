@@ -7,6 +7,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,7 +35,7 @@ const MAX_REFUSAL_MESSAGE: usize = 200;
 pub enum RelayError {
     #[error("the ticket names no display proxy")]
     NoProxy,
-    #[error("the ticket's display proxy {0:?} is not a ws://host:port URL")]
+    #[error("the ticket's display proxy {0:?} is not a ws(s)://host:port URL")]
     BadProxy(String),
     #[error("the ticket's display proxy {0} is outside proxy_networks")]
     NotAllowed(String),
@@ -56,14 +57,21 @@ pub struct Backend {
     /// The host as written (a name, an IPv4 address, or an IPv6 address without brackets).
     pub host: String,
     pub port: u16,
+    /// `wss://`: the relay speaks TLS to the proxy, checking its certificate for `host`.
+    pub tls: bool,
 }
 
 impl Backend {
-    /// `ws://host[:port]` with nothing after it but an optional `/`. Anything else is refused:
-    /// the target comes from a signed ticket, but a node may have registered any URL.
+    /// `ws://host[:port]` or `wss://host[:port]` with nothing after it but an optional `/`.
+    /// Anything else is refused: the target comes from a signed ticket, but a node may have
+    /// registered any URL.
     pub fn parse(url: &str) -> Result<Self, RelayError> {
         let bad = || RelayError::BadProxy(url.chars().take(200).collect());
-        let rest = url.strip_prefix("ws://").ok_or_else(bad)?;
+        let (tls, rest) = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => return Err(bad()),
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ', '\\']) {
             return Err(bad());
@@ -87,6 +95,7 @@ impl Backend {
             (h, p)
         };
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
                 p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?
@@ -99,7 +108,7 @@ impl Backend {
         if !host_ok {
             return Err(bad());
         }
-        Ok(Self { host: host.to_owned(), port })
+        Ok(Self { host: host.to_owned(), port, tls })
     }
 
     /// The `Host` header for this backend.
@@ -136,10 +145,11 @@ pub struct Upgrade<'a> {
 pub async fn open(
     backend: &Backend,
     allowed: &[IpNet],
+    tls: &Arc<rustls::ClientConfig>,
     up: Upgrade<'_>,
     timeout: Duration,
 ) -> Result<Answer, RelayError> {
-    tokio::time::timeout(timeout, open_inner(backend, allowed, up))
+    tokio::time::timeout(timeout, open_inner(backend, allowed, tls, up))
         .await
         .map_err(|_| RelayError::Timeout)?
 }
@@ -167,12 +177,28 @@ async fn resolve(backend: &Backend, allowed: &[IpNet]) -> Result<Vec<SocketAddr>
 async fn open_inner(
     backend: &Backend,
     allowed: &[IpNet],
+    tls: &Arc<rustls::ClientConfig>,
     up: Upgrade<'_>,
 ) -> Result<Answer, RelayError> {
     let addrs = resolve(backend, allowed).await?;
     let tcp = TcpStream::connect(addrs.as_slice()).await.map_err(RelayError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    if !backend.tls {
+        return upgrade(tcp, backend, up).await;
+    }
+    let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
+        .map_err(|_| RelayError::BadProxy(backend.host.clone()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+    let stream = connector.connect(name, tcp).await.map_err(RelayError::Connect)?;
+    upgrade(stream, backend, up).await
+}
+
+/// Repeats the viewer's upgrade to the display proxy over `io`.
+async fn upgrade<S>(io: S, backend: &Backend, up: Upgrade<'_>) -> Result<Answer, RelayError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     // The connection task ends with the upgrade (or the refusal); it owns the socket until then.
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -362,19 +388,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_ws_urls_name_a_backend() {
+    fn only_ws_and_wss_urls_name_a_backend() {
         let ok = |u: &str, host: &str, port: u16| {
-            assert_eq!(Backend::parse(u).unwrap(), Backend { host: host.into(), port }, "{u}");
+            let tls = u.starts_with("wss://");
+            assert_eq!(Backend::parse(u).unwrap(), Backend { host: host.into(), port, tls }, "{u}");
         };
         ok("ws://10.0.0.5:8090", "10.0.0.5", 8090);
         ok("ws://node-1.atrium.internal:8090/", "node-1.atrium.internal", 8090);
         ok("ws://node-1", "node-1", 80);
         ok("ws://[fd00::5]:8090", "fd00::5", 8090);
+        ok("wss://node-1.atrium.internal:8090", "node-1.atrium.internal", 8090);
+        ok("wss://node-1", "node-1", 443);
         assert_eq!(Backend::parse("ws://[fd00::5]:8090").unwrap().authority(), "[fd00::5]:8090");
         for bad in [
             "",
             "http://10.0.0.5:8090",
+            "https://10.0.0.5:8090",
             "ws://",
+            "wss://",
+            "wss://10.0.0.5:8090/x",
             "ws://10.0.0.5:8090/ws/other",
             "ws://user@10.0.0.5:8090",
             "ws://10.0.0.5:0",

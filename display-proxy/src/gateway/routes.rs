@@ -166,7 +166,8 @@ async fn ws(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let up = Upgrade { vm: &vm, ticket: &q.ticket, key: &key, client };
-    let answer = relay::open(&backend, &g.0.proxy_nets, up, g.0.cfg.connect_timeout()).await;
+    let answer =
+        relay::open(&backend, &g.0.proxy_nets, &g.0.proxy_tls, up, g.0.cfg.connect_timeout()).await;
     match answer {
         Err(e @ RelayError::NotAllowed(_)) => {
             // A node registered a display URL outside the display network: never followed.

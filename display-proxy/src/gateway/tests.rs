@@ -445,3 +445,43 @@ async fn stopping_the_gateway_ends_its_relays() {
     .await;
     assert!(closed.is_ok(), "the relay outlived the gateway");
 }
+
+/// A display proxy serving `wss://` (its certificate from the CA in the gateway's `ca_file`) is
+/// relayed to over TLS; a gateway that does not trust its certificate reaches nothing.
+#[tokio::test]
+async fn a_wss_proxy_is_relayed_over_tls_checked_against_the_ca() {
+    let dir = std::env::temp_dir().join(format!("atrium-gw-wss-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let ca = cert.clone();
+    let h = harness(false, |c| c.ca_file = Some(ca)).await;
+    // The same proxy state behind a TLS door.
+    let tls = atrium_door::tls::TlsFiles::load(&cert, &key).unwrap();
+    let door = Arc::new(atrium_door::Door::new(
+        crate::config::DisplayConfig::default().door_limits(),
+        Some(tls),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wss = listener.local_addr().unwrap();
+    let app = proxy_router(h.proxy_state.clone());
+    tokio::spawn(atrium_door::serve(listener, app, door, std::future::pending(), || {}));
+    let ticket_for = |h: &Harness| {
+        let mut c = h.claims("vm-1");
+        c.proxy = Some(format!("wss://{wss}"));
+        h.issuer.sign(&c)
+    };
+    let mut ws = h.connect("vm-1", &ticket_for(&h)).await.unwrap();
+    assert_eq!(hello(&mut ws).await, (160, 96));
+    drop(ws);
+
+    // A gateway with the system's roots does not trust the proxy's certificate.
+    let untrusting = harness(false, |_| {}).await;
+    let mut c = untrusting.claims("vm-1");
+    c.proxy = Some(format!("wss://{wss}"));
+    let refused = untrusting.connect("vm-1", &untrusting.issuer.sign(&c)).await.unwrap_err();
+    assert_eq!(status(refused), 502);
+    std::fs::remove_dir_all(dir).unwrap();
+}
