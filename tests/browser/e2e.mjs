@@ -5,8 +5,9 @@
 //   node e2e.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "word": WORD}'
 //
 // Protocol on stdout: JSON lines. {"shot": PATH, "phase": NAME} asks the Rust side to look at a
-// canvas image; it answers on stdin with "ok" (go on) or "more" (take another). {"done": true}
-// at the end. Failures throw (exit code 1) with a message on stderr.
+// canvas image; it answers on stdin with "ok" (go on) or "more" (take another). Phase
+// `kill_display` (no shot) asks it to kill the display proxy and start it again, as the quick
+// start does; it answers "ok" once it runs. {"done": true} at the end. Failures throw (exit code 1) with a message on stderr.
 
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -124,6 +125,17 @@ async function main() {
   await untilCanvasShows(page, 'typed', 'e2e-04-canvas-typed.png', 120, 'the command output never showed in the canvas');
   await shot(page, 'e2e-04-viewer-typed.png');
 
+  // The display proxy dies (kill -9). The quick start starts it again, and the viewer comes back
+  // by itself to the same desktop (the word is still on its screen) within a few seconds.
+  check(await ask('kill_display', '') === 'ok', 'the test could not kill the display proxy');
+  await page.waitForFunction(() => !document.querySelector('.viewer-overlay').hidden, null, { timeout: 15000 });
+  const lost = Date.now();
+  log(`viewer: ${await page.locator('.viewer-overlay').textContent()}`);
+  await shot(page, 'e2e-04-viewer-reconnecting.png');
+  await page.waitForFunction(() => document.querySelector('.viewer-overlay').hidden, null, { timeout: 20000 });
+  log(`viewer back after ${Date.now() - lost} ms`);
+  await untilCanvasShows(page, 'typed', 'e2e-04-canvas-reconnected.png', 60, 'after the display proxy came back the viewer did not show the same desktop');
+
   // The graphical desktop: she is signed in there as herself, no second password.
   await page.getByRole('button', { name: '← My desktops' }).click();
   await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
@@ -155,6 +167,20 @@ async function main() {
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
   await shot(admin.page, 'e2e-08-admin-pools.png');
+
+  // --- She lets a new node in: a one-time enrolment token, shown once, then listed without it.
+  await admin.page.getByRole('link', { name: 'Nodes' }).click();
+  await admin.page.getByRole('heading', { name: 'Nodes' }).waitFor();
+  await admin.page.getByRole('rowheader', { name: 'node-1' }).waitFor({ timeout: 10000 });
+  await admin.page.getByLabel('Node id').fill('node-2');
+  await admin.page.getByRole('button', { name: 'Create enrolment token' }).click();
+  const token = (await admin.page.locator('#enrol-token').textContent({ timeout: 10000 })).trim();
+  check(/^atrium-enrol-[A-Za-z0-9_-]{43}$/.test(token), `the enrolment token looks like ${token}`);
+  await shot(admin.page, 'e2e-09-admin-enrolment.png');
+  await admin.page.getByRole('link', { name: 'Pools' }).click();
+  await admin.page.getByRole('link', { name: 'Nodes' }).click();
+  await admin.page.getByRole('cell', { name: 'node-2', exact: true }).waitFor({ timeout: 10000 });
+  check(!(await admin.page.content()).includes(token), 'the enrolment token is shown again');
   await admin.ctx.close();
   console.log(JSON.stringify({ done: true }));
 }

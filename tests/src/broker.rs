@@ -83,27 +83,8 @@ impl Broker {
         toml.push_str(&strip_section(&opts.extra_toml, "ldap"));
         let cfg = dir.path().join("broker.toml");
         std::fs::write(&cfg, toml)?;
-        let log = std::fs::File::create(dir.path().join("broker.log"))?;
-        let mut cmd = Command::new(bin_path("atrium-broker"));
-        cmd.arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "info,atrium_broker=debug,sqlx=warn")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let scheme = if let Some(tls) = &opts.tls {
-            cmd.env("ATRIUM_BROKER_TLS_CERT", &tls.cert)
-                .env("ATRIUM_BROKER_TLS_KEY", &tls.key)
-                .env("ATRIUM_BROKER_PUBLIC_URL", format!("https://127.0.0.1:{port}"))
-                .env("ATRIUM_NODES_CA_FILE", &tls.ca)
-                .env("ATRIUM_NODES_PLAIN_HTTP_LOOPBACK", "false");
-            "https"
-        } else {
-            "http"
-        };
-        let child = cmd.spawn()?;
+        let child = spawn(dir.path(), &opts.env, opts.tls.as_deref(), port)?;
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let mut me = Self {
             dir,
             child,
@@ -112,9 +93,15 @@ impl Broker {
             port,
             url: format!("{scheme}://127.0.0.1:{port}"),
         };
-        let http = opts.tls.as_ref().map_or_else(reqwest::Client::new, |t| t.client());
-        let health = format!("{}/healthz", me.url);
-        let pid = me.child.id();
+        me.wait_started().await?;
+        Ok(me)
+    }
+
+    /// Waits until the broker answers `/healthz`; fails at once when it exits.
+    async fn wait_started(&mut self) -> anyhow::Result<()> {
+        let http = self.tls.as_ref().map_or_else(reqwest::Client::new, |t| t.client());
+        let health = format!("{}/healthz", self.url);
+        let pid = self.child.id();
         let started = wait_for("the broker to answer /healthz", Duration::from_secs(30), || {
             let http = http.clone();
             let health = health.clone();
@@ -133,17 +120,27 @@ impl Broker {
         })
         .await;
         if matches!(started, Ok(false)) {
-            let status = me.child.wait()?;
-            anyhow::bail!("broker exited with {status}:\n{}", me.log());
+            let status = self.child.wait()?;
+            anyhow::bail!("broker exited with {status}:\n{}", self.log());
         }
         if let Err(e) = started {
-            let _ = me.child.kill();
-            anyhow::bail!("{e}\nbroker log:\n{}", me.log());
+            let _ = self.child.kill();
+            anyhow::bail!("{e}\nbroker log:\n{}", self.log());
         }
-        if let Ok(Some(status)) = me.child.try_wait() {
-            anyhow::bail!("broker exited with {status}:\n{}", me.log());
+        if let Ok(Some(status)) = self.child.try_wait() {
+            anyhow::bail!("broker exited with {status}:\n{}", self.log());
         }
-        Ok(me)
+        Ok(())
+    }
+
+    /// When the process has ended (a crash, a kill), starts it again on the same configuration,
+    /// database and port and waits until it answers; returns how it had ended. The quick start
+    /// does this every second for each of its services.
+    pub async fn restart_if_dead(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let Some(status) = self.child.try_wait()? else { return Ok(None) };
+        self.child = spawn(self.dir.path(), &self.env, self.tls.as_deref(), self.port)?;
+        self.wait_started().await?;
+        Ok(Some(status))
     }
 
     /// A one-time enrolment token for node `node`, from `atrium-broker enrol-token` on this
@@ -227,6 +224,33 @@ impl Drop for Broker {
             eprintln!("--- broker log ---\n{}", self.log());
         }
     }
+}
+
+/// Starts `atrium-broker` on `dir/broker.toml`, its output appended to `dir/broker.log`.
+fn spawn(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+    tls: Option<&crate::pki::TestTls>,
+    port: u16,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log"))?;
+    let mut cmd = Command::new(bin_path("atrium-broker"));
+    cmd.arg("--config")
+        .arg(dir.join("broker.toml"))
+        .env("RUST_LOG", "info,atrium_broker=debug,sqlx=warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(tls) = tls {
+        cmd.env("ATRIUM_BROKER_TLS_CERT", &tls.cert)
+            .env("ATRIUM_BROKER_TLS_KEY", &tls.key)
+            .env("ATRIUM_BROKER_PUBLIC_URL", format!("https://127.0.0.1:{port}"))
+            .env("ATRIUM_NODES_CA_FILE", &tls.ca)
+            .env("ATRIUM_NODES_PLAIN_HTTP_LOOPBACK", "false");
+    }
+    Ok(cmd.spawn()?)
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -71,6 +71,30 @@ pub struct NodeProcess {
     client: reqwest::Client,
     /// Signs the calls tests make, as the broker signs its own.
     signer: atrium_display::issuer::TicketIssuer,
+    /// The TLS settings it was started with (as environment variables).
+    tls_env: Vec<(&'static str, PathBuf)>,
+}
+
+/// Starts `atrium-node serve` on `dir/node.toml`, trusting `dir/trusted-keys.json` beside the
+/// broker's keys, its log appended to `dir/node.log`.
+fn spawn(dir: &Path, tls_env: &[(&str, PathBuf)]) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
+    let mut cmd = Command::new(bin_path("atrium-node"));
+    for (k, v) in tls_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(dir.join("node.toml"))
+        // Beside any [broker] section the test writes.
+        .env("ATRIUM_NODE_BROKER_TRUSTED_KEYS_FILE", dir.join("trusted-keys.json"))
+        // Tests run on one host: plain http:// to the broker on loopback.
+        .env("ATRIUM_NODE_BROKER_PLAIN_HTTP_LOOPBACK", "true")
+        .env("ATRIUM_LOG", "info,atrium_node=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting atrium-node serve")
 }
 
 impl NodeProcess {
@@ -120,32 +144,21 @@ impl NodeProcess {
         let signer = atrium_display::issuer::TicketIssuer::generate(TEST_SIGNER);
         let trusted = dir.path().join("trusted-keys.json");
         std::fs::write(&trusted, serde_json::to_string(&[signer.broker_key()])?)?;
-        let log = std::fs::File::create(dir.path().join("node.log"))?;
-        let mut cmd = Command::new(bin_path("atrium-node"));
-        if let Some(t) = tls {
-            cmd.env("ATRIUM_NODE_TLS_CERT", &t.cert)
-                .env("ATRIUM_NODE_TLS_KEY", &t.key)
-                .env("ATRIUM_NODE_BROKER_CA_FILE", &t.ca);
-        }
-        let child = cmd
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            // Beside any [broker] section the test writes.
-            .env("ATRIUM_NODE_BROKER_TRUSTED_KEYS_FILE", &trusted)
-            // Tests run on one host: plain http:// to the broker on loopback.
-            .env("ATRIUM_NODE_BROKER_PLAIN_HTTP_LOOPBACK", "true")
-            .env("ATRIUM_LOG", "info,atrium_node=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting atrium-node serve")?;
+        let tls_env: Vec<(&str, PathBuf)> = tls.map_or_else(Vec::new, |t| {
+            vec![
+                ("ATRIUM_NODE_TLS_CERT", t.cert.clone()),
+                ("ATRIUM_NODE_TLS_KEY", t.key.clone()),
+                ("ATRIUM_NODE_BROKER_CA_FILE", t.ca.clone()),
+            ]
+        });
+        let child = spawn(dir.path(), &tls_env)?;
         let url = format!("{}://127.0.0.1:{port}", if tls.is_some() { "https" } else { "http" });
         let client = match tls {
             Some(t) => t.client(),
             None => reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
         };
-        let mut node = Self { dir, url, state_dir, id: String::new(), child, client, signer };
+        let mut node =
+            Self { dir, url, state_dir, id: String::new(), child, client, signer, tls_env };
         let health = format!("{}/healthz", node.url);
         let up = crate::util::wait_for("the node's /healthz", Duration::from_secs(20), || {
             let c = node.client.clone();
@@ -161,6 +174,15 @@ impl NodeProcess {
             Err(e) => bail!("{e}; node log:\n{}", node.log()),
         }
         Ok(node)
+    }
+
+    /// When the process has ended (a crash, a kill), starts it again on the same configuration
+    /// and state; returns how it had ended. Its key and enrolment are on disk: it heartbeats
+    /// again as itself. The quick start does this every second for each of its services.
+    pub fn restart_if_dead(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let Some(status) = self.child.try_wait()? else { return Ok(None) };
+        self.child = spawn(self.dir.path(), &self.tls_env)?;
+        Ok(Some(status))
     }
 
     /// Sends SIGTERM and waits (up to a minute) for the node to exit.

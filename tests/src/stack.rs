@@ -57,19 +57,30 @@ impl DisplayService {
                 list(&o.trusted_proxies),
             ),
         )?;
-        let log = std::fs::File::create(dir.path().join("display.log"))?;
-        let child = Command::new(bin_path("atrium-display"))
+        let child = Self::spawn(dir.path())?;
+        let mut display = Self { dir, port: o.port, child };
+        display.wait_healthy().await?;
+        Ok(display)
+    }
+
+    /// Starts the process on the configuration in `dir`, its log appended to `dir/display.log`.
+    fn spawn(dir: &std::path::Path) -> anyhow::Result<Child> {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("display.log"))?;
+        Command::new(bin_path("atrium-display"))
             .arg("serve")
             .arg("--config")
-            .arg(&config)
+            .arg(dir.join("display.toml"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("starting the display proxy")?;
-        let display = Self { dir, port: o.port, child };
+            .context("starting the display proxy")
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
-        let port = o.port;
+        let port = self.port;
         wait_for("the display proxy's /healthz", Duration::from_secs(20), || {
             let http = http.clone();
             async move {
@@ -81,8 +92,24 @@ impl DisplayService {
             }
         })
         .await
-        .with_context(|| format!("display proxy log:\n{}", display.log()))?;
-        Ok(display)
+        .with_context(|| format!("display proxy log:\n{}", self.log()))?;
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// When the process has ended (a crash, a kill), starts it again on the same configuration
+    /// and port and waits until it answers; returns whether it had to. The quick start does this
+    /// every second for each of its services.
+    pub async fn restart_if_dead(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let Some(status) = self.child.try_wait()? else { return Ok(None) };
+        self.child = Self::spawn(self.dir.path())?;
+        self.wait_healthy().await?;
+        Ok(Some(status))
     }
 
     /// `/metrics`, as text.
@@ -161,6 +188,23 @@ impl Stack {
         })
         .await?;
         Ok(me)
+    }
+
+    /// Starts again any of its services that has ended (a crash, a `kill -9`), on the same
+    /// configuration, state and port; says which, and how each had ended. The quick start calls
+    /// this every second, as a service manager would (`Restart=always` in `deploy/systemd`).
+    pub async fn restart_dead(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        if let Some(s) = self.broker.restart_if_dead().await? {
+            restarted.push(format!("the broker ({s})"));
+        }
+        if let Some(s) = self.node.restart_if_dead()? {
+            restarted.push(format!("the node agent ({s})"));
+        }
+        if let Some(s) = self.display.restart_if_dead().await? {
+            restarted.push(format!("the display proxy ({s})"));
+        }
+        Ok(restarted)
     }
 
     /// A client signed in as the demo administrator (carol).

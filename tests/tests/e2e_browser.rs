@@ -2,7 +2,9 @@
 //! `tests/browser/e2e.mjs`) against the whole stack on loopback: slapd, the broker, a real node
 //! booting console and graphical desktops under QEMU, and the display proxy. A user signs in,
 //! sees the pools, connects, sees the desktop in the canvas, types a command and sees its output,
-//! opens the graphical desktop and finds herself signed in there, and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
+//! survives a `kill -9` of the display proxy (restarted as the quick start does, the viewer back
+//! by itself on the same desktop), opens the graphical desktop and finds herself signed in there,
+//! and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
 //! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
 use std::time::Duration;
@@ -27,7 +29,7 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
     if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
     }
-    let stack = Stack::start(None, None).await?;
+    let mut stack = Stack::start(None, None).await?;
     let (console, desktop) = tokio::join!(
         stack.pool("console", "console", 1, "1280x800"),
         stack.pool("desktop", "desktop", 1, "1280x800")
@@ -48,6 +50,18 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
         while let Some(msg) = driver.next().await? {
             if msg["done"] == true {
                 done = true;
+                continue;
+            }
+            if msg["phase"] == "kill_display" {
+                // A crash of the display proxy under a connected viewer; the quick start's
+                // supervision starts it again.
+                stack.display.kill9();
+                let restarted = stack.restart_dead().await?;
+                anyhow::ensure!(
+                    restarted.len() == 1 && restarted[0].starts_with("the display proxy"),
+                    "restarted {restarted:?}"
+                );
+                driver.answer("ok").await?;
                 continue;
             }
             let path = msg["shot"].as_str().context("a shot without a path")?;

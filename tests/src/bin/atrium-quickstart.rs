@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_processes() -> anyhow::Result<()> {
     eprintln!("quickstart: starting the directory, broker, node and display proxy");
-    let stack = Stack::start(Some(8080), Some(8090)).await?;
+    let mut stack = Stack::start(Some(8080), Some(8090)).await?;
     eprintln!(
         "quickstart: logs in {}, {}, {}",
         stack.broker.dir().join("broker.log").display(),
@@ -50,7 +50,23 @@ async fn run_processes() -> anyhow::Result<()> {
     println!("ready: {}", stack.broker.url);
     println!("demo login: alice / alice-pw");
     eprintln!("quickstart: administrator: carol / carol-pw. Ctrl+C stops everything.");
-    until_stopped().await?;
+    // A service that dies is started again, as systemd would.
+    let stopped = until_stopped();
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = &mut stopped => { r?; break; }
+            _ = tick.tick() => match stack.restart_dead().await {
+                Ok(restarted) => {
+                    for what in restarted {
+                        eprintln!("quickstart: {what} had ended: started again");
+                    }
+                }
+                Err(e) => eprintln!("quickstart: could not restart a service: {e:#}"),
+            },
+        }
+    }
     eprintln!("quickstart: stopping");
     drop(stack);
     Ok(())

@@ -9,7 +9,11 @@ import { currentLayout } from '../layout.js';
 const KEEPALIVE_MS = 60_000;
 // A lost connection is tried again at once (another gateway takes it), then less and less often.
 const FIRST_RETRY_MS = 250;
-const MAX_BACKOFF_MS = 30_000;
+// A display service that went away (restarted, its node rebooted) is tried again at least this
+// often, so the viewer is back within seconds of it; the broker itself, when it cannot be
+// reached, at least every 15 s.
+const MAX_DISPLAY_BACKOFF_MS = 4_000;
+const MAX_BACKOFF_MS = 15_000;
 
 function fmtRate(bytesPerSecond) {
   const bits = bytesPerSecond * 8;
@@ -147,7 +151,7 @@ export function showViewer(app, target) {
         setOverlay(e.message);
         return;
       }
-      scheduleRetry(e.message);
+      scheduleRetry(e.message, MAX_BACKOFF_MS);
       return;
     }
     if (stopped) return;
@@ -159,17 +163,20 @@ export function showViewer(app, target) {
     open(t.url);
   }
 
-  function scheduleRetry(why) {
+  function scheduleRetry(why, max) {
+    backoff = Math.min(backoff, max);
     const secs = Math.round(backoff / 1000);
     setOverlay(`${why ? `${why} ` : ''}${secs >= 1 ? `Reconnecting in ${secs} s…` : 'Reconnecting…'}`);
     timer = setTimeout(attempt, backoff);
-    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+    backoff = Math.min(backoff * 2, max);
   }
 
   function open(url) {
     setOverlay('Connecting…');
     session = new DisplaySession({ url, canvas });
+    let reached = false;
     session.on('connected', (h) => {
+      reached = true;
       backoff = FIRST_RETRY_MS;
       setOverlay('');
       cadBtn.disabled = h.viewOnly;
@@ -198,7 +205,9 @@ export function showViewer(app, target) {
         setOverlay('This session was ended.');
         return;
       }
-      scheduleRetry('The connection was lost.');
+      // The broker answered (a ticket came); the display service did not, or went away.
+      scheduleRetry(reached ? 'The connection to your desktop was lost.'
+        : 'The desktop\'s display service is not answering.', MAX_DISPLAY_BACKOFF_MS);
     });
     session.connect();
   }
