@@ -20,10 +20,7 @@ use crate::policy::{Action, Principal, RequestContext, Resource};
 use crate::secret::Secret;
 use crate::state::AppState;
 
-/// Keeps what goes into storage and logs printable and bounded (PostgreSQL refuses NUL).
-pub fn printable(s: &str, max: usize) -> String {
-    s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).take(max).collect()
-}
+pub use atrium_protocol::text::printable;
 
 /// Records an audit event; a failure to record is logged, never hidden.
 pub async fn audit(

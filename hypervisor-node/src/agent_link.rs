@@ -4,6 +4,11 @@
 //! What the agent says is kept in watch channels (ready, the last session started, the guest's
 //! clipboard with a sequence number, the last pong), so API handlers and the VM's monitor can
 //! wait on them without a lock.
+//!
+//! The guest is hostile. Lines are bounded ([`LineReader`]); messages beyond
+//! [`MESSAGES_PER_SEC`] (after a burst of [`MESSAGE_BURST`]) are dropped, so a flooding guest
+//! costs the node little; what the node logs of a guest is made printable (no forged log lines)
+//! and limited to [`LOG_LINES_PER_MIN`] lines a minute per VM, the rest counted.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -130,9 +135,104 @@ impl AgentLink {
     }
 }
 
+/// Messages a guest agent may send a second, on average.
+pub const MESSAGES_PER_SEC: f64 = 50.0;
+/// Messages it may send at once before the rate applies.
+pub const MESSAGE_BURST: f64 = 200.0;
+/// Lines the node logs about one VM's agent a minute; the rest are counted.
+pub const LOG_LINES_PER_MIN: u32 = 20;
+/// Longest guest text (an agent name, a username, an error) put in a log line.
+const MAX_LOGGED_TEXT: usize = 200;
+
+/// A token bucket: [`MESSAGE_BURST`] at once, then [`MESSAGES_PER_SEC`].
+#[derive(Debug)]
+struct MessageBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl MessageBudget {
+    fn new(now: Instant) -> Self {
+        Self { tokens: MESSAGE_BURST, last: now }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * MESSAGES_PER_SEC;
+        self.tokens = (self.tokens + refill).min(MESSAGE_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// At most [`LOG_LINES_PER_MIN`] log lines a minute; what is held back is counted and said with
+/// the next line allowed.
+#[derive(Debug)]
+struct LogBudget {
+    window: Instant,
+    used: u32,
+    held_back: u64,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> Self {
+        Self { window: now, used: 0, held_back: 0 }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(60) {
+            self.window = now;
+            self.used = 0;
+        }
+        if self.used >= LOG_LINES_PER_MIN {
+            self.held_back += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// What one link has allowed its guest so far.
+#[derive(Debug)]
+struct Guard {
+    messages: MessageBudget,
+    log: LogBudget,
+    dropped: u64,
+}
+
+impl Guard {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { messages: MessageBudget::new(now), log: LogBudget::new(now), dropped: 0 }
+    }
+
+    /// Logs `what` (a warning about the guest) unless this VM's log budget is spent.
+    fn warn(&mut self, vm: &str, what: std::fmt::Arguments<'_>) {
+        if let Some(held_back) = self.log.allow(Instant::now()) {
+            if held_back > 0 {
+                tracing::warn!(vm, held_back, "{what} (and lines held back: this guest says much)");
+            } else {
+                tracing::warn!(vm, "{what}");
+            }
+        }
+    }
+}
+
+/// Guest text fit for a log line.
+fn shown(s: &str) -> String {
+    atrium_protocol::text::printable(s, MAX_LOGGED_TEXT)
+}
+
 async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str) {
     let mut lines = LineReader::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut guard = Guard::new();
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => return,
@@ -144,24 +244,41 @@ async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str
         };
         for line in lines.push(&buf[..n]) {
             let Line::Complete(line) = line else {
-                tracing::warn!(vm, "the guest agent sent a line over the limit; dropped");
+                guard.warn(vm, format_args!("the guest agent sent a line over the limit; dropped"));
                 continue;
             };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            if !guard.messages.allow(Instant::now()) {
+                guard.dropped += 1;
+                let dropped = guard.dropped;
+                guard.warn(
+                    vm,
+                    format_args!(
+                        "the guest agent sends over {MESSAGES_PER_SEC} messages a second; \
+                         {dropped} dropped so far"
+                    ),
+                );
+                continue;
+            }
             match serde_json::from_slice::<AgentMessage>(&line) {
-                Ok(msg) => handle(msg, s, vm),
-                Err(e) => tracing::warn!(vm, "bad message from the guest agent: {e}"),
+                Ok(msg) => handle(msg, s, vm, &mut guard),
+                Err(e) => guard.warn(
+                    vm,
+                    format_args!("bad message from the guest agent: {}", shown(&e.to_string())),
+                ),
             }
         }
     }
 }
 
-fn handle(msg: AgentMessage, s: &Senders, vm: &str) {
+fn handle(msg: AgentMessage, s: &Senders, vm: &str, guard: &mut Guard) {
     match msg {
         AgentMessage::Hello { version, agent } => {
-            tracing::info!(vm, version, agent = %agent, "guest agent says hello");
+            if guard.log.allow(Instant::now()).is_some() {
+                tracing::info!(vm, version, agent = %shown(&agent), "guest agent says hello");
+            }
             let _ = s.hello.send(Some(agent));
         }
         AgentMessage::Ready => {
@@ -174,7 +291,9 @@ fn handle(msg: AgentMessage, s: &Senders, vm: &str) {
             let _ = s.last_pong.send(Some(Instant::now()));
         }
         AgentMessage::SessionStarted { username } => {
-            tracing::info!(vm, user = %username, "session started in the guest");
+            if guard.log.allow(Instant::now()).is_some() {
+                tracing::info!(vm, user = %shown(&username), "session started in the guest");
+            }
             s.session.send_modify(|(n, u)| {
                 *n += 1;
                 *u = Some(username);
@@ -187,8 +306,8 @@ fn handle(msg: AgentMessage, s: &Senders, vm: &str) {
             });
         }
         AgentMessage::Error { message } => {
-            tracing::warn!(vm, "guest agent: {message}");
-            let _ = s.last_error.send(Some(message));
+            guard.warn(vm, format_args!("guest agent: {}", shown(&message)));
+            let _ = s.last_error.send(Some(shown(&message)));
         }
     }
 }
@@ -242,5 +361,61 @@ mod tests {
         drop(r);
         let mut connected = link.view.connected.clone();
         connected.wait_for(|c| !*c).await.expect("closed");
+    }
+
+    #[test]
+    fn budgets_allow_a_burst_then_a_rate_and_count_what_they_hold_back() {
+        let t0 = Instant::now();
+        let mut m = MessageBudget::new(t0);
+        let burst = (0..1000).filter(|_| m.allow(t0)).count();
+        assert_eq!(burst as f64, MESSAGE_BURST);
+        let later = t0 + Duration::from_secs(2);
+        let refilled = (0..1000).filter(|_| m.allow(later)).count();
+        assert_eq!(refilled as f64, 2.0 * MESSAGES_PER_SEC);
+
+        let mut log = LogBudget::new(t0);
+        let shown = (0..100).filter(|_| log.allow(t0).is_some()).count();
+        assert_eq!(shown, LOG_LINES_PER_MIN as usize);
+        assert_eq!(
+            log.allow(t0 + Duration::from_secs(61)),
+            Some(100 - u64::from(LOG_LINES_PER_MIN))
+        );
+    }
+
+    /// A guest flooding its channel: what is beyond the budget is dropped, the link stays up
+    /// and is heard again once the guest calms down; what it says is kept printable.
+    #[tokio::test]
+    async fn a_flooding_guest_is_heard_within_its_budget_and_cannot_forge_log_lines() {
+        let (node_end, agent_end) = UnixStream::pair().expect("pair");
+        let link = AgentLink::from_stream(node_end, "vm-flood");
+        let (_r, mut w) = agent_end.into_split();
+        let started = Instant::now();
+        let mut flood = Vec::new();
+        for i in 0..5000 {
+            flood.extend_from_slice(
+                format!("{{\"type\":\"clipboard\",\"text\":\"{i}\"}}\n").as_bytes(),
+            );
+        }
+        w.write_all(&flood).await.expect("write");
+        w.write_all(b"{\"type\":\"error\",\"message\":\"x\\n2026-12-01 INFO forged\\u001b[2J\"}\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = started.elapsed().as_secs_f64();
+        let seen = link.view.clipboard.borrow().seq;
+        let most = MESSAGE_BURST + MESSAGES_PER_SEC * took + 1.0;
+        assert!((seen as f64) <= most, "{seen} messages handled in {took:.2} s (at most {most})");
+        assert!(seen as f64 >= MESSAGE_BURST - 1.0, "{seen}");
+        // Calm again: heard.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.write_all(b"{\"type\":\"error\",\"message\":\"last\\nline\"}\n").await.expect("write");
+        let mut err = link.view.last_error.clone();
+        let e = err
+            .wait_for(|e| e.as_deref().is_some_and(|e| e.starts_with("last")))
+            .await
+            .expect("the calmed guest is heard")
+            .clone()
+            .expect("an error");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
     }
 }

@@ -10,7 +10,8 @@
 //! - [`config`]: how every service reads its TOML file and environment overrides;
 //! - [`secret`]: credentials that never print, compared in constant time;
 //! - [`net`]: trusted proxy networks and the client address behind them;
-//! - [`signed`]: requests between services signed by who sent them (node keys, the broker's).
+//! - [`signed`]: requests between services signed by who sent them (node keys, the broker's);
+//! - [`text`]: text from outside made safe to log and store.
 
 pub mod agent;
 pub mod config;
@@ -20,5 +21,6 @@ pub mod net;
 pub mod node;
 pub mod secret;
 pub mod signed;
+pub mod text;
 pub mod ticket;
 pub mod vmm_channel;
