@@ -99,7 +99,7 @@ async fn bare_boot(
         cgroup: None,
     };
     let paths = Paths::in_dir(dir);
-    let args: Vec<_> = qemu.args(&cfg, &paths).into_iter().filter(|a| a != "-S").collect();
+    let args: Vec<_> = qemu.args(&cfg, &paths, None).into_iter().filter(|a| a != "-S").collect();
     let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
     cmd.args(args)
         .stdin(Stdio::null())

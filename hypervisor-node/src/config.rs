@@ -127,10 +127,52 @@ pub struct QemuSection {
     pub memory_overhead_mib: u64,
     /// TCG translation cache size (QEMU's default is 1 GiB of address space per VM).
     pub tcg_tb_size_mib: u32,
-    /// The unprivileged system user QEMU drops to once it has opened its files (`-runas`), so a
-    /// guest that escapes into QEMU is not root on the host. Created (as a system user with no
-    /// login) when missing and the node runs as root. Empty: QEMU keeps the node's user.
+    /// Who QEMU drops to once it has opened its files (`-runas`), so that a guest that escapes
+    /// into QEMU is not root on the host: `per-vm` (each VM its own user and group, numbered
+    /// from `vm_uids`, so one escaped VM cannot touch another), a user name (one system user
+    /// for all VMs, created when missing), or empty (QEMU keeps the node's user). Applies when
+    /// the node runs as root.
     pub run_as: String,
+    /// The user and group ids `run_as = "per-vm"` hands out, `FIRST-LAST` (no account is made:
+    /// pick numbers no account on the host uses).
+    pub vm_uids: String,
+}
+
+/// What `qemu.run_as` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAsChoice {
+    /// QEMU keeps the node's user.
+    Node,
+    /// Each VM its own uid and gid, from this range.
+    PerVm(std::ops::RangeInclusive<u32>),
+    /// One named system user for all VMs.
+    User(String),
+}
+
+impl QemuSection {
+    /// `run_as` and `vm_uids`, read.
+    pub fn run_as_choice(&self) -> Result<RunAsChoice, String> {
+        let name = self.run_as.trim();
+        if name.is_empty() {
+            return Ok(RunAsChoice::Node);
+        }
+        if name != "per-vm" {
+            return Ok(RunAsChoice::User(name.to_owned()));
+        }
+        let bad = || {
+            format!("qemu.vm_uids must be FIRST-LAST (e.g. 200000-299999), not {:?}", self.vm_uids)
+        };
+        let (a, b) = self.vm_uids.split_once('-').ok_or_else(bad)?;
+        let (first, last): (u32, u32) =
+            (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if first < 1000 || last < first || last == u32::MAX {
+            return Err(format!(
+                "qemu.vm_uids {first}-{last}: the first must be at least 1000 (no system account) \
+                 and the last not below it"
+            ));
+        }
+        Ok(RunAsChoice::PerVm(first..=last))
+    }
 }
 
 impl Default for QemuSection {
@@ -142,7 +184,8 @@ impl Default for QemuSection {
             pointer: Pointer::VirtioTablet,
             memory_overhead_mib: 256,
             tcg_tb_size_mib: 64,
-            run_as: "atrium-vm".into(),
+            run_as: "per-vm".into(),
+            vm_uids: "200000-299999".into(),
         }
     }
 }
@@ -316,6 +359,7 @@ impl NodeConfig {
                 ));
             }
         }
+        self.qemu.run_as_choice().map_err(|e| invalid("qemu.run_as", e))?;
         if self.cgroup.pids_max < 16 {
             return Err(invalid("cgroup.pids_max", "must be at least 16"));
         }

@@ -331,6 +331,23 @@ async fn sigterm_deletes_every_vm_without_waiting_for_long_polls() -> anyhow::Re
         ensure!(info.state == VmState::Ready, "{id} is {:?}: {:?}", info.state, info.error);
         ensure!(processes_with(&format!("guest=atrium-{id}")).len() == 1, "{id} has no QEMU");
     }
+    // Each VM runs as its own user and group (`qemu.run_as = "per-vm"`): one VM's QEMU, were
+    // a guest to escape into it, cannot touch the other's.
+    let ids_of = |vm: &str| -> anyhow::Result<(String, String)> {
+        let pid = processes_with(&format!("guest=atrium-{vm}"))[0];
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned()
+        };
+        Ok((field("Uid:"), field("Gid:")))
+    };
+    let (a, b) = (ids_of(&ids[0])?, ids_of(&ids[1])?);
+    assert_ne!(a, b, "two VMs run as the same user");
+    for (uid, gid) in [&a, &b] {
+        let first = |l: &str| l.split_whitespace().nth(1).and_then(|u| u.parse::<u32>().ok());
+        assert!(first(uid).is_some_and(|u| u >= 200_000), "{uid}");
+        assert!(first(gid).is_some_and(|g| g >= 200_000), "{gid}");
+    }
     // A display proxy's clipboard long-poll (the longest the API allows) on the node's local
     // socket, as the proxy makes it, in flight when the node is told to stop.
     let url = format!("http://node/api/v1/vms/{}/clipboard?after=1000000&wait=30", ids[0]);

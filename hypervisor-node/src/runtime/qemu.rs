@@ -59,6 +59,38 @@ pub struct QemuRuntime {
     reason: String,
     /// The user QEMU runs as after start-up (`-runas`), once resolved at the first launch.
     run_as: std::sync::OnceLock<Option<RunAs>>,
+    /// With `run_as = "per-vm"`: the ids VMs run as now.
+    vm_uids: Option<Arc<UidPool>>,
+}
+
+/// The user and group ids handed out to VMs (`run_as = "per-vm"`), one per running VM.
+#[derive(Debug)]
+struct UidPool {
+    range: std::ops::RangeInclusive<u32>,
+    used: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+/// A VM's own uid (and gid, the same number), given back to the pool when the VM is dropped.
+#[derive(Debug)]
+pub struct UidLease {
+    pool: Arc<UidPool>,
+    pub uid: u32,
+}
+
+impl UidPool {
+    /// The lowest free id, or `None` when every id in the range is in use.
+    fn lease(self: &Arc<Self>) -> Option<UidLease> {
+        let mut used = self.used.lock().expect("uid pool lock");
+        let uid = self.range.clone().find(|u| !used.contains(u))?;
+        used.insert(uid);
+        Some(UidLease { pool: Arc::clone(self), uid })
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        self.pool.used.lock().expect("uid pool lock").remove(&self.uid);
+    }
 }
 
 /// An unprivileged user to run VMs as.
@@ -94,7 +126,13 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 impl QemuRuntime {
     pub fn new(cfg: QemuSection, kvm_kind: KvmKind) -> Self {
         let (accel, reason) = kvm::choose_accel(kvm_kind, cfg.accel);
-        Self { cfg, accel, reason, run_as: std::sync::OnceLock::new() }
+        let vm_uids = match cfg.run_as_choice() {
+            Ok(crate::config::RunAsChoice::PerVm(range)) => {
+                Some(Arc::new(UidPool { range, used: std::sync::Mutex::default() }))
+            }
+            _ => None,
+        };
+        Self { cfg, accel, reason, run_as: std::sync::OnceLock::new(), vm_uids }
     }
 
     /// The user VMs drop to: `qemu.run_as`, created as a system user when missing, when the
@@ -106,7 +144,7 @@ impl QemuRuntime {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let name = self.cfg.run_as.trim();
-        let resolved = if !root || name.is_empty() {
+        let resolved = if !root || name.is_empty() || self.vm_uids.is_some() {
             None
         } else {
             if lookup_user(name).is_none() {
@@ -149,8 +187,31 @@ impl QemuRuntime {
         Ok(text.lines().next().unwrap_or_default().to_owned())
     }
 
-    /// QEMU's command line for a VM.
-    pub fn args(&self, cfg: &LaunchConfig, paths: &Paths) -> Vec<OsString> {
+    /// Who a new VM runs as: its own ids (`per-vm`), the shared user, or the node's user; with
+    /// the lease that keeps its own ids its own.
+    async fn user_for_vm(&self) -> Result<(Option<RunAs>, Option<UidLease>), RuntimeError> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        match &self.vm_uids {
+            Some(pool) if root => {
+                let lease = pool.lease().ok_or_else(|| {
+                    RuntimeError::Control(format!(
+                        "every id in qemu.vm_uids ({}-{}) is in use by a VM",
+                        pool.range.start(),
+                        pool.range.end()
+                    ))
+                })?;
+                let user =
+                    RunAs { name: format!("{0}:{0}", lease.uid), uid: lease.uid, gid: lease.uid };
+                Ok((Some(user), Some(lease)))
+            }
+            Some(_) => Ok((None, None)),
+            None => Ok((self.resolve_run_as().await?, None)),
+        }
+    }
+
+    /// QEMU's command line for a VM that drops to `user`.
+    pub fn args(&self, cfg: &LaunchConfig, paths: &Paths, user: Option<&RunAs>) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: String| a.push(s.into());
         push("-name".into());
@@ -243,10 +304,10 @@ impl QemuRuntime {
         // QEMU's own seccomp filter: no spawning, no privilege changes. With `-runas` QEMU drops
         // to an unprivileged user itself (after opening its files), which needs the set*id calls
         // once; an unprivileged process cannot raise its privileges again anyway.
-        match self.run_as.get().cloned().flatten() {
+        match user {
             Some(user) => {
                 a.push("-runas".into());
-                a.push(user.name.into());
+                a.push(user.name.clone().into());
                 a.push("-sandbox".into());
                 a.push(
                     "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
@@ -323,7 +384,8 @@ impl QemuRuntime {
         let paths = Paths::in_dir(&cfg.dir);
         // Screendumps are written by QEMU itself, after it dropped to its user: into a folder of
         // that user's, which it reaches through folders it may pass but not read.
-        let screens = match self.resolve_run_as().await? {
+        let (user, uid_lease) = self.user_for_vm().await?;
+        let screens = match &user {
             Some(user) => {
                 use std::os::unix::fs::PermissionsExt;
                 let screens = cfg.dir.join("screens");
@@ -355,7 +417,7 @@ impl QemuRuntime {
             self.create_home(h).await?;
         }
         let mut cmd = Command::new(&self.cfg.binary);
-        cmd.args(self.args(&cfg, &paths));
+        cmd.args(self.args(&cfg, &paths, user.as_ref()));
         let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", qemu_exit_info)?;
 
         let vm = QemuVm {
@@ -372,6 +434,7 @@ impl QemuRuntime {
             exit: exit_rx,
             layer: cfg.disk.as_ref().filter(|d| !d.keep).map(|d| d.layer.clone()),
             shots: AtomicU64::new(0),
+            _uid: uid_lease,
         };
         // QMP is up once QEMU has made its sockets (it starts paused, so nothing is missed).
         match vm.connect_qmp().await {
@@ -431,6 +494,8 @@ pub struct QemuVm {
     /// The disk layer to delete at cleanup (not a persistent disk).
     layer: Option<PathBuf>,
     shots: AtomicU64,
+    /// Its own uid, while it exists (`run_as = "per-vm"`).
+    _uid: Option<UidLease>,
 }
 
 impl QemuVm {
@@ -637,7 +702,7 @@ mod tests {
 
     fn args_of(rt: &QemuRuntime) -> Vec<String> {
         let cfg = launch_config();
-        rt.args(&cfg, &Paths::in_dir(&cfg.dir))
+        rt.args(&cfg, &Paths::in_dir(&cfg.dir), None)
             .into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect()
@@ -645,6 +710,38 @@ mod tests {
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
         args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    /// `run_as = "per-vm"`: each VM its own ids, the lowest free one, given back when the VM
+    /// goes; QEMU is told the numbers.
+    #[test]
+    fn each_vm_gets_its_own_ids_back_when_it_goes() {
+        let pool =
+            Arc::new(UidPool { range: 200_000..=200_002, used: std::sync::Mutex::default() });
+        let a = pool.lease().unwrap();
+        let b = pool.lease().unwrap();
+        assert_eq!((a.uid, b.uid), (200_000, 200_001));
+        let c = pool.lease().unwrap();
+        assert!(pool.lease().is_none(), "the range is used up");
+        drop(b);
+        assert_eq!(pool.lease().unwrap().uid, 200_001);
+        drop((a, c));
+        let rt = QemuRuntime::new(QemuSection::default(), KvmKind::Pvm);
+        assert!(rt.vm_uids.is_some(), "per-vm is the default");
+        let cfg = launch_config();
+        let user = RunAs { name: "200123:200123".into(), uid: 200_123, gid: 200_123 };
+        let args: Vec<String> = rt
+            .args(&cfg, &Paths::in_dir(&cfg.dir), Some(&user))
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(after(&args, "-runas"), ["200123:200123"]);
+        assert!(after(&args, "-sandbox")[0].contains("spawn=deny"));
+        // A bad range is refused when the configuration is read.
+        for bad in ["", "5-9", "300000-200000", "x-y"] {
+            let q = QemuSection { vm_uids: bad.into(), ..QemuSection::default() };
+            assert!(q.run_as_choice().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -689,7 +786,7 @@ mod tests {
             size_mib: 2048,
         });
         let a: Vec<String> = rt
-            .args(&cfg, &Paths::in_dir(&cfg.dir))
+            .args(&cfg, &Paths::in_dir(&cfg.dir), None)
             .into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
