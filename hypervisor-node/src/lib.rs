@@ -8,6 +8,7 @@
 //! - [`server`], [`run`], [`bench`]: the `serve`, `run` and `bench` commands;
 //! - [`kvm`]: what `/dev/kvm` is, and which accelerator and runtime follow from it.
 
+pub mod accounts;
 pub mod agent_link;
 pub mod api;
 pub mod bench;

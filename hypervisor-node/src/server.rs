@@ -192,27 +192,20 @@ fn bind_local_socket(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| setup("mode 0660", e))?;
     if let Some(name) = group {
-        let gid = group_id(name).ok_or_else(|| {
+        let gid = crate::accounts::group_id(name).ok_or_else(|| {
             ServeError::Setup(format!("node.local_socket_group: no group named {name:?}"))
         })?;
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| setup("chown", e))?;
+        // The group passes through the folder the socket is in (the VMs' display sockets are
+        // further down), and lists nothing.
+        if let Some(dir) = path.parent() {
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(|e| setup("chown", e))?;
+            let mode = std::fs::metadata(dir).map_err(|e| setup("its folder", e))?.permissions();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode.mode() | 0o010))
+                .map_err(|e| setup("its folder's mode", e))?;
+        }
     }
     Ok(listener)
-}
-
-/// Looks a group up in the group database.
-fn group_id(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is a valid value
-    // (null pointers), and getgrnam_r fills it before it is read.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r writes into `grp` and `buf` (sized as passed) and sets `out` to `&grp`
-    // or null; all pointers are valid for the call, and nothing is kept past it.
-    let r =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
-    (r == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
 /// The API's door: the broker (and monitoring) are its only callers, so the limits are wide; a

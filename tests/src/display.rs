@@ -40,7 +40,17 @@ impl DisplayProxy {
         node_socket: &std::path::Path,
         extra: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_inner(broker_url, node_socket, extra, None).await
+        Self::start_inner(broker_url, node_socket, extra, None, None).await
+    }
+
+    /// The same as user and group `id` (a number no account has): not root, reaching the node
+    /// only through what its group is given (`node.local_socket_group`).
+    pub async fn start_unprivileged(
+        broker_url: &str,
+        node_socket: &std::path::Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(broker_url, node_socket, "", None, Some(id)).await
     }
 
     /// The same on `https://`/`wss://` at `port` with `tls`'s certificate, trusting it for the
@@ -51,7 +61,7 @@ impl DisplayProxy {
         port: u16,
         tls: &crate::pki::TestTls,
     ) -> anyhow::Result<Self> {
-        Self::start_inner(broker_url, node_socket, "", Some((port, tls))).await
+        Self::start_inner(broker_url, node_socket, "", Some((port, tls)), None).await
     }
 
     async fn start_inner(
@@ -59,6 +69,7 @@ impl DisplayProxy {
         node_socket: &std::path::Path,
         extra: &str,
         tls: Option<(u16, &crate::pki::TestTls)>,
+        run_as: Option<u32>,
     ) -> anyhow::Result<Self> {
         let dir = TempDir::new("display");
         let port = tls.map_or_else(free_port, |(p, _)| p);
@@ -79,7 +90,17 @@ impl DisplayProxy {
         let path = dir.path().join("display.toml");
         std::fs::write(&path, config)?;
         let log = std::fs::File::create(dir.path().join("display.log"))?;
-        let child = Command::new(bin_path("atrium-display"))
+        let mut cmd = Command::new(bin_path("atrium-display"));
+        if let Some(id) = run_as {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            // Its configuration must be readable by it.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+            // std drops the supplementary groups when it drops root: only `id` is left.
+            cmd.uid(id).gid(id);
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info,atrium_display=debug")

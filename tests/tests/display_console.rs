@@ -131,3 +131,39 @@ async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyh
     .await?;
     Ok(())
 }
+
+/// The display proxy needs no root: run as a user and group of its own (a number no account
+/// has), it reaches the node's local socket and the VM's display socket through the group the
+/// node gives them (`node.local_socket_group`), and shows the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_display_proxy_runs_without_root_through_the_nodes_group() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "the_display_proxy_runs_without_root_through_the_nodes_group") {
+        return Ok(());
+    }
+    const PROXY_ID: u32 = 250_123;
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, &format!("local_socket_group = \"{PROXY_ID}\"")).await?;
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
+    ensure!(ready.state == VmState::Ready, "VM is {:?}: {:?}", ready.state, ready.error);
+
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let proxy =
+        DisplayProxy::start_unprivileged(&jwks.url(), &node.local_socket(), PROXY_ID).await?;
+    let pid = proxy.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    ensure!(uid.split_whitespace().skip(1).all(|u| u == PROXY_ID.to_string()), "{uid}");
+    let url = proxy.ws_url(&id, &issuer.ticket(&id, Capabilities::default()));
+    let mut viewer = DisplayViewer::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nproxy log:\n{}", proxy.log()))?;
+    viewer
+        .wait_until("console text", Duration::from_secs(60), |v| count_color(&v.rgb, GREY) > 2_000)
+        .await?;
+    Ok(())
+}

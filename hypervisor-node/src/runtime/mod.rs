@@ -156,7 +156,9 @@ pub fn available(
     kvm: atrium_protocol::node::KvmKind,
 ) -> Vec<Arc<dyn Runtime>> {
     let mut runtimes: Vec<Arc<dyn Runtime>> =
-        vec![Arc::new(qemu::QemuRuntime::new(config.qemu.clone(), kvm))];
+        vec![Arc::new(qemu::QemuRuntime::new(config.qemu.clone(), kvm).with_display_group(
+            config.node.local_socket_group.as_deref().and_then(crate::accounts::group_id),
+        ))];
     // The builtin VMM needs /dev/kvm (of any kind; it is the default only on hardware KVM).
     if kvm != atrium_protocol::node::KvmKind::Absent {
         match builtin::BuiltinRuntime::new(kvm) {

@@ -61,6 +61,8 @@ pub struct QemuRuntime {
     run_as: std::sync::OnceLock<Option<RunAs>>,
     /// With `run_as = "per-vm"`: the ids VMs run as now.
     vm_uids: Option<Arc<UidPool>>,
+    /// The display proxy's group (`node.local_socket_group`): it may connect to VNC sockets.
+    display_group: Option<u32>,
 }
 
 /// The user and group ids handed out to VMs (`run_as = "per-vm"`), one per running VM.
@@ -132,7 +134,14 @@ impl QemuRuntime {
             }
             _ => None,
         };
-        Self { cfg, accel, reason, run_as: std::sync::OnceLock::new(), vm_uids }
+        Self {
+            cfg,
+            accel,
+            reason,
+            run_as: std::sync::OnceLock::new(),
+            vm_uids,
+            display_group: None,
+        }
     }
 
     /// The user VMs drop to: `qemu.run_as`, created as a system user when missing, when the
@@ -185,6 +194,13 @@ impl QemuRuntime {
             .map_err(RuntimeError::io(format!("running {}", self.cfg.binary.display())))?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    /// Gives VMs' display sockets to group `gid` (the display proxy's).
+    #[must_use]
+    pub fn with_display_group(mut self, gid: Option<u32>) -> Self {
+        self.display_group = gid;
+        self
     }
 
     /// Who a new VM runs as: its own ids (`per-vm`), the shared user, or the node's user; with
@@ -437,7 +453,7 @@ impl QemuRuntime {
             _uid: uid_lease,
         };
         // QMP is up once QEMU has made its sockets (it starts paused, so nothing is missed).
-        match vm.connect_qmp().await {
+        match vm.connect_qmp().await.and_then(|()| self.open_display_to_group(&vm.paths)) {
             Ok(()) => Ok(Arc::new(vm)),
             Err(e) => {
                 let _ = vm.kill_now().await;
@@ -477,7 +493,23 @@ impl QemuRuntime {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        // Root's alone: QEMU opens it before it drops root, and no VM's user (whose folders
+        // others may pass through) can read another VM's disk.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(disk, std::fs::Permissions::from_mode(0o600))
+            .map_err(RuntimeError::io(format!("making {} private", disk.display())))?;
         Ok(())
+    }
+
+    /// Lets the display proxy's group connect to the VM's display socket (mode 0660), when the
+    /// node has one (`node.local_socket_group`); otherwise only root can.
+    fn open_display_to_group(&self, paths: &Paths) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(gid) = self.display_group else { return Ok(()) };
+        let what = format!("giving {} to the display group", paths.vnc.display());
+        std::os::unix::fs::chown(&paths.vnc, None, Some(gid)).map_err(RuntimeError::io(&what))?;
+        std::fs::set_permissions(&paths.vnc, std::fs::Permissions::from_mode(0o660))
+            .map_err(RuntimeError::io(what))
     }
 }
 
