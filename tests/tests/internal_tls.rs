@@ -15,6 +15,7 @@ use atrium_tests::display::DisplayProxy;
 use atrium_tests::node::{NodeProcess, console_image};
 use atrium_tests::pki::TestTls;
 use atrium_tests::slapd::Slapd;
+use atrium_tests::stack::create_pool;
 use atrium_tests::{Group, free_port, skip, wait_for};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -88,23 +89,8 @@ async fn with_tls_on_every_hop_a_desktop_is_served_and_signing_out_ends_its_view
     .map(|n| assert!(n[0]["api_url"].as_str().unwrap_or_default().starts_with("https://"), "{n}"))
     .with_context(|| format!("node log:\n{}", node.log()))?;
 
-    admin
-        .post_json(
-            "/api/v1/admin/pools",
-            json!({"name":"console","image":"console","vcpus":1,"memory_mib":256,"display":"1024x768","kind":"floating",
-                   "min_ready":1,"max_size":2,"idle_timeout_secs":600,"max_session_secs":3600}),
-            StatusCode::CREATED,
-        )
-        .await;
-    wait_for(
-        "a spare booted through the node's https:// API",
-        Duration::from_secs(240),
-        || async {
-            let p = admin.get_json("/api/v1/admin/pools/console", StatusCode::OK).await;
-            (p["counts"]["ready"] == 1).then_some(())
-        },
-    )
-    .await?;
+    // A spare booted through the node's https:// API.
+    create_pool(&admin, "console", "console", 1, "1024x768").await?;
 
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
