@@ -188,7 +188,15 @@ pub async fn verify_node_request(
     };
     let key = signed::node_public_key(&cred.public_key)
         .map_err(|e| ApiError::internal("a stored node key", e))?;
-    signed::verify(token, &key, BROKER_AUDIENCE, req, signed::now_secs(), 5).map_err(|e| {
+    signed::verify(
+        token,
+        &key,
+        BROKER_AUDIENCE,
+        req,
+        signed::now_secs(),
+        signed::CLOCK_LEEWAY_SECS,
+    )
+    .map_err(|e| {
         tracing::info!(node = %who.sub, reason = %e, "signed node request refused");
         ApiError::Unauthorized
     })?;

@@ -27,6 +27,8 @@ use thiserror::Error;
 pub const BROKER_AUDIENCE: &str = "atrium-broker";
 /// How long a signed request stays valid.
 pub const REQUEST_TTL_SECS: u64 = 60;
+/// Clock difference between two hosts that a signed request tolerates (keep them on NTP).
+pub const CLOCK_LEEWAY_SECS: u64 = 30;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest `sub` (a node id or "broker").
@@ -394,6 +396,23 @@ mod tests {
         );
         assert_eq!(
             verify(&token, &public, BROKER_AUDIENCE, &req(b"{}"), NOW - 60, 5),
+            Err(RequestAuthError::Expired)
+        );
+        // A signer whose clock is ahead by less than the leeway is believed; further, not.
+        let ahead = CLOCK_LEEWAY_SECS - 1;
+        assert!(
+            verify(&token, &public, BROKER_AUDIENCE, &req(b"{}"), NOW - ahead, CLOCK_LEEWAY_SECS)
+                .is_ok()
+        );
+        assert_eq!(
+            verify(
+                &token,
+                &public,
+                BROKER_AUDIENCE,
+                &req(b"{}"),
+                NOW - 2 * CLOCK_LEEWAY_SECS,
+                CLOCK_LEEWAY_SECS
+            ),
             Err(RequestAuthError::Expired)
         );
         let stranger = node_public_key(NodeKey::ephemeral().public()).unwrap();

@@ -97,7 +97,8 @@ impl BrokerCheck {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let req = signed::Request { method: parts.method.as_str(), path_and_query: path, body };
         let aud = signed::node_audience(&self.node);
-        signed::verify(token, &key, &aud, &req, signed::now_secs(), 5).is_ok()
+        signed::verify(token, &key, &aud, &req, signed::now_secs(), signed::CLOCK_LEEWAY_SECS)
+            .is_ok()
     }
 }
 

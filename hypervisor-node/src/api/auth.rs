@@ -91,7 +91,7 @@ impl Spent {
     fn spend(&self, jti: &str, exp: u64, now: u64) -> Result<(), RequestAuthError> {
         let mut seen = self.0.lock().expect("jti lock");
         if seen.len() >= MAX_SEEN {
-            seen.retain(|_, e| *e + 10 >= now);
+            seen.retain(|_, e| *e >= now);
         }
         if seen.contains_key(jti) {
             return Err(RequestAuthError::Claims("this request was already made".into()));
@@ -120,11 +120,11 @@ fn check(
     let signed_req = signed::Request { method: req.method.as_str(), path_and_query: path, body };
     let now = signed::now_secs();
     let aud = signed::node_audience(state.node.node_id());
-    let claims = signed::verify(token, &key, &aud, &signed_req, now, 5)?;
+    let claims = signed::verify(token, &key, &aud, &signed_req, now, signed::CLOCK_LEEWAY_SECS)?;
     if claims.sub != atrium_protocol::ticket::ISSUER {
         return Err(RequestAuthError::Claims("not signed by the broker".into()));
     }
-    state.spent.spend(&claims.jti, claims.exp + 5, now)
+    state.spent.spend(&claims.jti, claims.exp + signed::CLOCK_LEEWAY_SECS, now)
 }
 
 /// Refuses every `/api/v1` request that is not signed by the broker for this node. The body is
