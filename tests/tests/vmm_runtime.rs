@@ -27,7 +27,10 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
     let dir = tmp.path().join("vm");
     std::fs::create_dir_all(&dir)?;
     let layer = dir.join("home.raw");
-    let runtime = BuiltinRuntime::with_program(atrium_node::kvm::detect(), bin_path("atrium-node"));
+    // The display proxy's group (a number no account has) is given the display socket.
+    const DISPLAY_GROUP: u32 = 250_124;
+    let runtime = BuiltinRuntime::with_program(atrium_node::kvm::detect(), bin_path("atrium-node"))
+        .with_display_group(Some(DISPLAY_GROUP));
     let vm = runtime
         .launch(LaunchConfig {
             id: "vm-00000000000000aa".into(),
@@ -57,6 +60,13 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
         anyhow::bail!("display endpoint {:?}", vm.endpoints().display);
     };
     assert!(std::path::Path::new(path).exists());
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let socket = std::fs::metadata(path)?;
+        assert_eq!((socket.gid(), socket.permissions().mode() & 0o777), (DISPLAY_GROUP, 0o660));
+        let folder = std::fs::metadata(&dir)?.permissions().mode();
+        assert_eq!(folder & 0o011, 0o011, "the group passes through the VM's folder");
+    }
     let frame = vm.screenshot().await?;
     assert_eq!((frame.width, frame.height, frame.rgb.len()), (800, 600, 800 * 600 * 3));
 

@@ -60,6 +60,8 @@ pub struct BuiltinRuntime {
     kvm: KvmKind,
     /// This program: it runs each VM as `atrium-node vmm`.
     exe: PathBuf,
+    /// The display proxy's group (`node.local_socket_group`): it may connect to display sockets.
+    display_group: Option<u32>,
 }
 
 impl BuiltinRuntime {
@@ -70,7 +72,15 @@ impl BuiltinRuntime {
 
     /// Runs VMs with `program vmm --config ...` (an `atrium-node` binary; tests use this).
     pub fn with_program(kvm: KvmKind, program: PathBuf) -> Self {
-        Self { kvm, exe: program }
+        Self { kvm, exe: program, display_group: None }
+    }
+
+    /// Gives VMs' display sockets to group `gid` (the display proxy's), and lets it pass
+    /// through their folders.
+    #[must_use]
+    pub fn with_display_group(mut self, gid: Option<u32>) -> Self {
+        self.display_group = gid;
+        self
     }
 
     /// The VMM's configuration for a launch.
@@ -157,13 +167,34 @@ impl BuiltinRuntime {
             exit: exit_rx,
             layer: cfg.disk.as_ref().filter(|d| !d.keep).map(|d| d.layer.clone()),
         };
-        match vm.wait_ready().await {
+        let shared = vm.wait_ready().await.and_then(|()| self.open_display_to_group(&vm.paths));
+        match shared {
             Ok(()) => Ok(Arc::new(vm)),
             Err(e) => {
                 let _ = vm.kill_now().await;
                 Err(e)
             }
         }
+    }
+}
+
+impl BuiltinRuntime {
+    /// With a display group: the socket 0660 in that group, and its folder (and the folder of
+    /// all VMs) passable, not listable, by others.
+    fn open_display_to_group(&self, paths: &Paths) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(gid) = self.display_group else { return Ok(()) };
+        let what = format!("giving {} to the display group", paths.display.display());
+        let dir = paths.display.parent().map(Path::to_path_buf).unwrap_or_default();
+        for d in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
+            let mode = std::fs::metadata(d).map_err(RuntimeError::io(&what))?.permissions().mode();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011))
+                .map_err(RuntimeError::io(&what))?;
+        }
+        std::os::unix::fs::chown(&paths.display, None, Some(gid))
+            .map_err(RuntimeError::io(&what))?;
+        std::fs::set_permissions(&paths.display, std::fs::Permissions::from_mode(0o660))
+            .map_err(RuntimeError::io(what))
     }
 }
 
@@ -426,7 +457,7 @@ mod tests {
     #[test]
     fn the_vmm_config_follows_the_launch() {
         let dir = Path::new("/vms/vm-1");
-        let rt = BuiltinRuntime { kvm: KvmKind::Vmx, exe: "/x".into() };
+        let rt = BuiltinRuntime::with_program(KvmKind::Vmx, "/x".into());
         let disk = DiskConfig {
             base: "/img/home.raw".into(),
             base_format: DiskFormat::Raw,
@@ -446,7 +477,7 @@ mod tests {
         let BootSource::Kernel { cmdline, .. } = &c.boot else { panic!("kernel boot") };
         assert_eq!(cmdline, "console=ttyS0");
         // On PVM the emulator's gaps are worked around; qcow2 bases are refused.
-        let pvm = BuiltinRuntime { kvm: KvmKind::Pvm, exe: "/x".into() };
+        let pvm = BuiltinRuntime::with_program(KvmKind::Pvm, "/x".into());
         let c = pvm.vmm_config(&launch(dir, None), &Paths::in_dir(dir)).expect("valid");
         let BootSource::Kernel { cmdline, .. } = &c.boot else { panic!("kernel boot") };
         assert!(cmdline.ends_with(PVM_CMDLINE));

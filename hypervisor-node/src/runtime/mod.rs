@@ -155,14 +155,15 @@ pub fn available(
     config: &crate::config::NodeConfig,
     kvm: atrium_protocol::node::KvmKind,
 ) -> Vec<Arc<dyn Runtime>> {
-    let mut runtimes: Vec<Arc<dyn Runtime>> =
-        vec![Arc::new(qemu::QemuRuntime::new(config.qemu.clone(), kvm).with_display_group(
-            config.node.local_socket_group.as_deref().and_then(crate::accounts::group_id),
-        ))];
+    let display_group =
+        config.node.local_socket_group.as_deref().and_then(crate::accounts::group_id);
+    let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(
+        qemu::QemuRuntime::new(config.qemu.clone(), kvm).with_display_group(display_group),
+    )];
     // The builtin VMM needs /dev/kvm (of any kind; it is the default only on hardware KVM).
     if kvm != atrium_protocol::node::KvmKind::Absent {
         match builtin::BuiltinRuntime::new(kvm) {
-            Ok(b) => runtimes.push(Arc::new(b)),
+            Ok(b) => runtimes.push(Arc::new(b.with_display_group(display_group))),
             Err(e) => tracing::warn!(error = %e, "the builtin runtime is not available"),
         }
     }
