@@ -150,8 +150,14 @@ pub async fn run(
     let max_backoff = Duration::from_secs(cfg.max_backoff_secs);
     let mut backoff = Duration::from_secs(1);
     let mut connected = false;
+    // Set by an enrolment the broker accepted, until the next heartbeat's answer: a heartbeat
+    // refused right after enrolling (clocks apart, a proxy rewriting the path) backs off like
+    // any failure rather than enrolling again at once, in a loop.
+    let mut just_enrolled = false;
     loop {
-        let failure = match send_once(&broker, &key, &node).await {
+        let sent = send_once(&broker, &key, &node).await;
+        let retry_enrolment = !std::mem::take(&mut just_enrolled);
+        let failure = match sent {
             Ok(reply) => {
                 if !connected {
                     tracing::info!(broker = %base, interval = reply.interval_secs, "registered with the broker");
@@ -163,11 +169,16 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(reply.interval_secs.clamp(1, 300))).await;
                 continue;
             }
+            Err(Failure::NotEnrolled(why)) if !retry_enrolment => format!(
+                "{why}; the broker refuses this node's signature right after enrolling it: \
+                 check that the clocks agree and that nothing rewrites the broker's path"
+            ),
             Err(Failure::NotEnrolled(why)) => match &enrolment {
                 Some(token) => match enrol(&broker, &key, token, &node).await {
                     Ok(r) => {
                         tracing::info!(broker = %base, max_vcpus = r.max_vcpus, max_memory_mib = r.max_memory_mib,
                             "enrolled with the broker");
+                        just_enrolled = true;
                         continue;
                     }
                     Err(e) => format!("enrolment refused: {e}"),
@@ -331,6 +342,58 @@ mod tests {
         assert!(format!("{broker_keys:?}").contains("k1"), "{broker_keys:?}");
         task.abort();
         server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A broker that accepts the enrolment but refuses every heartbeat (clocks apart, say): the
+    /// node backs off, it does not enrol again and again in a loop.
+    #[tokio::test]
+    async fn a_heartbeat_refused_right_after_enrolling_backs_off() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let enrolments = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&enrolments);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/nodes/enrol",
+                post(move |Json(req): Json<EnrolRequest>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        Json(EnrolReply {
+                            node_id: req.node_id,
+                            max_vcpus: req.vcpus_total,
+                            max_memory_mib: req.memory_mib_total,
+                        })
+                    }
+                }),
+            )
+            .route("/api/v1/nodes/heartbeat", post(|| async { StatusCode::UNAUTHORIZED }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+        let dir = std::env::temp_dir().join(format!("atrium-hb-loop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = NodeConfig::default();
+        config.node.id = Some("node-8".into());
+        config.node.state_dir = dir.join("state");
+        config.node.images_dir = dir.join("images");
+        config.node.display_url = Some("ws://127.0.0.1:7443".into());
+        config.cgroup.enabled = false;
+        config.broker.url = Some(format!("http://{addr}"));
+        config.broker.max_backoff_secs = 2;
+        let node =
+            VmManager::new(config, KvmKind::Absent, vec![], RuntimeKind::Qemu).expect("manager");
+        let task = tokio::spawn(run(
+            node,
+            Arc::new(NodeKey::ephemeral()),
+            Some(Secret::new("atrium-enrol-test")),
+            Arc::new(BrokerKeys::default()),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        task.abort();
+        server.abort();
+        let n = enrolments.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&n), "{n} enrolments in 3 s");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
