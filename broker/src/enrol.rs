@@ -5,7 +5,7 @@
 //! broker decides which node is speaking.
 
 use atrium_protocol::node::{Capacity, EnrolReply, EnrolRequest, validate_name};
-use atrium_protocol::signed::{self, BROKER_AUDIENCE, Request};
+use atrium_protocol::signed::{self, BROKER_AUDIENCE};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -171,13 +171,16 @@ pub async fn enrol(st: &AppState, req: &EnrolRequest) -> ApiResult<EnrolReply> {
 }
 
 /// Which node signed this request: the signature must verify under the key the node named in
-/// `sub` enrolled with, and bind this method, path and body. A node never enrolled (or revoked)
+/// `sub` enrolled with, and bind this method and path ([`signed::verify_head`]; the caller then
+/// checks the body with [`signed::RequestClaims::check_body`], once it has read it, so nobody
+/// without a valid signature makes the broker read a body). A node never enrolled (or revoked)
 /// gets a 401 that says so, so that it knows to enrol.
 pub async fn verify_node_request(
     st: &AppState,
     authorization: Option<&str>,
-    req: &Request<'_>,
-) -> ApiResult<NodeCredential> {
+    method: &str,
+    path_and_query: &str,
+) -> ApiResult<(NodeCredential, signed::RequestClaims)> {
     let token = signed::bearer(authorization).map_err(|_| ApiError::Unauthorized)?;
     let who = signed::peek(token).map_err(|_| ApiError::Unauthorized)?;
     if validate_name("sub", &who.sub, 128).is_err() {
@@ -188,19 +191,21 @@ pub async fn verify_node_request(
     };
     let key = signed::node_public_key(&cred.public_key)
         .map_err(|e| ApiError::internal("a stored node key", e))?;
-    signed::verify(
+    let now = signed::now_secs();
+    let claims = signed::verify_head(
         token,
         &key,
         BROKER_AUDIENCE,
-        req,
-        signed::now_secs(),
+        method,
+        path_and_query,
+        now,
         signed::CLOCK_LEEWAY_SECS,
     )
     .map_err(|e| {
         tracing::info!(node = %who.sub, reason = %e, "signed node request refused");
         ApiError::Unauthorized
     })?;
-    Ok(cred)
+    Ok((cred, claims))
 }
 
 /// Caps what a node reports at what it enrolled with: placement never believes a node (whose

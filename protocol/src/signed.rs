@@ -194,6 +194,22 @@ pub fn verify(
     now: u64,
     leeway: u64,
 ) -> Result<RequestClaims, RequestAuthError> {
+    let c = verify_head(token, key, aud, req.method, req.path_and_query, now, leeway)?;
+    c.check_body(req.body)?;
+    Ok(c)
+}
+
+/// Everything [`verify`] checks but the body: what a receiver checks before it reads a body,
+/// so that nobody without a valid signature makes it read one. Then [`RequestClaims::check_body`].
+pub fn verify_head(
+    token: &str,
+    key: &DecodingKey,
+    aud: &str,
+    method: &str,
+    path_and_query: &str,
+    now: u64,
+    leeway: u64,
+) -> Result<RequestClaims, RequestAuthError> {
     use jsonwebtoken::errors::ErrorKind;
     peek(token)?;
     let mut v = Validation::new(Algorithm::EdDSA);
@@ -217,16 +233,20 @@ pub fn verify(
     if now > c.exp + leeway || c.iat > now + leeway {
         return Err(RequestAuthError::Expired);
     }
-    if !c.htm.eq_ignore_ascii_case(req.method)
-        || c.htu != req.path_and_query
-        || c.bh != body_hash(req.body)
-    {
+    if !c.htm.eq_ignore_ascii_case(method) || c.htu != path_and_query {
         return Err(RequestAuthError::OtherRequest);
     }
     if c.jti.is_empty() || c.jti.len() > 64 {
         return Err(RequestAuthError::Claims("bad jti".into()));
     }
     Ok(c)
+}
+
+impl RequestClaims {
+    /// Whether `body` is the body these claims were signed for.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), RequestAuthError> {
+        if self.bh == body_hash(body) { Ok(()) } else { Err(RequestAuthError::OtherRequest) }
+    }
 }
 
 /// Why a node key could not be loaded or made.

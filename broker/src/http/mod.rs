@@ -365,6 +365,15 @@ mod tests {
             let resp = app.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth:?} {body}");
         }
+        // Nor is a body read for a caller without a signature: 9 MiB (over the heartbeat's
+        // limit) unsigned is a 401, not a "too large".
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/nodes/heartbeat")
+            .header("authorization", "Bearer not.a.signature")
+            .body(Body::from(vec![b'x'; 9 << 20]))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
         // The web client is served with a strict content security policy.
         let resp =
             app.oneshot(Request::builder().uri("/").body(Body::empty()).unwrap()).await.unwrap();

@@ -4,7 +4,6 @@
 use atrium_protocol::node::{
     EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
 };
-use atrium_protocol::signed::Request as SignedRequest;
 use axum::Json;
 use axum::extract::{FromRequest, State};
 use utoipa_axum::router::OpenApiRouter;
@@ -38,15 +37,16 @@ impl FromRequest<AppState> for SignedByNode {
 
     async fn from_request(req: axum::extract::Request, st: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| {
-            ApiError::BadRequest(format!("the body exceeds {MAX_HEARTBEAT_BYTES} bytes"))
-        })?;
         let auth =
             parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let req =
-            SignedRequest { method: parts.method.as_str(), path_and_query: path, body: &body };
-        let node = enrol::verify_node_request(st, auth, &req).await?;
+        // The signature first: a caller without one gets its 401 before its body is read.
+        let (node, claims) =
+            enrol::verify_node_request(st, auth, parts.method.as_str(), path).await?;
+        let body = axum::body::to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| {
+            ApiError::BadRequest(format!("the body exceeds {MAX_HEARTBEAT_BYTES} bytes"))
+        })?;
+        claims.check_body(&body).map_err(|_| ApiError::Unauthorized)?;
         Ok(Self { node, body })
     }
 }

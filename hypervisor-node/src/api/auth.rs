@@ -104,12 +104,12 @@ impl Spent {
     }
 }
 
-/// Checks that `req` (with its whole `body`) was signed by the broker for this node.
-fn check(
+/// Checks that `req` was signed by the broker for this node, this method and this path, and
+/// spends its id; the body is checked against the returned claims once it is read.
+fn check_head(
     state: &AppState,
     req: &axum::http::request::Parts,
-    body: &[u8],
-) -> Result<(), RequestAuthError> {
+) -> Result<signed::RequestClaims, RequestAuthError> {
     let auth = req.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = signed::bearer(auth)?;
     let kid = signed::peek(token)?.kid.ok_or(RequestAuthError::UnknownKey)?;
@@ -117,30 +117,40 @@ fn check(
     // Under `nest("/api/v1")` the URI has lost its prefix; what was signed is the original.
     let uri = req.extensions.get::<axum::extract::OriginalUri>().map_or(&req.uri, |o| &o.0);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let signed_req = signed::Request { method: req.method.as_str(), path_and_query: path, body };
     let now = signed::now_secs();
     let aud = signed::node_audience(state.node.node_id());
-    let claims = signed::verify(token, &key, &aud, &signed_req, now, signed::CLOCK_LEEWAY_SECS)?;
+    let claims = signed::verify_head(
+        token,
+        &key,
+        &aud,
+        req.method.as_str(),
+        path,
+        now,
+        signed::CLOCK_LEEWAY_SECS,
+    )?;
     if claims.sub != atrium_protocol::ticket::ISSUER {
         return Err(RequestAuthError::Claims("not signed by the broker".into()));
     }
-    state.spent.spend(&claims.jti, claims.exp + signed::CLOCK_LEEWAY_SECS, now)
+    state.spent.spend(&claims.jti, claims.exp + signed::CLOCK_LEEWAY_SECS, now)?;
+    Ok(claims)
 }
 
-/// Refuses every `/api/v1` request that is not signed by the broker for this node. The body is
-/// read (up to [`MAX_BODY`]) to check its hash, then handed on.
+/// Refuses every `/api/v1` request that is not signed by the broker for this node: the
+/// signature is checked before the body is read (up to [`MAX_BODY`]), then the body's hash.
 pub async fn require_broker(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
+    let refused = |e: RequestAuthError, parts: &axum::http::request::Parts| {
+        tracing::info!(method = %parts.method, path = %parts.uri.path(), reason = %e, "node API call refused");
+        ApiError::Unauthorized(e.to_string())
+    };
+    let claims = check_head(&state, &parts).map_err(|e| refused(e, &parts))?;
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::bad_request(format!("the body exceeds {MAX_BODY} bytes"), None))?;
-    if let Err(e) = check(&state, &parts, &bytes) {
-        tracing::info!(method = %parts.method, path = %parts.uri.path(), reason = %e, "node API call refused");
-        return Err(ApiError::Unauthorized(e.to_string()));
-    }
+    claims.check_body(&bytes).map_err(|e| refused(e, &parts))?;
     Ok(next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await)
 }

@@ -141,6 +141,10 @@ async fn every_api_call_must_be_signed_by_the_broker_for_this_node_and_this_requ
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with {token:.40}");
         }
     }
+    // No body is read for a caller without a signature: 5 MiB (over the limit) is a 401.
+    let big = "x".repeat(5 << 20);
+    let (status, _) = call(&f.app, "POST", "/api/v1/vms", Some("not.a.signature"), &big).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = f.call("GET", "/api/v1/vms", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, b"[]");
