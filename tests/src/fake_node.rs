@@ -318,6 +318,16 @@ impl FakeNode {
         Ok(Self { id: id.to_owned(), addr, state, server, heartbeat })
     }
 
+    /// Starts the stand-in on `broker`, enrolled with a token from `atrium-broker enrol-token`
+    /// for `id`.
+    pub async fn enrolled(
+        broker: &crate::broker::Broker,
+        id: &str,
+        memory_mib_total: u64,
+    ) -> anyhow::Result<Self> {
+        Self::start(&broker.url, &broker.enrolment_token(id)?, id, memory_mib_total).await
+    }
+
     pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
         f(&mut self.state.lock().expect("lock"))
     }

@@ -63,10 +63,7 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
-            .await
-            .unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("general", "floating", 2, 4), StatusCode::CREATED)
         .await;
@@ -173,10 +170,7 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
-            .await
-            .unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     node.with(|s| s.ready_after = Duration::from_secs(2));
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("small", "floating", 0, 1), StatusCode::CREATED).await;
@@ -225,10 +219,7 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
 
     // The node goes silent: it is marked lost and its desktops fail; alice's next connect
     // gives her a new desktop on a node that is up.
-    let node_b =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-b").unwrap(), "node-b", 8192)
-            .await
-            .unwrap();
+    let node_b = FakeNode::enrolled(&broker, "node-b", 8192).await.unwrap();
     node.with(|s| s.heartbeating = false);
     wait_for("node-a to be lost", Duration::from_secs(20), || async {
         let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
@@ -263,10 +254,7 @@ async fn dedicated_desktops_stay_with_their_user() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
-            .await
-            .unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 1, 3), StatusCode::CREATED).await;
     wait_ready_spares(&a, "mine", 1).await;
@@ -455,10 +443,7 @@ async fn concurrent_connects(database_url: Option<String>) {
     opts.database_url = database_url;
     opts.extra_toml = "[login]\nmax_failures_per_address = 10000\n".into();
     let broker = Broker::start(opts).await.unwrap();
-    let _node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 1 << 20)
-            .await
-            .unwrap();
+    let _node = FakeNode::enrolled(&broker, "node-a", 1 << 20).await.unwrap();
     let a = admin(&broker).await;
     a.post_json(
         "/api/v1/admin/pools",
@@ -546,10 +531,7 @@ async fn placement_honours_vcpus_and_a_refusing_node_is_left_alone_for_a_while()
     let slapd = Slapd::start().unwrap();
     let users = slapd.add_users("cpu", 3).unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 65536)
-            .await
-            .unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 65536).await.unwrap();
     node.with(|s| s.vcpus_total = 2);
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("cpu", "floating", 0, 8), StatusCode::CREATED).await;
@@ -607,10 +589,7 @@ async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("node-a").unwrap(), "node-a", 8192)
-            .await
-            .unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let a = admin(&broker).await;
     a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 0, 3), StatusCode::CREATED).await;
     wait_for("the node", Duration::from_secs(10), || async {
@@ -667,9 +646,7 @@ async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_
     opts.extra_toml =
         format!("[sessions]\nkeys_dir = {:?}\n", data.path().join("keys").display().to_string());
     let b1 = Broker::start(opts.clone()).await.unwrap();
-    let node = FakeNode::start(&b1.url, &b1.enrolment_token("node-a").unwrap(), "node-a", 8192)
-        .await
-        .unwrap();
+    let node = FakeNode::enrolled(&b1, "node-a", 8192).await.unwrap();
     let a = admin(&b1).await;
     a.post_json("/api/v1/admin/pools", pool("p", "floating", 2, 2), StatusCode::CREATED).await;
     wait_ready_spares(&a, "p", 2).await;

@@ -98,14 +98,7 @@ async fn three_replicas_start_at_once_and_act_as_one_broker() {
     for b in brokers.iter() {
         assert_eq!(status(&format!("{}/readyz", b.url)).await, Some(200), "{}", b.log());
     }
-    let node = FakeNode::start(
-        &brokers[0].url,
-        &brokers[0].enrolment_token("node-a").unwrap(),
-        "node-a",
-        16384,
-    )
-    .await
-    .unwrap();
+    let node = FakeNode::enrolled(&brokers[0], "node-a", 16384).await.unwrap();
     let mut admin = brokers[1].client();
     admin.login_ok("carol", "carol-pw").await;
     admin.post_json("/api/v1/admin/pools", pool("shared", 2), StatusCode::CREATED).await;
@@ -184,14 +177,7 @@ async fn a_pass_longer_than_the_lease_keeps_it() {
     let brokers = &replicas.brokers;
     // A slow node: each VM takes 4 s to create, and a pass provisions three spares one after
     // another, so one pass lasts about 12 s, beyond the lease's 10 s.
-    let node = FakeNode::start(
-        &brokers[0].url,
-        &brokers[0].enrolment_token("node-a").unwrap(),
-        "node-a",
-        16384,
-    )
-    .await
-    .unwrap();
+    let node = FakeNode::enrolled(&brokers[0], "node-a", 16384).await.unwrap();
     node.with(|s| s.create_delay = Duration::from_secs(4));
     let mut admin = brokers[0].client();
     admin.login_ok("carol", "carol-pw").await;
@@ -261,14 +247,7 @@ async fn postgresql_restarted_under_load_loses_and_doubles_no_assignment() {
     let replicas = Replicas::start(2).await;
     let (brokers, pg) = (&replicas.brokers, &replicas.pg);
     let users = replicas.slapd.add_users("pgload", 6).unwrap();
-    let _node = FakeNode::start(
-        &brokers[0].url,
-        &brokers[0].enrolment_token("node-a").unwrap(),
-        "node-a",
-        65536,
-    )
-    .await
-    .unwrap();
+    let _node = FakeNode::enrolled(&brokers[0], "node-a", 65536).await.unwrap();
     let mut admin = brokers[0].client();
     admin.login_ok("carol", "carol-pw").await;
     let mut p = pool("busy", 2);

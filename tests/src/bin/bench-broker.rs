@@ -204,9 +204,7 @@ async fn main() -> anyhow::Result<()> {
     println!("broker sign-ins/s ({CONCURRENCY} clients):           {via:?}");
 
     // Connect latency with a warm pool: each user takes a ready spare.
-    let _node =
-        FakeNode::start(&broker.url, &broker.enrolment_token("bench-node")?, "bench-node", 1 << 20)
-            .await?;
+    let _node = FakeNode::enrolled(&broker, "bench-node", 1 << 20).await?;
     let mut admin = broker.client();
     admin.login_ok("carol", "carol-pw").await;
     let spares = 40;
