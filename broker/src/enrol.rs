@@ -115,18 +115,16 @@ pub async fn create_from_cli(
     .await
     .map_err(|e| format!("database: {e}"))?;
     let created = create(&db, "cli", input).await.map_err(|e| e.to_string())?;
-    let event = crate::db::AuditEvent {
-        id: uuid::Uuid::new_v4().to_string(),
-        at: now_ms(),
-        actor: "cli".into(),
-        action: "node.enrolment_create".into(),
-        target: created.id.clone(),
-        outcome: "success".into(),
-        client_addr: String::new(),
-        details:
-            serde_json::json!({ "node_id": created.node_id, "expires_at": created.expires_at })
-                .to_string(),
-    };
+    let details =
+        serde_json::json!({ "node_id": created.node_id, "expires_at": created.expires_at });
+    let event = crate::db::AuditEvent::now(
+        "cli",
+        "node.enrolment_create",
+        &created.id,
+        "success",
+        String::new(),
+        &details,
+    );
     db.insert_audit(db.pool(), &event).await.map_err(|e| format!("audit: {e}"))?;
     Ok(created)
 }

@@ -32,16 +32,7 @@ pub async fn audit(
     addr: IpAddr,
     details: serde_json::Value,
 ) {
-    let e = AuditEvent {
-        id: uuid::Uuid::new_v4().to_string(),
-        at: now_ms(),
-        actor: printable(actor, 256),
-        action: action.to_owned(),
-        target: printable(target, 512),
-        outcome: outcome.to_owned(),
-        client_addr: addr.to_string(),
-        details: details.to_string(),
-    };
+    let e = AuditEvent::now(actor, action, target, outcome, addr.to_string(), &details);
     if let Err(err) = st.db.insert_audit(st.db.pool(), &e).await {
         tracing::error!(error = %err, action, "could not write an audit event");
     }

@@ -35,6 +35,30 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+impl AuditEvent {
+    /// An event happening now, with a fresh id; who and on what are made printable and cut.
+    pub fn now(
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        client_addr: String,
+        details: &serde_json::Value,
+    ) -> Self {
+        use atrium_protocol::text::printable;
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            at: super::now_ms(),
+            actor: printable(actor, 256),
+            action: action.to_owned(),
+            target: printable(target, 512),
+            outcome: outcome.to_owned(),
+            client_addr,
+            details: details.to_string(),
+        }
+    }
+}
+
 impl Db {
     pub async fn insert_audit<'c, E>(&self, exec: E, e: &AuditEvent) -> DbResult<()>
     where
