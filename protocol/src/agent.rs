@@ -103,10 +103,17 @@ pub fn encode_line<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Splits a byte stream into lines, bounded: a line longer than [`MAX_LINE`] is dropped whole
 /// (and reported once as `Err`), never buffered without limit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineReader {
     buf: Vec<u8>,
     discarding: bool,
+    limit: usize,
+}
+
+impl Default for LineReader {
+    fn default() -> Self {
+        Self::with_limit(MAX_LINE)
+    }
 }
 
 /// One item out of [`LineReader::push`].
@@ -121,12 +128,17 @@ impl LineReader {
         Self::default()
     }
 
+    /// A reader whose lines are shorter than `limit` bytes (the protocol's is [`MAX_LINE`]).
+    pub fn with_limit(limit: usize) -> Self {
+        Self { buf: Vec::new(), discarding: false, limit }
+    }
+
     /// Feeds bytes; returns the lines completed by them.
     pub fn push(&mut self, mut data: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         while let Some(pos) = data.iter().position(|&b| b == b'\n') {
             let (head, rest) = data.split_at(pos);
-            if self.discarding || self.buf.len() + head.len() >= MAX_LINE {
+            if self.discarding || self.buf.len() + head.len() >= self.limit {
                 if !self.discarding {
                     out.push(Line::TooLong);
                 }
@@ -139,7 +151,7 @@ impl LineReader {
             data = &rest[1..];
         }
         if !self.discarding {
-            if self.buf.len() + data.len() >= MAX_LINE {
+            if self.buf.len() + data.len() >= self.limit {
                 self.buf.clear();
                 self.discarding = true;
                 out.push(Line::TooLong);
