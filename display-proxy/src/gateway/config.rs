@@ -107,7 +107,18 @@ impl GatewayConfig {
 
     /// The same with these variables (tests).
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let cfg: Self = atrium_protocol::config::load(Some(path), ENV, env)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_text(path, &text, env)
+    }
+
+    /// A file's text (`origin` names it in errors) with these variables applied, checked.
+    pub fn from_text(
+        origin: &Path,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let cfg: Self = atrium_protocol::config::from_text(origin, text, ENV, env)?;
         cfg.validate()?;
         Ok(cfg)
     }
