@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh [--skip GROUP[,GROUP...]] [-- NEXTEST ARGS...]
 #
-# Groups that need something from the machine: ldap, postgres, qemu, kvm, browser, containers.
+# Groups that need something from the machine: ldap, postgres, qemu, kvm, browser, containers;
+# and fuzz: every fuzz target for a minute (scripts/fuzz.sh, nightly toolchain and cargo-fuzz).
 # A test in a group that is not skipped and lacks its prerequisite fails; a skipped group
 # is printed by every test it skips. Downloads and guest images are cached under
 # ~/.cache/atrium (keyed by content), so a second run is fast.
@@ -31,6 +32,7 @@ step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
@@ -42,6 +44,15 @@ prepare_test_images
 step "tests"
 export ATRIUM_TEST_ARTIFACTS="$PWD/tests/artifacts"
 mkdir -p "$ATRIUM_TEST_ARTIFACTS"
-cargo nextest run --workspace --locked --no-fail-fast "${nextest_args[@]}"
+tests_status=0
+cargo nextest run --workspace --locked --no-fail-fast "${nextest_args[@]}" || tests_status=$?
+
+step "fuzz"
+if [[ ",$skip," == *",fuzz,"* ]]; then
+  echo "test: SKIPPED fuzz (skipped by request: --skip fuzz)"
+else
+  scripts/fuzz.sh --seconds 60 --jobs 2
+fi
+[ "$tests_status" = 0 ] || { echo "test: some tests failed (above)" >&2; exit "$tests_status"; }
 
 step "done"

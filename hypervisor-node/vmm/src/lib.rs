@@ -9,6 +9,9 @@ pub mod config;
 pub mod control;
 pub mod display_client;
 pub mod firmware;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm_kind;
 
 mod acpi;

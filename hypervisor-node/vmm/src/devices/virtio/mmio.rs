@@ -142,12 +142,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &mut self.device
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub fn status(&self) -> u32 {
         self.status
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
     }
