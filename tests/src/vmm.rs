@@ -119,6 +119,23 @@ impl VmmGuest {
         std::fs::read_to_string(self.dir.path().join("vmm.log")).unwrap_or_default()
     }
 
+    /// Each thread of the VMM process: its name and its seccomp mode (0 none, 2 filtered),
+    /// from `/proc/PID/task/*/status`.
+    pub fn thread_seccomp(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        let pid = self.child.as_ref().context("the VMM has exited")?.id();
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            let field = |name: &str| {
+                status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("")
+            };
+            let mode = field("Seccomp:").parse().context("the Seccomp: line")?;
+            out.push((field("Name:").to_owned(), mode));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Waits until the serial log contains `needle`; fails early if the VMM exits.
     pub fn wait_serial(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         let start = Instant::now();

@@ -2,7 +2,7 @@
 //! visible through the display channel, the dirty bitmap covers exactly the pages drawn,
 //! injected keys and pointer events come back, the agent answers, the disks read and write
 //! (and the read-only base refuses writes), and the VM stops cleanly on request and when the
-//! guest powers off, resets or faults.
+//! guest powers off, resets or faults. Every thread of the VMM runs under a seccomp filter.
 
 use std::time::Duration;
 
@@ -82,6 +82,14 @@ fn firmware_draws_reads_input_and_answers_the_agent() -> anyhow::Result<()> {
     assert_eq!(agent.recv()?, AgentMessage::Ready);
     agent.send(&HostMessage::Ping { id: 4242 })?;
     assert_eq!(agent.recv()?, AgentMessage::Pong { id: 4242 });
+
+    // Every thread of the VMM runs under its seccomp filter (the filters' contents are unit
+    // tests in atrium-vmm: what a thread may not call kills the process).
+    let threads = vm.thread_seccomp()?;
+    for name in ["vcpu0", "devices", "control"] {
+        assert!(threads.iter().any(|(n, _)| n == name), "no {name} thread: {threads:?}");
+    }
+    assert!(threads.iter().all(|&(_, mode)| mode == 2), "unfiltered threads: {threads:?}");
 
     // Control: status names the KVM kind; metrics count what happened.
     match vm.control(&ControlRequest::Status)? {

@@ -398,6 +398,8 @@ impl Vmm {
                     info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), ms = started.elapsed().as_millis(), "VM running");
                     VmState::Running
                 };
+                // Every thread of the VM has its filter from here on.
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Main);
                 let main = MainLoop {
                     config: &config,
                     kind,

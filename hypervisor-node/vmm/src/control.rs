@@ -104,6 +104,7 @@ fn serve(listener: &UnixListener, exit: &EventFd, to_main: &Sender<VmmMessage>) 
             return;
         }
     };
+    crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Control);
     let mut events = [EpollEvent::default(); 2];
     loop {
         let n = match epoll.wait(-1, &mut events) {

@@ -111,6 +111,7 @@ impl EventLoop {
     }
 
     fn run(mut self) {
+        crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Devices);
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {

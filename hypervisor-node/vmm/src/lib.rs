@@ -24,6 +24,7 @@ mod event_loop;
 mod layout;
 mod memory;
 mod metrics;
+mod seccomp;
 mod vcpu;
 
 use serde::{Deserialize, Serialize};

@@ -158,6 +158,7 @@ impl Vcpu {
 
     fn run_thread(mut self) {
         KVM_RUN.with(|c| c.set(std::ptr::from_mut(self.fd.get_kvm_run())));
+        crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Vcpu);
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         enum State {
             Paused,
