@@ -42,6 +42,16 @@ impl BrokerOptions {
     }
 }
 
+/// The body of `POST /api/v1/admin/pools` for a console pool of `kind` (`floating` or
+/// `dedicated`).
+pub fn pool_json(name: &str, kind: &str, min_ready: u32, max_size: u32) -> Value {
+    serde_json::json!({
+        "name": name, "description": "test pool", "image": "console", "vcpus": 1, "memory_mib": 512,
+        "display": "1280x800", "kind": kind, "min_ready": min_ready, "max_size": max_size,
+        "idle_timeout_secs": 600, "max_session_secs": 3600
+    })
+}
+
 /// A running broker; killed on drop.
 #[derive(Debug)]
 pub struct Broker {
@@ -206,6 +216,13 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A client signed in as the fixture directory's administrator (carol).
+    pub async fn admin(&self) -> ApiClient {
+        let mut c = self.client();
+        c.login_ok("carol", "carol-pw").await;
+        c
     }
 
     pub fn client(&self) -> ApiClient {

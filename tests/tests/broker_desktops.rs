@@ -6,27 +6,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use atrium_tests::broker::{ApiClient, Broker, BrokerOptions};
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::postgres::Postgres;
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn pool(name: &str, kind: &str, min_ready: u32, max_size: u32) -> Value {
-    json!({
-        "name": name, "description": "test pool", "image": "console", "vcpus": 1, "memory_mib": 512,
-        "display": "1280x800", "kind": kind, "min_ready": min_ready, "max_size": max_size,
-        "idle_timeout_secs": 600, "max_session_secs": 3600
-    })
-}
-
-async fn admin(broker: &Broker) -> ApiClient {
-    let mut c = broker.client();
-    c.login_ok("carol", "carol-pw").await;
-    c
-}
 
 async fn wait_ready_spares(c: &ApiClient, pool: &str, n: u64) {
     let path = format!("/api/v1/admin/pools/{pool}");
@@ -64,8 +50,8 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let a = admin(&broker).await;
-    a.post_json("/api/v1/admin/pools", pool("general", "floating", 2, 4), StatusCode::CREATED)
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("general", "floating", 2, 4), StatusCode::CREATED)
         .await;
     wait_ready_spares(&a, "general", 2).await;
 
@@ -172,8 +158,9 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     node.with(|s| s.ready_after = Duration::from_secs(2));
-    let a = admin(&broker).await;
-    a.post_json("/api/v1/admin/pools", pool("small", "floating", 0, 1), StatusCode::CREATED).await;
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("small", "floating", 0, 1), StatusCode::CREATED)
+        .await;
     wait_for("the node to register", Duration::from_secs(10), || async {
         let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
         (n.as_array().unwrap().len() == 1).then_some(())
@@ -210,7 +197,8 @@ async fn new_desktops_start_full_pools_refuse_and_lost_nodes_reassign() {
 
     // Drain: no new desktops there.
     a.post_json("/api/v1/admin/nodes/node-a/drain", json!({}), StatusCode::OK).await;
-    a.post_json("/api/v1/admin/pools", pool("other", "floating", 0, 5), StatusCode::CREATED).await;
+    a.post_json("/api/v1/admin/pools", pool_json("other", "floating", 0, 5), StatusCode::CREATED)
+        .await;
     let r = bob.post("/api/v1/pools/other/connect", json!({})).await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "a draining node takes no new desktop");
     a.post_json("/api/v1/admin/nodes/node-a/undrain", json!({}), StatusCode::OK).await;
@@ -255,8 +243,9 @@ async fn dedicated_desktops_stay_with_their_user() {
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let a = admin(&broker).await;
-    a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 1, 3), StatusCode::CREATED).await;
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("mine", "dedicated", 1, 3), StatusCode::CREATED)
+        .await;
     wait_ready_spares(&a, "mine", 1).await;
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
@@ -283,7 +272,7 @@ async fn dedicated_desktops_stay_with_their_user() {
         .as_str()
         .unwrap()
         .to_owned();
-    let a2 = admin(&broker).await;
+    let a2 = broker.admin().await;
     let open = a2.get_json("/api/v1/admin/sessions", StatusCode::OK).await;
     assert!(open.as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()), "{open}");
     a2.post_json(&format!("/api/v1/admin/sessions/{sid}/end"), json!({}), StatusCode::NO_CONTENT)
@@ -308,7 +297,7 @@ async fn administration_is_for_administrators_and_validated() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let a = admin(&broker).await;
+    let a = broker.admin().await;
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
     let anon = broker.client();
@@ -324,7 +313,7 @@ async fn administration_is_for_administrators_and_validated() {
         assert_eq!(a.get(path).await.unwrap().status(), StatusCode::OK, "{path}");
     }
     assert_eq!(
-        alice.post("/api/v1/admin/pools", pool("x", "floating", 0, 1)).await.unwrap().status(),
+        alice.post("/api/v1/admin/pools", pool_json("x", "floating", 0, 1)).await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -352,28 +341,28 @@ async fn administration_is_for_administrators_and_validated() {
         ("idle_timeout_secs", json!(1)),
     ];
     for (field, value) in cases {
-        let mut p = pool("ok", "floating", 1, 2);
+        let mut p = pool_json("ok", "floating", 1, 2);
         p[field] = value;
         let r = a.post("/api/v1/admin/pools", p).await.unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["field"], field, "{body}");
     }
-    let mut p = pool("ok", "floating", 1, 2);
+    let mut p = pool_json("ok", "floating", 1, 2);
     p["kind"] = json!("sometimes");
     assert_eq!(a.post("/api/v1/admin/pools", p).await.unwrap().status(), StatusCode::BAD_REQUEST);
-    let mut p = pool("ok", "floating", 1, 2);
+    let mut p = pool_json("ok", "floating", 1, 2);
     p["surprise"] = json!(1);
     assert_eq!(a.post("/api/v1/admin/pools", p).await.unwrap().status(), StatusCode::BAD_REQUEST);
 
     // Create, read, update, delete, with a clear 409 on a duplicate name.
     let created = a
-        .post_json("/api/v1/admin/pools", pool("eng", "floating", 0, 2), StatusCode::CREATED)
+        .post_json("/api/v1/admin/pools", pool_json("eng", "floating", 0, 2), StatusCode::CREATED)
         .await;
     assert_eq!(created["counts"]["total"], 0);
-    let r = a.post("/api/v1/admin/pools", pool("eng", "floating", 0, 2)).await.unwrap();
+    let r = a.post("/api/v1/admin/pools", pool_json("eng", "floating", 0, 2)).await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let mut upd = pool("eng", "dedicated", 0, 5);
+    let mut upd = pool_json("eng", "dedicated", 0, 5);
     upd["description"] = json!("Engineering");
     let r = a.call(reqwest::Method::PUT, "/api/v1/admin/pools/eng", Some(upd)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -405,7 +394,7 @@ async fn administration_is_for_administrators_and_validated() {
     );
 
     // Policy: dave is in no group, so he sees no pool and may not connect.
-    a.post_json("/api/v1/admin/pools", pool("general", "floating", 0, 2), StatusCode::CREATED)
+    a.post_json("/api/v1/admin/pools", pool_json("general", "floating", 0, 2), StatusCode::CREATED)
         .await;
     let mut dave = broker.client();
     dave.login_ok("dave", "dave-pw").await;
@@ -444,10 +433,15 @@ async fn concurrent_connects(database_url: Option<String>) {
     opts.extra_toml = "[login]\nmax_failures_per_address = 10000\n".into();
     let broker = Broker::start(opts).await.unwrap();
     let _node = FakeNode::enrolled(&broker, "node-a", 1 << 20).await.unwrap();
-    let a = admin(&broker).await;
+    let a = broker.admin().await;
     a.post_json(
         "/api/v1/admin/pools",
-        pool("rush", "floating", u32::try_from(SPARES).unwrap(), u32::try_from(SPARES).unwrap()),
+        pool_json(
+            "rush",
+            "floating",
+            u32::try_from(SPARES).unwrap(),
+            u32::try_from(SPARES).unwrap(),
+        ),
         StatusCode::CREATED,
     )
     .await;
@@ -533,8 +527,9 @@ async fn placement_honours_vcpus_and_a_refusing_node_is_left_alone_for_a_while()
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 65536).await.unwrap();
     node.with(|s| s.vcpus_total = 2);
-    let a = admin(&broker).await;
-    a.post_json("/api/v1/admin/pools", pool("cpu", "floating", 0, 8), StatusCode::CREATED).await;
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("cpu", "floating", 0, 8), StatusCode::CREATED)
+        .await;
     wait_for("the node to register", Duration::from_secs(10), || async {
         let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
         (n[0]["capacity"]["vcpus_total"] == 2).then_some(())
@@ -590,8 +585,9 @@ async fn a_failed_dedicated_desktop_restarts_with_its_disk() {
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let a = admin(&broker).await;
-    a.post_json("/api/v1/admin/pools", pool("mine", "dedicated", 0, 3), StatusCode::CREATED).await;
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("mine", "dedicated", 0, 3), StatusCode::CREATED)
+        .await;
     wait_for("the node", Duration::from_secs(10), || async {
         (a.get_json("/api/v1/admin/nodes", StatusCode::OK).await.as_array().unwrap().len() == 1)
             .then_some(())
@@ -647,8 +643,8 @@ async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_
         format!("[sessions]\nkeys_dir = {:?}\n", data.path().join("keys").display().to_string());
     let b1 = Broker::start(opts.clone()).await.unwrap();
     let node = FakeNode::enrolled(&b1, "node-a", 8192).await.unwrap();
-    let a = admin(&b1).await;
-    a.post_json("/api/v1/admin/pools", pool("p", "floating", 2, 2), StatusCode::CREATED).await;
+    let a = b1.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("p", "floating", 2, 2), StatusCode::CREATED).await;
     wait_ready_spares(&a, "p", 2).await;
 
     // The broker is down for longer than lost_after_secs (3 s in the harness)...
@@ -656,7 +652,7 @@ async fn a_broker_restart_does_not_lose_nodes_and_a_returning_node_restores_its_
     tokio::time::sleep(Duration::from_secs(5)).await;
     // ...and comes back: it must not judge the nodes before they could heartbeat.
     let b2 = Broker::start(opts).await.unwrap();
-    let a = admin(&b2).await;
+    let a = b2.admin().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let nodes = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
     assert_eq!(nodes[0]["state"], "up", "{nodes}");
@@ -689,7 +685,7 @@ async fn an_administrator_enrols_and_revokes_a_node() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
-    let admin = admin(&broker).await;
+    let admin = broker.admin().await;
     let token = admin.enrolment_token("node-a").await;
     let listed = admin.get_json("/api/v1/admin/enrolments", StatusCode::OK).await;
     assert_eq!(listed[0]["node_id"], "node-a");
@@ -705,7 +701,11 @@ async fn an_administrator_enrols_and_revokes_a_node() {
     assert_eq!(again.status(), StatusCode::FORBIDDEN);
 
     admin
-        .post_json("/api/v1/admin/pools", pool("general", "floating", 1, 2), StatusCode::CREATED)
+        .post_json(
+            "/api/v1/admin/pools",
+            pool_json("general", "floating", 1, 2),
+            StatusCode::CREATED,
+        )
         .await;
     wait_ready_spares(&admin, "general", 1).await;
 
