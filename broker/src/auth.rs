@@ -45,6 +45,8 @@ pub struct SessionClaims {
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub username: String,
+    /// The directory entry's stable id: what the user's desktops belong to.
+    pub id: String,
     pub sid: String,
     pub groups: Vec<String>,
     pub display_name: Option<String>,
@@ -267,9 +269,15 @@ async fn authenticate(
     if !session.is_active(now_ms()) || session.username != claims.sub {
         return Ok(None);
     }
+    // The session must belong to the entry that holds the name now: one made before ids were
+    // kept, or by an entry since deleted (the name given to someone else), is not honoured.
+    let Some(id) = session.user_id.filter(|id| Some(id) == cached.directory_id.as_ref()) else {
+        return Ok(None);
+    };
     Ok(Some((
         AuthUser {
             username: cached.username,
+            id,
             sid: claims.sid.clone(),
             groups: cached.groups,
             display_name: cached.display_name,

@@ -132,6 +132,10 @@ pub struct LdapSection {
     pub user_base: String,
     /// Filter finding one user; `{username}` is replaced by the escaped username.
     pub user_filter: String,
+    /// The directory's stable id of an entry (`entryUUID`; `objectGUID` on Active Directory,
+    /// read as the GUID's text form; `nsUniqueId` on 389-ds). Desktops, home disks, sign-in
+    /// sessions and lockout belong to this id, not to a name that can be given to someone else.
+    pub id_attribute: String,
     /// Attributes read from the user entry.
     pub username_attribute: String,
     pub display_name_attribute: String,
@@ -168,6 +172,7 @@ impl Default for LdapSection {
             bind_password_file: None,
             user_base: String::new(),
             user_filter: "(&(objectClass=inetOrgPerson)(uid={username}))".into(),
+            id_attribute: "entryUUID".into(),
             username_attribute: "uid".into(),
             display_name_attribute: "cn".into(),
             email_attribute: "mail".into(),
@@ -366,6 +371,13 @@ impl Config {
         }
         if self.ldap.url.starts_with("ldaps://") && self.ldap.starttls {
             return bad("ldap.starttls cannot be combined with an ldaps:// url".into());
+        }
+        let id_attr = &self.ldap.id_attribute;
+        if id_attr.is_empty()
+            || id_attr.len() > 64
+            || !id_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';')
+        {
+            return bad(format!("ldap.id_attribute must be an attribute name, not {id_attr:?}"));
         }
         if !self.ldap.user_filter.contains("{username}") {
             return bad("ldap.user_filter must contain {username}".into());

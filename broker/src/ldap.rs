@@ -18,6 +18,8 @@ use crate::secret::Secret;
 
 /// LDAP result code for a bad DN or password.
 const RC_INVALID_CREDENTIALS: u32 = 49;
+/// LDAP result code for a search base that does not exist.
+const RC_NO_SUCH_OBJECT: u32 = 32;
 /// Longest username accepted before anything is asked of the directory.
 pub const MAX_USERNAME: usize = 256;
 /// Longest password accepted.
@@ -39,6 +41,8 @@ pub enum LdapError {
 /// A signed-in directory user, as read from the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryUser {
+    /// The entry's stable id (`ldap.id_attribute`): what desktops and sessions belong to.
+    pub id: String,
     pub dn: String,
     pub username: String,
     pub display_name: Option<String>,
@@ -53,6 +57,47 @@ pub struct DirectoryUser {
 const MAX_ATTRIBUTE: usize = 256;
 /// Longest user DN accepted.
 const MAX_DN: usize = 1024;
+/// Longest stable id accepted.
+const MAX_ID: usize = 256;
+
+/// What a typed username names in the directory, before its password is checked.
+#[derive(Debug)]
+pub enum Candidate {
+    /// An entry found earlier (within `ldap.cache_secs`).
+    Cached(DirectoryUser),
+    /// An entry found now, and its stable id.
+    Found { entry: SearchEntry, id: String },
+    /// No entry, several, or a name that is not one.
+    Unknown,
+}
+
+impl Candidate {
+    /// The stable id of the entry, if the name leads to one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Cached(u) => Some(&u.id),
+            Self::Found { id, .. } => Some(id),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// A binary id as text: Active Directory's `objectGUID` (16 bytes, the first three fields
+/// little-endian) as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, anything else in hex.
+pub fn binary_id(attribute: &str, b: &[u8]) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    match <[u8; 16]>::try_from(b) {
+        Ok(g) if attribute.eq_ignore_ascii_case("objectGUID") => format!(
+            "{}-{}-{}-{}-{}",
+            hex(&[g[3], g[2], g[1], g[0]]),
+            hex(&[g[5], g[4]]),
+            hex(&[g[7], g[6]]),
+            hex(&g[8..10]),
+            hex(&g[10..16])
+        ),
+        _ => hex(&b[..b.len().min(MAX_ID / 2)]),
+    }
+}
 /// Most groups kept for one user.
 const MAX_GROUPS: usize = 1000;
 
@@ -143,10 +188,35 @@ impl Directory {
         Duration::from_secs(self.inner.cfg.timeout_secs)
     }
 
-    /// Signs a user in: checks the password with a bind as their DN and reads their groups.
-    pub async fn authenticate(
+    /// The entry a typed username names, found before any password is checked, so that the
+    /// caller can count attempts against the entry (its stable id) however the name was
+    /// written. A name that is malformed, unknown or ambiguous is [`Candidate::Unknown`].
+    pub async fn find(&self, username: &str) -> Result<Candidate, LdapError> {
+        if username.is_empty()
+            || username.len() > MAX_USERNAME
+            || username.chars().any(char::is_control)
+        {
+            return Ok(Candidate::Unknown);
+        }
+        if let Some(cached) = self.cached(&username.to_lowercase()) {
+            return Ok(Candidate::Cached(cached));
+        }
+        match self.find_user(username).await {
+            Ok(entry) => {
+                let id = self.entry_id(&entry)?;
+                Ok(Candidate::Found { entry, id })
+            }
+            Err(LdapError::InvalidCredentials) => Ok(Candidate::Unknown),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Signs the `candidate` [`Self::find`] gave for `username` in: checks the password with a
+    /// bind as its DN and reads its groups.
+    pub async fn sign_in(
         &self,
         username: &str,
+        candidate: Candidate,
         password: &Secret,
     ) -> Result<DirectoryUser, LdapError> {
         // Refused before any bind: an empty password would be an unauthenticated bind, which
@@ -154,26 +224,84 @@ impl Directory {
         if password.is_empty() || password.expose().len() > MAX_PASSWORD {
             return Err(LdapError::InvalidCredentials);
         }
-        if username.is_empty()
-            || username.len() > MAX_USERNAME
-            || username.chars().any(char::is_control)
-        {
-            return Err(LdapError::InvalidCredentials);
-        }
         let key = username.to_lowercase();
-        if let Some(cached) = self.cached(&key) {
-            match self.bind_as(&cached.dn, password).await {
-                Ok(()) => return Ok(cached),
-                // The entry may have moved or been renamed since it was cached: look again.
-                Err(LdapError::InvalidCredentials) => self.forget(&key),
+        let (entry, id) = match candidate {
+            Candidate::Unknown => return Err(LdapError::InvalidCredentials),
+            Candidate::Found { entry, id } => (entry, id),
+            Candidate::Cached(cached) => match self.bind_and_read_id(&cached.dn, password).await {
+                // The password is right for the entry at that DN now. It is the cached entry
+                // only if the id still matches: an entry deleted and re-created keeps its DN
+                // but not its id, and must not be taken for the old one.
+                Ok(id) if id.as_deref() == Some(cached.id.as_str()) => return Ok(cached),
+                Ok(_) => {
+                    self.forget(&key);
+                    let entry = self.find_user(username).await?;
+                    let id = self.entry_id(&entry)?;
+                    (entry, id)
+                }
+                // The entry may have moved or been renamed since it was cached: look again,
+                // and go on only if the name still leads to the same entry (the attempt was
+                // counted against that one).
+                Err(LdapError::InvalidCredentials) => {
+                    self.forget(&key);
+                    let entry = self.find_user(username).await?;
+                    let id = self.entry_id(&entry)?;
+                    if id != cached.id {
+                        return Err(LdapError::InvalidCredentials);
+                    }
+                    (entry, id)
+                }
                 Err(e) => return Err(e),
-            }
-        }
-        let entry = self.find_user(username).await?;
+            },
+        };
         self.bind_as(&entry.dn, password).await?;
-        let user = self.to_user(entry).await?;
+        let user = self.to_user(entry, id).await?;
         self.remember(key, &user);
         Ok(user)
+    }
+
+    /// Binds as `dn` and, at the same time, reads the stable id of the entry at `dn` (a
+    /// base-object search as the service account, one round trip beside the bind).
+    async fn bind_and_read_id(
+        &self,
+        dn: &str,
+        password: &Secret,
+    ) -> Result<Option<String>, LdapError> {
+        let attrs = [self.inner.cfg.id_attribute.as_str()];
+        let (bind, found) = tokio::join!(self.bind_as(dn, password), self.search_base(dn, &attrs));
+        bind?;
+        Ok(found?.and_then(|e| self.entry_id(&e).ok()))
+    }
+
+    /// An entry's stable id (`ldap.id_attribute`), as text: a text value as it is, an
+    /// `objectGUID` in the GUID's usual form, another binary value in hex.
+    fn entry_id(&self, entry: &SearchEntry) -> Result<String, LdapError> {
+        let name = &self.inner.cfg.id_attribute;
+        let id = match first_attr(&entry.attrs, name) {
+            Some(text) => text,
+            None => {
+                let bin = entry
+                    .bin_attrs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| v.first());
+                match bin {
+                    Some(b) => binary_id(name, b),
+                    None => {
+                        return Err(LdapError::Directory(format!(
+                            "the user entry has no {name} (set ldap.id_attribute to the \
+                             directory's stable id attribute)"
+                        )));
+                    }
+                }
+            }
+        };
+        if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) {
+            return Err(LdapError::Directory(format!(
+                "the user entry's {name} is empty, too long or has control characters"
+            )));
+        }
+        Ok(id)
     }
 
     fn cached(&self, key: &str) -> Option<DirectoryUser> {
@@ -210,7 +338,8 @@ impl Directory {
             return Err(LdapError::InvalidCredentials);
         }
         let entry = self.find_user(username).await?;
-        self.to_user(entry).await
+        let id = self.entry_id(&entry)?;
+        self.to_user(entry, id).await
     }
 
     /// Checks that the service account can bind and search (for `/healthz`).
@@ -224,6 +353,7 @@ impl Directory {
         let cfg = &self.inner.cfg;
         let filter = cfg.user_filter.replace("{username}", &ldap_escape(username));
         let mut attrs = vec![
+            cfg.id_attribute.as_str(),
             cfg.username_attribute.as_str(),
             cfg.display_name_attribute.as_str(),
             cfg.email_attribute.as_str(),
@@ -247,7 +377,7 @@ impl Directory {
         }
     }
 
-    async fn to_user(&self, entry: SearchEntry) -> Result<DirectoryUser, LdapError> {
+    async fn to_user(&self, entry: SearchEntry, id: String) -> Result<DirectoryUser, LdapError> {
         let cfg = &self.inner.cfg;
         let attr = |name: &str| first_attr(&entry.attrs, name);
         let username = attr(&cfg.username_attribute).ok_or_else(|| {
@@ -295,6 +425,7 @@ impl Directory {
         }
         let text = |name: &str| attr(name).map(|v| clean_attribute(&v));
         Ok(DirectoryUser {
+            id,
             username,
             display_name: text(&cfg.display_name_attribute),
             email: text(&cfg.email_attribute),
@@ -311,6 +442,25 @@ impl Directory {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<SearchEntry>, LdapError> {
+        self.search_in(base, Scope::Subtree, filter, attrs).await
+    }
+
+    /// The entry at `dn` itself (`None`: there is none).
+    async fn search_base(
+        &self,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, LdapError> {
+        Ok(self.search_in(dn, Scope::Base, "(objectClass=*)", attrs).await?.into_iter().next())
+    }
+
+    async fn search_in(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<SearchEntry>, LdapError> {
         let pool = &self.inner.service;
         // One retry on a fresh connection: an idle connection may have been closed by the server.
         for attempt in 0..2 {
@@ -318,7 +468,7 @@ impl Directory {
             let res = tokio::time::timeout(self.timeout(), async {
                 conn.ldap
                     .with_timeout(self.timeout())
-                    .search(base, Scope::Subtree, filter, attrs.to_vec())
+                    .search(base, scope, filter, attrs.to_vec())
                     .await
             })
             .await;
@@ -332,6 +482,10 @@ impl Directory {
                 Ok(Err(e)) => return Err(classify(e)),
                 Ok(Ok(result)) => {
                     let (entries, res) = (result.0, result.1);
+                    if res.rc == RC_NO_SUCH_OBJECT {
+                        self.put_back(pool, conn);
+                        return Ok(Vec::new());
+                    }
                     if res.rc != 0 && res.rc != 4 {
                         // 4: size limit exceeded still returns entries; anything else is an error.
                         self.put_back(pool, conn);
@@ -598,6 +752,21 @@ fn unescape_dn_value(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_ids_read_as_text() {
+        // The objectGUID Microsoft documents for {6f1e4b30-2b3d-4a8e-9c1f-0a1b2c3d4e5f}.
+        let guid = [
+            0x30, 0x4b, 0x1e, 0x6f, 0x3d, 0x2b, 0x8e, 0x4a, 0x9c, 0x1f, 0x0a, 0x1b, 0x2c, 0x3d,
+            0x4e, 0x5f,
+        ];
+        assert_eq!(binary_id("objectGUID", &guid), "6f1e4b30-2b3d-4a8e-9c1f-0a1b2c3d4e5f");
+        assert_eq!(binary_id("objectguid", &guid), "6f1e4b30-2b3d-4a8e-9c1f-0a1b2c3d4e5f");
+        // Any other binary attribute, or a GUID of the wrong length, is hex, bounded.
+        assert_eq!(binary_id("someId", &[0xde, 0xad]), "dead");
+        assert_eq!(binary_id("objectGUID", &[1, 2, 3]), "010203");
+        assert_eq!(binary_id("x", &[0xff; 1000]).len(), MAX_ID);
+    }
 
     #[test]
     fn group_names_come_from_the_first_rdn() {

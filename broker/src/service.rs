@@ -47,12 +47,18 @@ pub struct SignedIn {
     pub max_age: u64,
 }
 
-/// The lockout key of a typed username: as the directory compares names (case-insensitively,
-/// ignoring leading, trailing and repeated spaces), so "Alice", " alice" and "alice  " count
-/// against one account.
+/// The lockout key of a typed username that names no directory entry: as directories compare
+/// names (case-insensitively, ignoring leading, trailing and repeated spaces), so "Alice",
+/// " alice" and "alice  " count as one (probing for names is limited too).
 pub fn username_key(username: &str) -> String {
     let folded = username.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     format!("user:{}", printable(&folded, 256))
+}
+
+/// The lockout key of a directory entry: every name that leads to it (its `uid`, its `mail`,
+/// any spelling the directory matches) shares it.
+pub fn entry_key(id: &str) -> String {
+    format!("entry:{}", printable(id, 256))
 }
 
 pub async fn login(
@@ -61,8 +67,14 @@ pub async fn login(
     password: &Secret,
     addr: IpAddr,
 ) -> ApiResult<SignedIn> {
-    let user_key = username_key(username);
-    // Attempts for one username take turns on this replica, so each one sees the failures
+    // The entry the name leads to, found before the password is checked: attempts count
+    // against the entry, so every spelling of one account shares one counter.
+    let candidate = match st.directory.find(username).await {
+        Ok(c) => c,
+        Err(e) => return Err(directory_unavailable(st, username, addr, e).await),
+    };
+    let user_key = candidate.id().map_or_else(|| username_key(username), entry_key);
+    // Attempts for one account take turns on this replica, so each one sees the failures
     // recorded by the one before (a burst of parallel guesses cannot all slip under the limit).
     let _turn = st.login_gate.enter(&user_key).await;
     let now = now_ms();
@@ -74,13 +86,14 @@ pub async fn login(
         let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
         return Err(ApiError::LockedOut { retry_after_secs: secs, minutes: secs.div_ceil(60) });
     }
-    match st.directory.authenticate(username, password).await {
+    match st.directory.sign_in(username, candidate, password).await {
         Ok(dir_user) => {
             let cached = CachedUser::from((&dir_user, now));
             let sid = uuid::Uuid::new_v4().to_string();
             let session = LoginSession {
                 id: sid.clone(),
                 username: cached.username.clone(),
+                user_id: Some(dir_user.id.clone()),
                 client_addr: addr.to_string(),
                 created_at: now,
                 expires_at: now
@@ -144,25 +157,39 @@ pub async fn login(
             .await;
             Err(ApiError::InvalidCredentials)
         }
-        Err(e) => {
-            Metrics::inc(&st.metrics.logins_unavailable);
-            audit(
-                st,
-                username,
-                "login.error",
-                username,
-                "failure",
-                addr,
-                serde_json::json!({ "reason": "directory unavailable" }),
-            )
-            .await;
-            Err(e.into())
-        }
+        Err(e) => Err(directory_unavailable(st, username, addr, e).await),
     }
 }
 
+/// A sign-in the directory could not answer: counted, audited, and the error to return.
+async fn directory_unavailable(
+    st: &AppState,
+    username: &str,
+    addr: IpAddr,
+    e: crate::ldap::LdapError,
+) -> ApiError {
+    Metrics::inc(&st.metrics.logins_unavailable);
+    audit(
+        st,
+        username,
+        "login.error",
+        username,
+        "failure",
+        addr,
+        serde_json::json!({ "reason": "directory unavailable" }),
+    )
+    .await;
+    e.into()
+}
+
 /// Ends a sign-in session and the desktop sessions opened from it.
-pub async fn logout(st: &AppState, username: &str, sid: &str, addr: IpAddr) -> ApiResult<()> {
+pub async fn logout(
+    st: &AppState,
+    username: &str,
+    user_id: &str,
+    sid: &str,
+    addr: IpAddr,
+) -> ApiResult<()> {
     let now = now_ms();
     st.db.revoke_login_session(sid, now).await?;
     for s in st.db.open_sessions_of_login(sid).await? {
@@ -170,7 +197,7 @@ pub async fn logout(st: &AppState, username: &str, sid: &str, addr: IpAddr) -> A
     }
     // Floating desktops the user disconnected from earlier go too, unless another sign-in of
     // theirs is using them.
-    for d in st.db.user_desktops(username).await? {
+    for d in st.db.user_desktops(user_id).await? {
         let floating = d.persistent_disk.is_none();
         if floating && st.db.open_sessions_of_desktop(&d.id).await?.is_empty() {
             st.db.mark_destroying(&d.id, now).await?;
@@ -244,6 +271,8 @@ pub struct ConnectResponse {
 #[derive(Debug)]
 pub struct Connecting<'a> {
     pub username: &'a str,
+    /// The directory entry's stable id (what the desktop will belong to).
+    pub user_id: &'a str,
     pub login_sid: &'a str,
     pub groups: &'a [String],
     pub display_name: Option<&'a str>,
@@ -289,7 +318,11 @@ pub async fn connect(
         return Err(ApiError::Forbidden(format!("you may not use pool {}", pool.name)));
     }
     let now = now_ms();
-    let (desktop, source) = match st.db.assign_desktop(&pool, who.username, now).await? {
+    let (desktop, source) = match st
+        .db
+        .assign_desktop(&pool, who.username, who.user_id, now)
+        .await?
+    {
         Assignment::Existing(d) => {
             Metrics::inc(&st.metrics.connects_existing);
             (d, "existing")

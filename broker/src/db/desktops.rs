@@ -66,6 +66,9 @@ pub struct Desktop {
     pub vm_id: Option<String>,
     pub state: DesktopState,
     pub username: Option<String>,
+    /// The directory entry (stable id) the desktop and its disk belong to; the username is
+    /// what it was called when assigned.
+    pub owner_id: Option<String>,
     pub persistent_disk: Option<String>,
     pub agent_user: Option<String>,
     pub memory_mib: u32,
@@ -86,6 +89,7 @@ fn row_to_desktop(r: &AnyRow) -> DbResult<Desktop> {
         vm_id: col(r, "vm_id")?,
         state: parse_col(r, "state")?,
         username: col(r, "username")?,
+        owner_id: col(r, "owner_id")?,
         persistent_disk: col(r, "persistent_disk")?,
         agent_user: col(r, "agent_user")?,
         memory_mib: u32_col(r, "memory_mib")?,
@@ -146,9 +150,10 @@ impl Db {
         rows.iter().map(row_to_desktop).collect()
     }
 
-    pub async fn user_desktops(&self, username: &str) -> DbResult<Vec<Desktop>> {
-        let rows = sqlx::query("SELECT * FROM desktops WHERE username = $1 AND state <> 'destroying' ORDER BY created_at")
-            .bind(username)
+    /// The desktops of a directory entry (by its stable id).
+    pub async fn user_desktops(&self, owner_id: &str) -> DbResult<Vec<Desktop>> {
+        let rows = sqlx::query("SELECT * FROM desktops WHERE owner_id = $1 AND state <> 'destroying' ORDER BY created_at")
+            .bind(owner_id)
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(row_to_desktop).collect()
@@ -162,21 +167,23 @@ impl Db {
         rows.iter().map(row_to_desktop).collect()
     }
 
-    /// Finds or makes the user's desktop in `pool`, in one transaction.
+    /// Finds or makes the desktop in `pool` of the directory entry `owner_id` (signed in as
+    /// `username`), in one transaction.
     pub async fn assign_desktop(
         &self,
         pool: &Pool,
         username: &str,
+        owner_id: &str,
         now: i64,
     ) -> DbResult<Assignment> {
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT * FROM desktops WHERE pool_id = $1 AND username = $2 AND state <> 'destroying'{}",
+            "SELECT * FROM desktops WHERE pool_id = $1 AND owner_id = $2 AND state <> 'destroying'{}",
             self.for_update()
         );
         let existing = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&pool.id)
-            .bind(username)
+            .bind(owner_id)
             .fetch_optional(&mut *tx)
             .await?
             .as_ref()
@@ -256,12 +263,13 @@ impl Db {
             .transpose()?;
         if let Some(id) = spare {
             let row = sqlx::query(
-                "UPDATE desktops SET username = $2, assigned_at = $3, last_active_at = $3
+                "UPDATE desktops SET username = $2, owner_id = $4, assigned_at = $3, last_active_at = $3
                  WHERE id = $1 AND username IS NULL RETURNING *",
             )
             .bind(&id)
             .bind(username)
             .bind(now)
+            .bind(owner_id)
             .fetch_one(&mut *tx)
             .await?;
             let d = row_to_desktop(&row)?;
@@ -293,7 +301,7 @@ impl Db {
             tx.commit().await?;
             return Ok(Assignment::NoNode);
         };
-        let d = insert_desktop(&mut tx, pool, &node_id, Some(username), now).await?;
+        let d = insert_desktop(&mut tx, pool, &node_id, Some((username, owner_id)), now).await?;
         tx.commit().await?;
         Ok(Assignment::New(d))
     }
@@ -638,19 +646,21 @@ async fn count(
     col(&row, "n")
 }
 
+/// A new desktop on `node_id`: a spare, or assigned to `owner` (username, entry id).
 async fn insert_desktop(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     pool: &Pool,
     node_id: &str,
-    username: Option<&str>,
+    owner: Option<(&str, &str)>,
     now: i64,
 ) -> DbResult<Desktop> {
+    let (username, owner_id) = owner.unzip();
     let id = uuid::Uuid::new_v4().to_string();
     let disk = (pool.kind == crate::db::PoolKind::Dedicated).then(|| format!("desktop-{id}"));
     let row = sqlx::query(
-        "INSERT INTO desktops (id, pool_id, node_id, vm_id, state, username, persistent_disk, agent_user, memory_mib, vcpus,
-           error, created_at, ready_at, assigned_at, last_active_at, state_changed_at)
-         VALUES ($1, $2, $3, NULL, 'provisioning', $4, $5, NULL, $6, $7, NULL, $8, NULL, $9, $8, $8) RETURNING *",
+        "INSERT INTO desktops (id, pool_id, node_id, vm_id, state, username, owner_id, persistent_disk, agent_user,
+           memory_mib, vcpus, error, created_at, ready_at, assigned_at, last_active_at, state_changed_at)
+         VALUES ($1, $2, $3, NULL, 'provisioning', $4, $10, $5, NULL, $6, $7, NULL, $8, NULL, $9, $8, $8) RETURNING *",
     )
     .bind(&id)
     .bind(&pool.id)
@@ -661,6 +671,7 @@ async fn insert_desktop(
     .bind(i64::from(pool.vcpus))
     .bind(now)
     .bind(username.map(|_| now))
+    .bind(owner_id)
     .fetch_one(&mut **tx)
     .await?;
     row_to_desktop(&row)

@@ -7,6 +7,9 @@ use super::{AuditEvent, CachedUser, Db, DbError, DbResult, col};
 pub struct LoginSession {
     pub id: String,
     pub username: String,
+    /// The directory entry signed in (its stable id); `None` for sessions made before the
+    /// broker kept it, which are no longer honoured.
+    pub user_id: Option<String>,
     pub client_addr: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -30,6 +33,7 @@ impl Db {
             Ok(LoginSession {
                 id: col(&r, "id")?,
                 username: col(&r, "username")?,
+                user_id: col(&r, "user_id")?,
                 client_addr: col(&r, "client_addr")?,
                 created_at: col(&r, "created_at")?,
                 expires_at: col(&r, "expires_at")?,
@@ -46,8 +50,8 @@ impl Db {
         id: &str,
     ) -> DbResult<Option<(LoginSession, CachedUser)>> {
         let row = sqlx::query(
-            "SELECT s.id, s.username, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at,
-               u.dn, u.display_name, u.email, u.uid_number, u.gid_number, u.groups_json, u.last_login_at
+            "SELECT s.id, s.username, s.user_id, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at,
+               u.directory_id, u.dn, u.display_name, u.email, u.uid_number, u.gid_number, u.groups_json, u.last_login_at
              FROM login_sessions s JOIN users u ON u.username = s.username WHERE s.id = $1",
         )
         .bind(id)
@@ -57,6 +61,7 @@ impl Db {
             let session = LoginSession {
                 id: col(&r, "id")?,
                 username: col(&r, "username")?,
+                user_id: col(&r, "user_id")?,
                 client_addr: col(&r, "client_addr")?,
                 created_at: col(&r, "created_at")?,
                 expires_at: col(&r, "expires_at")?,
@@ -173,16 +178,40 @@ impl Db {
             }
         }
         let sql = format!(
-            "INSERT INTO users (username, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at) VALUES {}
-             ON CONFLICT (username) DO UPDATE SET dn = excluded.dn, display_name = excluded.display_name,
-               email = excluded.email, uid_number = excluded.uid_number, gid_number = excluded.gid_number,
-               groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
-            placeholders(users.len(), 8)
+            "INSERT INTO users (username, directory_id, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at) VALUES {}
+             ON CONFLICT (username) DO UPDATE SET directory_id = excluded.directory_id, dn = excluded.dn,
+               display_name = excluded.display_name, email = excluded.email, uid_number = excluded.uid_number,
+               gid_number = excluded.gid_number, groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
+            placeholders(users.len(), 9)
         );
+        // A name now given to another entry (deleted and re-created in the directory): the
+        // former entry's sign-in sessions end. Its desktops stay its own (they belong to its
+        // id) until an administrator removes them. Desktops assigned before the broker kept
+        // ids go to the first entry that signs in with their name.
+        for u in &users {
+            let Some(id) = &u.directory_id else { continue };
+            sqlx::query(
+                "UPDATE login_sessions SET revoked_at = $3
+                 WHERE username = $1 AND revoked_at IS NULL AND (user_id IS NULL OR user_id <> $2)",
+            )
+            .bind(&u.username)
+            .bind(id)
+            .bind(u.last_login_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE desktops SET owner_id = $2 WHERE username = $1 AND owner_id IS NULL",
+            )
+            .bind(&u.username)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for u in &users {
             q = q
                 .bind(&u.username)
+                .bind(&u.directory_id)
                 .bind(&u.dn)
                 .bind(&u.display_name)
                 .bind(&u.email)
@@ -194,8 +223,8 @@ impl Db {
         q.execute(&mut *tx).await?;
 
         let sql = format!(
-            "INSERT INTO login_sessions (id, username, client_addr, created_at, expires_at, last_seen_at, revoked_at) VALUES {}",
-            placeholders_with_null(batch.len(), 6)
+            "INSERT INTO login_sessions (id, username, user_id, client_addr, created_at, expires_at, last_seen_at, revoked_at) VALUES {}",
+            placeholders_with_null(batch.len(), 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in batch {
@@ -203,6 +232,7 @@ impl Db {
             q = q
                 .bind(&s.id)
                 .bind(&s.username)
+                .bind(&s.user_id)
                 .bind(&s.client_addr)
                 .bind(s.created_at)
                 .bind(s.expires_at)
@@ -404,6 +434,84 @@ mod failure_tests {
         let (locked, present) = db.login_failure_state(&keys, now).await.unwrap();
         assert_eq!(locked, Some(601_000), "the lockout in force stays");
         assert_eq!(present, vec!["addr:9.9.9.9".to_owned()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn record(username: &str, id: &str, sid: &str, now: i64) -> LoginRecord {
+        let user = CachedUser {
+            username: username.into(),
+            directory_id: Some(id.into()),
+            dn: format!("uid={username},dc=x"),
+            display_name: None,
+            email: None,
+            uid_number: None,
+            gid_number: None,
+            groups: Vec::new(),
+            last_login_at: now,
+        };
+        let session = LoginSession {
+            id: sid.into(),
+            username: username.into(),
+            user_id: Some(id.into()),
+            client_addr: "127.0.0.1".into(),
+            created_at: now,
+            expires_at: now + 60_000,
+            last_seen_at: now,
+            revoked_at: None,
+        };
+        let audit = AuditEvent::now(
+            username,
+            "login",
+            username,
+            "success",
+            "127.0.0.1".into(),
+            &serde_json::json!({}),
+        );
+        LoginRecord { user, session, audit, clear_failures: None }
+    }
+
+    async fn desktop(db: &Db, id: &str, username: &str, owner: Option<&str>) {
+        sqlx::query(
+            "INSERT INTO desktops (id, pool_id, state, username, owner_id, memory_mib, vcpus, created_at,
+               last_active_at, state_changed_at) VALUES ($1, 'p', 'stopped', $2, $3, 512, 1, 0, 0, 0)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(owner)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn owner(db: &Db, id: &str) -> Option<String> {
+        db.get_desktop(id).await.unwrap().unwrap().owner_id
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_by_another_entry_ends_the_old_sessions_and_keeps_its_desktops() {
+        let dir = std::env::temp_dir().join(format!("atrium-id-{}", uuid::Uuid::new_v4()));
+        let db = Db::connect(&format!("sqlite://{}/b.db", dir.display()), 4).await.unwrap();
+        // From before the broker kept ids: a desktop with a name and no owner.
+        desktop(&db, "d-legacy", "alice", None).await;
+        db.write_logins(&[record("alice", "id-1", "s-1", 1000)]).await.unwrap();
+        assert_eq!(owner(&db, "d-legacy").await.as_deref(), Some("id-1"), "adopted at sign-in");
+        assert!(db.get_login_session("s-1").await.unwrap().unwrap().is_active(1001));
+
+        // The entry is deleted and the name given to another: its first sign-in ends the old
+        // entry's sessions, and the old entry's desktop stays the old entry's.
+        db.write_logins(&[record("alice", "id-2", "s-2", 2000)]).await.unwrap();
+        assert!(!db.get_login_session("s-1").await.unwrap().unwrap().is_active(2001));
+        assert!(db.get_login_session("s-2").await.unwrap().unwrap().is_active(2001));
+        assert_eq!(owner(&db, "d-legacy").await.as_deref(), Some("id-1"));
+        assert!(db.user_desktops("id-2").await.unwrap().is_empty());
+        assert_eq!(db.user_desktops("id-1").await.unwrap().len(), 1);
+        let (_, user) = db.get_login_with_user("s-2").await.unwrap().unwrap();
+        assert_eq!(user.directory_id.as_deref(), Some("id-2"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

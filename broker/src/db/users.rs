@@ -9,6 +9,9 @@ use crate::ldap::DirectoryUser;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedUser {
     pub username: String,
+    /// The directory entry's stable id, as of the last sign-in (`None` before the broker kept
+    /// ids).
+    pub directory_id: Option<String>,
     pub dn: String,
     pub display_name: Option<String>,
     pub email: Option<String>,
@@ -22,6 +25,7 @@ impl From<(&DirectoryUser, i64)> for CachedUser {
     fn from((u, now): (&DirectoryUser, i64)) -> Self {
         Self {
             username: u.username.clone(),
+            directory_id: Some(u.id.clone()),
             dn: u.dn.clone(),
             display_name: u.display_name.clone(),
             email: u.email.clone(),
@@ -52,6 +56,7 @@ pub(crate) fn user_from_row(r: &sqlx::any::AnyRow) -> DbResult<CachedUser> {
     };
     Ok(CachedUser {
         username: col(r, "username")?,
+        directory_id: col(r, "directory_id")?,
         dn: col(r, "dn")?,
         display_name: col(r, "display_name")?,
         email: col(r, "email")?,

@@ -99,7 +99,7 @@ async fn logout(
     user: AuthUser,
     addr: ClientAddr,
 ) -> ApiResult<impl IntoResponse> {
-    service::logout(&st, &user.username, &user.sid, addr.0).await?;
+    service::logout(&st, &user.username, &user.id, &user.sid, addr.0).await?;
     let secure = st.cfg.secure_cookies();
     Ok((
         StatusCode::NO_CONTENT,

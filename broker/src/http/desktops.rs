@@ -39,7 +39,7 @@ async fn list_desktops(
     user: AuthUser,
 ) -> ApiResult<Json<Vec<UserDesktop>>> {
     let mut out = Vec::new();
-    for d in st.db.user_desktops(&user.username).await? {
+    for d in st.db.user_desktops(&user.id).await? {
         let pool = st.db.get_pool(&d.pool_id).await?.map(|p| p.name).unwrap_or_default();
         let in_session = !st.db.open_sessions_of_desktop(&d.id).await?.is_empty();
         out.push(UserDesktop {
@@ -60,7 +60,7 @@ async fn own_open_session(
     desktop_id: &str,
 ) -> ApiResult<Option<crate::db::DesktopSession>> {
     let d = st.db.get_desktop(desktop_id).await?;
-    let Some(d) = d.filter(|d| d.username.as_deref() == Some(user.username.as_str())) else {
+    let Some(d) = d.filter(|d| d.owner_id.as_deref() == Some(user.id.as_str())) else {
         return Err(ApiError::NotFound("no such desktop".into()));
     };
     Ok(st

@@ -57,7 +57,7 @@ async fn list_pools(
     addr: ClientAddr,
 ) -> ApiResult<Json<Vec<UserPool>>> {
     let ctx = service::policy_ctx(addr.0);
-    let mine = st.db.user_desktops(&user.username).await?;
+    let mine = st.db.user_desktops(&user.id).await?;
     let mut out = Vec::new();
     for pool in st.db.list_pools().await? {
         if !st.policies.is_allowed(
@@ -141,6 +141,7 @@ async fn connect(
     }
     let who = Connecting {
         username: &user.username,
+        user_id: &user.id,
         login_sid: &user.sid,
         groups: &user.groups,
         display_name: user.display_name.as_deref(),
