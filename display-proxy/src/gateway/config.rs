@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     /// Serve plain HTTP instead of TLS. Only for a gateway whose clients reach it on loopback
     /// or through a TLS-terminating proxy on the same host.
     pub plain_http: bool,
+    /// Allow `broker_url` to be plain `http://` when it is a loopback address (a broker, or the
+    /// edge in front of the brokers, on this host). Otherwise it must be `https://`.
+    pub plain_http_loopback: bool,
     /// Origins (`scheme://host[:port]`) whose pages may open display connections. A request
     /// with another `Origin` header is refused; one without (not a browser) is allowed.
     pub allowed_origins: Vec<String>,
@@ -76,6 +79,7 @@ impl Default for GatewayConfig {
             tls_cert: None,
             tls_key: None,
             plain_http: false,
+            plain_http_loopback: false,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             proxy_networks: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
@@ -133,6 +137,8 @@ impl GatewayConfig {
         if !self.broker_url.starts_with("http://") && !self.broker_url.starts_with("https://") {
             return bad(format!("broker_url must be an http(s):// URL, not {:?}", self.broker_url));
         }
+        atrium_door::client::check_url(&self.broker_url, self.plain_http_loopback)
+            .map_err(|e| ConfigError::Invalid(format!("broker_url: {e} (plain_http_loopback)")))?;
         match (&self.tls_cert, &self.tls_key, self.plain_http) {
             (Some(_), Some(_), false) => {}
             (None, None, true) => {}
@@ -217,7 +223,8 @@ mod tests {
 
     const GOOD: &str = r#"
 listen = "0.0.0.0:8443"
-broker_url = "http://atrium-broker:8080"
+broker_url = "https://atrium-broker:8080"
+ca_file = "/etc/atrium/ca/ca.crt"
 tls_cert = "/etc/atrium/tls/tls.crt"
 tls_key = "/etc/atrium/tls/tls.key"
 allowed_origins = ["https://desk.example.com"]
@@ -237,8 +244,14 @@ trusted_proxies = ["10.0.0.0/8"]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(GatewayConfig::parse(&format!("{GOOD}\nlisten_port = 3\n")).is_err());
         type Break = fn(&mut GatewayConfig);
-        let cases: [(&str, Break); 10] = [
+        let cases: [(&str, Break); 12] = [
             ("broker_url", |c| c.broker_url = "ftp://broker".into()),
+            // Plain HTTP to the broker: only on loopback, and only when allowed.
+            ("broker_url", |c| c.broker_url = "http://atrium-broker:8080".into()),
+            ("broker_url", |c| {
+                c.broker_url = "http://atrium-broker:8080".into();
+                c.plain_http_loopback = true;
+            }),
             ("tls_cert", |c| c.tls_key = None),
             ("plain_http", |c| c.plain_http = true),
             ("allowed_origins", |c| c.allowed_origins = vec!["https://x/path".into()]),
@@ -260,6 +273,10 @@ trusted_proxies = ["10.0.0.0/8"]
         plain.tls_key = None;
         plain.plain_http = true;
         plain.validate().unwrap();
+        let mut local = GatewayConfig::parse(GOOD).unwrap();
+        local.broker_url = "http://127.0.0.1:28080".into();
+        local.plain_http_loopback = true;
+        local.validate().unwrap();
     }
 
     #[test]

@@ -58,6 +58,7 @@ async fn harness(tls: bool, tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = GatewayConfig {
         broker_url: jwks.url(),
+        plain_http_loopback: true,
         allowed_origins: vec![ORIGIN.into()],
         plain_http: !tls,
         // The test's display proxies are on loopback.

@@ -221,7 +221,8 @@ fn start_gateway(dir: &Path, port: u16, jwks: &str) -> anyhow::Result<Proc> {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nbroker_url = {jwks:?}\ntls_cert = {:?}\ntls_key = {:?}\n\
+            "listen = \"127.0.0.1:{port}\"\nbroker_url = {jwks:?}\nplain_http_loopback = true\n\
+             tls_cert = {:?}\ntls_key = {:?}\n\
              proxy_networks = [\"127.0.0.0/8\"]\n",
             dir.join("cert.pem").display().to_string(),
             dir.join("key.pem").display().to_string()
