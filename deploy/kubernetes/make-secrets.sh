@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the secret files the manifests mount, in deploy/kubernetes/base/secrets/ (or DIR): the
-# brokers' first signing key (signing-1.pem: active at once), PostgreSQL's password and the brokers' database URL, the node token,
-# an internal CA with the gateways' certificate and a public certificate from the same CA
+# brokers' first signing key (signing-1.pem: active at once), PostgreSQL's password and the brokers' database URL,
+# an internal CA with the brokers' and the gateways' certificates (every hop inside the cluster
+# is TLS) and a public certificate from the same CA
 # (replace secrets/public.crt and public.key with your own). Files that exist are kept, so running it
 # again changes nothing; delete a file to make it anew.
 #
@@ -85,6 +86,11 @@ issue() {
     -out "$name.crt" 2>/dev/null
   rm -f "$name.csr"
 }
+if [ ! -s broker.crt ]; then
+  issue broker atrium-broker atrium-broker atrium-broker.atrium.svc \
+    atrium-broker.atrium.svc.cluster.local localhost 127.0.0.1
+  made "broker.crt: the brokers' certificate, from the internal CA"
+fi
 if [ ! -s gateway.crt ]; then
   issue gateway atrium-gateway atrium-gateway atrium-gateway.atrium.svc \
     atrium-gateway.atrium.svc.cluster.local localhost 127.0.0.1

@@ -31,6 +31,11 @@ pub const POSTGRES: &str = "atrium-postgres";
 pub const EDGE: &str = "atrium-edge";
 /// The demo directory's port, as the overlay's brokers expect it.
 pub const DIRECTORY_PORT: u16 = 28389;
+/// A broker replica's own `/readyz` (TLS from the internal CA, like every hop of the tier).
+pub fn broker_ready_url(port: u16) -> String {
+    format!("https://127.0.0.1:{port}/readyz")
+}
+
 /// Every port the tier's pods use on 127.0.0.1 (the brokers' metrics on 28181-28183).
 pub const PORTS: [u16; 11] =
     [8443, 28080, 28081, 28082, 28083, 28181, 28182, 28183, 28091, 28092, 28432];
@@ -302,8 +307,7 @@ impl Tier {
                     return None;
                 }
                 for (_, port) in BROKERS {
-                    let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await;
-                    if !ok(r.map_err(Into::into)) {
+                    if !ok(gw.get(&broker_ready_url(port)).await) {
                         return None;
                     }
                 }
@@ -322,12 +326,13 @@ impl Tier {
         Ok(())
     }
 
-    /// An HTTPS client that trusts the tier's CA (the edge's and the gateways' certificates).
+    /// An HTTPS client that trusts the tier's CA (the edge's, the brokers' and the gateways'
+    /// certificates).
     pub fn http(&self) -> HttpsClient {
         HttpsClient::new(&self.ca, false, Duration::from_secs(60)).expect("the tier's CA")
     }
 
-    /// The same, with a short timeout, for the gateways' own ports.
+    /// The same, with a short timeout, for the brokers' and the gateways' own ports.
     pub fn gateway_http(&self) -> HttpsClient {
         HttpsClient::new(&self.ca, false, Duration::from_secs(10)).expect("the tier's CA")
     }
@@ -493,7 +498,7 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
     };
     // (folder, owner uid, [(file, contents)])
     type Volume<'a> = (&'a str, u32, Vec<(&'a str, Vec<u8>)>);
-    let layout: [Volume; 6] = [
+    let layout: [Volume; 8] = [
         ("broker-keys", 10001, vec![("signing-1.pem", pem(&["signing-1.pem"])?)]),
         (
             "database",
@@ -501,6 +506,12 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
             vec![("url", pem(&["database-url"])?), ("password", pem(&["database-password"])?)],
         ),
         ("ldap", 10001, vec![("bind-password", pem(&["ldap-bind-password"])?)]),
+        (
+            "broker-tls",
+            10001,
+            vec![("tls.crt", pem(&["broker.crt"])?), ("tls.key", pem(&["broker.key"])?)],
+        ),
+        ("internal-ca", 10001, vec![("ca.crt", pem(&["ca.crt"])?)]),
         (
             "gateway-tls",
             10001,

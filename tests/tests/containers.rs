@@ -18,7 +18,9 @@ use atrium_tests::node::console_image;
 use atrium_tests::screen::{Glyphs, Screen, rows_showing};
 use atrium_tests::slapd::{SERVICE_PW, Slapd};
 use atrium_tests::stack::{TierStack, create_pool};
-use atrium_tests::tier::{self, BROKERS, GATEWAYS, KubeTools, POSTGRES, Tier, TierOptions};
+use atrium_tests::tier::{
+    self, BROKERS, GATEWAYS, KubeTools, POSTGRES, Tier, TierOptions, broker_ready_url,
+};
 use atrium_tests::{Group, TempDir, bin_path, skip, wait_for, workspace_root};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -74,7 +76,7 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
         ("Ingress", 2),
         ("NetworkPolicy", 4),
         ("PodDisruptionBudget", 2),
-        ("Secret", 6),
+        ("Secret", 7),
     ] {
         assert_eq!(k.get(kind).copied(), Some(n), "{kind} in {k:?}");
     }
@@ -94,6 +96,25 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
             "limits:",
         ] {
             assert!(d.text.contains(must), "{} lacks {must}", d.name);
+        }
+    }
+    // Every hop inside the cluster is TLS: no configuration names a plain http:// URL, the
+    // brokers serve a certificate, and the Ingress checks both backends against the internal CA.
+    for d in docs.iter().filter(|d| d.kind == "ConfigMap") {
+        assert!(!d.text.contains("http://"), "{} names a plain http:// URL", d.name);
+    }
+    let config = |name: &str| {
+        docs.iter()
+            .find(|d| d.kind == "ConfigMap" && d.name.starts_with(name))
+            .expect(name)
+            .text
+            .clone()
+    };
+    assert!(config("atrium-broker-config").contains("tls_cert"));
+    assert!(config("atrium-gateway-config").contains("ca_file"));
+    for ingress in docs.iter().filter(|d| d.kind == "Ingress") {
+        for must in ["backend-protocol: HTTPS", "proxy-ssl-verify", "atrium/atrium-internal-ca"] {
+            assert!(ingress.text.contains(must), "Ingress {} lacks {must}", ingress.name);
         }
     }
     // Only brokers and gateways may reach the nodes' network.
@@ -355,10 +376,10 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     let restarts = tier.restarts(victim).unwrap();
     tier.kill(victim).unwrap();
     let killed = Instant::now();
+    let internal = tier.gateway_http();
     wait_for("the killed broker to be restarted and ready", Duration::from_secs(30), || async {
         let again = tier.restarts(victim).ok()? > restarts;
-        let ready =
-            reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?.status() == 200;
+        let ready = internal.get(&broker_ready_url(port)).await.ok()?.status() == 200;
         (again && ready).then_some(())
     })
     .await
@@ -370,7 +391,7 @@ async fn brokers_survive_kills_rolling_updates_and_a_database_outage() {
     // traffic once ready.
     set("rolling update");
     for (b, port) in BROKERS {
-        tier.replace(b, &format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+        tier.replace(b, &broker_ready_url(port)).await.unwrap();
     }
     set("after the update");
     tokio::time::sleep(Duration::from_secs(2)).await;
