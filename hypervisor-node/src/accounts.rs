@@ -45,6 +45,18 @@ impl UidPool {
     }
 }
 
+impl UidPool {
+    /// Id `uid` again (a VM taken back after a node restart), unless it is outside the range
+    /// or in use.
+    pub(crate) fn claim(self: &Arc<Self>, uid: u32) -> Option<UidLease> {
+        if !self.range.contains(&uid) {
+            return None;
+        }
+        let fresh = self.used.lock().expect("uid pool lock").insert(uid);
+        fresh.then(|| UidLease { pool: Arc::clone(self), uid })
+    }
+}
+
 impl Drop for UidLease {
     fn drop(&mut self) {
         self.pool.used.lock().expect("uid pool lock").remove(&self.uid);

@@ -27,6 +27,17 @@ pub enum DefaultRuntime {
     Builtin,
 }
 
+/// What the node does with its VMs when it is stopped (SIGTERM, SIGINT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmsAtStop {
+    /// Leave them running: the node's next start takes them back, so restarting or upgrading
+    /// the node ends no desktop. (VMs of a runtime that cannot be taken back are ended.)
+    Keep,
+    /// End and delete them all (a node taken out of service, a development stack).
+    End,
+}
+
 /// QEMU's accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +91,8 @@ pub struct NodeSection {
     pub stop_grace_secs: u64,
     /// Interval of the health ping to each guest agent.
     pub ping_interval_secs: u64,
+    /// What happens to running VMs when the node is stopped.
+    pub vms_at_stop: VmsAtStop,
 }
 
 impl Default for NodeSection {
@@ -101,6 +114,7 @@ impl Default for NodeSection {
             ready_timeout_secs: 300,
             stop_grace_secs: 10,
             ping_interval_secs: 15,
+            vms_at_stop: VmsAtStop::Keep,
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub failed: AtomicU64,
     pub start_failures: AtomicU64,
     pub missed_pings: AtomicU64,
+    /// VMs an earlier run of the node left running, taken back at start.
+    pub taken_back: AtomicU64,
     /// Seconds from create to agent-ready: (sum, count).
     ready: Mutex<(f64, u64)>,
 }
@@ -51,6 +53,11 @@ impl Metrics {
             "atrium_node_vm_start_failures_total",
             "VM starts that failed before the VM ran.",
             self.start_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            "atrium_node_vms_taken_back_total",
+            "VMs an earlier run of the node left running, taken back at start.",
+            self.taken_back.load(Ordering::Relaxed),
         );
         counter(
             "atrium_node_agent_missed_pings_total",

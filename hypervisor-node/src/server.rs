@@ -8,7 +8,7 @@ use atrium_protocol::node::RuntimeKind;
 use thiserror::Error;
 
 use crate::api::{self, AppState};
-use crate::config::{ConfigError, DefaultRuntime, NodeConfig};
+use crate::config::{ConfigError, DefaultRuntime, NodeConfig, VmsAtStop};
 use crate::runtime::qemu::QemuRuntime;
 use crate::vm::{VmError, VmManager};
 use crate::{heartbeat, kvm, runtime};
@@ -50,7 +50,9 @@ pub async fn build_manager(config: NodeConfig) -> Result<Arc<VmManager>, ServeEr
             )));
         }
     }
-    Ok(VmManager::new(config, kind, runtimes, default)?)
+    let manager = VmManager::new(config, kind, runtimes, default)?;
+    manager.take_back_leftovers().await;
+    Ok(manager)
 }
 
 /// SIGINT or SIGTERM.
@@ -151,9 +153,12 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     tls_fresh.abort();
     let _ = std::fs::remove_file(&local_path);
     // All at once: each may take seconds (QEMU is asked to quit, then killed). Again while a
-    // creation cut short by the shutdown still adds one.
+    // creation cut short by the shutdown still adds one. With `vms_at_stop = "keep"`, only the
+    // VMs a restarted node could not take back (and creations cut short) go.
+    let keep = node.config().node.vms_at_stop == VmsAtStop::Keep;
     for _ in 0..3 {
-        let vms = node.list();
+        let vms: Vec<_> =
+            node.list().into_iter().filter(|vm| !keep || !node.can_be_taken_back(&vm.id)).collect();
         if vms.is_empty() {
             break;
         }
@@ -169,7 +174,14 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         }
         while deletes.join_next().await.is_some() {}
     }
-    tracing::info!("node stopped");
+    if keep && !node.list().is_empty() {
+        tracing::info!(
+            vms = node.list().len(),
+            "node stopped; its VMs run on, and its next start takes them back"
+        );
+    } else {
+        tracing::info!("node stopped");
+    }
     served.map_err(|e| ServeError::Setup(format!("the API server task: {e}")))
 }
 

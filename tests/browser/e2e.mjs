@@ -6,8 +6,8 @@
 //
 // Protocol on stdout: JSON lines. {"shot": PATH, "phase": NAME} asks the Rust side to look at a
 // canvas image; it answers on stdin with "ok" (go on) or "more" (take another). Phase
-// `kill_display` (no shot) asks it to kill the display proxy and start it again, as the quick
-// start does; it answers "ok" once it runs. {"done": true} at the end. Failures throw (exit code 1) with a message on stderr.
+// `kill_services` (no shot) asks it to kill the node agent and the display proxy and start them
+// again, as the quick start does; it answers "ok" once they run. {"done": true} at the end. Failures throw (exit code 1) with a message on stderr.
 
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -125,16 +125,17 @@ async function main() {
   await untilCanvasShows(page, 'typed', 'e2e-04-canvas-typed.png', 120, 'the command output never showed in the canvas');
   await shot(page, 'e2e-04-viewer-typed.png');
 
-  // The display proxy dies (kill -9). The quick start starts it again, and the viewer comes back
-  // by itself to the same desktop (the word is still on its screen) within a few seconds.
-  check(await ask('kill_display', '') === 'ok', 'the test could not kill the display proxy');
+  // The node agent and the display proxy die (kill -9). The quick start starts them again; the
+  // node takes the running desktop back, and the viewer comes back by itself to the same desktop
+  // (the word is still on its screen) within a few seconds.
+  check(await ask('kill_services', '') === 'ok', 'the test could not kill the node and the display proxy');
   await page.waitForFunction(() => !document.querySelector('.viewer-overlay').hidden, null, { timeout: 15000 });
   const lost = Date.now();
   log(`viewer: ${await page.locator('.viewer-overlay').textContent()}`);
   await shot(page, 'e2e-04-viewer-reconnecting.png');
   await page.waitForFunction(() => document.querySelector('.viewer-overlay').hidden, null, { timeout: 20000 });
   log(`viewer back after ${Date.now() - lost} ms`);
-  await untilCanvasShows(page, 'typed', 'e2e-04-canvas-reconnected.png', 60, 'after the display proxy came back the viewer did not show the same desktop');
+  await untilCanvasShows(page, 'typed', 'e2e-04-canvas-reconnected.png', 60, 'after the node and the display proxy came back the viewer did not show the same desktop');
 
   // The graphical desktop: she is signed in there as herself, no second password.
   await page.getByRole('button', { name: '← My desktops' }).click();

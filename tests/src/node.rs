@@ -133,9 +133,13 @@ impl NodeProcess {
         }
         let state_dir = dir.path().join("state");
         let port = free_port();
+        // A test's node ends its VMs when it is stopped (nothing outlives a test), unless the
+        // test says otherwise.
+        let at_stop = if extra.contains("vms_at_stop") { "" } else { "vms_at_stop = \"end\"\n" };
         let config = format!(
             "[node]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
-             images_dir = \"{}\"\nready_timeout_secs = 240\nstop_grace_secs = 30\nping_interval_secs = 5\n{extra}",
+             images_dir = \"{}\"\nready_timeout_secs = 240\nstop_grace_secs = 30\nping_interval_secs = 5\n\
+             {at_stop}{extra}",
             state_dir.display(),
             images.display()
         );
@@ -183,6 +187,12 @@ impl NodeProcess {
         let Some(status) = self.child.try_wait()? else { return Ok(None) };
         self.child = spawn(self.dir.path(), &self.tls_env)?;
         Ok(Some(status))
+    }
+
+    /// Kills the node with SIGKILL, as a crash would, and reaps it (its VMs are not told).
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("the killed node is reaped")
     }
 
     /// Sends SIGTERM and waits (up to a minute) for the node to exit.

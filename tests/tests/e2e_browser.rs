@@ -2,8 +2,8 @@
 //! `tests/browser/e2e.mjs`) against the whole stack on loopback: slapd, the broker, a real node
 //! booting console and graphical desktops under QEMU, and the display proxy. A user signs in,
 //! sees the pools, connects, sees the desktop in the canvas, types a command and sees its output,
-//! survives a `kill -9` of the display proxy (restarted as the quick start does, the viewer back
-//! by itself on the same desktop), opens the graphical desktop and finds herself signed in there,
+//! survives a `kill -9` of the node agent and of the display proxy (restarted as the quick start
+//! does: the node takes the running desktop back, the viewer comes back by itself to it), opens the graphical desktop and finds herself signed in there,
 //! and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
 //! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
@@ -52,13 +52,17 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                 done = true;
                 continue;
             }
-            if msg["phase"] == "kill_display" {
-                // A crash of the display proxy under a connected viewer; the quick start's
-                // supervision starts it again.
+            if msg["phase"] == "kill_services" {
+                // A crash of the node agent and of the display proxy under a connected viewer;
+                // the quick start's supervision starts them again, and the node takes the
+                // running desktop back.
+                stack.node.kill9();
                 stack.display.kill9();
                 let restarted = stack.restart_dead().await?;
                 anyhow::ensure!(
-                    restarted.len() == 1 && restarted[0].starts_with("the display proxy"),
+                    restarted.len() == 2
+                        && restarted[0].starts_with("the node agent")
+                        && restarted[1].starts_with("the display proxy"),
                     "restarted {restarted:?}"
                 );
                 driver.answer("ok").await?;

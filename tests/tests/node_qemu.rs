@@ -242,6 +242,100 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_session_takes_its_vms_back_when_it_restarts() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "a_node_killed_mid_session_takes_its_vms_back_when_it_restarts") {
+        return Ok(());
+    }
+    let image = console_image()?;
+    // The production setting: a stopped node leaves its VMs running.
+    let mut node = NodeProcess::start(&image, "vms_at_stop = \"keep\"\n").await?;
+    let create = |user: &str| {
+        json!({
+            "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+            "user": { "username": user },
+        })
+    };
+    let mut ids = Vec::new();
+    for user in ["alice", "bob"] {
+        let (status, body) = node.call("POST", "/api/v1/vms", Some(&create(user))).await?;
+        ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+        ids.push(serde_json::from_slice::<VmInfo>(&body)?.id);
+    }
+    let (kept, lost) = (ids[0].clone(), ids[1].clone());
+    for (id, user) in [(&kept, "alice"), (&lost, "bob")] {
+        wait_for("the session to be confirmed", BOOT, || async {
+            node.vm(id)
+                .await
+                .ok()
+                .filter(|v| v.state == VmState::Ready && v.user.as_deref() == Some(user))
+        })
+        .await
+        .with_context(|| node.log())?;
+    }
+    let info = node.vm(&kept).await?;
+    let qemu = processes_with(&format!("guest=atrium-{kept}"));
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    // A viewer on the desktop's screen, as the display proxy would be.
+    let mut rfb = RfbClient::connect(&vnc_path(&info)?).await?;
+    rfb.enable_qemu_ext_keys().await?;
+
+    // The node agent dies (a crash, an upgrade by kill): its VMs run on, and the user goes on
+    // typing; one VM's QEMU also dies while no node watches.
+    node.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(processes_with(&format!("guest=atrium-{kept}")), qemu, "QEMU died with the node");
+    for pid in processes_with(&format!("guest=atrium-{lost}")) {
+        // SAFETY: kill has no memory-safety preconditions; the pid was just read from /proc.
+        unsafe { libc::kill(i32::try_from(pid)?, libc::SIGKILL) };
+    }
+    let before = format!("during-{}", hex(8));
+    rfb.type_text(&format!("echo {before} | tee clipboard.txt\n")).await?;
+
+    // The node starts again and takes the running VM back: same process, same state and user,
+    // its QMP, console and agent reconnected. The VM whose QEMU died is gone, and cleaned up.
+    node.restart_if_dead()?.context("the node was dead")?;
+    let back = wait_for("the node to answer again", Duration::from_secs(30), || async {
+        node.vm(&kept).await.ok()
+    })
+    .await
+    .with_context(|| node.log())?;
+    assert_eq!(back.state, VmState::Ready, "{:?}\n{}", back.error, node.log());
+    assert_eq!(back.user.as_deref(), Some("alice"));
+    assert_eq!(back.created_at_ms, info.created_at_ms);
+    assert_eq!(processes_with(&format!("guest=atrium-{kept}")), qemu, "not the same QEMU");
+    let listed: Vec<String> = node.list_vms().await?.into_iter().map(|v| v.id).collect();
+    assert_eq!(listed, std::slice::from_ref(&kept), "the VM whose QEMU died is still listed");
+    assert_nothing_left(&node, &lost).await?;
+    let log = node.log();
+    assert!(log.contains("took back a VM"), "{log}");
+
+    // Everything works as before: the screen (QMP), the clipboard (the agent), and the end.
+    let shot = node.screenshot(&kept, "node-taken-back.png").await.with_context(|| node.log())?;
+    assert_eq!((shot.width, shot.height), (1024, 768));
+    let after = format!("after-{}", hex(8));
+    rfb.type_text(&format!("echo {after} | tee clipboard.txt\n")).await?;
+    node.wait_clipboard(&kept, 0, &format!("{after}\n"), CLIPBOARD_WAIT).await?;
+    let (_, body) = node.call("GET", "/metrics", None).await?;
+    let metrics = String::from_utf8(body)?;
+    assert!(metrics.contains("atrium_node_vms_taken_back_total 1"), "{metrics}");
+
+    // An upgrade: the node is stopped (SIGTERM) and started again; the desktop runs on.
+    node.terminate()?;
+    assert_eq!(processes_with(&format!("guest=atrium-{kept}")), qemu, "a stop ended the VM");
+    node.restart_if_dead()?.context("the node had stopped")?;
+    let again = wait_for("the node to answer again", Duration::from_secs(30), || async {
+        node.vm(&kept).await.ok()
+    })
+    .await?;
+    assert_eq!((again.state, again.user.as_deref()), (VmState::Ready, Some("alice")));
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{kept}"), None).await?;
+    assert_eq!(status, 204);
+    assert!(processes_with(&format!("guest=atrium-{kept}")).is_empty(), "QEMU outlived its VM");
+    assert_nothing_left(&node, &kept).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_killed_from_outside_is_reported_failed_and_cleaned_up() -> anyhow::Result<()> {
     if skip(Group::Qemu, "a_vm_killed_from_outside_is_reported_failed_and_cleaned_up") {
         return Ok(());

@@ -153,9 +153,10 @@ impl BuiltinRuntime {
 
         let mut cmd = Command::new(&self.exe);
         cmd.arg("vmm").arg("--config").arg(&paths.config);
-        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "vmm", |status, err_text| {
-            exit_info(status, err_text.lines().last().unwrap_or_default())
-        })?;
+        let (pid, exit_rx) =
+            super::spawn_vm_process(cmd, &cfg, "vmm", false, |status, err_text| {
+                exit_info(status, err_text.lines().last().unwrap_or_default())
+            })?;
         let vm = BuiltinVm {
             endpoints: Endpoints {
                 display: DisplayEndpoint::Shm { path: paths.display.display().to_string() },

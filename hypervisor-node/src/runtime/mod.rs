@@ -13,11 +13,12 @@ pub mod qmp;
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use atrium_protocol::node::{Accel, DisplayEndpoint, DisplaySize, RuntimeKind};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -98,6 +99,100 @@ pub struct Endpoints {
     pub serial: Option<PathBuf>,
 }
 
+/// What a node needs to take a running VM's process back after the node itself restarted (a
+/// crash, `kill -9`, an upgrade): kept in the VM's folder while the VM runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoptable {
+    pub pid: u32,
+    /// When the process started (clock ticks after boot, `/proc/PID/stat`): a pid the kernel
+    /// has since given to another process does not match, and is not taken for the VM.
+    pub started: u64,
+    /// The disk layer to delete when the VM goes (not a persistent disk).
+    pub layer: Option<PathBuf>,
+    /// The VM's own uid (`qemu.run_as = "per-vm"`), leased again.
+    pub uid: Option<u32>,
+}
+
+/// When process `pid` started (field 22 of `/proc/PID/stat`), or `None` if there is none.
+pub(crate) fn process_started(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A process that is not the node's child (a VM taken back): its pidfd, which names that
+/// process and no later one with the same pid.
+#[derive(Debug)]
+pub(crate) struct Foreign {
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl Foreign {
+    /// Opens process `pid` if it is the one that started at `started`.
+    pub(crate) fn open(pid: u32, started: u64) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let raw_pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(std::io::Error::other)?;
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // Checked after the pidfd is open: it names the process that had the pid then.
+        if process_started(pid) != Some(started) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("process {pid} is not the VM's any more"),
+            ));
+        }
+        Ok(Self { pidfd })
+    }
+
+    /// Sends `signal` to the process (never to a later one with its pid).
+    pub(crate) fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal takes the pidfd, a signal number and a null siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// A watch that carries `ExitInfo` once the process has ended. Its exit status went to
+    /// whoever reaps it, not to this node.
+    pub(crate) fn exit_watch(
+        &self,
+        label: &'static str,
+    ) -> std::io::Result<watch::Receiver<Option<ExitInfo>>> {
+        use tokio::io::Interest;
+        let pidfd = self.pidfd.try_clone()?;
+        // SAFETY: `pidfd` is an OwnedFd moved into the AsyncFd, which owns it from here on: the
+        // descriptor stays open and the same for the AsyncFd's whole life.
+        let fd =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            // A pidfd is readable once its process has ended.
+            let _ = fd.readable().await;
+            let description = format!(
+                "{label} ended (taken back after a node restart: its exit status is unknown)"
+            );
+            let _ = tx.send(Some(ExitInfo { clean: false, description }));
+        });
+        Ok(rx)
+    }
+}
+
 /// How a VM process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
@@ -148,6 +243,11 @@ pub trait VmHandle: Send + Sync + Debug {
     /// Removes the files the runtime made for this VM (sockets, a layer that is not kept).
     /// Called after the process is gone.
     fn cleanup(&self) -> Result<(), RuntimeError>;
+    /// What a restarted node needs to take this VM back; `None`: it cannot be (the VM ends
+    /// with the node).
+    fn adoptable(&self) -> Option<Adoptable> {
+        None
+    }
 }
 
 /// The runtimes this build has, set up for this host. (The builtin runtime joins here.)
@@ -179,16 +279,32 @@ pub trait Runtime: Send + Sync + Debug {
     fn accel_reason(&self) -> String;
     /// Starts a VM, paused.
     fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>>;
+    /// Takes back the running VM in folder `dir` that an earlier run of the node started.
+    fn adopt<'a>(
+        &'a self,
+        dir: &'a Path,
+        a: &'a Adoptable,
+    ) -> BoxFuture<'a, Result<Arc<dyn VmHandle>, RuntimeError>> {
+        let _ = (dir, a);
+        Box::pin(async move {
+            Err(RuntimeError::Start(format!(
+                "the {} runtime cannot take running VMs back",
+                self.kind()
+            )))
+        })
+    }
 }
 
 /// Starts a VM's process (QEMU, or `atrium-node vmm`) the way every runtime does: in its own
-/// process group, in the VM's cgroup (joined between fork and exec), dying with the node, its
-/// stderr logged under `label` with a bounded tail kept. Returns its pid and a watch that
-/// carries `exit_info(status, stderr tail)` once it ends.
+/// process group, in the VM's cgroup (joined between fork and exec), its stderr logged under
+/// `label` with a bounded tail kept. With `outlives_node`, the process goes on if the node
+/// dies (a restarted node takes it back); otherwise it dies with the node. Returns its pid and
+/// a watch that carries `exit_info(status, stderr tail)` once it ends.
 pub(crate) fn spawn_vm_process(
     mut cmd: tokio::process::Command,
     cfg: &LaunchConfig,
     label: &'static str,
+    outlives_node: bool,
     exit_info: fn(std::io::Result<std::process::ExitStatus>, &str) -> ExitInfo,
 ) -> Result<(Option<u32>, watch::Receiver<Option<ExitInfo>>), RuntimeError> {
     use std::os::fd::AsRawFd;
@@ -197,7 +313,8 @@ pub(crate) fn spawn_vm_process(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
+        // A VM that outlives the node must outlive the node's exit too.
+        .kill_on_drop(!outlives_node)
         .process_group(0);
     let procs = match &cfg.cgroup {
         Some(g) => g.open_procs()?,
@@ -209,9 +326,9 @@ pub(crate) fn spawn_vm_process(
     // open in the parent until after spawn returns; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            // Die with the node: the node alone tracks and cleans up its VMs. The node spawns
-            // from its async worker threads, which live as long as the node.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            // Die with the node, unless a restarted node can take the VM back. The node
+            // spawns from its async worker threads, which live as long as the node.
+            if !outlives_node && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             for fd in &fds {

@@ -10,10 +10,10 @@
 //! - guest agent: a virtio-serial port named `org.atrium.agent.0` on `agent.sock`; serial
 //!   console on `serial.sock`;
 //! - disk: a qcow2 layer whose backing file is the image's read-only base;
-//! - the process joins its cgroup before `exec`. It is set to die with the node
-//!   (`PR_SET_PDEATHSIG`), but the kernel clears that when QEMU drops to `qemu.run_as`: a
-//!   node that crashes leaves such QEMUs running until it starts again, when its sweep of
-//!   leftover VMs kills them through their cgroups.
+//! - the process joins its cgroup before `exec`, and outlives the node: a node that crashes or
+//!   is killed leaves its QEMUs running, and takes them back when it starts again
+//!   ([`QemuRuntime::adopt`]: the process checked by its start time, QMP reconnected, the VM's
+//!   own uid leased again).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,10 @@ use tokio::process::Command;
 use tokio::sync::{Mutex, watch};
 
 use super::qmp::Qmp;
-use super::{BoxFuture, Endpoints, ExitInfo, Frame, LaunchConfig, Runtime, RuntimeError, VmHandle};
+use super::{
+    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, LaunchConfig, Runtime, RuntimeError,
+    VmHandle,
+};
 use crate::accounts::{RunAs, UidLease, UidPool, lookup_user};
 use crate::config::{Pointer, QemuSection};
 use crate::kvm;
@@ -328,6 +331,14 @@ impl Runtime for QemuRuntime {
         self.reason.clone()
     }
 
+    fn adopt<'a>(
+        &'a self,
+        dir: &'a Path,
+        a: &'a Adoptable,
+    ) -> BoxFuture<'a, Result<Arc<dyn VmHandle>, RuntimeError>> {
+        Box::pin(async move { Ok(self.adopt_qemu(dir, a).await? as Arc<dyn VmHandle>) })
+    }
+
     fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>> {
         Box::pin(async move {
             let handle = self.launch_qemu(cfg).await?;
@@ -337,32 +348,55 @@ impl Runtime for QemuRuntime {
 }
 
 impl QemuRuntime {
+    /// Takes back the QEMU of the VM in `dir` that an earlier run of the node started: the
+    /// process (if it is still that one), its own uid, and its QMP socket.
+    async fn adopt_qemu(&self, dir: &Path, a: &Adoptable) -> Result<Arc<QemuVm>, RuntimeError> {
+        let foreign = Foreign::open(a.pid, a.started)
+            .map_err(RuntimeError::io(format!("finding QEMU (pid {})", a.pid)))?;
+        let uid = match (a.uid, &self.vm_uids) {
+            (None, _) => None,
+            (Some(uid), Some(pool)) => Some(pool.claim(uid).ok_or_else(|| {
+                RuntimeError::Start(format!("uid {uid} is outside qemu.vm_uids or in use"))
+            })?),
+            (Some(uid), None) => {
+                return Err(RuntimeError::Start(format!(
+                    "the VM runs as its own uid {uid}, and qemu.run_as is no longer per-vm"
+                )));
+            }
+        };
+        let paths = Paths::in_dir(dir);
+        // The user QEMU dropped to owns its screenshot folder (none: it kept the node's).
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.join("screens")).ok().map(|m| (m.uid(), m.gid()))
+        };
+        let screens = screens_for(dir, owner)?;
+        let exit = foreign.exit_watch("qemu").map_err(RuntimeError::io("watching QEMU"))?;
+        let vm = QemuVm {
+            endpoints: Endpoints {
+                display: DisplayEndpoint::VncUnix { path: paths.vnc.display().to_string() },
+                agent: paths.agent.clone(),
+                serial: Some(paths.serial.clone()),
+            },
+            paths,
+            screens,
+            accel: self.accel,
+            pid: Some(a.pid),
+            qmp: Mutex::new(None),
+            exit,
+            layer: a.layer.clone(),
+            shots: AtomicU64::new(0),
+            uid,
+            foreign: Some(foreign),
+        };
+        vm.connect_qmp().await?;
+        Ok(Arc::new(vm))
+    }
+
     async fn launch_qemu(&self, cfg: LaunchConfig) -> Result<Arc<QemuVm>, RuntimeError> {
         let paths = Paths::in_dir(&cfg.dir);
-        // Screendumps are written by QEMU itself, after it dropped to its user: into a folder of
-        // that user's, which it reaches through folders it may pass but not read.
         let (user, uid_lease) = self.user_for_vm().await?;
-        let screens = match &user {
-            Some(user) => {
-                use std::os::unix::fs::PermissionsExt;
-                let screens = cfg.dir.join("screens");
-                let io = |source| RuntimeError::Io {
-                    what: "preparing the VM's screenshot folder".into(),
-                    source,
-                };
-                std::fs::create_dir_all(&screens).map_err(io)?;
-                std::fs::set_permissions(&screens, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io)?;
-                std::os::unix::fs::chown(&screens, Some(user.uid), Some(user.gid)).map_err(io)?;
-                for dir in [Some(cfg.dir.as_path()), cfg.dir.parent()].into_iter().flatten() {
-                    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
-                        .map_err(io)?;
-                }
-                screens
-            }
-            None => cfg.dir.clone(),
-        };
+        let screens = screens_for(&cfg.dir, user.as_ref().map(|u| (u.uid, u.gid)))?;
         if let Some(d) = &cfg.disk
             && !d.layer.exists()
         {
@@ -375,7 +409,7 @@ impl QemuRuntime {
         }
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
-        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", qemu_exit_info)?;
+        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", true, qemu_exit_info)?;
 
         let vm = QemuVm {
             endpoints: Endpoints {
@@ -391,7 +425,8 @@ impl QemuRuntime {
             exit: exit_rx,
             layer: cfg.disk.as_ref().filter(|d| !d.keep).map(|d| d.layer.clone()),
             shots: AtomicU64::new(0),
-            _uid: uid_lease,
+            uid: uid_lease,
+            foreign: None,
         };
         // QMP is up once QEMU has made its sockets (it starts paused, so nothing is missed).
         match vm.connect_qmp().await.and_then(|()| self.open_display_to_group(&vm.paths)) {
@@ -454,6 +489,25 @@ impl QemuRuntime {
     }
 }
 
+/// Where QEMU writes screendumps. Once it dropped to its user (`owner`: uid, gid) that is a
+/// folder of that user's in the VM's folder, which it reaches through folders it may pass but
+/// not read (set again for a VM taken back: the node makes `vms/` private when it starts).
+fn screens_for(dir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((uid, gid)) = owner else { return Ok(dir.to_owned()) };
+    let screens = dir.join("screens");
+    let io =
+        |source| RuntimeError::Io { what: "preparing the VM's screenshot folder".into(), source };
+    std::fs::create_dir_all(&screens).map_err(io)?;
+    std::fs::set_permissions(&screens, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    std::os::unix::fs::chown(&screens, Some(uid), Some(gid)).map_err(io)?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let mode = std::fs::metadata(d).map_err(io)?.permissions().mode();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011)).map_err(io)?;
+    }
+    Ok(screens)
+}
+
 #[derive(Debug)]
 pub struct QemuVm {
     endpoints: Endpoints,
@@ -468,7 +522,9 @@ pub struct QemuVm {
     layer: Option<PathBuf>,
     shots: AtomicU64,
     /// Its own uid, while it exists (`run_as = "per-vm"`).
-    _uid: Option<UidLease>,
+    uid: Option<UidLease>,
+    /// A QEMU taken back after a node restart (not the node's child): signalled through this.
+    foreign: Option<Foreign>,
 }
 
 impl QemuVm {
@@ -524,7 +580,9 @@ impl QemuVm {
         if self.wait_exit(Duration::from_secs(3)).await {
             return Ok(());
         }
-        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+        if let Some(f) = &self.foreign {
+            let _ = f.signal(libc::SIGKILL);
+        } else if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
             // SAFETY: kill has no memory-safety preconditions. The pid is our child, which
             // has not been reaped (the exit watch is still empty), so it names no other process.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -623,6 +681,16 @@ impl VmHandle for QemuVm {
 
     fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
         self.exit.clone()
+    }
+
+    fn adoptable(&self) -> Option<Adoptable> {
+        let pid = self.pid?;
+        Some(Adoptable {
+            pid,
+            started: super::process_started(pid)?,
+            layer: self.layer.clone(),
+            uid: self.uid.as_ref().map(|l| l.uid),
+        })
     }
 
     fn cleanup(&self) -> Result<(), RuntimeError> {

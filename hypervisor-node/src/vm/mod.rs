@@ -3,8 +3,11 @@
 //! (ready, died, health pings), stop, delete (nothing left behind), and the guest agent's
 //! session and clipboard messages.
 //!
-//! Layout under `state_dir`: `vms/<id>/` (the runtime's sockets, the VM's disk layer; removed
-//! with the VM) and `disks/<disk>.qcow2` + `disks/<disk>.json` (persistent disks, kept).
+//! Layout under `state_dir`: `vms/<id>/` (the runtime's sockets, the VM's disk layer, and
+//! `vm.json` while it runs; removed with the VM) and `disks/<disk>.qcow2` + `disks/<disk>.json`
+//! (persistent disks, kept). A restarted node takes running VMs back ([`adopt`]).
+
+mod adopt;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -201,7 +204,8 @@ pub struct VmManager {
 }
 
 impl VmManager {
-    /// Sets up the node: checks folders, detects cgroups, removes what an earlier run left.
+    /// Sets up the node: checks folders, detects cgroups. What an earlier run left is taken
+    /// back or removed by [`Self::take_back_leftovers`].
     pub fn new(
         config: NodeConfig,
         kvm: KvmKind,
@@ -249,7 +253,6 @@ impl VmManager {
             draining: AtomicBool::new(false),
             ping_seq: AtomicU64::new(1),
         };
-        manager.remove_leftovers();
         Ok(Arc::new(manager))
     }
 
@@ -289,27 +292,6 @@ impl VmManager {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
-    }
-
-    /// VM folders and cgroups left by an earlier run of this node (a crash): their processes
-    /// died with the node (`PR_SET_PDEATHSIG`), or (QEMU after dropping to `qemu.run_as`,
-    /// which clears that) are killed here through their cgroups. Only VMs with a folder in
-    /// this node's `state_dir` are touched: another node on the host keeps its own.
-    fn remove_leftovers(&self) {
-        let vms = self.config.node.state_dir.join("vms");
-        for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            tracing::warn!(vm = %name, "removing a VM left by an earlier run");
-            if let Some(cg) = &self.cgroups
-                && name.starts_with("vm-")
-                && let Err(e) = cg.existing(&name).remove()
-            {
-                tracing::error!(vm = %name, "could not remove its cgroup: {e}");
-            }
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                tracing::error!("could not remove {}: {e}", entry.path().display());
-            }
-        }
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Vm>, VmError> {
@@ -468,6 +450,7 @@ impl VmManager {
             return Err(VmError::Start { id, message: e.to_string() });
         }
         self.metrics.created.fetch_add(1, Ordering::Relaxed);
+        vm.persist();
         Ok(vm)
     }
 
@@ -591,25 +574,31 @@ impl VmManager {
         let agent = Arc::new(AgentLink::connect(&handle.endpoints().agent, &vm.id).await?);
         *lock(&vm.agent) = Some(Arc::clone(&agent));
         handle.resume().await?;
-        let monitor =
-            tokio::spawn(Arc::clone(self).monitor(Arc::clone(vm), handle, Arc::clone(&agent)));
+        let monitor = tokio::spawn(Arc::clone(self).monitor(
+            Arc::clone(vm),
+            handle,
+            Arc::clone(&agent),
+            false,
+        ));
         let pinger = tokio::spawn(Arc::clone(self).pinger(agent, vm.id.clone()));
         lock(&vm.tasks).extend([monitor, pinger]);
         Ok(())
     }
 
-    /// Watches one VM: ready, the ready timeout, and its end.
+    /// Watches one VM: ready (unless `already_ready`: a VM taken back), the ready timeout, and
+    /// its end.
     async fn monitor(
         self: Arc<Self>,
         vm: Arc<Vm>,
         handle: Arc<dyn VmHandle>,
         agent: Arc<AgentLink>,
+        already_ready: bool,
     ) {
         let mut exit = handle.exit_watch();
         let mut ready = agent.view.ready.clone();
         let timeout = tokio::time::sleep(Duration::from_secs(self.config.node.ready_timeout_secs));
         tokio::pin!(timeout);
-        let mut is_ready = false;
+        let mut is_ready = already_ready;
         loop {
             tokio::select! {
                 r = async { exit.wait_for(Option::is_some).await.ok().and_then(|i| i.clone()) } => {
@@ -633,6 +622,7 @@ impl VmManager {
                     is_ready = true;
                     if vm.state() == VmState::Starting {
                         vm.set_state(VmState::Ready, None);
+                        vm.persist();
                         let secs = Duration::from_millis(now_ms().saturating_sub(vm.created_at_ms)).as_secs_f64();
                         self.metrics.record_ready(secs);
                         tracing::info!(vm = %vm.id, seconds = secs, "VM is ready");
@@ -663,6 +653,8 @@ impl VmManager {
     }
 
     fn on_exit(&self, vm: &Vm, info: &ExitInfo) {
+        // A VM that has ended is not taken back by a restarted node.
+        let _ = std::fs::remove_file(vm.dir.join("vm.json"));
         let state = vm.state();
         if vm.stopping.load(Ordering::SeqCst) {
             if state != VmState::Failed {
@@ -825,6 +817,7 @@ impl VmManager {
             });
         }
         lock(&vm.status).user = Some(username);
+        vm.persist();
         Ok(vm.info())
     }
 
@@ -833,6 +826,7 @@ impl VmManager {
         let (vm, agent) = self.ready_agent(id)?;
         agent.send(HostMessage::EndSession).await?;
         lock(&vm.status).user = None;
+        vm.persist();
         Ok(vm.info())
     }
 
