@@ -1,6 +1,6 @@
 //! The node's `builtin` runtime adapter over a real `atrium-node vmm` process: launched paused,
 //! its writable disk made from the read-only base, screenshots through the display channel,
-//! resumed, stopped cleanly and cleaned up. The "kernel" is the test firmware's ELF image
+//! resumed, taken back as a restarted node would, stopped cleanly and cleaned up. The "kernel" is the test firmware's ELF image
 //! (loaded by the same ELF path as Debian's `vmlinux`, entered at CPL 0 without boot info, it
 //! prints and spins), which keeps the test to a second under PVM; `vmm_linux.rs` boots the
 //! real kernel.
@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use atrium_node::runtime::builtin::BuiltinRuntime;
-use atrium_node::runtime::{DiskConfig, LaunchConfig, Runtime};
+use atrium_node::runtime::{Adoptable, DiskConfig, LaunchConfig, Runtime};
 use atrium_protocol::node::{DisplayEndpoint, DisplaySize};
 use atrium_tests::{Group, TempDir, bin_path, skip};
 
@@ -83,6 +83,18 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
         anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no guest output:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A restarted node takes the running VMM back: the same process, its display and control
+    // socket answering. A record whose process is not that one (a pid reused) is refused.
+    let record = vm.adoptable().expect("a builtin VM can be taken back");
+    assert_eq!(Some(record.pid), vm.pid());
+    let back = runtime.adopt(&dir, &record).await?;
+    assert_eq!(back.pid(), vm.pid());
+    let frame = back.screenshot().await?;
+    assert_eq!((frame.width, frame.height), (800, 600));
+    let reused = Adoptable { started: record.started + 1, ..record.clone() };
+    assert!(runtime.adopt(&dir, &reused).await.is_err(), "another process taken for the VM");
+    drop(back);
 
     // The power button is pressed (this guest takes no interrupts), then the VM is stopped;
     // the process exits cleanly and its files go away.

@@ -11,7 +11,9 @@
 //!   serial console: a bounded `serial.log` (no socket);
 //! - disk: raw only. The VM's writable disk is a sparse (or reflinked) copy of the image's
 //!   read-only base made at first launch, attached as `vda`;
-//! - the process joins its cgroup before `exec`, and dies with the node (`PR_SET_PDEATHSIG`).
+//! - the process joins its cgroup before `exec`, and outlives the node: a restarted node takes
+//!   it back ([`BuiltinRuntime`]'s `adopt`: the process checked by its start time, the control
+//!   socket answering).
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,10 @@ use atrium_vmm::control::{self, ControlRequest, ControlResponse};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{BoxFuture, Endpoints, ExitInfo, Frame, LaunchConfig, Runtime, RuntimeError, VmHandle};
+use super::{
+    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, LaunchConfig, Runtime, RuntimeError,
+    VmHandle,
+};
 use crate::image::DiskFormat;
 
 /// Kernel parameters that keep a stock kernel clear of what PVM's instruction emulator lacks
@@ -154,7 +159,7 @@ impl BuiltinRuntime {
         let mut cmd = Command::new(&self.exe);
         cmd.arg("vmm").arg("--config").arg(&paths.config);
         let (pid, exit_rx) =
-            super::spawn_vm_process(cmd, &cfg, "vmm", false, |status, err_text| {
+            super::spawn_vm_process(cmd, &cfg, "vmm", true, |status, err_text| {
                 exit_info(status, err_text.lines().last().unwrap_or_default())
             })?;
         let vm = BuiltinVm {
@@ -167,6 +172,7 @@ impl BuiltinRuntime {
             pid,
             exit: exit_rx,
             layer: cfg.disk.as_ref().filter(|d| !d.keep).map(|d| d.layer.clone()),
+            foreign: None,
         };
         let shared = vm.wait_ready().await.and_then(|()| self.open_display_to_group(&vm.paths));
         match shared {
@@ -263,6 +269,34 @@ impl Runtime for BuiltinRuntime {
         }
     }
 
+    fn adopt<'a>(
+        &'a self,
+        dir: &'a Path,
+        a: &'a Adoptable,
+    ) -> BoxFuture<'a, Result<Arc<dyn VmHandle>, RuntimeError>> {
+        Box::pin(async move {
+            let foreign = Foreign::open(a.pid, a.started)
+                .map_err(RuntimeError::io(format!("finding the VMM (pid {})", a.pid)))?;
+            let exit =
+                foreign.exit_watch("the VMM").map_err(RuntimeError::io("watching the VMM"))?;
+            let paths = Paths::in_dir(dir);
+            let vm = BuiltinVm {
+                endpoints: Endpoints {
+                    display: DisplayEndpoint::Shm { path: paths.display.display().to_string() },
+                    agent: paths.agent.clone(),
+                    serial: None,
+                },
+                paths,
+                pid: Some(a.pid),
+                exit,
+                layer: a.layer.clone(),
+                foreign: Some(foreign),
+            };
+            vm.wait_ready().await?;
+            Ok(Arc::new(vm) as Arc<dyn VmHandle>)
+        })
+    }
+
     fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>> {
         Box::pin(async move {
             let handle = self.launch_vmm(cfg).await?;
@@ -279,6 +313,8 @@ pub struct BuiltinVm {
     exit: watch::Receiver<Option<ExitInfo>>,
     /// The disk layer to delete at cleanup (not a persistent disk).
     layer: Option<PathBuf>,
+    /// A VMM taken back after a node restart (not the node's child): signalled through this.
+    foreign: Option<Foreign>,
 }
 
 impl BuiltinVm {
@@ -335,7 +371,9 @@ impl BuiltinVm {
         if self.wait_exit(Duration::from_secs(3)).await {
             return Ok(());
         }
-        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+        if let Some(f) = &self.foreign {
+            let _ = f.signal(libc::SIGKILL);
+        } else if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
             // SAFETY: kill has no memory-safety preconditions. The pid is our child, which
             // has not been reaped (the exit watch is still empty), so it names no other process.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -411,6 +449,16 @@ impl VmHandle for BuiltinVm {
 
     fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
         self.exit.clone()
+    }
+
+    fn adoptable(&self) -> Option<Adoptable> {
+        let pid = self.pid?;
+        Some(Adoptable {
+            pid,
+            started: super::process_started(pid)?,
+            layer: self.layer.clone(),
+            uid: None,
+        })
     }
 
     fn cleanup(&self) -> Result<(), RuntimeError> {
