@@ -10,3 +10,5 @@ ALTER TABLE desktops ADD COLUMN owner_id TEXT;
 -- One desktop per entry and pool (it was per username, which two entries can have in turn).
 DROP INDEX desktops_user_pool;
 CREATE UNIQUE INDEX desktops_owner_pool ON desktops (owner_id, pool_id) WHERE owner_id IS NOT NULL AND state <> 'destroying';
+-- Desktops from before ids, found by name at their owner's next sign-in.
+CREATE INDEX desktops_unowned ON desktops (username) WHERE owner_id IS NULL;

@@ -187,18 +187,40 @@ impl Db {
         // A name now given to another entry (deleted and re-created in the directory): the
         // former entry's sign-in sessions end. Its desktops stay its own (they belong to its
         // id) until an administrator removes them. Desktops assigned before the broker kept
-        // ids go to the first entry that signs in with their name.
+        // ids go to the first entry that signs in with their name. Only names whose entry is
+        // new to the broker cost anything here: one read for the batch, then nothing.
+        let known = format!(
+            "SELECT username, directory_id FROM users WHERE username IN ({})",
+            (1..=users.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(known));
+        for u in &users {
+            q = q.bind(&u.username);
+        }
+        let mut stored: Vec<(String, Option<String>)> = Vec::new();
+        for r in q.fetch_all(&mut *tx).await? {
+            stored.push((col(&r, "username")?, col(&r, "directory_id")?));
+        }
         for u in &users {
             let Some(id) = &u.directory_id else { continue };
-            sqlx::query(
-                "UPDATE login_sessions SET revoked_at = $3
-                 WHERE username = $1 AND revoked_at IS NULL AND (user_id IS NULL OR user_id <> $2)",
-            )
-            .bind(&u.username)
-            .bind(id)
-            .bind(u.last_login_at)
-            .execute(&mut *tx)
-            .await?;
+            let before = stored.iter().find(|(n, _)| *n == u.username).map(|(_, i)| i.as_ref());
+            match before {
+                Some(Some(old)) if old == id => continue,
+                // A first sign-in: no sessions to end, but maybe desktops from before ids.
+                None => {}
+                // Before ids (None) or another entry: the sessions not of this entry end.
+                Some(_) => {
+                    sqlx::query(
+                        "UPDATE login_sessions SET revoked_at = $3
+                         WHERE username = $1 AND revoked_at IS NULL AND (user_id IS NULL OR user_id <> $2)",
+                    )
+                    .bind(&u.username)
+                    .bind(id)
+                    .bind(u.last_login_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
             sqlx::query(
                 "UPDATE desktops SET owner_id = $2 WHERE username = $1 AND owner_id IS NULL",
             )
