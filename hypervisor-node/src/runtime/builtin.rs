@@ -49,6 +49,15 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Where the node reaches the VM (its serial console is a file, not a socket).
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            display: DisplayEndpoint::Shm { path: self.display.display().to_string() },
+            agent: self.agent.clone(),
+            serial: None,
+        }
+    }
+
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             config: dir.join("vmm.json"),
@@ -163,11 +172,7 @@ impl BuiltinRuntime {
                 exit_info(status, err_text.lines().last().unwrap_or_default())
             })?;
         let vm = BuiltinVm {
-            endpoints: Endpoints {
-                display: DisplayEndpoint::Shm { path: paths.display.display().to_string() },
-                agent: paths.agent.clone(),
-                serial: None,
-            },
+            endpoints: paths.endpoints(),
             paths,
             pid,
             exit: exit_rx,
@@ -281,11 +286,7 @@ impl Runtime for BuiltinRuntime {
                 foreign.exit_watch("the VMM").map_err(RuntimeError::io("watching the VMM"))?;
             let paths = Paths::in_dir(dir);
             let vm = BuiltinVm {
-                endpoints: Endpoints {
-                    display: DisplayEndpoint::Shm { path: paths.display.display().to_string() },
-                    agent: paths.agent.clone(),
-                    serial: None,
-                },
+                endpoints: paths.endpoints(),
                 paths,
                 pid: Some(a.pid),
                 exit,
@@ -452,13 +453,7 @@ impl VmHandle for BuiltinVm {
     }
 
     fn adoptable(&self) -> Option<Adoptable> {
-        let pid = self.pid?;
-        Some(Adoptable {
-            pid,
-            started: super::process_started(pid)?,
-            layer: self.layer.clone(),
-            uid: None,
-        })
+        Adoptable::of(self.pid, self.layer.as_ref(), None)
     }
 
     fn cleanup(&self) -> Result<(), RuntimeError> {

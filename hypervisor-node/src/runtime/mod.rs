@@ -113,6 +113,14 @@ pub struct Adoptable {
     pub uid: Option<u32>,
 }
 
+impl Adoptable {
+    /// The record of running process `pid` (none if it has no pid or is gone).
+    pub(crate) fn of(pid: Option<u32>, layer: Option<&PathBuf>, uid: Option<u32>) -> Option<Self> {
+        let pid = pid?;
+        Some(Self { pid, started: process_started(pid)?, layer: layer.cloned(), uid })
+    }
+}
+
 /// When process `pid` started (field 22 of `/proc/PID/stat`), or `None` if there is none.
 pub(crate) fn process_started(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -46,6 +46,15 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Where the node reaches the VM.
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            display: DisplayEndpoint::VncUnix { path: self.vnc.display().to_string() },
+            agent: self.agent.clone(),
+            serial: Some(self.serial.clone()),
+        }
+    }
+
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             qmp: dir.join("qmp.sock"),
@@ -373,11 +382,7 @@ impl QemuRuntime {
         let screens = screens_for(dir, owner)?;
         let exit = foreign.exit_watch("qemu").map_err(RuntimeError::io("watching QEMU"))?;
         let vm = QemuVm {
-            endpoints: Endpoints {
-                display: DisplayEndpoint::VncUnix { path: paths.vnc.display().to_string() },
-                agent: paths.agent.clone(),
-                serial: Some(paths.serial.clone()),
-            },
+            endpoints: paths.endpoints(),
             paths,
             screens,
             accel: self.accel,
@@ -412,11 +417,7 @@ impl QemuRuntime {
         let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", true, qemu_exit_info)?;
 
         let vm = QemuVm {
-            endpoints: Endpoints {
-                display: DisplayEndpoint::VncUnix { path: paths.vnc.display().to_string() },
-                agent: paths.agent.clone(),
-                serial: Some(paths.serial.clone()),
-            },
+            endpoints: paths.endpoints(),
             paths,
             screens,
             accel: self.accel,
@@ -684,13 +685,7 @@ impl VmHandle for QemuVm {
     }
 
     fn adoptable(&self) -> Option<Adoptable> {
-        let pid = self.pid?;
-        Some(Adoptable {
-            pid,
-            started: super::process_started(pid)?,
-            layer: self.layer.clone(),
-            uid: self.uid.as_ref().map(|l| l.uid),
-        })
+        Adoptable::of(self.pid, self.layer.as_ref(), self.uid.as_ref().map(|l| l.uid))
     }
 
     fn cleanup(&self) -> Result<(), RuntimeError> {

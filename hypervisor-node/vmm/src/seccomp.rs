@@ -70,13 +70,13 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     for &nr in COMMON {
         rules.insert(nr, Vec::new());
     }
-    let extra: &[i64] = match kind {
-        ThreadKind::Vcpu => VCPU,
-        ThreadKind::Devices => DEVICES,
-        ThreadKind::Control => CONTROL,
-        ThreadKind::Main => MAIN,
+    let extra: &[&[i64]] = match kind {
+        ThreadKind::Vcpu => &[DISK_IO],
+        ThreadKind::Devices => &[DISK_IO, SOCKETS],
+        ThreadKind::Control => &[SOCKETS],
+        ThreadKind::Main => &[MAIN],
     };
-    for &nr in extra {
+    for &nr in extra.iter().copied().flatten() {
         rules.insert(nr, Vec::new());
     }
     let ioctls: Vec<u64> = match kind {
@@ -158,32 +158,9 @@ const DISK_IO: &[i64] = &[
     libc::SYS_lseek,
 ];
 
-const VCPU: &[i64] = DISK_IO;
-
-const DEVICES: &[i64] = &[
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_lseek,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_ctl,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_accept4,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_sendto,
-    libc::SYS_sendmsg,
-    libc::SYS_shutdown,
-    libc::SYS_setsockopt,
-    libc::SYS_getsockopt,
-];
-
-const CONTROL: &[i64] = &[
+/// Sockets: accepting, reading and writing connections (the display, agent and control
+/// sockets), waiting on them.
+const SOCKETS: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
