@@ -197,13 +197,19 @@ async fn lost_nodes(st: &AppState) -> ApiResult<()> {
 }
 
 /// Sign-in records past any use: failure counters out of their window and lockout, and
-/// sign-in sessions expired a day ago or more (the audit log keeps the history).
+/// sign-in sessions expired a day ago or more (the audit log keeps the history); and the ids of
+/// node requests that have expired.
 async fn prune_logins(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
     let window = i64::try_from(st.cfg.login.window_secs * 1000).unwrap_or(i64::MAX / 2);
     let n = st.db.prune_logins(now, window, now - 86_400_000).await?;
-    if n > 0 {
-        tracing::debug!(rows = n, "old sign-in records pruned");
+    let spent = st.db.prune_node_requests(now).await?;
+    if n + spent > 0 {
+        tracing::debug!(
+            rows = n,
+            node_requests = spent,
+            "old sign-in and node request records pruned"
+        );
     }
     Ok(())
 }

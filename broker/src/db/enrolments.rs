@@ -240,6 +240,35 @@ impl Db {
             .transpose()
     }
 
+    /// Spends request `jti` of node `node_id`, kept until `expires_at` (ms): `false` when it
+    /// was already spent (the same request again). One statement, so replicas agree.
+    pub async fn spend_node_request(
+        &self,
+        node_id: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> DbResult<bool> {
+        let r = sqlx::query(
+            "INSERT INTO node_request_ids (node_id, jti, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (node_id, jti) DO NOTHING",
+        )
+        .bind(node_id)
+        .bind(jti)
+        .bind(expires_at)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Forgets spent request ids whose requests have expired; returns how many.
+    pub async fn prune_node_requests(&self, now: i64) -> DbResult<u64> {
+        let r = sqlx::query("DELETE FROM node_request_ids WHERE expires_at < $1")
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Revokes a node: its key opens nothing from now on, and the next reconcile pass finds it
     /// lost (its desktops fail over as for any lost node). `Ok(false)`: it had no credential.
     pub async fn revoke_node(&self, node_id: &str) -> DbResult<bool> {

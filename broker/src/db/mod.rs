@@ -99,6 +99,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "node back-off", include_str!("../../migrations/0003_node_backoff.sql")),
     (4, "node identity", include_str!("../../migrations/0004_node_identity.sql")),
     (5, "directory ids", include_str!("../../migrations/0005_directory_ids.sql")),
+    (6, "node request replay", include_str!("../../migrations/0006_node_request_replay.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

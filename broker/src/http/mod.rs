@@ -207,7 +207,7 @@ mod tests {
             };
             send("/api/v1/nodes/enrol", None, serde_json::to_vec(&req).unwrap())
         };
-        let heartbeat = |node: &str, signer: &str, key: &NodeKey, vcpus: u32| {
+        let signed_heartbeat = |node: &str, signer: &str, key: &NodeKey, vcpus: u32| {
             let hb = NodeHeartbeat {
                 node_id: node.into(),
                 api_url: format!("https://10.0.0.5:7070/{node}"),
@@ -231,6 +231,10 @@ mod tests {
                 body: &body,
             };
             let token = key.sign(signer, BROKER_AUDIENCE, &req, signed::now_secs()).unwrap();
+            (token, body)
+        };
+        let heartbeat = |node: &str, signer: &str, key: &NodeKey, vcpus: u32| {
+            let (token, body) = signed_heartbeat(node, signer, key, vcpus);
             send("/api/v1/nodes/heartbeat", Some(token), body)
         };
         let a = NodeKey::ephemeral();
@@ -258,7 +262,19 @@ mod tests {
         assert_eq!(enrol(&t2, "node-a", &thief).await.unwrap().status(), StatusCode::CONFLICT);
 
         // Signed by its key, about itself: accepted, capacity capped at what it enrolled with.
-        assert_eq!(heartbeat("node-a", "node-a", &a, 4096).await.unwrap().status(), StatusCode::OK);
+        let (token, body) = signed_heartbeat("node-a", "node-a", &a, 4096);
+        let first = send("/api/v1/nodes/heartbeat", Some(token.clone()), body.clone());
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        // The same signed heartbeat again (captured on the wire and replayed): spent, refused
+        // with a conflict (not a 401, which would send the node enrolling).
+        let replay = send("/api/v1/nodes/heartbeat", Some(token), body);
+        assert_eq!(replay.await.unwrap().status(), StatusCode::CONFLICT);
+        let spent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node_request_ids")
+            .fetch_one(st.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(spent, 1);
+        assert_eq!(st.db.prune_node_requests(i64::MAX).await.unwrap(), 1);
         let n = st.db.get_node("node-a").await.unwrap().unwrap();
         assert_eq!((n.capacity.vcpus_total, n.capacity.memory_mib_total), (8, 16384));
         // Another key claiming to be node-a; node-a's key speaking for another node.
