@@ -764,7 +764,11 @@ impl VmManager {
         {
             first_error.get_or_insert(e.into());
         }
-        let group = lock(&vm.cgroup).take();
+        // The monitor may be removing it already (the VM's end woke it first): remove it here
+        // too (removal is idempotent), so that a delete answers once nothing of the VM is left.
+        let group = lock(&vm.cgroup)
+            .take()
+            .or_else(|| self.cgroups.as_ref().map(|m| m.existing(&vm.id)));
         if let Some(g) = group
             && let Err(e) = remove_cgroup(g).await
         {
