@@ -63,7 +63,7 @@ run_one() {
   # The binary cargo-fuzz built (so that nothing is rebuilt while targets run). The first
   # corpus folder is where new inputs go; the committed seeds are only read.
   "$work/x86_64-unknown-linux-gnu/release/$t" "$work/corpus/$t" "corpus/$t" \
-    "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${limit[@]}" -max_len=65536 -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$work/artifacts/$t/" >"$work/logs/$t.log" 2>&1
 }
 
