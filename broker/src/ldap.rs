@@ -277,7 +277,11 @@ impl Directory {
     /// `objectGUID` in the GUID's usual form, another binary value in hex.
     fn entry_id(&self, entry: &SearchEntry) -> Result<String, LdapError> {
         let name = &self.inner.cfg.id_attribute;
+        // A GUID is binary, though its 16 bytes are now and then valid UTF-8 (and then come as
+        // text): read it as bytes either way, so that one entry always has one id.
+        let guid = name.eq_ignore_ascii_case("objectGUID");
         let id = match first_attr(&entry.attrs, name) {
+            Some(text) if guid => binary_id(name, text.as_bytes()),
             Some(text) => text,
             None => {
                 let bin = entry
