@@ -82,6 +82,12 @@ fn host_of(rest: &str) -> &str {
 /// which and how to allow it.
 pub fn check_url(url: &str, plain_loopback: bool) -> Result<(), String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+    // No user info, and no backslash (which some parsers read as a path separator and others
+    // not): the host checked here must be the host connected to.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains(['@', '\\']) {
+        return Err(format!("{url:?}: a service URL names a host and port only (no user info)"));
+    }
     let host = host_of(rest);
     if host.is_empty() || url.contains(char::is_whitespace) {
         return Err(format!("{url:?} names no host"));
@@ -123,13 +129,20 @@ mod tests {
             "http://10.0.0.5:7070",
             "ws://node-1:8090",
             "http://127.0.0.1.evil.example",
-            "http://localhost@10.0.0.5/",
             "http://[fd00::1]:80",
         ] {
             let e = check_url(remote, true).unwrap_err();
             assert!(e.contains("another host"), "{remote}: {e}");
         }
-        for bad in ["ftp://x", "127.0.0.1:80", "https://", "https://a b"] {
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:80",
+            "https://",
+            "https://a b",
+            "http://10.0.0.5\\@127.0.0.1/",
+            "http://user@127.0.0.1/",
+            "http://localhost@10.0.0.5/",
+        ] {
             assert!(check_url(bad, true).is_err(), "{bad}");
         }
     }
