@@ -204,8 +204,9 @@ pub async fn verify_node_request(
         ApiError::Unauthorized
     })?;
     // Spent once: the same request again (captured on the wire and replayed) is refused. Its id
-    // is kept until the request could no longer be accepted anyway.
-    let keep_until = claims.exp.saturating_add(signed::CLOCK_LEEWAY_SECS).saturating_mul(1000);
+    // is kept until no replica could accept the request any more (its expiry, the clock leeway,
+    // and a minute more for replicas' clocks apart).
+    let keep_until = claims.exp.saturating_add(signed::CLOCK_LEEWAY_SECS + 60).saturating_mul(1000);
     let keep_until = i64::try_from(keep_until).unwrap_or(i64::MAX);
     if !st.db.spend_node_request(&cred.node_id, &claims.jti, keep_until).await? {
         tracing::info!(node = %who.sub, "a node request already used was refused (a replay)");

@@ -260,17 +260,17 @@ impl Directory {
         Ok(user)
     }
 
-    /// Binds as `dn` and, at the same time, reads the stable id of the entry at `dn` (a
-    /// base-object search as the service account, one round trip beside the bind).
+    /// Binds as `dn`, then reads the stable id of the entry at `dn` (a base-object search as
+    /// the service account). In that order: an entry re-created between the two shows as a
+    /// changed id, never as the old entry with the new one's password.
     async fn bind_and_read_id(
         &self,
         dn: &str,
         password: &Secret,
     ) -> Result<Option<String>, LdapError> {
+        self.bind_as(dn, password).await?;
         let attrs = [self.inner.cfg.id_attribute.as_str()];
-        let (bind, found) = tokio::join!(self.bind_as(dn, password), self.search_base(dn, &attrs));
-        bind?;
-        Ok(found?.and_then(|e| self.entry_id(&e).ok()))
+        Ok(self.search_base(dn, &attrs).await?.and_then(|e| self.entry_id(&e).ok()))
     }
 
     /// An entry's stable id (`ldap.id_attribute`), as text: a text value as it is, an
@@ -446,7 +446,7 @@ impl Directory {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<SearchEntry>, LdapError> {
-        self.search_in(base, Scope::Subtree, filter, attrs).await
+        self.search_in(base, Scope::Subtree, filter, attrs, false).await
     }
 
     /// The entry at `dn` itself (`None`: there is none).
@@ -455,15 +455,19 @@ impl Directory {
         dn: &str,
         attrs: &[&str],
     ) -> Result<Option<SearchEntry>, LdapError> {
-        Ok(self.search_in(dn, Scope::Base, "(objectClass=*)", attrs).await?.into_iter().next())
+        let found = self.search_in(dn, Scope::Base, "(objectClass=*)", attrs, true).await?;
+        Ok(found.into_iter().next())
     }
 
+    /// A search; with `missing_ok`, a base that does not exist is no entries (for a lookup of
+    /// one entry by its DN), otherwise the directory error it is (a wrong `user_base`).
     async fn search_in(
         &self,
         base: &str,
         scope: Scope,
         filter: &str,
         attrs: &[&str],
+        missing_ok: bool,
     ) -> Result<Vec<SearchEntry>, LdapError> {
         let pool = &self.inner.service;
         // One retry on a fresh connection: an idle connection may have been closed by the server.
@@ -486,7 +490,7 @@ impl Directory {
                 Ok(Err(e)) => return Err(classify(e)),
                 Ok(Ok(result)) => {
                     let (entries, res) = (result.0, result.1);
-                    if res.rc == RC_NO_SUCH_OBJECT {
+                    if missing_ok && res.rc == RC_NO_SUCH_OBJECT {
                         self.put_back(pool, conn);
                         return Ok(Vec::new());
                     }

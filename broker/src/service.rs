@@ -67,6 +67,12 @@ pub async fn login(
     password: &Secret,
     addr: IpAddr,
 ) -> ApiResult<SignedIn> {
+    let addr_key = format!("addr:{addr}");
+    // A locked-out address costs the directory nothing.
+    let now = now_ms();
+    if let (Some(until), _) = st.db.login_failure_state(&[&addr_key, &addr_key], now).await? {
+        return Err(locked_out(st, username, addr, until, now).await);
+    }
     // The entry the name leads to, found before the password is checked: attempts count
     // against the entry, so every spelling of one account shares one counter.
     let candidate = match st.directory.find(username).await {
@@ -78,13 +84,9 @@ pub async fn login(
     // recorded by the one before (a burst of parallel guesses cannot all slip under the limit).
     let _turn = st.login_gate.enter(&user_key).await;
     let now = now_ms();
-    let addr_key = format!("addr:{addr}");
     let (locked, counted) = st.db.login_failure_state(&[&user_key, &addr_key], now).await?;
     if let Some(until) = locked {
-        Metrics::inc(&st.metrics.logins_locked);
-        audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
-        let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
-        return Err(ApiError::LockedOut { retry_after_secs: secs, minutes: secs.div_ceil(60) });
+        return Err(locked_out(st, username, addr, until, now).await);
     }
     match st.directory.sign_in(username, candidate, password).await {
         Ok(dir_user) => {
@@ -159,6 +161,14 @@ pub async fn login(
         }
         Err(e) => Err(directory_unavailable(st, username, addr, e).await),
     }
+}
+
+/// A sign-in refused by a lockout until `until`: counted, audited, and the error to return.
+async fn locked_out(st: &AppState, username: &str, addr: IpAddr, until: i64, now: i64) -> ApiError {
+    Metrics::inc(&st.metrics.logins_locked);
+    audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
+    let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
+    ApiError::LockedOut { retry_after_secs: secs, minutes: secs.div_ceil(60) }
 }
 
 /// A sign-in the directory could not answer: counted, audited, and the error to return.

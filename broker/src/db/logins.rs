@@ -221,8 +221,11 @@ impl Db {
                     .await?;
                 }
             }
+            // Not where the entry has a desktop of that pool already (one per entry and pool).
             sqlx::query(
-                "UPDATE desktops SET owner_id = $2 WHERE username = $1 AND owner_id IS NULL",
+                "UPDATE desktops SET owner_id = $2 WHERE username = $1 AND owner_id IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM desktops o WHERE o.owner_id = $2
+                     AND o.pool_id = desktops.pool_id AND o.state <> 'destroying')",
             )
             .bind(&u.username)
             .bind(id)
