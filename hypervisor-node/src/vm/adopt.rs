@@ -69,7 +69,8 @@ impl Vm {
             user: status.user,
             process,
         };
-        let tmp = self.dir.join(format!("{RECORD}.tmp"));
+        // A name of its own: two updates at once must not write into one file.
+        let tmp = self.dir.join(format!("{RECORD}.{:016x}.tmp", rand::random::<u64>()));
         let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
         if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
             tracing::error!(vm = %self.id, "writing {}: {e}", path.display());
@@ -88,16 +89,25 @@ impl VmManager {
     /// another node on the host keeps its own.
     pub async fn take_back_leftovers(self: &Arc<Self>) {
         let vms = self.config.node.state_dir.join("vms");
-        let mut entries: Vec<_> = std::fs::read_dir(&vms).into_iter().flatten().flatten().collect();
-        entries.sort_by_key(std::fs::DirEntry::file_name);
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let record = read_record(&entry.path());
-            let result = match &record {
-                Ok(r) if r.id == name => self.take_back(&entry.path(), r).await,
-                Ok(r) => Err(format!("its record names VM {:?}", r.id)),
-                Err(e) => Err(e.clone()),
-            };
+        // All at once: each may wait seconds for its sockets, and the node answers nothing and
+        // sends no heartbeat until every VM is back.
+        let mut all = tokio::task::JoinSet::new();
+        for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+            let this = Arc::clone(self);
+            all.spawn(async move {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let record = read_record(&path);
+                let result = match &record {
+                    Ok(r) if r.id == name => this.take_back(&path, r).await,
+                    Ok(r) => Err(format!("its record names VM {:?}", r.id)),
+                    Err(e) => Err(e.clone()),
+                };
+                (name, path, record.ok(), result)
+            });
+        }
+        while let Some(joined) = all.join_next().await {
+            let Ok((name, path, record, result)) = joined else { continue };
             match result {
                 Ok(()) => {
                     self.metrics.taken_back.fetch_add(1, Ordering::Relaxed);
@@ -105,7 +115,7 @@ impl VmManager {
                 }
                 Err(why) => {
                     tracing::warn!(vm = %name, "removing a VM left by an earlier run: {why}");
-                    self.remove_leftover(&name, &entry.path(), record.ok().as_ref());
+                    self.remove_leftover(&name, &path, record.as_ref());
                 }
             }
         }

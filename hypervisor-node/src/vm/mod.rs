@@ -766,9 +766,8 @@ impl VmManager {
         }
         // The monitor may be removing it already (the VM's end woke it first): remove it here
         // too (removal is idempotent), so that a delete answers once nothing of the VM is left.
-        let group = lock(&vm.cgroup)
-            .take()
-            .or_else(|| self.cgroups.as_ref().map(|m| m.existing(&vm.id)));
+        let group =
+            lock(&vm.cgroup).take().or_else(|| self.cgroups.as_ref().map(|m| m.existing(&vm.id)));
         if let Some(g) = group
             && let Err(e) = remove_cgroup(g).await
         {
