@@ -83,18 +83,19 @@ for i in "${!pids[@]}"; do
   status=ok
   wait "${pids[$i]}" || status=crashed
   log="$work/logs/$t.log"
-  stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
+  stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1 || true; }
   execs=$(stat number_of_executed_units)
   speed=$(stat average_exec_per_sec)
   # The last status line libFuzzer printed: "#N ... cov: C ft: F corp: K/..."
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  corp=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  # (A target that crashed on a seed printed none of these: they stay empty.)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+  corp=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   printf 'fuzz: %-15s %-7s %12s execs %8s/s  cov %6s  ft %6s  corpus %5s\n' \
     "$t" "$status" "${execs:-?}" "${speed:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}"
   if [ "$status" != ok ]; then
     failed+=("$t")
-    grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written' "$log" | head -8 | sed 's/^/      /'
+    { grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written' "$log" || true; } | head -8 | sed 's/^/      /'
     echo "      replay: (cd fuzz && cargo +nightly fuzz run ${build_flags[*]} $t <that file>)"
     echo "      log: $log"
   fi
