@@ -70,7 +70,7 @@ pub async fn login(
     let addr_key = format!("addr:{addr}");
     // A locked-out address costs the directory nothing.
     let now = now_ms();
-    if let (Some(until), _) = st.db.login_failure_state(&[&addr_key, &addr_key], now).await? {
+    if let (Some(until), _) = st.db.login_failure_state(&[&addr_key], now).await? {
         return Err(locked_out(st, username, addr, until, now).await);
     }
     // The entry the name leads to, found before the password is checked: attempts count

@@ -99,15 +99,18 @@ impl Db {
     /// one is in force now), and which keys have a counter at all.
     pub async fn login_failure_state(
         &self,
-        keys: &[&str; 2],
+        keys: &[&str],
         now: i64,
     ) -> DbResult<(Option<i64>, Vec<String>)> {
-        let rows =
-            sqlx::query("SELECT key, locked_until FROM login_failures WHERE key IN ($1, $2)")
-                .bind(keys[0])
-                .bind(keys[1])
-                .fetch_all(self.pool())
-                .await?;
+        let sql = format!(
+            "SELECT key, locked_until FROM login_failures WHERE key IN ({})",
+            (1..=keys.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in keys {
+            q = q.bind(*k);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
         let mut locked: Option<i64> = None;
         let mut present = Vec::new();
         for r in &rows {
