@@ -1,5 +1,4 @@
-//! The broker's operations, shared by the HTTP handlers and the reconcile loop: sign-in,
-//! sign-out, connect, session ends, provisioning and destruction of desktops.
+//! Connect, session ends, provisioning and destruction of desktops.
 
 use std::net::IpAddr;
 
@@ -9,214 +8,13 @@ use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISS
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{
-    Assignment, AuditEvent, CachedUser, Desktop, DesktopSession, DesktopState, LoginRecord,
-    LoginSession, Pool, PoolKind, now_ms,
-};
+use crate::db::{Assignment, Desktop, DesktopSession, DesktopState, Pool, PoolKind, now_ms};
 use crate::error::{ApiError, ApiResult};
-use crate::ldap::LdapError;
 use crate::metrics::Metrics;
-use crate::policy::{Action, Principal, RequestContext, Resource};
-use crate::secret::Secret;
+use crate::policy::{Action, Principal};
 use crate::state::AppState;
 
-pub use atrium_protocol::text::printable;
-
-/// Records an audit event; a failure to record is logged, never hidden.
-pub async fn audit(
-    st: &AppState,
-    actor: &str,
-    action: &str,
-    target: &str,
-    outcome: &str,
-    addr: IpAddr,
-    details: serde_json::Value,
-) {
-    let e = AuditEvent::now(actor, action, target, outcome, addr.to_string(), &details);
-    if let Err(err) = st.db.insert_audit(st.db.pool(), &e).await {
-        tracing::error!(error = %err, action, "could not write an audit event");
-    }
-}
-
-/// What a successful sign-in returns (the cookies go in headers).
-#[derive(Debug)]
-pub struct SignedIn {
-    pub user: CachedUser,
-    pub session_token: String,
-    pub csrf_token: String,
-    pub max_age: u64,
-}
-
-/// The lockout key of a typed username that names no directory entry: as directories compare
-/// names (case-insensitively, ignoring leading, trailing and repeated spaces), so "Alice",
-/// " alice" and "alice  " count as one (probing for names is limited too).
-pub fn username_key(username: &str) -> String {
-    let folded = username.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    format!("user:{}", printable(&folded, 256))
-}
-
-/// The lockout key of a directory entry: every name that leads to it (its `uid`, its `mail`,
-/// any spelling the directory matches) shares it.
-pub fn entry_key(id: &str) -> String {
-    format!("entry:{}", printable(id, 256))
-}
-
-pub async fn login(
-    st: &AppState,
-    username: &str,
-    password: &Secret,
-    addr: IpAddr,
-) -> ApiResult<SignedIn> {
-    let addr_key = format!("addr:{addr}");
-    // A locked-out address costs the directory nothing.
-    let now = now_ms();
-    if let (Some(until), _) = st.db.login_failure_state(&[&addr_key], now).await? {
-        return Err(locked_out(st, username, addr, until, now).await);
-    }
-    // The entry the name leads to, found before the password is checked: attempts count
-    // against the entry, so every spelling of one account shares one counter.
-    let candidate = match st.directory.find(username).await {
-        Ok(c) => c,
-        Err(e) => return Err(directory_unavailable(st, username, addr, e).await),
-    };
-    let user_key = candidate.id().map_or_else(|| username_key(username), entry_key);
-    // Attempts for one account take turns on this replica, so each one sees the failures
-    // recorded by the one before (a burst of parallel guesses cannot all slip under the limit).
-    let _turn = st.login_gate.enter(&user_key).await;
-    let now = now_ms();
-    let (locked, counted) = st.db.login_failure_state(&[&user_key, &addr_key], now).await?;
-    if let Some(until) = locked {
-        return Err(locked_out(st, username, addr, until, now).await);
-    }
-    match st.directory.sign_in(username, candidate, password).await {
-        Ok(dir_user) => {
-            let cached = CachedUser::from((&dir_user, now));
-            let sid = uuid::Uuid::new_v4().to_string();
-            let session = LoginSession {
-                id: sid.clone(),
-                username: cached.username.clone(),
-                user_id: Some(dir_user.id.clone()),
-                client_addr: addr.to_string(),
-                created_at: now,
-                expires_at: now
-                    + i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000)
-                        .unwrap_or(i64::MAX / 2),
-                last_seen_at: now,
-                revoked_at: None,
-            };
-            let event = AuditEvent {
-                id: uuid::Uuid::new_v4().to_string(),
-                at: now,
-                actor: cached.username.clone(),
-                action: "login".into(),
-                target: cached.username.clone(),
-                outcome: "success".into(),
-                client_addr: addr.to_string(),
-                details: serde_json::json!({ "session": sid }).to_string(),
-            };
-            let expires_at = session.expires_at;
-            st.login_writer
-                .write(LoginRecord {
-                    user: cached.clone(),
-                    session,
-                    audit: event,
-                    clear_failures: counted.contains(&user_key).then_some(user_key),
-                })
-                .await?;
-            let csrf_token = crate::auth::random_token();
-            let (session_token, max_age) = crate::auth::mint_session_token(
-                st,
-                &cached.username,
-                &sid,
-                &crate::auth::csrf_digest(&csrf_token),
-                expires_at,
-            )?;
-            Metrics::inc(&st.metrics.logins_ok);
-            Ok(SignedIn { user: cached, session_token, csrf_token, max_age })
-        }
-        Err(LdapError::InvalidCredentials) => {
-            Metrics::inc(&st.metrics.logins_failed);
-            let lw = &st.cfg.login;
-            let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
-            let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
-            let user_locked = st
-                .db
-                .record_login_failure(&user_key, now, window, lw.max_failures_per_user, lockout)
-                .await?;
-            let addr_locked = st
-                .db
-                .record_login_failure(&addr_key, now, window, lw.max_failures_per_address, lockout)
-                .await?;
-            audit(
-                st,
-                username,
-                "login.failed",
-                username,
-                "failure",
-                addr,
-                serde_json::json!({ "locked_user": user_locked, "locked_address": addr_locked }),
-            )
-            .await;
-            Err(ApiError::InvalidCredentials)
-        }
-        Err(e) => Err(directory_unavailable(st, username, addr, e).await),
-    }
-}
-
-/// A sign-in refused by a lockout until `until`: counted, audited, and the error to return.
-async fn locked_out(st: &AppState, username: &str, addr: IpAddr, until: i64, now: i64) -> ApiError {
-    Metrics::inc(&st.metrics.logins_locked);
-    audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
-    let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;
-    ApiError::LockedOut { retry_after_secs: secs, minutes: secs.div_ceil(60) }
-}
-
-/// A sign-in the directory could not answer: counted, audited, and the error to return.
-async fn directory_unavailable(
-    st: &AppState,
-    username: &str,
-    addr: IpAddr,
-    e: crate::ldap::LdapError,
-) -> ApiError {
-    Metrics::inc(&st.metrics.logins_unavailable);
-    audit(
-        st,
-        username,
-        "login.error",
-        username,
-        "failure",
-        addr,
-        serde_json::json!({ "reason": "directory unavailable" }),
-    )
-    .await;
-    e.into()
-}
-
-/// Ends a sign-in session and the desktop sessions opened from it.
-pub async fn logout(
-    st: &AppState,
-    username: &str,
-    user_id: &str,
-    sid: &str,
-    addr: IpAddr,
-) -> ApiResult<()> {
-    let now = now_ms();
-    st.db.revoke_login_session(sid, now).await?;
-    for s in st.db.open_sessions_of_login(sid).await? {
-        end_session(st, &s, "signed out", now).await?;
-    }
-    // Floating desktops the user disconnected from earlier go too, unless another sign-in of
-    // theirs is using them.
-    for d in st.db.user_desktops(user_id).await? {
-        let floating = d.persistent_disk.is_none();
-        if floating && st.db.open_sessions_of_desktop(&d.id).await?.is_empty() {
-            st.db.mark_destroying(&d.id, now).await?;
-        }
-    }
-    audit(st, username, "logout", username, "success", addr, serde_json::json!({ "session": sid }))
-        .await;
-    Ok(())
-}
+use super::{audit, policy_ctx, pool_resource, printable};
 
 /// Ends a desktop session: viewers are disconnected; a floating desktop is destroyed (the pool
 /// refills), a dedicated one is kept.
@@ -292,15 +90,6 @@ pub struct Connecting<'a> {
     /// The XKB layout of the user's keyboard (`us`, `de`...), applied when their session starts.
     pub keyboard_layout: Option<&'a str>,
 }
-
-pub fn policy_ctx(addr: IpAddr) -> RequestContext {
-    RequestContext { client_ip: addr, now_secs: now_ms() / 1000 }
-}
-
-pub fn pool_resource(p: &Pool) -> Resource<'_> {
-    Resource::Pool { name: &p.name, kind: p.kind.as_str(), image: &p.image }
-}
-
 pub async fn connect(
     st: &AppState,
     who: &Connecting<'_>,
