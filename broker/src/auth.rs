@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::now_ms;
+use crate::db::{SignInMethod, now_ms};
 use crate::error::ApiError;
 use crate::policy::{Action, Principal, RequestContext, Resource};
 use crate::secret::constant_time_eq;
@@ -52,6 +52,8 @@ pub struct AuthUser {
     pub display_name: Option<String>,
     pub uid_number: Option<u32>,
     pub gid_number: Option<u32>,
+    /// How this sign-in session was made.
+    pub method: SignInMethod,
 }
 
 impl AuthUser {
@@ -119,7 +121,7 @@ pub fn cookie_name(name: &str, secure: bool) -> String {
     if secure { format!("__Host-{name}") } else { name.to_owned() }
 }
 
-/// A `Set-Cookie` value (named by [`cookie_name`]).
+/// A `Set-Cookie` value (named by [`cookie_name`]), `SameSite=Strict`.
 pub fn cookie(
     name: &str,
     value: &str,
@@ -127,8 +129,21 @@ pub fn cookie(
     http_only: bool,
     secure: bool,
 ) -> HeaderValue {
+    cookie_with(name, value, max_age_secs, http_only, secure, "Strict")
+}
+
+/// A `Set-Cookie` value with the given `SameSite` (`Lax` for a cookie that must come back on
+/// the identity provider's redirect, a cross-site navigation).
+pub fn cookie_with(
+    name: &str,
+    value: &str,
+    max_age_secs: u64,
+    http_only: bool,
+    secure: bool,
+    same_site: &str,
+) -> HeaderValue {
     let name = cookie_name(name, secure);
-    let mut c = format!("{name}={value}; Path=/; Max-Age={max_age_secs}; SameSite=Strict");
+    let mut c = format!("{name}={value}; Path=/; Max-Age={max_age_secs}; SameSite={same_site}");
     if http_only {
         c.push_str("; HttpOnly");
     }
@@ -283,6 +298,7 @@ async fn authenticate(
             display_name: cached.display_name,
             uid_number: cached.uid_number,
             gid_number: cached.gid_number,
+            method: session.method,
         },
         claims,
     )))

@@ -15,6 +15,34 @@ pub struct LoginSession {
     pub expires_at: i64,
     pub last_seen_at: i64,
     pub revoked_at: Option<i64>,
+    /// How the user proved who they are.
+    pub method: SignInMethod,
+}
+
+/// How a sign-in session was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInMethod {
+    /// The directory checked the user's password.
+    Password,
+    /// An OpenID provider vouched for the user.
+    Oidc,
+}
+
+impl SignInMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::Oidc => "oidc",
+        }
+    }
+
+    fn parse(s: &str) -> DbResult<Self> {
+        match s {
+            "password" => Ok(Self::Password),
+            "oidc" => Ok(Self::Oidc),
+            other => Err(DbError::Corrupt(format!("login_sessions.method {other:?}"))),
+        }
+    }
 }
 
 impl LoginSession {
@@ -23,25 +51,28 @@ impl LoginSession {
     }
 }
 
+/// A [`LoginSession`] from a row with the `login_sessions` columns.
+fn session_from_row(r: &sqlx::any::AnyRow) -> DbResult<LoginSession> {
+    Ok(LoginSession {
+        id: col(r, "id")?,
+        username: col(r, "username")?,
+        user_id: col(r, "user_id")?,
+        client_addr: col(r, "client_addr")?,
+        created_at: col(r, "created_at")?,
+        expires_at: col(r, "expires_at")?,
+        last_seen_at: col(r, "last_seen_at")?,
+        revoked_at: col(r, "revoked_at")?,
+        method: SignInMethod::parse(&col::<String>(r, "method")?)?,
+    })
+}
+
 impl Db {
     pub async fn get_login_session(&self, id: &str) -> DbResult<Option<LoginSession>> {
         let row = sqlx::query("SELECT * FROM login_sessions WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
-        row.map(|r| {
-            Ok(LoginSession {
-                id: col(&r, "id")?,
-                username: col(&r, "username")?,
-                user_id: col(&r, "user_id")?,
-                client_addr: col(&r, "client_addr")?,
-                created_at: col(&r, "created_at")?,
-                expires_at: col(&r, "expires_at")?,
-                last_seen_at: col(&r, "last_seen_at")?,
-                revoked_at: col(&r, "revoked_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(session_from_row).transpose()
     }
 
     /// A sign-in session and its user's cached attributes, in one query.
@@ -50,7 +81,7 @@ impl Db {
         id: &str,
     ) -> DbResult<Option<(LoginSession, CachedUser)>> {
         let row = sqlx::query(
-            "SELECT s.id, s.username, s.user_id, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at,
+            "SELECT s.id, s.username, s.user_id, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at, s.method,
                u.directory_id, u.dn, u.display_name, u.email, u.uid_number, u.gid_number, u.groups_json, u.last_login_at
              FROM login_sessions s JOIN users u ON u.username = s.username WHERE s.id = $1",
         )
@@ -58,16 +89,7 @@ impl Db {
         .fetch_optional(self.pool())
         .await?;
         row.map(|r| {
-            let session = LoginSession {
-                id: col(&r, "id")?,
-                username: col(&r, "username")?,
-                user_id: col(&r, "user_id")?,
-                client_addr: col(&r, "client_addr")?,
-                created_at: col(&r, "created_at")?,
-                expires_at: col(&r, "expires_at")?,
-                last_seen_at: col(&r, "last_seen_at")?,
-                revoked_at: col(&r, "revoked_at")?,
-            };
+            let session = session_from_row(&r)?;
             let user = crate::db::users::user_from_row(&r)?;
             Ok((session, user))
         })
@@ -251,8 +273,8 @@ impl Db {
         q.execute(&mut *tx).await?;
 
         let sql = format!(
-            "INSERT INTO login_sessions (id, username, user_id, client_addr, created_at, expires_at, last_seen_at, revoked_at) VALUES {}",
-            placeholders_with_null(batch.len(), 7)
+            "INSERT INTO login_sessions (id, username, user_id, client_addr, created_at, expires_at, last_seen_at, method, revoked_at) VALUES {}",
+            placeholders_with_null(batch.len(), 8)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in batch {
@@ -264,7 +286,8 @@ impl Db {
                 .bind(&s.client_addr)
                 .bind(s.created_at)
                 .bind(s.expires_at)
-                .bind(s.last_seen_at);
+                .bind(s.last_seen_at)
+                .bind(s.method.as_str());
         }
         q.execute(&mut *tx).await?;
 
@@ -491,6 +514,7 @@ mod identity_tests {
             expires_at: now + 60_000,
             last_seen_at: now,
             revoked_at: None,
+            method: SignInMethod::Password,
         };
         let audit = AuditEvent::now(
             username,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use audit::{AuditEvent, AuditFilter};
 pub use desktops::{Assignment, Desktop, DesktopState, ProvisionRequest};
-pub use logins::{LoginRecord, LoginSession, LoginWriter};
+pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use sessions::{DesktopSession, OpenSessionView};
@@ -100,6 +100,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "node identity", include_str!("../../migrations/0004_node_identity.sql")),
     (5, "directory ids", include_str!("../../migrations/0005_directory_ids.sql")),
     (6, "node request replay", include_str!("../../migrations/0006_node_request_replay.sql")),
+    (7, "sign-in method", include_str!("../../migrations/0007_signin_method.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

@@ -2,9 +2,9 @@
 
 use std::net::IpAddr;
 
-use crate::db::{AuditEvent, CachedUser, LoginRecord, LoginSession, now_ms};
+use crate::db::{AuditEvent, CachedUser, LoginRecord, LoginSession, SignInMethod, now_ms};
 use crate::error::{ApiError, ApiResult};
-use crate::ldap::LdapError;
+use crate::ldap::{DirectoryUser, LdapError};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -62,49 +62,8 @@ pub async fn login(
     }
     match st.directory.sign_in(username, candidate, password).await {
         Ok(dir_user) => {
-            let cached = CachedUser::from((&dir_user, now));
-            let sid = uuid::Uuid::new_v4().to_string();
-            let session = LoginSession {
-                id: sid.clone(),
-                username: cached.username.clone(),
-                user_id: Some(dir_user.id.clone()),
-                client_addr: addr.to_string(),
-                created_at: now,
-                expires_at: now
-                    + i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000)
-                        .unwrap_or(i64::MAX / 2),
-                last_seen_at: now,
-                revoked_at: None,
-            };
-            let event = AuditEvent {
-                id: uuid::Uuid::new_v4().to_string(),
-                at: now,
-                actor: cached.username.clone(),
-                action: "login".into(),
-                target: cached.username.clone(),
-                outcome: "success".into(),
-                client_addr: addr.to_string(),
-                details: serde_json::json!({ "session": sid }).to_string(),
-            };
-            let expires_at = session.expires_at;
-            st.login_writer
-                .write(LoginRecord {
-                    user: cached.clone(),
-                    session,
-                    audit: event,
-                    clear_failures: counted.contains(&user_key).then_some(user_key),
-                })
-                .await?;
-            let csrf_token = crate::auth::random_token();
-            let (session_token, max_age) = crate::auth::mint_session_token(
-                st,
-                &cached.username,
-                &sid,
-                &crate::auth::csrf_digest(&csrf_token),
-                expires_at,
-            )?;
-            Metrics::inc(&st.metrics.logins_ok);
-            Ok(SignedIn { user: cached, session_token, csrf_token, max_age })
+            let clear = counted.contains(&user_key).then_some(user_key);
+            open_session(st, &dir_user, SignInMethod::Password, addr, clear, now).await
         }
         Err(LdapError::InvalidCredentials) => {
             Metrics::inc(&st.metrics.logins_failed);
@@ -133,6 +92,57 @@ pub async fn login(
         }
         Err(e) => Err(directory_unavailable(st, username, addr, e).await),
     }
+}
+
+/// Opens a sign-in session for a user the directory or an OpenID provider vouched for: the
+/// user's cached attributes, the session and its audit event are written in one group commit
+/// (with `clear_failures`, the failure counter to forget), then the cookies' tokens are minted.
+pub(crate) async fn open_session(
+    st: &AppState,
+    user: &DirectoryUser,
+    method: SignInMethod,
+    addr: IpAddr,
+    clear_failures: Option<String>,
+    now: i64,
+) -> ApiResult<SignedIn> {
+    let cached = CachedUser::from((user, now));
+    let sid = uuid::Uuid::new_v4().to_string();
+    let session = LoginSession {
+        id: sid.clone(),
+        username: cached.username.clone(),
+        user_id: Some(user.id.clone()),
+        client_addr: addr.to_string(),
+        created_at: now,
+        expires_at: now
+            + i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000).unwrap_or(i64::MAX / 2),
+        last_seen_at: now,
+        revoked_at: None,
+        method,
+    };
+    let event = AuditEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: now,
+        actor: cached.username.clone(),
+        action: "login".into(),
+        target: cached.username.clone(),
+        outcome: "success".into(),
+        client_addr: addr.to_string(),
+        details: serde_json::json!({ "session": sid, "method": method.as_str() }).to_string(),
+    };
+    let expires_at = session.expires_at;
+    st.login_writer
+        .write(LoginRecord { user: cached.clone(), session, audit: event, clear_failures })
+        .await?;
+    let csrf_token = crate::auth::random_token();
+    let (session_token, max_age) = crate::auth::mint_session_token(
+        st,
+        &cached.username,
+        &sid,
+        &crate::auth::csrf_digest(&csrf_token),
+        expires_at,
+    )?;
+    Metrics::inc(&st.metrics.logins_ok);
+    Ok(SignedIn { user: cached, session_token, csrf_token, max_age })
 }
 
 /// A sign-in refused by a lockout until `until`: counted, audited, and the error to return.
