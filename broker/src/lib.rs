@@ -13,6 +13,7 @@ pub mod keys;
 pub mod ldap;
 pub mod metrics;
 pub mod nodeclient;
+pub mod oidc;
 pub mod policy;
 pub mod reconcile;
 pub mod secret;
@@ -62,6 +63,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
     )
     .await?;
     let directory = ldap::Directory::new(&cfg.ldap)?;
+    let oidc = oidc::Oidc::new(&cfg).map_err(StartError::Config)?;
     let keys = Arc::new(keys);
     let nodes = nodeclient::NodeClient::new(
         Arc::clone(&keys),
@@ -80,6 +82,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         login_writer: db::LoginWriter::start(db.clone()),
         db,
         directory,
+        oidc,
         keys,
         policies: Arc::new(policies),
         nodes,

@@ -8,6 +8,7 @@ use crate::keys::Keys;
 use crate::ldap::Directory;
 use crate::metrics::Metrics;
 use crate::nodeclient::NodeClient;
+use crate::oidc::Oidc;
 use crate::policy::Policies;
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct AppState {
     /// Group commit of sign-in records.
     pub login_writer: LoginWriter,
     pub directory: Directory,
+    /// The OpenID provider client, when single sign-on is configured.
+    pub oidc: Option<Oidc>,
     pub keys: Arc<Keys>,
     pub policies: Arc<Policies>,
     pub nodes: NodeClient,

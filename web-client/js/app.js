@@ -35,7 +35,13 @@ export const app = {
   },
   async signOut() {
     try {
-      await post('/api/v1/auth/logout');
+      const r = await post('/api/v1/auth/logout');
+      // Signed in through the identity provider: sign out there too (it comes back here).
+      if (r && r.redirect) {
+        this.me = null;
+        location.assign(r.redirect);
+        return;
+      }
     } catch (e) {
       // Signed out already, or the broker is unreachable: the page forgets the user either way.
     }
@@ -47,7 +53,7 @@ export const app = {
 };
 
 const routes = [
-  [/^#\/signin$/, () => showSignIn(app), false],
+  [/^#\/signin(?:\/error\/([a-z]+))?$/, (m) => showSignIn(app, m[1]), false],
   [/^#\/desktops$/, () => showDesktops(app), true],
   [/^#\/desktop\/([^/]+)$/, (m) => showViewer(app, decodeURIComponent(m[1])), true],
   [/^#\/admin\/pools$/, () => showPools(app), true],

@@ -15,8 +15,10 @@ pub use atrium_protocol::config::ConfigError;
 use crate::secret::Secret;
 
 mod ldap;
+mod oidc;
 
 pub use ldap::{GroupMode, LdapSection};
+pub use oidc::{OidcSection, OidcUsers, SUPPORTED_ALGORITHMS, check_url};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +26,7 @@ pub struct Config {
     pub broker: BrokerSection,
     pub database: DatabaseSection,
     pub ldap: LdapSection,
+    pub oidc: OidcSection,
     pub sessions: SessionsSection,
     pub tickets: TicketsSection,
     pub login: LoginSection,
@@ -151,6 +154,9 @@ impl Default for TicketsSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginSection {
+    /// Users may sign in with their directory username and password. With `false`, only
+    /// single sign-on (`[oidc]`) is offered.
+    pub password: bool,
     /// Failed sign-ins for one username within `window_secs` before it is locked.
     pub max_failures_per_user: u32,
     /// Failed sign-ins from one client address within `window_secs` before it is locked.
@@ -163,6 +169,7 @@ pub struct LoginSection {
 impl Default for LoginSection {
     fn default() -> Self {
         Self {
+            password: true,
             max_failures_per_user: 5,
             max_failures_per_address: 50,
             window_secs: 300,
@@ -237,8 +244,10 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// How long requests in flight get to finish once a listener closes.
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
-const SECTIONS: &[&str] =
-    &["broker", "database", "ldap", "sessions", "tickets", "login", "policies", "nodes", "web"];
+const SECTIONS: &[&str] = &[
+    "broker", "database", "ldap", "oidc", "sessions", "tickets", "login", "policies", "nodes",
+    "web",
+];
 
 /// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
 const ENV: EnvSpec<'static> = EnvSpec { prefix: "ATRIUM_", keys: EnvKeys::Sections(SECTIONS) };
@@ -265,6 +274,9 @@ impl Config {
         if let Some(f) = &self.ldap.bind_password_file {
             self.ldap.bind_password = read_secret_file(f)?;
         }
+        if let Some(f) = &self.oidc.client_secret_file {
+            self.oidc.client_secret = read_secret_file(f)?;
+        }
         if let Some(f) = &self.database.url_file {
             self.database.url = read_secret_file(f)?;
         }
@@ -284,7 +296,13 @@ impl Config {
                     .into(),
             );
         }
-        self.ldap.validate()?;
+        if !self.login.password && !self.oidc.enabled() {
+            return bad("no way to sign in: set login.password = true or configure [oidc]".into());
+        }
+        if self.uses_directory() {
+            self.ldap.validate()?;
+        }
+        self.oidc.validate()?;
         const DAY: u64 = 86_400;
         if self.sessions.max_lifetime_secs > 30 * DAY {
             return bad("sessions.max_lifetime_secs must be at most 30 days".into());
@@ -391,6 +409,29 @@ impl Config {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.sessions.keys_dir.clone().unwrap_or_else(|| self.broker.data_dir.join("keys"))
+    }
+
+    /// Whether the directory is used: for password sign-in, or to find single sign-on users.
+    pub fn uses_directory(&self) -> bool {
+        self.login.password || (self.oidc.enabled() && self.oidc.users == OidcUsers::Directory)
+    }
+
+    /// Where the OpenID provider sends the browser back.
+    pub fn oidc_redirect_url(&self) -> String {
+        if self.oidc.redirect_url.is_empty() {
+            format!("{}/api/v1/auth/oidc/callback", self.broker.public_url.trim_end_matches('/'))
+        } else {
+            self.oidc.redirect_url.clone()
+        }
+    }
+
+    /// Where the OpenID provider sends the browser after signing out there.
+    pub fn oidc_post_logout_url(&self) -> String {
+        if self.oidc.post_logout_redirect_url.is_empty() {
+            format!("{}/", self.broker.public_url.trim_end_matches('/'))
+        } else {
+            self.oidc.post_logout_redirect_url.clone()
+        }
     }
 
     /// Cookies get `Secure` when users reach the broker over TLS.

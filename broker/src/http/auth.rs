@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{AppendHeaders, IntoResponse};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -11,7 +11,8 @@ use utoipa_axum::routes;
 
 use super::JsonBody;
 use crate::auth::{AuthUser, CSRF_COOKIE, ClientAddr, SESSION_COOKIE, cookie};
-use crate::error::{ApiResult, ErrorResponse};
+use crate::db::SignInMethod;
+use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::policy::{Action, Resource};
 use crate::secret::Secret;
 use crate::service;
@@ -56,6 +57,7 @@ fn is_admin(st: &AppState, username: &str, groups: &[String], addr: ClientAddr) 
     responses(
         (status = 200, description = "Signed in; session and CSRF cookies set", body = LoginResponse),
         (status = 401, description = "Wrong username or password (which one is not said)", body = ErrorResponse),
+        (status = 403, description = "Password sign-in is off (`login.password = false`)", body = ErrorResponse),
         (status = 429, description = "Too many failed sign-ins: locked out for a while", body = ErrorResponse),
         (status = 503, description = "The directory is unavailable", body = ErrorResponse)))]
 async fn login(
@@ -63,6 +65,11 @@ async fn login(
     addr: ClientAddr,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    if !st.cfg.login.password {
+        return Err(ApiError::Forbidden(
+            "password sign-in is off here: sign in with single sign-on".into(),
+        ));
+    }
     let signed = service::login(&st, &req.username, &req.password, addr.0).await?;
     let secure = st.cfg.secure_cookies();
     let admin = is_admin(&st, &signed.user.username, &signed.user.groups, addr);
@@ -91,23 +98,40 @@ async fn login(
     ))
 }
 
-/// Sign out: the session is revoked server-side and its desktop sessions end.
+/// Where the browser goes after signing out of Atrium, to end the user's session at the
+/// identity provider too.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogoutResponse {
+    pub redirect: String,
+}
+
+/// Sign out: the session is revoked server-side and its desktop sessions end. A session made by
+/// single sign-on answers where to end the user's session at the provider (when it offers that
+/// and `oidc.provider_logout` is on).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204, description = "Signed out; cookies cleared"), (status = 401, body = ErrorResponse), (status = 403, description = "Missing CSRF header", body = ErrorResponse)))]
+    responses(
+        (status = 204, description = "Signed out; cookies cleared"),
+        (status = 200, description = "Signed out; cookies cleared; send the browser to `redirect` to sign out at the identity provider", body = LogoutResponse),
+        (status = 401, body = ErrorResponse), (status = 403, description = "Missing CSRF header", body = ErrorResponse)))]
 async fn logout(
     State(st): State<AppState>,
     user: AuthUser,
     addr: ClientAddr,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     service::logout(&st, &user.username, &user.id, &user.sid, addr.0).await?;
     let secure = st.cfg.secure_cookies();
-    Ok((
-        StatusCode::NO_CONTENT,
-        AppendHeaders([
-            (header::SET_COOKIE, cookie(SESSION_COOKIE, "", 0, true, secure)),
-            (header::SET_COOKIE, cookie(CSRF_COOKIE, "", 0, false, secure)),
-        ]),
-    ))
+    let cookies = AppendHeaders([
+        (header::SET_COOKIE, cookie(SESSION_COOKIE, "", 0, true, secure)),
+        (header::SET_COOKIE, cookie(CSRF_COOKIE, "", 0, false, secure)),
+    ]);
+    let at_provider = match (&st.oidc, user.method) {
+        (Some(oidc), SignInMethod::Oidc) => oidc.logout_url().await,
+        _ => None,
+    };
+    Ok(match at_provider {
+        Some(redirect) => (cookies, Json(LogoutResponse { redirect })).into_response(),
+        None => (StatusCode::NO_CONTENT, cookies).into_response(),
+    })
 }
 
 /// The signed-in user.

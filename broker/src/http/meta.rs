@@ -49,7 +49,11 @@ async fn healthz(
 ) -> impl IntoResponse {
     let details = internal(&st, on_internal);
     let db_ok = st.db.ping().await.is_ok();
-    let dir_ok = if details { Some(st.directory.check().await.is_ok()) } else { None };
+    let dir_ok = if details && st.cfg.uses_directory() {
+        Some(st.directory.check().await.is_ok())
+    } else {
+        None
+    };
     let h = Health {
         status: if db_ok { "ok" } else { "degraded" }.into(),
         database: details.then(|| if db_ok { "ok" } else { "unavailable" }.into()),

@@ -9,6 +9,7 @@ mod enrolments;
 mod extract;
 mod meta;
 mod nodes;
+mod oidc;
 mod pools;
 mod web;
 
@@ -42,6 +43,7 @@ struct ApiDoc;
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
+        .merge(oidc::router())
         .merge(pools::router())
         .merge(desktops::router())
         .merge(enrolments::router())
@@ -73,6 +75,9 @@ pub fn app(state: AppState) -> Router {
 /// node, the directory) may take.
 fn request_time_limit(st: &AppState) -> std::time::Duration {
     let calls = st.cfg.nodes.request_timeout_secs.saturating_add(st.cfg.ldap.timeout_secs);
+    // A single sign-on callback makes up to four calls to the provider.
+    let sso = if st.cfg.oidc.enabled() { st.cfg.oidc.timeout_secs.saturating_mul(4) } else { 0 };
+    let calls = calls.saturating_add(sso);
     std::time::Duration::from_secs(calls.saturating_mul(2).saturating_add(60))
 }
 

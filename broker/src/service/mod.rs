@@ -4,9 +4,11 @@
 
 mod desktops;
 mod signin;
+mod sso;
 
 pub use desktops::*;
 pub use signin::*;
+pub use sso::*;
 
 use std::net::IpAddr;
 

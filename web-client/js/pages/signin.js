@@ -1,14 +1,59 @@
-// The sign-in page: directory username and password.
+// The sign-in page: single sign-on through the company's identity provider and/or the
+// directory username and password, as the broker offers them (GET /api/v1/auth/methods).
+// A single sign-on that failed comes back here as #/signin/error/<code>.
 
-import { post, ApiError } from '../api.js';
+import { get, post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
 
-export function showSignIn(app) {
+// What each code the broker sends back after a failed single sign-on means for the user.
+const SSO_ERRORS = {
+  provider: 'The identity provider is unavailable or gave an answer Atrium cannot use. Try again in a moment; if it keeps happening, tell your administrator.',
+  denied: 'The sign-in was cancelled or refused at the identity provider.',
+  state: 'That sign-in was not started in this browser, or it took too long. Start again.',
+  code: 'That sign-in was already used or has expired. Start again.',
+  token: "The identity provider's answer failed Atrium's security checks, so you were not signed in. Tell your administrator.",
+  user: 'Your account at the identity provider cannot be used with Atrium (it is not in the company directory, or lacks a username). Tell your administrator.',
+  directory: 'The company directory is unavailable right now. Try again in a moment.',
+  locked: 'This account is locked after too many failed sign-ins. Try again later.',
+  off: 'Single sign-on is not set up here.',
+  internal: "Something went wrong on Atrium's side. Try again.",
+};
+
+export async function showSignIn(app, ssoError) {
   if (app.me) {
     app.go('#/desktops');
     return;
   }
+  let methods = { password: true, oidc: null };
+  try {
+    methods = await get('/api/v1/auth/methods');
+  } catch (e) {
+    // An older broker, or none reachable: the password form is the safe default.
+  }
   const error = el('p', { id: 'signin-error', class: 'error-text', role: 'alert' });
+  if (ssoError) error.textContent = SSO_ERRORS[ssoError] || SSO_ERRORS.internal;
+  const parts = [el('h1', { id: 'signin-title', text: 'Sign in to Atrium' })];
+  let first = null;
+  if (methods.oidc) {
+    const sso = el('a', { id: 'sso', class: 'button', href: methods.oidc.start_url },
+      `Sign in with ${methods.oidc.display_name}`);
+    parts.push(el('div', { class: 'actions' }, sso));
+    first = sso;
+  }
+  if (methods.password) {
+    const form = passwordForm(app, error);
+    if (methods.oidc) parts.push(el('p', { class: 'or', text: 'Or use your company directory account:' }));
+    else parts.push(el('p', { text: 'Use your company directory account.' }));
+    parts.push(form);
+    first = first || form.querySelector('input');
+  } else {
+    parts.push(error);
+  }
+  render(el('section', { class: 'signin card', 'aria-labelledby': 'signin-title' }, ...parts));
+  if (first) first.focus();
+}
+
+function passwordForm(app, error) {
   const user = el('input', { id: 'username', name: 'username', autocomplete: 'username', required: true, autocapitalize: 'none', spellcheck: 'false' });
   const pass = el('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true });
   const button = el('button', { type: 'submit', text: 'Sign in' });
@@ -50,9 +95,5 @@ export function showSignIn(app) {
       button.textContent = 'Sign in';
     }
   });
-  render(el('section', { class: 'signin card', 'aria-labelledby': 'signin-title' },
-    el('h1', { id: 'signin-title', text: 'Sign in to Atrium' }),
-    el('p', { text: 'Use your company directory account.' }),
-    form));
-  user.focus();
+  return form;
 }
