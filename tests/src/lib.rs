@@ -13,6 +13,7 @@ pub mod display;
 pub mod fake_node;
 pub mod https;
 pub mod node;
+pub mod oidc;
 pub mod pki;
 pub mod postgres;
 pub mod rfb;
