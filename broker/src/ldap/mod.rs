@@ -5,16 +5,22 @@
 //! and the user's groups come from `memberOf` or from a group search. Every call has a timeout:
 //! a directory that is down or slow is [`LdapError::Unavailable`], never a hang.
 
+mod conn;
+mod dn;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
+use ldap3::{SearchEntry, ldap_escape};
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::config::{GroupMode, LdapSection};
 use crate::secret::Secret;
+
+use conn::{ConnPool, PoolKind, tls_config};
+pub use dn::{dn_is_under, group_name_from_dn};
 
 /// LDAP result code for a bad DN or password.
 const RC_INVALID_CREDENTIALS: u32 = 49;
@@ -112,28 +118,6 @@ fn clean_attribute(v: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// Which identity a pooled connection is bound as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PoolKind {
-    /// Bound as the service account; used for searches.
-    Service,
-    /// Used only for user binds (its identity changes with each bind).
-    UserBind,
-}
-
-#[derive(Debug)]
-struct ConnPool {
-    kind: PoolKind,
-    idle: Mutex<Vec<Ldap>>,
-    permits: Arc<Semaphore>,
-}
-
-/// A connection checked out of a pool; returned by [`Directory::put_back`] when it is healthy.
-struct Checkout {
-    ldap: Ldap,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// The directory client. Cheap to share (`Arc` inside).
@@ -439,227 +423,6 @@ impl Directory {
             dn: entry.dn,
         })
     }
-
-    async fn search(
-        &self,
-        base: &str,
-        filter: &str,
-        attrs: &[&str],
-    ) -> Result<Vec<SearchEntry>, LdapError> {
-        self.search_in(base, Scope::Subtree, filter, attrs, false).await
-    }
-
-    /// The entry at `dn` itself (`None`: there is none).
-    async fn search_base(
-        &self,
-        dn: &str,
-        attrs: &[&str],
-    ) -> Result<Option<SearchEntry>, LdapError> {
-        let found = self.search_in(dn, Scope::Base, "(objectClass=*)", attrs, true).await?;
-        Ok(found.into_iter().next())
-    }
-
-    /// A search; with `missing_ok`, a base that does not exist is no entries (for a lookup of
-    /// one entry by its DN), otherwise the directory error it is (a wrong `user_base`).
-    async fn search_in(
-        &self,
-        base: &str,
-        scope: Scope,
-        filter: &str,
-        attrs: &[&str],
-        missing_ok: bool,
-    ) -> Result<Vec<SearchEntry>, LdapError> {
-        let pool = &self.inner.service;
-        // One retry on a fresh connection: an idle connection may have been closed by the server.
-        for attempt in 0..2 {
-            let mut conn = self.checkout(pool).await?;
-            let res = tokio::time::timeout(self.timeout(), async {
-                conn.ldap
-                    .with_timeout(self.timeout())
-                    .search(base, scope, filter, attrs.to_vec())
-                    .await
-            })
-            .await;
-            match res {
-                Err(_) => {
-                    return Err(LdapError::Unavailable(
-                        "the directory did not answer in time".into(),
-                    ));
-                }
-                Ok(Err(e)) if attempt == 0 && is_connection_error(&e) => continue,
-                Ok(Err(e)) => return Err(classify(e)),
-                Ok(Ok(result)) => {
-                    let (entries, res) = (result.0, result.1);
-                    if missing_ok && res.rc == RC_NO_SUCH_OBJECT {
-                        self.put_back(pool, conn);
-                        return Ok(Vec::new());
-                    }
-                    if res.rc != 0 && res.rc != 4 {
-                        // 4: size limit exceeded still returns entries; anything else is an error.
-                        self.put_back(pool, conn);
-                        return Err(LdapError::Directory(format!(
-                            "search failed with code {}: {}",
-                            res.rc, res.text
-                        )));
-                    }
-                    self.put_back(pool, conn);
-                    let parsed = entries
-                        .into_iter()
-                        .map(|e| std::panic::catch_unwind(|| SearchEntry::construct(e)))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| LdapError::Directory("malformed search entry".into()))?;
-                    return Ok(parsed);
-                }
-            }
-        }
-        Err(LdapError::Unavailable("lost the connection to the directory".into()))
-    }
-
-    async fn bind_as(&self, dn: &str, password: &Secret) -> Result<(), LdapError> {
-        let pool = &self.inner.binder;
-        for attempt in 0..2 {
-            let mut conn = self.checkout(pool).await?;
-            let res = tokio::time::timeout(self.timeout(), async {
-                conn.ldap.with_timeout(self.timeout()).simple_bind(dn, password.expose()).await
-            })
-            .await;
-            match res {
-                Err(_) => {
-                    return Err(LdapError::Unavailable(
-                        "the directory did not answer in time".into(),
-                    ));
-                }
-                Ok(Err(e)) if attempt == 0 && is_connection_error(&e) => continue,
-                Ok(Err(e)) => return Err(classify(e)),
-                Ok(Ok(r)) => {
-                    self.put_back(pool, conn);
-                    return match r.rc {
-                        0 => Ok(()),
-                        RC_INVALID_CREDENTIALS => Err(LdapError::InvalidCredentials),
-                        // 53 (unwilling to perform) is what some directories answer for
-                        // disabled accounts; treat as a failed sign-in, without detail.
-                        53 => Err(LdapError::InvalidCredentials),
-                        rc => Err(LdapError::Directory(format!(
-                            "bind failed with code {rc}: {}",
-                            r.text
-                        ))),
-                    };
-                }
-            }
-        }
-        Err(LdapError::Unavailable("lost the connection to the directory".into()))
-    }
-
-    async fn checkout(&self, pool: &ConnPool) -> Result<Checkout, LdapError> {
-        let permit = tokio::time::timeout(self.timeout(), pool.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| LdapError::Unavailable("all directory connections are busy".into()))?
-            .expect("the semaphore is never closed");
-        let idle = pool.idle.lock().expect("pool lock").pop();
-        let ldap = match idle {
-            Some(l) => l,
-            None => self.connect(pool.kind).await?,
-        };
-        Ok(Checkout { ldap, _permit: permit })
-    }
-
-    fn put_back(&self, pool: &ConnPool, conn: Checkout) {
-        pool.idle.lock().expect("pool lock").push(conn.ldap);
-    }
-
-    async fn connect(&self, kind: PoolKind) -> Result<Ldap, LdapError> {
-        let cfg = &self.inner.cfg;
-        let mut settings =
-            LdapConnSettings::new().set_conn_timeout(self.timeout()).set_starttls(cfg.starttls);
-        if let Some(tls) = &self.inner.tls {
-            settings = settings.set_config(tls.clone());
-        }
-        let (conn, mut ldap) =
-            tokio::time::timeout(self.timeout(), LdapConnAsync::with_settings(settings, &cfg.url))
-                .await
-                .map_err(|_| {
-                    LdapError::Unavailable("connecting to the directory timed out".into())
-                })?
-                .map_err(|e| {
-                    LdapError::Unavailable(format!("cannot connect to the directory: {e}"))
-                })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.drive().await {
-                tracing::debug!(error = %e, "directory connection closed");
-            }
-        });
-        if kind == PoolKind::Service && !cfg.bind_dn.is_empty() {
-            if cfg.bind_password.is_empty() {
-                return Err(LdapError::Directory(
-                    "ldap.bind_dn is set but its password is empty".into(),
-                ));
-            }
-            let r = tokio::time::timeout(
-                self.timeout(),
-                ldap.with_timeout(self.timeout())
-                    .simple_bind(&cfg.bind_dn, cfg.bind_password.expose()),
-            )
-            .await
-            .map_err(|_| LdapError::Unavailable("the directory did not answer in time".into()))?
-            .map_err(classify)?;
-            if r.rc != 0 {
-                tracing::error!(rc = r.rc, "the service account cannot bind to the directory");
-                return Err(LdapError::Unavailable(format!(
-                    "the service account cannot bind (code {})",
-                    r.rc
-                )));
-            }
-        }
-        Ok(ldap)
-    }
-}
-
-fn is_connection_error(e: &ldap3::LdapError) -> bool {
-    matches!(
-        e,
-        ldap3::LdapError::Io { .. }
-            | ldap3::LdapError::OpSend { .. }
-            | ldap3::LdapError::ResultRecv { .. }
-    )
-}
-
-fn classify(e: ldap3::LdapError) -> LdapError {
-    match e {
-        ldap3::LdapError::Timeout { .. } => {
-            LdapError::Unavailable("the directory did not answer in time".into())
-        }
-        e if is_connection_error(&e) => {
-            LdapError::Unavailable(format!("connection to the directory failed: {e}"))
-        }
-        e => LdapError::Directory(e.to_string()),
-    }
-}
-
-fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, LdapError> {
-    let pem = std::fs::read(ca_file).map_err(|e| {
-        LdapError::Directory(format!("cannot read ldap.ca_file {}: {e}", ca_file.display()))
-    })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| {
-            LdapError::Directory(format!("ldap.ca_file {}: {e}", ca_file.display()))
-        })?;
-        roots.add(cert).map_err(|e| {
-            LdapError::Directory(format!("ldap.ca_file {}: {e}", ca_file.display()))
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(LdapError::Directory(format!(
-            "ldap.ca_file {} holds no certificate",
-            ca_file.display()
-        )));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| LdapError::Directory(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// Attribute names are case-insensitive in LDAP.
@@ -673,88 +436,6 @@ fn first_attr(attrs: &HashMap<String, Vec<String>>, name: &str) -> Option<String
 
 fn all_attr(attrs: &HashMap<String, Vec<String>>, name: &str) -> Vec<String> {
     find_attr(attrs, name).cloned().unwrap_or_default()
-}
-
-/// The group name in a group DN: the value of its first RDN when that RDN's attribute is
-/// `name_attr` (`cn=admins,ou=groups,...` gives `admins`); otherwise the whole DN.
-pub fn group_name_from_dn(dn: &str, name_attr: &str) -> Option<String> {
-    let first = split_first_rdn(dn)?;
-    let (attr, value) = first.split_once('=')?;
-    if attr.trim().eq_ignore_ascii_case(name_attr) {
-        Some(unescape_dn_value(value.trim()))
-    } else {
-        Some(dn.to_owned())
-    }
-}
-
-/// The RDNs of a DN in a comparable form, split at unescaped commas only (an escaped `\,`
-/// is part of a value, not a separator): attribute and value trimmed, the value unescaped,
-/// both lower case.
-fn comparable_rdns(dn: &str) -> Vec<String> {
-    let mut rdns = Vec::new();
-    let mut start = 0;
-    let mut escaped = false;
-    let mut push = |part: &str| {
-        let (a, v) = part.split_once('=').unwrap_or((part, ""));
-        let v = unescape_dn_value(v.trim());
-        rdns.push(format!("{}={}", a.trim().to_lowercase(), v.to_lowercase()));
-    };
-    for (i, c) in dn.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            ',' if !escaped => {
-                push(&dn[start..i]);
-                start = i + 1;
-            }
-            _ => escaped = false,
-        }
-    }
-    push(&dn[start..]);
-    rdns
-}
-
-/// Whether `dn` is `base` or below it, comparing whole RDNs.
-pub fn dn_is_under(dn: &str, base: &str) -> bool {
-    let (dn, base) = (comparable_rdns(dn), comparable_rdns(base));
-    dn.len() >= base.len() && dn[dn.len() - base.len()..] == base[..]
-}
-
-/// The first RDN of a DN, honouring backslash escapes.
-fn split_first_rdn(dn: &str) -> Option<&str> {
-    let mut escaped = false;
-    for (i, c) in dn.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            ',' | '+' if !escaped => return Some(&dn[..i]),
-            _ => escaped = false,
-        }
-    }
-    if dn.is_empty() { None } else { Some(dn) }
-}
-
-fn unescape_dn_value(v: &str) -> String {
-    let mut out = Vec::with_capacity(v.len());
-    let b = v.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(byte) = hex {
-                out.push(byte);
-                i += 3;
-            } else {
-                out.push(b[i + 1]);
-                i += 2;
-            }
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -777,41 +458,11 @@ mod tests {
     }
 
     #[test]
-    fn group_names_come_from_the_first_rdn() {
-        assert_eq!(group_name_from_dn("cn=admins,ou=groups,dc=x", "cn").as_deref(), Some("admins"));
-        assert_eq!(
-            group_name_from_dn("CN=Domain Users,CN=Users,DC=corp", "cn").as_deref(),
-            Some("Domain Users")
-        );
-        assert_eq!(group_name_from_dn("cn=a\\,b,ou=g", "cn").as_deref(), Some("a,b"));
-        assert_eq!(group_name_from_dn("cn=caf\\c3\\a9,ou=g", "cn").as_deref(), Some("café"));
-        assert_eq!(group_name_from_dn("ou=x,dc=y", "cn").as_deref(), Some("ou=x,dc=y"));
-        assert_eq!(group_name_from_dn("", "cn"), None);
-        assert_eq!(group_name_from_dn("garbage", "cn"), None);
-    }
-
-    #[test]
     fn directory_text_is_cleaned_before_it_is_kept() {
         assert_eq!(clean_attribute("Alice\0Andersen\n"), "Alice Andersen ");
         let long = "é".repeat(200);
         let kept = clean_attribute(&long);
         assert!(kept.len() <= MAX_ATTRIBUTE && long.starts_with(&kept) && !kept.is_empty());
-    }
-
-    #[test]
-    fn groups_must_be_under_the_group_base() {
-        let base = "ou=Groups, dc=example,dc=com";
-        assert!(dn_is_under("cn=admins,ou=groups,dc=example,dc=com", base));
-        assert!(dn_is_under("CN=Admins, OU=Groups, DC=Example, DC=Com", base));
-        assert!(!dn_is_under("cn=admins,ou=mine,dc=example,dc=com", base));
-        assert!(!dn_is_under("cn=admins,ou=xgroups,dc=example,dc=com", base));
-        // An escaped comma is part of a value: this group is in an OU named
-        // "x,ou=groups" under dc=example,dc=com, not under ou=groups.
-        assert!(!dn_is_under(r"cn=atrium-admins,ou=x\,ou=groups,dc=example,dc=com", base));
-        assert!(dn_is_under(r"cn=a\,b,ou=groups,dc=example,dc=com", base));
-        // Escaped and plain spellings of the same value compare equal.
-        assert!(dn_is_under(r"cn=x,ou=Gr\6fups,dc=example,dc=com", base));
-        assert!(!dn_is_under("dc=com", base));
     }
 
     #[test]
