@@ -16,6 +16,7 @@ pub mod nodeclient;
 pub mod oidc;
 pub mod policy;
 pub mod reconcile;
+pub mod revalidate;
 pub mod secret;
 pub mod service;
 pub mod state;

@@ -149,13 +149,14 @@ fn system() -> IpAddr {
 
 /// One pass: each step runs even when another failed.
 pub async fn pass(st: &AppState, judge_nodes: bool) {
-    let steps: [(&str, ApiResult<()>); 6] = [
+    let steps: [(&str, ApiResult<()>); 7] = [
         ("lost nodes", if judge_nodes { lost_nodes(st).await } else { Ok(()) }),
         ("session timeouts", session_timeouts(st).await),
         ("idle desktops", idle_desktops(st).await),
         ("failed desktops", failed_desktops(st).await),
         ("spares", spares(st).await),
         ("old sign-in records", prune_logins(st).await),
+        ("directory revalidation", crate::revalidate::pass(st).await),
     ];
     for (step, result) in steps {
         if let Err(e) = result {

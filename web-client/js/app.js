@@ -9,6 +9,7 @@ import { showPools } from './pages/admin-pools.js';
 import { showNodes } from './pages/admin-nodes.js';
 import { showSessions } from './pages/admin-sessions.js';
 import { showAudit } from './pages/admin-audit.js';
+import { showUsers, showUser } from './pages/admin-users.js';
 
 export const app = {
   me: null,
@@ -60,6 +61,8 @@ const routes = [
   [/^#\/admin\/nodes$/, () => showNodes(app), true],
   [/^#\/admin\/sessions$/, () => showSessions(app), true],
   [/^#\/admin\/audit$/, () => showAudit(app), true],
+  [/^#\/admin\/users$/, () => showUsers(app), true],
+  [/^#\/admin\/users\/([^/]+)$/, (m) => showUser(app, decodeURIComponent(m[1])), true],
 ];
 
 let leaving = null;

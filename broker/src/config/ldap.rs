@@ -59,6 +59,11 @@ pub struct LdapSection {
     /// sign-ins. The password is checked by the directory at every sign-in regardless; group
     /// changes apply after at most this long. 0 searches at every sign-in.
     pub cache_secs: u64,
+    /// While users are signed in, their entry is read again at most this long after it was
+    /// last read: a user deleted, disabled (excluded by `user_filter`) or replaced loses their
+    /// sessions, one whose groups changed loses what the groups granted (administration at
+    /// once, desktop sessions of pools no longer allowed end).
+    pub revalidate_secs: u64,
 }
 
 impl Default for LdapSection {
@@ -86,6 +91,7 @@ impl Default for LdapSection {
             timeout_secs: 5,
             pool_size: 8,
             cache_secs: 60,
+            revalidate_secs: 300,
         }
     }
 }
@@ -122,6 +128,9 @@ impl LdapSection {
         }
         if self.cache_secs > 3600 {
             return bad("ldap.cache_secs must be at most 3600".into());
+        }
+        if !(1..=86_400).contains(&self.revalidate_secs) {
+            return bad("ldap.revalidate_secs must be 1 to 86400".into());
         }
         if self.pool_size == 0 || self.pool_size > 256 {
             return bad("ldap.pool_size must be 1 to 256".into());

@@ -105,6 +105,45 @@ impl Db {
         Ok(())
     }
 
+    /// Revokes every active sign-in session of the entry `user_id`; their ids.
+    pub async fn revoke_user_sessions(&self, user_id: &str, now: i64) -> DbResult<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(
+            "SELECT id FROM login_sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = rows.iter().map(|r| col::<String>(r, "id")).collect::<DbResult<Vec<_>>>()?;
+        sqlx::query(
+            "UPDATE login_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// The active sign-in sessions of the entry `user_id`, newest first.
+    pub async fn active_login_sessions(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> DbResult<Vec<LoginSession>> {
+        let rows = sqlx::query(
+            "SELECT * FROM login_sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+             ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
     /// Revokes a sign-in session; returns whether it was active.
     pub async fn revoke_login_session(&self, id: &str, now: i64) -> DbResult<bool> {
         let r = sqlx::query(
@@ -203,11 +242,12 @@ impl Db {
             }
         }
         let sql = format!(
-            "INSERT INTO users (username, directory_id, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at) VALUES {}
+            "INSERT INTO users (username, directory_id, dn, display_name, email, uid_number, gid_number, groups_json, last_login_at, validated_at) VALUES {}
              ON CONFLICT (username) DO UPDATE SET directory_id = excluded.directory_id, dn = excluded.dn,
                display_name = excluded.display_name, email = excluded.email, uid_number = excluded.uid_number,
-               gid_number = excluded.gid_number, groups_json = excluded.groups_json, last_login_at = excluded.last_login_at",
-            placeholders(users.len(), 9)
+               gid_number = excluded.gid_number, groups_json = excluded.groups_json, last_login_at = excluded.last_login_at,
+               validated_at = excluded.validated_at",
+            placeholders(users.len(), 10)
         );
         // A name now given to another entry (deleted and re-created in the directory): the
         // former entry's sign-in sessions end. Its desktops stay its own (they belong to its
@@ -268,6 +308,7 @@ impl Db {
                 .bind(u.uid_number.map(i64::from))
                 .bind(u.gid_number.map(i64::from))
                 .bind(serde_json::to_string(&u.groups).expect("strings serialize"))
+                .bind(u.last_login_at)
                 .bind(u.last_login_at);
         }
         q.execute(&mut *tx).await?;

@@ -21,7 +21,7 @@ pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use sessions::{DesktopSession, OpenSessionView};
-pub use users::CachedUser;
+pub use users::{CachedUser, UserSummary};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -101,6 +101,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "directory ids", include_str!("../../migrations/0005_directory_ids.sql")),
     (6, "node request replay", include_str!("../../migrations/0006_node_request_replay.sql")),
     (7, "sign-in method", include_str!("../../migrations/0007_signin_method.sql")),
+    (8, "revalidation", include_str!("../../migrations/0008_revalidation.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

@@ -159,6 +159,16 @@ impl Db {
         rows.iter().map(row_to_session).collect()
     }
 
+    /// The open desktop sessions of `username`.
+    pub async fn open_sessions_of_user(&self, username: &str) -> DbResult<Vec<DesktopSession>> {
+        let rows =
+            sqlx::query("SELECT * FROM desktop_sessions WHERE username = $1 AND ended_at IS NULL")
+                .bind(username)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(row_to_session).collect()
+    }
+
     pub async fn open_sessions_of_desktop(
         &self,
         desktop_id: &str,

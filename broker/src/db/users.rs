@@ -37,7 +37,105 @@ impl From<(&DirectoryUser, i64)> for CachedUser {
     }
 }
 
+/// A user as administrators see them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct UserSummary {
+    pub username: String,
+    /// The directory entry's stable id (`oidc:...` for a user the identity provider alone
+    /// knows).
+    pub id: Option<String>,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub last_login_at: i64,
+    /// When the directory entry was last read (sign-in, or checked again while signed in).
+    pub validated_at: i64,
+    /// Sign-in sessions active now.
+    pub active_sessions: i64,
+}
+
 impl Db {
+    /// Users signed in now whose directory entry was last read before `before`, longest
+    /// unchecked first (at most `limit`). Users the identity provider alone knows (no DN) are
+    /// not among them.
+    pub async fn users_to_revalidate(
+        &self,
+        before: i64,
+        now: i64,
+        limit: i64,
+    ) -> DbResult<Vec<CachedUser>> {
+        let rows = sqlx::query(
+            "SELECT u.* FROM users u WHERE u.validated_at < $1 AND u.dn <> '' AND u.directory_id IS NOT NULL
+               AND EXISTS (SELECT 1 FROM login_sessions s WHERE s.user_id = u.directory_id
+                           AND s.revoked_at IS NULL AND s.expires_at > $2)
+             ORDER BY u.validated_at LIMIT $3",
+        )
+        .bind(before)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    /// Stores a user's entry as read again now (same name and id).
+    pub async fn refresh_user(&self, u: &CachedUser, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE users SET dn = $3, display_name = $4, email = $5, uid_number = $6, gid_number = $7,
+               groups_json = $8, validated_at = $9 WHERE username = $1 AND directory_id = $2",
+        )
+        .bind(&u.username)
+        .bind(&u.directory_id)
+        .bind(&u.dn)
+        .bind(&u.display_name)
+        .bind(&u.email)
+        .bind(u.uid_number.map(i64::from))
+        .bind(u.gid_number.map(i64::from))
+        .bind(serde_json::to_string(&u.groups).expect("strings serialize"))
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Users whose name starts with `prefix` (any case), with their active sessions, by name.
+    pub async fn list_users(
+        &self,
+        prefix: &str,
+        now: i64,
+        limit: i64,
+    ) -> DbResult<Vec<UserSummary>> {
+        let like = format!(
+            "{}%",
+            prefix.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+        );
+        let rows = sqlx::query(
+            "SELECT u.*, (SELECT COUNT(*) FROM login_sessions s WHERE s.user_id = u.directory_id
+                          AND s.revoked_at IS NULL AND s.expires_at > $2) AS active_sessions
+             FROM users u WHERE LOWER(u.username) LIKE $1 ESCAPE '\\' ORDER BY u.username LIMIT $3",
+        )
+        .bind(like)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let u = user_from_row(r)?;
+                Ok(UserSummary {
+                    username: u.username,
+                    id: u.directory_id,
+                    display_name: u.display_name,
+                    email: u.email,
+                    groups: u.groups,
+                    last_login_at: u.last_login_at,
+                    validated_at: col(r, "validated_at")?,
+                    active_sessions: col(r, "active_sessions")?,
+                })
+            })
+            .collect()
+    }
+
     pub async fn get_user(&self, username: &str) -> DbResult<Option<CachedUser>> {
         let row = sqlx::query("SELECT * FROM users WHERE username = $1")
             .bind(username)

@@ -11,6 +11,7 @@ mod meta;
 mod nodes;
 mod oidc;
 mod pools;
+mod users;
 mod web;
 
 use axum::Router;
@@ -48,6 +49,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(desktops::router())
         .merge(enrolments::router())
         .merge(admin::router())
+        .merge(users::router())
         .merge(nodes::router())
         .merge(meta::router())
         .split_for_parts()

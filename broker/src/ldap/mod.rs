@@ -337,9 +337,30 @@ impl Directory {
         Ok(())
     }
 
-    async fn find_user(&self, username: &str) -> Result<SearchEntry, LdapError> {
+    /// The entry at `dn` as it is now, if it still is the entry `id` and still passes the user
+    /// filter (its `{username}` matching any value, so that a filter's other terms, such as
+    /// "not disabled", still apply): `None` when it was deleted, disabled or replaced. For
+    /// checking again the users who are signed in.
+    pub async fn revalidate(&self, dn: &str, id: &str) -> Result<Option<DirectoryUser>, LdapError> {
+        if dn.is_empty() || dn.len() > MAX_DN {
+            return Ok(None);
+        }
+        let filter = self.inner.cfg.user_filter.replace("{username}", "*");
+        let attrs = self.user_attributes();
+        let found = self.search_in(dn, ldap3::Scope::Base, &filter, &attrs, true).await?;
+        // The sign-in cache forgets the entry under every name: what is read now counts.
+        self.inner.cache.lock().expect("cache lock").retain(|_, (_, u)| u.id != id);
+        let Some(entry) = found.into_iter().next() else { return Ok(None) };
+        if self.entry_id(&entry)? != id {
+            return Ok(None);
+        }
+        let id = id.to_owned();
+        self.to_user(entry, id).await.map(Some)
+    }
+
+    /// The attributes read from a user's entry.
+    fn user_attributes(&self) -> Vec<&str> {
         let cfg = &self.inner.cfg;
-        let filter = cfg.user_filter.replace("{username}", &ldap_escape(username));
         let mut attrs = vec![
             cfg.id_attribute.as_str(),
             cfg.username_attribute.as_str(),
@@ -351,6 +372,13 @@ impl Directory {
         if cfg.group_mode == GroupMode::MemberOf {
             attrs.push(cfg.member_of_attribute.as_str());
         }
+        attrs
+    }
+
+    async fn find_user(&self, username: &str) -> Result<SearchEntry, LdapError> {
+        let cfg = &self.inner.cfg;
+        let filter = cfg.user_filter.replace("{username}", &ldap_escape(username));
+        let attrs = self.user_attributes();
         let mut entries = self.search(&cfg.user_base, &filter, &attrs).await?;
         match entries.len() {
             0 => Err(LdapError::InvalidCredentials),

@@ -3,10 +3,12 @@
 //! ([`desktops`]).
 
 mod desktops;
+mod revoke;
 mod signin;
 mod sso;
 
 pub use desktops::*;
+pub use revoke::*;
 pub use signin::*;
 pub use sso::*;
 

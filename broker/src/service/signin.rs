@@ -184,18 +184,32 @@ pub async fn logout(
 ) -> ApiResult<()> {
     let now = now_ms();
     st.db.revoke_login_session(sid, now).await?;
-    for s in st.db.open_sessions_of_login(sid).await? {
-        end_session(st, &s, "signed out", now).await?;
+    end_signed_out(st, user_id, &[sid.to_owned()], "signed out", now).await?;
+    audit(st, username, "logout", username, "success", addr, serde_json::json!({ "session": sid }))
+        .await;
+    Ok(())
+}
+
+/// What follows the end of sign-in sessions `sids` of the entry `user_id`: their desktop
+/// sessions end (viewers disconnected) with `reason`, and the user's floating desktops that no
+/// other sign-in of theirs is using are recycled.
+pub(crate) async fn end_signed_out(
+    st: &AppState,
+    user_id: &str,
+    sids: &[String],
+    reason: &str,
+    now: i64,
+) -> ApiResult<()> {
+    for sid in sids {
+        for s in st.db.open_sessions_of_login(sid).await? {
+            end_session(st, &s, reason, now).await?;
+        }
     }
-    // Floating desktops the user disconnected from earlier go too, unless another sign-in of
-    // theirs is using them.
     for d in st.db.user_desktops(user_id).await? {
         let floating = d.persistent_disk.is_none();
         if floating && st.db.open_sessions_of_desktop(&d.id).await?.is_empty() {
             st.db.mark_destroying(&d.id, now).await?;
         }
     }
-    audit(st, username, "logout", username, "success", addr, serde_json::json!({ "session": sid }))
-        .await;
     Ok(())
 }

@@ -1,0 +1,66 @@
+// Admin: the users who have signed in, found by name; a user's sign-in and desktop sessions,
+// and "Sign out everywhere" (every sign-in ends, every viewer is disconnected).
+
+import { get, post } from '../api.js';
+import { el, render, announce, fmtTime } from '../ui.js';
+
+export async function showUsers(app, search = '') {
+  const users = await get(`/api/v1/admin/users?search=${encodeURIComponent(search)}`);
+  const box = el('input', { id: 'user-search', type: 'search', value: search, autocomplete: 'off', spellcheck: 'false' });
+  const form = el('form', { class: 'actions', role: 'search' },
+    el('label', { for: 'user-search' }, 'Username starts with', box),
+    el('button', { type: 'submit', class: 'secondary' }, 'Find'));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    showUsers(app, box.value.trim()).catch((e) => announce(e.message, true));
+  });
+  const rows = users.map((u) => el('tr', {},
+    el('th', { scope: 'row' }, el('a', { href: `#/admin/users/${encodeURIComponent(u.username)}` }, u.username)),
+    el('td', { text: u.display_name || '' }),
+    el('td', { text: u.groups.join(', ') }),
+    el('td', { text: fmtTime(u.last_login_at) }),
+    el('td', { text: String(u.active_sessions) })));
+  render(el('h1', { text: 'Users' }), form,
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Users' },
+      el('thead', {}, el('tr', {}, ['User', 'Name', 'Groups', 'Last sign-in', 'Signed in'].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 5, text: 'No user matches.' }))))));
+}
+
+export async function showUser(app, username) {
+  const d = await get(`/api/v1/admin/users/${encodeURIComponent(username)}`);
+  const u = d.user;
+  const signOut = el('button', { type: 'button', class: 'danger', disabled: d.sessions.length === 0, onclick: async () => {
+    if (!window.confirm(`Sign ${u.username} out everywhere? Every sign-in ends and every viewer is disconnected.`)) return;
+    try {
+      const r = await post(`/api/v1/admin/users/${encodeURIComponent(u.username)}/signout`);
+      announce(`${u.username} is signed out everywhere (${r.sessions_ended} sign-in${r.sessions_ended === 1 ? '' : 's'} ended).`);
+      await showUser(app, username);
+    } catch (e) {
+      announce(e.message, true);
+    }
+  } }, 'Sign out everywhere');
+  const sessions = d.sessions.map((s) => el('tr', {},
+    el('td', { text: fmtTime(s.created_at) }),
+    el('td', { text: s.method === 'oidc' ? 'single sign-on' : 'password' }),
+    el('td', { text: s.client_addr }),
+    el('td', { text: fmtTime(s.last_seen_at) })));
+  const desktops = d.desktop_sessions.map((s) => el('tr', {},
+    el('td', { text: s.desktop_id }),
+    el('td', { text: s.node_id || '' }),
+    el('td', { text: fmtTime(s.started_at) }),
+    el('td', { text: s.client_addr })));
+  render(el('h1', { text: u.display_name ? `${u.display_name} (${u.username})` : u.username }),
+    el('dl', { class: 'facts' },
+      el('dt', { text: 'Groups' }), el('dd', { text: u.groups.join(', ') || 'none' }),
+      el('dt', { text: 'E-mail' }), el('dd', { text: u.email || '' }),
+      el('dt', { text: 'Directory checked' }), el('dd', { text: fmtTime(u.validated_at) })),
+    el('div', { class: 'actions' }, signOut),
+    el('h2', { text: 'Signed in' }),
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Sign-in sessions' },
+      el('thead', {}, el('tr', {}, ['Since', 'How', 'Client address', 'Last seen'].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, sessions.length ? sessions : el('tr', {}, el('td', { colspan: 4, text: 'Not signed in.' }))))),
+    el('h2', { text: 'Desktop sessions' }),
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Open desktop sessions' },
+      el('thead', {}, el('tr', {}, ['Desktop', 'Node', 'Since', 'Client address'].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, desktops.length ? desktops : el('tr', {}, el('td', { colspan: 4, text: 'None open.' }))))));
+}
