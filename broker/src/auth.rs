@@ -15,10 +15,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{SignInMethod, now_ms};
+use crate::db::{SignInMethod, TokenScope, now_ms};
 use crate::error::ApiError;
 use crate::policy::{Action, Principal, RequestContext, Resource};
-use crate::secret::constant_time_eq;
+use crate::secret::{Secret, constant_time_eq};
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "atrium_session";
@@ -62,9 +62,20 @@ impl AuthUser {
     }
 }
 
-/// A signed-in user whom policy lets administer Atrium.
+/// A signed-in user whom policy lets administer Atrium, or an API token (an administrator's
+/// grant; a `read` token only for `GET`). A token's user is `token:<name>`, its method
+/// [`SignInMethod::ApiToken`].
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
+
+/// A request made with an API token (a request extension put by [`session_layer`]). It is not
+/// an [`AuthUser`]: a token uses the admin API, never desktops.
+#[derive(Debug, Clone)]
+pub struct TokenUser {
+    pub user: AuthUser,
+    pub scope: TokenScope,
+    pub token_id: String,
+}
 
 /// The client's address: the peer, or the first untrusted hop of `X-Forwarded-For` when the peer
 /// is a trusted proxy.
@@ -92,6 +103,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        if let Some(t) = parts.extensions.get::<TokenUser>() {
+            if t.scope == TokenScope::Read && !is_safe(&parts.method) {
+                return Err(ApiError::Forbidden("this API token is read-only".into()));
+            }
+            return Ok(Self(t.user.clone()));
+        }
         let user = AuthUser::from_request_parts(parts, st).await?;
         let ClientAddr(ip) = ClientAddr::from_request_parts(parts, st).await?;
         let ctx = RequestContext { client_ip: ip, now_secs: now_ms() / 1000 };
@@ -211,6 +228,43 @@ fn is_safe(m: &Method) -> bool {
 pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let ip = client_addr(&req, st.door.trusted());
     req.extensions_mut().insert(ClientAddr(ip));
+    // An API token: no cookie is looked at, and every use is audited under the token's name.
+    if let Some(token) = api_token_of(req.headers()) {
+        let user = match token_user(&st, &token).await {
+            Ok(u) => u,
+            Err((e, name)) => {
+                // A known token refused (revoked, expired, wrong secret) is audited under its name.
+                if let Some(name) = name {
+                    let details = serde_json::json!({ "method": req.method().as_str() });
+                    let path = req.uri().path().to_owned();
+                    crate::service::audit(
+                        &st,
+                        &name,
+                        "token.refused",
+                        &path,
+                        "denied",
+                        ip,
+                        details,
+                    )
+                    .await;
+                }
+                return e.into_response();
+            }
+        };
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        req.extensions_mut().insert(user.clone());
+        let resp = next.run(req).await;
+        let now = now_ms();
+        if let Err(e) = st.db.touch_api_token(&user.token_id, now).await {
+            tracing::warn!(error = %e, "could not record an API token's use");
+        }
+        let status = resp.status();
+        let outcome = if status.is_success() { "success" } else { "failure" };
+        let details = serde_json::json!({ "method": method.as_str(), "status": status.as_u16() });
+        crate::service::audit(&st, &user.user.username, "token.use", &path, outcome, ip, details)
+            .await;
+        return resp;
+    }
     let mut refresh: Option<Vec<HeaderValue>> = None;
     let secure = st.cfg.secure_cookies();
     let token = read_cookie(req.headers(), SESSION_COOKIE, secure).map(str::to_owned);
@@ -268,6 +322,42 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
         }
     }
     resp
+}
+
+/// The API token in `Authorization: Bearer atrium_...`, if any (other bearer tokens, such as
+/// nodes' signed requests, are left to their handlers).
+fn api_token_of(headers: &HeaderMap) -> Option<Secret> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?.trim();
+    t.starts_with(crate::tokens::PREFIX).then(|| Secret::new(t))
+}
+
+/// The token's user, when the token is well-formed, known, active and its secret right; else
+/// the error, with the name of the token when it is a known one (`token:<name>`).
+async fn token_user(
+    st: &AppState,
+    token: &Secret,
+) -> Result<TokenUser, (ApiError, Option<String>)> {
+    let (id, secret) = crate::tokens::parse(token.expose()).ok_or((ApiError::BadToken, None))?;
+    let t = st.db.get_api_token(id).await.map_err(|e| (e.into(), None))?;
+    let t = t.ok_or((ApiError::BadToken, None))?;
+    if !t.is_active(now_ms()) || !crate::tokens::matches(secret, &t.secret_hash) {
+        return Err((ApiError::BadToken, Some(format!("token:{}", t.name))));
+    }
+    Ok(TokenUser {
+        user: AuthUser {
+            username: format!("token:{}", t.name),
+            id: format!("token:{}", t.id),
+            sid: String::new(),
+            groups: Vec::new(),
+            display_name: None,
+            uid_number: None,
+            gid_number: None,
+            method: SignInMethod::ApiToken,
+        },
+        scope: t.scope,
+        token_id: t.id,
+    })
 }
 
 /// `Ok(None)`: not a valid session (anonymous). `Err`: the database failed.

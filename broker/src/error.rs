@@ -28,6 +28,8 @@ pub enum ApiError {
     NotEnrolled(String),
     #[error("invalid username or password")]
     InvalidCredentials,
+    #[error("the API token is malformed, unknown, revoked or expired")]
+    BadToken,
     #[error("too many failed sign-ins: try again in {minutes} minute(s)")]
     LockedOut { retry_after_secs: u64, minutes: u64 },
     #[error("{0}")]
@@ -53,9 +55,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::Unauthorized | Self::InvalidCredentials | Self::NotEnrolled(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::Unauthorized
+            | Self::InvalidCredentials
+            | Self::BadToken
+            | Self::NotEnrolled(_) => StatusCode::UNAUTHORIZED,
             Self::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) | Self::Csrf => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

@@ -20,6 +20,7 @@ pub mod revalidate;
 pub mod secret;
 pub mod service;
 pub mod state;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

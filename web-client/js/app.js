@@ -10,6 +10,7 @@ import { showNodes } from './pages/admin-nodes.js';
 import { showSessions } from './pages/admin-sessions.js';
 import { showAudit } from './pages/admin-audit.js';
 import { showUsers, showUser } from './pages/admin-users.js';
+import { showTokens } from './pages/admin-tokens.js';
 
 export const app = {
   me: null,
@@ -62,6 +63,7 @@ const routes = [
   [/^#\/admin\/sessions$/, () => showSessions(app), true],
   [/^#\/admin\/audit$/, () => showAudit(app), true],
   [/^#\/admin\/users$/, () => showUsers(app), true],
+  [/^#\/admin\/tokens$/, () => showTokens(app), true],
   [/^#\/admin\/users\/([^/]+)$/, (m) => showUser(app, decodeURIComponent(m[1])), true],
 ];
 

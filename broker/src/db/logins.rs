@@ -26,6 +26,8 @@ pub enum SignInMethod {
     Password,
     /// An OpenID provider vouched for the user.
     Oidc,
+    /// Not a person: an API token (never stored as a sign-in session).
+    ApiToken,
 }
 
 impl SignInMethod {
@@ -33,6 +35,7 @@ impl SignInMethod {
         match self {
             Self::Password => "password",
             Self::Oidc => "oidc",
+            Self::ApiToken => "token",
         }
     }
 

@@ -10,6 +10,7 @@ mod logins;
 mod nodes;
 mod pools;
 mod sessions;
+mod tokens;
 mod users;
 
 use std::str::FromStr;
@@ -21,6 +22,7 @@ pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use sessions::{DesktopSession, OpenSessionView};
+pub use tokens::{ApiToken, TokenScope};
 pub use users::{CachedUser, UserSummary};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -102,6 +104,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "node request replay", include_str!("../../migrations/0006_node_request_replay.sql")),
     (7, "sign-in method", include_str!("../../migrations/0007_signin_method.sql")),
     (8, "revalidation", include_str!("../../migrations/0008_revalidation.sql")),
+    (9, "api tokens", include_str!("../../migrations/0009_api_tokens.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

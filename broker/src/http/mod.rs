@@ -11,6 +11,7 @@ mod meta;
 mod nodes;
 mod oidc;
 mod pools;
+mod tokens;
 mod users;
 mod web;
 
@@ -40,9 +41,52 @@ pub struct InternalListener;
 )]
 struct ApiDoc;
 
+/// Declares how callers authenticate: the session cookie (with `X-CSRF-Token` on changes) for
+/// people, and for the admin API also an API token as `Authorization: Bearer atrium_...`.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "atrium_session",
+                "The sign-in session (`__Host-atrium_session` under TLS); state-changing requests also send `X-CSRF-Token`",
+            ))),
+        );
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("atrium_<id>_<secret>")
+                    .description(Some("An API token an administrator created (`read`: GET only; `admin`: all of the admin API); every use is audited under its name"))
+                    .build(),
+            ),
+        );
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                if op.tags.as_ref().is_some_and(|t| t.iter().any(|t| t == "admin")) {
+                    op.security = Some(vec![
+                        SecurityRequirement::new("session", Vec::<String>::new()),
+                        SecurityRequirement::new("api_token", Vec::<String>::new()),
+                    ]);
+                }
+            }
+        }
+    }
+}
+
 /// The router with every API route, and the OpenAPI document describing it.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
         .merge(oidc::router())
         .merge(pools::router())
@@ -50,9 +94,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(enrolments::router())
         .merge(admin::router())
         .merge(users::router())
+        .merge(tokens::router())
         .merge(nodes::router())
         .merge(meta::router())
-        .split_for_parts()
+        .split_for_parts();
+    utoipa::Modify::modify(&SecuritySchemes, &mut doc);
+    (router, doc)
 }
 
 /// The whole application: API, OpenAPI document, web client, session middleware.
@@ -103,7 +150,7 @@ mod tests {
 
     use super::*;
 
-    async fn state() -> (AppState, std::path::PathBuf) {
+    pub(super) async fn state() -> (AppState, std::path::PathBuf) {
         state_with(|_| {}).await
     }
 
@@ -119,6 +166,18 @@ mod tests {
         cfg.ldap.url = "ldap://127.0.0.1:9".into();
         cfg.ldap.timeout_secs = 1;
         (crate::build_state(cfg).await.expect("state"), dir)
+    }
+
+    #[test]
+    fn the_document_declares_how_to_authenticate() {
+        let (_, doc) = api();
+        let schemes = &doc.components.as_ref().unwrap().security_schemes;
+        assert!(schemes.contains_key("api_token") && schemes.contains_key("session"));
+        let users = &doc.paths.paths["/api/v1/admin/users"];
+        let json = serde_json::to_value(users.get.as_ref().unwrap()).unwrap();
+        assert!(json["security"].to_string().contains("api_token"), "{json}");
+        let me = serde_json::to_value(doc.paths.paths["/api/v1/me"].get.as_ref().unwrap()).unwrap();
+        assert!(me.get("security").is_none_or(|s| !s.to_string().contains("api_token")));
     }
 
     /// Every operation in the OpenAPI document is routed (the router answers something other
