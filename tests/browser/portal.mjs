@@ -1,16 +1,21 @@
-// The portal's Users and API tokens pages in a real browser: Debian's Chromium (headless,
-// through playwright-core) as an administrator. The Rust side (tests/tests/broker_portal.rs)
-// checks what each step did through the API. Protocol: JSON lines on stdout, each answered with
-// one line on stdin ("ok" to go on):
+// The portal's administration pages in a real browser: Debian's Chromium (headless, through
+// playwright-core) as an administrator. The Rust side (tests/tests/broker_portal.rs) checks what
+// each step did through the API. Protocol: JSON lines on stdout, each answered with one line on
+// stdin ("ok" to go on):
+//   {"nodes": [ID...]}                      the Nodes page's nodes;
+//   {"ended": USER}                         after ending USER's session on the Sessions page;
 //   {"signed_out": USER, "status": TEXT}   after "Sign out everywhere" on USER's page;
 //   {"token": TEXT}                         the new token the Tokens page showed once;
-//   {"revoked": NAME, "last_used": TEXT}    after revoking it;
+//   {"audit": [COUNT TEXT...], "csv_lines": N}  the Audit page filtered on the token: its count
+//                                           before and after "Show older", and the CSV export's
+//                                           lines;
+//   {"revoked": NAME, "last_used": TEXT}    after revoking the token;
 //   {"done": true}.
 //
 //   node portal.mjs '{"broker": URL, "chromium": PATH, "tmp": DIR, "artifacts": DIR,
 //                     "admin": [USER, PASSWORD], "user": USER}'
 
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -37,6 +42,19 @@ try {
   await page.getByLabel('Password').fill(cfg.admin[1]);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('heading', { name: 'My desktops' }).waitFor();
+  const status = page.locator('#status');
+
+  // Nodes: what is enrolled.
+  await page.getByRole('link', { name: 'Nodes' }).click();
+  await page.getByRole('heading', { name: 'Nodes' }).waitFor();
+  await page.locator('table tbody th[scope="row"]').first().waitFor();
+  await tell({ nodes: await page.locator('table tbody th[scope="row"]').allInnerTexts() });
+
+  // Sessions: end the user's session.
+  await page.getByRole('link', { name: 'Sessions' }).click();
+  await page.getByRole('button', { name: `End ${cfg.user}'s session` }).click();
+  await status.filter({ hasText: `Session of ${cfg.user} ended` }).waitFor();
+  await tell({ ended: cfg.user });
 
   // Users: find the user, open their page, sign them out everywhere.
   await page.getByRole('link', { name: 'Users' }).click();
@@ -45,7 +63,6 @@ try {
   await page.getByRole('link', { name: cfg.user, exact: true }).click();
   await page.getByRole('heading', { name: new RegExp(`\\(${cfg.user}\\)`) }).waitFor();
   await page.getByRole('button', { name: 'Sign out everywhere' }).click();
-  const status = page.locator('#status');
   await status.filter({ hasText: 'signed out everywhere' }).waitFor();
   await tell({ signed_out: cfg.user, status: await status.innerText() });
 
@@ -57,7 +74,25 @@ try {
   await page.getByRole('button', { name: 'Create token' }).click();
   const token = await page.locator('#new-token').innerText();
   await tell({ token });
-  await page.reload();
+
+  // Audit: the token's uses, a page at a time, then all of them as CSV.
+  await page.getByRole('link', { name: 'Audit' }).click();
+  await page.getByLabel('User').fill('token:ci-reader');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  const count = page.locator('#audit-count');
+  await count.filter({ hasText: 'more older' }).waitFor();
+  const first = await count.innerText();
+  await page.locator('#audit-more').click();
+  await count.filter({ hasNotText: first }).waitFor();
+  const second = await count.innerText();
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('link', { name: 'Export CSV' }).click(),
+  ]);
+  const csv = readFileSync(await download.path(), 'utf8');
+  await tell({ audit: [first, second], csv_lines: csv.split('\r\n').filter((l) => l).length });
+
+  await page.getByRole('link', { name: 'API tokens' }).click();
   await page.getByRole('heading', { name: 'API tokens' }).waitFor();
   const row = page.getByRole('row', { name: /ci-reader/ });
   const lastUsed = await row.locator('td').nth(3).innerText();

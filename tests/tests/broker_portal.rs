@@ -1,28 +1,44 @@
-//! The portal's Users and API tokens pages in Chromium, as an administrator uses them, against
-//! a real slapd: signing a user out everywhere ends their sessions; a token created on the page
-//! (shown once) works with its scope through the API, its uses are audited under its name, and
-//! once revoked on the page it is refused.
+//! The portal's administration pages in Chromium, as an administrator uses them, against a
+//! real slapd: the Nodes page lists the node; ending a session on the Sessions page disconnects
+//! its viewer; signing a user out everywhere on the Users page ends their sign-ins; a token
+//! created on the API tokens page (shown once) works with its scope, its uses are audited under
+//! its name and paged through on the Audit page and exported as CSV; once revoked on the page it
+//! is refused.
 
 use anyhow::Context;
-use atrium_tests::broker::{Broker, BrokerOptions};
+use atrium_tests::broker::{Broker, BrokerOptions, pool_json};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
+use atrium_tests::fake_node::FakeNode;
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, TempDir, skip};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
-async fn administrators_sign_users_out_and_manage_tokens_in_the_portal() {
-    if skip(Group::Ldap, "administrators_sign_users_out_and_manage_tokens_in_the_portal")
-        || skip(Group::Browser, "administrators_sign_users_out_and_manage_tokens_in_the_portal")
+async fn administrators_work_in_the_portal_pages() {
+    if skip(Group::Ldap, "administrators_work_in_the_portal_pages")
+        || skip(Group::Browser, "administrators_work_in_the_portal_pages")
     {
         return;
     }
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let carol = broker.admin().await;
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    carol
+        .post_json(
+            "/api/v1/admin/pools",
+            pool_json("general", "floating", 0, 4),
+            StatusCode::CREATED,
+        )
+        .await;
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
+    let connected =
+        alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    let sid = connected["session_id"].as_str().unwrap().to_owned();
+    // More uses of the token than one page of the Audit page holds (100).
+    const USES: usize = 130;
 
     let tmp = TempDir::new("portal");
     let cfg = json!({
@@ -36,8 +52,27 @@ async fn administrators_sign_users_out_and_manage_tokens_in_the_portal() {
     while let Some(msg) = d.next().await.unwrap() {
         if msg["done"] == true {
             done = true;
+        } else if let Some(nodes) = msg["nodes"].as_array() {
+            assert_eq!(nodes, &[json!("node-a")], "{msg}");
+            d.answer("ok").await.unwrap();
+        } else if msg["ended"] == "alice" {
+            assert!(
+                node.with(|s| s.ended_display_sessions.contains(&sid)),
+                "the viewer is disconnected"
+            );
+            d.answer("ok").await.unwrap();
+        } else if let Some(pages) = msg["audit"].as_array() {
+            assert_eq!(pages[0], format!("100 events (more older)"), "{msg}");
+            assert_eq!(pages[1], format!("{USES} events"), "{msg}");
+            assert_eq!(msg["csv_lines"], USES + 1, "a header and every use: {msg}");
+            d.answer("ok").await.unwrap();
         } else if msg["signed_out"] == "alice" {
             assert!(msg["status"].as_str().unwrap().contains("1 sign-in ended"), "{msg}");
+            assert_eq!(
+                node.with(|s| s.ended_display_sessions.len()),
+                1,
+                "ended once, on the Sessions page"
+            );
             let r = alice.get("/api/v1/me").await.unwrap();
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "alice is signed out");
             d.answer("ok").await.unwrap();
@@ -57,6 +92,15 @@ async fn administrators_sign_users_out_and_manage_tokens_in_the_portal() {
                 .await
                 .unwrap();
             assert_eq!(write.status(), StatusCode::FORBIDDEN, "a read-only token");
+            for _ in 2..USES {
+                let r = http
+                    .get(format!("{}/api/v1/admin/nodes", broker.url))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+            }
             d.answer("ok").await.unwrap();
         } else if msg["revoked"] == "ci-reader" {
             assert_ne!(msg["last_used"], "never", "the page shows the use: {msg}");
@@ -77,7 +121,7 @@ async fn administrators_sign_users_out_and_manage_tokens_in_the_portal() {
     let uses = carol
         .get_json("/api/v1/admin/audit?actor=token:ci-reader&action=token.use", StatusCode::OK)
         .await;
-    assert_eq!(uses.as_array().unwrap().len(), 2, "{uses}");
+    assert_eq!(uses.as_array().unwrap().len(), USES, "{uses}");
     let created = carol.get_json("/api/v1/admin/audit?action=token.", StatusCode::OK).await;
     let actions: Vec<&str> =
         created.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();

@@ -32,6 +32,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Only events older than this one (its time and id): the page after it.
+    pub before: Option<(i64, String)>,
     pub limit: u32,
 }
 
@@ -88,6 +90,7 @@ impl Db {
              WHERE ($1 = '' OR actor = $1)
                AND ($2 = '' OR action = $2 OR action LIKE $3)
                AND at >= $4 AND at <= $5
+               AND (at < $7 OR (at = $7 AND id < $8))
              ORDER BY at DESC, id DESC LIMIT $6",
         )
         .bind(f.actor.clone().unwrap_or_default())
@@ -96,6 +99,8 @@ impl Db {
         .bind(f.since.unwrap_or(0))
         .bind(f.until.unwrap_or(i64::MAX))
         .bind(i64::from(f.limit.clamp(1, 1000)))
+        .bind(f.before.as_ref().map_or(i64::MAX, |b| b.0))
+        .bind(f.before.as_ref().map_or("", |b| b.1.as_str()))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

@@ -1,19 +1,17 @@
-//! `/api/v1/admin/...`: pools, nodes, desktops, sessions, audit. Every handler takes
+//! `/api/v1/admin/...`: pools, nodes, desktops, sessions. Every handler takes
 //! [`AdminUser`], so forgetting the check does not compile; every change is audited.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::JsonBody;
 use crate::auth::{AdminUser, ClientAddr};
-use crate::db::{
-    AuditEvent, AuditFilter, Desktop, Node, OpenSessionView, Pool, PoolCounts, PoolInput, now_ms,
-};
+use crate::db::{Desktop, Node, OpenSessionView, Pool, PoolCounts, PoolInput, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::policy::Action;
 use crate::service;
@@ -31,7 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_sessions))
         .routes(routes!(end_session))
         .routes(routes!(shadow_session))
-        .routes(routes!(list_audit))
 }
 
 /// A pool with its live counts.
@@ -358,38 +355,4 @@ async fn shadow_session(
     )
     .await;
     Ok(Json(ShadowResponse { ws_url, ticket, ticket_expires_in: st.cfg.tickets.ttl_secs }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    /// Only this actor (username).
-    pub actor: Option<String>,
-    /// Only this action, or a prefix ending in `.` (`pool.`).
-    pub action: Option<String>,
-    /// From this time (ms since the epoch).
-    pub since: Option<i64>,
-    /// Until this time (ms since the epoch).
-    pub until: Option<i64>,
-    /// At most this many (1-1000, default 200).
-    pub limit: Option<u32>,
-}
-
-/// The audit log, newest first.
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEvent>), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse)))]
-async fn list_audit(
-    State(st): State<AppState>,
-    _admin: AdminUser,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<AuditEvent>>> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let f = AuditFilter {
-        actor: q.actor.filter(|s| !s.is_empty()),
-        action: q.action.filter(|s| !s.is_empty()),
-        since: q.since,
-        until: q.until,
-        limit: q.limit.unwrap_or(200),
-    };
-    Ok(Json(st.db.list_audit(&f).await?))
 }

@@ -3,6 +3,7 @@
 //! the router lacks, and a test checks the converse.
 
 mod admin;
+mod audit;
 mod auth;
 mod desktops;
 mod enrolments;
@@ -93,6 +94,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(desktops::router())
         .merge(enrolments::router())
         .merge(admin::router())
+        .merge(audit::router())
         .merge(users::router())
         .merge(tokens::router())
         .merge(nodes::router())

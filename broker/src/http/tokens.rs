@@ -247,6 +247,7 @@ mod tests {
             action: Some("token.use".into()),
             since: None,
             until: None,
+            before: None,
             limit: 10,
         };
         let uses = st.db.list_audit(&f).await.unwrap();
