@@ -172,3 +172,44 @@ async fn an_administrator_signs_a_user_out_everywhere() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(status(&carol, "/api/v1/me").await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn only_a_definite_answer_signs_anyone_out() {
+    if skip(Group::Ldap, "only_a_definite_answer_signs_anyone_out") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    // Disabled accounts carry description=disabled; the filter leaves them out.
+    opts.extra_toml = "[ldap]\nrevalidate_secs = 1\n\
+        user_filter = \"(&(objectClass=inetOrgPerson)(uid={username})(!(description=disabled)))\"\n"
+        .into();
+    let broker = Broker::start(opts).await.unwrap();
+    let mut frank = broker.client();
+    frank.login_ok("frank", "p\"a's ü ß").await;
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+
+    // The directory stops answering for several revalidation periods: nobody is signed out.
+    slapd.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status(&frank, "/api/v1/me").await, StatusCode::OK);
+    assert_eq!(status(&alice, "/api/v1/me").await, StatusCode::OK);
+    slapd.resume();
+
+    // frank is disabled: the filter no longer matches his entry, and he is signed out; alice
+    // is not touched.
+    slapd
+        .apply(
+            "dn: uid=frank,ou=people,dc=example,dc=com\nchangetype: modify\n\
+             add: description\ndescription: disabled\n",
+        )
+        .unwrap();
+    let took = until_status(&frank, "/api/v1/me", StatusCode::UNAUTHORIZED).await;
+    assert_eq!(status(&alice, "/api/v1/me").await, StatusCode::OK);
+    eprintln!("a disabled account signed out in {took:?}");
+    let carol = broker.admin().await;
+    let audit = carol.get_json("/api/v1/admin/audit?action=user.signout", StatusCode::OK).await;
+    assert_eq!(audit[0]["target"], "frank", "{audit}");
+    assert!(audit[0]["details"].as_str().unwrap().contains("disabled"), "{audit}");
+}

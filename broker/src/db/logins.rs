@@ -237,11 +237,11 @@ impl Db {
         }
         let mut tx = self.begin_write().await?;
         // Users: one row per username (the last sign-in wins), as ON CONFLICT may touch a row once.
-        let mut users: Vec<&CachedUser> = Vec::new();
+        let mut users: Vec<(&CachedUser, i64)> = Vec::new();
         for r in batch {
-            match users.iter_mut().find(|u| u.username == r.user.username) {
-                Some(u) => *u = &r.user,
-                None => users.push(&r.user),
+            match users.iter_mut().find(|(u, _)| u.username == r.user.username) {
+                Some(u) => *u = (&r.user, r.validated_at),
+                None => users.push((&r.user, r.validated_at)),
             }
         }
         let sql = format!(
@@ -262,14 +262,14 @@ impl Db {
             (1..=users.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(known));
-        for u in &users {
+        for (u, _) in &users {
             q = q.bind(&u.username);
         }
         let mut stored: Vec<(String, Option<String>)> = Vec::new();
         for r in q.fetch_all(&mut *tx).await? {
             stored.push((col(&r, "username")?, col(&r, "directory_id")?));
         }
-        for u in &users {
+        for (u, _) in &users {
             let Some(id) = &u.directory_id else { continue };
             let before = stored.iter().find(|(n, _)| *n == u.username).map(|(_, i)| i.as_ref());
             match before {
@@ -289,6 +289,11 @@ impl Db {
                     .await?;
                 }
             }
+            // Desktops from before ids belong to directory users; a single sign-on subject
+            // never takes them by name.
+            if id.starts_with("oidc:") {
+                continue;
+            }
             // Not where the entry has a desktop of that pool already (one per entry and pool).
             sqlx::query(
                 "UPDATE desktops SET owner_id = $2 WHERE username = $1 AND owner_id IS NULL
@@ -301,7 +306,7 @@ impl Db {
             .await?;
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for u in &users {
+        for (u, validated_at) in &users {
             q = q
                 .bind(&u.username)
                 .bind(&u.directory_id)
@@ -312,7 +317,7 @@ impl Db {
                 .bind(u.gid_number.map(i64::from))
                 .bind(serde_json::to_string(&u.groups).expect("strings serialize"))
                 .bind(u.last_login_at)
-                .bind(u.last_login_at);
+                .bind(*validated_at);
         }
         q.execute(&mut *tx).await?;
 
@@ -402,6 +407,9 @@ pub struct LoginRecord {
     pub audit: AuditEvent,
     /// A failure counter to forget.
     pub clear_failures: Option<String>,
+    /// When the user's entry counts as read (earlier than the sign-in when it came from the
+    /// directory client's cache): revalidation goes from there.
+    pub validated_at: i64,
 }
 
 /// `($1, $2, ...), ($n+1, ...)` for `rows` rows of `cols` values.
@@ -568,7 +576,7 @@ mod identity_tests {
             "127.0.0.1".into(),
             &serde_json::json!({}),
         );
-        LoginRecord { user, session, audit, clear_failures: None }
+        LoginRecord { user, session, audit, clear_failures: None, validated_at: now }
     }
 
     async fn desktop(db: &Db, id: &str, username: &str, owner: Option<&str>) {

@@ -98,42 +98,51 @@ impl Db {
         Ok(())
     }
 
-    /// Users whose name starts with `prefix` (any case), with their active sessions, by name.
+    /// Sets when a user's entry counts as last read (to check them again sooner or later).
+    pub async fn set_validated_at(&self, username: &str, at: i64) -> DbResult<()> {
+        sqlx::query("UPDATE users SET validated_at = $2 WHERE username = $1")
+            .bind(username)
+            .bind(at)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Users whose name starts with `prefix`, with their active sessions, by name; letters
+    /// match in any case as the database lowers them (SQLite: ASCII letters only).
     pub async fn list_users(
         &self,
         prefix: &str,
         now: i64,
         limit: i64,
     ) -> DbResult<Vec<UserSummary>> {
-        let like = format!(
-            "{}%",
-            prefix.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
-        );
+        let like =
+            format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let rows = sqlx::query(
             "SELECT u.*, (SELECT COUNT(*) FROM login_sessions s WHERE s.user_id = u.directory_id
                           AND s.revoked_at IS NULL AND s.expires_at > $2) AS active_sessions
-             FROM users u WHERE LOWER(u.username) LIKE $1 ESCAPE '\\' ORDER BY u.username LIMIT $3",
+             FROM users u WHERE LOWER(u.username) LIKE LOWER($1) ESCAPE '\\' ORDER BY u.username LIMIT $3",
         )
         .bind(like)
         .bind(now)
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let u = user_from_row(r)?;
-                Ok(UserSummary {
-                    username: u.username,
-                    id: u.directory_id,
-                    display_name: u.display_name,
-                    email: u.email,
-                    groups: u.groups,
-                    last_login_at: u.last_login_at,
-                    validated_at: col(r, "validated_at")?,
-                    active_sessions: col(r, "active_sessions")?,
-                })
-            })
-            .collect()
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// One user by exact name, with their active sessions.
+    pub async fn user_summary(&self, username: &str, now: i64) -> DbResult<Option<UserSummary>> {
+        let row = sqlx::query(
+            "SELECT u.*, (SELECT COUNT(*) FROM login_sessions s WHERE s.user_id = u.directory_id
+                          AND s.revoked_at IS NULL AND s.expires_at > $2) AS active_sessions
+             FROM users u WHERE u.username = $1",
+        )
+        .bind(username)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(summary_from_row).transpose()
     }
 
     pub async fn get_user(&self, username: &str) -> DbResult<Option<CachedUser>> {
@@ -143,6 +152,21 @@ impl Db {
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
+}
+
+/// A [`UserSummary`] from a row with the `users` columns and `active_sessions`.
+fn summary_from_row(r: &sqlx::any::AnyRow) -> DbResult<UserSummary> {
+    let u = user_from_row(r)?;
+    Ok(UserSummary {
+        username: u.username,
+        id: u.directory_id,
+        display_name: u.display_name,
+        email: u.email,
+        groups: u.groups,
+        last_login_at: u.last_login_at,
+        validated_at: col(r, "validated_at")?,
+        active_sessions: col(r, "active_sessions")?,
+    })
 }
 
 /// A [`CachedUser`] from a row with the `users` columns.

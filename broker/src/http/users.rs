@@ -69,10 +69,8 @@ pub struct UserDetail {
 
 async fn summary(st: &AppState, username: &str) -> ApiResult<UserSummary> {
     st.db
-        .list_users(username, now_ms(), 500)
+        .user_summary(username, now_ms())
         .await?
-        .into_iter()
-        .find(|u| u.username == username)
         .ok_or_else(|| ApiError::NotFound(format!("no user {username:?} has signed in")))
 }
 

@@ -90,10 +90,14 @@ impl Directory {
                     if res.rc != 0 && res.rc != 4 {
                         // 4: size limit exceeded still returns entries; anything else is an error.
                         self.put_back(pool, conn);
-                        return Err(LdapError::Directory(format!(
-                            "search failed with code {}: {}",
-                            res.rc, res.text
-                        )));
+                        let msg = format!("search failed with code {}: {}", res.rc, res.text);
+                        // The directory struggling (busy, unavailable, time or admin limit,
+                        // other, loop detected) is an outage, not an answer.
+                        return Err(if matches!(res.rc, 1 | 3 | 11 | 51 | 52 | 54 | 80) {
+                            LdapError::Unavailable(msg)
+                        } else {
+                            LdapError::Directory(msg)
+                        });
                     }
                     self.put_back(pool, conn);
                     let parsed = entries

@@ -66,6 +66,18 @@ const MAX_DN: usize = 1024;
 /// Longest stable id accepted.
 const MAX_ID: usize = 256;
 
+/// A signed-in user's entry, read again.
+#[derive(Debug)]
+pub enum Revalidated {
+    /// Still there, still passing the user filter: as it is now.
+    Same(DirectoryUser),
+    /// Deleted, or its DN now holds another entry.
+    Gone,
+    /// There, but the user filter no longer matches it (a disabled account, or a filter that
+    /// cannot match with `{username}` as `*`).
+    Excluded,
+}
+
 /// What a typed username names in the directory, before its password is checked.
 #[derive(Debug)]
 pub enum Candidate {
@@ -337,25 +349,32 @@ impl Directory {
         Ok(())
     }
 
-    /// The entry at `dn` as it is now, if it still is the entry `id` and still passes the user
-    /// filter (its `{username}` matching any value, so that a filter's other terms, such as
-    /// "not disabled", still apply): `None` when it was deleted, disabled or replaced. For
-    /// checking again the users who are signed in.
-    pub async fn revalidate(&self, dn: &str, id: &str) -> Result<Option<DirectoryUser>, LdapError> {
+    /// The entry at `dn` as it is now, for checking again a user who is signed in: still the
+    /// entry `id` and still passing the user filter (its `{username}` matching any value, so
+    /// that a term such as "not disabled" still counts); [`Revalidated::Gone`] when it was
+    /// deleted or replaced; [`Revalidated::Excluded`] when it is there but the filter no longer
+    /// matches it (disabled).
+    pub async fn revalidate(&self, dn: &str, id: &str) -> Result<Revalidated, LdapError> {
         if dn.is_empty() || dn.len() > MAX_DN {
-            return Ok(None);
+            return Ok(Revalidated::Gone);
         }
         let filter = self.inner.cfg.user_filter.replace("{username}", "*");
         let attrs = self.user_attributes();
         let found = self.search_in(dn, ldap3::Scope::Base, &filter, &attrs, true).await?;
         // The sign-in cache forgets the entry under every name: what is read now counts.
         self.inner.cache.lock().expect("cache lock").retain(|_, (_, u)| u.id != id);
-        let Some(entry) = found.into_iter().next() else { return Ok(None) };
-        if self.entry_id(&entry)? != id {
-            return Ok(None);
+        if let Some(entry) = found.into_iter().next() {
+            if self.entry_id(&entry)? != id {
+                return Ok(Revalidated::Gone);
+            }
+            return self.to_user(entry, id.to_owned()).await.map(Revalidated::Same);
         }
-        let id = id.to_owned();
-        self.to_user(entry, id).await.map(Some)
+        // Not matched: is the entry there at all?
+        let id_attr = [self.inner.cfg.id_attribute.as_str()];
+        match self.search_base(dn, &id_attr).await? {
+            Some(e) if self.entry_id(&e).is_ok_and(|i| i == id) => Ok(Revalidated::Excluded),
+            _ => Ok(Revalidated::Gone),
+        }
     }
 
     /// The attributes read from a user's entry.

@@ -130,8 +130,22 @@ pub(crate) async fn open_session(
         details: serde_json::json!({ "session": sid, "method": method.as_str() }).to_string(),
     };
     let expires_at = session.expires_at;
+    // A password sign-in may have used an entry the directory client cached: it counts as
+    // read as long ago as the cache keeps entries, so revalidation is never later for it.
+    let validated_at = match method {
+        SignInMethod::Password => {
+            now - i64::try_from(st.cfg.ldap.cache_secs * 1000).unwrap_or(i64::MAX / 4)
+        }
+        _ => now,
+    };
     st.login_writer
-        .write(LoginRecord { user: cached.clone(), session, audit: event, clear_failures })
+        .write(LoginRecord {
+            user: cached.clone(),
+            session,
+            audit: event,
+            clear_failures,
+            validated_at,
+        })
         .await?;
     let csrf_token = crate::auth::random_token();
     let (session_token, max_age) = crate::auth::mint_session_token(
