@@ -55,6 +55,8 @@ fn accounts() -> Value {
         "zoe": { "preferred_username": "zoe", "name": "Zoë Cloud", "email": "zoe@example.com",
                   "groups": ["atrium-users", "atrium-admins"] },
         "mallory": { "preferred_username": "-rf", "name": "Bad name" },
+        // Another subject claiming zoe's name.
+        "impostor": { "preferred_username": "zoe", "name": "Not Zoë" },
     })
 }
 
@@ -255,6 +257,9 @@ async fn users_the_provider_alone_knows_sign_in_by_their_claims() {
         // Sign-out stays here (provider_logout = false): the sign-in page, no provider page.
         let v = ask(&mut d, json!({ "op": "signout" })).await?;
         anyhow::ensure!(v["url"].as_str().unwrap_or("").starts_with(&broker_url), "{v}");
+        // Another subject with zoe's name is not zoe.
+        let v = ask(&mut d, json!({ "op": "sso", "login": "impostor", "fresh": true })).await?;
+        anyhow::ensure!(refused(&v).contains("cannot be used with Atrium"), "{v}");
         // A name that cannot be a login name in a desktop is refused.
         let v = ask(&mut d, json!({ "op": "sso", "login": "mallory", "fresh": true })).await?;
         anyhow::ensure!(refused(&v).contains("cannot be used with Atrium"), "{v}");

@@ -133,12 +133,20 @@ fn clear_pending(secure: bool) -> Vec<HeaderValue> {
     vec![cookie_with(PENDING_COOKIE, "", 0, true, secure, "Lax")]
 }
 
-/// A callback refused before the provider was asked anything: logged, audited, and back to
-/// the sign-in page.
-async fn refuse(st: &AppState, addr: ClientAddr, code: &str, reason: String) -> Response {
+/// A callback refused before the provider was asked anything: logged, audited when `audited`,
+/// and back to the sign-in page.
+async fn refuse(
+    st: &AppState,
+    addr: ClientAddr,
+    code: &str,
+    reason: String,
+    audited: bool,
+) -> Response {
     tracing::warn!(reason = %reason, "single sign-on refused");
-    let details = serde_json::json!({ "method": "oidc", "reason": reason });
-    service::audit(st, "-", "login.failed", "-", "failure", addr.0, details).await;
+    if audited {
+        let details = serde_json::json!({ "method": "oidc", "reason": reason });
+        service::audit(st, "-", "login.failed", "-", "failure", addr.0, details).await;
+    }
     to_signin(code, clear_pending(st.cfg.secure_cookies()))
 }
 
@@ -166,14 +174,17 @@ async fn callback(
 ) -> Response {
     let Some(oidc) = &st.oidc else { return to_signin("off", vec![]) };
     let secure = st.cfg.secure_cookies();
-    let refused = |code: &'static str, reason: String| refuse(&st, addr, code, reason);
+    let pending = read_cookie(&headers, PENDING_COOKIE, secure)
+        .and_then(|t| st.keys.verify::<Pending>(t, PENDING_AUDIENCE).ok());
+    // Audited only when this browser has a sign-in in progress: anyone can call the callback,
+    // and its refusals alone must not fill the audit log.
+    let audited = pending.is_some();
+    let refused = |code: &'static str, reason: String| refuse(&st, addr, code, reason, audited);
     if let Some(err) = &p.error {
         let err = service::printable(err, 64);
         let code = if err == "access_denied" { "denied" } else { "provider" };
         return refused(code, format!("the provider answered {err}")).await;
     }
-    let pending = read_cookie(&headers, PENDING_COOKIE, secure)
-        .and_then(|t| st.keys.verify::<Pending>(t, PENDING_AUDIENCE).ok());
     let (Some(pending), Some(state), Some(code)) = (pending, &p.state, &p.code) else {
         return refused("state", "no sign-in in progress in this browser, or it expired".into())
             .await;

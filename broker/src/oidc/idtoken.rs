@@ -110,11 +110,11 @@ pub fn verify(
         )
     })?;
     let claims = data.claims;
-    // Several audiences: the authorized party must be this client.
-    if let Some(Value::Array(auds)) = claims.get("aud")
-        && auds.len() > 1
-        && claims.get("azp").and_then(Value::as_str) != Some(exp.client_id)
-    {
+    // Several audiences: the authorized party must be this client; and whenever it is named,
+    // it must be this client.
+    let azp = claims.get("azp").and_then(Value::as_str);
+    let several = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
+    if (several && azp != Some(exp.client_id)) || azp.is_some_and(|a| a != exp.client_id) {
         return Err(OidcError::Token("the ID token is for another client (azp)".into()));
     }
     let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(u64::MAX);
@@ -224,6 +224,9 @@ mod tests {
         c["aud"] = json!(["atrium", "other"]);
         c["azp"] = json!("atrium");
         assert!(check(&sign(&enc, "k1", &fresh(c)), &set).is_ok());
+        let mut c = claims();
+        c["azp"] = json!("another");
+        assert!(bad(c).contains("azp"));
         let mut c = claims();
         c["iss"] = json!("https://evil");
         assert!(bad(c).contains("another issuer"));

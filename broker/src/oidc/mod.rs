@@ -25,6 +25,9 @@ const MAX_ANSWER: usize = 1024 * 1024;
 const CACHE_FOR: Duration = Duration::from_secs(3600);
 /// Keys are fetched again for an unknown key id at most this often.
 const KEY_REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// After a failed fetch, callers are answered with the failure for this long instead of each
+/// waiting for the provider in turn.
+const FAILURE_MEMO: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum OidcError {
@@ -97,14 +100,52 @@ struct Cached<T> {
     at: Instant,
 }
 
+/// A cache slot: the value, or the last failure to fetch it.
+#[derive(Debug)]
+struct Slot<T> {
+    cached: Option<Cached<T>>,
+    failed: Option<(Instant, String)>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self { cached: None, failed: None }
+    }
+}
+
+impl<T> Slot<T> {
+    /// The recent failure, if the provider failed within [`FAILURE_MEMO`].
+    fn recent_failure(&self) -> Option<OidcError> {
+        self.failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_MEMO)
+            .map(|(_, e)| OidcError::Provider(e.clone()))
+    }
+
+    fn store(&mut self, r: Result<T, OidcError>) -> Result<Arc<T>, OidcError> {
+        match r {
+            Ok(v) => {
+                let v = Arc::new(v);
+                self.cached = Some(Cached { value: Arc::clone(&v), at: Instant::now() });
+                self.failed = None;
+                Ok(v)
+            }
+            Err(e) => {
+                self.failed = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: OidcSection,
     redirect_url: String,
     post_logout_url: String,
     http: reqwest::Client,
-    meta: Mutex<Option<Cached<Discovery>>>,
-    keys: Mutex<Option<Cached<JwkSet>>>,
+    meta: Mutex<Slot<Discovery>>,
+    keys: Mutex<Slot<JwkSet>>,
 }
 
 /// The OpenID provider client (cheap to clone).
@@ -135,8 +176,8 @@ impl Oidc {
                 redirect_url: cfg.oidc_redirect_url(),
                 post_logout_url: cfg.oidc_post_logout_url(),
                 http,
-                meta: Mutex::new(None),
-                keys: Mutex::new(None),
+                meta: Mutex::default(),
+                keys: Mutex::default(),
             }),
         }))
     }
@@ -148,12 +189,21 @@ impl Oidc {
     /// The discovery document, fetched when missing or older than an hour.
     pub async fn discovery(&self) -> Result<Arc<Discovery>, OidcError> {
         let mut meta = self.inner.meta.lock().await;
-        if let Some(c) = meta.as_ref()
+        if let Some(c) = meta.cached.as_ref()
             && c.at.elapsed() < CACHE_FOR
         {
             return Ok(Arc::clone(&c.value));
         }
-        let issuer = self.inner.cfg.issuer_url.trim_end_matches('/');
+        // Callers that waited for a fetch that failed get its failure at once.
+        if let Some(e) = meta.recent_failure() {
+            return Err(e);
+        }
+        let fetched = self.fetch_discovery().await;
+        meta.store(fetched)
+    }
+
+    async fn fetch_discovery(&self) -> Result<Discovery, OidcError> {
+        let issuer = self.issuer();
         let url = format!("{issuer}/.well-known/openid-configuration");
         let d: Discovery = self.get_json(&url, None).await?;
         // OpenID Connect Discovery 1.0, 4.3: the issuer must be the one asked for.
@@ -183,8 +233,6 @@ impl Oidc {
                 d.id_token_signing_alg_values_supported
             )));
         }
-        let d = Arc::new(d);
-        *meta = Some(Cached { value: Arc::clone(&d), at: Instant::now() });
         Ok(d)
     }
 
@@ -266,7 +314,7 @@ impl Oidc {
             Err(e) => {
                 // Down or moved: the next sign-in reads the discovery document again, so it
                 // is told at once rather than sent to a provider that does not answer.
-                *self.inner.meta.lock().await = None;
+                self.inner.meta.lock().await.cached = None;
                 return Err(OidcError::Provider(format!("token endpoint: {}", without_url(&e))));
             }
         };
@@ -325,16 +373,17 @@ impl Oidc {
 
     async fn keys(&self, d: &Discovery, refresh: bool) -> Result<Arc<JwkSet>, OidcError> {
         let mut keys = self.inner.keys.lock().await;
-        if let Some(c) = keys.as_ref() {
+        if let Some(c) = keys.cached.as_ref() {
             let age = c.at.elapsed();
             if age < CACHE_FOR && (!refresh || age < KEY_REFRESH_EVERY) {
                 return Ok(Arc::clone(&c.value));
             }
         }
-        let set: JwkSet = self.get_json(&d.jwks_uri, None).await?;
-        let set = Arc::new(set);
-        *keys = Some(Cached { value: Arc::clone(&set), at: Instant::now() });
-        Ok(set)
+        if let Some(e) = keys.recent_failure() {
+            return Err(e);
+        }
+        let fetched = self.get_json::<JwkSet>(&d.jwks_uri, None).await;
+        keys.store(fetched)
     }
 
     /// The userinfo claims of the user `sub`, when the provider has the endpoint.
@@ -358,7 +407,8 @@ impl Oidc {
         if !self.inner.cfg.provider_logout {
             return None;
         }
-        let d = self.discovery().await.ok()?;
+        // Only what is known already: signing out never waits for the provider.
+        let d = self.inner.meta.try_lock().ok()?.cached.as_ref().map(|c| Arc::clone(&c.value))?;
         let mut url = Url::parse(d.end_session_endpoint.as_ref()?).ok()?;
         url.query_pairs_mut()
             .append_pair("client_id", &self.inner.cfg.client_id)

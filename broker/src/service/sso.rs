@@ -122,9 +122,33 @@ async fn sign_in(
         }
     }
     let user = match cfg.users {
-        OidcUsers::Claims => user_from_claims(oidc.issuer(), cfg, &claims)?,
+        OidcUsers::Claims => {
+            let user = user_from_claims(oidc.issuer(), cfg, &claims)?;
+            // The name is the provider's to give (and some let users change it): it must not
+            // be another account's, a directory user's or another subject's.
+            if let Some(known) = st.db.get_user(&user.username).await?
+                && known.directory_id.as_deref() != Some(user.id.as_str())
+            {
+                return Err(OidcError::User(format!(
+                    "the name {:?} belongs to another account here",
+                    crate::service::printable(&user.username, 64)
+                ))
+                .into());
+            }
+            user
+        }
         OidcUsers::Directory => {
             let name = string_claim(&claims, cfg.directory_claim())?;
+            // An e-mail address names the entry only when the provider checked it.
+            if cfg.directory_claim() == "email"
+                && claims.get("email_verified").and_then(Value::as_bool) != Some(true)
+            {
+                return Err(OidcError::User(
+                    "the provider has not verified the e-mail address that names the directory                      entry (email_verified)"
+                        .into(),
+                )
+                .into());
+            }
             match st.directory.lookup(&name).await {
                 Ok(u) => u,
                 Err(LdapError::InvalidCredentials) => {
