@@ -68,6 +68,25 @@ impl AuthUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
+/// An administrator who is a person (signed in), not an API token: for what mints credentials
+/// (API tokens, node enrolment tokens) or shows a desktop (shadowing), so a leaked token can
+/// neither make itself successors nor watch screens.
+#[derive(Debug, Clone)]
+pub struct AdminPerson(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminPerson {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let AdminUser(user) = AdminUser::from_request_parts(parts, st).await?;
+        if user.method == SignInMethod::ApiToken {
+            return Err(ApiError::Forbidden(
+                "an administrator signed in as a person does this, not an API token".into(),
+            ));
+        }
+        Ok(Self(user))
+    }
+}
+
 /// A request made with an API token (a request extension put by [`session_layer`]). It is not
 /// an [`AuthUser`]: a token uses the admin API, never desktops.
 #[derive(Debug, Clone)]
@@ -253,17 +272,34 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
         };
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         req.extensions_mut().insert(user.clone());
-        let resp = next.run(req).await;
-        let now = now_ms();
-        if let Err(e) = st.db.touch_api_token(&user.token_id, now).await {
-            tracing::warn!(error = %e, "could not record an API token's use");
-        }
-        let status = resp.status();
-        let outcome = if status.is_success() { "success" } else { "failure" };
-        let details = serde_json::json!({ "method": method.as_str(), "status": status.as_u16() });
-        crate::service::audit(&st, &user.user.username, "token.use", &path, outcome, ip, details)
+        // In a task of its own: a client that goes away mid-request does not cancel the audit
+        // of what the request did.
+        let work = tokio::spawn(async move {
+            let resp = next.run(req).await;
+            let now = now_ms();
+            if let Err(e) = st.db.touch_api_token(&user.token_id, now).await {
+                tracing::warn!(error = %e, "could not record an API token's use");
+            }
+            let status = resp.status();
+            let outcome = if status.is_success() { "success" } else { "failure" };
+            let details =
+                serde_json::json!({ "method": method.as_str(), "status": status.as_u16() });
+            crate::service::audit(
+                &st,
+                &user.user.username,
+                "token.use",
+                &path,
+                outcome,
+                ip,
+                details,
+            )
             .await;
-        return resp;
+            resp
+        });
+        return match work.await {
+            Ok(resp) => resp,
+            Err(e) => ApiError::internal("a request made with an API token", e).into_response(),
+        };
     }
     let mut refresh: Option<Vec<HeaderValue>> = None;
     let secure = st.cfg.secure_cookies();

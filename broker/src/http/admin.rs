@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::JsonBody;
-use crate::auth::{AdminUser, ClientAddr};
+use crate::auth::{AdminPerson, AdminUser, ClientAddr};
 use crate::db::{Desktop, Node, OpenSessionView, Pool, PoolCounts, PoolInput, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::policy::Action;
@@ -300,7 +300,7 @@ pub struct ShadowResponse {
         (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 async fn shadow_session(
     State(st): State<AppState>,
-    AdminUser(admin): AdminUser,
+    AdminPerson(admin): AdminPerson,
     addr: ClientAddr,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ShadowResponse>> {

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::JsonBody;
-use crate::auth::{AdminUser, ClientAddr};
+use crate::auth::{AdminPerson, AdminUser, ClientAddr};
 use crate::db::enrolments::Enrolment;
 use crate::enrol::{self, CreatedEnrolment, EnrolmentInput};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
@@ -37,7 +37,7 @@ async fn list_enrolments(
     responses((status = 201, body = CreatedEnrolment), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 async fn create_enrolment(
     State(st): State<AppState>,
-    AdminUser(admin): AdminUser,
+    AdminPerson(admin): AdminPerson,
     addr: ClientAddr,
     JsonBody(input): JsonBody<EnrolmentInput>,
 ) -> ApiResult<(StatusCode, Json<CreatedEnrolment>)> {
