@@ -328,6 +328,18 @@ impl FakeNode {
         Self::start(&broker.url, &broker.enrolment_token(id)?, id, memory_mib_total).await
     }
 
+    /// A stand-in node `node-a` on `broker` and a floating console pool `general` on it (no
+    /// spares), made by the administrator `admin`.
+    pub async fn with_general_pool(
+        broker: &crate::broker::Broker,
+        admin: &crate::broker::ApiClient,
+    ) -> anyhow::Result<Self> {
+        let node = Self::enrolled(broker, "node-a", 8192).await?;
+        let pool = crate::broker::pool_json("general", "floating", 0, 4);
+        admin.post_json("/api/v1/admin/pools", pool, reqwest::StatusCode::CREATED).await;
+        Ok(node)
+    }
+
     pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
         f(&mut self.state.lock().expect("lock"))
     }

@@ -6,7 +6,7 @@
 //! is refused.
 
 use anyhow::Context;
-use atrium_tests::broker::{Broker, BrokerOptions, pool_json};
+use atrium_tests::broker::{Broker, BrokerOptions};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::slapd::Slapd;
@@ -24,14 +24,7 @@ async fn administrators_work_in_the_portal_pages() {
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let carol = broker.admin().await;
-    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    carol
-        .post_json(
-            "/api/v1/admin/pools",
-            pool_json("general", "floating", 0, 4),
-            StatusCode::CREATED,
-        )
-        .await;
+    let node = FakeNode::with_general_pool(&broker, &carol).await.unwrap();
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
     let connected =

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
@@ -43,15 +43,8 @@ async fn directory_changes_take_access_away_from_signed_in_users() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = broker(&slapd).await;
-    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let carol = broker.admin().await;
-    carol
-        .post_json(
-            "/api/v1/admin/pools",
-            pool_json("general", "floating", 0, 4),
-            StatusCode::CREATED,
-        )
-        .await;
+    let node = FakeNode::with_general_pool(&broker, &carol).await.unwrap();
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
     let connected =
@@ -119,15 +112,8 @@ async fn an_administrator_signs_a_user_out_everywhere() {
     }
     let slapd = Slapd::start().unwrap();
     let broker = broker(&slapd).await;
-    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let carol = broker.admin().await;
-    carol
-        .post_json(
-            "/api/v1/admin/pools",
-            pool_json("general", "floating", 0, 4),
-            StatusCode::CREATED,
-        )
-        .await;
+    let node = FakeNode::with_general_pool(&broker, &carol).await.unwrap();
     // alice in two browsers, one of them on a desktop.
     let mut laptop = broker.client();
     laptop.login_ok("alice", "alice-pw").await;
