@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{SignInMethod, TokenScope, now_ms};
+use crate::db::{MfaState, SignInMethod, TokenScope, now_ms};
 use crate::error::ApiError;
 use crate::policy::{Action, Principal, RequestContext, Resource};
 use crate::secret::{Secret, constant_time_eq};
@@ -54,6 +54,8 @@ pub struct AuthUser {
     pub gid_number: Option<u32>,
     /// How this sign-in session was made.
     pub method: SignInMethod,
+    /// Where this sign-in session stands with the second factor.
+    pub mfa: MfaState,
 }
 
 impl AuthUser {
@@ -307,6 +309,10 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
     if let Some(token) = token {
         match authenticate(&st, &token).await {
             Ok(Some((user, claims))) => {
+                // A sign-in that still owes its second factor reaches only what passing it needs.
+                if user.mfa == MfaState::Pending && !mfa_may_reach(req.uri().path()) {
+                    return ApiError::MfaRequired.into_response();
+                }
                 let exempt = req.uri().path() == "/api/v1/auth/login";
                 if !is_safe(req.method()) && !exempt {
                     let header =
@@ -360,6 +366,19 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
     resp
 }
 
+/// What a sign-in that has not passed its second factor yet may reach: who it is, signing
+/// out, signing in again, and the second factor itself (the web client's files are not API).
+fn mfa_may_reach(path: &str) -> bool {
+    !path.starts_with("/api/")
+        || matches!(
+            path,
+            "/api/v1/me" | "/api/v1/auth/logout" | "/api/v1/auth/login" | "/api/v1/auth/methods"
+        )
+        || path == "/api/v1/auth/mfa"
+        || path.starts_with("/api/v1/auth/mfa/")
+        || path.starts_with("/api/v1/auth/oidc/")
+}
+
 /// The API token in `Authorization: Bearer atrium_...`, if any (other bearer tokens, such as
 /// nodes' signed requests, are left to their handlers).
 fn api_token_of(headers: &HeaderMap) -> Option<Secret> {
@@ -390,6 +409,7 @@ async fn token_user(
             uid_number: None,
             gid_number: None,
             method: SignInMethod::ApiToken,
+            mfa: MfaState::None,
         },
         scope: t.scope,
         token_id: t.id,
@@ -425,6 +445,7 @@ async fn authenticate(
             uid_number: cached.uid_number,
             gid_number: cached.gid_number,
             method: session.method,
+            mfa: session.mfa,
         },
         claims,
     )))

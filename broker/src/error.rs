@@ -30,6 +30,11 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("the API token is malformed, unknown, revoked or expired")]
     BadToken,
+    /// Policy asks for the second factor first (at sign-in, or for this pool).
+    #[error("verify your identity with your second factor first")]
+    MfaRequired,
+    #[error("the code is wrong or was used already")]
+    WrongCode,
     #[error("too many failed sign-ins: try again in {minutes} minute(s)")]
     LockedOut { retry_after_secs: u64, minutes: u64 },
     #[error("{0}")]
@@ -58,9 +63,10 @@ impl ApiError {
             Self::Unauthorized
             | Self::InvalidCredentials
             | Self::BadToken
+            | Self::WrongCode
             | Self::NotEnrolled(_) => StatusCode::UNAUTHORIZED,
             Self::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Forbidden(_) | Self::Csrf => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Csrf | Self::MfaRequired => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -131,6 +137,8 @@ impl IntoResponse for ApiError {
                 ("internal error".to_owned(), None)
             }
             Self::Validation { field, .. } => (self.to_string(), Some(field.clone())),
+            // The web client recognises it by the field and asks for a code.
+            Self::MfaRequired => (self.to_string(), Some("mfa".to_owned())),
             _ => (self.to_string(), None),
         };
         let retry = match &self {

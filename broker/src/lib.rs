@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod ldap;
 pub mod metrics;
+pub mod mfa;
 pub mod nodeclient;
 pub mod oidc;
 pub mod policy;
@@ -66,6 +67,8 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
     .await?;
     let directory = ldap::Directory::new(&cfg.ldap)?;
     let oidc = oidc::Oidc::new(&cfg).map_err(StartError::Config)?;
+    let mfa = mfa::Vault::load_or_create(&cfg.mfa_key_file())
+        .map_err(|e| StartError::Config(format!("mfa.key_file: {e}")))?;
     let keys = Arc::new(keys);
     let nodes = nodeclient::NodeClient::new(
         Arc::clone(&keys),
@@ -85,6 +88,7 @@ pub async fn build_state(cfg: Config) -> Result<AppState, StartError> {
         db,
         directory,
         oidc,
+        mfa: Arc::new(mfa),
         keys,
         policies: Arc::new(policies),
         nodes,

@@ -36,6 +36,9 @@ pub enum Action {
     FileDownload,
     Shadow,
     Administer,
+    /// Permitted: the second factor is required (at sign-in on the broker, or to connect to a
+    /// pool).
+    RequireMfa,
 }
 
 impl Action {
@@ -48,6 +51,7 @@ impl Action {
             Self::FileDownload => "file_download",
             Self::Shadow => "shadow",
             Self::Administer => "administer",
+            Self::RequireMfa => "require_mfa",
         }
     }
 }

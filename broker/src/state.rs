@@ -20,6 +20,8 @@ pub struct AppState {
     pub directory: Directory,
     /// The OpenID provider client, when single sign-on is configured.
     pub oidc: Option<Oidc>,
+    /// Seals MFA secrets at rest.
+    pub mfa: Arc<crate::mfa::Vault>,
     pub keys: Arc<Keys>,
     pub policies: Arc<Policies>,
     pub nodes: NodeClient,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the secret files the manifests mount, in deploy/kubernetes/base/secrets/ (or DIR): the
-# brokers' first signing key (signing-1.pem: active at once), PostgreSQL's password and the brokers' database URL,
+# brokers' first signing key (signing-1.pem: active at once), the key that seals MFA secrets (mfa.key),
+# PostgreSQL's password and the brokers' database URL,
 # an internal CA with the brokers' and the gateways' certificates (every hop inside the cluster
 # is TLS) and a public certificate from the same CA
 # (replace secrets/public.crt and public.key with your own). Files that exist are kept, so running it
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --public-name) names+=("$2"); shift 2 ;;
     --database-host) db_host="$2"; shift 2 ;;
     --database-port) db_port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "make-secrets: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +51,12 @@ subject_alt_names() {
 if [ ! -s signing-1.pem ]; then
   openssl genpkey -algorithm ed25519 -out signing-1.pem
   made "signing-1.pem: the broker's Ed25519 signing key"
+fi
+if [ ! -s mfa.key ]; then
+  # 32 random bytes, base64url: seals the users' MFA secrets in the database.
+  openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n' >mfa.key
+  echo >>mfa.key
+  made "mfa.key: the brokers' key for MFA secrets (keep it out of database backups)"
 fi
 if [ ! -s database-password ]; then
   random >database-password

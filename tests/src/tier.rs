@@ -499,7 +499,11 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
     // (folder, owner uid, [(file, contents)])
     type Volume<'a> = (&'a str, u32, Vec<(&'a str, Vec<u8>)>);
     let layout: [Volume; 8] = [
-        ("broker-keys", 10001, vec![("signing-1.pem", pem(&["signing-1.pem"])?)]),
+        (
+            "broker-keys",
+            10001,
+            vec![("signing-1.pem", pem(&["signing-1.pem"])?), ("mfa.key", pem(&["mfa.key"])?)],
+        ),
         (
             "database",
             10001,

@@ -11,6 +11,7 @@ import { showSessions } from './pages/admin-sessions.js';
 import { showAudit } from './pages/admin-audit.js';
 import { showUsers, showUser } from './pages/admin-users.js';
 import { showTokens } from './pages/admin-tokens.js';
+import { showMfa, showSecurity, mfaThen } from './pages/mfa.js';
 
 export const app = {
   me: null,
@@ -57,6 +58,8 @@ export const app = {
 const routes = [
   [/^#\/signin(?:\/error\/([a-z]+))?$/, (m) => showSignIn(app, m[1]), false],
   [/^#\/desktops$/, () => showDesktops(app), true],
+  [/^#\/mfa$/, () => showMfa(app), true],
+  [/^#\/security$/, () => showSecurity(app), true],
   [/^#\/desktop\/([^/]+)$/, (m) => showViewer(app, decodeURIComponent(m[1])), true],
   [/^#\/admin\/pools$/, () => showPools(app), true],
   [/^#\/admin\/nodes$/, () => showNodes(app), true],
@@ -87,6 +90,12 @@ async function route() {
         return;
       }
     }
+    // A sign-in that owes its second factor goes there first, then where it was going.
+    if (needsUser && app.me.mfa === 'pending' && hash !== '#/mfa') {
+      mfaThen(hash);
+      app.go('#/mfa');
+      return;
+    }
     for (const a of document.querySelectorAll('[data-nav]')) {
       if (hash === `#/${a.dataset.nav}`) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
@@ -99,6 +108,9 @@ async function route() {
         app.me = null;
         app.paintShell();
         app.go('#/signin');
+      } else if (e instanceof ApiError && e.status === 403 && e.field === 'mfa') {
+        mfaThen(hash);
+        app.go('#/mfa');
       } else if (e instanceof ApiError && e.status === 403) {
         announce('You are not allowed to see this page.', true);
       } else {

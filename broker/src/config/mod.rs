@@ -27,6 +27,7 @@ pub struct Config {
     pub database: DatabaseSection,
     pub ldap: LdapSection,
     pub oidc: OidcSection,
+    pub mfa: MfaSection,
     pub sessions: SessionsSection,
     pub tickets: TicketsSection,
     pub login: LoginSection,
@@ -114,6 +115,16 @@ impl Default for DatabaseSection {
             acquire_timeout_secs: 5,
         }
     }
+}
+
+/// `[mfa]`: the second factor. Who must pass it is policy's (`require_mfa`, docs/policies.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaSection {
+    /// The key that seals MFA secrets in the database (32 bytes, base64url; created when
+    /// missing). Keep it out of the database's backups and share it between replicas like the
+    /// signing keys. Empty: `<keys_dir>/mfa.key`.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,8 +256,8 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
 const SECTIONS: &[&str] = &[
-    "broker", "database", "ldap", "oidc", "sessions", "tickets", "login", "policies", "nodes",
-    "web",
+    "broker", "database", "ldap", "oidc", "mfa", "sessions", "tickets", "login", "policies",
+    "nodes", "web",
 ];
 
 /// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
@@ -432,6 +443,11 @@ impl Config {
         } else {
             self.oidc.post_logout_redirect_url.clone()
         }
+    }
+
+    /// The key file that seals MFA secrets.
+    pub fn mfa_key_file(&self) -> PathBuf {
+        self.mfa.key_file.clone().unwrap_or_else(|| self.keys_dir().join("mfa.key"))
     }
 
     /// Cookies get `Secure` when users reach the broker over TLS.

@@ -17,6 +17,8 @@ pub struct LoginSession {
     pub revoked_at: Option<i64>,
     /// How the user proved who they are.
     pub method: SignInMethod,
+    /// Where the session stands with the second factor.
+    pub mfa: super::MfaState,
 }
 
 /// How a sign-in session was made.
@@ -66,6 +68,7 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> DbResult<LoginSession> {
         last_seen_at: col(r, "last_seen_at")?,
         revoked_at: col(r, "revoked_at")?,
         method: SignInMethod::parse(&col::<String>(r, "method")?)?,
+        mfa: super::MfaState::parse(&col::<String>(r, "mfa")?),
     })
 }
 
@@ -84,7 +87,7 @@ impl Db {
         id: &str,
     ) -> DbResult<Option<(LoginSession, CachedUser)>> {
         let row = sqlx::query(
-            "SELECT s.id, s.username, s.user_id, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at, s.method,
+            "SELECT s.id, s.username, s.user_id, s.client_addr, s.created_at, s.expires_at, s.last_seen_at, s.revoked_at, s.method, s.mfa,
                u.directory_id, u.dn, u.display_name, u.email, u.uid_number, u.gid_number, u.groups_json, u.last_login_at
              FROM login_sessions s JOIN users u ON u.username = s.username WHERE s.id = $1",
         )
@@ -322,8 +325,8 @@ impl Db {
         q.execute(&mut *tx).await?;
 
         let sql = format!(
-            "INSERT INTO login_sessions (id, username, user_id, client_addr, created_at, expires_at, last_seen_at, method, revoked_at) VALUES {}",
-            placeholders_with_null(batch.len(), 8)
+            "INSERT INTO login_sessions (id, username, user_id, client_addr, created_at, expires_at, last_seen_at, method, mfa, revoked_at) VALUES {}",
+            placeholders_with_null(batch.len(), 9)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in batch {
@@ -336,7 +339,8 @@ impl Db {
                 .bind(s.created_at)
                 .bind(s.expires_at)
                 .bind(s.last_seen_at)
-                .bind(s.method.as_str());
+                .bind(s.method.as_str())
+                .bind(s.mfa.as_str());
         }
         q.execute(&mut *tx).await?;
 
@@ -567,6 +571,7 @@ mod identity_tests {
             last_seen_at: now,
             revoked_at: None,
             method: SignInMethod::Password,
+            mfa: crate::db::MfaState::None,
         };
         let audit = AuditEvent::now(
             username,

@@ -7,6 +7,7 @@ mod desktops;
 pub mod enrolments;
 mod leases;
 mod logins;
+mod mfa;
 mod nodes;
 mod pools;
 mod sessions;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use audit::{AuditEvent, AuditFilter};
 pub use desktops::{Assignment, Desktop, DesktopState, ProvisionRequest};
 pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
+pub use mfa::{MfaEnrolment, MfaState};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use sessions::{DesktopSession, OpenSessionView};
@@ -105,6 +107,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "sign-in method", include_str!("../../migrations/0007_signin_method.sql")),
     (8, "revalidation", include_str!("../../migrations/0008_revalidation.sql")),
     (9, "api tokens", include_str!("../../migrations/0009_api_tokens.sql")),
+    (10, "mfa", include_str!("../../migrations/0010_mfa.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

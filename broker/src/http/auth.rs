@@ -38,6 +38,9 @@ pub struct UserInfo {
     pub groups: Vec<String>,
     /// Whether policy lets this user administer Atrium (the portal shows admin pages).
     pub is_admin: bool,
+    /// This sign-in and the second factor: `none` (not asked), `pending` (pass it before
+    /// anything else: `/api/v1/auth/mfa`), `verified`.
+    pub mfa: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -79,6 +82,7 @@ async fn login(
             display_name: signed.user.display_name,
             groups: signed.user.groups,
             is_admin: admin,
+            mfa: signed.mfa.as_str().into(),
         },
         csrf_token: signed.csrf_token.clone(),
     };
@@ -144,5 +148,6 @@ async fn me(State(st): State<AppState>, user: AuthUser, addr: ClientAddr) -> Jso
         display_name: user.display_name,
         groups: user.groups,
         is_admin: admin,
+        mfa: user.mfa.as_str().into(),
     })
 }

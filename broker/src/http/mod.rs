@@ -9,6 +9,7 @@ mod desktops;
 mod enrolments;
 mod extract;
 mod meta;
+mod mfa;
 mod nodes;
 mod oidc;
 mod pools;
@@ -90,6 +91,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
         .merge(oidc::router())
+        .merge(mfa::router())
         .merge(pools::router())
         .merge(desktops::router())
         .merge(enrolments::router())

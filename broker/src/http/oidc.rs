@@ -209,7 +209,9 @@ async fn callback(
                 secure,
             ));
             cookies.push(cookie(CSRF_COOKIE, &signed.csrf_token, signed.max_age, false, secure));
-            redirect("/#/desktops", cookies)
+            let to =
+                if signed.mfa == crate::db::MfaState::Pending { "/#/mfa" } else { "/#/desktops" };
+            redirect(to, cookies)
         }
         Err(e) => to_signin(e.code(), clear_pending(secure)),
     }

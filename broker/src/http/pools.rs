@@ -149,6 +149,7 @@ async fn connect(
         gid: user.gid_number,
         addr: addr.0,
         keyboard_layout: req.keyboard_layout.as_deref(),
+        mfa: user.mfa,
     };
     Ok(Json(service::connect(&st, &who, &pool).await?))
 }

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{AdminUser, ClientAddr};
+use crate::auth::{AdminPerson, AdminUser, ClientAddr};
 use crate::db::{DesktopSession, UserSummary, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::service;
@@ -19,6 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_users))
         .routes(routes!(get_user))
         .routes(routes!(sign_out_everywhere))
+        .routes(routes!(reset_mfa))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -63,6 +64,8 @@ pub struct SignInSessionView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserDetail {
     pub user: UserSummary,
+    /// An authenticator app is set up.
+    pub mfa_enrolled: bool,
     pub sessions: Vec<SignInSessionView>,
     pub desktop_sessions: Vec<DesktopSession>,
 }
@@ -99,7 +102,11 @@ async fn get_user(
         })
         .collect();
     let desktop_sessions = st.db.open_sessions_of_user(&username).await?;
-    Ok(Json(UserDetail { user, sessions, desktop_sessions }))
+    let mfa_enrolled = match &user.id {
+        Some(id) => st.db.get_mfa(id).await?.is_some_and(|e| e.confirmed_at.is_some()),
+        None => false,
+    };
+    Ok(Json(UserDetail { user, mfa_enrolled, sessions, desktop_sessions }))
 }
 
 /// What signing a user out everywhere did.
@@ -133,4 +140,33 @@ async fn sign_out_everywhere(
     )
     .await?;
     Ok(Json(SignedOutEverywhere { sessions_ended: n }))
+}
+
+/// Removes a user's second factor (a lost phone and no recovery code left): they set up a new
+/// one at their next sign-in where policy requires it. Audited.
+#[utoipa::path(delete, path = "/api/v1/admin/users/{username}/mfa", tag = "admin",
+    responses((status = 204, description = "Reset"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn reset_mfa(
+    State(st): State<AppState>,
+    AdminPerson(admin): AdminPerson,
+    addr: ClientAddr,
+    Path(username): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    let user = summary(&st, &username).await?;
+    let id =
+        user.id.ok_or_else(|| ApiError::NotFound(format!("{username:?} has no second factor")))?;
+    if !st.db.reset_mfa(&id).await? {
+        return Err(ApiError::NotFound(format!("{username:?} has no second factor")));
+    }
+    service::audit(
+        &st,
+        &admin.username,
+        "mfa.reset",
+        &username,
+        "success",
+        addr.0,
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

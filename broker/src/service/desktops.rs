@@ -89,6 +89,8 @@ pub struct Connecting<'a> {
     pub addr: IpAddr,
     /// The XKB layout of the user's keyboard (`us`, `de`...), applied when their session starts.
     pub keyboard_layout: Option<&'a str>,
+    /// Where the sign-in stands with the second factor (a pool may require it).
+    pub mfa: crate::db::MfaState,
 }
 pub async fn connect(
     st: &AppState,
@@ -116,6 +118,7 @@ pub async fn connect(
         .await;
         return Err(ApiError::Forbidden(format!("you may not use pool {}", pool.name)));
     }
+    super::check_pool_mfa(st, &principal, who.mfa, &pool, who.addr)?;
     let now = now_ms();
     let (desktop, source) = match st
         .db

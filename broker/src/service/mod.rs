@@ -3,11 +3,13 @@
 //! ([`desktops`]).
 
 mod desktops;
+mod mfa;
 mod revoke;
 mod signin;
 mod sso;
 
 pub use desktops::*;
+pub use mfa::*;
 pub use revoke::*;
 pub use signin::*;
 pub use sso::*;

@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use crate::db::{AuditEvent, CachedUser, LoginRecord, LoginSession, SignInMethod, now_ms};
+use crate::db::{
+    AuditEvent, CachedUser, LoginRecord, LoginSession, MfaState, SignInMethod, now_ms,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::ldap::{DirectoryUser, LdapError};
 use crate::metrics::Metrics;
@@ -17,6 +19,8 @@ pub struct SignedIn {
     pub session_token: String,
     pub csrf_token: String,
     pub max_age: u64,
+    /// `Pending`: the second factor is asked before anything else.
+    pub mfa: MfaState,
 }
 
 /// The lockout key of a typed username that names no directory entry: as directories compare
@@ -106,6 +110,7 @@ pub(crate) async fn open_session(
     now: i64,
 ) -> ApiResult<SignedIn> {
     let cached = CachedUser::from((user, now));
+    let mfa = super::mfa_at_sign_in(st, &user.username, &user.id, &user.groups, addr).await?;
     let sid = uuid::Uuid::new_v4().to_string();
     let session = LoginSession {
         id: sid.clone(),
@@ -118,6 +123,7 @@ pub(crate) async fn open_session(
         last_seen_at: now,
         revoked_at: None,
         method,
+        mfa,
     };
     let event = AuditEvent {
         id: uuid::Uuid::new_v4().to_string(),
@@ -156,11 +162,17 @@ pub(crate) async fn open_session(
         expires_at,
     )?;
     Metrics::inc(&st.metrics.logins_ok);
-    Ok(SignedIn { user: cached, session_token, csrf_token, max_age })
+    Ok(SignedIn { user: cached, session_token, csrf_token, max_age, mfa })
 }
 
 /// A sign-in refused by a lockout until `until`: counted, audited, and the error to return.
-async fn locked_out(st: &AppState, username: &str, addr: IpAddr, until: i64, now: i64) -> ApiError {
+pub(crate) async fn locked_out(
+    st: &AppState,
+    username: &str,
+    addr: IpAddr,
+    until: i64,
+    now: i64,
+) -> ApiError {
     Metrics::inc(&st.metrics.logins_locked);
     audit(st, username, "login.locked", username, "denied", addr, serde_json::json!({})).await;
     let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0) + 1;

@@ -1,7 +1,7 @@
 // Admin: the users who have signed in, found by name; a user's sign-in and desktop sessions,
 // and "Sign out everywhere" (every sign-in ends, every viewer is disconnected).
 
-import { get, post } from '../api.js';
+import { get, post, del } from '../api.js';
 import { el, render, announce, fmtTime } from '../ui.js';
 
 export async function showUsers(app, search = '') {
@@ -53,8 +53,18 @@ export async function showUser(app, username) {
     el('dl', { class: 'facts' },
       el('dt', { text: 'Groups' }), el('dd', { text: u.groups.join(', ') || 'none' }),
       el('dt', { text: 'E-mail' }), el('dd', { text: u.email || '' }),
-      el('dt', { text: 'Directory checked' }), el('dd', { text: fmtTime(u.validated_at) })),
-    el('div', { class: 'actions' }, signOut),
+      el('dt', { text: 'Directory checked' }), el('dd', { text: fmtTime(u.validated_at) }),
+      el('dt', { text: 'Two-step verification' }), el('dd', { text: d.mfa_enrolled ? 'set up' : 'not set up' })),
+    el('div', { class: 'actions' }, signOut, d.mfa_enrolled ? el('button', { type: 'button', class: 'secondary', onclick: async () => {
+      if (!window.confirm(`Reset ${u.username}'s two-step verification? They set it up again at their next sign-in.`)) return;
+      try {
+        await del(`/api/v1/admin/users/${encodeURIComponent(u.username)}/mfa`);
+        announce(`${u.username}'s two-step verification is reset.`);
+        await showUser(app, username);
+      } catch (e) {
+        announce(e.message, true);
+      }
+    } }, 'Reset two-step verification') : null),
     el('h2', { text: 'Signed in' }),
     el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Sign-in sessions' },
       el('thead', {}, el('tr', {}, ['Since', 'How', 'Client address', 'Last seen'].map((c) => el('th', { scope: 'col', text: c })))),

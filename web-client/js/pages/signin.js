@@ -77,7 +77,7 @@ function passwordForm(app, error) {
       pass.value = '';
       await app.refreshMe();
       announce(`Signed in as ${app.me.display_name || app.me.username}.`);
-      app.go('#/desktops');
+      app.go(app.me.mfa === 'pending' ? '#/mfa' : '#/desktops');
     } catch (e) {
       pass.value = '';
       if (e instanceof ApiError && e.status === 401) {

@@ -2,6 +2,7 @@
 // view-only), draws it, carries keyboard, pointer and clipboard, and reconnects with backoff.
 
 import { post, ApiError } from '../api.js';
+import { mfaThen } from './mfa.js';
 import { el, render, announce } from '../ui.js';
 import { DisplaySession } from '../viewer/session.js';
 import { currentLayout } from '../layout.js';
@@ -145,6 +146,13 @@ export function showViewer(app, target) {
         app.me = null;
         app.paintShell();
         app.go('#/signin');
+        return;
+      }
+      // The pool asks for the second factor: pass it, then come back here.
+      if (e instanceof ApiError && e.status === 403 && e.field === 'mfa') {
+        stop();
+        mfaThen(location.hash);
+        app.go('#/mfa');
         return;
       }
       if (e instanceof ApiError && (e.status === 403 || e.status === 404)) {

@@ -1,0 +1,199 @@
+//! Two-step verification, against a real slapd, with policies that ask it of administrators at
+//! sign-in and of everyone for the pool `secure`: an administrator sets up an authenticator app
+//! in Chromium (QR code and key, a first code, recovery codes shown once), then signs in with
+//! codes the test computes like an app: a code used once is refused when typed again, the next
+//! one works, a recovery code works once. Through the API: a pool that requires it asks for it
+//! (and connects once passed), wrong codes lock the account out, a sign-in that owes its code
+//! reaches nothing else, an administrator resets a user's second factor (audited).
+
+use atrium_broker::mfa::totp;
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
+use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
+use atrium_tests::fake_node::FakeNode;
+use atrium_tests::slapd::Slapd;
+use atrium_tests::{Group, TempDir, skip, workspace_root};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+// Administrators pass a second factor at sign-in.
+@id("admins-mfa")
+permit (
+  principal in Atrium::Group::"atrium-admins",
+  action == Atrium::Action::"require_mfa",
+  resource == Atrium::Broker::"atrium"
+);
+
+// The pool "secure" asks everyone for it.
+@id("secure-pool-mfa")
+permit (principal, action == Atrium::Action::"require_mfa", resource)
+when { resource is Atrium::Pool && resource.name == "secure" };
+"#;
+
+/// The code an authenticator app shows for `secret` (base32) at step `now/30 + offset`.
+fn code(secret: &str, offset: i64) -> String {
+    let key = data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).expect("base32 key");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let step = (now / totp::STEP_SECS).saturating_add_signed(offset);
+    format!("{:06}", totp::code_at(&key, step))
+}
+
+fn policies() -> TempDir {
+    let dir = TempDir::new("mfa-policies");
+    for f in ["schema.cedarschema", "default.cedar"] {
+        std::fs::copy(workspace_root().join("policies").join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("mfa.cedar"), POLICY).unwrap();
+    dir
+}
+
+async fn verify(c: &ApiClient, code: &str) -> StatusCode {
+    c.post("/api/v1/auth/mfa/verify", json!({ "code": code })).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn a_second_factor_at_sign_in_and_for_a_pool() {
+    if skip(Group::Ldap, "a_second_factor_at_sign_in_and_for_a_pool")
+        || skip(Group::Browser, "a_second_factor_at_sign_in_and_for_a_pool")
+    {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let policies = policies();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.policies_dir = Some(policies.path().to_owned());
+    opts.extra_toml = "[login]\nmax_failures_per_user = 3\n".into();
+    let broker = Broker::start(opts).await.unwrap();
+
+    // carol (an administrator) in Chromium: set up, then three later sign-ins.
+    let tmp = TempDir::new("mfa-browser");
+    let cfg = json!({ "broker": broker.url, "chromium": CHROMIUM, "tmp": tmp.path(),
+                      "artifacts": artifacts(), "user": ["carol", "carol-pw"], "rounds": 3 });
+    let mut d = Driver::start("mfa.mjs", &cfg).unwrap();
+    let mut secret = String::new();
+    let mut first = String::new();
+    let mut codes: Vec<String> = Vec::new();
+    let mut round = 0;
+    let mut step_in_round = 0;
+    let mut done = false;
+    while let Some(msg) = d.next().await.unwrap() {
+        if msg["done"] == true {
+            done = true;
+        } else if let Some(s) = msg["secret"].as_str() {
+            secret = s.to_owned();
+            first = code(&secret, 0);
+            d.answer(&first).await.unwrap();
+        } else if let Some(c) = msg["codes"].as_array() {
+            codes = c.iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+            assert_eq!(codes.len(), 10);
+            d.answer("ok").await.unwrap();
+        } else if msg["ask"] == "code" {
+            step_in_round = 0;
+            // Round 0: the set-up's code again (used: refused), then the next one.
+            // Round 1: a recovery code. Round 2: the same recovery code (refused), then another.
+            let answer = if round == 0 { first.clone() } else { codes[0].clone() };
+            d.answer(&answer).await.unwrap();
+        } else if let Some(r) = msg.get("result") {
+            step_in_round += 1;
+            let refused = r["heading"] == "Two-step verification";
+            let answer = match (round, step_in_round) {
+                (0, 1) => {
+                    assert!(refused, "a code used once is refused: {r}");
+                    assert!(r["error"].as_str().unwrap().contains("wrong or was used"), "{r}");
+                    code(&secret, 1)
+                }
+                (1, 1) | (2, 2) | (0, 2) => {
+                    assert_eq!(r["heading"], "My desktops", "round {round}: {r}");
+                    round += 1;
+                    "next".to_owned()
+                }
+                (2, 1) => {
+                    assert!(refused, "a recovery code works once: {r}");
+                    codes[1].clone()
+                }
+                other => panic!("unexpected {other:?}: {r}"),
+            };
+            d.answer(&answer).await.unwrap();
+        } else {
+            panic!("unexpected message {msg}");
+        }
+    }
+    d.finish().await.unwrap();
+    assert!(done && round == 3, "round {round}");
+
+    // carol through the API: her sign-in owes a code and reaches nothing else until then.
+    let mut carol = broker.client();
+    let me = carol.login_ok("carol", "carol-pw").await;
+    assert_eq!(me["user"]["mfa"], "pending");
+    let r = carol.get("/api/v1/admin/pools").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "mfa");
+    assert_eq!(verify(&carol, &codes[2]).await, StatusCode::NO_CONTENT);
+    carol.get_json("/api/v1/admin/pools", StatusCode::OK).await;
+    let _node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    for name in ["general", "secure"] {
+        carol
+            .post_json(
+                "/api/v1/admin/pools",
+                pool_json(name, "floating", 0, 4),
+                StatusCode::CREATED,
+            )
+            .await;
+    }
+
+    // alice: no second factor at sign-in; the pool "secure" asks for one.
+    let mut alice = broker.client();
+    let me = alice.login_ok("alice", "alice-pw").await;
+    assert_eq!(me["user"]["mfa"], "none");
+    alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    let r = alice.post("/api/v1/pools/secure/connect", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "mfa");
+    let e = alice.post_json("/api/v1/auth/mfa/enrol", json!({}), StatusCode::OK).await;
+    let alice_secret = e["secret"].as_str().unwrap().to_owned();
+    assert!(e["qr_svg"].as_str().unwrap().contains("<svg"));
+    assert!(e["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/Atrium:alice?"));
+    let r =
+        alice.post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": "000000" })).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a wrong first code");
+    let r = alice
+        .post_json(
+            "/api/v1/auth/mfa/enrol/confirm",
+            json!({ "code": code(&alice_secret, 0) }),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(r["recovery_codes"].as_array().unwrap().len(), 10);
+    alice.post_json("/api/v1/pools/secure/connect", json!({}), StatusCode::OK).await;
+
+    // Set up, alice is asked at every sign-in; wrong codes lock her out like wrong passwords.
+    let mut again = broker.client();
+    let me = again.login_ok("alice", "alice-pw").await;
+    assert_eq!(me["user"]["mfa"], "pending");
+    // Three wrong codes (the sign-in cleared the earlier one): locked out, even with the
+    // right code, and for her password too.
+    for _ in 0..3 {
+        assert_eq!(verify(&again, "123456").await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(verify(&again, &code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        again.login("alice", "alice-pw").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // An administrator resets her second factor: audited.
+    let r =
+        carol.call(reqwest::Method::DELETE, "/api/v1/admin/users/alice/mfa", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let detail = carol.get_json("/api/v1/admin/users/alice", StatusCode::OK).await;
+    assert_eq!(detail["mfa_enrolled"], false);
+    let audit = carol.get_json("/api/v1/admin/audit?action=mfa.", StatusCode::OK).await;
+    let actions: Vec<&str> =
+        audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["mfa.reset", "mfa.enrol", "mfa.verify", "mfa.failed"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    // Nothing secret in the log.
+    let log = broker.log();
+    assert!(!log.contains(&secret) && !log.contains(&codes[3]), "a secret in the log");
+}
