@@ -170,21 +170,33 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
     let mut again = broker.client();
     let me = again.login_ok("alice", "alice-pw").await;
     assert_eq!(me["user"]["mfa"], "pending");
-    // Three wrong codes (the sign-in cleared the earlier one): locked out, even with the
-    // right code, and for her password too.
+    // Three wrong codes (the set-up's code passed and cleared the earlier one): locked out, even
+    // with the right code; signing in again with the password gives no guesses back.
     for _ in 0..3 {
         assert_eq!(verify(&again, "123456").await, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(verify(&again, &code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        again.login("alice", "alice-pw").await.unwrap().status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let mut third = broker.client();
+    third.login_ok("alice", "alice-pw").await;
+    assert_eq!(verify(&third, &code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
 
-    // An administrator resets her second factor: audited.
+    // Someone with only carol's password cannot put their own app in place of hers; carol,
+    // having passed it, starts setting up another, and hers stays in force until it is confirmed.
+    let mut thief = broker.client();
+    thief.login_ok("carol", "carol-pw").await;
+    let r = thief.post("/api/v1/auth/mfa/enrol", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    carol.post_json("/api/v1/auth/mfa/enrol", json!({}), StatusCode::OK).await;
+    let status = carol.get_json("/api/v1/auth/mfa", StatusCode::OK).await;
+    assert_eq!(status["enrolled"], true, "{status}");
+    assert_eq!(verify(&thief, &codes[3]).await, StatusCode::NO_CONTENT);
+
+    // An administrator resets her second factor: audited, and her sign-ins end (whoever holds
+    // one must not set up an app in her place).
     let r =
         carol.call(reqwest::Method::DELETE, "/api/v1/admin/users/alice/mfa", None).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(alice.get("/api/v1/me").await.unwrap().status(), StatusCode::UNAUTHORIZED);
     let detail = carol.get_json("/api/v1/admin/users/alice", StatusCode::OK).await;
     assert_eq!(detail["mfa_enrolled"], false);
     let audit = carol.get_json("/api/v1/admin/audit?action=mfa.", StatusCode::OK).await;
@@ -195,5 +207,5 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
     }
     // Nothing secret in the log.
     let log = broker.log();
-    assert!(!log.contains(&secret) && !log.contains(&codes[3]), "a secret in the log");
+    assert!(!log.contains(&secret) && !log.contains(&codes[4]), "a secret in the log");
 }

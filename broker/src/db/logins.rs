@@ -190,6 +190,16 @@ impl Db {
         Ok((locked, present))
     }
 
+    /// Forgets the failure counter of `key` (not a lockout in force).
+    pub async fn clear_login_failures(&self, key: &str, now: i64) -> DbResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE key = $1 AND locked_until <= $2")
+            .bind(key)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Counts a failed sign-in against `key`; locks it for `lockout_ms` once `limit` failures fall
     /// within `window_ms`. Returns whether the key is now locked.
     pub async fn record_login_failure(

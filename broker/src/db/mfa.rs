@@ -6,11 +6,19 @@ use super::{Db, DbResult, col};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MfaEnrolment {
     pub user_id: String,
-    pub secret_sealed: String,
-    pub created_at: i64,
-    /// `None` until the user typed a first code.
+    /// The secret in force (`None` until a first one was confirmed).
+    pub secret_sealed: Option<String>,
     pub confirmed_at: Option<i64>,
     pub last_step: i64,
+    /// A secret being set up, until its first code confirms it.
+    pub pending_sealed: Option<String>,
+}
+
+impl MfaEnrolment {
+    /// A confirmed secret is in force.
+    pub fn enrolled(&self) -> bool {
+        self.secret_sealed.is_some() && self.confirmed_at.is_some()
+    }
 }
 
 /// Where a sign-in session stands with the second factor.
@@ -36,9 +44,9 @@ impl MfaState {
     pub fn parse(s: &str) -> Self {
         match s {
             "verified" => Self::Verified,
-            "pending" => Self::Pending,
+            "none" => Self::None,
             // Anything unknown is treated as not passed.
-            _ => Self::None,
+            _ => Self::Pending,
         }
     }
 }
@@ -53,51 +61,50 @@ impl Db {
             Ok(MfaEnrolment {
                 user_id: col(&r, "user_id")?,
                 secret_sealed: col(&r, "secret_sealed")?,
-                created_at: col(&r, "created_at")?,
                 confirmed_at: col(&r, "confirmed_at")?,
                 last_step: col(&r, "last_step")?,
+                pending_sealed: col(&r, "pending_sealed")?,
             })
         })
         .transpose()
     }
 
-    /// Starts an enrolment (replacing one not yet confirmed); `false` when a confirmed one
-    /// exists (it is replaced only after an administrator's reset or by the user who passed
-    /// it: see [`Db::reset_mfa`]).
-    pub async fn start_mfa(&self, user_id: &str, sealed: &str, now: i64) -> DbResult<bool> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM mfa_enrolments WHERE user_id = $1 AND confirmed_at IS NULL")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        let r = sqlx::query(
-            "INSERT INTO mfa_enrolments (user_id, secret_sealed, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id) DO NOTHING",
+    /// Puts a secret being set up beside the one in force (replacing one being set up before).
+    /// Whoever calls it decides who may: the user's first secret, or a replacement by a session
+    /// that passed the second factor.
+    pub async fn start_mfa(&self, user_id: &str, sealed: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO mfa_enrolments (user_id, pending_sealed, pending_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET pending_sealed = excluded.pending_sealed,
+               pending_at = excluded.pending_at",
         )
         .bind(user_id)
         .bind(sealed)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(self.pool())
         .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(())
     }
 
-    /// Confirms an enrolment with the step of its first code and stores the recovery codes'
-    /// hashes; `false` when there was nothing to confirm.
+    /// Puts in force the secret being set up, if it still is `sealed` (the one the first code
+    /// was checked against), with the step of that code and new recovery codes' hashes;
+    /// `false` when it was replaced meanwhile or there was nothing to confirm.
     pub async fn confirm_mfa(
         &self,
         user_id: &str,
+        sealed: &str,
         step: i64,
         recovery_hashes: &[String],
         now: i64,
     ) -> DbResult<bool> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query(
-            "UPDATE mfa_enrolments SET confirmed_at = $2, last_step = $3
-             WHERE user_id = $1 AND confirmed_at IS NULL",
+            "UPDATE mfa_enrolments SET secret_sealed = pending_sealed, confirmed_at = $3,
+               last_step = $4, pending_sealed = NULL, pending_at = NULL
+             WHERE user_id = $1 AND pending_sealed = $2",
         )
         .bind(user_id)
+        .bind(sealed)
         .bind(now)
         .bind(step)
         .execute(&mut *tx)
@@ -125,7 +132,7 @@ impl Db {
     pub async fn take_mfa_step(&self, user_id: &str, step: i64) -> DbResult<bool> {
         let r = sqlx::query(
             "UPDATE mfa_enrolments SET last_step = $2
-             WHERE user_id = $1 AND confirmed_at IS NOT NULL AND last_step < $2",
+             WHERE user_id = $1 AND secret_sealed IS NOT NULL AND last_step < $2",
         )
         .bind(user_id)
         .bind(step)

@@ -333,6 +333,8 @@ async fn shadow_session(
         .await;
         return Err(ApiError::Forbidden("policy does not allow shadowing this pool".into()));
     }
+    // A pool that asks its users for the second factor asks whoever watches them too.
+    service::check_pool_mfa(&st, &admin.principal(), admin.mfa, &pool, addr.0)?;
     let d = st
         .db
         .get_desktop(&s.desktop_id)

@@ -46,7 +46,7 @@ pub struct MfaStatus {
 async fn status(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<MfaStatus>> {
     let e = st.db.get_mfa(&user.id).await?;
     Ok(Json(MfaStatus {
-        enrolled: e.as_ref().is_some_and(|e| e.confirmed_at.is_some()),
+        enrolled: e.as_ref().is_some_and(|e| e.enrolled()),
         session: user.mfa.as_str().into(),
         recovery_codes_left: st.db.recovery_codes_left(&user.id).await?,
     }))
@@ -63,8 +63,9 @@ pub struct Enrolment {
     pub qr_svg: String,
 }
 
-/// Starts setting up an authenticator app (or setting up another one, for a user who passed
-/// the second factor in this session): a new secret, confirmed with `/enrol/confirm`.
+/// Starts setting up an authenticator app: a new secret, put in force by `/enrol/confirm` with
+/// its first code. A user who has one already sets up another only in a session that passed it
+/// (the one in force stays until the new one is confirmed).
 #[utoipa::path(post, path = "/api/v1/auth/mfa/enrol", tag = "auth",
     responses((status = 200, body = Enrolment), (status = 401, body = ErrorResponse),
         (status = 409, description = "Enrolled already: pass the second factor first (or ask an administrator to reset it)", body = ErrorResponse)))]
@@ -74,22 +75,17 @@ async fn enrol(
     addr: ClientAddr,
 ) -> ApiResult<Json<Enrolment>> {
     let now = now_ms();
-    if let Some(e) = st.db.get_mfa(&user.id).await?
-        && e.confirmed_at.is_some()
+    if st.db.get_mfa(&user.id).await?.is_some_and(|e| e.enrolled())
+        && user.mfa != MfaState::Verified
     {
-        if user.mfa != MfaState::Verified {
-            return Err(ApiError::Conflict(
-                "an authenticator app is set up already: enter a code from it first, or ask an \
-                 administrator to reset it"
-                    .into(),
-            ));
-        }
-        st.db.reset_mfa(&user.id).await?;
+        return Err(ApiError::Conflict(
+            "an authenticator app is set up already: enter a code from it first, or ask an \
+             administrator to reset it"
+                .into(),
+        ));
     }
     let secret = totp::new_secret();
-    if !st.db.start_mfa(&user.id, &st.mfa.seal(&user.id, &secret), now).await? {
-        return Err(ApiError::Conflict("an enrolment is being set up elsewhere".into()));
-    }
+    st.db.start_mfa(&user.id, &st.mfa.seal(&user.id, &secret), now).await?;
     audit(&st, &user, addr, "mfa.enrol.start", serde_json::json!({})).await;
     let uri = totp::otpauth_uri("Atrium", &user.username, &secret);
     Ok(Json(Enrolment {
@@ -124,25 +120,27 @@ async fn confirm(
     addr: ClientAddr,
     JsonBody(req): JsonBody<CodeRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
-    let e = st
-        .db
-        .get_mfa(&user.id)
-        .await?
-        .filter(|e| e.confirmed_at.is_none())
-        .ok_or_else(|| ApiError::Conflict("nothing is being set up: start again".into()))?;
-    let secret = open_secret(&st, &user, &e.secret_sealed)?;
+    let e = st.db.get_mfa(&user.id).await?;
+    let Some(pending) = e.as_ref().and_then(|e| e.pending_sealed.clone()) else {
+        return Err(ApiError::Conflict("nothing is being set up: start again".into()));
+    };
+    let secret = open_secret(&st, &user, &pending)?;
     let now = now_ms();
-    service::mfa_turn(&st, &user, addr.0, now).await?;
+    let _turn = service::mfa_turn(&st, &user, addr.0, now).await?;
     let Some(step) = totp::verify(&secret, req.code.expose(), unix_secs(now), 0) else {
         return Err(service::mfa_failed(&st, &user, addr.0, "enrolment code", now).await);
     };
     let codes = crate::mfa::recovery_codes();
     let hashes: Vec<String> = codes.iter().filter_map(|c| crate::mfa::recovery_hash(c)).collect();
     let step = i64::try_from(step).unwrap_or(i64::MAX);
-    if !st.db.confirm_mfa(&user.id, step, &hashes, now).await? {
-        return Err(ApiError::Conflict("nothing is being set up: start again".into()));
+    // Only the secret the code was checked against (another session may have started a new
+    // one meanwhile).
+    if !st.db.confirm_mfa(&user.id, &pending, step, &hashes, now).await? {
+        return Err(ApiError::Conflict(
+            "the set-up was started again elsewhere: start again".into(),
+        ));
     }
-    st.db.set_session_mfa(&user.sid, MfaState::Verified).await?;
+    service::mfa_passed(&st, &user, now).await?;
     audit(&st, &user, addr, "mfa.enrol", serde_json::json!({})).await;
     Ok(Json(RecoveryCodes { recovery_codes: codes }))
 }
@@ -158,12 +156,12 @@ async fn verify(
     addr: ClientAddr,
     JsonBody(req): JsonBody<CodeRequest>,
 ) -> ApiResult<axum::http::StatusCode> {
-    let e =
-        st.db.get_mfa(&user.id).await?.filter(|e| e.confirmed_at.is_some()).ok_or_else(|| {
-            ApiError::Conflict("no authenticator app is set up: set one up first".into())
-        })?;
+    let e = st.db.get_mfa(&user.id).await?.filter(|e| e.enrolled()).ok_or_else(|| {
+        ApiError::Conflict("no authenticator app is set up: set one up first".into())
+    })?;
     let now = now_ms();
-    service::mfa_turn(&st, &user, addr.0, now).await?;
+    // One attempt at a time per account (a burst of guesses cannot slip under the limit).
+    let _turn = service::mfa_turn(&st, &user, addr.0, now).await?;
     let typed = req.code.expose();
     let how = if let Some(hash) = crate::mfa::recovery_hash(typed) {
         if !st.db.take_recovery_code(&user.id, &hash).await? {
@@ -171,7 +169,7 @@ async fn verify(
         }
         "recovery code"
     } else {
-        let secret = open_secret(&st, &user, &e.secret_sealed)?;
+        let secret = open_secret(&st, &user, e.secret_sealed.as_deref().unwrap_or(""))?;
         let after = u64::try_from(e.last_step).unwrap_or(0);
         let taken = match totp::verify(&secret, typed, unix_secs(now), after) {
             // Taken once, whichever replica sees it first.
@@ -185,7 +183,7 @@ async fn verify(
         }
         "code"
     };
-    st.db.set_session_mfa(&user.sid, MfaState::Verified).await?;
+    service::mfa_passed(&st, &user, now).await?;
     audit(&st, &user, addr, "mfa.verify", serde_json::json!({ "with": how })).await;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

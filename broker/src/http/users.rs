@@ -142,8 +142,8 @@ async fn sign_out_everywhere(
     Ok(Json(SignedOutEverywhere { sessions_ended: n }))
 }
 
-/// Removes a user's second factor (a lost phone and no recovery code left): they set up a new
-/// one at their next sign-in where policy requires it. Audited.
+/// Removes a user's second factor (a lost phone and no recovery code left) and ends their
+/// sign-ins: they set up a new one at their next sign-in where policy requires it. Audited.
 #[utoipa::path(delete, path = "/api/v1/admin/users/{username}/mfa", tag = "admin",
     responses((status = 204, description = "Reset"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn reset_mfa(
@@ -168,5 +168,16 @@ async fn reset_mfa(
         serde_json::json!({}),
     )
     .await;
+    // Whoever holds one of their sign-ins now must not set up their own authenticator in the
+    // user's place: every sign-in ends, and the user sets one up at their next.
+    service::sign_out_everywhere(
+        &st,
+        &username,
+        &id,
+        &admin.username,
+        "second factor reset by an administrator",
+        addr.0,
+    )
+    .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -32,9 +32,18 @@ impl Vault {
                 let mut k = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
                 let text = B64.encode(k);
-                write_private(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-                tracing::info!(path = %path.display(), "generated the MFA key");
-                text
+                match write_private(path, &text) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "generated the MFA key");
+                        text
+                    }
+                    // Another replica made it first: its key is the one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::fs::read_to_string(path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?
+                    }
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
@@ -84,11 +93,15 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // create_new: two replicas starting at once do not both write a key.
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
+    // Written whole to a file of its own, then linked into place: two replicas starting at
+    // once do not both put a key there (the second link fails), and nobody reads half a key.
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let written =
+        f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).and_then(|()| f.sync_all());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 #[cfg(test)]

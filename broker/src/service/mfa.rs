@@ -47,17 +47,40 @@ pub fn check_pool_mfa(
     if required { Err(ApiError::MfaRequired) } else { Ok(()) }
 }
 
-/// Before a code is checked: the account may be locked out (by wrong passwords or codes).
-pub async fn mfa_turn(st: &AppState, user: &AuthUser, addr: IpAddr, now: i64) -> ApiResult<()> {
-    let key = entry_key(&user.id);
-    if let (Some(until), _) = st.db.login_failure_state(&[&key], now).await? {
+/// The failure counter of the account's second factor: apart from the password's, and cleared
+/// only by a code that passes (a new password sign-in does not give guesses back).
+pub fn mfa_key(user_id: &str) -> String {
+    format!("mfa:{}", crate::service::printable(user_id, 256))
+}
+
+/// Before a code is checked: the account may be locked out (by wrong codes, or wrong
+/// passwords), or the address. Attempts for one account take turns on this replica (hold the
+/// guard until the attempt is recorded), so a burst of guesses cannot all pass the check.
+pub async fn mfa_turn(
+    st: &AppState,
+    user: &AuthUser,
+    addr: IpAddr,
+    now: i64,
+) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+    let key = mfa_key(&user.id);
+    let turn = st.login_gate.enter(&key).await;
+    let keys = [key.as_str(), &entry_key(&user.id), &format!("addr:{addr}")];
+    if let (Some(until), _) = st.db.login_failure_state(&keys, now).await? {
         return Err(locked_out(st, &user.username, addr, until, now).await);
     }
+    Ok(turn)
+}
+
+/// A code that passed: this sign-in has passed the second factor, and the account's count of
+/// wrong codes starts again.
+pub async fn mfa_passed(st: &AppState, user: &AuthUser, now: i64) -> ApiResult<()> {
+    st.db.set_session_mfa(&user.sid, MfaState::Verified).await?;
+    st.db.clear_login_failures(&mfa_key(&user.id), now).await?;
     Ok(())
 }
 
-/// A wrong (or used) code: counted against the account like a wrong password, audited; the
-/// error to answer.
+/// A wrong (or used) code: counted against the account's second factor and the address,
+/// audited; the error to answer.
 pub async fn mfa_failed(
     st: &AppState,
     user: &AuthUser,
@@ -68,11 +91,20 @@ pub async fn mfa_failed(
     let lw = &st.cfg.login;
     let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
     let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
-    let locked = match st
-        .db
-        .record_login_failure(&entry_key(&user.id), now, window, lw.max_failures_per_user, lockout)
-        .await
-    {
+    let key = mfa_key(&user.id);
+    let addr_key = format!("addr:{addr}");
+    let recorded = async {
+        let user_locked = st
+            .db
+            .record_login_failure(&key, now, window, lw.max_failures_per_user, lockout)
+            .await?;
+        let addr_locked = st
+            .db
+            .record_login_failure(&addr_key, now, window, lw.max_failures_per_address, lockout)
+            .await?;
+        crate::db::DbResult::Ok(user_locked || addr_locked)
+    };
+    let locked = match recorded.await {
         Ok(l) => l,
         Err(e) => return e.into(),
     };
