@@ -424,7 +424,12 @@ async fn tampered_expired_and_unsigned_tokens_are_refused() {
             .unwrap();
     assert_eq!(me(hs).await, StatusCode::UNAUTHORIZED);
     // Expired, but signed with the broker's own key (read from its key folder).
-    let key_file = std::fs::read_dir(broker.keys_dir()).unwrap().next().unwrap().unwrap().path();
+    // (The signing key is the .pem file; the folder also holds mfa.key.)
+    let key_file = std::fs::read_dir(broker.keys_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .unwrap();
     let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(key_file).unwrap()).unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     h.kid = header["kid"].as_str().map(str::to_owned);
@@ -548,7 +553,12 @@ async fn keys_are_published_and_rotate_without_signing_anyone_out() {
     assert_eq!(k["kty"], "OKP");
     assert_eq!(k["crv"], "Ed25519");
     assert!(k.get("d").is_none(), "no private part in the JWKS");
-    let key_file = std::fs::read_dir(broker.keys_dir()).unwrap().next().unwrap().unwrap().path();
+    // (The signing key is the .pem file; the folder also holds mfa.key.)
+    let key_file = std::fs::read_dir(broker.keys_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .unwrap();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&key_file).unwrap().permissions(),
     );
