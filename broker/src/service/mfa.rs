@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{audit, entry_key, locked_out, pool_resource};
+use super::{audit, entry_key, locked_out, pool_resource, record_failure};
 use crate::auth::AuthUser;
 use crate::db::{MfaState, Pool};
 use crate::error::{ApiError, ApiResult};
@@ -88,24 +88,9 @@ pub async fn mfa_failed(
     what: &str,
     now: i64,
 ) -> ApiError {
-    let lw = &st.cfg.login;
-    let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
-    let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
-    let key = mfa_key(&user.id);
-    let addr_key = format!("addr:{addr}");
-    let recorded = async {
-        let user_locked = st
-            .db
-            .record_login_failure(&key, now, window, lw.max_failures_per_user, lockout)
-            .await?;
-        let addr_locked = st
-            .db
-            .record_login_failure(&addr_key, now, window, lw.max_failures_per_address, lockout)
-            .await?;
-        crate::db::DbResult::Ok(user_locked || addr_locked)
-    };
-    let locked = match recorded.await {
-        Ok(l) => l,
+    let recorded = record_failure(st, &mfa_key(&user.id), &format!("addr:{addr}"), now).await;
+    let locked = match recorded {
+        Ok((account, address)) => account || address,
         Err(e) => return e.into(),
     };
     audit(

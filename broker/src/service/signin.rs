@@ -71,17 +71,7 @@ pub async fn login(
         }
         Err(LdapError::InvalidCredentials) => {
             Metrics::inc(&st.metrics.logins_failed);
-            let lw = &st.cfg.login;
-            let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
-            let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
-            let user_locked = st
-                .db
-                .record_login_failure(&user_key, now, window, lw.max_failures_per_user, lockout)
-                .await?;
-            let addr_locked = st
-                .db
-                .record_login_failure(&addr_key, now, window, lw.max_failures_per_address, lockout)
-                .await?;
+            let (user_locked, addr_locked) = record_failure(st, &user_key, &addr_key, now).await?;
             audit(
                 st,
                 username,
@@ -163,6 +153,27 @@ pub(crate) async fn open_session(
     )?;
     Metrics::inc(&st.metrics.logins_ok);
     Ok(SignedIn { user: cached, session_token, csrf_token, max_age, mfa })
+}
+
+/// A failed attempt (a wrong password or code) counted against an account's key and the
+/// address's, with the `[login]` limits; whether each is now locked.
+pub(crate) async fn record_failure(
+    st: &AppState,
+    account_key: &str,
+    addr_key: &str,
+    now: i64,
+) -> crate::db::DbResult<(bool, bool)> {
+    let lw = &st.cfg.login;
+    let window = i64::try_from(lw.window_secs * 1000).unwrap_or(i64::MAX / 2);
+    let lockout = i64::try_from(lw.lockout_secs * 1000).unwrap_or(i64::MAX / 2);
+    let db = &st.db;
+    let account = db
+        .record_login_failure(account_key, now, window, lw.max_failures_per_user, lockout)
+        .await?;
+    let addr = db
+        .record_login_failure(addr_key, now, window, lw.max_failures_per_address, lockout)
+        .await?;
+    Ok((account, addr))
 }
 
 /// A sign-in refused by a lockout until `until`: counted, audited, and the error to return.
