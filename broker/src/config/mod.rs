@@ -2,7 +2,6 @@
 //! `ATRIUM_<SECTION>_<KEY>` (for example `ATRIUM_LDAP_BIND_PASSWORD`). Documented in
 //! `docs/configuration.md`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,9 +15,17 @@ use crate::secret::Secret;
 
 mod ldap;
 mod oidc;
+mod service;
+mod signin;
 
 pub use ldap::{GroupMode, LdapSection};
 pub use oidc::{OidcSection, OidcUsers, SUPPORTED_ALGORITHMS, check_url};
+pub use service::{
+    BrokerSection, DatabaseSection, NodesSection, PoliciesSection, TicketsSection, WebSection,
+};
+pub use signin::{LoginSection, MfaSection, SessionsSection};
+
+const DAY: u64 = 86_400;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,218 +41,6 @@ pub struct Config {
     pub policies: PoliciesSection,
     pub nodes: NodesSection,
     pub web: WebSection,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerSection {
-    /// Address the HTTP server listens on.
-    pub listen: SocketAddr,
-    /// Address of the internal listener, for monitoring: when set, `/metrics` and the details
-    /// of `/healthz` and `/readyz` are served there only (the public listener answers
-    /// `/metrics` with 404 and its health with the status alone). Unset: all on `listen`.
-    pub internal_listen: Option<SocketAddr>,
-    /// The URL users reach the broker at; `https://` makes cookies `Secure`.
-    pub public_url: String,
-    /// Where the broker keeps its SQLite database and generated keys by default.
-    pub data_dir: PathBuf,
-    /// Peers whose `X-Forwarded-For` is believed (load balancers). Empty: none.
-    pub trusted_proxies: Vec<String>,
-    /// Seconds between reconcile passes (spares, lost nodes, timeouts).
-    pub reconcile_interval_secs: u64,
-    /// Seconds a client has to send a request's headers; slower connections are closed.
-    pub header_timeout_secs: u64,
-    /// Connections open at once on each listener, in all; beyond it new ones are closed at
-    /// once.
-    pub max_connections: usize,
-    /// Connections open at once from one address that is not in `trusted_proxies` (an IPv6
-    /// host counts by its /64).
-    pub max_connections_per_address: usize,
-    /// Seconds between SIGTERM and closing the listener, during which `/readyz` answers 503 and
-    /// every other request is still served, so a load balancer stops sending new requests
-    /// before the broker stops taking them. Requests in flight then get 10 s more to finish.
-    pub drain_secs: u64,
-    /// PEM certificate chain the broker presents on `listen` (reloaded on SIGHUP), with
-    /// `tls_key`; nodes and display proxies then reach it at `https://`. Unset: plain HTTP (a
-    /// TLS-terminating edge in front, or one host).
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-impl Default for BrokerSection {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            internal_listen: None,
-            public_url: "http://127.0.0.1:8080".into(),
-            data_dir: PathBuf::from("/var/lib/atrium"),
-            trusted_proxies: Vec::new(),
-            reconcile_interval_secs: 2,
-            header_timeout_secs: 30,
-            max_connections: 4096,
-            max_connections_per_address: 1024,
-            drain_secs: 0,
-            tls_cert: None,
-            tls_key: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseSection {
-    /// `sqlite://PATH` (created when missing) or `postgres://USER:PASS@HOST/DB`. Empty: SQLite in
-    /// `broker.data_dir`.
-    pub url: Secret,
-    /// File whose first line is `url` (a mounted secret), instead of `url`.
-    pub url_file: Option<PathBuf>,
-    /// Largest number of pooled connections (PostgreSQL; SQLite uses one writer).
-    pub max_connections: u32,
-    /// Seconds a request waits for a database connection (including reconnecting to a
-    /// database that went away) before it is answered 503.
-    pub acquire_timeout_secs: u64,
-}
-
-impl Default for DatabaseSection {
-    fn default() -> Self {
-        Self {
-            url: Secret::default(),
-            url_file: None,
-            max_connections: 16,
-            acquire_timeout_secs: 5,
-        }
-    }
-}
-
-/// `[mfa]`: the second factor. Who must pass it is policy's (`require_mfa`, docs/policies.md).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MfaSection {
-    /// The key that seals MFA secrets in the database (32 bytes, base64url; created when
-    /// missing). Keep it out of the database's backups and share it between replicas like the
-    /// signing keys. Empty: `<keys_dir>/mfa.key`.
-    pub key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionsSection {
-    /// Lifetime of a session token; refreshed (sliding) while the user is active.
-    pub ttl_secs: u64,
-    /// A session ends this long after sign-in, active or not.
-    pub max_lifetime_secs: u64,
-    /// Folder of signing keys (`*.pem`, Ed25519 PKCS#8). The newest signs; older ones
-    /// stay published until their tokens have expired. Empty: `<data_dir>/keys`.
-    pub keys_dir: Option<PathBuf>,
-}
-
-impl Default for SessionsSection {
-    fn default() -> Self {
-        Self { ttl_secs: 900, max_lifetime_secs: 12 * 3600, keys_dir: None }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TicketsSection {
-    /// Lifetime of a display ticket (at most 60).
-    pub ttl_secs: u64,
-    /// The display gateways' public base URL (`wss://host[:port]`). When set, viewers connect
-    /// there (`{gateway_url}/ws/{vm}`) and a gateway relays them to the node's display proxy
-    /// that the ticket names; when empty, viewers connect to the node's display proxy directly.
-    pub gateway_url: String,
-}
-
-impl Default for TicketsSection {
-    fn default() -> Self {
-        Self { ttl_secs: 30, gateway_url: String::new() }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoginSection {
-    /// Users may sign in with their directory username and password. With `false`, only
-    /// single sign-on (`[oidc]`) is offered.
-    pub password: bool,
-    /// Failed sign-ins for one username within `window_secs` before it is locked.
-    pub max_failures_per_user: u32,
-    /// Failed sign-ins from one client address within `window_secs` before it is locked.
-    pub max_failures_per_address: u32,
-    pub window_secs: u64,
-    /// How long a lockout lasts.
-    pub lockout_secs: u64,
-}
-
-impl Default for LoginSection {
-    fn default() -> Self {
-        Self {
-            password: true,
-            max_failures_per_user: 5,
-            max_failures_per_address: 50,
-            window_secs: 300,
-            lockout_secs: 900,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoliciesSection {
-    /// Folder with `schema.cedarschema` and `*.cedar` policy files.
-    pub dir: PathBuf,
-    /// UTC offset of the clock policies see (`context.hour`, `context.weekday`), e.g. `+01:00`.
-    pub utc_offset: String,
-}
-
-impl Default for PoliciesSection {
-    fn default() -> Self {
-        Self { dir: PathBuf::from("/etc/atrium/policies"), utc_offset: "+00:00".into() }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodesSection {
-    /// Gone: nodes enrol with their own keys. Read only to say so clearly.
-    #[serde(skip_serializing)]
-    pub token: Option<Secret>,
-    #[serde(skip_serializing)]
-    pub token_file: Option<PathBuf>,
-    /// Heartbeat interval asked of nodes.
-    pub heartbeat_interval_secs: u64,
-    /// A node silent for this long is lost; its desktops fail.
-    pub lost_after_secs: u64,
-    /// Timeout of calls to a node agent.
-    pub request_timeout_secs: u64,
-    /// PEM bundle of the CA that issued the nodes' and display proxies' certificates (default:
-    /// the system's roots).
-    pub ca_file: Option<PathBuf>,
-    /// Accepts nodes whose API and display URLs are plain `http://`/`ws://` to a loopback
-    /// address (one host, tests). Other plain URLs are refused at registration.
-    pub plain_http_loopback: bool,
-}
-
-impl Default for NodesSection {
-    fn default() -> Self {
-        Self {
-            token: None,
-            token_file: None,
-            heartbeat_interval_secs: 5,
-            lost_after_secs: 20,
-            request_timeout_secs: 30,
-            ca_file: None,
-            plain_http_loopback: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebSection {
-    /// Serve the web client from this folder instead of the copy built into the binary
-    /// (for development).
-    pub dir: Option<PathBuf>,
 }
 
 /// The largest request head (request line and headers) a listener reads: cookies, a bearer
@@ -296,17 +91,6 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.broker.tls_cert.is_some() != self.broker.tls_key.is_some() {
-            return bad("broker.tls_cert and broker.tls_key go together".into());
-        }
-        if self.nodes.token.is_some() || self.nodes.token_file.is_some() {
-            return bad(
-                "nodes.token and nodes.token_file are no longer used: each node enrols with \
-                 a one-time token and signs with its own key, and the broker signs its calls to \
-                 nodes with its own keys (docs/node.md, \"Enrolment\"); remove them"
-                    .into(),
-            );
-        }
         if !self.login.password && !self.oidc.enabled() {
             return bad("no way to sign in: set login.password = true or configure [oidc]".into());
         }
@@ -314,81 +98,13 @@ impl Config {
             self.ldap.validate()?;
         }
         self.oidc.validate()?;
-        const DAY: u64 = 86_400;
-        if self.sessions.max_lifetime_secs > 30 * DAY {
-            return bad("sessions.max_lifetime_secs must be at most 30 days".into());
-        }
-        if self.login.window_secs > 30 * DAY || self.login.lockout_secs > 30 * DAY {
-            return bad("login.window_secs and login.lockout_secs must be at most 30 days".into());
-        }
-        if self.nodes.heartbeat_interval_secs > 3600
-            || self.nodes.lost_after_secs > DAY
-            || !(1..=600).contains(&self.nodes.request_timeout_secs)
-        {
-            return bad("nodes: heartbeat_interval_secs <= 3600, lost_after_secs <= 86400, 1 <= request_timeout_secs <= 600".into());
-        }
-        if !(1..=300).contains(&self.broker.header_timeout_secs) {
-            return bad("broker.header_timeout_secs must be 1 to 300".into());
-        }
-        if self.broker.max_connections == 0 || self.broker.max_connections_per_address == 0 {
-            return bad(
-                "broker.max_connections and broker.max_connections_per_address must be at least 1"
-                    .into(),
-            );
-        }
-        if self.broker.reconcile_interval_secs > 3600 {
-            return bad("broker.reconcile_interval_secs must be at most 3600".into());
-        }
-        if self.sessions.ttl_secs < 60 || self.sessions.ttl_secs > self.sessions.max_lifetime_secs {
-            return bad(
-                "sessions.ttl_secs must be at least 60 and at most sessions.max_lifetime_secs"
-                    .into(),
-            );
-        }
-        if self.tickets.ttl_secs == 0
-            || self.tickets.ttl_secs > atrium_protocol::ticket::MAX_TICKET_TTL_SECS
-        {
-            return bad("tickets.ttl_secs must be 1 to 60".into());
-        }
-        if self.login.window_secs == 0
-            || self.login.max_failures_per_user == 0
-            || self.login.max_failures_per_address == 0
-        {
-            return bad("login limits and window must be positive".into());
-        }
-        if self.nodes.heartbeat_interval_secs == 0
-            || self.nodes.lost_after_secs <= self.nodes.heartbeat_interval_secs
-        {
-            return bad(
-                "nodes.lost_after_secs must exceed nodes.heartbeat_interval_secs (> 0)".into()
-            );
-        }
-        if self.broker.reconcile_interval_secs == 0 {
-            return bad("broker.reconcile_interval_secs must be positive".into());
-        }
-        if !(self.broker.public_url.starts_with("http://")
-            || self.broker.public_url.starts_with("https://"))
-        {
-            return bad("broker.public_url must be an http:// or https:// URL".into());
-        }
-        crate::policy::parse_utc_offset(&self.policies.utc_offset)
-            .map_err(|e| ConfigError::Invalid(format!("policies.utc_offset: {e}")))?;
-        let gw = &self.tickets.gateway_url;
-        if !gw.is_empty() {
-            let rest = gw.strip_prefix("wss://").or_else(|| gw.strip_prefix("ws://"));
-            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', '@', ' '])) {
-                return bad(format!(
-                    "tickets.gateway_url {gw:?} must be a ws:// or wss:// URL with no query"
-                ));
-            }
-        }
-        if self.database.acquire_timeout_secs == 0 {
-            return bad("database.acquire_timeout_secs must be at least 1".into());
-        }
-        for p in &self.broker.trusted_proxies {
-            p.parse::<IpNet>()
-                .map_err(|e| ConfigError::Invalid(format!("broker.trusted_proxies: {e}")))?;
-        }
+        self.broker.validate()?;
+        self.database.validate()?;
+        self.nodes.validate()?;
+        self.tickets.validate()?;
+        self.policies.validate()?;
+        self.sessions.validate()?;
+        self.login.validate()?;
         Ok(())
     }
 
