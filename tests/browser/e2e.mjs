@@ -7,79 +7,24 @@
 // Protocol on stdout: JSON lines. {"shot": PATH, "phase": NAME} asks the Rust side to look at a
 // canvas image; it answers on stdin with "ok" (go on) or "more" (take another). Phase
 // `kill_services` (no shot) asks it to kill the node agent and the display proxy and start them
-// again, as the quick start does; it answers "ok" once they run. {"done": true} at the end. Failures throw (exit code 1) with a message on stderr.
+// again, as the quick start does; it answers "ok" once they run. {"done": true} at the end.
+// Failures throw (exit code 1) with a message on stderr.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { ask, check, launch, passwordSignIn, untilCanvasShows as untilShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (msg) => console.error(`e2e: ${msg}`);
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
-
-const answers = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function ask(phase, path) {
-  console.log(JSON.stringify({ shot: path, phase }));
-  const { value } = await answers.next();
-  return (value || '').trim();
-}
-
-function check(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-async function browser(name) {
-  const dir = mkdtempSync(join(cfg.tmp, `chromium-${name}-`));
-  const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: cfg.chromium, headless: true, args: ARGS, viewport: { width: 1400, height: 900 },
-  });
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') log(`${name} console: ${m.text()}`); });
-  page.on('pageerror', (e) => log(`${name} page error: ${e.message}`));
-  return { ctx, page };
-}
+const browser = (name) => launch(cfg, name);
 
 async function shot(page, name) {
   await page.screenshot({ path: join(cfg.artifacts, name) });
 }
 
-async function signIn(page, user, password) {
-  await page.goto(cfg.broker);
-  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor();
-  await page.getByLabel('Username').fill(user);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-}
+const signIn = (page, user, password) => passwordSignIn(page, cfg.broker, user, password);
 
-async function canvasPng(page, name) {
-  const url = await page.evaluate(() => document.getElementById('screen').toDataURL('image/png'));
-  const path = join(cfg.artifacts, name);
-  writeFileSync(path, Buffer.from(url.split(',')[1], 'base64'));
-  return path;
-}
-
-// Waits until the viewer has a screen and no overlay (connected).
-async function viewerOpen(page) {
-  await page.waitForFunction(() => {
-    const c = document.getElementById('screen');
-    const o = document.querySelector('.viewer-overlay');
-    return c && c.width > 1 && o && o.hidden;
-  }, null, { timeout: 120000 });
-}
-
-// Asks the test (phase `phase`) about the canvas every half second until it answers ok, at
-// most `tries` times; `name` is the canvas artefact.
-async function untilCanvasShows(page, phase, name, tries, failure) {
-  for (let i = 0; ; i++) {
-    await sleep(500);
-    const answer = await ask(phase, await canvasPng(page, name));
-    if (answer === 'ok') break;
-    check(i < tries, failure);
-  }
-}
+const untilCanvasShows = (page, phase, name, tries, failure) =>
+  untilShows(page, cfg.artifacts, phase, name, tries, failure);
 
 async function main() {
   // --- A user: sign in (wrong, then right), see the pool, connect, work, sign out.
@@ -128,7 +73,7 @@ async function main() {
   // The node agent and the display proxy die (kill -9). The quick start starts them again; the
   // node takes the running desktop back, and the viewer comes back by itself to the same desktop
   // (the word is still on its screen) within a few seconds.
-  check(await ask('kill_services', '') === 'ok', 'the test could not kill the node and the display proxy');
+  check(await ask({ shot: '', phase: 'kill_services' }) === 'ok', 'the test could not kill the node and the display proxy');
   await page.waitForFunction(() => !document.querySelector('.viewer-overlay').hidden, null, { timeout: 15000 });
   const lost = Date.now();
   log(`viewer: ${await page.locator('.viewer-overlay').textContent()}`);

@@ -19,15 +19,11 @@
 //
 //   node sso.mjs '{"broker": URL, "provider": ISSUER, "chromium": PATH, "tmp": DIR, "artifacts": DIR}'
 
-import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { launch, throughProvider } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const log = (msg) => console.error(`sso: ${msg}`);
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const say = (o) => console.log(JSON.stringify(o));
@@ -36,12 +32,7 @@ async function nextLine() {
   return done ? null : value.trim();
 }
 
-const dir = mkdtempSync(join(cfg.tmp, 'chromium-sso-'));
-const ctx = await chromium.launchPersistentContext(dir, {
-  executablePath: cfg.chromium, headless: true, args: ARGS, viewport: { width: 1200, height: 800 },
-});
-const page = ctx.pages()[0] || await ctx.newPage();
-page.on('pageerror', (e) => log(`page error: ${e.message}`));
+const { ctx, page } = await launch(cfg, 'sso', { viewport: { width: 1200, height: 800 } });
 
 // The last redirect back to Atrium, and the pending sign-in cookie the browser held then.
 let lastCallback = null;
@@ -73,37 +64,11 @@ async function report() {
 // From Atrium's sign-in page through the provider and back.
 async function sso(cmd) {
   if (cmd.fresh) await ctx.clearCookies({ domain: new URL(cfg.provider).hostname });
-  let askedLogin = false;
-  await page.goto(cfg.broker);
-  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor();
-  await page.locator('#sso').click();
-  await page.waitForLoadState('domcontentloaded');
-  const pending = (await ctx.cookies(cfg.broker)).find((c) => c.name.endsWith('atrium_oidc'));
-  if (pending) lastPending = { name: pending.name, value: pending.value };
-  // The provider's pages (a login form, a consent page) until the browser is back.
-  for (let step = 0; step < 6; step++) {
-    await page.waitForLoadState('domcontentloaded');
-    if (onBroker()) break;
-    const login = page.locator('input[name="login"]');
-    const cont = page.getByRole('button', { name: 'Continue' });
-    await login.or(cont).first().waitFor({ timeout: 30000 }).catch(() => {});
-    if (onBroker()) break;
-    if (cmd.cancel) {
-      await page.getByText('[ Cancel ]').click();
-      break;
-    }
-    const before = page.url();
-    if (await login.count()) {
-      askedLogin = true;
-      await login.fill(cmd.login);
-      await page.locator('input[name="password"]').fill('any-password');
-      await page.getByRole('button', { name: 'Sign-in' }).click();
-    } else if (await cont.count()) {
-      await cont.click();
-    }
-    // The next page: the consent page (another interaction) or Atrium.
-    await page.waitForURL((u) => u.href !== before, { timeout: 30000 });
-  }
+  const started = async () => {
+    const pending = (await ctx.cookies(cfg.broker)).find((c) => c.name.endsWith('atrium_oidc'));
+    if (pending) lastPending = { name: pending.name, value: pending.value };
+  };
+  const askedLogin = await throughProvider(page, cfg.broker, { ...cmd, started });
   return { ...(await report()), asked_login: askedLogin };
 }
 

@@ -440,3 +440,28 @@ impl ApiClient {
         body
     }
 }
+
+/// A policies folder: the repository's schema and default policies, and `extra` (Cedar) as
+/// `<name>.cedar` beside them.
+pub fn policies_with(name: &str, extra: &str) -> TempDir {
+    let dir = TempDir::new("policies");
+    for f in ["schema.cedarschema", "default.cedar"] {
+        std::fs::copy(workspace_root().join("policies").join(f), dir.path().join(f))
+            .expect("copying the repository's policies");
+    }
+    std::fs::write(dir.path().join(format!("{name}.cedar")), extra).expect("writing a policy");
+    dir
+}
+
+/// The code an authenticator app shows for `secret` (base32, as the set-up page shows it) at
+/// time step `now/30 + offset`.
+pub fn totp_code(secret: &str, offset: i64) -> String {
+    use atrium_broker::mfa::totp;
+    let key = data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).expect("a base32 key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let step = (now / totp::STEP_SECS).saturating_add_signed(offset);
+    format!("{:06}", totp::code_at(&key, step))
+}

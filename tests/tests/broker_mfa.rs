@@ -6,12 +6,11 @@
 //! (and connects once passed), wrong codes lock the account out, a sign-in that owes its code
 //! reaches nothing else, an administrator resets a user's second factor (audited).
 
-use atrium_broker::mfa::totp;
-use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, policies_with, pool_json, totp_code};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::slapd::Slapd;
-use atrium_tests::{Group, TempDir, skip, workspace_root};
+use atrium_tests::{Group, TempDir, skip};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -30,23 +29,6 @@ permit (principal, action == Atrium::Action::"require_mfa", resource)
 when { resource is Atrium::Pool && resource.name == "secure" };
 "#;
 
-/// The code an authenticator app shows for `secret` (base32) at step `now/30 + offset`.
-fn code(secret: &str, offset: i64) -> String {
-    let key = data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).expect("base32 key");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let step = (now / totp::STEP_SECS).saturating_add_signed(offset);
-    format!("{:06}", totp::code_at(&key, step))
-}
-
-fn policies() -> TempDir {
-    let dir = TempDir::new("mfa-policies");
-    for f in ["schema.cedarschema", "default.cedar"] {
-        std::fs::copy(workspace_root().join("policies").join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(dir.path().join("mfa.cedar"), POLICY).unwrap();
-    dir
-}
-
 async fn verify(c: &ApiClient, code: &str) -> StatusCode {
     c.post("/api/v1/auth/mfa/verify", json!({ "code": code })).await.unwrap().status()
 }
@@ -59,7 +41,7 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
         return;
     }
     let slapd = Slapd::start().unwrap();
-    let policies = policies();
+    let policies = policies_with("mfa", POLICY);
     let mut opts = BrokerOptions::new(&slapd.url());
     opts.policies_dir = Some(policies.path().to_owned());
     opts.extra_toml = "[login]\nmax_failures_per_user = 3\n".into();
@@ -81,7 +63,7 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
             done = true;
         } else if let Some(s) = msg["secret"].as_str() {
             secret = s.to_owned();
-            first = code(&secret, 0);
+            first = totp_code(&secret, 0);
             d.answer(&first).await.unwrap();
         } else if let Some(c) = msg["codes"].as_array() {
             codes = c.iter().map(|c| c.as_str().unwrap().to_owned()).collect();
@@ -100,7 +82,7 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
                 (0, 1) => {
                     assert!(refused, "a code used once is refused: {r}");
                     assert!(r["error"].as_str().unwrap().contains("wrong or was used"), "{r}");
-                    code(&secret, 1)
+                    totp_code(&secret, 1)
                 }
                 (1, 1) | (2, 2) | (0, 2) => {
                     assert_eq!(r["heading"], "My desktops", "round {round}: {r}");
@@ -159,7 +141,7 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
     let r = alice
         .post_json(
             "/api/v1/auth/mfa/enrol/confirm",
-            json!({ "code": code(&alice_secret, 0) }),
+            json!({ "code": totp_code(&alice_secret, 0) }),
             StatusCode::OK,
         )
         .await;
@@ -175,10 +157,10 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
     for _ in 0..3 {
         assert_eq!(verify(&again, "123456").await, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(verify(&again, &code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(verify(&again, &totp_code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
     let mut third = broker.client();
     third.login_ok("alice", "alice-pw").await;
-    assert_eq!(verify(&third, &code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(verify(&third, &totp_code(&alice_secret, 1)).await, StatusCode::TOO_MANY_REQUESTS);
 
     // Someone with only carol's password cannot put their own app in place of hers; carol,
     // having passed it, starts setting up another, and hers stays in force until it is confirmed.

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use atrium_tests::broker::{ApiClient, Broker, BrokerOptions};
+use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, policies_with};
 use atrium_tests::slapd::Slapd;
-use atrium_tests::{Group, TempDir, bin_path, skip, workspace_root};
+use atrium_tests::{Group, bin_path, skip, workspace_root};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -608,22 +608,10 @@ async fn a_bad_policy_file_stops_the_start_and_a_bad_reload_keeps_the_old_polici
         return;
     }
     let slapd = Slapd::start().unwrap();
-    let dir = TempDir::new("policies");
-    std::fs::copy(
-        workspace_root().join("policies/schema.cedarschema"),
-        dir.path().join("schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::copy(
-        workspace_root().join("policies/default.cedar"),
-        dir.path().join("default.cedar"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("broken.cedar"),
+    let dir = policies_with(
+        "broken",
         "// line 1\npermit(principal, action, resource)\n  when { context.nosuch > 1 };\n",
-    )
-    .unwrap();
+    );
     let mut opts = BrokerOptions::new(&slapd.url());
     opts.policies_dir = Some(dir.path().to_owned());
     let e = Broker::start(opts.clone()).await.expect_err("a bad policy must stop the start");

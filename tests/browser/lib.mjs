@@ -1,0 +1,118 @@
+// What the browser drivers share: Debian's Chromium launched headless through playwright-core,
+// the line protocol with the Rust side (one JSON line out, one line back on stdin), and the
+// viewer's canvas (saved as a PNG for the Rust side to judge).
+
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+export const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function check(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+let lines = null;
+// Writes `msg` as one JSON line on stdout and returns the Rust side's answer line.
+export async function ask(msg) {
+  lines ??= createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  console.log(JSON.stringify(msg));
+  const { value } = await lines.next();
+  return (value || '').trim();
+}
+
+// A Chromium of its own (profile in a new folder under `cfg.tmp`); page errors go to stderr
+// prefixed with `name`. `options` are playwright's (viewport, ignoreHTTPSErrors...).
+export async function launch(cfg, name, options = {}) {
+  const dir = mkdtempSync(join(cfg.tmp, `chromium-${name}-`));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: cfg.chromium, headless: true, args: ARGS,
+    viewport: { width: 1400, height: 900 }, ...options,
+  });
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.error(`${name} console: ${m.text()}`); });
+  page.on('pageerror', (e) => console.error(`${name} page error: ${e.message}`));
+  return { ctx, page };
+}
+
+// The viewer's canvas as a PNG in `dir`; returns its path.
+export async function canvasPng(page, dir, name) {
+  const url = await page.evaluate(() => document.getElementById('screen').toDataURL('image/png'));
+  const path = join(dir, name);
+  writeFileSync(path, Buffer.from(url.split(',')[1], 'base64'));
+  return path;
+}
+
+// In the page: the viewer has a screen and no overlay (it is connected).
+export const viewerConnected = () => {
+  const c = document.getElementById('screen');
+  const o = document.querySelector('.viewer-overlay');
+  return Boolean(c && c.width > 1 && o && o.hidden);
+};
+
+export async function viewerOpen(page, timeout = 120000) {
+  await page.waitForFunction(viewerConnected, null, { timeout });
+}
+
+// Asks the Rust side ({"shot": PATH, "phase": phase}) about the canvas every half second until
+// it answers "ok", at most `tries` times; the canvas is saved as `name` in `dir`.
+export async function untilCanvasShows(page, dir, phase, name, tries, failure) {
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    if ((await ask({ shot: await canvasPng(page, dir, name), phase })) === 'ok') return;
+    check(i < tries, failure || `the desktop never showed in the canvas (${phase})`);
+  }
+}
+
+// Signs in on Atrium's sign-in page at `url` with a directory username and password (clicks
+// "Sign in"; the caller waits for what it expects next).
+export async function passwordSignIn(page, url, user, password) {
+  await page.goto(url);
+  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 30000 });
+  await page.getByLabel('Username').fill(user);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+// From Atrium's sign-in page at `broker` through the OpenID provider's own pages (the test
+// provider's login form, which takes any password, and its consent page) until the browser is
+// back at Atrium; `cancel` cancels at the provider instead; `started` is called once the
+// sign-in has left Atrium's page. Returns whether the provider asked who the user is (it does
+// not when its own session is still open).
+export async function throughProvider(page, broker, { login, cancel = false, started = null }) {
+  const onBroker = () => page.url().startsWith(broker);
+  let askedLogin = false;
+  await page.goto(broker);
+  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 30000 });
+  await page.locator('#sso').click();
+  await page.waitForLoadState('domcontentloaded');
+  if (started) await started();
+  for (let step = 0; step < 6; step++) {
+    await page.waitForLoadState('domcontentloaded');
+    if (onBroker()) break;
+    const form = page.locator('input[name="login"]');
+    const consent = page.getByRole('button', { name: 'Continue' });
+    await form.or(consent).first().waitFor({ timeout: 30000 }).catch(() => {});
+    if (onBroker()) break;
+    if (cancel) {
+      await page.getByText('[ Cancel ]').click();
+      break;
+    }
+    const before = page.url();
+    if (await form.count()) {
+      askedLogin = true;
+      await form.fill(login);
+      await page.locator('input[name="password"]').fill('any-password');
+      await page.getByRole('button', { name: 'Sign-in' }).click();
+    } else if (await consent.count()) {
+      await consent.click();
+    }
+    // The next page: the consent page (another interaction) or Atrium.
+    await page.waitForURL((u) => u.href !== before, { timeout: 30000 });
+  }
+  return askedLogin;
+}
