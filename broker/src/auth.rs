@@ -427,7 +427,13 @@ async fn authenticate(
     let Some((session, cached)) = st.db.get_login_with_user(&claims.sid).await? else {
         return Ok(None);
     };
-    if !session.is_active(now_ms()) || session.username != claims.sub {
+    let now = now_ms();
+    if !session.is_active(now) || session.username != claims.sub {
+        return Ok(None);
+    }
+    // A sign-in that owes its second factor has `mfa.pending_secs` to pass it.
+    let pending_ms = i64::try_from(st.cfg.mfa.pending_secs * 1000).unwrap_or(i64::MAX);
+    if session.mfa == MfaState::Pending && now.saturating_sub(session.created_at) > pending_ms {
         return Ok(None);
     }
     // The session must belong to the entry that holds the name now: one made before ids were

@@ -139,6 +139,8 @@ impl IntoResponse for ApiError {
             Self::Validation { field, .. } => (self.to_string(), Some(field.clone())),
             // The web client recognises it by the field and asks for a code.
             Self::MfaRequired => (self.to_string(), Some("mfa".to_owned())),
+            // ...and a wrong code apart from a sign-in that has ended (both are 401).
+            Self::WrongCode => (self.to_string(), Some("code".to_owned())),
             _ => (self.to_string(), None),
         };
         let retry = match &self {

@@ -191,3 +191,41 @@ async fn a_second_factor_at_sign_in_and_for_a_pool() {
     let log = broker.log();
     assert!(!log.contains(&secret) && !log.contains(&codes[4]), "a secret in the log");
 }
+
+#[tokio::test]
+async fn a_sign_in_that_owes_its_second_factor_ends_after_mfa_pending_secs() {
+    if skip(Group::Ldap, "a_sign_in_that_owes_its_second_factor_ends_after_mfa_pending_secs") {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let policies = policies_with("mfa", POLICY);
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.policies_dir = Some(policies.path().to_owned());
+    opts.extra_toml = "[mfa]\npending_secs = 10\n".into();
+    let broker = Broker::start(opts).await.unwrap();
+
+    // An administrator owes a code at sign-in; a wrong one says so (field "code").
+    let mut carol = broker.client();
+    let me = carol.login_ok("carol", "carol-pw").await;
+    assert_eq!(me["user"]["mfa"], "pending");
+    carol.post_json("/api/v1/auth/mfa/enrol", json!({}), StatusCode::OK).await;
+    let r =
+        carol.post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": "000000" })).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "code");
+
+    // Ten seconds later the sign-in has ended: nothing answers it, not even a right code, and
+    // the 401 is not a wrong code's.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    assert_eq!(carol.get("/api/v1/me").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r =
+        carol.post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": "000000" })).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_ne!(r.json::<Value>().await.unwrap()["field"], "code");
+
+    // Signing in again starts a new window.
+    let mut again = broker.client();
+    let me = again.login_ok("carol", "carol-pw").await;
+    assert_eq!(me["user"]["mfa"], "pending");
+    again.get_json("/api/v1/me", StatusCode::OK).await;
+}

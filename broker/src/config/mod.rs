@@ -105,6 +105,7 @@ impl Config {
         self.policies.validate()?;
         self.sessions.validate()?;
         self.login.validate()?;
+        self.mfa.validate()?;
         Ok(())
     }
 
@@ -319,6 +320,19 @@ mod tests {
             let key = var.trim_start_matches("ATRIUM_").to_ascii_lowercase();
             let key = key.split_once('_').map_or(key.as_str(), |(_, k)| k).to_owned();
             assert!(e.contains(&key), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_owing_its_second_factor_has_a_bounded_window() {
+        let (_d, p) = write("[ldap]\ngroup_base = \"ou=g\"\n");
+        let load =
+            |v: &str| Config::load_with_env(Some(&p), &env(&[("ATRIUM_MFA_PENDING_SECS", v)]));
+        assert_eq!(Config::load_with_env(Some(&p), &[]).unwrap().mfa.pending_secs, 600);
+        assert_eq!(load("60").unwrap().mfa.pending_secs, 60);
+        for bad in ["0", "9", "3601"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("mfa.pending_secs"), "{bad}: {e}");
         }
     }
 }

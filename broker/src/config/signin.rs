@@ -84,11 +84,29 @@ impl SessionsSection {
 }
 
 /// `[mfa]`: the second factor. Who must pass it is policy's (`require_mfa`, docs/policies.md).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MfaSection {
     /// The key that seals MFA secrets in the database (32 bytes, base64url; created when
     /// missing). Keep it out of the database's backups and share it between replicas like the
     /// signing keys. Empty: `<keys_dir>/mfa.key`.
     pub key_file: Option<PathBuf>,
+    /// Seconds a sign-in that owes its second factor has to pass it (set it up, or type a
+    /// code); after that the sign-in has ended and the user signs in again. 10 to 3600.
+    pub pending_secs: u64,
+}
+
+impl Default for MfaSection {
+    fn default() -> Self {
+        Self { key_file: None, pending_secs: 600 }
+    }
+}
+
+impl MfaSection {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(10..=3600).contains(&self.pending_secs) {
+            return Err(ConfigError::Invalid("mfa.pending_secs must be 10 to 3600".into()));
+        }
+        Ok(())
+    }
 }

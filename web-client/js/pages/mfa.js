@@ -5,6 +5,16 @@
 import { get, post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
 
+// A 401 that is not a wrong code: the sign-in has ended (it owed its second factor for longer
+// than the broker allows, or was signed out). Back to the sign-in page, told why.
+function signInEnded(app, e) {
+  if (!(e instanceof ApiError && e.status === 401 && e.field !== 'code')) return false;
+  app.me = null;
+  app.paintShell();
+  app.go('#/signin/error/expired');
+  return true;
+}
+
 // Where to go once the code is accepted (set by whoever sent the user here).
 let after = '#/desktops';
 export function mfaThen(hash) {
@@ -39,6 +49,7 @@ export async function showMfa(app) {
       after = '#/desktops';
       app.go(to);
     } catch (e) {
+      if (signInEnded(app, e)) return;
       code.value = '';
       error.textContent = e instanceof ApiError && e.status === 429
         ? `Too many wrong codes. ${e.message.replace(/^too many failed sign-ins: /, '').replace(/^./, (c) => c.toUpperCase())}.`
@@ -71,6 +82,7 @@ export async function showEnrol(app, required = false) {
       await app.refreshMe();
       showRecoveryCodes(app, r.recovery_codes);
     } catch (err) {
+      if (signInEnded(app, err)) return;
       code.value = '';
       error.textContent = err instanceof ApiError && err.status === 401
         ? 'That code is not right. Check the time on your phone and try the next code.'

@@ -1,12 +1,14 @@
 // The sign-in page: single sign-on through the company's identity provider and/or the
 // directory username and password, as the broker offers them (GET /api/v1/auth/methods).
-// A single sign-on that failed comes back here as #/signin/error/<code>.
+// A single sign-on that failed comes back here as #/signin/error/<code>; so does a sign-in that
+// ended while it owed its second factor (`expired`).
 
 import { get, post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
 
-// What each code the broker sends back after a failed single sign-on means for the user.
-const SSO_ERRORS = {
+// What each code means for the user: those the broker sends back after a failed single
+// sign-on, and `expired`.
+const SIGNIN_ERRORS = {
   provider: 'The identity provider is unavailable or gave an answer Atrium cannot use. Try again in a moment; if it keeps happening, tell your administrator.',
   denied: 'The sign-in was cancelled or refused at the identity provider.',
   state: 'That sign-in was not started in this browser, or it took too long. Start again.',
@@ -17,9 +19,10 @@ const SSO_ERRORS = {
   locked: 'This account is locked after too many failed sign-ins. Try again later.',
   off: 'Single sign-on is not set up here.',
   internal: "Something went wrong on Atrium's side. Try again.",
+  expired: 'Your sign-in ended before the second step was done. Sign in again.',
 };
 
-export async function showSignIn(app, ssoError) {
+export async function showSignIn(app, errorCode) {
   if (app.me) {
     app.go('#/desktops');
     return;
@@ -31,7 +34,7 @@ export async function showSignIn(app, ssoError) {
     // An older broker, or none reachable: the password form is the safe default.
   }
   const error = el('p', { id: 'signin-error', class: 'error-text', role: 'alert' });
-  if (ssoError) error.textContent = SSO_ERRORS[ssoError] || SSO_ERRORS.internal;
+  if (errorCode) error.textContent = SIGNIN_ERRORS[errorCode] || SIGNIN_ERRORS.internal;
   const parts = [el('h1', { id: 'signin-title', text: 'Sign in to Atrium' })];
   let first = null;
   if (methods.oidc) {
