@@ -151,11 +151,21 @@ impl Stack {
         broker_port: Option<u16>,
         display_port: Option<u16>,
     ) -> anyhow::Result<Self> {
+        let port = broker_port.map_or_else(free_port, port_or_free);
+        Self::start_with(|o| o.port = Some(port), display_port).await
+    }
+
+    /// Starts the stack with a broker that `configure` adjusts (its port, more configuration,
+    /// its policies); `display_port` as for [`Stack::start`].
+    pub async fn start_with(
+        configure: impl FnOnce(&mut BrokerOptions),
+        display_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let console = console_image()?;
         let desktop = desktop_image()?;
         let slapd = Slapd::start().context("starting the directory (slapd)")?;
         let mut opts = BrokerOptions::new(&slapd.url());
-        opts.port = Some(broker_port.map_or_else(free_port, port_or_free));
+        configure(&mut opts);
         let broker = Broker::start(opts).await.context("starting the broker")?;
         // The display proxy's port is chosen first: the node announces it to the broker.
         let display_port = display_port.map_or_else(free_port, port_or_free);

@@ -1,13 +1,14 @@
 // The sign-in page: single sign-on through the company's identity provider and/or the
 // directory username and password, as the broker offers them (GET /api/v1/auth/methods).
-// A single sign-on that failed comes back here as #/signin/error/<code>; so does a sign-in that
-// ended while it owed its second factor (`expired`).
+// A single sign-on that failed comes back here as #/signin/error/<code>; so does a viewer whose
+// user was signed out everywhere (`signedout`), and a sign-in that ended while it owed its
+// second factor (`expired`).
 
 import { get, post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
 
 // What each code means for the user: those the broker sends back after a failed single
-// sign-on, and `expired`.
+// sign-on, `signedout` and `expired`.
 const SIGNIN_ERRORS = {
   provider: 'The identity provider is unavailable or gave an answer Atrium cannot use. Try again in a moment; if it keeps happening, tell your administrator.',
   denied: 'The sign-in was cancelled or refused at the identity provider.',
@@ -20,6 +21,7 @@ const SIGNIN_ERRORS = {
   off: 'Single sign-on is not set up here.',
   internal: "Something went wrong on Atrium's side. Try again.",
   expired: 'Your sign-in ended before the second step was done. Sign in again.',
+  signedout: 'You were signed out: an administrator ended your sign-in, or your account changed. Sign in again to go on.',
 };
 
 export async function showSignIn(app, errorCode) {

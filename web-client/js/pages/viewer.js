@@ -1,7 +1,7 @@
 // The desktop viewer page: connects to a pool's desktop (or, for administrators, joins a session
 // view-only), draws it, carries keyboard, pointer and clipboard, and reconnects with backoff.
 
-import { post, ApiError } from '../api.js';
+import { get, post, ApiError } from '../api.js';
 import { mfaThen } from './mfa.js';
 import { el, render, announce } from '../ui.js';
 import { DisplaySession } from '../viewer/session.js';
@@ -211,6 +211,15 @@ export function showViewer(app, target) {
       if (stopped || userLeft) return;
       if (e && e.reason === 'the session ended') {
         setOverlay('This session was ended.');
+        // Signed out everywhere (by an administrator, or the directory no longer lets them
+        // in): the sign-in page says so.
+        get('/api/v1/me').catch((err) => {
+          if (!(err instanceof ApiError && err.status === 401) || userLeft) return;
+          stop();
+          app.me = null;
+          app.paintShell();
+          app.go('#/signin/error/signedout');
+        });
         return;
       }
       // The broker answered (a ticket came); the display service did not, or went away.
