@@ -11,10 +11,10 @@
 //! - [`server`]: the HTTP routes (served by [`atrium_door`]: the accept loop and its limits);
 //!   [`config`]: the service's settings;
 //! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
-//!   viewers to the display proxy on their desktop's node;
-//! - [`bench`]: `atrium-display bench`, Atrium against noVNC on the same desktop.
+//!   viewers to the display proxy on their desktop's node.
+//!
+//! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`.
 
-pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod desktop;

@@ -1,10 +1,9 @@
-//! `atrium-display`: the display proxy service, the display gateway, and the benchmark.
+//! `atrium-display`: the display proxy service and the display gateway.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use atrium_display::bench::{self, BenchOptions};
 use atrium_display::config::DisplayConfig;
 use atrium_display::gateway::{self, config::GatewayConfig};
 use atrium_display::server::{AppState, router};
@@ -32,20 +31,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Measure: encode cost at 1920x1080, fan-out, and (with --vs-novnc) Atrium against noVNC
-    /// on one QEMU console guest. The last line printed is one JSON object.
-    Bench(BenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {
     atrium_door::client::install_default_provider();
     let cli = Cli::parse();
-    // The benchmark runs a service in-process: only its warnings go with the figures.
-    let default = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         // Colours only on a terminal: a container's or a service's log is a file.
         .with_ansi(std::io::stderr().is_terminal())
@@ -60,10 +53,6 @@ fn main() -> anyhow::Result<()> {
             let cfg = GatewayConfig::load(&config)?;
             runtime(cfg.io_threads)?.block_on(gateway::run(cfg))?;
             Ok(())
-        }
-        Command::Bench(opts) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(bench::run(opts))
         }
     }
 }

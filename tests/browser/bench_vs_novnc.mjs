@@ -1,4 +1,4 @@
-// The browser half of `atrium-display bench --vs-novnc`: two headless Chromiums, one showing
+// The browser half of `scripts/bench-display.sh --vs-novnc`: two headless Chromiums, one showing
 // Atrium's viewer (web-client/viewer-dev.html through the display proxy), one showing Debian's
 // noVNC (vnc_lite.html through websockify), both on the same console guest. Runs the workload
 // and prints JSON lines on stdout: {"mark": NAME} at phase boundaries (the Rust side samples

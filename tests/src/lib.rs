@@ -16,6 +16,7 @@ pub mod node;
 pub mod oidc;
 pub mod pki;
 pub mod postgres;
+pub mod procstat;
 pub mod rfb;
 pub mod screen;
 pub mod slapd;

@@ -18,7 +18,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_display::bench::procstat::{self, Usage};
 use atrium_display::config::DisplayConfig;
 use atrium_display::desktop::{OpenError, OpenedSource, SourceOpener};
 use atrium_display::framebuffer::Framebuffer;
@@ -31,6 +30,7 @@ use atrium_display::source::{
 use atrium_protocol::display::{ClientMessage, Rect, ServerMessage};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::TempDir;
+use atrium_tests::procstat::{self, Usage};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -19,10 +19,10 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::procstat::Usage;
 use super::relay::Relay;
-use super::{BenchOptions, procstat, round, static_files};
-use crate::issuer::{JwksServer, TicketIssuer};
+use super::{BenchOptions, round, static_files};
+use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_tests::procstat::{self, Usage};
 
 /// The node's id here (the one the bench's tickets name).
 const NODE_ID: &str = "node-1";
@@ -266,7 +266,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     )?;
     let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
     let proxy = Guard(
-        Command::new(std::env::current_exe()?)
+        Command::new(sibling_binary(&root, "atrium-display")?)
             .args(["serve", "--config"])
             .arg(&proxy_cfg)
             .stdout(Stdio::null())

@@ -12,12 +12,13 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{procstat, round};
-use crate::config::DisplayConfig;
-use crate::desktop::{SourceOpener, SyntheticOpener};
-use crate::issuer::{JwksServer, TicketIssuer};
-use crate::server::{AppState, router};
-use crate::source::synthetic::SyntheticConfig;
+use super::round;
+use atrium_display::config::DisplayConfig;
+use atrium_display::desktop::{SourceOpener, SyntheticOpener};
+use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_display::server::{AppState, router};
+use atrium_display::source::synthetic::SyntheticConfig;
+use atrium_tests::procstat;
 
 const FPS: u32 = 30;
 

@@ -1,4 +1,5 @@
-//! `atrium-display bench`: what the display proxy costs and how it compares.
+//! `bench-display` (`scripts/bench-display.sh`): what the display proxy costs and how it
+//! compares.
 //!
 //! - encode cost at 1920x1080: a full redraw and a text-scroll diff, beside a whole-frame PNG
 //!   and the same diff without scroll detection, measured in the same run;
@@ -13,17 +14,20 @@
 mod encode;
 mod fanout;
 mod novnc;
-pub mod procstat;
 mod qemu_floor;
 mod relay;
 mod static_files;
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::Parser;
 
-/// Options of `atrium-display bench`.
-#[derive(Debug, Clone, Args)]
+/// Options of the display benchmark.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "bench-display",
+    about = "Measure: encode cost at 1920x1080, fan-out, and (with --vs-novnc) Atrium against noVNC on one QEMU console guest. The last line printed is one JSON object."
+)]
 pub struct BenchOptions {
     /// Also compare with noVNC on a QEMU console guest (needs QEMU, the console image,
     /// Chromium, noVNC, websockify and tests/browser/node_modules).
@@ -47,11 +51,25 @@ pub struct BenchOptions {
     pub image: Option<PathBuf>,
     /// The proxy's `keep_refresh_after_input_ms` in the comparison with noVNC (0: off; by
     /// default the service's default, 1000).
-    #[arg(long, default_value_t = crate::config::DisplayConfig::default().keep_refresh_after_input_ms)]
+    #[arg(long, default_value_t = atrium_display::config::DisplayConfig::default().keep_refresh_after_input_ms)]
     pub keep_refresh_ms: u64,
 }
 
-pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    atrium_door::client::install_default_provider();
+    let opts = BenchOptions::parse();
+    // The benchmark runs a service in-process: only its warnings go with the figures.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(opts))
+}
+
+async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     if !opts.skip_encode {
         let e = tokio::task::spawn_blocking(encode::run).await??;

@@ -9,14 +9,14 @@ use atrium_protocol::display::Rect;
 use serde_json::{Map, Value, json};
 
 use super::round;
-use crate::capture::Capture;
-use crate::encode::{encode_rect, png};
-use crate::frame::{Frame, TileDelta};
-use crate::framebuffer::Framebuffer;
-use crate::metrics::Metrics;
-use crate::plan::{ViewerTiles, apply, plan_update};
-use crate::source::FramebufferSource;
-use crate::source::synthetic::{SyntheticConfig, SyntheticSource};
+use atrium_display::capture::Capture;
+use atrium_display::encode::{encode_rect, png};
+use atrium_display::frame::{Frame, TileDelta};
+use atrium_display::framebuffer::Framebuffer;
+use atrium_display::metrics::Metrics;
+use atrium_display::plan::{ViewerTiles, apply, plan_update};
+use atrium_display::source::FramebufferSource;
+use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
 
 const RUNS: usize = 5;
 

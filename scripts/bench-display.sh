@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Display proxy benchmark: encode cost at 1920x1080 (beside a whole-frame PNG and the same diff
+# without scroll detection), fan-out of one synthetic desktop, and with --vs-novnc Atrium against
+# Debian's noVNC + websockify on one QEMU console guest, both in headless Chromium, in the same
+# run. Release build. The last line is one JSON object.
+#
+#   scripts/bench-display.sh [--vs-novnc] [--skip-encode] [--skip-fanout] [--fanout-secs N]
+#                            [--image DIR] [--keep-refresh-ms N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/deps.sh
+install_apt_packages
+cargo build --release --locked -p atrium-display -p atrium-node -p atrium-tests --bins
+exec target/release/bench-display "$@"
