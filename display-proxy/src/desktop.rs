@@ -2,7 +2,7 @@
 //! source that can be polled (RFB) is driven by a task on the async runtime, which decodes,
 //! compares and prepares small updates itself and hands large ones to the encode pool; other
 //! sources (shared memory, synthetic) block on a capture thread of their own. Viewers get the
-//! newest [`Frame`] through a watch channel; the registry opens a desktop for its first viewer
+//! newest frame ([`Published`]) through a watch channel; the registry opens a desktop for its first viewer
 //! and closes it after its last.
 
 use std::collections::HashMap;
@@ -19,11 +19,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::capture::Capture;
-use crate::frame::Frame;
 use crate::framebuffer::Framebuffer;
 use crate::metrics::Metrics;
 use crate::node::{NodeClient, NodeError};
 use crate::pool::EncodePool;
+use crate::publish::{Published, publish};
 use crate::source::rfb::{RfbSource, RfbTarget};
 use crate::source::shm::ShmSource;
 use crate::source::{
@@ -128,7 +128,7 @@ impl SourceOpener for NodeOpener {
 pub struct Desktop {
     pub vm: String,
     pub name: String,
-    frames: watch::Receiver<Arc<Frame>>,
+    frames: watch::Receiver<Arc<Published>>,
     cursor: watch::Receiver<Option<Arc<[u8]>>>,
     clipboard_out: broadcast::Sender<String>,
     clipboard_in: Option<ClipboardLink>,
@@ -196,7 +196,8 @@ impl Desktop {
             }
         };
         let capture = Capture::new(&fb);
-        let (frames_tx, frames) = watch::channel(Arc::clone(capture.last()));
+        let (frames_tx, frames) =
+            watch::channel(Arc::new(Published::new(Arc::clone(capture.last()))));
         let (cursor_tx, cursor) = watch::channel(None);
         let (clipboard_out, _) = broadcast::channel(8);
         let alive = Arc::new(AtomicBool::new(true));
@@ -254,7 +255,7 @@ impl Desktop {
     }
 
     /// Newest frames, as they are captured.
-    pub fn frames(&self) -> watch::Receiver<Arc<Frame>> {
+    pub fn frames(&self) -> watch::Receiver<Arc<Published>> {
         self.frames.clone()
     }
 
@@ -322,12 +323,11 @@ struct Pipeline {
 impl Pipeline {
     /// After a source reported `events` (its framebuffer is updated): the new frame, if the
     /// screen really changed, with the update of viewers in step prepared.
-    fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Frame>> {
+    fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Published>> {
         let frame = self.capture.process(&self.fb, events)?;
         self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
         // Viewers in step get this frame's update ready-made.
-        frame.prepare_in_step(&self.metrics);
-        Some(frame)
+        Some(Arc::new(publish(frame, &self.metrics)))
     }
 
     /// Decodes the polled source's buffered message of `len` bytes and compares.
@@ -342,11 +342,11 @@ impl Pipeline {
 }
 
 /// What a decoded message reported, and the frame it made.
-type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Frame>>)>;
+type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Published>>)>;
 
 /// Where a desktop's captures go.
 struct Publish {
-    frames_tx: watch::Sender<Arc<Frame>>,
+    frames_tx: watch::Sender<Arc<Published>>,
     cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
     clipboard_out: broadcast::Sender<String>,
 }

@@ -2,109 +2,17 @@
 //! for text-like content (few colours; small and fast), an RGB PNG for lossless refinement of
 //! photo-like content, and JPEG for photo-like content while it changes.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
 
-use crate::frame::{Frame, Kind};
+use crate::analyse::{Analysis, ColorTable, analyze};
+use crate::frame::Frame;
 use crate::framebuffer::{Framebuffer, to_rgba};
 use crate::metrics::Metrics;
-use crate::plan::Plan;
-
-/// Largest palette; more colours make a rectangle photo-like.
-pub const MAX_PALETTE: usize = 256;
-/// Photo-like rectangles smaller than this many pixels go lossless (a JPEG's headers would
-/// outweigh its savings).
-pub const MIN_JPEG_PIXELS: usize = 32 * 32;
-
-/// What a rectangle's pixels look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Analysis {
-    Solid(u32),
-    /// At most [`MAX_PALETTE`] colours.
-    Palette(ColorTable),
-    /// More colours than that.
-    Many,
-}
-
-/// A small open-addressing set of colours, each with its palette index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColorTable {
-    keys: Vec<u32>,
-    idx: Vec<u8>,
-    colors: Vec<u32>,
-}
-
-const EMPTY: u32 = u32::MAX; // pixels have a zero top byte, so this is never a colour
-const SLOTS: usize = 1024;
-
-impl ColorTable {
-    fn new() -> Self {
-        Self { keys: vec![EMPTY; SLOTS], idx: vec![0; SLOTS], colors: Vec::new() }
-    }
-
-    fn slot(&self, c: u32) -> usize {
-        let mut s = (c.wrapping_mul(0x9e37_79b1) >> 22) as usize;
-        loop {
-            let k = self.keys[s];
-            if k == c || k == EMPTY {
-                return s;
-            }
-            s = (s + 1) & (SLOTS - 1);
-        }
-    }
-
-    /// Adds `c`; false when the table is full.
-    fn insert(&mut self, c: u32) -> bool {
-        let s = self.slot(c);
-        if self.keys[s] == c {
-            return true;
-        }
-        if self.colors.len() >= MAX_PALETTE {
-            return false;
-        }
-        self.keys[s] = c;
-        self.idx[s] = u8::try_from(self.colors.len()).expect("at most 256 colours");
-        self.colors.push(c);
-        true
-    }
-
-    /// The palette index of a colour that was inserted.
-    fn index(&self, c: u32) -> u8 {
-        self.idx[self.slot(c)]
-    }
-
-    pub fn colors(&self) -> &[u32] {
-        &self.colors
-    }
-}
-
-/// Counts the colours of `r` (stopping past [`MAX_PALETTE`]).
-pub fn analyze(fb: &Framebuffer, r: Rect) -> Analysis {
-    let first = fb.span(r.x, r.y, 1)[0];
-    let mut table: Option<ColorTable> = None;
-    let mut last = first;
-    for y in r.y..r.y + r.h {
-        for &p in fb.span(r.x, y, r.w) {
-            if p == last {
-                continue;
-            }
-            last = p;
-            let t = table.get_or_insert_with(|| {
-                let mut t = ColorTable::new();
-                t.insert(first);
-                t
-            });
-            if !t.insert(p) {
-                return Analysis::Many;
-            }
-        }
-    }
-    match table {
-        None => Analysis::Solid(first),
-        Some(t) => Analysis::Palette(t),
-    }
-}
+use crate::plan::{Kind, Plan};
 
 /// The message for a one-colour rectangle.
 pub fn fill_message(r: Rect, color: u32) -> Vec<u8> {
@@ -282,10 +190,37 @@ pub fn jpeg(fb: &Framebuffer, r: Rect, quality: u8) -> Vec<u8> {
     out
 }
 
-/// The wire message for `r` of `frame` as `kind`, made once per frame and shared. Lossless
-/// kinds choose between fill, palette PNG and RGB PNG by the pixels.
-pub fn encode_rect(frame: &Frame, r: Rect, kind: Kind, metrics: &Metrics) -> std::sync::Arc<[u8]> {
-    frame.encoded(r, kind, || {
+/// The messages made of one frame, by rectangle and kind: each made once, whoever asks first,
+/// and shared by every viewer of the frame.
+#[derive(Debug, Default)]
+pub struct Encodings {
+    cache: Mutex<HashMap<([u16; 4], Kind), Made>>,
+}
+
+/// A message, once made.
+type Made = Arc<OnceLock<Arc<[u8]>>>;
+
+impl Encodings {
+    /// The message for `rect` as `kind`: made by `make` the first time only.
+    pub fn get_or_make(&self, rect: Rect, kind: Kind, make: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
+        let cell = {
+            let mut cache = self.cache.lock().expect("encodings lock");
+            Arc::clone(cache.entry(([rect.x, rect.y, rect.w, rect.h], kind)).or_default())
+        };
+        Arc::clone(cell.get_or_init(|| Arc::from(make())))
+    }
+}
+
+/// The wire message for `r` of `frame` as `kind`, made once per frame (in `done`) and shared.
+/// Lossless kinds choose between fill, palette PNG and RGB PNG by the pixels.
+pub fn encode_rect(
+    frame: &Frame,
+    done: &Encodings,
+    r: Rect,
+    kind: Kind,
+    metrics: &Metrics,
+) -> Arc<[u8]> {
+    done.get_or_make(r, kind, || {
         let start = Instant::now();
         let msg = match kind {
             Kind::Jpeg(q) => image_message(r, ImageFormat::Jpeg, jpeg(&frame.fb, r, q)),
@@ -301,8 +236,13 @@ pub fn encode_rect(frame: &Frame, r: Rect, kind: Kind, metrics: &Metrics) -> std
 }
 
 /// The messages of every rectangle of `plan`, in order.
-pub fn encode_plan(frame: &Frame, plan: &Plan, metrics: &Metrics) -> Vec<std::sync::Arc<[u8]>> {
-    plan.rects.iter().map(|&(r, kind)| encode_rect(frame, r, kind, metrics)).collect()
+pub fn encode_plan(
+    frame: &Frame,
+    done: &Encodings,
+    plan: &Plan,
+    metrics: &Metrics,
+) -> Vec<Arc<[u8]>> {
+    plan.rects.iter().map(|&(r, kind)| encode_rect(frame, done, r, kind, metrics)).collect()
 }
 
 /// `Indexed` data this small is sent without trying a PNG: a PNG's signature and chunks alone
@@ -348,20 +288,6 @@ mod tests {
             }
         }
         v
-    }
-
-    #[test]
-    fn analysis_tells_solid_palette_and_many() {
-        let mut fb = Framebuffer::new(64, 64);
-        fb.fill(fb.bounds(), 0x123456);
-        assert_eq!(analyze(&fb, fb.bounds()), Analysis::Solid(0x123456));
-        fb.span_mut(5, 5, 3).copy_from_slice(&[1, 2, 3]);
-        let Analysis::Palette(t) = analyze(&fb, fb.bounds()) else { panic!() };
-        assert_eq!(t.colors(), &[0x123456, 1, 2, 3]);
-        for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
-            *p = u32::try_from(i).unwrap() * 77;
-        }
-        assert_eq!(analyze(&fb, fb.bounds()), Analysis::Many);
     }
 
     #[test]

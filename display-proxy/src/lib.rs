@@ -2,9 +2,12 @@
 //! keyboard and pointer back.
 //!
 //! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic);
-//! - [`capture`] and [`frame`]: change detection against the last frame, tiles, scrolls;
-//! - [`plan`] and [`encode`]: per-viewer updates (fills, copies, PNG, JPEG) on a bounded
-//!   [`pool`];
+//! - [`capture`] and [`frame`]: change detection against the last frame, tiles, scrolls (a
+//!   frame is plain data);
+//! - [`analyse`], [`plan`] and [`encode`]: per-viewer updates (fills, copies, PNG, JPEG) on a
+//!   bounded [`pool`], in that order, none calling back;
+//! - [`publish`]: a frame as a desktop's viewers get it, with the messages made of it and the
+//!   update of viewers in step;
 //! - [`desktop`]: one source shared by all viewers of a desktop;
 //! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
@@ -15,6 +18,7 @@
 //!
 //! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`.
 
+pub mod analyse;
 pub mod capture;
 pub mod config;
 pub mod desktop;
@@ -27,6 +31,7 @@ pub mod metrics;
 pub mod node;
 pub mod plan;
 pub mod pool;
+pub mod publish;
 pub mod server;
 pub mod source;
 pub mod ticket;

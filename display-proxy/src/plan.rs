@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::display::Rect;
 
-use crate::encode::{Analysis, MIN_JPEG_PIXELS, analyze};
-use crate::frame::{CopyOp, Frame, Grid, Kind, TILE};
+use crate::analyse::{Analysis, analyze};
+use crate::frame::{CopyOp, Frame, Grid, TILE};
 use crate::framebuffer::{intersect, union};
 
 /// Widest and tallest rectangle made by merging.
@@ -15,6 +15,21 @@ const MAX_MERGED_W: u16 = 512;
 const MAX_MERGED_H: u16 = 256;
 /// Rectangles closer than this horizontally are merged.
 const MERGE_GAP: u16 = 16;
+
+/// Photo-like rectangles smaller than this many pixels go lossless (a JPEG's headers would
+/// outweigh its savings).
+pub const MIN_JPEG_PIXELS: usize = 32 * 32;
+
+/// How a rectangle is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// One colour.
+    Fill,
+    /// Lossless PNG (palette when it has at most 256 colours).
+    Png,
+    /// Lossy JPEG at this quality.
+    Jpeg(u8),
+}
 
 /// What a viewer has on its canvas, as far as planning needs to know.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ use crate::frame::Frame;
 use crate::metrics::Metrics;
 use crate::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
 use crate::pool::EncodePool;
+use crate::publish::Published;
 use crate::source::InputEvent;
 
 /// How long a close message may take to go out to a client.
@@ -314,8 +315,8 @@ impl Sender {
         let first = Arc::clone(&frames.borrow());
         let hello = ServerMessage::Hello {
             version: VERSION,
-            width: first.grid.width,
-            height: first.grid.height,
+            width: first.frame.grid.width,
+            height: first.frame.grid.height,
             caps: caps_bits(&self.rights),
             max_frames_in_flight: self.ctx.max_in_flight,
             name: self.desktop.name.clone(),
@@ -345,7 +346,7 @@ impl Sender {
         loop {
             if self.in_flight.len() < max {
                 let newest = Arc::clone(&frames.borrow_and_update());
-                let result = if newest.seq > self.view.sent_seq || self.view.sent_seq == 0 {
+                let result = if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 {
                     self.send_frame(newest, false).await
                 } else if next_refine(&self.view, self.ctx.refine_after)
                     .is_some_and(|t| t <= Instant::now())
@@ -462,23 +463,29 @@ impl Sender {
 
     /// Plans, encodes and sends one frame (an update, or a refinement). Returns whether
     /// anything was sent.
-    async fn send_frame(&mut self, frame: Arc<Frame>, refine: bool) -> Result<bool, axum::Error> {
+    async fn send_frame(
+        &mut self,
+        published: Arc<Published>,
+        refine: bool,
+    ) -> Result<bool, axum::Error> {
         let now = Instant::now();
-        let prepared = if !refine && is_next(&frame, &self.view) { frame.in_step() } else { None };
+        let frame = Arc::clone(&published.frame);
+        let prepared =
+            if !refine && is_next(&frame, &self.view) { published.in_step() } else { None };
         let (plan, messages) = if let Some(p) = prepared {
             (p.plan.clone(), p.messages.clone())
         } else {
             let view = self.view.clone();
-            let f = Arc::clone(&frame);
+            let p = Arc::clone(&published);
             let metrics = Arc::clone(&self.ctx.metrics);
             let (after, quality) = (self.ctx.refine_after, Some(self.quality()));
             let work = move || {
                 let plan = if refine {
-                    plan_refine(&f, &view, now, after)
+                    plan_refine(&p.frame, &view, now, after)
                 } else {
-                    plan_update(&f, &view, quality)
+                    plan_update(&p.frame, &view, quality)
                 };
-                let messages = encode_plan(&f, &plan, &metrics);
+                let messages = encode_plan(&p.frame, &p.encodings, &plan, &metrics);
                 (plan, messages)
             };
             // A small change (typing, a pointer) is planned and encoded right here: the

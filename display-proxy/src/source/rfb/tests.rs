@@ -410,13 +410,13 @@ async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_p
     let desktop = Desktop::start("vm", opened, metrics, EncodePool::new(1, 4)).await.unwrap();
     let mut frames = desktop.frames();
     let mut last = Arc::clone(&frames.borrow_and_update());
-    assert_eq!(last.fb.span(0, 0, 1), &[1]);
-    while last.fb.span(5, 300, 2) != [3, 4] {
+    assert_eq!(last.frame.fb.span(0, 0, 1), &[1]);
+    while last.frame.fb.span(5, 300, 2) != [3, 4] {
         tokio::time::timeout(Duration::from_secs(5), frames.changed()).await.unwrap().unwrap();
         last = Arc::clone(&frames.borrow_and_update());
     }
-    assert_eq!(last.fb.span(0, 199, 1), &[2], "the large update was applied first");
-    assert_eq!(last.fb.span(0, 200, 1), &[1]);
+    assert_eq!(last.frame.fb.span(0, 199, 1), &[2], "the large update was applied first");
+    assert_eq!(last.frame.fb.span(0, 200, 1), &[1]);
     assert!(desktop.is_alive());
     drop(go_on);
     srv.join().unwrap();

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::round;
 use atrium_display::capture::Capture;
-use atrium_display::encode::{encode_rect, png};
+use atrium_display::encode::{Encodings, encode_rect, png};
 use atrium_display::frame::{Frame, TileDelta};
 use atrium_display::framebuffer::Framebuffer;
 use atrium_display::metrics::Metrics;
@@ -20,15 +20,17 @@ use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
 
 const RUNS: usize = 5;
 
-/// Plans and encodes everything `view` needs of `frame`; returns the bytes.
+/// Plans and encodes everything `view` needs of `frame`, nothing encoded before; returns the
+/// bytes.
 fn encode_all(frame: &Frame, view: &ViewerTiles, metrics: &Metrics) -> usize {
     let plan = plan_update(frame, view, Some(70));
+    let done = Encodings::default();
     let mut bytes = 0;
     if plan.copy.is_some() {
         bytes += 17;
     }
     for (r, k) in plan.rects {
-        bytes += encode_rect(frame, r, k, metrics).len();
+        bytes += encode_rect(frame, &done, r, k, metrics).len();
     }
     bytes
 }
