@@ -91,6 +91,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        // First what says most about a file written for another version or setup.
+        self.broker.validate()?;
+        self.nodes.validate()?;
         if !self.login.password && !self.oidc.enabled() {
             return bad("no way to sign in: set login.password = true or configure [oidc]".into());
         }
@@ -98,9 +101,7 @@ impl Config {
             self.ldap.validate()?;
         }
         self.oidc.validate()?;
-        self.broker.validate()?;
         self.database.validate()?;
-        self.nodes.validate()?;
         self.tickets.validate()?;
         self.policies.validate()?;
         self.sessions.validate()?;
