@@ -305,6 +305,8 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
     }
     let mut refresh: Option<Vec<HeaderValue>> = None;
     let secure = st.cfg.secure_cookies();
+    // The sign-in and its CSRF cookie, to send the cookies again if the handler lengthens it.
+    let mut signed_in: Option<(String, SessionClaims, String)> = None;
     let token = read_cookie(req.headers(), SESSION_COOKIE, secure).map(str::to_owned);
     if let Some(token) = token {
         match authenticate(&st, &token).await {
@@ -313,13 +315,13 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
                 if user.mfa == MfaState::Pending && !mfa_may_reach(req.uri().path()) {
                     return ApiError::MfaRequired.into_response();
                 }
+                let csrf = read_cookie(req.headers(), CSRF_COOKIE, secure).unwrap_or("").to_owned();
                 let exempt = req.uri().path() == "/api/v1/auth/login";
                 if !is_safe(req.method()) && !exempt {
                     let header =
                         req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let cookie = read_cookie(req.headers(), CSRF_COOKIE, secure).unwrap_or("");
                     let ok = !header.is_empty()
-                        && constant_time_eq(header.as_bytes(), cookie.as_bytes())
+                        && constant_time_eq(header.as_bytes(), csrf.as_bytes())
                         && constant_time_eq(csrf_digest(header).as_bytes(), claims.csrf.as_bytes());
                     if !ok {
                         return ApiError::Csrf.into_response();
@@ -328,22 +330,11 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
                 let now = jsonwebtoken::get_current_timestamp();
                 if claims.exp.saturating_sub(now) < st.cfg.sessions.ttl_secs / 2
                     && let Ok(Some(s)) = st.db.get_login_session(&claims.sid).await
-                    && let Ok((t, max_age)) = mint_session_token(
-                        &st,
-                        &user.username,
-                        &claims.sid,
-                        &claims.csrf,
-                        s.expires_at,
-                    )
                 {
-                    let csrf =
-                        read_cookie(req.headers(), CSRF_COOKIE, secure).unwrap_or("").to_owned();
-                    refresh = Some(vec![
-                        cookie(SESSION_COOKIE, &t, max_age, true, secure),
-                        cookie(CSRF_COOKIE, &csrf, max_age, false, secure),
-                    ]);
+                    refresh = session_cookies(&st, &user.username, &claims, &csrf, s.expires_at);
                     let _ = st.db.touch_login_session(&claims.sid, now_ms()).await;
                 }
+                signed_in = Some((user.username.clone(), claims, csrf));
                 req.extensions_mut().insert(user);
             }
             Ok(None) => {}
@@ -351,6 +342,12 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
         }
     }
     let mut resp = next.run(req).await;
+    // The handler lengthened the sign-in (its second factor passed): cookies to match.
+    if let Some(SessionExtended(expires_at)) = resp.extensions_mut().remove::<SessionExtended>()
+        && let Some((username, claims, csrf)) = &signed_in
+    {
+        refresh = session_cookies(&st, username, claims, csrf, expires_at);
+    }
     if let Some(cookies) = refresh {
         // A handler that set the session cookie itself (sign-in, sign-out) wins.
         let handler_set =
@@ -364,6 +361,29 @@ pub async fn session_layer(State(st): State<AppState>, mut req: Request, next: N
         }
     }
     resp
+}
+
+/// Put in a response's extensions by a handler that lengthened the caller's sign-in session to
+/// end at this time (ms): the session layer then sends its cookies again to match.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionExtended(pub i64);
+
+/// The session and CSRF cookies of a sign-in, good until `expires_at` (ms) at most; `None` if
+/// the token cannot be signed (the cookies in place stay).
+fn session_cookies(
+    st: &AppState,
+    username: &str,
+    claims: &SessionClaims,
+    csrf: &str,
+    expires_at: i64,
+) -> Option<Vec<HeaderValue>> {
+    let secure = st.cfg.secure_cookies();
+    let (t, max_age) =
+        mint_session_token(st, username, &claims.sid, &claims.csrf, expires_at).ok()?;
+    Some(vec![
+        cookie(SESSION_COOKIE, &t, max_age, true, secure),
+        cookie(CSRF_COOKIE, csrf, max_age, false, secure),
+    ])
 }
 
 /// What a sign-in that has not passed its second factor yet may reach: who it is, signing

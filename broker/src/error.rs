@@ -14,7 +14,8 @@ use crate::ldap::LdapError;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorResponse {
     pub error: String,
-    /// The request field at fault, for validation errors.
+    /// The request field at fault, for validation errors; `mfa` when the second factor must be
+    /// passed first; `code` for a wrong or used MFA code (a 401 without it: not signed in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

@@ -204,28 +204,50 @@ async fn a_sign_in_that_owes_its_second_factor_ends_after_mfa_pending_secs() {
     opts.extra_toml = "[mfa]\npending_secs = 10\n".into();
     let broker = Broker::start(opts).await.unwrap();
 
-    // An administrator owes a code at sign-in; a wrong one says so (field "code").
+    // An administrator owes a code at sign-in; a wrong one says so (field "code"); the right
+    // one passes, and her sign-in then lasts its whole lifetime (new cookies say so).
     let mut carol = broker.client();
     let me = carol.login_ok("carol", "carol-pw").await;
     assert_eq!(me["user"]["mfa"], "pending");
-    carol.post_json("/api/v1/auth/mfa/enrol", json!({}), StatusCode::OK).await;
+    let e = carol.post_json("/api/v1/auth/mfa/enrol", json!({}), StatusCode::OK).await;
+    let secret = e["secret"].as_str().unwrap().to_owned();
     let r =
         carol.post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": "000000" })).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "code");
+    let r = carol
+        .post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": totp_code(&secret, 0) }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    assert!(cookies.iter().any(|c| c.starts_with("atrium_session=")), "{cookies:?}");
+    assert!(cookies.iter().any(|c| c.starts_with("atrium_csrf=")), "{cookies:?}");
+    // Another sign-in of hers that does not pass it.
+    let mut owing = broker.client();
+    assert_eq!(owing.login_ok("carol", "carol-pw").await["user"]["mfa"], "pending");
 
-    // Ten seconds later the sign-in has ended: nothing answers it, not even a right code, and
-    // the 401 is not a wrong code's.
+    // Ten seconds later: the one that passed goes on; the one that owed it has ended, and
+    // not even a right code answers it (a 401 that is not a wrong code's). It is not counted
+    // as signed in.
     tokio::time::sleep(std::time::Duration::from_secs(11)).await;
-    assert_eq!(carol.get("/api/v1/me").await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    let r =
-        carol.post("/api/v1/auth/mfa/enrol/confirm", json!({ "code": "000000" })).await.unwrap();
+    carol.get_json("/api/v1/me", StatusCode::OK).await;
+    carol.get_json("/api/v1/admin/pools", StatusCode::OK).await;
+    assert_eq!(owing.get("/api/v1/me").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = owing.post("/api/v1/auth/mfa/verify", json!({ "code": totp_code(&secret, 1) })).await;
+    let r = r.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_ne!(r.json::<Value>().await.unwrap()["field"], "code");
+    let detail = carol.get_json("/api/v1/admin/users/carol", StatusCode::OK).await;
+    assert_eq!(detail["sessions"].as_array().map(Vec::len), Some(1), "{detail}");
 
     // Signing in again starts a new window.
     let mut again = broker.client();
-    let me = again.login_ok("carol", "carol-pw").await;
-    assert_eq!(me["user"]["mfa"], "pending");
+    assert_eq!(again.login_ok("carol", "carol-pw").await["user"]["mfa"], "pending");
     again.get_json("/api/v1/me", StatusCode::OK).await;
 }

@@ -175,13 +175,27 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
-    /// Sets a sign-in session's second-factor state.
-    pub async fn set_session_mfa(&self, sid: &str, state: MfaState) -> DbResult<()> {
-        sqlx::query("UPDATE login_sessions SET mfa = $2 WHERE id = $1")
-            .bind(sid)
-            .bind(state.as_str())
-            .execute(self.pool())
-            .await?;
-        Ok(())
+    /// Records that sign-in session `sid` passed its second factor. A sign-in that owed it
+    /// (`pending`, which lasts only the window to pass it) now lasts `lifetime_ms` from its
+    /// start. `None` when the session has ended meanwhile (expired or revoked): it passes
+    /// nothing. Else the session's end.
+    pub async fn pass_session_mfa(
+        &self,
+        sid: &str,
+        now: i64,
+        lifetime_ms: i64,
+    ) -> DbResult<Option<i64>> {
+        let row = sqlx::query(
+            "UPDATE login_sessions SET mfa = 'verified',
+               expires_at = CASE WHEN mfa = 'pending' THEN created_at + $3 ELSE expires_at END
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2
+             RETURNING expires_at",
+        )
+        .bind(sid)
+        .bind(now)
+        .bind(lifetime_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| col(&r, "expires_at")).transpose()
     }
 }

@@ -4,15 +4,15 @@
 //! enrolment) asks: at sign-in, or before connecting to a pool that requires it. Wrong codes
 //! count toward the account's lockout; a code is taken once.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::JsonBody;
-use crate::auth::{AuthUser, ClientAddr};
+use crate::auth::{AuthUser, ClientAddr, SessionExtended};
 use crate::db::{MfaState, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::mfa::totp;
@@ -112,14 +112,14 @@ pub struct RecoveryCodes {
 /// Confirms the enrolment with a first code: the second factor is set up, this session has
 /// passed it, and ten recovery codes are answered, once.
 #[utoipa::path(post, path = "/api/v1/auth/mfa/enrol/confirm", tag = "auth", request_body = CodeRequest,
-    responses((status = 200, body = RecoveryCodes), (status = 401, description = "Wrong code", body = ErrorResponse),
+    responses((status = 200, body = RecoveryCodes), (status = 401, description = "Wrong code (field `code`), or the sign-in has ended (no field)", body = ErrorResponse),
         (status = 409, description = "Nothing being set up", body = ErrorResponse), (status = 429, body = ErrorResponse)))]
 async fn confirm(
     State(st): State<AppState>,
     user: AuthUser,
     addr: ClientAddr,
     JsonBody(req): JsonBody<CodeRequest>,
-) -> ApiResult<Json<RecoveryCodes>> {
+) -> ApiResult<(Extension<SessionExtended>, Json<RecoveryCodes>)> {
     let e = st.db.get_mfa(&user.id).await?;
     let Some(pending) = e.as_ref().and_then(|e| e.pending_sealed.clone()) else {
         return Err(ApiError::Conflict("nothing is being set up: start again".into()));
@@ -140,22 +140,22 @@ async fn confirm(
             "the set-up was started again elsewhere: start again".into(),
         ));
     }
-    service::mfa_passed(&st, &user, now).await?;
+    let ends = service::mfa_passed(&st, &user, now).await?;
     audit(&st, &user, addr, "mfa.enrol", serde_json::json!({})).await;
-    Ok(Json(RecoveryCodes { recovery_codes: codes }))
+    Ok((Extension(SessionExtended(ends)), Json(RecoveryCodes { recovery_codes: codes })))
 }
 
 /// Passes the second factor for this sign-in with a code from the authenticator app (each
 /// taken once) or a recovery code (each usable once).
 #[utoipa::path(post, path = "/api/v1/auth/mfa/verify", tag = "auth", request_body = CodeRequest,
-    responses((status = 204, description = "Passed"), (status = 401, description = "Wrong or used code", body = ErrorResponse),
+    responses((status = 204, description = "Passed"), (status = 401, description = "Wrong or used code (field `code`), or the sign-in has ended (no field)", body = ErrorResponse),
         (status = 409, description = "No second factor set up", body = ErrorResponse), (status = 429, body = ErrorResponse)))]
 async fn verify(
     State(st): State<AppState>,
     user: AuthUser,
     addr: ClientAddr,
     JsonBody(req): JsonBody<CodeRequest>,
-) -> ApiResult<axum::http::StatusCode> {
+) -> ApiResult<(Extension<SessionExtended>, axum::http::StatusCode)> {
     let e = st.db.get_mfa(&user.id).await?.filter(|e| e.enrolled()).ok_or_else(|| {
         ApiError::Conflict("no authenticator app is set up: set one up first".into())
     })?;
@@ -183,9 +183,9 @@ async fn verify(
         }
         "code"
     };
-    service::mfa_passed(&st, &user, now).await?;
+    let ends = service::mfa_passed(&st, &user, now).await?;
     audit(&st, &user, addr, "mfa.verify", serde_json::json!({ "with": how })).await;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    Ok((Extension(SessionExtended(ends)), axum::http::StatusCode::NO_CONTENT))
 }
 
 fn unix_secs(now_ms: i64) -> u64 {

@@ -71,12 +71,17 @@ pub async fn mfa_turn(
     Ok(turn)
 }
 
-/// A code that passed: this sign-in has passed the second factor, and the account's count of
-/// wrong codes starts again.
-pub async fn mfa_passed(st: &AppState, user: &AuthUser, now: i64) -> ApiResult<()> {
-    st.db.set_session_mfa(&user.sid, MfaState::Verified).await?;
+/// A code that passed: this sign-in has passed the second factor (and, if it owed it, now
+/// lasts `sessions.max_lifetime_secs` from its start), and the account's count of wrong codes
+/// starts again. The session's end, for its cookies; `Unauthorized` when the sign-in ended
+/// while the code was being checked.
+pub async fn mfa_passed(st: &AppState, user: &AuthUser, now: i64) -> ApiResult<i64> {
+    let lifetime = i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000).unwrap_or(i64::MAX / 2);
+    let Some(expires_at) = st.db.pass_session_mfa(&user.sid, now, lifetime).await? else {
+        return Err(ApiError::Unauthorized);
+    };
     st.db.clear_login_failures(&mfa_key(&user.id), now).await?;
-    Ok(())
+    Ok(expires_at)
 }
 
 /// A wrong (or used) code: counted against the account's second factor and the address,

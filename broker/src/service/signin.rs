@@ -108,8 +108,17 @@ pub(crate) async fn open_session(
         user_id: Some(user.id.clone()),
         client_addr: addr.to_string(),
         created_at: now,
+        // A sign-in that owes its second factor lasts only the window to pass it (passing
+        // it gives the sign-in its whole lifetime).
         expires_at: now
-            + i64::try_from(st.cfg.sessions.max_lifetime_secs * 1000).unwrap_or(i64::MAX / 2),
+            + i64::try_from(
+                if mfa == MfaState::Pending {
+                    st.cfg.mfa.pending_secs
+                } else {
+                    st.cfg.sessions.max_lifetime_secs
+                } * 1000,
+            )
+            .unwrap_or(i64::MAX / 2),
         last_seen_at: now,
         revoked_at: None,
         method,
