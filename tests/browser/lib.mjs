@@ -116,3 +116,16 @@ export async function throughProvider(page, broker, { login, cancel = false, sta
   }
   return askedLogin;
 }
+
+// On the page that sets up an authenticator app: reads the key it shows (as an app would scan
+// it), types the code `codeFor(key)` answers, confirms; returns the recovery codes then shown
+// once (the caller goes on from that page).
+export async function setUpAuthenticator(page, codeFor) {
+  await page.getByRole('heading', { name: 'Set up two-step verification' }).waitFor({ timeout: 30000 });
+  await page.locator('#enrol-qr').waitFor();
+  const secret = (await page.locator('#enrol-secret').innerText()).replace(/\s/g, '');
+  await page.getByLabel('Code the app shows now').fill(await codeFor(secret));
+  await page.getByRole('button', { name: 'Confirm' }).click();
+  await page.getByRole('heading', { name: 'Your recovery codes' }).waitFor({ timeout: 15000 });
+  return page.locator('#recovery-codes li').allInnerTexts();
+}

@@ -13,35 +13,14 @@
 //   node mfa.mjs '{"broker": URL, "chromium": PATH, "tmp": DIR, "artifacts": DIR,
 //                  "user": [NAME, PASSWORD], "rounds": N}'
 
-import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { ask, launch, passwordSignIn, setUpAuthenticator } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function ask(o) {
-  console.log(JSON.stringify(o));
-  const { value } = await lines.next();
-  return (value || '').trim();
-}
-
-const ctx = await chromium.launchPersistentContext(mkdtempSync(join(cfg.tmp, 'chromium-mfa-')), {
-  executablePath: cfg.chromium, headless: true, args: ARGS, viewport: { width: 1200, height: 800 },
-});
-const page = ctx.pages()[0] || await ctx.newPage();
+const { ctx, page } = await launch(cfg, 'mfa', { viewport: { width: 1200, height: 800 } });
 page.on('dialog', (d) => d.accept());
-page.on('pageerror', (e) => console.error(`mfa: page error: ${e.message}`));
 
-async function signIn() {
-  await page.goto(cfg.broker);
-  await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor();
-  await page.getByLabel('Username').fill(cfg.user[0]);
-  await page.getByLabel('Password').fill(cfg.user[1]);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-}
+const signIn = () => passwordSignIn(page, cfg.broker, cfg.user[0], cfg.user[1]);
 
 async function settled() {
   await page.waitForTimeout(300);
@@ -54,14 +33,7 @@ async function settled() {
 try {
   // First sign-in: policy asks for the second factor, and none is set up: set one up.
   await signIn();
-  await page.getByRole('heading', { name: 'Set up two-step verification' }).waitFor();
-  await page.locator('#enrol-qr').waitFor();
-  const secret = (await page.locator('#enrol-secret').innerText()).replace(/\s/g, '');
-  const first = await ask({ ask: 'code', secret });
-  await page.getByLabel('Code the app shows now').fill(first);
-  await page.getByRole('button', { name: 'Confirm' }).click();
-  await page.getByRole('heading', { name: 'Your recovery codes' }).waitFor();
-  const codes = await page.locator('#recovery-codes li').allInnerTexts();
+  const codes = await setUpAuthenticator(page, (secret) => ask({ ask: 'code', secret }));
   await ask({ codes });
   await page.getByRole('button', { name: 'I have saved these codes' }).click();
   await page.getByRole('heading', { name: 'My desktops' }).waitFor();

@@ -15,32 +15,20 @@
 //   node portal.mjs '{"broker": URL, "chromium": PATH, "tmp": DIR, "artifacts": DIR,
 //                     "admin": [USER, PASSWORD], "user": USER}'
 
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { ask, launch, passwordSignIn } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 async function tell(o) {
-  console.log(JSON.stringify(o));
-  const { value } = await lines.next();
-  if ((value || '').trim() !== 'ok') throw new Error(`the test said ${value}`);
+  const answer = await ask(o);
+  if (answer !== 'ok') throw new Error(`the test said ${answer}`);
 }
 
-const ctx = await chromium.launchPersistentContext(mkdtempSync(join(cfg.tmp, 'chromium-portal-')), {
-  executablePath: cfg.chromium, headless: true, args: ARGS, viewport: { width: 1300, height: 900 },
-});
-const page = ctx.pages()[0] || await ctx.newPage();
+const { ctx, page } = await launch(cfg, 'portal', { viewport: { width: 1300, height: 900 } });
 page.on('dialog', (d) => d.accept());
-page.on('pageerror', (e) => console.error(`portal: page error: ${e.message}`));
 try {
-  await page.goto(cfg.broker);
-  await page.getByLabel('Username').fill(cfg.admin[0]);
-  await page.getByLabel('Password').fill(cfg.admin[1]);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await passwordSignIn(page, cfg.broker, cfg.admin[0], cfg.admin[1]);
   await page.getByRole('heading', { name: 'My desktops' }).waitFor();
   const status = page.locator('#status');
 
@@ -60,6 +48,8 @@ try {
   await page.getByRole('link', { name: 'Users' }).click();
   await page.getByLabel('Username starts with').fill(cfg.user.slice(0, 2));
   await page.getByRole('button', { name: 'Find' }).click();
+  // The list shows only the user once the search has answered.
+  await page.getByRole('link', { name: cfg.admin[0], exact: true }).waitFor({ state: 'detached' });
   await page.getByRole('link', { name: cfg.user, exact: true }).click();
   await page.getByRole('heading', { name: new RegExp(`\\(${cfg.user}\\)`) }).waitFor();
   await page.getByRole('button', { name: 'Sign out everywhere' }).click();

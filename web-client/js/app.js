@@ -36,6 +36,19 @@ export const app = {
     if (location.hash === hash) route();
     else location.hash = hash;
   },
+  // Forgets the sign-in and goes to the sign-in page, which says why when `code` names a
+  // reason (see pages/signin.js).
+  signedOut(code) {
+    this.me = null;
+    this.paintShell();
+    this.go(code ? `#/signin/error/${code}` : '#/signin');
+  },
+  // The broker no longer knows this sign-in (a 401): it ended while it owed its second factor,
+  // or it was signed out elsewhere; the sign-in page says which.
+  sessionEnded() {
+    if (!this.me) this.signedOut();
+    else this.signedOut(this.me.mfa === 'pending' ? 'expired' : 'signedout');
+  },
   async signOut() {
     try {
       const r = await post('/api/v1/auth/logout');
@@ -48,9 +61,7 @@ export const app = {
     } catch (e) {
       // Signed out already, or the broker is unreachable: the page forgets the user either way.
     }
-    this.me = null;
-    this.paintShell();
-    this.go('#/signin');
+    this.signedOut();
     announce('You are signed out.');
   },
 };
@@ -105,9 +116,7 @@ async function route() {
       leaving = (await show(m)) || null;
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) {
-        app.me = null;
-        app.paintShell();
-        app.go('#/signin');
+        app.sessionEnded();
       } else if (e instanceof ApiError && e.status === 403 && e.field === 'mfa') {
         mfaThen(hash);
         app.go('#/mfa');

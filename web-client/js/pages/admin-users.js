@@ -5,7 +5,10 @@ import { get, post, del } from '../api.js';
 import { el, render, announce, fmtTime } from '../ui.js';
 
 export async function showUsers(app, search = '') {
+  const at = location.hash;
   const users = await get(`/api/v1/admin/users?search=${encodeURIComponent(search)}`);
+  // The user went elsewhere meanwhile (an answer that comes late draws nothing).
+  if (location.hash !== at) return;
   const box = el('input', { id: 'user-search', type: 'search', value: search, autocomplete: 'off', spellcheck: 'false' });
   const form = el('form', { class: 'actions', role: 'search' },
     el('label', { for: 'user-search' }, 'Username starts with', box),
@@ -27,7 +30,9 @@ export async function showUsers(app, search = '') {
 }
 
 export async function showUser(app, username) {
+  const at = location.hash;
   const d = await get(`/api/v1/admin/users/${encodeURIComponent(username)}`);
+  if (location.hash !== at) return;
   const u = d.user;
   const signOut = el('button', { type: 'button', class: 'danger', disabled: d.sessions.length === 0, onclick: async () => {
     if (!window.confirm(`Sign ${u.username} out everywhere? Every sign-in ends and every viewer is disconnected.`)) return;

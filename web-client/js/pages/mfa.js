@@ -9,9 +9,7 @@ import { el, render, announce } from '../ui.js';
 // than the broker allows, or was signed out). Back to the sign-in page, told why.
 function signInEnded(app, e) {
   if (!(e instanceof ApiError && e.status === 401 && e.field !== 'code')) return false;
-  app.me = null;
-  app.paintShell();
-  app.go('#/signin/error/expired');
+  app.sessionEnded();
   return true;
 }
 

@@ -1,8 +1,8 @@
 // The sign-in page: single sign-on through the company's identity provider and/or the
 // directory username and password, as the broker offers them (GET /api/v1/auth/methods).
-// A single sign-on that failed comes back here as #/signin/error/<code>; so does a viewer whose
-// user was signed out everywhere (`signedout`), and a sign-in that ended while it owed its
-// second factor (`expired`).
+// A single sign-on that failed comes back here as #/signin/error/<code>; so does a page whose
+// sign-in ended (`signedout`), and a sign-in that ended while it owed its second factor
+// (`expired`).
 
 import { get, post, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
@@ -21,7 +21,7 @@ const SIGNIN_ERRORS = {
   off: 'Single sign-on is not set up here.',
   internal: "Something went wrong on Atrium's side. Try again.",
   expired: 'Your sign-in ended before the second step was done. Sign in again.',
-  signedout: 'You were signed out: an administrator ended your sign-in, or your account changed. Sign in again to go on.',
+  signedout: 'Your sign-in has ended: it expired, you signed out elsewhere, or an administrator signed you out. Sign in again to go on.',
 };
 
 export async function showSignIn(app, errorCode) {

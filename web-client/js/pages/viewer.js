@@ -143,9 +143,7 @@ export function showViewer(app, target) {
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) {
         stop();
-        app.me = null;
-        app.paintShell();
-        app.go('#/signin');
+        app.sessionEnded();
         return;
       }
       // The pool asks for the second factor: pass it, then come back here.
@@ -211,14 +209,12 @@ export function showViewer(app, target) {
       if (stopped || userLeft) return;
       if (e && e.reason === 'the session ended') {
         setOverlay('This session was ended.');
-        // Signed out everywhere (by an administrator, or the directory no longer lets them
-        // in): the sign-in page says so.
+        // The sign-in itself ended (signed out elsewhere, by an administrator, or the
+        // directory no longer lets them in): the sign-in page says so.
         get('/api/v1/me').catch((err) => {
-          if (!(err instanceof ApiError && err.status === 401) || userLeft) return;
+          if (!(err instanceof ApiError && err.status === 401) || userLeft || stopped) return;
           stop();
-          app.me = null;
-          app.paintShell();
-          app.go('#/signin/error/signedout');
+          app.sessionEnded();
         });
         return;
       }
