@@ -9,7 +9,8 @@
 //   {"audit": [COUNT TEXT...], "csv_lines": N}  the Audit page filtered on the token: its count
 //                                           before and after "Show older", and the CSV export's
 //                                           lines;
-//   {"revoked": NAME, "last_used": TEXT}    after revoking the token;
+//   {"revoked": NAME, "last_used": TEXT}    after revoking the token from the administrator's
+//                                           own page (which lists the tokens she created);
 //   {"done": true}.
 //
 //   node portal.mjs '{"broker": URL, "chromium": PATH, "tmp": DIR, "artifacts": DIR,
@@ -82,12 +83,15 @@ try {
   const csv = readFileSync(await download.path(), 'utf8');
   await tell({ audit: [first, second], csv_lines: csv.split('\r\n').filter((l) => l).length });
 
-  await page.getByRole('link', { name: 'API tokens' }).click();
-  await page.getByRole('heading', { name: 'API tokens' }).waitFor();
-  const row = page.getByRole('row', { name: /ci-reader/ });
-  const lastUsed = await row.locator('td').nth(3).innerText();
+  // The administrator's own page lists the token she created, and revokes it.
+  await page.getByRole('link', { name: 'Users' }).click();
+  await page.getByRole('link', { name: cfg.admin[0], exact: true }).click();
+  await page.getByRole('heading', { name: 'API tokens they created' }).waitFor();
+  const row = page.getByRole('table', { name: 'API tokens they created' }).getByRole('row', { name: /ci-reader/ });
+  const lastUsed = await row.locator('td').nth(2).innerText();
   await row.getByRole('button', { name: 'Revoke ci-reader' }).click();
   await status.filter({ hasText: 'revoked' }).waitFor();
+  await page.getByText('None in force.').waitFor();
   await tell({ revoked: 'ci-reader', last_used: lastUsed });
   console.log(JSON.stringify({ done: true }));
 } catch (e) {

@@ -2,8 +2,8 @@
 //! real slapd: the Nodes page lists the node; ending a session on the Sessions page disconnects
 //! its viewer; signing a user out everywhere on the Users page ends their sign-ins; a token
 //! created on the API tokens page (shown once) works with its scope, its uses are audited under
-//! its name and paged through on the Audit page and exported as CSV; once revoked on the page it
-//! is refused.
+//! its name and paged through on the Audit page and exported as CSV; the administrator's own
+//! page on the Users page lists it, and once revoked there it is refused.
 
 use anyhow::Context;
 use atrium_tests::broker::{Broker, BrokerOptions};

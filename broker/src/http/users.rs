@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AdminPerson, AdminUser, ClientAddr};
-use crate::db::{DesktopSession, UserSummary, now_ms};
+use crate::db::{ApiToken, DesktopSession, UserSummary, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::service;
 use crate::state::AppState;
@@ -60,7 +60,8 @@ pub struct SignInSessionView {
     pub expires_at: i64,
 }
 
-/// A user, their active sign-in sessions and their open desktop sessions.
+/// A user, their active sign-in sessions, their open desktop sessions and the API tokens they
+/// created.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserDetail {
     pub user: UserSummary,
@@ -68,6 +69,8 @@ pub struct UserDetail {
     pub mfa_enrolled: bool,
     pub sessions: Vec<SignInSessionView>,
     pub desktop_sessions: Vec<DesktopSession>,
+    /// API tokens they created that are still in force (never their secrets).
+    pub tokens: Vec<ApiToken>,
 }
 
 async fn summary(st: &AppState, username: &str) -> ApiResult<UserSummary> {
@@ -106,7 +109,15 @@ async fn get_user(
         Some(id) => st.db.get_mfa(id).await?.is_some_and(|e| e.confirmed_at.is_some()),
         None => false,
     };
-    Ok(Json(UserDetail { user, mfa_enrolled, sessions, desktop_sessions }))
+    let now = now_ms();
+    let tokens = st
+        .db
+        .list_api_tokens()
+        .await?
+        .into_iter()
+        .filter(|t| t.created_by == username && t.is_active(now))
+        .collect();
+    Ok(Json(UserDetail { user, mfa_enrolled, sessions, desktop_sessions, tokens }))
 }
 
 /// What signing a user out everywhere did.

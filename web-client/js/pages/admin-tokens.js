@@ -35,16 +35,7 @@ export async function showTokens(app, created = null) {
     el('td', { text: fmtTime(t.expires_at) }),
     el('td', { text: t.last_used_at ? fmtTime(t.last_used_at) : 'never' }),
     el('td', { text: state(t) }),
-    el('td', {}, state(t) === 'active' ? el('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${t.name}`, onclick: async () => {
-      if (!window.confirm(`Revoke the token ${t.name}? Automation using it stops at once.`)) return;
-      try {
-        await del(`/api/v1/admin/tokens/${encodeURIComponent(t.id)}`);
-        announce(`Token ${t.name} revoked.`);
-        await showTokens(app);
-      } catch (e) {
-        announce(e.message, true);
-      }
-    } }, 'Revoke') : '')));
+    el('td', {}, state(t) === 'active' ? revokeButton(t, () => showTokens(app)) : '')));
   const shown = created && el('div', { class: 'card', role: 'status' },
     el('p', { text: `Token ${created.name} created. Copy it now: it is not shown again.` }),
     el('pre', { id: 'new-token', text: created.token }),
@@ -53,4 +44,18 @@ export async function showTokens(app, created = null) {
     el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'API tokens' },
       el('thead', {}, el('tr', {}, ['Name', 'Scope', 'Created by', 'Expires', 'Last used', 'State', ''].map((c) => el('th', { scope: 'col', text: c })))),
       el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 7, text: 'No tokens.' }))))));
+}
+
+// "Revoke" for token `t` (asks first); `then` redraws the page.
+export function revokeButton(t, then) {
+  return el('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${t.name}`, onclick: async () => {
+    if (!window.confirm(`Revoke the token ${t.name}? Automation using it stops at once.`)) return;
+    try {
+      await del(`/api/v1/admin/tokens/${encodeURIComponent(t.id)}`);
+      announce(`Token ${t.name} revoked.`);
+      await then();
+    } catch (e) {
+      announce(e.message, true);
+    }
+  } }, 'Revoke');
 }

@@ -1,8 +1,10 @@
 // Admin: the users who have signed in, found by name; a user's sign-in and desktop sessions,
-// and "Sign out everywhere" (every sign-in ends, every viewer is disconnected).
+// the API tokens they created, "Sign out everywhere" (every sign-in ends, every viewer is
+// disconnected) and "Reset two-step verification".
 
 import { get, post, del } from '../api.js';
 import { el, render, announce, fmtTime } from '../ui.js';
+import { revokeButton } from './admin-tokens.js';
 
 export async function showUsers(app, search = '') {
   const at = location.hash;
@@ -49,6 +51,12 @@ export async function showUser(app, username) {
     el('td', { text: s.method === 'oidc' ? 'single sign-on' : 'password' }),
     el('td', { text: s.client_addr }),
     el('td', { text: fmtTime(s.last_seen_at) })));
+  const tokens = d.tokens.map((t) => el('tr', {},
+    el('th', { scope: 'row', text: t.name }),
+    el('td', { text: t.scope === 'admin' ? 'administration' : 'read only' }),
+    el('td', { text: fmtTime(t.expires_at) }),
+    el('td', { text: t.last_used_at ? fmtTime(t.last_used_at) : 'never' }),
+    el('td', {}, revokeButton(t, () => showUser(app, username)))));
   const desktops = d.desktop_sessions.map((s) => el('tr', {},
     el('td', { text: s.desktop_id }),
     el('td', { text: s.node_id || '' }),
@@ -77,5 +85,9 @@ export async function showUser(app, username) {
     el('h2', { text: 'Desktop sessions' }),
     el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Open desktop sessions' },
       el('thead', {}, el('tr', {}, ['Desktop', 'Node', 'Since', 'Client address'].map((c) => el('th', { scope: 'col', text: c })))),
-      el('tbody', {}, desktops.length ? desktops : el('tr', {}, el('td', { colspan: 4, text: 'None open.' }))))));
+      el('tbody', {}, desktops.length ? desktops : el('tr', {}, el('td', { colspan: 4, text: 'None open.' }))))),
+    el('h2', { text: 'API tokens they created' }),
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'API tokens they created' },
+      el('thead', {}, el('tr', {}, ['Name', 'Scope', 'Expires', 'Last used', ''].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, tokens.length ? tokens : el('tr', {}, el('td', { colspan: 5, text: 'None in force.' }))))));
 }
