@@ -18,12 +18,12 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Semaphore, broadcast, watch};
 
-use crate::capture::Capture;
 use crate::framebuffer::Framebuffer;
 use crate::metrics::Metrics;
 use crate::node::{NodeClient, NodeError};
-use crate::pool::EncodePool;
-use crate::publish::{Published, publish};
+use crate::pipeline::capture::Capture;
+use crate::pipeline::pool::EncodePool;
+use crate::pipeline::publish::{Published, publish};
 use crate::source::rfb::{RfbSource, RfbTarget};
 use crate::source::shm::ShmSource;
 use crate::source::{

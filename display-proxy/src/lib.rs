@@ -2,12 +2,8 @@
 //! keyboard and pointer back.
 //!
 //! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic);
-//! - [`capture`] and [`frame`]: change detection against the last frame, tiles, scrolls (a
-//!   frame is plain data);
-//! - [`analyse`], [`plan`] and [`encode`]: per-viewer updates (fills, copies, PNG, JPEG) on a
-//!   bounded [`pool`], in that order, none calling back;
-//! - [`publish`]: a frame as a desktop's viewers get it, with the messages made of it and the
-//!   update of viewers in step;
+//! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
+//!   direction;
 //! - [`desktop`]: one source shared by all viewers of a desktop;
 //! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
@@ -18,20 +14,14 @@
 //!
 //! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`.
 
-pub mod analyse;
-pub mod capture;
 pub mod config;
 pub mod desktop;
-pub mod encode;
-pub mod frame;
 pub mod framebuffer;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;
 pub mod node;
-pub mod plan;
-pub mod pool;
-pub mod publish;
+pub mod pipeline;
 pub mod server;
 pub mod source;
 pub mod ticket;

@@ -18,7 +18,7 @@ use crate::config::DisplayConfig;
 use crate::desktop::{Desktops, NodeOpener, OpenError, SourceOpener};
 use crate::metrics::Metrics;
 use crate::node::NodeClient;
-use crate::pool::EncodePool;
+use crate::pipeline::pool::EncodePool;
 use crate::ticket::{TicketError, TicketVerifier, VerifierConfig};
 use crate::viewer::{self, Sessions, ViewerContext};
 use atrium_door::Door;

@@ -19,12 +19,12 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::desktop::{Desktop, ViewerSlot};
-use crate::encode::encode_plan;
-use crate::frame::Frame;
 use crate::metrics::Metrics;
-use crate::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
-use crate::pool::EncodePool;
-use crate::publish::Published;
+use crate::pipeline::encode::encode_plan;
+use crate::pipeline::frame::Frame;
+use crate::pipeline::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
+use crate::pipeline::pool::EncodePool;
+use crate::pipeline::publish::Published;
 use crate::source::InputEvent;
 
 /// How long a close message may take to go out to a client.

@@ -384,7 +384,7 @@ fn no_nudge_is_due_within_a_period_of_input_or_of_an_update_with_pixels() {
 async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_pool() {
     use crate::desktop::{Desktop, OpenedSource};
     use crate::metrics::Metrics;
-    use crate::pool::EncodePool;
+    use crate::pipeline::pool::EncodePool;
 
     let (w, h) = (640u16, 480u16);
     let (client, mut server) = pair();
@@ -432,7 +432,7 @@ fn desktop_on_own_runtime(
 ) -> thread::JoinHandle<()> {
     use crate::desktop::{Desktop, OpenedSource};
     use crate::metrics::Metrics;
-    use crate::pool::EncodePool;
+    use crate::pipeline::pool::EncodePool;
 
     thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

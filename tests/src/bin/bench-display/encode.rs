@@ -9,12 +9,12 @@ use atrium_protocol::display::Rect;
 use serde_json::{Map, Value, json};
 
 use super::round;
-use atrium_display::capture::Capture;
-use atrium_display::encode::{Encodings, encode_rect, png};
-use atrium_display::frame::{Frame, TileDelta};
 use atrium_display::framebuffer::Framebuffer;
 use atrium_display::metrics::Metrics;
-use atrium_display::plan::{ViewerTiles, apply, plan_update};
+use atrium_display::pipeline::capture::Capture;
+use atrium_display::pipeline::encode::{Encodings, encode_rect, png};
+use atrium_display::pipeline::frame::{Frame, TileDelta};
+use atrium_display::pipeline::plan::{ViewerTiles, apply, plan_update};
 use atrium_display::source::FramebufferSource;
 use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
 

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::encode::{Encodings, encode_plan};
-use crate::frame::Frame;
 use crate::metrics::Metrics;
-use crate::plan::{Plan, ViewerTiles, plan_update};
+use crate::pipeline::encode::{Encodings, encode_plan};
+use crate::pipeline::frame::Frame;
+use crate::pipeline::plan::{Plan, ViewerTiles, plan_update};
 
 /// The update of a viewer that has the frame before, planned and encoded ahead of time.
 #[derive(Debug)]
@@ -67,12 +67,12 @@ pub fn publish(frame: Arc<Frame>, metrics: &Metrics) -> Published {
 mod tests {
     use super::*;
     use crate::framebuffer::Framebuffer;
-    use crate::plan::Kind;
+    use crate::pipeline::plan::Kind;
     use atrium_protocol::display::Rect;
 
     #[test]
     fn the_prepared_update_is_what_a_viewer_in_step_would_plan() {
-        use crate::capture::Capture;
+        use crate::pipeline::capture::Capture;
         use crate::source::SourceEvent;
 
         let metrics = Metrics::default();

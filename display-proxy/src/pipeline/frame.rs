@@ -1,5 +1,5 @@
 //! A captured frame: an immutable snapshot of the screen, with what changed since the frame
-//! before, tile by tile. Plain data: planning and encoding read it ([`crate::publish`] shares
+//! before, tile by tile. Plain data: planning and encoding read it ([`super::publish`] shares
 //! it, with its encodings, among a desktop's viewers).
 
 use std::time::Instant;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use atrium_protocol::display::Rect;
 
-use crate::frame::{CopyOp, Frame, Grid, TILE, TileDelta};
 use crate::framebuffer::Framebuffer;
+use crate::pipeline::frame::{CopyOp, Frame, Grid, TILE, TileDelta};
 use crate::source::SourceEvent;
 
 /// Scroll detection runs when at least this many tiles changed.

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
 
-use crate::analyse::{Analysis, ColorTable, analyze};
-use crate::frame::Frame;
 use crate::framebuffer::{Framebuffer, to_rgba};
 use crate::metrics::Metrics;
-use crate::plan::{Kind, Plan};
+use crate::pipeline::analyse::{Analysis, ColorTable, analyze};
+use crate::pipeline::frame::Frame;
+use crate::pipeline::plan::{Kind, Plan};
 
 /// The message for a one-colour rectangle.
 pub fn fill_message(r: Rect, color: u32) -> Vec<u8> {

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::display::Rect;
 
-use crate::analyse::{Analysis, analyze};
-use crate::frame::{CopyOp, Frame, Grid, TILE};
 use crate::framebuffer::{intersect, union};
+use crate::pipeline::analyse::{Analysis, analyze};
+use crate::pipeline::frame::{CopyOp, Frame, Grid, TILE};
 
 /// Widest and tallest rectangle made by merging.
 const MAX_MERGED_W: u16 = 512;
@@ -233,8 +233,8 @@ fn classify_and_merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::Capture;
     use crate::framebuffer::Framebuffer;
+    use crate::pipeline::capture::Capture;
     use crate::source::SourceEvent;
 
     fn noisy(fb: &mut Framebuffer, r: Rect) {
