@@ -70,6 +70,30 @@ impl ColorTable {
     }
 }
 
+impl Analysis {
+    /// The analysis of two rectangles stacked exactly (`self` above `below`, same columns),
+    /// as [`analyze`] would find it for their union, without reading a pixel: the colours of
+    /// the union in row-major first-seen order are those of the top, then the new ones of the
+    /// bottom, in order.
+    pub fn stacked(&self, below: &Self) -> Self {
+        let colors = |a: &Self| -> Option<Vec<u32>> {
+            match a {
+                Self::Solid(c) => Some(vec![*c]),
+                Self::Palette(t) => Some(t.colors.clone()),
+                Self::Many => None,
+            }
+        };
+        let (Some(top), Some(bottom)) = (colors(self), colors(below)) else { return Self::Many };
+        let mut t = ColorTable::new();
+        for c in top.into_iter().chain(bottom) {
+            if !t.insert(c) {
+                return Self::Many;
+            }
+        }
+        if t.colors.len() == 1 { Self::Solid(t.colors[0]) } else { Self::Palette(t) }
+    }
+}
+
 /// Counts the colours of `r` (stopping past [`MAX_PALETTE`]).
 pub fn analyze(fb: &Framebuffer, r: Rect) -> Analysis {
     let first = fb.span(r.x, r.y, 1)[0];
@@ -113,5 +137,29 @@ mod tests {
             *p = u32::try_from(i).unwrap() * 77;
         }
         assert_eq!(analyze(&fb, fb.bounds()), Analysis::Many);
+    }
+
+    #[test]
+    fn stacked_analyses_are_the_analysis_of_the_union() {
+        let mut fb = Framebuffer::new(40, 40);
+        let mut seed = 7u32;
+        for round in 0..200 {
+            // A few colours per round, sometimes many; a random split into top and bottom.
+            let colors = [1u32, 2, 3, 5, 300][round % 5];
+            for p in fb.pixels_mut() {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *p = (seed >> 8) % colors;
+            }
+            let split = 1 + u16::try_from(round % 38).unwrap();
+            let x = u16::try_from(round % 7).unwrap();
+            let top = Rect { x, y: 0, w: 30, h: split };
+            let bottom = Rect { x, y: split, w: 30, h: 40 - split };
+            let union = Rect { x, y: 0, w: 30, h: 40 };
+            assert_eq!(
+                analyze(&fb, top).stacked(&analyze(&fb, bottom)),
+                analyze(&fb, union),
+                "round {round}"
+            );
+        }
     }
 }

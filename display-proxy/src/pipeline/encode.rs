@@ -10,7 +10,7 @@ use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
 
 use crate::framebuffer::{Framebuffer, to_rgba};
 use crate::metrics::Metrics;
-use crate::pipeline::analyse::{Analysis, ColorTable, analyze};
+use crate::pipeline::analyse::{Analysis, ColorTable};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{Kind, Plan};
 
@@ -212,21 +212,23 @@ impl Encodings {
 }
 
 /// The wire message for `r` of `frame` as `kind`, made once per frame (in `done`) and shared.
-/// Lossless kinds choose between fill, palette PNG and RGB PNG by the pixels.
+/// Lossless kinds choose between fill, palette PNG and RGB PNG by `analysis` (what planning
+/// found the pixels to be).
 pub fn encode_rect(
     frame: &Frame,
     done: &Encodings,
     r: Rect,
     kind: Kind,
+    analysis: &Analysis,
     metrics: &Metrics,
 ) -> Arc<[u8]> {
     done.get_or_make(r, kind, || {
         let start = Instant::now();
         let msg = match kind {
             Kind::Jpeg(q) => image_message(r, ImageFormat::Jpeg, jpeg(&frame.fb, r, q)),
-            Kind::Fill | Kind::Png => match analyze(&frame.fb, r) {
-                Analysis::Solid(c) => fill_message(r, c),
-                Analysis::Palette(t) => palette_message(&frame.fb, r, &t),
+            Kind::Fill | Kind::Png => match analysis {
+                Analysis::Solid(c) => fill_message(r, *c),
+                Analysis::Palette(t) => palette_message(&frame.fb, r, t),
                 Analysis::Many => image_message(r, ImageFormat::Png, png(&frame.fb, r, None)),
             },
         };
@@ -242,7 +244,11 @@ pub fn encode_plan(
     plan: &Plan,
     metrics: &Metrics,
 ) -> Vec<Arc<[u8]>> {
-    plan.rects.iter().map(|&(r, kind)| encode_rect(frame, done, r, kind, metrics)).collect()
+    plan.rects
+        .iter()
+        .zip(&plan.analyses)
+        .map(|(&(r, kind), a)| encode_rect(frame, done, r, kind, a, metrics))
+        .collect()
 }
 
 /// `Indexed` data this small is sent without trying a PNG: a PNG's signature and chunks alone
@@ -269,6 +275,7 @@ fn palette_message(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::analyse::analyze;
 
     fn decode_png(data: &[u8]) -> (u32, u32, Vec<u8>) {
         let mut dec = png::Decoder::new(std::io::Cursor::new(data));

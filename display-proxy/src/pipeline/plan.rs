@@ -2,6 +2,7 @@
 //! rectangles, each classified (fill, lossless, lossy) and merged with its neighbours; and
 //! which lossy areas to refine once they stop changing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::Rect;
@@ -61,6 +62,9 @@ pub struct Plan {
     pub resize: Option<(u16, u16)>,
     pub copy: Option<CopyOp>,
     pub rects: Vec<(Rect, Kind)>,
+    /// For each of `rects`, what its pixels look like, found while planning: encoding uses it
+    /// and does not read them again.
+    pub analyses: Vec<Arc<Analysis>>,
     /// Some area looks like a photograph: many colours, large enough for JPEG (whether or not
     /// this plan sends it as JPEG).
     pub photo: bool,
@@ -96,7 +100,7 @@ pub fn plan_update(frame: &Frame, view: &ViewerTiles, quality: Option<u8>) -> Pl
             .map(|t| grid.rect(t))
             .collect()
     };
-    (plan.rects, plan.photo) = classify_and_merge(frame, &areas, quality);
+    (plan.rects, plan.analyses, plan.photo) = classify_and_merge(frame, &areas, quality);
     plan
 }
 
@@ -111,8 +115,8 @@ pub fn plan_refine(frame: &Frame, view: &ViewerTiles, now: Instant, after: Durat
         .filter(|&t| view.lossy[t].is_some_and(|since| now.duration_since(since) >= after))
         .map(|t| grid.rect(t))
         .collect();
-    let (rects, photo) = classify_and_merge(frame, &areas, None);
-    Plan { resize: None, copy: None, rects, photo }
+    let (rects, analyses, photo) = classify_and_merge(frame, &areas, None);
+    Plan { resize: None, copy: None, rects, analyses, photo }
 }
 
 /// When the next refinement is due, if any tile shows lossy pixels.
@@ -167,67 +171,95 @@ fn copy_lossy(lossy: &mut [Option<Instant>], grid: &Grid, c: CopyOp) {
     }
 }
 
+/// An area on its way into a plan: its rectangle, how it is sent, its colour when it is one,
+/// and what its pixels look like (`None` once merging made a rectangle not analysed yet).
+struct Item {
+    rect: Rect,
+    kind: Kind,
+    solid: Option<u32>,
+    analysis: Option<Analysis>,
+}
+
 /// Classifies each area, then merges neighbours of the same kind; also says whether some
-/// area looked like a photograph.
+/// area looked like a photograph. Each area's pixels are read once, here; a rectangle merged
+/// from lossless areas side by side (which may take in pixels between them) is read once
+/// more, whole; one merged from areas stacked exactly is not (its analysis is theirs,
+/// combined).
 fn classify_and_merge(
     frame: &Frame,
     areas: &[Rect],
     quality: Option<u8>,
-) -> (Vec<(Rect, Kind)>, bool) {
+) -> (Vec<(Rect, Kind)>, Vec<Arc<Analysis>>, bool) {
     let mut photo = false;
-    let mut items: Vec<(Rect, Kind, Option<u32>)> = areas
+    let mut items: Vec<Item> = areas
         .iter()
         .filter(|r| r.w > 0 && r.h > 0)
-        .map(|&r| match analyze(&frame.fb, r) {
-            Analysis::Solid(c) => (r, Kind::Fill, Some(c)),
-            Analysis::Palette(_) => (r, Kind::Png, None),
-            Analysis::Many if usize::from(r.w) * usize::from(r.h) >= MIN_JPEG_PIXELS => {
-                photo = true;
-                match quality {
-                    Some(q) => (r, Kind::Jpeg(q), None),
-                    None => (r, Kind::Png, None),
+        .map(|&rect| {
+            let analysis = analyze(&frame.fb, rect);
+            let (kind, solid) = match analysis {
+                Analysis::Solid(c) => (Kind::Fill, Some(c)),
+                Analysis::Palette(_) => (Kind::Png, None),
+                Analysis::Many if usize::from(rect.w) * usize::from(rect.h) >= MIN_JPEG_PIXELS => {
+                    photo = true;
+                    (quality.map_or(Kind::Png, Kind::Jpeg), None)
                 }
-            }
-            Analysis::Many => (r, Kind::Png, None),
+                Analysis::Many => (Kind::Png, None),
+            };
+            Item { rect, kind, solid, analysis: Some(analysis) }
         })
         .collect();
     // Horizontal: within a tile row, left to right.
-    items.sort_by_key(|(r, _, _)| (r.y / TILE, r.x));
-    let mut row_merged: Vec<(Rect, Kind, Option<u32>)> = Vec::with_capacity(items.len());
+    items.sort_by_key(|it| (it.rect.y / TILE, it.rect.x));
+    let mut row_merged: Vec<Item> = Vec::with_capacity(items.len());
     for it in items {
         if let Some(last) = row_merged.last_mut()
-            && last.0.y / TILE == it.0.y / TILE
-            && last.1 == it.1
-            && last.2 == it.2
-            && it.0.x <= last.0.x + last.0.w + MERGE_GAP
-            && it.0.x + it.0.w - last.0.x <= MAX_MERGED_W
-            && (it.1 != Kind::Fill
-                || (it.0.y == last.0.y && it.0.h == last.0.h && it.0.x == last.0.x + last.0.w))
+            && last.rect.y / TILE == it.rect.y / TILE
+            && last.kind == it.kind
+            && last.solid == it.solid
+            && it.rect.x <= last.rect.x + last.rect.w + MERGE_GAP
+            && it.rect.x + it.rect.w - last.rect.x <= MAX_MERGED_W
+            && (it.kind != Kind::Fill
+                || (it.rect.y == last.rect.y
+                    && it.rect.h == last.rect.h
+                    && it.rect.x == last.rect.x + last.rect.w))
         {
-            last.0 = union(last.0, it.0);
+            last.rect = union(last.rect, it.rect);
+            // Fills join only edge to edge in one colour; a JPEG's pixels are not analysed
+            // to encode it; lossless areas may have taken in pixels between them.
+            if last.kind == Kind::Png {
+                last.analysis = None;
+            }
             continue;
         }
         row_merged.push(it);
     }
     // Vertical: equal columns in consecutive rows.
-    row_merged.sort_by_key(|(r, _, _)| (r.x, r.w, r.y));
-    let mut out: Vec<(Rect, Kind, Option<u32>)> = Vec::with_capacity(row_merged.len());
+    row_merged.sort_by_key(|it| (it.rect.x, it.rect.w, it.rect.y));
+    let mut out: Vec<Item> = Vec::with_capacity(row_merged.len());
     for it in row_merged {
         if let Some(last) = out.last_mut()
-            && last.0.x == it.0.x
-            && last.0.w == it.0.w
-            && last.1 == it.1
-            && last.2 == it.2
-            && last.0.y + last.0.h == it.0.y
-            && last.0.h + it.0.h <= MAX_MERGED_H
+            && last.rect.x == it.rect.x
+            && last.rect.w == it.rect.w
+            && last.kind == it.kind
+            && last.solid == it.solid
+            && last.rect.y + last.rect.h == it.rect.y
+            && last.rect.h + it.rect.h <= MAX_MERGED_H
         {
-            last.0.h += it.0.h;
+            last.rect.h += it.rect.h;
+            last.analysis = match (&last.analysis, &it.analysis) {
+                (Some(top), Some(bottom)) => Some(top.stacked(bottom)),
+                _ => None,
+            };
             continue;
         }
         out.push(it);
     }
-    out.sort_by_key(|(r, _, _)| (r.y, r.x));
-    (out.into_iter().map(|(r, k, _)| (r, k)).collect(), photo)
+    out.sort_by_key(|it| (it.rect.y, it.rect.x));
+    let analyses = out
+        .iter_mut()
+        .map(|it| Arc::new(it.analysis.take().unwrap_or_else(|| analyze(&frame.fb, it.rect))))
+        .collect();
+    (out.into_iter().map(|it| (it.rect, it.kind)).collect(), analyses, photo)
 }
 
 #[cfg(test)]
@@ -318,5 +350,47 @@ mod tests {
         assert_eq!(covered.len(), 2);
         assert!(covered.contains(&Rect { x: 0, y: 0, w: 64, h: 64 }));
         assert!(covered.contains(&Rect { x: 192, y: 0, w: 64, h: 64 }));
+    }
+
+    #[test]
+    fn every_planned_rectangle_carries_the_analysis_of_its_pixels() {
+        // Text-like stripes, fills, a photo and noise in small spots: merges of every kind.
+        let mut fb = Framebuffer::new(640, 384);
+        fb.fill(fb.bounds(), 0x202020);
+        for y in (0..384u16).step_by(7) {
+            let c = 0x0010_0000 * u32::from(y % 5) + 0x00ff;
+            fb.fill(Rect { x: 0, y, w: 400, h: 2 }, c);
+        }
+        fb.fill(Rect { x: 64, y: 64, w: 128, h: 128 }, 0x00ff_0000);
+        noisy(&mut fb, Rect { x: 448, y: 0, w: 192, h: 192 });
+        for i in 0..40u16 {
+            fb.span_mut(10 + i * 15, 300 + i % 3, 2).copy_from_slice(&[u32::from(i), 0xffffff]);
+        }
+        let check = |f: &Frame, p: &Plan| {
+            assert_eq!(p.rects.len(), p.analyses.len());
+            for ((r, _), a) in p.rects.iter().zip(&p.analyses) {
+                assert_eq!(**a, analyze(&f.fb, *r), "{r:?}");
+            }
+        };
+        let mut cap = Capture::new(&fb);
+        let mut view = ViewerTiles::new();
+        for quality in [None, Some(70)] {
+            let p = plan_update(cap.last(), &view, quality);
+            check(cap.last(), &p);
+        }
+        let p = plan_update(cap.last(), &view, Some(70));
+        apply(&mut view, cap.last(), &p, Instant::now());
+        // A change here and there: the viewer in step gets merged boxes.
+        for i in 0..30u16 {
+            fb.span_mut(5 + i * 20, 100 + i, 3).copy_from_slice(&[1, 2, u32::from(i)]);
+        }
+        let f = cap.process(&fb, &[SourceEvent::Damage(fb.bounds())]).unwrap();
+        let p = plan_update(&f, &view, Some(70));
+        assert!(!p.rects.is_empty());
+        check(&f, &p);
+        let t = Instant::now();
+        apply(&mut view, &f, &p, t);
+        let r = plan_refine(&f, &view, t + Duration::from_secs(1), Duration::from_millis(1));
+        check(&f, &r);
     }
 }

@@ -29,8 +29,8 @@ fn encode_all(frame: &Frame, view: &ViewerTiles, metrics: &Metrics) -> usize {
     if plan.copy.is_some() {
         bytes += 17;
     }
-    for (r, k) in plan.rects {
-        bytes += encode_rect(frame, &done, r, k, metrics).len();
+    for ((r, k), a) in plan.rects.into_iter().zip(&plan.analyses) {
+        bytes += encode_rect(frame, &done, r, k, a, metrics).len();
     }
     bytes
 }
