@@ -1,10 +1,11 @@
 //! Atrium's display proxy: turns a VM's screen into a stream a browser draws, and carries
 //! keyboard and pointer back.
 //!
-//! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic);
+//! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic), and
+//!   opening a VM's display where the node agent says it is;
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
-//! - [`desktop`]: one source shared by all viewers of a desktop;
+//! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
 //! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
 //! - [`server`]: the HTTP routes (served by [`atrium_door`]: the accept loop and its limits);
@@ -20,7 +21,6 @@ pub mod framebuffer;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;
-pub mod node;
 pub mod pipeline;
 pub mod server;
 pub mod source;

@@ -15,10 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::config::DisplayConfig;
-use crate::desktop::{Desktops, NodeOpener, OpenError, SourceOpener};
+use crate::desktop::Desktops;
 use crate::metrics::Metrics;
-use crate::node::NodeClient;
 use crate::pipeline::pool::EncodePool;
+use crate::source::node::NodeClient;
+use crate::source::open::{NodeOpener, OpenError, SourceOpener};
 use crate::ticket::{TicketError, TicketVerifier, VerifierConfig};
 use crate::viewer::{self, Sessions, ViewerContext};
 use atrium_door::Door;

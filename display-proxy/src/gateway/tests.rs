@@ -17,10 +17,11 @@ use super::config::GatewayConfig;
 use super::metrics::Refusal;
 use super::*;
 use crate::config::DisplayConfig;
-use crate::desktop::{SourceOpener, SyntheticOpener};
 use crate::issuer::{JwksServer, TicketIssuer};
 use crate::server::{AppState, router as proxy_router};
+use crate::source::open::SourceOpener;
 use crate::source::synthetic::SyntheticConfig;
+use crate::source::synthetic::SyntheticOpener;
 
 const ORIGIN: &str = "https://desk.example";
 

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::analyse::{Analysis, ColorTable};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{Kind, Plan};
+use crate::source::CursorShape;
 
 /// The message for a one-colour rectangle.
 pub fn fill_message(r: Rect, color: u32) -> Vec<u8> {
@@ -270,6 +271,29 @@ fn palette_message(fb: &Framebuffer, r: Rect, t: &ColorTable) -> Vec<u8> {
         return image_message(r, ImageFormat::Png, png);
     }
     image_message(r, ImageFormat::Png, palette_png(fb, r, t))
+}
+
+/// The Cursor message for a pointer shape (PNG with alpha; empty hides the pointer).
+pub fn cursor_message(c: &CursorShape) -> Vec<u8> {
+    let png = if c.width == 0 || c.height == 0 || c.rgba.is_empty() {
+        Vec::new()
+    } else {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, u32::from(c.width), u32::from(c.height));
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        match enc
+            .write_header()
+            .and_then(|mut w| w.write_image_data(&c.rgba).and_then(|()| w.finish()))
+        {
+            Ok(()) => out,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot encode a pointer shape");
+                Vec::new()
+            }
+        }
+    };
+    ServerMessage::Cursor { hot_x: c.hot_x, hot_y: c.hot_y, png }.encode()
 }
 
 #[cfg(test)]

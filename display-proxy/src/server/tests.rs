@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::*;
-use crate::desktop::SyntheticOpener;
 use crate::issuer::{JwksServer, TicketIssuer};
 use crate::source::synthetic::SyntheticConfig;
+use crate::source::synthetic::SyntheticOpener;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -4,8 +4,11 @@
 //!
 //! - [`rfb`]: an RFB 3.8 client (QEMU's VNC socket, or any VNC server);
 //! - [`shm`]: the builtin VMM's shared framebuffer and dirty-page log;
-//! - [`synthetic`]: a generated desktop for benchmarks and tests of the pipeline.
+//! - [`synthetic`]: a generated desktop for benchmarks and tests of the pipeline;
+//! - [`open`]: opening a VM's display where the node agent ([`node`]) says it is.
 
+pub mod node;
+pub mod open;
 pub mod rfb;
 pub mod shm;
 pub mod synthetic;

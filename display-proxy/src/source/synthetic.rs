@@ -3,13 +3,17 @@
 //! source whose rate and content it controls (fan-out, encode cost) and in tests of the
 //! pipeline; it is not used to serve real desktops.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::Rect;
 
+use futures_util::future::BoxFuture;
+
 use crate::framebuffer::Framebuffer;
+use crate::source::open::{OpenError, OpenedSource, SourceOpener};
 use crate::source::{
     FramebufferSource, InputError, InputEvent, InputSink, SourceError, SourceEvent, Stopper,
 };
@@ -246,5 +250,35 @@ impl FramebufferSource for SyntheticSource {
             events.push(SourceEvent::Damage(r));
         }
         Ok(events)
+    }
+}
+
+/// Opens a [`SyntheticSource`] for any VM id: the
+/// benchmark's fan-out measurement and the pipeline's tests use it. Keeps each desktop's input
+/// counter so tests can see what reached the desktop.
+#[derive(Debug)]
+pub struct SyntheticOpener {
+    pub config: SyntheticConfig,
+    inputs: Mutex<HashMap<String, Arc<SyntheticInput>>>,
+}
+
+impl SyntheticOpener {
+    pub fn new(config: SyntheticConfig) -> Self {
+        Self { config, inputs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The input counter of the desktop opened for `vm`.
+    pub fn input_of(&self, vm: &str) -> Option<Arc<SyntheticInput>> {
+        self.inputs.lock().expect("inputs lock").get(vm).cloned()
+    }
+}
+
+impl SourceOpener for SyntheticOpener {
+    fn open<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<OpenedSource, OpenError>> {
+        Box::pin(async move {
+            let src = SyntheticSource::new(self.config);
+            self.inputs.lock().expect("inputs lock").insert(vm.to_owned(), src.input_counter());
+            Ok(OpenedSource { source: Box::new(src), clipboard: None })
+        })
     }
 }

@@ -382,9 +382,10 @@ fn no_nudge_is_due_within_a_period_of_input_or_of_an_update_with_pixels() {
 
 #[tokio::test]
 async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_pool() {
-    use crate::desktop::{Desktop, OpenedSource};
+    use crate::desktop::Desktop;
     use crate::metrics::Metrics;
     use crate::pipeline::pool::EncodePool;
+    use crate::source::open::OpenedSource;
 
     let (w, h) = (640u16, 480u16);
     let (client, mut server) = pair();
@@ -430,9 +431,10 @@ fn desktop_on_own_runtime(
     ticks: std::sync::mpsc::Sender<Result<(), String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> thread::JoinHandle<()> {
-    use crate::desktop::{Desktop, OpenedSource};
+    use crate::desktop::Desktop;
     use crate::metrics::Metrics;
     use crate::pipeline::pool::EncodePool;
+    use crate::source::open::OpenedSource;
 
     thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

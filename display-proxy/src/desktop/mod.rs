@@ -1,0 +1,229 @@
+//! A desktop being watched: one source, any number of viewers (the user and shadows). A
+//! source that can be polled (RFB) is driven by a task on the async runtime, which decodes,
+//! compares and prepares small updates itself and hands large ones to the encode pool; other
+//! sources (shared memory, synthetic) block on a capture thread of their own (`run.rs`).
+//! Viewers get the newest frame ([`Published`]) through a watch channel; the registry
+//! opens a desktop for its first viewer and closes it after its last.
+
+mod clipboard;
+mod registry;
+mod run;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atrium_protocol::display::truncate_utf8;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+pub use registry::Desktops;
+
+use crate::framebuffer::Framebuffer;
+use crate::metrics::Metrics;
+use crate::pipeline::capture::Capture;
+use crate::pipeline::pool::EncodePool;
+use crate::pipeline::publish::Published;
+use crate::source::open::{ClipboardLink, OpenError, OpenedSource};
+use crate::source::{InputSink, SourceError, SourceEvent, Stopper};
+use clipboard::poll_clipboard;
+use run::{CaptureLoop, Publish, Stages};
+
+/// One watched desktop.
+#[derive(Debug)]
+pub struct Desktop {
+    pub vm: String,
+    pub name: String,
+    frames: watch::Receiver<Arc<Published>>,
+    cursor: watch::Receiver<Option<Arc<[u8]>>>,
+    clipboard_out: broadcast::Sender<String>,
+    clipboard_in: Option<ClipboardLink>,
+    paste_slots: Arc<Semaphore>,
+    input: Arc<dyn InputSink>,
+    stopper: Arc<dyn Stopper>,
+    alive: Arc<AtomicBool>,
+    viewers: AtomicUsize,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    metrics: Arc<Metrics>,
+}
+
+/// How long a display may take to send its first image.
+const FIRST_UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Desktop {
+    /// Takes a freshly opened source: reads its first image (blocking, off the runtime) and
+    /// starts capturing (on the runtime for a polled source, else on a capture thread).
+    pub async fn start(
+        vm: &str,
+        opened: OpenedSource,
+        metrics: Arc<Metrics>,
+        pool: EncodePool,
+    ) -> Result<Arc<Self>, OpenError> {
+        Self::start_within(vm, opened, metrics, pool, FIRST_UPDATE_TIMEOUT).await
+    }
+
+    /// [`Desktop::start`], giving the source `first_update_timeout` to send its first image.
+    pub async fn start_within(
+        vm: &str,
+        opened: OpenedSource,
+        metrics: Arc<Metrics>,
+        pool: EncodePool,
+        first_update_timeout: Duration,
+    ) -> Result<Arc<Self>, OpenError> {
+        let OpenedSource { mut source, clipboard } = opened;
+        let stopper = source.stopper();
+        let first = tokio::task::spawn_blocking(move || {
+            let (w, h) = source.size();
+            let mut fb = Framebuffer::new(w, h);
+            // The first update with pixels (a VNC server may first answer with only its size).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut events = Vec::new();
+            while std::time::Instant::now() < deadline {
+                let ev = source.next_update(&mut fb)?;
+                let pixels = ev
+                    .iter()
+                    .any(|e| matches!(e, SourceEvent::Damage(_) | SourceEvent::Resized { .. }));
+                events.extend(ev);
+                if pixels {
+                    break;
+                }
+            }
+            Ok::<_, SourceError>((source, fb, events))
+        });
+        // A server that goes quiet after its handshake must not hold this VM's slot (and every
+        // later viewer of it) forever: stopping the source ends the blocked read.
+        let (source, fb, events) = match tokio::time::timeout(first_update_timeout, first).await {
+            Ok(joined) => {
+                joined.map_err(|e| SourceError::Protocol(format!("first update task: {e}")))??
+            }
+            Err(_) => {
+                stopper.stop();
+                return Err(SourceError::protocol("the display sent no image in time").into());
+            }
+        };
+        let capture = Capture::new(&fb);
+        let (frames_tx, frames) =
+            watch::channel(Arc::new(Published::new(Arc::clone(capture.last()))));
+        let (cursor_tx, cursor) = watch::channel(None);
+        let (clipboard_out, _) = broadcast::channel(8);
+        let alive = Arc::new(AtomicBool::new(true));
+        let desktop = Arc::new(Self {
+            vm: vm.to_owned(),
+            name: source.name().to_owned(),
+            frames,
+            cursor,
+            clipboard_out: clipboard_out.clone(),
+            clipboard_in: clipboard.clone(),
+            paste_slots: Arc::new(Semaphore::new(2)),
+            input: source.input(),
+            stopper: source.stopper(),
+            alive: Arc::clone(&alive),
+            viewers: AtomicUsize::new(0),
+            tasks: Mutex::new(Vec::new()),
+            metrics: Arc::clone(&metrics),
+        });
+        let mut cap = CaptureLoop {
+            pipe: Stages { source, fb, capture, metrics: Arc::clone(&metrics) },
+            out: Publish { frames_tx, cursor_tx, clipboard_out: clipboard_out.clone() },
+        };
+        cap.out.side_events(&events);
+        let vm_name = vm.to_owned();
+        let span = tracing::info_span!("capture", vm = %vm_name);
+        if cap.pipe.source.polled().is_some() {
+            // Not instrumented: the span is entered for the one line the task may log, not on
+            // every poll.
+            let task = tokio::spawn(async move {
+                cap.run_polled(pool, &span).await;
+                alive.store(false, Ordering::SeqCst);
+            });
+            desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
+        } else {
+            std::thread::Builder::new()
+                .name(format!("capture-{}", truncate_utf8(vm, 7)))
+                .spawn(move || {
+                    let _g = span.enter();
+                    cap.run();
+                    alive.store(false, Ordering::SeqCst);
+                })
+                .map_err(SourceError::Io)?;
+        }
+        if let Some(link) = clipboard {
+            let task = tokio::spawn(poll_clipboard(link, clipboard_out));
+            desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
+        }
+        metrics.desktops.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(vm, name = %desktop.name, "desktop opened");
+        Ok(desktop)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Newest frames, as they are captured.
+    pub fn frames(&self) -> watch::Receiver<Arc<Published>> {
+        self.frames.clone()
+    }
+
+    /// The encoded pointer-shape message, as it changes.
+    pub fn cursor(&self) -> watch::Receiver<Option<Arc<[u8]>>> {
+        self.cursor.clone()
+    }
+
+    /// Guest clipboard changes.
+    pub fn clipboard(&self) -> broadcast::Receiver<String> {
+        self.clipboard_out.subscribe()
+    }
+
+    pub fn input(&self) -> &Arc<dyn InputSink> {
+        &self.input
+    }
+
+    pub fn viewers(&self) -> usize {
+        self.viewers.load(Ordering::SeqCst)
+    }
+
+    /// Puts text on the guest clipboard (through the node); dropped when two pastes are
+    /// already under way or the desktop has no clipboard channel.
+    pub fn paste(&self, text: String) {
+        let Some(link) = self.clipboard_in.clone() else { return };
+        let Ok(permit) = Arc::clone(&self.paste_slots).try_acquire_owned() else {
+            tracing::warn!(vm = %self.vm, "clipboard paste dropped: two already in progress");
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = link.node.paste(&link.vm, text).await {
+                tracing::warn!(vm = %link.vm, error = %e, "clipboard paste failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        self.metrics.desktops.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(vm = %self.vm, "desktop closed");
+    }
+}
+
+/// Counts a viewer on a desktop while it lives.
+#[derive(Debug)]
+pub struct ViewerSlot {
+    desktop: Arc<Desktop>,
+}
+
+impl ViewerSlot {
+    pub fn desktop(&self) -> &Arc<Desktop> {
+        &self.desktop
+    }
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.desktop.viewers.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,183 @@
+//! What keeps a desktop's frames coming: the source's updates, compared and published (on a
+//! capture thread of its own for a blocking source, on the async runtime for a polled one,
+//! large updates on the encode pool).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use atrium_protocol::display::{MAX_CLIPBOARD, truncate_utf8};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, watch};
+
+use crate::framebuffer::Framebuffer;
+use crate::metrics::Metrics;
+use crate::pipeline::capture::Capture;
+use crate::pipeline::encode::cursor_message;
+use crate::pipeline::pool::EncodePool;
+use crate::pipeline::publish::{Published, publish};
+use crate::source::{Buffered, FramebufferSource, PolledSource, SourceError, SourceEvent};
+
+/// Updates writing more than this many bytes of framebuffer (not bytes on the wire: a copy of
+/// the whole screen or a ZRLE fill is a few bytes) are decoded, compared and prepared on the
+/// encode pool; smaller ones on the async runtime, where a thread hand-off would cost more
+/// than the work.
+const LARGE_UPDATE: usize = 256 * 1024;
+
+/// The stages that turn a source's updates into frames (moved to the encode pool and back for a large
+/// update).
+pub(super) struct Stages {
+    pub(super) source: Box<dyn FramebufferSource>,
+    pub(super) fb: Framebuffer,
+    pub(super) capture: Capture,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Stages {
+    /// After a source reported `events` (its framebuffer is updated): the new frame, if the
+    /// screen really changed, with the update of viewers in step prepared.
+    fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Published>> {
+        let frame = self.capture.process(&self.fb, events)?;
+        self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
+        // Viewers in step get this frame's update ready-made.
+        Some(Arc::new(publish(frame, &self.metrics)))
+    }
+
+    /// Decodes the polled source's buffered message of `len` bytes and compares.
+    fn decode_and_compare(&mut self, len: usize) -> Result<Decoded, SourceError> {
+        let Some(p) = self.source.polled() else {
+            return Err(SourceError::protocol("the source cannot be polled"));
+        };
+        let Some(events) = p.decode_message(len, &mut self.fb)? else { return Ok(None) };
+        let frame = self.compare(&events);
+        Ok(Some((events, frame)))
+    }
+}
+
+/// What a decoded message reported, and the frame it made.
+type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Published>>)>;
+
+/// Where a desktop's captures go.
+pub(super) struct Publish {
+    pub(super) frames_tx: watch::Sender<Arc<Published>>,
+    pub(super) cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
+    pub(super) clipboard_out: broadcast::Sender<String>,
+}
+
+impl Publish {
+    pub(super) fn side_events(&self, events: &[SourceEvent]) {
+        for e in events {
+            match e {
+                SourceEvent::Cursor(c) => {
+                    self.cursor_tx.send_replace(Some(Arc::from(cursor_message(c))));
+                }
+                SourceEvent::Clipboard(t) => {
+                    let _ = self.clipboard_out.send(truncate_utf8(t, MAX_CLIPBOARD).to_owned());
+                }
+                SourceEvent::Damage(_) | SourceEvent::Resized { .. } => {}
+            }
+        }
+    }
+}
+
+pub(super) struct CaptureLoop {
+    pub(super) pipe: Stages,
+    pub(super) out: Publish,
+}
+
+impl CaptureLoop {
+    /// Drives a blocking source on its own thread.
+    pub(super) fn run(&mut self) {
+        loop {
+            match self.pipe.source.next_update(&mut self.pipe.fb) {
+                Ok(events) => {
+                    self.out.side_events(&events);
+                    if let Some(frame) = self.pipe.compare(&events) {
+                        self.out.frames_tx.send_replace(frame);
+                    }
+                }
+                Err(SourceError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the desktop's display source ended");
+                    return;
+                }
+            }
+            if self.out.frames_tx.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Drives a polled source from the async runtime: waits for its socket, decodes small
+    /// updates right here and large ones on `pool`.
+    pub(super) async fn run_polled(self, pool: EncodePool, span: &tracing::Span) {
+        let Self { pipe, out } = self;
+        match poll_loop(pipe, &out, &pool).await {
+            Ok(()) | Err(SourceError::Stopped) => {}
+            Err(e) => {
+                tracing::warn!(parent: span, error = %e, "the desktop's display source ended");
+            }
+        }
+    }
+}
+
+fn polled(pipe: &mut Stages) -> Result<&mut dyn PolledSource, SourceError> {
+    pipe.source.polled().ok_or_else(|| SourceError::protocol("the source cannot be polled"))
+}
+
+async fn poll_loop(mut pipe: Stages, out: &Publish, pool: &EncodePool) -> Result<(), SourceError> {
+    let fd = polled(&mut pipe)?.readiness()?;
+    // SAFETY: `fd` is an open descriptor that the AsyncFd owns from here (an `OwnedFd` always
+    // returns the same descriptor and closes it only when dropped, with the AsyncFd).
+    let ready = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| SourceError::Io(std::io::Error::other(e.to_string())))?;
+    loop {
+        if out.frames_tx.is_closed() {
+            return Ok(());
+        }
+        let Some(Buffered { len, work }) = polled(&mut pipe)?.buffered_message()? else {
+            let again = polled(&mut pipe)?.keep_alive(std::time::Instant::now());
+            let mut guard = tokio::select! {
+                biased;
+                g = ready.readable() => g?,
+                () = tokio::time::sleep_until(again.unwrap_or_else(std::time::Instant::now).into()), if again.is_some() => continue,
+            };
+            match guard.try_io(|_| match polled(&mut pipe) {
+                Ok(p) => p.read_available(),
+                Err(e) => Err(std::io::Error::other(e)),
+            }) {
+                Ok(Ok(0)) => {
+                    return Err(SourceError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the display source closed the connection",
+                    )));
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+            continue;
+        };
+        let decoded = if work >= LARGE_UPDATE || len >= LARGE_UPDATE {
+            let (back, decoded) = pool
+                .run(move || {
+                    let d = pipe.decode_and_compare(len);
+                    (pipe, d)
+                })
+                .await
+                .map_err(|_| SourceError::protocol("the encode pool stopped"))?;
+            pipe = back;
+            decoded?
+        } else {
+            pipe.decode_and_compare(len)?
+        };
+        if let Some((events, frame)) = decoded {
+            out.side_events(&events);
+            if let Some(frame) = frame {
+                out.frames_tx.send_replace(frame);
+            }
+        }
+        // A server that keeps the socket full of small messages must not keep the runtime's
+        // one thread from the viewers: this yields once the task's budget is spent.
+        tokio::task::coop::consume_budget().await;
+    }
+}
