@@ -6,7 +6,8 @@
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
-//! - [`viewer`]: one WebSocket with flow control and the ticket's rights;
+//! - [`viewer`]: one WebSocket (sending with flow control, receiving under the ticket's
+//!   rights) and the desktop sessions the broker can end;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
 //! - [`server`]: the HTTP routes (served by [`atrium_door`]: the accept loop and its limits);
 //!   [`config`]: the service's settings;

@@ -1,0 +1,141 @@
+//! One viewer's WebSocket: a receiving task that checks every client message and enforces the
+//! ticket's rights, and a sending loop with flow control. At most `max_frames_in_flight`
+//! frames are unacknowledged; while the window is full the viewer is simply not sent anything,
+//! and when room appears it gets the newest frame (a slow viewer gets fewer, newer frames, and
+//! nothing queues up). Lossy areas are refined once they stop changing.
+
+mod receive;
+mod send;
+mod sessions;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::display::caps;
+use atrium_protocol::ticket::{Capabilities, DisplayClaims};
+use axum::extract::ws::WebSocket;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+pub use sessions::{Ending, Sessions};
+
+use crate::desktop::ViewerSlot;
+use crate::metrics::Metrics;
+use crate::pipeline::pool::EncodePool;
+use receive::receive;
+use send::Sender;
+
+/// How long a close message may take to go out to a client.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// What every viewer shares.
+#[derive(Debug)]
+pub struct ViewerContext {
+    pub pool: EncodePool,
+    pub metrics: Arc<Metrics>,
+    pub max_in_flight: u8,
+    pub refine_after: Duration,
+    pub ack_timeout: Duration,
+}
+
+/// The capability bits of a ticket, as sent in Hello.
+pub fn caps_bits(c: &Capabilities) -> u32 {
+    let mut b = 0;
+    for (on, bit) in [
+        (c.view_only, caps::VIEW_ONLY),
+        (c.clipboard_copy_out, caps::CLIPBOARD_COPY_OUT),
+        (c.clipboard_paste_in, caps::CLIPBOARD_PASTE_IN),
+        (c.file_upload, caps::FILE_UPLOAD),
+        (c.file_download, caps::FILE_DOWNLOAD),
+        (c.shadow, caps::SHADOW),
+    ] {
+        if on {
+            b |= bit;
+        }
+    }
+    b
+}
+
+/// What the receiving task tells the sending loop.
+#[derive(Debug)]
+enum Event {
+    Ack(u32),
+    Ping(u32),
+    Refresh,
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The client went away.
+    Gone,
+}
+
+/// The input sequence numbers of recent events, with when they were forwarded.
+#[derive(Debug, Default)]
+struct InputLog {
+    recent: VecDeque<(u32, Instant)>,
+}
+
+impl InputLog {
+    /// Notes that input `seq` was forwarded at `at` (taken before the forwarding: a source that
+    /// reacts at once may capture its pixels before the forwarding returns).
+    fn record(&mut self, seq: u32, at: Instant) {
+        if self.recent.len() >= 64 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, at));
+    }
+
+    /// The newest input forwarded before `t`.
+    fn before(&self, t: Instant) -> u32 {
+        self.recent.iter().rev().find(|(_, at)| *at <= t).map_or(0, |(s, _)| *s)
+    }
+}
+
+/// Runs a viewer until it or the desktop goes away.
+pub async fn serve(
+    socket: WebSocket,
+    slot: ViewerSlot,
+    claims: DisplayClaims,
+    ctx: Arc<ViewerContext>,
+    sessions: Arc<Sessions>,
+) {
+    // The span names the viewer in its log lines; it is not entered on every poll of the
+    // connection (that costs more than the few lines it serves).
+    let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
+    let entry = sessions.register(&claims.sid);
+    serve_inner(socket, slot, claims.caps, ctx, Arc::clone(&entry.notify), &span).await;
+    drop(entry);
+}
+
+async fn serve_inner(
+    socket: WebSocket,
+    slot: ViewerSlot,
+    rights: Capabilities,
+    ctx: Arc<ViewerContext>,
+    ended: Arc<Ending>,
+    span: &tracing::Span,
+) {
+    let desktop = Arc::clone(slot.desktop());
+    ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(parent: span, view_only = rights.view_only, viewers = desktop.viewers(), "viewer connected");
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::channel(64);
+    let inputs = Arc::new(Mutex::new(InputLog::default()));
+    let receiver = tokio::spawn(receive(
+        stream,
+        tx,
+        Arc::clone(&desktop),
+        rights,
+        Arc::clone(&inputs),
+        Arc::clone(&ctx.metrics),
+        Arc::clone(&ended),
+    ));
+    let mut sender =
+        Sender::new(sink, Arc::clone(&ctx), Arc::clone(&desktop), rights, inputs, ended);
+    let why = sender.run(rx).await;
+    receiver.abort();
+    ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(parent: span, reason = %why, "viewer disconnected");
+    drop(slot);
+}

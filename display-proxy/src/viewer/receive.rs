@@ -1,0 +1,192 @@
+//! The receiving task of one viewer: every client message checked, the ticket's rights
+//! enforced, input forwarded to the desktop, keys held released when the viewer goes.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use atrium_protocol::display::{ClientMessage, DecodeError};
+use atrium_protocol::keymap;
+use atrium_protocol::ticket::Capabilities;
+use axum::extract::ws::{Message, WebSocket, close_code};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use tokio::sync::mpsc;
+
+use super::{Ending, Event, InputLog};
+use crate::desktop::Desktop;
+use crate::metrics::Metrics;
+use crate::source::InputEvent;
+
+/// Most keys one viewer is tracked as holding down at once.
+const MAX_HELD_KEYS: usize = 256;
+
+/// Keys and buttons a viewer holds down, released if it goes away.
+struct Held {
+    desktop: Arc<Desktop>,
+    keys: HashSet<(u32, Option<u16>)>,
+    buttons: Option<(u16, u16, u8)>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for (keysym, evdev) in self.keys.drain() {
+            let _ = self.desktop.input().send(InputEvent::Key { down: false, keysym, evdev });
+        }
+        if let Some((x, y, b)) = self.buttons
+            && b != 0
+        {
+            let _ = self.desktop.input().send(InputEvent::Pointer {
+                x,
+                y,
+                buttons: 0,
+                wheel_x: 0,
+                wheel_y: 0,
+            });
+        }
+    }
+}
+
+fn close_for(e: &DecodeError) -> (u16, String) {
+    let code = match e {
+        DecodeError::TooLarge(_) => close_code::SIZE,
+        DecodeError::UnknownType(_) => close_code::UNSUPPORTED,
+        _ => close_code::PROTOCOL,
+    };
+    (code, format!("bad message: {e}"))
+}
+
+pub(super) async fn receive(
+    mut stream: SplitStream<WebSocket>,
+    tx: mpsc::Sender<Event>,
+    desktop: Arc<Desktop>,
+    rights: Capabilities,
+    inputs: Arc<Mutex<InputLog>>,
+    metrics: Arc<Metrics>,
+    ending: Arc<Ending>,
+) {
+    let mut held = Held { desktop: Arc::clone(&desktop), keys: HashSet::new(), buttons: None };
+    loop {
+        let msg = match stream.next().await {
+            None => {
+                let _ = tx.send(Event::Gone).await;
+                return;
+            }
+            Some(Err(e)) => {
+                let text = e.to_string();
+                let ev = if text.contains("Space limit exceeded") || text.contains("too long") {
+                    Event::Close(close_code::SIZE, "bad message: over the size limit".into())
+                } else {
+                    Event::Gone
+                };
+                let _ = tx.send(ev).await;
+                return;
+            }
+            Some(Ok(m)) => m,
+        };
+        let data = match msg {
+            Message::Binary(b) => b,
+            Message::Text(_) => {
+                let _ = tx
+                    .send(Event::Close(
+                        close_code::UNSUPPORTED,
+                        "text messages are not part of the display protocol".into(),
+                    ))
+                    .await;
+                return;
+            }
+            Message::Close(_) => {
+                let _ = tx.send(Event::Gone).await;
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let m = match ClientMessage::decode(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                let (code, reason) = close_for(&e);
+                let _ = tx.send(Event::Close(code, reason)).await;
+                return;
+            }
+        };
+        // Once the broker ended the session nothing more reaches the desktop, even while the
+        // sending side is still stuck on a client that does not read.
+        if ending.is_ended() {
+            let _ = tx.send(Event::Gone).await;
+            return;
+        }
+        let ev = match m {
+            ClientMessage::Key { seq, down, keysym, code } => {
+                let evdev = keymap::evdev_code(&code);
+                forward(
+                    &desktop,
+                    &rights,
+                    &metrics,
+                    &inputs,
+                    seq,
+                    InputEvent::Key { down, keysym, evdev },
+                );
+                if !rights.view_only {
+                    // A keyboard has about a hundred keys: a client claiming to hold more is
+                    // not tracked further (its releases at disconnect are best effort anyway).
+                    if down && held.keys.len() < MAX_HELD_KEYS {
+                        held.keys.insert((keysym, evdev));
+                    } else if !down {
+                        held.keys.remove(&(keysym, evdev));
+                    }
+                }
+                continue;
+            }
+            ClientMessage::Pointer { seq, x, y, buttons, wheel_x, wheel_y } => {
+                forward(
+                    &desktop,
+                    &rights,
+                    &metrics,
+                    &inputs,
+                    seq,
+                    InputEvent::Pointer { x, y, buttons, wheel_x, wheel_y },
+                );
+                if !rights.view_only {
+                    held.buttons = Some((x, y, buttons));
+                }
+                continue;
+            }
+            ClientMessage::Clipboard { text } => {
+                if rights.clipboard_paste_in && !rights.view_only {
+                    desktop.paste(text);
+                } else {
+                    tracing::debug!("clipboard paste refused: not allowed by the ticket");
+                }
+                continue;
+            }
+            ClientMessage::FrameAck { frame } => Event::Ack(frame),
+            ClientMessage::Ping { id } => Event::Ping(id),
+            ClientMessage::Refresh => Event::Refresh,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn forward(
+    desktop: &Desktop,
+    rights: &Capabilities,
+    metrics: &Metrics,
+    inputs: &Mutex<InputLog>,
+    seq: u32,
+    ev: InputEvent,
+) {
+    if rights.view_only {
+        metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let at = Instant::now();
+    if let Err(e) = desktop.input().send(ev) {
+        metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "input dropped");
+        return;
+    }
+    inputs.lock().expect("input log lock").record(seq, at);
+}

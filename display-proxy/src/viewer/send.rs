@@ -1,0 +1,354 @@
+//! The sending loop of one viewer: flow control (at most `max_frames_in_flight` frames
+//! unacknowledged), the newest frame when there is room, refinement of lossy areas, the
+//! pointer shape and the guest's clipboard.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::display::{ServerMessage, VERSION};
+use atrium_protocol::ticket::Capabilities;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits};
+use crate::desktop::Desktop;
+use crate::metrics::Metrics;
+use crate::pipeline::encode::encode_plan;
+use crate::pipeline::frame::Frame;
+use crate::pipeline::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
+use crate::pipeline::publish::Published;
+
+struct InFlight {
+    id: u32,
+    sent: Instant,
+    bytes: usize,
+}
+
+pub(super) struct Sender {
+    sink: SplitSink<WebSocket, Message>,
+    ctx: Arc<ViewerContext>,
+    desktop: Arc<Desktop>,
+    rights: Capabilities,
+    inputs: Arc<Mutex<InputLog>>,
+    ended: Arc<Ending>,
+    view: ViewerTiles,
+    in_flight: VecDeque<InFlight>,
+    next_id: u32,
+    /// Measured bytes per second to this viewer.
+    bandwidth: Option<f64>,
+}
+
+impl Sender {
+    pub(super) fn new(
+        sink: SplitSink<WebSocket, Message>,
+        ctx: Arc<ViewerContext>,
+        desktop: Arc<Desktop>,
+        rights: Capabilities,
+        inputs: Arc<Mutex<InputLog>>,
+        ended: Arc<Ending>,
+    ) -> Self {
+        Self {
+            sink,
+            ctx,
+            desktop,
+            rights,
+            inputs,
+            ended,
+            view: ViewerTiles::new(),
+            in_flight: VecDeque::new(),
+            next_id: 1,
+            bandwidth: None,
+        }
+    }
+
+    /// JPEG quality for the measured throughput.
+    fn quality(&self) -> u8 {
+        match self.bandwidth {
+            None => 70,
+            Some(b) if b >= 10e6 => 85,
+            Some(b) if b >= 3e6 => 75,
+            Some(b) if b >= 1e6 => 60,
+            Some(_) => 45,
+        }
+    }
+
+    /// Queues one message. A client that stops reading cannot hold the viewer (and the
+    /// desktop's slot) forever: a write that waits longer than the acknowledgement timeout
+    /// fails.
+    async fn send(&mut self, bytes: Bytes) -> Result<usize, axum::Error> {
+        let n = bytes.len();
+        let limit = self.ctx.ack_timeout;
+        tokio::time::timeout(limit, self.sink.feed(Message::Binary(bytes)))
+            .await
+            .map_err(|_| axum::Error::new("the client stopped reading"))??;
+        Ok(n)
+    }
+
+    /// Sends what is queued, within the acknowledgement timeout.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        tokio::time::timeout(self.ctx.ack_timeout, self.sink.flush())
+            .await
+            .map_err(|_| axum::Error::new("the client stopped reading"))?
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let reason = atrium_protocol::display::truncate_utf8(reason, 120).to_owned();
+        let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.sink.send(close)).await;
+    }
+
+    pub(super) async fn run(&mut self, mut rx: mpsc::Receiver<Event>) -> String {
+        let mut frames = self.desktop.frames();
+        let mut cursor = self.desktop.cursor();
+        let mut clip = self.desktop.clipboard();
+        let first = Arc::clone(&frames.borrow());
+        let hello = ServerMessage::Hello {
+            version: VERSION,
+            width: first.frame.grid.width,
+            height: first.frame.grid.height,
+            caps: caps_bits(&self.rights),
+            max_frames_in_flight: self.ctx.max_in_flight,
+            name: self.desktop.name.clone(),
+        };
+        if self.send(Bytes::from(hello.encode())).await.is_err() {
+            return "send failed".into();
+        }
+        let shape = cursor.borrow_and_update().clone();
+        if let Some(c) = shape
+            && self.send(Bytes::from_owner(c)).await.is_err()
+        {
+            return "send failed".into();
+        }
+        let max = usize::from(self.ctx.max_in_flight);
+        // The timers and the end-of-session notification live across iterations: each loop
+        // only moves a deadline when it changes (a new timer per wake-up would register and
+        // deregister it every time).
+        let ended = Arc::clone(&self.ended);
+        let ended = ended.notify.notified();
+        tokio::pin!(ended);
+        let far = Instant::now() + Duration::from_secs(365 * 86_400);
+        let refine_timer = tokio::time::sleep_until(far.into());
+        tokio::pin!(refine_timer);
+        let ack_timer = tokio::time::sleep_until(far.into());
+        tokio::pin!(ack_timer);
+        let (mut refine_armed, mut ack_armed) = (None::<Instant>, None::<Instant>);
+        loop {
+            if self.in_flight.len() < max {
+                let newest = Arc::clone(&frames.borrow_and_update());
+                let result = if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 {
+                    self.send_frame(newest, false).await
+                } else if next_refine(&self.view, self.ctx.refine_after)
+                    .is_some_and(|t| t <= Instant::now())
+                {
+                    self.send_frame(newest, true).await
+                } else {
+                    Ok(false)
+                };
+                match result {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return format!("send failed: {e}"),
+                }
+            }
+            let room = self.in_flight.len() < max;
+            let refine_at =
+                if room { next_refine(&self.view, self.ctx.refine_after) } else { None };
+            let ack_deadline = self.in_flight.front().map(|f| f.sent + self.ctx.ack_timeout);
+            if refine_at != refine_armed {
+                if let Some(t) = refine_at {
+                    refine_timer.as_mut().reset(t.into());
+                }
+                refine_armed = refine_at;
+            }
+            if ack_deadline != ack_armed {
+                if let Some(t) = ack_deadline {
+                    ack_timer.as_mut().reset(t.into());
+                }
+                ack_armed = ack_deadline;
+            }
+            tokio::select! {
+                biased;
+                () = &mut ended => {
+                    self.close(close_code::NORMAL, "the session ended").await;
+                    return "the broker ended the session".into();
+                }
+                ev = rx.recv() => match ev {
+                    Some(Event::Ack(id)) => {
+                        if !self.ack(id) {
+                            self.ctx.metrics.connections_closed_bad_message.fetch_add(1, Ordering::Relaxed);
+                            self.close(close_code::PROTOCOL, "acknowledgement of a frame never sent").await;
+                            return "acknowledgement of a frame never sent".into();
+                        }
+                    }
+                    Some(Event::Ping(id)) => {
+                        let pong = ServerMessage::Pong { id }.encode();
+                        if self.send(Bytes::from(pong)).await.is_err() || self.flush().await.is_err() {
+                            return "send failed".into();
+                        }
+                    }
+                    Some(Event::Refresh) => self.view = ViewerTiles::new(),
+                    Some(Event::Close(code, reason)) => {
+                        self.ctx.metrics.connections_closed_bad_message.fetch_add(1, Ordering::Relaxed);
+                        self.close(code, &reason).await;
+                        return reason;
+                    }
+                    Some(Event::Gone) | None => return "the client closed the connection".into(),
+                },
+                r = frames.changed(), if room => {
+                    if r.is_err() {
+                        self.close(close_code::AWAY, "the desktop's display ended").await;
+                        return "the desktop's display ended".into();
+                    }
+                }
+                r = cursor.changed() => {
+                    if r.is_ok() {
+                        let shape = cursor.borrow_and_update().clone();
+                        if let Some(c) = shape
+                            && (self.send(Bytes::from_owner(c)).await.is_err() || self.flush().await.is_err())
+                        {
+                            return "send failed".into();
+                        }
+                    }
+                }
+                r = clip.recv(), if self.rights.clipboard_copy_out => match r {
+                    Ok(text) => {
+                        let m = ServerMessage::Clipboard { text }.encode();
+                        if self.send(Bytes::from(m)).await.is_err() || self.flush().await.is_err() {
+                            return "send failed".into();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => clip = broadcast::channel(1).1,
+                },
+                () = &mut refine_timer, if refine_armed.is_some() => refine_armed = None,
+                () = &mut ack_timer, if ack_armed.is_some() => {
+                    self.close(close_code::POLICY, "no frame acknowledgement").await;
+                    return "no frame acknowledgement".into();
+                }
+            }
+        }
+    }
+
+    /// Takes an acknowledgement of every frame up to `id`; false when `id` names a frame not
+    /// sent yet (a client must not open its own window).
+    fn ack(&mut self, id: u32) -> bool {
+        if id >= self.next_id && !self.in_flight.iter().any(|f| f.id == id) {
+            return false;
+        }
+        while let Some(f) = self.in_flight.front() {
+            if f.id > id {
+                break;
+            }
+            let f = self.in_flight.pop_front().expect("front exists");
+            if f.id == id && f.bytes >= 16 * 1024 {
+                let secs = f.sent.elapsed().as_secs_f64().max(0.001);
+                #[allow(clippy::cast_precision_loss)]
+                let sample = f.bytes as f64 / secs;
+                self.bandwidth = Some(self.bandwidth.map_or(sample, |b| b * 0.7 + sample * 0.3));
+            }
+        }
+        true
+    }
+
+    /// Plans, encodes and sends one frame (an update, or a refinement). Returns whether
+    /// anything was sent.
+    async fn send_frame(
+        &mut self,
+        published: Arc<Published>,
+        refine: bool,
+    ) -> Result<bool, axum::Error> {
+        let now = Instant::now();
+        let frame = Arc::clone(&published.frame);
+        let prepared =
+            if !refine && is_next(&frame, &self.view) { published.in_step() } else { None };
+        let (plan, messages) = if let Some(p) = prepared {
+            (p.plan.clone(), p.messages.clone())
+        } else {
+            let view = self.view.clone();
+            let p = Arc::clone(&published);
+            let metrics = Arc::clone(&self.ctx.metrics);
+            let (after, quality) = (self.ctx.refine_after, Some(self.quality()));
+            let work = move || {
+                let plan = if refine {
+                    plan_refine(&p.frame, &view, now, after)
+                } else {
+                    plan_update(&p.frame, &view, quality)
+                };
+                let messages = encode_plan(&p.frame, &p.encodings, &plan, &metrics);
+                (plan, messages)
+            };
+            // A small change (typing, a pointer) is planned and encoded right here: the
+            // thread hand-offs to the pool would cost more than the work. Anything else is
+            // one job on the pool, whatever the number of rectangles.
+            if !refine && is_small(&frame, &self.view) {
+                work()
+            } else {
+                self.ctx
+                    .pool
+                    .run(work)
+                    .await
+                    .map_err(|_| axum::Error::new("the encode pool stopped"))?
+            }
+        };
+        if plan.is_empty() {
+            if !refine {
+                apply(&mut self.view, &frame, &plan, now);
+            }
+            return Ok(false);
+        }
+        if !refine && self.view.sent_seq > 0 && frame.seq > self.view.sent_seq + 1 {
+            Metrics::add(&self.ctx.metrics.frames_dropped, frame.seq - self.view.sent_seq - 1);
+        }
+        if refine {
+            Metrics::add(&self.ctx.metrics.refinements, 1);
+        }
+        let mut bytes = 0;
+        if let Some((width, height)) = plan.resize {
+            bytes +=
+                self.send(Bytes::from(ServerMessage::Resize { width, height }.encode())).await?;
+        }
+        if let Some(c) = plan.copy {
+            let m = ServerMessage::Copy { rect: c.rect, src_x: c.src_x, src_y: c.src_y }.encode();
+            bytes += self.send(Bytes::from(m)).await?;
+        }
+        for msg in messages {
+            bytes += self.send(Bytes::from_owner(msg)).await?;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let input_seq = self.inputs.lock().expect("input log lock").before(frame.captured_at);
+        bytes += self
+            .send(Bytes::from(ServerMessage::FrameEnd { frame: id, input_seq }.encode()))
+            .await?;
+        self.flush().await?;
+        self.in_flight.push_back(InFlight { id, sent: Instant::now(), bytes });
+        apply(&mut self.view, &frame, &plan, now);
+        Metrics::add(&self.ctx.metrics.frames_sent, 1);
+        Metrics::add(&self.ctx.metrics.bytes_sent, u64::try_from(bytes).unwrap_or(u64::MAX));
+        Ok(true)
+    }
+}
+
+/// Pixels below which an update is planned and encoded on the connection's own task.
+const INLINE_PIXELS: u32 = 64 * 64 * 4;
+
+/// Whether `view` has the frame just before `frame`, at its size.
+fn is_next(frame: &Frame, view: &ViewerTiles) -> bool {
+    view.sent_seq > 0
+        && view.sent_seq + 1 == frame.seq
+        && view.sent_seq >= frame.size_seq
+        && (view.width, view.height) == (frame.grid.width, frame.grid.height)
+}
+
+/// Whether bringing `view` to `frame` is a small job: the viewer has the frame before, and
+/// few pixels changed.
+fn is_small(frame: &Frame, view: &ViewerTiles) -> bool {
+    is_next(frame, view)
+        && frame.delta.iter().map(|d| u32::from(d.bbox.w) * u32::from(d.bbox.h)).sum::<u32>()
+            <= INLINE_PIXELS
+}
