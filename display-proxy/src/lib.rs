@@ -9,21 +9,24 @@
 //! - [`viewer`]: one WebSocket (sending with flow control, receiving under the ticket's
 //!   rights) and the desktop sessions the broker can end;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
-//! - [`server`]: the HTTP routes (served by [`atrium_door`]: the accept loop and its limits);
-//!   [`config`]: the service's settings;
+//! - [`http`]: the HTTP edge, one module per resource (served by [`atrium_door`]: the accept
+//!   loop and its limits), with [`error`] (a refusal) and [`auth`] (what a viewer must show),
+//!   shared with the gateway; [`config`]: the service's settings;
 //! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
 //!   viewers to the display proxy on their desktop's node.
 //!
 //! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`.
 
+pub mod auth;
 pub mod config;
 pub mod desktop;
+pub mod error;
 pub mod framebuffer;
 pub mod gateway;
+pub mod http;
 pub mod issuer;
 pub mod metrics;
 pub mod pipeline;
-pub mod server;
 pub mod source;
 pub mod ticket;
 pub mod viewer;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use atrium_display::config::DisplayConfig;
 use atrium_display::gateway::{self, config::GatewayConfig};
-use atrium_display::server::{AppState, router};
+use atrium_display::http::{AppState, router};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

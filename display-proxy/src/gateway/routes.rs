@@ -5,19 +5,18 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use atrium_protocol::node::{ErrorBody, validate_name};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 
 use super::Gateway;
 use super::metrics::Refusal;
 use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
-use crate::ticket::TicketError;
+use crate::auth::{WsQuery, check_origin, check_vm};
+use crate::error::Refused;
 use atrium_door::Slot;
 
 /// The routes.
@@ -56,15 +55,14 @@ async fn metrics(State(g): State<Gateway>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct WsQuery {
-    #[serde(default)]
-    ticket: String,
+/// A refusal, counted by its reason.
+fn refuse(g: &Gateway, why: Refusal, status: StatusCode, message: String) -> Response {
+    refused(g, why, Refused::new(status, message))
 }
 
-fn refuse(g: &Gateway, why: Refusal, status: StatusCode, message: String) -> Response {
+fn refused(g: &Gateway, why: Refusal, r: Refused) -> Response {
     g.metrics().refuse(why);
-    (status, Json(ErrorBody { error: message, field: None })).into_response()
+    r.into_response()
 }
 
 /// Whether the request asks for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`,
@@ -107,20 +105,10 @@ async fn ws(
             "missing Sec-WebSocket-Key".into(),
         );
     };
-    if validate_name("vm", &vm, 128).is_err() {
-        return refuse(&g, Refusal::Request, StatusCode::BAD_REQUEST, "invalid VM id".into());
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| g.0.cfg.allowed_origins.iter().any(|a| a == o));
-        if !ok {
-            tracing::warn!(vm, origin = ?origin, "display connection from a page not allowed");
-            return refuse(
-                &g,
-                Refusal::Request,
-                StatusCode::FORBIDDEN,
-                "origin not allowed".into(),
-            );
-        }
+    if let Err(r) =
+        check_vm(&vm).and_then(|()| check_origin(&vm, headers, &g.0.cfg.allowed_origins))
+    {
+        return refused(&g, Refusal::Request, r);
     }
     let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
     let client = atrium_protocol::net::client_addr(peer.ip(), hops, g.door().trusted());
@@ -130,12 +118,7 @@ async fn ws(
         Ok(c) => c,
         Err(e) => {
             tracing::info!(vm, client = %client, reason = %e, "display ticket refused at the gateway");
-            let status = match e {
-                _ if e.is_forbidden() => StatusCode::FORBIDDEN,
-                TicketError::Busy | TicketError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return refuse(&g, Refusal::Ticket, status, e.to_string());
+            return refused(&g, Refusal::Ticket, Refused::from(&e));
         }
     };
     let backend = match claims.proxy.as_deref().ok_or(RelayError::NoProxy).and_then(Backend::parse)

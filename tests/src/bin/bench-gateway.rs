@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use atrium_display::config::DisplayConfig;
 use atrium_display::framebuffer::Framebuffer;
+use atrium_display::http::{AppState, router};
 use atrium_display::issuer::{JwksServer, TicketIssuer};
-use atrium_display::server::{AppState, router};
 use atrium_display::source::open::{OpenError, OpenedSource, SourceOpener};
 use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
 use atrium_display::source::{

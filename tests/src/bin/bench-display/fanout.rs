@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::round;
 use atrium_display::config::DisplayConfig;
+use atrium_display::http::{AppState, router};
 use atrium_display::issuer::{JwksServer, TicketIssuer};
-use atrium_display::server::{AppState, router};
 use atrium_display::source::open::SourceOpener;
 use atrium_display::source::synthetic::SyntheticConfig;
 use atrium_display::source::synthetic::SyntheticOpener;

@@ -2,6 +2,7 @@
 //! WebSocket clients.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use atrium_protocol::display::{ClientMessage, ServerMessage, caps};

@@ -1,0 +1,132 @@
+//! The display proxy's HTTP edge, one module per resource: `meta` (`/healthz`, `/metrics`),
+//! `viewers` (`GET /ws/{vm}?ticket=...`: a viewer's WebSocket, checked before anything else
+//! happens) and `sessions` (the broker ending a session). Refusals are [`Refused`]; what a
+//! request must show is in [`crate::auth`].
+//!
+//! [`Refused`]: crate::error::Refused
+
+mod meta;
+mod sessions;
+mod viewers;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::config::DisplayConfig;
+use crate::desktop::Desktops;
+use crate::metrics::Metrics;
+use crate::pipeline::pool::EncodePool;
+use crate::source::node::NodeClient;
+use crate::source::open::{NodeOpener, SourceOpener};
+use crate::ticket::{TicketVerifier, VerifierConfig};
+use crate::viewer::{Sessions, ViewerContext};
+use atrium_door::Door;
+
+/// Everything a request handler reaches.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    verifier: TicketVerifier,
+    desktops: Desktops,
+    viewer: Arc<ViewerContext>,
+    metrics: Arc<Metrics>,
+    allowed_origins: Vec<String>,
+    sessions: Arc<Sessions>,
+    /// The audience of the broker's signed calls here: this node.
+    node_audience: String,
+    door: Arc<Door>,
+}
+
+impl AppState {
+    /// The service as configured, finding displays through the node agent, serving TLS when
+    /// `tls_cert` is set.
+    pub fn from_config(cfg: &DisplayConfig) -> Result<Self, atrium_door::tls::TlsError> {
+        let node = NodeClient::new(&cfg.node_socket);
+        let keep_refresh = cfg.keep_refresh_after_input();
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(atrium_door::tls::TlsFiles::load(cert, key)?),
+            _ => None,
+        };
+        Ok(Self::build(cfg, Arc::new(NodeOpener { node, keep_refresh }), tls))
+    }
+
+    /// The service with another way to open displays (benchmarks and tests use a synthetic
+    /// desktop), without TLS.
+    pub fn with_opener(cfg: &DisplayConfig, opener: Arc<dyn SourceOpener>) -> Self {
+        Self::build(cfg, opener, None)
+    }
+
+    fn build(
+        cfg: &DisplayConfig,
+        opener: Arc<dyn SourceOpener>,
+        tls: Option<atrium_door::tls::TlsFiles>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let mut vcfg = VerifierConfig::new(&cfg.broker_url);
+        vcfg.node_id.clone_from(&cfg.node_id);
+        vcfg.leeway_secs = cfg.ticket_leeway_secs;
+        vcfg.min_refresh = std::time::Duration::from_secs(cfg.jwks_refresh_min_secs);
+        vcfg.ca_file.clone_from(&cfg.ca_file);
+        let pool = EncodePool::new(cfg.encode_threads, 16);
+        let viewer = Arc::new(ViewerContext {
+            pool: pool.clone(),
+            metrics: Arc::clone(&metrics),
+            max_in_flight: cfg.max_frames_in_flight,
+            refine_after: cfg.refine_after(),
+            ack_timeout: std::time::Duration::from_secs(cfg.ack_timeout_secs),
+        });
+        Self(Arc::new(Inner {
+            verifier: TicketVerifier::new(vcfg),
+            desktops: Desktops::new(
+                opener,
+                Arc::clone(&metrics),
+                pool,
+                cfg.max_viewers_per_desktop,
+            ),
+            viewer,
+            metrics,
+            allowed_origins: cfg.allowed_origins.clone(),
+            sessions: Arc::new(Sessions::default()),
+            node_audience: atrium_protocol::signed::node_audience(
+                cfg.node_id.as_deref().unwrap_or_default(),
+            ),
+            door: Arc::new(Door::new(cfg.door_limits(), tls)),
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// The accept loop's limits and counters.
+    pub fn door(&self) -> &Arc<Door> {
+        &self.0.door
+    }
+
+    /// Refreshes the broker's keys in the background until the service ends.
+    pub async fn keep_keys_fresh(&self) {
+        self.0.verifier.keep_fresh().await;
+    }
+
+    /// Fetches the broker's keys now; failure is logged, and retried when a ticket arrives.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.0.verifier.refresh().await {
+            tracing::warn!(error = %e, "cannot fetch the broker's signing keys yet");
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(meta::routes())
+        .merge(viewers::routes())
+        .merge(sessions::routes())
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;
