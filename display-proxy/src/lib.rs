@@ -15,7 +15,9 @@
 //! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
 //!   viewers to the display proxy on their desktop's node.
 //!
-//! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`.
+//! Its benchmark (Atrium against noVNC on the same desktop) is `tests/src/bin/bench-display`;
+//! what its tests and benchmarks use in place of a broker and a guest (a ticket issuer, a
+//! generated desktop) is `atrium-display-testkit` (`display-proxy/testkit`).
 
 pub mod auth;
 pub mod config;
@@ -24,7 +26,6 @@ pub mod error;
 pub mod framebuffer;
 pub mod gateway;
 pub mod http;
-pub mod issuer;
 pub mod metrics;
 pub mod pipeline;
 pub mod source;

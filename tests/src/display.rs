@@ -1,5 +1,5 @@
 //! The display proxy for tests: `atrium-display serve` in a temporary folder, a stand-in for the
-//! broker's JWKS and tickets (`atrium_display::issuer`), a small node API for a VNC socket the
+//! broker's JWKS and tickets (`atrium_display_testkit::issuer`), a small node API for a VNC socket the
 //! test started itself, and a WebSocket viewer that keeps the image it receives.
 
 use std::collections::HashMap;

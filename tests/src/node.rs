@@ -70,7 +70,7 @@ pub struct NodeProcess {
     child: Child,
     client: reqwest::Client,
     /// Signs the calls tests make, as the broker signs its own.
-    signer: atrium_display::issuer::TicketIssuer,
+    signer: atrium_display_testkit::issuer::TicketIssuer,
     /// The TLS settings it was started with (as environment variables).
     tls_env: Vec<(&'static str, PathBuf)>,
 }
@@ -145,7 +145,7 @@ impl NodeProcess {
         );
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config)?;
-        let signer = atrium_display::issuer::TicketIssuer::generate(TEST_SIGNER);
+        let signer = atrium_display_testkit::issuer::TicketIssuer::generate(TEST_SIGNER);
         let trusted = dir.path().join("trusted-keys.json");
         std::fs::write(&trusted, serde_json::to_string(&[signer.broker_key()])?)?;
         let tls_env: Vec<(&str, PathBuf)> = tls.map_or_else(Vec::new, |t| {
@@ -220,7 +220,7 @@ impl NodeProcess {
     }
 
     /// What signs the calls tests make (as the broker would).
-    pub fn signer(&self) -> &atrium_display::issuer::TicketIssuer {
+    pub fn signer(&self) -> &atrium_display_testkit::issuer::TicketIssuer {
         &self.signer
     }
 

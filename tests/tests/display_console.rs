@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::display::caps;
 use atrium_protocol::node::{DisplayEndpoint, VmInfo, VmState};
 use atrium_protocol::ticket::Capabilities;

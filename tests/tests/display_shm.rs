@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::node::DisplayEndpoint;
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::display::{DisplayOnlyNode, DisplayProxy, DisplayViewer, keep_artifact};

@@ -183,6 +183,3 @@ pub async fn run(cfg: GatewayConfig) -> Result<(), GatewayError> {
     serve(listener, gateway, shutdown).await;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -127,6 +127,3 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::routes())
         .with_state(state)
 }
-
-#[cfg(test)]
-mod tests;

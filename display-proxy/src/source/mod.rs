@@ -4,14 +4,12 @@
 //!
 //! - [`rfb`]: an RFB 3.8 client (QEMU's VNC socket, or any VNC server);
 //! - [`shm`]: the builtin VMM's shared framebuffer and dirty-page log;
-//! - [`synthetic`]: a generated desktop for benchmarks and tests of the pipeline;
 //! - [`open`]: opening a VM's display where the node agent ([`node`]) says it is.
 
 pub mod node;
 pub mod open;
 pub mod rfb;
 pub mod shm;
-pub mod synthetic;
 
 use std::fmt;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 
 use super::*;
-use crate::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 
 async fn setup() -> (TicketIssuer, JwksServer, TicketVerifier) {
     let issuer = TicketIssuer::generate("k1");

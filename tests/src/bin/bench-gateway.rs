@@ -21,12 +21,12 @@ use anyhow::{Context, bail, ensure};
 use atrium_display::config::DisplayConfig;
 use atrium_display::framebuffer::Framebuffer;
 use atrium_display::http::{AppState, router};
-use atrium_display::issuer::{JwksServer, TicketIssuer};
 use atrium_display::source::open::{OpenError, OpenedSource, SourceOpener};
-use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
 use atrium_display::source::{
     FramebufferSource, InputError, InputEvent, InputSink, SourceError, SourceEvent, Stopper,
 };
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::synthetic::{SyntheticConfig, SyntheticSource};
 use atrium_protocol::display::{ClientMessage, Rect, ServerMessage};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::TempDir;

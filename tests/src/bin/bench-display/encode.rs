@@ -16,7 +16,7 @@ use atrium_display::pipeline::encode::{Encodings, encode_rect, png};
 use atrium_display::pipeline::frame::{Frame, TileDelta};
 use atrium_display::pipeline::plan::{ViewerTiles, apply, plan_update};
 use atrium_display::source::FramebufferSource;
-use atrium_display::source::synthetic::{SyntheticConfig, SyntheticSource};
+use atrium_display_testkit::synthetic::{SyntheticConfig, SyntheticSource};
 
 const RUNS: usize = 5;
 

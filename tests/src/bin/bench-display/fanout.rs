@@ -15,10 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 use super::round;
 use atrium_display::config::DisplayConfig;
 use atrium_display::http::{AppState, router};
-use atrium_display::issuer::{JwksServer, TicketIssuer};
 use atrium_display::source::open::SourceOpener;
-use atrium_display::source::synthetic::SyntheticConfig;
-use atrium_display::source::synthetic::SyntheticOpener;
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::synthetic::SyntheticConfig;
+use atrium_display_testkit::synthetic::SyntheticOpener;
 use atrium_tests::procstat;
 
 const FPS: u32 = 30;

@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use super::relay::Relay;
 use super::{BenchOptions, round, static_files};
-use atrium_display::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_tests::procstat::{self, Usage};
 
 /// The node's id here (the one the bench's tickets name).

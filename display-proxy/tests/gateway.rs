@@ -13,15 +13,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::config::GatewayConfig;
-use super::metrics::Refusal;
-use super::*;
-use crate::config::DisplayConfig;
-use crate::http::{AppState, router as proxy_router};
-use crate::issuer::{JwksServer, TicketIssuer};
-use crate::source::open::SourceOpener;
-use crate::source::synthetic::SyntheticConfig;
-use crate::source::synthetic::SyntheticOpener;
+use atrium_display::config::DisplayConfig;
+use atrium_display::gateway::config::GatewayConfig;
+use atrium_display::gateway::metrics::Refusal;
+use atrium_display::gateway::{Gateway, serve};
+use atrium_display::http::{AppState, router as proxy_router};
+use atrium_display::source::open::SourceOpener;
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::synthetic::{SyntheticConfig, SyntheticOpener};
 
 const ORIGIN: &str = "https://desk.example";
 
@@ -463,7 +462,7 @@ async fn a_wss_proxy_is_relayed_over_tls_checked_against_the_ca() {
     // The same proxy state behind a TLS door.
     let tls = atrium_door::tls::TlsFiles::load(&cert, &key).unwrap();
     let door = Arc::new(atrium_door::Door::new(
-        crate::config::DisplayConfig::default().door_limits(),
+        atrium_display::config::DisplayConfig::default().door_limits(),
         Some(tls),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,9 +12,9 @@ use atrium_protocol::display::Rect;
 
 use futures_util::future::BoxFuture;
 
-use crate::framebuffer::Framebuffer;
-use crate::source::open::{OpenError, OpenedSource, SourceOpener};
-use crate::source::{
+use atrium_display::framebuffer::Framebuffer;
+use atrium_display::source::open::{OpenError, OpenedSource, SourceOpener};
+use atrium_display::source::{
     FramebufferSource, InputError, InputEvent, InputSink, SourceError, SourceEvent, Stopper,
 };
 
@@ -172,7 +172,7 @@ impl SyntheticSource {
                 *p = (r << 16) | (g << 8) | b;
             }
         }
-        Some(crate::framebuffer::union(old, Rect { x, y, w: bw, h: bh }))
+        Some(atrium_display::framebuffer::union(old, Rect { x, y, w: bw, h: bh }))
     }
 
     fn wait_tick(&mut self) -> Result<(), SourceError> {

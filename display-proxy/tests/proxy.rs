@@ -14,10 +14,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::*;
-use crate::issuer::{JwksServer, TicketIssuer};
-use crate::source::synthetic::SyntheticConfig;
-use crate::source::synthetic::SyntheticOpener;
+use atrium_display::config::DisplayConfig;
+use atrium_display::http::{AppState, router};
+use atrium_display::source::open::SourceOpener;
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_display_testkit::synthetic::{SyntheticConfig, SyntheticOpener};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -272,7 +273,7 @@ async fn view_only_viewers_cannot_type_and_shadows_share_one_desktop() {
     assert_eq!(input.count(), 1);
     assert_eq!(
         input.last(),
-        Some(crate::source::InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) })
+        Some(atrium_display::source::InputEvent::Key { down: true, keysym: 0x61, evdev: Some(30) })
     );
     assert!(
         Arc::ptr_eq(&h.opener.input_of("vm-1").unwrap(), &input),
@@ -289,7 +290,11 @@ async fn view_only_viewers_cannot_type_and_shadows_share_one_desktop() {
     assert!(released.is_ok());
     assert_eq!(
         input.last(),
-        Some(crate::source::InputEvent::Key { down: false, keysym: 0x61, evdev: Some(30) })
+        Some(atrium_display::source::InputEvent::Key {
+            down: false,
+            keysym: 0x61,
+            evdev: Some(30)
+        })
     );
 }
 
