@@ -6,7 +6,6 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::source::open::OpenError;
 use crate::ticket::TicketError;
 
 #[derive(Debug)]
@@ -35,19 +34,6 @@ impl From<&TicketError> for Refused {
             _ if e.is_forbidden() => StatusCode::FORBIDDEN,
             TicketError::Busy | TicketError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
-        };
-        Self::new(status, e.to_string())
-    }
-}
-
-/// A desktop that cannot be opened or joined.
-impl From<&OpenError> for Refused {
-    fn from(e: &OpenError) -> Self {
-        let status = match e {
-            OpenError::NotFound(_) => StatusCode::NOT_FOUND,
-            OpenError::NotRunning(_) => StatusCode::CONFLICT,
-            OpenError::TooManyViewers(_) => StatusCode::TOO_MANY_REQUESTS,
-            OpenError::Node(_) | OpenError::Source(_) => StatusCode::BAD_GATEWAY,
         };
         Self::new(status, e.to_string())
     }

@@ -1,8 +1,8 @@
 //! Atrium's display proxy: turns a VM's screen into a stream a browser draws, and carries
 //! keyboard and pointer back.
 //!
-//! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory, synthetic), and
-//!   opening a VM's display where the node agent says it is;
+//! - [`source`]: where pixels come from (RFB, the builtin VMM's shared memory) into a
+//!   [`framebuffer`], and opening a VM's display where the node agent says it is;
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
@@ -11,7 +11,7 @@
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
 //! - [`http`]: the HTTP edge, one module per resource (served by [`atrium_door`]: the accept
 //!   loop and its limits), with [`error`] (a refusal) and [`auth`] (what a viewer must show),
-//!   shared with the gateway; [`config`]: the service's settings;
+//!   shared with the gateway; [`config`]: the service's settings; [`metrics`]: its counters;
 //! - [`gateway`]: `atrium-display gateway`, the public door that checks tickets and relays
 //!   viewers to the display proxy on their desktop's node.
 //!

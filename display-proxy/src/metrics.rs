@@ -99,16 +99,16 @@ impl Metrics {
     }
 }
 
-/// Reads one sample from a Prometheus text exposition (for tests and the benchmark).
-pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads one sample from a Prometheus text exposition.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
 
     #[test]
     fn renders_and_parses() {

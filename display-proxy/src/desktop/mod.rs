@@ -26,7 +26,7 @@ use crate::pipeline::publish::Published;
 use crate::source::open::{ClipboardLink, OpenError, OpenedSource};
 use crate::source::{InputSink, SourceError, SourceEvent, Stopper};
 use clipboard::poll_clipboard;
-use run::{CaptureLoop, Publish, Stages};
+use run::{CaptureLoop, Outlets};
 
 /// One watched desktop.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Desktop {
     }
 
     /// [`Desktop::start`], giving the source `first_update_timeout` to send its first image.
-    pub async fn start_within(
+    pub(crate) async fn start_within(
         vm: &str,
         opened: OpenedSource,
         metrics: Arc<Metrics>,
@@ -121,14 +121,12 @@ impl Desktop {
             tasks: Mutex::new(Vec::new()),
             metrics: Arc::clone(&metrics),
         });
-        let mut cap = CaptureLoop {
-            pipe: Stages { source, fb, capture, metrics: Arc::clone(&metrics) },
-            out: Publish { frames_tx, cursor_tx, clipboard_out: clipboard_out.clone() },
-        };
-        cap.out.side_events(&events);
+        let out = Outlets { frames_tx, cursor_tx, clipboard_out: clipboard_out.clone() };
+        let mut cap = CaptureLoop::new(source, fb, capture, Arc::clone(&metrics), out);
+        cap.side_events(&events);
         let vm_name = vm.to_owned();
         let span = tracing::info_span!("capture", vm = %vm_name);
-        if cap.pipe.source.polled().is_some() {
+        if cap.is_polled() {
             // Not instrumented: the span is entered for the one line the task may log, not on
             // every poll.
             let task = tokio::spawn(async move {

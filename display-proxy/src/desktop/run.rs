@@ -24,13 +24,13 @@ use crate::source::{Buffered, FramebufferSource, PolledSource, SourceError, Sour
 /// than the work.
 const LARGE_UPDATE: usize = 256 * 1024;
 
-/// The stages that turn a source's updates into frames (moved to the encode pool and back for a large
-/// update).
-pub(super) struct Stages {
-    pub(super) source: Box<dyn FramebufferSource>,
-    pub(super) fb: Framebuffer,
-    pub(super) capture: Capture,
-    pub(super) metrics: Arc<Metrics>,
+/// The stages that turn a source's updates into frames (moved to the encode pool and back for
+/// a large update).
+struct Stages {
+    source: Box<dyn FramebufferSource>,
+    fb: Framebuffer,
+    capture: Capture,
+    metrics: Arc<Metrics>,
 }
 
 impl Stages {
@@ -57,15 +57,15 @@ impl Stages {
 /// What a decoded message reported, and the frame it made.
 type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Published>>)>;
 
-/// Where a desktop's captures go.
-pub(super) struct Publish {
+/// Where a desktop's captures go: frames, pointer shapes and the guest's clipboard.
+pub(super) struct Outlets {
     pub(super) frames_tx: watch::Sender<Arc<Published>>,
     pub(super) cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
     pub(super) clipboard_out: broadcast::Sender<String>,
 }
 
-impl Publish {
-    pub(super) fn side_events(&self, events: &[SourceEvent]) {
+impl Outlets {
+    fn side_events(&self, events: &[SourceEvent]) {
         for e in events {
             match e {
                 SourceEvent::Cursor(c) => {
@@ -80,12 +80,35 @@ impl Publish {
     }
 }
 
+/// A desktop's source, its stages and its outlets.
 pub(super) struct CaptureLoop {
-    pub(super) pipe: Stages,
-    pub(super) out: Publish,
+    pipe: Stages,
+    out: Outlets,
 }
 
 impl CaptureLoop {
+    /// Captures from `source`, whose framebuffer `fb` the first update filled and `capture`
+    /// was made from, into `out`.
+    pub(super) fn new(
+        source: Box<dyn FramebufferSource>,
+        fb: Framebuffer,
+        capture: Capture,
+        metrics: Arc<Metrics>,
+        out: Outlets,
+    ) -> Self {
+        Self { pipe: Stages { source, fb, capture, metrics }, out }
+    }
+
+    /// Passes on what an update said besides pixels (pointer shape, clipboard).
+    pub(super) fn side_events(&self, events: &[SourceEvent]) {
+        self.out.side_events(events);
+    }
+
+    /// Whether the source is driven from the async runtime (else it blocks on a thread).
+    pub(super) fn is_polled(&mut self) -> bool {
+        self.pipe.source.polled().is_some()
+    }
+
     /// Drives a blocking source on its own thread.
     pub(super) fn run(&mut self) {
         loop {
@@ -125,7 +148,7 @@ fn polled(pipe: &mut Stages) -> Result<&mut dyn PolledSource, SourceError> {
     pipe.source.polled().ok_or_else(|| SourceError::protocol("the source cannot be polled"))
 }
 
-async fn poll_loop(mut pipe: Stages, out: &Publish, pool: &EncodePool) -> Result<(), SourceError> {
+async fn poll_loop(mut pipe: Stages, out: &Outlets, pool: &EncodePool) -> Result<(), SourceError> {
     let fd = polled(&mut pipe)?.readiness()?;
     // SAFETY: `fd` is an open descriptor that the AsyncFd owns from here (an `OwnedFd` always
     // returns the same descriptor and closes it only when dropped, with the AsyncFd).

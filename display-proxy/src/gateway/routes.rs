@@ -56,10 +56,6 @@ async fn metrics(State(g): State<Gateway>) -> Response {
 }
 
 /// A refusal, counted by its reason.
-fn refuse(g: &Gateway, why: Refusal, status: StatusCode, message: String) -> Response {
-    refused(g, why, Refused::new(status, message))
-}
-
 fn refused(g: &Gateway, why: Refusal, r: Refused) -> Response {
     g.metrics().refuse(why);
     r.into_response()
@@ -88,21 +84,19 @@ async fn ws(
 ) -> Response {
     let headers = req.headers();
     if !is_websocket_upgrade(headers) {
-        return refuse(
+        return refused(
             &g,
             Refusal::Request,
-            StatusCode::BAD_REQUEST,
-            "not a WebSocket upgrade".into(),
+            Refused::new(StatusCode::BAD_REQUEST, "not a WebSocket upgrade"),
         );
     }
     let Some(key) =
         headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| !k.is_empty() && k.len() <= 64).cloned()
     else {
-        return refuse(
+        return refused(
             &g,
             Refusal::Request,
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key".into(),
+            Refused::new(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"),
         );
     };
     if let Err(r) =
@@ -126,24 +120,29 @@ async fn ws(
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(vm, node = %claims.node, error = %e, "a valid ticket with no usable display proxy");
-            return refuse(&g, Refusal::Ticket, StatusCode::FORBIDDEN, e.to_string());
+            return refused(
+                &g,
+                Refusal::Ticket,
+                Refused::new(StatusCode::FORBIDDEN, e.to_string()),
+            );
         }
     };
     let Some(slot) = g.0.relays.take(client) else {
         tracing::warn!(client = %client, "relay refused: max_relays_per_address reached");
-        return refuse(
+        return refused(
             &g,
             Refusal::Limit,
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many display connections from this address".into(),
+            Refused::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many display connections from this address",
+            ),
         );
     };
     let Some(permit) = g.door().permit() else {
-        return refuse(
+        return refused(
             &g,
             Refusal::Limit,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway is full; try again".into(),
+            Refused::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is full; try again"),
         );
     };
 
@@ -155,11 +154,13 @@ async fn ws(
         Err(e @ RelayError::NotAllowed(_)) => {
             // A node registered a display URL outside the display network: never followed.
             tracing::warn!(vm, node = %claims.node, error = %e, "a ticket names a display proxy outside proxy_networks");
-            refuse(
+            refused(
                 &g,
                 Refusal::Ticket,
-                StatusCode::FORBIDDEN,
-                "the desktop's display service is not in the display network".into(),
+                Refused::new(
+                    StatusCode::FORBIDDEN,
+                    "the desktop's display service is not in the display network",
+                ),
             )
         }
         Err(e) => {
@@ -169,11 +170,10 @@ async fn ws(
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            refuse(
+            refused(
                 &g,
                 Refusal::Proxy,
-                status,
-                "the desktop's display service cannot be reached".into(),
+                Refused::new(status, "the desktop's display service cannot be reached"),
             )
         }
         Ok(Answer::Refused { status, message }) => {
@@ -184,7 +184,7 @@ async fn ws(
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            refuse(&g, Refusal::Proxy, status, message)
+            refused(&g, Refusal::Proxy, Refused::new(status, message))
         }
         Ok(Answer::Accepted { accept, stream }) => {
             tracing::info!(vm, user = %claims.sub, client = %client, node = %claims.node, "relaying a viewer");

@@ -15,6 +15,7 @@ use axum::routing::get;
 use super::AppState;
 use crate::auth::{WsQuery, check_origin, check_vm};
 use crate::error::Refused;
+use crate::source::open::OpenError;
 use crate::viewer;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -73,3 +74,16 @@ async fn ws(
 
 /// Bytes read from a viewer's socket at a time.
 const CLIENT_READ_BUFFER: usize = 4096;
+
+/// A desktop that cannot be opened or joined.
+impl From<&OpenError> for Refused {
+    fn from(e: &OpenError) -> Self {
+        let status = match e {
+            OpenError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpenError::NotRunning(_) => StatusCode::CONFLICT,
+            OpenError::TooManyViewers(_) => StatusCode::TOO_MANY_REQUESTS,
+            OpenError::Node(_) | OpenError::Source(_) => StatusCode::BAD_GATEWAY,
+        };
+        Self::new(status, e.to_string())
+    }
+}

@@ -10,7 +10,7 @@ use atrium_protocol::display::{ImageFormat, Rect, ServerMessage};
 
 use crate::framebuffer::{Framebuffer, to_rgba};
 use crate::metrics::Metrics;
-use crate::pipeline::analyse::{Analysis, ColorTable};
+use crate::pipeline::analyse::{Analysis, ColorTable, analyze};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{Kind, Plan};
 use crate::source::CursorShape;
@@ -214,24 +214,34 @@ impl Encodings {
 
 /// The wire message for `r` of `frame` as `kind`, made once per frame (in `done`) and shared.
 /// Lossless kinds choose between fill, palette PNG and RGB PNG by `analysis` (what planning
-/// found the pixels to be).
+/// found the pixels to be; `None`: they are analysed here).
 pub fn encode_rect(
     frame: &Frame,
     done: &Encodings,
     r: Rect,
     kind: Kind,
-    analysis: &Analysis,
+    analysis: Option<&Analysis>,
     metrics: &Metrics,
 ) -> Arc<[u8]> {
     done.get_or_make(r, kind, || {
         let start = Instant::now();
         let msg = match kind {
             Kind::Jpeg(q) => image_message(r, ImageFormat::Jpeg, jpeg(&frame.fb, r, q)),
-            Kind::Fill | Kind::Png => match analysis {
-                Analysis::Solid(c) => fill_message(r, *c),
-                Analysis::Palette(t) => palette_message(&frame.fb, r, t),
-                Analysis::Many => image_message(r, ImageFormat::Png, png(&frame.fb, r, None)),
-            },
+            Kind::Fill | Kind::Png => {
+                let found;
+                let a = match analysis {
+                    Some(a) => a,
+                    None => {
+                        found = analyze(&frame.fb, r);
+                        &found
+                    }
+                };
+                match a {
+                    Analysis::Solid(c) => fill_message(r, *c),
+                    Analysis::Palette(t) => palette_message(&frame.fb, r, t),
+                    Analysis::Many => image_message(r, ImageFormat::Png, png(&frame.fb, r, None)),
+                }
+            }
         };
         metrics.record_encode(start.elapsed());
         msg
@@ -245,10 +255,11 @@ pub fn encode_plan(
     plan: &Plan,
     metrics: &Metrics,
 ) -> Vec<Arc<[u8]>> {
+    debug_assert_eq!(plan.rects.len(), plan.analyses.len(), "one analysis per rectangle");
     plan.rects
         .iter()
         .zip(&plan.analyses)
-        .map(|(&(r, kind), a)| encode_rect(frame, done, r, kind, a, metrics))
+        .map(|(&(r, kind), a)| encode_rect(frame, done, r, kind, a.as_deref(), metrics))
         .collect()
 }
 
@@ -299,7 +310,6 @@ pub fn cursor_message(c: &CursorShape) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::analyse::analyze;
 
     fn decode_png(data: &[u8]) -> (u32, u32, Vec<u8>) {
         let mut dec = png::Decoder::new(std::io::Cursor::new(data));

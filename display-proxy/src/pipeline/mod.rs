@@ -5,11 +5,12 @@
 //! - [`analyse`] tells what a rectangle's pixels look like (one colour, a palette, many);
 //! - [`plan`] decides what one viewer needs to get from the frame it has to the newest (a copy,
 //!   then rectangles, each a fill, lossless or lossy, merged with their neighbours);
-//! - [`encode`] writes a plan's rectangles as wire messages, on the bounded [`pool`];
+//! - [`encode`] writes a plan's rectangles as wire messages;
 //! - [`publish`] hands a frame to a desktop's viewers with the messages made of it (each made
 //!   once, shared) and the update of viewers in step ready.
 //!
-//! Each stage uses only those before it.
+//! Each stage uses only those before it. The bounded [`pool`] is where the larger jobs of
+//! capturing, planning and encoding run (the desktop's and the viewers' loops hand them to it).
 
 pub mod analyse;
 pub mod capture;

@@ -62,9 +62,10 @@ pub struct Plan {
     pub resize: Option<(u16, u16)>,
     pub copy: Option<CopyOp>,
     pub rects: Vec<(Rect, Kind)>,
-    /// For each of `rects`, what its pixels look like, found while planning: encoding uses it
-    /// and does not read them again.
-    pub analyses: Vec<Arc<Analysis>>,
+    /// For each of `rects` (the same length), what its pixels look like when planning found it
+    /// (encoding then does not read them again); `None` for a rectangle merged from lossless
+    /// areas side by side, which encoding analyses whole if no viewer has encoded it yet.
+    pub analyses: Vec<Found>,
     /// Some area looks like a photograph: many colours, large enough for JPEG (whether or not
     /// this plan sends it as JPEG).
     pub photo: bool,
@@ -171,6 +172,9 @@ fn copy_lossy(lossy: &mut [Option<Instant>], grid: &Grid, c: CopyOp) {
     }
 }
 
+/// What planning found a rectangle's pixels to be, if it looked at them as a whole.
+pub type Found = Option<Arc<Analysis>>;
+
 /// An area on its way into a plan: its rectangle, how it is sent, its colour when it is one,
 /// and what its pixels look like (`None` once merging made a rectangle not analysed yet).
 struct Item {
@@ -182,14 +186,13 @@ struct Item {
 
 /// Classifies each area, then merges neighbours of the same kind; also says whether some
 /// area looked like a photograph. Each area's pixels are read once, here; a rectangle merged
-/// from lossless areas side by side (which may take in pixels between them) is read once
-/// more, whole; one merged from areas stacked exactly is not (its analysis is theirs,
-/// combined).
+/// from areas stacked exactly has their analyses combined; one merged from lossless areas side
+/// by side (which may take in pixels between them) is left to encoding to read whole.
 fn classify_and_merge(
     frame: &Frame,
     areas: &[Rect],
     quality: Option<u8>,
-) -> (Vec<(Rect, Kind)>, Vec<Arc<Analysis>>, bool) {
+) -> (Vec<(Rect, Kind)>, Vec<Found>, bool) {
     let mut photo = false;
     let mut items: Vec<Item> = areas
         .iter()
@@ -255,10 +258,7 @@ fn classify_and_merge(
         out.push(it);
     }
     out.sort_by_key(|it| (it.rect.y, it.rect.x));
-    let analyses = out
-        .iter_mut()
-        .map(|it| Arc::new(it.analysis.take().unwrap_or_else(|| analyze(&frame.fb, it.rect))))
-        .collect();
+    let analyses = out.iter_mut().map(|it| it.analysis.take().map(Arc::new)).collect();
     (out.into_iter().map(|it| (it.rect, it.kind)).collect(), analyses, photo)
 }
 
@@ -369,7 +369,9 @@ mod tests {
         let check = |f: &Frame, p: &Plan| {
             assert_eq!(p.rects.len(), p.analyses.len());
             for ((r, _), a) in p.rects.iter().zip(&p.analyses) {
-                assert_eq!(**a, analyze(&f.fb, *r), "{r:?}");
+                if let Some(a) = a {
+                    assert_eq!(**a, analyze(&f.fb, *r), "{r:?}");
+                }
             }
         };
         let mut cap = Capture::new(&fb);

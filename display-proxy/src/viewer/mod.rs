@@ -19,7 +19,8 @@ use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-pub use sessions::{Ending, Sessions};
+use sessions::Ending;
+pub use sessions::Sessions;
 
 use crate::desktop::ViewerSlot;
 use crate::metrics::Metrics;
@@ -104,7 +105,7 @@ pub async fn serve(
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid);
-    serve_inner(socket, slot, claims.caps, ctx, Arc::clone(&entry.notify), &span).await;
+    serve_inner(socket, slot, claims.caps, ctx, entry.ending(), &span).await;
     drop(entry);
 }
 

@@ -129,7 +129,7 @@ impl Sender {
         // only moves a deadline when it changes (a new timer per wake-up would register and
         // deregister it every time).
         let ended = Arc::clone(&self.ended);
-        let ended = ended.notify.notified();
+        let ended = ended.notified();
         tokio::pin!(ended);
         let far = Instant::now() + Duration::from_secs(365 * 86_400);
         let refine_timer = tokio::time::sleep_until(far.into());

@@ -12,12 +12,12 @@ use tokio::sync::Notify;
 /// A viewer waiting to be told its session ended: its id and its notifier.
 type Waiter = (u64, Arc<Ending>);
 
-/// How a viewer learns that its session ended: the sending loop waits on `notify`; the
-/// receiving task checks `ended` before it forwards any input (the sending loop may be stuck
-/// writing to a client that does not read).
+/// How a viewer learns that its session ended: the sending loop waits on [`Ending::notified`];
+/// the receiving task checks [`Ending::is_ended`] before it forwards any input (the sending
+/// loop may be stuck writing to a client that does not read).
 #[derive(Debug, Default)]
 pub struct Ending {
-    pub(super) notify: Notify,
+    notify: Notify,
     ended: AtomicBool,
 }
 
@@ -29,6 +29,11 @@ impl Ending {
 
     pub(super) fn is_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the session ends.
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 
@@ -95,7 +100,14 @@ pub(super) struct SessionEntry {
     sessions: Arc<Sessions>,
     sid: String,
     id: u64,
-    pub(super) notify: Arc<Ending>,
+    notify: Arc<Ending>,
+}
+
+impl SessionEntry {
+    /// How this viewer learns that its session ended.
+    pub(super) fn ending(&self) -> Arc<Ending> {
+        Arc::clone(&self.notify)
+    }
 }
 
 impl Drop for SessionEntry {

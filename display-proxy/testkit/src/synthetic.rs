@@ -253,9 +253,9 @@ impl FramebufferSource for SyntheticSource {
     }
 }
 
-/// Opens a [`SyntheticSource`] for any VM id: the
-/// benchmark's fan-out measurement and the pipeline's tests use it. Keeps each desktop's input
-/// counter so tests can see what reached the desktop.
+/// Opens a [`SyntheticSource`] for any VM id: the benchmark's fan-out measurement and the
+/// proxy's tests use it. Keeps each desktop's input counter so tests can see what reached the
+/// desktop.
 #[derive(Debug)]
 pub struct SyntheticOpener {
     pub config: SyntheticConfig,

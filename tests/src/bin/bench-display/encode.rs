@@ -30,7 +30,7 @@ fn encode_all(frame: &Frame, view: &ViewerTiles, metrics: &Metrics) -> usize {
         bytes += 17;
     }
     for ((r, k), a) in plan.rects.into_iter().zip(&plan.analyses) {
-        bytes += encode_rect(frame, &done, r, k, a, metrics).len();
+        bytes += encode_rect(frame, &done, r, k, a.as_deref(), metrics).len();
     }
     bytes
 }
