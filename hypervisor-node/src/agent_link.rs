@@ -2,7 +2,7 @@
 //! `docs/guest-agent-protocol.md`), over the unix socket a runtime offers for a VM.
 //!
 //! What the agent says is kept in watch channels (ready, the last session started, the guest's
-//! clipboard with a sequence number, the last pong), so API handlers and the VM's monitor can
+//! clipboard with a sequence number, the screen's size, the last pong), so API handlers and the VM's monitor can
 //! wait on them without a lock.
 //!
 //! The guest is hostile. Lines are bounded ([`LineReader`]); messages beyond
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::{AgentMessage, HostMessage, Line, LineReader, encode_line};
-use atrium_protocol::node::ClipboardState;
+use atrium_protocol::node::{ClipboardState, DisplaySize, MAX_DISPLAY_HEIGHT, MAX_DISPLAY_WIDTH};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -38,6 +38,9 @@ pub struct AgentView {
     /// Username of the last `session_started`, with a counter that grows at each.
     pub session: watch::Receiver<(u64, Option<String>)>,
     pub clipboard: watch::Receiver<ClipboardState>,
+    /// The screen's size as the agent last reported it, with a counter that grows at each
+    /// report (a report of an unchanged size answers a request too).
+    pub screen: watch::Receiver<(u64, Option<DisplaySize>)>,
     pub last_pong: watch::Receiver<Option<Instant>>,
     pub last_error: watch::Receiver<Option<String>>,
     pub connected: watch::Receiver<bool>,
@@ -49,6 +52,7 @@ struct Senders {
     hello: watch::Sender<Option<String>>,
     session: watch::Sender<(u64, Option<String>)>,
     clipboard: watch::Sender<ClipboardState>,
+    screen: watch::Sender<(u64, Option<DisplaySize>)>,
     last_pong: watch::Sender<Option<Instant>>,
     last_error: watch::Sender<Option<String>>,
     connected: watch::Sender<bool>,
@@ -97,16 +101,18 @@ impl AgentLink {
         let (hello, hello_rx) = watch::channel(None);
         let (session, session_rx) = watch::channel((0, None));
         let (clipboard, clipboard_rx) = watch::channel(ClipboardState { seq: 0, text: None });
+        let (screen, screen_rx) = watch::channel((0, None));
         let (last_pong, last_pong_rx) = watch::channel(None);
         let (last_error, last_error_rx) = watch::channel(None);
         let (connected, connected_rx) = watch::channel(true);
         let senders =
-            Senders { ready, hello, session, clipboard, last_pong, last_error, connected };
+            Senders { ready, hello, session, clipboard, screen, last_pong, last_error, connected };
         let view = AgentView {
             ready: ready_rx,
             hello: hello_rx,
             session: session_rx,
             clipboard: clipboard_rx,
+            screen: screen_rx,
             last_pong: last_pong_rx,
             last_error: last_error_rx,
             connected: connected_rx,
@@ -303,6 +309,18 @@ fn handle(msg: AgentMessage, s: &Senders, vm: &str, guard: &mut Guard) {
             s.clipboard.send_modify(|c| {
                 c.seq += 1;
                 c.text = Some(text);
+            });
+        }
+        AgentMessage::Screen { width, height } => {
+            // A size no display could have is not believed (nor logged beyond the limit).
+            if width == 0 || height == 0 || width > MAX_DISPLAY_WIDTH || height > MAX_DISPLAY_HEIGHT
+            {
+                guard.warn(vm, format_args!("guest agent: a screen of {width}x{height} ignored"));
+                return;
+            }
+            s.screen.send_modify(|(n, size)| {
+                *n += 1;
+                *size = Some(DisplaySize::new(width, height));
             });
         }
         AgentMessage::Error { message } => {

@@ -74,6 +74,9 @@ pub enum HostMessage {
     EndSession,
     /// Put this text on the guest clipboard.
     Clipboard { text: String },
+    /// Give the desktop's screen this size (the browser window changed). The agent answers
+    /// [`AgentMessage::Screen`] once the screen has changed, or [`AgentMessage::Error`].
+    ScreenSize { width: u32, height: u32 },
 }
 
 /// Messages from the guest agent to the host.
@@ -90,6 +93,9 @@ pub enum AgentMessage {
     SessionStarted { username: String },
     /// The guest clipboard changed.
     Clipboard { text: String },
+    /// The desktop's screen has this size (when its X server starts, and after every change).
+    /// Only an agent that sends it can be asked for [`HostMessage::ScreenSize`].
+    Screen { width: u32, height: u32 },
     /// Something the agent could not do.
     Error { message: String },
 }

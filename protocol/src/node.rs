@@ -298,6 +298,10 @@ pub struct VmInfo {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub display: DisplaySize,
+    /// The guest's screen as its agent last reported it; `None` while it has not, and for
+    /// desktops whose screen cannot change size (see `PUT .../screen`).
+    #[serde(default)]
+    pub screen: Option<DisplaySize>,
     pub persistent_disk: Option<String>,
     /// The user whose session the guest agent was last told about.
     pub user: Option<String>,
@@ -319,6 +323,14 @@ pub struct SessionRequest {
 #[serde(deny_unknown_fields)]
 pub struct ClipboardText {
     pub text: String,
+}
+
+/// `PUT /api/v1/vms/{id}/screen`: give the desktop's screen this size (at most the VM's
+/// display size, which it booted with). Answered with the size the guest's screen took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScreenSize {
+    pub size: DisplaySize,
 }
 
 /// `GET /api/v1/vms/{id}/clipboard?after=SEQ`: the guest's clipboard, with a sequence number

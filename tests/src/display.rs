@@ -181,6 +181,7 @@ impl DisplayOnlyNode {
                             vcpus: 1,
                             memory_mib: 64,
                             display: DisplaySize::new(720, 400),
+                            screen: None,
                             persistent_disk: None,
                             user: None,
                             created_at_ms: 0,

@@ -1,7 +1,7 @@
 //! The desktop image on a real node (qemu runtime; TCG on these machines): single sign-on into a
-//! graphical session, what the screen shows, typing, the clipboard both ways, and homes that a
-//! dedicated user keeps and a floating user does not. Group `qemu` (and `ldap` for the sign-in
-//! through the broker).
+//! graphical session, what the screen shows, the screen's size changed on request, typing, the
+//! clipboard both ways, and homes that a dedicated user keeps and a floating user does not.
+//! Group `qemu` (and `ldap` for the sign-in through the broker).
 //!
 //! Boots are slow under TCG, so one test boots the dedicated user's desktop once and makes all
 //! the on-screen and clipboard assertions on it; the persistence flows then need a few more
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_protocol::node::{ClipboardState, VmInfo, VmState};
+use atrium_protocol::node::{ClipboardState, DisplaySize, VmInfo, VmState};
 use atrium_tests::broker::{Broker, BrokerOptions};
 use atrium_tests::node::{NodeProcess, cgroups_named, desktop_image, processes_with};
 use atrium_tests::rfb::RfbClient;
@@ -235,6 +235,46 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
             .is_none(),
         "the label check accepts another name"
     );
+
+    // 2b. The screen changes size on request (the viewer's window), within what the VM's
+    //     display holds: the agent reports the size it has, the node's request waits for the
+    //     change, and the session's panel follows to the new bottom edge.
+    ensure!(
+        node.vm(&id).await?.screen == Some(DisplaySize::new(1024, 768)),
+        "the agent does not report the screen's size"
+    );
+    let screen_path = format!("/api/v1/vms/{id}/screen");
+    for (size, status, field) in [
+        ("1032x768", 400, Some("size")),
+        ("1024x776", 400, Some("size")),
+        ("801x600", 400, Some("size")),
+        ("big", 400, Some("size")),
+    ] {
+        let (got, body) = node.call("PUT", &screen_path, Some(&json!({ "size": size }))).await?;
+        let err: Value = serde_json::from_slice(&body)?;
+        ensure!(got == status && err["field"].as_str() == field, "resize to {size}: {got} {err}");
+    }
+    let (got, body) = node.call("PUT", &screen_path, Some(&json!({ "size": "800x600" }))).await?;
+    ensure!(got == 200, "resize to 800x600: {got} {}", String::from_utf8_lossy(&body));
+    ensure!(
+        serde_json::from_slice::<Value>(&body)?["size"] == "800x600",
+        "the screen took {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (small, _) = wait_screen(&node, &id, "desktop-resized.png", "the panel at 800x600", |s| {
+        let band = panel_rows(s).filter(|_| (s.width, s.height) == (800, 600))?;
+        s.find_monospace(band.0, band.1, label, PANEL, &Glyphs::default())
+    })
+    .await?;
+    assert_eq!((small.width, small.height), (800, 600));
+    ensure!(node.vm(&id).await?.screen == Some(DisplaySize::new(800, 600)), "screen not reported");
+    let (got, _) = node.call("PUT", &screen_path, Some(&json!({ "size": "1024x768" }))).await?;
+    ensure!(got == 200, "resize back to 1024x768: {got}");
+    wait_screen(&node, &id, "desktop-session.png", "the panel back at 1024x768", |s| {
+        let band = panel_rows(s).filter(|_| (s.width, s.height) == (1024, 768))?;
+        s.find_monospace(band.0, band.1, label, PANEL, &Glyphs::default())
+    })
+    .await?;
 
     // 3. Typing: text typed into the terminal through the VM's VNC socket shows up, and the
     //    shell's prompt names the signed-in user.

@@ -117,6 +117,17 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     let grid = shot.cells();
     assert!(grid[0].iter().any(Option::is_some), "the first text row is empty");
     assert!(grid[grid.len() - 1].iter().all(Option::is_none), "the last text row is not empty");
+    // The console's screen keeps its size: its agent reports no screen, and a request to
+    // change it is refused as such.
+    ensure!(node.vm(&id).await?.screen.is_none(), "the console reports a screen size");
+    let (status, body) = node
+        .call("PUT", &format!("/api/v1/vms/{id}/screen"), Some(&json!({ "size": "800x600" })))
+        .await?;
+    ensure!(
+        status == 409 && String::from_utf8_lossy(&body).contains("cannot change size"),
+        "resizing the console: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
 
     // 4. Text typed into the VM's keyboard through its VNC socket shows up on screen and
     //    reaches the shell exactly: `tee` writes it to the clipboard file, which the agent

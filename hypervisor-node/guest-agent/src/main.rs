@@ -11,7 +11,8 @@
 //!
 //! In the desktop image (`--x-display`) it is also the display manager: it shows a "waiting for
 //! sign-in" screen on X, says ready once X has drawn it, starts each signed-in user's session as
-//! that user ([`session`]), and bridges X's clipboard ([`xdesktop`]).
+//! that user ([`session`]), bridges X's clipboard ([`xdesktop`]), and gives the screen the size
+//! the host asks for ([`xscreen`]), reporting every size it takes.
 //!
 //! Logs go to stderr, which the image's init connects to the serial console. The agent uses no
 //! logging framework on purpose: it is linked statically into every image and kept tiny.
@@ -22,6 +23,7 @@ mod port;
 mod session;
 mod xauth;
 mod xdesktop;
+mod xscreen;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -56,6 +58,10 @@ struct Agent {
     desktop: Option<Arc<Desktop>>,
     /// The desktop's session worker (starts and ends sessions, one at a time).
     sessions: Option<Mutex<mpsc::Sender<SessionCommand>>>,
+    /// The desktop's screen worker (sizes asked for, the newest one wins).
+    screen_sizes: Option<Mutex<mpsc::Sender<(u16, u16)>>>,
+    /// The screen's size as last reported to the host.
+    screen: Mutex<Option<(u16, u16)>>,
 }
 
 /// Work for the desktop's session worker.
@@ -82,6 +88,16 @@ impl Agent {
         if self.ready.load(Ordering::SeqCst) {
             self.send(&AgentMessage::Ready);
         }
+        let screen = *lock(&self.screen);
+        if let Some((width, height)) = screen {
+            self.send(&AgentMessage::Screen { width: width.into(), height: height.into() });
+        }
+    }
+
+    /// Tells the host the screen's size.
+    fn screen_is(&self, width: u16, height: u16) {
+        *lock(&self.screen) = Some((width, height));
+        self.send(&AgentMessage::Screen { width: width.into(), height: height.into() });
     }
 
     fn handle_line(&self, line: &[u8]) {
@@ -113,6 +129,24 @@ impl Agent {
                 None => self.end_session(),
             },
             HostMessage::Clipboard { text } => self.paste_in(&text),
+            HostMessage::ScreenSize { width, height } => self.resize(width, height),
+        }
+    }
+
+    fn resize(&self, width: u32, height: u32) {
+        let Some(tx) = &self.screen_sizes else {
+            self.send(&AgentMessage::Error {
+                message: "this image has no graphical screen to resize".into(),
+            });
+            return;
+        };
+        match (u16::try_from(width), u16::try_from(height)) {
+            (Ok(w), Ok(h)) if w > 0 && h > 0 => {
+                let _ = lock(tx).send((w, h));
+            }
+            _ => self.send(&AgentMessage::Error {
+                message: format!("screen size {width}x{height} refused"),
+            }),
         }
     }
 
@@ -470,6 +504,25 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
     }
 }
 
+/// Gives the screen the sizes the host asks for, one at a time; when several are waiting only
+/// the newest is made (a window being dragged asks for many).
+fn screen_worker(agent: &Agent, desktop: &Desktop, sizes: &mpsc::Receiver<(u16, u16)>) {
+    while let Ok(mut want) = sizes.recv() {
+        while let Ok(newer) = sizes.try_recv() {
+            want = newer;
+        }
+        match desktop.set_screen_size(want.0, want.1) {
+            // Said even when nothing changed: the host waits for an answer.
+            Ok((width, height)) => agent.screen_is(width, height),
+            Err(e) => {
+                let message = format!("screen size {}x{}: {e}", want.0, want.1);
+                log(&message);
+                agent.send(&AgentMessage::Error { message });
+            }
+        }
+    }
+}
+
 fn main() {
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -501,12 +554,15 @@ fn main() {
         _ => None,
     };
     let (session_tx, session_rx) = mpsc::channel();
+    let (screen_tx, screen_rx) = mpsc::channel();
     let agent = Arc::new(Agent {
         opts,
         out: Mutex::new(file),
         ready: AtomicBool::new(false),
         clipboard,
         sessions: desktop.as_ref().map(|_| Mutex::new(session_tx)),
+        screen_sizes: desktop.as_ref().map(|_| Mutex::new(screen_tx)),
+        screen: Mutex::new(None),
         desktop,
     });
     log("started");
@@ -517,8 +573,12 @@ fn main() {
         let d = Arc::clone(&desktop);
         std::thread::spawn(move || {
             let copied = |text: String| a.send(&AgentMessage::Clipboard { text });
-            xdesktop::run(&d, &copied, &log);
+            let resized = |width, height| a.screen_is(width, height);
+            xdesktop::run(&d, &copied, &resized, &log);
         });
+        let a = Arc::clone(&agent);
+        let d = Arc::clone(&desktop);
+        std::thread::spawn(move || screen_worker(&a, &d, &screen_rx));
         let a = Arc::clone(&agent);
         std::thread::spawn(move || session_worker(&a, &desktop, &session_rx));
     }

@@ -5,11 +5,13 @@
 //! the sign-in screen when X exposes it, serves the text the host pasted to programs that ask
 //! for the clipboard, and reads the clipboard whenever another program takes it (XFixes tells
 //! it), including large texts sent in pieces (`INCR`). Other threads use the same connection
-//! for their own requests (show or hide the sign-in screen, paste, look for the panel).
+//! for their own requests (show or hide the sign-in screen, paste, look for the panel, change
+//! the screen's size through [`crate::xscreen`]). The loop follows the screen's size (the root
+//! window's) whoever changed it, and says so.
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,9 +20,10 @@ use x11rb::connection::Connection;
 use x11rb::protocol::Event;
 use x11rb::protocol::xfixes::{ConnectionExt as _, SelectionEventMask};
 use x11rb::protocol::xproto::{
-    Atom, AtomEnum, ConfigureWindowAux, ConnectionExt as _, CreateGCAux, CreateWindowAux,
-    EventMask, Gcontext, ImageFormat, MapState, PropMode, Property, SELECTION_NOTIFY_EVENT,
-    SelectionNotifyEvent, SelectionRequestEvent, StackMode, Window, WindowClass,
+    Atom, AtomEnum, ChangeWindowAttributesAux, ConfigureWindowAux, ConnectionExt as _, CreateGCAux,
+    CreateWindowAux, EventMask, Gcontext, ImageFormat, MapState, PropMode, Property,
+    SELECTION_NOTIFY_EVENT, SelectionNotifyEvent, SelectionRequestEvent, StackMode, Window,
+    WindowClass,
 };
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 use x11rb::wrapper::ConnectionExt as _;
@@ -57,8 +60,8 @@ struct Atoms {
 pub struct XConn {
     conn: RustConnection,
     root: Window,
-    width: u16,
-    height: u16,
+    /// The screen's size, width in the high 16 bits (it changes under the connection).
+    size: AtomicU32,
     /// An unmapped window that owns and receives selections.
     window: Window,
     greeter: Window,
@@ -109,6 +112,12 @@ impl Desktop {
 
     pub fn xauthority(&self) -> &std::path::Path {
         &self.xauthority
+    }
+
+    /// Gives the screen this size; returns its size afterwards.
+    pub fn set_screen_size(&self, width: u16, height: u16) -> XResult<(u16, u16)> {
+        let x = self.current()?;
+        crate::xscreen::set_size(&x.conn, x.root, (width, height))
     }
 
     fn current(&self) -> XResult<Arc<XConn>> {
@@ -191,9 +200,10 @@ impl Desktop {
             }
             let Ok(geo) = x.conn.get_geometry(w).map_err(err("geometry")) else { continue };
             let Ok(geo) = geo.reply() else { continue };
-            let wide = u32::from(geo.width) * 10 >= u32::from(x.width) * 9;
+            let (width, height) = x.size();
+            let wide = u32::from(geo.width) * 10 >= u32::from(width) * 9;
             let low = (8..=80).contains(&geo.height);
-            let bottom = i32::from(geo.y) + i32::from(geo.height) >= i32::from(x.height) - 1;
+            let bottom = i32::from(geo.y) + i32::from(geo.height) >= i32::from(height) - 1;
             if !(wide && low && (geo.y <= 0 || bottom)) {
                 continue;
             }
@@ -243,6 +253,12 @@ fn setup(conn: RustConnection) -> XResult<XConn> {
         .map_err(err("XFixes"))?
         .reply()
         .map_err(err("XFixes (the X server has no XFixes extension)"))?;
+    // The root's size changes (a new screen size) come as its ConfigureNotify.
+    conn.change_window_attributes(
+        screen.root,
+        &ChangeWindowAttributesAux::new().event_mask(EventMask::STRUCTURE_NOTIFY),
+    )
+    .map_err(err("watching the screen's size"))?;
     let window = conn.generate_id().map_err(err("id"))?;
     conn.create_window(
         COPY_DEPTH_FROM_PARENT,
@@ -298,8 +314,7 @@ fn setup(conn: RustConnection) -> XResult<XConn> {
     conn.flush().map_err(err("flush"))?;
     Ok(XConn {
         root: screen.root,
-        width: screen.width_in_pixels,
-        height: screen.height_in_pixels,
+        size: AtomicU32::new(pack(screen.width_in_pixels, screen.height_in_pixels)),
         window,
         greeter,
         gc,
@@ -311,16 +326,39 @@ fn setup(conn: RustConnection) -> XResult<XConn> {
     })
 }
 
+fn pack(width: u16, height: u16) -> u32 {
+    (u32::from(width) << 16) | u32::from(height)
+}
+
+impl XConn {
+    /// The screen's size now.
+    fn size(&self) -> (u16, u16) {
+        let v = self.size.load(Ordering::SeqCst);
+        ((v >> 16) as u16, (v & 0xffff) as u16)
+    }
+}
+
+/// The screen took a new size: the sign-in screen covers it again, its text centred anew.
+fn screen_resized(x: &XConn, width: u16, height: u16) -> XResult<()> {
+    x.size.store(pack(width, height), Ordering::SeqCst);
+    let cover = ConfigureWindowAux::new().width(u32::from(width)).height(u32::from(height));
+    x.conn.configure_window(x.greeter, &cover).map_err(err("resizing the sign-in screen"))?;
+    // Cleared with exposures: a mapped sign-in screen is drawn again (unmapped, nothing).
+    x.conn.clear_area(true, x.greeter, 0, 0, 0, 0).map_err(err("clearing the sign-in screen"))?;
+    x.conn.flush().map_err(err("flush"))
+}
+
 fn draw_greeter(x: &XConn) -> XResult<()> {
     let lines = i16::try_from(GREETER_LINES.len()).unwrap_or(1);
+    let (width, height) = x.size();
     // Above the middle, where the pointer starts.
-    let top = i16::try_from(x.height * 2 / 5).unwrap_or(0) - lines * x.line_height / 2;
+    let top = i16::try_from(height * 2 / 5).unwrap_or(0) - lines * x.line_height / 2;
     for (i, line) in (0i16..).zip(GREETER_LINES) {
         if line.is_empty() {
             continue;
         }
         let chars = i16::try_from(line.len()).unwrap_or(0);
-        let left = i16::try_from(x.width / 2).unwrap_or(0) - chars * x.char_width / 2;
+        let left = i16::try_from(width / 2).unwrap_or(0) - chars * x.char_width / 2;
         let baseline = top + i * x.line_height + x.ascent;
         x.conn
             .image_text8(x.greeter, x.gc, left, baseline, line.as_bytes())
@@ -354,8 +392,14 @@ fn utf8_to_latin1(b: &[u8]) -> Vec<u8> {
 
 /// The X thread: connects (again, whenever X restarts), then handles events until the
 /// connection fails. `copied` is called with each text the guest's programs put on the
-/// clipboard; `log` with what went wrong.
-pub fn run(desktop: &Desktop, copied: &dyn Fn(String), log: &dyn Fn(&str)) {
+/// clipboard; `resized` with the screen's size when connected and whenever it changes; `log`
+/// with what went wrong.
+pub fn run(
+    desktop: &Desktop,
+    copied: &dyn Fn(String),
+    resized: &dyn Fn(u16, u16),
+    log: &dyn Fn(&str),
+) {
     let mut last_error = String::new();
     loop {
         match connect(desktop) {
@@ -364,6 +408,8 @@ pub fn run(desktop: &Desktop, copied: &dyn Fn(String), log: &dyn Fn(&str)) {
                 *lock(&desktop.x) = Some(Arc::clone(&x));
                 last_error.clear();
                 log(&format!("connected to X on {}", desktop.display));
+                let (width, height) = x.size();
+                resized(width, height);
                 if desktop.greeter_wanted.load(Ordering::SeqCst)
                     && let Err(e) = desktop.show_greeter(true)
                 {
@@ -376,7 +422,7 @@ pub fn run(desktop: &Desktop, copied: &dyn Fn(String), log: &dyn Fn(&str)) {
                 {
                     log(&e);
                 }
-                let e = event_loop(desktop, &x, copied);
+                let e = event_loop(desktop, &x, copied, resized);
                 *lock(&desktop.x) = None;
                 log(&format!("the X connection ended: {e}"));
             }
@@ -392,7 +438,12 @@ pub fn run(desktop: &Desktop, copied: &dyn Fn(String), log: &dyn Fn(&str)) {
     }
 }
 
-fn event_loop(desktop: &Desktop, x: &XConn, copied: &dyn Fn(String)) -> String {
+fn event_loop(
+    desktop: &Desktop,
+    x: &XConn,
+    copied: &dyn Fn(String),
+    resized: &dyn Fn(u16, u16),
+) -> String {
     let mut reading = Reading::Idle;
     loop {
         let event = match x.conn.wait_for_event() {
@@ -404,6 +455,15 @@ fn event_loop(desktop: &Desktop, x: &XConn, copied: &dyn Fn(String)) -> String {
                 draw_greeter(x).map(|()| {
                     desktop.greeter_drawn.store(true, Ordering::SeqCst);
                 })
+            }
+            Event::ConfigureNotify(e) if e.window == x.root => {
+                if (e.width, e.height) == x.size() {
+                    Ok(())
+                } else {
+                    let r = screen_resized(x, e.width, e.height);
+                    resized(e.width, e.height);
+                    r
+                }
             }
             Event::XfixesSelectionNotify(e) if e.selection == x.atoms.clipboard => {
                 if e.owner == NONE || e.owner == x.window {

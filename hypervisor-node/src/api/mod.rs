@@ -1,8 +1,8 @@
 //! The node API (axum). Over TCP, `/api/v1/...` is for the broker alone: every call must be a
 //! request the broker signed for this node ([`auth`]). On the node's local socket, the display
-//! proxy beside it reads a VM's display endpoint and its clipboard, and nothing else; the
-//! socket's file permissions say who that is. `/healthz` and `/metrics` need nothing. One module
-//! per resource, each with its own router, merged here.
+//! proxy beside it reads a VM's display endpoint and its clipboard and sets its screen's size,
+//! and nothing else; the socket's file permissions say who that is. `/healthz` and `/metrics`
+//! need nothing. One module per resource, each with its own router, merged here.
 
 pub mod auth;
 mod capacity;

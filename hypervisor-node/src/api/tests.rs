@@ -160,9 +160,10 @@ async fn every_api_call_must_be_signed_by_the_broker_for_this_node_and_this_requ
     assert!(error(&body).error.contains("no such"));
 }
 
-/// The local socket's router serves the display proxy's reads and nothing that changes a VM.
+/// The local socket's router serves the display proxy's reads and clipboards and a screen's
+/// size, and nothing else that changes a VM.
 #[tokio::test]
-async fn the_local_api_serves_displays_and_clipboards_only() {
+async fn the_local_api_serves_displays_clipboards_and_screen_sizes_only() {
     let f = fixture("local");
     let local = super::local_router(AppState::new(
         crate::vm::VmManager::new(
@@ -194,6 +195,10 @@ async fn the_local_api_serves_displays_and_clipboards_only() {
     }
     // A VM it does not know is the VM's 404, not the route's.
     let (_, body) = call(&local, "GET", "/api/v1/vms/vm-1", None, "").await;
+    assert!(error(&body).error.contains("vm-1"), "{}", String::from_utf8_lossy(&body));
+    let (status, body) =
+        call(&local, "PUT", "/api/v1/vms/vm-1/screen", None, r#"{"size":"800x600"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error(&body).error.contains("vm-1"), "{}", String::from_utf8_lossy(&body));
 }
 
@@ -309,6 +314,7 @@ async fn unknown_vms_and_bad_queries() {
         ("GET", "/api/v1/vms/vm-0000000000000000/screenshot.png", ""),
         ("POST", "/api/v1/vms/vm-0000000000000000/clipboard", r#"{"text":"x"}"#),
         ("POST", "/api/v1/vms/vm-0000000000000000/session", r#"{"user":{"username":"alice"}}"#),
+        ("PUT", "/api/v1/vms/vm-0000000000000000/screen", r#"{"size":"800x600"}"#),
     ] {
         let (status, resp) = f.call(method, uri, body).await;
         assert_eq!(
@@ -334,6 +340,13 @@ async fn unknown_vms_and_bad_queries() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error(&resp).field.as_deref(), Some("user"));
+    for (body, field) in
+        [(r#"{"size":"big"}"#, Some("size")), (r#"{"size":"800x600","more":1}"#, Some("more"))]
+    {
+        let (status, resp) = f.call("PUT", "/api/v1/vms/vm-0000000000000000/screen", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error(&resp).field.as_deref(), field, "{body}");
+    }
 }
 
 #[tokio::test]

@@ -1,17 +1,18 @@
 //! `/api/v1/vms`: create, list, read, stop, delete a VM; its serial console, a screenshot, the
-//! signed-in user's session, and the clipboard.
+//! signed-in user's session, the clipboard, and the screen's size.
 
 use std::time::Duration;
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, RuntimeKind, SessionRequest, VmInfo, VmSpec,
+    ClipboardState, ClipboardText, DisplaySize, RuntimeKind, ScreenSize, SessionRequest, VmInfo,
+    VmSpec,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -31,6 +32,7 @@ pub const SPEC_FIELDS: &[FieldCheck] = &[
 
 const SESSION_FIELDS: &[FieldCheck] = &[("user", check::<SessionUser>)];
 const CLIPBOARD_FIELDS: &[FieldCheck] = &[("text", check::<String>)];
+const SCREEN_FIELDS: &[FieldCheck] = &[("size", check::<DisplaySize>)];
 /// Longest a clipboard read may wait for a change.
 const MAX_WAIT_SECS: u64 = 30;
 
@@ -43,14 +45,16 @@ pub fn router() -> Router<AppState> {
         .route("/vms/{id}/screenshot.png", get(screenshot))
         .route("/vms/{id}/session", post(start_session).delete(end_session))
         .route("/vms/{id}/clipboard", post(paste).get(clipboard))
+        .route("/vms/{id}/screen", put(set_screen))
 }
 
 /// What the display proxy beside the node reads (on the local socket): where a VM's display is,
-/// and its clipboard.
+/// its clipboard, and its screen's size (the viewer's window).
 pub fn display_router() -> Router<AppState> {
     Router::new()
         .route("/vms/{id}", get(read))
         .route("/vms/{id}/clipboard", post(paste).get(clipboard))
+        .route("/vms/{id}/screen", put(set_screen))
 }
 
 async fn create(
@@ -123,6 +127,15 @@ async fn paste(
     let req: ClipboardText = json::parse(&body, CLIPBOARD_FIELDS)?;
     s.node.paste(&id, req.text).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_screen(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<ScreenSize>, ApiError> {
+    let req: ScreenSize = json::parse(&body, SCREEN_FIELDS)?;
+    Ok(Json(ScreenSize { size: s.node.set_screen(&id, req.size).await? }))
 }
 
 #[derive(Debug, Deserialize)]

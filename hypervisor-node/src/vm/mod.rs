@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atrium_protocol::agent::{HostMessage, MAX_CLIPBOARD, SessionUser};
 use atrium_protocol::node::{
-    Accel, Capacity, ClipboardState, FieldError, ImageRef, KvmKind, RuntimeKind, VmInfo, VmSpec,
-    VmState, VmStatus,
+    Accel, Capacity, ClipboardState, DisplaySize, FieldError, ImageRef, KvmKind, RuntimeKind,
+    VmInfo, VmSpec, VmState, VmStatus,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -40,6 +40,9 @@ const CONSOLE_BYTES: usize = 1 << 20;
 /// How long the agent has to confirm a session (a desktop image confirms once the user's
 /// session has drawn its panel: seconds under TCG, more on a busy host).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent has to change the screen's size (X sets a mode in well under a second,
+/// even under TCG).
+const SCREEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -160,6 +163,7 @@ impl Vm {
             vcpus: self.spec.vcpus,
             memory_mib: self.spec.memory_mib,
             display: self.spec.display,
+            screen: self.agent().and_then(|a| a.view.screen.borrow().1),
             persistent_disk: self.spec.persistent_disk.clone(),
             user: s.user,
             created_at_ms: self.created_at_ms,
@@ -845,6 +849,55 @@ impl VmManager {
         let (_, agent) = self.ready_agent(id)?;
         agent.send(HostMessage::Clipboard { text }).await?;
         Ok(())
+    }
+
+    /// `PUT /api/v1/vms/{id}/screen`: gives the desktop's screen a new size, at most the one it
+    /// booted with (its video memory holds that); waits for the guest agent to report the size
+    /// its screen took. Only a desktop whose agent reports its screen can be resized.
+    pub async fn set_screen(&self, id: &str, size: DisplaySize) -> Result<DisplaySize, VmError> {
+        let (vm, agent) = self.ready_agent(id)?;
+        size.validate().map_err(|m| FieldError::new("size", m))?;
+        let max = vm.spec.display;
+        if size.width > max.width || size.height > max.height {
+            return Err(FieldError::new(
+                "size",
+                format!("{size} is larger than this desktop's display ({max})"),
+            )
+            .into());
+        }
+        let mut screen = agent.view.screen.clone();
+        let (before, known) = *screen.borrow();
+        if known.is_none() {
+            return Err(VmError::Conflict(format!(
+                "the screen of VM {id} cannot change size (its guest agent does not report one)"
+            )));
+        }
+        let mut errors = agent.view.last_error.clone();
+        errors.mark_unchanged();
+        agent.send(HostMessage::ScreenSize { width: size.width, height: size.height }).await?;
+        let answer = tokio::time::timeout(SCREEN_TIMEOUT, async {
+            tokio::select! {
+                r = screen.wait_for(|(n, _)| *n > before) => {
+                    r.ok().and_then(|s| s.1).ok_or_else(|| "the guest agent went away".to_owned())
+                }
+                r = errors.changed() => Err(match r {
+                    Ok(()) => errors.borrow().clone().unwrap_or_default(),
+                    Err(_) => "the guest agent went away".to_owned(),
+                }),
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok(took)) => Ok(took),
+            Ok(Err(message)) => {
+                Err(VmError::Conflict(format!("the guest could not change its screen: {message}")))
+            }
+            Err(_) => Err(VmError::AgentTimeout {
+                id: id.into(),
+                what: "change the screen's size",
+                secs: SCREEN_TIMEOUT.as_secs(),
+            }),
+        }
     }
 
     /// `GET /api/v1/vms/{id}/clipboard?after=SEQ&wait=SECS`: the guest's clipboard, waiting up
