@@ -76,6 +76,9 @@ pub enum ServerMessage {
     },
     /// The desktop changed size; the client clears its canvas. `0x02`
     Resize { width: u16, height: u16 },
+    /// This viewer may ask the desktop for another size ([`ClientMessage::Resize`]), up to
+    /// this one (the pool's display size). Sent after `Hello`, only to viewers that may. `0x03`
+    Resizable { max_width: u16, max_height: u16 },
     /// Fill a rectangle with one colour (RGBA bytes). `0x10`
     Fill { rect: Rect, rgba: [u8; 4] },
     /// Draw an encoded image at a rectangle. `0x11`
@@ -109,6 +112,10 @@ pub enum ClientMessage {
     Ping { id: u32 },
     /// Ask for a whole new frame (after the client lost its canvas). `0x86`
     Refresh,
+    /// Ask the desktop to take this size (the browser window's, or one the user chose). The
+    /// proxy fits it to the desktop's limits; the answer is a [`ServerMessage::Resize`] once the
+    /// desktop has changed. `0x87`
+    Resize { width: u16, height: u16 },
 }
 
 /// Why a message could not be decoded.
@@ -206,6 +213,11 @@ impl ServerMessage {
                 out.extend_from_slice(&width.to_le_bytes());
                 out.extend_from_slice(&height.to_le_bytes());
             }
+            Self::Resizable { max_width, max_height } => {
+                out.push(0x03);
+                out.extend_from_slice(&max_width.to_le_bytes());
+                out.extend_from_slice(&max_height.to_le_bytes());
+            }
             Self::Fill { rect, rgba } => {
                 out.push(0x10);
                 put_rect(out, *rect);
@@ -268,6 +280,7 @@ impl ServerMessage {
                 Self::Hello { version, width, height, caps, max_frames_in_flight, name }
             }
             0x02 => Self::Resize { width: r.u16()?, height: r.u16()? },
+            0x03 => Self::Resizable { max_width: r.u16()?, max_height: r.u16()? },
             0x10 => {
                 let rect = r.rect()?;
                 let c = r.take(4)?;
@@ -330,6 +343,11 @@ impl ClientMessage {
                 out.extend_from_slice(&id.to_le_bytes());
             }
             Self::Refresh => out.push(0x86),
+            Self::Resize { width, height } => {
+                out.push(0x87);
+                out.extend_from_slice(&width.to_le_bytes());
+                out.extend_from_slice(&height.to_le_bytes());
+            }
         }
         out
     }
@@ -373,6 +391,7 @@ impl ClientMessage {
             0x84 => Self::FrameAck { frame: r.u32()? },
             0x85 => Self::Ping { id: r.u32()? },
             0x86 => Self::Refresh,
+            0x87 => Self::Resize { width: r.u16()?, height: r.u16()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -408,6 +427,7 @@ mod tests {
                 name: "alice — desktop".into(),
             },
             ServerMessage::Resize { width: 1920, height: 1080 },
+            ServerMessage::Resizable { max_width: 2560, max_height: 1440 },
             ServerMessage::Fill { rect, rgba: [1, 2, 3, 255] },
             ServerMessage::Image { rect, format: ImageFormat::Png, data: vec![9; 100] },
             ServerMessage::Copy { rect, src_x: 0, src_y: 16 },
@@ -426,6 +446,7 @@ mod tests {
             ClientMessage::FrameAck { frame: 3 },
             ClientMessage::Ping { id: 4 },
             ClientMessage::Refresh,
+            ClientMessage::Resize { width: 1366, height: 768 },
         ]
     }
 

@@ -90,6 +90,33 @@ async function main() {
   await untilCanvasShows(page, 'desktop', 'e2e-05-canvas-desktop.png', 240, 'the graphical desktop never showed her session');
   await shot(page, 'e2e-05-viewer-desktop.png');
 
+  // The desktop takes the window's size and follows it. The pool's 1280x800 is the largest it
+  // takes: in this 1400x900 window it has that; in a smaller window it shrinks to the window.
+  check(await page.locator('#desktop-size').inputValue() === 'window', 'the desktop does not follow the window by default');
+  const canvasSize = () => page.evaluate(() => [document.getElementById('screen').width, document.getElementById('screen').height]);
+  await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+  await page.setViewportSize({ width: 1000, height: 700 });
+  const resizedAt = Date.now();
+  const want = await page.evaluate(() => {
+    const s = document.querySelector('.viewer-screen');
+    return [Math.floor(s.clientWidth / 8) * 8, s.clientHeight];
+  });
+  await page.waitForFunction(([w, h]) => document.getElementById('screen').width === w && document.getElementById('screen').height === h,
+    want, { timeout: 15000 }).catch(async () => { throw new Error(`the desktop stayed ${await canvasSize()} in a window that holds ${want}`); });
+  log(`the desktop followed the window to ${want.join('x')} in ${Date.now() - resizedAt} ms`);
+  await untilCanvasShows(page, 'resized', 'e2e-05-canvas-resized.png', 60, 'the resized desktop did not show her panel');
+  check(await ask({ shot: '', phase: 'screen', width: want[0], height: want[1] }) === 'ok', `the guest's screen is not ${want.join('x')}`);
+  await shot(page, 'e2e-05-viewer-resized.png');
+
+  // A size of her choice instead, kept for her next visit.
+  await page.locator('#desktop-size').selectOption('1024x768');
+  await page.waitForFunction(() => document.getElementById('screen').width === 1024 && document.getElementById('screen').height === 768, null, { timeout: 15000 });
+  check(await ask({ shot: '', phase: 'screen', width: 1024, height: 768 }) === 'ok', 'the guest\'s screen is not 1024x768');
+  check(await page.evaluate(() => localStorage.getItem('atrium.desktopSize')) === '1024x768', 'the chosen size is not remembered');
+  await page.setViewportSize({ width: 1400, height: 900 });
+  await page.locator('#desktop-size').selectOption('window');
+  await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 15000 });
   const me = await page.evaluate(async () => (await fetch('/api/v1/me')).status);

@@ -4,12 +4,14 @@
 //! sees the pools, connects, sees the desktop in the canvas, types a command and sees its output,
 //! survives a `kill -9` of the node agent and of the display proxy (restarted as the quick start
 //! does: the node takes the running desktop back, the viewer comes back by itself to it), opens the graphical desktop and finds herself signed in there,
-//! and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
+//! finds the desktop taking the size of her window (and following it when it changes, and the size
+//! she chose instead, the guest's own screen checked through the node), and signs out; an administrator creates a pool; a non-administrator sees no admin page and gets 403.
 //! Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use atrium_protocol::node::DisplaySize;
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::screen::{Glyphs, PANEL, Screen, panel_rows, rows_showing};
 use atrium_tests::stack::Stack;
@@ -68,6 +70,32 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                 driver.answer("ok").await?;
                 continue;
             }
+            if msg["phase"] == "screen" {
+                // The guest's own screen, as its agent reports it to the node.
+                let want = DisplaySize::new(
+                    msg["width"].as_u64().context("width")?.try_into()?,
+                    msg["height"].as_u64().context("height")?.try_into()?,
+                );
+                let mut seen = None;
+                for _ in 0..50 {
+                    let vms = stack.node.list_vms().await?;
+                    seen = vms
+                        .iter()
+                        .find(|v| {
+                            v.image.starts_with("desktop") && v.user.as_deref() == Some("alice")
+                        })
+                        .and_then(|v| v.screen);
+                    if seen == Some(want) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if seen != Some(want) {
+                    eprintln!("the guest's screen is {seen:?}, not {want}");
+                }
+                driver.answer(if seen == Some(want) { "ok" } else { "no" }).await?;
+                continue;
+            }
             let path = msg["shot"].as_str().context("a shot without a path")?;
             let screen = Screen::from_png(&std::fs::read(path)?)?;
             let ok = match msg["phase"].as_str() {
@@ -80,8 +108,9 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                 Some("typed") => {
                     !rows_showing(&screen.cells(), &word, &Glyphs::default()).is_empty()
                 }
-                // The graphical desktop: its panel, with the signed-in user's directory name.
-                Some("desktop") => panel_rows(&screen)
+                // The graphical desktop: its panel, with the signed-in user's directory name
+                // (at the bottom of the screen, also once the screen changed size).
+                Some("desktop" | "resized") => panel_rows(&screen)
                     .and_then(|band| {
                         screen.find_monospace(
                             band.0,

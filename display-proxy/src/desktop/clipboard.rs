@@ -5,10 +5,10 @@ use std::time::Duration;
 use atrium_protocol::display::{MAX_CLIPBOARD, truncate_utf8};
 use tokio::sync::broadcast;
 
-use crate::source::open::ClipboardLink;
+use crate::source::open::GuestLink;
 
 /// Long-polls the guest clipboard through the node and broadcasts changes.
-pub(super) async fn poll_clipboard(link: ClipboardLink, out: broadcast::Sender<String>) {
+pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<String>) {
     let mut seq = None;
     let mut backoff = Duration::from_secs(1);
     loop {

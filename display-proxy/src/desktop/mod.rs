@@ -3,17 +3,21 @@
 //! compares and prepares small updates itself and hands large ones to the encode pool; other
 //! sources (shared memory, synthetic) block on a capture thread of their own (`run.rs`).
 //! Viewers get the newest frame ([`Published`]) through a watch channel; the registry
-//! opens a desktop for its first viewer and closes it after its last.
+//! opens a desktop for its first viewer and closes it after its last. Through the guest agent
+//! (by way of the node) the desktop also carries the clipboard and, where the guest's screen
+//! can change size, the size its viewer's window asks for (`screen.rs`).
 
 mod clipboard;
 mod registry;
 mod run;
+mod screen;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atrium_protocol::display::truncate_utf8;
+use atrium_protocol::node::DisplaySize;
 use tokio::sync::{Semaphore, broadcast, watch};
 
 pub use registry::Desktops;
@@ -23,10 +27,11 @@ use crate::metrics::Metrics;
 use crate::pipeline::capture::Capture;
 use crate::pipeline::pool::EncodePool;
 use crate::pipeline::publish::Published;
-use crate::source::open::{ClipboardLink, OpenError, OpenedSource};
+use crate::source::open::{GuestLink, OpenError, OpenedSource};
 use crate::source::{InputSink, SourceError, SourceEvent, Stopper};
 use clipboard::poll_clipboard;
 use run::{CaptureLoop, Outlets};
+use screen::{ScreenSizes, follow_screen_requests};
 
 /// One watched desktop.
 #[derive(Debug)]
@@ -36,7 +41,9 @@ pub struct Desktop {
     frames: watch::Receiver<Arc<Published>>,
     cursor: watch::Receiver<Option<Arc<[u8]>>>,
     clipboard_out: broadcast::Sender<String>,
-    clipboard_in: Option<ClipboardLink>,
+    clipboard_in: Option<GuestLink>,
+    /// Sizes viewers ask the guest's screen to take, when it can change size.
+    screen: Option<ScreenSizes>,
     paste_slots: Arc<Semaphore>,
     input: Arc<dyn InputSink>,
     stopper: Arc<dyn Stopper>,
@@ -69,7 +76,7 @@ impl Desktop {
         pool: EncodePool,
         first_update_timeout: Duration,
     ) -> Result<Arc<Self>, OpenError> {
-        let OpenedSource { mut source, clipboard } = opened;
+        let OpenedSource { mut source, guest } = opened;
         let stopper = source.stopper();
         let first = tokio::task::spawn_blocking(move || {
             let (w, h) = source.size();
@@ -105,6 +112,10 @@ impl Desktop {
             watch::channel(Arc::new(Published::new(Arc::clone(capture.last()))));
         let (cursor_tx, cursor) = watch::channel(None);
         let (clipboard_out, _) = broadcast::channel(8);
+        let screen_requests = guest.as_ref().and_then(|link| {
+            let max = link.screen_max?;
+            Some(ScreenSizes::new(max))
+        });
         let alive = Arc::new(AtomicBool::new(true));
         let desktop = Arc::new(Self {
             vm: vm.to_owned(),
@@ -112,7 +123,8 @@ impl Desktop {
             frames,
             cursor,
             clipboard_out: clipboard_out.clone(),
-            clipboard_in: clipboard.clone(),
+            clipboard_in: guest.clone(),
+            screen: screen_requests.as_ref().map(|(sizes, _)| sizes.clone()),
             paste_slots: Arc::new(Semaphore::new(2)),
             input: source.input(),
             stopper: source.stopper(),
@@ -144,7 +156,11 @@ impl Desktop {
                 })
                 .map_err(SourceError::Io)?;
         }
-        if let Some(link) = clipboard {
+        if let Some(link) = guest {
+            if let Some((_, wanted)) = screen_requests {
+                let task = tokio::spawn(follow_screen_requests(link.clone(), wanted));
+                desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
+            }
             let task = tokio::spawn(poll_clipboard(link, clipboard_out));
             desktop.tasks.lock().expect("tasks lock").push(task.abort_handle());
         }
@@ -178,6 +194,17 @@ impl Desktop {
 
     pub fn viewers(&self) -> usize {
         self.viewers.load(Ordering::SeqCst)
+    }
+
+    /// The largest screen a viewer may ask for, when the guest's screen can change size.
+    pub fn screen_max(&self) -> Option<DisplaySize> {
+        self.screen.as_ref().map(ScreenSizes::max)
+    }
+
+    /// Asks the guest's screen to take this size (fitted to what it can take); the newest
+    /// request wins. False when its screen cannot change size.
+    pub fn ask_screen_size(&self, width: u16, height: u16) -> bool {
+        self.screen.as_ref().map(|s| s.ask(width, height)).is_some()
     }
 
     /// Puts text on the guest clipboard (through the node); dropped when two pastes are

@@ -1,10 +1,13 @@
-//! The node agent's local API, as the display proxy uses it: where a VM's display is, and its
-//! clipboard. It is reached on the node's local socket, whose file permissions are the only
-//! credential: the proxy holds no token that could open the node's network API.
+//! The node agent's local API, as the display proxy uses it: where a VM's display is, its
+//! clipboard, and its screen's size. It is reached on the node's local socket, whose file
+//! permissions are the only credential: the proxy holds no token that could open the node's
+//! network API.
 
 use std::time::Duration;
 
-use atrium_protocol::node::{ClipboardState, ClipboardText, VmInfo, validate_name};
+use atrium_protocol::node::{
+    ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -86,5 +89,18 @@ impl NodeClient {
         let url = format!("{}?after={after}&wait={wait}", self.url(vm, "/clipboard")?);
         let resp = self.http.get(url).timeout(Duration::from_secs(wait + 10)).send().await?;
         Ok(Self::check(vm, resp).await?.json().await?)
+    }
+
+    /// `PUT /api/v1/vms/{id}/screen`: gives the guest's screen a new size; returns the size it
+    /// took.
+    pub async fn set_screen(&self, vm: &str, size: DisplaySize) -> Result<DisplaySize, NodeError> {
+        let resp = self
+            .http
+            .put(self.url(vm, "/screen")?)
+            .timeout(Duration::from_secs(15))
+            .json(&ScreenSize { size })
+            .send()
+            .await?;
+        Ok(Self::check(vm, resp).await?.json::<ScreenSize>().await?.size)
     }
 }

@@ -1,10 +1,10 @@
 //! Opening a VM's display: the node agent says where it is (a VNC socket, or the builtin VMM's
-//! shared framebuffer), and the source that reads it is made; with the guest's clipboard when
-//! the node offers it.
+//! shared framebuffer), and the source that reads it is made; with the guest agent's services
+//! (clipboard, screen size) when the node offers them.
 
 use std::time::Duration;
 
-use atrium_protocol::node::{DisplayEndpoint, VmState};
+use atrium_protocol::node::{DisplayEndpoint, DisplaySize, VmState};
 use futures_util::future::BoxFuture;
 use thiserror::Error;
 
@@ -37,18 +37,22 @@ impl From<NodeError> for OpenError {
     }
 }
 
-/// Text going into a guest's clipboard, and changes coming out of it.
+/// The guest agent, through the node: text going into the guest's clipboard and changes coming
+/// out of it, and the screen's size.
 #[derive(Debug, Clone)]
-pub struct ClipboardLink {
+pub struct GuestLink {
     pub node: NodeClient,
     pub vm: String,
+    /// The largest screen the guest may be asked for (the size it booted with), when its screen
+    /// can change size at all.
+    pub screen_max: Option<DisplaySize>,
 }
 
-/// An opened source, with the guest's clipboard when there is one.
+/// An opened source, with the guest agent when there is one.
 #[derive(Debug)]
 pub struct OpenedSource {
     pub source: Box<dyn FramebufferSource>,
-    pub clipboard: Option<ClipboardLink>,
+    pub guest: Option<GuestLink>,
 }
 
 /// Finds and connects a VM's display.
@@ -74,6 +78,8 @@ impl SourceOpener for NodeOpener {
                 other => return Err(OpenError::NotRunning(other.as_str())),
             }
             let name = vm.to_owned();
+            // Only an agent that reports its screen can change it.
+            let screen_max = info.screen.map(|_| info.display);
             let endpoint = info.display_endpoint;
             let keep_refresh = self.keep_refresh;
             let source = tokio::task::spawn_blocking(
@@ -99,7 +105,7 @@ impl SourceOpener for NodeOpener {
             .map_err(|e| SourceError::Protocol(format!("connect task: {e}")))??;
             Ok(OpenedSource {
                 source,
-                clipboard: Some(ClipboardLink { node: self.node.clone(), vm: vm.to_owned() }),
+                guest: Some(GuestLink { node: self.node.clone(), vm: vm.to_owned(), screen_max }),
             })
         })
     }

@@ -59,6 +59,12 @@ pub fn caps_bits(c: &Capabilities) -> u32 {
     b
 }
 
+/// Whether a viewer may ask the desktop for another screen size: the user's own viewer may
+/// (its window is the screen), one that only watches may not.
+pub fn may_resize(c: &Capabilities) -> bool {
+    !c.view_only && !c.shadow
+}
+
 /// What the receiving task tells the sending loop.
 #[derive(Debug)]
 enum Event {

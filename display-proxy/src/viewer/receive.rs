@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 
-use super::{Ending, Event, InputLog};
+use super::{Ending, Event, InputLog, may_resize};
 use crate::desktop::Desktop;
 use crate::metrics::Metrics;
 use crate::source::InputEvent;
@@ -157,6 +157,16 @@ pub(super) async fn receive(
                     desktop.paste(text);
                 } else {
                     tracing::debug!("clipboard paste refused: not allowed by the ticket");
+                }
+                continue;
+            }
+            ClientMessage::Resize { width, height } => {
+                if !may_resize(&rights) {
+                    tracing::debug!("screen size refused: this viewer only watches");
+                } else if !desktop.ask_screen_size(width, height) {
+                    tracing::debug!(
+                        "screen size refused: this desktop's screen cannot change size"
+                    );
                 }
                 continue;
             }

@@ -15,7 +15,7 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits};
+use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits, may_resize};
 use crate::desktop::Desktop;
 use crate::metrics::Metrics;
 use crate::pipeline::encode::encode_plan;
@@ -117,6 +117,15 @@ impl Sender {
         };
         if self.send(Bytes::from(hello.encode())).await.is_err() {
             return "send failed".into();
+        }
+        if let Some(max) = self.desktop.screen_max().filter(|_| may_resize(&self.rights)) {
+            let resizable = ServerMessage::Resizable {
+                max_width: u16::try_from(max.width).unwrap_or(u16::MAX),
+                max_height: u16::try_from(max.height).unwrap_or(u16::MAX),
+            };
+            if self.send(Bytes::from(resizable.encode())).await.is_err() {
+                return "send failed".into();
+            }
         }
         let shape = cursor.borrow_and_update().clone();
         if let Some(c) = shape

@@ -278,7 +278,7 @@ impl SourceOpener for SyntheticOpener {
         Box::pin(async move {
             let src = SyntheticSource::new(self.config);
             self.inputs.lock().expect("inputs lock").insert(vm.to_owned(), src.input_counter());
-            Ok(OpenedSource { source: Box::new(src), clipboard: None })
+            Ok(OpenedSource { source: Box::new(src), guest: None })
         })
     }
 }

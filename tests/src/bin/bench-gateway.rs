@@ -179,7 +179,7 @@ impl SourceOpener for BenchOpener {
                     ticks: None,
                 }))
             };
-            Ok(OpenedSource { source, clipboard: None })
+            Ok(OpenedSource { source, guest: None })
         })
     }
 }

@@ -1,5 +1,6 @@
 // The desktop viewer page: connects to a pool's desktop (or, for administrators, joins a session
-// view-only), draws it, carries keyboard, pointer and clipboard, and reconnects with backoff.
+// view-only), draws it, carries keyboard, pointer and clipboard, gives the desktop the size of
+// the window (or one the user chose, remembered), and reconnects with backoff.
 
 import { get, post, ApiError } from '../api.js';
 import { mfaThen } from './mfa.js';
@@ -15,6 +16,20 @@ const FIRST_RETRY_MS = 250;
 // reached, at least every 15 s.
 const MAX_DISPLAY_BACKOFF_MS = 4_000;
 const MAX_BACKOFF_MS = 15_000;
+// Fixed desktop sizes a user may choose instead of the window's (those the pool allows).
+const SIZES = [[1024, 768], [1280, 720], [1280, 800], [1366, 768], [1440, 900], [1600, 900],
+  [1920, 1080], [1920, 1200], [2560, 1440], [3840, 2160]];
+const SIZE_KEY = 'atrium.desktopSize';
+// The window's size is sent once it has stopped changing for this long (a drag sends one).
+const RESIZE_SETTLE_MS = 150;
+
+function storedSize() {
+  try {
+    return localStorage.getItem(SIZE_KEY) || 'window';
+  } catch (e) {
+    return 'window';
+  }
+}
 
 function fmtRate(bytesPerSecond) {
   const bits = bytesPerSecond * 8;
@@ -50,10 +65,12 @@ export function showViewer(app, target) {
   const clipBtn = btn('Clipboard', () => toggleClip(), { 'aria-pressed': 'false', 'aria-controls': 'clip-panel' });
   clipPanel.id = 'clip-panel';
   const fullBtn = btn('Full screen', () => toggleFullscreen());
+  const sizeSelect = el('select', { id: 'desktop-size' });
+  const sizeLabel = el('label', { class: 'viewer-size', for: 'desktop-size', hidden: true }, 'Size ', sizeSelect);
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, clipBtn, fullBtn, outBtn, stats);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, clipBtn, fullBtn, outBtn, stats);
   const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, screen);
   render(root);
 
@@ -64,6 +81,10 @@ export function showViewer(app, target) {
   let backoff = FIRST_RETRY_MS;
   let timer = null;
   let keepalive = null;
+  // The largest size the desktop takes, once it said this viewer may choose one.
+  let maxSize = null;
+  let settle = null;
+  let asked = '';
 
   function setOverlay(text) {
     overlay.hidden = !text;
@@ -97,6 +118,50 @@ export function showViewer(app, target) {
     }
     canvas.focus();
   }
+
+  // The sizes this desktop takes, and the user's choice (the window's size unless they chose).
+  function fillSizes() {
+    const opts = [el('option', { value: 'window' }, 'Match window')];
+    const fits = SIZES.filter(([w, h]) => w <= maxSize.width && h <= maxSize.height);
+    if (!fits.some(([w, h]) => w === maxSize.width && h === maxSize.height)) fits.push([maxSize.width, maxSize.height]);
+    for (const [w, h] of fits) opts.push(el('option', { value: `${w}x${h}` }, `${w} × ${h}`));
+    sizeSelect.replaceChildren(...opts);
+    const choice = storedSize();
+    sizeSelect.value = opts.some((o) => o.value === choice) ? choice : 'window';
+  }
+
+  function applySize() {
+    settle = null;
+    if (!session || !maxSize) return;
+    let want;
+    if (sizeSelect.value === 'window') {
+      want = [screen.clientWidth, screen.clientHeight];
+    } else {
+      want = sizeSelect.value.split('x').map(Number);
+    }
+    if (!(want[0] > 0 && want[1] > 0) || `${want[0]}x${want[1]}` === asked) return;
+    if (session.requestSize(want[0], want[1])) asked = `${want[0]}x${want[1]}`;
+  }
+
+  function scheduleSize() {
+    if (settle) clearTimeout(settle);
+    settle = setTimeout(applySize, RESIZE_SETTLE_MS);
+  }
+
+  sizeSelect.addEventListener('change', () => {
+    try {
+      localStorage.setItem(SIZE_KEY, sizeSelect.value);
+    } catch (e) {
+      // Private mode: the choice holds for this page only.
+    }
+    applySize();
+    canvas.focus();
+  });
+  // The window (or full screen) changed the space the desktop has.
+  const observer = new ResizeObserver(() => {
+    if (maxSize && sizeSelect.value === 'window') scheduleSize();
+  });
+  observer.observe(screen);
 
   sendClip.addEventListener('click', () => {
     if (!session || !session.sendClipboard(toDesktop.value)) {
@@ -180,6 +245,9 @@ export function showViewer(app, target) {
   function open(url) {
     setOverlay('Connecting…');
     session = new DisplaySession({ url, canvas });
+    maxSize = null;
+    asked = '';
+    sizeLabel.hidden = true;
     let reached = false;
     session.on('connected', (h) => {
       reached = true;
@@ -191,6 +259,12 @@ export function showViewer(app, target) {
       copyLocal.disabled = !h.clipboardOut;
       announce(h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.');
       canvas.focus();
+    });
+    session.on('resizable', ({ maxWidth, maxHeight }) => {
+      maxSize = { width: maxWidth, height: maxHeight };
+      sizeLabel.hidden = false;
+      fillSizes();
+      applySize();
     });
     session.on('clipboard', ({ text }) => {
       fromDesktop.value = text;
@@ -229,6 +303,8 @@ export function showViewer(app, target) {
     stopped = true;
     if (timer) clearTimeout(timer);
     if (keepalive) clearInterval(keepalive);
+    if (settle) clearTimeout(settle);
+    observer.disconnect();
     if (session) session.disconnect();
     session = null;
     if (document.fullscreenElement) document.exitFullscreen().catch(() => {});

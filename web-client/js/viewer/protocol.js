@@ -55,6 +55,7 @@ export function decodeServer(buf) {
       break;
     }
     case 0x02: m = { type: 'resize', width: r.u16(), height: r.u16() }; break;
+    case 0x03: m = { type: 'resizable', maxWidth: r.u16(), maxHeight: r.u16() }; break;
     case 0x10: { const rect = r.rect(); m = { type: 'fill', rect, rgba: Array.from(r.take(4)) }; break; }
     case 0x11: { const rect = r.rect(); const format = r.u8(); m = { type: 'image', rect, format, data: r.bytes32() }; break; }
     case 0x12: m = { type: 'copy', rect: r.rect(), srcX: r.u16(), srcY: r.u16() }; break;
@@ -134,4 +135,13 @@ export function pingMessage(id) {
 
 export function refreshMessage() {
   return new Uint8Array([0x86]).buffer;
+}
+
+// Asks the desktop to take this size (the proxy fits it to what the desktop can take).
+export function resizeMessage(width, height) {
+  const w = writer(5);
+  w.view.setUint8(0, 0x87);
+  w.view.setUint16(1, Math.max(0, Math.min(0xffff, Math.floor(width))), true);
+  w.view.setUint16(3, Math.max(0, Math.min(0xffff, Math.floor(height))), true);
+  return w.buf;
 }

@@ -4,10 +4,13 @@
 //   s.on('connected', ({ width, height, name, viewOnly, clipboardIn, clipboardOut }) => ...);
 //   s.on('disconnected', ({ code, reason, clean }) => ...);
 //   s.on('resize', ({ width, height }) => ...);
+//   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
+
 //   s.on('clipboard', ({ text }) => ...);
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
-//   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.disconnect();
+//   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
+//   s.disconnect();
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
 // returns it. A ticket is accepted once: reconnecting needs a new one from the broker.
@@ -45,6 +48,8 @@ export class DisplaySession extends Emitter {
     this.name = '';
     this.caps = 0;
     this.maxFramesInFlight = 0;
+    // Set when the desktop's screen can take this viewer's size: the largest it takes.
+    this.maxSize = null;
     this._seq = 0;
     this._frameBytes = 0;
     this._unacked = 0;
@@ -85,6 +90,13 @@ export class DisplaySession extends Emitter {
     return true;
   }
 
+  // Asks the desktop's screen to take this size; false when this viewer may not (the screen
+  // cannot change size, or the viewer only watches). The answer is a 'resize' event.
+  requestSize(width, height) {
+    if (!this.connected || !this.maxSize || this.viewOnly) return false;
+    return this.transport.send(P.resizeMessage(width, height));
+  }
+
   // Asks for a whole new picture (after the canvas was lost).
   refresh() {
     if (this.connected) this.transport.send(P.refreshMessage());
@@ -98,6 +110,7 @@ export class DisplaySession extends Emitter {
     const was = this.connected;
     this.connected = false;
     this.transport = null;
+    this.maxSize = null;
     this.renderer.clear();
     if (this._ackTimer) clearTimeout(this._ackTimer);
     this._ackTimer = null;
@@ -131,6 +144,10 @@ export class DisplaySession extends Emitter {
         this.height = m.height;
         this.renderer.resize(m.width, m.height);
         this.emit('resize', { width: m.width, height: m.height });
+        return;
+      case 'resizable':
+        this.maxSize = { width: m.maxWidth, height: m.maxHeight };
+        this.emit('resizable', { maxWidth: m.maxWidth, maxHeight: m.maxHeight });
         return;
       case 'fill':
       case 'copy':

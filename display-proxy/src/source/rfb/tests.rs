@@ -407,7 +407,7 @@ async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_p
         .unwrap()
         .unwrap();
     let metrics = Arc::new(Metrics::default());
-    let opened = OpenedSource { source: Box::new(src), clipboard: None };
+    let opened = OpenedSource { source: Box::new(src), guest: None };
     let desktop = Desktop::start("vm", opened, metrics, EncodePool::new(1, 4)).await.unwrap();
     let mut frames = desktop.frames();
     let mut last = Arc::clone(&frames.borrow_and_update());
@@ -443,7 +443,7 @@ fn desktop_on_own_runtime(
                 .await
                 .unwrap()
                 .unwrap();
-            let opened = OpenedSource { source: Box::new(src), clipboard: None };
+            let opened = OpenedSource { source: Box::new(src), guest: None };
             let metrics = Arc::new(Metrics::default());
             let started = Desktop::start_within(
                 "vm",
