@@ -9,7 +9,7 @@ const FIELDS = [
   ['image', 'Image', 'text', 'NAME or NAME@VERSION on the nodes'],
   ['vcpus', 'vCPUs', 'number', ''],
   ['memory_mib', 'Memory (MiB)', 'number', ''],
-  ['display', 'Display', 'text', 'WIDTHxHEIGHT, e.g. 1280x800'],
+  ['display', 'Display', 'text', 'WIDTHxHEIGHT, e.g. 1920x1080: the largest screen; a desktop takes its viewer\'s window size up to it'],
   ['kind', 'Kind', 'select', 'Floating: fresh at each sign-in. Dedicated: the user keeps it.'],
   ['min_ready', 'Ready spares', 'number', 'Booted desktops kept waiting'],
   ['max_size', 'Maximum size', 'number', ''],
