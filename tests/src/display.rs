@@ -5,15 +5,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use atrium_protocol::display::{ClientMessage, ImageFormat, Rect, ServerMessage};
-use atrium_protocol::node::{DisplayEndpoint, DisplaySize, RuntimeKind, VmInfo, VmState};
+use atrium_protocol::node::{
+    DisplayEndpoint, DisplaySize, RuntimeKind, ScreenSize, VmInfo, VmState,
+};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -149,54 +151,95 @@ impl Drop for DisplayProxy {
 }
 
 /// A node's local API that knows VMs whose displays the test started itself (for example a
-/// bare QEMU with a VNC socket), on a socket of its own. It answers `GET /api/v1/vms/{id}` and
-/// nothing else.
+/// bare QEMU with a VNC socket), on a socket of its own. It answers `GET /api/v1/vms/{id}`,
+/// and, for a node started [`DisplayOnlyNode::resizable`], `PUT /api/v1/vms/{id}/screen` (the
+/// sizes asked for are kept in `screen_requests`; no guest changes size).
 #[derive(Debug)]
 pub struct DisplayOnlyNode {
     pub dir: TempDir,
     pub socket: std::path::PathBuf,
+    pub screen_requests: Arc<Mutex<Vec<(String, DisplaySize)>>>,
+}
+
+/// What the fake node's routes share.
+#[derive(Debug, Clone)]
+struct FakeVms {
+    vms: Arc<HashMap<String, DisplayEndpoint>>,
+    resizable: bool,
+    requests: Arc<Mutex<Vec<(String, DisplaySize)>>>,
 }
 
 impl DisplayOnlyNode {
     pub async fn start(vms: Vec<(String, DisplayEndpoint)>) -> anyhow::Result<Self> {
+        Self::start_with(vms, false).await
+    }
+
+    /// A node whose VMs report a screen (of 720x400) that may change size.
+    pub async fn resizable(vms: Vec<(String, DisplayEndpoint)>) -> anyhow::Result<Self> {
+        Self::start_with(vms, true).await
+    }
+
+    async fn start_with(
+        vms: Vec<(String, DisplayEndpoint)>,
+        resizable: bool,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("display-node");
         let socket = dir.path().join("api.sock");
         let listener = tokio::net::UnixListener::bind(&socket)?;
-        let vms: Arc<HashMap<String, DisplayEndpoint>> = Arc::new(vms.into_iter().collect());
+        let state = FakeVms {
+            vms: Arc::new(vms.into_iter().collect()),
+            resizable,
+            requests: Arc::default(),
+        };
+        let screen_requests = Arc::clone(&state.requests);
         let app = Router::new()
             .route(
-                "/api/v1/vms/{id}",
-                get(
-                    |State(vms): State<Arc<HashMap<String, DisplayEndpoint>>>,
-                     Path(id): Path<String>| async move {
-                        let Some(endpoint) = vms.get(&id) else {
+                "/api/v1/vms/{id}/screen",
+                put(
+                    |State(f): State<FakeVms>,
+                     Path(id): Path<String>,
+                     Json(req): Json<ScreenSize>| async move {
+                        if !f.vms.contains_key(&id) {
                             return Err(StatusCode::NOT_FOUND);
-                        };
-                        Ok(Json(VmInfo {
-                            id,
-                            state: VmState::Ready,
-                            runtime: RuntimeKind::Qemu,
-                            accel: None,
-                            image: "none".into(),
-                            vcpus: 1,
-                            memory_mib: 64,
-                            display: DisplaySize::new(720, 400),
-                            screen: None,
-                            persistent_disk: None,
-                            user: None,
-                            created_at_ms: 0,
-                            ready_at_ms: None,
-                            error: None,
-                            display_endpoint: endpoint.clone(),
-                        }))
+                        }
+                        if !f.resizable {
+                            return Err(StatusCode::CONFLICT);
+                        }
+                        f.requests.lock().expect("requests").push((id, req.size));
+                        Ok(Json(req))
                     },
                 ),
             )
-            .with_state(vms);
+            .route(
+                "/api/v1/vms/{id}",
+                get(|State(f): State<FakeVms>, Path(id): Path<String>| async move {
+                    let Some(endpoint) = f.vms.get(&id) else {
+                        return Err(StatusCode::NOT_FOUND);
+                    };
+                    Ok(Json(VmInfo {
+                        id,
+                        state: VmState::Ready,
+                        runtime: RuntimeKind::Qemu,
+                        accel: None,
+                        image: "none".into(),
+                        vcpus: 1,
+                        memory_mib: 64,
+                        display: DisplaySize::new(720, 400),
+                        screen: f.resizable.then_some(DisplaySize::new(720, 400)),
+                        persistent_disk: None,
+                        user: None,
+                        created_at_ms: 0,
+                        ready_at_ms: None,
+                        error: None,
+                        display_endpoint: endpoint.clone(),
+                    }))
+                }),
+            )
+            .with_state(state);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { dir, socket })
+        Ok(Self { dir, socket, screen_requests })
     }
 }
 
@@ -243,6 +286,8 @@ pub struct DisplayViewer {
     pub width: u16,
     pub height: u16,
     pub caps: u32,
+    /// The largest size this viewer may ask the desktop for (`Resizable`), once it said so.
+    pub max_size: Option<(u16, u16)>,
     /// RGB, row-major.
     pub rgb: Vec<u8>,
     pub frames: u32,
@@ -272,6 +317,7 @@ impl DisplayViewer {
             width,
             height,
             caps,
+            max_size: None,
             rgb,
             frames: 0,
             bytes: 0,
@@ -322,6 +368,9 @@ impl DisplayViewer {
                     self.width = width;
                     self.height = height;
                     self.rgb = vec![0; usize::from(width) * usize::from(height) * 3];
+                }
+                ServerMessage::Resizable { max_width, max_height } => {
+                    self.max_size = Some((max_width, max_height));
                 }
                 ServerMessage::Fill { rect, rgba } => {
                     self.fill(rect, [rgba[0], rgba[1], rgba[2]])?

@@ -1,13 +1,14 @@
 //! The display proxy against real QEMU (group `qemu`): `atrium-display serve` admits a
 //! WebSocket viewer holding a ticket, reads the VM's VNC socket, and the viewer's image shows
-//! the guest's screen; typed keys reach the guest and their output comes back in the image.
+//! the guest's screen; typed keys reach the guest and their output comes back in the image; only
+//! the user's own viewer may ask for another screen size.
 
 use std::time::Duration;
 
 use anyhow::ensure;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
-use atrium_protocol::display::caps;
-use atrium_protocol::node::{DisplayEndpoint, VmInfo, VmState};
+use atrium_protocol::display::{ClientMessage, caps};
+use atrium_protocol::node::{DisplayEndpoint, DisplaySize, VmInfo, VmState};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::display::{
     BareQemu, DisplayOnlyNode, DisplayProxy, DisplayViewer, count_color, keep_artifact,
@@ -63,6 +64,65 @@ async fn a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen() -> anyhow::Result<(
     let metrics = proxy.metrics().await?;
     assert!(metrics.contains("atrium_display_clients 2"), "{metrics}");
     assert!(metrics.contains("atrium_display_desktops 1"), "one source for both viewers");
+    Ok(())
+}
+
+/// Only the user's own viewer may ask the desktop for another size: it is told the largest,
+/// its requests reach the node fitted to what the screen takes, the newest winning; a shadow
+/// and a view-only viewer are not told and their requests go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_users_own_viewer_resizes_the_desktop() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "only_the_users_own_viewer_resizes_the_desktop") {
+        return Ok(());
+    }
+    let qemu = BareQemu::start().await?;
+    let node = DisplayOnlyNode::resizable(vec![(
+        "bios".into(),
+        DisplayEndpoint::VncUnix { path: qemu.socket.display().to_string() },
+    )])
+    .await?;
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
+    let ticket = |caps| issuer.ticket("bios", caps);
+    let mut user =
+        DisplayViewer::connect(&proxy.ws_url("bios", &ticket(Capabilities::default()))).await?;
+    let shadow_caps = Capabilities { view_only: true, shadow: true, ..Default::default() };
+    let mut shadow = DisplayViewer::connect(&proxy.ws_url("bios", &ticket(shadow_caps))).await?;
+    let watch_caps = Capabilities { view_only: true, ..Default::default() };
+    let mut watcher = DisplayViewer::connect(&proxy.ws_url("bios", &ticket(watch_caps))).await?;
+    for v in [&mut user, &mut shadow, &mut watcher] {
+        v.pump(Duration::from_secs(10)).await?;
+    }
+    assert_eq!(user.max_size, Some((720, 400)), "the user's viewer is told the largest size");
+    assert_eq!(shadow.max_size, None, "a shadow is told it may resize");
+    assert_eq!(watcher.max_size, None, "a view-only viewer is told it may resize");
+
+    let requests = || node.screen_requests.lock().expect("requests").clone();
+    shadow.send(ClientMessage::Resize { width: 640, height: 360 }).await?;
+    watcher.send(ClientMessage::Resize { width: 640, height: 360 }).await?;
+    // Beyond the largest, not a multiple of 8, below the smallest: fitted.
+    user.send(ClientMessage::Resize { width: 1001, height: 200 }).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while requests().is_empty() {
+        ensure!(std::time::Instant::now() < deadline, "no size reached the node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    user.send(ClientMessage::Resize { width: 517, height: 333 }).await?;
+    let want = ("bios".to_owned(), DisplaySize::new(512, 333));
+    while requests().last() != Some(&want) {
+        ensure!(std::time::Instant::now() < deadline, "the node got {:?}", requests());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the ignored requests time to arrive, had they been passed on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = requests();
+    assert_eq!(got[0], ("bios".to_owned(), DisplaySize::new(720, 320)), "{got:?}");
+    assert_eq!(got.last(), Some(&want), "{got:?}");
+    assert!(
+        got.iter().all(|(_, s)| *s != DisplaySize::new(640, 360)),
+        "a watching viewer's size reached the node: {got:?}"
+    );
     Ok(())
 }
 
