@@ -96,6 +96,7 @@ async fn bare_boot(
         vcpus: opts.vcpus,
         memory_mib: opts.memory_mib,
         display: opts.display,
+        sound: false,
         cgroup: None,
     };
     let paths = Paths::in_dir(dir);

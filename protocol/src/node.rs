@@ -302,6 +302,9 @@ pub struct VmInfo {
     /// desktops whose screen cannot change size (see `PUT .../screen`).
     #[serde(default)]
     pub screen: Option<DisplaySize>,
+    /// The VM has a sound card whose output its VNC server carries (QEMU's audio extension).
+    #[serde(default)]
+    pub sound: bool,
     pub persistent_disk: Option<String>,
     /// The user whose session the guest agent was last told about.
     pub user: Option<String>,

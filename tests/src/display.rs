@@ -226,6 +226,7 @@ impl DisplayOnlyNode {
                         memory_mib: 64,
                         display: DisplaySize::new(720, 400),
                         screen: f.resizable.then_some(DisplaySize::new(720, 400)),
+                        sound: false,
                         persistent_disk: None,
                         user: None,
                         created_at_ms: 0,

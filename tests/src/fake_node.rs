@@ -128,6 +128,7 @@ fn info(id: &str, vm: &FakeVm) -> VmInfo {
         memory_mib: vm.spec.memory_mib,
         display: vm.spec.display,
         screen: None,
+        sound: false,
         persistent_disk: vm.spec.persistent_disk.clone(),
         user: vm.spec.user.as_ref().map(|u| u.username.clone()),
         created_at_ms: 0,

@@ -48,6 +48,7 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
             vcpus: 1,
             memory_mib: 256,
             display: DisplaySize::new(800, 600),
+            sound: false,
             cgroup: None,
         })
         .await?;

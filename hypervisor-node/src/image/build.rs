@@ -45,6 +45,15 @@ const CONSOLE_MODULES: &[&str] = &[
     "ext4",
 ];
 
+/// The modules an image of this kind loads.
+fn modules(kind: ImageKind) -> Vec<&'static str> {
+    let mut m = CONSOLE_MODULES.to_vec();
+    if kind == ImageKind::Desktop {
+        m.extend(desktop::MODULES);
+    }
+    m
+}
+
 const CONSOLE_FILES: &[(&str, &str, u32)] = &[
     ("init", include_str!("console/init"), 0o755),
     ("sbin/console-shell", include_str!("console/console-shell"), 0o755),
@@ -195,7 +204,7 @@ pub fn plan(kind: ImageKind, agent_path: &Path) -> Result<Plan, BuildError> {
     for p in packages.iter().chain(&root) {
         h.update(format!("package {} {} {}\n", p.name, p.version, p.sha256));
     }
-    for m in CONSOLE_MODULES {
+    for m in modules(kind) {
         h.update(format!("module {m}\n"));
     }
     match kind {
@@ -297,7 +306,7 @@ fn build_in(
     let vmlinuz = single_entry(&kernel_root.join("boot"), "vmlinuz-")?;
     let modules_dir = single_entry(&kernel_root.join("lib/modules"), "")?;
     let tree = ModuleTree::scan(&modules_dir)?;
-    let order = tree.load_order(CONSOLE_MODULES)?;
+    let order = tree.load_order(&modules(plan.kind))?;
     progress.inc(1);
 
     step(format!("writing the initramfs ({} modules)", order.len()));

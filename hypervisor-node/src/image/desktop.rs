@@ -43,7 +43,13 @@ pub const ROOT_PACKAGES: &[&str] = &[
     "xclip",                    // the clipboard from the command line
     "fonts-dejavu-core",        // readable fonts
     "e2fsprogs",                // formats a new home disk
+    "alsa-utils",               // aplay and speaker-test: sound from the command line
 ];
+
+/// Kernel modules the desktop loads besides the console's: sound on QEMU's Intel HD Audio
+/// controller and its output codec. The codec's driver first: the controller finds its codec
+/// after `insmod` returns, and there is no modprobe to fetch the driver then.
+pub const MODULES: &[&str] = &["snd_hda_codec_generic", "snd_hda_intel"];
 
 /// Packages left out of the root on purpose, with why. A dependency on one of them counts as met.
 pub const EXCLUDED: &[(&str, &str)] = &[
@@ -57,6 +63,7 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ("sysvinit-utils", "busybox init starts everything"),
     ("lsb-base", "no init scripts run"),
     ("udev", "no udev daemon runs: X's input devices are configured statically"),
+    ("kmod", "the initramfs loads the kernel modules (alsa-utils' scripts would use modprobe)"),
     ("keyboard-configuration", "the keyboard layout comes from the session (setxkbmap)"),
     ("libgl1-mesa-dri", "no 3D: QEMU's VGA has none and X runs without GLX (pulls in LLVM)"),
     ("libglx-mesa0", "no 3D (loads the Mesa drivers above)"),
@@ -119,6 +126,7 @@ pub const ROOT_FILES: &[(&str, &str, u32)] = &[
     ("etc/profile", include_str!("desktop/profile"), 0o644),
     ("etc/hostname", "atrium\n", 0o644),
     ("etc/X11/xorg.conf", include_str!("desktop/xorg.conf"), 0o644),
+    ("etc/asound.conf", include_str!("desktop/asound.conf"), 0o644),
     ("etc/atrium/jwmrc.in", include_str!("desktop/jwmrc.in"), 0o644),
     ("etc/atrium/Xresources", include_str!("desktop/Xresources"), 0o644),
     ("etc/acpi/PWRF/00000080", include_str!("desktop/acpi-power"), 0o755),

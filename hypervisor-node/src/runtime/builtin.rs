@@ -494,6 +494,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             display: DisplaySize::new(1024, 768),
+            sound: false,
             cgroup: None,
         }
     }

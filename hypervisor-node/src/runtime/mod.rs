@@ -85,6 +85,9 @@ pub struct LaunchConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub display: DisplaySize,
+    /// The guest has a sound driver (its image loads one): give it a sound card whose output
+    /// the display reads.
+    pub sound: bool,
     /// The group the VM process must join before it runs.
     pub cgroup: Option<VmCgroup>,
 }

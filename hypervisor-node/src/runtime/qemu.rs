@@ -7,6 +7,9 @@
 //! - screen: a `VGA` device with an EDID at the VM's display size (the guest's `bochs` DRM
 //!   driver picks that mode); input: the PS/2 keyboard and an absolute pointer (virtio or USB
 //!   tablet);
+//! - sound (images whose guest loads a sound driver): an Intel HD Audio controller with an
+//!   output codec, played into QEMU's `none` audio backend, whose mix QEMU's VNC server hands
+//!   to a client that asks (the display proxy) through its audio extension;
 //! - guest agent: a virtio-serial port named `org.atrium.agent.0` on `agent.sock`; serial
 //!   console on `serial.sock`;
 //! - disk: a qcow2 layer whose backing file is the image's read-only base;
@@ -210,8 +213,17 @@ impl QemuRuntime {
         push(format!("{}M", cfg.memory_mib));
         push("-qmp".into());
         push(format!("unix:{},server=on,wait=off", paths.qmp.display()));
+        if cfg.sound {
+            // A 10 ms audio timer: the mix reaches the VNC client in small, timely pieces; at
+            // the rate and format the display proxy asks for, so nothing is resampled twice.
+            push("-audiodev".into());
+            push(format!(
+                "none,id={AUDIODEV},timer-period=10000,out.frequency=48000,out.channels=2,out.format=s16"
+            ));
+        }
         push("-vnc".into());
-        push(format!("unix:{},share=force-shared", paths.vnc.display()));
+        let audio = if cfg.sound { format!(",audiodev={AUDIODEV}") } else { String::new() };
+        push(format!("unix:{},share=force-shared{audio}", paths.vnc.display()));
         push("-device".into());
         push(format!(
             "VGA,edid=on,xres={},yres={},vgamem_mb={}",
@@ -229,6 +241,12 @@ impl QemuRuntime {
         push(format!("socket,id=agent0,path={},server=on,wait=off", paths.agent.display()));
         push("-device".into());
         push(format!("virtserialport,bus=vser0.0,chardev=agent0,name={PORT_NAME}"));
+        if cfg.sound {
+            push("-device".into());
+            push("ich9-intel-hda,id=hda0".into());
+            push("-device".into());
+            push(format!("hda-output,bus=hda0.0,audiodev={AUDIODEV}"));
+        }
         match self.cfg.pointer {
             Pointer::VirtioTablet => {
                 push("-device".into());
@@ -316,6 +334,9 @@ fn qemu_exit_info(status: std::io::Result<std::process::ExitStatus>, err_text: &
         Err(e) => ExitInfo { clean: false, description: format!("waiting for QEMU failed: {e}") },
     }
 }
+
+/// The id of a VM's audio backend (what its sound card plays into, and its VNC server reads).
+const AUDIODEV: &str = "snd0";
 
 /// VGA memory for a display: room for two frames at 32 bits per pixel, a power of two.
 pub fn vgamem_mb(width: u32, height: u32) -> u32 {
@@ -732,6 +753,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             display: DisplaySize::new(1280, 800),
+            sound: false,
             cgroup: None,
         }
     }
@@ -811,6 +833,31 @@ mod tests {
         assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(after(&a, "-initrd"), ["/img/initrd.img"]);
         assert_eq!(after(&a, "-drive").len(), 1, "no home disk was asked for");
+        assert!(after(&a, "-audiodev").is_empty(), "no sound was asked for");
+        assert!(!devices.iter().any(|d| d.contains("hda")), "{devices:?}");
+    }
+
+    #[test]
+    fn a_guest_with_a_sound_driver_gets_a_sound_card_the_vnc_server_hears() {
+        let rt = QemuRuntime::new(QemuSection::default(), KvmKind::Pvm);
+        let mut cfg = launch_config();
+        cfg.sound = true;
+        let a: Vec<String> = rt
+            .args(&cfg, &Paths::in_dir(&cfg.dir), None)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            after(&a, "-audiodev"),
+            ["none,id=snd0,timer-period=10000,out.frequency=48000,out.channels=2,out.format=s16"]
+        );
+        let devices = after(&a, "-device");
+        assert!(devices.contains(&"ich9-intel-hda,id=hda0"));
+        assert!(devices.contains(&"hda-output,bus=hda0.0,audiodev=snd0"));
+        assert_eq!(
+            after(&a, "-vnc"),
+            ["unix:/state/vms/vm-0123456789abcdef/vnc.sock,share=force-shared,audiodev=snd0"]
+        );
     }
 
     #[test]

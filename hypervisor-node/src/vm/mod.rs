@@ -35,6 +35,8 @@ use crate::runtime::{
     DiskConfig, ExitInfo, Frame, HomeDiskConfig, LaunchConfig, Runtime, RuntimeError, VmHandle,
 };
 
+/// The kernel module of the sound card the qemu runtime gives a guest that loads it.
+const SOUND_MODULE: &str = "snd_hda_intel";
 /// Bytes of serial console kept per VM.
 const CONSOLE_BYTES: usize = 1 << 20;
 /// How long the agent has to confirm a session (a desktop image confirms once the user's
@@ -164,6 +166,8 @@ impl Vm {
             memory_mib: self.spec.memory_mib,
             display: self.spec.display,
             screen: self.agent().and_then(|a| a.view.screen.borrow().1),
+            sound: self.runtime == RuntimeKind::Qemu
+                && self.image.manifest.modules.iter().any(|m| m == SOUND_MODULE),
             persistent_disk: self.spec.persistent_disk.clone(),
             user: s.user,
             created_at_ms: self.created_at_ms,
@@ -564,6 +568,7 @@ impl VmManager {
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             display: vm.spec.display,
+            sound: m.modules.iter().any(|m| m == SOUND_MODULE),
             cgroup,
         };
         let handle = runtime.launch(cfg).await?;
