@@ -5,6 +5,8 @@
 //!   [`framebuffer`], and opening a VM's display where the node agent says it is;
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
+//! - [`sound`]: the desktop's sound (QEMU's VNC audio), encoded once with Opus for every
+//!   viewer that listens;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
 //! - [`viewer`]: one WebSocket (sending with flow control, receiving under the ticket's
 //!   rights) and the desktop sessions the broker can end;
@@ -28,6 +30,7 @@ pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod sound;
 pub mod source;
 pub mod ticket;
 pub mod viewer;

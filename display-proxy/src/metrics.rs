@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connections_closed_bad_message: AtomicU64,
     pub input_dropped: AtomicU64,
     pub refinements: AtomicU64,
+    pub audio_packets: AtomicU64,
+    pub audio_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +81,16 @@ impl Metrics {
             "atrium_display_input_dropped_total",
             "Input events dropped (view-only or queue full).",
             get(&self.input_dropped),
+        );
+        counter(
+            "atrium_display_audio_packets_total",
+            "Opus packets of desktop sound encoded (once per desktop, whoever listens).",
+            get(&self.audio_packets),
+        );
+        counter(
+            "atrium_display_audio_dropped_total",
+            "Sound packets a viewer missed because it fell behind.",
+            get(&self.audio_dropped),
         );
         let secs = get(&self.encode_nanos) as f64 / 1e9;
         let _ = write!(

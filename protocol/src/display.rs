@@ -51,7 +51,16 @@ pub mod caps {
     pub const FILE_UPLOAD: u32 = 8;
     pub const FILE_DOWNLOAD: u32 = 16;
     pub const SHADOW: u32 = 32;
+    /// The desktop's sound may reach this viewer (it asks with [`super::ClientMessage::Audio`]).
+    pub const AUDIO: u32 = 64;
 }
+
+/// Sound is Opus at this rate, in stereo.
+pub const AUDIO_RATE: u32 = 48_000;
+/// Samples (per channel) in one [`ServerMessage::Audio`] packet: 20 ms.
+pub const AUDIO_FRAME: usize = 960;
+/// Largest Opus packet the proxy sends.
+pub const MAX_AUDIO_PACKET: usize = 4000;
 
 /// A rectangle on the screen, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +103,10 @@ pub enum ServerMessage {
     Clipboard { text: String },
     /// Answer to [`ClientMessage::Ping`]. `0x31`
     Pong { id: u32 },
+    /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
+    /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` is its first sample's number (48 kHz,
+    /// wrapping), so a gap (silence) shows. `0x40`
+    Audio { at: u32, packet: Vec<u8> },
 }
 
 /// Messages from the browser to the display proxy.
@@ -116,6 +129,9 @@ pub enum ClientMessage {
     /// proxy fits it to the desktop's limits; the answer is a [`ServerMessage::Resize`] once the
     /// desktop has changed. `0x87`
     Resize { width: u16, height: u16 },
+    /// Send the desktop's sound (`true`: the viewer plays it) or stop (muted). Only a viewer
+    /// with [`caps::AUDIO`] is sent any. `0x88`
+    Audio { enabled: bool },
 }
 
 /// Why a message could not be decoded.
@@ -254,6 +270,13 @@ impl ServerMessage {
                 out.push(0x31);
                 out.extend_from_slice(&id.to_le_bytes());
             }
+            Self::Audio { at, packet } => {
+                out.push(0x40);
+                out.extend_from_slice(&at.to_le_bytes());
+                let len = u16::try_from(packet.len().min(MAX_AUDIO_PACKET)).expect("bounded");
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&packet[..usize::from(len)]);
+            }
         }
     }
 
@@ -301,6 +324,14 @@ impl ServerMessage {
             }
             0x30 => Self::Clipboard { text: r.text32(MAX_CLIPBOARD)? },
             0x31 => Self::Pong { id: r.u32()? },
+            0x40 => {
+                let at = r.u32()?;
+                let len = usize::from(r.u16()?);
+                if len == 0 || len > MAX_AUDIO_PACKET {
+                    return Err(DecodeError::BadValue("audio packet length"));
+                }
+                Self::Audio { at, packet: r.take(len)?.to_vec() }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -348,6 +379,10 @@ impl ClientMessage {
                 out.extend_from_slice(&width.to_le_bytes());
                 out.extend_from_slice(&height.to_le_bytes());
             }
+            Self::Audio { enabled } => {
+                out.push(0x88);
+                out.push(u8::from(*enabled));
+            }
         }
         out
     }
@@ -392,6 +427,13 @@ impl ClientMessage {
             0x85 => Self::Ping { id: r.u32()? },
             0x86 => Self::Refresh,
             0x87 => Self::Resize { width: r.u16()?, height: r.u16()? },
+            0x88 => Self::Audio {
+                enabled: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue("audio state")),
+                },
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -435,6 +477,7 @@ mod tests {
             ServerMessage::Cursor { hot_x: 3, hot_y: 4, png: vec![] },
             ServerMessage::Clipboard { text: "grüße".into() },
             ServerMessage::Pong { id: 99 },
+            ServerMessage::Audio { at: 48_000, packet: vec![0xfc, 1, 2, 3] },
         ]
     }
 
@@ -447,6 +490,8 @@ mod tests {
             ClientMessage::Ping { id: 4 },
             ClientMessage::Refresh,
             ClientMessage::Resize { width: 1366, height: 768 },
+            ClientMessage::Audio { enabled: true },
+            ClientMessage::Audio { enabled: false },
         ]
     }
 

@@ -26,6 +26,9 @@ pub struct Capabilities {
     pub file_download: bool,
     /// This viewer joins someone else's session (shadowing).
     pub shadow: bool,
+    /// The desktop's sound may reach this viewer (absent in tickets of older brokers: none).
+    #[serde(default)]
+    pub audio: bool,
 }
 
 /// The claims of a display ticket.

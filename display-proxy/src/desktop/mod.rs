@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use atrium_protocol::display::truncate_utf8;
 use atrium_protocol::node::DisplaySize;
+use axum::body::Bytes;
 use tokio::sync::{Semaphore, broadcast, watch};
 
 pub use registry::Desktops;
@@ -41,6 +42,8 @@ pub struct Desktop {
     frames: watch::Receiver<Arc<Published>>,
     cursor: watch::Receiver<Option<Arc<[u8]>>>,
     clipboard_out: broadcast::Sender<String>,
+    /// The desktop's sound, encoded, when its source carries sound.
+    sound: Option<broadcast::Sender<Bytes>>,
     clipboard_in: Option<GuestLink>,
     /// Sizes viewers ask the guest's screen to take, when it can change size.
     screen: Option<ScreenSizes>,
@@ -52,6 +55,9 @@ pub struct Desktop {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     metrics: Arc<Metrics>,
 }
+
+/// Sound packets kept for a viewer that is behind (20 ms each).
+const SOUND_BACKLOG: usize = 25;
 
 /// How long a display may take to send its first image.
 const FIRST_UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -112,6 +118,8 @@ impl Desktop {
             watch::channel(Arc::new(Published::new(Arc::clone(capture.last()))));
         let (cursor_tx, cursor) = watch::channel(None);
         let (clipboard_out, _) = broadcast::channel(8);
+        // Half a second of 20 ms packets: a viewer further behind skips ahead.
+        let sound = source.has_sound().then(|| broadcast::channel(SOUND_BACKLOG).0);
         let screen_requests = guest.as_ref().and_then(|link| {
             let max = link.screen_max?;
             Some(ScreenSizes::new(max))
@@ -123,6 +131,7 @@ impl Desktop {
             frames,
             cursor,
             clipboard_out: clipboard_out.clone(),
+            sound: sound.clone(),
             clipboard_in: guest.clone(),
             screen: screen_requests.as_ref().map(|(sizes, _)| sizes.clone()),
             paste_slots: Arc::new(Semaphore::new(2)),
@@ -133,7 +142,14 @@ impl Desktop {
             tasks: Mutex::new(Vec::new()),
             metrics: Arc::clone(&metrics),
         });
-        let out = Outlets { frames_tx, cursor_tx, clipboard_out: clipboard_out.clone() };
+        let out = Outlets {
+            frames_tx,
+            cursor_tx,
+            clipboard_out: clipboard_out.clone(),
+            sound_out: sound,
+            sound: None,
+            metrics: Arc::clone(&metrics),
+        };
         let mut cap = CaptureLoop::new(source, fb, capture, Arc::clone(&metrics), out);
         cap.side_events(&events);
         let vm_name = vm.to_owned();
@@ -181,6 +197,15 @@ impl Desktop {
     /// The encoded pointer-shape message, as it changes.
     pub fn cursor(&self) -> watch::Receiver<Option<Arc<[u8]>>> {
         self.cursor.clone()
+    }
+
+    /// The desktop's sound as ready-made messages, when it has sound.
+    pub fn sound(&self) -> Option<broadcast::Receiver<Bytes>> {
+        self.sound.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    pub fn has_sound(&self) -> bool {
+        self.sound.is_some()
     }
 
     /// Guest clipboard changes.

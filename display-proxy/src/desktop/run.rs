@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use atrium_protocol::display::{MAX_CLIPBOARD, truncate_utf8};
+use axum::body::Bytes;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, watch};
@@ -16,6 +17,7 @@ use crate::pipeline::capture::Capture;
 use crate::pipeline::encode::cursor_message;
 use crate::pipeline::pool::EncodePool;
 use crate::pipeline::publish::{Published, publish};
+use crate::sound::SoundEncoder;
 use crate::source::{Buffered, FramebufferSource, PolledSource, SourceError, SourceEvent};
 
 /// Updates writing more than this many bytes of framebuffer (not bytes on the wire: a copy of
@@ -57,15 +59,19 @@ impl Stages {
 /// What a decoded message reported, and the frame it made.
 type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Published>>)>;
 
-/// Where a desktop's captures go: frames, pointer shapes and the guest's clipboard.
+/// Where a desktop's captures go: frames, pointer shapes, the guest's clipboard and its sound.
 pub(super) struct Outlets {
     pub(super) frames_tx: watch::Sender<Arc<Published>>,
     pub(super) cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
     pub(super) clipboard_out: broadcast::Sender<String>,
+    /// Encoded sound goes here; the encoder is made when the first sound arrives.
+    pub(super) sound_out: Option<broadcast::Sender<Bytes>>,
+    pub(super) sound: Option<SoundEncoder>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Outlets {
-    fn side_events(&self, events: &[SourceEvent]) {
+    fn side_events(&mut self, events: &[SourceEvent]) {
         for e in events {
             match e {
                 SourceEvent::Cursor(c) => {
@@ -74,9 +80,34 @@ impl Outlets {
                 SourceEvent::Clipboard(t) => {
                     let _ = self.clipboard_out.send(truncate_utf8(t, MAX_CLIPBOARD).to_owned());
                 }
+                SourceEvent::Sound(samples) => {
+                    if let Some(enc) = self.encoder() {
+                        enc.push(samples);
+                    }
+                }
+                SourceEvent::SoundEnded => {
+                    if let Some(enc) = self.sound.as_mut() {
+                        enc.end();
+                    }
+                }
                 SourceEvent::Damage(_) | SourceEvent::Resized { .. } => {}
             }
         }
+    }
+}
+
+impl Outlets {
+    /// The sound encoder, made at the first sound (`None`: the desktop has no sound channel,
+    /// or libopus failed, which is logged once).
+    fn encoder(&mut self) -> Option<&mut SoundEncoder> {
+        if self.sound.is_none() {
+            let out = self.sound_out.take()?;
+            match SoundEncoder::new(out, Arc::clone(&self.metrics)) {
+                Ok(e) => self.sound = Some(e),
+                Err(e) => tracing::warn!(error = %e, "the desktop's sound cannot be encoded"),
+            }
+        }
+        self.sound.as_mut()
     }
 }
 
@@ -99,8 +130,8 @@ impl CaptureLoop {
         Self { pipe: Stages { source, fb, capture, metrics }, out }
     }
 
-    /// Passes on what an update said besides pixels (pointer shape, clipboard).
-    pub(super) fn side_events(&self, events: &[SourceEvent]) {
+    /// Passes on what an update said besides pixels (pointer shape, clipboard, sound).
+    pub(super) fn side_events(&mut self, events: &[SourceEvent]) {
         self.out.side_events(events);
     }
 
@@ -134,8 +165,8 @@ impl CaptureLoop {
     /// Drives a polled source from the async runtime: waits for its socket, decodes small
     /// updates right here and large ones on `pool`.
     pub(super) async fn run_polled(self, pool: EncodePool, span: &tracing::Span) {
-        let Self { pipe, out } = self;
-        match poll_loop(pipe, &out, &pool).await {
+        let Self { pipe, mut out } = self;
+        match poll_loop(pipe, &mut out, &pool).await {
             Ok(()) | Err(SourceError::Stopped) => {}
             Err(e) => {
                 tracing::warn!(parent: span, error = %e, "the desktop's display source ended");
@@ -148,7 +179,11 @@ fn polled(pipe: &mut Stages) -> Result<&mut dyn PolledSource, SourceError> {
     pipe.source.polled().ok_or_else(|| SourceError::protocol("the source cannot be polled"))
 }
 
-async fn poll_loop(mut pipe: Stages, out: &Outlets, pool: &EncodePool) -> Result<(), SourceError> {
+async fn poll_loop(
+    mut pipe: Stages,
+    out: &mut Outlets,
+    pool: &EncodePool,
+) -> Result<(), SourceError> {
     let fd = polled(&mut pipe)?.readiness()?;
     // SAFETY: `fd` is an open descriptor that the AsyncFd owns from here (an `OwnedFd` always
     // returns the same descriptor and closes it only when dropped, with the AsyncFd).

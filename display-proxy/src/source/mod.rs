@@ -49,6 +49,10 @@ pub enum SourceEvent {
     Cursor(CursorShape),
     /// Text the guest put on its clipboard (RFB cut text).
     Clipboard(String),
+    /// Sound the guest played: 16-bit little-endian stereo samples at 48 kHz.
+    Sound(Vec<u8>),
+    /// The guest stopped playing sound.
+    SoundEnded,
 }
 
 /// A pointer image.
@@ -96,6 +100,10 @@ pub trait FramebufferSource: Send + fmt::Debug {
     fn name(&self) -> &str;
     /// The current size of the framebuffer.
     fn size(&self) -> (u16, u16);
+    /// Whether the desktop's sound comes through this source ([`SourceEvent::Sound`]).
+    fn has_sound(&self) -> bool {
+        false
+    }
     /// Where input for this desktop goes.
     fn input(&self) -> Arc<dyn InputSink>;
     /// A handle that stops this source from another thread.

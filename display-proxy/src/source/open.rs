@@ -80,6 +80,7 @@ impl SourceOpener for NodeOpener {
             let name = vm.to_owned();
             // Only an agent that reports its screen can change it.
             let screen_max = info.screen.map(|_| info.display);
+            let sound = info.sound;
             let endpoint = info.display_endpoint;
             let keep_refresh = self.keep_refresh;
             let source = tokio::task::spawn_blocking(
@@ -88,6 +89,9 @@ impl SourceOpener for NodeOpener {
                         DisplayEndpoint::VncUnix { path } => {
                             let mut s = RfbSource::connect(&RfbTarget::Unix(path.into()))?;
                             s.set_keep_refresh(Some(keep_refresh));
+                            if sound {
+                                s.enable_sound()?;
+                            }
                             Box::new(s)
                         }
                         DisplayEndpoint::VncTcp { address } => {

@@ -51,6 +51,7 @@ pub fn caps_bits(c: &Capabilities) -> u32 {
         (c.file_upload, caps::FILE_UPLOAD),
         (c.file_download, caps::FILE_DOWNLOAD),
         (c.shadow, caps::SHADOW),
+        (c.audio, caps::AUDIO),
     ] {
         if on {
             b |= bit;
@@ -71,6 +72,8 @@ enum Event {
     Ack(u32),
     Ping(u32),
     Refresh,
+    /// The viewer wants the desktop's sound (true) or not (muted).
+    Sound(bool),
     /// Close with this code and reason.
     Close(u16, String),
     /// The client went away.

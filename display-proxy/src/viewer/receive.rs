@@ -170,6 +170,13 @@ pub(super) async fn receive(
                 }
                 continue;
             }
+            ClientMessage::Audio { enabled } => {
+                if !rights.audio && enabled {
+                    tracing::debug!("sound refused: not allowed by the ticket");
+                    continue;
+                }
+                Event::Sound(enabled)
+            }
             ClientMessage::FrameAck { frame } => Event::Ack(frame),
             ClientMessage::Ping { id } => Event::Ping(id),
             ClientMessage::Refresh => Event::Refresh,

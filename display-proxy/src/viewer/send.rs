@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::display::{ServerMessage, VERSION};
+use atrium_protocol::display::{ServerMessage, VERSION, caps};
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
@@ -111,7 +111,9 @@ impl Sender {
             version: VERSION,
             width: first.frame.grid.width,
             height: first.frame.grid.height,
-            caps: caps_bits(&self.rights),
+            // Sound is offered where the ticket allows it and the desktop has some.
+            caps: caps_bits(&self.rights)
+                & if self.desktop.has_sound() { u32::MAX } else { !caps::AUDIO },
             max_frames_in_flight: self.ctx.max_in_flight,
             name: self.desktop.name.clone(),
         };
@@ -146,6 +148,8 @@ impl Sender {
         let ack_timer = tokio::time::sleep_until(far.into());
         tokio::pin!(ack_timer);
         let (mut refine_armed, mut ack_armed) = (None::<Instant>, None::<Instant>);
+        // The desktop's sound, while the viewer asks for it (and its ticket allows).
+        let mut sound: Option<broadcast::Receiver<Bytes>> = None;
         loop {
             if self.in_flight.len() < max {
                 let newest = Arc::clone(&frames.borrow_and_update());
@@ -201,6 +205,9 @@ impl Sender {
                         }
                     }
                     Some(Event::Refresh) => self.view = ViewerTiles::new(),
+                    Some(Event::Sound(on)) => {
+                        sound = if on && self.rights.audio { self.desktop.sound() } else { None };
+                    }
                     Some(Event::Close(code, reason)) => {
                         self.ctx.metrics.connections_closed_bad_message.fetch_add(1, Ordering::Relaxed);
                         self.close(code, &reason).await;
@@ -233,6 +240,18 @@ impl Sender {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => clip = broadcast::channel(1).1,
+                },
+                r = recv_sound(&mut sound), if sound.is_some() => match r {
+                    Ok(m) => {
+                        // Outside the frame window: a few hundred bytes, due now.
+                        if self.send(m).await.is_err() || self.flush().await.is_err() {
+                            return "send failed".into();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Metrics::add(&self.ctx.metrics.audio_dropped, n);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => sound = None,
                 },
                 () = &mut refine_timer, if refine_armed.is_some() => refine_armed = None,
                 () = &mut ack_timer, if ack_armed.is_some() => {
@@ -360,4 +379,14 @@ fn is_small(frame: &Frame, view: &ViewerTiles) -> bool {
     is_next(frame, view)
         && frame.delta.iter().map(|d| u32::from(d.bbox.w) * u32::from(d.bbox.h)).sum::<u32>()
             <= INLINE_PIXELS
+}
+
+/// The next sound message, once `sound` is set (the branch is disabled otherwise).
+async fn recv_sound(
+    sound: &mut Option<broadcast::Receiver<Bytes>>,
+) -> Result<Bytes, broadcast::error::RecvError> {
+    match sound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

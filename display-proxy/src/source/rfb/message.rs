@@ -5,8 +5,9 @@
 use atrium_protocol::display::{MAX_CLIPBOARD, Rect};
 
 use super::{
-    ENC_COPYRECT, ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_EXT_DESKTOP_SIZE, ENC_LAST_RECT,
-    ENC_QEMU_EXT_KEY, ENC_RAW, ENC_ZRLE, check_size,
+    AUDIO_DATA, ENC_COPYRECT, ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_EXT_DESKTOP_SIZE, ENC_LAST_RECT,
+    ENC_QEMU_AUDIO, ENC_QEMU_EXT_KEY, ENC_RAW, ENC_ZRLE, MAX_AUDIO_DATA, MSG_QEMU, QEMU_AUDIO,
+    check_size,
 };
 use crate::source::SourceError;
 
@@ -45,6 +46,28 @@ pub fn scan_work(
                 c.take(n).is_some()
             }
         },
+        MSG_QEMU => {
+            // QEMU's audio: sub-type, operation, and for data a length and the samples.
+            let sub = c.take(2).map(|b| b[1]);
+            let op = c.be_u16();
+            match (sub, op) {
+                (Some(QEMU_AUDIO), Some(AUDIO_DATA)) => match c.be_u32() {
+                    None => false,
+                    Some(n) => {
+                        let n = usize::try_from(n).unwrap_or(usize::MAX);
+                        if n > MAX_AUDIO_DATA {
+                            return Err(SourceError::protocol("audio data over the limit"));
+                        }
+                        c.take(n).is_some()
+                    }
+                },
+                (Some(QEMU_AUDIO), Some(_)) => true,
+                (Some(other), Some(_)) => {
+                    return Err(SourceError::protocol(format!("unknown QEMU message {other}")));
+                }
+                _ => false,
+            }
+        }
         other => {
             return Err(SourceError::protocol(format!("unknown server message type {other}")));
         }
@@ -116,7 +139,7 @@ fn scan_update(
                 }
                 4 + usize::from(screens) * 16
             }
-            ENC_QEMU_EXT_KEY => 0,
+            ENC_QEMU_EXT_KEY | ENC_QEMU_AUDIO => 0,
             ENC_CURSOR => pixels * 4 + usize::from(w).div_ceil(8) * usize::from(h),
             ENC_LAST_RECT => break,
             other => return Err(SourceError::protocol(format!("unexpected encoding {other}"))),
@@ -173,6 +196,10 @@ impl<'a> Cursor<'a> {
 
     fn be_u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn be_u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn be_i32(&mut self) -> Option<i32> {

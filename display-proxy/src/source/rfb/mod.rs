@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::display::Rect;
+use atrium_protocol::display::{AUDIO_RATE, Rect};
 use atrium_protocol::keymap;
 
 use self::message::{Cursor, scan, scan_work};
@@ -37,6 +37,21 @@ const ENC_CURSOR: i32 = -239;
 const ENC_DESKTOP_SIZE: i32 = -223;
 const ENC_LAST_RECT: i32 = -224;
 const ENC_QEMU_EXT_KEY: i32 = -258;
+/// QEMU's audio extension: the server acknowledges it with an empty rectangle.
+const ENC_QEMU_AUDIO: i32 = -259;
+/// QEMU's client and server message type, and its audio sub-type.
+const MSG_QEMU: u8 = 255;
+const QEMU_AUDIO: u8 = 1;
+/// Audio operations: from the client enable (0) and set the format (2); from the server the
+/// sound ends (0), begins (1), or data (2).
+const AUDIO_ENABLE: u16 = 0;
+const AUDIO_SET_FORMAT: u16 = 2;
+const AUDIO_END: u16 = 0;
+const AUDIO_DATA: u16 = 2;
+/// QEMU's sample format number for signed 16-bit samples.
+const AUDIO_S16: u8 = 3;
+/// Largest audio data message taken (QEMU sends one per audio timer tick: a few KiB).
+const MAX_AUDIO_DATA: usize = 256 * 1024;
 const ENC_EXT_DESKTOP_SIZE: i32 = -308;
 
 /// How long the handshake may take.
@@ -94,6 +109,7 @@ impl Shared {
     fn set_size(&self, w: u16, h: u16) {
         self.size.store((u32::from(w) << 16) | u32::from(h), Ordering::Relaxed);
     }
+
     fn size(&self) -> (u16, u16) {
         let v = self.size.load(Ordering::Relaxed);
         let w = u16::try_from(v >> 16).expect("16 bits");
@@ -181,6 +197,10 @@ pub struct RfbSource {
     next_nudge: Option<Instant>,
     /// When an update with pixels was last decoded.
     last_pixels: Option<Instant>,
+    /// ZRLE before Raw in the encodings we ask for (over TCP).
+    prefer_zrle: bool,
+    /// The desktop's sound was asked for ([`RfbSource::enable_sound`]).
+    sound: bool,
 }
 
 impl RfbSource {
@@ -252,23 +272,7 @@ impl RfbSource {
 
         // Our pixel format: 32 bpp, depth 24, little-endian, true colour, R at 16, G 8, B 0.
         let mut msg = vec![0u8, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0];
-        let mut encodings = if prefer_zrle {
-            vec![ENC_ZRLE, ENC_COPYRECT, ENC_RAW]
-        } else {
-            vec![ENC_RAW, ENC_COPYRECT, ENC_ZRLE]
-        };
-        encodings.extend([
-            ENC_DESKTOP_SIZE,
-            ENC_EXT_DESKTOP_SIZE,
-            ENC_QEMU_EXT_KEY,
-            ENC_CURSOR,
-            ENC_LAST_RECT,
-        ]);
-        msg.extend_from_slice(&[2, 0]);
-        msg.extend_from_slice(&u16::try_from(encodings.len()).expect("few").to_be_bytes());
-        for e in encodings {
-            msg.extend_from_slice(&e.to_be_bytes());
-        }
+        msg.extend(set_encodings(prefer_zrle, false));
         w.write_all(&msg)?;
         let (mut stream, inbuf) = r.into_parts();
         stream.set_read_timeout(None);
@@ -299,7 +303,20 @@ impl RfbSource {
             keep_refresh: None,
             next_nudge: None,
             last_pixels: None,
+            prefer_zrle,
+            sound: false,
         })
+    }
+
+    /// Asks the server for the desktop's sound (QEMU's audio extension): once it acknowledges
+    /// the extension, sound is enabled as 16-bit stereo at 48 kHz and arrives as
+    /// [`SourceEvent::Sound`]. Only for a QEMU whose VNC server has an audio backend: QEMU makes
+    /// one up (and complains) for a VM without.
+    pub fn enable_sound(&mut self) -> Result<(), SourceError> {
+        self.sound = true;
+        self.outbox
+            .send(&set_encodings(self.prefer_zrle, true), false)
+            .map_err(|e| SourceError::protocol(format!("asking for sound: {e:?}")))
     }
 
     /// Keeps QEMU's VNC refresh at its fastest for `window` after each input event.
@@ -437,6 +454,18 @@ impl RfbSource {
                 let text: String = bytes.iter().map(|&b| char::from(b)).collect();
                 Ok(Some(vec![SourceEvent::Clipboard(text)]))
             }
+            MSG_QEMU => {
+                c.u8()?;
+                match c.u16()? {
+                    AUDIO_DATA => {
+                        let n = usize::try_from(c.u32()?).unwrap_or(usize::MAX);
+                        let data = c.bytes(n)?;
+                        Ok(self.sound.then(|| vec![SourceEvent::Sound(data.to_vec())]))
+                    }
+                    AUDIO_END => Ok(self.sound.then(|| vec![SourceEvent::SoundEnded])),
+                    _ => Ok(None),
+                }
+            }
             // SetColourMapEntries (we asked for true colour), Bell, EndOfContinuousUpdates.
             _ => Ok(None),
         }
@@ -480,6 +509,19 @@ impl RfbSource {
                     }
                 }
                 ENC_QEMU_EXT_KEY => self.shared.ext_keys.store(true, Ordering::Relaxed),
+                ENC_QEMU_AUDIO if self.sound => {
+                    let mut m = vec![MSG_QEMU, QEMU_AUDIO];
+                    m.extend_from_slice(&AUDIO_SET_FORMAT.to_be_bytes());
+                    m.push(AUDIO_S16);
+                    m.push(2);
+                    m.extend_from_slice(&AUDIO_RATE.to_be_bytes());
+                    m.extend_from_slice(&[MSG_QEMU, QEMU_AUDIO]);
+                    m.extend_from_slice(&AUDIO_ENABLE.to_be_bytes());
+                    self.outbox
+                        .send(&m, false)
+                        .map_err(|e| SourceError::protocol(format!("enabling sound: {e:?}")))?;
+                }
+                ENC_QEMU_AUDIO => {}
                 ENC_CURSOR => {
                     if let Some(cursor) = read_cursor(c, r)? {
                         events.push(SourceEvent::Cursor(cursor));
@@ -582,6 +624,32 @@ fn copy_pixels(bytes: &[u8], row: &mut [u32]) {
     }
 }
 
+/// A SetEncodings message: Raw first on a unix socket (cheapest there), ZRLE first over TCP;
+/// QEMU's audio extension when sound is wanted.
+fn set_encodings(prefer_zrle: bool, sound: bool) -> Vec<u8> {
+    let mut encodings = if prefer_zrle {
+        vec![ENC_ZRLE, ENC_COPYRECT, ENC_RAW]
+    } else {
+        vec![ENC_RAW, ENC_COPYRECT, ENC_ZRLE]
+    };
+    encodings.extend([
+        ENC_DESKTOP_SIZE,
+        ENC_EXT_DESKTOP_SIZE,
+        ENC_QEMU_EXT_KEY,
+        ENC_CURSOR,
+        ENC_LAST_RECT,
+    ]);
+    if sound {
+        encodings.push(ENC_QEMU_AUDIO);
+    }
+    let mut msg = vec![2, 0];
+    msg.extend_from_slice(&u16::try_from(encodings.len()).expect("few").to_be_bytes());
+    for e in encodings {
+        msg.extend_from_slice(&e.to_be_bytes());
+    }
+    msg
+}
+
 fn closed() -> SourceError {
     SourceError::Io(std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
@@ -590,6 +658,10 @@ fn closed() -> SourceError {
 }
 
 impl FramebufferSource for RfbSource {
+    fn has_sound(&self) -> bool {
+        self.sound
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -287,6 +287,61 @@ fn cursor_and_cut_text() {
     let _server = srv.join().unwrap();
 }
 
+/// QEMU's audio extension: asked for after the handshake, enabled (16-bit stereo at 48 kHz)
+/// once the server acknowledges it, and its data and end reported; a data message over the
+/// limit is an error.
+#[test]
+fn sound_through_qemus_audio_extension() {
+    let (client, mut server) = pair();
+    let srv = thread::spawn(move || {
+        let first = server.handshake(8, 4);
+        assert!(!first.contains(&ENC_QEMU_AUDIO), "sound is not asked for unless wanted");
+        // The client asks again, now with the audio extension (before its first request).
+        let head = server.read(4);
+        assert_eq!(head[0], 2);
+        let n = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let encodings: Vec<i32> = server
+            .read(n * 4)
+            .chunks(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert!(encodings.contains(&ENC_QEMU_AUDIO), "{encodings:?}");
+        server.expect_request(false, 8, 4);
+        server.update(&[
+            (Rect::default(), ENC_QEMU_AUDIO, vec![]),
+            (Rect { x: 0, y: 0, w: 1, h: 1 }, ENC_RAW, raw(&[7])),
+        ]);
+        // Set the format (S16, stereo, 48000 Hz), then enable.
+        assert_eq!(server.read(10), [255, 1, 0, 2, 3, 2, 0, 0, 0xbb, 0x80]);
+        assert_eq!(server.read(4), [255, 1, 0, 0]);
+        let mut m = vec![255, 1, 0, 1]; // begin
+        m.extend_from_slice(&[255, 1, 0, 2]);
+        m.extend_from_slice(&8u32.to_be_bytes());
+        m.extend_from_slice(&[1, 0, 2, 0, 3, 0, 4, 0]);
+        m.extend_from_slice(&[255, 1, 0, 0]); // end
+        // Far more than an audio timer tick's worth.
+        m.extend_from_slice(&[255, 1, 0, 2]);
+        m.extend_from_slice(&(u32::try_from(MAX_AUDIO_DATA).unwrap() + 1).to_be_bytes());
+        server.s.write_all(&m).unwrap();
+        server
+    });
+    let mut src = RfbSource::handshake(client, false).unwrap();
+    assert!(!src.has_sound());
+    src.enable_sound().unwrap();
+    assert!(src.has_sound());
+    let mut fb = Framebuffer::new(8, 4);
+    let ev = src.next_update(&mut fb).unwrap();
+    assert!(ev.iter().all(|e| matches!(e, SourceEvent::Damage(_))), "{ev:?}");
+    assert_eq!(
+        src.next_update(&mut fb).unwrap(),
+        vec![SourceEvent::Sound(vec![1, 0, 2, 0, 3, 0, 4, 0])]
+    );
+    assert_eq!(src.next_update(&mut fb).unwrap(), vec![SourceEvent::SoundEnded]);
+    let err = src.next_update(&mut fb).unwrap_err();
+    assert!(err.to_string().contains("audio data over the limit"), "{err}");
+    let _server = srv.join().unwrap();
+}
+
 /// Reads client messages until one of type `ty` arrives; returns it whole.
 fn read_until(server: &mut Server, ty: u8) -> Vec<u8> {
     loop {
@@ -555,4 +610,67 @@ fn a_server_silent_after_its_handshake_is_given_up_and_released() {
     let mut b = [0u8; 1];
     server.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(server.s.read(&mut b).unwrap(), 0, "the client hung up");
+}
+
+/// A polled desktop with sound: QEMU's audio reaches whoever subscribed to the desktop's
+/// sound as 20 ms Opus messages.
+#[tokio::test]
+async fn a_desktops_sound_reaches_its_listeners_as_opus() {
+    use atrium_protocol::display::ServerMessage;
+
+    use crate::desktop::Desktop;
+    use crate::metrics::Metrics;
+    use crate::pipeline::pool::EncodePool;
+    use crate::source::open::OpenedSource;
+
+    let (client, mut server) = pair();
+    let (go_on, wait) = std::sync::mpsc::channel::<()>();
+    let (listening, heard) = std::sync::mpsc::channel::<()>();
+    let srv = thread::spawn(move || {
+        server.handshake(8, 4);
+        // SetEncodings again, with audio.
+        let head = server.read(4);
+        server.read(usize::from(u16::from_be_bytes([head[2], head[3]])) * 4);
+        server.expect_request(false, 8, 4);
+        server.update(&[
+            (Rect::default(), ENC_QEMU_AUDIO, vec![]),
+            (Rect { x: 0, y: 0, w: 8, h: 4 }, ENC_RAW, raw(&[1; 32])),
+        ]);
+        assert_eq!(server.read(14)[..4], [255, 1, 0, 2]);
+        heard.recv().unwrap();
+        // A tenth of a second of sound, in 10 ms pieces.
+        for _ in 0..10 {
+            let mut m = vec![255, 1, 0, 2];
+            m.extend_from_slice(&1920u32.to_be_bytes());
+            m.extend_from_slice(&[0x10; 1920]);
+            server.s.write_all(&m).unwrap();
+        }
+        let _ = wait.recv();
+    });
+    let src = tokio::task::spawn_blocking(move || {
+        let mut s = RfbSource::handshake(client, false)?;
+        s.enable_sound()?;
+        Ok::<_, SourceError>(s)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let opened = OpenedSource { source: Box::new(src), guest: None };
+    let desktop =
+        Desktop::start("vm", opened, Arc::clone(&metrics), EncodePool::new(1, 4)).await.unwrap();
+    assert!(desktop.has_sound());
+    let mut sound = desktop.sound().expect("a desktop with sound");
+    listening.send(()).unwrap();
+    let mut ats = Vec::new();
+    while ats.len() < 5 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sound.recv()).await.unwrap().unwrap();
+        let ServerMessage::Audio { at, .. } = ServerMessage::decode(&m).unwrap() else {
+            panic!("not sound")
+        };
+        ats.push(at);
+    }
+    assert_eq!(ats, [0, 960, 1920, 2880, 3840]);
+    drop(go_on);
+    srv.join().unwrap();
 }
