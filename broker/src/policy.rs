@@ -36,6 +36,8 @@ pub enum Action {
     FileDownload,
     Shadow,
     Administer,
+    /// The desktop's sound reaches the viewer.
+    Audio,
     /// Permitted: the second factor is required (at sign-in on the broker, or to connect to a
     /// pool).
     RequireMfa,
@@ -51,6 +53,7 @@ impl Action {
             Self::FileDownload => "file_download",
             Self::Shadow => "shadow",
             Self::Administer => "administer",
+            Self::Audio => "audio",
             Self::RequireMfa => "require_mfa",
         }
     }
@@ -157,6 +160,7 @@ impl Policies {
             file_upload: self.is_allowed(who, Action::FileUpload, pool, ctx),
             file_download: self.is_allowed(who, Action::FileDownload, pool, ctx),
             shadow: false,
+            audio: self.is_allowed(who, Action::Audio, pool, ctx),
         }
     }
 

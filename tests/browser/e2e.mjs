@@ -11,7 +11,7 @@
 // Failures throw (exit code 1) with a message on stderr.
 
 import { join } from 'node:path';
-import { ask, check, launch, passwordSignIn, untilCanvasShows as untilShows, viewerOpen } from './lib.mjs';
+import { ask, check, launch, loudest, passwordSignIn, sleep, tapSound, untilCanvasShows as untilShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`e2e: ${msg}`);
@@ -29,6 +29,7 @@ const untilCanvasShows = (page, phase, name, tries, failure) =>
 async function main() {
   // --- A user: sign in (wrong, then right), see the pool, connect, work, sign out.
   const { ctx, page } = await browser('user');
+  await tapSound(ctx);
   await signIn(page, 'alice', 'not-her-password');
   const err = page.locator('#signin-error');
   await err.filter({ hasText: 'incorrect' }).waitFor({ timeout: 10000 });
@@ -95,6 +96,32 @@ async function main() {
   check(await page.locator('#desktop-size').inputValue() === 'window', 'the desktop does not follow the window by default');
   const canvasSize = () => page.evaluate(() => [document.getElementById('screen').width, document.getElementById('screen').height]);
   await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+
+  // Sound: a 1 kHz tone played in the desktop is heard in the browser (the loudest frequency of
+  // what the page plays), and muting silences it.
+  check(await page.locator('#sound').isVisible(), 'no sound control on a desktop with sound');
+  check(await page.locator('#sound').getAttribute('aria-pressed') === 'true', 'the sound starts muted');
+  await canvas.click();
+  await page.keyboard.type('speaker-test -t sine -f 1000 -c 2 -l 20 >/dev/null 2>&1', { delay: 30 });
+  const typedAt = Date.now();
+  await page.keyboard.press('Enter');
+  let tone = null;
+  for (let i = 0; i < 240 && !tone; i++) {
+    const l = await page.evaluate(loudest);
+    if (Math.abs(l.hz - 1000) < 30 && l.db > -50) tone = l;
+    else await sleep(250);
+  }
+  check(tone, `the desktop's tone was never heard (loudest now: ${JSON.stringify(await page.evaluate(loudest))})`);
+  log(`heard the desktop's tone ${Date.now() - typedAt} ms after Enter: ${tone.hz.toFixed(0)} Hz at ${tone.db.toFixed(0)} dB`);
+  await page.locator('#sound').click();
+  check(await page.locator('#sound').getAttribute('aria-pressed') === 'false', 'the sound button did not mute');
+  await page.waitForFunction(() => {
+    const l = (window.atriumTestTaps || []).map((a) => { const b = new Float32Array(a.frequencyBinCount); a.getFloatFrequencyData(b); return Math.max(...b); });
+    return l.every((db) => db < -90);
+  }, null, { timeout: 5000 }).catch(() => { throw new Error('muted, the desktop is still heard'); });
+  await page.locator('#sound').click();
+  await canvas.click();
+  await page.keyboard.press('Control+C');
   await page.setViewportSize({ width: 1000, height: 700 });
   const resizedAt = Date.now();
   const want = await page.evaluate(() => {

@@ -8,7 +8,9 @@ import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
 export const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
+  '--disable-component-update', '--disable-sync', '--no-first-run',
+  // Sound plays without a real device, and without the gesture a person would make.
+  '--autoplay-policy=no-user-gesture-required'];
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -38,6 +40,40 @@ export async function launch(cfg, name, options = {}) {
   page.on('pageerror', (e) => console.error(`${name} page error: ${e.message}`));
   return { ctx, page };
 }
+
+// Listens to everything the page plays: every connection to a sound output is also fed to an
+// analyser of the test's (before the page's scripts run; `target` is a page or a context).
+export async function tapSound(target) {
+  await target.addInitScript(() => {
+    const connect = AudioNode.prototype.connect;
+    AudioNode.prototype.connect = function tapped(dest, ...rest) {
+      if (dest instanceof AudioDestinationNode) {
+        const ctx = dest.context;
+        if (!ctx.atriumTestTap) {
+          ctx.atriumTestTap = ctx.createAnalyser();
+          ctx.atriumTestTap.fftSize = 8192;
+          window.atriumTestTaps = (window.atriumTestTaps || []).concat([ctx.atriumTestTap]);
+        }
+        connect.call(this, ctx.atriumTestTap);
+      }
+      return connect.call(this, dest, ...rest);
+    };
+  });
+}
+
+// In the page: the loudest frequency the page plays now and its level, { hz, db } (db -Infinity
+// when silent).
+export const loudest = () => {
+  let best = { hz: 0, db: -Infinity };
+  for (const a of window.atriumTestTaps || []) {
+    const bins = new Float32Array(a.frequencyBinCount);
+    a.getFloatFrequencyData(bins);
+    bins.forEach((db, i) => {
+      if (db > best.db) best = { hz: (i * a.context.sampleRate) / a.fftSize, db };
+    });
+  }
+  return best;
+};
 
 // The viewer's canvas as a PNG in `dir`; returns its path.
 export async function canvasPng(page, dir, name) {

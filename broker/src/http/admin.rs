@@ -343,6 +343,7 @@ async fn shadow_session(
     let caps = atrium_protocol::ticket::Capabilities {
         view_only: true,
         shadow: true,
+        audio: false,
         ..Default::default()
     };
     let (ws_url, ticket) = service::mint_ticket(&st, &d, &admin.username, &s.id, caps).await?;

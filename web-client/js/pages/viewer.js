@@ -1,11 +1,13 @@
 // The desktop viewer page: connects to a pool's desktop (or, for administrators, joins a session
 // view-only), draws it, carries keyboard, pointer and clipboard, gives the desktop the size of
-// the window (or one the user chose, remembered), and reconnects with backoff.
+// the window (or one the user chose, remembered), plays its sound (mute and volume
+// remembered), and reconnects with backoff.
 
 import { get, post, ApiError } from '../api.js';
 import { mfaThen } from './mfa.js';
 import { el, render, announce } from '../ui.js';
 import { DisplaySession } from '../viewer/session.js';
+import { SoundPlayer } from '../viewer/audio.js';
 import { currentLayout } from '../layout.js';
 
 const KEEPALIVE_MS = 60_000;
@@ -22,6 +24,25 @@ const SIZES = [[1024, 768], [1280, 720], [1280, 800], [1366, 768], [1440, 900], 
 const SIZE_KEY = 'atrium.desktopSize';
 // The window's size is sent once it has stopped changing for this long (a drag sends one).
 const RESIZE_SETTLE_MS = 150;
+
+const SOUND_KEY = 'atrium.sound';
+const VOLUME_KEY = 'atrium.volume';
+
+function stored(key, fallback) {
+  try {
+    return localStorage.getItem(key) ?? fallback;
+  } catch (e) {
+    return fallback;
+  }
+}
+
+function store(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch (e) {
+    // Private mode: the choice holds for this page only.
+  }
+}
 
 function storedSize() {
   try {
@@ -67,10 +88,13 @@ export function showViewer(app, target) {
   const fullBtn = btn('Full screen', () => toggleFullscreen());
   const sizeSelect = el('select', { id: 'desktop-size' });
   const sizeLabel = el('label', { class: 'viewer-size', for: 'desktop-size', hidden: true }, 'Size ', sizeSelect);
+  const soundBtn = btn('Sound', () => toggleSound(), { id: 'sound', 'aria-pressed': 'true', hidden: true });
+  const volume = el('input', { id: 'volume', type: 'range', min: '0', max: '100', step: '5' });
+  const volumeLabel = el('label', { class: 'viewer-size', for: 'volume', hidden: true }, 'Volume ', volume);
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, clipBtn, fullBtn, outBtn, stats);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, fullBtn, outBtn, stats);
   const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, screen);
   render(root);
 
@@ -85,6 +109,10 @@ export function showViewer(app, target) {
   let maxSize = null;
   let settle = null;
   let asked = '';
+  // The desktop's sound, while this viewer may have it.
+  let player = null;
+  let soundOn = stored(SOUND_KEY, 'on') !== 'off';
+  volume.value = String(Math.round(Number(stored(VOLUME_KEY, '0.8')) * 100));
 
   function setOverlay(text) {
     overlay.hidden = !text;
@@ -146,6 +174,39 @@ export function showViewer(app, target) {
   function scheduleSize() {
     if (settle) clearTimeout(settle);
     settle = setTimeout(applySize, RESIZE_SETTLE_MS);
+  }
+
+  function showSound() {
+    soundBtn.setAttribute('aria-pressed', String(soundOn));
+    soundBtn.textContent = soundOn ? 'Sound on' : 'Muted';
+    soundBtn.title = soundOn ? 'Mute the desktop' : 'Play the desktop\'s sound';
+  }
+
+  function toggleSound() {
+    soundOn = !soundOn;
+    store(SOUND_KEY, soundOn ? 'on' : 'off');
+    showSound();
+    if (player) player.resume();
+    // Muted, the proxy sends nothing: no bandwidth for sound nobody hears.
+    if (session) session.setAudio(soundOn);
+    canvas.focus();
+  }
+
+  volume.addEventListener('input', () => {
+    const v = Number(volume.value) / 100;
+    store(VOLUME_KEY, String(v));
+    if (player) player.setVolume(v);
+  });
+  // Browsers keep a page silent until a gesture: the first key or click in the desktop does.
+  const wake = () => { if (player) player.resume(); };
+  canvas.addEventListener('pointerdown', wake);
+  canvas.addEventListener('keydown', wake);
+
+  function stopSound() {
+    if (player) player.close();
+    player = null;
+    soundBtn.hidden = true;
+    volumeLabel.hidden = true;
   }
 
   sizeSelect.addEventListener('change', () => {
@@ -257,6 +318,16 @@ export function showViewer(app, target) {
       sendClip.disabled = !h.clipboardIn;
       pasteLocal.disabled = !h.clipboardIn;
       copyLocal.disabled = !h.clipboardOut;
+      stopSound();
+      if (h.audio && SoundPlayer.supported()) {
+        player = new SoundPlayer();
+        player.setVolume(Number(volume.value) / 100);
+        player.resume();
+        soundBtn.hidden = false;
+        volumeLabel.hidden = false;
+        showSound();
+        session.setAudio(soundOn);
+      }
       announce(h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.');
       canvas.focus();
     });
@@ -265,6 +336,9 @@ export function showViewer(app, target) {
       sizeLabel.hidden = false;
       fillSizes();
       applySize();
+    });
+    session.on('audio', ({ at, packet }) => {
+      if (player && soundOn) player.push(at, packet);
     });
     session.on('clipboard', ({ text }) => {
       fromDesktop.value = text;
@@ -279,6 +353,7 @@ export function showViewer(app, target) {
     });
     session.on('disconnected', (e) => {
       session = null;
+      stopSound();
       stats.textContent = '';
       if (stopped || userLeft) return;
       if (e && e.reason === 'the session ended') {
@@ -305,6 +380,7 @@ export function showViewer(app, target) {
     if (keepalive) clearInterval(keepalive);
     if (settle) clearTimeout(settle);
     observer.disconnect();
+    stopSound();
     if (session) session.disconnect();
     session = null;
     if (document.fullscreenElement) document.exitFullscreen().catch(() => {});

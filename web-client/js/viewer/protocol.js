@@ -3,6 +3,10 @@
 
 export const VERSION = 1;
 export const MAX_CLIPBOARD = 256 * 1024;
+// Sound: Opus, 48 kHz stereo, 20 ms a packet.
+export const AUDIO_RATE = 48000;
+export const AUDIO_FRAME = 960;
+const MAX_AUDIO_PACKET = 4000;
 const MAX_CODE_LEN = 32;
 
 export const Caps = Object.freeze({
@@ -12,6 +16,7 @@ export const Caps = Object.freeze({
   FILE_UPLOAD: 8,
   FILE_DOWNLOAD: 16,
   SHADOW: 32,
+  AUDIO: 64,
 });
 
 export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3, INDEXED: 4 });
@@ -68,6 +73,13 @@ export function decodeServer(buf) {
       break;
     }
     case 0x31: m = { type: 'pong', id: r.u32() }; break;
+    case 0x40: {
+      const at = r.u32();
+      const len = r.u16();
+      if (len === 0 || len > MAX_AUDIO_PACKET) throw new ProtocolError('bad audio packet length');
+      m = { type: 'audio', at, packet: r.take(len) };
+      break;
+    }
     default: throw new ProtocolError(`unknown message type 0x${type.toString(16)}`);
   }
   r.finish();
@@ -144,4 +156,9 @@ export function resizeMessage(width, height) {
   w.view.setUint16(1, Math.max(0, Math.min(0xffff, Math.floor(width))), true);
   w.view.setUint16(3, Math.max(0, Math.min(0xffff, Math.floor(height))), true);
   return w.buf;
+}
+
+// Sends the desktop's sound (true) or stops it (muted).
+export function audioMessage(enabled) {
+  return new Uint8Array([0x88, enabled ? 1 : 0]).buffer;
 }

@@ -7,6 +7,7 @@
 //   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
 
 //   s.on('clipboard', ({ text }) => ...);
+//   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
@@ -64,6 +65,7 @@ export class DisplaySession extends Emitter {
   get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
   get clipboardIn() { return (this.caps & P.Caps.CLIPBOARD_PASTE_IN) !== 0; }
   get clipboardOut() { return (this.caps & P.Caps.CLIPBOARD_COPY_OUT) !== 0; }
+  get audio() { return (this.caps & P.Caps.AUDIO) !== 0; }
 
   connect() {
     if (this.transport) return;
@@ -88,6 +90,13 @@ export class DisplaySession extends Emitter {
     if (!this.connected || this.viewOnly) return false;
     this.keyboard.combo([['ControlLeft', 0xffe3], ['AltLeft', 0xffe9], ['Delete', 0xffff]]);
     return true;
+  }
+
+  // Asks for the desktop's sound (true) or stops it (muted); false when the ticket or the
+  // desktop offers none.
+  setAudio(enabled) {
+    if (!this.connected || !this.audio) return false;
+    return this.transport.send(P.audioMessage(Boolean(enabled)));
   }
 
   // Asks the desktop's screen to take this size; false when this viewer may not (the screen
@@ -162,6 +171,7 @@ export class DisplaySession extends Emitter {
       case 'frameEnd': return this._frameEnd(m, buf.byteLength);
       case 'cursor': return this._cursor(m);
       case 'clipboard': return this.emit('clipboard', { text: m.text });
+      case 'audio': return this.emit('audio', { at: m.at, packet: m.packet });
       case 'pong': {
         const sent = this._pings.get(m.id);
         if (sent !== undefined) {
@@ -194,6 +204,7 @@ export class DisplaySession extends Emitter {
     this.emit('connected', {
       width: m.width, height: m.height, name: m.name, caps: m.caps,
       viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
+      audio: this.audio,
     });
   }
 

@@ -1,0 +1,70 @@
+// SoundPlayer: plays the desktop's sound (Opus packets, 48 kHz stereo) with the browser's own
+// decoder (WebCodecs AudioDecoder) through Web Audio, with a volume.
+//
+//   const p = SoundPlayer.supported() ? new SoundPlayer() : null;
+//   p.push(at, packet);  p.setVolume(0.8);  p.resume();  p.close();
+//
+// Each decoded packet is scheduled right after the previous one. The first after a silence
+// starts JITTER_S ahead of now, so that packets arriving a little late still play on time;
+// when more than MAX_AHEAD_S is queued (the tab was in the background, the network stalled)
+// the queue starts again from now rather than playing late.
+import { AUDIO_RATE } from './protocol.js';
+
+const JITTER_S = 0.04;
+const MAX_AHEAD_S = 0.25;
+
+export class SoundPlayer {
+  static supported() {
+    return typeof window.AudioDecoder === 'function' && typeof window.AudioContext === 'function';
+  }
+
+  constructor() {
+    this.ctx = new AudioContext({ sampleRate: AUDIO_RATE, latencyHint: 'interactive' });
+    this.gain = this.ctx.createGain();
+    this.gain.connect(this.ctx.destination);
+    this.next = 0;
+    this.decoder = new AudioDecoder({
+      output: (data) => this._play(data),
+      error: (e) => console.error('atrium viewer: sound decoder', e),
+    });
+    this.decoder.configure({ codec: 'opus', sampleRate: AUDIO_RATE, numberOfChannels: 2 });
+  }
+
+  // Starts the output after a user gesture (browsers keep a page silent until one).
+  resume() {
+    if (this.ctx.state === 'suspended') this.ctx.resume().catch(() => {});
+  }
+
+  push(at, packet) {
+    if (this.decoder.state !== 'configured') return;
+    this.decoder.decode(new EncodedAudioChunk({
+      type: 'key', timestamp: Math.round((at * 1e6) / AUDIO_RATE), data: packet,
+    }));
+  }
+
+  setVolume(v) {
+    this.gain.gain.value = Math.max(0, Math.min(1, v));
+  }
+
+  _play(data) {
+    const frames = data.numberOfFrames;
+    const buf = this.ctx.createBuffer(2, frames, data.sampleRate);
+    for (let ch = 0; ch < 2; ch++) {
+      const plane = Math.min(ch, data.numberOfChannels - 1);
+      data.copyTo(buf.getChannelData(ch), { planeIndex: plane, format: 'f32-planar' });
+    }
+    data.close();
+    const now = this.ctx.currentTime;
+    if (this.next < now || this.next > now + MAX_AHEAD_S) this.next = now + JITTER_S;
+    const src = this.ctx.createBufferSource();
+    src.buffer = buf;
+    src.connect(this.gain);
+    src.start(this.next);
+    this.next += buf.duration;
+  }
+
+  close() {
+    try { this.decoder.close(); } catch (e) { /* already closed */ }
+    this.ctx.close().catch(() => {});
+  }
+}
