@@ -84,6 +84,7 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     assert_eq!(claims["caps"]["clipboard_copy_out"], true);
     assert_eq!(claims["caps"]["file_upload"], false);
     assert_eq!(claims["caps"]["view_only"], false);
+    assert_eq!(claims["caps"]["audio"], true, "the default policies let users hear desktops");
     let vm = claims["vm"].as_str().unwrap().to_owned();
     assert_eq!(c1["ws_url"], format!("ws://{}/ws/{vm}", node.addr));
     // The guest agent was told who signed in.
@@ -124,6 +125,7 @@ async fn spares_reuse_tickets_and_floating_sign_out() {
     assert_eq!(sc["caps"]["view_only"], true);
     assert_eq!(sc["caps"]["shadow"], true);
     assert_eq!(sc["caps"]["clipboard_copy_out"], false);
+    assert_eq!(sc["caps"]["audio"], false, "a shadow does not hear the session");
     assert_eq!(
         alice
             .post(&format!("/api/v1/admin/sessions/{sid}/shadow"), json!({}))
