@@ -104,8 +104,8 @@ pub enum ServerMessage {
     /// Answer to [`ClientMessage::Ping`]. `0x31`
     Pong { id: u32 },
     /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
-    /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` is its first sample's number (48 kHz,
-    /// wrapping), so a gap (silence) shows. `0x40`
+    /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
+    /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
     Audio { at: u32, packet: Vec<u8> },
 }
 
@@ -545,6 +545,22 @@ mod tests {
         assert_eq!(ClientMessage::decode(&c), Err(DecodeError::BadValue("UTF-8 text")));
         let huge = vec![0x83; MAX_CLIENT_MESSAGE + 1];
         assert!(matches!(ClientMessage::decode(&huge), Err(DecodeError::TooLarge(_))));
+        assert_eq!(ClientMessage::decode(&[0x88, 2]), Err(DecodeError::BadValue("audio state")));
+        assert_eq!(ClientMessage::decode(&[0x87, 0, 4]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn audio_packets_of_no_length_or_over_the_limit_are_refused() {
+        for len in [0u16, 4001] {
+            let mut m = vec![0x40, 0, 0, 0, 0];
+            m.extend_from_slice(&len.to_le_bytes());
+            m.resize(m.len() + usize::from(len), 0xfc);
+            assert_eq!(
+                ServerMessage::decode(&m),
+                Err(DecodeError::BadValue("audio packet length")),
+                "{len}"
+            );
+        }
     }
 
     #[test]

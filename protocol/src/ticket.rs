@@ -11,8 +11,10 @@ pub const ISSUER: &str = "atrium-broker";
 pub const MAX_TICKET_TTL_SECS: u64 = 60;
 
 /// What one viewer may do in a session, as granted by policy when the ticket was minted.
+/// Unknown fields are ignored: a right a newer broker grants that this proxy does not know is
+/// a feature this proxy does not have, so nothing more is allowed (and brokers may be upgraded
+/// before proxies).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Input (keys, pointer) from this viewer is dropped.
     pub view_only: bool,

@@ -20,20 +20,41 @@ use serde_json::json;
 
 const GREY: [u8; 3] = [0xaa, 0xaa, 0xaa];
 
+/// A bare QEMU's BIOS screen as VM `bios`, behind a display proxy with a test ticket issuer.
+struct Bios {
+    qemu: BareQemu,
+    node: DisplayOnlyNode,
+    issuer: TicketIssuer,
+    jwks: JwksServer,
+    proxy: DisplayProxy,
+}
+
+impl Bios {
+    /// `resizable`: the node says the VM's screen may change size.
+    async fn start(resizable: bool) -> anyhow::Result<Self> {
+        let qemu = BareQemu::start().await?;
+        let vms = vec![(
+            "bios".into(),
+            DisplayEndpoint::VncUnix { path: qemu.socket.display().to_string() },
+        )];
+        let node = if resizable {
+            DisplayOnlyNode::resizable(vms).await?
+        } else {
+            DisplayOnlyNode::start(vms).await?
+        };
+        let issuer = TicketIssuer::generate("k1");
+        let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+        let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
+        Ok(Self { qemu, node, issuer, jwks, proxy })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen() -> anyhow::Result<()> {
     if skip(Group::Qemu, "a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen") {
         return Ok(());
     }
-    let qemu = BareQemu::start().await?;
-    let node = DisplayOnlyNode::start(vec![(
-        "bios".into(),
-        DisplayEndpoint::VncUnix { path: qemu.socket.display().to_string() },
-    )])
-    .await?;
-    let issuer = TicketIssuer::generate("k1");
-    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
+    let Bios { qemu: _qemu, node: _node, issuer, jwks: _jwks, proxy } = Bios::start(false).await?;
 
     let mut user = DisplayViewer::connect(
         &proxy.ws_url("bios", &issuer.ticket("bios", Capabilities::default())),
@@ -75,15 +96,7 @@ async fn only_the_users_own_viewer_resizes_the_desktop() -> anyhow::Result<()> {
     if skip(Group::Qemu, "only_the_users_own_viewer_resizes_the_desktop") {
         return Ok(());
     }
-    let qemu = BareQemu::start().await?;
-    let node = DisplayOnlyNode::resizable(vec![(
-        "bios".into(),
-        DisplayEndpoint::VncUnix { path: qemu.socket.display().to_string() },
-    )])
-    .await?;
-    let issuer = TicketIssuer::generate("k1");
-    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.socket, "").await?;
+    let Bios { qemu: _qemu, node, issuer, jwks: _jwks, proxy } = Bios::start(true).await?;
     let ticket = |caps| issuer.ticket("bios", caps);
     let mut user =
         DisplayViewer::connect(&proxy.ws_url("bios", &ticket(Capabilities::default()))).await?;

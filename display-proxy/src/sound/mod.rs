@@ -63,15 +63,15 @@ impl SoundEncoder {
         let frame: Vec<i16> = self.pending.drain(..AUDIO_FRAME * 2).collect();
         let at = self.at;
         self.at = self.at.wrapping_add(u32::try_from(AUDIO_FRAME).expect("small"));
-        // Encoded even when nobody listens: the encoder's state stays continuous.
+        // Nobody listens (every viewer muted): no work. Opus starts again cleanly after a gap.
+        if self.out.receiver_count() == 0 {
+            return;
+        }
         match self.encoder.encode(&frame, &mut self.packet) {
             Ok(n) if n > 0 => {
                 Metrics::add(&self.metrics.audio_packets, 1);
-                if self.out.receiver_count() > 0 {
-                    let packet = self.packet[..n].to_vec();
-                    let _ =
-                        self.out.send(Bytes::from(ServerMessage::Audio { at, packet }.encode()));
-                }
+                let packet = self.packet[..n].to_vec();
+                let _ = self.out.send(Bytes::from(ServerMessage::Audio { at, packet }.encode()));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "a sound frame could not be encoded"),
@@ -131,14 +131,19 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_sent_to_nobody_and_odd_bytes_are_harmless() {
+    fn nothing_is_encoded_for_nobody_and_odd_bytes_are_harmless() {
         let (tx, rx) = broadcast::channel(4);
         drop(rx);
-        let mut enc = SoundEncoder::new(tx.clone(), Arc::default()).expect("encoder");
+        let metrics = Arc::new(Metrics::default());
+        let mut enc = SoundEncoder::new(tx.clone(), Arc::clone(&metrics)).expect("encoder");
         enc.push(&[1, 2, 3]);
         enc.push(&tone(1000.0, 2_000));
         enc.end();
+        assert_eq!(metrics.audio_packets.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Someone listens: the next frame is encoded and sent.
         let mut rx = tx.subscribe();
-        assert!(rx.try_recv().is_err());
+        enc.push(&tone(1000.0, 960));
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(metrics.audio_packets.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

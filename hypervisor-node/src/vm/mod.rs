@@ -165,7 +165,12 @@ impl Vm {
             vcpus: self.spec.vcpus,
             memory_mib: self.spec.memory_mib,
             display: self.spec.display,
-            screen: self.agent().and_then(|a| a.view.screen.borrow().1),
+            // The qemu runtime's VGA changes mode; the builtin VMM's framebuffer keeps its size.
+            screen: if self.runtime == RuntimeKind::Qemu {
+                self.agent().and_then(|a| a.view.screen.borrow().1)
+            } else {
+                None
+            },
             sound: self.runtime == RuntimeKind::Qemu
                 && self.image.manifest.modules.iter().any(|m| m == SOUND_MODULE),
             persistent_disk: self.spec.persistent_disk.clone(),
@@ -872,23 +877,34 @@ impl VmManager {
         }
         let mut screen = agent.view.screen.clone();
         let (before, known) = *screen.borrow();
-        if known.is_none() {
+        if known.is_none() || vm.runtime != RuntimeKind::Qemu {
             return Err(VmError::Conflict(format!(
-                "the screen of VM {id} cannot change size (its guest agent does not report one)"
+                "the screen of VM {id} cannot change size (its guest agent does not report one, \
+                 or its runtime's display has a fixed size)"
             )));
         }
         let mut errors = agent.view.last_error.clone();
         errors.mark_unchanged();
         agent.send(HostMessage::ScreenSize { width: size.width, height: size.height }).await?;
+        // The screen passes through a larger size on its way (RandR's order): the answer is
+        // the report of the size asked for, or the agent's error about it.
+        let prefix = format!("screen size {}x{}:", size.width, size.height);
         let answer = tokio::time::timeout(SCREEN_TIMEOUT, async {
             tokio::select! {
-                r = screen.wait_for(|(n, _)| *n > before) => {
-                    r.ok().and_then(|s| s.1).ok_or_else(|| "the guest agent went away".to_owned())
+                r = screen.wait_for(|(n, s)| *n > before && *s == Some(size)) => {
+                    r.map(|_| size).map_err(|_| "the guest agent went away".to_owned())
                 }
-                r = errors.changed() => Err(match r {
-                    Ok(()) => errors.borrow().clone().unwrap_or_default(),
-                    Err(_) => "the guest agent went away".to_owned(),
-                }),
+                e = async {
+                    loop {
+                        if errors.changed().await.is_err() {
+                            return "the guest agent went away".to_owned();
+                        }
+                        let e = errors.borrow_and_update().clone().unwrap_or_default();
+                        if e.starts_with(&prefix) || e.starts_with("this image has no") {
+                            return e;
+                        }
+                    }
+                } => Err(e),
             }
         })
         .await;

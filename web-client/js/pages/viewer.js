@@ -19,7 +19,7 @@ const FIRST_RETRY_MS = 250;
 const MAX_DISPLAY_BACKOFF_MS = 4_000;
 const MAX_BACKOFF_MS = 15_000;
 // Fixed desktop sizes a user may choose instead of the window's (those the pool allows).
-const SIZES = [[1024, 768], [1280, 720], [1280, 800], [1366, 768], [1440, 900], [1600, 900],
+const SIZES = [[1024, 768], [1280, 720], [1280, 800], [1360, 768], [1440, 900], [1600, 900],
   [1920, 1080], [1920, 1200], [2560, 1440], [3840, 2160]];
 const SIZE_KEY = 'atrium.desktopSize';
 // The window's size is sent once it has stopped changing for this long (a drag sends one).

@@ -36,7 +36,9 @@ export class SoundPlayer {
   }
 
   push(at, packet) {
-    if (this.decoder.state !== 'configured') return;
+    // A page the browser keeps silent (no gesture yet) drops sound rather than piling it up
+    // to play all at once later.
+    if (this.decoder.state !== 'configured' || this.ctx.state !== 'running') return;
     this.decoder.decode(new EncodedAudioChunk({
       type: 'key', timestamp: Math.round((at * 1e6) / AUDIO_RATE), data: packet,
     }));
@@ -47,6 +49,10 @@ export class SoundPlayer {
   }
 
   _play(data) {
+    if (this.ctx.state !== 'running') {
+      data.close();
+      return;
+    }
     const frames = data.numberOfFrames;
     const buf = this.ctx.createBuffer(2, frames, data.sampleRate);
     for (let ch = 0; ch < 2; ch++) {

@@ -80,7 +80,8 @@ export function decodeServer(buf) {
       m = { type: 'audio', at, packet: r.take(len) };
       break;
     }
-    default: throw new ProtocolError(`unknown message type 0x${type.toString(16)}`);
+    // A newer proxy's message this viewer does not know: skipped (the protocol only adds).
+    default: return { type: 'unknown', code: type };
   }
   r.finish();
   return m;
