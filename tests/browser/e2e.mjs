@@ -101,6 +101,8 @@ async function main() {
   // what the page plays), and muting silences it.
   check(await page.locator('#sound').isVisible(), 'no sound control on a desktop with sound');
   check(await page.locator('#sound').getAttribute('aria-pressed') === 'true', 'the sound starts muted');
+  // The session's terminal may open after its panel (a loaded host): typing waits for it.
+  await untilCanvasShows(page, 'terminal', 'e2e-05-canvas-terminal.png', 120, 'no terminal opened in the desktop to play a tone from');
   await canvas.click();
   await page.keyboard.type('speaker-test -t sine -f 1000 -c 2 -l 20 >/dev/null 2>&1', { delay: 30 });
   const typedAt = Date.now();

@@ -44,12 +44,10 @@ function store(key, value) {
   }
 }
 
-function storedSize() {
-  try {
-    return localStorage.getItem(SIZE_KEY) || 'window';
-  } catch (e) {
-    return 'window';
-  }
+// The stored volume, 0 to 1 (0.8 when none or not a number).
+function storedVolume() {
+  const v = Number(stored(VOLUME_KEY, '0.8'));
+  return Number.isFinite(v) ? Math.max(0, Math.min(1, v)) : 0.8;
 }
 
 function fmtRate(bytesPerSecond) {
@@ -112,7 +110,7 @@ export function showViewer(app, target) {
   // The desktop's sound, while this viewer may have it.
   let player = null;
   let soundOn = stored(SOUND_KEY, 'on') !== 'off';
-  volume.value = String(Math.round(Number(stored(VOLUME_KEY, '0.8')) * 100));
+  volume.value = String(Math.round(storedVolume() * 100));
 
   function setOverlay(text) {
     overlay.hidden = !text;
@@ -154,7 +152,7 @@ export function showViewer(app, target) {
     if (!fits.some(([w, h]) => w === maxSize.width && h === maxSize.height)) fits.push([maxSize.width, maxSize.height]);
     for (const [w, h] of fits) opts.push(el('option', { value: `${w}x${h}` }, `${w} × ${h}`));
     sizeSelect.replaceChildren(...opts);
-    const choice = storedSize();
+    const choice = stored(SIZE_KEY, 'window');
     sizeSelect.value = opts.some((o) => o.value === choice) ? choice : 'window';
   }
 
@@ -210,11 +208,7 @@ export function showViewer(app, target) {
   }
 
   sizeSelect.addEventListener('change', () => {
-    try {
-      localStorage.setItem(SIZE_KEY, sizeSelect.value);
-    } catch (e) {
-      // Private mode: the choice holds for this page only.
-    }
+    store(SIZE_KEY, sizeSelect.value);
     applySize();
     canvas.focus();
   });

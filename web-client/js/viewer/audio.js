@@ -45,7 +45,7 @@ export class SoundPlayer {
   }
 
   setVolume(v) {
-    this.gain.gain.value = Math.max(0, Math.min(1, v));
+    this.gain.gain.value = Number.isFinite(v) ? Math.max(0, Math.min(1, v)) : 1;
   }
 
   _play(data) {

@@ -1,17 +1,16 @@
 // DisplaySession: one connection to a desktop's display, the public API that pages use.
 //
 //   const s = new DisplaySession({ url, canvas });
-//   s.on('connected', ({ width, height, name, viewOnly, clipboardIn, clipboardOut }) => ...);
+//   s.on('connected', ({ width, height, name, viewOnly, clipboardIn, clipboardOut, audio }) => ...);
 //   s.on('disconnected', ({ code, reason, clean }) => ...);
 //   s.on('resize', ({ width, height }) => ...);
 //   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
-
 //   s.on('clipboard', ({ text }) => ...);
 //   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
-//   s.disconnect();
+//   s.setAudio(on);  s.disconnect();
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
 // returns it. A ticket is accepted once: reconnecting needs a new one from the broker.
