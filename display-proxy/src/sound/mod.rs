@@ -60,14 +60,14 @@ impl SoundEncoder {
     }
 
     fn encode_frame(&mut self) {
-        let frame: Vec<i16> = self.pending.drain(..AUDIO_FRAME * 2).collect();
         let at = self.at;
         self.at = self.at.wrapping_add(u32::try_from(AUDIO_FRAME).expect("small"));
         // Nobody listens (every viewer muted): no work. Opus starts again cleanly after a gap.
-        if self.out.receiver_count() == 0 {
-            return;
-        }
-        match self.encoder.encode(&frame, &mut self.packet) {
+        let encoded = (self.out.receiver_count() > 0)
+            .then(|| self.encoder.encode(&self.pending[..AUDIO_FRAME * 2], &mut self.packet));
+        self.pending.drain(..AUDIO_FRAME * 2);
+        let Some(encoded) = encoded else { return };
+        match encoded {
             Ok(n) if n > 0 => {
                 Metrics::add(&self.metrics.audio_packets, 1);
                 let packet = self.packet[..n].to_vec();

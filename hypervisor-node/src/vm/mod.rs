@@ -171,8 +171,7 @@ impl Vm {
             } else {
                 None
             },
-            sound: self.runtime == RuntimeKind::Qemu
-                && self.image.manifest.modules.iter().any(|m| m == SOUND_MODULE),
+            sound: self.has_sound(),
             persistent_disk: self.spec.persistent_disk.clone(),
             user: s.user,
             created_at_ms: self.created_at_ms,
@@ -180,6 +179,12 @@ impl Vm {
             error: s.error,
             display_endpoint,
         }
+    }
+
+    /// The qemu runtime gives a sound card to a guest whose image loads its driver.
+    fn has_sound(&self) -> bool {
+        self.runtime == RuntimeKind::Qemu
+            && self.image.manifest.modules.iter().any(|m| m == SOUND_MODULE)
     }
 
     fn holds_capacity(&self) -> bool {
@@ -573,7 +578,7 @@ impl VmManager {
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             display: vm.spec.display,
-            sound: m.modules.iter().any(|m| m == SOUND_MODULE),
+            sound: vm.has_sound(),
             cgroup,
         };
         let handle = runtime.launch(cfg).await?;
