@@ -4,7 +4,7 @@
 #   scripts/test.sh [--skip GROUP[,GROUP...]] [-- NEXTEST ARGS...]
 #
 # Groups that need something from the machine: ldap, postgres, qemu, kvm, browser, containers;
-# and fuzz: every fuzz target for 45 seconds (scripts/fuzz.sh, nightly toolchain and cargo-fuzz).
+# and fuzz: every fuzz target for 20 seconds (scripts/fuzz.sh, nightly toolchain and cargo-fuzz).
 # A test in a group that is not skipped and lacks its prerequisite fails; a skipped group
 # is printed by every test it skips. Downloads and guest images are cached under
 # ~/.cache/atrium (keyed by content), so a second run is fast.
@@ -51,7 +51,7 @@ step "fuzz"
 if [[ ",$skip," == *",fuzz,"* ]]; then
   echo "test: SKIPPED fuzz (skipped by request: --skip fuzz)"
 else
-  scripts/fuzz.sh --seconds 45 --jobs 2
+  scripts/fuzz.sh --seconds 20 --jobs 2
 fi
 [ "$tests_status" = 0 ] || { echo "test: some tests failed (above)" >&2; exit "$tests_status"; }
 

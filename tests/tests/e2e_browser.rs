@@ -81,10 +81,11 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                 );
                 // Her running desktop (a desktop assigned while the node was restarting may be
                 // listed too, stopped).
-                let mut seen = Vec::new();
-                for _ in 0..50 {
-                    let vms = stack.node.list_vms().await?;
-                    seen = vms
+                let mut vms = Vec::new();
+                let mut ok = false;
+                for _ in 0..150 {
+                    vms = stack.node.list_vms().await?;
+                    let seen: Vec<_> = vms
                         .iter()
                         .filter(|v| {
                             v.image.starts_with("desktop")
@@ -93,16 +94,24 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                         })
                         .map(|v| v.screen)
                         .collect();
-                    if seen == [Some(want)] {
+                    ok = seen == [Some(want)];
+                    if ok {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let seen = if seen == [Some(want)] { Some(want) } else { None };
-                if seen != Some(want) {
-                    eprintln!("the guest's screen is not {want} in her ready desktops");
+                if !ok {
+                    eprintln!(
+                        "the guest's screen is not {want} in her ready desktop; the node has:"
+                    );
+                    for v in &vms {
+                        eprintln!(
+                            "  {} image {} user {:?} state {:?} screen {:?}",
+                            v.id, v.image, v.user, v.state, v.screen
+                        );
+                    }
                 }
-                driver.answer(if seen == Some(want) { "ok" } else { "no" }).await?;
+                driver.answer(if ok { "ok" } else { "no" }).await?;
                 continue;
             }
             let path = msg["shot"].as_str().context("a shot without a path")?;
@@ -145,7 +154,12 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
         .await
         .context("the browser test took over 10 minutes")??;
     if let Err(e) = driver.finish().await {
-        bail!("{e}\nbroker log:\n{}\ndisplay log:\n{}", stack.broker.log(), stack.display.log());
+        bail!(
+            "{e}\nbroker log:\n{}\nnode log:\n{}\ndisplay log:\n{}",
+            stack.broker.log(),
+            stack.node.log(),
+            stack.display.log()
+        );
     }
     if !done {
         bail!(
