@@ -12,14 +12,21 @@
 //! - [`net`]: trusted proxy networks and the client address behind them;
 //! - [`signed`]: requests between services signed by who sent them (node keys, the broker's);
 //! - [`text`]: text from outside made safe to log and store.
+//!
+//! `config`, `node`, `secret` and `signed` are the `services` feature: every service enables
+//! it; the guest agent, which needs only [`agent`], does not.
 
 pub mod agent;
+#[cfg(feature = "services")]
 pub mod config;
 pub mod display;
 pub mod keymap;
 pub mod net;
+#[cfg(feature = "services")]
 pub mod node;
+#[cfg(feature = "services")]
 pub mod secret;
+#[cfg(feature = "services")]
 pub mod signed;
 pub mod text;
 pub mod ticket;
