@@ -245,6 +245,29 @@ impl NodeProcess {
         Ok((status, resp.bytes().await?.to_vec()))
     }
 
+    /// [`Self::call`] by a caller that gives up after `after` (and drops the connection).
+    pub async fn call_giving_up(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        after: Duration,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let bytes = serde_json::to_vec(body)?;
+        let resp = self
+            .client
+            .request(m, format!("{}{path}", self.url))
+            .bearer_auth(self.sign(method, path, &bytes))
+            .header("content-type", "application/json")
+            .body(bytes)
+            .timeout(after)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?.to_vec()))
+    }
+
     pub async fn raw_post(&self, path: &str, body: &str) -> anyhow::Result<(u16, Value)> {
         let resp = self
             .client

@@ -149,6 +149,7 @@ impl VmManager {
                 ready_at_ms: r.ready_at_ms,
                 accel: handle.accel(),
                 user: r.user.clone(),
+                session_gen: 0,
             }),
             state_tx,
             handle: std::sync::Mutex::new(Some(Arc::clone(&handle))),

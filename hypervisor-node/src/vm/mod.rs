@@ -89,6 +89,9 @@ struct Status {
     ready_at_ms: Option<u64>,
     accel: Option<Accel>,
     user: Option<String>,
+    /// Grows with each session asked for or ended: a confirmation that arrives after a newer
+    /// request does not overwrite what that request recorded.
+    session_gen: u64,
 }
 
 /// One VM of this node.
@@ -445,6 +448,7 @@ impl VmManager {
                 ready_at_ms: None,
                 accel: runtime.accel(),
                 user: None,
+                session_gen: 0,
             }),
             state_tx,
             handle: Mutex::new(None),
@@ -825,21 +829,40 @@ impl VmManager {
         let mut session = agent.view.session.clone();
         let before = session.borrow().0;
         let username = user.username.clone();
+        let asked = {
+            let mut s = lock(&vm.status);
+            s.session_gen += 1;
+            s.session_gen
+        };
         agent.send(HostMessage::Session { user }).await?;
-        let confirmed = tokio::time::timeout(
-            SESSION_TIMEOUT,
-            session.wait_for(|(n, u)| *n > before && u.as_deref() == Some(username.as_str())),
-        )
-        .await;
-        if !matches!(confirmed, Ok(Ok(_))) {
+        // The confirmation is awaited by a task of its own: a caller that gives up (a broker
+        // whose request timed out on a loaded host) must not leave the node without a record
+        // of a session the guest did start.
+        let recorder = Arc::clone(&vm);
+        let confirmed = tokio::spawn(async move {
+            let confirmed = tokio::time::timeout(
+                SESSION_TIMEOUT,
+                session.wait_for(|(n, u)| *n > before && u.as_deref() == Some(username.as_str())),
+            )
+            .await;
+            if !matches!(confirmed, Ok(Ok(_))) {
+                return false;
+            }
+            let mut s = lock(&recorder.status);
+            if s.session_gen == asked {
+                s.user = Some(username);
+                drop(s);
+                recorder.persist();
+            }
+            true
+        });
+        if !confirmed.await.unwrap_or(false) {
             return Err(VmError::AgentTimeout {
                 id: id.into(),
                 what: "confirm the session",
                 secs: SESSION_TIMEOUT.as_secs(),
             });
         }
-        lock(&vm.status).user = Some(username);
-        vm.persist();
         Ok(vm.info())
     }
 
@@ -847,7 +870,11 @@ impl VmManager {
     pub async fn end_session(&self, id: &str) -> Result<VmInfo, VmError> {
         let (vm, agent) = self.ready_agent(id)?;
         agent.send(HostMessage::EndSession).await?;
-        lock(&vm.status).user = None;
+        {
+            let mut s = lock(&vm.status);
+            s.session_gen += 1;
+            s.user = None;
+        }
         vm.persist();
         Ok(vm.info())
     }
