@@ -25,10 +25,25 @@ done
 export ATRIUM_SKIP="$skip"
 [ -n "$skip" ] && echo "test: skipping groups: $skip"
 
+# Each step prints when it starts; the last lines say how long each took (CI should stay
+# under 30 minutes: docs/PERFORMANCE.md keeps what the steps cost).
+stages=()
+last_step="" last_start=0
+step() {
+  [ -z "$last_step" ] || stages+=("$last_step $((SECONDS - last_start))s")
+  last_step=$1 last_start=$SECONDS
+  printf '\n== %s (%ss)\n' "$1" "$SECONDS"
+}
+print_step_times() {
+  step "end"
+  local joined
+  joined=$(printf '%s, ' "${stages[@]}")
+  echo "test: time by step: ${joined%, }; total ${SECONDS}s"
+}
+
+step "machine packages and tools"
 . scripts/lib/deps.sh
 install_test_deps
-
-step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -53,6 +68,5 @@ if [[ ",$skip," == *",fuzz,"* ]]; then
 else
   scripts/fuzz.sh --seconds 20 --jobs 2
 fi
+print_step_times
 [ "$tests_status" = 0 ] || { echo "test: some tests failed (above)" >&2; exit "$tests_status"; }
-
-step "done"
