@@ -50,6 +50,7 @@ impl Vm {
     /// back by a restarted node.
     pub(super) fn persist(&self) {
         let path = self.dir.join(RECORD);
+        let _one_at_a_time = lock(&self.persisting);
         let status = lock(&self.status).clone();
         let process = self.handle().and_then(|h| h.adoptable());
         let live = matches!(status.state, VmState::Starting | VmState::Ready);
@@ -159,6 +160,8 @@ impl VmManager {
             stopping: AtomicBool::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
             ops: tokio::sync::Mutex::new(()),
+            session_op: tokio::sync::Mutex::new(()),
+            persisting: std::sync::Mutex::new(()),
         });
         let connected = async {
             if let Some(serial) = &handle.endpoints().serial {

@@ -45,6 +45,9 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the agent has to change the screen's size (X sets a mode in well under a second,
 /// even under TCG).
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session whose caller has stopped waiting is still waited for, to be recorded
+/// (a stuck or hostile guest must not keep the task forever).
+const SESSION_RECORD_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -114,6 +117,11 @@ pub struct Vm {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serializes stop and delete of this VM.
     ops: tokio::sync::Mutex<()>,
+    /// Serializes session requests and sign-outs: what the guest is sent last is what the node
+    /// records last.
+    session_op: tokio::sync::Mutex<()>,
+    /// Serializes writes of the VM's record: an older status never lands after a newer one.
+    persisting: Mutex<()>,
 }
 
 impl Vm {
@@ -458,6 +466,8 @@ impl VmManager {
             stopping: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             ops: tokio::sync::Mutex::new(()),
+            session_op: tokio::sync::Mutex::new(()),
+            persisting: Mutex::new(()),
         });
         self.reserve(&vm)?;
         tracing::info!(vm = %id, image = %vm.image.manifest.reference(), runtime = %kind, vcpus = vm.spec.vcpus, memory_mib = vm.spec.memory_mib, "starting VM");
@@ -823,54 +833,34 @@ impl VmManager {
 
     /// `POST /api/v1/vms/{id}/session`: tells the guest agent who signed in; waits for it to
     /// confirm.
+    ///
+    /// Asking, waiting for the confirmation and recording it run in a task of their own: a
+    /// caller that gives up (a broker whose request timed out on a loaded host) neither cuts
+    /// the request off half-sent nor leaves the node without a record of a session the guest
+    /// did start. The caller waits up to [`SESSION_TIMEOUT`], the task up to
+    /// [`SESSION_RECORD_WAIT`].
     pub async fn start_session(&self, id: &str, user: SessionUser) -> Result<VmInfo, VmError> {
         user.validate().map_err(|m| FieldError::new("user", m))?;
         let (vm, agent) = self.ready_agent(id)?;
-        let mut session = agent.view.session.clone();
-        let before = session.borrow().0;
-        let username = user.username.clone();
-        let asked = {
-            let mut s = lock(&vm.status);
-            s.session_gen += 1;
-            s.session_gen
+        let task = tokio::spawn(session_task(Arc::clone(&vm), agent, user));
+        let timed_out = || VmError::AgentTimeout {
+            id: id.into(),
+            what: "confirm the session",
+            secs: SESSION_TIMEOUT.as_secs(),
         };
-        agent.send(HostMessage::Session { user }).await?;
-        // The confirmation is awaited by a task of its own: a caller that gives up (a broker
-        // whose request timed out on a loaded host) must not leave the node without a record
-        // of a session the guest did start.
-        let recorder = Arc::clone(&vm);
-        let confirmed = tokio::spawn(async move {
-            let confirmed = tokio::time::timeout(
-                SESSION_TIMEOUT,
-                session.wait_for(|(n, u)| *n > before && u.as_deref() == Some(username.as_str())),
-            )
-            .await;
-            if !matches!(confirmed, Ok(Ok(_))) {
-                return false;
-            }
-            let mut s = lock(&recorder.status);
-            if s.session_gen == asked {
-                s.user = Some(username);
-                drop(s);
-                recorder.persist();
-            }
-            true
-        });
-        if !confirmed.await.unwrap_or(false) {
-            return Err(VmError::AgentTimeout {
-                id: id.into(),
-                what: "confirm the session",
-                secs: SESSION_TIMEOUT.as_secs(),
-            });
+        match tokio::time::timeout(SESSION_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => Ok(vm.info()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) | Err(_) => Err(timed_out()),
         }
-        Ok(vm.info())
     }
 
     /// `DELETE /api/v1/vms/{id}/session`: the user's session ended.
     pub async fn end_session(&self, id: &str) -> Result<VmInfo, VmError> {
         let (vm, agent) = self.ready_agent(id)?;
-        agent.send(HostMessage::EndSession).await?;
         {
+            let _one_at_a_time = vm.session_op.lock().await;
+            agent.send(HostMessage::EndSession).await?;
             let mut s = lock(&vm.status);
             s.session_gen += 1;
             s.user = None;
@@ -979,6 +969,44 @@ impl VmManager {
         let h = h.ok_or_else(|| VmError::NotReady { id: id.into(), state: vm.state().as_str() })?;
         Ok(h.screenshot().await?)
     }
+}
+
+/// Asks the guest agent to start `user`'s session, waits for it to confirm, and records the
+/// user on the VM unless a newer request or a sign-out came since.
+async fn session_task(
+    vm: Arc<Vm>,
+    agent: Arc<AgentLink>,
+    user: SessionUser,
+) -> Result<(), VmError> {
+    let username = user.username.clone();
+    let mut session = agent.view.session.clone();
+    let (asked, before) = {
+        let _one_at_a_time = vm.session_op.lock().await;
+        let before = session.borrow().0;
+        agent.send(HostMessage::Session { user }).await?;
+        let mut s = lock(&vm.status);
+        s.session_gen += 1;
+        (s.session_gen, before)
+    };
+    let confirmed = tokio::time::timeout(
+        SESSION_RECORD_WAIT,
+        session.wait_for(|(n, u)| *n > before && u.as_deref() == Some(username.as_str())),
+    )
+    .await;
+    if !matches!(confirmed, Ok(Ok(_))) {
+        return Err(VmError::AgentTimeout {
+            id: vm.id.clone(),
+            what: "confirm the session",
+            secs: SESSION_RECORD_WAIT.as_secs(),
+        });
+    }
+    let mut s = lock(&vm.status);
+    if s.session_gen == asked {
+        s.user = Some(username);
+        drop(s);
+        vm.persist();
+    }
+    Ok(())
 }
 
 fn allocated(vms: &[Arc<Vm>]) -> (u32, u64) {
