@@ -40,6 +40,8 @@ print_step_times() {
   joined=$(printf '%s, ' "${stages[@]}")
   echo "test: time by step: ${joined%, }; total ${SECONDS}s"
 }
+# Also when a step fails and ends the run.
+trap print_step_times EXIT
 
 step "machine packages and tools"
 . scripts/lib/deps.sh
@@ -68,5 +70,4 @@ if [[ ",$skip," == *",fuzz,"* ]]; then
 else
   scripts/fuzz.sh --seconds 20 --jobs 2
 fi
-print_step_times
 [ "$tests_status" = 0 ] || { echo "test: some tests failed (above)" >&2; exit "$tests_status"; }

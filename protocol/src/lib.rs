@@ -2,15 +2,15 @@
 //!
 //! One definition, used by both ends:
 //! - [`ticket`]: the display ticket the broker mints and the display proxy checks;
-//! - [`node`]: the node agent's HTTP API and the broker's node registration;
+//! - `node`: the node agent's HTTP API and the broker's node registration;
 //! - [`agent`]: the guest-agent protocol between a node and the agent inside a desktop;
 //! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
 //! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
 //! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
-//! - [`config`]: how every service reads its TOML file and environment overrides;
-//! - [`secret`]: credentials that never print, compared in constant time;
+//! - `config`: how every service reads its TOML file and environment overrides;
+//! - `secret`: credentials that never print, compared in constant time;
 //! - [`net`]: trusted proxy networks and the client address behind them;
-//! - [`signed`]: requests between services signed by who sent them (node keys, the broker's);
+//! - `signed`: requests between services signed by who sent them (node keys, the broker's);
 //! - [`text`]: text from outside made safe to log and store.
 //!
 //! `config`, `node`, `secret` and `signed` are the `services` feature: every service enables
