@@ -37,11 +37,13 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 agent="target/$target/guest-agent/atrium-guest-agent"
 
 # The node binary of the profile the caller builds (ATRIUM_PROFILE=release for the quick start).
+# Built as the callers build it, every binary of the workspace: `-p atrium-node` alone would
+# resolve dependencies' features differently and compile about 110 crates a second time.
 profile="${ATRIUM_PROFILE:-debug}"
 if [ "$profile" = release ]; then
-  cargo build --locked --quiet --release -p atrium-node
+  cargo build --locked --quiet --release --workspace --bins
 else
-  cargo build --locked --quiet -p atrium-node
+  cargo build --locked --quiet --workspace --bins
 fi
 node="target/$profile/atrium-node"
 
