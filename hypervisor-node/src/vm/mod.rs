@@ -994,10 +994,12 @@ async fn session_task(
     )
     .await;
     if !matches!(confirmed, Ok(Ok(_))) {
+        // Seen by a caller only when the agent went away first: the caller's own wait is the
+        // one it knows.
         return Err(VmError::AgentTimeout {
             id: vm.id.clone(),
             what: "confirm the session",
-            secs: SESSION_RECORD_WAIT.as_secs(),
+            secs: SESSION_TIMEOUT.as_secs(),
         });
     }
     let mut s = lock(&vm.status);
