@@ -1,13 +1,14 @@
 //! The VMs of this node: create (reserve capacity, lay out the VM's folder, cgroup and disk,
 //! launch through a runtime, connect the serial console and the guest agent, resume), watch
-//! (ready, died, health pings), stop, delete (nothing left behind), and the guest agent's
-//! session and clipboard messages.
+//! (ready, died, health pings), stop, delete (nothing left behind); what is asked of a running
+//! guest (session, clipboard, screen size, screenshot) is in [`guest`].
 //!
 //! Layout under `state_dir`: `vms/<id>/` (the runtime's sockets, the VM's disk layer, and
 //! `vm.json` while it runs; removed with the VM) and `disks/<disk>.qcow2` + `disks/<disk>.json`
 //! (persistent disks, kept). A restarted node takes running VMs back ([`adopt`]).
 
 mod adopt;
+mod guest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atrium_protocol::agent::{HostMessage, MAX_CLIPBOARD, SessionUser};
+use atrium_protocol::agent::HostMessage;
 use atrium_protocol::node::{
-    Accel, Capacity, ClipboardState, DisplaySize, FieldError, ImageRef, KvmKind, RuntimeKind,
-    VmInfo, VmSpec, VmState, VmStatus,
+    Accel, Capacity, FieldError, ImageRef, KvmKind, RuntimeKind, VmInfo, VmSpec, VmState, VmStatus,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -32,22 +32,13 @@ use crate::console::{self, ConsoleLog};
 use crate::image::{Image, ImageCatalog};
 use crate::metrics::Metrics;
 use crate::runtime::{
-    DiskConfig, ExitInfo, Frame, HomeDiskConfig, LaunchConfig, Runtime, RuntimeError, VmHandle,
+    DiskConfig, ExitInfo, HomeDiskConfig, LaunchConfig, Runtime, RuntimeError, VmHandle,
 };
 
 /// The kernel module of the sound card the qemu runtime gives a guest that loads it.
 const SOUND_MODULE: &str = "snd_hda_intel";
 /// Bytes of serial console kept per VM.
 const CONSOLE_BYTES: usize = 1 << 20;
-/// How long the agent has to confirm a session (a desktop image confirms once the user's
-/// session has drawn its panel: seconds under TCG, more on a busy host).
-const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the agent has to change the screen's size (X sets a mode in well under a second,
-/// even under TCG).
-const SCREEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a session whose caller has stopped waiting is still waited for, to be recorded
-/// (a stuck or hostile guest must not keep the task forever).
-const SESSION_RECORD_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -821,194 +812,6 @@ impl VmManager {
         }
         first_error.map_or(Ok(()), Err)
     }
-
-    fn ready_agent(&self, id: &str) -> Result<(Arc<Vm>, Arc<AgentLink>), VmError> {
-        let vm = self.get(id)?;
-        let state = vm.state();
-        match (state, vm.agent()) {
-            (VmState::Ready, Some(a)) => Ok((vm, a)),
-            _ => Err(VmError::NotReady { id: id.to_owned(), state: state.as_str() }),
-        }
-    }
-
-    /// `POST /api/v1/vms/{id}/session`: tells the guest agent who signed in; waits for it to
-    /// confirm.
-    ///
-    /// Asking, waiting for the confirmation and recording it run in a task of their own: a
-    /// caller that gives up (a broker whose request timed out on a loaded host) neither cuts
-    /// the request off half-sent nor leaves the node without a record of a session the guest
-    /// did start. The caller waits up to [`SESSION_TIMEOUT`], the task up to
-    /// [`SESSION_RECORD_WAIT`].
-    pub async fn start_session(&self, id: &str, user: SessionUser) -> Result<VmInfo, VmError> {
-        user.validate().map_err(|m| FieldError::new("user", m))?;
-        let (vm, agent) = self.ready_agent(id)?;
-        let task = tokio::spawn(session_task(Arc::clone(&vm), agent, user));
-        let timed_out = || VmError::AgentTimeout {
-            id: id.into(),
-            what: "confirm the session",
-            secs: SESSION_TIMEOUT.as_secs(),
-        };
-        match tokio::time::timeout(SESSION_TIMEOUT, task).await {
-            Ok(Ok(Ok(()))) => Ok(vm.info()),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) | Err(_) => Err(timed_out()),
-        }
-    }
-
-    /// `DELETE /api/v1/vms/{id}/session`: the user's session ended.
-    pub async fn end_session(&self, id: &str) -> Result<VmInfo, VmError> {
-        let (vm, agent) = self.ready_agent(id)?;
-        {
-            let _one_at_a_time = vm.session_op.lock().await;
-            agent.send(HostMessage::EndSession).await?;
-            let mut s = lock(&vm.status);
-            s.session_gen += 1;
-            s.user = None;
-        }
-        vm.persist();
-        Ok(vm.info())
-    }
-
-    /// `POST /api/v1/vms/{id}/clipboard`: text for the guest's clipboard.
-    pub async fn paste(&self, id: &str, text: String) -> Result<(), VmError> {
-        if text.len() > MAX_CLIPBOARD {
-            return Err(FieldError::new(
-                "text",
-                format!("is {} bytes; the limit is {MAX_CLIPBOARD}", text.len()),
-            )
-            .into());
-        }
-        let (_, agent) = self.ready_agent(id)?;
-        agent.send(HostMessage::Clipboard { text }).await?;
-        Ok(())
-    }
-
-    /// `PUT /api/v1/vms/{id}/screen`: gives the desktop's screen a new size, at most the one it
-    /// booted with (its video memory holds that); waits for the guest agent to report the size
-    /// its screen took. Only a desktop whose agent reports its screen can be resized.
-    pub async fn set_screen(&self, id: &str, size: DisplaySize) -> Result<DisplaySize, VmError> {
-        let (vm, agent) = self.ready_agent(id)?;
-        size.validate().map_err(|m| FieldError::new("size", m))?;
-        let max = vm.spec.display;
-        if size.width > max.width || size.height > max.height {
-            return Err(FieldError::new(
-                "size",
-                format!("{size} is larger than this desktop's display ({max})"),
-            )
-            .into());
-        }
-        let mut screen = agent.view.screen.clone();
-        let (before, known) = *screen.borrow();
-        if known.is_none() || vm.runtime != RuntimeKind::Qemu {
-            return Err(VmError::Conflict(format!(
-                "the screen of VM {id} cannot change size (its guest agent does not report one, \
-                 or its runtime's display has a fixed size)"
-            )));
-        }
-        let mut errors = agent.view.last_error.clone();
-        errors.mark_unchanged();
-        agent.send(HostMessage::ScreenSize { width: size.width, height: size.height }).await?;
-        // The screen passes through a larger size on its way (RandR's order): the answer is
-        // the report of the size asked for, or the agent's error about it.
-        let prefix = format!("screen size {}x{}:", size.width, size.height);
-        let answer = tokio::time::timeout(SCREEN_TIMEOUT, async {
-            tokio::select! {
-                r = screen.wait_for(|(n, s)| *n > before && *s == Some(size)) => {
-                    r.map(|_| size).map_err(|_| "the guest agent went away".to_owned())
-                }
-                e = async {
-                    loop {
-                        if errors.changed().await.is_err() {
-                            return "the guest agent went away".to_owned();
-                        }
-                        let e = errors.borrow_and_update().clone().unwrap_or_default();
-                        if e.starts_with(&prefix) || e.starts_with("this image has no") {
-                            return e;
-                        }
-                    }
-                } => Err(e),
-            }
-        })
-        .await;
-        match answer {
-            Ok(Ok(took)) => Ok(took),
-            Ok(Err(message)) => {
-                Err(VmError::Conflict(format!("the guest could not change its screen: {message}")))
-            }
-            Err(_) => Err(VmError::AgentTimeout {
-                id: id.into(),
-                what: "change the screen's size",
-                secs: SCREEN_TIMEOUT.as_secs(),
-            }),
-        }
-    }
-
-    /// `GET /api/v1/vms/{id}/clipboard?after=SEQ&wait=SECS`: the guest's clipboard, waiting up
-    /// to `wait` for a change after `after`.
-    pub async fn clipboard(
-        &self,
-        id: &str,
-        after: u64,
-        wait: Duration,
-    ) -> Result<ClipboardState, VmError> {
-        let vm = self.get(id)?;
-        let agent = vm
-            .agent()
-            .ok_or_else(|| VmError::NotReady { id: id.into(), state: vm.state().as_str() })?;
-        let mut rx = agent.view.clipboard.clone();
-        if !wait.is_zero() {
-            let _ = tokio::time::timeout(wait, rx.wait_for(|c| c.seq > after)).await;
-        }
-        Ok(rx.borrow().clone())
-    }
-
-    /// `GET /api/v1/vms/{id}/screenshot.png`.
-    pub async fn screenshot(&self, id: &str) -> Result<Frame, VmError> {
-        let vm = self.get(id)?;
-        let h = vm.handle().filter(|h| h.exit_watch().borrow().is_none());
-        let h = h.ok_or_else(|| VmError::NotReady { id: id.into(), state: vm.state().as_str() })?;
-        Ok(h.screenshot().await?)
-    }
-}
-
-/// Asks the guest agent to start `user`'s session, waits for it to confirm, and records the
-/// user on the VM unless a newer request or a sign-out came since.
-async fn session_task(
-    vm: Arc<Vm>,
-    agent: Arc<AgentLink>,
-    user: SessionUser,
-) -> Result<(), VmError> {
-    let username = user.username.clone();
-    let mut session = agent.view.session.clone();
-    let (asked, before) = {
-        let _one_at_a_time = vm.session_op.lock().await;
-        let before = session.borrow().0;
-        agent.send(HostMessage::Session { user }).await?;
-        let mut s = lock(&vm.status);
-        s.session_gen += 1;
-        (s.session_gen, before)
-    };
-    let confirmed = tokio::time::timeout(
-        SESSION_RECORD_WAIT,
-        session.wait_for(|(n, u)| *n > before && u.as_deref() == Some(username.as_str())),
-    )
-    .await;
-    if !matches!(confirmed, Ok(Ok(_))) {
-        // Seen by a caller only when the agent went away first: the caller's own wait is the
-        // one it knows.
-        return Err(VmError::AgentTimeout {
-            id: vm.id.clone(),
-            what: "confirm the session",
-            secs: SESSION_TIMEOUT.as_secs(),
-        });
-    }
-    let mut s = lock(&vm.status);
-    if s.session_gen == asked {
-        s.user = Some(username);
-        drop(s);
-        vm.persist();
-    }
-    Ok(())
 }
 
 fn allocated(vms: &[Arc<Vm>]) -> (u32, u64) {
