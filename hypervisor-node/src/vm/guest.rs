@@ -45,15 +45,14 @@ impl VmManager {
         user.validate().map_err(|m| FieldError::new("user", m))?;
         let (vm, agent) = self.ready_agent(id)?;
         let task = tokio::spawn(session_task(Arc::clone(&vm), agent, user));
-        let timed_out = || VmError::AgentTimeout {
-            id: id.into(),
-            what: "confirm the session",
-            secs: SESSION_TIMEOUT.as_secs(),
-        };
         match tokio::time::timeout(SESSION_TIMEOUT, task).await {
             Ok(Ok(Ok(()))) => Ok(vm.info()),
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) | Err(_) => Err(timed_out()),
+            Ok(Err(_)) | Err(_) => Err(VmError::AgentTimeout {
+                id: id.into(),
+                what: "confirm the session",
+                secs: SESSION_TIMEOUT.as_secs(),
+            }),
         }
     }
 
