@@ -53,7 +53,13 @@ pub mod caps {
     pub const SHADOW: u32 = 32;
     /// The desktop's sound may reach this viewer (it asks with [`super::ClientMessage::Audio`]).
     pub const AUDIO: u32 = 64;
+    /// Moving areas may reach this viewer as VP8 video (it asks with
+    /// [`super::ClientMessage::Video`] once its browser is known to decode it).
+    pub const VIDEO: u32 = 128;
 }
+
+/// Largest VP8 frame the proxy sends (a key frame of a full 4K screen fits easily).
+pub const MAX_VIDEO_FRAME: usize = 16 << 20;
 
 /// Sound is Opus at this rate, in stereo.
 pub const AUDIO_RATE: u32 = 48_000;
@@ -94,6 +100,10 @@ pub enum ServerMessage {
     Image { rect: Rect, format: ImageFormat, data: Vec<u8> },
     /// Copy a rectangle from elsewhere on the canvas (scrolls, moves). `0x12`
     Copy { rect: Rect, src_x: u16, src_y: u16 },
+    /// One VP8 frame of the moving area `rect` (the whole rectangle; its size is the
+    /// stream's). A `key` frame starts a stream: the decoder is set up for that size; the
+    /// frames after it are predicted from the one before. `0x13`
+    Video { rect: Rect, key: bool, data: Vec<u8> },
     /// End of a frame: everything since the last `FrameEnd` forms one update. The client
     /// acknowledges it with [`ClientMessage::FrameAck`] once drawn. `0x1f`
     FrameEnd { frame: u32, input_seq: u32 },
@@ -132,6 +142,9 @@ pub enum ClientMessage {
     /// Send the desktop's sound (`true`: the viewer plays it) or stop (muted). Only a viewer
     /// with [`caps::AUDIO`] is sent any. `0x88`
     Audio { enabled: bool },
+    /// This viewer decodes VP8 (`true`): moving areas may come as video. `false`, or never
+    /// sent: still images only. Only a viewer with [`caps::VIDEO`] is sent any. `0x89`
+    Video { enabled: bool },
 }
 
 /// Why a message could not be decoded.
@@ -251,6 +264,12 @@ impl ServerMessage {
                 out.extend_from_slice(&src_x.to_le_bytes());
                 out.extend_from_slice(&src_y.to_le_bytes());
             }
+            Self::Video { rect, key, data } => {
+                out.push(0x13);
+                put_rect(out, *rect);
+                out.push(u8::from(*key));
+                put_bytes32(out, data);
+            }
             Self::FrameEnd { frame, input_seq } => {
                 out.push(0x1f);
                 out.extend_from_slice(&frame.to_le_bytes());
@@ -316,6 +335,19 @@ impl ServerMessage {
                 Self::Image { rect, format, data }
             }
             0x12 => Self::Copy { rect: r.rect()?, src_x: r.u16()?, src_y: r.u16()? },
+            0x13 => {
+                let rect = r.rect()?;
+                let key = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue("key frame flag")),
+                };
+                let data = r.bytes32(MAX_VIDEO_FRAME)?.to_vec();
+                if data.is_empty() || rect.w == 0 || rect.h == 0 {
+                    return Err(DecodeError::BadValue("video frame"));
+                }
+                Self::Video { rect, key, data }
+            }
             0x1f => Self::FrameEnd { frame: r.u32()?, input_seq: r.u32()? },
             0x20 => {
                 let hot_x = r.u16()?;
@@ -383,6 +415,10 @@ impl ClientMessage {
                 out.push(0x88);
                 out.push(u8::from(*enabled));
             }
+            Self::Video { enabled } => {
+                out.push(0x89);
+                out.push(u8::from(*enabled));
+            }
         }
         out
     }
@@ -434,6 +470,13 @@ impl ClientMessage {
                     _ => return Err(DecodeError::BadValue("audio state")),
                 },
             },
+            0x89 => Self::Video {
+                enabled: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue("video state")),
+                },
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -478,6 +521,8 @@ mod tests {
             ServerMessage::Clipboard { text: "grüße".into() },
             ServerMessage::Pong { id: 99 },
             ServerMessage::Audio { at: 48_000, packet: vec![0xfc, 1, 2, 3] },
+            ServerMessage::Video { rect, key: true, data: vec![0x9d, 1, 0x2a] },
+            ServerMessage::Video { rect, key: false, data: vec![7; 40] },
         ]
     }
 
@@ -492,6 +537,8 @@ mod tests {
             ClientMessage::Resize { width: 1366, height: 768 },
             ClientMessage::Audio { enabled: true },
             ClientMessage::Audio { enabled: false },
+            ClientMessage::Video { enabled: true },
+            ClientMessage::Video { enabled: false },
         ]
     }
 
@@ -547,6 +594,26 @@ mod tests {
         assert!(matches!(ClientMessage::decode(&huge), Err(DecodeError::TooLarge(_))));
         assert_eq!(ClientMessage::decode(&[0x88, 2]), Err(DecodeError::BadValue("audio state")));
         assert_eq!(ClientMessage::decode(&[0x87, 0, 4]), Err(DecodeError::Truncated));
+        assert_eq!(ClientMessage::decode(&[0x89, 3]), Err(DecodeError::BadValue("video state")));
+    }
+
+    #[test]
+    fn video_frames_that_are_empty_flagged_oddly_or_too_large_are_refused() {
+        let rect = Rect { x: 0, y: 0, w: 64, h: 64 };
+        let good = ServerMessage::Video { rect, key: false, data: vec![1] }.encode();
+        let mut flag = good.clone();
+        flag[9] = 2;
+        assert_eq!(ServerMessage::decode(&flag), Err(DecodeError::BadValue("key frame flag")));
+        let empty = ServerMessage::Video { rect, key: true, data: vec![] }.encode();
+        assert_eq!(ServerMessage::decode(&empty), Err(DecodeError::BadValue("video frame")));
+        let flat = ServerMessage::Video { rect: Rect { h: 0, ..rect }, key: true, data: vec![1] };
+        assert_eq!(
+            ServerMessage::decode(&flat.encode()),
+            Err(DecodeError::BadValue("video frame"))
+        );
+        let mut huge = good[..10].to_vec();
+        huge.extend_from_slice(&u32::try_from(MAX_VIDEO_FRAME + 1).unwrap().to_le_bytes());
+        assert!(matches!(ServerMessage::decode(&huge), Err(DecodeError::TooLarge(_))));
     }
 
     #[test]
