@@ -1,13 +1,16 @@
-//! Links Debian's libopus (`libopus-dev`) statically: the display proxy encodes desktop sound
-//! with it, and no machine that runs the proxy needs the library installed.
+//! Links Debian's libopus (`libopus-dev`) and libvpx (`libvpx-dev`) statically: the display
+//! proxy encodes desktop sound with the first and moving regions (VP8) with the second, and no
+//! machine that runs the proxy needs the libraries installed. libvpx is reached through a small
+//! C shim (`src/video/vp8.c`) that keeps its version-dependent structures on the C side.
 
 use std::path::{Path, PathBuf};
 
-fn main() {
-    println!("cargo:rerun-if-env-changed=ATRIUM_OPUS_LIB_DIR");
-    let candidates: Vec<PathBuf> = std::env::var_os("ATRIUM_OPUS_LIB_DIR")
-        .map(|d| vec![PathBuf::from(d)])
-        .unwrap_or_else(|| {
+/// The folder holding `lib{name}.a`: `$ATRIUM_{NAME}_LIB_DIR`, else the usual system folders.
+fn static_lib_dir(name: &str, package: &str) -> PathBuf {
+    let var = format!("ATRIUM_{}_LIB_DIR", name.to_uppercase());
+    println!("cargo:rerun-if-env-changed={var}");
+    let candidates: Vec<PathBuf> = std::env::var_os(&var).map_or_else(
+        || {
             let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
             [
                 format!("/usr/lib/{arch}-linux-gnu"),
@@ -18,14 +21,29 @@ fn main() {
             .into_iter()
             .map(PathBuf::from)
             .collect()
-        });
-    let Some(dir) = candidates.iter().find(|d| Path::new(d).join("libopus.a").is_file()) else {
+        },
+        |d| vec![PathBuf::from(d)],
+    );
+    let file = format!("lib{name}.a");
+    let Some(dir) = candidates.iter().find(|d| Path::new(d).join(&file).is_file()) else {
         panic!(
-            "libopus.a not found in {candidates:?}: install libopus-dev (apt-get install \
-             libopus-dev), or set ATRIUM_OPUS_LIB_DIR to the folder that holds it"
+            "{file} not found in {candidates:?}: install {package} (apt-get install {package}), \
+             or set {var} to the folder that holds it"
         );
     };
-    println!("cargo:rerun-if-changed={}", dir.join("libopus.a").display());
-    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rerun-if-changed={}", dir.join(&file).display());
+    dir.clone()
+}
+
+fn main() {
+    let opus = static_lib_dir("opus", "libopus-dev");
+    let vpx = static_lib_dir("vpx", "libvpx-dev");
+    println!("cargo:rerun-if-changed=src/video/vp8.c");
+    // The shim first: the linker then finds libvpx's symbols it uses.
+    cc::Build::new().file("src/video/vp8.c").warnings(true).compile("atrium_vp8");
+    for dir in [&opus, &vpx] {
+        println!("cargo:rustc-link-search=native={}", dir.display());
+    }
     println!("cargo:rustc-link-lib=static=opus");
+    println!("cargo:rustc-link-lib=static=vpx");
 }

@@ -64,6 +64,10 @@ pub struct DisplayConfig {
     pub ticket_leeway_secs: u64,
     /// Milliseconds an area shown lossy must stay unchanged before it is sent losslessly.
     pub refine_after_ms: u64,
+    /// Most frames a second of a moving area sent as VP8 video, per viewer whose browser
+    /// decodes it (encoding is also kept within half a frame's time). 0: no video, still
+    /// images only.
+    pub video_max_fps: u32,
     /// Seconds without a frame acknowledgement before a viewer is disconnected.
     pub ack_timeout_secs: u64,
     /// Threads of the async runtime (sockets); encoding has its own threads. 0: one per CPU.
@@ -106,6 +110,7 @@ impl Default for DisplayConfig {
             jwks_refresh_min_secs: 10,
             ticket_leeway_secs: 5,
             refine_after_ms: 300,
+            video_max_fps: 30,
             ack_timeout_secs: 60,
             io_threads: 1,
             keep_refresh_after_input_ms: 1000,
@@ -201,6 +206,9 @@ impl DisplayConfig {
         }
         if self.ticket_leeway_secs > 60 {
             return bad("ticket_leeway_secs must be at most 60".into());
+        }
+        if self.video_max_fps > 60 {
+            return bad("video_max_fps must be 0 (no video) to 60".into());
         }
         if self.ack_timeout_secs == 0 {
             return bad("ack_timeout_secs must be at least 1".into());

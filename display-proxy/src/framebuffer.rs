@@ -147,6 +147,21 @@ pub fn intersect(a: Rect, b: Rect) -> Option<Rect> {
     Some(Rect { x: x0, y: y0, w: clamp16(x1 - u32::from(x0)), h: clamp16(y1 - u32::from(y0)) })
 }
 
+/// What of `a` lies outside `b`: up to four rectangles (bands above and below, then left and
+/// right of the overlap).
+pub fn subtract(a: Rect, b: Rect) -> Vec<Rect> {
+    let Some(i) = intersect(a, b) else { return vec![a] };
+    let (ax1, ay1) = (a.x + a.w, a.y + a.h);
+    let (ix1, iy1) = (i.x + i.w, i.y + i.h);
+    let parts = [
+        Rect { x: a.x, y: a.y, w: a.w, h: i.y - a.y },
+        Rect { x: a.x, y: iy1, w: a.w, h: ay1 - iy1 },
+        Rect { x: a.x, y: i.y, w: i.x - a.x, h: i.h },
+        Rect { x: ix1, y: i.y, w: ax1 - ix1, h: i.h },
+    ];
+    parts.into_iter().filter(|r| r.w > 0 && r.h > 0).collect()
+}
+
 fn clamp16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }

@@ -5,6 +5,7 @@
 //!   [`framebuffer`], and opening a VM's display where the node agent says it is;
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
+//! - [`video`]: areas that keep moving, sent to a viewer as VP8 video (libvpx);
 //! - [`sound`]: the desktop's sound (QEMU's VNC audio), encoded once with Opus for every
 //!   viewer that listens;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
@@ -33,4 +34,5 @@ pub mod pipeline;
 pub mod sound;
 pub mod source;
 pub mod ticket;
+pub mod video;
 pub mod viewer;

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub refinements: AtomicU64,
     pub audio_packets: AtomicU64,
     pub audio_dropped: AtomicU64,
+    pub video_frames: AtomicU64,
+    pub video_key_frames: AtomicU64,
+    pub video_bytes: AtomicU64,
+    pub video_encode_nanos: AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +95,26 @@ impl Metrics {
             "atrium_display_audio_dropped_total",
             "Sound packets a viewer missed because it fell behind.",
             get(&self.audio_dropped),
+        );
+        counter(
+            "atrium_display_video_frames_total",
+            "VP8 frames of moving areas sent to viewers.",
+            get(&self.video_frames),
+        );
+        counter(
+            "atrium_display_video_key_frames_total",
+            "VP8 key frames (streams started).",
+            get(&self.video_key_frames),
+        );
+        counter(
+            "atrium_display_video_bytes_total",
+            "Bytes of VP8 frames sent to viewers.",
+            get(&self.video_bytes),
+        );
+        let video_secs = get(&self.video_encode_nanos) as f64 / 1e9;
+        let _ = write!(
+            s,
+            "# HELP atrium_display_video_encode_seconds_total Time spent encoding VP8 frames.\n# TYPE atrium_display_video_encode_seconds_total counter\natrium_display_video_encode_seconds_total {video_secs:.6}\n"
         );
         let secs = get(&self.encode_nanos) as f64 / 1e9;
         let _ = write!(

@@ -169,7 +169,8 @@ async fn only_a_valid_ticket_from_an_allowed_page_gets_in() {
     else {
         panic!("Hello first")
     };
-    assert_eq!((version, width, height, c, max_frames_in_flight), (1, 320, 192, 0, 2));
+    // No rights beyond watching; video is offered (the proxy has it on by default).
+    assert_eq!((version, width, height, c, max_frames_in_flight), (1, 320, 192, caps::VIDEO, 2));
     assert!(matches!(
         next_server(&mut ws).await,
         ServerMessage::Resize { width: 320, height: 192 }
@@ -256,7 +257,7 @@ async fn view_only_viewers_cannot_type_and_shadows_share_one_desktop() {
     let ServerMessage::Hello { caps: c, .. } = next_server(&mut watcher).await else {
         panic!("Hello")
     };
-    assert_eq!(c, caps::VIEW_ONLY | caps::SHADOW);
+    assert_eq!(c, caps::VIEW_ONLY | caps::SHADOW | caps::VIDEO);
     send(&mut watcher, key(1)).await;
     send(
         &mut watcher,
@@ -461,4 +462,96 @@ async fn input_stops_when_the_session_ends_even_if_the_viewer_is_stalled() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(input.count(), 0, "a key typed after the session ended reached the desktop");
+}
+
+/// Reads one update (up to its FrameEnd), acknowledges it, and returns its messages.
+async fn update(ws: &mut Ws) -> Vec<ServerMessage> {
+    let mut got = Vec::new();
+    loop {
+        match next_server(ws).await {
+            ServerMessage::FrameEnd { frame, .. } => {
+                send(ws, ClientMessage::FrameAck { frame }).await;
+                return got;
+            }
+            m => got.push(m),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_viewer_that_decodes_video_gets_the_moving_box_as_vp8_and_others_get_stills() {
+    use atrium_display::video::vp8::Decoder;
+    let screen = SyntheticConfig { width: 640, height: 384, fps: 20, photo: true, ticks: None };
+    let h = harness_with(screen, None, |_| {}).await;
+    let mut video = h.viewer("vm-1", Capabilities::default()).await;
+    let mut stills = h.viewer("vm-1", Capabilities::default()).await;
+    for ws in [&mut video, &mut stills] {
+        let ServerMessage::Hello { caps: c, .. } = next_server(ws).await else {
+            panic!("no Hello")
+        };
+        assert_ne!(c & caps::VIDEO, 0, "the proxy offers video");
+    }
+    send(&mut video, ClientMessage::Video { enabled: true }).await;
+    let mut decoder = Decoder::new().unwrap();
+    let (mut frames, mut keys, mut video_bytes, mut still_bytes) = (0, 0, 0, 0);
+    for _ in 0..40 {
+        for m in update(&mut video).await {
+            match m {
+                ServerMessage::Video { rect, key, data } => {
+                    if frames == 0 {
+                        assert!(key, "a stream starts with a key frame");
+                    }
+                    let (w, h, _) = decoder.decode(&data).expect("a frame the decoder takes");
+                    assert_eq!((w, h), (rect.w, rect.h));
+                    assert!(u32::from(rect.x) + u32::from(rect.w) <= 640);
+                    assert!(u32::from(rect.y) + u32::from(rect.h) <= 384);
+                    (frames, keys, video_bytes) =
+                        (frames + 1, keys + usize::from(key), video_bytes + data.len());
+                }
+                ServerMessage::Image { data, .. } => still_bytes += data.len(),
+                _ => {}
+            }
+        }
+        for m in update(&mut stills).await {
+            assert!(
+                !matches!(m, ServerMessage::Video { .. }),
+                "video to a viewer that did not ask"
+            );
+        }
+    }
+    assert!(frames >= 10, "{frames} video frames in 40 updates");
+    assert!(keys < frames, "frames after the key frame are predicted ({keys} keys in {frames})");
+    let m = h.state.metrics();
+    assert_eq!(m.video_frames.load(Ordering::Relaxed), u64::try_from(frames).unwrap());
+    assert!(
+        m.video_bytes.load(Ordering::Relaxed) > 0
+            && m.video_encode_nanos.load(Ordering::Relaxed) > 0
+    );
+    eprintln!(
+        "video: {frames} frames, {keys} key, {video_bytes} bytes; stills {still_bytes} bytes"
+    );
+    // Asking for stills again stops the video.
+    // (The updates already on their way may still carry some.)
+    send(&mut video, ClientMessage::Video { enabled: false }).await;
+    for _ in 0..3 {
+        update(&mut video).await;
+    }
+    for _ in 0..5 {
+        assert!(!update(&mut video).await.iter().any(|m| matches!(m, ServerMessage::Video { .. })));
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_with_video_off_offers_none_and_sends_none() {
+    let screen = SyntheticConfig { width: 640, height: 384, fps: 20, photo: true, ticks: None };
+    let h = harness_with(screen, None, |c| c.video_max_fps = 0).await;
+    let mut ws = h.viewer("vm-1", Capabilities::default()).await;
+    let ServerMessage::Hello { caps: c, .. } = next_server(&mut ws).await else {
+        panic!("no Hello")
+    };
+    assert_eq!(c & caps::VIDEO, 0);
+    send(&mut ws, ClientMessage::Video { enabled: true }).await;
+    for _ in 0..20 {
+        assert!(!update(&mut ws).await.iter().any(|m| matches!(m, ServerMessage::Video { .. })));
+    }
 }

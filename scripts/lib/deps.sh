@@ -38,8 +38,10 @@ apt_wanted() {
   command -v zstd >/dev/null || missing+=(zstd)
   command -v depmod >/dev/null || [ -x /sbin/depmod ] || missing+=(kmod)
   command -v gcc >/dev/null || missing+=(gcc)
-  # The display proxy encodes desktop sound with libopus, linked in statically.
+  # The display proxy encodes desktop sound with libopus and moving areas with libvpx (VP8),
+  # both linked in statically.
   [ -f /usr/lib/x86_64-linux-gnu/libopus.a ] || missing+=(libopus-dev)
+  [ -f /usr/lib/x86_64-linux-gnu/libvpx.a ] || missing+=(libvpx-dev)
   command -v as >/dev/null || missing+=(binutils)
   [ "$(id -u)" = 0 ] || command -v sudo >/dev/null || missing+=(sudo)
   printf '%s\n' "${missing[@]}"

@@ -63,7 +63,7 @@ async fn a_viewer_and_a_shadow_see_a_bare_qemu_bios_screen() -> anyhow::Result<(
     let shadow_caps = Capabilities { view_only: true, shadow: true, ..Default::default() };
     let mut shadow =
         DisplayViewer::connect(&proxy.ws_url("bios", &issuer.ticket("bios", shadow_caps))).await?;
-    assert_eq!(shadow.caps, caps::VIEW_ONLY | caps::SHADOW);
+    assert_eq!(shadow.caps, caps::VIEW_ONLY | caps::SHADOW | caps::VIDEO);
     // SeaBIOS prints its banner in grey (0xa8a8a8 from the VGA DAC) on black (text mode,
     // 720x400).
     let text = |v: &DisplayViewer| count_color(&v.rgb, [0xa8, 0xa8, 0xa8]) > 1_000;

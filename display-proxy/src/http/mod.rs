@@ -76,6 +76,7 @@ impl AppState {
             metrics: Arc::clone(&metrics),
             max_in_flight: cfg.max_frames_in_flight,
             refine_after: cfg.refine_after(),
+            video_max_fps: cfg.video_max_fps,
             ack_timeout: std::time::Duration::from_secs(cfg.ack_timeout_secs),
         });
         Self(Arc::new(Inner {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::display::Rect;
 
-use crate::framebuffer::{intersect, union};
+use crate::framebuffer::{intersect, subtract, union};
 use crate::pipeline::analyse::{Analysis, analyze};
 use crate::pipeline::frame::{CopyOp, Frame, Grid, TILE};
 
@@ -80,6 +80,16 @@ impl Plan {
 /// Plans the update from `view` to `frame`, photo-like areas at JPEG `quality` (`None`: all
 /// lossless).
 pub fn plan_update(frame: &Frame, view: &ViewerTiles, quality: Option<u8>) -> Plan {
+    plan_update_except(frame, view, quality, None)
+}
+
+/// [`plan_update`] leaving out what lies in `except` (an area sent as video).
+pub fn plan_update_except(
+    frame: &Frame,
+    view: &ViewerTiles,
+    quality: Option<u8>,
+    except: Option<Rect>,
+) -> Plan {
     let grid = frame.grid;
     let mut plan = Plan::default();
     let areas: Vec<Rect> = if view.sent_seq == 0
@@ -101,7 +111,11 @@ pub fn plan_update(frame: &Frame, view: &ViewerTiles, quality: Option<u8>) -> Pl
             .map(|t| grid.rect(t))
             .collect()
     };
-    (plan.rects, plan.analyses, plan.photo) = classify_and_merge(frame, &areas, quality);
+    let areas = match except {
+        Some(e) => areas.into_iter().flat_map(|a| subtract(a, e)).collect(),
+        None => areas,
+    };
+    (plan.rects, plan.analyses, plan.photo) = classify_and_merge(frame, &areas, quality, except);
     plan
 }
 
@@ -116,7 +130,7 @@ pub fn plan_refine(frame: &Frame, view: &ViewerTiles, now: Instant, after: Durat
         .filter(|&t| view.lossy[t].is_some_and(|since| now.duration_since(since) >= after))
         .map(|t| grid.rect(t))
         .collect();
-    let (rects, analyses, photo) = classify_and_merge(frame, &areas, None);
+    let (rects, analyses, photo) = classify_and_merge(frame, &areas, None, None);
     Plan { resize: None, copy: None, rects, analyses, photo }
 }
 
@@ -187,11 +201,13 @@ struct Item {
 /// Classifies each area, then merges neighbours of the same kind; also says whether some
 /// area looked like a photograph. Each area's pixels are read once, here; a rectangle merged
 /// from areas stacked exactly has their analyses combined; one merged from lossless areas side
-/// by side (which may take in pixels between them) is left to encoding to read whole.
+/// by side (which may take in pixels between them) is left to encoding to read whole. No merge
+/// takes in pixels of `except` (an area sent as video).
 fn classify_and_merge(
     frame: &Frame,
     areas: &[Rect],
     quality: Option<u8>,
+    except: Option<Rect>,
 ) -> (Vec<(Rect, Kind)>, Vec<Found>, bool) {
     let mut photo = false;
     let mut items: Vec<Item> = areas
@@ -221,6 +237,7 @@ fn classify_and_merge(
             && last.solid == it.solid
             && it.rect.x <= last.rect.x + last.rect.w + MERGE_GAP
             && it.rect.x + it.rect.w - last.rect.x <= MAX_MERGED_W
+            && except.is_none_or(|e| intersect(union(last.rect, it.rect), e).is_none())
             && (it.kind != Kind::Fill
                 || (it.rect.y == last.rect.y
                     && it.rect.h == last.rect.h

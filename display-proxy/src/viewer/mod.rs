@@ -38,6 +38,8 @@ pub struct ViewerContext {
     pub metrics: Arc<Metrics>,
     pub max_in_flight: u8,
     pub refine_after: Duration,
+    /// Most video frames a second per viewer; 0: no video.
+    pub video_max_fps: u32,
     pub ack_timeout: Duration,
 }
 
@@ -74,6 +76,8 @@ enum Event {
     Refresh,
     /// The viewer wants the desktop's sound (true) or not (muted).
     Sound(bool),
+    /// The viewer decodes video (true) or wants still images only.
+    Video(bool),
     /// Close with this code and reason.
     Close(u16, String),
     /// The client went away.

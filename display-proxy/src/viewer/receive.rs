@@ -177,6 +177,7 @@ pub(super) async fn receive(
                 }
                 Event::Sound(enabled)
             }
+            ClientMessage::Video { enabled } => Event::Video(enabled),
             ClientMessage::FrameAck { frame } => Event::Ack(frame),
             ClientMessage::Ping { id } => Event::Ping(id),
             ClientMessage::Refresh => Event::Refresh,

@@ -17,11 +17,15 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits, may_resize};
 use crate::desktop::Desktop;
+use crate::framebuffer::intersect;
 use crate::metrics::Metrics;
 use crate::pipeline::encode::encode_plan;
 use crate::pipeline::frame::Frame;
-use crate::pipeline::plan::{ViewerTiles, apply, next_refine, plan_refine, plan_update};
+use crate::pipeline::plan::{
+    Plan, ViewerTiles, apply, next_refine, plan_refine, plan_update_except,
+};
 use crate::pipeline::publish::Published;
+use crate::video::{Decision, Video, mark_lossy};
 
 struct InFlight {
     id: u32,
@@ -41,6 +45,8 @@ pub(super) struct Sender {
     next_id: u32,
     /// Measured bytes per second to this viewer.
     bandwidth: Option<f64>,
+    /// Moving areas as video, once the viewer said it decodes it.
+    video: Option<Video>,
 }
 
 impl Sender {
@@ -63,6 +69,7 @@ impl Sender {
             in_flight: VecDeque::new(),
             next_id: 1,
             bandwidth: None,
+            video: None,
         }
     }
 
@@ -113,7 +120,8 @@ impl Sender {
             height: first.frame.grid.height,
             // Sound is offered where the ticket allows it and the desktop has some.
             caps: caps_bits(&self.rights)
-                & if self.desktop.has_sound() { u32::MAX } else { !caps::AUDIO },
+                & if self.desktop.has_sound() { u32::MAX } else { !caps::AUDIO }
+                | if self.ctx.video_max_fps > 0 { caps::VIDEO } else { 0 },
             max_frames_in_flight: self.ctx.max_in_flight,
             name: self.desktop.name.clone(),
         };
@@ -204,7 +212,20 @@ impl Sender {
                             return "send failed".into();
                         }
                     }
-                    Some(Event::Refresh) => self.view = ViewerTiles::new(),
+                    Some(Event::Refresh) => {
+                        self.view = ViewerTiles::new();
+                        if let Some(v) = &mut self.video {
+                            v.reset();
+                        }
+                    }
+                    Some(Event::Video(on)) => {
+                        let fps = self.ctx.video_max_fps;
+                        if !on || fps == 0 {
+                            self.video = None;
+                        } else if self.video.is_none() {
+                            self.video = Some(Video::new(fps));
+                        }
+                    }
                     Some(Event::Sound(on)) => {
                         sound = if on && self.rights.audio { self.desktop.sound() } else { None };
                     }
@@ -292,8 +313,15 @@ impl Sender {
     ) -> Result<bool, axum::Error> {
         let now = Instant::now();
         let frame = Arc::clone(&published.frame);
-        let prepared =
-            if !refine && is_next(&frame, &self.view) { published.in_step() } else { None };
+        let decision = match &mut self.video {
+            Some(v) if !refine => v.decide(&frame, &self.view, now),
+            _ => Decision::Stills,
+        };
+        let prepared = if !refine && decision == Decision::Stills && is_next(&frame, &self.view) {
+            published.in_step()
+        } else {
+            None
+        };
         let (plan, messages) = if let Some(p) = prepared {
             (p.plan.clone(), p.messages.clone())
         } else {
@@ -301,31 +329,40 @@ impl Sender {
             let p = Arc::clone(&published);
             let metrics = Arc::clone(&self.ctx.metrics);
             let (after, quality) = (self.ctx.refine_after, Some(self.quality()));
+            let mut video = self.video.take();
+            let bandwidth = self.bandwidth;
             let work = move || {
-                let plan = if refine {
-                    plan_refine(&p.frame, &view, now, after)
+                let (plan, messages) = if refine {
+                    let plan = plan_refine(&p.frame, &view, now, after);
+                    let messages = encode_plan(&p.frame, &p.encodings, &plan, &metrics);
+                    (plan, messages)
                 } else {
-                    plan_update(&p.frame, &view, quality)
+                    plan_with_video(
+                        &p, &view, quality, decision, &mut video, bandwidth, &metrics, now,
+                    )
                 };
-                let messages = encode_plan(&p.frame, &p.encodings, &plan, &metrics);
-                (plan, messages)
+                (plan, messages, video)
             };
             // A small change (typing, a pointer) is planned and encoded right here: the
             // thread hand-offs to the pool would cost more than the work. Anything else is
             // one job on the pool, whatever the number of rectangles.
-            if !refine && is_small(&frame, &self.view) {
-                work()
-            } else {
-                self.ctx
-                    .pool
-                    .run(work)
-                    .await
-                    .map_err(|_| axum::Error::new("the encode pool stopped"))?
-            }
+            let (plan, messages, video) =
+                if !refine && decision == Decision::Stills && is_small(&frame, &self.view) {
+                    work()
+                } else {
+                    self.ctx
+                        .pool
+                        .run(work)
+                        .await
+                        .map_err(|_| axum::Error::new("the encode pool stopped"))?
+                };
+            self.video = video;
+            (plan, messages)
         };
-        if plan.is_empty() {
+        if plan.is_empty() && messages.is_empty() {
             if !refine {
                 apply(&mut self.view, &frame, &plan, now);
+                mark_lossy(&mut self.view, &frame, decision, now);
             }
             return Ok(false);
         }
@@ -356,10 +393,62 @@ impl Sender {
         self.flush().await?;
         self.in_flight.push_back(InFlight { id, sent: Instant::now(), bytes });
         apply(&mut self.view, &frame, &plan, now);
+        if refine {
+            // The stream's area shown losslessly again: motion there must build up anew.
+            if let Some(v) = &mut self.video
+                && let Some(s) = v.stream_rect()
+                && plan.rects.iter().any(|(r, _)| intersect(*r, s).is_some())
+            {
+                v.end_stream();
+            }
+        } else {
+            mark_lossy(&mut self.view, &frame, decision, now);
+        }
         Metrics::add(&self.ctx.metrics.frames_sent, 1);
         Metrics::add(&self.ctx.metrics.bytes_sent, u64::try_from(bytes).unwrap_or(u64::MAX));
         Ok(true)
     }
+}
+
+/// Plans an update from `view` to the published frame, with the moving area as video when
+/// `decision` says so. If the encoder fails, the viewer gets stills from then on (and this
+/// update has the area as stills too).
+#[allow(clippy::too_many_arguments)]
+fn plan_with_video(
+    p: &Published,
+    view: &ViewerTiles,
+    quality: Option<u8>,
+    decision: Decision,
+    video: &mut Option<Video>,
+    bandwidth: Option<f64>,
+    metrics: &Metrics,
+    now: Instant,
+) -> (Plan, Vec<Arc<[u8]>>) {
+    let mut encoded = None;
+    if let (Decision::Encode(rect), Some(v)) = (decision, video.as_mut()) {
+        match v.encode(&p.frame, rect, bandwidth, now) {
+            Ok(e) => encoded = Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "video encoding failed: still images from now on");
+                *video = None;
+            }
+        }
+    }
+    let except =
+        if decision == Decision::Stills || video.is_none() { None } else { decision.except() };
+    let plan = plan_update_except(&p.frame, view, quality, except);
+    let mut messages = encode_plan(&p.frame, &p.encodings, &plan, metrics);
+    if let Some((msg, cost)) = encoded {
+        Metrics::add(&metrics.video_frames, 1);
+        Metrics::add(&metrics.video_key_frames, u64::from(cost.key));
+        Metrics::add(&metrics.video_bytes, u64::try_from(cost.bytes).unwrap_or(u64::MAX));
+        Metrics::add(
+            &metrics.video_encode_nanos,
+            u64::try_from(cost.encode.as_nanos()).unwrap_or(u64::MAX),
+        );
+        messages.push(Arc::from(msg));
+    }
+    (plan, messages)
 }
 
 /// Pixels below which an update is planned and encoded on the connection's own task.

@@ -1,0 +1,185 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::framebuffer::{Framebuffer, intersect};
+use crate::pipeline::capture::Capture;
+use crate::pipeline::plan::{apply, plan_update_except};
+use crate::source::SourceEvent;
+
+/// A viewer in step with a desktop, with video on.
+struct Viewer {
+    fb: Framebuffer,
+    cap: Capture,
+    view: ViewerTiles,
+    video: Video,
+    decoder: vp8::Decoder,
+    now: Instant,
+}
+
+impl Viewer {
+    fn new(w: u16, h: u16, max_fps: u32) -> Self {
+        let mut fb = Framebuffer::new(w, h);
+        fb.fill(fb.bounds(), 0x0020_2020);
+        let cap = Capture::new(&fb);
+        let mut v = Self {
+            fb,
+            cap,
+            view: ViewerTiles::new(),
+            video: Video::new(max_fps),
+            decoder: vp8::Decoder::new().expect("decoder"),
+            now: Instant::now(),
+        };
+        let first = Arc::clone(v.cap.last());
+        assert_eq!(v.video.decide(&first, &v.view, v.now), Decision::Stills);
+        let plan = plan_update_except(&first, &v.view, None, None);
+        apply(&mut v.view, &first, &plan, v.now);
+        v
+    }
+
+    /// Paints `r` with a pattern of `t`, captures, decides and sends: the decision, the
+    /// still rectangles, and the video frame if one was made.
+    fn step(&mut self, r: Rect, t: u32) -> (Decision, Vec<Rect>, Option<(Rect, bool)>) {
+        self.step_many(&[r], t)
+    }
+
+    fn step_many(&mut self, rs: &[Rect], t: u32) -> (Decision, Vec<Rect>, Option<(Rect, bool)>) {
+        for r in rs {
+            for y in r.y..r.y + r.h {
+                for (x, p) in self.fb.span_mut(r.x, y, r.w).iter_mut().enumerate() {
+                    let x = u32::try_from(x).expect("small");
+                    *p = ((((x + t * 7) * 3) ^ (u32::from(y) + t)) * 0x0001_0203) & 0x00ff_ffff;
+                }
+            }
+        }
+        self.now += Duration::from_millis(40);
+        let frame =
+            self.cap.process(&self.fb, &[SourceEvent::Damage(self.fb.bounds())]).expect("a change");
+        let d = self.video.decide(&frame, &self.view, self.now);
+        let mut sent = None;
+        if let Decision::Encode(rect) = d {
+            let (msg, cost) = self.video.encode(&frame, rect, None, self.now).expect("encode");
+            let Ok(ServerMessage::Video { rect: got, key, data }) = ServerMessage::decode(&msg)
+            else {
+                panic!("not a video message");
+            };
+            assert_eq!((got, key, cost.key, cost.bytes), (rect, key, key, msg.len()));
+            let (w, h, _) = self.decoder.decode(&data).expect("the frame decodes");
+            assert_eq!((w, h), (rect.w, rect.h));
+            sent = Some((rect, key));
+        }
+        let plan = plan_update_except(&frame, &self.view, None, d.except());
+        apply(&mut self.view, &frame, &plan, self.now);
+        mark_lossy(&mut self.view, &frame, d, self.now);
+        (d, plan.rects.iter().map(|(r, _)| *r).collect(), sent)
+    }
+}
+
+#[test]
+fn an_area_that_keeps_changing_becomes_a_stream_and_stills_leave_it_out() {
+    let mut v = Viewer::new(512, 384, 30);
+    let area = Rect { x: 70, y: 70, w: 180, h: 120 };
+    for t in 0..2 {
+        let (d, stills, _) = v.step(area, t);
+        assert_eq!(d, Decision::Stills, "update {t}: too early for a stream");
+        assert!(!stills.is_empty());
+    }
+    // Third update in a row: the tiles it touches (64..256 x 64..192) become a stream.
+    let stream = Rect { x: 64, y: 64, w: 192, h: 128 };
+    let (d, stills, sent) = v.step(area, 2);
+    assert_eq!(d, Decision::Encode(stream));
+    assert_eq!(sent, Some((stream, true)), "a stream starts with a key frame");
+    assert!(stills.iter().all(|r| intersect(*r, stream).is_none()), "{stills:?}");
+    let (d, _, sent) = v.step(area, 3);
+    assert_eq!((d, sent), (Decision::Encode(stream), Some((stream, false))));
+    // The viewer's tiles under the stream are lossy: refined once the motion stops.
+    assert!(v.view.lossy[v.cap.last().grid.index(2, 2)].is_some());
+    assert!(v.view.lossy[v.cap.last().grid.index(6, 5)].is_none());
+    // Motion outside the stream goes as stills, and the stream stays open.
+    let (d, stills, sent) = v.step(Rect { x: 400, y: 300, w: 20, h: 20 }, 4);
+    assert_eq!((d, sent), (Decision::Stills, None));
+    assert_eq!(stills, vec![Rect { x: 400, y: 300, w: 20, h: 20 }]);
+    assert_eq!(v.video.stream_rect(), Some(stream));
+}
+
+#[test]
+fn small_or_sparse_changes_stay_stills() {
+    let mut v = Viewer::new(512, 384, 30);
+    // Typing: one tile changing update after update.
+    for t in 0..6 {
+        let (d, _, _) = v.step(Rect { x: 10 + u16::try_from(t).unwrap(), y: 10, w: 8, h: 16 }, t);
+        assert_eq!(d, Decision::Stills);
+    }
+    // Two spots far apart changing together: a large box, mostly still.
+    let spots = [Rect { x: 0, y: 0, w: 10, h: 10 }, Rect { x: 500, y: 370, w: 10, h: 10 }];
+    for t in 6..12 {
+        let (d, stills, _) = v.step_many(&spots, t);
+        assert_eq!(d, Decision::Stills);
+        assert_eq!(stills.len(), 2);
+    }
+}
+
+#[test]
+fn frames_beyond_the_rate_limit_are_left_for_the_next_one() {
+    let mut v = Viewer::new(512, 384, 10);
+    let area = Rect { x: 0, y: 0, w: 128, h: 128 };
+    for t in 0..3 {
+        v.step(area, t);
+    }
+    assert!(v.video.stream_rect().is_some());
+    // 40 ms later, at about 10 frames a second: skipped, and not sent as stills either.
+    let stream = Rect { x: 0, y: 0, w: 128, h: 128 };
+    let (d, stills, sent) = v.step(area, 3);
+    assert_eq!((d, sent), (Decision::Skip(stream), None));
+    assert!(stills.is_empty(), "{stills:?}");
+    // 80 ms after the last frame: more than three quarters of the 100 ms interval (captures
+    // are not evenly spaced): sent.
+    let (d, _, sent) = v.step(area, 4);
+    assert_eq!(d, Decision::Encode(stream));
+    assert_eq!(sent.map(|(_, key)| key), Some(false));
+    let (d, _, _) = v.step(area, 5);
+    assert_eq!(d, Decision::Skip(stream));
+}
+
+#[test]
+fn motion_that_spreads_starts_a_larger_stream_and_a_new_size_ends_it() {
+    let mut v = Viewer::new(512, 384, 30);
+    for t in 0..3 {
+        v.step(Rect { x: 0, y: 0, w: 128, h: 128 }, t);
+    }
+    assert_eq!(v.video.stream_rect(), Some(Rect { x: 0, y: 0, w: 128, h: 128 }));
+    let wide = Rect { x: 0, y: 0, w: 256, h: 128 };
+    let mut key_frames = 0;
+    for t in 3..8 {
+        let (_, _, sent) = v.step(wide, t);
+        key_frames += usize::from(sent.is_some_and(|(_, key)| key));
+    }
+    assert_eq!(v.video.stream_rect(), Some(wide));
+    assert_eq!(key_frames, 1, "one new stream over the wider area");
+    // A viewer whose canvas was reset starts over.
+    v.view = ViewerTiles::new();
+    let (d, _, _) = v.step(wide, 9);
+    assert_eq!(d, Decision::Stills);
+    assert_eq!(v.video.stream_rect(), None);
+}
+
+#[test]
+fn an_odd_screen_edge_is_left_to_stills() {
+    let grid = Grid::new(201, 131);
+    assert_eq!(
+        even(Rect { x: 128, y: 64, w: 73, h: 67 }, &grid),
+        Rect { x: 128, y: 64, w: 72, h: 66 }
+    );
+    assert_eq!(even(Rect { x: 0, y: 0, w: 64, h: 128 }, &grid), Rect { x: 0, y: 0, w: 64, h: 128 });
+    let mut v = Viewer::new(201, 131, 30);
+    let area = Rect { x: 64, y: 0, w: 137, h: 131 };
+    let mut last = (Decision::Stills, Vec::new());
+    for t in 0..4 {
+        let (d, stills, _) = v.step(area, t);
+        last = (d, stills);
+    }
+    let stream = Rect { x: 64, y: 0, w: 136, h: 130 };
+    assert_eq!(last.0, Decision::Encode(stream));
+    // The last column and row are stills, outside the stream.
+    assert!(last.1.iter().all(|r| intersect(*r, stream).is_none()), "{:?}", last.1);
+    assert!(last.1.iter().any(|r| r.x == 200) && last.1.iter().any(|r| r.y == 130));
+}
