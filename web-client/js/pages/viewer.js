@@ -343,7 +343,10 @@ export function showViewer(app, target) {
       if (s.latencyMs != null) parts.push(`${Math.round(s.latencyMs)} ms`);
       parts.push(`${Math.round(s.fps || 0)} fps`);
       parts.push(fmtRate(s.bytesPerSecond || 0));
+      if (s.videoFps > 0) parts.push(`video ${s.videoFps} fps`);
       stats.textContent = parts.join(' · ');
+      // Pictures of moving areas drawn so far (VP8 video), for whoever inspects the page.
+      canvas.dataset.videoFrames = String(s.videoFrames || 0);
     });
     session.on('disconnected', (e) => {
       session = null;

@@ -7,6 +7,7 @@ export const MAX_CLIPBOARD = 256 * 1024;
 export const AUDIO_RATE = 48000;
 export const AUDIO_FRAME = 960;
 const MAX_AUDIO_PACKET = 4000;
+const MAX_VIDEO_FRAME = 16 << 20;
 const MAX_CODE_LEN = 32;
 
 export const Caps = Object.freeze({
@@ -17,6 +18,7 @@ export const Caps = Object.freeze({
   FILE_DOWNLOAD: 16,
   SHADOW: 32,
   AUDIO: 64,
+  VIDEO: 128,
 });
 
 export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3, INDEXED: 4 });
@@ -64,6 +66,15 @@ export function decodeServer(buf) {
     case 0x10: { const rect = r.rect(); m = { type: 'fill', rect, rgba: Array.from(r.take(4)) }; break; }
     case 0x11: { const rect = r.rect(); const format = r.u8(); m = { type: 'image', rect, format, data: r.bytes32() }; break; }
     case 0x12: m = { type: 'copy', rect: r.rect(), srcX: r.u16(), srcY: r.u16() }; break;
+    case 0x13: {
+      const rect = r.rect();
+      const key = r.u8();
+      if (key > 1) throw new ProtocolError('bad key frame flag');
+      const len = r.u32();
+      if (len === 0 || len > MAX_VIDEO_FRAME || rect.w === 0 || rect.h === 0) throw new ProtocolError('bad video frame');
+      m = { type: 'video', rect, key: key === 1, data: r.take(len) };
+      break;
+    }
     case 0x1f: m = { type: 'frameEnd', frame: r.u32(), inputSeq: r.u32() }; break;
     case 0x20: m = { type: 'cursor', hotX: r.u16(), hotY: r.u16(), png: r.bytes32() }; break;
     case 0x30: {
@@ -162,4 +173,9 @@ export function resizeMessage(width, height) {
 // Sends the desktop's sound (true) or stops it (muted).
 export function audioMessage(enabled) {
   return new Uint8Array([0x88, enabled ? 1 : 0]).buffer;
+}
+
+// This viewer decodes VP8 (true): moving areas may come as video; false: stills only.
+export function videoMessage(enabled) {
+  return new Uint8Array([0x89, enabled ? 1 : 0]).buffer;
 }

@@ -7,14 +7,18 @@
 //   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
 //   s.on('clipboard', ({ text }) => ...);
 //   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
-//   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs }) => ...);
+//   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs, videoFps, videoFrames }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
 //   s.setAudio(on);  s.disconnect();
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
 // returns it. A ticket is accepted once: reconnecting needs a new one from the broker.
+//
+// Moving areas come as VP8 video where the browser decodes it (WebCodecs); elsewhere, or if
+// decoding fails, the viewer asks for still images only and nothing else changes.
 import { decode } from './decoders/index.js';
+import { VideoStream, videoSupported } from './decoders/video.js';
 import { Emitter } from './events.js';
 import { Keyboard } from './input/keyboard.js';
 import { Pointer } from './input/pointer.js';
@@ -59,6 +63,7 @@ export class DisplaySession extends Emitter {
     this._pingId = 0;
     this._lastPing = 0;
     this._statsTimer = null;
+    this.video = null;
   }
 
   get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
@@ -120,6 +125,8 @@ export class DisplaySession extends Emitter {
     this.transport = null;
     this.maxSize = null;
     this.renderer.clear();
+    if (this.video) this.video.close();
+    this.video = null;
     if (this._ackTimer) clearTimeout(this._ackTimer);
     this._ackTimer = null;
     this._unacked = 0;
@@ -167,6 +174,10 @@ export class DisplaySession extends Emitter {
           this._protocolError(e);
         }
         return;
+      case 'video':
+        this._frameBytes += buf.byteLength;
+        if (this.video) this.video.decode(m);
+        return;
       case 'frameEnd': return this._frameEnd(m, buf.byteLength);
       case 'cursor': return this._cursor(m);
       case 'clipboard': return this.emit('clipboard', { text: m.text });
@@ -200,11 +211,26 @@ export class DisplaySession extends Emitter {
       this.pointer.attach();
     }
     this._statsTimer = setInterval(() => this.emit('stats', this.stats.snapshot(performance.now())), this.statsIntervalMs);
+    if ((m.caps & P.Caps.VIDEO) !== 0) this._offerVideo();
     this.emit('connected', {
       width: m.width, height: m.height, name: m.name, caps: m.caps,
       viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
       audio: this.audio,
     });
+  }
+
+  // Tells the proxy this viewer decodes video, once the browser is known to.
+  async _offerVideo() {
+    const t = this.transport;
+    if (!(await videoSupported()) || this.transport !== t || !this.connected) return;
+    this.video = new VideoStream(this.renderer, (e) => {
+      console.warn('atrium viewer: video decoding failed; still images from now on', e);
+      if (this.transport === t && this.connected) {
+        t.send(P.videoMessage(false));
+        t.send(P.refreshMessage());
+      }
+    }, () => this.stats.video(performance.now()));
+    t.send(P.videoMessage(true));
   }
 
   _frameEnd(m, size) {

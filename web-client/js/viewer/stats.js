@@ -1,10 +1,12 @@
 // Connection statistics: frames per second and bandwidth over the last second, round-trip
-// latency (pings), and input-to-frame latency (time from an input event to the first frame
-// the server captured after applying it).
+// latency (pings), input-to-frame latency (time from an input event to the first frame the
+// server captured after applying it), and video pictures drawn (moving areas sent as VP8).
 export class Stats {
   constructor() {
     this.frames = [];
     this.bytes = [];
+    this.videoFrames = [];
+    this.videoTotal = 0;
     this.rttMs = null;
     this.inputLatencyMs = null;
     this.pendingInputs = new Map(); // seq -> sent time
@@ -13,6 +15,11 @@ export class Stats {
   frame(now, bytes) {
     this.frames.push(now);
     this.bytes.push([now, bytes]);
+  }
+
+  video(now) {
+    this.videoFrames.push(now);
+    this.videoTotal += 1;
   }
 
   input(seq, now) {
@@ -43,7 +50,10 @@ export class Stats {
     const since = now - 1000;
     this.frames = this.frames.filter((t) => t >= since);
     this.bytes = this.bytes.filter(([t]) => t >= since);
+    this.videoFrames = this.videoFrames.filter((t) => t >= since);
     return {
+      videoFps: this.videoFrames.length,
+      videoFrames: this.videoTotal,
       fps: this.frames.length,
       bytesPerSecond: this.bytes.reduce((s, [, b]) => s + b, 0),
       latencyMs: this.rttMs === null ? null : Math.round(this.rttMs),
