@@ -3,6 +3,8 @@
 //!
 //! - encode cost at 1920x1080: a full redraw and a text-scroll diff, beside a whole-frame PNG
 //!   and the same diff without scroll detection, measured in the same run;
+//! - motion: the same moving content as still images and as VP8 video (bytes, encode time,
+//!   the video's quality);
 //! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
 //! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
 //!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
@@ -13,6 +15,7 @@
 
 mod encode;
 mod fanout;
+mod motion;
 mod novnc;
 mod qemu_floor;
 mod relay;
@@ -36,6 +39,9 @@ pub struct BenchOptions {
     /// Skip the encode-cost measurement.
     #[arg(long)]
     pub skip_encode: bool,
+    /// Skip the motion measurement (stills against video on the same moving content).
+    #[arg(long)]
+    pub skip_motion: bool,
     /// Skip the fan-out measurement.
     #[arg(long)]
     pub skip_fanout: bool,
@@ -76,6 +82,10 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     if !opts.skip_encode {
         let e = tokio::task::spawn_blocking(encode::run).await??;
         out.extend(e);
+    }
+    if !opts.skip_motion {
+        let m = tokio::task::spawn_blocking(motion::run).await??;
+        out.extend(m);
     }
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);
