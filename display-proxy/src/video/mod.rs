@@ -30,6 +30,8 @@ use crate::pipeline::plan::ViewerTiles;
 const SCORE_UP: u8 = 2;
 const MAX_SCORE: u8 = 12;
 const MOVING: u8 = 5;
+/// A tile counts as changed for motion when at least 1/this of it changed.
+const MIN_CHANGED_SHARE: u32 = 4;
 /// Smallest stream, in tiles each way (128x128 pixels): smaller motion (a cursor, a spinner)
 /// costs little as stills.
 const MIN_TILES: u16 = 2;
@@ -160,10 +162,14 @@ impl Video {
         }
         let mut changed = vec![false; grid.len()];
         if view.sent_seq + 1 == frame.seq {
+            // A tile moves when much of it changed: a typed character or a blinking cursor
+            // changes a sliver, and stays lossless.
             for d in &frame.delta {
-                if let Some(c) = usize::try_from(d.tile).ok().and_then(|t| changed.get_mut(t)) {
-                    *c = true;
-                }
+                let Ok(t) = usize::try_from(d.tile) else { continue };
+                let Some(c) = changed.get_mut(t) else { continue };
+                let whole = grid.rect(t);
+                let area = |r: Rect| u32::from(r.w) * u32::from(r.h);
+                *c = area(d.bbox) * MIN_CHANGED_SHARE >= area(whole);
             }
         } else {
             for (c, &s) in changed.iter_mut().zip(&frame.tile_seq) {

@@ -109,6 +109,13 @@ fn small_or_sparse_changes_stay_stills() {
         let (d, _, _) = v.step(Rect { x: 10 + u16::try_from(t).unwrap(), y: 10, w: 8, h: 16 }, t);
         assert_eq!(d, Decision::Stills);
     }
+    // Typing on a line that straddles two rows of tiles, in two columns: four tiles change
+    // with every key, a sliver each.
+    for t in 0..12 {
+        let x = 56 + u16::try_from(t % 2).unwrap() * 8;
+        let (d, _, _) = v.step(Rect { x, y: 120, w: 8, h: 17 }, t);
+        assert_eq!(d, Decision::Stills, "key {t}");
+    }
     // Two spots far apart changing together: a large box, mostly still.
     let spots = [Rect { x: 0, y: 0, w: 10, h: 10 }, Rect { x: 500, y: 370, w: 10, h: 10 }];
     for t in 6..12 {

@@ -139,6 +139,11 @@ impl Encoder {
         if r != 0 {
             return Err(format!("VP8 encode failed ({r})"));
         }
+        // Frames are never dropped (the shim sets no drop threshold); an empty one would be a
+        // message viewers refuse.
+        if len == 0 {
+            return Err("the VP8 encoder made no frame".into());
+        }
         out.truncate(len);
         Ok(Packet { data: out, key: is_key != 0 })
     }
