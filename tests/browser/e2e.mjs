@@ -11,7 +11,7 @@
 // Failures throw (exit code 1) with a message on stderr.
 
 import { join } from 'node:path';
-import { ask, check, launch, loudest, passwordSignIn, sleep, tapSound, untilCanvasShows as untilShows, viewerOpen } from './lib.mjs';
+import { ask, check, launch, loudest, passwordSignIn, sleep, tapSound, typeAsPerson, untilCanvasShows as untilShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`e2e: ${msg}`);
@@ -104,7 +104,7 @@ async function main() {
   // The session's terminal may open after its panel (a loaded host): typing waits for it.
   await untilCanvasShows(page, 'terminal', 'e2e-05-canvas-terminal.png', 120, 'no terminal opened in the desktop to play a tone from');
   await canvas.click();
-  await page.keyboard.type('speaker-test -t sine -f 1000 -c 2 -l 20 >/dev/null 2>&1', { delay: 30 });
+  await typeAsPerson(page, 'speaker-test -t sine -f 1000 -c 2 -l 20 >/dev/null 2>&1');
   const typedAt = Date.now();
   await page.keyboard.press('Enter');
   let tone = null;
@@ -122,6 +122,47 @@ async function main() {
     return l.every((db) => db < -90);
   }, null, { timeout: 5000 }).catch(() => { throw new Error('muted, the desktop is still heard'); });
   await page.locator('#sound').click();
+  await canvas.click();
+  await page.keyboard.press('Control+C');
+
+  // Motion as video: the top of her terminal redrawn again and again (coloured bars, cursor
+  // sent home each time: no scrolling) reaches this page as VP8, decoded by WebCodecs (the page
+  // counts the pictures). A second viewer of the same desktop in a browser without WebCodecs
+  // sees the same motion as still images.
+  const stills = await ctx.newPage();
+  await stills.addInitScript(() => { delete window.VideoDecoder; delete window.EncodedVideoChunk; });
+  await stills.goto(page.url());
+  await viewerOpen(stills);
+  const pictures = (p) => p.evaluate(() => Number(document.getElementById('screen').dataset.videoFrames || 0));
+  await page.bringToFront();
+  await canvas.click();
+  // The page's count is updated once a second.
+  await sleep(1500);
+  const before = await pictures(page);
+  // Typing is not motion: the command goes as lossless stills.
+  await typeAsPerson(page, 'for i in $(seq 600); do printf "\\e[H"; for r in $(seq 16); do printf "\\e[4%dm%72s\\e[0m\\n" $((RANDOM % 8)) ""; done; done; clear', 20);
+  await sleep(1500);
+  const typed = await pictures(page);
+  check(typed === before, `typing a command was sent as video (${typed - before} pictures)`);
+  await page.keyboard.press('Enter');
+  const motionAt = Date.now();
+  await page.waitForFunction((b) => Number(document.getElementById('screen').dataset.videoFrames || 0) >= b + 10, before, { timeout: 120000 })
+    .catch(async () => { throw new Error(`the motion was not decoded as video: ${(await pictures(page)) - before} pictures`); });
+  log(`motion reached the page as video: 10 pictures decoded ${Date.now() - motionAt} ms after Enter (counted once a second)`);
+  await shot(page, 'e2e-05-viewer-video.png');
+  let fallback = null;
+  for (let i = 0; i < 40 && !fallback; i++) {
+    const text = (await stills.locator('.viewer-stats').textContent()) || '';
+    const fps = Number((text.match(/(\d+) fps/) || [])[1] || 0);
+    if (fps >= 2) fallback = { text, pictures: await pictures(stills) };
+    else await sleep(500);
+  }
+  check(fallback, 'the viewer without WebCodecs did not see the motion');
+  check(fallback.pictures === 0 && !fallback.text.includes('video'), `the viewer without WebCodecs was sent video: ${JSON.stringify(fallback)}`);
+  log(`without WebCodecs the motion came as still images (${fallback.text})`);
+  await shot(stills, 'e2e-05-viewer-stills.png');
+  await stills.close();
+  await page.bringToFront();
   await canvas.click();
   await page.keyboard.press('Control+C');
   await page.setViewportSize({ width: 1000, height: 700 });

@@ -43,6 +43,25 @@ export async function launch(cfg, name, options = {}) {
 
 // Listens to everything the page plays: every connection to a sound output is also fed to an
 // analyser of the test's (before the page's scripts run; `target` is a page or a context).
+// Characters typed with Shift on a US keyboard, and the key under each. Playwright's
+// keyboard.type sends such a character on its key without holding Shift, so a guest that takes
+// physical keys (Atrium sends the key's code) would see the unshifted one: '.' for '>'.
+const SHIFTED = {
+  '!': 'Digit1', '@': 'Digit2', '#': 'Digit3', $: 'Digit4', '%': 'Digit5', '^': 'Digit6', '&': 'Digit7',
+  '*': 'Digit8', '(': 'Digit9', ')': 'Digit0', _: 'Minus', '+': 'Equal', '{': 'BracketLeft',
+  '}': 'BracketRight', '|': 'Backslash', ':': 'Semicolon', '"': 'Quote', '<': 'Comma', '>': 'Period',
+  '?': 'Slash', '~': 'Backquote',
+};
+
+// Types `text` as a person on a US keyboard would: Shift held for the characters that need it.
+export async function typeAsPerson(page, text, delay = 30) {
+  for (const ch of text) {
+    if (SHIFTED[ch]) await page.keyboard.press(`Shift+${SHIFTED[ch]}`, { delay: 5 });
+    else await page.keyboard.type(ch);
+    await sleep(delay);
+  }
+}
+
 export async function tapSound(target) {
   await target.addInitScript(() => {
     const connect = AudioNode.prototype.connect;
