@@ -161,12 +161,15 @@ impl Video {
             return Decision::Stills;
         }
         let mut changed = vec![false; grid.len()];
+        // Tiles with any change at all.
+        let mut touched = vec![false; grid.len()];
         if view.sent_seq + 1 == frame.seq {
             // A tile moves when much of it changed: a typed character or a blinking cursor
             // changes a sliver, and stays lossless.
             for d in &frame.delta {
                 let Ok(t) = usize::try_from(d.tile) else { continue };
                 let Some(c) = changed.get_mut(t) else { continue };
+                touched[t] = true;
                 let whole = grid.rect(t);
                 let area = |r: Rect| u32::from(r.w) * u32::from(r.h);
                 *c = area(d.bbox) * MIN_CHANGED_SHARE >= area(whole);
@@ -175,11 +178,15 @@ impl Video {
             for (c, &s) in changed.iter_mut().zip(&frame.tile_seq) {
                 *c = s > view.sent_seq;
             }
+            touched.clone_from(&changed);
         }
         for (s, &c) in self.score.iter_mut().zip(&changed) {
             *s = if c { (*s + SCORE_UP).min(MAX_SCORE) } else { s.saturating_sub(1) };
         }
-        let moving = self.moving_box(&grid);
+        // A video rarely fills its tiles exactly: the tiles along its edges change only in
+        // part, maybe too little to count as moving, and would go as stills beside it frame
+        // after frame. The box takes in the ring of tiles around it that changed too.
+        let moving = self.moving_box(&grid).map(|m| with_edges(m, &grid, &touched));
         let open = self.stream.as_ref().map(|s| (s.rect, s.last_frame));
         let rect = match (open, moving) {
             (None, None) => return Decision::Stills,
@@ -325,6 +332,32 @@ impl Video {
                 }
             }
         }
+    }
+}
+
+/// `m` (whole tiles) grown by one tile on each side where a tile next to it changed.
+fn with_edges(m: Rect, grid: &Grid, touched: &[bool]) -> Rect {
+    let (mut c0, mut r0) = (m.x / TILE, m.y / TILE);
+    let (mut c1, mut r1) = ((m.x + m.w - 1) / TILE, (m.y + m.h - 1) / TILE);
+    let any = |cols: std::ops::RangeInclusive<u16>, rows: std::ops::RangeInclusive<u16>| {
+        rows.into_iter().any(|r| cols.clone().any(|c| touched[grid.index(c, r)]))
+    };
+    let (top, bottom) = (
+        r0 > 0 && any(c0..=c1, r0 - 1..=r0 - 1),
+        r1 + 1 < grid.rows && any(c0..=c1, r1 + 1..=r1 + 1),
+    );
+    let (left, right) = (
+        c0 > 0 && any(c0 - 1..=c0 - 1, r0..=r1),
+        c1 + 1 < grid.cols && any(c1 + 1..=c1 + 1, r0..=r1),
+    );
+    (r0, r1, c0, c1) =
+        (r0 - u16::from(top), r1 + u16::from(bottom), c0 - u16::from(left), c1 + u16::from(right));
+    let (x, y) = (c0 * TILE, r0 * TILE);
+    Rect {
+        x,
+        y,
+        w: ((c1 - c0 + 1) * TILE).min(grid.width - x),
+        h: ((r1 - r0 + 1) * TILE).min(grid.height - y),
     }
 }
 

@@ -102,6 +102,21 @@ fn an_area_that_keeps_changing_becomes_a_stream_and_stills_leave_it_out() {
 }
 
 #[test]
+fn a_video_that_does_not_fill_its_tiles_takes_in_its_edges() {
+    let mut v = Viewer::new(512, 384, 30);
+    // 12 pixels into the tiles above and 8 into those on the left: too little to move.
+    let area = Rect { x: 120, y: 116, w: 200, h: 140 };
+    let mut last = (Decision::Stills, Vec::new());
+    for t in 0..4 {
+        let (d, stills, _) = v.step(area, t);
+        last = (d, stills);
+    }
+    // Moving: 128..320 x 128..256; with the ring of tiles it touched: from 64, 64.
+    assert_eq!(last.0, Decision::Encode(Rect { x: 64, y: 64, w: 256, h: 192 }));
+    assert!(last.1.is_empty(), "nothing of the video goes as stills: {:?}", last.1);
+}
+
+#[test]
 fn small_or_sparse_changes_stay_stills() {
     let mut v = Viewer::new(512, 384, 30);
     // Typing: one tile changing update after update.
@@ -161,7 +176,9 @@ fn motion_that_spreads_starts_a_larger_stream_and_a_new_size_ends_it() {
         key_frames += usize::from(sent.is_some_and(|(_, key)| key));
     }
     assert_eq!(v.video.stream_rect(), Some(wide));
-    assert_eq!(key_frames, 1, "one new stream over the wider area");
+    // The changing tiles next to the stream join it at once (its ring), the rest once they
+    // count as moving: two new streams.
+    assert_eq!(key_frames, 2);
     // A viewer whose canvas was reset starts over.
     v.view = ViewerTiles::new();
     let (d, _, _) = v.step(wide, 9);
