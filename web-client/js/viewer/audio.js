@@ -5,13 +5,14 @@
 //   p.push(at, packet);  p.setVolume(0.8);  p.resume();  p.close();
 //
 // Each decoded packet is scheduled right after the previous one. The first after a silence
-// starts JITTER_S ahead of now, so that packets arriving a little late still play on time;
-// when more than MAX_AHEAD_S is queued (the tab was in the background, the network stalled)
-// the queue starts again from now rather than playing late.
+// (or after a packet came too late) starts JITTER_S ahead of now, so that packets arriving a
+// little late still play on time. When more than MAX_AHEAD_S is already queued, a packet is
+// skipped rather than played late: the desktop's sound clock and the browser's are not the
+// same clock, and a queue that drifts upward is latency that only grows.
 import { AUDIO_RATE } from './protocol.js';
 
 const JITTER_S = 0.04;
-const MAX_AHEAD_S = 0.25;
+const MAX_AHEAD_S = 0.08;
 
 export class SoundPlayer {
   static supported() {
@@ -23,6 +24,8 @@ export class SoundPlayer {
     this.gain = this.ctx.createGain();
     this.gain.connect(this.ctx.destination);
     this.next = 0;
+    // Packets skipped because too much was queued (see MAX_AHEAD_S).
+    this.skipped = 0;
     this.decoder = new AudioDecoder({
       output: (data) => this._play(data),
       error: (e) => console.error('atrium viewer: sound decoder', e),
@@ -61,7 +64,12 @@ export class SoundPlayer {
     }
     data.close();
     const now = this.ctx.currentTime;
-    if (this.next < now || this.next > now + MAX_AHEAD_S) this.next = now + JITTER_S;
+    if (this.next > now + MAX_AHEAD_S) {
+      data.close();
+      this.skipped += 1;
+      return;
+    }
+    if (this.next < now) this.next = now + JITTER_S;
     const src = this.ctx.createBufferSource();
     src.buffer = buf;
     src.connect(this.gain);
