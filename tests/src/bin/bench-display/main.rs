@@ -5,6 +5,8 @@
 //!   and the same diff without scroll detection, measured in the same run;
 //! - motion: the same moving content as still images and as VP8 video (bytes, encode time,
 //!   the video's quality);
+//! - with `--audio` or `--vs-novnc`: a desktop's test tones to the browser's output, and
+//!   input-to-pixel on a moving desktop with video on and off;
 //! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
 //! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
 //!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
@@ -13,6 +15,7 @@
 //!
 //! The last line printed is one JSON object with every figure.
 
+mod audio;
 mod encode;
 mod fanout;
 mod motion;
@@ -20,6 +23,7 @@ mod novnc;
 mod qemu_floor;
 mod relay;
 mod static_files;
+mod video_latency;
 
 use std::path::PathBuf;
 
@@ -39,6 +43,11 @@ pub struct BenchOptions {
     /// Skip the encode-cost measurement.
     #[arg(long)]
     pub skip_encode: bool,
+    /// Measure, in headless Chromium, audio latency (a desktop's test tones to Atrium's viewer)
+    /// and input-to-pixel on a moving desktop with video on and off (also done with
+    /// --vs-novnc; needs Chromium and tests/browser/node_modules).
+    #[arg(long)]
+    pub audio: bool,
     /// Skip the motion measurement (stills against video on the same moving content).
     #[arg(long)]
     pub skip_motion: bool,
@@ -89,6 +98,10 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     }
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);
+    }
+    if opts.audio || opts.vs_novnc {
+        out.extend(audio::run(&opts).await?);
+        out.extend(video_latency::run(&opts).await?);
     }
     if opts.vs_novnc {
         out.extend(novnc::run(&opts).await?);

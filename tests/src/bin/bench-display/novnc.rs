@@ -26,7 +26,7 @@ use atrium_tests::procstat::{self, Usage};
 
 /// The node's id here (the one the bench's tickets name).
 const NODE_ID: &str = "node-1";
-const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+pub(super) const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const NOVNC: &str = "/usr/share/novnc";
 
 /// A child process stopped when dropped: SIGTERM, then up to 30 s to exit (the node deletes
@@ -429,7 +429,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
     Ok(out)
 }
 
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
