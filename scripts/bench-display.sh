@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Display proxy benchmark: encode cost at 1920x1080 (beside a whole-frame PNG and the same diff
-# without scroll detection), fan-out of one synthetic desktop, and with --vs-novnc Atrium against
-# Debian's noVNC + websockify on one QEMU console guest, both in headless Chromium, in the same
-# run. Release build. The last line is one JSON object.
+# without scroll detection), motion as VP8 video against stills, fan-out of one synthetic
+# desktop; with --audio, audio latency and input-to-pixel on a moving desktop with video on and
+# off (headless Chromium); with --vs-novnc, those and Atrium against Debian's noVNC + websockify
+# on one QEMU console guest, both in headless Chromium, in the same run. Release build. The last
+# line is one JSON object.
 #
-#   scripts/bench-display.sh [--vs-novnc] [--skip-encode] [--skip-fanout] [--fanout-secs N]
-#                            [--image DIR] [--keep-refresh-ms N]
+#   scripts/bench-display.sh [--vs-novnc] [--audio] [--skip-encode] [--skip-motion]
+#                            [--skip-fanout] [--fanout-secs N] [--image DIR] [--keep-refresh-ms N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
