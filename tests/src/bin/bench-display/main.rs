@@ -18,6 +18,7 @@
 mod audio;
 mod encode;
 mod fanout;
+mod in_browser;
 mod motion;
 mod novnc;
 mod qemu_floor;

@@ -141,7 +141,7 @@ fn percentile(v: &[f64], per_mille: usize) -> Option<f64> {
     s.get(rank).copied()
 }
 
-fn floats(v: &Value) -> Vec<f64> {
+pub(super) fn floats(v: &Value) -> Vec<f64> {
     v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
 }
 
