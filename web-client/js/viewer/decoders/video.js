@@ -4,6 +4,9 @@
 // predicted from the one before.
 
 const CODEC = 'vp8';
+// A picture not decoded within this long fails the stream: drawing waits for it, and nothing
+// after it may be drawn (or acknowledged) before.
+const DECODE_TIMEOUT_MS = 2000;
 
 // Whether this browser decodes VP8 through WebCodecs (false without WebCodecs, or when the
 // page is not a secure context).
@@ -41,7 +44,10 @@ export class VideoStream {
     // A frame predicted from a picture this decoder never had: nothing to draw it from.
     if (!this.decoder || this.size.w !== rect.w || this.size.h !== rect.h) return;
     const op = { ready: null, draw: null, picture: null };
-    op.ready = new Promise((resolve, reject) => this.pending.push({ op, resolve, reject }));
+    op.ready = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this._fail(new Error('a video frame was not decoded in time')), DECODE_TIMEOUT_MS);
+      this.pending.push({ op, resolve: () => { clearTimeout(timer); resolve(); }, reject: (e) => { clearTimeout(timer); reject(e); } });
+    });
     op.draw = () => {
       this.renderer.ctx.drawImage(op.picture, rect.x, rect.y, rect.w, rect.h);
       op.picture.close();
