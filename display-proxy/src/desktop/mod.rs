@@ -48,6 +48,8 @@ pub struct Desktop {
     /// Sizes viewers ask the guest's screen to take, when it can change size.
     screen: Option<ScreenSizes>,
     paste_slots: Arc<Semaphore>,
+    /// Video streams of this desktop's viewers open at once (see [`VIDEO_STREAMS`]).
+    video_slots: Arc<Semaphore>,
     input: Arc<dyn InputSink>,
     stopper: Arc<dyn Stopper>,
     alive: Arc<AtomicBool>,
@@ -55,6 +57,10 @@ pub struct Desktop {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     metrics: Arc<Metrics>,
 }
+
+/// Video streams open at once among a desktop's viewers: each costs an encoder's CPU, so more
+/// viewers (shadows, a ticket opened many times) get stills for what moves.
+pub const VIDEO_STREAMS: usize = 2;
 
 /// Sound packets kept for a viewer that is behind (20 ms each).
 const SOUND_BACKLOG: usize = 25;
@@ -135,6 +141,7 @@ impl Desktop {
             clipboard_in: guest.clone(),
             screen: screen_requests.as_ref().map(|(sizes, _)| sizes.clone()),
             paste_slots: Arc::new(Semaphore::new(2)),
+            video_slots: Arc::new(Semaphore::new(VIDEO_STREAMS)),
             input: source.input(),
             stopper: source.stopper(),
             alive: Arc::clone(&alive),
@@ -202,6 +209,11 @@ impl Desktop {
     /// The desktop's sound as ready-made messages, when it has sound.
     pub fn sound(&self) -> Option<broadcast::Receiver<Bytes>> {
         self.sound.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    /// The slots for video streams among this desktop's viewers.
+    pub fn video_slots(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.video_slots)
     }
 
     pub fn has_sound(&self) -> bool {

@@ -8,16 +8,19 @@
 //! Each viewer that asked for video (its browser decodes VP8) has its own encoder: its frames
 //! follow what that viewer was sent, whatever flow control skipped. CPU is bounded per stream:
 //! about `max_fps` frames a second (an update that comes sooner leaves the box for the next
-//! frame, or for refinement), and when encoding takes more than half a frame's time the
+//! frame, sent at the latest three quarters of a frame later even if the motion stopped), and
+//! when encoding takes more than half a frame's time the
 //! encoder gets faster, then coarser (lower bitrate), then the frame rate falls: quality
 //! degrades before latency.
 
 pub mod vp8;
 pub mod yuv;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::{Rect, ServerMessage};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::framebuffer::union;
 use crate::pipeline::frame::{Frame, Grid, TILE};
@@ -72,6 +75,8 @@ struct Stream {
     started: Instant,
     last_pts: i64,
     last_frame: Option<Instant>,
+    /// An update left the rectangle for the next frame since the last one was sent.
+    skipped: bool,
     picture: Vec<u8>,
     kbps: u32,
 }
@@ -98,6 +103,9 @@ pub struct Video {
     interval: Duration,
     /// Bitrate factor (falls when encoding is slow at the fastest speed).
     quality: f64,
+    /// The desktop's slots for streams, and the one this viewer holds while it has a stream.
+    slots: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Video {
@@ -111,8 +119,9 @@ impl std::fmt::Debug for Video {
 }
 
 impl Video {
-    /// Video for a viewer, at most `max_fps` frames a second (at least 1).
-    pub fn new(max_fps: u32) -> Self {
+    /// Video for a viewer, at most `max_fps` frames a second (at least 1), with a stream only
+    /// while it holds one of the desktop's `slots`.
+    pub fn new(max_fps: u32, slots: Arc<Semaphore>) -> Self {
         let max_fps = max_fps.max(1);
         Self {
             max_fps,
@@ -123,6 +132,8 @@ impl Video {
             encode_ms: 0.0,
             interval: Duration::from_secs(1) / max_fps,
             quality: 1.0,
+            slots,
+            permit: None,
         }
     }
 
@@ -137,11 +148,30 @@ impl Video {
         self.grid = None;
         self.score.clear();
         self.stream = None;
+        self.permit = None;
     }
 
     /// Ends the stream (its area was refined losslessly); motion must build up again.
     pub fn end_stream(&mut self) {
-        self.stream = None;
+        if let (Some(s), Some(grid)) = (self.stream.take(), self.grid) {
+            for t in grid.tiles_of(s.rect) {
+                self.score[t] = 0;
+            }
+        }
+        self.permit = None;
+    }
+
+    /// A quarter of a frame's leeway on the frame rate: captures are not evenly spaced, and a
+    /// frame a little early must not halve the rate.
+    fn least_interval(&self) -> Duration {
+        self.interval * 3 / 4
+    }
+
+    /// When the stream's rectangle, left out of an update for the rate limit, is due as a
+    /// frame of its own if no newer update brings it first (the motion may have stopped).
+    pub fn catch_up_at(&self) -> Option<Instant> {
+        let s = self.stream.as_ref().filter(|s| s.skipped)?;
+        Some(s.last_frame? + self.least_interval())
     }
 
     /// Decides, before an update from `view` to `frame` is planned, what of it goes as video.
@@ -158,7 +188,13 @@ impl Video {
             return Decision::Stills;
         }
         if view.sent_seq >= frame.seq {
-            return Decision::Stills;
+            // Nothing new, unless the stream owes this frame's rectangle (see catch_up_at).
+            return match (self.catch_up_at(), &self.stream) {
+                (Some(t), Some(s)) if view.sent_seq == frame.seq && now >= t => {
+                    Decision::Encode(s.rect)
+                }
+                _ => Decision::Stills,
+            };
         }
         let mut changed = vec![false; grid.len()];
         // Tiles with any change at all.
@@ -190,20 +226,30 @@ impl Video {
         let open = self.stream.as_ref().map(|s| (s.rect, s.last_frame));
         let rect = match (open, moving) {
             (None, None) => return Decision::Stills,
-            (None, Some(m)) => even(m, &grid),
+            (None, Some(m)) => {
+                // A new stream needs one of the desktop's slots.
+                if self.permit.is_none() {
+                    self.permit = Arc::clone(&self.slots).try_acquire_owned().ok();
+                }
+                if self.permit.is_none() {
+                    return Decision::Stills;
+                }
+                even(m, &grid)
+            }
             (Some((s, _)), Some(m)) if even(union(s, m), &grid) != s => {
                 // The motion spread: a new stream over both (a key frame).
                 self.stream = None;
                 even(union(s, m), &grid)
             }
             (Some((s, last)), _) => {
-                if !grid.tiles_of(s).any(|t| changed[t]) {
+                // Once a stream is open, any change in it is its next frame.
+                if !grid.tiles_of(s).any(|t| touched[t]) {
                     return Decision::Stills;
                 }
-                // A quarter of a frame's leeway: captures are not evenly spaced, and a frame
-                // a little early must not halve the rate.
-                let least = self.interval * 3 / 4;
-                if last.is_some_and(|t| now.saturating_duration_since(t) < least) {
+                if last.is_some_and(|t| now.saturating_duration_since(t) < self.least_interval()) {
+                    if let Some(st) = &mut self.stream {
+                        st.skipped = true;
+                    }
                     return Decision::Skip(s);
                 }
                 s
@@ -264,6 +310,7 @@ impl Video {
                 started: now,
                 last_pts: -1,
                 last_frame: None,
+                skipped: false,
                 picture: vec![0; yuv::i420_len(rect.w, rect.h)],
                 kbps,
             }),
@@ -280,6 +327,7 @@ impl Video {
         let packet = stream.encoder.encode(&stream.picture, pts, false)?;
         stream.last_pts = pts;
         stream.last_frame = Some(now);
+        stream.skipped = false;
         let took = t0.elapsed();
         self.adapt(took);
         let key = packet.key;

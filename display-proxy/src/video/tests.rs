@@ -3,6 +3,7 @@ use std::sync::Arc;
 use super::*;
 use crate::framebuffer::{Framebuffer, intersect};
 use crate::pipeline::capture::Capture;
+use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{apply, plan_update_except};
 use crate::source::SourceEvent;
 
@@ -18,6 +19,11 @@ struct Viewer {
 
 impl Viewer {
     fn new(w: u16, h: u16, max_fps: u32) -> Self {
+        Self::with_slots(w, h, max_fps, Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+
+    /// A viewer of a desktop whose streams take these slots.
+    fn with_slots(w: u16, h: u16, max_fps: u32, slots: Arc<tokio::sync::Semaphore>) -> Self {
         let mut fb = Framebuffer::new(w, h);
         fb.fill(fb.bounds(), 0x0020_2020);
         let cap = Capture::new(&fb);
@@ -25,7 +31,7 @@ impl Viewer {
             fb,
             cap,
             view: ViewerTiles::new(),
-            video: Video::new(max_fps),
+            video: Video::new(max_fps, slots),
             decoder: vp8::Decoder::new().expect("decoder"),
             now: Instant::now(),
         };
@@ -54,10 +60,21 @@ impl Viewer {
         self.now += Duration::from_millis(40);
         let frame =
             self.cap.process(&self.fb, &[SourceEvent::Damage(self.fb.bounds())]).expect("a change");
-        let d = self.video.decide(&frame, &self.view, self.now);
+        self.send(&frame)
+    }
+
+    /// Nothing new on the screen, `after` later: what the viewer is sent of the last frame.
+    fn idle(&mut self, after: Duration) -> (Decision, Vec<Rect>, Option<(Rect, bool)>) {
+        self.now += after;
+        let frame = Arc::clone(self.cap.last());
+        self.send(&frame)
+    }
+
+    fn send(&mut self, frame: &Frame) -> (Decision, Vec<Rect>, Option<(Rect, bool)>) {
+        let d = self.video.decide(frame, &self.view, self.now);
         let mut sent = None;
         if let Decision::Encode(rect) = d {
-            let (msg, cost) = self.video.encode(&frame, rect, None, self.now).expect("encode");
+            let (msg, cost) = self.video.encode(frame, rect, None, self.now).expect("encode");
             let Ok(ServerMessage::Video { rect: got, key, data }) = ServerMessage::decode(&msg)
             else {
                 panic!("not a video message");
@@ -67,9 +84,9 @@ impl Viewer {
             assert_eq!((w, h), (rect.w, rect.h));
             sent = Some((rect, key));
         }
-        let plan = plan_update_except(&frame, &self.view, None, d.except());
-        apply(&mut self.view, &frame, &plan, self.now);
-        mark_lossy(&mut self.view, &frame, d, self.now);
+        let plan = plan_update_except(frame, &self.view, None, d.except());
+        apply(&mut self.view, frame, &plan, self.now);
+        mark_lossy(&mut self.view, frame, d, self.now);
         (d, plan.rects.iter().map(|(r, _)| *r).collect(), sent)
     }
 }
@@ -160,6 +177,53 @@ fn frames_beyond_the_rate_limit_are_left_for_the_next_one() {
     assert_eq!(sent.map(|(_, key)| key), Some(false));
     let (d, _, _) = v.step(area, 5);
     assert_eq!(d, Decision::Skip(stream));
+    // The motion stops there: the skipped frame is still sent, three quarters of a frame
+    // after the last one, and nothing more after it.
+    assert_eq!(
+        v.video.catch_up_at(),
+        Some(v.now - Duration::from_millis(40) + Duration::from_millis(75))
+    );
+    let (d, _, sent) = v.idle(Duration::from_millis(20));
+    assert_eq!((d, sent), (Decision::Stills, None), "too early");
+    let (d, stills, sent) = v.idle(Duration::from_millis(20));
+    assert_eq!((d, sent), (Decision::Encode(stream), Some((stream, false))));
+    assert!(stills.is_empty());
+    assert_eq!(v.video.catch_up_at(), None);
+    assert_eq!(v.idle(Duration::from_millis(100)).0, Decision::Stills);
+}
+
+#[test]
+fn a_desktop_has_a_limited_number_of_streams() {
+    let slots = Arc::new(tokio::sync::Semaphore::new(1));
+    let mut first = Viewer::with_slots(512, 384, 30, Arc::clone(&slots));
+    let mut second = Viewer::with_slots(512, 384, 30, Arc::clone(&slots));
+    let area = Rect { x: 0, y: 0, w: 128, h: 128 };
+    for t in 0..3 {
+        first.step(area, t);
+    }
+    assert!(first.video.stream_rect().is_some());
+    // The second viewer of the same desktop: stills, while the first holds the only slot.
+    for t in 0..5 {
+        assert_eq!(second.step(area, t).0, Decision::Stills);
+    }
+    first.video.end_stream();
+    assert!(matches!(second.step(area, 5).0, Decision::Encode(_)));
+    assert!(first.video.stream_rect().is_none());
+}
+
+#[test]
+fn a_refined_stream_ends_and_motion_builds_up_again() {
+    let mut v = Viewer::new(512, 384, 30);
+    let area = Rect { x: 0, y: 0, w: 128, h: 128 };
+    for t in 0..3 {
+        v.step(area, t);
+    }
+    assert!(v.video.stream_rect().is_some());
+    v.video.end_stream();
+    assert_eq!(v.step(area, 3).0, Decision::Stills);
+    assert_eq!(v.step(area, 4).0, Decision::Stills);
+    let (d, _, sent) = v.step(area, 5);
+    assert_eq!((d, sent.map(|(_, key)| key)), (Decision::Encode(area), Some(true)));
 }
 
 #[test]

@@ -17,9 +17,14 @@ struct atrium_vp8 {
   unsigned width, height;
 };
 
-/* Returns NULL on failure, with the libvpx error code in *err. */
+/* Returns NULL on failure, with the libvpx error code in *err. Width and height must be even
+ * (libvpx's chroma layout for odd sizes differs from the one the caller writes). */
 struct atrium_vp8 *atrium_vp8_new(unsigned width, unsigned height, unsigned kbps,
                                   int cpu_used, int *err) {
+  if (width == 0 || height == 0 || (width | height) & 1) {
+    *err = VPX_CODEC_INVALID_PARAM;
+    return NULL;
+  }
   struct atrium_vp8 *e = calloc(1, sizeof *e);
   if (!e) {
     *err = VPX_CODEC_MEM_ERROR;
@@ -81,7 +86,7 @@ int atrium_vp8_set_bitrate(struct atrium_vp8 *e, unsigned kbps) {
   return vpx_codec_enc_config_set(&e->codec, &e->cfg);
 }
 
-/* Encodes one I420 picture (planes back to back, strides width and (width + 1) / 2) taken at
+/* Encodes one I420 picture (planes back to back, strides width and width / 2) taken at
  * `pts_ms`. Writes the compressed frame to out (at most cap bytes): its length to *len and
  * whether it is a key frame to *key. Returns 0, or a libvpx error code; -1 when the frame does
  * not fit in `cap` bytes. */

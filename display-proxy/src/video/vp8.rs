@@ -5,6 +5,8 @@
 use std::ffi::c_int;
 use std::ptr::NonNull;
 
+use atrium_protocol::display::MAX_VIDEO_FRAME;
+
 use super::yuv::i420_len;
 
 #[repr(C)]
@@ -76,9 +78,11 @@ pub struct Packet {
 
 impl Encoder {
     /// An encoder for `width` x `height` pictures at `kbps`, with speed `cpu_used` (0 to 16).
+    /// Both sides even: libvpx lays out the chroma planes of odd sizes its own way, which
+    /// differs between its versions.
     pub fn new(width: u16, height: u16, kbps: u32, cpu_used: i32) -> Result<Self, String> {
-        if width == 0 || height == 0 {
-            return Err(format!("an empty picture ({width}x{height})"));
+        if width == 0 || height == 0 || width % 2 == 1 || height % 2 == 1 {
+            return Err(format!("not an even, non-empty picture size ({width}x{height})"));
         }
         let mut err: c_int = 0;
         // SAFETY: plain values in, a pointer to our `err` that outlives the call.
@@ -119,8 +123,9 @@ impl Encoder {
                 self.height
             ));
         }
-        // A frame is at most the raw picture plus headers; generous, and checked by the shim.
-        let mut out = vec![0u8; i420.len() + 4096];
+        // A frame is at most the raw picture plus headers (checked by the shim), and no more
+        // than a viewer takes.
+        let mut out = vec![0u8; (i420.len() + 4096).min(MAX_VIDEO_FRAME)];
         let (mut len, mut is_key) = (0usize, 0 as c_int);
         // SAFETY: a live encoder; `i420` holds a whole picture of the encoder's size (checked
         // above) and `out` has `out.len()` bytes, both borrowed for the call.
@@ -259,6 +264,7 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         assert!(Encoder::new(0, 10, 100, 8).is_err());
+        assert!(Encoder::new(64, 63, 100, 8).is_err(), "odd sizes are refused");
         let mut enc = Encoder::new(64, 64, 100, 8).expect("encoder");
         assert!(enc.encode(&[0; 10], 0, false).is_err(), "a picture of the wrong size");
         let mut dec = Decoder::new().expect("decoder");

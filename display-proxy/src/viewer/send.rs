@@ -161,15 +161,22 @@ impl Sender {
         loop {
             if self.in_flight.len() < max {
                 let newest = Arc::clone(&frames.borrow_and_update());
-                let result = if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 {
-                    self.send_frame(newest, false).await
-                } else if next_refine(&self.view, self.ctx.refine_after)
-                    .is_some_and(|t| t <= Instant::now())
-                {
-                    self.send_frame(newest, true).await
-                } else {
-                    Ok(false)
-                };
+                let catch_up = self
+                    .video
+                    .as_ref()
+                    .and_then(Video::catch_up_at)
+                    .is_some_and(|t| t <= Instant::now());
+                let result =
+                    if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 || catch_up
+                    {
+                        self.send_frame(newest, false).await
+                    } else if next_refine(&self.view, self.ctx.refine_after)
+                        .is_some_and(|t| t <= Instant::now())
+                    {
+                        self.send_frame(newest, true).await
+                    } else {
+                        Ok(false)
+                    };
                 match result {
                     Ok(true) => continue,
                     Ok(false) => {}
@@ -177,8 +184,16 @@ impl Sender {
                 }
             }
             let room = self.in_flight.len() < max;
-            let refine_at =
-                if room { next_refine(&self.view, self.ctx.refine_after) } else { None };
+            // One timer for refinement and for a video frame the rate limit postponed.
+            let catch_up = self.video.as_ref().and_then(Video::catch_up_at);
+            let refine_at = if room {
+                [next_refine(&self.view, self.ctx.refine_after), catch_up]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            } else {
+                None
+            };
             let ack_deadline = self.in_flight.front().map(|f| f.sent + self.ctx.ack_timeout);
             if refine_at != refine_armed {
                 if let Some(t) = refine_at {
@@ -223,7 +238,7 @@ impl Sender {
                         if !on || fps == 0 {
                             self.video = None;
                         } else if self.video.is_none() {
-                            self.video = Some(Video::new(fps));
+                            self.video = Some(Video::new(fps, self.desktop.video_slots()));
                         }
                     }
                     Some(Event::Sound(on)) => {

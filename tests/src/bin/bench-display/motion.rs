@@ -119,7 +119,7 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
         let p = plan_update_except(&first, view, Some(70), None);
         apply(view, &first, &p, start);
     }
-    let mut video = Video::new(FPS);
+    let mut video = Video::new(FPS, Arc::new(tokio::sync::Semaphore::new(1)));
     assert_eq!(video.decide(&first, &video_view, start), Decision::Stills);
     let mut decoder = Decoder::new().map_err(anyhow::Error::msg)?;
     let (mut stills, mut moving) = (Way::default(), Way::default());
