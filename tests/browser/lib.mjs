@@ -41,8 +41,6 @@ export async function launch(cfg, name, options = {}) {
   return { ctx, page };
 }
 
-// Listens to everything the page plays: every connection to a sound output is also fed to an
-// analyser of the test's (before the page's scripts run; `target` is a page or a context).
 // Characters typed with Shift on a US keyboard, and the key under each. Playwright's
 // keyboard.type sends such a character on its key without holding Shift, so a guest that takes
 // physical keys (Atrium sends the key's code) would see the unshifted one: '.' for '>'.
@@ -53,15 +51,19 @@ const SHIFTED = {
   '?': 'Slash', '~': 'Backquote',
 };
 
-// Types `text` as a person on a US keyboard would: Shift held for the characters that need it.
+// Types `text` as a person on a US keyboard would: Shift held for capitals and the characters
+// that need it.
 export async function typeAsPerson(page, text, delay = 30) {
   for (const ch of text) {
     if (SHIFTED[ch]) await page.keyboard.press(`Shift+${SHIFTED[ch]}`, { delay: 5 });
+    else if (ch >= 'A' && ch <= 'Z') await page.keyboard.press(`Shift+Key${ch}`, { delay: 5 });
     else await page.keyboard.type(ch);
     await sleep(delay);
   }
 }
 
+// Listens to everything the page plays: every connection to a sound output is also fed to an
+// analyser of the test's (before the page's scripts run; `target` is a page or a context).
 export async function tapSound(target) {
   await target.addInitScript(() => {
     const connect = AudioNode.prototype.connect;

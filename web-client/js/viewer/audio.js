@@ -6,13 +6,16 @@
 //
 // Each decoded packet is scheduled right after the previous one. The first after a silence
 // (or after a packet came too late) starts JITTER_S ahead of now, so that packets arriving a
-// little late still play on time. When more than MAX_AHEAD_S is already queued, a packet is
+// little late still play on time. When the queue, smoothed over about half a second, runs more
+// than MAX_AHEAD_S ahead (or any packet would be more than HARD_MAX_AHEAD_S ahead), a packet is
 // skipped rather than played late: the desktop's sound clock and the browser's are not the
-// same clock, and a queue that drifts upward is latency that only grows.
+// same clock, and a queue that drifts upward is latency that only grows. A burst after a stall
+// lifts the smoothed length only for a moment, and plays whole.
 import { AUDIO_RATE } from './protocol.js';
 
 const JITTER_S = 0.04;
 const MAX_AHEAD_S = 0.08;
+const HARD_MAX_AHEAD_S = 0.25;
 
 export class SoundPlayer {
   static supported() {
@@ -24,8 +27,10 @@ export class SoundPlayer {
     this.gain = this.ctx.createGain();
     this.gain.connect(this.ctx.destination);
     this.next = 0;
-    // Packets skipped because too much was queued (see MAX_AHEAD_S).
+    // Packets skipped because too much was queued (see MAX_AHEAD_S), and the queue's smoothed
+    // length in seconds.
     this.skipped = 0;
+    this.ahead = null;
     this.decoder = new AudioDecoder({
       output: (data) => this._play(data),
       error: (e) => console.error('atrium viewer: sound decoder', e),
@@ -56,6 +61,18 @@ export class SoundPlayer {
       data.close();
       return;
     }
+    const now = this.ctx.currentTime;
+    if (this.next < now) this.next = now + JITTER_S;
+    // How far ahead the queue runs, smoothed over about half a second: a burst of packets after
+    // a stall raises it for a moment, a clock running ahead raises it for good.
+    const ahead = this.next - now;
+    this.ahead = this.ahead === null ? ahead : this.ahead * 0.95 + ahead * 0.05;
+    if (this.ahead > MAX_AHEAD_S || ahead > HARD_MAX_AHEAD_S) {
+      data.close();
+      this.skipped += 1;
+      this.ahead -= data.duration / 1e6;
+      return;
+    }
     const frames = data.numberOfFrames;
     const buf = this.ctx.createBuffer(2, frames, data.sampleRate);
     for (let ch = 0; ch < 2; ch++) {
@@ -63,13 +80,6 @@ export class SoundPlayer {
       data.copyTo(buf.getChannelData(ch), { planeIndex: plane, format: 'f32-planar' });
     }
     data.close();
-    const now = this.ctx.currentTime;
-    if (this.next > now + MAX_AHEAD_S) {
-      data.close();
-      this.skipped += 1;
-      return;
-    }
-    if (this.next < now) this.next = now + JITTER_S;
     const src = this.ctx.createBufferSource();
     src.buffer = buf;
     src.connect(this.gain);

@@ -32,6 +32,9 @@ const PING_INTERVAL_MS = 2000;
 const ACK_DELAY_MS = 1000;
 // A frame this large is acknowledged at once: its timing measures the throughput.
 const ACK_NOW_BYTES = 16 * 1024;
+// Video is offered again this long after decoding failed, at most this many times in all.
+const VIDEO_RETRY_MS = 5000;
+const VIDEO_TRIES = 3;
 
 export class DisplaySession extends Emitter {
   constructor({ url, canvas, keyboardTarget = null, statsIntervalMs = 1000 }) {
@@ -219,16 +222,20 @@ export class DisplaySession extends Emitter {
     });
   }
 
-  // Tells the proxy this viewer decodes video, once the browser is known to.
-  async _offerVideo() {
+  // Tells the proxy this viewer decodes video, once the browser is known to. If decoding
+  // fails (a corrupt frame, the browser taking the decoder back from a background tab), the
+  // viewer asks for still images and a whole new picture, and offers video again a little later,
+  // up to VIDEO_TRIES times a connection.
+  async _offerVideo(tries = 1) {
     const t = this.transport;
     if (!(await videoSupported()) || this.transport !== t || !this.connected) return;
+    if (this.video) this.video.close();
     this.video = new VideoStream(this.renderer, (e) => {
-      console.warn('atrium viewer: video decoding failed; still images from now on', e);
-      if (this.transport === t && this.connected) {
-        t.send(P.videoMessage(false));
-        t.send(P.refreshMessage());
-      }
+      console.warn(`atrium viewer: video decoding failed (${tries} of ${VIDEO_TRIES}); still images for now`, e);
+      if (this.transport !== t || !this.connected) return;
+      t.send(P.videoMessage(false));
+      t.send(P.refreshMessage());
+      if (tries < VIDEO_TRIES) setTimeout(() => { if (this.transport === t) this._offerVideo(tries + 1); }, VIDEO_RETRY_MS);
     }, () => this.stats.video(performance.now()));
     t.send(P.videoMessage(true));
   }

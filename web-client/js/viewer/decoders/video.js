@@ -34,6 +34,8 @@ export class VideoStream {
     this.timestamp = 0;
     // Pictures drawn, for the page's statistics (and tests).
     this.framesDrawn = 0;
+    // Decoded pictures not drawn yet (closed if the connection goes first).
+    this.undrawn = new Set();
     this.failed = false;
   }
 
@@ -41,8 +43,12 @@ export class VideoStream {
     if (this.failed) return;
     const { rect, key, data } = msg;
     if (key && (!this.decoder || this.size.w !== rect.w || this.size.h !== rect.h)) this._open(rect);
-    // A frame predicted from a picture this decoder never had: nothing to draw it from.
-    if (!this.decoder || this.size.w !== rect.w || this.size.h !== rect.h) return;
+    // A frame predicted from a picture this decoder never had: nothing to draw it from, and
+    // the area would stay stale while the proxy counts it drawn.
+    if (!this.decoder || this.size.w !== rect.w || this.size.h !== rect.h) {
+      this._fail(new Error('a video frame without its stream'));
+      return;
+    }
     const op = { ready: null, draw: null, picture: null };
     op.ready = new Promise((resolve, reject) => {
       const timer = setTimeout(() => this._fail(new Error('a video frame was not decoded in time')), DECODE_TIMEOUT_MS);
@@ -51,6 +57,7 @@ export class VideoStream {
     op.draw = () => {
       this.renderer.ctx.drawImage(op.picture, rect.x, rect.y, rect.w, rect.h);
       op.picture.close();
+      this.undrawn.delete(op.picture);
       this.framesDrawn += 1;
       this.onDrawn();
     };
@@ -70,6 +77,7 @@ export class VideoStream {
         const p = this.pending.shift();
         if (!p) { picture.close(); return; }
         p.op.picture = picture;
+        this.undrawn.add(picture);
         p.resolve();
       },
       error: (e) => this._fail(e),
@@ -93,5 +101,7 @@ export class VideoStream {
 
   close() {
     this._closeDecoder(new Error('the connection closed'));
+    for (const picture of this.undrawn) picture.close();
+    this.undrawn.clear();
   }
 }
