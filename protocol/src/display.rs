@@ -180,6 +180,14 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
+    /// A byte that must be 0 (false) or 1 (true); anything else is a bad `what`.
+    fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::BadValue(what)),
+        }
+    }
     fn i8(&mut self) -> Result<i8, DecodeError> {
         Ok(i8::from_le_bytes([self.u8()?]))
     }
@@ -337,11 +345,7 @@ impl ServerMessage {
             0x12 => Self::Copy { rect: r.rect()?, src_x: r.u16()?, src_y: r.u16()? },
             0x13 => {
                 let rect = r.rect()?;
-                let key = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::BadValue("key frame flag")),
-                };
+                let key = r.flag("key frame flag")?;
                 let data = r.bytes32(MAX_VIDEO_FRAME)?.to_vec();
                 if data.is_empty() || rect.w == 0 || rect.h == 0 {
                     return Err(DecodeError::BadValue("video frame"));
@@ -433,11 +437,7 @@ impl ClientMessage {
         let msg = match ty {
             0x81 => {
                 let seq = r.u32()?;
-                let down = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::BadValue("key state")),
-                };
+                let down = r.flag("key state")?;
                 let keysym = r.u32()?;
                 let n = r.u8()? as usize;
                 if n > MAX_CODE_LEN {
@@ -463,20 +463,8 @@ impl ClientMessage {
             0x85 => Self::Ping { id: r.u32()? },
             0x86 => Self::Refresh,
             0x87 => Self::Resize { width: r.u16()?, height: r.u16()? },
-            0x88 => Self::Audio {
-                enabled: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::BadValue("audio state")),
-                },
-            },
-            0x89 => Self::Video {
-                enabled: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::BadValue("video state")),
-                },
-            },
+            0x88 => Self::Audio { enabled: r.flag("audio state")? },
+            0x89 => Self::Video { enabled: r.flag("video state")? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
