@@ -63,6 +63,9 @@ pub struct Encoder {
     raw: NonNull<RawEncoder>,
     width: u16,
     height: u16,
+    /// Where libvpx's frames are written, made once: a frame is at most the raw picture plus
+    /// headers (checked by the shim), and no more than a viewer takes.
+    out: Vec<u8>,
 }
 
 // SAFETY: the encoder's state is only reached through `&mut self` (one thread at a time);
@@ -90,7 +93,8 @@ impl Encoder {
             atrium_vp8_new(u32::from(width), u32::from(height), kbps.max(1), cpu_used, &mut err)
         };
         let raw = NonNull::new(raw).ok_or_else(|| format!("VP8 encoder setup failed ({err})"))?;
-        Ok(Self { raw, width, height })
+        let out = vec![0u8; (i420_len(width, height) + 4096).min(MAX_VIDEO_FRAME)];
+        Ok(Self { raw, width, height, out })
     }
 
     pub fn size(&self) -> (u16, u16) {
@@ -123,20 +127,17 @@ impl Encoder {
                 self.height
             ));
         }
-        // A frame is at most the raw picture plus headers (checked by the shim), and no more
-        // than a viewer takes.
-        let mut out = vec![0u8; (i420.len() + 4096).min(MAX_VIDEO_FRAME)];
         let (mut len, mut is_key) = (0usize, 0 as c_int);
         // SAFETY: a live encoder; `i420` holds a whole picture of the encoder's size (checked
-        // above) and `out` has `out.len()` bytes, both borrowed for the call.
+        // above) and `out` has `self.out.len()` bytes, both borrowed for the call.
         let r = unsafe {
             atrium_vp8_encode(
                 self.raw.as_ptr(),
                 i420.as_ptr(),
                 pts_ms,
                 c_int::from(key),
-                out.as_mut_ptr(),
-                out.len(),
+                self.out.as_mut_ptr(),
+                self.out.len(),
                 &mut len,
                 &mut is_key,
             )
@@ -149,8 +150,7 @@ impl Encoder {
         if len == 0 {
             return Err("the VP8 encoder made no frame".into());
         }
-        out.truncate(len);
-        Ok(Packet { data: out, key: is_key != 0 })
+        Ok(Packet { data: self.out[..len].to_vec(), key: is_key != 0 })
     }
 }
 
