@@ -5,8 +5,9 @@
 //! - The root disk (`root.img`, ext4 made with `mke2fs -d`) holds the closure of
 //!   [`ROOT_PACKAGES`] unpacked with `dpkg -x`: Xorg (modesetting on QEMU's VGA), JWM (window
 //!   manager and panel), xterm, Xfe (file manager, with its text editor Xfwrite), xclip, DejaVu
-//!   fonts, bash and busybox. It is the image's read-only base: every VM of a pool shares it, each
-//!   with a copy-on-write layer of its own (the node's layer over the base), which goes with the VM.
+//!   fonts, GStreamer's player (Ogg Theora/Vorbis/Opus video and sound), bash and busybox. It
+//!   is the image's read-only base: every VM of a pool shares it, each with a copy-on-write
+//!   layer of its own (the node's layer over the base), which goes with the VM.
 //! - A user's home is a disk of its own for dedicated desktops (the VM's persistent disk,
 //!   formatted by the guest on first use); floating desktops keep it in their layer.
 //! - The guest agent shows a "waiting for sign-in" screen, says ready once X draws it, and starts
@@ -28,22 +29,26 @@ use super::resolve::{self, Apt};
 
 /// The packages the root file system is made of (with their dependencies).
 pub const ROOT_PACKAGES: &[&str] = &[
-    "busybox-static",           // sh, init, and the small tools
-    "bash",                     // the users' shell
-    "libc-bin",                 // the C.UTF-8 locale (X programs need a UTF-8 locale)
-    "ncurses-base",             // terminal descriptions (xterm-256color)
-    "xserver-xorg-core",        // Xorg with the modesetting driver
-    "xserver-xorg-input-evdev", // keyboard and absolute pointer
-    "xkb-data",                 // keyboard layouts
-    "x11-xkb-utils",            // xkbcomp (Xorg runs it) and setxkbmap
-    "xauth",                    // the X server's access cookie
-    "jwm",                      // window manager and panel
-    "xterm",                    // terminal
-    "xfe",                      // file manager, and its text editor (xfwrite)
-    "xclip",                    // the clipboard from the command line
-    "fonts-dejavu-core",        // readable fonts
-    "e2fsprogs",                // formats a new home disk
-    "alsa-utils",               // aplay and speaker-test: sound from the command line
+    "busybox-static",            // sh, init, and the small tools
+    "bash",                      // the users' shell
+    "libc-bin",                  // the C.UTF-8 locale (X programs need a UTF-8 locale)
+    "ncurses-base",              // terminal descriptions (xterm-256color)
+    "xserver-xorg-core",         // Xorg with the modesetting driver
+    "xserver-xorg-input-evdev",  // keyboard and absolute pointer
+    "xkb-data",                  // keyboard layouts
+    "x11-xkb-utils",             // xkbcomp (Xorg runs it) and setxkbmap
+    "xauth",                     // the X server's access cookie
+    "jwm",                       // window manager and panel
+    "xterm",                     // terminal
+    "xfe",                       // file manager, and its text editor (xfwrite)
+    "xclip",                     // the clipboard from the command line
+    "fonts-dejavu-core",         // readable fonts
+    "e2fsprogs",                 // formats a new home disk
+    "alsa-utils",                // aplay and speaker-test: sound from the command line
+    "gstreamer1.0-tools",        // gst-play-1.0 and gst-launch-1.0: video and sound
+    "gstreamer1.0-plugins-base", // Ogg, Theora, Vorbis, Opus; test pictures and tones
+    "gstreamer1.0-x",            // video in an X window (ximagesink)
+    "gstreamer1.0-alsa",         // sound out through ALSA (alsasink)
 ];
 
 /// Kernel modules the desktop loads besides the console's: sound on QEMU's Intel HD Audio
