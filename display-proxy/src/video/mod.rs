@@ -46,6 +46,12 @@ const START_SPEED: i32 = 10;
 const BITS_PER_PIXEL: f64 = 0.08;
 const MIN_KBPS: u32 = 150;
 const MAX_KBPS: u32 = 20_000;
+/// A stream's area is refined once it has not changed for this many of the stream's frame
+/// intervals (when that is longer than the viewer's usual wait), and at most
+/// [`MAX_REFINE_WAIT`] later: a video a desktop draws at a few frames a second must not be
+/// refined losslessly (and its stream ended) between two of its frames.
+const REFINE_FRAMES: u32 = 3;
+const MAX_REFINE_WAIT: Duration = Duration::from_millis(1500);
 
 /// What to do with an update's moving area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +81,8 @@ struct Stream {
     started: Instant,
     last_pts: i64,
     last_frame: Option<Instant>,
+    /// Moving average of the time between the stream's frames.
+    gap: Option<Duration>,
     /// An update left the rectangle for the next frame since the last one was sent.
     skipped: bool,
     picture: Vec<u8>,
@@ -149,6 +157,15 @@ impl Video {
         self.score.clear();
         self.stream = None;
         self.permit = None;
+    }
+
+    /// How long lossy areas wait before they are refined, for a viewer that usually waits
+    /// `base`: longer while a stream's frames come further apart (see [`REFINE_FRAMES`]).
+    pub fn refine_after(&self, base: Duration) -> Duration {
+        match self.stream.as_ref().and_then(|s| s.gap) {
+            Some(gap) => base.max((gap * REFINE_FRAMES).min(MAX_REFINE_WAIT)),
+            None => base,
+        }
     }
 
     /// Ends the stream (its area was refined losslessly); motion must build up again.
@@ -310,6 +327,7 @@ impl Video {
                 started: now,
                 last_pts: -1,
                 last_frame: None,
+                gap: None,
                 skipped: false,
                 picture: vec![0; yuv::i420_len(rect.w, rect.h)],
                 kbps,
@@ -326,6 +344,10 @@ impl Video {
             .max(stream.last_pts + 1);
         let packet = stream.encoder.encode(&stream.picture, pts, false)?;
         stream.last_pts = pts;
+        if let Some(last) = stream.last_frame {
+            let g = now.saturating_duration_since(last);
+            stream.gap = Some(stream.gap.map_or(g, |a| a * 3 / 4 + g / 4));
+        }
         stream.last_frame = Some(now);
         stream.skipped = false;
         let took = t0.elapsed();

@@ -271,3 +271,32 @@ fn an_odd_screen_edge_is_left_to_stills() {
     assert!(last.1.iter().all(|r| intersect(*r, stream).is_none()), "{:?}", last.1);
     assert!(last.1.iter().any(|r| r.x == 200) && last.1.iter().any(|r| r.y == 130));
 }
+
+#[test]
+fn a_slow_video_is_not_refined_between_its_frames() {
+    let mut v = Viewer::new(512, 384, 30);
+    let base = Duration::from_millis(300);
+    assert_eq!(v.video.refine_after(base), base, "no stream: the usual wait");
+    let area = Rect { x: 0, y: 0, w: 128, h: 128 };
+    for t in 0..3 {
+        v.step(area, t);
+    }
+    // Frames 40 ms apart: the usual wait is longer than three of them.
+    v.step(area, 3);
+    assert_eq!(v.video.refine_after(base), base);
+    // A desktop that draws its video at four frames a second: three frames' time.
+    for t in 4..40 {
+        v.now += Duration::from_millis(210);
+        v.step(area, t);
+    }
+    let wait = v.video.refine_after(base);
+    assert!(wait > Duration::from_millis(700) && wait <= Duration::from_millis(750), "{wait:?}");
+    // Slower still: never more than the cap.
+    for t in 40..60 {
+        v.now += Duration::from_secs(2);
+        v.step(area, t);
+    }
+    assert_eq!(v.video.refine_after(base), MAX_REFINE_WAIT);
+    v.video.end_stream();
+    assert_eq!(v.video.refine_after(base), base, "the stream ended: the usual wait");
+}

@@ -73,6 +73,11 @@ impl Sender {
         }
     }
 
+    /// How long lossy areas wait before they are refined (longer while a slow video plays).
+    fn refine_after(&self) -> Duration {
+        self.video.as_ref().map_or(self.ctx.refine_after, |v| v.refine_after(self.ctx.refine_after))
+    }
+
     /// JPEG quality for the measured throughput.
     fn quality(&self) -> u8 {
         match self.bandwidth {
@@ -170,7 +175,7 @@ impl Sender {
                     if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 || catch_up
                     {
                         self.send_frame(newest, false).await
-                    } else if next_refine(&self.view, self.ctx.refine_after)
+                    } else if next_refine(&self.view, self.refine_after())
                         .is_some_and(|t| t <= Instant::now())
                     {
                         self.send_frame(newest, true).await
@@ -187,10 +192,7 @@ impl Sender {
             // One timer for refinement and for a video frame the rate limit postponed.
             let catch_up = self.video.as_ref().and_then(Video::catch_up_at);
             let refine_at = if room {
-                [next_refine(&self.view, self.ctx.refine_after), catch_up]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [next_refine(&self.view, self.refine_after()), catch_up].into_iter().flatten().min()
             } else {
                 None
             };
@@ -343,7 +345,7 @@ impl Sender {
             let view = self.view.clone();
             let p = Arc::clone(&published);
             let metrics = Arc::clone(&self.ctx.metrics);
-            let (after, quality) = (self.ctx.refine_after, Some(self.quality()));
+            let (after, quality) = (self.refine_after(), Some(self.quality()));
             let mut video = self.video.take();
             let bandwidth = self.bandwidth;
             let work = move || {
