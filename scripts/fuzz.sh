@@ -41,15 +41,23 @@ export PATH="$tools/bin:$PATH"
 export CARGO_TARGET_DIR="$PWD/target/fuzz"
 work="$CARGO_TARGET_DIR"
 
-cd fuzz
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
 # Release code with debug assertions: overflow checks and `debug_assert!`s catch more.
 build_flags=(-O --debug-assertions)
+# The instrumented dependencies of an earlier run with the same toolchain, lock files and flags
+# are taken from ~/.cache/atrium/build (scripts/lib/buildcache.sh).
+. scripts/lib/buildcache.sh
+fuzz_key=$(build_cache_key fuzz-deps nightly "cargo-fuzz $CARGO_FUZZ_VERSION ${build_flags[*]}")
+build_dirs=(release x86_64-unknown-linux-gnu/release)
+build_cache_restore "$CARGO_TARGET_DIR" "$fuzz_key" "${build_dirs[@]}"
+
+cd fuzz
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
 if ! out=$(cargo +nightly fuzz build "${build_flags[@]}" 2>&1); then
   echo "$out" >&2
   echo "fuzz: the build failed" >&2
   exit 1
 fi
+build_cache_save "$CARGO_TARGET_DIR" "$fuzz_key" "${build_dirs[@]}"
 
 [ -n "$seconds$runs" ] || seconds=60
 limit=()

@@ -64,7 +64,13 @@ RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver 2>/dev/null || command -v c
 }
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# Dependencies compiled by an earlier run with the same toolchain, lock file and manifests are
+# taken from ~/.cache/atrium/build (scripts/lib/buildcache.sh); Atrium's crates always compile.
+. scripts/lib/buildcache.sh
+deps_key=$(build_cache_key deps "" "")
+build_cache_restore "${CARGO_TARGET_DIR:-target}" "$deps_key" debug
 cargo build --workspace --all-targets --locked
+build_cache_save "${CARGO_TARGET_DIR:-target}" "$deps_key" debug
 
 step "guest images"
 prepare_test_images
