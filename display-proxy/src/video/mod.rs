@@ -42,16 +42,20 @@ const MIN_TILES: u16 = 2;
 const MIN_DENSITY_PCT: usize = 40;
 /// Encoder speed to start with (0 to 16).
 const START_SPEED: i32 = 10;
-/// Bits per pixel per frame aimed at, before the viewer's throughput lowers it.
+/// Bits per pixel per frame aimed at, before the viewer's throughput lowers it. The bitrate is
+/// this at the stream's own frame rate: the encoder gives each frame the bitrate times the time
+/// since the last, so a video drawn at one picture a second at a bitrate made for 30 would get
+/// 30 frames' bits in each.
 const BITS_PER_PIXEL: f64 = 0.08;
-const MIN_KBPS: u32 = 150;
+/// Least bits a frame is given (a small stream still looks right), and the most a second.
+const MIN_FRAME_BITS: f64 = 5_000.0;
 const MAX_KBPS: u32 = 20_000;
 /// A stream's area is refined once it has not changed for this many of the stream's frame
 /// intervals (when that is longer than the viewer's usual wait), and at most
 /// [`MAX_REFINE_WAIT`] later: a video a desktop draws at a few frames a second must not be
 /// refined losslessly (and its stream ended) between two of its frames.
 const REFINE_FRAMES: u32 = 3;
-const MAX_REFINE_WAIT: Duration = Duration::from_millis(1500);
+const MAX_REFINE_WAIT: Duration = Duration::from_secs(3);
 
 /// What to do with an update's moving area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +107,10 @@ pub struct Video {
     grid: Option<Grid>,
     /// Per tile: how much it has been changing lately (see [`MOVING`]).
     score: Vec<u8>,
+    /// When an update last moved tiles, and the moving average of the time between such
+    /// updates: a new stream's frame interval until it has frames of its own.
+    last_motion: Option<Instant>,
+    motion_gap: Option<Duration>,
     stream: Option<Stream>,
     speed: i32,
     /// Moving average of the encode time, in milliseconds.
@@ -135,6 +143,8 @@ impl Video {
             max_fps,
             grid: None,
             score: Vec::new(),
+            last_motion: None,
+            motion_gap: None,
             stream: None,
             speed: START_SPEED,
             encode_ms: 0.0,
@@ -155,6 +165,8 @@ impl Video {
     pub fn reset(&mut self) {
         self.grid = None;
         self.score.clear();
+        self.last_motion = None;
+        self.motion_gap = None;
         self.stream = None;
         self.permit = None;
     }
@@ -235,6 +247,12 @@ impl Video {
         }
         for (s, &c) in self.score.iter_mut().zip(&changed) {
             *s = if c { (*s + SCORE_UP).min(MAX_SCORE) } else { s.saturating_sub(1) };
+        }
+        if changed.iter().any(|&c| c) {
+            if let Some(last) = self.last_motion {
+                self.motion_gap = Some(ewma(self.motion_gap, now.saturating_duration_since(last)));
+            }
+            self.last_motion = Some(now);
         }
         // A video rarely fills its tiles exactly: the tiles along its edges change only in
         // part, maybe too little to count as moving, and would go as stills beside it frame
@@ -327,7 +345,9 @@ impl Video {
                 started: now,
                 last_pts: -1,
                 last_frame: None,
-                gap: None,
+                // Until the stream has two frames: how far apart the updates that made it came
+                // (its first frame must not be refined before the video's next picture).
+                gap: self.motion_gap,
                 skipped: false,
                 picture: vec![0; yuv::i420_len(rect.w, rect.h)],
                 kbps,
@@ -346,7 +366,7 @@ impl Video {
         stream.last_pts = pts;
         if let Some(last) = stream.last_frame {
             let g = now.saturating_duration_since(last);
-            stream.gap = Some(stream.gap.map_or(g, |a| a * 3 / 4 + g / 4));
+            stream.gap = Some(ewma(stream.gap, g));
         }
         stream.last_frame = Some(now);
         stream.skipped = false;
@@ -358,18 +378,27 @@ impl Video {
         Ok((msg, Encoded { bytes, encode: took, key }))
     }
 
-    /// The bitrate for a stream over `rect`: bits per pixel at the frame rate, at most half
-    /// the viewer's throughput, lowered while encoding is too slow.
+    /// The bitrate for a stream over `rect`: bits per pixel at the stream's frame rate, at
+    /// most half the viewer's throughput, lowered while encoding is too slow.
     fn kbps(&self, rect: Rect, bandwidth: Option<f64>) -> u32 {
-        #[allow(clippy::cast_precision_loss)]
+        let fps = self.frame_rate();
         let pixels = f64::from(rect.w) * f64::from(rect.h);
-        let mut bps = pixels * f64::from(self.max_fps) * BITS_PER_PIXEL * self.quality;
+        let mut bps = pixels * BITS_PER_PIXEL * self.quality * fps;
         if let Some(b) = bandwidth {
             bps = bps.min(b * 8.0 * 0.5);
         }
+        bps = bps.max(MIN_FRAME_BITS * fps);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let kbps = (bps / 1000.0) as u32;
-        kbps.clamp(MIN_KBPS, MAX_KBPS)
+        kbps.clamp(1, MAX_KBPS)
+    }
+
+    /// Frames a second the stream runs at: from the moving average of its frames' interval
+    /// (before it has two frames, of the motion that made it), at most `max_fps`.
+    fn frame_rate(&self) -> f64 {
+        let max = f64::from(self.max_fps);
+        let gap = self.stream.as_ref().and_then(|s| s.gap).or(self.motion_gap);
+        gap.map_or(max, |g| (1.0 / g.as_secs_f64().max(1e-3)).min(max))
     }
 
     /// Keeps encoding within half a frame's time: faster first, then coarser, then fewer
@@ -403,6 +432,11 @@ impl Video {
             }
         }
     }
+}
+
+/// A moving average of intervals: three quarters of the last average, a quarter of `g`.
+fn ewma(average: Option<Duration>, g: Duration) -> Duration {
+    average.map_or(g, |a| a * 3 / 4 + g / 4)
 }
 
 /// `m` (whole tiles) grown by one tile on each side where a tile next to it changed.

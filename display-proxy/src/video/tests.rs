@@ -274,10 +274,25 @@ fn an_odd_screen_edge_is_left_to_stills() {
 
 #[test]
 fn a_slow_video_is_not_refined_between_its_frames() {
-    let mut v = Viewer::new(512, 384, 30);
     let base = Duration::from_millis(300);
-    assert_eq!(v.video.refine_after(base), base, "no stream: the usual wait");
     let area = Rect { x: 0, y: 0, w: 128, h: 128 };
+    // A video drawn at two pictures a second: its first frame already waits for the next
+    // picture (the updates that made the stream came half a second apart).
+    let mut v = Viewer::new(512, 384, 30);
+    let mut first = None;
+    for t in 0..4 {
+        v.now += Duration::from_millis(460);
+        if let (_, _, Some(f)) = v.step(area, t) {
+            first = Some(f);
+            break;
+        }
+    }
+    assert!(first.is_some_and(|(_, key)| key), "no stream began: {first:?}");
+    let wait = v.video.refine_after(base);
+    assert!(wait >= Duration::from_millis(1400), "the first frame is refined after {wait:?}");
+
+    let mut v = Viewer::new(512, 384, 30);
+    assert_eq!(v.video.refine_after(base), base, "no stream: the usual wait");
     for t in 0..3 {
         v.step(area, t);
     }
@@ -291,6 +306,10 @@ fn a_slow_video_is_not_refined_between_its_frames() {
     }
     let wait = v.video.refine_after(base);
     assert!(wait > Duration::from_millis(700) && wait <= Duration::from_millis(750), "{wait:?}");
+    // Its frames get the bits of a frame, not those of the seven a 30 fps stream would have
+    // sent meanwhile: at most 6 kbit each (4.8 frames a second).
+    let kbps = v.video.kbps(area, None);
+    assert!(kbps <= 29, "a 4 fps stream at {kbps} kbit/s");
     // Slower still: never more than the cap.
     for t in 40..60 {
         v.now += Duration::from_secs(2);
