@@ -3,8 +3,8 @@
 # without scroll detection), motion as VP8 video against stills, fan-out of one synthetic
 # desktop; with --audio, audio latency and input-to-pixel on a moving desktop with video on and
 # off (headless Chromium); with --vs-novnc, those and Atrium against Debian's noVNC + websockify
-# on one QEMU console guest, both in headless Chromium, in the same run. Release build. The last
-# line is one JSON object.
+# on one QEMU console guest and on a desktop guest playing a video, both in headless Chromium,
+# in the same run. Release build. The last line is one JSON object.
 #
 #   scripts/bench-display.sh [--vs-novnc] [--audio] [--skip-encode] [--skip-motion]
 #                            [--skip-fanout] [--fanout-secs N] [--image DIR] [--keep-refresh-ms N]

@@ -1,14 +1,15 @@
 // The browser half of `scripts/bench-display.sh --vs-novnc`: two headless Chromiums, one showing
 // Atrium's viewer (web-client/viewer-dev.html through the display proxy), one showing Debian's
-// noVNC (vnc_lite.html through websockify), both on the same console guest. Runs the workload
-// and prints JSON lines on stdout: {"mark": NAME} at phase boundaries (the Rust side samples
-// bytes and CPU there) and {"result": {...}} at the end.
+// noVNC (vnc_lite.html through websockify), both on the same guest. Runs the workload (the
+// console's, or a video in the desktop) and prints JSON lines on stdout: {"mark": NAME} at phase
+// boundaries (the Rust side samples bytes and CPU there) and {"result": {...}} at the end.
 //
 // Input-to-pixel latency is measured the same way in both pages: a capture-phase keydown
 // listener notes the time, and an instrumented 2D canvas context notes the first drawing call
 // after it.
 //
-//   node bench_vs_novnc.mjs '{"atrium": URL, "novnc": URL, "chromium": PATH, "tmp": DIR}'
+//   node bench_vs_novnc.mjs '{"atrium": URL, "novnc": URL, "chromium": PATH, "tmp": DIR,
+//                             "workload": "console"|"video"}'
 
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
@@ -141,23 +142,8 @@ async function type(v, text, gapMs = 40) {
   }
 }
 
-const views = [];
-try {
-  const atrium = await open('atrium', cfg.atrium);
-  const novnc = await open('novnc', cfg.novnc);
-  views.push(atrium, novnc);
-
-  // Count noVNC's completed framebuffer updates (Display.flip) and Atrium's frames.
-  await novnc.page.evaluate(async () => {
-    const m = await import('/novnc/core/display.js');
-    const P = m.default.prototype;
-    const flip = P.flip;
-    window.__flips = 0;
-    P.flip = function (...a) { window.__flips += 1; return flip.apply(this, a); };
-  });
-  await atrium.page.waitForFunction(() => window.atriumSession && window.atriumSession.connected, null, { timeout: 30000 });
-  await novnc.page.waitForFunction(() => window.__draws > 0, null, { timeout: 30000 });
-  log('both viewers connected');
+// The console workload: typing in each client, scrolling, full-screen redraws, idle.
+async function consoleWorkload(atrium, novnc) {
   // The console's cursor blinks until the setup below stops it: no quiet moment before that.
   await sleep(3000);
 
@@ -210,15 +196,68 @@ try {
   for (const v of views) await v.page.screenshot({ path: join(cfg.tmp, `idle-${v.name}.png`) });
   mark('measure_end');
   const frames1 = await Promise.all([atrium.page.evaluate(() => window.atriumFrames), novnc.page.evaluate(() => window.__flips)]);
-  console.log(JSON.stringify({
-    result: {
-      atrium_latencies_ms: atriumLat,
-      novnc_latencies_ms: novncLat,
-      atrium_frames: frames1[0] - frames0[0],
-      novnc_frames: frames1[1] - frames0[1],
-      phases,
-    },
-  }));
+  return {
+    atrium_latencies_ms: atriumLat,
+    novnc_latencies_ms: novncLat,
+    atrium_frames: frames1[0] - frames0[0],
+    novnc_frames: frames1[1] - frames0[1],
+    phases,
+  };
+}
+
+// The video workload (the desktop guest): a video plays in a window of the desktop (GStreamer's
+// moving zone plate: continuous tones that change everywhere in each frame, 480x360 at 25
+// frames a second) while both clients watch; bytes and CPU are sampled over 20 s of it.
+async function videoWorkload(atrium, novnc) {
+  // The session's terminal opens a moment after the session is up: wait for a settled screen.
+  await quiet(views, 2000, 120000);
+  await atrium.page.locator('canvas').first().click();
+  await type(atrium, 'gst-launch-1.0 -q videotestsrc pattern=zone-plate kx2=6 ky2=6 kt=3 ! video/x-raw,width=480,height=360,framerate=25/1 ! ximagesink\n');
+  // The first start scans GStreamer's plugins: slow under TCG.
+  const pictures = () => atrium.page.evaluate(() => (window.atriumSession.video ? window.atriumSession.video.framesDrawn : 0));
+  await atrium.page.waitForFunction(() => window.atriumSession.video && window.atriumSession.video.framesDrawn > 0, null, { timeout: 180000 })
+    .catch(async () => {
+      for (const v of views) await v.page.screenshot({ path: join(cfg.tmp, `novideo-${v.name}.png`) }).catch(() => {});
+      throw new Error(`no video reached Atrium's viewer (screenshots in ${cfg.tmp})`);
+    });
+  log('the video plays; Atrium decodes it as video');
+  await sleep(3000);
+  const before = await Promise.all([pictures(), atrium.page.evaluate(() => window.atriumFrames), novnc.page.evaluate(() => window.__flips)]);
+  mark('video_start');
+  const t = Date.now();
+  await sleep(20000);
+  mark('video_end');
+  const secs = (Date.now() - t) / 1000;
+  const after = await Promise.all([pictures(), atrium.page.evaluate(() => window.atriumFrames), novnc.page.evaluate(() => window.__flips)]);
+  for (const v of views) await v.page.screenshot({ path: join(cfg.tmp, `video-${v.name}.png`) });
+  await atrium.page.keyboard.press('Control+C');
+  return {
+    secs,
+    atrium_video_pictures: after[0] - before[0],
+    atrium_frames: after[1] - before[1],
+    novnc_frames: after[2] - before[2],
+  };
+}
+
+const views = [];
+try {
+  const atrium = await open('atrium', cfg.atrium);
+  const novnc = await open('novnc', cfg.novnc);
+  views.push(atrium, novnc);
+
+  // Count noVNC's completed framebuffer updates (Display.flip) and Atrium's frames.
+  await novnc.page.evaluate(async () => {
+    const m = await import('/novnc/core/display.js');
+    const P = m.default.prototype;
+    const flip = P.flip;
+    window.__flips = 0;
+    P.flip = function (...a) { window.__flips += 1; return flip.apply(this, a); };
+  });
+  await atrium.page.waitForFunction(() => window.atriumSession && window.atriumSession.connected, null, { timeout: 30000 });
+  await novnc.page.waitForFunction(() => window.__draws > 0, null, { timeout: 30000 });
+  log('both viewers connected');
+  const result = cfg.workload === 'video' ? await videoWorkload(atrium, novnc) : await consoleWorkload(atrium, novnc);
+  console.log(JSON.stringify({ result }));
 } catch (e) {
   log(`failed: ${e.stack || e}`);
   process.exitCode = 1;

@@ -11,7 +11,8 @@
 //! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
 //!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
 //!   headless Chromium; then key-to-update times on QEMU's VNC socket alone (what any VNC
-//!   client can get).
+//!   client can get); then a video playing in a QEMU desktop guest, watched the same two ways
+//!   (bytes and CPU of Atrium's VP8 against noVNC's).
 //!
 //! The last line printed is one JSON object with every figure.
 
@@ -37,8 +38,9 @@ use clap::Parser;
     about = "Measure: encode cost at 1920x1080, fan-out, and (with --vs-novnc) Atrium against noVNC on one QEMU console guest. The last line printed is one JSON object."
 )]
 pub struct BenchOptions {
-    /// Also compare with noVNC on a QEMU console guest (needs QEMU, the console image,
-    /// Chromium, noVNC, websockify and tests/browser/node_modules).
+    /// Also compare with noVNC on a QEMU console guest and on a desktop guest playing a video
+    /// (needs QEMU, the console and desktop images, Chromium, noVNC, websockify and
+    /// tests/browser/node_modules).
     #[arg(long)]
     pub vs_novnc: bool,
     /// Skip the encode-cost measurement.
@@ -49,6 +51,12 @@ pub struct BenchOptions {
     /// --vs-novnc; needs Chromium and tests/browser/node_modules).
     #[arg(long)]
     pub audio: bool,
+    /// With --vs-novnc: skip the audio latency and input-to-pixel-with-video measurements.
+    #[arg(long)]
+    pub skip_audio: bool,
+    /// With --vs-novnc: skip the console workload (the video in the desktop still runs).
+    #[arg(long)]
+    pub skip_console: bool,
     /// Skip the motion measurement (stills against video on the same moving content).
     #[arg(long)]
     pub skip_motion: bool,
@@ -100,12 +108,15 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);
     }
-    if opts.audio || opts.vs_novnc {
+    if opts.audio || (opts.vs_novnc && !opts.skip_audio) {
         out.extend(audio::run(&opts).await?);
         out.extend(video_latency::run(&opts).await?);
     }
     if opts.vs_novnc {
-        out.extend(novnc::run(&opts).await?);
+        if !opts.skip_console {
+            out.extend(novnc::run(&opts).await?);
+        }
+        out.extend(novnc::run_video(&opts).await?);
     }
     println!("{}", serde_json::Value::Object(out));
     Ok(())

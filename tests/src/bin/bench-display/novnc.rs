@@ -1,13 +1,15 @@
-//! Atrium against noVNC on one desktop. One QEMU console guest (started by `atrium-node serve`
-//! from the console image, as in production) is watched at once by Atrium's web client through
+//! Atrium against noVNC on one desktop. One QEMU guest (started by `atrium-node serve` from an
+//! image, as in production) is watched at once by Atrium's web client through
 //! `atrium-display serve` and by Debian's noVNC through Debian's websockify, each in its own
 //! headless Chromium. A Node script (tests/browser/bench_vs_novnc.mjs, playwright-core) runs
-//! the workload: typing through each client (input-to-pixel latency measured in each page),
-//! scrolling text, full-screen redraws, then 10 s idle. Bytes are counted on the wire by a
+//! the workload. On the console image ([`run`]): typing through each client (input-to-pixel
+//! latency measured in each page), scrolling text, full-screen redraws, then 10 s idle. On the
+//! desktop image, signed in ([`run_video`]): a video playing. Bytes are counted on the wire by a
 //! relay in front of each WebSocket server; CPU seconds are read from /proc: the proxy process
 //! for Atrium; websockify (and its per-connection children) plus QEMU's `vnc_worker` thread for
 //! noVNC.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -107,6 +109,8 @@ struct Sample {
     atrium: Usage,
     websockify: Usage,
     vnc_worker: Usage,
+    /// The proxy's video frames, key frames and bytes.
+    video: [u64; 3],
 }
 
 struct Probes {
@@ -126,6 +130,7 @@ impl Probes {
             atrium: procstat::process_usage(self.proxy_pid),
             websockify: procstat::tree_usage(self.websockify_pid),
             vnc_worker: procstat::threads_named_usage(self.qemu_pid, "vnc_worker"),
+            video: [0; 3],
         }
     }
 }
@@ -145,202 +150,309 @@ pub(super) fn floats(v: &Value) -> Vec<f64> {
     v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
 }
 
-pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
-    let root = match &opts.root {
-        Some(r) => r.clone(),
-        None => std::env::current_dir()?,
-    };
-    let script = root.join("tests/browser/bench_vs_novnc.mjs");
-    ensure!(
-        script.exists(),
-        "{} is missing (run from the workspace root or pass --root)",
-        script.display()
-    );
-    ensure!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core is not installed: (cd tests/browser && npm ci)"
-    );
-    for (what, p) in
-        [("Chromium", CHROMIUM), ("noVNC", NOVNC), ("websockify", "/usr/bin/websockify")]
-    {
-        ensure!(
-            Path::new(p).exists(),
-            "{what} is missing at {p} (scripts/lib/deps.sh installs it)"
-        );
-    }
-    let image = console_image(opts)?;
-    let tmp = std::env::temp_dir().join(format!("atrium-bench-{}", std::process::id()));
-    std::fs::create_dir_all(tmp.join("images"))?;
-    let _cleanup = scopeguard(tmp.clone());
+/// The guest both clients watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// The console image: the text workload.
+    Console,
+    /// The graphical desktop image, signed in as a user: a video plays in it.
+    Desktop,
+}
 
-    // 1. The node agent and one console VM.
-    std::os::unix::fs::symlink(&image, tmp.join("images/console"))?;
-    let node_port = free_port()?;
-    let node_cfg = tmp.join("node.toml");
-    // The bench stands in for the broker: the node trusts its key and it signs the calls.
-    let issuer = TicketIssuer::generate("bench");
-    let trusted = tmp.join("trusted-keys.json");
-    std::fs::write(&trusted, serde_json::to_string(&[issuer.broker_key()])?)?;
-    std::fs::write(
-        &node_cfg,
-        format!(
-            "[node]\nid = \"{NODE_ID}\"\nlisten = \"127.0.0.1:{node_port}\"\nstate_dir = \"{}\"\nimages_dir = \"{}\"\nready_timeout_secs = 240\n\n[broker]\ntrusted_keys_file = \"{}\"\n",
-            tmp.join("state").display(),
-            tmp.join("images").display(),
-            trusted.display(),
-        ),
-    )?;
-    let node_log = std::fs::File::create(tmp.join("node.log"))?;
-    let _node = Guard(
-        Command::new(sibling_binary(&root, "atrium-node")?)
-            .args(["serve", "--config"])
-            .arg(&node_cfg)
-            .stdout(Stdio::null())
-            .stderr(node_log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting atrium-node")?,
-    );
-    let node_url = format!("http://127.0.0.1:{node_port}");
-    wait_http(&format!("{node_url}/healthz"), 30).await.context("atrium-node")?;
-    let http = reqwest::Client::new();
-    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
-    let body = serde_json::to_vec(&spec)?;
-    let resp = http
-        .post(format!("{node_url}/api/v1/vms"))
-        .bearer_auth(issuer.sign_request(NODE_ID, "POST", "/api/v1/vms", &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    ensure!(
-        resp.status().as_u16() == 201,
-        "creating the VM: {} {}",
-        resp.status(),
-        resp.text().await.unwrap_or_default()
-    );
-    let vm: VmInfo = resp.json().await?;
-    eprintln!("bench: booting the console guest {} (TCG may take a minute)", vm.id);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let vm = loop {
-        let path = format!("/api/v1/vms/{}", vm.id);
-        let v: VmInfo = http
-            .get(format!("{node_url}{path}"))
-            .bearer_auth(issuer.sign_request(NODE_ID, "GET", &path, b""))
-            .send()
-            .await?
-            .json()
-            .await?;
-        match v.state {
-            VmState::Ready => break v,
-            VmState::Starting => {}
-            other => bail!("the VM is {other:?}: {:?}", v.error),
-        }
-        ensure!(Instant::now() < deadline, "the VM did not become ready");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let DisplayEndpoint::VncUnix { path: vnc } = &vm.display_endpoint else {
-        bail!("the VM's display is {:?}, not a VNC socket", vm.display_endpoint)
-    };
-    let qemu_pid = *procstat::processes_with(&format!("guest=atrium-{}", vm.id))
-        .first()
-        .context("the QEMU process")?;
+/// The user the desktop guest is signed in as.
+const DESKTOP_USER: &str = "bench";
 
-    // 2. Atrium: tickets, the proxy process, a relay in front of it.
-    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let pages = static_files::serve(vec![
-        ("atrium".into(), root.join("web-client")),
-        ("novnc".into(), PathBuf::from(NOVNC)),
-    ])
-    .await?;
-    let proxy_port = free_port()?;
-    let proxy_cfg = tmp.join("display.toml");
-    std::fs::write(
-        &proxy_cfg,
-        format!(
-            "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_socket = \"{}\"\nnode_id = \"{NODE_ID}\"\nplain_http_loopback = true\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
-            jwks.url(),
-            tmp.join("state/api.sock").display(),
-            opts.keep_refresh_ms,
-        ),
-    )?;
-    let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
-    let proxy = Guard(
-        Command::new(sibling_binary(&root, "atrium-display")?)
-            .args(["serve", "--config"])
-            .arg(&proxy_cfg)
-            .stdout(Stdio::null())
-            .stderr(proxy_log)
-            .kill_on_drop(true)
-            .spawn()?,
-    );
-    let proxy_pid = proxy.0.id().context("proxy pid")?;
-    wait_http(&format!("http://127.0.0.1:{proxy_port}/healthz"), 30)
-        .await
-        .context("atrium-display")?;
-    let relay_a = Relay::start(format!("127.0.0.1:{proxy_port}").parse()?).await?;
+/// One guest watched at once by Atrium and by noVNC: the node and its VM, the proxy and
+/// websockify each behind a relay that counts bytes, and the pages. Fields drop in order: the
+/// clients, then the node (which stops its VM), then the temporary folder.
+struct Rig {
+    root: PathBuf,
+    tmp: PathBuf,
+    proxy: Option<Guard>,
+    websockify: Option<Guard>,
+    _jwks: JwksServer,
+    _node: Guard,
+    _cleanup: TmpDir,
+    vnc: String,
+    probes: Probes,
+    /// The proxy's Prometheus metrics (its video counters).
+    metrics_url: String,
+    atrium_page: String,
+    novnc_page: String,
+}
 
-    // 3. noVNC: websockify on the same VNC socket, a relay in front of it.
-    let ws_port = free_port()?;
-    let websockify = Guard(
-        Command::new("websockify")
-            .arg(format!("--unix-target={vnc}"))
-            .arg(format!("127.0.0.1:{ws_port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.join("websockify.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting websockify")?,
-    );
-    let websockify_pid = websockify.0.id().context("websockify pid")?;
-    let ws_addr: std::net::SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(ws_addr).await.is_err() {
-        ensure!(Instant::now() < deadline, "websockify did not listen");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let relay_n = Relay::start(ws_addr).await?;
-
-    // 4. The browsers and the workload.
-    let ticket = issuer.ticket(&vm.id, Capabilities::default());
-    let ws_url = format!("ws://{}/ws/{}?ticket={ticket}", relay_a.addr, vm.id);
-    let atrium_page = format!("http://{pages}/atrium/viewer-dev.html?ws={}", urlencode(&ws_url));
-    let novnc_page = format!(
-        "http://{pages}/novnc/vnc_lite.html?host=127.0.0.1&port={}&path=websockify",
-        relay_n.addr.port()
-    );
-    let cfg =
-        json!({ "atrium": atrium_page, "novnc": novnc_page, "chromium": CHROMIUM, "tmp": tmp });
-    let probes = Probes { relay_a, relay_n, proxy_pid, websockify_pid, qemu_pid };
-    let mut child = Command::new("node")
-        .arg(&script)
-        .arg(cfg.to_string())
-        .current_dir(root.join("tests/browser"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting node (install nodejs)")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut marks: Map<String, Value> = Map::new();
-    let mut samples: std::collections::HashMap<String, Sample> = std::collections::HashMap::new();
-    let mut result = None;
-    while let Some(line) = lines.next_line().await? {
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            eprintln!("bench: {line}");
-            continue;
+impl Rig {
+    async fn start(opts: &BenchOptions, guest: Guest) -> anyhow::Result<Self> {
+        let root = match &opts.root {
+            Some(r) => r.clone(),
+            None => std::env::current_dir()?,
         };
-        if let Some(mark) = v.get("mark").and_then(Value::as_str) {
-            samples.insert(mark.to_owned(), probes.sample());
-            eprintln!("bench: {mark}");
-        } else if v.get("result").is_some() {
-            result = Some(v["result"].clone());
+        let script = root.join("tests/browser/bench_vs_novnc.mjs");
+        ensure!(
+            script.exists(),
+            "{} is missing (run from the workspace root or pass --root)",
+            script.display()
+        );
+        ensure!(
+            root.join("tests/browser/node_modules/playwright-core").exists(),
+            "playwright-core is not installed: (cd tests/browser && npm ci)"
+        );
+        for (what, p) in
+            [("Chromium", CHROMIUM), ("noVNC", NOVNC), ("websockify", "/usr/bin/websockify")]
+        {
+            ensure!(
+                Path::new(p).exists(),
+                "{what} is missing at {p} (scripts/lib/deps.sh installs it)"
+            );
         }
-        marks.insert(format!("{}", marks.len()), v);
+        let (kind, image) = match guest {
+            Guest::Console => ("console", console_image(opts)?),
+            Guest::Desktop => ("desktop", atrium_tests::node::desktop_image()?),
+        };
+        let tmp = std::env::temp_dir().join(format!("atrium-bench-{}-{kind}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("images"))?;
+        let cleanup = scopeguard(tmp.clone());
+
+        // 1. The node agent and one VM.
+        std::os::unix::fs::symlink(&image, tmp.join("images").join(kind))?;
+        let node_port = free_port()?;
+        let node_cfg = tmp.join("node.toml");
+        // The bench stands in for the broker: the node trusts its key and it signs the calls.
+        let issuer = TicketIssuer::generate("bench");
+        let trusted = tmp.join("trusted-keys.json");
+        std::fs::write(&trusted, serde_json::to_string(&[issuer.broker_key()])?)?;
+        std::fs::write(
+            &node_cfg,
+            format!(
+                "[node]\nid = \"{NODE_ID}\"\nlisten = \"127.0.0.1:{node_port}\"\nstate_dir = \"{}\"\nimages_dir = \"{}\"\nready_timeout_secs = 240\n\n[broker]\ntrusted_keys_file = \"{}\"\n",
+                tmp.join("state").display(),
+                tmp.join("images").display(),
+                trusted.display(),
+            ),
+        )?;
+        let node_log = std::fs::File::create(tmp.join("node.log"))?;
+        let node = Guard(
+            Command::new(sibling_binary(&root, "atrium-node")?)
+                .args(["serve", "--config"])
+                .arg(&node_cfg)
+                .stdout(Stdio::null())
+                .stderr(node_log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting atrium-node")?,
+        );
+        let node_url = format!("http://127.0.0.1:{node_port}");
+        wait_http(&format!("{node_url}/healthz"), 30).await.context("atrium-node")?;
+        let http = reqwest::Client::new();
+        let spec = match guest {
+            Guest::Console => {
+                json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" })
+            }
+            Guest::Desktop => json!({
+                "image": "desktop", "vcpus": 1, "memory_mib": 512, "display": "1024x768",
+                "user": { "username": DESKTOP_USER, "display_name": "Bench User" },
+            }),
+        };
+        let body = serde_json::to_vec(&spec)?;
+        let resp = http
+            .post(format!("{node_url}/api/v1/vms"))
+            .bearer_auth(issuer.sign_request(NODE_ID, "POST", "/api/v1/vms", &body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().as_u16() == 201,
+            "creating the VM: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+        let vm: VmInfo = resp.json().await?;
+        eprintln!("bench: booting the {kind} guest {} (TCG may take a minute)", vm.id);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let vm = loop {
+            let path = format!("/api/v1/vms/{}", vm.id);
+            let v: VmInfo = http
+                .get(format!("{node_url}{path}"))
+                .bearer_auth(issuer.sign_request(NODE_ID, "GET", &path, b""))
+                .send()
+                .await?
+                .json()
+                .await?;
+            // The desktop is watched once its user's session is up, as a user would see it.
+            let settled = match guest {
+                Guest::Console => true,
+                Guest::Desktop => v.user.as_deref() == Some(DESKTOP_USER),
+            };
+            match v.state {
+                VmState::Ready if settled => break v,
+                VmState::Ready | VmState::Starting => {}
+                other => bail!("the VM is {other:?}: {:?}", v.error),
+            }
+            ensure!(Instant::now() < deadline, "the VM did not become ready (or its session)");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let DisplayEndpoint::VncUnix { path: vnc } = &vm.display_endpoint else {
+            bail!("the VM's display is {:?}, not a VNC socket", vm.display_endpoint)
+        };
+        let qemu_pid = *procstat::processes_with(&format!("guest=atrium-{}", vm.id))
+            .first()
+            .context("the QEMU process")?;
+
+        // 2. Atrium: tickets, the proxy process, a relay in front of it.
+        let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+        let pages = static_files::serve(vec![
+            ("atrium".into(), root.join("web-client")),
+            ("novnc".into(), PathBuf::from(NOVNC)),
+        ])
+        .await?;
+        let proxy_port = free_port()?;
+        let proxy_cfg = tmp.join("display.toml");
+        std::fs::write(
+            &proxy_cfg,
+            format!(
+                "listen = \"127.0.0.1:{proxy_port}\"\nbroker_url = \"{}\"\nnode_socket = \"{}\"\nnode_id = \"{NODE_ID}\"\nplain_http_loopback = true\nallowed_origins = [\"http://{pages}\"]\nkeep_refresh_after_input_ms = {}\n",
+                jwks.url(),
+                tmp.join("state/api.sock").display(),
+                opts.keep_refresh_ms,
+            ),
+        )?;
+        let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
+        let proxy = Guard(
+            Command::new(sibling_binary(&root, "atrium-display")?)
+                .args(["serve", "--config"])
+                .arg(&proxy_cfg)
+                .stdout(Stdio::null())
+                .stderr(proxy_log)
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        let proxy_pid = proxy.0.id().context("proxy pid")?;
+        wait_http(&format!("http://127.0.0.1:{proxy_port}/healthz"), 30)
+            .await
+            .context("atrium-display")?;
+        let relay_a = Relay::start(format!("127.0.0.1:{proxy_port}").parse()?).await?;
+
+        // 3. noVNC: websockify on the same VNC socket, a relay in front of it.
+        let ws_port = free_port()?;
+        let websockify = Guard(
+            Command::new("websockify")
+                .arg(format!("--unix-target={vnc}"))
+                .arg(format!("127.0.0.1:{ws_port}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(tmp.join("websockify.log"))?)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting websockify")?,
+        );
+        let websockify_pid = websockify.0.id().context("websockify pid")?;
+        let ws_addr: std::net::SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(ws_addr).await.is_err() {
+            ensure!(Instant::now() < deadline, "websockify did not listen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let relay_n = Relay::start(ws_addr).await?;
+
+        // 4. The pages.
+        let ticket = issuer.ticket(&vm.id, Capabilities::default());
+        let ws_url = format!("ws://{}/ws/{}?ticket={ticket}", relay_a.addr, vm.id);
+        let atrium_page =
+            format!("http://{pages}/atrium/viewer-dev.html?ws={}", urlencode(&ws_url));
+        let novnc_page = format!(
+            "http://{pages}/novnc/vnc_lite.html?host=127.0.0.1&port={}&path=websockify",
+            relay_n.addr.port()
+        );
+        Ok(Self {
+            root,
+            tmp,
+            proxy: Some(proxy),
+            websockify: Some(websockify),
+            _jwks: jwks,
+            _node: node,
+            _cleanup: cleanup,
+            vnc: vnc.clone(),
+            probes: Probes { relay_a, relay_n, proxy_pid, websockify_pid, qemu_pid },
+            metrics_url: format!("http://127.0.0.1:{proxy_port}/metrics"),
+            atrium_page,
+            novnc_page,
+        })
     }
-    let status = child.wait().await?;
-    ensure!(status.success(), "the browser script failed ({status}); logs in {}", tmp.display());
-    let result = result.context("the browser script printed no result")?;
+
+    /// Runs the browser script with `workload`: the counters sampled at each of its marks, the
+    /// marks themselves, and its result.
+    async fn run_script(
+        &self,
+        workload: &str,
+    ) -> anyhow::Result<(HashMap<String, Sample>, Map<String, Value>, Value)> {
+        let cfg = json!({
+            "atrium": self.atrium_page, "novnc": self.novnc_page, "chromium": CHROMIUM,
+            "tmp": self.tmp, "workload": workload,
+        });
+        let mut child = Command::new("node")
+            .arg(self.root.join("tests/browser/bench_vs_novnc.mjs"))
+            .arg(cfg.to_string())
+            .current_dir(self.root.join("tests/browser"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting node (install nodejs)")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut marks: Map<String, Value> = Map::new();
+        let mut samples: HashMap<String, Sample> = HashMap::new();
+        let mut result = None;
+        while let Some(line) = lines.next_line().await? {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                eprintln!("bench: {line}");
+                continue;
+            };
+            if let Some(mark) = v.get("mark").and_then(Value::as_str) {
+                let mut sample = self.probes.sample();
+                sample.video = self.video_counters().await;
+                samples.insert(mark.to_owned(), sample);
+                eprintln!("bench: {mark}");
+            } else if v.get("result").is_some() {
+                result = Some(v["result"].clone());
+            }
+            marks.insert(format!("{}", marks.len()), v);
+        }
+        let status = child.wait().await?;
+        ensure!(
+            status.success(),
+            "the browser script failed ({status}); logs in {} (kept with ATRIUM_KEEP_TMP=1)",
+            self.tmp.display()
+        );
+        let result = result.context("the browser script printed no result")?;
+        Ok((samples, marks, result))
+    }
+
+    /// The proxy's video counters now: frames, key frames, bytes (zero if it does not answer).
+    async fn video_counters(&self) -> [u64; 3] {
+        let text = match reqwest::get(&self.metrics_url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let get = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        [
+            get("atrium_display_video_frames_total "),
+            get("atrium_display_video_key_frames_total "),
+            get("atrium_display_video_bytes_total "),
+        ]
+    }
+
+    /// Stops the proxy and websockify; the VM stays up.
+    fn stop_clients(&mut self) {
+        self.proxy.take();
+        self.websockify.take();
+    }
+}
+
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
+    let mut rig = Rig::start(opts, Guest::Console).await?;
+    let (samples, _marks, result) = rig.run_script("console").await?;
     let get = |k: &str| samples.get(k).copied().with_context(|| format!("no {k} mark"));
     let (s, e) = (get("measure_start")?, get("measure_end")?);
     let (is, ie) = (get("idle_start")?, get("idle_end")?);
@@ -414,11 +526,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
         "latency_samples": [a_lat.len(), n_lat.len()],
     });
     eprintln!("bench: vs noVNC: {out}");
-    drop(proxy);
-    drop(websockify);
+    rig.stop_clients();
     let mut out = out.as_object().cloned().unwrap_or_default();
     // The browsers have left: measure what QEMU's VNC server allows on its own.
-    let socket = PathBuf::from(vnc);
+    let socket = PathBuf::from(&rig.vnc);
     match tokio::task::spawn_blocking(move || super::qemu_floor::run(&socket)).await? {
         Ok(floor) => out.extend(floor),
         Err(e) => {
@@ -427,6 +538,44 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
         }
     }
     Ok(out)
+}
+
+/// Motion against noVNC: a video plays in the desktop guest (GStreamer's moving zone plate,
+/// 480x360 at 25 frames a second, started from the session's terminal), watched at once by
+/// Atrium's viewer (which decodes it as VP8 video) and by noVNC (QEMU's tight encoding, JPEG at
+/// noVNC's default quality); bytes on the wire and CPU over the same 20 s.
+pub async fn run_video(opts: &BenchOptions) -> anyhow::Result<Map<String, Value>> {
+    let rig = Rig::start(opts, Guest::Desktop).await?;
+    let (samples, _marks, result) = rig.run_script("video").await?;
+    let get = |k: &str| samples.get(k).copied().with_context(|| format!("no {k} mark"));
+    let (s, e) = (get("video_start")?, get("video_end")?);
+    let pictures = result["atrium_video_pictures"].as_u64().unwrap_or(0);
+    ensure!(pictures > 0, "Atrium's viewer decoded no video while the video played");
+    let atrium_bytes = e.atrium_bytes - s.atrium_bytes;
+    let novnc_bytes = e.novnc_bytes - s.novnc_bytes;
+    let atrium_cpu = (e.atrium - s.atrium).secs;
+    let novnc_cpu = (e.websockify - s.websockify + e.vnc_worker - s.vnc_worker).secs;
+    let secs = e.at.duration_since(s.at).as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let (ratio, per_s) =
+        (atrium_bytes as f64 / novnc_bytes.max(1) as f64, |n: u64| n as f64 / secs);
+    let out = json!({
+        "video_bytes_ratio_vs_novnc": round(ratio, 3),
+        "video_vs_novnc_cpu_ratio": round(atrium_cpu / novnc_cpu, 3),
+        "video_vs_novnc_atrium_bytes": atrium_bytes,
+        "video_vs_novnc_novnc_bytes": novnc_bytes,
+        "video_vs_novnc_atrium_cpu_s": round(atrium_cpu, 3),
+        "video_vs_novnc_novnc_cpu_s": round(novnc_cpu, 3),
+        "video_vs_novnc_atrium_pictures_per_s": round(per_s(pictures), 1),
+        "video_vs_novnc_atrium_frames_per_s": round(per_s(result["atrium_frames"].as_u64().unwrap_or(0)), 1),
+        "video_vs_novnc_novnc_frames_per_s": round(per_s(result["novnc_frames"].as_u64().unwrap_or(0)), 1),
+        "video_vs_novnc_secs": round(secs, 1),
+        "video_vs_novnc_atrium_video_frames": e.video[0] - s.video[0],
+        "video_vs_novnc_atrium_key_frames": e.video[1] - s.video[1],
+        "video_vs_novnc_atrium_video_bytes": e.video[2] - s.video[2],
+    });
+    eprintln!("bench: a video in the desktop, vs noVNC: {out}");
+    Ok(out.as_object().cloned().unwrap_or_default())
 }
 
 pub(super) fn urlencode(s: &str) -> String {
