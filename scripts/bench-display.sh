@@ -7,7 +7,8 @@
 # in the same run. Release build. The last line is one JSON object.
 #
 #   scripts/bench-display.sh [--vs-novnc] [--audio] [--skip-encode] [--skip-motion]
-#                            [--skip-fanout] [--fanout-secs N] [--image DIR] [--keep-refresh-ms N]
+#                            [--skip-fanout] [--skip-audio] [--skip-console] [--skip-video]
+#                            [--fanout-secs N] [--image DIR] [--keep-refresh-ms N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh

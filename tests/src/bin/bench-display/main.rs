@@ -57,6 +57,9 @@ pub struct BenchOptions {
     /// With --vs-novnc: skip the console workload (the video in the desktop still runs).
     #[arg(long)]
     pub skip_console: bool,
+    /// With --vs-novnc: skip the video in the desktop.
+    #[arg(long)]
+    pub skip_video: bool,
     /// Skip the motion measurement (stills against video on the same moving content).
     #[arg(long)]
     pub skip_motion: bool,
@@ -116,7 +119,9 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         if !opts.skip_console {
             out.extend(novnc::run(&opts).await?);
         }
-        out.extend(novnc::run_video(&opts).await?);
+        if !opts.skip_video {
+            out.extend(novnc::run_video(&opts).await?);
+        }
     }
     println!("{}", serde_json::Value::Object(out));
     Ok(())

@@ -31,8 +31,7 @@ const NODE_ID: &str = "node-1";
 pub(super) const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const NOVNC: &str = "/usr/share/novnc";
 
-/// A child process stopped when dropped: SIGTERM, then up to 30 s to exit (the node deletes
-/// its VMs then; killed at once it would leave its QEMU running), then SIGKILL.
+/// A child process stopped when dropped: SIGTERM, then up to 30 s to exit, then SIGKILL.
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -49,6 +48,22 @@ impl Drop for Guard {
         }
         eprintln!("bench: a child did not stop within 30 s of SIGTERM; killing it");
         // The Child's kill_on_drop sends SIGKILL next.
+    }
+}
+
+/// The bench's guest, its QEMU killed when dropped: a node that stops leaves its VMs running
+/// (its next start takes them back), and the bench's must not outlive the bench, whether it
+/// ends well or not.
+struct VmProcess(String);
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        for pid in procstat::processes_with(&format!("guest=atrium-{}", self.0)) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill has no memory-safety preconditions; the pid is the guest's QEMU.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
@@ -73,6 +88,20 @@ fn console_image(opts: &BenchOptions) -> anyhow::Result<PathBuf> {
 }
 
 /// A workspace binary: beside this one, else in the workspace's debug or release folder.
+/// Starts one of the workspace's services (`NAME serve --config CFG`), its log in `log`.
+fn serve(root: &Path, name: &str, cfg: &Path, log: &Path) -> anyhow::Result<Guard> {
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(sibling_binary(root, name)?)
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Guard(child))
+}
+
 fn sibling_binary(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let beside = exe.parent().context("the executable's folder")?.join(name);
@@ -164,13 +193,14 @@ const DESKTOP_USER: &str = "bench";
 
 /// One guest watched at once by Atrium and by noVNC: the node and its VM, the proxy and
 /// websockify each behind a relay that counts bytes, and the pages. Fields drop in order: the
-/// clients, then the node (which stops its VM), then the temporary folder.
+/// clients, then the guest's QEMU, then the node, then the temporary folder.
 struct Rig {
     root: PathBuf,
     tmp: PathBuf,
     proxy: Option<Guard>,
     websockify: Option<Guard>,
     _jwks: JwksServer,
+    _vm: VmProcess,
     _node: Guard,
     _cleanup: TmpDir,
     vnc: String,
@@ -230,17 +260,7 @@ impl Rig {
                 trusted.display(),
             ),
         )?;
-        let node_log = std::fs::File::create(tmp.join("node.log"))?;
-        let node = Guard(
-            Command::new(sibling_binary(&root, "atrium-node")?)
-                .args(["serve", "--config"])
-                .arg(&node_cfg)
-                .stdout(Stdio::null())
-                .stderr(node_log)
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting atrium-node")?,
-        );
+        let node = serve(&root, "atrium-node", &node_cfg, &tmp.join("node.log"))?;
         let node_url = format!("http://127.0.0.1:{node_port}");
         wait_http(&format!("{node_url}/healthz"), 30).await.context("atrium-node")?;
         let http = reqwest::Client::new();
@@ -268,6 +288,7 @@ impl Rig {
             resp.text().await.unwrap_or_default()
         );
         let vm: VmInfo = resp.json().await?;
+        let vm_process = VmProcess(vm.id.clone());
         eprintln!("bench: booting the {kind} guest {} (TCG may take a minute)", vm.id);
         let deadline = Instant::now() + Duration::from_secs(300);
         let vm = loop {
@@ -317,16 +338,7 @@ impl Rig {
                 opts.keep_refresh_ms,
             ),
         )?;
-        let proxy_log = std::fs::File::create(tmp.join("display.log"))?;
-        let proxy = Guard(
-            Command::new(sibling_binary(&root, "atrium-display")?)
-                .args(["serve", "--config"])
-                .arg(&proxy_cfg)
-                .stdout(Stdio::null())
-                .stderr(proxy_log)
-                .kill_on_drop(true)
-                .spawn()?,
-        );
+        let proxy = serve(&root, "atrium-display", &proxy_cfg, &tmp.join("display.log"))?;
         let proxy_pid = proxy.0.id().context("proxy pid")?;
         wait_http(&format!("http://127.0.0.1:{proxy_port}/healthz"), 30)
             .await
@@ -369,6 +381,7 @@ impl Rig {
             proxy: Some(proxy),
             websockify: Some(websockify),
             _jwks: jwks,
+            _vm: vm_process,
             _node: node,
             _cleanup: cleanup,
             vnc: vnc.clone(),
