@@ -34,7 +34,8 @@ _build_cache_own_hashes() { # PROFILE_DIR
 }
 
 # Copies the kept dependencies for KEY into TARGET_DIR's profile folders (SUBDIR: "debug",
-# "release", "x86_64-unknown-linux-gnu/release"...). Nothing happens without a cache.
+# "release", "x86_64-unknown-linux-gnu/release"...) that have not been built into yet (a fresh
+# clone); a folder that has, keeps its own. Nothing happens without a cache.
 build_cache_restore() { # TARGET_DIR KEY SUBDIR...
   local target=$1 key=$2 src="$ATRIUM_CACHE/build/$2"
   shift 2
@@ -45,11 +46,15 @@ build_cache_restore() { # TARGET_DIR KEY SUBDIR...
   local sub
   for sub in "$@"; do
     [ -d "$src/$sub" ] || continue
+    if [ -d "$target/$sub/.fingerprint" ]; then
+      echo "build cache: $target/$sub was built before; it keeps its own dependencies"
+      continue
+    fi
     mkdir -p "$target/$sub"
     # Modification times are kept: cargo compares them with the sources'.
     tar -C "$src/$sub" -cf - . | tar -C "$target/$sub" -xf -
+    echo "build cache: dependencies restored into $target/$sub from $src/$sub ($(du -sh "$src/$sub" | cut -f1))"
   done
-  echo "build cache: dependencies restored from $src ($(du -sh "$src" | cut -f1))"
 }
 
 # Keeps the compiled dependencies of TARGET_DIR's profile folders under KEY, unless that key is
