@@ -36,7 +36,7 @@ export async function launch(cfg, name, options = {}) {
     viewport: { width: 1400, height: 900 }, ...options,
   });
   const page = ctx.pages()[0] || await ctx.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') console.error(`${name} console: ${m.text()}`); });
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.error(`${name} console: ${m.text()}`); });
   page.on('pageerror', (e) => console.error(`${name} page error: ${e.message}`));
   return { ctx, page };
 }
