@@ -57,7 +57,8 @@ if ! out=$(cargo +nightly fuzz build "${build_flags[@]}" 2>&1); then
   echo "fuzz: the build failed" >&2
   exit 1
 fi
-build_cache_save "$CARGO_TARGET_DIR" "$fuzz_key" "${build_dirs[@]}"
+build_cache_save "$CARGO_TARGET_DIR" "$fuzz_key" "${build_dirs[@]}" ||
+  echo "fuzz: the instrumented dependencies were not kept; the next run compiles them again" >&2
 
 [ -n "$seconds$runs" ] || seconds=60
 limit=()

@@ -70,7 +70,8 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 deps_key=$(build_cache_key deps "" "")
 build_cache_restore "${CARGO_TARGET_DIR:-target}" "$deps_key" debug
 cargo build --workspace --all-targets --locked
-build_cache_save "${CARGO_TARGET_DIR:-target}" "$deps_key" debug
+build_cache_save "${CARGO_TARGET_DIR:-target}" "$deps_key" debug ||
+  echo "build cache: the dependencies were not kept; the next run compiles them again" >&2
 
 step "guest images"
 prepare_test_images

@@ -51,15 +51,20 @@ build_cache_restore() { # TARGET_DIR KEY SUBDIR...
       continue
     fi
     mkdir -p "$target/$sub"
-    # Modification times are kept: cargo compares them with the sources'.
-    tar -C "$src/$sub" -cf - . | tar -C "$target/$sub" -xf -
+    # Modification times are kept: cargo compares them with the sources'. A copy that fails
+    # half-way is removed: the build is then cold, never built on a part.
+    if ! (tar -C "$src/$sub" -cf - . | tar -C "$target/$sub" -xf -); then
+      rm -rf "${target:?}/$sub"
+      echo "build cache: could not restore $src/$sub; dependencies compile from scratch" >&2
+      continue
+    fi
     echo "build cache: dependencies restored into $target/$sub from $src/$sub ($(du -sh "$src/$sub" | cut -f1))"
   done
 }
 
 # Keeps the compiled dependencies of TARGET_DIR's profile folders under KEY, unless that key is
 # kept already; then removes all but the newest two keys of the same name. Call after a build
-# that succeeded.
+# that succeeded. Fails (keeping nothing) if the copy fails: callers go on without it.
 build_cache_save() { # TARGET_DIR KEY SUBDIR...
   local target=$1 key=$2 dest="$ATRIUM_CACHE/build/$2"
   shift 2
@@ -75,7 +80,7 @@ build_cache_save() { # TARGET_DIR KEY SUBDIR...
     # the units of Atrium's packages are left out by their hashes.
     (cd "$target/$sub" && find .fingerprint build deps -mindepth 1 -maxdepth 1 -printf '%p\n' |
       { if [ -n "$own" ]; then grep -Ev -- "-($own)(\.[^/]*)?\$"; else cat; fi; } |
-      tar -cf - -T -) | tar -C "$tmp/$sub" -xf -
+      tar -cf - -T -) | tar -C "$tmp/$sub" -xf - || { rm -rf "$tmp"; return 1; }
   done
   mv "$tmp" "$dest"
   echo "build cache: dependencies kept in $dest ($(du -sh "$dest" | cut -f1))"
