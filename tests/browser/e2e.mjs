@@ -126,10 +126,12 @@ async function main() {
   await page.keyboard.press('Control+C');
 
   // A video with sound: she plays one in the desktop (a minute of GStreamer's moving zone plate
-  // in a window, with a 600 Hz tone; she stops it before its end). The picture reaches this
-  // page as VP8, decoded by WebCodecs (the page counts the pictures), and the tone is heard. A
-  // second viewer of the same desktop in a browser without WebCodecs sees the same motion as
-  // still images.
+  // in a window, with a 600 Hz tone beside it; she stops both before their end). The picture
+  // reaches this page as VP8, decoded by WebCodecs (the page counts the pictures), and the tone
+  // is heard. A second viewer of the same desktop in a browser without WebCodecs sees the same
+  // motion as still images. (The sound is its own program: gst-launch with an ALSA sink hung
+  // in the guest while stopping its pipeline, on Ctrl+C or at the stream's end, on a loaded
+  // host.)
   const stills = await ctx.newPage();
   await stills.addInitScript(() => { delete window.VideoDecoder; delete window.EncodedVideoChunk; });
   await stills.goto(page.url());
@@ -141,7 +143,7 @@ async function main() {
   await sleep(1500);
   const before = await pictures(page);
   // Typing is not motion: the command goes as lossless stills.
-  await typeAsPerson(page, 'gst-launch-1.0 -q -e videotestsrc pattern=zone-plate kx2=6 ky2=6 kt=3 num-buffers=1500 ! video/x-raw,width=320,height=240,framerate=25/1 ! ximagesink audiotestsrc freq=600 num-buffers=2600 ! alsasink', 20);
+  await typeAsPerson(page, 'speaker-test -t sine -f 600 -c 2 -l 12 >/dev/null 2>&1 & gst-launch-1.0 -q videotestsrc pattern=zone-plate kx2=6 ky2=6 kt=3 num-buffers=1500 ! video/x-raw,width=320,height=240,framerate=25/1 ! ximagesink', 20);
   await sleep(1500);
   const typed = await pictures(page);
   check(typed === before, `typing a command was sent as video (${typed - before} pictures)`);
@@ -185,6 +187,9 @@ async function main() {
   const box = await canvas.boundingBox();
   await canvas.click({ position: { x: box.width * 0.55, y: box.height * 0.5 } });
   await page.keyboard.press('Control+C');
+  await sleep(1000);
+  await typeAsPerson(page, 'kill %1', 20);
+  await page.keyboard.press('Enter');
   await page.setViewportSize({ width: 1000, height: 700 });
   const resizedAt = Date.now();
   const want = await page.evaluate(() => {
