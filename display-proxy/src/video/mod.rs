@@ -249,9 +249,11 @@ impl Video {
             *s = if c { (*s + SCORE_UP).min(MAX_SCORE) } else { s.saturating_sub(1) };
         }
         if changed.iter().any(|&c| c) {
-            if let Some(last) = self.last_motion {
-                self.motion_gap = Some(ewma(self.motion_gap, now.saturating_duration_since(last)));
-            }
+            // Motion after a pause longer than any refinement wait starts a new average: the
+            // pause is not a frame interval.
+            let since = self.last_motion.map(|t| now.saturating_duration_since(t));
+            self.motion_gap =
+                since.filter(|g| *g <= MAX_REFINE_WAIT).map(|g| ewma(self.motion_gap, g));
             self.last_motion = Some(now);
         }
         // A video rarely fills its tiles exactly: the tiles along its edges change only in
@@ -398,7 +400,7 @@ impl Video {
     fn frame_rate(&self) -> f64 {
         let max = f64::from(self.max_fps);
         let gap = self.stream.as_ref().and_then(|s| s.gap).or(self.motion_gap);
-        gap.map_or(max, |g| (1.0 / g.as_secs_f64().max(1e-3)).min(max))
+        gap.map_or(max, |g| (1.0 / g.min(MAX_REFINE_WAIT).as_secs_f64().max(1e-3)).min(max))
     }
 
     /// Keeps encoding within half a frame's time: faster first, then coarser, then fewer

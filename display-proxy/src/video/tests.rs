@@ -291,6 +291,16 @@ fn a_slow_video_is_not_refined_between_its_frames() {
     let wait = v.video.refine_after(base);
     assert!(wait >= Duration::from_millis(1400), "the first frame is refined after {wait:?}");
 
+    // A video that starts after a long still moment: the pause is not its frame interval.
+    let mut v = Viewer::new(512, 384, 30);
+    v.step(area, 0);
+    v.now += Duration::from_secs(600);
+    for t in 1..4 {
+        v.step(area, t);
+    }
+    assert!(v.video.stream_rect().is_some(), "no stream began");
+    assert!(v.video.kbps(area, None) >= 100, "{} kbit/s after a pause", v.video.kbps(area, None));
+
     let mut v = Viewer::new(512, 384, 30);
     assert_eq!(v.video.refine_after(base), base, "no stream: the usual wait");
     for t in 0..3 {
