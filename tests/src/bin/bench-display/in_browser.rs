@@ -12,7 +12,7 @@ use atrium_protocol::ticket::Capabilities;
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::novnc::{CHROMIUM, urlencode};
+use super::rig::{CHROMIUM, urlencode};
 use super::{BenchOptions, static_files};
 use atrium_display::config::DisplayConfig;
 use atrium_display::http::{AppState, router};

@@ -24,6 +24,7 @@ mod motion;
 mod novnc;
 mod qemu_floor;
 mod relay;
+mod rig;
 mod static_files;
 mod video_latency;
 
