@@ -163,7 +163,7 @@ async fn directory_and_sso_users_pass_mfa_use_their_desktops_and_one_is_signed_o
                         .await;
                     ensure!(e[0]["target"] == "dave" && e[0]["actor"] == "carol", "{e}");
                     let alice = admin.get_json("/api/v1/admin/users/alice", StatusCode::OK).await;
-                    if !alice["desktop_sessions"].as_array().is_some_and(|s| s.len() == 1) {
+                    if alice["desktop_sessions"].as_array().is_none_or(|s| s.len() != 1) {
                         // Why it ended: the broker audits every end with its reason.
                         let ends = admin
                             .get_json("/api/v1/admin/audit?action=session.end", StatusCode::OK)
