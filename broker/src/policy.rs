@@ -41,6 +41,8 @@ pub enum Action {
     /// Permitted: the second factor is required (at sign-in on the broker, or to connect to a
     /// pool).
     RequireMfa,
+    /// Permitted: the desktop's frames carry a watermark naming the user.
+    Watermark,
 }
 
 impl Action {
@@ -55,6 +57,7 @@ impl Action {
             Self::Administer => "administer",
             Self::Audio => "audio",
             Self::RequireMfa => "require_mfa",
+            Self::Watermark => "watermark",
         }
     }
 }

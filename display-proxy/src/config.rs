@@ -87,7 +87,13 @@ pub struct DisplayConfig {
     /// Peers exempt from `max_connections_per_address`: the display gateways (each carries many
     /// viewers), or a TLS-terminating proxy in front. Addresses or networks.
     pub trusted_proxies: Vec<String>,
+    /// The TrueType font watermarks are drawn with. A viewer whose ticket asks for a watermark
+    /// is refused when this font cannot be read.
+    pub watermark_font: PathBuf,
 }
+
+/// Debian's fonts-dejavu-core.
+pub const DEFAULT_WATERMARK_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 impl Default for DisplayConfig {
     fn default() -> Self {
@@ -118,6 +124,7 @@ impl Default for DisplayConfig {
             max_connections: 1024,
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),
+            watermark_font: PathBuf::from(DEFAULT_WATERMARK_FONT),
         }
     }
 }

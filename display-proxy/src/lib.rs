@@ -6,6 +6,8 @@
 //! - [`pipeline`]: from pixels to messages (capture, analyse, plan, encode, publish), in one
 //!   direction;
 //! - [`video`]: areas that keep moving, sent to a viewer as VP8 video (libvpx);
+//! - [`watermark`]: text naming who looks, drawn into a desktop's pixels before they are
+//!   compared, when a viewer's ticket asks for it;
 //! - [`sound`]: the desktop's sound (QEMU's VNC audio), encoded once with Opus for every
 //!   viewer that listens;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
@@ -36,3 +38,4 @@ pub mod source;
 pub mod ticket;
 pub mod video;
 pub mod viewer;
+pub mod watermark;

@@ -338,6 +338,9 @@ impl TicketVerifier {
         if c.jti.is_empty() || c.jti.len() > MAX_JTI_LEN {
             return Err(TicketError::Claims("bad jti".into()));
         }
+        if let Some(w) = &c.watermark {
+            w.validate().map_err(TicketError::Claims)?;
+        }
         Ok(c)
     }
 

@@ -63,4 +63,87 @@ pub struct DisplayClaims {
     /// display gateway relays the viewer there and nowhere else; a display proxy ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// When policy says so: the watermark the display proxy draws into every frame this
+    /// viewer's desktop sends, before encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<Watermark>,
+}
+
+/// A watermark drawn into a desktop's pixels: its text (the broker has filled in who, from
+/// where; the proxy fills in [`WATERMARK_TIME`] every minute), tiled diagonally over the screen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// One to [`WATERMARK_MAX_LINES`] lines, separated by `\n`.
+    pub text: String,
+    /// How strongly the text shows, in percent (1-100).
+    pub opacity: u8,
+    /// Text height in pixels (8-96).
+    pub size: u16,
+    /// Angle of the text in degrees, counter-clockwise (-90 to 90).
+    pub angle: i16,
+}
+
+/// Where the display proxy writes the date and time (UTC, to the minute) into a watermark.
+pub const WATERMARK_TIME: &str = "{time}";
+/// Lines a watermark may have.
+pub const WATERMARK_MAX_LINES: usize = 4;
+/// Characters a watermark's text may have in all.
+pub const WATERMARK_MAX_CHARS: usize = 200;
+
+impl Watermark {
+    /// Whether a proxy can draw this: bounded text without control characters (other than the
+    /// line breaks), each setting in range.
+    pub fn validate(&self) -> Result<(), String> {
+        let lines = self.text.split('\n').count();
+        if self.text.trim().is_empty() || lines > WATERMARK_MAX_LINES {
+            return Err(format!("watermark text must have 1-{WATERMARK_MAX_LINES} lines"));
+        }
+        if self.text.chars().count() > WATERMARK_MAX_CHARS {
+            return Err(format!("watermark text is longer than {WATERMARK_MAX_CHARS} characters"));
+        }
+        if self.text.chars().any(|c| c.is_control() && c != '\n') {
+            return Err("watermark text has control characters".into());
+        }
+        if !(1..=100).contains(&self.opacity) {
+            return Err("watermark opacity must be 1-100 (percent)".into());
+        }
+        if !(8..=96).contains(&self.size) {
+            return Err("watermark size must be 8-96 pixels".into());
+        }
+        if !(-90..=90).contains(&self.angle) {
+            return Err("watermark angle must be -90 to 90 degrees".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(text: &str) -> Watermark {
+        Watermark { text: text.into(), opacity: 12, size: 20, angle: 30 }
+    }
+
+    #[test]
+    fn a_watermark_is_bounded_text_with_settings_in_range() {
+        assert_eq!(mark("alice · 10.0.0.5 · {time}").validate(), Ok(()));
+        assert_eq!(mark("a\nb\nc\nd").validate(), Ok(()));
+        for bad in ["", "  ", "a\nb\nc\nd\ne", "tab\there", "bell\u{7}"] {
+            assert!(mark(bad).validate().is_err(), "{bad:?}");
+        }
+        assert!(mark(&"x".repeat(WATERMARK_MAX_CHARS + 1)).validate().is_err());
+        assert!(mark(&"é".repeat(WATERMARK_MAX_CHARS)).validate().is_ok(), "characters, not bytes");
+        let ok = mark("a");
+        for bad in [
+            Watermark { opacity: 0, ..ok.clone() },
+            Watermark { opacity: 101, ..ok.clone() },
+            Watermark { size: 7, ..ok.clone() },
+            Watermark { size: 97, ..ok.clone() },
+            Watermark { angle: -91, ..ok.clone() },
+            Watermark { angle: 91, ..ok.clone() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
 }

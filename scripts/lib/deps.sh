@@ -42,6 +42,8 @@ apt_wanted() {
   # both linked in statically.
   [ -f /usr/lib/x86_64-linux-gnu/libopus.a ] || missing+=(libopus-dev)
   [ -f /usr/lib/x86_64-linux-gnu/libvpx.a ] || missing+=(libvpx-dev)
+  # Watermarks are drawn with DejaVu Sans.
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
   command -v as >/dev/null || missing+=(binutils)
   [ "$(id -u)" = 0 ] || command -v sudo >/dev/null || missing+=(sudo)
   printf '%s\n' "${missing[@]}"

@@ -9,7 +9,7 @@ use anyhow::ensure;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::display::{ClientMessage, caps};
 use atrium_protocol::node::{DisplayEndpoint, DisplaySize, VmInfo, VmState};
-use atrium_protocol::ticket::Capabilities;
+use atrium_protocol::ticket::{Capabilities, Watermark};
 use atrium_tests::display::{
     BareQemu, DisplayOnlyNode, DisplayProxy, DisplayViewer, count_color, keep_artifact,
 };
@@ -239,4 +239,135 @@ async fn the_display_proxy_runs_without_root_through_the_nodes_group() -> anyhow
         .wait_until("console text", Duration::from_secs(60), |v| count_color(&v.rgb, GREY) > 2_000)
         .await?;
     Ok(())
+}
+
+/// Whether two images differ at most in one text cell (SeaBIOS's cursor blinks).
+fn same_but_cursor(a: &[u8], b: &[u8], width: u16) -> bool {
+    let w = usize::from(width);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for (i, _) in a.chunks_exact(3).zip(b.chunks_exact(3)).enumerate().filter(|(_, (p, q))| p != q)
+    {
+        let (x, y) = (i % w, i / w);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    a.len() == b.len() && (x0 == usize::MAX || (x1 - x0 < 16 && y1 - y0 < 20))
+}
+
+/// Pumps until the image stands still but for the cursor (lossy areas refined).
+async fn settle(v: &mut DisplayViewer) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = v.rgb.clone();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            v.pump(Duration::from_millis(300)).await?;
+        }
+        if same_but_cursor(&before, &v.rgb, v.width) {
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "the screen never settled");
+    }
+}
+
+/// `rgb` with `text` (the time filled in at `minute`) drawn as the proxy draws a watermark.
+fn watermarked(rgb: &[u8], w: u16, h: u16, mark: &Watermark, minute: i64) -> Vec<u8> {
+    use atrium_display::framebuffer::Framebuffer;
+    use atrium_display::watermark::{Font, Mask, Spec, Style};
+    let font = Font::load(std::path::Path::new(atrium_display::config::DEFAULT_WATERMARK_FONT))
+        .expect("the watermark font (fonts-dejavu-core)");
+    let style = Style { opacity: mark.opacity, size: mark.size, angle: mark.angle };
+    let spec = Spec { lines: mark.text.split('\n').map(str::to_owned).collect(), style };
+    let mask = Mask::new(&font, &spec.lines_at(minute), style, w, h);
+    let mut fb = Framebuffer::new(w, h);
+    for (p, c) in fb.pixels_mut().iter_mut().zip(rgb.chunks_exact(3)) {
+        *p = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+    }
+    let all = fb.bounds();
+    mask.blend(&mut fb, all);
+    fb.pixels()
+        .iter()
+        .flat_map(|p| {
+            let [_, r, g, b] = p.to_be_bytes();
+            [r, g, b]
+        })
+        .collect()
+}
+
+/// A viewer whose ticket asks for a watermark gets the desktop's pixels with the watermark drawn
+/// in by the proxy (exactly: the same text, font, angle and strength drawn over what a viewer
+/// without one saw), never a frame without it; a viewer already watching sees it too while that
+/// viewer is there, and the plain screen again once it has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_is_drawn_into_the_pixels_every_viewer_of_the_desktop_receives()
+-> anyhow::Result<()> {
+    let name = "a_watermark_is_drawn_into_the_pixels_every_viewer_of_the_desktop_receives";
+    if skip(Group::Qemu, name) {
+        return Ok(());
+    }
+    let Bios { qemu: _qemu, node: _node, issuer, jwks: _jwks, proxy } = Bios::start(false).await?;
+    let mark =
+        Watermark { text: "alice · 10.0.0.5\n{time}".into(), opacity: 40, size: 18, angle: 30 };
+    let marked_ticket = || {
+        let mut c = TicketIssuer::claims("bios", Capabilities::default(), 30);
+        c.watermark = Some(mark.clone());
+        issuer.sign(&c)
+    };
+    let mut plain = DisplayViewer::connect(
+        &proxy.ws_url("bios", &issuer.ticket("bios", Capabilities::default())),
+    )
+    .await?;
+    let text = |v: &DisplayViewer| count_color(&v.rgb, [0xa8, 0xa8, 0xa8]) > 1_000;
+    plain.wait_until("SeaBIOS text", Duration::from_secs(60), text).await?;
+    // SeaBIOS redraws now and then (a boot retry): compare screens taken while it stood still.
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        settle(&mut plain).await?;
+        let before = plain.rgb.clone();
+        let (w, h) = (plain.width, plain.height);
+        let mut marked = DisplayViewer::connect(&proxy.ws_url("bios", &marked_ticket())).await?;
+        let first_frame = marked.pump(Duration::from_secs(20)).await?;
+        ensure!(first_frame, "no frame for the watermarked viewer");
+        let minute = i64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() / 60,
+        )?;
+        // Its very first frame already carries the watermark (no plain frame, even briefly).
+        let differs = marked.rgb.iter().zip(&before).filter(|(a, b)| a != b).count();
+        ensure!(differs > 1_000, "the first frame has no watermark ({differs} bytes differ)");
+        settle(&mut marked).await?;
+        settle(&mut plain).await?;
+        let expected = [minute, minute + 1, minute - 1]
+            .into_iter()
+            .map(|m| watermarked(&before, w, h, &mark, m));
+        let matched = expected.clone().any(|e| same_but_cursor(&e, &marked.rgb, w));
+        keep_artifact("display-watermark.png", &marked.png());
+        if matched {
+            keep_artifact("display-watermark-other-viewer.png", &plain.png());
+            ensure!(
+                same_but_cursor(&plain.rgb, &marked.rgb, w),
+                "the viewer without a watermark in its ticket sees the desktop's watermark too"
+            );
+            let inked = marked
+                .rgb
+                .chunks_exact(3)
+                .zip(before.chunks_exact(3))
+                .filter(|(a, b)| a != b)
+                .count();
+            eprintln!(
+                "watermark: {inked} of {} pixels inked, attempt {attempt}",
+                usize::from(w) * usize::from(h)
+            );
+            drop(marked);
+            plain
+                .wait_until("the plain screen again", Duration::from_secs(30), |v| {
+                    same_but_cursor(&v.rgb, &before, w)
+                })
+                .await?;
+            return Ok(());
+        }
+        let off = expected.map(|e| e.iter().zip(&marked.rgb).filter(|(a, b)| a != b).count()).min();
+        last = format!("attempt {attempt}: {off:?} bytes differ from the expected watermark");
+        eprintln!("watermark: {last}");
+        drop(marked);
+    }
+    anyhow::bail!("the watermarked image never matched (see display-watermark.png): {last}")
 }

@@ -17,6 +17,7 @@ mod ldap;
 mod oidc;
 mod service;
 mod signin;
+mod watermark;
 
 pub use ldap::{GroupMode, LdapSection};
 pub use oidc::{OidcSection, OidcUsers, SUPPORTED_ALGORITHMS, check_url};
@@ -24,6 +25,7 @@ pub use service::{
     BrokerSection, DatabaseSection, NodesSection, PoliciesSection, TicketsSection, WebSection,
 };
 pub use signin::{LoginSection, MfaSection, SessionsSection};
+pub use watermark::WatermarkSection;
 
 const DAY: u64 = 86_400;
 
@@ -41,6 +43,7 @@ pub struct Config {
     pub policies: PoliciesSection,
     pub nodes: NodesSection,
     pub web: WebSection,
+    pub watermark: WatermarkSection,
 }
 
 /// The largest request head (request line and headers) a listener reads: cookies, a bearer
@@ -51,8 +54,18 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
 const SECTIONS: &[&str] = &[
-    "broker", "database", "ldap", "oidc", "mfa", "sessions", "tickets", "login", "policies",
-    "nodes", "web",
+    "broker",
+    "database",
+    "ldap",
+    "oidc",
+    "mfa",
+    "sessions",
+    "tickets",
+    "login",
+    "policies",
+    "nodes",
+    "web",
+    "watermark",
 ];
 
 /// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
@@ -107,6 +120,7 @@ impl Config {
         self.sessions.validate()?;
         self.login.validate()?;
         self.mfa.validate()?;
+        self.watermark.validate()?;
         Ok(())
     }
 
@@ -216,6 +230,31 @@ mod tests {
         assert!(c.ldap.starttls);
         assert_eq!(c.broker.trusted_proxies, vec!["10.0.0.1", "10.0.0.2"]);
         assert_eq!(c.ldap.url, "ldap://10.0.0.1");
+    }
+
+    #[test]
+    fn a_watermark_template_uses_known_placeholders_and_settings_in_range() {
+        let (_d, p) = write(
+            "[ldap]\nurl = \"ldap://10.0.0.1\"\ngroup_base = \"ou=groups,dc=x\"\n[watermark]\ntemplate = \"{name} ({user})\\n{client} {pool}\\n{time}\"\nopacity = 40\n",
+        );
+        let c = Config::load_with_env(Some(&p), &[]).unwrap();
+        assert_eq!(c.watermark.template, "{name} ({user})\n{client} {pool}\n{time}");
+        assert_eq!((c.watermark.opacity, c.watermark.size), (40, 20));
+        for (toml, want) in [
+            ("template = \"{user} {password}\"", "unknown placeholder"),
+            ("template = \"a\\nb\\nc\\nd\"", "1-3 lines"),
+            ("template = \"  \"", "1-3 lines"),
+            ("template = \"a\\tb\"", "control characters"),
+            ("opacity = 0", "watermark.opacity"),
+            ("size = 200", "watermark.size"),
+            ("angle = 120", "watermark.angle"),
+        ] {
+            let (_d, p) = write(&format!(
+                "[ldap]\nurl = \"ldap://10.0.0.1\"\ngroup_base = \"ou=groups,dc=x\"\n[watermark]\n{toml}\n"
+            ));
+            let e = Config::load_with_env(Some(&p), &[]).unwrap_err().to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::JsonBody;
 use crate::auth::{AdminPerson, AdminUser, ClientAddr};
 use crate::db::{Desktop, Node, OpenSessionView, Pool, PoolCounts, PoolInput, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::policy::Action;
+use crate::policy::{Action, Principal};
 use crate::service;
 use crate::state::AppState;
 
@@ -346,7 +346,32 @@ async fn shadow_session(
         audio: false,
         ..Default::default()
     };
-    let (ws_url, ticket) = service::mint_ticket(&st, &d, &admin.username, &s.id, caps).await?;
+    // The watched user's watermark (as their own viewer draws it, from their address) with a
+    // line naming the administrator, when policy watermarks either of them here.
+    let owner = st.db.get_user(&s.username).await?;
+    let owner_groups = owner.as_ref().map(|u| u.groups.clone()).unwrap_or_default();
+    let owner_ctx = service::policy_ctx(s.client_addr.parse().unwrap_or(addr.0));
+    let owner_principal = Principal { username: &s.username, groups: &owner_groups };
+    let resource = service::pool_resource(&pool);
+    let watermark =
+        (st.policies.is_allowed(&owner_principal, Action::Watermark, resource, &owner_ctx)
+            || st.policies.is_allowed(
+                &admin.principal(),
+                Action::Watermark,
+                resource,
+                &service::policy_ctx(addr.0),
+            ))
+        .then(|| {
+            let watched = service::Watched {
+                username: &s.username,
+                display_name: owner.as_ref().and_then(|u| u.display_name.as_deref()),
+                client: &s.client_addr,
+                pool: &pool.name,
+            };
+            service::render_watermark(&st.cfg.watermark, watched, Some(&admin.username))
+        });
+    let (ws_url, ticket) =
+        service::mint_ticket(&st, &d, &admin.username, &s.id, caps, watermark).await?;
     service::audit(
         &st,
         &admin.username,

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::VmSpec;
-use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISSUER};
+use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISSUER, Watermark};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Action, Principal};
 use crate::state::AppState;
 
-use super::{audit, policy_ctx, pool_resource, printable};
+use super::{Watched, audit, policy_ctx, pool_resource, printable, render_watermark};
 
 /// Ends a desktop session: viewers are disconnected; a floating desktop is destroyed (the pool
 /// refills), a dedicated one is kept.
@@ -216,8 +216,21 @@ pub async fn connect(
     match desktop.state {
         DesktopState::Ready => {
             tell_agent(st, &desktop, who).await;
+            let watermark = st
+                .policies
+                .is_allowed(&principal, Action::Watermark, pool_resource(&pool), &ctx)
+                .then(|| {
+                    let client = who.addr.to_string();
+                    let watched = Watched {
+                        username: who.username,
+                        display_name: who.display_name,
+                        client: &client,
+                        pool: &pool.name,
+                    };
+                    render_watermark(&st.cfg.watermark, watched, None)
+                });
             let (ws_url, ticket) =
-                mint_ticket(st, &desktop, who.username, &session.id, caps).await?;
+                mint_ticket(st, &desktop, who.username, &session.id, caps, watermark).await?;
             resp.status = "ready".into();
             resp.ws_url = Some(ws_url);
             resp.ticket = Some(ticket);
@@ -268,6 +281,7 @@ pub async fn mint_ticket(
     username: &str,
     session_id: &str,
     caps: Capabilities,
+    watermark: Option<Watermark>,
 ) -> ApiResult<(String, String)> {
     let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id) else {
         return Err(ApiError::unavailable("the desktop has no VM yet"));
@@ -292,6 +306,7 @@ pub async fn mint_ticket(
         sid: session_id.to_owned(),
         caps,
         proxy: Some(node.display_url.trim_end_matches('/').to_owned()),
+        watermark,
     };
     let ticket =
         st.keys.sign(&claims).map_err(|e| ApiError::internal("signing a display ticket", e))?;

@@ -7,12 +7,14 @@ mod mfa;
 mod revoke;
 mod signin;
 mod sso;
+mod watermark;
 
 pub use desktops::*;
 pub use mfa::*;
 pub use revoke::*;
 pub use signin::*;
 pub use sso::*;
+pub use watermark::{Watched, render as render_watermark};
 
 use std::net::IpAddr;
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use atrium_protocol::display::truncate_utf8;
 use atrium_protocol::node::DisplaySize;
+use atrium_protocol::ticket::Watermark;
 use axum::body::Bytes;
 use tokio::sync::{Semaphore, broadcast, watch};
 
@@ -30,6 +31,7 @@ use crate::pipeline::pool::EncodePool;
 use crate::pipeline::publish::Published;
 use crate::source::open::{GuestLink, OpenError, OpenedSource};
 use crate::source::{InputSink, SourceError, SourceEvent, Stopper};
+use crate::watermark::{Font, Layer, MarkGuard, Marks};
 use clipboard::poll_clipboard;
 use run::{CaptureLoop, Outlets};
 use screen::{ScreenSizes, follow_screen_requests};
@@ -50,6 +52,8 @@ pub struct Desktop {
     paste_slots: Arc<Semaphore>,
     /// Video streams of this desktop's viewers open at once (see [`VIDEO_STREAMS`]).
     video_slots: Arc<Semaphore>,
+    /// The watermarks its viewers' tickets ask for.
+    marks: Arc<Marks>,
     input: Arc<dyn InputSink>,
     stopper: Arc<dyn Stopper>,
     alive: Arc<AtomicBool>,
@@ -76,8 +80,9 @@ impl Desktop {
         opened: OpenedSource,
         metrics: Arc<Metrics>,
         pool: EncodePool,
+        font: Option<Arc<Font>>,
     ) -> Result<Arc<Self>, OpenError> {
-        Self::start_within(vm, opened, metrics, pool, FIRST_UPDATE_TIMEOUT).await
+        Self::start_within(vm, opened, metrics, pool, font, FIRST_UPDATE_TIMEOUT).await
     }
 
     /// [`Desktop::start`], giving the source `first_update_timeout` to send its first image.
@@ -86,6 +91,7 @@ impl Desktop {
         opened: OpenedSource,
         metrics: Arc<Metrics>,
         pool: EncodePool,
+        font: Option<Arc<Font>>,
         first_update_timeout: Duration,
     ) -> Result<Arc<Self>, OpenError> {
         let OpenedSource { mut source, guest } = opened;
@@ -131,6 +137,7 @@ impl Desktop {
             Some(ScreenSizes::new(max))
         });
         let alive = Arc::new(AtomicBool::new(true));
+        let (marks, marks_rx) = Marks::new();
         let desktop = Arc::new(Self {
             vm: vm.to_owned(),
             name: source.name().to_owned(),
@@ -142,6 +149,7 @@ impl Desktop {
             screen: screen_requests.as_ref().map(|(sizes, _)| sizes.clone()),
             paste_slots: Arc::new(Semaphore::new(2)),
             video_slots: Arc::new(Semaphore::new(VIDEO_STREAMS)),
+            marks,
             input: source.input(),
             stopper: source.stopper(),
             alive: Arc::clone(&alive),
@@ -156,8 +164,10 @@ impl Desktop {
             sound_out: sound,
             sound: None,
             metrics: Arc::clone(&metrics),
+            marks: desktop.marks.subscribe(),
         };
-        let mut cap = CaptureLoop::new(source, fb, capture, Arc::clone(&metrics), out);
+        let layer = Layer::new(marks_rx, font);
+        let mut cap = CaptureLoop::new(source, fb, capture, layer, Arc::clone(&metrics), out);
         cap.side_events(&events);
         let vm_name = vm.to_owned();
         let span = tracing::info_span!("capture", vm = %vm_name);
@@ -209,6 +219,11 @@ impl Desktop {
     /// The desktop's sound as ready-made messages, when it has sound.
     pub fn sound(&self) -> Option<broadcast::Receiver<Bytes>> {
         self.sound.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    /// Draws `w` into this desktop's frames while the guard lives (see [`crate::watermark`]).
+    pub fn add_watermark(&self, w: Watermark) -> MarkGuard {
+        self.marks.add(w)
     }
 
     /// The slots for video streams among this desktop's viewers.

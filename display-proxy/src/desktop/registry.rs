@@ -8,6 +8,7 @@ use super::{Desktop, ViewerSlot};
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
 use crate::source::open::{OpenError, SourceOpener};
+use crate::watermark::Font;
 
 type Slot = Arc<tokio::sync::Mutex<Weak<Desktop>>>;
 
@@ -19,6 +20,8 @@ pub struct Desktops {
     metrics: Arc<Metrics>,
     pool: EncodePool,
     max_viewers: usize,
+    /// What watermarks are drawn with (`None`: none can be).
+    font: Option<Arc<Font>>,
 }
 
 impl Desktops {
@@ -27,8 +30,14 @@ impl Desktops {
         metrics: Arc<Metrics>,
         pool: EncodePool,
         max_viewers: usize,
+        font: Option<Arc<Font>>,
     ) -> Self {
-        Self { opener, map: Mutex::new(HashMap::new()), metrics, pool, max_viewers }
+        Self { opener, map: Mutex::new(HashMap::new()), metrics, pool, max_viewers, font }
+    }
+
+    /// Whether watermarks can be drawn here (the font was read).
+    pub fn can_watermark(&self) -> bool {
+        self.font.is_some()
     }
 
     /// Joins the desktop of `vm`, opening it for its first viewer.
@@ -44,7 +53,8 @@ impl Desktops {
             None => {
                 let opened = self.opener.open(vm).await?;
                 let pool = self.pool.clone();
-                let d = Desktop::start(vm, opened, Arc::clone(&self.metrics), pool).await?;
+                let font = self.font.clone();
+                let d = Desktop::start(vm, opened, Arc::clone(&self.metrics), pool, font).await?;
                 *weak = Arc::downgrade(&d);
                 d
             }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use atrium_protocol::display::{MAX_CLIPBOARD, truncate_utf8};
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ use crate::pipeline::pool::EncodePool;
 use crate::pipeline::publish::{Published, publish};
 use crate::sound::SoundEncoder;
 use crate::source::{Buffered, FramebufferSource, PolledSource, SourceError, SourceEvent};
+use crate::watermark::{Layer, Spec};
 
 /// Updates writing more than this many bytes of framebuffer (not bytes on the wire: a copy of
 /// the whole screen or a ZRLE fill is a few bytes) are decoded, compared and prepared on the
@@ -31,18 +33,38 @@ const LARGE_UPDATE: usize = 256 * 1024;
 struct Stages {
     source: Box<dyn FramebufferSource>,
     fb: Framebuffer,
+    /// The watermark, drawn over the source's pixels before they are compared.
+    layer: Layer,
     capture: Capture,
     metrics: Arc<Metrics>,
 }
 
 impl Stages {
     /// After a source reported `events` (its framebuffer is updated): the new frame, if the
-    /// screen really changed, with the update of viewers in step prepared.
+    /// screen really changed, with the update of viewers in step prepared. Also brings the
+    /// watermark up to date (the viewers' marks, the minute): when it changed, everything is
+    /// compared, and a viewer waiting for it gets the last frame again, marked as carrying it,
+    /// even if no pixel changed.
     fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Published>> {
-        let frame = self.capture.process(&self.fb, events)?;
+        let (fb, redrawn) = self.layer.apply(&self.fb, events, SystemTime::now());
+        let all = [SourceEvent::Damage(fb.bounds())];
+        let Some(frame) = self.capture.process(fb, if redrawn { &all } else { events }) else {
+            return redrawn.then(|| {
+                let mut p = Published::new(Arc::clone(self.capture.last()));
+                p.watermark = self.layer.drawn();
+                Arc::new(p)
+            });
+        };
         self.metrics.frames_captured.fetch_add(1, Ordering::Relaxed);
         // Viewers in step get this frame's update ready-made.
-        Some(Arc::new(publish(frame, &self.metrics)))
+        let mut p = publish(frame, &self.metrics);
+        p.watermark = self.layer.drawn();
+        Some(Arc::new(p))
+    }
+
+    /// When the watermark next changes by itself (its clock).
+    fn next_redraw(&self) -> Option<std::time::Instant> {
+        self.layer.next_change(SystemTime::now()).map(|d| std::time::Instant::now() + d)
     }
 
     /// Decodes the polled source's buffered message of `len` bytes and compares.
@@ -54,6 +76,15 @@ impl Stages {
         let frame = self.compare(&events);
         Ok(Some((events, frame)))
     }
+}
+
+/// Why the polled loop woke.
+enum Wake<'a> {
+    Readable(tokio::io::unix::AsyncFdReadyGuard<'a, std::os::fd::OwnedFd>),
+    /// Time to keep the source quick.
+    Again,
+    /// The watermark changed (viewers' marks, its clock).
+    Redraw,
 }
 
 /// What a decoded message reported, and the frame it made.
@@ -68,6 +99,8 @@ pub(super) struct Outlets {
     pub(super) sound_out: Option<broadcast::Sender<Bytes>>,
     pub(super) sound: Option<SoundEncoder>,
     pub(super) metrics: Arc<Metrics>,
+    /// What the desktop's viewers want watermarked (the polled loop wakes when it changes).
+    pub(super) marks: watch::Receiver<Option<Arc<Spec>>>,
 }
 
 impl Outlets {
@@ -124,10 +157,11 @@ impl CaptureLoop {
         source: Box<dyn FramebufferSource>,
         fb: Framebuffer,
         capture: Capture,
+        layer: Layer,
         metrics: Arc<Metrics>,
         out: Outlets,
     ) -> Self {
-        Self { pipe: Stages { source, fb, capture, metrics }, out }
+        Self { pipe: Stages { source, fb, layer, capture, metrics }, out }
     }
 
     /// Passes on what an update said besides pixels (pointer shape, clipboard, sound).
@@ -195,10 +229,36 @@ async fn poll_loop(
         }
         let Some(Buffered { len, work }) = polled(&mut pipe)?.buffered_message()? else {
             let again = polled(&mut pipe)?.keep_alive(std::time::Instant::now());
-            let mut guard = tokio::select! {
+            let redraw_at = pipe.next_redraw();
+            let woken = tokio::select! {
                 biased;
-                g = ready.readable() => g?,
-                () = tokio::time::sleep_until(again.unwrap_or_else(std::time::Instant::now).into()), if again.is_some() => continue,
+                g = ready.readable() => Wake::Readable(g?),
+                r = out.marks.changed() => match r {
+                    Ok(()) => Wake::Redraw,
+                    // The desktop is gone.
+                    Err(_) => return Ok(()),
+                },
+                () = tokio::time::sleep_until(redraw_at.unwrap_or_else(std::time::Instant::now).into()), if redraw_at.is_some() => Wake::Redraw,
+                () = tokio::time::sleep_until(again.unwrap_or_else(std::time::Instant::now).into()), if again.is_some() => Wake::Again,
+            };
+            let mut guard = match woken {
+                Wake::Readable(g) => g,
+                Wake::Again => continue,
+                Wake::Redraw => {
+                    // A new watermark is drawn over the whole screen: on the encode pool.
+                    let (back, frame) = pool
+                        .run(move || {
+                            let f = pipe.compare(&[]);
+                            (pipe, f)
+                        })
+                        .await
+                        .map_err(|_| SourceError::protocol("the encode pool stopped"))?;
+                    pipe = back;
+                    if let Some(frame) = frame {
+                        out.frames_tx.send_replace(frame);
+                    }
+                    continue;
+                }
             };
             match guard.try_io(|_| match polled(&mut pipe) {
                 Ok(p) => p.read_available(),

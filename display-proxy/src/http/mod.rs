@@ -21,6 +21,7 @@ use crate::source::node::NodeClient;
 use crate::source::open::{NodeOpener, SourceOpener};
 use crate::ticket::{TicketVerifier, VerifierConfig};
 use crate::viewer::{Sessions, ViewerContext};
+use crate::watermark::Font;
 use atrium_door::Door;
 
 /// Everything a request handler reaches.
@@ -71,6 +72,13 @@ impl AppState {
         vcfg.min_refresh = std::time::Duration::from_secs(cfg.jwks_refresh_min_secs);
         vcfg.ca_file.clone_from(&cfg.ca_file);
         let pool = EncodePool::new(cfg.encode_threads, 16);
+        let font = match Font::load(&cfg.watermark_font) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "watermarks cannot be drawn: viewers whose tickets ask for one will be refused");
+                None
+            }
+        };
         let viewer = Arc::new(ViewerContext {
             pool: pool.clone(),
             metrics: Arc::clone(&metrics),
@@ -86,6 +94,7 @@ impl AppState {
                 Arc::clone(&metrics),
                 pool,
                 cfg.max_viewers_per_desktop,
+                font,
             ),
             viewer,
             metrics,

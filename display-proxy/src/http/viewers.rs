@@ -53,6 +53,17 @@ async fn ws(
             Refused::new(StatusCode::UNAUTHORIZED, "the session has ended; sign in again"),
         );
     }
+    // Policy wants this viewer to see a watermark that cannot be drawn here: no pixels.
+    if claims.watermark.is_some() && !s.0.desktops.can_watermark() {
+        tracing::warn!(vm, user = %claims.sub, "display ticket refused: it asks for a watermark and this proxy has no font to draw one (watermark_font)");
+        return refuse(
+            &s,
+            Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this desktop must be watermarked and the display service cannot draw watermarks",
+            ),
+        );
+    }
     let slot = match s.0.desktops.join(&vm).await {
         Ok(slot) => slot,
         Err(e) => {

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::encode::{Encodings, encode_plan};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{Plan, ViewerTiles, plan_update};
+use crate::watermark::Spec;
 
 /// The update of a viewer that has the frame before, planned and encoded ahead of time.
 #[derive(Debug)]
@@ -24,12 +25,14 @@ pub struct Published {
     /// The messages made of this frame so far.
     pub encodings: Encodings,
     in_step: Option<Prepared>,
+    /// The watermark drawn into this frame's pixels, if any.
+    pub watermark: Option<Arc<Spec>>,
 }
 
 impl Published {
     /// `frame` with nothing encoded and nothing prepared (a first frame).
     pub fn new(frame: Arc<Frame>) -> Self {
-        Self { frame, encodings: Encodings::default(), in_step: None }
+        Self { frame, encodings: Encodings::default(), in_step: None, watermark: None }
     }
 
     /// The update prepared for viewers that have the frame before, if there is one.

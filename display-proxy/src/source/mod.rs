@@ -38,6 +38,10 @@ impl SourceError {
     }
 }
 
+/// How long a blocking source may stay in [`FramebufferSource::next_update`] without
+/// returning when nothing changes.
+pub const QUIET_RETURN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Something a source reports from [`FramebufferSource::next_update`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
@@ -109,7 +113,9 @@ pub trait FramebufferSource: Send + fmt::Debug {
     /// A handle that stops this source from another thread.
     fn stopper(&self) -> Arc<dyn Stopper>;
     /// Blocks until the desktop reports a change, applies it to `fb` (which has the source's
-    /// size, and keeps what earlier calls wrote), and says what changed.
+    /// size, and keeps what earlier calls wrote), and says what changed. A source that stays
+    /// quiet should return no events after at most [`QUIET_RETURN`], so its capture loop keeps
+    /// up with what does not come from it (a viewer's watermark, the watermark's clock).
     fn next_update(&mut self, fb: &mut Framebuffer) -> Result<Vec<SourceEvent>, SourceError>;
     /// The same source driven without blocking, when it can be (see [`PolledSource`]).
     fn polled(&mut self) -> Option<&mut dyn PolledSource> {

@@ -52,6 +52,13 @@ async fn bad_tickets_are_refused_with_their_reason() {
     future.exp += 600;
     let mut no_jti = claims("vm-1");
     no_jti.jti = String::new();
+    let mut bad_mark = claims("vm-1");
+    bad_mark.watermark = Some(atrium_protocol::ticket::Watermark {
+        text: "alice\u{1b}[2J".into(),
+        opacity: 12,
+        size: 20,
+        angle: 30,
+    });
     let cases = [
         (issuer.sign(&expired), TicketError::Expired),
         (issuer.sign(&aud), TicketError::Audience),
@@ -59,6 +66,10 @@ async fn bad_tickets_are_refused_with_their_reason() {
         (issuer.sign(&long), TicketError::TooLong),
         (issuer.sign(&future), TicketError::NotYetValid),
         (issuer.sign(&no_jti), TicketError::Claims("bad jti".into())),
+        (
+            issuer.sign(&bad_mark),
+            TicketError::Claims("watermark text has control characters".into()),
+        ),
         (other.sign(&claims("vm-1")), TicketError::BadSignature),
         (issuer.sign(&claims("vm-2")), TicketError::WrongVm),
         (String::new(), TicketError::Missing),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::caps;
-use atrium_protocol::ticket::{Capabilities, DisplayClaims};
+use atrium_protocol::ticket::{Capabilities, DisplayClaims, Watermark};
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -118,7 +118,10 @@ pub async fn serve(
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid);
-    serve_inner(socket, slot, claims.caps, ctx, entry.ending(), &span).await;
+    // Drawn into the desktop's frames before this viewer is sent any.
+    let mark = claims.watermark.clone().map(|w| slot.desktop().add_watermark(w));
+    serve_inner(socket, slot, claims.caps, claims.watermark, ctx, entry.ending(), &span).await;
+    drop(mark);
     drop(entry);
 }
 
@@ -126,13 +129,14 @@ async fn serve_inner(
     socket: WebSocket,
     slot: ViewerSlot,
     rights: Capabilities,
+    watermark: Option<Watermark>,
     ctx: Arc<ViewerContext>,
     ended: Arc<Ending>,
     span: &tracing::Span,
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(parent: span, view_only = rights.view_only, viewers = desktop.viewers(), "viewer connected");
+    tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(), viewers = desktop.viewers(), "viewer connected");
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(64);
     let inputs = Arc::new(Mutex::new(InputLog::default()));
@@ -146,7 +150,7 @@ async fn serve_inner(
         Arc::clone(&ended),
     ));
     let mut sender =
-        Sender::new(sink, Arc::clone(&ctx), Arc::clone(&desktop), rights, inputs, ended);
+        Sender::new(sink, Arc::clone(&ctx), Arc::clone(&desktop), rights, inputs, ended, watermark);
     let why = sender.run(rx).await;
     receiver.abort();
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);

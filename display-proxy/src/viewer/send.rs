@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::{ServerMessage, VERSION, caps};
-use atrium_protocol::ticket::Capabilities;
+use atrium_protocol::ticket::{Capabilities, Watermark};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -47,6 +47,8 @@ pub(super) struct Sender {
     bandwidth: Option<f64>,
     /// Moving areas as video, once the viewer said it decodes it.
     video: Option<Video>,
+    /// The watermark this viewer's ticket asks for: only frames that carry it are sent.
+    watermark: Option<Watermark>,
 }
 
 impl Sender {
@@ -57,6 +59,7 @@ impl Sender {
         rights: Capabilities,
         inputs: Arc<Mutex<InputLog>>,
         ended: Arc<Ending>,
+        watermark: Option<Watermark>,
     ) -> Self {
         Self {
             sink,
@@ -65,12 +68,18 @@ impl Sender {
             rights,
             inputs,
             ended,
+            watermark,
             view: ViewerTiles::new(),
             in_flight: VecDeque::new(),
             next_id: 1,
             bandwidth: None,
             video: None,
         }
+    }
+
+    /// Whether `p` may be sent to this viewer: it carries the watermark the ticket asks for.
+    fn may_see(&self, p: &Published) -> bool {
+        self.watermark.as_ref().is_none_or(|w| p.watermark.as_ref().is_some_and(|s| s.carries(w)))
     }
 
     /// How long lossy areas wait before they are refined (longer while a slow video plays).
@@ -171,17 +180,21 @@ impl Sender {
                     .as_ref()
                     .and_then(Video::catch_up_at)
                     .is_some_and(|t| t <= Instant::now());
-                let result =
-                    if newest.frame.seq > self.view.sent_seq || self.view.sent_seq == 0 || catch_up
-                    {
-                        self.send_frame(newest, false).await
-                    } else if next_refine(&self.view, self.refine_after())
-                        .is_some_and(|t| t <= Instant::now())
-                    {
-                        self.send_frame(newest, true).await
-                    } else {
-                        Ok(false)
-                    };
+                let result = if !self.may_see(&newest) {
+                    // Its watermark is being drawn: the next frame carries it.
+                    Ok(false)
+                } else if newest.frame.seq > self.view.sent_seq
+                    || self.view.sent_seq == 0
+                    || catch_up
+                {
+                    self.send_frame(newest, false).await
+                } else if next_refine(&self.view, self.refine_after())
+                    .is_some_and(|t| t <= Instant::now())
+                {
+                    self.send_frame(newest, true).await
+                } else {
+                    Ok(false)
+                };
                 match result {
                     Ok(true) => continue,
                     Ok(false) => {}

@@ -76,6 +76,7 @@ impl TicketIssuer {
             sid: "session-1".into(),
             caps,
             proxy: None,
+            watermark: None,
         }
     }
 

@@ -463,7 +463,7 @@ async fn a_polled_desktop_decodes_small_updates_in_place_and_large_ones_on_the_p
         .unwrap();
     let metrics = Arc::new(Metrics::default());
     let opened = OpenedSource { source: Box::new(src), guest: None };
-    let desktop = Desktop::start("vm", opened, metrics, EncodePool::new(1, 4)).await.unwrap();
+    let desktop = Desktop::start("vm", opened, metrics, EncodePool::new(1, 4), None).await.unwrap();
     let mut frames = desktop.frames();
     let mut last = Arc::clone(&frames.borrow_and_update());
     assert_eq!(last.frame.fb.span(0, 0, 1), &[1]);
@@ -505,6 +505,7 @@ fn desktop_on_own_runtime(
                 opened,
                 metrics,
                 EncodePool::new(1, 4),
+                None,
                 first_update_timeout,
             )
             .await;
@@ -657,8 +658,9 @@ async fn a_desktops_sound_reaches_its_listeners_as_opus() {
     .unwrap();
     let metrics = Arc::new(Metrics::default());
     let opened = OpenedSource { source: Box::new(src), guest: None };
-    let desktop =
-        Desktop::start("vm", opened, Arc::clone(&metrics), EncodePool::new(1, 4)).await.unwrap();
+    let desktop = Desktop::start("vm", opened, Arc::clone(&metrics), EncodePool::new(1, 4), None)
+        .await
+        .unwrap();
     assert!(desktop.has_sound());
     let mut sound = desktop.sound().expect("a desktop with sound");
     listening.send(()).unwrap();

@@ -1,0 +1,222 @@
+//! Drawing a watermark: its lines rasterised once into a block of coverage (a TrueType font
+//! from the host, anti-aliased), the block tiled over the screen at its angle in staggered
+//! rows, and the result kept as one byte of strength per pixel ([`Mask`]). Blending darkens
+//! light pixels and lightens dark ones, so the text shows on any background.
+
+use std::path::Path;
+
+use crate::framebuffer::Framebuffer;
+use atrium_protocol::display::Rect;
+
+/// A font to draw watermarks with.
+pub struct Font(fontdue::Font);
+
+impl std::fmt::Debug for Font {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Font")
+    }
+}
+
+/// Largest font file read.
+const MAX_FONT_BYTES: u64 = 32 * 1024 * 1024;
+
+impl Font {
+    /// Reads a TrueType or OpenType font file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let size = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        if size > MAX_FONT_BYTES {
+            return Err(format!("{}: larger than {MAX_FONT_BYTES} bytes", path.display()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let font = fontdue::Font::from_bytes(bytes, fontdue::FontSettings::default())
+            .map_err(|e| format!("{}: not a font: {e}", path.display()))?;
+        Ok(Self(font))
+    }
+}
+
+/// How a watermark looks, besides its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// Percent, 1-100.
+    pub opacity: u8,
+    /// Text height in pixels.
+    pub size: u16,
+    /// Degrees, counter-clockwise.
+    pub angle: i16,
+}
+
+/// Coverage of the text block: one byte per pixel, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Block {
+    width: usize,
+    height: usize,
+    alpha: Vec<u8>,
+}
+
+/// Rasterises `lines`, left-aligned, one under the other.
+fn block(font: &Font, lines: &[String], size: u16) -> Block {
+    let px = f32::from(size);
+    let (ascent, line_h) = font
+        .0
+        .horizontal_line_metrics(px)
+        .map_or((px * 0.8, px * 1.2), |m| (m.ascent, m.new_line_size));
+    let line_h = line_h.ceil().max(1.0);
+    let widths: Vec<f32> = lines
+        .iter()
+        .map(|l| l.chars().map(|c| font.0.metrics(c, px).advance_width).sum())
+        .collect();
+    let width = to_len(widths.iter().copied().fold(0.0, f32::max).ceil()).max(1);
+    let height = to_len(line_h * len_f32(lines.len())).max(1);
+    let mut alpha = vec![0u8; width * height];
+    for (i, line) in lines.iter().enumerate() {
+        let baseline = line_h * len_f32(i) + ascent;
+        let mut pen = 0.0f32;
+        for c in line.chars() {
+            let (m, bitmap) = font.0.rasterize(c, px);
+            // Glyph rows run top to bottom; ymin is the bottom edge's offset from the baseline.
+            let top = (baseline - len_f32(m.height) - m.ymin as f32).round();
+            let left = (pen + m.xmin as f32).round();
+            for gy in 0..m.height {
+                let y = top + len_f32(gy);
+                if y < 0.0 || y >= len_f32(height) {
+                    continue;
+                }
+                for gx in 0..m.width {
+                    let x = left + len_f32(gx);
+                    if x < 0.0 || x >= len_f32(width) {
+                        continue;
+                    }
+                    let at = to_len(y) * width + to_len(x);
+                    alpha[at] = alpha[at].max(bitmap[gy * m.width + gx]);
+                }
+            }
+            pen += m.advance_width;
+        }
+    }
+    Block { width, height, alpha }
+}
+
+/// A watermark's strength at every pixel of a screen (0: none, 255: full ink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask {
+    width: u16,
+    height: u16,
+    alpha: Vec<u8>,
+}
+
+impl Mask {
+    /// `lines` in `style`, tiled over a `width` x `height` screen.
+    pub fn new(font: &Font, lines: &[String], style: Style, width: u16, height: u16) -> Self {
+        let b = block(font, lines, style.size);
+        let gap = f32::from(style.size) * 3.0;
+        let (pu, pv) = (len_f32(b.width) + gap, len_f32(b.height) + gap * 0.7);
+        let theta = f32::from(style.angle).to_radians();
+        let (sin, cos) = theta.sin_cos();
+        let strength = u32::from(style.opacity.clamp(1, 100));
+        let (w, h) = (usize::from(width), usize::from(height));
+        let mut alpha = vec![0u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                // Screen (y down) to text space: text runs along (cos, -sin).
+                let (fx, fy) = (len_f32(x) + 0.5, len_f32(y) + 0.5);
+                let u = fx * cos - fy * sin;
+                let v = fx * sin + fy * cos;
+                let row = (v / pv).floor();
+                let shift = if row.rem_euclid(2.0) >= 1.0 { pu / 2.0 } else { 0.0 };
+                let bu = (u + shift).rem_euclid(pu);
+                let bv = v.rem_euclid(pv);
+                let a = sample(&b, bu, bv);
+                if a > 0 {
+                    // 0-255 coverage times opacity percent, rounded.
+                    let s = (u32::from(a) * strength * 255 + 12_750) / 25_500;
+                    alpha[y * w + x] = u8::try_from(s.min(255)).unwrap_or(255);
+                }
+            }
+        }
+        Self { width, height, alpha }
+    }
+
+    pub fn width(&self) -> u16 {
+        self.width
+    }
+
+    pub fn height(&self) -> u16 {
+        self.height
+    }
+
+    /// Pixels with any ink.
+    pub fn inked(&self) -> usize {
+        self.alpha.iter().filter(|a| **a > 0).count()
+    }
+
+    /// The strength at (x, y).
+    pub fn at(&self, x: u16, y: u16) -> u8 {
+        self.alpha[usize::from(y) * usize::from(self.width) + usize::from(x)]
+    }
+
+    /// Draws the mask into `fb` within `r` (the framebuffer has the mask's size).
+    pub fn blend(&self, fb: &mut Framebuffer, r: Rect) {
+        debug_assert_eq!((fb.width(), fb.height()), (self.width, self.height));
+        let w = usize::from(self.width);
+        for y in r.y..r.y + r.h {
+            let row = &self.alpha[usize::from(y) * w + usize::from(r.x)..][..usize::from(r.w)];
+            if row.iter().all(|a| *a == 0) {
+                continue;
+            }
+            for (p, a) in fb.span_mut(r.x, y, r.w).iter_mut().zip(row) {
+                if *a > 0 {
+                    *p = ink(*p, *a);
+                }
+            }
+        }
+    }
+}
+
+/// `p` (0x00RRGGBB) moved towards black if it is light, towards white if it is dark, by `a`/255.
+pub fn ink(p: u32, a: u8) -> u32 {
+    let (r, g, b) = ((p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff);
+    let luma = (r * 77 + g * 150 + b * 29) >> 8;
+    let target = if luma > 140 { 0 } else { 255 };
+    let a = u32::from(a);
+    let mix = |c: u32| {
+        if target == 0 { c - (c * a + 127) / 255 } else { c + ((255 - c) * a + 127) / 255 }
+    };
+    (mix(r) << 16) | (mix(g) << 8) | mix(b)
+}
+
+/// Bilinear coverage of the block at (u, v); 0 outside it.
+fn sample(b: &Block, u: f32, v: f32) -> u8 {
+    let (u, v) = (u - 0.5, v - 0.5);
+    if u < -1.0 || v < -1.0 || u >= len_f32(b.width) || v >= len_f32(b.height) {
+        return 0;
+    }
+    let (x0, y0) = (u.floor(), v.floor());
+    let (tx, ty) = (u - x0, v - y0);
+    let at = |x: f32, y: f32| -> f32 {
+        if x < 0.0 || y < 0.0 || x >= len_f32(b.width) || y >= len_f32(b.height) {
+            0.0
+        } else {
+            f32::from(b.alpha[to_len(y) * b.width + to_len(x)])
+        }
+    };
+    let top = at(x0, y0) * (1.0 - tx) + at(x0 + 1.0, y0) * tx;
+    let bottom = at(x0, y0 + 1.0) * (1.0 - tx) + at(x0 + 1.0, y0 + 1.0) * tx;
+    let c = top * (1.0 - ty) + bottom * ty;
+    to_u8(c)
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn len_f32(n: usize) -> f32 {
+    n as f32
+}
+
+/// A non-negative, finite float to an index (0 for anything else).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn to_len(f: f32) -> usize {
+    if f.is_finite() && f > 0.0 { f as usize } else { 0 }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn to_u8(f: f32) -> u8 {
+    f.round().clamp(0.0, 255.0) as u8
+}
