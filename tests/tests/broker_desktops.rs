@@ -733,3 +733,61 @@ async fn an_administrator_enrols_and_revokes_a_node() {
     }
     drop(node);
 }
+
+/// Policy (action `watermark`) decides whose desktops are watermarked: the broker puts the
+/// `[watermark]` text, filled in with who and from where, in the display ticket of a user of a
+/// watermarked pool and none in another pool's; an administrator who shadows that user gets the
+/// user's watermark with a line naming themselves.
+#[tokio::test]
+async fn policy_puts_a_watermark_naming_the_user_in_their_tickets_and_the_shadows() {
+    let name = "policy_puts_a_watermark_naming_the_user_in_their_tickets_and_the_shadows";
+    if skip(Group::Ldap, name) {
+        return;
+    }
+    let policies = atrium_tests::broker::policies_with(
+        "watermark",
+        r#"@id("finance-watermark")
+permit (principal, action == Atrium::Action::"watermark", resource)
+when { resource is Atrium::Pool && resource.name == "finance" };
+"#,
+    );
+    let slapd = Slapd::start().unwrap();
+    let mut opts = BrokerOptions::new(&slapd.url());
+    opts.policies_dir = Some(policies.path().to_owned());
+    opts.extra_toml =
+        "[watermark]\ntemplate = \"{name} ({user})\\n{client} · {pool}\\n{time}\"\nopacity = 25\n"
+            .into();
+    let broker = Broker::start(opts).await.unwrap();
+    let _node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    let a = broker.admin().await;
+    for pool in ["general", "finance"] {
+        a.post_json("/api/v1/admin/pools", pool_json(pool, "floating", 1, 2), StatusCode::CREATED)
+            .await;
+        wait_ready_spares(&a, pool, 1).await;
+    }
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let general = alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
+    let claims = verify_ticket(&broker, general["ticket"].as_str().unwrap()).await;
+    assert!(claims.get("watermark").is_none(), "no watermark outside finance: {claims}");
+
+    let finance = alice.post_json("/api/v1/pools/finance/connect", json!({}), StatusCode::OK).await;
+    let claims = verify_ticket(&broker, finance["ticket"].as_str().unwrap()).await;
+    let w = &claims["watermark"];
+    assert_eq!(w["text"], "Alice Andersen (alice)\n127.0.0.1 · finance\n{time}", "{claims}");
+    assert_eq!(
+        (w["opacity"].as_u64(), w["size"].as_u64(), w["angle"].as_i64()),
+        (Some(25), Some(20), Some(30))
+    );
+
+    let sid = claims["sid"].as_str().unwrap();
+    let shadow = a
+        .post_json(&format!("/api/v1/admin/sessions/{sid}/shadow"), json!({}), StatusCode::OK)
+        .await;
+    let sc = verify_ticket(&broker, shadow["ticket"].as_str().unwrap()).await;
+    assert_eq!(
+        sc["watermark"]["text"],
+        "Alice Andersen (alice)\n127.0.0.1 · finance\n{time}\nwatched by carol",
+        "{sc}"
+    );
+}

@@ -22,7 +22,7 @@ const RUNS: usize = 5;
 
 /// Plans and encodes everything `view` needs of `frame`, nothing encoded before; returns the
 /// bytes.
-fn encode_all(frame: &Frame, view: &ViewerTiles, metrics: &Metrics) -> usize {
+pub(super) fn encode_all(frame: &Frame, view: &ViewerTiles, metrics: &Metrics) -> usize {
     let plan = plan_update(frame, view, Some(70));
     let done = Encodings::default();
     let mut bytes = 0;

@@ -5,6 +5,8 @@
 //!   and the same diff without scroll detection, measured in the same run;
 //! - motion: the same moving content as still images and as VP8 video (bytes, encode time,
 //!   the video's quality);
+//! - watermark: bytes for the same frames with and without a watermark drawn in, and what an
+//!   idle watermarked desktop sends;
 //! - with `--audio` or `--vs-novnc`: a desktop's test tones to the browser's output, and
 //!   input-to-pixel on a moving desktop with video on and off;
 //! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
@@ -27,6 +29,7 @@ mod relay;
 mod rig;
 mod static_files;
 mod video_latency;
+mod watermark;
 
 use std::path::PathBuf;
 
@@ -47,6 +50,9 @@ pub struct BenchOptions {
     /// Skip the encode-cost measurement.
     #[arg(long)]
     pub skip_encode: bool,
+    /// Skip the watermark's cost (bytes with and without it on the same frames).
+    #[arg(long)]
+    pub skip_watermark: bool,
     /// Measure, in headless Chromium, audio latency (a desktop's test tones to Atrium's viewer)
     /// and input-to-pixel on a moving desktop with video on and off (also done with
     /// --vs-novnc; needs Chromium and tests/browser/node_modules).
@@ -108,6 +114,10 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     if !opts.skip_motion {
         let m = tokio::task::spawn_blocking(motion::run).await??;
         out.extend(m);
+    }
+    if !opts.skip_watermark {
+        let w = tokio::task::spawn_blocking(watermark::run).await??;
+        out.extend(w);
     }
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);
