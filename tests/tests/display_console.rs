@@ -272,12 +272,12 @@ async fn settle(v: &mut DisplayViewer) -> anyhow::Result<()> {
 /// `rgb` with `text` (the time filled in at `minute`) drawn as the proxy draws a watermark.
 fn watermarked(rgb: &[u8], w: u16, h: u16, mark: &Watermark, minute: i64) -> Vec<u8> {
     use atrium_display::framebuffer::Framebuffer;
-    use atrium_display::watermark::{Font, Mask, Spec, Style};
+    use atrium_display::watermark::{Font, Mask, Pattern, Spec, Style};
     let font = Font::load(std::path::Path::new(atrium_display::config::DEFAULT_WATERMARK_FONT))
         .expect("the watermark font (fonts-dejavu-core)");
     let style = Style { opacity: mark.opacity, size: mark.size, angle: mark.angle };
     let spec = Spec { lines: mark.text.split('\n').map(str::to_owned).collect(), style };
-    let mask = Mask::new(&font, &spec.lines_at(minute), style, w, h);
+    let mask = Mask::new(&Pattern::new(&font, &spec.lines_at(minute), style), w, h);
     let mut fb = Framebuffer::new(w, h);
     for (p, c) in fb.pixels_mut().iter_mut().zip(rgb.chunks_exact(3)) {
         *p = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);

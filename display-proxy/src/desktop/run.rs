@@ -20,7 +20,7 @@ use crate::pipeline::pool::EncodePool;
 use crate::pipeline::publish::{Published, publish};
 use crate::sound::SoundEncoder;
 use crate::source::{Buffered, FramebufferSource, PolledSource, SourceError, SourceEvent};
-use crate::watermark::{Layer, Spec};
+use crate::watermark::{Layer, Redrawn, Spec};
 
 /// Updates writing more than this many bytes of framebuffer (not bytes on the wire: a copy of
 /// the whole screen or a ZRLE fill is a few bytes) are decoded, compared and prepared on the
@@ -47,9 +47,24 @@ impl Stages {
     /// even if no pixel changed.
     fn compare(&mut self, events: &[SourceEvent]) -> Option<Arc<Published>> {
         let (fb, redrawn) = self.layer.apply(&self.fb, events, SystemTime::now());
-        let all = [SourceEvent::Damage(fb.bounds())];
-        let Some(frame) = self.capture.process(fb, if redrawn { &all } else { events }) else {
-            return redrawn.then(|| {
+        let more;
+        let events = match redrawn {
+            Redrawn::Nothing => events,
+            Redrawn::All => {
+                more = vec![SourceEvent::Damage(fb.bounds())];
+                &more[..]
+            }
+            Redrawn::Area(r) => {
+                // What the capture reads of the source's events: where pixels changed.
+                let pixels = events
+                    .iter()
+                    .filter(|e| matches!(e, SourceEvent::Damage(_) | SourceEvent::Resized { .. }));
+                more = pixels.cloned().chain([SourceEvent::Damage(r)]).collect::<Vec<_>>();
+                &more[..]
+            }
+        };
+        let Some(frame) = self.capture.process(fb, events) else {
+            return (redrawn == Redrawn::All).then(|| {
                 let mut p = Published::new(Arc::clone(self.capture.last()));
                 p.watermark = self.layer.drawn();
                 Arc::new(p)

@@ -7,8 +7,9 @@
 //! ticket, merged ([`Marks`]), so a shadowing administrator's name shows to the user watched
 //! too. [`Layer`] keeps a watermarked copy of the source's framebuffer, redrawn where the source
 //! reports damage, in full when the viewers' marks change and at every minute when the text
-//! shows the time. A viewer whose ticket asks for a watermark is sent only frames that carry
-//! its lines ([`Spec::carries`]).
+//! shows the time. A scroll moves the watermark with the content (found in the source's own
+//! pixels), so it still goes as a copy and not as the whole scrolled area again. A viewer whose
+//! ticket asks for a watermark is sent only frames that carry its lines ([`Spec::carries`]).
 
 pub mod render;
 
@@ -20,8 +21,9 @@ use atrium_protocol::ticket::{WATERMARK_TIME, Watermark};
 use tokio::sync::watch;
 
 use crate::framebuffer::Framebuffer;
+use crate::pipeline::capture::Capture;
 use crate::source::SourceEvent;
-pub use render::{Font, Mask, Style};
+pub use render::{Font, Mask, Pattern, Style};
 
 /// What a desktop draws: its viewers' lines (each once, in the order viewers came) in the
 /// style of the first.
@@ -149,8 +151,54 @@ impl Drop for MarkGuard {
 struct Drawn {
     spec: Arc<Spec>,
     minute: Option<i64>,
+    pattern: Pattern,
     mask: Mask,
     composite: Framebuffer,
+    /// Scrolls are found in the source's own pixels (in the composite the fixed watermark
+    /// would hide them), so the watermark can move with what scrolled.
+    source: Capture,
+}
+
+impl Drawn {
+    /// Follows the source after `events`: a scroll moves the watermark with it; whatever
+    /// changed is drawn again. The scrolled region, if there was a scroll (the rest of what
+    /// changed is where the source reported damage).
+    fn follow(&mut self, fb: &Framebuffer, events: &[SourceEvent]) -> Option<Rect> {
+        let frame = self.source.process(fb, events)?;
+        let mut uncovered = None;
+        let scrolled = frame.copy.map(|c| {
+            self.mask.scroll(c.rect, c.src_y, &self.pattern);
+            // What moved is what was drawn, moved; only the rows it uncovered are new.
+            self.composite.copy_within(c.rect, c.src_x, c.src_y);
+            let (top, bottom) = if c.src_y > c.rect.y {
+                (c.rect.y + c.rect.h, c.src_y + c.rect.h)
+            } else {
+                (c.src_y, c.rect.y)
+            };
+            uncovered = Some(Rect { x: c.rect.x, y: top, w: c.rect.w, h: bottom - top });
+            let top = c.rect.y.min(c.src_y);
+            let bottom = (c.rect.y + c.rect.h).max(c.src_y + c.rect.h);
+            Rect { x: c.rect.x, y: top, w: c.rect.w, h: bottom - top }
+        });
+        for r in uncovered.iter().chain(frame.delta.iter().map(|d| &d.bbox)) {
+            for y in r.y..r.y + r.h {
+                self.composite.span_mut(r.x, y, r.w).copy_from_slice(fb.span(r.x, y, r.w));
+            }
+            self.mask.blend(&mut self.composite, *r);
+        }
+        scrolled
+    }
+}
+
+/// What [`Layer::apply`] says beyond the framebuffer to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redrawn {
+    /// Only what the source reported changed.
+    Nothing,
+    /// This area changed too (the watermark moved with a scroll).
+    Area(Rect),
+    /// All of it (the watermark itself changed, came or went).
+    All,
 }
 
 /// The watermarked copy of a source's framebuffer, kept up to date.
@@ -182,17 +230,18 @@ impl Layer {
         Some(Duration::from_millis(u64::try_from(left).unwrap_or(60_000)))
     }
 
-    /// The framebuffer to compare after the source wrote `events` into `fb`, and whether all of
-    /// it must be compared (the watermark changed: its marks, its minute, the screen's size).
+    /// The framebuffer to compare after the source wrote `events` into `fb`, and what else
+    /// changed in it (the watermark: its marks, its minute, the screen's size, a scroll).
     pub fn apply<'a>(
         &'a mut self,
         fb: &'a Framebuffer,
         events: &[SourceEvent],
         now: SystemTime,
-    ) -> (&'a Framebuffer, bool) {
+    ) -> (&'a Framebuffer, Redrawn) {
         let want = self.marks.borrow_and_update().clone();
         let Some(want) = want else {
-            return (fb, self.drawn.take().is_some());
+            let gone = self.drawn.take().is_some();
+            return (fb, if gone { Redrawn::All } else { Redrawn::Nothing });
         };
         let minute = want.has_time().then(|| minute_of(now));
         let current = self.drawn.as_ref().is_some_and(|d| {
@@ -200,36 +249,23 @@ impl Layer {
                 && d.minute == minute
                 && (d.composite.width(), d.composite.height()) == (fb.width(), fb.height())
         });
-        let Some(font) = self.font.as_ref().filter(|_| !current) else {
-            let Some(d) = self.drawn.as_mut() else { return (fb, false) };
-            for e in events {
-                if let SourceEvent::Damage(r) = e
-                    && let Some(r) = clip(*r, fb)
-                {
-                    for y in r.y..r.y + r.h {
-                        d.composite.span_mut(r.x, y, r.w).copy_from_slice(fb.span(r.x, y, r.w));
-                    }
-                    d.mask.blend(&mut d.composite, r);
-                }
-            }
-            return (&self.drawn.as_ref().expect("drawn").composite, false);
+        if current {
+            let d = self.drawn.as_mut().expect("current");
+            let area = d.follow(fb, events);
+            return (&d.composite, area.map_or(Redrawn::Nothing, Redrawn::Area));
+        }
+        let Some(font) = self.font.as_ref() else {
+            return (fb, Redrawn::Nothing);
         };
         let lines = want.lines_at(minute.unwrap_or_else(|| minute_of(now)));
-        let mask = Mask::new(font, &lines, want.style, fb.width(), fb.height());
+        let pattern = Pattern::new(font, &lines, want.style);
+        let mask = Mask::new(&pattern, fb.width(), fb.height());
         let mut composite = fb.clone();
         mask.blend(&mut composite, fb.bounds());
-        let d = self.drawn.insert(Drawn { spec: want, minute, mask, composite });
-        (&d.composite, true)
+        let source = Capture::new(fb);
+        let d = self.drawn.insert(Drawn { spec: want, minute, pattern, mask, composite, source });
+        (&d.composite, Redrawn::All)
     }
-}
-
-/// `r` within `fb`'s bounds (`None` when nothing is left).
-fn clip(r: Rect, fb: &Framebuffer) -> Option<Rect> {
-    let x1 = (u32::from(r.x) + u32::from(r.w)).min(u32::from(fb.width()));
-    let y1 = (u32::from(r.y) + u32::from(r.h)).min(u32::from(fb.height()));
-    let w = u16::try_from(x1.checked_sub(u32::from(r.x))?).ok()?;
-    let h = u16::try_from(y1.checked_sub(u32::from(r.y))?).ok()?;
-    (w > 0 && h > 0).then_some(Rect { x: r.x, y: r.y, w, h })
 }
 
 #[cfg(test)]

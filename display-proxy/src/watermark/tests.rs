@@ -7,6 +7,7 @@ use atrium_protocol::ticket::Watermark;
 
 use super::render::ink;
 use super::*;
+use super::{Pattern, Redrawn};
 use crate::pipeline::capture::Capture;
 
 /// The font the proxy draws with by default (Debian's fonts-dejavu-core, which
@@ -82,7 +83,7 @@ fn viewers_marks_are_merged_and_leave_with_their_viewers() {
 fn the_text_is_tiled_over_the_whole_screen_at_its_strength() {
     let font = font();
     let lines = vec!["alice · 10.0.0.5".to_owned(), utc_minute(MINUTE)];
-    let mask = Mask::new(&font, &lines, STYLE, 640, 400);
+    let mask = Mask::new(&Pattern::new(&font, &lines, STYLE), 640, 400);
     let inked = mask.inked();
     let all = 640 * 400;
     assert!(inked > all / 50 && inked < all / 3, "{inked} of {all} pixels inked");
@@ -99,10 +100,10 @@ fn the_text_is_tiled_over_the_whole_screen_at_its_strength() {
     let max = max.max().unwrap();
     assert!((60..=77).contains(&max), "strongest pixel {max}");
     // Other text, other angle: another mask.
-    let other = Mask::new(&font, &lines, Style { angle: -20, ..STYLE }, 640, 400);
+    let other = Mask::new(&Pattern::new(&font, &lines, Style { angle: -20, ..STYLE }), 640, 400);
     assert_ne!(mask, other);
-    let bob = Mask::new(&font, &["bob".to_owned()], STYLE, 640, 400);
-    assert!(bob.inked() < inked / 2, "a shorter text inks less");
+    let bob = Mask::new(&Pattern::new(&font, &["bob".to_owned()], STYLE), 640, 400);
+    assert!(bob.inked() > 0 && bob != mask, "another text, another mask");
 }
 
 #[test]
@@ -112,36 +113,41 @@ fn the_layer_draws_where_the_source_changed_and_redraws_all_when_the_marks_or_mi
     let mut fb = screen(320, 200);
     let t0 = at_minute(MINUTE, 5);
     // No marks: the source's own pixels.
-    let (out, all) = layer.apply(&fb, &[], t0);
-    assert!(std::ptr::eq(out, &fb) && !all);
+    let (out, r) = layer.apply(&fb, &[], t0);
+    assert!(std::ptr::eq(out, &fb) && r == Redrawn::Nothing);
 
     let guard = marks.add(mark("alice\n{time}"));
-    let (out, all) = layer.apply(&fb, &[], t0);
-    assert!(all, "a new watermark: everything to compare");
+    let (out, r) = layer.apply(&fb, &[], t0);
+    assert_eq!(r, Redrawn::All, "a new watermark: everything to compare");
     let drawn = out.clone();
     assert_ne!(drawn.pixels(), fb.pixels());
     assert!(layer.drawn().is_some_and(|s| s.carries(&mark("alice\n{time}"))));
     assert_eq!(layer.next_change(t0), Some(Duration::from_secs(55)));
 
     // Nothing new, same minute: the same pixels, nothing to compare.
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE, 59));
-    assert!(!all);
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE, 59));
+    assert_eq!(r, Redrawn::Nothing);
     assert_eq!(out.pixels(), drawn.pixels());
 
     // The source draws a grey square: it is watermarked there too, the rest untouched.
     let square = Rect { x: 100, y: 50, w: 80, h: 60 };
     fb.fill(square, 0x0080_8080);
-    let (out, all) = layer.apply(&fb, &[SourceEvent::Damage(square)], at_minute(MINUTE, 59));
-    assert!(!all);
+    let (out, r) = layer.apply(&fb, &[SourceEvent::Damage(square)], at_minute(MINUTE, 59));
+    assert_eq!(r, Redrawn::Nothing, "no scroll: only where the source changed");
     let mut want = fb.clone();
-    let mask = Mask::new(&font(), &["alice".into(), utc_minute(MINUTE)], STYLE, 320, 200);
+    let pattern = Pattern::new(&font(), &["alice".into(), utc_minute(MINUTE)], STYLE);
+    let mask = Mask::new(&pattern, 320, 200);
     mask.blend(&mut want, fb.bounds());
     assert_eq!(out.pixels(), want.pixels(), "as if drawn over the whole new screen");
 
     // The next minute: all of it again, differing only where the time's text is.
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 0));
-    assert!(all);
-    let next = Mask::new(&font(), &["alice".into(), utc_minute(MINUTE + 1)], STYLE, 320, 200);
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 0));
+    assert_eq!(r, Redrawn::All);
+    let next = Mask::new(
+        &Pattern::new(&font(), &["alice".into(), utc_minute(MINUTE + 1)], STYLE),
+        320,
+        200,
+    );
     let mut want_next = fb.clone();
     next.blend(&mut want_next, fb.bounds());
     assert_eq!(out.pixels(), want_next.pixels());
@@ -150,8 +156,8 @@ fn the_layer_draws_where_the_source_changed_and_redraws_all_when_the_marks_or_mi
 
     // The last viewer with a watermark left: the source's own pixels, all to compare.
     drop(guard);
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 1));
-    assert!(std::ptr::eq(out, &fb) && all);
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 1));
+    assert!(std::ptr::eq(out, &fb) && r == Redrawn::All);
     assert!(layer.drawn().is_none());
 }
 
@@ -162,18 +168,18 @@ fn an_idle_watermarked_desktop_makes_no_frames_until_the_minute_changes() {
     let fb = screen(256, 128);
     let mut cap = Capture::new(&fb);
     let _g = marks.add(mark("alice · {time}"));
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE, 1));
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE, 1));
     let full = [SourceEvent::Damage(out.bounds())];
-    assert!(all);
+    assert_eq!(r, Redrawn::All);
     let first = cap.process(out, &full).expect("the watermark is a change");
     assert!(!first.delta.is_empty());
     for s in 2..60 {
-        let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE, s));
-        assert!(!all);
+        let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE, s));
+        assert_eq!(r, Redrawn::Nothing);
         assert!(cap.process(out, &[]).is_none(), "a frame at second {s}");
     }
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 0));
-    assert!(all);
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE + 1, 0));
+    assert_eq!(r, Redrawn::All);
     let f = cap.process(out, &[SourceEvent::Damage(out.bounds())]).expect("the clock moved");
     let tiles = f.delta.len();
     assert!(tiles < f.grid.len(), "only tiles under the time change: {tiles} of {}", f.grid.len());
@@ -185,8 +191,8 @@ fn without_a_font_nothing_is_drawn() {
     let mut layer = Layer::new(rx, None);
     let fb = screen(64, 64);
     let _g = marks.add(mark("alice"));
-    let (out, all) = layer.apply(&fb, &[], at_minute(MINUTE, 0));
-    assert!(std::ptr::eq(out, &fb) && !all);
+    let (out, r) = layer.apply(&fb, &[], at_minute(MINUTE, 0));
+    assert!(std::ptr::eq(out, &fb) && r == Redrawn::Nothing);
     assert!(layer.drawn().is_none(), "no frame claims to carry a watermark");
 }
 
@@ -202,7 +208,32 @@ fn damage_outside_the_screen_is_clipped() {
         SourceEvent::Damage(Rect { x: 200, y: 0, w: 10, h: 10 }),
         SourceEvent::Damage(Rect { x: u16::MAX, y: u16::MAX, w: u16::MAX, h: u16::MAX }),
     ];
-    let (out, all) = layer.apply(&fb, &odd, at_minute(MINUTE, 0));
-    assert!(!all);
+    let (out, _) = layer.apply(&fb, &odd, at_minute(MINUTE, 0));
     assert_eq!((out.width(), out.height()), (64, 64));
+}
+
+#[test]
+fn a_scrolled_watermark_continues_its_pattern_exactly() {
+    let pattern = Pattern::new(&font(), &["alice".into(), utc_minute(MINUTE)], STYLE);
+    let period = pattern.period();
+    let (w, h) = (320u16, u16::try_from(period * 3).unwrap());
+    let mut mask = Mask::new(&pattern, w, h);
+    // The whole screen scrolls up 16 rows, three times: the pattern, moved 48 rows.
+    for _ in 0..3 {
+        mask.scroll(Rect { x: 0, y: 0, w, h: h - 16 }, 16, &pattern);
+    }
+    for y in 0..h {
+        for x in 0..w {
+            let want = pattern.at(usize::from(x), usize::from(y) + 48);
+            assert_eq!(mask.at(x, y), want, "at {x},{y}");
+        }
+    }
+    // And down again.
+    for _ in 0..3 {
+        mask.scroll(Rect { x: 0, y: 16, w, h: h - 16 }, 0, &pattern);
+    }
+    assert_eq!(mask, Mask::new(&pattern, w, h));
+    // A source beyond the screen is ignored, not a panic.
+    mask.scroll(Rect { x: 0, y: 0, w, h }, 16, &pattern);
+    mask.scroll(Rect { x: 300, y: 0, w: 64, h: 10 }, 5, &pattern);
 }

@@ -18,7 +18,7 @@ use atrium_display::metrics::Metrics;
 use atrium_display::pipeline::capture::Capture;
 use atrium_display::pipeline::plan::{ViewerTiles, apply, plan_update};
 use atrium_display::source::{FramebufferSource, SourceEvent};
-use atrium_display::watermark::{Font, Layer, Marks};
+use atrium_display::watermark::{Font, Layer, Marks, Redrawn};
 use atrium_display_testkit::synthetic::{SyntheticConfig, SyntheticSource};
 
 const FRAMES: usize = 120;
@@ -29,14 +29,17 @@ struct Viewer {
     view: ViewerTiles,
     bytes: usize,
     frames: usize,
+    /// The bytes of the first frame (the whole screen).
+    first: usize,
 }
 
 impl Viewer {
     fn new(fb: &Framebuffer, metrics: &Metrics) -> Self {
         let capture = Capture::new(fb);
-        let mut v = Self { capture, view: ViewerTiles::new(), bytes: 0, frames: 0 };
+        let mut v = Self { capture, view: ViewerTiles::new(), bytes: 0, frames: 0, first: 0 };
         let first = Arc::clone(v.capture.last());
         v.send(&first, metrics);
+        v.first = v.bytes;
         v
     }
 
@@ -51,6 +54,15 @@ impl Viewer {
         if let Some(f) = self.capture.process(fb, events) {
             self.send(&f, metrics);
         }
+    }
+}
+
+/// The source's events with what the layer redrew, as the proxy's capture loop passes them.
+fn with_redrawn(events: &[SourceEvent], r: Redrawn, fb: &Framebuffer) -> Vec<SourceEvent> {
+    match r {
+        Redrawn::Nothing => events.to_vec(),
+        Redrawn::Area(a) => events.iter().cloned().chain([SourceEvent::Damage(a)]).collect(),
+        Redrawn::All => vec![SourceEvent::Damage(fb.bounds())],
     }
 }
 
@@ -80,10 +92,10 @@ fn workload(
         let events = src.next_update(&mut fb)?;
         plain.update(&fb, &events, metrics);
         let t = Instant::now();
-        let (drawn, all) = layer.apply(&fb, &events, now);
+        let (drawn, redrawn) = layer.apply(&fb, &events, now);
         layer_secs += t.elapsed().as_secs_f64();
-        let whole = [SourceEvent::Damage(drawn.bounds())];
-        marked.update(drawn, if all { &whole } else { &events }, metrics);
+        let more = with_redrawn(&events, redrawn, drawn);
+        marked.update(drawn, &more, metrics);
     }
     Ok((plain, marked, layer_secs * 1e3 / FRAMES as f64))
 }
@@ -127,15 +139,15 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
     let settled = idle.bytes;
     for s in 6..60 {
         let at = UNIX_EPOCH + Duration::from_secs(minute * 60 + s);
-        let (drawn, all) = layer.apply(&fb, &[], at);
-        let whole = [SourceEvent::Damage(drawn.bounds())];
-        idle.update(drawn, if all { &whole } else { &[] }, &metrics);
+        let (drawn, redrawn) = layer.apply(&fb, &[], at);
+        let more = with_redrawn(&[], redrawn, drawn);
+        idle.update(drawn, &more, &metrics);
     }
     let idle_frames = idle.frames - 1;
     let next = UNIX_EPOCH + Duration::from_secs((minute + 1) * 60);
-    let (drawn, all) = layer.apply(&fb, &[], next);
-    let whole = [SourceEvent::Damage(drawn.bounds())];
-    idle.update(drawn, if all { &whole } else { &[] }, &metrics);
+    let (drawn, redrawn) = layer.apply(&fb, &[], next);
+    let more = with_redrawn(&[], redrawn, drawn);
+    idle.update(drawn, &more, &metrics);
     let clock_bytes = idle.bytes - settled;
 
     let r = json!({
@@ -143,6 +155,9 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
         "watermark_text_bytes_ratio": round(ratio(text_marked.bytes, text_plain.bytes), 3),
         "watermark_photo_bytes_ratio": round(ratio(photo_marked.bytes, photo_plain.bytes), 3),
         "watermark_bytes": all_marked,
+        "watermark_text_bytes": [text_marked.bytes, text_plain.bytes],
+        "watermark_photo_bytes": [photo_marked.bytes, photo_plain.bytes],
+        "watermark_first_frame_bytes": [text_marked.first, text_plain.first],
         "watermark_peer_plain_bytes": all_plain,
         "watermark_frames": [text_marked.frames + photo_marked.frames, text_plain.frames + photo_plain.frames],
         "watermark_layer_ms_per_frame": round((text_ms + photo_ms) / 2.0, 3),
