@@ -571,6 +571,7 @@ async fn a_watermark_that_cannot_be_drawn_keeps_the_viewer_out() {
     let screen = SyntheticConfig { width: 320, height: 192, fps: 10, photo: false, ticks: None };
     let h = harness_with(screen, None, |c| c.watermark_font = "/nonexistent/font.ttf".into()).await;
     let mut claims = TicketIssuer::claims("vm-1", Capabilities::default(), 30);
+    claims.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
     claims.watermark = Some(atrium_protocol::ticket::Watermark {
         text: "alice\n{time}".into(),
         opacity: 20,

@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The `aud` of every display ticket.
+/// The `aud` of a display ticket without a watermark.
 pub const DISPLAY_AUDIENCE: &str = "atrium-display";
+/// The `aud` of a display ticket with a watermark: a display proxy that does not know
+/// watermarks refuses the ticket rather than show the desktop without one.
+pub const DISPLAY_AUDIENCE_WATERMARKED: &str = "atrium-display-watermarked";
 /// The `iss` of every token the broker signs.
 pub const ISSUER: &str = "atrium-broker";
 /// The longest lifetime a display ticket may have, in seconds.
@@ -37,7 +40,7 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayClaims {
     pub iss: String,
-    /// Always [`DISPLAY_AUDIENCE`].
+    /// [`DISPLAY_AUDIENCE`], or [`DISPLAY_AUDIENCE_WATERMARKED`] when `watermark` is set.
     pub aud: String,
     /// The directory username of the viewer.
     pub sub: String,
@@ -89,6 +92,9 @@ pub const WATERMARK_TIME: &str = "{time}";
 pub const WATERMARK_MAX_LINES: usize = 4;
 /// Characters a watermark's text may have in all.
 pub const WATERMARK_MAX_CHARS: usize = 200;
+/// Characters one line of a watermark may have (the text is drawn as one block; its size
+/// bounds the proxy's work).
+pub const WATERMARK_MAX_LINE_CHARS: usize = 100;
 
 impl Watermark {
     /// Whether a proxy can draw this: bounded text without control characters (other than the
@@ -100,6 +106,11 @@ impl Watermark {
         }
         if self.text.chars().count() > WATERMARK_MAX_CHARS {
             return Err(format!("watermark text is longer than {WATERMARK_MAX_CHARS} characters"));
+        }
+        if self.text.split('\n').any(|l| l.chars().count() > WATERMARK_MAX_LINE_CHARS) {
+            return Err(format!(
+                "a watermark line is longer than {WATERMARK_MAX_LINE_CHARS} characters"
+            ));
         }
         if self.text.chars().any(|c| c.is_control() && c != '\n') {
             return Err("watermark text has control characters".into());
@@ -133,7 +144,9 @@ mod tests {
             assert!(mark(bad).validate().is_err(), "{bad:?}");
         }
         assert!(mark(&"x".repeat(WATERMARK_MAX_CHARS + 1)).validate().is_err());
-        assert!(mark(&"é".repeat(WATERMARK_MAX_CHARS)).validate().is_ok(), "characters, not bytes");
+        assert!(mark(&"x".repeat(WATERMARK_MAX_LINE_CHARS + 1)).validate().is_err());
+        let two = format!("{}\n{}", "é".repeat(WATERMARK_MAX_LINE_CHARS), "é".repeat(99));
+        assert!(mark(&two).validate().is_ok(), "characters, not bytes");
         let ok = mark("a");
         for bad in [
             Watermark { opacity: 0, ..ok.clone() },

@@ -37,7 +37,7 @@ async fn verify_ticket(broker: &Broker, ticket: &str) -> Value {
     let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    v.set_audience(&["atrium-display"]);
+    v.set_audience(&["atrium-display", "atrium-display-watermarked"]);
     v.set_issuer(&["atrium-broker"]);
     jsonwebtoken::decode::<Value>(ticket, &key, &v).expect("a valid display ticket").claims
 }
@@ -770,10 +770,15 @@ when { resource is Atrium::Pool && resource.name == "finance" };
     let general = alice.post_json("/api/v1/pools/general/connect", json!({}), StatusCode::OK).await;
     let claims = verify_ticket(&broker, general["ticket"].as_str().unwrap()).await;
     assert!(claims.get("watermark").is_none(), "no watermark outside finance: {claims}");
+    assert_eq!(claims["aud"], "atrium-display");
 
     let finance = alice.post_json("/api/v1/pools/finance/connect", json!({}), StatusCode::OK).await;
     let claims = verify_ticket(&broker, finance["ticket"].as_str().unwrap()).await;
     let w = &claims["watermark"];
+    assert_eq!(
+        claims["aud"], "atrium-display-watermarked",
+        "a proxy that cannot draw it refuses it"
+    );
     assert_eq!(w["text"], "Alice Andersen (alice)\n127.0.0.1 · finance\n{time}", "{claims}");
     assert_eq!(
         (w["opacity"].as_u64(), w["size"].as_u64(), w["angle"].as_i64()),

@@ -310,6 +310,7 @@ async fn a_watermark_is_drawn_into_the_pixels_every_viewer_of_the_desktop_receiv
     let marked_ticket = || {
         let mut c = TicketIssuer::claims("bios", Capabilities::default(), 30);
         c.watermark = Some(mark.clone());
+        c.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
         issuer.sign(&c)
     };
     let mut plain = DisplayViewer::connect(

@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::VmSpec;
-use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISSUER, Watermark};
+use atrium_protocol::ticket::{
+    Capabilities, DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_WATERMARKED, DisplayClaims, ISSUER, Watermark,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -294,7 +296,8 @@ pub async fn mint_ticket(
     let now = jsonwebtoken::get_current_timestamp();
     let claims = DisplayClaims {
         iss: ISSUER.into(),
-        aud: DISPLAY_AUDIENCE.into(),
+        aud: if watermark.is_some() { DISPLAY_AUDIENCE_WATERMARKED } else { DISPLAY_AUDIENCE }
+            .into(),
         sub: username.to_owned(),
         iat: now,
         nbf: now.saturating_sub(1),

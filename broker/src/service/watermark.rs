@@ -2,7 +2,9 @@
 //! `[watermark]` template filled in with who looks and from where. The display proxy adds the
 //! time and draws it.
 
-use atrium_protocol::ticket::{WATERMARK_MAX_CHARS, Watermark};
+use atrium_protocol::ticket::{
+    WATERMARK_MAX_CHARS, WATERMARK_MAX_LINE_CHARS, WATERMARK_TIME, Watermark,
+};
 
 use crate::config::WatermarkSection;
 
@@ -27,44 +29,66 @@ pub fn render(cfg: &WatermarkSection, who: Watched<'_>, watcher: Option<&str>) -
             .take(64)
             .collect()
     };
-    let name = value(who.display_name.unwrap_or(who.username));
+    // user, name, client, pool: shortened (the longest first) until the text is within the
+    // ticket's bounds; the template's own text and `{time}` are never cut.
+    let mut values = [
+        value(who.username),
+        value(who.display_name.unwrap_or(who.username)),
+        value(who.client),
+        value(who.pool),
+    ];
+    let watcher = watcher.map(|a| format!("watched by {}", value(a)));
+    let text = loop {
+        let text = fill(&cfg.template, &values, watcher.as_deref());
+        let fits = text.chars().count() <= WATERMARK_MAX_CHARS
+            && text.split('\n').all(|l| l.chars().count() <= WATERMARK_MAX_LINE_CHARS);
+        let longest = values.iter_mut().max_by_key(|v| v.chars().count());
+        match longest {
+            Some(v) if !fits && !v.is_empty() => {
+                v.pop();
+            }
+            _ => break text,
+        }
+    };
+    let w = Watermark { text, opacity: cfg.opacity, size: cfg.size, angle: cfg.angle };
+    if w.validate().is_ok() {
+        return w;
+    }
+    // Values that leave nothing to show (a display name of spaces): the username and the time.
+    let user = if values[0].trim().is_empty() { "?".to_owned() } else { values[0].clone() };
+    let mut text = format!("{user}\n{WATERMARK_TIME}");
+    if let Some(line) = watcher {
+        text.push('\n');
+        text.push_str(&line);
+    }
+    Watermark { text, ..w }
+}
+
+/// The template with `values` (user, name, client, pool) in its placeholders, and the
+/// watcher's line after it.
+fn fill(template: &str, values: &[String; 4], watcher: Option<&str>) -> String {
     let mut text = String::new();
-    let mut rest = cfg.template.as_str();
+    let mut rest = template;
     while let Some(at) = rest.find('{') {
         text.push_str(&rest[..at]);
         let tail = &rest[at..];
         let (put, len) = match tail {
-            t if t.starts_with("{user}") => (value(who.username), 6),
-            t if t.starts_with("{name}") => (name.clone(), 6),
-            t if t.starts_with("{client}") => (value(who.client), 8),
-            t if t.starts_with("{pool}") => (value(who.pool), 6),
+            t if t.starts_with("{user}") => (values[0].as_str(), 6),
+            t if t.starts_with("{name}") => (values[1].as_str(), 6),
+            t if t.starts_with("{client}") => (values[2].as_str(), 8),
+            t if t.starts_with("{pool}") => (values[3].as_str(), 6),
             // `{time}` (the proxy's), and anything else validation let through, stay as written.
-            _ => ("{".to_owned(), 1),
+            _ => ("{", 1),
         };
-        text.push_str(&put);
+        text.push_str(put);
         rest = &tail[len..];
     }
     text.push_str(rest);
-    if let Some(admin) = watcher {
-        text.push_str("\nwatched by ");
-        text.push_str(&value(admin));
+    if let Some(line) = watcher {
+        text.push('\n');
+        text.push_str(line);
     }
-    // Within the ticket's bound, whatever the values' length (lines kept, the longest cut).
-    while text.chars().count() > WATERMARK_MAX_CHARS {
-        let longest = text.split('\n').map(|l| l.chars().count()).max().unwrap_or(0);
-        text = text
-            .split('\n')
-            .map(|l| {
-                if l.chars().count() == longest {
-                    l.chars().take(longest - 1).collect()
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<String>>()
-            .join("\n");
-    }
-    Watermark { text, opacity: cfg.opacity, size: cfg.size, angle: cfg.angle }
+    text
 }
 
 #[cfg(test)]
@@ -118,5 +142,27 @@ mod tests {
         assert_eq!(lines[2], "ptime");
         assert_eq!(lines[3], "watched by mallory watched by nobody");
         assert!(lines[0].len() <= 64);
+    }
+
+    #[test]
+    fn long_values_are_cut_and_the_time_never_is() {
+        let cfg = WatermarkSection {
+            template: "{name} <{user}> {client} {pool} {time}".into(),
+            ..WatermarkSection::default()
+        };
+        let long = "N".repeat(64);
+        let who = Watched {
+            username: &long,
+            display_name: Some(&long),
+            client: "2001:db8:1234:5678:9abc:def0:1234:5678",
+            pool: &long,
+        };
+        let w = render(&cfg, who, Some(&long));
+        assert_eq!(w.validate(), Ok(()), "{}", w.text);
+        assert!(w.text.split('\n').next().unwrap().ends_with(" {time}"), "{}", w.text);
+        // Nothing but braces and spaces: the username and the time.
+        let cfg = WatermarkSection { template: "{name}".into(), ..WatermarkSection::default() };
+        let who = Watched { username: "bob", display_name: Some("{} "), client: "", pool: "p" };
+        assert_eq!(render(&cfg, who, None).text, "bob\n{time}");
     }
 }

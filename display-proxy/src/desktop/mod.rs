@@ -221,8 +221,9 @@ impl Desktop {
         self.sound.as_ref().map(broadcast::Sender::subscribe)
     }
 
-    /// Draws `w` into this desktop's frames while the guard lives (see [`crate::watermark`]).
-    pub fn add_watermark(&self, w: Watermark) -> MarkGuard {
+    /// Draws `w` into this desktop's frames while the guard lives (see [`crate::watermark`]);
+    /// refused when the desktop's watermark would grow too large.
+    pub fn add_watermark(&self, w: Watermark) -> Result<MarkGuard, String> {
         self.marks.add(w)
     }
 

@@ -290,7 +290,10 @@ async fn poll_loop(
             }
             continue;
         };
-        let decoded = if work >= LARGE_UPDATE || len >= LARGE_UPDATE {
+        let heavy = work >= LARGE_UPDATE
+            || len >= LARGE_UPDATE
+            || pipe.layer.needs_redraw(SystemTime::now());
+        let decoded = if heavy {
             let (back, decoded) = pool
                 .run(move || {
                     let d = pipe.decode_and_compare(len);

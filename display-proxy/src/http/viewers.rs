@@ -71,6 +71,14 @@ async fn ws(
             return refuse(&s, Refused::from(&e));
         }
     };
+    // The viewer's watermark is drawn into the desktop's frames from now on.
+    let mark = match claims.watermark.clone().map(|w| slot.desktop().add_watermark(w)).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(vm, user = %claims.sub, error = %e, "display ticket refused");
+            return refuse(&s, Refused::new(StatusCode::SERVICE_UNAVAILABLE, e));
+        }
+    };
     tracing::info!(vm, user = %claims.sub, session = %claims.sid, shadow = claims.caps.shadow, "display ticket accepted");
     let ctx = Arc::clone(&s.0.viewer);
     let sessions = Arc::clone(&s.0.sessions);
@@ -80,7 +88,7 @@ async fn ws(
         .read_buffer_size(CLIENT_READ_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE + 1024)
         .max_frame_size(MAX_CLIENT_MESSAGE + 1024)
-        .on_upgrade(move |socket| viewer::serve(socket, slot, claims, ctx, sessions))
+        .on_upgrade(move |socket| viewer::serve(socket, slot, mark, claims, ctx, sessions))
 }
 
 /// Bytes read from a viewer's socket at a time.

@@ -30,6 +30,17 @@ async fn a_valid_ticket_is_accepted_once() {
     let c = v.verify(&t, "vm-1").await.unwrap();
     assert!(c.caps.view_only);
     assert_eq!(v.verify(&t, "vm-1").await, Err(TicketError::Replayed));
+    // A watermarked ticket, with its own audience.
+    let mut wm = claims("vm-1");
+    wm.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
+    wm.watermark = Some(atrium_protocol::ticket::Watermark {
+        text: "alice\n{time}".into(),
+        opacity: 12,
+        size: 20,
+        angle: 30,
+    });
+    let c = v.verify(&issuer.sign(&wm), "vm-1").await.unwrap();
+    assert_eq!(c.watermark.map(|w| w.text), Some("alice\n{time}".to_owned()));
 }
 
 #[tokio::test]
@@ -59,7 +70,20 @@ async fn bad_tickets_are_refused_with_their_reason() {
         size: 20,
         angle: 30,
     });
+    let w = atrium_protocol::ticket::Watermark {
+        text: "alice\n{time}".into(),
+        opacity: 12,
+        size: 20,
+        angle: 30,
+    };
+    let mut plain_aud = claims("vm-1");
+    plain_aud.watermark = Some(w);
+    let mut wm_aud = claims("vm-1");
+    wm_aud.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
+    let audience = TicketError::Claims("the audience does not match the watermark".into());
     let cases = [
+        (issuer.sign(&plain_aud), audience.clone()),
+        (issuer.sign(&wm_aud), audience),
         (issuer.sign(&expired), TicketError::Expired),
         (issuer.sign(&aud), TicketError::Audience),
         (issuer.sign(&iss), TicketError::Issuer),

@@ -25,6 +25,7 @@ pub use sessions::Sessions;
 use crate::desktop::ViewerSlot;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
+use crate::watermark::MarkGuard;
 use receive::receive;
 use send::Sender;
 
@@ -107,9 +108,12 @@ impl InputLog {
 }
 
 /// Runs a viewer until it or the desktop goes away.
+/// `mark`: the viewer's watermark on the desktop, already drawn into its frames (or about to
+/// be) when the ticket asks for one; the viewer is sent only frames that carry it.
 pub async fn serve(
     socket: WebSocket,
     slot: ViewerSlot,
+    mark: Option<MarkGuard>,
     claims: DisplayClaims,
     ctx: Arc<ViewerContext>,
     sessions: Arc<Sessions>,
@@ -118,8 +122,6 @@ pub async fn serve(
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid);
-    // Drawn into the desktop's frames before this viewer is sent any.
-    let mark = claims.watermark.clone().map(|w| slot.desktop().add_watermark(w));
     serve_inner(socket, slot, claims.caps, claims.watermark, ctx, entry.ending(), &span).await;
     drop(mark);
     drop(entry);

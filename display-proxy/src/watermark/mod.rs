@@ -72,6 +72,10 @@ fn minute_of(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs() / 60).unwrap_or(0))
 }
 
+/// Different lines a desktop's watermark may have in all (viewers from several addresses, a
+/// shadowing administrator's line): the text is drawn as one block, whose size bounds the work.
+pub const MAX_LINES: usize = 8;
+
 /// The watermarks a desktop's viewers ask for.
 #[derive(Debug)]
 pub struct Marks {
@@ -91,17 +95,29 @@ impl Marks {
         self.tx.subscribe()
     }
 
-    /// Adds a viewer's watermark while the guard lives.
-    pub fn add(self: &Arc<Self>, w: Watermark) -> MarkGuard {
+    /// Adds a viewer's watermark while the guard lives; refused when the desktop's watermark
+    /// would have more than [`MAX_LINES`] different lines.
+    pub fn add(self: &Arc<Self>, w: Watermark) -> Result<MarkGuard, String> {
         let id = {
             let mut e = self.entries.lock().expect("marks lock");
+            let mut lines: Vec<&str> = Vec::new();
+            for l in e.1.iter().flat_map(|(_, m)| m.text.split('\n')).chain(w.text.split('\n')) {
+                if !lines.contains(&l) {
+                    lines.push(l);
+                }
+            }
+            if lines.len() > MAX_LINES {
+                return Err(format!(
+                    "this desktop's watermark would have more than {MAX_LINES} different lines"
+                ));
+            }
             e.0 += 1;
             let id = e.0;
             e.1.push((id, w));
             self.publish(&e.1);
             id
         };
-        MarkGuard { marks: Arc::clone(self), id }
+        Ok(MarkGuard { marks: Arc::clone(self), id })
     }
 
     fn remove(&self, id: u64) {
@@ -221,6 +237,13 @@ impl Layer {
         self.drawn.as_ref().map(|d| Arc::clone(&d.spec))
     }
 
+    /// Whether the next [`Layer::apply`] draws the watermark afresh over the whole screen (its
+    /// marks or its minute changed): work for the encode pool rather than the async runtime.
+    pub fn needs_redraw(&self, now: SystemTime) -> bool {
+        self.marks.has_changed().unwrap_or(false)
+            || self.drawn.as_ref().is_some_and(|d| d.minute.is_some_and(|m| m != minute_of(now)))
+    }
+
     /// How long until the drawn text changes by itself (its time, at the next minute).
     pub fn next_change(&self, now: SystemTime) -> Option<Duration> {
         let d = self.drawn.as_ref()?;
@@ -259,7 +282,14 @@ impl Layer {
         };
         let lines = want.lines_at(minute.unwrap_or_else(|| minute_of(now)));
         let pattern = Pattern::new(font, &lines, want.style);
-        let mask = Mask::new(&pattern, fb.width(), fb.height());
+        // A pattern of the same shape on a screen of the same size (the next minute: the time's
+        // digits are all as wide) keeps where a scroll moved each part of the watermark, so
+        // only the digits change.
+        let kept = self.drawn.take().and_then(|mut d| {
+            let same_screen = (d.mask.width(), d.mask.height()) == (fb.width(), fb.height());
+            (same_screen && d.mask.repattern(&d.pattern, &pattern)).then_some(d.mask)
+        });
+        let mask = kept.unwrap_or_else(|| Mask::new(&pattern, fb.width(), fb.height()));
         let mut composite = fb.clone();
         mask.blend(&mut composite, fb.bounds());
         let source = Capture::new(fb);

@@ -123,31 +123,29 @@ impl Pattern {
         let row = to_len(((down + gap) / 2.0).ceil()).max(1);
         let period = row * 2;
         let strength = u32::from(style.opacity.clamp(1, 100));
+        let strong = u8::try_from((strength * 255 + 50) / 100).unwrap_or(255);
         let mut alpha = vec![0u8; cell * period];
-        for y in 0..period {
-            for x in 0..cell {
-                let (fx, fy) = (len_f32(x) + 0.5, len_f32(y) + 0.5);
-                let mut a = 0u8;
-                // The blocks whose rotated extent may reach this pixel: rows around it, and the
-                // cells around it in each (odd rows are shifted half a cell).
-                for j in -2i32..=3 {
-                    let shift = if j.rem_euclid(2) == 1 { len_f32(cell) / 2.0 } else { 0.0 };
-                    let cy = f32::from(i16::try_from(j).unwrap_or(0)) * len_f32(row);
-                    for i in -1i32..=2 {
-                        let cx = f32::from(i16::try_from(i).unwrap_or(0)) * len_f32(cell) + shift;
-                        let (dx, dy) = (fx - cx, fy - cy);
-                        // Screen (y down) to the block's own axes: text runs along (cos, -sin).
-                        let u = dx * cos - dy * sin + bw / 2.0;
-                        let v = dx * sin + dy * cos + bh / 2.0;
-                        a = a.max(sample(&b, u, v));
+        // One period holds two blocks: one centred at (0, 0), one at (cell / 2, row). Each is
+        // drawn over its rotated extent, wrapping around the period's edges (which is where
+        // the neighbouring copies' ink lands).
+        let (half_across, half_down) = (across / 2.0 + 1.0, down / 2.0 + 1.0);
+        for (cx, cy) in [(0.0, 0.0), (len_f32(cell / 2), len_f32(row))] {
+            let (x0, x1) = (floor_i64(cx - half_across), floor_i64(cx + half_across));
+            let (y0, y1) = (floor_i64(cy - half_down), floor_i64(cy + half_down));
+            for y in y0..=y1 {
+                let ty = wrap(y, period);
+                for x in x0..=x1 {
+                    #[allow(clippy::cast_precision_loss)]
+                    let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                    // Screen (y down) to the block's own axes: text runs along (cos, -sin).
+                    let u = dx * cos - dy * sin + bw / 2.0;
+                    let v = dx * sin + dy * cos + bh / 2.0;
+                    // Ink or none (glyph edges not smoothed): each colour under the watermark
+                    // gets one tint, which lossless encodings reward (bench-display: 1.40x the
+                    // plain screen's bytes, against 2.17x with smooth edges at the same density).
+                    if sample(&b, u, v) >= 128 {
+                        alpha[ty * cell + wrap(x, cell)] = strong;
                     }
-                }
-                // Ink or none (glyph edges not smoothed): each colour under the watermark gets
-                // one tint, which lossless encodings reward (bench-display: 1.40x the plain
-                // screen's bytes, against 2.17x with smooth edges at the same density).
-                if a >= 128 {
-                    let s = (strength * 255 + 50) / 100;
-                    alpha[y * cell + x] = u8::try_from(s.min(255)).unwrap_or(255);
                 }
             }
         }
@@ -161,16 +159,28 @@ impl Pattern {
 
     /// The strength at (x, y) of the screen, unscrolled.
     pub fn at(&self, x: usize, y: usize) -> u8 {
-        self.alpha[(y % self.period) * self.cell + x % self.cell]
+        self.alpha_of(self.index(x, y))
+    }
+
+    /// The place of (x, y) of the screen, unscrolled, in the pattern.
+    fn index(&self, x: usize, y: usize) -> u32 {
+        u32::try_from((y % self.period) * self.cell + x % self.cell).unwrap_or(0)
+    }
+
+    fn alpha_of(&self, i: u32) -> u8 {
+        self.alpha.get(usize::try_from(i).unwrap_or(usize::MAX)).copied().unwrap_or(0)
     }
 }
 
 /// A watermark's strength at every pixel of a screen (0: none, 255: full ink): the pattern,
-/// moved along with what scrolled.
+/// moved along with what scrolled. Each pixel keeps where in the pattern it is, so the same
+/// arrangement can take a new pattern of the same shape (the next minute's time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
     width: u16,
     height: u16,
+    /// Per pixel: its place in the pattern (row * cell + column).
+    index: Vec<u32>,
     alpha: Vec<u8>,
 }
 
@@ -178,13 +188,26 @@ impl Mask {
     /// `pattern` over a `width` x `height` screen.
     pub fn new(pattern: &Pattern, width: u16, height: u16) -> Self {
         let (w, h) = (usize::from(width), usize::from(height));
-        let mut alpha = vec![0u8; w * h];
+        let mut index = vec![0u32; w * h];
         for y in 0..h {
             for x in 0..w {
-                alpha[y * w + x] = pattern.at(x, y);
+                index[y * w + x] = pattern.index(x, y);
             }
         }
-        Self { width, height, alpha }
+        let alpha = index.iter().map(|i| pattern.alpha_of(*i)).collect();
+        Self { width, height, index, alpha }
+    }
+
+    /// Takes `pattern` where each pixel is, when it has the shape of the one the mask was made
+    /// with (false: it has not, nothing changed).
+    pub fn repattern(&mut self, old: &Pattern, pattern: &Pattern) -> bool {
+        if (old.cell, old.period) != (pattern.cell, pattern.period) {
+            return false;
+        }
+        for (a, i) in self.alpha.iter_mut().zip(&self.index) {
+            *a = pattern.alpha_of(*i);
+        }
+        true
     }
 
     pub fn width(&self) -> u16 {
@@ -212,8 +235,9 @@ impl Mask {
     pub fn scroll(&mut self, r: Rect, src_y: u16, pattern: &Pattern) {
         let w = usize::from(self.width);
         let (x0, x1) = (usize::from(r.x), usize::from(r.x) + usize::from(r.w));
-        let copy_row = |alpha: &mut Vec<u8>, to: usize, from: usize| {
-            alpha.copy_within(from * w + x0..from * w + x1, to * w + x0);
+        let copy_row = |m: &mut Self, to: usize, from: usize| {
+            m.alpha.copy_within(from * w + x0..from * w + x1, to * w + x0);
+            m.index.copy_within(from * w + x0..from * w + x1, to * w + x0);
         };
         let (dst, src, h) = (usize::from(r.y), usize::from(src_y), usize::from(r.h));
         let height = usize::from(self.height);
@@ -223,24 +247,24 @@ impl Mask {
         let period = pattern.period();
         if src > dst {
             for i in 0..h {
-                copy_row(&mut self.alpha, dst + i, src + i);
+                copy_row(self, dst + i, src + i);
             }
             // Uncovered at the bottom.
             for y in dst + h..src + h {
                 if y >= dst + period {
-                    copy_row(&mut self.alpha, y, y - period);
+                    copy_row(self, y, y - period);
                 } else {
                     self.fill_row(y, x0, x1, pattern);
                 }
             }
         } else if src < dst {
             for i in (0..h).rev() {
-                copy_row(&mut self.alpha, dst + i, src + i);
+                copy_row(self, dst + i, src + i);
             }
             // Uncovered at the top.
             for y in (src..dst).rev() {
                 if y + period < dst + h {
-                    copy_row(&mut self.alpha, y, y + period);
+                    copy_row(self, y, y + period);
                 } else {
                     self.fill_row(y, x0, x1, pattern);
                 }
@@ -251,7 +275,9 @@ impl Mask {
     fn fill_row(&mut self, y: usize, x0: usize, x1: usize, pattern: &Pattern) {
         let w = usize::from(self.width);
         for x in x0..x1 {
-            self.alpha[y * w + x] = pattern.at(x, y);
+            let i = pattern.index(x, y);
+            self.index[y * w + x] = i;
+            self.alpha[y * w + x] = pattern.alpha_of(i);
         }
     }
 
@@ -304,6 +330,18 @@ fn sample(b: &Block, u: f32, v: f32) -> u8 {
     let bottom = at(x0, y0 + 1.0) * (1.0 - tx) + at(x0 + 1.0, y0 + 1.0) * tx;
     let c = top * (1.0 - ty) + bottom * ty;
     to_u8(c)
+}
+
+/// `v` floored, as an integer (0 for anything not finite; the values here are a few thousand).
+#[allow(clippy::cast_possible_truncation)]
+fn floor_i64(v: f32) -> i64 {
+    if v.is_finite() { v.floor() as i64 } else { 0 }
+}
+
+/// `v` modulo `n` (n > 0), non-negative.
+fn wrap(v: i64, n: usize) -> usize {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    usize::try_from(v.rem_euclid(n)).unwrap_or(0)
 }
 
 #[allow(clippy::cast_precision_loss)]

@@ -228,6 +228,17 @@ fn a_scrolled_watermark_continues_its_pattern_exactly() {
             assert_eq!(mask.at(x, y), want, "at {x},{y}");
         }
     }
+    // The next minute's pattern has the same shape: the moved arrangement takes it.
+    let next = Pattern::new(&font(), &["alice".into(), utc_minute(MINUTE + 1)], STYLE);
+    let mut moved = mask.clone();
+    assert!(moved.repattern(&pattern, &next));
+    for y in 0..h {
+        for x in 0..w {
+            assert_eq!(moved.at(x, y), next.at(usize::from(x), usize::from(y) + 48));
+        }
+    }
+    let other = Pattern::new(&font(), &["alice and bob".into()], STYLE);
+    assert!(!moved.clone().repattern(&next, &other), "another shape");
     // And down again.
     for _ in 0..3 {
         mask.scroll(Rect { x: 0, y: 16, w, h: h - 16 }, 0, &pattern);

@@ -53,6 +53,10 @@ pub struct BenchOptions {
     /// Skip the watermark's cost (bytes with and without it on the same frames).
     #[arg(long)]
     pub skip_watermark: bool,
+    /// With --vs-novnc: Atrium's viewer's ticket asks for a watermark (the broker's default),
+    /// to compare the workload's bytes with a run without.
+    #[arg(long)]
+    pub watermark: bool,
     /// Measure, in headless Chromium, audio latency (a desktop's test tones to Atrium's viewer)
     /// and input-to-pixel on a moving desktop with video on and off (also done with
     /// --vs-novnc; needs Chromium and tests/browser/node_modules).
