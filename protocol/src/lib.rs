@@ -17,6 +17,7 @@
 //! it; the guest agent, which needs only [`agent`], does not.
 
 pub mod agent;
+pub mod calendar;
 #[cfg(feature = "services")]
 pub mod config;
 pub mod display;

@@ -54,16 +54,7 @@ impl Spec {
 /// `YYYY-MM-DD HH:MM UTC` for `minute` minutes since the Unix epoch.
 pub fn utc_minute(minute: i64) -> String {
     let (days, mins) = (minute.div_euclid(1440), minute.rem_euclid(1440));
-    // Civil date from days since 1970-01-01 (proleptic Gregorian; Howard Hinnant's method).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = atrium_protocol::calendar::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", mins / 60, mins % 60)
 }
 

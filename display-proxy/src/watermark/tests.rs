@@ -77,6 +77,15 @@ fn viewers_marks_are_merged_and_leave_with_their_viewers() {
     assert!(!spec.carries(&mark("watched by carol")));
     drop(alice);
     assert!(rx.borrow().is_none());
+    // At most MAX_LINES different lines: a viewer that would add more is refused, and the
+    // desktop's watermark stays as it was.
+    let four = marks.add(mark("a\nb\nc\nd")).expect("four lines");
+    let eight = marks.add(mark("e\nf\ng\nh")).expect("eight lines");
+    let again = marks.add(mark("a\nh")).expect("lines already there");
+    let before = rx.borrow().clone();
+    assert!(marks.add(mark("i")).is_err(), "a ninth line");
+    assert_eq!(*rx.borrow(), before);
+    drop((four, eight, again));
 }
 
 #[test]

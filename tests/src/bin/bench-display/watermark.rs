@@ -57,6 +57,11 @@ impl Viewer {
     }
 }
 
+/// The broker's default watermark, for a user at 10.0.0.5.
+fn default_mark() -> Watermark {
+    Watermark { text: "alice · 10.0.0.5\n{time}".into(), opacity: 15, size: 20, angle: 30 }
+}
+
 /// The source's events with what the layer redrew, as the proxy's capture loop passes them.
 fn with_redrawn(events: &[SourceEvent], r: Redrawn, fb: &Framebuffer) -> Vec<SourceEvent> {
     match r {
@@ -77,12 +82,7 @@ fn workload(
     let mut fb = Framebuffer::new(1920, 1080);
     src.next_update(&mut fb)?;
     let (marks, rx) = Marks::new();
-    let _mark = marks.add(Watermark {
-        text: "alice · 10.0.0.5\n{time}".into(),
-        opacity: 15,
-        size: 20,
-        angle: 30,
-    });
+    let _mark = marks.add(default_mark()).map_err(anyhow::Error::msg)?;
     let mut layer = Layer::new(rx, Some(Arc::clone(font)));
     let mut plain = Viewer::new(&fb, metrics);
     let (drawn, _) = layer.apply(&fb, &[], now);
@@ -127,12 +127,7 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
     let mut fb = Framebuffer::new(1920, 1080);
     src.next_update(&mut fb)?;
     let (marks, rx) = Marks::new();
-    let _mark = marks.add(Watermark {
-        text: "alice · 10.0.0.5\n{time}".into(),
-        opacity: 15,
-        size: 20,
-        angle: 30,
-    });
+    let _mark = marks.add(default_mark()).map_err(anyhow::Error::msg)?;
     let mut layer = Layer::new(rx, Some(Arc::clone(&font)));
     let (drawn, _) = layer.apply(&fb, &[], now);
     let mut idle = Viewer::new(drawn, &metrics);
