@@ -570,14 +570,13 @@ async fn a_proxy_with_video_off_offers_none_and_sends_none() {
 async fn a_watermark_that_cannot_be_drawn_keeps_the_viewer_out() {
     let screen = SyntheticConfig { width: 320, height: 192, fps: 10, photo: false, ticks: None };
     let h = harness_with(screen, None, |c| c.watermark_font = "/nonexistent/font.ttf".into()).await;
-    let mut claims = TicketIssuer::claims("vm-1", Capabilities::default(), 30);
-    claims.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
-    claims.watermark = Some(atrium_protocol::ticket::Watermark {
+    let mark = atrium_protocol::ticket::Watermark {
         text: "alice\n{time}".into(),
         opacity: 20,
         size: 16,
         angle: 30,
-    });
+    };
+    let claims = TicketIssuer::watermarked_claims("vm-1", Capabilities::default(), 30, mark);
     let e = h.connect("vm-1", &h.issuer.sign(&claims), Some(ORIGIN)).await.unwrap_err();
     assert_eq!(status(e), 503);
     let mut ws = h.viewer("vm-1", Capabilities::default()).await;

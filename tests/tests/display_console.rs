@@ -308,9 +308,7 @@ async fn a_watermark_is_drawn_into_the_pixels_every_viewer_of_the_desktop_receiv
     let mark =
         Watermark { text: "alice · 10.0.0.5\n{time}".into(), opacity: 40, size: 18, angle: 30 };
     let marked_ticket = || {
-        let mut c = TicketIssuer::claims("bios", Capabilities::default(), 30);
-        c.watermark = Some(mark.clone());
-        c.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
+        let c = TicketIssuer::watermarked_claims("bios", Capabilities::default(), 30, mark.clone());
         issuer.sign(&c)
     };
     let mut plain = DisplayViewer::connect(

@@ -31,14 +31,13 @@ async fn a_valid_ticket_is_accepted_once() {
     assert!(c.caps.view_only);
     assert_eq!(v.verify(&t, "vm-1").await, Err(TicketError::Replayed));
     // A watermarked ticket, with its own audience.
-    let mut wm = claims("vm-1");
-    wm.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
-    wm.watermark = Some(atrium_protocol::ticket::Watermark {
+    let mark = atrium_protocol::ticket::Watermark {
         text: "alice\n{time}".into(),
         opacity: 12,
         size: 20,
         angle: 30,
-    });
+    };
+    let wm = TicketIssuer::watermarked_claims("vm-1", Capabilities::default(), 30, mark);
     let c = v.verify(&issuer.sign(&wm), "vm-1").await.unwrap();
     assert_eq!(c.watermark.map(|w| w.text), Some("alice\n{time}".to_owned()));
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use atrium_protocol::ticket::{Capabilities, DISPLAY_AUDIENCE, DisplayClaims, ISSUER};
+use atrium_protocol::ticket::{
+    Capabilities, DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_WATERMARKED, DisplayClaims, ISSUER, Watermark,
+};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -77,6 +79,21 @@ impl TicketIssuer {
             caps,
             proxy: None,
             watermark: None,
+        }
+    }
+
+    /// Claims for `vm` like [`TicketIssuer::claims`], asking for watermark `w` (with the
+    /// audience a watermarked ticket has).
+    pub fn watermarked_claims(
+        vm: &str,
+        caps: Capabilities,
+        ttl: u64,
+        w: Watermark,
+    ) -> DisplayClaims {
+        DisplayClaims {
+            aud: DISPLAY_AUDIENCE_WATERMARKED.into(),
+            watermark: Some(w),
+            ..Self::claims(vm, caps, ttl)
         }
     }
 

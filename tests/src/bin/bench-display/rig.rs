@@ -347,17 +347,18 @@ impl Rig {
         let relay_n = Relay::start(ws_addr).await?;
 
         // 4. The pages.
-        let mut claims = TicketIssuer::claims(&vm.id, Capabilities::default(), 30);
-        if opts.watermark {
+        let claims = if opts.watermark {
             // The broker's default watermark, as policy would ask for it.
-            claims.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
-            claims.watermark = Some(atrium_protocol::ticket::Watermark {
+            let mark = atrium_protocol::ticket::Watermark {
                 text: "bench · 127.0.0.1\n{time}".into(),
                 opacity: 15,
                 size: 20,
                 angle: 30,
-            });
-        }
+            };
+            TicketIssuer::watermarked_claims(&vm.id, Capabilities::default(), 30, mark)
+        } else {
+            TicketIssuer::claims(&vm.id, Capabilities::default(), 30)
+        };
         let ticket = issuer.sign(&claims);
         let ws_url = format!("ws://{}/ws/{}?ticket={ticket}", relay_a.addr, vm.id);
         let atrium_page =
