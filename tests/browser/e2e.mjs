@@ -185,11 +185,15 @@ async function main() {
   await page.bringToFront();
   // The video's window took the focus: Ctrl+C goes to the terminal, clicked right of the video.
   const box = await canvas.boundingBox();
+  // The window manager gives the focus a moment after the click (keys typed before it went to
+  // the video), so she waits until the terminal's button in the task list shows the focus.
   await canvas.click({ position: { x: box.width * 0.55, y: box.height * 0.5 } });
+  await untilCanvasShows(page, 'terminal-focused', 'e2e-05-canvas-focused.png', 40, 'the terminal never took the focus');
   await page.keyboard.press('Control+C');
   await sleep(1000);
   await typeAsPerson(page, 'kill %1', 20);
   await page.keyboard.press('Enter');
+  await untilCanvasShows(page, 'one-window', 'e2e-05-canvas-stopped.png', 40, 'the video\'s window stayed open after Ctrl+C');
   await page.setViewportSize({ width: 1000, height: 700 });
   const resizedAt = Date.now();
   const want = await page.evaluate(() => {

@@ -21,6 +21,36 @@ pub struct Screen {
 /// The desktop image's panel colour (JWM's tray background, `desktop/jwmrc`).
 pub const PANEL: [u8; 3] = [0x1c, 0x27, 0x33];
 
+/// The task list's button of a window that has the focus, and of one that has not
+/// (`desktop/jwmrc`).
+pub const TASK_ACTIVE: [u8; 3] = [0x2d, 0x6c, 0xb0];
+pub const TASK_INACTIVE: [u8; 3] = [0x2a, 0x37, 0x46];
+
+/// The panel's height at the bottom of the screen (`desktop/jwmrc`).
+pub const PANEL_HEIGHT: u32 = 30;
+
+/// The task list's buttons along the panel's middle row, left to right: true for the window
+/// that has the focus. Windows are listed in the order they opened.
+pub fn tasks(s: &Screen) -> Vec<bool> {
+    let y = s.height.saturating_sub(PANEL_HEIGHT / 2);
+    let mut out = Vec::new();
+    let mut last = None;
+    for x in 0..s.width {
+        let here = match s.pixel(x, y) {
+            TASK_ACTIVE => Some(true),
+            TASK_INACTIVE => Some(false),
+            // Text and icons inside a button do not end it; the panel's own colour does.
+            PANEL => None,
+            _ => continue,
+        };
+        if here.is_some() && here != last {
+            out.push(here == Some(true));
+        }
+        last = here;
+    }
+    out
+}
+
 /// The desktop's panel: the band of rows mostly in the panel's colour, at the bottom of the
 /// screen. `(first row, last row + 1)`.
 pub fn panel_rows(s: &Screen) -> Option<(u32, u32)> {
@@ -268,6 +298,26 @@ mod tests {
         assert_eq!(find_cells(&grid[1], &[a, b]), Some(1));
         assert!(g.consistent(&[a, None, b], "x y"));
         assert!(!g.consistent(&[a, c, b], "x y"), "a space must be blank");
+    }
+
+    #[test]
+    fn task_buttons_are_read_left_to_right_with_the_focused_one() {
+        let (width, height) = (40u32, PANEL_HEIGHT);
+        let mut rgb = Vec::new();
+        for _ in 0..height {
+            for x in 0..width {
+                rgb.extend(match x {
+                    // A button's text does not split it; the panel between buttons does.
+                    5..=9 | 11..=12 => TASK_INACTIVE,
+                    10 => [0xff, 0xff, 0xff],
+                    14..=20 => TASK_ACTIVE,
+                    21..=25 => TASK_INACTIVE,
+                    _ => PANEL,
+                });
+            }
+        }
+        let s = Screen { width, height, rgb };
+        assert_eq!(tasks(&s), vec![false, true, false]);
     }
 
     /// A screen with a two-colour "font": each character is a 3x4 block with its own pattern.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use atrium_protocol::node::{DisplaySize, VmState};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
-use atrium_tests::screen::{Glyphs, PANEL, Screen, panel_rows, rows_showing};
+use atrium_tests::screen::{Glyphs, PANEL, Screen, panel_rows, rows_showing, tasks};
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip};
 use serde_json::json;
@@ -139,6 +139,10 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
                         )
                     })
                     .is_some(),
+                // The first window she opened (the terminal) has the focus: keys go to it.
+                Some("terminal-focused") => tasks(&screen).first() == Some(&true),
+                // Her terminal is the only window left, and has the focus.
+                Some("one-window") => tasks(&screen) == [true],
                 // The session's terminal: a large white window.
                 Some("terminal") => {
                     screen.count([0xff, 0xff, 0xff]) * 5
