@@ -441,6 +441,36 @@ impl ApiClient {
     }
 }
 
+/// Waits until `pool` has `n` ready spares (as its administrator `c` sees it).
+pub async fn wait_ready_spares(c: &ApiClient, pool: &str, n: u64) {
+    let path = format!("/api/v1/admin/pools/{pool}");
+    wait_for(&format!("{n} ready spares in {pool}"), Duration::from_secs(30), || async {
+        let p = c.get_json(&path, StatusCode::OK).await;
+        (p["counts"]["ready"].as_u64() == Some(n)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Verifies a display ticket against the broker's JWKS like the display proxy does; its
+/// claims.
+pub async fn verify_ticket(broker: &Broker, ticket: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(format!("{}/.well-known/jwks.json", broker.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let header = jsonwebtoken::decode_header(ticket).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["atrium-display", "atrium-display-watermarked", "atrium-display-recorded"]);
+    v.set_issuer(&["atrium-broker"]);
+    jsonwebtoken::decode::<Value>(ticket, &key, &v).expect("a valid display ticket").claims
+}
+
 /// A policies folder: the repository's schema and default policies, and `extra` (Cedar) as
 /// `<name>.cedar` beside them.
 pub fn policies_with(name: &str, extra: &str) -> TempDir {

@@ -6,41 +6,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
+use atrium_tests::broker::{Broker, BrokerOptions, pool_json, verify_ticket, wait_ready_spares};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::postgres::Postgres;
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn wait_ready_spares(c: &ApiClient, pool: &str, n: u64) {
-    let path = format!("/api/v1/admin/pools/{pool}");
-    wait_for(&format!("{n} ready spares in {pool}"), Duration::from_secs(30), || async {
-        let p = c.get_json(&path, StatusCode::OK).await;
-        (p["counts"]["ready"].as_u64() == Some(n)).then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-/// Verifies a display ticket against the broker's JWKS like the display proxy does.
-async fn verify_ticket(broker: &Broker, ticket: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        reqwest::get(format!("{}/.well-known/jwks.json", broker.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    let header = jsonwebtoken::decode_header(ticket).unwrap();
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    v.set_audience(&["atrium-display", "atrium-display-watermarked"]);
-    v.set_issuer(&["atrium-broker"]);
-    jsonwebtoken::decode::<Value>(ticket, &key, &v).expect("a valid display ticket").claims
-}
 
 #[tokio::test]
 async fn spares_reuse_tickets_and_floating_sign_out() {
