@@ -89,6 +89,30 @@ impl FromRequestParts<AppState> for AdminPerson {
     }
 }
 
+/// An administrator (a person, not an API token) whom policy also lets review session
+/// recordings (`review_recordings` on the broker): recordings show what users did and typed.
+#[derive(Debug, Clone)]
+pub struct Reviewer(pub AuthUser);
+
+impl FromRequestParts<AppState> for Reviewer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let AdminPerson(user) = AdminPerson::from_request_parts(parts, st).await?;
+        let ClientAddr(ip) = ClientAddr::from_request_parts(parts, st).await?;
+        let ctx = RequestContext { client_ip: ip, now_secs: now_ms() / 1000 };
+        if st.policies.is_allowed(
+            &user.principal(),
+            Action::ReviewRecordings,
+            Resource::Broker,
+            &ctx,
+        ) {
+            Ok(Self(user))
+        } else {
+            Err(ApiError::Forbidden("reviewing recordings is not permitted to you".into()))
+        }
+    }
+}
+
 /// A request made with an API token (a request extension put by [`session_layer`]). It is not
 /// an [`AuthUser`]: a token uses the admin API, never desktops.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ pub mod nodeclient;
 pub mod oidc;
 pub mod policy;
 pub mod reconcile;
+pub mod recordings;
 pub mod revalidate;
 pub mod secret;
 pub mod service;

@@ -43,6 +43,12 @@ pub enum Action {
     RequireMfa,
     /// Permitted: the desktop's frames carry a watermark naming the user.
     Watermark,
+    /// Permitted: the user's viewer stream is recorded.
+    Record,
+    /// Permitted (with `record`): the user's keys and pointer are recorded too.
+    RecordInput,
+    /// List and play session recordings.
+    ReviewRecordings,
 }
 
 impl Action {
@@ -58,6 +64,9 @@ impl Action {
             Self::Audio => "audio",
             Self::RequireMfa => "require_mfa",
             Self::Watermark => "watermark",
+            Self::Record => "record",
+            Self::RecordInput => "record_input",
+            Self::ReviewRecordings => "review_recordings",
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`sound`]: the desktop's sound (QEMU's VNC audio), encoded once with Opus for every
 //!   viewer that listens;
 //! - [`desktop`]: one source shared by all viewers of a desktop, kept running while watched;
+//! - [`recording`]: a viewer's stream recorded as sent, with key frames, on its way to the
+//!   broker through the node agent, when the ticket asks for it;
 //! - [`viewer`]: one WebSocket (sending with flow control, receiving under the ticket's
 //!   rights) and the desktop sessions the broker can end;
 //! - [`ticket`]: display tickets checked against the broker's JWKS;
@@ -33,6 +35,7 @@ pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod recording;
 pub mod sound;
 pub mod source;
 pub mod ticket;

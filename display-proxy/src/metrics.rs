@@ -25,6 +25,10 @@ pub struct Metrics {
     pub video_key_frames: AtomicU64,
     pub video_bytes: AtomicU64,
     pub video_encode_nanos: AtomicU64,
+    /// Bytes of session recordings handed on to leave the node (chunks, headers included).
+    pub recorded_bytes: AtomicU64,
+    pub recording_key_frames: AtomicU64,
+    pub recordings_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -110,6 +114,21 @@ impl Metrics {
             "atrium_display_video_bytes_total",
             "Bytes of VP8 frames sent to viewers.",
             get(&self.video_bytes),
+        );
+        counter(
+            "atrium_display_recorded_bytes_total",
+            "Bytes of session recordings sent on to the broker (chunks as stored).",
+            get(&self.recorded_bytes),
+        );
+        counter(
+            "atrium_display_recording_key_frames_total",
+            "Key frames (whole screens) added to session recordings.",
+            get(&self.recording_key_frames),
+        );
+        counter(
+            "atrium_display_recordings_failed_total",
+            "Recorded viewers ended because their recording could not be stored.",
+            get(&self.recordings_failed),
         );
         let video_secs = get(&self.video_encode_nanos) as f64 / 1e9;
         let _ = write!(

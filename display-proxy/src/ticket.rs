@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use atrium_protocol::signed;
 use atrium_protocol::ticket::{
-    DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_WATERMARKED, DisplayClaims, ISSUER, MAX_TICKET_TTL_SECS,
+    DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_RECORDED, DISPLAY_AUDIENCE_WATERMARKED, DisplayClaims,
+    ISSUER, MAX_TICKET_TTL_SECS,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -308,7 +309,11 @@ impl TicketVerifier {
         let key = self.key(&kid).await?;
 
         let mut v = Validation::new(Algorithm::EdDSA);
-        v.set_audience(&[DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_WATERMARKED]);
+        v.set_audience(&[
+            DISPLAY_AUDIENCE,
+            DISPLAY_AUDIENCE_WATERMARKED,
+            DISPLAY_AUDIENCE_RECORDED,
+        ]);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         v.validate_nbf = true;
@@ -343,10 +348,15 @@ impl TicketVerifier {
         if let Some(w) = &c.watermark {
             w.validate().map_err(TicketError::Claims)?;
         }
-        // A watermarked ticket names its own audience, which a proxy that cannot draw
-        // watermarks refuses; here the two must agree.
-        if (c.aud == DISPLAY_AUDIENCE_WATERMARKED) != c.watermark.is_some() {
-            return Err(TicketError::Claims("the audience does not match the watermark".into()));
+        if let Some(r) = &c.record {
+            r.validate().map_err(TicketError::Claims)?;
+        }
+        // A watermarked or recorded ticket names its own audience, which a proxy that cannot
+        // draw watermarks or record refuses; here they must agree.
+        if c.aud != DisplayClaims::audience(c.watermark.is_some(), c.record.is_some()) {
+            return Err(TicketError::Claims(
+                "the audience does not match the watermark or recording".into(),
+            ));
         }
         Ok(c)
     }

@@ -41,7 +41,7 @@ async fn proxy(jwks: &JwksServer) -> (SocketAddr, AppState) {
         DisplayConfig { broker_url: jwks.url(), encode_threads: 1, ..DisplayConfig::default() };
     let screen = SyntheticConfig { width: 160, height: 96, fps: 10, photo: false, ticks: None };
     let opener = Arc::new(SyntheticOpener::new(screen));
-    let state = AppState::with_opener(&cfg, opener as Arc<dyn SourceOpener>);
+    let state = AppState::with_opener(&cfg, opener as Arc<dyn SourceOpener>, None);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = proxy_router(state.clone());

@@ -55,7 +55,7 @@ async fn harness_with(
     };
     tune(&mut cfg);
     let opener = Arc::new(SyntheticOpener::new(screen));
-    let state = AppState::with_opener(&cfg, Arc::clone(&opener) as Arc<dyn SourceOpener>);
+    let state = AppState::with_opener(&cfg, Arc::clone(&opener) as Arc<dyn SourceOpener>, None);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     if let Some(size) = send_buffer {
         socket.set_send_buffer_size(size).unwrap();

@@ -92,7 +92,19 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         tracing::warn!("image refused: {e}");
     }
     tracing::info!(images = images.len(), dir = %node.images().root().display(), "images found");
-    let state = AppState::new(Arc::clone(&node), Arc::clone(&broker_keys));
+    let mut state = AppState::new(Arc::clone(&node), Arc::clone(&broker_keys));
+    if let Some(url) = &node.config().broker.url {
+        let b = &node.config().broker;
+        let uplink = api::Uplink::new(
+            url,
+            b.ca_file.as_deref(),
+            std::time::Duration::from_secs(b.timeout_secs),
+            Arc::clone(&key),
+            node.node_id(),
+        )
+        .map_err(|e| ServeError::Setup(format!("a client for the broker: {e}")))?;
+        state = state.with_uplink(Arc::new(uplink));
+    }
     let app = api::router(state.clone());
     let tls = match (&node.config().node.tls_cert, &node.config().node.tls_key) {
         (Some(cert), Some(key)) => Some(

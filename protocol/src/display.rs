@@ -56,6 +56,10 @@ pub mod caps {
     /// Moving areas may reach this viewer as VP8 video (it asks with
     /// [`super::ClientMessage::Video`] once its browser is known to decode it).
     pub const VIDEO: u32 = 128;
+    /// This viewer's stream is recorded (the viewer tells its user so).
+    pub const RECORDED: u32 = 256;
+    /// ... and so are its keys and pointer.
+    pub const RECORDED_INPUT: u32 = 512;
 }
 
 /// Largest VP8 frame the proxy sends (a key frame of a full 4K screen fits easily).

@@ -10,6 +10,8 @@
 //! - `config`: how every service reads its TOML file and environment overrides;
 //! - `secret`: credentials that never print, compared in constant time;
 //! - [`net`]: trusted proxy networks and the client address behind them;
+//! - [`recording`]: session recordings, as the display proxy writes them and the broker chains
+//!   and serves them;
 //! - `signed`: requests between services signed by who sent them (node keys, the broker's);
 //! - [`text`]: text from outside made safe to log and store.
 //!
@@ -25,6 +27,7 @@ pub mod keymap;
 pub mod net;
 #[cfg(feature = "services")]
 pub mod node;
+pub mod recording;
 #[cfg(feature = "services")]
 pub mod secret;
 #[cfg(feature = "services")]

@@ -8,6 +8,10 @@ pub const DISPLAY_AUDIENCE: &str = "atrium-display";
 /// The `aud` of a display ticket with a watermark: a display proxy that does not know
 /// watermarks refuses the ticket rather than show the desktop without one.
 pub const DISPLAY_AUDIENCE_WATERMARKED: &str = "atrium-display-watermarked";
+/// The `aud` of a display ticket whose viewer's stream is recorded (with or without a
+/// watermark): a display proxy that does not record refuses the ticket rather than show the
+/// desktop unrecorded.
+pub const DISPLAY_AUDIENCE_RECORDED: &str = "atrium-display-recorded";
 /// The `iss` of every token the broker signs.
 pub const ISSUER: &str = "atrium-broker";
 /// The longest lifetime a display ticket may have, in seconds.
@@ -40,7 +44,9 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayClaims {
     pub iss: String,
-    /// [`DISPLAY_AUDIENCE`], or [`DISPLAY_AUDIENCE_WATERMARKED`] when `watermark` is set.
+    /// [`DISPLAY_AUDIENCE_RECORDED`] when `record` is set, else
+    /// [`DISPLAY_AUDIENCE_WATERMARKED`] when `watermark` is set, else [`DISPLAY_AUDIENCE`]
+    /// ([`DisplayClaims::audience`]).
     pub aud: String,
     /// The directory username of the viewer.
     pub sub: String,
@@ -70,6 +76,43 @@ pub struct DisplayClaims {
     /// viewer's desktop sends, before encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<Watermark>,
+    /// When policy says so: this viewer's stream is recorded, as the recording the broker
+    /// opened for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
+}
+
+impl DisplayClaims {
+    /// The audience a ticket with these extras must have.
+    pub fn audience(watermark: bool, record: bool) -> &'static str {
+        match (watermark, record) {
+            (_, true) => DISPLAY_AUDIENCE_RECORDED,
+            (true, false) => DISPLAY_AUDIENCE_WATERMARKED,
+            (false, false) => DISPLAY_AUDIENCE,
+        }
+    }
+}
+
+/// A recording of one viewer's stream, opened by the broker when it minted the ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The recording's id (a UUID): the display proxy sends its chunks under it.
+    pub id: String,
+    /// The viewer's keys and pointer are recorded too.
+    #[serde(default)]
+    pub input: bool,
+}
+
+impl Record {
+    /// Whether the id can name a recording: 1-64 lowercase hex digits and dashes.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = (1..=64).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
+        if ok { Ok(()) } else { Err("bad recording id".into()) }
+    }
 }
 
 /// A watermark drawn into a desktop's pixels: its text (the broker has filled in who, from
@@ -134,6 +177,19 @@ mod tests {
 
     fn mark(text: &str) -> Watermark {
         Watermark { text: text.into(), opacity: 12, size: 20, angle: 30 }
+    }
+
+    #[test]
+    fn a_recording_id_is_short_lowercase_hex() {
+        let r = |id: &str| Record { id: id.into(), input: false };
+        assert!(r("5f0c9a1e-3b7d-4c2a-9e61-0d8f4b2a7c10").validate().is_ok());
+        for bad in ["", "../x", "ABC", "a b", &"a".repeat(65)] {
+            assert!(r(bad).validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(DisplayClaims::audience(false, false), DISPLAY_AUDIENCE);
+        assert_eq!(DisplayClaims::audience(true, false), DISPLAY_AUDIENCE_WATERMARKED);
+        assert_eq!(DisplayClaims::audience(true, true), DISPLAY_AUDIENCE_RECORDED);
+        assert_eq!(DisplayClaims::audience(false, true), DISPLAY_AUDIENCE_RECORDED);
     }
 
     #[test]

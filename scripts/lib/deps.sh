@@ -27,6 +27,8 @@ apt_wanted() {
   command -v ldapadd >/dev/null || missing+=(ldap-utils)
   if [ "$mode" = all ]; then
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    # A test moves a recording back in time in the broker's SQLite database.
+    command -v sqlite3 >/dev/null || missing+=(sqlite3)
     command -v websockify >/dev/null || missing+=(websockify)
     [ -f /usr/share/novnc/vnc.html ] || missing+=(novnc)
     [ -x /usr/lib/chromium/chromium ] || missing+=(chromium)

@@ -59,6 +59,9 @@ pub struct FakeNode {
     pub state: Arc<Mutex<FakeState>>,
     server: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Its key, and the broker's base URL: it can sign other calls as a node does.
+    key: Arc<NodeKey>,
+    broker: String,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -236,7 +239,8 @@ impl FakeNode {
         let base = broker_url.trim_end_matches('/').to_owned();
         let url = format!("{base}/api/v1/nodes/heartbeat");
         let node_id = id.to_owned();
-        let key = NodeKey::ephemeral();
+        let key = Arc::new(NodeKey::ephemeral());
+        let node_key = Arc::clone(&key);
         let http = reqwest::Client::new();
         let (vcpus_total, memory_mib_total) = {
             let s = state.lock().expect("lock");
@@ -317,7 +321,7 @@ impl FakeNode {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Ok(Self { id: id.to_owned(), addr, state, server, heartbeat })
+        Ok(Self { id: id.to_owned(), addr, state, server, heartbeat, key: node_key, broker: base })
     }
 
     /// Starts the stand-in on `broker`, enrolled with a token from `atrium-broker enrol-token`
@@ -340,6 +344,24 @@ impl FakeNode {
         let pool = crate::broker::pool_json("general", "floating", 0, 4);
         admin.post_json("/api/v1/admin/pools", pool, reqwest::StatusCode::CREATED).await;
         Ok(node)
+    }
+
+    /// `POST`s `body` to the broker's `path_and_query`, signed with this node's key (as the
+    /// node does with session recordings).
+    pub async fn post_signed(&self, path_and_query: &str, body: Vec<u8>) -> reqwest::Response {
+        let req = signed::Request { method: "POST", path_and_query, body: &body };
+        let token = self
+            .key
+            .sign(&self.id, signed::BROKER_AUDIENCE, &req, signed::now_secs())
+            .expect("signing");
+        reqwest::Client::new()
+            .post(format!("{}{path_and_query}", self.broker))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("the broker answers")
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {

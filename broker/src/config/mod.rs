@@ -15,12 +15,14 @@ use crate::secret::Secret;
 
 mod ldap;
 mod oidc;
+mod recordings;
 mod service;
 mod signin;
 mod watermark;
 
 pub use ldap::{GroupMode, LdapSection};
 pub use oidc::{OidcSection, OidcUsers, SUPPORTED_ALGORITHMS, check_url};
+pub use recordings::RecordingsSection;
 pub use service::{
     BrokerSection, DatabaseSection, NodesSection, PoliciesSection, TicketsSection, WebSection,
 };
@@ -44,6 +46,7 @@ pub struct Config {
     pub nodes: NodesSection,
     pub web: WebSection,
     pub watermark: WatermarkSection,
+    pub recordings: RecordingsSection,
 }
 
 /// The largest request head (request line and headers) a listener reads: cookies, a bearer
@@ -66,6 +69,7 @@ const SECTIONS: &[&str] = &[
     "nodes",
     "web",
     "watermark",
+    "recordings",
 ];
 
 /// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
@@ -121,6 +125,7 @@ impl Config {
         self.login.validate()?;
         self.mfa.validate()?;
         self.watermark.validate()?;
+        self.recordings.validate()?;
         Ok(())
     }
 
@@ -152,6 +157,11 @@ impl Config {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.sessions.keys_dir.clone().unwrap_or_else(|| self.broker.data_dir.join("keys"))
+    }
+
+    /// The folder that holds session recordings.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recordings.dir.clone().unwrap_or_else(|| self.broker.data_dir.join("recordings"))
     }
 
     /// Whether the directory is used: for password sign-in, or to find single sign-on users.

@@ -10,6 +10,7 @@ mod logins;
 mod mfa;
 mod nodes;
 mod pools;
+mod recordings;
 mod sessions;
 mod tokens;
 mod users;
@@ -23,6 +24,7 @@ pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use mfa::{MfaEnrolment, MfaState};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
+pub use recordings::{Chunk, Recording, RecordingFilter, RecordingState, Stored};
 pub use sessions::{DesktopSession, OpenSessionView};
 pub use tokens::{ApiToken, TokenScope};
 pub use users::{CachedUser, UserSummary};
@@ -108,6 +110,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "revalidation", include_str!("../../migrations/0008_revalidation.sql")),
     (9, "api tokens", include_str!("../../migrations/0009_api_tokens.sql")),
     (10, "mfa", include_str!("../../migrations/0010_mfa.sql")),
+    (11, "recordings", include_str!("../../migrations/0011_recordings.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

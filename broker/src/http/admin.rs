@@ -371,7 +371,7 @@ async fn shadow_session(
             service::render_watermark(&st.cfg.watermark, watched, Some(&admin.username))
         });
     let (ws_url, ticket) =
-        service::mint_ticket(&st, &d, &admin.username, &s.id, caps, watermark).await?;
+        service::mint_ticket(&st, &d, &admin.username, &s.id, caps, watermark, None).await?;
     service::audit(
         &st,
         &admin.username,

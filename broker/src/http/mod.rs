@@ -13,6 +13,7 @@ mod mfa;
 mod nodes;
 mod oidc;
 mod pools;
+mod recordings;
 mod tokens;
 mod users;
 mod web;
@@ -37,6 +38,7 @@ pub struct InternalListener;
         (name = "auth", description = "Sign-in and sign-out"),
         (name = "desktops", description = "A user's pools and desktops"),
         (name = "admin", description = "Administration (policy action `administer`)"),
+        (name = "recordings", description = "Session recordings (an administrator signed in as a person, with policy action `review_recordings`)"),
         (name = "nodes", description = "Node agents (enrolment, then requests signed by each node's key)"),
         (name = "meta", description = "Health, metrics, keys, this document")
     )
@@ -97,6 +99,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(enrolments::router())
         .merge(admin::router())
         .merge(audit::router())
+        .merge(recordings::router())
         .merge(users::router())
         .merge(tokens::router())
         .merge(nodes::router())

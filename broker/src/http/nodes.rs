@@ -19,7 +19,60 @@ use crate::service;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(heartbeat)).routes(routes!(enrol_node))
+    OpenApiRouter::new()
+        .routes(routes!(heartbeat))
+        .routes(routes!(enrol_node))
+        .routes(routes!(recording_chunk))
+        .routes(routes!(recording_end))
+}
+
+/// Whether a recording chunk is the last one.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct ChunkQuery {
+    /// The viewer left: this chunk ends the recording.
+    #[serde(default)]
+    last: bool,
+}
+
+/// Store chunk `n` of a session recording (the recording format of the protocol crate), sent
+/// by the display proxy of the node whose VM is recorded, through that node, signed by its
+/// key. Chunks come in order; a retry of one already stored is accepted again.
+#[utoipa::path(post, path = "/api/v1/nodes/recordings/{id}/chunks/{n}", tag = "nodes", params(("id" = String, Path), ("n" = u64, Path), ChunkQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "Stored"), (status = 400, description = "Not a well-formed chunk", body = ErrorResponse),
+        (status = 401, description = "Not signed by an enrolled node", body = ErrorResponse),
+        (status = 403, description = "Another node's recording", body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "Not the next chunk, or the recording has ended", body = ErrorResponse)))]
+async fn recording_chunk(
+    State(st): State<AppState>,
+    axum::extract::Path((id, n)): axum::extract::Path<(String, u64)>,
+    axum::extract::Query(q): axum::extract::Query<ChunkQuery>,
+    signed: SignedByNode,
+) -> ApiResult<axum::http::StatusCode> {
+    validate_recording_id(&id)?;
+    crate::recordings::accept_chunk(&st, &signed.node.node_id, &id, n, q.last, &signed.body)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// End a session recording whose viewer left with nothing more to send.
+#[utoipa::path(post, path = "/api/v1/nodes/recordings/{id}/end", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 204, description = "Ended (or it had ended)"), (status = 401, body = ErrorResponse),
+        (status = 403, description = "Another node's recording", body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn recording_end(
+    State(st): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    signed: SignedByNode,
+) -> ApiResult<axum::http::StatusCode> {
+    validate_recording_id(&id)?;
+    crate::recordings::end(&st, &signed.node.node_id, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+fn validate_recording_id(id: &str) -> ApiResult<()> {
+    atrium_protocol::ticket::Record { id: id.to_owned(), input: false }
+        .validate()
+        .map_err(|m| ApiError::Validation { field: "id".into(), message: m })
 }
 
 /// Largest heartbeat read (100,000 VMs of a few dozen bytes each fit).

@@ -4,9 +4,7 @@ use std::net::IpAddr;
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::VmSpec;
-use atrium_protocol::ticket::{
-    Capabilities, DISPLAY_AUDIENCE, DISPLAY_AUDIENCE_WATERMARKED, DisplayClaims, ISSUER, Watermark,
-};
+use atrium_protocol::ticket::{Capabilities, DisplayClaims, ISSUER, Record, Watermark};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -231,8 +229,10 @@ pub async fn connect(
                     };
                     render_watermark(&st.cfg.watermark, watched, None)
                 });
+            let record = open_recording(st, &pool, &desktop, who, &session.id).await?;
             let (ws_url, ticket) =
-                mint_ticket(st, &desktop, who.username, &session.id, caps, watermark).await?;
+                mint_ticket(st, &desktop, who.username, &session.id, caps, watermark, record)
+                    .await?;
             resp.status = "ready".into();
             resp.ws_url = Some(ws_url);
             resp.ticket = Some(ticket);
@@ -245,6 +245,36 @@ pub async fn connect(
         }
     }
     Ok(resp)
+}
+
+/// Opens a recording of this connection when policy records the user in this pool (with their
+/// input when policy says so too).
+async fn open_recording(
+    st: &AppState,
+    pool: &Pool,
+    desktop: &Desktop,
+    who: &Connecting<'_>,
+    session_id: &str,
+) -> ApiResult<Option<Record>> {
+    let principal = Principal { username: who.username, groups: who.groups };
+    let ctx = policy_ctx(who.addr);
+    if !st.policies.is_allowed(&principal, Action::Record, pool_resource(pool), &ctx) {
+        return Ok(None);
+    }
+    let input = st.policies.is_allowed(&principal, Action::RecordInput, pool_resource(pool), &ctx);
+    let id =
+        crate::recordings::open(st, desktop, who.username, session_id, &pool.name, input).await?;
+    audit(
+        st,
+        who.username,
+        "recording.start",
+        &id,
+        "success",
+        who.addr,
+        serde_json::json!({ "desktop": desktop.id, "pool": pool.name, "input": input }),
+    )
+    .await;
+    Ok(Some(Record { id, input }))
 }
 
 /// Tells the guest agent who signed in, once per assignment.
@@ -284,6 +314,7 @@ pub async fn mint_ticket(
     session_id: &str,
     caps: Capabilities,
     watermark: Option<Watermark>,
+    record: Option<Record>,
 ) -> ApiResult<(String, String)> {
     let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id) else {
         return Err(ApiError::unavailable("the desktop has no VM yet"));
@@ -296,8 +327,7 @@ pub async fn mint_ticket(
     let now = jsonwebtoken::get_current_timestamp();
     let claims = DisplayClaims {
         iss: ISSUER.into(),
-        aud: if watermark.is_some() { DISPLAY_AUDIENCE_WATERMARKED } else { DISPLAY_AUDIENCE }
-            .into(),
+        aud: DisplayClaims::audience(watermark.is_some(), record.is_some()).into(),
         sub: username.to_owned(),
         iat: now,
         nbf: now.saturating_sub(1),
@@ -310,6 +340,7 @@ pub async fn mint_ticket(
         caps,
         proxy: Some(node.display_url.trim_end_matches('/').to_owned()),
         watermark,
+        record,
     };
     let ticket =
         st.keys.sign(&claims).map_err(|e| ApiError::internal("signing a display ticket", e))?;

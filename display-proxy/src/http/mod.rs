@@ -17,6 +17,7 @@ use crate::config::DisplayConfig;
 use crate::desktop::Desktops;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
+use crate::recording::Sink;
 use crate::source::node::NodeClient;
 use crate::source::open::{NodeOpener, SourceOpener};
 use crate::ticket::{TicketVerifier, VerifierConfig};
@@ -38,6 +39,8 @@ struct Inner {
     sessions: Arc<Sessions>,
     /// The audience of the broker's signed calls here: this node.
     node_audience: String,
+    /// Where recorded viewers' streams go (the node agent); none: recorded tickets are refused.
+    recordings: Option<Arc<dyn Sink>>,
     door: Arc<Door>,
 }
 
@@ -51,19 +54,25 @@ impl AppState {
             (Some(cert), Some(key)) => Some(atrium_door::tls::TlsFiles::load(cert, key)?),
             _ => None,
         };
-        Ok(Self::build(cfg, Arc::new(NodeOpener { node, keep_refresh }), tls))
+        let sink: Arc<dyn Sink> = Arc::new(node.clone());
+        Ok(Self::build(cfg, Arc::new(NodeOpener { node, keep_refresh }), tls, Some(sink)))
     }
 
     /// The service with another way to open displays (benchmarks and tests use a synthetic
-    /// desktop), without TLS.
-    pub fn with_opener(cfg: &DisplayConfig, opener: Arc<dyn SourceOpener>) -> Self {
-        Self::build(cfg, opener, None)
+    /// desktop), without TLS, and optionally another place for recordings.
+    pub fn with_opener(
+        cfg: &DisplayConfig,
+        opener: Arc<dyn SourceOpener>,
+        recordings: Option<Arc<dyn Sink>>,
+    ) -> Self {
+        Self::build(cfg, opener, None, recordings)
     }
 
     fn build(
         cfg: &DisplayConfig,
         opener: Arc<dyn SourceOpener>,
         tls: Option<atrium_door::tls::TlsFiles>,
+        recordings: Option<Arc<dyn Sink>>,
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let mut vcfg = VerifierConfig::new(&cfg.broker_url);
@@ -104,6 +113,7 @@ impl AppState {
                 cfg.node_id.as_deref().unwrap_or_default(),
             ),
             door: Arc::new(Door::new(cfg.door_limits(), tls)),
+            recordings,
         }))
     }
 

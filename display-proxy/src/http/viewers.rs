@@ -15,6 +15,7 @@ use axum::routing::get;
 use super::AppState;
 use crate::auth::{WsQuery, check_origin, check_vm};
 use crate::error::Refused;
+use crate::recording::Recorder;
 use crate::source::open::OpenError;
 use crate::viewer;
 
@@ -64,6 +65,21 @@ async fn ws(
             ),
         );
     }
+    // Policy wants this viewer's stream recorded, and there is nowhere to record it.
+    let sink = match (&claims.record, &s.0.recordings) {
+        (None, _) => None,
+        (Some(_), Some(sink)) => Some(Arc::clone(sink)),
+        (Some(_), None) => {
+            tracing::warn!(vm, user = %claims.sub, "display ticket refused: it asks for a recording and this proxy has nowhere to send one");
+            return refuse(
+                &s,
+                Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this session must be recorded and the display service cannot record it",
+                ),
+            );
+        }
+    };
     let slot = match s.0.desktops.join(&vm).await {
         Ok(slot) => slot,
         Err(e) => {
@@ -80,6 +96,11 @@ async fn ws(
         }
     };
     tracing::info!(vm, user = %claims.sub, session = %claims.sid, shadow = claims.caps.shadow, "display ticket accepted");
+    let recorder = claims
+        .record
+        .clone()
+        .zip(sink)
+        .map(|(record, sink)| Recorder::new(record, &vm, sink, Arc::clone(&s.0.metrics)));
     let ctx = Arc::clone(&s.0.viewer);
     let sessions = Arc::clone(&s.0.sessions);
     upgrade
@@ -88,7 +109,9 @@ async fn ws(
         .read_buffer_size(CLIENT_READ_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE + 1024)
         .max_frame_size(MAX_CLIENT_MESSAGE + 1024)
-        .on_upgrade(move |socket| viewer::serve(socket, slot, mark, claims, ctx, sessions))
+        .on_upgrade(move |socket| {
+            viewer::serve(socket, slot, mark, recorder, claims, ctx, sessions)
+        })
 }
 
 /// Bytes read from a viewer's socket at a time.

@@ -103,4 +103,40 @@ impl NodeClient {
             .await?;
         Ok(Self::check(vm, resp).await?.json::<ScreenSize>().await?.size)
     }
+
+    /// `POST /api/v1/vms/{id}/recordings/{rec}/chunks/{n}`: a recording's chunk, which the
+    /// node signs on to the broker.
+    pub async fn recording_chunk(
+        &self,
+        vm: &str,
+        rec: &str,
+        n: u64,
+        last: bool,
+        chunk: axum::body::Bytes,
+    ) -> Result<(), NodeError> {
+        let url =
+            format!("{}?last={last}", self.url(vm, &format!("/recordings/{rec}/chunks/{n}"))?);
+        let resp = self
+            .http
+            .post(url)
+            .timeout(Duration::from_secs(60))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(chunk)
+            .send()
+            .await?;
+        Self::check(vm, resp).await?;
+        Ok(())
+    }
+
+    /// `POST /api/v1/vms/{id}/recordings/{rec}/end`: a recording ends with no more chunks.
+    pub async fn recording_end(&self, vm: &str, rec: &str) -> Result<(), NodeError> {
+        let resp = self
+            .http
+            .post(self.url(vm, &format!("/recordings/{rec}/end"))?)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await?;
+        Self::check(vm, resp).await?;
+        Ok(())
+    }
 }

@@ -40,6 +40,12 @@ async fn a_valid_ticket_is_accepted_once() {
     let wm = TicketIssuer::watermarked_claims("vm-1", Capabilities::default(), 30, mark);
     let c = v.verify(&issuer.sign(&wm), "vm-1").await.unwrap();
     assert_eq!(c.watermark.map(|w| w.text), Some("alice\n{time}".to_owned()));
+    // A recorded one, with its own audience too.
+    let mut rec = claims("vm-1");
+    rec.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_RECORDED.into();
+    rec.record = Some(atrium_protocol::ticket::Record { id: "5f0c-9a1e".into(), input: true });
+    let c = v.verify(&issuer.sign(&rec), "vm-1").await.unwrap();
+    assert_eq!(c.record.map(|r| (r.id, r.input)), Some(("5f0c-9a1e".to_owned(), true)));
 }
 
 #[tokio::test]
@@ -79,10 +85,21 @@ async fn bad_tickets_are_refused_with_their_reason() {
     plain_aud.watermark = Some(w);
     let mut wm_aud = claims("vm-1");
     wm_aud.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_WATERMARKED.into();
-    let audience = TicketError::Claims("the audience does not match the watermark".into());
+    let rec = atrium_protocol::ticket::Record { id: "0f3e".into(), input: false };
+    let mut unrecorded = claims("vm-1");
+    unrecorded.record = Some(rec);
+    let mut rec_aud = claims("vm-1");
+    rec_aud.aud = atrium_protocol::ticket::DISPLAY_AUDIENCE_RECORDED.into();
+    let mut bad_rec = rec_aud.clone();
+    bad_rec.record = Some(atrium_protocol::ticket::Record { id: "../../etc".into(), input: false });
+    let audience =
+        TicketError::Claims("the audience does not match the watermark or recording".into());
     let cases = [
         (issuer.sign(&plain_aud), audience.clone()),
-        (issuer.sign(&wm_aud), audience),
+        (issuer.sign(&wm_aud), audience.clone()),
+        (issuer.sign(&unrecorded), audience.clone()),
+        (issuer.sign(&rec_aud), audience),
+        (issuer.sign(&bad_rec), TicketError::Claims("bad recording id".into())),
         (issuer.sign(&expired), TicketError::Expired),
         (issuer.sign(&aud), TicketError::Audience),
         (issuer.sign(&iss), TicketError::Issuer),

@@ -25,8 +25,9 @@ pub use sessions::Sessions;
 use crate::desktop::ViewerSlot;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
+use crate::recording::Recorder;
 use crate::watermark::MarkGuard;
-use receive::receive;
+use receive::{Receiving, receive};
 use send::Sender;
 
 /// How long a close message may take to go out to a client.
@@ -79,6 +80,8 @@ enum Event {
     Sound(bool),
     /// The viewer decodes video (true) or wants still images only.
     Video(bool),
+    /// A key or pointer message to record (input recording is on).
+    Input(axum::body::Bytes),
     /// Close with this code and reason.
     Close(u16, String),
     /// The client went away.
@@ -110,10 +113,12 @@ impl InputLog {
 /// Runs a viewer until it or the desktop goes away.
 /// `mark`: the viewer's watermark on the desktop, already drawn into its frames (or about to
 /// be) when the ticket asks for one; the viewer is sent only frames that carry it.
+/// `recorder`: the viewer's stream is recorded there, as its ticket asks.
 pub async fn serve(
     socket: WebSocket,
     slot: ViewerSlot,
     mark: Option<MarkGuard>,
+    recorder: Option<Recorder>,
     claims: DisplayClaims,
     ctx: Arc<ViewerContext>,
     sessions: Arc<Sessions>,
@@ -122,39 +127,56 @@ pub async fn serve(
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid);
-    serve_inner(socket, slot, claims.caps, claims.watermark, ctx, entry.ending(), &span).await;
+    let extras = Extras { watermark: claims.watermark, recorder };
+    serve_inner(socket, slot, claims.caps, extras, ctx, entry.ending(), &span).await;
     drop(mark);
     drop(entry);
+}
+
+/// What a ticket adds to a viewer beyond its rights.
+struct Extras {
+    watermark: Option<Watermark>,
+    recorder: Option<Recorder>,
 }
 
 async fn serve_inner(
     socket: WebSocket,
     slot: ViewerSlot,
     rights: Capabilities,
-    watermark: Option<Watermark>,
+    extras: Extras,
     ctx: Arc<ViewerContext>,
     ended: Arc<Ending>,
     span: &tracing::Span,
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(), viewers = desktop.viewers(), "viewer connected");
+    let Extras { watermark, recorder } = extras;
+    let record_input = recorder.as_ref().is_some_and(Recorder::records_input);
+    tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(),
+        recording = recorder.as_ref().map(Recorder::id), viewers = desktop.viewers(), "viewer connected");
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(64);
     let inputs = Arc::new(Mutex::new(InputLog::default()));
     let receiver = tokio::spawn(receive(
         stream,
         tx,
-        Arc::clone(&desktop),
-        rights,
-        Arc::clone(&inputs),
-        Arc::clone(&ctx.metrics),
-        Arc::clone(&ended),
+        Receiving {
+            desktop: Arc::clone(&desktop),
+            rights,
+            inputs: Arc::clone(&inputs),
+            metrics: Arc::clone(&ctx.metrics),
+            ending: Arc::clone(&ended),
+            record_input,
+        },
     ));
     let mut sender =
         Sender::new(sink, Arc::clone(&ctx), Arc::clone(&desktop), rights, inputs, ended, watermark);
+    sender.recorder = recorder;
     let why = sender.run(rx).await;
     receiver.abort();
+    if let Some(r) = sender.recorder.take() {
+        r.finish();
+    }
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(parent: span, reason = %why, "viewer disconnected");
     drop(slot);

@@ -57,15 +57,23 @@ fn close_for(e: &DecodeError) -> (u16, String) {
     (code, format!("bad message: {e}"))
 }
 
+/// What the receiving task works with.
+pub(super) struct Receiving {
+    pub desktop: Arc<Desktop>,
+    pub rights: Capabilities,
+    pub inputs: Arc<Mutex<InputLog>>,
+    pub metrics: Arc<Metrics>,
+    pub ending: Arc<Ending>,
+    /// Keys and pointer go to the sending loop's recording too.
+    pub record_input: bool,
+}
+
 pub(super) async fn receive(
     mut stream: SplitStream<WebSocket>,
     tx: mpsc::Sender<Event>,
-    desktop: Arc<Desktop>,
-    rights: Capabilities,
-    inputs: Arc<Mutex<InputLog>>,
-    metrics: Arc<Metrics>,
-    ending: Arc<Ending>,
+    r: Receiving,
 ) {
+    let Receiving { desktop, rights, inputs, metrics, ending, record_input } = r;
     let mut held = Held { desktop: Arc::clone(&desktop), keys: HashSet::new(), buttons: None };
     loop {
         let msg = match stream.next().await {
@@ -114,6 +122,13 @@ pub(super) async fn receive(
         // sending side is still stuck on a client that does not read.
         if ending.is_ended() {
             let _ = tx.send(Event::Gone).await;
+            return;
+        }
+        // Recorded input: what reached the desktop, as the viewer sent it.
+        let record = record_input
+            && !rights.view_only
+            && matches!(m, ClientMessage::Key { .. } | ClientMessage::Pointer { .. });
+        if record && tx.send(Event::Input(data.clone())).await.is_err() {
             return;
         }
         let ev = match m {

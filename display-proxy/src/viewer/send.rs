@@ -22,9 +22,10 @@ use crate::metrics::Metrics;
 use crate::pipeline::encode::encode_plan;
 use crate::pipeline::frame::Frame;
 use crate::pipeline::plan::{
-    Plan, ViewerTiles, apply, next_refine, plan_refine, plan_update_except,
+    Plan, ViewerTiles, apply, next_refine, plan_refine, plan_update, plan_update_except,
 };
 use crate::pipeline::publish::Published;
+use crate::recording::{FailureWatch, Recorder};
 use crate::video::{Decision, Video, mark_lossy};
 
 struct InFlight {
@@ -49,6 +50,8 @@ pub(super) struct Sender {
     video: Option<Video>,
     /// The watermark this viewer's ticket asks for: only frames that carry it are sent.
     watermark: Option<Watermark>,
+    /// Where this viewer's stream is recorded, when its ticket asks.
+    pub(super) recorder: Option<Recorder>,
 }
 
 impl Sender {
@@ -74,6 +77,7 @@ impl Sender {
             next_id: 1,
             bandwidth: None,
             video: None,
+            recorder: None,
         }
     }
 
@@ -104,6 +108,9 @@ impl Sender {
     async fn send(&mut self, bytes: Bytes) -> Result<usize, axum::Error> {
         let n = bytes.len();
         let limit = self.ctx.ack_timeout;
+        if let Some(r) = &mut self.recorder {
+            r.message(&bytes);
+        }
         tokio::time::timeout(limit, self.sink.feed(Message::Binary(bytes)))
             .await
             .map_err(|_| axum::Error::new("the client stopped reading"))??;
@@ -135,7 +142,12 @@ impl Sender {
             // Sound is offered where the ticket allows it and the desktop has some.
             caps: caps_bits(&self.rights)
                 & if self.desktop.has_sound() { u32::MAX } else { !caps::AUDIO }
-                | if self.ctx.video_max_fps > 0 { caps::VIDEO } else { 0 },
+                | if self.ctx.video_max_fps > 0 { caps::VIDEO } else { 0 }
+                | match &self.recorder {
+                    Some(r) if r.records_input() => caps::RECORDED | caps::RECORDED_INPUT,
+                    Some(_) => caps::RECORDED,
+                    None => 0,
+                },
             max_frames_in_flight: self.ctx.max_in_flight,
             name: self.desktop.name.clone(),
         };
@@ -170,6 +182,11 @@ impl Sender {
         let ack_timer = tokio::time::sleep_until(far.into());
         tokio::pin!(ack_timer);
         let (mut refine_armed, mut ack_armed) = (None::<Instant>, None::<Instant>);
+        // The recording's open chunk leaves when due; a recording that fails ends the viewer.
+        let chunk_timer = tokio::time::sleep_until(far.into());
+        tokio::pin!(chunk_timer);
+        let mut chunk_armed = None::<Instant>;
+        let failure = self.recorder.as_ref().map(Recorder::failure_watch);
         // The desktop's sound, while the viewer asks for it (and its ticket allows).
         let mut sound: Option<broadcast::Receiver<Bytes>> = None;
         loop {
@@ -222,11 +239,23 @@ impl Sender {
                 }
                 ack_armed = ack_deadline;
             }
+            let chunk_due = self.recorder.as_ref().and_then(Recorder::due_at);
+            if chunk_due != chunk_armed {
+                if let Some(t) = chunk_due {
+                    chunk_timer.as_mut().reset(t.into());
+                }
+                chunk_armed = chunk_due;
+            }
             tokio::select! {
                 biased;
                 () = &mut ended => {
                     self.close(close_code::NORMAL, "the session ended").await;
                     return "the broker ended the session".into();
+                }
+                why = wait_failure(failure.as_ref()), if failure.is_some() => {
+                    Metrics::add(&self.ctx.metrics.recordings_failed, 1);
+                    self.close(close_code::ERROR, "this session must be recorded, and its recording cannot be stored").await;
+                    return format!("the recording failed: {why}");
                 }
                 ev = rx.recv() => match ev {
                     Some(Event::Ack(id)) => {
@@ -254,6 +283,11 @@ impl Sender {
                             self.video = None;
                         } else if self.video.is_none() {
                             self.video = Some(Video::new(fps, self.desktop.video_slots()));
+                        }
+                    }
+                    Some(Event::Input(m)) => {
+                        if let Some(r) = &mut self.recorder {
+                            r.input(&m);
                         }
                     }
                     Some(Event::Sound(on)) => {
@@ -305,6 +339,12 @@ impl Sender {
                     Err(broadcast::error::RecvError::Closed) => sound = None,
                 },
                 () = &mut refine_timer, if refine_armed.is_some() => refine_armed = None,
+                () = &mut chunk_timer, if chunk_armed.is_some() => {
+                    chunk_armed = None;
+                    if let Some(r) = &mut self.recorder {
+                        r.tick(Instant::now());
+                    }
+                }
                 () = &mut ack_timer, if ack_armed.is_some() => {
                     self.close(close_code::POLICY, "no frame acknowledgement").await;
                     return "no frame acknowledgement".into();
@@ -342,6 +382,7 @@ impl Sender {
         refine: bool,
     ) -> Result<bool, axum::Error> {
         let now = Instant::now();
+        let first = self.view.sent_seq == 0;
         let frame = Arc::clone(&published.frame);
         let decision = match &mut self.video {
             Some(v) if !refine => v.decide(&frame, &self.view, now),
@@ -436,7 +477,41 @@ impl Sender {
         }
         Metrics::add(&self.ctx.metrics.frames_sent, 1);
         Metrics::add(&self.ctx.metrics.bytes_sent, u64::try_from(bytes).unwrap_or(u64::MAX));
+        if let Some(r) = &mut self.recorder {
+            if first {
+                r.first_frame(bytes);
+            } else if r.key_due() {
+                self.record_key(published).await?;
+            }
+        }
         Ok(true)
+    }
+
+    /// Adds a key frame to the recording: the whole of `published` (the frame the viewer was
+    /// just sent), lossless, from nothing, with the pointer's shape.
+    async fn record_key(&mut self, published: Arc<Published>) -> Result<(), axum::Error> {
+        let metrics = Arc::clone(&self.ctx.metrics);
+        let mut messages = self
+            .ctx
+            .pool
+            .run(move || {
+                let frame = &published.frame;
+                let plan = plan_update(frame, &ViewerTiles::new(), None);
+                let (width, height) = (frame.grid.width, frame.grid.height);
+                let mut out: Vec<Arc<[u8]>> =
+                    vec![Arc::from(ServerMessage::Resize { width, height }.encode())];
+                out.extend(encode_plan(frame, &published.encodings, &plan, &metrics));
+                out
+            })
+            .await
+            .map_err(|_| axum::Error::new("the encode pool stopped"))?;
+        if let Some(c) = self.desktop.cursor().borrow().clone() {
+            messages.push(c);
+        }
+        if let Some(r) = &mut self.recorder {
+            r.key(&messages);
+        }
+        Ok(())
     }
 }
 
@@ -498,6 +573,14 @@ fn is_small(frame: &Frame, view: &ViewerTiles) -> bool {
     is_next(frame, view)
         && frame.delta.iter().map(|d| u32::from(d.bbox.w) * u32::from(d.bbox.h)).sum::<u32>()
             <= INLINE_PIXELS
+}
+
+/// The recording's failure, once there is a recording (the branch is disabled otherwise).
+async fn wait_failure(watch: Option<&FailureWatch>) -> String {
+    match watch {
+        Some(w) => w.failed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next sound message, once `sound` is set (the branch is disabled otherwise).

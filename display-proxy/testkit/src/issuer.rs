@@ -79,6 +79,7 @@ impl TicketIssuer {
             caps,
             proxy: None,
             watermark: None,
+            record: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(String),
     Timeout(String),
     Internal(String),
+    /// The broker could not be reached, or failed: the caller may try again.
+    BadGateway(String),
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -84,7 +87,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest { message, field } | Self::NotFound { message, field } => {
                 ErrorBody { error: message, field }
             }
-            Self::Conflict(m) | Self::Timeout(m) | Self::Internal(m) => {
+            Self::Conflict(m) | Self::Timeout(m) | Self::Internal(m) | Self::BadGateway(m) => {
                 ErrorBody { error: m, field: None }
             }
         };

@@ -1,14 +1,15 @@
 //! The node API (axum). Over TCP, `/api/v1/...` is for the broker alone: every call must be a
 //! request the broker signed for this node ([`auth`]). On the node's local socket, the display
-//! proxy beside it reads a VM's display endpoint and its clipboard and sets its screen's size,
-//! and nothing else; the socket's file permissions say who that is. `/healthz` and `/metrics`
-//! need nothing. One module per resource, each with its own router, merged here.
+//! proxy beside it reads a VM's display endpoint and its clipboard, sets its screen's size and
+//! hands over session recordings for the broker, and nothing else; the socket's file
+//! permissions say who that is. `/healthz` and `/metrics` need nothing. One module per resource, each with its own router, merged here.
 
 pub mod auth;
 mod capacity;
 pub mod error;
 mod health;
 mod json;
+mod recordings;
 mod vms;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use axum::Router;
 
 pub use self::auth::BrokerKeys;
 pub use self::error::ApiError;
+pub use self::recordings::Uplink;
 use crate::vm::VmManager;
 
 #[derive(Clone, Debug)]
@@ -25,11 +27,20 @@ pub struct AppState {
     /// The broker's public keys: what signed calls are checked with.
     pub keys: Arc<BrokerKeys>,
     spent: Arc<auth::Spent>,
+    /// Where recordings go (the broker), when the node has one.
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl AppState {
     pub fn new(node: Arc<VmManager>, keys: Arc<BrokerKeys>) -> Self {
-        Self { node, keys, spent: Arc::default() }
+        Self { node, keys, spent: Arc::default(), uplink: None }
+    }
+
+    /// Sends session recordings to the broker through `uplink`.
+    #[must_use]
+    pub fn with_uplink(mut self, uplink: Arc<Uplink>) -> Self {
+        self.uplink = Some(uplink);
+        self
     }
 }
 
@@ -47,10 +58,11 @@ pub fn router(state: AppState) -> Router {
     Router::new().merge(health::router()).nest("/api/v1", api).with_state(state)
 }
 
-/// The local socket's API, for the display proxy on this host: a VM's display endpoint and
-/// its clipboard. Whoever may open the socket may call these.
+/// The local socket's API, for the display proxy on this host: a VM's display endpoint, its
+/// clipboard and screen size, and recordings on their way to the broker. Whoever may open the
+/// socket may call these.
 pub fn local_router(state: AppState) -> Router {
-    let api = vms::display_router().fallback(|| async { not_found() });
+    let api = vms::display_router().merge(recordings::router()).fallback(|| async { not_found() });
     Router::new().nest("/api/v1", api).fallback(|| async { not_found() }).with_state(state)
 }
 

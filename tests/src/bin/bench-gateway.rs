@@ -415,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
     let issuer = TicketIssuer::generate("bench");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
     let cfg = DisplayConfig { broker_url: jwks.url(), ..DisplayConfig::default() };
-    let state = AppState::with_opener(&cfg, Arc::new(BenchOpener));
+    let state = AppState::with_opener(&cfg, Arc::new(BenchOpener), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?;
     let app = router(state);

@@ -46,7 +46,7 @@ pub async fn run(secs: u64) -> anyhow::Result<Map<String, Value>> {
     };
     let synth = SyntheticConfig { width: 1920, height: 1080, fps: FPS, photo: false, ticks: None };
     let opener = Arc::new(SyntheticOpener::new(synth));
-    let state = AppState::with_opener(&cfg, opener as Arc<dyn SourceOpener>);
+    let state = AppState::with_opener(&cfg, opener as Arc<dyn SourceOpener>, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

@@ -59,7 +59,7 @@ impl Served {
             node_id: Some("node-1".into()),
             ..DisplayConfig::default()
         };
-        let state = AppState::with_opener(&cfg, opener);
+        let state = AppState::with_opener(&cfg, opener, None);
         let metrics = Arc::clone(state.metrics());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
