@@ -283,7 +283,8 @@ impl Drop for BareQemu {
 /// A viewer speaking the display protocol, keeping the image it is sent.
 #[derive(Debug)]
 pub struct DisplayViewer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// None: a player of recorded messages, with no connection.
+    ws: Option<WebSocketStream<MaybeTlsStream<TcpStream>>>,
     pub width: u16,
     pub height: u16,
     pub caps: u32,
@@ -297,6 +298,8 @@ pub struct DisplayViewer {
     seq: u32,
     /// Pause between key events: a guest under TCG drains its keyboard queue slowly.
     pub key_delay: Duration,
+    /// When set, every message a recording keeps, as received.
+    pub kept: Option<Vec<Vec<u8>>>,
 }
 
 impl DisplayViewer {
@@ -314,7 +317,7 @@ impl DisplayViewer {
         };
         let rgb = vec![0; usize::from(width) * usize::from(height) * 3];
         Ok(Self {
-            ws,
+            ws: Some(ws),
             width,
             height,
             caps,
@@ -325,7 +328,58 @@ impl DisplayViewer {
             images: HashMap::new(),
             seq: 0,
             key_delay: Duration::from_millis(30),
+            kept: None,
         })
+    }
+
+    /// A viewer with no connection, to play recorded messages into ([`DisplayViewer::apply`]).
+    pub fn player() -> Self {
+        Self {
+            ws: None,
+            width: 0,
+            height: 0,
+            caps: 0,
+            max_size: None,
+            rgb: Vec::new(),
+            frames: 0,
+            bytes: 0,
+            images: HashMap::new(),
+            seq: 0,
+            key_delay: Duration::ZERO,
+            kept: None,
+        }
+    }
+
+    fn ws(&mut self) -> anyhow::Result<&mut WebSocketStream<MaybeTlsStream<TcpStream>>> {
+        self.ws.as_mut().context("a player has no connection")
+    }
+
+    /// Draws one server message; the frame number when it ends a frame.
+    pub fn apply(&mut self, data: &[u8]) -> anyhow::Result<Option<u32>> {
+        if let Some(kept) = &mut self.kept
+            && atrium_display::recording::is_recorded(data)
+        {
+            kept.push(data.to_vec());
+        }
+        match ServerMessage::decode(data)? {
+            ServerMessage::Resize { width, height } => {
+                self.width = width;
+                self.height = height;
+                self.rgb = vec![0; usize::from(width) * usize::from(height) * 3];
+            }
+            ServerMessage::Resizable { max_width, max_height } => {
+                self.max_size = Some((max_width, max_height));
+            }
+            ServerMessage::Fill { rect, rgba } => self.fill(rect, [rgba[0], rgba[1], rgba[2]])?,
+            ServerMessage::Image { rect, format, data } => self.image(rect, format, &data)?,
+            ServerMessage::Copy { rect, src_x, src_y } => self.copy(rect, src_x, src_y)?,
+            ServerMessage::FrameEnd { frame, .. } => {
+                self.frames += 1;
+                return Ok(Some(frame));
+            }
+            _ => {}
+        }
+        Ok(None)
     }
 
     /// The image as a [`Screen`], to read text from.
@@ -354,7 +408,7 @@ impl DisplayViewer {
     pub async fn pump(&mut self, wait: Duration) -> anyhow::Result<bool> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.ws()?.next()).await else {
                 return Ok(false);
             };
             let msg = next.context("the display connection closed")??;
@@ -364,26 +418,9 @@ impl DisplayViewer {
                 _ => continue,
             };
             self.bytes += data.len();
-            match ServerMessage::decode(&data)? {
-                ServerMessage::Resize { width, height } => {
-                    self.width = width;
-                    self.height = height;
-                    self.rgb = vec![0; usize::from(width) * usize::from(height) * 3];
-                }
-                ServerMessage::Resizable { max_width, max_height } => {
-                    self.max_size = Some((max_width, max_height));
-                }
-                ServerMessage::Fill { rect, rgba } => {
-                    self.fill(rect, [rgba[0], rgba[1], rgba[2]])?
-                }
-                ServerMessage::Image { rect, format, data } => self.image(rect, format, &data)?,
-                ServerMessage::Copy { rect, src_x, src_y } => self.copy(rect, src_x, src_y)?,
-                ServerMessage::FrameEnd { frame, .. } => {
-                    self.frames += 1;
-                    self.send(ClientMessage::FrameAck { frame }).await?;
-                    return Ok(true);
-                }
-                _ => {}
+            if let Some(frame) = self.apply(&data)? {
+                self.send(ClientMessage::FrameAck { frame }).await?;
+                return Ok(true);
             }
         }
     }
@@ -404,7 +441,7 @@ impl DisplayViewer {
     }
 
     pub async fn send(&mut self, m: ClientMessage) -> anyhow::Result<()> {
-        self.ws.send(Message::Binary(m.encode().into())).await?;
+        self.ws()?.send(Message::Binary(m.encode().into())).await?;
         Ok(())
     }
 
