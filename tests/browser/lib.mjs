@@ -97,8 +97,8 @@ export const loudest = () => {
 };
 
 // The viewer's canvas as a PNG in `dir`; returns its path.
-export async function canvasPng(page, dir, name) {
-  const url = await page.evaluate(() => document.getElementById('screen').toDataURL('image/png'));
+export async function canvasPng(page, dir, name, id = 'screen') {
+  const url = await page.evaluate((i) => document.getElementById(i).toDataURL('image/png'), id);
   const path = join(dir, name);
   writeFileSync(path, Buffer.from(url.split(',')[1], 'base64'));
   return path;

@@ -550,6 +550,11 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o500))?;
         chown(&d, Some(uid), Some(uid))?;
     }
+    // Session recordings: one folder every broker replica writes (a volume they share).
+    let recordings = volumes.join("recordings");
+    std::fs::create_dir_all(&recordings)?;
+    std::fs::set_permissions(&recordings, std::fs::Permissions::from_mode(0o700))?;
+    chown(&recordings, Some(10001), Some(10001))?;
     let pgdata = dir.join("postgres");
     std::fs::create_dir_all(&pgdata)?;
     std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))?;

@@ -11,6 +11,7 @@ import { showSessions } from './pages/admin-sessions.js';
 import { showAudit } from './pages/admin-audit.js';
 import { showUsers, showUser } from './pages/admin-users.js';
 import { showTokens } from './pages/admin-tokens.js';
+import { showRecordings, showRecording } from './pages/admin-recordings.js';
 import { showMfa, showSecurity, mfaThen } from './pages/mfa.js';
 
 export const app = {
@@ -78,6 +79,8 @@ const routes = [
   [/^#\/admin\/audit$/, () => showAudit(app), true],
   [/^#\/admin\/users$/, () => showUsers(app), true],
   [/^#\/admin\/tokens$/, () => showTokens(app), true],
+  [/^#\/admin\/recordings$/, () => showRecordings(app), true],
+  [/^#\/admin\/recordings\/([^/]+)$/, (m) => showRecording(app, decodeURIComponent(m[1])), true],
   [/^#\/admin\/users\/([^/]+)$/, (m) => showUser(app, decodeURIComponent(m[1])), true],
 ];
 

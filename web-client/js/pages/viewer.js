@@ -7,6 +7,7 @@ import { get, post, ApiError } from '../api.js';
 import { mfaThen } from './mfa.js';
 import { el, render, announce } from '../ui.js';
 import { DisplaySession } from '../viewer/session.js';
+import { Caps } from '../viewer/protocol.js';
 import { SoundPlayer } from '../viewer/audio.js';
 import { currentLayout } from '../layout.js';
 
@@ -89,10 +90,12 @@ export function showViewer(app, target) {
   const soundBtn = btn('Sound', () => toggleSound(), { id: 'sound', 'aria-pressed': 'true', hidden: true });
   const volume = el('input', { id: 'volume', type: 'range', min: '0', max: '100', step: '5' });
   const volumeLabel = el('label', { class: 'viewer-size', for: 'volume', hidden: true }, 'Volume ', volume);
+  // Said when the connection is recorded (policy), for as long as it is.
+  const recorded = el('span', { class: 'viewer-recorded', id: 'recorded', role: 'note', hidden: true }, '● Recorded');
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, fullBtn, outBtn, stats);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, fullBtn, outBtn, recorded, stats);
   const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, screen);
   render(root);
 
@@ -322,7 +325,12 @@ export function showViewer(app, target) {
         showSound();
         session.setAudio(soundOn);
       }
-      announce(h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.');
+      const rec = (h.caps & Caps.RECORDED) !== 0;
+      const keys = (h.caps & Caps.RECORDED_INPUT) !== 0;
+      recorded.hidden = !rec;
+      recorded.title = keys ? 'This session is recorded, with what you type' : 'This session is recorded';
+      const said = h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.';
+      announce(rec ? `${said} This session is recorded${keys ? ', including what you type' : ''}.` : said);
       canvas.focus();
     });
     session.on('resizable', ({ maxWidth, maxHeight }) => {

@@ -19,6 +19,8 @@ export const Caps = Object.freeze({
   SHADOW: 32,
   AUDIO: 64,
   VIDEO: 128,
+  RECORDED: 256,
+  RECORDED_INPUT: 512,
 });
 
 export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3, INDEXED: 4 });

@@ -1,0 +1,212 @@
+// RecordingPlayer: plays a session recording on a canvas with the viewer's own decoders and
+// renderer: the messages are the ones the user's viewer received, drawn the same way.
+//
+//   const p = new RecordingPlayer({ canvas, index, load });   // index: GET /recordings/{id}
+//   p.on('time', ({ t }) => ...);        // the position, in ms from the start
+//   p.on('state', ({ playing }) => ...);
+//   p.on('input', ({ t, text }) => ...); // a key pressed (input recorded), as text
+//   p.on('error', (e) => ...);           // a chunk that cannot be played (tampered, gone)
+//   await p.seek(ms);  p.play();  p.pause();  p.setSpeed(4);
+//
+// Seeking starts from the last key frame before the position (the index says where each is)
+// and draws what came after it without waiting; playing then draws each record at its time,
+// faster or slower by the speed. Video after a seek waits for its next key frame (the key
+// frame's still picture stands until then).
+import { decode } from '../viewer/decoders/index.js';
+import { VideoStream, videoSupported } from '../viewer/decoders/video.js';
+import { Emitter } from '../viewer/events.js';
+import * as P from '../viewer/protocol.js';
+import { Renderer } from '../viewer/renderer.js';
+import { Kind, decodeInput, keyParts, keyText, parseChunk } from './format.js';
+
+// How far ahead of the clock records are drawn in one go.
+const TICK_MS = 15;
+
+export class RecordingPlayer extends Emitter {
+  // `load(n)`: resolves to chunk n's bytes (ArrayBuffer).
+  constructor({ canvas, index, load }) {
+    super();
+    this.canvas = canvas;
+    this.renderer = new Renderer(canvas);
+    this.chunks = index.chunks;
+    this.duration = index.recording.duration_ms;
+    this.load = load;
+    this.cache = new Map();
+    this.speed = 1;
+    this.t = 0;
+    this.playing = false;
+    // The next record to draw: chunk `n`, record `i`.
+    this.at = { n: 0, i: 0 };
+    this.video = null;
+    this.videoOk = false;
+    this._timer = null;
+    this._epoch = 0;
+    // Set by a seek: the first record drawn may be a key frame.
+    this._startKey = false;
+    this._videoChecked = videoSupported().then((ok) => { this.videoOk = ok; });
+  }
+
+  async _records(n) {
+    if (!this.cache.has(n)) {
+      this.cache.set(n, this.load(n).then(parseChunk));
+      // Keep a few chunks: a seek back reuses them.
+      if (this.cache.size > 16) this.cache.delete(this.cache.keys().next().value);
+    }
+    try {
+      return await this.cache.get(n);
+    } catch (e) {
+      this.cache.delete(n);
+      throw e;
+    }
+  }
+
+  // Where to start drawing for position `t`: the last key frame at or before it, or the start.
+  _startFor(t) {
+    let best = { n: 0, offset: null, t: 0 };
+    for (const c of this.chunks) {
+      if (c.t_first > t) break;
+      for (const [kt, offset] of c.keys) {
+        if (kt <= t) best = { n: c.n, offset, t: kt };
+      }
+    }
+    return best;
+  }
+
+  _reset() {
+    this.renderer.clear();
+    if (this.video) this.video.close();
+    this.video = null;
+  }
+
+  _apply(rec) {
+    if (rec.kind === Kind.MESSAGE) {
+      this._message(rec.payload);
+    } else if (rec.kind === Kind.KEY) {
+      // A key frame starts a seek; in between, the stream draws what the user saw (the key
+      // frame is the whole screen losslessly, which the user may not have had yet).
+      if (!this._startKey) return;
+      this._reset();
+      for (const m of keyParts(rec.payload)) this._message(m);
+    } else if (rec.kind === Kind.INPUT) {
+      const i = decodeInput(rec.payload);
+      if (i && i.type === 'key' && i.down) this.emit('input', { t: rec.t, text: keyText(i.keysym) });
+    }
+  }
+
+  _message(buf) {
+    const m = P.decodeServer(buf);
+    switch (m.type) {
+      case 'resize': this.renderer.resize(m.width, m.height); return;
+      case 'fill':
+      case 'copy':
+      case 'image': decode(m, this.renderer); return;
+      case 'video': {
+        if (!this.videoOk) return;
+        const v = this.video;
+        // A stream of another size: a decoder of its own. Drawing all at once (a seek) queues
+        // the old stream's pictures; its decoder closes once they are drawn.
+        if (m.key && (!v || !v.size || v.size.w !== m.rect.w || v.size.h !== m.rect.h)) {
+          if (v) this.renderer.then(() => v.close());
+          const stream = new VideoStream(this.renderer, () => { if (this.video === stream) this.video = null; });
+          this.video = stream;
+        }
+        if (this.video) this.video.decode(m);
+        return;
+      }
+      default:
+    }
+  }
+
+  // Draws every record up to time `t` (without waiting between them).
+  async _drawUntil(t, epoch) {
+    while (this.at.n < this.chunks.length) {
+      const recs = await this._records(this.at.n);
+      if (epoch !== this._epoch) return false;
+      while (this.at.i < recs.length) {
+        const r = recs[this.at.i];
+        if (r.t > t) return true;
+        this._apply(r);
+        this._startKey = false;
+        this.at.i += 1;
+      }
+      this.at = { n: this.at.n + 1, i: 0 };
+    }
+    return true;
+  }
+
+  // Shows the screen at `t` ms; resolves once it is drawn.
+  async seek(t) {
+    const epoch = ++this._epoch;
+    const resume = this.playing;
+    this._stopClock();
+    this.t = Math.max(0, Math.min(t, this.duration));
+    await this._videoChecked;
+    const start = this._startFor(this.t);
+    const recs = await this._records(start.n);
+    if (epoch !== this._epoch) return;
+    this._reset();
+    this._startKey = true;
+    this.at = { n: start.n, i: start.offset === null ? 0 : Math.max(0, recs.findIndex((r) => r.offset === start.offset)) };
+    await this._drawUntil(this.t, epoch);
+    await new Promise((resolve) => this.renderer.then(resolve));
+    if (epoch !== this._epoch) return;
+    this.emit('time', { t: this.t });
+    if (resume) this.play();
+  }
+
+  play() {
+    if (this.playing && this._timer) return;
+    if (this.t >= this.duration) {
+      this.seek(0).then(() => this.play());
+      return;
+    }
+    this.playing = true;
+    this.emit('state', { playing: true });
+    const epoch = this._epoch;
+    let wall = performance.now();
+    const tick = async () => {
+      if (epoch !== this._epoch || !this.playing) return;
+      const now = performance.now();
+      this.t = Math.min(this.duration, this.t + (now - wall) * this.speed);
+      wall = now;
+      try {
+        await this._drawUntil(this.t, epoch);
+      } catch (e) {
+        this.pause();
+        this.emit('error', e);
+        return;
+      }
+      if (epoch !== this._epoch || !this.playing) return;
+      this.emit('time', { t: this.t });
+      if (this.t >= this.duration) {
+        this.pause();
+        return;
+      }
+      this._timer = setTimeout(tick, TICK_MS);
+    };
+    this._timer = setTimeout(tick, 0);
+  }
+
+  pause() {
+    this._stopClock();
+    if (this.playing) {
+      this.playing = false;
+      this.emit('state', { playing: false });
+    }
+  }
+
+  _stopClock() {
+    if (this._timer) clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  setSpeed(s) {
+    this.speed = Math.max(0.25, Math.min(16, Number(s) || 1));
+  }
+
+  close() {
+    this._epoch += 1;
+    this.pause();
+    this._reset();
+  }
+}
