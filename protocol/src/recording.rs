@@ -7,11 +7,13 @@
 //! without replaying everything before. It travels in chunks of at most [`MAX_CHUNK_BYTES`]:
 //!
 //! ```text
-//! chunk  = "ATRC" version:u8 record*
-//! record = t_ms:u32 kind:u8 len:u32 payload[len]          (little-endian)
+//! chunk  = "ATRC" version:u8 t0:u32 record*                 (t0 little-endian)
+//! record = kind:u8 dt:varint len:varint payload[len]
 //! ```
 //!
-//! `t_ms` counts milliseconds from the recording's start and never goes back. The kinds:
+//! A record's time, in milliseconds from the recording's start, is the time before it (`t0` for
+//! a chunk's first record) plus `dt`; times never go back, within a chunk or from one chunk to
+//! the next. Varints are LEB128, at most 32 bits, in their shortest form. The kinds:
 //! - [`Kind::Message`]: one server message as sent to the viewer;
 //! - [`Kind::Key`]: a key frame, `(len:u32 message[len])*`: a `Resize` to the screen's size,
 //!   then rectangles covering all of it (and the pointer's shape); playing from here needs
@@ -27,8 +29,8 @@ pub const MAGIC: &[u8; 4] = b"ATRC";
 pub const VERSION: u8 = 1;
 /// The largest chunk a broker takes.
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-/// Bytes before a record's payload.
-pub const RECORD_HEADER: usize = 9;
+/// Bytes of a chunk's header.
+pub const CHUNK_HEADER: usize = 9;
 /// Chunks one recording may have (a week of one every two seconds).
 pub const MAX_CHUNKS: u64 = 400_000;
 
@@ -52,22 +54,79 @@ impl Kind {
     }
 }
 
-/// A new chunk's header.
-pub fn chunk_header(out: &mut Vec<u8>) {
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(u8::try_from(v & 0x7f).expect("seven bits") | 0x80);
+        v >>= 7;
+    }
+    out.push(u8::try_from(v).expect("under 0x80"));
 }
 
-/// Appends one record.
-///
-/// # Panics
-/// If `payload` is 4 GiB or more (nothing the proxy sends comes near it).
-pub fn write_record(out: &mut Vec<u8>, t_ms: u32, kind: Kind, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("a record under 4 GiB");
-    out.extend_from_slice(&t_ms.to_le_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(payload);
+/// A LEB128 varint at `at`, at most 32 bits, in its shortest form: the value and the bytes it
+/// took.
+fn get_varint(bytes: &[u8], at: usize) -> Option<(u32, usize)> {
+    let mut v: u64 = 0;
+    for i in 0..5 {
+        let b = *bytes.get(at + i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            // Not overlong: a last byte of zero only for the value zero itself.
+            if (b == 0 && i > 0) || v > u64::from(u32::MAX) {
+                return None;
+            }
+            return Some((u32::try_from(v).ok()?, i + 1));
+        }
+    }
+    None
+}
+
+/// A chunk being written: records in time order.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkWriter {
+    buf: Vec<u8>,
+    last: u32,
+}
+
+impl ChunkWriter {
+    /// An empty chunk (its header is written with its first record).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether it has no record yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one record at `t_ms` (a time before the last record's is taken as the last's).
+    ///
+    /// # Panics
+    /// If `payload` is 4 GiB or more (nothing the proxy sends comes near it).
+    pub fn record(&mut self, t_ms: u32, kind: Kind, payload: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf.extend_from_slice(MAGIC);
+            self.buf.push(VERSION);
+            self.buf.extend_from_slice(&t_ms.to_le_bytes());
+            self.last = t_ms;
+        }
+        let t = t_ms.max(self.last);
+        self.buf.push(kind as u8);
+        put_varint(&mut self.buf, t - self.last);
+        put_varint(&mut self.buf, u32::try_from(payload.len()).expect("a record under 4 GiB"));
+        self.buf.extend_from_slice(payload);
+        self.last = t;
+    }
+
+    /// The chunk's bytes; the writer is empty again.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.last = 0;
+        std::mem::take(&mut self.buf)
+    }
 }
 
 /// Appends one message of a key frame's payload.
@@ -100,7 +159,7 @@ pub enum ChunkError {
     Truncated(usize),
     #[error("record at byte {0} has an unknown kind")]
     Kind(usize),
-    #[error("record at byte {0} goes back in time")]
+    #[error("record at byte {0} goes back in time or past 49 days")]
     Time(usize),
     #[error("the key frame at byte {0} is malformed")]
     Key(usize),
@@ -122,35 +181,34 @@ pub struct ChunkSummary {
 /// frames made of whole messages. `not_before`: the last time of the chunk before (a chunk
 /// does not go back in time either).
 pub fn parse_chunk(bytes: &[u8], not_before: u32) -> Result<Vec<Record<'_>>, ChunkError> {
-    if bytes.len() <= MAGIC.len() + 1 || bytes.len() > MAX_CHUNK_BYTES {
+    if bytes.len() <= CHUNK_HEADER || bytes.len() > MAX_CHUNK_BYTES {
         return Err(ChunkError::Size);
     }
     if &bytes[..4] != MAGIC || bytes[4] != VERSION {
         return Err(ChunkError::Header);
     }
+    let mut t = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
+    if t < not_before {
+        return Err(ChunkError::Time(CHUNK_HEADER));
+    }
     let mut out = Vec::new();
-    let mut at = MAGIC.len() + 1;
-    let mut last = not_before;
+    let mut at = CHUNK_HEADER;
     while at < bytes.len() {
-        let head = bytes.get(at..at + RECORD_HEADER).ok_or(ChunkError::Truncated(at))?;
-        let t_ms = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-        let kind = Kind::from_u8(head[4]).ok_or(ChunkError::Kind(at))?;
-        let len = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes"));
-        let len = usize::try_from(len).map_err(|_| ChunkError::Truncated(at))?;
-        let start = at + RECORD_HEADER;
-        let payload = start
-            .checked_add(len)
+        let kind = Kind::from_u8(bytes[at]).ok_or(ChunkError::Kind(at))?;
+        let (dt, n1) = get_varint(bytes, at + 1).ok_or(ChunkError::Truncated(at))?;
+        let (len, n2) = get_varint(bytes, at + 1 + n1).ok_or(ChunkError::Truncated(at))?;
+        let start = at + 1 + n1 + n2;
+        let payload = usize::try_from(len)
+            .ok()
+            .and_then(|len| start.checked_add(len))
             .and_then(|end| bytes.get(start..end))
             .ok_or(ChunkError::Truncated(at))?;
-        if t_ms < last {
-            return Err(ChunkError::Time(at));
-        }
+        t = t.checked_add(dt).ok_or(ChunkError::Time(at))?;
         if kind == Kind::Key && key_parts(payload).is_none() {
             return Err(ChunkError::Key(at));
         }
-        last = t_ms;
-        out.push(Record { t_ms, kind, offset: at, payload });
-        at = start + len;
+        out.push(Record { t_ms: t, kind, offset: at, payload });
+        at = start + payload.len();
     }
     if out.is_empty() {
         return Err(ChunkError::Empty);
@@ -206,12 +264,11 @@ mod tests {
     use super::*;
 
     fn chunk(records: &[(u32, Kind, &[u8])]) -> Vec<u8> {
-        let mut c = Vec::new();
-        chunk_header(&mut c);
+        let mut c = ChunkWriter::new();
         for (t, k, p) in records {
-            write_record(&mut c, *t, *k, p);
+            c.record(*t, *k, p);
         }
-        c
+        c.take()
     }
 
     #[test]
@@ -219,35 +276,61 @@ mod tests {
         let mut key = Vec::new();
         write_key_part(&mut key, &[0x02, 1, 0, 1, 0]);
         write_key_part(&mut key, &[0x10; 14]);
-        let c = chunk(&[(5, Kind::Message, b"ab"), (9, Kind::Key, &key), (9, Kind::Input, b"k")]);
+        let big = vec![0x11; 300];
+        let c = chunk(&[
+            (5, Kind::Message, b"ab"),
+            (9, Kind::Key, &key),
+            (9, Kind::Input, b"k"),
+            (70_000, Kind::Message, &big),
+        ]);
+        // Three bytes before a small record: kind, a one-byte time step, a one-byte length.
+        assert_eq!(c.len(), CHUNK_HEADER + 3 + 2 + 3 + key.len() + 3 + 1 + 1 + 3 + 2 + 300);
         let recs = parse_chunk(&c, 3).expect("valid");
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), 4);
         assert_eq!((recs[1].kind, recs[1].payload), (Kind::Key, key.as_slice()));
         assert_eq!(key_parts(recs[1].payload).expect("parts").len(), 2);
+        assert_eq!((recs[3].t_ms, recs[3].payload), (70_000, big.as_slice()));
         let s = summarise(&recs);
-        assert_eq!((s.t_first, s.t_last, s.records), (5, 9, 3));
+        assert_eq!((s.t_first, s.t_last, s.records), (5, 70_000, 4));
         assert_eq!(s.keys, vec![(9, recs[1].offset)]);
-        assert_eq!(&c[s.keys[0].1 + RECORD_HEADER..][..key.len()], key.as_slice());
+        assert_eq!(c[s.keys[0].1], Kind::Key as u8, "a key frame's offset is its record's start");
+        // A writer taken is empty again; a time going back is written as the last one.
+        let mut w = ChunkWriter::new();
+        w.record(10, Kind::Message, b"x");
+        w.record(8, Kind::Message, b"y");
+        let back = w.take();
+        assert!(w.is_empty());
+        let recs = parse_chunk(&back, 0).expect("valid");
+        assert_eq!((recs[0].t_ms, recs[1].t_ms), (10, 10));
     }
 
     #[test]
     fn a_bad_chunk_is_refused_with_where() {
         let good = chunk(&[(5, Kind::Message, b"ab")]);
-        assert_eq!(parse_chunk(&good[..good.len() - 1], 0), Err(ChunkError::Truncated(5)));
-        assert_eq!(parse_chunk(&good, 6), Err(ChunkError::Time(5)), "before the last chunk");
-        assert_eq!(parse_chunk(b"ATRC\x01", 0), Err(ChunkError::Size));
-        assert_eq!(parse_chunk(b"ATRC\x02xxxxxxxxx", 0), Err(ChunkError::Header));
+        assert_eq!(parse_chunk(&good[..good.len() - 1], 0), Err(ChunkError::Truncated(9)));
+        assert_eq!(parse_chunk(&good, 6), Err(ChunkError::Time(9)), "before the last chunk");
+        assert_eq!(parse_chunk(b"ATRC\x01\0\0\0\0", 0), Err(ChunkError::Size));
+        assert_eq!(parse_chunk(b"ATRC\x02\0\0\0\0xxxx", 0), Err(ChunkError::Header));
         let mut bad_kind = good.clone();
         bad_kind[9] = 7;
-        assert_eq!(parse_chunk(&bad_kind, 0), Err(ChunkError::Kind(5)));
-        let back = chunk(&[(5, Kind::Message, b"a"), (4, Kind::Message, b"b")]);
-        assert_eq!(parse_chunk(&back, 0), Err(ChunkError::Time(15)));
+        assert_eq!(parse_chunk(&bad_kind, 0), Err(ChunkError::Kind(9)));
         for key in [&b""[..], &[1, 0, 0, 0][..], &[0, 0, 0, 0][..], &[9, 0, 0, 0, 1][..]] {
             let c = chunk(&[(1, Kind::Key, key)]);
-            assert_eq!(parse_chunk(&c, 0), Err(ChunkError::Key(5)), "{key:?}");
+            assert_eq!(parse_chunk(&c, 0), Err(ChunkError::Key(9)), "{key:?}");
         }
-        let huge = [MAGIC.as_slice(), &[VERSION], &[0xff; 4], &[0], &[0xff; 4]].concat();
-        assert_eq!(parse_chunk(&huge, 0), Err(ChunkError::Truncated(5)), "a length past the end");
+        let head = [MAGIC.as_slice(), &[VERSION], &5u32.to_le_bytes()].concat();
+        for (record, why) in [
+            (&[0, 0x80, 0x80, 0x80, 0x80, 0x80, 0][..], "a varint over five bytes"),
+            (&[0, 0x80, 0x00, 0][..], "an overlong varint"),
+            (&[0, 0xff, 0xff, 0xff, 0xff, 0x1f, 0][..], "a varint over 32 bits"),
+            (&[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f][..], "a length past the end"),
+            (&[0, 0][..], "no length"),
+        ] {
+            let c = [head.as_slice(), record].concat();
+            assert_eq!(parse_chunk(&c, 0), Err(ChunkError::Truncated(9)), "{why}");
+        }
+        let late = [head.as_slice(), &[0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0]].concat();
+        assert_eq!(parse_chunk(&late, 0), Err(ChunkError::Time(9)), "past u32 milliseconds");
         assert_eq!(parse_chunk(&vec![0; MAX_CHUNK_BYTES + 1], 0), Err(ChunkError::Size));
     }
 

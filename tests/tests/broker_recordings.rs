@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use atrium_protocol::recording::{Kind, chunk_header, parse_chunk, write_key_part, write_record};
+use atrium_protocol::recording::{ChunkWriter, Kind, parse_chunk, write_key_part};
 use atrium_tests::broker::{
     Broker, BrokerOptions, policies_with, pool_json, verify_ticket, wait_ready_spares,
 };
@@ -18,12 +18,11 @@ use serde_json::{Value, json};
 
 /// A chunk of `records` (time, kind, payload).
 fn chunk(records: &[(u32, Kind, &[u8])]) -> Vec<u8> {
-    let mut c = Vec::new();
-    chunk_header(&mut c);
+    let mut c = ChunkWriter::new();
     for (t, k, p) in records {
-        write_record(&mut c, *t, *k, p);
+        c.record(*t, *k, p);
     }
-    c
+    c.take()
 }
 
 const POLICY: &str = r#"@id("finance-record")

@@ -55,9 +55,11 @@ async fn a_recorded_session_is_the_viewers_own_stream_with_its_keys_and_key_fram
     viewer
         .wait_until("console text", Duration::from_secs(60), |v| count_color(&v.rgb, GREY) > 2_000)
         .await?;
-    // Enough output for key frames (each comes once the stream is ten times the last one).
+    // Enough output for key frames (each comes once the stream is fifteen times the last one).
     let word = format!("rec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    viewer.type_text(&format!("for i in 1 2 3 4 5 6; do ls -l /bin; done; echo {word}\n")).await?;
+    viewer
+        .type_text(&format!("for i in 1 2 3 4 5 6 7 8 9 10; do ls -l /bin; done; echo {word}\n"))
+        .await?;
     // Its output line is the word alone, from column 0.
     let shown = viewer
         .wait_until("the word after the listing", Duration::from_secs(120), |v| {

@@ -6,8 +6,8 @@
 //! as sent, with its time, never decoded or re-encoded. Now and then the sending loop adds a key
 //! frame (the whole screen, encoded losslessly from the frame the viewer was just sent) so that
 //! playback can start anywhere: when the stream since the last one has grown to
-//! [`KEY_EVERY`] times that key frame's size, which keeps key frames under a tenth of what is
-//! stored. With input recording on, the viewer's keys and pointer are recorded too.
+//! [`KEY_EVERY`] times that key frame's size, which keeps key frames under a fifteenth of what
+//! is stored. With input recording on, the viewer's keys and pointer are recorded too.
 //!
 //! Records gather in a chunk that leaves at [`CHUNK_BYTES`] or [`CHUNK_AFTER`] after its first
 //! record, whichever comes first: [`upload`] sends chunks in order through a [`Sink`] (the node
@@ -21,7 +21,7 @@ pub mod upload;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::recording::{self, Kind};
+use atrium_protocol::recording::{self, ChunkWriter, Kind};
 use atrium_protocol::ticket::Record;
 use axum::body::Bytes;
 
@@ -32,8 +32,10 @@ pub use upload::{FailureWatch, Sink, SinkError};
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// A chunk leaves this long after its first record, however small.
 pub const CHUNK_AFTER: Duration = Duration::from_secs(2);
-/// A key frame is due when the stream since the last one is this many times its size.
-pub const KEY_EVERY: usize = 10;
+/// A key frame is due when the stream since the last one is this many times its size: key
+/// frames are then at most a fifteenth of what is stored (the target is 1.1 times the stream,
+/// record headers included), and a seek replays at most this many key frames' worth.
+pub const KEY_EVERY: usize = 15;
 /// ... or when this many records came since (many small updates replay slowly).
 pub const KEY_RECORDS: usize = 20_000;
 /// Bytes of chunks waiting to leave, at most.
@@ -50,7 +52,7 @@ pub fn is_recorded(message: &[u8]) -> bool {
 pub struct Recorder {
     record: Record,
     started: Instant,
-    chunk: Vec<u8>,
+    chunk: ChunkWriter,
     chunk_opened: Option<Instant>,
     /// Stream bytes and records since the last key frame (or the start: the viewer's first
     /// frame is a whole screen).
@@ -68,7 +70,7 @@ impl Recorder {
         Self {
             record,
             started: Instant::now(),
-            chunk: Vec::new(),
+            chunk: ChunkWriter::new(),
             chunk_opened: None,
             since_key: 0,
             records_since_key: 0,
@@ -94,11 +96,10 @@ impl Recorder {
 
     fn append(&mut self, kind: Kind, payload: &[u8]) {
         if self.chunk.is_empty() {
-            recording::chunk_header(&mut self.chunk);
             self.chunk_opened = Some(Instant::now());
         }
         let t = self.t_ms();
-        recording::write_record(&mut self.chunk, t, kind, payload);
+        self.chunk.record(t, kind, payload);
         if self.chunk.len() >= CHUNK_BYTES {
             self.ship(false);
         }
@@ -167,7 +168,7 @@ impl Recorder {
     }
 
     fn ship(&mut self, last: bool) {
-        let chunk = Bytes::from(std::mem::take(&mut self.chunk));
+        let chunk = Bytes::from(self.chunk.take());
         self.chunk_opened = None;
         Metrics::add(&self.metrics.recorded_bytes, chunk.len() as u64);
         self.uploads.push(chunk, last);

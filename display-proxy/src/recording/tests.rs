@@ -101,7 +101,7 @@ async fn key_frames_come_when_the_stream_is_ten_times_the_last_one() {
     let (mut r, kept) = recorder(false);
     assert!(!r.key_due(), "nothing sent yet");
     r.first_frame(1000);
-    r.message(&[0x11; 9_000]);
+    r.message(&vec![0x11; KEY_EVERY * 1000 - 1000]);
     assert!(!r.key_due());
     r.message(&[0x11; 1_000]);
     assert!(r.key_due());

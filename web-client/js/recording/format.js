@@ -1,8 +1,11 @@
 // Session recordings as the broker serves them (protocol/src/recording.rs; docs/recordings.md):
-// chunks of timed records, little-endian.
+// chunks of timed records.
 //
-//   chunk  = "ATRC" version:u8 record*
-//   record = t_ms:u32 kind:u8 len:u32 payload[len]
+//   chunk  = "ATRC" version:u8 t0:u32 record*       (t0 little-endian)
+//   record = kind:u8 dt:varint len:varint payload[len]
+//
+// A record's time (ms from the recording's start) is the one before it (t0 for the first) plus
+// dt; varints are LEB128, at most 32 bits.
 //
 // A MESSAGE record is one display message as the viewer received it; a KEY record is a key
 // frame, `(len:u32 message[len])*`, drawing the whole screen from nothing; an INPUT record is
@@ -14,26 +17,39 @@ const VERSION = 1;
 
 export class FormatError extends Error {}
 
+// A varint at `at`: [value, bytes it took]; throws when it is malformed.
+function varint(bytes, at) {
+  let v = 0;
+  for (let i = 0; i < 5; i++) {
+    if (at + i >= bytes.length) throw new FormatError(`a varint at byte ${at} is cut short`);
+    const b = bytes[at + i];
+    v += (b & 0x7f) * 2 ** (7 * i);
+    if ((b & 0x80) === 0) {
+      if ((b === 0 && i > 0) || v > 0xffffffff) throw new FormatError(`a bad varint at byte ${at}`);
+      return [v, i + 1];
+    }
+  }
+  throw new FormatError(`a varint at byte ${at} is too long`);
+}
+
 // The records of a chunk (an ArrayBuffer): [{ t, kind, offset, payload: ArrayBuffer }].
 export function parseChunk(buf) {
   const bytes = new Uint8Array(buf);
   const view = new DataView(buf);
-  if (bytes.length <= 5 || MAGIC.some((b, i) => bytes[i] !== b) || bytes[4] !== VERSION) {
+  if (bytes.length <= 9 || MAGIC.some((b, i) => bytes[i] !== b) || bytes[4] !== VERSION) {
     throw new FormatError('not a recording chunk');
   }
+  let t = view.getUint32(5, true);
   const out = [];
-  let at = 5;
-  let last = 0;
+  let at = 9;
   while (at < bytes.length) {
-    if (at + 9 > bytes.length) throw new FormatError(`record at byte ${at} is cut short`);
-    const t = view.getUint32(at, true);
-    const kind = bytes[at + 4];
-    const len = view.getUint32(at + 5, true);
-    const start = at + 9;
-    if (start + len > bytes.length) throw new FormatError(`record at byte ${at} is cut short`);
+    const kind = bytes[at];
     if (kind > Kind.INPUT) throw new FormatError(`record at byte ${at} has an unknown kind`);
-    if (t < last) throw new FormatError(`record at byte ${at} goes back in time`);
-    last = t;
+    const [dt, n1] = varint(bytes, at + 1);
+    const [len, n2] = varint(bytes, at + 1 + n1);
+    const start = at + 1 + n1 + n2;
+    if (start + len > bytes.length) throw new FormatError(`record at byte ${at} is cut short`);
+    t += dt;
     out.push({ t, kind, offset: at, payload: buf.slice(start, start + len) });
     at = start + len;
   }

@@ -25,6 +25,7 @@ mod in_browser;
 mod motion;
 mod novnc;
 mod qemu_floor;
+mod recording;
 mod relay;
 mod rig;
 mod static_files;
@@ -74,6 +75,12 @@ pub struct BenchOptions {
     /// Skip the motion measurement (stills against video on the same moving content).
     #[arg(long)]
     pub skip_motion: bool,
+    /// Skip the recording's cost (bytes stored against bytes sent to a recorded viewer).
+    #[arg(long)]
+    pub skip_recording: bool,
+    /// Seconds each recording workload runs (long enough for several key frames).
+    #[arg(long, default_value_t = 60)]
+    pub recording_secs: u64,
     /// Skip the fan-out measurement.
     #[arg(long)]
     pub skip_fanout: bool,
@@ -122,6 +129,9 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     if !opts.skip_watermark {
         let w = tokio::task::spawn_blocking(watermark::run).await??;
         out.extend(w);
+    }
+    if !opts.skip_recording {
+        out.extend(recording::run(opts.recording_secs).await?);
     }
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);
