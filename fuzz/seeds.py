@@ -223,3 +223,28 @@ write("virtio_guest", "keyboard", kbd)
 tab = bytes([3]) + wreg(0x100, 0x11) + wreg(0x101, 0) + rreg(0x108) + driver_init(2)
 tab += chain(0, [(0x9000, 8, WRITE, 0)]) + bytes([5, 9]) + bytes([4])
 write("virtio_guest", "tablet", tab)
+
+# --- recording_chunk: a byte (x 1000 ms: the time the chunk may not start before), then a chunk:
+# "ATRC" 1 t0:u32, records kind:u8 dt:varint len:varint payload ---
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7f) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+def rec(kind, dt, payload):
+    return bytes([kind]) + varint(dt) + varint(len(payload)) + payload
+
+def key(*messages):
+    return b"".join(struct.pack("<I", len(m)) + m for m in messages)
+
+head = b"ATRC\x01" + struct.pack("<I", 1500)
+fill = bytes([0x10]) + struct.pack("<HHHH", 0, 0, 8, 8) + bytes([1, 2, 3, 255])
+resize = bytes([0x02]) + struct.pack("<HH", 1024, 768)
+frame_end = bytes([0x1f]) + struct.pack("<II", 1, 0)
+write("recording_chunk", "messages", bytes([1]) + head + rec(0, 0, resize) + rec(0, 3, fill) + rec(0, 300, frame_end))
+write("recording_chunk", "key_frame", bytes([0]) + head + rec(1, 0, key(resize, fill)) + rec(0, 20000, fill))
+write("recording_chunk", "input", bytes([0]) + head + rec(2, 5, bytes([0x81, 1, 0, 0, 0, 1, 0x61, 0, 0, 0, 4]) + b"KeyA"))
+
