@@ -103,6 +103,20 @@ pub async fn open(
     Ok(r.id)
 }
 
+/// Recording `id`, when it is node `node_id`'s: a node's credential reaches only the
+/// recordings of its own VMs.
+async fn nodes_recording(st: &AppState, node_id: &str, id: &str) -> ApiResult<Recording> {
+    let r = st
+        .db
+        .get_recording(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such recording".into()))?;
+    if r.node_id != node_id {
+        return Err(ApiError::Forbidden("the recording is not this node's".into()));
+    }
+    Ok(r)
+}
+
 /// Takes chunk `n` of recording `id` from node `node_id`: the recording must be this node's
 /// and at `n`, the chunk well formed and not earlier than the one before. `last` ends the
 /// recording. A retry of a chunk already taken is accepted again.
@@ -114,15 +128,7 @@ pub async fn accept_chunk(
     last: bool,
     body: &[u8],
 ) -> ApiResult<()> {
-    let r = st
-        .db
-        .get_recording(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such recording".into()))?;
-    // A node's credential reaches only the recordings of its own VMs.
-    if r.node_id != node_id {
-        return Err(ApiError::Forbidden("the recording is not this node's".into()));
-    }
+    let r = nodes_recording(st, node_id, id).await?;
     if n >= MAX_CHUNKS {
         return Err(ApiError::Conflict(format!("a recording has at most {MAX_CHUNKS} chunks")));
     }
@@ -179,14 +185,7 @@ pub async fn accept_chunk(
 
 /// Ends a recording with no more chunks to send (its viewer left before a chunk was due).
 pub async fn end(st: &AppState, node_id: &str, id: &str) -> ApiResult<()> {
-    let r = st
-        .db
-        .get_recording(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such recording".into()))?;
-    if r.node_id != node_id {
-        return Err(ApiError::Forbidden("the recording is not this node's".into()));
-    }
+    let r = nodes_recording(st, node_id, id).await?;
     if st.db.end_recording(id, now_ms()).await? {
         audit_as(
             st,

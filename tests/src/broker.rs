@@ -483,6 +483,19 @@ pub fn policies_with(name: &str, extra: &str) -> TempDir {
     dir
 }
 
+/// Cedar that permits `actions` to everyone in pool `pool` (one policy each).
+pub fn pool_policy(pool: &str, actions: &[&str]) -> String {
+    actions
+        .iter()
+        .map(|a| {
+            format!(
+                "@id(\"{pool}-{a}\")\npermit (principal, action == Atrium::Action::\"{a}\", resource)\n\
+                 when {{ resource is Atrium::Pool && resource.name == \"{pool}\" }};\n\n"
+            )
+        })
+        .collect()
+}
+
 /// The code an authenticator app shows for `secret` (base32, as the set-up page shows it) at
 /// time step `now/30 + offset`.
 pub fn totp_code(secret: &str, offset: i64) -> String {

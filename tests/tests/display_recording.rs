@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use atrium_protocol::display::caps;
 use atrium_protocol::recording::{Kind, key_parts, parse_chunk};
-use atrium_tests::broker::policies_with;
+use atrium_tests::broker::{policies_with, pool_policy};
 use atrium_tests::display::{DisplayViewer, count_color, keep_artifact};
 use atrium_tests::screen::{Glyphs, rows_showing};
 use atrium_tests::stack::Stack;
@@ -20,15 +20,6 @@ use serde_json::json;
 /// The console's text colour.
 const GREY: [u8; 3] = [0xaa, 0xaa, 0xaa];
 
-const POLICY: &str = r#"@id("rec-record")
-permit (principal, action == Atrium::Action::"record", resource)
-when { resource is Atrium::Pool && resource.name == "rec" };
-
-@id("rec-record-input")
-permit (principal, action == Atrium::Action::"record_input", resource)
-when { resource is Atrium::Pool && resource.name == "rec" };
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_session_is_the_viewers_own_stream_with_its_keys_and_key_frames()
 -> anyhow::Result<()> {
@@ -36,7 +27,7 @@ async fn a_recorded_session_is_the_viewers_own_stream_with_its_keys_and_key_fram
     if skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
     }
-    let policies = policies_with("record", POLICY);
+    let policies = policies_with("record", &pool_policy("rec", &["record", "record_input"]));
     let dir = policies.path().to_owned();
     let stack = Stack::start_with(|o| o.policies_dir = Some(dir), None).await?;
     stack.pool("rec", "console", 1, "1024x768").await?;

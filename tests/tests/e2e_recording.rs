@@ -7,25 +7,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use atrium_tests::broker::policies_with;
+use atrium_tests::broker::{policies_with, pool_policy};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
 use atrium_tests::screen::Screen;
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip};
 use serde_json::json;
-
-const POLICY: &str = r#"@id("rec-watermark")
-permit (principal, action == Atrium::Action::"watermark", resource)
-when { resource is Atrium::Pool && resource.name == "rec" };
-
-@id("rec-record")
-permit (principal, action == Atrium::Action::"record", resource)
-when { resource is Atrium::Pool && resource.name == "rec" };
-
-@id("rec-record-input")
-permit (principal, action == Atrium::Action::"record_input", resource)
-when { resource is Atrium::Pool && resource.name == "rec" };
-"#;
 
 /// The sixteen colours of the VGA text console: a console screen has no other.
 const VGA: [[u8; 3]; 16] = [
@@ -72,7 +59,8 @@ async fn a_watermarked_session_is_recorded_and_played_back_in_the_browser() -> a
     if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
     }
-    let policies = policies_with("record", POLICY);
+    let policies =
+        policies_with("record", &pool_policy("rec", &["watermark", "record", "record_input"]));
     let dir = policies.path().to_owned();
     let stack = Stack::start_with(|o| o.policies_dir = Some(dir), None).await?;
     let (plain, rec) = tokio::join!(
