@@ -159,7 +159,15 @@ pub async fn accept_chunk(
         link,
         keys: summary.keys.iter().map(|&(t, o)| (t, u64::try_from(o).unwrap_or(0))).collect(),
     };
-    if r.state == RecordingState::Recording && n == r.chunks {
+    let cap = i64::try_from(st.cfg.recordings.max_recording_mib.saturating_mul(1 << 20))
+        .unwrap_or(i64::MAX);
+    if n == r.chunks && r.bytes.saturating_add(chunk.bytes) > cap {
+        return Err(ApiError::Conflict(format!(
+            "the recording has reached recordings.max_recording_mib ({} MiB)",
+            st.cfg.recordings.max_recording_mib
+        )));
+    }
+    if r.state != RecordingState::Complete && n == r.chunks {
         write_file(&chunk_path(&st.cfg.recordings_dir(), id, n, &sha), body)
             .await
             .map_err(|e| ApiError::internal("writing a recording chunk", e))?;
@@ -285,8 +293,8 @@ pub async fn verify(st: &AppState, r: &Recording) -> ApiResult<Integrity> {
     Ok(Integrity { intact: true, problem: None, chunks_checked: n })
 }
 
-/// Ends recordings whose proxy went silent, and deletes those past their retention (files
-/// first, then rows), each audited.
+/// Marks recordings whose proxy went silent incomplete, and deletes those past their retention
+/// (files first, then rows), each audited.
 pub async fn housekeep(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
     let silent = i64::try_from(st.cfg.recordings.close_after_secs * 1000).unwrap_or(i64::MAX);
@@ -296,7 +304,7 @@ pub async fn housekeep(st: &AppState) -> ApiResult<()> {
             "system",
             "recording.end",
             &id,
-            serde_json::json!({ "state": "incomplete", "why": "no chunk came for recordings.close_after_secs" }),
+            serde_json::json!({ "state": "incomplete", "why": "no chunk came for recordings.close_after_secs; a later chunk continues it" }),
         )
         .await;
     }

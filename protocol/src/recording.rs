@@ -27,8 +27,10 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 4] = b"ATRC";
 /// The format's version.
 pub const VERSION: u8 = 1;
-/// The largest chunk a broker takes.
-pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The largest chunk a broker takes: a chunk leaves once it holds 1 MiB, but one message (a
+/// VP8 frame of up to 16 MiB, a large picture) or key frame may be bigger; a record that cannot
+/// fit in a chunk of this size cannot be recorded.
+pub const MAX_CHUNK_BYTES: usize = 24 * 1024 * 1024;
 /// Bytes of a chunk's header.
 pub const CHUNK_HEADER: usize = 9;
 /// Chunks one recording may have (a week of one every two seconds).

@@ -34,6 +34,16 @@ when { resource is Atrium::Pool && resource.name == "finance" };
 permit (principal == Atrium::User::"bob", action == Atrium::Action::"review_recordings", resource);
 "#;
 
+/// Runs SQL on the broker's SQLite database (what only time would do otherwise).
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (the test command installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 async fn status(r: reqwest::Response) -> (StatusCode, String) {
     let s = r.status();
     (s, r.text().await.unwrap_or_default())
@@ -49,7 +59,7 @@ async fn a_recorded_session_is_chained_listed_played_checked_and_expires() {
     let slapd = Slapd::start().unwrap();
     let mut opts = BrokerOptions::new(&slapd.url());
     opts.policies_dir = Some(policies.path().to_owned());
-    opts.extra_toml = "[recordings]\nretention_days = 30\n".into();
+    opts.extra_toml = "[recordings]\nretention_days = 30\nmax_recording_mib = 1\n".into();
     let broker = Broker::start(opts).await.unwrap();
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
     let other = FakeNode::enrolled(&broker, "node-b", 8192).await.unwrap();
@@ -94,6 +104,14 @@ async fn a_recorded_session_is_chained_listed_played_checked_and_expires() {
     assert_eq!(s, StatusCode::NO_CONTENT, "a retry is taken again");
     let (s, body) = status(node.post_signed(&chunk_path(1, true), c0.clone()).await).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "a chunk going back in time: {body}");
+    let big = chunk(&[(1_000, Kind::Message, &vec![0x11; 1_100_000])]);
+    let (s, body) = status(node.post_signed(&chunk_path(1, false), big).await).await;
+    assert_eq!(s, StatusCode::CONFLICT, "past recordings.max_recording_mib: {body}");
+    assert!(body.contains("max_recording_mib"), "{body}");
+    // Silent for recordings.close_after_secs (an idle screen): marked incomplete, and the next
+    // chunk continues it.
+    let db = broker.dir().join("broker.db");
+    sqlite(&db, &format!("UPDATE recordings SET state = 'incomplete' WHERE id = '{id}'"));
     let (s, _) = status(node.post_signed(&chunk_path(1, true), c1.clone()).await).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, body) = status(node.post_signed(&chunk_path(2, false), c1.clone()).await).await;
@@ -189,15 +207,9 @@ async fn a_recorded_session_is_chained_listed_played_checked_and_expires() {
     assert!(v["problem"].as_str().unwrap().contains("chunk 1 is missing"), "{v}");
 
     // Thirty-one days later it is gone, files and all.
-    let db = broker.dir().join("broker.db");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let month_ago = i64::try_from(now.as_millis()).unwrap() - 31 * 86_400_000;
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!("UPDATE recordings SET started_at = {month_ago} WHERE id = '{id}'"))
-        .output()
-        .expect("sqlite3 (the test command installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sqlite(&db, &format!("UPDATE recordings SET started_at = {month_ago} WHERE id = '{id}'"));
     wait_for("the expired recording to be deleted", Duration::from_secs(20), || async {
         let list = a.get_json("/api/v1/admin/recordings?user=alice", StatusCode::OK).await;
         (list == json!([])).then_some(())

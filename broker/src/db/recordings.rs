@@ -15,7 +15,8 @@ pub enum RecordingState {
     Recording,
     /// Its viewer left and the proxy sent the last chunk.
     Complete,
-    /// No chunk came for `recordings.close_after_secs`: its proxy or node stopped.
+    /// No chunk came for `recordings.close_after_secs`: its proxy or node stopped (or the
+    /// screen stayed still that long; a later chunk continues it).
     Incomplete,
 }
 
@@ -201,8 +202,8 @@ impl Db {
         row.as_ref().map(chunk_from_row).transpose()
     }
 
-    /// Appends chunk `c` to recording `id` if the recording is still recording and at
-    /// `c.n` (its `head` is the link `c.link` was made from); `last` ends it as complete.
+    /// Appends chunk `c` to recording `id` if the recording is not complete and at `c.n` (its
+    /// `head` is the link `c.link` was made from); `last` ends it as complete.
     pub async fn add_recording_chunk(
         &self,
         id: &str,
@@ -234,8 +235,10 @@ impl Db {
                 Stored::Conflict(format!("chunk {} is stored with other bytes", c.n))
             });
         }
-        if r.state != RecordingState::Recording {
-            return Ok(Stored::Conflict(format!("the recording is {}", r.state.as_str())));
+        // An incomplete recording was only silent (an idle screen, a broker out of reach): its
+        // next chunk continues it.
+        if r.state == RecordingState::Complete {
+            return Ok(Stored::Conflict("the recording is complete".into()));
         }
         if c.n != r.chunks {
             return Ok(Stored::Conflict(format!("the next chunk is {}, not {}", r.chunks, c.n)));
@@ -301,10 +304,12 @@ impl Db {
         rows.iter().map(|r| col(r, "id")).collect()
     }
 
-    /// Recordings that started before `before` (at most `limit`), oldest first.
+    /// Recordings that started before `before` and are not being written (at most `limit`),
+    /// oldest first.
     pub async fn expired_recordings(&self, before: i64, limit: u32) -> DbResult<Vec<Recording>> {
         let rows = sqlx::query(
-            "SELECT * FROM recordings WHERE started_at < $1 ORDER BY started_at LIMIT $2",
+            "SELECT * FROM recordings WHERE started_at < $1 AND state <> 'recording'
+             ORDER BY started_at LIMIT $2",
         )
         .bind(before)
         .bind(i64::from(limit))

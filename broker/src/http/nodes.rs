@@ -96,9 +96,15 @@ impl FromRequest<AppState> for SignedByNode {
         // The signature first: a caller without one gets its 401 before its body is read.
         let (node, claims) =
             enrol::verify_node_request(st, auth, parts.method.as_str(), path).await?;
-        let body = axum::body::to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| {
-            ApiError::BadRequest(format!("the body exceeds {MAX_HEARTBEAT_BYTES} bytes"))
-        })?;
+        // A session recording's chunk may be larger than any other body a node sends.
+        let limit = if parts.uri.path().starts_with("/api/v1/nodes/recordings/") {
+            atrium_protocol::recording::MAX_CHUNK_BYTES + 1
+        } else {
+            MAX_HEARTBEAT_BYTES
+        };
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::BadRequest(format!("the body exceeds {limit} bytes")))?;
         claims.check_body(&body).map_err(|_| ApiError::Unauthorized)?;
         Ok(Self { node, body })
     }

@@ -21,7 +21,7 @@ pub mod upload;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::recording::{self, ChunkWriter, Kind};
+use atrium_protocol::recording::{self, CHUNK_HEADER, ChunkWriter, Kind, MAX_CHUNK_BYTES};
 use atrium_protocol::ticket::Record;
 use axum::body::Bytes;
 
@@ -40,6 +40,8 @@ pub const KEY_EVERY: usize = 15;
 pub const KEY_RECORDS: usize = 20_000;
 /// Bytes of chunks waiting to leave, at most.
 pub const MAX_PENDING: usize = 64 * 1024 * 1024;
+/// Room for a record's header (kind and two varints).
+const RECORD_ROOM: usize = 11;
 
 /// The server messages a recording keeps (by type byte): what changes the screen, the pointer's
 /// shape and the clipboard; not `Hello`, `Resizable`, `Pong` or sound.
@@ -95,6 +97,12 @@ impl Recorder {
     }
 
     fn append(&mut self, kind: Kind, payload: &[u8]) {
+        // A record that would take the open chunk past the broker's limit starts a new one.
+        if !self.chunk.is_empty()
+            && self.chunk.len() + RECORD_ROOM + payload.len() > MAX_CHUNK_BYTES
+        {
+            self.ship(false);
+        }
         if self.chunk.is_empty() {
             self.chunk_opened = Some(Instant::now());
         }
@@ -145,7 +153,8 @@ impl Recorder {
         for m in messages {
             recording::write_key_part(&mut payload, m);
         }
-        if payload.is_empty() {
+        // One that cannot fit a chunk is left out: playback seeks from the one before.
+        if payload.is_empty() || payload.len() + RECORD_ROOM + CHUNK_HEADER > MAX_CHUNK_BYTES {
             return;
         }
         Metrics::add(&self.metrics.recording_key_frames, 1);

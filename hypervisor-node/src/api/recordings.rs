@@ -104,8 +104,11 @@ fn uplink(s: &AppState) -> Result<&Uplink, ApiError> {
     })
 }
 
-fn check_ids(s: &AppState, vm: &str, rec: &str) -> Result<(), ApiError> {
-    s.node.get(vm)?;
+/// Well-formed ids. The VM may be gone already (a floating desktop destroyed at sign-out while
+/// its last chunks were still on their way): the broker checks the recording is this node's.
+fn check_ids(vm: &str, rec: &str) -> Result<(), ApiError> {
+    atrium_protocol::node::validate_name("vm", vm, 128)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("vm")))?;
     atrium_protocol::ticket::Record { id: rec.to_owned(), input: false }
         .validate()
         .map_err(|m| ApiError::bad_request(m, Some("recording")))
@@ -117,7 +120,7 @@ async fn chunk(
     Query(q): Query<ChunkQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    check_ids(&s, &vm, &rec)?;
+    check_ids(&vm, &rec)?;
     let path = format!("/api/v1/nodes/recordings/{rec}/chunks/{n}?last={}", q.last);
     uplink(&s)?.post(&path, body).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -127,7 +130,7 @@ async fn end(
     State(s): State<AppState>,
     Path((vm, rec)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    check_ids(&s, &vm, &rec)?;
+    check_ids(&vm, &rec)?;
     uplink(&s)?.post(&format!("/api/v1/nodes/recordings/{rec}/end"), Bytes::new()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,6 +6,9 @@ import { ApiError, get } from '../api.js';
 import { RecordingPlayer } from '../recording/player.js';
 import { el, render, announce, fmtTime } from '../ui.js';
 
+// Recordings up to this size are checked whole when they are opened.
+const CHECK_AT_ONCE_BYTES = 256 << 20;
+
 export function fmtLength(ms) {
   const s = Math.floor(ms / 1000);
   const h = Math.floor(s / 3600);
@@ -112,13 +115,30 @@ export async function showRecording(app, id) {
     el('div', { class: 'recording-screen' }, canvas),
     rec.input ? el('section', {}, el('h2', { text: 'Keys typed' }), keys) : null,
     el('p', {}, el('a', { href: '#/admin/recordings' }, 'All recordings')));
-  get(`/api/v1/admin/recordings/${encodeURIComponent(id)}/verify`).then((v) => {
-    integrity.textContent = v.intact
-      ? `Intact: all ${v.chunks_checked} chunks are as they were recorded.`
-      : `Tampered with: ${v.problem}`;
-    integrity.classList.toggle('error', !v.intact);
-    integrity.dataset.intact = String(v.intact);
-  }, (e) => { integrity.textContent = `The recording could not be checked: ${e.message}`; });
+  const check = () => {
+    integrity.textContent = 'Checking that the recording is intact…';
+    get(`/api/v1/admin/recordings/${encodeURIComponent(id)}/verify`).then((v) => {
+      integrity.textContent = v.intact
+        ? `Intact: all ${v.chunks_checked} chunks are as they were recorded.`
+        : `Tampered with: ${v.problem}`;
+      integrity.classList.toggle('error', !v.intact);
+      integrity.dataset.intact = String(v.intact);
+    }, (e) => { integrity.textContent = `The recording could not be checked: ${e.message}`; });
+  };
+  if (index.chunks.length === 0) {
+    integrity.textContent = 'This recording holds nothing: the viewer never connected, or left at once.';
+    playBtn.disabled = true;
+    timeline.disabled = true;
+    return () => player.close();
+  }
+  // The whole chain is read to check it: at once for a recording of ordinary size; a large one
+  // on request (each chunk is checked anyway as it is played).
+  if (rec.bytes <= CHECK_AT_ONCE_BYTES) {
+    check();
+  } else {
+    integrity.replaceChildren('Each chunk is checked as it is played. ',
+      el('button', { type: 'button', class: 'secondary', id: 'recording-check', onclick: check }, 'Check the whole recording'));
+  }
   await seek(0);
   return () => player.close();
 }

@@ -43,6 +43,12 @@ export class RecordingPlayer extends Emitter {
     this._epoch = 0;
     // Set by a seek: the first record drawn may be a key frame.
     this._startKey = false;
+    // Video streams replaced while their pictures wait to be drawn.
+    this._retired = new Set();
+    // The play loop's token: a loop whose token is not the current one stops.
+    this._run = 0;
+    // The seek under way, if any: play() waits for it.
+    this._seeking = null;
     this._videoChecked = videoSupported().then((ok) => { this.videoOk = ok; });
   }
 
@@ -76,6 +82,8 @@ export class RecordingPlayer extends Emitter {
     this.renderer.clear();
     if (this.video) this.video.close();
     this.video = null;
+    for (const v of this._retired) v.close();
+    this._retired.clear();
   }
 
   _apply(rec) {
@@ -106,7 +114,10 @@ export class RecordingPlayer extends Emitter {
         // A stream of another size: a decoder of its own. Drawing all at once (a seek) queues
         // the old stream's pictures; its decoder closes once they are drawn.
         if (m.key && (!v || !v.size || v.size.w !== m.rect.w || v.size.h !== m.rect.h)) {
-          if (v) this.renderer.then(() => v.close());
+          if (v) {
+            this._retired.add(v);
+            this.renderer.then(() => { v.close(); this._retired.delete(v); });
+          }
           const stream = new VideoStream(this.renderer, () => { if (this.video === stream) this.video = null; });
           this.video = stream;
         }
@@ -134,13 +145,27 @@ export class RecordingPlayer extends Emitter {
     return true;
   }
 
-  // Shows the screen at `t` ms; resolves once it is drawn.
-  async seek(t) {
+  // Shows the screen at `t` ms; resolves once it is drawn (or a later seek took over).
+  seek(t) {
+    const p = this._seek(t).finally(() => {
+      if (this._seeking !== p) return;
+      this._seeking = null;
+      // Playing before the seek (or asked to play during it): it plays on from here.
+      if (this.playing && !this._timer) this.play();
+    });
+    this._seeking = p;
+    return p;
+  }
+
+  async _seek(t) {
     const epoch = ++this._epoch;
-    const resume = this.playing;
     this._stopClock();
     this.t = Math.max(0, Math.min(t, this.duration));
     await this._videoChecked;
+    if (this.chunks.length === 0) {
+      this.emit('time', { t: 0 });
+      return;
+    }
     const start = this._startFor(this.t);
     const recs = await this._records(start.n);
     if (epoch !== this._epoch) return;
@@ -148,35 +173,53 @@ export class RecordingPlayer extends Emitter {
     this._startKey = true;
     this.at = { n: start.n, i: start.offset === null ? 0 : Math.max(0, recs.findIndex((r) => r.offset === start.offset)) };
     await this._drawUntil(this.t, epoch);
-    await new Promise((resolve) => this.renderer.then(resolve));
+    // Drawn once the renderer reaches this point (a later seek clears the queue: it takes over).
+    await new Promise((resolve) => {
+      this.renderer.then(resolve);
+      const poll = setInterval(() => { if (epoch !== this._epoch) { clearInterval(poll); resolve(); } }, 100);
+      this.renderer.then(() => clearInterval(poll));
+    });
     if (epoch !== this._epoch) return;
     this.emit('time', { t: this.t });
-    if (resume) this.play();
   }
 
   play() {
-    if (this.playing && this._timer) return;
+    if (this.chunks.length === 0) return;
+    if (this._seeking) {
+      this.playing = true;
+      this.emit('state', { playing: true });
+      // The seek resumes playing when it is done.
+      return;
+    }
+    if (this._timer) return;
     if (this.t >= this.duration) {
-      this.seek(0).then(() => this.play());
+      // From the start again (the seek plays on when it is done).
+      this.playing = true;
+      this.emit('state', { playing: true });
+      this.seek(0);
       return;
     }
     this.playing = true;
     this.emit('state', { playing: true });
     const epoch = this._epoch;
+    const run = ++this._run;
     let wall = performance.now();
+    const live = () => epoch === this._epoch && run === this._run && this.playing;
     const tick = async () => {
-      if (epoch !== this._epoch || !this.playing) return;
+      this._timer = null;
+      if (!live()) return;
       const now = performance.now();
       this.t = Math.min(this.duration, this.t + (now - wall) * this.speed);
       wall = now;
       try {
         await this._drawUntil(this.t, epoch);
       } catch (e) {
+        if (!live()) return;
         this.pause();
         this.emit('error', e);
         return;
       }
-      if (epoch !== this._epoch || !this.playing) return;
+      if (!live()) return;
       this.emit('time', { t: this.t });
       if (this.t >= this.duration) {
         this.pause();
@@ -188,6 +231,7 @@ export class RecordingPlayer extends Emitter {
   }
 
   pause() {
+    this._run += 1;
     this._stopClock();
     if (this.playing) {
       this.playing = false;
