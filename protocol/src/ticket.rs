@@ -104,15 +104,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// Whether the id can name a recording: 1-64 lowercase hex digits and dashes.
+    /// Whether the id can name a recording ([`validate_recording_id`]).
     pub fn validate(&self) -> Result<(), String> {
-        let ok = (1..=64).contains(&self.id.len())
-            && self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
-        if ok { Ok(()) } else { Err("bad recording id".into()) }
+        validate_recording_id(&self.id)
     }
+}
+
+/// Whether `id` can name a recording: 1-64 lowercase hex digits and dashes (so it is safe as a
+/// folder name and in a URL).
+pub fn validate_recording_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
+    if ok { Ok(()) } else { Err("bad recording id".into()) }
 }
 
 /// A watermark drawn into a desktop's pixels: its text (the broker has filled in who, from

@@ -49,7 +49,7 @@ async fn recording_chunk(
     axum::extract::Query(q): axum::extract::Query<ChunkQuery>,
     signed: SignedByNode,
 ) -> ApiResult<axum::http::StatusCode> {
-    validate_recording_id(&id)?;
+    crate::recordings::check_id(&id)?;
     crate::recordings::accept_chunk(&st, &signed.node.node_id, &id, n, q.last, &signed.body)
         .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
@@ -64,15 +64,9 @@ async fn recording_end(
     axum::extract::Path(id): axum::extract::Path<String>,
     signed: SignedByNode,
 ) -> ApiResult<axum::http::StatusCode> {
-    validate_recording_id(&id)?;
+    crate::recordings::check_id(&id)?;
     crate::recordings::end(&st, &signed.node.node_id, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
-}
-
-fn validate_recording_id(id: &str) -> ApiResult<()> {
-    atrium_protocol::ticket::Record { id: id.to_owned(), input: false }
-        .validate()
-        .map_err(|m| ApiError::Validation { field: "id".into(), message: m })
 }
 
 /// Largest heartbeat read (100,000 VMs of a few dozen bytes each fit).

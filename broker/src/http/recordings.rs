@@ -47,14 +47,8 @@ pub struct RecordingIndex {
     pub chunks: Vec<Chunk>,
 }
 
-fn valid_id(id: &str) -> ApiResult<()> {
-    atrium_protocol::ticket::Record { id: id.to_owned(), input: false }
-        .validate()
-        .map_err(|m| ApiError::Validation { field: "id".into(), message: m })
-}
-
 async fn find(st: &AppState, id: &str) -> ApiResult<Recording> {
-    valid_id(id)?;
+    recordings::check_id(id)?;
     st.db.get_recording(id).await?.ok_or_else(|| ApiError::NotFound("no such recording".into()))
 }
 
@@ -114,7 +108,7 @@ async fn get_chunk(
     _reviewer: Reviewer,
     Path((id, n)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
-    valid_id(&id)?;
+    recordings::check_id(&id)?;
     let chunk = st
         .db
         .recording_chunk(&id, n)

@@ -109,8 +109,7 @@ fn uplink(s: &AppState) -> Result<&Uplink, ApiError> {
 fn check_ids(vm: &str, rec: &str) -> Result<(), ApiError> {
     atrium_protocol::node::validate_name("vm", vm, 128)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("vm")))?;
-    atrium_protocol::ticket::Record { id: rec.to_owned(), input: false }
-        .validate()
+    atrium_protocol::ticket::validate_recording_id(rec)
         .map_err(|m| ApiError::bad_request(m, Some("recording")))
 }
 
