@@ -43,6 +43,8 @@ async function settled(page, name) {
 async function main() {
   const { page } = await launch(cfg, 'user');
   await passwordSignIn(page, cfg.broker, 'alice', 'alice-pw');
+  // Signed in once her desktops show: before that the API rightly answers 401.
+  await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
   check(!(await page.getByRole('link', { name: 'Recordings' }).isVisible()), 'a user sees the Recordings link');
   const refused = await page.evaluate(async () => (await fetch('/api/v1/admin/recordings')).status);
   check(refused === 403, `the recordings API answered ${refused} to a user`);
