@@ -575,6 +575,7 @@ async fn a_watermark_that_cannot_be_drawn_keeps_the_viewer_out() {
         opacity: 20,
         size: 16,
         angle: 30,
+        spacing: 4,
     };
     let claims = TicketIssuer::watermarked_claims("vm-1", Capabilities::default(), 30, mark);
     let e = h.connect("vm-1", &h.issuer.sign(&claims), Some(ORIGIN)).await.unwrap_err();

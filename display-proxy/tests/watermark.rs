@@ -18,7 +18,7 @@ fn font() -> Arc<Font> {
 }
 
 fn mark(text: &str) -> Watermark {
-    Watermark { text: text.into(), opacity: 30, size: 16, angle: 30 }
+    Watermark { text: text.into(), opacity: 30, size: 16, angle: 30, spacing: 4 }
 }
 
 #[test]

@@ -130,6 +130,22 @@ pub struct Watermark {
     pub size: u16,
     /// Angle of the text in degrees, counter-clockwise (-90 to 90).
     pub angle: i16,
+    /// Space between neighbouring copies of the text, in text heights
+    /// ([`WATERMARK_SPACING`]). Denser tiling names the user on smaller parts of the screen
+    /// and costs more bytes: every copy's strokes go with each new piece of screen.
+    #[serde(default = "default_spacing")]
+    pub spacing: u8,
+}
+
+/// The range of [`Watermark::spacing`].
+pub const WATERMARK_SPACING: std::ops::RangeInclusive<u8> = 2..=40;
+/// [`Watermark::spacing`] when a ticket leaves it out: about twenty copies on a 1920x1080
+/// screen for a two-line text at 20 pixels (docs/PERFORMANCE.md has the bytes each spacing
+/// costs).
+pub const DEFAULT_WATERMARK_SPACING: u8 = 16;
+
+fn default_spacing() -> u8 {
+    DEFAULT_WATERMARK_SPACING
 }
 
 /// Where the display proxy writes the date and time (UTC, to the minute) into a watermark.
@@ -170,6 +186,13 @@ impl Watermark {
         if !(-90..=90).contains(&self.angle) {
             return Err("watermark angle must be -90 to 90 degrees".into());
         }
+        if !WATERMARK_SPACING.contains(&self.spacing) {
+            return Err(format!(
+                "watermark spacing must be {}-{} (text heights)",
+                WATERMARK_SPACING.start(),
+                WATERMARK_SPACING.end()
+            ));
+        }
         Ok(())
     }
 }
@@ -179,7 +202,7 @@ mod tests {
     use super::*;
 
     fn mark(text: &str) -> Watermark {
-        Watermark { text: text.into(), opacity: 12, size: 20, angle: 30 }
+        Watermark { text: text.into(), opacity: 12, size: 20, angle: 30, spacing: 16 }
     }
 
     #[test]
@@ -214,8 +237,13 @@ mod tests {
             Watermark { size: 97, ..ok.clone() },
             Watermark { angle: -91, ..ok.clone() },
             Watermark { angle: 91, ..ok.clone() },
+            Watermark { spacing: 1, ..ok.clone() },
+            Watermark { spacing: 41, ..ok.clone() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+        let without: Watermark =
+            serde_json::from_str(r#"{"text":"a","opacity":15,"size":20,"angle":30}"#).unwrap();
+        assert_eq!(without.spacing, DEFAULT_WATERMARK_SPACING, "a ticket without spacing");
     }
 }

@@ -275,7 +275,8 @@ fn watermarked(rgb: &[u8], w: u16, h: u16, mark: &Watermark, minute: i64) -> Vec
     use atrium_display::watermark::{Font, Mask, Pattern, Spec, Style};
     let font = Font::load(std::path::Path::new(atrium_display::config::DEFAULT_WATERMARK_FONT))
         .expect("the watermark font (fonts-dejavu-core)");
-    let style = Style { opacity: mark.opacity, size: mark.size, angle: mark.angle };
+    let style =
+        Style { opacity: mark.opacity, size: mark.size, angle: mark.angle, spacing: mark.spacing };
     let spec = Spec { lines: mark.text.split('\n').map(str::to_owned).collect(), style };
     let mask = Mask::new(&Pattern::new(&font, &spec.lines_at(minute), style), w, h);
     let mut fb = Framebuffer::new(w, h);
@@ -305,8 +306,13 @@ async fn a_watermark_is_drawn_into_the_pixels_every_viewer_of_the_desktop_receiv
         return Ok(());
     }
     let Bios { qemu: _qemu, node: _node, issuer, jwks: _jwks, proxy } = Bios::start(false).await?;
-    let mark =
-        Watermark { text: "alice · 10.0.0.5\n{time}".into(), opacity: 40, size: 18, angle: 30 };
+    let mark = Watermark {
+        text: "alice · 10.0.0.5\n{time}".into(),
+        opacity: 40,
+        size: 18,
+        angle: 30,
+        spacing: 4,
+    };
     let marked_ticket = || {
         let c = TicketIssuer::watermarked_claims("bios", Capabilities::default(), 30, mark.clone());
         issuer.sign(&c)

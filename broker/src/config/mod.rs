@@ -249,7 +249,7 @@ mod tests {
         );
         let c = Config::load_with_env(Some(&p), &[]).unwrap();
         assert_eq!(c.watermark.template, "{name} ({user})\n{client} {pool}\n{time}");
-        assert_eq!((c.watermark.opacity, c.watermark.size), (40, 20));
+        assert_eq!((c.watermark.opacity, c.watermark.size, c.watermark.spacing), (40, 20, 16));
         for (toml, want) in [
             ("template = \"{user} {password}\"", "unknown placeholder"),
             ("template = \"a\\nb\\nc\\nd\"", "1-3 lines"),
@@ -258,6 +258,7 @@ mod tests {
             ("opacity = 0", "watermark.opacity"),
             ("size = 200", "watermark.size"),
             ("angle = 120", "watermark.angle"),
+            ("spacing = 1", "watermark.spacing"),
         ] {
             let (_d, p) = write(&format!(
                 "[ldap]\nurl = \"ldap://10.0.0.1\"\ngroup_base = \"ou=groups,dc=x\"\n[watermark]\n{toml}\n"

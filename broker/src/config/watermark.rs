@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use atrium_protocol::ticket::{WATERMARK_MAX_CHARS, WATERMARK_MAX_LINES, WATERMARK_TIME};
+use atrium_protocol::ticket::{
+    DEFAULT_WATERMARK_SPACING, WATERMARK_MAX_CHARS, WATERMARK_MAX_LINES, WATERMARK_TIME,
+};
 
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: &[&str] = &["{user}", "{name}", "{client}", "{pool}", WATERMARK_TIME];
@@ -22,11 +24,21 @@ pub struct WatermarkSection {
     pub size: u16,
     /// Angle of the text in degrees, counter-clockwise (-90 to 90).
     pub angle: i16,
+    /// Space between neighbouring copies of the text, in text heights (2-40). The default,
+    /// 16, puts about twenty copies of a two-line text on a 1920x1080 screen; 4 puts some
+    /// eighty, and new content then costs about 1.36x the bytes instead of 1.14x.
+    pub spacing: u8,
 }
 
 impl Default for WatermarkSection {
     fn default() -> Self {
-        Self { template: "{user} · {client}\n{time}".into(), opacity: 15, size: 20, angle: 30 }
+        Self {
+            template: "{user} · {client}\n{time}".into(),
+            opacity: 15,
+            size: 20,
+            angle: 30,
+            spacing: DEFAULT_WATERMARK_SPACING,
+        }
     }
 }
 
@@ -68,6 +80,7 @@ impl WatermarkSection {
             opacity: self.opacity,
             size: self.size,
             angle: self.angle,
+            spacing: self.spacing,
         };
         sample.validate().map_err(|e| ConfigError::Invalid(e.replace("watermark ", "watermark.")))
     }

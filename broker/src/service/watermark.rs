@@ -50,7 +50,13 @@ pub fn render(cfg: &WatermarkSection, who: Watched<'_>, watcher: Option<&str>) -
             _ => break text,
         }
     };
-    let w = Watermark { text, opacity: cfg.opacity, size: cfg.size, angle: cfg.angle };
+    let w = Watermark {
+        text,
+        opacity: cfg.opacity,
+        size: cfg.size,
+        angle: cfg.angle,
+        spacing: cfg.spacing,
+    };
     if w.validate().is_ok() {
         return w;
     }
@@ -108,11 +114,12 @@ mod tests {
     fn the_template_names_the_user_their_address_and_pool() {
         let cfg = WatermarkSection {
             template: "{name} ({user})\n{client} · {pool}\n{time}".into(),
+            spacing: 6,
             ..WatermarkSection::default()
         };
         let w = render(&cfg, alice(), None);
         assert_eq!(w.text, "Alice Andersen (alice)\n10.0.0.5 · finance\n{time}");
-        assert_eq!((w.opacity, w.size, w.angle), (15, 20, 30));
+        assert_eq!((w.opacity, w.size, w.angle, w.spacing), (15, 20, 30, 6));
         assert_eq!(w.validate(), Ok(()));
         let w = render(&cfg, alice(), Some("carol"));
         assert!(w.text.ends_with("\n{time}\nwatched by carol"), "{}", w.text);

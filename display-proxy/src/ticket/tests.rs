@@ -36,6 +36,7 @@ async fn a_valid_ticket_is_accepted_once() {
         opacity: 12,
         size: 20,
         angle: 30,
+        spacing: 4,
     };
     let wm = TicketIssuer::watermarked_claims("vm-1", Capabilities::default(), 30, mark);
     let c = v.verify(&issuer.sign(&wm), "vm-1").await.unwrap();
@@ -74,12 +75,14 @@ async fn bad_tickets_are_refused_with_their_reason() {
         opacity: 12,
         size: 20,
         angle: 30,
+        spacing: 4,
     });
     let w = atrium_protocol::ticket::Watermark {
         text: "alice\n{time}".into(),
         opacity: 12,
         size: 20,
         angle: 30,
+        spacing: 4,
     };
     let mut plain_aud = claims("vm-1");
     plain_aud.watermark = Some(w);

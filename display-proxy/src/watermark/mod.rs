@@ -127,7 +127,12 @@ impl Marks {
                     }
                 }
             }
-            let style = Style { opacity: first.opacity, size: first.size, angle: first.angle };
+            let style = Style {
+                opacity: first.opacity,
+                size: first.size,
+                angle: first.angle,
+                spacing: first.spacing,
+            };
             Arc::new(Spec { lines, style })
         });
         self.tx.send_if_modified(|now| {

@@ -44,6 +44,8 @@ pub struct Style {
     pub size: u16,
     /// Degrees, counter-clockwise.
     pub angle: i16,
+    /// Space between neighbouring copies, in text heights.
+    pub spacing: u8,
 }
 
 /// Coverage of the text block: one byte per pixel, row-major.
@@ -116,7 +118,7 @@ impl Pattern {
         let (sin, cos) = theta.sin_cos();
         let (bw, bh) = (len_f32(b.width), len_f32(b.height));
         // The rotated block's extent on screen, and room around it.
-        let gap = f32::from(style.size) * 4.0;
+        let gap = f32::from(style.size) * f32::from(style.spacing.max(1));
         let across = bw * cos.abs() + bh * sin.abs();
         let down = bw * sin.abs() + bh * cos.abs();
         let cell = to_len((across + gap).ceil()).max(2) & !1;

@@ -18,10 +18,10 @@ pub(crate) fn font() -> Arc<Font> {
 }
 
 fn mark(text: &str) -> Watermark {
-    Watermark { text: text.into(), opacity: 30, size: 16, angle: 30 }
+    Watermark { text: text.into(), opacity: 30, size: 16, angle: 30, spacing: 4 }
 }
 
-const STYLE: Style = Style { opacity: 30, size: 16, angle: 30 };
+const STYLE: Style = Style { opacity: 30, size: 16, angle: 30, spacing: 4 };
 
 /// 2026-12-03 09:31 UTC, in minutes and as a time.
 const MINUTE: i64 = 29_938_171;
@@ -113,6 +113,23 @@ fn the_text_is_tiled_over_the_whole_screen_at_its_strength() {
     assert_ne!(mask, other);
     let bob = Mask::new(&Pattern::new(&font, &["bob".to_owned()], STYLE), 640, 400);
     assert!(bob.inked() > 0 && bob != mask, "another text, another mask");
+}
+
+#[test]
+fn the_default_spacing_draws_fewer_copies_and_still_marks_every_ninth_of_the_screen() {
+    let font = font();
+    let lines = vec!["alice · 10.0.0.5".to_owned(), utc_minute(MINUTE)];
+    let style = |spacing| Style { opacity: 15, size: 20, angle: 30, spacing };
+    let mask = |spacing| Mask::new(&Pattern::new(&font, &lines, style(spacing)), 1920, 1080);
+    let (dense, sparse) = (mask(4), mask(atrium_protocol::ticket::DEFAULT_WATERMARK_SPACING));
+    assert!(sparse.inked() * 3 < dense.inked(), "{} against {}", sparse.inked(), dense.inked());
+    for (x0, y0) in (0..3).flat_map(|i| (0..3).map(move |j| (i * 640, j * 360))) {
+        let n = (y0..y0 + 360)
+            .flat_map(|y| (x0..x0 + 640).map(move |x| (x, y)))
+            .filter(|&(x, y)| sparse.at(x, y) > 0)
+            .count();
+        assert!(n > 200, "{n} pixels inked in the ninth at {x0},{y0}");
+    }
 }
 
 #[test]

@@ -354,6 +354,7 @@ impl Rig {
                 opacity: 15,
                 size: 20,
                 angle: 30,
+                spacing: atrium_protocol::ticket::DEFAULT_WATERMARK_SPACING,
             };
             TicketIssuer::watermarked_claims(&vm.id, Capabilities::default(), 30, mark)
         } else {

@@ -1,14 +1,15 @@
 //! What a watermark costs on the wire: the same frames (the synthetic desktop, deterministic)
 //! planned and encoded for a viewer in step twice in one run, once as they are and once with
 //! the watermark the broker draws by default (`{user} · {client}` and the time, 15%, 20 px,
-//! 30 degrees) drawn by the proxy's own layer. Two workloads at 1920x1080: a terminal scrolling
+//! 30 degrees, copies 16 text heights apart) drawn by the proxy's own layer; the whole ratio
+//! also for denser tilings. Two workloads at 1920x1080: a terminal scrolling
 //! text, and the same with a photo-like box moving over it. Then the desktop stands still for a
 //! simulated minute: frames made (none is the target) and the bytes of the clock's change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atrium_protocol::ticket::Watermark;
+use atrium_protocol::ticket::{DEFAULT_WATERMARK_SPACING, Watermark};
 use serde_json::{Map, Value, json};
 
 use super::encode::encode_all;
@@ -57,10 +58,16 @@ impl Viewer {
     }
 }
 
-/// The broker's default watermark, for a user at 10.0.0.5.
-fn default_mark() -> Watermark {
-    Watermark { text: "alice · 10.0.0.5\n{time}".into(), opacity: 15, size: 20, angle: 30 }
+/// The broker's default watermark, for a user at 10.0.0.5, its copies `spacing` text heights
+/// apart.
+fn mark(spacing: u8) -> Watermark {
+    Watermark {
+        text: "alice · 10.0.0.5\n{time}".into(), opacity: 15, size: 20, angle: 30, spacing
+    }
 }
+
+/// Denser tilings than the default, measured beside it.
+const DENSER: [u8; 2] = [4, 8];
 
 /// The source's events with what the layer redrew, as the proxy's capture loop passes them.
 fn with_redrawn(events: &[SourceEvent], r: Redrawn, fb: &Framebuffer) -> Vec<SourceEvent> {
@@ -73,6 +80,7 @@ fn with_redrawn(events: &[SourceEvent], r: Redrawn, fb: &Framebuffer) -> Vec<Sou
 
 fn workload(
     photo: bool,
+    spacing: u8,
     font: &Arc<Font>,
     now: SystemTime,
     metrics: &Metrics,
@@ -82,7 +90,7 @@ fn workload(
     let mut fb = Framebuffer::new(1920, 1080);
     src.next_update(&mut fb)?;
     let (marks, rx) = Marks::new();
-    let _mark = marks.add(default_mark()).map_err(anyhow::Error::msg)?;
+    let _mark = marks.add(mark(spacing)).map_err(anyhow::Error::msg)?;
     let mut layer = Layer::new(rx, Some(Arc::clone(font)));
     let mut plain = Viewer::new(&fb, metrics);
     let (drawn, _) = layer.apply(&fb, &[], now);
@@ -109,12 +117,21 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
     // A fixed minute, 5 s in: the clock does not change during the workloads.
     let minute = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() / 60;
     let now = UNIX_EPOCH + Duration::from_secs(minute * 60 + 5);
-    let (text_plain, text_marked, text_ms) = workload(false, &font, now, &metrics)?;
-    let (photo_plain, photo_marked, photo_ms) = workload(true, &font, now, &metrics)?;
+    let spacing = DEFAULT_WATERMARK_SPACING;
+    let (text_plain, text_marked, text_ms) = workload(false, spacing, &font, now, &metrics)?;
+    let (photo_plain, photo_marked, photo_ms) = workload(true, spacing, &font, now, &metrics)?;
     #[allow(clippy::cast_precision_loss)]
     let ratio = |a: usize, b: usize| a as f64 / b.max(1) as f64;
     let all_plain = text_plain.bytes + photo_plain.bytes;
     let all_marked = text_marked.bytes + photo_marked.bytes;
+    let mut by_spacing = Map::new();
+    for s in DENSER {
+        let (_, text, _) = workload(false, s, &font, now, &metrics)?;
+        let (_, photo, _) = workload(true, s, &font, now, &metrics)?;
+        by_spacing
+            .insert(s.to_string(), json!(round(ratio(text.bytes + photo.bytes, all_plain), 3)));
+    }
+    by_spacing.insert(spacing.to_string(), json!(round(ratio(all_marked, all_plain), 3)));
 
     // An idle desktop: nothing changes for a minute of apply calls, then the minute turns.
     let mut src = SyntheticSource::new(SyntheticConfig {
@@ -127,7 +144,7 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
     let mut fb = Framebuffer::new(1920, 1080);
     src.next_update(&mut fb)?;
     let (marks, rx) = Marks::new();
-    let _mark = marks.add(default_mark()).map_err(anyhow::Error::msg)?;
+    let _mark = marks.add(mark(spacing)).map_err(anyhow::Error::msg)?;
     let mut layer = Layer::new(rx, Some(Arc::clone(&font)));
     let (drawn, _) = layer.apply(&fb, &[], now);
     let mut idle = Viewer::new(drawn, &metrics);
@@ -149,6 +166,8 @@ pub fn run() -> anyhow::Result<Map<String, Value>> {
         "watermark_bytes_ratio": round(ratio(all_marked, all_plain), 3),
         "watermark_text_bytes_ratio": round(ratio(text_marked.bytes, text_plain.bytes), 3),
         "watermark_photo_bytes_ratio": round(ratio(photo_marked.bytes, photo_plain.bytes), 3),
+        "watermark_spacing": spacing,
+        "watermark_bytes_ratio_by_spacing": by_spacing,
         "watermark_bytes": all_marked,
         "watermark_text_bytes": [text_marked.bytes, text_plain.bytes],
         "watermark_photo_bytes": [photo_marked.bytes, photo_plain.bytes],
