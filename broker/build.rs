@@ -9,7 +9,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     entries.sort();
     for p in entries {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with('.') || name == "node_modules" {
+        // Unit tests (`*.test.mjs`) are not served.
+        if name.starts_with('.') || name == "node_modules" || name.ends_with(".test.mjs") {
             continue;
         }
         if p.is_dir() {

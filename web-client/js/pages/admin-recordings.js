@@ -92,14 +92,18 @@ export async function showRecording(app, id) {
     keys.textContent = (keys.textContent + text).slice(-2000);
   });
   player.on('error', (e) => announce(e.message || String(e), true));
+  // The canvas says when the last seek asked for is drawn (a seek a later one took over says
+  // nothing).
+  let seeks = 0;
   const seek = async (t) => {
+    const mine = ++seeks;
     keys.textContent = '';
     canvas.dataset.seeked = '';
     try {
       await player.seek(t);
-      canvas.dataset.seeked = String(Math.round(player.t));
+      if (mine === seeks) canvas.dataset.seeked = String(Math.round(player.t));
     } catch (e) {
-      announce(e.message || String(e), true);
+      if (mine === seeks) announce(e.message || String(e), true);
     }
   };
   playBtn.addEventListener('click', () => (player.playing ? player.pause() : player.play()));

@@ -9,7 +9,9 @@
 //   await p.seek(ms);  p.play();  p.pause();  p.setSpeed(4);
 //
 // Seeking starts from the last key frame before the position (the index says where each is)
-// and draws what came after it without waiting; playing then draws each record at its time,
+// and draws the screen the messages after it make, composed (compose.js: only what is still on
+// the screen is drawn) where it can be, else each message without waiting; playing then draws
+// each record at its time,
 // faster or slower by the speed. Video after a seek waits for its next key frame (the key
 // frame's still picture stands until then).
 import { decode } from '../viewer/decoders/index.js';
@@ -17,6 +19,7 @@ import { VideoStream, videoSupported } from '../viewer/decoders/video.js';
 import { Emitter } from '../viewer/events.js';
 import * as P from '../viewer/protocol.js';
 import { Renderer } from '../viewer/renderer.js';
+import { compose, drawComposed } from './compose.js';
 import { Kind, decodeInput, keyParts, keyText, parseChunk } from './format.js';
 
 // How far ahead of the clock records are drawn in one go.
@@ -102,7 +105,10 @@ export class RecordingPlayer extends Emitter {
   }
 
   _message(buf) {
-    const m = P.decodeServer(buf);
+    this._draw(P.decodeServer(buf));
+  }
+
+  _draw(m) {
     switch (m.type) {
       case 'resize': this.renderer.resize(m.width, m.height); return;
       case 'fill':
@@ -145,6 +151,33 @@ export class RecordingPlayer extends Emitter {
     return true;
   }
 
+  // The drawing messages of every record up to time `t` from where the player is (parsed; a key
+  // frame at the start gives its parts), moving on as drawing would; null when a later seek
+  // took over.
+  async _collectUntil(t, epoch) {
+    const out = [];
+    while (this.at.n < this.chunks.length) {
+      const recs = await this._records(this.at.n);
+      if (epoch !== this._epoch) return null;
+      while (this.at.i < recs.length) {
+        const r = recs[this.at.i];
+        if (r.t > t) return out;
+        if (r.kind === Kind.MESSAGE) {
+          out.push(P.decodeServer(r.payload));
+        } else if (r.kind === Kind.KEY && this._startKey) {
+          out.length = 0;
+          for (const m of keyParts(r.payload)) out.push(P.decodeServer(m));
+        } else if (r.kind === Kind.INPUT) {
+          this._apply(r);
+        }
+        this._startKey = false;
+        this.at.i += 1;
+      }
+      this.at = { n: this.at.n + 1, i: 0 };
+    }
+    return out;
+  }
+
   // Shows the screen at `t` ms; resolves once it is drawn (or a later seek took over).
   seek(t) {
     const p = this._seek(t).finally(() => {
@@ -167,12 +200,23 @@ export class RecordingPlayer extends Emitter {
       return;
     }
     const start = this._startFor(this.t);
+    // The chunks up to the position, asked for at once rather than one after another.
+    for (let n = start.n + 1; n < this.chunks.length && n < start.n + 15 && this.chunks[n].t_first <= this.t; n++) {
+      this._records(n).catch(() => {});
+    }
     const recs = await this._records(start.n);
     if (epoch !== this._epoch) return;
     this._reset();
     this._startKey = true;
     this.at = { n: start.n, i: start.offset === null ? 0 : Math.max(0, recs.findIndex((r) => r.offset === start.offset)) };
-    await this._drawUntil(this.t, epoch);
+    const messages = await this._collectUntil(this.t, epoch);
+    if (messages === null) return;
+    const screen = compose(messages);
+    if (screen) {
+      drawComposed(screen, this.renderer);
+    } else {
+      for (const m of messages) this._draw(m);
+    }
     // Drawn once the renderer reaches this point (a later seek clears the queue: it takes over).
     await new Promise((resolve) => {
       this.renderer.then(resolve);

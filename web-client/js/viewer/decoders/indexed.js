@@ -1,6 +1,8 @@
 // Indexed: a small palette (2 to 16 colours) and packed indices, uncompressed; the proxy uses it
 // for tiny text-like areas (a typed character) where a PNG's own overhead would dominate.
-export function decodeIndexed(msg, renderer) {
+
+// The pixels of an indexed image (RGBA, row-major); an error when it is malformed.
+export function indexedPixels(msg) {
   const { rect, data } = msg;
   const n = data[0];
   if (n < 2 || n > 16) throw new Error(`indexed image with ${n} colours`);
@@ -22,6 +24,12 @@ export function decodeIndexed(msg, renderer) {
       px[o + 3] = 255;
     }
   }
+  return px;
+}
+
+export function decodeIndexed(msg, renderer) {
+  const { rect } = msg;
+  const px = indexedPixels(msg);
   renderer.push({
     ready: null,
     draw: () => renderer.ctx.putImageData(new ImageData(px, rect.w, rect.h), rect.x, rect.y),
