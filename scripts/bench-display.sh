@@ -6,12 +6,17 @@
 # on one QEMU console guest and on a desktop guest playing a video, both in headless Chromium,
 # in the same run. Release build. The last line is one JSON object.
 #
-#   scripts/bench-display.sh [--vs-novnc] [--audio] [--skip-encode] [--skip-motion]
+# Watermark and recording costs run by default; with --seek (or --vs-novnc) seek times in a
+# one-hour recording in the admin portal's player (headless Chromium, a real broker and slapd).
+#
+#   scripts/bench-display.sh [--vs-novnc] [--audio] [--seek] [--skip-encode] [--skip-motion]
+#                            [--skip-watermark] [--skip-recording] [--skip-seek]
 #                            [--skip-fanout] [--skip-audio] [--skip-console] [--skip-video]
-#                            [--fanout-secs N] [--image DIR] [--keep-refresh-ms N]
+#                            [--recording-secs N] [--fanout-secs N] [--image DIR]
+#                            [--keep-refresh-ms N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
 install_apt_packages
-cargo build --release --locked -p atrium-display -p atrium-node -p atrium-tests --bins
+cargo build --release --locked -p atrium-display -p atrium-node -p atrium-broker -p atrium-tests --bins
 exec target/release/bench-display "$@"

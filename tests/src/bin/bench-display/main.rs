@@ -9,6 +9,8 @@
 //!   idle watermarked desktop sends;
 //! - with `--audio` or `--vs-novnc`: a desktop's test tones to the browser's output, and
 //!   input-to-pixel on a moving desktop with video on and off;
+//! - recording: bytes stored against bytes sent to a recorded viewer; with `--seek` or
+//!   `--vs-novnc`, seek times in a one-hour recording in the admin portal's player;
 //! - fan-out: how many viewers of one synthetic desktop get 30 fps on this machine;
 //! - with `--vs-novnc`: one QEMU console guest, one scripted workload, watched at once by
 //!   Atrium's web client through the proxy and by Debian's noVNC through websockify, both in
@@ -28,6 +30,7 @@ mod qemu_floor;
 mod recording;
 mod relay;
 mod rig;
+mod seek;
 mod static_files;
 mod video_latency;
 mod watermark;
@@ -78,6 +81,13 @@ pub struct BenchOptions {
     /// Skip the recording's cost (bytes stored against bytes sent to a recorded viewer).
     #[arg(long)]
     pub skip_recording: bool,
+    /// Seek in a one-hour recording in the admin portal's player, in headless Chromium (also
+    /// done with --vs-novnc; needs slapd, Chromium and tests/browser/node_modules).
+    #[arg(long)]
+    pub seek: bool,
+    /// With --vs-novnc: skip the seek measurement.
+    #[arg(long)]
+    pub skip_seek: bool,
     /// Seconds each recording workload runs (long enough for several key frames).
     #[arg(long, default_value_t = 60)]
     pub recording_secs: u64,
@@ -130,8 +140,12 @@ async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         let w = tokio::task::spawn_blocking(watermark::run).await??;
         out.extend(w);
     }
-    if !opts.skip_recording {
-        out.extend(recording::run(opts.recording_secs).await?);
+    if !opts.skip_recording || opts.seek {
+        let (figures, [terminal, photo]) = recording::run(opts.recording_secs).await?;
+        out.extend(figures);
+        if opts.seek || (opts.vs_novnc && !opts.skip_seek) {
+            out.extend(seek::run(&terminal, &photo).await?);
+        }
     }
     if !opts.skip_fanout {
         out.extend(fanout::run(opts.fanout_secs).await?);

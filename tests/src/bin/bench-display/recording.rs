@@ -63,8 +63,8 @@ async fn viewer(url: String, bytes: Arc<AtomicU64>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One workload for `secs`: its figures.
-async fn workload(photo: bool, secs: u64) -> anyhow::Result<Value> {
+/// One workload for `secs`: its figures and the recording's chunks.
+async fn workload(photo: bool, secs: u64) -> anyhow::Result<(Value, Vec<Bytes>)> {
     let issuer = TicketIssuer::generate("bench");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
     let cfg = DisplayConfig { broker_url: jwks.url(), ..DisplayConfig::default() };
@@ -118,7 +118,7 @@ async fn workload(photo: bool, secs: u64) -> anyhow::Result<Value> {
         keys.iter().sum::<usize>(),
         per_hour / 1e6,
     );
-    Ok(json!({
+    let figures = json!({
         "ratio": round(ratio, 3),
         "bytes_per_hour": round(per_hour, 0),
         "sent_bytes": sent,
@@ -126,21 +126,22 @@ async fn workload(photo: bool, secs: u64) -> anyhow::Result<Value> {
         "key_frames": keys.len(),
         "key_frame_bytes": keys.iter().sum::<usize>(),
         "seek_middle_replay_bytes": replay,
-    }))
+    });
+    Ok((figures, chunks))
 }
 
-pub async fn run(secs: u64) -> anyhow::Result<Map<String, Value>> {
-    let terminal = workload(false, secs).await?;
-    let photo = workload(true, secs).await?;
-    Ok(json!({
+/// The figures, and the two workloads' recordings, terminal then photo (what `seek.rs` seeks
+/// in).
+pub async fn run(secs: u64) -> anyhow::Result<(Map<String, Value>, [Vec<Bytes>; 2])> {
+    let (terminal, chunks) = workload(false, secs).await?;
+    let (photo, photo_chunks) = workload(true, secs).await?;
+    let figures = json!({
         "recording_to_stream_ratio": terminal["ratio"],
         "recording_bytes_per_hour": terminal["bytes_per_hour"],
         "recording_to_stream_ratio_photo": photo["ratio"],
         "recording_bytes_per_hour_photo": photo["bytes_per_hour"],
         "recording_terminal": terminal,
         "recording_photo": photo,
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default())
+    });
+    Ok((figures.as_object().cloned().unwrap_or_default(), [chunks, photo_chunks]))
 }
