@@ -134,15 +134,16 @@ export class RecordingPlayer extends Emitter {
     }
   }
 
-  // Draws every record up to time `t` (without waiting between them).
-  async _drawUntil(t, epoch) {
+  // Hands `visit` every record up to time `t` from where the player is, moving on; false when
+  // a later seek took over.
+  async _walkUntil(t, epoch, visit) {
     while (this.at.n < this.chunks.length) {
       const recs = await this._records(this.at.n);
       if (epoch !== this._epoch) return false;
       while (this.at.i < recs.length) {
         const r = recs[this.at.i];
         if (r.t > t) return true;
-        this._apply(r);
+        visit(r);
         this._startKey = false;
         this.at.i += 1;
       }
@@ -151,31 +152,26 @@ export class RecordingPlayer extends Emitter {
     return true;
   }
 
-  // The drawing messages of every record up to time `t` from where the player is (parsed; a key
-  // frame at the start gives its parts), moving on as drawing would; null when a later seek
-  // took over.
+  // Draws every record up to time `t` (without waiting between them).
+  _drawUntil(t, epoch) {
+    return this._walkUntil(t, epoch, (r) => this._apply(r));
+  }
+
+  // The drawing messages of every record up to time `t` (parsed; a key frame at the start gives
+  // its parts), moving on as drawing would; null when a later seek took over.
   async _collectUntil(t, epoch) {
     const out = [];
-    while (this.at.n < this.chunks.length) {
-      const recs = await this._records(this.at.n);
-      if (epoch !== this._epoch) return null;
-      while (this.at.i < recs.length) {
-        const r = recs[this.at.i];
-        if (r.t > t) return out;
-        if (r.kind === Kind.MESSAGE) {
-          out.push(P.decodeServer(r.payload));
-        } else if (r.kind === Kind.KEY && this._startKey) {
-          out.length = 0;
-          for (const m of keyParts(r.payload)) out.push(P.decodeServer(m));
-        } else if (r.kind === Kind.INPUT) {
-          this._apply(r);
-        }
-        this._startKey = false;
-        this.at.i += 1;
+    const ok = await this._walkUntil(t, epoch, (r) => {
+      if (r.kind === Kind.MESSAGE) {
+        out.push(P.decodeServer(r.payload));
+      } else if (r.kind === Kind.KEY && this._startKey) {
+        out.length = 0;
+        for (const m of keyParts(r.payload)) out.push(P.decodeServer(m));
+      } else if (r.kind === Kind.INPUT) {
+        this._apply(r);
       }
-      this.at = { n: this.at.n + 1, i: 0 };
-    }
-    return out;
+    });
+    return ok ? out : null;
   }
 
   // Shows the screen at `t` ms; resolves once it is drawn (or a later seek took over).
