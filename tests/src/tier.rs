@@ -135,6 +135,29 @@ pub struct Doc {
     pub text: String,
 }
 
+/// Writes `policies` into a copy of the manifests and names them in the brokers' policies
+/// ConfigMap (once: a kept state folder already has them).
+fn add_policies(manifests: &Path, policies: &[(String, String)]) -> anyhow::Result<()> {
+    let broker = manifests.join("base/broker");
+    let kustomization = broker.join("kustomization.yaml");
+    let mut k = std::fs::read_to_string(&kustomization)?;
+    let anchor = "      - policies/default.cedar\n";
+    for (name, text) in policies {
+        std::fs::write(broker.join(format!("policies/{name}.cedar")), text)?;
+        let line = format!("      - policies/{name}.cedar\n");
+        if !k.contains(&line) {
+            anyhow::ensure!(
+                k.contains(anchor),
+                "{} names no policies/default.cedar",
+                kustomization.display()
+            );
+            k = k.replacen(anchor, &format!("{anchor}{line}"), 1);
+        }
+    }
+    std::fs::write(&kustomization, k)?;
+    Ok(())
+}
+
 /// Splits `kubectl kustomize` output (documents separated by `---` lines).
 pub fn documents(yaml: &str) -> Vec<Doc> {
     yaml.split("\n---\n")
@@ -157,6 +180,10 @@ pub struct TierOptions {
     pub binaries: PathBuf,
     /// The directory service account's password.
     pub ldap_bind_password: String,
+    /// Policies added to the brokers' (file name without `.cedar`, text), as a site adds its
+    /// own: a file beside `default.cedar` in its copy of the manifests, named in the
+    /// `atrium-policies` ConfigMap's generator.
+    pub policies: Vec<(String, String)>,
 }
 
 /// The tier, played; stopped (pods stopped and removed) on drop.
@@ -220,6 +247,7 @@ impl Tier {
                 "copying deploy/kubernetes",
             )?;
         }
+        add_policies(&manifests, &opts.policies)?;
         let secrets = manifests.join("base/secrets");
         std::fs::create_dir_all(&secrets)?;
         run(

@@ -31,7 +31,12 @@ fn binaries() -> std::path::PathBuf {
 }
 
 fn tier_options() -> TierOptions {
-    TierOptions { state: None, binaries: binaries(), ldap_bind_password: SERVICE_PW.into() }
+    TierOptions {
+        state: None,
+        binaries: binaries(),
+        ldap_bind_password: SERVICE_PW.into(),
+        policies: Vec::new(),
+    }
 }
 
 #[test]
@@ -492,7 +497,10 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
         return Ok(());
     }
     let console = console_image()?;
-    let stack = TierStack::start(tier_options(), &[&console], None).await?;
+    // Her sessions are recorded: through the gateway and the edge, onto the brokers' volume.
+    let mut opts = tier_options();
+    opts.policies = vec![("record-console".into(), RECORD_CONSOLE.into())];
+    let stack = TierStack::start(opts, &[&console], None).await?;
     let admin = stack.admin().await;
     create_pool(&admin, "console", "console", 1, "1280x800").await?;
 
@@ -569,8 +577,36 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
         (stack.tier.restarts(gw).ok()? >= 1).then_some(())
     })
     .await?;
+
+    // What she saw was recorded: the node sent the chunks through the edge's internal door, a
+    // broker replica chained them onto the volume the brokers share, and they are intact.
+    let recorded = wait_for("her recording's chunks", Duration::from_secs(30), || async {
+        let list = admin.get_json("/api/v1/admin/recordings?user=alice", StatusCode::OK).await;
+        let recs = list.as_array()?.clone();
+        (!recs.is_empty() && recs.iter().all(|r| r["bytes"].as_u64() > Some(0))).then_some(recs)
+    })
+    .await?;
+    for r in &recorded {
+        let id = r["id"].as_str().context("a recording id")?;
+        assert_eq!(r["pool"], "console", "{r}");
+        let v =
+            admin.get_json(&format!("/api/v1/admin/recordings/{id}/verify"), StatusCode::OK).await;
+        assert_eq!(v["intact"], true, "{v}");
+        let chunks = std::fs::read_dir(stack.tier.dir.join("volumes/recordings").join(id))?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "chunk"))
+            .count();
+        assert!(chunks > 0, "no chunk of {id} on the shared volume");
+        eprintln!("recording {id}: {} bytes in {chunks} chunks, intact", r["bytes"]);
+    }
     Ok(())
 }
+
+/// Records every session of the `console` pool.
+const RECORD_CONSOLE: &str = r#"@id("record-console")
+permit (principal, action == Atrium::Action::"record", resource)
+when { resource is Atrium::Pool && resource.name == "console" };
+"#;
 
 /// alice's desktop id, as the administrators see it.
 async fn alice_desktop(admin: &ApiClient) -> anyhow::Result<String> {

@@ -77,7 +77,12 @@ async fn run_containers() -> anyhow::Result<()> {
     let desktop = desktop_image()?;
     let binaries = std::env::current_exe()?.parent().context("the binary's folder")?.to_owned();
     eprintln!("containers: building the images, then playing the tier with podman");
-    let opts = TierOptions { state: None, binaries, ldap_bind_password: SERVICE_PW.into() };
+    let opts = TierOptions {
+        state: None,
+        binaries,
+        ldap_bind_password: SERVICE_PW.into(),
+        policies: Vec::new(),
+    };
     let stack = TierStack::start(opts, &[&console, &desktop], Some(8090)).await?;
     eprintln!(
         "containers: the tier's files in {}; `podman ps` lists its containers; node and display \
