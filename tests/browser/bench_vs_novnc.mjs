@@ -230,7 +230,7 @@ async function videoWorkload(atrium, novnc) {
   const secs = (Date.now() - t) / 1000;
   const after = await Promise.all([pictures(), atrium.page.evaluate(() => window.atriumFrames), novnc.page.evaluate(() => window.__flips)]);
   for (const v of views) await v.page.screenshot({ path: join(cfg.tmp, `video-${v.name}.png`) });
-  await atrium.page.keyboard.press('Control+C');
+  await atrium.page.keyboard.press('Control+c');
   return {
     secs,
     atrium_video_pictures: after[0] - before[0],
