@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atrium_protocol::agent::SessionUser;
-use atrium_protocol::node::{ErrorBody, SessionRequest, VmInfo, VmSpec};
+use atrium_protocol::node::{EndReason, ErrorBody, SessionEnd, SessionRequest, VmInfo, VmSpec};
 use atrium_protocol::signed::{self, node_audience};
 use reqwest::Method;
 use thiserror::Error;
@@ -119,18 +119,19 @@ impl NodeClient {
         Self::check(resp).await.map(drop)
     }
 
-    /// Asks the display proxy beside a node to close every viewer of a desktop session;
-    /// `display_url` is the proxy's (`ws(s)://`), the call is signed for the node.
+    /// Asks the display proxy beside a node to close every viewer of a desktop session, telling
+    /// them `reason`; `display_url` is the proxy's (`ws(s)://`), the call is signed for the node.
     pub async fn end_display_session(
         &self,
         node_id: &str,
         display_url: &str,
         session_id: &str,
+        reason: EndReason,
     ) -> Result<(), NodeError> {
         let base = display_url.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
         let at = NodeAt { id: node_id, url: &base };
         let path = format!("/api/v1/sessions/{session_id}/end");
-        let resp = self.send(at, Method::POST, &path, None).await?;
+        let resp = self.send(at, Method::POST, &path, Self::json(&SessionEnd { reason })).await?;
         Self::check(resp).await.map(drop)
     }
 }

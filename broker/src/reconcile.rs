@@ -218,12 +218,13 @@ async fn prune_logins(st: &AppState) -> ApiResult<()> {
 
 async fn session_timeouts(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
-    for (s, reason) in st.db.expired_sessions(now).await? {
-        service::end_session(st, &s, reason, now).await?;
+    for (s, (reason, why)) in st.db.expired_sessions(now).await? {
+        service::end_session(st, &s, reason, why, now).await?;
     }
     Ok(())
 }
 
+/// Desktops nobody has been connected to for their pool's disconnect time are logged off.
 async fn idle_desktops(st: &AppState) -> ApiResult<()> {
     let now = now_ms();
     for (d, kind) in st.db.idle_assigned_desktops(now).await? {
@@ -231,21 +232,14 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
         let cutoff = d.last_active_at + 1;
         match kind {
             PoolKind::Floating => {
-                st.db.destroy_if_idle(&d.id, cutoff, now).await?;
+                if st.db.destroy_if_idle(&d.id, cutoff, now).await? {
+                    logged_off(st, &d, "desktop.recycle").await;
+                }
             }
             PoolKind::Dedicated => {
                 if st.db.stop_if_idle(&d.id, cutoff, now).await? {
                     remove_vm_of(st, &d).await;
-                    service::audit(
-                        st,
-                        "system",
-                        "desktop.stop",
-                        &d.id,
-                        "success",
-                        system(),
-                        serde_json::json!({ "reason": "idle" }),
-                    )
-                    .await;
+                    logged_off(st, &d, "desktop.stop").await;
                 }
             }
         }
@@ -257,6 +251,14 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Audits a desktop logged off after its pool's disconnect time: recycled (floating) or
+/// stopped with its disk kept (dedicated).
+async fn logged_off(st: &AppState, d: &Desktop, action: &str) {
+    let details =
+        serde_json::json!({ "reason": "disconnect timeout", "user": d.username, "pool": d.pool_id });
+    service::audit(st, "system", action, &d.id, "success", system(), details).await;
 }
 
 /// Removes a stopped dedicated desktop's VM from its node, best effort: a VM left behind is an

@@ -77,6 +77,8 @@ async fn serve(cfg: DisplayConfig) -> anyhow::Result<()> {
     state.warm_up().await;
     let s = state.clone();
     tokio::spawn(async move { s.keep_keys_fresh().await });
+    let s = state.clone();
+    tokio::spawn(async move { s.keep_reporting_activity().await });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -15,12 +15,13 @@ use std::time::Duration;
 use atrium_protocol::node::{EnrolReply, EnrolRequest, ErrorBody, HeartbeatReply, NodeHeartbeat};
 use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
 
-use crate::api::BrokerKeys;
+use crate::api::{Activity, BrokerKeys};
 use crate::config::Secret;
 use crate::vm::VmManager;
 
-/// The heartbeat this node would send now.
-pub fn heartbeat(node: &VmManager) -> NodeHeartbeat {
+/// The heartbeat this node would send now, with the display proxy's latest word on the
+/// sessions.
+pub fn heartbeat(node: &VmManager, activity: &Activity) -> NodeHeartbeat {
     let c = node.config();
     NodeHeartbeat {
         node_id: node.node_id().to_owned(),
@@ -28,6 +29,7 @@ pub fn heartbeat(node: &VmManager) -> NodeHeartbeat {
         display_url: c.node.display_url.clone().unwrap_or_default(),
         capacity: node.capacity(),
         vms: node.statuses(),
+        sessions: activity.current(),
     }
 }
 
@@ -66,8 +68,13 @@ struct Broker {
     heartbeat_url: String,
 }
 
-async fn send_once(b: &Broker, key: &NodeKey, node: &VmManager) -> Result<HeartbeatReply, Failure> {
-    let body = serde_json::to_vec(&heartbeat(node)).map_err(|e| Failure::Other(e.to_string()))?;
+async fn send_once(
+    b: &Broker,
+    key: &NodeKey,
+    node: &VmManager,
+    activity: &Activity,
+) -> Result<HeartbeatReply, Failure> {
+    let body = serde_json::to_vec(&heartbeat(node, activity)).map_err(|e| Failure::Other(e.to_string()))?;
     let req = signed::Request {
         method: "POST",
         path_and_query: signed::path_and_query(&b.heartbeat_url),
@@ -120,12 +127,14 @@ async fn enrol(
     resp.json::<EnrolReply>().await.map_err(|e| Failure::Other(format!("bad enrolment reply: {e}")))
 }
 
-/// Heartbeats until the task is dropped, enrolling first when the broker asks for it.
+/// Heartbeats until the task is dropped, enrolling first when the broker asks for it; each
+/// carries `activity`'s latest word on the sessions.
 pub async fn run(
     node: Arc<VmManager>,
     key: Arc<NodeKey>,
     enrolment: Option<Secret>,
     broker_keys: Arc<BrokerKeys>,
+    activity: Arc<Activity>,
 ) {
     let cfg = node.config().broker.clone();
     let Some(base) = cfg.url.clone() else { return };
@@ -155,7 +164,7 @@ pub async fn run(
     // any failure rather than enrolling again at once, in a loop.
     let mut just_enrolled = false;
     loop {
-        let sent = send_once(&broker, &key, &node).await;
+        let sent = send_once(&broker, &key, &node, &activity).await;
         let retry_enrolment = !std::mem::take(&mut just_enrolled);
         let failure = match sent {
             Ok(reply) => {
@@ -205,7 +214,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
-    use atrium_protocol::node::{KvmKind, RuntimeKind};
+    use atrium_protocol::node::{ActivityReport, KvmKind, RuntimeKind, SessionActivity};
     use axum::Json;
     use axum::body::Bytes;
     use axum::http::{HeaderMap, StatusCode};
@@ -309,11 +318,13 @@ mod tests {
             VmManager::new(config, KvmKind::Absent, vec![], RuntimeKind::Qemu).expect("manager");
         let key = Arc::new(NodeKey::ephemeral());
         let broker_keys = Arc::new(BrokerKeys::default());
+        let activity = Arc::new(Activity::default());
         let task = tokio::spawn(run(
             Arc::clone(&node),
             Arc::clone(&key),
             Some(Secret::new("atrium-enrol-test")),
             Arc::clone(&broker_keys),
+            Arc::clone(&activity),
         ));
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -335,8 +346,16 @@ mod tests {
         assert_eq!(hb.display_url, "ws://127.0.0.1:7443");
         assert_eq!(hb.capacity.kvm, KvmKind::Absent);
         assert!(hb.vms.is_empty());
-        // The next one follows at the interval the broker asked for, and the node is drained.
-        assert!(matches!(next().await, Seen::Heartbeat(_)));
+        assert_eq!(hb.sessions, None, "no word from the display proxy yet");
+        // The display proxy reports its sessions; the next heartbeat carries them, at the
+        // interval the broker asked for, and the node is drained.
+        activity.put(ActivityReport {
+            sessions: vec![SessionActivity { sid: "s-1".into(), viewers: 2, idle_ms: 40 }],
+        });
+        let Seen::Heartbeat(hb) = next().await else { panic!("heartbeats go on") };
+        let sessions = hb.sessions.expect("the proxy's report");
+        assert_eq!((sessions[0].sid.as_str(), sessions[0].viewers), ("s-1", 2));
+        assert!(sessions[0].idle_ms >= 40);
         assert!(node.draining());
         // The broker's keys came with the reply.
         assert!(format!("{broker_keys:?}").contains("k1"), "{broker_keys:?}");
@@ -388,6 +407,7 @@ mod tests {
             Arc::new(NodeKey::ephemeral()),
             Some(Secret::new("atrium-enrol-test")),
             Arc::new(BrokerKeys::default()),
+            Arc::default(),
         ));
         tokio::time::sleep(Duration::from_secs(3)).await;
         task.abort();

@@ -127,7 +127,10 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         .broker
         .url
         .is_some()
-        .then(|| tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys)));
+        .then(|| {
+            let activity = Arc::clone(&state.activity);
+            tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys, activity))
+        });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

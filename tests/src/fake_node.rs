@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
-    Capacity, DisplayEndpoint, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind, NodeHeartbeat,
-    RuntimeKind, SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
+    Capacity, DisplayEndpoint, EndReason, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind,
+    NodeHeartbeat, RuntimeKind, SessionActivity, SessionEnd, SessionRequest, VmInfo, VmSpec,
+    VmState, VmStatus,
 };
 use atrium_protocol::signed::{self, NodeKey};
 use axum::extract::{Path, State};
@@ -47,6 +48,11 @@ pub struct FakeState {
     pub deleted: Vec<String>,
     pub sessions: Vec<(String, SessionUser)>,
     pub ended_display_sessions: Vec<String>,
+    /// Why each ended session ended, as the broker told the display proxy.
+    pub end_reasons: Vec<(String, EndReason)>,
+    /// What the heartbeats say of the sessions' viewers and input (as a display proxy would
+    /// report them); `None`: nothing, as an older node.
+    pub activity: Option<Vec<SessionActivity>>,
     /// Heartbeats stop while false (the node looks lost).
     pub heartbeating: bool,
     pub draining_seen: bool,
@@ -183,8 +189,16 @@ async fn session(
     StatusCode::NO_CONTENT
 }
 
-async fn end_display(State(st): State<Shared>, Path(sid): Path<String>) -> StatusCode {
-    st.lock().expect("lock").ended_display_sessions.push(sid);
+async fn end_display(
+    State(st): State<Shared>,
+    Path(sid): Path<String>,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let end: SessionEnd =
+        if body.is_empty() { SessionEnd::default() } else { serde_json::from_slice(&body).unwrap_or_default() };
+    let mut s = st.lock().expect("lock");
+    s.end_reasons.push((sid.clone(), end.reason));
+    s.ended_display_sessions.push(sid);
     StatusCode::NO_CONTENT
 }
 
@@ -215,6 +229,8 @@ impl FakeNode {
             deleted: Vec::new(),
             sessions: Vec::new(),
             ended_display_sessions: Vec::new(),
+            end_reasons: Vec::new(),
+            activity: None,
             heartbeating: true,
             draining_seen: false,
         }));
@@ -292,6 +308,7 @@ impl FakeNode {
                             .iter()
                             .map(|(id, v)| VmStatus { id: id.clone(), state: v.state, error: None })
                             .collect(),
+                        sessions: s.activity.clone(),
                     })
                 };
                 let signed = body.map(|hb| {

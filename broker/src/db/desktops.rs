@@ -552,13 +552,14 @@ impl Db {
         Ok(orphans)
     }
 
-    /// Assigned desktops with no open session, idle past their pool's timeout.
+    /// Assigned desktops nobody has been connected to for their pool's disconnect time (since
+    /// their last session ended, or their last input).
     pub async fn idle_assigned_desktops(
         &self,
         now: i64,
     ) -> DbResult<Vec<(Desktop, crate::db::PoolKind)>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT d.*, p.idle_timeout_secs, p.kind AS pool_kind FROM desktops d JOIN pools p ON p.id = d.pool_id
+            "SELECT d.*, p.disconnect_timeout_secs, p.kind AS pool_kind FROM desktops d JOIN pools p ON p.id = d.pool_id
              WHERE d.username IS NOT NULL AND d.state IN {LIVE}
                AND NOT EXISTS (SELECT 1 FROM desktop_sessions s WHERE s.desktop_id = d.id AND s.ended_at IS NULL)"
         )))
@@ -567,8 +568,8 @@ impl Db {
         let mut out = Vec::new();
         for r in &rows {
             let d = row_to_desktop(r)?;
-            let idle: i64 = col(r, "idle_timeout_secs")?;
-            if now - d.last_active_at > idle.saturating_mul(1000) {
+            let disconnect: i64 = col(r, "disconnect_timeout_secs")?;
+            if now - d.last_active_at > disconnect.saturating_mul(1000) {
                 out.push((d, parse_col(r, "pool_kind")?));
             }
         }

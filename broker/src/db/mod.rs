@@ -111,6 +111,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "api tokens", include_str!("../../migrations/0009_api_tokens.sql")),
     (10, "mfa", include_str!("../../migrations/0010_mfa.sql")),
     (11, "recordings", include_str!("../../migrations/0011_recordings.sql")),
+    (12, "time limits", include_str!("../../migrations/0012_time_limits.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

@@ -57,8 +57,13 @@ pub struct Pool {
     pub kind: PoolKind,
     pub min_ready: u32,
     pub max_size: u32,
+    /// No keyboard or pointer input for this long: the session is disconnected (a warning a
+    /// minute before).
     pub idle_timeout_secs: u64,
+    /// A session ends this long after it started (a warning ten minutes before).
     pub max_session_secs: u64,
+    /// A desktop nobody is connected to is logged off after this long (0: at once).
+    pub disconnect_timeout_secs: u64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -83,6 +88,16 @@ pub struct PoolInput {
     pub max_size: u32,
     pub idle_timeout_secs: u64,
     pub max_session_secs: u64,
+    /// Absent: [`DEFAULT_DISCONNECT_TIMEOUT_SECS`].
+    #[serde(default = "default_disconnect_timeout")]
+    pub disconnect_timeout_secs: u64,
+}
+
+/// A pool's disconnect time when its administrator did not choose one.
+pub const DEFAULT_DISCONNECT_TIMEOUT_SECS: u64 = 1800;
+
+fn default_disconnect_timeout() -> u64 {
+    DEFAULT_DISCONNECT_TIMEOUT_SECS
 }
 
 /// Live counts of a pool.
@@ -128,6 +143,10 @@ impl PoolInput {
         if !(60..=30 * 86_400).contains(&self.max_session_secs) {
             return Err(FieldError::new("max_session_secs", "must be 60 to 2592000"));
         }
+        // 0: logged off as soon as the session ends as disconnected (or idle).
+        if self.disconnect_timeout_secs > 30 * 86_400 {
+            return Err(FieldError::new("disconnect_timeout_secs", "must be 0 to 2592000"));
+        }
         Ok(())
     }
 }
@@ -149,6 +168,7 @@ fn row_to_pool(r: &sqlx::any::AnyRow) -> DbResult<Pool> {
         max_size: u32_col(r, "max_size")?,
         idle_timeout_secs: u64_col(r, "idle_timeout_secs")?,
         max_session_secs: u64_col(r, "max_session_secs")?,
+        disconnect_timeout_secs: u64_col(r, "disconnect_timeout_secs")?,
         created_at: col(r, "created_at")?,
         updated_at: col(r, "updated_at")?,
     })
@@ -172,8 +192,9 @@ impl Db {
         let id = uuid::Uuid::new_v4().to_string();
         let r = sqlx::query(
             "INSERT INTO pools (id, name, description, image, vcpus, memory_mib, display, runtime, kind,
-               min_ready, max_size, idle_timeout_secs, max_session_secs, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+               min_ready, max_size, idle_timeout_secs, max_session_secs, created_at, updated_at,
+               disconnect_timeout_secs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
         )
         .bind(&id)
         .bind(&input.name)
@@ -189,6 +210,7 @@ impl Db {
         .bind(big(input.idle_timeout_secs))
         .bind(big(input.max_session_secs))
         .bind(now)
+        .bind(big(input.disconnect_timeout_secs))
         .execute(self.pool())
         .await;
         match r {
@@ -213,7 +235,7 @@ impl Db {
         let r = sqlx::query(
             "UPDATE pools SET name = $2, description = $3, image = $4, vcpus = $5, memory_mib = $6, display = $7,
                runtime = $8, kind = $9, min_ready = $10, max_size = $11, idle_timeout_secs = $12,
-               max_session_secs = $13, updated_at = $14
+               max_session_secs = $13, updated_at = $14, disconnect_timeout_secs = $15
              WHERE id = $1",
         )
         .bind(id)
@@ -230,6 +252,7 @@ impl Db {
         .bind(big(input.idle_timeout_secs))
         .bind(big(input.max_session_secs))
         .bind(now)
+        .bind(big(input.disconnect_timeout_secs))
         .execute(self.pool())
         .await;
         match r {

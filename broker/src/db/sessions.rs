@@ -1,6 +1,11 @@
 //! Desktop sessions: a user using a desktop, from connect to its end (disconnect, sign-out,
-//! idle or maximum length, an administrator, a lost node).
+//! idle or maximum length, an administrator, a lost node). What the display proxy sees of
+//! each (its user's viewers, their last input) arrives in the node's heartbeats and is kept
+//! here; the reconcile loop ends sessions by it ([`Db::expired_sessions`]).
 
+use std::collections::HashMap;
+
+use atrium_protocol::node::{EndReason, SessionActivity};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
@@ -19,10 +24,23 @@ pub struct DesktopSession {
     pub node_id: Option<String>,
     pub client_addr: String,
     pub started_at: i64,
+    /// The last keyboard or pointer input from the user's viewers, as the display proxy saw
+    /// it (or the last connect).
     pub last_active_at: i64,
+    /// Since when none of the user's viewers has been connected, as the display proxy said.
+    pub disconnected_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
 }
+
+/// How long a session may be without its user's viewers (a reload, a network blip, a ticket
+/// not yet used) before it ends as disconnected; its desktop is then kept for the pool's
+/// disconnect time.
+pub const DISCONNECT_GRACE_MS: i64 = 30_000;
+
+/// Why the reconcile loop ends a session: the text stored and audited, and what the viewer is
+/// told.
+pub type Expiry = (&'static str, EndReason);
 
 fn row_to_session(r: &AnyRow) -> DbResult<DesktopSession> {
     Ok(DesktopSession {
@@ -35,6 +53,7 @@ fn row_to_session(r: &AnyRow) -> DbResult<DesktopSession> {
         client_addr: col(r, "client_addr")?,
         started_at: col(r, "started_at")?,
         last_active_at: col(r, "last_active_at")?,
+        disconnected_at: col(r, "disconnected_at")?,
         ended_at: col(r, "ended_at")?,
         end_reason: col(r, "end_reason")?,
     })
@@ -73,7 +92,8 @@ impl Db {
             Some(r) => {
                 let s = row_to_session(&r)?;
                 sqlx::query(
-                    "UPDATE desktop_sessions SET last_active_at = $2, login_session_id = $3, client_addr = $4, node_id = $5 WHERE id = $1",
+                    "UPDATE desktop_sessions SET last_active_at = $2, login_session_id = $3, client_addr = $4, node_id = $5,
+                       disconnected_at = NULL WHERE id = $1",
                 )
                 .bind(&s.id)
                 .bind(now)
@@ -142,6 +162,12 @@ impl Db {
         if r.rows_affected() == 0 {
             return Ok(None);
         }
+        // The desktop's disconnect time counts from now.
+        sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = (SELECT desktop_id FROM desktop_sessions WHERE id = $1) AND last_active_at < $2")
+            .bind(id)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
         self.get_desktop_session(id).await
     }
 
@@ -201,31 +227,69 @@ impl Db {
             .collect()
     }
 
-    /// Marks a session (and its desktop) active now. Returns whether the session was open.
-    pub async fn touch_desktop_session(&self, id: &str, now: i64) -> DbResult<bool> {
-        let r = sqlx::query(
-            "UPDATE desktop_sessions SET last_active_at = $2 WHERE id = $1 AND ended_at IS NULL",
+    /// Takes what the display proxy of node `node` said of its sessions (a heartbeat's
+    /// `sessions`): a listed session is connected and its last input moves up to what the
+    /// proxy saw; an open session of that node not listed has none of its user's viewers. A
+    /// node that does not report (`None`) has its sessions taken as in use. Sessions of other
+    /// nodes are not touched, whatever the report says.
+    pub async fn apply_session_activity(
+        &self,
+        node: &str,
+        report: Option<&[SessionActivity]>,
+        now: i64,
+    ) -> DbResult<()> {
+        let rows = sqlx::query(
+            "SELECT id, desktop_id, last_active_at, disconnected_at FROM desktop_sessions
+             WHERE node_id = $1 AND ended_at IS NULL",
         )
-        .bind(id)
-        .bind(now)
-        .execute(self.pool())
+        .bind(node)
+        .fetch_all(self.pool())
         .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE desktops SET last_active_at = $2 WHERE id = (SELECT desktop_id FROM desktop_sessions WHERE id = $1)")
-            .bind(id)
-            .bind(now)
+        let listed: HashMap<&str, &SessionActivity> =
+            report.unwrap_or_default().iter().map(|a| (a.sid.as_str(), a)).collect();
+        for r in &rows {
+            let id: String = col(r, "id")?;
+            let last: i64 = col(r, "last_active_at")?;
+            let gone: Option<i64> = col(r, "disconnected_at")?;
+            let (input, disconnected) = match (report, listed.get(id.as_str())) {
+                (None, _) => (now, None),
+                (Some(_), Some(a)) => {
+                    let idle = i64::try_from(a.idle_ms).unwrap_or(i64::MAX);
+                    (now.saturating_sub(idle).min(now), None)
+                }
+                (Some(_), None) => (last, Some(gone.unwrap_or(now))),
+            };
+            // Input moves the time forward only, and by a second at least (fewer writes).
+            let input = if input >= last + 1000 { input } else { last };
+            if input == last && disconnected == gone {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE desktop_sessions SET last_active_at = $2, disconnected_at = $3
+                 WHERE id = $1 AND ended_at IS NULL",
+            )
+            .bind(&id)
+            .bind(input)
+            .bind(disconnected)
             .execute(self.pool())
             .await?;
-        Ok(true)
+            if input > last {
+                sqlx::query(
+                    "UPDATE desktops SET last_active_at = $2 WHERE id = $1 AND last_active_at < $2",
+                )
+                .bind(col::<String>(r, "desktop_id")?)
+                .bind(input)
+                .execute(self.pool())
+                .await?;
+            }
+        }
+        Ok(())
     }
 
-    /// Open sessions past their pool's idle timeout or maximum length: `(session, reason)`.
-    pub async fn expired_sessions(
-        &self,
-        now: i64,
-    ) -> DbResult<Vec<(DesktopSession, &'static str)>> {
+    /// Open sessions to end now, with why: past their pool's maximum length (from their
+    /// start); without their user's viewers for [`DISCONNECT_GRACE_MS`] (and no connect in
+    /// that time); connected but without input for their pool's idle time.
+    pub async fn expired_sessions(&self, now: i64) -> DbResult<Vec<(DesktopSession, Expiry)>> {
         let rows = sqlx::query(
             "SELECT s.*, p.idle_timeout_secs, p.max_session_secs FROM desktop_sessions s
              JOIN pools p ON p.id = s.pool_id WHERE s.ended_at IS NULL",
@@ -237,10 +301,18 @@ impl Db {
             let s = row_to_session(r)?;
             let idle: i64 = col(r, "idle_timeout_secs")?;
             let max: i64 = col(r, "max_session_secs")?;
-            if now - s.started_at > max.saturating_mul(1000) {
-                out.push((s, "maximum session length reached"));
+            let expiry = if now - s.started_at > max.saturating_mul(1000) {
+                Some(("maximum session length reached", EndReason::MaxLength))
+            } else if let Some(gone) = s.disconnected_at {
+                let quiet = now - gone.max(s.last_active_at);
+                (quiet > DISCONNECT_GRACE_MS).then_some(("disconnected", EndReason::Disconnected))
             } else if now - s.last_active_at > idle.saturating_mul(1000) {
-                out.push((s, "idle timeout"));
+                Some(("idle timeout", EndReason::Idle))
+            } else {
+                None
+            };
+            if let Some(e) = expiry {
+                out.push((s, e));
             }
         }
         Ok(out)

@@ -1,6 +1,7 @@
 //! `/api/v1/admin/...`: pools, nodes, desktops, sessions. Every handler takes
 //! [`AdminUser`], so forgetting the check does not compile; every change is audited.
 
+use atrium_protocol::node::EndReason;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -272,7 +273,7 @@ async fn end_session(
         .await?
         .filter(|s| s.ended_at.is_none())
         .ok_or_else(|| ApiError::NotFound("no open session with that id".into()))?;
-    service::end_session(&st, &s, "ended by an administrator", now_ms()).await?;
+    service::end_session(&st, &s, "ended by an administrator", EndReason::Administrator, now_ms()).await?;
     service::audit(
         &st,
         &admin.username,

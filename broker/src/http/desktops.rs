@@ -1,5 +1,6 @@
 //! `/api/v1/desktops`: the user's desktops.
 
+use atrium_protocol::node::EndReason;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,7 +19,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_desktops))
         .routes(routes!(disconnect))
-        .routes(routes!(keepalive))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,18 +71,8 @@ async fn own_open_session(
         .find(|s| s.username == user.username))
 }
 
-async fn own_session(
-    st: &AppState,
-    user: &AuthUser,
-    desktop_id: &str,
-) -> ApiResult<crate::db::DesktopSession> {
-    own_open_session(st, user, desktop_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no open session on this desktop".into()))
-}
-
-/// Disconnect from a desktop: the viewers close; the desktop stays assigned (a floating desktop
-/// until its pool's idle timeout) so the user can reconnect. Disconnecting a desktop of the
+/// Disconnect from a desktop: the viewers close; the desktop stays assigned (for its pool's
+/// disconnect time) so the user can reconnect. Disconnecting a desktop of the
 /// user's that has no open session does nothing and succeeds (a retried request is safe).
 #[utoipa::path(post, path = "/api/v1/desktops/{id}/disconnect", tag = "desktops",
     params(("id" = String, Path, description = "Desktop id")),
@@ -96,7 +86,7 @@ async fn disconnect(
     let Some(s) = own_open_session(&st, &user, &id).await? else {
         return Ok(StatusCode::NO_CONTENT);
     };
-    service::end_session(&st, &s, "disconnected", now_ms()).await?;
+    service::end_session(&st, &s, "disconnected", EndReason::Disconnected, now_ms()).await?;
     service::audit(
         &st,
         &user.username,
@@ -107,19 +97,5 @@ async fn disconnect(
         serde_json::json!({}),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Keep a session from idling out (the viewer calls this while it is open).
-#[utoipa::path(post, path = "/api/v1/desktops/{id}/keepalive", tag = "desktops",
-    params(("id" = String, Path, description = "Desktop id")),
-    responses((status = 204, description = "Noted"), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
-async fn keepalive(
-    State(st): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
-    let s = own_session(&st, &user, &id).await?;
-    st.db.touch_desktop_session(&s.id, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -296,6 +296,7 @@ mod tests {
                     images: vec![],
                 },
                 vms: vec![],
+                sessions: None,
             };
             let body = serde_json::to_vec(&hb).unwrap();
             let req = signed::Request {

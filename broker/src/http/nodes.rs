@@ -2,7 +2,7 @@
 //! alive with heartbeats signed by their own key (see [`crate::enrol`]).
 
 use atrium_protocol::node::{
-    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
+    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name, validate_sessions,
 };
 use axum::Json;
 use axum::extract::{FromRequest, State};
@@ -69,8 +69,8 @@ async fn recording_end(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
-/// Largest heartbeat read (100,000 VMs of a few dozen bytes each fit).
-const MAX_HEARTBEAT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest heartbeat read (100,000 VMs and as many sessions, of a few dozen bytes each, fit).
+const MAX_HEARTBEAT_BYTES: usize = 16 * 1024 * 1024;
 
 /// A request body signed by an enrolled node, and which node that is. The signature is checked
 /// over the exact bytes received before any of them is parsed.
@@ -195,6 +195,12 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
         validate_name("capacity.images[].version", &image.version, 128)?;
         validate_name("capacity.images[].kind", &image.kind, 64)?;
     }
+    if let Some(sessions) = &hb.sessions {
+        validate_sessions(sessions).map_err(|f| ApiError::Validation {
+            field: f.field.into(),
+            message: format!("{}: {}", f.field, f.message),
+        })?;
+    }
     Ok(())
 }
 
@@ -257,6 +263,7 @@ async fn heartbeat(
     }
     let grace = i64::try_from(st.cfg.nodes.heartbeat_interval_secs * 3000).unwrap_or(i64::MAX / 2);
     let orphans = st.db.apply_vm_statuses(&hb.node_id, &hb.vms, now, grace).await?;
+    st.db.apply_session_activity(&hb.node_id, hb.sessions.as_deref(), now).await?;
     if !orphans.is_empty() {
         sweep_orphans(&st, &hb.node_id, &hb.api_url, orphans);
     }
@@ -308,7 +315,9 @@ fn sweep_orphans(st: &AppState, node: &str, api: &str, orphans: Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use atrium_protocol::node::{Capacity, ImageInfo, KvmKind, RuntimeKind, VmState, VmStatus};
+    use atrium_protocol::node::{
+        Capacity, ImageInfo, KvmKind, RuntimeKind, SessionActivity, VmState, VmStatus,
+    };
 
     use super::*;
 
@@ -332,6 +341,7 @@ mod tests {
                 }],
             },
             vms: vec![VmStatus { id: "vm-1".into(), state: VmState::Failed, error: None }],
+            sessions: None,
         }
     }
 
@@ -360,6 +370,19 @@ mod tests {
         hb.capacity.images = vec![hb.capacity.images[0].clone(); MAX_IMAGES + 1];
         assert!(validate(&mut hb, false).is_err());
         validate(&mut heartbeat(), false).unwrap();
+        // The sessions' activity: ids that could not be a session's, or a session listed with
+        // no viewer, refuse the whole heartbeat.
+        for (sid, viewers) in [("", 1), ("s;1", 1), ("s-1", 0)] {
+            let mut hb = heartbeat();
+            hb.sessions = Some(vec![SessionActivity { sid: sid.into(), viewers, idle_ms: 0 }]);
+            match validate(&mut hb, false) {
+                Err(ApiError::Validation { field, .. }) => assert!(field.starts_with("sessions")),
+                other => panic!("{sid:?} {viewers}: {other:?}"),
+            }
+        }
+        let mut hb = heartbeat();
+        hb.sessions = Some(vec![SessionActivity { sid: "s-1".into(), viewers: 1, idle_ms: 0 }]);
+        validate(&mut hb, false).unwrap();
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use atrium_protocol::agent::SessionUser;
-use atrium_protocol::node::VmSpec;
+use atrium_protocol::node::{EndReason, VmSpec};
 use atrium_protocol::ticket::{Capabilities, DisplayClaims, ISSUER, Record, Watermark};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -16,12 +16,15 @@ use crate::state::AppState;
 
 use super::{Watched, audit, policy_ctx, pool_resource, printable, render_watermark};
 
-/// Ends a desktop session: viewers are disconnected; a floating desktop is destroyed (the pool
-/// refills), a dedicated one is kept.
+/// Ends a desktop session: viewers are disconnected and told `why`; a floating desktop is
+/// destroyed (the pool refills), unless the user only disconnected or went idle: then it is
+/// kept for them for the pool's disconnect time, as a dedicated one is. `reason` is what the
+/// session row and the audit log say.
 pub async fn end_session(
     st: &AppState,
     s: &DesktopSession,
     reason: &str,
+    why: EndReason,
     now: i64,
 ) -> ApiResult<()> {
     let Some(s) = st.db.end_desktop_session(&s.id, reason, now).await? else { return Ok(()) };
@@ -30,13 +33,15 @@ pub async fn end_session(
         None => None,
     };
     if let Some(node) = node
-        && let Err(e) = st.nodes.end_display_session(&node.id, &node.display_url, &s.id).await
+        && let Err(e) =
+            st.nodes.end_display_session(&node.id, &node.display_url, &s.id, why).await
     {
         tracing::warn!(error = %e, session = %s.id, "could not tell the display proxy to end the session");
     }
+    let kept = matches!(why, EndReason::Disconnected | EndReason::Idle);
     if let Some(pool) = st.db.get_pool(&s.pool_id).await?
         && pool.kind == PoolKind::Floating
-        && reason != "disconnected"
+        && !kept
     {
         st.db.mark_destroying(&s.desktop_id, now).await?;
     }
@@ -74,6 +79,46 @@ pub struct ConnectResponse {
     pub session_id: String,
     #[schema(value_type = Object)]
     pub capabilities: Capabilities,
+    /// The session's time limits, for the viewer's warnings (the broker enforces them).
+    pub limits: SessionLimits,
+}
+
+/// A session's time limits, as the viewer warns of them. The broker ends the session by its
+/// own clock whatever the viewer does; these let the viewer say so in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SessionLimits {
+    /// Without keyboard or pointer input for this long, the session is disconnected.
+    pub idle_timeout_secs: u64,
+    /// The viewer warns this long before the idle time runs out, with "I'm still here".
+    pub idle_warning_secs: u64,
+    /// The session ends this many seconds from now (its maximum length, counted from its
+    /// start).
+    pub ends_in_secs: u64,
+    /// The viewer warns this long before the end.
+    pub end_warning_secs: u64,
+    /// A desktop nobody is connected to is kept this long, then logged off.
+    pub disconnect_timeout_secs: u64,
+}
+
+/// How long before the idle time runs out the viewer warns (half the idle time when shorter).
+pub const IDLE_WARNING_SECS: u64 = 60;
+/// How long before the maximum session length the viewer warns.
+pub const END_WARNING_SECS: u64 = 600;
+
+impl SessionLimits {
+    /// The limits of `session` in `pool`, `now`.
+    pub fn of(pool: &Pool, session: &DesktopSession, now: i64) -> Self {
+        let ends_at = session.started_at.saturating_add(
+            i64::try_from(pool.max_session_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        );
+        Self {
+            idle_timeout_secs: pool.idle_timeout_secs,
+            idle_warning_secs: IDLE_WARNING_SECS.min(pool.idle_timeout_secs / 2),
+            ends_in_secs: u64::try_from(ends_at.saturating_sub(now) / 1000).unwrap_or(0),
+            end_warning_secs: END_WARNING_SECS,
+            disconnect_timeout_secs: pool.disconnect_timeout_secs,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -212,6 +257,7 @@ pub async fn connect(
         retry_after_ms: Some(1000),
         session_id: session.id.clone(),
         capabilities: caps,
+        limits: SessionLimits::of(&pool, &session, now),
     };
     match desktop.state {
         DesktopState::Ready => {

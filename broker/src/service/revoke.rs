@@ -1,6 +1,7 @@
 //! Taking access away while people are signed in: an administrator signs a user out
 //! everywhere; the directory says a user is gone, disabled or in other groups now.
 
+use atrium_protocol::node::EndReason;
 use std::net::IpAddr;
 
 use super::{audit, end_session, end_signed_out, pool_resource};
@@ -53,7 +54,7 @@ pub async fn end_disallowed_sessions(
             now_secs: now / 1000,
         };
         if !st.policies.is_allowed(&principal, Action::Connect, pool_resource(&pool), &ctx) {
-            end_session(st, &s, "no longer allowed", now).await?;
+            end_session(st, &s, "no longer allowed", EndReason::Other, now).await?;
             ended += 1;
         }
     }

@@ -1,5 +1,6 @@
 //! Sign-in and sign-out.
 
+use atrium_protocol::node::EndReason;
 use std::net::IpAddr;
 
 use crate::db::{
@@ -248,7 +249,7 @@ pub(crate) async fn end_signed_out(
 ) -> ApiResult<()> {
     for sid in sids {
         for s in st.db.open_sessions_of_login(sid).await? {
-            end_session(st, &s, reason, now).await?;
+            end_session(st, &s, reason, EndReason::SignedOut, now).await?;
         }
     }
     for d in st.db.user_desktops(user_id).await? {

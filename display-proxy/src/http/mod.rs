@@ -41,8 +41,16 @@ struct Inner {
     node_audience: String,
     /// Where recorded viewers' streams go (the node agent); none: recorded tickets are refused.
     recordings: Option<Arc<dyn Sink>>,
+    /// The node agent, told what sessions have viewers here and their input (none in
+    /// benchmarks and tests with a synthetic desktop).
+    node: Option<NodeClient>,
     door: Arc<Door>,
 }
+
+/// How often the node agent is told which sessions have viewers here and how long each has
+/// been without input: the broker's idle and disconnect times are counted from what it hears,
+/// so they run at most this (and a heartbeat) late.
+pub const ACTIVITY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl AppState {
     /// The service as configured, finding displays through the node agent, serving TLS when
@@ -55,7 +63,14 @@ impl AppState {
             _ => None,
         };
         let sink: Arc<dyn Sink> = Arc::new(node.clone());
-        Ok(Self::build(cfg, Arc::new(NodeOpener { node, keep_refresh }), tls, Some(sink)))
+        let mut state = Self::build(
+            cfg,
+            Arc::new(NodeOpener { node: node.clone(), keep_refresh }),
+            tls,
+            Some(sink),
+        );
+        Arc::get_mut(&mut state.0).expect("not shared yet").node = Some(node);
+        Ok(state)
     }
 
     /// The service with another way to open displays (benchmarks and tests use a synthetic
@@ -114,6 +129,7 @@ impl AppState {
             ),
             door: Arc::new(Door::new(cfg.door_limits(), tls)),
             recordings,
+            node: None,
         }))
     }
 
@@ -129,6 +145,29 @@ impl AppState {
     /// Refreshes the broker's keys in the background until the service ends.
     pub async fn keep_keys_fresh(&self) {
         self.0.verifier.keep_fresh().await;
+    }
+
+    /// Tells the node agent, every [`ACTIVITY_EVERY`] until the service ends, which sessions
+    /// have viewers here and how long each has been without input. Without a node agent
+    /// (a synthetic desktop) there is no one to tell.
+    pub async fn keep_reporting_activity(&self) {
+        let Some(node) = &self.0.node else { return };
+        let mut failing = false;
+        loop {
+            match node.report_activity(&self.0.sessions.report()).await {
+                Ok(()) if failing => {
+                    tracing::info!("the node agent takes the sessions' activity again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot tell the node agent the sessions' activity; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(ACTIVITY_EVERY).await;
+        }
     }
 
     /// Fetches the broker's keys now; failure is logged, and retried when a ticket arrives.

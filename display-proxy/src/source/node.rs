@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
+    ActivityReport, ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
 };
 use thiserror::Error;
 
@@ -102,6 +102,24 @@ impl NodeClient {
             .send()
             .await?;
         Ok(Self::check(vm, resp).await?.json::<ScreenSize>().await?.size)
+    }
+
+    /// `PUT /api/v1/activity`: which sessions have viewers here and how long each has been
+    /// without input (the node passes it on to the broker in its heartbeats).
+    pub async fn report_activity(&self, report: &ActivityReport) -> Result<(), NodeError> {
+        let resp = self
+            .http
+            .put(format!("{}/api/v1/activity", self.base))
+            .timeout(Duration::from_secs(10))
+            .json(report)
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
+            return Err(NodeError::Status { status: status.as_u16(), body });
+        }
+        Ok(())
     }
 
     /// `POST /api/v1/vms/{id}/recordings/{rec}/chunks/{n}`: a recording's chunk, which the

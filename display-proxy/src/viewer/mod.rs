@@ -19,7 +19,7 @@ use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use sessions::Ending;
+use sessions::{Ending, Presence};
 pub use sessions::Sessions;
 
 use crate::desktop::ViewerSlot;
@@ -126,8 +126,8 @@ pub async fn serve(
     // The span names the viewer in its log lines; it is not entered on every poll of the
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
-    let entry = sessions.register(&claims.sid);
-    let extras = Extras { watermark: claims.watermark, recorder };
+    let entry = sessions.register(&claims.sid, !claims.caps.shadow);
+    let extras = Extras { watermark: claims.watermark, recorder, presence: entry.presence() };
     serve_inner(socket, slot, claims.caps, extras, ctx, entry.ending(), &span).await;
     drop(mark);
     drop(entry);
@@ -137,6 +137,8 @@ pub async fn serve(
 struct Extras {
     watermark: Option<Watermark>,
     recorder: Option<Recorder>,
+    /// Where this viewer's input is noted (the session's idle time).
+    presence: Arc<Presence>,
 }
 
 async fn serve_inner(
@@ -150,7 +152,7 @@ async fn serve_inner(
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    let Extras { watermark, recorder } = extras;
+    let Extras { watermark, recorder, presence } = extras;
     let record_input = recorder.as_ref().is_some_and(Recorder::records_input);
     tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(),
         recording = recorder.as_ref().map(Recorder::id), viewers = desktop.viewers(), "viewer connected");
@@ -167,6 +169,7 @@ async fn serve_inner(
             metrics: Arc::clone(&ctx.metrics),
             ending: Arc::clone(&ended),
             record_input,
+            presence,
         },
     ));
     let mut sender =

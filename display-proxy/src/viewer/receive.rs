@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 
-use super::{Ending, Event, InputLog, may_resize};
+use super::{Ending, Event, InputLog, Presence, may_resize};
 use crate::desktop::Desktop;
 use crate::metrics::Metrics;
 use crate::source::InputEvent;
@@ -66,6 +66,8 @@ pub(super) struct Receiving {
     pub ending: Arc<Ending>,
     /// Keys and pointer go to the sending loop's recording too.
     pub record_input: bool,
+    /// Where input that reached the desktop is noted.
+    pub presence: Arc<Presence>,
 }
 
 pub(super) async fn receive(
@@ -73,7 +75,8 @@ pub(super) async fn receive(
     tx: mpsc::Sender<Event>,
     r: Receiving,
 ) {
-    let Receiving { desktop, rights, inputs, metrics, ending, record_input } = r;
+    let Receiving { desktop, rights, inputs, metrics, ending, record_input, presence } = r;
+    let input = Input { desktop: &desktop, rights: &rights, metrics: &metrics, inputs: &inputs, presence: &presence };
     let mut held = Held { desktop: Arc::clone(&desktop), keys: HashSet::new(), buttons: None };
     loop {
         let msg = match stream.next().await {
@@ -134,14 +137,7 @@ pub(super) async fn receive(
         let ev = match m {
             ClientMessage::Key { seq, down, keysym, code } => {
                 let evdev = keymap::evdev_code(&code);
-                forward(
-                    &desktop,
-                    &rights,
-                    &metrics,
-                    &inputs,
-                    seq,
-                    InputEvent::Key { down, keysym, evdev },
-                );
+                input.forward(seq, InputEvent::Key { down, keysym, evdev });
                 if !rights.view_only {
                     // A keyboard has about a hundred keys: a client claiming to hold more is
                     // not tracked further (its releases at disconnect are best effort anyway).
@@ -154,14 +150,7 @@ pub(super) async fn receive(
                 continue;
             }
             ClientMessage::Pointer { seq, x, y, buttons, wheel_x, wheel_y } => {
-                forward(
-                    &desktop,
-                    &rights,
-                    &metrics,
-                    &inputs,
-                    seq,
-                    InputEvent::Pointer { x, y, buttons, wheel_x, wheel_y },
-                );
+                input.forward(seq, InputEvent::Pointer { x, y, buttons, wheel_x, wheel_y });
                 if !rights.view_only {
                     held.buttons = Some((x, y, buttons));
                 }
@@ -203,23 +192,28 @@ pub(super) async fn receive(
     }
 }
 
-fn forward(
-    desktop: &Desktop,
-    rights: &Capabilities,
-    metrics: &Metrics,
-    inputs: &Mutex<InputLog>,
-    seq: u32,
-    ev: InputEvent,
-) {
-    if rights.view_only {
-        metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+/// Where a viewer's keys and pointer go, and what is noted of them.
+struct Input<'a> {
+    desktop: &'a Desktop,
+    rights: &'a Capabilities,
+    metrics: &'a Metrics,
+    inputs: &'a Mutex<InputLog>,
+    presence: &'a Presence,
+}
+
+impl Input<'_> {
+    fn forward(&self, seq: u32, ev: InputEvent) {
+        if self.rights.view_only {
+            self.metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let at = Instant::now();
+        if let Err(e) = self.desktop.input().send(ev) {
+            self.metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "input dropped");
+            return;
+        }
+        self.presence.input();
+        self.inputs.lock().expect("input log lock").record(seq, at);
     }
-    let at = Instant::now();
-    if let Err(e) = desktop.input().send(ev) {
-        metrics.input_dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(error = %e, "input dropped");
-        return;
-    }
-    inputs.lock().expect("input log lock").record(seq, at);
 }

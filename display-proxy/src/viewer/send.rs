@@ -249,8 +249,9 @@ impl Sender {
             tokio::select! {
                 biased;
                 () = &mut ended => {
-                    self.close(close_code::NORMAL, "the session ended").await;
-                    return "the broker ended the session".into();
+                    let code = self.ended.reason().code();
+                    self.close(close_code::NORMAL, &format!("the session ended: {code}")).await;
+                    return format!("the broker ended the session ({code})");
                 }
                 why = wait_failure(failure.as_ref()), if failure.is_some() => {
                     Metrics::add(&self.ctx.metrics.recordings_failed, 1);

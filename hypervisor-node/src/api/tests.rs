@@ -160,12 +160,12 @@ async fn every_api_call_must_be_signed_by_the_broker_for_this_node_and_this_requ
     assert!(error(&body).error.contains("no such"));
 }
 
-/// The local socket's router serves the display proxy's reads and clipboards and a screen's
-/// size, and nothing else that changes a VM.
+/// The local socket's router serves the display proxy's reads and clipboards, a screen's size
+/// and the sessions' activity, and nothing else that changes a VM.
 #[tokio::test]
-async fn the_local_api_serves_displays_clipboards_and_screen_sizes_only() {
+async fn the_local_api_serves_displays_clipboards_screen_sizes_and_activity_only() {
     let f = fixture("local");
-    let local = super::local_router(AppState::new(
+    let state = AppState::new(
         crate::vm::VmManager::new(
             {
                 let mut c = NodeConfig::default();
@@ -180,7 +180,8 @@ async fn the_local_api_serves_displays_clipboards_and_screen_sizes_only() {
         )
         .expect("manager"),
         Arc::new(BrokerKeys::default()),
-    ));
+    );
+    let local = super::local_router(state.clone());
     for (method, uri, want) in [
         ("GET", "/api/v1/vms/vm-1", StatusCode::NOT_FOUND),
         ("GET", "/api/v1/vms/vm-1/clipboard", StatusCode::NOT_FOUND),
@@ -200,6 +201,24 @@ async fn the_local_api_serves_displays_clipboards_and_screen_sizes_only() {
         call(&local, "PUT", "/api/v1/vms/vm-1/screen", None, r#"{"size":"800x600"}"#).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error(&body).error.contains("vm-1"), "{}", String::from_utf8_lossy(&body));
+    // The sessions' activity: a bad report is refused naming the field and changes nothing;
+    // a good one is what the next heartbeat carries.
+    for (body, field) in [
+        (r#"{"sessions":[{"sid":"a/b","viewers":1,"idle_ms":0}]}"#, "sessions[].sid"),
+        (r#"{"sessions":[{"sid":"a","viewers":0,"idle_ms":0}]}"#, "sessions[].viewers"),
+        (r#"{"sessions":[{"sid":"a","viewers":1,"idle_ms":-1}]}"#, "sessions"),
+        (r#"{"sessions":[],"evil":1}"#, "evil"),
+    ] {
+        let (status, got) = call(&local, "PUT", "/api/v1/activity", None, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error(&got).field.as_deref(), Some(field), "{body}");
+    }
+    assert_eq!(state.activity.current(), None);
+    let good = r#"{"sessions":[{"sid":"s-1","viewers":1,"idle_ms":1500}]}"#;
+    let (status, _) = call(&local, "PUT", "/api/v1/activity", None, good).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let now = state.activity.current().expect("the report is kept");
+    assert_eq!((now[0].sid.as_str(), now[0].viewers), ("s-1", 1));
 }
 
 #[tokio::test]

@@ -13,12 +13,13 @@ const FIELDS = [
   ['kind', 'Kind', 'select', 'Floating: fresh at each sign-in. Dedicated: the user keeps it.'],
   ['min_ready', 'Ready spares', 'number', 'Booted desktops kept waiting'],
   ['max_size', 'Maximum size', 'number', ''],
-  ['idle_timeout_secs', 'Idle timeout (s)', 'number', ''],
-  ['max_session_secs', 'Maximum session (s)', 'number', ''],
+  ['idle_timeout_secs', 'Idle timeout (s)', 'number', 'No keyboard or mouse input for this long disconnects the session (a warning a minute before)'],
+  ['max_session_secs', 'Maximum session (s)', 'number', 'A session ends this long after it started (a warning ten minutes before)'],
+  ['disconnect_timeout_secs', 'Disconnect timeout (s)', 'number', 'A desktop nobody is connected to is kept this long, then logged off (floating: recycled; dedicated: stopped, its disk kept)'],
 ];
 
 const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
-  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800 };
+  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800 };
 
 function poolForm(initial, onSubmit, submitText) {
   const inputs = {};

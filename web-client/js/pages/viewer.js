@@ -1,7 +1,8 @@
 // The desktop viewer page: connects to a pool's desktop (or, for administrators, joins a session
 // view-only), draws it, carries keyboard, pointer and clipboard, gives the desktop the size of
 // the window (or one the user chose, remembered), plays its sound (mute and volume
-// remembered), and reconnects with backoff.
+// remembered), warns before the session's time limits, says why a session ended, and
+// reconnects with backoff.
 
 import { get, post, ApiError } from '../api.js';
 import { mfaThen } from './mfa.js';
@@ -10,8 +11,8 @@ import { DisplaySession } from '../viewer/session.js';
 import { Caps } from '../viewer/protocol.js';
 import { SoundPlayer } from '../viewer/audio.js';
 import { currentLayout } from '../layout.js';
+import { LimitWarnings } from './limits.js';
 
-const KEEPALIVE_MS = 60_000;
 // A lost connection is tried again at once (another gateway takes it), then less and less often.
 const FIRST_RETRY_MS = 250;
 // A display service that went away (restarted, its node rebooted) is tried again at least this
@@ -65,7 +66,11 @@ export function showViewer(app, target) {
 
   const canvas = el('canvas', { id: 'screen', tabindex: '0', 'aria-label': shadowOf ? 'Shared desktop, view only' : `Desktop of pool ${pool}. Keyboard input goes to the desktop while this has focus.`, role: 'application', width: 1, height: 1 });
   const overlay = el('div', { class: 'viewer-overlay', role: 'status', 'aria-live': 'polite' }, 'Connecting…');
-  const screen = el('div', { class: 'viewer-screen fit' }, canvas, overlay);
+  const reconnectBtn = el('button', { type: 'button', id: 'reconnect', hidden: true }, 'Reconnect');
+  const overlayText = el('p', {}, 'Connecting…');
+  overlay.replaceChildren(overlayText, reconnectBtn);
+  const warnings = new LimitWarnings({ onStillHere: () => { if (session) session.stillHere(); canvas.focus(); } });
+  const screen = el('div', { class: 'viewer-screen fit' }, canvas, overlay, warnings.element);
   const stats = el('span', { class: 'viewer-stats', 'aria-live': 'off', title: 'Latency, frame rate and bandwidth' }, '');
   const fromDesktop = el('textarea', { id: 'clip-out', readonly: true, 'aria-label': 'Text copied in the desktop' });
   const toDesktop = el('textarea', { id: 'clip-in', 'aria-label': 'Text to paste into the desktop' });
@@ -105,7 +110,8 @@ export function showViewer(app, target) {
   let userLeft = false;
   let backoff = FIRST_RETRY_MS;
   let timer = null;
-  let keepalive = null;
+  // The session's time limits, from the broker's last connect answer.
+  let limits = null;
   // The largest size the desktop takes, once it said this viewer may choose one.
   let maxSize = null;
   let settle = null;
@@ -115,9 +121,35 @@ export function showViewer(app, target) {
   let soundOn = stored(SOUND_KEY, 'on') !== 'off';
   volume.value = String(Math.round(storedVolume() * 100));
 
-  function setOverlay(text) {
+  function setOverlay(text, offerReconnect = false) {
     overlay.hidden = !text;
-    overlay.textContent = text || '';
+    overlayText.textContent = text || '';
+    reconnectBtn.hidden = !offerReconnect;
+    if (offerReconnect) reconnectBtn.focus();
+  }
+
+  reconnectBtn.addEventListener('click', () => {
+    if (stopped || timer) return;
+    backoff = FIRST_RETRY_MS;
+    attempt();
+  });
+
+  // What the user is told when the broker ended the session (`the session ended: <why>`), and
+  // whether their desktop waits for them; null: the sign-in itself may have ended.
+  function endedBecause(why) {
+    const kept = limits ? ` Your desktop is kept for you for ${Math.round(limits.disconnect_timeout_secs / 60)} minutes.` : '';
+    switch (why) {
+      case 'idle':
+        return [`You were disconnected after ${limits ? Math.round(limits.idle_timeout_secs / 60) : 'some'} minutes without keyboard or mouse input.${kept}`, true];
+      case 'disconnected':
+        return [`This session was disconnected.${kept}`, true];
+      case 'max_length':
+        return ['This session reached its time limit and was ended.', true];
+      case 'administrator':
+        return ['An administrator ended this session.', true];
+      default:
+        return null;
+    }
   }
 
   function toggleFit() {
@@ -253,6 +285,7 @@ export function showViewer(app, target) {
     }
     const r = await post(`/api/v1/pools/${encodeURIComponent(pool)}/connect`, { keyboard_layout: currentLayout() });
     desktopId = r.desktop_id;
+    limits = r.limits || null;
     if (r.status !== 'ready') return { ready: false, retry: r.retry_after_ms || 1000, source: r.source };
     return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };
   }
@@ -329,6 +362,7 @@ export function showViewer(app, target) {
       const keys = (h.caps & Caps.RECORDED_INPUT) !== 0;
       recorded.hidden = !rec;
       recorded.title = keys ? 'This session is recorded, with what you type' : 'This session is recorded';
+      if (!shadowOf && !h.viewOnly) warnings.start(limits, () => (session ? session.lastInputAt : 0));
       const said = h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.';
       announce(rec ? `${said} This session is recorded${keys ? ', including what you type' : ''}.` : said);
       canvas.focus();
@@ -359,9 +393,17 @@ export function showViewer(app, target) {
     session.on('disconnected', (e) => {
       session = null;
       stopSound();
+      warnings.stop();
       stats.textContent = '';
       if (stopped || userLeft) return;
-      if (e && e.reason === 'the session ended') {
+      const ended = e && typeof e.reason === 'string' && e.reason.startsWith('the session ended');
+      const because = ended ? endedBecause(e.reason.split(': ')[1]) : null;
+      if (because) {
+        setOverlay(...because);
+        announce(because[0]);
+        return;
+      }
+      if (ended) {
         setOverlay('This session was ended.');
         // The sign-in itself ended (signed out elsewhere, by an administrator, or the
         // directory no longer lets them in): the sign-in page says so.
@@ -382,7 +424,7 @@ export function showViewer(app, target) {
   function stop() {
     stopped = true;
     if (timer) clearTimeout(timer);
-    if (keepalive) clearInterval(keepalive);
+    warnings.stop();
     if (settle) clearTimeout(settle);
     observer.disconnect();
     stopSound();
@@ -404,11 +446,6 @@ export function showViewer(app, target) {
     app.go(shadowOf ? '#/admin/sessions' : '#/desktops');
   }
 
-  if (!shadowOf) {
-    keepalive = setInterval(() => {
-      if (desktopId && session) post(`/api/v1/desktops/${encodeURIComponent(desktopId)}/keepalive`).catch(() => {});
-    }, KEEPALIVE_MS);
-  }
   attempt();
   return stop;
 }

@@ -10,7 +10,8 @@
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs, videoFps, videoFrames }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
-//   s.setAudio(on);  s.disconnect();
+//   s.setAudio(on);  s.stillHere();  s.disconnect();
+//   s.lastInputAt   // performance.now() of the last key or pointer input sent (or of connect)
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
 // returns it. A ticket is accepted once: reconnecting needs a new one from the broker.
@@ -58,6 +59,7 @@ export class DisplaySession extends Emitter {
     // Set when the desktop's screen can take this viewer's size: the largest it takes.
     this.maxSize = null;
     this._seq = 0;
+    this.lastInputAt = performance.now();
     this._frameBytes = 0;
     this._unacked = 0;
     this._ackFrame = 0;
@@ -111,6 +113,15 @@ export class DisplaySession extends Emitter {
   requestSize(width, height) {
     if (!this.connected || !this.maxSize || this.viewOnly) return false;
     return this.transport.send(P.resizeMessage(width, height));
+  }
+
+  // Tells the desktop that the user is here, changing nothing in it: the pointer where it is,
+  // sent again as input (a session's idle time counts from its last input). False when this
+  // viewer sends no input.
+  stillHere() {
+    if (!this.connected || this.viewOnly) return false;
+    this._pointer(this.pointer.x, this.pointer.y, this.pointer.buttons, 0, 0);
+    return true;
   }
 
   // Asks for a whole new picture (after the canvas was lost).
@@ -302,12 +313,14 @@ export class DisplaySession extends Emitter {
 
   _key(down, keysym, code) {
     if (!this.connected || this.viewOnly) return;
+    this.lastInputAt = performance.now();
     this._flushAck();
     this.transport.send(P.keyMessage(this._nextSeq(), down, keysym, code));
   }
 
   _pointer(x, y, buttons, wheelX, wheelY) {
     if (!this.connected || this.viewOnly) return;
+    this.lastInputAt = performance.now();
     this._flushAck();
     this.transport.send(P.pointerMessage(this._nextSeq(), x, y, buttons, wheelX, wheelY));
   }
