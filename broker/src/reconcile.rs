@@ -256,8 +256,7 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
 /// Audits a desktop logged off after its pool's disconnect time: recycled (floating) or
 /// stopped with its disk kept (dedicated).
 async fn logged_off(st: &AppState, d: &Desktop, action: &str) {
-    let details =
-        serde_json::json!({ "reason": "disconnect timeout", "user": d.username, "pool": d.pool_id });
+    let details = serde_json::json!({ "reason": "disconnect timeout", "user": d.username, "pool": d.pool_id });
     service::audit(st, "system", action, &d.id, "success", system(), details).await;
 }
 

@@ -74,7 +74,8 @@ async fn send_once(
     node: &VmManager,
     activity: &Activity,
 ) -> Result<HeartbeatReply, Failure> {
-    let body = serde_json::to_vec(&heartbeat(node, activity)).map_err(|e| Failure::Other(e.to_string()))?;
+    let body = serde_json::to_vec(&heartbeat(node, activity))
+        .map_err(|e| Failure::Other(e.to_string()))?;
     let req = signed::Request {
         method: "POST",
         path_and_query: signed::path_and_query(&b.heartbeat_url),

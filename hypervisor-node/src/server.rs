@@ -122,15 +122,10 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     let local_path = node.config().local_socket();
     let local = bind_local_socket(&local_path, node.config().node.local_socket_group.as_deref())?;
     tracing::info!(socket = %local_path.display(), "local API for the display proxy listening");
-    let beat = node
-        .config()
-        .broker
-        .url
-        .is_some()
-        .then(|| {
-            let activity = Arc::clone(&state.activity);
-            tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys, activity))
-        });
+    let beat = node.config().broker.url.is_some().then(|| {
+        let activity = Arc::clone(&state.activity);
+        tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys, activity))
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

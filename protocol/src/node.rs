@@ -645,8 +645,10 @@ mod tests {
         assert_eq!(end.reason, EndReason::Other);
         let end: SessionEnd = serde_json::from_str("{}").unwrap();
         assert_eq!(end.reason.code(), "other");
-        assert_eq!(serde_json::to_string(&SessionEnd { reason: EndReason::MaxLength }).unwrap(),
-            r#"{"reason":"max_length"}"#);
+        assert_eq!(
+            serde_json::to_string(&SessionEnd { reason: EndReason::MaxLength }).unwrap(),
+            r#"{"reason":"max_length"}"#
+        );
     }
 
     #[test]

@@ -194,8 +194,11 @@ async fn end_display(
     Path(sid): Path<String>,
     body: axum::body::Bytes,
 ) -> StatusCode {
-    let end: SessionEnd =
-        if body.is_empty() { SessionEnd::default() } else { serde_json::from_slice(&body).unwrap_or_default() };
+    let end: SessionEnd = if body.is_empty() {
+        SessionEnd::default()
+    } else {
+        serde_json::from_slice(&body).unwrap_or_default()
+    };
     let mut s = st.lock().expect("lock");
     s.end_reasons.push((sid.clone(), end.reason));
     s.ended_display_sessions.push(sid);

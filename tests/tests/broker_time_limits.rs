@@ -22,7 +22,8 @@ const WITHIN: Duration = Duration::from_secs(60);
 
 async fn ready_connect(c: &ApiClient, pool: &str) -> Value {
     wait_for("a ready desktop", Duration::from_secs(20), || async {
-        let r = c.post_json(&format!("/api/v1/pools/{pool}/connect"), json!({}), StatusCode::OK).await;
+        let r =
+            c.post_json(&format!("/api/v1/pools/{pool}/connect"), json!({}), StatusCode::OK).await;
         (r["status"] == "ready").then_some(r)
     })
     .await
@@ -45,9 +46,11 @@ async fn ended_because(node: &FakeNode, sid: &str) -> EndReason {
 /// The `session.end` audit event of `sid`.
 async fn end_audited(admin: &ApiClient, sid: &str) -> Value {
     let ended = admin.get_json("/api/v1/admin/audit?action=session.end", StatusCode::OK).await;
-    let found = ended.as_array().unwrap().iter().find(|e| {
-        e["details"].as_str().is_some_and(|d| d.contains(sid))
-    });
+    let found = ended
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["details"].as_str().is_some_and(|d| d.contains(sid)));
     found.unwrap_or_else(|| panic!("no session.end for {sid}: {ended}")).clone()
 }
 
@@ -137,8 +140,10 @@ async fn idle_means_no_input_and_a_disconnected_desktop_waits_its_disconnect_tim
 
 #[tokio::test]
 async fn the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_old_ways() {
-    if skip(Group::Ldap, "the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_old_ways")
-    {
+    if skip(
+        Group::Ldap,
+        "the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_old_ways",
+    ) {
         return;
     }
     let slapd = Slapd::start().unwrap();

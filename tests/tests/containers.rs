@@ -290,8 +290,7 @@ async fn user_loop(
         {
             log.failures.push(format!("{}: connect gave {} then {}", log.user, d, b["desktop_id"]));
         }
-        let keepalive = format!("/api/v1/desktops/{d}/keepalive");
-        call(&client, &mut log, &phase, Method::POST, &keepalive, StatusCode::NO_CONTENT).await;
+        call(&client, &mut log, &phase, Method::GET, "/api/v1/desktops", StatusCode::OK).await;
         let disconnect = format!("/api/v1/desktops/{d}/disconnect");
         call(&client, &mut log, &phase, Method::POST, &disconnect, StatusCode::NO_CONTENT).await;
         log.desktops.push(d);

@@ -114,7 +114,7 @@ async fn with_tls_on_every_hop_a_desktop_is_served_and_signing_out_ends_its_view
     .with_context(|| format!("the viewer stayed connected; broker log:\n{}", broker.log()))?
     .context("the viewer's connection ended without a close frame")?;
     assert_eq!(close.code, CloseCode::Normal);
-    assert_eq!(close.reason.as_str(), "the session ended");
+    assert_eq!(close.reason.as_str(), "the session ended: signed_out", "told why, over TLS");
     drop(proxy);
     Ok(())
 }

@@ -273,7 +273,8 @@ async fn end_session(
         .await?
         .filter(|s| s.ended_at.is_none())
         .ok_or_else(|| ApiError::NotFound("no open session with that id".into()))?;
-    service::end_session(&st, &s, "ended by an administrator", EndReason::Administrator, now_ms()).await?;
+    service::end_session(&st, &s, "ended by an administrator", EndReason::Administrator, now_ms())
+        .await?;
     service::audit(
         &st,
         &admin.username,

@@ -16,9 +16,7 @@ use crate::service;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_desktops))
-        .routes(routes!(disconnect))
+    OpenApiRouter::new().routes(routes!(list_desktops)).routes(routes!(disconnect))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -33,8 +33,7 @@ pub async fn end_session(
         None => None,
     };
     if let Some(node) = node
-        && let Err(e) =
-            st.nodes.end_display_session(&node.id, &node.display_url, &s.id, why).await
+        && let Err(e) = st.nodes.end_display_session(&node.id, &node.display_url, &s.id, why).await
     {
         tracing::warn!(error = %e, session = %s.id, "could not tell the display proxy to end the session");
     }

@@ -30,11 +30,13 @@ async fn end_session(
     body: Bytes,
 ) -> Response {
     if body.len() > MAX_END_BODY {
-        return Refused::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large").into_response();
+        return Refused::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large")
+            .into_response();
     }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let path = uri.0.path_and_query().map_or("/", |p| p.as_str());
-    let req = atrium_protocol::signed::Request { method: "POST", path_and_query: path, body: &body };
+    let req =
+        atrium_protocol::signed::Request { method: "POST", path_and_query: path, body: &body };
     if let Err(e) = s.0.verifier.verify_request(auth, &req, &s.0.node_audience).await {
         tracing::warn!(session = %sid.chars().take(64).collect::<String>(), reason = %e, "a session end not signed by the broker was refused");
         return Refused::new(

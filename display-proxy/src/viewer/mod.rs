@@ -19,8 +19,8 @@ use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use sessions::{Ending, Presence};
 pub use sessions::Sessions;
+use sessions::{Ending, Presence};
 
 use crate::desktop::ViewerSlot;
 use crate::metrics::Metrics;

@@ -76,7 +76,13 @@ pub(super) async fn receive(
     r: Receiving,
 ) {
     let Receiving { desktop, rights, inputs, metrics, ending, record_input, presence } = r;
-    let input = Input { desktop: &desktop, rights: &rights, metrics: &metrics, inputs: &inputs, presence: &presence };
+    let input = Input {
+        desktop: &desktop,
+        rights: &rights,
+        metrics: &metrics,
+        inputs: &inputs,
+        presence: &presence,
+    };
     let mut held = Held { desktop: Arc::clone(&desktop), keys: HashSet::new(), buttons: None };
     loop {
         let msg = match stream.next().await {

@@ -57,9 +57,7 @@ impl Activity {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/activity", put(report))
-        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+    Router::new().route("/activity", put(report)).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
 }
 
 async fn report(State(s): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {

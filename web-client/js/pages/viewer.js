@@ -52,6 +52,14 @@ function storedVolume() {
   return Number.isFinite(v) ? Math.max(0, Math.min(1, v)) : 0.8;
 }
 
+// A duration in words: `45 seconds`, `1 minute`, `30 minutes`, `2 hours`.
+function spoken(secs) {
+  const unit = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  if (secs < 60) return unit(secs, 'second');
+  if (secs < 7200 || secs % 3600 !== 0) return unit(Math.round(secs / 60), 'minute');
+  return unit(secs / 3600, 'hour');
+}
+
 function fmtRate(bytesPerSecond) {
   const bits = bytesPerSecond * 8;
   if (bits >= 1e6) return `${(bits / 1e6).toFixed(1)} Mbit/s`;
@@ -137,10 +145,11 @@ export function showViewer(app, target) {
   // What the user is told when the broker ended the session (`the session ended: <why>`), and
   // whether their desktop waits for them; null: the sign-in itself may have ended.
   function endedBecause(why) {
-    const kept = limits ? ` Your desktop is kept for you for ${Math.round(limits.disconnect_timeout_secs / 60)} minutes.` : '';
+    const kept = limits && limits.disconnect_timeout_secs > 0
+      ? ` Your desktop is kept for you for ${spoken(limits.disconnect_timeout_secs)}.` : '';
     switch (why) {
       case 'idle':
-        return [`You were disconnected after ${limits ? Math.round(limits.idle_timeout_secs / 60) : 'some'} minutes without keyboard or mouse input.${kept}`, true];
+        return [`You were disconnected after ${limits ? spoken(limits.idle_timeout_secs) : 'a while'} without keyboard or mouse input.${kept}`, true];
       case 'disconnected':
         return [`This session was disconnected.${kept}`, true];
       case 'max_length':
