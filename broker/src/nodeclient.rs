@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atrium_protocol::agent::SessionUser;
-use atrium_protocol::node::{EndReason, ErrorBody, SessionEnd, SessionRequest, VmInfo, VmSpec};
+use atrium_protocol::node::{EndReason, ErrorBody, SessionRequest, VmInfo, VmSpec};
 use atrium_protocol::signed::{self, node_audience};
 use reqwest::Method;
 use thiserror::Error;
@@ -130,8 +130,8 @@ impl NodeClient {
     ) -> Result<(), NodeError> {
         let base = display_url.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
         let at = NodeAt { id: node_id, url: &base };
-        let path = format!("/api/v1/sessions/{session_id}/end");
-        let resp = self.send(at, Method::POST, &path, Self::json(&SessionEnd { reason })).await?;
+        let path = format!("/api/v1/sessions/{session_id}/end?reason={}", reason.code());
+        let resp = self.send(at, Method::POST, &path, None).await?;
         Self::check(resp).await.map(drop)
     }
 }

@@ -455,10 +455,11 @@ pub fn validate_sessions(sessions: &[SessionActivity]) -> Result<(), FieldError>
 }
 
 /// Why the broker ended a session, as it tells the display proxy (`POST
-/// /api/v1/sessions/{sid}/end`, an optional JSON body): the viewer says it to the user. An
-/// absent body (older brokers) or an unknown reason is [`EndReason::Other`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// /api/v1/sessions/{sid}/end?reason=<code>`): the viewer says it to the user. No reason (older
+/// brokers) or an unknown one is [`EndReason::Other`]. In the query, not a body: a proxy older
+/// than reasons checks the broker's signature over the path and query it received, and an empty
+/// body, so it still ends the session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EndReason {
     /// No keyboard or pointer input for the pool's idle time.
     Idle,
@@ -470,13 +471,28 @@ pub enum EndReason {
     Administrator,
     /// The user disconnected (another of their viewers asked).
     Disconnected,
+    /// Anything else (a policy change, a lost node...).
     #[default]
-    #[serde(other)]
     Other,
 }
 
 impl EndReason {
-    /// The code a viewer receives in the close reason (`the session ended: <code>`).
+    const ALL: [Self; 6] = [
+        Self::Idle,
+        Self::MaxLength,
+        Self::SignedOut,
+        Self::Administrator,
+        Self::Disconnected,
+        Self::Other,
+    ];
+
+    /// The reason a code names; [`EndReason::Other`] for any other text.
+    pub fn from_code(code: &str) -> Self {
+        Self::ALL.into_iter().find(|r| r.code() == code).unwrap_or(Self::Other)
+    }
+
+    /// The code in the broker's call and in a viewer's close reason (`the session ended:
+    /// <code>`).
     pub fn code(self) -> &'static str {
         match self {
             Self::Idle => "idle",
@@ -487,13 +503,6 @@ impl EndReason {
             Self::Other => "other",
         }
     }
-}
-
-/// The body of the broker's session end call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionEnd {
-    #[serde(default)]
-    pub reason: EndReason,
 }
 
 /// The broker's answer to a heartbeat.
@@ -639,16 +648,12 @@ mod tests {
 
     #[test]
     fn a_session_end_without_a_known_reason_is_other() {
-        let end: SessionEnd = serde_json::from_str(r#"{"reason":"idle"}"#).unwrap();
-        assert_eq!(end.reason, EndReason::Idle);
-        let end: SessionEnd = serde_json::from_str(r#"{"reason":"solar flare"}"#).unwrap();
-        assert_eq!(end.reason, EndReason::Other);
-        let end: SessionEnd = serde_json::from_str("{}").unwrap();
-        assert_eq!(end.reason.code(), "other");
-        assert_eq!(
-            serde_json::to_string(&SessionEnd { reason: EndReason::MaxLength }).unwrap(),
-            r#"{"reason":"max_length"}"#
-        );
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::from_code(r.code()), r);
+        }
+        assert_eq!(EndReason::from_code("solar flare"), EndReason::Other);
+        assert_eq!(EndReason::from_code(""), EndReason::Other);
+        assert_eq!(EndReason::MaxLength.code(), "max_length");
     }
 
     #[test]

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
     Capacity, DisplayEndpoint, EndReason, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind,
-    NodeHeartbeat, RuntimeKind, SessionActivity, SessionEnd, SessionRequest, VmInfo, VmSpec,
-    VmState, VmStatus,
+    NodeHeartbeat, RuntimeKind, SessionActivity, SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
 };
 use atrium_protocol::signed::{self, NodeKey};
 use axum::extract::{Path, State};
@@ -192,15 +191,11 @@ async fn session(
 async fn end_display(
     State(st): State<Shared>,
     Path(sid): Path<String>,
-    body: axum::body::Bytes,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> StatusCode {
-    let end: SessionEnd = if body.is_empty() {
-        SessionEnd::default()
-    } else {
-        serde_json::from_slice(&body).unwrap_or_default()
-    };
+    let reason = q.get("reason").map_or(EndReason::Other, |r| EndReason::from_code(r));
     let mut s = st.lock().expect("lock");
-    s.end_reasons.push((sid.clone(), end.reason));
+    s.end_reasons.push((sid.clone(), reason));
     s.ended_display_sessions.push(sid);
     StatusCode::NO_CONTENT
 }
