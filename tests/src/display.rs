@@ -300,6 +300,8 @@ pub struct DisplayViewer {
     pub key_delay: Duration,
     /// When set, every message a recording keeps, as received.
     pub kept: Option<Vec<Vec<u8>>>,
+    /// The desktop's clipboard text as last received.
+    pub clipboard: Option<String>,
 }
 
 impl DisplayViewer {
@@ -329,6 +331,7 @@ impl DisplayViewer {
             seq: 0,
             key_delay: Duration::from_millis(30),
             kept: None,
+            clipboard: None,
         })
     }
 
@@ -347,6 +350,7 @@ impl DisplayViewer {
             seq: 0,
             key_delay: Duration::ZERO,
             kept: None,
+            clipboard: None,
         }
     }
 
@@ -377,6 +381,7 @@ impl DisplayViewer {
                 self.frames += 1;
                 return Ok(Some(frame));
             }
+            ServerMessage::Clipboard { text } => self.clipboard = Some(text),
             _ => {}
         }
         Ok(None)

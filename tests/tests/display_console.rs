@@ -162,7 +162,8 @@ async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyh
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
     let proxy = DisplayProxy::start(&jwks.url(), &node.local_socket(), "").await?;
-    let url = proxy.ws_url(&id, &issuer.ticket(&id, Capabilities::default()));
+    let rights = Capabilities { clipboard_copy_out: true, ..Default::default() };
+    let url = proxy.ws_url(&id, &issuer.ticket(&id, rights));
     let mut viewer = DisplayViewer::connect(&url).await?;
     assert_eq!((viewer.width, viewer.height), (1024, 768));
     viewer
@@ -186,6 +187,19 @@ async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyh
     found.map_err(|e| {
         anyhow::anyhow!("{e} (see display-console-typed.png)\nproxy log:\n{}", proxy.log())
     })?;
+
+    // A program in the desktop copies (the console's clipboard is a file the agent watches):
+    // the text reaches the viewer, whose ticket lets the clipboard out.
+    viewer.type_text(&format!("echo {word} | tee clipboard.txt\n")).await?;
+    let copied = format!("{word}\n");
+    viewer
+        .wait_until("the desktop's clipboard at the viewer", Duration::from_secs(60), |v| {
+            v.clipboard.as_deref() == Some(copied.as_str())
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("{e}: it has {:?}\nproxy log:\n{}", viewer.clipboard, proxy.log())
+        })?;
 
     // A view-only shadow sees the same screen and cannot type.
     let shadow_caps = Capabilities { view_only: true, shadow: true, ..Default::default() };

@@ -7,12 +7,15 @@ use tokio::sync::broadcast;
 
 use crate::source::open::GuestLink;
 
-/// Long-polls the guest clipboard through the node and broadcasts changes.
+/// Long-polls the guest clipboard through the node and broadcasts changes. The first read
+/// answers at once: it is what was there before, not sent; a change while a long poll waited
+/// is sent.
 pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<String>) {
     let mut seq = None;
     let mut backoff = Duration::from_secs(1);
     loop {
-        match link.node.clipboard_after(&link.vm, seq.unwrap_or(0), 25).await {
+        let wait = if seq.is_some() { 25 } else { 0 };
+        match link.node.clipboard_after(&link.vm, seq.unwrap_or(0), wait).await {
             Ok(state) => {
                 backoff = Duration::from_secs(1);
                 let first = seq.is_none();
