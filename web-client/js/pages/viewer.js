@@ -27,6 +27,12 @@ const SIZE_KEY = 'atrium.desktopSize';
 // The window's size is sent once it has stopped changing for this long (a drag sends one).
 const RESIZE_SETTLE_MS = 150;
 
+// The desktop's clipboard is written to this computer's only when the user asked for it this
+// long before it arrived: a copy shortcut or a click in the desktop (a menu's Copy). A program
+// in the desktop that changes its clipboard on its own cannot write into the user's; the
+// Clipboard panel shows the text, and its Copy to my clipboard button takes it.
+const COPY_GESTURE_MS = 5000;
+
 const SOUND_KEY = 'atrium.sound';
 const VOLUME_KEY = 'atrium.volume';
 
@@ -239,6 +245,12 @@ export function showViewer(app, target) {
     store(VOLUME_KEY, String(v));
     if (player) player.setVolume(v);
   });
+  // When the user last asked the desktop to copy (performance.now()).
+  let copyAskedAt = -Infinity;
+  canvas.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && (e.code === 'KeyC' || e.code === 'Insert')) copyAskedAt = performance.now();
+  }, true);
+  canvas.addEventListener('pointerup', () => { copyAskedAt = performance.now(); }, true);
   // Browsers keep a page silent until a gesture: the first key or click in the desktop does.
   const wake = () => { if (player) player.resume(); };
   canvas.addEventListener('pointerdown', wake);
@@ -387,7 +399,12 @@ export function showViewer(app, target) {
     });
     session.on('clipboard', ({ text }) => {
       fromDesktop.value = text;
-      if (navigator.clipboard && document.hasFocus()) navigator.clipboard.writeText(text).catch(() => {});
+      if (navigator.clipboard && performance.now() - copyAskedAt <= COPY_GESTURE_MS) {
+        copyAskedAt = -Infinity;
+        navigator.clipboard.writeText(text).then(() => { clipStatus.textContent = 'Copied to your clipboard.'; }, () => {});
+      } else {
+        clipStatus.textContent = 'The desktop copied text: Copy to my clipboard takes it to this computer.';
+      }
     });
     session.on('stats', (s) => {
       const parts = [];
