@@ -1,4 +1,4 @@
-// The display wire protocol (docs/display-protocol.md; protocol/src/display.rs is the other
+// The display wire protocol (docs/display-protocol.md; protocol/src/display/ is the other
 // end): binary WebSocket messages, little-endian, one message per WebSocket frame.
 
 export const VERSION = 1;

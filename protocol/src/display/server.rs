@@ -1,0 +1,193 @@
+//! Messages from the display proxy to the browser.
+
+use super::wire::{Reader, put_bytes32, put_rect};
+use super::{
+    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_VIDEO_FRAME, Rect, truncate_utf8,
+};
+
+/// Messages from the display proxy to the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// First message of a connection. `0x01`
+    Hello {
+        version: u16,
+        width: u16,
+        height: u16,
+        caps: u32,
+        max_frames_in_flight: u8,
+        name: String,
+    },
+    /// The desktop changed size; the client clears its canvas. `0x02`
+    Resize { width: u16, height: u16 },
+    /// This viewer may ask the desktop for another size ([`ClientMessage::Resize`]), up to
+    /// this one (the pool's display size). Sent after `Hello`, only to viewers that may. `0x03`
+    Resizable { max_width: u16, max_height: u16 },
+    /// Fill a rectangle with one colour (RGBA bytes). `0x10`
+    Fill { rect: Rect, rgba: [u8; 4] },
+    /// Draw an encoded image at a rectangle. `0x11`
+    Image { rect: Rect, format: ImageFormat, data: Vec<u8> },
+    /// Copy a rectangle from elsewhere on the canvas (scrolls, moves). `0x12`
+    Copy { rect: Rect, src_x: u16, src_y: u16 },
+    /// One VP8 frame of the moving area `rect` (the whole rectangle; its size is the
+    /// stream's). A `key` frame starts a stream: the decoder is set up for that size; the
+    /// frames after it are predicted from the one before. `0x13`
+    Video { rect: Rect, key: bool, data: Vec<u8> },
+    /// End of a frame: everything since the last `FrameEnd` forms one update. The client
+    /// acknowledges it with [`ClientMessage::FrameAck`] once drawn. `0x1f`
+    FrameEnd { frame: u32, input_seq: u32 },
+    /// The pointer shape: a PNG (or empty to hide) with its hotspot. `0x20`
+    Cursor { hot_x: u16, hot_y: u16, png: Vec<u8> },
+    /// Guest clipboard text. `0x30`
+    Clipboard { text: String },
+    /// Answer to [`ClientMessage::Ping`]. `0x31`
+    Pong { id: u32 },
+    /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
+    /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
+    /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
+    Audio { at: u32, packet: Vec<u8> },
+}
+
+impl ServerMessage {
+    /// Appends the wire form of this message to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Hello { version, width, height, caps, max_frames_in_flight, name } => {
+                out.push(0x01);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&width.to_le_bytes());
+                out.extend_from_slice(&height.to_le_bytes());
+                out.extend_from_slice(&caps.to_le_bytes());
+                out.push(*max_frames_in_flight);
+                let name = truncate_utf8(name, 255);
+                out.push(u8::try_from(name.len()).expect("truncated to 255"));
+                out.extend_from_slice(name.as_bytes());
+            }
+            Self::Resize { width, height } => {
+                out.push(0x02);
+                out.extend_from_slice(&width.to_le_bytes());
+                out.extend_from_slice(&height.to_le_bytes());
+            }
+            Self::Resizable { max_width, max_height } => {
+                out.push(0x03);
+                out.extend_from_slice(&max_width.to_le_bytes());
+                out.extend_from_slice(&max_height.to_le_bytes());
+            }
+            Self::Fill { rect, rgba } => {
+                out.push(0x10);
+                put_rect(out, *rect);
+                out.extend_from_slice(rgba);
+            }
+            Self::Image { rect, format, data } => {
+                out.push(0x11);
+                put_rect(out, *rect);
+                out.push(*format as u8);
+                put_bytes32(out, data);
+            }
+            Self::Copy { rect, src_x, src_y } => {
+                out.push(0x12);
+                put_rect(out, *rect);
+                out.extend_from_slice(&src_x.to_le_bytes());
+                out.extend_from_slice(&src_y.to_le_bytes());
+            }
+            Self::Video { rect, key, data } => {
+                out.push(0x13);
+                put_rect(out, *rect);
+                out.push(u8::from(*key));
+                put_bytes32(out, data);
+            }
+            Self::FrameEnd { frame, input_seq } => {
+                out.push(0x1f);
+                out.extend_from_slice(&frame.to_le_bytes());
+                out.extend_from_slice(&input_seq.to_le_bytes());
+            }
+            Self::Cursor { hot_x, hot_y, png } => {
+                out.push(0x20);
+                out.extend_from_slice(&hot_x.to_le_bytes());
+                out.extend_from_slice(&hot_y.to_le_bytes());
+                put_bytes32(out, png);
+            }
+            Self::Clipboard { text } => {
+                out.push(0x30);
+                put_bytes32(out, text.as_bytes());
+            }
+            Self::Pong { id } => {
+                out.push(0x31);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            Self::Audio { at, packet } => {
+                out.push(0x40);
+                out.extend_from_slice(&at.to_le_bytes());
+                let len = u16::try_from(packet.len().min(MAX_AUDIO_PACKET)).expect("bounded");
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&packet[..usize::from(len)]);
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// Decodes a server message (used by test clients and the benchmark).
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let (&ty, rest) = buf.split_first().ok_or(DecodeError::Empty)?;
+        let mut r = Reader { buf: rest };
+        let msg = match ty {
+            0x01 => {
+                let version = r.u16()?;
+                let width = r.u16()?;
+                let height = r.u16()?;
+                let caps = r.u32()?;
+                let max_frames_in_flight = r.u8()?;
+                let n = r.u8()? as usize;
+                let name = String::from_utf8(r.take(n)?.to_vec())
+                    .map_err(|_| DecodeError::BadValue("UTF-8 text"))?;
+                Self::Hello { version, width, height, caps, max_frames_in_flight, name }
+            }
+            0x02 => Self::Resize { width: r.u16()?, height: r.u16()? },
+            0x03 => Self::Resizable { max_width: r.u16()?, max_height: r.u16()? },
+            0x10 => {
+                let rect = r.rect()?;
+                let c = r.take(4)?;
+                Self::Fill { rect, rgba: [c[0], c[1], c[2], c[3]] }
+            }
+            0x11 => {
+                let rect = r.rect()?;
+                let format = ImageFormat::from_u8(r.u8()?)?;
+                let data = r.bytes32(usize::MAX)?.to_vec();
+                Self::Image { rect, format, data }
+            }
+            0x12 => Self::Copy { rect: r.rect()?, src_x: r.u16()?, src_y: r.u16()? },
+            0x13 => {
+                let rect = r.rect()?;
+                let key = r.flag("key frame flag")?;
+                let data = r.bytes32(MAX_VIDEO_FRAME)?.to_vec();
+                if data.is_empty() || rect.w == 0 || rect.h == 0 {
+                    return Err(DecodeError::BadValue("video frame"));
+                }
+                Self::Video { rect, key, data }
+            }
+            0x1f => Self::FrameEnd { frame: r.u32()?, input_seq: r.u32()? },
+            0x20 => {
+                let hot_x = r.u16()?;
+                let hot_y = r.u16()?;
+                Self::Cursor { hot_x, hot_y, png: r.bytes32(usize::MAX)?.to_vec() }
+            }
+            0x30 => Self::Clipboard { text: r.text32(MAX_CLIPBOARD)? },
+            0x31 => Self::Pong { id: r.u32()? },
+            0x40 => {
+                let at = r.u32()?;
+                let len = usize::from(r.u16()?);
+                if len == 0 || len > MAX_AUDIO_PACKET {
+                    return Err(DecodeError::BadValue("audio packet length"));
+                }
+                Self::Audio { at, packet: r.take(len)?.to_vec() }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
