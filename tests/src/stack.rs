@@ -217,6 +217,16 @@ impl Stack {
         Ok(restarted)
     }
 
+    /// Every service's log, for a failure's message.
+    pub fn logs(&self) -> String {
+        format!(
+            "broker log:\n{}\nnode log:\n{}\ndisplay log:\n{}",
+            self.broker.log(),
+            self.node.log(),
+            self.display.log()
+        )
+    }
+
     /// A client signed in as the demo administrator (carol).
     pub async fn admin(&self) -> ApiClient {
         let mut c = self.broker.client();

@@ -54,8 +54,19 @@ async fn end_audited(admin: &ApiClient, sid: &str) -> Value {
     found.unwrap_or_else(|| panic!("no session.end for {sid}: {ended}")).clone()
 }
 
-async fn broker(slapd: &Slapd) -> Broker {
-    Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap()
+/// The directory, a broker, its administrator, a stand-in node `node-a`, and a floating pool
+/// `name` with these limits (idle, maximum, disconnect, in seconds).
+async fn with_pool(name: &str, limits: [u64; 3]) -> (Slapd, Broker, ApiClient, FakeNode) {
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let admin = broker.admin().await;
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    let mut pool = pool_json(name, "floating", 0, 4);
+    pool["idle_timeout_secs"] = json!(limits[0]);
+    pool["max_session_secs"] = json!(limits[1]);
+    pool["disconnect_timeout_secs"] = json!(limits[2]);
+    admin.post_json("/api/v1/admin/pools", pool, StatusCode::CREATED).await;
+    (slapd, broker, admin, node)
 }
 
 #[tokio::test]
@@ -64,14 +75,7 @@ async fn idle_means_no_input_and_a_disconnected_desktop_waits_its_disconnect_tim
     {
         return;
     }
-    let slapd = Slapd::start().unwrap();
-    let broker = broker(&slapd).await;
-    let admin = broker.admin().await;
-    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let mut pool = pool_json("general", "floating", 0, 4);
-    pool["idle_timeout_secs"] = json!(60);
-    pool["disconnect_timeout_secs"] = json!(60);
-    admin.post_json("/api/v1/admin/pools", pool, StatusCode::CREATED).await;
+    let (_slapd, broker, admin, node) = with_pool("general", [60, 3600, 60]).await;
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
 
@@ -146,15 +150,7 @@ async fn the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_o
     ) {
         return;
     }
-    let slapd = Slapd::start().unwrap();
-    let broker = broker(&slapd).await;
-    let admin = broker.admin().await;
-    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let mut pool = pool_json("short", "floating", 0, 4);
-    pool["idle_timeout_secs"] = json!(60);
-    pool["max_session_secs"] = json!(90);
-    pool["disconnect_timeout_secs"] = json!(0);
-    admin.post_json("/api/v1/admin/pools", pool, StatusCode::CREATED).await;
+    let (_slapd, broker, admin, node) = with_pool("short", [60, 90, 0]).await;
     for value in [json!(2_592_001), json!(-1)] {
         let mut p = pool_json("bad", "floating", 0, 1);
         p["disconnect_timeout_secs"] = value.clone();

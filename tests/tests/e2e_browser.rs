@@ -158,12 +158,7 @@ async fn a_user_works_in_a_desktop_in_the_browser_and_an_admin_manages_pools() -
         .await
         .context("the browser test took over 10 minutes")??;
     if let Err(e) = driver.finish().await {
-        bail!(
-            "{e}\nbroker log:\n{}\nnode log:\n{}\ndisplay log:\n{}",
-            stack.broker.log(),
-            stack.node.log(),
-            stack.display.log()
-        );
+        bail!("{e}\n{}", stack.logs());
     }
     if !done {
         bail!(

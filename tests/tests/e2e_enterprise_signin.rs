@@ -188,7 +188,7 @@ async fn directory_and_sso_users_pass_mfa_use_their_desktops_and_one_is_signed_o
         .await
         .context("the browser test took over 15 minutes")??;
     if let Err(e) = driver.finish().await {
-        bail!("{e}\nbroker log:\n{}\ndisplay log:\n{}", stack.broker.log(), stack.display.log());
+        bail!("{e}\n{}", stack.logs());
     }
     ensure!(seen == ["alice", "dave"], "desktops seen: {seen:?}");
     let ms = revoked_ms.context("the driver stopped before the revocation")?;

@@ -149,11 +149,7 @@ async fn a_watermarked_session_is_recorded_and_played_back_in_the_browser() -> a
         .await
         .context("the browser test took over 10 minutes")??;
     if let Err(e) = driver.finish().await {
-        anyhow::bail!(
-            "{e}\nbroker log:\n{}\ndisplay log:\n{}",
-            stack.broker.log(),
-            stack.display.log()
-        );
+        anyhow::bail!("{e}\n{}", stack.logs());
     }
     Ok(())
 }

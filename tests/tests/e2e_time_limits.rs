@@ -77,11 +77,7 @@ async fn idle_disconnect_and_end_warnings_as_a_user_meets_them() -> anyhow::Resu
         .await
         .context("the browser test took over 10 minutes")??;
     if let Err(e) = driver.finish().await {
-        anyhow::bail!(
-            "{e}\nbroker log:\n{}\ndisplay log:\n{}",
-            stack.broker.log(),
-            stack.display.log()
-        );
+        anyhow::bail!("{e}\n{}", stack.logs());
     }
     let at = |k: &str| times[k].as_i64().with_context(|| format!("{k} in {times}"));
     let (still_here, closed) = (at("still_here_at")?, at("closed_at")?);
