@@ -16,9 +16,9 @@ use atrium_tests::{Group, skip, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// How long the broker may take to act on a limit: heartbeats and reconcile passes are a
-/// second apart here, the disconnect grace is 30 s.
-const WITHIN: Duration = Duration::from_secs(60);
+/// How long a test waits for the broker to act on a limit: the longest limit here (a minute),
+/// and heartbeats and reconcile passes a second apart, the disconnect grace of 30 s.
+const WITHIN: Duration = Duration::from_secs(90);
 
 async fn ready_connect(c: &ApiClient, pool: &str) -> Value {
     wait_for("a ready desktop", Duration::from_secs(20), || async {
@@ -54,14 +54,18 @@ async fn end_audited(admin: &ApiClient, sid: &str) -> Value {
     found.unwrap_or_else(|| panic!("no session.end for {sid}: {ended}")).clone()
 }
 
-/// The directory, a broker, its administrator, a stand-in node `node-a`, and a floating pool
-/// `name` with these limits (idle, maximum, disconnect, in seconds).
-async fn with_pool(name: &str, limits: [u64; 3]) -> (Slapd, Broker, ApiClient, FakeNode) {
+/// The directory, a broker, its administrator, a stand-in node `node-a`, and a pool `name` of
+/// `kind` with these limits (idle, maximum, disconnect, in seconds).
+async fn with_pool(
+    name: &str,
+    kind: &str,
+    limits: [u64; 3],
+) -> (Slapd, Broker, ApiClient, FakeNode) {
     let slapd = Slapd::start().unwrap();
     let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
     let admin = broker.admin().await;
     let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
-    let mut pool = pool_json(name, "floating", 0, 4);
+    let mut pool = pool_json(name, kind, 0, 4);
     pool["idle_timeout_secs"] = json!(limits[0]);
     pool["max_session_secs"] = json!(limits[1]);
     pool["disconnect_timeout_secs"] = json!(limits[2]);
@@ -75,7 +79,7 @@ async fn idle_means_no_input_and_a_disconnected_desktop_waits_its_disconnect_tim
     {
         return;
     }
-    let (_slapd, broker, admin, node) = with_pool("general", [60, 3600, 60]).await;
+    let (_slapd, broker, admin, node) = with_pool("general", "floating", [60, 3600, 10]).await;
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;
 
@@ -85,7 +89,7 @@ async fn idle_means_no_input_and_a_disconnected_desktop_waits_its_disconnect_tim
     assert_eq!(limits["idle_timeout_secs"], 60, "{c}");
     assert_eq!(limits["idle_warning_secs"], 30, "half a short idle time");
     assert_eq!(limits["end_warning_secs"], 600);
-    assert_eq!(limits["disconnect_timeout_secs"], 60);
+    assert_eq!(limits["disconnect_timeout_secs"], 10);
     let ends_in = limits["ends_in_secs"].as_u64().unwrap();
     assert!((3590..=3600).contains(&ends_in), "{ends_in}");
     let sid = c["session_id"].as_str().unwrap().to_owned();
@@ -117,6 +121,9 @@ async fn idle_means_no_input_and_a_disconnected_desktop_waits_its_disconnect_tim
     assert_eq!(again["desktop_id"], desktop);
     let sid2 = again["session_id"].as_str().unwrap().to_owned();
     assert_ne!(sid2, sid);
+    // Her maximum length still counts from when she got the desktop, not from the reconnect.
+    let ends_again = again["limits"]["ends_in_secs"].as_u64().unwrap();
+    assert!(ends_again + 5 <= ends_in, "the reconnect gave her a fresh limit: {ends_again} s");
 
     // Her tab closes: the proxy lists no viewer of hers, while the other node claims she is
     // connected there. After the grace the session ends as disconnected...
@@ -150,7 +157,7 @@ async fn the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_o
     ) {
         return;
     }
-    let (_slapd, broker, admin, node) = with_pool("short", [60, 90, 0]).await;
+    let (_slapd, broker, admin, node) = with_pool("short", "floating", [60, 70, 0]).await;
     for value in [json!(2_592_001), json!(-1)] {
         let mut p = pool_json("bad", "floating", 0, 1);
         p["disconnect_timeout_secs"] = value.clone();
@@ -160,13 +167,13 @@ async fn the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_o
     let mut bob = broker.client();
     bob.login_ok("bob", "bob-pw").await;
     let c = ready_connect(&bob, "short").await;
-    assert!(c["limits"]["ends_in_secs"].as_u64().unwrap() <= 90, "{c}");
+    assert!(c["limits"]["ends_in_secs"].as_u64().unwrap() <= 70, "{c}");
     let sid = c["session_id"].as_str().unwrap().to_owned();
     let vm = ready_vm(&node);
 
     // A node that says nothing of its sessions (an older one) keeps them in use: past the idle
     // time the session is still open...
-    tokio::time::sleep(Duration::from_secs(70)).await;
+    tokio::time::sleep(Duration::from_secs(63)).await;
     assert!(node.with(|s| s.end_reasons.is_empty()), "ended before its time");
     // ...and however busy, at its maximum length from its start it ends: the proxy is told,
     // the floating desktop is recycled.
@@ -178,6 +185,44 @@ async fn the_maximum_length_ends_a_session_however_busy_and_a_quiet_node_keeps_o
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn at_its_maximum_length_a_dedicated_desktop_is_logged_off_and_starts_a_new_logon() {
+    if skip(
+        Group::Ldap,
+        "at_its_maximum_length_a_dedicated_desktop_is_logged_off_and_starts_a_new_logon",
+    ) {
+        return;
+    }
+    let (_slapd, broker, admin, node) = with_pool("mine", "dedicated", [60, 60, 1800]).await;
+    let mut bob = broker.client();
+    bob.login_ok("bob", "bob-pw").await;
+    let c = ready_connect(&bob, "mine").await;
+    let sid = c["session_id"].as_str().unwrap().to_owned();
+    let desktop = c["desktop_id"].as_str().unwrap().to_owned();
+    let vm = ready_vm(&node);
+    node.with(|s| s.activity = activity(&sid, 0));
+
+    // At a minute the session ends and the desktop is logged off: stopped, its VM gone, its
+    // disk kept; audited.
+    assert_eq!(ended_because(&node, &sid).await, EndReason::MaxLength);
+    wait_for("the VM to be removed", Duration::from_secs(20), || async {
+        node.with(|s| s.deleted.contains(&vm)).then_some(())
+    })
+    .await
+    .unwrap();
+    let stops = admin.get_json("/api/v1/admin/audit?action=desktop.stop", StatusCode::OK).await;
+    let stop = stops.as_array().unwrap().iter().find(|e| e["target"] == desktop.as_str());
+    let details = stop.and_then(|e| e["details"].as_str()).unwrap_or_default();
+    assert!(details.contains("maximum session length"), "{stops}");
+
+    // Connecting again starts it again: a new logon, with a whole minute ahead.
+    let again = ready_connect(&bob, "mine").await;
+    assert_eq!(again["desktop_id"], desktop.as_str(), "his own desktop, with its disk");
+    assert_eq!(node.with(|s| s.created), 2, "started again on a VM of its own");
+    let ends_in = again["limits"]["ends_in_secs"].as_u64().unwrap();
+    assert!(ends_in >= 50, "the new logon's limit: {ends_in} s");
 }
 
 /// The id of the one VM the stand-in node runs.

@@ -76,6 +76,9 @@ pub struct Desktop {
     pub error: Option<String>,
     pub created_at: i64,
     pub ready_at: Option<i64>,
+    /// When the user's current logon on it began: a spare or new desktop given to them, or
+    /// their dedicated desktop started again (the pool's maximum session length counts from
+    /// it).
     pub assigned_at: Option<i64>,
     pub last_active_at: i64,
     pub state_changed_at: i64,
@@ -222,7 +225,7 @@ impl Db {
                     }
                     sqlx::query(
                         "UPDATE desktops SET state = 'provisioning', vm_id = NULL, error = NULL, last_active_at = $2,
-                           state_changed_at = $2, agent_user = NULL WHERE id = $1",
+                           state_changed_at = $2, agent_user = NULL, assigned_at = $2 WHERE id = $1",
                     )
                     .bind(&d.id)
                     .bind(now)

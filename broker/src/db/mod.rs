@@ -25,7 +25,7 @@ pub use mfa::{MfaEnrolment, MfaState};
 pub use nodes::{Node, NodeState};
 pub use pools::{Pool, PoolCounts, PoolInput, PoolKind};
 pub use recordings::{Chunk, Recording, RecordingFilter, RecordingState, Stored};
-pub use sessions::{DesktopSession, OpenSessionView};
+pub use sessions::{DesktopSession, OpenSessionView, logon_start};
 pub use tokens::{ApiToken, TokenScope};
 pub use users::{CachedUser, UserSummary};
 

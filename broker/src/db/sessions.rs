@@ -42,6 +42,14 @@ pub const DISCONNECT_GRACE_MS: i64 = 30_000;
 /// told.
 pub type Expiry = (&'static str, EndReason);
 
+/// When the user's logon on the session's desktop began, from which the pool's maximum
+/// session length counts: the desktop's `assigned_at` (set when a spare or a new desktop is
+/// given to them, and again when their dedicated desktop starts again). A disconnect and a
+/// reconnect do not start it again; without it a session counts from its own start.
+pub fn logon_start(s: &DesktopSession, assigned_at: Option<i64>) -> i64 {
+    assigned_at.map_or(s.started_at, |a| a.min(s.started_at))
+}
+
 fn row_to_session(r: &AnyRow) -> DbResult<DesktopSession> {
     Ok(DesktopSession {
         id: col(r, "id")?,
@@ -251,26 +259,42 @@ impl Db {
             let id: String = col(r, "id")?;
             let last: i64 = col(r, "last_active_at")?;
             let gone: Option<i64> = col(r, "disconnected_at")?;
-            let (input, disconnected) = match (report, listed.get(id.as_str())) {
-                (None, _) => (now, None),
+            let input = match (report, listed.get(id.as_str())) {
+                (None, _) => Some(now),
                 (Some(_), Some(a)) => {
                     let idle = i64::try_from(a.idle_ms).unwrap_or(i64::MAX);
-                    (now.saturating_sub(idle).min(now), None)
+                    Some(now.saturating_sub(idle).min(now))
                 }
-                (Some(_), None) => (last, Some(gone.unwrap_or(now))),
+                (Some(_), None) => None,
             };
-            // Input moves the time forward only, and by a second at least (fewer writes).
-            let input = if input >= last + 1000 { input } else { last };
-            if input == last && disconnected == gone {
+            let Some(input) = input else {
+                // None of the user's viewers: noted once, kept until one is back. (A connect
+                // racing this clears it again, and counts as activity.)
+                if gone.is_none() {
+                    sqlx::query(
+                        "UPDATE desktop_sessions SET disconnected_at = COALESCE(disconnected_at, $2)
+                         WHERE id = $1 AND ended_at IS NULL",
+                    )
+                    .bind(&id)
+                    .bind(now)
+                    .execute(self.pool())
+                    .await?;
+                }
+                continue;
+            };
+            // Input moves the time forward only, and by a second at least (fewer writes); the
+            // update cannot move back what a connect racing it wrote.
+            if input < last + 1000 && gone.is_none() {
                 continue;
             }
+            let input = input.max(last);
             sqlx::query(
-                "UPDATE desktop_sessions SET last_active_at = $2, disconnected_at = $3
+                "UPDATE desktop_sessions SET disconnected_at = NULL,
+                   last_active_at = CASE WHEN last_active_at < $2 THEN $2 ELSE last_active_at END
                  WHERE id = $1 AND ended_at IS NULL",
             )
             .bind(&id)
             .bind(input)
-            .bind(disconnected)
             .execute(self.pool())
             .await?;
             if input > last {
@@ -286,13 +310,17 @@ impl Db {
         Ok(())
     }
 
-    /// Open sessions to end now, with why: past their pool's maximum length (from their
-    /// start); without their user's viewers for [`DISCONNECT_GRACE_MS`] (and no connect in
-    /// that time); connected but without input for their pool's idle time.
+    /// Open sessions to end now, with why: past their pool's maximum length (from the user's
+    /// logon on the desktop, [`logon_start`]); without their user's viewers for
+    /// [`DISCONNECT_GRACE_MS`] (and no connect in that time); connected but without input for
+    /// their pool's idle time.
     pub async fn expired_sessions(&self, now: i64) -> DbResult<Vec<(DesktopSession, Expiry)>> {
         let rows = sqlx::query(
-            "SELECT s.*, p.idle_timeout_secs, p.max_session_secs FROM desktop_sessions s
-             JOIN pools p ON p.id = s.pool_id WHERE s.ended_at IS NULL",
+            "SELECT s.*, p.idle_timeout_secs, p.max_session_secs,
+                    d.assigned_at AS desktop_assigned_at
+             FROM desktop_sessions s JOIN pools p ON p.id = s.pool_id
+             LEFT JOIN desktops d ON d.id = s.desktop_id
+             WHERE s.ended_at IS NULL",
         )
         .fetch_all(self.pool())
         .await?;
@@ -301,7 +329,8 @@ impl Db {
             let s = row_to_session(r)?;
             let idle: i64 = col(r, "idle_timeout_secs")?;
             let max: i64 = col(r, "max_session_secs")?;
-            let expiry = if now - s.started_at > max.saturating_mul(1000) {
+            let start = logon_start(&s, col(r, "desktop_assigned_at")?);
+            let expiry = if now - start > max.saturating_mul(1000) {
                 Some(("maximum session length reached", EndReason::MaxLength))
             } else if let Some(gone) = s.disconnected_at {
                 let quiet = now - gone.max(s.last_active_at);

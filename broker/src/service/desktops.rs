@@ -8,7 +8,9 @@ use atrium_protocol::ticket::{Capabilities, DisplayClaims, ISSUER, Record, Water
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{Assignment, Desktop, DesktopSession, DesktopState, Pool, PoolKind, now_ms};
+use crate::db::{
+    Assignment, Desktop, DesktopSession, DesktopState, Pool, PoolKind, logon_start, now_ms,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::policy::{Action, Principal};
@@ -38,11 +40,14 @@ pub async fn end_session(
         tracing::warn!(error = %e, session = %s.id, "could not tell the display proxy to end the session");
     }
     let kept = matches!(why, EndReason::Disconnected | EndReason::Idle);
-    if let Some(pool) = st.db.get_pool(&s.pool_id).await?
-        && pool.kind == PoolKind::Floating
-        && !kept
-    {
-        st.db.mark_destroying(&s.desktop_id, now).await?;
+    match st.db.get_pool(&s.pool_id).await?.map(|p| p.kind) {
+        Some(PoolKind::Floating) if !kept => st.db.mark_destroying(&s.desktop_id, now).await?,
+        // At its maximum length a dedicated desktop is logged off too: stopped, its disk kept
+        // (its next start begins a new logon).
+        Some(PoolKind::Dedicated) if why == EndReason::MaxLength => {
+            log_off_dedicated(st, &s.desktop_id, now).await;
+        }
+        _ => {}
     }
     audit(
         st,
@@ -55,6 +60,21 @@ pub async fn end_session(
     )
     .await;
     Ok(())
+}
+
+/// Stops a dedicated desktop nobody is connected to and removes its VM (best effort: a VM left
+/// behind is an orphan the node's next heartbeat sweeps); audited.
+async fn log_off_dedicated(st: &AppState, desktop_id: &str, now: i64) {
+    let stopped = st.db.stop_if_idle(desktop_id, i64::MAX, now).await;
+    let Ok(true) = stopped else { return };
+    if let Ok(Some(d)) = st.db.get_desktop(desktop_id).await
+        && let Err(e) = remove_vm(st, &d, true).await
+    {
+        tracing::warn!(error = %e, desktop = %desktop_id, "could not remove a logged-off desktop's VM");
+    }
+    let details = serde_json::json!({ "reason": "maximum session length" });
+    audit(st, "system", "desktop.stop", desktop_id, "success", IpAddr::from([0, 0, 0, 0]), details)
+        .await;
 }
 
 /// What `POST /pools/{pool}/connect` answers.
@@ -90,8 +110,8 @@ pub struct SessionLimits {
     pub idle_timeout_secs: u64,
     /// The viewer warns this long before the idle time runs out, with "I'm still here".
     pub idle_warning_secs: u64,
-    /// The session ends this many seconds from now (its maximum length, counted from its
-    /// start).
+    /// The session ends this many seconds from now (its maximum length, counted from the
+    /// user's logon on the desktop: a reconnect does not start it again).
     pub ends_in_secs: u64,
     /// The viewer warns this long before the end.
     pub end_warning_secs: u64,
@@ -105,9 +125,10 @@ pub const IDLE_WARNING_SECS: u64 = 60;
 pub const END_WARNING_SECS: u64 = 600;
 
 impl SessionLimits {
-    /// The limits of `session` in `pool`, `now`.
-    pub fn of(pool: &Pool, session: &DesktopSession, now: i64) -> Self {
-        let ends_at = session.started_at.saturating_add(
+    /// The limits of `session` on `desktop` in `pool`, `now`.
+    pub fn of(pool: &Pool, session: &DesktopSession, desktop: &Desktop, now: i64) -> Self {
+        let start = logon_start(session, desktop.assigned_at);
+        let ends_at = start.saturating_add(
             i64::try_from(pool.max_session_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         Self {
@@ -256,7 +277,7 @@ pub async fn connect(
         retry_after_ms: Some(1000),
         session_id: session.id.clone(),
         capabilities: caps,
-        limits: SessionLimits::of(&pool, &session, now),
+        limits: SessionLimits::of(&pool, &session, &desktop, now),
     };
     match desktop.state {
         DesktopState::Ready => {
