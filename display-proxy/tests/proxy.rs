@@ -373,12 +373,19 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
         assert_eq!(r.status(), 401);
     }
     assert_eq!(h.state.metrics().clients.load(Ordering::Relaxed), 1, "nothing was ended");
-    // The broker's call, signed for this node and this session.
-    let end = async || {
-        let token = h.issuer.sign_request("node-1", "POST", path, b"");
+    // A reason the broker did not sign is not taken: the signature covers the query.
+    let signed_plain = h.issuer.sign_request("node-1", "POST", path, b"");
+    let r = http.post(format!("{url}?reason=idle")).bearer_auth(signed_plain).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(h.state.metrics().clients.load(Ordering::Relaxed), 1, "nothing was ended");
+    // The broker's call, signed for this node and this session, with why.
+    let end = async |query: &str| {
+        let path_and_query = format!("{path}{query}");
+        let token = h.issuer.sign_request("node-1", "POST", &path_and_query, b"");
+        let url = format!("http://{}{path_and_query}", h.addr);
         http.post(&url).bearer_auth(token).send().await.unwrap().status()
     };
-    assert_eq!(end().await, 204);
+    assert_eq!(end("?reason=idle").await, 204);
     let close = loop {
         match next(&mut ws, Duration::from_secs(10)).await.expect("a close frame") {
             Message::Close(c) => break c.expect("a reason"),
@@ -386,11 +393,11 @@ async fn the_broker_ends_a_session_and_its_viewers_go() {
         }
     };
     assert_eq!(close.code, CloseCode::Normal);
-    assert_eq!(close.reason.as_str(), "the session ended");
+    assert_eq!(close.reason.as_str(), "the session ended: idle", "the viewer is told why");
     // The ticket minted before the end no longer connects.
     assert_eq!(status(h.connect("vm-1", &kept, Some(ORIGIN)).await.unwrap_err()), 401);
-    // Ending it again (no viewers left) is fine.
-    assert_eq!(end().await, 204);
+    // Ending it again (no viewers left, no reason: an older broker) is fine.
+    assert_eq!(end("").await, 204);
 }
 
 /// A viewer whose socket takes 4 KiB at a time and that never reads.

@@ -150,6 +150,10 @@ async function main() {
   check(taken === copied, `Copy to my clipboard left ${taken}`);
   await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
   log('a copy in the desktop reached this computer only when she asked');
+  // The panel took room from the desktop, which followed; it has its size back, and its
+  // redraw is over, before what follows counts moving pictures.
+  await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+  await sleep(3000);
 
   // A video with sound: she plays one in the desktop (a minute of GStreamer's moving zone plate
   // in a window, with a 600 Hz tone beside it; she stops both before their end). The picture

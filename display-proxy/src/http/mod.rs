@@ -63,14 +63,8 @@ impl AppState {
             _ => None,
         };
         let sink: Arc<dyn Sink> = Arc::new(node.clone());
-        let mut state = Self::build(
-            cfg,
-            Arc::new(NodeOpener { node: node.clone(), keep_refresh }),
-            tls,
-            Some(sink),
-        );
-        Arc::get_mut(&mut state.0).expect("not shared yet").node = Some(node);
-        Ok(state)
+        let opener = Arc::new(NodeOpener { node: node.clone(), keep_refresh });
+        Ok(Self::build(cfg, opener, tls, Some(sink), Some(node)))
     }
 
     /// The service with another way to open displays (benchmarks and tests use a synthetic
@@ -80,7 +74,7 @@ impl AppState {
         opener: Arc<dyn SourceOpener>,
         recordings: Option<Arc<dyn Sink>>,
     ) -> Self {
-        Self::build(cfg, opener, None, recordings)
+        Self::build(cfg, opener, None, recordings, None)
     }
 
     fn build(
@@ -88,6 +82,7 @@ impl AppState {
         opener: Arc<dyn SourceOpener>,
         tls: Option<atrium_door::tls::TlsFiles>,
         recordings: Option<Arc<dyn Sink>>,
+        node: Option<NodeClient>,
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let mut vcfg = VerifierConfig::new(&cfg.broker_url);
@@ -129,7 +124,7 @@ impl AppState {
             ),
             door: Arc::new(Door::new(cfg.door_limits(), tls)),
             recordings,
-            node: None,
+            node,
         }))
     }
 
