@@ -127,34 +127,6 @@ async function main() {
   // without Shift, on which QEMU turns Caps Lock on in the guest to match).
   await page.keyboard.press('Control+c');
 
-  // The clipboard, desktop to computer: a program in the desktop copies while she neither
-  // pressed a copy shortcut nor clicked for a while. The viewer shows the text but leaves this
-  // computer's clipboard alone; Copy to my clipboard takes it there.
-  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(cfg.broker).origin });
-  await page.evaluate(() => navigator.clipboard.writeText('before'));
-  await sleep(5500);
-  const copied = `copied-${cfg.word}`;
-  await typeAsPerson(page, `echo -n ${copied} | xclip -selection clipboard`, 20);
-  await page.keyboard.press('Enter');
-  await page.waitForFunction((w) => document.getElementById('clip-out').value === w, copied, { timeout: 60000 })
-    .catch(async (e) => {
-      await shot(page, 'e2e-05-viewer-no-clipboard.png');
-      throw new Error(`the desktop's copy never reached the viewer (it shows ${JSON.stringify(await page.locator('#clip-out').inputValue())}): ${e.message}`);
-    });
-  const local = await page.evaluate(() => navigator.clipboard.readText());
-  check(local === 'before', `a copy the user did not ask for reached this computer's clipboard (${local})`);
-  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
-  await page.getByRole('button', { name: 'Copy to my clipboard' }).click();
-  await page.getByText('Copied to your clipboard.').waitFor({ timeout: 5000 });
-  const taken = await page.evaluate(() => navigator.clipboard.readText());
-  check(taken === copied, `Copy to my clipboard left ${taken}`);
-  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
-  log('a copy in the desktop reached this computer only when she asked');
-  // The panel took room from the desktop, which followed; it has its size back, and its
-  // redraw is over, before what follows counts moving pictures.
-  await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
-  await sleep(3000);
-
   // A video with sound: she plays one in the desktop (a minute of GStreamer's moving zone plate
   // in a window, with a 600 Hz tone beside it; she stops both before their end). The picture
   // reaches this page as VP8, decoded by WebCodecs (the page counts the pictures), and the tone
@@ -245,6 +217,31 @@ async function main() {
   await page.setViewportSize({ width: 1400, height: 900 });
   await page.locator('#desktop-size').selectOption('window');
   await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+
+  // The clipboard, desktop to computer: a program in the desktop copies while she neither
+  // pressed a copy shortcut nor clicked for a while. The viewer shows the text but leaves this
+  // computer's clipboard alone; Copy to my clipboard takes it there. (Last in her desktop: the
+  // Clipboard panel takes room from the desktop, which follows, and the redraw is motion.)
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(cfg.broker).origin });
+  await page.evaluate(() => navigator.clipboard.writeText('before'));
+  await sleep(5500);
+  const copied = `copied-${cfg.word}`;
+  await typeAsPerson(page, `echo -n ${copied} | xclip -selection clipboard`, 20);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction((w) => document.getElementById('clip-out').value === w, copied, { timeout: 60000 })
+    .catch(async (e) => {
+      await shot(page, 'e2e-05-viewer-no-clipboard.png');
+      throw new Error(`the desktop's copy never reached the viewer (it shows ${JSON.stringify(await page.locator('#clip-out').inputValue())}): ${e.message}`);
+    });
+  const local = await page.evaluate(() => navigator.clipboard.readText());
+  check(local === 'before', `a copy the user did not ask for reached this computer's clipboard (${local})`);
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  await page.getByRole('button', { name: 'Copy to my clipboard' }).click();
+  await page.getByText('Copied to your clipboard.').waitFor({ timeout: 5000 });
+  const taken = await page.evaluate(() => navigator.clipboard.readText());
+  check(taken === copied, `Copy to my clipboard left ${taken}`);
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  log('a copy in the desktop reached this computer only when she asked');
 
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 15000 });
