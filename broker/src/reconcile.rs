@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::db::{Desktop, DesktopState, PoolKind, now_ms};
+use crate::db::{DesktopState, now_ms};
 use crate::error::ApiResult;
 use crate::metrics::Metrics;
 use crate::service;
@@ -230,19 +230,7 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
     for (d, kind) in st.db.idle_assigned_desktops(now).await? {
         // The same cutoff the query used; a reconnect since then keeps the desktop.
         let cutoff = d.last_active_at + 1;
-        match kind {
-            PoolKind::Floating => {
-                if st.db.destroy_if_idle(&d.id, cutoff, now).await? {
-                    logged_off(st, &d, "desktop.recycle").await;
-                }
-            }
-            PoolKind::Dedicated => {
-                if st.db.stop_if_idle(&d.id, cutoff, now).await? {
-                    remove_vm_of(st, &d).await;
-                    logged_off(st, &d, "desktop.stop").await;
-                }
-            }
-        }
+        service::log_off(st, &d, kind, cutoff, now, "disconnect timeout").await?;
     }
     // Desktops marked for destruction: their VMs go, then their rows.
     for d in st.db.desktops_in_state(DesktopState::Destroying).await? {
@@ -251,25 +239,6 @@ async fn idle_desktops(st: &AppState) -> ApiResult<()> {
         }
     }
     Ok(())
-}
-
-/// Audits a desktop logged off after its pool's disconnect time: recycled (floating) or
-/// stopped with its disk kept (dedicated).
-async fn logged_off(st: &AppState, d: &Desktop, action: &str) {
-    let details = serde_json::json!({ "reason": "disconnect timeout", "user": d.username, "pool": d.pool_id });
-    service::audit(st, "system", action, &d.id, "success", system(), details).await;
-}
-
-/// Removes a stopped dedicated desktop's VM from its node, best effort: a VM left behind is an
-/// orphan the next heartbeat's sweep removes.
-async fn remove_vm_of(st: &AppState, d: &Desktop) {
-    if let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id)
-        && let Ok(Some(node)) = st.db.get_node(node_id).await
-        && let Err(e) = st.nodes.delete_vm(node.api(), vm).await
-    {
-        tracing::warn!(error = %e, vm = %vm, "could not remove a stopped desktop's VM");
-    }
-    let _ = st.db.mark_stopped(&d.id, now_ms()).await;
 }
 
 async fn failed_desktops(st: &AppState) -> ApiResult<()> {
@@ -282,7 +251,7 @@ async fn failed_desktops(st: &AppState) -> ApiResult<()> {
             // A dedicated desktop keeps its disk: its VM goes, the desktop waits, stopped, for
             // its user to connect again.
             _ if d.persistent_disk.is_some() && d.username.is_some() => {
-                remove_vm_of(st, &d).await;
+                service::stop_vm_of(st, &d).await;
             }
             _ => st.db.mark_destroying(&d.id, now).await?,
         }

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use atrium_protocol::agent::SessionUser;
-use atrium_protocol::node::{EndReason, VmSpec};
+use atrium_protocol::node::VmSpec;
+use atrium_protocol::session::EndReason;
 use atrium_protocol::ticket::{Capabilities, DisplayClaims, ISSUER, Record, Watermark};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -45,7 +46,10 @@ pub async fn end_session(
         // At its maximum length a dedicated desktop is logged off too: stopped, its disk kept
         // (its next start begins a new logon).
         Some(PoolKind::Dedicated) if why == EndReason::MaxLength => {
-            log_off_dedicated(st, &s.desktop_id, now).await;
+            if let Some(d) = st.db.get_desktop(&s.desktop_id).await? {
+                log_off(st, &d, PoolKind::Dedicated, i64::MAX, now, "maximum session length")
+                    .await?;
+            }
         }
         _ => {}
     }
@@ -62,19 +66,40 @@ pub async fn end_session(
     Ok(())
 }
 
-/// Stops a dedicated desktop nobody is connected to and removes its VM (best effort: a VM left
-/// behind is an orphan the node's next heartbeat sweeps); audited.
-async fn log_off_dedicated(st: &AppState, desktop_id: &str, now: i64) {
-    let stopped = st.db.stop_if_idle(desktop_id, i64::MAX, now).await;
-    let Ok(true) = stopped else { return };
-    if let Ok(Some(d)) = st.db.get_desktop(desktop_id).await
-        && let Err(e) = remove_vm(st, &d, true).await
+/// Logs off a desktop nobody is connected to, unless it was used since `cutoff`: a floating one
+/// is recycled (marked for destruction), a dedicated one stopped, its VM removed and its disk
+/// kept. Audited as `desktop.recycle` or `desktop.stop` with `reason`. Returns whether it was.
+pub async fn log_off(
+    st: &AppState,
+    d: &Desktop,
+    kind: PoolKind,
+    cutoff: i64,
+    now: i64,
+    reason: &str,
+) -> ApiResult<bool> {
+    let action = match kind {
+        PoolKind::Floating if st.db.destroy_if_idle(&d.id, cutoff, now).await? => "desktop.recycle",
+        PoolKind::Dedicated if st.db.stop_if_idle(&d.id, cutoff, now).await? => {
+            stop_vm_of(st, d).await;
+            "desktop.stop"
+        }
+        _ => return Ok(false),
+    };
+    let details = serde_json::json!({ "reason": reason, "user": d.username, "pool": d.pool_id });
+    audit(st, "system", action, &d.id, "success", IpAddr::from([0, 0, 0, 0]), details).await;
+    Ok(true)
+}
+
+/// Removes a stopped dedicated desktop's VM from its node, best effort: a VM left behind is an
+/// orphan the next heartbeat's sweep removes.
+pub async fn stop_vm_of(st: &AppState, d: &Desktop) {
+    if let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id)
+        && let Ok(Some(node)) = st.db.get_node(node_id).await
+        && let Err(e) = st.nodes.delete_vm(node.api(), vm).await
     {
-        tracing::warn!(error = %e, desktop = %desktop_id, "could not remove a logged-off desktop's VM");
+        tracing::warn!(error = %e, vm = %vm, "could not remove a stopped desktop's VM");
     }
-    let details = serde_json::json!({ "reason": "maximum session length" });
-    audit(st, "system", "desktop.stop", desktop_id, "success", IpAddr::from([0, 0, 0, 0]), details)
-        .await;
+    let _ = st.db.mark_stopped(&d.id, now_ms()).await;
 }
 
 /// What `POST /pools/{pool}/connect` answers.
