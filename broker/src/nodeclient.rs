@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atrium_protocol::agent::SessionUser;
-use atrium_protocol::node::{EndReason, ErrorBody, SessionRequest, VmInfo, VmSpec};
+use atrium_protocol::node::{ErrorBody, SessionRequest, VmInfo, VmSpec};
+use atrium_protocol::session::EndReason;
 use atrium_protocol::signed::{self, node_audience};
 use reqwest::Method;
 use thiserror::Error;

@@ -215,7 +215,8 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
-    use atrium_protocol::node::{ActivityReport, KvmKind, RuntimeKind, SessionActivity};
+    use atrium_protocol::node::{KvmKind, RuntimeKind};
+    use atrium_protocol::session::{ActivityReport, SessionActivity};
     use axum::Json;
     use axum::body::Bytes;
     use axum::http::{HeaderMap, StatusCode};

@@ -31,6 +31,8 @@ pub mod recording;
 #[cfg(feature = "services")]
 pub mod secret;
 #[cfg(feature = "services")]
+pub mod session;
+#[cfg(feature = "services")]
 pub mod signed;
 pub mod text;
 pub mod ticket;

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
-    Capacity, DisplayEndpoint, EndReason, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind,
-    NodeHeartbeat, RuntimeKind, SessionActivity, SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
+    Capacity, DisplayEndpoint, EnrolRequest, HeartbeatReply, ImageInfo, KvmKind, NodeHeartbeat,
+    RuntimeKind, SessionRequest, VmInfo, VmSpec, VmState, VmStatus,
 };
+use atrium_protocol::session::{EndReason, SessionActivity};
 use atrium_protocol::signed::{self, NodeKey};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use atrium_protocol::node::{EndReason, SessionActivity};
+use atrium_protocol::session::{EndReason, SessionActivity};
 use atrium_tests::broker::{ApiClient, Broker, BrokerOptions, pool_json};
 use atrium_tests::fake_node::FakeNode;
 use atrium_tests::slapd::Slapd;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use atrium_protocol::node::{EndReason, SessionActivity};
+use atrium_protocol::session::{EndReason, SessionActivity};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;

@@ -1,7 +1,7 @@
 //! `/api/v1/admin/...`: pools, nodes, desktops, sessions. Every handler takes
 //! [`AdminUser`], so forgetting the check does not compile; every change is audited.
 
-use atrium_protocol::node::EndReason;
+use atrium_protocol::session::EndReason;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

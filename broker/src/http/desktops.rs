@@ -1,6 +1,6 @@
 //! `/api/v1/desktops`: the user's desktops.
 
-use atrium_protocol::node::EndReason;
+use atrium_protocol::session::EndReason;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

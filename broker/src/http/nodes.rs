@@ -2,8 +2,9 @@
 //! alive with heartbeats signed by their own key (see [`crate::enrol`]).
 
 use atrium_protocol::node::{
-    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name, validate_sessions,
+    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
 };
+use atrium_protocol::session::validate_sessions;
 use axum::Json;
 use axum::extract::{FromRequest, State};
 use utoipa_axum::router::OpenApiRouter;
@@ -315,9 +316,9 @@ fn sweep_orphans(st: &AppState, node: &str, api: &str, orphans: Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use atrium_protocol::node::{
-        Capacity, ImageInfo, KvmKind, RuntimeKind, SessionActivity, VmState, VmStatus,
-    };
+    use atrium_protocol::node::{Capacity, ImageInfo, KvmKind, RuntimeKind, VmState, VmStatus};
+
+    use atrium_protocol::session::SessionActivity;
 
     use super::*;
 

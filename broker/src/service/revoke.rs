@@ -1,7 +1,7 @@
 //! Taking access away while people are signed in: an administrator signs a user out
 //! everywhere; the directory says a user is gone, disabled or in other groups now.
 
-use atrium_protocol::node::EndReason;
+use atrium_protocol::session::EndReason;
 use std::net::IpAddr;
 
 use super::{audit, end_session, end_signed_out, pool_resource};

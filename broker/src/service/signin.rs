@@ -1,6 +1,6 @@
 //! Sign-in and sign-out.
 
-use atrium_protocol::node::EndReason;
+use atrium_protocol::session::EndReason;
 use std::net::IpAddr;
 
 use crate::db::{

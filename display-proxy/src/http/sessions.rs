@@ -1,7 +1,7 @@
 //! `POST /api/v1/sessions/{sid}/end`: the broker ends a desktop session (sign-out, revocation,
 //! an administrator, idle or maximum time), and its viewers here are disconnected and told why.
 
-use atrium_protocol::node::EndReason;
+use atrium_protocol::session::EndReason;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use atrium_protocol::node::{
-    ActivityReport, ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
+    ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
 };
+use atrium_protocol::session::ActivityReport;
 use thiserror::Error;
 
 #[derive(Debug, Error)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::node::{ActivityReport, EndReason, SessionActivity};
+use atrium_protocol::session::{ActivityReport, EndReason, SessionActivity};
 use atrium_protocol::ticket::MAX_TICKET_TTL_SECS;
 use tokio::sync::Notify;
 

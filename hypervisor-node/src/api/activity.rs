@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::node::{ActivityReport, SessionActivity};
+use atrium_protocol::session::{ActivityReport, SessionActivity};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
