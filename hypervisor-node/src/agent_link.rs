@@ -10,10 +10,15 @@
 //! costs the node little; what the node logs of a guest is made printable (no forged log lines)
 //! and limited to [`LOG_LINES_PER_MIN`] lines a minute per VM, the rest counted.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::agent::{AgentMessage, HostMessage, Line, LineReader, encode_line};
+use atrium_protocol::agent::{
+    AgentMessage, HostMessage, Line, LineReader, MAX_FILE_CHUNK, encode_data, encode_line,
+};
 use atrium_protocol::node::{ClipboardState, DisplaySize, MAX_DISPLAY_HEIGHT, MAX_DISPLAY_WIDTH};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +32,71 @@ pub enum AgentError {
     Connect { path: String, source: std::io::Error },
     #[error("the connection to the guest agent is closed")]
     Closed,
+}
+
+/// What the agent answers about one file in transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileReply {
+    Ready,
+    Received { size: u64 },
+    Saved { path: String },
+    Error { message: String },
+}
+
+/// Most answers about one file kept unread (an agent has no reason to send more than one or
+/// two at a time; beyond this a guest is flooding and is not heard).
+const FILE_REPLIES: usize = 4;
+
+/// Where the answers about each file in transfer go, by id.
+type FileRoutes = Arc<Mutex<HashMap<u32, mpsc::Sender<FileReply>>>>;
+
+/// What the writer sends the guest: a message, or a chunk of a file.
+#[derive(Debug)]
+enum Outgoing {
+    Message(HostMessage),
+    Data(u32, axum::body::Bytes),
+}
+
+/// One file in transfer with the agent: its id, and the agent's answers about it. Dropping it
+/// stops the answers (the file itself is the caller's to abort).
+#[derive(Debug)]
+pub struct FileChannel {
+    pub id: u32,
+    tx: mpsc::Sender<Outgoing>,
+    replies: mpsc::Receiver<FileReply>,
+    routes: FileRoutes,
+}
+
+impl Drop for FileChannel {
+    fn drop(&mut self) {
+        self.routes.lock().expect("file routes lock").remove(&self.id);
+    }
+}
+
+impl FileChannel {
+    pub async fn send(&self, msg: HostMessage) -> Result<(), AgentError> {
+        self.tx.send(Outgoing::Message(msg)).await.map_err(|_| AgentError::Closed)
+    }
+
+    /// Sends `data` as chunks of at most [`MAX_FILE_CHUNK`] bytes; waits while the guest is
+    /// slower than the sender.
+    pub async fn data(&self, mut data: axum::body::Bytes) -> Result<(), AgentError> {
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_FILE_CHUNK));
+            self.tx.send(Outgoing::Data(self.id, chunk)).await.map_err(|_| AgentError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The agent's next answer, or `None` when the link closed.
+    pub async fn reply(&mut self) -> Option<FileReply> {
+        self.replies.recv().await
+    }
+
+    /// An answer already there (an error while the data still flows).
+    pub fn try_reply(&mut self) -> Option<FileReply> {
+        self.replies.try_recv().ok()
+    }
 }
 
 /// What the agent has said so far.
@@ -61,9 +131,11 @@ struct Senders {
 /// A connection to one VM's guest agent.
 #[derive(Debug)]
 pub struct AgentLink {
-    tx: mpsc::Sender<HostMessage>,
+    tx: mpsc::Sender<Outgoing>,
     pub view: AgentView,
     tasks: Vec<JoinHandle<()>>,
+    files: FileRoutes,
+    next_file: AtomicU32,
 }
 
 impl Drop for AgentLink {
@@ -118,26 +190,46 @@ impl AgentLink {
             connected: connected_rx,
         };
         let (r, mut w) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<HostMessage>(64);
+        // Small: a file's chunks wait here for a slow guest, and each may be 256 KiB.
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
         let id = vm_id.to_owned();
         let writer = tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                if let Err(e) = w.write_all(&encode_line(&msg)).await {
+            while let Some(out) = rx.recv().await {
+                let bytes = match out {
+                    Outgoing::Message(msg) => encode_line(&msg),
+                    Outgoing::Data(file, data) => encode_data(file, &data),
+                };
+                if let Err(e) = w.write_all(&bytes).await {
                     tracing::warn!(vm = %id, "writing to the guest agent failed: {e}");
                     break;
                 }
             }
         });
         let id = vm_id.to_owned();
+        let files = FileRoutes::default();
+        let routes = Arc::clone(&files);
         let reader = tokio::spawn(async move {
-            read_loop(r, &senders, &id).await;
+            read_loop(r, &senders, &routes, &id).await;
+            // Nobody waits for an answer that cannot come.
+            routes.lock().expect("file routes lock").clear();
             let _ = senders.connected.send(false);
         });
-        Self { tx, view, tasks: vec![writer, reader] }
+        Self { tx, view, tasks: vec![writer, reader], files, next_file: AtomicU32::new(1) }
     }
 
     pub async fn send(&self, msg: HostMessage) -> Result<(), AgentError> {
-        self.tx.send(msg).await.map_err(|_| AgentError::Closed)
+        self.tx.send(Outgoing::Message(msg)).await.map_err(|_| AgentError::Closed)
+    }
+
+    /// A new file id and the channel for its answers.
+    pub fn file_channel(&self) -> Result<FileChannel, AgentError> {
+        if !*self.view.connected.borrow() {
+            return Err(AgentError::Closed);
+        }
+        let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let (tx, replies) = mpsc::channel(FILE_REPLIES);
+        self.files.lock().expect("file routes lock").insert(id, tx);
+        Ok(FileChannel { id, tx: self.tx.clone(), replies, routes: Arc::clone(&self.files) })
     }
 }
 
@@ -235,7 +327,12 @@ fn shown(s: &str) -> String {
     atrium_protocol::text::printable(s, MAX_LOGGED_TEXT)
 }
 
-async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str) {
+async fn read_loop(
+    mut r: tokio::net::unix::OwnedReadHalf,
+    s: &Senders,
+    files: &FileRoutes,
+    vm: &str,
+) {
     let mut lines = LineReader::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut guard = Guard::new();
@@ -249,9 +346,17 @@ async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str
             }
         };
         for line in lines.push(&buf[..n]) {
-            let Line::Complete(line) = line else {
-                guard.warn(vm, format_args!("the guest agent sent a line over the limit; dropped"));
-                continue;
+            let line = match line {
+                Line::Complete(line) => line,
+                Line::TooLong => {
+                    guard.warn(vm, format_args!("the guest agent sent a line over the limit"));
+                    continue;
+                }
+                // Nothing is downloaded from a guest yet: data from it is not asked for.
+                Line::Data { .. } | Line::BadFrame => {
+                    guard.warn(vm, format_args!("the guest agent sent file data unasked"));
+                    continue;
+                }
             };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -269,7 +374,7 @@ async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str
                 continue;
             }
             match serde_json::from_slice::<AgentMessage>(&line) {
-                Ok(msg) => handle(msg, s, vm, &mut guard),
+                Ok(msg) => handle(msg, s, files, vm, &mut guard),
                 Err(e) => guard.warn(
                     vm,
                     format_args!("bad message from the guest agent: {}", shown(&e.to_string())),
@@ -279,8 +384,43 @@ async fn read_loop(mut r: tokio::net::unix::OwnedReadHalf, s: &Senders, vm: &str
     }
 }
 
-fn handle(msg: AgentMessage, s: &Senders, vm: &str, guard: &mut Guard) {
+/// Passes an answer about file `id` to whoever waits for it; one nobody asked for is noted.
+fn route_file(files: &FileRoutes, id: u32, reply: FileReply, vm: &str, guard: &mut Guard) {
+    let route = files.lock().expect("file routes lock").get(&id).cloned();
+    match route {
+        Some(tx) => {
+            if tx.try_send(reply).is_err() {
+                guard.warn(vm, format_args!("guest agent: answers about file {id} dropped"));
+            }
+        }
+        None => guard.warn(vm, format_args!("guest agent: an answer about file {id}, unasked")),
+    }
+}
+
+fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &mut Guard) {
     match msg {
+        AgentMessage::FileReady { id } => route_file(files, id, FileReply::Ready, vm, guard),
+        AgentMessage::FileReceived { id, size } => {
+            route_file(files, id, FileReply::Received { size }, vm, guard);
+        }
+        AgentMessage::FileSaved { id, path } => {
+            route_file(
+                files,
+                id,
+                FileReply::Saved { path: atrium_protocol::text::printable(&path, 4096) },
+                vm,
+                guard,
+            );
+        }
+        AgentMessage::FileError { id, message } => {
+            route_file(
+                files,
+                id,
+                FileReply::Error { message: atrium_protocol::text::printable(&message, 1000) },
+                vm,
+                guard,
+            );
+        }
         AgentMessage::Hello { version, agent } => {
             if guard.log.allow(Instant::now()).is_some() {
                 tracing::info!(vm, version, agent = %shown(&agent), "guest agent says hello");
@@ -379,6 +519,54 @@ mod tests {
         drop(r);
         let mut connected = link.view.connected.clone();
         connected.wait_for(|c| !*c).await.expect("closed");
+    }
+
+    /// A file's chunks reach the agent as data frames between lines; answers reach the file's
+    /// channel and no other; an answer about a file nobody asked for is dropped.
+    #[tokio::test]
+    async fn files_go_out_as_frames_and_answers_come_back_to_their_channel() {
+        let (node_end, agent_end) = UnixStream::pair().expect("pair");
+        let link = AgentLink::from_stream(node_end, "vm-files");
+        let (mut r, mut w) = agent_end.into_split();
+        let mut a = link.file_channel().expect("channel");
+        let mut b = link.file_channel().expect("channel");
+        assert_ne!(a.id, b.id);
+        a.send(HostMessage::FileOpen { id: a.id, name: "x.bin".into(), size: 300_000 })
+            .await
+            .expect("send");
+        let data = vec![7u8; 300_000];
+        a.data(axum::body::Bytes::from(data.clone())).await.expect("data");
+        a.send(HostMessage::FileEnd { id: a.id }).await.expect("send");
+        let mut reader = LineReader::new();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < 4 {
+            let n = r.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend(reader.push(&buf[..n]));
+        }
+        assert!(matches!(&got[0], Line::Complete(l) if l.starts_with(b"{\"type\":\"file_open\"")));
+        let mut joined = Vec::new();
+        for l in &got[1..3] {
+            let Line::Data { id, data } = l else { panic!("{l:?}") };
+            assert_eq!(*id, a.id);
+            assert!(data.len() <= MAX_FILE_CHUNK);
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, data);
+        let answers = format!(
+            "{{\"type\":\"file_received\",\"id\":{},\"size\":300000}}\n\
+             {{\"type\":\"file_error\",\"id\":{},\"message\":\"disk\\nfull\"}}\n\
+             {{\"type\":\"file_ready\",\"id\":999}}\n",
+            a.id, b.id
+        );
+        w.write_all(answers.as_bytes()).await.expect("write");
+        assert_eq!(a.reply().await, Some(FileReply::Received { size: 300_000 }));
+        assert_eq!(b.reply().await, Some(FileReply::Error { message: "disk\u{fffd}full".into() }));
+        assert_eq!(a.try_reply(), None);
+        drop(w);
+        drop(r);
+        assert_eq!(a.reply().await, None, "a closed link ends every channel");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The guest-agent protocol: JSON objects, one per line (`\n`), over a virtio-serial port named
-//! [`PORT_NAME`] (QEMU) or the builtin VMM's agent channel. See `docs/guest-agent-protocol.md`.
+//! [`PORT_NAME`] (QEMU) or the builtin VMM's agent channel, and between them the raw bytes of
+//! files in transfer, each chunk after a header line `=<id> <len>` ([`encode_data`]). See
+//! `docs/guest-agent-protocol.md`.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +13,33 @@ pub const VERSION: u32 = 1;
 pub const MAX_LINE: usize = 1024 * 1024;
 /// Longest clipboard text carried, in bytes.
 pub const MAX_CLIPBOARD: usize = 256 * 1024;
+/// Largest chunk of a file in one data frame, in bytes.
+pub const MAX_FILE_CHUNK: usize = 256 * 1024;
+/// Longest file name carried, in bytes (a Linux file name's limit).
+pub const MAX_FILE_NAME: usize = 255;
+/// Most files in transfer at once on one desktop.
+pub const MAX_OPEN_FILES: usize = 8;
+
+/// Checks a file name that crosses into or out of a desktop: one name (no folder), printable,
+/// not hidden, at most [`MAX_FILE_NAME`] bytes.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_FILE_NAME {
+        return Err(format!("a file name must be 1 to {MAX_FILE_NAME} bytes"));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err(format!("{name:?} is not a file name: it names a folder"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a file name must not have control characters".into());
+    }
+    if name.starts_with('.') {
+        return Err(format!("{name:?} starts with a dot: hidden files are not transferred"));
+    }
+    if name.trim() != name {
+        return Err(format!("{name:?} starts or ends with a space"));
+    }
+    Ok(())
+}
 
 /// The directory user a desktop is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +106,19 @@ pub enum HostMessage {
     /// Give the desktop's screen this size (the browser window changed). The agent answers
     /// [`AgentMessage::Screen`] once the screen has changed, or [`AgentMessage::Error`].
     ScreenSize { width: u32, height: u32 },
+    /// Receive a file of `size` bytes for the signed-in user: its chunks follow as data frames
+    /// with this `id`, then [`HostMessage::FileEnd`]. Answered with [`AgentMessage::FileReady`]
+    /// (send the data) or [`AgentMessage::FileError`]. Until it is committed the file is the
+    /// agent's alone: the user cannot read it or see it under its name.
+    FileOpen { id: u32, name: String, size: u64 },
+    /// All of file `id` was sent. Answered with [`AgentMessage::FileReceived`] once it is on the
+    /// guest's disk, or [`AgentMessage::FileError`] (fewer bytes than announced, disk full).
+    FileEnd { id: u32 },
+    /// Give the received file `id` to the user (in their transfer folder, under its name or, if
+    /// that is taken, a free variant of it). Answered with [`AgentMessage::FileSaved`].
+    FileCommit { id: u32 },
+    /// Throw file `id` away, received or not (cancelled, refused by a scanner or by policy).
+    FileAbort { id: u32 },
 }
 
 /// Messages from the guest agent to the host.
@@ -98,12 +140,29 @@ pub enum AgentMessage {
     Screen { width: u32, height: u32 },
     /// Something the agent could not do.
     Error { message: String },
+    /// File `id` is open: its data may be sent.
+    FileReady { id: u32 },
+    /// All `size` bytes of file `id` are on the guest's disk, not yet the user's.
+    FileReceived { id: u32, size: u64 },
+    /// File `id` is the user's, as `path` (in the guest).
+    FileSaved { id: u32, path: String },
+    /// File `id` failed and is gone from the guest.
+    FileError { id: u32, message: String },
 }
 
 /// Encodes one message as a line (with its trailing newline).
 pub fn encode_line<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut v = serde_json::to_vec(msg).expect("protocol messages always serialize");
     v.push(b'\n');
+    v
+}
+
+/// Encodes one data frame: a header line `=<id> <len>` and `data` (at most [`MAX_FILE_CHUNK`]
+/// bytes).
+pub fn encode_data(id: u32, data: &[u8]) -> Vec<u8> {
+    debug_assert!(data.len() <= MAX_FILE_CHUNK);
+    let mut v = format!("={id} {}\n", data.len()).into_bytes();
+    v.extend_from_slice(data);
     v
 }
 
@@ -114,6 +173,8 @@ pub struct LineReader {
     buf: Vec<u8>,
     discarding: bool,
     limit: usize,
+    /// Inside a data frame: its id and the bytes still to come.
+    data: Option<(u32, usize)>,
 }
 
 impl Default for LineReader {
@@ -127,6 +188,26 @@ impl Default for LineReader {
 pub enum Line {
     Complete(Vec<u8>),
     TooLong,
+    /// A whole data frame.
+    Data {
+        id: u32,
+        data: Vec<u8>,
+    },
+    /// A data frame's header that does not parse, or announces more than [`MAX_FILE_CHUNK`]
+    /// bytes: the reader cannot know where the frame ends, and reads on as lines.
+    BadFrame,
+}
+
+/// The id and length in a data frame's header line (without the `=`).
+fn frame_header(h: &[u8]) -> Option<(u32, usize)> {
+    let h = std::str::from_utf8(h).ok()?;
+    let (id, len) = h.split_once(' ')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(id) || !digits(len) {
+        return None;
+    }
+    let len: usize = len.parse().ok()?;
+    (len <= MAX_FILE_CHUNK).then_some((id.parse().ok()?, len))
 }
 
 impl LineReader {
@@ -136,25 +217,49 @@ impl LineReader {
 
     /// A reader whose lines are shorter than `limit` bytes (the protocol's is [`MAX_LINE`]).
     pub fn with_limit(limit: usize) -> Self {
-        Self { buf: Vec::new(), discarding: false, limit }
+        Self { buf: Vec::new(), discarding: false, limit, data: None }
     }
 
-    /// Feeds bytes; returns the lines completed by them.
+    /// Feeds bytes; returns the lines (and data frames) completed by them.
     pub fn push(&mut self, mut data: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
-        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+        loop {
+            if let Some((id, left)) = self.data {
+                let n = left.min(data.len());
+                self.buf.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if n < left {
+                    self.data = Some((id, left - n));
+                    return out;
+                }
+                self.data = None;
+                out.push(Line::Data { id, data: std::mem::take(&mut self.buf) });
+                continue;
+            }
+            let Some(pos) = data.iter().position(|&b| b == b'\n') else { break };
             let (head, rest) = data.split_at(pos);
+            data = &rest[1..];
             if self.discarding || self.buf.len() + head.len() >= self.limit {
                 if !self.discarding {
                     out.push(Line::TooLong);
                 }
-            } else {
-                self.buf.extend_from_slice(head);
-                out.push(Line::Complete(std::mem::take(&mut self.buf)));
+                self.buf.clear();
+                self.discarding = false;
+                continue;
             }
-            self.buf.clear();
-            self.discarding = false;
-            data = &rest[1..];
+            self.buf.extend_from_slice(head);
+            let line = std::mem::take(&mut self.buf);
+            match line.split_first() {
+                Some((b'=', h)) => match frame_header(h) {
+                    Some((id, 0)) => out.push(Line::Data { id, data: Vec::new() }),
+                    Some((id, len)) => {
+                        self.buf.reserve(len);
+                        self.data = Some((id, len));
+                    }
+                    None => out.push(Line::BadFrame),
+                },
+                _ => out.push(Line::Complete(line)),
+            }
         }
         if !self.discarding {
             if self.buf.len() + data.len() >= self.limit {
@@ -195,6 +300,46 @@ mod tests {
         assert_eq!(r.push(&big), vec![Line::TooLong]);
         assert_eq!(r.push(&big), vec![]);
         assert_eq!(r.push(b"tail\nok\n"), vec![Line::Complete(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn data_frames_pass_whole_between_lines() {
+        let mut stream =
+            encode_line(&HostMessage::FileOpen { id: 3, name: "a.txt".into(), size: 5 });
+        stream.extend(encode_data(3, b"he\nl\x00"));
+        stream.extend(encode_data(3, b""));
+        stream.extend(encode_line(&HostMessage::FileEnd { id: 3 }));
+        // Fed in every split, a byte at a time included, it reads the same.
+        let mut whole = LineReader::new();
+        let expected = whole.push(&stream);
+        assert_eq!(expected.len(), 4);
+        assert_eq!(expected[1], Line::Data { id: 3, data: b"he\nl\x00".to_vec() });
+        assert_eq!(expected[2], Line::Data { id: 3, data: Vec::new() });
+        let mut bytewise = LineReader::new();
+        let got: Vec<Line> = stream.iter().flat_map(|b| bytewise.push(&[*b])).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn bad_frame_headers_are_refused() {
+        let mut r = LineReader::new();
+        let too_big = format!("=1 {}\n", MAX_FILE_CHUNK + 1);
+        for bad in ["=\n", "=1\n", "=x 2\n", "=1 -2\n", "=1  2\n", "=99999999999 1\n", &too_big] {
+            assert_eq!(r.push(bad.as_bytes()), vec![Line::BadFrame], "{bad:?}");
+        }
+        assert_eq!(r.push(b"{}\n"), vec![Line::Complete(b"{}".to_vec())]);
+    }
+
+    #[test]
+    fn file_names_are_checked() {
+        for good in ["report.pdf", "Übersicht 2026.xlsx", "a", "x".repeat(255).as_str()] {
+            assert!(validate_file_name(good).is_ok(), "{good:?}");
+        }
+        for bad in
+            ["", ".", "..", ".bashrc", "a/b", "../x", "a\\b", "a\nb", " a", "a ", &"x".repeat(256)]
+        {
+            assert!(validate_file_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -328,6 +328,24 @@ pub struct ClipboardText {
     pub text: String,
 }
 
+/// Answer to `POST /api/v1/vms/{id}/uploads?name=NAME&size=BYTES` (local socket): the guest
+/// has the whole file, not yet the user's. `upload` names it for
+/// `POST .../uploads/{upload}/commit` (give it to the user) or `DELETE .../uploads/{upload}`
+/// (throw it away); one not committed within minutes is thrown away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadStaged {
+    pub upload: u64,
+    pub size: u64,
+}
+
+/// Answer to `POST /api/v1/vms/{id}/uploads/{upload}/commit`: where the file is in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSaved {
+    pub path: String,
+}
+
 /// `PUT /api/v1/vms/{id}/screen`: give the desktop's screen this size (at most the VM's
 /// display size, which it booted with). Answered with the size the guest's screen took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //! It talks to the host over the virtio-serial port `org.atrium.agent.0` with the JSON-lines
 //! protocol of `atrium_protocol::agent` (documented in `docs/guest-agent-protocol.md`): it says
 //! hello, says ready once the desktop can be used, answers pings, greets the signed-in user and
-//! carries clipboard text both ways.
+//! carries clipboard text both ways, and receives uploaded files into the user's `~/Transfer`
+//! ([`files`]).
 //!
 //! It runs as root inside the guest (it must open the port, which only root may, and write to the
 //! console); the user's shell runs unprivileged. Everything it takes from the user's side (the
@@ -18,6 +19,7 @@
 //! logging framework on purpose: it is linked statically into every image and kept tiny.
 
 mod clipboard;
+mod files;
 mod options;
 mod port;
 mod session;
@@ -39,6 +41,7 @@ use atrium_protocol::agent::{
 };
 
 use crate::clipboard::ClipboardFile;
+use crate::files::{Owner, Transfers};
 use crate::options::Options;
 use crate::xdesktop::Desktop;
 
@@ -62,6 +65,10 @@ struct Agent {
     screen_sizes: Option<Mutex<mpsc::Sender<(u16, u16)>>>,
     /// The screen's size as last reported to the host.
     screen: Mutex<Option<(u16, u16)>>,
+    /// Whose transfer folder uploads go to (the signed-in user, or the image's one user).
+    owner: Mutex<Option<Owner>>,
+    /// Files being uploaded.
+    files: Mutex<Transfers>,
 }
 
 /// Work for the desktop's session worker.
@@ -130,7 +137,61 @@ impl Agent {
             },
             HostMessage::Clipboard { text } => self.paste_in(&text),
             HostMessage::ScreenSize { width, height } => self.resize(width, height),
+            HostMessage::FileOpen { id, name, size } => {
+                let owner = lock(&self.owner).clone();
+                let r = match owner {
+                    None => Err("nobody is signed in to this desktop".to_owned()),
+                    Some(o) => lock(&self.files).open(id, &name, size, &o),
+                };
+                match r {
+                    Ok(()) => self.send(&AgentMessage::FileReady { id }),
+                    Err(message) => self.file_failed(id, message),
+                }
+            }
+            HostMessage::FileEnd { id } => match lock(&self.files).end(id) {
+                Ok(size) => self.send(&AgentMessage::FileReceived { id, size }),
+                Err(message) => self.file_failed(id, message),
+            },
+            HostMessage::FileCommit { id } => match lock(&self.files).commit(id) {
+                Ok(path) => {
+                    log(&format!("file {id} saved as {}", path.display()));
+                    let path = path.to_string_lossy().into_owned();
+                    self.send(&AgentMessage::FileSaved { id, path });
+                }
+                Err(message) => self.file_failed(id, message),
+            },
+            HostMessage::FileAbort { id } => lock(&self.files).abort(id),
         }
+    }
+
+    /// The next bytes of an upload. Data for a file that already failed is dropped quietly (the
+    /// host sent it before it heard).
+    fn file_data(&self, id: u32, data: &[u8]) {
+        let mut files = lock(&self.files);
+        if !files.has(id) {
+            return;
+        }
+        if let Err(message) = files.data(id, data) {
+            drop(files);
+            self.file_failed(id, message);
+        }
+    }
+
+    fn file_failed(&self, id: u32, message: String) {
+        log(&format!("file {id}: {message}"));
+        self.send(&AgentMessage::FileError { id, message });
+    }
+
+    /// Whose folder uploads go to from now on; files in transfer for someone else are dropped.
+    fn set_owner(&self, owner: Option<Owner>) {
+        let mut current = lock(&self.owner);
+        if *current != owner {
+            let dropped = lock(&self.files).abort_all();
+            if dropped > 0 {
+                log(&format!("{dropped} files in transfer dropped: the user changed"));
+            }
+        }
+        *current = owner;
     }
 
     fn resize(&self, width: u32, height: u32) {
@@ -172,6 +233,7 @@ impl Agent {
     }
 
     fn end_session(&self) {
+        lock(&self.files).abort_all();
         self.write_console("\r\n\x1b[1mThe session has ended.\x1b[0m\r\n");
         if let Some(path) = &self.opts.session_file {
             let _ = std::fs::remove_file(path);
@@ -345,6 +407,11 @@ fn start_desktop_session(
         end_desktop_session(agent, desktop, a);
         return Err(e);
     }
+    agent.set_owner(Some(Owner {
+        home: a.account.home.clone(),
+        uid: a.account.uid,
+        gid: a.account.gid,
+    }));
     if let Some(path) = &agent.opts.session_file {
         let name = user.display_name.as_deref().unwrap_or(&user.username);
         let body = format!("{}\n{}\n", user.username, name);
@@ -389,6 +456,7 @@ fn wait_for_panel(desktop: &Desktop, child: &mut std::process::Child) -> Result<
 
 /// Ends the user's processes, writes their files out, and shows the sign-in screen again.
 fn end_desktop_session(agent: &Agent, desktop: &Desktop, mut a: ActiveSession) {
+    agent.set_owner(None);
     session::end_processes(a.account.uid, Duration::from_secs(3));
     let _ = a.child.wait();
     // A dedicated user's home disk may be detached right after: everything on it now.
@@ -483,6 +551,12 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         if n == 0 {
+            if connected {
+                let dropped = lock(&agent.files).abort_all();
+                if dropped > 0 {
+                    log(&format!("{dropped} files in transfer dropped: the host went away"));
+                }
+            }
             connected = false;
             std::thread::sleep(Duration::from_millis(200));
             continue;
@@ -496,8 +570,12 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
             match line {
                 Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => {}
                 Line::Complete(l) => agent.handle_line(&l),
+                Line::Data { id, data } => agent.file_data(id, &data),
                 Line::TooLong => agent.send(&AgentMessage::Error {
                     message: "a message from the host was too long and was dropped".into(),
+                }),
+                Line::BadFrame => agent.send(&AgentMessage::Error {
+                    message: "a data frame from the host had a bad header".into(),
                 }),
             }
         }
@@ -563,8 +641,13 @@ fn main() {
         sessions: desktop.as_ref().map(|_| Mutex::new(session_tx)),
         screen_sizes: desktop.as_ref().map(|_| Mutex::new(screen_tx)),
         screen: Mutex::new(None),
+        owner: Mutex::new(None),
+        files: Mutex::new(Transfers::default()),
         desktop,
     });
+    if let (Some(home), Some((uid, gid))) = (&agent.opts.home, agent.opts.user) {
+        agent.set_owner(Some(Owner { home: home.clone(), uid, gid }));
+    }
     log("started");
     agent.hello();
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PATH]... \
 [--ready-timeout SECS] [--console-tty DEV] [--clipboard-file PATH] [--user UID:GID] \
+[--home DIR] \
 [--session-file PATH] [--poll-ms MS] [--x-display :N --x-authority FILE \
 --session-command PATH [--homes DIR]]";
 
@@ -20,8 +21,11 @@ pub struct Options {
     pub console_tty: Option<PathBuf>,
     /// The file that stands for the clipboard (console images have no real one).
     pub clipboard_file: Option<PathBuf>,
-    /// Owner of the clipboard file.
+    /// Owner of the clipboard file; with `home`, the user files are uploaded to.
     pub user: Option<(u32, u32)>,
+    /// The home of `user` (an image without sign-in has one user): uploads go to its
+    /// `Transfer` folder. The desktop image uses the signed-in user's home instead.
+    pub home: Option<PathBuf>,
     /// Where the signed-in user's name is written for the guest's own scripts.
     pub session_file: Option<PathBuf>,
     /// How often the clipboard file is checked.
@@ -45,6 +49,7 @@ impl Default for Options {
             console_tty: None,
             clipboard_file: None,
             user: None,
+            home: None,
             session_file: None,
             poll: Duration::from_millis(250),
             x_display: None,
@@ -70,6 +75,7 @@ impl Options {
                 "--console-tty" => o.console_tty = Some(value()?.into()),
                 "--clipboard-file" => o.clipboard_file = Some(value()?.into()),
                 "--session-file" => o.session_file = Some(value()?.into()),
+                "--home" => o.home = Some(value()?.into()),
                 "--user" => {
                     let v = value()?;
                     let (u, g) =
@@ -108,6 +114,9 @@ impl Options {
                     .into(),
             );
         }
+        if o.home.is_some() && (o.user.is_none() || o.x_display.is_some()) {
+            return Err("--home goes with --user, in an image without sign-in".into());
+        }
         if o.x_display.is_some() && o.clipboard_file.is_some() {
             return Err("--clipboard-file is for images without X; the desktop has X's".into());
         }
@@ -140,12 +149,15 @@ mod tests {
             "/home/user/clipboard.txt",
             "--user",
             "1000:1000",
+            "--home",
+            "/home/user",
             "--poll-ms",
             "100",
         ])
         .expect("valid options");
         assert_eq!(o.wait_files.len(), 2);
         assert_eq!(o.user, Some((1000, 1000)));
+        assert_eq!(o.home, Some(PathBuf::from("/home/user")));
         assert_eq!(o.poll, Duration::from_millis(100));
         assert_eq!(o.port, None);
     }
@@ -178,6 +190,7 @@ mod tests {
             &["--user", "a:b"],
             &["--user", "99999999999:1"],
             &["--poll-ms", "0"],
+            &["--home", "/home/user"],
             &["--ready-timeout", "soon"],
             &["--port"],
             &["--frobnicate"],

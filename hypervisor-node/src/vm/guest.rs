@@ -24,7 +24,7 @@ const SCREEN_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_RECORD_WAIT: Duration = Duration::from_secs(600);
 
 impl VmManager {
-    fn ready_agent(&self, id: &str) -> Result<(Arc<Vm>, Arc<AgentLink>), VmError> {
+    pub(super) fn ready_agent(&self, id: &str) -> Result<(Arc<Vm>, Arc<AgentLink>), VmError> {
         let vm = self.get(id)?;
         let state = vm.state();
         match (state, vm.agent()) {

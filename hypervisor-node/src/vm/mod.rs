@@ -8,7 +8,10 @@
 //! (persistent disks, kept). A restarted node takes running VMs back ([`adopt`]).
 
 mod adopt;
+mod files;
 mod guest;
+
+pub use self::files::StagedFile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

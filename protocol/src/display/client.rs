@@ -1,7 +1,10 @@
 //! Messages from the browser to the display proxy.
 
-use super::wire::{Reader, put_bytes32};
-use super::{DecodeError, MAX_CLIENT_MESSAGE, MAX_CLIPBOARD, MAX_CODE_LEN, truncate_utf8};
+use super::wire::{Reader, put_bytes32, put_text16};
+use super::{
+    DecodeError, MAX_CLIENT_MESSAGE, MAX_CLIPBOARD, MAX_CODE_LEN, MAX_FILE_CHUNK, MAX_FILE_NAME,
+    truncate_utf8,
+};
 
 /// Messages from the browser to the display proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,16 @@ pub enum ClientMessage {
     /// This viewer decodes VP8 (`true`): moving areas may come as video. `false`, or never
     /// sent: still images only. Only a viewer with [`caps::VIDEO`] is sent any. `0x89`
     Video { enabled: bool },
+    /// Start an upload of `size` bytes named `name` into the desktop; `id` is the viewer's own
+    /// number for it. Only a viewer with [`caps::FILE_UPLOAD`] may. The proxy answers with
+    /// [`ServerMessage::FileProgress`] as the data is taken, then
+    /// [`ServerMessage::FileSaved`] or [`ServerMessage::FileRefused`]. `0x8a`
+    FileOpen { id: u32, size: u64, name: String },
+    /// The next bytes of upload `id` (at most [`MAX_FILE_CHUNK`]). The viewer keeps at most
+    /// [`super::FILE_WINDOW`] bytes beyond the last progress it was told. `0x8b`
+    FileData { id: u32, data: Vec<u8> },
+    /// Stop upload `id`: nothing of it stays in the desktop. `0x8c`
+    FileCancel { id: u32 },
 }
 
 impl ClientMessage {
@@ -79,6 +92,21 @@ impl ClientMessage {
                 out.push(0x89);
                 out.push(u8::from(*enabled));
             }
+            Self::FileOpen { id, size, name } => {
+                out.push(0x8a);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+                put_text16(&mut out, name, MAX_FILE_NAME);
+            }
+            Self::FileData { id, data } => {
+                out.push(0x8b);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_bytes32(&mut out, data);
+            }
+            Self::FileCancel { id } => {
+                out.push(0x8c);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
         }
         out
     }
@@ -121,6 +149,9 @@ impl ClientMessage {
             0x87 => Self::Resize { width: r.u16()?, height: r.u16()? },
             0x88 => Self::Audio { enabled: r.flag("audio state")? },
             0x89 => Self::Video { enabled: r.flag("video state")? },
+            0x8a => Self::FileOpen { id: r.u32()?, size: r.u64()?, name: r.text16(MAX_FILE_NAME)? },
+            0x8b => Self::FileData { id: r.u32()?, data: r.bytes32(MAX_FILE_CHUNK)?.to_vec() },
+            0x8c => Self::FileCancel { id: r.u32()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

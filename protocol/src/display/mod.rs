@@ -19,6 +19,17 @@ pub const VERSION: u16 = 1;
 pub const MAX_CLIENT_MESSAGE: usize = 300 * 1024;
 /// Largest clipboard text, in bytes (UTF-8).
 pub const MAX_CLIPBOARD: usize = crate::agent::MAX_CLIPBOARD;
+/// Largest chunk of an upload in one [`ClientMessage::FileData`].
+pub const MAX_FILE_CHUNK: usize = crate::agent::MAX_FILE_CHUNK;
+/// Longest file name in a transfer, in bytes.
+pub const MAX_FILE_NAME: usize = crate::agent::MAX_FILE_NAME;
+/// Most bytes of an upload a viewer sends beyond the last [`ServerMessage::FileProgress`].
+pub const FILE_WINDOW: u64 = 4 << 20;
+/// Longest message in a [`ServerMessage::FileRefused`], in bytes.
+pub const MAX_FILE_MESSAGE: usize = 1024;
+/// Longest path in a [`ServerMessage::FileSaved`], in bytes.
+pub const MAX_FILE_PATH: usize = 4096;
+
 /// Longest DOM `code` string in a key event.
 pub const MAX_CODE_LEN: usize = 32;
 

@@ -1,8 +1,9 @@
 //! Messages from the display proxy to the browser.
 
-use super::wire::{Reader, put_bytes32, put_rect};
+use super::wire::{Reader, put_bytes32, put_rect, put_text16};
 use super::{
-    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_VIDEO_FRAME, Rect, truncate_utf8,
+    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_FILE_MESSAGE, MAX_FILE_PATH,
+    MAX_VIDEO_FRAME, Rect, truncate_utf8,
 };
 
 /// Messages from the display proxy to the browser.
@@ -41,6 +42,13 @@ pub enum ServerMessage {
     Clipboard { text: String },
     /// Answer to [`ClientMessage::Ping`]. `0x31`
     Pong { id: u32 },
+    /// `done` bytes of upload `id` have been taken on their way into the desktop. `0x32`
+    FileProgress { id: u32, done: u64 },
+    /// Upload `id` is in the desktop as `path`; `sha256` is the hash of what arrived. `0x33`
+    FileSaved { id: u32, sha256: [u8; 32], path: String },
+    /// Upload `id` was refused or failed, and nothing of it stays in the desktop: `message`
+    /// says why, for the user. `0x34`
+    FileRefused { id: u32, message: String },
     /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
     /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
     /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
@@ -114,6 +122,22 @@ impl ServerMessage {
                 out.push(0x31);
                 out.extend_from_slice(&id.to_le_bytes());
             }
+            Self::FileProgress { id, done } => {
+                out.push(0x32);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&done.to_le_bytes());
+            }
+            Self::FileSaved { id, sha256, path } => {
+                out.push(0x33);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(sha256);
+                put_text16(out, path, MAX_FILE_PATH);
+            }
+            Self::FileRefused { id, message } => {
+                out.push(0x34);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_text16(out, message, MAX_FILE_MESSAGE);
+            }
             Self::Audio { at, packet } => {
                 out.push(0x40);
                 out.extend_from_slice(&at.to_le_bytes());
@@ -177,6 +201,13 @@ impl ServerMessage {
             }
             0x30 => Self::Clipboard { text: r.text32(MAX_CLIPBOARD)? },
             0x31 => Self::Pong { id: r.u32()? },
+            0x32 => Self::FileProgress { id: r.u32()?, done: r.u64()? },
+            0x33 => {
+                let id = r.u32()?;
+                let sha256 = r.take(32)?.try_into().expect("took 32 bytes");
+                Self::FileSaved { id, sha256, path: r.text16(MAX_FILE_PATH)? }
+            }
+            0x34 => Self::FileRefused { id: r.u32()?, message: r.text16(MAX_FILE_MESSAGE)? },
             0x40 => {
                 let at = r.u32()?;
                 let len = usize::from(r.u16()?);

@@ -20,6 +20,16 @@ fn all_server() -> Vec<ServerMessage> {
         ServerMessage::Cursor { hot_x: 3, hot_y: 4, png: vec![] },
         ServerMessage::Clipboard { text: "grüße".into() },
         ServerMessage::Pong { id: 99 },
+        ServerMessage::FileProgress { id: 5, done: 3 << 30 },
+        ServerMessage::FileSaved {
+            id: 5,
+            sha256: [7; 32],
+            path: "/home/alice/Transfer/ä.pdf".into(),
+        },
+        ServerMessage::FileRefused {
+            id: 6,
+            message: "the scanner found Eicar-Test-Signature".into(),
+        },
         ServerMessage::Audio { at: 48_000, packet: vec![0xfc, 1, 2, 3] },
         ServerMessage::Video { rect, key: true, data: vec![0x9d, 1, 0x2a] },
         ServerMessage::Video { rect, key: false, data: vec![7; 40] },
@@ -39,6 +49,10 @@ fn all_client() -> Vec<ClientMessage> {
         ClientMessage::Audio { enabled: false },
         ClientMessage::Video { enabled: true },
         ClientMessage::Video { enabled: false },
+        ClientMessage::FileOpen { id: 1, size: 1 << 30, name: "Übersicht.xlsx".into() },
+        ClientMessage::FileData { id: 1, data: vec![0, 1, 2, 0xff] },
+        ClientMessage::FileData { id: 1, data: vec![] },
+        ClientMessage::FileCancel { id: 1 },
     ]
 }
 
@@ -94,6 +108,17 @@ fn malformed_client_messages_are_refused() {
     assert_eq!(ClientMessage::decode(&[0x88, 2]), Err(DecodeError::BadValue("audio state")));
     assert_eq!(ClientMessage::decode(&[0x87, 0, 4]), Err(DecodeError::Truncated));
     assert_eq!(ClientMessage::decode(&[0x89, 3]), Err(DecodeError::BadValue("video state")));
+    // A file chunk over the limit, a name over 255 bytes or not UTF-8.
+    let mut d = vec![0x8b, 1, 0, 0, 0];
+    d.extend_from_slice(&u32::try_from(MAX_FILE_CHUNK + 1).unwrap().to_le_bytes());
+    d.resize(d.len() + MAX_FILE_CHUNK + 1, 0);
+    assert!(matches!(ClientMessage::decode(&d), Err(DecodeError::TooLarge(_))));
+    let mut o = vec![0x8a, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+    o.extend_from_slice(&256u16.to_le_bytes());
+    o.resize(o.len() + 256, b'a');
+    assert!(matches!(ClientMessage::decode(&o), Err(DecodeError::TooLarge(256))));
+    let o = [0x8a, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xff];
+    assert_eq!(ClientMessage::decode(&o), Err(DecodeError::BadValue("UTF-8 text")));
 }
 
 #[test]

@@ -57,6 +57,18 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("took 8 bytes")))
+    }
+    /// UTF-8 text after a u16 length, at most `max` bytes.
+    pub(super) fn text16(&mut self, max: usize) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(DecodeError::TooLarge(len));
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| DecodeError::BadValue("UTF-8 text"))
+    }
     pub(super) fn rect(&mut self) -> Result<Rect, DecodeError> {
         Ok(Rect { x: self.u16()?, y: self.u16()?, w: self.u16()?, h: self.u16()? })
     }
@@ -86,4 +98,11 @@ pub(super) fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     let len = u32::try_from(b.len()).expect("message payloads are far below 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(b);
+}
+
+/// `text` after a u16 length, cut to `max` bytes (on a character boundary).
+pub(super) fn put_text16(out: &mut Vec<u8>, text: &str, max: usize) {
+    let t = super::truncate_utf8(text, max.min(usize::from(u16::MAX)));
+    out.extend_from_slice(&u16::try_from(t.len()).expect("cut to u16").to_le_bytes());
+    out.extend_from_slice(t.as_bytes());
 }
