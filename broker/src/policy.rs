@@ -93,6 +93,13 @@ pub struct RequestContext {
     pub now_secs: i64,
 }
 
+/// The annotation on a permit of `file_upload` that limits a file's size, in MiB.
+const MAX_FILE_MB: &str = "max_file_mb";
+/// Largest `@max_file_mb`: 1 TiB.
+const MAX_FILE_MB_LIMIT: u64 = 1 << 20;
+/// The annotation on a permit of `file_upload` that turns scanning off (`@scan("off")`).
+const SCAN: &str = "scan";
+
 struct Loaded {
     schema: Schema,
     set: PolicySet,
@@ -148,14 +155,48 @@ impl Policies {
         what: Resource<'_>,
         ctx: &RequestContext,
     ) -> bool {
+        self.permits(who, action, what, ctx).is_some()
+    }
+
+    /// When policy permits `action`: the annotations of the permits that decided it, each
+    /// as `(key, value)` pairs. `None`: denied (any evaluation problem is a denial).
+    fn permits(
+        &self,
+        who: &Principal<'_>,
+        action: Action,
+        what: Resource<'_>,
+        ctx: &RequestContext,
+    ) -> Option<Vec<Vec<(String, String)>>> {
         let loaded = self.loaded.read().expect("policy lock").clone();
         match self.decide(&loaded, who, action, what, ctx) {
-            Ok(d) => d,
+            Ok(Some(ids)) => Some(
+                ids.iter()
+                    .filter_map(|id| loaded.set.policy(id))
+                    .map(|p| p.annotations().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+                    .collect(),
+            ),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, action = action.name(), "policy evaluation failed; denying");
-                false
+                None
             }
         }
+    }
+
+    /// Uploads' rules from the permits that allow them: the smallest `@max_file_mb` of them
+    /// (none: no limit but the desktop's disk), and `@scan("off")` only when every one says
+    /// so (scanning is the default).
+    fn upload_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
+        let mut max_mb: Option<u64> = None;
+        let mut scan = false;
+        for annotations in permits {
+            let get = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            if let Some(mb) = get(MAX_FILE_MB).and_then(|v| v.parse::<u64>().ok()) {
+                max_mb = Some(max_mb.map_or(mb, |m| m.min(mb)));
+            }
+            scan |= get(SCAN).is_none_or(|v| v != "off");
+        }
+        (max_mb.map_or(0, |mb| mb << 20), scan)
     }
 
     /// The session capabilities policy grants `who` on a pool.
@@ -165,14 +206,19 @@ impl Policies {
         pool: Resource<'_>,
         ctx: &RequestContext,
     ) -> Capabilities {
+        let uploads = self.permits(who, Action::FileUpload, pool, ctx);
+        let (upload_max_bytes, scan_files) =
+            uploads.as_deref().map_or((0, true), Self::upload_rules);
         Capabilities {
             view_only: false,
             clipboard_copy_out: self.is_allowed(who, Action::ClipboardCopyOut, pool, ctx),
             clipboard_paste_in: self.is_allowed(who, Action::ClipboardPasteIn, pool, ctx),
-            file_upload: self.is_allowed(who, Action::FileUpload, pool, ctx),
+            file_upload: uploads.is_some(),
             file_download: self.is_allowed(who, Action::FileDownload, pool, ctx),
             shadow: false,
             audio: self.is_allowed(who, Action::Audio, pool, ctx),
+            upload_max_bytes,
+            scan_files,
         }
     }
 
@@ -183,7 +229,7 @@ impl Policies {
         action: Action,
         what: Resource<'_>,
         ctx: &RequestContext,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<Vec<PolicyId>>, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let group_uids: HashSet<EntityUid> =
             who.groups.iter().map(|g| uid("Group", g)).collect::<Result<_, _>>()?;
@@ -244,7 +290,8 @@ impl Policies {
             Request::new(user_uid, action_uid, resource_uid, context, Some(&loaded.schema))
                 .map_err(|x| e(&x))?;
         let response = self.authorizer.is_authorized(&request, &loaded.set, &entities);
-        Ok(response.decision() == Decision::Allow)
+        Ok((response.decision() == Decision::Allow)
+            .then(|| response.diagnostics().reason().cloned().collect()))
     }
 }
 
@@ -335,6 +382,30 @@ fn load_dir(dir: &Path) -> Result<Loaded, PolicyError> {
             sources.insert(id, (file.clone(), text.clone()));
         }
     }
+    for p in set.policies() {
+        let bad = |message: String| {
+            let (file, _) = sources.get::<str>(p.id().as_ref()).cloned().unwrap_or_default();
+            PolicyError::Invalid { location: file.display().to_string(), message }
+        };
+        if let Some(v) = p.annotation(MAX_FILE_MB)
+            && !v.parse::<u64>().is_ok_and(|mb| (1..=MAX_FILE_MB_LIMIT).contains(&mb))
+        {
+            return Err(bad(format!(
+                "policy {}: @{MAX_FILE_MB}({v:?}) is not a number of MiB from 1 to \
+                 {MAX_FILE_MB_LIMIT}",
+                p.id()
+            )));
+        }
+        if let Some(v) = p.annotation(SCAN)
+            && v != "on"
+            && v != "off"
+        {
+            return Err(bad(format!(
+                "policy {}: @{SCAN}({v:?}) is neither \"on\" nor \"off\"",
+                p.id()
+            )));
+        }
+    }
     let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     if let Some(err) = result.validation_errors().next() {
         let key: &str = err.policy_id().as_ref();
@@ -410,6 +481,42 @@ mod tests {
         // The offset moves the clock policies see: 10:00 UTC is 19:00 at +09:00.
         let tokyo = Policies::load(&dir, "+09:00").unwrap();
         assert!(!tokyo.is_allowed(&alice, Action::Connect, POOL, &ctx("10.1.2.3", THU_10)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn upload_rules_come_from_the_permits_that_allow_uploads() {
+        let limited = "@id(\"staff\") @max_file_mb(\"500\") permit(principal in \
+                       Atrium::Group::\"staff\", action == Atrium::Action::\"file_upload\", resource);\n\
+                       @id(\"temps\") @max_file_mb(\"20\") @scan(\"off\") permit(principal in \
+                       Atrium::Group::\"temps\", action == Atrium::Action::\"file_upload\", resource);\n";
+        let dir = temp_with(&[("up.cedar", limited)]);
+        let p = Policies::load(&dir, "+00:00").unwrap();
+        let c = ctx("127.0.0.1", THU_10);
+        let caps = |groups: &[&str]| {
+            let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+            p.capabilities(&Principal { username: "u", groups: &groups }, POOL, &c)
+        };
+        let staff = caps(&["staff"]);
+        assert!(staff.file_upload && staff.scan_files);
+        assert_eq!(staff.upload_max_bytes, 500 << 20);
+        let temp = caps(&["temps"]);
+        assert!(temp.file_upload && !temp.scan_files, "scanning off where the permit says so");
+        // Both apply: the smaller limit, and scanning unless every permit turns it off.
+        let both = caps(&["staff", "temps"]);
+        assert_eq!(both.upload_max_bytes, 20 << 20);
+        assert!(both.scan_files);
+        assert!(!caps(&["others"]).file_upload);
+        for bad in ["@max_file_mb(\"0\")", "@max_file_mb(\"lots\")", "@scan(\"maybe\")"] {
+            let text = format!("{bad} permit(principal, action, resource);\n");
+            std::fs::write(dir.join("up.cedar"), text).unwrap();
+            let e = Policies::load(&dir, "+00:00").expect_err(bad).to_string();
+            assert!(
+                e.contains("up.cedar")
+                    && e.contains(bad.trim_start_matches('@').split('(').next().unwrap()),
+                "{e}"
+            );
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -90,6 +90,10 @@ pub struct DisplayConfig {
     /// The TrueType font watermarks are drawn with. A viewer whose ticket asks for a watermark
     /// is refused when this font cannot be read.
     pub watermark_font: PathBuf,
+    /// ClamAV's daemon socket (`clamd`'s `LocalSocket`): files uploaded into desktops are
+    /// scanned there when policy says so (the default). Without it, uploads that must be
+    /// scanned are refused.
+    pub clamd_socket: Option<PathBuf>,
 }
 
 /// Debian's fonts-dejavu-core.
@@ -125,6 +129,7 @@ impl Default for DisplayConfig {
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),
             watermark_font: PathBuf::from(DEFAULT_WATERMARK_FONT),
+            clamd_socket: None,
         }
     }
 }

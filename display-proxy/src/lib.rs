@@ -30,6 +30,7 @@ pub mod auth;
 pub mod config;
 pub mod desktop;
 pub mod error;
+pub mod files;
 pub mod framebuffer;
 pub mod gateway;
 pub mod http;

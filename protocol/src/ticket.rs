@@ -21,7 +21,7 @@ pub const MAX_TICKET_TTL_SECS: u64 = 60;
 /// Unknown fields are ignored: a right a newer broker grants that this proxy does not know is
 /// a feature this proxy does not have, so nothing more is allowed (and brokers may be upgraded
 /// before proxies).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// Input (keys, pointer) from this viewer is dropped.
     pub view_only: bool,
@@ -38,6 +38,33 @@ pub struct Capabilities {
     /// The desktop's sound may reach this viewer (absent in tickets of older brokers: none).
     #[serde(default)]
     pub audio: bool,
+    /// Largest file this viewer may upload, in bytes; 0: no limit but the desktop's disk.
+    #[serde(default)]
+    pub upload_max_bytes: u64,
+    /// Uploads must pass the virus scanner before they reach the desktop (absent: they must).
+    #[serde(default = "scan_unless_said")]
+    pub scan_files: bool,
+}
+
+fn scan_unless_said() -> bool {
+    true
+}
+
+/// Nothing allowed; uploads, once allowed, scanned.
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            view_only: false,
+            clipboard_copy_out: false,
+            clipboard_paste_in: false,
+            file_upload: false,
+            file_download: false,
+            shadow: false,
+            audio: false,
+            upload_max_bytes: 0,
+            scan_files: true,
+        }
+    }
 }
 
 /// The claims of a display ticket.

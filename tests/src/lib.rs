@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod browser;
+pub mod clamd;
 pub mod display;
 pub mod fake_node;
 pub mod https;

@@ -260,6 +260,12 @@ impl Desktop {
         self.screen.as_ref().map(|s| s.ask(width, height)).is_some()
     }
 
+    /// The guest behind this desktop (through the node), when it has an agent: what files
+    /// are uploaded through.
+    pub fn guest(&self) -> Option<&GuestLink> {
+        self.clipboard_in.as_ref()
+    }
+
     /// Puts text on the guest clipboard (through the node); dropped when two pastes are
     /// already under way or the desktop has no clipboard channel.
     pub fn paste(&self, text: String) {

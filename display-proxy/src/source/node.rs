@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, ScreenSize, VmInfo, validate_name,
+    ClipboardState, ClipboardText, DisplaySize, ErrorBody, ScreenSize, UploadSaved, UploadStaged,
+    VmInfo, validate_name,
 };
 use atrium_protocol::session::ActivityReport;
 use thiserror::Error;
@@ -21,6 +22,31 @@ pub enum NodeError {
     Status { status: u16, body: String },
     #[error("cannot reach the node agent: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+impl NodeError {
+    /// What the node said was wrong (its error body's message), when it said.
+    pub fn node_message(&self) -> Option<String> {
+        match self {
+            Self::Status { body, .. } => {
+                serde_json::from_str::<ErrorBody>(body).ok().map(|b| b.error)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `s` for a URL's query: everything but unreserved ASCII percent-encoded.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A client of the node agent beside this proxy.
@@ -141,6 +167,52 @@ impl NodeClient {
             .timeout(Duration::from_secs(60))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(chunk)
+            .send()
+            .await?;
+        Self::check(vm, resp).await?;
+        Ok(())
+    }
+
+    /// `POST /api/v1/vms/{id}/uploads?name=NAME&size=BYTES`: streams `body` (exactly `size`
+    /// bytes) into the guest as the user's file `name`; answers once the guest has it whole,
+    /// not yet the user's. No timeout on the whole: the body flows as fast as the guest takes
+    /// it, and ends when the viewer's data does.
+    pub async fn upload(
+        &self,
+        vm: &str,
+        name: &str,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<UploadStaged, NodeError> {
+        let url = format!("{}?name={}&size={size}", self.url(vm, "/uploads")?, query_escape(name));
+        let resp = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        Ok(Self::check(vm, resp).await?.json().await?)
+    }
+
+    /// `POST /api/v1/vms/{id}/uploads/{n}/commit`: gives a received file to the user; returns
+    /// its path in the guest.
+    pub async fn commit_upload(&self, vm: &str, n: u64) -> Result<String, NodeError> {
+        let resp = self
+            .http
+            .post(self.url(vm, &format!("/uploads/{n}/commit"))?)
+            .timeout(Duration::from_secs(45))
+            .send()
+            .await?;
+        Ok(Self::check(vm, resp).await?.json::<UploadSaved>().await?.path)
+    }
+
+    /// `DELETE /api/v1/vms/{id}/uploads/{n}`: throws a received file away.
+    pub async fn abort_upload(&self, vm: &str, n: u64) -> Result<(), NodeError> {
+        let resp = self
+            .http
+            .delete(self.url(vm, &format!("/uploads/{n}"))?)
+            .timeout(Duration::from_secs(15))
             .send()
             .await?;
         Self::check(vm, resp).await?;

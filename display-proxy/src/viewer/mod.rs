@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::display::caps;
+use atrium_protocol::display::{ServerMessage, caps};
 use atrium_protocol::ticket::{Capabilities, DisplayClaims, Watermark};
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
@@ -23,6 +23,7 @@ pub use sessions::Sessions;
 use sessions::{Ending, Presence};
 
 use crate::desktop::ViewerSlot;
+use crate::files;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
 use crate::recording::Recorder;
@@ -43,6 +44,8 @@ pub struct ViewerContext {
     /// Most video frames a second per viewer; 0: no video.
     pub video_max_fps: u32,
     pub ack_timeout: Duration,
+    /// The virus scanner uploads pass, when this proxy has one.
+    pub scanner: Option<crate::files::scan::Scanner>,
 }
 
 /// The capability bits of a ticket, as sent in Hello.
@@ -82,6 +85,8 @@ enum Event {
     Video(bool),
     /// A key or pointer message to record (input recording is on).
     Input(axum::body::Bytes),
+    /// A message for the viewer (about its uploads).
+    Say(ServerMessage),
     /// Close with this code and reason.
     Close(u16, String),
     /// The client went away.
@@ -127,8 +132,20 @@ pub async fn serve(
     // connection (that costs more than the few lines it serves).
     let span = tracing::info_span!("viewer", vm = %slot.desktop().vm, user = %claims.sub, session = %claims.sid);
     let entry = sessions.register(&claims.sid, !claims.caps.shadow);
-    let extras = Extras { watermark: claims.watermark, recorder, presence: entry.presence() };
+    let (outcomes, mut outcomes_rx) = mpsc::unbounded_channel::<files::Outcome>();
+    let log_span = span.clone();
+    let transfers = tokio::spawn(async move {
+        while let Some(o) = outcomes_rx.recv().await {
+            let sha256 = o.sha256.as_ref().map(|h| files::hex(h)).unwrap_or_default();
+            tracing::info!(parent: &log_span, file = %o.name, size = o.size, %sha256,
+                verdict = o.verdict, detail = o.detail.as_deref().unwrap_or(""), "upload");
+        }
+    });
+    let extras =
+        Extras { watermark: claims.watermark, recorder, presence: entry.presence(), outcomes };
     serve_inner(socket, slot, claims.caps, extras, ctx, entry.ending(), &span).await;
+    // Uploads still running finish and are logged; the logger ends with the last of them.
+    drop(transfers);
     drop(mark);
     drop(entry);
 }
@@ -139,6 +156,8 @@ struct Extras {
     recorder: Option<Recorder>,
     /// Where this viewer's input is noted (the session's idle time).
     presence: Arc<Presence>,
+    /// Where the outcomes of its uploads go.
+    outcomes: mpsc::UnboundedSender<files::Outcome>,
 }
 
 async fn serve_inner(
@@ -152,13 +171,27 @@ async fn serve_inner(
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    let Extras { watermark, recorder, presence } = extras;
+    let Extras { watermark, recorder, presence, outcomes } = extras;
     let record_input = recorder.as_ref().is_some_and(Recorder::records_input);
     tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(),
         recording = recorder.as_ref().map(Recorder::id), viewers = desktop.viewers(), "viewer connected");
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(64);
     let inputs = Arc::new(Mutex::new(InputLog::default()));
+    // Answers about uploads reach the sending side as events.
+    let (say, mut said) = mpsc::channel::<ServerMessage>(16);
+    let events = tx.clone();
+    let forwarder = tokio::spawn(async move {
+        while let Some(m) = said.recv().await {
+            if events.send(Event::Say(m)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let target = desktop
+        .guest()
+        .map(|g| files::UploadTarget { guest: g.clone(), scanner: ctx.scanner.clone() });
+    let uploads = files::Uploads::new(target, rights, say, outcomes);
     let receiver = tokio::spawn(receive(
         stream,
         tx,
@@ -170,6 +203,7 @@ async fn serve_inner(
             ending: Arc::clone(&ended),
             record_input,
             presence,
+            uploads,
         },
     ));
     let mut sender =
@@ -177,6 +211,7 @@ async fn serve_inner(
     sender.recorder = recorder;
     let why = sender.run(rx).await;
     receiver.abort();
+    forwarder.abort();
     if let Some(r) = sender.recorder.take() {
         r.finish();
     }

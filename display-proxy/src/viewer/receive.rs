@@ -68,6 +68,8 @@ pub(super) struct Receiving {
     pub record_input: bool,
     /// Where input that reached the desktop is noted.
     pub presence: Arc<Presence>,
+    /// The viewer's uploads.
+    pub uploads: crate::files::Uploads,
 }
 
 pub(super) async fn receive(
@@ -75,7 +77,8 @@ pub(super) async fn receive(
     tx: mpsc::Sender<Event>,
     r: Receiving,
 ) {
-    let Receiving { desktop, rights, inputs, metrics, ending, record_input, presence } = r;
+    let Receiving { desktop, rights, inputs, metrics, ending, record_input, presence, mut uploads } =
+        r;
     let input = Input {
         desktop: &desktop,
         rights: &rights,
@@ -188,6 +191,18 @@ pub(super) async fn receive(
                 Event::Sound(enabled)
             }
             ClientMessage::Video { enabled } => Event::Video(enabled),
+            ClientMessage::FileOpen { id, size, name } => {
+                uploads.open(id, size, name).await;
+                continue;
+            }
+            ClientMessage::FileData { id, data } => {
+                uploads.data(id, data).await;
+                continue;
+            }
+            ClientMessage::FileCancel { id } => {
+                uploads.cancel(id);
+                continue;
+            }
             ClientMessage::FrameAck { frame } => Event::Ack(frame),
             ClientMessage::Ping { id } => Event::Ping(id),
             ClientMessage::Refresh => Event::Refresh,

@@ -272,6 +272,11 @@ impl Sender {
                             return "send failed".into();
                         }
                     }
+                    Some(Event::Say(m)) => {
+                        if self.send(Bytes::from(m.encode())).await.is_err() || self.flush().await.is_err() {
+                            return "send failed".into();
+                        }
+                    }
                     Some(Event::Refresh) => {
                         self.view = ViewerTiles::new();
                         if let Some(v) = &mut self.video {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_protocol::display::{ClientMessage, ImageFormat, Rect, ServerMessage};
+use atrium_protocol::display::{
+    ClientMessage, FILE_WINDOW, ImageFormat, MAX_FILE_CHUNK, Rect, ServerMessage,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,6 +38,16 @@ pub struct DisplayViewer {
     pub kept: Option<Vec<Vec<u8>>>,
     /// The desktop's clipboard text as last received.
     pub clipboard: Option<String>,
+    /// What the proxy said of each upload: the bytes taken so far, and how it ended.
+    pub uploads: HashMap<u32, Upload>,
+}
+
+/// One upload as the viewer heard of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upload {
+    pub done: u64,
+    /// `Ok((path, sha256))` once saved; `Err(message)` once refused.
+    pub end: Option<Result<(String, [u8; 32]), String>>,
 }
 
 impl DisplayViewer {
@@ -66,6 +78,7 @@ impl DisplayViewer {
             key_delay: Duration::from_millis(30),
             kept: None,
             clipboard: None,
+            uploads: HashMap::new(),
         })
     }
 
@@ -85,6 +98,7 @@ impl DisplayViewer {
             key_delay: Duration::ZERO,
             kept: None,
             clipboard: None,
+            uploads: HashMap::new(),
         }
     }
 
@@ -116,6 +130,15 @@ impl DisplayViewer {
                 return Ok(Some(frame));
             }
             ServerMessage::Clipboard { text } => self.clipboard = Some(text),
+            ServerMessage::FileProgress { id, done } => {
+                self.uploads.entry(id).or_default().done = done;
+            }
+            ServerMessage::FileSaved { id, sha256, path } => {
+                self.uploads.entry(id).or_default().end = Some(Ok((path, sha256)));
+            }
+            ServerMessage::FileRefused { id, message } => {
+                self.uploads.entry(id).or_default().end = Some(Err(message));
+            }
             _ => {}
         }
         Ok(None)
@@ -177,6 +200,57 @@ impl DisplayViewer {
             self.pump(Duration::from_millis(200)).await?;
         }
         Ok(())
+    }
+
+    /// Uploads `data` as `name` (upload `id`) the way the web client does: chunks of at most
+    /// [`MAX_FILE_CHUNK`], never more than [`FILE_WINDOW`] beyond the progress heard, drawing
+    /// frames meanwhile. With `cancel_after`, cancels once that many bytes are sent. Returns how
+    /// the upload ended.
+    pub async fn upload(
+        &mut self,
+        id: u32,
+        name: &str,
+        data: &[u8],
+        cancel_after: Option<u64>,
+        within: Duration,
+    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
+        let deadline = Instant::now() + within;
+        let size = data.len() as u64;
+        self.send(ClientMessage::FileOpen { id, size, name: name.into() }).await?;
+        let mut sent = 0u64;
+        loop {
+            let heard = self.uploads.get(&id).cloned().unwrap_or_default();
+            if let Some(end) = heard.end {
+                return Ok(end);
+            }
+            if cancel_after.is_some_and(|c| sent >= c) {
+                self.send(ClientMessage::FileCancel { id }).await?;
+                return self.wait_upload_end(id, deadline).await;
+            }
+            ensure!(Instant::now() < deadline, "upload {id} of {name} did not end in {within:?}");
+            if sent < size && sent < heard.done + FILE_WINDOW {
+                let n = usize::try_from((size - sent).min(MAX_FILE_CHUNK as u64))?;
+                let at = usize::try_from(sent)?;
+                self.send(ClientMessage::FileData { id, data: data[at..at + n].to_vec() }).await?;
+                sent += n as u64;
+            } else {
+                self.pump(Duration::from_millis(200)).await?;
+            }
+        }
+    }
+
+    async fn wait_upload_end(
+        &mut self,
+        id: u32,
+        deadline: Instant,
+    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
+        loop {
+            if let Some(end) = self.uploads.get(&id).and_then(|u| u.end.clone()) {
+                return Ok(end);
+            }
+            ensure!(Instant::now() < deadline, "upload {id} did not end in time");
+            self.pump(Duration::from_millis(200)).await?;
+        }
     }
 
     pub async fn send(&mut self, m: ClientMessage) -> anyhow::Result<()> {

@@ -1,0 +1,147 @@
+//! Uploads into a real desktop (group `qemu`): a viewer of the console desktop under QEMU sends
+//! files through the display proxy, which hashes them and has a real clamd scan them on their
+//! way; the node streams them to the real guest agent, which keeps them hidden until the
+//! verdict. A clean file lands in `~/Transfer`, the user's, with the hash it was sent with; the
+//! EICAR test file, a cancelled upload, and files policy refuses leave nothing behind.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_protocol::node::{VmInfo, VmState};
+use atrium_protocol::ticket::Capabilities;
+use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
+use atrium_tests::display::{DisplayProxy, DisplayViewer, count_color};
+use atrium_tests::node::{NodeProcess, console_image};
+use atrium_tests::{Group, skip};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const GREY: [u8; 3] = [0xaa, 0xaa, 0xaa];
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// Pseudo-random bytes (not compressible, not all alike).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `command` in the console and waits for what it copies (its output, through the
+/// console's clipboard file) to satisfy `want`.
+async fn run_in_guest(
+    viewer: &mut DisplayViewer,
+    command: &str,
+    want: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    viewer.clipboard = None;
+    viewer.type_text(&format!("{command} | tee clipboard.txt\n")).await?;
+    viewer
+        .wait_until(command, Duration::from_secs(90), |v| v.clipboard.as_deref().is_some_and(&want))
+        .await?;
+    Ok(viewer.clipboard.clone().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "files_reach_the_desktop_only_whole_scanned_and_allowed") {
+        return Ok(());
+    }
+    let clamd = Clamd::start()?;
+    let image = console_image()?;
+    let node = NodeProcess::start(&image, "").await?;
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
+    ensure!(ready.state == VmState::Ready, "VM is {:?}: {:?}", ready.state, ready.error);
+
+    let issuer = TicketIssuer::generate("k1");
+    let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
+    let extra = format!("clamd_socket = \"{}\"\n", clamd.socket.display());
+    let proxy = DisplayProxy::start(&jwks.url(), &node.local_socket(), &extra).await?;
+    let rights = Capabilities { file_upload: true, clipboard_copy_out: true, ..Default::default() };
+    assert!(rights.scan_files, "uploads are scanned unless policy says otherwise");
+    let mut viewer =
+        DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, rights))).await?;
+    viewer
+        .wait_until("console text", Duration::from_secs(60), |v| count_color(&v.rgb, GREY) > 2_000)
+        .await?;
+    let context =
+        |what: &str| format!("{what}\nproxy log:\n{}\nnode log:\n{}", proxy.log(), node.log());
+
+    // A clean file of several windows arrives whole, with the hash it was sent with.
+    let report = noise(9 << 20 | 12_345, 7);
+    let sent: [u8; 32] = Sha256::digest(&report).into();
+    let (path, sha) = viewer
+        .upload(1, "report.bin", &report, None, WITHIN)
+        .await?
+        .map_err(|m| anyhow::anyhow!("{m}"))
+        .with_context(|| context("the clean upload"))?;
+    assert_eq!(path, "/home/user/Transfer/report.bin");
+    assert_eq!(sha, sent, "the proxy's hash is the file's");
+    assert_eq!(viewer.uploads[&1].done, report.len() as u64, "progress reached the whole file");
+    let line = format!("{}  Transfer/report.bin", hex(&sent));
+    run_in_guest(&mut viewer, "sha256sum Transfer/report.bin", |c| c.trim_end() == line).await?;
+
+    // The EICAR test file: refused, saying what the scanner found.
+    let refused = viewer.upload(2, "notes.txt", &eicar(), None, WITHIN).await?;
+    let message = refused.expect_err("a flagged file is refused");
+    assert!(message.contains(EICAR_SIGNATURE), "{message}");
+    assert!(message.contains("not put in your desktop"), "{message}");
+
+    // Cancelled halfway.
+    let big = noise(6 << 20, 9);
+    let cancelled = viewer.upload(3, "big.iso", &big, Some(1 << 20), WITHIN).await?;
+    assert!(cancelled.expect_err("cancelled").contains("cancelled"));
+
+    // A name that is taken gets a free variant; a name with a folder in it is refused.
+    let again = viewer.upload(4, "report.bin", b"second", None, WITHIN).await?;
+    assert_eq!(again.map_err(|m| anyhow::anyhow!("{m}"))?.0, "/home/user/Transfer/report (2).bin");
+    let sneaky = viewer.upload(5, "../.profile", b"evil", None, WITHIN).await?;
+    assert!(sneaky.expect_err("a path is refused").contains("folder"));
+
+    // Nothing else is in the folder (no hidden part files either), and the file is the user's.
+    let want = "report (2).bin report.bin -rw-r--r-- 1 user user ";
+    let listing =
+        run_in_guest(&mut viewer, "echo $(ls -A Transfer) $(ls -l Transfer/report.bin)", |c| {
+            c.starts_with("report") || c.contains(".atrium-part") || c.contains("big.iso")
+        })
+        .await?;
+    assert!(listing.starts_with(want), "{listing:?}\n{}", context("the transfer folder"));
+    drop(viewer);
+
+    // Policy: a file over the viewer's limit, and a viewer not allowed uploads at all.
+    let small = Capabilities { file_upload: true, upload_max_bytes: 1 << 20, ..Default::default() };
+    let mut limited =
+        DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, small))).await?;
+    let over = limited.upload(1, "big.iso", &big, None, WITHIN).await?;
+    let m = over.expect_err("over the limit");
+    assert!(m.contains("at most 1 MiB"), "{m}");
+    drop(limited);
+    let mut none =
+        DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, Capabilities::default())))
+            .await?;
+    let m = none.upload(1, "a.txt", b"a", None, WITHIN).await?.expect_err("not allowed");
+    assert!(m.contains("not allowed"), "{m}");
+    drop(none);
+
+    // A proxy whose policy wants scanning and that has no scanner refuses, saying so.
+    let unscanned = DisplayProxy::start(&jwks.url(), &node.local_socket(), "").await?;
+    let mut v = DisplayViewer::connect(&unscanned.ws_url(&id, &issuer.ticket(&id, rights))).await?;
+    let m = v.upload(1, "a.txt", b"a", None, WITHIN).await?.expect_err("no scanner");
+    assert!(m.contains("no scanner"), "{m}");
+    drop(clamd);
+    Ok(())
+}
