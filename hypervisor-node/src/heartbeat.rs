@@ -20,7 +20,8 @@ use crate::config::Secret;
 use crate::vm::VmManager;
 
 /// The heartbeat this node would send now, with the display proxy's latest word on the
-/// sessions.
+/// sessions and the file transfers the broker has not taken yet (taken from `activity`: a
+/// caller whose heartbeat fails gives them back).
 pub fn heartbeat(node: &VmManager, activity: &Activity) -> NodeHeartbeat {
     let c = node.config();
     NodeHeartbeat {
@@ -30,6 +31,7 @@ pub fn heartbeat(node: &VmManager, activity: &Activity) -> NodeHeartbeat {
         capacity: node.capacity(),
         vms: node.statuses(),
         sessions: activity.current(),
+        transfers: activity.take_transfers(),
     }
 }
 
@@ -74,8 +76,22 @@ async fn send_once(
     node: &VmManager,
     activity: &Activity,
 ) -> Result<HeartbeatReply, Failure> {
-    let body = serde_json::to_vec(&heartbeat(node, activity))
-        .map_err(|e| Failure::Other(e.to_string()))?;
+    let hb = heartbeat(node, activity);
+    let transfers = hb.transfers.clone();
+    let result = send_heartbeat(b, key, node, &hb).await;
+    if result.is_err() {
+        activity.return_transfers(transfers);
+    }
+    result
+}
+
+async fn send_heartbeat(
+    b: &Broker,
+    key: &NodeKey,
+    node: &VmManager,
+    hb: &NodeHeartbeat,
+) -> Result<HeartbeatReply, Failure> {
+    let body = serde_json::to_vec(hb).map_err(|e| Failure::Other(e.to_string()))?;
     let req = signed::Request {
         method: "POST",
         path_and_query: signed::path_and_query(&b.heartbeat_url),
@@ -352,6 +368,7 @@ mod tests {
         // The display proxy reports its sessions; the next heartbeat carries them, at the
         // interval the broker asked for, and the node is drained.
         activity.put(ActivityReport {
+            transfers: vec![],
             sessions: vec![SessionActivity { sid: "s-1".into(), viewers: 2, idle_ms: 40 }],
         });
         let Seen::Heartbeat(hb) = next().await else { panic!("heartbeats go on") };

@@ -416,6 +416,11 @@ pub struct NodeHeartbeat {
     /// whose proxy stopped reporting sends an empty list: nobody can be connected through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<Vec<crate::session::SessionActivity>>,
+    /// Files that crossed at the display proxy since the last heartbeat the broker took, for
+    /// its audit log. Sent only when there are some (a broker older than transfers refuses the
+    /// field; brokers are upgraded first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfers: Vec<crate::session::TransferRecord>,
 }
 
 /// The broker's answer to a heartbeat.

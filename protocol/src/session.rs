@@ -9,6 +9,36 @@ use crate::node::FieldError;
 
 /// Most sessions one activity report (or heartbeat) may carry.
 pub const MAX_REPORTED_SESSIONS: usize = 100_000;
+/// Most file transfers one activity report (or heartbeat) may carry.
+pub const MAX_REPORTED_TRANSFERS: usize = 1000;
+/// How file transfers can end ([`TransferRecord::verdict`]).
+pub const TRANSFER_VERDICTS: &[&str] = &["saved", "infected", "refused", "failed", "cancelled"];
+
+/// A file that crossed (or was refused at) the display proxy, for the broker's audit log: the
+/// display proxy reports it to the node, whose heartbeat carries it to the broker. The broker
+/// takes it only for a session of that node, and names the session's user, not anyone the
+/// report names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRecord {
+    /// The broker's session id the viewer belonged to.
+    pub sid: String,
+    /// `upload` (into the desktop).
+    pub direction: String,
+    /// The file's name (printable, at most 255 bytes).
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 of what passed, in hex, when all of it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// One of [`TRANSFER_VERDICTS`].
+    pub verdict: String,
+    /// What the scanner found, or why the transfer was refused or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When it ended, in milliseconds since the Unix epoch (the proxy's clock).
+    pub at_ms: u64,
+}
 
 /// One broker session as the display proxy sees it: the user's own viewers connected to it
 /// (a shadowing administrator is not counted) and how long since one of them sent keyboard or
@@ -32,13 +62,58 @@ pub struct SessionActivity {
 #[serde(deny_unknown_fields)]
 pub struct ActivityReport {
     pub sessions: Vec<SessionActivity>,
+    /// Files that crossed since the last report (each is reported once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfers: Vec<TransferRecord>,
 }
 
 impl ActivityReport {
     /// Checks a report from outside: bounded, with session ids that fit a broker's.
     pub fn validate(&self) -> Result<(), FieldError> {
-        validate_sessions(&self.sessions)
+        validate_sessions(&self.sessions)?;
+        validate_transfers(&self.transfers)
     }
+}
+
+fn valid_sid(sid: &str) -> bool {
+    !sid.is_empty()
+        && sid.len() <= 128
+        && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks file transfers from outside (a report, a heartbeat): bounded, printable, with
+/// verdicts and hashes of the expected form.
+pub fn validate_transfers(transfers: &[TransferRecord]) -> Result<(), FieldError> {
+    if transfers.len() > MAX_REPORTED_TRANSFERS {
+        return Err(FieldError::new("transfers", "too many transfers"));
+    }
+    let printable = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    for t in transfers {
+        if !valid_sid(&t.sid) {
+            return Err(FieldError::new("transfers[].sid", "must be 1 to 128 of A-Z a-z 0-9 - _"));
+        }
+        if t.direction != "upload" {
+            return Err(FieldError::new("transfers[].direction", "must be upload"));
+        }
+        if t.name.is_empty() || !printable(&t.name, 255) {
+            return Err(FieldError::new("transfers[].name", "must be 1 to 255 printable bytes"));
+        }
+        if t.sha256.as_ref().is_some_and(|h| {
+            h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }) {
+            return Err(FieldError::new("transfers[].sha256", "must be 64 lowercase hex digits"));
+        }
+        if !TRANSFER_VERDICTS.contains(&t.verdict.as_str()) {
+            return Err(FieldError::new("transfers[].verdict", "is not a known verdict"));
+        }
+        if t.detail.as_ref().is_some_and(|d| !printable(d, 1024)) {
+            return Err(FieldError::new(
+                "transfers[].detail",
+                "must be at most 1024 printable bytes",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks sessions' activity from outside (a report, a heartbeat): bounded, with session ids
@@ -48,10 +123,7 @@ pub fn validate_sessions(sessions: &[SessionActivity]) -> Result<(), FieldError>
         return Err(FieldError::new("sessions", "too many sessions"));
     }
     for s in sessions {
-        if s.sid.is_empty()
-            || s.sid.len() > 128
-            || !s.sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_sid(&s.sid) {
             return Err(FieldError::new("sessions[].sid", "must be 1 to 128 of A-Z a-z 0-9 - _"));
         }
         if s.viewers == 0 {
@@ -119,7 +191,7 @@ mod tests {
     #[test]
     fn an_activity_report_is_checked() {
         let one = |sid: &str, viewers| SessionActivity { sid: sid.into(), viewers, idle_ms: 5 };
-        let ok = ActivityReport { sessions: vec![one("0b1e-uuid_7", 1)] };
+        let ok = ActivityReport { sessions: vec![one("0b1e-uuid_7", 1)], transfers: vec![] };
         assert!(ok.validate().is_ok());
         for (bad, field) in [
             (one("", 1), "sessions[].sid"),
@@ -127,14 +199,47 @@ mod tests {
             (one(&"a".repeat(129), 1), "sessions[].sid"),
             (one("a", 0), "sessions[].viewers"),
         ] {
-            let r = ActivityReport { sessions: vec![bad] };
+            let r = ActivityReport { sessions: vec![bad], transfers: vec![] };
             assert_eq!(r.validate().unwrap_err().field, field);
         }
-        let many = ActivityReport { sessions: vec![one("a", 1); MAX_REPORTED_SESSIONS + 1] };
+        let many = ActivityReport {
+            sessions: vec![one("a", 1); MAX_REPORTED_SESSIONS + 1],
+            transfers: vec![],
+        };
         assert_eq!(many.validate().unwrap_err().field, "sessions");
         let r: Result<ActivityReport, _> =
             serde_json::from_str(r#"{"sessions":[{"sid":"a","viewers":1,"idle_ms":1,"x":1}]}"#);
         assert!(r.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn transfers_are_checked() {
+        let good = TransferRecord {
+            sid: "s-1".into(),
+            direction: "upload".into(),
+            name: "Übersicht 2026.xlsx".into(),
+            size: 5,
+            sha256: Some("ab".repeat(32)),
+            verdict: "saved".into(),
+            detail: None,
+            at_ms: 1,
+        };
+        assert!(validate_transfers(std::slice::from_ref(&good)).is_ok());
+        let bad = |f: fn(&mut TransferRecord)| {
+            let mut t = good.clone();
+            f(&mut t);
+            validate_transfers(&[t]).unwrap_err().field
+        };
+        assert_eq!(bad(|t| t.sid = "a b".into()), "transfers[].sid");
+        assert_eq!(bad(|t| t.direction = "sideways".into()), "transfers[].direction");
+        assert_eq!(bad(|t| t.name = "a\nforged".into()), "transfers[].name");
+        assert_eq!(bad(|t| t.name = String::new()), "transfers[].name");
+        assert_eq!(bad(|t| t.sha256 = Some("AB".repeat(32))), "transfers[].sha256");
+        assert_eq!(bad(|t| t.sha256 = Some("ab".into())), "transfers[].sha256");
+        assert_eq!(bad(|t| t.verdict = "fine".into()), "transfers[].verdict");
+        assert_eq!(bad(|t| t.detail = Some("x".repeat(1025))), "transfers[].detail");
+        let many = vec![good; MAX_REPORTED_TRANSFERS + 1];
+        assert_eq!(validate_transfers(&many).unwrap_err().field, "transfers");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct FakeState {
     /// What the heartbeats say of the sessions' viewers and input (as a display proxy would
     /// report them); `None`: nothing, as an older node.
     pub activity: Option<Vec<SessionActivity>>,
+    /// File transfers the next heartbeat carries (then forgotten), as a display proxy reports
+    /// them.
+    pub transfers: Vec<atrium_protocol::session::TransferRecord>,
     /// Heartbeats stop while false (the node looks lost).
     pub heartbeating: bool,
     pub draining_seen: bool,
@@ -230,6 +233,7 @@ impl FakeNode {
             ended_display_sessions: Vec::new(),
             end_reasons: Vec::new(),
             activity: None,
+            transfers: Vec::new(),
             heartbeating: true,
             draining_seen: false,
         }));
@@ -308,6 +312,7 @@ impl FakeNode {
                             .map(|(id, v)| VmStatus { id: id.clone(), state: v.state, error: None })
                             .collect(),
                         sessions: s.activity.clone(),
+                        transfers: std::mem::take(&mut s.transfers),
                     })
                 };
                 let signed = body.map(|hb| {

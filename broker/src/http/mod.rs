@@ -297,6 +297,7 @@ mod tests {
                 },
                 vms: vec![],
                 sessions: None,
+                transfers: vec![],
             };
             let body = serde_json::to_vec(&hb).unwrap();
             let req = signed::Request {

@@ -4,7 +4,7 @@
 use atrium_protocol::node::{
     EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
 };
-use atrium_protocol::session::validate_sessions;
+use atrium_protocol::session::{TransferRecord, validate_sessions, validate_transfers};
 use axum::Json;
 use axum::extract::{FromRequest, State};
 use utoipa_axum::router::OpenApiRouter;
@@ -202,6 +202,44 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
             message: format!("{}: {}", f.field, f.message),
         })?;
     }
+    validate_transfers(&hb.transfers).map_err(|f| ApiError::Validation {
+        field: f.field.into(),
+        message: format!("{}: {}", f.field, f.message),
+    })?;
+    Ok(())
+}
+
+/// Audits the file transfers a node's display proxy reported: each as `file.upload` by the
+/// session's user, on the session's desktop. A transfer in a session of another node (or of
+/// none) is not this node's to report: it is logged and dropped.
+async fn record_transfers(
+    st: &AppState,
+    node: &str,
+    transfers: &[TransferRecord],
+) -> Result<(), ApiError> {
+    for t in transfers {
+        let session = st.db.get_desktop_session(&t.sid).await?;
+        let Some(s) = session.filter(|s| s.node_id.as_deref() == Some(node)) else {
+            tracing::warn!(node, session = %t.sid, "a node reported a file transfer in a session that is not its own; ignored");
+            continue;
+        };
+        let outcome = if t.verdict == "saved" { "success" } else { t.verdict.as_str() };
+        let addr = s.client_addr.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        service::audit(
+            st,
+            &s.username,
+            &format!("file.{}", t.direction),
+            &s.desktop_id,
+            outcome,
+            addr,
+            serde_json::json!({
+                "name": t.name, "size": t.size, "sha256": t.sha256, "verdict": t.verdict,
+                "detail": t.detail, "session": t.sid, "node": node, "pool": s.pool_id,
+                "at_proxy_ms": t.at_ms,
+            }),
+        )
+        .await;
+    }
     Ok(())
 }
 
@@ -265,6 +303,7 @@ async fn heartbeat(
     let grace = i64::try_from(st.cfg.nodes.heartbeat_interval_secs * 3000).unwrap_or(i64::MAX / 2);
     let orphans = st.db.apply_vm_statuses(&hb.node_id, &hb.vms, now, grace).await?;
     st.db.apply_session_activity(&hb.node_id, hb.sessions.as_deref(), now).await?;
+    record_transfers(&st, &hb.node_id, &hb.transfers).await?;
     if !orphans.is_empty() {
         sweep_orphans(&st, &hb.node_id, &hb.api_url, orphans);
     }
@@ -343,6 +382,7 @@ mod tests {
             },
             vms: vec![VmStatus { id: "vm-1".into(), state: VmState::Failed, error: None }],
             sessions: None,
+            transfers: vec![],
         }
     }
 

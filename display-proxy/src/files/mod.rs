@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use atrium_protocol::agent::validate_file_name;
-use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage};
+use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage, truncate_utf8};
+use atrium_protocol::session::TransferRecord;
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use sha2::{Digest, Sha256};
@@ -42,6 +43,28 @@ pub struct Outcome {
     pub verdict: &'static str,
     /// The scanner's finding, or why it failed.
     pub detail: Option<String>,
+}
+
+impl Outcome {
+    /// The audit record of this outcome, for session `sid`.
+    pub fn record(self, sid: &str, sha256: Option<String>) -> TransferRecord {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        TransferRecord {
+            sid: sid.to_owned(),
+            direction: "upload".into(),
+            name: if self.name.is_empty() { "(no name)".into() } else { fit(&self.name, 255) },
+            size: self.size,
+            sha256,
+            verdict: self.verdict.into(),
+            detail: self.detail.map(|d| fit(&d, 1024)),
+            at_ms: now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// `s` printable, in at most `max` bytes.
+fn fit(s: &str, max: usize) -> String {
+    truncate_utf8(&atrium_protocol::text::printable(s, max), max).to_owned()
 }
 
 /// A hash in hex.

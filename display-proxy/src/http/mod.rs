@@ -18,7 +18,7 @@ use crate::desktop::Desktops;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::EncodePool;
 use crate::recording::Sink;
-use crate::source::node::NodeClient;
+use crate::source::node::{NodeClient, NodeError};
 use crate::source::open::{NodeOpener, SourceOpener};
 use crate::ticket::{TicketVerifier, VerifierConfig};
 use crate::viewer::{Sessions, ViewerContext};
@@ -150,7 +150,19 @@ impl AppState {
         let Some(node) = &self.0.node else { return };
         let mut failing = false;
         loop {
-            match node.report_activity(&self.0.sessions.report()).await {
+            let report = self.0.sessions.report();
+            let sent = node.report_activity(&report).await;
+            // A report the node refused as malformed is not sent again (it would be refused
+            // for ever); one it did not get is.
+            match &sent {
+                Err(NodeError::Status { status: 400, body }) if !report.transfers.is_empty() => {
+                    tracing::error!(%body, dropped = report.transfers.len(),
+                        "the node refused file transfers' audit records");
+                }
+                Err(_) => self.0.sessions.return_transfers(report.transfers),
+                Ok(()) => {}
+            }
+            match sent {
                 Ok(()) if failing => {
                     tracing::info!("the node agent takes the sessions' activity again");
                     failing = false;

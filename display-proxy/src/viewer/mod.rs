@@ -134,18 +134,21 @@ pub async fn serve(
     let entry = sessions.register(&claims.sid, !claims.caps.shadow);
     let (outcomes, mut outcomes_rx) = mpsc::unbounded_channel::<files::Outcome>();
     let log_span = span.clone();
-    let transfers = tokio::spawn(async move {
+    let (audit, sid) = (Arc::clone(&sessions), claims.sid.clone());
+    // Every upload's end is logged and kept for the broker's audit log; this ends with the
+    // last upload of the viewer, which may outlive its connection by a little.
+    tokio::spawn(async move {
         while let Some(o) = outcomes_rx.recv().await {
-            let sha256 = o.sha256.as_ref().map(|h| files::hex(h)).unwrap_or_default();
-            tracing::info!(parent: &log_span, file = %o.name, size = o.size, %sha256,
-                verdict = o.verdict, detail = o.detail.as_deref().unwrap_or(""), "upload");
+            let sha256 = o.sha256.as_ref().map(|h| files::hex(h));
+            tracing::info!(parent: &log_span, file = %o.name, size = o.size,
+                sha256 = sha256.as_deref().unwrap_or(""), verdict = o.verdict,
+                detail = o.detail.as_deref().unwrap_or(""), "upload");
+            audit.note_transfer(o.record(&sid, sha256));
         }
     });
     let extras =
         Extras { watermark: claims.watermark, recorder, presence: entry.presence(), outcomes };
     serve_inner(socket, slot, claims.caps, extras, ctx, entry.ending(), &span).await;
-    // Uploads still running finish and are logged; the logger ends with the last of them.
-    drop(transfers);
     drop(mark);
     drop(entry);
 }

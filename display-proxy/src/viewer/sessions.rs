@@ -2,12 +2,14 @@
 //! them: the broker says a session ended (sign-out, revocation, an administrator, idle or
 //! maximum time), and its viewers are closed with the reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrium_protocol::session::{ActivityReport, EndReason, SessionActivity};
+use atrium_protocol::session::{
+    ActivityReport, EndReason, MAX_REPORTED_TRANSFERS, SessionActivity, TransferRecord,
+};
 use atrium_protocol::ticket::MAX_TICKET_TTL_SECS;
 use tokio::sync::Notify;
 
@@ -83,7 +85,13 @@ pub struct Sessions {
     ended: Mutex<HashMap<String, (Instant, EndReason)>>,
     /// What input times count from.
     epoch: Instant,
+    /// Files that crossed, not yet taken by the node (for the broker's audit log).
+    transfers: Mutex<VecDeque<TransferRecord>>,
 }
+
+/// Most transfers kept for the node while it does not take them; older ones are dropped (and
+/// said in the log).
+const MAX_KEPT_TRANSFERS: usize = 10_000;
 
 impl Default for Sessions {
     fn default() -> Self {
@@ -92,6 +100,7 @@ impl Default for Sessions {
             next: AtomicU64::new(0),
             ended: Mutex::default(),
             epoch: Instant::now(),
+            transfers: Mutex::default(),
         }
     }
 }
@@ -153,8 +162,32 @@ impl Sessions {
         ended.get(sid).filter(|(until, _)| *until > Instant::now()).map(|(_, r)| *r)
     }
 
+    /// Keeps a file transfer for the next report.
+    pub fn note_transfer(&self, t: TransferRecord) {
+        let mut q = self.transfers.lock().expect("transfers lock");
+        if q.len() >= MAX_KEPT_TRANSFERS {
+            q.pop_front();
+            tracing::error!(
+                "a file transfer's audit record was dropped: the node agent takes none"
+            );
+        }
+        q.push_back(t);
+    }
+
+    /// Puts back the transfers of a report the node did not take, ahead of newer ones.
+    pub fn return_transfers(&self, back: Vec<TransferRecord>) {
+        let mut q = self.transfers.lock().expect("transfers lock");
+        for t in back.into_iter().rev() {
+            if q.len() >= MAX_KEPT_TRANSFERS {
+                break;
+            }
+            q.push_front(t);
+        }
+    }
+
     /// The sessions with at least one of their user's viewers here, and how long each has
-    /// been without input from them.
+    /// been without input from them; and the file transfers since the last report (taken: a
+    /// caller whose report fails gives them back with [`Sessions::return_transfers`]).
     pub fn report(&self) -> ActivityReport {
         let now = since(self.epoch);
         let map = self.map.lock().expect("sessions lock");
@@ -172,7 +205,10 @@ impl Sessions {
                 })
             })
             .collect();
-        ActivityReport { sessions }
+        drop(map);
+        let mut q = self.transfers.lock().expect("transfers lock");
+        let n = q.len().min(MAX_REPORTED_TRANSFERS);
+        ActivityReport { sessions, transfers: q.drain(..n).collect() }
     }
 }
 

@@ -3,10 +3,13 @@
 //! without input ([`ActivityReport`]); the node keeps the latest report and carries it in its
 //! heartbeats, where the broker counts idle and disconnect times from it.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::session::{ActivityReport, SessionActivity};
+use atrium_protocol::session::{
+    ActivityReport, MAX_REPORTED_TRANSFERS, SessionActivity, TransferRecord,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -21,18 +24,51 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// Largest report read (the most sessions a report may list, of a few dozen bytes each).
 const MAX_REPORT_BYTES: usize = 16 << 20;
 
-const REPORT_FIELDS: &[FieldCheck] = &[("sessions", check::<Vec<SessionActivity>>)];
+const REPORT_FIELDS: &[FieldCheck] =
+    &[("sessions", check::<Vec<SessionActivity>>), ("transfers", check::<Vec<TransferRecord>>)];
+/// Most file transfers kept while the broker does not take them; the oldest go first.
+const MAX_KEPT_TRANSFERS: usize = 10_000;
 
-/// The display proxy's latest report.
+/// The display proxy's latest report, and the file transfers it reported that the broker has
+/// not taken yet.
 #[derive(Debug, Default)]
 pub struct Activity {
     latest: Mutex<Option<(Instant, Vec<SessionActivity>)>>,
+    transfers: Mutex<VecDeque<TransferRecord>>,
 }
 
 impl Activity {
-    /// Keeps `report` (checked) as the latest.
+    /// Keeps `report` (checked) as the latest, and its transfers until the broker takes them.
     pub fn put(&self, report: ActivityReport) {
         *self.latest.lock().expect("activity lock") = Some((Instant::now(), report.sessions));
+        let mut q = self.transfers.lock().expect("transfers lock");
+        for t in report.transfers {
+            if q.len() >= MAX_KEPT_TRANSFERS {
+                q.pop_front();
+                tracing::error!(
+                    "a file transfer's audit record was dropped: the broker takes none"
+                );
+            }
+            q.push_back(t);
+        }
+    }
+
+    /// Transfers for the next heartbeat (taken: give them back if it fails).
+    pub fn take_transfers(&self) -> Vec<TransferRecord> {
+        let mut q = self.transfers.lock().expect("transfers lock");
+        let n = q.len().min(MAX_REPORTED_TRANSFERS);
+        q.drain(..n).collect()
+    }
+
+    /// Puts back the transfers of a heartbeat the broker did not take, ahead of newer ones.
+    pub fn return_transfers(&self, back: Vec<TransferRecord>) {
+        let mut q = self.transfers.lock().expect("transfers lock");
+        for t in back.into_iter().rev() {
+            if q.len() >= MAX_KEPT_TRANSFERS {
+                break;
+            }
+            q.push_front(t);
+        }
     }
 
     /// What a heartbeat carries now: `None` before the proxy's first report (the broker then
@@ -81,8 +117,8 @@ mod tests {
     fn nothing_is_said_before_the_first_report_and_the_latest_replaces_it() {
         let a = Activity::default();
         assert_eq!(a.current(), None);
-        a.put(ActivityReport { sessions: vec![one("s1", 100), one("s2", 5)] });
-        a.put(ActivityReport { sessions: vec![one("s2", 7)] });
+        a.put(ActivityReport { sessions: vec![one("s1", 100), one("s2", 5)], transfers: vec![] });
+        a.put(ActivityReport { sessions: vec![one("s2", 7)], transfers: vec![] });
         let now = a.current().expect("a report");
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].sid, "s2");

@@ -12,6 +12,7 @@ import { Caps } from '../viewer/protocol.js';
 import { SoundPlayer } from '../viewer/audio.js';
 import { currentLayout } from '../layout.js';
 import { LimitWarnings } from './limits.js';
+import { UploadPanel } from './uploads.js';
 
 // A lost connection is tried again at once (another gateway takes it), then less and less often.
 const FIRST_RETRY_MS = 250;
@@ -113,9 +114,10 @@ export function showViewer(app, target) {
   const recorded = el('span', { class: 'viewer-recorded', id: 'recorded', role: 'note', hidden: true }, '● Recorded');
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
+  const uploads = new UploadPanel({ dropTarget: screen });
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, fullBtn, outBtn, recorded, stats);
-  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, screen);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, uploads.button, fullBtn, outBtn, recorded, stats);
+  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, uploads.panel, screen);
   render(root);
 
   let session = null;
@@ -357,6 +359,7 @@ export function showViewer(app, target) {
   function open(url) {
     setOverlay('Connecting…');
     session = new DisplaySession({ url, canvas });
+    uploads.attach(session);
     maxSize = null;
     asked = '';
     sizeLabel.hidden = true;
@@ -369,6 +372,7 @@ export function showViewer(app, target) {
       sendClip.disabled = !h.clipboardIn;
       pasteLocal.disabled = !h.clipboardIn;
       copyLocal.disabled = !h.clipboardOut;
+      uploads.allow(h.fileUpload);
       stopSound();
       if (h.audio && SoundPlayer.supported()) {
         player = new SoundPlayer();

@@ -9,6 +9,11 @@ export const AUDIO_FRAME = 960;
 const MAX_AUDIO_PACKET = 4000;
 const MAX_VIDEO_FRAME = 16 << 20;
 const MAX_CODE_LEN = 32;
+// Uploads: chunks of at most MAX_FILE_CHUNK, never more than FILE_WINDOW beyond the progress
+// the proxy told; names of at most MAX_FILE_NAME bytes.
+export const MAX_FILE_CHUNK = 256 * 1024;
+export const FILE_WINDOW = 4 * 1024 * 1024;
+export const MAX_FILE_NAME = 255;
 
 export const Caps = Object.freeze({
   VIEW_ONLY: 1,
@@ -42,6 +47,9 @@ class Reader {
   u8() { this.need(1); return this.view.getUint8(this.pos++); }
   u16() { this.need(2); const v = this.view.getUint16(this.pos, true); this.pos += 2; return v; }
   u32() { this.need(4); const v = this.view.getUint32(this.pos, true); this.pos += 4; return v; }
+  // A u64 as a Number (exact up to 2^53: files far beyond any upload).
+  u64() { this.need(8); const v = Number(this.view.getBigUint64(this.pos, true)); this.pos += 8; return v; }
+  text16() { return utf8.decode(this.take(this.u16())); }
   take(n) { this.need(n); const b = this.bytes.subarray(this.pos, this.pos + n); this.pos += n; return b; }
   rect() { return { x: this.u16(), y: this.u16(), w: this.u16(), h: this.u16() }; }
   bytes32() { return this.take(this.u32()); }
@@ -86,6 +94,14 @@ export function decodeServer(buf) {
       break;
     }
     case 0x31: m = { type: 'pong', id: r.u32() }; break;
+    case 0x32: m = { type: 'fileProgress', id: r.u32(), done: r.u64() }; break;
+    case 0x33: {
+      const id = r.u32();
+      const sha256 = Array.from(r.take(32), (b) => b.toString(16).padStart(2, '0')).join('');
+      m = { type: 'fileSaved', id, sha256, path: r.text16() };
+      break;
+    }
+    case 0x34: m = { type: 'fileRefused', id: r.u32(), message: r.text16() }; break;
     case 0x40: {
       const at = r.u32();
       const len = r.u16();
@@ -180,4 +196,40 @@ export function audioMessage(enabled) {
 // This viewer decodes VP8 (true): moving areas may come as video; false: stills only.
 export function videoMessage(enabled) {
   return new Uint8Array([0x89, enabled ? 1 : 0]).buffer;
+}
+
+// Starts upload `id` of `size` bytes named `name` (cut to MAX_FILE_NAME bytes).
+export function fileOpenMessage(id, size, name) {
+  let n = utf8enc.encode(name);
+  if (n.length > MAX_FILE_NAME) {
+    let end = MAX_FILE_NAME;
+    while (end > 0 && (n[end] & 0xc0) === 0x80) end--;
+    n = n.subarray(0, end);
+  }
+  const w = writer(15 + n.length);
+  w.view.setUint8(0, 0x8a);
+  w.view.setUint32(1, id >>> 0, true);
+  w.view.setBigUint64(5, BigInt(size), true);
+  w.view.setUint16(13, n.length, true);
+  w.bytes.set(n, 15);
+  return w.buf;
+}
+
+// The next bytes (a Uint8Array of at most MAX_FILE_CHUNK) of upload `id`.
+export function fileDataMessage(id, data) {
+  if (data.length > MAX_FILE_CHUNK) throw new RangeError('file chunk over the limit');
+  const w = writer(9 + data.length);
+  w.view.setUint8(0, 0x8b);
+  w.view.setUint32(1, id >>> 0, true);
+  w.view.setUint32(5, data.length, true);
+  w.bytes.set(data, 9);
+  return w.buf;
+}
+
+// Stops upload `id`.
+export function fileCancelMessage(id) {
+  const w = writer(5);
+  w.view.setUint8(0, 0x8c);
+  w.view.setUint32(1, id >>> 0, true);
+  return w.buf;
 }

@@ -9,8 +9,10 @@
 //   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs, videoFps, videoFrames }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
+//   s.on('upload', ({ id, name, size, done, state, message, path, sha256 }) => ...);
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
 //   s.setAudio(on);  s.stillHere();  s.disconnect();
+//   s.upload(file);  s.cancelUpload(id);   // when s.fileUpload (see viewer/uploads.js)
 //   s.lastInputAt   // performance.now() of the last key or pointer input sent (or of connect)
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
@@ -27,6 +29,7 @@ import * as P from './protocol.js';
 import { Renderer } from './renderer.js';
 import { Stats } from './stats.js';
 import { Transport } from './transport.js';
+import { Uploader } from './uploads.js';
 
 const PING_INTERVAL_MS = 2000;
 // Frame acknowledgements wait at most this long for an input event to travel with.
@@ -69,12 +72,15 @@ export class DisplaySession extends Emitter {
     this._lastPing = 0;
     this._statsTimer = null;
     this.video = null;
+    this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false));
+    this.uploader.on('change', (u) => this.emit('upload', u));
   }
 
   get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
   get clipboardIn() { return (this.caps & P.Caps.CLIPBOARD_PASTE_IN) !== 0; }
   get clipboardOut() { return (this.caps & P.Caps.CLIPBOARD_COPY_OUT) !== 0; }
   get audio() { return (this.caps & P.Caps.AUDIO) !== 0; }
+  get fileUpload() { return (this.caps & P.Caps.FILE_UPLOAD) !== 0 && !this.viewOnly; }
 
   connect() {
     if (this.transport) return;
@@ -115,6 +121,17 @@ export class DisplaySession extends Emitter {
     return this.transport.send(P.resizeMessage(width, height));
   }
 
+  // Uploads a File into the desktop (its ~/Transfer); returns the upload's id, or null when
+  // this viewer may not upload. Progress and the end come as 'upload' events.
+  upload(file) {
+    if (!this.connected || !this.fileUpload) return null;
+    return this.uploader.add(file);
+  }
+
+  cancelUpload(id) {
+    this.uploader.cancel(id);
+  }
+
   // Tells the desktop that the user is here, changing nothing in it: the pointer where it is,
   // sent again as input (a session's idle time counts from its last input). False when this
   // viewer sends no input.
@@ -146,6 +163,7 @@ export class DisplaySession extends Emitter {
     this._unacked = 0;
     if (this._statsTimer) clearInterval(this._statsTimer);
     this._statsTimer = null;
+    this.uploader.closed();
     if (was) {
       this.keyboard.detach();
       this.pointer.detach();
@@ -196,6 +214,10 @@ export class DisplaySession extends Emitter {
       case 'cursor': return this._cursor(m);
       case 'clipboard': return this.emit('clipboard', { text: m.text });
       case 'audio': return this.emit('audio', { at: m.at, packet: m.packet });
+      case 'fileProgress':
+      case 'fileSaved':
+      case 'fileRefused':
+        return this.uploader.message(m);
       case 'pong': {
         const sent = this._pings.get(m.id);
         if (sent !== undefined) {
@@ -229,7 +251,7 @@ export class DisplaySession extends Emitter {
     this.emit('connected', {
       width: m.width, height: m.height, name: m.name, caps: m.caps,
       viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
-      audio: this.audio,
+      audio: this.audio, fileUpload: this.fileUpload,
     });
   }
 
