@@ -36,6 +36,8 @@ pub struct DisplayOptions {
     pub allowed_origins: Vec<String>,
     /// Peers exempt from the per-address connection limit (the gateways).
     pub trusted_proxies: Vec<String>,
+    /// More of its configuration (TOML lines), such as `clamd_socket`.
+    pub extra: String,
 }
 
 impl DisplayService {
@@ -49,12 +51,13 @@ impl DisplayService {
             &config,
             format!(
                 "listen = \"127.0.0.1:{}\"\nbroker_url = {:?}\nnode_socket = {:?}\nplain_http_loopback = true\n\
-                 allowed_origins = [{}]\ntrusted_proxies = [{}]\nnode_id = \"node-1\"\n",
+                 allowed_origins = [{}]\ntrusted_proxies = [{}]\nnode_id = \"node-1\"\n{}",
                 o.port,
                 o.broker_url,
                 o.node_socket.display().to_string(),
                 list(&o.allowed_origins),
                 list(&o.trusted_proxies),
+                o.extra,
             ),
         )?;
         let child = Self::spawn(dir.path())?;
@@ -161,6 +164,15 @@ impl Stack {
         configure: impl FnOnce(&mut BrokerOptions),
         display_port: Option<u16>,
     ) -> anyhow::Result<Self> {
+        Self::start_full(configure, display_port, "").await
+    }
+
+    /// [`Stack::start_with`], with more of the display proxy's configuration (TOML lines).
+    pub async fn start_full(
+        configure: impl FnOnce(&mut BrokerOptions),
+        display_port: Option<u16>,
+        display_extra: &str,
+    ) -> anyhow::Result<Self> {
         let console = console_image()?;
         let desktop = desktop_image()?;
         let slapd = Slapd::start().context("starting the directory (slapd)")?;
@@ -188,6 +200,7 @@ impl Stack {
             node_socket: node.local_socket(),
             allowed_origins: vec![broker.url.clone(), format!("http://localhost:{}", broker.port)],
             trusted_proxies: Vec::new(),
+            extra: display_extra.to_owned(),
         })
         .await?;
         let me = Self { display, node, broker, slapd };
@@ -322,6 +335,7 @@ impl TierStack {
             // Viewers come through the gateways, which send no Origin, from this host.
             allowed_origins: Vec::new(),
             trusted_proxies: vec!["127.0.0.1".into()],
+            extra: String::new(),
         })
         .await?;
         let me = Self { display, node, tier, slapd };

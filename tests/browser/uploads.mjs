@@ -1,0 +1,108 @@
+// Uploads as a user makes them, in Chromium (tests/tests/e2e_uploads.rs starts the services,
+// with clamd, and checks the audit log). Alice connects to a console desktop of a pool whose
+// policy lets her upload: a file through the "Upload files" button and one dropped onto the
+// desktop land in ~/Transfer with the hash she sent; the EICAR test file is refused, saying what
+// the scanner found; a large upload is cancelled halfway. In the desktop, the folder holds the
+// two files and nothing else, with the content she sent.
+//
+//   node uploads.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "eicar": TEXT}'
+//
+// Protocol on stdout: {"shot": PATH, "phase": "console"} asks the Rust side whether the
+// console shows ("ok" or "more"); {"done": true, "report_sha256": HEX} at the end.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { check, launch, passwordSignIn, sleep, typeAsPerson, untilCanvasShows, viewerOpen } from './lib.mjs';
+
+const cfg = JSON.parse(process.argv[2]);
+const log = (msg) => console.error(`uploads: ${msg}`);
+const shot = (page, name) => page.screenshot({ path: join(cfg.artifacts, name) });
+
+const row = (page, name) => page.locator('.upload-row', { hasText: name });
+async function ended(page, name, text, timeout = 180000) {
+  const status = row(page, name).locator('.upload-status', { hasText: text });
+  await status.waitFor({ timeout });
+  return status.textContent();
+}
+
+// Runs a shell command in the console, its output copied through the console's clipboard
+// file, and waits until the viewer's "From the desktop" box holds something `want` accepts.
+async function inDesktop(page, command, want) {
+  await page.locator('#screen').focus();
+  await typeAsPerson(page, `${command} | tee clipboard.txt\n`);
+  for (let i = 0; i < 180; i++) {
+    const text = await page.locator('#clip-out').inputValue();
+    if (want(text)) return text;
+    await sleep(500);
+  }
+  throw new Error(`no output of "${command}" reached the viewer`);
+}
+
+async function main() {
+  const { page } = await launch(cfg, 'user');
+  await passwordSignIn(page, cfg.broker, 'alice', 'alice-pw');
+  await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await page.getByRole('button', { name: 'Connect to files' }).click();
+  await viewerOpen(page);
+  await untilCanvasShows(page, cfg.artifacts, 'console', 'uploads-console.png', 120);
+  const button = page.getByRole('button', { name: 'Upload files' });
+  await button.waitFor({ timeout: 10000 });
+
+  // The button: a file of several megabytes, with progress, saved with the hash sent.
+  const report = randomBytes((3 << 20) + 4321);
+  const reportSha = createHash('sha256').update(report).digest('hex');
+  const chooser = page.waitForEvent('filechooser');
+  await button.click();
+  await (await chooser).setFiles({ name: 'report.bin', mimeType: 'application/octet-stream', buffer: report });
+  const saved = await ended(page, 'report.bin', 'Saved as');
+  check(saved.includes('/home/user/Transfer/report.bin'), `report.bin: ${saved}`);
+  check((await row(page, 'report.bin').getAttribute('title')) === `SHA-256 ${reportSha}`, 'the saved file\'s hash is the one sent');
+  log(`report.bin: ${saved}`);
+
+  // Dropped onto the desktop.
+  const dropped = await page.evaluateHandle(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(['dropped by alice\n'], 'dropped.txt', { type: 'text/plain' }));
+    return dt;
+  });
+  await page.dispatchEvent('.viewer-screen', 'dragover', { dataTransfer: dropped });
+  check(await page.locator('.drop-hint').isVisible(), 'dragging files over the desktop says where they go');
+  await page.dispatchEvent('.viewer-screen', 'drop', { dataTransfer: dropped });
+  log(`dropped.txt: ${await ended(page, 'dropped.txt', 'Saved as /home/user/Transfer/dropped.txt')}`);
+
+  // The EICAR test file: refused, and the user is told what was found.
+  const eicarChooser = page.waitForEvent('filechooser');
+  await button.click();
+  await (await eicarChooser).setFiles({ name: 'eicar.com', mimeType: 'application/octet-stream', buffer: Buffer.from(cfg.eicar) });
+  const refused = await ended(page, 'eicar.com', 'Eicar-Test-Signature');
+  check(refused.includes('not put in your desktop'), `eicar.com: ${refused}`);
+  await shot(page, 'uploads-01-refused.png');
+  log(`eicar.com: ${refused}`);
+
+  // A large upload, cancelled once it is under way.
+  const bigChooser = page.waitForEvent('filechooser');
+  await button.click();
+  await (await bigChooser).setFiles({ name: 'big.iso', mimeType: 'application/octet-stream', buffer: randomBytes(20 << 20) });
+  const big = row(page, 'big.iso');
+  await big.waitFor({ timeout: 60000 });
+  const underWay = await page.waitForFunction(() => {
+    const r = [...document.querySelectorAll('.upload-row')].find((e) => e.textContent.includes('big.iso'));
+    return r && Number(r.querySelector('progress').value) > 0;
+  }, null, { timeout: 60000 }).then(() => true, () => false);
+  check(underWay, `big.iso never got under way: ${await big.textContent()}`);
+  await big.getByRole('button', { name: 'Cancel' }).click();
+  log(`big.iso: ${await ended(page, 'big.iso', 'Cancelled')}`);
+
+  // In the desktop: the two files, nothing else (no part of big.iso, no hidden file), and
+  // the dropped file's content.
+  const listing = await inDesktop(page, 'echo $(ls -A Transfer)', (t) => t.trim().length > 0);
+  check(listing.trim() === 'dropped.txt report.bin', `the transfer folder holds: ${listing}`);
+  await inDesktop(page, 'cat Transfer/dropped.txt', (t) => t === 'dropped by alice\n');
+  await shot(page, 'uploads-02-done.png');
+  console.log(JSON.stringify({ done: true, report_sha256: reportSha }));
+}
+
+main().then(() => process.exit(0), (e) => {
+  console.error(`uploads: ${e.stack || e}`);
+  process.exit(1);
+});
