@@ -163,7 +163,7 @@ async fn every_api_call_must_be_signed_by_the_broker_for_this_node_and_this_requ
 /// The local socket's router serves the display proxy's reads and clipboards, a screen's size
 /// and the sessions' activity, and nothing else that changes a VM.
 #[tokio::test]
-async fn the_local_api_serves_displays_clipboards_screen_sizes_and_activity_only() {
+async fn the_local_api_serves_displays_clipboards_screen_sizes_uploads_and_activity_only() {
     let f = fixture("local");
     let state = AppState::new(
         crate::vm::VmManager::new(
@@ -201,6 +201,19 @@ async fn the_local_api_serves_displays_clipboards_screen_sizes_and_activity_only
         call(&local, "PUT", "/api/v1/vms/vm-1/screen", None, r#"{"size":"800x600"}"#).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error(&body).error.contains("vm-1"), "{}", String::from_utf8_lossy(&body));
+    // Uploads: into a VM it does not know, with a name that is a path, with no size; a
+    // decision on an upload that is not waiting.
+    for (method, uri, want, says) in [
+        ("POST", "/api/v1/vms/vm-1/uploads?name=a.txt&size=1", StatusCode::NOT_FOUND, "vm-1"),
+        ("POST", "/api/v1/vms/vm-1/uploads?name=..%2Fx&size=1", StatusCode::BAD_REQUEST, "folder"),
+        ("POST", "/api/v1/vms/vm-1/uploads?name=a.txt", StatusCode::BAD_REQUEST, "size"),
+        ("POST", "/api/v1/vms/vm-1/uploads/7/commit", StatusCode::NOT_FOUND, "upload 7"),
+        ("DELETE", "/api/v1/vms/vm-1/uploads/7", StatusCode::NOT_FOUND, "upload 7"),
+    ] {
+        let (status, body) = call(&local, method, uri, None, "x").await;
+        assert_eq!(status, want, "{method} {uri}: {}", String::from_utf8_lossy(&body));
+        assert!(error(&body).error.contains(says), "{uri}: {}", String::from_utf8_lossy(&body));
+    }
     // The sessions' activity: a bad report is refused naming the field and changes nothing;
     // a good one is what the next heartbeat carries.
     for (body, field) in [
