@@ -99,6 +99,19 @@ const MAX_FILE_MB: &str = "max_file_mb";
 const MAX_FILE_MB_LIMIT: u64 = 1 << 20;
 /// The annotation on a permit of `file_upload` that turns scanning off (`@scan("off")`).
 const SCAN: &str = "scan";
+/// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that limits the
+/// clipboard text crossing, in bytes.
+const MAX_BYTES: &str = "max_bytes";
+/// Largest `@max_bytes`: the protocol's clipboard limit.
+const MAX_BYTES_LIMIT: u64 = atrium_protocol::agent::MAX_CLIPBOARD as u64;
+
+/// The smallest number annotated `key` on any of the permits (checked at load).
+fn smallest(permits: &[Vec<(String, String)>], key: &str) -> Option<u64> {
+    permits
+        .iter()
+        .filter_map(|a| a.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<u64>().ok()))
+        .min()
+}
 
 struct Loaded {
     schema: Schema,
@@ -187,16 +200,8 @@ impl Policies {
     /// (none: no limit but the desktop's disk), and `@scan("off")` only when every one says
     /// so (scanning is the default).
     fn upload_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
-        let mut max_mb: Option<u64> = None;
-        let mut scan = false;
-        for annotations in permits {
-            let get = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-            if let Some(mb) = get(MAX_FILE_MB).and_then(|v| v.parse::<u64>().ok()) {
-                max_mb = Some(max_mb.map_or(mb, |m| m.min(mb)));
-            }
-            scan |= get(SCAN).is_none_or(|v| v != "off");
-        }
-        (max_mb.map_or(0, |mb| mb << 20), scan)
+        let scan = permits.iter().any(|a| a.iter().all(|(k, v)| k != SCAN || v != "off"));
+        (smallest(permits, MAX_FILE_MB).map_or(0, |mb| mb << 20), scan)
     }
 
     /// The session capabilities policy grants `who` on a pool.
@@ -209,10 +214,19 @@ impl Policies {
         let uploads = self.permits(who, Action::FileUpload, pool, ctx);
         let (upload_max_bytes, scan_files) =
             uploads.as_deref().map_or((0, true), Self::upload_rules);
+        let copy_out = self.permits(who, Action::ClipboardCopyOut, pool, ctx);
+        let paste_in = self.permits(who, Action::ClipboardPasteIn, pool, ctx);
+        let bytes = |p: &Option<Vec<Vec<(String, String)>>>| {
+            p.as_deref()
+                .and_then(|p| smallest(p, MAX_BYTES))
+                .map_or(0, |b| u32::try_from(b).expect("checked at load: at most MAX_BYTES_LIMIT"))
+        };
         Capabilities {
             view_only: false,
-            clipboard_copy_out: self.is_allowed(who, Action::ClipboardCopyOut, pool, ctx),
-            clipboard_paste_in: self.is_allowed(who, Action::ClipboardPasteIn, pool, ctx),
+            clipboard_copy_out: copy_out.is_some(),
+            clipboard_paste_in: paste_in.is_some(),
+            clipboard_out_max_bytes: bytes(&copy_out),
+            clipboard_in_max_bytes: bytes(&paste_in),
             file_upload: uploads.is_some(),
             file_download: self.is_allowed(who, Action::FileDownload, pool, ctx),
             shadow: false,
@@ -396,6 +410,15 @@ fn load_dir(dir: &Path) -> Result<Loaded, PolicyError> {
                 p.id()
             )));
         }
+        if let Some(v) = p.annotation(MAX_BYTES)
+            && !v.parse::<u64>().is_ok_and(|b| (1..=MAX_BYTES_LIMIT).contains(&b))
+        {
+            return Err(bad(format!(
+                "policy {}: @{MAX_BYTES}({v:?}) is not a number of bytes from 1 to \
+                 {MAX_BYTES_LIMIT}",
+                p.id()
+            )));
+        }
         if let Some(v) = p.annotation(SCAN)
             && v != "on"
             && v != "off"
@@ -507,7 +530,12 @@ mod tests {
         assert_eq!(both.upload_max_bytes, 20 << 20);
         assert!(both.scan_files);
         assert!(!caps(&["others"]).file_upload);
-        for bad in ["@max_file_mb(\"0\")", "@max_file_mb(\"lots\")", "@scan(\"maybe\")"] {
+        for bad in [
+            "@max_file_mb(\"0\")",
+            "@max_file_mb(\"lots\")",
+            "@scan(\"maybe\")",
+            "@max_bytes(\"262145\")",
+        ] {
             let text = format!("{bad} permit(principal, action, resource);\n");
             std::fs::write(dir.join("up.cedar"), text).unwrap();
             let e = Policies::load(&dir, "+00:00").expect_err(bad).to_string();
@@ -517,6 +545,30 @@ mod tests {
                 "{e}"
             );
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn clipboard_limits_come_from_the_permits_that_allow_it() {
+        let text = "@id(\"short\") @max_bytes(\"1024\") permit(principal in \
+                    Atrium::Group::\"temps\", action == Atrium::Action::\"clipboard_copy_out\", resource);\n";
+        let dir = temp_with(&[
+            (
+                "default.cedar",
+                &std::fs::read_to_string(policies_dir().join("default.cedar")).unwrap(),
+            ),
+            ("clip.cedar", text),
+        ]);
+        let p = Policies::load(&dir, "+00:00").unwrap();
+        let c = ctx("127.0.0.1", THU_10);
+        let groups = vec!["atrium-users".to_owned()];
+        let user = p.capabilities(&Principal { username: "u", groups: &groups }, POOL, &c);
+        assert!(user.clipboard_copy_out && user.clipboard_paste_in);
+        assert_eq!((user.clipboard_out_max_bytes, user.clipboard_in_max_bytes), (0, 0));
+        let groups = vec!["atrium-users".to_owned(), "temps".to_owned()];
+        let temp = p.capabilities(&Principal { username: "t", groups: &groups }, POOL, &c);
+        assert_eq!(temp.clipboard_out_max_bytes, 1024, "the smaller limit of the two permits");
+        assert_eq!(temp.clipboard_in_max_bytes, 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

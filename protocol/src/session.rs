@@ -11,6 +11,9 @@ use crate::node::FieldError;
 pub const MAX_REPORTED_SESSIONS: usize = 100_000;
 /// Most file transfers one activity report (or heartbeat) may carry.
 pub const MAX_REPORTED_TRANSFERS: usize = 1000;
+/// What a transfer moved ([`TransferRecord::direction`]): a file into the desktop, clipboard text
+/// into it, clipboard text out of it.
+pub const TRANSFER_DIRECTIONS: &[&str] = &["upload", "clipboard_in", "clipboard_out"];
 /// How file transfers can end ([`TransferRecord::verdict`]).
 pub const TRANSFER_VERDICTS: &[&str] = &["saved", "infected", "refused", "failed", "cancelled"];
 
@@ -23,7 +26,7 @@ pub const TRANSFER_VERDICTS: &[&str] = &["saved", "infected", "refused", "failed
 pub struct TransferRecord {
     /// The broker's session id the viewer belonged to.
     pub sid: String,
-    /// `upload` (into the desktop).
+    /// One of [`TRANSFER_DIRECTIONS`].
     pub direction: String,
     /// The file's name (printable, at most 255 bytes).
     pub name: String,
@@ -92,8 +95,8 @@ pub fn validate_transfers(transfers: &[TransferRecord]) -> Result<(), FieldError
         if !valid_sid(&t.sid) {
             return Err(FieldError::new("transfers[].sid", "must be 1 to 128 of A-Z a-z 0-9 - _"));
         }
-        if t.direction != "upload" {
-            return Err(FieldError::new("transfers[].direction", "must be upload"));
+        if !TRANSFER_DIRECTIONS.contains(&t.direction.as_str()) {
+            return Err(FieldError::new("transfers[].direction", "is not a known direction"));
         }
         if t.name.is_empty() || !printable(&t.name, 255) {
             return Err(FieldError::new("transfers[].name", "must be 1 to 255 printable bytes"));

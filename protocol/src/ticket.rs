@@ -44,10 +44,24 @@ pub struct Capabilities {
     /// Uploads must pass the virus scanner before they reach the desktop (absent: they must).
     #[serde(default = "scan_unless_said")]
     pub scan_files: bool,
+    /// Longest clipboard text that may leave the desktop, in bytes; 0: the protocol's limit.
+    #[serde(default)]
+    pub clipboard_out_max_bytes: u32,
+    /// Longest clipboard text that may be pasted into the desktop, in bytes; 0: the protocol's.
+    #[serde(default)]
+    pub clipboard_in_max_bytes: u32,
 }
 
 fn scan_unless_said() -> bool {
     true
+}
+
+/// The clipboard text a limit of `max` bytes (0: none but the protocol's) lets through.
+pub fn clipboard_limit(max: u32) -> usize {
+    match usize::try_from(max) {
+        Ok(0) | Err(_) => crate::agent::MAX_CLIPBOARD,
+        Ok(m) => m.min(crate::agent::MAX_CLIPBOARD),
+    }
 }
 
 /// Nothing allowed; uploads, once allowed, scanned.
@@ -63,6 +77,8 @@ impl Default for Capabilities {
             audio: false,
             upload_max_bytes: 0,
             scan_files: true,
+            clipboard_out_max_bytes: 0,
+            clipboard_in_max_bytes: 0,
         }
     }
 }

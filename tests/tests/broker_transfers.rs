@@ -65,12 +65,17 @@ async fn uploads_are_audited_for_the_sessions_user_and_only_from_its_node() {
     let sid = ready_session(&alice, "general").await;
     let node_b = FakeNode::enrolled(&broker, "node-b", 8192).await.unwrap();
 
-    // node-b speaks of alice's session on node-a: ignored. node-a reports a saved file and a
-    // flagged one.
+    // node-b speaks of alice's session on node-a: ignored. node-a reports a saved file, a
+    // flagged one, and clipboard text copied out.
     node_b.with(|s| s.transfers = vec![record(&sid, "forged.txt", "saved")]);
+    let mut copied = record(&sid, "clipboard text", "saved");
+    copied.direction = "clipboard_out".into();
     node_a.with(|s| {
-        s.transfers =
-            vec![record(&sid, "report.pdf", "saved"), record(&sid, "notes.txt", "infected")];
+        s.transfers = vec![
+            record(&sid, "report.pdf", "saved"),
+            record(&sid, "notes.txt", "infected"),
+            copied,
+        ];
     });
     wait_for("two file.upload events", Duration::from_secs(20), || async {
         (uploads(&admin).await.len() >= 2).then_some(())
@@ -99,6 +104,14 @@ async fn uploads_are_audited_for_the_sessions_user_and_only_from_its_node() {
     assert_eq!(flagged["outcome"], "infected");
     assert!(flagged["details"].as_str().unwrap().contains("Eicar-Test-Signature"));
     assert!(!events.iter().any(|e| e["details"].as_str().unwrap().contains("forged.txt")));
+
+    // Clipboard text is audited by its size and hash, as what it is.
+    let copies =
+        admin.get_json("/api/v1/admin/audit?action=clipboard.copy_out", StatusCode::OK).await;
+    let copies = copies.as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0]["actor"], "alice");
+    assert!(copies[0]["details"].as_str().unwrap().contains(&"0f".repeat(32)));
 
     // A malformed report (a name that could forge a log line) is refused whole: nothing of it
     // is audited.

@@ -2,12 +2,15 @@
 //! files through the display proxy, which hashes them and has a real clamd scan them on their
 //! way; the node streams them to the real guest agent, which keeps them hidden until the
 //! verdict. A clean file lands in `~/Transfer`, the user's, with the hash it was sent with; the
-//! EICAR test file, a cancelled upload, and files policy refuses leave nothing behind.
+//! EICAR test file, a cancelled upload, and files policy refuses leave nothing behind. The
+//! clipboard's size limits are policy's too: text over them does not cross, either way, and the
+//! viewer is told.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_protocol::display::ClientMessage;
 use atrium_protocol::node::{VmInfo, VmState};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
@@ -136,6 +139,34 @@ async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Res
     let m = none.upload(1, "a.txt", b"a", None, WITHIN).await?.expect_err("not allowed");
     assert!(m.contains("not allowed"), "{m}");
     drop(none);
+
+    // Clipboard limits: a paste over the viewer's limit does not reach the desktop, nor does a
+    // copy over it reach the viewer; each is refused with its size and the limit.
+    let clip = Capabilities {
+        clipboard_copy_out: true,
+        clipboard_paste_in: true,
+        clipboard_out_max_bytes: 40,
+        clipboard_in_max_bytes: 16,
+        ..Default::default()
+    };
+    let mut c = DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, clip))).await?;
+    c.send(ClientMessage::Clipboard { text: "x".repeat(100) }).await?;
+    c.wait_until("the paste refused", Duration::from_secs(30), |v| !v.clipboard_refused.is_empty())
+        .await?;
+    assert_eq!(c.clipboard_refused[0], (false, 100, 16));
+    c.type_text(&format!("echo {} | tee clipboard.txt\n", "y".repeat(60))).await?;
+    c.wait_until("the copy refused", Duration::from_secs(90), |v| v.clipboard_refused.len() > 1)
+        .await?;
+    assert_eq!(c.clipboard_refused[1], (true, 61, 40));
+    assert_eq!(c.clipboard, None, "the refused text never reached the viewer");
+    // Within the limits, both ways.
+    c.send(ClientMessage::Clipboard { text: "short".into() }).await?;
+    c.clipboard = None;
+    // (Read before the pipeline starts: tee empties the file as it opens it.)
+    c.type_text("X=$(cat clipboard.txt); echo $X ok | tee clipboard.txt\n").await?;
+    c.wait_until("a short copy", Duration::from_secs(90), |v| v.clipboard.is_some()).await?;
+    assert_eq!(c.clipboard.as_deref(), Some("short ok\n"), "the short paste landed, the copy came");
+    drop(c);
 
     // A proxy whose policy wants scanning and that has no scanner refuses, saying so.
     let unscanned = DisplayProxy::start(&jwks.url(), &node.local_socket(), "").await?;

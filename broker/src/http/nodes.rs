@@ -209,8 +209,9 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
     Ok(())
 }
 
-/// Audits the file transfers a node's display proxy reported: each as `file.upload` by the
-/// session's user, on the session's desktop. A transfer in a session of another node (or of
+/// Audits the transfers a node's display proxy reported: each as `file.upload`,
+/// `clipboard.paste_in` or `clipboard.copy_out` by the session's user, on the session's desktop
+/// (clipboard text by its size and hash, never its content). A transfer in a session of another node (or of
 /// none) is not this node's to report: it is logged and dropped.
 async fn record_transfers(
     st: &AppState,
@@ -228,7 +229,11 @@ async fn record_transfers(
         service::audit(
             st,
             &s.username,
-            &format!("file.{}", t.direction),
+            match t.direction.as_str() {
+                "clipboard_in" => "clipboard.paste_in",
+                "clipboard_out" => "clipboard.copy_out",
+                _ => "file.upload",
+            },
             &s.desktop_id,
             outcome,
             addr,

@@ -33,9 +33,11 @@ pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
 const QUEUED_CHUNKS: usize = 20;
 const _: () = assert!(QUEUED_CHUNKS as u64 * MAX_FILE_CHUNK as u64 > FILE_WINDOW);
 
-/// How one upload ended, for the log and the audit.
+/// How one upload ended (or one clipboard text crossed), for the log and the audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// `upload`, `clipboard_in` or `clipboard_out`.
+    pub direction: &'static str,
     pub name: String,
     pub size: u64,
     pub sha256: Option<[u8; 32]>,
@@ -46,12 +48,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Clipboard text that crossed (`saved`) or was refused, in `direction`: its size and hash,
+    /// never its content.
+    pub fn clipboard(direction: &'static str, text: &str, refused: Option<String>) -> Self {
+        Self {
+            direction,
+            name: "clipboard text".into(),
+            size: text.len() as u64,
+            sha256: Some(Sha256::digest(text.as_bytes()).into()),
+            verdict: if refused.is_some() { "refused" } else { "saved" },
+            detail: refused,
+        }
+    }
+
     /// The audit record of this outcome, for session `sid`.
     pub fn record(self, sid: &str, sha256: Option<String>) -> TransferRecord {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         TransferRecord {
             sid: sid.to_owned(),
-            direction: "upload".into(),
+            direction: self.direction.into(),
             name: if self.name.is_empty() { "(no name)".into() } else { fit(&self.name, 255) },
             size: self.size,
             sha256,
@@ -154,6 +169,7 @@ impl Uploads {
             Ok(t) => t,
             Err(message) => {
                 let _ = self.outcomes.send(Outcome {
+                    direction: "upload",
                     name: atrium_protocol::text::printable(&name, 255),
                     size,
                     sha256: None,
@@ -245,6 +261,7 @@ impl Job {
         };
         let _ = self.say.send(reply).await;
         Outcome {
+            direction: "upload",
             name: atrium_protocol::text::printable(&name, 255),
             size,
             sha256: hash,

@@ -140,9 +140,9 @@ pub async fn serve(
     tokio::spawn(async move {
         while let Some(o) = outcomes_rx.recv().await {
             let sha256 = o.sha256.as_ref().map(|h| files::hex(h));
-            tracing::info!(parent: &log_span, file = %o.name, size = o.size,
-                sha256 = sha256.as_deref().unwrap_or(""), verdict = o.verdict,
-                detail = o.detail.as_deref().unwrap_or(""), "upload");
+            tracing::info!(parent: &log_span, direction = o.direction, name = %o.name,
+                size = o.size, sha256 = sha256.as_deref().unwrap_or(""), verdict = o.verdict,
+                detail = o.detail.as_deref().unwrap_or(""), "transfer");
             audit.note_transfer(o.record(&sid, sha256));
         }
     });
@@ -194,7 +194,7 @@ async fn serve_inner(
     let target = desktop
         .guest()
         .map(|g| files::UploadTarget { guest: g.clone(), scanner: ctx.scanner.clone() });
-    let uploads = files::Uploads::new(target, rights, say, outcomes);
+    let uploads = files::Uploads::new(target, rights, say, outcomes.clone());
     let receiver = tokio::spawn(receive(
         stream,
         tx,
@@ -207,11 +207,13 @@ async fn serve_inner(
             record_input,
             presence,
             uploads,
+            outcomes: outcomes.clone(),
         },
     ));
     let mut sender =
         Sender::new(sink, Arc::clone(&ctx), Arc::clone(&desktop), rights, inputs, ended, watermark);
     sender.recorder = recorder;
+    sender.outcomes = Some(outcomes);
     let why = sender.run(rx).await;
     receiver.abort();
     forwarder.abort();

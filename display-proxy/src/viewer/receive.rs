@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use atrium_protocol::display::{ClientMessage, DecodeError};
+use atrium_protocol::display::{ClientMessage, DecodeError, ServerMessage};
 use atrium_protocol::keymap;
-use atrium_protocol::ticket::Capabilities;
+use atrium_protocol::ticket::{Capabilities, clipboard_limit};
 use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{Ending, Event, InputLog, Presence, may_resize};
 use crate::desktop::Desktop;
+use crate::files::Outcome;
 use crate::metrics::Metrics;
 use crate::source::InputEvent;
 
@@ -70,6 +71,8 @@ pub(super) struct Receiving {
     pub presence: Arc<Presence>,
     /// The viewer's uploads.
     pub uploads: crate::files::Uploads,
+    /// Where what crossed the clipboard is noted (size and hash, for the audit).
+    pub outcomes: mpsc::UnboundedSender<crate::files::Outcome>,
 }
 
 pub(super) async fn receive(
@@ -77,8 +80,18 @@ pub(super) async fn receive(
     tx: mpsc::Sender<Event>,
     r: Receiving,
 ) {
-    let Receiving { desktop, rights, inputs, metrics, ending, record_input, presence, mut uploads } =
-        r;
+    let Receiving {
+        desktop,
+        rights,
+        inputs,
+        metrics,
+        ending,
+        record_input,
+        presence,
+        mut uploads,
+        outcomes,
+    } = r;
+    let paste_limit = clipboard_limit(rights.clipboard_in_max_bytes);
     let input = Input {
         desktop: &desktop,
         rights: &rights,
@@ -166,12 +179,23 @@ pub(super) async fn receive(
                 continue;
             }
             ClientMessage::Clipboard { text } => {
-                if rights.clipboard_paste_in && !rights.view_only {
-                    desktop.paste(text);
-                } else {
+                if !rights.clipboard_paste_in || rights.view_only {
                     tracing::debug!("clipboard paste refused: not allowed by the ticket");
+                    continue;
                 }
-                continue;
+                if text.len() > paste_limit {
+                    let why = format!("{} bytes, over the limit of {paste_limit}", text.len());
+                    let _ = outcomes.send(Outcome::clipboard("clipboard_in", &text, Some(why)));
+                    Event::Say(ServerMessage::ClipboardRefused {
+                        out: false,
+                        size: u32::try_from(text.len()).unwrap_or(u32::MAX),
+                        limit: u32::try_from(paste_limit).unwrap_or(u32::MAX),
+                    })
+                } else {
+                    let _ = outcomes.send(Outcome::clipboard("clipboard_in", &text, None));
+                    desktop.paste(text);
+                    continue;
+                }
             }
             ClientMessage::Resize { width, height } => {
                 if !may_resize(&rights) {

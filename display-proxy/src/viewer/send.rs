@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::{ServerMessage, VERSION, caps};
-use atrium_protocol::ticket::{Capabilities, Watermark};
+use atrium_protocol::ticket::{Capabilities, Watermark, clipboard_limit};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits, may_resize};
 use crate::desktop::Desktop;
+use crate::files::Outcome;
 use crate::framebuffer::intersect;
 use crate::metrics::Metrics;
 use crate::pipeline::encode::encode_plan;
@@ -52,6 +53,8 @@ pub(super) struct Sender {
     watermark: Option<Watermark>,
     /// Where this viewer's stream is recorded, when its ticket asks.
     pub(super) recorder: Option<Recorder>,
+    /// Where what crossed the clipboard is noted (size and hash, for the audit).
+    pub(super) outcomes: Option<mpsc::UnboundedSender<Outcome>>,
 }
 
 impl Sender {
@@ -78,6 +81,7 @@ impl Sender {
             bandwidth: None,
             video: None,
             recorder: None,
+            outcomes: None,
         }
     }
 
@@ -324,7 +328,22 @@ impl Sender {
                 }
                 r = clip.recv(), if self.rights.clipboard_copy_out => match r {
                     Ok(text) => {
-                        let m = ServerMessage::Clipboard { text }.encode();
+                        let limit = clipboard_limit(self.rights.clipboard_out_max_bytes);
+                        let refused = (text.len() > limit)
+                            .then(|| format!("{} bytes, over the limit of {limit}", text.len()));
+                        if let Some(o) = &self.outcomes {
+                            let _ = o.send(Outcome::clipboard("clipboard_out", &text, refused.clone()));
+                        }
+                        let m = if refused.is_some() {
+                            ServerMessage::ClipboardRefused {
+                                out: true,
+                                size: u32::try_from(text.len()).unwrap_or(u32::MAX),
+                                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                            }
+                        } else {
+                            ServerMessage::Clipboard { text }
+                        }
+                        .encode();
                         if self.send(Bytes::from(m)).await.is_err() || self.flush().await.is_err() {
                             return "send failed".into();
                         }

@@ -49,6 +49,9 @@ pub enum ServerMessage {
     /// Upload `id` was refused or failed, and nothing of it stays in the desktop: `message`
     /// says why, for the user. `0x34`
     FileRefused { id: u32, message: String },
+    /// Clipboard text of `size` bytes did not cross because policy allows at most `limit`:
+    /// copied in the desktop (`out` true) or pasted from the browser (`out` false). `0x35`
+    ClipboardRefused { out: bool, size: u32, limit: u32 },
     /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
     /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
     /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
@@ -138,6 +141,12 @@ impl ServerMessage {
                 out.extend_from_slice(&id.to_le_bytes());
                 put_text16(out, message, MAX_FILE_MESSAGE);
             }
+            Self::ClipboardRefused { out: o, size, limit } => {
+                out.push(0x35);
+                out.push(u8::from(*o));
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&limit.to_le_bytes());
+            }
             Self::Audio { at, packet } => {
                 out.push(0x40);
                 out.extend_from_slice(&at.to_le_bytes());
@@ -208,6 +217,11 @@ impl ServerMessage {
                 Self::FileSaved { id, sha256, path: r.text16(MAX_FILE_PATH)? }
             }
             0x34 => Self::FileRefused { id: r.u32()?, message: r.text16(MAX_FILE_MESSAGE)? },
+            0x35 => Self::ClipboardRefused {
+                out: r.flag("clipboard direction")?,
+                size: r.u32()?,
+                limit: r.u32()?,
+            },
             0x40 => {
                 let at = r.u32()?;
                 let len = usize::from(r.u16()?);

@@ -40,6 +40,8 @@ pub struct DisplayViewer {
     pub clipboard: Option<String>,
     /// What the proxy said of each upload: the bytes taken so far, and how it ended.
     pub uploads: HashMap<u32, Upload>,
+    /// Clipboard texts refused for their size: (out of the desktop, size, limit).
+    pub clipboard_refused: Vec<(bool, u32, u32)>,
 }
 
 /// One upload as the viewer heard of it.
@@ -79,6 +81,7 @@ impl DisplayViewer {
             kept: None,
             clipboard: None,
             uploads: HashMap::new(),
+            clipboard_refused: Vec::new(),
         })
     }
 
@@ -99,6 +102,7 @@ impl DisplayViewer {
             kept: None,
             clipboard: None,
             uploads: HashMap::new(),
+            clipboard_refused: Vec::new(),
         }
     }
 
@@ -135,6 +139,9 @@ impl DisplayViewer {
             }
             ServerMessage::FileSaved { id, sha256, path } => {
                 self.uploads.entry(id).or_default().end = Some(Ok((path, sha256)));
+            }
+            ServerMessage::ClipboardRefused { out, size, limit } => {
+                self.clipboard_refused.push((out, size, limit));
             }
             ServerMessage::FileRefused { id, message } => {
                 self.uploads.entry(id).or_default().end = Some(Err(message));

@@ -410,6 +410,13 @@ export function showViewer(app, target) {
         clipStatus.textContent = 'The desktop copied text: Copy to my clipboard takes it to this computer.';
       }
     });
+    session.on('clipboardRefused', ({ out, size, limit }) => {
+      const kib = (n) => `${Math.ceil(n / 1024)} KiB`;
+      const what = out ? 'The text copied in the desktop' : 'The text you pasted';
+      const msg = `${what} (${kib(size)}) is over this desktop's clipboard limit of ${kib(limit)}: it was not ${out ? 'sent to you' : 'pasted'}.`;
+      clipStatus.textContent = msg;
+      announce(msg, true);
+    });
     session.on('stats', (s) => {
       const parts = [];
       if (s.latencyMs != null) parts.push(`${Math.round(s.latencyMs)} ms`);

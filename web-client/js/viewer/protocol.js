@@ -102,6 +102,12 @@ export function decodeServer(buf) {
       break;
     }
     case 0x34: m = { type: 'fileRefused', id: r.u32(), message: r.text16() }; break;
+    case 0x35: {
+      const out = r.u8();
+      if (out > 1) throw new ProtocolError('bad clipboard direction');
+      m = { type: 'clipboardRefused', out: out === 1, size: r.u32(), limit: r.u32() };
+      break;
+    }
     case 0x40: {
       const at = r.u32();
       const len = r.u16();

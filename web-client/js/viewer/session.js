@@ -6,6 +6,7 @@
 //   s.on('resize', ({ width, height }) => ...);
 //   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
 //   s.on('clipboard', ({ text }) => ...);
+//   s.on('clipboardRefused', ({ out, size, limit }) => ...);   // over the policy's limit
 //   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs, videoFps, videoFrames }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
@@ -213,6 +214,7 @@ export class DisplaySession extends Emitter {
       case 'frameEnd': return this._frameEnd(m, buf.byteLength);
       case 'cursor': return this._cursor(m);
       case 'clipboard': return this.emit('clipboard', { text: m.text });
+      case 'clipboardRefused': return this.emit('clipboardRefused', { out: m.out, size: m.size, limit: m.limit });
       case 'audio': return this.emit('audio', { at: m.at, packet: m.packet });
       case 'fileProgress':
       case 'fileSaved':

@@ -90,3 +90,9 @@ test('upload answers decode', () => {
   assert.equal(m.sha256, 'ab'.repeat(32));
   assert.throws(() => decodeServer(new Uint8Array([0x34, 1, 0, 0, 0, 9, 0, 65]).buffer), /truncated/);
 });
+
+test('a clipboard refusal decodes', () => {
+  const b = new Uint8Array([0x35, 1, 0x88, 0x13, 0, 0, 0, 4, 0, 0]);
+  assert.deepEqual(decodeServer(b.buffer), { type: 'clipboardRefused', out: true, size: 5000, limit: 1024 });
+  assert.throws(() => decodeServer(new Uint8Array([0x35, 2, 0, 0, 0, 0, 0, 0, 0, 0]).buffer), /direction/);
+});
