@@ -3,6 +3,9 @@
 //! carried in its heartbeats), and why the broker ended one (told to the proxy, said to the
 //! viewer). docs/pools.md describes the time limits built on them.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use crate::node::FieldError;
@@ -68,6 +71,50 @@ pub struct ActivityReport {
     /// Files that crossed since the last report (each is reported once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transfers: Vec<TransferRecord>,
+}
+
+/// Transfers on their way to the broker's audit log (at the display proxy, at the node): taken
+/// a batch at a time for a report or heartbeat, and given back, ahead of newer ones, when it
+/// fails. Bounded: beyond `max` the oldest are dropped (the caller says so in its log).
+#[derive(Debug)]
+pub struct TransferQueue {
+    q: Mutex<VecDeque<TransferRecord>>,
+    max: usize,
+}
+
+impl TransferQueue {
+    pub fn new(max: usize) -> Self {
+        Self { q: Mutex::default(), max }
+    }
+
+    /// Adds `t`; true when the oldest had to be dropped for it.
+    pub fn push(&self, t: TransferRecord) -> bool {
+        let mut q = self.q.lock().expect("transfer queue lock");
+        let full = q.len() >= self.max;
+        if full {
+            q.pop_front();
+        }
+        q.push_back(t);
+        full
+    }
+
+    /// The oldest [`MAX_REPORTED_TRANSFERS`] at most, taken.
+    pub fn take(&self) -> Vec<TransferRecord> {
+        let mut q = self.q.lock().expect("transfer queue lock");
+        let n = q.len().min(MAX_REPORTED_TRANSFERS);
+        q.drain(..n).collect()
+    }
+
+    /// Puts back what [`TransferQueue::take`] gave, when it could not be delivered.
+    pub fn give_back(&self, back: Vec<TransferRecord>) {
+        let mut q = self.q.lock().expect("transfer queue lock");
+        for t in back.into_iter().rev() {
+            if q.len() >= self.max {
+                break;
+            }
+            q.push_front(t);
+        }
+    }
 }
 
 impl ActivityReport {
@@ -243,6 +290,31 @@ mod tests {
         assert_eq!(bad(|t| t.detail = Some("x".repeat(1025))), "transfers[].detail");
         let many = vec![good; MAX_REPORTED_TRANSFERS + 1];
         assert_eq!(validate_transfers(&many).unwrap_err().field, "transfers");
+    }
+
+    #[test]
+    fn a_transfer_queue_is_bounded_and_keeps_order_across_a_failure() {
+        let t = |n: u64| TransferRecord {
+            sid: "s".into(),
+            direction: "upload".into(),
+            name: format!("f{n}"),
+            size: n,
+            sha256: None,
+            verdict: "saved".into(),
+            detail: None,
+            at_ms: n,
+        };
+        let sizes = |v: &[TransferRecord]| v.iter().map(|r| r.size).collect::<Vec<_>>();
+        let q = TransferQueue::new(3);
+        let dropped: Vec<bool> = (0..4).map(|n| q.push(t(n))).collect();
+        assert_eq!(dropped, [false, false, false, true]);
+        let first = q.take();
+        assert_eq!(sizes(&first), [1, 2, 3], "the oldest went");
+        assert!(q.take().is_empty());
+        // Not delivered: back in front of what came since, in order, within the bound.
+        q.push(t(4));
+        q.give_back(first);
+        assert_eq!(sizes(&q.take()), [2, 3, 4]);
     }
 
     #[test]

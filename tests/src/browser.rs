@@ -83,3 +83,46 @@ impl Driver {
         Ok(())
     }
 }
+
+/// Whether the screenshot at `path` shows a console desktop's text (its grey).
+pub fn console_shows(path: &str) -> anyhow::Result<bool> {
+    let s = crate::screen::Screen::from_png(&std::fs::read(path)?)?;
+    Ok(s.count([0xaa, 0xaa, 0xaa]) > 500)
+}
+
+/// Runs `tests/browser/<script>` whose only question is whether the console desktop shows
+/// (`{"shot": PATH, "phase": "console"}`), within `within`; returns its last `{"done": true,
+/// ...}` message. A failure carries `logs()` (the services' logs).
+pub async fn run_console_driver(
+    script: &str,
+    cfg: &Value,
+    within: std::time::Duration,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<Value> {
+    let mut driver = Driver::start(script, cfg)?;
+    let mut done = Value::Null;
+    let run = async {
+        while let Some(msg) = driver.next().await? {
+            if msg["done"] == true {
+                done = msg;
+                continue;
+            }
+            let answer = match msg["phase"].as_str() {
+                Some("console") => {
+                    let shown = console_shows(msg["shot"].as_str().context("shot")?)?;
+                    if shown { "ok" } else { "more" }
+                }
+                other => bail!("unknown phase {other:?}"),
+            };
+            driver.answer(answer).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(within, run)
+        .await
+        .with_context(|| format!("{script} took over {within:?}"))??;
+    if let Err(e) = driver.finish().await {
+        bail!("{e}\n{}", logs());
+    }
+    Ok(done)
+}

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atrium_tests::broker::ApiClient;
-use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
-use atrium_tests::screen::Screen;
+use atrium_tests::browser::{CHROMIUM, artifacts, run_console_driver};
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip, wait_for};
 use reqwest::StatusCode;
@@ -53,32 +52,8 @@ async fn idle_disconnect_and_end_warnings_as_a_user_meets_them() -> anyhow::Resu
     let cfg = json!({
         "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(), "tmp": tmp.path(),
     });
-    let mut driver = Driver::start("limits.mjs", &cfg)?;
-    let mut times = Value::Null;
-    let run = async {
-        while let Some(msg) = driver.next().await? {
-            if msg["done"] == true {
-                times = msg;
-                continue;
-            }
-            let answer = match msg["phase"].as_str() {
-                Some("console") => {
-                    let path = msg["shot"].as_str().context("shot")?;
-                    let s = Screen::from_png(&std::fs::read(path)?)?;
-                    if s.count([0xaa, 0xaa, 0xaa]) > 500 { "ok" } else { "more" }
-                }
-                other => anyhow::bail!("unknown phase {other:?}"),
-            };
-            driver.answer(answer).await?;
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .context("the browser test took over 10 minutes")??;
-    if let Err(e) = driver.finish().await {
-        anyhow::bail!("{e}\n{}", stack.logs());
-    }
+    let times =
+        run_console_driver("limits.mjs", &cfg, Duration::from_secs(600), || stack.logs()).await?;
     let at = |k: &str| times[k].as_i64().with_context(|| format!("{k} in {times}"));
     let (still_here, closed) = (at("still_here_at")?, at("closed_at")?);
 

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atrium_tests::broker::{ApiClient, policies_with};
-use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
+use atrium_tests::browser::{CHROMIUM, artifacts, run_console_driver};
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
-use atrium_tests::screen::Screen;
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip, wait_for};
 use reqwest::StatusCode;
@@ -75,32 +74,8 @@ async fn a_user_uploads_by_button_and_drop_and_the_audit_log_shows_what_crossed(
         "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(), "tmp": tmp.path(),
         "eicar": String::from_utf8(eicar())?,
     });
-    let mut driver = Driver::start("uploads.mjs", &cfg)?;
-    let mut done = Value::Null;
-    let run = async {
-        while let Some(msg) = driver.next().await? {
-            if msg["done"] == true {
-                done = msg;
-                continue;
-            }
-            let answer = match msg["phase"].as_str() {
-                Some("console") => {
-                    let path = msg["shot"].as_str().context("shot")?;
-                    let s = Screen::from_png(&std::fs::read(path)?)?;
-                    if s.count([0xaa, 0xaa, 0xaa]) > 500 { "ok" } else { "more" }
-                }
-                other => anyhow::bail!("unknown phase {other:?}"),
-            };
-            driver.answer(answer).await?;
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .context("the browser test took over 10 minutes")??;
-    if let Err(e) = driver.finish().await {
-        anyhow::bail!("{e}\n{}\nclamd log:\n{}", stack.logs(), clamd.log());
-    }
+    let logs = || format!("{}\nclamd log:\n{}", stack.logs(), clamd.log());
+    let done = run_console_driver("uploads.mjs", &cfg, Duration::from_secs(600), logs).await?;
     let sha = done["report_sha256"].as_str().context("report_sha256")?.to_owned();
 
     // Everything that crossed, or tried to, is in the audit log as alice's: within a few

@@ -2,13 +2,13 @@
 //! them: the broker says a session ended (sign-out, revocation, an administrator, idle or
 //! maximum time), and its viewers are closed with the reason.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::session::{
-    ActivityReport, EndReason, MAX_REPORTED_TRANSFERS, SessionActivity, TransferRecord,
+    ActivityReport, EndReason, SessionActivity, TransferQueue, TransferRecord,
 };
 use atrium_protocol::ticket::MAX_TICKET_TTL_SECS;
 use tokio::sync::Notify;
@@ -86,7 +86,7 @@ pub struct Sessions {
     /// What input times count from.
     epoch: Instant,
     /// Files that crossed, not yet taken by the node (for the broker's audit log).
-    transfers: Mutex<VecDeque<TransferRecord>>,
+    transfers: TransferQueue,
 }
 
 /// Most transfers kept for the node while it does not take them; older ones are dropped (and
@@ -100,7 +100,7 @@ impl Default for Sessions {
             next: AtomicU64::new(0),
             ended: Mutex::default(),
             epoch: Instant::now(),
-            transfers: Mutex::default(),
+            transfers: TransferQueue::new(MAX_KEPT_TRANSFERS),
         }
     }
 }
@@ -164,25 +164,14 @@ impl Sessions {
 
     /// Keeps a file transfer for the next report.
     pub fn note_transfer(&self, t: TransferRecord) {
-        let mut q = self.transfers.lock().expect("transfers lock");
-        if q.len() >= MAX_KEPT_TRANSFERS {
-            q.pop_front();
-            tracing::error!(
-                "a file transfer's audit record was dropped: the node agent takes none"
-            );
+        if self.transfers.push(t) {
+            tracing::error!("a transfer's audit record was dropped: the node agent takes none");
         }
-        q.push_back(t);
     }
 
     /// Puts back the transfers of a report the node did not take, ahead of newer ones.
     pub fn return_transfers(&self, back: Vec<TransferRecord>) {
-        let mut q = self.transfers.lock().expect("transfers lock");
-        for t in back.into_iter().rev() {
-            if q.len() >= MAX_KEPT_TRANSFERS {
-                break;
-            }
-            q.push_front(t);
-        }
+        self.transfers.give_back(back);
     }
 
     /// The sessions with at least one of their user's viewers here, and how long each has
@@ -206,9 +195,7 @@ impl Sessions {
             })
             .collect();
         drop(map);
-        let mut q = self.transfers.lock().expect("transfers lock");
-        let n = q.len().min(MAX_REPORTED_TRANSFERS);
-        ActivityReport { sessions, transfers: q.drain(..n).collect() }
+        ActivityReport { sessions, transfers: self.transfers.take() }
     }
 }
 

@@ -3,13 +3,10 @@
 //! without input ([`ActivityReport`]); the node keeps the latest report and carries it in its
 //! heartbeats, where the broker counts idle and disconnect times from it.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::session::{
-    ActivityReport, MAX_REPORTED_TRANSFERS, SessionActivity, TransferRecord,
-};
+use atrium_protocol::session::{ActivityReport, SessionActivity, TransferQueue, TransferRecord};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -31,44 +28,37 @@ const MAX_KEPT_TRANSFERS: usize = 10_000;
 
 /// The display proxy's latest report, and the file transfers it reported that the broker has
 /// not taken yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
     latest: Mutex<Option<(Instant, Vec<SessionActivity>)>>,
-    transfers: Mutex<VecDeque<TransferRecord>>,
+    transfers: TransferQueue,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self { latest: Mutex::default(), transfers: TransferQueue::new(MAX_KEPT_TRANSFERS) }
+    }
 }
 
 impl Activity {
     /// Keeps `report` (checked) as the latest, and its transfers until the broker takes them.
     pub fn put(&self, report: ActivityReport) {
         *self.latest.lock().expect("activity lock") = Some((Instant::now(), report.sessions));
-        let mut q = self.transfers.lock().expect("transfers lock");
         for t in report.transfers {
-            if q.len() >= MAX_KEPT_TRANSFERS {
-                q.pop_front();
-                tracing::error!(
-                    "a file transfer's audit record was dropped: the broker takes none"
-                );
+            if self.transfers.push(t) {
+                tracing::error!("a transfer's audit record was dropped: the broker takes none");
             }
-            q.push_back(t);
         }
     }
 
     /// Transfers for the next heartbeat (taken: give them back if it fails).
     pub fn take_transfers(&self) -> Vec<TransferRecord> {
-        let mut q = self.transfers.lock().expect("transfers lock");
-        let n = q.len().min(MAX_REPORTED_TRANSFERS);
-        q.drain(..n).collect()
+        self.transfers.take()
     }
 
     /// Puts back the transfers of a heartbeat the broker did not take, ahead of newer ones.
     pub fn return_transfers(&self, back: Vec<TransferRecord>) {
-        let mut q = self.transfers.lock().expect("transfers lock");
-        for t in back.into_iter().rev() {
-            if q.len() >= MAX_KEPT_TRANSFERS {
-                break;
-            }
-            q.push_front(t);
-        }
+        self.transfers.give_back(back);
     }
 
     /// What a heartbeat carries now: `None` before the proxy's first report (the broker then
