@@ -7,6 +7,19 @@ pub fn printable(s: &str, max: usize) -> String {
     s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).take(max).collect()
 }
 
+/// `s` as a URL query value: all but RFC 3986's unreserved characters percent-encoded.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -18,5 +31,7 @@ mod tests {
         assert!(!p.chars().any(char::is_control), "{p:?}");
         assert!(p.starts_with("ok\u{fffd}2026"));
         assert_eq!(printable(&"é".repeat(10), 3), "ééé");
+        assert_eq!(query_escape("a b/ü&=~"), "a%20b%2F%C3%BC%26%3D~");
+        assert_eq!(query_escape("eyJ.ab-_c"), "eyJ.ab-_c", "a JWT passes unchanged");
     }
 }

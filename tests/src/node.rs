@@ -303,6 +303,27 @@ impl NodeProcess {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// Creates a VM of `spec` and waits up to `within` for it to be ready; returns its id. An
+    /// error says why not, with the node's log.
+    pub async fn ready_vm(
+        &self,
+        spec: &serde_json::Value,
+        within: Duration,
+    ) -> anyhow::Result<String> {
+        let (status, body) = self.call("POST", "/api/v1/vms", Some(spec)).await?;
+        ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+        let id = serde_json::from_slice::<VmInfo>(&body)?.id;
+        let ready = self.wait_settled(&id, within).await?;
+        ensure!(
+            ready.state == VmState::Ready,
+            "VM is {:?}: {:?}\n{}",
+            ready.state,
+            ready.error,
+            self.log()
+        );
+        Ok(id)
+    }
+
     /// Waits until the VM leaves `starting`; returns its info.
     pub async fn wait_settled(&self, id: &str, timeout: Duration) -> anyhow::Result<VmInfo> {
         crate::util::wait_for(&format!("VM {id} to leave starting"), timeout, || async {

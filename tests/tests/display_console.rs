@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::display::{ClientMessage, caps};
-use atrium_protocol::node::{DisplayEndpoint, DisplaySize, VmInfo, VmState};
+use atrium_protocol::node::{DisplayEndpoint, DisplaySize};
 use atrium_protocol::ticket::{Capabilities, Watermark};
 use atrium_tests::display::{
     BareQemu, DisplayOnlyNode, DisplayProxy, DisplayViewer, count_color, keep_artifact,
@@ -147,17 +147,7 @@ async fn a_viewer_types_a_command_into_the_console_and_sees_its_output() -> anyh
     let image = console_image()?;
     let node = NodeProcess::start(&image, "").await?;
     let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
-    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
-    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
-    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
-    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
-    ensure!(
-        ready.state == VmState::Ready,
-        "VM is {:?}: {:?}\n{}",
-        ready.state,
-        ready.error,
-        node.log()
-    );
+    let id = node.ready_vm(&spec, Duration::from_secs(240)).await?;
 
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
@@ -231,11 +221,7 @@ async fn the_display_proxy_runs_without_root_through_the_nodes_group() -> anyhow
     let image = console_image()?;
     let node = NodeProcess::start(&image, &format!("local_socket_group = \"{PROXY_ID}\"")).await?;
     let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
-    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
-    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
-    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
-    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
-    ensure!(ready.state == VmState::Ready, "VM is {:?}: {:?}", ready.state, ready.error);
+    let id = node.ready_vm(&spec, Duration::from_secs(240)).await?;
 
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;

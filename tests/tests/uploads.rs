@@ -8,10 +8,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::display::ClientMessage;
-use atrium_protocol::node::{VmInfo, VmState};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
 use atrium_tests::display::{DisplayProxy, DisplayViewer, count_color};
@@ -64,11 +63,7 @@ async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Res
     let image = console_image()?;
     let node = NodeProcess::start(&image, "").await?;
     let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
-    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
-    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
-    let id = serde_json::from_slice::<VmInfo>(&body)?.id;
-    let ready = node.wait_settled(&id, Duration::from_secs(240)).await?;
-    ensure!(ready.state == VmState::Ready, "VM is {:?}: {:?}", ready.state, ready.error);
+    let id = node.ready_vm(&spec, Duration::from_secs(240)).await?;
 
     let issuer = TicketIssuer::generate("k1");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;

@@ -36,19 +36,6 @@ impl NodeError {
     }
 }
 
-/// `s` for a URL's query: everything but unreserved ASCII percent-encoded.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A client of the node agent beside this proxy.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
@@ -184,7 +171,11 @@ impl NodeClient {
         size: u64,
         body: reqwest::Body,
     ) -> Result<UploadStaged, NodeError> {
-        let url = format!("{}?name={}&size={size}", self.url(vm, "/uploads")?, query_escape(name));
+        let url = format!(
+            "{}?name={}&size={size}",
+            self.url(vm, "/uploads")?,
+            atrium_protocol::text::query_escape(name)
+        );
         let resp = self
             .http
             .post(url)
