@@ -208,8 +208,9 @@ impl AgentLink {
         let id = vm_id.to_owned();
         let files = FileRoutes::default();
         let routes = Arc::clone(&files);
+        let out = tx.clone();
         let reader = tokio::spawn(async move {
-            read_loop(r, &senders, &routes, &id).await;
+            read_loop(r, &senders, &routes, &out, &id).await;
             // Nobody waits for an answer that cannot come.
             routes.lock().expect("file routes lock").clear();
             let _ = senders.connected.send(false);
@@ -331,6 +332,7 @@ async fn read_loop(
     mut r: tokio::net::unix::OwnedReadHalf,
     s: &Senders,
     files: &FileRoutes,
+    out: &mpsc::Sender<Outgoing>,
     vm: &str,
 ) {
     let mut lines = LineReader::new();
@@ -374,6 +376,16 @@ async fn read_loop(
                 continue;
             }
             match serde_json::from_slice::<AgentMessage>(&line) {
+                Ok(AgentMessage::Hello { version, agent, nonce }) => {
+                    // The agent reads nothing until it is answered (after what is queued).
+                    if let Some(nonce) = nonce {
+                        let out = out.clone();
+                        tokio::spawn(async move {
+                            let _ = out.send(Outgoing::Message(HostMessage::Sync { nonce })).await;
+                        });
+                    }
+                    handle(AgentMessage::Hello { version, agent, nonce }, s, files, vm, &mut guard);
+                }
                 Ok(msg) => handle(msg, s, files, vm, &mut guard),
                 Err(e) => guard.warn(
                     vm,
@@ -421,7 +433,7 @@ fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &
                 guard,
             );
         }
-        AgentMessage::Hello { version, agent } => {
+        AgentMessage::Hello { version, agent, .. } => {
             if guard.log.allow(Instant::now()).is_some() {
                 tracing::info!(vm, version, agent = %shown(&agent), "guest agent says hello");
             }

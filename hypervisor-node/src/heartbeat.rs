@@ -40,13 +40,16 @@ pub fn heartbeat(node: &VmManager, activity: &Activity) -> NodeHeartbeat {
 enum Failure {
     /// The broker does not know this node's key (never enrolled, or revoked).
     NotEnrolled(String),
+    /// The broker refused the request itself (a 4xx other than 401): the same one would be
+    /// refused again.
+    Refused(String),
     Other(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotEnrolled(m) | Self::Other(m) => f.write_str(m),
+            Self::NotEnrolled(m) | Self::Refused(m) | Self::Other(m) => f.write_str(m),
         }
     }
 }
@@ -79,8 +82,15 @@ async fn send_once(
     let hb = heartbeat(node, activity);
     let transfers = hb.transfers.clone();
     let result = send_heartbeat(b, key, node, &hb).await;
-    if result.is_err() {
-        activity.return_transfers(transfers);
+    match &result {
+        // The broker refused this heartbeat (a 4xx other than an unknown node): sent again,
+        // the same transfers would be refused for ever, and the node taken for lost.
+        Err(Failure::Refused(why)) if !transfers.is_empty() => {
+            tracing::error!(dropped = transfers.len(), %why,
+                "the broker refused a heartbeat with transfers' audit records; they are dropped");
+        }
+        Err(_) => activity.return_transfers(transfers),
+        Ok(_) => {}
     }
     result
 }
@@ -112,6 +122,9 @@ async fn send_heartbeat(
     let status = resp.status();
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(Failure::NotEnrolled(refusal(resp).await));
+    }
+    if status.is_client_error() {
+        return Err(Failure::Refused(refusal(resp).await));
     }
     if !status.is_success() {
         return Err(Failure::Other(refusal(resp).await));
@@ -214,7 +227,7 @@ pub async fn run(
                      broker.enrolment_token_file) to a token from an administrator"
                 ),
             },
-            Err(Failure::Other(e)) => e,
+            Err(Failure::Refused(e) | Failure::Other(e)) => e,
         };
         if connected {
             tracing::warn!(broker = %base, "heartbeat failed: {failure}; retrying in {backoff:?}");

@@ -95,6 +95,11 @@ impl SessionUser {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMessage {
+    /// The answer to a hello that carried a `nonce`: from the byte after this line on, the
+    /// stream is the host's, fresh. Until it comes, the agent reads nothing as a message (what
+    /// it reads could be the rest of a file an earlier agent or connection was sent, made to
+    /// look like messages).
+    Sync { nonce: u64 },
     /// Health check; the agent answers [`AgentMessage::Pong`] with the same id.
     Ping { id: u64 },
     /// A user signed in to this desktop.
@@ -125,8 +130,15 @@ pub enum HostMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
-    /// Sent once when the agent starts.
-    Hello { version: u32, agent: String },
+    /// Sent when the agent starts, and when a host connects again. With a `nonce` (a random
+    /// number, new each time), the agent waits for [`HostMessage::Sync`] with it before it
+    /// reads anything else.
+    Hello {
+        version: u32,
+        agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
     /// The desktop can be used (console drawn, or graphical session up).
     Ready,
     /// Answer to [`HostMessage::Ping`].

@@ -50,7 +50,7 @@ impl Clamd {
             format!(
                 "Foreground yes\nLocalSocket {}\nDatabaseDirectory {}\nTemporaryDirectory {}\n\
                  LogFile {}\nStreamMaxLength 2000M\nMaxScanSize 2000M\nMaxFileSize 2000M\n\
-                 User root\n",
+                 AlertExceedsMax yes\nUser root\n",
                 socket.display(),
                 db.display(),
                 dir.path().display(),

@@ -268,11 +268,15 @@ impl Desktop {
 
     /// Puts text on the guest clipboard (through the node); dropped when two pastes are
     /// already under way or the desktop has no clipboard channel.
-    pub fn paste(&self, text: String) {
-        let Some(link) = self.clipboard_in.clone() else { return };
+    ///
+    /// Returns why it was dropped, if it was.
+    pub fn paste(&self, text: String) -> Result<(), &'static str> {
+        let Some(link) = self.clipboard_in.clone() else {
+            return Err("this desktop has no clipboard channel");
+        };
         let Ok(permit) = Arc::clone(&self.paste_slots).try_acquire_owned() else {
             tracing::warn!(vm = %self.vm, "clipboard paste dropped: two already in progress");
-            return;
+            return Err("two pastes were already in progress");
         };
         tokio::spawn(async move {
             if let Err(e) = link.node.paste(&link.vm, text).await {
@@ -280,6 +284,7 @@ impl Desktop {
             }
             drop(permit);
         });
+        Ok(())
     }
 }
 

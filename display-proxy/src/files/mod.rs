@@ -15,6 +15,7 @@ pub mod scan;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use atrium_protocol::agent::validate_file_name;
 use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage, truncate_utf8};
@@ -22,7 +23,7 @@ use atrium_protocol::session::TransferRecord;
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use self::scan::{Scanner, Verdict};
 use crate::source::open::GuestLink;
@@ -77,9 +78,65 @@ impl Outcome {
     }
 }
 
+/// Clipboard texts and refusals (that moved no file) audited per viewer: a burst of
+/// [`AUDIT_BURST`], then [`AUDIT_PER_MINUTE`]. Files that moved are always audited.
+pub const AUDIT_BURST: f64 = 60.0;
+pub const AUDIT_PER_MINUTE: f64 = 30.0;
+
+/// One viewer's audit budget (a token bucket).
+#[derive(Debug)]
+pub struct AuditBudget {
+    tokens: f64,
+    last: std::time::Instant,
+    held_back: u64,
+}
+
+impl AuditBudget {
+    pub fn new(now: std::time::Instant) -> Self {
+        Self { tokens: AUDIT_BURST, last: now, held_back: 0 }
+    }
+
+    /// `Some(how many held back so far)` when `o` is beyond the budget and is not recorded.
+    pub fn over(&mut self, o: &Outcome, now: std::time::Instant) -> Option<u64> {
+        if o.direction == "upload" && o.verdict != "refused" {
+            return None;
+        }
+        let minutes = now.saturating_duration_since(self.last).as_secs_f64() / 60.0;
+        self.tokens = (self.tokens + minutes * AUDIT_PER_MINUTE).min(AUDIT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        self.held_back += 1;
+        Some(self.held_back)
+    }
+}
+
 /// `s` printable, in at most `max` bytes.
 fn fit(s: &str, max: usize) -> String {
     truncate_utf8(&atrium_protocol::text::printable(s, max), max).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_budget_keeps_files_and_bounds_the_rest() {
+        let t0 = std::time::Instant::now();
+        let mut b = AuditBudget::new(t0);
+        let clip = Outcome::clipboard("clipboard_in", "x", None);
+        let kept = (0..1000).filter(|_| b.over(&clip, t0).is_none()).count();
+        assert_eq!(kept as f64, AUDIT_BURST);
+        let file = Outcome { verdict: "saved", direction: "upload", ..clip.clone() };
+        assert_eq!(b.over(&file, t0), None, "a file that moved is always audited");
+        let refused = Outcome { verdict: "refused", direction: "upload", ..clip.clone() };
+        assert!(b.over(&refused, t0).is_some());
+        let later = t0 + std::time::Duration::from_secs(60);
+        let again = (0..1000).filter(|_| b.over(&clip, later).is_none()).count();
+        assert_eq!(again as f64, AUDIT_PER_MINUTE);
+    }
 }
 
 /// A hash in hex.
@@ -98,10 +155,18 @@ pub struct UploadTarget {
     pub scanner: Option<Scanner>,
 }
 
+/// What the receiving side passes to an upload's task: its next bytes, or why it stops.
+#[derive(Debug)]
+enum Piece {
+    Data(Bytes),
+    /// The verdict and the message for the viewer.
+    Stop(&'static str, String),
+}
+
 /// One upload in flight, as the receiving side of the viewer sees it.
 #[derive(Debug)]
 struct Open {
-    data: mpsc::Sender<Bytes>,
+    data: mpsc::Sender<Piece>,
     size: u64,
     received: u64,
 }
@@ -112,6 +177,9 @@ pub struct Uploads {
     target: Option<UploadTarget>,
     rights: Capabilities,
     open: HashMap<u32, Open>,
+    /// Held by each upload's task until it has ended, cancelled ones too: a viewer cannot pile
+    /// up tasks that wait on a desktop that takes nothing.
+    running: Arc<Semaphore>,
     /// Where the viewer's answers go (the sending side writes them).
     say: mpsc::Sender<ServerMessage>,
     /// Where outcomes go (the session's audit).
@@ -125,7 +193,8 @@ impl Uploads {
         say: mpsc::Sender<ServerMessage>,
         outcomes: mpsc::UnboundedSender<Outcome>,
     ) -> Self {
-        Self { target, rights, open: HashMap::new(), say, outcomes }
+        let running = Arc::new(Semaphore::new(MAX_UPLOADS_PER_VIEWER));
+        Self { target, rights, open: HashMap::new(), running, say, outcomes }
     }
 
     async fn refuse(&self, id: u32, message: String) {
@@ -135,10 +204,13 @@ impl Uploads {
     /// The viewer starts upload `id`.
     pub async fn open(&mut self, id: u32, size: u64, name: String) {
         self.open.retain(|_, o| !o.data.is_closed());
-        let check = || -> Result<UploadTarget, String> {
-            if !self.rights.file_upload || self.rights.view_only {
-                return Err("uploads into this desktop are not allowed for you".into());
-            }
+        // A viewer that only watches has nothing to upload: refused, and not audited (it could
+        // fill the audit with refusals charged to the user it watches).
+        if !self.rights.file_upload || self.rights.view_only {
+            let message = "uploads into this desktop are not allowed for you".to_owned();
+            return self.refuse(id, message).await;
+        }
+        let check = || -> Result<(UploadTarget, OwnedSemaphorePermit), String> {
             let target =
                 self.target.clone().ok_or("this desktop takes no files (it has no guest agent)")?;
             validate_file_name(&name)?;
@@ -158,14 +230,12 @@ impl Uploads {
             if self.open.contains_key(&id) {
                 return Err(format!("upload {id} is already in progress"));
             }
-            if self.open.len() >= MAX_UPLOADS_PER_VIEWER {
-                return Err(format!(
-                    "{MAX_UPLOADS_PER_VIEWER} uploads are in progress: wait for one to finish"
-                ));
-            }
-            Ok(target)
+            let permit = Arc::clone(&self.running).try_acquire_owned().map_err(|_| {
+                format!("{MAX_UPLOADS_PER_VIEWER} uploads are in progress: wait for one to finish")
+            })?;
+            Ok((target, permit))
         };
-        let target = match check() {
+        let (target, permit) = match check() {
             Ok(t) => t,
             Err(message) => {
                 let _ = self.outcomes.send(Outcome {
@@ -194,6 +264,7 @@ impl Uploads {
         tokio::spawn(async move {
             let outcome = job.run().await;
             let _ = outcomes.send(outcome);
+            drop(permit);
         });
     }
 
@@ -203,20 +274,27 @@ impl Uploads {
         let Some(o) = self.open.get_mut(&id) else { return };
         o.received += chunk.len() as u64;
         if o.received > o.size {
-            self.open.remove(&id);
-            return self.refuse(id, "more data than the file's size".into()).await;
+            let why = "the viewer sent more data than the file's size".to_owned();
+            self.stop(id, "refused", why);
+            return;
         }
-        if o.data.send(Bytes::from(chunk)).await.is_err() {
-            // The upload ended already (refused); the viewer was told.
-            self.open.remove(&id);
-        } else if o.received == o.size {
+        if o.data.send(Piece::Data(Bytes::from(chunk))).await.is_err() || o.received == o.size {
+            // All of it was passed on, or the upload ended already (the viewer was told).
             self.open.remove(&id);
         }
     }
 
     /// The viewer stops upload `id`.
     pub fn cancel(&mut self, id: u32) {
-        self.open.remove(&id);
+        self.stop(id, "cancelled", "the upload was cancelled".into());
+    }
+
+    /// Ends upload `id` with this verdict and message (or, when its queue is full, as
+    /// cancelled: the closed queue says so).
+    fn stop(&mut self, id: u32, verdict: &'static str, message: String) {
+        if let Some(o) = self.open.remove(&id) {
+            let _ = o.data.try_send(Piece::Stop(verdict, message));
+        }
     }
 }
 
@@ -227,7 +305,7 @@ struct Job {
     size: u64,
     scan: bool,
     target: UploadTarget,
-    chunks: mpsc::Receiver<Bytes>,
+    chunks: mpsc::Receiver<Piece>,
     say: mpsc::Sender<ServerMessage>,
 }
 
@@ -306,11 +384,20 @@ impl Job {
                         Ok(_) => Failed::new("failed", format!("{name}: the desktop ended it early")),
                     });
                 }
-                chunk = self.chunks.recv() => {
-                    let Some(chunk) = chunk else {
-                        let _ = body_tx.send(Err(std::io::Error::other("cancelled"))).await;
-                        upload.abort();
-                        return Err(Failed::new("cancelled", format!("the upload of {name} was cancelled")));
+                piece = self.chunks.recv() => {
+                    let chunk = match piece {
+                        Some(Piece::Data(chunk)) => chunk,
+                        stop => {
+                            // The node's request is cut off at once (never waiting for room
+                            // in its body): the guest throws the file away.
+                            drop(body_tx);
+                            upload.abort();
+                            let (verdict, why) = match stop {
+                                Some(Piece::Stop(v, why)) => (v, why),
+                                _ => ("cancelled", "the upload was cancelled".to_owned()),
+                            };
+                            return Err(Failed::new(verdict, format!("{name}: {why}")));
+                        }
                     };
                     sha.update(&chunk);
                     if let Some(s) = scan.as_mut() {

@@ -138,7 +138,17 @@ pub async fn serve(
     // Every upload's end is logged and kept for the broker's audit log; this ends with the
     // last upload of the viewer, which may outlive its connection by a little.
     tokio::spawn(async move {
+        let mut budget = files::AuditBudget::new(std::time::Instant::now());
         while let Some(o) = outcomes_rx.recv().await {
+            // Clipboard texts and refusals that moved nothing are audited within a budget: a
+            // viewer sending thousands cannot push the other sessions' records out.
+            if let Some(held_back) = budget.over(&o, std::time::Instant::now()) {
+                if held_back.is_power_of_two() {
+                    tracing::warn!(parent: &log_span, held_back,
+                        "clipboard texts and refusals beyond the audit budget are not recorded one by one");
+                }
+                continue;
+            }
             let sha256 = o.sha256.as_ref().map(|h| files::hex(h));
             tracing::info!(parent: &log_span, direction = o.direction, name = %o.name,
                 size = o.size, sha256 = sha256.as_deref().unwrap_or(""), verdict = o.verdict,

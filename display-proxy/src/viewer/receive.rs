@@ -192,8 +192,12 @@ pub(super) async fn receive(
                         limit: u32::try_from(paste_limit).unwrap_or(u32::MAX),
                     })
                 } else {
-                    let _ = outcomes.send(Outcome::clipboard("clipboard_in", &text, None));
-                    desktop.paste(text);
+                    let mut outcome = Outcome::clipboard("clipboard_in", &text, None);
+                    if let Err(why) = desktop.paste(text) {
+                        outcome.verdict = "failed";
+                        outcome.detail = Some(why.to_owned());
+                    }
+                    let _ = outcomes.send(outcome);
                     continue;
                 }
             }

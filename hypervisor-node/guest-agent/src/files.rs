@@ -98,6 +98,14 @@ fn open_folder(owner: &Owner) -> Result<(File, PathBuf), String> {
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let dir = unsafe { File::from_raw_fd(fd) };
     if made {
+        // Still the empty folder root just made (the user may have put another of theirs in
+        // its place, which must not be given to them again through this handle).
+        let meta = dir.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me || meta.nlink() != 2 {
+            return Err(format!("{} changed while it was made", path.display()));
+        }
         std::os::unix::fs::fchown(&dir, Some(owner.uid), Some(owner.gid))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -166,7 +174,9 @@ impl Transfers {
             return Err(format!("{MAX_OPEN_FILES} files are in transfer already"));
         }
         let (dir, dir_path) = open_folder(owner)?;
-        check_space(&dir, size, &dir_path)?;
+        // The files still arriving need their room too.
+        let owed: u64 = self.open.values().map(|f| f.size - f.written).sum();
+        check_space(&dir, size.saturating_add(owed), &dir_path)?;
         let part = c_name(&format!(".{id}.atrium-part"))?;
         // A part file of an earlier agent with the same id is stale.
         if let Some((_, _, true)) = stat_at(&dir, &part) {

@@ -22,6 +22,7 @@ mod clipboard;
 mod files;
 mod options;
 mod port;
+mod resync;
 mod session;
 mod xauth;
 mod xdesktop;
@@ -69,6 +70,8 @@ struct Agent {
     owner: Mutex<Option<Owner>>,
     /// Files being uploaded.
     files: Mutex<Transfers>,
+    /// The nonce of the last hello: the host's `sync` must carry it.
+    nonce: Mutex<u64>,
 }
 
 /// Work for the desktop's session worker.
@@ -87,10 +90,14 @@ impl Agent {
         }
     }
 
-    fn hello(&self) {
+    /// Says hello with a new nonce (returned): nothing the host sends counts until its `sync`.
+    fn hello(&self) -> u64 {
+        let nonce = resync::nonce();
+        *lock(&self.nonce) = nonce;
         self.send(&AgentMessage::Hello {
             version: VERSION,
             agent: format!("atrium-guest-agent/{}", env!("CARGO_PKG_VERSION")),
+            nonce: Some(nonce),
         });
         if self.ready.load(Ordering::SeqCst) {
             self.send(&AgentMessage::Ready);
@@ -99,6 +106,7 @@ impl Agent {
         if let Some((width, height)) = screen {
             self.send(&AgentMessage::Screen { width: width.into(), height: height.into() });
         }
+        nonce
     }
 
     /// Tells the host the screen's size.
@@ -116,6 +124,7 @@ impl Agent {
             }
         };
         match msg {
+            HostMessage::Sync { .. } => {} // a late or repeated one: nothing to do
             HostMessage::Ping { id } => self.send(&AgentMessage::Pong { id }),
             HostMessage::Session { user } => match &self.sessions {
                 Some(tx) => {
@@ -138,11 +147,14 @@ impl Agent {
             HostMessage::Clipboard { text } => self.paste_in(&text),
             HostMessage::ScreenSize { width, height } => self.resize(width, height),
             HostMessage::FileOpen { id, name, size } => {
-                let owner = lock(&self.owner).clone();
-                let r = match owner {
+                // The owner stays locked while the file opens: a sign-out in between would
+                // leave a file of the user before in transfer (lock order: owner, files).
+                let owner = lock(&self.owner);
+                let r = match owner.as_ref() {
                     None => Err("nobody is signed in to this desktop".to_owned()),
-                    Some(o) => lock(&self.files).open(id, &name, size, &o),
+                    Some(o) => lock(&self.files).open(id, &name, size, o),
                 };
+                drop(owner);
                 match r {
                     Ok(()) => self.send(&AgentMessage::FileReady { id }),
                     Err(message) => self.file_failed(id, message),
@@ -544,6 +556,8 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
     let mut reader = LineReader::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut connected = true;
+    // Nothing counts until the host answers the hello main said.
+    let mut waiting = Some(resync::Unsynced::new(*lock(&agent.nonce)));
     loop {
         let n = match input.read(&mut buf) {
             Ok(n) => n,
@@ -564,9 +578,22 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
         if !connected {
             connected = true;
             log("host connected again");
-            agent.hello();
+            waiting = Some(resync::Unsynced::new(agent.hello()));
         }
-        for line in reader.push(&buf[..n]) {
+        let fresh;
+        let data = match waiting.as_mut() {
+            None => &buf[..n],
+            Some(w) => match w.push(&buf[..n]) {
+                None => continue,
+                Some(rest) => {
+                    waiting = None;
+                    reader = LineReader::new();
+                    fresh = rest;
+                    &fresh[..]
+                }
+            },
+        };
+        for line in reader.push(data) {
             match line {
                 Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => {}
                 Line::Complete(l) => agent.handle_line(&l),
@@ -643,6 +670,7 @@ fn main() {
         screen: Mutex::new(None),
         owner: Mutex::new(None),
         files: Mutex::new(Transfers::default()),
+        nonce: Mutex::new(0),
         desktop,
     });
     if let (Some(home), Some((uid, gid))) = (&agent.opts.home, agent.opts.user) {

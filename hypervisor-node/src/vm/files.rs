@@ -31,7 +31,8 @@ impl Drop for StagedFile {
     fn drop(&mut self) {
         if let Some(c) = self.channel.take() {
             tokio::spawn(async move {
-                let _ = c.send(HostMessage::FileAbort { id: c.id }).await;
+                let abort = c.send(HostMessage::FileAbort { id: c.id });
+                let _ = tokio::time::timeout(SEND_TIMEOUT, abort).await;
             });
         }
     }
@@ -58,7 +59,7 @@ impl StagedFile {
     /// Gives the file to the user; returns its path in the guest.
     pub async fn commit(mut self) -> Result<String, VmError> {
         let mut c = self.channel.take().expect("a staged file has its channel until used");
-        c.send(HostMessage::FileCommit { id: c.id }).await?;
+        within_send(c.send(HostMessage::FileCommit { id: c.id })).await?;
         match answer(&mut c, &self.vm, ANSWER_TIMEOUT, "save the file").await? {
             FileReply::Saved { path } => Ok(path),
             other => Err(unexpected(&other)),
@@ -68,9 +69,25 @@ impl StagedFile {
     /// Throws the file away.
     pub async fn abort(mut self) -> Result<(), VmError> {
         if let Some(c) = self.channel.take() {
-            c.send(HostMessage::FileAbort { id: c.id }).await?;
+            within_send(c.send(HostMessage::FileAbort { id: c.id })).await?;
         }
         Ok(())
+    }
+}
+
+/// How long a send to the guest agent may wait for room: a guest that stops reading its port
+/// must not hold the request (and what it buffers) for ever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn within_send(
+    send: impl Future<Output = Result<(), crate::agent_link::AgentError>>,
+) -> Result<(), VmError> {
+    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(VmError::Conflict(format!(
+            "the desktop took no data for {} s: the upload was stopped",
+            SEND_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -101,16 +118,17 @@ impl VmManager {
     {
         validate_file_name(name).map_err(|m| FieldError::new("name", m))?;
         let (_, agent) = self.ready_agent(id)?;
-        let mut c = agent.file_channel()?;
-        c.send(HostMessage::FileOpen { id: c.id, name: name.to_owned(), size }).await?;
-        let mut staged = StagedFile { channel: None, vm: id.to_owned(), size };
-        match answer(&mut c, id, ANSWER_TIMEOUT, "open the file").await? {
+        // From here on, dropping `staged` aborts the file in the guest (a late answer to the
+        // open included).
+        let mut staged =
+            StagedFile { channel: Some(agent.file_channel()?), vm: id.to_owned(), size };
+        let c = staged.channel.as_mut().expect("just set");
+        let open = HostMessage::FileOpen { id: c.id, name: name.to_owned(), size };
+        within_send(c.send(open)).await?;
+        match answer(c, id, ANSWER_TIMEOUT, "open the file").await? {
             FileReply::Ready => {}
             other => return Err(unexpected(&other)),
         }
-        // From here on, dropping `staged` aborts the file in the guest.
-        staged.channel = Some(c);
-        let c = staged.channel.as_mut().expect("just set");
         let mut got = 0u64;
         let mut body = body;
         while let Some(chunk) = body.next().await {
@@ -134,12 +152,12 @@ impl VmManager {
                     other => unexpected(&other),
                 });
             }
-            c.data(chunk).await?;
+            within_send(c.data(chunk)).await?;
         }
         if got != size {
             return Err(short(got, size));
         }
-        c.send(HostMessage::FileEnd { id: c.id }).await?;
+        within_send(c.send(HostMessage::FileEnd { id: c.id })).await?;
         match answer(c, id, END_TIMEOUT, "receive the whole file").await? {
             FileReply::Received { size: s } if s == size => Ok(staged),
             other => Err(unexpected(&other)),

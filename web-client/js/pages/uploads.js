@@ -52,6 +52,8 @@ export class UploadPanel {
 
   attach(session) {
     this.session = session;
+    // Upload ids start again with each connection: rows are keyed by both.
+    this.generation = (this.generation || 0) + 1;
     this.allow(false);
     session.on('upload', (u) => this._show(u));
   }
@@ -84,7 +86,7 @@ export class UploadPanel {
 
   _show(u) {
     const session = this.session;
-    const key = `${u.id}@${u.name}`;
+    const key = `${this.generation}:${u.id}`;
     let row = this.rows.get(key);
     if (!row) {
       const progress = el('progress', { max: String(Math.max(1, u.size)), value: '0' });
