@@ -24,7 +24,6 @@ const END_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct StagedFile {
     channel: Option<FileChannel>,
     pub vm: String,
-    pub size: u64,
 }
 
 impl Drop for StagedFile {
@@ -120,8 +119,7 @@ impl VmManager {
         let (_, agent) = self.ready_agent(id)?;
         // From here on, dropping `staged` aborts the file in the guest (a late answer to the
         // open included).
-        let mut staged =
-            StagedFile { channel: Some(agent.file_channel()?), vm: id.to_owned(), size };
+        let mut staged = StagedFile { channel: Some(agent.file_channel()?), vm: id.to_owned() };
         let c = staged.channel.as_mut().expect("just set");
         let open = HostMessage::FileOpen { id: c.id, name: name.to_owned(), size };
         within_send(c.send(open)).await?;
