@@ -10,17 +10,20 @@
 //! costs the node little; what the node logs of a guest is made printable (no forged log lines)
 //! and limited to [`LOG_LINES_PER_MIN`] lines a minute per VM, the rest counted.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::{
-    AgentMessage, HostMessage, Line, LineReader, MAX_FILE_CHUNK, encode_data, encode_line,
+    AgentMessage, HostMessage, Line, LineReader, encode_data, encode_line,
 };
 use atrium_protocol::node::{ClipboardState, DisplaySize, MAX_DISPLAY_HEIGHT, MAX_DISPLAY_WIDTH};
 use thiserror::Error;
+
+mod files;
+use self::files::{FILE_REPLIES, FileRoutes, Outgoing, route_file};
+pub use self::files::{FileChannel, FileReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
@@ -32,71 +35,6 @@ pub enum AgentError {
     Connect { path: String, source: std::io::Error },
     #[error("the connection to the guest agent is closed")]
     Closed,
-}
-
-/// What the agent answers about one file in transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileReply {
-    Ready,
-    Received { size: u64 },
-    Saved { path: String },
-    Error { message: String },
-}
-
-/// Most answers about one file kept unread (an agent has no reason to send more than one or
-/// two at a time; beyond this a guest is flooding and is not heard).
-const FILE_REPLIES: usize = 4;
-
-/// Where the answers about each file in transfer go, by id.
-type FileRoutes = Arc<Mutex<HashMap<u32, mpsc::Sender<FileReply>>>>;
-
-/// What the writer sends the guest: a message, or a chunk of a file.
-#[derive(Debug)]
-enum Outgoing {
-    Message(HostMessage),
-    Data(u32, axum::body::Bytes),
-}
-
-/// One file in transfer with the agent: its id, and the agent's answers about it. Dropping it
-/// stops the answers (the file itself is the caller's to abort).
-#[derive(Debug)]
-pub struct FileChannel {
-    pub id: u32,
-    tx: mpsc::Sender<Outgoing>,
-    replies: mpsc::Receiver<FileReply>,
-    routes: FileRoutes,
-}
-
-impl Drop for FileChannel {
-    fn drop(&mut self) {
-        self.routes.lock().expect("file routes lock").remove(&self.id);
-    }
-}
-
-impl FileChannel {
-    pub async fn send(&self, msg: HostMessage) -> Result<(), AgentError> {
-        self.tx.send(Outgoing::Message(msg)).await.map_err(|_| AgentError::Closed)
-    }
-
-    /// Sends `data` as chunks of at most [`MAX_FILE_CHUNK`] bytes; waits while the guest is
-    /// slower than the sender.
-    pub async fn data(&self, mut data: axum::body::Bytes) -> Result<(), AgentError> {
-        while !data.is_empty() {
-            let chunk = data.split_to(data.len().min(MAX_FILE_CHUNK));
-            self.tx.send(Outgoing::Data(self.id, chunk)).await.map_err(|_| AgentError::Closed)?;
-        }
-        Ok(())
-    }
-
-    /// The agent's next answer, or `None` when the link closed.
-    pub async fn reply(&mut self) -> Option<FileReply> {
-        self.replies.recv().await
-    }
-
-    /// An answer already there (an error while the data still flows).
-    pub fn try_reply(&mut self) -> Option<FileReply> {
-        self.replies.try_recv().ok()
-    }
 }
 
 /// What the agent has said so far.
@@ -396,19 +334,6 @@ async fn read_loop(
     }
 }
 
-/// Passes an answer about file `id` to whoever waits for it; one nobody asked for is noted.
-fn route_file(files: &FileRoutes, id: u32, reply: FileReply, vm: &str, guard: &mut Guard) {
-    let route = files.lock().expect("file routes lock").get(&id).cloned();
-    match route {
-        Some(tx) => {
-            if tx.try_send(reply).is_err() {
-                guard.warn(vm, format_args!("guest agent: answers about file {id} dropped"));
-            }
-        }
-        None => guard.warn(vm, format_args!("guest agent: an answer about file {id}, unasked")),
-    }
-}
-
 fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &mut Guard) {
     match msg {
         AgentMessage::FileReady { id } => route_file(files, id, FileReply::Ready, vm, guard),
@@ -562,7 +487,7 @@ mod tests {
         for l in &got[1..3] {
             let Line::Data { id, data } = l else { panic!("{l:?}") };
             assert_eq!(*id, a.id);
-            assert!(data.len() <= MAX_FILE_CHUNK);
+            assert!(data.len() <= atrium_protocol::agent::MAX_FILE_CHUNK);
             joined.extend_from_slice(data);
         }
         assert_eq!(joined, data);
