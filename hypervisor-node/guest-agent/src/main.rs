@@ -19,6 +19,7 @@
 //! logging framework on purpose: it is linked statically into every image and kept tiny.
 
 mod clipboard;
+mod desktop_session;
 mod files;
 mod options;
 mod port;
@@ -33,7 +34,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,6 @@ use crate::clipboard::ClipboardFile;
 use crate::files::{Owner, Transfers};
 use crate::options::Options;
 use crate::xdesktop::Desktop;
-
-/// How long a session has to draw its panel before the agent gives up on it (within the node's
-/// 60 s wait for the session's confirmation).
-const PANEL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What every thread of the agent shares.
 #[derive(Debug)]
@@ -317,174 +314,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A signed-in user's running session.
-#[derive(Debug)]
-struct ActiveSession {
-    account: session::Account,
-    child: std::process::Child,
-}
-
-/// The desktop's session worker: starts and ends sessions one at a time, off the thread that
-/// reads the host (a session takes seconds to draw, and pings must still be answered).
-fn session_worker(agent: &Agent, desktop: &Desktop, rx: &mpsc::Receiver<SessionCommand>) {
-    // Sessions left by an earlier run of the agent (it was restarted) end now.
-    for uid in session::user_uids() {
-        log(&format!("ending the processes of uid {uid}, left from before"));
-        session::end_processes(uid, Duration::from_secs(2));
-    }
-    let mut active: Option<ActiveSession> = None;
-    loop {
-        let command = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(c) => Some(c),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        // A session whose program ended (the user quit it, or it crashed) is over.
-        if let Some(a) = active.as_mut()
-            && let Ok(Some(status)) = a.child.try_wait()
-        {
-            log(&format!("the session of {} ended ({status})", a.account.name));
-            if let Some(a) = active.take() {
-                end_desktop_session(agent, desktop, a);
-            }
-        }
-        match command {
-            None => {}
-            Some(SessionCommand::End) => match active.take() {
-                Some(a) => end_desktop_session(agent, desktop, a),
-                None => log("no session to end"),
-            },
-            Some(SessionCommand::Start(user)) => {
-                if let Some(a) = &active {
-                    if a.account.name == user.username {
-                        agent.send(&AgentMessage::SessionStarted { username: user.username });
-                        continue;
-                    }
-                    if let Some(a) = active.take() {
-                        log(&format!(
-                            "{} signs in: ending the session of {}",
-                            user.username, a.account.name
-                        ));
-                        end_desktop_session(agent, desktop, a);
-                    }
-                }
-                match start_desktop_session(agent, desktop, &user) {
-                    Ok(a) => {
-                        active = Some(a);
-                        agent.send(&AgentMessage::SessionStarted { username: user.username });
-                    }
-                    Err(e) => {
-                        log(&format!("the session of {} did not start: {e}", user.username));
-                        agent.send(&AgentMessage::Error {
-                            message: format!("the session of {} did not start: {e}", user.username),
-                        });
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Account, home, runtime folder, cookie; then the session program as the user; then waits
-/// until its panel is drawn.
-fn start_desktop_session(
-    agent: &Agent,
-    desktop: &Desktop,
-    user: &SessionUser,
-) -> Result<ActiveSession, String> {
-    let t0 = Instant::now();
-    let program = agent.opts.session_command.as_deref().ok_or("no --session-command")?;
-    let accounts = session::Accounts { etc: "/etc".into() };
-    let account = accounts.ensure(user, &agent.opts.homes)?;
-    session::prepare_home(&account, Path::new("/etc/skel"))?;
-    let run = session::runtime_dir(Path::new("/run/user"), &account)
-        .map_err(|e| format!("/run/user/{}: {e}", account.uid))?;
-    let cookie = std::fs::read(desktop.xauthority())
-        .map_err(|e| format!("{}: {e}", desktop.xauthority().display()))?;
-    let xauthority = run.join("Xauthority");
-    session::write_owned(&xauthority, &cookie, account.uid, account.gid, 0o600)
-        .map_err(|e| format!("{}: {e}", xauthority.display()))?;
-    desktop.show_greeter(false)?;
-    let child = session::spawn(&session::Launch {
-        program,
-        account: &account,
-        user,
-        display: desktop.display(),
-        xauthority: &xauthority,
-        runtime_dir: &run,
-    })
-    .map_err(|e| format!("starting {}: {e}", program.display()))?;
-    let mut a = ActiveSession { account, child };
-    if let Err(e) = wait_for_panel(desktop, &mut a.child) {
-        end_desktop_session(agent, desktop, a);
-        return Err(e);
-    }
-    agent.set_owner(Some(Owner {
-        home: a.account.home.clone(),
-        uid: a.account.uid,
-        gid: a.account.gid,
-    }));
-    if let Some(path) = &agent.opts.session_file {
-        let name = user.display_name.as_deref().unwrap_or(&user.username);
-        let body = format!("{}\n{}\n", user.username, name);
-        if let Err(e) = write_world_readable(path, body.as_bytes()) {
-            log(&format!("writing {} failed: {e}", path.display()));
-        }
-    }
-    let memory = session::memory_mib()
-        .map(|(used, total)| format!("; guest memory in use {used} MiB of {total} MiB"))
-        .unwrap_or_default();
-    log(&format!(
-        "session started for {} (uid {}) in {} ms{memory}",
-        user.username,
-        a.account.uid,
-        t0.elapsed().as_millis()
-    ));
-    Ok(a)
-}
-
-/// Waits until a panel is mapped and drawn: two pictures of it in a row alike, and not blank.
-fn wait_for_panel(desktop: &Desktop, child: &mut std::process::Child) -> Result<(), String> {
-    let start = Instant::now();
-    let mut previous: Option<Vec<u8>> = None;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the session program ended ({status}) before its panel showed"));
-        }
-        let pixels = desktop.panel_pixels()?;
-        if let Some(p) = &pixels {
-            let blank = p.chunks_exact(4).all(|px| px == &p[..4.min(p.len())]);
-            if !blank && previous.as_ref() == Some(p) {
-                return Ok(());
-            }
-        }
-        previous = pixels;
-        if start.elapsed() > PANEL_TIMEOUT {
-            return Err(format!("no panel was drawn within {} s", PANEL_TIMEOUT.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Ends the user's processes, writes their files out, and shows the sign-in screen again.
-fn end_desktop_session(agent: &Agent, desktop: &Desktop, mut a: ActiveSession) {
-    agent.set_owner(None);
-    session::end_processes(a.account.uid, Duration::from_secs(3));
-    let _ = a.child.wait();
-    // A dedicated user's home disk may be detached right after: everything on it now.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    let _ = std::fs::remove_dir_all(Path::new("/run/user").join(a.account.uid.to_string()));
-    desktop.clear_clipboard();
-    if let Err(e) = desktop.show_greeter(true) {
-        log(&format!("showing the sign-in screen: {e}"));
-    }
-    if let Some(path) = &agent.opts.session_file {
-        let _ = std::fs::remove_file(path);
-    }
-    log(&format!("session ended for {}", a.account.name));
-}
-
 /// Waits until every file the image names exists (the framebuffer, the console's marker), then
 /// reports ready. Reports an error (and keeps waiting) when that takes longer than the timeout.
 fn wait_ready(agent: &Agent) {
@@ -691,7 +520,7 @@ fn main() {
         let d = Arc::clone(&desktop);
         std::thread::spawn(move || screen_worker(&a, &d, &screen_rx));
         let a = Arc::clone(&agent);
-        std::thread::spawn(move || session_worker(&a, &desktop, &session_rx));
+        std::thread::spawn(move || desktop_session::session_worker(&a, &desktop, &session_rx));
     }
     let a = Arc::clone(&agent);
     std::thread::spawn(move || wait_ready(&a));
