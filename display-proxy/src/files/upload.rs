@@ -1,0 +1,317 @@
+//! Uploads: each runs in a task of its own, the viewer's chunks passing through it to the
+//! scanner and the node as they come (see the module above).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use atrium_protocol::agent::validate_file_name;
+use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage};
+use atrium_protocol::ticket::Capabilities;
+use axum::body::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::scan::Verdict;
+use super::{Outcome, UploadTarget};
+
+/// Uploads one viewer may have at once.
+pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
+/// Chunks queued for one upload: the viewer's whole window, and some.
+const QUEUED_CHUNKS: usize = 20;
+const _: () = assert!(QUEUED_CHUNKS as u64 * MAX_FILE_CHUNK as u64 > FILE_WINDOW);
+
+/// What the receiving side passes to an upload's task: its next bytes, or why it stops.
+#[derive(Debug)]
+enum Piece {
+    Data(Bytes),
+    /// The verdict and the message for the viewer.
+    Stop(&'static str, String),
+}
+
+/// One upload in flight, as the receiving side of the viewer sees it.
+#[derive(Debug)]
+struct Open {
+    data: mpsc::Sender<Piece>,
+    size: u64,
+    received: u64,
+}
+
+/// A viewer's uploads. Dropping it (the viewer went away) throws every unfinished one away.
+#[derive(Debug)]
+pub struct Uploads {
+    target: Option<UploadTarget>,
+    rights: Capabilities,
+    open: HashMap<u32, Open>,
+    /// Held by each upload's task until it has ended, cancelled ones too: a viewer cannot pile
+    /// up tasks that wait on a desktop that takes nothing.
+    running: Arc<Semaphore>,
+    /// Where the viewer's answers go (the sending side writes them).
+    say: mpsc::Sender<ServerMessage>,
+    /// Where outcomes go (the session's audit).
+    outcomes: mpsc::UnboundedSender<Outcome>,
+}
+
+impl Uploads {
+    pub fn new(
+        target: Option<UploadTarget>,
+        rights: Capabilities,
+        say: mpsc::Sender<ServerMessage>,
+        outcomes: mpsc::UnboundedSender<Outcome>,
+    ) -> Self {
+        let running = Arc::new(Semaphore::new(MAX_UPLOADS_PER_VIEWER));
+        Self { target, rights, open: HashMap::new(), running, say, outcomes }
+    }
+
+    async fn refuse(&self, id: u32, message: String) {
+        let _ = self.say.send(ServerMessage::FileRefused { id, message }).await;
+    }
+
+    /// The viewer starts upload `id`.
+    pub async fn open(&mut self, id: u32, size: u64, name: String) {
+        self.open.retain(|_, o| !o.data.is_closed());
+        // A viewer that only watches has nothing to upload: refused, and not audited (it could
+        // fill the audit with refusals charged to the user it watches).
+        if !self.rights.file_upload || self.rights.view_only {
+            let message = "uploads into this desktop are not allowed for you".to_owned();
+            return self.refuse(id, message).await;
+        }
+        let check = || -> Result<(UploadTarget, OwnedSemaphorePermit), String> {
+            let target =
+                self.target.clone().ok_or("this desktop takes no files (it has no guest agent)")?;
+            validate_file_name(&name)?;
+            let max = self.rights.upload_max_bytes;
+            if max > 0 && size > max {
+                return Err(format!(
+                    "{name} is {} MiB; files of at most {} MiB may be uploaded here",
+                    size.div_ceil(1 << 20),
+                    max >> 20
+                ));
+            }
+            if self.rights.scan_files && target.scanner.is_none() {
+                return Err("uploads must be scanned for viruses here, and no scanner is \
+                            set up: ask your administrator"
+                    .into());
+            }
+            if self.open.contains_key(&id) {
+                return Err(format!("upload {id} is already in progress"));
+            }
+            let permit = Arc::clone(&self.running).try_acquire_owned().map_err(|_| {
+                format!("{MAX_UPLOADS_PER_VIEWER} uploads are in progress: wait for one to finish")
+            })?;
+            Ok((target, permit))
+        };
+        let (target, permit) = match check() {
+            Ok(t) => t,
+            Err(message) => {
+                let _ = self.outcomes.send(Outcome {
+                    direction: "upload",
+                    name: atrium_protocol::text::printable(&name, 255),
+                    size,
+                    sha256: None,
+                    verdict: "refused",
+                    detail: Some(message.clone()),
+                });
+                return self.refuse(id, message).await;
+            }
+        };
+        let (data, chunks) = mpsc::channel(QUEUED_CHUNKS);
+        self.open.insert(id, Open { data, size, received: 0 });
+        let job = Job {
+            id,
+            name,
+            size,
+            scan: self.rights.scan_files,
+            target,
+            chunks,
+            say: self.say.clone(),
+        };
+        let outcomes = self.outcomes.clone();
+        tokio::spawn(async move {
+            let outcome = job.run().await;
+            let _ = outcomes.send(outcome);
+            drop(permit);
+        });
+    }
+
+    /// The next bytes of upload `id`. Waits while the upload is slower than the viewer (only a
+    /// viewer that ignores its window waits).
+    pub async fn data(&mut self, id: u32, chunk: Vec<u8>) {
+        let Some(o) = self.open.get_mut(&id) else { return };
+        o.received += chunk.len() as u64;
+        if o.received > o.size {
+            let why = "the viewer sent more data than the file's size".to_owned();
+            self.stop(id, "refused", why);
+            return;
+        }
+        if o.data.send(Piece::Data(Bytes::from(chunk))).await.is_err() || o.received == o.size {
+            // All of it was passed on, or the upload ended already (the viewer was told).
+            self.open.remove(&id);
+        }
+    }
+
+    /// The viewer stops upload `id`.
+    pub fn cancel(&mut self, id: u32) {
+        self.stop(id, "cancelled", "the upload was cancelled".into());
+    }
+
+    /// Ends upload `id` with this verdict and message (or, when its queue is full, as
+    /// cancelled: the closed queue says so).
+    fn stop(&mut self, id: u32, verdict: &'static str, message: String) {
+        if let Some(o) = self.open.remove(&id) {
+            let _ = o.data.try_send(Piece::Stop(verdict, message));
+        }
+    }
+}
+
+/// One upload's work.
+struct Job {
+    id: u32,
+    name: String,
+    size: u64,
+    scan: bool,
+    target: UploadTarget,
+    chunks: mpsc::Receiver<Piece>,
+    say: mpsc::Sender<ServerMessage>,
+}
+
+/// Why an upload did not reach the user: the verdict, and the message for them.
+struct Failed {
+    verdict: &'static str,
+    message: String,
+    detail: Option<String>,
+}
+
+impl Failed {
+    fn new(verdict: &'static str, message: impl Into<String>) -> Self {
+        Self { verdict, message: message.into(), detail: None }
+    }
+}
+
+impl Job {
+    async fn run(mut self) -> Outcome {
+        let (id, name, size) = (self.id, self.name.clone(), self.size);
+        let mut hash = None;
+        let result = self.pass(&mut hash).await;
+        let (verdict, detail, reply) = match result {
+            Ok(path) => {
+                let sha256 = hash.unwrap_or_default();
+                ("saved", None, ServerMessage::FileSaved { id, sha256, path })
+            }
+            Err(f) => {
+                let detail = f.detail.or_else(|| Some(f.message.clone()));
+                (f.verdict, detail, ServerMessage::FileRefused { id, message: f.message })
+            }
+        };
+        let _ = self.say.send(reply).await;
+        Outcome {
+            direction: "upload",
+            name: atrium_protocol::text::printable(&name, 255),
+            size,
+            sha256: hash,
+            verdict,
+            detail,
+        }
+    }
+
+    /// Streams the file to the node and the scanner; commits it when clean. Returns its path in
+    /// the guest.
+    async fn pass(&mut self, hash: &mut Option<[u8; 32]>) -> Result<String, Failed> {
+        let name = self.name.clone();
+        let mut scan = match (&self.target.scanner, self.scan) {
+            (Some(s), true) => Some(s.start().await.map_err(|e| {
+                tracing::warn!(error = %e, "uploads cannot be scanned");
+                Failed::new("failed", format!("{name} was not uploaded: {e}"))
+            })?),
+            _ => None,
+        };
+        let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(
+            body_rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        ));
+        let guest = self.target.guest.clone();
+        let (vm, file, size) = (guest.vm.clone(), name.clone(), self.size);
+        let mut upload =
+            tokio::spawn(async move { guest.node.upload(&vm, &file, size, body).await });
+        let node_failed = |e: crate::source::node::NodeError| {
+            let why = e.node_message().unwrap_or_else(|| e.to_string());
+            Failed::new("failed", format!("{name} was not uploaded: {why}"))
+        };
+        let mut sha = Sha256::new();
+        let mut done = 0u64;
+        while done < self.size {
+            tokio::select! {
+                r = &mut upload => {
+                    // The node answered before the last byte: it refused the file.
+                    let r = r.map_err(|e| Failed::new("failed", format!("{name}: {e}")))?;
+                    return Err(match r {
+                        Err(e) => node_failed(e),
+                        Ok(_) => Failed::new("failed", format!("{name}: the desktop ended it early")),
+                    });
+                }
+                piece = self.chunks.recv() => {
+                    let chunk = match piece {
+                        Some(Piece::Data(chunk)) => chunk,
+                        stop => {
+                            // The node's request is cut off at once (never waiting for room
+                            // in its body): the guest throws the file away.
+                            drop(body_tx);
+                            upload.abort();
+                            let (verdict, why) = match stop {
+                                Some(Piece::Stop(v, why)) => (v, why),
+                                _ => ("cancelled", "the upload was cancelled".to_owned()),
+                            };
+                            return Err(Failed::new(verdict, format!("{name}: {why}")));
+                        }
+                    };
+                    sha.update(&chunk);
+                    if let Some(s) = scan.as_mut() {
+                        s.feed(&chunk).await.map_err(|e| {
+                            Failed::new("failed", format!("{name} was not uploaded: {e}"))
+                        })?;
+                    }
+                    done += chunk.len() as u64;
+                    if body_tx.send(Ok(chunk)).await.is_err() {
+                        continue; // the node ended the request: its answer says why
+                    }
+                    let _ = self.say.send(ServerMessage::FileProgress { id: self.id, done }).await;
+                }
+            }
+        }
+        drop(body_tx);
+        let staged = upload
+            .await
+            .map_err(|e| Failed::new("failed", format!("{name}: {e}")))?
+            .map_err(node_failed)?;
+        let digest: [u8; 32] = sha.finalize().into();
+        *hash = Some(digest);
+        let guest = &self.target.guest;
+        let verdict = match scan {
+            Some(s) => s.finish().await.map_err(|e| e.to_string()),
+            None => Ok(Verdict::Clean),
+        };
+        match verdict {
+            Ok(Verdict::Clean) => {
+                guest.node.commit_upload(&guest.vm, staged.upload).await.map_err(|e| {
+                    let why = e.node_message().unwrap_or_else(|| e.to_string());
+                    Failed::new("failed", format!("{name} was not uploaded: {why}"))
+                })
+            }
+            Ok(Verdict::Found(what)) => {
+                let _ = guest.node.abort_upload(&guest.vm, staged.upload).await;
+                Err(Failed {
+                    verdict: "infected",
+                    message: format!(
+                        "{name} was refused: the virus scanner found {what} in it. It was not \
+                         put in your desktop."
+                    ),
+                    detail: Some(what),
+                })
+            }
+            Err(e) => {
+                let _ = guest.node.abort_upload(&guest.vm, staged.upload).await;
+                Err(Failed::new("failed", format!("{name} was not uploaded: {e}")))
+            }
+        }
+    }
+}
