@@ -19,6 +19,11 @@ pub const MAX_FILE_CHUNK: usize = 256 * 1024;
 pub const MAX_FILE_NAME: usize = 255;
 /// Most files in transfer at once on one desktop.
 pub const MAX_OPEN_FILES: usize = 8;
+/// Most files listed by [`AgentMessage::FileList`] (the newest first).
+pub const MAX_LISTED_FILES: usize = 500;
+/// Most bytes of a download the host lets the agent send ahead ([`HostMessage::FileGet`]'s
+/// `window`, and all [`HostMessage::FileMore`] beyond what it has taken).
+pub const MAX_FILE_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Checks a file name that crosses into or out of a desktop: one name (no folder), printable,
 /// not hidden, at most [`MAX_FILE_NAME`] bytes.
@@ -122,8 +127,19 @@ pub enum HostMessage {
     /// Give the received file `id` to the user (in their transfer folder, under its name or, if
     /// that is taken, a free variant of it). Answered with [`AgentMessage::FileSaved`].
     FileCommit { id: u32 },
-    /// Throw file `id` away, received or not (cancelled, refused by a scanner or by policy).
+    /// Throw file `id` away, received or not (cancelled, refused by a scanner or by policy),
+    /// or stop sending it.
     FileAbort { id: u32 },
+    /// List the files the signed-in user may download (those in their transfer folder).
+    /// Answered with [`AgentMessage::FileList`] or [`AgentMessage::FileError`].
+    ListFiles { id: u32 },
+    /// Send file `name` of the user's transfer folder as file `id`. Answered with
+    /// [`AgentMessage::FileSending`] (its size) and then its bytes as data frames with this
+    /// `id`, or [`AgentMessage::FileError`]. The agent sends at most `window` bytes (at most
+    /// [`MAX_FILE_WINDOW`]) beyond what [`HostMessage::FileMore`] has added since.
+    FileGet { id: u32, name: String, window: u32 },
+    /// The host took `bytes` more of download `id`: the agent may send that much more.
+    FileMore { id: u32, bytes: u32 },
 }
 
 /// Messages from the guest agent to the host.
@@ -158,8 +174,24 @@ pub enum AgentMessage {
     FileReceived { id: u32, size: u64 },
     /// File `id` is the user's, as `path` (in the guest).
     FileSaved { id: u32, path: String },
-    /// File `id` failed and is gone from the guest.
+    /// File `id` failed and is gone from the guest (an upload), or stopped (a download, or
+    /// a list).
     FileError { id: u32, message: String },
+    /// Answer to [`HostMessage::ListFiles`]: the user's files that may be downloaded, newest
+    /// first, at most [`MAX_LISTED_FILES`].
+    FileList { id: u32, files: Vec<FileEntry> },
+    /// Download `id` is `size` bytes: exactly that many follow as data frames.
+    FileSending { id: u32, size: u64 },
+}
+
+/// A file in the user's transfer folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    /// Last changed, in seconds since 1970 (UTC).
+    pub modified: u64,
 }
 
 /// Encodes one message as a line (with its trailing newline).
@@ -340,6 +372,27 @@ mod tests {
             assert_eq!(r.push(bad.as_bytes()), vec![Line::BadFrame], "{bad:?}");
         }
         assert_eq!(r.push(b"{}\n"), vec![Line::Complete(b"{}".to_vec())]);
+    }
+
+    #[test]
+    fn download_messages_have_a_stable_wire_form() {
+        let m = HostMessage::FileGet { id: 4, name: "a b.pdf".into(), window: 1024 };
+        assert_eq!(
+            encode_line(&m),
+            b"{\"type\":\"file_get\",\"id\":4,\"name\":\"a b.pdf\",\"window\":1024}\n"
+        );
+        let a: AgentMessage = serde_json::from_str(
+            r#"{"type":"file_list","id":2,"files":[{"name":"x","size":3,"modified":9}]}"#,
+        )
+        .unwrap();
+        let files = vec![FileEntry { name: "x".into(), size: 3, modified: 9 }];
+        assert_eq!(a, AgentMessage::FileList { id: 2, files });
+        assert!(
+            serde_json::from_str::<AgentMessage>(
+                r#"{"type":"file_list","id":2,"files":[{"name":"x","size":3}]}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -346,6 +346,18 @@ pub struct UploadSaved {
     pub path: String,
 }
 
+/// Answer to `GET /api/v1/vms/{id}/files`: the files the signed-in user may download from the
+/// desktop (those in their transfer folder), newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListing {
+    pub files: Vec<crate::agent::FileEntry>,
+}
+
+/// The header of `GET /api/v1/vms/{id}/files/content` that gives the file's size (the body's
+/// length: a body that ends before it was cut off).
+pub const FILE_SIZE_HEADER: &str = "x-atrium-file-size";
+
 /// `PUT /api/v1/vms/{id}/screen`: give the desktop's screen this size (at most the VM's
 /// display size, which it booted with). Answered with the size the guest's screen took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,11 +52,11 @@ pub struct Transfers {
     open: HashMap<u32, Incoming>,
 }
 
-fn c_name(name: &str) -> Result<CString, String> {
+pub(crate) fn c_name(name: &str) -> Result<CString, String> {
     CString::new(name).map_err(|_| format!("{name:?} has a NUL byte"))
 }
 
-fn last_error(what: &str) -> String {
+pub(crate) fn last_error(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
@@ -74,7 +74,7 @@ fn stat_at(dir: &File, name: &CString) -> Option<(u64, u64, bool)> {
 
 /// Opens (making it when missing) the owner's transfer folder: a real folder of theirs, never a
 /// link.
-fn open_folder(owner: &Owner) -> Result<(File, PathBuf), String> {
+pub(crate) fn open_folder(owner: &Owner) -> Result<(File, PathBuf), String> {
     let home = File::open(&owner.home).map_err(|e| format!("{}: {e}", owner.home.display()))?;
     let meta = home.metadata().map_err(|e| format!("{}: {e}", owner.home.display()))?;
     if !meta.is_dir() || meta.uid() != owner.uid {

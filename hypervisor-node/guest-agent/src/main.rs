@@ -3,8 +3,8 @@
 //! It talks to the host over the virtio-serial port `org.atrium.agent.0` with the JSON-lines
 //! protocol of `atrium_protocol::agent` (documented in `docs/guest-agent-protocol.md`): it says
 //! hello, says ready once the desktop can be used, answers pings, greets the signed-in user and
-//! carries clipboard text both ways, and receives uploaded files into the user's `~/Transfer`
-//! ([`files`]).
+//! carries clipboard text both ways, receives uploaded files into the user's `~/Transfer`
+//! ([`files`]), and lists and sends the files there that the user downloads ([`outgoing`]).
 //!
 //! It runs as root inside the guest (it must open the port, which only root may, and write to the
 //! console); the user's shell runs unprivileged. Everything it takes from the user's side (the
@@ -22,6 +22,7 @@ mod clipboard;
 mod desktop_session;
 mod files;
 mod options;
+mod outgoing;
 mod port;
 mod resync;
 mod session;
@@ -45,6 +46,7 @@ use atrium_protocol::agent::{
 use crate::clipboard::ClipboardFile;
 use crate::files::{Owner, Transfers};
 use crate::options::Options;
+use crate::outgoing::Downloads;
 use crate::xdesktop::Desktop;
 
 /// What every thread of the agent shares.
@@ -52,7 +54,7 @@ use crate::xdesktop::Desktop;
 struct Agent {
     opts: Options,
     /// The write side of the port. Writes block while no host is connected.
-    out: Mutex<File>,
+    out: outgoing::Port,
     ready: AtomicBool,
     clipboard: Option<ClipboardFile>,
     /// The desktop image's X server.
@@ -67,6 +69,8 @@ struct Agent {
     owner: Mutex<Option<Owner>>,
     /// Files being uploaded.
     files: Mutex<Transfers>,
+    /// Files being downloaded.
+    downloads: Arc<Downloads>,
     /// The nonce of the last hello: the host's `sync` must carry it.
     nonce: Mutex<u64>,
 }
@@ -169,7 +173,33 @@ impl Agent {
                 }
                 Err(message) => self.file_failed(id, message),
             },
-            HostMessage::FileAbort { id } => lock(&self.files).abort(id),
+            HostMessage::FileAbort { id } => {
+                lock(&self.files).abort(id);
+                self.downloads.abort(id);
+            }
+            HostMessage::ListFiles { id } => {
+                let r = match lock(&self.owner).as_ref() {
+                    None => Err("nobody is signed in to this desktop".to_owned()),
+                    Some(o) => outgoing::list(o),
+                };
+                match r {
+                    Ok(files) => self.send(&AgentMessage::FileList { id, files }),
+                    Err(message) => self.file_failed(id, message),
+                }
+            }
+            HostMessage::FileGet { id, name, window } => {
+                // The owner stays locked while the file opens, as for uploads.
+                let owner = lock(&self.owner);
+                let r = match owner.as_ref() {
+                    None => Err("nobody is signed in to this desktop".to_owned()),
+                    Some(o) => self.downloads.start(&self.out, id, &name, window, o),
+                };
+                drop(owner);
+                if let Err(message) = r {
+                    self.file_failed(id, message);
+                }
+            }
+            HostMessage::FileMore { id, bytes } => self.downloads.more(id, bytes),
         }
     }
 
@@ -195,7 +225,7 @@ impl Agent {
     fn set_owner(&self, owner: Option<Owner>) {
         let mut current = lock(&self.owner);
         if *current != owner {
-            let dropped = lock(&self.files).abort_all();
+            let dropped = lock(&self.files).abort_all() + self.downloads.abort_all();
             if dropped > 0 {
                 log(&format!("{dropped} files in transfer dropped: the user changed"));
             }
@@ -243,6 +273,7 @@ impl Agent {
 
     fn end_session(&self) {
         lock(&self.files).abort_all();
+        self.downloads.abort_all();
         self.write_console("\r\n\x1b[1mThe session has ended.\x1b[0m\r\n");
         if let Some(path) = &self.opts.session_file {
             let _ = std::fs::remove_file(path);
@@ -395,7 +426,7 @@ fn read_loop(agent: &Agent, mut input: File) -> io::Result<()> {
         };
         if n == 0 {
             if connected {
-                let dropped = lock(&agent.files).abort_all();
+                let dropped = lock(&agent.files).abort_all() + agent.downloads.abort_all();
                 if dropped > 0 {
                     log(&format!("{dropped} files in transfer dropped: the host went away"));
                 }
@@ -491,7 +522,7 @@ fn main() {
     let (screen_tx, screen_rx) = mpsc::channel();
     let agent = Arc::new(Agent {
         opts,
-        out: Mutex::new(file),
+        out: Arc::new(Mutex::new(file)),
         ready: AtomicBool::new(false),
         clipboard,
         sessions: desktop.as_ref().map(|_| Mutex::new(session_tx)),
@@ -499,6 +530,7 @@ fn main() {
         screen: Mutex::new(None),
         owner: Mutex::new(None),
         files: Mutex::new(Transfers::default()),
+        downloads: Arc::default(),
         nonce: Mutex::new(0),
         desktop,
     });

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use atrium_protocol::agent::{HostMessage, MAX_FILE_CHUNK};
+use atrium_protocol::agent::{FileEntry, HostMessage, MAX_FILE_CHUNK};
 use tokio::sync::mpsc;
 
 use super::{AgentError, Guard};
@@ -13,14 +13,32 @@ use super::{AgentError, Guard};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileReply {
     Ready,
-    Received { size: u64 },
-    Saved { path: String },
-    Error { message: String },
+    Received {
+        size: u64,
+    },
+    Saved {
+        path: String,
+    },
+    Error {
+        message: String,
+    },
+    /// The files the user may download (checked: names that may cross, at most
+    /// [`atrium_protocol::agent::MAX_LISTED_FILES`]).
+    List(Vec<FileEntry>),
+    /// A download's size; its data follows.
+    Sending {
+        size: u64,
+    },
+    /// A download's next bytes.
+    Data(axum::body::Bytes),
 }
 
 /// Most answers about one file kept unread (an agent has no reason to send more than one or
 /// two at a time; beyond this a guest is flooding and is not heard).
 pub(super) const FILE_REPLIES: usize = 4;
+/// Most answers kept unread for a download: its window in whole chunks, and some. A guest that
+/// sends beyond the window its host gave it overflows them, and its download fails.
+pub const DOWNLOAD_REPLIES: usize = 24;
 
 /// Where the answers about each file in transfer go, by id.
 pub(super) type FileRoutes = Arc<Mutex<HashMap<u32, mpsc::Sender<FileReply>>>>;
@@ -75,6 +93,8 @@ impl FileChannel {
 }
 
 /// Passes an answer about file `id` to whoever waits for it; one nobody asked for is noted.
+/// When the waiter's queue is full (a guest flooding it), the file fails: its channel closes,
+/// so nothing is lost without the waiter knowing.
 pub(super) fn route_file(
     files: &FileRoutes,
     id: u32,
@@ -82,13 +102,20 @@ pub(super) fn route_file(
     vm: &str,
     guard: &mut Guard,
 ) {
-    let route = files.lock().expect("file routes lock").get(&id).cloned();
-    match route {
+    let mut routes = files.lock().expect("file routes lock");
+    match routes.get(&id) {
         Some(tx) => {
             if tx.try_send(reply).is_err() {
-                guard.warn(vm, format_args!("guest agent: answers about file {id} dropped"));
+                routes.remove(&id);
+                drop(routes);
+                guard.warn(vm, format_args!("guest agent: too many answers about file {id}"));
             }
         }
-        None => guard.warn(vm, format_args!("guest agent: an answer about file {id}, unasked")),
+        // Frames of a download already stopped are expected: they were on their way.
+        None if matches!(reply, FileReply::Data(_)) => {}
+        None => {
+            drop(routes);
+            guard.warn(vm, format_args!("guest agent: an answer about file {id}, unasked"));
+        }
     }
 }

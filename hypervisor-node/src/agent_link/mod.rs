@@ -22,8 +22,8 @@ use atrium_protocol::node::{ClipboardState, DisplaySize, MAX_DISPLAY_HEIGHT, MAX
 use thiserror::Error;
 
 mod files;
+pub use self::files::{DOWNLOAD_REPLIES, FileChannel, FileReply};
 use self::files::{FILE_REPLIES, FileRoutes, Outgoing, route_file};
-pub use self::files::{FileChannel, FileReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
@@ -162,11 +162,16 @@ impl AgentLink {
 
     /// A new file id and the channel for its answers.
     pub fn file_channel(&self) -> Result<FileChannel, AgentError> {
+        self.file_channel_of(FILE_REPLIES)
+    }
+
+    /// A new file id and the channel for up to `replies` unread answers about it.
+    pub fn file_channel_of(&self, replies: usize) -> Result<FileChannel, AgentError> {
         if !*self.view.connected.borrow() {
             return Err(AgentError::Closed);
         }
         let id = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let (tx, replies) = mpsc::channel(FILE_REPLIES);
+        let (tx, replies) = mpsc::channel(replies);
         self.files.lock().expect("file routes lock").insert(id, tx);
         Ok(FileChannel { id, tx: self.tx.clone(), replies, routes: Arc::clone(&self.files) })
     }
@@ -292,9 +297,13 @@ async fn read_loop(
                     guard.warn(vm, format_args!("the guest agent sent a line over the limit"));
                     continue;
                 }
-                // Nothing is downloaded from a guest yet: data from it is not asked for.
-                Line::Data { .. } | Line::BadFrame => {
-                    guard.warn(vm, format_args!("the guest agent sent file data unasked"));
+                // A download's data (not counted as messages: its window bounds it).
+                Line::Data { id, data } => {
+                    route_file(files, id, FileReply::Data(data.into()), vm, &mut guard);
+                    continue;
+                }
+                Line::BadFrame => {
+                    guard.warn(vm, format_args!("the guest agent sent a bad data frame"));
                     continue;
                 }
             };
@@ -357,6 +366,24 @@ fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &
                 vm,
                 guard,
             );
+        }
+        AgentMessage::FileList { id, files: list } => {
+            let listed = list.len();
+            let list: Vec<_> = list
+                .into_iter()
+                .filter(|f| atrium_protocol::agent::validate_file_name(&f.name).is_ok())
+                .take(atrium_protocol::agent::MAX_LISTED_FILES)
+                .collect();
+            if list.len() < listed {
+                guard.warn(
+                    vm,
+                    format_args!("guest agent: {} names listed left out", listed - list.len()),
+                );
+            }
+            route_file(files, id, FileReply::List(list), vm, guard);
+        }
+        AgentMessage::FileSending { id, size } => {
+            route_file(files, id, FileReply::Sending { size }, vm, guard);
         }
         AgentMessage::Hello { version, agent, .. } => {
             if guard.log.allow(Instant::now()).is_some() {
@@ -456,6 +483,47 @@ mod tests {
         drop(r);
         let mut connected = link.view.connected.clone();
         connected.wait_for(|c| !*c).await.expect("closed");
+    }
+
+    /// A download's size, list and data frames reach its channel; a guest that floods a
+    /// download beyond its queue fails it (its channel closes) rather than losing bytes.
+    #[tokio::test]
+    async fn downloads_come_back_to_their_channel_and_a_flood_fails_them() {
+        let (node_end, agent_end) = UnixStream::pair().expect("pair");
+        let link = AgentLink::from_stream(node_end, "vm-downloads");
+        let (_r, mut w) = agent_end.into_split();
+        let mut a = link.file_channel_of(DOWNLOAD_REPLIES).expect("channel");
+        let mut list = link.file_channel().expect("channel");
+        let mut stream = encode_line(&AgentMessage::FileSending { id: a.id, size: 5 });
+        stream.extend(encode_data(a.id, b"hello"));
+        stream.extend(encode_data(4242, b"late frame of a stopped download"));
+        stream.extend(encode_line(&AgentMessage::FileList {
+            id: list.id,
+            files: vec![
+                atrium_protocol::agent::FileEntry { name: "a.txt".into(), size: 1, modified: 2 },
+                atrium_protocol::agent::FileEntry { name: "../etc".into(), size: 1, modified: 2 },
+            ],
+        }));
+        w.write_all(&stream).await.expect("write");
+        assert_eq!(a.reply().await, Some(FileReply::Sending { size: 5 }));
+        assert_eq!(
+            a.reply().await,
+            Some(FileReply::Data(axum::body::Bytes::from_static(b"hello")))
+        );
+        let Some(FileReply::List(files)) = list.reply().await else { panic!("no list") };
+        assert_eq!(files.len(), 1, "a name that may not cross is left out");
+        assert_eq!(files[0].name, "a.txt");
+        let mut flood = Vec::new();
+        for _ in 0..DOWNLOAD_REPLIES + 5 {
+            flood.extend(encode_data(a.id, b"x"));
+        }
+        w.write_all(&flood).await.expect("write");
+        let mut got = 0;
+        while let Some(r) = a.reply().await {
+            assert_eq!(r, FileReply::Data(axum::body::Bytes::from_static(b"x")));
+            got += 1;
+        }
+        assert_eq!(got, DOWNLOAD_REPLIES, "what fit is read, then the channel ends");
     }
 
     /// A file's chunks reach the agent as data frames between lines; answers reach the file's

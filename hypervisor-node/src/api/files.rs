@@ -1,17 +1,19 @@
-//! Files uploaded into a VM (local socket only): the display proxy streams a file in, and once
-//! its scanner has passed it, commits it to the user, or aborts it. What is received but not
-//! decided within [`DECIDE_WITHIN`] is thrown away.
+//! Files in and out of a VM (local socket only). Uploads: the display proxy streams a file in,
+//! and once its scanner has passed it, commits it to the user, or aborts it; what is received
+//! but not decided within [`DECIDE_WITHIN`] is thrown away. Downloads: the list of the user's
+//! transfer folder, and a file of it streamed out as fast as the proxy reads it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use atrium_protocol::node::{UploadSaved, UploadStaged};
+use atrium_protocol::node::{FILE_SIZE_HEADER, FileListing, UploadSaved, UploadStaged};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{delete, post};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -56,6 +58,45 @@ pub fn router() -> Router<AppState> {
         .route("/vms/{id}/uploads", post(upload))
         .route("/vms/{id}/uploads/{n}/commit", post(commit))
         .route("/vms/{id}/uploads/{n}", delete(abort))
+        .route("/vms/{id}/files", get(list))
+        .route("/vms/{id}/files/content", get(content))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FileListing>, ApiError> {
+    Ok(Json(FileListing { files: s.node.list_files(&id).await? }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentQuery {
+    name: String,
+}
+
+/// The file's bytes, as long as its size says (in `Content-Length` and [`FILE_SIZE_HEADER`]);
+/// a body that ends before was cut off (the guest failed, or the file shrank).
+async fn content(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<ContentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}"), None))?;
+    let download = s.node.download(&id, &q.name).await?;
+    let size = download.size;
+    let body = futures_util::stream::unfold(download, |mut d| async move {
+        let item = d.next().await?.map_err(std::io::Error::other);
+        Some((item, d))
+    });
+    Ok((
+        [
+            (header::CONTENT_LENGTH, size.to_string()),
+            (FILE_SIZE_HEADER.parse().expect("a header name"), size.to_string()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

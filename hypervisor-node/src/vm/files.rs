@@ -13,7 +13,7 @@ use super::{VmError, VmManager};
 use crate::agent_link::{FileChannel, FileReply};
 
 /// How long the agent has to open a file, and to give it to the user.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent has to put a whole file on its disk after its last byte (a sync of
 /// what the guest still holds in memory).
 const END_TIMEOUT: Duration = Duration::from_secs(120);
@@ -38,7 +38,7 @@ impl Drop for StagedFile {
 }
 
 /// The agent's next answer about a file, within `wait`.
-async fn answer(
+pub(super) async fn answer(
     c: &mut FileChannel,
     vm: &str,
     wait: Duration,
@@ -76,9 +76,9 @@ impl StagedFile {
 
 /// How long a send to the guest agent may wait for room: a guest that stops reading its port
 /// must not hold the request (and what it buffers) for ever.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn within_send(
+pub(super) async fn within_send(
     send: impl Future<Output = Result<(), crate::agent_link::AgentError>>,
 ) -> Result<(), VmError> {
     match tokio::time::timeout(SEND_TIMEOUT, send).await {
@@ -90,7 +90,7 @@ async fn within_send(
     }
 }
 
-fn unexpected(r: &FileReply) -> VmError {
+pub(super) fn unexpected(r: &FileReply) -> VmError {
     VmError::Conflict(format!("the guest agent answered out of turn ({r:?})"))
 }
 

@@ -8,9 +8,11 @@
 //! (persistent disks, kept). A restarted node takes running VMs back ([`adopt`]).
 
 mod adopt;
+mod downloads;
 mod files;
 mod guest;
 
+pub use self::downloads::Download;
 pub use self::files::StagedFile;
 
 use std::collections::BTreeMap;
