@@ -249,6 +249,7 @@ impl Downloads {
     }
 
     /// Whether `id` is a download being sent.
+    #[cfg(test)]
     pub fn has(&self, id: u32) -> bool {
         lock(&self.flows).contains_key(&id)
     }
