@@ -93,11 +93,13 @@ pub struct RequestContext {
     pub now_secs: i64,
 }
 
-/// The annotation on a permit of `file_upload` that limits a file's size, in MiB.
+/// The annotation on a permit of `file_upload` or `file_download` that limits a file's size,
+/// in MiB.
 const MAX_FILE_MB: &str = "max_file_mb";
 /// Largest `@max_file_mb`: 1 TiB.
 const MAX_FILE_MB_LIMIT: u64 = 1 << 20;
-/// The annotation on a permit of `file_upload` that turns scanning off (`@scan("off")`).
+/// The annotation on a permit of `file_upload` or `file_download` that turns scanning off
+/// (`@scan("off")`).
 const SCAN: &str = "scan";
 /// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that limits the
 /// clipboard text crossing, in bytes.
@@ -196,10 +198,10 @@ impl Policies {
         }
     }
 
-    /// Uploads' rules from the permits that allow them: the smallest `@max_file_mb` of them
-    /// (none: no limit but the desktop's disk), and `@scan("off")` only when every one says
-    /// so (scanning is the default).
-    fn upload_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
+    /// Uploads' (or downloads') rules from the permits that allow them: the smallest
+    /// `@max_file_mb` of them (none: no limit but the desktop's disk), and `@scan("off")` only
+    /// when every one says so (scanning is the default).
+    fn file_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
         let scan = permits.iter().any(|a| a.iter().all(|(k, v)| k != SCAN || v != "off"));
         (smallest(permits, MAX_FILE_MB).map_or(0, |mb| mb << 20), scan)
     }
@@ -212,8 +214,10 @@ impl Policies {
         ctx: &RequestContext,
     ) -> Capabilities {
         let uploads = self.permits(who, Action::FileUpload, pool, ctx);
-        let (upload_max_bytes, scan_files) =
-            uploads.as_deref().map_or((0, true), Self::upload_rules);
+        let (upload_max_bytes, scan_files) = uploads.as_deref().map_or((0, true), Self::file_rules);
+        let downloads = self.permits(who, Action::FileDownload, pool, ctx);
+        let (download_max_bytes, scan_downloads) =
+            downloads.as_deref().map_or((0, true), Self::file_rules);
         let copy_out = self.permits(who, Action::ClipboardCopyOut, pool, ctx);
         let paste_in = self.permits(who, Action::ClipboardPasteIn, pool, ctx);
         let bytes = |p: &Option<Vec<Vec<(String, String)>>>| {
@@ -228,11 +232,13 @@ impl Policies {
             clipboard_out_max_bytes: bytes(&copy_out),
             clipboard_in_max_bytes: bytes(&paste_in),
             file_upload: uploads.is_some(),
-            file_download: self.is_allowed(who, Action::FileDownload, pool, ctx),
+            file_download: downloads.is_some(),
             shadow: false,
             audio: self.is_allowed(who, Action::Audio, pool, ctx),
             upload_max_bytes,
             scan_files,
+            download_max_bytes,
+            scan_downloads,
         }
     }
 
@@ -512,7 +518,9 @@ mod tests {
         let limited = "@id(\"staff\") @max_file_mb(\"500\") permit(principal in \
                        Atrium::Group::\"staff\", action == Atrium::Action::\"file_upload\", resource);\n\
                        @id(\"temps\") @max_file_mb(\"20\") @scan(\"off\") permit(principal in \
-                       Atrium::Group::\"temps\", action == Atrium::Action::\"file_upload\", resource);\n";
+                       Atrium::Group::\"temps\", action == Atrium::Action::\"file_upload\", resource);\n\
+                       @id(\"out\") @max_file_mb(\"7\") @scan(\"off\") permit(principal in \
+                       Atrium::Group::\"temps\", action == Atrium::Action::\"file_download\", resource);\n";
         let dir = temp_with(&[("up.cedar", limited)]);
         let p = Policies::load(&dir, "+00:00").unwrap();
         let c = ctx("127.0.0.1", THU_10);
@@ -525,6 +533,8 @@ mod tests {
         assert_eq!(staff.upload_max_bytes, 500 << 20);
         let temp = caps(&["temps"]);
         assert!(temp.file_upload && !temp.scan_files, "scanning off where the permit says so");
+        assert!(temp.file_download && !temp.scan_downloads && temp.download_max_bytes == 7 << 20);
+        assert!(!staff.file_download && staff.scan_downloads, "downloads have rules of their own");
         // Both apply: the smaller limit, and scanning unless every permit turns it off.
         let both = caps(&["staff", "temps"]);
         assert_eq!(both.upload_max_bytes, 20 << 20);

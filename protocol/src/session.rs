@@ -14,9 +14,9 @@ use crate::node::FieldError;
 pub const MAX_REPORTED_SESSIONS: usize = 100_000;
 /// Most file transfers one activity report (or heartbeat) may carry.
 pub const MAX_REPORTED_TRANSFERS: usize = 1000;
-/// What a transfer moved ([`TransferRecord::direction`]): a file into the desktop, clipboard text
-/// into it, clipboard text out of it.
-pub const TRANSFER_DIRECTIONS: &[&str] = &["upload", "clipboard_in", "clipboard_out"];
+/// What a transfer moved ([`TransferRecord::direction`]): a file into the desktop, a file out of
+/// it, clipboard text into it, clipboard text out of it.
+pub const TRANSFER_DIRECTIONS: &[&str] = &["upload", "download", "clipboard_in", "clipboard_out"];
 /// How file transfers can end ([`TransferRecord::verdict`]).
 pub const TRANSFER_VERDICTS: &[&str] = &["saved", "infected", "refused", "failed", "cancelled"];
 

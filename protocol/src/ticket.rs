@@ -44,6 +44,13 @@ pub struct Capabilities {
     /// Uploads must pass the virus scanner before they reach the desktop (absent: they must).
     #[serde(default = "scan_unless_said")]
     pub scan_files: bool,
+    /// Largest file this viewer may download, in bytes; 0: no limit.
+    #[serde(default)]
+    pub download_max_bytes: u64,
+    /// Downloads must pass the virus scanner before the viewer may save them (absent: they
+    /// must).
+    #[serde(default = "scan_unless_said")]
+    pub scan_downloads: bool,
     /// Longest clipboard text that may leave the desktop, in bytes; 0: the protocol's limit.
     #[serde(default)]
     pub clipboard_out_max_bytes: u32,
@@ -64,7 +71,7 @@ pub fn clipboard_limit(max: u32) -> usize {
     }
 }
 
-/// Nothing allowed; uploads, once allowed, scanned.
+/// Nothing allowed; files, once allowed, scanned.
 impl Default for Capabilities {
     fn default() -> Self {
         Self {
@@ -77,6 +84,8 @@ impl Default for Capabilities {
             audio: false,
             upload_max_bytes: 0,
             scan_files: true,
+            download_max_bytes: 0,
+            scan_downloads: true,
             clipboard_out_max_bytes: 0,
             clipboard_in_max_bytes: 0,
         }

@@ -210,7 +210,7 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
 }
 
 /// Audits the transfers a node's display proxy reported: each as `file.upload`,
-/// `clipboard.paste_in` or `clipboard.copy_out` by the session's user, on the session's desktop
+/// `file.download`, `clipboard.paste_in` or `clipboard.copy_out` by the session's user, on the session's desktop
 /// (clipboard text by its size and hash, never its content). A transfer in a session of another node (or of
 /// none) is not this node's to report: it is logged and dropped.
 async fn record_transfers(
@@ -232,6 +232,7 @@ async fn record_transfers(
             match t.direction.as_str() {
                 "clipboard_in" => "clipboard.paste_in",
                 "clipboard_out" => "clipboard.copy_out",
+                "download" => "file.download",
                 _ => "file.upload",
             },
             &s.desktop_id,

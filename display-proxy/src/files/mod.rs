@@ -1,4 +1,4 @@
-//! Files a viewer uploads into its desktop.
+//! Files a viewer uploads into its desktop, and downloads from it.
 //!
 //! Each upload runs in a task of its own. The viewer's chunks pass through it as they come:
 //! hashed (SHA-256), fed to the virus scanner when the ticket says uploads are scanned, and
@@ -7,13 +7,23 @@
 //! anything else (a finding, a scanner that fails, a cancel, the viewer gone) throws it away,
 //! so nothing partial or flagged is ever the user's.
 //!
-//! Memory is bounded on the way: the viewer keeps at most [`atrium_protocol::display::FILE_WINDOW`] bytes beyond the
-//! progress it was told, progress is told only once a chunk is handed to the node, and the
-//! node's request body takes chunks only as fast as the guest writes them.
+//! Downloads go the other way, from the files the user put in `~/Transfer`. One that must be
+//! scanned is read whole from the node into an unlinked file of the proxy's temporary
+//! directory while the scanner reads it; only a clean one is then sent to the viewer, so not a
+//! byte of a flagged file leaves. One that need not be scanned streams straight through. The
+//! viewer saves a file only once [`atrium_protocol::display::ServerMessage::FileDone`] came.
+//!
+//! Memory is bounded on the way: an uploading viewer keeps at most
+//! [`atrium_protocol::display::FILE_WINDOW`] bytes beyond the progress it was told, progress
+//! is told only once a chunk is handed to the node, and the node's request body takes chunks
+//! only as fast as the guest writes them. A download sends at most that window beyond what
+//! the viewer said it took, and reads from the node only as fast as it sends.
 
+mod download;
 pub mod scan;
 mod upload;
 
+pub use self::download::{Downloads, MAX_DOWNLOADS_PER_VIEWER};
 pub use self::upload::{MAX_UPLOADS_PER_VIEWER, Uploads};
 
 use std::fmt::Write as _;
@@ -28,7 +38,7 @@ use crate::source::open::GuestLink;
 /// How one upload ended (or one clipboard text crossed), for the log and the audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// `upload`, `clipboard_in` or `clipboard_out`.
+    /// `upload`, `download`, `clipboard_in` or `clipboard_out`.
     pub direction: &'static str,
     pub name: String,
     pub size: u64,
@@ -69,6 +79,20 @@ impl Outcome {
     }
 }
 
+/// Why a file did not cross: the verdict, and the message for the user.
+struct Failed {
+    verdict: &'static str,
+    message: String,
+    /// For the audit, when it differs from the message (the scanner's finding).
+    detail: Option<String>,
+}
+
+impl Failed {
+    fn new(verdict: &'static str, message: impl Into<String>) -> Self {
+        Self { verdict, message: message.into(), detail: None }
+    }
+}
+
 /// Clipboard texts and refusals (that moved no file) audited per viewer: a burst of
 /// [`AUDIT_BURST`], then [`AUDIT_PER_MINUTE`]. Files that moved are always audited.
 pub const AUDIT_BURST: f64 = 60.0;
@@ -89,7 +113,7 @@ impl AuditBudget {
 
     /// `Some(how many held back so far)` when `o` is beyond the budget and is not recorded.
     pub fn over(&mut self, o: &Outcome, now: std::time::Instant) -> Option<u64> {
-        if o.direction == "upload" && o.verdict != "refused" {
+        if matches!(o.direction, "upload" | "download") && o.verdict != "refused" {
             return None;
         }
         let minutes = now.saturating_duration_since(self.last).as_secs_f64() / 60.0;
@@ -124,6 +148,8 @@ mod tests {
         assert_eq!(b.over(&file, t0), None, "a file that moved is always audited");
         let refused = Outcome { verdict: "refused", direction: "upload", ..clip.clone() };
         assert!(b.over(&refused, t0).is_some());
+        let out = Outcome { verdict: "infected", direction: "download", ..clip.clone() };
+        assert_eq!(b.over(&out, t0), None, "a download that was tried is always audited");
         let later = t0 + std::time::Duration::from_secs(60);
         let again = (0..1000).filter(|_| b.over(&clip, later).is_none()).count();
         assert_eq!(again as f64, AUDIT_PER_MINUTE);
@@ -138,9 +164,9 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// What uploads of a desktop go through.
+/// What uploads and downloads of a desktop go through.
 #[derive(Debug, Clone)]
-pub struct UploadTarget {
+pub struct FileTarget {
     pub guest: GuestLink,
     /// The scanner, when this proxy has one.
     pub scanner: Option<Scanner>,

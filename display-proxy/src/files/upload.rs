@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::scan::Verdict;
-use super::{Outcome, UploadTarget};
+use super::{Failed, FileTarget, Outcome};
 
 /// Uploads one viewer may have at once.
 pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
@@ -39,7 +39,7 @@ struct Open {
 /// A viewer's uploads. Dropping it (the viewer went away) throws every unfinished one away.
 #[derive(Debug)]
 pub struct Uploads {
-    target: Option<UploadTarget>,
+    target: Option<FileTarget>,
     rights: Capabilities,
     open: HashMap<u32, Open>,
     /// Held by each upload's task until it has ended, cancelled ones too: a viewer cannot pile
@@ -53,7 +53,7 @@ pub struct Uploads {
 
 impl Uploads {
     pub fn new(
-        target: Option<UploadTarget>,
+        target: Option<FileTarget>,
         rights: Capabilities,
         say: mpsc::Sender<ServerMessage>,
         outcomes: mpsc::UnboundedSender<Outcome>,
@@ -75,7 +75,7 @@ impl Uploads {
             let message = "uploads into this desktop are not allowed for you".to_owned();
             return self.refuse(id, message).await;
         }
-        let check = || -> Result<(UploadTarget, OwnedSemaphorePermit), String> {
+        let check = || -> Result<(FileTarget, OwnedSemaphorePermit), String> {
             let target =
                 self.target.clone().ok_or("this desktop takes no files (it has no guest agent)")?;
             validate_file_name(&name)?;
@@ -169,22 +169,9 @@ struct Job {
     name: String,
     size: u64,
     scan: bool,
-    target: UploadTarget,
+    target: FileTarget,
     chunks: mpsc::Receiver<Piece>,
     say: mpsc::Sender<ServerMessage>,
-}
-
-/// Why an upload did not reach the user: the verdict, and the message for them.
-struct Failed {
-    verdict: &'static str,
-    message: String,
-    detail: Option<String>,
-}
-
-impl Failed {
-    fn new(verdict: &'static str, message: impl Into<String>) -> Self {
-        Self { verdict, message: message.into(), detail: None }
-    }
 }
 
 impl Job {

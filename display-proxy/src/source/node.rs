@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use atrium_protocol::agent::FileEntry;
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, ErrorBody, ScreenSize, UploadSaved, UploadStaged,
-    VmInfo, validate_name,
+    ClipboardState, ClipboardText, DisplaySize, ErrorBody, FILE_SIZE_HEADER, FileListing,
+    ScreenSize, UploadSaved, UploadStaged, VmInfo, validate_name,
 };
 use atrium_protocol::session::ActivityReport;
 use thiserror::Error;
@@ -208,6 +209,40 @@ impl NodeClient {
             .await?;
         Self::check(vm, resp).await?;
         Ok(())
+    }
+
+    /// `GET /api/v1/vms/{id}/files`: the files of the user's transfer folder the desktop
+    /// offers for download.
+    pub async fn list_files(&self, vm: &str) -> Result<Vec<FileEntry>, NodeError> {
+        let resp =
+            self.http.get(self.url(vm, "/files")?).timeout(Duration::from_secs(30)).send().await?;
+        Ok(Self::check(vm, resp).await?.json::<FileListing>().await?.files)
+    }
+
+    /// `GET /api/v1/vms/{id}/files/content?name=NAME`: file `name` of the transfer folder, as
+    /// its size and a response whose body streams its bytes as fast as they are read. No
+    /// timeout on the whole: the node ends a download whose guest stops sending.
+    pub async fn download(
+        &self,
+        vm: &str,
+        name: &str,
+    ) -> Result<(u64, reqwest::Response), NodeError> {
+        let url = format!(
+            "{}?name={}",
+            self.url(vm, "/files/content")?,
+            atrium_protocol::text::query_escape(name)
+        );
+        let resp = Self::check(vm, self.http.get(url).send().await?).await?;
+        let size = resp
+            .headers()
+            .get(FILE_SIZE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| NodeError::Status {
+                status: resp.status().as_u16(),
+                body: format!("the node's answer has no valid {FILE_SIZE_HEADER}"),
+            })?;
+        Ok((size, resp))
     }
 
     /// `POST /api/v1/vms/{id}/recordings/{rec}/end`: a recording ends with no more chunks.

@@ -44,7 +44,7 @@ pub struct ViewerContext {
     /// Most video frames a second per viewer; 0: no video.
     pub video_max_fps: u32,
     pub ack_timeout: Duration,
-    /// The virus scanner uploads pass, when this proxy has one.
+    /// The virus scanner uploads and downloads pass, when this proxy has one.
     pub scanner: Option<crate::files::scan::Scanner>,
 }
 
@@ -191,7 +191,8 @@ async fn serve_inner(
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(64);
     let inputs = Arc::new(Mutex::new(InputLog::default()));
-    // Answers about uploads reach the sending side as events.
+    // Answers about uploads and downloads (a download's bytes too) reach the sending side as
+    // events.
     let (say, mut said) = mpsc::channel::<ServerMessage>(16);
     let events = tx.clone();
     let forwarder = tokio::spawn(async move {
@@ -203,8 +204,9 @@ async fn serve_inner(
     });
     let target = desktop
         .guest()
-        .map(|g| files::UploadTarget { guest: g.clone(), scanner: ctx.scanner.clone() });
-    let uploads = files::Uploads::new(target, rights, say, outcomes.clone());
+        .map(|g| files::FileTarget { guest: g.clone(), scanner: ctx.scanner.clone() });
+    let uploads = files::Uploads::new(target.clone(), rights, say.clone(), outcomes.clone());
+    let downloads = files::Downloads::new(target, rights, say, outcomes.clone());
     let receiver = tokio::spawn(receive(
         stream,
         tx,
@@ -217,6 +219,7 @@ async fn serve_inner(
             record_input,
             presence,
             uploads,
+            downloads,
             outcomes: outcomes.clone(),
         },
     ));

@@ -71,6 +71,8 @@ pub(super) struct Receiving {
     pub presence: Arc<Presence>,
     /// The viewer's uploads.
     pub uploads: crate::files::Uploads,
+    /// The viewer's downloads.
+    pub downloads: crate::files::Downloads,
     /// Where what crossed the clipboard is noted (size and hash, for the audit).
     pub outcomes: mpsc::UnboundedSender<crate::files::Outcome>,
 }
@@ -89,6 +91,7 @@ pub(super) async fn receive(
         record_input,
         presence,
         mut uploads,
+        mut downloads,
         outcomes,
     } = r;
     let paste_limit = clipboard_limit(rights.clipboard_in_max_bytes);
@@ -229,6 +232,19 @@ pub(super) async fn receive(
             }
             ClientMessage::FileCancel { id } => {
                 uploads.cancel(id);
+                downloads.cancel(id);
+                continue;
+            }
+            ClientMessage::FileList => {
+                downloads.list().await;
+                continue;
+            }
+            ClientMessage::FileGet { id, name } => {
+                downloads.get(id, name).await;
+                continue;
+            }
+            ClientMessage::FileTaken { id, done } => {
+                downloads.taken(id, done);
                 continue;
             }
             ClientMessage::FrameAck { frame } => Event::Ack(frame),

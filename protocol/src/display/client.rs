@@ -40,8 +40,17 @@ pub enum ClientMessage {
     /// The next bytes of upload `id` (at most [`MAX_FILE_CHUNK`]). The viewer keeps at most
     /// [`super::FILE_WINDOW`] bytes beyond the last progress it was told. `0x8b`
     FileData { id: u32, data: Vec<u8> },
-    /// Stop upload `id`: nothing of it stays in the desktop. `0x8c`
+    /// Stop upload `id` (nothing of it stays in the desktop), or download `id`. `0x8c`
     FileCancel { id: u32 },
+    /// Ask for the files of the desktop this viewer may download; answered with
+    /// [`ServerMessage::FileList`]. Only a viewer with [`caps::FILE_DOWNLOAD`] may. `0x8d`
+    FileList,
+    /// Download file `name` (one of the list) as the viewer's download `id`. The proxy answers
+    /// with [`ServerMessage::FileStart`], the file's bytes, then [`ServerMessage::FileDone`]
+    /// or [`ServerMessage::FileRefused`]. `0x8e`
+    FileGet { id: u32, name: String },
+    /// The viewer has taken the first `done` bytes of download `id`. `0x8f`
+    FileTaken { id: u32, done: u64 },
 }
 
 impl ClientMessage {
@@ -107,6 +116,17 @@ impl ClientMessage {
                 out.push(0x8c);
                 out.extend_from_slice(&id.to_le_bytes());
             }
+            Self::FileList => out.push(0x8d),
+            Self::FileGet { id, name } => {
+                out.push(0x8e);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_text16(&mut out, name, MAX_FILE_NAME);
+            }
+            Self::FileTaken { id, done } => {
+                out.push(0x8f);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&done.to_le_bytes());
+            }
         }
         out
     }
@@ -152,6 +172,9 @@ impl ClientMessage {
             0x8a => Self::FileOpen { id: r.u32()?, size: r.u64()?, name: r.text16(MAX_FILE_NAME)? },
             0x8b => Self::FileData { id: r.u32()?, data: r.bytes32(MAX_FILE_CHUNK)?.to_vec() },
             0x8c => Self::FileCancel { id: r.u32()? },
+            0x8d => Self::FileList,
+            0x8e => Self::FileGet { id: r.u32()?, name: r.text16(MAX_FILE_NAME)? },
+            0x8f => Self::FileTaken { id: r.u32()?, done: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -2,9 +2,10 @@
 
 use super::wire::{Reader, put_bytes32, put_rect, put_text16};
 use super::{
-    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_FILE_MESSAGE, MAX_FILE_PATH,
-    MAX_VIDEO_FRAME, Rect, truncate_utf8,
+    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_FILE_CHUNK, MAX_FILE_MESSAGE,
+    MAX_FILE_NAME, MAX_FILE_PATH, MAX_VIDEO_FRAME, Rect, truncate_utf8,
 };
+use crate::agent::{FileEntry, MAX_LISTED_FILES};
 
 /// Messages from the display proxy to the browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,20 @@ pub enum ServerMessage {
     /// Clipboard text of `size` bytes did not cross because policy allows at most `limit`:
     /// copied in the desktop (`out` true) or pasted from the browser (`out` false). `0x35`
     ClipboardRefused { out: bool, size: u32, limit: u32 },
+    /// Answer to [`ClientMessage::FileList`]: the files of the desktop the viewer may
+    /// download (newest first, at most [`MAX_LISTED_FILES`]), or, when `message` is not empty,
+    /// why there is no list. `0x36`
+    FileList { message: String, files: Vec<FileEntry> },
+    /// Download `id` is `size` bytes; they follow as [`ServerMessage::FileChunk`]s. `0x37`
+    FileStart { id: u32, size: u64 },
+    /// The next bytes of download `id` (at most [`MAX_FILE_CHUNK`]). The proxy sends at most
+    /// [`super::FILE_WINDOW`] bytes beyond what the viewer said it took
+    /// ([`ClientMessage::FileTaken`]). `0x38`
+    FileChunk { id: u32, data: Vec<u8> },
+    /// All of download `id` came and passed the scanner: the viewer may save it. `sha256` is
+    /// the hash of its bytes. Until this comes the viewer keeps the file to itself; a
+    /// [`ServerMessage::FileRefused`] instead means it must be thrown away. `0x39`
+    FileDone { id: u32, sha256: [u8; 32] },
     /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
     /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
     /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
@@ -147,6 +162,32 @@ impl ServerMessage {
                 out.extend_from_slice(&size.to_le_bytes());
                 out.extend_from_slice(&limit.to_le_bytes());
             }
+            Self::FileList { message, files } => {
+                out.push(0x36);
+                put_text16(out, message, MAX_FILE_MESSAGE);
+                let files = &files[..files.len().min(MAX_LISTED_FILES)];
+                out.extend_from_slice(&u16::try_from(files.len()).expect("bounded").to_le_bytes());
+                for f in files {
+                    put_text16(out, &f.name, MAX_FILE_NAME);
+                    out.extend_from_slice(&f.size.to_le_bytes());
+                    out.extend_from_slice(&f.modified.to_le_bytes());
+                }
+            }
+            Self::FileStart { id, size } => {
+                out.push(0x37);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+            }
+            Self::FileChunk { id, data } => {
+                out.push(0x38);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_bytes32(out, &data[..data.len().min(MAX_FILE_CHUNK)]);
+            }
+            Self::FileDone { id, sha256 } => {
+                out.push(0x39);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(sha256);
+            }
             Self::Audio { at, packet } => {
                 out.push(0x40);
                 out.extend_from_slice(&at.to_le_bytes());
@@ -222,6 +263,25 @@ impl ServerMessage {
                 size: r.u32()?,
                 limit: r.u32()?,
             },
+            0x36 => {
+                let message = r.text16(MAX_FILE_MESSAGE)?;
+                let n = usize::from(r.u16()?);
+                if n > MAX_LISTED_FILES {
+                    return Err(DecodeError::BadValue("file count"));
+                }
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.text16(MAX_FILE_NAME)?;
+                    files.push(FileEntry { name, size: r.u64()?, modified: r.u64()? });
+                }
+                Self::FileList { message, files }
+            }
+            0x37 => Self::FileStart { id: r.u32()?, size: r.u64()? },
+            0x38 => Self::FileChunk { id: r.u32()?, data: r.bytes32(MAX_FILE_CHUNK)?.to_vec() },
+            0x39 => {
+                let id = r.u32()?;
+                Self::FileDone { id, sha256: r.take(32)?.try_into().expect("took 32 bytes") }
+            }
             0x40 => {
                 let at = r.u32()?;
                 let len = usize::from(r.u16()?);

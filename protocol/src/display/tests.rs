@@ -30,6 +30,17 @@ fn all_server() -> Vec<ServerMessage> {
             id: 6,
             message: "the scanner found Eicar-Test-Signature".into(),
         },
+        ServerMessage::FileList {
+            message: String::new(),
+            files: vec![
+                crate::agent::FileEntry { name: "bericht.pdf".into(), size: 1 << 33, modified: 9 },
+                crate::agent::FileEntry { name: "a".into(), size: 0, modified: 0 },
+            ],
+        },
+        ServerMessage::FileList { message: "nobody is signed in".into(), files: vec![] },
+        ServerMessage::FileStart { id: 7, size: 1 << 30 },
+        ServerMessage::FileChunk { id: 7, data: vec![1, 2, 3] },
+        ServerMessage::FileDone { id: 7, sha256: [3; 32] },
         ServerMessage::Audio { at: 48_000, packet: vec![0xfc, 1, 2, 3] },
         ServerMessage::Video { rect, key: true, data: vec![0x9d, 1, 0x2a] },
         ServerMessage::Video { rect, key: false, data: vec![7; 40] },
@@ -53,6 +64,9 @@ fn all_client() -> Vec<ClientMessage> {
         ClientMessage::FileData { id: 1, data: vec![0, 1, 2, 0xff] },
         ClientMessage::FileData { id: 1, data: vec![] },
         ClientMessage::FileCancel { id: 1 },
+        ClientMessage::FileList,
+        ClientMessage::FileGet { id: 2, name: "bericht.pdf".into() },
+        ClientMessage::FileTaken { id: 2, done: 1 << 32 },
     ]
 }
 
