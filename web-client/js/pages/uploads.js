@@ -8,7 +8,7 @@
 
 import { el, announce } from '../ui.js';
 
-function sizeText(n) {
+export function sizeText(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1 << 30) return `${(n / (1 << 20)).toFixed(1)} MiB`;

@@ -12,6 +12,7 @@ import { Caps } from '../viewer/protocol.js';
 import { SoundPlayer } from '../viewer/audio.js';
 import { currentLayout } from '../layout.js';
 import { LimitWarnings } from './limits.js';
+import { DownloadPanel } from './downloads.js';
 import { UploadPanel } from './uploads.js';
 
 // A lost connection is tried again at once (another gateway takes it), then less and less often.
@@ -115,9 +116,10 @@ export function showViewer(app, target) {
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
   const uploads = new UploadPanel({ dropTarget: screen });
+  const downloads = new DownloadPanel();
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, uploads.button, fullBtn, outBtn, recorded, stats);
-  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, uploads.panel, screen);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, uploads.button, downloads.button, fullBtn, outBtn, recorded, stats);
+  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, uploads.panel, downloads.panel, screen);
   render(root);
 
   let session = null;
@@ -360,6 +362,7 @@ export function showViewer(app, target) {
     setOverlay('Connecting…');
     session = new DisplaySession({ url, canvas });
     uploads.attach(session);
+    downloads.attach(session);
     maxSize = null;
     asked = '';
     sizeLabel.hidden = true;
@@ -373,6 +376,7 @@ export function showViewer(app, target) {
       pasteLocal.disabled = !h.clipboardIn;
       copyLocal.disabled = !h.clipboardOut;
       uploads.allow(h.fileUpload);
+      downloads.allow(h.fileDownload);
       stopSound();
       if (h.audio && SoundPlayer.supported()) {
         player = new SoundPlayer();

@@ -10,10 +10,13 @@ const MAX_AUDIO_PACKET = 4000;
 const MAX_VIDEO_FRAME = 16 << 20;
 const MAX_CODE_LEN = 32;
 // Uploads: chunks of at most MAX_FILE_CHUNK, never more than FILE_WINDOW beyond the progress
-// the proxy told; names of at most MAX_FILE_NAME bytes.
+// the proxy told; names of at most MAX_FILE_NAME bytes. Downloads: the same sizes the other
+// way, the window counted from what this viewer said it took. A listing has at most
+// MAX_LISTED_FILES files.
 export const MAX_FILE_CHUNK = 256 * 1024;
 export const FILE_WINDOW = 4 * 1024 * 1024;
 export const MAX_FILE_NAME = 255;
+export const MAX_LISTED_FILES = 500;
 
 export const Caps = Object.freeze({
   VIEW_ONLY: 1,
@@ -106,6 +109,28 @@ export function decodeServer(buf) {
       const out = r.u8();
       if (out > 1) throw new ProtocolError('bad clipboard direction');
       m = { type: 'clipboardRefused', out: out === 1, size: r.u32(), limit: r.u32() };
+      break;
+    }
+    case 0x36: {
+      const message = r.text16();
+      const n = r.u16();
+      if (n > MAX_LISTED_FILES) throw new ProtocolError('too many files listed');
+      const files = [];
+      for (let i = 0; i < n; i++) files.push({ name: r.text16(), size: r.u64(), modified: r.u64() });
+      m = { type: 'fileList', message, files };
+      break;
+    }
+    case 0x37: m = { type: 'fileStart', id: r.u32(), size: r.u64() }; break;
+    case 0x38: {
+      const id = r.u32();
+      const data = r.bytes32();
+      if (data.length > MAX_FILE_CHUNK) throw new ProtocolError('file chunk over the limit');
+      m = { type: 'fileChunk', id, data };
+      break;
+    }
+    case 0x39: {
+      const id = r.u32();
+      m = { type: 'fileDone', id, sha256: Array.from(r.take(32), (b) => b.toString(16).padStart(2, '0')).join('') };
       break;
     }
     case 0x40: {
@@ -232,10 +257,36 @@ export function fileDataMessage(id, data) {
   return w.buf;
 }
 
-// Stops upload `id`.
+// Stops upload or download `id`.
 export function fileCancelMessage(id) {
   const w = writer(5);
   w.view.setUint8(0, 0x8c);
   w.view.setUint32(1, id >>> 0, true);
+  return w.buf;
+}
+
+// Asks for the files of the desktop this viewer may download (answered with a fileList).
+export function fileListMessage() {
+  return new Uint8Array([0x8d]).buffer;
+}
+
+// Downloads file `name` (of the list) as download `id`.
+export function fileGetMessage(id, name) {
+  const n = utf8enc.encode(name);
+  if (n.length > MAX_FILE_NAME) throw new RangeError('file name over the limit');
+  const w = writer(7 + n.length);
+  w.view.setUint8(0, 0x8e);
+  w.view.setUint32(1, id >>> 0, true);
+  w.view.setUint16(5, n.length, true);
+  w.bytes.set(n, 7);
+  return w.buf;
+}
+
+// This viewer has taken the first `done` bytes of download `id`.
+export function fileTakenMessage(id, done) {
+  const w = writer(13);
+  w.view.setUint8(0, 0x8f);
+  w.view.setUint32(1, id >>> 0, true);
+  w.view.setBigUint64(5, BigInt(done), true);
   return w.buf;
 }

@@ -14,6 +14,10 @@
 //   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
 //   s.setAudio(on);  s.stillHere();  s.disconnect();
 //   s.upload(file);  s.cancelUpload(id);   // when s.fileUpload (see viewer/uploads.js)
+//   s.on('download', ({ id, name, size, done, checked, state, message, sha256, blob }) => ...);
+//   s.on('fileList', ({ message, files }) => ...);
+//   s.listFiles();  s.download({ name, size });  s.cancelDownload(id);   // when s.fileDownload
+//                                                                       // (viewer/downloads.js)
 //   s.lastInputAt   // performance.now() of the last key or pointer input sent (or of connect)
 //
 // `url` is the WebSocket URL with its ticket (`wss://.../ws/{vm}?ticket=...`), as the broker
@@ -30,6 +34,7 @@ import * as P from './protocol.js';
 import { Renderer } from './renderer.js';
 import { Stats } from './stats.js';
 import { Transport } from './transport.js';
+import { Downloader } from './downloads.js';
 import { Uploader } from './uploads.js';
 
 const PING_INTERVAL_MS = 2000;
@@ -75,6 +80,9 @@ export class DisplaySession extends Emitter {
     this.video = null;
     this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false));
     this.uploader.on('change', (u) => this.emit('upload', u));
+    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false));
+    this.downloader.on('change', (d) => this.emit('download', d));
+    this.downloader.on('list', (l) => this.emit('fileList', l));
   }
 
   get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
@@ -82,6 +90,7 @@ export class DisplaySession extends Emitter {
   get clipboardOut() { return (this.caps & P.Caps.CLIPBOARD_COPY_OUT) !== 0; }
   get audio() { return (this.caps & P.Caps.AUDIO) !== 0; }
   get fileUpload() { return (this.caps & P.Caps.FILE_UPLOAD) !== 0 && !this.viewOnly; }
+  get fileDownload() { return (this.caps & P.Caps.FILE_DOWNLOAD) !== 0 && !this.viewOnly; }
 
   connect() {
     if (this.transport) return;
@@ -133,6 +142,24 @@ export class DisplaySession extends Emitter {
     this.uploader.cancel(id);
   }
 
+  // Asks for the files of the desktop's ~/Transfer this viewer may download; they come as a
+  // 'fileList' event. False when this viewer may not download.
+  listFiles() {
+    if (!this.connected || !this.fileDownload) return false;
+    return this.downloader.list();
+  }
+
+  // Downloads a file of the list; returns the download's id, or null when this viewer may not
+  // download. Progress and the end (with the file as a Blob) come as 'download' events.
+  download(file) {
+    if (!this.connected || !this.fileDownload) return null;
+    return this.downloader.get(file);
+  }
+
+  cancelDownload(id) {
+    this.downloader.cancel(id);
+  }
+
   // Tells the desktop that the user is here, changing nothing in it: the pointer where it is,
   // sent again as input (a session's idle time counts from its last input). False when this
   // viewer sends no input.
@@ -165,6 +192,7 @@ export class DisplaySession extends Emitter {
     if (this._statsTimer) clearInterval(this._statsTimer);
     this._statsTimer = null;
     this.uploader.closed();
+    this.downloader.closed();
     if (was) {
       this.keyboard.detach();
       this.pointer.detach();
@@ -216,10 +244,18 @@ export class DisplaySession extends Emitter {
       case 'clipboard': return this.emit('clipboard', { text: m.text });
       case 'clipboardRefused': return this.emit('clipboardRefused', { out: m.out, size: m.size, limit: m.limit });
       case 'audio': return this.emit('audio', { at: m.at, packet: m.packet });
-      case 'fileProgress':
       case 'fileSaved':
-      case 'fileRefused':
         return this.uploader.message(m);
+      // Uploads and downloads have ids of their own: each takes only its own.
+      case 'fileProgress':
+      case 'fileRefused':
+        this.uploader.message(m);
+        return this.downloader.message(m);
+      case 'fileList':
+      case 'fileStart':
+      case 'fileChunk':
+      case 'fileDone':
+        return this.downloader.message(m);
       case 'pong': {
         const sent = this._pings.get(m.id);
         if (sent !== undefined) {
@@ -253,7 +289,7 @@ export class DisplaySession extends Emitter {
     this.emit('connected', {
       width: m.width, height: m.height, name: m.name, caps: m.caps,
       viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
-      audio: this.audio, fileUpload: this.fileUpload,
+      audio: this.audio, fileUpload: this.fileUpload, fileDownload: this.fileDownload,
     });
   }
 

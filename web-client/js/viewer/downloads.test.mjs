@@ -1,0 +1,121 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+
+import { DOWNLOAD_IDS, Downloader } from './downloads.js';
+import { MAX_FILE_CHUNK, decodeServer, fileCancelMessage, fileGetMessage } from './protocol.js';
+
+// What a downloader sent: type, id, and the `done` of a fileTaken.
+function recorder() {
+  const sent = [];
+  const send = (buf) => {
+    const v = new DataView(buf);
+    const type = v.getUint8(0);
+    const m = { type };
+    if (buf.byteLength >= 5) m.id = v.getUint32(1, true);
+    if (type === 0x8f) m.done = Number(v.getBigUint64(5, true));
+    sent.push(m);
+    return true;
+  };
+  return { sent, send };
+}
+
+// A server message, encoded as the proxy does, decoded as the session does.
+function server(bytes) {
+  return decodeServer(new Uint8Array(bytes).buffer);
+}
+const u32 = (n) => [n & 255, (n >>> 8) & 255, (n >>> 16) & 255, (n >>> 24) & 255];
+const u64 = (n) => [...u32(n % 2 ** 32), ...u32(Math.floor(n / 2 ** 32))];
+const start = (id, size) => server([0x37, ...u32(id), ...u64(size)]);
+const chunk = (id, data) => server([0x38, ...u32(id), ...u32(data.length), ...data]);
+const done = (id, b) => server([0x39, ...u32(id), ...new Array(32).fill(b)]);
+const refused = (id, text) => {
+  const t = [...new TextEncoder().encode(text)];
+  return server([0x34, ...u32(id), t.length & 255, t.length >> 8, ...t]);
+};
+
+test('a download acknowledges what it took and gives the file only once it is done', async () => {
+  const { sent, send } = recorder();
+  const d = new Downloader(send);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  const id = d.get({ name: 'bericht.txt', size: 5 });
+  assert.ok(id >= DOWNLOAD_IDS, 'download ids never meet upload ids');
+  assert.deepEqual(sent[0], { type: 0x8e, id });
+  assert.equal(fileGetMessage(id, 'bericht.txt').byteLength, 7 + 'bericht.txt'.length);
+  assert.equal(changes.at(-1).state, 'checking');
+  d.message({ type: 'fileProgress', id, done: 3 });
+  assert.equal(changes.at(-1).checked, 3, 'the scanner\'s progress shows while it checks');
+  d.message(start(id, 5));
+  assert.equal(changes.at(-1).state, 'receiving');
+  d.message(chunk(id, [104, 101, 108]));
+  d.message(chunk(id, [108, 111]));
+  assert.deepEqual(sent.filter((s) => s.type === 0x8f).map((s) => s.done), [3, 5], 'each chunk is acknowledged');
+  assert.ok(changes.every((c) => c.blob === null), 'nothing is given before the proxy says it is done');
+  d.message(done(id, 0xab));
+  const last = changes.at(-1);
+  assert.equal(last.state, 'saved');
+  assert.equal(last.sha256, 'ab'.repeat(32));
+  assert.equal(await last.blob.text(), 'hello');
+});
+
+test('a refused, cut-off or overlong download is thrown away', async () => {
+  const { sent, send } = recorder();
+  const d = new Downloader(send);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+
+  const a = d.get({ name: 'eicar.com', size: 68 });
+  d.message(refused(a, 'eicar.com was refused: the virus scanner found Eicar-Test-Signature in it.'));
+  assert.equal(changes.at(-1).state, 'refused');
+  assert.match(changes.at(-1).message, /Eicar/);
+  assert.equal(changes.at(-1).blob, null);
+
+  const b = d.get({ name: 'big', size: 4 });
+  d.message(start(b, 4));
+  d.message(chunk(b, [1, 2, 3, 4, 5]));
+  assert.equal(changes.at(-1).state, 'failed', 'more than the file is refused by the viewer too');
+  assert.deepEqual(sent.at(-1), { type: 0x8c, id: b }, 'and the proxy is told to stop');
+  assert.equal(new Uint8Array(fileCancelMessage(b))[0], 0x8c);
+
+  const c = d.get({ name: 'short', size: 4 });
+  d.message(start(c, 4));
+  d.message(chunk(c, [1]));
+  d.message(done(c, 1));
+  assert.equal(changes.at(-1).state, 'failed', 'a file that came short is not saved');
+  assert.equal(changes.at(-1).blob, null);
+
+  const e = d.get({ name: 'cut', size: 2 ** 20 });
+  d.message(start(e, 2 ** 20));
+  d.message(chunk(e, new Array(MAX_FILE_CHUNK).fill(7)));
+  d.closed();
+  assert.equal(changes.at(-1).state, 'failed');
+  assert.match(changes.at(-1).message, /lost/);
+});
+
+test('a cancelled download ends as cancelled when the proxy confirms', () => {
+  const { sent, send } = recorder();
+  const d = new Downloader(send);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  const id = d.get({ name: 'x', size: 10 });
+  d.cancel(id);
+  assert.deepEqual(sent.at(-1), { type: 0x8c, id });
+  assert.equal(changes.at(-1).state, 'cancelling');
+  d.message(refused(id, 'x: the download was cancelled'));
+  assert.equal(changes.at(-1).state, 'cancelled');
+  // Late chunks of it are ignored.
+  d.message(chunk(id, [1]));
+  assert.equal(sent.filter((s) => s.type === 0x8f).length, 0);
+});
+
+test('a listing reaches the page, and a malformed one is a protocol error', () => {
+  const { send } = recorder();
+  const d = new Downloader(send);
+  const lists = [];
+  d.on('list', (l) => lists.push(l));
+  const name = [...new TextEncoder().encode('a.txt')];
+  d.message(server([0x36, 0, 0, 1, 0, name.length, 0, ...name, ...u64(3), ...u64(1700000000)]));
+  assert.deepEqual(lists[0], { message: '', files: [{ name: 'a.txt', size: 3, modified: 1700000000 }] });
+  assert.throws(() => server([0x36, 0, 0, 0xf5, 0x01]), /too many files/);
+  assert.throws(() => server([0x38, ...u32(1), ...u32(MAX_FILE_CHUNK + 1)]), /over the limit|truncated/);
+});
