@@ -1,13 +1,14 @@
 //! A WebSocket viewer for tests: speaks the display protocol, keeps the image it is sent (and
-//! the clipboard, and what it hears of its uploads), types into the desktop.
+//! the clipboard, and what it hears of its uploads and downloads), types into the desktop.
+
+mod transfers;
+pub use transfers::{Download, Upload};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use atrium_protocol::display::{
-    ClientMessage, FILE_WINDOW, ImageFormat, MAX_FILE_CHUNK, Rect, ServerMessage,
-};
+use atrium_protocol::display::{ClientMessage, ImageFormat, Rect, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -40,16 +41,14 @@ pub struct DisplayViewer {
     pub clipboard: Option<String>,
     /// What the proxy said of each upload: the bytes taken so far, and how it ended.
     pub uploads: HashMap<u32, Upload>,
+    /// What came of each download.
+    pub downloads: HashMap<u32, Download>,
+    /// The last file list the proxy sent: its message, and the files.
+    pub files: Option<(String, Vec<atrium_protocol::agent::FileEntry>)>,
+    /// A message about a file came since the last [`DisplayViewer::pump`] returned.
+    file_news: bool,
     /// Clipboard texts refused for their size: (out of the desktop, size, limit).
     pub clipboard_refused: Vec<(bool, u32, u32)>,
-}
-
-/// One upload as the viewer heard of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Upload {
-    pub done: u64,
-    /// `Ok((path, sha256))` once saved; `Err(message)` once refused.
-    pub end: Option<Result<(String, [u8; 32]), String>>,
 }
 
 impl DisplayViewer {
@@ -81,6 +80,9 @@ impl DisplayViewer {
             kept: None,
             clipboard: None,
             uploads: HashMap::new(),
+            downloads: HashMap::new(),
+            files: None,
+            file_news: false,
             clipboard_refused: Vec::new(),
         })
     }
@@ -102,6 +104,9 @@ impl DisplayViewer {
             kept: None,
             clipboard: None,
             uploads: HashMap::new(),
+            downloads: HashMap::new(),
+            files: None,
+            file_news: false,
             clipboard_refused: Vec::new(),
         }
     }
@@ -134,17 +139,18 @@ impl DisplayViewer {
                 return Ok(Some(frame));
             }
             ServerMessage::Clipboard { text } => self.clipboard = Some(text),
-            ServerMessage::FileProgress { id, done } => {
-                self.uploads.entry(id).or_default().done = done;
-            }
-            ServerMessage::FileSaved { id, sha256, path } => {
-                self.uploads.entry(id).or_default().end = Some(Ok((path, sha256)));
-            }
             ServerMessage::ClipboardRefused { out, size, limit } => {
                 self.clipboard_refused.push((out, size, limit));
             }
-            ServerMessage::FileRefused { id, message } => {
-                self.uploads.entry(id).or_default().end = Some(Err(message));
+            m @ (ServerMessage::FileProgress { .. }
+            | ServerMessage::FileSaved { .. }
+            | ServerMessage::FileRefused { .. }
+            | ServerMessage::FileList { .. }
+            | ServerMessage::FileStart { .. }
+            | ServerMessage::FileChunk { .. }
+            | ServerMessage::FileDone { .. }) => {
+                self.file_news = true;
+                self.heard_file(m)?;
             }
             _ => {}
         }
@@ -172,8 +178,8 @@ impl DisplayViewer {
         out
     }
 
-    /// Handles messages until a frame ends (acknowledging it) or `wait` passes; true when a
-    /// frame ended.
+    /// Handles messages until a frame ends (acknowledging it), a message about a file came, or
+    /// `wait` passes; true when a frame ended.
     pub async fn pump(&mut self, wait: Duration) -> anyhow::Result<bool> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -191,6 +197,9 @@ impl DisplayViewer {
                 self.send(ClientMessage::FrameAck { frame }).await?;
                 return Ok(true);
             }
+            if std::mem::take(&mut self.file_news) {
+                return Ok(false);
+            }
         }
     }
 
@@ -207,57 +216,6 @@ impl DisplayViewer {
             self.pump(Duration::from_millis(200)).await?;
         }
         Ok(())
-    }
-
-    /// Uploads `data` as `name` (upload `id`) the way the web client does: chunks of at most
-    /// [`MAX_FILE_CHUNK`], never more than [`FILE_WINDOW`] beyond the progress heard, drawing
-    /// frames meanwhile. With `cancel_after`, cancels once that many bytes are sent. Returns how
-    /// the upload ended.
-    pub async fn upload(
-        &mut self,
-        id: u32,
-        name: &str,
-        data: &[u8],
-        cancel_after: Option<u64>,
-        within: Duration,
-    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
-        let deadline = Instant::now() + within;
-        let size = data.len() as u64;
-        self.send(ClientMessage::FileOpen { id, size, name: name.into() }).await?;
-        let mut sent = 0u64;
-        loop {
-            let heard = self.uploads.get(&id).cloned().unwrap_or_default();
-            if let Some(end) = heard.end {
-                return Ok(end);
-            }
-            if cancel_after.is_some_and(|c| sent >= c) {
-                self.send(ClientMessage::FileCancel { id }).await?;
-                return self.wait_upload_end(id, deadline).await;
-            }
-            ensure!(Instant::now() < deadline, "upload {id} of {name} did not end in {within:?}");
-            if sent < size && sent < heard.done + FILE_WINDOW {
-                let n = usize::try_from((size - sent).min(MAX_FILE_CHUNK as u64))?;
-                let at = usize::try_from(sent)?;
-                self.send(ClientMessage::FileData { id, data: data[at..at + n].to_vec() }).await?;
-                sent += n as u64;
-            } else {
-                self.pump(Duration::from_millis(200)).await?;
-            }
-        }
-    }
-
-    async fn wait_upload_end(
-        &mut self,
-        id: u32,
-        deadline: Instant,
-    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
-        loop {
-            if let Some(end) = self.uploads.get(&id).and_then(|u| u.end.clone()) {
-                return Ok(end);
-            }
-            ensure!(Instant::now() < deadline, "upload {id} did not end in time");
-            self.pump(Duration::from_millis(200)).await?;
-        }
     }
 
     pub async fn send(&mut self, m: ClientMessage) -> anyhow::Result<()> {

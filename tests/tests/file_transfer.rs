@@ -1,16 +1,18 @@
-//! Uploads into a real desktop (group `qemu`): a viewer of the console desktop under QEMU sends
-//! files through the display proxy, which hashes them and has a real clamd scan them on their
-//! way; the node streams them to the real guest agent, which keeps them hidden until the
-//! verdict. A clean file lands in `~/Transfer`, the user's, with the hash it was sent with; the
-//! EICAR test file, a cancelled upload, and files policy refuses leave nothing behind. The
-//! clipboard's size limits are policy's too: text over them does not cross, either way, and the
-//! viewer is told.
+//! Files into and out of a real desktop (group `qemu`): a viewer of the console desktop under
+//! QEMU sends files through the display proxy, which hashes them and has a real clamd scan
+//! them on their way; the node streams them to the real guest agent, which keeps them hidden
+//! until the verdict. A clean file lands in `~/Transfer`, the user's, with the hash it was sent
+//! with; the EICAR test file, a cancelled upload, and files policy refuses leave nothing
+//! behind. Downloads go back the same way: the viewer lists `~/Transfer` (regular files only,
+//! no links), gets a file whole with its hash, within its window; a flagged file sends not a
+//! byte. The clipboard's size limits are policy's too: text over them does not cross, either
+//! way, and the viewer is told.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
-use atrium_protocol::display::ClientMessage;
+use atrium_protocol::display::{ClientMessage, FILE_WINDOW};
 use atrium_protocol::ticket::Capabilities;
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
 use atrium_tests::display::{DisplayProxy, DisplayViewer, count_color};
@@ -55,8 +57,8 @@ async fn run_in_guest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
-    if skip(Group::Qemu, "files_reach_the_desktop_only_whole_scanned_and_allowed") {
+async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "files_cross_only_whole_scanned_and_allowed") {
         return Ok(());
     }
     let clamd = Clamd::start()?;
@@ -120,6 +122,8 @@ async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Res
     assert!(listing.starts_with(want), "{listing:?}\n{}", context("the transfer folder"));
     drop(viewer);
 
+    downloads(&proxy, &issuer, &id, &report).await.with_context(|| context("downloads"))?;
+
     // Policy: a file over the viewer's limit, and a viewer not allowed uploads at all.
     let small = Capabilities { file_upload: true, upload_max_bytes: 1 << 20, ..Default::default() };
     let mut limited =
@@ -168,6 +172,103 @@ async fn files_reach_the_desktop_only_whole_scanned_and_allowed() -> anyhow::Res
     let mut v = DisplayViewer::connect(&unscanned.ws_url(&id, &issuer.ticket(&id, rights))).await?;
     let m = v.upload(1, "a.txt", b"a", None, WITHIN).await?.expect_err("no scanner");
     assert!(m.contains("no scanner"), "{m}");
+    let get = Capabilities { file_download: true, ..Default::default() };
+    let mut v = DisplayViewer::connect(&unscanned.ws_url(&id, &issuer.ticket(&id, get))).await?;
+    let m = v.download(1, "report.bin", None, WITHIN).await?.expect_err("no scanner");
+    assert!(m.contains("no scanner"), "{m}");
     drop(clamd);
+    Ok(())
+}
+
+/// Downloads from the desktop, whose `~/Transfer` holds what the uploads left: `report.bin`
+/// (`report`) and `report (2).bin`.
+async fn downloads(
+    proxy: &DisplayProxy,
+    issuer: &TicketIssuer,
+    id: &str,
+    report: &[u8],
+) -> anyhow::Result<()> {
+    // The EICAR file reaches the desktop through a viewer whose policy does not scan uploads,
+    // and a link and a pipe are made beside it: neither is offered.
+    let rights = Capabilities {
+        file_upload: true,
+        scan_files: false,
+        file_download: true,
+        clipboard_copy_out: true,
+        ..Default::default()
+    };
+    assert!(rights.scan_downloads, "downloads are scanned unless policy says otherwise");
+    let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, rights))).await?;
+    let planted = v.upload(1, "eicar.txt", &eicar(), None, WITHIN).await?;
+    planted.map_err(|m| anyhow::anyhow!("{m}")).context("an unscanned upload")?;
+    run_in_guest(&mut v, "ln -s /etc/passwd Transfer/link; mkfifo Transfer/fifo; echo made", |c| {
+        c.starts_with("made")
+    })
+    .await?;
+
+    let (message, files) = v.list_files(WITHIN).await?;
+    assert_eq!(message, "");
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["eicar.txt", "report (2).bin", "report.bin"], "newest first, files only");
+    assert_eq!(files[2].size, report.len() as u64);
+    assert!(files[0].modified >= files[2].modified && files[2].modified > 1_600_000_000);
+
+    // A clean file comes whole, with its hash, never more than the window ahead of the viewer.
+    let sha = v
+        .download(1 << 31, "report.bin", None, WITHIN)
+        .await?
+        .map_err(|m| anyhow::anyhow!("{m}"))?;
+    let got = &v.downloads[&(1 << 31)];
+    assert!(
+        got.data == report,
+        "the file came as it is ({} of {} bytes)",
+        got.data.len(),
+        report.len()
+    );
+    assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(report)));
+    assert!(got.checked > 0 && got.checked <= report.len() as u64, "the scan's progress was told");
+    assert!(got.most_ahead <= FILE_WINDOW, "{} bytes ahead of the viewer", got.most_ahead);
+
+    // The flagged file: refused, and not a byte of it came.
+    let m = v.download((1 << 31) + 1, "eicar.txt", None, WITHIN).await?.expect_err("flagged");
+    assert!(m.contains(EICAR_SIGNATURE) && m.contains("not downloaded"), "{m}");
+    let flagged = &v.downloads[&((1 << 31) + 1)];
+    assert!(flagged.size.is_none() && flagged.data.is_empty(), "nothing of it was sent");
+
+    // What is not a regular file of the folder is not given, whatever its name.
+    for (n, name) in ["link", "fifo", "../.profile", "nothing.txt"].into_iter().enumerate() {
+        let n = (1 << 31) + 10 + u32::try_from(n)?;
+        let m = v.download(n, name, None, WITHIN).await?.expect_err("not a file to give");
+        assert!(!m.is_empty(), "{name}");
+    }
+    drop(v);
+
+    // Unscanned (policy's @scan("off")): streamed as it is read, and a cancel stops it.
+    let unscanned =
+        Capabilities { file_download: true, scan_downloads: false, ..Default::default() };
+    let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, unscanned))).await?;
+    let m = v.download(1, "report.bin", Some(1 << 20), WITHIN).await?.expect_err("cancelled");
+    assert!(m.contains("cancelled"), "{m}");
+    let whole = v.download(2, "report (2).bin", None, WITHIN).await?;
+    assert_eq!(
+        whole.map_err(|m| anyhow::anyhow!("{m}"))?,
+        <[u8; 32]>::from(Sha256::digest(b"second"))
+    );
+    assert_eq!(v.downloads[&2].data, b"second");
+    drop(v);
+
+    // Policy: over the size limit, and no downloads at all.
+    let small =
+        Capabilities { file_download: true, download_max_bytes: 1 << 20, ..Default::default() };
+    let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, small))).await?;
+    let m = v.download(1, "report.bin", None, WITHIN).await?.expect_err("over the limit");
+    assert!(m.contains("at most 1 MiB"), "{m}");
+    drop(v);
+    let none = Capabilities::default();
+    let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, none))).await?;
+    let (message, files) = v.list_files(WITHIN).await?;
+    assert!(message.contains("not allowed") && files.is_empty(), "{message}");
+    let m = v.download(1, "report.bin", None, WITHIN).await?.expect_err("not allowed");
+    assert!(m.contains("not allowed"), "{m}");
     Ok(())
 }
