@@ -1,9 +1,9 @@
 //! File transfers in the broker's audit log, against a real slapd and a stand-in node whose
-//! heartbeats carry what a display proxy reports of uploads: each becomes a `file.upload`
-//! event of the session's user on the session's desktop, with the file's name, size, SHA-256
-//! and verdict. A node cannot report transfers in another node's sessions, and a malformed
-//! report is refused whole. (The uploads themselves, against a real desktop and clamd:
-//! `uploads`.)
+//! heartbeats carry what a display proxy reports of uploads and downloads: each becomes a
+//! `file.upload` or `file.download` event of the session's user on the session's desktop, with
+//! the file's name, size, SHA-256 and verdict. A node cannot report transfers in another node's
+//! sessions, and a malformed report is refused whole. (The transfers themselves, against a
+//! real desktop and clamd: `file_transfer`.)
 
 use std::time::Duration;
 
@@ -45,8 +45,8 @@ async fn uploads(admin: &ApiClient) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn uploads_are_audited_for_the_sessions_user_and_only_from_its_node() {
-    if skip(Group::Ldap, "uploads_are_audited_for_the_sessions_user_and_only_from_its_node") {
+async fn transfers_are_audited_for_the_sessions_user_and_only_from_its_node() {
+    if skip(Group::Ldap, "transfers_are_audited_for_the_sessions_user_and_only_from_its_node") {
         return;
     }
     let slapd = Slapd::start().unwrap();
@@ -70,11 +70,14 @@ async fn uploads_are_audited_for_the_sessions_user_and_only_from_its_node() {
     node_b.with(|s| s.transfers = vec![record(&sid, "forged.txt", "saved")]);
     let mut copied = record(&sid, "clipboard text", "saved");
     copied.direction = "clipboard_out".into();
+    let mut taken = record(&sid, "quarterly.xlsx", "saved");
+    taken.direction = "download".into();
     node_a.with(|s| {
         s.transfers = vec![
             record(&sid, "report.pdf", "saved"),
             record(&sid, "notes.txt", "infected"),
             copied,
+            taken,
         ];
     });
     wait_for("two file.upload events", Duration::from_secs(20), || async {
@@ -112,6 +115,17 @@ async fn uploads_are_audited_for_the_sessions_user_and_only_from_its_node() {
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert_eq!(copies[0]["actor"], "alice");
     assert!(copies[0]["details"].as_str().unwrap().contains(&"0f".repeat(32)));
+
+    // A download is audited as one, with what it moved.
+    let downloads =
+        admin.get_json("/api/v1/admin/audit?action=file.download", StatusCode::OK).await;
+    let downloads = downloads.as_array().unwrap();
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    assert_eq!(
+        (&downloads[0]["actor"], &downloads[0]["outcome"]),
+        (&json!("alice"), &json!("success"))
+    );
+    assert!(downloads[0]["details"].as_str().unwrap().contains("quarterly.xlsx"));
 
     // A malformed report (a name that could forge a log line) is refused whole: nothing of it
     // is audited.
