@@ -38,7 +38,7 @@ export class DownloadPanel {
     const refresh = el('button', { type: 'button', class: 'secondary', onclick: () => this._refresh() }, 'Refresh');
     const clear = el('button', { type: 'button', class: 'secondary', onclick: () => this._clear() }, 'Clear finished');
     this.panel = el('section', { class: 'upload-panel', id: 'download-panel', 'aria-label': 'Downloads', hidden: true },
-      el('div', { class: 'upload-head' }, el('strong', {}, 'Files in ~/Transfer'), refresh, clear),
+      el('div', { class: 'upload-head' }, el('strong', {}, 'Files in ~/Transfer'), el('span', { class: 'download-actions' }, refresh, clear)),
       this.status, this.files, this.list);
   }
 

@@ -1,21 +1,25 @@
-// Uploads as a user makes them, in Chromium (tests/tests/e2e_uploads.rs starts the services,
-// with clamd, and checks the audit log). Alice connects to a console desktop of a pool whose
-// policy lets her upload: a file through the "Upload files" button and one dropped onto the
-// desktop land in ~/Transfer with the hash she sent; the EICAR test file is refused, saying what
-// the scanner found; a large upload is cancelled halfway. In the desktop, the folder holds the
-// two files and nothing else, with the content she sent.
+// Uploads and downloads as a user makes them, in Chromium (tests/tests/e2e_file_transfer.rs
+// starts the services, with clamd, and checks the audit log). Alice connects to a console
+// desktop of a pool whose policy lets her upload and download: a file through the "Upload
+// files" button and one dropped onto the desktop land in ~/Transfer with the hash she sent;
+// the EICAR test file is refused, saying what the scanner found; a large upload is cancelled
+// halfway. In the desktop, the folder holds the two files and nothing else, with the content
+// she sent. Then the other way: "Download files" lists the folder, and the browser saves
+// report.bin with the hash it went in with, and a file she wrote in the desktop; the EICAR
+// file she writes there is refused, and the browser saves nothing of it.
 //
-//   node uploads.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "eicar": TEXT}'
+//   node file_transfer.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "eicar": TEXT}'
 //
 // Protocol on stdout: {"shot": PATH, "phase": "console"} asks the Rust side whether the
 // console shows ("ok" or "more"); {"done": true, "report_sha256": HEX} at the end.
 
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { check, launch, passwordSignIn, sleep, typeAsPerson, untilCanvasShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const log = (msg) => console.error(`uploads: ${msg}`);
+const log = (msg) => console.error(`file_transfer: ${msg}`);
 const shot = (page, name) => page.screenshot({ path: join(cfg.artifacts, name) });
 
 const row = (page, name) => page.locator('.upload-row', { hasText: name });
@@ -99,10 +103,44 @@ async function main() {
   check(listing.trim() === 'dropped.txt report.bin', `the transfer folder holds: ${listing}`);
   await inDesktop(page, 'cat Transfer/dropped.txt', (t) => t === 'dropped by alice\n');
   await shot(page, 'uploads-02-done.png');
+
+  // Downloads: a file alice writes in the desktop, and the EICAR test file typed there.
+  await inDesktop(page, 'echo written by alice > Transfer/made.txt; echo ok', (t) => t === 'ok\n');
+  const eicarSha = createHash('sha256').update(cfg.eicar).digest('hex');
+  await inDesktop(page, `printf '%s' '${cfg.eicar}' > Transfer/eicar.txt; sha256sum Transfer/eicar.txt`,
+    (t) => t.startsWith(eicarSha));
+  await page.getByRole('button', { name: 'Download files' }).click();
+  const files = page.locator('#download-files');
+  await files.getByText('made.txt').waitFor({ timeout: 30000 });
+  const listed = await files.locator('.upload-name').allTextContents();
+  check(JSON.stringify([...listed].sort()) === JSON.stringify(['dropped.txt', 'eicar.txt', 'made.txt', 'report.bin']),
+    `the download list: ${listed}`);
+  check(listed[0] === 'eicar.txt', `the newest file first: ${listed}`);
+  const fetched = async (name) => {
+    const saving = page.waitForEvent('download', { timeout: 180000 });
+    await page.getByRole('button', { name: `Download ${name}` }).click();
+    const d = await saving;
+    check(d.suggestedFilename() === name, `saved as ${d.suggestedFilename()}`);
+    return readFileSync(await d.path());
+  };
+  const back = await fetched('report.bin');
+  check(createHash('sha256').update(back).digest('hex') === reportSha, 'report.bin came back as it went in');
+  check((await fetched('made.txt')).toString() === 'written by alice\n', 'made.txt came as written');
+  const downloadRow = (name) => page.locator('.download-row', { hasText: name });
+  await downloadRow('made.txt').locator('.upload-status', { hasText: 'Downloaded' }).waitFor({ timeout: 30000 });
+  let savedFlagged = false;
+  page.on('download', () => { savedFlagged = true; });
+  await page.getByRole('button', { name: 'Download eicar.txt' }).click();
+  const flagged = downloadRow('eicar.txt').locator('.upload-status', { hasText: 'Eicar-Test-Signature' });
+  await flagged.waitFor({ timeout: 120000 });
+  check((await flagged.textContent()).includes('not downloaded'), `eicar.txt: ${await flagged.textContent()}`);
+  await sleep(1000);
+  check(!savedFlagged, 'the browser saved nothing of the flagged file');
+  await shot(page, 'downloads-01-done.png');
   console.log(JSON.stringify({ done: true, report_sha256: reportSha }));
 }
 
 main().then(() => process.exit(0), (e) => {
-  console.error(`uploads: ${e.stack || e}`);
+  console.error(`file_transfer: ${e.stack || e}`);
   process.exit(1);
 });

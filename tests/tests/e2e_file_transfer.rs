@@ -1,8 +1,9 @@
-//! Uploads as a user makes them, in Chromium (tests/browser/uploads.mjs): a real console
-//! desktop (QEMU), the real display proxy with a real clamd, node and broker, and a policy that
-//! lets atrium-users upload. A file through the button and one dropped on the desktop land in
-//! ~/Transfer; the EICAR test file is refused; a cancelled upload leaves nothing. The audit log
-//! then shows each of them, with the hash of what was saved.
+//! Uploads and downloads as a user makes them, in Chromium (tests/browser/file_transfer.mjs): a
+//! real console desktop (QEMU), the real display proxy with a real clamd, node and broker, and
+//! a policy that lets atrium-users upload and download. A file through the button and one
+//! dropped on the desktop land in ~/Transfer; the EICAR test file is refused; a cancelled
+//! upload leaves nothing. Downloads of ~/Transfer reach the browser whole, the EICAR file not
+//! at all. The audit log then shows each of them, with the hash of what crossed.
 
 use std::time::Duration;
 
@@ -22,11 +23,17 @@ permit (
   action == Atrium::Action::"file_upload",
   resource
 );
+@id("users-download")
+permit (
+  principal in Atrium::Group::"atrium-users",
+  action == Atrium::Action::"file_download",
+  resource
+);
 "#;
 
-/// alice's `file.upload` events, with their details parsed.
-async fn uploads(admin: &ApiClient) -> Vec<(Value, Value)> {
-    let all = admin.get_json("/api/v1/admin/audit?action=file.upload", StatusCode::OK).await;
+/// alice's events of `action` (`file.upload`, `file.download`), with their details parsed.
+async fn transfers(admin: &ApiClient, action: &str) -> Vec<(Value, Value)> {
+    let all = admin.get_json(&format!("/api/v1/admin/audit?action={action}"), StatusCode::OK).await;
     all.as_array()
         .map(|a| {
             a.iter()
@@ -41,9 +48,8 @@ async fn uploads(admin: &ApiClient) -> Vec<(Value, Value)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_uploads_by_button_and_drop_and_the_audit_log_shows_what_crossed()
--> anyhow::Result<()> {
-    let name = "a_user_uploads_by_button_and_drop_and_the_audit_log_shows_what_crossed";
+async fn a_user_moves_files_both_ways_and_the_audit_log_shows_what_crossed() -> anyhow::Result<()> {
+    let name = "a_user_moves_files_both_ways_and_the_audit_log_shows_what_crossed";
     if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
     }
@@ -69,19 +75,20 @@ async fn a_user_uploads_by_button_and_drop_and_the_audit_log_shows_what_crossed(
     })
     .await?;
 
-    let tmp = TempDir::new("e2e-uploads");
+    let tmp = TempDir::new("e2e-file-transfer");
     let cfg = json!({
         "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(), "tmp": tmp.path(),
         "eicar": String::from_utf8(eicar())?,
     });
     let logs = || format!("{}\nclamd log:\n{}", stack.logs(), clamd.log());
-    let done = run_console_driver("uploads.mjs", &cfg, Duration::from_secs(600), logs).await?;
+    let done =
+        run_console_driver("file_transfer.mjs", &cfg, Duration::from_secs(600), logs).await?;
     let sha = done["report_sha256"].as_str().context("report_sha256")?.to_owned();
 
     // Everything that crossed, or tried to, is in the audit log as alice's: within a few
     // heartbeats.
     let events = wait_for("four file.upload events", Duration::from_secs(60), || async {
-        let e = uploads(&admin).await;
+        let e = transfers(&admin, "file.upload").await;
         (e.len() >= 4).then_some(e)
     })
     .await
@@ -101,5 +108,24 @@ async fn a_user_uploads_by_button_and_drop_and_the_audit_log_shows_what_crossed(
     // (clamd names a signature from outside its official databases `<name>.UNOFFICIAL`.)
     assert!(fd["detail"].as_str().is_some_and(|d| d.starts_with(EICAR_SIGNATURE)), "{fd}");
     assert_eq!(of("big.iso").0["outcome"], "cancelled");
+
+    let downloads = wait_for("three file.download events", Duration::from_secs(60), || async {
+        let e = transfers(&admin, "file.download").await;
+        (e.len() >= 3).then_some(e)
+    })
+    .await
+    .with_context(|| stack.logs())?;
+    let of = |file: &str| {
+        downloads.iter().find(|(_, d)| d["name"] == file).cloned().unwrap_or_else(|| {
+            panic!("no file.download of {file}: {downloads:?}");
+        })
+    };
+    let (back, bd) = of("report.bin");
+    assert_eq!(back["outcome"], "success");
+    assert_eq!(bd["sha256"], sha.as_str(), "the file went out as it came in");
+    assert_eq!(of("made.txt").0["outcome"], "success");
+    let (flagged, fd) = of("eicar.txt");
+    assert_eq!(flagged["outcome"], "infected");
+    assert!(fd["detail"].as_str().is_some_and(|d| d.starts_with(EICAR_SIGNATURE)), "{fd}");
     Ok(())
 }
