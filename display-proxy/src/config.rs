@@ -90,9 +90,9 @@ pub struct DisplayConfig {
     /// The TrueType font watermarks are drawn with. A viewer whose ticket asks for a watermark
     /// is refused when this font cannot be read.
     pub watermark_font: PathBuf,
-    /// ClamAV's daemon socket (`clamd`'s `LocalSocket`): files uploaded into desktops are
-    /// scanned there when policy says so (the default). Without it, uploads that must be
-    /// scanned are refused.
+    /// ClamAV's daemon socket (`clamd`'s `LocalSocket`): files uploaded into desktops, and
+    /// downloaded from them, are scanned there when policy says so (the default). Without it,
+    /// files that must be scanned are refused.
     pub clamd_socket: Option<PathBuf>,
 }
 
