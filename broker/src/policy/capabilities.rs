@@ -1,0 +1,104 @@
+//! What a display ticket allows, from the permits that decided it and their annotations
+//! (`@max_file_mb`, `@scan`, `@max_bytes`), and the check of those annotations at load.
+
+use atrium_protocol::ticket::Capabilities;
+use cedar_policy::Policy;
+
+use super::{Action, Policies, Principal, RequestContext, Resource};
+
+/// The annotation on a permit of `file_upload` or `file_download` that limits a file's size,
+/// in MiB.
+const MAX_FILE_MB: &str = "max_file_mb";
+/// Largest `@max_file_mb`: 1 TiB.
+const MAX_FILE_MB_LIMIT: u64 = 1 << 20;
+/// The annotation on a permit of `file_upload` or `file_download` that turns scanning off
+/// (`@scan("off")`).
+const SCAN: &str = "scan";
+/// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that limits the
+/// clipboard text crossing, in bytes.
+const MAX_BYTES: &str = "max_bytes";
+/// Largest `@max_bytes`: the protocol's clipboard limit.
+const MAX_BYTES_LIMIT: u64 = atrium_protocol::agent::MAX_CLIPBOARD as u64;
+
+/// The smallest number annotated `key` on any of the permits (checked at load).
+fn smallest(permits: &[Vec<(String, String)>], key: &str) -> Option<u64> {
+    permits
+        .iter()
+        .filter_map(|a| a.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<u64>().ok()))
+        .min()
+}
+
+/// Uploads' (or downloads') rules from the permits that allow them: the smallest
+/// `@max_file_mb` of them (none: no limit but the desktop's disk), and `@scan("off")` only
+/// when every one says so (scanning is the default).
+fn file_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
+    let scan = permits.iter().any(|a| a.iter().all(|(k, v)| k != SCAN || v != "off"));
+    (smallest(permits, MAX_FILE_MB).map_or(0, |mb| mb << 20), scan)
+}
+
+/// An error naming the policy when one of its annotations has a value that means nothing.
+pub(super) fn check_annotations(p: &Policy) -> Result<(), String> {
+    if let Some(v) = p.annotation(MAX_FILE_MB)
+        && !v.parse::<u64>().is_ok_and(|mb| (1..=MAX_FILE_MB_LIMIT).contains(&mb))
+    {
+        return Err(format!(
+            "policy {}: @{MAX_FILE_MB}({v:?}) is not a number of MiB from 1 to \
+             {MAX_FILE_MB_LIMIT}",
+            p.id()
+        ));
+    }
+    if let Some(v) = p.annotation(MAX_BYTES)
+        && !v.parse::<u64>().is_ok_and(|b| (1..=MAX_BYTES_LIMIT).contains(&b))
+    {
+        return Err(format!(
+            "policy {}: @{MAX_BYTES}({v:?}) is not a number of bytes from 1 to \
+             {MAX_BYTES_LIMIT}",
+            p.id()
+        ));
+    }
+    if let Some(v) = p.annotation(SCAN)
+        && v != "on"
+        && v != "off"
+    {
+        return Err(format!("policy {}: @{SCAN}({v:?}) is neither \"on\" nor \"off\"", p.id()));
+    }
+    Ok(())
+}
+
+impl Policies {
+    /// The session capabilities policy grants `who` on a pool.
+    pub fn capabilities(
+        &self,
+        who: &Principal<'_>,
+        pool: Resource<'_>,
+        ctx: &RequestContext,
+    ) -> Capabilities {
+        let uploads = self.permits(who, Action::FileUpload, pool, ctx);
+        let (upload_max_bytes, scan_files) = uploads.as_deref().map_or((0, true), file_rules);
+        let downloads = self.permits(who, Action::FileDownload, pool, ctx);
+        let (download_max_bytes, scan_downloads) =
+            downloads.as_deref().map_or((0, true), file_rules);
+        let copy_out = self.permits(who, Action::ClipboardCopyOut, pool, ctx);
+        let paste_in = self.permits(who, Action::ClipboardPasteIn, pool, ctx);
+        let bytes = |p: &Option<Vec<Vec<(String, String)>>>| {
+            p.as_deref()
+                .and_then(|p| smallest(p, MAX_BYTES))
+                .map_or(0, |b| u32::try_from(b).expect("checked at load: at most MAX_BYTES_LIMIT"))
+        };
+        Capabilities {
+            view_only: false,
+            clipboard_copy_out: copy_out.is_some(),
+            clipboard_paste_in: paste_in.is_some(),
+            clipboard_out_max_bytes: bytes(&copy_out),
+            clipboard_in_max_bytes: bytes(&paste_in),
+            file_upload: uploads.is_some(),
+            file_download: downloads.is_some(),
+            shadow: false,
+            audio: self.is_allowed(who, Action::Audio, pool, ctx),
+            upload_max_bytes,
+            scan_files,
+            download_max_bytes,
+            scan_downloads,
+        }
+    }
+}
