@@ -23,6 +23,7 @@ pub mod calendar;
 #[cfg(feature = "services")]
 pub mod config;
 pub mod display;
+pub mod filetype;
 pub mod keymap;
 pub mod net;
 #[cfg(feature = "services")]

@@ -44,6 +44,12 @@ pub struct Capabilities {
     /// Uploads must pass the virus scanner before they reach the desktop (absent: they must).
     #[serde(default = "scan_unless_said")]
     pub scan_files: bool,
+    /// The kinds of file ([`crate::filetype::Kinds`]) that may be uploaded; 0: any.
+    #[serde(default)]
+    pub upload_types: crate::filetype::Kinds,
+    /// Most bytes all uploads of the session may bring in; 0: no limit.
+    #[serde(default)]
+    pub upload_session_max_bytes: u64,
     /// Largest file this viewer may download, in bytes; 0: no limit.
     #[serde(default)]
     pub download_max_bytes: u64,
@@ -51,6 +57,12 @@ pub struct Capabilities {
     /// must).
     #[serde(default = "scan_unless_said")]
     pub scan_downloads: bool,
+    /// The kinds of file that may be downloaded; 0: any.
+    #[serde(default)]
+    pub download_types: crate::filetype::Kinds,
+    /// Most bytes all downloads of the session may take out; 0: no limit.
+    #[serde(default)]
+    pub download_session_max_bytes: u64,
     /// Longest clipboard text that may leave the desktop, in bytes; 0: the protocol's limit.
     #[serde(default)]
     pub clipboard_out_max_bytes: u32,
@@ -84,8 +96,12 @@ impl Default for Capabilities {
             audio: false,
             upload_max_bytes: 0,
             scan_files: true,
+            upload_types: 0,
+            upload_session_max_bytes: 0,
             download_max_bytes: 0,
             scan_downloads: true,
+            download_types: 0,
+            download_session_max_bytes: 0,
             clipboard_out_max_bytes: 0,
             clipboard_in_max_bytes: 0,
         }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_protocol::display::{ClientMessage, FILE_WINDOW};
-use atrium_protocol::ticket::Capabilities;
+use atrium_protocol::filetype::Kind;
+use atrium_protocol::ticket::{Capabilities, DisplayClaims};
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
 use atrium_tests::display::{DisplayProxy, DisplayViewer, count_color};
 use atrium_tests::node::{NodeProcess, console_image};
@@ -123,6 +124,7 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
     drop(viewer);
 
     downloads(&proxy, &issuer, &id, &report).await.with_context(|| context("downloads"))?;
+    kinds_and_totals(&proxy, &issuer, &id).await.with_context(|| context("kinds and totals"))?;
 
     // Policy: a file over the viewer's limit, and a viewer not allowed uploads at all.
     let small = Capabilities { file_upload: true, upload_max_bytes: 1 << 20, ..Default::default() };
@@ -270,5 +272,59 @@ async fn downloads(
     assert!(message.contains("not allowed") && files.is_empty(), "{message}");
     let m = v.download(1, "report.bin", None, WITHIN).await?.expect_err("not allowed");
     assert!(m.contains("not allowed"), "{m}");
+    Ok(())
+}
+
+/// Policy's kinds of file (by content) and session totals (across the session's viewers).
+async fn kinds_and_totals(
+    proxy: &DisplayProxy,
+    issuer: &TicketIssuer,
+    id: &str,
+) -> anyhow::Result<()> {
+    let url = |sid: &str, caps: Capabilities| {
+        let claims = DisplayClaims { sid: sid.into(), ..TicketIssuer::claims(id, caps, 30) };
+        proxy.ws_url(id, &issuer.sign(&claims))
+    };
+    let kinds = Capabilities {
+        file_upload: true,
+        file_download: true,
+        upload_types: Kind::Pdf.bit() | Kind::Image.bit(),
+        download_types: Kind::Text.bit(),
+        ..Default::default()
+    };
+    let mut v = DisplayViewer::connect(&url("session-2", kinds)).await?;
+    // A program named as a PDF is refused by what it is.
+    let mut program = b"MZ\x90\0\x03\0\0\0\x04\0\0\0\xff\xff\0\0".to_vec();
+    program.extend(noise(100_000, 3));
+    let m = v.upload(1, "invoice.pdf", &program, None, WITHIN).await?.expect_err("a program");
+    assert!(
+        m.contains("is a program or script; only PDF documents and images may be uploaded"),
+        "{m}"
+    );
+    let pdf = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
+    let saved = v.upload(2, "scan.pdf", pdf, None, WITHIN).await?;
+    assert_eq!(saved.map_err(|m| anyhow::anyhow!("{m}"))?.0, "/home/user/Transfer/scan.pdf");
+    // Out: only text; the noise of report.bin is not, the word in report (2).bin is.
+    let m = v.download(1 << 31, "report.bin", None, WITHIN).await?.expect_err("not text");
+    assert!(m.contains("only text files may be downloaded"), "{m}");
+    let text = v.download((1 << 31) + 1, "report (2).bin", None, WITHIN).await?;
+    text.map_err(|m| anyhow::anyhow!("{m}"))?;
+    drop(v);
+
+    // 1 MiB in per session, however many viewers it has: what was refused or failed does not
+    // count, another session has its own.
+    let total =
+        Capabilities { file_upload: true, upload_session_max_bytes: 1 << 20, ..Default::default() };
+    let part = noise(600 << 10, 5);
+    let mut v = DisplayViewer::connect(&url("session-3", total)).await?;
+    v.upload(1, "part1.bin", &part, None, WITHIN).await?.map_err(|m| anyhow::anyhow!("{m}"))?;
+    drop(v);
+    let mut again = DisplayViewer::connect(&url("session-3", total)).await?;
+    let m = again.upload(1, "part2.bin", &part, None, WITHIN).await?.expect_err("over the total");
+    assert!(m.contains("may upload 1 MiB in all, 1 MiB of which are used"), "{m}");
+    let small = &part[..300 << 10];
+    again.upload(2, "part3.bin", small, None, WITHIN).await?.map_err(|m| anyhow::anyhow!("{m}"))?;
+    let mut other = DisplayViewer::connect(&url("session-4", total)).await?;
+    other.upload(1, "part4.bin", &part, None, WITHIN).await?.map_err(|m| anyhow::anyhow!("{m}"))?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! What a display ticket allows, from the permits that decided it and their annotations
-//! (`@max_file_mb`, `@scan`, `@max_bytes`), and the check of those annotations at load.
+//! (`@max_file_mb`, `@max_session_mb`, `@file_types`, `@scan`, `@max_bytes`), and the check of
+//! those annotations at load.
 
+use atrium_protocol::filetype::{Kinds, NO_KIND, parse_kinds};
 use atrium_protocol::ticket::Capabilities;
 use cedar_policy::Policy;
 
@@ -11,6 +13,12 @@ use super::{Action, Policies, Principal, RequestContext, Resource};
 const MAX_FILE_MB: &str = "max_file_mb";
 /// Largest `@max_file_mb`: 1 TiB.
 const MAX_FILE_MB_LIMIT: u64 = 1 << 20;
+/// The annotation on a permit of `file_upload` or `file_download` that limits what all files
+/// of a session may move that way, in MiB.
+const MAX_SESSION_MB: &str = "max_session_mb";
+/// The annotation on a permit of `file_upload` or `file_download` that names the kinds of
+/// file allowed (`@file_types("pdf, image")`; atrium_protocol::filetype).
+const FILE_TYPES: &str = "file_types";
 /// The annotation on a permit of `file_upload` or `file_download` that turns scanning off
 /// (`@scan("off")`).
 const SCAN: &str = "scan";
@@ -28,13 +36,41 @@ fn smallest(permits: &[Vec<(String, String)>], key: &str) -> Option<u64> {
         .min()
 }
 
-/// Uploads' (or downloads') rules from the permits that allow them: the smallest
-/// `@max_file_mb` of them (none: no limit but the desktop's disk), and `@scan("off")` only
-/// when every one says so (scanning is the default).
-fn file_rules(permits: &[Vec<(String, String)>]) -> (u64, bool) {
-    let scan = permits.iter().any(|a| a.iter().all(|(k, v)| k != SCAN || v != "off"));
-    (smallest(permits, MAX_FILE_MB).map_or(0, |mb| mb << 20), scan)
+/// Uploads' (or downloads') rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileRules {
+    max_bytes: u64,
+    session_max_bytes: u64,
+    types: Kinds,
+    scan: bool,
 }
+
+/// The rules from the permits that allow uploads (or downloads): the smallest `@max_file_mb`
+/// and `@max_session_mb` of them (none: no limit but the desktop's disk), only the kinds every
+/// `@file_types` among them names (none: any kind), and `@scan("off")` only when every one
+/// says so (scanning is the default). Where several permits apply, the strictest wins.
+fn file_rules(permits: &[Vec<(String, String)>]) -> FileRules {
+    let scan = permits.iter().any(|a| a.iter().all(|(k, v)| k != SCAN || v != "off"));
+    let types = permits
+        .iter()
+        .filter_map(|a| a.iter().find(|(k, _)| k == FILE_TYPES))
+        .filter_map(|(_, v)| parse_kinds(v).ok())
+        .fold(None, |all: Option<Kinds>, k| Some(all.map_or(k, |a| a & k)));
+    FileRules {
+        max_bytes: smallest(permits, MAX_FILE_MB).map_or(0, |mb| mb << 20),
+        session_max_bytes: smallest(permits, MAX_SESSION_MB).map_or(0, |mb| mb << 20),
+        // Permits whose kinds have nothing in common allow none.
+        types: match types {
+            None => 0,
+            Some(0) => NO_KIND,
+            Some(k) => k,
+        },
+        scan,
+    }
+}
+
+/// No file may cross this way (the rules of a denied direction).
+const NO_FILES: FileRules = FileRules { max_bytes: 0, session_max_bytes: 0, types: 0, scan: true };
 
 /// An error naming the policy when one of its annotations has a value that means nothing.
 pub(super) fn check_annotations(p: &Policy) -> Result<(), String> {
@@ -46,6 +82,20 @@ pub(super) fn check_annotations(p: &Policy) -> Result<(), String> {
              {MAX_FILE_MB_LIMIT}",
             p.id()
         ));
+    }
+    if let Some(v) = p.annotation(MAX_SESSION_MB)
+        && !v.parse::<u64>().is_ok_and(|mb| (1..=MAX_FILE_MB_LIMIT).contains(&mb))
+    {
+        return Err(format!(
+            "policy {}: @{MAX_SESSION_MB}({v:?}) is not a number of MiB from 1 to \
+             {MAX_FILE_MB_LIMIT}",
+            p.id()
+        ));
+    }
+    if let Some(v) = p.annotation(FILE_TYPES)
+        && let Err(e) = parse_kinds(v)
+    {
+        return Err(format!("policy {}: @{FILE_TYPES}({v:?}) {e}", p.id()));
     }
     if let Some(v) = p.annotation(MAX_BYTES)
         && !v.parse::<u64>().is_ok_and(|b| (1..=MAX_BYTES_LIMIT).contains(&b))
@@ -74,10 +124,9 @@ impl Policies {
         ctx: &RequestContext,
     ) -> Capabilities {
         let uploads = self.permits(who, Action::FileUpload, pool, ctx);
-        let (upload_max_bytes, scan_files) = uploads.as_deref().map_or((0, true), file_rules);
+        let up = uploads.as_deref().map_or(NO_FILES, file_rules);
         let downloads = self.permits(who, Action::FileDownload, pool, ctx);
-        let (download_max_bytes, scan_downloads) =
-            downloads.as_deref().map_or((0, true), file_rules);
+        let down = downloads.as_deref().map_or(NO_FILES, file_rules);
         let copy_out = self.permits(who, Action::ClipboardCopyOut, pool, ctx);
         let paste_in = self.permits(who, Action::ClipboardPasteIn, pool, ctx);
         let bytes = |p: &Option<Vec<Vec<(String, String)>>>| {
@@ -95,10 +144,14 @@ impl Policies {
             file_download: downloads.is_some(),
             shadow: false,
             audio: self.is_allowed(who, Action::Audio, pool, ctx),
-            upload_max_bytes,
-            scan_files,
-            download_max_bytes,
-            scan_downloads,
+            upload_max_bytes: up.max_bytes,
+            scan_files: up.scan,
+            upload_types: up.types,
+            upload_session_max_bytes: up.session_max_bytes,
+            download_max_bytes: down.max_bytes,
+            scan_downloads: down.scan,
+            download_types: down.types,
+            download_session_max_bytes: down.session_max_bytes,
         }
     }
 }

@@ -68,9 +68,11 @@ fn address_and_time_are_policy() {
 
 #[test]
 fn upload_rules_come_from_the_permits_that_allow_uploads() {
-    let limited = "@id(\"staff\") @max_file_mb(\"500\") permit(principal in \
+    let limited = "@id(\"staff\") @max_file_mb(\"500\") @max_session_mb(\"2000\") \
+                   @file_types(\"pdf, image, office\") permit(principal in \
                    Atrium::Group::\"staff\", action == Atrium::Action::\"file_upload\", resource);\n\
-                   @id(\"temps\") @max_file_mb(\"20\") @scan(\"off\") permit(principal in \
+                   @id(\"temps\") @max_file_mb(\"20\") @scan(\"off\") @file_types(\"text,pdf\") \
+                   permit(principal in \
                    Atrium::Group::\"temps\", action == Atrium::Action::\"file_upload\", resource);\n\
                    @id(\"out\") @max_file_mb(\"7\") @scan(\"off\") permit(principal in \
                    Atrium::Group::\"temps\", action == Atrium::Action::\"file_download\", resource);\n";
@@ -93,7 +95,15 @@ fn upload_rules_come_from_the_permits_that_allow_uploads() {
     assert_eq!(both.upload_max_bytes, 20 << 20);
     assert!(both.scan_files);
     assert!(!caps(&["others"]).file_upload);
+    // Kinds: only those every such permit names; a session total likewise the smallest.
+    use atrium_protocol::filetype::{Kind, allows};
+    assert!(allows(staff.upload_types, Kind::Office) && !allows(staff.upload_types, Kind::Program));
+    assert_eq!(staff.upload_session_max_bytes, 2000 << 20);
+    assert_eq!(both.upload_types, Kind::Pdf.bit(), "pdf is what both permits allow");
+    assert_eq!((temp.download_types, temp.upload_session_max_bytes), (0, 0), "no annotation: any");
     for bad in [
+        "@file_types(\"pdf, movies\")",
+        "@max_session_mb(\"-1\")",
         "@max_file_mb(\"0\")",
         "@max_file_mb(\"lots\")",
         "@scan(\"maybe\")",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use atrium_protocol::agent::validate_file_name;
 use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage};
+use atrium_protocol::filetype::{Kinds, SNIFF_BYTES};
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -19,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::scan::Verdict;
-use super::{Failed, FileTarget, Outcome};
+use super::totals::Reserved;
+use super::{Failed, FileTarget, Outcome, kind_refused, over_session};
 
 /// Downloads one viewer may have at once.
 pub const MAX_DOWNLOADS_PER_VIEWER: usize = 4;
@@ -156,6 +158,9 @@ impl Downloads {
             name,
             scan: self.rights.scan_downloads,
             max: self.rights.download_max_bytes,
+            session_max: self.rights.download_session_max_bytes,
+            types: self.rights.download_types,
+            reserved: None,
             target,
             taken,
             say: self.say.clone(),
@@ -197,6 +202,12 @@ struct Job {
     scan: bool,
     /// Largest file allowed; 0: any.
     max: u64,
+    /// Most bytes the session's downloads may take out in all; 0: no limit.
+    session_max: u64,
+    /// The kinds of file allowed; 0: any.
+    types: Kinds,
+    /// The file's size, counted in its session's total until it ends (kept when sent).
+    reserved: Option<Reserved>,
     target: FileTarget,
     taken: watch::Receiver<Taken>,
     say: mpsc::Sender<ServerMessage>,
@@ -208,7 +219,12 @@ impl Job {
         let mut size = 0;
         let mut hash = None;
         let (verdict, detail, reply) = match self.pass(&mut size, &mut hash).await {
-            Ok(sha256) => ("saved", None, ServerMessage::FileDone { id, sha256 }),
+            Ok(sha256) => {
+                if let Some(r) = self.reserved.take() {
+                    r.keep();
+                }
+                ("saved", None, ServerMessage::FileDone { id, sha256 })
+            }
             Err(f) => {
                 let detail = f.detail.or_else(|| Some(f.message.clone()));
                 (f.verdict, detail, ServerMessage::FileRefused { id, message: f.message })
@@ -254,7 +270,32 @@ impl Job {
                 ),
             ));
         }
-        let body: Source = Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| e.to_string())));
+        let target = &self.target;
+        let reserved = target
+            .totals
+            .reserve(&target.sid, "download", declared, self.session_max)
+            .map_err(|used| {
+            Failed::new(
+                "refused",
+                over_session(&name, declared, self.session_max, used, "download"),
+            )
+        })?;
+        self.reserved = Some(reserved);
+        let mut body: Source = Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| e.to_string())));
+        // Its kind first, from its first bytes, before any of it goes anywhere.
+        if self.types != 0 {
+            let (mut head, mut first) = (Vec::new(), Vec::new());
+            while head.len() < SNIFF_BYTES && (head.len() as u64) < declared {
+                let Some(chunk) = self.next(&mut body).await? else { break };
+                head.extend_from_slice(&chunk[..chunk.len().min(SNIFF_BYTES)]);
+                first.push(Ok(chunk));
+            }
+            let whole = declared <= head.len() as u64;
+            if let Some(why) = kind_refused(&name, &head, whole, self.types, "downloaded") {
+                return Err(Failed::new("refused", why));
+            }
+            body = Box::pin(futures_util::stream::iter(first).chain(body));
+        }
         if !self.scan {
             let digest = self.send(declared, body, None).await?;
             *hash = Some(digest);

@@ -21,9 +21,11 @@
 
 mod download;
 pub mod scan;
+mod totals;
 mod upload;
 
 pub use self::download::{Downloads, MAX_DOWNLOADS_PER_VIEWER};
+pub use self::totals::SessionTotals;
 pub use self::upload::{MAX_UPLOADS_PER_VIEWER, Uploads};
 
 use std::fmt::Write as _;
@@ -170,4 +172,42 @@ pub struct FileTarget {
     pub guest: GuestLink,
     /// The scanner, when this proxy has one.
     pub scanner: Option<Scanner>,
+    /// The viewer's session, whose totals the files count against.
+    pub sid: String,
+    pub totals: std::sync::Arc<SessionTotals>,
+}
+
+/// `bytes` in MiB, rounded up, for a user.
+fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// Why a file of `size` bytes does not fit a session's `limit` when `used` are moved already.
+fn over_session(name: &str, size: u64, limit: u64, used: u64, way: &str) -> String {
+    format!(
+        "{name} is {} MiB, and this session may {way} {} MiB in all, {} MiB of which are used",
+        mib(size),
+        limit >> 20,
+        mib(used)
+    )
+}
+
+/// Why a file of this kind may not cross, or nothing.
+fn kind_refused(
+    name: &str,
+    head: &[u8],
+    whole: bool,
+    kinds: atrium_protocol::filetype::Kinds,
+    way: &str,
+) -> Option<String> {
+    use atrium_protocol::filetype::{allows, describe_kinds, sniff};
+    let kind = sniff(name, head, whole);
+    (!allows(kinds, kind)).then(|| {
+        let allowed = describe_kinds(kinds);
+        if allowed.is_empty() {
+            format!("{name} is {}; no file may be {way} here", kind.describe())
+        } else {
+            format!("{name} is {}; only {allowed} may be {way} here", kind.describe())
+        }
+    })
 }

@@ -1,18 +1,20 @@
 //! Uploads: each runs in a task of its own, the viewer's chunks passing through it to the
 //! scanner and the node as they come (see the module above).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use atrium_protocol::agent::validate_file_name;
 use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage};
+use atrium_protocol::filetype::{Kinds, SNIFF_BYTES};
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::scan::Verdict;
-use super::{Failed, FileTarget, Outcome};
+use super::totals::Reserved;
+use super::{Failed, FileTarget, Outcome, kind_refused, over_session};
 
 /// Uploads one viewer may have at once.
 pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
@@ -75,7 +77,7 @@ impl Uploads {
             let message = "uploads into this desktop are not allowed for you".to_owned();
             return self.refuse(id, message).await;
         }
-        let check = || -> Result<(FileTarget, OwnedSemaphorePermit), String> {
+        let check = || -> Result<(FileTarget, OwnedSemaphorePermit, Reserved), String> {
             let target =
                 self.target.clone().ok_or("this desktop takes no files (it has no guest agent)")?;
             validate_file_name(&name)?;
@@ -98,9 +100,14 @@ impl Uploads {
             let permit = Arc::clone(&self.running).try_acquire_owned().map_err(|_| {
                 format!("{MAX_UPLOADS_PER_VIEWER} uploads are in progress: wait for one to finish")
             })?;
-            Ok((target, permit))
+            let limit = self.rights.upload_session_max_bytes;
+            let reserved = target
+                .totals
+                .reserve(&target.sid, "upload", size, limit)
+                .map_err(|used| over_session(&name, size, limit, used, "upload"))?;
+            Ok((target, permit, reserved))
         };
-        let (target, permit) = match check() {
+        let (target, permit, reserved) = match check() {
             Ok(t) => t,
             Err(message) => {
                 let _ = self.outcomes.send(Outcome {
@@ -121,6 +128,8 @@ impl Uploads {
             name,
             size,
             scan: self.rights.scan_files,
+            types: self.rights.upload_types,
+            reserved: Some(reserved),
             target,
             chunks,
             say: self.say.clone(),
@@ -169,6 +178,10 @@ struct Job {
     name: String,
     size: u64,
     scan: bool,
+    /// The kinds of file allowed; 0: any.
+    types: Kinds,
+    /// The file's size, counted in its session's total until it ends (kept when saved).
+    reserved: Option<Reserved>,
     target: FileTarget,
     chunks: mpsc::Receiver<Piece>,
     say: mpsc::Sender<ServerMessage>,
@@ -181,6 +194,9 @@ impl Job {
         let result = self.pass(&mut hash).await;
         let (verdict, detail, reply) = match result {
             Ok(path) => {
+                if let Some(r) = self.reserved.take() {
+                    r.keep();
+                }
                 let sha256 = hash.unwrap_or_default();
                 ("saved", None, ServerMessage::FileSaved { id, sha256, path })
             }
@@ -204,6 +220,24 @@ impl Job {
     /// the guest.
     async fn pass(&mut self, hash: &mut Option<[u8; 32]>) -> Result<String, Failed> {
         let name = self.name.clone();
+        // Its kind first, from its first bytes, before any of it goes anywhere.
+        let mut first = VecDeque::new();
+        if self.types != 0 {
+            let mut head = Vec::new();
+            while head.len() < SNIFF_BYTES && (head.len() as u64) < self.size {
+                match self.chunks.recv().await {
+                    Some(Piece::Data(chunk)) => {
+                        head.extend_from_slice(&chunk[..chunk.len().min(SNIFF_BYTES)]);
+                        first.push_back(chunk);
+                    }
+                    stop => return Err(stopped(&name, stop)),
+                }
+            }
+            let whole = self.size <= head.len() as u64;
+            if let Some(why) = kind_refused(&name, &head, whole, self.types, "uploaded") {
+                return Err(Failed::new("refused", why));
+            }
+        }
         let mut scan = match (&self.target.scanner, self.scan) {
             (Some(s), true) => Some(s.start().await.map_err(|e| {
                 tracing::warn!(error = %e, "uploads cannot be scanned");
@@ -236,7 +270,7 @@ impl Job {
                         Ok(_) => Failed::new("failed", format!("{name}: the desktop ended it early")),
                     });
                 }
-                piece = self.chunks.recv() => {
+                piece = next_piece(&mut first, &mut self.chunks) => {
                     let chunk = match piece {
                         Some(Piece::Data(chunk)) => chunk,
                         stop => {
@@ -244,11 +278,7 @@ impl Job {
                             // in its body): the guest throws the file away.
                             drop(body_tx);
                             upload.abort();
-                            let (verdict, why) = match stop {
-                                Some(Piece::Stop(v, why)) => (v, why),
-                                _ => ("cancelled", "the upload was cancelled".to_owned()),
-                            };
-                            return Err(Failed::new(verdict, format!("{name}: {why}")));
+                            return Err(stopped(&name, stop));
                         }
                     };
                     sha.update(&chunk);
@@ -301,4 +331,24 @@ impl Job {
             }
         }
     }
+}
+
+/// The first bytes kept back to learn the file's kind, then the viewer's.
+async fn next_piece(
+    first: &mut VecDeque<Bytes>,
+    chunks: &mut mpsc::Receiver<Piece>,
+) -> Option<Piece> {
+    match first.pop_front() {
+        Some(chunk) => Some(Piece::Data(chunk)),
+        None => chunks.recv().await,
+    }
+}
+
+/// Why an upload stopped before its end: the viewer's cancel, its verdict, or the viewer gone.
+fn stopped(name: &str, stop: Option<Piece>) -> Failed {
+    let (verdict, why) = match stop {
+        Some(Piece::Stop(v, why)) => (v, why),
+        _ => ("cancelled", "the upload was cancelled".to_owned()),
+    };
+    Failed::new(verdict, format!("{name}: {why}"))
 }

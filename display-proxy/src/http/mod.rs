@@ -106,6 +106,7 @@ impl AppState {
             video_max_fps: cfg.video_max_fps,
             ack_timeout: std::time::Duration::from_secs(cfg.ack_timeout_secs),
             scanner: cfg.clamd_socket.clone().map(crate::files::scan::Scanner::new),
+            totals: Arc::default(),
         });
         Self(Arc::new(Inner {
             verifier: TicketVerifier::new(vcfg),

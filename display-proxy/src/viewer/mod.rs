@@ -46,6 +46,8 @@ pub struct ViewerContext {
     pub ack_timeout: Duration,
     /// The virus scanner uploads and downloads pass, when this proxy has one.
     pub scanner: Option<crate::files::scan::Scanner>,
+    /// What each session moved in files, against policy's totals.
+    pub totals: Arc<files::SessionTotals>,
 }
 
 /// The capability bits of a ticket, as sent in Hello.
@@ -156,8 +158,13 @@ pub async fn serve(
             audit.note_transfer(o.record(&sid, sha256));
         }
     });
-    let extras =
-        Extras { watermark: claims.watermark, recorder, presence: entry.presence(), outcomes };
+    let extras = Extras {
+        watermark: claims.watermark,
+        recorder,
+        presence: entry.presence(),
+        outcomes,
+        sid: claims.sid.clone(),
+    };
     serve_inner(socket, slot, claims.caps, extras, ctx, entry.ending(), &span).await;
     drop(mark);
     drop(entry);
@@ -171,6 +178,8 @@ struct Extras {
     presence: Arc<Presence>,
     /// Where the outcomes of its uploads go.
     outcomes: mpsc::UnboundedSender<files::Outcome>,
+    /// The broker's session id.
+    sid: String,
 }
 
 async fn serve_inner(
@@ -184,7 +193,7 @@ async fn serve_inner(
 ) {
     let desktop = Arc::clone(slot.desktop());
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
-    let Extras { watermark, recorder, presence, outcomes } = extras;
+    let Extras { watermark, recorder, presence, outcomes, sid } = extras;
     let record_input = recorder.as_ref().is_some_and(Recorder::records_input);
     tracing::info!(parent: span, view_only = rights.view_only, watermark = watermark.is_some(),
         recording = recorder.as_ref().map(Recorder::id), viewers = desktop.viewers(), "viewer connected");
@@ -202,9 +211,12 @@ async fn serve_inner(
             }
         }
     });
-    let target = desktop
-        .guest()
-        .map(|g| files::FileTarget { guest: g.clone(), scanner: ctx.scanner.clone() });
+    let target = desktop.guest().map(|g| files::FileTarget {
+        guest: g.clone(),
+        scanner: ctx.scanner.clone(),
+        sid: sid.clone(),
+        totals: Arc::clone(&ctx.totals),
+    });
     let uploads = files::Uploads::new(target.clone(), rights, say.clone(), outcomes.clone());
     let downloads = files::Downloads::new(target, rights, say, outcomes.clone());
     let receiver = tokio::spawn(receive(
