@@ -139,14 +139,9 @@ impl Downloads {
         let (target, permit) = match check() {
             Ok(t) => t,
             Err(message) => {
-                let _ = self.outcomes.send(Outcome {
-                    direction: "download",
-                    name: atrium_protocol::text::printable(&name, 255),
-                    size: 0,
-                    sha256: None,
-                    verdict: "refused",
-                    detail: Some(message.clone()),
-                });
+                let detail = Some(message.clone());
+                let outcome = Outcome::file("download", &name, 0, None, "refused", detail);
+                let _ = self.outcomes.send(outcome);
                 let _ = self.say.send(ServerMessage::FileRefused { id, message }).await;
                 return;
             }
@@ -225,20 +220,10 @@ impl Job {
                 }
                 ("saved", None, ServerMessage::FileDone { id, sha256 })
             }
-            Err(f) => {
-                let detail = f.detail.or_else(|| Some(f.message.clone()));
-                (f.verdict, detail, ServerMessage::FileRefused { id, message: f.message })
-            }
+            Err(f) => f.refusal(id),
         };
         let _ = self.say.send(reply).await;
-        Outcome {
-            direction: "download",
-            name: atrium_protocol::text::printable(&name, 255),
-            size,
-            sha256: hash,
-            verdict,
-            detail,
-        }
+        Outcome::file("download", &name, size, hash, verdict, detail)
     }
 
     fn cancelled(&self) -> Failed {

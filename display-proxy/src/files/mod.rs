@@ -30,7 +30,7 @@ pub use self::upload::{MAX_UPLOADS_PER_VIEWER, Uploads};
 
 use std::fmt::Write as _;
 
-use atrium_protocol::display::truncate_utf8;
+use atrium_protocol::display::{ServerMessage, truncate_utf8};
 use atrium_protocol::session::TransferRecord;
 use sha2::{Digest, Sha256};
 
@@ -52,6 +52,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// How file `name` of `size` bytes ended, moving `direction`.
+    fn file(
+        direction: &'static str,
+        name: &str,
+        size: u64,
+        sha256: Option<[u8; 32]>,
+        verdict: &'static str,
+        detail: Option<String>,
+    ) -> Self {
+        let name = atrium_protocol::text::printable(name, 255);
+        Self { direction, name, size, sha256, verdict, detail }
+    }
+
     /// Clipboard text that crossed (`saved`) or was refused, in `direction`: its size and hash,
     /// never its content.
     pub fn clipboard(direction: &'static str, text: &str, refused: Option<String>) -> Self {
@@ -92,6 +105,12 @@ struct Failed {
 impl Failed {
     fn new(verdict: &'static str, message: impl Into<String>) -> Self {
         Self { verdict, message: message.into(), detail: None }
+    }
+
+    /// Its verdict, the audit's detail, and the viewer's answer for file `id`.
+    fn refusal(self, id: u32) -> (&'static str, Option<String>, ServerMessage) {
+        let detail = self.detail.or_else(|| Some(self.message.clone()));
+        (self.verdict, detail, ServerMessage::FileRefused { id, message: self.message })
     }
 }
 

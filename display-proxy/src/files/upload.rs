@@ -110,14 +110,9 @@ impl Uploads {
         let (target, permit, reserved) = match check() {
             Ok(t) => t,
             Err(message) => {
-                let _ = self.outcomes.send(Outcome {
-                    direction: "upload",
-                    name: atrium_protocol::text::printable(&name, 255),
-                    size,
-                    sha256: None,
-                    verdict: "refused",
-                    detail: Some(message.clone()),
-                });
+                let detail = Some(message.clone());
+                let outcome = Outcome::file("upload", &name, size, None, "refused", detail);
+                let _ = self.outcomes.send(outcome);
                 return self.refuse(id, message).await;
             }
         };
@@ -200,20 +195,10 @@ impl Job {
                 let sha256 = hash.unwrap_or_default();
                 ("saved", None, ServerMessage::FileSaved { id, sha256, path })
             }
-            Err(f) => {
-                let detail = f.detail.or_else(|| Some(f.message.clone()));
-                (f.verdict, detail, ServerMessage::FileRefused { id, message: f.message })
-            }
+            Err(f) => f.refusal(id),
         };
         let _ = self.say.send(reply).await;
-        Outcome {
-            direction: "upload",
-            name: atrium_protocol::text::printable(&name, 255),
-            size,
-            sha256: hash,
-            verdict,
-            detail,
-        }
+        Outcome::file("upload", &name, size, hash, verdict, detail)
     }
 
     /// Streams the file to the node and the scanner; commits it when clean. Returns its path in
