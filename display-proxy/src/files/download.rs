@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::scan::Verdict;
 use super::totals::Reserved;
-use super::{Failed, FileTarget, Outcome, kind_refused, over_session};
+use super::{Failed, FileTarget, Outcome, kind_refused, over_file_limit, over_session};
 
 /// Downloads one viewer may have at once.
 pub const MAX_DOWNLOADS_PER_VIEWER: usize = 4;
@@ -246,14 +246,8 @@ impl Job {
         })?;
         *size = declared;
         if self.max > 0 && declared > self.max {
-            return Err(Failed::new(
-                "refused",
-                format!(
-                    "{name} is {} MiB; files of at most {} MiB may be downloaded here",
-                    declared.div_ceil(1 << 20),
-                    self.max >> 20
-                ),
-            ));
+            let why = over_file_limit(&name, declared, self.max, "downloaded");
+            return Err(Failed::new("refused", why));
         }
         let target = &self.target;
         let reserved = target

@@ -201,6 +201,11 @@ fn mib(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
+/// Why a file of `size` bytes is over the limit of `max` for one file moving `way`.
+fn over_file_limit(name: &str, size: u64, max: u64, way: &str) -> String {
+    format!("{name} is {} MiB; files of at most {} MiB may be {way} here", mib(size), max >> 20)
+}
+
 /// Why a file of `size` bytes does not fit a session's `limit` when `used` are moved already.
 fn over_session(name: &str, size: u64, limit: u64, used: u64, way: &str) -> String {
     format!(

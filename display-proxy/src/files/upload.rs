@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::scan::Verdict;
 use super::totals::Reserved;
-use super::{Failed, FileTarget, Outcome, kind_refused, over_session};
+use super::{Failed, FileTarget, Outcome, kind_refused, over_file_limit, over_session};
 
 /// Uploads one viewer may have at once.
 pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
@@ -83,11 +83,7 @@ impl Uploads {
             validate_file_name(&name)?;
             let max = self.rights.upload_max_bytes;
             if max > 0 && size > max {
-                return Err(format!(
-                    "{name} is {} MiB; files of at most {} MiB may be uploaded here",
-                    size.div_ceil(1 << 20),
-                    max >> 20
-                ));
+                return Err(over_file_limit(&name, size, max, "uploaded"));
             }
             if self.rights.scan_files && target.scanner.is_none() {
                 return Err("uploads must be scanned for viruses here, and no scanner is \

@@ -138,7 +138,6 @@ export class Downloader extends Emitter {
   _end(dl, state, message) {
     dl.state = state;
     dl.message = message;
-    if (state !== 'saved') dl.blob = null;
     dl.parts = [];
     this._changed(dl);
     // The file is the page's now (or gone): this viewer keeps nothing of it.
