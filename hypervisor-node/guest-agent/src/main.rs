@@ -167,7 +167,7 @@ impl Agent {
             },
             HostMessage::FileCommit { id } => match lock(&self.files).commit(id) {
                 Ok(path) => {
-                    log(&format!("file {id} saved as {}", path.display()));
+                    log(&format!("file {id} saved as {}; {}", path.display(), memory()));
                     let path = path.to_string_lossy().into_owned();
                     self.send(&AgentMessage::FileSaved { id, path });
                 }
@@ -339,6 +339,20 @@ fn write_world_readable(path: &Path, body: &[u8]) -> io::Result<()> {
 
 fn log(msg: &str) {
     eprintln!("atrium-guest-agent: {msg}");
+}
+
+/// The agent's resident memory, now and at most since it started, for the log after a file
+/// (operators, and the transfer benchmark, read how much a transfer cost inside the guest).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .map_or_else(|| "?".to_owned(), |v| v.trim().to_owned())
+    };
+    format!("agent memory: {} KiB now, {} KiB at most", field("VmRSS:"), field("VmHWM:"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

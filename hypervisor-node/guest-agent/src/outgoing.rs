@@ -232,9 +232,16 @@ impl Downloads {
         std::thread::spawn(move || {
             let result = send_file(&port, &flow, id, file, size);
             lock(&downloads.flows).remove(&id);
-            if let Err(Stop::Failed(message)) = result {
-                crate::log(&format!("download {id} ({name}): {message}"));
-                let _ = write_port(&port, &encode_line(&AgentMessage::FileError { id, message }));
+            match result {
+                Ok(()) => {
+                    crate::log(&format!("download {id} sent: {size} bytes; {}", crate::memory()))
+                }
+                Err(Stop::Failed(message)) => {
+                    crate::log(&format!("download {id} ({name}): {message}"));
+                    let _ =
+                        write_port(&port, &encode_line(&AgentMessage::FileError { id, message }));
+                }
+                Err(Stop::Host) => {}
             }
         });
         Ok(())
