@@ -2,8 +2,8 @@
 //! QEMU sends files through the display proxy, which hashes them and has a real clamd scan
 //! them on their way; the node streams them to the real guest agent, which keeps them hidden
 //! until the verdict. A clean file lands in `~/Transfer`, the user's, with the hash it was sent
-//! with; the EICAR test file, a cancelled upload, and files policy refuses leave nothing
-//! behind. Downloads go back the same way: the viewer lists `~/Transfer` (regular files only,
+//! with; the EICAR test file, a cancelled upload, one cut off by a dropped connection, and
+//! files policy refuses leave nothing behind. Downloads go back the same way: the viewer lists `~/Transfer` (regular files only,
 //! no links), gets a file whole with its hash, within its window; a flagged file sends not a
 //! byte. The clipboard's size limits are policy's too: text over them does not cross, either
 //! way, and the viewer is told.
@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
-use atrium_protocol::display::{ClientMessage, FILE_WINDOW};
+use atrium_protocol::display::{ClientMessage, FILE_WINDOW, MAX_FILE_CHUNK};
 use atrium_protocol::filetype::Kind;
 use atrium_protocol::ticket::{Capabilities, DisplayClaims};
 use atrium_tests::clamd::{Clamd, EICAR_SIGNATURE, eicar};
-use atrium_tests::display::{DisplayProxy, DisplayViewer, count_color};
+use atrium_tests::display::{DisplayProxy, DisplayViewer, Download, count_color};
 use atrium_tests::node::{NodeProcess, console_image};
 use atrium_tests::{Group, skip};
 use serde_json::json;
@@ -107,6 +107,21 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
     let cancelled = viewer.upload(3, "big.iso", &big, Some(1 << 20), WITHIN).await?;
     assert!(cancelled.expect_err("cancelled").contains("cancelled"));
 
+    // Cut halfway: the connection drops in the middle of a file, with no cancel. It fails
+    // cleanly: nothing of it stays in the desktop (the listing below).
+    let url = proxy.ws_url(&id, &issuer.ticket(&id, rights));
+    let mut cut = DisplayViewer::connect(&url).await?;
+    let size = big.len() as u64;
+    cut.send(ClientMessage::FileOpen { id: 1, size, name: "cut.iso".into() }).await?;
+    for chunk in big[..2 << 20].chunks(MAX_FILE_CHUNK) {
+        cut.send(ClientMessage::FileData { id: 1, data: chunk.to_vec() }).await?;
+    }
+    cut.wait_until("part of the cut file taken", WITHIN, |v| {
+        v.uploads.get(&1).is_some_and(|u| u.done >= 1 << 20)
+    })
+    .await?;
+    drop(cut);
+
     // A name that is taken gets a free variant; a name with a folder in it is refused.
     let again = viewer.upload(4, "report.bin", b"second", None, WITHIN).await?;
     assert_eq!(again.map_err(|m| anyhow::anyhow!("{m}"))?.0, "/home/user/Transfer/report (2).bin");
@@ -117,7 +132,7 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
     let want = "report (2).bin report.bin -rw-r--r-- 1 user user ";
     let listing =
         run_in_guest(&mut viewer, "echo $(ls -A Transfer) $(ls -l Transfer/report.bin)", |c| {
-            c.starts_with("report") || c.contains(".atrium-part") || c.contains("big.iso")
+            c.starts_with("report") || c.contains(".atrium-part") || c.contains(".iso")
         })
         .await?;
     assert!(listing.starts_with(want), "{listing:?}\n{}", context("the transfer folder"));
@@ -251,6 +266,20 @@ async fn downloads(
     let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, unscanned))).await?;
     let m = v.download(1, "report.bin", Some(1 << 20), WITHIN).await?.expect_err("cancelled");
     assert!(m.contains("cancelled"), "{m}");
+    // Cut halfway: the viewer goes away in the middle of a download. The agent stops sending
+    // it, and the file downloads whole again over a new connection.
+    let mut cut = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, unscanned))).await?;
+    cut.downloads.insert(1, Download::default());
+    cut.send(ClientMessage::FileGet { id: 1, name: "report.bin".into() }).await?;
+    cut.wait_until("part of the download", WITHIN, |v| !v.downloads[&1].data.is_empty()).await?;
+    assert!(cut.downloads[&1].data.len() < report.len(), "cut before its end");
+    drop(cut);
+    let again = v.download(3, "report.bin", None, WITHIN).await?;
+    assert_eq!(
+        again.map_err(|m| anyhow::anyhow!("{m}"))?,
+        <[u8; 32]>::from(Sha256::digest(report))
+    );
+    assert!(v.downloads[&3].data == report, "the file came whole after a cut");
     let whole = v.download(2, "report (2).bin", None, WITHIN).await?;
     assert_eq!(
         whole.map_err(|m| anyhow::anyhow!("{m}"))?,

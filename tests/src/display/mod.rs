@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use crate::util::{TempDir, bin_path, free_port};
 
 mod viewer;
-pub use viewer::DisplayViewer;
+pub use viewer::{DisplayViewer, Download};
 
 /// A running `atrium-display serve`; killed on drop.
 #[derive(Debug)]
