@@ -209,6 +209,11 @@ impl NodeProcess {
         bail!("the node did not exit within a minute of SIGTERM; log:\n{}", self.log())
     }
 
+    /// The node process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }

@@ -1,4 +1,4 @@
-//! CPU time of processes and threads, from /proc.
+//! CPU time and resident memory of processes and threads, from /proc.
 
 use std::path::Path;
 
@@ -164,5 +164,46 @@ mod tests {
             after.runs >= before.runs + 20,
             "each sleep ends in a wake-up: {before:?} -> {after:?}"
         );
+    }
+}
+
+/// A process's resident memory now (`VmRSS`), in KiB; None once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let v = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    v.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// The most resident memory each of some processes had while it ran, sampled every 20 ms
+/// from its own thread (a peak between samples can be missed; a buffer that stays is not).
+#[derive(Debug)]
+pub struct RssPeaks {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl RssPeaks {
+    pub fn start(pids: &[u32]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pids, flag) = (pids.to_vec(), std::sync::Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut peaks = vec![0u64; pids.len()];
+            loop {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    *peak = (*peak).max(rss_kib(*pid).unwrap_or(0));
+                }
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return peaks;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops sampling: each process's peak in KiB, in the order given.
+    pub fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
