@@ -121,6 +121,8 @@ async function main() {
     await page.getByRole('button', { name: `Download ${name}` }).click();
     const d = await saving;
     check(d.suggestedFilename() === name, `saved as ${d.suggestedFilename()}`);
+    // Streamed to disk as it came, through the service worker (web-client/sw.js), not a Blob.
+    check(new URL(d.url()).pathname.startsWith('/dl/'), `saved through the service worker: ${d.url()}`);
     return readFileSync(await d.path());
   };
   const back = await fetched('report.bin');

@@ -33,6 +33,11 @@ async fn serve(State(st): State<AppState>, req: Request) -> Response {
     if path.starts_with("/api/") {
         return crate::error::ApiError::NotFound(format!("no API route {path}")).into_response();
     }
+    // The service worker's downloads (web-client/sw.js) are never the server's: without the
+    // worker, such a link is not a page.
+    if path.starts_with("/dl/") {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
     let rel = path.trim_start_matches('/');
     // Pages are single files; unknown paths without an extension get the app shell.
     let rel = if rel.is_empty() || !rel.contains('.') { "index.html" } else { rel };

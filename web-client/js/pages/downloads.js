@@ -130,7 +130,8 @@ export class DownloadPanel {
       case 'receiving': row.status.textContent = `${sizeText(d.done)} of ${sizeText(d.size)}`; break;
       case 'cancelling': row.status.textContent = 'Cancelling…'; break;
       case 'saved':
-        save(d.blob, d.name);
+        // Saved by the browser as it came (the service worker), or given whole as a Blob.
+        if (d.blob) save(d.blob, d.name);
         row.status.textContent = 'Downloaded';
         row.title = `SHA-256 ${d.sha256}`;
         announce(`${d.name} was downloaded.`);

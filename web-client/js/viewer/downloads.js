@@ -1,10 +1,11 @@
 // Downloads: files of the desktop's ~/Transfer sent to the browser over the display connection
 // (docs/display-protocol.md, "Downloads"). The proxy sends at most FILE_WINDOW beyond what
-// this viewer said it took; the chunks gather into a Blob (which the browser may keep on its
-// disk), and the file is given to the user only once the proxy said it is whole and passed
-// its checks (fileDone). A refused or cut-off download is thrown away.
+// this viewer said it took, and this viewer says it took a chunk once its saver had room for
+// it (viewer/savers.js: the browser's own download through the service worker, or a Blob), so
+// memory stays bounded end to end. The file is the user's only once the proxy said it is whole
+// and passed its checks (fileDone); a refused or cut-off download is thrown away.
 //
-//   const d = new Downloader((buf) => transport.send(buf));
+//   const d = new Downloader((buf) => transport.send(buf), saver);   // saver: blobSaver by default
 //   d.on('list', ({ message, files }) => ...);   // files: [{ name, size, modified }]
 //   d.on('change', (dl) => ...);   // { id, name, size, done, state, message, sha256, blob }
 //   d.list();  const id = d.get({ name, size });  d.cancel(id);
@@ -12,23 +13,24 @@
 //   d.closed();     // the connection went: unfinished downloads failed
 //
 // state: 'checking' (the proxy reads the file and its scanner checks it), 'receiving',
-// 'cancelling', then 'saved' (blob set), 'refused', 'cancelled' or 'failed'.
+// 'cancelling', then 'saved' (blob set when the saver made one), 'refused', 'cancelled' or
+// 'failed'.
 // Ids: uploads count from 1, downloads from DOWNLOAD_IDS, so the answers the two share
 // (fileProgress, fileRefused, and the fileCancel this viewer sends) never mix.
 import { Emitter } from './events.js';
 import { fileCancelMessage, fileGetMessage, fileListMessage, fileTakenMessage } from './protocol.js';
+import { blobSaver } from './savers.js';
 
 export const DOWNLOAD_IDS = 0x80000000;
-// Received chunks are merged into the download's Blob every so many bytes.
-const MERGE_BYTES = 16 << 20;
 const LOST = 'the connection to the desktop was lost before the file arrived';
 
 const going = (dl) => dl.state === 'checking' || dl.state === 'receiving' || dl.state === 'cancelling';
 
 export class Downloader extends Emitter {
-  constructor(send) {
+  constructor(send, saver = blobSaver) {
     super();
     this.send = send;
+    this.saver = saver;
     this.downloads = new Map();
     this._next = DOWNLOAD_IDS;
   }
@@ -43,9 +45,14 @@ export class Downloader extends Emitter {
     const id = this._next++;
     const dl = {
       id, name, size, done: 0, state: 'checking', message: '', sha256: '',
-      parts: [], partBytes: 0, blob: new Blob([]), started: false,
+      sink: null, tail: Promise.resolve(), blob: null, started: false,
     };
     this.downloads.set(id, dl);
+    if (size > this.saver.limit) {
+      this._end(dl, 'refused', `${name} is too large for this browser to download `
+        + `(at most ${Math.floor(this.saver.limit / 2 ** 20)} MiB here; open Atrium over https for larger files).`);
+      return id;
+    }
     if (!this.send(fileGetMessage(id, name))) {
       this._end(dl, 'failed', LOST);
       return id;
@@ -79,8 +86,10 @@ export class Downloader extends Emitter {
         return;
       case 'fileStart':
         if (dl.started) return this._fail(dl, 'the proxy started this download twice');
+        if (m.size > this.saver.limit) return this._fail(dl, 'the file grew too large for this browser to download');
         dl.started = true;
         dl.size = m.size;
+        dl.sink = this.saver.open({ name: dl.name, size: dl.size });
         if (dl.state === 'checking') dl.state = 'receiving';
         this._changed(dl);
         return;
@@ -89,19 +98,23 @@ export class Downloader extends Emitter {
           return this._fail(dl, 'the proxy sent more than the file');
         }
         // A copy: the message's buffer is not kept.
-        dl.parts.push(m.data.slice());
-        dl.partBytes += m.data.length;
-        dl.done += m.data.length;
-        if (dl.partBytes >= MERGE_BYTES) this._merge(dl);
-        this.send(fileTakenMessage(dl.id, dl.done));
-        this._changed(dl);
+        const data = m.data.slice();
+        dl.done += data.length;
+        const upTo = dl.done;
+        // Taken once the saver has room: the proxy's window then holds the rest.
+        this._then(dl, () => dl.sink.write(data), () => {
+          this.send(fileTakenMessage(dl.id, upTo));
+          this._changed(dl);
+        });
         return;
       }
       case 'fileDone':
         if (!dl.started || dl.done !== dl.size) return this._fail(dl, 'the file arrived incomplete');
-        this._merge(dl);
-        dl.sha256 = m.sha256;
-        this._end(dl, 'saved', '');
+        this._then(dl, () => dl.sink.close(), (blob) => {
+          dl.blob = blob;
+          dl.sha256 = m.sha256;
+          this._end(dl, 'saved', '');
+        });
         return;
       case 'fileRefused':
         this._end(dl, dl.state === 'cancelling' ? 'cancelled' : 'refused', m.message);
@@ -123,11 +136,14 @@ export class Downloader extends Emitter {
     }
   }
 
-  _merge(dl) {
-    if (dl.parts.length === 0) return;
-    dl.blob = new Blob([dl.blob, ...dl.parts]);
-    dl.parts = [];
-    dl.partBytes = 0;
+  // Runs `step` after the download's earlier steps, then `after` with its result, while the
+  // download goes on; a step that fails fails the download.
+  _then(dl, step, after) {
+    dl.tail = dl.tail.then(() => (going(dl) ? step() : undefined)).then((r) => {
+      if (going(dl)) after(r);
+    }, (e) => {
+      if (going(dl)) this._fail(dl, `the browser could not save it (${e && e.message ? e.message : e})`);
+    });
   }
 
   _fail(dl, why) {
@@ -138,7 +154,8 @@ export class Downloader extends Emitter {
   _end(dl, state, message) {
     dl.state = state;
     dl.message = message;
-    dl.parts = [];
+    if (state !== 'saved' && dl.sink) dl.sink.abort(new Error(message || state));
+    dl.sink = null;
     this._changed(dl);
     // The file is the page's now (or gone): this viewer keeps nothing of it.
     dl.blob = null;

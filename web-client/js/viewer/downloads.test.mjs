@@ -28,6 +28,8 @@ const u64 = (n) => [...u32(n % 2 ** 32), ...u32(Math.floor(n / 2 ** 32))];
 const start = (id, size) => server([0x37, ...u32(id), ...u64(size)]);
 const chunk = (id, data) => server([0x38, ...u32(id), ...u32(data.length), ...data]);
 const done = (id, b) => server([0x39, ...u32(id), ...new Array(32).fill(b)]);
+// Lets the downloader's pending steps (saver writes, acknowledgements) run.
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
 const refused = (id, text) => {
   const t = [...new TextEncoder().encode(text)];
   return server([0x34, ...u32(id), t.length & 255, t.length >> 8, ...t]);
@@ -49,9 +51,11 @@ test('a download acknowledges what it took and gives the file only once it is do
   assert.equal(changes.at(-1).state, 'receiving');
   d.message(chunk(id, [104, 101, 108]));
   d.message(chunk(id, [108, 111]));
+  await settle();
   assert.deepEqual(sent.filter((s) => s.type === 0x8f).map((s) => s.done), [3, 5], 'each chunk is acknowledged');
   assert.ok(changes.every((c) => c.blob === null), 'nothing is given before the proxy says it is done');
   d.message(done(id, 0xab));
+  await settle();
   const last = changes.at(-1);
   assert.equal(last.state, 'saved');
   assert.equal(last.sha256, 'ab'.repeat(32));
@@ -80,6 +84,7 @@ test('a refused, cut-off or overlong download is thrown away', async () => {
   const c = d.get({ name: 'short', size: 4 });
   d.message(start(c, 4));
   d.message(chunk(c, [1]));
+  await settle();
   d.message(done(c, 1));
   assert.equal(changes.at(-1).state, 'failed', 'a file that came short is not saved');
   assert.equal(changes.at(-1).blob, null);
@@ -118,4 +123,73 @@ test('a listing reaches the page, and a malformed one is a protocol error', () =
   assert.deepEqual(lists[0], { message: '', files: [{ name: 'a.txt', size: 3, modified: 1700000000 }] });
   assert.throws(() => server([0x36, 0, 0, 0xf5, 0x01]), /too many files/);
   assert.throws(() => server([0x38, ...u32(1), ...u32(MAX_FILE_CHUNK + 1)]), /over the limit|truncated/);
+});
+
+// A saver whose writes wait until the test lets them through, and that notes what it got.
+function heldSaver(limit = 1 << 30) {
+  const log = [];
+  const held = [];
+  return {
+    log, held, limit,
+    open({ name, size }) {
+      log.push(['open', name, size]);
+      return {
+        write: (chunk) => new Promise((resolve) => held.push(() => { log.push(['write', chunk.length]); resolve(); })),
+        close: () => { log.push(['close']); return Promise.resolve(null); },
+        abort: (why) => log.push(['abort', why.message]),
+      };
+    },
+  };
+}
+
+test('a chunk is acknowledged only once the saver has room for it, and the file named at the end', async () => {
+  const { sent, send } = recorder();
+  const saver = heldSaver();
+  const d = new Downloader(send, saver);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  const id = d.get({ name: 'gross.iso', size: 5 });
+  assert.deepEqual(saver.log, [], 'nothing is opened while the proxy checks the file');
+  d.message(start(id, 5));
+  assert.deepEqual(saver.log, [['open', 'gross.iso', 5]]);
+  d.message(chunk(id, [1, 2, 3]));
+  d.message(chunk(id, [4, 5]));
+  d.message(done(id, 0xcd));
+  await settle();
+  assert.equal(sent.filter((s) => s.type === 0x8f).length, 0, 'nothing is taken while the saver is full');
+  saver.held.shift()();
+  await settle();
+  assert.deepEqual(sent.filter((s) => s.type === 0x8f).map((s) => s.done), [3]);
+  assert.equal(changes.at(-1).state, 'receiving', 'not saved before every byte is with the saver');
+  saver.held.shift()();
+  await settle();
+  assert.deepEqual(sent.filter((s) => s.type === 0x8f).map((s) => s.done), [3, 5]);
+  assert.deepEqual(saver.log.slice(1), [['write', 3], ['write', 2], ['close']]);
+  assert.equal(changes.at(-1).state, 'saved');
+  assert.equal(changes.at(-1).blob, null, 'the browser has the file: there is no Blob to save');
+});
+
+test('a download the saver cannot hold is refused before it is asked for, and a failed one aborts the saver', async () => {
+  const { sent, send } = recorder();
+  const saver = heldSaver(100);
+  const d = new Downloader(send, saver);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  d.get({ name: 'huge.bin', size: 101 });
+  assert.equal(changes.at(-1).state, 'refused');
+  assert.match(changes.at(-1).message, /too large for this browser/);
+  assert.equal(sent.length, 0, 'the proxy was not asked');
+
+  const id = d.get({ name: 'cut.bin', size: 10 });
+  d.message(start(id, 10));
+  d.message(chunk(id, [1, 2]));
+  await settle();
+  assert.equal(saver.held.length, 1, 'the chunk waits for room in the saver');
+  d.closed();
+  assert.equal(changes.at(-1).state, 'failed');
+  assert.deepEqual(saver.log.at(-1), ['abort', changes.at(-1).message], 'the partial file is thrown away');
+  saver.held.shift()();
+  await settle();
+  assert.equal(sent.filter((s) => s.type === 0x8f).length, 0, 'nothing is acknowledged after the end');
+  assert.ok(!saver.log.some((l) => l[0] === 'close'), 'a failed download is never named');
 });

@@ -35,6 +35,7 @@ import { Renderer } from './renderer.js';
 import { Stats } from './stats.js';
 import { Transport } from './transport.js';
 import { Downloader } from './downloads.js';
+import { bestSaver } from './savers.js';
 import { Uploader } from './uploads.js';
 
 const PING_INTERVAL_MS = 2000;
@@ -47,7 +48,7 @@ const VIDEO_RETRY_MS = 5000;
 const VIDEO_TRIES = 3;
 
 export class DisplaySession extends Emitter {
-  constructor({ url, canvas, keyboardTarget = null, statsIntervalMs = 1000 }) {
+  constructor({ url, canvas, keyboardTarget = null, statsIntervalMs = 1000, saver = bestSaver() }) {
     super();
     if (!url || !canvas) throw new Error('DisplaySession needs { url, canvas }');
     this.url = url;
@@ -80,7 +81,7 @@ export class DisplaySession extends Emitter {
     this.video = null;
     this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false));
     this.uploader.on('change', (u) => this.emit('upload', u));
-    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false));
+    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false), saver);
     this.downloader.on('change', (d) => this.emit('download', d));
     this.downloader.on('list', (l) => this.emit('fileList', l));
   }
