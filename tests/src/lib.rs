@@ -22,6 +22,7 @@ pub mod rfb;
 pub mod screen;
 pub mod slapd;
 pub mod stack;
+pub mod static_files;
 pub mod tier;
 pub mod util;
 pub mod vmm;

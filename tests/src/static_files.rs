@@ -1,4 +1,4 @@
-//! A small static file server for the benchmark's pages (Atrium's web client and Debian's
+//! A small static file server for the benchmarks' pages (Atrium's web client and Debian's
 //! noVNC), on loopback.
 
 use std::net::SocketAddr;

@@ -12,13 +12,15 @@ use atrium_protocol::ticket::Capabilities;
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::rig::{CHROMIUM, urlencode};
-use super::{BenchOptions, static_files};
+use super::BenchOptions;
+use super::rig::CHROMIUM;
 use atrium_display::config::DisplayConfig;
 use atrium_display::http::{AppState, router};
 use atrium_display::metrics::Metrics;
 use atrium_display::source::open::SourceOpener;
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
+use atrium_tests::static_files;
+use atrium_tests::util::urlencode;
 
 /// The proxy and the pages, up for one measurement.
 pub struct Served {

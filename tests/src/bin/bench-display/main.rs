@@ -31,7 +31,6 @@ mod recording;
 mod relay;
 mod rig;
 mod seek;
-mod static_files;
 mod video_latency;
 mod watermark;
 

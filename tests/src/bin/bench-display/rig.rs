@@ -16,10 +16,12 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::BenchOptions;
 use super::relay::Relay;
-use super::{BenchOptions, static_files};
 use atrium_display_testkit::issuer::{JwksServer, TicketIssuer};
 use atrium_tests::procstat::{self, Usage};
+use atrium_tests::static_files;
+use atrium_tests::util::urlencode;
 
 /// The node's id here (the one the bench's tickets name).
 const NODE_ID: &str = "node-1";
@@ -454,18 +456,6 @@ impl Rig {
         self.proxy.take();
         self.websockify.take();
     }
-}
-
-pub(super) fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Removes the benchmark's temporary folder when the run ends (kept with ATRIUM_KEEP_TMP).
