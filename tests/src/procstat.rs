@@ -174,8 +174,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     v.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
-/// The most resident memory each of some processes had while it ran, sampled every 20 ms
-/// from its own thread (a peak between samples can be missed; a buffer that stays is not).
+/// A process's proportional share of memory (`Pss` of `/proc/PID/smaps_rollup`: pages shared
+/// with other processes count by their share), in KiB; None once it is gone.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let v = s.lines().find_map(|l| l.strip_prefix("Pss:"))?;
+    v.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// The memory of a process's descendants (not the process itself), summed by their
+/// proportional shares (PSS), in KiB: a browser's processes under the script that drives it,
+/// whose shared memory a sum of resident sizes would count in each.
+pub fn descendants_pss_kib(pid: u32) -> u64 {
+    children(pid).into_iter().map(|c| pss_kib(c).unwrap_or(0) + descendants_pss_kib(c)).sum()
+}
+
+/// The most of each of some memory figures (KiB) while something ran, sampled every 20 ms from
+/// a thread of its own (a peak between samples can be missed; a buffer that stays is not).
 #[derive(Debug)]
 pub struct RssPeaks {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -183,14 +198,23 @@ pub struct RssPeaks {
 }
 
 impl RssPeaks {
+    /// The resident memory of each of `pids`.
     pub fn start(pids: &[u32]) -> Self {
+        let pids = pids.to_vec();
+        Self::sampling(move || pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect())
+    }
+
+    /// Whatever `measure` returns, figure by figure.
+    pub fn sampling(measure: impl Fn() -> Vec<u64> + Send + 'static) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (pids, flag) = (pids.to_vec(), std::sync::Arc::clone(&stop));
+        let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut peaks = vec![0u64; pids.len()];
+            let mut peaks: Vec<u64> = Vec::new();
             loop {
-                for (peak, pid) in peaks.iter_mut().zip(&pids) {
-                    *peak = (*peak).max(rss_kib(*pid).unwrap_or(0));
+                let now = measure();
+                peaks.resize(now.len().max(peaks.len()), 0);
+                for (peak, v) in peaks.iter_mut().zip(now) {
+                    *peak = (*peak).max(v);
                 }
                 if flag.load(std::sync::atomic::Ordering::Relaxed) {
                     return peaks;
@@ -201,7 +225,7 @@ impl RssPeaks {
         Self { stop, thread: Some(thread) }
     }
 
-    /// Stops sampling: each process's peak in KiB, in the order given.
+    /// Stops sampling: each figure's peak, in the order measured.
     pub fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()

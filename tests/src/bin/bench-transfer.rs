@@ -14,13 +14,19 @@
 //! - **Memory**: the display proxy's and the node's resident memory sampled through each
 //!   transfer (their peak minus what they held before the first file), and the guest agent's
 //!   own peak, which it logs after each file (`VmHWM`) on the serial console.
+//! - **The browser** (unless `--skip-browser`): the web client in headless Chromium uploads the
+//!   file from disk and downloads it back through the same proxy, node and agent, saved by the
+//!   browser as the viewer's download panel saves it; Chromium's memory is the PSS of all its
+//!   processes, sampled through each transfer, over what they held before.
 //!
 //! The guest is the desktop image (graphical, signed in) with a home disk of its own, under
 //! QEMU. The last line printed is one JSON object (`upload_ratio`, `download_ratio`, ...).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -30,13 +36,18 @@ use atrium_protocol::agent::{
     encode_line,
 };
 use atrium_protocol::ticket::Capabilities;
+use atrium_tests::TempDir;
 use atrium_tests::display::{DisplayProxy, DisplayViewer};
 use atrium_tests::node::{NodeProcess, processes_with};
-use atrium_tests::procstat::{RssPeaks, rss_kib};
+use atrium_tests::procstat::{RssPeaks, descendants_pss_kib, rss_kib};
+use atrium_tests::static_files;
+use atrium_tests::util::urlencode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const USER: &str = "bench";
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const BOOT: Duration = Duration::from_secs(400);
 
 #[derive(Debug, Clone)]
@@ -45,24 +56,27 @@ struct Options {
     mib: u64,
     /// The desktop image folder.
     image: Option<PathBuf>,
+    /// Leave out the web client in headless Chromium.
+    skip_browser: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { mib: 1024, image: None };
+    let mut o = Options { mib: 1024, image: None, skip_browser: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--mib" => o.mib = args.next().context("--mib needs a value")?.parse()?,
             "--image" => o.image = Some(args.next().context("--image needs a value")?.into()),
+            "--skip-browser" => o.skip_browser = true,
             "-h" | "--help" => {
-                println!("bench-transfer [--mib N] [--image DIR]");
+                println!("bench-transfer [--mib N] [--image DIR] [--skip-browser]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
         }
     }
-    // Two copies land on the desktop's 4 GiB home disk.
-    ensure!((1..=1536).contains(&o.mib), "--mib must be 1 to 1536");
+    // Three copies land on the desktop's 4 GiB home disk.
+    ensure!((1..=1200).contains(&o.mib), "--mib must be 1 to 1200");
     Ok(o)
 }
 
@@ -148,6 +162,19 @@ fn agent_peak(console: &str, marker: &str) -> anyhow::Result<u64> {
     Ok(at_most.trim_end_matches(" KiB at most").trim().parse()?)
 }
 
+/// What the viewers may do: files both ways, unscanned, of any size up to 4 GiB.
+fn caps() -> Capabilities {
+    Capabilities {
+        file_upload: true,
+        file_download: true,
+        upload_max_bytes: 4 << 30,
+        download_max_bytes: 4 << 30,
+        scan_files: false,
+        scan_downloads: false,
+        ..Default::default()
+    }
+}
+
 /// The Atrium side: a viewer through the display proxy, the node and the agent.
 async fn through_atrium(
     proxy: &DisplayProxy,
@@ -157,17 +184,8 @@ async fn through_atrium(
     data: &[u8],
     sha: [u8; 32],
 ) -> anyhow::Result<Value> {
-    let caps = Capabilities {
-        file_upload: true,
-        file_download: true,
-        upload_max_bytes: 4 << 30,
-        download_max_bytes: 4 << 30,
-        scan_files: false,
-        scan_downloads: false,
-        ..Default::default()
-    };
     let within = Duration::from_secs(3600);
-    let mut viewer = DisplayViewer::connect(&proxy.ws_url(vm, &issuer.ticket(vm, caps))).await?;
+    let mut viewer = DisplayViewer::connect(&proxy.ws_url(vm, &issuer.ticket(vm, caps()))).await?;
     let pids = [proxy.pid(), node.pid()];
     let rss = pids.map(|p| rss_kib(p).unwrap_or(0));
     // A small file first: the agent's peak memory before the large one.
@@ -215,6 +233,91 @@ async fn through_atrium(
             "agent": agent_mib(down_agent),
         },
     }))
+}
+
+/// Runs tests/browser/bench_transfer.mjs with `cfg`: Chromium's memory (the PSS of all the
+/// processes under the script, summed) is read when it says `ready` and sampled until its
+/// result. Returns the
+/// result and the extra memory in MiB.
+async fn browser_run(root: &Path, mut cfg: Value, tmp: &Path) -> anyhow::Result<(Value, f64)> {
+    cfg["chromium"] = CHROMIUM.into();
+    cfg["tmp"] = tmp.display().to_string().into();
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/bench_transfer.mjs"))
+        .arg(cfg.to_string())
+        .current_dir(root.join("tests/browser"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting node (install nodejs)")?;
+    let pid = child.id().context("the script's pid")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let first = lines.next_line().await?.unwrap_or_default();
+    ensure!(first == "ready", "bench_transfer.mjs said {first:?}, not ready");
+    let before = descendants_pss_kib(pid);
+    let peaks = RssPeaks::sampling(move || vec![descendants_pss_kib(pid)]);
+    stdin.write_all(b"go\n").await?;
+    let last = lines.next_line().await?.unwrap_or_default();
+    let peak = peaks.finish().first().copied().unwrap_or(0);
+    let status = child.wait().await?;
+    ensure!(status.success(), "bench_transfer.mjs failed ({status}); it said {last:?}");
+    #[allow(clippy::cast_precision_loss)]
+    let extra = round(peak.saturating_sub(before) as f64 / 1024.0, 1);
+    Ok((serde_json::from_str(&last).with_context(|| format!("its result {last:?}"))?, extra))
+}
+
+/// The web client in headless Chromium: the file uploaded from disk through the same proxy,
+/// node and agent, then downloaded back and saved by the browser.
+async fn through_the_browser(
+    pages: SocketAddr,
+    proxy: &DisplayProxy,
+    issuer: &TicketIssuer,
+    vm: &str,
+    file: &Path,
+    size: usize,
+    sha: [u8; 32],
+) -> anyhow::Result<Value> {
+    let root = atrium_tests::util::workspace_root();
+    ensure!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed: (cd tests/browser && npm ci)"
+    );
+    ensure!(Path::new(CHROMIUM).exists(), "Chromium is missing at {CHROMIUM}");
+    let tmp = TempDir::new("bench-transfer-browser");
+    let page = || {
+        let ws = proxy.ws_url(vm, &issuer.ticket(vm, caps()));
+        format!("http://{pages}/atrium/viewer-dev.html?ws={}", urlencode(&ws))
+    };
+    let hex = hex(&sha);
+    let (up, up_extra) =
+        browser_run(&root, json!({ "url": page(), "mode": "upload", "file": file }), tmp.path())
+            .await
+            .context("the upload in Chromium")?;
+    ensure!(up["sha256"] == hex.as_str(), "the browser's upload hashed {}", up["sha256"]);
+    let path = up["path"].as_str().context("the upload's path")?;
+    let name = path.rsplit('/').next().context("a file name")?;
+    let cfg = json!({ "url": page(), "mode": "download", "name": name, "size": size });
+    let (down, down_extra) =
+        browser_run(&root, cfg, tmp.path()).await.context("the download in Chromium")?;
+    ensure!(down["sha256"] == hex.as_str(), "the browser saved a file hashed {}", down["sha256"]);
+    let secs = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0) / 1000.0;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = |secs: f64| round(size as f64 / f64::from(1 << 20) / secs, 1);
+    Ok(json!({
+        "upload_mib_s": rate(secs(&up, "ms")),
+        "download_mib_s": rate(secs(&down, "ms")),
+        "upload_secs": round(secs(&up, "ms"), 1),
+        "download_secs": round(secs(&down, "ms"), 1),
+        "download_saved_secs": round(secs(&down, "saved_ms"), 1),
+        "upload_extra_mib": up_extra,
+        "download_extra_mib": down_extra,
+    }))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The host's end of the agent's port, spoken to directly.
@@ -373,13 +476,30 @@ async fn main() -> anyhow::Result<()> {
 
     let issuer = TicketIssuer::generate("bench");
     let jwks = JwksServer::start(TicketIssuer::jwks(&[&issuer])).await?;
-    let proxy = DisplayProxy::start(&jwks.url(), &node.local_socket(), "").await?;
+    let root = atrium_tests::util::workspace_root();
+    let pages = static_files::serve(vec![("atrium".into(), root.join("web-client"))]).await?;
+    let origins = format!("allowed_origins = [\"http://{pages}\"]\n");
+    let proxy = DisplayProxy::start(&jwks.url(), &node.local_socket(), &origins).await?;
 
     eprintln!("bench: through Atrium (viewer, display proxy, node, agent)");
     let atrium = through_atrium(&proxy, &issuer, &node, &vm, &data, sha)
         .await
         .with_context(|| format!("proxy log:\n{}\nnode log:\n{}", proxy.log(), node.log()))?;
     eprintln!("bench: {atrium}");
+
+    let browser = if opts.skip_browser {
+        Value::Null
+    } else {
+        eprintln!("bench: the web client in headless Chromium, through the same hops");
+        let dir = TempDir::new("bench-transfer");
+        let file = dir.path().join("browser.bin");
+        std::fs::write(&file, &data)?;
+        let b = through_the_browser(pages, &proxy, &issuer, &vm, &file, size, sha)
+            .await
+            .with_context(|| format!("proxy log:\n{}", proxy.log()))?;
+        eprintln!("bench: {b}");
+        b
+    };
 
     eprintln!("bench: the agent's port directly (the node stopped, its VM running)");
     node.terminate()?;
@@ -398,11 +518,15 @@ async fn main() -> anyhow::Result<()> {
         |k: &str| round(atrium[k].as_f64().unwrap_or(0.0) / raw[k].as_f64().unwrap_or(1.0), 2);
     let most = ["upload_extra_mib", "download_extra_mib"]
         .iter()
-        .flat_map(|k| ["proxy", "node", "agent"].map(|h| atrium[k][h].as_f64().unwrap_or(0.0)))
+        .flat_map(|k| {
+            let hops = ["proxy", "node", "agent"].map(|h| atrium[k][h].as_f64().unwrap_or(0.0));
+            hops.into_iter().chain(browser[k].as_f64())
+        })
         .fold(0.0f64, f64::max);
     let out = json!({
         "file_mib": opts.mib,
         "atrium": atrium,
+        "browser": browser,
         "raw_port": raw,
         "upload_ratio": ratio("upload_mib_s"),
         "download_ratio": ratio("download_mib_s"),

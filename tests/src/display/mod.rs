@@ -73,9 +73,15 @@ impl DisplayProxy {
         let port = tls.map_or_else(free_port, |(p, _)| p);
         let tls = tls.map(|(_, t)| t);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        // Pages on loopback, unless the caller names its own.
+        let origins = if extra.contains("allowed_origins") {
+            ""
+        } else {
+            "allowed_origins = [\"http://127.0.0.1\"]\n"
+        };
         let config = format!(
             "listen = \"{addr}\"\nbroker_url = \"{broker_url}\"\nnode_socket = {:?}\n\
-             node_id = \"node-1\"\nplain_http_loopback = true\nallowed_origins = [\"http://127.0.0.1\"]\n{}{extra}",
+             node_id = \"node-1\"\nplain_http_loopback = true\n{origins}{}{extra}",
             node_socket.display().to_string(),
             tls.map(|t| format!(
                 "tls_cert = {:?}\ntls_key = {:?}\nca_file = {:?}\n",
