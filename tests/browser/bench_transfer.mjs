@@ -5,7 +5,8 @@
 // the browser's memory in between), and prints one JSON line at the end:
 //   upload:   {"ms": N, "path": "...", "sha256": "hex the proxy computed"}
 //   download: {"ms": N (until the viewer had it whole), "saved_ms": N (until the browser saved
-//              it), "sha256": "hex of the saved file", "bytes": N}
+//              it), "streamed": true when through the service worker, "sha256": "hex of the
+//              saved file", "bytes": N}
 //
 //   node bench_transfer.mjs '{"url": URL, "chromium": PATH, "tmp": DIR, "mode": "upload"|"download",
 //                              "file": PATH (upload), "name": NAME, "size": N (download)}'
@@ -44,6 +45,9 @@ if (cfg.mode === 'upload') {
     });
   }));
 } else {
+  // The service worker that streams downloads to disk starts with the page.
+  await page.waitForFunction(async () => (await navigator.serviceWorker.getRegistrations()).some((r) => r.active),
+    null, { timeout: 30000 });
   console.log('ready');
   await go();
   const t0 = Date.now();
@@ -56,15 +60,17 @@ if (cfg.mode === 'upload') {
     s.on('download', (d) => {
       if (d.id !== id) return;
       if (d.state === 'saved') {
-        // As the download panel saves it (web-client/js/pages/downloads.js).
-        const url = URL.createObjectURL(d.blob);
-        const a = document.createElement('a');
-        a.href = url;
-        a.download = name;
-        document.body.append(a);
-        a.click();
-        a.remove();
-        resolve({ ms: performance.now() - t0 });
+        // As the download panel saves it (web-client/js/pages/downloads.js): the browser has
+        // it already when it streamed through the service worker, else it is given the Blob.
+        if (d.blob) {
+          const a = document.createElement('a');
+          a.href = URL.createObjectURL(d.blob);
+          a.download = name;
+          document.body.append(a);
+          a.click();
+          a.remove();
+        }
+        resolve({ ms: performance.now() - t0, streamed: !d.blob });
       } else if (['refused', 'cancelled', 'failed'].includes(d.state)) {
         resolve({ error: `${d.state}: ${d.message}` });
       }

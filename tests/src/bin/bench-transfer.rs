@@ -313,6 +313,7 @@ async fn through_the_browser(
         "download_saved_secs": round(secs(&down, "saved_ms"), 1),
         "upload_extra_mib": up_extra,
         "download_extra_mib": down_extra,
+        "download_streamed": down["streamed"],
     }))
 }
 
