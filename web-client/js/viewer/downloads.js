@@ -97,8 +97,8 @@ export class Downloader extends Emitter {
         if (!dl.started || dl.done + m.data.length > dl.size) {
           return this._fail(dl, 'the proxy sent more than the file');
         }
-        // A copy: the message's buffer is not kept.
-        const data = m.data.slice();
+        // Not copied: the saver takes the bytes over (the message's buffer is this chunk's own).
+        const { data } = m;
         dl.done += data.length;
         const upTo = dl.done;
         // Taken once the saver has room: the proxy's window then holds the rest.
