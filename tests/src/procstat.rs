@@ -186,7 +186,18 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
 /// proportional shares (PSS), in KiB: a browser's processes under the script that drives it,
 /// whose shared memory a sum of resident sizes would count in each.
 pub fn descendants_pss_kib(pid: u32) -> u64 {
-    children(pid).into_iter().map(|c| pss_kib(c).unwrap_or(0) + descendants_pss_kib(c)).sum()
+    descendants(pid).into_iter().map(|c| pss_kib(c).unwrap_or(0)).sum()
+}
+
+/// A process's descendants that are alive (children, their children, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut next = children(pid);
+    while let Some(p) = next.pop() {
+        next.extend(children(p));
+        out.push(p);
+    }
+    out
 }
 
 /// The most of each of some memory figures (KiB) while something ran, sampled every 20 ms from

@@ -22,11 +22,13 @@
 //! The guest is the desktop image (graphical, signed in) with a home disk of its own, under
 //! QEMU. The last line printed is one JSON object (`upload_ratio`, `download_ratio`, ...).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -39,7 +41,7 @@ use atrium_protocol::ticket::Capabilities;
 use atrium_tests::TempDir;
 use atrium_tests::display::{DisplayProxy, DisplayViewer};
 use atrium_tests::node::{NodeProcess, processes_with};
-use atrium_tests::procstat::{RssPeaks, descendants_pss_kib, rss_kib};
+use atrium_tests::procstat::{RssPeaks, descendants, descendants_pss_kib, pss_kib, rss_kib};
 use atrium_tests::static_files;
 use atrium_tests::util::urlencode;
 use serde_json::{Value, json};
@@ -257,7 +259,24 @@ async fn browser_run(root: &Path, mut cfg: Value, tmp: &Path) -> anyhow::Result<
     let first = lines.next_line().await?.unwrap_or_default();
     ensure!(first == "ready", "bench_transfer.mjs said {first:?}, not ready");
     let before = descendants_pss_kib(pid);
-    let peaks = RssPeaks::sampling(move || vec![descendants_pss_kib(pid)]);
+    // Each process's own peak too, to see where the memory goes (by Chromium's process type).
+    let each: Arc<Mutex<Grown>> = Arc::default();
+    for p in descendants(pid) {
+        let pss = pss_kib(p).unwrap_or(0);
+        lock(&each).insert(p, (chromium_type(p), pss, pss));
+    }
+    let sampled = Arc::clone(&each);
+    let peaks = RssPeaks::sampling(move || {
+        let mut total = 0;
+        for p in descendants(pid) {
+            let pss = pss_kib(p).unwrap_or(0);
+            total += pss;
+            let mut m = lock(&sampled);
+            let e = m.entry(p).or_insert_with(|| (chromium_type(p), 0, 0));
+            e.2 = e.2.max(pss);
+        }
+        vec![total]
+    });
     stdin.write_all(b"go\n").await?;
     let last = lines.next_line().await?.unwrap_or_default();
     let peak = peaks.finish().first().copied().unwrap_or(0);
@@ -265,7 +284,33 @@ async fn browser_run(root: &Path, mut cfg: Value, tmp: &Path) -> anyhow::Result<
     ensure!(status.success(), "bench_transfer.mjs failed ({status}); it said {last:?}");
     #[allow(clippy::cast_precision_loss)]
     let extra = round(peak.saturating_sub(before) as f64 / 1024.0, 1);
+    let mut by_type = serde_json::Map::new();
+    for (kind, first, most) in lock(&each).values() {
+        #[allow(clippy::cast_precision_loss)]
+        let grew = most.saturating_sub(*first) as f64 / 1024.0;
+        let e = by_type.entry(kind.clone()).or_insert(json!(0.0));
+        *e = json!(round(e.as_f64().unwrap_or(0.0) + grew, 1));
+    }
+    eprintln!("bench: the browser's peak growth by process type (MiB): {}", Value::Object(by_type));
     Ok((serde_json::from_str(&last).with_context(|| format!("its result {last:?}"))?, extra))
+}
+
+/// Each of the browser's processes: its type, its memory when the transfer began (KiB), its peak.
+type Grown = HashMap<u32, (String, u64, u64)>;
+
+/// Chromium's name for a process's role (`--type=renderer`, ...); `browser` for the main one.
+fn chromium_type(pid: u32) -> String {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmd = String::from_utf8_lossy(&cmd);
+    // Chromium rewrites its children's command lines as one string: split on spaces too.
+    let args = || cmd.split(['\0', ' ']);
+    let kind = args().find_map(|a| a.strip_prefix("--type=")).unwrap_or("browser");
+    let sub = args().find_map(|a| a.strip_prefix("--utility-sub-type="));
+    sub.map_or_else(|| kind.to_owned(), |s| format!("{kind} {s}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The web client in headless Chromium: the file uploaded from disk through the same proxy,
