@@ -246,15 +246,16 @@ export function fileOpenMessage(id, size, name) {
   return w.buf;
 }
 
-// The next bytes (a Uint8Array of at most MAX_FILE_CHUNK) of upload `id`.
-export function fileDataMessage(id, data) {
-  if (data.length > MAX_FILE_CHUNK) throw new RangeError('file chunk over the limit');
-  const w = writer(9 + data.length);
+// The next bytes of upload `id`: `slice`, a slice of the File being uploaded (at most
+// MAX_FILE_CHUNK), after the message's header, as a Blob. The browser reads the file's bytes
+// itself as it sends them, so the page holds no buffer of them.
+export function fileDataBlob(id, slice) {
+  if (slice.size > MAX_FILE_CHUNK) throw new RangeError('file chunk over the limit');
+  const w = writer(9);
   w.view.setUint8(0, 0x8b);
   w.view.setUint32(1, id >>> 0, true);
-  w.view.setUint32(5, data.length, true);
-  w.bytes.set(data, 9);
-  return w.buf;
+  w.view.setUint32(5, slice.size, true);
+  return new Blob([w.buf, slice]);
 }
 
 // Stops upload or download `id`.

@@ -35,9 +35,10 @@ export class Transport extends Emitter {
     return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
   }
 
+  // Sends one message: an ArrayBuffer, or a Blob (an upload's chunk, read by the browser).
   send(buf) {
     if (!this.open_) return false;
-    this.bytesOut += buf.byteLength;
+    this.bytesOut += buf instanceof Blob ? buf.size : buf.byteLength;
     this.ws.send(buf);
     return true;
   }

@@ -1,9 +1,10 @@
 // Uploads: files sent into the desktop over the display connection (docs/display-protocol.md,
-// "Uploads"). Each file is read in chunks as it goes, never whole, and never more than
-// FILE_WINDOW beyond what the proxy said it has taken; the proxy's answer says where the file
+// "Uploads"). Each file goes in chunks, slices of the File that the browser reads as it sends
+// them (never whole, never copied into the page), and never more than FILE_WINDOW beyond what
+// the proxy said it has taken; the proxy's answer says where the file
 // landed (~/Transfer in the desktop) or why it was refused.
 //
-//   const u = new Uploader((buf) => transport.send(buf));
+//   const u = new Uploader((msg) => transport.send(msg));   // msg: an ArrayBuffer or a Blob
 //   u.on('change', (up) => ...);   // { id, name, size, done, state, message, path, sha256 }
 //   const id = u.add(file);        // a File or Blob with a name
 //   u.cancel(id);
@@ -12,7 +13,7 @@
 //
 // state: 'sending', 'cancelling', then 'saved', 'refused', 'cancelled' or 'failed'.
 import { Emitter } from './events.js';
-import { FILE_WINDOW, MAX_FILE_CHUNK, fileCancelMessage, fileDataMessage, fileOpenMessage } from './protocol.js';
+import { FILE_WINDOW, MAX_FILE_CHUNK, fileCancelMessage, fileDataBlob, fileOpenMessage } from './protocol.js';
 
 const LOST = 'the connection to the desktop was lost before the file arrived';
 
@@ -29,7 +30,7 @@ export class Uploader extends Emitter {
     const id = this._next++;
     const up = {
       id, name: file.name, size: file.size, sent: 0, done: 0, state: 'sending',
-      message: '', path: '', sha256: '', file, pumping: false,
+      message: '', path: '', sha256: '', file,
     };
     this.uploads.set(id, up);
     if (!this.send(fileOpenMessage(id, file.size, file.name))) {
@@ -97,29 +98,17 @@ export class Uploader extends Emitter {
   }
 
   // Sends chunks while the window allows; called again by each progress.
-  async _pump(up) {
-    if (up.pumping) return;
-    up.pumping = true;
-    try {
-      while (up.state === 'sending' && up.sent < up.size && up.sent < up.done + FILE_WINDOW) {
-        const end = Math.min(up.size, up.sent + MAX_FILE_CHUNK);
-        let data;
-        try {
-          data = new Uint8Array(await up.file.slice(up.sent, end).arrayBuffer());
-        } catch (e) {
-          this.send(fileCancelMessage(up.id));
-          this._end(up, 'failed', `${up.name} could not be read: ${e.message || e}`);
-          return;
-        }
-        if (up.state !== 'sending') return;
-        if (!this.send(fileDataMessage(up.id, data))) {
-          this._end(up, 'failed', LOST);
-          return;
-        }
-        up.sent = end;
+  _pump(up) {
+    while (up.state === 'sending' && up.sent < up.size && up.sent < up.done + FILE_WINDOW) {
+      const end = Math.min(up.size, up.sent + MAX_FILE_CHUNK);
+      // A slice of the File, read by the browser as it sends: no copy of it in the page. A file
+      // that can no longer be read (changed or removed since it was chosen) fails the
+      // connection, and with it the upload.
+      if (!this.send(fileDataBlob(up.id, up.file.slice(up.sent, end)))) {
+        this._end(up, 'failed', LOST);
+        return;
       }
-    } finally {
-      up.pumping = false;
+      up.sent = end;
     }
   }
 }

@@ -4,15 +4,25 @@ import test from 'node:test';
 import { Uploader } from './uploads.js';
 import { FILE_WINDOW, MAX_FILE_CHUNK, decodeServer } from './protocol.js';
 
-// What an uploader sent, decoded far enough to check: type, id and the chunk's length.
+// What an uploader sent, decoded far enough to check: type, id and the chunk's length (checked
+// against the bytes that follow). A chunk is a Blob, read here as the browser would send it.
 function recorder() {
   const sent = [];
-  const send = (buf) => {
+  const decode = (buf) => {
     const v = new DataView(buf);
     const type = v.getUint8(0);
     const id = v.getUint32(1, true);
     const len = type === 0x8b ? v.getUint32(5, true) : 0;
-    sent.push({ type, id, len });
+    if (type === 0x8b) assert.equal(buf.byteLength, 9 + len, 'the chunk is as long as it says');
+    return { type, id, len };
+  };
+  const send = (msg) => {
+    if (msg instanceof Blob) {
+      const at = sent.push(null) - 1;
+      msg.arrayBuffer().then((buf) => { sent[at] = decode(buf); });
+    } else {
+      sent.push(decode(msg));
+    }
     return true;
   };
   return { sent, send };
