@@ -55,6 +55,12 @@ function claim(token) {
   });
 }
 
+// `name` as an RFC 5987 value: percent-encoded UTF-8, with the characters that encodeURIComponent
+// leaves but the header's syntax does not allow (' ( ) *) encoded too.
+function extValue(name) {
+  return encodeURIComponent(name).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
 self.addEventListener('fetch', (e) => {
   const m = TOKEN.exec(new URL(e.request.url).pathname);
   if (!m) return;
@@ -64,7 +70,7 @@ self.addEventListener('fetch', (e) => {
     return new Response(f.readable, {
       headers: {
         'Content-Type': 'application/octet-stream',
-        'Content-Disposition': `attachment; filename*=UTF-8''${encodeURIComponent(f.name)}`,
+        'Content-Disposition': `attachment; filename*=UTF-8''${extValue(f.name)}`,
         'Content-Length': String(f.size),
         'X-Content-Type-Options': 'nosniff',
       },

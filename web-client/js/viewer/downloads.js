@@ -89,7 +89,11 @@ export class Downloader extends Emitter {
         if (m.size > this.saver.limit) return this._fail(dl, 'the file grew too large for this browser to download');
         dl.started = true;
         dl.size = m.size;
-        dl.sink = this.saver.open({ name: dl.name, size: dl.size });
+        try {
+          dl.sink = this.saver.open({ name: dl.name, size: dl.size });
+        } catch (e) {
+          return this._fail(dl, `the browser could not save it (${e && e.message ? e.message : e})`);
+        }
         if (dl.state === 'checking') dl.state = 'receiving';
         this._changed(dl);
         return;

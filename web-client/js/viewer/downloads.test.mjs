@@ -180,6 +180,15 @@ test('a download the saver cannot hold is refused before it is asked for, and a 
   assert.match(changes.at(-1).message, /too large for this browser/);
   assert.equal(sent.length, 0, 'the proxy was not asked');
 
+  const broken = new Downloader(send, { limit: 100, open() { throw new Error('the service worker is gone'); } });
+  const fails = [];
+  broken.on('change', (c) => fails.push(c));
+  const x = broken.get({ name: 'x.bin', size: 1 });
+  broken.message(start(x, 1));
+  assert.equal(fails.at(-1).state, 'failed', 'a saver that cannot open fails the download, not the connection');
+  assert.match(fails.at(-1).message, /service worker is gone/);
+  assert.deepEqual(sent.at(-1), { type: 0x8c, id: x });
+
   const id = d.get({ name: 'cut.bin', size: 10 });
   d.message(start(id, 10));
   d.message(chunk(id, [1, 2]));

@@ -66,10 +66,10 @@ function token() {
 // a secure context, or it failed to start: the Blob saver is used then).
 export async function streamSaver({ script = new URL('../../sw.js', import.meta.url) } = {}) {
   if (typeof navigator === 'undefined' || !navigator.serviceWorker || !globalThis.isSecureContext) return null;
-  let worker;
+  let reg;
   try {
-    const reg = await navigator.serviceWorker.register(script, { scope: new URL('dl/', script).href });
-    worker = reg.active || await new Promise((resolve, reject) => {
+    reg = await navigator.serviceWorker.register(script, { scope: new URL('dl/', script).href });
+    if (!reg.active) await new Promise((resolve, reject) => {
       const w = reg.installing || reg.waiting;
       if (!w) return reject(new Error('no service worker'));
       w.addEventListener('statechange', () => {
@@ -87,6 +87,9 @@ export async function streamSaver({ script = new URL('../../sw.js', import.meta.
     open({ name, size }) {
       const t = token();
       const stream = new TransformStream({}, new CountQueuingStrategy({ highWaterMark: QUEUED_CHUNKS }));
+      // The worker active now: one updated since the page loaded has replaced the first.
+      const worker = reg.active;
+      if (!worker) throw new Error('the service worker is gone');
       worker.postMessage({ token: t, name, size, readable: stream.readable }, [stream.readable]);
       // The browser's download starts with the frame's request; the frame stays until the file
       // is done (removing it can stop the download).
