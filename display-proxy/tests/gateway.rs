@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use atrium_display::config::DisplayConfig;
+use atrium_display::files::links::{Way, token_hex};
+use atrium_display::files::upload::Piece;
 use atrium_display::gateway::config::GatewayConfig;
 use atrium_display::gateway::metrics::Refusal;
 use atrium_display::gateway::{Gateway, serve};
@@ -197,6 +199,93 @@ async fn a_valid_ticket_is_relayed_to_the_proxy_it_names_and_spent_there() {
     // The relay ends with its viewer.
     wait_until(|| h.gateway.metrics().relays.load(Ordering::Relaxed) == 0).await;
     assert!(h.gateway.metrics().traffic.to_viewer.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn a_file_link_reaches_the_proxy_of_a_relayed_viewer_and_nothing_else() {
+    let h = harness(false, |_| {}).await;
+    let links = h.proxy_state.links();
+    let get = |vm: &str, token: &str| reqwest::get(format!("http://{}/files/{vm}/{token}", h.addr));
+    let download = |name: &str, size| Way::Download { name: name.into(), size };
+    let (offer, feed) = links.offer("vm-1", download("Bericht 1.txt", 5)).unwrap();
+    let token = token_hex(&offer.token);
+    // No viewer of vm-1 is relayed here: the gateway does not know where to go.
+    let r = get("vm-1", &token).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no viewer of this desktop"));
+
+    let t = h.ticket("vm-1");
+    let mut ws = h.connect("vm-1", &t).await.unwrap();
+    hello(&mut ws).await;
+    assert_eq!(get("vm-1", "not-a-token").await.unwrap().status(), 404);
+    tokio::spawn(async move {
+        let mut offer = offer;
+        offer.fetched().await;
+        for piece in [&b"hel"[..], b"lo"] {
+            feed.tx.send(Ok(axum::body::Bytes::from_static(piece))).await.unwrap();
+        }
+    });
+    let r = get("vm-1", &token).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-disposition"], "attachment; filename*=UTF-8''Bericht%201.txt");
+    assert_eq!(r.headers()["content-length"], "5");
+    assert_eq!(r.bytes().await.unwrap(), &b"hello"[..]);
+    // Served once: the proxy's 404 comes back through the gateway.
+    let again = get("vm-1", &token).await.unwrap();
+    assert_eq!(again.status(), 404);
+    assert!(again.text().await.unwrap().contains("used once"));
+
+    // A link that ends short of its length fails in the browser, through the gateway too.
+    let (offer, feed) = links.offer("vm-1", download("kurz.bin", 10)).unwrap();
+    let token = token_hex(&offer.token);
+    tokio::spawn(async move {
+        let mut offer = offer;
+        offer.fetched().await;
+        feed.tx.send(Ok(axum::body::Bytes::from_static(b"abc"))).await.unwrap();
+    });
+    // The head may go out before the error, or not at all: the download fails either way.
+    let failed = match get("vm-1", &token).await {
+        Ok(r) => r.status() == 200 && r.bytes().await.is_err(),
+        Err(e) => e.is_request(),
+    };
+    assert!(failed, "the response stops short, as an error");
+
+    // An upload's PUT streams through to the proxy, which passes the body on in chunks.
+    let (into, mut chunks) = tokio::sync::mpsc::channel(8);
+    let (offer, _) = links.offer("vm-1", Way::Upload { size: 6, into }).unwrap();
+    let url = format!("http://{}/files/vm-1/{}", h.addr, token_hex(&offer.token));
+    let http = reqwest::Client::new();
+    // The page's origin is the gateway's to check; its preflight is answered here.
+    let pre = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .send()
+    };
+    let ok = pre(ORIGIN).await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], ORIGIN);
+    assert_eq!(pre("https://evil.example").await.unwrap().status(), 403);
+    let evil = http.put(&url).header("origin", "https://evil.example").body("abcdef");
+    assert_eq!(evil.send().await.unwrap().status(), 403, "refused before the proxy");
+    assert_eq!(http.head(&url).send().await.unwrap().status(), 405, "HEAD takes no link");
+    let put = http.put(&url).header("origin", ORIGIN).body("abcdef").send().await.unwrap();
+    assert_eq!(put.status(), 204);
+    assert_eq!(put.headers()["access-control-allow-origin"], ORIGIN);
+    let mut got = Vec::new();
+    while let Ok(Piece::Data(b)) = chunks.try_recv() {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, b"abcdef");
+    assert_eq!(http.put(&url).body("x").send().await.unwrap().status(), 404, "used once");
+
+    // Once its viewer left, the desktop's links are not followed.
+    drop(ws);
+    wait_until(|| h.gateway.metrics().relays.load(Ordering::Relaxed) == 0).await;
+    let (offer, _) = links.offer("vm-1", download("spät.txt", 1)).unwrap();
+    let token = token_hex(&offer.token);
+    assert_eq!(get("vm-1", &token).await.unwrap().status(), 404);
+    assert_eq!(links.open(), 1, "the proxy never saw it");
 }
 
 async fn wait_until(mut f: impl FnMut() -> bool) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use atrium_protocol::node::{
-    ClipboardText, EnrolReply, EnrolRequest, ErrorBody, HeartbeatReply, NodeHeartbeat,
+    ClipboardPaste, EnrolReply, EnrolRequest, ErrorBody, HeartbeatReply, NodeHeartbeat,
     SessionRequest, VmInfo, VmSpec,
 };
 use std::sync::OnceLock;
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         2 => round_trip::<EnrolRequest>(body),
         3 => round_trip::<EnrolReply>(body),
         4 => round_trip::<SessionRequest>(body),
-        5 => round_trip::<ClipboardText>(body),
+        5 => round_trip::<ClipboardPaste>(body),
         6 => round_trip::<VmInfo>(body),
         7 => round_trip::<ErrorBody>(body),
         8 => {

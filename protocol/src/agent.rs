@@ -10,9 +10,12 @@ pub const PORT_NAME: &str = "org.atrium.agent.0";
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
 /// Longest line either side accepts, in bytes (newline included). Longer lines are discarded.
-pub const MAX_LINE: usize = 1024 * 1024;
+/// A clipboard image of [`MAX_CLIPBOARD_IMAGE`] bytes, in base64, fits.
+pub const MAX_LINE: usize = 2 * 1024 * 1024;
 /// Longest clipboard text carried, in bytes.
 pub const MAX_CLIPBOARD: usize = 256 * 1024;
+/// Largest clipboard image carried (a PNG file), in bytes.
+pub const MAX_CLIPBOARD_IMAGE: usize = 1024 * 1024;
 /// Largest chunk of a file in one data frame, in bytes.
 pub const MAX_FILE_CHUNK: usize = 256 * 1024;
 /// Longest file name carried, in bytes (a Linux file name's limit).
@@ -113,6 +116,13 @@ pub enum HostMessage {
     EndSession,
     /// Put this text on the guest clipboard.
     Clipboard { text: String },
+    /// Put this image (a PNG file of at most [`MAX_CLIPBOARD_IMAGE`] bytes, base64 in the
+    /// line) on the guest clipboard. An agent whose desktop has no images answers
+    /// [`AgentMessage::Error`].
+    ClipboardImage {
+        #[serde(with = "crate::b64")]
+        png: Vec<u8>,
+    },
     /// Give the desktop's screen this size (the browser window changed). The agent answers
     /// [`AgentMessage::Screen`] once the screen has changed, or [`AgentMessage::Error`].
     ScreenSize { width: u32, height: u32 },
@@ -163,6 +173,12 @@ pub enum AgentMessage {
     SessionStarted { username: String },
     /// The guest clipboard changed.
     Clipboard { text: String },
+    /// The guest clipboard changed to an image: a PNG file of at most [`MAX_CLIPBOARD_IMAGE`]
+    /// bytes (base64 in the line).
+    ClipboardImage {
+        #[serde(with = "crate::b64")]
+        png: Vec<u8>,
+    },
     /// The desktop's screen has this size (when its X server starts, and after every change).
     /// Only an agent that sends it can be asked for [`HostMessage::ScreenSize`].
     Screen { width: u32, height: u32 },
@@ -330,6 +346,25 @@ mod tests {
         assert_eq!(a, AgentMessage::Ready);
         assert!(serde_json::from_str::<AgentMessage>(r#"{"type":"nope"}"#).is_err());
         assert!(serde_json::from_str::<AgentMessage>(r#"{"type":"pong","id":1,"x":2}"#).is_err());
+    }
+
+    #[test]
+    fn a_largest_clipboard_image_fits_in_a_line() {
+        let png = vec![0xa5; MAX_CLIPBOARD_IMAGE];
+        let line = encode_line(&HostMessage::ClipboardImage { png: png.clone() });
+        assert!(line.len() < MAX_LINE, "{} bytes", line.len());
+        let mut r = LineReader::new();
+        let lines = r.push(&line);
+        let [Line::Complete(l)] = &lines[..] else { panic!("{lines:?}") };
+        assert_eq!(
+            serde_json::from_slice::<HostMessage>(l).ok(),
+            Some(HostMessage::ClipboardImage { png })
+        );
+        let a: AgentMessage =
+            serde_json::from_str(r#"{"type":"clipboard_image","png":"iVBORw=="}"#).expect("parse");
+        assert_eq!(a, AgentMessage::ClipboardImage { png: b"\x89PNG".to_vec() });
+        let bad = r#"{"type":"clipboard_image","png":"not base64!"}"#;
+        assert!(serde_json::from_str::<AgentMessage>(bad).is_err());
     }
 
     #[test]

@@ -241,6 +241,41 @@ fn is_text(head: &[u8], whole: bool) -> bool {
     valid && !head.contains(&0) && controls * 100 <= head.len()
 }
 
+/// Widest or highest image [`png_size`] believes, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most pixels of an image [`png_size`] believes (an 8K screen's 7680x4320 fits): a small file
+/// must not decode into gigabytes where it is shown.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 25;
+
+/// A PNG file's size in pixels, from its signature and header chunk (`IHDR`), or why `data`
+/// is not a PNG file an image viewer would open: the clipboard's images are checked with it
+/// before they cross.
+pub fn png_size(data: &[u8]) -> Result<(u32, u32), String> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let header = data.get(..33).ok_or("too short for a PNG image")?;
+    if &header[..8] != SIGNATURE {
+        return Err("not a PNG image".into());
+    }
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    if word(8) != 13 || &header[12..16] != b"IHDR" {
+        return Err("a PNG image must start with its header (IHDR)".into());
+    }
+    let (width, height) = (word(16), word(20));
+    if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "a PNG image of {width}x{height} pixels: each side must be 1 to {MAX_IMAGE_SIDE}"
+        ));
+    }
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "a PNG image of {width}x{height} pixels: at most {MAX_IMAGE_PIXELS} pixels"
+        ));
+    }
+    Ok((width, height))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +341,28 @@ mod tests {
         assert_eq!(describe_kinds(Kind::Text.bit()), "text files");
         assert!(parse_kinds("pdf, movies").unwrap_err().contains("known: text, pdf"));
         assert!(parse_kinds(" , ").is_err());
+    }
+
+    /// A PNG file's first 33 bytes: signature and header chunk.
+    fn png_head(width: u32, height: u32) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        v.extend(width.to_be_bytes());
+        v.extend(height.to_be_bytes());
+        v.extend([8, 6, 0, 0, 0, 1, 2, 3, 4]);
+        v
+    }
+
+    #[test]
+    fn png_images_are_told_by_their_header() {
+        assert_eq!(png_size(&png_head(640, 480)), Ok((640, 480)));
+        assert!(png_size(b"GIF89a").is_err());
+        assert!(png_size(&png_head(640, 480)[..32]).is_err(), "cut in its header");
+        assert!(png_size(&png_head(0, 480)).is_err());
+        assert!(png_size(&png_head(MAX_IMAGE_SIDE + 1, 1)).is_err());
+        assert_eq!(png_size(&png_head(7680, 4320)), Ok((7680, 4320)));
+        assert!(png_size(&png_head(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)).is_err(), "too many pixels");
+        let mut not_ihdr = png_head(1, 1);
+        not_ihdr[12..16].copy_from_slice(b"IDAT");
+        assert!(png_size(&not_ihdr).unwrap_err().contains("IHDR"));
     }
 }

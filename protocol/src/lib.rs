@@ -4,6 +4,7 @@
 //! - [`ticket`]: the display ticket the broker mints and the display proxy checks;
 //! - `node`: the node agent's HTTP API and the broker's node registration;
 //! - [`agent`]: the guest-agent protocol between a node and the agent inside a desktop;
+//! - [`b64`]: bytes carried in JSON as base64 (clipboard images);
 //! - [`display`]: the binary WebSocket protocol between the display proxy and the browser;
 //! - [`vmm_channel`]: the builtin VMM's display channel (framebuffer memfd, dirty bitmap, input);
 //! - [`keymap`]: DOM `KeyboardEvent.code` to Linux evdev codes and PC scancodes;
@@ -19,6 +20,7 @@
 //! it; the guest agent, which needs only [`agent`], does not.
 
 pub mod agent;
+pub mod b64;
 pub mod calendar;
 #[cfg(feature = "services")]
 pub mod config;

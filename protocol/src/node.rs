@@ -321,11 +321,15 @@ pub struct SessionRequest {
     pub user: SessionUser,
 }
 
-/// `POST /api/v1/vms/{id}/clipboard`: text to put on the guest clipboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/vms/{id}/clipboard`: what to put on the guest clipboard, text or an image
+/// (a PNG file, base64): exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClipboardText {
-    pub text: String,
+pub struct ClipboardPaste {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::b64::option")]
+    pub png: Option<Vec<u8>>,
 }
 
 /// Answer to `POST /api/v1/vms/{id}/uploads?name=NAME&size=BYTES` (local socket): the guest
@@ -371,7 +375,11 @@ pub struct ScreenSize {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClipboardState {
     pub seq: u64,
+    /// The clipboard's text, when it holds text.
     pub text: Option<String>,
+    /// The clipboard's image (a PNG file, base64), when it holds an image.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::b64::option")]
+    pub png: Option<Vec<u8>>,
 }
 
 /// An image a node holds.

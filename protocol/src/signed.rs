@@ -119,7 +119,7 @@ pub fn sign(
     now: u64,
 ) -> Result<String, RequestAuthError> {
     let mut jti = [0u8; 16];
-    getrandom_fill(&mut jti);
+    random_fill(&mut jti);
     let claims = RequestClaims {
         iss: iss.to_owned(),
         sub: sub.to_owned(),
@@ -136,7 +136,8 @@ pub fn sign(
     jsonwebtoken::encode(&header, &claims, key).map_err(|e| RequestAuthError::Sign(e.to_string()))
 }
 
-fn getrandom_fill(buf: &mut [u8]) {
+/// Fills `buf` from the operating system's random source (for keys, nonces and tokens).
+pub fn random_fill(buf: &mut [u8]) {
     use rand::RngCore;
     rand::rngs::OsRng.fill_bytes(buf);
 }
@@ -319,7 +320,7 @@ impl NodeKey {
 
     fn generate_signing_key() -> ed25519_dalek::SigningKey {
         let mut seed = [0u8; 32];
-        getrandom_fill(&mut seed);
+        random_fill(&mut seed);
         ed25519_dalek::SigningKey::from_bytes(&seed)
     }
 

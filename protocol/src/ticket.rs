@@ -63,10 +63,12 @@ pub struct Capabilities {
     /// Most bytes all downloads of the session may take out; 0: no limit.
     #[serde(default)]
     pub download_session_max_bytes: u64,
-    /// Longest clipboard text that may leave the desktop, in bytes; 0: the protocol's limit.
+    /// Longest clipboard text or image that may leave the desktop, in bytes; 0: the protocol's
+    /// limits.
     #[serde(default)]
     pub clipboard_out_max_bytes: u32,
-    /// Longest clipboard text that may be pasted into the desktop, in bytes; 0: the protocol's.
+    /// Longest clipboard text or image that may be pasted into the desktop, in bytes; 0: the
+    /// protocol's.
     #[serde(default)]
     pub clipboard_in_max_bytes: u32,
 }
@@ -80,6 +82,15 @@ pub fn clipboard_limit(max: u32) -> usize {
     match usize::try_from(max) {
         Ok(0) | Err(_) => crate::agent::MAX_CLIPBOARD,
         Ok(m) => m.min(crate::agent::MAX_CLIPBOARD),
+    }
+}
+
+/// The clipboard image a limit of `max` bytes (0: none but the protocol's) lets through: the
+/// policy's one limit holds for text and images alike.
+pub fn clipboard_image_limit(max: u32) -> usize {
+    match usize::try_from(max) {
+        Ok(0) | Err(_) => crate::agent::MAX_CLIPBOARD_IMAGE,
+        Ok(m) => m.min(crate::agent::MAX_CLIPBOARD_IMAGE),
     }
 }
 

@@ -3,9 +3,11 @@
 // or downloads one and has the browser save it, as the viewer's panels do. Prints `ready` once
 // connected and the file chosen, then waits for a line on its standard input (the bench reads
 // the browser's memory in between), and prints one JSON line at the end:
-//   upload:   {"ms": N, "path": "...", "sha256": "hex the proxy computed"}
+//   upload:   {"ms": N, "path": "...", "sha256": "hex the proxy computed", "linked": true when
+//              sent as the PUT of its link}
 //   download: {"ms": N (until the viewer had it whole), "saved_ms": N (until the browser saved
-//              it), "streamed": true when through the service worker, "sha256": "hex of the
+//              it), "streamed": true when not gathered in a Blob, "linked": true when the browser
+//              fetched it over its link (else through the service worker), "sha256": "hex of the
 //              saved file", "bytes": N}
 //
 //   node bench_transfer.mjs '{"url": URL, "chromium": PATH, "tmp": DIR, "mode": "upload"|"download",
@@ -40,7 +42,7 @@ if (cfg.mode === 'upload') {
     if (id === null) resolve({ error: 'this viewer may not upload' });
     s.on('upload', (u) => {
       if (u.id !== id) return;
-      if (u.state === 'saved') resolve({ ms: performance.now() - t0, path: u.path, sha256: u.sha256 });
+      if (u.state === 'saved') resolve({ ms: performance.now() - t0, path: u.path, sha256: u.sha256, linked: u.linked });
       else if (u.state !== 'sending' && u.state !== 'cancelling') resolve({ error: `${u.state}: ${u.message}` });
     });
   }));
@@ -61,7 +63,8 @@ if (cfg.mode === 'upload') {
       if (d.id !== id) return;
       if (d.state === 'saved') {
         // As the download panel saves it (web-client/js/pages/downloads.js): the browser has
-        // it already when it streamed through the service worker, else it is given the Blob.
+        // it already when it fetched the link or streamed through the service worker, else it
+        // is given the Blob.
         if (d.blob) {
           const a = document.createElement('a');
           a.href = URL.createObjectURL(d.blob);
@@ -70,7 +73,7 @@ if (cfg.mode === 'upload') {
           a.click();
           a.remove();
         }
-        resolve({ ms: performance.now() - t0, streamed: !d.blob });
+        resolve({ ms: performance.now() - t0, streamed: !d.blob, linked: d.linked });
       } else if (['refused', 'cancelled', 'failed'].includes(d.state)) {
         resolve({ error: `${d.state}: ${d.message}` });
       }

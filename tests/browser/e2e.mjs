@@ -243,6 +243,73 @@ async function main() {
   await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
   log('a copy in the desktop reached this computer only when she asked');
 
+  // An image, both ways. This computer's clipboard holds a picture and no text: Paste from my
+  // clipboard sends it; a program in the desktop reads it as image/png and copies its hash
+  // back as text. Then the program copies the picture itself: the viewer shows it, leaves
+  // this computer's clipboard alone, and Copy to my clipboard takes it there.
+  const sentHash = await page.evaluate(async () => {
+    const c = document.createElement('canvas');
+    c.width = 96;
+    c.height = 64;
+    const g = c.getContext('2d');
+    for (let x = 0; x < 96; x += 8) {
+      g.fillStyle = `hsl(${x * 4}, 80%, 50%)`;
+      g.fillRect(x, 0, 8, 64);
+    }
+    const blob = await new Promise((resolve) => c.toBlob(resolve, 'image/png'));
+    await navigator.clipboard.write([new ClipboardItem({ 'image/png': blob })]);
+    // What the viewer reads back (the browser may have encoded it again).
+    const [item] = await navigator.clipboard.read();
+    const bytes = await (await item.getType('image/png')).arrayBuffer();
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+  });
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  await page.getByRole('button', { name: 'Paste from my clipboard' }).click();
+  await page.getByText('Image sent to the desktop.').waitFor({ timeout: 10000 });
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  await page.evaluate(() => navigator.clipboard.writeText('before-image'));
+  // The panel took room from the desktop, which followed: keys typed while its screen changes
+  // size back can be lost, so wait until it has.
+  await page.waitForFunction(() => document.getElementById('screen').width === 1280 && document.getElementById('screen').height === 800, null, { timeout: 15000 });
+  await sleep(5000);
+  await page.locator('#screen').focus();
+  await typeAsPerson(page, 'xclip -o -selection clipboard -t image/png > /tmp/in.png', 60);
+  await page.keyboard.press('Enter');
+  await sleep(3000);
+  await typeAsPerson(page, 'sha256sum /tmp/in.png | xclip -selection clipboard', 60);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction((h) => document.getElementById('clip-out').value.startsWith(`${h} `), sentHash, { timeout: 60000 })
+    .catch(async (e) => {
+      await shot(page, 'e2e-05-viewer-no-image-hash.png');
+      throw new Error(`the desktop did not get the image ${sentHash} (the viewer shows ${JSON.stringify(await page.locator('#clip-out').inputValue())}): ${e.message}`);
+    });
+  await sleep(3000);
+  await typeAsPerson(page, 'xclip -selection clipboard -t image/png -i /tmp/in.png', 60);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => {
+    const img = document.getElementById('clip-out-image');
+    return !img.hidden && img.complete && img.naturalWidth === 96 && img.naturalHeight === 64;
+  }, null, { timeout: 60000 }).catch(async (e) => {
+    await shot(page, 'e2e-05-viewer-no-image.png');
+    throw new Error(`the desktop's image never showed in the viewer: ${e.message}`);
+  });
+  const untouched = await page.evaluate(() => navigator.clipboard.readText());
+  check(untouched === 'before-image', `an image the user did not ask for reached this computer's clipboard (${untouched})`);
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  await page.getByRole('button', { name: 'Copy to my clipboard' }).click();
+  await page.getByText('Copied to your clipboard.').waitFor({ timeout: 5000 });
+  const got = await page.evaluate(async () => {
+    const [item] = await navigator.clipboard.read();
+    if (!item.types.includes('image/png')) return item.types.join(', ');
+    const bitmap = await createImageBitmap(await item.getType('image/png'));
+    return `${bitmap.width}x${bitmap.height}`;
+  });
+  check(got === '96x64', `Copy to my clipboard left ${got}, not the desktop's 96x64 image`);
+  await shot(page, 'e2e-05-viewer-clipboard-image.png');
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  log('an image crossed the clipboard both ways, to this computer only when she asked');
+
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in to Atrium' }).waitFor({ timeout: 15000 });
   const me = await page.evaluate(async () => (await fetch('/api/v1/me')).status);

@@ -16,7 +16,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { check, launch, passwordSignIn, sleep, typeAsPerson, untilCanvasShows, viewerOpen } from './lib.mjs';
+import { check, inDesktop, launch, passwordSignIn, sleep, untilCanvasShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`file_transfer: ${msg}`);
@@ -27,19 +27,6 @@ async function ended(page, name, text, timeout = 180000) {
   const status = row(page, name).locator('.upload-status', { hasText: text });
   await status.waitFor({ timeout });
   return status.textContent();
-}
-
-// Runs a shell command in the console, its output copied through the console's clipboard
-// file, and waits until the viewer's "From the desktop" box holds something `want` accepts.
-async function inDesktop(page, command, want) {
-  await page.locator('#screen').focus();
-  await typeAsPerson(page, `${command} | tee clipboard.txt\n`);
-  for (let i = 0; i < 180; i++) {
-    const text = await page.locator('#clip-out').inputValue();
-    if (want(text)) return text;
-    await sleep(500);
-  }
-  throw new Error(`no output of "${command}" reached the viewer`);
 }
 
 async function main() {
@@ -61,6 +48,7 @@ async function main() {
   const saved = await ended(page, 'report.bin', 'Saved as');
   check(saved.includes('/home/user/Transfer/report.bin'), `report.bin: ${saved}`);
   check((await row(page, 'report.bin').getAttribute('title')) === `SHA-256 ${reportSha}`, 'the saved file\'s hash is the one sent');
+  check(await row(page, 'report.bin').getAttribute('data-via') === 'link', 'report.bin went as the PUT of its link');
   log(`report.bin: ${saved}`);
 
   // Dropped onto the desktop.
@@ -121,8 +109,9 @@ async function main() {
     await page.getByRole('button', { name: `Download ${name}` }).click();
     const d = await saving;
     check(d.suggestedFilename() === name, `saved as ${d.suggestedFilename()}`);
-    // Streamed to disk as it came, through the service worker (web-client/sw.js), not a Blob.
-    check(new URL(d.url()).pathname.startsWith('/dl/'), `saved through the service worker: ${d.url()}`);
+    // Fetched by the browser's own download over its one-time link (/files/{vm}/{token}, beside
+    // the display connection): not a byte of it passed through the page.
+    check(/^\/files\/[^/]+\/[0-9a-f]{32}$/.test(new URL(d.url()).pathname), `fetched over its link: ${d.url()}`);
     return readFileSync(await d.path());
   };
   const back = await fetched('report.bin');

@@ -62,6 +62,20 @@ export async function typeAsPerson(page, text, delay = 30) {
   }
 }
 
+// Runs a shell command in the console desktop, its output copied through the console's
+// clipboard file, and waits until the viewer's "From the desktop" box holds something `want`
+// accepts.
+export async function inDesktop(page, command, want) {
+  await page.locator('#screen').focus();
+  await typeAsPerson(page, `${command} | tee clipboard.txt\n`);
+  for (let i = 0; i < 180; i++) {
+    const text = await page.locator('#clip-out').inputValue();
+    if (want(text)) return text;
+    await sleep(500);
+  }
+  throw new Error(`no output of "${command}" reached the viewer`);
+}
+
 // Listens to everything the page plays: every connection to a sound output is also fed to an
 // analyser of the test's (before the page's scripts run; `target` is a page or a context).
 export async function tapSound(target) {

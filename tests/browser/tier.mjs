@@ -1,6 +1,7 @@
 // The container tier's browser test driver: Debian's Chromium (headless, through
-// playwright-core) uses Atrium through its one https address (the edge), and keeps working
-// when the gateway carrying its desktop is killed. The Rust side
+// playwright-core) uses Atrium through its one https address (the edge), downloads a file of
+// its desktop and uploads one, each over its link (through the edge and the gateway that
+// relays its viewer), and keeps working when the gateway carrying its desktop is killed. The Rust side
 // (tests/tests/containers.rs) starts the tier, judges the canvas and kills the gateway.
 //
 //   node tier.mjs '{"url": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR, "word": WORD}'
@@ -12,9 +13,10 @@
 //   {"phase": "done", "reconnect_ms": N}                 (no answer)
 // Failures throw (exit code 1) with a message on stderr.
 
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { ask, check, launch, passwordSignIn, sleep, untilCanvasShows as untilShows, viewerConnected, viewerOpen } from './lib.mjs';
+import { ask, check, inDesktop, launch, passwordSignIn, sleep, untilCanvasShows as untilShows, viewerConnected, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`tier: ${msg}`);
@@ -31,6 +33,34 @@ async function main() {
   await viewerOpen(page);
   await untilCanvasShows(page, 'connected', 'tier-02-canvas.png', 120);
   await page.screenshot({ path: join(cfg.artifacts, 'tier-02-viewer.png') });
+
+  // A file of the desktop, downloaded as the panel does: the browser fetches its link on the
+  // edge's address, and the edge sends it to the gateway that relays this viewer.
+  await inDesktop(page, `mkdir -p Transfer && echo ${cfg.word} > Transfer/tier.txt && echo ok`, (t) => t === 'ok\n');
+  await page.getByRole('button', { name: 'Download files' }).click();
+  const panel = page.locator('#download-panel');
+  await panel.getByText('tier.txt').waitFor({ timeout: 30000 }).catch(async (e) => {
+    await page.screenshot({ path: join(cfg.artifacts, 'tier-02-downloads.png') });
+    throw new Error(`tier.txt is not in the download list (${await panel.textContent()}): ${e.message}`);
+  });
+  const saving = page.waitForEvent('download', { timeout: 60000 });
+  await page.getByRole('button', { name: 'Download tier.txt' }).click();
+  const d = await saving;
+  const link = new URL(d.url());
+  check(link.origin === new URL(cfg.url).origin && /^\/files\/[^/]+\/[0-9a-f]{32}$/.test(link.pathname),
+    `fetched over its link through the edge: ${d.url()}`);
+  check(readFileSync(await d.path(), 'utf8') === `${cfg.word}\n`, 'tier.txt came as written');
+  log(`downloaded tier.txt over ${link.pathname.split('/').slice(0, 3).join('/')}/…`);
+
+  // And a file uploaded through the Upload button: its PUT takes the same way in.
+  const chooser = page.waitForEvent('filechooser');
+  await page.getByRole('button', { name: 'Upload files' }).click();
+  const body = `${cfg.word} came in\n`;
+  await (await chooser).setFiles({ name: 'tier-up.txt', mimeType: 'text/plain', buffer: Buffer.from(body) });
+  const upRow = page.locator('.upload-row', { hasText: 'tier-up.txt' });
+  await upRow.locator('.upload-status', { hasText: 'Saved as' }).waitFor({ timeout: 60000 });
+  check(await upRow.getAttribute('data-via') === 'link', 'the upload went as the PUT of its link');
+  await inDesktop(page, 'cat Transfer/tier-up.txt', (t) => t === body);
 
   // The Rust side kills the gateway that carries this viewer; the page reconnects by itself.
   check((await ask({ phase: 'kill' })) === 'killed', 'the gateway was not killed');

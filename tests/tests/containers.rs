@@ -497,8 +497,12 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
     }
     let console = console_image()?;
     // Her sessions are recorded: through the gateway and the edge, onto the brokers' volume.
+    // She may move files in and out of the console (unscanned: the tier's node has no scanner).
     let mut opts = tier_options();
-    opts.policies = vec![("record-console".into(), RECORD_CONSOLE.into())];
+    opts.policies = vec![
+        ("record-console".into(), RECORD_CONSOLE.into()),
+        ("files-console".into(), FILES_CONSOLE.into()),
+    ];
     let stack = TierStack::start(opts, &[&console], None).await?;
     let admin = stack.admin().await;
     create_pool(&admin, "console", "console", 1, "1280x800").await?;
@@ -604,6 +608,17 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
 /// Records every session of the `console` pool.
 const RECORD_CONSOLE: &str = r#"@id("record-console")
 permit (principal, action == Atrium::Action::"record", resource)
+when { resource is Atrium::Pool && resource.name == "console" };
+"#;
+
+/// Uploads into and downloads from the `console` pool, unscanned.
+const FILES_CONSOLE: &str = r#"@id("download-console")
+@scan("off")
+permit (principal, action == Atrium::Action::"file_download", resource)
+when { resource is Atrium::Pool && resource.name == "console" };
+@id("upload-console")
+@scan("off")
+permit (principal, action == Atrium::Action::"file_upload", resource)
 when { resource is Atrium::Pool && resource.name == "console" };
 "#;
 

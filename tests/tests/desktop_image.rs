@@ -18,6 +18,7 @@ use atrium_tests::rfb::RfbClient;
 use atrium_tests::screen::{Glyphs, Grid, PANEL, Screen, find_cells, panel_rows, rows_showing};
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
+use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -135,6 +136,30 @@ async fn terminal_ready(node: &NodeProcess, id: &str, name: &str) -> anyhow::Res
     })
     .await?;
     Ok(grid)
+}
+
+/// A PNG file of `width`x`height` pixels of noise (it hardly compresses).
+fn noise_png(width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let pixels: Vec<u8> = (0..width * height * 3)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 56) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&pixels)?;
+    Ok(out)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs a shell command in the session's terminal and waits for the clipboard the command sets.
@@ -332,13 +357,41 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
     )
     .await?;
 
+    // 5b. An image, both ways: the host's PNG is on X's clipboard as image/png (a program saves
+    //     it and copies its hash as text), and the same file copied in the guest comes back
+    //     to the node whole. Noise, so about 340 KB: more than one X request holds without
+    //     BIG-REQUESTS.
+    let image = noise_png(360, 240)?;
+    let sent = sha256_hex(&image);
+    let body = json!({ "png": base64::engine::general_purpose::STANDARD.encode(&image) });
+    let (status, body) =
+        node.call("POST", &format!("/api/v1/vms/{id}/clipboard"), Some(&body)).await?;
+    ensure!(status == 204, "paste an image: {status} {}", String::from_utf8_lossy(&body));
+    let hashed = run_for_clipboard(
+        &node,
+        &mut rfb,
+        &id,
+        upper.seq,
+        "xclip -o -selection clipboard -t image/png > /tmp/in.png; \
+         sha256sum < /tmp/in.png | cut -c1-64 | xclip -selection clipboard",
+        &format!("{sent}\n"),
+    )
+    .await?;
+    rfb.type_text("xclip -selection clipboard -t image/png -i /tmp/in.png\n").await?;
+    let back = wait_for("the guest's image on the node", CLIPBOARD_WAIT, || async {
+        node.clipboard(&id, hashed.seq).await.ok().filter(|c| c.png.is_some())
+    })
+    .await?;
+    ensure!(back.text.is_none(), "an image came with text {:?}", back.text);
+    ensure!(back.png.as_deref() == Some(&image[..]), "the image came back changed");
+
     // 6. A file in the dedicated user's home.
     let kept = format!("kept-{}", hex(8));
     run_for_clipboard(
         &node,
         &mut rfb,
         &id,
-        upper.seq,
+        back.seq,
         &format!("echo {kept} > ~/kept.txt && xclip -selection clipboard < ~/kept.txt"),
         &format!("{kept}\n"),
     )

@@ -140,6 +140,7 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
 
     downloads(&proxy, &issuer, &id, &report).await.with_context(|| context("downloads"))?;
     kinds_and_totals(&proxy, &issuer, &id).await.with_context(|| context("kinds and totals"))?;
+    upload_links(&proxy, &issuer, &id).await.with_context(|| context("uploads over links"))?;
 
     // Policy: a file over the viewer's limit, and a viewer not allowed uploads at all.
     let small = Capabilities { file_upload: true, upload_max_bytes: 1 << 20, ..Default::default() };
@@ -175,6 +176,15 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
         .await?;
     assert_eq!(c.clipboard_refused[1], (true, 61, 40));
     assert_eq!(c.clipboard, None, "the refused text never reached the viewer");
+    // An image over the limit is refused the same way; one that is not a PNG file is not
+    // answered at all (nor does it reach the desktop).
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x02\0\0\0\x02".to_vec();
+    png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    c.send(ClientMessage::ClipboardImage { png: b"GIF89a, not a PNG file".to_vec() }).await?;
+    c.send(ClientMessage::ClipboardImage { png: png.clone() }).await?;
+    c.wait_until("the image refused", Duration::from_secs(30), |v| v.clipboard_refused.len() > 2)
+        .await?;
+    assert_eq!(c.clipboard_refused[2..], [(false, u32::try_from(png.len())?, 16)]);
     // Within the limits, both ways.
     c.send(ClientMessage::Clipboard { text: "short".into() }).await?;
     c.clipboard = None;
@@ -194,6 +204,121 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
     let m = v.download(1, "report.bin", None, WITHIN).await?.expect_err("no scanner");
     assert!(m.contains("no scanner"), "{m}");
     drop(clamd);
+    Ok(())
+}
+
+/// Uploads over links, as the web client sends them: the file as the body of a `PUT` to the
+/// proxy, scanned and saved as over the connection; a body of the wrong size fails; a link
+/// nobody uses is withdrawn and the bytes come over the connection; CORS for allowed pages.
+async fn upload_links(proxy: &DisplayProxy, issuer: &TicketIssuer, id: &str) -> anyhow::Result<()> {
+    let rights = Capabilities { file_upload: true, clipboard_copy_out: true, ..Default::default() };
+    let mut v = DisplayViewer::connect(&proxy.ws_url(id, &issuer.ticket(id, rights))).await?;
+    let http = reqwest::Client::new();
+    let data = noise(3 << 20 | 77, 21);
+    let token = v
+        .put_link(1, "linked.bin", data.len() as u64, WITHIN)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let url = proxy.link_url(id, &token);
+    // Its CORS preflight, for a page of an allowed origin only.
+    let pre = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .send()
+    };
+    let ok = pre("http://127.0.0.1").await?;
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], "http://127.0.0.1");
+    assert_eq!(ok.headers()["access-control-allow-methods"], "PUT");
+    assert_eq!(pre("https://evil.example").await?.status(), 403);
+    assert_eq!(
+        http.get(&url).send().await?.status(),
+        404,
+        "an upload's link gives nothing to a GET"
+    );
+    let put = http.put(&url).header("origin", "http://127.0.0.1").body(data.clone()).send().await?;
+    assert_eq!(put.status(), 204);
+    assert_eq!(put.headers()["access-control-allow-origin"], "http://127.0.0.1");
+    let (path, sha) = v.upload_end(1, WITHIN).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(path, "/home/user/Transfer/linked.bin");
+    assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(&data)), "the proxy hashed what the PUT sent");
+    assert_eq!(v.uploads[&1].done, data.len() as u64, "the viewer was told the progress");
+    assert_eq!(http.put(&url).body("x").send().await?.status(), 404, "a link is used once");
+
+    // A body shorter than announced: the upload fails, and nothing is left of it.
+    let token = v.put_link(2, "short.bin", 100, WITHIN).await?.map_err(anyhow::Error::msg)?;
+    let put = http.put(proxy.link_url(id, &token)).body(vec![1u8; 50]).send().await?;
+    assert_eq!(put.status(), 400);
+    let m = v.upload_end(2, WITHIN).await?.expect_err("short");
+    assert!(m.contains("sent 50 of 100 bytes"), "{m}");
+
+    // A link nobody uses is withdrawn; the viewer then sends the bytes itself.
+    let token = v.put_link(3, "fallback.txt", 8, WITHIN).await?.map_err(anyhow::Error::msg)?;
+    v.wait_until("the link withdrawn", WITHIN, |v| v.uploads[&3].unlinked).await?;
+    assert_eq!(http.put(proxy.link_url(id, &token)).body("too late").send().await?.status(), 404);
+    let (path, _) = v
+        .send_upload(3, "fallback.txt", b"fallback", None, WITHIN)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(path, "/home/user/Transfer/fallback.txt");
+    let shown = run_in_guest(&mut v, "(cat Transfer/fallback.txt; echo; ls -A Transfer)", |c| {
+        c.starts_with("fallback\n")
+    })
+    .await?;
+    assert!(shown.contains("linked.bin") && !shown.contains("short"), "{shown}");
+    Ok(())
+}
+
+/// Downloads over links, as the web client asks for them: fetched by HTTP from the proxy, once;
+/// stopped when the browser's connection goes; over the viewer's connection when not fetched.
+async fn links(
+    proxy: &DisplayProxy,
+    id: &str,
+    v: &mut DisplayViewer,
+    report: &[u8],
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let (size, token) = v.offer_link(4, "report.bin", WITHIN).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(size, report.len() as u64);
+    let url = proxy.link_url(id, &token);
+    assert_eq!(
+        http.get(proxy.link_url("another-vm", &token)).send().await?.status(),
+        404,
+        "a link is for its desktop only"
+    );
+    assert_eq!(http.head(&url).send().await?.status(), 405, "a HEAD does not take the link");
+    let resp = http.get(&url).send().await?;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-disposition"], "attachment; filename*=UTF-8''report.bin");
+    assert_eq!(h["content-length"], report.len().to_string().as_str());
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h.get("etag").is_none() && h.get("last-modified").is_none(), "never resumed");
+    let body = resp.bytes().await?;
+    assert!(body == report, "the link gave the file ({} bytes)", body.len());
+    let sha = v.take_download(4, "report.bin", None, WITHIN).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(report)), "the viewer is told the hash");
+    let d = &v.downloads[&4];
+    assert!(d.data.is_empty() && d.size.is_none(), "no byte came over the viewer's connection");
+    assert_eq!(d.checked, report.len() as u64, "the viewer is told how far it got");
+    assert_eq!(http.get(&url).send().await?.status(), 404, "a link is served once");
+
+    // The browser stops the download (its connection closes): the proxy stops too.
+    let (_, token) = v.offer_link(5, "report.bin", WITHIN).await?.map_err(anyhow::Error::msg)?;
+    let mut resp = http.get(proxy.link_url(id, &token)).send().await?;
+    assert!(!resp.chunk().await?.context("the first bytes")?.is_empty());
+    drop(resp);
+    let m = v.take_download(5, "report.bin", None, WITHIN).await?.expect_err("stopped");
+    assert!(m.contains("the browser stopped the download"), "{m}");
+
+    // A link nobody fetches is withdrawn, and the file comes over the connection instead.
+    let (_, token) =
+        v.offer_link(6, "report (2).bin", WITHIN).await?.map_err(anyhow::Error::msg)?;
+    let sha = v.take_download(6, "report (2).bin", None, WITHIN).await?;
+    assert_eq!(sha.map_err(anyhow::Error::msg)?, <[u8; 32]>::from(Sha256::digest(b"second")));
+    assert_eq!(v.downloads[&6].data, b"second");
+    assert_eq!(http.get(proxy.link_url(id, &token)).send().await?.status(), 404, "withdrawn");
     Ok(())
 }
 
@@ -286,6 +411,7 @@ async fn downloads(
         <[u8; 32]>::from(Sha256::digest(b"second"))
     );
     assert_eq!(v.downloads[&2].data, b"second");
+    links(proxy, id, &mut v, report).await?;
     drop(v);
 
     // Policy: over the size limit, and no downloads at all.

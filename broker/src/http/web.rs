@@ -58,11 +58,13 @@ async fn serve(State(st): State<AppState>, req: Request) -> Response {
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    // Scripts and styles only from the broker; the display proxy is reached over WebSocket.
+    // Scripts and styles only from the broker; the display proxy is reached over WebSocket, an
+    // upload's link (its `/files/`) takes a PUT, and a download's opens in a hidden frame,
+    // sandboxed but for the download.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss: http: https:; frame-src 'self' http: https:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
     resp

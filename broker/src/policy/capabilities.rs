@@ -23,10 +23,11 @@ const FILE_TYPES: &str = "file_types";
 /// (`@scan("off")`).
 const SCAN: &str = "scan";
 /// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that limits the
-/// clipboard text crossing, in bytes.
+/// clipboard text or image crossing, in bytes.
 const MAX_BYTES: &str = "max_bytes";
-/// Largest `@max_bytes`: the protocol's clipboard limit.
-const MAX_BYTES_LIMIT: u64 = atrium_protocol::agent::MAX_CLIPBOARD as u64;
+/// Largest `@max_bytes`: the protocol's limit for clipboard images (text stops at its own,
+/// smaller one whatever the policy says).
+const MAX_BYTES_LIMIT: u64 = atrium_protocol::agent::MAX_CLIPBOARD_IMAGE as u64;
 
 /// The smallest number annotated `key` on any of the permits (checked at load).
 fn smallest(permits: &[Vec<(String, String)>], key: &str) -> Option<u64> {

@@ -107,7 +107,7 @@ fn upload_rules_come_from_the_permits_that_allow_uploads() {
         "@max_file_mb(\"0\")",
         "@max_file_mb(\"lots\")",
         "@scan(\"maybe\")",
-        "@max_bytes(\"262145\")",
+        "@max_bytes(\"1048577\")",
     ] {
         let text = format!("{bad} permit(principal, action, resource);\n");
         std::fs::write(dir.join("up.cedar"), text).unwrap();

@@ -1,16 +1,63 @@
-//! The guest's clipboard, as the node agent reports it.
+//! The guest's clipboard, as the node agent reports it: text, or an image (a PNG file).
 
 use std::time::Duration;
 
-use atrium_protocol::display::{MAX_CLIPBOARD, truncate_utf8};
+use atrium_protocol::display::{MAX_CLIPBOARD, MAX_CLIPBOARD_IMAGE, truncate_utf8};
+use atrium_protocol::filetype::png_size;
+use atrium_protocol::node::{ClipboardPaste, ClipboardState};
+use axum::body::Bytes;
 use tokio::sync::broadcast;
 
 use crate::source::open::GuestLink;
 
+/// What a clipboard holds as it crosses between a desktop and its viewers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clip {
+    Text(String),
+    /// A PNG file, checked to be one ([`png_size`]).
+    Png(Bytes),
+}
+
+impl Clip {
+    /// Its bytes: the text's UTF-8, or the image's file.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Clip::Text(t) => t.as_bytes(),
+            Clip::Png(p) => p,
+        }
+    }
+
+    /// What it is, as the audit log names it.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Clip::Text(_) => "clipboard text",
+            Clip::Png(_) => "clipboard image (PNG)",
+        }
+    }
+
+    /// What the node takes to paste it.
+    pub(super) fn to_paste(&self) -> ClipboardPaste {
+        match self {
+            Clip::Text(t) => ClipboardPaste { text: Some(t.clone()), png: None },
+            Clip::Png(p) => ClipboardPaste { text: None, png: Some(p.to_vec()) },
+        }
+    }
+
+    /// The clipboard a node reports, checked: text cut to the protocol's limit; an image only
+    /// when it is a PNG file within the limit (a node, like a guest, may lie).
+    fn of(state: ClipboardState) -> Option<Self> {
+        if let Some(png) = state.png {
+            return (png.len() <= MAX_CLIPBOARD_IMAGE && png_size(&png).is_ok())
+                .then(|| Clip::Png(Bytes::from(png)));
+        }
+        state.text.map(|t| Clip::Text(truncate_utf8(&t, MAX_CLIPBOARD).to_owned()))
+    }
+}
+
 /// Long-polls the guest clipboard through the node and broadcasts changes. The first read
 /// answers at once: it is what was there before, not sent; a change while a long poll waited
 /// is sent.
-pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<String>) {
+pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<Clip>) {
     let mut seq = None;
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -21,8 +68,8 @@ pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<Strin
                 let first = seq.is_none();
                 if seq.is_none_or(|s| state.seq > s) {
                     seq = Some(state.seq);
-                    if !first && let Some(text) = state.text {
-                        let _ = out.send(truncate_utf8(&text, MAX_CLIPBOARD).to_owned());
+                    if !first && let Some(clip) = Clip::of(state) {
+                        let _ = out.send(clip);
                     }
                 }
             }
@@ -32,5 +79,27 @@ pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<Strin
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(text: Option<&str>, png: Option<Vec<u8>>) -> ClipboardState {
+        ClipboardState { seq: 1, text: text.map(str::to_owned), png }
+    }
+
+    #[test]
+    fn a_node_s_clipboard_is_checked_before_it_crosses() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x02\0\0\0\x02".to_vec();
+        png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(Clip::of(state(None, Some(png.clone()))), Some(Clip::Png(Bytes::from(png))));
+        assert_eq!(Clip::of(state(None, Some(b"GIF89a".to_vec()))), None, "not a PNG file");
+        assert_eq!(Clip::of(state(Some("hi"), None)), Some(Clip::Text("hi".into())));
+        let long = "é".repeat(MAX_CLIPBOARD);
+        let Some(Clip::Text(cut)) = Clip::of(state(Some(&long), None)) else { panic!("text") };
+        assert!(cut.len() <= MAX_CLIPBOARD && cut.chars().all(|c| c == 'é'));
+        assert_eq!(Clip::of(state(None, None)), None);
     }
 }

@@ -32,6 +32,7 @@ use crate::pipeline::publish::Published;
 use crate::source::open::{GuestLink, OpenError, OpenedSource};
 use crate::source::{InputSink, SourceError, SourceEvent, Stopper};
 use crate::watermark::{Font, Layer, MarkGuard, Marks};
+pub use clipboard::Clip;
 use clipboard::poll_clipboard;
 use run::{CaptureLoop, Outlets};
 use screen::{ScreenSizes, follow_screen_requests};
@@ -43,7 +44,7 @@ pub struct Desktop {
     pub name: String,
     frames: watch::Receiver<Arc<Published>>,
     cursor: watch::Receiver<Option<Arc<[u8]>>>,
-    clipboard_out: broadcast::Sender<String>,
+    clipboard_out: broadcast::Sender<Clip>,
     /// The desktop's sound, encoded, when its source carries sound.
     sound: Option<broadcast::Sender<Bytes>>,
     clipboard_in: Option<GuestLink>,
@@ -237,7 +238,7 @@ impl Desktop {
     }
 
     /// Guest clipboard changes.
-    pub fn clipboard(&self) -> broadcast::Receiver<String> {
+    pub fn clipboard(&self) -> broadcast::Receiver<Clip> {
         self.clipboard_out.subscribe()
     }
 
@@ -266,11 +267,11 @@ impl Desktop {
         self.clipboard_in.as_ref()
     }
 
-    /// Puts text on the guest clipboard (through the node); dropped when two pastes are
-    /// already under way or the desktop has no clipboard channel.
+    /// Puts text or an image on the guest clipboard (through the node); dropped when two pastes
+    /// are already under way or the desktop has no clipboard channel.
     ///
     /// Returns why it was dropped, if it was.
-    pub fn paste(&self, text: String) -> Result<(), &'static str> {
+    pub fn paste(&self, clip: &Clip) -> Result<(), &'static str> {
         let Some(link) = self.clipboard_in.clone() else {
             return Err("this desktop has no clipboard channel");
         };
@@ -278,8 +279,9 @@ impl Desktop {
             tracing::warn!(vm = %self.vm, "clipboard paste dropped: two already in progress");
             return Err("two pastes were already in progress");
         };
+        let paste = clip.to_paste();
         tokio::spawn(async move {
-            if let Err(e) = link.node.paste(&link.vm, text).await {
+            if let Err(e) = link.node.paste(&link.vm, &paste).await {
                 tracing::warn!(vm = %link.vm, error = %e, "clipboard paste failed");
             }
             drop(permit);

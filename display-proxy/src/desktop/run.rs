@@ -109,7 +109,7 @@ type Decoded = Option<(Vec<SourceEvent>, Option<Arc<Published>>)>;
 pub(super) struct Outlets {
     pub(super) frames_tx: watch::Sender<Arc<Published>>,
     pub(super) cursor_tx: watch::Sender<Option<Arc<[u8]>>>,
-    pub(super) clipboard_out: broadcast::Sender<String>,
+    pub(super) clipboard_out: broadcast::Sender<super::Clip>,
     /// Encoded sound goes here; the encoder is made when the first sound arrives.
     pub(super) sound_out: Option<broadcast::Sender<Bytes>>,
     pub(super) sound: Option<SoundEncoder>,
@@ -126,7 +126,8 @@ impl Outlets {
                     self.cursor_tx.send_replace(Some(Arc::from(cursor_message(c))));
                 }
                 SourceEvent::Clipboard(t) => {
-                    let _ = self.clipboard_out.send(truncate_utf8(t, MAX_CLIPBOARD).to_owned());
+                    let text = truncate_utf8(t, MAX_CLIPBOARD).to_owned();
+                    let _ = self.clipboard_out.send(super::Clip::Text(text));
                 }
                 SourceEvent::Sound(samples) => {
                     if let Some(enc) = self.encoder() {

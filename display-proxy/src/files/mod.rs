@@ -12,6 +12,8 @@
 //! directory while the scanner reads it; only a clean one is then sent to the viewer, so not a
 //! byte of a flagged file leaves. One that need not be scanned streams straight through. The
 //! viewer saves a file only once [`atrium_protocol::display::ServerMessage::FileDone`] came.
+//! A web client asks for its downloads over HTTP instead ([`links`]): the browser's own
+//! download fetches the bytes, and the file is complete only once all of them came.
 //!
 //! Memory is bounded on the way: an uploading viewer keeps at most
 //! [`atrium_protocol::display::FILE_WINDOW`] bytes beyond the progress it was told, progress
@@ -20,9 +22,10 @@
 //! the viewer said it took, and reads from the node only as fast as it sends.
 
 mod download;
+pub mod links;
 pub mod scan;
 mod totals;
-mod upload;
+pub mod upload;
 
 pub use self::download::{Downloads, MAX_DOWNLOADS_PER_VIEWER};
 pub use self::totals::SessionTotals;
@@ -35,6 +38,7 @@ use atrium_protocol::session::TransferRecord;
 use sha2::{Digest, Sha256};
 
 use self::scan::Scanner;
+use crate::desktop::Clip;
 use crate::source::open::GuestLink;
 
 /// How one upload ended (or one clipboard text crossed), for the log and the audit.
@@ -65,14 +69,14 @@ impl Outcome {
         Self { direction, name, size, sha256, verdict, detail }
     }
 
-    /// Clipboard text that crossed (`saved`) or was refused, in `direction`: its size and hash,
-    /// never its content.
-    pub fn clipboard(direction: &'static str, text: &str, refused: Option<String>) -> Self {
+    /// Clipboard text or an image that crossed (`saved`) or was refused, in `direction`: what it
+    /// was, its size and hash, never its content.
+    pub fn clipboard(direction: &'static str, clip: &Clip, refused: Option<String>) -> Self {
         Self {
             direction,
-            name: "clipboard text".into(),
-            size: text.len() as u64,
-            sha256: Some(Sha256::digest(text.as_bytes()).into()),
+            name: clip.what().into(),
+            size: clip.bytes().len() as u64,
+            sha256: Some(Sha256::digest(clip.bytes()).into()),
             verdict: if refused.is_some() { "refused" } else { "saved" },
             detail: refused,
         }
@@ -162,7 +166,7 @@ mod tests {
     fn the_audit_budget_keeps_files_and_bounds_the_rest() {
         let t0 = std::time::Instant::now();
         let mut b = AuditBudget::new(t0);
-        let clip = Outcome::clipboard("clipboard_in", "x", None);
+        let clip = Outcome::clipboard("clipboard_in", &Clip::Text("x".into()), None);
         let kept = (0..1000).filter(|_| b.over(&clip, t0).is_none()).count();
         assert_eq!(kept as f64, AUDIT_BURST);
         let file = Outcome { verdict: "saved", direction: "upload", ..clip.clone() };
@@ -174,6 +178,16 @@ mod tests {
         let later = t0 + std::time::Duration::from_secs(60);
         let again = (0..1000).filter(|_| b.over(&clip, later).is_none()).count();
         assert_eq!(again as f64, AUDIT_PER_MINUTE);
+    }
+
+    #[test]
+    fn clipboard_outcomes_name_what_crossed_by_size_and_hash() {
+        let png = axum::body::Bytes::from_static(b"\x89PNG\r\n\x1a\n");
+        let o = Outcome::clipboard("clipboard_out", &Clip::Png(png), Some("too big".into()));
+        assert_eq!((o.name.as_str(), o.size, o.verdict), ("clipboard image (PNG)", 8, "refused"));
+        assert_eq!(o.sha256, Some(Sha256::digest(b"\x89PNG\r\n\x1a\n").into()));
+        let t = Outcome::clipboard("clipboard_in", &Clip::Text("hé".into()), None);
+        assert_eq!((t.name.as_str(), t.size, t.verdict), ("clipboard text", 3, "saved"));
     }
 }
 
@@ -194,6 +208,8 @@ pub struct FileTarget {
     /// The viewer's session, whose totals the files count against.
     pub sid: String,
     pub totals: std::sync::Arc<SessionTotals>,
+    /// Where downloads the browser fetches itself are offered.
+    pub links: std::sync::Arc<links::Links>,
 }
 
 /// `bytes` in MiB, rounded up, for a user.

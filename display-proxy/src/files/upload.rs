@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use atrium_protocol::agent::validate_file_name;
 use atrium_protocol::display::{FILE_WINDOW, MAX_FILE_CHUNK, ServerMessage};
@@ -10,11 +11,11 @@ use atrium_protocol::filetype::{Kinds, SNIFF_BYTES};
 use atrium_protocol::ticket::Capabilities;
 use axum::body::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::scan::Verdict;
 use super::totals::Reserved;
-use super::{Failed, FileTarget, Outcome, kind_refused, over_file_limit, over_session};
+use super::{Failed, FileTarget, Outcome, kind_refused, links, over_file_limit, over_session};
 
 /// Uploads one viewer may have at once.
 pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
@@ -22,9 +23,14 @@ pub const MAX_UPLOADS_PER_VIEWER: usize = 4;
 const QUEUED_CHUNKS: usize = 20;
 const _: () = assert!(QUEUED_CHUNKS as u64 * MAX_FILE_CHUNK as u64 > FILE_WINDOW);
 
-/// What the receiving side passes to an upload's task: its next bytes, or why it stops.
+/// How long an upload's link waits to be used before its bytes are asked for over the
+/// WebSocket instead.
+const LINK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the receiving side (or the upload's link) passes to an upload's task: its next bytes,
+/// or why it stops.
 #[derive(Debug)]
-enum Piece {
+pub enum Piece {
     Data(Bytes),
     /// The verdict and the message for the viewer.
     Stop(&'static str, String),
@@ -34,8 +40,12 @@ enum Piece {
 #[derive(Debug)]
 struct Open {
     data: mpsc::Sender<Piece>,
+    /// Stops the upload whatever its queue holds (a cancel, a refusal of the viewer's data).
+    halt: Option<oneshot::Sender<Piece>>,
     size: u64,
     received: u64,
+    /// Set while its bytes are to come over its link, not this connection.
+    linked: Arc<AtomicBool>,
 }
 
 /// A viewer's uploads. Dropping it (the viewer went away) throws every unfinished one away.
@@ -68,8 +78,9 @@ impl Uploads {
         let _ = self.say.send(ServerMessage::FileRefused { id, message }).await;
     }
 
-    /// The viewer starts upload `id`.
-    pub async fn open(&mut self, id: u32, size: u64, name: String) {
+    /// The viewer starts upload `id`; `link`: its bytes are to come over a link (see
+    /// [`super::links`]) when the browser uses it in time.
+    pub async fn open(&mut self, id: u32, size: u64, name: String, link: bool) {
         self.open.retain(|_, o| !o.data.is_closed());
         // A viewer that only watches has nothing to upload: refused, and not audited (it could
         // fill the audit with refusals charged to the user it watches).
@@ -113,7 +124,12 @@ impl Uploads {
             }
         };
         let (data, chunks) = mpsc::channel(QUEUED_CHUNKS);
-        self.open.insert(id, Open { data, size, received: 0 });
+        let linked = Arc::new(AtomicBool::new(false));
+        if link {
+            self.offer_link(id, size, &target, &data, &linked).await;
+        }
+        let (halt, halted) = oneshot::channel();
+        self.open.insert(id, Open { data, halt: Some(halt), size, received: 0, linked });
         let job = Job {
             id,
             name,
@@ -123,6 +139,7 @@ impl Uploads {
             reserved: Some(reserved),
             target,
             chunks,
+            halted: Some(halted),
             say: self.say.clone(),
         };
         let outcomes = self.outcomes.clone();
@@ -133,10 +150,49 @@ impl Uploads {
         });
     }
 
+    /// Offers upload `id`'s link and says so; a link not used within [`LINK_WITHIN`] is
+    /// withdrawn, and the viewer told to send the bytes itself.
+    async fn offer_link(
+        &self,
+        id: u32,
+        size: u64,
+        target: &FileTarget,
+        data: &mpsc::Sender<Piece>,
+        linked: &Arc<AtomicBool>,
+    ) {
+        let way = links::Way::Upload { size, into: data.clone() };
+        let Some((mut offer, _)) = target.links.offer(&target.guest.vm, way) else {
+            tracing::warn!("too many file links are open: this upload goes over the WebSocket");
+            let _ = self.say.send(ServerMessage::FileUnlinked { id }).await;
+            return;
+        };
+        linked.store(true, Ordering::SeqCst);
+        let _ = self.say.send(ServerMessage::FileLink { id, size, token: offer.token }).await;
+        let (say, linked, data) = (self.say.clone(), Arc::clone(linked), data.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = offer.fetched() => {}
+                () = tokio::time::sleep(LINK_WITHIN) => {
+                    if offer.withdraw() {
+                        linked.store(false, Ordering::SeqCst);
+                        let _ = say.send(ServerMessage::FileUnlinked { id }).await;
+                    }
+                }
+                // The upload ended (cancelled) before its link was used.
+                () = data.closed() => {}
+            }
+        });
+    }
+
     /// The next bytes of upload `id`. Waits while the upload is slower than the viewer (only a
     /// viewer that ignores its window waits).
     pub async fn data(&mut self, id: u32, chunk: Vec<u8>) {
         let Some(o) = self.open.get_mut(&id) else { return };
+        if o.linked.load(Ordering::SeqCst) {
+            let why = "the viewer sent data for an upload that comes over its link".to_owned();
+            self.stop(id, "refused", why);
+            return;
+        }
         o.received += chunk.len() as u64;
         if o.received > o.size {
             let why = "the viewer sent more data than the file's size".to_owned();
@@ -154,11 +210,21 @@ impl Uploads {
         self.stop(id, "cancelled", "the upload was cancelled".into());
     }
 
-    /// Ends upload `id` with this verdict and message (or, when its queue is full, as
-    /// cancelled: the closed queue says so).
+    /// Ends upload `id` with this verdict and message, whatever its queue holds.
     fn stop(&mut self, id: u32, verdict: &'static str, message: String) {
-        if let Some(o) = self.open.remove(&id) {
-            let _ = o.data.try_send(Piece::Stop(verdict, message));
+        if let Some(h) = self.open.remove(&id).and_then(|mut o| o.halt.take()) {
+            let _ = h.send(Piece::Stop(verdict, message));
+        }
+    }
+}
+
+impl Drop for Uploads {
+    /// The viewer went away: its unfinished uploads end, those coming over a link too.
+    fn drop(&mut self) {
+        for (_, mut o) in self.open.drain() {
+            if let Some(h) = o.halt.take() {
+                let _ = h.send(Piece::Stop("cancelled", "the viewer went away".into()));
+            }
         }
     }
 }
@@ -175,6 +241,8 @@ struct Job {
     reserved: Option<Reserved>,
     target: FileTarget,
     chunks: mpsc::Receiver<Piece>,
+    /// A stop from the viewer's side, ahead of any chunk queued (none once it has answered).
+    halted: Option<oneshot::Receiver<Piece>>,
     say: mpsc::Sender<ServerMessage>,
 }
 
@@ -206,7 +274,7 @@ impl Job {
         if self.types != 0 {
             let mut head = Vec::new();
             while head.len() < SNIFF_BYTES && (head.len() as u64) < self.size {
-                match self.chunks.recv().await {
+                match self.recv().await {
                     Some(Piece::Data(chunk)) => {
                         head.extend_from_slice(&chunk[..chunk.len().min(SNIFF_BYTES)]);
                         first.push_back(chunk);
@@ -251,7 +319,7 @@ impl Job {
                         Ok(_) => Failed::new("failed", format!("{name}: the desktop ended it early")),
                     });
                 }
-                piece = next_piece(&mut first, &mut self.chunks) => {
+                piece = self.next_piece(&mut first) => {
                     let chunk = match piece {
                         Some(Piece::Data(chunk)) => chunk,
                         stop => {
@@ -314,14 +382,29 @@ impl Job {
     }
 }
 
-/// The first bytes kept back to learn the file's kind, then the viewer's.
-async fn next_piece(
-    first: &mut VecDeque<Bytes>,
-    chunks: &mut mpsc::Receiver<Piece>,
-) -> Option<Piece> {
-    match first.pop_front() {
-        Some(chunk) => Some(Piece::Data(chunk)),
-        None => chunks.recv().await,
+impl Job {
+    /// The next piece, a stop from the viewer first. (The viewer's side lets go of the stop
+    /// once it has passed all of the file on: the pieces queued then come.)
+    async fn recv(&mut self) -> Option<Piece> {
+        let Some(h) = self.halted.as_mut() else { return self.chunks.recv().await };
+        let halted = tokio::select! {
+            biased;
+            r = h => r,
+            piece = self.chunks.recv() => return piece,
+        };
+        self.halted = None;
+        match halted {
+            Ok(stop) => Some(stop),
+            Err(_) => self.chunks.recv().await,
+        }
+    }
+
+    /// The first bytes kept back to learn the file's kind, then the viewer's.
+    async fn next_piece(&mut self, first: &mut VecDeque<Bytes>) -> Option<Piece> {
+        match first.pop_front() {
+            Some(chunk) => Some(Piece::Data(chunk)),
+            None => self.recv().await,
+        }
     }
 }
 

@@ -10,7 +10,10 @@
 //! - [`config`]: the settings;
 //! - the accept loop is the display proxy's too ([`atrium_door`]): connection limits, TLS from
 //!   PEM files (reloaded on SIGHUP and when they change), header deadlines, graceful stop;
-//! - [`routes`]: `/healthz`, `/readyz`, `/metrics` and `/ws/{vm}`;
+//! - [`routes`]: `/healthz`, `/readyz`, `/metrics`, `/ws/{vm}` and `/files/{vm}/{token}` (a
+//!   download's one-time link, passed to the proxy this gateway relays that desktop's viewers
+//!   to: the one state a gateway keeps, so the edge sends a desktop's links to the gateway of
+//!   its viewers);
 //! - [`relay`]: the upgrade repeated to the proxy, then the byte pump;
 //! - [`metrics`]: the counters at `/metrics`.
 
@@ -57,6 +60,8 @@ struct Inner {
     metrics: GatewayMetrics,
     /// Open relays by client address.
     relays: Arc<AddressSlots>,
+    /// The display proxy of each desktop with a viewer relayed here, and how many viewers.
+    relayed: std::sync::Mutex<std::collections::HashMap<String, (relay::Backend, usize)>>,
     draining: AtomicBool,
     /// Fires once when the gateway stops: open relays end.
     stop: tokio::sync::watch::Sender<bool>,
@@ -88,6 +93,7 @@ impl Gateway {
         Ok(Self(Arc::new(Inner {
             proxy_nets: cfg.proxy_nets(),
             relays: Arc::new(AddressSlots::new(cfg.max_relays_per_address)),
+            relayed: std::sync::Mutex::default(),
             door: Arc::new(Door::new(limits, tls)),
             verifier: TicketVerifier::new(vcfg),
             proxy_tls,
@@ -127,6 +133,21 @@ impl Gateway {
         self.0.draining.load(Ordering::SeqCst)
     }
 
+    /// A viewer of `vm` is relayed to `backend` until the guard drops.
+    fn relaying(&self, vm: &str, backend: &relay::Backend) -> Relayed {
+        let mut map = self.0.relayed.lock().expect("relayed lock");
+        let e = map.entry(vm.to_owned()).or_insert_with(|| (backend.clone(), 0));
+        // The latest viewer's proxy wins (a desktop moved to another node).
+        e.0 = backend.clone();
+        e.1 += 1;
+        Relayed { gateway: self.clone(), vm: vm.to_owned() }
+    }
+
+    /// The display proxy this gateway relays `vm`'s viewers to now.
+    fn relayed(&self, vm: &str) -> Option<relay::Backend> {
+        self.0.relayed.lock().expect("relayed lock").get(vm).map(|(b, _)| b.clone())
+    }
+
     /// Ends every open relay (the gateway is stopping).
     pub fn stop_relays(&self) {
         let _ = self.0.stop.send(true);
@@ -137,6 +158,24 @@ impl Gateway {
         let mut rx = self.0.stop.subscribe();
         async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// One relayed viewer of a desktop, counted while it lasts.
+struct Relayed {
+    gateway: Gateway,
+    vm: String,
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        let mut map = self.gateway.0.relayed.lock().expect("relayed lock");
+        if let Some(e) = map.get_mut(&self.vm) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                map.remove(&self.vm);
+            }
         }
     }
 }

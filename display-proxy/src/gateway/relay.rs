@@ -193,6 +193,90 @@ async fn open_inner(
     upgrade(stream, backend, up).await
 }
 
+/// The headers of a file link's request passed to the display proxy, beside `Host` and
+/// `X-Forwarded-For`. Not `Origin`: the gateway checks it against its own `allowed_origins`
+/// and answers CORS itself, as it does for viewers; the body's framing is hyper's.
+const LINK_REQUEST_HEADERS: [header::HeaderName; 2] =
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH];
+
+/// The headers of the display proxy's answer to a file link passed back to the browser.
+pub const LINK_ANSWER_HEADERS: [header::HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_DISPOSITION,
+    header::CACHE_CONTROL,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::REFERRER_POLICY,
+];
+
+/// Connects to `backend` (every address in `allowed`) within `timeout`, and passes it the
+/// browser's request `req` of a file link (its method, `path`, the headers that matter, its
+/// body as it comes). Returns the proxy's answer, whose body streams as the proxy sends it.
+pub async fn forward(
+    backend: &Backend,
+    allowed: &[IpNet],
+    tls: &Arc<rustls::ClientConfig>,
+    path: &str,
+    client: IpAddr,
+    req: Request<axum::body::Body>,
+    timeout: Duration,
+) -> Result<Response<hyper::body::Incoming>, RelayError> {
+    let connect = async {
+        let addrs = resolve(backend, allowed).await?;
+        let tcp = TcpStream::connect(addrs.as_slice()).await.map_err(RelayError::Connect)?;
+        if !backend.tls {
+            return handshake(tcp).await;
+        }
+        let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
+            .map_err(|_| RelayError::BadProxy(backend.host.clone()))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+        let stream = connector.connect(name, tcp).await.map_err(RelayError::Connect)?;
+        handshake(stream).await
+    };
+    let mut sender =
+        tokio::time::timeout(timeout, connect).await.map_err(|_| RelayError::Timeout)??;
+    let (parts, body) = req.into_parts();
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(path)
+        .header(header::HOST, backend.authority())
+        .header("x-forwarded-for", client.to_string());
+    for name in LINK_REQUEST_HEADERS {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v.clone());
+        }
+    }
+    let out = out.body(body).map_err(|_| RelayError::BadProxy(backend.authority()))?;
+    Ok(sender.send_request(out).await?)
+}
+
+/// An HTTP/1 connection to the display proxy over `io`, for one request.
+async fn handshake<S>(
+    io: S,
+) -> Result<hyper::client::conn::http1::SendRequest<axum::body::Body>, RelayError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "display proxy connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// The display proxy's refusal of a request, as [`Answer::Refused`] says it.
+pub async fn refusal(resp: Response<hyper::body::Incoming>) -> (StatusCode, String) {
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_REFUSAL_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, refusal_message(status, &body))
+}
+
 /// Repeats the viewer's upgrade to the display proxy over `io`.
 async fn upgrade<S>(io: S, backend: &Backend, up: Upgrade<'_>) -> Result<Answer, RelayError>
 where
@@ -220,13 +304,8 @@ where
     .expect("a request built from checked parts");
     let resp = sender.send_request(req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_REFUSAL_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Ok(Answer::Refused { status, message: refusal_message(status, &body) });
+        let (status, message) = refusal(resp).await;
+        return Ok(Answer::Refused { status, message });
     }
     let accept =
         resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).cloned().ok_or(RelayError::NoAccept)?;

@@ -1,6 +1,9 @@
 //! The gateway's routes: `/healthz` (alive), `/readyz` (keys loaded, not draining), `/metrics`,
-//! and `GET /ws/{vm}?ticket=...`, where everything about the viewer is checked before the node
-//! network is touched.
+//! `GET /ws/{vm}?ticket=...`, where everything about the viewer is checked before the node
+//! network is touched, and `/files/{vm}/{token}`, a file's one-time link (`GET` a download,
+//! `PUT` an upload), passed only to the display proxy this gateway relays a viewer of that
+//! desktop to now: the page's origin is checked here (and CORS answered here), the token is the
+//! proxy's to check, and neither is logged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -15,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::Gateway;
 use super::metrics::Refusal;
 use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
-use crate::auth::{WsQuery, check_origin, check_vm};
+use crate::auth::{WsQuery, check_origin, check_vm, cors_origin, link_preflight, with_cors};
 use crate::error::Refused;
 use atrium_door::Slot;
 
@@ -26,6 +29,10 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws/{vm}", get(ws))
+        .route(
+            "/files/{vm}/{token}",
+            get(file_link).head(file_link).put(file_link).options(file_link),
+        )
         .with_state(gateway)
 }
 
@@ -189,8 +196,10 @@ async fn ws(
         Ok(Answer::Accepted { accept, stream }) => {
             tracing::info!(vm, user = %claims.sub, client = %client, node = %claims.node, "relaying a viewer");
             let g2 = g.clone();
+            let relayed = g.relaying(&vm, &backend);
             tokio::spawn(async move {
                 let _permit = permit;
+                let _relayed = relayed;
                 match on_upgrade.await {
                     Ok(viewer) => {
                         relay_until_done(&g2, &vm, slot, TokioIo::new(viewer), TokioIo::new(stream))
@@ -200,6 +209,80 @@ async fn ws(
                 }
             });
             relay::switching(accept)
+        }
+    }
+}
+
+/// `/files/{vm}/{token}`: the link of a file a viewer relayed here moves over (`GET` a
+/// download, `PUT` an upload, `OPTIONS` its CORS preflight), passed to that viewer's display
+/// proxy; bodies stream both ways as they come.
+async fn file_link(
+    State(g): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((vm, token)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let token_shape =
+        token.len() == 32 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if check_vm(&vm).is_err() || !token_shape {
+        return refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, "no such link"));
+    }
+    let Some(backend) = g.relayed(&vm) else {
+        let r = Refused::new(
+            StatusCode::NOT_FOUND,
+            "no viewer of this desktop is connected through this gateway",
+        );
+        return refused(&g, Refusal::Request, r);
+    };
+    // A page's origin is the gateway's to check, as for viewers; the proxy behind sees none.
+    let origin = match cors_origin(req.headers(), &g.0.cfg.allowed_origins) {
+        Ok(o) => o,
+        Err(r) => return refused(&g, Refusal::Request, r),
+    };
+    if req.method() == axum::http::Method::OPTIONS {
+        return link_preflight(origin);
+    }
+    if req.method() == axum::http::Method::HEAD {
+        let r =
+            Refused::new(StatusCode::METHOD_NOT_ALLOWED, "a file link is for GET (or PUT) only");
+        return refused(&g, Refusal::Request, r);
+    }
+    let hops = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let client = atrium_protocol::net::client_addr(peer.ip(), hops, g.door().trusted());
+    let path = format!("/files/{vm}/{token}");
+    let answer = relay::forward(
+        &backend,
+        &g.0.proxy_nets,
+        &g.0.proxy_tls,
+        &path,
+        client,
+        req,
+        g.0.cfg.connect_timeout(),
+    )
+    .await;
+    match answer {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut out = Response::new(axum::body::Body::new(body));
+            *out.status_mut() = parts.status;
+            // Only the headers of a file, of its refusal and of CORS pass.
+            for name in relay::LINK_ANSWER_HEADERS {
+                if let Some(v) = parts.headers.get(&name).cloned() {
+                    out.headers_mut().insert(name, v);
+                }
+            }
+            with_cors(out, origin)
+        }
+        Err(e) => {
+            tracing::warn!(vm, error = %e, "cannot reach the display proxy for a file link");
+            refused(
+                &g,
+                Refusal::Proxy,
+                Refused::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the desktop's display service cannot be reached",
+                ),
+            )
         }
     }
 }

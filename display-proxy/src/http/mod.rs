@@ -1,10 +1,12 @@
 //! The display proxy's HTTP edge, one module per resource: `meta` (`/healthz`, `/metrics`),
 //! `viewers` (`GET /ws/{vm}?ticket=...`: a viewer's WebSocket, checked before anything else
-//! happens) and `sessions` (the broker ending a session). Refusals are [`Refused`]; what a
-//! request must show is in [`crate::auth`].
+//! happens), `files` (`/files/{vm}/{token}`: a file's one-time link, `GET` for a download,
+//! `PUT` for an upload) and `sessions` (the broker ending a session). Refusals are
+//! [`Refused`]; what a request must show is in [`crate::auth`].
 //!
 //! [`Refused`]: crate::error::Refused
 
+mod files;
 mod meta;
 mod sessions;
 mod viewers;
@@ -107,6 +109,7 @@ impl AppState {
             ack_timeout: std::time::Duration::from_secs(cfg.ack_timeout_secs),
             scanner: cfg.clamd_socket.clone().map(crate::files::scan::Scanner::new),
             totals: Arc::default(),
+            links: Arc::default(),
         });
         Self(Arc::new(Inner {
             verifier: TicketVerifier::new(vcfg),
@@ -137,6 +140,11 @@ impl AppState {
     /// The accept loop's limits and counters.
     pub fn door(&self) -> &Arc<Door> {
         &self.0.door
+    }
+
+    /// The downloads' links offered here.
+    pub fn links(&self) -> &Arc<crate::files::links::Links> {
+        &self.0.viewer.links
     }
 
     /// Refreshes the broker's keys in the background until the service ends.
@@ -192,6 +200,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(meta::routes())
         .merge(viewers::routes())
+        .merge(files::routes())
         .merge(sessions::routes())
         .with_state(state)
 }

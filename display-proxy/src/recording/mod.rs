@@ -46,7 +46,7 @@ const RECORD_ROOM: usize = 11;
 /// The server messages a recording keeps (by type byte): what changes the screen, the pointer's
 /// shape and the clipboard; not `Hello`, `Resizable`, `Pong` or sound.
 pub fn is_recorded(message: &[u8]) -> bool {
-    matches!(message.first(), Some(0x02 | 0x10..=0x1f | 0x20 | 0x30))
+    matches!(message.first(), Some(0x02 | 0x10..=0x1f | 0x20 | 0x30 | 0x3c))
 }
 
 /// One viewer's recording.

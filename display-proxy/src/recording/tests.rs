@@ -159,6 +159,7 @@ fn only_what_changes_the_screen_the_pointer_or_the_clipboard_is_recorded() {
         (0x20, true),
         (0x30, true),
         (0x31, false),
+        (0x3c, true),
         (0x40, false),
     ] {
         assert_eq!(is_recorded(&[t]), kept, "{t:#x}");

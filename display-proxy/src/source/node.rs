@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use atrium_protocol::agent::FileEntry;
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, ErrorBody, FILE_SIZE_HEADER, FileListing,
+    ClipboardPaste, ClipboardState, DisplaySize, ErrorBody, FILE_SIZE_HEADER, FileListing,
     ScreenSize, UploadSaved, UploadStaged, VmInfo, validate_name,
 };
 use atrium_protocol::session::ActivityReport;
@@ -80,13 +80,13 @@ impl NodeClient {
         Ok(Self::check(vm, resp).await?.json().await?)
     }
 
-    /// `POST /api/v1/vms/{id}/clipboard`: text into the guest.
-    pub async fn paste(&self, vm: &str, text: String) -> Result<(), NodeError> {
+    /// `POST /api/v1/vms/{id}/clipboard`: text or an image into the guest.
+    pub async fn paste(&self, vm: &str, paste: &ClipboardPaste) -> Result<(), NodeError> {
         let resp = self
             .http
             .post(self.url(vm, "/clipboard")?)
             .timeout(Duration::from_secs(10))
-            .json(&ClipboardText { text })
+            .json(paste)
             .send()
             .await?;
         Self::check(vm, resp).await?;

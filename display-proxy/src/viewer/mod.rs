@@ -4,6 +4,7 @@
 //! and when room appears it gets the newest frame (a slow viewer gets fewer, newer frames, and
 //! nothing queues up). Lossy areas are refined once they stop changing.
 
+mod clipboard;
 mod receive;
 mod send;
 mod sessions;
@@ -48,6 +49,8 @@ pub struct ViewerContext {
     pub scanner: Option<crate::files::scan::Scanner>,
     /// What each session moved in files, against policy's totals.
     pub totals: Arc<files::SessionTotals>,
+    /// Downloads offered for the browser to fetch itself (`/files/{vm}/{token}`).
+    pub links: Arc<files::links::Links>,
 }
 
 /// The capability bits of a ticket, as sent in Hello.
@@ -216,6 +219,7 @@ async fn serve_inner(
         scanner: ctx.scanner.clone(),
         sid: sid.clone(),
         totals: Arc::clone(&ctx.totals),
+        links: Arc::clone(&ctx.links),
     });
     let uploads = files::Uploads::new(target.clone(), rights, say.clone(), outcomes.clone());
     let downloads = files::Downloads::new(target, rights, say, outcomes.clone());

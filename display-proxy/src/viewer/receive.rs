@@ -6,17 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use atrium_protocol::display::{ClientMessage, DecodeError, ServerMessage};
+use atrium_protocol::display::{ClientMessage, DecodeError};
 use atrium_protocol::keymap;
-use atrium_protocol::ticket::{Capabilities, clipboard_limit};
+use atrium_protocol::ticket::Capabilities;
 use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 
+use super::clipboard::paste;
 use super::{Ending, Event, InputLog, Presence, may_resize};
-use crate::desktop::Desktop;
-use crate::files::Outcome;
+use crate::desktop::{Clip, Desktop};
 use crate::metrics::Metrics;
 use crate::source::InputEvent;
 
@@ -94,7 +94,6 @@ pub(super) async fn receive(
         mut downloads,
         outcomes,
     } = r;
-    let paste_limit = clipboard_limit(rights.clipboard_in_max_bytes);
     let input = Input {
         desktop: &desktop,
         rights: &rights,
@@ -182,26 +181,15 @@ pub(super) async fn receive(
                 continue;
             }
             ClientMessage::Clipboard { text } => {
-                if !rights.clipboard_paste_in || rights.view_only {
-                    tracing::debug!("clipboard paste refused: not allowed by the ticket");
-                    continue;
+                match paste(&desktop, &rights, &outcomes, Clip::Text(text)) {
+                    Some(refused) => Event::Say(refused),
+                    None => continue,
                 }
-                if text.len() > paste_limit {
-                    let why = format!("{} bytes, over the limit of {paste_limit}", text.len());
-                    let _ = outcomes.send(Outcome::clipboard("clipboard_in", &text, Some(why)));
-                    Event::Say(ServerMessage::ClipboardRefused {
-                        out: false,
-                        size: u32::try_from(text.len()).unwrap_or(u32::MAX),
-                        limit: u32::try_from(paste_limit).unwrap_or(u32::MAX),
-                    })
-                } else {
-                    let mut outcome = Outcome::clipboard("clipboard_in", &text, None);
-                    if let Err(why) = desktop.paste(text) {
-                        outcome.verdict = "failed";
-                        outcome.detail = Some(why.to_owned());
-                    }
-                    let _ = outcomes.send(outcome);
-                    continue;
+            }
+            ClientMessage::ClipboardImage { png } => {
+                match paste(&desktop, &rights, &outcomes, Clip::Png(png.into())) {
+                    Some(refused) => Event::Say(refused),
+                    None => continue,
                 }
             }
             ClientMessage::Resize { width, height } => {
@@ -223,7 +211,11 @@ pub(super) async fn receive(
             }
             ClientMessage::Video { enabled } => Event::Video(enabled),
             ClientMessage::FileOpen { id, size, name } => {
-                uploads.open(id, size, name).await;
+                uploads.open(id, size, name, false).await;
+                continue;
+            }
+            ClientMessage::FilePut { id, size, name } => {
+                uploads.open(id, size, name, true).await;
                 continue;
             }
             ClientMessage::FileData { id, data } => {
@@ -240,7 +232,11 @@ pub(super) async fn receive(
                 continue;
             }
             ClientMessage::FileGet { id, name } => {
-                downloads.get(id, name).await;
+                downloads.get(id, name, false).await;
+                continue;
+            }
+            ClientMessage::FileFetch { id, name } => {
+                downloads.get(id, name, true).await;
                 continue;
             }
             ClientMessage::FileTaken { id, done } => {

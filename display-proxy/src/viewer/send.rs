@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::display::{ServerMessage, VERSION, caps};
-use atrium_protocol::ticket::{Capabilities, Watermark, clipboard_limit};
+use atrium_protocol::ticket::{Capabilities, Watermark};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::{broadcast, mpsc};
 
+use super::clipboard::copy_out;
 use super::{CLOSE_WITHIN, Ending, Event, InputLog, ViewerContext, caps_bits, may_resize};
 use crate::desktop::Desktop;
 use crate::files::Outcome;
@@ -327,23 +328,8 @@ impl Sender {
                     }
                 }
                 r = clip.recv(), if self.rights.clipboard_copy_out => match r {
-                    Ok(text) => {
-                        let limit = clipboard_limit(self.rights.clipboard_out_max_bytes);
-                        let refused = (text.len() > limit)
-                            .then(|| format!("{} bytes, over the limit of {limit}", text.len()));
-                        if let Some(o) = &self.outcomes {
-                            let _ = o.send(Outcome::clipboard("clipboard_out", &text, refused.clone()));
-                        }
-                        let m = if refused.is_some() {
-                            ServerMessage::ClipboardRefused {
-                                out: true,
-                                size: u32::try_from(text.len()).unwrap_or(u32::MAX),
-                                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-                            }
-                        } else {
-                            ServerMessage::Clipboard { text }
-                        }
-                        .encode();
+                    Ok(c) => {
+                        let m = copy_out(&self.rights, self.outcomes.as_ref(), c).encode();
                         if self.send(Bytes::from(m)).await.is_err() || self.flush().await.is_err() {
                             return "send failed".into();
                         }

@@ -3,8 +3,9 @@
 //! It talks to the host over the virtio-serial port `org.atrium.agent.0` with the JSON-lines
 //! protocol of `atrium_protocol::agent` (documented in `docs/guest-agent-protocol.md`): it says
 //! hello, says ready once the desktop can be used, answers pings, greets the signed-in user and
-//! carries clipboard text both ways, receives uploaded files into the user's `~/Transfer`
-//! ([`files`]), and lists and sends the files there that the user downloads ([`outgoing`]).
+//! carries the clipboard (text, and PNG images in the desktop image) both ways, receives
+//! uploaded files into the user's `~/Transfer` ([`files`]), and lists and sends the files there
+//! that the user downloads ([`outgoing`]).
 //!
 //! It runs as root inside the guest (it must open the port, which only root may, and write to the
 //! console); the user's shell runs unprivileged. Everything it takes from the user's side (the
@@ -146,6 +147,7 @@ impl Agent {
                 None => self.end_session(),
             },
             HostMessage::Clipboard { text } => self.paste_in(&text),
+            HostMessage::ClipboardImage { png } => self.paste_image(png),
             HostMessage::ScreenSize { width, height } => self.resize(width, height),
             HostMessage::FileOpen { id, name, size } => {
                 // The owner stays locked while the file opens: a sign-out in between would
@@ -289,7 +291,7 @@ impl Agent {
             return;
         }
         if let Some(desktop) = &self.desktop {
-            if let Err(e) = desktop.paste(text.as_bytes()) {
+            if let Err(e) = desktop.paste(xdesktop::Clip::Text(text.as_bytes().to_vec())) {
                 self.send(&AgentMessage::Error { message: format!("clipboard: {e}") });
             }
             return;
@@ -300,6 +302,19 @@ impl Agent {
         };
         if let Err(e) = clip.write(text.as_bytes()) {
             self.send(&AgentMessage::Error { message: format!("clipboard write failed: {e}") });
+        }
+    }
+
+    /// An image for the clipboard: only a graphical desktop takes one.
+    fn paste_image(&self, png: Vec<u8>) {
+        let Some(desktop) = &self.desktop else {
+            self.send(&AgentMessage::Error {
+                message: "this desktop's clipboard takes text only, not images".into(),
+            });
+            return;
+        };
+        if let Err(e) = desktop.paste(xdesktop::Clip::Png(png)) {
+            self.send(&AgentMessage::Error { message: format!("clipboard image: {e}") });
         }
     }
 
@@ -558,7 +573,12 @@ fn main() {
         let a = Arc::clone(&agent);
         let d = Arc::clone(&desktop);
         std::thread::spawn(move || {
-            let copied = |text: String| a.send(&AgentMessage::Clipboard { text });
+            let copied = |clip: xdesktop::Clip| match clip {
+                xdesktop::Clip::Text(text) => a.send(&AgentMessage::Clipboard {
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                }),
+                xdesktop::Clip::Png(png) => a.send(&AgentMessage::ClipboardImage { png }),
+            };
             let resized = |width, height| a.screen_is(width, height);
             xdesktop::run(&d, &copied, &resized, &log);
         });

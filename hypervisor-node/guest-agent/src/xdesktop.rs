@@ -1,10 +1,12 @@
 //! The desktop image's X server, as the agent sees it: the "waiting for sign-in" screen, the
-//! clipboard (the X `CLIPBOARD` selection) both ways, and whether a session's panel is drawn.
+//! clipboard (the X `CLIPBOARD` selection, text or a PNG image) both ways, and whether a
+//! session's panel is drawn.
 //!
 //! One thread owns the event loop ([`run`]): it (re)connects to X with the root's cookie, draws
-//! the sign-in screen when X exposes it, serves the text the host pasted to programs that ask
-//! for the clipboard, and reads the clipboard whenever another program takes it (XFixes tells
-//! it), including large texts sent in pieces (`INCR`). Other threads use the same connection
+//! the sign-in screen when X exposes it, serves what the host pasted to programs that ask for
+//! the clipboard, and reads the clipboard whenever another program takes it (XFixes tells it):
+//! it asks which forms the program offers (`TARGETS`), takes text when there is any and a PNG
+//! image otherwise, including large ones sent in pieces (`INCR`). Other threads use the same connection
 //! for their own requests (show or hide the sign-in screen, paste, look for the panel, change
 //! the screen's size through [`crate::xscreen`]). The loop follows the screen's size (the root
 //! window's) whoever changed it, and says so.
@@ -15,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use atrium_protocol::agent::MAX_CLIPBOARD;
-use x11rb::connection::Connection;
+use atrium_protocol::agent::{MAX_CLIPBOARD, MAX_CLIPBOARD_IMAGE};
+use atrium_protocol::filetype::png_size;
+use x11rb::connection::{Connection, RequestConnection as _};
 use x11rb::protocol::Event;
 use x11rb::protocol::xfixes::{ConnectionExt as _, SelectionEventMask};
 use x11rb::protocol::xproto::{
@@ -50,6 +53,7 @@ struct Atoms {
     utf8: Atom,
     text: Atom,
     text_plain: Atom,
+    png: Atom,
     incr: Atom,
     /// The property on the agent's window that receives the clipboard.
     receive: Atom,
@@ -72,17 +76,40 @@ pub struct XConn {
     atoms: Atoms,
 }
 
+/// What the clipboard holds, as it crosses: text (UTF-8) or an image (a PNG file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clip {
+    Text(Vec<u8>),
+    Png(Vec<u8>),
+}
+
+impl Clip {
+    /// The most bytes of this kind that cross.
+    fn limit(&self) -> usize {
+        match self {
+            Clip::Text(_) => MAX_CLIPBOARD,
+            Clip::Png(_) => MAX_CLIPBOARD_IMAGE,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Clip::Text(b) | Clip::Png(b) => b.len(),
+        }
+    }
+}
+
 /// The state the X thread shares with the rest of the agent.
 #[derive(Debug)]
 pub struct Desktop {
     display: String,
     xauthority: PathBuf,
     x: Mutex<Option<Arc<XConn>>>,
-    /// Text the host pasted: served to programs that ask for the clipboard while the agent owns
-    /// it.
-    paste: Mutex<Option<Vec<u8>>>,
-    /// The text both sides know (last pasted in or copied out), so nothing is echoed back.
-    known: Mutex<Option<Vec<u8>>>,
+    /// What the host pasted: served to programs that ask for the clipboard while the agent
+    /// owns it.
+    paste: Mutex<Option<Clip>>,
+    /// What both sides know (last pasted in or copied out), so nothing is echoed back.
+    known: Mutex<Option<Clip>>,
     /// The sign-in screen has been drawn once (the desktop is ready).
     pub greeter_drawn: AtomicBool,
     /// Whether the sign-in screen should show (no session).
@@ -140,10 +167,16 @@ impl Desktop {
         Ok(())
     }
 
-    /// Puts `text` on the clipboard: the agent owns `CLIPBOARD` and serves it.
-    pub fn paste(&self, text: &[u8]) -> XResult<()> {
-        *lock(&self.paste) = Some(text.to_vec());
-        *lock(&self.known) = Some(text.to_vec());
+    /// Puts `clip` on the clipboard: the agent owns `CLIPBOARD` and serves it.
+    pub fn paste(&self, clip: Clip) -> XResult<()> {
+        if clip.len() > clip.limit() {
+            return Err(format!("{} bytes are over the limit of {}", clip.len(), clip.limit()));
+        }
+        if let Clip::Png(png) = &clip {
+            png_size(png)?;
+        }
+        *lock(&self.paste) = Some(clip.clone());
+        *lock(&self.known) = Some(clip);
         let x = self.current()?;
         x.conn
             .set_selection_owner(x.window, x.atoms.clipboard, CURRENT_TIME)
@@ -170,13 +203,13 @@ impl Desktop {
         }
     }
 
-    /// Whether `text` differs from what both sides know; if so, it becomes known.
-    fn take_if_new(&self, text: &[u8]) -> bool {
+    /// Whether `clip` differs from what both sides know; if so, it becomes known.
+    fn take_if_new(&self, clip: &Clip) -> bool {
         let mut known = lock(&self.known);
-        if known.as_deref() == Some(text) {
+        if known.as_ref() == Some(clip) {
             return false;
         }
-        *known = Some(text.to_vec());
+        *known = Some(clip.clone());
         true
     }
 
@@ -246,9 +279,13 @@ fn setup(conn: RustConnection) -> XResult<XConn> {
         utf8: intern(b"UTF8_STRING")?,
         text: intern(b"TEXT")?,
         text_plain: intern(b"text/plain;charset=utf-8")?,
+        png: intern(b"image/png")?,
         incr: intern(b"INCR")?,
         receive: intern(b"ATRIUM_CLIPBOARD")?,
     };
+    // An image is served in one property change: with BIG-REQUESTS (every X server the
+    // desktop runs has it) a request may be far larger than a clipboard image.
+    conn.prefetch_maximum_request_bytes();
     conn.xfixes_query_version(5, 0)
         .map_err(err("XFixes"))?
         .reply()
@@ -373,10 +410,12 @@ fn draw_greeter(x: &XConn) -> XResult<()> {
 #[derive(Debug)]
 enum Reading {
     Idle,
-    /// Receiving it in pieces (`INCR`).
+    /// Receiving it in pieces (`INCR`); `over` once it has grown past the limit: the rest is
+    /// still taken (so that the owner finishes) and thrown away.
     Pieces {
         target: Atom,
         data: Vec<u8>,
+        over: bool,
     },
 }
 
@@ -391,12 +430,12 @@ fn utf8_to_latin1(b: &[u8]) -> Vec<u8> {
 }
 
 /// The X thread: connects (again, whenever X restarts), then handles events until the
-/// connection fails. `copied` is called with each text the guest's programs put on the
-/// clipboard; `resized` with the screen's size when connected and whenever it changes; `log`
+/// connection fails. `copied` is called with each text or image the guest's programs put on
+/// the clipboard; `resized` with the screen's size when connected and whenever it changes; `log`
 /// with what went wrong.
 pub fn run(
     desktop: &Desktop,
-    copied: &dyn Fn(String),
+    copied: &dyn Fn(Clip),
     resized: &dyn Fn(u16, u16),
     log: &dyn Fn(&str),
 ) {
@@ -417,8 +456,8 @@ pub fn run(
                 }
                 // A paste from before a restart of X: own the clipboard again.
                 let pending = lock(&desktop.paste).clone();
-                if let Some(text) = pending
-                    && let Err(e) = desktop.paste(&text)
+                if let Some(clip) = pending
+                    && let Err(e) = desktop.paste(clip)
                 {
                     log(&e);
                 }
@@ -441,7 +480,7 @@ pub fn run(
 fn event_loop(
     desktop: &Desktop,
     x: &XConn,
-    copied: &dyn Fn(String),
+    copied: &dyn Fn(Clip),
     resized: &dyn Fn(u16, u16),
 ) -> String {
     let mut reading = Reading::Idle;
@@ -469,7 +508,10 @@ fn event_loop(
                 if e.owner == NONE || e.owner == x.window {
                     Ok(())
                 } else {
-                    ask(x, x.atoms.utf8, e.timestamp)
+                    // A new owner: whatever was being received is stale. First which forms it
+                    // has: text is taken when there is any, else an image.
+                    reading = Reading::Idle;
+                    ask(x, x.atoms.targets, e.timestamp)
                 }
             }
             Event::SelectionNotify(e) if e.requestor == x.window => {
@@ -503,10 +545,31 @@ fn ask(x: &XConn, target: Atom, time: u32) -> XResult<()> {
     x.conn.flush().map_err(err("flush"))
 }
 
-/// The longest property read at once, in 32-bit units (a little over the clipboard limit, so
-/// an oversized text is noticed).
+/// The longest property read at once, in 32-bit units (a little over the clipboard's larger
+/// limit, so an oversized text or image is noticed).
 fn read_units() -> u32 {
-    u32::try_from(MAX_CLIPBOARD / 4 + 2).expect("small")
+    u32::try_from(MAX_CLIPBOARD.max(MAX_CLIPBOARD_IMAGE) / 4 + 2).expect("small")
+}
+
+/// What to ask a program for, of the forms (`TARGETS`) it offers: text when it has any
+/// (UTF-8, else Latin-1), else a PNG image, else UTF-8 text from one that offers only `TEXT`
+/// (it converts; Latin-1 is asked next if it cannot); `None` when it has none of these (files,
+/// rich text alone).
+fn pick(a: &Atoms, offered: &[Atom]) -> Option<Atom> {
+    [a.utf8, a.text_plain, AtomEnum::STRING.into(), a.png]
+        .into_iter()
+        .find(|t| offered.contains(t))
+        .or_else(|| offered.contains(&a.text).then_some(a.utf8))
+}
+
+/// The most bytes of `target` that cross.
+fn limit_of(x: &XConn, target: Atom) -> usize {
+    if target == x.atoms.png { MAX_CLIPBOARD_IMAGE } else { MAX_CLIPBOARD }
+}
+
+fn too_big(x: &XConn, target: Atom) -> String {
+    let what = if target == x.atoms.png { "an image" } else { "text" };
+    format!("the clipboard holds {what} of more than {} bytes; not copied", limit_of(x, target))
 }
 
 fn receive(
@@ -516,12 +579,16 @@ fn receive(
     property: Atom,
     target: Atom,
     time: u32,
-    copied: &dyn Fn(String),
+    copied: &dyn Fn(Clip),
 ) -> XResult<()> {
     // An answer ends whatever was being received before: it is the newest clipboard.
     *reading = Reading::Idle;
     if property == NONE {
-        // The owner has no UTF-8: ask for Latin-1 once.
+        // The owner lists no forms (an old program): ask for UTF-8 text; it has no UTF-8: ask
+        // for Latin-1 once.
+        if target == x.atoms.targets {
+            return ask(x, x.atoms.utf8, time);
+        }
         if target == x.atoms.utf8 {
             return ask(x, AtomEnum::STRING.into(), time);
         }
@@ -533,15 +600,22 @@ fn receive(
         .map_err(err("reading the clipboard"))?
         .reply()
         .map_err(err("reading the clipboard"))?;
+    if target == x.atoms.targets {
+        let offered: Vec<Atom> = reply.value32().map(Iterator::collect).unwrap_or_default();
+        return match pick(&x.atoms, &offered) {
+            Some(form) => ask(x, form, time),
+            None => Ok(()),
+        };
+    }
     if reply.type_ == x.atoms.incr {
         // Deleting the property (done above) asks the owner for the first piece.
-        *reading = Reading::Pieces { target, data: Vec::new() };
+        *reading = Reading::Pieces { target, data: Vec::new(), over: false };
         return x.conn.flush().map_err(err("flush"));
     }
-    if reply.bytes_after > 0 {
-        return Err(format!("the clipboard holds more than {MAX_CLIPBOARD} bytes; not copied"));
+    if reply.bytes_after > 0 || reply.value.len() > limit_of(x, target) {
+        return Err(too_big(x, target));
     }
-    deliver(desktop, target, reply.value, copied);
+    deliver(desktop, x, target, reply.value, copied);
     Ok(())
 }
 
@@ -549,9 +623,9 @@ fn piece(
     desktop: &Desktop,
     x: &XConn,
     reading: &mut Reading,
-    copied: &dyn Fn(String),
+    copied: &dyn Fn(Clip),
 ) -> XResult<()> {
-    let Reading::Pieces { target, data } = reading else { return Ok(()) };
+    let Reading::Pieces { target, data, over } = reading else { return Ok(()) };
     let reply = x
         .conn
         .get_property(true, x.window, x.atoms.receive, AtomEnum::ANY, 0, read_units())
@@ -560,58 +634,94 @@ fn piece(
         .map_err(err("reading the clipboard"))?;
     x.conn.flush().map_err(err("flush"))?;
     if reply.value.is_empty() {
-        let (target, data) = (*target, std::mem::take(data));
+        let (target, data, over) = (*target, std::mem::take(data), *over);
         *reading = Reading::Idle;
-        deliver(desktop, target, data, copied);
+        if over {
+            return Err(too_big(x, target));
+        }
+        deliver(desktop, x, target, data, copied);
         return Ok(());
     }
-    data.extend_from_slice(&reply.value);
-    if data.len() > MAX_CLIPBOARD {
-        *reading = Reading::Idle;
-        return Err(format!("the clipboard holds more than {MAX_CLIPBOARD} bytes; not copied"));
+    if !*over {
+        data.extend_from_slice(&reply.value);
+        if data.len() > limit_of(x, *target) {
+            *data = Vec::new();
+            *over = true;
+        }
     }
     Ok(())
 }
 
-fn deliver(desktop: &Desktop, target: Atom, data: Vec<u8>, copied: &dyn Fn(String)) {
-    let data = if target == Atom::from(AtomEnum::STRING) { latin1_to_utf8(&data) } else { data };
-    if data.len() > MAX_CLIPBOARD {
-        eprintln!("atrium-guest-agent: the clipboard holds more than {MAX_CLIPBOARD} bytes");
+fn deliver(desktop: &Desktop, x: &XConn, target: Atom, data: Vec<u8>, copied: &dyn Fn(Clip)) {
+    let clip = if target == x.atoms.png {
+        if let Err(e) = png_size(&data) {
+            eprintln!("atrium-guest-agent: the clipboard's image is refused: {e}");
+            return;
+        }
+        Clip::Png(data)
+    } else if target == Atom::from(AtomEnum::STRING) {
+        Clip::Text(latin1_to_utf8(&data))
+    } else {
+        Clip::Text(String::from_utf8_lossy(&data).into_owned().into_bytes())
+    };
+    if clip.len() > clip.limit() {
+        eprintln!("atrium-guest-agent: {}", too_big(x, target));
         return;
     }
-    if desktop.take_if_new(&data) {
-        copied(String::from_utf8_lossy(&data).into_owned());
+    if desktop.take_if_new(&clip) {
+        copied(clip);
     }
 }
 
-/// Answers a program that asks the agent (the clipboard's owner) for the text.
+/// Answers a program that asks the agent (the clipboard's owner) for what the host pasted.
 fn serve(desktop: &Desktop, x: &XConn, e: &SelectionRequestEvent) -> XResult<()> {
-    let text = lock(&desktop.paste).clone();
+    let clip = lock(&desktop.paste).clone();
     // Obsolete clients name no property: use the target.
     let property = if e.property == NONE { e.target } else { e.property };
     let a = x.atoms;
-    let done = match text {
+    let done = match clip {
         Some(_) if e.selection != a.clipboard || e.owner != x.window => false,
-        Some(_) if e.target == a.targets => {
-            let offered = [a.targets, a.utf8, a.text_plain, a.text, AtomEnum::STRING.into()];
+        Some(c) if e.target == a.targets => {
+            let offered: &[Atom] = match c {
+                Clip::Png(_) => &[a.targets, a.png],
+                Clip::Text(_) => {
+                    &[a.targets, a.utf8, a.text_plain, a.text, AtomEnum::STRING.into()]
+                }
+            };
             x.conn
                 .change_property32(
                     PropMode::REPLACE,
                     e.requestor,
                     property,
                     AtomEnum::ATOM,
-                    &offered,
+                    offered,
                 )
                 .map_err(err("answering TARGETS"))?;
             true
         }
-        Some(t) if e.target == a.utf8 || e.target == a.text || e.target == a.text_plain => {
+        Some(Clip::Png(png)) if e.target == a.png => {
+            // The request's header and the image must fit in one request.
+            if png.len() + 64 > x.conn.maximum_request_bytes() {
+                eprintln!(
+                    "atrium-guest-agent: the X server takes no request as large as the image"
+                );
+                false
+            } else {
+                x.conn
+                    .change_property8(PropMode::REPLACE, e.requestor, property, a.png, &png)
+                    .map_err(err("answering with the image"))?;
+                true
+            }
+        }
+        Some(Clip::Text(t))
+            if e.target == a.utf8 || e.target == a.text || e.target == a.text_plain =>
+        {
             x.conn
                 .change_property8(PropMode::REPLACE, e.requestor, property, a.utf8, &t)
                 .map_err(err("answering with the text"))?;
             true
         }
-        Some(t) if e.target == Atom::from(AtomEnum::STRING) => {
+        Some(Clip::Text(t)) if e.target == Atom::from(AtomEnum::STRING) => {
             let latin1 = utf8_to_latin1(&t);
             x.conn
                 .change_property8(
@@ -644,6 +754,28 @@ fn serve(desktop: &Desktop, x: &XConn, e: &SelectionRequestEvent) -> XResult<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_taken_before_an_image_and_an_image_before_nothing() {
+        let a = Atoms {
+            clipboard: 101,
+            targets: 102,
+            utf8: 103,
+            text: 104,
+            text_plain: 105,
+            png: 106,
+            incr: 107,
+            receive: 108,
+        };
+        let string = Atom::from(AtomEnum::STRING);
+        assert_eq!(pick(&a, &[a.targets, a.png, a.utf8]), Some(a.utf8));
+        assert_eq!(pick(&a, &[a.png, string]), Some(string));
+        assert_eq!(pick(&a, &[a.text_plain, string]), Some(a.text_plain));
+        assert_eq!(pick(&a, &[a.targets, a.png]), Some(a.png));
+        assert_eq!(pick(&a, &[a.targets, a.text]), Some(a.utf8), "TEXT alone: UTF-8 asked");
+        assert_eq!(pick(&a, &[a.targets, 999]), None);
+        assert_eq!(pick(&a, &[]), None);
+    }
 
     #[test]
     fn latin1_conversions() {

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::{
-    AgentMessage, HostMessage, Line, LineReader, encode_data, encode_line,
+    AgentMessage, HostMessage, Line, LineReader, MAX_CLIPBOARD_IMAGE, encode_data, encode_line,
 };
+use atrium_protocol::filetype::png_size;
 use atrium_protocol::node::{ClipboardState, DisplaySize, MAX_DISPLAY_HEIGHT, MAX_DISPLAY_WIDTH};
 use thiserror::Error;
 
@@ -110,7 +111,8 @@ impl AgentLink {
         let (ready, ready_rx) = watch::channel(false);
         let (hello, hello_rx) = watch::channel(None);
         let (session, session_rx) = watch::channel((0, None));
-        let (clipboard, clipboard_rx) = watch::channel(ClipboardState { seq: 0, text: None });
+        let (clipboard, clipboard_rx) =
+            watch::channel(ClipboardState { seq: 0, text: None, png: None });
         let (screen, screen_rx) = watch::channel((0, None));
         let (last_pong, last_pong_rx) = watch::channel(None);
         let (last_error, last_error_rx) = watch::channel(None);
@@ -413,6 +415,24 @@ fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &
             s.clipboard.send_modify(|c| {
                 c.seq += 1;
                 c.text = Some(text);
+                c.png = None;
+            });
+        }
+        AgentMessage::ClipboardImage { png } => {
+            // Only a PNG file within the limit is believed: the guest is not trusted.
+            let checked = if png.len() > MAX_CLIPBOARD_IMAGE {
+                Err(format!("{} bytes, over {MAX_CLIPBOARD_IMAGE}", png.len()))
+            } else {
+                png_size(&png).map(drop)
+            };
+            if let Err(e) = checked {
+                guard.warn(vm, format_args!("guest agent: a clipboard image ignored: {e}"));
+                return;
+            }
+            s.clipboard.send_modify(|c| {
+                c.seq += 1;
+                c.text = None;
+                c.png = Some(png);
             });
         }
         AgentMessage::Screen { width, height } => {
@@ -462,6 +482,16 @@ mod tests {
         let mut clip = link.view.clipboard.clone();
         let state = clip.wait_for(|c| c.seq == 1).await.expect("clipboard").clone();
         assert_eq!(state.text.as_deref(), Some("copied"));
+        // An image that is not a PNG file is not believed; a PNG file replaces the text.
+        let fake = AgentMessage::ClipboardImage { png: b"GIF89a, not a PNG".to_vec() };
+        w.write_all(&encode_line(&fake)).await.expect("write");
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x08".to_vec();
+        png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        w.write_all(&encode_line(&AgentMessage::ClipboardImage { png: png.clone() }))
+            .await
+            .expect("write");
+        let state = clip.wait_for(|c| c.seq == 2).await.expect("clipboard image").clone();
+        assert_eq!((state.text, state.png), (None, Some(png)), "the fake image was taken");
 
         let user = SessionUser {
             username: "alice".into(),

@@ -367,6 +367,18 @@ async fn unknown_vms_and_bad_queries() {
         f.call("POST", "/api/v1/vms/vm-0000000000000000/clipboard", r#"{"txt":"x"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error(&resp).field.as_deref(), Some("txt"));
+    // An image that is not base64 or not a PNG file, both forms, or neither: refused by field.
+    for (body, field) in [
+        (r#"{"png":"%%"}"#, "png"),
+        (r#"{"png":"aGk="}"#, "png"),
+        (r#"{"text":"x","png":"aGk="}"#, "text"),
+        ("{}", "text"),
+    ] {
+        let (status, resp) =
+            f.call("POST", "/api/v1/vms/vm-0000000000000000/clipboard", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error(&resp).field.as_deref(), Some(field), "{body}");
+    }
     let (status, resp) = f
         .call("POST", "/api/v1/vms/vm-0000000000000000/session", r#"{"user":{"username":7}}"#)
         .await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use atrium_protocol::agent::SessionUser;
 use atrium_protocol::node::{
-    ClipboardState, ClipboardText, DisplaySize, RuntimeKind, ScreenSize, SessionRequest, VmInfo,
+    ClipboardPaste, ClipboardState, DisplaySize, RuntimeKind, ScreenSize, SessionRequest, VmInfo,
     VmSpec,
 };
 use axum::body::Bytes;
@@ -31,8 +31,13 @@ pub const SPEC_FIELDS: &[FieldCheck] = &[
 ];
 
 const SESSION_FIELDS: &[FieldCheck] = &[("user", check::<SessionUser>)];
-const CLIPBOARD_FIELDS: &[FieldCheck] = &[("text", check::<String>)];
+const CLIPBOARD_FIELDS: &[FieldCheck] = &[("text", check::<Option<String>>), ("png", check_base64)];
 const SCREEN_FIELDS: &[FieldCheck] = &[("size", check::<DisplaySize>)];
+/// Checks that a field is base64 text (or absent).
+fn check_base64(v: &serde_json::Value) -> Result<(), serde_json::Error> {
+    atrium_protocol::b64::option::deserialize(v).map(drop)
+}
+
 /// Longest a clipboard read may wait for a change.
 const MAX_WAIT_SECS: u64 = 30;
 
@@ -124,8 +129,8 @@ async fn paste(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let req: ClipboardText = json::parse(&body, CLIPBOARD_FIELDS)?;
-    s.node.paste(&id, req.text).await?;
+    let req: ClipboardPaste = json::parse(&body, CLIPBOARD_FIELDS)?;
+    s.node.paste(&id, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

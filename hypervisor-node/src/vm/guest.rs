@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use atrium_protocol::agent::{HostMessage, MAX_CLIPBOARD, SessionUser};
+use atrium_protocol::agent::{HostMessage, MAX_CLIPBOARD, MAX_CLIPBOARD_IMAGE, SessionUser};
+use atrium_protocol::filetype::png_size;
 use atrium_protocol::node::{
-    ClipboardState, DisplaySize, FieldError, RuntimeKind, VmInfo, VmState,
+    ClipboardPaste, ClipboardState, DisplaySize, FieldError, RuntimeKind, VmInfo, VmState,
 };
 
 use super::{Vm, VmError, VmManager, lock};
@@ -70,17 +71,41 @@ impl VmManager {
         Ok(vm.info())
     }
 
-    /// `POST /api/v1/vms/{id}/clipboard`: text for the guest's clipboard.
-    pub async fn paste(&self, id: &str, text: String) -> Result<(), VmError> {
-        if text.len() > MAX_CLIPBOARD {
-            return Err(FieldError::new(
-                "text",
-                format!("is {} bytes; the limit is {MAX_CLIPBOARD}", text.len()),
-            )
-            .into());
-        }
+    /// `POST /api/v1/vms/{id}/clipboard`: text or an image (a PNG file) for the guest's
+    /// clipboard.
+    pub async fn paste(&self, id: &str, paste: ClipboardPaste) -> Result<(), VmError> {
+        let msg = match paste {
+            ClipboardPaste { text: Some(text), png: None } => {
+                if text.len() > MAX_CLIPBOARD {
+                    return Err(FieldError::new(
+                        "text",
+                        format!("is {} bytes; the limit is {MAX_CLIPBOARD}", text.len()),
+                    )
+                    .into());
+                }
+                HostMessage::Clipboard { text }
+            }
+            ClipboardPaste { text: None, png: Some(png) } => {
+                if png.len() > MAX_CLIPBOARD_IMAGE {
+                    return Err(FieldError::new(
+                        "png",
+                        format!("is {} bytes; the limit is {MAX_CLIPBOARD_IMAGE}", png.len()),
+                    )
+                    .into());
+                }
+                png_size(&png).map_err(|e| FieldError::new("png", e))?;
+                HostMessage::ClipboardImage { png }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "text",
+                    "give the clipboard either text or png (a PNG image, base64)",
+                )
+                .into());
+            }
+        };
         let (_, agent) = self.ready_agent(id)?;
-        agent.send(HostMessage::Clipboard { text }).await?;
+        agent.send(msg).await?;
         Ok(())
     }
 

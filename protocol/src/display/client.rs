@@ -2,8 +2,8 @@
 
 use super::wire::{Reader, put_bytes32, put_text16};
 use super::{
-    DecodeError, MAX_CLIENT_MESSAGE, MAX_CLIPBOARD, MAX_CODE_LEN, MAX_FILE_CHUNK, MAX_FILE_NAME,
-    truncate_utf8,
+    DecodeError, MAX_CLIENT_MESSAGE, MAX_CLIPBOARD, MAX_CLIPBOARD_IMAGE, MAX_CODE_LEN,
+    MAX_FILE_CHUNK, MAX_FILE_NAME, truncate_utf8,
 };
 
 /// Messages from the browser to the display proxy.
@@ -51,6 +51,23 @@ pub enum ClientMessage {
     FileGet { id: u32, name: String },
     /// The viewer has taken the first `done` bytes of download `id`. `0x8f`
     FileTaken { id: u32, done: u64 },
+    /// Download file `name` as download `id`, as [`ClientMessage::FileGet`], but over HTTP
+    /// when the proxy can: it answers with [`ServerMessage::FileLink`], whose URL the browser
+    /// fetches as its own download (the bytes never pass through the page), then
+    /// [`ServerMessage::FileProgress`] as they go and [`ServerMessage::FileDone`] or
+    /// [`ServerMessage::FileRefused`]. A link not fetched in time falls back to
+    /// [`ServerMessage::FileStart`] and chunks, as for `FileGet`. `0x90`
+    FileFetch { id: u32, name: String },
+    /// Start upload `id` as [`ClientMessage::FileOpen`] does, but with its bytes as the body of
+    /// an HTTP `PUT` to the link the proxy answers with ([`ServerMessage::FileLink`]), which
+    /// the browser streams from the file itself. The proxy tells [`ServerMessage::FileProgress`]
+    /// and ends with [`ServerMessage::FileSaved`] or [`ServerMessage::FileRefused`]; a link not
+    /// used in time is withdrawn with [`ServerMessage::FileUnlinked`], and the viewer then
+    /// sends [`ClientMessage::FileData`] as for `FileOpen`. `0x91`
+    FilePut { id: u32, size: u64, name: String },
+    /// An image to paste into the guest: a PNG file of at most [`MAX_CLIPBOARD_IMAGE`] bytes.
+    /// `0x92`
+    ClipboardImage { png: Vec<u8> },
 }
 
 impl ClientMessage {
@@ -127,6 +144,21 @@ impl ClientMessage {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&done.to_le_bytes());
             }
+            Self::FileFetch { id, name } => {
+                out.push(0x90);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_text16(&mut out, name, MAX_FILE_NAME);
+            }
+            Self::FilePut { id, size, name } => {
+                out.push(0x91);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+                put_text16(&mut out, name, MAX_FILE_NAME);
+            }
+            Self::ClipboardImage { png } => {
+                out.push(0x92);
+                put_bytes32(&mut out, png);
+            }
         }
         out
     }
@@ -175,6 +207,9 @@ impl ClientMessage {
             0x8d => Self::FileList,
             0x8e => Self::FileGet { id: r.u32()?, name: r.text16(MAX_FILE_NAME)? },
             0x8f => Self::FileTaken { id: r.u32()?, done: r.u64()? },
+            0x90 => Self::FileFetch { id: r.u32()?, name: r.text16(MAX_FILE_NAME)? },
+            0x91 => Self::FilePut { id: r.u32()?, size: r.u64()?, name: r.text16(MAX_FILE_NAME)? },
+            0x92 => Self::ClipboardImage { png: r.bytes32(MAX_CLIPBOARD_IMAGE)?.to_vec() },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -15,10 +15,12 @@ pub use wire::DecodeError;
 
 /// Protocol version carried in [`ServerMessage::Hello`].
 pub const VERSION: u16 = 1;
-/// Largest message a client may send, in bytes.
-pub const MAX_CLIENT_MESSAGE: usize = 300 * 1024;
+/// Largest message a client may send, in bytes (a clipboard image and its header fit).
+pub const MAX_CLIENT_MESSAGE: usize = MAX_CLIPBOARD_IMAGE + 16 * 1024;
 /// Largest clipboard text, in bytes (UTF-8).
 pub const MAX_CLIPBOARD: usize = crate::agent::MAX_CLIPBOARD;
+/// Largest clipboard image (a PNG file), in bytes.
+pub const MAX_CLIPBOARD_IMAGE: usize = crate::agent::MAX_CLIPBOARD_IMAGE;
 /// Largest chunk of an upload in one [`ClientMessage::FileData`].
 pub const MAX_FILE_CHUNK: usize = crate::agent::MAX_FILE_CHUNK;
 /// Longest file name in a transfer, in bytes.

@@ -2,8 +2,8 @@
 
 use super::wire::{Reader, put_bytes32, put_rect, put_text16};
 use super::{
-    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_FILE_CHUNK, MAX_FILE_MESSAGE,
-    MAX_FILE_NAME, MAX_FILE_PATH, MAX_VIDEO_FRAME, Rect, truncate_utf8,
+    DecodeError, ImageFormat, MAX_AUDIO_PACKET, MAX_CLIPBOARD, MAX_CLIPBOARD_IMAGE, MAX_FILE_CHUNK,
+    MAX_FILE_MESSAGE, MAX_FILE_NAME, MAX_FILE_PATH, MAX_VIDEO_FRAME, Rect, truncate_utf8,
 };
 use crate::agent::{FileEntry, MAX_LISTED_FILES};
 
@@ -50,7 +50,8 @@ pub enum ServerMessage {
     /// Upload `id` was refused or failed, and nothing of it stays in the desktop: `message`
     /// says why, for the user. `0x34`
     FileRefused { id: u32, message: String },
-    /// Clipboard text of `size` bytes did not cross because policy allows at most `limit`:
+    /// Clipboard text or an image of `size` bytes did not cross because policy allows at most
+    /// `limit`:
     /// copied in the desktop (`out` true) or pasted from the browser (`out` false). `0x35`
     ClipboardRefused { out: bool, size: u32, limit: u32 },
     /// Answer to [`ClientMessage::FileList`]: the files of the desktop the viewer may
@@ -67,6 +68,20 @@ pub enum ServerMessage {
     /// the hash of its bytes. Until this comes the viewer keeps the file to itself; a
     /// [`ServerMessage::FileRefused`] instead means it must be thrown away. `0x39`
     FileDone { id: u32, sha256: [u8; 32] },
+    /// File `id` of `size` bytes moves over a link, used once, at `/files/{vm}/{token}` (the
+    /// token in lower-case hex) beside the viewer's `/ws/{vm}`: a download
+    /// ([`ClientMessage::FileFetch`]) is there for the browser's own download (`GET`); an
+    /// upload ([`ClientMessage::FilePut`]) takes the file as the body of a `PUT`. Not used
+    /// within a few seconds, the link is withdrawn: a download falls back to
+    /// [`ServerMessage::FileStart`] and chunks, an upload to [`ServerMessage::FileUnlinked`].
+    /// `0x3a`
+    FileLink { id: u32, size: u64, token: [u8; 16] },
+    /// Upload `id`'s link was not used in time and is withdrawn: its bytes are to come as
+    /// [`ClientMessage::FileData`]. `0x3b`
+    FileUnlinked { id: u32 },
+    /// The guest clipboard holds an image: a PNG file of at most [`MAX_CLIPBOARD_IMAGE`] bytes.
+    /// Refused for its size, it comes as [`ServerMessage::ClipboardRefused`] instead. `0x3c`
+    ClipboardImage { png: Vec<u8> },
     /// One Opus packet of the desktop's sound ([`AUDIO_FRAME`] samples at [`AUDIO_RATE`],
     /// stereo, at most [`MAX_AUDIO_PACKET`] bytes); `at` numbers its first sample (48 kHz,
     /// wrapping, counting the sound sent), so a packet the viewer missed shows. `0x40`
@@ -188,6 +203,20 @@ impl ServerMessage {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(sha256);
             }
+            Self::FileLink { id, size, token } => {
+                out.push(0x3a);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(token);
+            }
+            Self::FileUnlinked { id } => {
+                out.push(0x3b);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            Self::ClipboardImage { png } => {
+                out.push(0x3c);
+                put_bytes32(out, png);
+            }
             Self::Audio { at, packet } => {
                 out.push(0x40);
                 out.extend_from_slice(&at.to_le_bytes());
@@ -282,6 +311,12 @@ impl ServerMessage {
                 let id = r.u32()?;
                 Self::FileDone { id, sha256: r.take(32)?.try_into().expect("took 32 bytes") }
             }
+            0x3a => {
+                let (id, size) = (r.u32()?, r.u64()?);
+                Self::FileLink { id, size, token: r.take(16)?.try_into().expect("took 16 bytes") }
+            }
+            0x3b => Self::FileUnlinked { id: r.u32()? },
+            0x3c => Self::ClipboardImage { png: r.bytes32(MAX_CLIPBOARD_IMAGE)?.to_vec() },
             0x40 => {
                 let at = r.u32()?;
                 let len = usize::from(r.u16()?);

@@ -41,6 +41,9 @@ fn all_server() -> Vec<ServerMessage> {
         ServerMessage::FileStart { id: 7, size: 1 << 30 },
         ServerMessage::FileChunk { id: 7, data: vec![1, 2, 3] },
         ServerMessage::FileDone { id: 7, sha256: [3; 32] },
+        ServerMessage::FileLink { id: 7, size: 1 << 33, token: [0xab; 16] },
+        ServerMessage::FileUnlinked { id: 8 },
+        ServerMessage::ClipboardImage { png: b"\x89PNG\r\n\x1a\n".to_vec() },
         ServerMessage::Audio { at: 48_000, packet: vec![0xfc, 1, 2, 3] },
         ServerMessage::Video { rect, key: true, data: vec![0x9d, 1, 0x2a] },
         ServerMessage::Video { rect, key: false, data: vec![7; 40] },
@@ -52,6 +55,7 @@ fn all_client() -> Vec<ClientMessage> {
         ClientMessage::Key { seq: 1, down: true, keysym: 0x61, code: "KeyA".into() },
         ClientMessage::Pointer { seq: 2, x: 10, y: 20, buttons: 5, wheel_x: 0, wheel_y: -3 },
         ClientMessage::Clipboard { text: "hello ✓".into() },
+        ClientMessage::ClipboardImage { png: vec![0x89; 40] },
         ClientMessage::FrameAck { frame: 3 },
         ClientMessage::Ping { id: 4 },
         ClientMessage::Refresh,
@@ -66,6 +70,8 @@ fn all_client() -> Vec<ClientMessage> {
         ClientMessage::FileCancel { id: 1 },
         ClientMessage::FileList,
         ClientMessage::FileGet { id: 2, name: "bericht.pdf".into() },
+        ClientMessage::FileFetch { id: 3, name: "bericht.pdf".into() },
+        ClientMessage::FilePut { id: 4, size: 1 << 31, name: "Übersicht.xlsx".into() },
         ClientMessage::FileTaken { id: 2, done: 1 << 32 },
     ]
 }
@@ -119,6 +125,13 @@ fn malformed_client_messages_are_refused() {
     assert_eq!(ClientMessage::decode(&c), Err(DecodeError::BadValue("UTF-8 text")));
     let huge = vec![0x83; MAX_CLIENT_MESSAGE + 1];
     assert!(matches!(ClientMessage::decode(&huge), Err(DecodeError::TooLarge(_))));
+    // The largest image fits in a client message; one byte more is refused.
+    let max = ClientMessage::ClipboardImage { png: vec![0x89; MAX_CLIPBOARD_IMAGE] };
+    assert_eq!(ClientMessage::decode(&max.encode()), Ok(max));
+    let mut i = vec![0x92];
+    i.extend_from_slice(&u32::try_from(MAX_CLIPBOARD_IMAGE + 1).unwrap().to_le_bytes());
+    i.resize(i.len() + MAX_CLIPBOARD_IMAGE + 1, 0x89);
+    assert!(matches!(ClientMessage::decode(&i), Err(DecodeError::TooLarge(_))));
     assert_eq!(ClientMessage::decode(&[0x88, 2]), Err(DecodeError::BadValue("audio state")));
     assert_eq!(ClientMessage::decode(&[0x87, 0, 4]), Err(DecodeError::Truncated));
     assert_eq!(ClientMessage::decode(&[0x89, 3]), Err(DecodeError::BadValue("video state")));

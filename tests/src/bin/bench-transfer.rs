@@ -359,6 +359,8 @@ async fn through_the_browser(
         "upload_extra_mib": up_extra,
         "download_extra_mib": down_extra,
         "download_streamed": down["streamed"],
+        "download_linked": down["linked"],
+        "upload_linked": up["linked"],
     }))
 }
 

@@ -136,6 +136,11 @@ impl DisplayProxy {
         format!("ws://{}/ws/{vm}?ticket={ticket}", self.addr)
     }
 
+    /// A download's link ([`atrium_protocol::display::ServerMessage::FileLink`]) here.
+    pub fn link_url(&self, vm: &str, token: &str) -> String {
+        format!("http://{}/files/{vm}/{token}", self.addr)
+    }
+
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(format!("http://{}/metrics", self.addr)).await?.text().await?)
     }

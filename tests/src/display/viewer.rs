@@ -39,6 +39,8 @@ pub struct DisplayViewer {
     pub kept: Option<Vec<Vec<u8>>>,
     /// The desktop's clipboard text as last received.
     pub clipboard: Option<String>,
+    /// The desktop's clipboard image (a PNG file) as last received.
+    pub clipboard_image: Option<Vec<u8>>,
     /// What the proxy said of each upload: the bytes taken so far, and how it ended.
     pub uploads: HashMap<u32, Upload>,
     /// What came of each download.
@@ -79,6 +81,7 @@ impl DisplayViewer {
             key_delay: Duration::from_millis(30),
             kept: None,
             clipboard: None,
+            clipboard_image: None,
             uploads: HashMap::new(),
             downloads: HashMap::new(),
             files: None,
@@ -103,6 +106,7 @@ impl DisplayViewer {
             key_delay: Duration::ZERO,
             kept: None,
             clipboard: None,
+            clipboard_image: None,
             uploads: HashMap::new(),
             downloads: HashMap::new(),
             files: None,
@@ -139,6 +143,7 @@ impl DisplayViewer {
                 return Ok(Some(frame));
             }
             ServerMessage::Clipboard { text } => self.clipboard = Some(text),
+            ServerMessage::ClipboardImage { png } => self.clipboard_image = Some(png),
             ServerMessage::ClipboardRefused { out, size, limit } => {
                 self.clipboard_refused.push((out, size, limit));
             }
@@ -148,7 +153,9 @@ impl DisplayViewer {
             | ServerMessage::FileList { .. }
             | ServerMessage::FileStart { .. }
             | ServerMessage::FileChunk { .. }
-            | ServerMessage::FileDone { .. }) => {
+            | ServerMessage::FileDone { .. }
+            | ServerMessage::FileLink { .. }
+            | ServerMessage::FileUnlinked { .. }) => {
                 self.file_news = true;
                 self.heard_file(m)?;
             }

@@ -101,6 +101,8 @@ export class UploadPanel {
       this.panel.hidden = false;
     }
     row.dataset.state = u.state;
+    // How the bytes went: over the upload's own link, or the display connection.
+    row.dataset.via = u.linked ? 'link' : 'connection';
     row.progress.value = String(u.done);
     row.cancel.hidden = u.state !== 'sending';
     row.classList.toggle('error', u.state === 'refused' || u.state === 'failed');

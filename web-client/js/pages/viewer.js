@@ -14,6 +14,7 @@ import { currentLayout } from '../layout.js';
 import { LimitWarnings } from './limits.js';
 import { DownloadPanel } from './downloads.js';
 import { UploadPanel } from './uploads.js';
+import { ClipboardPanel } from './clipboard.js';
 
 // A lost connection is tried again at once (another gateway takes it), then less and less often.
 const FIRST_RETRY_MS = 250;
@@ -28,12 +29,6 @@ const SIZES = [[1024, 768], [1280, 720], [1280, 800], [1360, 768], [1440, 900], 
 const SIZE_KEY = 'atrium.desktopSize';
 // The window's size is sent once it has stopped changing for this long (a drag sends one).
 const RESIZE_SETTLE_MS = 150;
-
-// The desktop's clipboard is written to this computer's only when the user asked for it this
-// long before it arrived: a copy shortcut or a click in the desktop (a menu's Copy). A program
-// in the desktop that changes its clipboard on its own cannot write into the user's; the
-// Clipboard panel shows the text, and its Copy to my clipboard button takes it.
-const COPY_GESTURE_MS = 5000;
 
 const SOUND_KEY = 'atrium.sound';
 const VOLUME_KEY = 'atrium.volume';
@@ -88,23 +83,11 @@ export function showViewer(app, target) {
   const warnings = new LimitWarnings({ onStillHere: () => { if (session) session.stillHere(); canvas.focus(); } });
   const screen = el('div', { class: 'viewer-screen fit' }, canvas, overlay, warnings.element);
   const stats = el('span', { class: 'viewer-stats', 'aria-live': 'off', title: 'Latency, frame rate and bandwidth' }, '');
-  const fromDesktop = el('textarea', { id: 'clip-out', readonly: true, 'aria-label': 'Text copied in the desktop' });
-  const toDesktop = el('textarea', { id: 'clip-in', 'aria-label': 'Text to paste into the desktop' });
-  const clipStatus = el('span', { role: 'status' });
-  const sendClip = el('button', { type: 'button' }, 'Send to desktop');
-  const pasteLocal = el('button', { type: 'button', class: 'secondary' }, 'Paste from my clipboard');
-  const copyLocal = el('button', { type: 'button', class: 'secondary' }, 'Copy to my clipboard');
-  const clipPanel = el('section', { class: 'clipboard-panel', 'aria-label': 'Clipboard', hidden: true },
-    el('label', { for: 'clip-in' }, 'To the desktop', toDesktop),
-    el('div', { class: 'actions' }, sendClip, pasteLocal),
-    el('label', { for: 'clip-out' }, 'From the desktop', fromDesktop),
-    el('div', { class: 'actions' }, copyLocal, clipStatus));
+  const clipboard = new ClipboardPanel();
 
   const btn = (label, onclick, extra = {}) => el('button', { type: 'button', onclick, ...extra }, label);
   const fitBtn = btn('Fit to window', () => toggleFit(), { 'aria-pressed': 'true' });
   const cadBtn = btn('Ctrl+Alt+Del', () => session && session.sendCtrlAltDel());
-  const clipBtn = btn('Clipboard', () => toggleClip(), { 'aria-pressed': 'false', 'aria-controls': 'clip-panel' });
-  clipPanel.id = 'clip-panel';
   const fullBtn = btn('Full screen', () => toggleFullscreen());
   const sizeSelect = el('select', { id: 'desktop-size' });
   const sizeLabel = el('label', { class: 'viewer-size', for: 'desktop-size', hidden: true }, 'Size ', sizeSelect);
@@ -118,8 +101,8 @@ export function showViewer(app, target) {
   const uploads = new UploadPanel({ dropTarget: screen });
   const downloads = new DownloadPanel();
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipBtn, uploads.button, downloads.button, fullBtn, outBtn, recorded, stats);
-  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipPanel, uploads.panel, downloads.panel, screen);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipboard.button, uploads.button, downloads.button, fullBtn, outBtn, recorded, stats);
+  const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipboard.panel, uploads.panel, downloads.panel, screen);
   render(root);
 
   let session = null;
@@ -176,12 +159,6 @@ export function showViewer(app, target) {
     screen.classList.toggle('fit', fit);
     fitBtn.setAttribute('aria-pressed', String(fit));
     fitBtn.textContent = fit ? 'Fit to window' : 'Actual size';
-  }
-
-  function toggleClip() {
-    clipPanel.hidden = !clipPanel.hidden;
-    clipBtn.setAttribute('aria-pressed', String(!clipPanel.hidden));
-    if (!clipPanel.hidden) toDesktop.focus();
   }
 
   async function toggleFullscreen() {
@@ -249,12 +226,7 @@ export function showViewer(app, target) {
     store(VOLUME_KEY, String(v));
     if (player) player.setVolume(v);
   });
-  // When the user last asked the desktop to copy (performance.now()).
-  let copyAskedAt = -Infinity;
-  canvas.addEventListener('keydown', (e) => {
-    if ((e.ctrlKey || e.metaKey) && (e.code === 'KeyC' || e.code === 'Insert')) copyAskedAt = performance.now();
-  }, true);
-  canvas.addEventListener('pointerup', () => { copyAskedAt = performance.now(); }, true);
+  clipboard.watchGestures(canvas);
   // Browsers keep a page silent until a gesture: the first key or click in the desktop does.
   const wake = () => { if (player) player.resume(); };
   canvas.addEventListener('pointerdown', wake);
@@ -278,30 +250,6 @@ export function showViewer(app, target) {
   });
   observer.observe(screen);
 
-  sendClip.addEventListener('click', () => {
-    if (!session || !session.sendClipboard(toDesktop.value)) {
-      clipStatus.textContent = 'Pasting into this desktop is not allowed.';
-    } else {
-      clipStatus.textContent = 'Sent to the desktop.';
-    }
-  });
-  pasteLocal.addEventListener('click', async () => {
-    try {
-      toDesktop.value = await navigator.clipboard.readText();
-      sendClip.click();
-    } catch (e) {
-      clipStatus.textContent = 'Your browser did not allow reading the clipboard: paste into the box instead.';
-    }
-  });
-  copyLocal.addEventListener('click', async () => {
-    try {
-      await navigator.clipboard.writeText(fromDesktop.value);
-      clipStatus.textContent = 'Copied to your clipboard.';
-    } catch (e) {
-      fromDesktop.select();
-      clipStatus.textContent = 'Select the text and copy it with your keyboard.';
-    }
-  });
 
   async function ticket() {
     if (shadowOf) {
@@ -363,6 +311,7 @@ export function showViewer(app, target) {
     session = new DisplaySession({ url, canvas });
     uploads.attach(session);
     downloads.attach(session);
+    clipboard.attach(session);
     maxSize = null;
     asked = '';
     sizeLabel.hidden = true;
@@ -372,9 +321,7 @@ export function showViewer(app, target) {
       backoff = FIRST_RETRY_MS;
       setOverlay('');
       cadBtn.disabled = h.viewOnly;
-      sendClip.disabled = !h.clipboardIn;
-      pasteLocal.disabled = !h.clipboardIn;
-      copyLocal.disabled = !h.clipboardOut;
+      clipboard.allow(h.clipboardIn, h.clipboardOut);
       uploads.allow(h.fileUpload);
       downloads.allow(h.fileDownload);
       stopSound();
@@ -404,22 +351,6 @@ export function showViewer(app, target) {
     });
     session.on('audio', ({ at, packet }) => {
       if (player && soundOn) player.push(at, packet);
-    });
-    session.on('clipboard', ({ text }) => {
-      fromDesktop.value = text;
-      if (navigator.clipboard && performance.now() - copyAskedAt <= COPY_GESTURE_MS) {
-        copyAskedAt = -Infinity;
-        navigator.clipboard.writeText(text).then(() => { clipStatus.textContent = 'Copied to your clipboard.'; }, () => {});
-      } else {
-        clipStatus.textContent = 'The desktop copied text: Copy to my clipboard takes it to this computer.';
-      }
-    });
-    session.on('clipboardRefused', ({ out, size, limit }) => {
-      const kib = (n) => `${Math.ceil(n / 1024)} KiB`;
-      const what = out ? 'The text copied in the desktop' : 'The text you pasted';
-      const msg = `${what} (${kib(size)}) is over this desktop's clipboard limit of ${kib(limit)}: it was not ${out ? 'sent to you' : 'pasted'}.`;
-      clipStatus.textContent = msg;
-      announce(msg, true);
     });
     session.on('stats', (s) => {
       const parts = [];

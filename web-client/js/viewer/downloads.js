@@ -1,24 +1,34 @@
-// Downloads: files of the desktop's ~/Transfer sent to the browser over the display connection
-// (docs/display-protocol.md, "Downloads"). The proxy sends at most FILE_WINDOW beyond what
+// Downloads: files of the desktop's ~/Transfer, to the browser (docs/display-protocol.md,
+// "Downloads").
+//
+// With `links` (a browser page), a download is asked for over a one-time link (fileFetch): the
+// proxy answers with fileLink, and the link opens in a hidden frame, so the browser's own
+// download takes the bytes from its connection to disk; none pass through this page. The
+// proxy tells how far it got (fileProgress) and that all of it went (fileDone). A cancel, a
+// refusal or a failure ends the link's response early, so the browser's download fails.
+//
+// Without links, or when the link was not fetched in time (the proxy then sends fileStart),
+// the bytes come over the display connection: the proxy sends at most FILE_WINDOW beyond what
 // this viewer said it took, and this viewer says it took a chunk once its saver had room for
 // it (viewer/savers.js: the browser's own download through the service worker, or a Blob), so
 // memory stays bounded end to end. The file is the user's only once the proxy said it is whole
 // and passed its checks (fileDone); a refused or cut-off download is thrown away.
 //
-//   const d = new Downloader((buf) => transport.send(buf), saver);   // saver: blobSaver by default
+//   const d = new Downloader((buf) => transport.send(buf), saver, links);   // saver: blobSaver by default
+//   // links: { url(token) -> the link's URL, open(url) -> { done() } }, or null
 //   d.on('list', ({ message, files }) => ...);   // files: [{ name, size, modified }]
 //   d.on('change', (dl) => ...);   // { id, name, size, done, state, message, sha256, blob }
 //   d.list();  const id = d.get({ name, size });  d.cancel(id);
-//   d.message(m);   // a decoded fileList / fileProgress / fileStart / fileChunk / fileDone / fileRefused
+//   d.message(m);   // a decoded fileList / fileProgress / fileLink / fileStart / fileChunk / fileDone / fileRefused
 //   d.closed();     // the connection went: unfinished downloads failed
 //
 // state: 'checking' (the proxy reads the file and its scanner checks it), 'receiving',
-// 'cancelling', then 'saved' (blob set when the saver made one), 'refused', 'cancelled' or
-// 'failed'.
+// 'cancelling', then 'saved' (blob set when the saver made one; `linked` when the browser
+// fetched the link), 'refused', 'cancelled' or 'failed'.
 // Ids: uploads count from 1, downloads from DOWNLOAD_IDS, so the answers the two share
 // (fileProgress, fileRefused, and the fileCancel this viewer sends) never mix.
 import { Emitter } from './events.js';
-import { fileCancelMessage, fileGetMessage, fileListMessage, fileTakenMessage } from './protocol.js';
+import { fileCancelMessage, fileFetchMessage, fileGetMessage, fileListMessage, fileTakenMessage } from './protocol.js';
 import { blobSaver } from './savers.js';
 
 export const DOWNLOAD_IDS = 0x80000000;
@@ -27,10 +37,11 @@ const LOST = 'the connection to the desktop was lost before the file arrived';
 const going = (dl) => dl.state === 'checking' || dl.state === 'receiving' || dl.state === 'cancelling';
 
 export class Downloader extends Emitter {
-  constructor(send, saver = blobSaver) {
+  constructor(send, saver = blobSaver, links = null) {
     super();
     this.send = send;
     this.saver = saver;
+    this.links = links;
     this.downloads = new Map();
     this._next = DOWNLOAD_IDS;
   }
@@ -45,9 +56,15 @@ export class Downloader extends Emitter {
     const id = this._next++;
     const dl = {
       id, name, size, done: 0, state: 'checking', message: '', sha256: '',
-      sink: null, tail: Promise.resolve(), blob: null, started: false,
+      sink: null, tail: Promise.resolve(), blob: null, started: false, link: null,
     };
     this.downloads.set(id, dl);
+    if (this.links) {
+      // The saver is needed only if the link is not fetched: its limit is checked then.
+      if (!this.send(fileFetchMessage(id, name))) this._end(dl, 'failed', LOST);
+      else this._changed(dl);
+      return id;
+    }
     if (size > this.saver.limit) {
       this._end(dl, 'refused', `${name} is too large for this browser to download `
         + `(at most ${Math.floor(this.saver.limit / 2 ** 20)} MiB here; open Atrium over https for larger files).`);
@@ -78,14 +95,37 @@ export class Downloader extends Emitter {
     if (!dl || !going(dl)) return;
     switch (m.type) {
       case 'fileProgress':
+        if (dl.link) {
+          // The browser's download has this much of it.
+          dl.done = Math.min(m.done, dl.size);
+          this._changed(dl);
+          return;
+        }
         // The proxy has read (and scanned) this much of it from the desktop.
         if (dl.state === 'checking') {
           dl.checked = Math.min(m.done, dl.size);
           this._changed(dl);
         }
         return;
+      case 'fileLink': {
+        if (dl.started || dl.link || !this.links) return this._fail(dl, 'the proxy started this download twice');
+        dl.size = m.size;
+        try {
+          dl.link = this.links.open(this.links.url(m.token));
+        } catch (e) {
+          return this._fail(dl, `the browser could not start the download (${e && e.message ? e.message : e})`);
+        }
+        if (dl.state === 'checking') dl.state = 'receiving';
+        this._changed(dl);
+        return;
+      }
       case 'fileStart':
         if (dl.started) return this._fail(dl, 'the proxy started this download twice');
+        if (dl.link) {
+          // The link was not fetched in time (withdrawn): the bytes come this way instead.
+          dl.link.done();
+          dl.link = null;
+        }
         if (m.size > this.saver.limit) return this._fail(dl, 'the file grew too large for this browser to download');
         dl.started = true;
         dl.size = m.size;
@@ -113,6 +153,12 @@ export class Downloader extends Emitter {
         return;
       }
       case 'fileDone':
+        if (dl.link) {
+          dl.done = dl.size;
+          dl.sha256 = m.sha256;
+          this._end(dl, 'saved', '');
+          return;
+        }
         if (!dl.started || dl.done !== dl.size) return this._fail(dl, 'the file arrived incomplete');
         this._then(dl, () => dl.sink.close(), (blob) => {
           dl.blob = blob;
@@ -160,6 +206,8 @@ export class Downloader extends Emitter {
     dl.message = message;
     if (state !== 'saved' && dl.sink) dl.sink.abort(new Error(message || state));
     dl.sink = null;
+    // The frame stays a while: removing it at once can stop the browser's download.
+    if (dl.link) dl.link.done();
     this._changed(dl);
     // The file is the page's now (or gone): this viewer keeps nothing of it.
     dl.blob = null;
@@ -168,6 +216,37 @@ export class Downloader extends Emitter {
   _changed(dl) {
     const { id, name, size, done, state, message, sha256 } = dl;
     const checked = dl.checked || 0;
-    this.emit('change', { id, name, size, done, checked, state, message, sha256, blob: state === 'saved' ? dl.blob : null });
+    const linked = dl.link !== null;
+    this.emit('change', { id, name, size, done, checked, state, message, sha256, linked, blob: state === 'saved' ? dl.blob : null });
   }
+}
+
+// Opens a download's link in a hidden frame of this page: the browser's own download takes it
+// from there. The frame may do nothing but download (no script, whatever the link answers).
+// It is removed a minute after the download ended.
+export function frameLink(url) {
+  const frame = document.createElement('iframe');
+  frame.hidden = true;
+  frame.sandbox = 'allow-downloads';
+  frame.src = url;
+  document.body.append(frame);
+  return { done: () => setTimeout(() => frame.remove(), 60_000) };
+}
+
+// The URL of a download's link beside the display connection `wsUrl` (`ws[s]://host/…/ws/{vm}?…`
+// -> `http[s]://host/…/files/{vm}/{token}`); null when `wsUrl` is not of that form.
+export function linkUrl(wsUrl, token) {
+  let u;
+  try {
+    u = new URL(wsUrl);
+  } catch {
+    return null;
+  }
+  const m = /^(.*)\/ws\/([^/]+)$/.exec(u.pathname);
+  if (!m || !(u.protocol === 'ws:' || u.protocol === 'wss:')) return null;
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = `${m[1]}/files/${m[2]}/${token}`;
+  u.search = '';
+  u.hash = '';
+  return u.href;
 }

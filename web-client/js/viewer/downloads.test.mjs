@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 
-import { DOWNLOAD_IDS, Downloader } from './downloads.js';
+import { DOWNLOAD_IDS, Downloader, linkUrl } from './downloads.js';
 import { MAX_FILE_CHUNK, decodeServer, fileCancelMessage, fileGetMessage } from './protocol.js';
 
 // What a downloader sent: type, id, and the `done` of a fileTaken.
@@ -201,4 +201,86 @@ test('a download the saver cannot hold is refused before it is asked for, and a 
   await settle();
   assert.equal(sent.filter((s) => s.type === 0x8f).length, 0, 'nothing is acknowledged after the end');
   assert.ok(!saver.log.some((l) => l[0] === 'close'), 'a failed download is never named');
+});
+
+const link = (id, size, b) => server([0x3a, ...u32(id), ...u64(size), ...new Array(16).fill(b)]);
+
+// Links that record what was opened and when each was let go.
+function links() {
+  const opened = [];
+  return {
+    opened,
+    url: (token) => `https://desk.example/files/vm-1/${token}`,
+    open(url) {
+      const l = { url, done: false };
+      opened.push(l);
+      return { done: () => { l.done = true; } };
+    },
+  };
+}
+
+test('with links a download is fetched by the browser, its progress and end told by the proxy', () => {
+  const { sent, send } = recorder();
+  const l = links();
+  const d = new Downloader(send, undefined, l);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  const id = d.get({ name: 'gross.iso', size: 3 * 2 ** 30 });
+  assert.deepEqual(sent[0], { type: 0x90, id }, 'asked for as a link, whatever the saver\'s limit');
+  d.message(link(id, 3 * 2 ** 30, 0xab));
+  assert.deepEqual(l.opened.map((o) => o.url), [`https://desk.example/files/vm-1/${'ab'.repeat(16)}`]);
+  assert.equal(changes.at(-1).state, 'receiving');
+  assert.equal(changes.at(-1).linked, true);
+  d.message({ type: 'fileProgress', id, done: 2 ** 30 });
+  assert.equal(changes.at(-1).done, 2 ** 30);
+  assert.equal(l.opened[0].done, false, 'the frame stays while the browser downloads');
+  d.message(done(id, 0xcd));
+  const last = changes.at(-1);
+  assert.equal(last.state, 'saved');
+  assert.equal(last.sha256, 'cd'.repeat(32));
+  assert.equal(last.blob, null, 'the browser has the file; the page never had it');
+  assert.equal(l.opened[0].done, true);
+  assert.ok(!sent.some((m) => m.type === 0x8f), 'nothing to acknowledge');
+});
+
+test('a link refused or cancelled ends, and one not fetched falls back to chunks', async () => {
+  const { sent, send } = recorder();
+  const l = links();
+  const d = new Downloader(send, undefined, l);
+  const changes = [];
+  d.on('change', (c) => changes.push(c));
+  const a = d.get({ name: 'a.bin', size: 10 });
+  d.message(link(a, 10, 1));
+  d.cancel(a);
+  assert.deepEqual(sent.at(-1), { type: 0x8c, id: a });
+  d.message(refused(a, 'a.bin: the download was cancelled'));
+  assert.equal(changes.at(-1).state, 'cancelled');
+  assert.equal(l.opened[0].done, true);
+
+  const b = d.get({ name: 'b.txt', size: 2 });
+  d.message(link(b, 2, 2));
+  d.message(start(b, 2));
+  assert.equal(l.opened[1].done, true, 'the withdrawn link\'s frame goes');
+  d.message(chunk(b, [104, 105]));
+  await settle();
+  d.message(done(b, 0xee));
+  await settle();
+  const last = changes.at(-1);
+  assert.equal(last.state, 'saved');
+  assert.equal(last.linked, false);
+  assert.equal(await last.blob.text(), 'hi', 'the saver has it, as without links');
+
+  const c = d.get({ name: 'c.txt', size: 2 });
+  d.message(link(c, 2, 3));
+  d.message(link(c, 2, 3));
+  assert.equal(changes.at(-1).state, 'failed', 'a second link for one download is refused');
+});
+
+test('a link sits beside the display connection', () => {
+  const t = '0f'.repeat(16);
+  assert.equal(linkUrl('wss://atrium.example/ws/vm-7?ticket=abc', t), `https://atrium.example/files/vm-7/${t}`);
+  assert.equal(linkUrl('ws://127.0.0.1:8080/edge/ws/vm-7?ticket=a#x', t), `http://127.0.0.1:8080/edge/files/vm-7/${t}`);
+  assert.equal(linkUrl('https://atrium.example/ws/vm-7', t), null);
+  assert.equal(linkUrl('wss://atrium.example/viewer', t), null);
+  assert.equal(linkUrl('not a url', t), null);
 });

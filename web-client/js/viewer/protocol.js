@@ -3,6 +3,8 @@
 
 export const VERSION = 1;
 export const MAX_CLIPBOARD = 256 * 1024;
+// Largest clipboard image (a PNG file), in bytes.
+export const MAX_CLIPBOARD_IMAGE = 1024 * 1024;
 // Sound: Opus, 48 kHz stereo, 20 ms a packet.
 export const AUDIO_RATE = 48000;
 export const AUDIO_FRAME = 960;
@@ -133,6 +135,22 @@ export function decodeServer(buf) {
       m = { type: 'fileDone', id, sha256: Array.from(r.take(32), (b) => b.toString(16).padStart(2, '0')).join('') };
       break;
     }
+    case 0x3a: {
+      const id = r.u32();
+      const size = r.u64();
+      m = { type: 'fileLink', id, size, token: Array.from(r.take(16), (b) => b.toString(16).padStart(2, '0')).join('') };
+      break;
+    }
+    case 0x3b: {
+      m = { type: 'fileUnlinked', id: r.u32() };
+      break;
+    }
+    case 0x3c: {
+      const png = r.bytes32();
+      if (png.length > MAX_CLIPBOARD_IMAGE) throw new ProtocolError('clipboard image over the limit');
+      m = { type: 'clipboardImage', png };
+      break;
+    }
     case 0x40: {
       const at = r.u32();
       const len = r.u16();
@@ -189,6 +207,17 @@ export function clipboardMessage(text) {
   w.view.setUint8(0, 0x83);
   w.view.setUint32(1, b.length, true);
   w.bytes.set(b, 5);
+  return w.buf;
+}
+
+// An image for the desktop's clipboard: a PNG file's bytes (a Uint8Array), at most
+// MAX_CLIPBOARD_IMAGE; null when it is larger.
+export function clipboardImageMessage(png) {
+  if (png.length > MAX_CLIPBOARD_IMAGE) return null;
+  const w = writer(5 + png.length);
+  w.view.setUint8(0, 0x92);
+  w.view.setUint32(1, png.length, true);
+  w.bytes.set(png, 5);
   return w.buf;
 }
 
@@ -281,6 +310,22 @@ export function fileGetMessage(id, name) {
   w.view.setUint16(5, n.length, true);
   w.bytes.set(n, 7);
   return w.buf;
+}
+
+// Starts upload `id` as fileOpenMessage does, its bytes to be sent as the body of a PUT to the
+// link the proxy answers with (fileLink), or as FileData after a fileUnlinked.
+export function filePutMessage(id, size, name) {
+  const buf = fileOpenMessage(id, size, name);
+  new DataView(buf).setUint8(0, 0x91);
+  return buf;
+}
+
+// Downloads file `name` as download `id` over a link the browser fetches itself (fileLink), or
+// as fileGet does when the link is not fetched in time.
+export function fileFetchMessage(id, name) {
+  const buf = fileGetMessage(id, name);
+  new DataView(buf).setUint8(0, 0x90);
+  return buf;
 }
 
 // This viewer has taken the first `done` bytes of download `id`.

@@ -6,12 +6,13 @@
 //   s.on('resize', ({ width, height }) => ...);
 //   s.on('resizable', ({ maxWidth, maxHeight }) => ...);   // this viewer may call requestSize
 //   s.on('clipboard', ({ text }) => ...);
+//   s.on('clipboardImage', ({ png }) => ...);            // a PNG file's bytes
 //   s.on('clipboardRefused', ({ out, size, limit }) => ...);   // over the policy's limit
 //   s.on('audio', ({ at, packet }) => ...);   // Opus packets, once setAudio(true)
 //   s.on('stats', ({ fps, bytesPerSecond, latencyMs, inputLatencyMs, videoFps, videoFrames }) => ...);
 //   s.on('frame', ({ frame, inputSeq }) => ...);
 //   s.on('upload', ({ id, name, size, done, state, message, path, sha256 }) => ...);
-//   s.connect();  s.sendClipboard(text);  s.sendCtrlAltDel();  s.requestSize(w, h);
+//   s.connect();  s.sendClipboard(text);  s.sendClipboardImage(png);  s.sendCtrlAltDel();  s.requestSize(w, h);
 //   s.setAudio(on);  s.stillHere();  s.disconnect();
 //   s.upload(file);  s.cancelUpload(id);   // when s.fileUpload (see viewer/uploads.js)
 //   s.on('download', ({ id, name, size, done, checked, state, message, sha256, blob }) => ...);
@@ -34,9 +35,9 @@ import * as P from './protocol.js';
 import { Renderer } from './renderer.js';
 import { Stats } from './stats.js';
 import { Transport } from './transport.js';
-import { Downloader } from './downloads.js';
+import { Downloader, frameLink, linkUrl } from './downloads.js';
 import { bestSaver } from './savers.js';
-import { Uploader } from './uploads.js';
+import { Uploader, putLink } from './uploads.js';
 
 const PING_INTERVAL_MS = 2000;
 // Frame acknowledgements wait at most this long for an input event to travel with.
@@ -79,9 +80,15 @@ export class DisplaySession extends Emitter {
     this._lastPing = 0;
     this._statsTimer = null;
     this.video = null;
-    this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false));
+    // Files move over links the browser uses itself (a download's frame, an upload's PUT),
+    // where this page can reach them.
+    const linked = typeof document !== 'undefined' && linkUrl(url, '0'.repeat(32)) !== null;
+    const linkTo = (token) => linkUrl(this.url, token);
+    this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false),
+      linked ? { url: linkTo, put: putLink } : null);
     this.uploader.on('change', (u) => this.emit('upload', u));
-    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false), saver);
+    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false), saver,
+      linked ? { url: linkTo, open: frameLink } : null);
     this.downloader.on('change', (d) => this.emit('download', d));
     this.downloader.on('list', (l) => this.emit('fileList', l));
   }
@@ -110,6 +117,14 @@ export class DisplaySession extends Emitter {
   sendClipboard(text) {
     if (!this.connected || !this.clipboardIn) return false;
     return this.transport.send(P.clipboardMessage(String(text)));
+  }
+
+  // Sends an image (a PNG file's bytes) to the guest's clipboard; false when the ticket does
+  // not allow it or it is over P.MAX_CLIPBOARD_IMAGE.
+  sendClipboardImage(png) {
+    if (!this.connected || !this.clipboardIn) return false;
+    const m = P.clipboardImageMessage(png);
+    return m !== null && this.transport.send(m);
   }
 
   sendCtrlAltDel() {
@@ -243,6 +258,7 @@ export class DisplaySession extends Emitter {
       case 'frameEnd': return this._frameEnd(m, buf.byteLength);
       case 'cursor': return this._cursor(m);
       case 'clipboard': return this.emit('clipboard', { text: m.text });
+      case 'clipboardImage': return this.emit('clipboardImage', { png: m.png });
       case 'clipboardRefused': return this.emit('clipboardRefused', { out: m.out, size: m.size, limit: m.limit });
       case 'audio': return this.emit('audio', { at: m.at, packet: m.packet });
       case 'fileSaved':
@@ -250,8 +266,11 @@ export class DisplaySession extends Emitter {
       // Uploads and downloads have ids of their own: each takes only its own.
       case 'fileProgress':
       case 'fileRefused':
+      case 'fileLink':
         this.uploader.message(m);
         return this.downloader.message(m);
+      case 'fileUnlinked':
+        return this.uploader.message(m);
       case 'fileList':
       case 'fileStart':
       case 'fileChunk':

@@ -106,3 +106,75 @@ test('a clipboard refusal decodes', () => {
   assert.deepEqual(decodeServer(b.buffer), { type: 'clipboardRefused', out: true, size: 5000, limit: 1024 });
   assert.throws(() => decodeServer(new Uint8Array([0x35, 2, 0, 0, 0, 0, 0, 0, 0, 0]).buffer), /direction/);
 });
+
+// Links that record each PUT and its abort signal.
+function putLinks() {
+  const puts = [];
+  return {
+    puts,
+    url: (token) => `https://desk.example/files/vm-1/${token}`,
+    put(url, file, signal) {
+      const p = { url, file, signal };
+      puts.push(p);
+      return new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('aborted'))));
+    },
+  };
+}
+
+const link = (id, size, b) => {
+  const u64 = [size % 256, ...new Array(7).fill(0)];
+  let n = size;
+  for (let i = 0; i < 8; i++) { u64[i] = n % 256; n = Math.floor(n / 256); }
+  return decodeServer(new Uint8Array([0x3a, id & 255, (id >>> 8) & 255, 0, 0, ...u64, ...new Array(16).fill(b)]).buffer);
+};
+
+test('with links an upload is a PUT of the file, its progress and end told by the proxy', async () => {
+  const { sent, send } = recorder();
+  const l = putLinks();
+  const u = new Uploader(send, l);
+  const changes = [];
+  u.on('change', (c) => changes.push(c));
+  const file = namedBlob(3 * MAX_FILE_CHUNK, 'gross.iso');
+  const id = u.add(file);
+  await settle();
+  assert.deepEqual(sent.map((s) => s.type), [0x91], 'asked for a link, no chunk sent');
+  u.message(link(id, file.size, 0xab));
+  assert.equal(l.puts.length, 1);
+  assert.equal(l.puts[0].url, `https://desk.example/files/vm-1/${'ab'.repeat(16)}`);
+  assert.equal(l.puts[0].file, file, 'the File itself is the body: the browser reads it');
+  u.message({ type: 'fileProgress', id, done: MAX_FILE_CHUNK });
+  await settle();
+  assert.equal(changes.at(-1).done, MAX_FILE_CHUNK);
+  assert.deepEqual(sent.map((s) => s.type), [0x91], 'progress sends nothing over the connection');
+  u.message({ type: 'fileSaved', id, path: '/home/alice/Transfer/gross.iso', sha256: 'cd'.repeat(32) });
+  assert.equal(changes.at(-1).state, 'saved');
+  assert.equal(l.puts[0].signal.aborted, false, 'a finished PUT is left alone');
+});
+
+test('a linked upload cancelled stops its PUT; one unlinked goes over the connection', async () => {
+  const { sent, send } = recorder();
+  const l = putLinks();
+  const u = new Uploader(send, l);
+  const changes = [];
+  u.on('change', (c) => changes.push(c));
+  const a = u.add(namedBlob(10, 'a.bin'));
+  u.message(link(a, 10, 1));
+  u.cancel(a);
+  assert.equal(sent.at(-1).type, 0x8c);
+  assert.equal(l.puts[0].signal.aborted, false, 'the proxy ends it first (the audit says cancelled)');
+  u.message({ type: 'fileRefused', id: a, message: 'a.bin: the upload was cancelled' });
+  assert.equal(changes.at(-1).state, 'cancelled');
+  assert.equal(l.puts[0].signal.aborted, true);
+
+  const b = u.add(namedBlob(2 * MAX_FILE_CHUNK + 5, 'b.bin'));
+  u.message(link(b, 2 * MAX_FILE_CHUNK + 5, 2));
+  u.message(decodeServer(new Uint8Array([0x3b, b, 0, 0, 0]).buffer));
+  await settle();
+  assert.equal(l.puts[1].signal.aborted, true, 'the unused link\'s PUT stops');
+  const chunks = sent.filter((s) => s && s.type === 0x8b && s.id === b);
+  assert.equal(chunks.reduce((n, s) => n + s.len, 0), 2 * MAX_FILE_CHUNK + 5, 'all of it over the connection');
+
+  const c = u.add(namedBlob(4, 'c.bin'));
+  u.message(link(c, 5, 3));
+  assert.equal(changes.at(-1).state, 'failed', 'a link for another size is refused');
+});

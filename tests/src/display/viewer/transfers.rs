@@ -15,6 +15,10 @@ pub struct Upload {
     pub done: u64,
     /// `Ok((path, sha256))` once saved; `Err(message)` once refused.
     pub end: Option<Result<(String, [u8; 32]), String>>,
+    /// The link's token, when the proxy offered one ([`ClientMessage::FilePut`]).
+    pub link: Option<String>,
+    /// The proxy withdrew the link unused: the bytes are to come over the connection.
+    pub unlinked: bool,
 }
 
 /// One download as the viewer heard of it.
@@ -31,6 +35,8 @@ pub struct Download {
     pub most_ahead: u64,
     /// `Ok(sha256)` once done; `Err(message)` once refused.
     pub end: Option<Result<[u8; 32], String>>,
+    /// The link's size and token, when the proxy offered one ([`ClientMessage::FileFetch`]).
+    pub link: Option<(u64, String)>,
 }
 
 impl DisplayViewer {
@@ -65,6 +71,20 @@ impl DisplayViewer {
                 let Some(d) = self.downloads.get_mut(&id) else { bail!("FileDone of {id}?") };
                 d.end = Some(Ok(sha256));
             }
+            ServerMessage::FileLink { id, size, token } => {
+                let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+                if let Some(d) = self.downloads.get_mut(&id) {
+                    ensure!(d.link.is_none() && d.size.is_none(), "download {id} started twice");
+                    d.link = Some((size, hex));
+                } else {
+                    let u = self.uploads.entry(id).or_default();
+                    ensure!(u.link.is_none(), "upload {id} got two links");
+                    u.link = Some(hex);
+                }
+            }
+            ServerMessage::FileUnlinked { id } => {
+                self.uploads.entry(id).or_default().unlinked = true
+            }
             other => bail!("not a file message: {other:?}"),
         }
         Ok(())
@@ -98,9 +118,43 @@ impl DisplayViewer {
         cancel_after: Option<u64>,
         within: Duration,
     ) -> anyhow::Result<Result<[u8; 32], String>> {
-        let deadline = Instant::now() + within;
         self.downloads.insert(id, Download::default());
         self.send(ClientMessage::FileGet { id, name: name.into() }).await?;
+        self.take_download(id, name, cancel_after, within).await
+    }
+
+    /// Asks for file `name` as download `id` over a link ([`ClientMessage::FileFetch`]) and
+    /// waits for the proxy's answer: `Ok((size, token))` of the link, or `Err(message)`.
+    pub async fn offer_link(
+        &mut self,
+        id: u32,
+        name: &str,
+        within: Duration,
+    ) -> anyhow::Result<Result<(u64, String), String>> {
+        self.downloads.insert(id, Download::default());
+        self.send(ClientMessage::FileFetch { id, name: name.into() }).await?;
+        self.wait_until(&format!("a link for download {id}"), within, |v| {
+            v.downloads[&id].link.is_some() || v.downloads[&id].end.is_some()
+        })
+        .await?;
+        let d = &self.downloads[&id];
+        match (&d.link, &d.end) {
+            (Some(link), _) => Ok(Ok(link.clone())),
+            (None, Some(Err(m))) => Ok(Err(m.clone())),
+            (None, end) => bail!("download {id} ended without a link: {end:?}"),
+        }
+    }
+
+    /// Takes download `id` as it comes over this connection (acknowledging each chunk), until
+    /// it ends; with `cancel_after`, cancels once that many bytes came.
+    pub async fn take_download(
+        &mut self,
+        id: u32,
+        name: &str,
+        cancel_after: Option<u64>,
+        within: Duration,
+    ) -> anyhow::Result<Result<[u8; 32], String>> {
+        let deadline = Instant::now() + within;
         let mut cancelled = false;
         loop {
             let d = &self.downloads[&id];
@@ -132,9 +186,55 @@ impl DisplayViewer {
         cancel_after: Option<u64>,
         within: Duration,
     ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
-        let deadline = Instant::now() + within;
         let size = data.len() as u64;
         self.send(ClientMessage::FileOpen { id, size, name: name.into() }).await?;
+        self.send_upload(id, name, data, cancel_after, within).await
+    }
+
+    /// Asks for upload `id` of `size` bytes over a link ([`ClientMessage::FilePut`]) and waits
+    /// for the proxy's answer: `Ok(token)` of the link, or `Err(message)` when refused.
+    pub async fn put_link(
+        &mut self,
+        id: u32,
+        name: &str,
+        size: u64,
+        within: Duration,
+    ) -> anyhow::Result<Result<String, String>> {
+        self.uploads.insert(id, Upload::default());
+        self.send(ClientMessage::FilePut { id, size, name: name.into() }).await?;
+        self.wait_until(&format!("a link for upload {id}"), within, |v| {
+            v.uploads[&id].link.is_some() || v.uploads[&id].end.is_some()
+        })
+        .await?;
+        let u = &self.uploads[&id];
+        match (&u.link, &u.end) {
+            (Some(token), _) => Ok(Ok(token.clone())),
+            (None, Some(Err(m))) => Ok(Err(m.clone())),
+            (None, end) => bail!("upload {id} ended without a link: {end:?}"),
+        }
+    }
+
+    /// Waits for upload `id` to end.
+    pub async fn upload_end(
+        &mut self,
+        id: u32,
+        within: Duration,
+    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
+        self.wait_upload_end(id, Instant::now() + within).await
+    }
+
+    /// Sends the bytes of upload `id` (opened already) as the web client does, and waits for
+    /// its end.
+    pub async fn send_upload(
+        &mut self,
+        id: u32,
+        name: &str,
+        data: &[u8],
+        cancel_after: Option<u64>,
+        within: Duration,
+    ) -> anyhow::Result<Result<(String, [u8; 32]), String>> {
+        let deadline = Instant::now() + within;
+        let size = data.len() as u64;
         let mut sent = 0u64;
         loop {
             let heard = self.uploads.get(&id).cloned().unwrap_or_default();

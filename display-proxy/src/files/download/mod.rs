@@ -1,6 +1,6 @@
 //! Downloads: the list of the files a desktop offers, and each download in a task of its own
 //! that reads the file from the node and sends it to the viewer within the viewer's window
-//! (see the module above).
+//! (see the module above); [`link`]: one the browser fetches itself, over its link.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+mod link;
+
 use super::scan::Verdict;
 use super::totals::Reserved;
 use super::{Failed, FileTarget, Outcome, kind_refused, over_file_limit, over_session};
@@ -27,7 +29,7 @@ use super::{Failed, FileTarget, Outcome, kind_refused, over_file_limit, over_ses
 pub const MAX_DOWNLOADS_PER_VIEWER: usize = 4;
 /// How long a download waits for the viewer to take what it was sent.
 const TAKE_WITHIN: Duration = Duration::from_secs(120);
-/// While a file is scanned, its progress is told every so many bytes.
+/// While a file is scanned, or fetched over its link, its progress is told every so many bytes.
 const PROGRESS_EVERY: u64 = 1 << 20;
 
 /// What the viewer said of one download: how much it took, and whether it cancelled.
@@ -106,8 +108,9 @@ impl Downloads {
         });
     }
 
-    /// The viewer starts download `id` of file `name`.
-    pub async fn get(&mut self, id: u32, name: String) {
+    /// The viewer starts download `id` of file `name`; `fetch`: over a link the browser
+    /// fetches itself (see [`super::links`]), when it is fetched in time.
+    pub async fn get(&mut self, id: u32, name: String, fetch: bool) {
         self.open.retain(|_, t| !t.is_closed());
         // As for uploads: a viewer that only watches is refused, and not audited.
         if !self.allowed() {
@@ -151,6 +154,7 @@ impl Downloads {
         let job = Job {
             id,
             name,
+            fetch,
             scan: self.rights.scan_downloads,
             max: self.rights.download_max_bytes,
             session_max: self.rights.download_session_max_bytes,
@@ -194,6 +198,8 @@ type Source = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 struct Job {
     id: u32,
     name: String,
+    /// Offer a link for the browser to fetch first.
+    fetch: bool,
     scan: bool,
     /// Largest file allowed; 0: any.
     max: u64,
@@ -228,6 +234,18 @@ impl Job {
 
     fn cancelled(&self) -> Failed {
         Failed::new("cancelled", format!("{}: the download was cancelled", self.name))
+    }
+
+    /// The browser took nothing for [`TAKE_WITHIN`].
+    fn idle(&self) -> Failed {
+        Failed::new(
+            "failed",
+            format!(
+                "{} was not downloaded: the browser took nothing for {} s",
+                self.name,
+                TAKE_WITHIN.as_secs()
+            ),
+        )
     }
 
     /// Reads the file from the node and sends it; a file that must be scanned is first read
@@ -276,7 +294,7 @@ impl Job {
             body = Box::pin(futures_util::stream::iter(first).chain(body));
         }
         if !self.scan {
-            let digest = self.send(declared, body, None).await?;
+            let digest = self.deliver(declared, body, None).await?;
             *hash = Some(digest);
             return Ok(digest);
         }
@@ -293,7 +311,7 @@ impl Job {
                 Err(e) => Some((Err(format!("the spool cannot be read: {e}")), f)),
             }
         }));
-        self.send(declared, spooled, Some(digest)).await
+        self.deliver(declared, spooled, Some(digest)).await
     }
 
     /// The next bytes of `source`, unless the viewer cancels (or went away) first.
@@ -426,16 +444,7 @@ impl Job {
             match tokio::time::timeout(TAKE_WITHIN, self.taken.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(self.cancelled()),
-                Err(_) => {
-                    return Err(Failed::new(
-                        "failed",
-                        format!(
-                            "{} was not downloaded: the browser took nothing for {} s",
-                            self.name,
-                            TAKE_WITHIN.as_secs()
-                        ),
-                    ));
-                }
+                Err(_) => return Err(self.idle()),
             }
         }
     }
@@ -496,7 +505,7 @@ mod tests {
         let (say, mut said) = mpsc::channel(8);
         let (outcomes, mut audited) = mpsc::unbounded_channel();
         let mut d = Downloads::new(None, rights(), say.clone(), outcomes.clone());
-        d.get(1, "bericht.pdf".into()).await;
+        d.get(1, "bericht.pdf".into(), false).await;
         let Some(ServerMessage::FileRefused { id: 1, message }) = said.recv().await else {
             panic!("no refusal")
         };
@@ -514,7 +523,7 @@ mod tests {
 
         let watcher = Capabilities { view_only: true, ..rights() };
         let mut d = Downloads::new(None, watcher, say, outcomes);
-        d.get(2, "../etc/passwd".into()).await;
+        d.get(2, "../etc/passwd".into(), true).await;
         assert!(matches!(said.recv().await, Some(ServerMessage::FileRefused { id: 2, .. })));
         assert!(audited.try_recv().is_err(), "a watcher's refusals are not audited");
         d.cancel(2); // nothing to cancel: no effect
