@@ -192,14 +192,7 @@ impl VmManager {
         *lock(&vm.agent) = Some(Arc::clone(&agent));
         lock(&self.vms).insert(vm.id.clone(), Arc::clone(&vm));
         let already_ready = r.state == VmState::Ready;
-        let monitor = tokio::spawn(Arc::clone(self).monitor(
-            Arc::clone(&vm),
-            handle,
-            Arc::clone(&agent),
-            already_ready,
-        ));
-        let pinger = tokio::spawn(Arc::clone(self).pinger(agent, vm.id.clone()));
-        lock(&vm.tasks).extend([monitor, pinger]);
+        self.watch(&vm, handle, agent, already_ready);
         vm.persist();
         Ok(())
     }

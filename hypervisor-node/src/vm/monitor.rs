@@ -1,0 +1,151 @@
+//! A running VM watched: ready (the guest agent says so) or failed (it did not within the
+//! ready timeout), its end recorded as a stop or a failure, and its agent pinged.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use atrium_protocol::agent::HostMessage;
+use atrium_protocol::node::VmState;
+
+use super::stop::remove_cgroup;
+use super::{Vm, VmManager, lock, now_ms};
+use crate::agent_link::AgentLink;
+use crate::runtime::{ExitInfo, VmHandle};
+
+impl VmManager {
+    /// Starts watching `vm` (its monitor and its agent's pinger, ended with the VM): ready
+    /// unless `already_ready` (a VM taken back).
+    pub(super) fn watch(
+        self: &Arc<Self>,
+        vm: &Arc<Vm>,
+        handle: Arc<dyn VmHandle>,
+        agent: Arc<AgentLink>,
+        already_ready: bool,
+    ) {
+        let monitor = tokio::spawn(Arc::clone(self).monitor(
+            Arc::clone(vm),
+            handle,
+            Arc::clone(&agent),
+            already_ready,
+        ));
+        let pinger = tokio::spawn(Arc::clone(self).pinger(agent, vm.id.clone()));
+        lock(&vm.tasks).extend([monitor, pinger]);
+    }
+
+    /// Watches one VM: ready (unless `already_ready`: a VM taken back), the ready timeout, and
+    /// its end.
+    async fn monitor(
+        self: Arc<Self>,
+        vm: Arc<Vm>,
+        handle: Arc<dyn VmHandle>,
+        agent: Arc<AgentLink>,
+        already_ready: bool,
+    ) {
+        let mut exit = handle.exit_watch();
+        let mut ready = agent.view.ready.clone();
+        let timeout = tokio::time::sleep(Duration::from_secs(self.config.node.ready_timeout_secs));
+        tokio::pin!(timeout);
+        let mut is_ready = already_ready;
+        loop {
+            tokio::select! {
+                r = async { exit.wait_for(Option::is_some).await.ok().and_then(|i| i.clone()) } => {
+                    let info = r.unwrap_or(ExitInfo { clean: false, description: "the VM ended".into() });
+                    self.on_exit(&vm, &info);
+                    // The process is gone: give back its cgroup now.
+                    let group = lock(&vm.cgroup).take();
+                    if let Some(g) = group
+                        && let Err(e) = remove_cgroup(g).await
+                    {
+                        tracing::error!(vm = %vm.id, "removing the VM's cgroup: {e}");
+                    }
+                    return;
+                }
+                r = async { ready.wait_for(|r| *r).await.map(drop) }, if !is_ready => {
+                    if r.is_err() {
+                        // The agent's connection closed: the exit branch tells why.
+                        is_ready = true;
+                        continue;
+                    }
+                    is_ready = true;
+                    if vm.state() == VmState::Starting {
+                        vm.set_state(VmState::Ready, None);
+                        vm.persist();
+                        let secs = Duration::from_millis(now_ms().saturating_sub(vm.created_at_ms)).as_secs_f64();
+                        self.metrics.record_ready(secs);
+                        tracing::info!(vm = %vm.id, seconds = secs, "VM is ready");
+                        if let Some(user) = vm.spec.user.clone() {
+                            let this = Arc::clone(&self);
+                            let id = vm.id.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = this.start_session(&id, user).await {
+                                    tracing::warn!(vm = %id, "telling the guest about its user failed: {e}");
+                                }
+                            });
+                        }
+                    }
+                }
+                () = &mut timeout, if !is_ready => {
+                    is_ready = true;
+                    let secs = self.config.node.ready_timeout_secs;
+                    tracing::error!(vm = %vm.id, "the guest agent did not report ready within {secs} s");
+                    self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    vm.set_state(VmState::Failed, Some(format!("the guest agent did not report ready within {secs} s")));
+                    vm.stopping.store(true, Ordering::SeqCst);
+                    if let Err(e) = handle.kill().await {
+                        tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exit(&self, vm: &Vm, info: &ExitInfo) {
+        // A VM that has ended is not taken back by a restarted node.
+        let _ = std::fs::remove_file(vm.dir.join("vm.json"));
+        let state = vm.state();
+        if vm.stopping.load(Ordering::SeqCst) {
+            if state != VmState::Failed {
+                vm.set_state(VmState::Stopped, None);
+            }
+            tracing::info!(vm = %vm.id, "VM stopped: {}", info.description);
+        } else if matches!(state, VmState::Starting | VmState::Ready) {
+            // The guest powered itself off cleanly: stopped; anything else is a failure.
+            if info.clean {
+                vm.set_state(VmState::Stopped, None);
+                tracing::info!(vm = %vm.id, "{}", info.description);
+            } else {
+                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(vm = %vm.id, "VM died: {}", info.description);
+                vm.set_state(VmState::Failed, Some(info.description.clone()));
+            }
+        }
+    }
+
+    /// Pings the guest agent; a missing answer is logged and counted.
+    async fn pinger(self: Arc<Self>, agent: Arc<AgentLink>, id: String) {
+        let every = Duration::from_secs(self.config.node.ping_interval_secs);
+        let mut missed = 0u32;
+        loop {
+            tokio::time::sleep(every).await;
+            if !*agent.view.connected.borrow() {
+                return;
+            }
+            let before = *agent.view.last_pong.borrow();
+            let n = self.ping_seq.fetch_add(1, Ordering::Relaxed);
+            if agent.send(HostMessage::Ping { id: n }).await.is_err() {
+                return;
+            }
+            let mut pong = agent.view.last_pong.clone();
+            let answered =
+                tokio::time::timeout(every, pong.wait_for(|p| *p != before)).await.is_ok();
+            if answered {
+                missed = 0;
+            } else if *agent.view.ready.borrow() {
+                missed += 1;
+                self.metrics.missed_pings.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(vm = %id, missed, "the guest agent did not answer a ping");
+            }
+        }
+    }
+}

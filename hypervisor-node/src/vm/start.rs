@@ -1,0 +1,169 @@
+//! A VM's start, one linear recipe: check the spec and find the image, reserve capacity, lay
+//! out the VM's folder, create its cgroup, attach its disks, launch it through a runtime,
+//! attach the serial console and the guest agent, resume it, and watch it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use atrium_protocol::node::{FieldError, VmInfo, VmSpec, VmState};
+use tokio::sync::watch;
+
+use super::disks::check_disk_kind;
+use super::{CONSOLE_BYTES, Status, Vm, VmError, VmManager, lock, now_ms};
+use crate::agent_link::AgentLink;
+use crate::cgroup::{Limits, VmCgroup};
+use crate::console::{self, ConsoleLog};
+use crate::image::Image;
+use crate::runtime::{LaunchConfig, Runtime, RuntimeError, VmHandle};
+
+impl VmManager {
+    /// `POST /api/v1/vms`: checks the spec, finds the image, and starts the VM.
+    pub async fn create(self: &Arc<Self>, spec: VmSpec) -> Result<VmInfo, VmError> {
+        let image_ref = spec.validate()?;
+        // A persistent disk stays with the image version it was made from.
+        let (image_ref, existing) = self.image_for_disk(&spec, image_ref)?;
+        let image = self.images.resolve(&image_ref).ok_or_else(|| VmError::ImageNotFound {
+            reference: image_ref.to_string(),
+            available: {
+                let names: Vec<String> =
+                    self.images.list().iter().map(|i| i.manifest.reference()).collect();
+                if names.is_empty() { "no images".into() } else { names.join(", ") }
+            },
+        })?;
+        check_disk_kind(&spec, existing, &image)?;
+        let vm = self.launch(spec, image).await?;
+        Ok(vm.info())
+    }
+
+    /// Starts a VM of `image` (already resolved: `atrium-node run` names a folder).
+    pub async fn launch(
+        self: &Arc<Self>,
+        spec: VmSpec,
+        image: Arc<Image>,
+    ) -> Result<Arc<Vm>, VmError> {
+        spec.validate()?;
+        let kind = spec.runtime.unwrap_or(self.default_runtime);
+        let runtime = self.runtime(kind)?;
+        if spec.memory_mib < image.manifest.min_memory_mib {
+            return Err(FieldError::new(
+                "memory_mib",
+                format!(
+                    "image {} needs at least {} MiB",
+                    image.manifest.reference(),
+                    image.manifest.min_memory_mib
+                ),
+            )
+            .into());
+        }
+        let id = format!("vm-{:016x}", rand::random::<u64>());
+        let (state_tx, _) = watch::channel(VmState::Starting);
+        let vm = Arc::new(Vm {
+            dir: self.config.node.state_dir.join("vms").join(&id),
+            id: id.clone(),
+            spec,
+            image,
+            runtime: kind,
+            created_at_ms: now_ms(),
+            status: Mutex::new(Status {
+                state: VmState::Starting,
+                error: None,
+                ready_at_ms: None,
+                accel: runtime.accel(),
+                user: None,
+                session_gen: 0,
+            }),
+            state_tx,
+            handle: Mutex::new(None),
+            agent: Mutex::new(None),
+            console: Arc::new(ConsoleLog::new(CONSOLE_BYTES)),
+            cgroup: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            ops: tokio::sync::Mutex::new(()),
+            session_op: tokio::sync::Mutex::new(()),
+            persisting: Mutex::new(()),
+        });
+        self.reserve(&vm)?;
+        tracing::info!(vm = %id, image = %vm.image.manifest.reference(), runtime = %kind, vcpus = vm.spec.vcpus, memory_mib = vm.spec.memory_mib, "starting VM");
+        if let Err(e) = self.start(&vm, runtime.as_ref()).await {
+            tracing::error!(vm = %id, "starting the VM failed: {e}");
+            self.metrics.start_failures.fetch_add(1, Ordering::Relaxed);
+            vm.stopping.store(true, Ordering::SeqCst);
+            if let Err(e2) = self.teardown(&vm).await {
+                tracing::error!(vm = %id, "cleaning up after the failed start: {e2}");
+            }
+            lock(&self.vms).remove(&id);
+            return Err(VmError::Start { id, message: e.to_string() });
+        }
+        self.metrics.created.fetch_add(1, Ordering::Relaxed);
+        vm.persist();
+        Ok(vm)
+    }
+
+    /// The steps of a reserved VM's start; what one leaves behind when a later one fails is
+    /// removed by [`Self::teardown`].
+    async fn start(self: &Arc<Self>, vm: &Arc<Vm>, runtime: &dyn Runtime) -> Result<(), VmError> {
+        create_dir(&vm.dir)?;
+        let cgroup = self.create_cgroup(vm)?;
+        let (disk, home) = self.attach_disks(vm)?;
+        let m = &vm.image.manifest;
+        let cfg = LaunchConfig {
+            id: vm.id.clone(),
+            dir: vm.dir.clone(),
+            kernel: vm.image.file(&m.boot.kernel),
+            initrd: m.boot.initrd.as_ref().map(|i| vm.image.file(i)),
+            cmdline: m.boot.cmdline.clone(),
+            disk,
+            home,
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            display: vm.spec.display,
+            sound: vm.has_sound(),
+            cgroup,
+        };
+        let handle = runtime.launch(cfg).await?;
+        *lock(&vm.handle) = Some(Arc::clone(&handle));
+        lock(&vm.status).accel = handle.accel();
+        attach_console(vm, handle.as_ref()).await?;
+        let agent = Arc::new(AgentLink::connect(&handle.endpoints().agent, &vm.id).await?);
+        *lock(&vm.agent) = Some(Arc::clone(&agent));
+        handle.resume().await?;
+        self.watch(vm, handle, agent, false);
+        Ok(())
+    }
+
+    /// The VM's cgroup (memory with the runtime's overhead, CPUs, processes), when the node
+    /// has cgroups.
+    fn create_cgroup(&self, vm: &Vm) -> Result<Option<VmCgroup>, VmError> {
+        let Some(m) = &self.cgroups else { return Ok(None) };
+        let limits = Limits {
+            memory_bytes: (u64::from(vm.spec.memory_mib) + self.config.qemu.memory_overhead_mib)
+                << 20,
+            cpus: vm.spec.vcpus,
+            pids: self.config.cgroup.pids_max,
+        };
+        let g = m.create(&vm.id, limits).map_err(RuntimeError::from)?;
+        *lock(&vm.cgroup) = Some(g.clone());
+        Ok(Some(g))
+    }
+}
+
+/// The VM's folder, readable by the node only.
+fn create_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| VmError::Internal(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Follows the VM's serial console into its log, when the runtime gives it one.
+async fn attach_console(vm: &Vm, handle: &dyn VmHandle) -> Result<(), VmError> {
+    if let Some(serial) = &handle.endpoints().serial {
+        let task = console::follow(serial, Arc::clone(&vm.console))
+            .await
+            .map_err(|e| VmError::Internal(format!("connecting to the serial console: {e}")))?;
+        lock(&vm.tasks).push(task);
+    }
+    Ok(())
+}
