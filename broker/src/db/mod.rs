@@ -2,6 +2,7 @@
 //! same SQL. Migrations are embedded and applied at start-up. Where the two differ (row locks),
 //! [`Dialect`] picks the statement.
 
+mod assignment;
 mod audit;
 mod desktops;
 pub mod enrolments;
@@ -9,6 +10,7 @@ mod leases;
 mod logins;
 mod mfa;
 mod nodes;
+mod placement;
 mod pools;
 mod recordings;
 mod sessions;
@@ -18,8 +20,9 @@ mod users;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use assignment::{Assignment, ProvisionRequest};
 pub use audit::{AuditEvent, AuditFilter};
-pub use desktops::{Assignment, Desktop, DesktopState, ProvisionRequest};
+pub use desktops::{Desktop, DesktopState};
 pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use mfa::{MfaEnrolment, MfaState};
 pub use nodes::{Node, NodeState};
