@@ -1,6 +1,10 @@
 //! A cgroup per VM, with memory, CPU and process limits, on cgroup v1 (these machines: a hybrid
 //! layout with `/sys/fs/cgroup/{memory,cpu,pids}/`) or v2 (one unified tree).
 //!
+//! CPU: a VM uses at most as many host CPUs as it has vCPUs (its quota), and where VMs contend
+//! (a node hands out several vCPUs per host CPU) each gets CPU time by its weight, its vCPUs
+//! times the default weight: one busy desktop cannot starve the others.
+//!
 //! The VM process joins its group between `fork` and `exec` (the runtime writes `0` to the
 //! pre-opened `cgroup.procs` files), so it never runs outside its limits. On v1, with
 //! `parent = "auto"`, VM groups are made inside the node's own group of each controller, so a
@@ -41,6 +45,20 @@ pub struct Limits {
 }
 
 const CPU_PERIOD_US: u64 = 100_000;
+/// A group's default CPU weight on v2 (`cpu.weight`, 1 to 10000) and on v1 (`cpu.shares`,
+/// 2 to 262144): a VM's is its vCPUs times this.
+const V2_WEIGHT: u64 = 100;
+const V1_SHARES: u64 = 1024;
+
+/// The CPU weight of a VM with `cpus` vCPUs on v2 (`cpu.weight`).
+fn v2_weight(cpus: u32) -> u64 {
+    (u64::from(cpus) * V2_WEIGHT).clamp(1, 10_000)
+}
+
+/// The CPU weight of a VM with `cpus` vCPUs on v1 (`cpu.shares`).
+fn v1_shares(cpus: u32) -> u64 {
+    (u64::from(cpus) * V1_SHARES).clamp(2, 262_144)
+}
 const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
 /// The directories and files that make one VM's group.
@@ -96,6 +114,8 @@ pub fn plan(
                             dir.join("cpu.cfs_quota_us"),
                             (u64::from(limits.cpus) * CPU_PERIOD_US).to_string(),
                         ));
+                        out.writes
+                            .push((dir.join("cpu.shares"), v1_shares(limits.cpus).to_string()));
                     }
                     "pids" => out.writes.push((dir.join("pids.max"), limits.pids.to_string())),
                     _ => {}
@@ -117,6 +137,7 @@ pub fn plan(
                 dir.join("cpu.max"),
                 format!("{} {CPU_PERIOD_US}", u64::from(limits.cpus) * CPU_PERIOD_US),
             ));
+            out.writes.push((dir.join("cpu.weight"), v2_weight(limits.cpus).to_string()));
             out.writes.push((dir.join("pids.max"), limits.pids.to_string()));
             out.dirs.push(dir);
         }
@@ -349,6 +370,7 @@ mod tests {
         )));
         assert!(w.contains(&("/sys/fs/cgroup/cpu/atrium/vm-1/cpu.cfs_quota_us".into(), "200000")));
         assert!(w.contains(&("/sys/fs/cgroup/cpu/atrium/vm-1/cpu.cfs_period_us".into(), "100000")));
+        assert!(w.contains(&("/sys/fs/cgroup/cpu/atrium/vm-1/cpu.shares".into(), "2048")));
         assert!(w.contains(&("/sys/fs/cgroup/pids/atrium/vm-1/pids.max".into(), "512")));
         assert!(
             !w.iter().any(|(f, _)| f.ends_with("memory.max")),
@@ -378,6 +400,15 @@ mod tests {
             p.writes.iter().map(|(f, v)| (f.display().to_string(), v.as_str())).collect();
         assert!(w.contains(&("/sys/fs/cgroup/atrium/vms/vm-2/memory.max".into(), "805306368")));
         assert!(w.contains(&("/sys/fs/cgroup/atrium/vms/vm-2/cpu.max".into(), "200000 100000")));
+        assert!(w.contains(&("/sys/fs/cgroup/atrium/vms/vm-2/cpu.weight".into(), "200")));
+    }
+
+    #[test]
+    fn cpu_weights_grow_with_vcpus_within_the_kernels_ranges() {
+        assert_eq!((v2_weight(1), v2_weight(4)), (100, 400));
+        assert_eq!((v1_shares(1), v1_shares(4)), (1024, 4096));
+        assert_eq!((v2_weight(0), v1_shares(0)), (1, 2));
+        assert_eq!((v2_weight(u32::MAX), v1_shares(u32::MAX)), (10_000, 262_144));
     }
 
     #[test]

@@ -119,11 +119,21 @@ impl Default for NodeSection {
     }
 }
 
+/// vCPUs per host CPU when `[capacity] vcpu_overcommit` is unset: what VDI hosts plan for
+/// office desktops (a few per core, not one).
+pub const DEFAULT_VCPU_OVERCOMMIT: u32 = 4;
+/// The most vCPUs per host CPU a node hands out.
+pub const MAX_VCPU_OVERCOMMIT: u32 = 32;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CapacitySection {
-    /// vCPUs the node hands out (default: the host's CPUs).
+    /// vCPUs the node hands out (default: the host's CPUs times `vcpu_overcommit`).
     pub vcpus: Option<u32>,
+    /// vCPUs handed out per host CPU when `vcpus` is unset (default
+    /// [`DEFAULT_VCPU_OVERCOMMIT`]): desktops are idle most of the time, and each VM's CPU
+    /// weight keeps a busy one from starving the others.
+    pub vcpu_overcommit: Option<u32>,
     /// Guest memory the node hands out (default: host memory less `reserved_memory_mib`).
     pub memory_mib: Option<u64>,
     /// Host memory kept for the host itself and for per-VM overhead when `memory_mib` is unset.
@@ -374,6 +384,14 @@ impl NodeConfig {
             }
         }
         self.qemu.run_as_choice().map_err(|e| invalid("qemu.run_as", e))?;
+        if let Some(o) = self.capacity.vcpu_overcommit
+            && !(1..=MAX_VCPU_OVERCOMMIT).contains(&o)
+        {
+            return Err(invalid(
+                "capacity.vcpu_overcommit",
+                format!("must be 1 to {MAX_VCPU_OVERCOMMIT} vCPUs per host CPU, not {o}"),
+            ));
+        }
         if self.cgroup.pids_max < 16 {
             return Err(invalid("cgroup.pids_max", "must be at least 16"));
         }
@@ -512,6 +530,9 @@ enrolment_token = "atrium-enrol-0123456789"
             ("[node]\ntls_cert = \"/c\"", "together"),
             ("[cgroup]\nparent = \"atrium\"", "cgroup.parent"),
             ("[cgroup]\npids_max = 1", "pids_max"),
+            ("[capacity]\nvcpu_overcommit = 0", "vcpu_overcommit"),
+            ("[capacity]\nvcpu_overcommit = 33", "1 to 32"),
+            ("[capacity]\nvcpu_overcommit = -1", "vcpu_overcommit"),
             ("not toml [", "test.toml"),
             ("[node]\ntoken = \"0123456789abcdef0123\"", "no longer used"),
         ] {

@@ -97,6 +97,11 @@ impl Metrics {
             c.memory_mib_allocated,
         );
         gauge(
+            "atrium_node_memory_mib_used",
+            "Host memory the VMs use (their processes' PSS: shared pages counted once).",
+            c.memory_mib_used,
+        );
+        gauge(
             "atrium_node_draining",
             "1 when the broker drained this node.",
             u64::from(node.draining()),

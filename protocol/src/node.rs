@@ -397,6 +397,10 @@ pub struct Capacity {
     pub vcpus_allocated: u32,
     pub memory_mib_total: u64,
     pub memory_mib_allocated: u64,
+    /// Host memory the VMs really use: the proportional set size (PSS) of their processes,
+    /// so pages they share (a template's, the host's libraries) are counted once.
+    #[serde(default)]
+    pub memory_mib_used: u64,
     pub vms: u32,
     pub kvm: KvmKind,
     pub default_runtime: RuntimeKind,

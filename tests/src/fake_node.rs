@@ -301,6 +301,7 @@ impl FakeNode {
                             vcpus_allocated: 0,
                             memory_mib_total: s.memory_mib_total,
                             memory_mib_allocated: allocated,
+                            memory_mib_used: 0,
                             vms: u32::try_from(s.vms.len()).unwrap_or(u32::MAX),
                             kvm: KvmKind::Pvm,
                             default_runtime: RuntimeKind::Qemu,

@@ -223,6 +223,12 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
     let cap: Capacity = serde_json::from_slice(&body)?;
     assert_eq!((cap.vms, cap.vcpus_allocated, cap.memory_mib_allocated), (1, 1, 256));
+    // What QEMU really uses (PSS): some, and within its cgroup's limit (guest + overhead).
+    assert!(
+        (1..=512).contains(&cap.memory_mib_used),
+        "memory used by the VM: {} MiB",
+        cap.memory_mib_used
+    );
     let (_, body) = node.call("GET", "/metrics", None).await?;
     let metrics = String::from_utf8(body)?;
     assert!(metrics.contains("atrium_node_vm_ready_seconds_count 1"), "{metrics}");
@@ -242,6 +248,7 @@ async fn console_vm_boots_greets_types_shares_its_clipboard_stops_and_leaves_not
     let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
     let cap: Capacity = serde_json::from_slice(&body)?;
     assert_eq!(cap.memory_mib_allocated, 0, "a stopped VM still holds memory");
+    assert_eq!(cap.memory_mib_used, 0, "a stopped VM's memory is still counted");
 
     // 10. Delete: nothing remains but the persistent disk, kept by its id.
     let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;

@@ -290,6 +290,7 @@ mod tests {
                     vcpus_allocated: 0,
                     memory_mib_total: 1 << 30,
                     memory_mib_allocated: 0,
+                    memory_mib_used: 0,
                     vms: 0,
                     kvm: KvmKind::Pvm,
                     default_runtime: RuntimeKind::Qemu,

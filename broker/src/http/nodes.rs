@@ -377,6 +377,7 @@ mod tests {
                 vcpus_allocated: 0,
                 memory_mib_total: 4096,
                 memory_mib_allocated: 0,
+                memory_mib_used: 0,
                 vms: 1,
                 kvm: KvmKind::Pvm,
                 default_runtime: RuntimeKind::Qemu,

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use atrium_protocol::node::Capacity;
 
 use super::{Vm, VmError, VmManager, lock};
-use crate::config::NodeConfig;
+use crate::config::{DEFAULT_VCPU_OVERCOMMIT, NodeConfig};
 
-/// The node's vCPUs and memory for VMs: `[capacity]` where set; else one vCPU per host CPU
-/// and the host's memory but what is reserved for the host (1 GiB unless set).
+/// The node's vCPUs and memory for VMs: `[capacity]` where set; else `vcpu_overcommit` vCPUs
+/// per host CPU and the host's memory but what is reserved for the host (1 GiB unless set).
 pub(super) fn totals(config: &NodeConfig) -> (u32, u64) {
     let vcpus = config.capacity.vcpus.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+        cpus.saturating_mul(config.capacity.vcpu_overcommit.unwrap_or(DEFAULT_VCPU_OVERCOMMIT))
     });
     let memory_mib = config.capacity.memory_mib.unwrap_or_else(|| {
         host_memory_mib().saturating_sub(config.capacity.reserved_memory_mib.unwrap_or(1024))
@@ -25,11 +26,13 @@ impl VmManager {
     pub fn capacity(&self) -> Capacity {
         let vms: Vec<Arc<Vm>> = lock(&self.vms).values().cloned().collect();
         let (vcpus, mem) = allocated(&vms);
+        let used_kib: u64 = vms.iter().map(|v| pss_kib(v)).sum();
         Capacity {
             vcpus_total: self.vcpus_total,
             vcpus_allocated: vcpus,
             memory_mib_total: self.memory_mib_total,
             memory_mib_allocated: mem,
+            memory_mib_used: used_kib.div_ceil(1024),
             vms: u32::try_from(vms.len()).unwrap_or(u32::MAX),
             kvm: self.kvm,
             default_runtime: self.default_runtime,
@@ -78,6 +81,27 @@ fn allocated(vms: &[Arc<Vm>]) -> (u32, u64) {
         .fold((0, 0), |(c, m), v| (c + v.spec.vcpus, m + u64::from(v.spec.memory_mib)))
 }
 
+/// The host memory `vm`'s processes use, by their proportional set size (a page shared by n
+/// processes counts 1/n to each), in KiB: those in its cgroup, else its main process.
+fn pss_kib(vm: &Vm) -> u64 {
+    let group = lock(&vm.cgroup).clone();
+    let pids = match group {
+        Some(g) => g.pids(),
+        None => vm.handle().and_then(|h| h.pid()).into_iter().collect(),
+    };
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .filter_map(|s| parse_pss_kib(&s))
+        .sum()
+}
+
+/// The `Pss:` line of a `/proc/<pid>/smaps_rollup`, in KiB.
+fn parse_pss_kib(smaps_rollup: &str) -> Option<u64> {
+    smaps_rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+}
+
 /// `MemTotal` of `/proc/meminfo`, in MiB.
 fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -90,3 +114,35 @@ fn host_memory_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pss_is_read_off_smaps_rollup() {
+        let text = "00400000-7ffd1 ---p 00000000 00:00 0 [rollup]\nRss:  204800 kB\n\
+                    Pss:  102400 kB\nPss_Anon:  90000 kB\nShared_Clean: 0 kB\n";
+        assert_eq!(parse_pss_kib(text), Some(102_400));
+        assert_eq!(parse_pss_kib("Rss: 1 kB\nPss_Anon: 3 kB\n"), None);
+        assert_eq!(parse_pss_kib("Pss: many kB\n"), None);
+        // This process's own rollup reads back as some memory.
+        let own = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
+        assert!(parse_pss_kib(&own).is_some_and(|k| k > 0), "{own}");
+    }
+
+    #[test]
+    fn vcpus_are_the_setting_or_the_host_cpus_times_the_overcommit() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = u32::try_from(cpus).expect("a few CPUs");
+        let mut c = NodeConfig::default();
+        c.capacity.memory_mib = Some(2048);
+        assert_eq!(totals(&c), (cpus * DEFAULT_VCPU_OVERCOMMIT, 2048));
+        c.capacity.vcpu_overcommit = Some(1);
+        assert_eq!(totals(&c).0, cpus);
+        c.capacity.vcpu_overcommit = Some(8);
+        assert_eq!(totals(&c).0, cpus * 8);
+        // A set number of vCPUs is the node's, whatever the overcommit.
+        c.capacity.vcpus = Some(3);
+        assert_eq!(totals(&c).0, 3);
+    }
+}
