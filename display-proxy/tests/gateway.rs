@@ -209,10 +209,13 @@ async fn a_file_link_reaches_the_proxy_of_a_relayed_viewer_and_nothing_else() {
     let download = |name: &str, size| Way::Download { name: name.into(), size };
     let (offer, feed) = links.offer("vm-1", download("Bericht 1.txt", 5)).unwrap();
     let token = token_hex(&offer.token);
-    // No viewer of vm-1 is relayed here: the gateway does not know where to go.
+    // No viewer of vm-1 is relayed here: the gateway does not know where to go, and answers as
+    // for a wrong token (which desktops have viewers is not told).
     let r = get("vm-1", &token).await.unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("no viewer of this desktop"));
+    let wrong = get("vm-1", &"0".repeat(32)).await.unwrap();
+    assert_eq!(wrong.status(), 404);
+    assert_eq!(r.text().await.unwrap(), wrong.text().await.unwrap());
 
     let t = h.ticket("vm-1");
     let mut ws = h.connect("vm-1", &t).await.unwrap();

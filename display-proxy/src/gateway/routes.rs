@@ -227,12 +227,10 @@ async fn file_link(
     if check_vm(&vm).is_err() || !token_shape {
         return refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, "no such link"));
     }
+    // A desktop without a viewer here is answered as a wrong token is: which desktops have
+    // viewers is nobody's business but theirs.
     let Some(backend) = g.relayed(&vm) else {
-        let r = Refused::new(
-            StatusCode::NOT_FOUND,
-            "no viewer of this desktop is connected through this gateway",
-        );
-        return refused(&g, Refusal::Request, r);
+        return refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, "no such link"));
     };
     // A page's origin is the gateway's to check, as for viewers; the proxy behind sees none.
     let origin = match cors_origin(req.headers(), &g.0.cfg.allowed_origins) {

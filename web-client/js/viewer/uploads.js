@@ -71,7 +71,7 @@ export class Uploader extends Emitter {
         this._pump(up);
         return;
       case 'fileLink': {
-        if (!up.linked || up.putting || m.size !== up.size) {
+        if (!up.linked || !this.links || up.putting || m.size !== up.size) {
           this.send(fileCancelMessage(up.id));
           this._end(up, 'failed', `${up.name}: the proxy offered a link this upload did not ask for`);
           return;
@@ -86,6 +86,7 @@ export class Uploader extends Emitter {
         // bytes go over this connection.
         if (up.linked) up.linked.abort();
         up.linked = null;
+        up.putting = false;
         this._pump(up);
         return;
       case 'fileSaved':

@@ -173,6 +173,9 @@ test('a linked upload cancelled stops its PUT; one unlinked goes over the connec
   assert.equal(l.puts[1].signal.aborted, true, 'the unused link\'s PUT stops');
   const chunks = sent.filter((s) => s && s.type === 0x8b && s.id === b);
   assert.equal(chunks.reduce((n, s) => n + s.len, 0), 2 * MAX_FILE_CHUNK + 5, 'all of it over the connection');
+  u.message({ type: 'fileSaved', id: b, path: '/home/alice/Transfer/b.bin', sha256: 'ef'.repeat(32) });
+  assert.equal(changes.at(-1).state, 'saved');
+  assert.equal(changes.at(-1).linked, false, 'an upload whose link went unused is not told as linked');
 
   const c = u.add(namedBlob(4, 'c.bin'));
   u.message(link(c, 5, 3));
