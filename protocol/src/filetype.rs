@@ -247,22 +247,88 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// must not decode into gigabytes where it is shown.
 pub const MAX_IMAGE_PIXELS: u64 = 1 << 25;
 
-/// A PNG file's size in pixels, from its signature and header chunk (`IHDR`), or why `data`
-/// is not a PNG file an image viewer would open: the clipboard's images are checked with it
-/// before they cross.
+/// A PNG file's size in pixels, or why `data` is not a well-formed PNG file: the clipboard's
+/// images are checked with it before they cross. Its structure is checked whole: the
+/// signature, then chunks each within the file and with its CRC, the header (`IHDR`, with a
+/// size within [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`] and a known pixel format) first,
+/// a palette (`PLTE`) where the format needs one, the image data (`IDAT`) in one run, no
+/// critical chunk a viewer does not know, and the end (`IEND`) last with nothing after it. The
+/// compressed pixels themselves are the viewer's to decode.
 pub fn png_size(data: &[u8]) -> Result<(u32, u32), String> {
     const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let header = data.get(..33).ok_or("too short for a PNG image")?;
-    if &header[..8] != SIGNATURE {
+    if data.len() < 8 || &data[..8] != SIGNATURE {
         return Err("not a PNG image".into());
     }
-    let word = |at: usize| {
-        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    if word(8) != 13 || &header[12..16] != b"IHDR" {
-        return Err("a PNG image must start with its header (IHDR)".into());
+    let mut at = 8;
+    let mut size = None;
+    let (mut color, mut palette, mut idat_runs, mut in_idat) = (0u8, false, 0u32, false);
+    loop {
+        let head = data.get(at..at + 8).ok_or("a PNG image cut short (no IEND chunk)")?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let kind: [u8; 4] = [head[4], head[5], head[6], head[7]];
+        if len > 0x7fff_ffff || !kind.iter().all(u8::is_ascii_alphabetic) {
+            return Err("a PNG image with a malformed chunk".into());
+        }
+        let len = usize::try_from(len).map_err(|_| "a PNG chunk too long")?;
+        let end = at + 8 + len;
+        let body = data.get(at + 8..end).ok_or("a PNG image cut short in a chunk")?;
+        let crc = data.get(end..end + 4).ok_or("a PNG image cut short in a chunk")?;
+        if crc32(&[&kind, body]) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(format!(
+                "a PNG chunk ({}) whose CRC is wrong",
+                String::from_utf8_lossy(&kind)
+            ));
+        }
+        at = end + 4;
+        if size.is_none() && &kind != b"IHDR" {
+            return Err("a PNG image must start with its header (IHDR)".into());
+        }
+        let idat = &kind == b"IDAT";
+        if idat && !in_idat {
+            idat_runs += 1;
+        }
+        in_idat = idat;
+        match &kind {
+            b"IHDR" if size.is_none() => {
+                size = Some(png_header(body)?);
+                color = body[9];
+            }
+            b"PLTE" if idat_runs == 0 && !palette => palette = true,
+            b"IDAT" => {}
+            b"IEND" if body.is_empty() => break,
+            // A critical chunk (upper-case first letter) a viewer does not know, or one out of
+            // its place; ancillary ones (lower-case) a viewer may skip.
+            k if k[0].is_ascii_uppercase() => {
+                return Err(format!(
+                    "a PNG image with a {} chunk where none may be",
+                    String::from_utf8_lossy(k)
+                ));
+            }
+            _ => {}
+        }
     }
-    let (width, height) = (word(16), word(20));
+    if at != data.len() {
+        return Err("a PNG image with bytes after its end (IEND)".into());
+    }
+    if idat_runs != 1 {
+        return Err("a PNG image's data (IDAT) must be one run of chunks".into());
+    }
+    // Indexed colour needs its palette; greyscale may not have one.
+    if (color == 3 && !palette) || (matches!(color, 0 | 4) && palette) {
+        return Err("a PNG image whose palette (PLTE) does not fit its colour type".into());
+    }
+    size.ok_or_else(|| "a PNG image without a header".into())
+}
+
+/// The size from a PNG header chunk's 13 bytes, checked: sides and pixels within the limits, a
+/// colour type with one of its bit depths, the one compression and filter method, and no or
+/// Adam7 interlacing.
+fn png_header(h: &[u8]) -> Result<(u32, u32), String> {
+    let [w0, w1, w2, w3, h0, h1, h2, h3, depth, color, compression, filter, interlace] = *h else {
+        return Err("a PNG image whose header (IHDR) is not 13 bytes".into());
+    };
+    let (width, height) =
+        (u32::from_be_bytes([w0, w1, w2, w3]), u32::from_be_bytes([h0, h1, h2, h3]));
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
         return Err(format!(
             "a PNG image of {width}x{height} pixels: each side must be 1 to {MAX_IMAGE_SIDE}"
@@ -273,7 +339,43 @@ pub fn png_size(data: &[u8]) -> Result<(u32, u32), String> {
             "a PNG image of {width}x{height} pixels: at most {MAX_IMAGE_PIXELS} pixels"
         ));
     }
+    let depth_ok = match color {
+        0 => matches!(depth, 1 | 2 | 4 | 8 | 16),
+        3 => matches!(depth, 1 | 2 | 4 | 8),
+        2 | 4 | 6 => matches!(depth, 8 | 16),
+        _ => false,
+    };
+    if !depth_ok || compression != 0 || filter != 0 || interlace > 1 {
+        return Err(format!(
+            "a PNG image of an unknown format (colour type {color}, bit depth {depth})"
+        ));
+    }
     Ok((width, height))
+}
+
+/// CRC-32 (ISO-HDLC, as PNG and zlib use) of `parts` one after the other.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            #[allow(clippy::cast_possible_truncation)]
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    let mut c = 0xffff_ffffu32;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        c = TABLE[usize::from(c.to_le_bytes()[0] ^ b)] ^ (c >> 8);
+    }
+    !c
 }
 
 #[cfg(test)]
@@ -343,26 +445,91 @@ mod tests {
         assert!(parse_kinds(" , ").is_err());
     }
 
-    /// A PNG file's first 33 bytes: signature and header chunk.
-    fn png_head(width: u32, height: u32) -> Vec<u8> {
-        let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-        v.extend(width.to_be_bytes());
-        v.extend(height.to_be_bytes());
-        v.extend([8, 6, 0, 0, 0, 1, 2, 3, 4]);
+    /// A PNG file's chunk: length, type, data, CRC.
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend(u32::try_from(data.len()).unwrap().to_be_bytes());
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc32(&[kind, data]).to_be_bytes());
+    }
+
+    /// A PNG file of `width` x `height` (RGBA, 8 bits) with these chunks between header and
+    /// end (its pixels are not real: the check does not decode them).
+    fn png_with(width: u32, height: u32, middle: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = width.to_be_bytes().to_vec();
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([8, 6, 0, 0, 0]);
+        chunk(&mut v, b"IHDR", &ihdr);
+        for (k, d) in middle {
+            chunk(&mut v, k, d);
+        }
+        chunk(&mut v, b"IEND", b"");
         v
     }
 
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        png_with(width, height, &[(b"IDAT", b"\x78\x9c\x03\x00\x00\x00\x00\x01")])
+    }
+
     #[test]
-    fn png_images_are_told_by_their_header() {
-        assert_eq!(png_size(&png_head(640, 480)), Ok((640, 480)));
-        assert!(png_size(b"GIF89a").is_err());
-        assert!(png_size(&png_head(640, 480)[..32]).is_err(), "cut in its header");
-        assert!(png_size(&png_head(0, 480)).is_err());
-        assert!(png_size(&png_head(MAX_IMAGE_SIDE + 1, 1)).is_err());
-        assert_eq!(png_size(&png_head(7680, 4320)), Ok((7680, 4320)));
-        assert!(png_size(&png_head(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)).is_err(), "too many pixels");
-        let mut not_ihdr = png_head(1, 1);
+    fn crc32_is_the_standard_one() {
+        assert_eq!(crc32(&[b"123456789"]), 0xcbf4_3926);
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xcbf4_3926);
+        assert_eq!(crc32(&[b"IEND"]), 0xae42_6082, "the end chunk every PNG file has");
+    }
+
+    #[test]
+    fn png_images_are_checked_whole() {
+        assert_eq!(png_size(&png(640, 480)), Ok((640, 480)));
+        assert_eq!(png_size(&png(7680, 4320)), Ok((7680, 4320)));
+        let idat: (&[u8; 4], &[u8]) = (b"IDAT", b"x");
+        let text: (&[u8; 4], &[u8]) = (b"tEXt", b"Comment\0hi");
+        assert_eq!(png_size(&png_with(2, 2, &[text, idat, idat, text])), Ok((2, 2)));
+        for (bad, why) in [
+            (b"GIF89a".to_vec(), "not a PNG"),
+            (png(0, 480), "each side"),
+            (png(MAX_IMAGE_SIDE + 1, 1), "each side"),
+            (png(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), "at most"),
+            (png(640, 480)[..40].to_vec(), "cut short"),
+            ([png(2, 2), b"trailing".to_vec()].concat(), "after its end"),
+            ([png(2, 2), png(2, 2)].concat(), "after its end"),
+            (png_with(2, 2, &[]), "one run"),
+            (png_with(2, 2, &[idat, text, idat]), "one run"),
+            (png_with(2, 2, &[(b"ABCD", b""), idat]), "ABCD chunk"),
+            (png_with(2, 2, &[idat, (b"IHDR", &[0; 13])]), "IHDR chunk"),
+            (png_with(2, 2, &[(b"PLTE", &[0; 3]), idat]), "ok"),
+            (png_with(2, 2, &[idat, (b"PLTE", &[0; 3])]), "PLTE chunk"),
+            (png_with(2, 2, &[(b"t3Xt", b""), idat]), "malformed"),
+        ] {
+            match png_size(&bad) {
+                Ok(_) => assert_eq!(why, "ok", "{bad:?} passed"),
+                Err(e) => assert!(e.contains(why), "{e:?} wanted {why:?}"),
+            }
+        }
+        let mut crc = png(2, 2);
+        let n = crc.len();
+        crc[n - 1] ^= 1;
+        assert!(png_size(&crc).unwrap_err().contains("CRC"));
+        let mut not_ihdr = png(1, 1);
         not_ihdr[12..16].copy_from_slice(b"IDAT");
-        assert!(png_size(&not_ihdr).unwrap_err().contains("IHDR"));
+        assert!(png_size(&not_ihdr).is_err());
+        // The pixel format: known colour types with their depths, no palette for grey.
+        let with_format = |depth: u8, color: u8, plte: bool| {
+            let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+            chunk(&mut v, b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, depth, color, 0, 0, 0]);
+            if plte {
+                chunk(&mut v, b"PLTE", &[0; 3]);
+            }
+            chunk(&mut v, b"IDAT", b"x");
+            chunk(&mut v, b"IEND", b"");
+            png_size(&v)
+        };
+        assert!(with_format(8, 2, false).is_ok() && with_format(1, 0, false).is_ok());
+        assert!(with_format(4, 3, true).is_ok());
+        assert!(with_format(4, 3, false).unwrap_err().contains("palette"));
+        assert!(with_format(8, 0, true).unwrap_err().contains("palette"));
+        assert!(with_format(4, 2, false).unwrap_err().contains("unknown format"));
+        assert!(with_format(8, 5, false).unwrap_err().contains("unknown format"));
     }
 }

@@ -71,6 +71,13 @@ pub struct Capabilities {
     /// protocol's.
     #[serde(default)]
     pub clipboard_in_max_bytes: u32,
+    /// Images (not only text) may leave the desktop by the clipboard (absent in tickets of
+    /// older brokers: they may not).
+    #[serde(default)]
+    pub clipboard_out_images: bool,
+    /// Images (not only text) may be pasted into the desktop.
+    #[serde(default)]
+    pub clipboard_in_images: bool,
 }
 
 fn scan_unless_said() -> bool {
@@ -85,10 +92,12 @@ pub fn clipboard_limit(max: u32) -> usize {
     }
 }
 
-/// The clipboard image a limit of `max` bytes (0: none but the protocol's) lets through: the
-/// policy's one limit holds for text and images alike.
-pub fn clipboard_image_limit(max: u32) -> usize {
+/// The clipboard image a limit of `max` bytes (0: none but the protocol's) lets through when
+/// images may cross (`images`; else none): the policy's one limit holds for text and images
+/// alike.
+pub fn clipboard_image_limit(max: u32, images: bool) -> usize {
     match usize::try_from(max) {
+        _ if !images => 0,
         Ok(0) | Err(_) => crate::agent::MAX_CLIPBOARD_IMAGE,
         Ok(m) => m.min(crate::agent::MAX_CLIPBOARD_IMAGE),
     }
@@ -115,6 +124,8 @@ impl Default for Capabilities {
             download_session_max_bytes: 0,
             clipboard_out_max_bytes: 0,
             clipboard_in_max_bytes: 0,
+            clipboard_out_images: false,
+            clipboard_in_images: false,
         }
     }
 }

@@ -164,6 +164,7 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
         clipboard_paste_in: true,
         clipboard_out_max_bytes: 40,
         clipboard_in_max_bytes: 16,
+        clipboard_in_images: true,
         ..Default::default()
     };
     let mut c = DisplayViewer::connect(&proxy.ws_url(&id, &issuer.ticket(&id, clip))).await?;
@@ -178,9 +179,11 @@ async fn files_cross_only_whole_scanned_and_allowed() -> anyhow::Result<()> {
     assert_eq!(c.clipboard, None, "the refused text never reached the viewer");
     // An image over the limit is refused the same way; one that is not a PNG file is not
     // answered at all (nor does it reach the desktop).
-    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x02\0\0\0\x02".to_vec();
-    png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let png = real_png(2, 2);
+    // Not PNG files: another format, and a PNG file with something after its end.
     c.send(ClientMessage::ClipboardImage { png: b"GIF89a, not a PNG file".to_vec() }).await?;
+    let smuggled = [png.clone(), b"MZ, a program after the image".to_vec()].concat();
+    c.send(ClientMessage::ClipboardImage { png: smuggled }).await?;
     c.send(ClientMessage::ClipboardImage { png: png.clone() }).await?;
     c.wait_until("the image refused", Duration::from_secs(30), |v| v.clipboard_refused.len() > 2)
         .await?;
@@ -482,4 +485,15 @@ async fn kinds_and_totals(
     let mut other = DisplayViewer::connect(&url("session-4", total)).await?;
     other.upload(1, "part4.bin", &part, None, WITHIN).await?.map_err(|m| anyhow::anyhow!("{m}"))?;
     Ok(())
+}
+
+/// A real PNG file of `width` x `height` black pixels.
+fn real_png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let pixels = vec![0; usize::try_from(width * height * 4).expect("small")];
+    enc.write_header().expect("header").write_image_data(&pixels).expect("pixels");
+    out
 }

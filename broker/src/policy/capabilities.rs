@@ -1,6 +1,6 @@
 //! What a display ticket allows, from the permits that decided it and their annotations
-//! (`@max_file_mb`, `@max_session_mb`, `@file_types`, `@scan`, `@max_bytes`), and the check of
-//! those annotations at load.
+//! (`@max_file_mb`, `@max_session_mb`, `@file_types`, `@scan`, `@max_bytes`, `@images`), and
+//! the check of those annotations at load.
 
 use atrium_protocol::filetype::{Kinds, NO_KIND, parse_kinds};
 use atrium_protocol::ticket::Capabilities;
@@ -25,6 +25,9 @@ const SCAN: &str = "scan";
 /// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that limits the
 /// clipboard text or image crossing, in bytes.
 const MAX_BYTES: &str = "max_bytes";
+/// The annotation on a permit of `clipboard_copy_out` or `clipboard_paste_in` that lets only
+/// text cross, no images (`@images("off")`).
+const IMAGES: &str = "images";
 /// Largest `@max_bytes`: the protocol's limit for clipboard images (text stops at its own,
 /// smaller one whatever the policy says).
 const MAX_BYTES_LIMIT: u64 = atrium_protocol::agent::MAX_CLIPBOARD_IMAGE as u64;
@@ -107,11 +110,13 @@ pub(super) fn check_annotations(p: &Policy) -> Result<(), String> {
             p.id()
         ));
     }
-    if let Some(v) = p.annotation(SCAN)
-        && v != "on"
-        && v != "off"
-    {
-        return Err(format!("policy {}: @{SCAN}({v:?}) is neither \"on\" nor \"off\"", p.id()));
+    for key in [SCAN, IMAGES] {
+        if let Some(v) = p.annotation(key)
+            && v != "on"
+            && v != "off"
+        {
+            return Err(format!("policy {}: @{key}({v:?}) is neither \"on\" nor \"off\"", p.id()));
+        }
     }
     Ok(())
 }
@@ -135,12 +140,20 @@ impl Policies {
                 .and_then(|p| smallest(p, MAX_BYTES))
                 .map_or(0, |b| u32::try_from(b).expect("checked at load: at most MAX_BYTES_LIMIT"))
         };
+        // Images cross where the clipboard does, unless a permit that applies says
+        // `@images("off")` (the strictest wins).
+        let images = |p: &Option<Vec<Vec<(String, String)>>>| {
+            p.as_deref()
+                .is_some_and(|p| p.iter().all(|a| a.iter().all(|(k, v)| k != IMAGES || v != "off")))
+        };
         Capabilities {
             view_only: false,
             clipboard_copy_out: copy_out.is_some(),
             clipboard_paste_in: paste_in.is_some(),
             clipboard_out_max_bytes: bytes(&copy_out),
             clipboard_in_max_bytes: bytes(&paste_in),
+            clipboard_out_images: images(&copy_out),
+            clipboard_in_images: images(&paste_in),
             file_upload: uploads.is_some(),
             file_download: downloads.is_some(),
             shadow: false,

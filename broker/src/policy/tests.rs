@@ -108,6 +108,7 @@ fn upload_rules_come_from_the_permits_that_allow_uploads() {
         "@max_file_mb(\"lots\")",
         "@scan(\"maybe\")",
         "@max_bytes(\"1048577\")",
+        "@images(\"no\")",
     ] {
         let text = format!("{bad} permit(principal, action, resource);\n");
         std::fs::write(dir.join("up.cedar"), text).unwrap();
@@ -123,7 +124,7 @@ fn upload_rules_come_from_the_permits_that_allow_uploads() {
 
 #[test]
 fn clipboard_limits_come_from_the_permits_that_allow_it() {
-    let text = "@id(\"short\") @max_bytes(\"1024\") permit(principal in \
+    let text = "@id(\"short\") @max_bytes(\"1024\") @images(\"off\") permit(principal in \
                 Atrium::Group::\"temps\", action == Atrium::Action::\"clipboard_copy_out\", resource);\n";
     let dir = temp_with(&[
         ("default.cedar", &std::fs::read_to_string(policies_dir().join("default.cedar")).unwrap()),
@@ -135,10 +136,13 @@ fn clipboard_limits_come_from_the_permits_that_allow_it() {
     let user = p.capabilities(&Principal { username: "u", groups: &groups }, POOL, &c);
     assert!(user.clipboard_copy_out && user.clipboard_paste_in);
     assert_eq!((user.clipboard_out_max_bytes, user.clipboard_in_max_bytes), (0, 0));
+    assert!(user.clipboard_out_images && user.clipboard_in_images, "images: on unless said");
     let groups = vec!["atrium-users".to_owned(), "temps".to_owned()];
     let temp = p.capabilities(&Principal { username: "t", groups: &groups }, POOL, &c);
     assert_eq!(temp.clipboard_out_max_bytes, 1024, "the smaller limit of the two permits");
     assert_eq!(temp.clipboard_in_max_bytes, 0);
+    assert!(!temp.clipboard_out_images, "one permit that applies says text only");
+    assert!(temp.clipboard_in_images, "pasting in: no permit says so");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

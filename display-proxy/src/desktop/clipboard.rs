@@ -86,15 +86,30 @@ pub(super) async fn poll_clipboard(link: GuestLink, out: broadcast::Sender<Clip>
 mod tests {
     use super::*;
 
+    /// A real PNG file of `width` x `height` black pixels.
+    fn real_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let pixels = vec![0; usize::try_from(width * height * 4).expect("small")];
+        enc.write_header().expect("header").write_image_data(&pixels).expect("pixels");
+        out
+    }
+
     fn state(text: Option<&str>, png: Option<Vec<u8>>) -> ClipboardState {
         ClipboardState { seq: 1, text: text.map(str::to_owned), png }
     }
 
     #[test]
     fn a_node_s_clipboard_is_checked_before_it_crosses() {
-        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x02\0\0\0\x02".to_vec();
-        png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(Clip::of(state(None, Some(png.clone()))), Some(Clip::Png(Bytes::from(png))));
+        let png = real_png(2, 2);
+        assert_eq!(
+            Clip::of(state(None, Some(png.clone()))),
+            Some(Clip::Png(Bytes::from(png.clone())))
+        );
+        let smuggled = [png, b"after the end".to_vec()].concat();
+        assert_eq!(Clip::of(state(None, Some(smuggled))), None, "something after the image");
         assert_eq!(Clip::of(state(None, Some(b"GIF89a".to_vec()))), None, "not a PNG file");
         assert_eq!(Clip::of(state(Some("hi"), None)), Some(Clip::Text("hi".into())));
         let long = "é".repeat(MAX_CLIPBOARD);

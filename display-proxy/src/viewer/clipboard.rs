@@ -10,11 +10,21 @@ use tokio::sync::mpsc;
 use crate::desktop::{Clip, Desktop};
 use crate::files::Outcome;
 
-/// The most bytes of `clip`'s kind that `max` (the policy's limit, 0: none) lets through.
-fn limit_for(clip: &Clip, max: u32) -> usize {
+/// The most bytes of `clip`'s kind that `max` (the policy's limit, 0: none) lets through;
+/// none of an image unless `images` may cross.
+fn limit_for(clip: &Clip, max: u32, images: bool) -> usize {
     match clip {
         Clip::Text(_) => clipboard_limit(max),
-        Clip::Png(_) => clipboard_image_limit(max),
+        Clip::Png(_) => clipboard_image_limit(max, images),
+    }
+}
+
+/// Why a clipboard of `size` bytes does not cross a `limit` (0: images may not).
+fn over(size: usize, limit: usize) -> String {
+    if limit == 0 {
+        "an image, and the policy lets only text cross".into()
+    } else {
+        format!("{size} bytes, over the limit of {limit}")
     }
 }
 
@@ -27,9 +37,9 @@ fn refusal(out: bool, size: usize, limit: usize) -> ServerMessage {
 }
 
 /// A paste from the viewer, within the ticket's rights and limits: sent to the desktop and
-/// audited. Over the limit, it is refused and audited (by size and hash), and the answer is
-/// what the viewer is told; an image that is not a PNG file is refused and audited too. Not
-/// allowed at all: nothing.
+/// audited. Over the limit (an image where the policy lets only text cross: a limit of 0), it
+/// is refused and audited (by size and hash), and the answer is what the viewer is told; an
+/// image that is not a PNG file is refused and audited too. Not allowed at all: nothing.
 pub(super) fn paste(
     desktop: &Desktop,
     rights: &Capabilities,
@@ -40,7 +50,8 @@ pub(super) fn paste(
         tracing::debug!("clipboard paste refused: not allowed by the ticket");
         return None;
     }
-    let (size, limit) = (clip.bytes().len(), limit_for(&clip, rights.clipboard_in_max_bytes));
+    let limit = limit_for(&clip, rights.clipboard_in_max_bytes, rights.clipboard_in_images);
+    let size = clip.bytes().len();
     if let Clip::Png(p) = &clip
         && let Err(why) = png_size(p)
     {
@@ -50,8 +61,7 @@ pub(super) fn paste(
         return None;
     }
     if size > limit {
-        let why = format!("{size} bytes, over the limit of {limit}");
-        let _ = outcomes.send(Outcome::clipboard("clipboard_in", &clip, Some(why)));
+        let _ = outcomes.send(Outcome::clipboard("clipboard_in", &clip, Some(over(size, limit))));
         return Some(refusal(false, size, limit));
     }
     let mut outcome = Outcome::clipboard("clipboard_in", &clip, None);
@@ -64,14 +74,16 @@ pub(super) fn paste(
 }
 
 /// What the viewer is sent of what the desktop copied (the ticket lets the clipboard out):
-/// the text or image, or, over the limit, its refusal. Audited either way.
+/// the text or image, or, over the limit (an image where only text may leave: 0), its refusal.
+/// Audited either way.
 pub(super) fn copy_out(
     rights: &Capabilities,
     outcomes: Option<&mpsc::UnboundedSender<Outcome>>,
     clip: Clip,
 ) -> ServerMessage {
-    let (size, limit) = (clip.bytes().len(), limit_for(&clip, rights.clipboard_out_max_bytes));
-    let refused = (size > limit).then(|| format!("{size} bytes, over the limit of {limit}"));
+    let limit = limit_for(&clip, rights.clipboard_out_max_bytes, rights.clipboard_out_images);
+    let size = clip.bytes().len();
+    let refused = (size > limit).then(|| over(size, limit));
     if let Some(o) = outcomes {
         let _ = o.send(Outcome::clipboard("clipboard_out", &clip, refused.clone()));
     }
@@ -94,6 +106,7 @@ mod tests {
         let rights = Capabilities {
             clipboard_copy_out: true,
             clipboard_out_max_bytes: 8,
+            clipboard_out_images: true,
             ..Default::default()
         };
         let small = copy_out(&rights, Some(&tx), Clip::Png(Bytes::from_static(b"\x89PNG")));
@@ -108,10 +121,28 @@ mod tests {
         );
         assert_eq!((audited[1].name.as_str(), audited[1].verdict), ("clipboard text", "refused"));
         // No policy limit: the protocol's, larger for images than for text.
-        let open = Capabilities { clipboard_copy_out: true, ..Default::default() };
+        let open = Capabilities {
+            clipboard_copy_out: true,
+            clipboard_out_images: true,
+            ..Default::default()
+        };
         let image = Clip::Png(Bytes::from(vec![0; MAX_CLIPBOARD + 1]));
         assert!(matches!(copy_out(&open, None, image), ServerMessage::ClipboardImage { .. }));
         let text = Clip::Text("x".repeat(MAX_CLIPBOARD + 1));
         assert!(matches!(copy_out(&open, None, text), ServerMessage::ClipboardRefused { .. }));
+    }
+
+    #[test]
+    fn an_image_where_only_text_may_leave_is_refused_with_a_limit_of_0_and_audited() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let text_only = Capabilities { clipboard_copy_out: true, ..Default::default() };
+        let image = Clip::Png(Bytes::from_static(b"\x89PNG"));
+        let answer = copy_out(&text_only, Some(&tx), image);
+        assert_eq!(answer, ServerMessage::ClipboardRefused { out: true, size: 4, limit: 0 });
+        let text = copy_out(&text_only, Some(&tx), Clip::Text("hi".into()));
+        assert_eq!(text, ServerMessage::Clipboard { text: "hi".into() }, "text still leaves");
+        let audited: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!((audited[0].verdict, audited[1].verdict), ("refused", "saved"));
+        assert!(audited[0].detail.as_deref().is_some_and(|d| d.contains("only text")));
     }
 }

@@ -64,6 +64,9 @@ pub fn caps_bits(c: &Capabilities) -> u32 {
         (c.file_download, caps::FILE_DOWNLOAD),
         (c.shadow, caps::SHADOW),
         (c.audio, caps::AUDIO),
+        (c.file_upload || c.file_download, caps::FILE_LINKS),
+        (c.clipboard_paste_in && c.clipboard_in_images, caps::CLIPBOARD_IMAGES_IN),
+        (c.clipboard_copy_out && c.clipboard_out_images, caps::CLIPBOARD_IMAGES_OUT),
     ] {
         if on {
             b |= bit;

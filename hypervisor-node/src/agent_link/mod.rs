@@ -457,6 +457,17 @@ fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real PNG file of `width` x `height` black pixels.
+    fn real_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let pixels = vec![0; usize::try_from(width * height * 4).expect("small")];
+        enc.write_header().expect("header").write_image_data(&pixels).expect("pixels");
+        out
+    }
     use atrium_protocol::agent::SessionUser;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -485,13 +496,15 @@ mod tests {
         // An image that is not a PNG file is not believed; a PNG file replaces the text.
         let fake = AgentMessage::ClipboardImage { png: b"GIF89a, not a PNG".to_vec() };
         w.write_all(&encode_line(&fake)).await.expect("write");
-        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x08".to_vec();
-        png.extend([8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        let png = real_png(16, 8);
+        let smuggled = [png.clone(), b"anything after the image".to_vec()].concat();
+        let fake = AgentMessage::ClipboardImage { png: smuggled };
+        w.write_all(&encode_line(&fake)).await.expect("write");
         w.write_all(&encode_line(&AgentMessage::ClipboardImage { png: png.clone() }))
             .await
             .expect("write");
         let state = clip.wait_for(|c| c.seq == 2).await.expect("clipboard image").clone();
-        assert_eq!((state.text, state.png), (None, Some(png)), "the fake image was taken");
+        assert_eq!((state.text, state.png), (None, Some(png)), "a fake image was taken");
 
         let user = SessionUser {
             username: "alice".into(),

@@ -79,6 +79,15 @@ pub mod caps {
     pub const RECORDED: u32 = 256;
     /// ... and so are its keys and pointer.
     pub const RECORDED_INPUT: u32 = 512;
+    /// Files may move over links the browser uses itself: the proxy takes
+    /// [`super::ClientMessage::FilePut`] and [`super::ClientMessage::FileFetch`] (a proxy
+    /// without this bit takes only the chunks over the connection).
+    pub const FILE_LINKS: u32 = 1024;
+    /// Images, not only text, may be pasted into the desktop
+    /// ([`super::ClientMessage::ClipboardImage`]).
+    pub const CLIPBOARD_IMAGES_IN: u32 = 2048;
+    /// Images, not only text, may leave the desktop by the clipboard.
+    pub const CLIPBOARD_IMAGES_OUT: u32 = 4096;
 }
 
 /// Largest VP8 frame the proxy sends (a key frame of a full 4K screen fits easily).

@@ -76,7 +76,10 @@ export class ClipboardPanel {
         this.fromDesktop.value = '';
       }
       const what = out ? 'What the desktop copied' : 'What you pasted';
-      const msg = `${what} (${kib(size)}) is over this desktop's clipboard limit of ${kib(limit)}: it was not ${out ? 'sent to you' : 'pasted'}.`;
+      // A limit of 0: an image, where the policy lets only text cross.
+      const why = limit === 0 ? 'is an image, and this desktop\'s clipboard takes only text'
+        : `is over this desktop's clipboard limit of ${kib(limit)}`;
+      const msg = `${what} (${kib(size)}) ${why}: it was not ${out ? 'sent to you' : 'pasted'}.`;
       this.status.textContent = msg;
       announce(msg, true);
     });
@@ -139,7 +142,9 @@ export class ClipboardPanel {
       return;
     }
     const png = new Uint8Array(await blob.arrayBuffer());
-    if (!this.session || !this.session.sendClipboardImage(png)) {
+    if (this.session && this.session.clipboardIn && !this.session.clipboardImagesIn) {
+      this.status.textContent = 'This desktop\'s clipboard takes only text: the image was not pasted.';
+    } else if (!this.session || !this.session.sendClipboardImage(png)) {
       this.status.textContent = 'Pasting into this desktop is not allowed.';
     } else {
       this.status.textContent = 'Image sent to the desktop.';

@@ -31,6 +31,9 @@ export const Caps = Object.freeze({
   VIDEO: 128,
   RECORDED: 256,
   RECORDED_INPUT: 512,
+  FILE_LINKS: 1024,
+  CLIPBOARD_IMAGES_IN: 2048,
+  CLIPBOARD_IMAGES_OUT: 4096,
 });
 
 export const ImageFormat = Object.freeze({ PNG: 1, JPEG: 2, RGBA: 3, INDEXED: 4 });

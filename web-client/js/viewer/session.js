@@ -82,13 +82,11 @@ export class DisplaySession extends Emitter {
     this.video = null;
     // Files move over links the browser uses itself (a download's frame, an upload's PUT),
     // where this page can reach them.
-    const linked = typeof document !== 'undefined' && linkUrl(url, '0'.repeat(32)) !== null;
-    const linkTo = (token) => linkUrl(this.url, token);
-    this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false),
-      linked ? { url: linkTo, put: putLink } : null);
+    // The proxy says in its Hello whether it takes links (caps FILE_LINKS).
+    this._linkable = typeof document !== 'undefined' && linkUrl(url, '0'.repeat(32)) !== null;
+    this.uploader = new Uploader((buf) => (this.transport ? this.transport.send(buf) : false));
     this.uploader.on('change', (u) => this.emit('upload', u));
-    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false), saver,
-      linked ? { url: linkTo, open: frameLink } : null);
+    this.downloader = new Downloader((buf) => (this.transport ? this.transport.send(buf) : false), saver);
     this.downloader.on('change', (d) => this.emit('download', d));
     this.downloader.on('list', (l) => this.emit('fileList', l));
   }
@@ -96,6 +94,7 @@ export class DisplaySession extends Emitter {
   get viewOnly() { return (this.caps & P.Caps.VIEW_ONLY) !== 0; }
   get clipboardIn() { return (this.caps & P.Caps.CLIPBOARD_PASTE_IN) !== 0; }
   get clipboardOut() { return (this.caps & P.Caps.CLIPBOARD_COPY_OUT) !== 0; }
+  get clipboardImagesIn() { return (this.caps & P.Caps.CLIPBOARD_IMAGES_IN) !== 0; }
   get audio() { return (this.caps & P.Caps.AUDIO) !== 0; }
   get fileUpload() { return (this.caps & P.Caps.FILE_UPLOAD) !== 0 && !this.viewOnly; }
   get fileDownload() { return (this.caps & P.Caps.FILE_DOWNLOAD) !== 0 && !this.viewOnly; }
@@ -120,9 +119,9 @@ export class DisplaySession extends Emitter {
   }
 
   // Sends an image (a PNG file's bytes) to the guest's clipboard; false when the ticket does
-  // not allow it or it is over P.MAX_CLIPBOARD_IMAGE.
+  // not allow it (pasting, or images) or it is over P.MAX_CLIPBOARD_IMAGE.
   sendClipboardImage(png) {
-    if (!this.connected || !this.clipboardIn) return false;
+    if (!this.connected || !this.clipboardIn || !this.clipboardImagesIn) return false;
     const m = P.clipboardImageMessage(png);
     return m !== null && this.transport.send(m);
   }
@@ -298,6 +297,11 @@ export class DisplaySession extends Emitter {
     this.name = m.name;
     this.caps = m.caps;
     this.maxFramesInFlight = m.maxFramesInFlight;
+    // Files go over links where this page can reach them and the proxy takes them.
+    const links = this._linkable && (m.caps & P.Caps.FILE_LINKS) !== 0;
+    const linkTo = (token) => linkUrl(this.url, token);
+    this.uploader.links = links ? { url: linkTo, put: putLink } : null;
+    this.downloader.links = links ? { url: linkTo, open: frameLink } : null;
     this.connected = true;
     this.renderer.resize(m.width, m.height);
     if (!this.viewOnly) {
@@ -309,6 +313,7 @@ export class DisplaySession extends Emitter {
     this.emit('connected', {
       width: m.width, height: m.height, name: m.name, caps: m.caps,
       viewOnly: this.viewOnly, clipboardIn: this.clipboardIn, clipboardOut: this.clipboardOut,
+      clipboardImagesIn: this.clipboardImagesIn,
       audio: this.audio, fileUpload: this.fileUpload, fileDownload: this.fileDownload,
     });
   }
