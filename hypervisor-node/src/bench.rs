@@ -98,6 +98,7 @@ async fn bare_boot(
         display: opts.display,
         sound: false,
         cgroup: None,
+        memory: Default::default(),
     };
     let paths = Paths::in_dir(dir);
     let args: Vec<_> = qemu.args(&cfg, &paths, None).into_iter().filter(|a| a != "-S").collect();

@@ -50,6 +50,7 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
             display: DisplaySize::new(800, 600),
             sound: false,
             cgroup: None,
+            memory: Default::default(),
         })
         .await?;
 

@@ -300,6 +300,12 @@ impl Runtime for BuiltinRuntime {
 
     fn launch(&self, cfg: LaunchConfig) -> BoxFuture<'_, Result<Arc<dyn VmHandle>, RuntimeError>> {
         Box::pin(async move {
+            // Templates and clones are the qemu runtime's; the builtin VMM has no snapshots yet.
+            if !matches!(cfg.memory, super::GuestMemory::Private) {
+                return Err(RuntimeError::Start(
+                    "the builtin VMM boots its own memory only (no templates or clones)".into(),
+                ));
+            }
             let handle = self.launch_vmm(cfg).await?;
             Ok(handle as Arc<dyn VmHandle>)
         })
@@ -496,6 +502,7 @@ mod tests {
             display: DisplaySize::new(1024, 768),
             sound: false,
             cgroup: None,
+            memory: Default::default(),
         }
     }
 

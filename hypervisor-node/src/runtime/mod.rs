@@ -10,6 +10,9 @@
 pub mod builtin;
 pub mod qemu;
 pub mod qmp;
+pub mod template;
+
+pub use template::{GuestMemory, SealedMemory};
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -90,6 +93,9 @@ pub struct LaunchConfig {
     pub sound: bool,
     /// The group the VM process must join before it runs.
     pub cgroup: Option<VmCgroup>,
+    /// Where its memory comes from: its own (a boot), a template's file, or a template's
+    /// sealed copy (a clone).
+    pub memory: GuestMemory,
 }
 
 /// Where the node reaches a VM.
@@ -258,6 +264,14 @@ pub trait VmHandle: Send + Sync + Debug {
     /// with the node).
     fn adoptable(&self) -> Option<Adoptable> {
         None
+    }
+    /// Pauses a VM launched as a template ([`GuestMemory::Template`]) and saves its device
+    /// state (not its RAM, which is in the template's file) to `state`, for clones to load.
+    /// The VM stays paused; the caller ends it. Let go of the guest agent's socket first: a
+    /// clone's host then connects anew, and the agent greets it.
+    fn save_template(&self, state: &Path) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        let _ = state;
+        Box::pin(async { Err(RuntimeError::Control("this runtime cannot save templates".into())) })
     }
 }
 

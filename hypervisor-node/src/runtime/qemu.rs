@@ -13,6 +13,11 @@
 //! - guest agent: a virtio-serial port named `org.atrium.agent.0` on `agent.sock`; serial
 //!   console on `serial.sock`;
 //! - disk: a qcow2 layer whose backing file is the image's read-only base;
+//! - templates and clones ([`super::template`]): a template's RAM is a file, shared; its
+//!   devices are saved without it (`x-ignore-shared`, through a socket in the VM's own folder:
+//!   the sandbox forbids `exec:`); a clone maps the template's sealed copy privately and loads
+//!   those devices (`-incoming defer`) instead of booting; both have a `vmgenid` device, so
+//!   each clone's kernel reseeds its random numbers;
 //! - the process joins its cgroup before `exec`, and outlives the node: a node that crashes or
 //!   is killed leaves its QEMUs running, and takes them back when it starts again
 //!   ([`QemuRuntime::adopt`]: the process checked by its start time, QMP reconnected, the VM's
@@ -32,12 +37,17 @@ use tokio::sync::{Mutex, watch};
 
 use super::qmp::Qmp;
 use super::{
-    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, LaunchConfig, Runtime, RuntimeError,
-    VmHandle,
+    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, GuestMemory, LaunchConfig, Runtime,
+    RuntimeError, VmHandle,
 };
 use crate::accounts::{RunAs, UidLease, UidPool, lookup_user};
 use crate::config::{Pointer, QemuSection};
 use crate::kvm;
+
+/// The id of a template's or a clone's memory backend.
+const MEMORY_BACKEND: &str = "mem0";
+/// How long saving or loading a template's device state may take (a few MB).
+const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The files of a VM's folder this runtime uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +202,12 @@ impl QemuRuntime {
             push(s.into());
         }
         push("-machine".into());
-        push("q35".into());
+        // A template's or a clone's RAM is a memory backend of its own (template.rs).
+        push(if matches!(cfg.memory, GuestMemory::Private) {
+            "q35".into()
+        } else {
+            format!("q35,memory-backend={MEMORY_BACKEND}")
+        });
         match self.accel {
             Accel::Kvm => {
                 push("-accel".into());
@@ -211,6 +226,26 @@ impl QemuRuntime {
         push(cfg.vcpus.to_string());
         push("-m".into());
         push(format!("{}M", cfg.memory_mib));
+        let backed = match &cfg.memory {
+            GuestMemory::Private => None,
+            GuestMemory::Template { file } => Some((file.clone(), "on")),
+            GuestMemory::Clone { memory, .. } => Some((memory.path(), "off")),
+        };
+        if let Some((file, share)) = backed {
+            push("-object".into());
+            push(format!(
+                "memory-backend-file,id={MEMORY_BACKEND},size={}M,mem-path={},share={share}",
+                cfg.memory_mib,
+                file.display()
+            ));
+            // A new generation id at each clone: the guest kernel reseeds its random numbers.
+            push("-device".into());
+            push("vmgenid,guid=auto".into());
+        }
+        if matches!(cfg.memory, GuestMemory::Clone { .. }) {
+            push("-incoming".into());
+            push("defer".into());
+        }
         push("-qmp".into());
         push(format!("unix:{},server=on,wait=off", paths.qmp.display()));
         if cfg.sound {
@@ -311,6 +346,11 @@ impl QemuRuntime {
         }
         a
     }
+}
+
+/// The migration capability that leaves a template's RAM (in its own file) out of its state.
+fn ignore_shared() -> serde_json::Value {
+    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
 }
 
 /// How a QEMU process ended, for the VM's state and error.
@@ -451,7 +491,16 @@ impl QemuRuntime {
             foreign: None,
         };
         // QMP is up once QEMU has made its sockets (it starts paused, so nothing is missed).
-        match vm.connect_qmp().await.and_then(|()| self.open_display_to_group(&vm.paths)) {
+        let ready = async {
+            vm.connect_qmp().await?;
+            self.open_display_to_group(&vm.paths)?;
+            // A clone loads its template's devices (paused, as the template was saved).
+            if let GuestMemory::Clone { state, .. } = &cfg.memory {
+                vm.load_state(state).await?;
+            }
+            Ok::<(), RuntimeError>(())
+        };
+        match ready.await {
             Ok(()) => Ok(Arc::new(vm)),
             Err(e) => {
                 let _ = vm.kill_now().await;
@@ -572,6 +621,57 @@ impl QemuVm {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Loads a template's device state from `state` into this clone (launched with
+    /// `-incoming defer`): QEMU listens on a socket in its own folder and the state goes in.
+    /// The clone is then paused, as its template was saved.
+    async fn load_state(&self, state: &Path) -> Result<(), RuntimeError> {
+        self.qmp("migrate-set-capabilities", Some(ignore_shared())).await?;
+        let sock = self.screens.join("state.sock");
+        let _ = std::fs::remove_file(&sock);
+        let uri = format!("unix:{}", sock.display());
+        self.qmp("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        let send = async {
+            let mut file = tokio::fs::File::open(state)
+                .await
+                .map_err(RuntimeError::io(format!("opening {}", state.display())))?;
+            let mut to = tokio::net::UnixStream::connect(&sock)
+                .await
+                .map_err(RuntimeError::io("connecting to the clone's state socket"))?;
+            tokio::io::copy(&mut file, &mut to)
+                .await
+                .map_err(RuntimeError::io("sending the template's state"))?;
+            Ok::<(), RuntimeError>(())
+        };
+        tokio::time::timeout(STATE_TIMEOUT, send).await.map_err(|_| {
+            RuntimeError::Control("sending the template's state took too long".into())
+        })??;
+        let done = self.migration_done().await;
+        let _ = std::fs::remove_file(&sock);
+        done
+    }
+
+    /// Waits until the migration (out of a template, or into a clone) has completed.
+    async fn migration_done(&self) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + STATE_TIMEOUT;
+        loop {
+            let m = self.qmp("query-migrate", None).await?;
+            match m.get("status").and_then(serde_json::Value::as_str) {
+                Some("completed") => return Ok(()),
+                Some(s @ ("failed" | "cancelled")) => {
+                    let why = m.get("error-desc").and_then(serde_json::Value::as_str);
+                    return Err(RuntimeError::Control(format!(
+                        "the template's state: migration {s}{}",
+                        why.map(|w| format!(": {w}")).unwrap_or_default()
+                    )));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(RuntimeError::Control("the template's state took too long".into()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     }
 
@@ -697,6 +797,51 @@ impl VmHandle for QemuVm {
         Box::pin(async move { self.qmp("system_powerdown", None).await.map(drop) })
     }
 
+    fn save_template(&self, state: &Path) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        let state = state.to_owned();
+        Box::pin(async move {
+            self.qmp("stop", None).await?;
+            self.qmp("migrate-set-capabilities", Some(ignore_shared())).await?;
+            // QEMU (as the VM's user, when it dropped root) connects to the node's socket in its
+            // own folder, which only it and root reach.
+            let sock = self.screens.join("state.sock");
+            let _ = std::fs::remove_file(&sock);
+            let listener = tokio::net::UnixListener::bind(&sock)
+                .map_err(RuntimeError::io("listening for the template's state"))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))
+                    .map_err(RuntimeError::io("opening the state socket to QEMU"))?;
+            }
+            let uri = format!("unix:{}", sock.display());
+            self.qmp("migrate", Some(json!({ "uri": uri }))).await?;
+            let take = async {
+                let (mut from, _) = listener
+                    .accept()
+                    .await
+                    .map_err(RuntimeError::io("taking the template's state"))?;
+                let mut out = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&state)
+                    .await
+                    .map_err(RuntimeError::io(format!("creating {}", state.display())))?;
+                tokio::io::copy(&mut from, &mut out)
+                    .await
+                    .map_err(RuntimeError::io("writing the template's state"))?;
+                out.sync_all().await.map_err(RuntimeError::io("writing the template's state"))
+            };
+            let taken = tokio::time::timeout(STATE_TIMEOUT, take).await.map_err(|_| {
+                RuntimeError::Control("saving the template's state took too long".into())
+            });
+            let _ = std::fs::remove_file(&sock);
+            taken??;
+            self.migration_done().await
+        })
+    }
+
     fn kill(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(self.kill_now())
     }
@@ -755,6 +900,7 @@ mod tests {
             display: DisplaySize::new(1280, 800),
             sound: false,
             cgroup: None,
+            memory: Default::default(),
         }
     }
 
@@ -800,6 +946,48 @@ mod tests {
             let q = QemuSection { vm_uids: bad.into(), ..QemuSection::default() };
             assert!(q.run_as_choice().is_err(), "{bad:?}");
         }
+    }
+
+    /// A template's RAM is its file, shared; a clone's the template's sealed copy, private, and
+    /// it waits for its devices; both have a generation id; a boot has none of this.
+    #[test]
+    fn templates_and_clones_have_their_memory_from_a_file() {
+        let rt = QemuRuntime::new(QemuSection::default(), KvmKind::Pvm);
+        let strings = |cfg: &LaunchConfig| -> Vec<String> {
+            rt.args(cfg, &Paths::in_dir(&cfg.dir), None)
+                .into_iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        let boot = strings(&launch_config());
+        assert_eq!(after(&boot, "-machine"), ["q35"]);
+        assert!(after(&boot, "-object").is_empty() && after(&boot, "-incoming").is_empty());
+        assert!(!after(&boot, "-device").contains(&"vmgenid,guid=auto"));
+
+        let mut cfg = launch_config();
+        cfg.memory = GuestMemory::Template { file: "/state/templates/t1/memory".into() };
+        let template = strings(&cfg);
+        assert_eq!(after(&template, "-machine"), ["q35,memory-backend=mem0"]);
+        assert_eq!(
+            after(&template, "-object"),
+            ["memory-backend-file,id=mem0,size=512M,mem-path=/state/templates/t1/memory,share=on"]
+        );
+        assert!(after(&template, "-device").contains(&"vmgenid,guid=auto"));
+        assert!(after(&template, "-incoming").is_empty());
+
+        let file = std::env::temp_dir().join(format!("atrium-qemu-tpl-{}", std::process::id()));
+        std::fs::write(&file, [0u8; 4096]).unwrap();
+        let memory = Arc::new(super::super::SealedMemory::from_file(&file).unwrap());
+        std::fs::remove_file(&file).unwrap();
+        cfg.memory = GuestMemory::Clone { memory: Arc::clone(&memory), state: "/s".into() };
+        let clone = strings(&cfg);
+        let object = format!(
+            "memory-backend-file,id=mem0,size=512M,mem-path={},share=off",
+            memory.path().display()
+        );
+        assert_eq!(after(&clone, "-object"), [object.as_str()]);
+        assert_eq!(after(&clone, "-incoming"), ["defer"]);
+        assert!(after(&clone, "-device").contains(&"vmgenid,guid=auto"));
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl VmManager {
             display: vm.spec.display,
             sound: vm.has_sound(),
             cgroup,
+            memory: Default::default(),
         };
         let handle = runtime.launch(cfg).await?;
         *lock(&vm.handle) = Some(Arc::clone(&handle));

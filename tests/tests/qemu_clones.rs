@@ -1,0 +1,156 @@
+//! Instant clones in the qemu runtime: the console image boots as a template (its RAM in a
+//! file), its devices are saved without that RAM, and two clones restored from it (RAM mapped
+//! privately from the template's sealed copy) come up without a boot: their guest agents answer
+//! and say ready, and each clone runs on its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use atrium_node::agent_link::AgentLink;
+use atrium_node::image::Image;
+use atrium_node::runtime::qemu::QemuRuntime;
+use atrium_node::runtime::{GuestMemory, LaunchConfig, Runtime, SealedMemory, VmHandle};
+use atrium_protocol::agent::HostMessage;
+use atrium_protocol::node::DisplaySize;
+use atrium_tests::node::console_image;
+use atrium_tests::{Group, TempDir, skip};
+
+/// How long a boot under TCG may take to its agent's ready; a clone gets the same (it takes a
+/// fraction of a second).
+const READY: Duration = Duration::from_secs(120);
+
+fn config(image: &Image, dir: &std::path::Path, id: &str, memory: GuestMemory) -> LaunchConfig {
+    let m = &image.manifest;
+    LaunchConfig {
+        id: id.into(),
+        dir: dir.join(id),
+        kernel: image.file(&m.boot.kernel),
+        initrd: m.boot.initrd.as_ref().map(|i| image.file(i)),
+        cmdline: m.boot.cmdline.clone(),
+        disk: None,
+        home: None,
+        vcpus: 1,
+        memory_mib: 256,
+        display: DisplaySize::new(1024, 768),
+        sound: false,
+        cgroup: None,
+        memory,
+    }
+}
+
+/// Collects what the VM writes on its serial console from now on.
+async fn console(vm: &dyn VmHandle) -> anyhow::Result<Arc<std::sync::Mutex<Vec<u8>>>> {
+    use tokio::io::AsyncReadExt;
+    let path = vm.endpoints().serial.clone().context("no serial console")?;
+    let mut s = tokio::net::UnixStream::connect(&path).await?;
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let o = Arc::clone(&out);
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            o.lock().expect("console").extend_from_slice(&buf[..n]);
+        }
+    });
+    Ok(out)
+}
+
+/// The boot's own line on the console image's serial console.
+const BOOTED: &str = "atrium-init: starting init";
+
+/// Waits until the agent of `link` says ready.
+async fn ready(link: &AgentLink, what: &str) -> anyhow::Result<()> {
+    let mut r = link.view.ready.clone();
+    tokio::time::timeout(READY, r.wait_for(|r| *r))
+        .await
+        .with_context(|| format!("{what}: the agent did not say ready"))?
+        .with_context(|| format!("{what}: the agent's link closed"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn clones_of_a_booted_template_run_without_a_boot() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "clones_of_a_booted_template_run_without_a_boot") {
+        return Ok(());
+    }
+    let tmp = TempDir::new("qemu-clones");
+    let image = Image::load(&console_image()?, false)?;
+    let runtime = QemuRuntime::new(Default::default(), atrium_node::kvm::detect());
+    let make = |id: &str| {
+        let d = tmp.path().join(id);
+        std::fs::create_dir_all(&d).map(|()| d)
+    };
+
+    // 1. The template boots with its RAM in a file, and its agent says ready.
+    let memory_file = tmp.path().join("template.mem");
+    make("vm-00000000000000a0")?;
+    let template = runtime
+        .launch(config(
+            &image,
+            tmp.path(),
+            "vm-00000000000000a0",
+            GuestMemory::Template { file: memory_file.clone() },
+        ))
+        .await?;
+    let link = AgentLink::connect(&template.endpoints().agent, "template").await?;
+    let template_console = console(template.as_ref()).await?;
+    template.resume().await?;
+    ready(&link, "the template").await?;
+    let booted = String::from_utf8_lossy(&template_console.lock().expect("console")).into_owned();
+    ensure!(booted.contains(BOOTED), "the template's console shows no boot:\n{booted}");
+    // 2. The node lets go of the agent, and saves the template's devices (not its RAM).
+    drop(link);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = tmp.path().join("template.state");
+    template.save_template(&state).await?;
+    let state_len = std::fs::metadata(&state)?.len();
+    let memory_len = std::fs::metadata(&memory_file)?.len();
+    ensure!(state_len > 0, "no state was saved");
+    ensure!(
+        state_len < memory_len / 8,
+        "the state ({state_len} bytes) holds the RAM ({memory_len} bytes)"
+    );
+    template.kill().await?;
+    template.cleanup()?;
+    let memory = Arc::new(SealedMemory::from_file(&memory_file)?);
+    std::fs::remove_file(&memory_file)?;
+
+    // 3. Two clones: no boot, the agent greets its new host (which speaks first) and is ready.
+    let mut clones: Vec<(Arc<dyn VmHandle>, AgentLink)> = Vec::new();
+    for id in ["vm-00000000000000c1", "vm-00000000000000c2"] {
+        make(id)?;
+        let cfg = config(
+            &image,
+            tmp.path(),
+            id,
+            GuestMemory::Clone { memory: Arc::clone(&memory), state: state.clone() },
+        );
+        let clone = runtime.launch(cfg).await.with_context(|| format!("restoring {id}"))?;
+        let link = AgentLink::connect(&clone.endpoints().agent, id).await?;
+        let clone_console = console(clone.as_ref()).await?;
+        clone.resume().await?;
+        link.send(HostMessage::Ping { id: 1 }).await?;
+        ready(&link, id).await?;
+        let seen = String::from_utf8_lossy(&clone_console.lock().expect("console")).into_owned();
+        ensure!(!seen.contains(BOOTED), "{id} booted instead of restoring:\n{seen}");
+        clones.push((clone, link));
+    }
+    // Each runs on its own: both answer pings after the other's start.
+    for (i, (clone, link)) in clones.iter().enumerate() {
+        let mut pong = link.view.last_pong.clone();
+        let before = *pong.borrow();
+        link.send(HostMessage::Ping { id: 10 + i as u64 }).await?;
+        tokio::time::timeout(Duration::from_secs(30), pong.wait_for(|p| *p != before))
+            .await
+            .with_context(|| format!("clone {i} did not answer a ping"))??;
+        ensure!(clone.exit_watch().borrow().is_none(), "clone {i} ended");
+    }
+    for (clone, _) in clones {
+        clone.kill().await?;
+        clone.cleanup()?;
+    }
+    Ok(())
+}
