@@ -213,9 +213,7 @@ async fn a_file_link_reaches_the_proxy_of_a_relayed_viewer_and_nothing_else() {
     // for a wrong token (which desktops have viewers is not told).
     let r = get("vm-1", &token).await.unwrap();
     assert_eq!(r.status(), 404);
-    let wrong = get("vm-1", &"0".repeat(32)).await.unwrap();
-    assert_eq!(wrong.status(), 404);
-    assert_eq!(r.text().await.unwrap(), wrong.text().await.unwrap());
+    let no_viewer = r.text().await.unwrap();
 
     let t = h.ticket("vm-1");
     let mut ws = h.connect("vm-1", &t).await.unwrap();
@@ -233,10 +231,13 @@ async fn a_file_link_reaches_the_proxy_of_a_relayed_viewer_and_nothing_else() {
     assert_eq!(r.headers()["content-disposition"], "attachment; filename*=UTF-8''Bericht%201.txt");
     assert_eq!(r.headers()["content-length"], "5");
     assert_eq!(r.bytes().await.unwrap(), &b"hello"[..]);
-    // Served once: the proxy's 404 comes back through the gateway.
+    // Served once: the proxy's 404 comes back through the gateway, as the gateway's own answer
+    // for a desktop without a viewer here (so nothing tells the two apart).
     let again = get("vm-1", &token).await.unwrap();
     assert_eq!(again.status(), 404);
-    assert!(again.text().await.unwrap().contains("used once"));
+    let used = again.text().await.unwrap();
+    assert!(used.contains("used once"));
+    assert_eq!(used, no_viewer, "a link used and a desktop without viewers answer alike");
 
     // A link that ends short of its length fails in the browser, through the gateway too.
     let (offer, feed) = links.offer("vm-1", download("kurz.bin", 10)).unwrap();

@@ -25,6 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Links waiting to be fetched in the whole proxy, at most (each viewer has at most
 /// [`super::MAX_DOWNLOADS_PER_VIEWER`] downloads).
+/// What a request for a link that is not there (or no longer) is told, wherever it asks: the
+/// proxy or a gateway in front of it.
+pub const NO_SUCH_LINK: &str =
+    "no such file link: a link is used once, within seconds of being offered";
+
 pub const MAX_OPEN_LINKS: usize = 1024;
 /// Pieces (each at most [`atrium_protocol::display::MAX_FILE_CHUNK`]) queued for the browser's
 /// connection beyond what it took: the connection's own flow control holds the rest back.

@@ -20,6 +20,7 @@ use super::metrics::Refusal;
 use super::relay::{self, Answer, Backend, Ended, RelayError, Upgrade};
 use crate::auth::{WsQuery, check_origin, check_vm, cors_origin, link_preflight, with_cors};
 use crate::error::Refused;
+use crate::files::links::NO_SUCH_LINK;
 use atrium_door::Slot;
 
 /// The routes.
@@ -222,16 +223,16 @@ async fn file_link(
     Path((vm, token)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    // Whether a desktop has viewers here is nobody's business but theirs: every check that
+    // does not need the viewer comes first, and a link that is not there is answered alike
+    // whether the desktop has none (here) or the proxy has no such link.
+    let no_such_link =
+        || refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, NO_SUCH_LINK));
     let token_shape =
         token.len() == 32 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if check_vm(&vm).is_err() || !token_shape {
-        return refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, "no such link"));
+        return no_such_link();
     }
-    // A desktop without a viewer here is answered as a wrong token is: which desktops have
-    // viewers is nobody's business but theirs.
-    let Some(backend) = g.relayed(&vm) else {
-        return refused(&g, Refusal::Request, Refused::new(StatusCode::NOT_FOUND, "no such link"));
-    };
     // A page's origin is the gateway's to check, as for viewers; the proxy behind sees none.
     let origin = match cors_origin(req.headers(), &g.0.cfg.allowed_origins) {
         Ok(o) => o,
@@ -245,6 +246,9 @@ async fn file_link(
             Refused::new(StatusCode::METHOD_NOT_ALLOWED, "a file link is for GET (or PUT) only");
         return refused(&g, Refusal::Request, r);
     }
+    let Some(backend) = g.relayed(&vm) else {
+        return with_cors(no_such_link(), origin);
+    };
     let hops = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
     let client = atrium_protocol::net::client_addr(peer.ip(), hops, g.door().trusted());
     let path = format!("/files/{vm}/{token}");

@@ -37,11 +37,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 fn no_such_link() -> Response {
-    Refused::new(
-        StatusCode::NOT_FOUND,
-        "no such file link: a link is used once, within seconds of being offered",
-    )
-    .into_response()
+    Refused::new(StatusCode::NOT_FOUND, crate::files::links::NO_SUCH_LINK).into_response()
 }
 
 async fn fetch(State(s): State<AppState>, Path((vm, token)): Path<(String, String)>) -> Response {
