@@ -95,6 +95,11 @@ async fn clones_of_a_booted_template_run_without_a_boot() -> anyhow::Result<()> 
             GuestMemory::Template { file: memory_file.clone() },
         ))
         .await?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&memory_file)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "the template's memory file has mode {mode:o}");
+    }
     let link = AgentLink::connect(&template.endpoints().agent, "template").await?;
     let template_console = console(template.as_ref()).await?;
     template.resume().await?;
@@ -148,6 +153,13 @@ async fn clones_of_a_booted_template_run_without_a_boot() -> anyhow::Result<()> 
             .with_context(|| format!("clone {i} did not answer a ping"))??;
         ensure!(clone.exit_watch().borrow().is_none(), "clone {i} ended");
     }
+    // Only a template saves a template's state.
+    let refused = clones[0].0.save_template(&tmp.path().join("clone.state")).await;
+    ensure!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("launched as a template")),
+        "a clone saved a template's state: {refused:?}"
+    );
+    ensure!(!tmp.path().join("clone.state").exists());
     for (clone, _) in clones {
         clone.kill().await?;
         clone.cleanup()?;

@@ -39,11 +39,17 @@ pub struct SealedMemory {
 impl SealedMemory {
     /// Copies the template's RAM from `file` (what it booted with) and seals the copy.
     pub fn from_file(file: &Path) -> io::Result<Self> {
+        /// Linux 6.3's `MFD_NOEXEC_SEAL`: hosts with `vm.memfd_noexec = 2` refuse a memfd
+        /// without it; older kernels refuse the flag (then it is left out).
+        const MFD_NOEXEC_SEAL: libc::c_uint = 0x0008;
         let name = c"atrium-template";
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
-        let raw = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
+        let mut raw = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_NOEXEC_SEAL) };
+        if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // SAFETY: as above.
+            raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        }
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }

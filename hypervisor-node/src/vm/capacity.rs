@@ -2,6 +2,8 @@
 //! VMs hold of them, and the one step that admits a VM only if it fits.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use atrium_protocol::node::Capacity;
 
@@ -26,13 +28,12 @@ impl VmManager {
     pub fn capacity(&self) -> Capacity {
         let vms: Vec<Arc<Vm>> = lock(&self.vms).values().cloned().collect();
         let (vcpus, mem) = allocated(&vms);
-        let used_kib: u64 = vms.iter().map(|v| pss_kib(v)).sum();
         Capacity {
             vcpus_total: self.vcpus_total,
             vcpus_allocated: vcpus,
             memory_mib_total: self.memory_mib_total,
             memory_mib_allocated: mem,
-            memory_mib_used: used_kib.div_ceil(1024),
+            memory_mib_used: self.memory_used_kib.load(Ordering::Relaxed).div_ceil(1024),
             vms: u32::try_from(vms.len()).unwrap_or(u32::MAX),
             kvm: self.kvm,
             default_runtime: self.default_runtime,
@@ -72,6 +73,25 @@ impl VmManager {
         vms.insert(vm.id.clone(), Arc::clone(vm));
         Ok(())
     }
+}
+
+/// How often the VMs' memory use is read (their page tables are walked: not on every call).
+const USAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads what the VMs of `manager` use (PSS) every [`USAGE_EVERY`], on a thread of its own (off
+/// the async workers), until the manager is gone.
+pub(super) fn sample_usage(manager: &Arc<VmManager>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(manager);
+    std::thread::Builder::new().name("vm-memory".into()).spawn(move || {
+        while let Some(m) = weak.upgrade() {
+            let vms: Vec<Arc<Vm>> = lock(&m.vms).values().cloned().collect();
+            let kib: u64 = vms.iter().map(|v| pss_kib(v)).sum();
+            m.memory_used_kib.store(kib, Ordering::Relaxed);
+            drop((m, vms));
+            std::thread::sleep(USAGE_EVERY);
+        }
+    })?;
+    Ok(())
 }
 
 /// The vCPUs and MiB held by the VMs that are starting or running.

@@ -218,6 +218,8 @@ pub struct VmManager {
     pub metrics: Metrics,
     draining: AtomicBool,
     ping_seq: AtomicU64,
+    /// What the VMs use (PSS, KiB), as last sampled ([`capacity::sample_usage`]).
+    memory_used_kib: AtomicU64,
 }
 
 impl VmManager {
@@ -263,8 +265,12 @@ impl VmManager {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
             ping_seq: AtomicU64::new(1),
+            memory_used_kib: AtomicU64::new(0),
         };
-        Ok(Arc::new(manager))
+        let manager = Arc::new(manager);
+        capacity::sample_usage(&manager)
+            .map_err(|e| internal("starting the thread that reads VMs' memory use", &e))?;
+        Ok(manager)
     }
 
     pub fn config(&self) -> &NodeConfig {
