@@ -99,6 +99,23 @@ impl SessionUser {
     }
 }
 
+/// How many random bytes a [`HostMessage::Renew`] carries: at least a reseed's worth (256 bits).
+pub const RENEW_ENTROPY: std::ops::RangeInclusive<usize> = 32..=64;
+
+/// Whether `name` is a host name a clone may take: 1 to 63 of `a-z`, `0-9` and `-`, neither
+/// first nor last a `-`.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a host name (1-63 of a-z, 0-9 and -, not at the ends)"))
+    }
+}
+
 /// Messages from the host (node agent or builtin VMM) to the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -122,6 +139,17 @@ pub enum HostMessage {
     ClipboardImage {
         #[serde(with = "crate::b64")]
         png: Vec<u8>,
+    },
+    /// This desktop is a clone of a template VM: make it its own before anyone uses it. The
+    /// agent mixes `entropy` (random bytes from the host, [`RENEW_ENTROPY`]) into the kernel's
+    /// random pool and credits it, sets the clock to `time_ms` (milliseconds since the Unix
+    /// epoch), makes a new machine-id and takes `hostname` ([`check_hostname`]). Answered with
+    /// [`AgentMessage::Renewed`] or [`AgentMessage::Error`].
+    Renew {
+        #[serde(with = "crate::b64")]
+        entropy: Vec<u8>,
+        time_ms: u64,
+        hostname: String,
     },
     /// Give the desktop's screen this size (the browser window changed). The agent answers
     /// [`AgentMessage::Screen`] once the screen has changed, or [`AgentMessage::Error`].
@@ -182,6 +210,8 @@ pub enum AgentMessage {
     /// The desktop's screen has this size (when its X server starts, and after every change).
     /// Only an agent that sends it can be asked for [`HostMessage::ScreenSize`].
     Screen { width: u32, height: u32 },
+    /// The clone is its own ([`HostMessage::Renew`]): its new machine-id (32 hex digits).
+    Renewed { machine_id: String },
     /// Something the agent could not do.
     Error { message: String },
     /// File `id` is open: its data may be sent.
@@ -439,6 +469,23 @@ mod tests {
             ["", ".", "..", ".bashrc", "a/b", "../x", "a\\b", "a\nb", " a", "a ", &"x".repeat(256)]
         {
             assert!(validate_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn renewals_have_a_stable_wire_form_and_host_names_are_checked() {
+        let m = HostMessage::Renew { entropy: vec![1; 32], time_ms: 5, hostname: "desk-1".into() };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.starts_with("{\"type\":\"renew\",\"entropy\":\"AQEB"), "{line}");
+        assert_eq!(serde_json::from_str::<HostMessage>(&line).unwrap(), m);
+        let r: AgentMessage =
+            serde_json::from_str("{\"type\":\"renewed\",\"machine_id\":\"ab\"}").unwrap();
+        assert_eq!(r, AgentMessage::Renewed { machine_id: "ab".into() });
+        for good in ["a", "desk-1", "vm-0123456789abcdef", &"a".repeat(63)] {
+            assert!(check_hostname(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a b", "é", &"a".repeat(64)] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
         }
     }
 

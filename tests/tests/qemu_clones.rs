@@ -143,6 +143,38 @@ async fn clones_of_a_booted_template_run_without_a_boot() -> anyhow::Result<()> 
         ensure!(!seen.contains(BOOTED), "{id} booted instead of restoring:\n{seen}");
         clones.push((clone, link));
     }
+    // 4. Each is made its own: the host's random bytes, the clock, a host name; its new
+    // machine-id, made from its own random numbers after that, is its own. A bad renewal is
+    // refused and changes nothing.
+    let (_, first) = &clones[0];
+    let mut error = first.view.last_error.clone();
+    let bad = HostMessage::Renew { entropy: vec![1; 8], time_ms: 0, hostname: "x".into() };
+    first.send(bad).await?;
+    let said = tokio::time::timeout(Duration::from_secs(30), error.wait_for(Option::is_some))
+        .await
+        .context("a bad renewal was not answered")??
+        .clone();
+    ensure!(said.as_deref().is_some_and(|e| e.contains("8 random bytes")), "{said:?}");
+    ensure!(first.view.renewed.borrow().is_none(), "a bad renewal renewed");
+    let mut ids = Vec::new();
+    for (i, (_, link)) in clones.iter().enumerate() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let renew = HostMessage::Renew {
+            entropy: rand::random::<[u8; 32]>().to_vec(),
+            time_ms: u64::try_from(now.as_millis())?,
+            hostname: format!("desk-{i}"),
+        };
+        let mut renewed = link.view.renewed.clone();
+        link.send(renew).await?;
+        let id = tokio::time::timeout(Duration::from_secs(30), renewed.wait_for(Option::is_some))
+            .await
+            .with_context(|| format!("clone {i} was not renewed"))??
+            .clone()
+            .context("renewed")?;
+        ids.push(id);
+    }
+    ensure!(ids[0] != ids[1], "two clones have one machine-id: {ids:?}");
+
     // Each runs on its own: both answer pings after the other's start.
     for (i, (clone, link)) in clones.iter().enumerate() {
         let mut pong = link.view.last_pong.clone();

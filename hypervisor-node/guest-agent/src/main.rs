@@ -25,6 +25,7 @@ mod files;
 mod options;
 mod outgoing;
 mod port;
+mod renew;
 mod resync;
 mod session;
 mod xauth;
@@ -148,6 +149,15 @@ impl Agent {
             },
             HostMessage::Clipboard { text } => self.paste_in(&text),
             HostMessage::ClipboardImage { png } => self.paste_image(png),
+            HostMessage::Renew { entropy, time_ms, hostname } => {
+                match renew::renew(&entropy, time_ms, &hostname) {
+                    Ok(machine_id) => {
+                        log(&format!("made its own as {hostname}: a clone of a template"));
+                        self.send(&AgentMessage::Renewed { machine_id });
+                    }
+                    Err(message) => self.send(&AgentMessage::Error { message }),
+                }
+            }
             HostMessage::ScreenSize { width, height } => self.resize(width, height),
             HostMessage::FileOpen { id, name, size } => {
                 // The owner stays locked while the file opens: a sign-out in between would

@@ -53,6 +53,8 @@ pub struct AgentView {
     pub last_pong: watch::Receiver<Option<Instant>>,
     pub last_error: watch::Receiver<Option<String>>,
     pub connected: watch::Receiver<bool>,
+    /// The machine-id of the agent's last `renewed` (a clone made its own).
+    pub renewed: watch::Receiver<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,7 @@ struct Senders {
     last_pong: watch::Sender<Option<Instant>>,
     last_error: watch::Sender<Option<String>>,
     connected: watch::Sender<bool>,
+    renewed: watch::Sender<Option<String>>,
 }
 
 /// A connection to one VM's guest agent.
@@ -117,8 +120,18 @@ impl AgentLink {
         let (last_pong, last_pong_rx) = watch::channel(None);
         let (last_error, last_error_rx) = watch::channel(None);
         let (connected, connected_rx) = watch::channel(true);
-        let senders =
-            Senders { ready, hello, session, clipboard, screen, last_pong, last_error, connected };
+        let (renewed, renewed_rx) = watch::channel(None);
+        let senders = Senders {
+            ready,
+            hello,
+            session,
+            clipboard,
+            screen,
+            last_pong,
+            last_error,
+            connected,
+            renewed,
+        };
         let view = AgentView {
             ready: ready_rx,
             hello: hello_rx,
@@ -128,6 +141,7 @@ impl AgentLink {
             last_pong: last_pong_rx,
             last_error: last_error_rx,
             connected: connected_rx,
+            renewed: renewed_rx,
         };
         let (r, mut w) = stream.into_split();
         // Small: a file's chunks wait here for a slow guest, and each may be 256 KiB.
@@ -401,6 +415,17 @@ fn handle(msg: AgentMessage, s: &Senders, files: &FileRoutes, vm: &str, guard: &
         }
         AgentMessage::Pong { .. } => {
             let _ = s.last_pong.send(Some(Instant::now()));
+        }
+        AgentMessage::Renewed { machine_id } => {
+            // A machine-id is 32 lower-case hex digits; anything else is not believed.
+            let well_formed = machine_id.len() == 32
+                && machine_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !well_formed {
+                guard.warn(vm, format_args!("guest agent: a renewal with a bad machine-id"));
+                return;
+            }
+            tracing::info!(vm, "the clone is its own");
+            let _ = s.renewed.send(Some(machine_id));
         }
         AgentMessage::SessionStarted { username } => {
             if guard.log.allow(Instant::now()).is_some() {
