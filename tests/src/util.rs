@@ -78,13 +78,54 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the usual small race is acceptable in tests).
+/// A free TCP port on 127.0.0.1 for a service a test starts.
+///
+/// Ports come from a window just below the kernel's ephemeral range, so no outgoing connection
+/// (which takes its port from that range) can take one between this call and the service's
+/// `bind`; a counter in a locked file hands each test process on the machine a different one.
+/// A port something else listens on is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local_addr")
-        .port()
+    let (low, high) = port_window();
+    let path = std::env::temp_dir().join("atrium-test-ports");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open the test port counter");
+    file.lock().expect("lock the test port counter");
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut &file, &mut text);
+    let mut next =
+        text.trim().parse::<u16>().ok().filter(|p| (low..high).contains(p)).unwrap_or(low);
+    for _ in low..high {
+        let port = next;
+        next = if next + 1 >= high { low } else { next + 1 };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let mut f = &file;
+            let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0));
+            let _ = file.set_len(0);
+            let _ = std::io::Write::write_all(&mut f, next.to_string().as_bytes());
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high} on 127.0.0.1");
+}
+
+/// The ports `free_port` hands out: 8000 below the ephemeral range (or above it when that
+/// starts too low).
+fn port_window() -> (u16, u16) {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut parts = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    let (start, end) = (parts.next().unwrap_or(32768), parts.next().unwrap_or(60999));
+    if start >= 10_000 {
+        (start - 8000, start)
+    } else {
+        let low = end.saturating_add(1).max(1024);
+        (low, low.saturating_add(8000))
+    }
 }
 
 /// A temporary directory removed on drop (kept when `ATRIUM_KEEP_TMP` is set, for debugging).
