@@ -17,6 +17,11 @@ pub struct Metrics {
     pub missed_pings: AtomicU64,
     /// VMs an earlier run of the node left running, taken back at start.
     pub taken_back: AtomicU64,
+    /// VMs started as clones of a template.
+    pub cloned: AtomicU64,
+    /// Templates made, and those whose making failed.
+    pub templates_made: AtomicU64,
+    pub template_failures: AtomicU64,
     /// Seconds from create to agent-ready: (sum, count).
     ready: Mutex<(f64, u64)>,
 }
@@ -60,6 +65,21 @@ impl Metrics {
             self.taken_back.load(Ordering::Relaxed),
         );
         counter(
+            "atrium_node_vms_cloned_total",
+            "VMs started as clones of a template (no boot).",
+            self.cloned.load(Ordering::Relaxed),
+        );
+        counter(
+            "atrium_node_templates_made_total",
+            "Templates booted and saved for clones.",
+            self.templates_made.load(Ordering::Relaxed),
+        );
+        counter(
+            "atrium_node_template_failures_total",
+            "Templates whose making failed (VMs of their kind boot meanwhile).",
+            self.template_failures.load(Ordering::Relaxed),
+        );
+        counter(
             "atrium_node_agent_missed_pings_total",
             "Health pings a guest agent did not answer.",
             self.missed_pings.load(Ordering::Relaxed),
@@ -100,6 +120,11 @@ impl Metrics {
             "atrium_node_memory_mib_used",
             "Host memory the VMs use (their processes' PSS: shared pages counted once).",
             c.memory_mib_used,
+        );
+        gauge(
+            "atrium_node_templates",
+            "Templates clones start from now (one per image version and VM size).",
+            node.templates_made() as u64,
         );
         gauge(
             "atrium_node_draining",

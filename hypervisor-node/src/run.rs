@@ -179,6 +179,7 @@ async fn run_in(
         runtime: opts.runtime,
         persistent_disk: None,
         user: None,
+        clone: false,
     };
     let t0 = Instant::now();
     let vm = manager.launch(spec, image).await?;

@@ -184,6 +184,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
         }
         while deletes.join_next().await.is_some() {}
     }
+    node.end_templates();
     if keep && !node.list().is_empty() {
         tracing::info!(
             vms = node.list().len(),

@@ -166,6 +166,11 @@ pub struct VmSpec {
     /// The signed-in user, when the VM is created for someone (not as a pool spare).
     #[serde(default)]
     pub user: Option<SessionUser>,
+    /// Start it as a clone of the node's template for its image and size (a floating desktop:
+    /// no persistent disk; the qemu runtime): no boot, memory shared with the template until
+    /// written. The node boots it instead while the template is being made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clone: bool,
 }
 
 /// A field-level validation error in a request.
@@ -246,6 +251,15 @@ impl VmSpec {
         if let Some(user) = &self.user {
             user.validate().map_err(|m| FieldError::new("user", m))?;
         }
+        if self.clone && self.persistent_disk.is_some() {
+            return Err(FieldError::new(
+                "clone",
+                "a clone is a floating desktop: it cannot have a persistent disk",
+            ));
+        }
+        if self.clone && self.runtime == Some(RuntimeKind::Builtin) {
+            return Err(FieldError::new("clone", "the builtin runtime does not clone VMs yet"));
+        }
         Ok(image)
     }
 }
@@ -312,6 +326,10 @@ pub struct VmInfo {
     pub ready_at_ms: Option<u64>,
     pub error: Option<String>,
     pub display_endpoint: DisplayEndpoint,
+    /// Started as a clone of the node's template for its image and size (`VmSpec::clone`);
+    /// `false` for a boot (asked for, or while the template was being made).
+    #[serde(default)]
+    pub cloned: bool,
 }
 
 /// `POST /api/v1/vms/{id}/session`: tell the guest agent who signed in.
@@ -514,6 +532,7 @@ mod tests {
             runtime: None,
             persistent_disk: None,
             user: None,
+            clone: false,
         }
     }
 
@@ -548,6 +567,18 @@ mod tests {
         let mut s = spec();
         s.persistent_disk = Some(String::new());
         assert_eq!(s.validate().unwrap_err().field, "persistent_disk");
+        // A clone is floating, and the qemu runtime's.
+        let mut s = spec();
+        s.clone = true;
+        assert!(s.validate().is_ok());
+        s.persistent_disk = Some("d1".into());
+        assert_eq!(s.validate().unwrap_err().field, "clone");
+        s.persistent_disk = None;
+        s.runtime = Some(RuntimeKind::Builtin);
+        assert_eq!(s.validate().unwrap_err().field, "clone");
+        // Not asked for, it is not sent: an older node reads the spec as before.
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert!(!json.contains("clone"), "{json}");
     }
 
     #[test]

@@ -332,6 +332,11 @@ async function main() {
   await admin.page.getByLabel('Ready spares', { exact: true }).fill('0');
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
+  // The pool page lists the desktops with the image version each runs and how it started.
+  const desktopsTable = admin.page.getByRole('table', { name: 'Desktops' });
+  await desktopsTable.locator('td', { hasText: /^[a-z0-9._-]+@\S+$/ }).first().waitFor({ timeout: 20000 });
+  const started = await desktopsTable.locator('tbody tr td:nth-child(6)').allTextContents();
+  check(started.some((t) => t === 'boot'), `the desktops table says how each started: ${started}`);
   await shot(admin.page, 'e2e-08-admin-pools.png');
 
   // --- She lets a new node in: a one-time enrolment token, shown once, then listed without it.

@@ -147,6 +147,7 @@ fn info(id: &str, vm: &FakeVm) -> VmInfo {
         ready_at_ms: None,
         error: None,
         display_endpoint: DisplayEndpoint::VncUnix { path: format!("/nonexistent/{id}.sock") },
+        cloned: vm.spec.clone,
     }
 }
 

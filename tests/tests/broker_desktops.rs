@@ -768,3 +768,61 @@ when { resource is Atrium::Pool && resource.name == "finance" };
         "{sc}"
     );
 }
+
+#[tokio::test]
+async fn a_clone_pool_asks_for_clones_and_each_desktop_shows_its_image_and_start() {
+    if skip(Group::Ldap, "a_clone_pool_asks_for_clones_and_each_desktop_shows_its_image_and_start")
+    {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    let a = broker.admin().await;
+    // Only floating desktops are clones: a dedicated one keeps its own disk.
+    let mut dedicated = pool_json("mine", "dedicated", 0, 2);
+    dedicated["clone"] = json!(true);
+    let refused = a.post("/api/v1/admin/pools", dedicated).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.json::<Value>().await.unwrap()["field"], "clone");
+    let mut cloned = pool_json("clones", "floating", 1, 2);
+    cloned["clone"] = json!(true);
+    let pool = a.post_json("/api/v1/admin/pools", cloned, StatusCode::CREATED).await;
+    assert_eq!(pool["clone"], true);
+    let booted = a
+        .post_json("/api/v1/admin/pools", pool_json("boots", "floating", 1, 2), StatusCode::CREATED)
+        .await;
+    assert_eq!(booted["clone"], false, "absent is no clones");
+    wait_ready_spares(&a, "clones", 1).await;
+    wait_ready_spares(&a, "boots", 1).await;
+
+    // The node was asked for a clone for the clone pool only, and each desktop records what
+    // the node started: the image version and whether it is a clone.
+    let asked: Vec<bool> = node.with(|s| s.vms.values().map(|v| v.spec.clone).collect());
+    assert_eq!(asked.iter().filter(|c| **c).count(), 1, "{asked:?}");
+    let desktops = a.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+    let of = |p: &Value| {
+        desktops
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["pool_id"] == p["id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("no desktop of {p} in {desktops}"))
+    };
+    assert_eq!(of(&pool)["cloned"], true);
+    assert_eq!(of(&pool)["image"], "console");
+    assert_eq!(of(&booted)["cloned"], false);
+    assert_eq!(of(&booted)["image"], "console");
+
+    // Turning clones off changes what the next desktops are asked as.
+    let mut off = pool_json("clones", "floating", 2, 2);
+    off["clone"] = json!(false);
+    let path = format!("/api/v1/admin/pools/{}", pool["id"].as_str().unwrap());
+    let changed = a.call(reqwest::Method::PUT, &path, Some(off)).await.unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(changed.json::<Value>().await.unwrap()["clone"], false);
+    wait_ready_spares(&a, "clones", 2).await;
+    let clones_asked = node.with(|s| s.vms.values().filter(|v| v.spec.clone).count());
+    assert_eq!(clones_asked, 1, "a desktop was asked as a clone after clones were turned off");
+}

@@ -1,7 +1,8 @@
 //! Instant clones in the qemu runtime: the console image boots as a template (its RAM in a
 //! file), its devices are saved without that RAM, and two clones restored from it (RAM mapped
 //! privately from the template's sealed copy) come up without a boot: their guest agents answer
-//! and say ready, and each clone runs on its own.
+//! and say ready, and each clone runs on its own. Then the same through the node: VMs asked for
+//! as clones boot while the node makes the template, and start as its clones after.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,5 +197,83 @@ async fn clones_of_a_booted_template_run_without_a_boot() -> anyhow::Result<()> 
         clone.kill().await?;
         clone.cleanup()?;
     }
+    Ok(())
+}
+
+/// A gauge or counter of the node's `/metrics`.
+async fn metric(node: &atrium_tests::node::NodeProcess, name: &str) -> anyhow::Result<u64> {
+    let (_, body) = node.call("GET", "/metrics", None).await?;
+    let text = String::from_utf8(body)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in the node's metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_makes_a_template_and_starts_vms_as_its_clones() -> anyhow::Result<()> {
+    use atrium_protocol::node::{VmInfo, VmState};
+    use atrium_tests::node::{NodeProcess, processes_with};
+    use serde_json::json;
+    if skip(Group::Qemu, "a_node_makes_a_template_and_starts_vms_as_its_clones") {
+        return Ok(());
+    }
+    let node = NodeProcess::start(&console_image()?, "").await?;
+    let spec = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768", "clone": true });
+
+    // A clone is floating: one with a persistent disk is refused, and nothing is made.
+    let mut bad = spec.clone();
+    bad["persistent_disk"] = json!("d1");
+    let (status, body) = node.raw_post("/api/v1/vms", &bad.to_string()).await?;
+    ensure!(status == 400 && body["field"] == "clone", "{status} {body}");
+
+    // 1. The first VM of its kind boots (no one waits for the template), and the node makes
+    //    the template meanwhile.
+    let first = node.ready_vm(&spec, READY * 2).await?;
+    ensure!(!node.vm(&first).await?.cloned, "the first VM was a clone before any template");
+    atrium_tests::wait_for("the template", READY * 2, || async {
+        metric(&node, "atrium_node_templates").await.ok().filter(|n| *n == 1)
+    })
+    .await
+    .with_context(|| node.log())?;
+    let templates = node.state_dir.join("templates");
+    let made: Vec<_> = std::fs::read_dir(&templates)?.flatten().map(|e| e.path()).collect();
+    ensure!(made.len() == 1, "templates: {made:?}");
+    ensure!(made[0].join("state").exists(), "the template has no saved state");
+    ensure!(!made[0].join("memory").exists(), "the template's memory file was left (it is sealed)");
+    let template_procs = processes_with(&templates.display().to_string());
+    ensure!(template_procs.is_empty(), "the template's QEMU still runs: {template_procs:?}");
+
+    // 2. The next VMs are its clones: no boot on their consoles; ready once made their own; one
+    //    asked for a user greets them as a booted one does.
+    let mut with_user = spec.clone();
+    with_user["user"] = json!({ "username": "alice", "display_name": "Alice Example" });
+    let mut clones = Vec::new();
+    for s in [&spec, &with_user] {
+        let id = node.ready_vm(s, READY).await?;
+        let info: VmInfo = node.vm(&id).await?;
+        ensure!(info.cloned, "{id} was booted, not cloned:\n{}", node.log());
+        let console = node.console_log(&id).await?;
+        ensure!(!console.contains(BOOTED), "{id} booted:\n{console}");
+        clones.push(id);
+    }
+    atrium_tests::wait_for("the clone's user", Duration::from_secs(60), || async {
+        node.vm(&clones[1]).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+    ensure!(metric(&node, "atrium_node_vms_cloned_total").await? == 2);
+    ensure!(metric(&node, "atrium_node_templates_made_total").await? == 1);
+    let log = node.log();
+    ensure!(log.contains("template made"), "{log}");
+
+    // 3. A clone deleted leaves nothing of its own; the template stays for the next.
+    for id in [&first, &clones[0]] {
+        let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+        ensure!(status == 204, "delete {id}: {status}");
+        ensure!(processes_with(&format!("guest=atrium-{id}")).is_empty(), "{id} still runs");
+        ensure!(!node.state_dir.join("vms").join(id).exists(), "{id}'s folder is left");
+    }
+    ensure!(made[0].exists(), "the template went with a clone");
+    let info = node.vm(&clones[1]).await?;
+    ensure!(info.state == VmState::Ready, "the other clone is {:?}", info.state);
     Ok(())
 }

@@ -79,6 +79,10 @@ pub struct Desktop {
     pub assigned_at: Option<i64>,
     pub last_active_at: i64,
     pub state_changed_at: i64,
+    /// The image its VM runs (`NAME@VERSION`, as its node reported at the start).
+    pub image: Option<String>,
+    /// Its VM started as a clone of the node's template (not booted).
+    pub cloned: bool,
 }
 
 pub(super) fn row_to_desktop(r: &AnyRow) -> DbResult<Desktop> {
@@ -100,6 +104,8 @@ pub(super) fn row_to_desktop(r: &AnyRow) -> DbResult<Desktop> {
         assigned_at: col(r, "assigned_at")?,
         last_active_at: col(r, "last_active_at")?,
         state_changed_at: col(r, "state_changed_at")?,
+        image: col(r, "image")?,
+        cloned: crate::db::u64_col(r, "cloned")? != 0,
     })
 }
 
@@ -143,14 +149,23 @@ impl Db {
     }
 
     /// The node accepted the VM: provisioning → starting.
-    pub async fn set_desktop_vm(&self, id: &str, vm_id: &str, now: i64) -> DbResult<()> {
+    /// The desktop's VM was made: its id, the image version it runs, whether it was cloned.
+    pub async fn set_desktop_vm(
+        &self,
+        id: &str,
+        vm: &atrium_protocol::node::VmInfo,
+        now: i64,
+    ) -> DbResult<()> {
         sqlx::query(
-            "UPDATE desktops SET vm_id = $2, state = 'starting', state_changed_at = $3
+            "UPDATE desktops SET vm_id = $2, state = 'starting', state_changed_at = $3, image = $4,
+               cloned = $5
              WHERE id = $1 AND state = 'provisioning'",
         )
         .bind(id)
-        .bind(vm_id)
+        .bind(&vm.id)
         .bind(now)
+        .bind(&vm.image)
+        .bind(i64::from(vm.cloned))
         .execute(self.pool())
         .await?;
         Ok(())

@@ -115,6 +115,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "mfa", include_str!("../../migrations/0010_mfa.sql")),
     (11, "recordings", include_str!("../../migrations/0011_recordings.sql")),
     (12, "time limits", include_str!("../../migrations/0012_time_limits.sql")),
+    (13, "clones", include_str!("../../migrations/0013_clones.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

@@ -64,6 +64,9 @@ pub struct Pool {
     pub max_session_secs: u64,
     /// A desktop nobody is connected to is logged off after this long (0: at once).
     pub disconnect_timeout_secs: u64,
+    /// Desktops start as clones of their node's template for the pool's image and size (no
+    /// boot); floating pools only.
+    pub clone: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -91,6 +94,9 @@ pub struct PoolInput {
     /// Absent: [`DEFAULT_DISCONNECT_TIMEOUT_SECS`].
     #[serde(default = "default_disconnect_timeout")]
     pub disconnect_timeout_secs: u64,
+    /// Start desktops as clones of a template (floating pools only). Absent: `false`.
+    #[serde(default)]
+    pub clone: bool,
 }
 
 /// A pool's disconnect time when its administrator did not choose one.
@@ -147,6 +153,18 @@ impl PoolInput {
         if self.disconnect_timeout_secs > 30 * 86_400 {
             return Err(FieldError::new("disconnect_timeout_secs", "must be 0 to 2592000"));
         }
+        if self.clone && self.kind != PoolKind::Floating {
+            return Err(FieldError::new(
+                "clone",
+                "only floating desktops start as clones (a dedicated desktop keeps its own disk)",
+            ));
+        }
+        if self.clone && self.runtime == Some(RuntimeKind::Builtin) {
+            return Err(FieldError::new(
+                "clone",
+                "the builtin runtime does not clone desktops yet",
+            ));
+        }
         Ok(())
     }
 }
@@ -169,6 +187,7 @@ fn row_to_pool(r: &sqlx::any::AnyRow) -> DbResult<Pool> {
         idle_timeout_secs: u64_col(r, "idle_timeout_secs")?,
         max_session_secs: u64_col(r, "max_session_secs")?,
         disconnect_timeout_secs: u64_col(r, "disconnect_timeout_secs")?,
+        clone: u64_col(r, "clone_desktops")? != 0,
         created_at: col(r, "created_at")?,
         updated_at: col(r, "updated_at")?,
     })
@@ -193,8 +212,8 @@ impl Db {
         let r = sqlx::query(
             "INSERT INTO pools (id, name, description, image, vcpus, memory_mib, display, runtime, kind,
                min_ready, max_size, idle_timeout_secs, max_session_secs, created_at, updated_at,
-               disconnect_timeout_secs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
+               disconnect_timeout_secs, clone_desktops)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16)",
         )
         .bind(&id)
         .bind(&input.name)
@@ -211,6 +230,7 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
+        .bind(i64::from(input.clone))
         .execute(self.pool())
         .await;
         match r {
@@ -235,7 +255,8 @@ impl Db {
         let r = sqlx::query(
             "UPDATE pools SET name = $2, description = $3, image = $4, vcpus = $5, memory_mib = $6, display = $7,
                runtime = $8, kind = $9, min_ready = $10, max_size = $11, idle_timeout_secs = $12,
-               max_session_secs = $13, updated_at = $14, disconnect_timeout_secs = $15
+               max_session_secs = $13, updated_at = $14, disconnect_timeout_secs = $15,
+               clone_desktops = $16
              WHERE id = $1",
         )
         .bind(id)
@@ -253,6 +274,7 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
+        .bind(i64::from(input.clone))
         .execute(self.pool())
         .await;
         match r {

@@ -475,10 +475,11 @@ pub async fn provision(
         runtime: pool.runtime,
         persistent_disk: d.persistent_disk.clone(),
         user: user.filter(|u| u.validate().is_ok()),
+        clone: pool.clone && pool.kind == PoolKind::Floating && d.persistent_disk.is_none(),
     };
     match st.nodes.create_vm(node.api(), &spec).await {
         Ok(vm) => {
-            st.db.set_desktop_vm(&d.id, &vm.id, now_ms()).await?;
+            st.db.set_desktop_vm(&d.id, &vm, now_ms()).await?;
             // The node takes desktops again: its back-off is over (a write only after refusals).
             if node.refusals != 0
                 && let Err(e) = st.db.note_acceptance(&node.id).await

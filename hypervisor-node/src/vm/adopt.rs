@@ -42,6 +42,9 @@ pub(super) struct VmRecord {
     ready_at_ms: Option<u64>,
     user: Option<String>,
     process: Adoptable,
+    /// Started as a clone of a template.
+    #[serde(default)]
+    cloned: bool,
 }
 
 impl Vm {
@@ -69,6 +72,7 @@ impl Vm {
             ready_at_ms: status.ready_at_ms,
             user: status.user,
             process,
+            cloned: self.cloned.load(Ordering::Relaxed),
         };
         // A name of its own: two updates at once must not write into one file.
         let tmp = self.dir.join(format!("{RECORD}.{:016x}.tmp", rand::random::<u64>()));
@@ -162,6 +166,10 @@ impl VmManager {
             ops: tokio::sync::Mutex::new(()),
             session_op: tokio::sync::Mutex::new(()),
             persisting: std::sync::Mutex::new(()),
+            cloned: AtomicBool::new(r.cloned),
+            // Its template went with the node that made it; the clone runs on the files it has
+            // open.
+            template: std::sync::Mutex::new(None),
         });
         let connected = async {
             if let Some(serial) = &handle.endpoints().serial {
@@ -249,6 +257,7 @@ mod tests {
             ready_at_ms: Some(2),
             user: Some("alice".into()),
             process: Adoptable { pid: 42, started: 7, layer: None, uid: Some(200_000) },
+            cloned: true,
         };
         std::fs::write(dir.join(RECORD), serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(read_record(&dir).unwrap(), r);

@@ -3,11 +3,13 @@
 //! folder, cgroup and disks ([`disks`]), a runtime's launch, the serial console and the guest
 //! agent, resume); [`monitor`] follows it (ready, died, health pings); [`stop`] ends it (nothing
 //! left behind); what is asked of a running guest (session, clipboard, screen size,
-//! screenshot) is in [`guest`], files in and out in [`files`] and [`downloads`].
+//! screenshot) is in [`guest`], files in and out in [`files`] and [`downloads`]; VMs started
+//! as clones of a booted template instead of a boot in [`templates`].
 //!
 //! Layout under `state_dir`: `vms/<id>/` (the runtime's sockets, the VM's disk layer, and
 //! `vm.json` while it runs; removed with the VM) and `disks/<disk>.qcow2` + `disks/<disk>.json`
-//! (persistent disks, kept). A restarted node takes running VMs back ([`adopt`]).
+//! (persistent disks, kept); `templates/<id>/` (a template's frozen disk layer and saved
+//! devices, while the node runs). A restarted node takes running VMs back ([`adopt`]).
 
 mod adopt;
 mod capacity;
@@ -18,6 +20,7 @@ mod guest;
 mod monitor;
 mod start;
 mod stop;
+mod templates;
 
 pub use self::downloads::Download;
 pub use self::files::StagedFile;
@@ -121,6 +124,10 @@ pub struct Vm {
     session_op: tokio::sync::Mutex<()>,
     /// Serializes writes of the VM's record: an older status never lands after a newer one.
     persisting: Mutex<()>,
+    /// Started as a clone of a template (not booted).
+    cloned: AtomicBool,
+    /// The template it was cloned from, held while the VM is on the node.
+    template: Mutex<Option<Arc<templates::Template>>>,
 }
 
 impl Vm {
@@ -188,6 +195,7 @@ impl Vm {
             ready_at_ms: s.ready_at_ms,
             error: s.error,
             display_endpoint,
+            cloned: self.cloned.load(Ordering::Relaxed),
         }
     }
 
@@ -220,6 +228,9 @@ pub struct VmManager {
     ping_seq: AtomicU64,
     /// What the VMs use (PSS, KiB), as last sampled ([`capacity::sample_usage`]).
     memory_used_kib: AtomicU64,
+    templates: templates::Templates,
+    /// `state_dir/templates`.
+    templates_dir: PathBuf,
 }
 
 impl VmManager {
@@ -250,6 +261,8 @@ impl VmManager {
             );
             None
         };
+        let templates_dir = templates::Templates::prepare(&config.node.state_dir)
+            .map_err(|e| internal("the templates folder", &e))?;
         let (vcpus_total, memory_mib_total) = capacity::totals(&config);
         let manager = Self {
             node_id: config.node_id(),
@@ -266,6 +279,8 @@ impl VmManager {
             draining: AtomicBool::new(false),
             ping_seq: AtomicU64::new(1),
             memory_used_kib: AtomicU64::new(0),
+            templates: templates::Templates::default(),
+            templates_dir,
         };
         let manager = Arc::new(manager);
         capacity::sample_usage(&manager)

@@ -68,6 +68,18 @@ impl VmManager {
                         continue;
                     }
                     is_ready = true;
+                    if vm.cloned.load(Ordering::Relaxed) && vm.state() == VmState::Starting
+                        && let Err(e) = self.renew(&vm, &agent).await
+                    {
+                        tracing::error!(vm = %vm.id, "making the clone its own failed: {e}");
+                        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                        vm.set_state(VmState::Failed, Some(format!("making the clone its own failed: {e}")));
+                        vm.stopping.store(true, Ordering::SeqCst);
+                        if let Err(e) = handle.kill().await {
+                            tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
+                        }
+                        continue;
+                    }
                     if vm.state() == VmState::Starting {
                         vm.set_state(VmState::Ready, None);
                         vm.persist();

@@ -1,6 +1,7 @@
 //! A VM's start, one linear recipe: check the spec and find the image, reserve capacity, lay
-//! out the VM's folder, create its cgroup, attach its disks, launch it through a runtime,
-//! attach the serial console and the guest agent, resume it, and watch it.
+//! out the VM's folder, create its cgroup, attach its disks, take its template (a clone),
+//! launch it through a runtime, attach the serial console and the guest agent, resume it, and
+//! watch it (a clone is made its own before it is ready).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,10 +84,12 @@ impl VmManager {
             ops: tokio::sync::Mutex::new(()),
             session_op: tokio::sync::Mutex::new(()),
             persisting: Mutex::new(()),
+            cloned: AtomicBool::new(false),
+            template: Mutex::new(None),
         });
         self.reserve(&vm)?;
         tracing::info!(vm = %id, image = %vm.image.manifest.reference(), runtime = %kind, vcpus = vm.spec.vcpus, memory_mib = vm.spec.memory_mib, "starting VM");
-        if let Err(e) = self.start(&vm, runtime.as_ref()).await {
+        if let Err(e) = self.start(&vm, runtime).await {
             tracing::error!(vm = %id, "starting the VM failed: {e}");
             self.metrics.start_failures.fetch_add(1, Ordering::Relaxed);
             vm.stopping.store(true, Ordering::SeqCst);
@@ -103,12 +106,16 @@ impl VmManager {
 
     /// The steps of a reserved VM's start; what one leaves behind when a later one fails is
     /// removed by [`Self::teardown`].
-    async fn start(self: &Arc<Self>, vm: &Arc<Vm>, runtime: &dyn Runtime) -> Result<(), VmError> {
+    async fn start(
+        self: &Arc<Self>,
+        vm: &Arc<Vm>,
+        runtime: Arc<dyn Runtime>,
+    ) -> Result<(), VmError> {
         create_dir(&vm.dir)?;
         let cgroup = self.create_cgroup(vm)?;
         let (disk, home) = self.attach_disks(vm)?;
         let m = &vm.image.manifest;
-        let cfg = LaunchConfig {
+        let mut cfg = LaunchConfig {
             id: vm.id.clone(),
             dir: vm.dir.clone(),
             kernel: vm.image.file(&m.boot.kernel),
@@ -123,6 +130,15 @@ impl VmManager {
             cgroup,
             memory: Default::default(),
         };
+        // A clone, when its template is made (else a boot while it is being made).
+        let template =
+            if vm.spec.clone { self.template_for(vm, Arc::clone(&runtime)) } else { None };
+        if let Some(t) = &template {
+            Self::clone_launch(vm, t, &mut cfg);
+            vm.cloned.store(true, Ordering::Relaxed);
+            self.metrics.cloned.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&vm.template) = template;
         let handle = runtime.launch(cfg).await?;
         *lock(&vm.handle) = Some(Arc::clone(&handle));
         lock(&vm.status).accel = handle.accel();
@@ -130,6 +146,11 @@ impl VmManager {
         let agent = Arc::new(AgentLink::connect(&handle.endpoints().agent, &vm.id).await?);
         *lock(&vm.agent) = Some(Arc::clone(&agent));
         handle.resume().await?;
+        if vm.cloned.load(Ordering::Relaxed) {
+            // A clone's agent waits for its new host to speak before it says hello and ready.
+            let ping = self.ping_seq.fetch_add(1, Ordering::Relaxed);
+            agent.send(atrium_protocol::agent::HostMessage::Ping { id: ping }).await?;
+        }
         self.watch(vm, handle, agent, false);
         Ok(())
     }
@@ -151,7 +172,7 @@ impl VmManager {
 }
 
 /// The VM's folder, readable by the node only.
-fn create_dir(dir: &Path) -> Result<(), VmError> {
+pub(super) fn create_dir(dir: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| VmError::Internal(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;

@@ -69,6 +69,8 @@ impl VmManager {
             t.abort();
         }
         lock(&vm.agent).take();
+        // Its template's files go with the last VM holding it.
+        lock(&vm.template).take();
         if let Some(h) = &handle
             && let Err(e) = h.cleanup()
         {

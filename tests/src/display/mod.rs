@@ -240,6 +240,7 @@ impl DisplayOnlyNode {
                         ready_at_ms: None,
                         error: None,
                         display_endpoint: endpoint.clone(),
+                        cloned: false,
                     }))
                 }),
             )

@@ -1,4 +1,5 @@
-// Admin: pools (list with counts, create, edit, delete).
+// Admin: pools (list with counts, create, edit, delete) and their desktops (state, user, node,
+// the image version each runs, started as a clone or booted).
 
 import { get, post, put, del, ApiError } from '../api.js';
 import { el, render, announce } from '../ui.js';
@@ -16,10 +17,11 @@ const FIELDS = [
   ['idle_timeout_secs', 'Idle timeout (s)', 'number', 'No keyboard or mouse input for this long disconnects the session (a warning a minute before)'],
   ['max_session_secs', 'Maximum session (s)', 'number', 'A session ends this long after it started (a warning ten minutes before)'],
   ['disconnect_timeout_secs', 'Disconnect timeout (s)', 'number', 'A desktop nobody is connected to is kept this long, then logged off (floating: recycled; dedicated: stopped, its disk kept)'],
+  ['clone', 'Start desktops as clones', 'checkbox', 'Floating pools: each node boots the image once as a template and starts desktops from it, without a boot'],
 ];
 
 const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
-  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800 };
+  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: false };
 
 function poolForm(initial, onSubmit, submitText) {
   const inputs = {};
@@ -31,10 +33,13 @@ function poolForm(initial, onSubmit, submitText) {
       input = el('select', { id, name: key },
         el('option', { value: 'floating', text: 'Floating' }),
         el('option', { value: 'dedicated', text: 'Dedicated' }));
+    } else if (type === 'checkbox') {
+      input = el('input', { id, name: key, type });
     } else {
       input = el('input', { id, name: key, type, min: type === 'number' ? 0 : undefined, required: key !== 'description' });
     }
-    input.value = initial[key] ?? '';
+    if (type === 'checkbox') input.checked = Boolean(initial[key]);
+    else input.value = initial[key] ?? '';
     inputs[key] = input;
     errors[key] = el('span', { class: 'field-error', id: `${id}-error` });
     input.setAttribute('aria-describedby', `${id}-error${hint ? ` ${id}-hint` : ''}`);
@@ -53,7 +58,7 @@ function poolForm(initial, onSubmit, submitText) {
     }
     formError.textContent = '';
     const body = {};
-    for (const [key, , type] of FIELDS) body[key] = type === 'number' ? Number(inputs[key].value) : inputs[key].value.trim();
+    for (const [key, , type] of FIELDS) body[key] = formValue(inputs[key], type);
     button.disabled = true;
     try {
       await onSubmit(body);
@@ -72,11 +77,30 @@ function poolForm(initial, onSubmit, submitText) {
   return form;
 }
 
+/** What a form field holds, as the API takes it. */
+export function formValue(input, type) {
+  if (type === 'number') return Number(input.value);
+  if (type === 'checkbox') return input.checked;
+  return input.value.trim();
+}
+
+/** A pool's desktops, one row each: the image version it runs and how it started. */
+export function desktopRows(desktops, pools) {
+  const names = new Map(pools.map((p) => [p.id, p.name]));
+  return desktops.map((d) => el('tr', {},
+    el('th', { scope: 'row', text: names.get(d.pool_id) ?? d.pool_id }),
+    el('td', { text: d.state }),
+    el('td', { text: d.username ?? 'spare' }),
+    el('td', { text: d.node_id ?? '' }),
+    el('td', { text: d.image ?? '' }),
+    el('td', { text: d.image ? (d.cloned ? 'clone' : 'boot') : '' })));
+}
+
 export async function showPools(app) {
-  const pools = await get('/api/v1/admin/pools');
+  const [pools, desktops] = await Promise.all([get('/api/v1/admin/pools'), get('/api/v1/admin/desktops')]);
   const rows = pools.map((p) => el('tr', {},
     el('th', { scope: 'row', text: p.name }),
-    el('td', { text: p.image }),
+    el('td', { text: p.clone ? `${p.image} (clones)` : p.image }),
     el('td', { text: p.kind }),
     el('td', { text: `${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.display}` }),
     el('td', { text: String(p.counts.ready) }),
@@ -99,6 +123,10 @@ export async function showPools(app) {
     el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Pools' },
       el('thead', {}, el('tr', {}, ['Name', 'Image', 'Kind', 'Size', 'Ready', 'In use', 'Total / max', ''].map((c) => el('th', { scope: 'col', text: c })))),
       el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 8, text: 'No pools yet.' }))))),
+    el('h2', { text: 'Desktops' }),
+    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Desktops' },
+      el('thead', {}, el('tr', {}, ['Pool', 'State', 'User', 'Node', 'Image', 'Started as'].map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, desktops.length ? desktopRows(desktops, pools) : el('tr', {}, el('td', { colspan: 6, text: 'No desktops.' }))))),
     el('section', { class: 'card', 'aria-labelledby': 'new-pool' },
       el('h2', { id: 'new-pool', text: 'New pool' }),
       poolForm(DEFAULTS, async (body) => {

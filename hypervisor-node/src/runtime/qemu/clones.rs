@@ -53,6 +53,22 @@ pub(super) fn prepare_memory(cfg: &LaunchConfig, shared_user: bool) -> Result<()
     Ok(())
 }
 
+/// Gives a template's or a clone's disk layer to the VM's own user (`owner`, when QEMU drops
+/// root): a save ends by making the layer read-only and a load by making it writable, and QEMU
+/// opens the file again for each, as that user. The layer is this VM's alone (its user is its
+/// own, [`prepare_memory`]); a template's is frozen, root's and read-only, once it is saved.
+pub(super) fn give_layer(
+    cfg: &LaunchConfig,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RuntimeError> {
+    let (Some((uid, gid)), Some(disk)) = (owner, &cfg.disk) else { return Ok(()) };
+    if matches!(cfg.memory, GuestMemory::Private) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(&disk.layer, Some(uid), Some(gid))
+        .map_err(RuntimeError::io(format!("giving {} to the VM's user", disk.layer.display())))
+}
+
 /// The migration capability that leaves a template's RAM (in its own file) out of its state.
 fn ignore_shared() -> serde_json::Value {
     json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })

@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::process::Command;
 use tokio::sync::{Mutex, watch};
 
-use self::clones::prepare_memory;
+use self::clones::{give_layer, prepare_memory};
 use super::qmp::Qmp;
 use super::{
     Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, GuestMemory, LaunchConfig, Runtime,
@@ -470,6 +470,7 @@ impl QemuRuntime {
             self.create_home(h).await?;
         }
         prepare_memory(&cfg, user.is_some() && uid_lease.is_none())?;
+        give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
         let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", true, qemu_exit_info)?;

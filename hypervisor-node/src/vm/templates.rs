@@ -1,0 +1,390 @@
+//! Instant clones: one template per image version and VM size, made on the first clone asked
+//! for, and every later VM of that kind restored from it instead of booted.
+//!
+//! A template boots like any VM but with its RAM in a file, its disk layer kept; once its
+//! agent says ready the node lets go of the agent, saves the devices (not the RAM) and ends it.
+//! What is left ([`Template`]) is the RAM as a sealed copy, the saved devices, and the disk layer,
+//! frozen: each clone maps the RAM privately (pages shared until written), loads the devices,
+//! and writes to a layer of its own over the frozen one. A clone is then made its own (the
+//! agent's `renew`: random bytes, clock, machine-id, host name) before it is ready.
+//!
+//! While a template is being made, the VMs asked for boot as before (the template's boot is not
+//! anyone's wait). A template whose making failed is not tried again for [`RETRY_AFTER`]. A new
+//! version of an image replaces its templates: new VMs are clones of the new one, running clones
+//! keep theirs (each holds it; its files go with the last). Templates live in
+//! `state_dir/templates/` and not across a node restart: clones taken back keep running on the
+//! files they have open, and the next clone asked for makes a new template.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::agent::HostMessage;
+use atrium_protocol::node::DisplaySize;
+
+use super::{Vm, VmError, VmManager, lock, now_ms};
+use crate::agent_link::AgentLink;
+use crate::image::{DiskFormat, Image};
+use crate::runtime::{DiskConfig, GuestMemory, LaunchConfig, Runtime, SealedMemory, VmHandle};
+
+/// How long after a failed template its kind is not tried again (VMs boot meanwhile).
+const RETRY_AFTER: Duration = Duration::from_secs(300);
+/// How long a clone's agent has to take its renewal.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for a template's agent to see its host go before the save: it then waits for the next
+/// host (a clone's node) to speak first, and greets it.
+const LET_GO: Duration = Duration::from_millis(300);
+
+/// What a template is a template of: clones of it need the very same image, CPUs, memory,
+/// screen and sound card.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Kind {
+    /// `NAME@VERSION`.
+    image: String,
+    vcpus: u32,
+    memory_mib: u32,
+    display: DisplaySize,
+    sound: bool,
+}
+
+impl Kind {
+    fn of(vm: &Vm) -> Self {
+        Self {
+            image: vm.image.manifest.reference(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            display: vm.spec.display,
+            sound: vm.has_sound(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.image.split_once('@').map_or(self.image.as_str(), |(n, _)| n)
+    }
+}
+
+/// A made template: what clones start from. Its folder goes when the last holder lets go.
+#[derive(Debug)]
+pub(super) struct Template {
+    _folder: Folder,
+    memory: Arc<SealedMemory>,
+    state: PathBuf,
+    /// The template's disk layer, frozen (clones write to layers of their own over it).
+    disk: Option<PathBuf>,
+}
+
+/// A template's folder, removed when dropped.
+#[derive(Debug)]
+struct Folder(PathBuf);
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing template {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A kind's template: being made, made, or failed lately.
+#[derive(Debug)]
+enum Slot {
+    Making,
+    Made(Arc<Template>),
+    Failed { at: Instant },
+}
+
+/// The node's templates.
+#[derive(Debug, Default)]
+pub(super) struct Templates {
+    slots: Mutex<HashMap<Kind, Slot>>,
+    /// The node is stopping: no template is made any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Templates {
+    /// The folder of templates, emptied: a template lives no longer than the node that made
+    /// it. Template processes an earlier run left (killed with that run, or not) are ended.
+    pub(super) fn prepare(state_dir: &Path) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = state_dir.join("templates");
+        end_processes_in(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+}
+
+/// Makes a template's disk layer the node's and read-only: clones read it (their QEMU opens it
+/// before it drops root, as a backing file) and write to layers of their own.
+fn freeze(layer: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| VmError::Internal(format!("freezing {}: {e}", layer.display()));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(layer, Some(0), Some(0)).map_err(io)?;
+    }
+    std::fs::set_permissions(layer, std::fs::Permissions::from_mode(0o400)).map_err(io)
+}
+
+/// Ends every process whose working folder is under `dir` (a VM process runs in its folder).
+fn end_processes_in(dir: &Path) {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else { continue };
+        if cwd.starts_with(dir)
+            && pid != std::process::id()
+            && let Ok(pid) = libc::pid_t::try_from(pid)
+        {
+            tracing::warn!(pid, "ending a template's process an earlier run of the node left");
+            // SAFETY: kill takes a pid and a signal number; nothing of ours is touched.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl VmManager {
+    /// At the node's stop: no more templates; those made and being made are ended and their
+    /// files removed (clones that run on keep the files they have open).
+    pub fn end_templates(&self) {
+        self.templates.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        lock(&self.templates.slots).clear();
+        end_processes_in(&self.templates_dir);
+        for entry in std::fs::read_dir(&self.templates_dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+
+    /// How many templates clones can start from now.
+    pub fn templates_made(&self) -> usize {
+        lock(&self.templates.slots).values().filter(|s| matches!(s, Slot::Made(_))).count()
+    }
+
+    /// The template `vm` (asked as a clone) can start from, when there is one; otherwise the
+    /// template of its kind is made in the background (once) and `None` says: boot.
+    pub(super) fn template_for(
+        self: &Arc<Self>,
+        vm: &Vm,
+        runtime: Arc<dyn Runtime>,
+    ) -> Option<Arc<Template>> {
+        let kind = Kind::of(vm);
+        if self.templates.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let mut slots = lock(&self.templates.slots);
+        match slots.get(&kind) {
+            Some(Slot::Made(t)) => return Some(Arc::clone(t)),
+            Some(Slot::Making) => return None,
+            Some(Slot::Failed { at }) if at.elapsed() < RETRY_AFTER => return None,
+            _ => {}
+        }
+        // A new version of the image replaces the templates of the older ones.
+        slots.retain(|k, _| k.name() != kind.name() || k.image == kind.image);
+        slots.insert(kind.clone(), Slot::Making);
+        drop(slots);
+        let this = Arc::clone(self);
+        let image = Arc::clone(&vm.image);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let made = this.make_template(&kind, &image, runtime.as_ref()).await;
+            let mut slots = lock(&this.templates.slots);
+            // An image update while it was made may have dropped its slot: then it is not kept.
+            let Some(slot) = slots.get_mut(&kind) else { return };
+            match made {
+                Ok(t) => {
+                    this.metrics.templates_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let secs = t0.elapsed().as_secs_f64();
+                    tracing::info!(image = %kind.image, vcpus = kind.vcpus, memory_mib = kind.memory_mib, seconds = secs, "template made: VMs of its kind start as clones");
+                    *slot = Slot::Made(Arc::new(t));
+                }
+                Err(e) => {
+                    this.metrics
+                        .template_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(image = %kind.image, "making a template failed (VMs of its kind boot; tried again in {} s): {e}", RETRY_AFTER.as_secs());
+                    *slot = Slot::Failed { at: Instant::now() };
+                }
+            }
+        });
+        None
+    }
+
+    /// Boots a template of `kind`, waits for its agent, saves it and ends it.
+    async fn make_template(
+        &self,
+        kind: &Kind,
+        image: &Image,
+        runtime: &dyn Runtime,
+    ) -> Result<Template, VmError> {
+        let id = format!("vm-{:016x}", rand::random::<u64>());
+        let dir = self.templates_dir.join(&id);
+        super::start::create_dir(&dir)?;
+        // From here on the folder goes with `folder`, or with the template made.
+        let folder = Folder(dir.clone());
+        let state = dir.join("state");
+        let m = &image.manifest;
+        let disk = m.disk.as_ref().map(|d| DiskConfig {
+            base: image.file(&d.file),
+            base_format: d.format,
+            layer: dir.join("disk.qcow2"),
+            keep: true,
+        });
+        let memory_file = dir.join("memory");
+        let cfg = LaunchConfig {
+            id: id.clone(),
+            dir: dir.clone(),
+            kernel: image.file(&m.boot.kernel),
+            initrd: m.boot.initrd.as_ref().map(|i| image.file(i)),
+            cmdline: m.boot.cmdline.clone(),
+            disk: disk.clone(),
+            home: None,
+            vcpus: kind.vcpus,
+            memory_mib: kind.memory_mib,
+            display: kind.display,
+            sound: kind.sound,
+            cgroup: None,
+            memory: GuestMemory::Template { file: memory_file.clone() },
+        };
+        tracing::info!(vm = %id, image = %kind.image, "booting a template");
+        let handle = runtime.launch(cfg).await?;
+        let saved = if self.templates.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(VmError::Internal("the node is stopping".into()))
+        } else {
+            self.boot_and_save(handle.as_ref(), &id, &state).await
+        };
+        let ended = handle.kill().await;
+        let cleaned = handle.cleanup();
+        saved?;
+        ended?;
+        cleaned?;
+        if let Some(d) = &disk {
+            freeze(&d.layer)?;
+        }
+        let memory = SealedMemory::from_file(&memory_file)
+            .map_err(|e| VmError::Internal(format!("sealing the template's memory: {e}")))?;
+        // The sealed copy is what clones map; the file is no one's any more.
+        std::fs::remove_file(&memory_file)
+            .map_err(|e| VmError::Internal(format!("{}: {e}", memory_file.display())))?;
+        Ok(Template {
+            _folder: folder,
+            memory: Arc::new(memory),
+            state,
+            disk: disk.map(|d| d.layer),
+        })
+    }
+
+    /// Resumes a launched template, waits until its agent says ready, lets go of the agent and
+    /// saves the template's devices to `state`.
+    async fn boot_and_save(
+        &self,
+        handle: &dyn VmHandle,
+        id: &str,
+        state: &Path,
+    ) -> Result<(), VmError> {
+        let agent = AgentLink::connect(&handle.endpoints().agent, id).await?;
+        handle.resume().await?;
+        let secs = self.config.node.ready_timeout_secs;
+        let mut ready = agent.view.ready.clone();
+        let mut exit = handle.exit_watch();
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(secs), ready.wait_for(|r| *r)) => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(VmError::Internal("the template's agent went away".into())),
+                Err(_) => return Err(VmError::AgentTimeout { id: id.to_owned(), what: "say ready", secs }),
+            },
+            e = exit.wait_for(Option::is_some) => {
+                let why = e.ok().and_then(|i| i.clone()).map_or_else(|| "ended".into(), |i| i.description);
+                return Err(VmError::Internal(format!("the template {why}")));
+            }
+        }
+        drop(ready);
+        drop(agent);
+        tokio::time::sleep(LET_GO).await;
+        handle.save_template(state).await?;
+        Ok(())
+    }
+
+    /// What a clone of `template` is launched with: its memory and devices, and a layer of its
+    /// own over the template's frozen disk.
+    pub(super) fn clone_launch(vm: &Vm, template: &Template, cfg: &mut LaunchConfig) {
+        cfg.memory = GuestMemory::Clone {
+            memory: Arc::clone(&template.memory),
+            state: template.state.clone(),
+        };
+        cfg.disk = template.disk.as_ref().map(|frozen| DiskConfig {
+            base: frozen.clone(),
+            base_format: DiskFormat::Qcow2,
+            layer: vm.dir.join("disk.qcow2"),
+            keep: false,
+        });
+    }
+
+    /// Makes a restored clone whose agent said ready its own: random bytes from this host's
+    /// kernel, the clock, the VM id as host name. The VM is ready only once the agent says
+    /// renewed.
+    pub(super) async fn renew(&self, vm: &Vm, agent: &AgentLink) -> Result<(), VmError> {
+        // From the host's kernel, not a user-space generator.
+        let mut entropy = vec![0u8; 48];
+        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut entropy)
+            .map_err(|e| VmError::Internal(format!("random bytes for a clone: {e}")))?;
+        let mut renewed = agent.view.renewed.clone();
+        let mut error = agent.view.last_error.clone();
+        error.mark_unchanged();
+        agent
+            .send(HostMessage::Renew { entropy, time_ms: now_ms(), hostname: vm.id.clone() })
+            .await?;
+        let timeout = || VmError::AgentTimeout {
+            id: vm.id.clone(),
+            what: "take its renewal",
+            secs: RENEW_TIMEOUT.as_secs(),
+        };
+        tokio::time::timeout(RENEW_TIMEOUT, async {
+            tokio::select! {
+                r = renewed.wait_for(Option::is_some) => r.map(drop).map_err(|_| VmError::Internal("the clone's agent went away".into())),
+                r = error.changed() => {
+                    let said = r.ok().and_then(|()| error.borrow().clone()).unwrap_or_default();
+                    Err(VmError::Internal(format!("the clone's agent refused its renewal: {said}")))
+                }
+            }
+        })
+        .await
+        .map_err(|_| timeout())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_is_named_by_its_image() {
+        let k = Kind {
+            image: "desktop@2026.12.01".into(),
+            vcpus: 2,
+            memory_mib: 2048,
+            display: DisplaySize::new(1280, 800),
+            sound: true,
+        };
+        assert_eq!(k.name(), "desktop");
+        assert_eq!(Kind { image: "console".into(), ..k }.name(), "console");
+    }
+
+    #[test]
+    fn a_template_takes_its_folder_with_it() {
+        let dir = std::env::temp_dir().join(format!("atrium-tpl-drop-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("inner")).unwrap();
+        std::fs::write(dir.join("state"), b"x").unwrap();
+        let held = Arc::new(Folder(dir.clone()));
+        let clone_holds = Arc::clone(&held);
+        drop(held);
+        assert!(dir.exists(), "a template went while a clone held it");
+        drop(clone_holds);
+        assert!(!dir.exists(), "the last holder let go and the template's folder stayed");
+    }
+}
