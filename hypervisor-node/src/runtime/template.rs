@@ -55,8 +55,8 @@ impl SealedMemory {
         }
         // SAFETY: `raw` is a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut copy = File::from(fd.try_clone()?);
-        let size = io::copy(&mut File::open(file)?, &mut copy)?;
+        let copy = File::from(fd.try_clone()?);
+        let size = copy_pages(&mut File::open(file)?, &copy)?;
         let seals =
             libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
         // SAFETY: F_ADD_SEALS on an fd this function owns; it changes no memory of ours.
@@ -78,6 +78,54 @@ impl SealedMemory {
     }
 }
 
+/// Copies `from` into `to` (empty), page by page, leaving out pages of zeros: they stay holes,
+/// which read as zeros and take no memory (a guest touches a fraction of its RAM). Returns the
+/// size copied.
+fn copy_pages(from: &mut File, to: &File) -> io::Result<u64> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let size = from.metadata()?.len();
+    to.set_len(size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        // Whole buffers (a short read only at the end), so pages stay aligned.
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let mut i = 0;
+        while i < n {
+            let zero = |p: usize| buf[p..(p + PAGE).min(n)].iter().all(|b| *b == 0);
+            if zero(i) {
+                i += PAGE;
+                continue;
+            }
+            let mut j = i + PAGE;
+            while j < n && !zero(j) {
+                j += PAGE;
+            }
+            let j = j.min(n);
+            to.write_all_at(&buf[i..j], at + i as u64)?;
+            i = j;
+        }
+        at += n as u64;
+    }
+    if at != size {
+        return Err(io::Error::other(format!("read {at} bytes of {size}")));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +145,31 @@ mod tests {
         let mut w = std::fs::OpenOptions::new().write(true).open(m.path()).unwrap();
         assert!(w.write_all(b"x").is_err(), "a sealed template took a write");
         assert!(SealedMemory::from_file(Path::new("/nonexistent/template")).is_err());
+    }
+
+    #[test]
+    fn pages_of_zeros_are_left_out_of_the_copy() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let path = std::env::temp_dir().join(format!("atrium-tpl-sparse-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        // Two pages of data far apart, and a page of zeros written out.
+        f.write_all_at(&[1u8; 4096], 4096).unwrap();
+        f.write_all_at(&[0u8; 4096], 8 << 20).unwrap();
+        f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        let m = SealedMemory::from_file(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(m.size(), 64 << 20);
+        let copy = File::open(m.path()).unwrap();
+        let used = copy.metadata().unwrap().blocks() * 512;
+        assert!(used <= 4 * 4096, "a mostly empty template's copy takes {used} bytes");
+        let mut page = [0u8; 4096];
+        copy.read_exact_at(&mut page, 4096).unwrap();
+        assert_eq!(page, [1u8; 4096]);
+        copy.read_exact_at(&mut page, 8 << 20).unwrap();
+        assert_eq!(page, [0u8; 4096]);
+        let mut end = [0u8; 3];
+        copy.read_exact_at(&mut end, (64 << 20) - 3).unwrap();
+        assert_eq!(&end, b"end");
     }
 }
