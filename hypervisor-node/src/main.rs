@@ -47,6 +47,9 @@ enum BenchCommand {
     /// The qemu runtime: VM start to agent-ready (median of N, beside a bare
     /// qemu-system-x86_64 in the same run) and memory per VM beyond guest memory.
     Qemu(BenchQemuArgs),
+    /// Instant clones: a VM started as a clone of a template against the same VM booted
+    /// (start to agent-ready, and the memory of one more idle VM), interleaved in one run.
+    Clone(BenchCloneArgs),
     #[command(flatten)]
     Vmm(vmm_cli::BenchCommand),
 }
@@ -107,6 +110,29 @@ struct BenchQemuArgs {
     /// measured with the session on screen.
     #[arg(long)]
     user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BenchCloneArgs {
+    /// The image folder (default: the desktop image in ~/.cache/atrium/images/desktop).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Boot the same VM too, interleaved, and give the ratios.
+    #[arg(long)]
+    vs_boot: bool,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Clones held at once for their memory (at least 2).
+    #[arg(long, default_value_t = 4)]
+    fill: usize,
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    #[arg(long, default_value = "1280x800")]
+    display: DisplaySize,
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 /// A signed-in user for `--user` (a name only, as a directory without POSIX ids gives).
@@ -297,6 +323,51 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<()> {
+    let image = a.image.unwrap_or_else(|| cache_root().join("images/desktop"));
+    let o = atrium_node::bench::clone::CloneBenchOptions {
+        run: RunOptions {
+            image,
+            runtime: Some(RuntimeKind::Qemu),
+            vcpus: a.vcpus,
+            memory_mib: a.memory,
+            display: a.display,
+            timeout: Duration::from_secs(a.timeout),
+            screenshot: None,
+            until_ready: true,
+            cgroups: true,
+            measure_memory: false,
+            session: None,
+        },
+        runs: a.runs,
+        vs_boot: a.vs_boot,
+        fill: a.fill.max(2),
+    };
+    let r = tokio_runtime()?.block_on(atrium_node::bench::clone::bench_clone(&o))?;
+    println!(
+        "clones of {} ({} MiB): template made in {} ms; start to agent-ready median {} ms{}",
+        r.image,
+        r.memory_mib,
+        r.template_ms,
+        r.clone_ready_ms_median,
+        r.boot_ready_ms_median
+            .map(|b| format!(", a boot {b} ms: clone_ratio {}", r.clone_ratio.unwrap_or_default()))
+            .unwrap_or_default()
+    );
+    println!(
+        "memory of one more idle VM: clone {:.1} MiB (template {:.1} MiB once){}; in 8 GiB: {} clones{}",
+        r.clone_pss_mib,
+        r.template_mib,
+        r.boot_pss_mib
+            .map(|b| format!(", boot {b:.1} MiB: pss_ratio {}", r.pss_ratio.unwrap_or_default()))
+            .unwrap_or_default(),
+        r.clones_in_8gib,
+        r.boots_in_8gib.map(|b| format!(", {b} boots")).unwrap_or_default()
+    );
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     atrium_door::client::install_default_provider();
     init_tracing();
@@ -306,6 +377,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vmm(a) => vmm_cli::vmm(&a),
         Command::Bench(BenchCommand::Vmm(b)) => vmm_cli::bench(&b),
         Command::Bench(BenchCommand::Qemu(a)) => bench_qemu(a),
+        Command::Bench(BenchCommand::Clone(a)) => bench_clone(a),
         Command::Serve(a) => serve(&a),
         Command::Run(a) => run(a),
         Command::Image(ImageCommand::Key(a)) => {

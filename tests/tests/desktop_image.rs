@@ -517,7 +517,9 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
 
 /// The whole sign-in: a directory user signs in to the broker (as the web client does) and
 /// connects to a pool of desktops; the spare the node booted becomes theirs, and they are in a
-/// graphical session as themselves (their directory uid), their name on the panel.
+/// graphical session as themselves (their directory uid), their name on the panel. The pool
+/// asks for clones: the node makes a template meanwhile, the pool refills with a clone, and the
+/// next user's session on it works the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_through_the_broker_lands_the_user_in_their_desktop() -> anyhow::Result<()> {
     let name = "signing_in_through_the_broker_lands_the_user_in_their_desktop";
@@ -547,7 +549,8 @@ async fn signing_in_through_the_broker_lands_the_user_in_their_desktop() -> anyh
         .post_json(
             "/api/v1/admin/pools",
             json!({"name":"desktop","image":"desktop","vcpus":1,"memory_mib":512,"display":"1024x768",
-                   "kind":"floating","min_ready":1,"max_size":1,"idle_timeout_secs":600,"max_session_secs":3600}),
+                   "kind":"floating","min_ready":1,"max_size":1,"idle_timeout_secs":600,"max_session_secs":3600,
+                   "clone":true}),
             StatusCode::CREATED,
         )
         .await;
@@ -584,12 +587,57 @@ async fn signing_in_through_the_broker_lands_the_user_in_their_desktop() -> anyh
     .await?;
     drop(rfb);
 
+    // The pool asks for clones: the first spare booted while the node made the template.
+    ensure!(!vm.cloned, "the first desktop was a clone before any template was made");
+    wait_for("the node's template", BOOT, || async {
+        let (_, body) = node.call("GET", "/metrics", None).await.ok()?;
+        String::from_utf8_lossy(&body).contains("\natrium_node_templates 1\n").then_some(())
+    })
+    .await
+    .with_context(|| node.log())?;
+
     // Sign-out ends the floating desktop: the node deletes it.
     alice.post_json("/api/v1/auth/logout", json!({}), StatusCode::NO_CONTENT).await;
     wait_for("the VM to be deleted on the node", Duration::from_secs(60), || async {
         node.vm(&vm.id).await.is_err().then_some(())
     })
     .await?;
+
+    // The pool refills with a clone of the template (no boot), and the pool's page says so.
+    let spare = wait_for("a ready cloned spare", BOOT, || async {
+        let d = admin.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
+        d.as_array()?.iter().find(|d| d["state"] == "ready" && d["cloned"] == true).cloned()
+    })
+    .await?;
+    let version = spare["image"].as_str().unwrap_or_default();
+    ensure!(version.starts_with("desktop@"), "the desktop runs {version:?}");
+    // Bob gets it: his session on the clone is drawn and works as on a booted desktop, and
+    // the clone is its own (its host name is its VM id, not the template's).
+    let mut bob = broker.client();
+    bob.login_ok("bob", "bob-pw").await;
+    let c = bob.post_json("/api/v1/pools/desktop/connect", json!({}), StatusCode::OK).await;
+    assert_eq!((c["status"].as_str(), c["source"].as_str()), (Some("ready"), Some("spare")), "{c}");
+    let clone = wait_for("bob's session on the clone", Duration::from_secs(60), || async {
+        node.list_vms().await.ok()?.into_iter().find(|v| v.user.as_deref() == Some("bob"))
+    })
+    .await
+    .with_context(|| node.log())?;
+    ensure!(clone.cloned, "bob's desktop was booted");
+    let console = node.console_log(&clone.id).await?;
+    ensure!(!console.contains("atrium-sysinit: done"), "the clone booted:\n{console}");
+    terminal_ready(&node, &clone.id, "desktop-broker-clone.png").await?;
+    let mut rfb = vnc(&clone).await?;
+    run_for_clipboard(
+        &node,
+        &mut rfb,
+        &clone.id,
+        0,
+        "echo $(hostname) $(id -un) | xclip -selection clipboard",
+        &format!("{} bob\n", clone.id),
+    )
+    .await?;
+    drop(rfb);
+    bob.post_json("/api/v1/auth/logout", json!({}), StatusCode::NO_CONTENT).await;
     Ok(())
 }
 

@@ -88,6 +88,20 @@ pub(crate) fn session_worker(
     }
 }
 
+/// The user's copy of the X server's cookie: one entry for its display on any host name (a
+/// clone's host name is not the one the cookie was written under).
+fn user_cookie(desktop: &Desktop) -> Result<Vec<u8>, String> {
+    let path = desktop.xauthority();
+    let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let entries =
+        crate::xauth::parse(&file).ok_or_else(|| format!("{}: truncated", path.display()))?;
+    let number = crate::xauth::display_number(desktop.display())
+        .ok_or_else(|| format!("display {:?} has no number", desktop.display()))?;
+    let (name, data) = crate::xauth::cookie_for(&entries, number)
+        .ok_or_else(|| format!("{}: no cookie for display :{number}", path.display()))?;
+    crate::xauth::wild_file(number, &name, &data).ok_or_else(|| "the cookie is too long".into())
+}
+
 /// Account, home, runtime folder, cookie; then the session program as the user; then waits
 /// until its panel is drawn.
 fn start_desktop_session(
@@ -102,8 +116,7 @@ fn start_desktop_session(
     session::prepare_home(&account, Path::new("/etc/skel"))?;
     let run = session::runtime_dir(Path::new("/run/user"), &account)
         .map_err(|e| format!("/run/user/{}: {e}", account.uid))?;
-    let cookie = std::fs::read(desktop.xauthority())
-        .map_err(|e| format!("{}: {e}", desktop.xauthority().display()))?;
+    let cookie = user_cookie(desktop)?;
     let xauthority = run.join("Xauthority");
     session::write_owned(&xauthority, &cookie, account.uid, account.gid, 0o600)
         .map_err(|e| format!("{}: {e}", xauthority.display()))?;

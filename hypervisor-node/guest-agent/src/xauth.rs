@@ -52,6 +52,18 @@ pub fn cookie_for(entries: &[XauthEntry], display: u32) -> Option<(Vec<u8>, Vec<
         .map(|e| (e.name.clone(), e.data.clone()))
 }
 
+/// An Xauthority file of one entry for local display `display` on any host name (`FamilyWild`):
+/// a clone takes a new host name after its X server wrote its cookie under the old one.
+pub fn wild_file(display: u32, name: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    let mut v = FAMILY_WILD.to_be_bytes().to_vec();
+    let number = display.to_string();
+    for f in [&b""[..], number.as_bytes(), name, data] {
+        v.extend_from_slice(&u16::try_from(f.len()).ok()?.to_be_bytes());
+        v.extend_from_slice(f);
+    }
+    Some(v)
+}
+
 /// The display number of a name like `:0` or `:1.0`.
 pub fn display_number(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(':')?;
@@ -69,6 +81,17 @@ mod tests {
             v.extend_from_slice(f);
         }
         v
+    }
+
+    #[test]
+    fn a_wild_file_holds_the_cookie_for_any_host() {
+        let file = wild_file(0, b"MIT-MAGIC-COOKIE-1", &[7; 16]).expect("short fields");
+        let entries = parse(&file).expect("parses");
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].family, entries[0].address.as_slice()), (FAMILY_WILD, &b""[..]));
+        assert_eq!(cookie_for(&entries, 0), Some((b"MIT-MAGIC-COOKIE-1".to_vec(), vec![7; 16])));
+        assert_eq!(cookie_for(&entries, 1), None);
+        assert!(wild_file(0, b"x", &vec![0; 70_000]).is_none());
     }
 
     #[test]

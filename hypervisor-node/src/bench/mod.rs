@@ -1,6 +1,9 @@
 //! `atrium-node bench qemu`: VM start to agent-ready for an image (median of N runs through the
 //! node, beside the same boot done by hand with a bare `qemu-system-x86_64` in the same run),
-//! and the memory a VM costs beyond its guest memory.
+//! and the memory a VM costs beyond its guest memory. `bench clone` ([`clone`]): clones of a
+//! template against boots.
+
+pub mod clone;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

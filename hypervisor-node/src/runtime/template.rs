@@ -66,6 +66,16 @@ impl SealedMemory {
         Ok(Self { fd, size })
     }
 
+    /// The host memory it takes, in bytes (its pages of zeros are holes and take none).
+    pub fn resident(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.fd
+            .try_clone()
+            .map(File::from)
+            .and_then(|f| f.metadata())
+            .map_or(0, |m| m.blocks() * 512)
+    }
+
     /// Its size in bytes (the template's RAM).
     pub fn size(&self) -> u64 {
         self.size

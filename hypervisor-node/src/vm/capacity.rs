@@ -101,6 +101,13 @@ fn allocated(vms: &[Arc<Vm>]) -> (u32, u64) {
         .fold((0, 0), |(c, m), v| (c + v.spec.vcpus, m + u64::from(v.spec.memory_mib)))
 }
 
+impl Vm {
+    /// The host memory this VM's processes use now, by PSS, in KiB ([`pss_kib`]).
+    pub fn memory_used_kib(&self) -> u64 {
+        pss_kib(self)
+    }
+}
+
 /// The host memory `vm`'s processes use, by their proportional set size (a page shared by n
 /// processes counts 1/n to each), in KiB: those in its cgroup, else its main process.
 fn pss_kib(vm: &Vm) -> u64 {

@@ -161,6 +161,17 @@ impl VmManager {
         }
     }
 
+    /// The host memory the templates' RAM takes (their sealed copies), in KiB.
+    pub fn templates_resident_kib(&self) -> u64 {
+        lock(&self.templates.slots)
+            .values()
+            .filter_map(|s| match s {
+                Slot::Made(t) => Some(t.memory.resident() / 1024),
+                _ => None,
+            })
+            .sum()
+    }
+
     /// How many templates clones can start from now.
     pub fn templates_made(&self) -> usize {
         lock(&self.templates.slots).values().filter(|s| matches!(s, Slot::Made(_))).count()
