@@ -248,6 +248,7 @@ mod tests {
             memory_mib_total: 1 << 40,
             memory_mib_allocated: 0,
             memory_mib_used: 0,
+            memory_mib_physical: 0,
             vms: 0,
             kvm: KvmKind::Pvm,
             default_runtime: RuntimeKind::Qemu,

@@ -124,6 +124,8 @@ impl Default for NodeSection {
 pub const DEFAULT_VCPU_OVERCOMMIT: u32 = 4;
 /// The most vCPUs per host CPU a node hands out.
 pub const MAX_VCPU_OVERCOMMIT: u32 = 32;
+/// The most guest memory a node hands out per MiB it has for VMs.
+pub const MAX_MEMORY_OVERCOMMIT: u32 = 16;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,6 +140,11 @@ pub struct CapacitySection {
     pub memory_mib: Option<u64>,
     /// Host memory kept for the host itself and for per-VM overhead when `memory_mib` is unset.
     pub reserved_memory_mib: Option<u64>,
+    /// Guest memory handed out per MiB of `memory_mib` (default 1: none beyond it). Above 1 the
+    /// node also admits a VM only while what its VMs really use (PSS, shared pages counted
+    /// once, and the templates' memory) leaves room for the new VM's share: idle desktops,
+    /// clones above all, use a fraction of their guest memory.
+    pub memory_overcommit: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,8 +346,10 @@ impl NodeConfig {
                  calls the broker signed (docs/node.md, \"Enrolment\"); remove them",
             ));
         }
-        // Unix socket paths are at most 107 bytes: <state_dir>/vms/<id>/serial.sock.
-        let longest = n.state_dir.as_os_str().len() + "/vms/vm-0123456789abcdef/serial.sock".len();
+        // Unix socket paths are at most 107 bytes: <state_dir>/templates/<id>/serial.sock (a
+        // template's, longer than a VM's under vms/).
+        let longest =
+            n.state_dir.as_os_str().len() + "/templates/vm-0123456789abcdef/serial.sock".len();
         if longest > 107 {
             return Err(invalid(
                 "node.state_dir",
@@ -390,6 +399,14 @@ impl NodeConfig {
             return Err(invalid(
                 "capacity.vcpu_overcommit",
                 format!("must be 1 to {MAX_VCPU_OVERCOMMIT} vCPUs per host CPU, not {o}"),
+            ));
+        }
+        if let Some(o) = self.capacity.memory_overcommit
+            && !(1..=MAX_MEMORY_OVERCOMMIT).contains(&o)
+        {
+            return Err(invalid(
+                "capacity.memory_overcommit",
+                format!("must be 1 to {MAX_MEMORY_OVERCOMMIT}, not {o}"),
             ));
         }
         if self.cgroup.pids_max < 16 {
@@ -519,6 +536,8 @@ enrolment_token = "atrium-enrol-0123456789"
             ("[node]\nid = \"a b\"", "node.id"),
             ("[node]\nstate_dir = \"relative\"", "absolute"),
             (&format!("[node]\nstate_dir = \"/{}\"", "x".repeat(90)), "too long"),
+            // A template's sockets are 6 bytes further in than a VM's.
+            (&format!("[node]\nstate_dir = \"/{}\"", "x".repeat(66)), "too long"),
             ("[node]\nready_timeout_secs = 0", "ready_timeout_secs"),
             ("[broker]\nurl = \"https://b\"", "display_url"),
             ("[broker]\nurl = \"ftp://b\"\n[node]\ndisplay_url=\"ws://x\"", "scheme"),
@@ -533,6 +552,9 @@ enrolment_token = "atrium-enrol-0123456789"
             ("[capacity]\nvcpu_overcommit = 0", "vcpu_overcommit"),
             ("[capacity]\nvcpu_overcommit = 33", "1 to 32"),
             ("[capacity]\nvcpu_overcommit = -1", "vcpu_overcommit"),
+            ("[capacity]\nmemory_overcommit = 0", "memory_overcommit"),
+            ("[capacity]\nmemory_overcommit = 17", "1 to 16"),
+            ("[capacity]\nmemory_overcommit = 1.5", "memory_overcommit"),
             ("not toml [", "test.toml"),
             ("[node]\ntoken = \"0123456789abcdef0123\"", "no longer used"),
         ] {

@@ -122,7 +122,7 @@ struct BenchCloneArgs {
     vs_boot: bool,
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Clones held at once for their memory (at least 2).
+    /// VMs of each kind (clones, boots) held at once for their memory (at least 2).
     #[arg(long, default_value_t = 4)]
     fill: usize,
     #[arg(long, default_value_t = 1024)]

@@ -124,7 +124,7 @@ impl Metrics {
         gauge(
             "atrium_node_templates",
             "Templates clones start from now (one per image version and VM size).",
-            node.templates_made() as u64,
+            u64::try_from(node.templates_made()).unwrap_or(u64::MAX),
         );
         gauge(
             "atrium_node_draining",

@@ -416,9 +416,15 @@ pub struct Capacity {
     pub memory_mib_total: u64,
     pub memory_mib_allocated: u64,
     /// Host memory the VMs really use: the proportional set size (PSS) of their processes,
-    /// so pages they share (a template's, the host's libraries) are counted once.
+    /// so pages they share (a template's, the host's libraries) are counted once, and the
+    /// templates' memory clones start from.
     #[serde(default)]
     pub memory_mib_used: u64,
+    /// Host memory for VMs: `memory_mib_total` without the node's memory overcommit. A node
+    /// with overcommit takes a VM only while `memory_mib_used` leaves room for its share
+    /// (guest memory × this / `memory_mib_total`). 0 from older nodes (no such check).
+    #[serde(default)]
+    pub memory_mib_physical: u64,
     pub vms: u32,
     pub kvm: KvmKind,
     pub default_runtime: RuntimeKind,
@@ -429,6 +435,29 @@ impl Capacity {
     pub fn memory_mib_free(&self) -> u64 {
         self.memory_mib_total.saturating_sub(self.memory_mib_allocated)
     }
+
+    /// Whether a VM of `memory_mib` guest memory fits what the VMs really use
+    /// ([`fits_real_use`]).
+    pub fn real_use_allows(&self, memory_mib: u32) -> bool {
+        fits_real_use(
+            self.memory_mib_used,
+            self.memory_mib_physical,
+            self.memory_mib_total,
+            memory_mib,
+        )
+    }
+}
+
+/// Whether a VM of `memory_mib` guest memory fits beside `used` MiB that VMs really use, on a
+/// node with `physical` MiB for VMs handing out `total` (overcommit: `total` / `physical`): its
+/// share of host memory, `memory_mib` × `physical` / `total`, must fit. Always true for a node
+/// without overcommit (or one that does not say: `physical` 0).
+pub fn fits_real_use(used: u64, physical: u64, total: u64, memory_mib: u32) -> bool {
+    if physical == 0 || physical >= total {
+        return true;
+    }
+    let share = u128::from(memory_mib) * u128::from(physical) / u128::from(total);
+    u128::from(used) + share <= u128::from(physical)
 }
 
 /// A VM's id and state, as carried in a heartbeat.
@@ -534,6 +563,17 @@ mod tests {
             user: None,
             clone: false,
         }
+    }
+
+    #[test]
+    fn real_use_counts_only_with_overcommit() {
+        // No overcommit (or an older node): only what is handed out counts.
+        assert!(fits_real_use(9000, 8192, 8192, 1024));
+        assert!(fits_real_use(9000, 0, 8192, 1024));
+        // Overcommit 4: a VM of 1024 MiB needs 256 MiB beside what the VMs use.
+        assert!(fits_real_use(7936, 8192, 32768, 1024));
+        assert!(!fits_real_use(7937, 8192, 32768, 1024));
+        assert!(!fits_real_use(u64::MAX, 8192, 32768, 1));
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct FakeState {
     /// vCPUs the node reports it hands out.
     pub vcpus_total: u32,
     pub memory_mib_total: u64,
+    /// Host memory for VMs and what they really use, as a node with memory overcommit
+    /// reports them (0: as a node without).
+    pub memory_mib_physical: u64,
+    pub memory_mib_used: u64,
     pub images: Vec<ImageInfo>,
     pub created: u32,
     pub deleted: Vec<String>,
@@ -223,6 +227,8 @@ impl FakeNode {
             refused: 0,
             vcpus_total: 64,
             memory_mib_total,
+            memory_mib_physical: 0,
+            memory_mib_used: 0,
             images: vec![ImageInfo {
                 name: "console".into(),
                 version: "1".into(),
@@ -302,7 +308,8 @@ impl FakeNode {
                             vcpus_allocated: 0,
                             memory_mib_total: s.memory_mib_total,
                             memory_mib_allocated: allocated,
-                            memory_mib_used: 0,
+                            memory_mib_used: s.memory_mib_used,
+                            memory_mib_physical: s.memory_mib_physical,
                             vms: u32::try_from(s.vms.len()).unwrap_or(u32::MAX),
                             kvm: KvmKind::Pvm,
                             default_runtime: RuntimeKind::Qemu,

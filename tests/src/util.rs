@@ -85,7 +85,13 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// `bind`; a counter in a locked file hands each test process on the machine a different one.
 /// A port something else listens on is skipped.
 pub fn free_port() -> u16 {
-    let (low, high) = port_window();
+    let Some((low, high)) = port_window() else {
+        // No room outside the ephemeral range: a port the kernel picks (a small race).
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+    };
     let path = std::env::temp_dir().join("atrium-test-ports");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -94,6 +100,11 @@ pub fn free_port() -> u16 {
         .truncate(false)
         .open(&path)
         .expect("open the test port counter");
+    // Any user's tests on the machine share it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
+    }
     file.lock().expect("lock the test port counter");
     let mut text = String::new();
     let _ = std::io::Read::read_to_string(&mut &file, &mut text);
@@ -113,18 +124,19 @@ pub fn free_port() -> u16 {
     panic!("no free port between {low} and {high} on 127.0.0.1");
 }
 
-/// The ports `free_port` hands out: 8000 below the ephemeral range (or above it when that
-/// starts too low).
-fn port_window() -> (u16, u16) {
+/// The ports `free_port` hands out: 8000 below the ephemeral range, or above it when that
+/// starts too low; `None` when neither side has room.
+fn port_window() -> Option<(u16, u16)> {
     let range =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut parts = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
     let (start, end) = (parts.next().unwrap_or(32768), parts.next().unwrap_or(60999));
     if start >= 10_000 {
-        (start - 8000, start)
+        Some((start - 8000, start))
     } else {
-        let low = end.saturating_add(1).max(1024);
-        (low, low.saturating_add(8000))
+        let low = end.checked_add(1)?.max(1024);
+        let high = low.checked_add(8000)?;
+        Some((low, high))
     }
 }
 

@@ -826,3 +826,43 @@ async fn a_clone_pool_asks_for_clones_and_each_desktop_shows_its_image_and_start
     let clones_asked = node.with(|s| s.vms.values().filter(|v| v.spec.clone).count());
     assert_eq!(clones_asked, 1, "a desktop was asked as a clone after clones were turned off");
 }
+
+#[tokio::test]
+async fn with_memory_overcommit_placement_goes_by_what_vms_really_use() {
+    const T: &str = "with_memory_overcommit_placement_goes_by_what_vms_really_use";
+    if skip(Group::Ldap, T) {
+        return;
+    }
+    let slapd = Slapd::start().unwrap();
+    let broker = Broker::start(BrokerOptions::new(&slapd.url())).await.unwrap();
+    // 1024 MiB for VMs handed out 8 times over; its VMs really use 1000 MiB of it: a 512 MiB
+    // desktop's share (64 MiB) does not fit beside them, though 8192 MiB are free to hand out.
+    let node = FakeNode::enrolled(&broker, "node-a", 8192).await.unwrap();
+    node.with(|s| {
+        s.memory_mib_physical = 1024;
+        s.memory_mib_used = 1000;
+    });
+    let a = broker.admin().await;
+    a.post_json("/api/v1/admin/pools", pool_json("dense", "floating", 0, 8), StatusCode::CREATED)
+        .await;
+    wait_for("the node's report", Duration::from_secs(10), || async {
+        let n = a.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        (n[0]["capacity"]["memory_mib_used"] == 1000).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut alice = broker.client();
+    alice.login_ok("alice", "alice-pw").await;
+    let r = alice.post("/api/v1/pools/dense/connect", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(node.with(|s| s.created), 0, "the node was asked for what it cannot hold");
+    // Its VMs use less now (idle, or clones sharing their template's pages): it takes one.
+    node.with(|s| s.memory_mib_used = 900);
+    let placed = wait_for("the desktop to be placed", Duration::from_secs(20), || async {
+        let r = alice.post("/api/v1/pools/dense/connect", json!({})).await.unwrap();
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    placed.unwrap();
+    assert_eq!(node.with(|s| s.created), 1);
+}

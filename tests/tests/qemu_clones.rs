@@ -2,7 +2,9 @@
 //! file), its devices are saved without that RAM, and two clones restored from it (RAM mapped
 //! privately from the template's sealed copy) come up without a boot: their guest agents answer
 //! and say ready, and each clone runs on its own. Then the same through the node: VMs asked for
-//! as clones boot while the node makes the template, and start as its clones after.
+//! as clones boot while the node makes the template, and start as its clones after; and a node
+//! with memory overcommit, which takes VMs by what they really use, holds more idle clones than
+//! booted VMs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,5 +277,81 @@ async fn a_node_makes_a_template_and_starts_vms_as_its_clones() -> anyhow::Resul
     ensure!(made[0].exists(), "the template went with a clone");
     let info = node.vm(&clones[1]).await?;
     ensure!(info.state == VmState::Ready, "the other clone is {:?}", info.state);
+    Ok(())
+}
+
+/// Starts VMs of `spec` one after another, each ready and its memory sampled by the node before
+/// the next, until the node says no (at most `max`); returns how many it took and its refusal.
+async fn fill(
+    node: &atrium_tests::node::NodeProcess,
+    spec: &serde_json::Value,
+    max: usize,
+) -> anyhow::Result<(Vec<String>, String)> {
+    let mut ids = Vec::new();
+    loop {
+        ensure!(ids.len() < max, "the node took {max} VMs of {spec} and would take more");
+        let (status, body) = node.call("POST", "/api/v1/vms", Some(spec)).await?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status == 409 {
+            return Ok((ids, body));
+        }
+        ensure!(status == 201, "create: {status} {body}");
+        let id = serde_json::from_str::<atrium_protocol::node::VmInfo>(&body)?.id;
+        let ready = node.wait_settled(&id, READY).await?;
+        ensure!(ready.state == atrium_protocol::node::VmState::Ready, "{id}: {:?}", ready.error);
+        ids.push(id);
+        // The node reads its VMs' memory every 5 s.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_memory_overcommit_a_node_holds_more_idle_clones_than_boots() -> anyhow::Result<()> {
+    use atrium_tests::node::NodeProcess;
+    use serde_json::json;
+    if skip(Group::Qemu, "with_memory_overcommit_a_node_holds_more_idle_clones_than_boots") {
+        return Ok(());
+    }
+    // 512 MiB for VMs, handed out 16 times over, and vCPUs enough: what the VMs really use
+    // decides.
+    let node = NodeProcess::start(
+        &console_image()?,
+        "[capacity]\nvcpus = 64\nmemory_mib = 512\nmemory_overcommit = 16\n",
+    )
+    .await?;
+    let boot = json!({ "image": "console", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let mut clone = boot.clone();
+    clone["clone"] = json!(true);
+    let delete_all = |ids: Vec<String>| async {
+        for id in ids {
+            let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+            ensure!(status == 204, "delete {id}: {status}");
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        Ok::<(), anyhow::Error>(())
+    };
+
+    let (boots, refused) = fill(&node, &boot, 16).await?;
+    ensure!(refused.contains("needs its share"), "{refused}");
+    ensure!(!boots.is_empty(), "not even one boot fitted: {refused}");
+    let n_boots = boots.len();
+    delete_all(boots).await?;
+
+    // The template (the first VM asked for as a clone boots meanwhile), then clones.
+    let first = node.ready_vm(&clone, READY * 2).await?;
+    atrium_tests::wait_for("the template", READY * 2, || async {
+        metric(&node, "atrium_node_templates").await.ok().filter(|n| *n == 1)
+    })
+    .await
+    .with_context(|| node.log())?;
+    delete_all(vec![first]).await?;
+    let (clones, refused) = fill(&node, &clone, 32).await?;
+    ensure!(refused.contains("needs its share"), "{refused}");
+    ensure!(
+        clones.len() >= 2 * n_boots,
+        "{} idle clones fitted where {n_boots} boots did:\n{refused}",
+        clones.len()
+    );
+    delete_all(clones).await?;
     Ok(())
 }

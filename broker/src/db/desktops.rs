@@ -148,8 +148,8 @@ impl Db {
         rows.iter().map(row_to_desktop).collect()
     }
 
-    /// The node accepted the VM: provisioning → starting.
-    /// The desktop's VM was made: its id, the image version it runs, whether it was cloned.
+    /// The node accepted the VM: provisioning → starting, with its id, the image version it
+    /// runs and whether it was cloned.
     pub async fn set_desktop_vm(
         &self,
         id: &str,

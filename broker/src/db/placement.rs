@@ -1,7 +1,7 @@
 //! Where a new desktop goes: the up, undrained node that holds the pool's image, has the
 //! pool's vCPUs and memory free (by what the broker placed there or what the node reports,
-//! whichever is more) and is not backing off after refusing a VM; of those, the one with the
-//! most free memory.
+//! whichever is more; with the node's memory overcommit, also beside what its VMs really use)
+//! and is not backing off after refusing a VM; of those, the one with the most free memory.
 
 use atrium_protocol::node::{Capacity, ImageRef};
 
@@ -48,7 +48,8 @@ impl Db {
             let used: i64 = col(r, "used")?;
             let used = u64::try_from(used).unwrap_or(u64::MAX).max(cap.memory_mib_allocated);
             let free = cap.memory_mib_total.saturating_sub(used);
-            if free < u64::from(pool.memory_mib) {
+            // A node with memory overcommit also needs room beside what its VMs really use.
+            if free < u64::from(pool.memory_mib) || !cap.real_use_allows(pool.memory_mib) {
                 continue;
             }
             // vCPUs the same way: the node refuses a VM beyond its vCPUs.

@@ -291,6 +291,7 @@ mod tests {
                     memory_mib_total: 1 << 30,
                     memory_mib_allocated: 0,
                     memory_mib_used: 0,
+                    memory_mib_physical: 0,
                     vms: 0,
                     kvm: KvmKind::Pvm,
                     default_runtime: RuntimeKind::Qemu,

@@ -378,6 +378,7 @@ mod tests {
                 memory_mib_total: 4096,
                 memory_mib_allocated: 0,
                 memory_mib_used: 0,
+                memory_mib_physical: 0,
                 vms: 1,
                 kvm: KvmKind::Pvm,
                 default_runtime: RuntimeKind::Qemu,

@@ -3,9 +3,10 @@
 //! after its renewal), and the host memory one more idle VM costs (PSS, shared pages counted
 //! once), from which how many idle VMs fit in 8 GiB.
 //!
-//! Memory is counted against clones: a clone's cost is the growth of the clones' summed PSS per
-//! added clone, and the template's sealed RAM is counted in full on top, although part of it is
-//! already in the clones' PSS.
+//! Memory is measured the same way for both: VMs held at once, idle, and the growth of their
+//! summed PSS per added VM (what QEMU's own files cost is shared alike). Against clones, the
+//! template's sealed RAM is counted in full on top, although part of it is already in the
+//! clones' PSS.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ pub struct CloneBenchOptions {
     pub runs: usize,
     /// Boot the same VM too, interleaved, and give the ratios.
     pub vs_boot: bool,
-    /// Clones held at once for their memory (at least 2).
+    /// VMs of each kind (clones, boots) held at once for their memory (at least 2).
     pub fill: usize,
 }
 
@@ -49,7 +50,7 @@ pub struct CloneReport {
     pub clone_ratio: Option<f64>,
     /// One more idle clone: the growth of the clones' summed PSS per clone.
     pub clone_pss_mib: f64,
-    /// One idle booted VM's PSS.
+    /// One more idle booted VM, the same way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_pss_mib: Option<f64>,
     /// Clone over boot, memory (target at most 0.4).
@@ -65,6 +66,8 @@ pub struct CloneReport {
     pub boot_ready_ms_all: Vec<u64>,
     /// The clones' summed PSS with 1, 2, ... clones held.
     pub fill_pss_mib: Vec<f64>,
+    /// The booted VMs' summed PSS with 1, 2, ... held.
+    pub boot_fill_pss_mib: Vec<f64>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -129,7 +132,7 @@ async fn measure(
 ) -> Result<CloneReport, RunError> {
     let opts = &o.run;
     eprintln!(
-        "bench clone: image {}, {} MiB, {}, {} runs, {} clones held",
+        "bench clone: image {}, {} MiB, {}, {} runs, {} VMs of each kind held",
         image.manifest.reference(),
         opts.memory_mib,
         opts.display,
@@ -153,7 +156,6 @@ async fn measure(
     // Clones and boots, interleaved, so a change in the machine's load falls on both.
     let mut clone_ms = Vec::new();
     let mut boot_ms = Vec::new();
-    let mut boot_pss = Vec::new();
     for i in 0..o.runs {
         let (vm, ms) = start(manager, image, opts, true).await?;
         if !vm.info().cloned {
@@ -164,41 +166,26 @@ async fn measure(
         manager.delete(&vm.id).await?;
         if o.vs_boot {
             let (vm, ms) = start(manager, image, opts, false).await?;
-            tokio::time::sleep(SETTLE).await;
-            let pss = vm.memory_used_kib();
-            eprintln!("  run {}: boot ready in {ms} ms, idle PSS {:.1} MiB", i + 1, mib(pss));
+            eprintln!("  run {}: boot ready in {ms} ms", i + 1);
             boot_ms.push(ms);
-            boot_pss.push(pss);
             manager.delete(&vm.id).await?;
         }
     }
 
-    // Memory: clones held at once, idle; the clones' summed PSS after each one more.
-    let mut held = Vec::new();
-    let mut fill = Vec::new();
-    for _ in 0..o.fill.max(2) {
-        let (vm, _) = start(manager, image, opts, true).await?;
-        held.push(vm);
-        tokio::time::sleep(SETTLE).await;
-        let sum: u64 = held.iter().map(|v| v.memory_used_kib()).sum();
-        eprintln!("  {} clones held: PSS {:.1} MiB in all", held.len(), mib(sum));
-        fill.push(sum);
-    }
+    // Memory: VMs held at once, idle; their summed PSS after each one more.
+    let fill = hold(manager, image, opts, true, o.fill.max(2)).await?;
     let template_kib = manager.templates_resident_kib();
-    let first_fill = *fill.first().unwrap_or(&0);
-    let last_fill = *fill.last().unwrap_or(&0);
-    let added = u64::try_from(fill.len().saturating_sub(1)).unwrap_or(1).max(1);
-    let clone_pss_kib = last_fill.saturating_sub(first_fill) / added;
-    for vm in held {
-        manager.delete(&vm.id).await?;
-    }
+    let boot_fill = if o.vs_boot {
+        hold(manager, image, opts, false, o.fill.max(2)).await?
+    } else {
+        Vec::new()
+    };
+    let clone_pss_kib = growth(&fill);
+    let boot_pss_kib = o.vs_boot.then(|| growth(&boot_fill));
 
     let clone_median = median(&clone_ms);
     let boot_median = o.vs_boot.then(|| median(&boot_ms));
-    let boot_pss_kib = o.vs_boot.then(|| median(&boot_pss));
     let fits = |per: u64, fixed: u64| FILL_KIB.saturating_sub(fixed).checked_div(per).unwrap_or(0);
-    let ratio =
-        |a: u64, b: u64| if b > 0 { (mib(a) / mib(b) * 1000.0).round() / 1000.0 } else { 0.0 };
     Ok(CloneReport {
         image: image.manifest.reference(),
         accel: first.info().accel,
@@ -217,5 +204,62 @@ async fn measure(
         clone_ready_ms_all: clone_ms,
         boot_ready_ms_all: boot_ms,
         fill_pss_mib: fill.into_iter().map(mib).collect(),
+        boot_fill_pss_mib: boot_fill.into_iter().map(mib).collect(),
     })
+}
+
+/// Starts `n` VMs (clones, or boots) one after another, each left idle a moment; returns their
+/// summed PSS after each one more, and deletes them.
+async fn hold(
+    manager: &Arc<VmManager>,
+    image: &Arc<Image>,
+    opts: &RunOptions,
+    clone: bool,
+    n: usize,
+) -> Result<Vec<u64>, RunError> {
+    let what = if clone { "clones" } else { "booted VMs" };
+    let mut held = Vec::new();
+    let mut sums = Vec::new();
+    for _ in 0..n {
+        let (vm, _) = start(manager, image, opts, clone).await?;
+        held.push(vm);
+        tokio::time::sleep(SETTLE).await;
+        let sum: u64 = held.iter().map(|v| v.memory_used_kib()).sum();
+        eprintln!("  {} {what} held: PSS {:.1} MiB in all", held.len(), mib(sum));
+        sums.push(sum);
+    }
+    for vm in held {
+        manager.delete(&vm.id).await?;
+    }
+    Ok(sums)
+}
+
+/// The growth per added VM of summed PSS readings (first to last).
+fn growth(sums: &[u64]) -> u64 {
+    let (Some(first), Some(last)) = (sums.first(), sums.last()) else { return 0 };
+    let added = u64::try_from(sums.len().saturating_sub(1)).unwrap_or(1).max(1);
+    last.saturating_sub(*first) / added
+}
+
+/// `a` over `b`, to three decimals.
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        return 0.0;
+    }
+    let f = |v: u64| f64::from(u32::try_from(v).unwrap_or(u32::MAX));
+    (f(a) / f(b) * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_is_per_added_vm_and_ratios_round() {
+        assert_eq!(growth(&[100, 150, 210]), 55);
+        assert_eq!(growth(&[100]), 0);
+        assert_eq!(growth(&[]), 0);
+        assert_eq!(ratio(1, 3), 0.333);
+        assert_eq!(ratio(5, 0), 0.0);
+    }
 }

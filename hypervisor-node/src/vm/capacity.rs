@@ -1,11 +1,12 @@
-//! What the node can hold: its vCPUs and memory (configured, or read off the host), what its
-//! VMs hold of them, and the one step that admits a VM only if it fits.
+//! What the node can hold: its vCPUs and memory (configured, or read off the host; memory times
+//! `[capacity] memory_overcommit`), what its VMs hold of them and really use (PSS), and the one
+//! step that admits a VM only if it fits both.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use atrium_protocol::node::Capacity;
+use atrium_protocol::node::{Capacity, fits_real_use};
 
 use super::{Vm, VmError, VmManager, lock};
 use crate::config::{DEFAULT_VCPU_OVERCOMMIT, NodeConfig};
@@ -33,7 +34,8 @@ impl VmManager {
             vcpus_allocated: vcpus,
             memory_mib_total: self.memory_mib_total,
             memory_mib_allocated: mem,
-            memory_mib_used: self.memory_used_kib.load(Ordering::Relaxed).div_ceil(1024),
+            memory_mib_used: self.memory_used_mib(&vms),
+            memory_mib_physical: self.memory_mib_physical,
             vms: u32::try_from(vms.len()).unwrap_or(u32::MAX),
             kvm: self.kvm,
             default_runtime: self.default_runtime,
@@ -62,6 +64,18 @@ impl VmManager {
                 self.memory_mib_total
             )));
         }
+        // With overcommit, what the VMs really use must leave room for this one's share.
+        let used = self.memory_used_mib(&live);
+        if !fits_real_use(used, self.memory_mib_physical, self.memory_mib_total, vm.spec.memory_mib)
+        {
+            return Err(VmError::Capacity(format!(
+                "not enough memory: the VMs use {used} MiB of {} MiB (memory overcommit {}), and \
+                 a VM of {} MiB needs its share beside them",
+                self.memory_mib_physical,
+                self.memory_mib_total / self.memory_mib_physical.max(1),
+                vm.spec.memory_mib
+            )));
+        }
         if let Some(disk) = &vm.spec.persistent_disk
             && let Some(other) = live.iter().find(|o| o.spec.persistent_disk.as_ref() == Some(disk))
         {
@@ -72,6 +86,25 @@ impl VmManager {
         }
         vms.insert(vm.id.clone(), Arc::clone(vm));
         Ok(())
+    }
+}
+
+impl VmManager {
+    /// What the VMs really use, in MiB: their PSS as last sampled, the templates' memory, and
+    /// for VMs still starting (their memory not sampled yet, or growing) their share of host
+    /// memory.
+    fn memory_used_mib(&self, vms: &[Arc<Vm>]) -> u64 {
+        let starting: u64 = vms
+            .iter()
+            .filter(|v| v.state() == atrium_protocol::node::VmState::Starting)
+            .map(|v| {
+                u64::from(v.spec.memory_mib) * self.memory_mib_physical
+                    / self.memory_mib_total.max(1)
+            })
+            .sum();
+        (self.memory_used_kib.load(Ordering::Relaxed) + self.templates_resident_kib())
+            .div_ceil(1024)
+            + starting
     }
 }
 

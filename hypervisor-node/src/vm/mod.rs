@@ -222,7 +222,10 @@ pub struct VmManager {
     cgroups: Option<CgroupManager>,
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
     vcpus_total: u32,
+    /// Guest memory handed out: `memory_mib_physical` × `[capacity] memory_overcommit`.
     memory_mib_total: u64,
+    /// Host memory for VMs.
+    memory_mib_physical: u64,
     pub metrics: Metrics,
     draining: AtomicBool,
     ping_seq: AtomicU64,
@@ -263,7 +266,9 @@ impl VmManager {
         };
         let templates_dir = templates::Templates::prepare(&config.node.state_dir)
             .map_err(|e| internal("the templates folder", &e))?;
-        let (vcpus_total, memory_mib_total) = capacity::totals(&config);
+        let (vcpus_total, memory_mib_physical) = capacity::totals(&config);
+        let memory_mib_total = memory_mib_physical
+            .saturating_mul(u64::from(config.capacity.memory_overcommit.unwrap_or(1)));
         let manager = Self {
             node_id: config.node_id(),
             images: ImageCatalog::new(config.node.images_dir.clone()),
@@ -275,6 +280,7 @@ impl VmManager {
             vms: Mutex::new(BTreeMap::new()),
             vcpus_total,
             memory_mib_total,
+            memory_mib_physical,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
             ping_seq: AtomicU64::new(1),

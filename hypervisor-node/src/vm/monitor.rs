@@ -9,6 +9,7 @@ use atrium_protocol::agent::HostMessage;
 use atrium_protocol::node::VmState;
 
 use super::stop::remove_cgroup;
+use super::templates::Kind;
 use super::{Vm, VmManager, lock, now_ms};
 use crate::agent_link::AgentLink;
 use crate::runtime::{ExitInfo, VmHandle};
@@ -71,7 +72,12 @@ impl VmManager {
                     if vm.cloned.load(Ordering::Relaxed) && vm.state() == VmState::Starting
                         && let Err(e) = self.renew(&vm, &agent).await
                     {
+                        // A stop or delete meanwhile is not the clone's failure.
+                        if vm.stopping.load(Ordering::SeqCst) {
+                            continue;
+                        }
                         tracing::error!(vm = %vm.id, "making the clone its own failed: {e}");
+                        self.retire_template(&Kind::of(&vm, vm.runtime), &format!("a clone was not made its own: {e}"));
                         self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                         vm.set_state(VmState::Failed, Some(format!("making the clone its own failed: {e}")));
                         vm.stopping.store(true, Ordering::SeqCst);

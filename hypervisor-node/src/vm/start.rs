@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use atrium_protocol::node::{FieldError, VmInfo, VmSpec, VmState};
+use atrium_protocol::node::{FieldError, RuntimeKind, VmInfo, VmSpec, VmState};
 use tokio::sync::watch;
 
 use super::disks::check_disk_kind;
+use super::templates::Kind;
 use super::{CONSOLE_BYTES, Status, Vm, VmError, VmManager, lock, now_ms};
 use crate::agent_link::AgentLink;
 use crate::cgroup::{Limits, VmCgroup};
@@ -130,16 +131,36 @@ impl VmManager {
             cgroup,
             memory: Default::default(),
         };
-        // A clone, when its template is made (else a boot while it is being made).
-        let template =
-            if vm.spec.clone { self.template_for(vm, Arc::clone(&runtime)) } else { None };
+        // A clone, when its template is made (else a boot while it is being made); the qemu
+        // runtime's alone.
+        let boot = cfg.clone();
+        let template = if vm.spec.clone && runtime.kind() == RuntimeKind::Qemu {
+            self.template_for(vm, Arc::clone(&runtime))
+        } else {
+            None
+        };
         if let Some(t) = &template {
             Self::clone_launch(vm, t, &mut cfg);
-            vm.cloned.store(true, Ordering::Relaxed);
-            self.metrics.cloned.fetch_add(1, Ordering::Relaxed);
         }
-        *lock(&vm.template) = template;
-        let handle = runtime.launch(cfg).await?;
+        let handle = match (runtime.launch(cfg).await, template) {
+            (Ok(h), Some(t)) => {
+                vm.cloned.store(true, Ordering::Relaxed);
+                *lock(&vm.template) = Some(t);
+                self.metrics.cloned.fetch_add(1, Ordering::Relaxed);
+                h
+            }
+            (Ok(h), None) => h,
+            // A template that does not restore (a changed QEMU, files gone) goes; this VM boots.
+            (Err(e), Some(_)) => {
+                self.retire_template(
+                    &Kind::of(vm, runtime.kind()),
+                    &format!("a clone did not start: {e}"),
+                );
+                let _ = std::fs::remove_file(vm.dir.join("disk.qcow2"));
+                runtime.launch(boot).await?
+            }
+            (Err(e), None) => return Err(e.into()),
+        };
         *lock(&vm.handle) = Some(Arc::clone(&handle));
         lock(&vm.status).accel = handle.accel();
         attach_console(vm, handle.as_ref()).await?;
@@ -155,16 +176,20 @@ impl VmManager {
         Ok(())
     }
 
+    /// A VM's limits: its memory with the runtime's overhead, its CPUs, processes.
+    pub(super) fn limits(&self, vcpus: u32, memory_mib: u32) -> Limits {
+        Limits {
+            memory_bytes: (u64::from(memory_mib) + self.config.qemu.memory_overhead_mib) << 20,
+            cpus: vcpus,
+            pids: self.config.cgroup.pids_max,
+        }
+    }
+
     /// The VM's cgroup (memory with the runtime's overhead, CPUs, processes), when the node
     /// has cgroups.
     fn create_cgroup(&self, vm: &Vm) -> Result<Option<VmCgroup>, VmError> {
         let Some(m) = &self.cgroups else { return Ok(None) };
-        let limits = Limits {
-            memory_bytes: (u64::from(vm.spec.memory_mib) + self.config.qemu.memory_overhead_mib)
-                << 20,
-            cpus: vm.spec.vcpus,
-            pids: self.config.cgroup.pids_max,
-        };
+        let limits = self.limits(vm.spec.vcpus, vm.spec.memory_mib);
         let g = m.create(&vm.id, limits).map_err(RuntimeError::from)?;
         *lock(&vm.cgroup) = Some(g.clone());
         Ok(Some(g))

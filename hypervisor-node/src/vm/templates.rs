@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use atrium_protocol::agent::HostMessage;
 use atrium_protocol::node::DisplaySize;
 
+use std::sync::atomic::Ordering;
+
+use atrium_protocol::node::RuntimeKind;
+
 use super::{Vm, VmError, VmManager, lock, now_ms};
 use crate::agent_link::AgentLink;
 use crate::image::{DiskFormat, Image};
@@ -30,16 +34,20 @@ use crate::runtime::{DiskConfig, GuestMemory, LaunchConfig, Runtime, SealedMemor
 
 /// How long after a failed template its kind is not tried again (VMs boot meanwhile).
 const RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A template no clone started from for this long goes (an older image version's, a size no
+/// pool asks for any more); clones that hold it keep its files until they end.
+const UNUSED_FOR: Duration = Duration::from_secs(1800);
 /// How long a clone's agent has to take its renewal.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for a template's agent to see its host go before the save: it then waits for the next
 /// host (a clone's node) to speak first, and greets it.
-const LET_GO: Duration = Duration::from_millis(300);
+const LET_GO: Duration = Duration::from_secs(1);
 
 /// What a template is a template of: clones of it need the very same image, CPUs, memory,
 /// screen and sound card.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Kind {
+pub(super) struct Kind {
+    runtime: RuntimeKind,
     /// `NAME@VERSION`.
     image: String,
     vcpus: u32,
@@ -49,18 +57,15 @@ struct Kind {
 }
 
 impl Kind {
-    fn of(vm: &Vm) -> Self {
+    pub(super) fn of(vm: &Vm, runtime: RuntimeKind) -> Self {
         Self {
+            runtime,
             image: vm.image.manifest.reference(),
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             display: vm.spec.display,
             sound: vm.has_sound(),
         }
-    }
-
-    fn name(&self) -> &str {
-        self.image.split_once('@').map_or(self.image.as_str(), |(n, _)| n)
     }
 }
 
@@ -88,11 +93,12 @@ impl Drop for Folder {
     }
 }
 
-/// A kind's template: being made, made, or failed lately.
+/// A kind's template: being made (by the task of that generation), made (and when a clone last
+/// started from it), or failed lately.
 #[derive(Debug)]
 enum Slot {
-    Making,
-    Made(Arc<Template>),
+    Making { generation: u64 },
+    Made { template: Arc<Template>, used: Instant },
     Failed { at: Instant },
 }
 
@@ -100,8 +106,20 @@ enum Slot {
 #[derive(Debug, Default)]
 pub(super) struct Templates {
     slots: Mutex<HashMap<Kind, Slot>>,
-    /// The node is stopping: no template is made any more.
+    /// Tells a template's making apart from a later one of the same kind.
+    generations: std::sync::atomic::AtomicU64,
+    /// The node is stopping: no template is made any more (read and set under `slots`).
     closed: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a slot stays at a sweep: a template stays while clones start from it and its image
+/// is on the node; a failure is forgotten once it may be tried again.
+fn keeps(slot: &Slot, image_present: bool) -> bool {
+    match slot {
+        Slot::Making { .. } => true,
+        Slot::Made { used, .. } => image_present && used.elapsed() < UNUSED_FOR,
+        Slot::Failed { at } => at.elapsed() < RETRY_AFTER,
+    }
 }
 
 impl Templates {
@@ -133,18 +151,23 @@ fn freeze(layer: &Path) -> Result<(), VmError> {
     std::fs::set_permissions(layer, std::fs::Permissions::from_mode(0o400)).map_err(io)
 }
 
-/// Ends every process whose working folder is under `dir` (a VM process runs in its folder).
+/// Ends every VM process (QEMU names its guest `atrium-vm-...`) whose working folder is under
+/// `dir` (a VM process runs in its folder): templates an earlier run of the node left.
 fn end_processes_in(dir: &Path) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else { continue };
-        if cwd.starts_with(dir)
+        let is_vm = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("guest=atrium-vm-"));
+        if cwd.starts_with(&dir)
+            && is_vm
             && pid != std::process::id()
-            && let Ok(pid) = libc::pid_t::try_from(pid)
+            && let Ok(started) = crate::runtime::process_started(pid).ok_or(())
+            && let Ok(process) = crate::runtime::Foreign::open(pid, started)
         {
             tracing::warn!(pid, "ending a template's process an earlier run of the node left");
-            // SAFETY: kill takes a pid and a signal number; nothing of ours is touched.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = process.signal(libc::SIGKILL);
         }
     }
 }
@@ -153,8 +176,12 @@ impl VmManager {
     /// At the node's stop: no more templates; those made and being made are ended and their
     /// files removed (clones that run on keep the files they have open).
     pub fn end_templates(&self) {
-        self.templates.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        lock(&self.templates.slots).clear();
+        let slots = {
+            let mut slots = lock(&self.templates.slots);
+            self.templates.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *slots)
+        };
+        drop(slots);
         end_processes_in(&self.templates_dir);
         for entry in std::fs::read_dir(&self.templates_dir).into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir_all(entry.path());
@@ -166,7 +193,7 @@ impl VmManager {
         lock(&self.templates.slots)
             .values()
             .filter_map(|s| match s {
-                Slot::Made(t) => Some(t.memory.resident() / 1024),
+                Slot::Made { template, .. } => Some(template.memory.resident() / 1024),
                 _ => None,
             })
             .sum()
@@ -174,56 +201,93 @@ impl VmManager {
 
     /// How many templates clones can start from now.
     pub fn templates_made(&self) -> usize {
-        lock(&self.templates.slots).values().filter(|s| matches!(s, Slot::Made(_))).count()
+        lock(&self.templates.slots).values().filter(|s| matches!(s, Slot::Made { .. })).count()
     }
 
-    /// The template `vm` (asked as a clone) can start from, when there is one; otherwise the
-    /// template of its kind is made in the background (once) and `None` says: boot.
+    /// The template `vm` (asked as a clone, of `runtime`) can start from, when there is one;
+    /// otherwise the template of its kind is made in the background (once) and `None` says:
+    /// boot. Templates no clone started from for a while, or of images no longer on the node,
+    /// go on the way.
     pub(super) fn template_for(
         self: &Arc<Self>,
         vm: &Vm,
         runtime: Arc<dyn Runtime>,
     ) -> Option<Arc<Template>> {
-        let kind = Kind::of(vm);
-        if self.templates.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        let kind = Kind::of(vm, runtime.kind());
+        let present: std::collections::HashSet<String> =
+            self.images.list().iter().map(|i| i.manifest.reference()).collect();
+        let mut slots = lock(&self.templates.slots);
+        if self.templates.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let mut slots = lock(&self.templates.slots);
-        match slots.get(&kind) {
-            Some(Slot::Made(t)) => return Some(Arc::clone(t)),
-            Some(Slot::Making) => return None,
-            Some(Slot::Failed { at }) if at.elapsed() < RETRY_AFTER => return None,
-            _ => {}
+        let gone: Vec<Slot> = {
+            let stale: Vec<Kind> = slots
+                .iter()
+                .filter(|(k, s)| !keeps(s, present.contains(&k.image)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            stale.iter().filter_map(|k| slots.remove(k)).collect()
+        };
+        let found = match slots.get_mut(&kind) {
+            Some(Slot::Made { template, used }) => {
+                *used = Instant::now();
+                Some(Some(Arc::clone(template)))
+            }
+            Some(Slot::Making { .. } | Slot::Failed { .. }) => Some(None),
+            None => None,
+        };
+        if let Some(found) = found {
+            drop(slots);
+            drop(gone);
+            return found;
         }
-        // A new version of the image replaces the templates of the older ones.
-        slots.retain(|k, _| k.name() != kind.name() || k.image == kind.image);
-        slots.insert(kind.clone(), Slot::Making);
+        let generation = self.templates.generations.fetch_add(1, Ordering::Relaxed);
+        slots.insert(kind.clone(), Slot::Making { generation });
         drop(slots);
+        // Removing folders is not done under the lock.
+        drop(gone);
         let this = Arc::clone(self);
         let image = Arc::clone(&vm.image);
         tokio::spawn(async move {
             let t0 = Instant::now();
             let made = this.make_template(&kind, &image, runtime.as_ref()).await;
             let mut slots = lock(&this.templates.slots);
-            // An image update while it was made may have dropped its slot: then it is not kept.
+            // Dropped meanwhile (the node stops): not kept.
             let Some(slot) = slots.get_mut(&kind) else { return };
+            if !matches!(slot, Slot::Making { generation: g } if *g == generation) {
+                return;
+            }
             match made {
                 Ok(t) => {
-                    this.metrics.templates_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    this.metrics.templates_made.fetch_add(1, Ordering::Relaxed);
                     let secs = t0.elapsed().as_secs_f64();
                     tracing::info!(image = %kind.image, vcpus = kind.vcpus, memory_mib = kind.memory_mib, seconds = secs, "template made: VMs of its kind start as clones");
-                    *slot = Slot::Made(Arc::new(t));
+                    *slot = Slot::Made { template: Arc::new(t), used: Instant::now() };
                 }
                 Err(e) => {
-                    this.metrics
-                        .template_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    this.metrics.template_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(image = %kind.image, "making a template failed (VMs of its kind boot; tried again in {} s): {e}", RETRY_AFTER.as_secs());
                     *slot = Slot::Failed { at: Instant::now() };
                 }
             }
         });
         None
+    }
+
+    /// A clone of `kind`'s template did not start or could not be made its own: the template
+    /// goes (VMs of its kind boot), and is made again after [`RETRY_AFTER`].
+    pub(super) fn retire_template(&self, kind: &Kind, why: &str) {
+        let old = {
+            let mut slots = lock(&self.templates.slots);
+            // A new one being made is let be.
+            if matches!(slots.get(kind), Some(Slot::Making { .. })) {
+                return;
+            }
+            slots.insert(kind.clone(), Slot::Failed { at: Instant::now() })
+        };
+        self.metrics.template_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(image = %kind.image, "retiring a template (VMs of its kind boot; made again in {} s): {why}", RETRY_AFTER.as_secs());
+        drop(old);
     }
 
     /// Boots a template of `kind`, waits for its agent, saves it and ends it.
@@ -247,6 +311,14 @@ impl VmManager {
             keep: true,
         });
         let memory_file = dir.join("memory");
+        // Held to the same limits as a VM of its size while it runs.
+        let cgroup = match &self.cgroups {
+            Some(m) => Some(
+                m.create(&id, self.limits(kind.vcpus, kind.memory_mib))
+                    .map_err(crate::runtime::RuntimeError::from)?,
+            ),
+            None => None,
+        };
         let cfg = LaunchConfig {
             id: id.clone(),
             dir: dir.clone(),
@@ -259,25 +331,27 @@ impl VmManager {
             memory_mib: kind.memory_mib,
             display: kind.display,
             sound: kind.sound,
-            cgroup: None,
+            cgroup: cgroup.clone(),
             memory: GuestMemory::Template { file: memory_file.clone() },
         };
         tracing::info!(vm = %id, image = %kind.image, "booting a template");
-        let handle = runtime.launch(cfg).await?;
-        let saved = if self.templates.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(VmError::Internal("the node is stopping".into()))
-        } else {
-            self.boot_and_save(handle.as_ref(), &id, &state).await
-        };
-        let ended = handle.kill().await;
-        let cleaned = handle.cleanup();
-        saved?;
-        ended?;
-        cleaned?;
+        let ran = self.run_template(runtime, cfg, &id, &state).await;
+        if let Some(g) = cgroup
+            && let Err(e) = super::stop::remove_cgroup(g).await
+        {
+            tracing::error!(vm = %id, "removing a template's cgroup: {e}");
+        }
+        ran?;
+        // What QEMU made for its own user while it ran is not kept (the uid goes to other VMs).
+        let _ = std::fs::remove_dir_all(dir.join("screens"));
         if let Some(d) = &disk {
             freeze(&d.layer)?;
         }
-        let memory = SealedMemory::from_file(&memory_file)
+        // Reading the template's whole RAM is not done on the node's async workers.
+        let file = memory_file.clone();
+        let memory = tokio::task::spawn_blocking(move || SealedMemory::from_file(&file))
+            .await
+            .map_err(|e| VmError::Internal(format!("sealing the template's memory: {e}")))?
             .map_err(|e| VmError::Internal(format!("sealing the template's memory: {e}")))?;
         // The sealed copy is what clones map; the file is no one's any more.
         std::fs::remove_file(&memory_file)
@@ -288,6 +362,27 @@ impl VmManager {
             state,
             disk: disk.map(|d| d.layer),
         })
+    }
+
+    /// Launches the template, boots and saves it, and ends it whatever happened.
+    async fn run_template(
+        &self,
+        runtime: &dyn Runtime,
+        cfg: LaunchConfig,
+        id: &str,
+        state: &Path,
+    ) -> Result<(), VmError> {
+        let handle = runtime.launch(cfg).await?;
+        let saved = if self.templates.closed.load(Ordering::SeqCst) {
+            Err(VmError::Internal("the node is stopping".into()))
+        } else {
+            self.boot_and_save(handle.as_ref(), id, state).await
+        };
+        let ended = handle.kill().await;
+        let cleaned = handle.cleanup();
+        saved?;
+        ended?;
+        Ok(cleaned?)
     }
 
     /// Resumes a launched template, waits until its agent says ready, lets go of the agent and
@@ -374,16 +469,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kind_is_named_by_its_image() {
-        let k = Kind {
-            image: "desktop@2026.12.01".into(),
-            vcpus: 2,
-            memory_mib: 2048,
-            display: DisplaySize::new(1280, 800),
-            sound: true,
+    fn a_sweep_keeps_templates_in_use_and_forgets_old_failures() {
+        let long_ago = |d: Duration| Instant::now().checked_sub(d + Duration::from_secs(1));
+        let Some(unused) = long_ago(UNUSED_FOR) else { return };
+        let Some(failed_long_ago) = long_ago(RETRY_AFTER) else { return };
+        assert!(keeps(&Slot::Making { generation: 1 }, false), "a template being made goes");
+        assert!(keeps(&Slot::Failed { at: Instant::now() }, true), "a fresh failure is forgotten");
+        assert!(!keeps(&Slot::Failed { at: failed_long_ago }, true), "an old failure stays");
+        let dir = std::env::temp_dir().join(format!("atrium-tpl-sweep-{}", std::process::id()));
+        let memfile = dir.with_extension("mem");
+        std::fs::write(&memfile, [1u8; 4096]).unwrap();
+        let template = |used| Slot::Made {
+            template: Arc::new(Template {
+                _folder: Folder(dir.clone()),
+                memory: Arc::new(SealedMemory::from_file(&memfile).unwrap()),
+                state: dir.join("state"),
+                disk: None,
+            }),
+            used,
         };
-        assert_eq!(k.name(), "desktop");
-        assert_eq!(Kind { image: "console".into(), ..k }.name(), "console");
+        assert!(keeps(&template(Instant::now()), true), "a template in use went");
+        assert!(!keeps(&template(Instant::now()), false), "a template of an image gone stays");
+        assert!(!keeps(&template(unused), true), "a template no clone starts from stays");
+        std::fs::remove_file(&memfile).unwrap();
     }
 
     #[test]

@@ -78,14 +78,14 @@ function poolForm(initial, onSubmit, submitText) {
 }
 
 /** What a form field holds, as the API takes it. */
-export function formValue(input, type) {
+function formValue(input, type) {
   if (type === 'number') return Number(input.value);
   if (type === 'checkbox') return input.checked;
   return input.value.trim();
 }
 
 /** A pool's desktops, one row each: the image version it runs and how it started. */
-export function desktopRows(desktops, pools) {
+function desktopRows(desktops, pools) {
   const names = new Map(pools.map((p) => [p.id, p.name]));
   return desktops.map((d) => el('tr', {},
     el('th', { scope: 'row', text: names.get(d.pool_id) ?? d.pool_id }),

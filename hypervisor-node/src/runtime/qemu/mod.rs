@@ -473,7 +473,10 @@ impl QemuRuntime {
         give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
-        let (pid, exit_rx) = super::spawn_vm_process(cmd, &cfg, "qemu", true, qemu_exit_info)?;
+        // A VM outlives the node (a restarted node takes it back); a template dies with it.
+        let outlives_node = !matches!(cfg.memory, GuestMemory::Template { .. });
+        let (pid, exit_rx) =
+            super::spawn_vm_process(cmd, &cfg, "qemu", outlives_node, qemu_exit_info)?;
 
         let vm = QemuVm {
             endpoints: paths.endpoints(),
