@@ -285,17 +285,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
     let image = a.image.unwrap_or_else(|| cache_root().join("images/console"));
     let opts = RunOptions {
-        image,
-        runtime: Some(RuntimeKind::Qemu),
-        vcpus: 1,
-        memory_mib: a.memory,
-        display: a.display,
-        timeout: Duration::from_secs(a.timeout),
-        screenshot: None,
-        until_ready: true,
-        cgroups: true,
         measure_memory: true,
         session: session_user(a.user)?,
+        ..RunOptions::bench(image, 1, a.memory, a.display, Duration::from_secs(a.timeout))
     };
     let r = tokio_runtime()?.block_on(bench::bench_qemu(&opts, a.runs))?;
     println!(
@@ -326,19 +318,7 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
 fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<()> {
     let image = a.image.unwrap_or_else(|| cache_root().join("images/desktop"));
     let o = atrium_node::bench::clone::CloneBenchOptions {
-        run: RunOptions {
-            image,
-            runtime: Some(RuntimeKind::Qemu),
-            vcpus: a.vcpus,
-            memory_mib: a.memory,
-            display: a.display,
-            timeout: Duration::from_secs(a.timeout),
-            screenshot: None,
-            until_ready: true,
-            cgroups: true,
-            measure_memory: false,
-            session: None,
-        },
+        run: RunOptions::bench(image, a.vcpus, a.memory, a.display, Duration::from_secs(a.timeout)),
         runs: a.runs,
         vs_boot: a.vs_boot,
         fill: a.fill.max(2),

@@ -51,6 +51,45 @@ pub struct RunOptions {
     pub session: Option<SessionUser>,
 }
 
+impl RunOptions {
+    /// Options for a benchmark: the qemu runtime, cgroups on, until ready, nothing kept.
+    pub fn bench(
+        image: PathBuf,
+        vcpus: u32,
+        memory_mib: u32,
+        display: DisplaySize,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            image,
+            runtime: Some(RuntimeKind::Qemu),
+            vcpus,
+            memory_mib,
+            display,
+            timeout,
+            screenshot: None,
+            until_ready: true,
+            cgroups: true,
+            measure_memory: false,
+            session: None,
+        }
+    }
+
+    /// The spec of a VM of `image` with these options (a floating one, for nobody yet).
+    pub fn spec(&self, image: &Image, clone: bool) -> VmSpec {
+        VmSpec {
+            image: image.manifest.reference(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            display: self.display,
+            runtime: self.runtime,
+            persistent_disk: None,
+            user: None,
+            clone,
+        }
+    }
+}
+
 /// The last line `run` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -171,16 +210,7 @@ async fn run_in(
     image: Arc<Image>,
     opts: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let spec = VmSpec {
-        image: image.manifest.reference(),
-        vcpus: opts.vcpus,
-        memory_mib: opts.memory_mib,
-        display: opts.display,
-        runtime: opts.runtime,
-        persistent_disk: None,
-        user: None,
-        clone: false,
-    };
+    let spec = opts.spec(&image, false);
     let t0 = Instant::now();
     let vm = manager.launch(spec, image).await?;
     let start_ms = elapsed_ms(t0);

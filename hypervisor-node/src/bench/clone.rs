@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atrium_protocol::node::{Accel, VmSpec, VmState};
+use atrium_protocol::node::{Accel, VmState};
 use serde::Serialize;
 
 use super::median;
@@ -86,16 +86,7 @@ async fn start(
     opts: &RunOptions,
     clone: bool,
 ) -> Result<(Arc<Vm>, u64), RunError> {
-    let spec = VmSpec {
-        image: image.manifest.reference(),
-        vcpus: opts.vcpus,
-        memory_mib: opts.memory_mib,
-        display: opts.display,
-        runtime: opts.runtime,
-        persistent_disk: None,
-        user: None,
-        clone,
-    };
+    let spec = opts.spec(image, clone);
     let t0 = Instant::now();
     let vm = manager.launch(spec, Arc::clone(image)).await?;
     let mut st = vm.state_watch();
