@@ -118,7 +118,7 @@ impl Metrics {
         );
         gauge(
             "atrium_node_memory_mib_used",
-            "Host memory the VMs use (their processes' PSS: shared pages counted once).",
+            "Host memory the VMs use (their processes' PSS: shared pages counted once) and their templates.",
             c.memory_mib_used,
         );
         gauge(

@@ -416,8 +416,8 @@ pub struct Capacity {
     pub memory_mib_total: u64,
     pub memory_mib_allocated: u64,
     /// Host memory the VMs really use: the proportional set size (PSS) of their processes,
-    /// so pages they share (a template's, the host's libraries) are counted once, and the
-    /// templates' memory clones start from.
+    /// so pages they share (a template's, the host's libraries) are counted once between them,
+    /// plus the templates' memory in full.
     #[serde(default)]
     pub memory_mib_used: u64,
     /// Host memory for VMs: `memory_mib_total` without the node's memory overcommit. A node

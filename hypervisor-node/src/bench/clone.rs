@@ -213,6 +213,9 @@ async fn hold(
     let mut sums = Vec::new();
     for _ in 0..n {
         let (vm, _) = start(manager, image, opts, clone).await?;
+        if clone && !vm.info().cloned {
+            return Err(RunError::NotReady("a VM asked for as a clone was booted".into()));
+        }
         held.push(vm);
         tokio::time::sleep(SETTLE).await;
         let sum: u64 = held.iter().map(|v| v.memory_used_kib()).sum();

@@ -40,6 +40,9 @@ pub enum RuntimeError {
     Io { what: String, source: std::io::Error },
     #[error("VM control: {0}")]
     Control(String),
+    /// A clone could not load its template's state (the template, not the VM, is at fault).
+    #[error("restoring the template's state: {0}")]
+    Restore(String),
     #[error("the VM is not running")]
     NotRunning,
     #[error(transparent)]

@@ -170,6 +170,7 @@ impl VmManager {
             // Its template went with the node that made it; the clone runs on the files it has
             // open.
             template: std::sync::Mutex::new(None),
+            sampled_kib: std::sync::atomic::AtomicU64::new(0),
         });
         let connected = async {
             if let Some(serial) = &handle.endpoints().serial {

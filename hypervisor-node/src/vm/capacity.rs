@@ -34,7 +34,9 @@ impl VmManager {
             vcpus_allocated: vcpus,
             memory_mib_total: self.memory_mib_total,
             memory_mib_allocated: mem,
-            memory_mib_used: self.memory_used_mib(&vms),
+            memory_mib_used: (self.memory_used_kib.load(Ordering::Relaxed)
+                + self.templates_resident_kib())
+            .div_ceil(1024),
             memory_mib_physical: self.memory_mib_physical,
             vms: u32::try_from(vms.len()).unwrap_or(u32::MAX),
             kvm: self.kvm,
@@ -90,36 +92,48 @@ impl VmManager {
 }
 
 impl VmManager {
-    /// What the VMs really use, in MiB: their PSS as last sampled, the templates' memory, and
-    /// for VMs still starting (their memory not sampled yet, or growing) their share of host
-    /// memory.
+    /// What the VMs are counted to use for the check of a new VM, in MiB: each VM at least its
+    /// share of host memory (guest memory ÷ the overcommit; a VM started since the last sample
+    /// counts that much until it is read), the templates' memory, and the templates being made
+    /// at their share.
     fn memory_used_mib(&self, vms: &[Arc<Vm>]) -> u64 {
-        let starting: u64 = vms
+        let share = |memory_mib: u32| {
+            let s = u128::from(memory_mib) * u128::from(self.memory_mib_physical)
+                / u128::from(self.memory_mib_total.max(1));
+            u64::try_from(s).unwrap_or(u64::MAX)
+        };
+        let vms: u64 = vms
             .iter()
-            .filter(|v| v.state() == atrium_protocol::node::VmState::Starting)
+            .filter(|v| v.holds_capacity())
             .map(|v| {
-                u64::from(v.spec.memory_mib) * self.memory_mib_physical
-                    / self.memory_mib_total.max(1)
+                v.sampled_kib.load(Ordering::Relaxed).div_ceil(1024).max(share(v.spec.memory_mib))
             })
-            .sum();
-        (self.memory_used_kib.load(Ordering::Relaxed) + self.templates_resident_kib())
-            .div_ceil(1024)
-            + starting
+            .fold(0, u64::saturating_add);
+        let making: u64 =
+            self.templates_being_made().into_iter().map(share).fold(0, u64::saturating_add);
+        vms.saturating_add(self.templates_resident_kib().div_ceil(1024)).saturating_add(making)
     }
 }
 
 /// How often the VMs' memory use is read (their page tables are walked: not on every call).
 const USAGE_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads what the VMs of `manager` use (PSS) every [`USAGE_EVERY`], on a thread of its own (off
-/// the async workers), until the manager is gone.
+/// Reads what the VMs of `manager` use (PSS) every [`USAGE_EVERY`], and sweeps its templates,
+/// on a thread of its own (off the async workers), until the manager is gone.
 pub(super) fn sample_usage(manager: &Arc<VmManager>) -> std::io::Result<()> {
     let weak = Arc::downgrade(manager);
     std::thread::Builder::new().name("vm-memory".into()).spawn(move || {
         while let Some(m) = weak.upgrade() {
             let vms: Vec<Arc<Vm>> = lock(&m.vms).values().cloned().collect();
-            let kib: u64 = vms.iter().map(|v| pss_kib(v)).sum();
+            let mut kib = 0u64;
+            for v in &vms {
+                let own = pss_kib(v);
+                v.sampled_kib.store(own, Ordering::Relaxed);
+                kib = kib.saturating_add(own);
+            }
             m.memory_used_kib.store(kib, Ordering::Relaxed);
+            // Templates no clone started from for a while, or whose image left, go.
+            m.sweep_templates();
             drop((m, vms));
             std::thread::sleep(USAGE_EVERY);
         }

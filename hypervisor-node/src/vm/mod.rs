@@ -128,6 +128,8 @@ pub struct Vm {
     cloned: AtomicBool,
     /// The template it was cloned from, held while the VM is on the node.
     template: Mutex<Option<Arc<templates::Template>>>,
+    /// Its processes' PSS as last sampled, in KiB ([`capacity::sample_usage`]).
+    sampled_kib: AtomicU64,
 }
 
 impl Vm {
@@ -264,7 +266,8 @@ impl VmManager {
             );
             None
         };
-        let templates_dir = templates::Templates::prepare(&config.node.state_dir)
+
+        let templates_dir = templates::Templates::prepare(&config.node.state_dir, cgroups.as_ref())
             .map_err(|e| internal("the templates folder", &e))?;
         let (vcpus_total, memory_mib_physical) = capacity::totals(&config);
         let memory_mib_total = memory_mib_physical

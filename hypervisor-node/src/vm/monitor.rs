@@ -77,7 +77,10 @@ impl VmManager {
                             continue;
                         }
                         tracing::error!(vm = %vm.id, "making the clone its own failed: {e}");
-                        self.retire_template(&Kind::of(&vm, vm.runtime), &format!("a clone was not made its own: {e}"));
+                        let held = lock(&vm.template).clone();
+                        if let Some(t) = held {
+                            self.retire_template(&Kind::of(&vm, vm.runtime), &t, &format!("a clone was not made its own: {e}"));
+                        }
                         self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                         vm.set_state(VmState::Failed, Some(format!("making the clone its own failed: {e}")));
                         vm.stopping.store(true, Ordering::SeqCst);

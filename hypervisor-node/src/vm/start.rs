@@ -87,6 +87,7 @@ impl VmManager {
             persisting: Mutex::new(()),
             cloned: AtomicBool::new(false),
             template: Mutex::new(None),
+            sampled_kib: std::sync::atomic::AtomicU64::new(0),
         });
         self.reserve(&vm)?;
         tracing::info!(vm = %id, image = %vm.image.manifest.reference(), runtime = %kind, vcpus = vm.spec.vcpus, memory_mib = vm.spec.memory_mib, "starting VM");
@@ -150,16 +151,15 @@ impl VmManager {
                 h
             }
             (Ok(h), None) => h,
-            // A template that does not restore (a changed QEMU, files gone) goes; this VM boots.
-            (Err(e), Some(_)) => {
-                self.retire_template(
-                    &Kind::of(vm, runtime.kind()),
-                    &format!("a clone did not start: {e}"),
-                );
+            // A template that does not restore (a changed QEMU, its state unreadable) goes;
+            // this VM boots. Other failures are the VM's, as for a boot.
+            (Err(RuntimeError::Restore(why)), Some(t)) => {
+                let kind = Kind::of(vm, runtime.kind());
+                self.retire_template(&kind, &t, &format!("a clone did not restore: {why}"));
                 let _ = std::fs::remove_file(vm.dir.join("disk.qcow2"));
                 runtime.launch(boot).await?
             }
-            (Err(e), None) => return Err(e.into()),
+            (Err(e), _) => return Err(e.into()),
         };
         *lock(&vm.handle) = Some(Arc::clone(&handle));
         lock(&vm.status).accel = handle.accel();

@@ -9,11 +9,13 @@
 //! agent's `renew`: random bytes, clock, machine-id, host name) before it is ready.
 //!
 //! While a template is being made, the VMs asked for boot as before (the template's boot is not
-//! anyone's wait). A template whose making failed is not tried again for [`RETRY_AFTER`]. A new
-//! version of an image replaces its templates: new VMs are clones of the new one, running clones
-//! keep theirs (each holds it; its files go with the last). Templates live in
-//! `state_dir/templates/` and not across a node restart: clones taken back keep running on the
-//! files they have open, and the next clone asked for makes a new template.
+//! anyone's wait). A template whose making failed, or whose clone could not be restored or made
+//! its own, is not tried again for [`RETRY_AFTER`]. A new version of an image gets templates of
+//! its own; a template no clone started from for [`UNUSED_FOR`], or whose image left the node,
+//! goes at the next sweep (every few seconds); running clones keep theirs (each holds it; its
+//! files go with the last). Templates live in `state_dir/templates/` and not across a node
+//! restart: clones taken back keep running on the files they have open, and the next clone
+//! asked for makes a new template.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -110,25 +112,43 @@ pub(super) struct Templates {
     generations: std::sync::atomic::AtomicU64,
     /// The node is stopping: no template is made any more (read and set under `slots`).
     closed: std::sync::atomic::AtomicBool,
+    /// Every template made that still exists: in a slot, or held by clones only.
+    alive: Mutex<Vec<std::sync::Weak<Template>>>,
 }
 
-/// Whether a slot stays at a sweep: a template stays while clones start from it and its image
-/// is on the node; a failure is forgotten once it may be tried again.
-fn keeps(slot: &Slot, image_present: bool) -> bool {
+/// Whether a slot stays at a sweep at `now`: a template stays while clones start from it and
+/// its image is on the node; a failure is forgotten once it may be tried again.
+fn keeps(slot: &Slot, image_present: bool, now: Instant) -> bool {
     match slot {
         Slot::Making { .. } => true,
-        Slot::Made { used, .. } => image_present && used.elapsed() < UNUSED_FOR,
-        Slot::Failed { at } => at.elapsed() < RETRY_AFTER,
+        Slot::Made { used, .. } => {
+            image_present && now.saturating_duration_since(*used) < UNUSED_FOR
+        }
+        Slot::Failed { at } => now.saturating_duration_since(*at) < RETRY_AFTER,
     }
 }
 
 impl Templates {
     /// The folder of templates, emptied: a template lives no longer than the node that made
     /// it. Template processes an earlier run left (killed with that run, or not) are ended.
-    pub(super) fn prepare(state_dir: &Path) -> std::io::Result<PathBuf> {
+    pub(super) fn prepare(
+        state_dir: &Path,
+        cgroups: Option<&crate::cgroup::CgroupManager>,
+    ) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let dir = state_dir.join("templates");
         end_processes_in(&dir);
+        // Their cgroups (named as the template) go too, once their processes have.
+        if let Some(m) = cgroups {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if id.starts_with("vm-")
+                    && let Err(e) = m.existing(&id).remove()
+                {
+                    tracing::warn!(template = %id, "removing a leftover template's cgroup: {e}");
+                }
+            }
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -157,13 +177,17 @@ fn end_processes_in(dir: &Path) {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        // Its start time first: the pidfd opened after the checks is refused unless it names
+        // the process that was checked.
+        let Some(started) = crate::runtime::process_started(pid) else { continue };
         let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else { continue };
         let is_vm = std::fs::read(entry.path().join("cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("guest=atrium-vm-"));
         if cwd.starts_with(&dir)
             && is_vm
-            && pid != std::process::id()
-            && let Ok(started) = crate::runtime::process_started(pid).ok_or(())
             && let Ok(process) = crate::runtime::Foreign::open(pid, started)
         {
             tracing::warn!(pid, "ending a template's process an earlier run of the node left");
@@ -188,15 +212,45 @@ impl VmManager {
         }
     }
 
-    /// The host memory the templates' RAM takes (their sealed copies), in KiB.
+    /// The host memory the templates' RAM takes (their sealed copies), in KiB: those clones
+    /// start from and those only running clones still hold.
     pub fn templates_resident_kib(&self) -> u64 {
+        let mut alive = lock(&self.templates.alive);
+        alive.retain(|w| w.strong_count() > 0);
+        alive.iter().filter_map(std::sync::Weak::upgrade).map(|t| t.memory.resident() / 1024).sum()
+    }
+
+    /// The guest memory of each template being made (it boots as a VM of that size).
+    pub(super) fn templates_being_made(&self) -> Vec<u32> {
         lock(&self.templates.slots)
-            .values()
-            .filter_map(|s| match s {
-                Slot::Made { template, .. } => Some(template.memory.resident() / 1024),
-                _ => None,
-            })
-            .sum()
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Making { .. }))
+            .map(|(k, _)| k.memory_mib)
+            .collect()
+    }
+
+    /// Drops the templates no clone started from for [`UNUSED_FOR`] or whose image left the
+    /// node, and failures that may be tried again (their files go outside the lock). `except`:
+    /// the kind a clone is being started of now.
+    pub(super) fn sweep_templates_except(&self, except: Option<&Kind>) {
+        let present: std::collections::HashSet<String> =
+            self.images.list().iter().map(|i| i.manifest.reference()).collect();
+        let now = Instant::now();
+        let gone: Vec<Slot> = {
+            let mut slots = lock(&self.templates.slots);
+            let stale: Vec<Kind> = slots
+                .iter()
+                .filter(|(k, s)| Some(*k) != except && !keeps(s, present.contains(&k.image), now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            stale.iter().filter_map(|k| slots.remove(k)).collect()
+        };
+        drop(gone);
+    }
+
+    /// [`Self::sweep_templates_except`] nothing.
+    pub(super) fn sweep_templates(&self) {
+        self.sweep_templates_except(None);
     }
 
     /// How many templates clones can start from now.
@@ -214,20 +268,11 @@ impl VmManager {
         runtime: Arc<dyn Runtime>,
     ) -> Option<Arc<Template>> {
         let kind = Kind::of(vm, runtime.kind());
-        let present: std::collections::HashSet<String> =
-            self.images.list().iter().map(|i| i.manifest.reference()).collect();
+        self.sweep_templates_except(Some(&kind));
         let mut slots = lock(&self.templates.slots);
         if self.templates.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let gone: Vec<Slot> = {
-            let stale: Vec<Kind> = slots
-                .iter()
-                .filter(|(k, s)| !keeps(s, present.contains(&k.image)))
-                .map(|(k, _)| k.clone())
-                .collect();
-            stale.iter().filter_map(|k| slots.remove(k)).collect()
-        };
         let found = match slots.get_mut(&kind) {
             Some(Slot::Made { template, used }) => {
                 *used = Instant::now();
@@ -237,15 +282,11 @@ impl VmManager {
             None => None,
         };
         if let Some(found) = found {
-            drop(slots);
-            drop(gone);
             return found;
         }
         let generation = self.templates.generations.fetch_add(1, Ordering::Relaxed);
         slots.insert(kind.clone(), Slot::Making { generation });
         drop(slots);
-        // Removing folders is not done under the lock.
-        drop(gone);
         let this = Arc::clone(self);
         let image = Arc::clone(&vm.image);
         tokio::spawn(async move {
@@ -259,10 +300,12 @@ impl VmManager {
             }
             match made {
                 Ok(t) => {
+                    let t = Arc::new(t);
+                    lock(&this.templates.alive).push(Arc::downgrade(&t));
                     this.metrics.templates_made.fetch_add(1, Ordering::Relaxed);
                     let secs = t0.elapsed().as_secs_f64();
                     tracing::info!(image = %kind.image, vcpus = kind.vcpus, memory_mib = kind.memory_mib, seconds = secs, "template made: VMs of its kind start as clones");
-                    *slot = Slot::Made { template: Arc::new(t), used: Instant::now() };
+                    *slot = Slot::Made { template: t, used: Instant::now() };
                 }
                 Err(e) => {
                     this.metrics.template_failures.fetch_add(1, Ordering::Relaxed);
@@ -274,14 +317,15 @@ impl VmManager {
         None
     }
 
-    /// A clone of `kind`'s template did not start or could not be made its own: the template
-    /// goes (VMs of its kind boot), and is made again after [`RETRY_AFTER`].
-    pub(super) fn retire_template(&self, kind: &Kind, why: &str) {
+    /// A clone of `template` (of `kind`) could not be restored or made its own: the template
+    /// goes (VMs of its kind boot), and is made again after [`RETRY_AFTER`]. Nothing changes
+    /// when the kind's slot holds another template by now (or one being made).
+    pub(super) fn retire_template(&self, kind: &Kind, template: &Arc<Template>, why: &str) {
         let old = {
             let mut slots = lock(&self.templates.slots);
-            // A new one being made is let be.
-            if matches!(slots.get(kind), Some(Slot::Making { .. })) {
-                return;
+            match slots.get(kind) {
+                Some(Slot::Made { template: t, .. }) if Arc::ptr_eq(t, template) => {}
+                _ => return,
             }
             slots.insert(kind.clone(), Slot::Failed { at: Instant::now() })
         };
@@ -297,6 +341,16 @@ impl VmManager {
         image: &Image,
         runtime: &dyn Runtime,
     ) -> Result<Template, VmError> {
+        // The longest socket path of a template or a clone: a clone's state socket
+        // (vms/<id>/screens/state.sock); unix socket paths are at most 107 bytes.
+        let longest = self.config.node.state_dir.as_os_str().len()
+            + "/vms/vm-0123456789abcdef/screens/state.sock".len();
+        if longest > 107 {
+            return Err(VmError::Internal(format!(
+                "node.state_dir {} is too long for a clone's sockets (107 bytes at most)",
+                self.config.node.state_dir.display()
+            )));
+        }
         let id = format!("vm-{:016x}", rand::random::<u64>());
         let dir = self.templates_dir.join(&id);
         super::start::create_dir(&dir)?;
@@ -470,28 +524,27 @@ mod tests {
 
     #[test]
     fn a_sweep_keeps_templates_in_use_and_forgets_old_failures() {
-        let long_ago = |d: Duration| Instant::now().checked_sub(d + Duration::from_secs(1));
-        let Some(unused) = long_ago(UNUSED_FOR) else { return };
-        let Some(failed_long_ago) = long_ago(RETRY_AFTER) else { return };
-        assert!(keeps(&Slot::Making { generation: 1 }, false), "a template being made goes");
-        assert!(keeps(&Slot::Failed { at: Instant::now() }, true), "a fresh failure is forgotten");
-        assert!(!keeps(&Slot::Failed { at: failed_long_ago }, true), "an old failure stays");
+        let then = Instant::now();
+        let later = |d: Duration| then + d + Duration::from_secs(1);
+        assert!(keeps(&Slot::Making { generation: 1 }, false, later(UNUSED_FOR)));
+        assert!(keeps(&Slot::Failed { at: then }, true, then), "a fresh failure is forgotten");
+        assert!(!keeps(&Slot::Failed { at: then }, true, later(RETRY_AFTER)), "an old one stays");
         let dir = std::env::temp_dir().join(format!("atrium-tpl-sweep-{}", std::process::id()));
         let memfile = dir.with_extension("mem");
         std::fs::write(&memfile, [1u8; 4096]).unwrap();
-        let template = |used| Slot::Made {
+        let made = Slot::Made {
             template: Arc::new(Template {
                 _folder: Folder(dir.clone()),
                 memory: Arc::new(SealedMemory::from_file(&memfile).unwrap()),
                 state: dir.join("state"),
                 disk: None,
             }),
-            used,
+            used: then,
         };
-        assert!(keeps(&template(Instant::now()), true), "a template in use went");
-        assert!(!keeps(&template(Instant::now()), false), "a template of an image gone stays");
-        assert!(!keeps(&template(unused), true), "a template no clone starts from stays");
         std::fs::remove_file(&memfile).unwrap();
+        assert!(keeps(&made, true, then), "a template in use went");
+        assert!(!keeps(&made, false, then), "a template of an image gone stays");
+        assert!(!keeps(&made, true, later(UNUSED_FOR)), "a template no clone starts from stays");
     }
 
     #[test]

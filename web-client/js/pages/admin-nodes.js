@@ -22,7 +22,7 @@ function nodeRow(app, n) {
     el('th', { scope: 'row', text: n.id }),
     el('td', {}, el('span', { class: `badge ${n.state === 'up' ? 'ready' : 'full'}`, text: n.state }), n.draining ? el('span', { class: 'badge starting', text: 'draining' }) : null,
       n.refused_until > Date.now() ? el('span', { class: 'badge full', title: `${n.refusals} VM(s) refused in a row`, text: `refusing VMs: left alone until ${fmtTime(n.refused_until)}` }) : null),
-    el('td', { text: `${c.vms} VMs; ${c.vcpus_allocated}/${c.vcpus_total} vCPU; ${free} MiB free of ${c.memory_mib_total}; ${c.memory_mib_used ?? 0} MiB in use (PSS)` }),
+    el('td', { text: `${c.vms} VMs; ${c.vcpus_allocated}/${c.vcpus_total} vCPU; ${free} MiB free of ${c.memory_mib_total}; ${c.memory_mib_used ?? 0} MiB in use (PSS, templates)` }),
     el('td', { text: `${c.kvm}, ${c.default_runtime}` }),
     el('td', { text: c.images.map((i) => `${i.name}@${i.version}`).join(', ') }),
     el('td', { text: fmtTime(n.last_heartbeat_at) }),

@@ -473,7 +473,9 @@ impl QemuRuntime {
         give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
-        // A VM outlives the node (a restarted node takes it back); a template dies with it.
+        // A VM outlives the node (a restarted node takes it back); a template ends with the
+        // node's exit (a node that crashed ends it at its next start: the parent-death signal
+        // does not survive QEMU's change of user).
         let outlives_node = !matches!(cfg.memory, GuestMemory::Template { .. });
         let (pid, exit_rx) =
             super::spawn_vm_process(cmd, &cfg, "qemu", outlives_node, qemu_exit_info)?;
@@ -498,7 +500,7 @@ impl QemuRuntime {
             self.open_display_to_group(&vm.paths)?;
             // A clone loads its template's devices (paused, as the template was saved).
             if let GuestMemory::Clone { state, .. } = &cfg.memory {
-                vm.load_state(state).await?;
+                vm.load_state(state).await.map_err(|e| RuntimeError::Restore(e.to_string()))?;
             }
             Ok::<(), RuntimeError>(())
         };
