@@ -17,17 +17,14 @@
 //! restart: clones taken back keep running on the files they have open, and the next clone
 //! asked for makes a new template.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::HostMessage;
-use atrium_protocol::node::DisplaySize;
-
-use std::sync::atomic::Ordering;
-
-use atrium_protocol::node::RuntimeKind;
+use atrium_protocol::node::{DisplaySize, RuntimeKind};
 
 use super::{Vm, VmError, VmManager, lock, now_ms};
 use crate::agent_link::AgentLink;
@@ -109,11 +106,11 @@ enum Slot {
 pub(super) struct Templates {
     slots: Mutex<HashMap<Kind, Slot>>,
     /// Tells a template's making apart from a later one of the same kind.
-    generations: std::sync::atomic::AtomicU64,
+    generations: AtomicU64,
     /// The node is stopping: no template is made any more (read and set under `slots`).
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     /// Every template made that still exists: in a slot, or held by clones only.
-    alive: Mutex<Vec<std::sync::Weak<Template>>>,
+    alive: Mutex<Vec<Weak<Template>>>,
 }
 
 /// Whether a slot stays at a sweep at `now`: a template stays while clones start from it and
@@ -217,7 +214,7 @@ impl VmManager {
     pub fn templates_resident_kib(&self) -> u64 {
         let mut alive = lock(&self.templates.alive);
         alive.retain(|w| w.strong_count() > 0);
-        alive.iter().filter_map(std::sync::Weak::upgrade).map(|t| t.memory.resident() / 1024).sum()
+        alive.iter().filter_map(Weak::upgrade).map(|t| t.memory.resident() / 1024).sum()
     }
 
     /// The guest memory of each template being made (it boots as a VM of that size).
@@ -233,7 +230,7 @@ impl VmManager {
     /// node, and failures that may be tried again (their files go outside the lock). `except`:
     /// the kind a clone is being started of now.
     pub(super) fn sweep_templates_except(&self, except: Option<&Kind>) {
-        let present: std::collections::HashSet<String> =
+        let present: HashSet<String> =
             self.images.list().iter().map(|i| i.manifest.reference()).collect();
         let now = Instant::now();
         let gone: Vec<Slot> = {
@@ -278,8 +275,10 @@ impl VmManager {
                 *used = Instant::now();
                 Some(Some(Arc::clone(template)))
             }
-            Some(Slot::Making { .. } | Slot::Failed { .. }) => Some(None),
-            None => None,
+            Some(Slot::Making { .. }) => Some(None),
+            // The sweep spares this kind: a failure old enough is tried again here.
+            Some(Slot::Failed { at }) if at.elapsed() < RETRY_AFTER => Some(None),
+            Some(Slot::Failed { .. }) | None => None,
         };
         if let Some(found) = found {
             return found;
