@@ -85,8 +85,14 @@ const routes = [
 ];
 
 let leaving = null;
+// Each route() is one navigation; `shown` is the newest whose page has finished. A page that
+// was still loading when the user went on (a slow list) may paint over the newer page when it
+// finishes: the newer one is then shown again.
+let routeSeq = 0;
+let shown = 0;
 
 async function route() {
+  const seq = ++routeSeq;
   if (leaving) {
     const l = leaving;
     leaving = null;
@@ -116,8 +122,18 @@ async function route() {
     }
     clearStatus();
     try {
-      leaving = (await show(m)) || null;
+      const left = (await show(m)) || null;
+      if (seq !== routeSeq) {
+        // Superseded while it loaded: undo what it started, and if the newer page is
+        // already on screen (this one may have painted over it), show that one again.
+        if (left) left();
+        if (shown > seq) route();
+        return;
+      }
+      shown = seq;
+      leaving = left;
     } catch (e) {
+      if (seq !== routeSeq) return;
       if (e instanceof ApiError && e.status === 401) {
         app.sessionEnded();
       } else if (e instanceof ApiError && e.status === 403 && e.field === 'mfa') {
