@@ -63,6 +63,8 @@ pub struct FakeState {
     /// Heartbeats stop while false (the node looks lost).
     pub heartbeating: bool,
     pub draining_seen: bool,
+    /// Heartbeats the broker answered.
+    pub heartbeats_answered: u64,
 }
 
 #[derive(Debug)]
@@ -243,6 +245,7 @@ impl FakeNode {
             transfers: Vec::new(),
             heartbeating: true,
             draining_seen: false,
+            heartbeats_answered: 0,
         }));
         let check = BrokerCheck {
             jwks_url: format!("{}/.well-known/jwks.json", broker_url.trim_end_matches('/')),
@@ -346,12 +349,23 @@ impl FakeNode {
                         .await
                     && let Ok(reply) = r.json::<HeartbeatReply>().await
                 {
-                    hb_state.lock().expect("lock").draining_seen = reply.draining;
+                    let mut s = hb_state.lock().expect("lock");
+                    s.draining_seen = reply.draining;
+                    s.heartbeats_answered += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Ok(Self { id: id.to_owned(), addr, state, server, heartbeat, key: node_key, broker: base })
+        let node =
+            Self { id: id.to_owned(), addr, state, server, heartbeat, key: node_key, broker: base };
+        // Placement needs what the first heartbeat says (its images): a test may place at once.
+        crate::util::wait_for(
+            "the fake node's first heartbeat",
+            Duration::from_secs(30),
+            || async { (node.with(|s| s.heartbeats_answered) > 0).then_some(()) },
+        )
+        .await?;
+        Ok(node)
     }
 
     /// Starts the stand-in on `broker`, enrolled with a token from `atrium-broker enrol-token`

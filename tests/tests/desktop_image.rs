@@ -608,7 +608,8 @@ async fn signing_in_through_the_broker_lands_the_user_in_their_desktop() -> anyh
         let d = admin.get_json("/api/v1/admin/desktops", StatusCode::OK).await;
         d.as_array()?.iter().find(|d| d["state"] == "ready" && d["cloned"] == true).cloned()
     })
-    .await?;
+    .await
+    .with_context(|| node.log())?;
     let version = spare["image"].as_str().unwrap_or_default();
     ensure!(version.starts_with("desktop@"), "the desktop runs {version:?}");
     // Bob gets it: his session on the clone is drawn and works as on a booted desktop, and
