@@ -15,6 +15,10 @@ use crate::{Agent, SessionCommand, log, session, write_world_readable};
 /// How long a session has to draw its panel before the agent gives up on it (within the node's
 /// 60 s wait for the session's confirmation).
 const PANEL_TIMEOUT: Duration = Duration::from_secs(45);
+/// How often the agent looks at the panel while the session draws it. Looking more often
+/// confirms a drawn panel sooner but takes CPU from the session drawing it (one vCPU): at 50 ms
+/// the panel came no sooner in all (docs/PERFORMANCE.md, "Connect to the desktop drawn").
+const PANEL_POLL: Duration = Duration::from_millis(200);
 
 /// A signed-in user's running session.
 #[derive(Debug)]
@@ -120,6 +124,7 @@ fn start_desktop_session(
     let xauthority = run.join("Xauthority");
     session::write_owned(&xauthority, &cookie, account.uid, account.gid, 0o600)
         .map_err(|e| format!("{}: {e}", xauthority.display()))?;
+    let prepared = t0.elapsed();
     desktop.show_greeter(false)?;
     let child = session::spawn(&session::Launch {
         program,
@@ -131,10 +136,13 @@ fn start_desktop_session(
     })
     .map_err(|e| format!("starting {}: {e}", program.display()))?;
     let mut a = ActiveSession { account, child };
-    if let Err(e) = wait_for_panel(desktop, &mut a.child) {
-        end_desktop_session(agent, desktop, a);
-        return Err(e);
-    }
+    let drawn = match wait_for_panel(desktop, &mut a.child) {
+        Ok(d) => d,
+        Err(e) => {
+            end_desktop_session(agent, desktop, a);
+            return Err(e);
+        }
+    };
     agent.set_owner(Some(Owner {
         home: a.account.home.clone(),
         uid: a.account.uid,
@@ -151,18 +159,23 @@ fn start_desktop_session(
         .map(|(used, total)| format!("; guest memory in use {used} MiB of {total} MiB"))
         .unwrap_or_default();
     log(&format!(
-        "session started for {} (uid {}) in {} ms{memory}",
+        "session started for {} (uid {}) in {} ms (account, home and cookie {} ms; its panel \
+         first drawn {} ms after the program started){memory}",
         user.username,
         a.account.uid,
-        t0.elapsed().as_millis()
+        t0.elapsed().as_millis(),
+        prepared.as_millis(),
+        drawn.as_millis()
     ));
     Ok(a)
 }
 
 /// Waits until a panel is mapped and drawn: two pictures of it in a row alike, and not blank.
-fn wait_for_panel(desktop: &Desktop, child: &mut std::process::Child) -> Result<(), String> {
+/// Says when it was first seen drawn.
+fn wait_for_panel(desktop: &Desktop, child: &mut std::process::Child) -> Result<Duration, String> {
     let start = Instant::now();
     let mut previous: Option<Vec<u8>> = None;
+    let mut seen: Option<Duration> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the session program ended ({status}) before its panel showed"));
@@ -170,15 +183,18 @@ fn wait_for_panel(desktop: &Desktop, child: &mut std::process::Child) -> Result<
         let pixels = desktop.panel_pixels()?;
         if let Some(p) = &pixels {
             let blank = p.chunks_exact(4).all(|px| px == &p[..4.min(p.len())]);
-            if !blank && previous.as_ref() == Some(p) {
-                return Ok(());
+            if !blank {
+                let first = *seen.get_or_insert_with(|| start.elapsed());
+                if previous.as_ref() == Some(p) {
+                    return Ok(first);
+                }
             }
         }
         previous = pixels;
         if start.elapsed() > PANEL_TIMEOUT {
             return Err(format!("no panel was drawn within {} s", PANEL_TIMEOUT.as_secs()));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(PANEL_POLL);
     }
 }
 
