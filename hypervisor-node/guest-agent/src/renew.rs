@@ -16,6 +16,17 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
 /// Makes this machine its own; the new machine-id.
 pub fn renew(entropy: &[u8], time_ms: u64, hostname: &str) -> Result<String, String> {
+    check_hostname(hostname)?;
+    refresh(entropy, time_ms)?;
+    let id = machine_id().map_err(|e| format!("making a machine-id: {e}"))?;
+    write_replacing(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())
+        .map_err(|e| format!("writing /etc/machine-id: {e}"))?;
+    set_hostname(hostname).map_err(|e| format!("setting the host name: {e}"))?;
+    Ok(id)
+}
+
+/// The host's random bytes into the pool and its clock (a renewal repeated does only this).
+pub fn refresh(entropy: &[u8], time_ms: u64) -> Result<(), String> {
     if !RENEW_ENTROPY.contains(&entropy.len()) {
         return Err(format!(
             "{} random bytes: a renewal takes {} to {}",
@@ -24,14 +35,8 @@ pub fn renew(entropy: &[u8], time_ms: u64, hostname: &str) -> Result<String, Str
             RENEW_ENTROPY.end()
         ));
     }
-    check_hostname(hostname)?;
     add_entropy(entropy).map_err(|e| format!("adding the host's random bytes: {e}"))?;
-    set_clock(time_ms).map_err(|e| format!("setting the clock: {e}"))?;
-    let id = machine_id().map_err(|e| format!("making a machine-id: {e}"))?;
-    write_replacing(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())
-        .map_err(|e| format!("writing /etc/machine-id: {e}"))?;
-    set_hostname(hostname).map_err(|e| format!("setting the host name: {e}"))?;
-    Ok(id)
+    set_clock(time_ms).map_err(|e| format!("setting the clock: {e}"))
 }
 
 /// Mixes `bytes` into the kernel's pool, credited with 8 bits each.

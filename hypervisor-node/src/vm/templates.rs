@@ -37,7 +37,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(300);
 /// pool asks for any more); clones that hold it keep its files until they end.
 const UNUSED_FOR: Duration = Duration::from_secs(1800);
 /// How long a clone's agent has to take its renewal.
-const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
+const RENEW_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a renewal waits for its answer before it is sent again.
+const RENEW_AGAIN: Duration = Duration::from_secs(3);
 /// Time for a template's agent to see its host go before the save: it then waits for the next
 /// host (a clone's node) to speak first, and greets it.
 const LET_GO: Duration = Duration::from_secs(1);
@@ -488,32 +490,47 @@ impl VmManager {
     /// kernel, the clock, the VM id as host name. The VM is ready only once the agent says
     /// renewed.
     pub(super) async fn renew(&self, vm: &Vm, agent: &AgentLink) -> Result<(), VmError> {
-        // From the host's kernel, not a user-space generator.
-        let mut entropy = vec![0u8; 48];
-        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut entropy)
-            .map_err(|e| VmError::Internal(format!("random bytes for a clone: {e}")))?;
         let mut renewed = agent.view.renewed.clone();
         let mut error = agent.view.last_error.clone();
         error.mark_unchanged();
-        agent
-            .send(HostMessage::Renew { entropy, time_ms: now_ms(), hostname: vm.id.clone() })
-            .await?;
-        let timeout = || VmError::AgentTimeout {
-            id: vm.id.clone(),
-            what: "take its renewal",
-            secs: RENEW_TIMEOUT.as_secs(),
-        };
-        tokio::time::timeout(RENEW_TIMEOUT, async {
-            tokio::select! {
-                r = renewed.wait_for(Option::is_some) => r.map(drop).map_err(|_| VmError::Internal("the clone's agent went away".into())),
-                r = error.changed() => {
-                    let said = r.ok().and_then(|()| error.borrow().clone()).unwrap_or_default();
-                    Err(VmError::Internal(format!("the clone's agent refused its renewal: {said}")))
+        let deadline = tokio::time::Instant::now() + RENEW_TIMEOUT;
+        // Sent again until answered: one that reached the agent just before it said hello
+        // again (the clone's agent saw its host come back) is not read. A repeat is harmless:
+        // the agent takes the new bytes and clock and keeps its machine-id.
+        loop {
+            // From the host's kernel, not a user-space generator.
+            let mut entropy = vec![0u8; 48];
+            rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut entropy)
+                .map_err(|e| VmError::Internal(format!("random bytes for a clone: {e}")))?;
+            agent
+                .send(HostMessage::Renew { entropy, time_ms: now_ms(), hostname: vm.id.clone() })
+                .await?;
+            let wait =
+                RENEW_AGAIN.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let answered = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    r = renewed.wait_for(Option::is_some) => r.map(drop).map_err(|_| VmError::Internal("the clone's agent went away".into())),
+                    r = error.changed() => {
+                        let said = r.ok().and_then(|()| error.borrow().clone()).unwrap_or_default();
+                        Err(VmError::Internal(format!("the clone's agent refused its renewal: {said}")))
+                    }
+                }
+            })
+            .await;
+            match answered {
+                Ok(r) => return r,
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(VmError::AgentTimeout {
+                        id: vm.id.clone(),
+                        what: "take its renewal",
+                        secs: RENEW_TIMEOUT.as_secs(),
+                    });
+                }
+                Err(_) => {
+                    tracing::info!(vm = %vm.id, "no answer to the clone's renewal yet: sending it again")
                 }
             }
-        })
-        .await
-        .map_err(|_| timeout())?
+        }
     }
 }
 
