@@ -2,7 +2,8 @@
 // in on the portal and clicks Connect on a graphical desktop pool with a ready spare, as a person
 // does; the page itself times, from the click:
 //   answer_ms:  the broker's answer to the connect call that carried the ticket,
-//   frame_ms:   the viewer's first frame (its canvas sized and the "Connecting…" cover gone),
+//   connected_ms: the viewer connected to the display (its canvas sized and the "Connecting…"
+//               cover gone; no picture of the desktop need have come yet),
 //   desktop_ms: the first frame showing the user's session (the panel's row at the screen's
 //               bottom, in the panel's colour).
 // Then it signs out (the floating desktop ends; the pool refills) and goes on.
@@ -11,7 +12,7 @@
 //                             "password": PW, "order": [POOL, ...]}'
 //
 // Protocol on stdout: {"spare": POOL} before each connect (the Rust side answers "ok" once the
-// pool has a ready spare), {"pool": POOL, "answer_ms": N, "frame_ms": N, "desktop_ms": N} after
+// pool has a ready spare), {"pool": POOL, "answer_ms": N, "connected_ms": N, "desktop_ms": N} after
 // it (answered "ok"), {"done": true} at the end.
 
 import { ask, check, launch, passwordSignIn } from './lib.mjs';
@@ -20,11 +21,11 @@ const cfg = JSON.parse(process.argv[2]);
 
 // In the page: clicks the pool's Connect button and resolves with the times above.
 function connectAndTime(pool) {
-  // The session's panel (jwmrc.in's TrayStyle background), and the greeter's background.
+  // The session's panel (jwmrc.in's TrayStyle background).
   const PANEL = [0x1c, 0x27, 0x33];
   return new Promise((resolve, reject) => {
     let answer = null;
-    let frame = null;
+    let connected = null;
     const seen = new PerformanceObserver((list) => {
       for (const e of list.getEntries()) {
         if (e.name.endsWith(`/pools/${encodeURIComponent(pool)}/connect`)) answer = e.responseEnd - t0;
@@ -43,7 +44,7 @@ function connectAndTime(pool) {
       const c = document.getElementById('screen');
       const o = document.querySelector('.viewer-overlay');
       if (c && c.width > 1 && o && o.hidden) {
-        frame ??= now - t0;
+        connected ??= now - t0;
         const row = c.getContext('2d').getImageData(0, c.height - 12, c.width, 1).data;
         let panel = 0;
         for (let i = 0; i < row.length; i += 4) {
@@ -51,7 +52,7 @@ function connectAndTime(pool) {
         }
         if (panel * 4 >= c.width) {
           seen.disconnect();
-          resolve({ answer_ms: answer, frame_ms: frame, desktop_ms: now - t0 });
+          resolve({ answer_ms: answer, connected_ms: connected, desktop_ms: now - t0 });
           return;
         }
       }

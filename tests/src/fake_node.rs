@@ -213,7 +213,8 @@ async fn end_display(
 
 impl FakeNode {
     /// Starts the stand-in, enrols it with `enrolment_token` (as `atrium-node` does, with a key
-    /// of its own) and heartbeats to `broker_url` every 200 ms, signed.
+    /// of its own) and heartbeats to `broker_url` every 200 ms, signed; returns once the broker
+    /// has answered a heartbeat (it knows the node's images and can place on it).
     pub async fn start(
         broker_url: &str,
         enrolment_token: &str,
