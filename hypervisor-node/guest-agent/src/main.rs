@@ -75,10 +75,8 @@ struct Agent {
     downloads: Arc<Downloads>,
     /// The nonce of the last hello: the host's `sync` must carry it.
     nonce: Mutex<u64>,
-    /// The host name and machine-id of this clone's renewal, once renewed: the host sends its
-    /// renewal again until it hears back (one sent before a new hello is not read), and a
-    /// repeat gets the same machine-id.
-    renewed: Mutex<Option<(String, String)>>,
+    /// This clone's renewal, once renewed.
+    renewal: Mutex<renew::Renewal>,
 }
 
 /// Work for the desktop's session worker.
@@ -154,21 +152,12 @@ impl Agent {
             HostMessage::Clipboard { text } => self.paste_in(&text),
             HostMessage::ClipboardImage { png } => self.paste_image(png),
             HostMessage::Renew { entropy, time_ms, hostname } => {
-                let mut renewed = lock(&self.renewed);
-                let again = renewed.as_ref().filter(|(h, _)| *h == hostname).map(|(_, id)| id);
-                let r = match again {
-                    // The same renewal again: the host's bytes and clock are taken, the
-                    // machine-id stays.
-                    Some(id) => renew::refresh(&entropy, time_ms).map(|()| id.clone()),
-                    None => renew::renew(&entropy, time_ms, &hostname),
-                };
-                match r {
-                    Ok(machine_id) => {
-                        if again.is_none() {
+                let renewed = lock(&self.renewal).apply(&entropy, time_ms, &hostname);
+                match renewed {
+                    Ok((machine_id, new)) => {
+                        if new {
                             log(&format!("made its own as {hostname}: a clone of a template"));
                         }
-                        *renewed = Some((hostname, machine_id.clone()));
-                        drop(renewed);
                         self.send(&AgentMessage::Renewed { machine_id });
                     }
                     Err(message) => self.send(&AgentMessage::Error { message }),
@@ -587,7 +576,7 @@ fn main() {
         files: Mutex::new(Transfers::default()),
         downloads: Arc::default(),
         nonce: Mutex::new(0),
-        renewed: Mutex::new(None),
+        renewal: Mutex::default(),
         desktop,
     });
     if let (Some(home), Some((uid, gid))) = (&agent.opts.home, agent.opts.user) {

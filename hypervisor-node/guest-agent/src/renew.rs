@@ -14,6 +14,32 @@ use atrium_protocol::agent::{RENEW_ENTROPY, check_hostname};
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
+/// This clone's renewal, once done: its host name and machine-id. The host sends its renewal
+/// again until it hears back (one sent just before a new hello is not read); a repeat takes the
+/// host's new bytes and clock and keeps the machine-id.
+#[derive(Debug, Default)]
+pub struct Renewal(Option<(String, String)>);
+
+impl Renewal {
+    /// Renews (or renews again); the machine-id, and whether it is new.
+    pub fn apply(
+        &mut self,
+        entropy: &[u8],
+        time_ms: u64,
+        hostname: &str,
+    ) -> Result<(String, bool), String> {
+        if let Some((h, id)) = &self.0
+            && h == hostname
+        {
+            refresh(entropy, time_ms)?;
+            return Ok((id.clone(), false));
+        }
+        let id = renew(entropy, time_ms, hostname)?;
+        self.0 = Some((hostname.to_owned(), id.clone()));
+        Ok((id, true))
+    }
+}
+
 /// Makes this machine its own; the new machine-id.
 pub fn renew(entropy: &[u8], time_ms: u64, hostname: &str) -> Result<String, String> {
     check_hostname(hostname)?;
@@ -26,7 +52,7 @@ pub fn renew(entropy: &[u8], time_ms: u64, hostname: &str) -> Result<String, Str
 }
 
 /// The host's random bytes into the pool and its clock (a renewal repeated does only this).
-pub fn refresh(entropy: &[u8], time_ms: u64) -> Result<(), String> {
+fn refresh(entropy: &[u8], time_ms: u64) -> Result<(), String> {
     if !RENEW_ENTROPY.contains(&entropy.len()) {
         return Err(format!(
             "{} random bytes: a renewal takes {} to {}",
