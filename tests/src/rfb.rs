@@ -59,6 +59,7 @@ pub fn us_key(c: char) -> Option<(String, bool)> {
         '@' => shifted("Digit2"),
         '#' => shifted("Digit3"),
         '$' => shifted("Digit4"),
+        '%' => shifted("Digit5"),
         '&' => shifted("Digit7"),
         '*' => shifted("Digit8"),
         '(' => shifted("Digit9"),

@@ -15,7 +15,9 @@ use atrium_protocol::node::{ClipboardState, DisplaySize, VmInfo, VmState};
 use atrium_tests::broker::{Broker, BrokerOptions};
 use atrium_tests::node::{NodeProcess, cgroups_named, desktop_image, processes_with};
 use atrium_tests::rfb::RfbClient;
-use atrium_tests::screen::{Glyphs, Grid, PANEL, Screen, find_cells, panel_rows, rows_showing};
+use atrium_tests::screen::{
+    self, Glyphs, Grid, PANEL, Screen, find_cells, panel_rows, rows_showing,
+};
 use atrium_tests::slapd::Slapd;
 use atrium_tests::{Group, skip, wait_for};
 use base64::Engine as _;
@@ -32,6 +34,9 @@ const CLIPBOARD_WAIT: Duration = Duration::from_secs(120);
 const DESKTOP: [u8; 3] = [0x2f, 0x5d, 0x8a];
 const GREETER: [u8; 3] = [0x24, 0x31, 0x3f];
 const TERMINAL: [u8; 3] = [0xff, 0xff, 0xff];
+/// X keysyms of the keys that open a terminal from the panel (Ctrl+Alt+T, desktop/jwmrc.in).
+const KEYSYM_CONTROL_L: u32 = 0xffe3;
+const KEYSYM_ALT_L: u32 = 0xffe9;
 /// The session's terminal: `xterm -geometry 90x26`, 2-pixel inner border.
 const TERM_COLS: u32 = 90;
 const TERM_ROWS: u32 = 26;
@@ -387,7 +392,7 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
 
     // 6. A file in the dedicated user's home.
     let kept = format!("kept-{}", hex(8));
-    run_for_clipboard(
+    let kept_copied = run_for_clipboard(
         &node,
         &mut rfb,
         &id,
@@ -396,6 +401,50 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
         &format!("{kept}\n"),
     )
     .await?;
+    // 6b. The panel's menu starts programs as the user, not as the panel's own account:
+    //     Ctrl+Alt+T (the menu's Terminal) asks the agent, which starts a second terminal as
+    //     alice; in it, the owners of the desktop's programs.
+    for (code, keysym, down) in [
+        ("ControlLeft", KEYSYM_CONTROL_L, true),
+        ("AltLeft", KEYSYM_ALT_L, true),
+        ("KeyT", u32::from('t'), true),
+        ("KeyT", u32::from('t'), false),
+        ("AltLeft", KEYSYM_ALT_L, false),
+        ("ControlLeft", KEYSYM_CONTROL_L, false),
+    ] {
+        rfb.key(code, keysym, down).await?;
+    }
+    wait_for("the agent starting the menu's terminal", SCREEN_WAIT, || async {
+        let log = node.console_log(&id).await.unwrap_or_default();
+        log.contains("started terminal for alice").then_some(())
+    })
+    .await?;
+    // The new terminal (xterm's default 80x24, placed where the first one is) has the focus
+    // and its shell's prompt alone (the pointer is lower down): typing goes to it whole.
+    let new_terminal = Grid { cols: 80, rows: 24, ..grid };
+    let prompt = "alice@atrium:~$";
+    wait_screen(&node, &id, "desktop-launched.png", "the second terminal's prompt", |s| {
+        let cells = s.cells_in(&new_terminal, TERMINAL);
+        let row = &cells[0];
+        (screen::tasks(s) == [false, true]
+            && glyphs.consistent(&row[..prompt.len()], prompt)
+            && row[prompt.len()].is_none()
+            && row[prompt.len() + 2..].iter().all(Option::is_none)
+            && cells[1..4].iter().flatten().all(Option::is_none))
+        .then_some(())
+    })
+    .await?;
+    run_for_clipboard(
+        &node,
+        &mut rfb,
+        &id,
+        kept_copied.seq,
+        "for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); case \"$c\" in jwm|xterm) \
+         echo \"$c $(stat -c %U $p)\";; esac; done | sort | tr '\\n' ' ' | xclip -selection clipboard",
+        "jwm atrium-shell xterm alice xterm alice ",
+    )
+    .await?;
+
     let log = node.console_log(&id).await.unwrap_or_default();
     for needle in [
         "atrium-sysinit: formatting the new home disk",
@@ -489,9 +538,9 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
     );
     let path = format!("/api/v1/vms/{}/session", d.id);
     let gave_up = node
-        .call_giving_up("POST", &path, &json!({ "user": bob_de }), Duration::from_millis(500))
+        .call_giving_up("POST", &path, &json!({ "user": bob_de }), Duration::from_millis(30))
         .await;
-    ensure!(gave_up.is_err(), "the session was confirmed within 500 ms: {gave_up:?}");
+    ensure!(gave_up.is_err(), "the session was confirmed within 30 ms: {gave_up:?}");
     let recorded = wait_for("the session to be recorded", Duration::from_secs(150), || async {
         node.vm(&d.id).await.ok().filter(|v| v.user.as_deref() == Some("bob"))
     })

@@ -28,6 +28,7 @@ mod port;
 mod renew;
 mod resync;
 mod session;
+mod shell;
 mod xauth;
 mod xdesktop;
 mod xscreen;
@@ -84,6 +85,8 @@ struct Agent {
 enum SessionCommand {
     Start(SessionUser),
     End,
+    /// A program the panel's menu asked for, by name.
+    Launch(String),
 }
 
 impl Agent {
@@ -406,6 +409,10 @@ fn wait_ready(agent: &Agent) {
             && !d.greeter_drawn.load(Ordering::SeqCst)
         {
             missing.push(format!("the sign-in screen on X {}", d.display()));
+        } else if let Some(d) = &agent.desktop
+            && !d.panel_up.load(Ordering::SeqCst)
+        {
+            missing.push(format!("the desktop's panel on X {}", d.display()));
         }
         if missing.is_empty() {
             break;
@@ -541,6 +548,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // An entry of the desktop's panel menu: ask the running agent, then end.
+    if let Some(name) = &opts.launch {
+        if let Err(e) = shell::launch_client(Path::new(shell::LAUNCH_SOCKET), name) {
+            log(&format!("launching {name}: {e}"));
+            std::process::exit(1);
+        }
+        return;
+    }
     let file = match port::open(opts.port.as_deref(), Duration::from_secs(30)) {
         Ok(f) => f,
         Err(e) => {
@@ -603,6 +618,14 @@ fn main() {
         std::thread::spawn(move || screen_worker(&a, &d, &screen_rx));
         let a = Arc::clone(&agent);
         std::thread::spawn(move || desktop_session::session_worker(&a, &desktop, &session_rx));
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || {
+            shell::serve_launches(Path::new(shell::LAUNCH_SOCKET), &|name| {
+                if let Some(tx) = &a.sessions {
+                    let _ = lock(tx).send(SessionCommand::Launch(name));
+                }
+            });
+        });
     }
     let a = Arc::clone(&agent);
     std::thread::spawn(move || wait_ready(&a));

@@ -7,7 +7,8 @@ pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PAT
 [--ready-timeout SECS] [--console-tty DEV] [--clipboard-file PATH] [--user UID:GID] \
 [--home DIR] \
 [--session-file PATH] [--poll-ms MS] [--x-display :N --x-authority FILE \
---session-command PATH [--homes DIR]]";
+--session-command PATH --shell-command PATH --panel-template PATH [--homes DIR]] \
+| --launch NAME";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -36,8 +37,16 @@ pub struct Options {
     pub x_authority: Option<PathBuf>,
     /// The program that runs a signed-in user's session, started as that user.
     pub session_command: Option<PathBuf>,
+    /// The desktop's shell (window manager and panel), run before anyone signs in as the
+    /// `atrium-shell` account.
+    pub shell_command: Option<PathBuf>,
+    /// The panel's configuration, with `@NAME@` where the signed-in user's name goes.
+    pub panel_template: Option<PathBuf>,
     /// Where users' homes are (`/home`).
     pub homes: PathBuf,
+    /// `--launch NAME`: not an agent but an entry of the panel's menu, asking the running agent
+    /// to start a program as the signed-in user.
+    pub launch: Option<String>,
 }
 
 impl Default for Options {
@@ -55,7 +64,10 @@ impl Default for Options {
             x_display: None,
             x_authority: None,
             session_command: None,
+            shell_command: None,
+            panel_template: None,
             homes: PathBuf::from("/home"),
+            launch: None,
         }
     }
 }
@@ -103,16 +115,27 @@ impl Options {
                 }
                 "--x-authority" => o.x_authority = Some(value()?.into()),
                 "--session-command" => o.session_command = Some(value()?.into()),
+                "--shell-command" => o.shell_command = Some(value()?.into()),
+                "--panel-template" => o.panel_template = Some(value()?.into()),
                 "--homes" => o.homes = value()?.into(),
+                "--launch" => o.launch = Some(value()?),
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
-        let desktop = [o.x_display.is_some(), o.x_authority.is_some(), o.session_command.is_some()];
+        if o.launch.is_some() && o != (Options { launch: o.launch.clone(), ..Self::default() }) {
+            return Err("--launch NAME goes alone".into());
+        }
+        let desktop = [
+            o.x_display.is_some(),
+            o.x_authority.is_some(),
+            o.session_command.is_some(),
+            o.shell_command.is_some(),
+            o.panel_template.is_some(),
+        ];
         if desktop.iter().any(|d| *d) && !desktop.iter().all(|d| *d) {
-            return Err(
-                "--x-display, --x-authority and --session-command go together (a desktop image)"
-                    .into(),
-            );
+            return Err("--x-display, --x-authority, --session-command, --shell-command and \
+                 --panel-template go together (a desktop image)"
+                .into());
         }
         if o.home.is_some() && (o.user.is_none() || o.x_display.is_some()) {
             return Err("--home goes with --user, in an image without sign-in".into());
@@ -171,6 +194,10 @@ mod tests {
             "/run/atrium/xauth",
             "--session-command",
             "/usr/lib/atrium/session",
+            "--shell-command",
+            "/usr/lib/atrium/shell",
+            "--panel-template",
+            "/etc/atrium/jwmrc.in",
             "--homes",
             "/home",
             "--session-file",
@@ -179,6 +206,15 @@ mod tests {
         .expect("valid options");
         assert_eq!(o.x_display.as_deref(), Some(":0"));
         assert_eq!(o.session_command, Some(PathBuf::from("/usr/lib/atrium/session")));
+        assert_eq!(o.shell_command, Some(PathBuf::from("/usr/lib/atrium/shell")));
+        assert_eq!(o.panel_template, Some(PathBuf::from("/etc/atrium/jwmrc.in")));
+        assert_eq!(o.launch, None);
+    }
+
+    #[test]
+    fn parses_a_launch_from_the_panel() {
+        let o = parse(&["--launch", "terminal"]).expect("valid options");
+        assert_eq!(o.launch.as_deref(), Some("terminal"));
         assert!(o.wait_files.is_empty() && o.clipboard_file.is_none());
     }
 
@@ -197,6 +233,9 @@ mod tests {
             &["--x-display", "host:0", "--x-authority", "/a", "--session-command", "/s"],
             &["--x-display", ":", "--x-authority", "/a", "--session-command", "/s"],
             &["--x-display", ":0"],
+            &["--x-display", ":0", "--x-authority", "/a", "--session-command", "/s"],
+            &["--launch", "terminal", "--port", "/dev/vport0p1"],
+            &["--launch"],
             &[
                 "--x-display",
                 ":0",
@@ -204,6 +243,10 @@ mod tests {
                 "/a",
                 "--session-command",
                 "/s",
+                "--shell-command",
+                "/sh",
+                "--panel-template",
+                "/t",
                 "--clipboard-file",
                 "/c",
             ],

@@ -56,6 +56,24 @@ fn group_entries(text: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// A system account of the image's own (in `etc/passwd`), e.g. the desktop shell's.
+pub fn system_account(etc: &Path, name: &str) -> Result<Account, String> {
+    let path = etc.join("passwd");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = text
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[0] == name)
+        .ok_or_else(|| format!("{} has no account {name}", path.display()))?;
+    let id =
+        |s: &str| s.parse::<u32>().map_err(|_| format!("{name}'s id {s:?} in {}", path.display()));
+    let (uid, gid) = (id(line[2])?, id(line[3])?);
+    if uid == 0 || uid >= 1000 {
+        return Err(format!("{name} in {} is not a system account (uid {uid})", path.display()));
+    }
+    Ok(Account { name: name.to_owned(), uid, gid, home: line[5].into(), shell: line[6].into() })
+}
+
 /// A name for `passwd`'s comment field: no separators or control characters.
 fn gecos(display_name: Option<&str>) -> String {
     display_name
@@ -269,6 +287,7 @@ pub fn runtime_dir(root: &Path, account: &Account) -> io::Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Launch<'a> {
     pub program: &'a Path,
+    pub args: &'a [&'a str],
     pub account: &'a Account,
     pub user: &'a SessionUser,
     pub display: &'a str,
@@ -281,7 +300,8 @@ pub struct Launch<'a> {
 pub fn spawn(l: &Launch<'_>) -> io::Result<Child> {
     let a = l.account;
     let mut cmd = Command::new(l.program);
-    cmd.env_clear()
+    cmd.args(l.args)
+        .env_clear()
         .env("HOME", &a.home)
         .env("USER", &a.name)
         .env("LOGNAME", &a.name)
@@ -506,7 +526,7 @@ mod tests {
         // Written aside and renamed: the file appears only with its content.
         std::fs::write(
             &script,
-            "#!/bin/sh\nid -u > \"$XDG_RUNTIME_DIR/uid.new\"\nmv \"$XDG_RUNTIME_DIR/uid.new\" \"$XDG_RUNTIME_DIR/uid\"\nexec sleep 60\n",
+            "#!/bin/sh\necho \"$(id -u) $1\" > \"$XDG_RUNTIME_DIR/uid.new\"\nmv \"$XDG_RUNTIME_DIR/uid.new\" \"$XDG_RUNTIME_DIR/uid\"\nexec sleep 60\n",
         )
         .expect("w");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -517,6 +537,7 @@ mod tests {
         let u = user("alice", Some(20011), Some(20011));
         let mut child = spawn(&Launch {
             program: &script,
+            args: &["start"],
             account: &a,
             user: &u,
             display: ":0",
@@ -528,11 +549,29 @@ mod tests {
         while !run.join("uid").exists() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(std::fs::read_to_string(run.join("uid")).expect("ran").trim(), "20011");
+        assert_eq!(std::fs::read_to_string(run.join("uid")).expect("ran").trim(), "20011 start");
         assert!(!processes_of(20011).is_empty());
         end_processes(20011, Duration::from_secs(2));
         let _ = child.wait();
         assert!(processes_of(20011).is_empty(), "the user's processes survived");
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn system_accounts_are_read_and_must_be_system_accounts() {
+        let d = temp("system");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(
+            d.join("passwd"),
+            "root:x:0:0:root:/root:/bin/bash\natrium-shell:x:901:901:Panel:/run/user/901:/bin/false\n\
+             alice:x:20001:20001:Alice:/home/alice:/bin/bash\nbroken:x:9x:1::/:/bin/false\n",
+        )
+        .expect("w");
+        let a = system_account(&d, "atrium-shell").expect("the shell's account");
+        assert_eq!((a.uid, a.gid, a.home.as_path()), (901, 901, Path::new("/run/user/901")));
+        for refused in ["root", "alice", "broken", "nobody"] {
+            assert!(system_account(&d, refused).is_err(), "{refused} was taken");
+        }
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

@@ -138,7 +138,7 @@ pub const ROOT_FILES: &[(&str, &str, u32)] = &[
     ("usr/lib/atrium/sysinit", include_str!("desktop/sysinit"), 0o755),
     ("usr/lib/atrium/xserver", include_str!("desktop/xserver"), 0o755),
     ("usr/lib/atrium/session", include_str!("desktop/session"), 0o755),
-    ("usr/lib/atrium/panel-config", include_str!("desktop/panel-config"), 0o755),
+    ("usr/lib/atrium/shell", include_str!("desktop/shell"), 0o755),
     ("usr/lib/atrium/shutdown", include_str!("desktop/shutdown"), 0o755),
 ];
 
@@ -500,46 +500,34 @@ mod tests {
         assert!(sysinit.contains("atrium-home"));
         assert!(INITRAMFS_FILES[0].1.contains("atrium-disk0"));
         assert!(INITRAMFS_FILES[0].1.contains("exec switch_root /newroot /sbin/init"));
+        // The shell runs JWM on the configuration the agent writes from the template, as its
+        // own system account; the menu's entries are names the session program knows.
+        assert!(inittab.contains("--shell-command /usr/lib/atrium/shell"));
+        assert!(inittab.contains("--panel-template /etc/atrium/jwmrc.in"));
+        assert!(file("usr/lib/atrium/shell").contains("exec jwm -f \"$XDG_RUNTIME_DIR/jwmrc\""));
+        assert!(file("etc/passwd").contains("\natrium-shell:x:901:901:"));
+        assert!(file("etc/group").contains("\natrium-shell:x:901:"));
+        assert!(file("etc/shadow").contains("\natrium-shell:!:"));
+        let jwmrc = file("etc/atrium/jwmrc.in");
+        assert!(jwmrc.contains("@NAME@") && !jwmrc.contains("StartupCommand"));
         let session = file("usr/lib/atrium/session");
-        assert!(session.contains("/etc/atrium/jwmrc.in") && session.contains("exec jwm -f"));
-        assert!(file("etc/atrium/jwmrc.in").contains("@NAME@"));
+        assert!(session.contains("start)") && session.contains("exec xterm -geometry 90x26"));
+        let launches: Vec<&str> = jwmrc
+            .split("atrium-guest-agent --launch ")
+            .skip(1)
+            .map(|r| r.split('<').next().unwrap_or(r))
+            .collect();
+        assert_eq!(launches, ["terminal", "files", "editor", "terminal"]);
+        for name in launches {
+            assert!(session.contains(&format!("\t{name}) exec ")), "session cannot run {name}");
+        }
+        // The comment of an XML file holds no "--".
+        let comment = &jwmrc[..jwmrc.find("-->").expect("comment")];
+        assert!(!comment[comment.find("<!--").expect("comment") + 4..].contains("--"));
         for (name, why) in EXCLUDED {
             assert!(!ROOT_PACKAGES.contains(name), "{name} is wanted and excluded");
             assert!(!why.is_empty());
         }
-    }
-
-    /// The panel's label is the user's name, escaped for XML, whatever it contains.
-    #[test]
-    fn the_panel_label_is_escaped() {
-        let script = ROOT_FILES.iter().find(|f| f.0 == "usr/lib/atrium/panel-config").expect("f").1;
-        let dir = temp("panel");
-        let path = dir.join("panel-config");
-        std::fs::write(&path, script).expect("write");
-        let run = |label: &str, input: &str| -> String {
-            use std::io::Write;
-            let mut child = Command::new("sh")
-                .arg(&path)
-                .env("ATRIUM_PANEL_LABEL", label)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("sh");
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-            let out = child.wait_with_output().expect("wait");
-            assert!(out.status.success());
-            String::from_utf8(out.stdout).expect("utf-8")
-        };
-        assert_eq!(
-            run("Alice Example (alice)", "<a label=\"@NAME@\">@NAME@</a>\n"),
-            "<a label=\"Alice Example (alice)\">Alice Example (alice)</a>\n"
-        );
-        assert_eq!(
-            run("<b>&\"x' @NAME@ \\1", "[@NAME@]\n"),
-            "[&lt;b&gt;&amp;&quot;x&apos; @NAME@ \\1]\n"
-        );
-        assert_eq!(run("", "no name here\n"), "no name here\n");
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

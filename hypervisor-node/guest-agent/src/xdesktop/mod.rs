@@ -19,9 +19,9 @@ use x11rb::connection::{Connection, RequestConnection as _};
 use x11rb::protocol::Event;
 use x11rb::protocol::xfixes::{ConnectionExt as _, SelectionEventMask};
 use x11rb::protocol::xproto::{
-    Atom, ChangeWindowAttributesAux, ConfigureWindowAux, ConnectionExt as _, CreateGCAux,
-    CreateWindowAux, EventMask, Gcontext, ImageFormat, MapState, Property, StackMode, Window,
-    WindowClass,
+    Atom, ChangeWindowAttributesAux, ClientMessageEvent, ConfigureWindowAux, ConnectionExt as _,
+    CreateGCAux, CreateWindowAux, EventMask, Gcontext, ImageFormat, MapState, Property, StackMode,
+    Window, WindowClass,
 };
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 use x11rb::{COPY_DEPTH_FROM_PARENT, NONE};
@@ -88,6 +88,8 @@ pub struct Desktop {
     known: Mutex<Option<Clip>>,
     /// The sign-in screen has been drawn once (the desktop is ready).
     pub greeter_drawn: AtomicBool,
+    /// The desktop's panel has been mapped once (its shell runs: the desktop is ready).
+    pub panel_up: AtomicBool,
     /// Whether the sign-in screen should show (no session).
     greeter_wanted: AtomicBool,
 }
@@ -105,6 +107,7 @@ impl Desktop {
             paste: Mutex::new(None),
             known: Mutex::new(None),
             greeter_drawn: AtomicBool::new(false),
+            panel_up: AtomicBool::new(false),
             greeter_wanted: AtomicBool::new(true),
         }
     }
@@ -127,6 +130,24 @@ impl Desktop {
         lock(&self.x).clone().ok_or_else(|| "the X server is not connected".to_owned())
     }
 
+    /// Asks the window manager to do something: a client message to the root window, as its
+    /// own command line would send (`jwm -restart` sends `_JWM_RESTART`).
+    pub fn tell_window_manager(&self, message: &str) -> XResult<()> {
+        let x = self.current()?;
+        let atom = x.conn.intern_atom(false, message.as_bytes()).map_err(err("atom"))?;
+        let atom = atom.reply().map_err(err("atom"))?.atom;
+        let event = ClientMessageEvent::new(32, x.root, atom, [0u32; 5]);
+        x.conn
+            .send_event(false, x.root, EventMask::SUBSTRUCTURE_REDIRECT, event)
+            .map_err(err("telling the window manager"))?;
+        x.conn.flush().map_err(err("flush"))
+    }
+
+    /// Whether the agent is connected to X.
+    pub fn connected(&self) -> bool {
+        lock(&self.x).is_some()
+    }
+
     /// Shows (no session) or hides (a session starts) the sign-in screen.
     pub fn show_greeter(&self, show: bool) -> XResult<()> {
         self.greeter_wanted.store(show, Ordering::SeqCst);
@@ -143,9 +164,9 @@ impl Desktop {
         Ok(())
     }
 
-    /// A picture of the session's panel when one is mapped: a top-level window along the top or
+    /// The panel, when one is mapped, and a picture of it: a top-level window along the top or
     /// bottom edge, nearly as wide as the screen and at most 80 pixels high. `None` without one.
-    pub fn panel_pixels(&self) -> XResult<Option<Vec<u8>>> {
+    pub fn panel_pixels(&self) -> XResult<Option<(Window, Vec<u8>)>> {
         let x = self.current()?;
         let tree = x.conn.query_tree(x.root).map_err(err("query_tree"))?;
         let tree = tree.reply().map_err(err("query_tree"))?;
@@ -173,7 +194,7 @@ impl Desktop {
             let image = x.conn.get_image(ImageFormat::Z_PIXMAP, w, 0, 0, geo.width, geo.height, !0);
             let Ok(image) = image.map_err(err("get_image")) else { continue };
             if let Ok(image) = image.reply() {
-                return Ok(Some(image.data));
+                return Ok(Some((w, image.data)));
             }
         }
         Ok(None)
@@ -220,10 +241,13 @@ fn setup(conn: RustConnection) -> XResult<XConn> {
         .map_err(err("XFixes"))?
         .reply()
         .map_err(err("XFixes (the X server has no XFixes extension)"))?;
-    // The root's size changes (a new screen size) come as its ConfigureNotify.
+    // The root's size changes (a new screen size) come as its ConfigureNotify; windows mapped
+    // or restacked on it (the panel) as MapNotify and ConfigureNotify, so the sign-in screen
+    // stays on top while it shows.
     conn.change_window_attributes(
         screen.root,
-        &ChangeWindowAttributesAux::new().event_mask(EventMask::STRUCTURE_NOTIFY),
+        &ChangeWindowAttributesAux::new()
+            .event_mask(EventMask::STRUCTURE_NOTIFY | EventMask::SUBSTRUCTURE_NOTIFY),
     )
     .map_err(err("watching the screen's size"))?;
     let window = conn.generate_id().map_err(err("id"))?;
@@ -312,6 +336,16 @@ fn screen_resized(x: &XConn, width: u16, height: u16) -> XResult<()> {
     x.conn.configure_window(x.greeter, &cover).map_err(err("resizing the sign-in screen"))?;
     // Cleared with exposures: a mapped sign-in screen is drawn again (unmapped, nothing).
     x.conn.clear_area(true, x.greeter, 0, 0, 0, 0).map_err(err("clearing the sign-in screen"))?;
+    x.conn.flush().map_err(err("flush"))
+}
+
+/// Puts the sign-in screen above every other window, when it shows.
+fn raise_greeter(desktop: &Desktop, x: &XConn) -> XResult<()> {
+    if !desktop.greeter_wanted.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let above = ConfigureWindowAux::new().stack_mode(StackMode::ABOVE);
+    x.conn.configure_window(x.greeter, &above).map_err(err("raising the sign-in screen"))?;
     x.conn.flush().map_err(err("flush"))
 }
 
@@ -409,6 +443,13 @@ fn event_loop(
                     resized(e.width, e.height);
                     r
                 }
+            }
+            // Another window came up or moved while the sign-in screen shows: it stays on top.
+            Event::MapNotify(e) if e.event == x.root && e.window != x.greeter => {
+                raise_greeter(desktop, x)
+            }
+            Event::ConfigureNotify(e) if e.event == x.root && e.window != x.greeter => {
+                raise_greeter(desktop, x)
             }
             Event::XfixesSelectionNotify(e) if e.selection == x.atoms.clipboard => {
                 if e.owner == NONE || e.owner == x.window {
