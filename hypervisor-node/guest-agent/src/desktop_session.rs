@@ -73,7 +73,7 @@ pub(crate) fn session_worker(
         }
         let retry = w.shell_failed.is_none_or(|t| t.elapsed() >= SHELL_RETRY);
         if w.shell.is_none() && retry && desktop.connected() {
-            let _ = ensure_shell(agent, desktop, &mut w);
+            let _ = ensure_shell(agent, desktop, &mut w, true);
         }
         match command {
             None => {}
@@ -82,6 +82,13 @@ pub(crate) fn session_worker(
                 None => log("no session to end"),
             },
             Some(SessionCommand::Launch(name)) => launch(agent, desktop, &mut w, &name),
+            Some(SessionCommand::WarmUp) => {
+                if w.active.is_none()
+                    && let Some(s) = w.shell.as_mut()
+                {
+                    warm_up(desktop, s);
+                }
+            }
             Some(SessionCommand::Start(user)) => {
                 if let Some(a) = &w.active {
                     if a.account.name == user.username {
@@ -97,9 +104,17 @@ pub(crate) fn session_worker(
                     }
                 }
                 match start_desktop_session(agent, desktop, &mut w, &user) {
-                    Ok(a) => {
-                        w.active = Some(a);
+                    Ok(mut a) => {
                         agent.send(&AgentMessage::SessionStarted { username: user.username });
+                        // The new account's files, to the disk.
+                        // SAFETY: sync has no preconditions.
+                        unsafe { libc::sync() };
+                        // The session program (keyboard layout, a terminal) after the answer:
+                        // the desktop is there; its first window follows.
+                        if let Err(e) = start_program(agent, desktop, &mut a, &["start"]) {
+                            log(&e);
+                        }
+                        w.active = Some(a);
                     }
                     Err(e) => {
                         log(&format!("the session of {} did not start: {e}", user.username));
@@ -113,11 +128,13 @@ pub(crate) fn session_worker(
     }
 }
 
-/// Starts the shell unless it runs; the desktop is ready once it has drawn its panel.
+/// Starts the shell unless it runs (and, with `warm`, warms it up); the desktop is ready once
+/// its panel is up.
 fn ensure_shell<'w>(
     agent: &Agent,
     desktop: &Desktop,
     w: &'w mut Worker,
+    warm: bool,
 ) -> Result<&'w mut Shell, String> {
     if w.shell.is_none() {
         let (Some(program), Some(template)) =
@@ -126,8 +143,11 @@ fn ensure_shell<'w>(
             return Err("no --shell-command and --panel-template".into());
         };
         match Shell::start(desktop, program, template) {
-            Ok(s) => {
+            Ok(mut s) => {
                 w.shell_failed = None;
+                if warm {
+                    warm_up(desktop, &mut s);
+                }
                 desktop.panel_up.store(true, Ordering::SeqCst);
                 w.shell = Some(s);
             }
@@ -139,6 +159,15 @@ fn ensure_shell<'w>(
         }
     }
     w.shell.as_mut().ok_or_else(|| "no shell".into())
+}
+
+/// A restart of the shell with nobody signed in ([`Shell::warm_up`]); a failure is only logged
+/// (a sign-in's restart will say more).
+fn warm_up(desktop: &Desktop, s: &mut Shell) {
+    match s.warm_up(desktop) {
+        Ok(d) => log(&format!("the desktop's panel warmed up in {} ms", d.as_millis())),
+        Err(e) => log(&format!("warming the desktop's panel up: {e}")),
+    }
 }
 
 /// Starts `program` (the session command with `args`) as the signed-in user.
@@ -174,8 +203,9 @@ fn launch(agent: &Agent, desktop: &Desktop, w: &mut Worker, name: &str) {
     }
 }
 
-/// Account, home, runtime folder, cookie; then the user's name on the panel; then the session
-/// program as the user.
+/// The user's name on the panel (the window manager restarts meanwhile), then account, home,
+/// runtime folder and cookie; done once the new panel is drawn. The session program starts
+/// after the answer.
 fn start_desktop_session(
     agent: &Agent,
     desktop: &Desktop,
@@ -183,28 +213,46 @@ fn start_desktop_session(
     user: &SessionUser,
 ) -> Result<ActiveSession, String> {
     let t0 = Instant::now();
+    let restarted = ensure_shell(agent, desktop, w, false).and_then(|s| {
+        desktop.show_greeter(false)?;
+        s.restart(desktop, &shell::label(user))
+    });
+    if let Err(e) = restarted {
+        if let Err(e) = desktop.show_greeter(true) {
+            log(&format!("showing the sign-in screen: {e}"));
+        }
+        return Err(e);
+    }
     let accounts = session::Accounts { etc: "/etc".into() };
-    let account = accounts.ensure(user, &agent.opts.homes)?;
-    session::prepare_home(&account, Path::new("/etc/skel"))?;
-    let run = session::runtime_dir(Path::new("/run/user"), &account)
-        .map_err(|e| format!("/run/user/{}: {e}", account.uid))?;
-    let xauthority = shell::write_cookie(desktop, &account, &run)?;
-    let prepared = t0.elapsed();
-    let mut a =
-        ActiveSession { account, user: user.clone(), run, xauthority, programs: Vec::new() };
-    let shown = ensure_shell(agent, desktop, w)
-        .and_then(|s| {
-            desktop.show_greeter(false)?;
-            s.show(desktop, &shell::label(user))
-        })
-        .and_then(|shown| start_program(agent, desktop, &mut a, &["start"]).map(|()| shown));
-    let shown = match shown {
-        Ok(d) => d,
+    let prepared = accounts.ensure(user, &agent.opts.homes).and_then(|account| {
+        session::prepare_home(&account, Path::new("/etc/skel"))?;
+        let run = session::runtime_dir(Path::new("/run/user"), &account)
+            .map_err(|e| format!("/run/user/{}: {e}", account.uid))?;
+        let xauthority = shell::write_cookie(desktop, &account, &run)?;
+        Ok(ActiveSession { account, user: user.clone(), run, xauthority, programs: Vec::new() })
+    });
+    let a = match prepared {
+        Ok(a) => a,
         Err(e) => {
-            end_desktop_session(agent, desktop, &mut w.shell, a);
+            // The panel has their name: it starts again with nobody's.
+            if let Some(s) = w.shell.take() {
+                s.stop();
+            }
+            if let Err(e) = desktop.show_greeter(true) {
+                log(&format!("showing the sign-in screen: {e}"));
+            }
             return Err(e);
         }
     };
+    let account_ms = t0.elapsed().as_millis();
+    let drawn = match w.shell.as_mut() {
+        Some(s) => s.wait_drawn(desktop),
+        None => Err("the desktop's panel ended".into()),
+    };
+    if let Err(e) = drawn {
+        end_desktop_session(agent, desktop, &mut w.shell, a);
+        return Err(e);
+    }
     agent.set_owner(Some(Owner {
         home: a.account.home.clone(),
         uid: a.account.uid,
@@ -221,13 +269,11 @@ fn start_desktop_session(
         .map(|(used, total)| format!("; guest memory in use {used} MiB of {total} MiB"))
         .unwrap_or_default();
     log(&format!(
-        "session started for {} (uid {}) in {} ms (account, home and cookie {} ms; their name \
-         on the panel, drawn, {} ms){memory}",
+        "session started for {} (uid {}) in {} ms (their name on the panel asked for, account, \
+         home and cookie made: {account_ms} ms){memory}",
         user.username,
         a.account.uid,
         t0.elapsed().as_millis(),
-        prepared.as_millis(),
-        shown.as_millis()
     ));
     Ok(a)
 }

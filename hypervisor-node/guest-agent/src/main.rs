@@ -87,6 +87,8 @@ enum SessionCommand {
     End,
     /// A program the panel's menu asked for, by name.
     Launch(String),
+    /// This desktop was just cloned: the shell's restart runs once before a sign-in needs it.
+    WarmUp,
 }
 
 impl Agent {
@@ -160,6 +162,9 @@ impl Agent {
                     Ok((machine_id, new)) => {
                         if new {
                             log(&format!("made its own as {hostname}: a clone of a template"));
+                            if let Some(tx) = &self.sessions {
+                                let _ = lock(tx).send(SessionCommand::WarmUp);
+                            }
                         }
                         self.send(&AgentMessage::Renewed { machine_id });
                     }

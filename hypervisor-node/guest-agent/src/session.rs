@@ -97,6 +97,8 @@ pub fn stable_uid(username: &str) -> u32 {
 }
 
 /// Appends a line to an account file, replacing it atomically (readers never see half a file).
+/// Not flushed to the disk here: the session worker syncs once the sign-in is answered, off the
+/// user's wait (ext4 writes a file replaced by a rename before the rename itself).
 fn append_line(path: &Path, line: &str, mode: u32) -> io::Result<()> {
     let mut text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -117,7 +119,6 @@ fn append_line(path: &Path, line: &str, mode: u32) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(text.as_bytes())?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 

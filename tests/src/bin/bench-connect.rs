@@ -114,13 +114,15 @@ async fn main() -> anyhow::Result<()> {
             // What the guest agent says of the session's start, on the VM's console.
             let console = stack.node.console_log(&spare_vm).await.unwrap_or_default();
             let guest = console.lines().rev().find(|l| l.contains("session started for"));
+            let warmed = console.lines().rev().find(|l| l.contains("panel warmed up"));
             eprintln!(
-                "bench-connect: {pool}{}: answer {:.0} ms, viewer connected {:.0} ms, desktop {:.0} ms; guest: {}",
+                "bench-connect: {pool}{}: answer {:.0} ms, viewer connected {:.0} ms, desktop {:.0} ms; guest: {}; {}",
                 if counted { "" } else { " (not counted)" },
                 msg["answer_ms"].as_f64().unwrap_or(f64::NAN),
                 msg["connected_ms"].as_f64().unwrap_or(f64::NAN),
                 msg["desktop_ms"].as_f64().unwrap_or(f64::NAN),
-                guest.unwrap_or("(nothing)")
+                guest.unwrap_or("(nothing)"),
+                warmed.unwrap_or("(no warm-up)")
             );
             if counted {
                 results.push((pool, msg));
