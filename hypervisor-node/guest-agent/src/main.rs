@@ -12,9 +12,12 @@
 //! clipboard file in their home) is opened without following links and checked before use.
 //!
 //! In the desktop image (`--x-display`) it is also the display manager: it shows a "waiting for
-//! sign-in" screen on X, says ready once X has drawn it, starts each signed-in user's session as
-//! that user ([`session`]), bridges X's clipboard ([`xdesktop`]), and gives the screen the size
-//! the host asks for ([`xscreen`]), reporting every size it takes.
+//! sign-in" screen on X, runs the desktop's shell behind it ([`shell`]), says ready once both are
+//! up, starts each signed-in user's session as that user ([`desktop_session`], [`session`]) and
+//! the programs the panel's menu asks for, bridges X's clipboard ([`xdesktop`]), and gives the
+//! screen the size the host asks for ([`xscreen`]), reporting every size it takes. Run as
+//! `atrium-guest-agent --launch NAME`, it is instead that menu's entry: it asks the running agent
+//! to start program NAME as the signed-in user.
 //!
 //! Logs go to stderr, which the image's init connects to the serial console. The agent uses no
 //! logging framework on purpose: it is linked statically into every image and kept tiny.

@@ -10,8 +10,10 @@
 //!   layer of its own (the node's layer over the base), which goes with the VM.
 //! - A user's home is a disk of its own for dedicated desktops (the VM's persistent disk,
 //!   formatted by the guest on first use); floating desktops keep it in their layer.
-//! - The guest agent shows a "waiting for sign-in" screen, says ready once X draws it, and starts
-//!   each signed-in user's session as that user (`desktop/session`).
+//! - The guest agent shows a "waiting for sign-in" screen, runs the desktop's shell (JWM and its
+//!   panel, `desktop/shell`) as the `atrium-shell` account behind it, says ready once both are
+//!   up, puts each signed-in user's name on the panel and starts their programs as that user
+//!   (`desktop/session`).
 //!
 //! No maintainer scripts run (`dpkg -x`), so what they would do is done here: accounts (the agent
 //! adds users), the font cache (the image's own `fc-cache`, run with `--sysroot`), and links for
