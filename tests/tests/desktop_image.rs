@@ -536,6 +536,13 @@ async fn desktop_signs_in_draws_types_shares_the_clipboard_and_keeps_dedicated_h
         d.state,
         d.user
     );
+    // A spare shows only the sign-in screen: the desktop's panel, already running behind it,
+    // is not on top (the panel would be 4% of the screen, at its bottom).
+    let spare_shot = node.screenshot(&d.id, "desktop-spare-ready.png").await?;
+    ensure!(
+        panel_rows(&spare_shot).is_none() && share(&spare_shot, GREETER) > 0.98,
+        "the spare's screen is not the sign-in screen alone (see desktop-spare-ready.png)"
+    );
     let path = format!("/api/v1/vms/{}/session", d.id);
     let gave_up = node
         .call_giving_up("POST", &path, &json!({ "user": bob_de }), Duration::from_millis(30))

@@ -73,7 +73,8 @@ pub(crate) fn session_worker(
         }
         let retry = w.shell_failed.is_none_or(|t| t.elapsed() >= SHELL_RETRY);
         if w.shell.is_none() && retry && desktop.connected() {
-            let _ = ensure_shell(agent, desktop, &mut w, true);
+            let _ =
+                ensure_shell(agent, desktop, &mut w, true, Instant::now() + shell::PANEL_TIMEOUT);
         }
         match command {
             None => {}
@@ -135,6 +136,7 @@ fn ensure_shell<'w>(
     desktop: &Desktop,
     w: &'w mut Worker,
     warm: bool,
+    deadline: Instant,
 ) -> Result<&'w mut Shell, String> {
     if w.shell.is_none() {
         let (Some(program), Some(template)) =
@@ -142,7 +144,7 @@ fn ensure_shell<'w>(
         else {
             return Err("no --shell-command and --panel-template".into());
         };
-        match Shell::start(desktop, program, template) {
+        match Shell::start(desktop, program, template, deadline) {
             Ok(mut s) => {
                 w.shell_failed = None;
                 if warm {
@@ -213,28 +215,36 @@ fn start_desktop_session(
     user: &SessionUser,
 ) -> Result<ActiveSession, String> {
     let t0 = Instant::now();
-    let restarted = ensure_shell(agent, desktop, w, false).and_then(|s| {
+    // One deadline for the whole sign-in, within the node's wait for the answer.
+    let deadline = t0 + shell::PANEL_TIMEOUT;
+    let restarted = ensure_shell(agent, desktop, w, false, deadline).and_then(|s| {
         desktop.show_greeter(false)?;
         s.restart(desktop, &shell::label(user))
     });
-    if let Err(e) = restarted {
-        if let Err(e) = desktop.show_greeter(true) {
-            log(&format!("showing the sign-in screen: {e}"));
-        }
-        return Err(e);
-    }
-    let accounts = session::Accounts { etc: "/etc".into() };
-    let prepared = accounts.ensure(user, &agent.opts.homes).and_then(|account| {
+    let prepared = restarted.and_then(|()| {
+        let accounts = session::Accounts { etc: "/etc".into() };
+        let account = accounts.ensure(user, &agent.opts.homes)?;
         session::prepare_home(&account, Path::new("/etc/skel"))?;
         let run = session::runtime_dir(Path::new("/run/user"), &account)
             .map_err(|e| format!("/run/user/{}: {e}", account.uid))?;
-        let xauthority = shell::write_cookie(desktop, &account, &run)?;
-        Ok(ActiveSession { account, user: user.clone(), run, xauthority, programs: Vec::new() })
+        match shell::write_cookie(desktop, &account, &run) {
+            Ok(xauthority) => Ok(ActiveSession {
+                account,
+                user: user.clone(),
+                run,
+                xauthority,
+                programs: Vec::new(),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run);
+                Err(e)
+            }
+        }
     });
     let a = match prepared {
         Ok(a) => a,
         Err(e) => {
-            // The panel has their name: it starts again with nobody's.
+            // The panel may have their name, or no configuration: it starts again afresh.
             if let Some(s) = w.shell.take() {
                 s.stop();
             }
@@ -246,7 +256,7 @@ fn start_desktop_session(
     };
     let account_ms = t0.elapsed().as_millis();
     let drawn = match w.shell.as_mut() {
-        Some(s) => s.wait_drawn(desktop),
+        Some(s) => s.wait_drawn(desktop, deadline),
         None => Err("the desktop's panel ended".into()),
     };
     if let Err(e) = drawn {

@@ -19,6 +19,8 @@ use atrium_protocol::agent::SessionUser;
 pub const FIRST_UID: u32 = 10_000;
 /// Uids handed out (when the directory has none) stay below this.
 pub const LAST_UID: u32 = 59_999;
+/// The image's `users` group, the one system group a directory may give its users.
+pub const USERS_GID: u32 = 100;
 
 /// Where account files live (`/etc` in the guest; a folder of its own in tests).
 #[derive(Debug, Clone)]
@@ -177,6 +179,11 @@ impl Accounts {
             return Err(format!("uid {uid} belongs to {other:?} in this desktop"));
         }
         let gid = user.gid.unwrap_or(derived_gid);
+        // A system group would give the user what it guards (the terminals' `tty`, the panel's
+        // launch socket): only `users` (100) of those, as directories often have it.
+        if gid < 1000 && gid != USERS_GID {
+            return Err(format!("gid {gid} is reserved for the desktop's own groups"));
+        }
         let groups = std::fs::read_to_string(&group_path)
             .map_err(|e| format!("{}: {e}", group_path.display()))?;
         let groups = group_entries(&groups);
@@ -373,7 +380,12 @@ pub fn end_processes(uid: u32, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    signal_all(libc::SIGKILL);
+    // A process that forks as fast as it is killed: again, until none is left (or 2 s).
+    let start = Instant::now();
+    while !processes_of(uid).is_empty() && start.elapsed() < Duration::from_secs(2) {
+        signal_all(libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Guest memory in use and in total, in MiB (`/proc/meminfo`).
@@ -441,6 +453,16 @@ mod tests {
         assert!(accounts.ensure(&user("mallory", Some(20001), None), &d.join("home")).is_err());
         assert!(accounts.ensure(&user("root", Some(20005), None), &d.join("home")).is_err());
         assert!(accounts.ensure(&user("..", None, None), &d.join("home")).is_err());
+        // System groups are the desktop's (tty, the panel's); `users` may be a directory's.
+        for gid in [5, 901, 999] {
+            assert!(
+                accounts
+                    .ensure(&user("sysgroup", Some(20007), Some(gid)), &d.join("home"))
+                    .is_err()
+            );
+        }
+        let u = accounts.ensure(&user("usersgroup", Some(20008), Some(100)), &d.join("home"));
+        assert_eq!(u.map(|a| a.gid), Ok(100));
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

@@ -31,9 +31,9 @@ pub const LAUNCH_SOCKET: &str = "/run/atrium/launch";
 const NOBODY: &str = "Atrium";
 /// What makes JWM restart in place, reading its configuration again (`jwm -restart` sends it).
 const RESTART: &str = "_JWM_RESTART";
-/// How long the window manager has to draw its panel (within the node's 60 s wait for a
-/// session's confirmation).
-const PANEL_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the window manager has to draw its panel; a sign-in has this long in all (within
+/// the node's 60 s wait for a session's confirmation).
+pub const PANEL_TIMEOUT: Duration = Duration::from_secs(45);
 /// How often the agent looks at the panel while the window manager starts. Looking more often
 /// takes CPU from the window manager drawing it (one vCPU): at 50 ms the panel of a fresh start
 /// came no sooner in all (docs/PERFORMANCE.md, "Connect to the desktop drawn").
@@ -57,7 +57,12 @@ pub struct Shell {
 impl Shell {
     /// Starts the shell as its account with nobody's name on the panel, and waits until the
     /// panel is drawn. Processes the account has left (an earlier shell) end first.
-    pub fn start(desktop: &Desktop, program: &Path, template: &Path) -> Result<Self, String> {
+    pub fn start(
+        desktop: &Desktop,
+        program: &Path,
+        template: &Path,
+        deadline: Instant,
+    ) -> Result<Self, String> {
         let t0 = Instant::now();
         let template = std::fs::read_to_string(template)
             .map_err(|e| format!("{}: {e}", template.display()))?;
@@ -88,7 +93,7 @@ impl Shell {
         let mut shell = Self { account, config, template, child, panel: 0 };
         // The sign-in screen covers the panel, so what X gives of its pixels is undefined: the
         // panel mapped is enough here (a sign-in restarts it, and waits for it drawn).
-        match wait_for_panel(desktop, &mut shell.child, None, START_POLL, false) {
+        match wait_for_panel(desktop, &mut shell.child, None, START_POLL, false, deadline) {
             Ok((panel, _)) => shell.panel = panel,
             Err(e) => {
                 shell.stop();
@@ -106,10 +111,17 @@ impl Shell {
         desktop.tell_window_manager(RESTART)
     }
 
-    /// Waits until the panel that follows a restart is drawn (the sign-in screen hidden).
-    pub fn wait_drawn(&mut self, desktop: &Desktop) -> Result<(), String> {
-        let (panel, _) =
-            wait_for_panel(desktop, &mut self.child, Some(self.panel), RESTART_POLL, true)?;
+    /// Waits until the panel that follows a restart is drawn (the sign-in screen hidden), until
+    /// `deadline`.
+    pub fn wait_drawn(&mut self, desktop: &Desktop, deadline: Instant) -> Result<(), String> {
+        let (panel, _) = wait_for_panel(
+            desktop,
+            &mut self.child,
+            Some(self.panel),
+            RESTART_POLL,
+            true,
+            deadline,
+        )?;
         self.panel = panel;
         Ok(())
     }
@@ -117,12 +129,20 @@ impl Shell {
     /// Restarts the window manager once with nobody's name, while nobody is signed in, so that
     /// a sign-in's restart finds its code and data already in the guest's memory and, under
     /// emulation, already translated (a clone comes up with neither). Returns once the new
-    /// panel is mapped.
+    /// panel is mapped (behind the sign-in screen: hiding that screen so X draws the panel too
+    /// made sign-ins no faster, docs/PERFORMANCE.md).
     pub fn warm_up(&mut self, desktop: &Desktop) -> Result<Duration, String> {
         let t0 = Instant::now();
         self.restart(desktop, NOBODY)?;
-        let (panel, _) =
-            wait_for_panel(desktop, &mut self.child, Some(self.panel), RESTART_POLL, false)?;
+        let deadline = t0 + PANEL_TIMEOUT;
+        let (panel, _) = wait_for_panel(
+            desktop,
+            &mut self.child,
+            Some(self.panel),
+            RESTART_POLL,
+            false,
+            deadline,
+        )?;
         self.panel = panel;
         Ok(t0.elapsed())
     }
@@ -162,10 +182,13 @@ pub fn write_cookie(desktop: &Desktop, account: &Account, run: &Path) -> Result<
 }
 
 /// The panel's configuration: the template with `label` (XML-escaped) where it says `@NAME@`.
-/// Root's, readable by the shell.
+/// Root's, readable by the shell; written aside and renamed over the old one, so the window
+/// manager never finds it missing or half written.
 fn write_config(path: &Path, template: &str, label: &str) -> Result<(), String> {
     let body = template.replace("@NAME@", &xml_escape(label));
-    session::write_owned(path, body.as_bytes(), 0, 0, 0o644)
+    let aside = path.with_extension("new");
+    session::write_owned(&aside, body.as_bytes(), 0, 0, 0o644)
+        .and_then(|()| std::fs::rename(&aside, path))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -202,6 +225,7 @@ fn wait_for_panel(
     old: Option<u32>,
     poll: Duration,
     drawn: bool,
+    deadline: Instant,
 ) -> Result<(u32, Duration), String> {
     let start = Instant::now();
     loop {
@@ -215,8 +239,9 @@ fn wait_for_panel(
                 return Ok((*w, start.elapsed()));
             }
         }
-        if start.elapsed() > PANEL_TIMEOUT {
-            return Err(format!("no panel was drawn within {} s", PANEL_TIMEOUT.as_secs()));
+        if Instant::now() > deadline {
+            let waited = start.elapsed().as_secs();
+            return Err(format!("no panel was drawn within {waited} s"));
         }
         std::thread::sleep(poll);
     }
@@ -394,6 +419,56 @@ mod tests {
         assert!(may_launch(0, 901));
         assert!(!may_launch(10_001, 901));
         assert!(!may_launch(65_534, 901));
+    }
+
+    /// A peer that is neither the shell nor root is refused before anything is read, even when
+    /// the socket's mode would let it in: a child process of uid 65534 asks, and is told no.
+    #[test]
+    fn other_users_may_not_launch() {
+        let dir = std::env::temp_dir().join(format!("atrium-launch-uid-{}", std::process::id()));
+        let socket = dir.join("launch");
+        let listener = bind(&socket, 0).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: an all-zero sockaddr_un is valid; the path fits (checked).
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap();
+        let path = socket.as_os_str().as_encoded_bytes();
+        assert!(path.len() < addr.sun_path.len());
+        for (d, b) in addr.sun_path.iter_mut().zip(path) {
+            *d = (*b).cast_signed();
+        }
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>()).unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (no allocation) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above; `addr` and the buffers live on this stack.
+            unsafe {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(3);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    libc::_exit(4);
+                }
+                let ask = b"files\n";
+                libc::write(fd, ask.as_ptr().cast(), ask.len());
+                let mut answer = [0u8; 7];
+                let n = libc::read(fd, answer.as_mut_ptr().cast(), answer.len());
+                libc::_exit(if n == 7 && &answer == b"error: " { 0 } else { 5 });
+            }
+        }
+        assert!(pid > 0, "fork failed");
+        let (s, _) = listener.accept().unwrap();
+        let launched = std::cell::Cell::new(false);
+        let r = serve_launch(s, 4242, &|_| launched.set(true));
+        assert!(r.is_err_and(|e| e.contains("uid 65534")), "the launch was not refused");
+        assert!(!launched.get());
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &raw mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child: {status:#x}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
