@@ -55,8 +55,9 @@ pub struct Shell {
 }
 
 impl Shell {
-    /// Starts the shell as its account with nobody's name on the panel, and waits until the
-    /// panel is drawn. Processes the account has left (an earlier shell) end first.
+    /// Starts the shell as its account with nobody's name on the panel, and waits (until
+    /// `deadline`) for the panel to be mapped. Processes the account has left (an earlier shell)
+    /// end first.
     pub fn start(
         desktop: &Desktop,
         program: &Path,
