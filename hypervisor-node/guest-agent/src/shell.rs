@@ -95,13 +95,16 @@ impl Shell {
         // The sign-in screen covers the panel, so what X gives of its pixels is undefined: the
         // panel mapped is enough here (a sign-in restarts it, and waits for it drawn).
         match wait_for_panel(desktop, &mut shell.child, None, START_POLL, false, deadline) {
-            Ok((panel, _)) => shell.panel = panel,
+            Ok(panel) => shell.panel = panel,
             Err(e) => {
                 shell.stop();
                 return Err(e);
             }
         }
-        crate::log(&format!("the desktop's panel is up, {} ms after its start", ms(t0)));
+        crate::log(&format!(
+            "the desktop's panel is up, {} ms after its start",
+            t0.elapsed().as_millis()
+        ));
         Ok(shell)
     }
 
@@ -115,7 +118,7 @@ impl Shell {
     /// Waits until the panel that follows a restart is drawn (the sign-in screen hidden), until
     /// `deadline`.
     pub fn wait_drawn(&mut self, desktop: &Desktop, deadline: Instant) -> Result<(), String> {
-        let (panel, _) = wait_for_panel(
+        let panel = wait_for_panel(
             desktop,
             &mut self.child,
             Some(self.panel),
@@ -136,7 +139,7 @@ impl Shell {
         let t0 = Instant::now();
         self.restart(desktop, NOBODY)?;
         let deadline = t0 + PANEL_TIMEOUT;
-        let (panel, _) = wait_for_panel(
+        let panel = wait_for_panel(
             desktop,
             &mut self.child,
             Some(self.panel),
@@ -158,10 +161,6 @@ impl Shell {
         session::end_processes(self.account.uid, Duration::from_secs(2));
         let _ = self.child.wait();
     }
-}
-
-fn ms(t0: Instant) -> u128 {
-    t0.elapsed().as_millis()
 }
 
 /// A copy of the X server's cookie for `account` in its runtime folder: one entry for the
@@ -219,7 +218,7 @@ pub fn label(user: &SessionUser) -> String {
 
 /// Waits until a panel other than `old` is mapped and, when `drawn`, drawn: a picture of it not
 /// blank (the window manager draws the whole panel at once; the viewer connects after the
-/// answer, by when it is done). Returns it and when it was seen.
+/// answer, by when it is done). Returns its window.
 fn wait_for_panel(
     desktop: &Desktop,
     child: &mut Child,
@@ -227,7 +226,7 @@ fn wait_for_panel(
     poll: Duration,
     drawn: bool,
     deadline: Instant,
-) -> Result<(u32, Duration), String> {
+) -> Result<u32, String> {
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -237,7 +236,7 @@ fn wait_for_panel(
         if let Some((w, p)) = &pixels {
             let blank = p.chunks_exact(4).all(|px| px == &p[..4.min(p.len())]);
             if !drawn || !blank {
-                return Ok((*w, start.elapsed()));
+                return Ok(*w);
             }
         }
         if Instant::now() > deadline {
@@ -402,6 +401,9 @@ mod tests {
         write_config(&path, template, "O'Brien <ob> & \"co\"").unwrap();
         let body = std::fs::read_to_string(&path).unwrap();
         assert!(body.contains("label=\"O&apos;Brien &lt;ob&gt; &amp; &quot;co&quot;\""), "{body}");
+        // A label that says @NAME@ itself is not replaced again.
+        write_config(&path, "[@NAME@]", "x @NAME@").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[x @NAME@]");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
