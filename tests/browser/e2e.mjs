@@ -330,8 +330,17 @@ async function main() {
   await shot(admin.page, 'e2e-07-admin-validation.png');
   await admin.page.getByLabel('Maximum size', { exact: true }).fill('3');
   await admin.page.getByLabel('Ready spares', { exact: true }).fill('0');
+  // A floating pool clones by default; a dedicated one cannot.
+  const cloneBox = admin.page.getByLabel('Start desktops as clones', { exact: true });
+  check(await cloneBox.isChecked(), 'a new floating pool does not clone by default');
+  await admin.page.getByLabel('Kind', { exact: true }).selectOption('dedicated');
+  check(await cloneBox.isDisabled() && !(await cloneBox.isChecked()), 'a dedicated pool may clone');
+  await admin.page.getByLabel('Kind', { exact: true }).selectOption('floating');
+  await cloneBox.check();
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
+  const poolRow = await admin.page.getByRole('row', { name: /e2e-pool/ }).textContent();
+  check(poolRow.includes('console (clones)'), `the pool is listed as cloning: ${poolRow}`);
   // The pool page lists the desktops with the image version each runs and how it started.
   const desktopsTable = admin.page.getByRole('table', { name: 'Desktops' });
   await desktopsTable.locator('td', { hasText: /^[a-z0-9._-]+@\S+$/ }).first().waitFor({ timeout: 20000 });

@@ -247,8 +247,10 @@ impl Stack {
         c
     }
 
-    /// Creates a floating pool of `image` (`console` or `desktop`) and waits until it has
-    /// `min_ready` booted spares.
+    /// Creates a floating pool of booted (not cloned) desktops of `image` (`console` or
+    /// `desktop`) and waits until it has `min_ready` spares. The tests that use it are about
+    /// other things than clones, which would boot a template beside their first spare
+    /// (clones have tests of their own: qemu_clones.rs, desktop_image.rs).
     pub async fn pool(
         &self,
         name: &str,
@@ -256,32 +258,32 @@ impl Stack {
         min_ready: u32,
         display: &str,
     ) -> anyhow::Result<()> {
-        create_pool(&self.admin().await, name, image, min_ready, display).await
+        create_pool(&self.admin().await, name, image, min_ready, display, Some(false)).await
     }
 }
 
 /// Creates a floating pool of `image` (`console` or `desktop`) as an administrator, and waits
-/// until it has `min_ready` booted spares.
+/// until it has `min_ready` ready spares. `clone`: whether its desktops start as clones of a
+/// template; `None` leaves the broker's default (clones, for a floating pool).
 pub async fn create_pool(
     admin: &ApiClient,
     name: &str,
     image: &str,
     min_ready: u32,
     display: &str,
+    clone: Option<bool>,
 ) -> anyhow::Result<()> {
     let description = match image {
         "desktop" => "A graphical Linux desktop (X, JWM, terminal, file manager, editor)",
         _ => "A console desktop (Debian kernel, busybox) for trying Atrium",
     };
-    admin
-        .post_json(
-            "/api/v1/admin/pools",
-            json!({"name": name, "description": description,
-                   "image": image, "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
-                   "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800}),
-            StatusCode::CREATED,
-        )
-        .await;
+    let mut body = json!({"name": name, "description": description,
+           "image": image, "vcpus": 1, "memory_mib": 512, "display": display, "kind": "floating",
+           "min_ready": min_ready, "max_size": 4, "idle_timeout_secs": 1800, "max_session_secs": 28800});
+    if let Some(clone) = clone {
+        body["clone"] = clone.into();
+    }
+    admin.post_json("/api/v1/admin/pools", body, StatusCode::CREATED).await;
     let path = format!("/api/v1/admin/pools/{name}");
     wait_for(
         &format!("{min_ready} ready desktop(s) in pool {name}"),

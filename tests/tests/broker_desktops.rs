@@ -785,14 +785,27 @@ async fn a_clone_pool_asks_for_clones_and_each_desktop_shows_its_image_and_start
     let refused = a.post("/api/v1/admin/pools", dedicated).await.unwrap();
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(refused.json::<Value>().await.unwrap()["field"], "clone");
-    let mut cloned = pool_json("clones", "floating", 1, 2);
-    cloned["clone"] = json!(true);
-    let pool = a.post_json("/api/v1/admin/pools", cloned, StatusCode::CREATED).await;
-    assert_eq!(pool["clone"], true);
-    let booted = a
-        .post_json("/api/v1/admin/pools", pool_json("boots", "floating", 1, 2), StatusCode::CREATED)
+    // Absent, a floating pool clones; a dedicated one, or one on the builtin runtime, boots.
+    let pool = a
+        .post_json(
+            "/api/v1/admin/pools",
+            pool_json("clones", "floating", 1, 2),
+            StatusCode::CREATED,
+        )
         .await;
-    assert_eq!(booted["clone"], false, "absent is no clones");
+    assert_eq!(pool["clone"], true, "absent is clones for a floating pool");
+    let mut booted = pool_json("boots", "floating", 1, 2);
+    booted["clone"] = json!(false);
+    let booted = a.post_json("/api/v1/admin/pools", booted, StatusCode::CREATED).await;
+    assert_eq!(booted["clone"], false);
+    let mine = a
+        .post_json("/api/v1/admin/pools", pool_json("mine", "dedicated", 0, 1), StatusCode::CREATED)
+        .await;
+    assert_eq!(mine["clone"], false, "absent is no clones for a dedicated pool");
+    let mut builtin = pool_json("builtin", "floating", 0, 1);
+    builtin["runtime"] = json!("builtin");
+    let builtin = a.post_json("/api/v1/admin/pools", builtin, StatusCode::CREATED).await;
+    assert_eq!(builtin["clone"], false, "absent is no clones on the builtin runtime");
     wait_ready_spares(&a, "clones", 1).await;
     wait_ready_spares(&a, "boots", 1).await;
 

@@ -505,7 +505,7 @@ async fn a_browser_works_through_one_https_address_and_survives_its_gateway_dyin
     ];
     let stack = TierStack::start(opts, &[&console], None).await?;
     let admin = stack.admin().await;
-    create_pool(&admin, "console", "console", 1, "1280x800").await?;
+    create_pool(&admin, "console", "console", 1, "1280x800", Some(false)).await?;
 
     // Forged, expired and malformed tickets stop at the gateway: the node's display proxy, which
     // they name, sees nothing.

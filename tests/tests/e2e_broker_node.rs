@@ -47,7 +47,7 @@ async fn a_spare_boots_on_the_real_node_and_goes_to_the_user() {
         .post_json(
             "/api/v1/admin/pools",
             json!({"name":"console","image":"console","vcpus":1,"memory_mib":256,"display":"1024x768","kind":"floating",
-                   "min_ready":1,"max_size":2,"idle_timeout_secs":600,"max_session_secs":3600}),
+                   "min_ready":1,"max_size":2,"idle_timeout_secs":600,"max_session_secs":3600,"clone":false}),
             StatusCode::CREATED,
         )
         .await;

@@ -65,7 +65,7 @@ async fn a_user_moves_files_both_ways_and_the_audit_log_shows_what_crossed() -> 
             "/api/v1/admin/pools",
             json!({"name": "files", "image": "console", "vcpus": 1, "memory_mib": 512,
                    "display": "1024x768", "kind": "floating", "min_ready": 1, "max_size": 2,
-                   "idle_timeout_secs": 3600, "max_session_secs": 28800}),
+                   "idle_timeout_secs": 3600, "max_session_secs": 28800, "clone": false}),
             StatusCode::CREATED,
         )
         .await;

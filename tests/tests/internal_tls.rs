@@ -90,7 +90,7 @@ async fn with_tls_on_every_hop_a_desktop_is_served_and_signing_out_ends_its_view
     .with_context(|| format!("node log:\n{}", node.log()))?;
 
     // A spare booted through the node's https:// API.
-    create_pool(&admin, "console", "console", 1, "1024x768").await?;
+    create_pool(&admin, "console", "console", 1, "1024x768", Some(false)).await?;
 
     let mut alice = broker.client();
     alice.login_ok("alice", "alice-pw").await;

@@ -94,9 +94,10 @@ pub struct PoolInput {
     /// Absent: [`DEFAULT_DISCONNECT_TIMEOUT_SECS`].
     #[serde(default = "default_disconnect_timeout")]
     pub disconnect_timeout_secs: u64,
-    /// Start desktops as clones of a template (floating pools only). Absent: `false`.
+    /// Start desktops as clones of a template (floating pools only). Absent: `true` for a
+    /// floating pool that does not ask for the builtin runtime, `false` otherwise.
     #[serde(default)]
-    pub clone: bool,
+    pub clone: Option<bool>,
 }
 
 /// A pool's disconnect time when its administrator did not choose one.
@@ -120,6 +121,14 @@ pub struct PoolCounts {
 }
 
 impl PoolInput {
+    /// Whether the pool's desktops start as clones: as asked, or by default for floating pools
+    /// (the builtin runtime does not clone).
+    pub fn clones(&self) -> bool {
+        self.clone.unwrap_or(
+            self.kind == PoolKind::Floating && self.runtime != Some(RuntimeKind::Builtin),
+        )
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), atrium_protocol::node::FieldError> {
         use atrium_protocol::node::FieldError;
@@ -153,13 +162,13 @@ impl PoolInput {
         if self.disconnect_timeout_secs > 30 * 86_400 {
             return Err(FieldError::new("disconnect_timeout_secs", "must be 0 to 2592000"));
         }
-        if self.clone && self.kind != PoolKind::Floating {
+        if self.clone == Some(true) && self.kind != PoolKind::Floating {
             return Err(FieldError::new(
                 "clone",
                 "only floating desktops start as clones (a dedicated desktop keeps its own disk)",
             ));
         }
-        if self.clone && self.runtime == Some(RuntimeKind::Builtin) {
+        if self.clone == Some(true) && self.runtime == Some(RuntimeKind::Builtin) {
             return Err(FieldError::new(
                 "clone",
                 "the builtin runtime does not clone desktops yet",
@@ -230,7 +239,7 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
-        .bind(i64::from(input.clone))
+        .bind(i64::from(input.clones()))
         .execute(self.pool())
         .await;
         match r {
@@ -274,7 +283,7 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
-        .bind(i64::from(input.clone))
+        .bind(i64::from(input.clones()))
         .execute(self.pool())
         .await;
         match r {

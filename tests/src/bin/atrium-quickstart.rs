@@ -94,8 +94,8 @@ async fn run_containers() -> anyhow::Result<()> {
     eprintln!("containers: booting desktops for the demo pools (under TCG this takes seconds)…");
     let admin = stack.admin().await;
     let (d, c) = tokio::join!(
-        create_pool(&admin, "desktop", "desktop", 1, "1280x800"),
-        create_pool(&admin, "console", "console", 1, "1280x800")
+        create_pool(&admin, "desktop", "desktop", 1, "1280x800", None),
+        create_pool(&admin, "console", "console", 1, "1280x800", None)
     );
     d?;
     c?;

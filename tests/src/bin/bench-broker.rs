@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         .post_json(
             "/api/v1/admin/pools",
             json!({"name":"warm","image":"console","vcpus":1,"memory_mib":256,"display":"1280x800","kind":"floating",
-                   "min_ready":spares,"max_size":spares,"idle_timeout_secs":600,"max_session_secs":3600}),
+                   "min_ready":spares,"max_size":spares,"idle_timeout_secs":600,"max_session_secs":3600,"clone":false}),
             reqwest::StatusCode::CREATED,
         )
         .await;

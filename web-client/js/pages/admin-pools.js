@@ -17,11 +17,11 @@ const FIELDS = [
   ['idle_timeout_secs', 'Idle timeout (s)', 'number', 'No keyboard or mouse input for this long disconnects the session (a warning a minute before)'],
   ['max_session_secs', 'Maximum session (s)', 'number', 'A session ends this long after it started (a warning ten minutes before)'],
   ['disconnect_timeout_secs', 'Disconnect timeout (s)', 'number', 'A desktop nobody is connected to is kept this long, then logged off (floating: recycled; dedicated: stopped, its disk kept)'],
-  ['clone', 'Start desktops as clones', 'checkbox', 'Floating pools: each node boots the image once as a template and starts desktops from it, without a boot'],
+  ['clone', 'Start desktops as clones', 'checkbox', 'Floating pools (on by default): each node boots the image once as a template and starts desktops from it, without a boot. Dedicated desktops keep their own disk and always boot'],
 ];
 
 const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
-  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: false };
+  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: true };
 
 function poolForm(initial, onSubmit, submitText) {
   const inputs = {};
@@ -47,6 +47,14 @@ function poolForm(initial, onSubmit, submitText) {
     return el('div', { class: 'field' }, el('label', { for: id }, label),
       hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
   });
+  // Only floating desktops are clones: the box follows the kind.
+  const followKind = () => {
+    const floating = inputs.kind.value === 'floating';
+    inputs.clone.disabled = !floating;
+    if (!floating) inputs.clone.checked = false;
+  };
+  inputs.kind.addEventListener('change', followKind);
+  followKind();
   const formError = el('p', { class: 'error-text', role: 'alert' });
   const button = el('button', { type: 'submit', text: submitText });
   const form = el('form', { class: 'stack', novalidate: true }, rows, formError, el('div', { class: 'actions' }, button));
