@@ -41,7 +41,8 @@ pub fn vmm(a: &VmmArgs) -> anyhow::Result<()> {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The builtin VMM: process start to first serial byte of the test firmware, and memory
-    /// overhead beyond guest memory touched; with --vs-qemu, QEMU in the same run.
+    /// overhead beyond guest memory touched; with --vs-qemu, QEMU in the same run; with
+    /// --restore, a restore from a snapshot against a cold start.
     Builtin(BenchBuiltinArgs),
 }
 
@@ -50,6 +51,9 @@ pub struct BenchBuiltinArgs {
     /// Measure qemu-system-x86_64 on the same firmware too (KVM and TCG where they run).
     #[arg(long)]
     pub vs_qemu: bool,
+    /// Measure a restore from a snapshot against a cold start too (also in `bench clone`).
+    #[arg(long)]
+    pub restore: bool,
     /// Runs per runtime (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: u32,
@@ -167,6 +171,7 @@ fn builtin_once(dir: &Path, fw: &Path, i: u32) -> anyhow::Result<Sample> {
         agent_socket: Some(dir.join(format!("builtin-{i}.agent"))),
         control_socket: Some(ctl.clone()),
         start_paused: false,
+        snapshot_dir: None,
     };
     let cfg_path = dir.join(format!("builtin-{i}.json"));
     std::fs::write(&cfg_path, serde_json::to_vec(&config)?)?;
@@ -327,6 +332,13 @@ fn bench_builtin(a: &BenchBuiltinArgs) -> anyhow::Result<()> {
             json["qemu_start_ms"] = ms(q.first_byte).into();
             json["qemu_overhead_mib"] = mib(q.overhead_kib()).into();
             json["start_ratio"] = ratio.into();
+        }
+        if a.restore {
+            let r = atrium_node::bench::restore::bench_restore(a.runs as usize)?;
+            crate::print_restore(&r);
+            json["builtin_restore_ms"] = r.restore_ms_median.into();
+            json["builtin_cold_ms"] = r.cold_ms_median.into();
+            json["builtin_restore_ratio"] = r.restore_ratio.into();
         }
         println!("{json}");
         Ok(())

@@ -48,6 +48,24 @@ impl VmmGuestBuilder {
         b
     }
 
+    /// A VM restored from the snapshot in `snapshot`, shaped like `like` (vCPUs, memory,
+    /// screen, disks' modes, agent), with sockets and logs of its own.
+    pub fn restore(name: &str, snapshot: &Path, like: &VmmConfig) -> Self {
+        let dir = TempDir::new(name);
+        let boot = BootSource::Snapshot { dir: snapshot.to_path_buf() };
+        let mut b = Self::with_boot(dir, boot, like.memory_mib);
+        b.config.vcpus = like.vcpus;
+        b.config.framebuffer = like.framebuffer;
+        b.config.disks = like.disks.clone();
+        if like.agent_socket.is_none() {
+            b.config.agent_socket = None;
+        }
+        if like.display_socket.is_none() {
+            b.config.display_socket = None;
+        }
+        b
+    }
+
     fn with_boot(dir: TempDir, boot: BootSource, memory_mib: u32) -> Self {
         let p = |n: &str| dir.path().join(n);
         let config = VmmConfig {
@@ -62,6 +80,7 @@ impl VmmGuestBuilder {
             agent_socket: Some(p("agent.sock")),
             control_socket: Some(p("control.sock")),
             start_paused: false,
+            snapshot_dir: None,
         };
         Self { dir, config }
     }
@@ -113,6 +132,11 @@ impl VmmGuest {
     pub fn serial(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.config.serial.log_path).unwrap_or_default())
             .into_owned()
+    }
+
+    /// The VMM's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

@@ -1,9 +1,10 @@
 //! `atrium-node bench qemu`: VM start to agent-ready for an image (median of N runs through the
 //! node, beside the same boot done by hand with a bare `qemu-system-x86_64` in the same run),
 //! and the memory a VM costs beyond its guest memory. `bench clone` ([`clone`]): clones of a
-//! template against boots.
+//! template against boots, and the builtin VMM's restore against its cold start ([`restore`]).
 
 pub mod clone;
+pub mod restore;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -147,6 +147,7 @@ impl BuiltinRuntime {
             agent_socket: Some(paths.agent.clone()),
             control_socket: Some(paths.control.clone()),
             start_paused: true,
+            snapshot_dir: None,
         };
         config.validate().map_err(|e| RuntimeError::Start(e.to_string()))?;
         Ok(config)

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -20,16 +20,16 @@ use crate::arch::{self, StartMode};
 use crate::boot::{ScreenInfo, load_firmware, load_linux};
 use crate::config::{BootSource, VmmConfig};
 use crate::control::{ControlRequest, ControlResponse, ControlThread, VmState};
-use crate::devices::bus::Bus;
+use crate::devices::bus::{Bus, lock};
 use crate::devices::framebuffer::Framebuffer;
 use crate::devices::framebuffer::event_handler::DisplayChannel;
-use crate::devices::serial::{BoundedLog, SerialDevice};
+use crate::devices::serial::{BoundedLog, SerialDevice, SerialState};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::console::event_handler::AgentChannel;
 use crate::devices::virtio::input::{Input, InputKind};
 use crate::devices::virtio::mmio::reg;
-use crate::devices::virtio::{MmioTransport, VirtioDevice};
+use crate::devices::virtio::{MmioTransport, SnapshotTransport, VirtioDevice};
 use crate::event_loop::{EventLoop, Notify};
 use crate::firmware::BootInfo;
 use crate::kvm_kind::{self, KvmKind};
@@ -37,8 +37,9 @@ use crate::layout::{
     COM1_IRQ, COM1_PORT, FRAMEBUFFER_START, GED_IRQ, KVM_TSS_ADDR, VIRTIO_FIRST_IRQ,
     VIRTIO_MMIO_START, VIRTIO_MMIO_STRIDE,
 };
-use crate::memory::{GuestRam, create_guest_ram};
+use crate::memory::{GuestRam, create_guest_ram, map_snapshot_ram};
 use crate::metrics::{DeviceMetrics, Metrics};
+use crate::snapshot::{self, LoadedSnapshot, Shape, SnapshotFiles, VcpuState, VmSnapshot};
 use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, VcpuReport, install_kick_handler};
 use crate::{ExitReason, VmmError, VmmMessage};
 
@@ -66,6 +67,9 @@ struct Vmm {
     pio: Bus,
     mmio: Bus,
     mmio_devices: Vec<MmioDevice>,
+    /// Every virtio transport, in the order attached (the order of a snapshot's states).
+    transports: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
     event_loop: EventLoop,
     keyboard: Option<Arc<Mutex<MmioTransport<Input>>>>,
     tablet: Option<Arc<Mutex<MmioTransport<Input>>>>,
@@ -76,33 +80,62 @@ struct Vmm {
     rx: Receiver<VmmMessage>,
 }
 
-/// Builds the VM described by `config`, runs it until it stops, and says why.
+/// Builds the VM described by `config` (booted, or restored from a snapshot), runs it until it
+/// stops, and says why.
 pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
     let started = Instant::now();
     config.validate()?;
     let kind = kvm_kind::detect();
     info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), hardware = kind.is_hardware(), "building VM");
     let step = |name: &str| debug!(step = name, us = started.elapsed().as_micros(), "recipe");
-    let mut vmm = create_vm(config, kind, started)?;
+    let restore = match &config.boot {
+        BootSource::Snapshot { dir } => Some(snapshot::load(dir, &config, kind)?),
+        _ => None,
+    };
+    let snapshot_files = match &config.snapshot_dir {
+        Some(dir) => Some(SnapshotFiles::create(dir)?),
+        None => None,
+    };
+    let mut vmm = create_vm(config, kind, started, restore.as_ref())?;
     step("create_vm");
     vmm.create_memory()?;
     step("create_memory");
-    vmm.attach_serial()?;
+    vmm.attach_serial(restore.as_ref().map(|r| &r.state.serial))?;
     vmm.attach_framebuffer()?;
     vmm.attach_input()?;
     vmm.attach_disks()?;
     vmm.attach_agent_console()?;
     step("attach_devices");
-    let rsdp = create_acpi_tables(&vmm.ram.memory, vmm.config.vcpus, &vmm.mmio_devices)?;
-    let mode = vmm.load_boot_payload(rsdp)?;
-    step("load_boot_payload");
-    let vcpus = vmm.create_vcpus(mode)?;
+    let vcpus = match &restore {
+        None => {
+            let rsdp = create_acpi_tables(&vmm.ram.memory, vmm.config.vcpus, &vmm.mmio_devices)?;
+            let mode = vmm.load_boot_payload(rsdp)?;
+            step("load_boot_payload");
+            vmm.create_vcpus(Start::Boot(mode))?
+        }
+        Some(r) => {
+            vmm.restore_devices(r)?;
+            step("restore_devices");
+            vmm.create_vcpus(Start::Restore(&r.state.vcpus))?
+        }
+    };
     step("create_vcpus");
     vmm.attach_channels()?;
-    vmm.start_and_wait(vcpus)
+    vmm.start_and_wait(vcpus, snapshot_files)
 }
 
-fn create_vm(config: VmmConfig, kind: KvmKind, started: Instant) -> Result<Vmm, VmmError> {
+/// How the vCPUs start.
+enum Start<'a> {
+    Boot(StartMode),
+    Restore(&'a [VcpuState]),
+}
+
+fn create_vm(
+    config: VmmConfig,
+    kind: KvmKind,
+    started: Instant,
+    restore: Option<&LoadedSnapshot>,
+) -> Result<Vmm, VmmError> {
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(usize::try_from(KVM_TSS_ADDR).expect("below 4 GiB"))
@@ -110,7 +143,14 @@ fn create_vm(config: VmmConfig, kind: KvmKind, started: Instant) -> Result<Vmm, 
     vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    let ram = create_guest_ram(u64::from(config.memory_mib) << 20)?;
+    let size = u64::from(config.memory_mib) << 20;
+    let ram = match restore {
+        Some(r) => {
+            snapshot::restore_vm(&vm, &r.state.vm)?;
+            map_snapshot_ram(&r.memory, size)?
+        }
+        None => create_guest_ram(size)?,
+    };
     let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
     vm.register_irqfd(&power_button, GED_IRQ).map_err(kvm_err("KVM_IRQFD (power button)"))?;
     let (tx, rx) = channel();
@@ -125,6 +165,8 @@ fn create_vm(config: VmmConfig, kind: KvmKind, started: Instant) -> Result<Vmm, 
         pio: Bus::default(),
         mmio: Bus::default(),
         mmio_devices: Vec::new(),
+        transports: Vec::new(),
+        serial: None,
         event_loop: EventLoop::new().map_err(io_err("event loop"))?,
         keyboard: None,
         tablet: None,
@@ -159,15 +201,51 @@ impl Vmm {
         Ok(())
     }
 
-    fn attach_serial(&mut self) -> Result<(), VmmError> {
+    fn attach_serial(&mut self, restore: Option<&SerialState>) -> Result<(), VmmError> {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         self.vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
         let s = &self.config.serial;
         let log = BoundedLog::create(&s.log_path, s.max_bytes, self.started)
             .map_err(io_err(format!("serial log {}", s.log_path.display())))?;
         self.metrics.serial = Some(log.metrics());
-        let dev = Arc::new(Mutex::new(SerialDevice::new(irq, log)));
-        self.pio.insert(u64::from(COM1_PORT), 8, dev)?;
+        let dev = match restore {
+            Some(state) => SerialDevice::from_state(irq, log, state)
+                .map_err(|why| VmmError::Snapshot(snapshot::SnapshotError::Refused(why)))?,
+            None => SerialDevice::new(irq, log),
+        };
+        let dev = Arc::new(Mutex::new(dev));
+        self.pio.insert(u64::from(COM1_PORT), 8, dev.clone())?;
+        self.serial = Some(dev);
+        Ok(())
+    }
+
+    /// Puts a snapshot's device states and screen into the devices just attached.
+    fn restore_devices(&mut self, r: &LoadedSnapshot) -> Result<(), VmmError> {
+        let refused = |why: String| VmmError::Snapshot(snapshot::SnapshotError::Refused(why));
+        if r.state.virtio.len() != self.transports.len() {
+            return Err(refused(format!(
+                "{} virtio devices in the snapshot, {} in this VM",
+                r.state.virtio.len(),
+                self.transports.len()
+            )));
+        }
+        for (i, (t, s)) in self.transports.iter().zip(&r.state.virtio).enumerate() {
+            lock(t).restore(s).map_err(|why| refused(format!("virtio device {i}: {why}")))?;
+        }
+        if let Some(fb) = &self.framebuffer {
+            use std::os::unix::fs::FileExt;
+            if r.framebuffer.len() as u64 != fb.size {
+                return Err(refused(format!(
+                    "the snapshot's screen is {} bytes, this VM's {}",
+                    r.framebuffer.len(),
+                    fb.size
+                )));
+            }
+            fb.memfd.write_all_at(&r.framebuffer, 0).map_err(io_err("restoring the screen"))?;
+        }
+        for t in &self.transports {
+            lock(t).serve_queues();
+        }
         Ok(())
     }
 
@@ -217,6 +295,8 @@ impl Vmm {
         self.metrics.virtio.push((name, Arc::clone(&transport.metrics), metrics));
         let shared = Arc::new(Mutex::new(transport));
         self.mmio.insert(base, VIRTIO_MMIO_STRIDE, shared.clone())?;
+        let as_state: Arc<Mutex<dyn SnapshotTransport>> = shared.clone();
+        self.transports.push(as_state);
         let as_notify: Arc<Mutex<dyn Notify>> = shared.clone();
         self.event_loop.add_virtio(notify, as_notify).map_err(io_err("event loop"))?;
         self.mmio_devices.push(MmioDevice { base, len: VIRTIO_MMIO_STRIDE, irq: irq_num });
@@ -283,24 +363,47 @@ impl Vmm {
                 }
                 Ok(load_firmware(mem, path, info)?)
             }
+            BootSource::Snapshot { .. } => Err(VmmError::Snapshot(
+                snapshot::SnapshotError::Refused("a snapshot has no boot payload".into()),
+            )),
         }
     }
 
     fn create_vcpus(
         &mut self,
-        mode: StartMode,
+        start: Start<'_>,
     ) -> Result<Vec<(Vcpu, Sender<VcpuCommand>)>, VmmError> {
         let count = self.config.vcpus;
+        let msr_indices = match self.kvm.get_msr_index_list() {
+            Ok(list) => list.as_slice().to_vec(),
+            Err(e) => {
+                warn!(error = %e, "KVM_GET_MSR_INDEX_LIST failed; snapshots will hold no MSRs");
+                Vec::new()
+            }
+        };
+        let msr_indices = Arc::new(msr_indices);
         let mut out = Vec::new();
         for id in 0..count {
             let fd = self.vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
             arch::setup_cpuid(&self.kvm, &fd, id, count)?;
-            arch::setup_msrs(&fd)?;
-            arch::setup_fpu(&fd)?;
-            arch::setup_lapic(&fd)?;
-            if id == 0 {
-                arch::setup_sregs(&fd, mode)?;
-                arch::setup_regs(&fd, mode)?;
+            match start {
+                Start::Boot(mode) => {
+                    arch::setup_msrs(&fd)?;
+                    arch::setup_fpu(&fd)?;
+                    arch::setup_lapic(&fd)?;
+                    if id == 0 {
+                        arch::setup_sregs(&fd, mode)?;
+                        arch::setup_regs(&fd, mode)?;
+                    }
+                }
+                Start::Restore(states) => {
+                    let state = states.get(usize::from(id)).ok_or_else(|| {
+                        VmmError::Snapshot(snapshot::SnapshotError::Refused(format!(
+                            "no state for vCPU {id}"
+                        )))
+                    })?;
+                    snapshot::restore_vcpu(&self.kvm, &fd, state)?;
+                }
             }
             let (vcpu, tx) = Vcpu::new(
                 id,
@@ -308,6 +411,7 @@ impl Vmm {
                 self.pio.clone(),
                 self.mmio.clone(),
                 self.ram.memory.clone(),
+                Arc::clone(&msr_indices),
                 self.tx.clone(),
             );
             self.metrics.vcpus.push(Arc::clone(&vcpu.metrics));
@@ -350,6 +454,7 @@ impl Vmm {
     fn start_and_wait(
         self,
         vcpus: Vec<(Vcpu, Sender<VcpuCommand>)>,
+        snapshot_files: Option<SnapshotFiles>,
     ) -> Result<ExitReason, VmmError> {
         install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
         let Vmm {
@@ -364,6 +469,8 @@ impl Vmm {
             ram,
             framebuffer,
             power_button,
+            transports,
+            serial,
             ..
         } = self;
         let event_loop = event_loop.start().map_err(io_err("starting the event loop"))?;
@@ -408,6 +515,15 @@ impl Vmm {
                     vcpus: &handles,
                     metrics: &metrics,
                     power_button: &power_button,
+                    snapshot: snapshot_files.as_ref().map(|files| SnapshotParts {
+                        files,
+                        vm: &vm,
+                        ram: &ram,
+                        framebuffer: framebuffer.as_deref(),
+                        transports: &transports,
+                        serial: serial.as_deref(),
+                    }),
+                    pending_exit: std::cell::RefCell::new(None),
                 };
                 Ok(main.wait(state))
             }
@@ -428,7 +544,8 @@ impl Vmm {
         {
             let _ = std::fs::remove_file(p);
         }
-        // The VM fd goes before the memory it maps.
+        // The VM fd goes before the memory it maps (the devices hold the memory too).
+        drop(transports);
         drop(vm);
         drop(framebuffer);
         drop(ram);
@@ -439,6 +556,19 @@ impl Vmm {
     }
 }
 
+/// What a snapshot reads: the VM, its memory, screen and devices, and where it writes.
+struct SnapshotParts<'a> {
+    files: &'a SnapshotFiles,
+    vm: &'a VmFd,
+    ram: &'a GuestRam,
+    framebuffer: Option<&'a Framebuffer>,
+    transports: &'a [Arc<Mutex<dyn SnapshotTransport>>],
+    serial: Option<&'a Mutex<SerialDevice>>,
+}
+
+/// Longest wait for the vCPUs' states.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The main thread's view of a running VM.
 struct MainLoop<'a> {
     config: &'a VmmConfig,
@@ -448,16 +578,90 @@ struct MainLoop<'a> {
     vcpus: &'a [VcpuHandle],
     metrics: &'a Metrics,
     power_button: &'a EventFd,
+    snapshot: Option<SnapshotParts<'a>>,
+    /// A vCPU that reported the guest's end while a snapshot waited for it.
+    pending_exit: std::cell::RefCell<Option<ExitReason>>,
 }
 
 impl MainLoop<'_> {
+    /// Pauses the vCPUs, writes a snapshot, and lets them run again if they were running.
+    /// Returns the bytes of memory written.
+    fn take_snapshot(&self, state: VmState) -> Result<u64, String> {
+        let Some(parts) = &self.snapshot else {
+            return Err("this VM was started without a snapshot_dir".into());
+        };
+        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Pause));
+        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save));
+        let result = self.collect_and_write(parts);
+        if state == VmState::Running {
+            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Resume));
+        }
+        result
+    }
+
+    fn collect_and_write(&self, parts: &SnapshotParts<'_>) -> Result<u64, String> {
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut states: Vec<Option<Result<Box<VcpuState>, String>>> =
+            (0..self.vcpus.len()).map(|_| None).collect();
+        while states.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(VmmMessage::Vcpu(VcpuReport::Saved(id, saved))) => {
+                    if let Some(slot) = states.get_mut(usize::from(id)) {
+                        *slot = Some(saved);
+                    }
+                }
+                Ok(VmmMessage::Vcpu(VcpuReport::Exited(_, reason))) => {
+                    *self.pending_exit.borrow_mut() = Some(reason);
+                }
+                Ok(VmmMessage::Vcpu(VcpuReport::Paused(_))) => {}
+                Ok(VmmMessage::Control(_, reply)) => {
+                    let busy = "a snapshot is being taken; ask again".to_owned();
+                    let _ = reply.send(ControlResponse::Error { message: busy });
+                }
+                Err(_) => return Err("the vCPUs did not report their state in time".into()),
+            }
+        }
+        let mut vcpus = Vec::with_capacity(states.len());
+        for (id, s) in states.into_iter().enumerate() {
+            match s {
+                Some(Ok(s)) => vcpus.push(*s),
+                Some(Err(e)) => return Err(format!("vCPU {id}: {e}")),
+                None => return Err(format!("vCPU {id} did not answer")),
+            }
+        }
+        // The devices are held still while the state is read and the memory written: the
+        // event loop waits on their locks, so no queue moves under the copy.
+        let serial = parts.serial.map(lock);
+        let transports: Vec<_> = parts.transports.iter().map(|t| lock(t)).collect();
+        let state = VmSnapshot {
+            format: snapshot::FORMAT,
+            kvm: self.kind,
+            shape: Shape::of(self.config),
+            vm: snapshot::save_vm(parts.vm).map_err(|e| e.to_string())?,
+            vcpus,
+            serial: serial.as_ref().map(|s| s.state()).unwrap_or_default(),
+            virtio: transports.iter().map(|t| t.save()).collect(),
+        };
+        let written = parts
+            .files
+            .write(&state, parts.ram, parts.framebuffer.map(|f| &f.memfd))
+            .map_err(|e| e.to_string())?;
+        drop(transports);
+        drop(serial);
+        Ok(written)
+    }
+
     /// Answers control requests and waits for a reason to stop.
     fn wait(&self, mut state: VmState) -> ExitReason {
         loop {
+            if let Some(reason) = self.pending_exit.borrow_mut().take() {
+                return reason;
+            }
             let Ok(msg) = self.rx.recv() else { return ExitReason::Stopped };
             match msg {
                 VmmMessage::Vcpu(VcpuReport::Exited(_, reason)) => return reason,
-                VmmMessage::Vcpu(VcpuReport::Paused(_)) => {}
+                VmmMessage::Vcpu(VcpuReport::Paused(_) | VcpuReport::Saved(..)) => {}
                 VmmMessage::Control(req, reply) => {
                     let answer = match req {
                         ControlRequest::Status => ControlResponse::Status {
@@ -486,6 +690,23 @@ impl MainLoop<'_> {
                                 ControlResponse::Error { message: format!("power button: {e}") }
                             }
                         },
+                        ControlRequest::Snapshot => {
+                            let t0 = Instant::now();
+                            match self.take_snapshot(state) {
+                                Ok(memory_bytes) => {
+                                    let ms =
+                                        u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                                    info!(vm = %self.config.vm_id, memory_bytes, ms, "snapshot written");
+                                    ControlResponse::Snapshot { memory_bytes, ms }
+                                }
+                                Err(message) => {
+                                    warn!(vm = %self.config.vm_id, error = %message, "snapshot failed");
+                                    ControlResponse::Error {
+                                        message: format!("snapshot: {message}"),
+                                    }
+                                }
+                            }
+                        }
                         ControlRequest::Stop => {
                             let _ = reply.send(ControlResponse::Ok);
                             return ExitReason::Stopped;

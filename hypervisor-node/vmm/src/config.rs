@@ -54,6 +54,10 @@ pub struct VmmConfig {
     /// node launches VMs paused so that no output is missed).
     #[serde(default)]
     pub start_paused: bool,
+    /// Where `snapshot` on the control socket writes (`crate::snapshot`): an existing
+    /// directory, whose files are opened when the VM starts. Not for a restored VM.
+    #[serde(default)]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// What the VMM loads and starts.
@@ -71,6 +75,10 @@ pub enum BootSource {
     /// A flat firmware image loaded at 1 MiB and started in 64-bit long mode at CPL 3
     /// (the test firmware, `crate::firmware`).
     Firmware { path: PathBuf },
+    /// A snapshot of a running VM (`crate::snapshot`): its memory mapped privately, its
+    /// vCPUs and devices as they were. The configuration must have the snapshot's vCPUs,
+    /// memory, screen, disks and agent; sockets, logs and disk files are this VM's own.
+    Snapshot { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +159,12 @@ impl VmmConfig {
                 }
             }
             BootSource::Firmware { .. } => {}
+            BootSource::Snapshot { .. } if self.snapshot_dir.is_some() => {
+                return bad("a restored VM cannot be snapshotted (its memory is the snapshot's \
+                            file): snapshot_dir and a snapshot boot exclude each other"
+                    .to_owned());
+            }
+            BootSource::Snapshot { .. } => {}
         }
         if let Some(fb) = self.framebuffer
             && (!(64..=MAX_FB_WIDTH).contains(&fb.width)
@@ -235,5 +249,11 @@ mod tests {
         let mut v = base();
         v["boot"] = serde_json::json!({"kind": "kernel", "path": "/k", "cmdline": "a\nb"});
         assert!(VmmConfig::from_json(&v.to_string()).is_err());
+        let mut v = base();
+        v["boot"] = serde_json::json!({"kind": "snapshot", "dir": "/snap"});
+        assert!(VmmConfig::from_json(&v.to_string()).is_ok(), "a restore");
+        v["snapshot_dir"] = "/other".into();
+        let err = VmmConfig::from_json(&v.to_string()).expect_err("snapshot of a restore");
+        assert!(err.to_string().contains("cannot be snapshotted"), "{err}");
     }
 }

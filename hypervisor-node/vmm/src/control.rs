@@ -29,19 +29,44 @@ pub enum ControlRequest {
     Resume,
     /// Presses the ACPI power button: a guest that handles it powers off by itself.
     PowerButton,
+    /// Writes a snapshot of the VM into its `snapshot_dir` (`crate::snapshot`): the vCPUs
+    /// pause for it and run again after, if they were running.
+    Snapshot,
     Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlResponse {
-    Status { vm_id: String, state: VmState, kvm: KvmKind, uptime_ms: u64 },
-    Metrics { metrics: serde_json::Value },
+    Status {
+        vm_id: String,
+        state: VmState,
+        kvm: KvmKind,
+        uptime_ms: u64,
+    },
+    Metrics {
+        metrics: serde_json::Value,
+    },
+    /// A snapshot was written: guest memory bytes copied, and how long the VM was paused.
+    Snapshot {
+        memory_bytes: u64,
+        ms: u64,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 impl ControlRequest {
+    /// How long the VMM may take to answer: a snapshot writes the guest's memory to disk.
+    pub fn answer_timeout(&self) -> Duration {
+        match self {
+            Self::Snapshot => Duration::from_secs(120),
+            _ => Duration::from_secs(10),
+        }
+    }
+
     /// Parses one request line. serde does not enforce `deny_unknown_fields` on unit variants
     /// of an internally tagged enum, so extra keys are refused here.
     pub fn parse(line: &str) -> Result<Self, String> {
@@ -149,7 +174,7 @@ fn handle(stream: UnixStream, to_main: &Sender<VmmMessage>) -> std::io::Result<(
                 if to_main.send(VmmMessage::Control(req.clone(), tx)).is_err() {
                     ControlResponse::Error { message: "the VM is shutting down".into() }
                 } else {
-                    rx.recv_timeout(Duration::from_secs(10)).unwrap_or(ControlResponse::Error {
+                    rx.recv_timeout(req.answer_timeout()).unwrap_or(ControlResponse::Error {
                         message: "no answer from the VMM".into(),
                     })
                 }
@@ -168,7 +193,7 @@ fn handle(stream: UnixStream, to_main: &Sender<VmmMessage>) -> std::io::Result<(
 /// A client for the control socket (the node, tests).
 pub fn request(path: &Path, req: &ControlRequest) -> std::io::Result<ControlResponse> {
     let stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_read_timeout(Some(req.answer_timeout() + Duration::from_secs(5)))?;
     let mut w = stream.try_clone()?;
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');

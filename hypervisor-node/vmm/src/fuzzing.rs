@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`, which
 //! `cargo fuzz` sets): a hostile guest driving the virtio devices through their MMIO registers
-//! and its own memory, as a vCPU would.
+//! and its own memory, as a vCPU would; and a snapshot's device states, as a restore reads
+//! them.
 //!
 //! Every value a guest controls is in play: the register offsets, widths and values it writes,
 //! the descriptor tables, rings and buffers it lays out in memory, and when it notifies. After
@@ -17,7 +18,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::input::{Input, InputKind};
 use crate::devices::virtio::mmio::{STATUS_NEEDS_RESET, reg};
-use crate::devices::virtio::{MmioTransport, VirtioDevice};
+use crate::devices::virtio::{MmioTransport, SnapshotTransport, TransportState, VirtioDevice};
 use crate::memory::GuestMemory;
 
 /// Guest memory the fuzzed driver has: small, so that random addresses often land in it.
@@ -47,6 +48,42 @@ impl Input8<'_> {
         let (head, rest) = self.0.split_at(n.min(self.0.len()));
         self.0 = rest;
         head
+    }
+}
+
+/// A device state from a snapshot's `state.json` (the input's JSON after a first byte that
+/// picks the device: block, console, keyboard, tablet), restored into a fresh transport: a
+/// state refused leaves the transport as it was; one taken is served and saved again without
+/// a panic.
+pub fn snapshot_state(data: &[u8]) {
+    let Some((&which, json)) = data.split_first() else { return };
+    let Ok(state) = serde_json::from_slice::<TransportState>(json) else { return };
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+        .expect("guest memory for the restored device");
+    let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    fn check(mut t: impl SnapshotTransport, state: &TransportState) {
+        let before = t.save();
+        if t.restore(state).is_err() {
+            assert_eq!(t.save(), before, "a refused state changed the transport");
+            return;
+        }
+        t.serve_queues();
+        let _ = t.save();
+    }
+    match which % 4 {
+        0 => {
+            let mut disk = tempfile_disk();
+            let path = disk.path.clone();
+            disk.file.write_all(&[0x5a; DISK_SIZE]).expect("disk contents");
+            let block = Block::open(&path, which & 0x80 != 0, "fuzz").expect("open the disk");
+            check(MmioTransport::new(block, mem, irq), &state);
+        }
+        1 => check(MmioTransport::new(Console::new("atrium.agent"), mem, irq), &state),
+        2 => check(MmioTransport::new(Input::new(InputKind::Keyboard), mem, irq), &state),
+        _ => {
+            let tablet = Input::new(InputKind::Tablet { width: 640, height: 480 });
+            check(MmioTransport::new(tablet, mem, irq), &state);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod firmware;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kvm_kind;
+pub mod snapshot;
 
 mod acpi;
 mod arch;
@@ -68,6 +69,8 @@ pub enum VmmError {
     Bus(#[from] devices::bus::BusError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 /// Messages to the VMM's main thread (from vCPU threads and the control socket).

@@ -1,5 +1,5 @@
-//! Guest memory: RAM in one memfd (shared mapping), so that a later snapshot can write it to a
-//! file and a clone can map that file back copy-on-write (`MAP_PRIVATE`) at the same offsets;
+//! Guest memory: RAM in one memfd (shared mapping), so that a snapshot can write it to a file
+//! and a restored VM can map that file back copy-on-write (`MAP_PRIVATE`) at the same offsets;
 //! the framebuffer in a memfd of its own, which the display proxy maps read-only.
 
 use std::ffi::CStr;
@@ -7,8 +7,8 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 
 use thiserror::Error;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::{HIGH_RAM_START, MMIO_HOLE_START};
 
@@ -71,6 +71,9 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 #[derive(Debug)]
 pub struct GuestRam {
     pub memory: GuestMemory,
+    /// The RAM is a snapshot's file mapped privately ([`map_snapshot_ram`]): the file does not
+    /// hold what the guest wrote since.
+    pub from_snapshot: bool,
 }
 
 pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
@@ -85,7 +88,31 @@ pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
     }
     let memory =
         GuestMemory::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map(e.to_string()))?;
-    Ok(GuestRam { memory })
+    Ok(GuestRam { memory, from_snapshot: false })
+}
+
+/// Guest RAM of `size` bytes from a snapshot's memory file (at least `size` bytes, checked by
+/// the caller), mapped privately: reads share the file's page cache with every other VM
+/// restored from it; a write copies the page for this VM alone and never reaches the file.
+pub fn map_snapshot_ram(file: &File, size: u64) -> Result<GuestRam, MemoryError> {
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let clone = file.try_clone().map_err(MemoryError::Size)?;
+        let len_usize = usize::try_from(len).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let mapping = MmapRegionBuilder::new(len_usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::new(clone, offset))
+            .build()
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, addr)
+            .ok_or_else(|| MemoryError::Map("a RAM range wraps the address space".into()))?;
+        regions.push(region);
+        offset += len;
+    }
+    let memory = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))?;
+    Ok(GuestRam { memory, from_snapshot: true })
 }
 
 /// A shared mapping of a whole memfd (the framebuffer).
@@ -132,5 +159,25 @@ mod tests {
         let memfd = region.file_offset().expect("file-backed").file();
         memfd.read_exact_at(&mut b, 0x1000).expect("read memfd");
         assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+    }
+
+    #[test]
+    fn snapshot_ram_is_copy_on_write() {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("atrium-snap-ram-{}", std::process::id()));
+        let file = File::create(&path).expect("create");
+        file.set_len(2 << 20).expect("size");
+        file.write_all_at(&0x1234_5678_u32.to_le_bytes(), 0x2000).expect("write");
+        let ro = File::open(&path).expect("open read-only");
+        let a = map_snapshot_ram(&ro, 2 << 20).expect("map");
+        let b = map_snapshot_ram(&ro, 2 << 20).expect("map");
+        assert_eq!(a.memory.read_obj::<u32>(GuestAddress(0x2000)).expect("read"), 0x1234_5678);
+        a.memory.write_obj(7u32, GuestAddress(0x2000)).expect("write");
+        assert_eq!(a.memory.read_obj::<u32>(GuestAddress(0x2000)).expect("read"), 7);
+        assert_eq!(b.memory.read_obj::<u32>(GuestAddress(0x2000)).expect("read"), 0x1234_5678);
+        let mut on_disk = [0u8; 4];
+        ro.read_exact_at(&mut on_disk, 0x2000).expect("read");
+        assert_eq!(u32::from_le_bytes(on_disk), 0x1234_5678, "the file is never written");
+        std::fs::remove_file(path).ok();
     }
 }

@@ -16,7 +16,11 @@ use seccompiler::{
 use thiserror::Error;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
-use kvm_bindings::{kvm_dirty_log, kvm_regs, kvm_translation, kvm_vcpu_events};
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
 
 const KVMIO: u32 = 0xAE;
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -26,6 +30,17 @@ ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+// A snapshot: the vCPU thread reads its vCPU, the main thread the VM's in-kernel devices.
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 
 /// The threads of a VMM process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,12 +102,19 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             KVM_TRANSLATE(),
             KVM_GET_VCPU_EVENTS(),
             KVM_SET_VCPU_EVENTS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
         ],
         ThreadKind::Devices => {
             vec![KVM_GET_DIRTY_LOG(), libc::FIONBIO, libc::FIOCLEX]
         }
         ThreadKind::Control => vec![libc::FIONBIO, libc::FIOCLEX],
-        ThreadKind::Main => Vec::new(),
+        ThreadKind::Main => vec![KVM_GET_IRQCHIP(), KVM_GET_PIT2(), KVM_GET_CLOCK()],
     };
     let mut ioctl_rules = Vec::new();
     for request in ioctls {
@@ -176,8 +198,21 @@ const SOCKETS: &[i64] = &[
     libc::SYS_getsockopt,
 ];
 
-/// The teardown removes the VM's sockets.
-const MAIN: &[i64] = &[libc::SYS_unlink, libc::SYS_unlinkat];
+/// The teardown removes the VM's sockets; a snapshot writes the files opened at start
+/// (positioned reads and writes, `SEEK_DATA` over the memory's memfd, sizes, syncs).
+const MAIN: &[i64] = &[
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_ftruncate,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+];
 
 #[cfg(test)]
 mod tests {
@@ -224,7 +259,7 @@ mod tests {
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7, "{status:#x}");
         // Opening a file, making a socket or starting a program is the end of it.
         type Attempt = fn() -> i32;
-        let attempts: [(ThreadKind, Attempt); 4] = [
+        let attempts: [(ThreadKind, Attempt); 5] = [
             (ThreadKind::Vcpu, || {
                 // SAFETY: a valid NUL-terminated path.
                 unsafe { libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY) }
@@ -236,6 +271,12 @@ mod tests {
             (ThreadKind::Control, || {
                 // SAFETY: a valid NUL-terminated path and a null argv/envp are allowed.
                 unsafe { libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null()) }
+            }),
+            (ThreadKind::Main, || {
+                // SAFETY: a valid NUL-terminated path. A snapshot writes files opened at start.
+                unsafe {
+                    libc::open(c"/tmp/atrium-snapshot".as_ptr(), libc::O_RDWR | libc::O_CREAT)
+                }
             }),
             (ThreadKind::Main, || {
                 // SAFETY: plain arguments; the request does not matter, the filter decides.

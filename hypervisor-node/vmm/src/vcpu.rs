@@ -23,21 +23,26 @@ use crate::layout::{
     POST_PORT,
 };
 use crate::memory::GuestMemory;
+use crate::snapshot::VcpuState;
 
 /// Commands from the VMM's main thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuCommand {
     Resume,
     Pause,
+    /// Report the vCPU's state (`crate::snapshot`); only a paused vCPU does.
+    Save,
     Stop,
 }
 
 /// What a vCPU thread reports to the main thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuReport {
     Paused(u8),
     /// The guest stopped on this vCPU (power-off, reset, fault).
     Exited(u8, ExitReason),
+    /// The answer to [`VcpuCommand::Save`].
+    Saved(u8, Result<Box<VcpuState>, String>),
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +91,8 @@ pub struct Vcpu {
     pio: Bus,
     mmio: Bus,
     mem: GuestMemory,
+    /// The MSRs a snapshot reads (KVM's list of those it saves and emulates).
+    msr_indices: Arc<Vec<u32>>,
     commands: Receiver<VcpuCommand>,
     reports: Sender<crate::VmmMessage>,
     pub metrics: Arc<VcpuMetrics>,
@@ -136,10 +143,21 @@ impl Vcpu {
         pio: Bus,
         mmio: Bus,
         mem: GuestMemory,
+        msr_indices: Arc<Vec<u32>>,
         reports: Sender<crate::VmmMessage>,
     ) -> (Self, Sender<VcpuCommand>) {
         let (tx, commands) = std::sync::mpsc::channel();
-        let vcpu = Self { id, fd, pio, mmio, mem, commands, reports, metrics: Arc::default() };
+        let vcpu = Self {
+            id,
+            fd,
+            pio,
+            mmio,
+            mem,
+            msr_indices,
+            commands,
+            reports,
+            metrics: Arc::default(),
+        };
         (vcpu, tx)
     }
 
@@ -170,6 +188,15 @@ impl Vcpu {
             state = match state {
                 State::Paused | State::Exited => match self.commands.recv() {
                     Ok(VcpuCommand::Resume) if state == State::Paused => State::Running,
+                    Ok(VcpuCommand::Save) => {
+                        let saved = if state == State::Paused {
+                            self.save().map(Box::new)
+                        } else {
+                            Err("the guest stopped on this vCPU".to_owned())
+                        };
+                        self.report(VcpuReport::Saved(self.id, saved));
+                        state
+                    }
                     Ok(VcpuCommand::Resume | VcpuCommand::Pause) => state,
                     Ok(VcpuCommand::Stop) | Err(_) => break,
                 },
@@ -179,6 +206,11 @@ impl Vcpu {
                         State::Paused
                     }
                     Ok(VcpuCommand::Resume) => State::Running,
+                    Ok(VcpuCommand::Save) => {
+                        let why = "a running vCPU is not saved".to_owned();
+                        self.report(VcpuReport::Saved(self.id, Err(why)));
+                        State::Running
+                    }
                     Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => match self.run_once() {
                         None => State::Running,
@@ -192,6 +224,21 @@ impl Vcpu {
             };
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    /// The vCPU's state for a snapshot. The last exit is completed first: an `in` whose value
+    /// userspace filled in reaches the guest's register only on the next `KVM_RUN`, which
+    /// `immediate_exit` ends before the guest runs again.
+    fn save(&mut self) -> Result<VcpuState, String> {
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match completed {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Err(format!("completing the last exit: {e}")),
+            Ok(()) => return Err("the vCPU ran while completing its last exit".to_owned()),
+        }
+        crate::snapshot::save_vcpu(&self.fd, &self.msr_indices).map_err(|e| e.to_string())
     }
 
     /// One `KVM_RUN`; `Some` when the guest stopped.

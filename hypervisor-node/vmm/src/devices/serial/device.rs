@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use tracing::warn;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState as UartState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -79,9 +80,73 @@ impl Write for BoundedLog {
 #[derive(Debug)]
 pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, BoundedLog>);
 
+/// COM1's registers and received bytes in a snapshot (`vm-superio`'s state, which has no
+/// serde of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl Default for SerialState {
+    fn default() -> Self {
+        Self::from(UartState::default())
+    }
+}
+
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
 impl SerialDevice {
     pub fn new(irq: EventFd, log: BoundedLog) -> Self {
         Self(Serial::new(IrqTrigger(irq), log))
+    }
+
+    /// COM1 as a snapshot left it; a state `vm-superio` refuses (a receive buffer longer than
+    /// its FIFO) is an error.
+    pub fn from_state(irq: EventFd, log: BoundedLog, s: &SerialState) -> Result<Self, String> {
+        let uart = UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        Serial::from_state(&uart, IrqTrigger(irq), NoEvents, log)
+            .map(Self)
+            .map_err(|e| format!("COM1's state: {e:?}"))
+    }
+
+    pub fn state(&self) -> SerialState {
+        SerialState::from(self.0.state())
     }
 }
 

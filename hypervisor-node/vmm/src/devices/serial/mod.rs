@@ -3,5 +3,5 @@
 mod device;
 mod metrics;
 
-pub use device::{BoundedLog, SerialDevice};
+pub use device::{BoundedLog, SerialDevice, SerialState};
 pub use metrics::SerialMetrics;

@@ -7,9 +7,10 @@ pub mod input;
 pub mod mmio;
 pub mod queue;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use mmio::{MmioTransport, VirtioDevice};
+pub use mmio::{MmioTransport, SnapshotTransport, TransportState, VirtioDevice};
 pub use queue::{DescriptorChain, Queue, QueueError};
 
 use crate::memory::GuestMemory;
@@ -33,6 +34,16 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
             .copied()
             .unwrap_or(0);
     }
+}
+
+/// A device's own state in a snapshot (its transport's is [`TransportState`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "device", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeviceState {
+    /// A disk keeps nothing between requests: its contents are the disk file's.
+    Block,
+    Console(console::ConsoleState),
+    Input(input::InputState),
 }
 
 /// Why a device stopped: the driver (the guest) did something the device refuses.

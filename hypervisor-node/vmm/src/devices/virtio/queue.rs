@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -93,6 +94,19 @@ impl DescriptorChain {
     }
 }
 
+/// A queue in a snapshot: what the driver configured and where the device is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueState {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
 /// The driver-visible state of one queue plus the device's position in it.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -122,6 +136,37 @@ impl Queue {
 
     pub fn reset(&mut self) {
         *self = Self::new(self.max_size);
+    }
+
+    /// What a snapshot keeps of the queue.
+    pub fn state(&self) -> QueueState {
+        QueueState {
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table.raw_value(),
+            avail_ring: self.avail_ring.raw_value(),
+            used_ring: self.used_ring.raw_value(),
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+        }
+    }
+
+    /// Takes a snapshot's state, checked as the driver's own values are: a ready queue must
+    /// fit its size and guest memory. Nothing changes when it does not.
+    pub fn restore(&mut self, state: &QueueState, mem: &GuestMemory) -> Result<(), QueueError> {
+        let mut q = Self::new(self.max_size);
+        q.size = state.size;
+        q.ready = state.ready;
+        q.desc_table = GuestAddress(state.desc_table);
+        q.avail_ring = GuestAddress(state.avail_ring);
+        q.used_ring = GuestAddress(state.used_ring);
+        q.next_avail = state.next_avail;
+        q.next_used = state.next_used;
+        if q.ready {
+            q.validate(mem)?;
+        }
+        *self = q;
+        Ok(())
     }
 
     fn check_area(

@@ -13,7 +13,9 @@ use vm_memory::{Bytes, GuestAddress};
 use super::BlockMetrics;
 use crate::devices::virtio::mmio::VirtioDevice;
 use crate::devices::virtio::queue::DescriptorChain;
-use crate::devices::virtio::{DeviceError, QueueContext, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    DeviceError, DeviceState, QueueContext, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+};
 
 pub const SECTOR: u64 = 512;
 const F_SIZE_MAX: u64 = 1 << 1;
@@ -212,6 +214,17 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {}
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Block
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Block => Ok(()),
+            _ => Err("the snapshot has another device here, not a disk".into()),
+        }
+    }
 }
 
 #[cfg(test)]

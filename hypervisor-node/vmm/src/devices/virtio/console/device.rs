@@ -6,11 +6,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::ConsoleMetrics;
 use crate::devices::virtio::mmio::VirtioDevice;
-use crate::devices::virtio::{DeviceError, QueueContext, TYPE_CONSOLE, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    DeviceError, DeviceState, QueueContext, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
+};
 
 const F_MULTIPORT: u64 = 1 << 1;
 const RXQ: u16 = 0;
@@ -31,6 +34,22 @@ pub const BUFFER_LIMIT: usize = 256 * 1024;
 /// Longest buffer the guest may hand over at once.
 const MAX_CHAIN: usize = 1 << 20;
 const MAX_CONTROL: usize = 4096;
+
+/// The agent port in a snapshot: bytes not yet delivered either way, control messages not
+/// yet delivered, and what each side had said about the port. Host-to-guest bytes are not
+/// kept: the host side is a new connection after a restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleState {
+    pub to_host: Vec<u8>,
+    pub control: Vec<Vec<u8>>,
+    pub port_ready: bool,
+    pub guest_open: bool,
+    pub host_connected: bool,
+}
+
+/// Most control messages waiting for the driver.
+const MAX_CONTROL_QUEUED: usize = 64;
 
 #[derive(Debug)]
 pub struct Console {
@@ -117,7 +136,7 @@ impl Console {
             PORT_OPEN if id == 0 => self.guest_open = value != 0,
             _ => debug!(id, event, value, "console: control message ignored"),
         }
-        if self.control.len() > 64 {
+        if self.control.len() > MAX_CONTROL_QUEUED {
             return Err(DeviceError::Malformed("control messages flood".into()));
         }
         Ok(())
@@ -195,6 +214,39 @@ impl VirtioDevice for Console {
         self.control.clear();
         self.port_ready = false;
         self.guest_open = false;
+    }
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Console(ConsoleState {
+            to_host: self.to_host.iter().copied().collect(),
+            control: self.control.iter().cloned().collect(),
+            port_ready: self.port_ready,
+            guest_open: self.guest_open,
+            host_connected: self.host_connected,
+        })
+    }
+
+    /// The restored port has no host yet: a guest that saw one connected is told it left.
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        let DeviceState::Console(s) = state else {
+            return Err("the snapshot has another device here, not the agent console".into());
+        };
+        if s.to_host.len() > BUFFER_LIMIT
+            || s.control.len() > MAX_CONTROL_QUEUED
+            || s.control.iter().any(|m| m.len() < 8 || m.len() > MAX_CONTROL)
+        {
+            return Err("the agent console's buffers in the snapshot are out of bounds".into());
+        }
+        self.to_guest.clear();
+        self.to_host = s.to_host.iter().copied().collect();
+        self.control = s.control.iter().cloned().collect();
+        self.port_ready = s.port_ready;
+        self.guest_open = s.guest_open;
+        self.host_connected = s.host_connected;
+        if s.host_connected {
+            self.set_host_connected(false);
+        }
+        Ok(())
     }
 }
 

@@ -6,12 +6,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::InputMetrics;
 
 use crate::devices::virtio::mmio::VirtioDevice;
-use crate::devices::virtio::{DeviceError, QueueContext, TYPE_INPUT, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    DeviceError, DeviceState, QueueContext, TYPE_INPUT, VIRTIO_F_VERSION_1,
+};
 
 pub const EV_SYN: u16 = 0x00;
 pub const EV_KEY: u16 = 0x01;
@@ -82,6 +85,18 @@ pub enum InputError {
     BadPosition { x: u32, y: u32, width: u32, height: u32 },
     #[error("this device does not take that kind of input")]
     WrongDevice,
+}
+
+/// An input device in a snapshot: the configuration selector and the events not yet delivered
+/// (`[type, code, value]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputState {
+    pub keyboard: bool,
+    pub select: u8,
+    pub subsel: u8,
+    pub pending: Vec<(u16, u16, u32)>,
+    pub buttons: u8,
 }
 
 #[derive(Debug)]
@@ -275,6 +290,33 @@ impl VirtioDevice for Input {
         self.subsel = 0;
         self.pending.clear();
         self.buttons = 0;
+    }
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Input(InputState {
+            keyboard: self.kind == InputKind::Keyboard,
+            select: self.select,
+            subsel: self.subsel,
+            pending: self.pending.iter().map(|e| (e.kind, e.code, e.value)).collect(),
+            buttons: self.buttons,
+        })
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        let DeviceState::Input(s) = state else {
+            return Err("the snapshot has another device here, not an input device".into());
+        };
+        if s.keyboard != (self.kind == InputKind::Keyboard) {
+            return Err("the snapshot's input device is of the other kind".into());
+        }
+        if s.pending.len() > MAX_PENDING {
+            return Err(format!("{} pending input events, at most {MAX_PENDING}", s.pending.len()));
+        }
+        self.select = s.select;
+        self.subsel = s.subsel;
+        self.pending = s.pending.iter().map(|&(k, c, v)| InputEvent::new(k, c, v)).collect();
+        self.buttons = s.buttons;
+        Ok(())
     }
 }
 
