@@ -835,6 +835,14 @@ async fn a_clone_pool_asks_for_clones_and_each_desktop_shows_its_image_and_start
     let changed = a.call(reqwest::Method::PUT, &path, Some(off)).await.unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     assert_eq!(changed.json::<Value>().await.unwrap()["clone"], false);
+    // A replacement without the field keeps the pool's own setting: a client that does not
+    // know it never turns clones on.
+    let kept = a
+        .call(reqwest::Method::PUT, &path, Some(pool_json("clones", "floating", 2, 2)))
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert_eq!(kept.json::<Value>().await.unwrap()["clone"], false, "a PUT turned clones on");
     wait_ready_spares(&a, "clones", 2).await;
     let clones_asked = node.with(|s| s.vms.values().filter(|v| v.spec.clone).count());
     assert_eq!(clones_asked, 1, "a desktop was asked as a clone after clones were turned off");

@@ -162,7 +162,7 @@ fn snapshots_that_do_not_fit_are_refused_with_a_reason() -> anyhow::Result<()> {
         assert!(!stderr.contains("panicked"), "{stderr}");
         Ok(())
     };
-    // Another shape: more vCPUs, more memory, no screen.
+    // Another shape: fewer vCPUs, more memory.
     let mut b = VmmGuestBuilder::restore("vmm-snap-bad-1", &snap, &like);
     b.config.vcpus = 1;
     refused(b, "configuration asks")?;

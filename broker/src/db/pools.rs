@@ -254,13 +254,26 @@ impl Db {
         }
     }
 
-    /// Replaces a pool's settings. `None` when it does not exist.
+    /// Replaces a pool's settings. `None` when it does not exist. Without `clone` the pool
+    /// keeps its own (a client that does not know the field never turns clones on), as far
+    /// as its new kind and runtime allow.
     pub async fn update_pool(
         &self,
         id: &str,
         input: &PoolInput,
         now: i64,
     ) -> DbResult<Option<Pool>> {
+        let clones = match input.clone {
+            Some(c) => c,
+            None => match self.get_pool(id).await? {
+                Some(p) => {
+                    p.clone
+                        && input.kind == PoolKind::Floating
+                        && input.runtime != Some(RuntimeKind::Builtin)
+                }
+                None => return Ok(None),
+            },
+        };
         let r = sqlx::query(
             "UPDATE pools SET name = $2, description = $3, image = $4, vcpus = $5, memory_mib = $6, display = $7,
                runtime = $8, kind = $9, min_ready = $10, max_size = $11, idle_timeout_secs = $12,
@@ -283,7 +296,7 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
-        .bind(i64::from(input.clones()))
+        .bind(i64::from(clones))
         .execute(self.pool())
         .await;
         match r {

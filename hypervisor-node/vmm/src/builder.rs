@@ -88,8 +88,15 @@ pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
     let kind = kvm_kind::detect();
     info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), hardware = kind.is_hardware(), "building VM");
     let step = |name: &str| debug!(step = name, us = started.elapsed().as_micros(), "recipe");
+    let host_cpu = match (&config.boot, &config.snapshot_dir) {
+        (BootSource::Snapshot { .. }, _) | (_, Some(_)) => {
+            let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+            snapshot::host_cpu(&kvm)?
+        }
+        _ => 0,
+    };
     let restore = match &config.boot {
-        BootSource::Snapshot { dir } => Some(snapshot::load(dir, &config, kind)?),
+        BootSource::Snapshot { dir } => Some(snapshot::load(dir, &config, kind, host_cpu)?),
         _ => None,
     };
     let snapshot_files = match &config.snapshot_dir {
@@ -116,12 +123,14 @@ pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
         Some(r) => {
             vmm.restore_devices(r)?;
             step("restore_devices");
-            vmm.create_vcpus(Start::Restore(&r.state.vcpus))?
+            let vcpus = vmm.create_vcpus(Start::Restore(&r.state.vcpus))?;
+            vmm.resume_devices();
+            vcpus
         }
     };
     step("create_vcpus");
     vmm.attach_channels()?;
-    vmm.start_and_wait(vcpus, snapshot_files)
+    vmm.start_and_wait(vcpus, snapshot_files.map(|files| (files, host_cpu)))
 }
 
 /// How the vCPUs start.
@@ -243,10 +252,18 @@ impl Vmm {
             }
             fb.memfd.write_all_at(&r.framebuffer, 0).map_err(io_err("restoring the screen"))?;
         }
-        for t in &self.transports {
-            lock(t).serve_queues();
-        }
         Ok(())
+    }
+
+    /// Once every vCPU is restored: interrupts still pending at the snapshot, and queues the
+    /// guest notified just before it.
+    fn resume_devices(&self) {
+        if let Some(serial) = &self.serial {
+            lock(serial).resume();
+        }
+        for t in &self.transports {
+            lock(t).resume();
+        }
     }
 
     fn attach_framebuffer(&mut self) -> Result<(), VmmError> {
@@ -454,7 +471,7 @@ impl Vmm {
     fn start_and_wait(
         self,
         vcpus: Vec<(Vcpu, Sender<VcpuCommand>)>,
-        snapshot_files: Option<SnapshotFiles>,
+        snapshot_files: Option<(SnapshotFiles, u64)>,
     ) -> Result<ExitReason, VmmError> {
         install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
         let Vmm {
@@ -515,8 +532,9 @@ impl Vmm {
                     vcpus: &handles,
                     metrics: &metrics,
                     power_button: &power_button,
-                    snapshot: snapshot_files.as_ref().map(|files| SnapshotParts {
+                    snapshot: snapshot_files.as_ref().map(|(files, host_cpu)| SnapshotParts {
                         files,
+                        host_cpu: *host_cpu,
                         vm: &vm,
                         ram: &ram,
                         framebuffer: framebuffer.as_deref(),
@@ -559,6 +577,7 @@ impl Vmm {
 /// What a snapshot reads: the VM, its memory, screen and devices, and where it writes.
 struct SnapshotParts<'a> {
     files: &'a SnapshotFiles,
+    host_cpu: u64,
     vm: &'a VmFd,
     ram: &'a GuestRam,
     framebuffer: Option<&'a Framebuffer>,
@@ -590,36 +609,72 @@ impl MainLoop<'_> {
         let Some(parts) = &self.snapshot else {
             return Err("this VM was started without a snapshot_dir".into());
         };
-        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Pause));
-        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save));
-        let result = self.collect_and_write(parts);
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let result = self.pause_all(state, deadline).and_then(|()| {
+            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save));
+            self.collect_and_write(parts, deadline)
+        });
         if state == VmState::Running {
             self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Resume));
         }
         result
     }
 
-    fn collect_and_write(&self, parts: &SnapshotParts<'_>) -> Result<u64, String> {
-        let deadline = Instant::now() + SAVE_TIMEOUT;
-        let mut states: Vec<Option<Result<Box<VcpuState>, String>>> =
-            (0..self.vcpus.len()).map(|_| None).collect();
-        while states.iter().any(Option::is_none) {
+    /// The next vCPU report while a snapshot is taken. The guest stopping ends the snapshot
+    /// (and the VM after it); a stop asked for is answered and done after the snapshot; other
+    /// requests are told to ask again.
+    fn next_report(&self, deadline: Instant) -> Result<VcpuReport, String> {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(VmmMessage::Vcpu(VcpuReport::Saved(id, saved))) => {
-                    if let Some(slot) = states.get_mut(usize::from(id)) {
-                        *slot = Some(saved);
-                    }
-                }
                 Ok(VmmMessage::Vcpu(VcpuReport::Exited(_, reason))) => {
                     *self.pending_exit.borrow_mut() = Some(reason);
+                    return Err("the guest stopped during the snapshot".into());
                 }
-                Ok(VmmMessage::Vcpu(VcpuReport::Paused(_))) => {}
+                Ok(VmmMessage::Vcpu(report)) => return Ok(report),
+                Ok(VmmMessage::Control(ControlRequest::Stop, reply)) => {
+                    let _ = reply.send(ControlResponse::Ok);
+                    self.pending_exit.borrow_mut().get_or_insert(ExitReason::Stopped);
+                }
                 Ok(VmmMessage::Control(_, reply)) => {
                     let busy = "a snapshot is being taken; ask again".to_owned();
                     let _ = reply.send(ControlResponse::Error { message: busy });
                 }
-                Err(_) => return Err("the vCPUs did not report their state in time".into()),
+                Err(_) => return Err("the vCPUs did not answer in time".into()),
+            }
+        }
+    }
+
+    /// Pauses every vCPU and waits until each has left `KVM_RUN`: a vCPU is read only once no
+    /// other can still send it an interrupt. Paused vCPUs stay paused.
+    fn pause_all(&self, state: VmState, deadline: Instant) -> Result<(), String> {
+        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Pause));
+        if state == VmState::Paused {
+            return Ok(());
+        }
+        let mut paused = vec![false; self.vcpus.len()];
+        while paused.contains(&false) {
+            if let VcpuReport::Paused(id) = self.next_report(deadline)?
+                && let Some(p) = paused.get_mut(usize::from(id))
+            {
+                *p = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_and_write(
+        &self,
+        parts: &SnapshotParts<'_>,
+        deadline: Instant,
+    ) -> Result<u64, String> {
+        let mut states: Vec<Option<Result<Box<VcpuState>, String>>> =
+            (0..self.vcpus.len()).map(|_| None).collect();
+        while states.iter().any(Option::is_none) {
+            if let VcpuReport::Saved(id, saved) = self.next_report(deadline)?
+                && let Some(slot) = states.get_mut(usize::from(id))
+            {
+                *slot = Some(saved);
             }
         }
         let mut vcpus = Vec::with_capacity(states.len());
@@ -637,6 +692,7 @@ impl MainLoop<'_> {
         let state = VmSnapshot {
             format: snapshot::FORMAT,
             kvm: self.kind,
+            host_cpu: parts.host_cpu,
             shape: Shape::of(self.config),
             vm: snapshot::save_vm(parts.vm).map_err(|e| e.to_string())?,
             vcpus,

@@ -67,7 +67,7 @@ pub fn snapshot_state(data: &[u8]) {
             assert_eq!(t.save(), before, "a refused state changed the transport");
             return;
         }
-        t.serve_queues();
+        t.resume();
         let _ = t.save();
     }
     match which % 4 {

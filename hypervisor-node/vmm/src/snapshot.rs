@@ -74,6 +74,9 @@ pub struct VmSnapshot {
     pub format: u32,
     /// A state saved under one kind of KVM (PVM, VMX, SVM) means nothing to another.
     pub kvm: KvmKind,
+    /// The host's CPU as KVM offers it ([`host_cpu`]): a guest that saw one CPU's features
+    /// may use them, so it goes on only where they are the same.
+    pub host_cpu: u64,
     pub shape: Shape,
     pub vm: VmKvmState,
     pub vcpus: Vec<VcpuState>,
@@ -132,6 +135,31 @@ pub struct VcpuState {
     pub events: kvm_vcpu_events,
 }
 
+/// A fingerprint of the CPU KVM offers guests on this host: FNV-1a over the vendor and the
+/// feature leaves of its supported CPUID (1, 7, 0xd, 0x80000001), the words a guest decides
+/// what to use by. Other leaves hold per-CPU values (APIC ids) that differ between the host
+/// CPUs a process runs on.
+pub fn host_cpu(kvm: &kvm_ioctls::Kvm) -> Result<u64, SnapshotError> {
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| SnapshotError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for e in cpuid.as_slice() {
+        let words = match (e.function, e.index) {
+            (0, 0) | (7, 0) | (7, 1) => [e.eax, e.ebx, e.ecx, e.edx],
+            (1, 0) | (0x8000_0001, 0) => [0, 0, e.ecx, e.edx],
+            (0xd, 0) | (0xd, 1) => [e.eax, 0, 0, 0],
+            _ => continue,
+        };
+        for word in [e.function, e.index].into_iter().chain(words) {
+            for b in word.to_le_bytes() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    Ok(hash)
+}
+
 fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, SnapshotError> {
     let mut chip = kvm_irqchip { chip_id, ..Default::default() };
     vm.get_irqchip(&mut chip).map_err(|e| SnapshotError::Kvm("KVM_GET_IRQCHIP", e))?;
@@ -173,23 +201,42 @@ pub fn restore_vm(vm: &VmFd, s: &VmKvmState) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Reads the MSRs of `indices` that this vCPU has; KVM stops a batch at the first one it
-/// cannot read, which is then left out.
+/// Runs `op` over `items` in batches of at most [`MSR_BATCH`], as KVM's MSR ioctls take them:
+/// `op` answers how many of its batch it handled, KVM stopping at the first it cannot; that one
+/// is left out (its position returned) and the next batch starts after it.
+fn in_batches<T, E>(
+    items: &[T],
+    mut op: impl FnMut(&[T]) -> Result<usize, E>,
+) -> Result<Vec<usize>, E> {
+    let mut skipped = Vec::new();
+    let mut at = 0;
+    while at < items.len() {
+        let batch = &items[at..(at + MSR_BATCH).min(items.len())];
+        let done = op(batch)?.min(batch.len());
+        at += done;
+        if done < batch.len() {
+            skipped.push(at);
+            at += 1;
+        }
+    }
+    Ok(skipped)
+}
+
+/// Reads the MSRs of `indices` that this vCPU has; one KVM cannot read is left out.
 fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, SnapshotError> {
     let mut out = Vec::with_capacity(indices.len());
-    let mut at = 0;
-    while at < indices.len() {
-        let batch = &indices[at..(at + MSR_BATCH).min(indices.len())];
+    let skipped = in_batches(indices, |batch| {
         let entries: Vec<kvm_msr_entry> =
             batch.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|e| SnapshotError::Refused(format!("MSR list: {e:?}")))?;
         let read = fd.get_msrs(&mut msrs).map_err(|e| SnapshotError::Kvm("KVM_GET_MSRS", e))?;
         out.extend_from_slice(&msrs.as_slice()[..read.min(batch.len())]);
-        if read < batch.len() {
-            debug!(msr = format!("{:#x}", batch[read]), "MSR not readable, left out");
-        }
-        at += read + 1;
+        Ok(read)
+    })?;
+    if !skipped.is_empty() {
+        let left_out: Vec<String> = skipped.iter().map(|&i| format!("{:#x}", indices[i])).collect();
+        debug!(?left_out, "MSRs not readable, left out");
     }
     Ok(out)
 }
@@ -235,42 +282,47 @@ pub fn restore_vcpu(
     fd.set_xcrs(&s.xcrs).map_err(k("KVM_SET_XCRS"))?;
     fd.set_debug_regs(&s.debugregs).map_err(k("KVM_SET_DEBUGREGS"))?;
     fd.set_lapic(&s.lapic).map_err(k("KVM_SET_LAPIC"))?;
-    let mut refused = Vec::new();
-    let mut at = 0;
-    while at < s.msrs.len() {
-        let batch = &s.msrs[at..(at + MSR_BATCH).min(s.msrs.len())];
+    let refused = in_batches(&s.msrs, |batch| {
         let msrs = Msrs::from_entries(batch)
             .map_err(|e| SnapshotError::Refused(format!("MSR list: {e:?}")))?;
-        let set = fd.set_msrs(&msrs).map_err(k("KVM_SET_MSRS"))?;
-        if set < batch.len() {
-            refused.push(batch[set].index);
-        }
-        at += set + 1;
-    }
+        fd.set_msrs(&msrs).map_err(k("KVM_SET_MSRS"))
+    })?;
     if !refused.is_empty() {
+        let refused: Vec<String> =
+            refused.iter().map(|&i| format!("{:#x}", s.msrs[i].index)).collect();
         debug!(?refused, "MSRs KVM would not take back");
     }
     fd.set_vcpu_events(&s.events).map_err(k("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
 }
 
-/// The files of a snapshot, opened (created, truncated) when the VM starts.
+/// The files of a snapshot, made when the VM starts. A VM writes one snapshot: VMs may be
+/// running from it (mapping its memory file), so it is never written over.
 #[derive(Debug)]
 pub struct SnapshotFiles {
     state: File,
     memory: File,
     framebuffer: File,
     dir: String,
+    written: std::cell::Cell<bool>,
 }
 
+/// Makes `dir/name` anew: an older file of that name is unlinked first (never truncated: VMs
+/// started from an earlier snapshot there map it), and a symbolic link is not followed.
 fn create_file(dir: &Path, name: &str) -> Result<File, SnapshotError> {
     let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Io(format!("removing {}", path.display()), e));
+        }
+        _ => {}
+    }
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io(format!("creating {}", path.display())))
 }
@@ -283,6 +335,7 @@ impl SnapshotFiles {
             memory: create_file(dir, MEMORY_FILE)?,
             framebuffer: create_file(dir, FRAMEBUFFER_FILE)?,
             dir: dir.display().to_string(),
+            written: std::cell::Cell::new(false),
         })
     }
 
@@ -294,6 +347,13 @@ impl SnapshotFiles {
         ram: &GuestRam,
         framebuffer: Option<&File>,
     ) -> Result<u64, SnapshotError> {
+        if self.written.get() {
+            return Err(SnapshotError::Refused(format!(
+                "this VM's snapshot in {} is written, and VMs may run from it: a VM writes one \
+                 snapshot (start it again for another)",
+                self.dir
+            )));
+        }
         if ram.from_snapshot {
             return Err(SnapshotError::Refused(
                 "a restored VM cannot be snapshotted: its memory is the snapshot's file".into(),
@@ -332,6 +392,7 @@ impl SnapshotFiles {
             .map_err(|e| SnapshotError::Refused(format!("encoding the state: {e}")))?;
         self.state.write_all_at(&json, 0).map_err(io(at(STATE_FILE)))?;
         self.state.sync_data().map_err(io(at(STATE_FILE)))?;
+        self.written.set(true);
         Ok(written)
     }
 }
@@ -384,22 +445,29 @@ pub struct LoadedSnapshot {
     pub framebuffer: Vec<u8>,
 }
 
-/// Reads and checks the snapshot in `dir` for `config` on a host of KVM kind `kind`.
+/// Reads and checks the snapshot in `dir` for `config` on a host of KVM kind `kind` whose CPU
+/// is `host_cpu`.
 pub fn load(
     dir: &Path,
     config: &VmmConfig,
     kind: KvmKind,
+    host_cpu: u64,
 ) -> Result<LoadedSnapshot, SnapshotError> {
     let invalid = |why: String| SnapshotError::Invalid { dir: dir.display().to_string(), why };
+    // Not following links, and not waiting on a FIFO: only regular files are read.
     let open = |name: &str| {
-        std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(dir.join(name))
-            .map_err(|e| invalid(format!("{name}: {e}")))
+            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        let meta = f.metadata().map_err(|e| invalid(format!("{name}: {e}")))?;
+        if !meta.is_file() {
+            return Err(invalid(format!("{name} is not a regular file")));
+        }
+        Ok((f, meta.len()))
     };
-    let mut state_file = open(STATE_FILE)?;
-    let state_len = state_file.metadata().map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?.len();
+    let (mut state_file, state_len) = open(STATE_FILE)?;
     if state_len == 0 {
         return Err(invalid(format!("{STATE_FILE} is empty (the snapshot was not finished)")));
     }
@@ -421,6 +489,9 @@ pub fn load(
     if state.kvm != kind {
         return Err(invalid(format!("taken under KVM {:?}, this host has {kind:?}", state.kvm)));
     }
+    if state.host_cpu != host_cpu {
+        return Err(invalid("taken on a host whose CPU offers other features".into()));
+    }
     let shape = Shape::of(config);
     if state.shape != shape {
         return Err(invalid(format!(
@@ -435,12 +506,7 @@ pub fn load(
             shape.vcpus
         )));
     }
-    let memory = open(MEMORY_FILE)?;
-    let meta = memory.metadata().map_err(|e| invalid(format!("{MEMORY_FILE}: {e}")))?;
-    if !meta.is_file() {
-        return Err(invalid(format!("{MEMORY_FILE} is not a regular file")));
-    }
-    let memory_len = meta.len();
+    let (memory, memory_len) = open(MEMORY_FILE)?;
     if memory_len != u64::from(shape.memory_mib) << 20 {
         return Err(invalid(format!(
             "{MEMORY_FILE} is {memory_len} bytes, the VM has {} MiB",
@@ -449,7 +515,7 @@ pub fn load(
     }
     let mut framebuffer = Vec::new();
     if shape.framebuffer.is_some() {
-        let f = open(FRAMEBUFFER_FILE)?;
+        let (f, _) = open(FRAMEBUFFER_FILE)?;
         // Bounded by the largest screen the configuration allows (checked against the
         // framebuffer's own size when it is restored).
         let max = u64::from(crate::config::MAX_FB_WIDTH * crate::config::MAX_FB_HEIGHT * 4) + 65536;
@@ -491,6 +557,35 @@ mod tests {
     }
 
     #[test]
+    fn msr_batches_leave_out_only_what_kvm_refused() {
+        // KVM handles a batch up to the first item it cannot (here: multiples of 50).
+        let items: Vec<u32> = (0..150).collect();
+        let mut seen = Vec::new();
+        let skipped = in_batches(&items, |batch| -> Result<usize, ()> {
+            let n = batch.iter().position(|&i| i > 0 && i % 50 == 0).unwrap_or(batch.len());
+            seen.extend_from_slice(&batch[..n]);
+            Ok(n)
+        })
+        .expect("no error");
+        assert_eq!(skipped, vec![50, 100]);
+        let expected: Vec<u32> = items.iter().copied().filter(|i| *i == 0 || i % 50 != 0).collect();
+        assert_eq!(seen, expected, "every item but the refused ones, whole batches included");
+        // A whole batch handled leaves nothing out (64, 128 are kept).
+        let mut count = 0;
+        assert!(
+            in_batches(&items, |b| -> Result<usize, ()> {
+                count += b.len();
+                Ok(b.len())
+            })
+            .expect("ok")
+            .is_empty()
+        );
+        assert_eq!(count, 150);
+        // An answer beyond the batch counts as the whole batch, never past the end.
+        assert!(in_batches(&items, |_| -> Result<usize, ()> { Ok(1000) }).expect("ok").is_empty());
+    }
+
+    #[test]
     fn memory_is_written_sparse_at_its_offsets() {
         let ram = create_guest_ram(16 << 20).expect("ram");
         ram.memory.write_obj(0x1122_3344_u32, GuestAddress(0x3000)).expect("write");
@@ -500,6 +595,7 @@ mod tests {
         let state = VmSnapshot {
             format: FORMAT,
             kvm: KvmKind::Pvm,
+            host_cpu: 7,
             shape: Shape::of(&config(16)),
             vm: VmKvmState {
                 pic_master: kvm_irqchip::default(),
@@ -513,7 +609,10 @@ mod tests {
             virtio: Vec::new(),
         };
         let written = files.write(&state, &ram, None).expect("write");
-        assert_eq!(written, 8192, "two touched pages, nothing else");
+        let again = files.write(&state, &ram, None).expect_err("a second snapshot");
+        assert!(again.to_string().contains("writes one"), "{again}");
+        // Two touched pages (or, with shmem huge pages, the two extents holding them).
+        assert!((8192..=4 << 20).contains(&written), "{written} bytes written");
         let mem = std::fs::read(dir.join(MEMORY_FILE)).expect("memory");
         assert_eq!(mem.len(), 16 << 20);
         assert_eq!(&mem[0x3000..0x3004], &0x1122_3344_u32.to_le_bytes());
@@ -521,19 +620,23 @@ mod tests {
 
         // Read back: the shape must match the configuration; the vCPU count must match too.
         let kind = KvmKind::Pvm;
-        let err = load(&dir, &config(32), kind).expect_err("another memory size");
+        let err = load(&dir, &config(32), kind, 7).expect_err("another memory size");
         assert!(err.to_string().contains("configuration asks"), "{err}");
-        let err = load(&dir, &config(16), kind).expect_err("no vCPU state");
+        let err = load(&dir, &config(16), kind, 7).expect_err("no vCPU state");
         assert!(err.to_string().contains("0 vCPU states for 1"), "{err}");
-        let err = load(&dir, &config(16), KvmKind::Vmx).expect_err("another KVM");
+        let err = load(&dir, &config(16), KvmKind::Vmx, 7).expect_err("another KVM");
         assert!(err.to_string().contains("this host has"), "{err}");
+        let err = load(&dir, &config(16), kind, 8).expect_err("another CPU");
+        assert!(err.to_string().contains("other features"), "{err}");
 
         // A state file cut short, or emptied, is no snapshot.
         let text = std::fs::read(dir.join(STATE_FILE)).expect("state");
         std::fs::write(dir.join(STATE_FILE), &text[..text.len() / 2]).expect("cut");
-        assert!(load(&dir, &config(16), kind).expect_err("cut").to_string().contains(STATE_FILE));
+        assert!(
+            load(&dir, &config(16), kind, 7).expect_err("cut").to_string().contains(STATE_FILE)
+        );
         std::fs::write(dir.join(STATE_FILE), b"").expect("empty");
-        let err = load(&dir, &config(16), kind).expect_err("empty");
+        let err = load(&dir, &config(16), kind, 7).expect_err("empty");
         assert!(err.to_string().contains("not finished"), "{err}");
         std::fs::remove_dir_all(dir).ok();
     }

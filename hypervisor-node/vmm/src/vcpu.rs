@@ -35,6 +35,13 @@ pub enum VcpuCommand {
     Stop,
 }
 
+/// Why a vCPU's state could not be saved.
+enum SaveError {
+    Failed(String),
+    /// The guest stopped on this vCPU while its last exit was completed.
+    Stopped(ExitReason),
+}
+
 /// What a vCPU thread reports to the main thread.
 #[derive(Debug)]
 pub enum VcpuReport {
@@ -81,8 +88,20 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// How the run loop goes on after an exit.
 enum Flow {
     Continue,
+    /// `KVM_RUN` returned without running the guest (a kick, `immediate_exit`).
+    Interrupted,
     Exit(ExitReason),
     InternalError,
+}
+
+/// What one `KVM_RUN` came to.
+enum Step {
+    /// The guest ran and its exit was served.
+    Ran,
+    /// Kicked out before the guest ran (any exit still pending was completed).
+    Interrupted,
+    /// The guest stopped.
+    Stopped(ExitReason),
 }
 
 pub struct Vcpu {
@@ -188,15 +207,28 @@ impl Vcpu {
             state = match state {
                 State::Paused | State::Exited => match self.commands.recv() {
                     Ok(VcpuCommand::Resume) if state == State::Paused => State::Running,
-                    Ok(VcpuCommand::Save) => {
-                        let saved = if state == State::Paused {
-                            self.save().map(Box::new)
-                        } else {
-                            Err("the guest stopped on this vCPU".to_owned())
-                        };
-                        self.report(VcpuReport::Saved(self.id, saved));
+                    Ok(VcpuCommand::Save) if state == State::Exited => {
+                        let why = "the guest stopped on this vCPU".to_owned();
+                        self.report(VcpuReport::Saved(self.id, Err(why)));
                         state
                     }
+                    Ok(VcpuCommand::Save) => match self.save() {
+                        Ok(saved) => {
+                            self.report(VcpuReport::Saved(self.id, Ok(Box::new(saved))));
+                            state
+                        }
+                        Err(SaveError::Failed(why)) => {
+                            self.report(VcpuReport::Saved(self.id, Err(why)));
+                            state
+                        }
+                        Err(SaveError::Stopped(reason)) => {
+                            info!(vcpu = self.id, ?reason, "guest stopped");
+                            let why = "the guest stopped on this vCPU".to_owned();
+                            self.report(VcpuReport::Saved(self.id, Err(why)));
+                            self.report(VcpuReport::Exited(self.id, reason));
+                            State::Exited
+                        }
+                    },
                     Ok(VcpuCommand::Resume | VcpuCommand::Pause) => state,
                     Ok(VcpuCommand::Stop) | Err(_) => break,
                 },
@@ -213,8 +245,8 @@ impl Vcpu {
                     }
                     Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => match self.run_once() {
-                        None => State::Running,
-                        Some(reason) => {
+                        Step::Ran | Step::Interrupted => State::Running,
+                        Step::Stopped(reason) => {
                             info!(vcpu = self.id, ?reason, "guest stopped");
                             self.report(VcpuReport::Exited(self.id, reason));
                             State::Exited
@@ -229,20 +261,34 @@ impl Vcpu {
     /// The vCPU's state for a snapshot. The last exit is completed first: an `in` whose value
     /// userspace filled in reaches the guest's register only on the next `KVM_RUN`, which
     /// `immediate_exit` ends before the guest runs again.
-    fn save(&mut self) -> Result<VcpuState, String> {
-        self.fd.set_kvm_immediate_exit(1);
-        let completed = self.fd.run().map(|_| ());
-        self.fd.set_kvm_immediate_exit(0);
-        match completed {
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => return Err(format!("completing the last exit: {e}")),
-            Ok(()) => return Err("the vCPU ran while completing its last exit".to_owned()),
+    ///
+    /// Completing it may exit again (a string `in`/`out` with more to move, an access split
+    /// in two): that exit is served as any other, and the vCPU entered again, until `KVM_RUN`
+    /// comes back without one.
+    fn save(&mut self) -> Result<VcpuState, SaveError> {
+        const MAX_COMPLETIONS: usize = 4096;
+        let mut completed = false;
+        for _ in 0..MAX_COMPLETIONS {
+            self.fd.set_kvm_immediate_exit(1);
+            match self.run_once() {
+                Step::Interrupted => {
+                    completed = true;
+                    break;
+                }
+                Step::Ran => {}
+                Step::Stopped(reason) => return Err(SaveError::Stopped(reason)),
+            }
         }
-        crate::snapshot::save_vcpu(&self.fd, &self.msr_indices).map_err(|e| e.to_string())
+        self.fd.set_kvm_immediate_exit(0);
+        if !completed {
+            return Err(SaveError::Failed("the last exit did not complete".to_owned()));
+        }
+        crate::snapshot::save_vcpu(&self.fd, &self.msr_indices)
+            .map_err(|e| SaveError::Failed(e.to_string()))
     }
 
-    /// One `KVM_RUN`; `Some` when the guest stopped.
-    fn run_once(&mut self) -> Option<ExitReason> {
+    /// One `KVM_RUN` and its exit.
+    fn run_once(&mut self) -> Step {
         self.metrics.exits.fetch_add(1, Ordering::Relaxed);
         let flow = match self.fd.run() {
             Ok(exit) => match exit {
@@ -302,14 +348,15 @@ impl Vcpu {
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
-                Flow::Continue
+                Flow::Interrupted
             }
             Err(e) => Flow::Exit(ExitReason::GuestFault(format!("KVM_RUN: {e}"))),
         };
         match flow {
-            Flow::Continue => None,
-            Flow::Exit(r) => Some(r),
-            Flow::InternalError => self.internal_error(),
+            Flow::Continue => Step::Ran,
+            Flow::Interrupted => Step::Interrupted,
+            Flow::Exit(r) => Step::Stopped(r),
+            Flow::InternalError => self.internal_error().map_or(Step::Ran, Step::Stopped),
         }
     }
 

@@ -41,9 +41,11 @@ async fn run_processes() -> anyhow::Result<()> {
         stack.display.dir.path().join("display.log").display()
     );
     eprintln!("quickstart: booting desktops for the demo pools (under TCG this takes seconds)…");
+    // The broker's default for floating pools: desktops start as clones of a template.
+    let admin = stack.admin().await;
     let (desktop, console) = tokio::join!(
-        stack.pool("desktop", "desktop", 1, "1280x800"),
-        stack.pool("console", "console", 1, "1280x800")
+        create_pool(&admin, "desktop", "desktop", 1, "1280x800", None),
+        create_pool(&admin, "console", "console", 1, "1280x800", None)
     );
     desktop?;
     console?;

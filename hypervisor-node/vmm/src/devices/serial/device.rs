@@ -148,6 +148,17 @@ impl SerialDevice {
     pub fn state(&self) -> SerialState {
         SerialState::from(self.0.state())
     }
+
+    /// Raises COM1's interrupt if the restored state has one pending (the interrupt
+    /// identification register's bit 0 clear): raised before the vCPUs were restored, it was
+    /// lost.
+    pub fn resume(&self) {
+        if self.0.state().interrupt_identification & 1 == 0
+            && let Err(e) = self.0.interrupt_evt().trigger()
+        {
+            warn!(error = %e, "serial: cannot signal the interrupt");
+        }
+    }
 }
 
 impl BusDevice for SerialDevice {

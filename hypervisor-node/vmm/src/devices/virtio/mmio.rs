@@ -102,11 +102,13 @@ pub struct TransportState {
 pub trait SnapshotTransport: Send {
     /// The transport and its device (taken while the vCPUs are paused).
     fn save(&self) -> TransportState;
-    /// Takes a snapshot's state; on error nothing has changed.
+    /// Takes a snapshot's state; on error nothing has changed. Nothing reaches the guest
+    /// until [`Self::resume`].
     fn restore(&mut self, state: &TransportState) -> Result<(), String>;
-    /// Serves every ready queue once: a notification the guest made just before the snapshot
-    /// may never have reached the device.
-    fn serve_queues(&mut self);
+    /// Once the restored vCPUs exist (an interrupt raised before is lost): raises the
+    /// interrupt still pending at the snapshot, and serves every ready queue once (a
+    /// notification the guest made just before the snapshot may never have reached the device).
+    fn resume(&mut self);
 }
 
 impl<D: VirtioDevice> SnapshotTransport for MmioTransport<D> {
@@ -127,8 +129,7 @@ impl<D: VirtioDevice> SnapshotTransport for MmioTransport<D> {
     }
 
     /// Takes a snapshot's state, checked as a driver's writes are (features offered, queues
-    /// within guest memory, the device's own bounds). On error nothing has changed. A pending
-    /// interrupt is raised again: the restored guest may not have seen it.
+    /// within guest memory, the device's own bounds). On error nothing has changed.
     fn restore(&mut self, s: &TransportState) -> Result<(), String> {
         if s.queues.len() != self.queues.len() {
             return Err(format!(
@@ -151,16 +152,18 @@ impl<D: VirtioDevice> SnapshotTransport for MmioTransport<D> {
         self.driver_features_sel = s.driver_features_sel;
         self.driver_features = s.driver_features;
         self.status = s.status;
-        self.interrupt_status = 0;
+        self.interrupt_status = s.interrupt_status;
         self.config_generation = s.config_generation;
         self.broken = s.broken.clone();
-        if s.interrupt_status != 0 {
-            self.raise(s.interrupt_status);
-        }
         Ok(())
     }
 
-    fn serve_queues(&mut self) {
+    fn resume(&mut self) {
+        if self.interrupt_status != 0
+            && let Err(e) = self.irq.write(1)
+        {
+            warn!(error = %e, "virtio: cannot signal the interrupt");
+        }
         for i in 0..self.queues.len() {
             if self.queues[i].ready
                 && let Ok(q) = u16::try_from(i)

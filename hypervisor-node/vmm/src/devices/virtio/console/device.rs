@@ -107,6 +107,9 @@ impl Console {
     pub fn set_host_connected(&mut self, connected: bool) {
         self.host_connected = connected;
         if self.port_ready {
+            // Only the last word counts: a host that comes and goes while the guest reads no
+            // control messages does not grow the queue.
+            self.control.retain(|m| m.get(4..6) != Some(&PORT_OPEN.to_le_bytes()[..]));
             self.control.push_back(control(0, PORT_OPEN, u16::from(connected), &[]));
         }
         if !connected {
@@ -231,8 +234,10 @@ impl VirtioDevice for Console {
         let DeviceState::Console(s) = state else {
             return Err("the snapshot has another device here, not the agent console".into());
         };
+        // A live queue may hold one message past the bound (the one whose push found it full)
+        // and the host's latest word.
         if s.to_host.len() > BUFFER_LIMIT
-            || s.control.len() > MAX_CONTROL_QUEUED
+            || s.control.len() > MAX_CONTROL_QUEUED + 2
             || s.control.iter().any(|m| m.len() < 8 || m.len() > MAX_CONTROL)
         {
             return Err("the agent console's buffers in the snapshot are out of bounds".into());
