@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use atrium_protocol::agent::{AgentMessage, SessionUser};
 
+use crate::agent::{Agent, SessionCommand, write_world_readable};
 use crate::files::Owner;
 use crate::shell::{self, Shell};
 use crate::xdesktop::Desktop;
-use crate::{Agent, SessionCommand, log, session, write_world_readable};
+use crate::{log, session};
 
 /// How long after a failed start the shell is tried again.
 const SHELL_RETRY: Duration = Duration::from_secs(5);

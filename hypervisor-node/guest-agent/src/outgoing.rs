@@ -233,9 +233,10 @@ impl Downloads {
             let result = send_file(&port, &flow, id, file, size);
             lock(&downloads.flows).remove(&id);
             match result {
-                Ok(()) => {
-                    crate::log(&format!("download {id} sent: {size} bytes; {}", crate::memory()))
-                }
+                Ok(()) => crate::log(&format!(
+                    "download {id} sent: {size} bytes; {}",
+                    crate::agent::memory()
+                )),
                 Err(Stop::Failed(message)) => {
                     crate::log(&format!("download {id} ({name}): {message}"));
                     let _ =
