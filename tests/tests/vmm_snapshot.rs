@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
 use atrium_protocol::agent::{AgentMessage, HostMessage};
 use atrium_protocol::vmm_channel::VmmRequest;
 use atrium_tests::vmm::{VmmGuest, VmmGuestBuilder};
@@ -197,5 +198,13 @@ fn snapshots_that_do_not_fit_are_refused_with_a_reason() -> anyhow::Result<()> {
     queue["desc_table"] = serde_json::json!(1u64 << 40);
     std::fs::write(moved.join(STATE_FILE), serde_json::to_vec(&state)?)?;
     refused(VmmGuestBuilder::restore("vmm-snap-bad-5", &moved, &like), "outside guest memory")?;
+    // A snapshot from a host that gives guests another CPUID.
+    let other_cpu = copy("other-cpu")?;
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other_cpu.join(STATE_FILE))?)?;
+    let theirs = state["host_cpu"].as_u64().context("host_cpu")?;
+    state["host_cpu"] = serde_json::json!(theirs ^ 1);
+    std::fs::write(other_cpu.join(STATE_FILE), serde_json::to_vec(&state)?)?;
+    refused(VmmGuestBuilder::restore("vmm-snap-bad-6", &other_cpu, &like), "another CPUID")?;
     Ok(())
 }

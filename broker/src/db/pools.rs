@@ -94,8 +94,10 @@ pub struct PoolInput {
     /// Absent: [`DEFAULT_DISCONNECT_TIMEOUT_SECS`].
     #[serde(default = "default_disconnect_timeout")]
     pub disconnect_timeout_secs: u64,
-    /// Start desktops as clones of a template (floating pools only). Absent: `true` for a
-    /// floating pool that does not ask for the builtin runtime, `false` otherwise.
+    /// Start desktops as clones of a template (floating pools only). Absent when a pool is
+    /// made: `true` for a floating pool that does not ask for the builtin runtime, `false`
+    /// otherwise; absent when it is replaced: the pool keeps its own (as far as its new kind
+    /// and runtime allow).
     #[serde(default)]
     pub clone: Option<bool>,
 }
@@ -263,22 +265,16 @@ impl Db {
         input: &PoolInput,
         now: i64,
     ) -> DbResult<Option<Pool>> {
-        let clones = match input.clone {
-            Some(c) => c,
-            None => match self.get_pool(id).await? {
-                Some(p) => {
-                    p.clone
-                        && input.kind == PoolKind::Floating
-                        && input.runtime != Some(RuntimeKind::Builtin)
-                }
-                None => return Ok(None),
-            },
-        };
+        // Asked for (0 or 1), or -1: keep the pool's own, times whether the new kind and
+        // runtime allow clones. One statement: nothing can change the pool in between.
+        let allowed =
+            input.kind == PoolKind::Floating && input.runtime != Some(RuntimeKind::Builtin);
+        let asked = input.clone.map_or(-1, i64::from);
         let r = sqlx::query(
             "UPDATE pools SET name = $2, description = $3, image = $4, vcpus = $5, memory_mib = $6, display = $7,
                runtime = $8, kind = $9, min_ready = $10, max_size = $11, idle_timeout_secs = $12,
                max_session_secs = $13, updated_at = $14, disconnect_timeout_secs = $15,
-               clone_desktops = $16
+               clone_desktops = CASE WHEN $16 < 0 THEN clone_desktops * $17 ELSE $16 END
              WHERE id = $1",
         )
         .bind(id)
@@ -296,7 +292,8 @@ impl Db {
         .bind(big(input.max_session_secs))
         .bind(now)
         .bind(big(input.disconnect_timeout_secs))
-        .bind(i64::from(clones))
+        .bind(asked)
+        .bind(i64::from(allowed))
         .execute(self.pool())
         .await;
         match r {

@@ -173,6 +173,13 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), ArchError> {
 
 /// CPUID from `KVM_GET_SUPPORTED_CPUID` with this vCPU's APIC id filled in.
 pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<(), ArchError> {
+    let cpuid = guest_cpuid(kvm, id, count)?;
+    vcpu.set_cpuid2(&cpuid).map_err(|e| ArchError::Kvm("KVM_SET_CPUID2", e))
+}
+
+/// The CPUID vCPU `id` of `count` is given: what KVM supports on this host, with the vCPU's
+/// APIC id and count in place of the host CPU's.
+pub fn guest_cpuid(kvm: &Kvm, id: u8, count: u8) -> Result<CpuId, ArchError> {
     let mut cpuid: CpuId = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| ArchError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -187,7 +194,7 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<(), Ar
             _ => {}
         }
     }
-    vcpu.set_cpuid2(&cpuid).map_err(|e| ArchError::Kvm("KVM_SET_CPUID2", e))
+    Ok(cpuid)
 }
 
 /// The MSRs a booting kernel expects zeroed or set (Firecracker's list).

@@ -91,7 +91,7 @@ pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
     let host_cpu = match (&config.boot, &config.snapshot_dir) {
         (BootSource::Snapshot { .. }, _) | (_, Some(_)) => {
             let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
-            snapshot::host_cpu(&kvm)?
+            snapshot::host_cpu(&kvm, config.vcpus)?
         }
         _ => 0,
     };
@@ -542,6 +542,7 @@ impl Vmm {
                         serial: serial.as_deref(),
                     }),
                     pending_exit: std::cell::RefCell::new(None),
+                    snapshot_tag: std::cell::Cell::new(0),
                 };
                 Ok(main.wait(state))
             }
@@ -600,6 +601,8 @@ struct MainLoop<'a> {
     snapshot: Option<SnapshotParts<'a>>,
     /// A vCPU that reported the guest's end while a snapshot waited for it.
     pending_exit: std::cell::RefCell<Option<ExitReason>>,
+    /// The last snapshot's tag (its vCPUs' answers carry it).
+    snapshot_tag: std::cell::Cell<u64>,
 }
 
 impl MainLoop<'_> {
@@ -609,10 +612,17 @@ impl MainLoop<'_> {
         let Some(parts) = &self.snapshot else {
             return Err("this VM was started without a snapshot_dir".into());
         };
+        if parts.files.is_written() {
+            return Err("this VM's snapshot is written, and VMs may run from it: a VM writes \
+                        one snapshot (start it again for another)"
+                .into());
+        }
         let deadline = Instant::now() + SAVE_TIMEOUT;
-        let result = self.pause_all(state, deadline).and_then(|()| {
-            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save));
-            self.collect_and_write(parts, deadline)
+        let tag = self.snapshot_tag.get() + 1;
+        self.snapshot_tag.set(tag);
+        let result = self.park_all(tag, deadline).and_then(|()| {
+            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save(tag)));
+            self.collect_and_write(parts, tag, deadline)
         });
         if state == VmState::Running {
             self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Resume));
@@ -620,9 +630,9 @@ impl MainLoop<'_> {
         result
     }
 
-    /// The next vCPU report while a snapshot is taken. The guest stopping ends the snapshot
-    /// (and the VM after it); a stop asked for is answered and done after the snapshot; other
-    /// requests are told to ask again.
+    /// The next vCPU report while a snapshot is taken; the guest stopping ends the snapshot
+    /// (and the VM after it). The control thread waits for the snapshot's answer before it
+    /// reads another request, so none comes meanwhile; one that did would be told to ask again.
     fn next_report(&self, deadline: Instant) -> Result<VcpuReport, String> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -632,10 +642,6 @@ impl MainLoop<'_> {
                     return Err("the guest stopped during the snapshot".into());
                 }
                 Ok(VmmMessage::Vcpu(report)) => return Ok(report),
-                Ok(VmmMessage::Control(ControlRequest::Stop, reply)) => {
-                    let _ = reply.send(ControlResponse::Ok);
-                    self.pending_exit.borrow_mut().get_or_insert(ExitReason::Stopped);
-                }
                 Ok(VmmMessage::Control(_, reply)) => {
                     let busy = "a snapshot is being taken; ask again".to_owned();
                     let _ = reply.send(ControlResponse::Error { message: busy });
@@ -645,17 +651,16 @@ impl MainLoop<'_> {
         }
     }
 
-    /// Pauses every vCPU and waits until each has left `KVM_RUN`: a vCPU is read only once no
-    /// other can still send it an interrupt. Paused vCPUs stay paused.
-    fn pause_all(&self, state: VmState, deadline: Instant) -> Result<(), String> {
-        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Pause));
-        if state == VmState::Paused {
-            return Ok(());
-        }
-        let mut paused = vec![false; self.vcpus.len()];
-        while paused.contains(&false) {
-            if let VcpuReport::Paused(id) = self.next_report(deadline)?
-                && let Some(p) = paused.get_mut(usize::from(id))
+    /// Parks every vCPU and waits until each says it is out of `KVM_RUN` (answers carry this
+    /// snapshot's tag, so an older report cannot stand in for one): a vCPU is read only once
+    /// no other can still send it an interrupt.
+    fn park_all(&self, tag: u64, deadline: Instant) -> Result<(), String> {
+        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Park(tag)));
+        let mut parked = vec![false; self.vcpus.len()];
+        while parked.contains(&false) {
+            if let VcpuReport::Parked(id, t) = self.next_report(deadline)?
+                && t == tag
+                && let Some(p) = parked.get_mut(usize::from(id))
             {
                 *p = true;
             }
@@ -666,12 +671,14 @@ impl MainLoop<'_> {
     fn collect_and_write(
         &self,
         parts: &SnapshotParts<'_>,
+        tag: u64,
         deadline: Instant,
     ) -> Result<u64, String> {
         let mut states: Vec<Option<Result<Box<VcpuState>, String>>> =
             (0..self.vcpus.len()).map(|_| None).collect();
         while states.iter().any(Option::is_none) {
-            if let VcpuReport::Saved(id, saved) = self.next_report(deadline)?
+            if let VcpuReport::Saved(id, t, saved) = self.next_report(deadline)?
+                && t == tag
                 && let Some(slot) = states.get_mut(usize::from(id))
             {
                 *slot = Some(saved);
@@ -717,7 +724,9 @@ impl MainLoop<'_> {
             let Ok(msg) = self.rx.recv() else { return ExitReason::Stopped };
             match msg {
                 VmmMessage::Vcpu(VcpuReport::Exited(_, reason)) => return reason,
-                VmmMessage::Vcpu(VcpuReport::Paused(_) | VcpuReport::Saved(..)) => {}
+                VmmMessage::Vcpu(
+                    VcpuReport::Paused(_) | VcpuReport::Parked(..) | VcpuReport::Saved(..),
+                ) => {}
                 VmmMessage::Control(req, reply) => {
                     let answer = match req {
                         ControlRequest::Status => ControlResponse::Status {

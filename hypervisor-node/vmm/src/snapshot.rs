@@ -13,8 +13,9 @@
 //!
 //! The files are opened when the VM starts (the VMM's threads cannot open files once their
 //! seccomp filters are on). A restore checks everything it reads: the format, the KVM kind, the
-//! VM's shape against its configuration (vCPUs, memory, screen, disks, agent), the files'
-//! sizes, and every device state as a driver's writes are checked. A restored VM cannot be
+//! CPUID this host gives guests, the VM's shape against its configuration (vCPUs, memory,
+//! screen, disks, agent), the files (regular files, their sizes), and every device state as a
+//! driver's writes are checked. A restored VM cannot be
 //! snapshotted in turn: its memory is the snapshot's file.
 
 use std::fs::File;
@@ -44,7 +45,7 @@ pub const STATE_FILE: &str = "state.json";
 pub const MEMORY_FILE: &str = "memory";
 pub const FRAMEBUFFER_FILE: &str = "framebuffer";
 /// The layout of `state.json`; a snapshot of another format is refused.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Largest `state.json` read back (a 32-vCPU VM's state is well under 2 MiB).
 const MAX_STATE_BYTES: u64 = 16 << 20;
 /// MSRs read or written per ioctl (KVM takes at most 256).
@@ -74,8 +75,7 @@ pub struct VmSnapshot {
     pub format: u32,
     /// A state saved under one kind of KVM (PVM, VMX, SVM) means nothing to another.
     pub kvm: KvmKind,
-    /// The host's CPU as KVM offers it ([`host_cpu`]): a guest that saw one CPU's features
-    /// may use them, so it goes on only where they are the same.
+    /// The CPUID the guest was given, as a fingerprint ([`host_cpu`]).
     pub host_cpu: u64,
     pub shape: Shape,
     pub vm: VmKvmState,
@@ -135,23 +135,16 @@ pub struct VcpuState {
     pub events: kvm_vcpu_events,
 }
 
-/// A fingerprint of the CPU KVM offers guests on this host: FNV-1a over the vendor and the
-/// feature leaves of its supported CPUID (1, 7, 0xd, 0x80000001), the words a guest decides
-/// what to use by. Other leaves hold per-CPU values (APIC ids) that differ between the host
-/// CPUs a process runs on.
-pub fn host_cpu(kvm: &kvm_ioctls::Kvm) -> Result<u64, SnapshotError> {
-    let cpuid = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| SnapshotError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+/// A fingerprint of the CPUID a VM of `vcpus` vCPUs is given on this host (FNV-1a over every
+/// entry of its first vCPU's, [`crate::arch::guest_cpuid`]): a guest decides what to use by
+/// it, so it goes on only where it is the same. Leaf 0x8000001e (AMD's per-CPU core and APIC
+/// ids, which differ between the host CPUs a process runs on) is left out.
+pub fn host_cpu(kvm: &kvm_ioctls::Kvm, vcpus: u8) -> Result<u64, SnapshotError> {
+    let cpuid = crate::arch::guest_cpuid(kvm, 0, vcpus)
+        .map_err(|e| SnapshotError::Refused(format!("this host's CPUID: {e}")))?;
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for e in cpuid.as_slice() {
-        let words = match (e.function, e.index) {
-            (0, 0) | (7, 0) | (7, 1) => [e.eax, e.ebx, e.ecx, e.edx],
-            (1, 0) | (0x8000_0001, 0) => [0, 0, e.ecx, e.edx],
-            (0xd, 0) | (0xd, 1) => [e.eax, 0, 0, 0],
-            _ => continue,
-        };
-        for word in [e.function, e.index].into_iter().chain(words) {
+    for e in cpuid.as_slice().iter().filter(|e| e.function != 0x8000_001e) {
+        for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
             for b in word.to_le_bytes() {
                 hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
             }
@@ -339,6 +332,11 @@ impl SnapshotFiles {
         })
     }
 
+    /// Whether this VM's snapshot is written (a VM writes one).
+    pub fn is_written(&self) -> bool {
+        self.written.get()
+    }
+
     /// Writes a snapshot: `state.json` is emptied first and written last. Returns the bytes of
     /// memory written.
     pub fn write(
@@ -390,9 +388,11 @@ impl SnapshotFiles {
         }
         let json = serde_json::to_vec(state)
             .map_err(|e| SnapshotError::Refused(format!("encoding the state: {e}")))?;
+        // From here on a VM may start from these files (whatever comes of the writes below):
+        // they are never written again.
+        self.written.set(true);
         self.state.write_all_at(&json, 0).map_err(io(at(STATE_FILE)))?;
         self.state.sync_data().map_err(io(at(STATE_FILE)))?;
-        self.written.set(true);
         Ok(written)
     }
 }
@@ -489,9 +489,6 @@ pub fn load(
     if state.kvm != kind {
         return Err(invalid(format!("taken under KVM {:?}, this host has {kind:?}", state.kvm)));
     }
-    if state.host_cpu != host_cpu {
-        return Err(invalid("taken on a host whose CPU offers other features".into()));
-    }
     let shape = Shape::of(config);
     if state.shape != shape {
         return Err(invalid(format!(
@@ -505,6 +502,9 @@ pub fn load(
             state.vcpus.len(),
             shape.vcpus
         )));
+    }
+    if state.host_cpu != host_cpu {
+        return Err(invalid("taken on a host that gives guests another CPUID".into()));
     }
     let (memory, memory_len) = open(MEMORY_FILE)?;
     if memory_len != u64::from(shape.memory_mib) << 20 {
@@ -626,8 +626,6 @@ mod tests {
         assert!(err.to_string().contains("0 vCPU states for 1"), "{err}");
         let err = load(&dir, &config(16), KvmKind::Vmx, 7).expect_err("another KVM");
         assert!(err.to_string().contains("this host has"), "{err}");
-        let err = load(&dir, &config(16), kind, 8).expect_err("another CPU");
-        assert!(err.to_string().contains("other features"), "{err}");
 
         // A state file cut short, or emptied, is no snapshot.
         let text = std::fs::read(dir.join(STATE_FILE)).expect("state");

@@ -30,8 +30,11 @@ use crate::snapshot::VcpuState;
 pub enum VcpuCommand {
     Resume,
     Pause,
-    /// Report the vCPU's state (`crate::snapshot`); only a paused vCPU does.
-    Save,
+    /// Pause (if running) and say so with this tag, whatever the state: a snapshot knows each
+    /// vCPU is out of `KVM_RUN` by these answers, not by older reports.
+    Park(u64),
+    /// Report the vCPU's state with this tag (`crate::snapshot`); only a paused vCPU does.
+    Save(u64),
     Stop,
 }
 
@@ -48,8 +51,10 @@ pub enum VcpuReport {
     Paused(u8),
     /// The guest stopped on this vCPU (power-off, reset, fault).
     Exited(u8, ExitReason),
+    /// The answer to [`VcpuCommand::Park`].
+    Parked(u8, u64),
     /// The answer to [`VcpuCommand::Save`].
-    Saved(u8, Result<Box<VcpuState>, String>),
+    Saved(u8, u64, Result<Box<VcpuState>, String>),
 }
 
 #[derive(Debug, Default)]
@@ -207,24 +212,28 @@ impl Vcpu {
             state = match state {
                 State::Paused | State::Exited => match self.commands.recv() {
                     Ok(VcpuCommand::Resume) if state == State::Paused => State::Running,
-                    Ok(VcpuCommand::Save) if state == State::Exited => {
-                        let why = "the guest stopped on this vCPU".to_owned();
-                        self.report(VcpuReport::Saved(self.id, Err(why)));
+                    Ok(VcpuCommand::Park(tag)) => {
+                        self.report(VcpuReport::Parked(self.id, tag));
                         state
                     }
-                    Ok(VcpuCommand::Save) => match self.save() {
+                    Ok(VcpuCommand::Save(tag)) if state == State::Exited => {
+                        let why = "the guest stopped on this vCPU".to_owned();
+                        self.report(VcpuReport::Saved(self.id, tag, Err(why)));
+                        state
+                    }
+                    Ok(VcpuCommand::Save(tag)) => match self.save() {
                         Ok(saved) => {
-                            self.report(VcpuReport::Saved(self.id, Ok(Box::new(saved))));
+                            self.report(VcpuReport::Saved(self.id, tag, Ok(Box::new(saved))));
                             state
                         }
                         Err(SaveError::Failed(why)) => {
-                            self.report(VcpuReport::Saved(self.id, Err(why)));
+                            self.report(VcpuReport::Saved(self.id, tag, Err(why)));
                             state
                         }
                         Err(SaveError::Stopped(reason)) => {
                             info!(vcpu = self.id, ?reason, "guest stopped");
                             let why = "the guest stopped on this vCPU".to_owned();
-                            self.report(VcpuReport::Saved(self.id, Err(why)));
+                            self.report(VcpuReport::Saved(self.id, tag, Err(why)));
                             self.report(VcpuReport::Exited(self.id, reason));
                             State::Exited
                         }
@@ -238,9 +247,13 @@ impl Vcpu {
                         State::Paused
                     }
                     Ok(VcpuCommand::Resume) => State::Running,
-                    Ok(VcpuCommand::Save) => {
+                    Ok(VcpuCommand::Park(tag)) => {
+                        self.report(VcpuReport::Parked(self.id, tag));
+                        State::Paused
+                    }
+                    Ok(VcpuCommand::Save(tag)) => {
                         let why = "a running vCPU is not saved".to_owned();
-                        self.report(VcpuReport::Saved(self.id, Err(why)));
+                        self.report(VcpuReport::Saved(self.id, tag, Err(why)));
                         State::Running
                     }
                     Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break,

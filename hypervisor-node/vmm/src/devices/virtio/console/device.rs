@@ -234,10 +234,10 @@ impl VirtioDevice for Console {
         let DeviceState::Console(s) = state else {
             return Err("the snapshot has another device here, not the agent console".into());
         };
-        // A live queue may hold one message past the bound (the one whose push found it full)
-        // and the host's latest word.
+        // A live queue may go past the bound by the host's latest word and the port's name and
+        // opening (pushed together before the flood is noticed).
         if s.to_host.len() > BUFFER_LIMIT
-            || s.control.len() > MAX_CONTROL_QUEUED + 2
+            || s.control.len() > MAX_CONTROL_QUEUED + 3
             || s.control.iter().any(|m| m.len() < 8 || m.len() > MAX_CONTROL)
         {
             return Err("the agent console's buffers in the snapshot are out of bounds".into());
