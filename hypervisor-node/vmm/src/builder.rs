@@ -1,11 +1,12 @@
 //! The recipe that turns a [`VmmConfig`] into a running VM, one small step at a time (after
-//! Firecracker's `build_microvm_for_boot`), and the main thread's wait for it to stop.
+//! Firecracker's `build_microvm_for_boot`); the main thread then waits for it to stop in
+//! [`crate::main_loop`].
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -19,7 +20,7 @@ use crate::acpi::{MmioDevice, create_acpi_tables};
 use crate::arch::{self, StartMode};
 use crate::boot::{ScreenInfo, load_firmware, load_linux};
 use crate::config::{BootSource, VmmConfig};
-use crate::control::{ControlRequest, ControlResponse, ControlThread, VmState};
+use crate::control::{ControlThread, VmState};
 use crate::devices::bus::{Bus, lock};
 use crate::devices::framebuffer::Framebuffer;
 use crate::devices::framebuffer::event_handler::DisplayChannel;
@@ -37,10 +38,11 @@ use crate::layout::{
     COM1_IRQ, COM1_PORT, FRAMEBUFFER_START, GED_IRQ, KVM_TSS_ADDR, VIRTIO_FIRST_IRQ,
     VIRTIO_MMIO_START, VIRTIO_MMIO_STRIDE,
 };
+use crate::main_loop::{MainLoop, SnapshotParts};
 use crate::memory::{GuestRam, create_guest_ram, map_snapshot_ram};
 use crate::metrics::{DeviceMetrics, Metrics};
-use crate::snapshot::{self, LoadedSnapshot, Shape, SnapshotFiles, VcpuState, VmSnapshot};
-use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, VcpuReport, install_kick_handler};
+use crate::snapshot::{self, LoadedSnapshot, SnapshotFiles, VcpuState};
+use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, install_kick_handler};
 use crate::{ExitReason, VmmError, VmmMessage};
 
 /// The first KVM slot number of the framebuffer (RAM takes 0 and maybe 1).
@@ -88,11 +90,9 @@ pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
     let kind = kvm_kind::detect();
     info!(vm = %config.vm_id, kvm = kvm_kind::name(kind), hardware = kind.is_hardware(), "building VM");
     let step = |name: &str| debug!(step = name, us = started.elapsed().as_micros(), "recipe");
+    let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let host_cpu = match (&config.boot, &config.snapshot_dir) {
-        (BootSource::Snapshot { .. }, _) | (_, Some(_)) => {
-            let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
-            snapshot::host_cpu(&kvm, config.vcpus)?
-        }
+        (BootSource::Snapshot { .. }, _) | (_, Some(_)) => snapshot::host_cpu(&kvm, config.vcpus)?,
         _ => 0,
     };
     let restore = match &config.boot {
@@ -103,7 +103,7 @@ pub fn run(config: VmmConfig) -> Result<ExitReason, VmmError> {
         Some(dir) => Some(SnapshotFiles::create(dir)?),
         None => None,
     };
-    let mut vmm = create_vm(config, kind, started, restore.as_ref())?;
+    let mut vmm = create_vm(kvm, config, kind, started, restore.as_ref())?;
     step("create_vm");
     vmm.create_memory()?;
     step("create_memory");
@@ -140,12 +140,12 @@ enum Start<'a> {
 }
 
 fn create_vm(
+    kvm: Kvm,
     config: VmmConfig,
     kind: KvmKind,
     started: Instant,
     restore: Option<&LoadedSnapshot>,
 ) -> Result<Vmm, VmmError> {
-    let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(usize::try_from(KVM_TSS_ADDR).expect("below 4 GiB"))
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -572,214 +572,5 @@ impl Vmm {
             info!(vm = %config.vm_id, ?reason, "VM stopped");
         }
         result
-    }
-}
-
-/// What a snapshot reads: the VM, its memory, screen and devices, and where it writes.
-struct SnapshotParts<'a> {
-    files: &'a SnapshotFiles,
-    host_cpu: u64,
-    vm: &'a VmFd,
-    ram: &'a GuestRam,
-    framebuffer: Option<&'a Framebuffer>,
-    transports: &'a [Arc<Mutex<dyn SnapshotTransport>>],
-    serial: Option<&'a Mutex<SerialDevice>>,
-}
-
-/// Longest wait for the vCPUs' states.
-const SAVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The main thread's view of a running VM.
-struct MainLoop<'a> {
-    config: &'a VmmConfig,
-    kind: KvmKind,
-    started: Instant,
-    rx: &'a Receiver<VmmMessage>,
-    vcpus: &'a [VcpuHandle],
-    metrics: &'a Metrics,
-    power_button: &'a EventFd,
-    snapshot: Option<SnapshotParts<'a>>,
-    /// A vCPU that reported the guest's end while a snapshot waited for it.
-    pending_exit: std::cell::RefCell<Option<ExitReason>>,
-    /// The last snapshot's tag (its vCPUs' answers carry it).
-    snapshot_tag: std::cell::Cell<u64>,
-}
-
-impl MainLoop<'_> {
-    /// Pauses the vCPUs, writes a snapshot, and lets them run again if they were running.
-    /// Returns the bytes of memory written.
-    fn take_snapshot(&self, state: VmState) -> Result<u64, String> {
-        let Some(parts) = &self.snapshot else {
-            return Err("this VM was started without a snapshot_dir".into());
-        };
-        if parts.files.is_written() {
-            return Err("this VM's snapshot is written, and VMs may run from it: a VM writes \
-                        one snapshot (start it again for another)"
-                .into());
-        }
-        let deadline = Instant::now() + SAVE_TIMEOUT;
-        let tag = self.snapshot_tag.get() + 1;
-        self.snapshot_tag.set(tag);
-        let result = self.park_all(tag, deadline).and_then(|()| {
-            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Save(tag)));
-            self.collect_and_write(parts, tag, deadline)
-        });
-        if state == VmState::Running {
-            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Resume));
-        }
-        result
-    }
-
-    /// The next vCPU report while a snapshot is taken; the guest stopping ends the snapshot
-    /// (and the VM after it). The control thread waits for the snapshot's answer before it
-    /// reads another request, so none comes meanwhile; one that did would be told to ask again.
-    fn next_report(&self, deadline: Instant) -> Result<VcpuReport, String> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(VmmMessage::Vcpu(VcpuReport::Exited(_, reason))) => {
-                    *self.pending_exit.borrow_mut() = Some(reason);
-                    return Err("the guest stopped during the snapshot".into());
-                }
-                Ok(VmmMessage::Vcpu(report)) => return Ok(report),
-                Ok(VmmMessage::Control(_, reply)) => {
-                    let busy = "a snapshot is being taken; ask again".to_owned();
-                    let _ = reply.send(ControlResponse::Error { message: busy });
-                }
-                Err(_) => return Err("the vCPUs did not answer in time".into()),
-            }
-        }
-    }
-
-    /// Parks every vCPU and waits until each says it is out of `KVM_RUN` (answers carry this
-    /// snapshot's tag, so an older report cannot stand in for one): a vCPU is read only once
-    /// no other can still send it an interrupt.
-    fn park_all(&self, tag: u64, deadline: Instant) -> Result<(), String> {
-        self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Park(tag)));
-        let mut parked = vec![false; self.vcpus.len()];
-        while parked.contains(&false) {
-            if let VcpuReport::Parked(id, t) = self.next_report(deadline)?
-                && t == tag
-                && let Some(p) = parked.get_mut(usize::from(id))
-            {
-                *p = true;
-            }
-        }
-        Ok(())
-    }
-
-    fn collect_and_write(
-        &self,
-        parts: &SnapshotParts<'_>,
-        tag: u64,
-        deadline: Instant,
-    ) -> Result<u64, String> {
-        let mut states: Vec<Option<Result<Box<VcpuState>, String>>> =
-            (0..self.vcpus.len()).map(|_| None).collect();
-        while states.iter().any(Option::is_none) {
-            if let VcpuReport::Saved(id, t, saved) = self.next_report(deadline)?
-                && t == tag
-                && let Some(slot) = states.get_mut(usize::from(id))
-            {
-                *slot = Some(saved);
-            }
-        }
-        let mut vcpus = Vec::with_capacity(states.len());
-        for (id, s) in states.into_iter().enumerate() {
-            match s {
-                Some(Ok(s)) => vcpus.push(*s),
-                Some(Err(e)) => return Err(format!("vCPU {id}: {e}")),
-                None => return Err(format!("vCPU {id} did not answer")),
-            }
-        }
-        // The devices are held still while the state is read and the memory written: the
-        // event loop waits on their locks, so no queue moves under the copy.
-        let serial = parts.serial.map(lock);
-        let transports: Vec<_> = parts.transports.iter().map(|t| lock(t)).collect();
-        let state = VmSnapshot {
-            format: snapshot::FORMAT,
-            kvm: self.kind,
-            host_cpu: parts.host_cpu,
-            shape: Shape::of(self.config),
-            vm: snapshot::save_vm(parts.vm).map_err(|e| e.to_string())?,
-            vcpus,
-            serial: serial.as_ref().map(|s| s.state()).unwrap_or_default(),
-            virtio: transports.iter().map(|t| t.save()).collect(),
-        };
-        let written = parts
-            .files
-            .write(&state, parts.ram, parts.framebuffer.map(|f| &f.memfd))
-            .map_err(|e| e.to_string())?;
-        drop(transports);
-        drop(serial);
-        Ok(written)
-    }
-
-    /// Answers control requests and waits for a reason to stop.
-    fn wait(&self, mut state: VmState) -> ExitReason {
-        loop {
-            if let Some(reason) = self.pending_exit.borrow_mut().take() {
-                return reason;
-            }
-            let Ok(msg) = self.rx.recv() else { return ExitReason::Stopped };
-            match msg {
-                VmmMessage::Vcpu(VcpuReport::Exited(_, reason)) => return reason,
-                VmmMessage::Vcpu(
-                    VcpuReport::Paused(_) | VcpuReport::Parked(..) | VcpuReport::Saved(..),
-                ) => {}
-                VmmMessage::Control(req, reply) => {
-                    let answer = match req {
-                        ControlRequest::Status => ControlResponse::Status {
-                            vm_id: self.config.vm_id.clone(),
-                            state,
-                            kvm: self.kind,
-                            uptime_ms: u64::try_from(self.started.elapsed().as_millis())
-                                .unwrap_or(u64::MAX),
-                        },
-                        ControlRequest::Metrics => {
-                            ControlResponse::Metrics { metrics: self.metrics.to_json() }
-                        }
-                        ControlRequest::Pause => {
-                            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Pause));
-                            state = VmState::Paused;
-                            ControlResponse::Ok
-                        }
-                        ControlRequest::Resume => {
-                            self.vcpus.iter().for_each(|h| h.send(VcpuCommand::Resume));
-                            state = VmState::Running;
-                            ControlResponse::Ok
-                        }
-                        ControlRequest::PowerButton => match self.power_button.write(1) {
-                            Ok(()) => ControlResponse::Ok,
-                            Err(e) => {
-                                ControlResponse::Error { message: format!("power button: {e}") }
-                            }
-                        },
-                        ControlRequest::Snapshot => {
-                            let t0 = Instant::now();
-                            match self.take_snapshot(state) {
-                                Ok(memory_bytes) => {
-                                    let ms =
-                                        u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-                                    info!(vm = %self.config.vm_id, memory_bytes, ms, "snapshot written");
-                                    ControlResponse::Snapshot { memory_bytes, ms }
-                                }
-                                Err(message) => {
-                                    warn!(vm = %self.config.vm_id, error = %message, "snapshot failed");
-                                    ControlResponse::Error {
-                                        message: format!("snapshot: {message}"),
-                                    }
-                                }
-                            }
-                        }
-                        ControlRequest::Stop => {
-                            let _ = reply.send(ControlResponse::Ok);
-                            return ExitReason::Stopped;
-                        }
-                    };
-                    let _ = reply.send(answer);
-                }
-            }
-        }
     }
 }

@@ -23,6 +23,7 @@ mod conn;
 mod devices;
 mod event_loop;
 mod layout;
+mod main_loop;
 mod memory;
 mod metrics;
 mod seccomp;
