@@ -21,7 +21,7 @@ pub use atrium_protocol::secret::Secret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultRuntime {
-    /// `builtin` on hardware KVM when this build has it, else `qemu`.
+    /// `qemu` for now (see [`crate::kvm::default_runtime`]).
     Auto,
     Qemu,
     Builtin,

@@ -35,7 +35,7 @@ pub async fn build_manager(config: NodeConfig) -> Result<Arc<VmManager>, ServeEr
             "node.default_runtime = builtin, but this build has no builtin runtime".into(),
         ));
     }
-    let default = kvm::default_runtime(kind, config.node.default_runtime, builtin);
+    let default = kvm::default_runtime(config.node.default_runtime);
     tracing::info!(kvm = kvm::kind_name(kind), hardware = kind.is_hardware(), default_runtime = %default, "KVM detected");
     for r in &runtimes {
         tracing::info!(runtime = %r.kind(), accel = ?r.accel(), "{}", r.accel_reason());

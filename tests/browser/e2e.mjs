@@ -336,11 +336,27 @@ async function main() {
   await admin.page.getByLabel('Kind', { exact: true }).selectOption('dedicated');
   check(await cloneBox.isDisabled() && !(await cloneBox.isChecked()), 'a dedicated pool may clone');
   await admin.page.getByLabel('Kind', { exact: true }).selectOption('floating');
+  // The runtime is the node's default unless the pool names one; the builtin VMM does not clone.
+  const runtime = admin.page.getByLabel('Runtime', { exact: true });
+  check(await runtime.inputValue() === '', 'a new pool names a runtime');
+  await runtime.selectOption('builtin');
+  check(await cloneBox.isDisabled() && !(await cloneBox.isChecked()), 'a builtin-runtime pool may clone');
+  await runtime.selectOption('');
   await cloneBox.check();
   await admin.page.getByRole('button', { name: 'Create pool' }).click();
   await admin.page.getByRole('rowheader', { name: 'e2e-pool' }).waitFor({ timeout: 10000 });
   const poolRow = await admin.page.getByRole('row', { name: /e2e-pool/ }).textContent();
-  check(poolRow.includes('console (clones)'), `the pool is listed as cloning: ${poolRow}`);
+  check(poolRow.includes('console (clones)') && !poolRow.includes('runtime'), `the pool is listed as cloning on the default runtime: ${poolRow}`);
+  // Its form keeps the runtime chosen for it.
+  await admin.page.getByRole('button', { name: 'Edit pool e2e-pool' }).click();
+  await admin.page.getByLabel('Runtime', { exact: true }).selectOption('qemu');
+  await admin.page.getByRole('button', { name: 'Save' }).click();
+  await admin.page.getByRole('row', { name: /e2e-pool.*qemu runtime/ }).waitFor({ timeout: 10000 });
+  await admin.page.getByRole('button', { name: 'Edit pool e2e-pool' }).click();
+  const kept = await admin.page.getByLabel('Runtime', { exact: true }).inputValue();
+  check(kept === 'qemu', `the pool's form shows runtime ${JSON.stringify(kept)}, not qemu`);
+  check(await admin.page.getByLabel('Start desktops as clones', { exact: true }).isChecked(), 'the edited pool stopped cloning');
+  await admin.page.getByRole('button', { name: 'Cancel' }).click();
   // The pool page lists the desktops with the image version each runs and how it started.
   const desktopsTable = admin.page.getByRole('table', { name: 'Desktops' });
   await desktopsTable.locator('td', { hasText: /^[a-z0-9._-]+@\S+$/ }).first().waitFor({ timeout: 20000 });

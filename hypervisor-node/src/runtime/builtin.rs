@@ -1,9 +1,9 @@
 //! The `builtin` runtime: one `atrium-node vmm --config vmm.json` process per VM, Atrium's own
 //! rust-vmm monitor (`atrium_vmm`).
 //!
-//! - accelerator: always `/dev/kvm`; the node makes it the default only on hardware KVM
-//!   ([`crate::kvm::default_runtime`]); on PVM it still runs, with the kernel command-line
-//!   workarounds for PVM's instruction emulator, and slowly;
+//! - accelerator: always `/dev/kvm`; a pool or spec asks for it by name, or the operator makes
+//!   it the node's default ([`crate::kvm::default_runtime`]); on PVM it still runs, with the
+//!   kernel command-line workarounds for PVM's instruction emulator, and slowly;
 //! - control: `control.sock` (JSON lines: resume, power button, stop);
 //! - display: the display channel on `display.sock` ([`DisplayEndpoint::Shm`]: the framebuffer
 //!   memfd and KVM's dirty log, input injected through virtio-input);

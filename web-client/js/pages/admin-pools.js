@@ -12,6 +12,7 @@ const FIELDS = [
   ['memory_mib', 'Memory (MiB)', 'number', ''],
   ['display', 'Display', 'text', 'WIDTHxHEIGHT, e.g. 1920x1080: the largest screen; a desktop takes its viewer\'s window size up to it'],
   ['kind', 'Kind', 'select', 'Floating: fresh at each sign-in. Dedicated: the user keeps it.'],
+  ['runtime', 'Runtime', 'select', 'What runs each desktop: QEMU (the default), or Atrium\'s builtin monitor, which needs hardware KVM (VMX or SVM), boots without clones and takes no home disks'],
   ['min_ready', 'Ready spares', 'number', 'Booted desktops kept waiting'],
   ['max_size', 'Maximum size', 'number', ''],
   ['idle_timeout_secs', 'Idle timeout (s)', 'number', 'No keyboard or mouse input for this long disconnects the session (a warning a minute before)'],
@@ -20,8 +21,14 @@ const FIELDS = [
   ['clone', 'Start desktops as clones', 'checkbox', 'Floating pools (on by default): each node boots the image once as a template and starts desktops from it, without a boot. Dedicated desktops keep their own disk and always boot'],
 ];
 
+// The choices of each select, as [value, label]; '' is sent as null (the node's default).
+const CHOICES = {
+  kind: [['floating', 'Floating'], ['dedicated', 'Dedicated']],
+  runtime: [['', 'The node\'s default (QEMU unless its operator chose otherwise)'], ['qemu', 'QEMU'], ['builtin', 'Builtin (hardware KVM only)']],
+};
+
 const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
-  min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: true };
+  runtime: '', min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: true };
 
 function poolForm(initial, onSubmit, submitText) {
   const inputs = {};
@@ -30,9 +37,7 @@ function poolForm(initial, onSubmit, submitText) {
     const id = `pool-${key}`;
     let input;
     if (type === 'select') {
-      input = el('select', { id, name: key },
-        el('option', { value: 'floating', text: 'Floating' }),
-        el('option', { value: 'dedicated', text: 'Dedicated' }));
+      input = el('select', { id, name: key }, CHOICES[key].map(([value, text]) => el('option', { value, text })));
     } else if (type === 'checkbox') {
       input = el('input', { id, name: key, type });
     } else {
@@ -47,13 +52,14 @@ function poolForm(initial, onSubmit, submitText) {
     return el('div', { class: 'field' }, el('label', { for: id }, label),
       hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
   });
-  // Only floating desktops are clones: the box follows the kind.
+  // Only floating desktops on QEMU are clones: the box follows the kind and the runtime.
   const followKind = () => {
-    const floating = inputs.kind.value === 'floating';
-    inputs.clone.disabled = !floating;
-    if (!floating) inputs.clone.checked = false;
+    const clones = inputs.kind.value === 'floating' && inputs.runtime.value !== 'builtin';
+    inputs.clone.disabled = !clones;
+    if (!clones) inputs.clone.checked = false;
   };
   inputs.kind.addEventListener('change', followKind);
+  inputs.runtime.addEventListener('change', followKind);
   followKind();
   const formError = el('p', { class: 'error-text', role: 'alert' });
   const button = el('button', { type: 'submit', text: submitText });
@@ -89,6 +95,7 @@ function poolForm(initial, onSubmit, submitText) {
 function formValue(input, type) {
   if (type === 'number') return Number(input.value);
   if (type === 'checkbox') return input.checked;
+  if (type === 'select' && input.value === '') return null;
   return input.value.trim();
 }
 
@@ -108,7 +115,7 @@ export async function showPools(app) {
   const [pools, desktops] = await Promise.all([get('/api/v1/admin/pools'), get('/api/v1/admin/desktops')]);
   const rows = pools.map((p) => el('tr', {},
     el('th', { scope: 'row', text: p.name }),
-    el('td', { text: p.clone ? `${p.image} (clones)` : p.image }),
+    el('td', { text: `${p.image}${p.clone ? ' (clones)' : ''}${p.runtime ? `, ${p.runtime} runtime` : ''}` }),
     el('td', { text: p.kind }),
     el('td', { text: `${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.display}` }),
     el('td', { text: String(p.counts.ready) }),
