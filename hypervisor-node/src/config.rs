@@ -167,6 +167,9 @@ pub struct QemuSection {
     /// The user and group ids `run_as = "per-vm"` hands out, `FIRST-LAST` (no account is made:
     /// pick numbers no account on the host uses).
     pub vm_uids: String,
+    /// Where OVMF's files are (`OVMF_CODE_4M.fd` and the rest, Debian's `ovmf`): the UEFI
+    /// firmware of images booted by firmware.
+    pub ovmf_dir: PathBuf,
 }
 
 /// What `qemu.run_as` asks for.
@@ -217,6 +220,7 @@ impl Default for QemuSection {
             tcg_tb_size_mib: 64,
             run_as: "per-vm".into(),
             vm_uids: "200000-299999".into(),
+            ovmf_dir: PathBuf::from("/usr/share/OVMF"),
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atrium_node::config::NodeConfig;
+use atrium_node::image::Firmware;
 use atrium_node::image::build::{self, BuildOptions, ImageKind};
+use atrium_node::image::import::{self, ImportOptions};
 use atrium_node::run::{RunError, RunOptions};
 use atrium_node::{bench, server};
 use atrium_protocol::agent::SessionUser;
@@ -154,6 +156,36 @@ enum ImageCommand {
     Build(ImageBuildArgs),
     /// Print the content key of the image `build` would make (packages, agent, builder).
     Key(ImageKeyArgs),
+    /// Import an operator's own disk image (qcow2, raw, VMDK or VHDX), booted by UEFI or BIOS,
+    /// into the node's images as NAME@VERSION (docs/images.md).
+    Import(ImageImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImageImportArgs {
+    /// The disk image file.
+    file: PathBuf,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    version: String,
+    /// How the disk boots: `uefi` (OVMF) or `bios` (SeaBIOS).
+    #[arg(long)]
+    firmware: Firmware,
+    /// UEFI Secure Boot, with Microsoft's keys enrolled.
+    #[arg(long)]
+    secure_boot: bool,
+    /// Atrium's guest agent is installed in the image (docs/images.md).
+    #[arg(long)]
+    agent: bool,
+    /// The least memory a VM of it may have, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    min_memory: u32,
+    /// The node's images folder (`[node] images_dir`); the image goes to NAME/VERSION in it.
+    #[arg(long, default_value = "/var/lib/atrium-node/images")]
+    images_dir: PathBuf,
+    #[arg(long, default_value = "qemu-img")]
+    qemu_img: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +275,33 @@ fn image_build(a: ImageBuildArgs) -> anyhow::Result<()> {
         image.manifest.reference(),
         image.manifest.kind,
         image.manifest.content_key,
+        image.dir.display()
+    );
+    Ok(())
+}
+
+fn image_import(a: ImageImportArgs) -> anyhow::Result<()> {
+    let opts = ImportOptions {
+        out: a.images_dir.join(&a.name).join(&a.version),
+        source: a.file,
+        name: a.name,
+        version: a.version,
+        firmware: a.firmware,
+        secure_boot: a.secure_boot,
+        agent: a.agent,
+        min_memory_mib: a.min_memory,
+        qemu_img: a.qemu_img,
+    };
+    let image = import::import(&opts).context("importing the image")?;
+    let m = &image.manifest;
+    let disk = m.disk.as_ref().map_or(0, |d| d.size_mib);
+    println!(
+        "imported {} ({} firmware{}, {} MiB disk, {}) in {}",
+        m.reference(),
+        opts.firmware.as_str(),
+        if opts.secure_boot { " with Secure Boot" } else { "" },
+        disk,
+        if opts.agent { "with Atrium's agent" } else { "no agent" },
         image.dir.display()
     );
     Ok(())
@@ -379,6 +438,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(ImageCommand::Build(a)) => image_build(a),
+        Command::Image(ImageCommand::Import(a)) => image_import(a),
         Command::Vmm(a) => vmm_cli::vmm(&a),
         Command::Bench(BenchCommand::Vmm(b)) => vmm_cli::bench(&b),
         Command::Bench(BenchCommand::Qemu(a)) => bench_qemu(a),

@@ -35,8 +35,14 @@ apt_wanted() {
     # The virus scanner uploads pass (its signatures: the tests write their own).
     [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
     command -v node >/dev/null || missing+=(nodejs npm)
+    # The UEFI disk the tests import as an operator's own image (scripts/lib/uefi-disk.sh).
+    command -v mkfs.vfat >/dev/null || [ -x /sbin/mkfs.vfat ] || missing+=(dosfstools)
+    command -v mcopy >/dev/null || missing+=(mtools)
+    command -v sfdisk >/dev/null || [ -x /sbin/sfdisk ] || missing+=(fdisk)
   fi
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  # UEFI firmware for imported images booted by UEFI.
+  [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
   command -v cpio >/dev/null || missing+=(cpio)
   command -v xz >/dev/null || missing+=(xz-utils)
   command -v zstd >/dev/null || missing+=(zstd)

@@ -33,6 +33,33 @@ pub fn desktop_image() -> anyhow::Result<PathBuf> {
     image_folder("desktop", "ATRIUM_DESKTOP_IMAGE")
 }
 
+/// The UEFI disk the tests import as an operator's own image: `ATRIUM_UEFI_DISK`, else
+/// `~/.cache/atrium/images/uefi-disk.raw` (made by `scripts/lib/uefi-disk.sh`, which
+/// `scripts/lib/images.sh` runs).
+pub fn uefi_disk() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATRIUM_UEFI_DISK") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = cache_dir().join("images/uefi-disk.raw");
+    ensure!(
+        p.is_file(),
+        "the UEFI test disk is missing ({}): make it with scripts/lib/images.sh (scripts/test.sh \
+         does), or set ATRIUM_UEFI_DISK",
+        p.display()
+    );
+    Ok(p)
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("ATRIUM_CACHE").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/atrium")
+        },
+        PathBuf::from,
+    )
+}
+
 fn image_folder(kind: &str, env: &str) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
@@ -41,14 +68,7 @@ fn image_folder(kind: &str, env: &str) -> anyhow::Result<PathBuf> {
         }
         bail!("{env}={} has no manifest.json", p.display());
     }
-    let cache = std::env::var_os("ATRIUM_CACHE").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/atrium")
-        },
-        PathBuf::from,
-    );
-    let p = cache.join("images").join(kind);
+    let p = cache_dir().join("images").join(kind);
     if p.join("manifest.json").is_file() {
         return Ok(p);
     }

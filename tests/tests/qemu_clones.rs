@@ -13,7 +13,9 @@ use anyhow::{Context, ensure};
 use atrium_node::agent_link::AgentLink;
 use atrium_node::image::Image;
 use atrium_node::runtime::qemu::QemuRuntime;
-use atrium_node::runtime::{GuestMemory, LaunchConfig, Runtime, SealedMemory, VmHandle};
+use atrium_node::runtime::{
+    GuestMemory, LaunchBoot, LaunchConfig, Runtime, SealedMemory, VmHandle,
+};
 use atrium_protocol::agent::HostMessage;
 use atrium_protocol::node::DisplaySize;
 use atrium_tests::node::console_image;
@@ -24,13 +26,10 @@ use atrium_tests::{Group, TempDir, skip};
 const READY: Duration = Duration::from_secs(120);
 
 fn config(image: &Image, dir: &std::path::Path, id: &str, memory: GuestMemory) -> LaunchConfig {
-    let m = &image.manifest;
     LaunchConfig {
         id: id.into(),
         dir: dir.join(id),
-        kernel: image.file(&m.boot.kernel),
-        initrd: m.boot.initrd.as_ref().map(|i| image.file(i)),
-        cmdline: m.boot.cmdline.clone(),
+        boot: LaunchBoot::of(image),
         disk: None,
         home: None,
         vcpus: 1,

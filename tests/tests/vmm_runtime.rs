@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use atrium_node::runtime::builtin::BuiltinRuntime;
-use atrium_node::runtime::{Adoptable, DiskConfig, LaunchConfig, Runtime};
+use atrium_node::runtime::{Adoptable, DiskConfig, LaunchBoot, LaunchConfig, Runtime};
 use atrium_protocol::node::{DisplayEndpoint, DisplaySize};
 use atrium_tests::{Group, TempDir, bin_path, skip};
 
@@ -35,9 +35,11 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
         .launch(LaunchConfig {
             id: "vm-00000000000000aa".into(),
             dir: dir.clone(),
-            kernel,
-            initrd: None,
-            cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr panic=-1".into(),
+            boot: LaunchBoot::Kernel {
+                kernel,
+                initrd: None,
+                cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr panic=-1".into(),
+            },
             disk: Some(DiskConfig {
                 base: base.clone(),
                 base_format: atrium_node::image::DiskFormat::Raw,

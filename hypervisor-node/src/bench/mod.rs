@@ -18,7 +18,7 @@ use crate::config::QemuSection;
 use crate::image::Image;
 use crate::run::{RunError, RunOptions, run_once};
 use crate::runtime::qemu::{Paths, QemuRuntime};
-use crate::runtime::{DiskConfig, LaunchConfig, Runtime};
+use crate::runtime::{DiskConfig, LaunchBoot, LaunchConfig, Runtime};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -92,9 +92,7 @@ async fn bare_boot(
     let cfg = LaunchConfig {
         id: "vm-bare".into(),
         dir: dir.to_path_buf(),
-        kernel: image.file(&m.boot.kernel),
-        initrd: m.boot.initrd.as_ref().map(|i| image.file(i)),
-        cmdline: m.boot.cmdline.clone(),
+        boot: LaunchBoot::of(image),
         disk,
         home: None,
         vcpus: opts.vcpus,

@@ -20,7 +20,7 @@ use super::cpio::{CpioWriter, Meta};
 use super::debs::{self, DebError, Package};
 use super::modules::{ModuleError, ModuleTree};
 use super::{
-    AgentRecord, BootSpec, DiskFormat, DiskSpec, FileRecord, HomeDiskSpec, Image, ImageError,
+    AgentRecord, Boot, BootSpec, DiskFormat, DiskSpec, FileRecord, HomeDiskSpec, Image, ImageError,
     MANIFEST_FILE, MANIFEST_FORMAT, Manifest, PackageRecord, desktop, elf,
 };
 
@@ -380,18 +380,19 @@ fn build_in(
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         builder: format!("atrium-node {}, builder {BUILDER_VERSION}", env!("CARGO_PKG_VERSION")),
         content_key: plan.key.clone(),
-        boot: BootSpec {
+        boot: Boot::Kernel(BootSpec {
             kernel: "vmlinuz".into(),
             initrd: Some("initrd.img".into()),
             cmdline: cmdline.into(),
-        },
+        }),
         disk: Some(disk),
         home_disk,
         min_memory_mib,
-        agent: AgentRecord {
+        agent: Some(AgentRecord {
             sha256: plan.agent_sha256.clone(),
             linking: if plan.agent_static { "static" } else { "dynamic" }.into(),
-        },
+        }),
+        imported: None,
         modules: order.iter().map(|(n, _)| n.clone()).collect(),
         packages: {
             // busybox-static is in both the initramfs and the desktop's root: listed once.

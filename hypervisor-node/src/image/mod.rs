@@ -2,7 +2,8 @@
 //! builder that makes them from Debian packages ([`build`]).
 //!
 //! An image is a directory with `manifest.json` beside the files it names: a kernel, an
-//! initramfs, optionally a base disk. Images are versioned; a node keeps several under its
+//! initramfs, optionally a base disk (the images Atrium builds); or a disk that the VM's
+//! firmware boots (an operator's own image, [`import`]). Images are versioned; a node keeps several under its
 //! `images_dir` (as `images_dir/<any>/manifest.json` or `images_dir/<any>/<any>/manifest.json`),
 //! and a VM spec names `NAME` (the newest version) or `NAME@VERSION`.
 
@@ -11,6 +12,7 @@ pub mod cpio;
 pub mod debs;
 pub mod desktop;
 pub mod elf;
+pub mod import;
 pub mod modules;
 pub mod resolve;
 
@@ -63,13 +65,77 @@ pub struct HomeDiskSpec {
     pub size_mib: u64,
 }
 
-/// How the image boots: a kernel and initramfs loaded directly (no boot loader).
+/// How the image boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Boot {
+    /// A Linux kernel and initramfs loaded directly, no boot loader (the images Atrium builds).
+    Kernel(BootSpec),
+    /// The VM's firmware boots the image's disk, as a PC does (imported images).
+    Firmware(FirmwareSpec),
+}
+
+/// A kernel and initramfs loaded directly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootSpec {
     pub kernel: String,
     pub initrd: Option<String>,
     pub cmdline: String,
+}
+
+/// The firmware a disk is booted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    /// UEFI: OVMF (Debian's `ovmf`).
+    Uefi,
+    /// A PC BIOS: SeaBIOS (QEMU's own).
+    Bios,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uefi => "uefi",
+            Self::Bios => "bios",
+        }
+    }
+}
+
+impl std::str::FromStr for Firmware {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uefi" => Ok(Self::Uefi),
+            "bios" => Ok(Self::Bios),
+            other => Err(format!("unknown firmware {other:?} (expected uefi or bios)")),
+        }
+    }
+}
+
+/// A disk booted by firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSpec {
+    pub firmware: Firmware,
+    /// UEFI Secure Boot, with Microsoft's keys enrolled (what Windows and signed Linux boot
+    /// loaders expect).
+    #[serde(default)]
+    pub secure_boot: bool,
+}
+
+/// Where an imported image came from, and what it has inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// The imported file's name (no folder), its format and its SHA-256.
+    pub source_name: String,
+    pub source_format: String,
+    pub source_sha256: String,
+    /// The operator says Atrium's guest agent is installed in it (readiness, sign-in,
+    /// clipboard through it); else the desktop is ready when its screen has settled.
+    pub agent: bool,
 }
 
 /// The image's base disk. Each VM gets a copy-on-write layer over it; the base is never written.
@@ -121,13 +187,18 @@ pub struct Manifest {
     pub builder: String,
     /// Hash of everything the image was made from (packages, agent, builder).
     pub content_key: String,
-    pub boot: BootSpec,
+    pub boot: Boot,
     pub disk: Option<DiskSpec>,
     /// Images whose users keep a home disk of their own (absent in older manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home_disk: Option<HomeDiskSpec>,
     pub min_memory_mib: u32,
-    pub agent: AgentRecord,
+    /// The agent built into the image (absent in imported images: see `imported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRecord>,
+    /// Set for an operator's own image, brought in by `atrium-node image import`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportRecord>,
     /// Kernel modules in the initramfs, in load order.
     pub modules: Vec<String>,
     pub packages: Vec<PackageRecord>,
@@ -147,16 +218,37 @@ impl Manifest {
             validate_name("files", &f.path, 128).map_err(|e| e.to_string())?;
         }
         let listed = |file: &str| self.files.iter().any(|f| f.path == file);
-        let mut needed = vec![self.boot.kernel.as_str()];
-        needed.extend(self.boot.initrd.as_deref());
-        needed.extend(self.disk.as_ref().map(|d| d.file.as_str()));
+        let mut needed: Vec<&str> = self.disk.iter().map(|d| d.file.as_str()).collect();
+        match &self.boot {
+            Boot::Kernel(k) => {
+                needed.push(&k.kernel);
+                needed.extend(k.initrd.as_deref());
+                if k.cmdline.contains('\n') {
+                    return Err("boot.cmdline has a newline".into());
+                }
+                if self.agent.is_none() {
+                    return Err("an image booted from its kernel has no agent record".into());
+                }
+            }
+            Boot::Firmware(f) => {
+                if self.disk.as_ref().is_none_or(|d| d.purpose != "root") {
+                    return Err("an image booted by firmware needs a root disk".into());
+                }
+                if f.secure_boot && f.firmware != Firmware::Uefi {
+                    return Err("secure_boot needs uefi firmware".into());
+                }
+                if self.imported.is_none() {
+                    return Err("an image booted by firmware has no import record".into());
+                }
+                if self.home_disk.is_some() {
+                    return Err("an imported image has no home disk of Atrium's".into());
+                }
+            }
+        }
         for file in needed {
             if !listed(file) {
                 return Err(format!("{file:?} is used but not listed in files"));
             }
-        }
-        if self.boot.cmdline.contains('\n') {
-            return Err("boot.cmdline has a newline".into());
         }
         if self.home_disk.as_ref().is_some_and(|h| h.size_mib == 0) {
             return Err("home_disk.size_mib is 0".into());
@@ -167,6 +259,19 @@ impl Manifest {
     pub fn reference(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+
+    /// The image's guest runs Atrium's agent (built in, or installed by the operator).
+    pub fn has_agent(&self) -> bool {
+        self.agent.is_some() || self.imported.as_ref().is_some_and(|i| i.agent)
+    }
+
+    /// Booted by firmware (an imported image).
+    pub fn firmware(&self) -> Option<FirmwareSpec> {
+        match self.boot {
+            Boot::Firmware(f) => Some(f),
+            Boot::Kernel(_) => None,
+        }
+    }
 }
 
 /// An image on this node.
@@ -174,6 +279,8 @@ impl Manifest {
 pub struct Image {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Each file's size and modification time when it was loaded (and, verified, hashed).
+    stamps: Vec<(PathBuf, u64, Option<SystemTime>)>,
 }
 
 impl Image {
@@ -188,10 +295,12 @@ impl Image {
         manifest
             .validate()
             .map_err(|message| ImageError::Manifest { path: path.clone(), message })?;
+        let mut stamps = Vec::with_capacity(manifest.files.len());
         for f in &manifest.files {
             let fp = dir.join(&f.path);
             let meta = std::fs::metadata(&fp)
                 .map_err(|source| ImageError::Io { path: fp.clone(), source })?;
+            stamps.push((fp.clone(), meta.len(), meta.modified().ok()));
             if meta.len() != f.size {
                 return Err(ImageError::FileMismatch {
                     path: dir.into(),
@@ -217,7 +326,30 @@ impl Image {
         }
         let dir =
             dir.canonicalize().map_err(|source| ImageError::Io { path: dir.into(), source })?;
-        Ok(Self { dir, manifest })
+        Ok(Self { dir, manifest, stamps })
+    }
+
+    /// Checks that no file of the image changed since it was loaded (its size and modification
+    /// time): a file written since is not what was hashed, and the image is not booted.
+    pub fn unchanged(&self) -> Result<(), ImageError> {
+        for (path, len, mtime) in &self.stamps {
+            let meta = std::fs::metadata(path)
+                .map_err(|source| ImageError::Io { path: path.clone(), source })?;
+            if meta.len() != *len || meta.modified().ok() != *mtime {
+                return Err(ImageError::FileMismatch {
+                    path: self.dir.clone(),
+                    file: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    expected: "the file that was verified".into(),
+                    actual: "a file changed since (its size or time); it is verified again before \
+                             its next use"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -252,8 +384,8 @@ impl ImageCatalog {
         &self.root
     }
 
-    /// Rescans `images_dir`; new or changed images are loaded and verified (hashes checked
-    /// once). Returns the images and the folders that were refused.
+    /// Rescans `images_dir`; new or changed images (their manifest or any file) are loaded and
+    /// verified (hashes checked once per change). Returns the images and the folders that were refused.
     pub fn refresh(&self) -> (Vec<Arc<Image>>, Vec<ImageError>) {
         let mut dirs = Vec::new();
         for level1 in read_dirs(&self.root) {
@@ -271,7 +403,8 @@ impl ImageCatalog {
         for dir in dirs {
             let mtime = std::fs::metadata(dir.join(MANIFEST_FILE)).and_then(|m| m.modified()).ok();
             match loaded.get(&dir) {
-                Some((t, img)) if *t == mtime => {
+                // The same manifest, its files untouched: no need to hash them again.
+                Some((t, img)) if *t == mtime && img.unchanged().is_ok() => {
                     next.insert(dir, (mtime, Arc::clone(img)));
                 }
                 _ => match Image::load(&dir, true) {
@@ -359,15 +492,16 @@ pub(crate) mod tests {
             created_unix: created,
             builder: "test".into(),
             content_key: "0".into(),
-            boot: BootSpec {
+            boot: Boot::Kernel(BootSpec {
                 kernel: "vmlinuz".into(),
                 initrd: Some("initrd.img".into()),
                 cmdline: "console=ttyS0".into(),
-            },
+            }),
             disk: None,
             home_disk: None,
             min_memory_mib: 128,
-            agent: AgentRecord { sha256: "0".into(), linking: "static".into() },
+            agent: Some(AgentRecord { sha256: "0".into(), linking: "static".into() }),
+            imported: None,
             modules: vec![],
             packages: vec![],
             files,
@@ -421,8 +555,34 @@ pub(crate) mod tests {
         m.files[0].path = "../etc/passwd".into();
         assert!(m.validate().is_err());
         let mut m = good.manifest.clone();
-        m.boot.kernel = "bzImage".into();
+        if let Boot::Kernel(k) = &mut m.boot {
+            k.kernel = "bzImage".into();
+        }
         assert!(m.validate().unwrap_err().contains("not listed"));
+        let mut m = good.manifest.clone();
+        m.agent = None;
+        assert!(m.validate().unwrap_err().contains("no agent record"));
+        // A firmware boot needs its root disk and where it came from.
+        let mut m = good.manifest.clone();
+        m.boot = Boot::Firmware(FirmwareSpec { firmware: Firmware::Bios, secure_boot: false });
+        assert!(m.validate().unwrap_err().contains("root disk"));
+        m.disk = Some(DiskSpec {
+            file: "vmlinuz".into(),
+            format: DiskFormat::Qcow2,
+            size_mib: 1,
+            purpose: "root".into(),
+        });
+        assert!(m.validate().unwrap_err().contains("import record"));
+        m.imported = Some(ImportRecord {
+            source_name: "disk.vmdk".into(),
+            source_format: "vmdk".into(),
+            source_sha256: "0".into(),
+            agent: false,
+        });
+        assert!(m.validate().is_ok());
+        assert!(!m.has_agent() || m.agent.is_some());
+        m.boot = Boot::Firmware(FirmwareSpec { firmware: Firmware::Bios, secure_boot: true });
+        assert!(m.validate().unwrap_err().contains("secure_boot"));
         let mut m = good.manifest.clone();
         m.format = 99;
         assert!(m.validate().is_err());

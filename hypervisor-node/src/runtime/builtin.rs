@@ -27,8 +27,8 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::{
-    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, LaunchConfig, Runtime, RuntimeError,
-    VmHandle,
+    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, LaunchBoot, LaunchConfig, Runtime,
+    RuntimeError, VmHandle,
 };
 use crate::image::DiskFormat;
 
@@ -101,7 +101,14 @@ impl BuiltinRuntime {
     pub fn vmm_config(&self, cfg: &LaunchConfig, paths: &Paths) -> Result<VmmConfig, RuntimeError> {
         let vcpus = u8::try_from(cfg.vcpus)
             .map_err(|_| RuntimeError::Start(format!("{} vCPUs is too many", cfg.vcpus)))?;
-        let mut cmdline = cfg.cmdline.clone();
+        let LaunchBoot::Kernel { kernel, initrd, cmdline } = &cfg.boot else {
+            return Err(RuntimeError::Start(
+                "the builtin runtime boots kernels only; images booted by firmware (imported \
+                 images) run on the qemu runtime"
+                    .into(),
+            ));
+        };
+        let mut cmdline = cmdline.clone();
         if self.kvm == KvmKind::Pvm {
             cmdline = format!("{cmdline} {PVM_CMDLINE}");
         }
@@ -127,11 +134,7 @@ impl BuiltinRuntime {
         };
         let config = VmmConfig {
             vm_id: cfg.id.clone(),
-            boot: BootSource::Kernel {
-                path: cfg.kernel.clone(),
-                initramfs: cfg.initrd.clone(),
-                cmdline,
-            },
+            boot: BootSource::Kernel { path: kernel.clone(), initramfs: initrd.clone(), cmdline },
             vcpus,
             memory_mib: cfg.memory_mib,
             framebuffer: Some(FramebufferConfig {
@@ -493,9 +496,11 @@ mod tests {
         LaunchConfig {
             id: "vm-0123456789abcdef".into(),
             dir: dir.to_path_buf(),
-            kernel: dir.join("vmlinuz"),
-            initrd: Some(dir.join("initrd.img")),
-            cmdline: "console=ttyS0".into(),
+            boot: LaunchBoot::Kernel {
+                kernel: dir.join("vmlinuz"),
+                initrd: Some(dir.join("initrd.img")),
+                cmdline: "console=ttyS0".into(),
+            },
             disk,
             home: None,
             vcpus: 2,

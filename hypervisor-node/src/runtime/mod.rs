@@ -1,8 +1,8 @@
 //! VM runtimes behind one trait: `qemu` ([`qemu`]: one `qemu-system-x86_64` per VM) and, later,
 //! `builtin` (Atrium's rust-vmm monitor, one `atrium-node vmm` process per VM).
 //!
-//! The trait is runtime-neutral: a [`LaunchConfig`] says what to boot (kernel, initramfs, disk,
-//! size, display) and where the VM's folder is; a [`VmHandle`] gives the VM's channels
+//! The trait is runtime-neutral: a [`LaunchConfig`] says what to boot (kernel and initramfs, or
+//! firmware; disk, size, display) and where the VM's folder is; a [`VmHandle`] gives the VM's channels
 //! ([`Endpoints`]: display, guest agent, serial console, all unix sockets the node connects to)
 //! and its controls (resume, screenshot, graceful shutdown, kill, exit). The node does the rest
 //! (agent protocol, console log, states, cgroups, API) the same way for every runtime.
@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::cgroup::{CgroupError, VmCgroup};
-use crate::image::DiskFormat;
+use crate::image::{Boot, DiskFormat, FirmwareSpec, Image};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -75,6 +75,29 @@ pub struct HomeDiskConfig {
     pub size_mib: u64,
 }
 
+/// How a VM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchBoot {
+    /// A Linux kernel loaded directly, with its initramfs and command line.
+    Kernel { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    /// The firmware boots the VM's disk.
+    Firmware(FirmwareSpec),
+}
+
+impl LaunchBoot {
+    /// How `image` boots, its files in its folder.
+    pub fn of(image: &Image) -> Self {
+        match &image.manifest.boot {
+            Boot::Kernel(k) => Self::Kernel {
+                kernel: image.file(&k.kernel),
+                initrd: k.initrd.as_ref().map(|i| image.file(i)),
+                cmdline: k.cmdline.clone(),
+            },
+            Boot::Firmware(f) => Self::Firmware(*f),
+        }
+    }
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
@@ -82,9 +105,7 @@ pub struct LaunchConfig {
     pub id: String,
     /// The VM's folder (owned by the node; the runtime puts its sockets here).
     pub dir: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
+    pub boot: LaunchBoot,
     pub disk: Option<DiskConfig>,
     /// The user's home disk, attached after `disk` (dedicated desktops of images with one).
     pub home: Option<HomeDiskConfig>,

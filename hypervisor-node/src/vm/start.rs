@@ -17,7 +17,7 @@ use crate::agent_link::AgentLink;
 use crate::cgroup::{Limits, VmCgroup};
 use crate::console::{self, ConsoleLog};
 use crate::image::Image;
-use crate::runtime::{LaunchConfig, Runtime, RuntimeError, VmHandle};
+use crate::runtime::{LaunchBoot, LaunchConfig, Runtime, RuntimeError, VmHandle};
 
 impl VmManager {
     /// `POST /api/v1/vms`: checks the spec, finds the image, and starts the VM.
@@ -45,6 +45,17 @@ impl VmManager {
         image: Arc<Image>,
     ) -> Result<Arc<Vm>, VmError> {
         spec.validate()?;
+        // What was hashed is what boots: a file written since the image was loaded is refused.
+        image
+            .unchanged()
+            .map_err(|e| VmError::Conflict(format!("image {}: {e}", image.manifest.reference())))?;
+        if !image.manifest.has_agent() {
+            return Err(VmError::Conflict(format!(
+                "image {} has no guest agent, and this node starts only desktops whose agent \
+                 says when they are ready",
+                image.manifest.reference()
+            )));
+        }
         let kind = spec.runtime.unwrap_or(self.default_runtime);
         let runtime = self.runtime(kind)?;
         if spec.memory_mib < image.manifest.min_memory_mib {
@@ -116,13 +127,10 @@ impl VmManager {
         create_dir(&vm.dir)?;
         let cgroup = self.create_cgroup(vm)?;
         let (disk, home) = self.attach_disks(vm)?;
-        let m = &vm.image.manifest;
         let mut cfg = LaunchConfig {
             id: vm.id.clone(),
             dir: vm.dir.clone(),
-            kernel: vm.image.file(&m.boot.kernel),
-            initrd: m.boot.initrd.as_ref().map(|i| vm.image.file(i)),
-            cmdline: m.boot.cmdline.clone(),
+            boot: LaunchBoot::of(&vm.image),
             disk,
             home,
             vcpus: vm.spec.vcpus,
@@ -133,9 +141,13 @@ impl VmManager {
             memory: Default::default(),
         };
         // A clone, when its template is made (else a boot while it is being made); the qemu
-        // runtime's alone.
+        // runtime's alone, of images booted from their kernel (an imported image's firmware
+        // keeps state of its own, its variables in flash, that templates do not carry yet).
         let boot = cfg.clone();
-        let template = if vm.spec.clone && runtime.kind() == RuntimeKind::Qemu {
+        let template = if vm.spec.clone
+            && runtime.kind() == RuntimeKind::Qemu
+            && vm.image.manifest.firmware().is_none()
+        {
             self.template_for(vm, Arc::clone(&runtime))
         } else {
             None

@@ -29,7 +29,9 @@ use atrium_protocol::node::{DisplaySize, RuntimeKind};
 use super::{Vm, VmError, VmManager, lock, now_ms};
 use crate::agent_link::AgentLink;
 use crate::image::{DiskFormat, Image};
-use crate::runtime::{DiskConfig, GuestMemory, LaunchConfig, Runtime, SealedMemory, VmHandle};
+use crate::runtime::{
+    DiskConfig, GuestMemory, LaunchBoot, LaunchConfig, Runtime, SealedMemory, VmHandle,
+};
 
 /// How long after a failed template its kind is not tried again (VMs boot meanwhile).
 const RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -377,9 +379,7 @@ impl VmManager {
         let cfg = LaunchConfig {
             id: id.clone(),
             dir: dir.clone(),
-            kernel: image.file(&m.boot.kernel),
-            initrd: m.boot.initrd.as_ref().map(|i| image.file(i)),
-            cmdline: m.boot.cmdline.clone(),
+            boot: LaunchBoot::of(image),
             disk: disk.clone(),
             home: None,
             vcpus: kind.vcpus,

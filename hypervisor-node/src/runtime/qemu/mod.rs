@@ -40,11 +40,12 @@ use tokio::sync::{Mutex, watch};
 use self::clones::{give_layer, prepare_memory};
 use super::qmp::Qmp;
 use super::{
-    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, GuestMemory, LaunchConfig, Runtime,
-    RuntimeError, VmHandle,
+    Adoptable, BoxFuture, Endpoints, ExitInfo, Foreign, Frame, GuestMemory, LaunchBoot,
+    LaunchConfig, Runtime, RuntimeError, VmHandle,
 };
 use crate::accounts::{RunAs, UidLease, UidPool, lookup_user};
 use crate::config::{Pointer, QemuSection};
+use crate::image::{Firmware, FirmwareSpec};
 use crate::kvm;
 
 /// The id of a template's or a clone's memory backend.
@@ -56,6 +57,8 @@ pub struct Paths {
     pub vnc: PathBuf,
     pub agent: PathBuf,
     pub serial: PathBuf,
+    /// The VM's own UEFI variables (a copy of OVMF's template), when its firmware is UEFI.
+    pub efivars: PathBuf,
 }
 
 impl Paths {
@@ -74,6 +77,7 @@ impl Paths {
             vnc: dir.join("vnc.sock"),
             agent: dir.join("agent.sock"),
             serial: dir.join("serial.sock"),
+            efivars: dir.join("efivars.fd"),
         }
     }
 }
@@ -193,20 +197,62 @@ impl QemuRuntime {
     }
 
     /// QEMU's command line for a VM that drops to `user`.
+    /// OVMF's code and the template of its variables (Debian's `ovmf`, 4 MiB flash): with
+    /// Secure Boot, the build that enforces it and variables with Microsoft's keys enrolled.
+    pub fn ovmf(&self, secure_boot: bool) -> (PathBuf, PathBuf) {
+        let dir = &self.cfg.ovmf_dir;
+        if secure_boot {
+            (dir.join("OVMF_CODE_4M.secboot.fd"), dir.join("OVMF_VARS_4M.ms.fd"))
+        } else {
+            (dir.join("OVMF_CODE_4M.fd"), dir.join("OVMF_VARS_4M.fd"))
+        }
+    }
+
+    /// A UEFI VM's own variables, copied from OVMF's template (a VM's boot entries and Secure
+    /// Boot state are its own, and go with it).
+    fn prepare_firmware(&self, cfg: &LaunchConfig, paths: &Paths) -> Result<(), RuntimeError> {
+        let LaunchBoot::Firmware(f) = &cfg.boot else { return Ok(()) };
+        if f.firmware != Firmware::Uefi {
+            return Ok(());
+        }
+        let (code, vars) = self.ovmf(f.secure_boot);
+        if !code.is_file() {
+            return Err(RuntimeError::Start(format!(
+                "UEFI firmware {} is missing (install Debian's ovmf, or set [qemu] ovmf_dir)",
+                code.display()
+            )));
+        }
+        std::fs::copy(&vars, &paths.efivars).map_err(|e| {
+            RuntimeError::Start(format!("copying UEFI variables {}: {e}", vars.display()))
+        })?;
+        Ok(())
+    }
+
     pub fn args(&self, cfg: &LaunchConfig, paths: &Paths, user: Option<&RunAs>) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: String| a.push(s.into());
         push("-name".into());
         push(format!("guest=atrium-{},debug-threads=on", cfg.id));
-        for s in ["-nodefaults", "-no-user-config", "-no-reboot", "-S", "-display", "none"] {
+        let firmware = match &cfg.boot {
+            LaunchBoot::Firmware(f) => Some(*f),
+            LaunchBoot::Kernel { .. } => None,
+        };
+        for s in ["-nodefaults", "-no-user-config", "-S", "-display", "none"] {
             push(s.into());
         }
+        // A guest booted from its kernel never reboots (it powers off); a disk booted by
+        // firmware restarts as a PC does (an OS's updates, a user's restart).
+        if firmware.is_none() {
+            push("-no-reboot".into());
+        }
         push("-machine".into());
-        // A template's or a clone's RAM is a memory backend of its own (template.rs).
+        // A template's or a clone's RAM is a memory backend of its own (template.rs). Secure
+        // Boot keeps its variables in flash that only SMM code may write.
+        let smm = if firmware.is_some_and(|f| f.secure_boot) { ",smm=on" } else { "" };
         push(if matches!(cfg.memory, GuestMemory::Private) {
-            "q35".into()
+            format!("q35{smm}")
         } else {
-            format!("q35,memory-backend={MEMORY_BACKEND}")
+            format!("q35{smm},memory-backend={MEMORY_BACKEND}")
         });
         match self.accel {
             Accel::Kvm => {
@@ -301,7 +347,9 @@ impl QemuRuntime {
                 d.layer.display()
             ));
             push("-device".into());
-            push("virtio-blk-pci,drive=disk0,serial=atrium-disk0".into());
+            // The firmware boots this disk first.
+            let boot = if firmware.is_some() { ",bootindex=0" } else { "" };
+            push(format!("virtio-blk-pci,drive=disk0,serial=atrium-disk0{boot}"));
         }
         if let Some(h) = &cfg.home {
             // The guest finds its home disk by this serial (desktop image, `sysinit`).
@@ -315,14 +363,36 @@ impl QemuRuntime {
         }
         push("-nic".into());
         push("none".into());
-        push("-kernel".into());
-        a.push(cfg.kernel.clone().into_os_string());
-        if let Some(i) = &cfg.initrd {
-            a.push("-initrd".into());
-            a.push(i.clone().into_os_string());
+        match &cfg.boot {
+            LaunchBoot::Kernel { kernel, initrd, cmdline } => {
+                a.push("-kernel".into());
+                a.push(kernel.clone().into_os_string());
+                if let Some(i) = initrd {
+                    a.push("-initrd".into());
+                    a.push(i.clone().into_os_string());
+                }
+                a.push("-append".into());
+                a.push(cmdline.clone().into());
+            }
+            // SeaBIOS is QEMU's own: nothing to add.
+            LaunchBoot::Firmware(FirmwareSpec { firmware: Firmware::Bios, .. }) => {}
+            LaunchBoot::Firmware(f @ FirmwareSpec { firmware: Firmware::Uefi, .. }) => {
+                let (code, _) = self.ovmf(f.secure_boot);
+                a.push("-drive".into());
+                let mut code_drive =
+                    OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+                code_drive.push(code);
+                a.push(code_drive);
+                a.push("-drive".into());
+                let mut vars_drive = OsString::from("if=pflash,format=raw,unit=1,file=");
+                vars_drive.push(&paths.efivars);
+                a.push(vars_drive);
+                if f.secure_boot {
+                    a.push("-global".into());
+                    a.push("driver=cfi.pflash01,property=secure,value=on".into());
+                }
+            }
         }
-        a.push("-append".into());
-        a.push(cfg.cmdline.clone().into());
         // QEMU's own seccomp filter: no spawning, no privilege changes. With `-runas` QEMU drops
         // to an unprivileged user itself (after opening its files), which needs the set*id calls
         // once; an unprivileged process cannot raise its privileges again anyway.
@@ -471,6 +541,7 @@ impl QemuRuntime {
         }
         prepare_memory(&cfg, user.is_some() && uid_lease.is_none())?;
         give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
+        self.prepare_firmware(&cfg, &paths)?;
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
         // A VM outlives the node (a restarted node takes it back); a template ends with the
@@ -800,9 +871,11 @@ mod tests {
         LaunchConfig {
             id: "vm-0123456789abcdef".into(),
             dir: PathBuf::from("/state/vms/vm-0123456789abcdef"),
-            kernel: PathBuf::from("/img/vmlinuz"),
-            initrd: Some(PathBuf::from("/img/initrd.img")),
-            cmdline: "console=ttyS0 quiet".into(),
+            boot: LaunchBoot::Kernel {
+                kernel: PathBuf::from("/img/vmlinuz"),
+                initrd: Some(PathBuf::from("/img/initrd.img")),
+                cmdline: "console=ttyS0 quiet".into(),
+            },
             disk: Some(DiskConfig {
                 base: "/img/home.raw".into(),
                 base_format: DiskFormat::Raw,
@@ -938,6 +1011,46 @@ mod tests {
         assert_eq!(after(&a, "-drive").len(), 1, "no home disk was asked for");
         assert!(after(&a, "-audiodev").is_empty(), "no sound was asked for");
         assert!(!devices.iter().any(|d| d.contains("hda")), "{devices:?}");
+        assert!(a.contains(&"-no-reboot".to_owned()), "a kernel-booted guest powers off");
+    }
+
+    #[test]
+    fn a_disk_booted_by_firmware_gets_its_firmware_and_no_kernel() {
+        let cfg = QemuSection { ovmf_dir: "/fw".into(), ..QemuSection::default() };
+        let rt = QemuRuntime::new(cfg, KvmKind::Pvm);
+        let args = |firmware, secure_boot| -> Vec<String> {
+            let mut cfg = launch_config();
+            cfg.boot = LaunchBoot::Firmware(FirmwareSpec { firmware, secure_boot });
+            rt.args(&cfg, &Paths::in_dir(&cfg.dir), None)
+                .into_iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        let uefi = args(Firmware::Uefi, false);
+        assert!(after(&uefi, "-kernel").is_empty() && after(&uefi, "-append").is_empty());
+        assert!(!uefi.contains(&"-no-reboot".to_owned()), "an OS on a disk may restart");
+        assert_eq!(after(&uefi, "-machine"), ["q35"]);
+        let drives = after(&uefi, "-drive");
+        assert_eq!(drives[1], "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE_4M.fd");
+        assert_eq!(
+            drives[2],
+            "if=pflash,format=raw,unit=1,file=/state/vms/vm-0123456789abcdef/efivars.fd"
+        );
+        assert!(
+            after(&uefi, "-device")
+                .contains(&"virtio-blk-pci,drive=disk0,serial=atrium-disk0,bootindex=0")
+        );
+        assert!(after(&uefi, "-global").is_empty());
+
+        let secure = args(Firmware::Uefi, true);
+        assert_eq!(after(&secure, "-machine"), ["q35,smm=on"]);
+        assert!(after(&secure, "-drive")[1].ends_with("file=/fw/OVMF_CODE_4M.secboot.fd"));
+        assert_eq!(after(&secure, "-global"), ["driver=cfi.pflash01,property=secure,value=on"]);
+        assert_eq!(rt.ovmf(true).1, PathBuf::from("/fw/OVMF_VARS_4M.ms.fd"));
+
+        let bios = args(Firmware::Bios, false);
+        assert_eq!(after(&bios, "-drive").len(), 1, "SeaBIOS needs no flash: {bios:?}");
+        assert!(after(&bios, "-kernel").is_empty());
     }
 
     #[test]

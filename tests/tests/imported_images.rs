@@ -1,0 +1,231 @@
+//! An operator's own disk image: imported with `atrium-node image import` and booted by its
+//! firmware (OVMF) under QEMU, as a node boots any desktop. Group `qemu`.
+//!
+//! The disk is one Atrium did not build the usual way: a GPT disk whose EFI system partition
+//! holds systemd-boot and the console image's kernel and initramfs (`scripts/lib/uefi-disk.sh`),
+//! so the firmware, a boot loader and the kernel's EFI stub all run before the agent says ready.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use atrium_protocol::node::{Capacity, DisplayEndpoint, VmInfo, VmState};
+use atrium_tests::node::{NodeProcess, processes_with, uefi_disk};
+use atrium_tests::rfb::RfbClient;
+use atrium_tests::{Group, TempDir, bin_path, skip, wait_for};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+/// `atrium-node image import ARGS... FILE` into `images`: its exit, standard output and error.
+fn import(images: &Path, file: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(bin_path("atrium-node"))
+        .args(["image", "import", "--images-dir"])
+        .arg(images)
+        .args(args)
+        .arg(file)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .context("running atrium-node image import")?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+const UEFI: [&str; 8] =
+    ["--name", "uefitest", "--version", "v1", "--firmware", "uefi", "--min-memory", "256"];
+
+fn vnc_path(info: &VmInfo) -> anyhow::Result<PathBuf> {
+    match &info.display_endpoint {
+        DisplayEndpoint::VncUnix { path } => Ok(PathBuf::from(path)),
+        other => anyhow::bail!("expected a VNC unix socket, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps_its_disk()
+-> anyhow::Result<()> {
+    if skip(
+        Group::Qemu,
+        "an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps_its_disk",
+    ) {
+        return Ok(());
+    }
+    let disk = uefi_disk()?;
+    let tmp = TempDir::new("imported");
+    let images = tmp.path().join("images");
+    let mut args = UEFI.to_vec();
+    args.push("--agent");
+    let (ok, said) = import(&images, &disk, &args)?;
+    ensure!(ok, "the import failed: {said}");
+    assert!(said.contains("imported uefitest@v1 (uefi firmware"), "{said}");
+    let node = NodeProcess::start(&images.join("uefitest"), "").await?;
+
+    // The node lists the image as imported.
+    let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
+    let cap: Capacity = serde_json::from_slice(&body)?;
+    let listed = cap.images.iter().find(|i| i.name == "uefitest").context("image not listed")?;
+    assert_eq!((listed.version.as_str(), listed.kind.as_str()), ("v1", "imported"));
+
+    // A dedicated desktop of it: firmware, boot loader, kernel, then the agent signs alice in.
+    let kept = "alice-uefi";
+    let spec = json!({
+        "image": "uefitest", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+        "persistent_disk": kept,
+        "user": { "username": "alice", "display_name": "Alice Example" },
+    });
+    let id = node.ready_vm(&spec, BOOT).await?;
+    wait_for("alice's session", Duration::from_secs(60), || async {
+        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+
+    // QEMU was given OVMF and the VM's own copy of its variables, and no kernel.
+    let pids = processes_with(&format!("guest=atrium-{id}"));
+    ensure!(pids.len() == 1, "QEMU processes of {id}: {pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0]))?;
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(
+        args.iter().any(|a| a.contains("if=pflash") && a.contains("OVMF_CODE_4M.fd")),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "-kernel"), "an imported image booted a kernel directly");
+    let vars = node.state_dir.join("vms").join(&id).join("efivars.fd");
+    let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd")?.len();
+    assert_eq!(std::fs::metadata(&vars)?.len(), template, "{}", vars.display());
+    let log = node.console_log(&id).await?;
+    assert!(log.contains("atrium-guest-agent: ready"), "console log:\n{log}");
+
+    // The agent works as in a built image: the clipboard crosses both ways.
+    let info = node.vm(&id).await?;
+    let mut rfb = RfbClient::connect(&vnc_path(&info)?).await?;
+    let paste = format!("uefi-{}\n", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (status, body) = node
+        .call("POST", &format!("/api/v1/vms/{id}/clipboard"), Some(&json!({ "text": paste })))
+        .await?;
+    ensure!(status == 204, "paste: {status} {}", String::from_utf8_lossy(&body));
+    rfb.type_text("tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
+    node.wait_clipboard(&id, 0, &paste.to_uppercase(), Duration::from_secs(60)).await?;
+
+    // Stopped, its disk kept; a new VM on that disk boots again (the firmware finds the same
+    // boot loader on the user's own layer).
+    let (status, body) = node.call("POST", &format!("/api/v1/vms/{id}/stop"), None).await?;
+    ensure!(status == 200, "stop: {status} {}", String::from_utf8_lossy(&body));
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+    assert_eq!(status, 204);
+    assert!(!node.state_dir.join("vms").join(&id).exists(), "the VM's folder is left");
+    let again = node.ready_vm(&spec, BOOT).await?;
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{again}"), None).await?;
+    assert_eq!(status, 204);
+    ensure!(
+        processes_with(&format!("guest=atrium-{again}")).is_empty(),
+        "QEMU of {again} still runs"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_not_booted()
+-> anyhow::Result<()> {
+    if skip(
+        Group::Qemu,
+        "damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_not_booted",
+    ) {
+        return Ok(());
+    }
+    let disk = uefi_disk()?;
+    let tmp = TempDir::new("import-refusals");
+    let images = tmp.path().join("images");
+    let qemu_img = |args: &[&str]| -> anyhow::Result<()> {
+        let st = Command::new("qemu-img").args(args).output()?;
+        ensure!(st.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+        Ok(())
+    };
+    let file = |name: &str| tmp.path().join(name);
+    let bytes = std::fs::read(&disk)?;
+
+    // Each refused with what is wrong, and nothing left in the images folder.
+    let mut cases: Vec<(PathBuf, Vec<&str>, &str)> = Vec::new();
+    std::fs::write(file("cut.raw"), &bytes[..bytes.len() / 2])?;
+    cases.push((file("cut.raw"), UEFI.to_vec(), "truncated"));
+    let qcow = file("whole.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        &disk.to_string_lossy(),
+        &qcow.to_string_lossy(),
+    ])?;
+    let q = std::fs::read(&qcow)?;
+    std::fs::write(file("cut.qcow2"), &q[..q.len() / 2])?;
+    cases.push((file("cut.qcow2"), UEFI.to_vec(), "damaged"));
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        &disk.to_string_lossy(),
+        &file("backed.qcow2").to_string_lossy(),
+    ])?;
+    cases.push((file("backed.qcow2"), UEFI.to_vec(), "backing file"));
+    std::fs::write(
+        file("desc.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nRW 4 FLAT \"/etc/shadow\" 0\n",
+    )?;
+    cases.push((file("desc.vmdk"), UEFI.to_vec(), "descriptor"));
+    std::fs::write(file("noise.img"), vec![0x5a_u8; 4 << 20])?;
+    cases.push((file("noise.img"), UEFI.to_vec(), "no partition table"));
+    let mut bios_secure = UEFI.to_vec();
+    bios_secure[5] = "bios";
+    bios_secure.push("--secure-boot");
+    cases.push((disk.clone(), bios_secure, "Secure Boot needs UEFI"));
+    let mut bad_name = UEFI.to_vec();
+    bad_name[1] = "../etc";
+    cases.push((disk.clone(), bad_name, "may contain only"));
+    for (source, args, why) in &cases {
+        let (ok, said) = import(&images, source, args)?;
+        ensure!(!ok, "{} was imported: {said}", source.display());
+        ensure!(said.contains(why), "{}: expected {why:?} in: {said}", source.display());
+        let left: Vec<_> = std::fs::read_dir(&images)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        ensure!(
+            left.iter().all(|p| p.read_dir().is_ok_and(|mut d| d.next().is_none())),
+            "a refused import left {left:?}"
+        );
+    }
+
+    // A whole disk in any format is taken (here the same disk as qcow2), once per version.
+    let (ok, said) = import(&images, &qcow, &UEFI)?;
+    ensure!(ok, "the qcow2 import failed: {said}");
+    let (ok, said) = import(&images, &qcow, &UEFI)?;
+    ensure!(!ok && said.contains("imported once"), "a second import of v1: {said}");
+
+    // A node with it; then the disk is written behind its back: the image is not booted.
+    let node = NodeProcess::start(&images.join("uefitest"), "").await?;
+    let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
+    let cap: Capacity = serde_json::from_slice(&body)?;
+    ensure!(cap.images.iter().any(|i| i.name == "uefitest"), "not listed: {:?}", cap.images);
+    let base = images.join("uefitest/v1/disk.qcow2");
+    {
+        use std::os::unix::fs::{FileExt, PermissionsExt};
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644))?;
+        let f = std::fs::OpenOptions::new().write(true).open(&base)?;
+        f.write_all_at(b"tampered", 1 << 20)?;
+    }
+    let spec = json!({ "image": "uefitest", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(status == 404 && body.contains("not on this node"), "a changed image: {status} {body}");
+    let log = node.log();
+    ensure!(log.contains("image refused") && log.contains("sha256"), "node log:\n{log}");
+    let running: Vec<VmInfo> = node.list_vms().await?;
+    ensure!(running.iter().all(|v| v.state != VmState::Ready), "{running:?}");
+    Ok(())
+}
