@@ -351,13 +351,14 @@ fn bench_qemu(a: BenchQemuArgs) -> anyhow::Result<()> {
     let r = tokio_runtime()?.block_on(bench::bench_qemu(&opts, a.runs))?;
     println!(
         "qemu runtime ({}), {} runs: VM start to agent-ready median {} ms through the node \
-         (start {} ms), bare qemu-system-x86_64 {} ms: node overhead {} ms",
+         (start {} ms), bare qemu-system-x86_64 {} ms: node overhead {} ms (ratio {:.3})",
         r.accel.map_or_else(|| "-".to_owned(), |a| a.to_string()),
         r.runs,
         r.ready_ms_median,
         r.start_ms_median,
         r.bare_qemu_ready_ms_median,
-        r.node_overhead_ms
+        r.node_overhead_ms,
+        r.node_ratio
     );
     if let Some(ms) = r.session_ms_median {
         println!("session signed in and drawn: median {ms} ms after ready");

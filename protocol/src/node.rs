@@ -330,6 +330,14 @@ pub struct VmInfo {
     /// `false` for a boot (asked for, or while the template was being made).
     #[serde(default)]
     pub cloned: bool,
+    /// Its image runs Atrium's guest agent (absent from older nodes: they run only such
+    /// images). Without one: no sign-in, clipboard, files or screen sizes through Atrium.
+    #[serde(default = "yes")]
+    pub agent: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /api/v1/vms/{id}/session`: tell the guest agent who signed in.
@@ -406,6 +414,13 @@ pub struct ImageInfo {
     pub name: String,
     pub version: String,
     pub kind: String,
+    /// It runs Atrium's guest agent (absent from older nodes: all theirs do).
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// `uefi` or `bios` for a disk booted by firmware (an imported image); absent for an image
+    /// whose kernel is loaded directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
 }
 
 /// `GET /api/v1/capacity`.

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds a UEFI-bootable disk image that Atrium did not make the usual way, for the tests of
-# imported images (docs/images.md): a GPT disk whose EFI system partition holds systemd-boot
+# Builds UEFI-bootable disk images that Atrium did not make the usual way, for the tests of
+# imported images (docs/images.md): GPT disks whose EFI system partition holds systemd-boot
 # (Debian's systemd-boot-efi, fetched with apt-get download into the package cache) and the
-# console image's kernel and initramfs (with Atrium's guest agent in it). OVMF boots it as it
-# boots any OS: firmware, boot loader, kernel.
+# console image's kernel and initramfs: one with Atrium's guest agent in it, one without (a
+# login prompt on its console instead). OVMF boots them as it boots any OS: firmware, boot
+# loader, kernel.
 #
 #   usage:   scripts/lib/uefi-disk.sh CONSOLE_IMAGE_FOLDER
 #   result:  $ATRIUM_CACHE/images/uefi-disk-<key>.raw, keyed by the console image's manifest,
 #            systemd-boot's version and this script; printed as ATRIUM_UEFI_DISK=<file>
-#   link:    $ATRIUM_CACHE/images/uefi-disk.raw -> uefi-disk-<key>.raw (what the tests use)
+#            and uefi-disk-noagent-<key>.raw
+#   links:   $ATRIUM_CACHE/images/uefi-disk.raw and uefi-disk-noagent.raw (what the tests use)
 #
-# Needs mkfs.vfat (dosfstools), mtools, sfdisk (fdisk) and dpkg-deb.
+# Needs mkfs.vfat (dosfstools), mtools, sfdisk (fdisk), cpio and dpkg-deb.
 set -euo pipefail
 
 console=${1:?usage: uefi-disk.sh CONSOLE_IMAGE_FOLDER}
@@ -26,9 +28,11 @@ version=$(apt-cache policy systemd-boot-efi | awk '/Candidate/{print $2}')
 }
 key=$( { cat "$console/manifest.json"; echo "$version"; cat "$0"; } | sha256sum | cut -c1-16)
 out="$images/uefi-disk-$key.raw"
-if [ -f "$out" ]; then
+noagent="$images/uefi-disk-noagent-$key.raw"
+if [ -f "$out" ] && [ -f "$noagent" ]; then
   echo "uefi-disk: $out is in the cache" >&2
   ln -sfn "uefi-disk-$key.raw" "$images/uefi-disk.raw"
+  ln -sfn "uefi-disk-noagent-$key.raw" "$images/uefi-disk-noagent.raw"
   echo "ATRIUM_UEFI_DISK=$out"
   exit 0
 fi
@@ -48,29 +52,54 @@ boot="$work/deb/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 cmdline=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["boot"]["cmdline"])' \
   "$console/manifest.json")
 
-# The EFI system partition: 64 MiB of FAT with the boot loader, its menu and the kernel.
-esp="$work/esp.img"
-mkfs.vfat -C -n ATRIUM-ESP "$esp" $((64 * 1024)) >/dev/null
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
-mcopy -i "$esp" "$boot" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$esp" "$console/vmlinuz" ::/vmlinuz
-mcopy -i "$esp" "$console/initrd.img" ::/initrd.img
-printf 'default atrium.conf\ntimeout 0\n' > "$work/loader.conf"
-printf 'title Atrium console (UEFI)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
-  "$cmdline" > "$work/atrium.conf"
-mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
-mcopy -i "$esp" "$work/atrium.conf" ::/loader/entries/atrium.conf
+# make_disk OUT INITRD: a GPT disk of 80 MiB whose EFI system partition (64 MiB of FAT, at
+# 1 MiB) holds the boot loader, its menu, the kernel and INITRD.
+make_disk() {
+  local out=$1 initrd=$2 esp="$work/esp.img" disk="$work/disk.raw"
+  rm -f "$esp" "$disk"
+  mkfs.vfat -C -n ATRIUM-ESP "$esp" $((64 * 1024)) >/dev/null
+  mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+  mcopy -i "$esp" "$boot" ::/EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$esp" "$console/vmlinuz" ::/vmlinuz
+  mcopy -i "$esp" "$initrd" ::/initrd.img
+  printf 'default atrium.conf\ntimeout 0\n' > "$work/loader.conf"
+  printf 'title Atrium console (UEFI)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
+    "$cmdline" > "$work/atrium.conf"
+  mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
+  mcopy -i "$esp" "$work/atrium.conf" ::/loader/entries/atrium.conf
+  truncate -s 80M "$disk"
+  printf 'label: gpt\nstart=2048, size=%d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI system"\n' \
+    $((64 * 2048)) | sfdisk -q "$disk"
+  dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
+  mv "$disk" "$out.part"
+  mv "$out.part" "$out"
+}
 
-# A GPT disk of 80 MiB with the ESP at 1 MiB.
-disk="$work/disk.raw"
-truncate -s 80M "$disk"
-printf 'label: gpt\nstart=2048, size=%d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI system"\n' \
-  $((64 * 2048)) | sfdisk -q "$disk"
-dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
-mv "$disk" "$out.part"
-mv "$out.part" "$out"
+# With the agent: the console image's own initramfs.
+make_disk "$out" "$console/initrd.img"
+
+# Without it: the same initramfs with a second archive after it, whose /etc/inittab (it
+# replaces the first's) starts no agent and puts the OS's own login on the console (busybox
+# getty and login), as an OS Atrium has no agent for.
+mkdir -p "$work/overlay/etc"
+cat > "$work/overlay/etc/inittab" <<'INITTAB'
+# An OS without Atrium's agent (the tests of imported images): a login on tty1.
+tty1::respawn:/bin/busybox getty 38400 tty1
+::respawn:/sbin/acpid -d -c /etc/acpi
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/umount -a -r
+INITTAB
+cp "$console/initrd.img" "$work/initrd-noagent.img"
+# The kernel reads concatenated archives, each starting on a 4-byte boundary.
+truncate -s %512 "$work/initrd-noagent.img"
+(cd "$work/overlay" && find . | cpio -o -H newc -R 0:0 --quiet) >> "$work/initrd-noagent.img"
+make_disk "$noagent" "$work/initrd-noagent.img"
 ln -sfn "uefi-disk-$key.raw" "$images/uefi-disk.raw"
+ln -sfn "uefi-disk-noagent-$key.raw" "$images/uefi-disk-noagent.raw"
+
 # Keep this disk and the two most recent others.
-{ ls -1t "$images"/uefi-disk-?*.raw 2>/dev/null || true; } | { grep -vx "$out" || true; } |
-  tail -n +3 | xargs -r rm -f
+for kind in uefi-disk uefi-disk-noagent; do
+  { ls -1t "$images/$kind"-????????????????.raw 2>/dev/null || true; } |
+    { grep -vx -e "$out" -e "$noagent" || true; } | tail -n +3 | xargs -r rm -f
+done
 echo "ATRIUM_UEFI_DISK=$out"

@@ -154,6 +154,7 @@ fn info(id: &str, vm: &FakeVm) -> VmInfo {
         error: None,
         display_endpoint: DisplayEndpoint::VncUnix { path: format!("/nonexistent/{id}.sock") },
         cloned: vm.spec.clone,
+        agent: true,
     }
 }
 
@@ -236,6 +237,8 @@ impl FakeNode {
                 name: "console".into(),
                 version: "1".into(),
                 kind: "console".into(),
+                agent: true,
+                firmware: None,
             }],
             created: 0,
             deleted: Vec::new(),

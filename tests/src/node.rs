@@ -33,18 +33,24 @@ pub fn desktop_image() -> anyhow::Result<PathBuf> {
     image_folder("desktop", "ATRIUM_DESKTOP_IMAGE")
 }
 
-/// The UEFI disk the tests import as an operator's own image: `ATRIUM_UEFI_DISK`, else
+/// The UEFI disk the tests import as an operator's own image, with Atrium's agent in it:
 /// `~/.cache/atrium/images/uefi-disk.raw` (made by `scripts/lib/uefi-disk.sh`, which
 /// `scripts/lib/images.sh` runs).
 pub fn uefi_disk() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ATRIUM_UEFI_DISK") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = cache_dir().join("images/uefi-disk.raw");
+    cached_disk("uefi-disk.raw")
+}
+
+/// The same disk without the agent: its console shows a login prompt.
+pub fn uefi_disk_without_agent() -> anyhow::Result<PathBuf> {
+    cached_disk("uefi-disk-noagent.raw")
+}
+
+fn cached_disk(name: &str) -> anyhow::Result<PathBuf> {
+    let p = cache_dir().join("images").join(name);
     ensure!(
         p.is_file(),
         "the UEFI test disk is missing ({}): make it with scripts/lib/images.sh (scripts/test.sh \
-         does), or set ATRIUM_UEFI_DISK",
+         does)",
         p.display()
     );
     Ok(p)

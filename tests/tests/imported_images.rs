@@ -4,6 +4,8 @@
 //! The disk is one Atrium did not build the usual way: a GPT disk whose EFI system partition
 //! holds systemd-boot and the console image's kernel and initramfs (`scripts/lib/uefi-disk.sh`),
 //! so the firmware, a boot loader and the kernel's EFI stub all run before the agent says ready.
+//! A second disk has no agent (its console shows a login prompt): it is ready when its screen
+//! settles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use atrium_protocol::node::{Capacity, DisplayEndpoint, VmInfo, VmState};
-use atrium_tests::node::{NodeProcess, processes_with, uefi_disk};
+use atrium_tests::node::{NodeProcess, processes_with, uefi_disk, uefi_disk_without_agent};
 use atrium_tests::rfb::RfbClient;
 use atrium_tests::{Group, TempDir, bin_path, skip, wait_for};
 use serde_json::json;
@@ -227,5 +229,88 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
     ensure!(log.contains("image refused") && log.contains("sha256"), "node log:\n{log}");
     let running: Vec<VmInfo> = node.list_vms().await?;
     ensure!(running.iter().all(|v| v.state != VmState::Ready), "{running:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_an_agent_is_ready_when_its_screen_settles_and_says_what_it_lacks()
+-> anyhow::Result<()> {
+    if skip(
+        Group::Qemu,
+        "an_image_without_an_agent_is_ready_when_its_screen_settles_and_says_what_it_lacks",
+    ) {
+        return Ok(());
+    }
+    let disk = uefi_disk_without_agent()?;
+    let tmp = TempDir::new("imported-noagent");
+    let images = tmp.path().join("images");
+    let mut args = UEFI.to_vec();
+    args[1] = "noagent";
+    let (ok, said) = import(&images, &disk, &args)?;
+    ensure!(ok && said.contains("no agent"), "the import: {said}");
+
+    // A disk whose EFI system partition was wiped: the firmware finds nothing to boot.
+    let mut wiped = std::fs::read(&disk)?;
+    wiped[1 << 20..2 << 20].fill(0);
+    std::fs::write(tmp.path().join("wiped.raw"), &wiped)?;
+    let mut args = UEFI.to_vec();
+    args[1] = "wiped";
+    let (ok, said) = import(&images, &tmp.path().join("wiped.raw"), &args)?;
+    ensure!(ok, "a wiped ESP is still a whole GPT disk: {said}");
+
+    let node =
+        NodeProcess::start_with_images(&[&images.join("noagent"), &images.join("wiped")], "")
+            .await?;
+    let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
+    let cap: serde_json::Value = serde_json::from_slice(&body)?;
+    let listed = cap["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "noagent"))
+        .context("not listed")?;
+    assert_eq!((&listed["agent"], &listed["firmware"]), (&json!(false), &json!("uefi")));
+
+    // Ready once the OS's login prompt has stayed on screen, not on the firmware's logo.
+    let spec = json!({
+        "image": "noagent", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+        "user": { "username": "alice" },
+    });
+    let id = node.ready_vm(&spec, BOOT).await?;
+    let info = node.vm(&id).await?;
+    assert!(!info.agent, "{info:?}");
+    let shot = node.screenshot(&id, "imported-noagent-ready.png").await?;
+    let text = shot.count([0xaa, 0xaa, 0xaa]);
+    assert!((200..5_000).contains(&text), "not a login prompt alone: {text} grey pixels");
+    let cells = shot.cells();
+    // getty starts with a new line: the prompt is on the second row.
+    assert!(cells[..3].iter().flatten().any(Option::is_some), "no prompt in the top rows");
+    assert!(cells[10].iter().all(Option::is_none), "more than a prompt on screen");
+
+    // The node records whose desktop it is (the user signs in to the OS); what needs an agent
+    // is refused, saying why.
+    wait_for("alice recorded", Duration::from_secs(30), || async {
+        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+    let (status, body) = node
+        .call("POST", &format!("/api/v1/vms/{id}/clipboard"), Some(&json!({ "text": "x" })))
+        .await?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        status == 409 && body.contains("without Atrium's guest agent"),
+        "paste: {status} {body}"
+    );
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}/session"), None).await?;
+    assert_eq!(status, 200);
+    ensure!(node.vm(&id).await?.user.is_none(), "the session's end was not recorded");
+
+    // The wiped disk fails with the firmware's reason, not at the ready timeout.
+    let spec = json!({ "image": "wiped", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
+    ensure!(status == 201, "create: {status} {}", String::from_utf8_lossy(&body));
+    let failed = serde_json::from_slice::<VmInfo>(&body)?.id;
+    let settled = node.wait_settled(&failed, Duration::from_secs(120)).await?;
+    assert_eq!(settled.state, VmState::Failed, "{settled:?}");
+    let why = settled.error.unwrap_or_default();
+    assert!(why.contains("the firmware found nothing to boot"), "{why}");
     Ok(())
 }

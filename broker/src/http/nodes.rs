@@ -386,6 +386,8 @@ mod tests {
                     name: "console".into(),
                     version: "c91ebf8dc804a202".into(),
                     kind: "console".into(),
+                    agent: true,
+                    firmware: None,
                 }],
             },
             vms: vec![VmStatus { id: "vm-1".into(), state: VmState::Failed, error: None }],

@@ -57,9 +57,10 @@ impl From<VmError> for ApiError {
                 Self::NotFound { message: e.to_string(), field: Some("image".into()) }
             }
             VmError::NotFound(_) => Self::NotFound { message: e.to_string(), field: None },
-            VmError::Capacity(_) | VmError::Conflict(_) | VmError::NotReady { .. } => {
-                Self::Conflict(e.to_string())
-            }
+            VmError::Capacity(_)
+            | VmError::Conflict(_)
+            | VmError::NotReady { .. }
+            | VmError::NoAgent { .. } => Self::Conflict(e.to_string()),
             VmError::Agent(AgentError::Closed) => {
                 Self::Conflict("the VM's guest agent is not connected".into())
             }

@@ -32,6 +32,8 @@ pub struct BenchReport {
     pub session_ms_median: Option<u64>,
     pub bare_qemu_ready_ms_median: u64,
     pub node_overhead_ms: i64,
+    /// Ready through the node over ready with QEMU alone (medians): what the node adds.
+    pub node_ratio: f64,
     pub qemu_rss_mib_median: f64,
     pub guest_ram_resident_mib_median: f64,
     pub memory_overhead_mib_median: f64,
@@ -103,6 +105,7 @@ async fn bare_boot(
         memory: Default::default(),
     };
     let paths = Paths::in_dir(dir);
+    qemu.prepare_firmware(&cfg, &paths).map_err(|e| RunError::NotReady(e.to_string()))?;
     let args: Vec<_> = qemu.args(&cfg, &paths, None).into_iter().filter(|a| a != "-S").collect();
     let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
     cmd.args(args)
@@ -232,6 +235,7 @@ pub async fn bench_qemu(opts: &RunOptions, runs: usize) -> Result<BenchReport, R
         bare_qemu_ready_ms_median: bare_median,
         node_overhead_ms: i64::try_from(ready_median).unwrap_or(i64::MAX)
             - i64::try_from(bare_median).unwrap_or(i64::MAX),
+        node_ratio: ready_median as f64 / bare_median.max(1) as f64,
         qemu_rss_mib_median: kib_to_mib(median(&rss)),
         guest_ram_resident_mib_median: kib_to_mib(median(&guest)),
         memory_overhead_mib_median: kib_to_mib(median(&overhead)),

@@ -361,6 +361,8 @@ impl Image {
             name: self.manifest.name.clone(),
             version: self.manifest.version.clone(),
             kind: self.manifest.kind.clone(),
+            agent: self.manifest.has_agent(),
+            firmware: self.manifest.firmware().map(|f| f.firmware.as_str().to_owned()),
         }
     }
 }

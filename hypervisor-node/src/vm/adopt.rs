@@ -179,13 +179,16 @@ impl VmManager {
                     .map_err(|e| format!("reconnecting the serial console: {e}"))?;
                 lock(&vm.tasks).push(task);
             }
+            if !vm.has_agent() {
+                return Ok(None);
+            }
             let agent = AgentLink::connect(&handle.endpoints().agent, &vm.id)
                 .await
                 .map_err(|e| format!("reconnecting the guest agent: {e}"))?;
             // A host speaking again makes the agent say hello (and ready, if it is).
             let ping = self.ping_seq.fetch_add(1, Ordering::Relaxed);
             agent.send(HostMessage::Ping { id: ping }).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(Arc::new(agent))
+            Ok::<_, String>(Some(Arc::new(agent)))
         };
         let agent = match connected.await {
             Ok(a) => a,
@@ -198,7 +201,7 @@ impl VmManager {
                 return Err(e);
             }
         };
-        *lock(&vm.agent) = Some(Arc::clone(&agent));
+        lock(&vm.agent).clone_from(&agent);
         lock(&self.vms).insert(vm.id.clone(), Arc::clone(&vm));
         let already_ready = r.state == VmState::Ready;
         self.watch(&vm, handle, agent, already_ready);

@@ -30,8 +30,31 @@ impl VmManager {
         let state = vm.state();
         match (state, vm.agent()) {
             (VmState::Ready, Some(a)) => Ok((vm, a)),
+            (VmState::Ready, None) if !vm.has_agent() => {
+                Err(VmError::NoAgent { id: id.to_owned() })
+            }
             _ => Err(VmError::NotReady { id: id.to_owned(), state: state.as_str() }),
         }
+    }
+
+    /// A ready VM of an image without an agent: its user is recorded (whose desktop it is) and
+    /// signs in to the OS themselves.
+    fn record_user(&self, id: &str, user: Option<String>) -> Result<Option<VmInfo>, VmError> {
+        let vm = self.get(id)?;
+        if vm.has_agent() {
+            return Ok(None);
+        }
+        let state = vm.state();
+        if state != VmState::Ready {
+            return Err(VmError::NotReady { id: id.to_owned(), state: state.as_str() });
+        }
+        {
+            let mut s = lock(&vm.status);
+            s.session_gen += 1;
+            s.user = user;
+        }
+        vm.persist();
+        Ok(Some(vm.info()))
     }
 
     /// `POST /api/v1/vms/{id}/session`: tells the guest agent who signed in; waits for it to
@@ -44,6 +67,9 @@ impl VmManager {
     /// [`SESSION_RECORD_WAIT`].
     pub async fn start_session(&self, id: &str, user: SessionUser) -> Result<VmInfo, VmError> {
         user.validate().map_err(|m| FieldError::new("user", m))?;
+        if let Some(info) = self.record_user(id, Some(user.username.clone()))? {
+            return Ok(info);
+        }
         let (vm, agent) = self.ready_agent(id)?;
         let task = tokio::spawn(session_task(Arc::clone(&vm), agent, user));
         match tokio::time::timeout(SESSION_TIMEOUT, task).await {
@@ -59,6 +85,9 @@ impl VmManager {
 
     /// `DELETE /api/v1/vms/{id}/session`: the user's session ended.
     pub async fn end_session(&self, id: &str) -> Result<VmInfo, VmError> {
+        if let Some(info) = self.record_user(id, None)? {
+            return Ok(info);
+        }
         let (vm, agent) = self.ready_agent(id)?;
         {
             let _one_at_a_time = vm.session_op.lock().await;

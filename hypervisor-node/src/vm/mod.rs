@@ -18,6 +18,7 @@ mod downloads;
 mod files;
 mod guest;
 mod monitor;
+mod settle;
 mod start;
 mod stop;
 mod templates;
@@ -65,6 +66,11 @@ pub enum VmError {
     NotFound(String),
     #[error("VM {id} is {state}, not ready")]
     NotReady { id: String, state: &'static str },
+    #[error(
+        "VM {id} runs an image without Atrium's guest agent: no clipboard, files or screen \
+         sizes (its user signs in to its OS)"
+    )]
+    NoAgent { id: String },
     #[error("the guest agent of VM {id} did not {what} within {secs} s")]
     AgentTimeout { id: String, what: &'static str, secs: u64 },
     #[error("starting VM {id} failed: {message}")]
@@ -149,6 +155,12 @@ impl Vm {
         lock(&self.agent).clone()
     }
 
+    /// Its image runs Atrium's guest agent (else the node has no channel into the guest: no
+    /// sign-in, clipboard or files, and readiness from the screen).
+    pub fn has_agent(&self) -> bool {
+        self.image.manifest.has_agent()
+    }
+
     /// The VM's folder (sockets, disk layer).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -198,6 +210,7 @@ impl Vm {
             error: s.error,
             display_endpoint,
             cloned: self.cloned.load(Ordering::Relaxed),
+            agent: self.has_agent(),
         }
     }
 

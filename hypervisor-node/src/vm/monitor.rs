@@ -1,5 +1,6 @@
-//! A running VM watched: ready (the guest agent says so) or failed (it did not within the
-//! ready timeout), its end recorded as a stop or a failure, and its agent pinged.
+//! A running VM watched: ready (the guest agent says so, or without one its screen settled:
+//! [`super::settle`]) or failed (it did not within the ready timeout), its end recorded as a
+//! stop or a failure, and its agent pinged.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use atrium_protocol::agent::HostMessage;
 use atrium_protocol::node::VmState;
 
+use super::settle::Readiness;
 use super::stop::remove_cgroup;
 use super::templates::Kind;
 use super::{Vm, VmManager, lock, now_ms};
@@ -16,22 +18,38 @@ use crate::runtime::{ExitInfo, VmHandle};
 
 impl VmManager {
     /// Starts watching `vm` (its monitor and its agent's pinger, ended with the VM): ready
-    /// unless `already_ready` (a VM taken back).
+    /// unless `already_ready` (a VM taken back). `agent` is `None` for an image without one.
     pub(super) fn watch(
         self: &Arc<Self>,
         vm: &Arc<Vm>,
         handle: Arc<dyn VmHandle>,
-        agent: Arc<AgentLink>,
+        agent: Option<Arc<AgentLink>>,
         already_ready: bool,
     ) {
+        let readiness = match &agent {
+            Some(a) => Readiness::Agent(a.view.ready.clone()),
+            None => {
+                let (r, sampler) = Readiness::screen(Arc::clone(&handle), Arc::clone(&vm.console));
+                if already_ready {
+                    sampler.abort();
+                } else {
+                    lock(&vm.tasks).push(sampler);
+                }
+                r
+            }
+        };
         let monitor = tokio::spawn(Arc::clone(self).monitor(
             Arc::clone(vm),
             handle,
-            Arc::clone(&agent),
+            agent.clone(),
+            readiness,
             already_ready,
         ));
-        let pinger = tokio::spawn(Arc::clone(self).pinger(agent, vm.id.clone()));
-        lock(&vm.tasks).extend([monitor, pinger]);
+        lock(&vm.tasks).push(monitor);
+        if let Some(agent) = agent {
+            let pinger = tokio::spawn(Arc::clone(self).pinger(agent, vm.id.clone()));
+            lock(&vm.tasks).push(pinger);
+        }
     }
 
     /// Watches one VM: ready (unless `already_ready`: a VM taken back), the ready timeout, and
@@ -40,11 +58,11 @@ impl VmManager {
         self: Arc<Self>,
         vm: Arc<Vm>,
         handle: Arc<dyn VmHandle>,
-        agent: Arc<AgentLink>,
+        agent: Option<Arc<AgentLink>>,
+        mut ready: Readiness,
         already_ready: bool,
     ) {
         let mut exit = handle.exit_watch();
-        let mut ready = agent.view.ready.clone();
         let timeout = tokio::time::sleep(Duration::from_secs(self.config.node.ready_timeout_secs));
         tokio::pin!(timeout);
         let mut is_ready = already_ready;
@@ -62,15 +80,26 @@ impl VmManager {
                     }
                     return;
                 }
-                r = async { ready.wait_for(|r| *r).await.map(drop) }, if !is_ready => {
-                    if r.is_err() {
-                        // The agent's connection closed: the exit branch tells why.
-                        is_ready = true;
-                        continue;
-                    }
+                r = ready.wait(), if !is_ready => {
                     is_ready = true;
-                    if vm.cloned.load(Ordering::Relaxed) && vm.state() == VmState::Starting
-                        && let Err(e) = self.renew(&vm, &agent).await
+                    match r {
+                        Ok(()) => {}
+                        // The agent's connection closed: the exit branch tells why.
+                        Err(None) => continue,
+                        Err(Some(why)) => {
+                            tracing::error!(vm = %vm.id, "{why}");
+                            self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                            vm.set_state(VmState::Failed, Some(why));
+                            vm.stopping.store(true, Ordering::SeqCst);
+                            if let Err(e) = handle.kill().await {
+                                tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
+                            }
+                            continue;
+                        }
+                    }
+                    if let Some(agent) = &agent
+                        && vm.cloned.load(Ordering::Relaxed) && vm.state() == VmState::Starting
+                        && let Err(e) = self.renew(&vm, agent).await
                     {
                         // A stop or delete meanwhile is not the clone's failure.
                         if vm.stopping.load(Ordering::SeqCst) {
@@ -109,9 +138,10 @@ impl VmManager {
                 () = &mut timeout, if !is_ready => {
                     is_ready = true;
                     let secs = self.config.node.ready_timeout_secs;
-                    tracing::error!(vm = %vm.id, "the guest agent did not report ready within {secs} s");
+                    let why = format!("{} within {secs} s", ready.awaited());
+                    tracing::error!(vm = %vm.id, "{why}");
                     self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                    vm.set_state(VmState::Failed, Some(format!("the guest agent did not report ready within {secs} s")));
+                    vm.set_state(VmState::Failed, Some(why));
                     vm.stopping.store(true, Ordering::SeqCst);
                     if let Err(e) = handle.kill().await {
                         tracing::error!(vm = %vm.id, "ending the VM failed: {e}");

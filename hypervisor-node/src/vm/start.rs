@@ -49,13 +49,6 @@ impl VmManager {
         image
             .unchanged()
             .map_err(|e| VmError::Conflict(format!("image {}: {e}", image.manifest.reference())))?;
-        if !image.manifest.has_agent() {
-            return Err(VmError::Conflict(format!(
-                "image {} has no guest agent, and this node starts only desktops whose agent \
-                 says when they are ready",
-                image.manifest.reference()
-            )));
-        }
         let kind = spec.runtime.unwrap_or(self.default_runtime);
         let runtime = self.runtime(kind)?;
         if spec.memory_mib < image.manifest.min_memory_mib {
@@ -176,10 +169,17 @@ impl VmManager {
         *lock(&vm.handle) = Some(Arc::clone(&handle));
         lock(&vm.status).accel = handle.accel();
         attach_console(vm, handle.as_ref()).await?;
-        let agent = Arc::new(AgentLink::connect(&handle.endpoints().agent, &vm.id).await?);
-        *lock(&vm.agent) = Some(Arc::clone(&agent));
+        // An image without an agent is ready when its screen settles (the monitor samples it).
+        let agent = if vm.has_agent() {
+            Some(Arc::new(AgentLink::connect(&handle.endpoints().agent, &vm.id).await?))
+        } else {
+            None
+        };
+        lock(&vm.agent).clone_from(&agent);
         handle.resume().await?;
-        if vm.cloned.load(Ordering::Relaxed) {
+        if let Some(agent) = &agent
+            && vm.cloned.load(Ordering::Relaxed)
+        {
             // A clone's agent waits for its new host to speak before it says hello and ready.
             let ping = self.ping_seq.fetch_add(1, Ordering::Relaxed);
             agent.send(atrium_protocol::agent::HostMessage::Ping { id: ping }).await?;

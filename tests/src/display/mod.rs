@@ -241,6 +241,7 @@ impl DisplayOnlyNode {
                         error: None,
                         display_endpoint: endpoint.clone(),
                         cloned: false,
+                        agent: true,
                     }))
                 }),
             )

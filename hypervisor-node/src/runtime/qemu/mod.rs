@@ -210,7 +210,7 @@ impl QemuRuntime {
 
     /// A UEFI VM's own variables, copied from OVMF's template (a VM's boot entries and Secure
     /// Boot state are its own, and go with it).
-    fn prepare_firmware(&self, cfg: &LaunchConfig, paths: &Paths) -> Result<(), RuntimeError> {
+    pub fn prepare_firmware(&self, cfg: &LaunchConfig, paths: &Paths) -> Result<(), RuntimeError> {
         let LaunchBoot::Firmware(f) = &cfg.boot else { return Ok(()) };
         if f.firmware != Firmware::Uefi {
             return Ok(());
