@@ -195,6 +195,12 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
         validate_name("capacity.images[].name", &image.name, 128)?;
         validate_name("capacity.images[].version", &image.version, 128)?;
         validate_name("capacity.images[].kind", &image.kind, 64)?;
+        if image.firmware.as_deref().is_some_and(|f| f != "uefi" && f != "bios") {
+            return Err(ApiError::Validation {
+                field: "capacity.images[].firmware".into(),
+                message: "must be uefi or bios".into(),
+            });
+        }
     }
     if let Some(sessions) = &hb.sessions {
         validate_sessions(sessions).map_err(|f| ApiError::Validation {
@@ -418,6 +424,11 @@ mod tests {
         hb.capacity.images[0].version = "1.0;rm -rf".into();
         assert!(validate(&mut hb, false).is_err());
         let mut hb = heartbeat();
+        let mut odd = hb.clone();
+        odd.capacity.images[0].firmware = Some("coreboot".into());
+        assert!(validate(&mut odd, false).is_err());
+        odd.capacity.images[0].firmware = Some("uefi".into());
+        validate(&mut odd, false).unwrap();
         hb.capacity.images = vec![hb.capacity.images[0].clone(); MAX_IMAGES + 1];
         assert!(validate(&mut hb, false).is_err());
         validate(&mut heartbeat(), false).unwrap();

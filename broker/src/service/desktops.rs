@@ -125,6 +125,9 @@ pub struct ConnectResponse {
     pub capabilities: Capabilities,
     /// The session's time limits, for the viewer's warnings (the broker enforces them).
     pub limits: SessionLimits,
+    /// The desktop's OS runs Atrium's guest agent. Without one the user signs in to the OS
+    /// themselves, and the clipboard and file transfer are off (left out of `capabilities`).
+    pub agent: bool,
 }
 
 /// A session's time limits, as the viewer warns of them. The broker ends the session by its
@@ -290,7 +293,11 @@ pub async fn connect(
         )
         .await;
     }
-    let caps = st.policies.capabilities(&principal, pool_resource(&pool), &ctx);
+    let mut caps = st.policies.capabilities(&principal, pool_resource(&pool), &ctx);
+    let agent = has_agent(st, &desktop, &pool).await;
+    if !agent {
+        without_agent(&mut caps);
+    }
     let mut resp = ConnectResponse {
         desktop_id: desktop.id.clone(),
         pool: pool.name.clone(),
@@ -303,6 +310,7 @@ pub async fn connect(
         session_id: session.id.clone(),
         capabilities: caps,
         limits: SessionLimits::of(&pool, &session, &desktop, now),
+        agent,
     };
     match desktop.state {
         DesktopState::Ready => {
@@ -442,6 +450,37 @@ pub async fn mint_ticket(
         gateway => gateway,
     };
     Ok((format!("{}/ws/{vm}", base.trim_end_matches('/')), ticket))
+}
+
+/// Whether the desktop's image runs Atrium's guest agent, as its node reports the image (the
+/// version the desktop runs, else the pool's image by name). `true` when unknown: a node that
+/// does not say runs only images with one.
+async fn has_agent(st: &AppState, desktop: &Desktop, pool: &Pool) -> bool {
+    let Some(node_id) = &desktop.node_id else { return true };
+    let node = match st.db.get_node(node_id).await {
+        Ok(Some(n)) => n,
+        _ => return true,
+    };
+    let wanted = desktop.image.as_deref().unwrap_or(&pool.image);
+    let (name, version) = wanted.split_once('@').map_or((wanted, None), |(n, v)| (n, Some(v)));
+    node.capacity
+        .images
+        .iter()
+        .filter(|i| i.name == name && version.is_none_or(|v| v == i.version))
+        .map(|i| i.agent)
+        .next_back()
+        .unwrap_or(true)
+}
+
+/// What a viewer cannot have of a desktop without an agent: the clipboard and files cross
+/// through the agent.
+fn without_agent(caps: &mut Capabilities) {
+    caps.clipboard_copy_out = false;
+    caps.clipboard_paste_in = false;
+    caps.clipboard_out_images = false;
+    caps.clipboard_in_images = false;
+    caps.file_upload = false;
+    caps.file_download = false;
 }
 
 /// Asks the desktop's node for its VM. On failure the desktop is marked failed.

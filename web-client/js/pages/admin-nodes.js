@@ -3,6 +3,7 @@
 
 import { get, post, del } from '../api.js';
 import { el, render, announce, fmtTime } from '../ui.js';
+import { imageMode } from './admin-pools.js';
 
 async function act(app, what, done) {
   try {
@@ -24,7 +25,7 @@ function nodeRow(app, n) {
       n.refused_until > Date.now() ? el('span', { class: 'badge full', title: `${n.refusals} VM(s) refused in a row`, text: `refusing VMs: left alone until ${fmtTime(n.refused_until)}` }) : null),
     el('td', { text: `${c.vms} VMs; ${c.vcpus_allocated}/${c.vcpus_total} vCPU; ${free} MiB free of ${c.memory_mib_total}; ${c.memory_mib_used ?? 0} MiB in use (PSS, templates)` }),
     el('td', { text: `${c.kvm}, ${c.default_runtime}` }),
-    el('td', { text: c.images.map((i) => `${i.name}@${i.version}`).join(', ') }),
+    el('td', { text: c.images.map((i) => `${i.name}@${i.version}${imageMode(i) ? ` (${imageMode(i)})` : ''}`).join(', ') }),
     el('td', { text: fmtTime(n.last_heartbeat_at) }),
     el('td', {},
       el('button', {

@@ -91,6 +91,24 @@ function poolForm(initial, onSubmit, submitText) {
   return form;
 }
 
+/**
+ * How an image runs, as its node reports it: '' for an image Atrium built; for an imported one,
+ * its firmware and whether Atrium's agent is in it (without one, users sign in to its OS and
+ * have no clipboard or files through Atrium).
+ */
+export function imageMode(info) {
+  if (!info || (info.agent !== false && !info.firmware)) return '';
+  const boot = info.firmware ? `imported, ${info.firmware.toUpperCase()}` : 'imported';
+  return info.agent === false ? `${boot}, no agent: users sign in to its OS, no clipboard or files` : `${boot}, with Atrium's agent`;
+}
+
+/** The images the nodes hold, by name (the last one listed of each). */
+function imagesByName(nodes) {
+  const byName = new Map();
+  for (const n of nodes) for (const i of n.capacity?.images ?? []) byName.set(i.name, i);
+  return byName;
+}
+
 /** What a form field holds, as the API takes it. */
 function formValue(input, type) {
   if (type === 'number') return Number(input.value);
@@ -112,10 +130,13 @@ function desktopRows(desktops, pools) {
 }
 
 export async function showPools(app) {
-  const [pools, desktops] = await Promise.all([get('/api/v1/admin/pools'), get('/api/v1/admin/desktops')]);
+  const [pools, desktops, nodes] = await Promise.all([get('/api/v1/admin/pools'), get('/api/v1/admin/desktops'), get('/api/v1/admin/nodes')]);
+  const images = imagesByName(nodes);
   const rows = pools.map((p) => el('tr', {},
     el('th', { scope: 'row', text: p.name }),
-    el('td', { text: `${p.image}${p.clone ? ' (clones)' : ''}${p.runtime ? `, ${p.runtime} runtime` : ''}` }),
+    el('td', {},
+      el('span', { text: `${p.image}${p.clone ? ' (clones)' : ''}${p.runtime ? `, ${p.runtime} runtime` : ''}` }),
+      imageMode(images.get(p.image.split('@')[0])) ? el('span', { class: 'hint', text: ` ${imageMode(images.get(p.image.split('@')[0]))}` }) : null),
     el('td', { text: p.kind }),
     el('td', { text: `${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.display}` }),
     el('td', { text: String(p.counts.ready) }),

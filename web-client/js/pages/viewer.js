@@ -96,12 +96,16 @@ export function showViewer(app, target) {
   const volumeLabel = el('label', { class: 'viewer-size', for: 'volume', hidden: true }, 'Volume ', volume);
   // Said when the connection is recorded (policy), for as long as it is.
   const recorded = el('span', { class: 'viewer-recorded', id: 'recorded', role: 'note', hidden: true }, '● Recorded');
+  // Said when the desktop's OS has no Atrium agent (an imported image): what that leaves out.
+  const noAgent = el('span', { class: 'viewer-note', id: 'no-agent', role: 'note', hidden: true,
+    title: 'Atrium cannot sign you in to this desktop or carry its clipboard and files' },
+  'No Atrium agent: sign in to this desktop yourself; no clipboard or file transfer');
   const leaveBtn = btn(shadowOf ? 'Stop watching' : 'Disconnect', () => leave(true));
   const outBtn = btn('Sign out', () => { stop(); app.signOut(); });
   const uploads = new UploadPanel({ dropTarget: screen });
   const downloads = new DownloadPanel();
   const bar = el('div', { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Desktop controls' },
-    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipboard.button, uploads.button, downloads.button, fullBtn, outBtn, recorded, stats);
+    btn('← My desktops', () => leave(false)), leaveBtn, cadBtn, fitBtn, sizeLabel, soundBtn, volumeLabel, clipboard.button, uploads.button, downloads.button, fullBtn, outBtn, recorded, noAgent, stats);
   const root = el('div', { class: 'viewer' }, el('h1', { class: 'visually-hidden', text: shadowOf ? 'Watching a session' : `Desktop: ${pool}` }), bar, clipboard.panel, uploads.panel, downloads.panel, screen);
   render(root);
 
@@ -113,6 +117,8 @@ export function showViewer(app, target) {
   let timer = null;
   // The session's time limits, from the broker's last connect answer.
   let limits = null;
+  // The desktop's OS has no Atrium agent (the broker's last connect answer says so).
+  let agentless = false;
   // The largest size the desktop takes, once it said this viewer may choose one.
   let maxSize = null;
   let settle = null;
@@ -259,6 +265,7 @@ export function showViewer(app, target) {
     const r = await post(`/api/v1/pools/${encodeURIComponent(pool)}/connect`, { keyboard_layout: currentLayout() });
     desktopId = r.desktop_id;
     limits = r.limits || null;
+    agentless = r.agent === false;
     if (r.status !== 'ready') return { ready: false, retry: r.retry_after_ms || 1000, source: r.source };
     return { ready: true, url: `${r.ws_url}?ticket=${encodeURIComponent(r.ticket)}` };
   }
@@ -339,8 +346,11 @@ export function showViewer(app, target) {
       recorded.hidden = !rec;
       recorded.title = keys ? 'This session is recorded, with what you type' : 'This session is recorded';
       if (!shadowOf && !h.viewOnly) warnings.start(limits, () => (session ? session.lastInputAt : 0));
-      const said = h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.';
-      announce(rec ? `${said} This session is recorded${keys ? ', including what you type' : ''}.` : said);
+      noAgent.hidden = !agentless;
+      let said = h.viewOnly ? 'Connected, view only.' : 'Connected to your desktop.';
+      if (rec) said += ` This session is recorded${keys ? ', including what you type' : ''}.`;
+      if (agentless) said += ' Sign in to its operating system yourself: it has no Atrium agent, so the clipboard and file transfer are not available.';
+      announce(said);
       canvas.focus();
     });
     session.on('resizable', ({ maxWidth, maxHeight }) => {
