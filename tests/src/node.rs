@@ -45,6 +45,22 @@ pub fn uefi_disk_without_agent() -> anyhow::Result<PathBuf> {
     cached_disk("uefi-disk-noagent.raw")
 }
 
+/// `atrium-node image import --images-dir IMAGES ARGS... FILE`, as an operator runs it: whether
+/// it succeeded, and what it said (standard output, then error).
+pub fn import_image(images: &Path, file: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(bin_path("atrium-node"))
+        .args(["image", "import", "--images-dir"])
+        .arg(images)
+        .args(args)
+        .arg(file)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .context("running atrium-node image import")?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
 fn cached_disk(name: &str) -> anyhow::Result<PathBuf> {
     let p = cache_dir().join("images").join(name);
     ensure!(

@@ -173,8 +173,24 @@ impl Stack {
         display_port: Option<u16>,
         display_extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_inner(configure, display_port, display_extra, &[]).await
+    }
+
+    /// [`Stack::start`], the node holding `more` image folders beside console and desktop.
+    pub async fn start_with_images(more: &[&std::path::Path]) -> anyhow::Result<Self> {
+        Self::start_inner(|_| {}, None, "", more).await
+    }
+
+    async fn start_inner(
+        configure: impl FnOnce(&mut BrokerOptions),
+        display_port: Option<u16>,
+        display_extra: &str,
+        more: &[&std::path::Path],
+    ) -> anyhow::Result<Self> {
         let console = console_image()?;
         let desktop = desktop_image()?;
+        let mut images = vec![console.as_path(), desktop.as_path()];
+        images.extend_from_slice(more);
         let slapd = Slapd::start().context("starting the directory (slapd)")?;
         let mut opts = BrokerOptions::new(&slapd.url());
         configure(&mut opts);
@@ -186,7 +202,7 @@ impl Stack {
         admin.login_ok("carol", "carol-pw").await;
         let enrolment = admin.enrolment_token("node-1").await;
         let node = NodeProcess::start_with_images(
-            &[&console, &desktop],
+            &images,
             &format!(
                 "id = \"node-1\"\ndisplay_url = \"ws://127.0.0.1:{display_port}\"\n\n[broker]\nurl = \"{}\"\nheartbeat_secs = 2\nenrolment_token = {enrolment:?}\n",
                 broker.url

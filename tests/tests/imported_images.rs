@@ -13,26 +13,17 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use atrium_protocol::node::{Capacity, DisplayEndpoint, VmInfo, VmState};
-use atrium_tests::node::{NodeProcess, processes_with, uefi_disk, uefi_disk_without_agent};
+use atrium_tests::node::{
+    NodeProcess, import_image, processes_with, uefi_disk, uefi_disk_without_agent,
+};
 use atrium_tests::rfb::RfbClient;
-use atrium_tests::{Group, TempDir, bin_path, skip, wait_for};
+use atrium_tests::{Group, TempDir, skip, wait_for};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(240);
 
-/// `atrium-node image import ARGS... FILE` into `images`: its exit, standard output and error.
 fn import(images: &Path, file: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let out = Command::new(bin_path("atrium-node"))
-        .args(["image", "import", "--images-dir"])
-        .arg(images)
-        .args(args)
-        .arg(file)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .context("running atrium-node image import")?;
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
+    import_image(images, file, args)
 }
 
 const UEFI: [&str; 8] =

@@ -136,7 +136,7 @@ export async function showPools(app) {
     el('th', { scope: 'row', text: p.name }),
     el('td', {},
       el('span', { text: `${p.image}${p.clone ? ' (clones)' : ''}${p.runtime ? `, ${p.runtime} runtime` : ''}` }),
-      imageMode(images.get(p.image.split('@')[0])) ? el('span', { class: 'hint', text: ` ${imageMode(images.get(p.image.split('@')[0]))}` }) : null),
+      imageMode(images.get(p.image.split('@')[0])) ? el('div', { class: 'hint', text: imageMode(images.get(p.image.split('@')[0])) }) : null),
     el('td', { text: p.kind }),
     el('td', { text: `${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.display}` }),
     el('td', { text: String(p.counts.ready) }),
