@@ -170,6 +170,8 @@ pub struct QemuSection {
     /// Where OVMF's files are (`OVMF_CODE_4M.fd` and the rest, Debian's `ovmf`): the UEFI
     /// firmware of images booted by firmware.
     pub ovmf_dir: PathBuf,
+    /// `swtpm` (Debian's `swtpm`): the virtual TPM of images imported with `--tpm`.
+    pub swtpm: PathBuf,
 }
 
 /// What `qemu.run_as` asks for.
@@ -221,6 +223,7 @@ impl Default for QemuSection {
             run_as: "per-vm".into(),
             vm_uids: "200000-299999".into(),
             ovmf_dir: PathBuf::from("/usr/share/OVMF"),
+            swtpm: PathBuf::from("swtpm"),
         }
     }
 }

@@ -175,6 +175,9 @@ struct ImageImportArgs {
     /// UEFI Secure Boot, with Microsoft's keys enrolled.
     #[arg(long)]
     secure_boot: bool,
+    /// A virtual TPM 2.0 per VM (swtpm), as Windows 11 requires.
+    #[arg(long)]
+    tpm: bool,
     /// Atrium's guest agent is installed in the image (docs/images.md).
     #[arg(long)]
     agent: bool,
@@ -288,6 +291,7 @@ fn image_import(a: ImageImportArgs) -> anyhow::Result<()> {
         version: a.version,
         firmware: a.firmware,
         secure_boot: a.secure_boot,
+        tpm: a.tpm,
         agent: a.agent,
         min_memory_mib: a.min_memory,
         qemu_img: a.qemu_img,
@@ -296,10 +300,11 @@ fn image_import(a: ImageImportArgs) -> anyhow::Result<()> {
     let m = &image.manifest;
     let disk = m.disk.as_ref().map_or(0, |d| d.size_mib);
     println!(
-        "imported {} ({} firmware{}, {} MiB disk, {}) in {}",
+        "imported {} ({} firmware{}{}, {} MiB disk, {}) in {}",
         m.reference(),
         opts.firmware.as_str(),
         if opts.secure_boot { " with Secure Boot" } else { "" },
+        if opts.tpm { ", a TPM" } else { "" },
         disk,
         if opts.agent { "with Atrium's agent" } else { "no agent" },
         image.dir.display()

@@ -41,8 +41,9 @@ apt_wanted() {
     command -v sfdisk >/dev/null || [ -x /sbin/sfdisk ] || missing+=(fdisk)
   fi
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-  # UEFI firmware for imported images booted by UEFI.
+  # UEFI firmware and a virtual TPM for imported images.
   [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+  command -v swtpm >/dev/null || missing+=(swtpm)
   command -v cpio >/dev/null || missing+=(cpio)
   command -v xz >/dev/null || missing+=(xz-utils)
   command -v zstd >/dev/null || missing+=(zstd)

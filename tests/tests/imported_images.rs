@@ -37,11 +37,11 @@ fn vnc_path(info: &VmInfo) -> anyhow::Result<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps_its_disk()
+async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_in_and_keeps_its_disk()
 -> anyhow::Result<()> {
     if skip(
         Group::Qemu,
-        "an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps_its_disk",
+        "an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_in_and_keeps_its_disk",
     ) {
         return Ok(());
     }
@@ -49,10 +49,10 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps
     let tmp = TempDir::new("imported");
     let images = tmp.path().join("images");
     let mut args = UEFI.to_vec();
-    args.push("--agent");
+    args.extend(["--agent", "--tpm"]);
     let (ok, said) = import(&images, &disk, &args)?;
     ensure!(ok, "the import failed: {said}");
-    assert!(said.contains("imported uefitest@v1 (uefi firmware"), "{said}");
+    assert!(said.contains("imported uefitest@v1 (uefi firmware, a TPM"), "{said}");
     let node = NodeProcess::start(&images.join("uefitest"), "").await?;
 
     // The node lists the image as imported.
@@ -91,6 +91,22 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps
     let log = node.console_log(&id).await?;
     assert!(log.contains("atrium-guest-agent: ready"), "console log:\n{log}");
 
+    // Its TPM: a swtpm of its own, as the VM's user (not root), its state kept with the
+    // dedicated desktop's disk, which the firmware wrote to (it measures the boot).
+    ensure!(args.iter().any(|a| a == "tpm-crb,tpmdev=tpm0"), "no TPM device: {args:?}");
+    let tpm_dir = node.state_dir.join("tpm").join(format!("disk-{kept}"));
+    let swtpm = processes_with("type=unixio,path=swtpm.sock");
+    ensure!(swtpm.len() == 1, "swtpm processes: {swtpm:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", swtpm[0]))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    ensure!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "swtpm runs as root: {uid}");
+    ensure!(
+        std::fs::read_link(format!("/proc/{}/cwd", swtpm[0]))? == tpm_dir,
+        "swtpm is not in {}",
+        tpm_dir.display()
+    );
+    ensure!(tpm_dir.join("tpm2-00.permall").is_file(), "the TPM kept no state");
+
     // The agent works as in a built image: the clipboard crosses both ways.
     let info = node.vm(&id).await?;
     let mut rfb = RfbClient::connect(&vnc_path(&info)?).await?;
@@ -116,6 +132,17 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_signs_its_user_in_and_keeps
         processes_with(&format!("guest=atrium-{again}")).is_empty(),
         "QEMU of {again} still runs"
     );
+    ensure!(processes_with("type=unixio,path=swtpm.sock").is_empty(), "swtpm outlived its VM");
+    ensure!(tpm_dir.join("tpm2-00.permall").is_file(), "the dedicated desktop's TPM went");
+
+    // A floating desktop's TPM goes with it.
+    let floating =
+        json!({ "image": "uefitest", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let id = node.ready_vm(&floating, BOOT).await?;
+    ensure!(node.state_dir.join("tpm").join(&id).is_dir(), "no TPM state for {id}");
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+    assert_eq!(status, 204);
+    ensure!(!node.state_dir.join("tpm").join(&id).exists(), "the floating desktop's TPM stayed");
     Ok(())
 }
 

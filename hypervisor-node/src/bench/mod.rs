@@ -95,6 +95,7 @@ async fn bare_boot(
         id: "vm-bare".into(),
         dir: dir.to_path_buf(),
         boot: LaunchBoot::of(image),
+        tpm: None,
         disk,
         home: None,
         vcpus: opts.vcpus,

@@ -64,6 +64,8 @@ pub struct ImportOptions {
     pub version: String,
     pub firmware: Firmware,
     pub secure_boot: bool,
+    /// A virtual TPM 2.0 per VM.
+    pub tpm: bool,
     /// Atrium's guest agent is installed in the image.
     pub agent: bool,
     pub min_memory_mib: u32,
@@ -335,6 +337,7 @@ pub fn import(opts: &ImportOptions) -> Result<Image, ImportError> {
             boot: Boot::Firmware(FirmwareSpec {
                 firmware: opts.firmware,
                 secure_boot: opts.secure_boot,
+                tpm: opts.tpm,
             }),
             disk: Some(DiskSpec {
                 file: "disk.qcow2".into(),

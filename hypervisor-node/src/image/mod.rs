@@ -123,6 +123,9 @@ pub struct FirmwareSpec {
     /// loaders expect).
     #[serde(default)]
     pub secure_boot: bool,
+    /// A virtual TPM 2.0 per VM (swtpm), as Windows 11 requires.
+    #[serde(default)]
+    pub tpm: bool,
 }
 
 /// Where an imported image came from, and what it has inside.
@@ -566,7 +569,11 @@ pub(crate) mod tests {
         assert!(m.validate().unwrap_err().contains("no agent record"));
         // A firmware boot needs its root disk and where it came from.
         let mut m = good.manifest.clone();
-        m.boot = Boot::Firmware(FirmwareSpec { firmware: Firmware::Bios, secure_boot: false });
+        m.boot = Boot::Firmware(FirmwareSpec {
+            firmware: Firmware::Bios,
+            secure_boot: false,
+            tpm: false,
+        });
         assert!(m.validate().unwrap_err().contains("root disk"));
         m.disk = Some(DiskSpec {
             file: "vmlinuz".into(),
@@ -583,7 +590,11 @@ pub(crate) mod tests {
         });
         assert!(m.validate().is_ok());
         assert!(!m.has_agent() || m.agent.is_some());
-        m.boot = Boot::Firmware(FirmwareSpec { firmware: Firmware::Bios, secure_boot: true });
+        m.boot = Boot::Firmware(FirmwareSpec {
+            firmware: Firmware::Bios,
+            secure_boot: true,
+            tpm: false,
+        });
         assert!(m.validate().unwrap_err().contains("secure_boot"));
         let mut m = good.manifest.clone();
         m.format = 99;

@@ -501,6 +501,7 @@ mod tests {
                 initrd: Some(dir.join("initrd.img")),
                 cmdline: "console=ttyS0".into(),
             },
+            tpm: None,
             disk,
             home: None,
             vcpus: 2,

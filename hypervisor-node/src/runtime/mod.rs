@@ -106,6 +106,9 @@ pub struct LaunchConfig {
     /// The VM's folder (owned by the node; the runtime puts its sockets here).
     pub dir: PathBuf,
     pub boot: LaunchBoot,
+    /// The folder of the VM's virtual TPM's state, when its image has one (a disk booted by
+    /// firmware with `tpm`).
+    pub tpm: Option<PathBuf>,
     pub disk: Option<DiskConfig>,
     /// The user's home disk, attached after `disk` (dedicated desktops of images with one).
     pub home: Option<HomeDiskConfig>,

@@ -3,7 +3,7 @@
 //! launch it through a runtime, attach the serial console and the guest agent, resume it, and
 //! watch it (a clone is made its own before it is ready).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +124,7 @@ impl VmManager {
             id: vm.id.clone(),
             dir: vm.dir.clone(),
             boot: LaunchBoot::of(&vm.image),
+            tpm: self.tpm_state(vm),
             disk,
             home,
             vcpus: vm.spec.vcpus,
@@ -186,6 +187,19 @@ impl VmManager {
         }
         self.watch(vm, handle, agent, false);
         Ok(())
+    }
+
+    /// Where the VM's virtual TPM keeps its state, when its image has one: with its persistent
+    /// disk (kept), else in a folder that goes with the VM ([`Self::teardown`]).
+    pub(super) fn tpm_state(&self, vm: &Vm) -> Option<PathBuf> {
+        if !vm.image.manifest.firmware().is_some_and(|f| f.tpm) {
+            return None;
+        }
+        let dir = self.config.node.state_dir.join("tpm");
+        Some(match &vm.spec.persistent_disk {
+            Some(disk) => dir.join(format!("disk-{disk}")),
+            None => dir.join(&vm.id),
+        })
     }
 
     /// A VM's limits: its memory with the runtime's overhead, its CPUs, processes.

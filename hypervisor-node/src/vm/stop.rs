@@ -85,14 +85,18 @@ impl VmManager {
         {
             first_error.get_or_insert(RuntimeError::from(e).into());
         }
-        match std::fs::remove_dir_all(&vm.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                first_error.get_or_insert(VmError::Internal(format!(
-                    "removing {}: {e}",
-                    vm.dir.display()
-                )));
+        // Its folder, and its TPM's state unless that is kept with its persistent disk.
+        let tpm = self.tpm_state(vm).filter(|_| vm.spec.persistent_disk.is_none());
+        for dir in std::iter::once(vm.dir.clone()).chain(tpm) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert(VmError::Internal(format!(
+                        "removing {}: {e}",
+                        dir.display()
+                    )));
+                }
             }
         }
         if vm.state() != VmState::Failed {

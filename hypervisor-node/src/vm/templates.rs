@@ -380,6 +380,7 @@ impl VmManager {
             id: id.clone(),
             dir: dir.clone(),
             boot: LaunchBoot::of(image),
+            tpm: None,
             disk: disk.clone(),
             home: None,
             vcpus: kind.vcpus,

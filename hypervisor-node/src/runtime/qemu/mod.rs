@@ -24,6 +24,7 @@
 //!   own uid leased again).
 
 mod clones;
+mod tpm;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -361,6 +362,16 @@ impl QemuRuntime {
             push("-device".into());
             push("virtio-blk-pci,drive=home0,serial=atrium-home".into());
         }
+        if let Some(state) = &cfg.tpm {
+            // The VM's swtpm (tpm.rs); CRB as UEFI and Windows expect, TIS for SeaBIOS.
+            push("-chardev".into());
+            push(format!("socket,id=tpmchr0,path={}", state.join(tpm::SOCKET).display()));
+            push("-tpmdev".into());
+            push("emulator,id=tpm0,chardev=tpmchr0".into());
+            push("-device".into());
+            let bios = matches!(firmware, Some(FirmwareSpec { firmware: Firmware::Bios, .. }));
+            push(if bios { "tpm-tis,tpmdev=tpm0" } else { "tpm-crb,tpmdev=tpm0" }.into());
+        }
         push("-nic".into());
         push("none".into());
         match &cfg.boot {
@@ -542,6 +553,9 @@ impl QemuRuntime {
         prepare_memory(&cfg, user.is_some() && uid_lease.is_none())?;
         give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
         self.prepare_firmware(&cfg, &paths)?;
+        if let Some(state) = &cfg.tpm {
+            tpm::start(&self.cfg.swtpm, &cfg, state, user.as_ref().map(|u| (u.uid, u.gid))).await?;
+        }
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
         // A VM outlives the node (a restarted node takes it back); a template ends with the
@@ -876,6 +890,7 @@ mod tests {
                 initrd: Some(PathBuf::from("/img/initrd.img")),
                 cmdline: "console=ttyS0 quiet".into(),
             },
+            tpm: None,
             disk: Some(DiskConfig {
                 base: "/img/home.raw".into(),
                 base_format: DiskFormat::Raw,
@@ -1020,13 +1035,14 @@ mod tests {
         let rt = QemuRuntime::new(cfg, KvmKind::Pvm);
         let args = |firmware, secure_boot| -> Vec<String> {
             let mut cfg = launch_config();
-            cfg.boot = LaunchBoot::Firmware(FirmwareSpec { firmware, secure_boot });
+            cfg.boot = LaunchBoot::Firmware(FirmwareSpec { firmware, secure_boot, tpm: false });
             rt.args(&cfg, &Paths::in_dir(&cfg.dir), None)
                 .into_iter()
                 .map(|s| s.to_string_lossy().into_owned())
                 .collect()
         };
         let uefi = args(Firmware::Uefi, false);
+        assert!(after(&uefi, "-tpmdev").is_empty(), "a TPM nobody asked for");
         assert!(after(&uefi, "-kernel").is_empty() && after(&uefi, "-append").is_empty());
         assert!(!uefi.contains(&"-no-reboot".to_owned()), "an OS on a disk may restart");
         assert_eq!(after(&uefi, "-machine"), ["q35"]);
@@ -1051,6 +1067,26 @@ mod tests {
         let bios = args(Firmware::Bios, false);
         assert_eq!(after(&bios, "-drive").len(), 1, "SeaBIOS needs no flash: {bios:?}");
         assert!(after(&bios, "-kernel").is_empty());
+
+        // A TPM: the VM's swtpm on the socket in its state folder.
+        let mut cfg = launch_config();
+        cfg.boot = LaunchBoot::Firmware(FirmwareSpec {
+            firmware: Firmware::Uefi,
+            secure_boot: false,
+            tpm: true,
+        });
+        cfg.tpm = Some("/state/tpm/vm-0123456789abcdef".into());
+        let a: Vec<String> = rt
+            .args(&cfg, &Paths::in_dir(&cfg.dir), None)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            after(&a, "-chardev")
+                .contains(&"socket,id=tpmchr0,path=/state/tpm/vm-0123456789abcdef/swtpm.sock")
+        );
+        assert_eq!(after(&a, "-tpmdev"), ["emulator,id=tpm0,chardev=tpmchr0"]);
+        assert!(after(&a, "-device").contains(&"tpm-crb,tpmdev=tpm0"));
     }
 
     #[test]
