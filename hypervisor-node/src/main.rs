@@ -10,7 +10,7 @@ use anyhow::Context;
 use atrium_node::config::NodeConfig;
 use atrium_node::image::Firmware;
 use atrium_node::image::build::{self, BuildOptions, ImageKind};
-use atrium_node::image::import::{self, ImportOptions};
+use atrium_node::image::import::{self, ImportOptions, SourceFormat};
 use atrium_node::run::{RunError, RunOptions};
 use atrium_node::{bench, server};
 use atrium_protocol::agent::SessionUser;
@@ -172,6 +172,10 @@ struct ImageImportArgs {
     /// How the disk boots: `uefi` (OVMF) or `bios` (SeaBIOS).
     #[arg(long)]
     firmware: Firmware,
+    /// The file's format (`qcow2`, `vmdk`, `vhdx` or `raw`), when you know it: a raw disk whose
+    /// first bytes look like another format's is read as raw (default: told by those bytes).
+    #[arg(long)]
+    format: Option<SourceFormat>,
     /// UEFI Secure Boot, with Microsoft's keys enrolled.
     #[arg(long)]
     secure_boot: bool,
@@ -290,6 +294,7 @@ fn image_import(a: ImageImportArgs) -> anyhow::Result<()> {
         name: a.name,
         version: a.version,
         firmware: a.firmware,
+        format: a.format,
         secure_boot: a.secure_boot,
         tpm: a.tpm,
         agent: a.agent,

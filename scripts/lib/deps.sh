@@ -137,9 +137,11 @@ install_test_deps() {
   install_kube_tools
 }
 
-# Builds (or reuses from the cache) the guest images the tests boot.
+# Builds (or reuses from the cache) the guest images the tests boot, and the UEFI disks the
+# tests import as an operator's own image (from the console image).
 prepare_test_images() {
   if [ -x scripts/lib/images.sh ]; then
     scripts/lib/images.sh
+    scripts/lib/uefi-disk.sh "$ATRIUM_CACHE/images/console" >&2
   fi
 }

@@ -8,8 +8,7 @@
 #   result:  $ATRIUM_CACHE/images/<kind>-<key>/         (ATRIUM_CACHE defaults to ~/.cache/atrium)
 #   link:    $ATRIUM_CACHE/images/<kind> -> <kind>-<key>    (what the tests use)
 #   prints:  ATRIUM_CONSOLE_IMAGE=<folder> and ATRIUM_DESKTOP_IMAGE=<folder> (the last lines)
-#
-# It also makes the UEFI disk the tests import as an operator's own image (uefi-disk.sh).
+
 #
 # Tests take ATRIUM_CONSOLE_IMAGE / ATRIUM_DESKTOP_IMAGE when set, else the links; see
 # tests/src/node.rs. The desktop image's files must belong to root: it is built as root, or
@@ -81,8 +80,6 @@ elif command -v fakeroot >/dev/null; then
 else
   desktop=$(build_kind desktop sudo)
 fi
-
-scripts/lib/uefi-disk.sh "$console" >&2
 
 echo "ATRIUM_CONSOLE_IMAGE=$console"
 echo "ATRIUM_DESKTOP_IMAGE=$desktop"

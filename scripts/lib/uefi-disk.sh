@@ -12,8 +12,11 @@
 #            and uefi-disk-noagent-<key>.raw
 #   links:   $ATRIUM_CACHE/images/uefi-disk.raw and uefi-disk-noagent.raw (what the tests use)
 #
-# Needs mkfs.vfat (dosfstools), mtools, sfdisk (fdisk), cpio and dpkg-deb.
+# Needs mkfs.vfat (dosfstools), mtools, sfdisk (fdisk), cpio and dpkg-deb (scripts/lib/deps.sh
+# installs them for the tests).
 set -euo pipefail
+# mkfs.vfat and sfdisk are in /sbin, which a user's PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
 
 console=${1:?usage: uefi-disk.sh CONSOLE_IMAGE_FOLDER}
 ATRIUM_CACHE="${ATRIUM_CACHE:-$HOME/.cache/atrium}"
@@ -40,17 +43,19 @@ echo "uefi-disk: building $out" >&2
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-deb=$(ls "$debs"/systemd-boot-efi_*.deb 2>/dev/null | grep -F "_${version//:/%3a}_" | head -1 || true)
+deb=$( (ls "$debs"/systemd-boot-efi_*.deb 2>/dev/null || true) | grep -F "_${version//:/%3a}_" | head -1 || true)
 if [ -z "$deb" ]; then
   (cd "$debs" && apt-get download -q "systemd-boot-efi=$version" >&2)
-  deb=$(ls "$debs"/systemd-boot-efi_*.deb | grep -F "_${version//:/%3a}_" | head -1)
+  deb=$( (ls "$debs"/systemd-boot-efi_*.deb 2>/dev/null || true) | grep -F "_${version//:/%3a}_" | head -1 || true)
+  [ -n "$deb" ] || { echo "uefi-disk: apt-get download gave no systemd-boot-efi $version" >&2; exit 1; }
 fi
 dpkg-deb -x "$deb" "$work/deb"
 boot="$work/deb/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 [ -f "$boot" ] || { echo "uefi-disk: $deb has no systemd-bootx64.efi" >&2; exit 1; }
 
-cmdline=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["boot"]["cmdline"])' \
-  "$console/manifest.json")
+# The console image's kernel command line, from its manifest (`"cmdline": "..."`, one line).
+cmdline=$(sed -n 's/^ *"cmdline": "\([^"\\]*\)",\{0,1\}$/\1/p' "$console/manifest.json" | head -1)
+[ -n "$cmdline" ] || { echo "uefi-disk: no kernel command line in $console/manifest.json" >&2; exit 1; }
 
 # make_disk OUT INITRD: a GPT disk of 80 MiB whose EFI system partition (64 MiB of FAT, at
 # 1 MiB) holds the boot loader, its menu, the kernel and INITRD.
@@ -100,6 +105,6 @@ ln -sfn "uefi-disk-noagent-$key.raw" "$images/uefi-disk-noagent.raw"
 # Keep this disk and the two most recent others.
 for kind in uefi-disk uefi-disk-noagent; do
   { ls -1t "$images/$kind"-????????????????.raw 2>/dev/null || true; } |
-    { grep -vx -e "$out" -e "$noagent" || true; } | tail -n +3 | xargs -r rm -f
+    { grep -Fvx -e "$out" -e "$noagent" || true; } | tail -n +3 | xargs -r -d '\n' rm -f
 done
 echo "ATRIUM_UEFI_DISK=$out"

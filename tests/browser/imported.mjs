@@ -40,7 +40,12 @@ async function main() {
   await note.waitFor({ state: 'visible', timeout: 10000 });
   check(/sign in to this desktop yourself/.test(await note.textContent()), 'the viewer does not say to sign in');
   await page.locator('#status').filter({ hasText: 'no Atrium agent' }).waitFor({ timeout: 10000 });
-  check(await page.getByRole('button', { name: 'Send to desktop' }).isDisabled().catch(() => true), 'the clipboard can be sent to a desktop without an agent');
+  // The clipboard panel offers nothing to send or take.
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
+  const send = page.getByRole('button', { name: 'Send to desktop' });
+  await send.waitFor({ timeout: 5000 });
+  check(await send.isDisabled(), 'the clipboard can be sent to a desktop without an agent');
+  await page.getByRole('button', { name: 'Clipboard', exact: true }).click();
   await untilCanvasShows(page, cfg.artifacts, 'login', 'imported-02-login.png', 120,
     'the OS\'s login prompt never showed in the canvas');
   await page.screenshot({ path: join(cfg.artifacts, 'imported-03-viewer.png') });

@@ -85,7 +85,7 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
         "{args:?}"
     );
     assert!(!args.iter().any(|a| a == "-kernel"), "an imported image booted a kernel directly");
-    let vars = node.state_dir.join("vms").join(&id).join("efivars.fd");
+    let vars = node.state_dir.join("firmware").join(format!("disk-{kept}")).join("efivars.fd");
     let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd")?.len();
     assert_eq!(std::fs::metadata(&vars)?.len(), template, "{}", vars.display());
     let log = node.console_log(&id).await?;
@@ -94,7 +94,7 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
     // Its TPM: a swtpm of its own, as the VM's user (not root), its state kept with the
     // dedicated desktop's disk, which the firmware wrote to (it measures the boot).
     ensure!(args.iter().any(|a| a == "tpm-crb,tpmdev=tpm0"), "no TPM device: {args:?}");
-    let tpm_dir = node.state_dir.join("tpm").join(format!("disk-{kept}"));
+    let tpm_dir = node.state_dir.join("firmware").join(format!("disk-{kept}")).join("tpm");
     let swtpm = processes_with("type=unixio,path=swtpm.sock");
     ensure!(swtpm.len() == 1, "swtpm processes: {swtpm:?}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", swtpm[0]))?;
@@ -118,31 +118,41 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
     rfb.type_text("tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
     node.wait_clipboard(&id, 0, &paste.to_uppercase(), Duration::from_secs(60)).await?;
 
-    // Stopped, its disk kept; a new VM on that disk boots again (the firmware finds the same
-    // boot loader on the user's own layer).
+    // Stopped, its disk kept. A floating desktop now takes the uid it ran as; the dedicated
+    // desktop, started again on its disk, runs as another, and still boots (the firmware finds
+    // the same boot loader on the user's own layer) with its TPM (its state given to the new
+    // uid).
     let (status, body) = node.call("POST", &format!("/api/v1/vms/{id}/stop"), None).await?;
     ensure!(status == 200, "stop: {status} {}", String::from_utf8_lossy(&body));
     let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
     assert_eq!(status, 204);
     assert!(!node.state_dir.join("vms").join(&id).exists(), "the VM's folder is left");
-    let again = node.ready_vm(&spec, BOOT).await?;
-    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{again}"), None).await?;
-    assert_eq!(status, 204);
-    ensure!(
-        processes_with(&format!("guest=atrium-{again}")).is_empty(),
-        "QEMU of {again} still runs"
-    );
     ensure!(processes_with("type=unixio,path=swtpm.sock").is_empty(), "swtpm outlived its VM");
     ensure!(tpm_dir.join("tpm2-00.permall").is_file(), "the dedicated desktop's TPM went");
-
-    // A floating desktop's TPM goes with it.
+    let owner = |dir: &std::path::Path| -> anyhow::Result<u32> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(dir.join("tpm2-00.permall"))?.uid())
+    };
+    let first_uid = owner(&tpm_dir)?;
     let floating =
         json!({ "image": "uefitest", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
-    let id = node.ready_vm(&floating, BOOT).await?;
-    ensure!(node.state_dir.join("tpm").join(&id).is_dir(), "no TPM state for {id}");
-    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
-    assert_eq!(status, 204);
-    ensure!(!node.state_dir.join("tpm").join(&id).exists(), "the floating desktop's TPM stayed");
+    let float = node.ready_vm(&floating, BOOT).await?;
+    let float_state = node.state_dir.join("firmware").join(&float);
+    ensure!(float_state.join("tpm").is_dir(), "no TPM state for {float}");
+    let again = node.ready_vm(&spec, BOOT).await?;
+    let second_uid = owner(&tpm_dir)?;
+    ensure!(second_uid != first_uid, "the dedicated desktop ran as uid {first_uid} both times");
+    for vm in [&again, &float] {
+        let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{vm}"), None).await?;
+        assert_eq!(status, 204);
+        ensure!(
+            processes_with(&format!("guest=atrium-{vm}")).is_empty(),
+            "QEMU of {vm} still runs"
+        );
+    }
+    // A floating desktop's firmware state goes with it; the dedicated one's stays.
+    ensure!(!float_state.exists(), "the floating desktop's firmware state stayed");
+    ensure!(tpm_dir.join("tpm2-00.permall").is_file(), "the dedicated desktop's TPM went");
     Ok(())
 }
 

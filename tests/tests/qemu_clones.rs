@@ -30,7 +30,7 @@ fn config(image: &Image, dir: &std::path::Path, id: &str, memory: GuestMemory) -
         id: id.into(),
         dir: dir.join(id),
         boot: LaunchBoot::of(image),
-        tpm: None,
+        firmware_state: None,
         disk: None,
         home: None,
         vcpus: 1,

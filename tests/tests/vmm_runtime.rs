@@ -40,7 +40,7 @@ async fn the_builtin_runtime_runs_a_vm_from_launch_to_cleanup() -> anyhow::Resul
                 initrd: None,
                 cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr panic=-1".into(),
             },
-            tpm: None,
+            firmware_state: None,
             disk: Some(DiskConfig {
                 base: base.clone(),
                 base_format: atrium_node::image::DiskFormat::Raw,

@@ -95,7 +95,7 @@ async fn bare_boot(
         id: "vm-bare".into(),
         dir: dir.to_path_buf(),
         boot: LaunchBoot::of(image),
-        tpm: None,
+        firmware_state: Some(dir.join("firmware")),
         disk,
         home: None,
         vcpus: opts.vcpus,
@@ -106,7 +106,7 @@ async fn bare_boot(
         memory: Default::default(),
     };
     let paths = Paths::in_dir(dir);
-    qemu.prepare_firmware(&cfg, &paths).map_err(|e| RunError::NotReady(e.to_string()))?;
+    qemu.prepare_firmware(&cfg).map_err(|e| RunError::NotReady(e.to_string()))?;
     let args: Vec<_> = qemu.args(&cfg, &paths, None).into_iter().filter(|a| a != "-S").collect();
     let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
     cmd.args(args)

@@ -63,6 +63,8 @@ pub struct ImportOptions {
     pub name: String,
     pub version: String,
     pub firmware: Firmware,
+    /// The file's format as the operator says it is (else read from its first bytes).
+    pub format: Option<SourceFormat>,
     pub secure_boot: bool,
     /// A virtual TPM 2.0 per VM.
     pub tpm: bool,
@@ -81,6 +83,19 @@ pub enum SourceFormat {
     Vmdk,
     Vhdx,
     Raw,
+}
+
+impl std::str::FromStr for SourceFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qcow2" => Ok(Self::Qcow2),
+            "vmdk" => Ok(Self::Vmdk),
+            "vhdx" => Ok(Self::Vhdx),
+            "raw" => Ok(Self::Raw),
+            other => Err(format!("unknown format {other:?} (qcow2, vmdk, vhdx or raw)")),
+        }
+    }
 }
 
 impl SourceFormat {
@@ -128,11 +143,26 @@ pub struct DiskInfo {
     pub virtual_size: u64,
 }
 
-/// Reads `qemu-img info --output=json`: the disk's size, and refuses a disk that reads other
-/// files (a backing file, an external data file).
-pub fn parse_info(json: &str) -> Result<DiskInfo, ImportError> {
+/// Reads `qemu-img info --output=json` of `source` (its canonical path): the disk's size, and
+/// refuses a disk that reads other files (a backing file, an external data file, a VMDK whose
+/// extents are not the file itself: a descriptor inside a VMDK may name any file).
+pub fn parse_info(json: &str, source: &Path) -> Result<DiskInfo, ImportError> {
     let v: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| ImportError::Tool(format!("qemu-img info gave no JSON: {e}")))?;
+    if v.get("format").and_then(serde_json::Value::as_str) == Some("vmdk") {
+        let extents = v.pointer("/format-specific/data/extents").and_then(|e| e.as_array());
+        let own = extents.is_some_and(|e| {
+            e.len() == 1
+                && e[0].get("filename").and_then(serde_json::Value::as_str)
+                    == Some(&*source.to_string_lossy())
+        });
+        if !own {
+            return Err(refused(
+                "the VMDK's data is not all in the file itself (its descriptor names other \
+                 files): import a monolithic VMDK",
+            ));
+        }
+    }
     if v.get("backing-filename").is_some() || v.get("full-backing-filename").is_some() {
         return Err(refused(
             "the disk has a backing file: import a disk that stands alone (qemu-img convert \
@@ -181,6 +211,9 @@ pub fn check_partitions(
     last: &[u8],
     sectors: u64,
 ) -> Result<PartitionTable, ImportError> {
+    if sectors < 34 {
+        return Err(refused(format!("the disk has {sectors} sectors: too small to boot")));
+    }
     if head.len() < 2 * SECTOR_BYTES || head[510..512] != [0x55, 0xaa] {
         return Err(refused(
             "the disk has no partition table (no boot signature in its first sector): it is \
@@ -220,7 +253,7 @@ pub fn check_partitions(
     if primary.alternate != sectors - 1 {
         return Err(refused(format!(
             "the disk's GPT says it ends at sector {}, but it has {sectors} sectors: the file is \
-             truncated or was resized",
+             truncated, or was grown without moving its backup GPT (sgdisk -e fixes that)",
             primary.alternate
         )));
     }
@@ -277,37 +310,51 @@ pub fn import(opts: &ImportOptions) -> Result<Image, ImportError> {
             opts.out.display()
         )));
     }
-    let meta = std::fs::metadata(&opts.source).map_err(io_err(&opts.source))?;
+    // An absolute path: qemu-img reads `json:...` or `nbd:...` as a protocol, `-x` as an option.
+    let source = opts.source.canonicalize().map_err(io_err(&opts.source))?;
+    let meta = std::fs::metadata(&source).map_err(io_err(&source))?;
     if !meta.is_file() {
-        return Err(refused(format!("{} is not a regular file", opts.source.display())));
+        return Err(refused(format!("{} is not a regular file", source.display())));
     }
     let source_name =
-        opts.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (head, tail) = ends_of(&opts.source, meta.len())?;
-    let format = detect_format(&head, &tail)?;
-    let info = parse_info(&qemu_img(
-        &opts.qemu_img,
-        &["info", "--output=json", "-f", format.qemu_name()],
-        &opts.source,
-    )?)?;
+        source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (head, tail) = ends_of(&source, meta.len())?;
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect_format(&head, &tail)?,
+    };
+    let info = parse_info(
+        &qemu_img(&opts.qemu_img, &["info", "--output=json", "-f", format.qemu_name()], &source)?,
+        &source,
+    )?;
     if format != SourceFormat::Raw {
-        check_metadata(&opts.qemu_img, format, &opts.source)?;
+        check_metadata(&opts.qemu_img, format, &source)?;
     }
-    let source_sha256 =
-        debs::sha256_file(&opts.source).map_err(|e| ImportError::Tool(e.to_string()))?;
+    let source_sha256 = debs::sha256_file(&source).map_err(|e| ImportError::Tool(e.to_string()))?;
 
-    // Made aside (the catalog skips dot folders), renamed into place when whole.
+    // Made aside (the catalog skips dot folders), renamed into place when whole; a second
+    // import of the same version at once finds the work folder there and stops.
     let parent = opts.out.parent().unwrap_or(Path::new("."));
     let leaf = opts.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let work = parent.join(format!(".{leaf}.importing"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
+    let made_parent = !parent.exists();
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    std::fs::create_dir(&work).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            refused(format!(
+                "{} exists: another import of this version runs (or one was cut off: remove it)",
+                work.display()
+            ))
+        } else {
+            ImportError::Io { path: work.clone(), source: e }
+        }
+    })?;
     let made = (|| {
         let disk = work.join("disk.qcow2");
         qemu_img_status(
             &opts.qemu_img,
             &["convert", "-f", format.qemu_name(), "-O", "qcow2"],
-            &[&opts.source, &disk],
+            &[&source, &disk],
         )?;
         let sectors = info.virtual_size / SECTOR;
         let head = read_sectors(&opts.qemu_img, &disk, &work, 0, 34)?;
@@ -364,11 +411,17 @@ pub fn import(opts: &ImportOptions) -> Result<Image, ImportError> {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         std::fs::write(&mpath, json).map_err(io_err(&mpath))?;
         read_only(&mpath)?;
+        // Checked as a node loads it (sizes, the manifest), not hashed a third time.
+        Image::load(&work, false).map_err(|e| ImportError::Tool(e.to_string()))?;
         std::fs::rename(&work, &opts.out).map_err(io_err(&opts.out))?;
-        Image::load(&opts.out, true).map_err(|e| ImportError::Tool(e.to_string()))
+        Image::load(&opts.out, false).map_err(|e| ImportError::Tool(e.to_string()))
     })();
     if made.is_err() {
         let _ = std::fs::remove_dir_all(&work);
+        if made_parent {
+            // Only if empty: the image's name folder made for this version.
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     made
 }
@@ -385,17 +438,20 @@ fn ends_of(path: &Path, len: u64) -> Result<(Vec<u8>, Vec<u8>), ImportError> {
     Ok((head, tail))
 }
 
-/// `qemu-img` reading a file nobody checked yet: held to 2 GiB of address space, and to 120 s
-/// of CPU but for a conversion (which reads the whole disk), so a crafted file cannot make it
-/// take the host's memory or spin for ever on its metadata.
+/// `qemu-img` reading a file nobody checked yet (`info`, `check`): held to 2 GiB of address
+/// space and 120 s of CPU, so a crafted file cannot make it take the host's memory or spin for
+/// ever on its metadata. The conversion, once those passed, reads the whole disk with as many
+/// threads as QEMU takes: no limits.
 fn limited(qemu_img: &Path, whole_disk: bool) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(qemu_img);
-    let cpu = if whole_disk { libc::RLIM_INFINITY } else { 120 };
+    if whole_disk {
+        return cmd;
+    }
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(move || {
-            for (resource, limit) in [(libc::RLIMIT_AS, 2 << 30), (libc::RLIMIT_CPU, cpu)] {
+            for (resource, limit) in [(libc::RLIMIT_AS, 2 << 30), (libc::RLIMIT_CPU, 120)] {
                 let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
                 if libc::setrlimit(resource, &l) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -445,7 +501,8 @@ fn qemu_img_status(qemu_img: &Path, args: &[&str], files: &[&Path]) -> Result<()
     Ok(())
 }
 
-/// The last line of what a tool wrote to stderr (its error), or its exit status.
+/// The first line of what a tool wrote to stderr (its error), else of its output, or its exit
+/// status.
 fn tool_message(out: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -548,16 +605,39 @@ mod tests {
 
     #[test]
     fn qemu_img_info_is_read_and_other_files_refused() {
-        let ok = parse_info(r#"{"virtual-size": 67108864, "format": "qcow2"}"#).unwrap();
+        let ok = parse_info(r#"{"virtual-size": 67108864, "format": "qcow2"}"#, Path::new("/d"))
+            .unwrap();
         assert_eq!(ok.virtual_size, 64 << 20);
         let backed = r#"{"virtual-size": 67108864, "backing-filename": "/etc/shadow"}"#;
-        assert!(parse_info(backed).unwrap_err().to_string().contains("backing file"));
+        assert!(
+            parse_info(backed, Path::new("/d")).unwrap_err().to_string().contains("backing file")
+        );
         let data =
             r#"{"virtual-size": 67108864, "format-specific": {"data": {"data-file": "/x"}}}"#;
-        assert!(parse_info(data).unwrap_err().to_string().contains("another file"));
-        assert!(parse_info(r#"{"virtual-size": 1000}"#).is_err());
-        assert!(parse_info(r#"{"virtual-size": 9007199254740992}"#).is_err());
-        assert!(matches!(parse_info("nope"), Err(ImportError::Tool(_))));
+        assert!(
+            parse_info(data, Path::new("/d")).unwrap_err().to_string().contains("another file")
+        );
+        assert!(parse_info(r#"{"virtual-size": 1000}"#, Path::new("/d")).is_err());
+        assert!(parse_info(r#"{"virtual-size": 9007199254740992}"#, Path::new("/d")).is_err());
+        assert!(matches!(parse_info("nope", Path::new("/d")), Err(ImportError::Tool(_))));
+        // A VMDK's extents must be the file itself: a descriptor inside it may name others.
+        let vmdk = |extents: &str| {
+            format!(
+                r#"{{"virtual-size": 67108864, "format": "vmdk",
+                     "format-specific": {{"type": "vmdk", "data": {{"extents": {extents}}}}}}}"#
+            )
+        };
+        let own = vmdk(r#"[{"filename": "/srv/win.vmdk"}]"#);
+        assert!(parse_info(&own, Path::new("/srv/win.vmdk")).is_ok());
+        for other in [
+            r#"[{"filename": "/etc/shadow"}]"#,
+            r#"[{"filename": "/srv/win.vmdk"}, {"filename": "/dev/sda"}]"#,
+            "[]",
+        ] {
+            let err = parse_info(&vmdk(other), Path::new("/srv/win.vmdk")).unwrap_err();
+            assert!(err.to_string().contains("other files"), "{other}: {err}");
+        }
+        assert!(parse_info(&vmdk("null"), Path::new("/srv/win.vmdk")).is_err());
     }
 
     #[test]

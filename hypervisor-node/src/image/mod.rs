@@ -378,11 +378,32 @@ type Loaded = HashMap<PathBuf, (Option<SystemTime>, Arc<Image>)>;
 pub struct ImageCatalog {
     root: PathBuf,
     loaded: Mutex<Loaded>,
+    /// Folders refused, with what their files were then: not read (nor hashed) again until one
+    /// of them changes.
+    refused: Mutex<HashMap<PathBuf, (FolderStamp, String)>>,
+}
+
+/// Each file of a folder by name, with its size and modification time.
+type FolderStamp = Vec<(std::ffi::OsString, u64, Option<SystemTime>)>;
+
+fn folder_stamp(dir: &Path) -> FolderStamp {
+    let mut stamp: FolderStamp = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.file_name(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    stamp.sort();
+    stamp
 }
 
 impl ImageCatalog {
     pub fn new(root: PathBuf) -> Self {
-        Self { root, loaded: Mutex::new(HashMap::new()) }
+        Self { root, loaded: Mutex::new(HashMap::new()), refused: Mutex::new(HashMap::new()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -390,7 +411,8 @@ impl ImageCatalog {
     }
 
     /// Rescans `images_dir`; new or changed images (their manifest or any file) are loaded and
-    /// verified (hashes checked once per change). Returns the images and the folders that were refused.
+    /// verified (hashes checked once per change). Returns the images and the folders refused by
+    /// this scan (each logged; a folder refused before and unchanged since is not read again).
     pub fn refresh(&self) -> (Vec<Arc<Image>>, Vec<ImageError>) {
         let mut dirs = Vec::new();
         for level1 in read_dirs(&self.root) {
@@ -403,8 +425,10 @@ impl ImageCatalog {
             }
         }
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let mut errors = Vec::new();
         let mut next = HashMap::new();
+        let mut still_refused = HashMap::new();
         for dir in dirs {
             let mtime = std::fs::metadata(dir.join(MANIFEST_FILE)).and_then(|m| m.modified()).ok();
             match loaded.get(&dir) {
@@ -412,15 +436,30 @@ impl ImageCatalog {
                 Some((t, img)) if *t == mtime && img.unchanged().is_ok() => {
                     next.insert(dir, (mtime, Arc::clone(img)));
                 }
-                _ => match Image::load(&dir, true) {
-                    Ok(img) => {
-                        tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
-                        next.insert(dir, (mtime, Arc::new(img)));
+                _ => {
+                    let stamp = folder_stamp(&dir);
+                    if let Some((seen, why)) = refused.remove(&dir)
+                        && seen == stamp
+                    {
+                        // Refused already, and nothing changed since: said once, when refused.
+                        still_refused.insert(dir, (seen, why));
+                        continue;
                     }
-                    Err(e) => errors.push(e),
-                },
+                    match Image::load(&dir, true) {
+                        Ok(img) => {
+                            tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
+                            next.insert(dir, (mtime, Arc::new(img)));
+                        }
+                        Err(e) => {
+                            tracing::warn!("image refused: {e}");
+                            still_refused.insert(dir, (stamp, e.to_string()));
+                            errors.push(e);
+                        }
+                    }
+                }
             }
         }
+        *refused = still_refused;
         *loaded = next;
         let mut images: Vec<_> = loaded.values().map(|(_, i)| Arc::clone(i)).collect();
         images.sort_by(|a, b| {
@@ -435,11 +474,7 @@ impl ImageCatalog {
 
     /// The image a reference names: that version, or the newest of the name.
     pub fn resolve(&self, r: &ImageRef) -> Option<Arc<Image>> {
-        let (images, errors) = self.refresh();
-        for e in errors {
-            tracing::warn!("image refused: {e}");
-        }
-        resolve_in(&images, r)
+        resolve_in(&self.refresh().0, r)
     }
 
     pub fn list(&self) -> Vec<Arc<Image>> {
@@ -540,6 +575,15 @@ pub(crate) mod tests {
         assert_eq!(v1.manifest.version, "v1");
         assert!(cat.resolve(&ImageRef::parse("image", "console@v3").expect("ref")).is_none());
         assert!(cat.resolve(&ImageRef::parse("image", "nope").expect("ref")).is_none());
+
+        // A refused folder is not read again until it changes; a changed image file is.
+        assert!(cat.refresh().1.is_empty(), "the unchanged broken folder was read again");
+        std::fs::write(root.join("broken").join(MANIFEST_FILE), b"{still not json").expect("w");
+        assert_eq!(cat.refresh().1.len(), 1, "the changed folder was not read again");
+        std::fs::write(root.join("other").join("vmlinuz"), b"KERNEL").expect("w");
+        let (images, errors) = cat.refresh();
+        assert_eq!((images.len(), errors.len()), (2, 1), "{errors:?}");
+        assert!(matches!(errors[0], ImageError::FileMismatch { .. }), "{errors:?}");
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
@@ -589,7 +633,8 @@ pub(crate) mod tests {
             agent: false,
         });
         assert!(m.validate().is_ok());
-        assert!(!m.has_agent() || m.agent.is_some());
+        m.agent = None;
+        assert!(m.validate().is_ok() && !m.has_agent(), "an imported image without its agent");
         m.boot = Boot::Firmware(FirmwareSpec {
             firmware: Firmware::Bios,
             secure_boot: true,

@@ -501,7 +501,7 @@ mod tests {
                 initrd: Some(dir.join("initrd.img")),
                 cmdline: "console=ttyS0".into(),
             },
-            tpm: None,
+            firmware_state: None,
             disk,
             home: None,
             vcpus: 2,

@@ -106,9 +106,9 @@ pub struct LaunchConfig {
     /// The VM's folder (owned by the node; the runtime puts its sockets here).
     pub dir: PathBuf,
     pub boot: LaunchBoot,
-    /// The folder of the VM's virtual TPM's state, when its image has one (a disk booted by
-    /// firmware with `tpm`).
-    pub tpm: Option<PathBuf>,
+    /// The folder of what the firmware of a disk booted by firmware keeps (its UEFI variables,
+    /// its virtual TPM's state): kept with a dedicated desktop's disk, else the VM's own.
+    pub firmware_state: Option<PathBuf>,
     pub disk: Option<DiskConfig>,
     /// The user's home disk, attached after `disk` (dedicated desktops of images with one).
     pub home: Option<HomeDiskConfig>,

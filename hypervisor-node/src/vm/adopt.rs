@@ -226,6 +226,14 @@ impl VmManager {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             tracing::error!("could not remove {}: {e}", dir.display());
         }
+        // A floating desktop's firmware state (a dedicated one's is named after its disk).
+        let firmware = self.config.node.state_dir.join("firmware").join(name);
+        if name.starts_with("vm-")
+            && let Err(e) = std::fs::remove_dir_all(&firmware)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!("could not remove {}: {e}", firmware.display());
+        }
     }
 }
 

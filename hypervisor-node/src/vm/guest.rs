@@ -207,6 +207,9 @@ impl VmManager {
         wait: Duration,
     ) -> Result<ClipboardState, VmError> {
         let vm = self.get(id)?;
+        if !vm.has_agent() {
+            return Err(VmError::NoAgent { id: id.into() });
+        }
         let agent = vm
             .agent()
             .ok_or_else(|| VmError::NotReady { id: id.into(), state: vm.state().as_str() })?;

@@ -8,7 +8,9 @@
 //!
 //! Layout under `state_dir`: `vms/<id>/` (the runtime's sockets, the VM's disk layer, and
 //! `vm.json` while it runs; removed with the VM) and `disks/<disk>.qcow2` + `disks/<disk>.json`
-//! (persistent disks, kept); `templates/<id>/` (a template's frozen disk layer and saved
+//! (persistent disks, kept); `firmware/<id>/` or `firmware/disk-<disk>/` (what the firmware of
+//! an imported image keeps: UEFI variables, the TPM's state; removed with the VM, or kept with
+//! its persistent disk); `templates/<id>/` (a template's frozen disk layer and saved
 //! devices, while the node runs). A restarted node takes running VMs back ([`adopt`]).
 
 mod adopt;
@@ -262,7 +264,8 @@ impl VmManager {
     ) -> Result<Arc<Self>, VmError> {
         let internal =
             |what: &str, e: &dyn std::fmt::Display| VmError::Internal(format!("{what}: {e}"));
-        for dir in [config.node.state_dir.join("vms"), config.node.state_dir.join("disks")] {
+        let state = &config.node.state_dir;
+        for dir in [state.join("vms"), state.join("disks"), state.join("firmware")] {
             std::fs::create_dir_all(&dir).map_err(|e| internal(&dir.display().to_string(), &e))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))

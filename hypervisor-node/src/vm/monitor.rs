@@ -87,13 +87,7 @@ impl VmManager {
                         // The agent's connection closed: the exit branch tells why.
                         Err(None) => continue,
                         Err(Some(why)) => {
-                            tracing::error!(vm = %vm.id, "{why}");
-                            self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                            vm.set_state(VmState::Failed, Some(why));
-                            vm.stopping.store(true, Ordering::SeqCst);
-                            if let Err(e) = handle.kill().await {
-                                tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
-                            }
+                            self.fail_starting(&vm, handle.as_ref(), why).await;
                             continue;
                         }
                     }
@@ -105,17 +99,11 @@ impl VmManager {
                         if vm.stopping.load(Ordering::SeqCst) {
                             continue;
                         }
-                        tracing::error!(vm = %vm.id, "making the clone its own failed: {e}");
                         let held = lock(&vm.template).clone();
                         if let Some(t) = held {
                             self.retire_template(&Kind::of(&vm, vm.runtime), &t, &format!("a clone was not made its own: {e}"));
                         }
-                        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                        vm.set_state(VmState::Failed, Some(format!("making the clone its own failed: {e}")));
-                        vm.stopping.store(true, Ordering::SeqCst);
-                        if let Err(e) = handle.kill().await {
-                            tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
-                        }
+                        self.fail_starting(&vm, handle.as_ref(), format!("making the clone its own failed: {e}")).await;
                         continue;
                     }
                     if vm.state() == VmState::Starting {
@@ -139,15 +127,20 @@ impl VmManager {
                     is_ready = true;
                     let secs = self.config.node.ready_timeout_secs;
                     let why = format!("{} within {secs} s", ready.awaited());
-                    tracing::error!(vm = %vm.id, "{why}");
-                    self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                    vm.set_state(VmState::Failed, Some(why));
-                    vm.stopping.store(true, Ordering::SeqCst);
-                    if let Err(e) = handle.kill().await {
-                        tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
-                    }
+                    self.fail_starting(&vm, handle.as_ref(), why).await;
                 }
             }
+        }
+    }
+
+    /// A starting VM that cannot become ready: failed with `why`, and ended.
+    async fn fail_starting(&self, vm: &Vm, handle: &dyn VmHandle, why: String) {
+        tracing::error!(vm = %vm.id, "{why}");
+        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        vm.set_state(VmState::Failed, Some(why));
+        vm.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = handle.kill().await {
+            tracing::error!(vm = %vm.id, "ending the VM failed: {e}");
         }
     }
 

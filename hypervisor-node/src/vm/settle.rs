@@ -1,8 +1,9 @@
 //! Readiness of a desktop whose image has no guest agent (an imported OS): it is ready when its
 //! screen has settled on something that is neither blank nor the firmware's first screen.
 //!
-//! The screen is sampled every [`SAMPLE`]. A sample that differs from the one before in at most
-//! [`STILL`] of its pixels (a blinking cursor, a clock's seconds) counts as the same screen. The
+//! The screen is sampled every [`SAMPLE`]. A sample the same as either of the two before it
+//! counts as the same screen (a blinking cursor goes back and forth between two pictures; a
+//! countdown, a spinner or a progress bar never comes back to the one before last). The
 //! desktop is ready once the screen has been the same for [`SETTLE`], is not blank (every pixel
 //! one colour but a cursor's: a mode change, a cleared screen), and no longer shows the firmware's
 //! picture: the first screen that was not blank is the firmware's (OVMF's logo, SeaBIOS's
@@ -30,8 +31,7 @@ pub const LONG_SETTLE: Duration = Duration::from_secs(90);
 const QEMU_PLACEHOLDER: (u32, u32) = (640, 480);
 /// The share of the firmware picture's drawn pixels that, still there, mean it is still shown.
 pub const FIRMWARE_KEPT: f64 = 0.5;
-/// The share of pixels that may change between two samples of the same screen.
-pub const STILL: f64 = 0.002;
+
 /// A screen whose pixels are all one colour but fewer than these is blank (a cursor is 16 to
 /// 128; `atrium login:` on a text console is 315).
 pub const BLANK_PIXELS: usize = 200;
@@ -42,7 +42,9 @@ pub struct Settle {
     /// The first screen that was not blank (the firmware's), and its drawn pixels (those not of
     /// its most common colour).
     first: Option<(Frame, Vec<usize>)>,
+    /// The last sample, and the one before it.
     last: Option<Frame>,
+    before: Option<Frame>,
     /// Since when the screen has been the same (and not blank).
     since: Option<Instant>,
 }
@@ -55,10 +57,10 @@ impl Settle {
         let placeholder = self.first.is_none() && (frame.width, frame.height) == QEMU_PLACEHOLDER;
         if placeholder || is_blank(&frame) {
             self.since = None;
-            self.last = Some(frame);
+            self.before = self.last.replace(frame);
             return false;
         }
-        let same = self.last.as_ref().is_some_and(|l| changed(l, &frame) <= STILL);
+        let same = [&self.last, &self.before].into_iter().flatten().any(|f| *f == frame);
         if !same || self.since.is_none() {
             self.since = Some(now);
         }
@@ -76,7 +78,7 @@ impl Settle {
         let firmware = kept(first, drawn, &frame) >= FIRMWARE_KEPT;
         let needed = if firmware { LONG_SETTLE } else { SETTLE };
         let ready = self.since.is_some_and(|t| now.duration_since(t) >= needed);
-        self.last = Some(frame);
+        self.before = self.last.replace(frame);
         ready
     }
 }
@@ -104,19 +106,6 @@ fn dominant(f: &Frame) -> [u8; 3] {
         *counts.entry([px[0], px[1], px[2]]).or_default() += 1;
     }
     counts.into_iter().max_by_key(|(_, n)| *n).map_or([0; 3], |(c, _)| c)
-}
-
-/// The share of pixels that differ between two frames (1 when their sizes differ).
-pub fn changed(a: &Frame, b: &Frame) -> f64 {
-    if (a.width, a.height) != (b.width, b.height) || a.rgb.len() != b.rgb.len() {
-        return 1.0;
-    }
-    let pixels = a.rgb.len() / 3;
-    if pixels == 0 {
-        return 0.0;
-    }
-    let differ = a.rgb.chunks_exact(3).zip(b.rgb.chunks_exact(3)).filter(|(x, y)| x != y).count();
-    differ as f64 / pixels as f64
 }
 
 /// Every pixel is one colour (the most common among a sample of them) but a cursor's few.
@@ -161,9 +150,10 @@ impl Readiness {
     pub async fn wait(&mut self) -> Result<(), Option<String>> {
         match self {
             Self::Agent(rx) => rx.wait_for(|r| *r).await.map(drop).map_err(|_| None),
+            // The sampler never ends without a word: ended, it is a failure.
             Self::Screen(rx) => match rx.wait_for(Option::is_some).await {
                 Ok(r) => r.clone().unwrap_or(Ok(())).map_err(Some),
-                Err(_) => Err(None),
+                Err(_) => Err(Some("sampling the desktop's screen ended".into())),
             },
         }
     }
@@ -279,7 +269,8 @@ mod tests {
         for i in 60..120 {
             assert!(!s.observe(blank.clone(), at(i)));
         }
-        // The OS's screen, its cursor blinking: ready after SETTLE, not before.
+        // The OS's screen, its cursor blinking: ready SETTLE after the cursor's second picture
+        // was first seen (at 121 s: new then), not before.
         let mut ready_at = None;
         for i in 120..140 {
             if s.observe(login(i % 2 == 0), at(i)) {
@@ -287,7 +278,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(ready_at, Some(120 + SETTLE.as_secs()));
+        assert_eq!(ready_at, Some(121 + SETTLE.as_secs()));
     }
 
     #[test]
@@ -295,7 +286,7 @@ mod tests {
         let mut s = Settle::default();
         let t0 = Instant::now();
         assert!(!s.observe(logo(), t0));
-        // A spinner: a moving block, more than STILL of the screen each time.
+        // A spinner: a moving block.
         for i in 1..30u32 {
             let f = frame(320, 200, |x, y| {
                 if (i * 10..i * 10 + 20).contains(&x) && (150..170).contains(&y) {
@@ -306,8 +297,22 @@ mod tests {
             });
             assert!(!s.observe(f, t0 + Duration::from_secs(u64::from(i))), "ready at {i}");
         }
-        // A new size is a new screen.
-        assert_eq!(changed(&logo(), &frame(640, 480, |_, _| BLACK)), 1.0);
+    }
+
+    #[test]
+    fn a_countdown_is_not_still_though_little_of_it_changes() {
+        let mut s = Settle::default();
+        let t0 = Instant::now();
+        assert!(!s.observe(logo(), t0));
+        // A boot menu's seconds left: one digit's cell changes each second, never back.
+        for i in 1..30u32 {
+            let f = frame(320, 200, |x, y| {
+                let digit = (300..308).contains(&x) && (0..16).contains(&y) && (x + y + i) % 3 == 0;
+                let text = y < 16 && x < 200 && x % 9 < 6;
+                if digit || text { GREY } else { BLACK }
+            });
+            assert!(!s.observe(f, t0 + Duration::from_secs(u64::from(i))), "ready at {i}");
+        }
     }
 
     #[test]

@@ -51,6 +51,13 @@ impl VmManager {
             .map_err(|e| VmError::Conflict(format!("image {}: {e}", image.manifest.reference())))?;
         let kind = spec.runtime.unwrap_or(self.default_runtime);
         let runtime = self.runtime(kind)?;
+        if kind != RuntimeKind::Qemu && image.manifest.firmware().is_some() {
+            return Err(VmError::Conflict(format!(
+                "image {} is booted by firmware, which only the qemu runtime does (the {kind} \
+                 runtime boots kernels)",
+                image.manifest.reference()
+            )));
+        }
         if spec.memory_mib < image.manifest.min_memory_mib {
             return Err(FieldError::new(
                 "memory_mib",
@@ -124,7 +131,7 @@ impl VmManager {
             id: vm.id.clone(),
             dir: vm.dir.clone(),
             boot: LaunchBoot::of(&vm.image),
-            tpm: self.tpm_state(vm),
+            firmware_state: self.firmware_state(vm),
             disk,
             home,
             vcpus: vm.spec.vcpus,
@@ -189,13 +196,13 @@ impl VmManager {
         Ok(())
     }
 
-    /// Where the VM's virtual TPM keeps its state, when its image has one: with its persistent
-    /// disk (kept), else in a folder that goes with the VM ([`Self::teardown`]).
-    pub(super) fn tpm_state(&self, vm: &Vm) -> Option<PathBuf> {
-        if !vm.image.manifest.firmware().is_some_and(|f| f.tpm) {
-            return None;
-        }
-        let dir = self.config.node.state_dir.join("tpm");
+    /// Where the firmware of a VM booted by firmware keeps its state (UEFI variables, the
+    /// virtual TPM's): with its persistent disk (kept: a dedicated desktop's boot entries,
+    /// Secure Boot updates and BitLocker's keys), else in a folder that goes with the VM
+    /// ([`Self::teardown`]).
+    pub(super) fn firmware_state(&self, vm: &Vm) -> Option<PathBuf> {
+        vm.image.manifest.firmware()?;
+        let dir = self.config.node.state_dir.join("firmware");
         Some(match &vm.spec.persistent_disk {
             Some(disk) => dir.join(format!("disk-{disk}")),
             None => dir.join(&vm.id),

@@ -85,9 +85,9 @@ impl VmManager {
         {
             first_error.get_or_insert(RuntimeError::from(e).into());
         }
-        // Its folder, and its TPM's state unless that is kept with its persistent disk.
-        let tpm = self.tpm_state(vm).filter(|_| vm.spec.persistent_disk.is_none());
-        for dir in std::iter::once(vm.dir.clone()).chain(tpm) {
+        // Its folder, and its firmware's state unless that is kept with its persistent disk.
+        let firmware = self.firmware_state(vm).filter(|_| vm.spec.persistent_disk.is_none());
+        for dir in std::iter::once(vm.dir.clone()).chain(firmware) {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

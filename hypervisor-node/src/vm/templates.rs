@@ -380,7 +380,7 @@ impl VmManager {
             id: id.clone(),
             dir: dir.clone(),
             boot: LaunchBoot::of(image),
-            tpm: None,
+            firmware_state: None,
             disk: disk.clone(),
             home: None,
             vcpus: kind.vcpus,

@@ -49,6 +49,8 @@ use crate::config::{Pointer, QemuSection};
 use crate::image::{Firmware, FirmwareSpec};
 use crate::kvm;
 
+/// A UEFI VM's own variables, in its firmware's state folder.
+const EFIVARS: &str = "efivars.fd";
 /// The id of a template's or a clone's memory backend.
 const MEMORY_BACKEND: &str = "mem0";
 /// The files of a VM's folder this runtime uses.
@@ -58,8 +60,9 @@ pub struct Paths {
     pub vnc: PathBuf,
     pub agent: PathBuf,
     pub serial: PathBuf,
-    /// The VM's own UEFI variables (a copy of OVMF's template), when its firmware is UEFI.
-    pub efivars: PathBuf,
+    /// QEMU's way to the VM's TPM: a link to its socket in the firmware's state folder (whose
+    /// path may be longer than a socket's may be).
+    pub tpm: PathBuf,
 }
 
 impl Paths {
@@ -78,7 +81,7 @@ impl Paths {
             vnc: dir.join("vnc.sock"),
             agent: dir.join("agent.sock"),
             serial: dir.join("serial.sock"),
-            efivars: dir.join("efivars.fd"),
+            tpm: dir.join("tpm.sock"),
         }
     }
 }
@@ -209,10 +212,25 @@ impl QemuRuntime {
         }
     }
 
-    /// A UEFI VM's own variables, copied from OVMF's template (a VM's boot entries and Secure
-    /// Boot state are its own, and go with it).
-    pub fn prepare_firmware(&self, cfg: &LaunchConfig, paths: &Paths) -> Result<(), RuntimeError> {
+    /// The firmware's state folder of a VM booted by firmware, made when new; a UEFI VM's own
+    /// variables in it, copied from OVMF's template the first time (a dedicated desktop keeps
+    /// its boot entries and Secure Boot updates).
+    pub fn prepare_firmware(&self, cfg: &LaunchConfig) -> Result<(), RuntimeError> {
         let LaunchBoot::Firmware(f) = &cfg.boot else { return Ok(()) };
+        let Some(state) = &cfg.firmware_state else {
+            return Err(RuntimeError::Start("a VM booted by firmware has no state folder".into()));
+        };
+        let io = |what: &str, e: std::io::Error| RuntimeError::Start(format!("{what}: {e}"));
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state)
+                .map_err(|e| io(&state.display().to_string(), e))?;
+            std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(&state.display().to_string(), e))?;
+        }
         if f.firmware != Firmware::Uefi {
             return Ok(());
         }
@@ -223,9 +241,13 @@ impl QemuRuntime {
                 code.display()
             )));
         }
-        std::fs::copy(&vars, &paths.efivars).map_err(|e| {
-            RuntimeError::Start(format!("copying UEFI variables {}: {e}", vars.display()))
-        })?;
+        let own = state.join(EFIVARS);
+        if !own.exists() {
+            let part = state.join(format!("{EFIVARS}.part"));
+            std::fs::copy(&vars, &part)
+                .and_then(|_| std::fs::rename(&part, &own))
+                .map_err(|e| io(&format!("copying UEFI variables {}", vars.display()), e))?;
+        }
         Ok(())
     }
 
@@ -362,10 +384,10 @@ impl QemuRuntime {
             push("-device".into());
             push("virtio-blk-pci,drive=home0,serial=atrium-home".into());
         }
-        if let Some(state) = &cfg.tpm {
+        if firmware.is_some_and(|f| f.tpm) {
             // The VM's swtpm (tpm.rs); CRB as UEFI and Windows expect, TIS for SeaBIOS.
             push("-chardev".into());
-            push(format!("socket,id=tpmchr0,path={}", state.join(tpm::SOCKET).display()));
+            push(format!("socket,id=tpmchr0,path={}", paths.tpm.display()));
             push("-tpmdev".into());
             push("emulator,id=tpm0,chardev=tpmchr0".into());
             push("-device".into());
@@ -396,7 +418,7 @@ impl QemuRuntime {
                 a.push(code_drive);
                 a.push("-drive".into());
                 let mut vars_drive = OsString::from("if=pflash,format=raw,unit=1,file=");
-                vars_drive.push(&paths.efivars);
+                vars_drive.push(cfg.firmware_state.as_deref().unwrap_or(&cfg.dir).join(EFIVARS));
                 a.push(vars_drive);
                 if f.secure_boot {
                     a.push("-global".into());
@@ -552,9 +574,39 @@ impl QemuRuntime {
         }
         prepare_memory(&cfg, user.is_some() && uid_lease.is_none())?;
         give_layer(&cfg, user.as_ref().map(|u| (u.uid, u.gid)))?;
-        self.prepare_firmware(&cfg, &paths)?;
-        if let Some(state) = &cfg.tpm {
-            tpm::start(&self.cfg.swtpm, &cfg, state, user.as_ref().map(|u| (u.uid, u.gid))).await?;
+        self.prepare_firmware(&cfg)?;
+        let mut swtpm = match (&cfg.boot, &cfg.firmware_state) {
+            (LaunchBoot::Firmware(FirmwareSpec { tpm: true, .. }), Some(state)) => {
+                let owner = user.as_ref().map(|u| (u.uid, u.gid));
+                Some(tpm::start(&self.cfg.swtpm, &cfg, &state.join("tpm"), owner).await?)
+            }
+            _ => None,
+        };
+        // swtpm ends when QEMU lets go of it; a QEMU that never held it does not end it.
+        let launched = self.spawn_qemu(cfg, paths, user, uid_lease, screens, swtpm.as_ref()).await;
+        if launched.is_err()
+            && let Some(t) = &mut swtpm
+        {
+            t.kill().await;
+        }
+        launched
+    }
+
+    /// QEMU's process for `launch_qemu`, up to its QMP (and, for a clone, its template's
+    /// devices loaded).
+    async fn spawn_qemu(
+        &self,
+        cfg: LaunchConfig,
+        paths: Paths,
+        user: Option<RunAs>,
+        uid_lease: Option<UidLease>,
+        screens: PathBuf,
+        swtpm: Option<&tpm::Swtpm>,
+    ) -> Result<Arc<QemuVm>, RuntimeError> {
+        if let Some(t) = swtpm {
+            let _ = std::fs::remove_file(&paths.tpm);
+            std::os::unix::fs::symlink(&t.socket, &paths.tpm)
+                .map_err(RuntimeError::io("linking the TPM's socket"))?;
         }
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.args(self.args(&cfg, &paths, user.as_ref()));
@@ -890,7 +942,7 @@ mod tests {
                 initrd: Some(PathBuf::from("/img/initrd.img")),
                 cmdline: "console=ttyS0 quiet".into(),
             },
-            tpm: None,
+            firmware_state: None,
             disk: Some(DiskConfig {
                 base: "/img/home.raw".into(),
                 base_format: DiskFormat::Raw,
@@ -1068,14 +1120,15 @@ mod tests {
         assert_eq!(after(&bios, "-drive").len(), 1, "SeaBIOS needs no flash: {bios:?}");
         assert!(after(&bios, "-kernel").is_empty());
 
-        // A TPM: the VM's swtpm on the socket in its state folder.
+        // A TPM: the VM's swtpm, reached through a link in the VM's folder; the variables in
+        // the firmware's state folder.
         let mut cfg = launch_config();
         cfg.boot = LaunchBoot::Firmware(FirmwareSpec {
             firmware: Firmware::Uefi,
             secure_boot: false,
             tpm: true,
         });
-        cfg.tpm = Some("/state/tpm/vm-0123456789abcdef".into());
+        cfg.firmware_state = Some("/state/firmware/disk-alice".into());
         let a: Vec<String> = rt
             .args(&cfg, &Paths::in_dir(&cfg.dir), None)
             .into_iter()
@@ -1083,9 +1136,10 @@ mod tests {
             .collect();
         assert!(
             after(&a, "-chardev")
-                .contains(&"socket,id=tpmchr0,path=/state/tpm/vm-0123456789abcdef/swtpm.sock")
+                .contains(&"socket,id=tpmchr0,path=/state/vms/vm-0123456789abcdef/tpm.sock")
         );
         assert_eq!(after(&a, "-tpmdev"), ["emulator,id=tpm0,chardev=tpmchr0"]);
+        assert!(after(&a, "-drive")[2].ends_with("file=/state/firmware/disk-alice/efivars.fd"));
         assert!(after(&a, "-device").contains(&"tpm-crb,tpmdev=tpm0"));
     }
 

@@ -5,10 +5,13 @@
 //! - it runs as the VM's own user (as QEMU does after start-up), in the VM's cgroup, and starts
 //!   in its state folder, which it finds by its working directory (the node's folders above it
 //!   are closed to that user);
-//! - its state is the VM's (the node gives a floating desktop's a folder that goes with it, a
-//!   dedicated desktop's one kept with its disk: BitLocker's keys live there);
-//! - it ends when QEMU closes its connection (`--terminate`), or with the VM's cgroup; like
-//!   QEMU it outlives the node, so a restarted node's VMs keep their TPM.
+//! - its state is the VM's (the `tpm` folder of the firmware's state: a floating desktop's goes
+//!   with it, a dedicated desktop's is kept with its disk: BitLocker's keys live there); each
+//!   start gives the folder and what is in it to the VM's user of the day (a dedicated desktop
+//!   gets whichever uid is free);
+//! - it ends when QEMU closes its connection (`--terminate`), or with the VM's cgroup; a launch
+//!   that fails before QEMU held it ends it ([`Swtpm::kill`]); like QEMU it outlives the node,
+//!   so a restarted node's VMs keep their TPM.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,21 @@ use crate::runtime::{LaunchConfig, RuntimeError};
 /// The socket QEMU reaches the TPM on, in its state folder.
 pub const SOCKET: &str = "swtpm.sock";
 
+/// A VM's running swtpm.
+#[derive(Debug)]
+pub struct Swtpm {
+    pub socket: PathBuf,
+    child: tokio::process::Child,
+}
+
+impl Swtpm {
+    /// Ends it (a launch that failed before QEMU held it).
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
 /// Starts the TPM of the VM `cfg` launches, its state in `state`, as `owner` (uid, gid) when
 /// the VM has its own user; returns once its socket is there.
 pub async fn start(
@@ -24,7 +42,7 @@ pub async fn start(
     cfg: &LaunchConfig,
     state: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<PathBuf, RuntimeError> {
+) -> Result<Swtpm, RuntimeError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
     let io =
@@ -33,8 +51,14 @@ pub async fn start(
     std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
         .map_err(io("the TPM's state folder"))?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(state, Some(uid), Some(gid))
-            .map_err(io("giving the TPM's state folder to the VM's user"))?;
+        // The folder and its files (never following a link the last user may have left).
+        let give = io("giving the TPM's state to the VM's user");
+        std::os::unix::fs::lchown(state, Some(uid), Some(gid)).map_err(give)?;
+        for entry in std::fs::read_dir(state).map_err(io("reading the TPM's state folder"))? {
+            let path = entry.map_err(io("reading the TPM's state folder"))?.path();
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(io("giving the TPM's state to the VM's user"))?;
+        }
     }
     let socket = state.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
@@ -78,18 +102,19 @@ pub async fn start(
     drop(procs);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() {
+        // Its log is the VM's user's file: the node does not read it.
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(state.join("swtpm.log")).unwrap_or_default();
             return Err(RuntimeError::Start(format!(
-                "swtpm ended ({status}) before it listened: {}",
-                log.lines().last().unwrap_or("no log")
+                "swtpm ended ({status}) before it listened; its log: {}",
+                state.join("swtpm.log").display()
             )));
         }
         if std::time::Instant::now() > deadline {
             let _ = child.start_kill();
+            let _ = child.wait().await;
             return Err(RuntimeError::Start("swtpm did not listen within 10 s".into()));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Ok(socket)
+    Ok(Swtpm { socket, child })
 }
