@@ -231,17 +231,44 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
         );
     }
 
-    // A whole disk in any format is taken (here the same disk as qcow2), once per version.
+    // A whole disk in any format is taken (the same disk as qcow2, a monolithic VMDK and a
+    // VHDX), each the same disk once imported; once per version.
     let (ok, said) = import(&images, &qcow, &UEFI)?;
     ensure!(ok, "the qcow2 import failed: {said}");
     let (ok, said) = import(&images, &qcow, &UEFI)?;
     ensure!(!ok && said.contains("imported once"), "a second import of v1: {said}");
+    let whole = images.join("uefitest/v1/disk.qcow2");
+    for (format, opts) in [("vmdk", "subformat=monolithicSparse"), ("vhdx", "subformat=dynamic")] {
+        let file = file(&format!("whole.{format}"));
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            "-o",
+            opts,
+            &disk.to_string_lossy(),
+            &file.to_string_lossy(),
+        ])?;
+        let mut args = UEFI.to_vec();
+        args[3] = format;
+        let (ok, said) = import(&images, &file, &args)?;
+        ensure!(ok && said.contains(&format!("uefitest@{format}")), "the {format} import: {said}");
+        let out = Command::new("qemu-img")
+            .args(["compare", "-q", "-f", "qcow2", "-F", "qcow2"])
+            .arg(&whole)
+            .arg(images.join(format!("uefitest/{format}/disk.qcow2")))
+            .status()?;
+        ensure!(out.success(), "the {format} import is not the same disk as the qcow2 one");
+    }
 
     // A node with it; then the disk is written behind its back: the image is not booted.
     let node = NodeProcess::start(&images.join("uefitest"), "").await?;
     let (_, body) = node.call("GET", "/api/v1/capacity", None).await?;
     let cap: Capacity = serde_json::from_slice(&body)?;
-    ensure!(cap.images.iter().any(|i| i.name == "uefitest"), "not listed: {:?}", cap.images);
+    let versions = cap.images.iter().filter(|i| i.name == "uefitest").count();
+    ensure!(versions == 3, "not all listed: {:?}", cap.images);
     let base = images.join("uefitest/v1/disk.qcow2");
     {
         use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -249,7 +276,8 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
         let f = std::fs::OpenOptions::new().write(true).open(&base)?;
         f.write_all_at(b"tampered", 1 << 20)?;
     }
-    let spec = json!({ "image": "uefitest", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
+    let spec =
+        json!({ "image": "uefitest@v1", "vcpus": 1, "memory_mib": 256, "display": "1024x768" });
     let (status, body) = node.call("POST", "/api/v1/vms", Some(&spec)).await?;
     let body = String::from_utf8_lossy(&body);
     ensure!(status == 404 && body.contains("not on this node"), "a changed image: {status} {body}");

@@ -572,8 +572,11 @@ async fn the_run_command_boots_reports_and_cleans_up() -> anyhow::Result<()> {
     let png = std::fs::read(&shot)?;
     keep_artifact("node-run.png", &png);
     let s = Screen::from_png(&png)?;
+    // The screen at ready, of the display's size: the console's agent says ready once the
+    // shell has cleared the screen, and on a loaded host the login may not have drawn yet (CI
+    // saw the cleared screen), so what it shows is not judged here (the main test waits for
+    // the console's text).
     assert_eq!((s.width, s.height), (1280, 800));
-    assert!(s.count([0xaa, 0xaa, 0xaa]) > 2_000, "the screenshot shows no console text");
     // The one-shot command leaves no VM behind.
     let stderr = String::from_utf8_lossy(&out.stderr);
     let vm = stderr
