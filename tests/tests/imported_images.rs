@@ -7,7 +7,7 @@
 //! A second disk has no agent (its console shows a login prompt): it is ready when its screen
 //! settles.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,10 +21,6 @@ use atrium_tests::{Group, TempDir, skip, wait_for};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(240);
-
-fn import(images: &Path, file: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    import_image(images, file, args)
-}
 
 const UEFI: [&str; 8] =
     ["--name", "uefitest", "--version", "v1", "--firmware", "uefi", "--min-memory", "256"];
@@ -50,7 +46,7 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
     let images = tmp.path().join("images");
     let mut args = UEFI.to_vec();
     args.extend(["--agent", "--tpm"]);
-    let (ok, said) = import(&images, &disk, &args)?;
+    let (ok, said) = import_image(&images, &disk, &args)?;
     ensure!(ok, "the import failed: {said}");
     assert!(said.contains("imported uefitest@v1 (uefi firmware, a TPM"), "{said}");
     let node = NodeProcess::start(&images.join("uefitest"), "").await?;
@@ -219,7 +215,7 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
     bad_name[1] = "../etc";
     cases.push((disk.clone(), bad_name, "may contain only"));
     for (source, args, why) in &cases {
-        let (ok, said) = import(&images, source, args)?;
+        let (ok, said) = import_image(&images, source, args)?;
         ensure!(!ok, "{} was imported: {said}", source.display());
         ensure!(said.contains(why), "{}: expected {why:?} in: {said}", source.display());
         let left: Vec<_> = std::fs::read_dir(&images)
@@ -233,9 +229,9 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
 
     // A whole disk in any format is taken (the same disk as qcow2, a monolithic VMDK and a
     // VHDX), each the same disk once imported; once per version.
-    let (ok, said) = import(&images, &qcow, &UEFI)?;
+    let (ok, said) = import_image(&images, &qcow, &UEFI)?;
     ensure!(ok, "the qcow2 import failed: {said}");
-    let (ok, said) = import(&images, &qcow, &UEFI)?;
+    let (ok, said) = import_image(&images, &qcow, &UEFI)?;
     ensure!(!ok && said.contains("imported once"), "a second import of v1: {said}");
     let whole = images.join("uefitest/v1/disk.qcow2");
     for (format, opts) in [("vmdk", "subformat=monolithicSparse"), ("vhdx", "subformat=dynamic")] {
@@ -253,7 +249,7 @@ async fn damaged_or_foreign_disks_are_refused_at_import_and_a_changed_image_is_n
         ])?;
         let mut args = UEFI.to_vec();
         args[3] = format;
-        let (ok, said) = import(&images, &file, &args)?;
+        let (ok, said) = import_image(&images, &file, &args)?;
         ensure!(ok && said.contains(&format!("uefitest@{format}")), "the {format} import: {said}");
         let out = Command::new("qemu-img")
             .args(["compare", "-q", "-f", "qcow2", "-F", "qcow2"])
@@ -302,7 +298,7 @@ async fn an_image_without_an_agent_is_ready_when_its_screen_settles_and_says_wha
     let images = tmp.path().join("images");
     let mut args = UEFI.to_vec();
     args[1] = "noagent";
-    let (ok, said) = import(&images, &disk, &args)?;
+    let (ok, said) = import_image(&images, &disk, &args)?;
     ensure!(ok && said.contains("no agent"), "the import: {said}");
 
     // A disk whose EFI system partition was wiped: the firmware finds nothing to boot.
@@ -311,7 +307,7 @@ async fn an_image_without_an_agent_is_ready_when_its_screen_settles_and_says_wha
     std::fs::write(tmp.path().join("wiped.raw"), &wiped)?;
     let mut args = UEFI.to_vec();
     args[1] = "wiped";
-    let (ok, said) = import(&images, &tmp.path().join("wiped.raw"), &args)?;
+    let (ok, said) = import_image(&images, &tmp.path().join("wiped.raw"), &args)?;
     ensure!(ok, "a wiped ESP is still a whole GPT disk: {said}");
 
     let node =

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::{
-    Assignment, Desktop, DesktopSession, DesktopState, Pool, PoolKind, logon_start, now_ms,
+    Assignment, Desktop, DesktopSession, DesktopState, Node, Pool, PoolKind, logon_start, now_ms,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -294,7 +294,12 @@ pub async fn connect(
         .await;
     }
     let mut caps = st.policies.capabilities(&principal, pool_resource(&pool), &ctx);
-    let agent = has_agent(st, &desktop, &pool).await;
+    // The desktop's node, read once for what it says of the image and for telling its agent.
+    let node = match &desktop.node_id {
+        Some(id) => st.db.get_node(id).await.ok().flatten(),
+        None => None,
+    };
+    let agent = has_agent(node.as_ref(), &desktop, &pool);
     if !agent {
         without_agent(&mut caps);
     }
@@ -314,7 +319,7 @@ pub async fn connect(
     };
     match desktop.state {
         DesktopState::Ready => {
-            tell_agent(st, &desktop, who).await;
+            tell_agent(st, &desktop, node.as_ref(), who).await;
             let watermark = st
                 .policies
                 .is_allowed(&principal, Action::Watermark, pool_resource(&pool), &ctx)
@@ -376,13 +381,12 @@ async fn open_recording(
     Ok(Some(Record { id, input }))
 }
 
-/// Tells the guest agent who signed in, once per assignment.
-async fn tell_agent(st: &AppState, d: &Desktop, who: &Connecting<'_>) {
+/// Tells the guest agent who signed in, once per assignment; `node` is the desktop's.
+async fn tell_agent(st: &AppState, d: &Desktop, node: Option<&Node>, who: &Connecting<'_>) {
     if d.agent_user.as_deref() == Some(who.username) {
         return;
     }
-    let (Some(node_id), Some(vm)) = (&d.node_id, &d.vm_id) else { return };
-    let Ok(Some(node)) = st.db.get_node(node_id).await else { return };
+    let (Some(node), Some(vm)) = (node, &d.vm_id) else { return };
     let user = SessionUser {
         username: who.username.to_owned(),
         display_name: who.display_name.map(str::to_owned),
@@ -455,12 +459,8 @@ pub async fn mint_ticket(
 /// Whether the desktop's image runs Atrium's guest agent, as its node reports the image (the
 /// version the desktop runs, else the pool's image by name). `true` when unknown: a node that
 /// does not say runs only images with one.
-async fn has_agent(st: &AppState, desktop: &Desktop, pool: &Pool) -> bool {
-    let Some(node_id) = &desktop.node_id else { return true };
-    let node = match st.db.get_node(node_id).await {
-        Ok(Some(n)) => n,
-        _ => return true,
-    };
+fn has_agent(node: Option<&Node>, desktop: &Desktop, pool: &Pool) -> bool {
+    let Some(node) = node else { return true };
     let wanted = desktop.image.as_deref().unwrap_or(&pool.image);
     let (name, version) = wanted.split_once('@').map_or((wanted, None), |(n, v)| (n, Some(v)));
     node.capacity
