@@ -253,6 +253,7 @@ mod tests {
             kvm: KvmKind::Pvm,
             default_runtime: RuntimeKind::Qemu,
             images: vec![],
+            image_fetches: Vec::new(),
         };
         assert!(cap_capacity(&mut c, &cred));
         assert_eq!((c.vcpus_total, c.memory_mib_total), (8, 16384));

@@ -17,18 +17,21 @@ use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
 
 use crate::api::{Activity, BrokerKeys};
 use crate::config::Secret;
+use crate::library::Library;
 use crate::vm::VmManager;
 
 /// The heartbeat this node would send now, with the display proxy's latest word on the
 /// sessions and the file transfers the broker has not taken yet (taken from `activity`: a
-/// caller whose heartbeat fails gives them back).
-pub fn heartbeat(node: &VmManager, activity: &Activity) -> NodeHeartbeat {
+/// caller whose heartbeat fails gives them back), and where it is with the broker's library.
+pub fn heartbeat(node: &VmManager, activity: &Activity, library: &Library) -> NodeHeartbeat {
     let c = node.config();
+    let mut capacity = node.capacity();
+    capacity.image_fetches = library.statuses();
     NodeHeartbeat {
         node_id: node.node_id().to_owned(),
         api_url: c.api_url(),
         display_url: c.node.display_url.clone().unwrap_or_default(),
-        capacity: node.capacity(),
+        capacity,
         vms: node.statuses(),
         sessions: activity.current(),
         transfers: activity.take_transfers(),
@@ -78,8 +81,9 @@ async fn send_once(
     key: &NodeKey,
     node: &VmManager,
     activity: &Activity,
+    library: &Library,
 ) -> Result<HeartbeatReply, Failure> {
-    let hb = heartbeat(node, activity);
+    let hb = heartbeat(node, activity, library);
     let transfers = hb.transfers.clone();
     let result = send_heartbeat(b, key, node, &hb).await;
     match &result {
@@ -158,13 +162,15 @@ async fn enrol(
 }
 
 /// Heartbeats until the task is dropped, enrolling first when the broker asks for it; each
-/// carries `activity`'s latest word on the sessions.
+/// carries `activity`'s latest word on the sessions, and each reply's image library goes to
+/// `library`.
 pub async fn run(
     node: Arc<VmManager>,
     key: Arc<NodeKey>,
     enrolment: Option<Secret>,
     broker_keys: Arc<BrokerKeys>,
     activity: Arc<Activity>,
+    library: Arc<Library>,
 ) {
     let cfg = node.config().broker.clone();
     let Some(base) = cfg.url.clone() else { return };
@@ -194,7 +200,7 @@ pub async fn run(
     // any failure rather than enrolling again at once, in a loop.
     let mut just_enrolled = false;
     loop {
-        let sent = send_once(&broker, &key, &node, &activity).await;
+        let sent = send_once(&broker, &key, &node, &activity, &library).await;
         let retry_enrolment = !std::mem::take(&mut just_enrolled);
         let failure = match sent {
             Ok(reply) => {
@@ -204,6 +210,7 @@ pub async fn run(
                 }
                 node.set_draining(reply.draining);
                 broker_keys.replace(&reply.broker_keys);
+                library.want(&reply.images);
                 backoff = Duration::from_secs(1);
                 tokio::time::sleep(Duration::from_secs(reply.interval_secs.clamp(1, 300))).await;
                 continue;
@@ -320,8 +327,13 @@ mod tests {
                             kid: "k1".into(),
                             x: NodeKey::ephemeral().public().to_owned(),
                         }];
-                        Json(HeartbeatReply { interval_secs: 1, draining: true, broker_keys })
-                            .into_response()
+                        Json(HeartbeatReply {
+                            interval_secs: 1,
+                            draining: true,
+                            broker_keys,
+                            images: Vec::new(),
+                        })
+                        .into_response()
                     }
                 }),
             );
@@ -356,6 +368,7 @@ mod tests {
             Some(Secret::new("atrium-enrol-test")),
             Arc::clone(&broker_keys),
             Arc::clone(&activity),
+            Arc::default(),
         ));
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -439,6 +452,7 @@ mod tests {
             Arc::new(NodeKey::ephemeral()),
             Some(Secret::new("atrium-enrol-test")),
             Arc::new(BrokerKeys::default()),
+            Arc::default(),
             Arc::default(),
         ));
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -18,6 +18,7 @@ pub mod console;
 pub mod heartbeat;
 pub mod image;
 pub mod kvm;
+pub mod library;
 pub mod metrics;
 pub mod run;
 pub mod runtime;

@@ -122,9 +122,30 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     let local_path = node.config().local_socket();
     let local = bind_local_socket(&local_path, node.config().node.local_socket_group.as_deref())?;
     tracing::info!(socket = %local_path.display(), "local API for the display proxy listening");
+    let library = Arc::new(crate::library::Library::default());
+    let fetcher = match &node.config().broker.url {
+        Some(url) => Some(
+            crate::library::Fetcher::new(
+                url,
+                node.config().broker.ca_file.as_deref(),
+                Arc::clone(&key),
+            )
+            .map_err(|e| ServeError::Setup(format!("a client for the broker's images: {e}")))?,
+        ),
+        None => None,
+    };
+    let fetching = fetcher
+        .map(|f| tokio::spawn(crate::library::run(Arc::clone(&library), Arc::clone(&node), f)));
     let beat = node.config().broker.url.is_some().then(|| {
         let activity = Arc::clone(&state.activity);
-        tokio::spawn(heartbeat::run(Arc::clone(&node), key, enrolment, broker_keys, activity))
+        tokio::spawn(heartbeat::run(
+            Arc::clone(&node),
+            key,
+            enrolment,
+            broker_keys,
+            activity,
+            library,
+        ))
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -158,6 +179,9 @@ pub async fn serve(config: NodeConfig) -> Result<(), ServeError> {
     };
     if let Some(b) = beat {
         b.abort();
+    }
+    if let Some(f) = fetching {
+        f.abort();
     }
     local_server.abort();
     tls_fresh.abort();

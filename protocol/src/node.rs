@@ -444,6 +444,83 @@ pub struct Capacity {
     pub kvm: KvmKind,
     pub default_runtime: RuntimeKind,
     pub images: Vec<ImageInfo>,
+    /// Images of the broker's library this node is fetching or failed to fetch (one it holds
+    /// is in `images`). Absent from nodes older than the library.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_fetches: Vec<ImageFetch>,
+}
+
+/// Where a node is with an image of the broker's library ([`LibraryImage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFetch {
+    pub name: String,
+    pub version: String,
+    /// `fetching` (downloading, checking or converting it) or `failed`.
+    pub state: String,
+    /// Why it failed (the node does not try the same file again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Most images a broker's library holds; what a heartbeat's reply lists.
+pub const MAX_LIBRARY_IMAGES: usize = 1000;
+/// Largest disk image the library takes (4 TiB, as `atrium-node image import`).
+pub const MAX_LIBRARY_IMAGE_BYTES: u64 = 4 << 40;
+
+/// A disk image an administrator gave the broker (`PUT /api/v1/admin/images/{name}/{version}`)
+/// that every node should hold: a node that lacks it fetches the file
+/// (`GET /api/v1/nodes/images/{name}/{version}`, signed), checks its SHA-256 against `sha256`
+/// and imports it as `atrium-node image import` would, with these settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryImage {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the file as uploaded, hex.
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// `qcow2`, `vmdk`, `vhdx` or `raw` when the administrator said (else read from the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `uefi` or `bios`.
+    pub firmware: String,
+    pub secure_boot: bool,
+    pub tpm: bool,
+    pub agent: bool,
+    pub min_memory_mib: u32,
+}
+
+impl LibraryImage {
+    /// Checks every field (the node runs `qemu-img` on what this names).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name("name", &self.name, 64)?;
+        validate_name("version", &self.version, 64)?;
+        if self.sha256.len() != 64
+            || !self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(FieldError::new("sha256", "must be 64 lower-case hex digits"));
+        }
+        if self.size_bytes == 0 || self.size_bytes > MAX_LIBRARY_IMAGE_BYTES {
+            return Err(FieldError::new("size_bytes", "must be 1 byte to 4 TiB"));
+        }
+        if let Some(f) = &self.format
+            && !matches!(f.as_str(), "qcow2" | "vmdk" | "vhdx" | "raw")
+        {
+            return Err(FieldError::new("format", "must be qcow2, vmdk, vhdx or raw"));
+        }
+        match self.firmware.as_str() {
+            "uefi" => {}
+            "bios" if !self.secure_boot => {}
+            "bios" => {
+                return Err(FieldError::new("secure_boot", "Secure Boot needs UEFI firmware"));
+            }
+            _ => return Err(FieldError::new("firmware", "must be uefi or bios")),
+        }
+        if !(64..=4_194_304).contains(&self.min_memory_mib) {
+            return Err(FieldError::new("min_memory_mib", "must be 64-4194304"));
+        }
+        Ok(())
+    }
 }
 
 impl Capacity {
@@ -520,6 +597,9 @@ pub struct HeartbeatReply {
     /// (see [`crate::signed`]), and nothing else.
     #[serde(default)]
     pub broker_keys: Vec<BrokerKey>,
+    /// The broker's image library: every node should hold these ([`LibraryImage`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<LibraryImage>,
 }
 
 /// One of the broker's public signing keys (Ed25519).

@@ -321,6 +321,7 @@ impl FakeNode {
                             kvm: KvmKind::Pvm,
                             default_runtime: RuntimeKind::Qemu,
                             images: s.images.clone(),
+                            image_fetches: Vec::new(),
                         },
                         vms: s
                             .vms

@@ -583,6 +583,11 @@ fn lay_out_volumes(dir: &Path, secrets: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&recordings)?;
     std::fs::set_permissions(&recordings, std::fs::Permissions::from_mode(0o700))?;
     chown(&recordings, Some(10001), Some(10001))?;
+    // The image library: the same, for the disk images administrators upload.
+    let images = volumes.join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o700))?;
+    chown(&images, Some(10001), Some(10001))?;
     let pgdata = dir.join("postgres");
     std::fs::create_dir_all(&pgdata)?;
     std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))?;

@@ -13,6 +13,7 @@ pub use atrium_protocol::config::ConfigError;
 
 use crate::secret::Secret;
 
+mod images;
 mod ldap;
 mod oidc;
 mod recordings;
@@ -20,6 +21,7 @@ mod service;
 mod signin;
 mod watermark;
 
+pub use images::ImagesSection;
 pub use ldap::{GroupMode, LdapSection};
 pub use oidc::{OidcSection, OidcUsers, SUPPORTED_ALGORITHMS, check_url};
 pub use recordings::RecordingsSection;
@@ -47,6 +49,7 @@ pub struct Config {
     pub web: WebSection,
     pub watermark: WatermarkSection,
     pub recordings: RecordingsSection,
+    pub images: ImagesSection,
 }
 
 /// The largest request head (request line and headers) a listener reads: cookies, a bearer
@@ -70,6 +73,7 @@ const SECTIONS: &[&str] = &[
     "web",
     "watermark",
     "recordings",
+    "images",
 ];
 
 /// `ATRIUM_<SECTION>_<KEY>`; variables of other services (`ATRIUM_DISPLAY_*`...) are left alone.
@@ -126,6 +130,7 @@ impl Config {
         self.mfa.validate()?;
         self.watermark.validate()?;
         self.recordings.validate()?;
+        self.images.validate()?;
         Ok(())
     }
 
@@ -162,6 +167,11 @@ impl Config {
     /// The folder that holds session recordings.
     pub fn recordings_dir(&self) -> PathBuf {
         self.recordings.dir.clone().unwrap_or_else(|| self.broker.data_dir.join("recordings"))
+    }
+
+    /// The folder that holds the image library.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images.dir.clone().unwrap_or_else(|| self.broker.data_dir.join("images"))
     }
 
     /// Whether the directory is used: for password sign-in, or to find single sign-on users.

@@ -6,6 +6,7 @@ mod assignment;
 mod audit;
 mod desktops;
 pub mod enrolments;
+mod images;
 mod leases;
 mod logins;
 mod mfa;
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use assignment::{Assignment, ProvisionRequest};
 pub use audit::{AuditEvent, AuditFilter};
 pub use desktops::{Desktop, DesktopState};
+pub use images::LibraryEntry;
 pub use logins::{LoginRecord, LoginSession, LoginWriter, SignInMethod};
 pub use mfa::{MfaEnrolment, MfaState};
 pub use nodes::{Node, NodeState};
@@ -116,6 +118,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "recordings", include_str!("../../migrations/0011_recordings.sql")),
     (12, "time limits", include_str!("../../migrations/0012_time_limits.sql")),
     (13, "clones", include_str!("../../migrations/0013_clones.sql")),
+    (14, "image library", include_str!("../../migrations/0014_images.sql")),
 ];
 
 /// The schema version this build needs (the last migration).

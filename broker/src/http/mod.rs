@@ -8,6 +8,7 @@ mod auth;
 mod desktops;
 mod enrolments;
 mod extract;
+mod images;
 mod meta;
 mod mfa;
 mod nodes;
@@ -103,6 +104,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(users::router())
         .merge(tokens::router())
         .merge(nodes::router())
+        .merge(images::router())
         .merge(meta::router())
         .split_for_parts();
     utoipa::Modify::modify(&SecuritySchemes, &mut doc);
@@ -143,6 +145,11 @@ async fn within_time_limit(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // An image upload may take longer than any other request; it ends after a minute without
+    // data instead (images::UPLOAD_IDLE).
+    if images::is_upload(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(request_time_limit(&st), next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => crate::error::ApiError::unavailable("the request took too long").into_response(),
@@ -296,6 +303,7 @@ mod tests {
                     kvm: KvmKind::Pvm,
                     default_runtime: RuntimeKind::Qemu,
                     images: vec![],
+                    image_fetches: Vec::new(),
                 },
                 vms: vec![],
                 sessions: None,

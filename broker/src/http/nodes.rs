@@ -2,7 +2,7 @@
 //! alive with heartbeats signed by their own key (see [`crate::enrol`]).
 
 use atrium_protocol::node::{
-    EnrolReply, EnrolRequest, HeartbeatReply, NodeHeartbeat, validate_name,
+    EnrolReply, EnrolRequest, HeartbeatReply, MAX_LIBRARY_IMAGES, NodeHeartbeat, validate_name,
 };
 use atrium_protocol::session::{TransferRecord, validate_sessions, validate_transfers};
 use axum::Json;
@@ -22,6 +22,7 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(heartbeat))
+        .routes(routes!(image_file))
         .routes(routes!(enrol_node))
         .routes(routes!(recording_chunk))
         .routes(routes!(recording_end))
@@ -68,6 +69,26 @@ async fn recording_end(
     crate::recordings::check_id(&id)?;
     crate::recordings::end(&st, &signed.node.node_id, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// An image of the library, for a node to import: the file's bytes (its SHA-256 is in the
+/// heartbeat's reply; the node checks it). Any enrolled node may fetch any image.
+#[utoipa::path(get, path = "/api/v1/nodes/images/{name}/{version}", tag = "nodes",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn image_file(
+    State(st): State<AppState>,
+    axum::extract::Path((name, version)): axum::extract::Path<(String, String)>,
+    signed: SignedByNode,
+) -> ApiResult<axum::response::Response> {
+    let found = super::images::file_for_node(&st, &name, &version).await?;
+    let Some((image, resp)) = found else {
+        return Err(ApiError::NotFound(format!("the library has no image {name}@{version}")));
+    };
+    tracing::info!(node = %signed.node.node_id, image = %format!("{}@{}", image.name, image.version),
+        size = image.size_bytes, "a node fetches an image of the library");
+    Ok(resp)
 }
 
 /// Largest heartbeat read (100,000 VMs and as many sessions, of a few dozen bytes each, fit).
@@ -202,6 +223,29 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
             });
         }
     }
+    if hb.capacity.image_fetches.len() > MAX_LIBRARY_IMAGES {
+        return Err(ApiError::Validation {
+            field: "capacity.image_fetches".into(),
+            message: format!("more than {MAX_LIBRARY_IMAGES} images"),
+        });
+    }
+    for fetch in &mut hb.capacity.image_fetches {
+        validate_name("capacity.image_fetches[].name", &fetch.name, 64)?;
+        validate_name("capacity.image_fetches[].version", &fetch.version, 64)?;
+        if !matches!(fetch.state.as_str(), "fetching" | "failed") {
+            return Err(ApiError::Validation {
+                field: "capacity.image_fetches[].state".into(),
+                message: "must be fetching or failed".into(),
+            });
+        }
+        if let Some(e) = &mut fetch.error {
+            *e = e
+                .chars()
+                .take(MAX_VM_ERROR)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+        }
+    }
     if let Some(sessions) = &hb.sessions {
         validate_sessions(sessions).map_err(|f| ApiError::Validation {
             field: f.field.into(),
@@ -323,6 +367,7 @@ async fn heartbeat(
         interval_secs: st.cfg.nodes.heartbeat_interval_secs,
         draining,
         broker_keys: st.keys.node_keys(),
+        images: st.db.library_images().await?.into_iter().map(|i| i.wire()).collect(),
     }))
 }
 
@@ -395,6 +440,7 @@ mod tests {
                     agent: true,
                     firmware: None,
                 }],
+                image_fetches: Vec::new(),
             },
             vms: vec![VmStatus { id: "vm-1".into(), state: VmState::Failed, error: None }],
             sessions: None,

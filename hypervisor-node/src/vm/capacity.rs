@@ -42,6 +42,7 @@ impl VmManager {
             kvm: self.kvm,
             default_runtime: self.default_runtime,
             images: self.images.list().iter().map(|i| i.info()).collect(),
+            image_fetches: Vec::new(),
         }
     }
 
