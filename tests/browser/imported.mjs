@@ -1,32 +1,63 @@
 // A pool of an operator's own image without Atrium's agent, in a real browser: Debian's
-// Chromium (headless, through playwright-core). The Rust side (tests/tests/e2e_imported.rs)
-// imports the disk, makes the pool and judges the canvas. An administrator sees on the Pools page
+// Chromium (headless, through playwright-core). An administrator uploads the disk on the Images
+// page, sees the node fetch and import it, makes a pool of it on the Pools page and sees there
 // how the image runs; a user connects, is told to sign in to the desktop's OS herself and what
-// is missing, and sees that OS's own login prompt.
+// is missing, and sees that OS's own login prompt. The Rust side (tests/tests/e2e_imported.rs)
+// waits for the pool's spare and judges the canvas.
 //
 //   node imported.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR,
-//                       "pool": NAME}'
+//                       "pool": NAME, "disk": FILE}'
 //
-// Protocol on stdout: {"shot": PATH, "phase": "login"} asks the Rust side to look at the canvas;
-// it answers "ok" or "more". {"done": true} at the end. Failures throw (exit code 1).
+// Protocol on stdout: {"pool": NAME} once the pool is made: the Rust side answers "ok" when it
+// has a ready desktop. {"shot": PATH, "phase": "login"} asks it to look at the canvas; it
+// answers "ok" or "more". {"done": true} at the end. Failures throw (exit code 1).
 
 import { join } from 'node:path';
-import { check, launch, passwordSignIn, untilCanvasShows, viewerOpen } from './lib.mjs';
+import { ask, check, launch, passwordSignIn, untilCanvasShows, viewerOpen } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`imported: ${msg}`);
 
 async function main() {
-  // The administrator: the pool's image is imported, booted by UEFI, without an agent.
+  // The administrator uploads the disk; the node fetches it, checks it and imports it.
   const admin = await launch(cfg, 'admin');
-  await passwordSignIn(admin.page, cfg.broker, 'carol', 'carol-pw');
-  await admin.page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
-  await admin.page.getByRole('link', { name: 'Pools' }).click();
-  const pools = admin.page.getByRole('table', { name: 'Pools' });
+  const adminPage = admin.page;
+  await passwordSignIn(adminPage, cfg.broker, 'carol', 'carol-pw');
+  await adminPage.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await adminPage.getByRole('link', { name: 'Images' }).click();
+  await adminPage.getByRole('heading', { name: 'Images' }).waitFor();
+  // The form's labels hold their fields (a label's name then includes the field's value).
+  await adminPage.locator('#i-file').setInputFiles(cfg.disk);
+  await adminPage.locator('#i-name').fill(cfg.pool);
+  await adminPage.locator('#i-version').fill('1');
+  check(await adminPage.locator('#i-firmware').inputValue() === 'uefi', 'the form does not start at UEFI');
+  await adminPage.locator('#i-memory').fill('256');
+  await adminPage.getByRole('button', { name: 'Upload' }).click();
+  const images = adminPage.getByRole('table', { name: 'Images' });
+  const imageRow = images.getByRole('row', { name: new RegExp(`${cfg.pool}@1`) });
+  await imageRow.waitFor({ timeout: 60000 });
+  await imageRow.filter({ hasText: 'node-1: ready' }).waitFor({ timeout: 180000 });
+  const listed = await imageRow.textContent();
+  check(/UEFI, no agent/.test(listed), `the image's row says ${listed}`);
+  await adminPage.screenshot({ path: join(cfg.artifacts, 'imported-00-images.png') });
+  log('the node imported the uploaded image');
+
+  // A pool of it, made on the Pools page: booted desktops (firmware images are not cloned).
+  await adminPage.getByRole('link', { name: 'Pools' }).click();
+  await adminPage.getByRole('heading', { name: 'Pools' }).waitFor();
+  await adminPage.getByLabel('Name', { exact: true }).fill(cfg.pool);
+  await adminPage.getByLabel('Image', { exact: true }).fill(cfg.pool);
+  await adminPage.getByLabel('Display', { exact: true }).fill('1024x768');
+  await adminPage.getByLabel('Start desktops as clones', { exact: true }).uncheck();
+  await adminPage.getByRole('button', { name: 'Create pool' }).click();
+  await adminPage.getByRole('rowheader', { name: cfg.pool }).waitFor({ timeout: 10000 });
+  check(await ask({ pool: cfg.pool }) === 'ok', 'the pool has no ready desktop');
+  await adminPage.reload();
+  const pools = adminPage.getByRole('table', { name: 'Pools' });
   await pools.getByRole('rowheader', { name: cfg.pool }).waitFor({ timeout: 10000 });
   const row = await pools.getByRole('row', { name: new RegExp(cfg.pool) }).textContent();
   check(/imported, UEFI, no agent: users sign in to its OS/.test(row), `the pool's row says ${row}`);
-  await admin.page.screenshot({ path: join(cfg.artifacts, 'imported-01-pools.png') });
+  await adminPage.screenshot({ path: join(cfg.artifacts, 'imported-01-pools.png') });
   await admin.ctx.close();
   log('the Pools page says how the image runs');
 

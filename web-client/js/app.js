@@ -11,6 +11,7 @@ import { showSessions } from './pages/admin-sessions.js';
 import { showAudit } from './pages/admin-audit.js';
 import { showUsers, showUser } from './pages/admin-users.js';
 import { showTokens } from './pages/admin-tokens.js';
+import { showImages } from './pages/admin-images.js';
 import { showRecordings, showRecording } from './pages/admin-recordings.js';
 import { showMfa, showSecurity, mfaThen } from './pages/mfa.js';
 
@@ -75,6 +76,7 @@ const routes = [
   [/^#\/desktop\/([^/]+)$/, (m) => showViewer(app, decodeURIComponent(m[1])), true],
   [/^#\/admin\/pools$/, () => showPools(app), true],
   [/^#\/admin\/nodes$/, () => showNodes(app), true],
+  [/^#\/admin\/images$/, () => showImages(), true],
   [/^#\/admin\/sessions$/, () => showSessions(app), true],
   [/^#\/admin\/audit$/, () => showAudit(app), true],
   [/^#\/admin\/users$/, () => showUsers(app), true],
