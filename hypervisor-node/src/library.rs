@@ -32,6 +32,18 @@ const READ_IDLE: Duration = Duration::from_secs(60);
 /// Room left free on the images folder's file system beyond what an import needs.
 const SPARE_BYTES: u64 = 1 << 30;
 
+/// Where this node is with an image, as its images folder says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// Checked and listed: pools may use it.
+    Held,
+    /// Its folder is there and being checked (a large image is hashed in the background).
+    Checking,
+    /// Its folder is there and the node refused it (a file changed or damaged), and why.
+    Refused(String),
+    Absent,
+}
+
 /// Where this node is with one library image it does not hold.
 #[derive(Debug, Clone)]
 struct Fetch {
@@ -104,23 +116,48 @@ impl Library {
         out
     }
 
-    /// The next image to fetch: wanted, not held (`held`), and not failed for good.
-    fn next(&self, held: impl Fn(&str, &str) -> bool) -> Option<LibraryImage> {
+    /// The next image to fetch: wanted, absent from this node (`holding`), and not failed for
+    /// good. An image folder the node refused is a failure (tried again once it is gone); one
+    /// being checked shows as fetching. Called by the one worker, between its fetches.
+    fn next(&self, holding: impl Fn(&str, &str) -> Holding) -> Option<LibraryImage> {
         let mut st = self.lock();
         let State { wanted, fetches } = &mut *st;
-        let next = wanted.iter().find(|w| {
-            if held(&w.name, &w.version) {
-                return false;
+        let mut chosen = None;
+        for w in wanted.iter() {
+            let key = (w.name.clone(), w.version.clone());
+            match holding(&w.name, &w.version) {
+                Holding::Held => {
+                    fetches.remove(&key);
+                    continue;
+                }
+                // Imported and being checked: still on its way, as the administrators see it.
+                Holding::Checking => {
+                    fetches.insert(key, Fetch { sha256: w.sha256.clone(), failed: None });
+                    continue;
+                }
+                Holding::Refused(why) => {
+                    let why = format!("the node refuses its copy: {why}");
+                    fetches.insert(
+                        key,
+                        Fetch { sha256: w.sha256.clone(), failed: Some(failed(why, true)) },
+                    );
+                    continue;
+                }
+                Holding::Absent => {}
             }
-            match fetches.get(&(w.name.clone(), w.version.clone())) {
+            let eligible = match fetches.get(&key) {
                 Some(Fetch { failed: Some(f), sha256 }) => {
                     *sha256 != w.sha256 || (f.retry && f.at.elapsed() >= RETRY_AFTER)
                 }
-                Some(Fetch { failed: None, .. }) => false,
-                None => true,
+                // The one worker asks between fetches: nothing is being fetched now (a folder that
+                // was being checked is gone).
+                Some(Fetch { failed: None, .. }) | None => true,
+            };
+            if eligible && chosen.is_none() {
+                chosen = Some(w.clone());
             }
-        })?;
-        let next = next.clone();
+        }
+        let next = chosen?;
         fetches.insert(
             (next.name.clone(), next.version.clone()),
             Fetch { sha256: next.sha256.clone(), failed: None },
@@ -167,13 +204,21 @@ impl Fetcher {
 /// Fetches and imports what the library offers, until the task is dropped.
 pub async fn run(library: Arc<Library>, node: Arc<VmManager>, fetcher: Fetcher) {
     loop {
-        let held = |name: &str, version: &str| {
-            node.images()
-                .list()
-                .iter()
-                .any(|i| i.manifest.name == name && i.manifest.version == version)
+        let catalog = node.images();
+        let images = catalog.list();
+        let holding = |name: &str, version: &str| {
+            let dir = catalog.root().join(name).join(version);
+            if images.iter().any(|i| i.manifest.name == name && i.manifest.version == version) {
+                Holding::Held
+            } else if let Some(why) = catalog.refusal(&dir) {
+                Holding::Refused(why)
+            } else if dir.exists() {
+                Holding::Checking
+            } else {
+                Holding::Absent
+            }
         };
-        let Some(image) = library.next(held) else {
+        let Some(image) = library.next(holding) else {
             library.wake.notified().await;
             continue;
         };
@@ -224,14 +269,9 @@ async fn fetch_and_import(
     let images_dir = node.config().node.images_dir.clone();
     let out = images_dir.join(&image.name).join(&image.version);
     if out.exists() {
-        return Err(failed(
-            format!(
-                "{} exists but is not an image this node runs (refused: see the node's log); \
-                 remove it to import the library's",
-                out.display()
-            ),
-            false,
-        ));
+        // Imported by hand meanwhile, or the folder appeared between two looks: the catalog
+        // says at the next one whether it is held, being checked or refused.
+        return Err(failed(format!("{} exists already", out.display()), true));
     }
     let downloads = images_dir.join(".library");
     tokio::fs::create_dir_all(&downloads)
@@ -381,10 +421,11 @@ mod tests {
         }
     }
 
-    /// What is fetched next: wanted and not held; a failure the same file would meet again is
+    /// What is fetched next: wanted and absent; a failure the same file would meet again is
     /// not tried again until the library offers another file; one that may pass later waits
-    /// [`RETRY_AFTER`]; an image the library dropped is forgotten. An entry that fails its
-    /// checks is never taken.
+    /// [`RETRY_AFTER`]; an image the library dropped is forgotten; a folder being checked is
+    /// left alone, one the node refused is a failure, one it holds is done. An entry that fails
+    /// its checks is never taken.
     #[test]
     fn the_library_fetches_each_file_until_it_fails_for_good() {
         let lib = Library::default();
@@ -392,16 +433,18 @@ mod tests {
         let mut bad = image("c", &"3".repeat(64), 10);
         bad.firmware = "coreboot".into();
         lib.want(&[a.clone(), b.clone(), bad]);
-        let none = |_: &str, _: &str| false;
-        assert_eq!(lib.next(|n, _| n == "a").map(|i| i.name), Some("b".into()));
-        assert_eq!(lib.next(none).map(|i| i.name), Some("a".into()));
-        assert!(lib.next(none).is_none(), "both are being fetched, the bad one never");
+        let none = |_: &str, _: &str| Holding::Absent;
+        let a_checking =
+            |n: &str, _: &str| if n == "a" { Holding::Checking } else { Holding::Absent };
+        // a's folder is being checked (it shows as fetching): b is fetched.
+        assert_eq!(lib.next(a_checking).map(|i| i.name), Some("b".into()));
         let states: Vec<_> = lib.statuses().into_iter().map(|s| (s.name, s.state)).collect();
         assert_eq!(states, [("a".into(), "fetching".into()), ("b".into(), "fetching".into())]);
-
-        lib.finish(&a, Err(failed("not a disk", false)));
         lib.finish(&b, Err(failed("the broker is out of reach", true)));
-        assert!(lib.next(none).is_none(), "neither is tried again at once");
+        // a's folder is gone: a is fetched.
+        assert_eq!(lib.next(none).map(|i| i.name), Some("a".into()));
+        lib.finish(&a, Err(failed("not a disk", false)));
+        assert!(lib.next(none).is_none(), "neither is tried again at once, the bad one never");
         let a_state = lib.statuses().into_iter().find(|s| s.name == "a").unwrap();
         assert_eq!(
             (a_state.state.as_str(), a_state.error.as_deref()),
@@ -422,7 +465,20 @@ mod tests {
         let a2 = image("a", &"4".repeat(64), 10);
         lib.want(std::slice::from_ref(&a2));
         assert!(lib.statuses().iter().all(|s| s.name != "b"));
-        assert_eq!(lib.next(none).map(|i| i.sha256), Some(a2.sha256));
+        assert_eq!(lib.next(none).map(|i| i.sha256), Some(a2.sha256.clone()));
+        // Its folder refused (a file changed since): a failure that says so, no fetch.
+        lib.finish(&a2, Ok(()));
+        let refused = |_: &str, _: &str| Holding::Refused("sha256 of disk.qcow2 differs".into());
+        assert!(lib.next(refused).is_none());
+        let s = &lib.statuses()[0];
+        assert_eq!(s.state, "failed");
+        assert!(
+            s.error.as_deref().unwrap_or_default().contains("refuses its copy: sha256"),
+            "{s:?}"
+        );
+        // Held: done, nothing to say.
+        assert!(lib.next(|_: &str, _: &str| Holding::Held).is_none());
+        assert!(lib.statuses().is_empty());
     }
 
     /// A broker's image file: `body` to a request signed by `key`'s holder.

@@ -374,13 +374,55 @@ impl Image {
 type Loaded = HashMap<PathBuf, (Option<SystemTime>, Arc<Image>)>;
 
 /// The images under a node's `images_dir`, reloaded when the folder changes.
+///
+/// A new or changed image is read and its files hashed before it is listed. Hashing a large one
+/// (an operator's disk of tens of GiB) takes minutes: such an image is loaded on a thread of its
+/// own while lookups go on with the images already loaded (the heartbeat, placements and VM
+/// creations do not wait for it), and appears once checked. Smaller ones (up to
+/// [`SYNC_LOAD_BYTES`]) are loaded by the lookup that finds them, other lookups waiting.
 #[derive(Debug)]
 pub struct ImageCatalog {
     root: PathBuf,
+    state: Arc<CatalogState>,
+    /// Images whose files add up to more than this load in the background.
+    sync_limit: u64,
+}
+
+/// The largest image (all its files) a lookup loads itself; larger ones load in the background.
+pub const SYNC_LOAD_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Default)]
+struct CatalogState {
     loaded: Mutex<Loaded>,
     /// Folders refused, with what their files were then: not read (nor hashed) again until one
     /// of them changes.
     refused: Mutex<HashMap<PathBuf, (FolderStamp, String)>>,
+    /// Folders being loaded in the background.
+    loading: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+/// A folder to load: its manifest's modification time and its files then.
+type ToLoad = (PathBuf, Option<SystemTime>, FolderStamp);
+
+impl CatalogState {
+    /// Loads and checks `dir` (in the background), and files the result.
+    fn load(&self, (dir, mtime, stamp): ToLoad) {
+        let result = Image::load(&dir, true);
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        loading.remove(&dir);
+        match result {
+            Ok(img) => {
+                tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
+                loaded.insert(dir, (mtime, Arc::new(img)));
+            }
+            Err(e) => {
+                tracing::warn!("image refused: {e}");
+                refused.insert(dir, (stamp, e.to_string()));
+            }
+        }
+    }
 }
 
 /// Each file of a folder by name, with its size and modification time.
@@ -403,17 +445,30 @@ fn folder_stamp(dir: &Path) -> FolderStamp {
 
 impl ImageCatalog {
     pub fn new(root: PathBuf) -> Self {
-        Self { root, loaded: Mutex::new(HashMap::new()), refused: Mutex::new(HashMap::new()) }
+        Self { root, state: Arc::default(), sync_limit: SYNC_LOAD_BYTES }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Rescans `images_dir`; new or changed images (their manifest or any file) are loaded and
-    /// verified (hashes checked once per change). Returns the images and the folders refused by
-    /// this scan (each logged; a folder refused before and unchanged since is not read again).
+    /// Rescans `images_dir` and loads every new or changed image (their manifest or any file)
+    /// before it returns, verifying it (hashes checked once per change); for the node's start.
+    /// Returns the images and the folders refused by this scan (each logged; a folder refused
+    /// before and unchanged since is not read again).
     pub fn refresh(&self) -> (Vec<Arc<Image>>, Vec<ImageError>) {
+        self.scan(u64::MAX)
+    }
+
+    /// Why the image folder `dir` was refused, if it was (and has not changed since).
+    pub fn refusal(&self, dir: &Path) -> Option<String> {
+        let refused = self.state.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        refused.get(dir).map(|(_, why)| why.clone())
+    }
+
+    /// Rescans; a new or changed image whose files add up to more than `sync_limit` bytes is
+    /// loaded on a thread of its own (and listed once checked).
+    fn scan(&self, sync_limit: u64) -> (Vec<Arc<Image>>, Vec<ImageError>) {
         let mut dirs = Vec::new();
         for level1 in read_dirs(&self.root) {
             if level1.join(MANIFEST_FILE).is_file() {
@@ -424,43 +479,72 @@ impl ImageCatalog {
                 );
             }
         }
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &self.state;
+        let mut to_load: Vec<ToLoad> = Vec::new();
         let mut errors = Vec::new();
-        let mut next = HashMap::new();
-        let mut still_refused = HashMap::new();
-        for dir in dirs {
-            let mtime = std::fs::metadata(dir.join(MANIFEST_FILE)).and_then(|m| m.modified()).ok();
-            match loaded.get(&dir) {
-                // The same manifest, its files untouched: no need to hash them again.
-                Some((t, img)) if *t == mtime && img.unchanged().is_ok() => {
-                    next.insert(dir, (mtime, Arc::clone(img)));
-                }
-                _ => {
-                    let stamp = folder_stamp(&dir);
-                    if let Some((seen, why)) = refused.remove(&dir)
-                        && seen == stamp
-                    {
-                        // Refused already, and nothing changed since: said once, when refused.
-                        still_refused.insert(dir, (seen, why));
-                        continue;
+        {
+            let mut loaded = st.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut refused = st.refused.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut loading = st.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut next = HashMap::new();
+            let mut still_refused = HashMap::new();
+            for dir in dirs {
+                let mtime =
+                    std::fs::metadata(dir.join(MANIFEST_FILE)).and_then(|m| m.modified()).ok();
+                match loaded.get(&dir) {
+                    // The same manifest, its files untouched: no need to hash them again.
+                    Some((t, img)) if *t == mtime && img.unchanged().is_ok() => {
+                        next.insert(dir, (mtime, Arc::clone(img)));
                     }
-                    match Image::load(&dir, true) {
-                        Ok(img) => {
-                            tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
-                            next.insert(dir, (mtime, Arc::new(img)));
+                    _ => {
+                        let stamp = folder_stamp(&dir);
+                        if let Some((seen, why)) = refused.remove(&dir)
+                            && seen == stamp
+                        {
+                            // Refused already, and nothing changed since: said once, when refused.
+                            still_refused.insert(dir, (seen, why));
+                            continue;
                         }
-                        Err(e) => {
-                            tracing::warn!("image refused: {e}");
-                            still_refused.insert(dir, (stamp, e.to_string()));
-                            errors.push(e);
+                        let bytes: u64 = stamp.iter().map(|(_, len, _)| len).sum();
+                        if bytes > sync_limit {
+                            // Being loaded by another lookup, or taken by this one.
+                            if loading.insert(dir.clone()) {
+                                to_load.push((dir, mtime, stamp));
+                            }
+                            continue;
+                        }
+                        // Small: loaded here, other lookups waiting for it.
+                        match Image::load(&dir, true) {
+                            Ok(img) => {
+                                tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
+                                next.insert(dir, (mtime, Arc::new(img)));
+                            }
+                            Err(e) => {
+                                tracing::warn!("image refused: {e}");
+                                still_refused.insert(dir, (stamp, e.to_string()));
+                                errors.push(e);
+                            }
                         }
                     }
                 }
             }
+            *refused = still_refused;
+            *loaded = next;
         }
-        *refused = still_refused;
-        *loaded = next;
+        for job in to_load {
+            let bytes: u64 = job.2.iter().map(|(_, len, _)| len).sum();
+            tracing::info!(dir = %job.0.display(), mib = bytes >> 20, "checking a new image in the background");
+            let state = Arc::clone(st);
+            let dir = job.0.clone();
+            let spawned = std::thread::Builder::new()
+                .name("image-check".into())
+                .spawn(move || state.load(job));
+            if let Err(e) = spawned {
+                tracing::error!(dir = %dir.display(), "cannot start a thread to check an image: {e}");
+                st.loading.lock().unwrap_or_else(PoisonError::into_inner).remove(&dir);
+            }
+        }
+        let loaded = st.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         let mut images: Vec<_> = loaded.values().map(|(_, i)| Arc::clone(i)).collect();
         images.sort_by(|a, b| {
             (&a.manifest.name, a.manifest.created_unix, &a.manifest.version).cmp(&(
@@ -474,11 +558,12 @@ impl ImageCatalog {
 
     /// The image a reference names: that version, or the newest of the name.
     pub fn resolve(&self, r: &ImageRef) -> Option<Arc<Image>> {
-        resolve_in(&self.refresh().0, r)
+        resolve_in(&self.list(), r)
     }
 
+    /// The images checked and ready; a large new one is checked in the background meanwhile.
     pub fn list(&self) -> Vec<Arc<Image>> {
-        self.refresh().0
+        self.scan(self.sync_limit).0
     }
 }
 
@@ -510,6 +595,33 @@ fn read_dirs(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// An image over the catalog's limit is checked on a thread of its own and listed once
+    /// checked; a damaged one is refused there too, with its reason.
+    #[test]
+    fn a_large_image_is_checked_in_the_background() {
+        let root = std::env::temp_dir().join(format!("atrium-catalog-bg-{}", uuid::Uuid::new_v4()));
+        fake_image(&root.join("big/1"), "big", "1", 1);
+        fake_image(&root.join("bad/1"), "bad", "1", 1);
+        std::fs::write(root.join("bad/1/vmlinuz"), b"KERNEL").expect("write");
+        let catalog = ImageCatalog { sync_limit: 0, ..ImageCatalog::new(root.clone()) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let bad = root.join("bad/1");
+        loop {
+            let names: Vec<String> =
+                catalog.list().iter().map(|i| i.manifest.reference()).collect();
+            if names == ["big@1"] && catalog.refusal(&bad).is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not loaded in the background: {names:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(catalog.refusal(&bad).unwrap_or_default().contains("sha256"));
+        std::fs::remove_dir_all(root).expect("cleanup");
+    }
 
     /// A small, valid image directory (fake kernel and initramfs bytes) for tests that need
     /// one without booting it.
