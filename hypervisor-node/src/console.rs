@@ -56,6 +56,28 @@ pub async fn follow(
     }))
 }
 
+/// Follows the serial console of `endpoints` into `log`, and the firmware's debug port when its
+/// socket exists (a BIOS VM's).
+pub async fn follow_all(
+    endpoints: &crate::runtime::Endpoints,
+    log: &std::sync::Arc<ConsoleLog>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::vm::VmError> {
+    let mut tasks = Vec::new();
+    if let Some(serial) = &endpoints.serial {
+        let task = follow(serial, std::sync::Arc::clone(log)).await.map_err(|e| {
+            crate::vm::VmError::Internal(format!("connecting to the serial console: {e}"))
+        })?;
+        tasks.push(task);
+    }
+    if let Some(port) = endpoints.firmware_log.as_ref().filter(|p| p.exists()) {
+        let task = follow(port, std::sync::Arc::clone(log)).await.map_err(|e| {
+            crate::vm::VmError::Internal(format!("connecting to the firmware's debug port: {e}"))
+        })?;
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

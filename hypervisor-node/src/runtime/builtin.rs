@@ -55,6 +55,7 @@ impl Paths {
             display: DisplayEndpoint::Shm { path: self.display.display().to_string() },
             agent: self.agent.clone(),
             serial: None,
+            firmware_log: None,
         }
     }
 

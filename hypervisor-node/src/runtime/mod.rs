@@ -133,6 +133,10 @@ pub struct Endpoints {
     pub agent: PathBuf,
     /// A unix socket carrying the guest's serial console, when the runtime has one.
     pub serial: Option<PathBuf>,
+    /// A unix socket carrying what the firmware writes to its debug port (SeaBIOS's messages,
+    /// among them that it found nothing to boot), when the VM has one: it is in the same log
+    /// as the serial console. Followed only when it exists.
+    pub firmware_log: Option<PathBuf>,
 }
 
 /// What a node needs to take a running VM's process back after the node itself restarted (a

@@ -173,12 +173,10 @@ impl VmManager {
             sampled_kib: std::sync::atomic::AtomicU64::new(0),
         });
         let connected = async {
-            if let Some(serial) = &handle.endpoints().serial {
-                let task = console::follow(serial, Arc::clone(&vm.console))
-                    .await
-                    .map_err(|e| format!("reconnecting the serial console: {e}"))?;
-                lock(&vm.tasks).push(task);
-            }
+            let tasks = console::follow_all(handle.endpoints(), &vm.console)
+                .await
+                .map_err(|e| format!("reconnecting the serial console: {e}"))?;
+            lock(&vm.tasks).extend(tasks);
             if !vm.has_agent() {
                 return Ok(None);
             }

@@ -114,14 +114,16 @@ pub fn is_blank(f: &Frame) -> bool {
     f.rgb.chunks_exact(3).filter(|px| *px != dominant).take(BLANK_PIXELS).count() < BLANK_PIXELS
 }
 
-/// What a firmware that found nothing to boot says on the serial console, when the console log
-/// has it. OVMF tries every boot option first (a loader Secure Boot refused is one of them);
-/// its last is its own UEFI shell where it has one, which waits at its prompt (a `startup.nsh`
-/// that boots an OS never shows it).
+/// What a firmware that found nothing to boot says on the serial console (OVMF) or its debug
+/// port (SeaBIOS), when the console log has it. OVMF tries every boot option first (a loader
+/// Secure Boot refused is one of them); its last is its own UEFI shell where it has one, which
+/// waits at its prompt (a `startup.nsh` that boots an OS never shows it). SeaBIOS tries every
+/// disk, then says so (and tries again a minute later).
 pub fn firmware_failure(console: &str) -> Option<&'static str> {
     [
         ("No bootable option or device was found", "no bootable option or device"),
         ("Shell> ", "it started its own UEFI shell"),
+        ("No bootable device.", "no bootable device"),
     ]
     .into_iter()
     .find(|(needle, _)| console.contains(needle))
@@ -333,6 +335,12 @@ mod tests {
         assert_eq!(firmware_failure(log), Some("no bootable option or device"));
         let shell = "\x1b[1m\x1b[33m\x1b[40mShell> \x1b[0m";
         assert_eq!(firmware_failure(shell), Some("it started its own UEFI shell"));
+        let seabios = "Booting from Hard Disk...\nBoot failed: not a bootable disk\n\n\
+                       Booting from Floppy...\nBoot failed: could not read the boot disk\n\n\
+                       No bootable device.\n";
+        assert_eq!(firmware_failure(seabios), Some("no bootable device"));
+        let booting = "Booting from Hard Disk...\nBooting from 0000:7c00\n";
+        assert_eq!(firmware_failure(booting), None);
         assert_eq!(firmware_failure("atrium-init: starting init after 3.16 s"), None);
     }
 }

@@ -237,12 +237,10 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), VmError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
-/// Follows the VM's serial console into its log, when the runtime gives it one.
+/// Follows the VM's serial console into its log, when the runtime gives it one, and the
+/// firmware's debug port when the VM has one.
 async fn attach_console(vm: &Vm, handle: &dyn VmHandle) -> Result<(), VmError> {
-    if let Some(serial) = &handle.endpoints().serial {
-        let task = console::follow(serial, Arc::clone(&vm.console))
-            .await
-            .map_err(|e| VmError::Internal(format!("connecting to the serial console: {e}")))?;
+    for task in console::follow_all(handle.endpoints(), &vm.console).await? {
         lock(&vm.tasks).push(task);
     }
     Ok(())

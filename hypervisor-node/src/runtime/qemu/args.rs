@@ -229,8 +229,20 @@ impl QemuRuntime {
                 a.push("-append".into());
                 a.push(cmdline.clone().into());
             }
-            // SeaBIOS is QEMU's own: nothing to add.
-            LaunchBoot::Firmware(FirmwareSpec { firmware: Firmware::Bios, .. }) => {}
+            // SeaBIOS is QEMU's own. It says what it does (and that it found nothing to boot)
+            // on its debug port only, beside the screen: the node reads that with the console.
+            LaunchBoot::Firmware(FirmwareSpec { firmware: Firmware::Bios, .. }) => {
+                a.push("-chardev".into());
+                a.push(
+                    format!(
+                        "socket,id=debugcon0,path={},server=on,wait=off",
+                        paths.debugcon.display()
+                    )
+                    .into(),
+                );
+                a.push("-device".into());
+                a.push("isa-debugcon,iobase=0x402,chardev=debugcon0".into());
+            }
             LaunchBoot::Firmware(f @ FirmwareSpec { firmware: Firmware::Uefi, .. }) => {
                 let (code, _) = self.ovmf(f.secure_boot);
                 a.push("-drive".into());
@@ -484,6 +496,13 @@ mod tests {
         let bios = args(Firmware::Bios, false);
         assert_eq!(after(&bios, "-drive").len(), 1, "SeaBIOS needs no flash: {bios:?}");
         assert!(after(&bios, "-kernel").is_empty());
+        // SeaBIOS's debug port, where it says it found nothing to boot; not for UEFI.
+        assert!(after(&bios, "-device").contains(&"isa-debugcon,iobase=0x402,chardev=debugcon0"));
+        assert!(
+            after(&bios, "-chardev").iter().any(|c| c.starts_with("socket,id=debugcon0,path=")
+                && c.ends_with("/debugcon.sock,server=on,wait=off"))
+        );
+        assert!(!uefi.iter().any(|a| a.contains("debugcon")), "{uefi:?}");
 
         // A TPM: the VM's swtpm, reached through a link in the VM's folder; the variables in
         // the firmware's state folder.

@@ -59,6 +59,8 @@ pub struct Paths {
     pub vnc: PathBuf,
     pub agent: PathBuf,
     pub serial: PathBuf,
+    /// SeaBIOS's debug port (a BIOS VM's only).
+    pub debugcon: PathBuf,
     /// QEMU's way to the VM's TPM: a link to its socket in the firmware's state folder (whose
     /// path may be longer than a socket's may be).
     pub tpm: PathBuf,
@@ -71,6 +73,7 @@ impl Paths {
             display: DisplayEndpoint::VncUnix { path: self.vnc.display().to_string() },
             agent: self.agent.clone(),
             serial: Some(self.serial.clone()),
+            firmware_log: Some(self.debugcon.clone()),
         }
     }
 
@@ -80,6 +83,7 @@ impl Paths {
             vnc: dir.join("vnc.sock"),
             agent: dir.join("agent.sock"),
             serial: dir.join("serial.sock"),
+            debugcon: dir.join("debugcon.sock"),
             tpm: dir.join("tpm.sock"),
         }
     }
