@@ -35,7 +35,8 @@ apt_wanted() {
     # The virus scanner uploads pass (its signatures: the tests write their own).
     [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
     command -v node >/dev/null || missing+=(nodejs npm)
-    # The UEFI disk the tests import as an operator's own image (scripts/lib/uefi-disk.sh).
+    # The UEFI and BIOS disks the tests import as an operator's own image
+    # (scripts/lib/uefi-disk.sh).
     command -v mkfs.vfat >/dev/null || [ -x /sbin/mkfs.vfat ] || missing+=(dosfstools)
     command -v mcopy >/dev/null || missing+=(mtools)
     command -v sfdisk >/dev/null || [ -x /sbin/sfdisk ] || missing+=(fdisk)
@@ -137,7 +138,7 @@ install_test_deps() {
   install_kube_tools
 }
 
-# Builds (or reuses from the cache) the guest images the tests boot, and the UEFI disks the
+# Builds (or reuses from the cache) the guest images the tests boot, and the UEFI and BIOS disks the
 # tests import as an operator's own image (from the console image).
 prepare_test_images() {
   if [ -x scripts/lib/images.sh ]; then

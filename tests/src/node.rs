@@ -40,6 +40,11 @@ pub fn uefi_disk() -> anyhow::Result<PathBuf> {
     cached_disk("uefi-disk.raw")
 }
 
+/// A PC (MBR) disk booted by BIOS firmware through SYSLINUX, with the agent.
+pub fn bios_disk() -> anyhow::Result<PathBuf> {
+    cached_disk("bios-disk.raw")
+}
+
 /// The same disk without the agent: its console shows a login prompt.
 pub fn uefi_disk_without_agent() -> anyhow::Result<PathBuf> {
     cached_disk("uefi-disk-noagent.raw")

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use atrium_protocol::node::{Capacity, DisplayEndpoint, VmInfo, VmState};
 use atrium_tests::node::{
-    NodeProcess, import_image, processes_with, uefi_disk, uefi_disk_without_agent,
+    NodeProcess, bios_disk, import_image, processes_with, uefi_disk, uefi_disk_without_agent,
 };
 use atrium_tests::rfb::RfbClient;
 use atrium_tests::{Group, TempDir, skip, wait_for};
@@ -149,6 +149,44 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
     // A floating desktop's firmware state goes with it; the dedicated one's stays.
     ensure!(!float_state.exists(), "the floating desktop's firmware state stayed");
     ensure!(tpm_dir.join("tpm2-00.permall").is_file(), "the dedicated desktop's TPM went");
+    Ok(())
+}
+
+/// A PC disk for BIOS firmware (an MBR, SYSLINUX's boot code, a FAT partition): SeaBIOS boots it,
+/// says so on its debug port (read into the console log), and the agent signs the user in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_bios_disk_boots_by_seabios_and_signs_its_user_in() -> anyhow::Result<()> {
+    if skip(Group::Qemu, "an_imported_bios_disk_boots_by_seabios_and_signs_its_user_in") {
+        return Ok(());
+    }
+    let tmp = TempDir::new("imported-bios");
+    let images = tmp.path().join("images");
+    let args =
+        ["--name", "pc", "--version", "1", "--firmware", "bios", "--agent", "--min-memory", "256"];
+    let (ok, said) = import_image(&images, &bios_disk()?, &args)?;
+    ensure!(ok && said.contains("imported pc@1 (bios firmware"), "the import: {said}");
+    let node = NodeProcess::start(&images.join("pc"), "").await?;
+    let spec = json!({
+        "image": "pc", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
+        "user": { "username": "alice", "display_name": "Alice Example" },
+    });
+    let id = node.ready_vm(&spec, BOOT).await?;
+    wait_for("alice's session", Duration::from_secs(60), || async {
+        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+    let pids = processes_with(&format!("guest=atrium-{id}"));
+    ensure!(pids.len() == 1, "QEMU processes of {id}: {pids:?}");
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", pids[0]))?)
+        .replace('\0', " ");
+    ensure!(!cmdline.contains("pflash") && !cmdline.contains("-kernel "), "{cmdline}");
+    let log = node.console_log(&id).await?;
+    ensure!(
+        log.contains("Booting from Hard Disk") && log.contains("atrium-guest-agent: ready"),
+        "console log:\n{log}"
+    );
+    let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}"), None).await?;
+    ensure!(status == 204, "delete: {status}");
     Ok(())
 }
 
