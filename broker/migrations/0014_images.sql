@@ -1,7 +1,9 @@
 -- 0014: the image library. An administrator uploads a disk image; its bytes are a file in the
 -- images folder (`file`, a name unique to this upload), kept here with its SHA-256 and the
 -- settings every node imports it with. `secure_boot`, `tpm` and `agent` are 0 or 1; `format`
--- is NULL when the nodes read it from the file.
+-- is NULL when the nodes read it from the file. A removed image keeps its row (`deleted_at`
+-- set, its file gone), so its name and version are never given to other bytes: nodes know an
+-- image by them.
 CREATE TABLE images (
     name            TEXT NOT NULL,
     version         TEXT NOT NULL,
@@ -16,5 +18,6 @@ CREATE TABLE images (
     min_memory_mib  BIGINT NOT NULL,
     uploaded_by     TEXT NOT NULL,
     uploaded_at     BIGINT NOT NULL,
+    deleted_at      BIGINT,
     PRIMARY KEY (name, version)
 );

@@ -149,7 +149,7 @@ fn system() -> IpAddr {
 
 /// One pass: each step runs even when another failed.
 pub async fn pass(st: &AppState, judge_nodes: bool) {
-    let steps: [(&str, ApiResult<()>); 8] = [
+    let steps: [(&str, ApiResult<()>); 9] = [
         ("lost nodes", if judge_nodes { lost_nodes(st).await } else { Ok(()) }),
         ("session timeouts", session_timeouts(st).await),
         ("idle desktops", idle_desktops(st).await),
@@ -158,6 +158,7 @@ pub async fn pass(st: &AppState, judge_nodes: bool) {
         ("old sign-in records", prune_logins(st).await),
         ("directory revalidation", crate::revalidate::pass(st).await),
         ("recordings", crate::recordings::housekeep(st).await),
+        ("image library", crate::http::sweep_image_library(st).await),
     ];
     for (step, result) in steps {
         if let Err(e) = result {

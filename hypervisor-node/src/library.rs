@@ -21,8 +21,8 @@ use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::image::Firmware;
 use crate::image::import::{self, ImportOptions};
+use crate::image::{Firmware, Image};
 use crate::vm::VmManager;
 
 /// How long a failure that may pass later waits before the image is tried again.
@@ -35,11 +35,12 @@ const SPARE_BYTES: u64 = 1 << 30;
 /// Where this node is with an image, as its images folder says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holding {
-    /// Checked and listed: pools may use it.
+    /// Checked and listed, made from the library's file: pools may use it.
     Held,
     /// Its folder is there and being checked (a large image is hashed in the background).
     Checking,
-    /// Its folder is there and the node refused it (a file changed or damaged), and why.
+    /// Its folder is there and the node refused it (a file changed or damaged, no manifest), or
+    /// it holds another image under that name and version; and why.
     Refused(String),
     Absent,
 }
@@ -119,13 +120,13 @@ impl Library {
     /// The next image to fetch: wanted, absent from this node (`holding`), and not failed for
     /// good. An image folder the node refused is a failure (tried again once it is gone); one
     /// being checked shows as fetching. Called by the one worker, between its fetches.
-    fn next(&self, holding: impl Fn(&str, &str) -> Holding) -> Option<LibraryImage> {
+    fn next(&self, holding: impl Fn(&LibraryImage) -> Holding) -> Option<LibraryImage> {
         let mut st = self.lock();
         let State { wanted, fetches } = &mut *st;
         let mut chosen = None;
         for w in wanted.iter() {
             let key = (w.name.clone(), w.version.clone());
-            match holding(&w.name, &w.version) {
+            match holding(w) {
                 Holding::Held => {
                     fetches.remove(&key);
                     continue;
@@ -165,6 +166,11 @@ impl Library {
         Some(next)
     }
 
+    /// Whether the library still offers this file of `image` (it may be removed meanwhile).
+    fn offers(&self, image: &LibraryImage) -> bool {
+        self.lock().wanted.iter().any(|w| w == image)
+    }
+
     fn finish(&self, image: &LibraryImage, result: Result<(), Failed>) {
         let mut st = self.lock();
         let key = (image.name.clone(), image.version.clone());
@@ -201,30 +207,60 @@ impl Fetcher {
     }
 }
 
-/// Fetches and imports what the library offers, until the task is dropped.
+/// Where this node is with `image`, from its catalog (`images`: what it lists now).
+fn holding(
+    catalog: &crate::image::ImageCatalog,
+    images: &[Arc<Image>],
+    image: &LibraryImage,
+) -> Holding {
+    let dir = catalog.root().join(&image.name).join(&image.version);
+    let listed = images
+        .iter()
+        .find(|i| i.manifest.name == image.name && i.manifest.version == image.version);
+    if let Some(i) = listed {
+        return match i.manifest.imported.as_ref().map(|r| r.source_sha256.as_str()) {
+            Some(h) if h == image.sha256 => Holding::Held,
+            other => Holding::Refused(format!(
+                "it holds another image as {}@{} (made from {}), not the library's",
+                image.name,
+                image.version,
+                other.map_or_else(
+                    || "Debian packages".to_owned(),
+                    |h| format!("a file of SHA-256 {h}")
+                )
+            )),
+        };
+    }
+    if let Some(why) = catalog.refusal(&dir) {
+        Holding::Refused(why)
+    } else if catalog.is_loading(&dir) {
+        Holding::Checking
+    } else if dir.exists() {
+        Holding::Refused(format!("{} exists and holds no image (no manifest.json)", dir.display()))
+    } else {
+        Holding::Absent
+    }
+}
+
+/// Fetches and imports what the library offers, until the task is dropped. Downloads a
+/// previous run left (a crash, a restart) are removed first: this task is their only writer.
 pub async fn run(library: Arc<Library>, node: Arc<VmManager>, fetcher: Fetcher) {
+    let downloads = node.images().root().join(".library");
+    for entry in std::fs::read_dir(&downloads).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".part") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     loop {
         let catalog = node.images();
         let images = catalog.list();
-        let holding = |name: &str, version: &str| {
-            let dir = catalog.root().join(name).join(version);
-            if images.iter().any(|i| i.manifest.name == name && i.manifest.version == version) {
-                Holding::Held
-            } else if let Some(why) = catalog.refusal(&dir) {
-                Holding::Refused(why)
-            } else if dir.exists() {
-                Holding::Checking
-            } else {
-                Holding::Absent
-            }
-        };
-        let Some(image) = library.next(holding) else {
+        let Some(image) = library.next(|w| holding(catalog, &images, w)) else {
             library.wake.notified().await;
             continue;
         };
         let reference = format!("{}@{}", image.name, image.version);
         tracing::info!(image = %reference, size = image.size_bytes, "fetching an image of the broker's library");
-        let result = fetch_and_import(&fetcher, &node, &image).await;
+        let result = fetch_and_import(&fetcher, &node, &library, &image).await;
         match &result {
             Ok(()) => tracing::info!(image = %reference, "image of the broker's library imported"),
             Err(f) => {
@@ -264,10 +300,21 @@ impl Drop for Download {
 async fn fetch_and_import(
     fetcher: &Fetcher,
     node: &VmManager,
+    library: &Library,
     image: &LibraryImage,
 ) -> Result<(), Failed> {
-    let images_dir = node.config().node.images_dir.clone();
+    let images_dir = node.images().root().to_owned();
     let out = images_dir.join(&image.name).join(&image.version);
+    let work = images_dir.join(&image.name).join(format!(".{}.importing", image.version));
+    if work.exists() {
+        return Err(failed(
+            format!(
+                "{} exists: an import of this version runs, or one was cut off (remove it then)",
+                work.display()
+            ),
+            true,
+        ));
+    }
     if out.exists() {
         // Imported by hand meanwhile, or the folder appeared between two looks: the catalog
         // says at the next one whether it is held, being checked or refused.
@@ -277,7 +324,8 @@ async fn fetch_and_import(
     tokio::fs::create_dir_all(&downloads)
         .await
         .map_err(|e| failed(format!("making {}: {e}", downloads.display()), true))?;
-    // The download, and its conversion beside it (at most its size again, for a raw file).
+    // The download, and its conversion beside it (about its size again; a compressed qcow2
+    // may grow more, which the conversion then reports).
     let needed = image.size_bytes.saturating_mul(2).saturating_add(SPARE_BYTES);
     if let Some(free) = free_bytes(&downloads)
         && free < needed
@@ -294,6 +342,9 @@ async fn fetch_and_import(
     }
     let file = Download(downloads.join(format!("{}@{}.part", image.name, image.version)));
     download(fetcher, node.node_id(), image, &file.0).await?;
+    if !library.offers(image) {
+        return Err(failed("removed from the library while it was fetched", true));
+    }
     let opts = ImportOptions {
         source: file.0.clone(),
         name: image.name.clone(),
@@ -315,7 +366,12 @@ async fn fetch_and_import(
     let imported = tokio::task::spawn_blocking(move || import::import(&opts))
         .await
         .map_err(|e| failed(format!("the import stopped: {e}"), true))?;
-    let imported = imported.map_err(|e| failed(format!("import refused: {e}"), false))?;
+    // The file is no bootable disk: the same file fails again. A full disk or a tool that
+    // failed may pass later.
+    let imported = imported.map_err(|e| match e {
+        import::ImportError::Refused(why) => failed(format!("import refused: {why}"), false),
+        e => failed(format!("the import failed: {e}"), true),
+    })?;
     // Checked once more: the import hashed the file it read.
     match imported.manifest.imported.as_ref().map(|i| i.source_sha256.as_str()) {
         Some(h) if h == image.sha256 => {}
@@ -433,9 +489,9 @@ mod tests {
         let mut bad = image("c", &"3".repeat(64), 10);
         bad.firmware = "coreboot".into();
         lib.want(&[a.clone(), b.clone(), bad]);
-        let none = |_: &str, _: &str| Holding::Absent;
+        let none = |_: &LibraryImage| Holding::Absent;
         let a_checking =
-            |n: &str, _: &str| if n == "a" { Holding::Checking } else { Holding::Absent };
+            |i: &LibraryImage| if i.name == "a" { Holding::Checking } else { Holding::Absent };
         // a's folder is being checked (it shows as fetching): b is fetched.
         assert_eq!(lib.next(a_checking).map(|i| i.name), Some("b".into()));
         let states: Vec<_> = lib.statuses().into_iter().map(|s| (s.name, s.state)).collect();
@@ -468,7 +524,7 @@ mod tests {
         assert_eq!(lib.next(none).map(|i| i.sha256), Some(a2.sha256.clone()));
         // Its folder refused (a file changed since): a failure that says so, no fetch.
         lib.finish(&a2, Ok(()));
-        let refused = |_: &str, _: &str| Holding::Refused("sha256 of disk.qcow2 differs".into());
+        let refused = |_: &LibraryImage| Holding::Refused("sha256 of disk.qcow2 differs".into());
         assert!(lib.next(refused).is_none());
         let s = &lib.statuses()[0];
         assert_eq!(s.state, "failed");
@@ -477,7 +533,7 @@ mod tests {
             "{s:?}"
         );
         // Held: done, nothing to say.
-        assert!(lib.next(|_: &str, _: &str| Holding::Held).is_none());
+        assert!(lib.next(|_: &LibraryImage| Holding::Held).is_none());
         assert!(lib.statuses().is_empty());
     }
 

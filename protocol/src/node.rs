@@ -421,6 +421,10 @@ pub struct ImageInfo {
     /// whose kernel is loaded directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
+    /// For an imported image, the SHA-256 of the file it was imported from (hex): what the
+    /// broker's image library knows an image by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `GET /api/v1/capacity`.
@@ -471,8 +475,8 @@ pub const MAX_LIBRARY_IMAGE_BYTES: u64 = 4 << 40;
 /// that every node should hold: a node that lacks it fetches the file
 /// (`GET /api/v1/nodes/images/{name}/{version}`, signed), checks its SHA-256 against `sha256`
 /// and imports it as `atrium-node image import` would, with these settings.
+/// Fields a later broker adds are ignored (nodes are upgraded after brokers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LibraryImage {
     pub name: String,
     pub version: String,

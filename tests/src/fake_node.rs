@@ -239,6 +239,7 @@ impl FakeNode {
                 kind: "console".into(),
                 agent: true,
                 firmware: None,
+                sha256: None,
             }],
             created: 0,
             deleted: Vec::new(),

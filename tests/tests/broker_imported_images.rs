@@ -38,6 +38,7 @@ permit (principal, action in [Atrium::Action::"file_upload", Atrium::Action::"fi
             kind: "imported".into(),
             agent: false,
             firmware: Some("uefi".into()),
+            sha256: None,
         });
     });
     let a = broker.admin().await;

@@ -1,7 +1,8 @@
 //! The broker's image library with a real node: what a node must not import. A disk cut short
 //! is uploaded whole (the broker does not read disks) and the node refuses it at import, saying
 //! why; a file changed in the library after its upload reaches the node with another SHA-256,
-//! and the node throws it away unimported. Either way nothing is left in the node's images
+//! and the node throws it away unimported; an upload under a name and version the node has for
+//! another image leaves the node's own in place. Each time nothing is left in the node's images
 //! folder, and the administrators' list says why. (A good image, uploaded on the portal and
 //! booted: e2e_imported.rs.) Groups `qemu` (the node runs `qemu-img`) and `ldap`.
 
@@ -109,6 +110,39 @@ async fn a_node_refuses_a_damaged_or_changed_library_image_and_says_why() -> any
     let why = failure(&stack, &admin, "changed").await?;
     ensure!(why.contains("SHA-256") && why.contains("not imported"), "{why}");
     nothing_left("changed")?;
+    // A name and version the node has already for another image (its built console image):
+    // the node keeps its own and says so.
+    let nodes = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+    let console = nodes[0]["capacity"]["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "console"))
+        .context("no console image on the node")?;
+    let version = console["version"].as_str().context("a version")?.to_owned();
+    let url = format!(
+        "{}/api/v1/admin/images/console/{version}?firmware=uefi&min_memory_mib=256",
+        stack.broker.url
+    );
+    let resp = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(&token)
+        .body(std::fs::read(uefi_disk_without_agent()?)?)
+        .send()
+        .await?;
+    ensure!(resp.status() == StatusCode::CREATED, "the upload of console: {}", resp.status());
+    let why = failure(&stack, &admin, "console").await?;
+    ensure!(why.contains("another image as console@"), "{why}");
+    // The node itself says so in its heartbeat, and fetched nothing.
+    let said = wait_for("the node's word on console", Duration::from_secs(30), || async {
+        let nodes = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
+        let fetches = nodes[0]["capacity"]["image_fetches"].as_array()?.clone();
+        fetches.into_iter().find(|f| f["name"] == "console" && f["state"] == "failed")
+    })
+    .await?;
+    ensure!(said["error"].to_string().contains("Debian packages"), "{said}");
+    let log = stack.node.log();
+    let fetched = log.lines().any(|l| l.contains("fetching an image") && l.contains("console@"));
+    ensure!(!fetched, "the node fetched console:\n{log}");
+
     // Neither is offered to pools.
     let nodes = admin.get_json("/api/v1/admin/nodes", StatusCode::OK).await;
     let images = nodes[0]["capacity"]["images"].to_string();

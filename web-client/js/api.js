@@ -19,11 +19,16 @@ function cookie(name) {
   return null;
 }
 
+// The CSRF token a state-changing request sends (X-CSRF-Token), or null before sign-in.
+export function csrfToken() {
+  return cookie('__Host-atrium_csrf') || cookie('atrium_csrf');
+}
+
 export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET') {
-    const csrf = cookie('__Host-atrium_csrf') || cookie('atrium_csrf');
+    const csrf = csrfToken();
     if (csrf) headers['X-CSRF-Token'] = csrf;
   }
   let resp;

@@ -106,28 +106,52 @@ impl Db {
         }
     }
 
+    /// An image of the library (not one removed).
     pub async fn library_image(&self, name: &str, version: &str) -> DbResult<Option<LibraryEntry>> {
-        let row = sqlx::query("SELECT * FROM images WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
-            .fetch_optional(self.pool())
-            .await?;
+        let row = sqlx::query(
+            "SELECT * FROM images WHERE name = $1 AND version = $2 AND deleted_at IS NULL",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(self.pool())
+        .await?;
         row.as_ref().map(from_row).transpose()
     }
 
-    /// Every image of the library, by name and upload time.
-    pub async fn library_images(&self) -> DbResult<Vec<LibraryEntry>> {
-        let rows = sqlx::query("SELECT * FROM images ORDER BY name, uploaded_at, version")
-            .fetch_all(self.pool())
+    /// Whether `name`@`version` was ever uploaded (even if removed since).
+    pub async fn library_image_known(&self, name: &str, version: &str) -> DbResult<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_one(self.pool())
             .await?;
+        Ok(col::<i64>(&row, "n")? > 0)
+    }
+
+    /// Every image of the library (not those removed), by name and upload time.
+    pub async fn library_images(&self) -> DbResult<Vec<LibraryEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM images WHERE deleted_at IS NULL ORDER BY name, uploaded_at, version",
+        )
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
-    /// Removes an image's row; whether there was one.
-    pub async fn delete_library_image(&self, name: &str, version: &str) -> DbResult<bool> {
-        let done = sqlx::query("DELETE FROM images WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
+    /// Marks an image removed (its row stays, so its name and version are not used again);
+    /// whether it was there.
+    pub async fn delete_library_image(
+        &self,
+        name: &str,
+        version: &str,
+        now: i64,
+    ) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE images SET deleted_at = $3 WHERE name = $1 AND version = $2 AND deleted_at IS NULL",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(now)
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
@@ -135,7 +159,17 @@ impl Db {
 
     /// How many images the library holds.
     pub async fn count_library_images(&self) -> DbResult<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM images").fetch_one(self.pool()).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE deleted_at IS NULL")
+            .fetch_one(self.pool())
+            .await?;
         col(&row, "n")
+    }
+
+    /// The files of the library's images (not those removed).
+    pub async fn library_files(&self) -> DbResult<Vec<String>> {
+        let rows = sqlx::query("SELECT file FROM images WHERE deleted_at IS NULL")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| col(r, "file")).collect()
     }
 }

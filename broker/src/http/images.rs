@@ -68,6 +68,8 @@ pub struct UploadQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NodeCopy {
     pub node_id: String,
+    /// The node is up (a lost node says nothing until it is back).
+    pub node_up: bool,
     /// `ready` (imported, checked, bootable), `fetching`, `failed` (`error` says why) or
     /// `waiting` (the node has not said yet: it learns of new images at its next heartbeat).
     pub state: String,
@@ -104,22 +106,38 @@ async fn list_images(
             let nodes = nodes
                 .iter()
                 .map(|n| {
-                    let held = n
+                    let listed = n
                         .capacity
                         .images
                         .iter()
-                        .any(|i| i.name == image.name && i.version == image.version);
+                        .find(|i| i.name == image.name && i.version == image.version);
+                    let held = listed.is_some_and(|i| i.sha256.as_deref() == Some(&image.sha256));
+                    let other = listed.is_some() && !held;
                     let fetch = n
                         .capacity
                         .image_fetches
                         .iter()
                         .find(|f| f.name == image.name && f.version == image.version);
+                    // A node that lists the name but holds other bytes under it says so.
                     let (state, error) = match (held, fetch) {
+                        (_, Some(f)) if f.state == "failed" => (f.state.clone(), f.error.clone()),
+                        _ if other => (
+                            "failed".to_owned(),
+                            Some(format!(
+                                "the node holds another image as {}@{}",
+                                image.name, image.version
+                            )),
+                        ),
                         (true, _) => ("ready".to_owned(), None),
                         (false, Some(f)) => (f.state.clone(), f.error.clone()),
                         (false, None) => ("waiting".to_owned(), None),
                     };
-                    NodeCopy { node_id: n.id.clone(), state, error }
+                    NodeCopy {
+                        node_id: n.id.clone(),
+                        node_up: n.state == crate::db::NodeState::Up,
+                        state,
+                        error,
+                    }
                 })
                 .collect();
             AdminImage { image, nodes }
@@ -139,8 +157,40 @@ impl Drop for Partial {
     }
 }
 
+/// Room an upload leaves free on the library's volume (the broker's database may share it).
+const RESERVE_BYTES: u64 = 1 << 30;
+/// How often (in bytes received) an upload looks at the room left.
+const ROOM_CHECK_BYTES: u64 = 256 << 20;
+
+/// Bytes free for this user on the file system of `dir` (`None` if it cannot tell).
+fn free_bytes(dir: &FsPath) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `s` a statvfs the call fills.
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Refuses an upload of `more` bytes (yet to come) that would leave less than
+/// [`RESERVE_BYTES`] free on the library's volume.
+fn check_room(dir: &FsPath, more: u64) -> ApiResult<()> {
+    match free_bytes(dir) {
+        Some(free) if free < more.saturating_add(RESERVE_BYTES) => {
+            Err(ApiError::unavailable(format!(
+                "the image library's volume has {} MiB free: not enough for this image and 1 GiB to spare",
+                free >> 20
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `body` to `path`, hashing it; at most `max` bytes, each chunk within
-/// [`UPLOAD_IDLE`] of the last. Its size and hex SHA-256.
+/// [`UPLOAD_IDLE`] of the last, while the volume keeps its reserve. Its size and hex SHA-256.
 async fn receive(body: Body, path: &FsPath, max: u64) -> ApiResult<(u64, String)> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -158,9 +208,13 @@ async fn receive(body: Body, path: &FsPath, max: u64) -> ApiResult<(u64, String)
         let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
+        let before = size;
         size += chunk.len() as u64;
         if size > max {
             return Err(ApiError::BadRequest(format!("an image may be at most {max} bytes")));
+        }
+        if size / ROOM_CHECK_BYTES != before / ROOM_CHECK_BYTES {
+            check_room(path.parent().unwrap_or(FsPath::new("/")), 0)?;
         }
         hasher.update(&chunk);
         file.write_all(&chunk)
@@ -188,9 +242,14 @@ async fn upload_image(
     addr: ClientAddr,
     Path((name, version)): Path<(String, String)>,
     q: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<LibraryEntry>)> {
     check_ref(&name, &version)?;
+    let content_length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let expected = q.sha256.as_deref().map(str::to_ascii_lowercase);
     let mut entry = LibraryEntry {
@@ -211,7 +270,7 @@ async fn upload_image(
     };
     // Everything but the bytes is checked before any byte is read.
     entry.clone().wire().validate()?;
-    if st.db.library_image(&entry.name, &entry.version).await?.is_some() {
+    if st.db.library_image_known(&entry.name, &entry.version).await? {
         return Err(conflict(&entry));
     }
     if usize::try_from(st.db.count_library_images().await?).unwrap_or(usize::MAX)
@@ -225,11 +284,13 @@ async fn upload_image(
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ApiError::internal("making the images folder", e))?;
-    let path = dir.join(&entry.file);
-    let mut partial = Partial(Some(path.clone()));
-    let received = receive(body, &path, MAX_LIBRARY_IMAGE_BYTES).await;
-    let result = async {
-        let (size, sha256) = received?;
+    check_room(&dir, content_length.unwrap_or(0))?;
+    // Written as `.part`; named as its row says only once the row is in (a `.part` a crash
+    // left is swept later, see `sweep`).
+    let part = dir.join(format!("{}.part", entry.file));
+    let partial = Partial(Some(part.clone()));
+    let received = receive(body, &part, MAX_LIBRARY_IMAGE_BYTES).await;
+    let checked = received.and_then(|(size, sha256)| {
         if size == 0 {
             return Err(ApiError::BadRequest("the upload is empty".into()));
         }
@@ -241,12 +302,31 @@ async fn upload_image(
         }
         entry.size_bytes = size;
         entry.sha256 = sha256;
-        st.db.insert_library_image(&entry).await.map_err(|e| match e {
-            crate::db::DbError::Conflict(_) => conflict(&entry),
-            e => e.into(),
-        })
-    }
-    .await;
+        Ok(())
+    });
+    let result = match checked {
+        Err(e) => Err(e),
+        // The file named and its row written by a task of its own, which a client that goes
+        // away now cannot stop half way (a row without its file, or the reverse).
+        Ok(()) => {
+            let (st2, entry2, file) = (st.clone(), entry.clone(), dir.join(&entry.file));
+            let partial = partial;
+            let kept = tokio::spawn(async move {
+                tokio::fs::rename(&part, &file)
+                    .await
+                    .map_err(|e| ApiError::internal("naming an uploaded image", e))?;
+                let mut partial = partial;
+                partial.0 = Some(file);
+                st2.db.insert_library_image(&entry2).await.map_err(|e| match e {
+                    crate::db::DbError::Conflict(_) => conflict(&entry2),
+                    e => e.into(),
+                })?;
+                partial.0 = None;
+                Ok::<(), ApiError>(())
+            });
+            kept.await.unwrap_or_else(|e| Err(ApiError::internal("keeping an uploaded image", e)))
+        }
+    };
     let details = serde_json::json!({
         "firmware": entry.firmware, "secure_boot": entry.secure_boot, "tpm": entry.tpm,
         "agent": entry.agent, "size": entry.size_bytes, "sha256": entry.sha256,
@@ -254,7 +334,6 @@ async fn upload_image(
     let target = format!("{}@{}", entry.name, entry.version);
     match result {
         Ok(()) => {
-            partial.0 = None;
             service::audit(
                 &st,
                 &admin.username,
@@ -287,13 +366,15 @@ async fn upload_image(
 
 fn conflict(e: &LibraryEntry) -> ApiError {
     ApiError::Conflict(format!(
-        "the library holds {}@{} already: a version is uploaded once (choose another version)",
+        "{}@{} was uploaded before: a version is uploaded once, even after its removal (nodes \
+         know an image by it): choose another version",
         e.name, e.version
     ))
 }
 
-/// Remove an image from the library. Nodes keep the copies they imported (pools may run them;
-/// `atrium-node` removes an image folder when nothing uses it), and fetch it no more.
+/// Remove an image from the library: its file goes, its name and version stay taken. Nodes keep
+/// the copies they imported (pools may run them; an operator removes an image folder from a
+/// node), and fetch it no more.
 #[utoipa::path(delete, path = "/api/v1/admin/images/{name}/{version}", tag = "admin",
     params(("name" = String, Path), ("version" = String, Path)),
     responses((status = 204, description = "Removed"), (status = 401, body = ErrorResponse),
@@ -309,7 +390,7 @@ async fn delete_image(
         st.db.library_image(&name, &version).await?.ok_or_else(|| {
             ApiError::NotFound(format!("the library has no image {name}@{version}"))
         })?;
-    if !st.db.delete_library_image(&name, &version).await? {
+    if !st.db.delete_library_image(&name, &version, now_ms()).await? {
         return Err(ApiError::NotFound(format!("the library has no image {name}@{version}")));
     }
     if let Err(e) = tokio::fs::remove_file(st.cfg.images_dir().join(&entry.file)).await {
@@ -342,6 +423,16 @@ pub async fn file_for_node(
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::internal(&format!("opening {}", path.display()), e))?;
+    // A file cut short or grown since would end the body early or late: said plainly instead.
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if len != entry.size_bytes {
+        tracing::error!(image = %format!("{name}@{version}"), file = %path.display(), len, size = entry.size_bytes,
+            "an image of the library has changed size since its upload");
+        return Err(ApiError::Internal(format!(
+            "the library's file of {name}@{version} has {len} bytes, not the {} uploaded",
+            entry.size_bytes
+        )));
+    }
     // A read error ends the stream (the node sees a body shorter than its length).
     let stream = futures_util::stream::unfold(Some(file), |file| async move {
         use tokio::io::AsyncReadExt;
@@ -364,6 +455,51 @@ pub async fn file_for_node(
         .map_err(|e| ApiError::internal("an image's response", e))?;
     Ok(Some((entry.wire(), resp)))
 }
+
+/// Files of the library's folder that no image names: uploads a crash or a restart cut off
+/// (`.part`), and files of images removed whose deletion failed. Only those untouched for
+/// [`SWEEP_AFTER`], so that an upload going on at another replica is left alone (it writes
+/// at least every [`UPLOAD_IDLE`]).
+pub async fn sweep(st: &AppState) -> ApiResult<()> {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = now_ms();
+    if now - LAST.load(std::sync::atomic::Ordering::Relaxed) < 600_000 {
+        return Ok(());
+    }
+    LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+    let dir = st.cfg.images_dir();
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return Ok(()) };
+    let named: std::collections::HashSet<String> =
+        st.db.library_files().await?.into_iter().collect();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.ends_with(".disk") || name.ends_with(".disk.part");
+        if !ours || named.contains(&name) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= SWEEP_AFTER);
+        if old {
+            match tokio::fs::remove_file(e.path()).await {
+                Ok(()) => {
+                    tracing::info!(file = %name, "removed a file of the image library that no image names")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %name, error = %err, "cannot remove a stray file of the image library")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long a file of the library's folder that no image names stays before [`sweep`].
+pub const SWEEP_AFTER: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
@@ -592,7 +728,14 @@ mod tests {
             kind: "imported".into(),
             agent: true,
             firmware: Some("uefi".into()),
+            sha256: Some("0".repeat(64)),
         };
+        // Another image under that name and version: not this one.
+        assert_eq!(beat(vec![held.clone()], vec![]).await.0, StatusCode::OK);
+        let node = state_of().await;
+        assert_eq!(node["state"], "failed", "{node}");
+        assert!(node["error"].as_str().unwrap().contains("another image"), "{node}");
+        let held = ImageInfo { sha256: Some(sha.clone()), ..held };
         assert_eq!(beat(vec![held], vec![]).await.0, StatusCode::OK);
         assert_eq!(state_of().await["state"], "ready");
 
@@ -606,6 +749,28 @@ mod tests {
         let (got, _) =
             send(&app, "DELETE", "/api/v1/admin/images/win/1", Some(&admin), vec![]).await;
         assert_eq!(got, StatusCode::NOT_FOUND);
+        // Its name and version stay taken: nodes know an image by them.
+        let (got, body) = send(&app, "PUT", &path, Some(&admin), disk.clone()).await;
+        assert_eq!(got, StatusCode::CONFLICT);
+        assert!(String::from_utf8_lossy(&body).contains("uploaded before"));
+        assert_eq!(files(), 0);
+
+        // What a crash leaves (an upload cut off, a file no image names) is swept once an
+        // hour has passed over it; a file being written meanwhile is not.
+        let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+        for stray in ["cut.disk.part", "orphan.disk"] {
+            let f = std::fs::File::create(library.join(stray)).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        std::fs::write(library.join("busy.disk.part"), b"x").unwrap();
+        std::fs::write(library.join("notes.txt"), b"x").unwrap();
+        sweep(&st).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&library)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["busy.disk.part", "notes.txt"]);
         let audit = st
             .db
             .list_audit(&crate::db::AuditFilter { limit: 100, ..Default::default() })

@@ -89,6 +89,8 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+pub use images::sweep as sweep_image_library;
+
 /// The router with every API route, and the OpenAPI document describing it.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())

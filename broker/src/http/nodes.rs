@@ -216,6 +216,16 @@ fn validate(hb: &mut NodeHeartbeat, plain_loopback: bool) -> ApiResult<()> {
         validate_name("capacity.images[].name", &image.name, 128)?;
         validate_name("capacity.images[].version", &image.version, 128)?;
         validate_name("capacity.images[].kind", &image.kind, 64)?;
+        if image
+            .sha256
+            .as_deref()
+            .is_some_and(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ApiError::Validation {
+                field: "capacity.images[].sha256".into(),
+                message: "must be 64 hex digits".into(),
+            });
+        }
         if image.firmware.as_deref().is_some_and(|f| f != "uefi" && f != "bios") {
             return Err(ApiError::Validation {
                 field: "capacity.images[].firmware".into(),
@@ -439,6 +449,7 @@ mod tests {
                     kind: "console".into(),
                     agent: true,
                     firmware: None,
+                    sha256: None,
                 }],
                 image_fetches: Vec::new(),
             },

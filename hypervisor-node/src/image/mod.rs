@@ -366,6 +366,7 @@ impl Image {
             kind: self.manifest.kind.clone(),
             agent: self.manifest.has_agent(),
             firmware: self.manifest.firmware().map(|f| f.firmware.as_str().to_owned()),
+            sha256: self.manifest.imported.as_ref().map(|r| r.source_sha256.clone()),
         }
     }
 }
@@ -399,6 +400,9 @@ struct CatalogState {
     refused: Mutex<HashMap<PathBuf, (FolderStamp, String)>>,
     /// Folders being loaded in the background.
     loading: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Held by a test to keep background loads waiting.
+    #[cfg(test)]
+    gate: Mutex<()>,
 }
 
 /// A folder to load: its manifest's modification time and its files then.
@@ -407,6 +411,8 @@ type ToLoad = (PathBuf, Option<SystemTime>, FolderStamp);
 impl CatalogState {
     /// Loads and checks `dir` (in the background), and files the result.
     fn load(&self, (dir, mtime, stamp): ToLoad) {
+        #[cfg(test)]
+        drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
         let result = Image::load(&dir, true);
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
@@ -464,6 +470,11 @@ impl ImageCatalog {
     pub fn refusal(&self, dir: &Path) -> Option<String> {
         let refused = self.state.refused.lock().unwrap_or_else(PoisonError::into_inner);
         refused.get(dir).map(|(_, why)| why.clone())
+    }
+
+    /// Whether the image folder `dir` is being checked in the background.
+    pub fn is_loading(&self, dir: &Path) -> bool {
+        self.state.loading.lock().unwrap_or_else(PoisonError::into_inner).contains(dir)
     }
 
     /// Rescans; a new or changed image whose files add up to more than `sync_limit` bytes is
@@ -605,6 +616,12 @@ pub(crate) mod tests {
         fake_image(&root.join("bad/1"), "bad", "1", 1);
         std::fs::write(root.join("bad/1/vmlinuz"), b"KERNEL").expect("write");
         let catalog = ImageCatalog { sync_limit: 0, ..ImageCatalog::new(root.clone()) };
+        // While the check waits, lookups answer at once, without it.
+        let gate = catalog.state.gate.lock().expect("the gate");
+        assert!(catalog.list().is_empty());
+        assert!(catalog.is_loading(&root.join("big/1")) && catalog.is_loading(&root.join("bad/1")));
+        assert!(catalog.list().is_empty(), "a second lookup loaded it");
+        drop(gate);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let bad = root.join("bad/1");
         loop {

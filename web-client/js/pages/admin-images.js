@@ -4,18 +4,10 @@
 // has it ready. The upload goes with XMLHttpRequest for its progress; Chromium streams the file
 // from disk.
 
-import { get, del } from '../api.js';
+import { get, del, csrfToken } from '../api.js';
 import { el, render, announce, fmtTime } from '../ui.js';
 
 const NAME = '[A-Za-z0-9_\\-][A-Za-z0-9_.\\-]{0,63}';
-
-function csrf() {
-  for (const part of document.cookie.split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === '__Host-atrium_csrf' || k === 'atrium_csrf') return decodeURIComponent(v.join('='));
-  }
-  return null;
-}
 
 // The upload's query: how the nodes import it.
 export function uploadQuery(s) {
@@ -28,6 +20,7 @@ export function uploadQuery(s) {
 
 // How a node is with an image, in words.
 export function nodeState(n) {
+  if (n.node_up === false && n.state !== 'ready') return `${n.node_id}: out of reach (node lost)`;
   switch (n.state) {
     case 'ready': return `${n.node_id}: ready`;
     case 'fetching': return `${n.node_id}: fetching and checking`;
@@ -45,10 +38,21 @@ export function bootMode(i) {
   return parts.join(', ');
 }
 
-// The page; what it returns stops its refreshes and an upload still going when the user leaves.
+// Whether a node that is up is still on its way with an image (the list is read again soon).
+export function pending(images) {
+  return images.some((i) => i.nodes.some((n) => n.node_up && (n.state === 'fetching' || n.state === 'waiting')));
+}
+
+// The page: the upload form, drawn once, and the list, read again every few seconds while a
+// node is on its way. What it returns stops that, and an upload still going, when the user
+// leaves.
 export async function showImages() {
-  const page = { xhr: null, timer: null, left: false };
-  await draw(page);
+  const page = { xhr: null, timer: null, left: false, list: el('div', { class: 'table-wrap' }) };
+  const first = await get('/api/v1/admin/images');
+  render(el('h1', { text: 'Images' }),
+    el('p', { class: 'hint', text: 'Your own disk images, booted by UEFI or BIOS. Each node fetches an uploaded image, checks its SHA-256 and imports it; a pool can use it once a node has it ready. Stay on this page until an upload ends.' }),
+    uploadForm(page), page.list);
+  showList(page, first);
   return () => {
     page.left = true;
     clearTimeout(page.timer);
@@ -56,10 +60,18 @@ export async function showImages() {
   };
 }
 
-async function draw(page) {
-  const images = await get('/api/v1/admin/images');
-  if (page.left) return;
-  const again = () => { if (!page.left) draw(page).catch((e) => announce(e.message, true)); };
+// Reads the list again and shows it.
+async function refresh(page) {
+  try {
+    const images = await get('/api/v1/admin/images');
+    if (!page.left) showList(page, images);
+  } catch (e) {
+    if (!page.left) announce(e.message, true);
+  }
+}
+
+// The upload form; the upload goes while the list refreshes beside it.
+function uploadForm(page) {
   const file = el('input', { id: 'i-file', name: 'file', type: 'file', required: true, accept: '.qcow2,.raw,.img,.vmdk,.vhdx' });
   const name = el('input', { id: 'i-name', name: 'name', required: true, pattern: NAME, autocomplete: 'off', spellcheck: 'false' });
   const version = el('input', { id: 'i-version', name: 'version', required: true, pattern: NAME, autocomplete: 'off', spellcheck: 'false' });
@@ -98,7 +110,7 @@ async function draw(page) {
     page.xhr = xhr;
     xhr.open('PUT', `${path}?${query}`);
     xhr.setRequestHeader('Content-Type', 'application/octet-stream');
-    const token = csrf();
+    const token = csrfToken();
     if (token) xhr.setRequestHeader('X-CSRF-Token', token);
     progress.hidden = false;
     progress.max = String(Math.max(1, f.size));
@@ -114,7 +126,9 @@ async function draw(page) {
       done();
       if (status === 201) {
         announce(`Image ${body.name}@${body.version} uploaded; the nodes fetch it now.`);
-        again();
+        form.reset();
+        firmware.dispatchEvent(new Event('change'));
+        refresh(page);
       } else {
         const why = (body && body.error) || `${status}`;
         error.textContent = body && body.field ? `${body.field}: ${why}` : why;
@@ -124,7 +138,11 @@ async function draw(page) {
     xhr.onabort = () => { done(); if (!page.left) error.textContent = 'Upload cancelled: nothing was kept.'; };
     xhr.send(f);
   });
+  return form;
+}
 
+// Shows `images` in the page's list; reads it again in a few seconds while a node is on its way.
+function showList(page, images) {
   const rows = images.map((i) => el('tr', {},
     el('th', { scope: 'row', text: `${i.name}@${i.version}` }),
     el('td', { text: bootMode(i) }),
@@ -134,27 +152,19 @@ async function draw(page) {
     el('td', {}, i.nodes.length
       ? el('ul', { class: 'plain' }, i.nodes.map((n) => el('li', { class: `node-${n.state}`, text: nodeState(n) })))
       : 'no nodes yet'),
-    el('td', {}, removeButton(i, again))));
-  render(el('h1', { text: 'Images' }),
-    el('p', { class: 'hint', text: 'Your own disk images, booted by UEFI or BIOS. Each node fetches an uploaded image, checks its SHA-256 and imports it; a pool can use it once a node has it ready. Stay on this page until an upload ends.' }),
-    form,
-    el('div', { class: 'table-wrap' }, el('table', { 'aria-label': 'Images' },
-      el('thead', {}, el('tr', {}, ['Image', 'Boots with', 'Size', 'SHA-256', 'Uploaded', 'Nodes', ''].map((c) => el('th', { scope: 'col', text: c })))),
-      el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 7, text: 'No images uploaded.' }))))));
-  // While a node is still on its way, the list is read again every few seconds.
-  const pending = images.some((i) => i.nodes.some((n) => n.state === 'fetching' || n.state === 'waiting'));
+    el('td', {}, removeButton(i, () => refresh(page)))));
+  page.list.replaceChildren(el('table', { 'aria-label': 'Images' },
+    el('thead', {}, el('tr', {}, ['Image', 'Boots with', 'Size', 'SHA-256', 'Uploaded', 'Nodes', ''].map((c) => el('th', { scope: 'col', text: c })))),
+    el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: 7, text: 'No images uploaded.' })))));
   clearTimeout(page.timer);
-  if (pending) {
-    // Not while an upload goes: the page would lose its form. The upload's end draws it again.
-    page.timer = setTimeout(() => { if (!page.xhr) again(); }, 3000);
-  }
+  page.timer = pending(images) ? setTimeout(() => refresh(page), 3000) : null;
 }
 
-// "Remove" for image `i` (asks first); `then` redraws the page.
+// "Remove" for image `i` (asks first); `then` reads the list again.
 function removeButton(i, then) {
   const ref = `${i.name}@${i.version}`;
   return el('button', { type: 'button', class: 'danger', 'aria-label': `Remove ${ref}`, onclick: async () => {
-    if (!window.confirm(`Remove ${ref} from the library? Nodes keep the copies they imported.`)) return;
+    if (!window.confirm(`Remove ${ref} from the library? Nodes keep the copies they imported; the version cannot be uploaded again.`)) return;
     try {
       await del(`/api/v1/admin/images/${encodeURIComponent(i.name)}/${encodeURIComponent(i.version)}`);
       announce(`Image ${ref} removed from the library.`);
