@@ -30,7 +30,8 @@ const CHOICES = {
 const DEFAULTS = { name: '', description: '', image: 'console', vcpus: 1, memory_mib: 512, display: '1280x800', kind: 'floating',
   runtime: '', min_ready: 1, max_size: 10, idle_timeout_secs: 1800, max_session_secs: 28800, disconnect_timeout_secs: 1800, clone: true };
 
-function poolForm(initial, onSubmit, submitText) {
+// `choices`: the images the nodes hold, offered as the image field's suggestions.
+function poolForm(initial, onSubmit, submitText, choices = []) {
   const inputs = {};
   const errors = {};
   const rows = FIELDS.map(([key, label, type, hint]) => {
@@ -48,9 +49,13 @@ function poolForm(initial, onSubmit, submitText) {
     inputs[key] = input;
     errors[key] = el('span', { class: 'field-error', id: `${id}-error` });
     input.setAttribute('aria-describedby', `${id}-error${hint ? ` ${id}-hint` : ''}`);
+    const suggestions = key === 'image' && choices.length
+      ? el('datalist', { id: `${id}-choices` }, choices.map((c) => el('option', { value: c })))
+      : null;
+    if (suggestions) input.setAttribute('list', `${id}-choices`);
     // The label names the field; the hint and the error describe it (aria-describedby).
     return el('div', { class: 'field' }, el('label', { for: id }, label),
-      hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, errors[key]);
+      hint ? el('span', { class: 'hint', id: `${id}-hint`, text: hint }) : null, input, suggestions, errors[key]);
   });
   // Only floating desktops on QEMU are clones: the box follows the kind and the runtime.
   const followKind = () => {
@@ -102,6 +107,18 @@ export function imageMode(info) {
   return info.agent === false ? `${boot}, no agent: users sign in to its OS, no clipboard or files` : `${boot}, with Atrium's agent`;
 }
 
+/** What the image field suggests: each image the nodes hold, by name and by name@version. */
+export function imageChoices(nodes) {
+  const all = new Set();
+  for (const n of nodes) {
+    for (const i of n.capacity?.images ?? []) {
+      all.add(i.name);
+      all.add(`${i.name}@${i.version}`);
+    }
+  }
+  return [...all].sort();
+}
+
 /** The images the nodes hold, by name (the last one listed of each). */
 function imagesByName(nodes) {
   const byName = new Map();
@@ -132,6 +149,7 @@ function desktopRows(desktops, pools) {
 export async function showPools(app) {
   const [pools, desktops, nodes] = await Promise.all([get('/api/v1/admin/pools'), get('/api/v1/admin/desktops'), get('/api/v1/admin/nodes')]);
   const images = imagesByName(nodes);
+  const choices = imageChoices(nodes);
   const rows = pools.map((p) => el('tr', {},
     el('th', { scope: 'row', text: p.name }),
     el('td', {},
@@ -143,7 +161,7 @@ export async function showPools(app) {
     el('td', { text: String(p.counts.in_use) }),
     el('td', { text: `${p.counts.total} / ${p.max_size}` }),
     el('td', {}, el('div', { class: 'actions' },
-      el('button', { type: 'button', class: 'secondary', 'aria-label': `Edit pool ${p.name}`, onclick: () => editPool(app, p) }, 'Edit'),
+      el('button', { type: 'button', class: 'secondary', 'aria-label': `Edit pool ${p.name}`, onclick: () => editPool(app, p, choices) }, 'Edit'),
       el('button', { type: 'button', class: 'danger', 'aria-label': `Delete pool ${p.name}`, onclick: async () => {
         if (!window.confirm(`Delete pool ${p.name}? Its spare desktops are destroyed.`)) return;
         try {
@@ -169,10 +187,10 @@ export async function showPools(app) {
         await post('/api/v1/admin/pools', body);
         announce(`Pool ${body.name} created.`);
         await showPools(app);
-      }, 'Create pool')));
+      }, 'Create pool', choices)));
 }
 
-function editPool(app, p) {
+function editPool(app, p, choices) {
   render(
     el('h1', { text: `Edit pool ${p.name}` }),
     el('section', { class: 'card' },
@@ -180,6 +198,6 @@ function editPool(app, p) {
         await put(`/api/v1/admin/pools/${encodeURIComponent(p.id)}`, body);
         announce(`Pool ${body.name} saved.`);
         await showPools(app);
-      }, 'Save'),
+      }, 'Save', choices),
       el('p', {}, el('button', { type: 'button', class: 'secondary', onclick: () => showPools(app) }, 'Cancel'))));
 }
