@@ -275,19 +275,6 @@ fn failed(why: impl Into<String>, retry: bool) -> Failed {
     Failed { why: why.into(), retry, at: Instant::now() }
 }
 
-/// Bytes free for this user on the file system of `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data; all zeros is a valid value.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `s` a statvfs the call fills.
-    if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
-        return None;
-    }
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
 /// Removes a download when dropped.
 struct Download(PathBuf);
 
@@ -327,7 +314,7 @@ async fn fetch_and_import(
     // The download, and its conversion beside it (about its size again; a compressed qcow2
     // may grow more, which the conversion then reports).
     let needed = image.size_bytes.saturating_mul(2).saturating_add(SPARE_BYTES);
-    if let Some(free) = free_bytes(&downloads)
+    if let Some(free) = atrium_protocol::volume::free_bytes(&downloads)
         && free < needed
     {
         return Err(failed(

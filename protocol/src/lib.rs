@@ -40,3 +40,5 @@ pub mod signed;
 pub mod text;
 pub mod ticket;
 pub mod vmm_channel;
+#[cfg(feature = "services")]
+pub mod volume;

@@ -32,6 +32,24 @@ fn vnc_path(info: &VmInfo) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// A VM of `spec` started and ready, and alice signed in to it by its agent: its id.
+async fn ready_for_alice(node: &NodeProcess, spec: &serde_json::Value) -> anyhow::Result<String> {
+    let id = node.ready_vm(spec, BOOT).await?;
+    wait_for("alice's session", Duration::from_secs(60), || async {
+        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
+    })
+    .await?;
+    Ok(id)
+}
+
+/// The command line of the one QEMU process of VM `id`.
+fn qemu_args(id: &str) -> anyhow::Result<Vec<String>> {
+    let pids = processes_with(&format!("guest=atrium-{id}"));
+    ensure!(pids.len() == 1, "QEMU processes of {id}: {pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0]))?;
+    Ok(cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_in_and_keeps_its_disk()
 -> anyhow::Result<()> {
@@ -64,18 +82,10 @@ async fn an_imported_uefi_disk_boots_by_its_firmware_with_a_tpm_signs_its_user_i
         "persistent_disk": kept,
         "user": { "username": "alice", "display_name": "Alice Example" },
     });
-    let id = node.ready_vm(&spec, BOOT).await?;
-    wait_for("alice's session", Duration::from_secs(60), || async {
-        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
-    })
-    .await?;
+    let id = ready_for_alice(&node, &spec).await?;
 
     // QEMU was given OVMF and the VM's own copy of its variables, and no kernel.
-    let pids = processes_with(&format!("guest=atrium-{id}"));
-    ensure!(pids.len() == 1, "QEMU processes of {id}: {pids:?}");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0]))?;
-    let args: Vec<String> =
-        cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args = qemu_args(&id)?;
     assert!(
         args.iter().any(|a| a.contains("if=pflash") && a.contains("OVMF_CODE_4M.fd")),
         "{args:?}"
@@ -170,16 +180,9 @@ async fn an_imported_bios_disk_boots_by_seabios_and_signs_its_user_in() -> anyho
         "image": "pc", "vcpus": 1, "memory_mib": 256, "display": "1024x768",
         "user": { "username": "alice", "display_name": "Alice Example" },
     });
-    let id = node.ready_vm(&spec, BOOT).await?;
-    wait_for("alice's session", Duration::from_secs(60), || async {
-        node.vm(&id).await.ok().filter(|v| v.user.as_deref() == Some("alice"))
-    })
-    .await?;
-    let pids = processes_with(&format!("guest=atrium-{id}"));
-    ensure!(pids.len() == 1, "QEMU processes of {id}: {pids:?}");
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", pids[0]))?)
-        .replace('\0', " ");
-    ensure!(!cmdline.contains("pflash") && !cmdline.contains("-kernel "), "{cmdline}");
+    let id = ready_for_alice(&node, &spec).await?;
+    let args = qemu_args(&id)?;
+    ensure!(!args.iter().any(|a| a.contains("pflash") || a == "-kernel"), "{args:?}");
     let log = node.console_log(&id).await?;
     ensure!(
         log.contains("Booting from Hard Disk") && log.contains("atrium-guest-agent: ready"),

@@ -162,23 +162,10 @@ const RESERVE_BYTES: u64 = 1 << 30;
 /// How often (in bytes received) an upload looks at the room left.
 const ROOM_CHECK_BYTES: u64 = 256 << 20;
 
-/// Bytes free for this user on the file system of `dir` (`None` if it cannot tell).
-fn free_bytes(dir: &FsPath) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data; all zeros is a valid value.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `s` a statvfs the call fills.
-    if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
-        return None;
-    }
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
 /// Refuses an upload of `more` bytes (yet to come) that would leave less than
 /// [`RESERVE_BYTES`] free on the library's volume.
 fn check_room(dir: &FsPath, more: u64) -> ApiResult<()> {
-    match free_bytes(dir) {
+    match atrium_protocol::volume::free_bytes(dir) {
         Some(free) if free < more.saturating_add(RESERVE_BYTES) => {
             Err(ApiError::unavailable(format!(
                 "the image library's volume has {} MiB free: not enough for this image and 1 GiB to spare",

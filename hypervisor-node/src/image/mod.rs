@@ -397,13 +397,16 @@ struct CatalogState {
     loaded: Mutex<Loaded>,
     /// Folders refused, with what their files were then: not read (nor hashed) again until one
     /// of them changes.
-    refused: Mutex<HashMap<PathBuf, (FolderStamp, String)>>,
+    refused: Mutex<Refused>,
     /// Folders being loaded in the background.
     loading: Mutex<std::collections::HashSet<PathBuf>>,
     /// Held by a test to keep background loads waiting.
     #[cfg(test)]
     gate: Mutex<()>,
 }
+
+/// Refused folders, with their files when refused and why.
+type Refused = HashMap<PathBuf, (FolderStamp, String)>;
 
 /// A folder to load: its manifest's modification time and its files then.
 type ToLoad = (PathBuf, Option<SystemTime>, FolderStamp);
@@ -418,15 +421,28 @@ impl CatalogState {
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
         loading.remove(&dir);
-        match result {
-            Ok(img) => {
-                tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
-                loaded.insert(dir, (mtime, Arc::new(img)));
-            }
-            Err(e) => {
-                tracing::warn!("image refused: {e}");
-                refused.insert(dir, (stamp, e.to_string()));
-            }
+        let _ = file_load((dir, mtime, stamp), result, &mut loaded, &mut refused);
+    }
+}
+
+/// Files what loading an image folder gave: the image in `loaded`, or the folder and why in
+/// `refused` (then the error, once logged).
+fn file_load(
+    (dir, mtime, stamp): ToLoad,
+    result: Result<Image, ImageError>,
+    loaded: &mut Loaded,
+    refused: &mut Refused,
+) -> Option<ImageError> {
+    match result {
+        Ok(img) => {
+            tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
+            loaded.insert(dir, (mtime, Arc::new(img)));
+            None
+        }
+        Err(e) => {
+            tracing::warn!("image refused: {e}");
+            refused.insert(dir, (stamp, e.to_string()));
+            Some(e)
         }
     }
 }
@@ -525,17 +541,9 @@ impl ImageCatalog {
                             continue;
                         }
                         // Small: loaded here, other lookups waiting for it.
-                        match Image::load(&dir, true) {
-                            Ok(img) => {
-                                tracing::info!(image = %img.manifest.reference(), dir = %dir.display(), "image loaded");
-                                next.insert(dir, (mtime, Arc::new(img)));
-                            }
-                            Err(e) => {
-                                tracing::warn!("image refused: {e}");
-                                still_refused.insert(dir, (stamp, e.to_string()));
-                                errors.push(e);
-                            }
-                        }
+                        let result = Image::load(&dir, true);
+                        let job = (dir, mtime, stamp);
+                        errors.extend(file_load(job, result, &mut next, &mut still_refused));
                     }
                 }
             }
