@@ -56,26 +56,26 @@ pub async fn follow(
     }))
 }
 
-/// Follows the serial console of `endpoints` into `log`, and the firmware's debug port when its
-/// socket exists (a BIOS VM's).
+/// Follows the serial console of `endpoints` into `log` (each task handed to `keep` as it
+/// starts), and the firmware's debug port when its socket exists (a BIOS VM's): that one is
+/// for diagnostics only, so a failure to reach it is logged, not fatal.
 pub async fn follow_all(
     endpoints: &crate::runtime::Endpoints,
     log: &std::sync::Arc<ConsoleLog>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::vm::VmError> {
-    let mut tasks = Vec::new();
+    mut keep: impl FnMut(tokio::task::JoinHandle<()>),
+) -> std::io::Result<()> {
     if let Some(serial) = &endpoints.serial {
-        let task = follow(serial, std::sync::Arc::clone(log)).await.map_err(|e| {
-            crate::vm::VmError::Internal(format!("connecting to the serial console: {e}"))
-        })?;
-        tasks.push(task);
+        keep(follow(serial, std::sync::Arc::clone(log)).await?);
     }
     if let Some(port) = endpoints.firmware_log.as_ref().filter(|p| p.exists()) {
-        let task = follow(port, std::sync::Arc::clone(log)).await.map_err(|e| {
-            crate::vm::VmError::Internal(format!("connecting to the firmware's debug port: {e}"))
-        })?;
-        tasks.push(task);
+        match follow(port, std::sync::Arc::clone(log)).await {
+            Ok(task) => keep(task),
+            Err(e) => {
+                tracing::warn!(port = %port.display(), "cannot read the firmware's debug port: {e}")
+            }
+        }
     }
-    Ok(tasks)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -233,7 +233,8 @@ fn holding(
     }
     if let Some(why) = catalog.refusal(&dir) {
         Holding::Refused(why)
-    } else if catalog.is_loading(&dir) {
+    } else if catalog.is_loading(&dir) || dir.join("manifest.json").is_file() {
+        // Being checked, or checked since the list was read (listed at the next look).
         Holding::Checking
     } else if dir.exists() {
         Holding::Refused(format!("{} exists and holds no image (no manifest.json)", dir.display()))

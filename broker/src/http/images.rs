@@ -111,7 +111,12 @@ async fn list_images(
                         .images
                         .iter()
                         .find(|i| i.name == image.name && i.version == image.version);
-                    let held = listed.is_some_and(|i| i.sha256.as_deref() == Some(&image.sha256));
+                    // An imported image from a node too old to report its hash is taken as this
+                    // one (it can only have come from the library or a hand import of it).
+                    let held = listed.is_some_and(|i| match i.sha256.as_deref() {
+                        Some(h) => h == image.sha256,
+                        None => i.kind == "imported",
+                    });
                     let other = listed.is_some() && !held;
                     let fetch = n
                         .capacity
@@ -291,64 +296,80 @@ async fn upload_image(
         entry.sha256 = sha256;
         Ok(())
     });
-    let result = match checked {
-        Err(e) => Err(e),
-        // The file named and its row written by a task of its own, which a client that goes
-        // away now cannot stop half way (a row without its file, or the reverse).
-        Ok(()) => {
-            let (st2, entry2, file) = (st.clone(), entry.clone(), dir.join(&entry.file));
-            let partial = partial;
-            let kept = tokio::spawn(async move {
-                tokio::fs::rename(&part, &file)
-                    .await
-                    .map_err(|e| ApiError::internal("naming an uploaded image", e))?;
-                let mut partial = partial;
-                partial.0 = Some(file);
-                st2.db.insert_library_image(&entry2).await.map_err(|e| match e {
-                    crate::db::DbError::Conflict(_) => conflict(&entry2),
-                    e => e.into(),
-                })?;
-                partial.0 = None;
-                Ok::<(), ApiError>(())
-            });
-            kept.await.unwrap_or_else(|e| Err(ApiError::internal("keeping an uploaded image", e)))
-        }
-    };
-    let details = serde_json::json!({
-        "firmware": entry.firmware, "secure_boot": entry.secure_boot, "tpm": entry.tpm,
-        "agent": entry.agent, "size": entry.size_bytes, "sha256": entry.sha256,
-    });
-    let target = format!("{}@{}", entry.name, entry.version);
-    match result {
-        Ok(()) => {
-            service::audit(
-                &st,
-                &admin.username,
-                "image.upload",
-                &target,
-                "success",
-                addr.0,
-                details,
-            )
-            .await;
-            tracing::info!(image = %target, size = entry.size_bytes, sha256 = %entry.sha256, "image uploaded to the library");
-            Ok((StatusCode::CREATED, Json(entry)))
-        }
+    let actor = admin.username.clone();
+    match checked {
         Err(e) => {
-            let details = serde_json::json!({ "error": e.to_string() });
-            service::audit(
-                &st,
-                &admin.username,
-                "image.upload",
-                &target,
-                "failure",
-                addr.0,
-                details,
-            )
-            .await;
+            drop(partial);
+            audit_upload(&st, &actor, addr.0, &entry, Err(&e)).await;
             Err(e)
         }
+        // The file named, its row written and the upload audited by a task of its own, which a
+        // client that goes away now cannot stop half way (a row without its file, an image kept
+        // and not audited).
+        Ok(()) => {
+            let file = dir.join(&entry.file);
+            let kept = tokio::spawn(async move {
+                let result = keep(&st, partial, &part, &file, &entry).await;
+                audit_upload(&st, &actor, addr.0, &entry, result.as_ref().map(|_| ())).await;
+                result.map(|()| entry)
+            });
+            let entry = kept
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal("keeping an uploaded image", e)))?;
+            Ok((StatusCode::CREATED, Json(entry)))
+        }
     }
+}
+
+/// Names the received file `file` and writes the image's row; on a failure the file goes.
+async fn keep(
+    st: &AppState,
+    mut partial: Partial,
+    part: &FsPath,
+    file: &FsPath,
+    entry: &LibraryEntry,
+) -> ApiResult<()> {
+    tokio::fs::rename(part, file)
+        .await
+        .map_err(|e| ApiError::internal("naming an uploaded image", e))?;
+    partial.0 = Some(file.to_owned());
+    match st.db.insert_library_image(entry).await {
+        Ok(()) => {}
+        Err(crate::db::DbError::Conflict(_)) => return Err(conflict(entry)),
+        Err(e) => {
+            // An error that came after the row was written (a connection lost on the way back)
+            // leaves the row: then the file stays with it.
+            let row = st.db.library_image(&entry.name, &entry.version).await.ok().flatten();
+            if row.is_none_or(|r| r.file != entry.file) {
+                return Err(e.into());
+            }
+        }
+    }
+    partial.0 = None;
+    Ok(())
+}
+
+/// Audits an upload (`image.upload`) and logs one kept.
+async fn audit_upload(
+    st: &AppState,
+    actor: &str,
+    addr: std::net::IpAddr,
+    entry: &LibraryEntry,
+    result: Result<(), &ApiError>,
+) {
+    let target = format!("{}@{}", entry.name, entry.version);
+    let (outcome, details) = match result {
+        Ok(()) => {
+            tracing::info!(image = %target, size = entry.size_bytes, sha256 = %entry.sha256, "image uploaded to the library");
+            let details = serde_json::json!({
+                "firmware": entry.firmware, "secure_boot": entry.secure_boot, "tpm": entry.tpm,
+                "agent": entry.agent, "size": entry.size_bytes, "sha256": entry.sha256,
+            });
+            ("success", details)
+        }
+        Err(e) => ("failure", serde_json::json!({ "error": e.to_string() })),
+    };
+    service::audit(st, actor, "image.upload", &target, outcome, addr, details).await;
 }
 
 fn conflict(e: &LibraryEntry) -> ApiError {

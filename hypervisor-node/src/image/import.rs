@@ -496,7 +496,12 @@ fn qemu_img(qemu_img: &Path, args: &[&str], file: &Path) -> Result<String, Impor
 fn qemu_img_status(qemu_img: &Path, args: &[&str], files: &[&Path]) -> Result<(), ImportError> {
     let out = limited(qemu_img, true).args(args).args(files).output().map_err(io_err(qemu_img))?;
     if !out.status.success() {
-        return Err(refused(format!("qemu-img {} failed: {}", args[0], tool_message(&out))));
+        let why = format!("qemu-img {} failed: {}", args[0], tool_message(&out));
+        // A full disk is the host's fault, not the file's: the same file may pass later.
+        if why.contains("No space left on device") {
+            return Err(ImportError::Tool(why));
+        }
+        return Err(refused(why));
     }
     Ok(())
 }

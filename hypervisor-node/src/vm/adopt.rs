@@ -173,10 +173,9 @@ impl VmManager {
             sampled_kib: std::sync::atomic::AtomicU64::new(0),
         });
         let connected = async {
-            let tasks = console::follow_all(handle.endpoints(), &vm.console)
+            console::follow_all(handle.endpoints(), &vm.console, |t| lock(&vm.tasks).push(t))
                 .await
                 .map_err(|e| format!("reconnecting the serial console: {e}"))?;
-            lock(&vm.tasks).extend(tasks);
             if !vm.has_agent() {
                 return Ok(None);
             }

@@ -240,8 +240,7 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), VmError> {
 /// Follows the VM's serial console into its log, when the runtime gives it one, and the
 /// firmware's debug port when the VM has one.
 async fn attach_console(vm: &Vm, handle: &dyn VmHandle) -> Result<(), VmError> {
-    for task in console::follow_all(handle.endpoints(), &vm.console).await? {
-        lock(&vm.tasks).push(task);
-    }
-    Ok(())
+    console::follow_all(handle.endpoints(), &vm.console, |task| lock(&vm.tasks).push(task))
+        .await
+        .map_err(|e| VmError::Internal(format!("connecting to the serial console: {e}")))
 }

@@ -118,6 +118,8 @@ function uploadForm(page) {
     submit.disabled = true;
     cancel.hidden = false;
     xhr.upload.onprogress = (e) => { progress.value = String(e.loaded); };
+    // Every byte sent: the broker keeps the image now (a Cancel could no longer undo it).
+    xhr.upload.onload = () => { cancel.hidden = true; };
     const done = () => { submit.disabled = false; cancel.hidden = true; progress.hidden = true; page.xhr = null; };
     xhr.onload = () => {
       const status = xhr.status;
@@ -135,7 +137,12 @@ function uploadForm(page) {
       }
     };
     xhr.onerror = () => { done(); error.textContent = 'The upload broke off: Atrium cannot be reached.'; };
-    xhr.onabort = () => { done(); if (!page.left) error.textContent = 'Upload cancelled: nothing was kept.'; };
+    xhr.onabort = () => {
+      done();
+      if (page.left) return;
+      error.textContent = 'Upload cancelled: nothing was kept.';
+      refresh(page);
+    };
     xhr.send(f);
   });
   return form;
