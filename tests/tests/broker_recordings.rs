@@ -36,7 +36,9 @@ permit (principal == Atrium::User::"bob", action == Atrium::Action::"review_reco
 
 /// Runs SQL on the broker's SQLite database (what only time would do otherwise).
 fn sqlite(db: &std::path::Path, sql: &str) {
+    // The broker may be writing at that moment: wait for its lock rather than fail.
     let out = std::process::Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(sql)
         .output()

@@ -78,7 +78,8 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
         ("Deployment", 2),
         ("StatefulSet", 1),
         ("Service", 3),
-        ("Ingress", 2),
+        ("Ingress", 3),
+        ("PersistentVolumeClaim", 2),
         ("NetworkPolicy", 4),
         ("PodDisruptionBudget", 2),
         ("Secret", 7),
@@ -90,6 +91,15 @@ fn the_manifests_render_and_validate_against_the_kubernetes_schemas() {
         docs.iter().find(|d| d.kind == "Deployment" && d.name == name).expect(name).text.clone()
     };
     assert!(deployment("atrium-broker").contains("replicas: 3"));
+    // Image uploads (many GiB) pass the door unbuffered and with no body limit.
+    let uploads = docs.iter().find(|d| d.kind == "Ingress" && d.name == "atrium-images").unwrap();
+    for must in [
+        "path: /api/v1/admin/images/",
+        "proxy-body-size: \"0\"",
+        "proxy-request-buffering: \"off\"",
+    ] {
+        assert!(uploads.text.contains(must), "{must} not in {}", uploads.text);
+    }
     assert!(deployment("atrium-gateway").contains("replicas: 2"));
     for d in docs.iter().filter(|d| ["Deployment", "StatefulSet"].contains(&d.kind.as_str())) {
         for must in [
