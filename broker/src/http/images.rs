@@ -226,8 +226,9 @@ async fn receive(body: Body, path: &FsPath, max: u64) -> ApiResult<(u64, String)
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The disk image"),
     responses((status = 201, body = LibraryEntry), (status = 400, description = "The upload broke off, stalled or is too large", body = ErrorResponse),
         (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse),
-        (status = 409, description = "The library holds this version already", body = ErrorResponse),
-        (status = 422, description = "A setting is invalid, or the bytes' SHA-256 is not `sha256`", body = ErrorResponse)))]
+        (status = 409, description = "This name and version was uploaded before (even if removed since), or the library is full", body = ErrorResponse),
+        (status = 422, description = "A setting is invalid, or the bytes' SHA-256 is not `sha256`", body = ErrorResponse),
+        (status = 503, description = "The library's volume would keep less than 1 GiB free", body = ErrorResponse)))]
 async fn upload_image(
     State(st): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -277,8 +278,8 @@ async fn upload_image(
         .await
         .map_err(|e| ApiError::internal("making the images folder", e))?;
     check_room(&dir, content_length.unwrap_or(0))?;
-    // Written as `.part`; named as its row says only once the row is in (a `.part` a crash
-    // left is swept later, see `sweep`).
+    // Written as `.part`, named `.disk` when whole and just before its row is written (what a
+    // crash leaves of either is swept later, see `sweep`).
     let part = dir.join(format!("{}.part", entry.file));
     let partial = Partial(Some(part.clone()));
     let received = receive(body, &part, MAX_LIBRARY_IMAGE_BYTES).await;
