@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod ldap;
+pub mod library;
 pub mod metrics;
 pub mod mfa;
 pub mod nodeclient;

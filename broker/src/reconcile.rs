@@ -158,7 +158,7 @@ pub async fn pass(st: &AppState, judge_nodes: bool) {
         ("old sign-in records", prune_logins(st).await),
         ("directory revalidation", crate::revalidate::pass(st).await),
         ("recordings", crate::recordings::housekeep(st).await),
-        ("image library", crate::http::sweep_image_library(st).await),
+        ("image library", crate::library::sweep(st).await),
     ];
     for (step, result) in steps {
         if let Err(e) = result {

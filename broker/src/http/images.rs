@@ -4,18 +4,12 @@
 //! in `nodes.rs`), checks it against the SHA-256 kept here and imports it with the settings
 //! given at upload (docs/images.md). The list says, per node, where each image is.
 
-use std::path::{Path as FsPath, PathBuf};
-use std::time::Duration;
-
-use atrium_protocol::node::{LibraryImage, MAX_LIBRARY_IMAGE_BYTES, MAX_LIBRARY_IMAGES};
+use atrium_protocol::node::{MAX_LIBRARY_IMAGE_BYTES, MAX_LIBRARY_IMAGES};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,6 +17,7 @@ use utoipa_axum::routes;
 use crate::auth::{AdminUser, ClientAddr};
 use crate::db::{LibraryEntry, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::library::{Partial, check_ref, check_room, conflict, keep, receive};
 use crate::service;
 use crate::state::AppState;
 
@@ -30,11 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_images)).routes(routes!(upload_image, delete_image))
 }
 
-/// The longest an upload may go without a byte arriving. An upload as a whole has no time
-/// limit (it is exempt from the broker's request time limit: a large disk takes a while).
-pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
-
-/// Whether a request is an image upload (exempt from the request time limit; [`UPLOAD_IDLE`]
+/// Whether a request is an image upload (exempt from the request time limit;
+/// [`crate::library::UPLOAD_IDLE`]
 /// bounds it instead).
 pub fn is_upload(method: &axum::http::Method, path: &str) -> bool {
     method == axum::http::Method::PUT && path.starts_with("/api/v1/admin/images/")
@@ -83,12 +75,6 @@ pub struct AdminImage {
     #[serde(flatten)]
     pub image: LibraryEntry,
     pub nodes: Vec<NodeCopy>,
-}
-
-fn check_ref(name: &str, version: &str) -> ApiResult<()> {
-    atrium_protocol::node::validate_name("name", name, 64)?;
-    atrium_protocol::node::validate_name("version", version, 64)?;
-    Ok(())
 }
 
 /// The library's images, oldest first by name, each with every node's state.
@@ -149,72 +135,6 @@ async fn list_images(
         })
         .collect();
     Ok(Json(out))
-}
-
-/// Removes a partly written upload when dropped (a failure, a client gone).
-struct Partial(Option<PathBuf>);
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Room an upload leaves free on the library's volume (the broker's database may share it).
-const RESERVE_BYTES: u64 = 1 << 30;
-/// How often (in bytes received) an upload looks at the room left.
-const ROOM_CHECK_BYTES: u64 = 256 << 20;
-
-/// Refuses an upload of `more` bytes (yet to come) that would leave less than
-/// [`RESERVE_BYTES`] free on the library's volume.
-fn check_room(dir: &FsPath, more: u64) -> ApiResult<()> {
-    match atrium_protocol::volume::free_bytes(dir) {
-        Some(free) if free < more.saturating_add(RESERVE_BYTES) => {
-            Err(ApiError::unavailable(format!(
-                "the image library's volume has {} MiB free: not enough for this image and 1 GiB to spare",
-                free >> 20
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Writes `body` to `path`, hashing it; at most `max` bytes, each chunk within
-/// [`UPLOAD_IDLE`] of the last, while the volume keeps its reserve. Its size and hex SHA-256.
-async fn receive(body: Body, path: &FsPath, max: u64) -> ApiResult<(u64, String)> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .await
-        .map_err(|e| ApiError::internal("writing an uploaded image", e))?;
-    let mut stream = body.into_data_stream();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        let next = tokio::time::timeout(UPLOAD_IDLE, stream.next())
-            .await
-            .map_err(|_| ApiError::BadRequest("the upload stalled (no data for 60 s)".into()))?;
-        let Some(chunk) = next else { break };
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
-        let before = size;
-        size += chunk.len() as u64;
-        if size > max {
-            return Err(ApiError::BadRequest(format!("an image may be at most {max} bytes")));
-        }
-        if size / ROOM_CHECK_BYTES != before / ROOM_CHECK_BYTES {
-            check_room(path.parent().unwrap_or(FsPath::new("/")), 0)?;
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::internal("writing an uploaded image", e))?;
-    }
-    file.sync_all().await.map_err(|e| ApiError::internal("writing an uploaded image", e))?;
-    Ok((size, data_encoding::HEXLOWER.encode(&hasher.finalize())))
 }
 
 /// Upload a disk image (qcow2, raw, VMDK or VHDX) to the library: the body is the file. Every
@@ -279,7 +199,7 @@ async fn upload_image(
         .map_err(|e| ApiError::internal("making the images folder", e))?;
     check_room(&dir, content_length.unwrap_or(0))?;
     // Written as `.part`, named `.disk` when whole and just before its row is written (what a
-    // crash leaves of either is swept later, see `sweep`).
+    // crash leaves of either is swept later, see `library::sweep`).
     let part = dir.join(format!("{}.part", entry.file));
     let partial = Partial(Some(part.clone()));
     let received = receive(body, &part, MAX_LIBRARY_IMAGE_BYTES).await;
@@ -322,34 +242,6 @@ async fn upload_image(
     }
 }
 
-/// Names the received file `file` and writes the image's row; on a failure the file goes.
-async fn keep(
-    st: &AppState,
-    mut partial: Partial,
-    part: &FsPath,
-    file: &FsPath,
-    entry: &LibraryEntry,
-) -> ApiResult<()> {
-    tokio::fs::rename(part, file)
-        .await
-        .map_err(|e| ApiError::internal("naming an uploaded image", e))?;
-    partial.0 = Some(file.to_owned());
-    match st.db.insert_library_image(entry).await {
-        Ok(()) => {}
-        Err(crate::db::DbError::Conflict(_)) => return Err(conflict(entry)),
-        Err(e) => {
-            // An error that came after the row was written (a connection lost on the way back)
-            // leaves the row: then the file stays with it.
-            let row = st.db.library_image(&entry.name, &entry.version).await.ok().flatten();
-            if row.is_none_or(|r| r.file != entry.file) {
-                return Err(e.into());
-            }
-        }
-    }
-    partial.0 = None;
-    Ok(())
-}
-
 /// Audits an upload (`image.upload`) and logs one kept.
 async fn audit_upload(
     st: &AppState,
@@ -371,14 +263,6 @@ async fn audit_upload(
         Err(e) => ("failure", serde_json::json!({ "error": e.to_string() })),
     };
     service::audit(st, actor, "image.upload", &target, outcome, addr, details).await;
-}
-
-fn conflict(e: &LibraryEntry) -> ApiError {
-    ApiError::Conflict(format!(
-        "{}@{} was uploaded before: a version is uploaded once, even after its removal (nodes \
-         know an image by it): choose another version",
-        e.name, e.version
-    ))
 }
 
 /// Remove an image from the library: its file goes, its name and version stay taken. Nodes keep
@@ -419,97 +303,6 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An image's file for a node, streamed; `None` when the library has no such image. The file
-/// is served as it is: the node checks its SHA-256 against the heartbeat's.
-pub async fn file_for_node(
-    st: &AppState,
-    name: &str,
-    version: &str,
-) -> ApiResult<Option<(LibraryImage, axum::response::Response)>> {
-    check_ref(name, version)?;
-    let Some(entry) = st.db.library_image(name, version).await? else { return Ok(None) };
-    let path = st.cfg.images_dir().join(&entry.file);
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::internal(&format!("opening {}", path.display()), e))?;
-    // A file cut short or grown since would end the body early or late: said plainly instead.
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    if len != entry.size_bytes {
-        tracing::error!(image = %format!("{name}@{version}"), file = %path.display(), len, size = entry.size_bytes,
-            "an image of the library has changed size since its upload");
-        return Err(ApiError::Internal(format!(
-            "the library's file of {name}@{version} has {len} bytes, not the {} uploaded",
-            entry.size_bytes
-        )));
-    }
-    // A read error ends the stream (the node sees a body shorter than its length).
-    let stream = futures_util::stream::unfold(Some(file), |file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    let size = entry.size_bytes;
-    let resp = axum::response::Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
-        .header(axum::http::header::CONTENT_LENGTH, size)
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::internal("an image's response", e))?;
-    Ok(Some((entry.wire(), resp)))
-}
-
-/// Files of the library's folder that no image names: uploads a crash or a restart cut off
-/// (`.part`), and files of images removed whose deletion failed. Only those untouched for
-/// [`SWEEP_AFTER`], so that an upload going on at another replica is left alone (it writes
-/// at least every [`UPLOAD_IDLE`]).
-pub async fn sweep(st: &AppState) -> ApiResult<()> {
-    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    let now = now_ms();
-    if now - LAST.load(std::sync::atomic::Ordering::Relaxed) < 600_000 {
-        return Ok(());
-    }
-    LAST.store(now, std::sync::atomic::Ordering::Relaxed);
-    let dir = st.cfg.images_dir();
-    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return Ok(()) };
-    let named: std::collections::HashSet<String> =
-        st.db.library_files().await?.into_iter().collect();
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".disk") || name.ends_with(".disk.part");
-        if !ours || named.contains(&name) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .await
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= SWEEP_AFTER);
-        if old {
-            match tokio::fs::remove_file(e.path()).await {
-                Ok(()) => {
-                    tracing::info!(file = %name, "removed a file of the image library that no image names")
-                }
-                Err(err) => {
-                    tracing::warn!(file = %name, error = %err, "cannot remove a stray file of the image library")
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How long a file of the library's folder that no image names stays before [`sweep`].
-pub const SWEEP_AFTER: Duration = Duration::from_secs(3600);
-
 #[cfg(test)]
 mod tests {
     use atrium_protocol::node::{
@@ -518,6 +311,8 @@ mod tests {
     };
     use atrium_protocol::signed::{self, BROKER_AUDIENCE, NodeKey};
     use axum::http::Request;
+    use sha2::{Digest, Sha256};
+    use std::time::Duration;
     use tower::ServiceExt;
 
     use super::*;
@@ -773,7 +568,7 @@ mod tests {
         }
         std::fs::write(library.join("busy.disk.part"), b"x").unwrap();
         std::fs::write(library.join("notes.txt"), b"x").unwrap();
-        sweep(&st).await.unwrap();
+        crate::library::sweep(&st).await.unwrap();
         let mut left: Vec<String> = std::fs::read_dir(&library)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

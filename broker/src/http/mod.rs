@@ -89,8 +89,6 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
-pub use images::sweep as sweep_image_library;
-
 /// The router with every API route, and the OpenAPI document describing it.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -148,7 +146,7 @@ async fn within_time_limit(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     // An image upload may take longer than any other request; it ends after a minute without
-    // data instead (images::UPLOAD_IDLE).
+    // data instead (library::UPLOAD_IDLE).
     if images::is_upload(req.method(), req.uri().path()) {
         return next.run(req).await;
     }

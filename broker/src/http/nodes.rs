@@ -82,7 +82,7 @@ async fn image_file(
     axum::extract::Path((name, version)): axum::extract::Path<(String, String)>,
     signed: SignedByNode,
 ) -> ApiResult<axum::response::Response> {
-    let found = super::images::file_for_node(&st, &name, &version).await?;
+    let found = crate::library::file_for_node(&st, &name, &version).await?;
     let Some((image, resp)) = found else {
         return Err(ApiError::NotFound(format!("the library has no image {name}@{version}")));
     };
