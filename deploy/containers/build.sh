@@ -16,8 +16,11 @@
 #   localhost/atrium-edge:VERSION      HAProxy, the edge for podman and bare hosts
 #
 # Debian packages and the root file systems made from them are cached by content under
-# $ATRIUM_CACHE/containers (default ~/.cache/atrium): a second build takes seconds. The last
-# line printed is one JSON object with each image's name, tag and size.
+# $ATRIUM_CACHE/containers (default ~/.cache/atrium): a second build takes seconds. Each build
+# removes what earlier ones left: the images of other keys (but one a container still uses) and
+# all but the two newest root file systems of each name, so a host that builds every commit
+# (CI, a developer) does not fill its disk. The last line printed is one JSON object with each
+# image's name, tag and size.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --binaries) binaries="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "build: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -89,6 +92,8 @@ rootfs() {
   out="$cache/rootfs-$name-$key.tar"
   if [ -s "$out" ]; then
     log "$name root file system $key is in the cache"
+    touch "$out"
+    prune_rootfs "$name" "$out"
     echo "$out"
     return
   fi
@@ -133,8 +138,27 @@ rootfs() {
   fi
   tar -C "$dir" --numeric-owner --sort=name --mtime=@0 -cf "$out.part" .
   mv "$out.part" "$out"
+  prune_rootfs "$name" "$out"
   rm -rf "$dir"
   echo "$out"
+}
+
+# prune_rootfs NAME KEEP: removes the cached root file systems of NAME but KEEP and the newest
+# other (a build of the commit before, say, may still want it).
+prune_rootfs() {
+  local name=$1 keep=$2
+  { ls -1t "$cache/rootfs-$name-"*.tar 2>/dev/null || true; } | { grep -vx -- "$keep" || true; } |
+    tail -n +2 | xargs -r -d '\n' rm -f
+}
+
+# prune_images REF KEY: untags REF's images of other keys; an image left without a tag is
+# removed. One a container uses (a tier running the build before) stays: podman refuses.
+prune_images() {
+  local ref=$1 key=$2 tag
+  for tag in $(podman images --noheading --format '{{.Tag}}' "$ref" 2>/dev/null); do
+    [[ "$tag" =~ ^[0-9a-f]{16}$ ]] && [ "$tag" != "$key" ] || continue
+    podman image rm "$ref:$tag" >/dev/null 2>&1 || log "kept $ref:$tag (in use)"
+  done
 }
 
 # image NAME ROOTFS FILE...: builds localhost/atrium-NAME from NAME.Containerfile with the root
@@ -165,6 +189,7 @@ image() {
   fi
   podman tag "$ref:$key" "$ref:$version"
   rm -rf "$ctx"
+  prune_images "$ref" "$key"
   local size
   size=$(podman image inspect --format '{{.Size}}' "$ref:$key")
   log "$ref:$version = $key, $((size / 1000000)) MB"
