@@ -11,6 +11,10 @@
 //! console); the user's shell runs unprivileged. Everything it takes from the user's side (the
 //! clipboard file in their home) is opened without following links and checked before use.
 //!
+//! In an operator's own Linux image with systemd (`--login-tty`, installed as a service with
+//! `atrium-guest-agent.service`) it signs each user in on a terminal of its own with the system's
+//! `login` ([`login_session`]).
+//!
 //! In the desktop image (`--x-display`) it is also the display manager: it shows a "waiting for
 //! sign-in" screen on X, runs the desktop's shell behind it ([`shell`]), says ready once both are
 //! up, starts each signed-in user's session as that user ([`desktop_session`], [`session`]) and
@@ -22,13 +26,14 @@
 //! The shared state and each host message's handling are in [`agent`], the threads in
 //! [`workers`]; `main` opens the port and starts them.
 //!
-//! Logs go to stderr, which the image's init connects to the serial console. The agent uses no
+//! Logs go to stderr, which the image's init (or the unit file) connects to the serial console. The agent uses no
 //! logging framework on purpose: it is linked statically into every image and kept tiny.
 
 mod agent;
 mod clipboard;
 mod desktop_session;
 mod files;
+mod login_session;
 mod options;
 mod outgoing;
 mod port;
@@ -93,11 +98,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let clipboard = opts.clipboard_file.clone().map(|p| ClipboardFile::new(p, opts.user));
+    let clipboard = match (&opts.clipboard_file, &opts.login_tty) {
+        (Some(p), _) => Some(ClipboardFile::new(p.clone(), opts.user)),
+        // The signed-in user's, once someone is.
+        (None, Some(_)) => Some(ClipboardFile::unset()),
+        (None, None) => None,
+    };
     let desktop = match (&opts.x_display, &opts.x_authority) {
         (Some(d), Some(a)) => Some(Arc::new(Desktop::new(d.clone(), a.clone()))),
         _ => None,
     };
+    let has_sessions = desktop.is_some() || opts.login_tty.is_some();
     let (session_tx, session_rx) = mpsc::channel();
     let (screen_tx, screen_rx) = mpsc::channel();
     let agent = Arc::new(Agent {
@@ -105,7 +116,7 @@ fn main() {
         out: Arc::new(Mutex::new(file)),
         ready: AtomicBool::new(false),
         clipboard,
-        sessions: desktop.as_ref().map(|_| Mutex::new(session_tx)),
+        sessions: has_sessions.then(|| Mutex::new(session_tx)),
         screen_sizes: desktop.as_ref().map(|_| Mutex::new(screen_tx)),
         screen: Mutex::new(None),
         owner: Mutex::new(None),
@@ -123,6 +134,9 @@ fn main() {
 
     if let Some(desktop) = agent.desktop.clone() {
         workers::start_desktop(&agent, desktop, screen_rx, session_rx);
+    } else if let Some(tty) = agent.opts.login_tty.clone() {
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || login_session::login_worker(&a, &tty, &session_rx));
     }
     let a = Arc::clone(&agent);
     std::thread::spawn(move || workers::wait_ready(&a));

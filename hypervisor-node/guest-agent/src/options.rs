@@ -1,6 +1,6 @@
 //! Command-line options. The image's init passes them; there is no configuration file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PATH]... \
@@ -8,7 +8,7 @@ pub const USAGE: &str = "usage: atrium-guest-agent [--port DEV] [--wait-file PAT
 [--home DIR] \
 [--session-file PATH] [--poll-ms MS] [--x-display :N --x-authority FILE \
 --session-command PATH --shell-command PATH --panel-template PATH [--homes DIR]] \
-| --launch NAME";
+[--login-tty /dev/ttyN [--homes DIR]] | --launch NAME";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -44,6 +44,10 @@ pub struct Options {
     pub panel_template: Option<PathBuf>,
     /// Where users' homes are (`/home`).
     pub homes: PathBuf,
+    /// A Linux system with an init of its own (an operator's image with systemd): each
+    /// signed-in user gets an account and `login -f` on this virtual terminal, brought to the
+    /// screen; their clipboard is `~/clipboard.txt`.
+    pub login_tty: Option<PathBuf>,
     /// `--launch NAME`: not an agent but an entry of the panel's menu, asking the running agent
     /// to start a program as the signed-in user.
     pub launch: Option<String>,
@@ -67,6 +71,7 @@ impl Default for Options {
             shell_command: None,
             panel_template: None,
             homes: PathBuf::from("/home"),
+            login_tty: None,
             launch: None,
         }
     }
@@ -118,6 +123,15 @@ impl Options {
                 "--shell-command" => o.shell_command = Some(value()?.into()),
                 "--panel-template" => o.panel_template = Some(value()?.into()),
                 "--homes" => o.homes = value()?.into(),
+                "--login-tty" => {
+                    let v = value()?;
+                    if vt_number(Path::new(&v)).is_none() {
+                        return Err(format!(
+                            "--login-tty {v:?} is not a virtual terminal like /dev/tty7"
+                        ));
+                    }
+                    o.login_tty = Some(v.into());
+                }
                 "--launch" => o.launch = Some(value()?),
                 other => return Err(format!("unknown option {other:?}")),
             }
@@ -143,8 +157,27 @@ impl Options {
         if o.x_display.is_some() && o.clipboard_file.is_some() {
             return Err("--clipboard-file is for images without X; the desktop has X's".into());
         }
+        if o.login_tty.is_some()
+            && (o.x_display.is_some()
+                || o.user.is_some()
+                || o.clipboard_file.is_some()
+                || o.console_tty.is_some())
+        {
+            return Err("--login-tty signs each user in on their own: it goes without \
+                 --x-display, --user, --home, --clipboard-file and --console-tty"
+                .into());
+        }
         Ok(o)
     }
+}
+
+/// The number N of a virtual terminal `/dev/ttyN` (1 to 63).
+pub fn vt_number(path: &Path) -> Option<u16> {
+    let n = path.to_str()?.strip_prefix("/dev/tty")?;
+    if n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok().filter(|n| (1..=63).contains(n))
 }
 
 fn number(flag: &str, v: &str) -> Result<u64, String> {
@@ -212,6 +245,31 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_unit_file_of_an_operators_image() {
+        let unit = include_str!("../atrium-guest-agent.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("the unit file has an ExecStart");
+        let mut words = exec.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/sbin/atrium-guest-agent"));
+        let o = Options::parse(words.map(str::to_owned)).expect("the unit's options are valid");
+        assert_eq!(o.login_tty, Some(PathBuf::from("/dev/tty7")));
+        assert_eq!(o.session_file, Some(PathBuf::from("/run/atrium/session")));
+        assert_eq!(o.homes, PathBuf::from("/home"));
+        assert!(o.clipboard_file.is_none() && o.x_display.is_none() && o.user.is_none());
+    }
+
+    #[test]
+    fn knows_virtual_terminals() {
+        assert_eq!(vt_number(Path::new("/dev/tty7")), Some(7));
+        assert_eq!(vt_number(Path::new("/dev/tty63")), Some(63));
+        for bad in ["/dev/tty0", "/dev/tty64", "/dev/tty07", "/dev/ttyS0", "/dev/tty", "tty7"] {
+            assert_eq!(vt_number(Path::new(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn parses_a_launch_from_the_panel() {
         let o = parse(&["--launch", "terminal"]).expect("valid options");
         assert_eq!(o.launch.as_deref(), Some("terminal"));
@@ -235,6 +293,10 @@ mod tests {
             &["--x-display", ":0"],
             &["--x-display", ":0", "--x-authority", "/a", "--session-command", "/s"],
             &["--launch", "terminal", "--port", "/dev/vport0p1"],
+            &["--login-tty", "/dev/ttyS0"],
+            &["--login-tty", "/dev/tty7", "--user", "1000:1000"],
+            &["--login-tty", "/dev/tty7", "--clipboard-file", "/c"],
+            &["--login-tty", "/dev/tty7", "--console-tty", "/dev/tty1"],
             &["--launch"],
             &[
                 "--x-display",

@@ -1,0 +1,255 @@
+//! Sign-in on a Linux system with an init of its own (`--login-tty`): an operator's image with
+//! systemd and the agent installed as a service (`atrium-guest-agent.service`,
+//! docs/images.md). The signed-in directory user gets an account as in the desktop image
+//! ([`session::Accounts`]), a home from `/etc/skel`, and `login -f` on the agent's virtual
+//! terminal, brought to the screen: a session of the system's own (PAM; systemd-logind registers
+//! it). Their clipboard is `~/clipboard.txt`, their transfers `~/Transfer`. When their shell
+//! ends (`exit`), `login -f` starts again for them, as a getty would: the desktop is theirs until
+//! the session ends. One session at a time, off the thread that reads the host.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use atrium_protocol::agent::{AgentMessage, SessionUser};
+
+use crate::agent::{Agent, SessionCommand, write_world_readable};
+use crate::files::Owner;
+use crate::options::vt_number;
+use crate::{log, session};
+
+/// The system's login program (shadow's or util-linux's: both take `-f NAME` from root).
+const LOGIN: &str = "/bin/login";
+/// A login that ended within this of its start is started again only this long after it (a
+/// broken login is not restarted in a loop).
+const RESPAWN_PAUSE: Duration = Duration::from_secs(5);
+/// How long a login has to end once its terminal is hung up.
+const LOGIN_GRACE: Duration = Duration::from_secs(3);
+
+/// `ioctl`s of the Linux console (`linux/vt.h`, `asm-generic/ioctls.h`).
+const VT_ACTIVATE: libc::c_ulong = 0x5606;
+const TIOCVHANGUP: libc::c_ulong = 0x5437;
+
+/// The signed-in user's session.
+#[derive(Debug)]
+struct Active {
+    account: session::Account,
+    /// `login -f`, while it runs.
+    login: Option<Child>,
+    /// When `login` last started.
+    started: Instant,
+}
+
+/// The session worker of `--login-tty`: starts and ends sessions one at a time and keeps the
+/// signed-in user's login running.
+pub(crate) fn login_worker(agent: &Agent, tty: &Path, rx: &mpsc::Receiver<SessionCommand>) {
+    // What holds the terminal was left by an earlier run of the agent (it was restarted): that
+    // session is over; the host says again who is signed in.
+    if let Err(e) = hang_up(tty) {
+        log(&format!("hanging up {}: {e}", tty.display()));
+    }
+    let mut active: Option<Active> = None;
+    loop {
+        let command = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(a) = active.as_mut() {
+            keep_login(tty, a);
+        }
+        match command {
+            // A panel's menu and clones' warm-ups are the desktop image's.
+            None | Some(SessionCommand::Launch(_) | SessionCommand::WarmUp) => {}
+            Some(SessionCommand::End) => match active.take() {
+                Some(a) => end(agent, tty, a),
+                None => log("no session to end"),
+            },
+            Some(SessionCommand::Start(user)) => {
+                if let Some(a) = &active {
+                    if a.account.name == user.username {
+                        agent.send(&AgentMessage::SessionStarted { username: user.username });
+                        continue;
+                    }
+                    if let Some(a) = active.take() {
+                        log(&format!(
+                            "{} signs in: ending the session of {}",
+                            user.username, a.account.name
+                        ));
+                        end(agent, tty, a);
+                    }
+                }
+                match start(agent, tty, &user) {
+                    Ok(a) => {
+                        agent.send(&AgentMessage::SessionStarted { username: user.username });
+                        active = Some(a);
+                    }
+                    Err(e) => {
+                        log(&format!("the session of {} did not start: {e}", user.username));
+                        agent.send(&AgentMessage::Error {
+                            message: format!("the session of {} did not start: {e}", user.username),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Account, home, the terminal brought to the screen, then `login -f`.
+fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String> {
+    let t0 = Instant::now();
+    let accounts = session::Accounts { etc: "/etc".into() };
+    let account = accounts.ensure(user, &agent.opts.homes)?;
+    session::prepare_home(&account, Path::new("/etc/skel"))?;
+    hang_up(tty).map_err(|e| format!("hanging up {}: {e}", tty.display()))?;
+    let name = user.display_name.as_deref().unwrap_or(&user.username);
+    write_tty(
+        tty,
+        &format!(
+            "\x1b[H\x1b[2J\x1b[1mWelcome, {name} ({})! This desktop is yours.\x1b[0m\r\n",
+            user.username
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", tty.display()))?;
+    activate(tty).map_err(|e| format!("bringing {} to the screen: {e}", tty.display()))?;
+    let login = spawn_login(tty, &account.name)
+        .map_err(|e| format!("starting {LOGIN} -f {} on {}: {e}", account.name, tty.display()))?;
+    agent.set_owner(Some(Owner { home: account.home.clone(), uid: account.uid, gid: account.gid }));
+    if let Some(clip) = &agent.clipboard {
+        clip.set(Some((account.home.join("clipboard.txt"), Some((account.uid, account.gid)))));
+    }
+    if let Some(path) = &agent.opts.session_file {
+        let body = format!("{}\n{name}\n", user.username);
+        if let Err(e) = write_world_readable(path, body.as_bytes()) {
+            log(&format!("writing {} failed: {e}", path.display()));
+        }
+    }
+    // The new account's files, to the disk.
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    log(&format!(
+        "session started for {} (uid {}) on {} in {} ms",
+        account.name,
+        account.uid,
+        tty.display(),
+        t0.elapsed().as_millis()
+    ));
+    Ok(Active { account, login: Some(login), started: Instant::now() })
+}
+
+/// Starts `login -f` again once the user's shell has ended (not sooner than [`RESPAWN_PAUSE`]
+/// after the last start).
+fn keep_login(tty: &Path, a: &mut Active) {
+    if let Some(child) = a.login.as_mut() {
+        match child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(status)) => {
+                log(&format!("the login of {} ended ({status})", a.account.name));
+            }
+            Err(e) => log(&format!("waiting for the login of {}: {e}", a.account.name)),
+        }
+        a.login = None;
+    }
+    if a.started.elapsed() < RESPAWN_PAUSE {
+        return;
+    }
+    a.started = Instant::now();
+    match spawn_login(tty, &a.account.name) {
+        Ok(c) => a.login = Some(c),
+        Err(e) => log(&format!("starting {LOGIN} -f {} again: {e}", a.account.name)),
+    }
+}
+
+/// Hangs the terminal up (its session's processes lose it and get SIGHUP), ends the user's
+/// processes, writes their files out, and says so on the screen.
+fn end(agent: &Agent, tty: &Path, mut a: Active) {
+    agent.set_owner(None);
+    if let Some(clip) = &agent.clipboard {
+        clip.set(None);
+    }
+    if let Err(e) = hang_up(tty) {
+        log(&format!("hanging up {}: {e}", tty.display()));
+    }
+    session::end_processes(a.account.uid, LOGIN_GRACE);
+    // `login` itself runs as root: it ends with its terminal, or is ended.
+    if let Some(mut child) = a.login.take() {
+        let start = Instant::now();
+        while matches!(child.try_wait(), Ok(None)) && start.elapsed() < LOGIN_GRACE {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // A dedicated user's home disk may be detached right after: everything on it now.
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if let Err(e) = write_tty(tty, "\x1b[H\x1b[2J\x1b[1mThe session has ended.\x1b[0m\r\n") {
+        log(&format!("{}: {e}", tty.display()));
+    }
+    if let Some(path) = &agent.opts.session_file {
+        let _ = std::fs::remove_file(path);
+    }
+    log(&format!("session ended for {}", a.account.name));
+}
+
+/// The terminal, opened without becoming the agent's controlling terminal.
+fn open_tty(tty: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(tty)
+}
+
+fn write_tty(tty: &Path, text: &str) -> io::Result<()> {
+    open_tty(tty)?.write_all(text.as_bytes())
+}
+
+/// `vhangup` for a terminal the agent does not control: whatever holds it loses it.
+fn hang_up(tty: &Path) -> io::Result<()> {
+    let f = open_tty(tty)?;
+    // SAFETY: an ioctl without argument on a descriptor the agent owns.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TIOCVHANGUP, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Brings the virtual terminal to the screen (what `chvt` does).
+fn activate(tty: &Path) -> io::Result<()> {
+    let n = vt_number(tty).ok_or_else(|| io::Error::other("not a virtual terminal"))?;
+    let f = open_tty(tty)?;
+    // SAFETY: VT_ACTIVATE takes the terminal's number by value.
+    if unsafe { libc::ioctl(f.as_raw_fd(), VT_ACTIVATE, libc::c_ulong::from(n)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `login -f NAME` on the terminal, in a session of its own that the terminal controls, with a
+/// clean environment (login makes the user's).
+fn spawn_login(tty: &Path, name: &str) -> io::Result<Child> {
+    let f = open_tty(tty)?;
+    let mut cmd = Command::new(LOGIN);
+    cmd.args(["-f", name])
+        .env_clear()
+        .env("TERM", "linux")
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(f.try_clone()?)
+        .stdout(f.try_clone()?)
+        .stderr(f);
+    // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 1) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
