@@ -40,6 +40,9 @@ apt_wanted() {
     command -v mkfs.vfat >/dev/null || [ -x /sbin/mkfs.vfat ] || missing+=(dosfstools)
     command -v mcopy >/dev/null || missing+=(mtools)
     command -v sfdisk >/dev/null || [ -x /sbin/sfdisk ] || missing+=(fdisk)
+    # The Debian disk installed as an operator would (scripts/lib/debian-disk.sh).
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    command -v mke2fs >/dev/null || [ -x /sbin/mke2fs ] || missing+=(e2fsprogs)
   fi
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   # UEFI firmware and a virtual TPM for imported images.
@@ -138,11 +141,13 @@ install_test_deps() {
   install_kube_tools
 }
 
-# Builds (or reuses from the cache) the guest images the tests boot, and the UEFI and BIOS disks the
-# tests import as an operator's own image (from the console image).
+# Builds (or reuses from the cache) the guest images the tests boot, and the disks the tests
+# import as an operator's own image: UEFI and BIOS disks from the console image, and a Debian
+# install with systemd and the agent as a service.
 prepare_test_images() {
   if [ -x scripts/lib/images.sh ]; then
     scripts/lib/images.sh
     scripts/lib/uefi-disk.sh "$ATRIUM_CACHE/images/console" >&2
+    scripts/lib/debian-disk.sh target/x86_64-unknown-linux-gnu/guest-agent/atrium-guest-agent >&2
   fi
 }

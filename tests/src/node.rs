@@ -50,6 +50,12 @@ pub fn uefi_disk_without_agent() -> anyhow::Result<PathBuf> {
     cached_disk("uefi-disk-noagent.raw")
 }
 
+/// A Debian 12 install with systemd (`scripts/lib/debian-disk.sh`), the agent installed as a
+/// service by its unit file.
+pub fn debian_disk() -> anyhow::Result<PathBuf> {
+    cached_disk("debian-disk.raw")
+}
+
 /// `atrium-node image import --images-dir IMAGES ARGS... FILE`, as an operator runs it: whether
 /// it succeeded, and what it said (standard output, then error).
 pub fn import_image(images: &Path, file: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
@@ -70,8 +76,8 @@ fn cached_disk(name: &str) -> anyhow::Result<PathBuf> {
     let p = cache_dir().join("images").join(name);
     ensure!(
         p.is_file(),
-        "the UEFI test disk is missing ({}): make it with scripts/lib/images.sh (scripts/test.sh \
-         does)",
+        "the test disk is missing ({}): make it with scripts/lib/uefi-disk.sh or \
+         scripts/lib/debian-disk.sh (scripts/test.sh does)",
         p.display()
     );
     Ok(p)
