@@ -30,8 +30,9 @@ images="$ATRIUM_CACHE/images"
 mkdir -p "$images"
 
 # What the root file system is made of, besides Debian's essential packages (mmdebstrap's
-# minbase variant): systemd as init, logind for users' sessions, udev, Debian's kernel.
-packages=(systemd-sysv libpam-systemd dbus udev linux-image-amd64)
+# minbase variant): systemd as init, logind for users' sessions, udev, Debian's kernel, and
+# the console's keyboard layouts (console-setup and kbd, as Debian's installer sets up).
+packages=(systemd-sysv libpam-systemd dbus udev linux-image-amd64 console-setup kbd)
 # Bump when how the root file system is made changes: it is made again.
 RECIPE=1
 

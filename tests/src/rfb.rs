@@ -87,6 +87,10 @@ pub fn de_key(c: char) -> Option<(String, bool, bool)> {
         '$' => key("Digit4", true, false),
         '(' => key("Digit8", true, false),
         ')' => key("Digit9", true, false),
+        '"' => key("Digit2", true, false),
+        '/' => key("Digit7", true, false),
+        '<' => key("IntlBackslash", false, false),
+        '>' => key("IntlBackslash", true, false),
         _ => None,
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::ensure;
-use atrium_protocol::node::{DisplayEndpoint, VmInfo};
+use atrium_protocol::node::{ClipboardState, DisplayEndpoint, VmInfo};
 use atrium_tests::node::{NodeProcess, debian_disk, import_image};
 use atrium_tests::rfb::RfbClient;
 use atrium_tests::{Group, TempDir, skip, wait_for};
@@ -50,6 +50,52 @@ async fn logged(node: &NodeProcess, id: &str, text: &str) -> anyhow::Result<Stri
     }
 }
 
+/// Waits until the guest's clipboard is `text`; when it does not come, keeps a screenshot of
+/// what the user saw (`debian-disk-STEP.png` in the test artifacts).
+async fn clipboard_is(
+    node: &NodeProcess,
+    id: &str,
+    after: u64,
+    text: &str,
+    within: Duration,
+    step: &str,
+) -> anyhow::Result<ClipboardState> {
+    let r = node.wait_clipboard(id, after, text, within).await;
+    if r.is_err() {
+        let _ = node.screenshot(id, &format!("debian-disk-{step}.png")).await;
+    }
+    r
+}
+
+/// Types `command` (on a German keyboard with `german`) until the guest's clipboard is
+/// `expected`: a new shell may not read its terminal yet when the first keys come (what it has
+/// not read may be lost), so a command that did not land is typed again, twice at most.
+#[allow(clippy::too_many_arguments)]
+async fn typed_until(
+    rfb: &mut RfbClient,
+    node: &NodeProcess,
+    id: &str,
+    after: u64,
+    command: &str,
+    german: bool,
+    expected: &str,
+    step: &str,
+) -> anyhow::Result<ClipboardState> {
+    let mut last = Err(anyhow::anyhow!("not typed"));
+    for _ in 0..3 {
+        if german {
+            rfb.type_text_de(command).await?;
+        } else {
+            rfb.type_text(command).await?;
+        }
+        last = clipboard_is(node, id, after, expected, Duration::from_secs(20), step).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debian_install_with_the_agent_as_a_service_signs_users_in_through_its_own_login()
 -> anyhow::Result<()> {
@@ -82,12 +128,15 @@ async fn a_debian_install_with_the_agent_as_a_service_signs_users_in_through_its
     // she writes to ~/clipboard.txt reaches the host's clipboard.
     let info = node.vm(&id).await?;
     let mut rfb = RfbClient::connect(&vnc_path(&info)?).await?;
-    rfb.type_text(
-        r#"printf '%s %s %s\n' "$(id -un)" "$(cat /proc/1/comm)" "$(loginctl show-session "$XDG_SESSION_ID" -p Name --value)" > clipboard.txt"#,
-    )
-    .await?;
-    rfb.type_text("\n").await?;
-    let clip = node.wait_clipboard(&id, 0, "alice systemd alice\n", SIGN_IN).await?;
+    // The keys' scancodes, as a browser sends them (the guest's layout makes the characters).
+    ensure!(rfb.enable_qemu_ext_keys().await?, "QEMU did not take extended key events");
+    let whoami = concat!(
+        r#"printf '%s %s %s\n' "$(id -un)" "$(cat /proc/1/comm)" "#,
+        r#""$(loginctl show-session "$XDG_SESSION_ID" -p Name --value)" > clipboard.txt"#,
+        "\n"
+    );
+    let expected = "alice systemd alice\n";
+    let clip = typed_until(&mut rfb, &node, &id, 0, whoami, false, expected, "alice").await?;
 
     // A paste lands in her clipboard file, hers.
     let paste = format!("debian-{}\n", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -97,43 +146,37 @@ async fn a_debian_install_with_the_agent_as_a_service_signs_users_in_through_its
     ensure!(status == 204, "paste: {status} {}", String::from_utf8_lossy(&body));
     rfb.type_text("stat -c %U clipboard.txt >> clipboard.txt; tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
     let expected = format!("{}ALICE\n", paste.to_uppercase());
-    let clip = node.wait_clipboard(&id, clip.seq, &expected, SIGN_IN).await?;
+    let clip = clipboard_is(&node, &id, clip.seq, &expected, SIGN_IN, "paste").await?;
 
-    // Bob signs in to the same desktop: alice's session ends (her shell with it), his starts.
+    // Bob signs in to the same desktop, with a German keyboard: alice's session ends (her shell
+    // with it), his starts, and the console takes his layout (what he types at the German
+    // keys for z and Y arrives as z and Y).
     let (status, body) = node
         .call(
             "POST",
             &format!("/api/v1/vms/{id}/session"),
-            Some(&json!({ "user": { "username": "bob" } })),
+            Some(&json!({ "user": { "username": "bob", "keyboard_layout": "de" } })),
         )
         .await?;
     ensure!(status == 200, "bob's sign-in: {status} {}", String::from_utf8_lossy(&body));
     signed_in(&node, &id, "bob").await?;
     logged(&node, &id, "session ended for alice").await?;
-    rfb.type_text(
-        "echo \"$(id -un) $(find /proc -maxdepth 1 -user alice | wc -l)\" > clipboard.txt\n",
-    )
-    .await?;
-    let clip = node.wait_clipboard(&id, clip.seq, "bob 0\n", SIGN_IN).await?;
+    logged(&node, &id, "keyboard layout de on /dev/tty7").await?;
+    let command =
+        "echo $(id -un) $(find /proc -maxdepth 1 -user alice | wc -l) zY > clipboard.txt\n";
+    let clip =
+        typed_until(&mut rfb, &node, &id, clip.seq, command, true, "bob 0 zY\n", "bob").await?;
 
-    // His shell ends (exit): login starts again for him, as a getty would. (What is typed
-    // before the new shell reads its terminal may be lost: typed again until it lands.)
-    rfb.type_text("exit\n").await?;
+    // His shell ends (exit): login starts again for him, as a getty would.
+    rfb.type_text_de("exit\n").await?;
     logged(&node, &id, "the login of bob ended").await?;
-    let mut again = Err(anyhow::anyhow!("not typed"));
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        rfb.type_text("echo again $(id -un) > clipboard.txt\n").await?;
-        again = node.wait_clipboard(&id, clip.seq, "again bob\n", Duration::from_secs(20)).await;
-        if again.is_ok() {
-            break;
-        }
-    }
-    again?;
+    let command = "echo again $(id -un) > clipboard.txt\n";
+    typed_until(&mut rfb, &node, &id, clip.seq, command, true, "again bob\n", "again").await?;
 
-    // Signed out: his processes end and the screen says so.
+    // Signed out: his processes end, the image's own layout is back, the screen says so.
     let (status, _) = node.call("DELETE", &format!("/api/v1/vms/{id}/session"), None).await?;
     assert_eq!(status, 200);
-    logged(&node, &id, "session ended for bob").await?;
+    let log = logged(&node, &id, "session ended for bob").await?;
+    ensure!(!log.contains("not set"), "a keyboard layout was not set:\n{log}");
     Ok(())
 }

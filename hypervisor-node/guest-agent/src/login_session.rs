@@ -3,7 +3,9 @@
 //! docs/images.md). The signed-in directory user gets an account as in the desktop image
 //! ([`session::Accounts`]), a home from `/etc/skel`, and `login -f` on the agent's virtual
 //! terminal, brought to the screen: a session of the system's own (PAM; systemd-logind registers
-//! it). Their clipboard is `~/clipboard.txt`, their transfers `~/Transfer`. When their shell
+//! it), with their keyboard layout on the console where the image can set one (console-setup's
+//! `ckbcomp` and kbd's `loadkeys`, as a Debian install has). Their clipboard is
+//! `~/clipboard.txt`, their transfers `~/Transfer`. When their shell
 //! ends (`exit`), `login -f` starts again for them, as a getty would: the desktop is theirs until
 //! the session ends. One session at a time, off the thread that reads the host.
 
@@ -44,6 +46,8 @@ struct Active {
     login: Option<Child>,
     /// When `login` last started.
     started: Instant,
+    /// Whether the console's keyboard layout was set for them.
+    layout_set: bool,
 }
 
 /// The session worker of `--login-tty`: starts and ends sessions one at a time and keeps the
@@ -119,6 +123,20 @@ fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String
     )
     .map_err(|e| format!("{}: {e}", tty.display()))?;
     activate(tty).map_err(|e| format!("bringing {} to the screen: {e}", tty.display()))?;
+    // Best effort: an image that cannot set it keeps its own, which the log says.
+    let layout_set = match user.keyboard_layout.as_deref() {
+        Some(layout) => match set_layout(tty, layout) {
+            Ok(()) => {
+                log(&format!("keyboard layout {layout} on {}", tty.display()));
+                true
+            }
+            Err(e) => {
+                log(&format!("keyboard layout {layout} not set: {e}"));
+                false
+            }
+        },
+        None => false,
+    };
     let login = spawn_login(tty, &account.name)
         .map_err(|e| format!("starting {LOGIN} -f {} on {}: {e}", account.name, tty.display()))?;
     agent.set_owner(Some(Owner { home: account.home.clone(), uid: account.uid, gid: account.gid }));
@@ -141,7 +159,7 @@ fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String
         tty.display(),
         t0.elapsed().as_millis()
     ));
-    Ok(Active { account, login: Some(login), started: Instant::now() })
+    Ok(Active { account, login: Some(login), started: Instant::now(), layout_set })
 }
 
 /// Starts `login -f` again once the user's shell has ended (not sooner than [`RESPAWN_PAUSE`]
@@ -190,6 +208,11 @@ fn end(agent: &Agent, tty: &Path, mut a: Active) {
     // A dedicated user's home disk may be detached right after: everything on it now.
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
+    if a.layout_set
+        && let Err(e) = restore_layout(tty)
+    {
+        log(&format!("the image's keyboard layout not set again: {e}"));
+    }
     if let Err(e) = write_tty(tty, "\x1b[H\x1b[2J\x1b[1mThe session has ended.\x1b[0m\r\n") {
         log(&format!("{}: {e}", tty.display()));
     }
@@ -229,6 +252,86 @@ fn activate(tty: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `program args...` (found on the system's paths, with a clean environment): its
+/// output, or why it failed (with what it said).
+fn run_tool(program: &str, args: &[&str], stdin: Option<File>) -> Result<Vec<u8>, String> {
+    let path = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("the image has no {program}"))?;
+    let mut cmd = Command::new(&path);
+    cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    match stdin {
+        Some(input) => cmd.stdin(input),
+        None => cmd.stdin(std::process::Stdio::null()),
+    };
+    let out = cmd.output().map_err(|e| format!("{}: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {} {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// The console's keyboard layout for an XKB layout name (`de`, `fr(azerty)`): compiled by
+/// console-setup's `ckbcomp` and loaded by kbd's `loadkeys`, as `setupcon` does.
+fn set_layout(tty: &Path, layout: &str) -> Result<(), String> {
+    let args = ckbcomp_args(layout)?;
+    let keymap = run_tool("ckbcomp", &args, None)?;
+    if keymap.is_empty() {
+        return Err(format!("ckbcomp made no keymap of {layout}"));
+    }
+    let file = tempfile_with(&keymap).map_err(|e| format!("the keymap: {e}"))?;
+    run_tool("loadkeys", &["-q", "-C", &tty.to_string_lossy()], Some(file)).map(drop)
+}
+
+/// `ckbcomp`'s arguments for an XKB layout name: the layout, and its variant if any.
+fn ckbcomp_args(layout: &str) -> Result<Vec<&str>, String> {
+    let (name, variant) = match layout.split_once('(') {
+        Some((n, v)) => (n, v.strip_suffix(')').ok_or_else(|| format!("{layout:?}: no ')'"))?),
+        None => (layout, ""),
+    };
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !word(name) || !(variant.is_empty() || word(variant)) {
+        return Err(format!("{layout:?} is not a layout name"));
+    }
+    let mut args = vec![name];
+    if !variant.is_empty() {
+        args.push(variant);
+    }
+    Ok(args)
+}
+
+/// The image's own layout again (console-setup's `setupcon`; else kbd's default keymap).
+fn restore_layout(tty: &Path) -> Result<(), String> {
+    match run_tool("setupcon", &["-k", "--force"], None) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            log(&format!("{e}; loading the default keymap"));
+            run_tool("loadkeys", &["-q", "-C", &tty.to_string_lossy(), "-d"], None).map(drop)
+        }
+    }
+}
+
+/// An unnamed file holding `bytes`, read from its start (a program's standard input).
+fn tempfile_with(bytes: &[u8]) -> io::Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open("/run")?;
+    f.write_all(bytes)?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(f)
+}
+
 /// `login -f NAME` on the terminal, in a session of its own that the terminal controls, with a
 /// clean environment (login makes the user's).
 fn spawn_login(tty: &Path, name: &str) -> io::Result<Child> {
@@ -252,4 +355,28 @@ fn spawn_login(tty: &Path, name: &str) -> io::Result<Child> {
         });
     }
     cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_become_ckbcomp_arguments() {
+        assert_eq!(ckbcomp_args("de"), Ok(vec!["de"]));
+        assert_eq!(ckbcomp_args("fr(azerty)"), Ok(vec!["fr", "azerty"]));
+        assert_eq!(ckbcomp_args("de(nodeadkeys)"), Ok(vec!["de", "nodeadkeys"]));
+        for bad in ["-x", "de(-x)", "de(", "(x)", "de()x", "de(x)(y)", "", "a+b"] {
+            assert!(ckbcomp_args(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn a_keymap_file_reads_from_its_start() {
+        use std::io::Read;
+        let mut f = tempfile_with(b"keymaps 0-127\n").expect("a file in /run");
+        let mut text = String::new();
+        f.read_to_string(&mut text).expect("read");
+        assert_eq!(text, "keymaps 0-127\n");
+    }
 }
