@@ -1,19 +1,23 @@
-// A pool of an operator's own image without Atrium's agent, in a real browser: Debian's
-// Chromium (headless, through playwright-core). An administrator uploads the disk on the Images
-// page, sees the node fetch and import it, makes a pool of it on the Pools page and sees there
-// how the image runs; a user connects, is told to sign in to the desktop's OS herself and what
-// is missing, and sees that OS's own login prompt. The Rust side (tests/tests/e2e_imported.rs)
-// waits for the pool's spare and judges the canvas.
+// Pools of an operator's own images, in a real browser: Debian's Chromium (headless, through
+// playwright-core). An administrator uploads a disk without Atrium's agent on the Images page,
+// sees the node fetch and import it, makes a pool of it on the Pools page and sees there how the
+// image runs; a user connects, is told to sign in to the desktop's OS herself and what is
+// missing, and sees that OS's own login prompt. Then she connects to a pool of a Debian install
+// with the agent as a service (`agentPool`, made by the Rust side through the admin API): she is
+// signed in as herself, and what she writes to ~/clipboard.txt reaches the viewer. The Rust
+// side (tests/tests/e2e_imported.rs) waits for the pools' spares and judges the canvas.
 //
 //   node imported.mjs '{"broker": URL, "chromium": PATH, "artifacts": DIR, "tmp": DIR,
-//                       "pool": NAME, "disk": FILE}'
+//                       "pool": NAME, "disk": FILE, "agentPool": NAME}'
 //
 // Protocol on stdout: {"pool": NAME} once the pool is made: the Rust side answers "ok" when it
 // has a ready desktop. {"shot": PATH, "phase": "login"} asks it to look at the canvas; it
 // answers "ok" or "more". {"done": true} at the end. Failures throw (exit code 1).
 
 import { join } from 'node:path';
-import { ask, check, launch, passwordSignIn, untilCanvasShows, viewerOpen } from './lib.mjs';
+import {
+  ask, check, launch, passwordSignIn, sleep, typeAsPerson, untilCanvasShows, viewerOpen,
+} from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const log = (msg) => console.error(`imported: ${msg}`);
@@ -80,6 +84,30 @@ async function main() {
   await untilCanvasShows(page, cfg.artifacts, 'login', 'imported-02-login.png', 120,
     'the OS\'s login prompt never showed in the canvas');
   await page.screenshot({ path: join(cfg.artifacts, 'imported-03-viewer.png') });
+  log('a desktop without an agent showed its own login');
+
+  // A Debian install with the agent: signed in as herself at once, on the OS's own init.
+  check(await ask({ pool: cfg.agentPool }) === 'ok', `${cfg.agentPool} has no ready desktop`);
+  await page.goto(cfg.broker);
+  await page.getByRole('heading', { name: 'My desktops' }).waitFor({ timeout: 15000 });
+  await page.getByRole('button', { name: `Connect to ${cfg.agentPool}` }).click();
+  await viewerOpen(page);
+  check(!(await page.locator('#no-agent').isVisible()), 'the viewer says a desktop with the agent has none');
+  // Her shell may not read its terminal yet when the first keys come: typed again until the
+  // answer reaches the viewer's "From the desktop" box.
+  const want = 'alice@systemd';
+  let got = '';
+  for (let i = 0; i < 3 && got !== want; i++) {
+    await page.locator('#screen').focus();
+    await typeAsPerson(page, 'printf %s@%s $(id -un) $(cat /proc/1/comm) > clipboard.txt\n');
+    for (let j = 0; j < 40 && got !== want; j++) {
+      await sleep(500);
+      got = await page.locator('#clip-out').inputValue();
+    }
+  }
+  await page.screenshot({ path: join(cfg.artifacts, 'imported-04-agent.png') });
+  check(got === want, `her desktop's clipboard says ${JSON.stringify(got)}, not ${want}`);
+  log('a Debian install with the agent signed her in as herself; its clipboard reached the viewer');
   await ctx.close();
   console.log(JSON.stringify({ done: true }));
 }

@@ -4,11 +4,14 @@
 //! Atrium's agent (`scripts/lib/uefi-disk.sh`) on the portal's Images page, the node fetches it,
 //! checks its hash and imports it on its own, the administrator makes a pool of it on the Pools
 //! page, which says how the image runs, and a user who connects is told to sign in to the OS
-//! herself and sees its login prompt. Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
+//! herself and sees its login prompt. Then a Debian install with the agent as a service
+//! (`scripts/lib/debian-disk.sh`), uploaded as qcow2 with an API token as an operator's script
+//! would: her desktop of it signs her in as herself, on the OS's own systemd, and its clipboard
+//! reaches the viewer. Screenshots are kept in `$ATRIUM_TEST_ARTIFACTS`.
 
 use anyhow::{Context, bail, ensure};
 use atrium_tests::browser::{CHROMIUM, Driver, artifacts};
-use atrium_tests::node::uefi_disk_without_agent;
+use atrium_tests::node::{debian_disk, uefi_disk_without_agent};
 use atrium_tests::screen::Screen;
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, TempDir, skip, wait_for};
@@ -24,18 +27,63 @@ fn shows_login_prompt(s: &Screen) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_gets_a_desktop_of_an_imported_image_without_an_agent_in_the_browser()
+async fn a_user_gets_desktops_of_imported_images_in_the_browser_signed_in_where_the_agent_is()
 -> anyhow::Result<()> {
-    let name = "a_user_gets_a_desktop_of_an_imported_image_without_an_agent_in_the_browser";
+    let name =
+        "a_user_gets_desktops_of_imported_images_in_the_browser_signed_in_where_the_agent_is";
     if skip(Group::Browser, name) || skip(Group::Qemu, name) || skip(Group::Ldap, name) {
         return Ok(());
     }
     let tmp = TempDir::new("e2e-imported");
     let stack = Stack::start(None, None).await?;
     let admin = stack.admin().await;
+
+    // The Debian install, as qcow2, through the admin API with a token; its pool is made once
+    // the node has it, and its spare boots while the browser works on the other pool.
+    let qcow2 = tmp.path().join("debian.qcow2");
+    let converted = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(debian_disk()?)
+        .arg(&qcow2)
+        .status()?;
+    ensure!(converted.success(), "qemu-img convert: {converted}");
+    let created = admin
+        .post_json(
+            "/api/v1/admin/tokens",
+            json!({"name": "images", "scope": "admin", "expires_in_days": 1}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let token = created["token"].as_str().context("a token")?.to_owned();
+    let url = format!(
+        "{}/api/v1/admin/images/debian/12?firmware=uefi&agent=true&min_memory_mib=512&format=qcow2",
+        stack.broker.url
+    );
+    let resp = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(&token)
+        .body(std::fs::read(&qcow2)?)
+        .send()
+        .await?;
+    ensure!(resp.status() == StatusCode::CREATED, "the upload of debian: {}", resp.status());
+    std::fs::remove_file(&qcow2)?;
+    wait_for("the node to import debian", Duration::from_secs(300), || async {
+        let list = admin.get_json("/api/v1/admin/images", StatusCode::OK).await;
+        let image = list.as_array()?.iter().find(|i| i["name"] == "debian")?.clone();
+        (image["nodes"][0]["state"] == "ready").then_some(())
+    })
+    .await
+    .with_context(|| stack.logs())?;
+    let body = json!({"name": "debian", "description": "Debian 12 with Atrium's agent",
+        "image": "debian", "vcpus": 1, "memory_mib": 768, "display": "1024x768",
+        "kind": "floating", "min_ready": 1, "max_size": 2, "idle_timeout_secs": 1800,
+        "max_session_secs": 28800, "clone": false});
+    admin.post_json("/api/v1/admin/pools", body, StatusCode::CREATED).await;
+
     let cfg = json!({
         "broker": stack.broker.url, "chromium": CHROMIUM, "artifacts": artifacts(),
         "tmp": tmp.path(), "pool": "legacyos", "disk": uefi_disk_without_agent()?,
+        "agentPool": "debian",
     });
     let mut driver = Driver::start("imported.mjs", &cfg)?;
     let mut done = false;
@@ -74,11 +122,17 @@ async fn a_user_gets_a_desktop_of_an_imported_image_without_an_agent_in_the_brow
         bail!("{e}\n{}", stack.logs());
     }
     ensure!(done, "the browser driver stopped before it was done\n{}", stack.logs());
-    // The node says whose desktop it is, and that it runs no agent.
+    // The node says whose desktops they are, and which runs the agent.
     let vms = stack.node.list_vms().await?;
     ensure!(
         vms.iter().any(|v| v.image.starts_with("legacyos")
             && !v.agent
+            && v.user.as_deref() == Some("alice")),
+        "{vms:?}"
+    );
+    ensure!(
+        vms.iter().any(|v| v.image.starts_with("debian")
+            && v.agent
             && v.user.as_deref() == Some("alice")),
         "{vms:?}"
     );
