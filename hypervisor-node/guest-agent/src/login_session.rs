@@ -8,11 +8,17 @@
 //! `~/clipboard.txt`, their transfers `~/Transfer`. When their shell
 //! ends (`exit`), `login -f` starts again for them, as a getty would: the desktop is theirs until
 //! the session ends. One session at a time, off the thread that reads the host.
+//!
+//! The agent signs users in only to accounts it made itself (listed in [`MADE`]): a directory
+//! user named like one of the image's own accounts (the operator's, `nobody`) is refused. At
+//! each sign-in, what is left of the users before (a background job) ends. The signed-in user is
+//! kept in [`SAVED`] (`/run`, which the unit keeps across the agent's restarts): an agent that
+//! restarted signs them in again, afresh.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -34,6 +40,14 @@ const RESPAWN_PAUSE: Duration = Duration::from_secs(5);
 /// How long a login has to end once its terminal is hung up.
 const LOGIN_GRACE: Duration = Duration::from_secs(3);
 
+/// A login that keeps ending at once is started again less and less often, up to this.
+const RESPAWN_MAX: Duration = Duration::from_secs(60);
+
+/// The accounts the agent made, a name a line.
+const MADE: &str = "/var/lib/atrium/accounts";
+/// The signed-in user (`SessionUser` as JSON), while one is.
+const SAVED: &str = "/run/atrium/login-session.json";
+
 /// `ioctl`s of the Linux console (`linux/vt.h`, `asm-generic/ioctls.h`).
 const VT_ACTIVATE: libc::c_ulong = 0x5606;
 const TIOCVHANGUP: libc::c_ulong = 0x5437;
@@ -46,6 +60,8 @@ struct Active {
     login: Option<Child>,
     /// When `login` last started.
     started: Instant,
+    /// How long after a start `login` may start again ([`RESPAWN_PAUSE`] to [`RESPAWN_MAX`]).
+    pause: Duration,
     /// Whether the console's keyboard layout was set for them.
     layout_set: bool,
 }
@@ -53,12 +69,7 @@ struct Active {
 /// The session worker of `--login-tty`: starts and ends sessions one at a time and keeps the
 /// signed-in user's login running.
 pub(crate) fn login_worker(agent: &Agent, tty: &Path, rx: &mpsc::Receiver<SessionCommand>) {
-    // What holds the terminal was left by an earlier run of the agent (it was restarted): that
-    // session is over; the host says again who is signed in.
-    if let Err(e) = hang_up(tty) {
-        log(&format!("hanging up {}: {e}", tty.display()));
-    }
-    let mut active: Option<Active> = None;
+    let mut active = resume(agent, tty);
     loop {
         let command = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(c) => Some(c),
@@ -93,6 +104,9 @@ pub(crate) fn login_worker(agent: &Agent, tty: &Path, rx: &mpsc::Receiver<Sessio
                     Ok(a) => {
                         agent.send(&AgentMessage::SessionStarted { username: user.username });
                         active = Some(a);
+                        // The new account's files, to the disk, once the user is answered.
+                        // SAFETY: sync has no preconditions.
+                        unsafe { libc::sync() };
                     }
                     Err(e) => {
                         log(&format!("the session of {} did not start: {e}", user.username));
@@ -106,13 +120,104 @@ pub(crate) fn login_worker(agent: &Agent, tty: &Path, rx: &mpsc::Receiver<Sessio
     }
 }
 
+/// At the agent's start: the session an earlier run of the agent left (it was restarted) is
+/// started again for the same user, afresh (what they ran ends); none, and the terminal is
+/// hung up whatever holds it.
+fn resume(agent: &Agent, tty: &Path) -> Option<Active> {
+    let saved =
+        std::fs::read(SAVED).ok().and_then(|b| serde_json::from_slice::<SessionUser>(&b).ok());
+    let _ = std::fs::remove_file(SAVED);
+    let Some(user) = saved else {
+        if let Err(e) = take_back(tty) {
+            log(&format!("{}: {e}", tty.display()));
+        }
+        return None;
+    };
+    log(&format!("the agent restarted: signing {} in again", user.username));
+    if let Some(uid) = uid_of(&user.username) {
+        session::end_processes(uid, LOGIN_GRACE);
+    }
+    if user.keyboard_layout.is_some()
+        && let Err(e) = restore_layout(tty)
+    {
+        log(&format!("the image's keyboard layout not set again: {e}"));
+    }
+    match start(agent, tty, &user) {
+        Ok(a) => {
+            agent.send(&AgentMessage::SessionStarted { username: user.username });
+            Some(a)
+        }
+        Err(e) => {
+            log(&format!("the session of {} did not start again: {e}", user.username));
+            agent.send(&AgentMessage::Error {
+                message: format!("the session of {} did not start again: {e}", user.username),
+            });
+            None
+        }
+    }
+}
+
+/// The names of the accounts the agent made.
+fn made_accounts() -> Vec<String> {
+    std::fs::read_to_string(MADE)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The uid of account `name` in `/etc/passwd`.
+fn uid_of(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+    })
+}
+
+/// Refuses a name the image has an account of its own for (one the agent did not make).
+fn check_not_the_images(name: &str) -> Result<(), String> {
+    if uid_of(name).is_some() && !made_accounts().iter().any(|m| m == name) {
+        return Err(format!(
+            "the image has an account {name:?} of its own; Atrium signs users in only to \
+             accounts it made"
+        ));
+    }
+    Ok(())
+}
+
+/// Adds `name` to the accounts the agent made.
+fn record_made(name: &str) -> io::Result<()> {
+    if made_accounts().iter().any(|m| m == name) {
+        return Ok(());
+    }
+    let dir = Path::new(MADE).parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(MADE)?;
+    writeln!(f, "{name}")
+}
+
 /// Account, home, the terminal brought to the screen, then `login -f`.
 fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String> {
     let t0 = Instant::now();
+    check_not_the_images(&user.username)?;
     let accounts = session::Accounts { etc: "/etc".into() };
     let account = accounts.ensure(user, &agent.opts.homes)?;
+    record_made(&account.name).map_err(|e| format!("{MADE}: {e}"))?;
     session::prepare_home(&account, Path::new("/etc/skel"))?;
-    hang_up(tty).map_err(|e| format!("hanging up {}: {e}", tty.display()))?;
+    // What the users before left running (a background job) ends.
+    for name in made_accounts().iter().filter(|n| **n != account.name) {
+        if let Some(uid) = uid_of(name).filter(|u| *u != account.uid) {
+            session::end_processes(uid, LOGIN_GRACE);
+        }
+    }
+    take_back(tty).map_err(|e| format!("{}: {e}", tty.display()))?;
     let name = user.display_name.as_deref().unwrap_or(&user.username);
     write_tty(
         tty,
@@ -137,8 +242,15 @@ fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String
         },
         None => false,
     };
-    let login = spawn_login(tty, &account.name)
-        .map_err(|e| format!("starting {LOGIN} -f {} on {}: {e}", account.name, tty.display()))?;
+    let login = match spawn_login(tty, &account.name) {
+        Ok(c) => c,
+        Err(e) => {
+            if layout_set && let Err(e) = restore_layout(tty) {
+                log(&format!("the image's keyboard layout not set again: {e}"));
+            }
+            return Err(format!("starting {LOGIN} -f {} on {}: {e}", account.name, tty.display()));
+        }
+    };
     agent.set_owner(Some(Owner { home: account.home.clone(), uid: account.uid, gid: account.gid }));
     if let Some(clip) = &agent.clipboard {
         clip.set(Some((account.home.join("clipboard.txt"), Some((account.uid, account.gid)))));
@@ -149,9 +261,14 @@ fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String
             log(&format!("writing {} failed: {e}", path.display()));
         }
     }
-    // The new account's files, to the disk.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    match serde_json::to_vec(user) {
+        Ok(saved) => {
+            if let Err(e) = write_private(Path::new(SAVED), &saved) {
+                log(&format!("{SAVED}: {e}"));
+            }
+        }
+        Err(e) => log(&format!("{SAVED}: {e}")),
+    }
     log(&format!(
         "session started for {} (uid {}) on {} in {} ms",
         account.name,
@@ -159,11 +276,17 @@ fn start(agent: &Agent, tty: &Path, user: &SessionUser) -> Result<Active, String
         tty.display(),
         t0.elapsed().as_millis()
     ));
-    Ok(Active { account, login: Some(login), started: Instant::now(), layout_set })
+    Ok(Active {
+        account,
+        login: Some(login),
+        started: Instant::now(),
+        pause: RESPAWN_PAUSE,
+        layout_set,
+    })
 }
 
-/// Starts `login -f` again once the user's shell has ended (not sooner than [`RESPAWN_PAUSE`]
-/// after the last start).
+/// Starts `login -f` again once the user's shell has ended, [`RESPAWN_PAUSE`] after the last
+/// start at the soonest (longer, up to [`RESPAWN_MAX`], while it keeps ending at once).
 fn keep_login(tty: &Path, a: &mut Active) {
     if let Some(child) = a.login.as_mut() {
         match child.try_wait() {
@@ -174,8 +297,14 @@ fn keep_login(tty: &Path, a: &mut Active) {
             Err(e) => log(&format!("waiting for the login of {}: {e}", a.account.name)),
         }
         a.login = None;
+        // One that ended at once: later each time; one that ran: soon again.
+        a.pause = if a.started.elapsed() < RESPAWN_PAUSE {
+            (a.pause * 2).min(RESPAWN_MAX)
+        } else {
+            RESPAWN_PAUSE
+        };
     }
-    if a.started.elapsed() < RESPAWN_PAUSE {
+    if a.started.elapsed() < a.pause {
         return;
     }
     a.started = Instant::now();
@@ -192,8 +321,9 @@ fn end(agent: &Agent, tty: &Path, mut a: Active) {
     if let Some(clip) = &agent.clipboard {
         clip.set(None);
     }
-    if let Err(e) = hang_up(tty) {
-        log(&format!("hanging up {}: {e}", tty.display()));
+    let _ = std::fs::remove_file(SAVED);
+    if let Err(e) = take_back(tty) {
+        log(&format!("{}: {e}", tty.display()));
     }
     session::end_processes(a.account.uid, LOGIN_GRACE);
     // `login` itself runs as root: it ends with its terminal, or is ended.
@@ -227,8 +357,45 @@ fn open_tty(tty: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(tty)
 }
 
+/// Writes to the terminal without waiting: a terminal stopped (Ctrl-S, Scroll Lock) takes
+/// nothing, and what it does not take is dropped rather than blocking the session worker.
 fn write_tty(tty: &Path, text: &str) -> io::Result<()> {
-    open_tty(tty)?.write_all(text.as_bytes())
+    let mut f =
+        OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK).open(tty)?;
+    match f.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        other => other,
+    }
+}
+
+/// The terminal back to root before and after a session (as a getty does): hung up, so
+/// nothing of the user before holds it; its owner root and mode 0600, so nothing of theirs
+/// opens it again to read the next user's keys; its output started again if it was stopped.
+fn take_back(tty: &Path) -> io::Result<()> {
+    hang_up(tty)?;
+    std::os::unix::fs::chown(tty, Some(0), None)?;
+    std::fs::set_permissions(tty, std::fs::Permissions::from_mode(0o600))?;
+    let f = open_tty(tty)?;
+    // SAFETY: TCXONC with TCOON on a descriptor the agent owns.
+    unsafe { libc::ioctl(f.as_raw_fd(), libc::TCXONC, libc::TCOON) };
+    Ok(())
+}
+
+/// Replaces `path` with `bytes`, readable by root alone.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `vhangup` for a terminal the agent does not control: whatever holds it loses it.

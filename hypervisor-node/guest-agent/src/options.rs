@@ -174,7 +174,7 @@ impl Options {
 /// The number N of a virtual terminal `/dev/ttyN` (1 to 63).
 pub fn vt_number(path: &Path) -> Option<u16> {
     let n = path.to_str()?.strip_prefix("/dev/tty")?;
-    if n.starts_with('0') {
+    if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     n.parse().ok().filter(|n| (1..=63).contains(n))
@@ -264,7 +264,15 @@ mod tests {
     fn knows_virtual_terminals() {
         assert_eq!(vt_number(Path::new("/dev/tty7")), Some(7));
         assert_eq!(vt_number(Path::new("/dev/tty63")), Some(63));
-        for bad in ["/dev/tty0", "/dev/tty64", "/dev/tty07", "/dev/ttyS0", "/dev/tty", "tty7"] {
+        for bad in [
+            "/dev/tty0",
+            "/dev/tty64",
+            "/dev/tty07",
+            "/dev/ttyS0",
+            "/dev/tty",
+            "tty7",
+            "/dev/tty+7",
+        ] {
             assert_eq!(vt_number(Path::new(bad)), None, "{bad}");
         }
     }

@@ -98,9 +98,11 @@ pub fn stable_uid(username: &str) -> u32 {
     FIRST_UID + h % (LAST_UID - FIRST_UID + 1)
 }
 
-/// Appends a line to an account file, replacing it atomically (readers never see half a file).
-/// Not flushed to the disk here: the session worker syncs once the sign-in is answered, off the
-/// user's wait (ext4 writes a file replaced by a rename before the rename itself).
+/// Appends a line to an account file, replacing it atomically (readers never see half a file);
+/// the new file keeps the old one's owner and mode (`/etc/shadow` is `root:shadow 0640` on
+/// Debian: its password checker reads it as group `shadow`), `mode` is for a file that was not
+/// there. Not flushed to the disk here: the session worker syncs once the sign-in is answered,
+/// off the user's wait (ext4 writes a file replaced by a rename before the rename itself).
 fn append_line(path: &Path, line: &str, mode: u32) -> io::Result<()> {
     let mut text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -120,8 +122,44 @@ fn append_line(path: &Path, line: &str, mode: u32) -> io::Result<()> {
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path)
+    let kept = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+    let written = f.write_all(text.as_bytes()).and_then(|()| match &kept {
+        Some(m) => std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))),
+        None => Ok(()),
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    /// glibc's lock of the account files (`/etc/.pwd.lock`), which `useradd` and friends take.
+    fn lckpwdf() -> libc::c_int;
+    fn ulckpwdf() -> libc::c_int;
+}
+
+/// The system's lock of its account files, held while they are changed (a `useradd` of the
+/// image's own at the same time would lose one of the two lines). Best effort: without it
+/// (never on a folder other than `/etc`, as in tests) the change goes on.
+struct AccountsLock(bool);
+
+impl AccountsLock {
+    fn take(etc: &Path) -> Self {
+        // SAFETY: lckpwdf takes no arguments; it waits at most 15 s for the lock.
+        Self(etc == Path::new("/etc") && unsafe { lckpwdf() } == 0)
+    }
+}
+
+impl Drop for AccountsLock {
+    fn drop(&mut self) {
+        if self.0 {
+            // SAFETY: releases the lock this process took.
+            unsafe { ulckpwdf() };
+        }
+    }
 }
 
 impl Accounts {
@@ -135,6 +173,7 @@ impl Accounts {
         }
         let passwd_path = self.etc.join("passwd");
         let group_path = self.etc.join("group");
+        let _lock = AccountsLock::take(&self.etc);
         let passwd = std::fs::read_to_string(&passwd_path)
             .map_err(|e| format!("{}: {e}", passwd_path.display()))?;
         let users = passwd_entries(&passwd);
@@ -174,6 +213,9 @@ impl Accounts {
         };
         if uid < 1000 {
             return Err(format!("uid {uid} is reserved for the desktop's own accounts"));
+        }
+        if uid >= 65_534 {
+            return Err(format!("uid {uid} is nobody's or reserved"));
         }
         if let Some((other, _, _)) = users.iter().find(|(_, u, _)| *u == uid) {
             return Err(format!("uid {uid} belongs to {other:?} in this desktop"));
@@ -463,6 +505,26 @@ mod tests {
         }
         let u = accounts.ensure(&user("usersgroup", Some(20008), Some(100)), &d.join("home"));
         assert_eq!(u.map(|a| a.gid), Ok(100));
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn account_files_keep_their_owner_and_mode_and_nobody_is_refused() {
+        let d = temp("modes");
+        let accounts = Accounts { etc: d.join("etc") };
+        let shadow = d.join("etc/shadow");
+        std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let gid = std::fs::metadata(&shadow).expect("stat").gid();
+        accounts.ensure(&user("alice", Some(20_001), None), &d.join("home")).expect("made");
+        let meta = std::fs::metadata(&shadow).expect("stat");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.gid()),
+            (0o640, gid),
+            "shadow's mode or group changed"
+        );
+        assert!(std::fs::read_to_string(&shadow).expect("read").contains("alice:*:"));
+        let nobody = accounts.ensure(&user("nobody2", Some(65_534), None), &d.join("home"));
+        assert!(nobody.is_err(), "uid 65534 was given: {nobody:?}");
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 
