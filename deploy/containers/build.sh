@@ -55,14 +55,8 @@ fi
 
 log() { echo "build: $*" >&2; }
 
-# resolve PKG...: the .deb file names apt would install on an empty system (one per line).
-resolve() {
-  local empty
-  empty=$(mktemp)
-  apt-get -o Dir::State::Status="$empty" -o Debug::NoLocking=1 --no-install-recommends \
-    --print-uris -qq install "$@" | awk '{print $2}' | sort
-  rm -f "$empty"
-}
+# shellcheck source=scripts/lib/apt-resolve.sh
+. "$root/scripts/lib/apt-resolve.sh"
 
 # fetch FILE...: downloads into the cache the .deb files not already there.
 fetch() {
@@ -86,7 +80,7 @@ rootfs() {
   local name=$1 excludes=$2
   shift 2
   local debs key out
-  debs=$(resolve "$@")
+  debs=$(apt_resolve "$@")
   [ -n "$debs" ] || { echo "build: apt resolved nothing for: $*" >&2; exit 1; }
   key=$(printf '%s\n' "recipe $RECIPE" "$excludes" "$debs" | sha256sum | cut -c1-16)
   out="$cache/rootfs-$name-$key.tar"
@@ -147,7 +141,7 @@ rootfs() {
 # other (a build of the commit before, say, may still want it).
 prune_rootfs() {
   local name=$1 keep=$2
-  { ls -1t "$cache/rootfs-$name-"*.tar 2>/dev/null || true; } | { grep -vx -- "$keep" || true; } |
+  { ls -1t "$cache/rootfs-$name-"*.tar 2>/dev/null || true; } | { grep -Fvx -- "$keep" || true; } |
     tail -n +2 | xargs -r -d '\n' rm -f
 }
 

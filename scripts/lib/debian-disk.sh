@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds a Debian 12 disk as an operator would install one, for the tests of imported images
+# Builds a Debian disk as an operator would install one (the host's release: Debian 12 here), for the tests of imported images
 # (docs/images.md): systemd as init, Debian's kernel and the initramfs its own maintainer
 # scripts make (mmdebstrap installs the packages from the host's apt sources and runs their
 # scripts), booted by systemd-boot (Debian's systemd-boot-efi) from an EFI system partition, the
@@ -19,10 +19,11 @@
 # mkfs.vfat (dosfstools), mtools and sfdisk (scripts/lib/deps.sh installs them for the tests).
 set -euo pipefail
 PATH="$PATH:/usr/sbin:/sbin"
-cd "$(dirname "$0")/../.."
-
 agent=${1:?usage: debian-disk.sh AGENT_BINARY}
 [ -x "$agent" ] || { echo "debian-disk: $agent is not an executable" >&2; exit 1; }
+agent=$(realpath "$agent")
+cd "$(dirname "$0")/../.."
+script=scripts/lib/debian-disk.sh
 [ "$(id -u)" = 0 ] || { echo "debian-disk: needs root (the files' owners)" >&2; exit 1; }
 unit=hypervisor-node/guest-agent/atrium-guest-agent.service
 ATRIUM_CACHE="${ATRIUM_CACHE:-$HOME/.cache/atrium}"
@@ -36,21 +37,22 @@ packages=(systemd-sysv libpam-systemd dbus udev linux-image-amd64 console-setup 
 # Bump when how the root file system is made changes: it is made again.
 RECIPE=1
 
-# resolve PKG...: the .deb files apt would install on an empty system, one per line: with
-# essential packages named, the key of what mmdebstrap installs.
-resolve() {
-  local empty
-  empty=$(mktemp)
-  apt-get -o Dir::State::Status="$empty" -o Debug::NoLocking=1 --no-install-recommends \
-    --print-uris -qq install "$@" | awk '{print $2}' | sort
-  rm -f "$empty"
-}
-essential=(base-files base-passwd bash coreutils dash debianutils diffutils dpkg findutils grep
-  gzip hostname init-system-helpers libc-bin login mawk ncurses-base ncurses-bin perl-base sed
-  sysvinit-utils tar util-linux apt systemd-boot-efi)
-debs=$(resolve "${essential[@]}" "${packages[@]}")
+# shellcheck source=scripts/lib/apt-resolve.sh
+. scripts/lib/apt-resolve.sh
+# shellcheck source=scripts/lib/esp.sh
+. scripts/lib/esp.sh
+
+# With the essential packages named, what mmdebstrap installs: the root file system's key.
+# The release: the host's (its apt lists give the versions, its sources the mirror).
+suite=$(. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}") || true
+[ -n "$suite" ] || { echo "debian-disk: the host is not Debian (/etc/os-release)" >&2; exit 1; }
+# mmdebstrap's minbase: the Essential and the Priority: required packages.
+essential=(base-files base-passwd bash bsdutils coreutils dash debianutils diffutils dpkg
+  e2fsprogs findutils grep gzip hostname init-system-helpers libc-bin login mawk ncurses-base
+  ncurses-bin perl-base sed sysvinit-utils tar tzdata util-linux apt systemd-boot-efi)
+debs=$(apt_resolve "${essential[@]}" "${packages[@]}")
 [ -n "$debs" ] || { echo "debian-disk: apt resolved nothing (apt-get update?)" >&2; exit 1; }
-root_key=$(printf '%s\n' "recipe $RECIPE" "${packages[*]}" "$debs" | sha256sum | cut -c1-16)
+root_key=$(printf '%s\n' "recipe $RECIPE" "$suite" "${packages[*]}" "$debs" | sha256sum | cut -c1-16)
 rootfs="$images/debian-rootfs-$root_key.tar"
 
 if [ -s "$rootfs" ]; then
@@ -58,7 +60,7 @@ if [ -s "$rootfs" ]; then
   touch "$rootfs"
 else
   echo "debian-disk: making root file system $root_key with mmdebstrap (a few minutes)" >&2
-  # The host's own Debian sources (its mirror, and security updates), else Debian's mirror.
+  # The host's own Debian sources (its mirror, its updates), else Debian's mirror.
   sources=http://deb.debian.org/debian
   for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
     if [ -s "$f" ]; then sources=$f; break; fi
@@ -67,16 +69,18 @@ else
   # No documentation, manuals or translations: a smaller disk, as an operator's minimal
   # install. The hooks are what an installer does last: the host's name, how the root file
   # system is mounted (mmdebstrap leaves /etc/machine-id empty: each VM makes its own).
+  trap 'rm -f "$rootfs.part"' EXIT
   mmdebstrap --variant=minbase --format=tar --include="$include" --quiet \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='echo atrium-debian > "$1/etc/hostname"' \
     --customize-hook='printf "LABEL=atrium-root / ext4 errors=remount-ro 0 1\n" > "$1/etc/fstab"' \
-    bookworm "$rootfs.part" "$sources" >&2
+    "$suite" "$rootfs.part" "$sources" >&2
   mv "$rootfs.part" "$rootfs"
+  trap - EXIT
 fi
 
-key=$( { echo "$root_key"; sha256sum "$agent" "$unit" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "$root_key"; sha256sum "$agent" "$unit" "$script" scripts/lib/esp.sh; } | sha256sum | cut -c1-16)
 out="$images/debian-disk-$key.raw"
 if [ -f "$out" ]; then
   echo "debian-disk: $out is in the cache" >&2
@@ -90,11 +94,13 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/root"
 tar -C "$work/root" --numeric-owner -xpf "$rootfs"
 boot="$work/root/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-kernel=$(ls "$work/root/boot/"vmlinuz-* | head -1)
-initrd=$(ls "$work/root/boot/"initrd.img-* | head -1)
+kernel=$(find "$work/root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | tail -1)
+initrd=$(find "$work/root/boot" -maxdepth 1 -name 'initrd.img-*' | sort | tail -1)
 for f in "$boot" "$kernel" "$initrd"; do
-  [ -f "$f" ] || { echo "debian-disk: the root file system has no ${f##*/}" >&2; exit 1; }
+  [ -n "$f" ] && [ -f "$f" ] ||
+    { echo "debian-disk: the root file system lacks the boot loader, a kernel or an initramfs" >&2; exit 1; }
 done
+title=$(. "$work/root/etc/os-release" && echo "${PRETTY_NAME:-Debian GNU/Linux}")
 
 # The agent, installed as docs/images.md says (`systemctl enable` makes this link).
 install -m 0755 "$agent" "$work/root/usr/local/sbin/atrium-guest-agent"
@@ -107,16 +113,8 @@ ln -sfn /etc/systemd/system/atrium-guest-agent.service \
 # boot loader, its menu, the kernel and the initramfs; the root file system (ext4, labelled
 # atrium-root) after it.
 esp="$work/esp.img" part="$work/root.img" disk="$work/disk.raw"
-mkfs.vfat -C -n ATRIUM-ESP "$esp" $((256 * 1024)) >/dev/null
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
-mcopy -i "$esp" "$boot" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$esp" "$kernel" ::/vmlinuz
-mcopy -i "$esp" "$initrd" ::/initrd.img
-printf 'default debian.conf\ntimeout 0\n' > "$work/loader.conf"
-printf 'title Debian GNU/Linux 12\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
-  "root=LABEL=atrium-root ro console=tty1 console=ttyS0,115200 quiet" > "$work/debian.conf"
-mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
-mcopy -i "$esp" "$work/debian.conf" ::/loader/entries/debian.conf
+make_esp "$esp" 256 "$boot" "$kernel" "$initrd" "$title" \
+  "root=LABEL=atrium-root ro console=tty1 console=ttyS0,115200 quiet"
 mke2fs -q -t ext4 -L atrium-root -d "$work/root" "$part" 2200M >/dev/null
 truncate -s 2500M "$disk"
 printf 'label: gpt\nstart=2048, size=%d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI system"\nstart=%d, size=%d, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="root"\n' \

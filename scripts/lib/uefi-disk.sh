@@ -22,6 +22,9 @@ set -euo pipefail
 PATH="$PATH:/usr/sbin:/sbin"
 
 console=${1:?usage: uefi-disk.sh CONSOLE_IMAGE_FOLDER}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/lib/esp.sh
+. "$here/esp.sh"
 ATRIUM_CACHE="${ATRIUM_CACHE:-$HOME/.cache/atrium}"
 images="$ATRIUM_CACHE/images"
 debs="$ATRIUM_CACHE/debs"
@@ -40,7 +43,7 @@ candidate() {
 version=$(candidate systemd-boot-efi)
 syslinux_version=$(candidate syslinux)
 syslinux_common_version=$(candidate syslinux-common)
-key=$( { cat "$console/manifest.json"; echo "$version $syslinux_version $syslinux_common_version"; cat "$0"; } |
+key=$( { cat "$console/manifest.json"; echo "$version $syslinux_version $syslinux_common_version"; cat "$0" "$here/esp.sh"; } |
   sha256sum | cut -c1-16)
 out="$images/uefi-disk-$key.raw"
 noagent="$images/uefi-disk-noagent-$key.raw"
@@ -87,16 +90,7 @@ cmdline=$(sed -n 's/^ *"cmdline": "\([^"\\]*\)",\{0,1\}$/\1/p' "$console/manifes
 make_disk() {
   local out=$1 initrd=$2 esp="$work/esp.img" disk="$work/disk.raw"
   rm -f "$esp" "$disk"
-  mkfs.vfat -C -n ATRIUM-ESP "$esp" $((64 * 1024)) >/dev/null
-  mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
-  mcopy -i "$esp" "$boot" ::/EFI/BOOT/BOOTX64.EFI
-  mcopy -i "$esp" "$console/vmlinuz" ::/vmlinuz
-  mcopy -i "$esp" "$initrd" ::/initrd.img
-  printf 'default atrium.conf\ntimeout 0\n' > "$work/loader.conf"
-  printf 'title Atrium console (UEFI)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
-    "$cmdline" > "$work/atrium.conf"
-  mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
-  mcopy -i "$esp" "$work/atrium.conf" ::/loader/entries/atrium.conf
+  make_esp "$esp" 64 "$boot" "$console/vmlinuz" "$initrd" "Atrium console (UEFI)" "$cmdline"
   truncate -s 80M "$disk"
   printf 'label: gpt\nstart=2048, size=%d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI system"\n' \
     $((64 * 2048)) | sfdisk -q "$disk"
