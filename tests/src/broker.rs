@@ -432,6 +432,19 @@ impl ApiClient {
     }
 
     /// POST, expecting `status`, returning the JSON body (or Null).
+    /// A new API token with the `admin` scope, for a day: its secret (what scripts send as
+    /// `Authorization: Bearer`).
+    pub async fn admin_token(&self, name: &str) -> String {
+        let created = self
+            .post_json(
+                "/api/v1/admin/tokens",
+                serde_json::json!({ "name": name, "scope": "admin", "expires_in_days": 1 }),
+                StatusCode::CREATED,
+            )
+            .await;
+        created["token"].as_str().expect("the new token's secret").to_owned()
+    }
+
     pub async fn post_json(&self, path: &str, body: Value, status: StatusCode) -> Value {
         let r = self.post(path, body).await.expect("request");
         let s = r.status();

@@ -127,16 +127,10 @@ async fn a_recorded_session_is_chained_listed_played_checked_and_expires() {
     ] {
         assert_eq!(alice.get(&path).await.unwrap().status(), StatusCode::FORBIDDEN, "{path}");
     }
-    let token = a
-        .post_json(
-            "/api/v1/admin/tokens",
-            json!({ "name": "ci", "scope": "admin", "expires_in_days": 1 }),
-            StatusCode::CREATED,
-        )
-        .await;
+    let token = a.admin_token("ci").await;
     let with_token = reqwest::Client::new()
         .get(format!("{}/api/v1/admin/recordings", broker.url))
-        .bearer_auth(token["token"].as_str().unwrap())
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();

@@ -47,14 +47,7 @@ async fn a_user_gets_desktops_of_imported_images_in_the_browser_signed_in_where_
         .arg(&qcow2)
         .status()?;
     ensure!(converted.success(), "qemu-img convert: {converted}");
-    let created = admin
-        .post_json(
-            "/api/v1/admin/tokens",
-            json!({"name": "images", "scope": "admin", "expires_in_days": 1}),
-            StatusCode::CREATED,
-        )
-        .await;
-    let token = created["token"].as_str().context("a token")?.to_owned();
+    let token = admin.admin_token("images").await;
     let url = format!(
         "{}/api/v1/admin/images/debian/12?firmware=uefi&agent=true&min_memory_mib=512&format=qcow2",
         stack.broker.url

@@ -15,7 +15,7 @@ use atrium_tests::node::{uefi_disk, uefi_disk_without_agent};
 use atrium_tests::stack::Stack;
 use atrium_tests::{Group, skip, wait_for};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Uploads `bytes` as `name@1` (a UEFI image) with an API token; the library's entry.
 async fn upload(stack: &Stack, token: &str, name: &str, bytes: Vec<u8>) -> anyhow::Result<Value> {
@@ -62,14 +62,7 @@ async fn a_node_refuses_a_damaged_or_changed_library_image_and_says_why() -> any
     }
     let stack = Stack::start(None, None).await?;
     let admin = stack.admin().await;
-    let created = admin
-        .post_json(
-            "/api/v1/admin/tokens",
-            json!({"name": "images", "scope": "admin", "expires_in_days": 1}),
-            StatusCode::CREATED,
-        )
-        .await;
-    let token = created["token"].as_str().context("a token")?.to_owned();
+    let token = admin.admin_token("images").await;
     let node_images = stack.node.dir.path().join("images");
     let nothing_left = |name: &str| -> anyhow::Result<()> {
         ensure!(!node_images.join(name).exists(), "{name} was imported");
