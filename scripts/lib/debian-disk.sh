@@ -42,7 +42,6 @@ RECIPE=1
 # shellcheck source=scripts/lib/esp.sh
 . scripts/lib/esp.sh
 
-# With the essential packages named, what mmdebstrap installs: the root file system's key.
 # The release: the host's (its apt lists give the versions, its sources the mirror).
 suite=$(. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}") || true
 [ -n "$suite" ] || { echo "debian-disk: the host is not Debian (/etc/os-release)" >&2; exit 1; }
@@ -50,6 +49,7 @@ suite=$(. /etc/os-release && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:
 essential=(base-files base-passwd bash bsdutils coreutils dash debianutils diffutils dpkg
   e2fsprogs findutils grep gzip hostname init-system-helpers libc-bin login mawk ncurses-base
   ncurses-bin perl-base sed sysvinit-utils tar tzdata util-linux apt systemd-boot-efi)
+# With them named, what mmdebstrap installs: the root file system's key.
 debs=$(apt_resolve "${essential[@]}" "${packages[@]}")
 [ -n "$debs" ] || { echo "debian-disk: apt resolved nothing (apt-get update?)" >&2; exit 1; }
 root_key=$(printf '%s\n' "recipe $RECIPE" "$suite" "${packages[*]}" "$debs" | sha256sum | cut -c1-16)

@@ -328,6 +328,12 @@ impl Agent {
 }
 
 pub fn write_world_readable(path: &Path, body: &[u8]) -> io::Result<()> {
+    replace_file(path, body, 0o644)
+}
+
+/// Replaces `path` with `body` (a new file of `mode`, renamed over it; its folder made when
+/// missing).
+pub fn replace_file(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -336,7 +342,7 @@ pub fn write_world_readable(path: &Path, body: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(body)?;

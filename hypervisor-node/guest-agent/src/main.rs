@@ -41,6 +41,7 @@ mod renew;
 mod resync;
 mod session;
 mod shell;
+mod vt;
 mod workers;
 mod xauth;
 mod xdesktop;
