@@ -144,7 +144,11 @@ async fn a_debian_install_with_the_agent_as_a_service_signs_users_in_through_its
         .call("POST", &format!("/api/v1/vms/{id}/clipboard"), Some(&json!({ "text": paste })))
         .await?;
     ensure!(status == 204, "paste: {status} {}", String::from_utf8_lossy(&body));
-    rfb.type_text("stat -c %U clipboard.txt >> clipboard.txt; tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n").await?;
+    rfb.type_text(concat!(
+        "stat -c %U clipboard.txt >> clipboard.txt; ",
+        "tr a-z A-Z < clipboard.txt > up.txt && mv up.txt clipboard.txt\n"
+    ))
+    .await?;
     let expected = format!("{}ALICE\n", paste.to_uppercase());
     let clip = clipboard_is(&node, &id, clip.seq, &expected, SIGN_IN, "paste").await?;
 

@@ -26,8 +26,9 @@
 //! The shared state and each host message's handling are in [`agent`], the threads in
 //! [`workers`]; `main` opens the port and starts them.
 //!
-//! Logs go to stderr, which the image's init (or the unit file) connects to the serial console. The agent uses no
-//! logging framework on purpose: it is linked statically into every image and kept tiny.
+//! Logs go to stderr, which the image's init (or the unit file) connects to the serial console.
+//! The agent uses no logging framework on purpose: it is linked statically into every image and
+//! kept tiny.
 
 mod agent;
 mod clipboard;
