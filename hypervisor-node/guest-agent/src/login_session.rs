@@ -165,10 +165,7 @@ fn made_accounts() -> Vec<String> {
 
 /// The uid of account `name` in `/etc/passwd`.
 fn uid_of(name: &str) -> Option<u32> {
-    std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[0] == name).then(|| f[2].parse().ok()).flatten()
-    })
+    session::uid_of(Path::new("/etc"), name)
 }
 
 /// Refuses a name the image has an account of its own for (one the agent did not make).

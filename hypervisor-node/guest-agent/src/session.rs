@@ -58,6 +58,12 @@ fn group_entries(text: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// The uid of account `name` in `etc/passwd`, if it has one.
+pub fn uid_of(etc: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(etc.join("passwd")).ok()?;
+    passwd_entries(&text).into_iter().find(|(n, _, _)| n == name).map(|(_, uid, _)| uid)
+}
+
 /// A system account of the image's own (in `etc/passwd`), e.g. the desktop shell's.
 pub fn system_account(etc: &Path, name: &str) -> Result<Account, String> {
     let path = etc.join("passwd");
